@@ -1,0 +1,91 @@
+"""distrib: spread the calls of ordinary Python functions over many machines.
+
+    from distrib import distributed
+
+    @distributed(platform="*", threads=1)
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    if __name__ == "__main__":
+        print(add(1, 2).unwrap())
+
+This module is the public API; everything else is internal. Imports go one way:
+``_cli`` -> ``main`` / ``worker`` -> ``workspace`` / ``wire`` -> ``_errors``; ``main`` and
+``worker`` never import each other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distrib._api import DistributedFunction, distributed
+from distrib._errors import (
+    Cancelled,
+    ConfigError,
+    ConnectionFailed,
+    DistribError,
+    MainGuardError,
+    ProtocolError,
+    RemoteError,
+    RemoteTraceback,
+    SerializationError,
+    TaskTimeout,
+    WaitTimeout,
+    WorkerCrashed,
+    WorkerLost,
+    WorkspaceError,
+)
+from distrib._response import Response, as_completed, gather
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Cancelled",
+    "ConfigError",
+    "ConnectionFailed",
+    "DistribError",
+    "DistributedFunction",
+    "MainGuardError",
+    "ProtocolError",
+    "RemoteError",
+    "RemoteTraceback",
+    "Response",
+    "SerializationError",
+    "TaskTimeout",
+    "WaitTimeout",
+    "WorkerCrashed",
+    "WorkerLost",
+    "WorkspaceError",
+    "as_completed",
+    "distributed",
+    "gather",
+    "init",
+    "shutdown",
+]
+
+
+def init(
+    workers: list[str | tuple[str, str]] | None = None,
+    *,
+    local_threads: int | None = None,
+    workspace: str | Path | None = None,
+    forward_output: bool | None = None,
+) -> None:
+    """Set up explicitly. Without this, the first call sets up from the environment.
+
+    ``workers``: addresses (``host:port``) of running ``distrib worker`` daemons; none means
+    the embedded local cluster with ``local_threads`` slots (default: the number of cores).
+    ``workspace``: the folder shipped to workers (default: the main script's folder).
+    ``forward_output``: print what tasks print, prefixed with the worker's name.
+    """
+    from distrib.main._session import init as _init
+
+    _init(workers, local_threads=local_threads, workspace=workspace,
+          forward_output=forward_output)
+
+
+def shutdown() -> None:
+    """Tear down: unfinished tasks end as ``Cancelled``, local workers stop. Idempotent."""
+    from distrib.main._session import shutdown as _shutdown
+
+    _shutdown()

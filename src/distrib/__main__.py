@@ -1,0 +1,5 @@
+"""``python -m distrib``: the command line."""
+
+from distrib._cli import main
+
+main()

@@ -1,0 +1,135 @@
+"""The ``@distributed`` decorator and the callable it returns."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from distrib import _runtime
+from distrib._errors import ConfigError, MainGuardError
+from distrib._response import Response
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """Requirements and policies of a ``@distributed`` function."""
+
+    platform: tuple[str, ...] = ("*",)
+    threads: int = 1
+    retries: int = 3
+    timeout: float | None = None
+
+
+class DistributedFunction(Generic[P, T]):
+    """A function whose calls run on workers and return ``Response`` handles."""
+
+    def __init__(self, fn: Callable[P, T], options: TaskOptions) -> None:
+        functools.update_wrapper(self, fn)
+        self._fn = fn
+        self.options = options
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Response[T]:
+        if _runtime.mode is _runtime.Mode.WORKER_IMPORT:
+            raise MainGuardError(
+                f"{self._fn.__qualname__}() was called while a worker imported the main script "
+                f"{_runtime.main_script or ''}: calls at import time would run again on every "
+                'worker. Put them under `if __name__ == "__main__":`.'
+            )
+        if _runtime.mode is _runtime.Mode.WORKER_TASK:
+            return self._run_in_place(args, kwargs)
+        from distrib.main._session import get_session  # the session imports this module
+
+        return get_session().submit(self, args, kwargs)
+
+    def local(self, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run the plain function here, in this process."""
+        return self._fn(*args, **kwargs)
+
+    def map(self, *iterables: Iterable[Any]) -> list[Response[T]]:
+        """Submit one call per item (several iterables are zipped, as with ``map``)."""
+        return [self(*args) for args in zip(*iterables)]  # type: ignore[call-arg]
+
+    def _run_in_place(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Response[T]:
+        # A call from inside a task runs in the task's executor: redistribution to other
+        # workers is not built yet, and running in place keeps results right.
+        response: Response[T] = Response(0, self._fn.__qualname__, None)
+        try:
+            response._finish(None, self._fn(*args, **kwargs))
+        except Exception as exc:
+            response._finish(None, exc=exc)
+        return response
+
+    def __repr__(self) -> str:
+        return f"<distributed {self._fn.__module__}.{self._fn.__qualname__}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        module, qualname = self._fn.__module__, self._fn.__qualname__
+        by_reference = "<locals>" not in qualname and "<lambda>" not in qualname and (
+            module != "__main__" or _runtime.main_shipped
+        )
+        if by_reference:
+            return (_lookup, (module, qualname))
+        # By value: plain pickle fails on the function and the caller falls back to cloudpickle.
+        return (DistributedFunction, (self._fn, self.options))
+
+
+def _lookup(module: str, qualname: str) -> DistributedFunction[..., Any]:
+    """Find a ``@distributed`` function by name (on a worker, in its environment)."""
+    obj: Any = importlib.import_module(_runtime.MAIN_ALIAS if module == "__main__" else module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if isinstance(obj, DistributedFunction):
+        return obj
+    return DistributedFunction(obj, TaskOptions())
+
+
+@overload
+def distributed(fn: Callable[P, T], /) -> DistributedFunction[P, T]: ...
+
+
+@overload
+def distributed(
+    *,
+    platform: str | Iterable[str] = "*",
+    threads: int = 1,
+    retries: int = 3,
+    timeout: float | None = None,
+) -> Callable[[Callable[P, T]], DistributedFunction[P, T]]: ...
+
+
+def distributed(
+    fn: Callable[P, T] | None = None,
+    /,
+    *,
+    platform: str | Iterable[str] = "*",
+    threads: int = 1,
+    retries: int = 3,
+    timeout: float | None = None,
+) -> DistributedFunction[P, T] | Callable[[Callable[P, T]], DistributedFunction[P, T]]:
+    """Make a function's calls run on workers.
+
+    ``platform``: glob (or globs) a worker's platform tag must match, e.g. ``"linux-*"``.
+    ``threads``: slots the task reserves on its worker. ``retries``: how often a task whose
+    executor or worker died is tried again. ``timeout``: seconds a run may take on the worker.
+    """
+    platforms = (platform,) if isinstance(platform, str) else tuple(platform)
+    if not platforms or not all(isinstance(p, str) and p for p in platforms):
+        raise ConfigError(f"distributed(platform=...): expected a glob or globs, got {platform!r}")
+    if not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"distributed(threads=...): expected an int >= 1, got {threads!r}")
+    if not isinstance(retries, int) or retries < 0:
+        raise ConfigError(f"distributed(retries=...): expected an int >= 0, got {retries!r}")
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ConfigError(f"distributed(timeout=...): expected seconds > 0, got {timeout!r}")
+    options = TaskOptions(platforms, threads, retries, None if timeout is None else float(timeout))
+
+    def wrap(f: Callable[P, T]) -> DistributedFunction[P, T]:
+        return DistributedFunction(f, options)
+
+    return wrap if fn is None else wrap(fn)

@@ -1,0 +1,102 @@
+"""The exception tree: every error distrib raises is a ``DistribError``.
+
+    DistribError
+    ├── ConfigError           a setting is wrong (names the setting and the fix)
+    ├── ProtocolError         a message broke the wire protocol (dropped, logged)
+    ├── ConnectionFailed      a worker could not be reached or refused the handshake
+    ├── WorkspaceError        the workspace could not be scanned, shipped or unpacked
+    ├── SerializationError    a call, result or error could not be pickled or unpickled
+    ├── MainGuardError        a task was submitted while a worker imported the main script
+    ├── RemoteError           the task raised an exception that could not travel back
+    ├── WorkerCrashed         the executor running the task died (after all retries)
+    ├── WorkerLost            the worker running the task went away (after all retries)
+    ├── TaskTimeout           the task ran past its ``timeout``          (also TimeoutError)
+    ├── WaitTimeout           ``unwrap(timeout=...)`` gave up waiting      (also TimeoutError)
+    └── Cancelled             the task was cancelled           (also futures.CancelledError)
+
+An exception raised by the user's function is not wrapped: ``unwrap()`` raises the same type,
+with a ``RemoteTraceback`` as its ``__cause__`` carrying the remote traceback text.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+
+class DistribError(Exception):
+    """Root of every error distrib raises."""
+
+
+class ConfigError(DistribError):
+    """A setting is missing or invalid; the message names it and what to do."""
+
+
+class ProtocolError(DistribError):
+    """A message does not follow the wire protocol."""
+
+
+class ConnectionFailed(DistribError):
+    """A worker could not be reached, or the handshake with it failed."""
+
+
+class WorkspaceError(DistribError):
+    """The workspace could not be scanned, shipped, verified or unpacked."""
+
+
+class SerializationError(DistribError):
+    """A call, its result or its error could not be pickled or unpickled."""
+
+
+class MainGuardError(DistribError):
+    """A ``@distributed`` function was called while a worker imported the main script.
+
+    The main script is imported on workers so its functions and classes resolve; calls made
+    at import time would run again there. Put them under ``if __name__ == "__main__":``.
+    """
+
+
+class RemoteError(DistribError):
+    """The task raised an exception that could not be sent back as itself."""
+
+    def __init__(self, type_name: str, message: str, traceback: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}\n\nRemote traceback:\n{self.traceback}"
+
+    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str, str]]:
+        return (RemoteError, (self.type_name, self.message, self.traceback))
+
+
+class WorkerCrashed(DistribError):
+    """The executor process running the task died, on every try."""
+
+
+class WorkerLost(DistribError):
+    """The worker running the task disconnected or stopped answering, on every try."""
+
+
+class TaskTimeout(DistribError, TimeoutError):
+    """The task ran longer than its ``timeout`` and was stopped on the worker."""
+
+
+class WaitTimeout(DistribError, TimeoutError):
+    """``unwrap(timeout=...)`` or ``wait`` gave up before the task finished."""
+
+
+class Cancelled(DistribError, concurrent.futures.CancelledError):
+    """The task was cancelled before it finished."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the remote traceback text; set as ``__cause__`` of a re-raised task error."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return "\n" + self.text

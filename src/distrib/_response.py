@@ -1,0 +1,113 @@
+"""``Response[T]``: the handle a ``@distributed`` call returns at once.
+
+It is a ``concurrent.futures.Future``, so ``concurrent.futures.wait``, ``as_completed``,
+``add_done_callback`` and ``asyncio.wrap_future`` work on it. A result or error is set once, by
+the Main's I/O thread; late arrivals for a cancelled task are ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import Any, TypeVar
+
+from distrib._errors import Cancelled, WaitTimeout
+
+T = TypeVar("T")
+
+
+class Response(concurrent.futures.Future[T]):
+    """The pending result of one task."""
+
+    def __init__(self, task_id: int, name: str, on_cancel: Callable[[int], None] | None) -> None:
+        super().__init__()
+        self.task_id = task_id
+        self.name = name
+        self._on_cancel = on_cancel
+        self._worker: str | None = None
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else "pending"
+        return f"<Response {self.name}#{self.task_id} {state}>"
+
+    @property
+    def worker(self) -> str | None:
+        """Name of the worker that ran the task, once it has finished (else ``None``)."""
+        return self._worker
+
+    def unwrap(self, timeout: float | None = None) -> T:
+        """The task's result; raises the task's error, ``Cancelled``, or ``WaitTimeout``."""
+        exc = self.error(timeout)
+        if exc is not None:
+            raise exc
+        return self.result(0)
+
+    def error(self, timeout: float | None = None) -> BaseException | None:
+        """Wait for the task and return its error (``None`` if it succeeded)."""
+        try:
+            return self.exception(timeout)
+        except concurrent.futures.CancelledError:
+            return Cancelled(f"task {self.name}#{self.task_id} was cancelled")
+        except TimeoutError:
+            raise WaitTimeout(
+                f"task {self.name}#{self.task_id} did not finish within {timeout} s"
+            ) from None
+
+    def ok(self) -> bool:
+        """True if the task has finished without error (does not wait)."""
+        return self.done() and not self.cancelled() and self.exception(0) is None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds; True if the task has finished."""
+        done, _ = concurrent.futures.wait([self], timeout)
+        return bool(done)
+
+    def cancel(self) -> bool:
+        """Withdraw the task if queued, stop it if running. False if it had already finished."""
+        if not super().cancel():
+            return self.cancelled()
+        if self._on_cancel is not None:
+            self._on_cancel(self.task_id)
+        return True
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._wait_async().__await__()
+
+    async def _wait_async(self) -> T:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+
+        def wake(_: concurrent.futures.Future[T]) -> None:
+            loop.call_soon_threadsafe(lambda: waiter.done() or waiter.set_result(None))
+
+        self.add_done_callback(wake)
+        await waiter
+        return self.unwrap(0)
+
+    # Called by the session's I/O thread only.
+    def _finish(self, worker: str | None, value: Any = None, exc: BaseException | None = None) -> None:
+        self._worker = worker
+        try:
+            if exc is None:
+                self.set_result(value)
+            else:
+                self.set_exception(exc)
+        except concurrent.futures.InvalidStateError:
+            pass  # cancelled by the user before the outcome arrived
+
+
+def gather(responses: Iterable[Response[T]], timeout: float | None = None) -> list[T]:
+    """Unwrap every response in order; raises the first error met (in order)."""
+    return [r.unwrap(timeout) for r in responses]
+
+
+def as_completed(
+    responses: Iterable[Response[T]], timeout: float | None = None
+) -> Iterator[Response[T]]:
+    """Yield responses as they finish (like ``concurrent.futures.as_completed``)."""
+    try:
+        for fut in concurrent.futures.as_completed(list(responses), timeout):
+            yield fut  # type: ignore[misc]  # the futures given are Responses
+    except TimeoutError:
+        raise WaitTimeout(f"responses did not all finish within {timeout} s") from None

@@ -1,0 +1,63 @@
+"""One Main-to-worker connection: its socket, handshake state and liveness."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from distrib.wire import _transport
+from distrib.wire import _messages as m
+
+log = logging.getLogger("distrib")
+
+
+class LinkState(enum.Enum):
+    CONNECTING = "connecting"  # Hello sent, no answer yet
+    READY = "ready"  # Welcome received; the scheduler may use it
+    REFUSED = "refused"  # the worker said no; retried later
+    LOST = "lost"  # silent too long; the socket is rebuilt later
+
+
+@dataclass(eq=False)
+class Link:
+    """A DEALER socket to one worker, rebuilt after the worker is lost."""
+
+    link_id: str
+    address: str  # as configured
+    endpoint: str  # as ZeroMQ takes it
+    ctx: zmq.Context[Any]
+    hello: m.Hello
+    sock: zmq.Socket[Any] | None = None
+    state: LinkState = LinkState.CONNECTING
+    name: str = ""
+    last_seen: float = 0.0
+    since: float = 0.0  # when the current state began
+    reason: str = ""  # why it was refused or lost
+
+    def connect(self, now: float) -> None:
+        """(Re)build the socket and say Hello."""
+        self.close()
+        self.sock = _transport.dealer(self.ctx, self.endpoint)
+        self.state, self.since, self.last_seen = LinkState.CONNECTING, now, now
+        self.send(self.hello)
+
+    def send(self, message: m.Message) -> None:
+        if self.sock is None:
+            return
+        try:
+            _transport.send(self.sock, message)
+        except zmq.ZMQError as exc:
+            log.debug("send to %s failed: %s", self.address, exc)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close(0)
+            self.sock = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.address})" if self.name else self.address

@@ -1,0 +1,163 @@
+"""The Main's scheduler, pure: which task goes to which worker, retries, and what is owed.
+
+No sockets and no clock. The session feeds it tasks and worker events and sends what
+``assign`` returns. Each worker's queue is kept filled a little beyond its slots (to hide
+the network's latency) and no further, so a million pending calls stay here, not on the wire.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+Requirement = tuple[tuple[str, ...], int]  # (platform globs, threads)
+
+
+@dataclass(eq=False)
+class Task:
+    """A submitted call as the Main tracks it until its outcome is known."""
+
+    task_id: int
+    name: str
+    frames: list[Any] = field(repr=False)
+    platforms: tuple[str, ...]
+    threads: int
+    retries: int
+    timeout: float | None
+    response: Any = field(repr=False, default=None)
+    attempts: int = 0  # runs that ended in a crash or a lost worker
+    link: str | None = None  # the worker it is on, while in flight
+
+    @property
+    def requirement(self) -> Requirement:
+        return (self.platforms, self.threads)
+
+
+@dataclass(eq=False)
+class WorkerView:
+    """A connected worker as the scheduler sees it."""
+
+    link: str
+    name: str
+    platform: str
+    python: str
+    slots: int
+    inflight: dict[int, Task] = field(default_factory=dict)
+    inflight_slots: int = 0
+
+    def can_run(self, req: Requirement, python: str) -> bool:
+        platforms, threads = req
+        return (
+            self.python == python
+            and threads <= self.slots
+            and any(fnmatch.fnmatchcase(self.platform, g) for g in platforms)
+        )
+
+
+class Scheduler:
+    """Placement of pending tasks on workers, with a bounded per-worker queue."""
+
+    def __init__(self, python: str, extra_depth: int = 16) -> None:
+        self.python = python
+        self.extra_depth = extra_depth
+        self.pending: dict[Requirement, deque[Task]] = {}
+        self.workers: dict[str, WorkerView] = {}
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self.pending.values()) + sum(
+            len(w.inflight) for w in self.workers.values()
+        )
+
+    def add(self, task: Task, front: bool = False) -> None:
+        queue = self.pending.setdefault(task.requirement, deque())
+        if front:
+            queue.appendleft(task)
+        else:
+            queue.append(task)
+
+    def join(self, worker: WorkerView) -> None:
+        self.workers[worker.link] = worker
+
+    def leave(self, link: str) -> list[Task]:
+        """A worker is gone: requeue its tasks within their retries; return those out of tries."""
+        worker = self.workers.pop(link, None)
+        if worker is None:
+            return []
+        failed: list[Task] = []
+        for task in reversed(list(worker.inflight.values())):
+            task.link = None
+            task.attempts += 1
+            if task.attempts > task.retries:
+                failed.append(task)
+            else:
+                self.add(task, front=True)
+        return failed
+
+    def depth(self, worker: WorkerView) -> int:
+        """How many slots' worth of tasks a worker may hold: its slots and a little more."""
+        return worker.slots + max(worker.slots, self.extra_depth)
+
+    def assign(self) -> dict[str, list[Task]]:
+        """Move pending tasks to workers with room; return them grouped by worker."""
+        out: dict[str, list[Task]] = {}
+        for req, queue in self.pending.items():
+            if not queue:
+                continue
+            capable = [w for w in self.workers.values() if w.can_run(req, self.python)]
+            threads = req[1]
+            while queue and capable:
+                best = max(capable, key=lambda w: self.depth(w) - w.inflight_slots)
+                if self.depth(best) - best.inflight_slots < threads:
+                    break
+                task = queue.popleft()
+                task.link = best.link
+                best.inflight[task.task_id] = task
+                best.inflight_slots += threads
+                out.setdefault(best.link, []).append(task)
+        return out
+
+    def finish(self, link: str, task_id: int) -> Task | None:
+        """The worker reported an outcome; forget the task there. None if not in flight."""
+        worker = self.workers.get(link)
+        if worker is None:
+            return None
+        task = worker.inflight.pop(task_id, None)
+        if task is not None:
+            worker.inflight_slots -= task.threads
+            task.link = None
+        return task
+
+    def retry(self, task: Task) -> bool:
+        """After a crash: requeue the task if it has tries left (True), else False."""
+        task.attempts += 1
+        if task.attempts > task.retries:
+            return False
+        self.add(task, front=True)
+        return True
+
+    def withdraw(self, task_id: int) -> tuple[Task | None, str | None]:
+        """Cancel: remove a pending task (returned), or name the worker it is in flight on."""
+        for queue in self.pending.values():
+            for task in queue:
+                if task.task_id == task_id:
+                    queue.remove(task)
+                    return task, None
+        for worker in self.workers.values():
+            if task_id in worker.inflight:
+                return None, worker.link
+        return None, None
+
+    def unmatched(self) -> Iterator[Requirement]:
+        """Requirements of pending tasks that no connected worker can meet."""
+        for req, queue in self.pending.items():
+            if queue and not any(w.can_run(req, self.python) for w in self.workers.values()):
+                yield req
+
+    def all_tasks(self) -> list[Task]:
+        tasks = [t for q in self.pending.values() for t in q]
+        for w in self.workers.values():
+            tasks.extend(w.inflight.values())
+        return tasks

@@ -1,0 +1,422 @@
+"""The Main's session: set-up, the I/O thread, and tear-down.
+
+    user thread: f(x) -> pickle the call -> Task -> incoming deque -> wake -> Response
+    I/O thread:  incoming -> Scheduler.assign -> Submit batches -> workers
+                 workers -> Results -> Response._finish (callbacks, waiters)
+                 workers -> NeedManifest / NeedBlobs -> workspace files, compressed
+                 every tick: heartbeats, lost workers, reconnects, warnings
+
+Only the I/O thread touches sockets and the scheduler; user threads only append to deques.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import itertools
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import zlib
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from distrib import _config, _runtime, _serialize
+from distrib._errors import (
+    Cancelled,
+    ConfigError,
+    DistribError,
+    SerializationError,
+    TaskTimeout,
+    WorkerCrashed,
+    WorkerLost,
+)
+from distrib._response import Response
+from distrib.main._link import Link, LinkState
+from distrib.main._scheduler import Scheduler, Task, WorkerView
+from distrib.wire import _codec, _facts, _transport
+from distrib.wire import _messages as m
+from distrib.workspace._manifest import Distribution, scan
+
+log = logging.getLogger("distrib")
+
+BLOB_BATCH_BYTES = 64 * 1024 * 1024
+SUBMIT_BATCH = 512
+RECONNECT_AFTER = 2.0
+
+
+def _main_file() -> Path | None:
+    """The user's main script, if it is a plain .py file (not a REPL, not a tool's entry)."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path or not path.endswith(".py"):
+        return None
+    resolved = Path(path).resolve()
+    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
+        if resolved.is_relative_to(Path(prefix).resolve()):
+            return None
+    return resolved
+
+
+def _setup_logging() -> None:
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("distrib: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.WARNING)
+
+
+class Session:
+    """Everything a Main holds while it uses workers."""
+
+    def __init__(self, settings: _config.Settings) -> None:
+        _setup_logging()
+        self.settings = settings
+        self.python = _facts.python_version()
+        main_file = _main_file()
+        root = settings.workspace or (main_file.parent if main_file else Path.cwd())
+        cache = settings.cache_dir / "hashes" / (
+            hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16] + ".msgpack")
+        self.dist: Distribution = scan(root, main_file, settings.excludes, cache)
+        _runtime.main_shipped = self.dist.main is not None
+        self.name = f"{main_file.name if main_file else 'python'}@{socket.gethostname()}:{os.getpid()}"
+        self.main_id = os.urandom(8).hex()
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.local = None
+        addresses = [w.address for w in settings.workers]
+        if not addresses:
+            from distrib._local import LocalCluster
+
+            self.local = LocalCluster(settings.local_threads, settings.cache_dir)
+            addresses = list(self.local.addresses)
+        hello = m.Hello(m.PROTOCOL_VERSION, self.main_id, self.name, self.python, os.getpid(),
+                        settings.forward_output, "")
+        self.links = {
+            f"w{i}": Link(f"w{i}", a, _config.endpoint(a), self.ctx, hello)
+            for i, a in enumerate(addresses)
+        }
+        self.scheduler = Scheduler(self.python)
+        self.counters: dict[str, int] = {"blobs_sent": 0}
+        self._ids = itertools.count(1)
+        self._incoming: deque[Task] = deque()
+        self._cancels: deque[int] = deque()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._awake = False
+        self._closing = False
+        self._warned: set[Any] = set()
+        self._started = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="distrib-io", daemon=True)
+        self._thread.start()
+
+    # --- user threads ------------------------------------------------------------------------
+
+    def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Response[Any]:
+        """Pickle the call and hand it to the I/O thread; return its Response at once."""
+        if self._closing:
+            raise DistribError("distrib was shut down; call distrib.init() to set up again")
+        frames = _serialize.dumps((fn, args, kwargs))
+        opts = fn.options
+        task_id = next(self._ids)
+        response: Response[Any] = Response(task_id, fn.__qualname__, self._request_cancel)
+        self._incoming.append(Task(task_id, fn.__qualname__, frames, opts.platform, opts.threads,
+                                   opts.retries, opts.timeout, response))
+        self._wake()
+        return response
+
+    def _request_cancel(self, task_id: int) -> None:
+        self._cancels.append(task_id)
+        self._wake()
+
+    def _wake(self) -> None:
+        if not self._awake:  # one wake-up byte in flight is enough
+            self._awake = True
+            try:
+                self._wake_w.send(b"x")
+            except (BlockingIOError, OSError):
+                pass
+
+    def close(self) -> None:
+        """Stop the I/O thread (saying goodbye to workers) and the local cluster."""
+        if self._closing:
+            return
+        self._closing = True
+        self._awake = False
+        self._wake()
+        self._thread.join(30)
+        for task in list(self._incoming) + self.scheduler.all_tasks():
+            task.response._finish(None, exc=Cancelled(
+                f"task {task.name}#{task.task_id} did not finish before distrib shut down"))
+        if self.local is not None:
+            self.local.stop()
+
+    # --- the I/O thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        now = time.monotonic()
+        for link in self.links.values():
+            link.connect(now)
+        next_tick = now
+        try:
+            while not self._closing:
+                poller = zmq.Poller()
+                poller.register(self._wake_r, zmq.POLLIN)
+                socks = {link.sock: link for link in self.links.values() if link.sock is not None}
+                for sock in socks:
+                    poller.register(sock, zmq.POLLIN)
+                events = dict(poller.poll(max(0.0, next_tick - time.monotonic()) * 1000))
+                if self._wake_r.fileno() in events:
+                    self._awake = False
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                for sock, link in socks.items():
+                    if sock in events:
+                        self._drain(link)
+                self._take_incoming()
+                self._dispatch()
+                now = time.monotonic()
+                if now >= next_tick:
+                    self._tick(now)
+                    next_tick = now + min(self.settings.heartbeat_interval, 0.5)
+        except Exception:  # a bug here would hang every unwrap(): say so loudly
+            log.exception("the distrib I/O thread failed; pending tasks cannot finish")
+            raise
+        finally:
+            for link in self.links.values():
+                link.send(m.Goodbye())
+                link.close()
+            self.ctx.term()
+
+    def _take_incoming(self) -> None:
+        while self._incoming:
+            self.scheduler.add(self._incoming.popleft())
+        while self._cancels:
+            task_id = self._cancels.popleft()
+            task, link_id = self.scheduler.withdraw(task_id)
+            if link_id is not None:
+                self.links[link_id].send(m.Cancel([task_id]))
+
+    def _dispatch(self) -> None:
+        for link_id, tasks in self.scheduler.assign().items():
+            link = self.links[link_id]
+            for i in range(0, len(tasks), SUBMIT_BATCH):
+                batch = tasks[i: i + SUBMIT_BATCH]
+                specs = [m.TaskSpec(t.task_id, self.dist.dist_id, t.threads, t.timeout,
+                                    len(t.frames)) for t in batch]
+                link.send(m.Submit(specs, frames=tuple(f for t in batch for f in t.frames)))
+
+    def _drain(self, link: Link) -> None:
+        assert link.sock is not None
+        for _ in range(1000):
+            try:
+                frames = _transport.recv_frames(link.sock)
+            except zmq.Again:
+                return
+            try:
+                message = _codec.decode(frames)
+            except DistribError as exc:
+                log.warning("dropped a malformed message from worker %s: %s", link.label, exc)
+                continue
+            link.last_seen = time.monotonic()
+            self._on_message(link, message)
+            if link.sock is None:
+                return
+
+    def _on_message(self, link: Link, msg: m.Message) -> None:
+        if isinstance(msg, m.Results):
+            self._on_results(link, msg)
+        elif isinstance(msg, m.Output):
+            self._print(link, msg)
+        elif isinstance(msg, m.Welcome):
+            self._on_welcome(link, msg)
+        elif isinstance(msg, m.Refused):
+            self._on_refused(link, msg)
+        elif isinstance(msg, m.NeedManifest):
+            if msg.dist == self.dist.dist_id:
+                link.send(m.Manifest(msg.dist, frames=(self.dist.encoded,)))
+            else:
+                link.send(m.DistFailed(msg.dist, "this Main does not have that distribution"))
+        elif isinstance(msg, m.NeedBlobs):
+            self._send_blobs(link, msg)
+
+    def _on_welcome(self, link: Link, msg: m.Welcome) -> None:
+        if link.state is LinkState.READY:
+            return
+        link.state, link.name, link.since = LinkState.READY, msg.name, time.monotonic()
+        if msg.python != self.python:
+            log.warning("worker %s runs Python %s and this Main %s: it will get no tasks "
+                        "(pickled code needs the same major.minor)", link.label, msg.python,
+                        self.python)
+        self.scheduler.join(WorkerView(link.link_id, msg.name, msg.platform, msg.python,
+                                       msg.slots))
+
+    def _on_refused(self, link: Link, msg: m.Refused) -> None:
+        was_ready = link.state is LinkState.READY
+        self._lose(link, LinkState.REFUSED, msg.reason)
+        if msg.reason.startswith("unknown peer"):
+            link.connect(time.monotonic())  # the worker restarted: say Hello again
+        elif not was_ready:
+            log.warning("worker %s refused this Main: %s", link.label, msg.reason)
+
+    def _lose(self, link: Link, state: LinkState, reason: str) -> None:
+        failed = self.scheduler.leave(link.link_id)
+        for task in failed:
+            task.response._finish(link.name, exc=WorkerLost(
+                f"task {task.name}#{task.task_id} was on worker {link.label}, which {reason}; "
+                f"tried {task.attempts} times"))
+        link.close()
+        link.state, link.since, link.reason = state, time.monotonic(), reason
+
+    def _on_results(self, link: Link, msg: m.Results) -> None:
+        at = 0
+        for spec in msg.results:
+            frames = msg.frames[at: at + spec.nframes]
+            at += spec.nframes
+            task = self.scheduler.finish(link.link_id, spec.task_id)
+            if task is None:
+                continue
+            self._settle(link, task, spec, frames)
+
+    def _settle(self, link: Link, task: Task, spec: m.ResultSpec, frames: Any) -> None:
+        where = f"{task.name}#{task.task_id} on worker {link.label}"
+        response: Response[Any] = task.response
+        if spec.status == "ok":
+            try:
+                response._finish(link.name, _serialize.loads(frames))
+            except Exception as exc:
+                response._finish(link.name, exc=SerializationError(
+                    f"the result of {where} does not unpickle here: {type(exc).__name__}: {exc}"))
+        elif spec.status in ("error", "env_error"):
+            response._finish(link.name, exc=_serialize.loads_error(frames, spec.info))
+        elif spec.status == "crashed":
+            if self.scheduler.retry(task):
+                log.info("%s crashed; retrying (%d of %d)", where, task.attempts, task.retries)
+            else:
+                response._finish(link.name, exc=WorkerCrashed(
+                    f"{where} crashed: {spec.info.get('message', '')}; tried "
+                    f"{task.attempts} time(s), retries={task.retries}"))
+        elif spec.status == "timeout":
+            response._finish(link.name, exc=TaskTimeout(
+                f"{where} ran past its timeout of {task.timeout} s and was stopped"))
+        else:
+            response._finish(link.name, exc=Cancelled(f"{where} was cancelled"))
+
+    def _print(self, link: Link, msg: m.Output) -> None:
+        stream = sys.stderr if msg.stream == 2 else sys.stdout
+        prefix = f"[{link.name}] "
+        stream.write("".join(prefix + line + "\n" for line in msg.text.splitlines()))
+        stream.flush()
+
+    def _send_blobs(self, link: Link, msg: m.NeedBlobs) -> None:
+        batch: list[tuple[str, bytes]] = []
+        size = 0
+        for digest in msg.hashes:
+            path = self.dist.path_of(digest) if msg.dist == self.dist.dist_id else None
+            try:
+                data = path.read_bytes() if path is not None else None
+            except OSError as exc:
+                data, path = None, None
+                log.warning("cannot read workspace file for blob %s: %s", digest[:12], exc)
+            if data is None or hashlib.sha256(data).hexdigest() != digest:
+                entry = self.dist.by_digest.get(digest)
+                what = entry.path if entry else digest[:12]
+                link.send(m.DistFailed(msg.dist, f"workspace file {what} changed or vanished "
+                                                 "since the workspace was scanned; run again"))
+                return
+            packed = zlib.compress(data, 1)
+            batch.append((digest, packed))
+            size += len(packed)
+            if size >= BLOB_BATCH_BYTES:
+                self._send_blob_batch(link, msg.dist, batch)
+                batch, size = [], 0
+        if batch:
+            self._send_blob_batch(link, msg.dist, batch)
+
+    def _send_blob_batch(self, link: Link, dist: str, batch: list[tuple[str, bytes]]) -> None:
+        link.send(m.Blobs(dist, [d for d, _ in batch], frames=tuple(b for _, b in batch)))
+        self.counters["blobs_sent"] += len(batch)
+
+    def _tick(self, now: float) -> None:
+        s = self.settings
+        for link in self.links.values():
+            if link.state is LinkState.READY:
+                if now - link.last_seen > s.lost_after:
+                    log.warning("worker %s is silent for %.0f s: declared lost; its tasks go "
+                                "elsewhere", link.label, s.lost_after)
+                    self._lose(link, LinkState.LOST, f"was silent for {s.lost_after:.0f} s")
+                else:
+                    link.send(m.Heartbeat(0, 0))
+            elif link.state in (LinkState.LOST, LinkState.REFUSED):
+                if now - link.since > RECONNECT_AFTER:
+                    link.connect(now)
+            elif link.state is LinkState.CONNECTING and now - link.since > s.connect_timeout:
+                if ("connect", link.link_id) not in self._warned:
+                    self._warned.add(("connect", link.link_id))
+                    log.warning("worker %s has not answered for %.0f s; still trying",
+                                link.label, s.connect_timeout)
+        self._warn_unmatched(now)
+
+    def _warn_unmatched(self, now: float) -> None:
+        ready = [v for v in self.scheduler.workers.values()]
+        if not ready and now - self._started < self.settings.connect_timeout:
+            return
+        for req in self.scheduler.unmatched():
+            if req in self._warned:
+                continue
+            self._warned.add(req)
+            seen = ", ".join(f"{w.name} ({w.platform}, Python {w.python}, {w.slots} slots)"
+                             for w in ready) or "none"
+            log.warning("tasks need platform %s, %d thread(s) and Python %s; no connected "
+                        "worker offers that (workers seen: %s). They wait for one.",
+                        " or ".join(req[0]), req[1], self.python, seen)
+
+
+_session: Session | None = None
+_lock = threading.Lock()
+
+
+def get_session() -> Session:
+    """The current session, set up from configuration on first use."""
+    session = _session
+    if session is not None:
+        return session
+    return init()
+
+
+def init(
+    workers: list[str | tuple[str, str]] | None = None,
+    *,
+    local_threads: int | None = None,
+    workspace: str | Path | None = None,
+    forward_output: bool | None = None,
+) -> Session:
+    """Set up distrib explicitly (see ``distrib.init``)."""
+    global _session
+    with _lock:
+        if _session is not None:
+            if workers is None and local_threads is None and workspace is None:
+                return _session
+            raise ConfigError("distrib is already set up (by init() or a first call); "
+                              "call distrib.shutdown() before init() with new settings")
+        settings = _config.load(None, workers, local_threads, workspace, forward_output)
+        _session = Session(settings)
+        atexit.register(shutdown)
+        return _session
+
+
+def shutdown() -> None:
+    """Tear down the session: unfinished tasks end as Cancelled, local workers stop."""
+    global _session
+    with _lock:
+        session, _session = _session, None
+    if session is not None:
+        session.close()

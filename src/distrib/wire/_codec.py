@@ -1,0 +1,168 @@
+"""Message <-> frames, with no sockets: ``encode(message)`` and ``decode(frames)``.
+
+``decode`` validates everything it returns (type tag, field count, every field's type, payload
+frame counts) and raises only ``ProtocolError``, whatever the bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgpack
+
+from distrib._errors import ProtocolError
+from distrib.wire import _messages as m
+
+MAX_HEADER_BYTES = 8 * 1024 * 1024
+
+_Check = Callable[[Any], Any]
+
+
+def _checker(tp: Any) -> _Check:
+    """Build a function that validates (and for nested records, converts) one field value."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return lambda v: v
+    if tp is bool:
+        return lambda v: _expect(v, isinstance(v, bool), "bool")
+    if tp is int:
+        return lambda v: _expect(v, isinstance(v, int) and not isinstance(v, bool), "int")
+    if tp is float:
+        return lambda v: _expect(
+            float(v), isinstance(v, (int, float)) and not isinstance(v, bool), "float"
+        )
+    if tp is str:
+        return lambda v: _expect(v, isinstance(v, str), "str")
+    if tp is bytes:
+        return lambda v: _expect(v, isinstance(v, bytes), "bytes")
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        inner = _checker(args[0])
+        return lambda v: None if v is None else inner(v)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        item = _checker(item_tp)
+
+        def check_list(v: Any) -> list[Any]:
+            if not isinstance(v, list):
+                raise ProtocolError(f"expected a list, got {type(v).__name__}")
+            return [item(x) for x in v]
+
+        return check_list
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        key, val = _checker(key_tp), _checker(val_tp)
+
+        def check_dict(v: Any) -> dict[Any, Any]:
+            if not isinstance(v, dict):
+                raise ProtocolError(f"expected a map, got {type(v).__name__}")
+            return {key(k): val(x) for k, x in v.items()}
+
+        return check_dict
+    if dataclasses.is_dataclass(tp):
+        return _record_checker(tp)
+    raise TypeError(f"no wire checker for {tp!r}")  # a bug in _messages, found at import
+
+
+def _expect(value: Any, ok: bool, what: str) -> Any:
+    if not ok:
+        raise ProtocolError(f"expected {what}, got {type(value).__name__}")
+    return value
+
+
+def _fields(cls: type) -> list[tuple[str, _Check]]:
+    hints = typing.get_type_hints(cls)
+    return [
+        (f.name, _checker(hints[f.name])) for f in dataclasses.fields(cls) if f.name != "frames"
+    ]
+
+
+def _record_checker(cls: type) -> _Check:
+    fields = _fields(cls)
+
+    def check(v: Any) -> Any:
+        if not isinstance(v, list) or len(v) != len(fields):
+            raise ProtocolError(f"{cls.__name__}: expected {len(fields)} fields")
+        return cls(*(chk(x) for (_, chk), x in zip(fields, v)))
+
+    return check
+
+
+_BY_TAG: dict[int, tuple[type[m.Message], list[tuple[str, _Check]]]] = {
+    cls.TAG: (cls, _fields(cls)) for cls in m.ALL_MESSAGES
+}
+assert len(_BY_TAG) == len(m.ALL_MESSAGES), "duplicate message tag"
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [_plain(getattr(value, f.name)) for f in dataclasses.fields(value)]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def encode(message: m.Message) -> list[Any]:
+    """Return the frames of ``message``: its msgpack header, then its payload frames."""
+    _, fields = _BY_TAG[message.TAG]
+    header = [message.TAG, *(_plain(getattr(message, name)) for name, _ in fields)]
+    return [msgpack.packb(header), *message.frames]
+
+
+def decode(frames: Sequence[Any]) -> m.Message:
+    """Parse and validate frames into a message; raise ``ProtocolError`` on anything wrong."""
+    if not frames:
+        raise ProtocolError("empty message")
+    raw = frames[0]
+    try:
+        header_bytes = bytes(raw.buffer if hasattr(raw, "buffer") else raw)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"unreadable header frame: {exc}") from None
+    if len(header_bytes) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(header_bytes)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        header = msgpack.unpackb(header_bytes, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises many types on bad input; all mean the same
+        raise ProtocolError(f"header is not valid msgpack: {type(exc).__name__}") from None
+    if not isinstance(header, list) or not header:
+        raise ProtocolError("header is not a non-empty array")
+    tag = header[0]
+    if not isinstance(tag, int) or isinstance(tag, bool) or tag not in _BY_TAG:
+        raise ProtocolError(f"unknown message type {tag!r}")
+    cls, fields = _BY_TAG[tag]
+    if len(header) - 1 != len(fields):
+        raise ProtocolError(f"{cls.__name__}: expected {len(fields)} fields, got {len(header) - 1}")
+    try:
+        values = {name: chk(v) for (name, chk), v in zip(fields, header[1:])}
+    except ProtocolError as exc:
+        raise ProtocolError(f"{cls.__name__}: {exc}") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"{cls.__name__}: bad field: {exc}") from None
+    message = cls(**values, frames=tuple(frames[1:]))
+    _check_frames(message)
+    return message
+
+
+def _check_frames(message: m.Message) -> None:
+    n = len(message.frames)
+    expected: int | None
+    if isinstance(message, m.Submit):
+        expected = sum(t.nframes for t in message.tasks)
+        if any(t.nframes < 1 or t.threads < 1 for t in message.tasks):
+            raise ProtocolError("Submit: every task needs a payload and at least one thread")
+    elif isinstance(message, m.Results):
+        expected = sum(r.nframes for r in message.results)
+        if any(r.status not in m.STATUSES or r.nframes < 0 for r in message.results):
+            raise ProtocolError("Results: unknown status or negative frame count")
+    elif isinstance(message, m.Blobs):
+        expected = len(message.hashes)
+    elif isinstance(message, m.Manifest):
+        expected = 1
+    else:
+        expected = 0
+    if n != expected:
+        raise ProtocolError(f"{type(message).__name__}: expected {expected} payload frames, got {n}")

@@ -1,0 +1,60 @@
+"""ZeroMQ sockets carrying protocol messages: send and receive whole messages.
+
+The worker binds a ROUTER (one routing id per connected peer); a Main connects one DEALER per
+worker. Key-based CURVE security plugs in here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zmq
+
+from distrib.wire import _codec
+from distrib.wire._messages import Message
+
+MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # a peer sending more is disconnected by libzmq
+_COPY_THRESHOLD = 64 * 1024
+
+
+def router(ctx: zmq.Context[Any], endpoint: str) -> tuple[zmq.Socket[Any], str]:
+    """Bind a ROUTER at ``endpoint`` (port 0 picks a free port); return it and its address."""
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
+        endpoint = endpoint[:-2] + ":*"
+    sock.bind(endpoint)
+    return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+def dealer(ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[Any]:
+    """Connect a DEALER to a worker's ``endpoint``."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+    sock.connect(endpoint)
+    return sock
+
+
+def send(sock: zmq.Socket[Any], message: Message, peer: bytes | None = None) -> None:
+    """Send ``message`` (to ``peer``, on a ROUTER). Large frames go without a copy."""
+    frames = _codec.encode(message)
+    if peer is not None:
+        frames.insert(0, peer)
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        big = memoryview(frame).nbytes >= _COPY_THRESHOLD
+        sock.send(frame, zmq.SNDMORE if i < last else 0, copy=not big)
+
+
+def recv_frames(sock: zmq.Socket[Any]) -> list[Any]:
+    """Receive one multipart message without blocking (raises ``zmq.Again`` when none)."""
+    return sock.recv_multipart(zmq.NOBLOCK, copy=False)

@@ -1,0 +1,180 @@
+"""What runs inside an executor process: import the environment, then run tasks one by one.
+
+Started by the daemon as ``python -m distrib.worker._child FD ENV MAIN RUNS``, talking over the
+socket ``FD`` with length-prefixed messages (``multiprocessing.connection``). Every message is
+a msgpack header followed by its payload frames:
+
+    daemon -> child   ["run", key, nframes]              + call frames
+    child -> daemon   ["ready"]                          the environment imported
+                      ["env_error", info, nframes]       + error frames; then the child exits
+                      ["out", key, stream, text]         a task's output line(s)
+                      ["done", key, status, info, nframes] + result or error frames
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from distrib import _runtime, _serialize
+
+_RUN, _READY, _ENV_ERROR, _OUT, _DONE = "run", "ready", "env_error", "out", "done"
+
+
+def send(conn: Connection, header: list[Any], frames: list[Any] = []) -> None:  # noqa: B006
+    """Send one message (header, then frames) on ``conn``."""
+    conn.send_bytes(msgpack.packb([*header, len(frames)]))
+    for frame in frames:
+        conn.send_bytes(frame)
+
+
+class _Forward(io.TextIOBase):
+    """A task's stdout/stderr: complete lines go to the daemon, tagged with the task's key."""
+
+    def __init__(self, conn: Connection, lock: threading.Lock, stream: int) -> None:
+        self._conn, self._lock, self._stream = conn, lock, stream
+        self._buf: list[str] = []
+        self.key = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._buf.append(text)
+            if "\n" in text:
+                self._flush_lines(everything=False)
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_lines(everything=True)
+
+    def _flush_lines(self, everything: bool) -> None:
+        data = "".join(self._buf)
+        cut = len(data) if everything else data.rfind("\n") + 1
+        if cut:
+            self._conn.send_bytes(msgpack.packb([_OUT, self.key, self._stream, data[:cut], 0]))
+        self._buf = [data[cut:]] if data[cut:] else []
+
+
+def _watch_parent(parent: int) -> None:
+    # A daemon killed with -9 cannot stop us; leave when we are orphaned.
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(70)
+
+
+def _import_main(env: Path, main: str) -> None:
+    path = env / main
+    spec = importlib.util.spec_from_file_location(_runtime.MAIN_ALIAS, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import the main script {main}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[_runtime.MAIN_ALIAS] = module
+    sys.modules["__main__"] = module  # pickles name it __main__; it must resolve to the script
+    _runtime.mode = _runtime.Mode.WORKER_IMPORT
+    _runtime.main_script = main
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        _runtime.mode = _runtime.Mode.WORKER_TASK
+
+
+class _Workdir:
+    """A fresh working folder per task that shows the workspace's top-level entries as links.
+
+    A folder the last task left unchanged is reused, which keeps tiny tasks cheap.
+    """
+
+    def __init__(self, env: Path, runs: Path) -> None:
+        self._env, self._runs = env, runs
+        self._names = sorted(os.listdir(env))
+        self._count = 0
+        self._current: Path | None = None
+
+    def enter(self) -> None:
+        if self._current is not None:
+            try:
+                if sorted(os.listdir(self._current)) == self._names:
+                    os.chdir(self._current)
+                    return
+            except OSError:
+                pass
+            self._discard()
+        self._count += 1
+        folder = self._runs / f"{os.getpid()}-{self._count}"
+        folder.mkdir(parents=True)
+        for name in self._names:
+            os.symlink(self._env / name, folder / name)
+        self._current = folder
+        os.chdir(folder)
+
+    def _discard(self) -> None:
+        import shutil
+
+        if self._current is not None:
+            os.chdir(self._runs)
+            shutil.rmtree(self._current, ignore_errors=True)
+            self._current = None
+
+
+def main(argv: list[str]) -> None:
+    fd, env, main_script, runs = int(argv[0]), Path(argv[1]), argv[2], Path(argv[3])
+    conn = Connection(fd)
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    sys.path.insert(0, str(env))
+    os.chdir(env)
+    lock = threading.Lock()
+    out, err = _Forward(conn, lock, 1), _Forward(conn, lock, 2)
+    try:
+        if main_script:
+            _import_main(env, main_script)
+        _runtime.mode = _runtime.Mode.WORKER_TASK
+    except BaseException as exc:  # anything the script raised while importing
+        send(conn, [_ENV_ERROR, _serialize.error_info(exc)], _serialize.dumps_error(exc))
+        conn.close()
+        return
+    workdir = _Workdir(env, runs)
+    send(conn, [_READY])
+    real_out, real_err = sys.stdout, sys.stderr
+    while True:
+        try:
+            header = msgpack.unpackb(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
+        _, key, nframes = header
+        frames = [conn.recv_bytes() for _ in range(nframes)]
+        out.key = err.key = key
+        sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
+        try:
+            workdir.enter()
+            fn, args, kwargs = _serialize.loads(frames)
+            result = fn._fn(*args, **kwargs)
+            try:
+                status, info, payload = "ok", {}, _serialize.dumps(result)
+            except Exception as exc:
+                status, info, payload = "error", _serialize.error_info(exc), _serialize.dumps_error(exc)
+        except BaseException as exc:  # the task's own error, or a call that does not unpickle
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            status, info, payload = "error", _serialize.error_info(exc), _serialize.dumps_error(exc)
+        finally:
+            out.flush()
+            err.flush()
+            sys.stdout, sys.stderr = real_out, real_err
+        send(conn, [_DONE, key, status, info], payload)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

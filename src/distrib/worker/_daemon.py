@@ -1,0 +1,492 @@
+"""The worker daemon: one thread, one poll loop over the ROUTER socket and executor pipes.
+
+    Mains --(DEALER/ROUTER)--> daemon: decode + validate -> Queues (fair share)
+                                       distributions: manifest -> missing blobs -> env tree
+                                       slots free? -> executor for (dist, threads) -> run
+    executors --(socketpair)--> daemon: ready / out / done / EOF (died) -> Results to the Main
+
+The daemon never unpickles a payload: call frames go to executors and result frames to the
+Main as they came.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from distrib._errors import ProtocolError, WorkspaceError
+from distrib.wire import _codec, _facts, _transport
+from distrib.wire import _messages as m
+from distrib.worker import _pool
+from distrib.worker._pool import EnvKey, Executor
+from distrib.worker._state import QueuedTask, Queues
+from distrib.workspace._manifest import Entry, decode_manifest
+from distrib.workspace._store import Store
+
+log = logging.getLogger("distrib.worker")
+
+BLOB_BATCH_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(eq=False)
+class MainPeer:
+    """A Main that said Hello."""
+
+    peer: bytes
+    main_id: str
+    name: str
+    forward_output: bool
+    last_seen: float
+
+
+@dataclass(eq=False)
+class Dist:
+    """What the daemon knows of one distribution."""
+
+    state: str  # "manifest" (asked), "blobs" (asked), "ready", "failed"
+    main: str | None = None
+    entries: list[Entry] = field(default_factory=list)
+    waiting_blobs: set[str] = field(default_factory=set)
+    env: Path | None = None
+    error: tuple[dict[str, str], list[Any]] | None = None
+    source: bytes | None = None  # the Main it is being fetched from
+
+
+@dataclass(eq=False)
+class Running:
+    task: QueuedTask
+    deadline: float | None
+
+
+class Daemon:
+    """A worker daemon bound to ``endpoint`` offering ``slots`` slots."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        slots: int,
+        name: str,
+        cache_dir: Path,
+        heartbeat_interval: float = 1.0,
+        lost_after: float = 10.0,
+        exit_with_parent: int | None = None,
+    ) -> None:
+        self.slots = slots
+        self.name = name
+        self.worker_id = uuid.uuid4().hex
+        self.heartbeat_interval = heartbeat_interval
+        self.lost_after = lost_after
+        self.exit_with_parent = exit_with_parent
+        self.store = Store(cache_dir)
+        self.runs = cache_dir / "runs" / f"{os.getpid()}-{self.worker_id[:8]}"
+        self.runs.mkdir(parents=True, exist_ok=True)
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.sock, self.address = _transport.router(self.ctx, endpoint)
+        self.mains: dict[bytes, MainPeer] = {}
+        self.queues = Queues()
+        self.dists: dict[str, Dist] = {}
+        self.executors: list[Executor] = []
+        self.busy = 0
+        self.counters: dict[str, int] = defaultdict(int)
+        self._outbox: dict[bytes, list[tuple[m.ResultSpec, list[Any]]]] = defaultdict(list)
+        self._stop = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until SIGINT or SIGTERM (or the parent named by ``exit_with_parent`` dies)."""
+        signal.set_wakeup_fd(self._wake_w.fileno())
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        next_tick = time.monotonic()
+        try:
+            while not self._stop:
+                poller = zmq.Poller()
+                poller.register(self.sock, zmq.POLLIN)
+                poller.register(self._wake_r, zmq.POLLIN)
+                for ex in self.executors:
+                    poller.register(ex.fileno(), zmq.POLLIN)
+                timeout = max(0.0, next_tick - time.monotonic())
+                events = dict(poller.poll(timeout * 1000))
+                if self.sock in events:
+                    self._drain_socket()
+                for ex in list(self.executors):
+                    if ex.fileno() in events:
+                        self._on_executor(ex)
+                if self._wake_r.fileno() in events:
+                    self._drain_wake()
+                now = time.monotonic()
+                if now >= next_tick:
+                    self._tick(now)
+                    next_tick = now + min(self.heartbeat_interval, 0.25)
+                self._schedule()
+                self._flush_results()
+        finally:
+            self.close()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._stop = True
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        for ex in self.executors:
+            ex.kill()
+        self.executors.clear()
+        for peer in list(self.mains):
+            self._send(peer, m.Refused("worker is shutting down"))
+        self.sock.close(0)
+        self.ctx.term()
+        shutil.rmtree(self.runs, ignore_errors=True)
+        log.info("worker %s stopped", self.name)
+
+    # --- messages from Mains -----------------------------------------------------------------
+
+    def _send(self, peer: bytes, message: m.Message) -> None:
+        try:
+            _transport.send(self.sock, message, peer)
+        except zmq.ZMQError as exc:
+            log.debug("could not send %s: %s", type(message).__name__, exc)
+
+    def _drain_socket(self) -> None:
+        for _ in range(1000):  # bounded, so executors and timers get their turn
+            try:
+                frames = _transport.recv_frames(self.sock)
+            except zmq.Again:
+                return
+            if len(frames) < 2:
+                continue
+            peer = frames[0].bytes
+            try:
+                message = _codec.decode(frames[1:])
+            except ProtocolError as exc:
+                self.counters["dropped"] += 1
+                log.warning("dropped a malformed message from peer %s: %s", peer.hex()[:8], exc)
+                continue
+            self._on_message(peer, message)
+
+    def _on_message(self, peer: bytes, msg: m.Message) -> None:
+        if isinstance(msg, m.StatusRequest):
+            self._send(peer, m.Status(self.status()))
+            return
+        if isinstance(msg, m.Hello):
+            self._on_hello(peer, msg)
+            return
+        main = self.mains.get(peer)
+        if main is None:
+            log.warning("dropped %s from a peer that has not said Hello", type(msg).__name__)
+            self._send(peer, m.Refused("unknown peer: send Hello first"))
+            return
+        main.last_seen = time.monotonic()
+        if isinstance(msg, m.Submit):
+            self._on_submit(peer, msg)
+        elif isinstance(msg, m.Cancel):
+            for task_id in msg.task_ids:
+                self._cancel(peer, task_id)
+        elif isinstance(msg, m.Manifest):
+            self._on_manifest(msg)
+        elif isinstance(msg, m.Blobs):
+            self._on_blobs(msg)
+        elif isinstance(msg, m.DistFailed):
+            self._fail_dist(msg.dist, {"type": "distrib.WorkspaceError", "message": msg.reason,
+                                       "traceback": ""}, [])
+        elif isinstance(msg, m.Goodbye):
+            self._drop_main(peer, "said goodbye")
+        elif isinstance(msg, m.Heartbeat):
+            pass
+        else:
+            log.warning("dropped unexpected %s from Main %s", type(msg).__name__, main.name)
+
+    def _on_hello(self, peer: bytes, msg: m.Hello) -> None:
+        if msg.protocol != m.PROTOCOL_VERSION:
+            log.warning("refused Main %s: protocol %d, this worker speaks %d",
+                        msg.name, msg.protocol, m.PROTOCOL_VERSION)
+            self._send(peer, m.Refused(f"protocol {msg.protocol} unsupported; "
+                                       f"this worker speaks {m.PROTOCOL_VERSION}"))
+            return
+        self.mains[peer] = MainPeer(peer, msg.main_id, msg.name, msg.forward_output,
+                                    time.monotonic())
+        log.info("serving Main %s (pid %d)", msg.name, msg.pid)
+        self._send(peer, m.Welcome(m.PROTOCOL_VERSION, self.worker_id, self.name,
+                                   _facts.platform_tag(), _facts.python_version(), self.slots,
+                                   os.getpid()))
+
+    def _on_submit(self, peer: bytes, msg: m.Submit) -> None:
+        frames = list(msg.frames)
+        at = 0
+        for spec in msg.tasks:
+            task = QueuedTask(peer, spec.task_id, spec.dist, spec.threads, spec.timeout,
+                              frames[at: at + spec.nframes])
+            at += spec.nframes
+            if spec.threads > self.slots:
+                self._result(task, "error", {
+                    "type": "distrib.ConfigError",
+                    "message": f"task needs {spec.threads} threads; worker {self.name} offers "
+                               f"{self.slots}", "traceback": ""}, [])
+                continue
+            dist = self.dists.get(spec.dist)
+            if dist is None:
+                self.dists[spec.dist] = Dist("manifest", source=peer)
+                self._send(peer, m.NeedManifest(spec.dist))
+            elif dist.state == "failed" and dist.error is not None:
+                self._result(task, "env_error", dist.error[0], dist.error[1])
+                continue
+            self.queues.add(task)
+
+    def _on_manifest(self, msg: m.Manifest) -> None:
+        dist = self.dists.get(msg.dist)
+        if dist is None or dist.state != "manifest":
+            return
+        try:
+            dist.main, dist.entries = decode_manifest(bytes(msg.frames[0].buffer if hasattr(
+                msg.frames[0], "buffer") else msg.frames[0]), msg.dist)
+        except WorkspaceError as exc:
+            self._fail_dist(msg.dist, _plain_error(exc), [])
+            return
+        missing = self.store.missing(dist.entries)
+        if missing:
+            dist.state, dist.waiting_blobs = "blobs", set(missing)
+            peer = self._peer_of_dist(msg.dist)
+            if peer is not None:
+                self._send(peer, m.NeedBlobs(msg.dist, missing))
+        else:
+            self._materialize(msg.dist, dist)
+
+    def _on_blobs(self, msg: m.Blobs) -> None:
+        dist = self.dists.get(msg.dist)
+        if dist is None or dist.state != "blobs":
+            return
+        for digest, frame in zip(msg.hashes, msg.frames):
+            if digest not in dist.waiting_blobs:
+                log.warning("dropped unrequested blob %s", digest[:12])
+                continue
+            try:
+                self.store.put_compressed(digest, frame.buffer if hasattr(frame, "buffer") else frame)
+            except WorkspaceError as exc:
+                self._fail_dist(msg.dist, _plain_error(exc), [])
+                return
+            dist.waiting_blobs.discard(digest)
+            self.counters["blobs_received"] += 1
+        if not dist.waiting_blobs:
+            self._materialize(msg.dist, dist)
+
+    def _materialize(self, dist_id: str, dist: Dist) -> None:
+        in_use = {d for d, x in self.dists.items() if x.state == "ready"}
+        try:
+            dist.env = self.store.materialize(dist_id, dist.entries, in_use)
+        except (WorkspaceError, OSError) as exc:
+            self._fail_dist(dist_id, _plain_error(exc), [])
+            return
+        dist.state = "ready"
+        log.info("environment %s ready (%d files)", dist_id[:12], len(dist.entries))
+
+    def _peer_of_dist(self, dist_id: str) -> bytes | None:
+        dist = self.dists.get(dist_id)
+        return dist.source if dist is not None else None
+
+    def _fail_dist(self, dist_id: str, info: dict[str, str], frames: list[Any]) -> None:
+        log.warning("environment %s failed: %s", dist_id[:12], info.get("message"))
+        dist = self.dists.setdefault(dist_id, Dist("failed"))
+        dist.state, dist.error = "failed", (info, frames)
+        for task in self.queues.take_where(lambda t: t.dist == dist_id):
+            self._result(task, "env_error", info, frames)
+
+    def _cancel(self, peer: bytes, task_id: int) -> None:
+        task = self.queues.remove(peer, task_id)
+        if task is not None:
+            self._result(task, "cancelled", {}, [])
+            return
+        for ex in self.executors:
+            run = ex.task
+            if run is not None and run.task.peer == peer and run.task.task_id == task_id:
+                self._stop_executor(ex, "cancelled")
+                return
+
+    def _drop_main(self, peer: bytes, why: str) -> None:
+        main = self.mains.pop(peer, None)
+        dropped = self.queues.drop_peer(peer)
+        stopped = 0
+        for ex in list(self.executors):
+            if ex.task is not None and ex.task.task.peer == peer:
+                self._stop_executor(ex, None)
+                stopped += 1
+        self._outbox.pop(peer, None)
+        for dist_id, dist in list(self.dists.items()):
+            if dist.source == peer and dist.state in ("manifest", "blobs"):
+                # Fetch it again from another Main that has tasks for it, if any.
+                del self.dists[dist_id]
+                other = self.queues.first_peer_with(dist_id)
+                if other is not None:
+                    self.dists[dist_id] = Dist("manifest", source=other)
+                    self._send(other, m.NeedManifest(dist_id))
+        log.info("Main %s %s: dropped %d queued and stopped %d running tasks",
+                 main.name if main else peer.hex()[:8], why, len(dropped), stopped)
+
+    # --- executors ---------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        while self.busy < self.slots:
+            task = self.queues.next_runnable(self.slots - self.busy, self._runnable)
+            if task is None:
+                return
+            dist = self.dists[task.dist]
+            assert dist.env is not None
+            key = EnvKey(task.dist, task.threads)
+            ex = next((e for e in self.executors if e.key == key and e.task is None), None)
+            if ex is None:
+                ex = self._spawn(key, dist)
+            self.busy += task.threads
+            ex.task = Running(task, None if task.timeout is None
+                              else time.monotonic() + task.timeout)
+            if ex.ready:
+                self._start(ex)
+
+    def _runnable(self, task: QueuedTask) -> bool:
+        dist = self.dists.get(task.dist)
+        return dist is not None and dist.state == "ready"
+
+    def _spawn(self, key: EnvKey, dist: Dist) -> Executor:
+        idle = [e for e in self.executors if e.task is None]
+        # Keep at most ``slots`` executors around: retire an idle one of another environment.
+        if len(self.executors) >= self.slots and idle:
+            self._retire(idle[0])
+        assert dist.env is not None
+        ex = _pool.spawn(key, dist.env, dist.main, self.runs)
+        self.executors.append(ex)
+        self.counters["executors_started"] += 1
+        return ex
+
+    def _retire(self, ex: Executor) -> None:
+        ex.kill()
+        self.executors.remove(ex)
+
+    def _start(self, ex: Executor) -> None:
+        assert ex.task is not None
+        try:
+            ex.run(ex.task.task.task_id, ex.task.task.frames)
+        except OSError as exc:
+            log.debug("executor %d: %s", ex.pid, exc, exc_info=True)
+            self._executor_died(ex)
+
+    def _on_executor(self, ex: Executor) -> None:
+        try:
+            header, frames = ex.read()
+        except (EOFError, OSError, ValueError) as exc:
+            log.debug("executor %d: %s", ex.pid, exc, exc_info=True)
+            self._executor_died(ex)
+            return
+        kind = header[0] if header else None
+        if kind == "ready":
+            ex.ready = True
+            if ex.task is not None:
+                self._start(ex)
+        elif kind == "out" and ex.task is not None:
+            main = self.mains.get(ex.task.task.peer)
+            if main is not None and main.forward_output and len(header) == 4:
+                self._send(main.peer, m.Output(ex.task.task.task_id, int(header[2]), str(header[3])))
+        elif kind == "done" and ex.task is not None and len(header) == 4:
+            run, ex.task = ex.task, None
+            self.busy -= run.task.threads
+            self.counters["tasks_done"] += 1
+            self._result(run.task, str(header[2]), dict(header[3]), frames)
+        elif kind == "env_error" and len(header) == 2:
+            self._fail_dist(ex.key.dist, dict(header[1]), frames)
+            if ex.task is not None:
+                self._result(ex.task.task, "env_error", dict(header[1]), frames)
+                self.busy -= ex.task.task.threads
+                ex.task = None
+            self._retire(ex)
+
+    def _executor_died(self, ex: Executor) -> None:
+        code = ex.proc.poll()
+        ex.kill()
+        self.executors.remove(ex)
+        if ex.task is not None:
+            self.busy -= ex.task.task.threads
+            self.counters["executors_crashed"] += 1
+            log.warning("executor %d died (exit %s) running task %d; replacing it",
+                        ex.pid, code, ex.task.task.task_id)
+            self._result(ex.task.task, "crashed", {
+                "type": "distrib.WorkerCrashed",
+                "message": f"executor process {ex.pid} on worker {self.name} died "
+                           f"(exit code {code})", "traceback": ""}, [])
+
+    def _stop_executor(self, ex: Executor, status: str | None) -> None:
+        """Kill the executor running a task (cancel, timeout, Main gone); report ``status``."""
+        run = ex.task
+        ex.task = None
+        self._retire(ex)
+        if run is not None:
+            self.busy -= run.task.threads
+            if status is not None:
+                self._result(run.task, status, {}, [])
+
+    # --- results and timers ------------------------------------------------------------------
+
+    def _result(self, task: QueuedTask, status: str, info: dict[str, str], frames: list[Any]) -> None:
+        if task.peer in self.mains:
+            self._outbox[task.peer].append(
+                (m.ResultSpec(task.task_id, status, len(frames), info), frames))
+
+    def _flush_results(self) -> None:
+        for peer, items in self._outbox.items():
+            specs = [spec for spec, _ in items]
+            frames = [f for _, fs in items for f in fs]
+            self._send(peer, m.Results(specs, frames=tuple(frames)))
+        self._outbox.clear()
+
+    def _tick(self, now: float) -> None:
+        for ex in list(self.executors):
+            if ex.task is not None and ex.task.deadline is not None and now > ex.task.deadline:
+                log.info("task %d ran past its timeout; stopping it", ex.task.task.task_id)
+                self._stop_executor(ex, "timeout")
+            elif ex.proc.poll() is not None:
+                self._executor_died(ex)
+        for peer, main in list(self.mains.items()):
+            if now - main.last_seen > self.lost_after:
+                self._drop_main(peer, f"was silent for {self.lost_after:.0f} s")
+            else:
+                self._send(peer, m.Heartbeat(self.busy, self.queues.count(peer)))
+        if self.exit_with_parent is not None and os.getppid() != self.exit_with_parent:
+            log.info("parent process %d is gone; stopping", self.exit_with_parent)
+            self._stop = True
+
+    def status(self) -> dict[str, Any]:
+        """Facts, load and counters, as ``distrib status`` and tests read them."""
+        return {
+            "name": self.name,
+            "worker_id": self.worker_id,
+            "address": self.address,
+            "platform": _facts.platform_tag(),
+            "python": _facts.python_version(),
+            "pid": os.getpid(),
+            "slots": self.slots,
+            "busy": self.busy,
+            "queued": len(self.queues),
+            "mains": [x.name for x in self.mains.values()],
+            "executors": [e.pid for e in self.executors],
+            **self.counters,
+        }
+
+
+def _plain_error(exc: BaseException) -> dict[str, str]:
+    return {"type": f"distrib.{type(exc).__name__}", "message": str(exc), "traceback": ""}

@@ -1,0 +1,106 @@
+"""Executor processes, seen from the daemon: spawn, send a task, read what comes back, kill.
+
+Executors are fresh interpreters (``subprocess`` fork+exec, never a bare fork of the daemon)
+that import one environment once and then run its tasks one by one. Each talks to the daemon
+over a socketpair; the daemon polls the socket's file descriptor in its event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+log = logging.getLogger("distrib.worker")
+
+_THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EnvKey:
+    """Executors are shared by tasks of one distribution asking for the same thread count."""
+
+    dist: str
+    threads: int
+
+
+@dataclass(eq=False)
+class Executor:
+    """One executor process and its end of the socketpair."""
+
+    key: EnvKey
+    proc: subprocess.Popen[bytes]
+    conn: Connection
+    ready: bool = False
+    task: Any = None  # the daemon's record of the task running here, if any
+    pending: list[Any] = field(default_factory=list)  # a message being read frame by frame
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def fileno(self) -> int:
+        return self.conn.fileno()
+
+    def run(self, key: int, frames: list[Any]) -> None:
+        """Hand a task to this (idle, ready) executor."""
+        self.conn.send_bytes(msgpack.packb(["run", key, len(frames)]))
+        for frame in frames:
+            self.conn.send_bytes(frame.buffer if hasattr(frame, "buffer") else frame)
+
+    def read(self) -> tuple[list[Any], list[bytes]]:
+        """Read one whole message (header fields, payload frames). ``EOFError`` if it died."""
+        header = msgpack.unpackb(self.conn.recv_bytes(), raw=False)
+        if not isinstance(header, list) or not header or not isinstance(header[-1], int):
+            raise EOFError("executor sent a malformed message")
+        frames = [self.conn.recv_bytes() for _ in range(header[-1])]
+        return header[:-1], frames
+
+    def kill(self) -> None:
+        """Stop the process now and reap it."""
+        try:
+            self.proc.send_signal(signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.conn.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            log.warning("executor %d did not exit after SIGKILL", self.proc.pid)
+
+
+def spawn(key: EnvKey, env: Path, main: str | None, runs: Path) -> Executor:
+    """Start an executor for ``key`` whose environment tree is ``env``."""
+    ours, theirs = socket.socketpair()
+    environ = dict(os.environ)
+    for name in _THREAD_VARS:
+        environ[name] = str(key.threads)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-P", "-m", "distrib.worker._child", str(theirs.fileno()), str(env),
+             main or "", str(runs)],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # a task's prints are forwarded at the Python level
+            env=environ,
+            cwd=env,
+        )
+    finally:
+        theirs.close()
+    fd = ours.detach()
+    return Executor(key, proc, Connection(fd))

@@ -1,0 +1,96 @@
+"""The worker's queues, pure: tasks per Main, and a fair choice of what runs next.
+
+No sockets, no processes, no clock: the daemon feeds it tasks and asks what to start when
+slots free up. Mains are served round-robin, so one Main's deep queue cannot starve another.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(eq=False)
+class QueuedTask:
+    """A task as the worker holds it: who sent it, what it needs, its opaque payload."""
+
+    peer: bytes  # the Main's routing id
+    task_id: int
+    dist: str
+    threads: int
+    timeout: float | None
+    frames: list[Any] = field(repr=False)
+
+
+class Queues:
+    """Per-Main FIFO queues with round-robin selection among Mains."""
+
+    def __init__(self) -> None:
+        self._by_peer: dict[bytes, deque[QueuedTask]] = {}
+        self._turn: deque[bytes] = deque()  # Mains in the order they get their next turn
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._by_peer.values())
+
+    def count(self, peer: bytes) -> int:
+        return len(self._by_peer.get(peer, ()))
+
+    def add(self, task: QueuedTask) -> None:
+        queue = self._by_peer.get(task.peer)
+        if queue is None:
+            queue = self._by_peer[task.peer] = deque()
+            self._turn.append(task.peer)
+        queue.append(task)
+
+    def remove(self, peer: bytes, task_id: int) -> QueuedTask | None:
+        """Withdraw one queued task; None if it is not queued (running, done or unknown)."""
+        queue = self._by_peer.get(peer)
+        if queue is None:
+            return None
+        for task in queue:
+            if task.task_id == task_id:
+                queue.remove(task)
+                return task
+        return None
+
+    def drop_peer(self, peer: bytes) -> list[QueuedTask]:
+        """Forget a Main: return its queued tasks."""
+        queue = self._by_peer.pop(peer, deque())
+        if peer in self._turn:
+            self._turn.remove(peer)
+        return list(queue)
+
+    def take_where(self, pred: Callable[[QueuedTask], bool]) -> list[QueuedTask]:
+        """Remove and return every queued task matching ``pred`` (e.g. of a failed dist)."""
+        taken: list[QueuedTask] = []
+        for peer, queue in self._by_peer.items():
+            keep = deque(t for t in queue if not pred(t))
+            if len(keep) != len(queue):
+                taken.extend(t for t in queue if pred(t))
+                self._by_peer[peer] = keep
+        return taken
+
+    def first_peer_with(self, dist: str) -> bytes | None:
+        """A Main with a queued task of distribution ``dist``, if any."""
+        for peer, queue in self._by_peer.items():
+            if any(t.dist == dist for t in queue):
+                return peer
+        return None
+
+    def next_runnable(self, free: int, runnable: Callable[[QueuedTask], bool]) -> QueuedTask | None:
+        """Pop the next task to start on ``free`` slots, taking Mains in turn.
+
+        Within one Main's queue the first task that fits and is ``runnable`` (its environment
+        is ready) goes; tasks behind an unready environment are not held up by it.
+        """
+        for _ in range(len(self._turn)):
+            peer = self._turn[0]
+            self._turn.rotate(-1)
+            queue = self._by_peer[peer]
+            for task in queue:
+                if task.threads <= free and runnable(task):
+                    queue.remove(task)
+                    return task
+        return None

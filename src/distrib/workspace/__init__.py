@@ -1,0 +1,1 @@
+"""The workspace as shipped: manifest scanning (Main) and the content-addressed store (worker)."""

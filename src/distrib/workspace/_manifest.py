@@ -1,0 +1,248 @@
+"""Scan a workspace into a manifest of (path, size, mode, content hash); its hash is the id.
+
+Both sides use this module: the Main scans and encodes, the worker decodes and validates
+(a manifest is untrusted input there: every path and number is checked).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import msgpack
+import pathspec
+
+from distrib._errors import WorkspaceError
+
+log = logging.getLogger("distrib.workspace")
+
+ALWAYS_EXCLUDED = (
+    ".git/",
+    "__pycache__/",
+    "*.pyc",
+    ".mypy_cache/",
+    ".pytest_cache/",
+    ".ruff_cache/",
+    ".tox/",
+    ".nox/",
+    ".ipynb_checkpoints/",
+    "*.egg-info/",
+    ".DS_Store",
+)
+MAX_FILE_BYTES = 256 * 1024 * 1024
+MAX_TOTAL_BYTES = 2 * 1024 * 1024 * 1024
+MAX_FILES = 100_000
+_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One file of a distribution: relative POSIX path, size, executable bit, sha256 hex."""
+
+    path: str
+    size: int
+    executable: bool
+    digest: str
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A scanned workspace: its entries, the main script's relative path, and its id."""
+
+    root: Path
+    main: str | None
+    entries: tuple[Entry, ...]
+    encoded: bytes
+    dist_id: str
+    by_digest: dict[str, Entry] = field(default_factory=dict, compare=False, repr=False)
+
+    def path_of(self, digest: str) -> Path | None:
+        """The local file holding ``digest`` (the Main serves blobs from the workspace)."""
+        entry = self.by_digest.get(digest)
+        return None if entry is None else self.root / entry.path
+
+
+def encode_manifest(main: str | None, entries: list[Entry]) -> tuple[bytes, str]:
+    """Canonical bytes of a manifest and its id (sha256 of those bytes)."""
+    body = msgpack.packb(
+        {"main": main, "entries": [[e.path, e.size, e.executable, e.digest] for e in entries]}
+    )
+    return body, hashlib.sha256(body).hexdigest()
+
+
+def decode_manifest(data: bytes, dist_id: str) -> tuple[str | None, list[Entry]]:
+    """Parse and validate a manifest received from the network; ``WorkspaceError`` if bad."""
+    if hashlib.sha256(data).hexdigest() != dist_id:
+        raise WorkspaceError(f"manifest does not hash to its distribution id {dist_id}")
+    try:
+        body: Any = msgpack.unpackb(data, raw=False)
+    except Exception as exc:
+        raise WorkspaceError(f"manifest is not valid msgpack: {type(exc).__name__}") from None
+    if not isinstance(body, dict) or set(body) != {"main", "entries"}:
+        raise WorkspaceError("manifest must be a map of 'main' and 'entries'")
+    main = body["main"]
+    raw_entries = body["entries"]
+    if main is not None and not isinstance(main, str):
+        raise WorkspaceError("manifest 'main' must be a path or nil")
+    if not isinstance(raw_entries, list) or len(raw_entries) > MAX_FILES:
+        raise WorkspaceError(f"manifest 'entries' must be a list of at most {MAX_FILES}")
+    entries: list[Entry] = []
+    seen: set[str] = set()
+    total = 0
+    for raw in raw_entries:
+        if not (isinstance(raw, list) and len(raw) == 4):
+            raise WorkspaceError("manifest entry must be [path, size, executable, digest]")
+        path, size, executable, digest = raw
+        check_relative_path(path)
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_FILE_BYTES:
+            raise WorkspaceError(f"manifest entry {path!r}: bad size {size!r}")
+        if not isinstance(executable, bool) or not (
+            isinstance(digest, str) and _HASH_RE.match(digest)
+        ):
+            raise WorkspaceError(f"manifest entry {path!r}: bad mode or digest")
+        if path in seen:
+            raise WorkspaceError(f"manifest lists {path!r} twice")
+        seen.add(path)
+        total += size
+        entries.append(Entry(path, size, executable, digest))
+    if total > MAX_TOTAL_BYTES:
+        raise WorkspaceError(f"manifest totals {total} bytes, over the {MAX_TOTAL_BYTES} limit")
+    for path in seen:  # a file may not also be a folder of another entry
+        for parent in PurePosixPath(path).parents:
+            if str(parent) in seen:
+                raise WorkspaceError(f"manifest entry {path!r} lies under file {parent}")
+    if main is not None and main not in seen:
+        raise WorkspaceError(f"manifest main script {main!r} is not in its entries")
+    return main, entries
+
+
+def check_relative_path(path: Any) -> None:
+    """Reject anything but a plain relative POSIX path inside the tree."""
+    if not isinstance(path, str) or not path or len(path) > 4096:
+        raise WorkspaceError(f"bad path in manifest: {path!r}")
+    if "\\" in path or "\x00" in path or path.startswith("/") or ":" in path.split("/")[0]:
+        raise WorkspaceError(f"path is not a relative POSIX path: {path!r}")
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise WorkspaceError(f"path leaves or escapes the tree: {path!r}")
+
+
+class HashCache:
+    """Remembers file digests by (path, size, mtime) so a rerun does not rehash unchanged files."""
+
+    def __init__(self, file: Path | None) -> None:
+        self._file = file
+        self._data: dict[str, list[Any]] = {}
+        self._dirty = False
+        if file is not None and file.exists():
+            try:
+                loaded = msgpack.unpackb(file.read_bytes(), raw=False)
+                if isinstance(loaded, dict):
+                    self._data = loaded
+            except Exception:  # a corrupt cache is only a slower scan
+                log.debug("ignoring unreadable hash cache %s", file)
+
+    def digest(self, path: Path, st: os.stat_result) -> str:
+        key = str(path)
+        hit = self._data.get(key)
+        if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            return str(hit[2])
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        self._data[key] = [st.st_size, st.st_mtime_ns, digest]
+        self._dirty = True
+        return digest
+
+    def save(self) -> None:
+        if self._file is None or not self._dirty:
+            return
+        try:
+            self._file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(msgpack.packb(self._data))
+            os.replace(tmp, self._file)
+        except OSError as exc:
+            log.debug("could not save hash cache: %s", exc)
+
+
+def _is_venv(folder: Path) -> bool:
+    return (folder / "pyvenv.cfg").is_file()
+
+
+def scan(
+    root: Path,
+    main: Path | None,
+    excludes: tuple[str, ...] = (),
+    cache_file: Path | None = None,
+) -> Distribution:
+    """Scan ``root`` into a Distribution. ``main`` is the main script, if inside ``root``."""
+    root = root.resolve()
+    if not root.is_dir():
+        raise WorkspaceError(f"workspace {root} is not a folder; set 'workspace' to a folder")
+    patterns = list(ALWAYS_EXCLUDED) + list(excludes)
+    gitignore = root / ".gitignore"
+    if gitignore.is_file():
+        patterns += gitignore.read_text(errors="replace").splitlines()
+    spec = pathspec.PathSpec.from_lines("gitwildmatch", patterns)
+    cache = HashCache(cache_file)
+    entries: list[Entry] = []
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        rel_dir = here.relative_to(root).as_posix()
+        prefix = "" if rel_dir == "." else rel_dir + "/"
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if not spec.match_file(prefix + d + "/")
+            and not _is_venv(here / d)
+            and not (here / d).is_symlink()
+        )
+        for name in sorted(filenames):
+            rel = prefix + name
+            if spec.match_file(rel):
+                continue
+            path = here / name
+            try:
+                if path.is_symlink():
+                    target = path.resolve()
+                    if not target.is_relative_to(root):
+                        log.warning("workspace: skipping %s, a link that leaves the tree", rel)
+                        continue
+                st = path.stat()
+            except OSError as exc:
+                log.warning("workspace: skipping %s: %s", rel, exc)
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            if st.st_size > MAX_FILE_BYTES:
+                raise WorkspaceError(
+                    f"workspace file {rel} is {st.st_size} bytes, over the {MAX_FILE_BYTES} "
+                    "limit; add it to the workspace excludes"
+                )
+            total += st.st_size
+            entries.append(Entry(rel, st.st_size, bool(st.st_mode & 0o111), cache.digest(path, st)))
+            if len(entries) > MAX_FILES or total > MAX_TOTAL_BYTES:
+                raise WorkspaceError(
+                    f"workspace {root} holds over {MAX_FILES} files or {MAX_TOTAL_BYTES} bytes; "
+                    "set 'workspace' to a smaller folder or add excludes"
+                )
+    cache.save()
+    main_rel: str | None = None
+    if main is not None:
+        main_abs = main.resolve()
+        if main_abs.is_relative_to(root):
+            candidate = main_abs.relative_to(root).as_posix()
+            if any(e.path == candidate for e in entries):
+                main_rel = candidate
+    entries.sort(key=lambda e: e.path)
+    encoded, dist_id = encode_manifest(main_rel, entries)
+    return Distribution(
+        root, main_rel, tuple(entries), encoded, dist_id, {e.digest: e for e in entries}
+    )
