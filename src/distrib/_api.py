@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -70,13 +71,20 @@ class DistributedFunction(Generic[P, T]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         module, qualname = self._fn.__module__, self._fn.__qualname__
-        by_reference = "<locals>" not in qualname and "<lambda>" not in qualname and (
-            module != "__main__" or _runtime.main_shipped
-        )
+        by_reference = (module != "__main__" or _runtime.main_shipped) and _finds(
+            self, module, qualname)
         if by_reference:
             return (_lookup, (module, qualname))
         # By value: plain pickle fails on the function and the caller falls back to cloudpickle.
         return (DistributedFunction, (self._fn, self.options))
+
+
+def _finds(obj: object, module: str, qualname: str) -> bool:
+    """Does ``module.qualname`` name ``obj`` here? (Else it must travel by value.)"""
+    found: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found is obj
 
 
 def _lookup(module: str, qualname: str) -> DistributedFunction[..., Any]:

@@ -63,8 +63,9 @@ def _describe(obj: Any) -> str:
 def error_info(exc: BaseException) -> dict[str, str]:
     """The plain record of an exception: what a user needs even if the pickle is lost."""
     cls = type(exc)
+    module = "__main__" if cls.__module__ == "__distrib_main__" else cls.__module__
     return {
-        "type": f"{cls.__module__}.{cls.__qualname__}",
+        "type": f"{module}.{cls.__qualname__}",
         "message": str(exc),
         "traceback": "".join(traceback.format_exception(exc)),
     }

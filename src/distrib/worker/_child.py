@@ -129,6 +129,13 @@ class _Workdir:
             self._current = None
 
 
+def _drop_own_frame(exc: BaseException) -> None:
+    # The first frame is this module's call of the task: noise in the user's traceback.
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_frame.f_code.co_filename == __file__ and tb.tb_next is not None:
+        exc.__traceback__ = tb.tb_next
+
+
 def main(argv: list[str]) -> None:
     fd, env, main_script, runs = int(argv[0]), Path(argv[1]), argv[2], Path(argv[3])
     conn = Connection(fd)
@@ -168,6 +175,7 @@ def main(argv: list[str]) -> None:
         except BaseException as exc:  # the task's own error, or a call that does not unpickle
             if isinstance(exc, KeyboardInterrupt):
                 raise
+            _drop_own_frame(exc)
             status, info, payload = "error", _serialize.error_info(exc), _serialize.dumps_error(exc)
         finally:
             out.flush()

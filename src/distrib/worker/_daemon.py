@@ -98,7 +98,9 @@ class Daemon:
         self.dists: dict[str, Dist] = {}
         self.executors: list[Executor] = []
         self.busy = 0
-        self.counters: dict[str, int] = defaultdict(int)
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("blobs_received", "tasks_done", "executors_started", "executors_crashed",
+             "dropped"), 0)
         self._outbox: dict[bytes, list[tuple[m.ResultSpec, list[Any]]]] = defaultdict(list)
         self._stop = False
         self._wake_r, self._wake_w = socket.socketpair()

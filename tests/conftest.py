@@ -1,0 +1,176 @@
+"""Shared fixtures: real worker daemons, user scripts run as subprocesses, and a leak check."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import zmq
+
+from distrib.wire import _codec, _transport
+from distrib.wire import _messages as m
+
+PYTHON = sys.executable
+START_TIMEOUT = 60.0
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+@dataclass
+class Worker:
+    """A `distrib worker` daemon started as a separate process."""
+
+    proc: subprocess.Popen[str]
+    address: str
+    name: str
+    cache_dir: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def status(self, timeout: float = 30.0) -> dict[str, Any]:
+        return query_status(self.address, timeout)
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def query_status(address: str, timeout: float = 30.0) -> dict[str, Any]:
+    """Ask a worker for its Status over a real socket."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock = _transport.dealer(ctx, address if "://" in address else f"tcp://{address}")
+    try:
+        _transport.send(sock, m.StatusRequest())
+        if not sock.poll(timeout * 1000):
+            raise AssertionError(f"worker at {address} did not answer a status request")
+        reply = _codec.decode(sock.recv_multipart())
+        assert isinstance(reply, m.Status)
+        return reply.info
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``; always reaped."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "cache"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    """Start real worker daemons on 127.0.0.1 with a free port; all stopped by PID at the end."""
+    started: list[Worker] = []
+
+    def start(threads: int = 2, name: str | None = None, extra: tuple[str, ...] = ()) -> Worker:
+        name = name or f"w{len(started)}"
+        cache = tmp_path / f"worker-cache-{name}"
+        proc = subprocess.Popen(
+            [PYTHON, "-m", "distrib", "worker", "--listen", "127.0.0.1:0", "--threads",
+             str(threads), "--name", name, "--cache-dir", str(cache), *extra],
+            stdout=subprocess.PIPE, stderr=None, text=True, cwd=tmp_path,
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # the daemon prints one line when ready
+        match = re.search(r"ready on (\S+)", line)
+        if not match:
+            stop_process(proc)
+            raise AssertionError(f"worker did not start: {line!r}")
+        worker = Worker(proc, match.group(1), name, cache)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+        if worker.proc.stdout:
+            worker.proc.stdout.close()
+
+
+@dataclass
+class Workspace:
+    """A temporary project folder holding a user's script and modules."""
+
+    root: Path
+    cache_dir: Path
+
+    def write(self, relpath: str, text: str) -> Path:
+        path = self.root / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    def run(self, script: str, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """Run ``python script`` here, as a user would, and return what it printed."""
+        full_env = {**os.environ, "DISTRIB_CACHE_DIR": str(self.cache_dir),
+                    "DISTRIB_LOCAL_THREADS": "2", **(env or {})}
+        return subprocess.run([PYTHON, script, *args], cwd=self.root, env=full_env,
+                              capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, cache_dir: Path) -> Workspace:
+    root = tmp_path / "project"
+    root.mkdir()
+    return Workspace(root, cache_dir)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes() -> Iterator[None]:
+    """Fail a test that leaves child processes of the test runner behind."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+
+    def leaked() -> list[psutil.Process]:
+        out = []
+        for p in me.children(recursive=True):
+            try:
+                if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
+    deadline = time.monotonic() + 30
+    while leaked() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = leaked()
+    for p in left:
+        p.kill()
+    assert not left, f"test leaked processes: {[(p.pid, p.cmdline()) for p in left]}"

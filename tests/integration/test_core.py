@@ -1,0 +1,368 @@
+"""The core runtime end to end: user scripts in temp workspaces, real worker daemons."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import PYTHON, Workspace, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+TASKS = REPO / "tests" / "payloads" / "tasks.py"
+
+
+def with_tasks(ws: Workspace) -> Workspace:
+    shutil.copy(TASKS, ws.root / "tasks.py")
+    return ws
+
+
+def test_seed_example_runs_on_the_embedded_cluster(workspace: Workspace) -> None:
+    shutil.copy(REPO / "examples" / "sleep_sum.py", workspace.root)
+    out = workspace.run("sleep_sum.py", env={"DEMO_COUNT": "30", "DEMO_SLEEP": "0.05"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str([x + x + 1 for x in range(30)])
+
+
+def test_seed_example_runs_on_two_daemons_started_by_hand(workspace: Workspace,
+                                                          start_worker) -> None:
+    a, b = start_worker(threads=2, name="alpha"), start_worker(threads=2, name="beta")
+    shutil.copy(REPO / "examples" / "sleep_sum.py", workspace.root)
+    out = workspace.run("sleep_sum.py", env={
+        "DEMO_COUNT": "40", "DEMO_SLEEP": "0.05", "DISTRIB_WORKERS": f"{a.address},{b.address}"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str([x + x + 1 for x in range(40)])
+    done = [w.status()["tasks_done"] for w in (a, b)]
+    assert sum(done) == 40 and all(n > 0 for n in done), done
+
+
+def test_workspace_modules_data_files_and_main_functions(workspace: Workspace,
+                                                         start_worker) -> None:
+    worker = start_worker()
+    workspace.write("models.py", """
+        from dataclasses import dataclass
+
+        @dataclass
+        class Point:
+            x: int
+            y: int
+
+        class BadInput(Exception):
+            pass
+        """)
+    workspace.write("data/input.txt", "41\n")
+    workspace.write("main.py", """
+        import json, os
+        import models
+        from distrib import distributed
+
+        def helper(p):  # defined in the main script, used by the task
+            return models.Point(p.x * 2, p.y * 2)
+
+        @distributed
+        def describe(p):
+            if p.x < 0:
+                raise models.BadInput(f"negative x: {p.x}")
+            with open("data/input.txt") as f:  # a relative read, as on the Main
+                value = int(f.read())
+            return helper(p), value, os.getcwd(), models.__file__, __file__
+
+        if __name__ == "__main__":
+            point, value, cwd, models_file, main_file = describe(models.Point(1, 2)).unwrap()
+            assert isinstance(point, models.Point), type(point)
+            try:
+                describe(models.Point(-1, 0)).unwrap()
+            except models.BadInput as exc:
+                bad = str(exc)
+            print(json.dumps({"point": [point.x, point.y], "value": value, "cwd": cwd,
+                              "models": models_file, "main": main_file, "bad": bad}))
+        """)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["point"] == [2, 4] and got["value"] == 41
+    assert got["bad"] == "negative x: -1"
+    root = str(workspace.root.resolve())
+    cache = str(worker.cache_dir.resolve())
+    for key in ("cwd", "models", "main"):
+        assert got[key].startswith(cache), (key, got[key])
+        assert not got[key].startswith(root), (key, got[key])
+
+
+def test_calls_at_import_time_without_the_main_guard_get_a_clear_error(
+        workspace: Workspace, start_worker) -> None:
+    worker = start_worker()
+    workspace.write("script.py", """
+        from distrib import distributed
+
+        @distributed
+        def double(x):
+            return 2 * x
+
+        print(double(21).unwrap())
+        """)
+    out = workspace.run("script.py", env={"DISTRIB_WORKERS": worker.address})
+    assert out.returncode != 0
+    assert "MainGuardError" in out.stderr
+    assert 'if __name__ == "__main__":' in out.stderr
+    status = worker.status()
+    assert status["executors_started"] <= 2, status  # no cascade of processes
+    assert status["tasks_done"] == 0
+
+
+def test_remote_exceptions_come_back_as_themselves_or_as_remote_error(
+        workspace: Workspace) -> None:
+    with_tasks(workspace).write("main.py", """
+        import traceback
+        import tasks
+        from distrib import RemoteError
+
+        if __name__ == "__main__":
+            r = tasks.raiser("bad value")
+            try:
+                r.unwrap()
+            except ValueError as exc:
+                print("TRACE", "".join(traceback.format_exception(exc)).replace("\\n", "|"))
+            print("AGREE", r.ok(), type(r.error()).__name__, str(r.error()))
+            u = tasks.unpicklable_error()
+            try:
+                u.unwrap()
+            except RemoteError as exc:
+                print("REMOTE", exc.type_name, exc.message, "raise Unpicklable" in exc.traceback)
+            print("AGREE2", u.ok(), type(u.error()).__name__)
+            good = tasks.ok(1)
+            print("OK", good.wait(60) and good.ok(), good.error())
+        """)
+    out = workspace.run("main.py")
+    assert out.returncode == 0, out.stderr
+    lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in out.stdout.splitlines()}
+    assert "raise ValueError(message)  # the remote line tests look for" in lines["TRACE"]
+    assert "tasks.py" in lines["TRACE"]
+    assert lines["AGREE"] == "False ValueError bad value"
+    assert lines["REMOTE"] == "tasks.Unpicklable cannot travel True"
+    assert lines["AGREE2"] == "False RemoteError"
+    assert lines["OK"] == "True None"
+
+
+def test_killed_executor_is_retried_or_reported_and_the_daemon_serves_on(
+        workspace: Workspace, start_worker, tmp_path: Path) -> None:
+    worker = start_worker(threads=1)
+    with_tasks(workspace).write("main.py", """
+        import sys
+        import tasks
+        from distrib import WorkerCrashed
+
+        if __name__ == "__main__":
+            print("RETRIED", tasks.hang_once(sys.argv[1]).unwrap(), flush=True)
+            try:
+                tasks.hang_once_no_retry(sys.argv[2]).unwrap()
+            except WorkerCrashed as exc:
+                print("CRASHED", exc, flush=True)
+            print("AFTER", tasks.ok(41).unwrap(), flush=True)
+        """)
+    first, second = tmp_path / "first.pid", tmp_path / "second.pid"
+    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
+           "DISTRIB_WORKERS": worker.address}
+    proc = subprocess.Popen([PYTHON, "main.py", str(first), str(second)], cwd=workspace.root,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for marker in (first, second):
+            pid = int(wait_for(lambda: marker.exists() and marker.read_text(), what=str(marker)))
+            os.kill(pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    lines = dict(line.split(" ", 1) for line in stdout.splitlines())
+    assert lines["RETRIED"] == f"retried after {first.read_text()}"
+    assert "died" in lines["CRASHED"] and "retries=0" in lines["CRASHED"]
+    assert lines["AFTER"] == "42"
+    assert worker.proc.poll() is None
+    assert worker.status()["executors_crashed"] == 2
+
+
+def test_crash_and_segfault_give_worker_crashed(workspace: Workspace) -> None:
+    with_tasks(workspace).write("main.py", """
+        import tasks
+        from distrib import WorkerCrashed
+
+        if __name__ == "__main__":
+            for fn in (tasks.crash, tasks.segfault):
+                try:
+                    fn().unwrap()
+                except WorkerCrashed as exc:
+                    print(fn.__name__, "crashed")
+            print("then", tasks.ok(1).unwrap())
+        """)
+    out = workspace.run("main.py")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:3] == ["crash crashed", "segfault crashed", "then 2"]
+
+
+def test_changing_one_file_of_a_thousand_moves_one_blob(workspace: Workspace,
+                                                        start_worker) -> None:
+    worker = start_worker()
+    for i in range(1000):
+        workspace.write(f"files/f{i:04}.txt", f"file {i}\n")
+    workspace.write("main.py", """
+        from distrib import distributed
+
+        @distributed
+        def read(name):
+            with open(name) as f:
+                return f.read()
+
+        if __name__ == "__main__":
+            print(read("files/f0007.txt").unwrap(), end="")
+        """)
+    env = {"DISTRIB_WORKERS": worker.address}
+    out = workspace.run("main.py", env=env)
+    assert out.returncode == 0 and out.stdout == "file 7\n", out.stderr
+    assert worker.status()["blobs_received"] == 1001
+    workspace.write("files/f0007.txt", "changed\n")
+    out = workspace.run("main.py", env=env)
+    assert out.returncode == 0 and out.stdout == "changed\n", out.stderr
+    assert worker.status()["blobs_received"] == 1002
+
+
+def test_ten_thousand_tiny_calls_all_complete(workspace: Workspace) -> None:
+    with_tasks(workspace).write("main.py", """
+        import tasks
+
+        if __name__ == "__main__":
+            responses = [tasks.ok(i) for i in range(10_000)]
+            results = [r.unwrap() for r in responses]
+            assert results == [i + 1 for i in range(10_000)]
+            print("OK", len(results))
+        """)
+    out = workspace.run("main.py", timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "OK 10000"
+
+
+def test_cancel_of_a_queued_task_means_it_never_runs(workspace: Workspace, start_worker,
+                                                      tmp_path: Path) -> None:
+    worker = start_worker(threads=1)
+    with_tasks(workspace).write("main.py", """
+        import sys, pathlib
+        import tasks
+        from distrib import Cancelled
+
+        if __name__ == "__main__":
+            started, release, never = sys.argv[1:4]
+            blocker = tasks.block_until(started, release)
+            queued = tasks.touch(never)
+            while not pathlib.Path(started).exists():
+                pass
+            print("CANCEL", queued.cancel())
+            try:
+                queued.unwrap()
+            except Cancelled as exc:
+                print("CANCELLED", type(exc).__name__)
+            pathlib.Path(release).write_text("go")
+            print("BLOCKER", blocker.unwrap())
+            print("AFTER", tasks.ok(1).unwrap())
+            print("RAN", pathlib.Path(never).exists())
+        """)
+    names = [str(tmp_path / n) for n in ("started", "release", "never")]
+    out = workspace.run("main.py", *names, env={"DISTRIB_WORKERS": worker.address})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:5] == [
+        "CANCEL True", "CANCELLED Cancelled", "BLOCKER released", "AFTER 2", "RAN False"]
+    assert not Path(names[2]).exists()
+
+
+def test_output_is_forwarded_with_the_worker_name_and_can_be_turned_off(
+        workspace: Workspace) -> None:
+    with_tasks(workspace).write("main.py", """
+        import tasks
+
+        if __name__ == "__main__":
+            print("result", tasks.talk(7).unwrap())
+        """)
+    out = workspace.run("main.py")
+    assert out.returncode == 0, out.stderr
+    assert "[local] line 7 to stdout" in out.stdout.splitlines()
+    assert "[local] line 7 to stderr" in out.stderr.splitlines()
+    quiet = workspace.run("main.py", env={"DISTRIB_OUTPUT": "0"})
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout.splitlines() == ["result 7"]
+    assert "line 7" not in quiet.stderr
+
+
+def test_timeout_stops_the_task_on_the_worker(workspace: Workspace) -> None:
+    with_tasks(workspace).write("main.py", """
+        import time
+        import tasks
+        from distrib import TaskTimeout, distributed
+
+        @distributed(timeout=0.5)
+        def slow(seconds):
+            time.sleep(seconds)
+
+        if __name__ == "__main__":
+            try:
+                slow(60).unwrap(timeout=90)
+            except TaskTimeout as exc:
+                print("TIMEOUT", "timeout of 0.5 s" in str(exc))
+            print("AFTER", tasks.ok(1).unwrap())
+        """)
+    out = workspace.run("main.py")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["TIMEOUT True", "AFTER 2"]
+
+
+def test_unpicklable_result_is_a_clear_error(workspace: Workspace) -> None:
+    with_tasks(workspace).write("main.py", """
+        import tasks
+        from distrib import SerializationError
+
+        if __name__ == "__main__":
+            try:
+                tasks.unpicklable_result().unwrap()
+            except SerializationError as exc:
+                print("SER", "cannot pickle" in str(exc))
+        """)
+    out = workspace.run("main.py")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "SER True"
+
+
+def test_api_helpers_and_asyncio(workspace: Workspace) -> None:
+    with_tasks(workspace).write("main.py", """
+        import asyncio
+        import distrib
+        import tasks
+
+        async def run_async():
+            return await tasks.ok(9)
+
+        if __name__ == "__main__":
+            distrib.init(local_threads=2)
+            print("GATHER", distrib.gather(tasks.ok.map(range(5))))
+            done = sorted(r.unwrap() for r in distrib.as_completed(tasks.ok.map([10, 20])))
+            print("ASCOMPLETED", done)
+            print("ASYNC", asyncio.run(run_async()))
+            print("LOCAL", tasks.ok.local(1))
+            r = tasks.ok(3)
+            r.wait(60)
+            print("WORKER", r.worker)
+            try:
+                tasks.sleeper(30).unwrap(timeout=0.1)
+            except distrib.WaitTimeout as exc:
+                print("WAIT", isinstance(exc, TimeoutError))
+            distrib.shutdown()
+            distrib.shutdown()
+            print("DONE")
+        """)
+    out = workspace.run("main.py")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:7] == [
+        "GATHER [1, 2, 3, 4, 5]", "ASCOMPLETED [11, 21]", "ASYNC 10", "LOCAL 2",
+        "WORKER local", "WAIT True", "DONE"]
