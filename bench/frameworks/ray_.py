@@ -29,7 +29,6 @@ class Framework:
             num_cpus=slots,
             include_dashboard=False,
             logging_level=logging.ERROR,
-            log_to_driver=False,  # tasks print nothing; spare the driver the log forwarding
         )
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> ray.ObjectRef:

@@ -65,8 +65,10 @@ class Response(concurrent.futures.Future[T]):
 
     def cancel(self) -> bool:
         """Withdraw the task if queued, stop it if running. False if it had already finished."""
+        if self.cancelled():
+            return True
         if not super().cancel():
-            return self.cancelled()
+            return False
         if self._on_cancel is not None:
             self._on_cancel(self.task_id)
         return True
@@ -79,7 +81,7 @@ class Response(concurrent.futures.Future[T]):
         waiter: asyncio.Future[None] = loop.create_future()
 
         def wake(_: concurrent.futures.Future[T]) -> None:
-            loop.call_soon_threadsafe(lambda: waiter.done() or waiter.set_result(None))
+            loop.call_soon_threadsafe(_set_once, waiter)
 
         self.add_done_callback(wake)
         await waiter
@@ -95,6 +97,11 @@ class Response(concurrent.futures.Future[T]):
                 self.set_exception(exc)
         except concurrent.futures.InvalidStateError:
             pass  # cancelled by the user before the outcome arrived
+
+
+def _set_once(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def gather(responses: Iterable[Response[T]], timeout: float | None = None) -> list[T]:

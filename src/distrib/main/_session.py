@@ -170,7 +170,7 @@ class Session:
                 socks = {link.sock: link for link in self.links.values() if link.sock is not None}
                 for sock in socks:
                     poller.register(sock, zmq.POLLIN)
-                events = dict(poller.poll(max(0.0, next_tick - time.monotonic()) * 1000))
+                events = dict(poller.poll(int(max(0.0, next_tick - time.monotonic()) * 1000) + 1))
                 if self._wake_r.fileno() in events:
                     self._awake = False
                     try:

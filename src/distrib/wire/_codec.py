@@ -63,7 +63,7 @@ def _checker(tp: Any) -> _Check:
             return {key(k): val(x) for k, x in v.items()}
 
         return check_dict
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _record_checker(tp)
     raise TypeError(f"no wire checker for {tp!r}")  # a bug in _messages, found at import
 

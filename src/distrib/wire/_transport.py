@@ -33,7 +33,7 @@ def router(ctx: zmq.Context[Any], endpoint: str) -> tuple[zmq.Socket[Any], str]:
 
 def dealer(ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[Any]:
     """Connect a DEALER to a worker's ``endpoint``."""
-    sock = ctx.socket(zmq.DEALER)
+    sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     sock.setsockopt(zmq.SNDHWM, 0)

@@ -163,7 +163,7 @@ def main(argv: list[str]) -> None:
         _, key, nframes = header
         frames = [conn.recv_bytes() for _ in range(nframes)]
         out.key = err.key = key
-        sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
+        sys.stdout, sys.stderr = out, err
         try:
             workdir.enter()
             fn, args, kwargs = _serialize.loads(frames)

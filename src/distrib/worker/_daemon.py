@@ -123,7 +123,7 @@ class Daemon:
                 for ex in self.executors:
                     poller.register(ex.fileno(), zmq.POLLIN)
                 timeout = max(0.0, next_tick - time.monotonic())
-                events = dict(poller.poll(timeout * 1000))
+                events = dict(poller.poll(int(timeout * 1000) + 1))
                 if self.sock in events:
                     self._drain_socket()
                 for ex in list(self.executors):

@@ -189,7 +189,7 @@ def scan(
     gitignore = root / ".gitignore"
     if gitignore.is_file():
         patterns += gitignore.read_text(errors="replace").splitlines()
-    spec = pathspec.PathSpec.from_lines("gitwildmatch", patterns)
+    spec = pathspec.GitIgnoreSpec.from_lines(patterns)
     cache = HashCache(cache_file)
     entries: list[Entry] = []
     total = 0

@@ -26,6 +26,12 @@ from distrib.workspace._manifest import MAX_FILE_BYTES, Entry
 log = logging.getLogger("distrib.store")
 
 
+def _touch(path: Path) -> None:
+    # The modification time records the last use; eviction goes by it.
+    now = time.time_ns()
+    os.utime(path, ns=(now, now))
+
+
 class Store:
     """Blobs and environments under ``root``; ``max_envs`` bounds how many trees are kept."""
 
@@ -77,7 +83,7 @@ class Store:
         """Build the environment tree for ``dist_id`` from stored blobs; return its path."""
         final = self.env_path(dist_id)
         if final.is_dir():
-            os.utime(final)
+            _touch(final)
             return final
         tmp = Path(tempfile.mkdtemp(dir=self.envs, prefix=".tmp-"))
         try:
@@ -91,6 +97,7 @@ class Store:
                 os.rename(tmp, final)
             except OSError:  # another daemon sharing the store built it first
                 shutil.rmtree(tmp, ignore_errors=True)
+            _touch(final)
         except FileNotFoundError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise WorkspaceError(f"blob missing while building {dist_id[:12]}: {exc}") from None
@@ -102,7 +109,7 @@ class Store:
         envs = [p for p in self.envs.iterdir() if not p.name.startswith(".")]
         if len(envs) <= self.max_envs:
             return
-        envs.sort(key=lambda p: p.stat().st_mtime)
+        envs.sort(key=lambda p: p.stat().st_mtime_ns)
         for p in envs[: len(envs) - self.max_envs]:
             if p.name not in keep:
                 log.info("evicting environment %s", p.name[:12])

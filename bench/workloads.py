@@ -1,0 +1,291 @@
+"""The task functions every framework runs, and the workload drivers that time them.
+
+Task functions are plain module-level functions so that every framework ships them the same
+way: by reference to ``bench.workloads``. Drivers run inside a measurement subprocess
+(``bench.measure``), start their own cluster, and return their metrics as a dict.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from bench.frameworks import Framework, load
+
+# --- task functions (the same bodies for every framework) ------------------------------------
+
+
+def noop() -> None:
+    """Do nothing: a warm-up task."""
+
+
+def inc(x: int) -> int:
+    """The smallest useful task."""
+    return x + 1
+
+
+def sleep(seconds: float) -> None:
+    """Hold a slot without using a core."""
+    time.sleep(seconds)
+
+
+def nbytes(data: bytes) -> int:
+    """Receive a payload and return its length."""
+    return len(data)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+Metrics = dict[str, Any]
+
+WARM_SLEEP = 0.2  # seconds each task of a warm-up round sleeps
+WARM_LIMIT = 180.0  # seconds to wait for every slot to have a live worker
+
+
+def warm_up(fw: Framework, slots: int) -> Metrics:
+    """Make sure every slot has a live worker before anything is timed.
+
+    A round of no-ops starts the workers of frameworks that start them on demand; no-ops
+    finish too fast to need them all, so rounds of ``slots`` sleeps follow until one round
+    runs all at once (in under twice the sleep), i.e. ``slots`` workers exist and are idle.
+    """
+    started = time.monotonic()
+    for handle in [fw.submit(noop) for _ in range(slots)]:
+        fw.result(handle)
+    rounds = 0
+    while True:
+        rounds += 1
+        t0 = time.monotonic()
+        for handle in [fw.submit(sleep, WARM_SLEEP) for _ in range(slots)]:
+            fw.result(handle)
+        concurrent = time.monotonic() - t0 < 2 * WARM_SLEEP
+        if concurrent or time.monotonic() - started > WARM_LIMIT:
+            return {"warmup_rounds": rounds, "warmup_s": time.monotonic() - started,
+                    "warmup_complete": concurrent}
+
+
+@contextmanager
+def cluster(name: str, slots: int) -> Iterator[tuple[Framework, Metrics]]:
+    """A started and warmed-up framework (and what the warm-up took); stopped on exit."""
+    fw = load(name)
+    fw.start(slots)
+    try:
+        yield fw, warm_up(fw, slots)
+    finally:
+        fw.stop()
+
+
+def rss() -> int:
+    """Resident set size of this process, in bytes."""
+    return int(psutil.Process().memory_info().rss)
+
+
+def check(got: list[Any], expected: list[Any], what: str) -> None:
+    """A fast wrong answer is no result: fail the measurement."""
+    if got != expected:
+        bad = next(i for i, (g, e) in enumerate(zip(got, expected)) if g != e)
+        raise AssertionError(f"{what}: call {bad} returned {got[bad]!r}, expected {expected[bad]!r}")
+
+
+# --- drivers -----------------------------------------------------------------------------------
+
+
+def throughput(name: str, p: Metrics) -> Metrics:
+    """W1: submit ``calls`` x inc(x), then collect them all."""
+    with cluster(name, p["slots"]) as (fw, extra):
+        t0 = time.perf_counter()
+        handles = [fw.submit(inc, i) for i in range(p["calls"])]
+        results = [fw.result(h) for h in handles]
+        elapsed = time.perf_counter() - t0
+    check(results, [i + 1 for i in range(p["calls"])], "inc")
+    return {"tasks_per_s": p["calls"] / elapsed, "elapsed_s": elapsed, **extra}
+
+
+def latency(name: str, p: Metrics) -> Metrics:
+    """W2: ``calls`` sequential call-then-wait round trips."""
+    samples: list[float] = []
+    with cluster(name, p["slots"]) as (fw, extra):
+        for i in range(p["calls"]):
+            t0 = time.perf_counter()
+            result = fw.result(fw.submit(inc, i))
+            samples.append(time.perf_counter() - t0)
+            check([result], [i + 1], "inc")
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return {"median_us": statistics.median(samples) * 1e6, "p99_us": cuts[98] * 1e6, **extra}
+
+
+def sleeps(name: str, p: Metrics) -> Metrics:
+    """W3: ``calls`` x sleep(``seconds``) on ``slots`` slots; efficiency = ideal / elapsed."""
+    ideal = p["calls"] * p["seconds"] / p["slots"]
+    with cluster(name, p["slots"]) as (fw, extra):
+        t0 = time.perf_counter()
+        for handle in [fw.submit(sleep, p["seconds"]) for _ in range(p["calls"])]:
+            fw.result(handle)
+        elapsed = time.perf_counter() - t0
+    return {"efficiency": ideal / elapsed, "elapsed_s": elapsed, "ideal_s": ideal, **extra}
+
+
+def data(name: str, p: Metrics) -> Metrics:
+    """W4: ``calls`` calls each sending ``mb`` MB of random bytes and getting its length."""
+    size = int(p["mb"] * 1_000_000)
+    # Random (incompressible) and distinct payloads: no framework can win by compressing
+    # or deduplicating them.
+    payloads = [os.urandom(size) for _ in range(p["calls"])]
+    with cluster(name, p["slots"]) as (fw, extra):
+        t0 = time.perf_counter()
+        results = [fw.result(h) for h in [fw.submit(nbytes, d) for d in payloads]]
+        elapsed = time.perf_counter() - t0
+    check(results, [size] * p["calls"], "nbytes")
+    return {"mb_per_s": p["calls"] * size / 1e6 / elapsed, "elapsed_s": elapsed, **extra}
+
+
+def cold_start_once(name: str) -> None:
+    """The body of W5's fresh process: start a 2-slot cluster, run one call, stop."""
+    fw = load(name)
+    fw.start(2)
+    try:
+        check([fw.result(fw.submit(inc, 1))], [2], "inc")
+    finally:
+        fw.stop()
+
+
+def cold_start(name: str, p: Metrics) -> Metrics:
+    """W5: wall time of a whole fresh process running ``cold_start_once``."""
+    with tempfile.TemporaryFile() as out:
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.measure", "--cold-start", name],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            timeout=p["timeout_s"],
+        )
+        elapsed = time.perf_counter() - t0
+        if proc.returncode != 0:
+            out.seek(0)
+            tail = out.read().decode(errors="replace")[-4000:]
+            raise RuntimeError(f"the cold-start process exited with {proc.returncode}:\n{tail}")
+    return {"seconds": elapsed}
+
+
+def memory(name: str, p: Metrics) -> Metrics:
+    """W6: the Main's RSS growth with ``calls`` calls submitted and not yet collected."""
+    with cluster(name, p["slots"]) as (fw, extra):
+        gc.collect()
+        before = rss()
+        t0 = time.perf_counter()
+        handles = [fw.submit(inc, i) for i in range(p["calls"])]
+        submit_s = time.perf_counter() - t0
+        grown = rss() - before
+        del handles  # held until the reading above; the cluster then stops with calls pending
+    return {"rss_mb": grown / 1e6, "bytes_per_call": grown / p["calls"], "submit_s": submit_s,
+            **extra}
+
+
+def submit_cost(name: str, p: Metrics) -> Metrics:
+    """W7: time of the submit loop alone, while every slot runs a long sleep."""
+    with cluster(name, p["slots"]) as (fw, extra):
+        busy_from = time.monotonic()
+        busy = [fw.submit(sleep, p["busy_s"]) for _ in range(p["slots"])]
+        time.sleep(p["settle_s"])  # let the sleeps reach the workers before timing
+        t0 = time.perf_counter()
+        handles = [fw.submit(inc, i) for i in range(p["calls"])]
+        elapsed = time.perf_counter() - t0
+        # Only valid if the workers were still busy when the loop ended.
+        busy_throughout = time.monotonic() - busy_from < p["busy_s"]
+        for handle in busy:
+            fw.result(handle)
+        results = [fw.result(h) for h in handles]
+    check(results, [i + 1 for i in range(p["calls"])], "inc")
+    if not busy_throughout:
+        raise RuntimeError(f"the submit loop outlasted the {p['busy_s']} s busy sleeps; "
+                           "raise busy_s for this framework")
+    return {"submit_us": elapsed / p["calls"] * 1e6, "loop_s": elapsed, **extra}
+
+
+# --- the catalogue -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported number of a workload."""
+
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A workload: what it measures, its driver, and its parameters (full and ``--quick``)."""
+
+    id: str
+    group: str  # what ``--only`` selects by
+    title: str
+    metrics: tuple[Metric, ...]
+    driver: Callable[[str, Metrics], Metrics]
+    params: Metrics
+    quick: Metrics
+    timeout_s: float
+    frameworks: tuple[str, ...] | None = None  # None: every framework
+    notes: tuple[str, ...] = field(default=())
+
+
+WORKLOADS: dict[str, Workload] = {w.id: w for w in [
+    Workload(
+        "W1", "W1", "W1 throughput: {calls:,} x inc(x), submit all then collect all",
+        (Metric("tasks_per_s", "throughput", "tasks/s", True),),
+        throughput, {"slots": 2, "calls": 10_000}, {"slots": 2, "calls": 1_000}, 600,
+    ),
+    Workload(
+        "W2", "W2", "W2 latency: {calls:,} sequential inc(x) call-then-wait",
+        (Metric("median_us", "median latency", "µs", False),
+         Metric("p99_us", "p99 latency", "µs", False)),
+        latency, {"slots": 2, "calls": 1_000}, {"slots": 2, "calls": 100}, 600,
+    ),
+    Workload(
+        "W3", "W3", "W3 sleeps: {calls:,} x sleep({seconds}) on {slots} slots",
+        (Metric("efficiency", "efficiency (ideal / elapsed)", "", True),),
+        sleeps, {"slots": 100, "calls": 1_000, "seconds": 0.1},
+        {"slots": 10, "calls": 100, "seconds": 0.1}, 900,
+        notes=("Dask runs the slots as threads in 2 worker processes (sleeps release the GIL); "
+               "the others run one process per slot.",),
+    ),
+    Workload(
+        "W4", "W4", "W4 data: {calls} calls each sending {mb:g} MB of bytes, returning its length",
+        (Metric("mb_per_s", "transfer rate", "MB/s", True),),
+        data, {"slots": 2, "calls": 20, "mb": 10}, {"slots": 2, "calls": 2, "mb": 10}, 600,
+    ),
+    Workload(
+        "W5", "W5", "W5 cold start: a fresh process starts a 2-slot cluster, runs one call, exits",
+        (Metric("seconds", "wall time", "s", False),),
+        cold_start, {"timeout_s": 300}, {"timeout_s": 300}, 400,
+    ),
+    Workload(
+        "W6", "W6", "W6 memory: Main's RSS growth with {calls:,} calls submitted, not collected",
+        (Metric("rss_mb", "RSS growth", "MB", False),),
+        memory, {"slots": 2, "calls": 100_000}, {"slots": 2, "calls": 10_000}, 900,
+    ),
+    Workload(
+        "W6-1M", "W6", "W6 memory, distrib only: {calls:,} calls submitted, not collected",
+        (Metric("rss_mb", "RSS growth", "MB", False),),
+        memory, {"slots": 2, "calls": 1_000_000}, {"slots": 2, "calls": 100_000}, 1200,
+        frameworks=("distrib",),
+    ),
+    Workload(
+        "W7", "W7", "W7 submit cost: {calls:,} submits while every slot is busy",
+        (Metric("submit_us", "submit time per call", "µs", False),),
+        submit_cost, {"slots": 2, "calls": 10_000, "busy_s": 8.0, "settle_s": 1.0},
+        {"slots": 2, "calls": 1_000, "busy_s": 4.0, "settle_s": 1.0}, 600,
+    ),
+]}

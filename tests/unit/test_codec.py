@@ -1,0 +1,100 @@
+"""The codec on its own: round trips, and every malformed input is a ProtocolError."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from distrib import DistribError, ProtocolError
+from distrib.wire import _codec
+from distrib.wire import _messages as m
+
+SAMPLES: list[m.Message] = [
+    m.Hello(1, "id", "main", "3.11", 42, True, ""),
+    m.Welcome(1, "wid", "w", "linux-x86_64", "3.11", 4, 7),
+    m.Refused("no"),
+    m.Goodbye(),
+    m.Heartbeat(1, 2),
+    m.Submit([m.TaskSpec(1, "d", 1, None, 2), m.TaskSpec(2, "d", 2, 1.5, 1)],
+             frames=(b"a", b"b", b"c")),
+    m.Cancel([1, 2]),
+    m.Results([m.ResultSpec(1, "ok", 1, {}), m.ResultSpec(2, "error", 0, {"type": "E"})],
+              frames=(b"r",)),
+    m.Output(1, 2, "text"),
+    m.NeedManifest("d"),
+    m.Manifest("d", frames=(b"manifest",)),
+    m.NeedBlobs("d", ["h1", "h2"]),
+    m.Blobs("d", ["h1"], frames=(b"z",)),
+    m.DistFailed("d", "why"),
+    m.StatusRequest(),
+    m.Status({"name": "w", "slots": 2}),
+]
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda x: type(x).__name__)
+def test_round_trip(message: m.Message) -> None:
+    frames = _codec.encode(message)
+    decoded = _codec.decode(frames)
+    assert decoded == message
+    assert [bytes(f) for f in decoded.frames] == [bytes(f) for f in message.frames]
+
+
+def test_every_message_type_is_sampled() -> None:
+    assert {type(x) for x in SAMPLES} == set(m.ALL_MESSAGES)
+
+
+@pytest.mark.parametrize("frames,why", [
+    ([], "empty"),
+    ([b"\xc1"], "not valid msgpack"),
+    ([msgpack.packb({"a": 1})], "non-empty array"),
+    ([msgpack.packb([999])], "unknown message type"),
+    ([msgpack.packb([m.Refused.TAG])], "expected 1 fields"),
+    ([msgpack.packb([m.Refused.TAG, 5])], "expected str"),
+    ([msgpack.packb([m.Heartbeat.TAG, True, 1])], "expected int"),
+    ([msgpack.packb([m.Submit.TAG, [[1, "d", 1, None, 1]]])], "expected 1 payload frames"),
+    ([msgpack.packb([m.Submit.TAG, [[1, "d", 0, None, 1]]]), b"x"], "at least one thread"),
+    ([msgpack.packb([m.Results.TAG, [[1, "weird", 0, {}]]])], "unknown status"),
+    ([msgpack.packb([m.Manifest.TAG, "d"])], "expected 1 payload frames"),
+    ([msgpack.packb([m.Blobs.TAG, "d", ["a", "b"]]), b"x"], "expected 2 payload frames"),
+    ([msgpack.packb([m.Refused.TAG, "x"])[:-1]], "not valid msgpack"),
+    ([b"\x00" * (_codec.MAX_HEADER_BYTES + 1)], "exceeds"),
+])
+def test_malformed_input_is_a_protocol_error(frames: list[bytes], why: str) -> None:
+    with pytest.raises(ProtocolError, match=why):
+        _codec.decode(frames)
+
+
+def test_protocol_error_is_a_distrib_error() -> None:
+    assert issubclass(ProtocolError, DistribError)
+
+
+_msgpack_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text(max_size=8)
+    | st.binary(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner,
+                                                                max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.binary(max_size=64), min_size=0, max_size=4))
+def test_random_bytes_raise_only_protocol_error(frames: list[bytes]) -> None:
+    try:
+        _codec.decode(frames)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from([c.TAG for c in m.ALL_MESSAGES]),
+       st.lists(_msgpack_values, max_size=6), st.lists(st.binary(max_size=8), max_size=3))
+def test_well_formed_msgpack_with_wrong_fields_raises_only_protocol_error(
+        tag: int, fields: list[object], payload: list[bytes]) -> None:
+    try:
+        message = _codec.decode([msgpack.packb([tag, *fields]), *payload])
+    except ProtocolError:
+        return
+    assert message.TAG == tag  # what decodes is a valid message of that type

@@ -1,0 +1,108 @@
+"""The worker's queues and the Main's scheduler, driven without sockets or processes."""
+
+from __future__ import annotations
+
+from distrib.main._scheduler import Scheduler, Task, WorkerView
+from distrib.worker._state import QueuedTask, Queues
+
+
+def qt(peer: bytes, task_id: int, threads: int = 1, dist: str = "d") -> QueuedTask:
+    return QueuedTask(peer, task_id, dist, threads, None, [b""])
+
+
+def test_mains_take_turns() -> None:
+    q = Queues()
+    for i in range(3):
+        q.add(qt(b"A", i))
+    q.add(qt(b"B", 10))
+    order = [q.next_runnable(1, lambda t: True) for _ in range(4)]
+    assert [(t.peer, t.task_id) for t in order if t] == [(b"A", 0), (b"B", 10), (b"A", 1),
+                                                         (b"A", 2)]
+    assert q.next_runnable(1, lambda t: True) is None
+
+
+def test_tasks_wait_for_enough_free_slots_and_a_ready_environment() -> None:
+    q = Queues()
+    q.add(qt(b"A", 1, threads=2))
+    q.add(qt(b"A", 2, dist="unready"))
+    q.add(qt(b"A", 3))
+    pick = q.next_runnable(1, lambda t: t.dist != "unready")
+    assert pick is not None and pick.task_id == 3
+    pick = q.next_runnable(2, lambda t: t.dist != "unready")
+    assert pick is not None and pick.task_id == 1
+    assert len(q) == 1
+
+
+def test_remove_and_drop_peer() -> None:
+    q = Queues()
+    q.add(qt(b"A", 1))
+    q.add(qt(b"A", 2))
+    q.add(qt(b"B", 3))
+    removed = q.remove(b"A", 2)
+    assert removed is not None and removed.task_id == 2
+    assert q.remove(b"A", 2) is None
+    assert [t.task_id for t in q.drop_peer(b"A")] == [1]
+    assert q.count(b"A") == 0 and len(q) == 1
+    assert q.first_peer_with("d") == b"B"
+
+
+def task(task_id: int, threads: int = 1, platforms: tuple[str, ...] = ("*",),
+         retries: int = 1) -> Task:
+    return Task(task_id, "f", [b""], platforms, threads, retries, None)
+
+
+def worker(link: str, slots: int = 2, platform: str = "linux-x86_64",
+           python: str = "3.11") -> WorkerView:
+    return WorkerView(link, link, platform, python, slots)
+
+
+def test_workers_are_filled_a_little_beyond_their_slots_and_no_further() -> None:
+    s = Scheduler("3.11", extra_depth=2)
+    for i in range(100):
+        s.add(task(i))
+    s.join(worker("a", slots=2))
+    first = s.assign()
+    assert len(first["a"]) == 4  # 2 slots + 2 extra
+    assert s.assign() == {}
+    s.finish("a", first["a"][0].task_id)
+    assert [t.task_id for t in s.assign()["a"]] == [4]
+    assert len(s) == 99  # one finished
+
+
+def test_matching_platform_python_and_threads() -> None:
+    s = Scheduler("3.11")
+    s.join(worker("mac", platform="darwin-arm64"))
+    s.join(worker("old", python="3.10"))
+    s.join(worker("big", slots=8))
+    s.add(task(1, platforms=("linux-*",)))
+    s.add(task(2, threads=4))
+    s.add(task(3, platforms=("windows-*",)))
+    placed = {t.task_id: link for link, ts in s.assign().items() for t in ts}
+    assert placed == {1: "big", 2: "big"}
+    assert list(s.unmatched()) == [(("windows-*",), 1)]
+
+
+def test_a_lost_worker_requeues_within_retries_then_fails() -> None:
+    s = Scheduler("3.11")
+    s.join(worker("a"))
+    s.add(task(1, retries=1))
+    s.assign()
+    assert s.leave("a") == []
+    s.join(worker("b"))
+    assert [t.task_id for t in s.assign()["b"]] == [1]
+    failed = s.leave("b")
+    assert [t.task_id for t in failed] == [1] and failed[0].attempts == 2
+
+
+def test_retry_after_crash_and_withdraw() -> None:
+    s = Scheduler("3.11")
+    s.join(worker("a"))
+    s.add(task(1, retries=1))
+    s.add(task(2))
+    s.assign()
+    t1 = s.finish("a", 1)
+    assert t1 is not None and s.retry(t1)
+    assert s.withdraw(1) == (t1, None)
+    assert s.withdraw(2) == (None, "a")
+    t1.attempts = 5
+    assert not s.retry(t1)

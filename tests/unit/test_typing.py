@@ -1,0 +1,48 @@
+"""The public API type-checks under mypy --strict, and calls return Response[T]."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+from mypy import api
+
+
+def test_a_call_is_a_response_of_the_return_type(tmp_path: Path) -> None:
+    script = tmp_path / "user.py"
+    script.write_text(textwrap.dedent("""
+        from distrib import Response, distributed
+
+        @distributed(platform="*", threads=1)
+        def sleep_sum(a: int, b: int) -> int:
+            return a + b
+
+        @distributed
+        def name(x: str) -> str:
+            return x
+
+        reveal_type(sleep_sum(1, 2))
+        reveal_type(name("a").unwrap())
+        reveal_type(sleep_sum.local(1, 2))
+        r: Response[int] = sleep_sum(1, 2)
+        """))
+    out, err, code = api.run(["--strict", "--no-incremental", "--cache-dir", str(tmp_path / "c"),
+                              str(script)])
+    assert re.search(r'Revealed type is "distrib._response.Response\[(builtins\.)?int\]"', out), out
+    assert re.search(r'Revealed type is "(builtins\.)?str"', out), out
+    assert out.count("Revealed type") == 3
+    assert "error" not in out.replace("note:", ""), out
+    bad = tmp_path / "bad.py"
+    bad.write_text(textwrap.dedent("""
+        from distrib import distributed
+
+        @distributed
+        def f(a: int) -> int:
+            return a
+
+        f("not an int")
+        """))
+    out, _, code = api.run(["--strict", "--no-incremental", "--cache-dir", str(tmp_path / "c"),
+                            str(bad)])
+    assert code == 1 and 'incompatible type "str"; expected "int"' in out

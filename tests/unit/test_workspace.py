@@ -1,0 +1,123 @@
+"""Manifest scanning and validation, and the worker's blob store."""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from distrib import WorkspaceError
+from distrib.workspace import _manifest
+from distrib.workspace._manifest import Entry, decode_manifest, encode_manifest, scan
+from distrib.workspace._store import Store
+
+
+def make(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_scan_excludes_vcs_caches_venvs_and_gitignored(tmp_path: Path) -> None:
+    make(tmp_path, {
+        "main.py": "x", "pkg/mod.py": "y", ".git/HEAD": "z", "pkg/__pycache__/m.pyc": "c",
+        "venv/pyvenv.cfg": "", "venv/lib/site.py": "", "out/big.bin": "b", "notes.log": "l",
+        ".gitignore": "out/\n*.log\n",
+    })
+    dist = scan(tmp_path, tmp_path / "main.py")
+    assert [e.path for e in dist.entries] == [".gitignore", "main.py", "pkg/mod.py"]
+    assert dist.main == "main.py"
+    assert dist.dist_id == hashlib.sha256(dist.encoded).hexdigest()
+
+
+def test_scan_is_deterministic_and_a_change_changes_the_id(tmp_path: Path) -> None:
+    make(tmp_path, {"a.py": "1", "b/c.py": "2"})
+    first = scan(tmp_path, None, cache_file=tmp_path.parent / "cache.msgpack")
+    assert scan(tmp_path, None, cache_file=tmp_path.parent / "cache.msgpack") == first
+    (tmp_path / "b" / "c.py").write_text("changed")
+    assert scan(tmp_path, None, cache_file=tmp_path.parent / "cache.msgpack").dist_id \
+        != first.dist_id
+
+
+def test_hash_cache_skips_unchanged_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make(tmp_path / "ws", {f"f{i}.txt": str(i) for i in range(5)})
+    cache = tmp_path / "cache.msgpack"
+    scan(tmp_path / "ws", None, cache_file=cache)
+    hashed: list[str] = []
+    real = hashlib.file_digest
+    monkeypatch.setattr(hashlib, "file_digest",
+                        lambda f, d: hashed.append(f.name) or real(f, d))
+    (tmp_path / "ws" / "f3.txt").write_text("new content")
+    scan(tmp_path / "ws", None, cache_file=cache)
+    assert [Path(n).name for n in hashed] == ["f3.txt"]
+
+
+def test_links_leaving_the_tree_are_skipped(tmp_path: Path) -> None:
+    make(tmp_path, {"outside.txt": "secret", "ws/a.py": "a"})
+    (tmp_path / "ws" / "link.txt").symlink_to(tmp_path / "outside.txt")
+    assert [e.path for e in scan(tmp_path / "ws", None).entries] == ["a.py"]
+
+
+def test_oversized_file_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_manifest, "MAX_FILE_BYTES", 10)
+    make(tmp_path, {"big.dat": "x" * 11})
+    with pytest.raises(WorkspaceError, match="big.dat"):
+        scan(tmp_path, None)
+
+
+DIGEST = "0" * 64
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../up", "a/../../b", "a//b", "./a", "c:/x",
+                                  "a\\b", "", "a/./b"])
+def test_manifest_paths_must_stay_inside(path: str) -> None:
+    data, dist_id = encode_manifest(None, [Entry(path, 1, False, DIGEST)])
+    with pytest.raises(WorkspaceError):
+        decode_manifest(data, dist_id)
+
+
+def test_manifest_must_hash_to_its_id_and_be_well_formed() -> None:
+    data, dist_id = encode_manifest("a.py", [Entry("a.py", 1, False, DIGEST)])
+    assert decode_manifest(data, dist_id) == ("a.py", [Entry("a.py", 1, False, DIGEST)])
+    with pytest.raises(WorkspaceError, match="does not hash"):
+        decode_manifest(data, "f" * 64)
+    for body in ({"main": None}, {"main": 3, "entries": []},
+                 {"main": None, "entries": [["a", -1, False, DIGEST]]},
+                 {"main": None, "entries": [["a", 1, False, "nothex"]]},
+                 {"main": None, "entries": [["a", 1, False, DIGEST], ["a", 1, False, DIGEST]]},
+                 {"main": None, "entries": [["a", 1, False, DIGEST], ["a/b", 1, False, DIGEST]]},
+                 {"main": "missing.py", "entries": []}):
+        raw = msgpack.packb(body)
+        with pytest.raises(WorkspaceError):
+            decode_manifest(raw, hashlib.sha256(raw).hexdigest())
+
+
+def test_store_verifies_blobs_and_builds_environments(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    good = b"print('hi')\n"
+    digest = hashlib.sha256(good).hexdigest()
+    entries = [Entry("pkg/run.py", len(good), True, digest), Entry("copy.py", len(good), False,
+                                                                   digest)]
+    assert store.missing(entries) == [digest]
+    with pytest.raises(WorkspaceError, match="does not match"):
+        store.put_compressed(digest, zlib.compress(b"tampered"))
+    with pytest.raises(WorkspaceError, match="not valid zlib"):
+        store.put_compressed(digest, b"garbage")
+    store.put_compressed(digest, zlib.compress(good))
+    assert store.missing(entries) == []
+    env = store.materialize("d1", entries, set())
+    assert (env / "pkg" / "run.py").read_bytes() == good
+    assert (env / "pkg" / "run.py").stat().st_mode & 0o111
+    assert not (env / "copy.py").stat().st_mode & 0o111
+    assert env.is_relative_to(tmp_path / "store")
+
+
+def test_store_evicts_the_least_recently_used_environments(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store", max_envs=2)
+    for name in ("a", "b", "c"):
+        store.materialize(name, [], in_use=set())
+    assert sorted(p.name for p in store.envs.iterdir()) == ["b", "c"]
