@@ -1,0 +1,59 @@
+"""The `distrib worker` command as an owner runs it."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import psutil
+
+from tests.conftest import PYTHON, Workspace, wait_for
+
+
+def test_refuses_a_non_loopback_address(tmp_path: Path) -> None:
+    out = subprocess.run([PYTHON, "-m", "distrib", "worker", "--listen", "0.0.0.0:0",
+                          "--cache-dir", str(tmp_path)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2
+    assert "refusing to listen on 0.0.0.0:0" in out.stderr
+
+
+def test_bad_listen_address_names_the_option(tmp_path: Path) -> None:
+    out = subprocess.run([PYTHON, "-m", "distrib", "worker", "--listen", "nonsense",
+                          "--cache-dir", str(tmp_path)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and "--listen" in out.stderr
+
+
+def test_sigterm_and_sigint_stop_the_daemon_and_its_executors(start_worker,
+                                                              workspace: Workspace) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        worker = start_worker(threads=1, name=f"sig{int(sig)}")
+        workspace.write("main.py", """
+            from distrib import distributed
+
+            @distributed
+            def pid():
+                import os
+                return os.getpid()
+
+            if __name__ == "__main__":
+                print(pid().unwrap())
+            """)
+        out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
+        assert out.returncode == 0, out.stderr
+        executor = int(out.stdout)
+        assert executor in worker.status()["executors"]
+        worker.proc.send_signal(sig)
+        assert worker.proc.wait(60) == 0
+        wait_for(lambda: not psutil.pid_exists(executor) or
+                 psutil.Process(executor).status() == psutil.STATUS_ZOMBIE,
+                 what="the executor to exit")
+        assert not any(worker.cache_dir.glob("runs/*")), "run folders left behind"
+
+
+def test_help_lists_the_commands() -> None:
+    out = subprocess.run([PYTHON, "-m", "distrib", "--help"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and "worker" in out.stdout
