@@ -36,6 +36,7 @@ from bench.workloads import WARM_SLEEP, WORKLOADS, Workload
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 KILL_GRACE_S = 3.0  # after SIGUSR1 on a timeout, time for the stacks to be written
+EXIT_GRACE_S = 5.0  # after a measurement exits, time for its cluster's processes to follow
 ERROR_CHARS = 6000  # how much of a failed measurement's stderr the report keeps
 
 
@@ -84,8 +85,11 @@ def parse(argv: list[str]) -> Options:
 # --- running measurements ------------------------------------------------------------------------
 
 
-def kill_group(pgid: int) -> int:
-    """SIGKILL every process still in group ``pgid``; return how many there were."""
+def end_group(pgid: int, grace_s: float) -> int:
+    """Give what is left of process group ``pgid`` ``grace_s`` to exit, then SIGKILL it.
+
+    Returns how many processes had to be killed.
+    """
     left = []
     for proc in psutil.process_iter():
         try:
@@ -93,13 +97,14 @@ def kill_group(pgid: int) -> int:
                 left.append(proc)
         except (psutil.Error, ProcessLookupError):
             continue
-    for proc in left:
+    _, alive = psutil.wait_procs(left, timeout=grace_s)  # a cluster may still be exiting
+    for proc in alive:
         try:
             proc.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(left, timeout=10)
-    return len(left)
+    psutil.wait_procs(alive, timeout=10)
+    return len(alive)
 
 
 def run_one(workload: Workload, name: str, params: dict[str, Any], timeout_s: float,
@@ -130,9 +135,9 @@ def run_one(workload: Workload, name: str, params: dict[str, Any], timeout_s: fl
             except subprocess.TimeoutExpired:
                 pass
         finally:
-            left = kill_group(proc.pid)
+            record["wall_s"] = time.monotonic() - started
+            left = end_group(proc.pid, 0 if timed_out else EXIT_GRACE_S)
             proc.wait()
-        record["wall_s"] = time.monotonic() - started
         if left and not timed_out:
             record["left_running"] = left  # a framework that does not clean up after itself
         out.seek(0)
@@ -160,7 +165,7 @@ def run_one(workload: Workload, name: str, params: dict[str, Any], timeout_s: fl
 def describe(workload: Workload, record: dict[str, Any]) -> str:
     """One progress line about a finished measurement."""
     if not record["ok"]:
-        return "FAILED: " + record["error"].splitlines()[0]
+        return "FAILED: " + str(record["error"]).splitlines()[0]
     metric = workload.metrics[0]
     value = record["metrics"][metric.key]
     return f"{fmt(value)} {metric.unit}".strip() + f" ({record['wall_s']:.1f} s)"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from importlib import metadata
 from typing import Any
 
-import dask
 import distributed
 
 # Above this many slots, slots become threads in two worker processes: the tasks that need
@@ -23,7 +23,7 @@ class Framework:
         self._client: distributed.Client | None = None
 
     def version(self) -> str:
-        return f"dask {dask.__version__}, distributed {distributed.__version__}"
+        return f"dask {metadata.version('dask')}, distributed {metadata.version('distributed')}"
 
     def start(self, slots: int) -> None:
         processes = min(slots, MAX_PROCESSES)
@@ -36,13 +36,13 @@ class Framework:
         )
         self._client = distributed.Client(self._cluster)
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> distributed.Future:
+    def submit(self, fn: Callable[..., Any], *args: Any) -> distributed.Future[Any]:
         assert self._client is not None, "start() first"
         # pure=False: identical calls (1,000 x sleep(0.1)) are separate tasks, not one
         # deduplicated key.
         return self._client.submit(fn, *args, pure=False)
 
-    def result(self, handle: distributed.Future) -> Any:
+    def result(self, handle: distributed.Future[Any]) -> Any:
         return handle.result()
 
     def stop(self) -> None:

@@ -31,13 +31,14 @@ class Framework:
             logging_level=logging.ERROR,
         )
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> ray.ObjectRef:
+    def submit(self, fn: Callable[..., Any], *args: Any) -> ray.ObjectRef[Any]:
         remote = self._remote.get(fn)
         if remote is None:
             remote = self._remote[fn] = ray.remote(fn)
-        return remote.remote(*args)
+        ref: ray.ObjectRef[Any] = remote.remote(*args)
+        return ref
 
-    def result(self, handle: ray.ObjectRef) -> Any:
+    def result(self, handle: ray.ObjectRef[Any]) -> Any:
         return ray.get(handle)
 
     def stop(self) -> None:

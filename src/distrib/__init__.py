@@ -20,6 +20,7 @@ from pathlib import Path
 
 from distrib._api import DistributedFunction, distributed
 from distrib._errors import (
+    AuthError,
     Cancelled,
     ConfigError,
     ConnectionFailed,
@@ -40,6 +41,7 @@ from distrib._response import Response, as_completed, gather
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthError",
     "Cancelled",
     "ConfigError",
     "ConnectionFailed",
@@ -70,18 +72,21 @@ def init(
     local_threads: int | None = None,
     workspace: str | Path | None = None,
     forward_output: bool | None = None,
+    key: str | Path | None = None,
 ) -> None:
-    """Set up explicitly. Without this, the first call sets up from the environment.
+    """Set up explicitly. Without this, the first call sets up from configuration.
 
-    ``workers``: addresses (``host:port``) of running ``distrib worker`` daemons; none means
-    the embedded local cluster with ``local_threads`` slots (default: the number of cores).
+    ``workers``: running ``distrib worker`` daemons, as ``"host:port"`` or, for workers with
+    keys, ``("host:port", "<worker public key>")``; none means the embedded local cluster with
+    ``local_threads`` slots (default: the number of cores). ``key``: this Main's secret key
+    file (from ``distrib keygen``), needed for workers with keys.
     ``workspace``: the folder shipped to workers (default: the main script's folder).
     ``forward_output``: print what tasks print, prefixed with the worker's name.
     """
     from distrib.main._session import init as _init
 
     _init(workers, local_threads=local_threads, workspace=workspace,
-          forward_output=forward_output)
+          forward_output=forward_output, key=key)
 
 
 def shutdown() -> None:

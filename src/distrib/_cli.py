@@ -13,6 +13,8 @@ import click
 import platformdirs
 
 from distrib._config import endpoint
+from distrib._errors import DistribError
+from distrib.wire import _keys
 
 
 def _is_loopback(listen: str) -> bool:
@@ -45,10 +47,17 @@ def main() -> None:
               help="Seconds between heartbeats to each Main.")
 @click.option("--lost-after", type=float, default=10.0, show_default=True,
               help="Seconds of silence after which a Main is dropped.")
+@click.option("--key", "key_file", type=click.Path(path_type=Path), default=None,
+              help="This worker's secret key file (from `distrib keygen`): turns on CURVE.")
+@click.option("--authorized-keys", type=click.Path(path_type=Path), default=None,
+              help="File of Mains' public keys allowed to use this worker (one per line).")
+@click.option("--insecure", is_flag=True,
+              help="Allow a non-loopback address without keys: anyone reaching it runs code.")
 @click.option("--exit-with-parent", type=int, default=None, hidden=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log every connection and environment.")
 def worker(listen: str, threads: int | None, name: str | None, cache_dir: Path | None,
-           heartbeat: float, lost_after: float, exit_with_parent: int | None,
+           heartbeat: float, lost_after: float, key_file: Path | None,
+           authorized_keys: Path | None, insecure: bool, exit_with_parent: int | None,
            verbose: bool) -> None:
     """Run a worker daemon that serves Mains' tasks."""
     from distrib.worker._daemon import Daemon
@@ -59,17 +68,52 @@ def worker(listen: str, threads: int | None, name: str | None, cache_dir: Path |
         address = endpoint(listen)
     except Exception as exc:
         raise click.BadParameter(str(exc), param_hint="--listen") from None
-    if not _is_loopback(address):
+    if authorized_keys is not None and key_file is None:
+        raise click.UsageError("--authorized-keys needs --key (the worker's own secret key)")
+    if key_file is not None and authorized_keys is None and not insecure:
         raise click.UsageError(
-            f"refusing to listen on {listen}: this version serves loopback only "
-            "(127.0.0.1, localhost, ipc://); remote workers need keys, not yet supported")
+            "--key without --authorized-keys would serve any Main; list the Mains' public keys "
+            "in a file and pass --authorized-keys FILE (or --insecure to accept any Main)")
+    if not _is_loopback(address) and key_file is None and not insecure:
+        raise click.UsageError(
+            f"refusing to listen on {listen} without keys: anyone who reaches it could run code "
+            "as you. Make keys with `distrib keygen worker.key` (and each Main with `distrib "
+            "keygen main.key`), put the Mains' .pub lines in a file, and start with --key "
+            "worker.key --authorized-keys FILE. Or pass --insecure on a network you trust.")
+    try:
+        key = _keys.load_secret(key_file) if key_file is not None else None
+        if authorized_keys is not None:
+            _keys.read_authorized(authorized_keys)
+    except DistribError as exc:
+        raise click.UsageError(str(exc)) from None
+    if insecure and (key is None or authorized_keys is None):
+        logging.getLogger("distrib.worker").warning(
+            "INSECURE: serving %s Main that connects to %s; anyone who reaches it can run code "
+            "as this user", "any" if key is None else "any key-holding", listen)
     slots = threads or os.cpu_count() or 1
     cache = cache_dir or Path(os.environ.get("DISTRIB_CACHE_DIR")
                               or platformdirs.user_cache_dir("distrib")) / "worker"
-    daemon = Daemon(address, slots, name or "", cache, heartbeat, lost_after, exit_with_parent)
+    daemon = Daemon(address, slots, name or "", cache, heartbeat, lost_after, exit_with_parent,
+                    key, authorized_keys)
     if not name:
         daemon.name = f"{socket.gethostname()}:{daemon.address.rsplit(':', 1)[-1].rsplit('/', 1)[-1]}"
-    click.echo(f"distrib worker {daemon.name} ready on {daemon.address} with {slots} slots",
-               nl=True)
+    public = f", public key {key.public}" if key else ""
+    click.echo(f"distrib worker {daemon.name} ready on {daemon.address} with {slots} slots"
+               f"{public}")
     sys.stdout.flush()
     daemon.run()
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--comment", default=None, help="Text after the public key (default: user@host).")
+def keygen(path: Path, comment: str | None) -> None:
+    """Write a key pair: the secret key to PATH (owner-only), the public key to PATH.pub."""
+    pair = _keys.generate()
+    if comment is None:
+        comment = f"{os.environ.get('USER', 'user')}@{socket.gethostname()}"
+    try:
+        _keys.write(path, pair, comment)
+    except DistribError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"secret key: {path}\npublic key: {path}.pub\n{pair.public}")

@@ -1,34 +1,74 @@
 """Settings, read once at set-up into a frozen dataclass and passed down.
 
-Sources, later ones winning: defaults, ``DISTRIB_*`` environment variables, ``init()``
-arguments. Every invalid value fails with a ``ConfigError`` naming the setting and its source.
+Sources, later ones winning: defaults; one configuration file (``DISTRIB_CONFIG``, else
+``distrib.toml`` beside the main script or in the current folder, else ``[tool.distrib]`` of
+``pyproject.toml`` there); ``DISTRIB_*`` environment variables; ``init()`` arguments. Every
+invalid value fails with a ``ConfigError`` naming the source, the setting and what is wrong.
+
+The file's shape (every key optional)::
+
+    [main]
+    key = "main.key"            # this Main's secret key file; paths are relative to the file
+    workspace = "."             # the folder shipped to workers
+    exclude = ["data/"]         # extra .gitignore-style patterns
+    forward_output = true
+    heartbeat = 1.0             # seconds between heartbeats
+    lost_after = 10.0           # seconds of silence before a worker is declared lost
+
+    [local]
+    threads = 4                 # slots of the embedded local cluster
+
+    [discovery]
+    enabled = false             # look for workers announcing themselves on the LAN (mDNS)
+    trust = ["<public key>"]    # discovered workers whose keys may be used
+    trust_on_first_use = false  # also use unknown ones, remembering their key
+    interfaces = []             # network interface addresses to browse on (default: all)
+
+    [[workers]]
+    address = "192.0.2.7:7070"
+    public_key = "..."          # as `distrib keygen` wrote it to the worker's .pub file
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 
 from distrib._errors import ConfigError
+from distrib.wire import _keys
+from distrib.wire._keys import KeyPair
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerAddress:
-    """A worker to connect to: ``host:port``, ``tcp://...`` or ``ipc://...``."""
+    """A worker to connect to: ``host:port``, ``tcp://...`` or ``ipc://...``, and its key."""
 
     address: str
     public_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
+class Discovery:
+    """LAN discovery of workers announcing themselves with mDNS."""
+
+    enabled: bool = False
+    trust: tuple[str, ...] = ()
+    trust_on_first_use: bool = False
+    interfaces: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the Main needs to set up; built by ``load``."""
 
-    workers: tuple[WorkerAddress, ...] = ()  # empty: start the embedded local cluster
+    workers: tuple[WorkerAddress, ...] = ()  # empty (and no discovery): the local cluster
+    key: KeyPair | None = None
     local_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     forward_output: bool = True
     workspace: Path | None = None  # None: the main script's folder (or the current folder)
@@ -37,6 +77,8 @@ class Settings:
     heartbeat_interval: float = 1.0
     lost_after: float = 10.0
     connect_timeout: float = 30.0
+    discovery: Discovery = field(default_factory=Discovery)
+    source: str = "defaults"  # the configuration file used, for messages
 
 
 def endpoint(address: str) -> str:
@@ -49,8 +91,13 @@ def endpoint(address: str) -> str:
     return f"tcp://{host}:{port}"
 
 
-def _bool(name: str, raw: str) -> bool:
-    value = raw.strip().lower()
+# --- value checks ----------------------------------------------------------------------------
+
+
+def _bool(name: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    value = str(raw).strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
     if value in ("0", "false", "no", "off"):
@@ -58,8 +105,10 @@ def _bool(name: str, raw: str) -> bool:
     raise ConfigError(f"{name}={raw!r}: expected true or false")
 
 
-def _positive(name: str, raw: str | int | float, kind: type[int] | type[float]) -> float:
+def _positive(name: str, raw: Any, kind: type[int] | type[float]) -> Any:
     try:
+        if isinstance(raw, bool) or (kind is int and isinstance(raw, float)):
+            raise ValueError
         value = kind(raw)
     except (TypeError, ValueError):
         raise ConfigError(f"{name}={raw!r}: expected a positive {kind.__name__}") from None
@@ -68,39 +117,146 @@ def _positive(name: str, raw: str | int | float, kind: type[int] | type[float]) 
     return value
 
 
-def _workers(name: str, items: Sequence[str | tuple[str, str] | WorkerAddress]) -> tuple[WorkerAddress, ...]:
-    out: list[WorkerAddress] = []
-    for item in items:
-        if isinstance(item, WorkerAddress):
-            worker = item
-        elif isinstance(item, str):
-            worker = WorkerAddress(item.strip())
-        elif isinstance(item, tuple) and len(item) == 2:
-            worker = WorkerAddress(item[0], item[1])
-        else:
-            raise ConfigError(f"{name}: expected 'host:port' or (address, public_key), got {item!r}")
-        try:
-            endpoint(worker.address)
-        except ConfigError as exc:
-            raise ConfigError(f"{name}: {exc}") from None
-        out.append(worker)
-    return tuple(out)
+def _strings(name: str, raw: Any) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise ConfigError(f"{name}: expected a list of strings, got {raw!r}")
+    return tuple(raw)
 
 
-def load(
-    environ: Mapping[str, str] | None = None,
-    workers: Sequence[str | tuple[str, str] | WorkerAddress] | None = None,
-    local_threads: int | None = None,
-    workspace: str | Path | None = None,
-    forward_output: bool | None = None,
-) -> Settings:
-    """Build Settings from the environment and explicit ``init()`` arguments."""
-    env = os.environ if environ is None else environ
-    values: dict[str, object] = {}
+def _worker(name: str, item: Any) -> WorkerAddress:
+    if isinstance(item, WorkerAddress):
+        worker = item
+    elif isinstance(item, str):
+        address, _, key = item.strip().partition(" ")
+        worker = WorkerAddress(address, key.strip() or None)
+    elif isinstance(item, tuple) and len(item) == 2 and all(isinstance(x, str) for x in item):
+        worker = WorkerAddress(item[0], item[1])
+    elif isinstance(item, dict):
+        unknown = set(item) - {"address", "public_key"}
+        if unknown or not isinstance(item.get("address"), str):
+            raise ConfigError(f"{name}: each worker needs 'address' (and may have 'public_key')"
+                              + (f"; unknown {sorted(unknown)}" if unknown else ""))
+        public = item.get("public_key")
+        if public is not None and not isinstance(public, str):
+            raise ConfigError(f"{name}: public_key must be a string")
+        worker = WorkerAddress(item["address"], public)
+    else:
+        raise ConfigError(f"{name}: expected 'host:port', (address, public_key) or a table, "
+                          f"got {item!r}")
+    try:
+        endpoint(worker.address)
+        if worker.public_key is not None:
+            worker = WorkerAddress(worker.address,
+                                   _keys.check_public(worker.public_key, worker.address))
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    return worker
+
+
+# --- sources ---------------------------------------------------------------------------------
+
+_SCHEMA: dict[str, set[str]] = {
+    "main": {"key", "workspace", "exclude", "forward_output", "heartbeat", "lost_after"},
+    "local": {"threads"},
+    "discovery": {"enabled", "trust", "trust_on_first_use", "interfaces"},
+    "workers": set(),
+}
+
+
+def find_file(environ: Mapping[str, str], main_dir: Path | None) -> tuple[Path, dict[str, Any]] | None:
+    """The configuration file in force and its table, if any."""
+    if raw := environ.get("DISTRIB_CONFIG", "").strip():
+        path = Path(raw)
+        if not path.is_file():
+            raise ConfigError(f"DISTRIB_CONFIG={raw!r}: no such file")
+        return path, _read_toml(path)
+    folders = [d for d in (main_dir, Path.cwd()) if d is not None]
+    for folder in folders:
+        if (folder / "distrib.toml").is_file():
+            return folder / "distrib.toml", _read_toml(folder / "distrib.toml")
+    for folder in folders:
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file():
+            table = _read_toml(pyproject).get("tool", {}).get("distrib")
+            if isinstance(table, dict):
+                return pyproject, table
+    return None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+
+
+def _from_file(path: Path, table: dict[str, Any]) -> dict[str, Any]:
+    where = str(path) + (" [tool.distrib]" if path.name == "pyproject.toml" else "")
+    values: dict[str, Any] = {"source": where}
+    for section, content in table.items():
+        if section not in _SCHEMA:
+            raise ConfigError(f"{where}: unknown section [{section}]; expected one of "
+                              f"{', '.join(sorted(_SCHEMA))}")
+        if section == "workers":
+            if not isinstance(content, list):
+                raise ConfigError(f"{where}: workers must be [[workers]] tables")
+            values["workers"] = tuple(_worker(f"{where}: [[workers]]", w) for w in content)
+            continue
+        if not isinstance(content, dict):
+            raise ConfigError(f"{where}: [{section}] must be a table")
+        for key in content:
+            if key not in _SCHEMA[section]:
+                raise ConfigError(f"{where}: unknown setting [{section}] {key}; expected one of "
+                                  f"{', '.join(sorted(_SCHEMA[section]))}")
+    main = table.get("main", {})
+    name = f"{where}: [main]"
+    base = path.parent
+    if "key" in main:
+        values["key_path"] = (base / _str(f"{name} key", main["key"]), f"{name} key")
+    if "workspace" in main:
+        values["workspace"] = base / _str(f"{name} workspace", main["workspace"])
+    if "exclude" in main:
+        values["excludes"] = _strings(f"{name} exclude", main["exclude"])
+    if "forward_output" in main:
+        values["forward_output"] = _bool(f"{name} forward_output", main["forward_output"])
+    if "heartbeat" in main:
+        values["heartbeat_interval"] = _positive(f"{name} heartbeat", main["heartbeat"], float)
+    if "lost_after" in main:
+        values["lost_after"] = _positive(f"{name} lost_after", main["lost_after"], float)
+    local = table.get("local", {})
+    if "threads" in local:
+        values["local_threads"] = _positive(f"{where}: [local] threads", local["threads"], int)
+    disc = table.get("discovery", {})
+    if disc:
+        d = f"{where}: [discovery]"
+        values["discovery"] = Discovery(
+            _bool(f"{d} enabled", disc.get("enabled", False)),
+            tuple(_keys.check_public(k, f"{d} trust") for k in _strings(f"{d} trust",
+                                                                        disc.get("trust", []))),
+            _bool(f"{d} trust_on_first_use", disc.get("trust_on_first_use", False)),
+            _strings(f"{d} interfaces", disc.get("interfaces", [])),
+        )
+    return values
+
+
+def _str(name: str, raw: Any) -> str:
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(f"{name}: expected a non-empty string, got {raw!r}")
+    return raw
+
+
+def _from_environ(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
     if raw := env.get("DISTRIB_WORKERS", "").strip():
-        values["workers"] = _workers("DISTRIB_WORKERS", [w for w in raw.split(",") if w.strip()])
+        values["workers"] = tuple(_worker("DISTRIB_WORKERS", w)
+                                  for w in raw.split(",") if w.strip())
+    if raw := env.get("DISTRIB_KEY", "").strip():
+        values["key_path"] = (Path(raw), "DISTRIB_KEY")
     if raw := env.get("DISTRIB_LOCAL_THREADS", "").strip():
-        values["local_threads"] = int(_positive("DISTRIB_LOCAL_THREADS", raw, int))
+        values["local_threads"] = _positive("DISTRIB_LOCAL_THREADS", raw, int)
     if raw := env.get("DISTRIB_OUTPUT", "").strip():
         values["forward_output"] = _bool("DISTRIB_OUTPUT", raw)
     if raw := env.get("DISTRIB_WORKSPACE", "").strip():
@@ -113,15 +269,48 @@ def load(
         values["heartbeat_interval"] = _positive("DISTRIB_HEARTBEAT", raw, float)
     if raw := env.get("DISTRIB_LOST_AFTER", "").strip():
         values["lost_after"] = _positive("DISTRIB_LOST_AFTER", raw, float)
+    return values
+
+
+def load(
+    environ: Mapping[str, str] | None = None,
+    workers: Sequence[str | tuple[str, str] | WorkerAddress] | None = None,
+    local_threads: int | None = None,
+    workspace: str | Path | None = None,
+    forward_output: bool | None = None,
+    key: str | Path | None = None,
+    main_dir: Path | None = None,
+) -> Settings:
+    """Build Settings from the file, the environment and explicit ``init()`` arguments."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    found = find_file(env, main_dir)
+    if found is not None:
+        values.update(_from_file(*found))
+    values.update(_from_environ(env))
     if workers is not None:
-        values["workers"] = _workers("init(workers=...)", list(workers))
+        values["workers"] = tuple(_worker("init(workers=...)", w) for w in workers)
     if local_threads is not None:
-        values["local_threads"] = int(_positive("init(local_threads=...)", local_threads, int))
+        values["local_threads"] = _positive("init(local_threads=...)", local_threads, int)
     if workspace is not None:
         values["workspace"] = Path(workspace)
     if forward_output is not None:
         values["forward_output"] = bool(forward_output)
-    settings = Settings(**values)  # type: ignore[arg-type]
+    if key is not None:
+        values["key_path"] = (Path(key), "init(key=...)")
+    if "key_path" in values:
+        key_path, where = values.pop("key_path")
+        try:
+            values["key"] = _keys.load_secret(key_path)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    settings = Settings(**values)
     if settings.workspace is not None and not settings.workspace.is_dir():
-        raise ConfigError(f"workspace {settings.workspace}: no such folder")
+        raise ConfigError(f"{settings.source}: workspace {settings.workspace}: no such folder")
+    keyed = [w.address for w in settings.workers if w.public_key]
+    if keyed and settings.key is None:
+        raise ConfigError(f"{settings.source}: workers {', '.join(keyed)} have public keys, so "
+                          "this Main needs its own key: run `distrib keygen main.key`, give its "
+                          ".pub line to the workers' owners, and set [main] key = \"main.key\" "
+                          "(or DISTRIB_KEY, or init(key=...))")
     return settings

@@ -4,6 +4,7 @@
     ├── ConfigError           a setting is wrong (names the setting and the fix)
     ├── ProtocolError         a message broke the wire protocol (dropped, logged)
     ├── ConnectionFailed      a worker could not be reached or refused the handshake
+    │   └── AuthError         a key was refused: the worker's, or this Main's
     ├── WorkspaceError        the workspace could not be scanned, shipped or unpacked
     ├── SerializationError    a call, result or error could not be pickled or unpickled
     ├── MainGuardError        a task was submitted while a worker imported the main script
@@ -37,6 +38,10 @@ class ProtocolError(DistribError):
 
 class ConnectionFailed(DistribError):
     """A worker could not be reached, or the handshake with it failed."""
+
+
+class AuthError(ConnectionFailed):
+    """A worker refused this Main's key, or did not prove the key configured for it."""
 
 
 class WorkspaceError(DistribError):

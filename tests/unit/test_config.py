@@ -1,32 +1,55 @@
-"""Settings from the environment and init() arguments; errors name the setting."""
+"""Settings from files, the environment and init() arguments; errors name the setting."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from distrib import ConfigError
 from distrib._config import WorkerAddress, endpoint, load
+from distrib.wire import _keys
+
+KEY = _keys.generate().public
+
+
+@pytest.fixture(autouse=True)
+def elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run each test in an empty folder so no real configuration file is found."""
+    folder = tmp_path / "cwd"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    return folder
 
 
 def test_defaults_mean_the_local_cluster() -> None:
     settings = load({})
     assert settings.workers == () and settings.local_threads >= 1 and settings.forward_output
+    assert settings.key is None and settings.source == "defaults"
 
 
 def test_environment_variables(tmp_path: Path) -> None:
-    settings = load({"DISTRIB_WORKERS": "10.0.0.1:7070, ipc:///tmp/w.sock",
+    settings = load({"DISTRIB_WORKERS": f"10.0.0.1:7070, ipc:///tmp/w.sock, h:1 {KEY}",
                      "DISTRIB_LOCAL_THREADS": "3", "DISTRIB_OUTPUT": "off",
-                     "DISTRIB_WORKSPACE": str(tmp_path), "DISTRIB_EXCLUDE": "*.csv, data/"})
-    assert settings.workers == (WorkerAddress("10.0.0.1:7070"), WorkerAddress("ipc:///tmp/w.sock"))
+                     "DISTRIB_WORKSPACE": str(tmp_path), "DISTRIB_EXCLUDE": "*.csv, data/",
+                     "DISTRIB_KEY": str(make_key(tmp_path / "main.key"))})
+    assert settings.workers == (WorkerAddress("10.0.0.1:7070"),
+                                WorkerAddress("ipc:///tmp/w.sock"), WorkerAddress("h:1", KEY))
     assert settings.local_threads == 3 and not settings.forward_output
     assert settings.workspace == tmp_path and settings.excludes == ("*.csv", "data/")
+    assert settings.key is not None
 
 
-def test_init_arguments_win_over_the_environment() -> None:
-    settings = load({"DISTRIB_LOCAL_THREADS": "3"}, workers=[("h:1", "KEY")], local_threads=5)
-    assert settings.workers == (WorkerAddress("h:1", "KEY"),) and settings.local_threads == 5
+def make_key(path: Path) -> Path:
+    _keys.write(path, _keys.generate())
+    return path
+
+
+def test_init_arguments_win_over_the_environment(tmp_path: Path) -> None:
+    settings = load({"DISTRIB_LOCAL_THREADS": "3"}, workers=[("h:1", KEY)], local_threads=5,
+                    key=make_key(tmp_path / "k"))
+    assert settings.workers == (WorkerAddress("h:1", KEY),) and settings.local_threads == 5
 
 
 @pytest.mark.parametrize("env,name", [
@@ -34,12 +57,68 @@ def test_init_arguments_win_over_the_environment() -> None:
     ({"DISTRIB_LOCAL_THREADS": "0"}, "DISTRIB_LOCAL_THREADS"),
     ({"DISTRIB_OUTPUT": "maybe"}, "DISTRIB_OUTPUT"),
     ({"DISTRIB_WORKERS": "nohostport"}, "DISTRIB_WORKERS"),
+    ({"DISTRIB_WORKERS": "h:1 notakey"}, "DISTRIB_WORKERS"),
     ({"DISTRIB_WORKSPACE": "/no/such/folder"}, "workspace"),
     ({"DISTRIB_LOST_AFTER": "-1"}, "DISTRIB_LOST_AFTER"),
+    ({"DISTRIB_CONFIG": "/no/such.toml"}, "DISTRIB_CONFIG"),
+    ({"DISTRIB_KEY": "/no/such.key"}, "distrib keygen"),
 ])
 def test_invalid_settings_name_the_setting(env: dict[str, str], name: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load(env)
+
+
+def test_the_documented_file_shape(elsewhere: Path) -> None:
+    make_key(elsewhere / "main.key")
+    (elsewhere / "data").mkdir()
+    (elsewhere / "distrib.toml").write_text(textwrap.dedent(f"""
+        [main]
+        key = "main.key"
+        workspace = "data"
+        exclude = ["*.bin"]
+        forward_output = false
+        lost_after = 4.5
+        [local]
+        threads = 3
+        [discovery]
+        enabled = true
+        trust = ["{KEY}"]
+        [[workers]]
+        address = "192.0.2.7:7070"
+        public_key = "{KEY}"
+        """))
+    s = load({})
+    assert s.source.endswith("distrib.toml")
+    assert s.key is not None and s.workspace == elsewhere / "data"
+    assert s.excludes == ("*.bin",) and not s.forward_output and s.lost_after == 4.5
+    assert s.local_threads == 3 and s.discovery.enabled and s.discovery.trust == (KEY,)
+    assert s.workers == (WorkerAddress("192.0.2.7:7070", KEY),)
+    assert load({"DISTRIB_LOCAL_THREADS": "7"}).local_threads == 7  # environment wins
+
+
+def test_pyproject_tool_table(elsewhere: Path) -> None:
+    (elsewhere / "pyproject.toml").write_text('[project]\nname="x"\n[tool.distrib.local]\n'
+                                              "threads = 2\n")
+    s = load({})
+    assert s.local_threads == 2 and "[tool.distrib]" in s.source
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[mian]\nkey='x'\n", r"unknown section \[mian\]"),
+    ("[main]\nkee='x'\n", r"unknown setting \[main\] kee"),
+    ("[local]\nthreads = 'many'\n", r"\[local\] threads"),
+    ("[main]\nkey = 'missing.key'\n", "missing.key"),
+    ("[[workers]]\naddress = '192.0.2.7:7070'\npublic_key = 'short'\n", "not a public key"),
+    (f"[[workers]]\naddress = '192.0.2.7:7070'\npublic_key = '{KEY}'\n", "needs its own key"),
+    ("[[workers]]\nport = 3\n", "needs 'address'"),
+    ("not toml at all [", "not valid TOML"),
+])
+def test_wrong_files_name_the_file_and_the_setting(elsewhere: Path, text: str,
+                                                   message: str) -> None:
+    (elsewhere / "distrib.toml").write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load({})
+    assert "distrib.toml" in str(info.value)
 
 
 def test_endpoint() -> None:
@@ -47,3 +126,21 @@ def test_endpoint() -> None:
     assert endpoint("ipc:///x") == "ipc:///x"
     with pytest.raises(ConfigError):
         endpoint("host:")
+
+
+def test_key_files(tmp_path: Path) -> None:
+    path = make_key(tmp_path / "k")
+    pair = _keys.load_secret(path)
+    assert _keys.read_public_file(tmp_path / "k.pub") == pair.public
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        _keys.load_secret(path)
+    with pytest.raises(ConfigError, match="exists"):
+        make_key(path)
+    auth = tmp_path / "authorized"
+    hash_key = "#" + pair.public[1:]
+    auth.write_text(f"# Mains allowed here\n{pair.public} alice@host\n\n{hash_key}\n")
+    assert _keys.read_authorized(auth) == {pair.public: "alice@host", hash_key: ""}
+    auth.write_text("garbage line\n")
+    with pytest.raises(ConfigError, match="line 1"):
+        _keys.read_authorized(auth)

@@ -11,6 +11,10 @@ import zmq
 
 from distrib.wire import _transport
 from distrib.wire import _messages as m
+from distrib.wire._keys import KeyPair
+
+_WATCHED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
 
 log = logging.getLogger("distrib")
 
@@ -20,6 +24,7 @@ class LinkState(enum.Enum):
     READY = "ready"  # Welcome received; the scheduler may use it
     REFUSED = "refused"  # the worker said no; retried later
     LOST = "lost"  # silent too long; the socket is rebuilt later
+    AUTH_FAILED = "auth failed"  # a key was refused (either way); retried later
 
 
 @dataclass(eq=False)
@@ -31,7 +36,10 @@ class Link:
     endpoint: str  # as ZeroMQ takes it
     ctx: zmq.Context[Any]
     hello: m.Hello
+    server_key: str | None = None  # the worker's public key: CURVE when set
+    key: KeyPair | None = None  # this Main's key pair
     sock: zmq.Socket[Any] | None = None
+    monitor: zmq.Socket[Any] | None = None  # handshake failures show up here
     state: LinkState = LinkState.CONNECTING
     name: str = ""
     last_seen: float = 0.0
@@ -41,7 +49,8 @@ class Link:
     def connect(self, now: float) -> None:
         """(Re)build the socket and say Hello."""
         self.close()
-        self.sock = _transport.dealer(self.ctx, self.endpoint)
+        self.sock = _transport.dealer(self.ctx, self.endpoint, self.server_key, self.key)
+        self.monitor = self.sock.get_monitor_socket(_WATCHED)
         self.state, self.since, self.last_seen = LinkState.CONNECTING, now, now
         self.send(self.hello)
 
@@ -55,8 +64,12 @@ class Link:
 
     def close(self) -> None:
         if self.sock is not None:
+            self.sock.disable_monitor()
             self.sock.close(0)
             self.sock = None
+        if self.monitor is not None:
+            self.monitor.close(0)
+            self.monitor = None
 
     @property
     def label(self) -> str:

@@ -150,6 +150,12 @@ class Scheduler:
                 return None, worker.link
         return None, None
 
+    def take_pending(self) -> list[Task]:
+        """Remove and return every task not yet sent to a worker."""
+        tasks = [t for q in self.pending.values() for t in q]
+        self.pending.clear()
+        return tasks
+
     def unmatched(self) -> Iterator[Requirement]:
         """Requirements of pending tasks that no connected worker can meet."""
         for req, queue in self.pending.items():

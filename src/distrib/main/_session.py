@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from distrib import _config, _runtime, _serialize
 from distrib._errors import (
+    AuthError,
     Cancelled,
     ConfigError,
     DistribError,
@@ -49,6 +51,7 @@ log = logging.getLogger("distrib")
 BLOB_BATCH_BYTES = 64 * 1024 * 1024
 SUBMIT_BATCH = 512
 RECONNECT_AFTER = 2.0
+AUTH_RETRY_AFTER = 10.0  # a refused key may be authorized later (workers reread their list)
 
 
 def _main_file() -> Path | None:
@@ -88,18 +91,18 @@ class Session:
         self.main_id = os.urandom(8).hex()
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.local = None
-        addresses = [w.address for w in settings.workers]
-        if not addresses:
+        workers = list(settings.workers)
+        if not workers and not settings.discovery.enabled:
             from distrib._local import LocalCluster
 
             self.local = LocalCluster(settings.local_threads, settings.cache_dir)
-            addresses = list(self.local.addresses)
-        hello = m.Hello(m.PROTOCOL_VERSION, self.main_id, self.name, self.python, os.getpid(),
-                        settings.forward_output, "")
-        self.links = {
-            f"w{i}": Link(f"w{i}", a, _config.endpoint(a), self.ctx, hello)
-            for i, a in enumerate(addresses)
-        }
+            workers = [_config.WorkerAddress(a) for a in self.local.addresses]
+        self.hello = m.Hello(m.PROTOCOL_VERSION, self.main_id, self.name, self.python,
+                             os.getpid(), settings.forward_output,
+                             settings.key.public if settings.key else "")
+        self.links: dict[str, Link] = {}
+        for worker in workers:
+            self._add_link(worker)
         self.scheduler = Scheduler(self.python)
         self.counters: dict[str, int] = {"blobs_sent": 0}
         self._ids = itertools.count(1)
@@ -114,6 +117,13 @@ class Session:
         self._started = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="distrib-io", daemon=True)
         self._thread.start()
+
+    def _add_link(self, worker: _config.WorkerAddress) -> Link:
+        link_id = f"w{len(self.links)}"
+        link = Link(link_id, worker.address, _config.endpoint(worker.address), self.ctx,
+                    self.hello, worker.public_key, self.settings.key)
+        self.links[link_id] = link
+        return link
 
     # --- user threads ------------------------------------------------------------------------
 
@@ -168,7 +178,9 @@ class Session:
                 poller = zmq.Poller()
                 poller.register(self._wake_r, zmq.POLLIN)
                 socks = {link.sock: link for link in self.links.values() if link.sock is not None}
-                for sock in socks:
+                monitors = {link.monitor: link for link in self.links.values()
+                            if link.monitor is not None}
+                for sock in [*socks, *monitors]:
                     poller.register(sock, zmq.POLLIN)
                 events = dict(poller.poll(int(max(0.0, next_tick - time.monotonic()) * 1000) + 1))
                 if self._wake_r.fileno() in events:
@@ -178,8 +190,11 @@ class Session:
                             pass
                     except BlockingIOError:
                         pass
+                for mon, link in monitors.items():
+                    if mon in events and link.monitor is mon:
+                        self._on_monitor(link, recv_monitor_message(mon))
                 for sock, link in socks.items():
-                    if sock in events:
+                    if sock in events and link.sock is sock:
                         self._drain(link)
                 self._take_incoming()
                 self._dispatch()
@@ -266,6 +281,20 @@ class Session:
             link.connect(time.monotonic())  # the worker restarted: say Hello again
         elif not was_ready:
             log.warning("worker %s refused this Main: %s", link.label, msg.reason)
+
+    def _on_monitor(self, link: Link, event: Any) -> None:
+        if link.state is LinkState.AUTH_FAILED:
+            return
+        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            mine = self.settings.key.public if self.settings.key else "(none)"
+            reason = (f"worker {link.label} refused this Main's key {mine}: add this Main's "
+                      "public key (its .pub file) to the worker's authorized keys")
+        else:
+            reason = (f"worker {link.label} did not prove the public key configured for it "
+                      f"({link.server_key}): check its public_key, or whether something else "
+                      "answers at that address")
+        log.warning("%s", reason)
+        self._lose(link, LinkState.AUTH_FAILED, reason)
 
     def _lose(self, link: Link, state: LinkState, reason: str) -> None:
         failed = self.scheduler.leave(link.link_id)
@@ -358,12 +387,28 @@ class Session:
             elif link.state in (LinkState.LOST, LinkState.REFUSED):
                 if now - link.since > RECONNECT_AFTER:
                     link.connect(now)
+            elif link.state is LinkState.AUTH_FAILED:
+                if now - link.since > AUTH_RETRY_AFTER:
+                    link.connect(now)
             elif link.state is LinkState.CONNECTING and now - link.since > s.connect_timeout:
                 if ("connect", link.link_id) not in self._warned:
                     self._warned.add(("connect", link.link_id))
                     log.warning("worker %s has not answered for %.0f s; still trying",
                                 link.label, s.connect_timeout)
         self._warn_unmatched(now)
+        self._fail_if_all_refused()
+
+    def _fail_if_all_refused(self) -> None:
+        """With every worker refusing our keys, tasks would wait forever: fail them clearly."""
+        links = list(self.links.values())
+        if not links or any(l.state is not LinkState.AUTH_FAILED for l in links):
+            return
+        pending = self.scheduler.take_pending()
+        if pending:
+            reasons = "; ".join(l.reason for l in links)
+            for task in pending:
+                task.response._finish(None, exc=AuthError(
+                    f"task {task.name}#{task.task_id} cannot run: {reasons}"))
 
     def _warn_unmatched(self, now: float) -> None:
         ready = [v for v in self.scheduler.workers.values()]
@@ -398,16 +443,19 @@ def init(
     local_threads: int | None = None,
     workspace: str | Path | None = None,
     forward_output: bool | None = None,
+    key: str | Path | None = None,
 ) -> Session:
     """Set up distrib explicitly (see ``distrib.init``)."""
     global _session
     with _lock:
         if _session is not None:
-            if workers is None and local_threads is None and workspace is None:
+            if all(x is None for x in (workers, local_threads, workspace, forward_output, key)):
                 return _session
             raise ConfigError("distrib is already set up (by init() or a first call); "
                               "call distrib.shutdown() before init() with new settings")
-        settings = _config.load(None, workers, local_threads, workspace, forward_output)
+        main_file = _main_file()
+        settings = _config.load(None, workers, local_threads, workspace, forward_output, key,
+                                main_file.parent if main_file else None)
         _session = Session(settings)
         atexit.register(shutdown)
         return _session

@@ -11,15 +11,25 @@ from typing import Any
 import zmq
 
 from distrib.wire import _codec
+from distrib.wire._keys import KeyPair
 from distrib.wire._messages import Message
 
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # a peer sending more is disconnected by libzmq
 _COPY_THRESHOLD = 64 * 1024
 
 
-def router(ctx: zmq.Context[Any], endpoint: str) -> tuple[zmq.Socket[Any], str]:
-    """Bind a ROUTER at ``endpoint`` (port 0 picks a free port); return it and its address."""
-    sock = ctx.socket(zmq.ROUTER)
+def router(ctx: zmq.Context[Any], endpoint: str,
+           key: KeyPair | None = None) -> tuple[zmq.Socket[Any], str]:
+    """Bind a ROUTER at ``endpoint`` (port 0 picks a free port); return it and its address.
+
+    With ``key`` it is a CURVE server: every connection is encrypted and must pass the ZAP
+    handler bound in ``ctx`` (the daemon's authorized-keys check).
+    """
+    sock: zmq.Socket[Any] = ctx.socket(zmq.ROUTER)
+    if key is not None:
+        sock.curve_server = True
+        sock.curve_secretkey = key.secret.encode()
+        sock.curve_publickey = key.public.encode()
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
@@ -31,9 +41,15 @@ def router(ctx: zmq.Context[Any], endpoint: str) -> tuple[zmq.Socket[Any], str]:
     return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
-def dealer(ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[Any]:
-    """Connect a DEALER to a worker's ``endpoint``."""
+def dealer(ctx: zmq.Context[Any], endpoint: str, server_key: str | None = None,
+           key: KeyPair | None = None) -> zmq.Socket[Any]:
+    """Connect a DEALER to a worker's ``endpoint``; CURVE when the worker's key is given."""
     sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
+    if server_key is not None:
+        own = key or _ephemeral()
+        sock.curve_serverkey = server_key.encode()
+        sock.curve_publickey = own.public.encode()
+        sock.curve_secretkey = own.secret.encode()
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     sock.setsockopt(zmq.SNDHWM, 0)
@@ -42,6 +58,11 @@ def dealer(ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[Any]:
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
     sock.connect(endpoint)
     return sock
+
+
+def _ephemeral() -> KeyPair:
+    public, secret = zmq.curve_keypair()
+    return KeyPair(public.decode(), secret.decode())
 
 
 def send(sock: zmq.Socket[Any], message: Message, peer: bytes | None = None) -> None:

@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from zmq.utils import z85
 
 from distrib._errors import ProtocolError, WorkspaceError
-from distrib.wire import _codec, _facts, _transport
+from distrib.wire import _codec, _facts, _keys, _transport
+from distrib.wire._keys import KeyPair
 from distrib.wire import _messages as m
 from distrib.worker import _pool
 from distrib.worker._pool import EnvKey, Executor
@@ -81,6 +83,8 @@ class Daemon:
         heartbeat_interval: float = 1.0,
         lost_after: float = 10.0,
         exit_with_parent: int | None = None,
+        key: KeyPair | None = None,
+        authorized: Path | None = None,
     ) -> None:
         self.slots = slots
         self.name = name
@@ -92,7 +96,19 @@ class Daemon:
         self.runs = cache_dir / "runs" / f"{os.getpid()}-{self.worker_id[:8]}"
         self.runs.mkdir(parents=True, exist_ok=True)
         self.ctx: zmq.Context[Any] = zmq.Context()
-        self.sock, self.address = _transport.router(self.ctx, endpoint)
+        self.key = key
+        self.authorized_file = authorized
+        self.authorized: dict[str, str] = {}
+        self._authorized_mtime = 0.0
+        self._refused_logged: dict[str, float] = {}
+        self.zap: zmq.Socket[Any] | None = None
+        if key is not None:
+            # ZAP: libzmq asks this socket about every CURVE handshake (authorized keys).
+            self.zap = self.ctx.socket(zmq.REP)
+            self.zap.setsockopt(zmq.LINGER, 0)
+            self.zap.bind("inproc://zeromq.zap.01")
+            self._reload_authorized(force=True)
+        self.sock, self.address = _transport.router(self.ctx, endpoint, key)
         self.mains: dict[bytes, MainPeer] = {}
         self.queues = Queues()
         self.dists: dict[str, Dist] = {}
@@ -114,16 +130,21 @@ class Daemon:
         signal.set_wakeup_fd(self._wake_w.fileno())
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_sighup)
         next_tick = time.monotonic()
         try:
             while not self._stop:
                 poller = zmq.Poller()
                 poller.register(self.sock, zmq.POLLIN)
                 poller.register(self._wake_r, zmq.POLLIN)
+                if self.zap is not None:
+                    poller.register(self.zap, zmq.POLLIN)
                 for ex in self.executors:
                     poller.register(ex.fileno(), zmq.POLLIN)
                 timeout = max(0.0, next_tick - time.monotonic())
                 events = dict(poller.poll(int(timeout * 1000) + 1))
+                if self.zap is not None and self.zap in events:
+                    self._answer_zap()
                 if self.sock in events:
                     self._drain_socket()
                 for ex in list(self.executors):
@@ -143,6 +164,54 @@ class Daemon:
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stop = True
 
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        self._authorized_mtime = -1.0  # reread at the next tick
+
+    # --- authentication ----------------------------------------------------------------------
+
+    def _reload_authorized(self, force: bool = False) -> None:
+        if self.authorized_file is None:
+            return
+        try:
+            mtime = self.authorized_file.stat().st_mtime
+        except OSError as exc:
+            if force:
+                raise
+            log.warning("cannot read authorized keys %s: %s; keeping the previous list",
+                        self.authorized_file, exc)
+            return
+        if not force and mtime == self._authorized_mtime:
+            return
+        try:
+            self.authorized = _keys.read_authorized(self.authorized_file)
+        except Exception as exc:
+            if force:
+                raise
+            log.warning("authorized keys %s not reloaded: %s", self.authorized_file, exc)
+            return
+        self._authorized_mtime = mtime
+        log.info("authorized keys: %d Main(s) from %s", len(self.authorized), self.authorized_file)
+
+    def _answer_zap(self) -> None:
+        assert self.zap is not None
+        try:
+            request = self.zap.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        version, request_id, address = request[0], request[1], request[3]
+        mechanism = request[5] if len(request) > 5 else b""
+        key = z85.encode(request[6]).decode() if len(request) > 6 else ""
+        ok = mechanism == b"CURVE" and (self.authorized_file is None or key in self.authorized)
+        if not ok:
+            now = time.monotonic()
+            if now - self._refused_logged.get(key, -1e9) > 60:  # a refused client retries often
+                self._refused_logged[key] = now
+                log.warning("refused a Main from %s: key %s is not in the authorized keys %s",
+                            address.decode(errors="replace"), key or "(none)",
+                            self.authorized_file)
+        self.zap.send_multipart([version, request_id, b"200" if ok else b"400",
+                                 b"OK" if ok else b"key not authorized", key.encode(), b""])
+
     def _drain_wake(self) -> None:
         try:
             while self._wake_r.recv(4096):
@@ -157,6 +226,8 @@ class Daemon:
         for peer in list(self.mains):
             self._send(peer, m.Refused("worker is shutting down"))
         self.sock.close(0)
+        if self.zap is not None:
+            self.zap.close(0)
         self.ctx.term()
         shutil.rmtree(self.runs, ignore_errors=True)
         log.info("worker %s stopped", self.name)
@@ -468,6 +539,7 @@ class Daemon:
                 self._drop_main(peer, f"was silent for {self.lost_after:.0f} s")
             else:
                 self._send(peer, m.Heartbeat(self.busy, self.queues.count(peer)))
+        self._reload_authorized()
         if self.exit_with_parent is not None and os.getppid() != self.exit_with_parent:
             log.info("parent process %d is gone; stopping", self.exit_with_parent)
             self._stop = True
@@ -486,6 +558,7 @@ class Daemon:
             "queued": len(self.queues),
             "mains": [x.name for x in self.mains.values()],
             "executors": [e.pid for e in self.executors],
+            "public_key": self.key.public if self.key else None,
             **self.counters,
         }
 

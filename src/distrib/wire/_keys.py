@@ -1,0 +1,106 @@
+"""CURVE key pairs and authorized-keys files, in the spirit of ssh-keygen.
+
+``distrib keygen PATH`` writes the secret key to ``PATH`` (owner-only) and the public key to
+``PATH.pub``. Keys are Z85 text, 40 characters. An authorized-keys file lists one public key
+per line, optionally followed by a comment; ``#`` starts a comment line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+from distrib._errors import ConfigError
+
+_Z85_KEY = re.compile(r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPair:
+    """A CURVE key pair as Z85 text."""
+
+    public: str
+    secret: str
+
+
+def generate() -> KeyPair:
+    public, secret = zmq.curve_keypair()
+    return KeyPair(public.decode(), secret.decode())
+
+
+def check_public(key: str, where: str) -> str:
+    """Return ``key`` stripped if it is a well-formed public key; else ``ConfigError``."""
+    key = key.strip()
+    if not _Z85_KEY.match(key):
+        raise ConfigError(f"{where}: {key[:48]!r} is not a public key (40 characters of Z85, "
+                          "as `distrib keygen` writes to its .pub file)")
+    return key
+
+
+def write(path: Path, pair: KeyPair, comment: str = "") -> None:
+    """Write the secret key file (mode 600) and the ``.pub`` file beside it."""
+    if path.exists():
+        raise ConfigError(f"{path} exists; remove it first or choose another path")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("# distrib secret key: keep it private\n"
+                f"public = {pair.public}\nsecret = {pair.secret}\n")
+    pub = path.with_name(path.name + ".pub")
+    pub.write_text(f"{pair.public} {comment}".rstrip() + "\n")
+
+
+def load_secret(path: Path) -> KeyPair:
+    """Read a secret key file written by ``write``; refuse one others can read."""
+    try:
+        st = path.stat()
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"key file {path}: {exc.strerror}; create one with "
+                          f"`distrib keygen {path}`") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"key file {path} is readable by other users; run `chmod 600 {path}`")
+    fields = dict(
+        (k.strip(), v.strip())
+        for k, _, v in (line.partition("=") for line in text.splitlines())
+        if not k.strip().startswith("#") and v
+    )
+    if "public" not in fields or "secret" not in fields:
+        raise ConfigError(f"key file {path} is not a distrib secret key (expected 'public = ' "
+                          "and 'secret = ' lines); make one with `distrib keygen`")
+    public = check_public(fields["public"], f"key file {path}")
+    secret = fields["secret"]
+    if not _Z85_KEY.match(secret) or zmq.curve_public(secret.encode()).decode() != public:
+        raise ConfigError(f"key file {path}: the secret key does not match its public key")
+    return KeyPair(public, secret)
+
+
+def read_public_file(path: Path) -> str:
+    """The public key in a ``.pub`` file (the first word of its first line)."""
+    try:
+        first = path.read_text().split()
+    except OSError as exc:
+        raise ConfigError(f"public key file {path}: {exc.strerror}") from None
+    if not first:
+        raise ConfigError(f"public key file {path} is empty")
+    return check_public(first[0], f"public key file {path}")
+
+
+def read_authorized(path: Path) -> dict[str, str]:
+    """Public keys of an authorized-keys file, mapped to their comments."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"authorized keys {path}: {exc.strerror}") from None
+    keys: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        key, _, comment = line.partition(" ")
+        if not line or (line.startswith("#") and not _Z85_KEY.match(key)):
+            continue  # a comment (a key may itself begin with '#', but has no space in it)
+        keys[check_public(key, f"{path} line {number}")] = comment.strip()
+    return keys
