@@ -16,10 +16,9 @@ from typing import Any
 
 import psutil
 import pytest
-import zmq
 
-from distrib.wire import _codec, _transport
-from distrib.wire import _messages as m
+from distrib.main import _status
+from distrib.wire._keys import KeyPair
 
 PYTHON = sys.executable
 START_TIMEOUT = 60.0
@@ -45,32 +44,31 @@ class Worker:
     address: str
     name: str
     cache_dir: Path
+    log_file: Path
+    public_key: str | None = None
+
+    def log(self) -> str:
+        return self.log_file.read_text()
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
+    status_key: KeyPair | None = None  # a Main key the worker authorizes, for status queries
+
     def status(self, timeout: float = 30.0) -> dict[str, Any]:
-        return query_status(self.address, timeout)
+        return query_status(self.address, timeout, self.public_key, self.status_key)
 
     def stop(self) -> None:
         stop_process(self.proc)
 
 
-def query_status(address: str, timeout: float = 30.0) -> dict[str, Any]:
+def query_status(address: str, timeout: float = 30.0, server_key: str | None = None,
+                 key: KeyPair | None = None) -> dict[str, Any]:
     """Ask a worker for its Status over a real socket."""
-    ctx: zmq.Context[Any] = zmq.Context()
-    sock = _transport.dealer(ctx, address if "://" in address else f"tcp://{address}")
-    try:
-        _transport.send(sock, m.StatusRequest())
-        if not sock.poll(timeout * 1000):
-            raise AssertionError(f"worker at {address} did not answer a status request")
-        reply = _codec.decode(sock.recv_multipart())
-        assert isinstance(reply, m.Status)
-        return reply.info
-    finally:
-        sock.close(0)
-        ctx.term()
+    answer = _status.query(address, server_key, key, timeout)
+    assert answer.reachable, f"worker at {address}: {answer.problem}"
+    return answer.info
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
@@ -96,21 +94,24 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     """Start real worker daemons on 127.0.0.1 with a free port; all stopped by PID at the end."""
     started: list[Worker] = []
 
-    def start(threads: int = 2, name: str | None = None, extra: tuple[str, ...] = ()) -> Worker:
+    def start(threads: int = 2, name: str | None = None, extra: tuple[str, ...] = (),
+              listen: str = "127.0.0.1:0", prefix: tuple[str, ...] = ()) -> Worker:
         name = name or f"w{len(started)}"
         cache = tmp_path / f"worker-cache-{name}"
-        proc = subprocess.Popen(
-            [PYTHON, "-m", "distrib", "worker", "--listen", "127.0.0.1:0", "--threads",
-             str(threads), "--name", name, "--cache-dir", str(cache), *extra],
-            stdout=subprocess.PIPE, stderr=None, text=True, cwd=tmp_path,
-        )
+        log_file = tmp_path / f"worker-{name}.log"
+        with open(log_file, "w") as log:
+            proc = subprocess.Popen(
+                [*prefix, PYTHON, "-m", "distrib", "worker", "--listen", listen, "--threads",
+                 str(threads), "--name", name, "--cache-dir", str(cache), "-v", *extra],
+                stdout=subprocess.PIPE, stderr=log, text=True, cwd=tmp_path,
+            )
         assert proc.stdout is not None
         line = proc.stdout.readline()  # the daemon prints one line when ready
-        match = re.search(r"ready on (\S+)", line)
+        match = re.search(r"ready on (\S+) with \d+ slots(?:, public key (\S+))?", line)
         if not match:
             stop_process(proc)
-            raise AssertionError(f"worker did not start: {line!r}")
-        worker = Worker(proc, match.group(1), name, cache)
+            raise AssertionError(f"worker did not start: {line!r} {log_file.read_text()}")
+        worker = Worker(proc, match.group(1), name, cache, log_file, match.group(2))
         started.append(worker)
         return worker
 

@@ -53,11 +53,16 @@ def main() -> None:
               help="File of Mains' public keys allowed to use this worker (one per line).")
 @click.option("--insecure", is_flag=True,
               help="Allow a non-loopback address without keys: anyone reaching it runs code.")
+@click.option("--announce", is_flag=True,
+              help="Advertise this worker (and its public key) on the LAN with mDNS.")
+@click.option("--announce-interface", multiple=True,
+              help="Interface address to announce on (default: the listen address, or all).")
 @click.option("--exit-with-parent", type=int, default=None, hidden=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log every connection and environment.")
 def worker(listen: str, threads: int | None, name: str | None, cache_dir: Path | None,
            heartbeat: float, lost_after: float, key_file: Path | None,
-           authorized_keys: Path | None, insecure: bool, exit_with_parent: int | None,
+           authorized_keys: Path | None, insecure: bool, announce: bool,
+           announce_interface: tuple[str, ...], exit_with_parent: int | None,
            verbose: bool) -> None:
     """Run a worker daemon that serves Mains' tasks."""
     from distrib.worker._daemon import Daemon
@@ -97,11 +102,67 @@ def worker(listen: str, threads: int | None, name: str | None, cache_dir: Path |
                     key, authorized_keys)
     if not name:
         daemon.name = f"{socket.gethostname()}:{daemon.address.rsplit(':', 1)[-1].rsplit('/', 1)[-1]}"
+    if announce:
+        if not address.startswith("tcp://"):
+            raise click.UsageError("--announce needs a tcp address to announce")
+        daemon.announce(announce_interface)
     public = f", public key {key.public}" if key else ""
     click.echo(f"distrib worker {daemon.name} ready on {daemon.address} with {slots} slots"
                f"{public}")
     sys.stdout.flush()
     daemon.run()
+
+
+@main.command()
+@click.option("--timeout", type=float, default=5.0, show_default=True,
+              help="Seconds to wait for each worker's answer.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status(timeout: float, as_json: bool) -> None:
+    """Show the configured (and discovered) workers: load, Mains served, reachability."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from distrib import _config
+    from distrib.main import _status
+
+    try:
+        settings = _config.load()
+    except DistribError as exc:
+        raise click.ClickException(str(exc)) from None
+    targets = [(w.address, w.public_key, "configured") for w in settings.workers]
+    if settings.discovery.enabled:
+        from distrib.wire._mdns import browse_once
+
+        known = {a for a, _, _ in targets}
+        for found in browse_once(settings.discovery.interfaces, timeout):
+            if found.address not in known:
+                targets.append((found.address, found.public_key, "discovered"))
+    if not targets:
+        raise click.ClickException(
+            f"no workers configured ({settings.source}): set DISTRIB_WORKERS, add [[workers]] "
+            "to distrib.toml, or turn on [discovery]")
+    answers = [_status.query(a, k, settings.key, timeout, src) for a, k, src in targets]
+    if as_json:
+        click.echo(json.dumps([{"address": s.address, "source": s.source, "problem": s.problem,
+                                **s.info} for s in answers], indent=2))
+        return
+    table = Table(title=f"distrib workers ({settings.source})")
+    for column in ("name", "address", "platform", "Python", "slots busy/offered", "queued",
+                   "Mains served", "state"):
+        table.add_column(column)
+    for s in answers:
+        i = s.info
+        table.add_row(
+            str(i.get("name", "?")), s.address, str(i.get("platform", "")),
+            str(i.get("python", "")),
+            f"{i['busy']}/{i['slots']}" if "slots" in i else "",
+            str(i.get("queued", "")), ", ".join(i.get("mains", [])),
+            f"reachable ({s.source})" if s.reachable else f"unreachable: {s.problem}")
+    Console().print(table)
+    if not all(s.reachable for s in answers):
+        sys.exit(1)
 
 
 @main.command()

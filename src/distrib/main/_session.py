@@ -103,6 +103,12 @@ class Session:
         self.links: dict[str, Link] = {}
         for worker in workers:
             self._add_link(worker)
+        self._found: deque[Any] = deque()
+        self._browser: Any = None
+        if settings.discovery.enabled:
+            from distrib.wire._mdns import Browser
+
+            self._browser = Browser(self._on_found, settings.discovery.interfaces)
         self.scheduler = Scheduler(self.python)
         self.counters: dict[str, int] = {"blobs_sent": 0}
         self._ids = itertools.count(1)
@@ -140,6 +146,10 @@ class Session:
         self._wake()
         return response
 
+    def _on_found(self, found: Any) -> None:  # zeroconf's thread
+        self._found.append(found)
+        self._wake()
+
     def _request_cancel(self, task_id: int) -> None:
         self._cancels.append(task_id)
         self._wake()
@@ -160,6 +170,8 @@ class Session:
         self._awake = False
         self._wake()
         self._thread.join(30)
+        if self._browser is not None:
+            self._browser.close()
         for task in list(self._incoming) + self.scheduler.all_tasks():
             task.response._finish(None, exc=Cancelled(
                 f"task {task.name}#{task.task_id} did not finish before distrib shut down"))
@@ -197,6 +209,7 @@ class Session:
                     if sock in events and link.sock is sock:
                         self._drain(link)
                 self._take_incoming()
+                self._adopt_found()
                 self._dispatch()
                 now = time.monotonic()
                 if now >= next_tick:
@@ -210,6 +223,52 @@ class Session:
                 link.send(m.Goodbye())
                 link.close()
             self.ctx.term()
+
+    def _adopt_found(self) -> None:
+        """Connect to discovered workers this Main trusts (see DESIGN: discovery != trust)."""
+        while self._found:
+            found = self._found.popleft()
+            if any(link.address == found.address for link in self.links.values()):
+                continue
+            verdict = self._trust(found)
+            if verdict:
+                if ("found", found.address) not in self._warned:
+                    self._warned.add(("found", found.address))
+                    log.warning("discovered worker %s at %s: %s", found.name, found.address,
+                                verdict)
+                continue
+            log.info("discovered worker %s at %s; connecting", found.name, found.address)
+            self._add_link(_config.WorkerAddress(found.address, found.public_key)).connect(
+                time.monotonic())
+
+    def _trust(self, found: Any) -> str:
+        """Empty if ``found`` may be used, else why not."""
+        d = self.settings.discovery
+        if found.public_key is None:
+            return "it announces no key, so it cannot be authenticated; not used"
+        if self.settings.key is None:
+            return "this Main has no key ([main] key); not used"
+        if found.public_key in d.trust:
+            return ""
+        if not d.trust_on_first_use:
+            return (f"its key {found.public_key} is not trusted; add it to [discovery] trust "
+                    "(or set trust_on_first_use = true); not used")
+        known_file = self.settings.cache_dir / "known_workers"
+        known = {}
+        if known_file.exists():
+            for line in known_file.read_text().splitlines():
+                address, _, key = line.partition(" ")
+                known[address] = key
+        if found.address in known and known[found.address] != found.public_key:
+            return (f"it announces key {found.public_key}, but the key first seen at that "
+                    f"address was {known[found.address]} ({known_file}); not used")
+        if found.address not in known:
+            known_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(known_file, "a") as f:
+                f.write(f"{found.address} {found.public_key}\n")
+            log.warning("trusting worker %s at %s on first use (key %s, remembered in %s)",
+                        found.name, found.address, found.public_key, known_file)
+        return ""
 
     def _take_incoming(self) -> None:
         while self._incoming:

@@ -25,6 +25,7 @@ from typing import Any
 
 import zmq
 from zmq.utils import z85
+from zmq.utils.monitor import recv_monitor_message
 
 from distrib._errors import ProtocolError, WorkspaceError
 from distrib.wire import _codec, _facts, _keys, _transport
@@ -109,6 +110,13 @@ class Daemon:
             self.zap.bind("inproc://zeromq.zap.01")
             self._reload_authorized(force=True)
         self.sock, self.address = _transport.router(self.ctx, endpoint, key)
+        # Connection-level events: garbage, failed handshakes and oversized messages never
+        # reach us as messages (libzmq drops them), so we learn of them here and log them.
+        self.monitor = self.sock.get_monitor_socket(
+            zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        self._unconfirmed: list[int] = []  # accepted connections not yet through a handshake
         self.mains: dict[bytes, MainPeer] = {}
         self.queues = Queues()
         self.dists: dict[str, Dist] = {}
@@ -116,9 +124,10 @@ class Daemon:
         self.busy = 0
         self.counters: dict[str, int] = dict.fromkeys(
             ("blobs_received", "tasks_done", "executors_started", "executors_crashed",
-             "dropped"), 0)
+             "dropped", "dropped_connections"), 0)
         self._outbox: dict[bytes, list[tuple[m.ResultSpec, list[Any]]]] = defaultdict(list)
         self._stop = False
+        self._announcer: Any = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -137,12 +146,15 @@ class Daemon:
                 poller = zmq.Poller()
                 poller.register(self.sock, zmq.POLLIN)
                 poller.register(self._wake_r, zmq.POLLIN)
+                poller.register(self.monitor, zmq.POLLIN)
                 if self.zap is not None:
                     poller.register(self.zap, zmq.POLLIN)
                 for ex in self.executors:
                     poller.register(ex.fileno(), zmq.POLLIN)
                 timeout = max(0.0, next_tick - time.monotonic())
                 events = dict(poller.poll(int(timeout * 1000) + 1))
+                if self.monitor in events:
+                    self._on_connection_event()
                 if self.zap is not None and self.zap in events:
                     self._answer_zap()
                 if self.sock in events:
@@ -192,6 +204,29 @@ class Daemon:
         self._authorized_mtime = mtime
         log.info("authorized keys: %d Main(s) from %s", len(self.authorized), self.authorized_file)
 
+    def _on_connection_event(self) -> None:
+        try:
+            event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        kind, value = event["event"], event["value"]
+        if kind == zmq.EVENT_ACCEPTED:
+            self._unconfirmed.append(value)
+        elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if self._unconfirmed:
+                self._unconfirmed.pop(0)
+        elif kind == zmq.EVENT_DISCONNECTED:
+            if value in self._unconfirmed:
+                self._unconfirmed.remove(value)
+                self.counters["dropped_connections"] += 1
+                log.warning("dropped a connection that never completed the ZeroMQ handshake "
+                            "(garbage bytes, or another protocol such as HTTP)")
+            else:
+                log.info("a connection closed (the peer left, or broke the protocol, e.g. a "
+                         "message over the %d MiB limit)", _transport.MAX_MESSAGE_BYTES >> 20)
+        elif kind != zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # refused keys are logged by _answer_zap
+            log.warning("dropped a connection whose ZeroMQ handshake failed (error %d)", value)
+
     def _answer_zap(self) -> None:
         assert self.zap is not None
         try:
@@ -219,12 +254,27 @@ class Daemon:
         except BlockingIOError:
             pass
 
+    def announce(self, interfaces: tuple[str, ...]) -> None:
+        """Advertise this worker on the LAN (mDNS) until it stops."""
+        from distrib.wire._mdns import Announcer
+
+        host, _, port = self.address.removeprefix("tcp://").rpartition(":")
+        self._announcer = Announcer(
+            self.name, host, int(port), self.key.public if self.key else None,
+            {"platform": _facts.platform_tag(), "python": _facts.python_version(),
+             "slots": str(self.slots)}, interfaces)
+        log.info("announcing %s on the LAN as %s", self.address, self.name)
+
     def close(self) -> None:
+        if self._announcer is not None:
+            self._announcer.close()
         for ex in self.executors:
             ex.kill()
         self.executors.clear()
         for peer in list(self.mains):
             self._send(peer, m.Refused("worker is shutting down"))
+        self.sock.disable_monitor()
+        self.monitor.close(0)
         self.sock.close(0)
         if self.zap is not None:
             self.zap.close(0)
@@ -253,7 +303,12 @@ class Daemon:
                 message = _codec.decode(frames[1:])
             except ProtocolError as exc:
                 self.counters["dropped"] += 1
-                log.warning("dropped a malformed message from peer %s: %s", peer.hex()[:8], exc)
+                main = self.mains.get(peer)
+                log.warning("dropped a malformed message from %s: %s",
+                            f"Main {main.name}" if main else f"peer {peer.hex()[:8]}", exc)
+                if main is not None:  # a peer that breaks the protocol is not trusted further
+                    self._drop_main(peer, "broke the protocol")
+                    self._send(peer, m.Refused("unknown peer: malformed message; reconnect"))
                 continue
             self._on_message(peer, message)
 

@@ -1,0 +1,70 @@
+"""Ask workers for their status, as ``distrib status`` shows it; every failure becomes a reason."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from distrib._config import endpoint
+from distrib.wire import _codec, _transport
+from distrib.wire import _messages as m
+from distrib.wire._keys import KeyPair
+
+_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+             | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+
+
+@dataclass
+class WorkerStatus:
+    """What one worker said about itself, or why it could not be asked."""
+
+    address: str
+    source: str  # "configured" or "discovered"
+    info: dict[str, Any] = field(default_factory=dict)
+    problem: str = ""
+
+    @property
+    def reachable(self) -> bool:
+        return not self.problem
+
+
+def query(address: str, server_key: str | None = None, key: KeyPair | None = None,
+          timeout: float = 5.0, source: str = "configured") -> WorkerStatus:
+    """Send a StatusRequest and wait up to ``timeout`` for the answer."""
+    result = WorkerStatus(address, source)
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock = _transport.dealer(ctx, endpoint(address), server_key, key)
+    monitor = sock.get_monitor_socket(_FAILURES)
+    try:
+        _transport.send(sock, m.StatusRequest())
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            events = dict(poller.poll(int(left * 1000) + 1))
+            if monitor in events:
+                event = recv_monitor_message(monitor)["event"]
+                result.problem = ("refused this Main's key" if event ==
+                                  zmq.EVENT_HANDSHAKE_FAILED_AUTH else
+                                  "did not prove its configured public key")
+                return result
+            if sock in events:
+                reply = _codec.decode(sock.recv_multipart())
+                if isinstance(reply, m.Status):
+                    result.info = reply.info
+                    return result
+        result.problem = f"no answer within {timeout:.0f} s"
+        return result
+    except Exception as exc:  # a bad address or reply: report it, don't crash the table
+        result.problem = f"{type(exc).__name__}: {exc}"
+        return result
+    finally:
+        sock.disable_monitor()
+        monitor.close(0)
+        sock.close(0)
+        ctx.term()
