@@ -99,11 +99,12 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
         name = name or f"w{len(started)}"
         cache = tmp_path / f"worker-cache-{name}"
         log_file = tmp_path / f"worker-{name}.log"
+        env = {**os.environ, "DISTRIB_MAX_MESSAGE_MB": "1"}  # lets tests send an oversized frame
         with open(log_file, "w") as log:
             proc = subprocess.Popen(
                 [*prefix, PYTHON, "-m", "distrib", "worker", "--listen", listen, "--threads",
                  str(threads), "--name", name, "--cache-dir", str(cache), "-v", *extra],
-                stdout=subprocess.PIPE, stderr=log, text=True, cwd=tmp_path,
+                stdout=subprocess.PIPE, stderr=log, text=True, cwd=tmp_path, env=env,
             )
         assert proc.stdout is not None
         line = proc.stdout.readline()  # the daemon prints one line when ready

@@ -97,8 +97,12 @@ class Scheduler:
         return failed
 
     def depth(self, worker: WorkerView) -> int:
-        """How many slots' worth of tasks a worker may hold: its slots and a little more."""
-        return worker.slots + max(worker.slots, self.extra_depth)
+        """How many slots' worth of tasks a worker may hold: its slots and a little more.
+
+        Two rounds of its slots beyond the running ones cover a round trip as long as a task,
+        so a worker does not idle waiting for the Main across a slow link.
+        """
+        return worker.slots + max(2 * worker.slots, self.extra_depth)
 
     def assign(self) -> dict[str, list[Task]]:
         """Move pending tasks to workers with room; return them grouped by worker."""

@@ -1,0 +1,230 @@
+"""Faults while a Main's tasks run: garbage on the wire, a second Main, a Main that dies."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import msgpack
+import psutil
+import zmq
+
+from distrib.wire import _codec
+from distrib.wire import _messages as m
+from tests.conftest import PYTHON, Workspace, wait_for
+from tests.integration.test_core import TASKS
+
+LONG_RUN = """
+    import sys
+    import tasks
+
+    if __name__ == "__main__":
+        seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 0.05
+        responses = [tasks.sleeper(seconds) for _ in range(int(sys.argv[1]))]
+        print("STARTED", flush=True)
+        results = [r.unwrap(timeout=120) for r in responses]
+        print("DONE", len(results), results == [seconds] * len(results), flush=True)
+    """
+
+
+def start_main(ws: Workspace, worker_address: str, count: int,
+               seconds: float = 0.05) -> subprocess.Popen[str]:
+    shutil.copy(TASKS, ws.root / "tasks.py")
+    ws.write("main.py", LONG_RUN)
+    full = {**os.environ, "DISTRIB_CACHE_DIR": str(ws.cache_dir),
+            "DISTRIB_WORKERS": worker_address}
+    return subprocess.Popen([PYTHON, "main.py", str(count), str(seconds)], cwd=ws.root, env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen[str]) -> str:
+    try:
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    return out
+
+
+def test_garbage_on_the_worker_port_is_dropped_and_logged_while_tasks_complete(
+        workspace: Workspace, start_worker) -> None:
+    worker = start_worker(threads=2)
+    main = start_main(workspace, worker.address, 80)
+    assert main.stdout is not None and main.stdout.readline().startswith("STARTED")
+    host, port = worker.address.removeprefix("tcp://").rsplit(":", 1)
+    # A plain HTTP request and raw garbage: not ZeroMQ at all.
+    for payload in (b"GET / HTTP/1.1\r\nHost: worker\r\n\r\n", os.urandom(4096)):
+        with socket.create_connection((host, int(port)), timeout=30) as raw:
+            raw.sendall(payload)
+    # A real ZeroMQ peer sending garbage frames, a truncated header, then an oversized frame.
+    ctx: zmq.Context = zmq.Context()
+    peer = ctx.socket(zmq.DEALER)
+    peer.setsockopt(zmq.LINGER, 0)
+    peer.connect(worker.address)
+    hello = _codec.encode(m.Hello(1, "x", "evil", "3.11", 1, False, ""))
+    peer.send_multipart(hello)
+    peer.send_multipart([b"\xff\x00garbage"])
+    peer.send_multipart([msgpack.packb([m.Submit.TAG, [[1, "d", 1, None, 1]]])[:-3], b"x"])
+    peer.send(b"x" * (2 << 20))  # over the worker's 1 MiB limit (set below)
+    out = finish(main)
+    assert out.splitlines()[-1] == "DONE 80 True"
+    wait_for(lambda: "never completed the ZeroMQ handshake" in worker.log(),
+             what="the garbage connections in the log")
+    wait_for(lambda: worker.log().count("dropped a malformed message") >= 2,
+             what="the malformed messages in the log")
+    wait_for(lambda: "message over the 1 MiB limit" in worker.log(),
+             what="the oversized frame's disconnection in the log")
+    status = worker.status()
+    assert status["dropped"] >= 2 and status["dropped_connections"] >= 1
+    assert status["tasks_done"] == 80
+    peer.close(0)
+    ctx.term()
+
+
+def test_two_mains_use_one_worker_at_once(tmp_path: Path, start_worker,
+                                          cache_dir: Path) -> None:
+    worker = start_worker(threads=2)
+    mains = []
+    for name in ("one", "two"):
+        root = tmp_path / name
+        root.mkdir()
+        mains.append(start_main(Workspace(root, cache_dir), worker.address, 40))
+    seen = wait_for(lambda: len(worker.status()["mains"]) == 2, what="both Mains served")
+    assert seen
+    for proc in mains:
+        assert finish(proc).splitlines()[-1] == "DONE 40 True"
+    assert worker.status()["tasks_done"] == 80
+
+
+def test_a_main_that_dies_has_its_tasks_dropped_by_the_worker(workspace: Workspace,
+                                                              start_worker) -> None:
+    worker = start_worker(threads=2, extra=("--lost-after", "2", "--heartbeat", "0.5"))
+    main = start_main(workspace, worker.address, 4, seconds=300)
+    assert main.stdout is not None and main.stdout.readline().startswith("STARTED")
+    wait_for(lambda: worker.status()["busy"] == 2 and worker.status()["queued"] == 2,
+             what="two tasks running and two queued")
+    executors = [psutil.Process(p) for p in worker.status()["executors"]]
+    os.kill(main.pid, signal.SIGKILL)
+    main.communicate(timeout=60)
+    status = wait_for(lambda: (s := worker.status())["mains"] == [] and s["busy"] == 0
+                      and s["queued"] == 0 and s, what="the worker to drop the dead Main")
+    assert status["tasks_done"] == 0
+    wait_for(lambda: all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+                         for p in executors), what="the dead Main's running tasks stopped")
+    assert "was silent for" in worker.log()
+
+
+class DelayProxy:
+    """A TCP proxy adding ``delay`` seconds each way (no netem in this kernel)."""
+
+    def __init__(self, target: tuple[str, int], delay: float) -> None:
+        self.target, self.delay = target, delay
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = "127.0.0.1:%d" % self.server.getsockname()[1]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._sockets: list[socket.socket] = []
+        self._spawn(self._accept)
+
+    def _spawn(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
+        t = threading.Thread(target=fn, args=args, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _accept(self) -> None:
+        self.server.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                client, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                self._pipe(a, b)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        import queue
+        import time
+
+        q: queue.Queue[tuple[float, bytes]] = queue.Queue()
+
+        def read() -> None:
+            src.settimeout(0.2)
+            while not self._stop.is_set():
+                try:
+                    data = src.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    data = b""
+                q.put((time.monotonic() + self.delay, data))
+                if not data:
+                    return
+
+        def write() -> None:
+            while not self._stop.is_set():
+                try:
+                    due, data = q.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                pause = due - time.monotonic()
+                if pause > 0:
+                    self._stop.wait(pause)  # hold the bytes back: the emulated latency
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                try:
+                    dst.sendall(data)
+                except OSError:
+                    return
+
+        self._spawn(read)
+        self._spawn(write)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.server.close()
+        for t in self._threads:
+            t.join(10)
+        for sock in self._sockets:
+            sock.close()
+
+
+def test_a_100ms_round_trip_costs_little_with_deep_queues(workspace: Workspace,
+                                                          start_worker) -> None:
+    worker = start_worker(threads=20)
+    host, port = worker.address.removeprefix("tcp://").rsplit(":", 1)
+    proxy = DelayProxy((host, int(port)), 0.05)
+    try:
+        shutil.copy(TASKS, workspace.root / "tasks.py")
+        workspace.write("main.py", """
+            import time
+            import distrib
+            import tasks
+
+            if __name__ == "__main__":
+                distrib.gather([tasks.sleeper(0.1) for _ in range(40)])  # warm: executors up
+                start = time.perf_counter()
+                results = distrib.gather([tasks.sleeper(0.1) for _ in range(200)])
+                elapsed = time.perf_counter() - start
+                print("ELAPSED", round(elapsed, 3), len(results))
+            """)
+        out = workspace.run("main.py", env={"DISTRIB_WORKERS": proxy.address})
+        assert out.returncode == 0, out.stderr
+        _, elapsed, count = out.stdout.split()
+        assert count == "200"
+        # The issue's bar: within 1.3x of the ideal 1 s (200 x 0.1 s on 20 slots).
+        print("elapsed over the 100 ms round-trip proxy:", elapsed)
+        assert float(elapsed) <= 1.3, elapsed
+    finally:
+        proxy.close()
