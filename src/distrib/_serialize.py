@@ -20,6 +20,7 @@ from typing import Any
 import cloudpickle
 import tblib
 
+from distrib import _errors
 from distrib._errors import RemoteError, RemoteTraceback, SerializationError
 
 _OOB_MIN = 64 * 1024  # smaller buffers are cheaper in-band than as a frame of their own
@@ -95,4 +96,9 @@ def loads_error(frames: Sequence[Any], info: dict[str, str]) -> BaseException:
                 return exc
         except Exception:
             pass  # the pickle does not load here (type missing on the Main): fall through
-    return RemoteError(info.get("type", "?"), info.get("message", ""), text)
+    type_name = info.get("type", "?")
+    own = getattr(_errors, type_name.removeprefix("distrib."), None)
+    if type_name.startswith("distrib.") and isinstance(own, type) and issubclass(
+            own, _errors.DistribError) and own is not RemoteError:
+        return own(info.get("message", ""))  # a worker-side distrib error, e.g. WorkspaceError
+    return RemoteError(type_name, info.get("message", ""), text)

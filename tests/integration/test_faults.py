@@ -71,7 +71,7 @@ def test_garbage_on_the_worker_port_is_dropped_and_logged_while_tasks_complete(
     hello = _codec.encode(m.Hello(1, "x", "evil", "3.11", 1, False, ""))
     peer.send_multipart(hello)
     peer.send_multipart([b"\xff\x00garbage"])
-    peer.send_multipart([msgpack.packb([m.Submit.TAG, [[1, "d", 1, None, 1]]])[:-3], b"x"])
+    peer.send_multipart([msgpack.packb([m.Submit.TAG, [[1, "d", 1, None, [], 1]]])[:-3], b"x"])
     peer.send(b"x" * (2 << 20))  # over the worker's 1 MiB limit (set below)
     out = finish(main)
     assert out.splitlines()[-1] == "DONE 80 True"

@@ -50,3 +50,10 @@ def test_errors_keep_type_and_traceback_or_become_remote_error() -> None:
         lost = loads_error([], error_info(exc))
     assert isinstance(lost, RemoteError) and lost.message == "odd" and "Local" in lost.type_name
     assert pickle.loads(pickle.dumps(lost)).traceback == lost.traceback
+
+
+def test_worker_side_distrib_errors_come_back_as_their_own_type() -> None:
+    from distrib import WorkspaceError
+
+    exc = loads_error([], {"type": "distrib.WorkspaceError", "message": "file x changed"})
+    assert isinstance(exc, WorkspaceError) and str(exc) == "file x changed"

@@ -121,3 +121,9 @@ def test_store_evicts_the_least_recently_used_environments(tmp_path: Path) -> No
     for name in ("a", "b", "c"):
         store.materialize(name, [], in_use=set())
     assert sorted(p.name for p in store.envs.iterdir()) == ["b", "c"]
+
+
+def test_distribs_own_cache_inside_the_workspace_is_not_shipped(tmp_path: Path) -> None:
+    make(tmp_path, {"main.py": "x", "cache/hashes/h.msgpack": "c", "cache/worker/envs/a": "e"})
+    dist = scan(tmp_path, tmp_path / "main.py", skip=(tmp_path / "cache",))
+    assert [e.path for e in dist.entries] == ["main.py"]

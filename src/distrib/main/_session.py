@@ -85,7 +85,8 @@ class Session:
         root = settings.workspace or (main_file.parent if main_file else Path.cwd())
         cache = settings.cache_dir / "hashes" / (
             hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16] + ".msgpack")
-        self.dist: Distribution = scan(root, main_file, settings.excludes, cache)
+        self.dist: Distribution = scan(root, main_file, settings.excludes, cache,
+                                       skip=(settings.cache_dir,))
         _runtime.main_shipped = self.dist.main is not None
         self.name = f"{main_file.name if main_file else 'python'}@{socket.gethostname()}:{os.getpid()}"
         self.main_id = os.urandom(8).hex()
@@ -196,12 +197,14 @@ class Session:
                     poller.register(sock, zmq.POLLIN)
                 events = dict(poller.poll(int(max(0.0, next_tick - time.monotonic()) * 1000) + 1))
                 if self._wake_r.fileno() in events:
-                    self._awake = False
                     try:
                         while self._wake_r.recv(4096):
                             pass
                     except BlockingIOError:
                         pass
+                    # Only now: a wake-up sent after this line is a byte we have not drained,
+                    # and a task queued before it is seen by _take_incoming below.
+                    self._awake = False
                 for mon, link in monitors.items():
                     if mon in events and link.monitor is mon:
                         self._on_monitor(link, recv_monitor_message(mon))
@@ -283,10 +286,13 @@ class Session:
         for link_id, tasks in self.scheduler.assign().items():
             link = self.links[link_id]
             for i in range(0, len(tasks), SUBMIT_BATCH):
-                batch = tasks[i: i + SUBMIT_BATCH]
-                specs = [m.TaskSpec(t.task_id, self.dist.dist_id, t.threads, t.timeout,
-                                    len(t.frames)) for t in batch]
-                link.send(m.Submit(specs, frames=tuple(f for t in batch for f in t.frames)))
+                specs, frames = [], []
+                for t in tasks[i: i + SUBMIT_BATCH]:
+                    inline, separate = m.split_payload(t.frames)
+                    specs.append(m.TaskSpec(t.task_id, self.dist.dist_id, t.threads, t.timeout,
+                                            inline, len(separate)))
+                    frames.extend(separate)
+                link.send(m.Submit(specs, frames=tuple(frames)))
 
     def _drain(self, link: Link) -> None:
         assert link.sock is not None
@@ -367,7 +373,7 @@ class Session:
     def _on_results(self, link: Link, msg: m.Results) -> None:
         at = 0
         for spec in msg.results:
-            frames = msg.frames[at: at + spec.nframes]
+            frames = [*spec.inline, *msg.frames[at: at + spec.nframes]]
             at += spec.nframes
             task = self.scheduler.finish(link.link_id, spec.task_id)
             if task is None:

@@ -98,9 +98,14 @@ _BY_TAG: dict[int, tuple[type[m.Message], list[tuple[str, _Check]]]] = {
 assert len(_BY_TAG) == len(m.ALL_MESSAGES), "duplicate message tag"
 
 
+_RECORD_FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls))
+                  for cls in (m.TaskSpec, m.ResultSpec)}
+
+
 def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return [_plain(getattr(value, f.name)) for f in dataclasses.fields(value)]
+    names = _RECORD_FIELDS.get(type(value))
+    if names is not None:
+        return [getattr(value, n) for n in names]  # records hold no records: flat is enough
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
@@ -152,7 +157,8 @@ def _check_frames(message: m.Message) -> None:
     expected: int | None
     if isinstance(message, m.Submit):
         expected = sum(t.nframes for t in message.tasks)
-        if any(t.nframes < 1 or t.threads < 1 for t in message.tasks):
+        if any(t.nframes < 0 or len(t.inline) + t.nframes < 1 or t.threads < 1
+               for t in message.tasks):
             raise ProtocolError("Submit: every task needs a payload and at least one thread")
     elif isinstance(message, m.Results):
         expected = sum(r.nframes for r in message.results)

@@ -13,6 +13,13 @@ from typing import Any, ClassVar
 PROTOCOL_VERSION = 1
 
 
+def split_payload(frames: list[Any]) -> tuple[list[bytes], list[Any]]:
+    """(inline pieces, separate frames) for a payload: all inline if every piece is small."""
+    if all(memoryview(f).nbytes < INLINE_MAX for f in frames):
+        return [bytes(f) for f in frames], []
+    return [], frames
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """Base of all messages; ``frames`` holds the payload frames after the header."""
@@ -79,14 +86,23 @@ class Heartbeat(Message):
 # --- tasks -----------------------------------------------------------------------------------
 
 
+INLINE_MAX = 256 * 1024  # payload pieces below this travel inside the header
+
+
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
-    """One task inside a Submit; its call payload is the next ``nframes`` frames."""
+    """One task inside a Submit.
+
+    Its call payload is ``inline`` (small pieces carried in the header, so a batch of tiny
+    tasks is one frame) followed by the next ``nframes`` frames of the message (large buffers,
+    which travel without copies).
+    """
 
     task_id: int
     dist: str
     threads: int
     timeout: float | None
+    inline: list[bytes]
     nframes: int
 
 
@@ -108,7 +124,7 @@ class Cancel(Message):
 
 @dataclass(frozen=True, slots=True)
 class ResultSpec:
-    """One outcome inside a Results; its payload is the next ``nframes`` frames.
+    """One outcome inside a Results; its payload is ``inline`` then the next ``nframes`` frames.
 
     ``status`` is one of STATUSES. For "error" the payload is the pickled exception and
     ``info`` holds type, message and traceback text (used when the pickle does not load).
@@ -116,8 +132,9 @@ class ResultSpec:
 
     task_id: int
     status: str
-    nframes: int
     info: dict[str, str]
+    inline: list[bytes]
+    nframes: int
 
 
 STATUSES = ("ok", "error", "crashed", "cancelled", "timeout", "env_error")

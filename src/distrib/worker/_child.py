@@ -4,11 +4,14 @@ Started by the daemon as ``python -m distrib.worker._child FD ENV MAIN RUNS``, t
 socket ``FD`` with length-prefixed messages (``multiprocessing.connection``). Every message is
 a msgpack header followed by its payload frames:
 
-    daemon -> child   ["run", key, nframes]              + call frames
+    daemon -> child   ["run", key]                       + call frames
     child -> daemon   ["ready"]                          the environment imported
-                      ["env_error", info, nframes]       + error frames; then the child exits
+                      ["env_error", info]                + error frames; then the child exits
                       ["out", key, stream, text]         a task's output line(s)
-                      ["done", key, status, info, nframes] + result or error frames
+                      ["done", key, status, info]        + result or error frames
+
+Each message ends with the payload: a list of small frames inline, then a count of large
+frames that follow as messages of their own (see ``_pool.send``).
 """
 
 from __future__ import annotations
@@ -23,18 +26,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import msgpack
 
 from distrib import _runtime, _serialize
+from distrib.worker._pool import recv, send
 
 _RUN, _READY, _ENV_ERROR, _OUT, _DONE = "run", "ready", "env_error", "out", "done"
-
-
-def send(conn: Connection, header: list[Any], frames: list[Any] = []) -> None:  # noqa: B006
-    """Send one message (header, then frames) on ``conn``."""
-    conn.send_bytes(msgpack.packb([*header, len(frames)]))
-    for frame in frames:
-        conn.send_bytes(frame)
 
 
 class _Forward(io.TextIOBase):
@@ -63,7 +59,7 @@ class _Forward(io.TextIOBase):
         data = "".join(self._buf)
         cut = len(data) if everything else data.rfind("\n") + 1
         if cut:
-            self._conn.send_bytes(msgpack.packb([_OUT, self.key, self._stream, data[:cut], 0]))
+            send(self._conn, [_OUT, self.key, self._stream, data[:cut]], [])
         self._buf = [data[cut:]] if data[cut:] else []
 
 
@@ -153,15 +149,13 @@ def main(argv: list[str]) -> None:
         conn.close()
         return
     workdir = _Workdir(env, runs)
-    send(conn, [_READY])
+    send(conn, [_READY], [])
     real_out, real_err = sys.stdout, sys.stderr
     while True:
         try:
-            header = msgpack.unpackb(conn.recv_bytes())
+            (_, key), frames = recv(conn)
         except (EOFError, OSError):
             return
-        _, key, nframes = header
-        frames = [conn.recv_bytes() for _ in range(nframes)]
         out.key = err.key = key
         sys.stdout, sys.stderr = out, err
         try:

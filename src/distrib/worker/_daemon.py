@@ -363,7 +363,7 @@ class Daemon:
         at = 0
         for spec in msg.tasks:
             task = QueuedTask(peer, spec.task_id, spec.dist, spec.threads, spec.timeout,
-                              frames[at: at + spec.nframes])
+                              [*spec.inline, *frames[at: at + spec.nframes]])
             at += spec.nframes
             if spec.threads > self.slots:
                 self._result(task, "error", {
@@ -572,14 +572,14 @@ class Daemon:
 
     def _result(self, task: QueuedTask, status: str, info: dict[str, str], frames: list[Any]) -> None:
         if task.peer in self.mains:
+            inline, separate = m.split_payload(frames)
             self._outbox[task.peer].append(
-                (m.ResultSpec(task.task_id, status, len(frames), info), frames))
+                (m.ResultSpec(task.task_id, status, info, inline, len(separate)), separate))
 
     def _flush_results(self) -> None:
         for peer, items in self._outbox.items():
-            specs = [spec for spec, _ in items]
-            frames = [f for _, fs in items for f in fs]
-            self._send(peer, m.Results(specs, frames=tuple(frames)))
+            self._send(peer, m.Results([spec for spec, _ in items],
+                                       frames=tuple(f for _, fs in items for f in fs)))
         self._outbox.clear()
 
     def _tick(self, now: float) -> None:

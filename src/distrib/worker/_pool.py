@@ -20,6 +20,8 @@ from typing import Any
 
 import msgpack
 
+from distrib.wire._messages import INLINE_MAX
+
 log = logging.getLogger("distrib.worker")
 
 _THREAD_VARS = (
@@ -59,17 +61,11 @@ class Executor:
 
     def run(self, key: int, frames: list[Any]) -> None:
         """Hand a task to this (idle, ready) executor."""
-        self.conn.send_bytes(msgpack.packb(["run", key, len(frames)]))
-        for frame in frames:
-            self.conn.send_bytes(frame.buffer if hasattr(frame, "buffer") else frame)
+        send(self.conn, ["run", key], [f.buffer if hasattr(f, "buffer") else f for f in frames])
 
     def read(self) -> tuple[list[Any], list[bytes]]:
-        """Read one whole message (header fields, payload frames). ``EOFError`` if it died."""
-        header = msgpack.unpackb(self.conn.recv_bytes(), raw=False)
-        if not isinstance(header, list) or not header or not isinstance(header[-1], int):
-            raise EOFError("executor sent a malformed message")
-        frames = [self.conn.recv_bytes() for _ in range(header[-1])]
-        return header[:-1], frames
+        """Read one whole message (header fields, payload). ``EOFError`` if it died."""
+        return recv(self.conn)
 
     def kill(self) -> None:
         """Stop the process now and reap it."""
@@ -82,6 +78,26 @@ class Executor:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
             log.warning("executor %d did not exit after SIGKILL", self.proc.pid)
+
+
+def send(conn: Connection, header: list[Any], frames: list[Any]) -> None:
+    """One message on an executor pipe: small payloads inside the header (one write)."""
+    if all(memoryview(f).nbytes < INLINE_MAX for f in frames):
+        conn.send_bytes(msgpack.packb([*header, [bytes(f) for f in frames], 0]))
+        return
+    conn.send_bytes(msgpack.packb([*header, [], len(frames)]))
+    for frame in frames:
+        conn.send_bytes(frame)
+
+
+def recv(conn: Connection) -> tuple[list[Any], list[Any]]:
+    """Inverse of ``send``: (header fields, payload frames). ``EOFError`` on a bad message."""
+    header = msgpack.unpackb(conn.recv_bytes(), raw=False)
+    if (not isinstance(header, list) or len(header) < 3 or not isinstance(header[-1], int)
+            or not isinstance(header[-2], list)):
+        raise EOFError("malformed message on an executor pipe")
+    frames = header[-2] + [conn.recv_bytes() for _ in range(header[-1])]
+    return header[:-2], frames
 
 
 def spawn(key: EnvKey, env: Path, main: str | None, runs: Path) -> Executor:

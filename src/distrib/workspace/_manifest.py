@@ -180,9 +180,14 @@ def scan(
     main: Path | None,
     excludes: tuple[str, ...] = (),
     cache_file: Path | None = None,
+    skip: tuple[Path, ...] = (),
 ) -> Distribution:
-    """Scan ``root`` into a Distribution. ``main`` is the main script, if inside ``root``."""
+    """Scan ``root`` into a Distribution. ``main`` is the main script, if inside ``root``.
+
+    ``skip``: folders never shipped, such as distrib's own cache when it lies in the workspace.
+    """
     root = root.resolve()
+    skipped = {p.resolve() for p in skip}
     if not root.is_dir():
         raise WorkspaceError(f"workspace {root} is not a folder; set 'workspace' to a folder")
     patterns = list(ALWAYS_EXCLUDED) + list(excludes)
@@ -203,6 +208,7 @@ def scan(
             if not spec.match_file(prefix + d + "/")
             and not _is_venv(here / d)
             and not (here / d).is_symlink()
+            and (here / d).resolve() not in skipped
         )
         for name in sorted(filenames):
             rel = prefix + name
