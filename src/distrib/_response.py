@@ -9,19 +9,34 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
+import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
-from typing import Any, TypeVar
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
+from typing import Any, TypeVar, cast
 
 from distrib._errors import Cancelled, WaitTimeout
 
 T = TypeVar("T")
+log = logging.getLogger("distrib")
+
+# Guards the lazy creation of each Response's Condition, and the finishing of a Response that
+# has none (so nobody can be waiting on it). A Condition costs ~1.4 KB; a million pending
+# calls should not pay for a million of them.
+_LAZY = threading.Lock()
 
 
 class Response(concurrent.futures.Future[T]):
     """The pending result of one task."""
 
+    # Future's fields, set here instead of Future.__init__ (which makes a Condition).
     def __init__(self, task_id: int, name: str, on_cancel: Callable[[int], None] | None) -> None:
-        super().__init__()
+        self._cond: threading.Condition | None = None
+        self._state = PENDING
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Callable[[concurrent.futures.Future[T]], object]] = []
         self.task_id = task_id
         self.name = name
         self._on_cancel = on_cancel
@@ -30,6 +45,16 @@ class Response(concurrent.futures.Future[T]):
     def __repr__(self) -> str:
         state = "done" if self.done() else "pending"
         return f"<Response {self.name}#{self.task_id} {state}>"
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        cond = self._cond
+        if cond is None:
+            with _LAZY:
+                if self._cond is None:
+                    self._cond = threading.Condition()
+                cond = self._cond
+        return cond
 
     @property
     def worker(self) -> str | None:
@@ -90,6 +115,12 @@ class Response(concurrent.futures.Future[T]):
     # Called by the session's I/O thread only.
     def _finish(self, worker: str | None, value: Any = None, exc: BaseException | None = None) -> None:
         self._worker = worker
+        if self._cond is None:
+            with _LAZY:
+                if self._cond is None:  # no waiter, callback or cancel has touched it
+                    if self._state == PENDING:
+                        self._result, self._exception, self._state = value, exc, FINISHED
+                    return
         try:
             if exc is None:
                 self.set_result(value)
@@ -97,6 +128,10 @@ class Response(concurrent.futures.Future[T]):
                 self.set_exception(exc)
         except concurrent.futures.InvalidStateError:
             pass  # cancelled by the user before the outcome arrived
+
+    def done(self) -> bool:
+        """True if the task finished, failed or was cancelled (does not wait)."""
+        return self._state in (FINISHED, CANCELLED, CANCELLED_AND_NOTIFIED)
 
 
 def _set_once(waiter: asyncio.Future[None]) -> None:
@@ -113,8 +148,9 @@ def as_completed(
     responses: Iterable[Response[T]], timeout: float | None = None
 ) -> Iterator[Response[T]]:
     """Yield responses as they finish (like ``concurrent.futures.as_completed``)."""
+    given: list[concurrent.futures.Future[T]] = list(responses)
     try:
-        for fut in concurrent.futures.as_completed(list(responses), timeout):
-            yield fut  # type: ignore[misc]  # the futures given are Responses
+        for fut in concurrent.futures.as_completed(given, timeout):
+            yield cast(Response[T], fut)
     except TimeoutError:
         raise WaitTimeout(f"responses did not all finish within {timeout} s") from None

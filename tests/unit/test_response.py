@@ -61,3 +61,39 @@ def test_helpers_and_await() -> None:
     assert asyncio.run(main()) == 99
     with pytest.raises(WaitTimeout):
         list(as_completed([Response(1, "f", None)], timeout=0.01))
+
+
+def test_a_response_nobody_waited_on_finishes_without_a_condition() -> None:
+    r: Response[int] = Response(1, "f", None)
+    r._finish("w", 3)
+    assert r._cond is None  # no Condition was ever built for it
+    assert r.done() and r.unwrap() == 3
+
+
+def test_a_waiter_in_another_thread_is_woken() -> None:
+    import threading
+
+    r: Response[int] = Response(1, "f", None)
+    got: list[int] = []
+    waiter = threading.Thread(target=lambda: got.append(r.unwrap(timeout=60)))
+    waiter.start()
+    while r._cond is None:  # the waiter builds the Condition before it sleeps
+        threading.Event().wait(0.001)
+    r._finish("w", 7)
+    waiter.join(60)
+    assert got == [7]
+
+
+def test_callbacks_and_futures_wait_work_with_lazy_conditions() -> None:
+    seen: list[object] = []
+    early: Response[int] = Response(1, "f", None)
+    early.add_done_callback(lambda f: seen.append(f.result()))
+    done, pending = concurrent.futures.wait([early], timeout=0.01)
+    assert not done and pending == {early}
+    early._finish("w", 1)
+    late: Response[int] = Response(2, "f", None)
+    late._finish("w", 2)
+    late.add_done_callback(lambda f: seen.append(f.result()))
+    assert seen == [1, 2]
+    done, _ = concurrent.futures.wait([early, late], timeout=1)
+    assert done == {early, late}

@@ -16,7 +16,7 @@ from typing import Any
 Requirement = tuple[tuple[str, ...], int]  # (platform globs, threads)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Task:
     """A submitted call as the Main tracks it until its outcome is known."""
 
