@@ -68,6 +68,16 @@ class Response(concurrent.futures.Future[T]):
             raise exc
         return self.result(0)
 
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._state == FINISHED:  # no need for a Condition to read a settled outcome
+            return self._exception
+        return super().exception(timeout)
+
+    def result(self, timeout: float | None = None) -> T:
+        if self._state == FINISHED and self._exception is None:
+            return cast(T, self._result)
+        return super().result(timeout)
+
     def error(self, timeout: float | None = None) -> BaseException | None:
         """Wait for the task and return its error (``None`` if it succeeded)."""
         try:

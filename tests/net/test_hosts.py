@@ -70,7 +70,7 @@ def test_seed_example_across_three_hosts_with_keys(network: Network, start_worke
 
 
 PARTITION_SCRIPT = """
-    import pathlib, sys
+    import pathlib, sys, time
     import distrib
     import tasks
 
@@ -85,10 +85,12 @@ PARTITION_SCRIPT = """
         print("WORKERS", sorted({r.worker for r in responses}), flush=True)
         while expect_back and not release.exists():
             pass
-        for _ in range(600 if expect_back else 0):  # until w1 gets tasks again (bounded)
+        deadline = time.monotonic() + (90 if expect_back else 0)
+        while time.monotonic() < deadline:  # until w1 gets tasks again
             if "w1" in {r.worker for r in tasks.ok.map(range(8)) if r.wait(60) and r.ok()}:
                 print("W1-BACK", flush=True)
                 break
+            time.sleep(0.05)  # the script's own pacing between probes, not a test wait
     """
 
 

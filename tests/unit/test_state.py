@@ -106,3 +106,27 @@ def test_retry_after_crash_and_withdraw() -> None:
     assert s.withdraw(2) == (None, "a")
     t1.attempts = 5
     assert not s.retry(t1)
+
+
+def test_a_fast_worker_gets_a_deeper_queue() -> None:
+    s = Scheduler("3.11", extra_depth=2)
+    fast = worker("a", slots=2)
+    s.join(fast)
+    base = s.depth(fast)
+    fast.finished = 10_000
+    s.observe(1.0)
+    assert fast.rate == 10_000 and s.depth(fast) == 2 + 200 > base
+    s.observe(1.0)  # nothing finished since: the rate decays
+    assert fast.rate == 5_000
+
+
+def test_idle_slots_win_over_a_deep_queue() -> None:
+    s = Scheduler("3.11")
+    busy, idle = worker("busy", slots=2), worker("idle", slots=2)
+    busy.rate = 100_000  # a fast worker with a deep queue
+    s.join(busy)
+    s.join(idle)
+    for i in range(4):
+        s.add(task(i))
+    placed = [(t.task_id, link) for link, ts in s.assign().items() for t in ts]
+    assert sorted(link for _, link in placed).count("idle") >= 2

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Requirement = tuple[tuple[str, ...], int]  # (platform globs, threads)
+MAX_QUEUED = 2048  # per worker, beyond its slots
 
 
 @dataclass(eq=False, slots=True)
@@ -47,6 +48,8 @@ class WorkerView:
     slots: int
     inflight: dict[int, Task] = field(default_factory=dict)
     inflight_slots: int = 0
+    finished: int = 0  # outcomes since the last observation
+    rate: float = 0.0  # outcomes per second, smoothed
 
     def can_run(self, req: Requirement, python: str) -> bool:
         platforms, threads = req
@@ -102,7 +105,19 @@ class Scheduler:
         Two rounds of its slots beyond the running ones cover a round trip as long as a task,
         so a worker does not idle waiting for the Main across a slow link.
         """
-        return worker.slots + max(2 * worker.slots, self.extra_depth)
+        # A worker finishing many tasks a second also gets ~20 ms of them queued, so tiny tasks
+        # travel in large batches instead of a message per handful.
+        queued = max(2 * worker.slots, self.extra_depth, int(worker.rate * 0.02))
+        return worker.slots + min(queued, MAX_QUEUED)
+
+    def observe(self, seconds: float) -> None:
+        """Update each worker's completion rate over the last ``seconds``."""
+        if seconds <= 0:
+            return
+        for worker in self.workers.values():
+            rate = worker.finished / seconds
+            worker.rate = rate if rate > worker.rate else 0.5 * worker.rate + 0.5 * rate
+            worker.finished = 0
 
     def assign(self) -> dict[str, list[Task]]:
         """Move pending tasks to workers with room; return them grouped by worker."""
@@ -113,7 +128,9 @@ class Scheduler:
             capable = [w for w in self.workers.values() if w.can_run(req, self.python)]
             threads = req[1]
             while queue and capable:
-                best = max(capable, key=lambda w: self.depth(w) - w.inflight_slots)
+                # Idle slots first (the task starts at once), then room in the queue.
+                best = max(capable, key=lambda w: (w.slots - w.inflight_slots,
+                                                   self.depth(w) - w.inflight_slots))
                 if self.depth(best) - best.inflight_slots < threads:
                     break
                 task = queue.popleft()
@@ -131,6 +148,7 @@ class Scheduler:
         task = worker.inflight.pop(task_id, None)
         if task is not None:
             worker.inflight_slots -= task.threads
+            worker.finished += 1
             task.link = None
         return task
 

@@ -185,7 +185,7 @@ class Session:
         now = time.monotonic()
         for link in self.links.values():
             link.connect(now)
-        next_tick = now
+        next_tick = last_tick = now
         try:
             while not self._closing:
                 poller = zmq.Poller()
@@ -217,7 +217,9 @@ class Session:
                 now = time.monotonic()
                 if now >= next_tick:
                     self._tick(now)
-                    next_tick = now + min(self.settings.heartbeat_interval, 0.5)
+                    self.scheduler.observe(now - last_tick)
+                    last_tick = now
+                    next_tick = now + min(self.settings.heartbeat_interval, 0.2)
         except Exception:  # a bug here would hang every unwrap(): say so loudly
             log.exception("the distrib I/O thread failed; pending tasks cannot finish")
             raise

@@ -98,11 +98,19 @@ class _Workdir:
         self._names = sorted(os.listdir(env))
         self._count = 0
         self._current: Path | None = None
+        self._mtime = 0  # the folder's mtime when it held only the links
+        self._last_start = 0  # when the previous task began (wall clock, ns)
 
     def enter(self) -> None:
+        started, self._last_start = self._last_start, time.time_ns()
         if self._current is not None:
             try:
-                if sorted(os.listdir(self._current)) == self._names:
+                # An unchanged mtime means nothing was added, removed or renamed, provided the
+                # last task began a clock tick after that mtime (mtimes are coarse). Else look.
+                clean = (os.stat(self._current).st_mtime_ns == self._mtime
+                         and started - self._mtime > 50_000_000) or sorted(
+                    os.listdir(self._current)) == self._names
+                if clean:
                     os.chdir(self._current)
                     return
             except OSError:
@@ -114,6 +122,7 @@ class _Workdir:
         for name in self._names:
             os.symlink(self._env / name, folder / name)
         self._current = folder
+        self._mtime = os.stat(folder).st_mtime_ns
         os.chdir(folder)
 
     def _discard(self) -> None:

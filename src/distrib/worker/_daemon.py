@@ -19,6 +19,7 @@ import socket
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,9 @@ from distrib.workspace._store import Store
 log = logging.getLogger("distrib.worker")
 
 BLOB_BATCH_BYTES = 64 * 1024 * 1024
+TINY_TASK = 0.005  # seconds: tasks this short get prefetched into busy executors
+PREFETCH = 4  # tasks waiting in an executor's pipe behind the running one
+PREFETCH_BYTES = 16 * 1024  # only small calls: the pipe's buffer must hold them all
 
 
 @dataclass(eq=False)
@@ -68,8 +72,12 @@ class Dist:
 
 @dataclass(eq=False)
 class Running:
+    """A task handed to an executor; ``key`` names it on the executor's pipe."""
+
     task: QueuedTask
-    deadline: float | None
+    key: int
+    started: float = 0.0
+    deadline: float | None = None
 
 
 class Daemon:
@@ -128,6 +136,8 @@ class Daemon:
         self._outbox: dict[bytes, list[tuple[m.ResultSpec, list[Any]]]] = defaultdict(list)
         self._stop = False
         self._announcer: Any = None
+        self._next_key = 0
+        self._run_time: dict[EnvKey, float] = {}  # recent run time per environment (EWMA)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -444,9 +454,10 @@ class Daemon:
             self._result(task, "cancelled", {}, [])
             return
         for ex in self.executors:
-            run = ex.task
-            if run is not None and run.task.peer == peer and run.task.task_id == task_id:
-                self._stop_executor(ex, "cancelled")
+            if any(r.task.peer == peer and r.task.task_id == task_id for r in ex.tasks):
+                # Running, or prefetched into its pipe: stop the executor; the others go back.
+                self._halt(ex, lambda run, head: "cancelled" if run.task.peer == peer
+                           and run.task.task_id == task_id else None)
                 return
 
     def _drop_main(self, peer: bytes, why: str) -> None:
@@ -454,8 +465,8 @@ class Daemon:
         dropped = self.queues.drop_peer(peer)
         stopped = 0
         for ex in list(self.executors):
-            if ex.task is not None and ex.task.task.peer == peer:
-                self._stop_executor(ex, None)
+            if any(r.task.peer == peer for r in ex.tasks):
+                self._halt(ex, lambda run, head: "drop" if run.task.peer == peer else None)
                 stopped += 1
         self._outbox.pop(peer, None)
         for dist_id, dist in list(self.dists.items()):
@@ -475,25 +486,59 @@ class Daemon:
         while self.busy < self.slots:
             task = self.queues.next_runnable(self.slots - self.busy, self._runnable)
             if task is None:
-                return
+                break
             dist = self.dists[task.dist]
             assert dist.env is not None
             key = EnvKey(task.dist, task.threads)
-            ex = next((e for e in self.executors if e.key == key and e.task is None), None)
+            ex = next((e for e in self.executors if e.key == key and not e.tasks), None)
             if ex is None:
                 ex = self._spawn(key, dist)
             self.busy += task.threads
-            ex.task = Running(task, None if task.timeout is None
-                              else time.monotonic() + task.timeout)
-            if ex.ready:
-                self._start(ex)
+            self._hand(ex, task)
+        if self.busy >= self.slots and len(self.queues):
+            self._prefetch()
+
+    def _prefetch(self) -> None:
+        """All slots busy: give executors of tiny tasks their next few, so none idles waiting
+        for a turn of this loop between two tasks (throughput of short calls)."""
+        for ex in self.executors:
+            if not ex.tasks or not ex.ready or self._run_time.get(ex.key, 1.0) > TINY_TASK:
+                continue
+            key = ex.key
+            while len(ex.tasks) <= PREFETCH:
+                task = self.queues.next_runnable(key.threads, lambda t: (
+                    t.dist == key.dist and t.threads == key.threads and t.timeout is None
+                    and sum(memoryview(f).nbytes for f in t.frames) < PREFETCH_BYTES))
+                if task is None:
+                    break
+                self._hand(ex, task)
+
+    def _hand(self, ex: Executor, task: QueuedTask) -> None:
+        self._next_key += 1
+        run = Running(task, self._next_key)
+        ex.tasks.append(run)
+        if len(ex.tasks) == 1:
+            self._began(run, time.monotonic())
+        if ex.ready:
+            self._send_run(ex, run)
+
+    def _began(self, run: Running, now: float) -> None:
+        run.started = now
+        run.deadline = None if run.task.timeout is None else now + run.task.timeout
+
+    def _send_run(self, ex: Executor, run: Running) -> None:
+        try:
+            ex.run(run.key, run.task.frames)
+        except OSError as exc:
+            log.debug("executor %d: %s", ex.pid, exc, exc_info=True)
+            self._executor_died(ex)
 
     def _runnable(self, task: QueuedTask) -> bool:
         dist = self.dists.get(task.dist)
         return dist is not None and dist.state == "ready"
 
     def _spawn(self, key: EnvKey, dist: Dist) -> Executor:
-        idle = [e for e in self.executors if e.task is None]
+        idle = [e for e in self.executors if not e.tasks]
         # Keep at most ``slots`` executors around: retire an idle one of another environment.
         if len(self.executors) >= self.slots and idle:
             self._retire(idle[0])
@@ -507,14 +552,6 @@ class Daemon:
         ex.kill()
         self.executors.remove(ex)
 
-    def _start(self, ex: Executor) -> None:
-        assert ex.task is not None
-        try:
-            ex.run(ex.task.task.task_id, ex.task.task.frames)
-        except OSError as exc:
-            log.debug("executor %d: %s", ex.pid, exc, exc_info=True)
-            self._executor_died(ex)
-
     def _on_executor(self, ex: Executor) -> None:
         try:
             header, frames = ex.read()
@@ -523,50 +560,66 @@ class Daemon:
             self._executor_died(ex)
             return
         kind = header[0] if header else None
+        head = ex.task
         if kind == "ready":
             ex.ready = True
-            if ex.task is not None:
-                self._start(ex)
-        elif kind == "out" and ex.task is not None:
-            main = self.mains.get(ex.task.task.peer)
-            if main is not None and main.forward_output and len(header) == 4:
-                self._send(main.peer, m.Output(ex.task.task.task_id, int(header[2]), str(header[3])))
-        elif kind == "done" and ex.task is not None and len(header) == 4:
-            run, ex.task = ex.task, None
-            self.busy -= run.task.threads
+            for run in list(ex.tasks):
+                self._send_run(ex, run)
+        elif kind == "out" and head is not None and len(header) == 4:
+            main = self.mains.get(head.task.peer)
+            if main is not None and main.forward_output:
+                self._send(main.peer, m.Output(head.task.task_id, int(header[2]), str(header[3])))
+        elif kind == "done" and head is not None and len(header) == 4 and header[1] == head.key:
+            now = time.monotonic()
+            ex.tasks.popleft()
+            seconds = now - head.started
+            self._run_time[ex.key] = 0.8 * self._run_time.get(ex.key, seconds) + 0.2 * seconds
+            if ex.tasks:
+                self._began(ex.tasks[0], now)
+            else:
+                self.busy -= ex.key.threads
             self.counters["tasks_done"] += 1
-            self._result(run.task, str(header[2]), dict(header[3]), frames)
+            self._result(head.task, str(header[2]), dict(header[3]), frames)
         elif kind == "env_error" and len(header) == 2:
             self._fail_dist(ex.key.dist, dict(header[1]), frames)
-            if ex.task is not None:
-                self._result(ex.task.task, "env_error", dict(header[1]), frames)
-                self.busy -= ex.task.task.threads
-                ex.task = None
-            self._retire(ex)
+            self._halt(ex, lambda run, h: "env_error")
+        else:
+            log.warning("executor %d sent an unexpected %r; stopping it", ex.pid, kind)
+            self._executor_died(ex)
 
     def _executor_died(self, ex: Executor) -> None:
+        if ex not in self.executors:
+            return
         code = ex.proc.poll()
-        ex.kill()
-        self.executors.remove(ex)
-        if ex.task is not None:
-            self.busy -= ex.task.task.threads
+        head = ex.task
+        if head is not None:
             self.counters["executors_crashed"] += 1
             log.warning("executor %d died (exit %s) running task %d; replacing it",
-                        ex.pid, code, ex.task.task.task_id)
-            self._result(ex.task.task, "crashed", {
-                "type": "distrib.WorkerCrashed",
+                        ex.pid, code, head.task.task_id)
+        info = {"type": "distrib.WorkerCrashed",
                 "message": f"executor process {ex.pid} on worker {self.name} died "
-                           f"(exit code {code})", "traceback": ""}, [])
+                           f"(exit code {code})", "traceback": ""}
+        self._halt(ex, lambda run, is_head: "crashed" if is_head else None, info)
 
-    def _stop_executor(self, ex: Executor, status: str | None) -> None:
-        """Kill the executor running a task (cancel, timeout, Main gone); report ``status``."""
-        run = ex.task
-        ex.task = None
+    def _halt(self, ex: Executor, outcome: Callable[[Running, bool], str | None],
+              info: dict[str, str] | None = None) -> None:
+        """Kill ``ex``. Each of its tasks is reported with ``outcome(run, is_head)``, or put
+        back at the head of its queue when that is None ("drop": forgotten, its Main left)."""
+        runs = list(ex.tasks)
+        ex.tasks.clear()
         self._retire(ex)
-        if run is not None:
-            self.busy -= run.task.threads
-            if status is not None:
-                self._result(run.task, status, {}, [])
+        if runs:
+            self.busy -= ex.key.threads
+        for i, run in reversed(list(enumerate(runs))):
+            status = outcome(run, i == 0)
+            if status is None:
+                self.queues.add_front(run.task)
+            elif status == "env_error" and self.dists[ex.key.dist].error is not None:
+                error = self.dists[ex.key.dist].error
+                assert error is not None
+                self._result(run.task, status, error[0], error[1])
+            elif status != "drop":
+                self._result(run.task, status, info if status == "crashed" and info else {}, [])
 
     # --- results and timers ------------------------------------------------------------------
 
@@ -584,9 +637,10 @@ class Daemon:
 
     def _tick(self, now: float) -> None:
         for ex in list(self.executors):
-            if ex.task is not None and ex.task.deadline is not None and now > ex.task.deadline:
-                log.info("task %d ran past its timeout; stopping it", ex.task.task.task_id)
-                self._stop_executor(ex, "timeout")
+            head = ex.task
+            if head is not None and head.deadline is not None and now > head.deadline:
+                log.info("task %d ran past its timeout; stopping it", head.task.task_id)
+                self._halt(ex, lambda run, is_head: "timeout" if is_head else None)
             elif ex.proc.poll() is not None:
                 self._executor_died(ex)
         for peer, main in list(self.mains.items()):

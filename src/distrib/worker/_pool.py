@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -49,8 +50,14 @@ class Executor:
     proc: subprocess.Popen[bytes]
     conn: Connection
     ready: bool = False
-    task: Any = None  # the daemon's record of the task running here, if any
-    pending: list[Any] = field(default_factory=list)  # a message being read frame by frame
+    # The daemon's records of the tasks handed to this executor, in order: the first runs,
+    # the others (prefetched tiny tasks) wait in the pipe.
+    tasks: deque[Any] = field(default_factory=deque)
+
+    @property
+    def task(self) -> Any:
+        """The task running here, if any."""
+        return self.tasks[0] if self.tasks else None
 
     @property
     def pid(self) -> int:

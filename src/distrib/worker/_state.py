@@ -44,6 +44,12 @@ class Queues:
             self._turn.append(task.peer)
         queue.append(task)
 
+    def add_front(self, task: QueuedTask) -> None:
+        """Put a task back at the head of its Main's queue (its executor was stopped)."""
+        self.add(task)
+        queue = self._by_peer[task.peer]
+        queue.rotate(1)
+
     def remove(self, peer: bytes, task_id: int) -> QueuedTask | None:
         """Withdraw one queued task; None if it is not queued (running, done or unknown)."""
         queue = self._by_peer.get(peer)
