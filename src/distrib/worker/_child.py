@@ -1,8 +1,7 @@
 """What runs inside an executor process: import the environment, then run tasks one by one.
 
 Started by the daemon as ``python -m distrib.worker._child FD ENV MAIN RUNS``, talking over the
-socket ``FD`` with length-prefixed messages (``multiprocessing.connection``). Every message is
-a msgpack header followed by its payload frames:
+socket ``FD`` (see ``_pipe``). Every message is a msgpack header and its payload frames:
 
     daemon -> child   ["run", key]                       + call frames
     child -> daemon   ["ready"]                          the environment imported
@@ -10,8 +9,6 @@ a msgpack header followed by its payload frames:
                       ["out", key, stream, text]         a task's output line(s)
                       ["done", key, status, info]        + result or error frames
 
-Each message ends with the payload: a list of small frames inline, then a count of large
-frames that follow as messages of their own (see ``_pool.send``).
 """
 
 from __future__ import annotations
@@ -22,13 +19,13 @@ import os
 import sys
 import threading
 import time
-from multiprocessing.connection import Connection
+import socket
 from pathlib import Path
 from typing import Any
 
 
 from distrib import _runtime, _serialize
-from distrib.worker._pool import recv, send
+from distrib.worker._pipe import Pipe
 
 _RUN, _READY, _ENV_ERROR, _OUT, _DONE = "run", "ready", "env_error", "out", "done"
 
@@ -36,8 +33,8 @@ _RUN, _READY, _ENV_ERROR, _OUT, _DONE = "run", "ready", "env_error", "out", "don
 class _Forward(io.TextIOBase):
     """A task's stdout/stderr: complete lines go to the daemon, tagged with the task's key."""
 
-    def __init__(self, conn: Connection, lock: threading.Lock, stream: int) -> None:
-        self._conn, self._lock, self._stream = conn, lock, stream
+    def __init__(self, pipe: Pipe, lock: threading.Lock, stream: int) -> None:
+        self._pipe, self._lock, self._stream = pipe, lock, stream
         self._buf: list[str] = []
         self.key = 0
 
@@ -59,7 +56,7 @@ class _Forward(io.TextIOBase):
         data = "".join(self._buf)
         cut = len(data) if everything else data.rfind("\n") + 1
         if cut:
-            send(self._conn, [_OUT, self.key, self._stream, data[:cut]], [])
+            self._pipe.send([_OUT, self.key, self._stream, data[:cut]])
         self._buf = [data[cut:]] if data[cut:] else []
 
 
@@ -143,27 +140,27 @@ def _drop_own_frame(exc: BaseException) -> None:
 
 def main(argv: list[str]) -> None:
     fd, env, main_script, runs = int(argv[0]), Path(argv[1]), argv[2], Path(argv[3])
-    conn = Connection(fd)
+    pipe = Pipe(socket.socket(fileno=fd))
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     sys.path.insert(0, str(env))
     os.chdir(env)
     lock = threading.Lock()
-    out, err = _Forward(conn, lock, 1), _Forward(conn, lock, 2)
+    out, err = _Forward(pipe, lock, 1), _Forward(pipe, lock, 2)
     try:
         if main_script:
             _import_main(env, main_script)
         _runtime.mode = _runtime.Mode.WORKER_TASK
     except BaseException as exc:  # anything the script raised while importing
-        send(conn, [_ENV_ERROR, _serialize.error_info(exc)], _serialize.dumps_error(exc))
-        conn.close()
+        pipe.send([_ENV_ERROR, _serialize.error_info(exc)], _serialize.dumps_error(exc))
+        pipe.close()
         return
     workdir = _Workdir(env, runs)
-    send(conn, [_READY], [])
+    pipe.send([_READY])
     real_out, real_err = sys.stdout, sys.stderr
     while True:
         try:
-            (_, key), frames = recv(conn)
-        except (EOFError, OSError):
+            (_, key), frames = pipe.recv()
+        except (EOFError, OSError, ValueError):
             return
         out.key = err.key = key
         sys.stdout, sys.stderr = out, err
@@ -184,7 +181,7 @@ def main(argv: list[str]) -> None:
             out.flush()
             err.flush()
             sys.stdout, sys.stderr = real_out, real_err
-        send(conn, [_DONE, key, status, info], payload)
+        pipe.send([_DONE, key, status, info], payload)
 
 
 if __name__ == "__main__":

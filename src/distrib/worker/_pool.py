@@ -15,13 +15,10 @@ import subprocess
 import sys
 from collections import deque
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
-from distrib.wire._messages import INLINE_MAX
+from distrib.worker._pipe import Pipe
 
 log = logging.getLogger("distrib.worker")
 
@@ -48,7 +45,7 @@ class Executor:
 
     key: EnvKey
     proc: subprocess.Popen[bytes]
-    conn: Connection
+    pipe: Pipe
     ready: bool = False
     # The daemon's records of the tasks handed to this executor, in order: the first runs,
     # the others (prefetched tiny tasks) wait in the pipe.
@@ -64,15 +61,15 @@ class Executor:
         return self.proc.pid
 
     def fileno(self) -> int:
-        return self.conn.fileno()
+        return self.pipe.fileno()
 
     def run(self, key: int, frames: list[Any]) -> None:
-        """Hand a task to this (idle, ready) executor."""
-        send(self.conn, ["run", key], [f.buffer if hasattr(f, "buffer") else f for f in frames])
+        """Hand a task to this executor (it runs them in the order given)."""
+        self.pipe.send(["run", key], [f.buffer if hasattr(f, "buffer") else f for f in frames])
 
-    def read(self) -> tuple[list[Any], list[bytes]]:
+    def read(self) -> tuple[list[Any], list[Any]]:
         """Read one whole message (header fields, payload). ``EOFError`` if it died."""
-        return recv(self.conn)
+        return self.pipe.recv()
 
     def kill(self) -> None:
         """Stop the process now and reap it."""
@@ -80,31 +77,11 @@ class Executor:
             self.proc.send_signal(signal.SIGKILL)
         except ProcessLookupError:
             pass
-        self.conn.close()
+        self.pipe.close()
         try:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
             log.warning("executor %d did not exit after SIGKILL", self.proc.pid)
-
-
-def send(conn: Connection, header: list[Any], frames: list[Any]) -> None:
-    """One message on an executor pipe: small payloads inside the header (one write)."""
-    if all(memoryview(f).nbytes < INLINE_MAX for f in frames):
-        conn.send_bytes(msgpack.packb([*header, [bytes(f) for f in frames], 0]))
-        return
-    conn.send_bytes(msgpack.packb([*header, [], len(frames)]))
-    for frame in frames:
-        conn.send_bytes(frame)
-
-
-def recv(conn: Connection) -> tuple[list[Any], list[Any]]:
-    """Inverse of ``send``: (header fields, payload frames). ``EOFError`` on a bad message."""
-    header = msgpack.unpackb(conn.recv_bytes(), raw=False)
-    if (not isinstance(header, list) or len(header) < 3 or not isinstance(header[-1], int)
-            or not isinstance(header[-2], list)):
-        raise EOFError("malformed message on an executor pipe")
-    frames = header[-2] + [conn.recv_bytes() for _ in range(header[-1])]
-    return header[:-2], frames
 
 
 def spawn(key: EnvKey, env: Path, main: str | None, runs: Path) -> Executor:
@@ -125,5 +102,4 @@ def spawn(key: EnvKey, env: Path, main: str | None, runs: Path) -> Executor:
         )
     finally:
         theirs.close()
-    fd = ours.detach()
-    return Executor(key, proc, Connection(fd))
+    return Executor(key, proc, Pipe(ours))

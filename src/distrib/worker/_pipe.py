@@ -1,0 +1,83 @@
+"""Messages between the daemon and an executor over a socketpair, with few syscalls and copies.
+
+A message is a msgpack header (a list) and zero or more payload frames. On the wire:
+
+    <u32 header length> <u32 frame count> <u64 length per frame> <header> <frames...>
+
+sent with one ``sendmsg`` (scatter-gather: frames are not joined first) and received into
+buffers sized in advance (one copy, from the kernel). Small messages cost one write and two
+reads; large payloads move once each way.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+
+_PREFIX = struct.Struct("<II")
+_MAX_FRAMES = 1 << 16
+_MAX_HEADER = 64 << 20
+
+
+class Pipe:
+    """One end of an executor's socketpair."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        sock.setblocking(True)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, header: list[Any], frames: Sequence[Any] = ()) -> None:
+        """Send one message; blocks until the kernel has taken all of it."""
+        head = msgpack.packb(header)
+        views = [memoryview(f).cast("B") for f in frames]
+        parts: list[Any] = [
+            _PREFIX.pack(len(head), len(views)),
+            struct.pack(f"<{len(views)}Q", *(v.nbytes for v in views)),
+            head,
+            *views,
+        ]
+        total = sum(memoryview(p).nbytes for p in parts)
+        sent = self.sock.sendmsg(parts)
+        if sent < total:  # a large message: finish what the kernel did not take at once
+            self._send_rest(parts, sent)
+
+    def _send_rest(self, parts: list[Any], sent: int) -> None:
+        for part in parts:
+            view = memoryview(part).cast("B")
+            if sent >= view.nbytes:
+                sent -= view.nbytes
+                continue
+            self.sock.sendall(view[sent:])
+            sent = 0
+
+    def recv(self) -> tuple[list[Any], list[Any]]:
+        """One message: (header, frames). ``EOFError`` if the peer is gone or breaks framing."""
+        head_len, count = _PREFIX.unpack(self._read(_PREFIX.size))
+        if count > _MAX_FRAMES or head_len > _MAX_HEADER:
+            raise EOFError("malformed message on an executor pipe")
+        sizes = struct.unpack(f"<{count}Q", self._read(8 * count)) if count else ()
+        header = msgpack.unpackb(self._read(head_len), raw=False)
+        if not isinstance(header, list) or not header:
+            raise EOFError("malformed message on an executor pipe")
+        return header, [self._read(size) for size in sizes]
+
+    def _read(self, size: int) -> bytearray:
+        buf = bytearray(size)
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            n = self.sock.recv_into(view[got:])
+            if n == 0:
+                raise EOFError("executor pipe closed")
+            got += n
+        return buf
