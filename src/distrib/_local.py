@@ -29,23 +29,44 @@ class LocalCluster:
 
     def __init__(self, threads: int, cache_dir: Path) -> None:
         self._folder = Path(tempfile.mkdtemp(prefix="distrib-local-"))  # mode 0700
-        self.addresses: list[str] = []
+        self._threads, self._cache_dir = threads, cache_dir
+        self.restarts = 0
+        self.abandoned: set[str] = set()  # addresses whose daemon kept dying
+        self.addresses: list[str] = [f"ipc://{self._folder}/worker-0.sock"]
         self.procs: list[subprocess.Popen[bytes]] = []
-        address = f"ipc://{self._folder}/worker-0.sock"
+        try:
+            self.procs.append(self._start(self.addresses[0]))
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, address: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "distrib", "worker", "--listen", address,
-             "--threads", str(threads), "--name", "local", "--cache-dir",
-             str(cache_dir / "worker"), "--exit-with-parent", str(os.getpid())],
+             "--threads", str(self._threads), "--name", "local", "--cache-dir",
+             str(self._cache_dir / "worker"), "--exit-with-parent", str(os.getpid())],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             cwd=self._folder,
         )
-        self.procs.append(proc)
         try:
-            self.addresses.append(self._await_ready(proc))
+            self._await_ready(proc)
         except BaseException:
-            self.stop()
+            proc.kill()
+            proc.wait()
             raise
+        return proc
+
+    def dead(self) -> list[tuple[str, int | None]]:
+        """(address, exit code) of daemons that have exited."""
+        return [(a, p.returncode) for a, p in zip(self.addresses, self.procs)
+                if a not in self.abandoned and p.poll() is not None]
+
+    def restart(self, address: str) -> None:
+        """Start a fresh daemon at ``address`` (its predecessor exited)."""
+        i = self.addresses.index(address)
+        self.restarts += 1
+        self.procs[i] = self._start(address)
 
     def _await_ready(self, proc: subprocess.Popen[bytes]) -> str:
         assert proc.stdout is not None

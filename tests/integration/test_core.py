@@ -366,3 +366,27 @@ def test_api_helpers_and_asyncio(workspace: Workspace) -> None:
     assert out.stdout.split("\n")[:7] == [
         "GATHER [1, 2, 3, 4, 5]", "ASCOMPLETED [11, 21]", "ASYNC 10", "LOCAL 2",
         "WORKER local", "WAIT True", "DONE"]
+
+
+def test_a_local_worker_that_dies_is_replaced_and_its_tasks_retried(
+        workspace: Workspace) -> None:
+    with_tasks(workspace).write("main.py", """
+        import os, signal
+        import psutil
+        import distrib
+        import tasks
+
+        if __name__ == "__main__":
+            distrib.init(local_threads=2)
+            responses = [tasks.sleeper(0.2) for _ in range(20)]
+            responses[0].unwrap()
+            (daemon,) = [p for p in psutil.Process().children() if "worker" in p.cmdline()]
+            os.kill(daemon.pid, signal.SIGKILL)
+            print("RESULTS", distrib.gather(responses, timeout=120) == [0.2] * 20)
+            (new,) = [p for p in psutil.Process().children() if "worker" in p.cmdline()]
+            print("REPLACED", new.pid != daemon.pid)
+        """)
+    out = workspace.run("main.py")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["RESULTS True", "REPLACED True"]
+    assert "the local worker exited (code -9); starting a new one" in out.stderr

@@ -51,6 +51,7 @@ log = logging.getLogger("distrib")
 BLOB_BATCH_BYTES = 64 * 1024 * 1024
 SUBMIT_BATCH = 512
 RECONNECT_AFTER = 2.0
+LOCAL_RESTARTS = 3  # a local worker that keeps dying is given up on
 AUTH_RETRY_AFTER = 10.0  # a refused key may be authorized later (workers reread their list)
 
 
@@ -464,6 +465,37 @@ class Session:
                                 link.label, s.connect_timeout)
         self._warn_unmatched(now)
         self._fail_if_all_refused()
+        if self.local is not None:
+            self._supervise_local()
+
+    def _supervise_local(self) -> None:
+        """A local daemon that exits is replaced; its tasks are retried on the new one."""
+        assert self.local is not None
+        if self.local.abandoned == set(self.local.addresses):
+            for task in self.scheduler.take_pending():
+                task.response._finish(None, exc=WorkerLost(
+                    f"task {task.name}#{task.task_id} cannot run: the local worker kept dying"))
+            return
+        for address, code in self.local.dead():
+            link = next(l for l in self.links.values() if l.address == address)
+            reason = f"exited (code {code})"
+            self._lose(link, LinkState.LOST, reason)
+            if self.local.restarts >= LOCAL_RESTARTS:
+                log.error("the local worker %s again; not restarting it (%d restarts)",
+                          reason, self.local.restarts)
+                self.local.abandoned.add(address)
+                for task in self.scheduler.take_pending():
+                    task.response._finish(None, exc=WorkerLost(
+                        f"task {task.name}#{task.task_id} could not run: the local worker "
+                        f"{reason} {self.local.restarts + 1} times; see its messages above"))
+                continue
+            log.warning("the local worker %s; starting a new one", reason)
+            try:
+                self.local.restart(address)
+            except DistribError as exc:
+                log.error("%s", exc)
+                continue
+            link.connect(time.monotonic())
 
     def _fail_if_all_refused(self) -> None:
         """With every worker refusing our keys, tasks would wait forever: fail them clearly."""
