@@ -276,6 +276,9 @@ def test_cancel_of_a_queued_task_means_it_never_runs(workspace: Workspace, start
     assert out.stdout.split("\n")[:5] == [
         "CANCEL True", "CANCELLED Cancelled", "BLOCKER released", "AFTER 2", "RAN False"]
     assert not Path(names[2]).exists()
+    # The cancelled task waited in the busy executor's pipe: it was skipped there, and the
+    # executor (running the blocker) was not stopped for it.
+    assert worker.status()["executors_started"] == 1
 
 
 def test_output_is_forwarded_with_the_worker_name_and_can_be_turned_off(

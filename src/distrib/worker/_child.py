@@ -3,8 +3,10 @@
 Started by the daemon as ``python -m distrib.worker._child FD ENV MAIN RUNS``, talking over the
 socket ``FD`` (see ``_pipe``). Every message is a msgpack header and its payload frames:
 
-    daemon -> child   ["run", key]                       + call frames
+    daemon -> child   ["run", key]                       + call frames (several may wait)
+                      ["skip", key]                      drop that task if not started
     child -> daemon   ["ready"]                          the environment imported
+                      ["skipped", key]                   it was dropped, never started
                       ["env_error", info]                + error frames; then the child exits
                       ["out", key, stream, text]         a task's output line(s)
                       ["done", key, status, info]        + result or error frames
@@ -28,6 +30,7 @@ from distrib import _runtime, _serialize
 from distrib.worker._pipe import Pipe
 
 _RUN, _READY, _ENV_ERROR, _OUT, _DONE = "run", "ready", "env_error", "out", "done"
+_SKIP, _SKIPPED = "skip", "skipped"
 
 
 class _Forward(io.TextIOBase):
@@ -131,6 +134,18 @@ class _Workdir:
             self._current = None
 
 
+def _take_messages(pipe: Pipe, waiting: dict[int, list[Any]], block: bool) -> None:
+    """Read what the daemon sent: tasks to run, and skips of tasks not started yet."""
+    while block or pipe.readable():
+        block = False
+        header, frames = pipe.recv()
+        if header[0] == _RUN:
+            waiting[header[1]] = frames
+        elif header[0] == _SKIP:
+            if waiting.pop(header[1], None) is not None:
+                pipe.send([_SKIPPED, header[1]])
+
+
 def _drop_own_frame(exc: BaseException) -> None:
     # The first frame is this module's call of the task: noise in the user's traceback.
     tb = exc.__traceback__
@@ -157,11 +172,16 @@ def main(argv: list[str]) -> None:
     workdir = _Workdir(env, runs)
     pipe.send([_READY])
     real_out, real_err = sys.stdout, sys.stderr
+    waiting: dict[int, list[Any]] = {}  # tasks received and not started, in order
     while True:
         try:
-            (_, key), frames = pipe.recv()
+            _take_messages(pipe, waiting, block=not waiting)
         except (EOFError, OSError, ValueError):
             return
+        if not waiting:
+            continue
+        key = next(iter(waiting))
+        frames = waiting.pop(key)
         out.key = err.key = key
         sys.stdout, sys.stderr = out, err
         try:

@@ -41,9 +41,10 @@ from distrib.workspace._store import Store
 log = logging.getLogger("distrib.worker")
 
 BLOB_BATCH_BYTES = 64 * 1024 * 1024
-TINY_TASK = 0.005  # seconds: tasks this short get prefetched into busy executors
+TINY_TASK = 0.005  # seconds: executors of tasks this short get PREFETCH queued, others 1
 PREFETCH = 4  # tasks waiting in an executor's pipe behind the running one
 PREFETCH_BYTES = 16 * 1024  # only small calls: the pipe's buffer must hold them all
+SKIP_GRACE = 0.05  # seconds to wait for a "skipped" before stopping a withdrawn task
 
 
 @dataclass(eq=False)
@@ -78,6 +79,8 @@ class Running:
     key: int
     started: float = 0.0
     deadline: float | None = None
+    withdrawn: str | None = None  # "cancelled" or "drop" once asked to skip it
+    stop_at: float | None = None  # withdrawn but became the running task: stop it then
 
 
 class Daemon:
@@ -278,6 +281,8 @@ class Daemon:
     def close(self) -> None:
         if self._announcer is not None:
             self._announcer.close()
+        for ex in self.executors:  # signal all first, then reap: a hundred don't wait in turn
+            ex.signal_kill()
         for ex in self.executors:
             ex.kill()
         self.executors.clear()
@@ -454,20 +459,31 @@ class Daemon:
             self._result(task, "cancelled", {}, [])
             return
         for ex in self.executors:
-            if any(r.task.peer == peer and r.task.task_id == task_id for r in ex.tasks):
-                # Running, or prefetched into its pipe: stop the executor; the others go back.
-                self._halt(ex, lambda run, head: "cancelled" if run.task.peer == peer
-                           and run.task.task_id == task_id else None)
-                return
+            for i, run in enumerate(ex.tasks):
+                if run.task.peer == peer and run.task.task_id == task_id:
+                    self._withdraw(ex, run, i == 0, "cancelled")
+                    return
+
+    def _withdraw(self, ex: Executor, run: Running, running: bool, why: str) -> None:
+        """Cancel (or drop) a task handed to ``ex``: stop it if it runs, else ask to skip it."""
+        if running:
+            self._halt(ex, lambda r, head: why if r is run else None)
+            return
+        run.withdrawn = why
+        try:
+            ex.pipe.send(["skip", run.key])
+        except OSError:
+            self._executor_died(ex)
 
     def _drop_main(self, peer: bytes, why: str) -> None:
         main = self.mains.pop(peer, None)
         dropped = self.queues.drop_peer(peer)
         stopped = 0
         for ex in list(self.executors):
-            if any(r.task.peer == peer for r in ex.tasks):
-                self._halt(ex, lambda run, head: "drop" if run.task.peer == peer else None)
-                stopped += 1
+            for i, run in reversed(list(enumerate(ex.tasks))):
+                if run.task.peer == peer and ex in self.executors:
+                    self._withdraw(ex, run, i == 0, "drop")
+                    stopped += i == 0
         self._outbox.pop(peer, None)
         for dist_id, dist in list(self.dists.items()):
             if dist.source == peer and dist.state in ("manifest", "blobs"):
@@ -499,15 +515,16 @@ class Daemon:
             self._prefetch()
 
     def _prefetch(self) -> None:
-        """All slots busy: give executors of tiny tasks their next few, so none idles waiting
-        for a turn of this loop between two tasks (throughput of short calls)."""
+        """All slots busy: give each busy executor its next task (tiny tasks: a few), so it
+        starts it the moment it finishes one instead of waiting for a turn of this loop."""
         for ex in self.executors:
-            if not ex.tasks or not ex.ready or self._run_time.get(ex.key, 1.0) > TINY_TASK:
+            if not ex.tasks or not ex.ready:
                 continue
             key = ex.key
-            while len(ex.tasks) <= PREFETCH:
+            depth = PREFETCH if self._run_time.get(key, 1.0) <= TINY_TASK else 1
+            while len(ex.tasks) <= depth:
                 task = self.queues.next_runnable(key.threads, lambda t: (
-                    t.dist == key.dist and t.threads == key.threads and t.timeout is None
+                    t.dist == key.dist and t.threads == key.threads
                     and sum(memoryview(f).nbytes for f in t.frames) < PREFETCH_BYTES))
                 if task is None:
                     break
@@ -521,6 +538,17 @@ class Daemon:
             self._began(run, time.monotonic())
         if ex.ready:
             self._send_run(ex, run)
+
+    def _next_head(self, ex: Executor, now: float) -> None:
+        """The executor's head task is gone: the next one (if any) starts running now."""
+        if not ex.tasks:
+            self.busy -= ex.key.threads
+            return
+        head = ex.tasks[0]
+        self._began(head, now)
+        if head.withdrawn is not None:
+            # Its skip may be on its way back; if not, it started: stop it shortly.
+            head.stop_at = now + SKIP_GRACE
 
     def _began(self, run: Running, now: float) -> None:
         run.started = now
@@ -574,12 +602,21 @@ class Daemon:
             ex.tasks.popleft()
             seconds = now - head.started
             self._run_time[ex.key] = 0.8 * self._run_time.get(ex.key, seconds) + 0.2 * seconds
-            if ex.tasks:
-                self._began(ex.tasks[0], now)
-            else:
-                self.busy -= ex.key.threads
+            self._next_head(ex, now)
             self.counters["tasks_done"] += 1
-            self._result(head.task, str(header[2]), dict(header[3]), frames)
+            if head.withdrawn is None:
+                self._result(head.task, str(header[2]), dict(header[3]), frames)
+            elif head.withdrawn == "cancelled":  # finished before the skip could stop it
+                self._result(head.task, "cancelled", {}, [])
+        elif kind == "skipped" and len(header) == 2:
+            run = next((r for r in ex.tasks if r.key == header[1]), None)
+            if run is not None:
+                was_head = run is ex.task
+                ex.tasks.remove(run)
+                if run.withdrawn == "cancelled":
+                    self._result(run.task, "cancelled", {}, [])
+                if was_head:
+                    self._next_head(ex, time.monotonic())
         elif kind == "env_error" and len(header) == 2:
             self._fail_dist(ex.key.dist, dict(header[1]), frames)
             self._halt(ex, lambda run, h: "env_error")
@@ -612,6 +649,8 @@ class Daemon:
             self.busy -= ex.key.threads
         for i, run in reversed(list(enumerate(runs))):
             status = outcome(run, i == 0)
+            if status is None and run.withdrawn is not None:
+                status = run.withdrawn  # asked to skip it: it does not go back to the queue
             if status is None:
                 self.queues.add_front(run.task)
             elif status == "env_error" and self.dists[ex.key.dist].error is not None:
@@ -638,7 +677,10 @@ class Daemon:
     def _tick(self, now: float) -> None:
         for ex in list(self.executors):
             head = ex.task
-            if head is not None and head.deadline is not None and now > head.deadline:
+            if head is not None and head.stop_at is not None and now > head.stop_at:
+                why = head.withdrawn
+                self._halt(ex, lambda run, is_head: why if is_head else None)
+            elif head is not None and head.deadline is not None and now > head.deadline:
                 log.info("task %d ran past its timeout; stopping it", head.task.task_id)
                 self._halt(ex, lambda run, is_head: "timeout" if is_head else None)
             elif ex.proc.poll() is not None:

@@ -11,6 +11,7 @@ reads; large payloads move once each way.
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 from collections.abc import Sequence
@@ -35,6 +36,10 @@ class Pipe:
 
     def close(self) -> None:
         self.sock.close()
+
+    def readable(self) -> bool:
+        """Whether a message (or the peer's closing) is waiting to be read."""
+        return bool(select.select([self.sock], [], [], 0)[0])
 
     def send(self, header: list[Any], frames: Sequence[Any] = ()) -> None:
         """Send one message; blocks until the kernel has taken all of it."""

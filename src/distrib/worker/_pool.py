@@ -71,12 +71,15 @@ class Executor:
         """Read one whole message (header fields, payload). ``EOFError`` if it died."""
         return self.pipe.recv()
 
-    def kill(self) -> None:
-        """Stop the process now and reap it."""
+    def signal_kill(self) -> None:
         try:
             self.proc.send_signal(signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+    def kill(self) -> None:
+        """Stop the process now and reap it."""
+        self.signal_kill()
         self.pipe.close()
         try:
             self.proc.wait(5)
