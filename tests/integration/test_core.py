@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import PYTHON, Workspace, wait_for
+from tests.conftest import PYTHON, Workspace, ended, finish, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 TASKS = REPO / "tests" / "payloads" / "tasks.py"
@@ -169,16 +169,11 @@ def test_killed_executor_is_retried_or_reported_and_the_daemon_serves_on(
            "DISTRIB_WORKERS": worker.address}
     proc = subprocess.Popen([PYTHON, "main.py", str(first), str(second)], cwd=workspace.root,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with ended(proc):
         for marker in (first, second):
             pid = int(wait_for(lambda: marker.exists() and marker.read_text(), what=str(marker)))
             os.kill(pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, stderr
+        stdout, _ = finish(proc)
     lines = dict(line.split(" ", 1) for line in stdout.splitlines())
     assert lines["RETRIED"] == f"retried after {first.read_text()}"
     assert "died" in lines["CRASHED"] and "retries=0" in lines["CRASHED"]

@@ -16,7 +16,7 @@ import zmq
 
 from distrib.wire import _codec
 from distrib.wire import _messages as m
-from tests.conftest import PYTHON, Workspace, wait_for
+from tests.conftest import PYTHON, Workspace, finish, wait_for
 from tests.integration.test_core import TASKS
 
 LONG_RUN = """
@@ -42,17 +42,6 @@ def start_main(ws: Workspace, worker_address: str, count: int,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(proc: subprocess.Popen[str]) -> str:
-    try:
-        out, err = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
-    return out
-
-
 def test_garbage_on_the_worker_port_is_dropped_and_logged_while_tasks_complete(
         workspace: Workspace, start_worker) -> None:
     worker = start_worker(threads=2)
@@ -73,7 +62,7 @@ def test_garbage_on_the_worker_port_is_dropped_and_logged_while_tasks_complete(
     peer.send_multipart([b"\xff\x00garbage"])
     peer.send_multipart([msgpack.packb([m.Submit.TAG, [[1, "d", 1, None, [], 1]]])[:-3], b"x"])
     peer.send(b"x" * (2 << 20))  # over the worker's 1 MiB limit (set below)
-    out = finish(main)
+    out = finish(main)[0]
     assert out.splitlines()[-1] == "DONE 80 True"
     wait_for(lambda: "never completed the ZeroMQ handshake" in worker.log(),
              what="the garbage connections in the log")
@@ -99,7 +88,7 @@ def test_two_mains_use_one_worker_at_once(tmp_path: Path, start_worker,
     seen = wait_for(lambda: len(worker.status()["mains"]) == 2, what="both Mains served")
     assert seen
     for proc in mains:
-        assert finish(proc).splitlines()[-1] == "DONE 40 True"
+        assert finish(proc)[0].splitlines()[-1] == "DONE 40 True"
     assert worker.status()["tasks_done"] == 80
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 
 from distrib.wire import _keys
-from tests.conftest import PYTHON, Worker, Workspace, wait_for
+from tests.conftest import PYTHON, Worker, Workspace, ended, finish, wait_for
 from tests.integration.test_core import REPO, TASKS
 from tests.net.netns import Host, Network
 
@@ -112,7 +112,7 @@ def partition_run(network: Network, start_worker, workspace: Workspace, tmp_path
     proc = subprocess.Popen(m.cmd(PYTHON, "main.py", str(release), "1" if heal else "0"),
                             cwd=workspace.root, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    try:
+    with ended(proc):
         assert proc.stdout is not None
         assert proc.stdout.readline().startswith("HALF")
         fault(h1, w1)
@@ -120,12 +120,7 @@ def partition_run(network: Network, start_worker, workspace: Workspace, tmp_path
         if heal is not None:
             heal(h1)
         release.write_text("go")
-        rest, stderr = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, stderr
+        rest, stderr = finish(proc)
     assert lines[0].split() == ["PHASE1", "60", "True"], stderr  # one right result per call
     assert "w2" in lines[1]
     return lines + rest.splitlines(), stderr

@@ -32,11 +32,7 @@ def router(ctx: zmq.Context[Any], endpoint: str,
         sock.curve_server = True
         sock.curve_secretkey = key.secret.encode()
         sock.curve_publickey = key.public.encode()
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-    sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
-    sock.setsockopt(zmq.SNDHWM, 0)
-    sock.setsockopt(zmq.RCVHWM, 0)
+    _common(sock)
     if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
         endpoint = endpoint[:-2] + ":*"
     sock.bind(endpoint)
@@ -52,14 +48,20 @@ def dealer(ctx: zmq.Context[Any], endpoint: str, server_key: str | None = None,
         sock.curve_serverkey = server_key.encode()
         sock.curve_publickey = own.public.encode()
         sock.curve_secretkey = own.secret.encode()
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-    sock.setsockopt(zmq.SNDHWM, 0)
-    sock.setsockopt(zmq.RCVHWM, 0)
+    _common(sock)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
     sock.connect(endpoint)
     return sock
+
+
+def _common(sock: zmq.Socket[Any]) -> None:
+    # No lingering on close, the size limit, and no high-water marks: the Main bounds what is
+    # in flight itself (the scheduler's per-worker depth), so zmq must not drop or block.
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
 
 
 def _ephemeral() -> KeyPair:
