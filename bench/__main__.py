@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -85,6 +87,31 @@ def parse(argv: list[str]) -> Options:
 # --- running measurements ------------------------------------------------------------------------
 
 
+def distrib_source() -> str:
+    """A short hash of the distrib source that measurements import right now.
+
+    distrib is installed editable, so its source can change while a run goes on; the hash,
+    taken before every distrib measurement, shows which measurements ran which code.
+    """
+    spec = importlib.util.find_spec("distrib")
+    assert spec is not None and spec.origin is not None, "distrib is not installed"
+    package = Path(spec.origin).parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def git_commit() -> str:
+    """The repository's commit, with ``-dirty`` if distrib's source differs from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True,
+                              text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("-dirty" if git("status", "--porcelain", "--", "src") else "")
+
+
 def end_group(pgid: int, grace_s: float) -> int:
     """Give what is left of process group ``pgid`` ``grace_s`` to exit, then SIGKILL it.
 
@@ -117,6 +144,8 @@ def run_one(workload: Workload, name: str, params: dict[str, Any], timeout_s: fl
     # Every framework's workers import the task functions as ``bench.workloads``.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     record: dict[str, Any] = {"workload": workload.id, "framework": name, "ok": False}
+    if name == "distrib":
+        record["distrib_source"] = distrib_source()
     with open(folder / "stdout", "w+b") as out, open(folder / "stderr", "w+b") as err:
         started = time.monotonic()
         proc = subprocess.Popen(
@@ -264,7 +293,7 @@ def table(workload: Workload, summary: dict[str, Any], versions: dict[str, str])
         rows = summary[workload.id][metric.key]
         better = "higher" if metric.higher_is_better else "lower"
         unit = f" ({metric.unit})" if metric.unit else ""
-        lines += [f"{metric.label.capitalize()}{unit}, {better} is better:", "",
+        lines += [f"{metric.label[0].upper()}{metric.label[1:]}{unit}, {better} is better:", "",
                   "| framework | version | median | min–max | distrib / peer |",
                   "| --- | --- | ---: | ---: | ---: |"]
         ours = rows.get("distrib", {}).get("median")
@@ -316,7 +345,24 @@ def method_notes(options: Options) -> list[str]:
     return notes
 
 
-def report(options: Options, records: list[dict[str, Any]], command: str,
+def source_warning(records: list[dict[str, Any]]) -> list[str]:
+    """Report lines saying which measurements ran which distrib, if its source changed."""
+    runs: dict[str, list[str]] = {}
+    for r in records:
+        if "distrib_source" in r:
+            runs.setdefault(r["distrib_source"], []).append(f"{r['workload']} rep {r['rep']}")
+    if len(runs) < 2:
+        return []
+    return [
+        f"**distrib's source changed during the run**: its measurements ran {len(runs)} "
+        "different versions (source hashes below), so its numbers mix them.",
+        "",
+        *[f"- `{digest}`: {', '.join(which)}" for digest, which in runs.items()],
+        "",
+    ]
+
+
+def report(options: Options, records: list[dict[str, Any]], command: str, commit: str,
            facts: dict[str, Any], started: dt.datetime, seconds: float) -> tuple[str, dict[str, Any]]:
     """The markdown report and the JSON document with the same data."""
     summary = summarize(options, records)
@@ -333,7 +379,9 @@ def report(options: Options, records: list[dict[str, Any]], command: str,
         f"{facts['python']}, {facts['platform']}, {facts['cpu']}; load average at start "
         f"{' / '.join(map(str, facts['load_average_at_start']))}",
         f"- Date: {started:%Y-%m-%d %H:%M %Z}; the run took {seconds / 60:.1f} min",
+        f"- distrib: {versions.get('distrib', '?')} at commit {commit}",
         "",
+        *source_warning(records),
         "## Method",
         "",
         *[f"- {note}" for note in method_notes(options)],
@@ -365,6 +413,7 @@ def report(options: Options, records: list[dict[str, Any]], command: str,
         "date": started.isoformat(timespec="seconds"),
         "seconds": round(seconds, 1),
         "machine": facts,
+        "commit": commit,
         "reps": options.reps,
         "quick": options.quick,
         "frameworks": list(options.frameworks),
@@ -383,10 +432,11 @@ def main(argv: list[str]) -> int:
     options = parse(argv)
     command = " ".join([os.environ.get("BENCH_ENTRY", "python -m bench"), shlex.join(argv)])
     facts = machine()  # before the run: the load average is about what else was running
+    commit = git_commit()
     started = dt.datetime.now().astimezone()
     t0 = time.monotonic()
     records = run(options)
-    markdown, document = report(options, records, command, facts, started,
+    markdown, document = report(options, records, command, commit, facts, started,
                                 time.monotonic() - t0)
     RESULTS.mkdir(parents=True, exist_ok=True)
     # A smoke test does not overwrite the day's real results.
