@@ -388,3 +388,24 @@ def test_a_local_worker_that_dies_is_replaced_and_its_tasks_retried(
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["RESULTS True", "REPLACED True"]
     assert "the local worker exited (code -9); starting a new one" in out.stderr
+
+
+def test_output_redirected_into_the_workspace_is_not_shipped(workspace: Workspace) -> None:
+    with_tasks(workspace).write("main.py", """
+        import distrib
+        import tasks
+
+        if __name__ == "__main__":
+            distrib.init()  # the workspace is scanned here...
+            print("started", flush=True)  # ...and the log changes before any blob is sent
+            for i in range(200):
+                print("line", i, tasks.ok(i).unwrap(), flush=True)
+        """)
+    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
+           "DISTRIB_LOCAL_THREADS": "2"}
+    with open(workspace.root / "run.log", "w") as log:
+        code = subprocess.run([PYTHON, "main.py"], cwd=workspace.root, env=env, stdout=log,
+                              stderr=subprocess.STDOUT, timeout=120).returncode
+    text = (workspace.root / "run.log").read_text()
+    assert code == 0, text
+    assert "line 199 200" in text

@@ -25,6 +25,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+import psutil
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
@@ -67,6 +68,16 @@ def _main_file() -> Path | None:
     return resolved
 
 
+def _files_being_written() -> list[Path]:
+    """Files this process has open for writing (its own log, a ``> out.txt`` redirect): they
+    change while tasks run, so shipping them would fail the distribution's hash check."""
+    try:
+        return [Path(f.path) for f in psutil.Process().open_files()
+                if any(c in f.mode for c in "wa+")]
+    except psutil.Error:
+        return []
+
+
 def _setup_logging() -> None:
     if not log.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -87,7 +98,7 @@ class Session:
         cache = settings.cache_dir / "hashes" / (
             hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16] + ".msgpack")
         self.dist: Distribution = scan(root, main_file, settings.excludes, cache,
-                                       skip=(settings.cache_dir,))
+                                       skip=(settings.cache_dir, *_files_being_written()))
         _runtime.main_shipped = self.dist.main is not None
         self.name = f"{main_file.name if main_file else 'python'}@{socket.gethostname()}:{os.getpid()}"
         self.main_id = os.urandom(8).hex()

@@ -184,7 +184,8 @@ def scan(
 ) -> Distribution:
     """Scan ``root`` into a Distribution. ``main`` is the main script, if inside ``root``.
 
-    ``skip``: folders never shipped, such as distrib's own cache when it lies in the workspace.
+    ``skip``: folders and files never shipped, such as distrib's own cache when it lies in the
+    workspace, or files this process is writing (a ``> run.log`` redirect).
     """
     root = root.resolve()
     skipped = {p.resolve() for p in skip}
@@ -215,6 +216,8 @@ def scan(
             if spec.match_file(rel):
                 continue
             path = here / name
+            if skipped and path.resolve() in skipped:
+                continue
             try:
                 if path.is_symlink():
                     target = path.resolve()
