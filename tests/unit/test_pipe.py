@@ -44,3 +44,16 @@ def test_a_closed_or_broken_peer_is_eof() -> None:
     with pytest.raises(EOFError):
         right.recv()
     right.close()
+
+
+def test_a_burst_is_read_from_one_buffer_and_reported_as_buffered() -> None:
+    left, right = pair()
+    left.send_many([(["run", i], [b"payload %d" % i]) for i in range(50)])
+    first = right.recv()
+    assert first == (["run", 0], [bytearray(b"payload 0")])
+    assert right.buffered() and right.readable()  # the rest came in with the first read
+    rest = [right.recv() for _ in range(49)]
+    assert [h[1] for h, _ in rest] == list(range(1, 50))
+    assert not right.buffered()
+    left.close()
+    right.close()

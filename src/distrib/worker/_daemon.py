@@ -140,6 +140,7 @@ class Daemon:
         self._stop = False
         self._announcer: Any = None
         self._next_key = 0
+        self._unsent: dict[Executor, list[Running]] = {}  # handed out, to send this turn
         self._run_time: dict[EnvKey, float] = {}  # recent run time per environment (EWMA)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -175,6 +176,9 @@ class Daemon:
                 for ex in list(self.executors):
                     if ex.fileno() in events:
                         self._on_executor(ex)
+                        # Messages read ahead into the pipe's buffer won't wake the poller.
+                        while ex in self.executors and ex.pipe.buffered():
+                            self._on_executor(ex)
                 if self._wake_r.fileno() in events:
                     self._drain_wake()
                 now = time.monotonic()
@@ -513,6 +517,7 @@ class Daemon:
             self._hand(ex, task)
         if self.busy >= self.slots and len(self.queues):
             self._prefetch()
+        self._send_runs()
 
     def _prefetch(self) -> None:
         """All slots busy: give each busy executor its next task (tiny tasks: a few), so it
@@ -537,7 +542,7 @@ class Daemon:
         if len(ex.tasks) == 1:
             self._began(run, time.monotonic())
         if ex.ready:
-            self._send_run(ex, run)
+            self._unsent.setdefault(ex, []).append(run)
 
     def _next_head(self, ex: Executor, now: float) -> None:
         """The executor's head task is gone: the next one (if any) starts running now."""
@@ -554,12 +559,18 @@ class Daemon:
         run.started = now
         run.deadline = None if run.task.timeout is None else now + run.task.timeout
 
-    def _send_run(self, ex: Executor, run: Running) -> None:
-        try:
-            ex.run(run.key, run.task.frames)
-        except OSError as exc:
-            log.debug("executor %d: %s", ex.pid, exc, exc_info=True)
-            self._executor_died(ex)
+    def _send_runs(self) -> None:
+        """Send what _hand gave each executor in this turn, one write per executor."""
+        unsent, self._unsent = self._unsent, {}
+        for ex, runs in unsent.items():
+            live = [r for r in runs if r in ex.tasks]
+            if not live or ex not in self.executors:
+                continue
+            try:
+                ex.run([(r.key, r.task.frames) for r in live])
+            except OSError as exc:
+                log.debug("executor %d: %s", ex.pid, exc, exc_info=True)
+                self._executor_died(ex)
 
     def _runnable(self, task: QueuedTask) -> bool:
         dist = self.dists.get(task.dist)
@@ -591,8 +602,7 @@ class Daemon:
         head = ex.task
         if kind == "ready":
             ex.ready = True
-            for run in list(ex.tasks):
-                self._send_run(ex, run)
+            self._unsent.setdefault(ex, []).extend(ex.tasks)
         elif kind == "out" and head is not None and len(header) == 4:
             main = self.mains.get(head.task.peer)
             if main is not None and main.forward_output:

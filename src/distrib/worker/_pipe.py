@@ -4,9 +4,9 @@ A message is a msgpack header (a list) and zero or more payload frames. On the w
 
     <u32 header length> <u32 frame count> <u64 length per frame> <header> <frames...>
 
-sent with one ``sendmsg`` (scatter-gather: frames are not joined first) and received into
-buffers sized in advance (one copy, from the kernel). Small messages cost one write and two
-reads; large payloads move once each way.
+sent with one ``sendmsg`` (scatter-gather: frames are not joined first; several messages can
+share the call) and read through a 64 KiB buffer, so a burst of small messages costs one read.
+Large frames are received straight into buffers sized in advance: they move once each way.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 import msgpack
 
 _PREFIX = struct.Struct("<II")
+_CHUNK = 1 << 16
 _MAX_FRAMES = 1 << 16
 _MAX_HEADER = 64 << 20
 
@@ -30,6 +31,8 @@ class Pipe:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         sock.setblocking(True)
+        self._buf = bytearray()  # read ahead, not yet consumed from _pos on
+        self._pos = 0
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -37,20 +40,26 @@ class Pipe:
     def close(self) -> None:
         self.sock.close()
 
+    def buffered(self) -> bool:
+        """Whether bytes already read ahead are waiting (a poll on the socket won't say)."""
+        return self._pos < len(self._buf)
+
     def readable(self) -> bool:
         """Whether a message (or the peer's closing) is waiting to be read."""
-        return bool(select.select([self.sock], [], [], 0)[0])
+        return self.buffered() or bool(select.select([self.sock], [], [], 0)[0])
 
     def send(self, header: list[Any], frames: Sequence[Any] = ()) -> None:
         """Send one message; blocks until the kernel has taken all of it."""
-        head = msgpack.packb(header)
-        views = [memoryview(f).cast("B") for f in frames]
-        parts: list[Any] = [
-            _PREFIX.pack(len(head), len(views)),
-            struct.pack(f"<{len(views)}Q", *(v.nbytes for v in views)),
-            head,
-            *views,
-        ]
+        self.send_many([(header, frames)])
+
+    def send_many(self, messages: Sequence[tuple[list[Any], Sequence[Any]]]) -> None:
+        """Send several messages with one system call (when the kernel takes them at once)."""
+        parts: list[Any] = []
+        for header, frames in messages:
+            head = msgpack.packb(header)
+            views = [memoryview(f).cast("B") for f in frames]
+            parts += [_PREFIX.pack(len(head), len(views)),
+                      struct.pack(f"<{len(views)}Q", *(v.nbytes for v in views)), head, *views]
         total = sum(memoryview(p).nbytes for p in parts)
         sent = self.sock.sendmsg(parts)
         if sent < total:  # a large message: finish what the kernel did not take at once
@@ -77,12 +86,25 @@ class Pipe:
         return header, [self._read(size) for size in sizes]
 
     def _read(self, size: int) -> bytearray:
-        buf = bytearray(size)
-        view = memoryview(buf)
+        out = bytearray(size)
+        view = memoryview(out)
         got = 0
         while got < size:
-            n = self.sock.recv_into(view[got:])
-            if n == 0:
-                raise EOFError("executor pipe closed")
-            got += n
-        return buf
+            if self._pos < len(self._buf):  # from what was read ahead
+                take = min(size - got, len(self._buf) - self._pos)
+                view[got:got + take] = self._buf[self._pos:self._pos + take]
+                self._pos += take
+                got += take
+                if self._pos == len(self._buf):
+                    self._buf, self._pos = bytearray(), 0
+            elif size - got >= _CHUNK:  # a large frame: straight into its buffer
+                n = self.sock.recv_into(view[got:])
+                if n == 0:
+                    raise EOFError("executor pipe closed")
+                got += n
+            else:
+                chunk = self.sock.recv(_CHUNK)
+                if not chunk:
+                    raise EOFError("executor pipe closed")
+                self._buf += chunk
+        return out

@@ -63,9 +63,10 @@ class Executor:
     def fileno(self) -> int:
         return self.pipe.fileno()
 
-    def run(self, key: int, frames: list[Any]) -> None:
-        """Hand a task to this executor (it runs them in the order given)."""
-        self.pipe.send(["run", key], [f.buffer if hasattr(f, "buffer") else f for f in frames])
+    def run(self, tasks: list[tuple[int, list[Any]]]) -> None:
+        """Hand tasks (key, call frames) to this executor, which runs them in order."""
+        self.pipe.send_many([(["run", key], [f.buffer if hasattr(f, "buffer") else f
+                                             for f in frames]) for key, frames in tasks])
 
     def read(self) -> tuple[list[Any], list[Any]]:
         """Read one whole message (header fields, payload). ``EOFError`` if it died."""
