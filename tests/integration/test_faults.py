@@ -16,7 +16,7 @@ import zmq
 
 from distrib.wire import _codec
 from distrib.wire import _messages as m
-from tests.conftest import PYTHON, Workspace, finish, wait_for
+from tests.conftest import PYTHON, Workspace, ended, finish, wait_for
 from tests.integration.test_core import TASKS
 
 LONG_RUN = """
@@ -46,23 +46,24 @@ def test_garbage_on_the_worker_port_is_dropped_and_logged_while_tasks_complete(
         workspace: Workspace, start_worker) -> None:
     worker = start_worker(threads=2)
     main = start_main(workspace, worker.address, 80)
-    assert main.stdout is not None and main.stdout.readline().startswith("STARTED")
-    host, port = worker.address.removeprefix("tcp://").rsplit(":", 1)
-    # A plain HTTP request and raw garbage: not ZeroMQ at all.
-    for payload in (b"GET / HTTP/1.1\r\nHost: worker\r\n\r\n", os.urandom(4096)):
-        with socket.create_connection((host, int(port)), timeout=30) as raw:
-            raw.sendall(payload)
-    # A real ZeroMQ peer sending garbage frames, a truncated header, then an oversized frame.
-    ctx: zmq.Context = zmq.Context()
-    peer = ctx.socket(zmq.DEALER)
-    peer.setsockopt(zmq.LINGER, 0)
-    peer.connect(worker.address)
-    hello = _codec.encode(m.Hello(1, "x", "evil", "3.11", 1, False, ""))
-    peer.send_multipart(hello)
-    peer.send_multipart([b"\xff\x00garbage"])
-    peer.send_multipart([msgpack.packb([m.Submit.TAG, [[1, "d", 1, None, [], 1]]])[:-3], b"x"])
-    peer.send(b"x" * (2 << 20))  # over the worker's 1 MiB limit (set below)
-    out = finish(main)[0]
+    with ended(main):
+        assert main.stdout is not None and main.stdout.readline().startswith("STARTED")
+        host, port = worker.address.removeprefix("tcp://").rsplit(":", 1)
+        # A plain HTTP request and raw garbage: not ZeroMQ at all.
+        for payload in (b"GET / HTTP/1.1\r\nHost: worker\r\n\r\n", os.urandom(4096)):
+            with socket.create_connection((host, int(port)), timeout=30) as raw:
+                raw.sendall(payload)
+        # A real ZeroMQ peer sending garbage frames, a truncated header, then an oversized frame.
+        ctx: zmq.Context = zmq.Context()
+        peer = ctx.socket(zmq.DEALER)
+        peer.setsockopt(zmq.LINGER, 0)
+        peer.connect(worker.address)
+        hello = _codec.encode(m.Hello(1, "x", "evil", "3.11", 1, False, ""))
+        peer.send_multipart(hello)
+        peer.send_multipart([b"\xff\x00garbage"])
+        peer.send_multipart([msgpack.packb([m.Submit.TAG, [[1, "d", 1, None, [], 1]]])[:-3], b"x"])
+        peer.send(b"x" * (2 << 20))  # over the 1 MiB limit the worker fixture sets
+        out = finish(main)[0]
     assert out.splitlines()[-1] == "DONE 80 True"
     wait_for(lambda: "never completed the ZeroMQ handshake" in worker.log(),
              what="the garbage connections in the log")
@@ -96,12 +97,13 @@ def test_a_main_that_dies_has_its_tasks_dropped_by_the_worker(workspace: Workspa
                                                               start_worker) -> None:
     worker = start_worker(threads=2, extra=("--lost-after", "2", "--heartbeat", "0.5"))
     main = start_main(workspace, worker.address, 4, seconds=300)
-    assert main.stdout is not None and main.stdout.readline().startswith("STARTED")
-    wait_for(lambda: worker.status()["busy"] == 2 and worker.status()["queued"] == 2,
-             what="two tasks running and two queued")
-    executors = [psutil.Process(p) for p in worker.status()["executors"]]
-    os.kill(main.pid, signal.SIGKILL)
-    main.communicate(timeout=60)
+    with ended(main):
+        assert main.stdout is not None and main.stdout.readline().startswith("STARTED")
+        wait_for(lambda: (s := worker.status())["busy"] == 2 and s["queued"] == 2,
+                 what="two tasks running and two queued")
+        executors = [psutil.Process(p) for p in worker.status()["executors"]]
+        os.kill(main.pid, signal.SIGKILL)
+        main.communicate(timeout=60)
     status = wait_for(lambda: (s := worker.status())["mains"] == [] and s["busy"] == 0
                       and s["queued"] == 0 and s, what="the worker to drop the dead Main")
     assert status["tasks_done"] == 0

@@ -699,11 +699,17 @@ class Daemon:
             if now - main.last_seen > self.lost_after:
                 self._drop_main(peer, f"was silent for {self.lost_after:.0f} s")
             else:
-                self._send(peer, m.Heartbeat(self.busy, self.queues.count(peer)))
+                self._send(peer, m.Heartbeat(self.busy, self._waiting(peer)))
         self._reload_authorized()
         if self.exit_with_parent is not None and os.getppid() != self.exit_with_parent:
             log.info("parent process %d is gone; stopping", self.exit_with_parent)
             self._stop = True
+
+    def _waiting(self, peer: bytes | None = None) -> int:
+        """Tasks not running yet: queued here, or handed to a busy executor to run next."""
+        handed = sum(1 for ex in self.executors for run in list(ex.tasks)[1:]
+                     if peer is None or run.task.peer == peer)
+        return (len(self.queues) if peer is None else self.queues.count(peer)) + handed
 
     def status(self) -> dict[str, Any]:
         """Facts, load and counters, as ``distrib status`` and tests read them."""
@@ -716,7 +722,7 @@ class Daemon:
             "pid": os.getpid(),
             "slots": self.slots,
             "busy": self.busy,
-            "queued": len(self.queues),
+            "queued": self._waiting(),
             "mains": [x.name for x in self.mains.values()],
             "executors": [e.pid for e in self.executors],
             "public_key": self.key.public if self.key else None,
