@@ -132,7 +132,7 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
             )
         assert proc.stdout is not None
         line = proc.stdout.readline()  # the daemon prints one line when ready
-        match = re.search(r"ready on (\S+) with \d+ slots(?:, public key (\S+))?", line)
+        match = re.search(r"ready on (\S+) with \d+ slots?(?:, public key (\S+))?", line)
         if not match:
             stop_process(proc)
             raise AssertionError(f"worker did not start: {line!r} {log_file.read_text()}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import ipaddress
 import logging
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import click
 import platformdirs
+import zmq
 
 from distrib._config import endpoint
 from distrib._errors import DistribError
@@ -98,8 +100,11 @@ def worker(listen: str, threads: int | None, name: str | None, cache_dir: Path |
     slots = threads or os.cpu_count() or 1
     cache = cache_dir or Path(os.environ.get("DISTRIB_CACHE_DIR")
                               or platformdirs.user_cache_dir("distrib")) / "worker"
-    daemon = Daemon(address, slots, name or "", cache, heartbeat, lost_after, exit_with_parent,
-                    key, authorized_keys)
+    try:
+        daemon = Daemon(address, slots, name or "", cache, heartbeat, lost_after,
+                        exit_with_parent, key, authorized_keys)
+    except zmq.ZMQError as exc:
+        raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
     if not name:
         daemon.name = f"{socket.gethostname()}:{daemon.address.rsplit(':', 1)[-1].rsplit('/', 1)[-1]}"
     if announce:
@@ -107,8 +112,8 @@ def worker(listen: str, threads: int | None, name: str | None, cache_dir: Path |
             raise click.UsageError("--announce needs a tcp address to announce")
         daemon.announce(announce_interface)
     public = f", public key {key.public}" if key else ""
-    click.echo(f"distrib worker {daemon.name} ready on {daemon.address} with {slots} slots"
-               f"{public}")
+    click.echo(f"distrib worker {daemon.name} ready on {daemon.address} with {slots} "
+               f"slot{'s' if slots != 1 else ''}{public}")
     sys.stdout.flush()
     daemon.run()
 
@@ -148,10 +153,11 @@ def status(timeout: float, as_json: bool) -> None:
         click.echo(json.dumps([{"address": s.address, "source": s.source, "problem": s.problem,
                                 **s.info} for s in answers], indent=2))
         return
-    table = Table(title=f"distrib workers ({settings.source})")
-    for column in ("name", "address", "platform", "Python", "slots busy/offered", "queued",
+    table = Table(title="distrib workers")
+    for column in ("name", "address", "platform", "Python", "busy/slots", "queued",
                    "Mains served", "state"):
-        table.add_column(column)
+        # Fold rather than cut: the state says why a worker is unreachable.
+        table.add_column(column, overflow="fold", min_width=16 if column == "state" else None)
     for s in answers:
         i = s.info
         table.add_row(
@@ -172,7 +178,7 @@ def keygen(path: Path, comment: str | None) -> None:
     """Write a key pair: the secret key to PATH (owner-only), the public key to PATH.pub."""
     pair = _keys.generate()
     if comment is None:
-        comment = f"{os.environ.get('USER', 'user')}@{socket.gethostname()}"
+        comment = f"{getpass.getuser()}@{socket.gethostname()}"
     try:
         _keys.write(path, pair, comment)
     except DistribError as exc:

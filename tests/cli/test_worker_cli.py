@@ -57,3 +57,14 @@ def test_help_lists_the_commands() -> None:
     out = subprocess.run([PYTHON, "-m", "distrib", "--help"], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0 and "worker" in out.stdout
+
+
+def test_a_port_in_use_is_a_one_line_error(start_worker, tmp_path: Path) -> None:
+    worker = start_worker(threads=1)
+    port = worker.address.rsplit(":", 1)[1]
+    out = subprocess.run([PYTHON, "-m", "distrib", "worker", "--listen", f"127.0.0.1:{port}",
+                          "--cache-dir", str(tmp_path / "c")], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 1
+    (line,) = out.stderr.strip().splitlines()  # one line, no traceback
+    assert line.startswith(f"Error: cannot listen on 127.0.0.1:{port}: Address already in use")

@@ -144,3 +144,9 @@ def test_key_files(tmp_path: Path) -> None:
     auth.write_text("garbage line\n")
     with pytest.raises(ConfigError, match="line 1"):
         _keys.read_authorized(auth)
+
+
+def test_a_public_key_file_given_as_the_secret_says_so(tmp_path: Path) -> None:
+    make_key(tmp_path / "k")
+    with pytest.raises(ConfigError, match="public one: name the file without .pub"):
+        _keys.load_secret(tmp_path / "k.pub")

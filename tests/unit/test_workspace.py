@@ -127,3 +127,14 @@ def test_distribs_own_cache_inside_the_workspace_is_not_shipped(tmp_path: Path) 
     make(tmp_path, {"main.py": "x", "cache/hashes/h.msgpack": "c", "cache/worker/envs/a": "e"})
     dist = scan(tmp_path, tmp_path / "main.py", skip=(tmp_path / "cache",))
     assert [e.path for e in dist.entries] == ["main.py"]
+
+
+def test_secret_key_files_are_never_shipped(tmp_path: Path) -> None:
+    from distrib.wire import _keys
+
+    make(tmp_path, {"main.py": "x"})
+    _keys.write(tmp_path / "main.key", _keys.generate())
+    _keys.write(tmp_path / "conf" / "other-name" if (tmp_path / "conf").mkdir() is None
+                else tmp_path, _keys.generate())
+    dist = scan(tmp_path, tmp_path / "main.py")
+    assert [e.path for e in dist.entries] == ["conf/other-name.pub", "main.key.pub", "main.py"]

@@ -368,6 +368,9 @@ class Session:
             mine = self.settings.key.public if self.settings.key else "(none)"
             reason = (f"worker {link.label} refused this Main's key {mine}: add this Main's "
                       "public key (its .pub file) to the worker's authorized keys")
+        elif link.server_key is None:
+            reason = (f"worker {link.label} uses keys, and no public_key is configured for it: "
+                      "add the worker's public key (its .pub file) to its [[workers]] entry")
         else:
             reason = (f"worker {link.label} did not prove the public key configured for it "
                       f"({link.server_key}): check its public_key, or whether something else "

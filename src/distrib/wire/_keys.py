@@ -48,6 +48,7 @@ def write(path: Path, pair: KeyPair, comment: str = "") -> None:
         raise ConfigError(f"{path} exists; remove it first or choose another path")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
+        # The first line also marks the file so a workspace scan never ships it.
         f.write("# distrib secret key: keep it private\n"
                 f"public = {pair.public}\nsecret = {pair.secret}\n")
     pub = path.with_name(path.name + ".pub")
@@ -59,9 +60,15 @@ def load_secret(path: Path) -> KeyPair:
     try:
         st = path.stat()
         text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"key file {path}: {exc.strerror}; create one with "
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not text"
+        raise ConfigError(f"key file {path}: {why}; create one with "
                           f"`distrib keygen {path}`") from None
+    if "secret =" not in text:
+        raise ConfigError(f"key file {path} is not a distrib secret key"
+                          + (" but a public one: name the file without .pub"
+                             if _Z85_KEY.match(text.split()[0] if text.split() else "") else
+                             "; make one with `distrib keygen`"))
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(f"key file {path} is readable by other users; run `chmod 600 {path}`")
     fields = dict(

@@ -216,7 +216,9 @@ class Daemon:
         except Exception as exc:
             if force:
                 raise
-            log.warning("authorized keys %s not reloaded: %s", self.authorized_file, exc)
+            self._authorized_mtime = mtime  # say it once per change of the file
+            log.warning("authorized keys %s not reloaded (the previous list stays): %s",
+                        self.authorized_file, exc)
             return
         self._authorized_mtime = mtime
         log.info("authorized keys: %d Main(s) from %s", len(self.authorized), self.authorized_file)
@@ -229,8 +231,8 @@ class Daemon:
         kind, value = event["event"], event["value"]
         if kind == zmq.EVENT_ACCEPTED:
             self._unconfirmed.append(value)
-        elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            if self._unconfirmed:
+        elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED or kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            if self._unconfirmed:  # it spoke ZeroMQ: its closing is not "garbage"
                 self._unconfirmed.pop(0)
         elif kind == zmq.EVENT_DISCONNECTED:
             if value in self._unconfirmed:
@@ -239,10 +241,14 @@ class Daemon:
                 log.warning("dropped a connection that never completed the ZeroMQ handshake "
                             "(garbage bytes, or another protocol such as HTTP)")
             else:
-                log.info("a connection closed (the peer left, or broke the protocol, e.g. a "
-                         "message over the %d MiB limit)", _transport.MAX_MESSAGE_BYTES >> 20)
+                log.info("a connection closed (as when a Main leaves; also how a peer is dropped "
+                         "that sent a message over the %d MiB limit)",
+                         _transport.MAX_MESSAGE_BYTES >> 20)
         elif kind != zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # refused keys are logged by _answer_zap
-            log.warning("dropped a connection whose ZeroMQ handshake failed (error %d)", value)
+            if self._unconfirmed:
+                self._unconfirmed.pop(0)
+            log.warning("dropped a connection whose ZeroMQ handshake failed (%s): a peer with "
+                        "the wrong key for this worker, or without keys", zmq.strerror(value))
 
     def _answer_zap(self) -> None:
         assert self.zap is not None

@@ -171,6 +171,20 @@ class HashCache:
             log.debug("could not save hash cache: %s", exc)
 
 
+SECRET_KEY_HEADER = b"# distrib secret key"
+
+
+def _is_secret_key(path: Path, size: int) -> bool:
+    """A key file written by ``distrib keygen``: never shipped, wherever it lies."""
+    if not 100 <= size <= 400:  # such files are ~140 bytes: only those are opened
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(SECRET_KEY_HEADER)) == SECRET_KEY_HEADER
+    except OSError:
+        return False
+
+
 def _is_venv(folder: Path) -> bool:
     return (folder / "pyvenv.cfg").is_file()
 
@@ -229,6 +243,9 @@ def scan(
                 log.warning("workspace: skipping %s: %s", rel, exc)
                 continue
             if not stat.S_ISREG(st.st_mode):
+                continue
+            if _is_secret_key(path, st.st_size):
+                log.info("workspace: leaving out %s, a secret key", rel)
                 continue
             if st.st_size > MAX_FILE_BYTES:
                 raise WorkspaceError(
