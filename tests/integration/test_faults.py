@@ -49,33 +49,44 @@ def test_garbage_on_the_worker_port_is_dropped_and_logged_while_tasks_complete(
     with ended(main):
         assert main.stdout is not None and main.stdout.readline().startswith("STARTED")
         host, port = worker.address.removeprefix("tcp://").rsplit(":", 1)
-        # A plain HTTP request and raw garbage: not ZeroMQ at all.
-        for payload in (b"GET / HTTP/1.1\r\nHost: worker\r\n\r\n", os.urandom(4096)):
+        # A plain HTTP request and raw garbage: not ZeroMQ at all. One at a time: libzmq does
+        # not say which connection a handshake event is about, so the worker's log attributes
+        # them by order.
+        for n, payload in enumerate((b"GET / HTTP/1.1\r\nHost: worker\r\n\r\n",
+                                     os.urandom(4096)), 1):
             with socket.create_connection((host, int(port)), timeout=30) as raw:
                 raw.sendall(payload)
+            wait_for(lambda: worker.status()["dropped_connections"] >= n,
+                     what=f"bad connection {n} dropped")
         # A real ZeroMQ peer sending garbage frames, a truncated header, then an oversized frame.
         ctx: zmq.Context = zmq.Context()
         peer = ctx.socket(zmq.DEALER)
-        peer.setsockopt(zmq.LINGER, 0)
-        peer.connect(worker.address)
-        hello = _codec.encode(m.Hello(1, "x", "evil", "3.11", 1, False, ""))
-        peer.send_multipart(hello)
-        peer.send_multipart([b"\xff\x00garbage"])
-        peer.send_multipart([msgpack.packb([m.Submit.TAG, [[1, "d", 1, None, [], 1]]])[:-3], b"x"])
-        peer.send(b"x" * (2 << 20))  # over the 1 MiB limit the worker fixture sets
-        out = finish(main)[0]
+        try:
+            peer.setsockopt(zmq.LINGER, 0)
+            peer.connect(worker.address)
+            hello = _codec.encode(m.Hello(1, "x", "evil", "3.11", 1, False, ""))
+            peer.send_multipart(hello)
+            peer.send_multipart([b"\xff\x00garbage"])
+            peer.send_multipart([msgpack.packb([m.Submit.TAG, [[1, "d", 1, None, [], 1]]])[:-3],
+                                 b"x"])
+            peer.send(b"x" * (2 << 20))  # over the 1 MiB limit the worker fixture sets
+            out = finish(main)[0]
+        finally:
+            peer.close(0)
+            ctx.term()
     assert out.splitlines()[-1] == "DONE 80 True"
-    wait_for(lambda: "never completed the ZeroMQ handshake" in worker.log(),
+    # Each bad connection is logged as dropped, by one of two lines depending on how far
+    # libzmq got in reading it.
+    wait_for(lambda: worker.log().count("never completed the ZeroMQ handshake")
+             + worker.log().count("ZeroMQ handshake failed") >= 2,
              what="the garbage connections in the log")
     wait_for(lambda: worker.log().count("dropped a malformed message") >= 2,
              what="the malformed messages in the log")
     wait_for(lambda: "message over the 1 MiB limit" in worker.log(),
              what="the oversized frame's disconnection in the log")
     status = worker.status()
-    assert status["dropped"] >= 2 and status["dropped_connections"] >= 1
+    assert status["dropped"] >= 2 and status["dropped_connections"] >= 2
     assert status["tasks_done"] == 80
-    peer.close(0)
-    ctx.term()
 
 
 def test_two_mains_use_one_worker_at_once(tmp_path: Path, start_worker,

@@ -229,11 +229,17 @@ class Daemon:
         except zmq.Again:
             return
         kind, value = event["event"], event["value"]
+        # libzmq names the connection (its fd) on accept and disconnect, not on handshake
+        # events: those are matched to the oldest pending connection, an approximation.
         if kind == zmq.EVENT_ACCEPTED:
             self._unconfirmed.append(value)
-        elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED or kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             if self._unconfirmed:  # it spoke ZeroMQ: its closing is not "garbage"
                 self._unconfirmed.pop(0)
+        elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # refused keys are logged by _answer_zap
+            if self._unconfirmed:
+                self._unconfirmed.pop(0)
+            self.counters["dropped_connections"] += 1
         elif kind == zmq.EVENT_DISCONNECTED:
             if value in self._unconfirmed:
                 self._unconfirmed.remove(value)
@@ -244,9 +250,10 @@ class Daemon:
                 log.info("a connection closed (as when a Main leaves; also how a peer is dropped "
                          "that sent a message over the %d MiB limit)",
                          _transport.MAX_MESSAGE_BYTES >> 20)
-        elif kind != zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # refused keys are logged by _answer_zap
+        else:
             if self._unconfirmed:
                 self._unconfirmed.pop(0)
+            self.counters["dropped_connections"] += 1
             log.warning("dropped a connection whose ZeroMQ handshake failed (%s): a peer with "
                         "the wrong key for this worker, or without keys", zmq.strerror(value))
 
