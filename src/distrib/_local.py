@@ -68,7 +68,7 @@ class LocalCluster:
         self.restarts += 1
         self.procs[i] = self._start(address)
 
-    def _await_ready(self, proc: subprocess.Popen[bytes]) -> str:
+    def _await_ready(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
         deadline = time.monotonic() + START_TIMEOUT
         with selectors.DefaultSelector() as sel:
@@ -78,7 +78,7 @@ class LocalCluster:
                     line = proc.stdout.readline().decode(errors="replace")
                     if " ready on " in line:
                         proc.stdout.close()
-                        return line.split(" ready on ")[1].split()[0]
+                        return
                     if not line:
                         break
         code = proc.poll()

@@ -89,11 +89,10 @@ def _setup_logging() -> None:
 class Session:
     """Everything a Main holds while it uses workers."""
 
-    def __init__(self, settings: _config.Settings) -> None:
+    def __init__(self, settings: _config.Settings, main_file: Path | None) -> None:
         _setup_logging()
         self.settings = settings
         self.python = _facts.python_version()
-        main_file = _main_file()
         root = settings.workspace or (main_file.parent if main_file else Path.cwd())
         cache = settings.cache_dir / "hashes" / (
             hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16] + ".msgpack")
@@ -486,9 +485,7 @@ class Session:
         """A local daemon that exits is replaced; its tasks are retried on the new one."""
         assert self.local is not None
         if self.local.abandoned == set(self.local.addresses):
-            for task in self.scheduler.take_pending():
-                task.response._finish(None, exc=WorkerLost(
-                    f"task {task.name}#{task.task_id} cannot run: the local worker kept dying"))
+            self._fail_pending(WorkerLost, "cannot run: the local worker kept dying")
             return
         for address, code in self.local.dead():
             link = next(l for l in self.links.values() if l.address == address)
@@ -498,10 +495,9 @@ class Session:
                 log.error("the local worker %s again; not restarting it (%d restarts)",
                           reason, self.local.restarts)
                 self.local.abandoned.add(address)
-                for task in self.scheduler.take_pending():
-                    task.response._finish(None, exc=WorkerLost(
-                        f"task {task.name}#{task.task_id} could not run: the local worker "
-                        f"{reason} {self.local.restarts + 1} times; see its messages above"))
+                self._fail_pending(WorkerLost, f"could not run: the local worker {reason} "
+                                               f"{self.local.restarts + 1} times; see its "
+                                               "messages above")
                 continue
             log.warning("the local worker %s; starting a new one", reason)
             try:
@@ -516,12 +512,12 @@ class Session:
         links = list(self.links.values())
         if not links or any(l.state is not LinkState.AUTH_FAILED for l in links):
             return
-        pending = self.scheduler.take_pending()
-        if pending:
-            reasons = "; ".join(l.reason for l in links)
-            for task in pending:
-                task.response._finish(None, exc=AuthError(
-                    f"task {task.name}#{task.task_id} cannot run: {reasons}"))
+        self._fail_pending(AuthError, "cannot run: " + "; ".join(l.reason for l in links))
+
+    def _fail_pending(self, error: type[DistribError], why: str) -> None:
+        """End every task not yet sent to a worker with ``error`` ("task f#3 <why>")."""
+        for task in self.scheduler.take_pending():
+            task.response._finish(None, exc=error(f"task {task.name}#{task.task_id} {why}"))
 
     def _warn_unmatched(self, now: float) -> None:
         ready = [v for v in self.scheduler.workers.values()]
@@ -569,7 +565,7 @@ def init(
         main_file = _main_file()
         settings = _config.load(None, workers, local_threads, workspace, forward_output, key,
                                 main_file.parent if main_file else None)
-        _session = Session(settings)
+        _session = Session(settings, main_file)
         atexit.register(shutdown)
         return _session
 

@@ -146,6 +146,10 @@ def _take_messages(pipe: Pipe, waiting: dict[int, list[Any]], block: bool) -> No
                 pipe.send([_SKIPPED, header[1]])
 
 
+def _error_outcome(exc: BaseException) -> tuple[str, dict[str, str], list[Any]]:
+    return "error", _serialize.error_info(exc), _serialize.dumps_error(exc)
+
+
 def _drop_own_frame(exc: BaseException) -> None:
     # The first frame is this module's call of the task: noise in the user's traceback.
     tb = exc.__traceback__
@@ -188,15 +192,16 @@ def main(argv: list[str]) -> None:
             workdir.enter()
             fn, args, kwargs = _serialize.loads(frames)
             result = fn._fn(*args, **kwargs)
+            info: dict[str, str] = {}
             try:
-                status, info, payload = "ok", {}, _serialize.dumps(result)
+                status, payload = "ok", _serialize.dumps(result)
             except Exception as exc:
-                status, info, payload = "error", _serialize.error_info(exc), _serialize.dumps_error(exc)
+                status, info, payload = _error_outcome(exc)
         except BaseException as exc:  # the task's own error, or a call that does not unpickle
             if isinstance(exc, KeyboardInterrupt):
                 raise
             _drop_own_frame(exc)
-            status, info, payload = "error", _serialize.error_info(exc), _serialize.dumps_error(exc)
+            status, info, payload = _error_outcome(exc)
         finally:
             out.flush()
             err.flush()

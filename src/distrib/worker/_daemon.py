@@ -233,13 +233,6 @@ class Daemon:
         # events: those are matched to the oldest pending connection, an approximation.
         if kind == zmq.EVENT_ACCEPTED:
             self._unconfirmed.append(value)
-        elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            if self._unconfirmed:  # it spoke ZeroMQ: its closing is not "garbage"
-                self._unconfirmed.pop(0)
-        elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # refused keys are logged by _answer_zap
-            if self._unconfirmed:
-                self._unconfirmed.pop(0)
-            self.counters["dropped_connections"] += 1
         elif kind == zmq.EVENT_DISCONNECTED:
             if value in self._unconfirmed:
                 self._unconfirmed.remove(value)
@@ -250,12 +243,16 @@ class Daemon:
                 log.info("a connection closed (as when a Main leaves; also how a peer is dropped "
                          "that sent a message over the %d MiB limit)",
                          _transport.MAX_MESSAGE_BYTES >> 20)
-        else:
+        else:  # a handshake ended: the peer spoke ZeroMQ, so its closing is not "garbage"
             if self._unconfirmed:
                 self._unconfirmed.pop(0)
-            self.counters["dropped_connections"] += 1
-            log.warning("dropped a connection whose ZeroMQ handshake failed (%s): a peer with "
-                        "the wrong key for this worker, or without keys", zmq.strerror(value))
+            if kind != zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.counters["dropped_connections"] += 1
+            if kind not in (zmq.EVENT_HANDSHAKE_SUCCEEDED, zmq.EVENT_HANDSHAKE_FAILED_AUTH):
+                # (refused keys are logged by _answer_zap)
+                log.warning("dropped a connection whose ZeroMQ handshake failed (%s): a peer "
+                            "with the wrong key for this worker, or without keys",
+                            zmq.strerror(value))
 
     def _answer_zap(self) -> None:
         assert self.zap is not None
@@ -543,7 +540,7 @@ class Daemon:
             while len(ex.tasks) <= depth:
                 task = self.queues.next_runnable(key.threads, lambda t: (
                     t.dist == key.dist and t.threads == key.threads
-                    and sum(memoryview(f).nbytes for f in t.frames) < PREFETCH_BYTES))
+                    and t.nbytes < PREFETCH_BYTES))
                 if task is None:
                     break
                 self._hand(ex, task)
@@ -642,7 +639,7 @@ class Daemon:
                     self._next_head(ex, time.monotonic())
         elif kind == "env_error" and len(header) == 2:
             self._fail_dist(ex.key.dist, dict(header[1]), frames)
-            self._halt(ex, lambda run, h: "env_error")
+            self._halt(ex, lambda run, h: "env_error", dict(header[1]), frames)
         else:
             log.warning("executor %d sent an unexpected %r; stopping it", ex.pid, kind)
             self._executor_died(ex)
@@ -662,9 +659,10 @@ class Daemon:
         self._halt(ex, lambda run, is_head: "crashed" if is_head else None, info)
 
     def _halt(self, ex: Executor, outcome: Callable[[Running, bool], str | None],
-              info: dict[str, str] | None = None) -> None:
-        """Kill ``ex``. Each of its tasks is reported with ``outcome(run, is_head)``, or put
-        back at the head of its queue when that is None ("drop": forgotten, its Main left)."""
+              info: dict[str, str] | None = None, frames: list[Any] | None = None) -> None:
+        """Kill ``ex``. Each of its tasks is reported with ``outcome(run, is_head)`` (and
+        ``info``/``frames``, for a crash or an environment error), or put back at the head of
+        its queue when that is None ("drop": forgotten, its Main left)."""
         runs = list(ex.tasks)
         ex.tasks.clear()
         self._retire(ex)
@@ -676,12 +674,10 @@ class Daemon:
                 status = run.withdrawn  # asked to skip it: it does not go back to the queue
             if status is None:
                 self.queues.add_front(run.task)
-            elif status == "env_error" and self.dists[ex.key.dist].error is not None:
-                error = self.dists[ex.key.dist].error
-                assert error is not None
-                self._result(run.task, status, error[0], error[1])
+            elif status in ("crashed", "env_error"):
+                self._result(run.task, status, info or {}, frames or [])
             elif status != "drop":
-                self._result(run.task, status, info if status == "crashed" and info else {}, [])
+                self._result(run.task, status, {}, [])
 
     # --- results and timers ------------------------------------------------------------------
 

@@ -22,6 +22,10 @@ class QueuedTask:
     threads: int
     timeout: float | None
     frames: list[Any] = field(repr=False)
+    nbytes: int = field(init=False, repr=False)  # payload size, for prefetch decisions
+
+    def __post_init__(self) -> None:
+        self.nbytes = sum(memoryview(f).nbytes for f in self.frames)
 
 
 class Queues:
