@@ -14,9 +14,7 @@ This module is the public API; everything else is internal. Imports go one way:
 ``worker`` never import each other.
 """
 
-from __future__ import annotations
-
-from pathlib import Path
+from pathlib import Path as _Path
 
 from distrib._api import DistributedFunction, distributed
 from distrib._errors import (
@@ -70,9 +68,9 @@ def init(
     workers: list[str | tuple[str, str]] | None = None,
     *,
     local_threads: int | None = None,
-    workspace: str | Path | None = None,
+    workspace: str | _Path | None = None,
     forward_output: bool | None = None,
-    key: str | Path | None = None,
+    key: str | _Path | None = None,
 ) -> None:
     """Set up explicitly. Without this, the first call sets up from configuration.
 
@@ -83,14 +81,16 @@ def init(
     ``workspace``: the folder shipped to workers (default: the main script's folder).
     ``forward_output``: print what tasks print, prefixed with the worker's name.
     """
-    from distrib.main._session import init as _init
+    from distrib._config import Overrides
+    from distrib.main._current import init as _init
 
-    _init(workers, local_threads=local_threads, workspace=workspace,
-          forward_output=forward_output, key=key)
+    _init(Overrides(workers, local_threads, workspace, forward_output, key))
 
 
 def shutdown() -> None:
-    """Tear down: unfinished tasks end as ``Cancelled``, local workers stop. Idempotent."""
-    from distrib.main._session import shutdown as _shutdown
+    """Tear down: unfinished tasks end as ``Cancelled``, local workers stop. Idempotent.
+
+    Calls made during or after it end as ``Cancelled`` at once, until ``init()`` is called."""
+    from distrib.main._current import shutdown as _shutdown
 
     _shutdown()

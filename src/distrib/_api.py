@@ -30,6 +30,8 @@ class TaskOptions:
 class DistributedFunction(Generic[P, T]):
     """A function whose calls run on workers and return ``Response`` handles."""
 
+    __wrapped__: Callable[P, T]  # the plain function (set by update_wrapper); executors call it
+
     def __init__(self, fn: Callable[P, T], options: TaskOptions) -> None:
         functools.update_wrapper(self, fn)
         self._fn = fn
@@ -44,9 +46,9 @@ class DistributedFunction(Generic[P, T]):
             )
         if _runtime.mode is _runtime.Mode.WORKER_TASK:
             return self._run_in_place(args, kwargs)
-        from distrib.main._session import get_session  # the session imports this module
+        from distrib.main._current import submit  # the session imports this module
 
-        return get_session().submit(self, args, kwargs)
+        return submit(self, args, kwargs)
 
     def local(self, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run the plain function here, in this process."""

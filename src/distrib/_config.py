@@ -272,15 +272,23 @@ def _from_environ(env: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
-def load(
-    environ: Mapping[str, str] | None = None,
-    workers: Sequence[str | tuple[str, str] | WorkerAddress] | None = None,
-    local_threads: int | None = None,
-    workspace: str | Path | None = None,
-    forward_output: bool | None = None,
-    key: str | Path | None = None,
-    main_dir: Path | None = None,
-) -> Settings:
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """The settings ``distrib.init()`` takes; ``None`` leaves one to the file and environment."""
+
+    workers: Sequence[str | tuple[str, str] | WorkerAddress] | None = None
+    local_threads: int | None = None
+    workspace: str | Path | None = None
+    forward_output: bool | None = None
+    key: str | Path | None = None
+
+    def given(self) -> bool:
+        """Whether any setting is given."""
+        return any(getattr(self, name) is not None for name in self.__slots__)
+
+
+def load(environ: Mapping[str, str] | None = None, overrides: Overrides = Overrides(),
+         main_dir: Path | None = None) -> Settings:
     """Build Settings from the file, the environment and explicit ``init()`` arguments."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
@@ -288,16 +296,17 @@ def load(
     if found is not None:
         values.update(_from_file(*found))
     values.update(_from_environ(env))
-    if workers is not None:
-        values["workers"] = tuple(_worker("init(workers=...)", w) for w in workers)
-    if local_threads is not None:
-        values["local_threads"] = _positive("init(local_threads=...)", local_threads, int)
-    if workspace is not None:
-        values["workspace"] = Path(workspace)
-    if forward_output is not None:
-        values["forward_output"] = bool(forward_output)
-    if key is not None:
-        values["key_path"] = (Path(key), "init(key=...)")
+    given = overrides
+    if given.workers is not None:
+        values["workers"] = tuple(_worker("init(workers=...)", w) for w in given.workers)
+    if given.local_threads is not None:
+        values["local_threads"] = _positive("init(local_threads=...)", given.local_threads, int)
+    if given.workspace is not None:
+        values["workspace"] = Path(given.workspace)
+    if given.forward_output is not None:
+        values["forward_output"] = bool(given.forward_output)
+    if given.key is not None:
+        values["key_path"] = (Path(given.key), "init(key=...)")
     if "key_path" in values:
         key_path, where = values.pop("key_path")
         try:

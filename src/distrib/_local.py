@@ -22,6 +22,7 @@ from distrib._errors import ConnectionFailed
 log = logging.getLogger("distrib")
 
 START_TIMEOUT = 60.0
+MAX_RESTARTS = 3  # a local worker that keeps dying is given up on
 
 
 class LocalCluster:
@@ -57,16 +58,37 @@ class LocalCluster:
             raise
         return proc
 
-    def dead(self) -> list[tuple[str, int | None]]:
-        """(address, exit code) of daemons that have exited."""
-        return [(a, p.returncode) for a, p in zip(self.addresses, self.procs)
-                if a not in self.abandoned and p.poll() is not None]
+    @property
+    def gave_up(self) -> bool:
+        """Every local daemon kept dying and is not restarted any more."""
+        return self.abandoned == set(self.addresses)
 
-    def restart(self, address: str) -> None:
-        """Start a fresh daemon at ``address`` (its predecessor exited)."""
-        i = self.addresses.index(address)
-        self.restarts += 1
-        self.procs[i] = self._start(address)
+    def replace_dead(self) -> list[tuple[str, str, bool]]:
+        """Start a fresh daemon for each that exited, up to ``MAX_RESTARTS`` in all.
+
+        Returns (address, why it ended, whether a new daemon listens there) for each.
+        """
+        out = []
+        for i, (address, proc) in enumerate(zip(self.addresses, self.procs)):
+            if address in self.abandoned or proc.poll() is None:
+                continue
+            reason = f"exited (code {proc.returncode})"
+            if self.restarts >= MAX_RESTARTS:
+                log.error("the local worker %s again; not restarting it (%d restarts)",
+                          reason, self.restarts)
+                self.abandoned.add(address)
+                out.append((address, reason, False))
+                continue
+            log.warning("the local worker %s; starting a new one", reason)
+            self.restarts += 1
+            try:
+                self.procs[i] = self._start(address)
+            except ConnectionFailed as exc:
+                log.error("%s", exc)
+                out.append((address, reason, False))
+                continue
+            out.append((address, reason, True))
+        return out
 
     def _await_ready(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None

@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 import sys
 
+from distrib.wire._record import MAIN_ALIAS as MAIN_ALIAS
+
 
 class Mode(enum.Enum):
     MAIN = "main"  # a user's process: calls are submitted to workers
@@ -19,8 +21,6 @@ class Mode(enum.Enum):
 mode: Mode = Mode.MAIN
 main_script: str = ""  # the main script's path inside the workspace, for messages
 main_shipped: bool = False  # set by the session: is the Main's __main__ importable on workers?
-
-MAIN_ALIAS = "__distrib_main__"
 
 # Executors import the main script under MAIN_ALIAS; make the same name resolve here so a
 # result referring to a class of the script unpickles to the Main's own class (as

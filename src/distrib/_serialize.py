@@ -13,7 +13,6 @@ pickled with its traceback (tblib) when that works.
 from __future__ import annotations
 
 import pickle
-import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ import tblib
 
 from distrib import _errors
 from distrib._errors import RemoteError, RemoteTraceback, SerializationError
+from distrib.wire._record import ErrorRecord
 
 _OOB_MIN = 64 * 1024  # smaller buffers are cheaper in-band than as a frame of their own
 
@@ -63,13 +63,7 @@ def _describe(obj: Any) -> str:
 
 def error_info(exc: BaseException) -> dict[str, str]:
     """The plain record of an exception: what a user needs even if the pickle is lost."""
-    cls = type(exc)
-    module = "__main__" if cls.__module__ == "__distrib_main__" else cls.__module__
-    return {
-        "type": f"{module}.{cls.__qualname__}",
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
-    }
+    return ErrorRecord.of(exc).to_wire()
 
 
 def dumps_error(exc: BaseException) -> list[Any]:

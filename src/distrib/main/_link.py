@@ -59,7 +59,7 @@ class Link:
             return
         try:
             _transport.send(self.sock, message)
-        except zmq.ZMQError as exc:
+        except (zmq.ZMQError, RuntimeError) as exc:  # RuntimeError: pyzmq at interpreter exit
             log.debug("send to %s failed: %s", self.address, exc)
 
     def close(self) -> None:

@@ -11,8 +11,6 @@ Only the I/O thread touches sockets and the scheduler; user threads only append 
 
 from __future__ import annotations
 
-import atexit
-import hashlib
 import itertools
 import logging
 import os
@@ -20,12 +18,10 @@ import socket
 import sys
 import threading
 import time
-import zlib
 from collections import deque
 from pathlib import Path
 from typing import Any
 
-import psutil
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
@@ -33,7 +29,6 @@ from distrib import _config, _runtime, _serialize
 from distrib._errors import (
     AuthError,
     Cancelled,
-    ConfigError,
     DistribError,
     SerializationError,
     TaskTimeout,
@@ -41,41 +36,21 @@ from distrib._errors import (
     WorkerLost,
 )
 from distrib._response import Response
+from distrib.main import _discovery
+from distrib.main._shipping import blob_messages, scan_workspace
 from distrib.main._link import Link, LinkState
 from distrib.main._scheduler import Scheduler, Task, WorkerView
 from distrib.wire import _codec, _facts, _transport
 from distrib.wire import _messages as m
-from distrib.workspace._manifest import Distribution, scan
+from distrib.wire._limits import batches
+from distrib.wire._messages import Outcome, RefusalCode
+from distrib.wire._record import ErrorRecord
+from distrib.workspace._manifest import Distribution
 
 log = logging.getLogger("distrib")
 
-BLOB_BATCH_BYTES = 64 * 1024 * 1024
-SUBMIT_BATCH = 512
 RECONNECT_AFTER = 2.0
-LOCAL_RESTARTS = 3  # a local worker that keeps dying is given up on
 AUTH_RETRY_AFTER = 10.0  # a refused key may be authorized later (workers reread their list)
-
-
-def _main_file() -> Path | None:
-    """The user's main script, if it is a plain .py file (not a REPL, not a tool's entry)."""
-    path = getattr(sys.modules.get("__main__"), "__file__", None)
-    if not path or not path.endswith(".py"):
-        return None
-    resolved = Path(path).resolve()
-    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
-        if resolved.is_relative_to(Path(prefix).resolve()):
-            return None
-    return resolved
-
-
-def _files_being_written() -> list[Path]:
-    """Files this process has open for writing (its own log, a ``> out.txt`` redirect): they
-    change while tasks run, so shipping them would fail the distribution's hash check."""
-    try:
-        return [Path(f.path) for f in psutil.Process().open_files()
-                if any(c in f.mode for c in "wa+")]
-    except psutil.Error:
-        return []
 
 
 def _setup_logging() -> None:
@@ -93,11 +68,7 @@ class Session:
         _setup_logging()
         self.settings = settings
         self.python = _facts.python_version()
-        root = settings.workspace or (main_file.parent if main_file else Path.cwd())
-        cache = settings.cache_dir / "hashes" / (
-            hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16] + ".msgpack")
-        self.dist: Distribution = scan(root, main_file, settings.excludes, cache,
-                                       skip=(settings.cache_dir, *_files_being_written()))
+        self.dist: Distribution = scan_workspace(settings, main_file)
         _runtime.main_shipped = self.dist.main is not None
         self.name = f"{main_file.name if main_file else 'python'}@{socket.gethostname()}:{os.getpid()}"
         self.main_id = os.urandom(8).hex()
@@ -110,8 +81,7 @@ class Session:
             self.local = LocalCluster(settings.local_threads, settings.cache_dir)
             workers = [_config.WorkerAddress(a) for a in self.local.addresses]
         self.hello = m.Hello(m.PROTOCOL_VERSION, self.main_id, self.name, self.python,
-                             os.getpid(), settings.forward_output,
-                             settings.key.public if settings.key else "")
+                             os.getpid(), settings.forward_output)
         self.links: dict[str, Link] = {}
         for worker in workers:
             self._add_link(worker)
@@ -122,7 +92,6 @@ class Session:
 
             self._browser = Browser(self._on_found, settings.discovery.interfaces)
         self.scheduler = Scheduler(self.python)
-        self.counters: dict[str, int] = {"blobs_sent": 0}
         self._ids = itertools.count(1)
         self._incoming: deque[Task] = deque()
         self._cancels: deque[int] = deque()
@@ -131,6 +100,7 @@ class Session:
         self._wake_w.setblocking(False)
         self._awake = False
         self._closing = False
+        self._closing_lock = threading.Lock()  # no call slips in while close() drains
         self._warned: set[Any] = set()
         self._started = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="distrib-io", daemon=True)
@@ -146,16 +116,22 @@ class Session:
     # --- user threads ------------------------------------------------------------------------
 
     def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Response[Any]:
-        """Pickle the call and hand it to the I/O thread; return its Response at once."""
-        if self._closing:
-            raise DistribError("distrib was shut down; call distrib.init() to set up again")
+        """Pickle the call and hand it to the I/O thread; return its Response at once.
+
+        A call during or after ``close()`` ends at once as ``Cancelled``."""
         frames = _serialize.dumps((fn, args, kwargs))
         opts = fn.options
         task_id = next(self._ids)
         response: Response[Any] = Response(task_id, fn.__qualname__, self._request_cancel)
-        self._incoming.append(Task(task_id, fn.__qualname__, frames, opts.platform, opts.threads,
-                                   opts.retries, opts.timeout, response))
-        self._wake()
+        with self._closing_lock:
+            if not self._closing:
+                self._incoming.append(Task(task_id, fn.__qualname__, frames, opts.platform,
+                                           opts.threads, opts.retries, opts.timeout, response))
+                self._wake()
+                return response
+        response._finish(None, exc=Cancelled(
+            f"task {fn.__qualname__}#{task_id}: distrib was shut down; call distrib.init() "
+            "to set up again"))
         return response
 
     def _on_found(self, found: Any) -> None:  # zeroconf's thread
@@ -176,9 +152,10 @@ class Session:
 
     def close(self) -> None:
         """Stop the I/O thread (saying goodbye to workers) and the local cluster."""
-        if self._closing:
-            return
-        self._closing = True
+        with self._closing_lock:
+            if self._closing:
+                return
+            self._closing = True
         self._awake = False
         self._wake()
         self._thread.join(30)
@@ -241,12 +218,12 @@ class Session:
             self.ctx.term()
 
     def _adopt_found(self) -> None:
-        """Connect to discovered workers this Main trusts (see DESIGN: discovery != trust)."""
+        """Connect to discovered workers this Main trusts (``_discovery``)."""
         while self._found:
             found = self._found.popleft()
             if any(link.address == found.address for link in self.links.values()):
                 continue
-            verdict = self._trust(found)
+            verdict = _discovery.verdict(found, self.settings)
             if verdict:
                 if ("found", found.address) not in self._warned:
                     self._warned.add(("found", found.address))
@@ -256,35 +233,6 @@ class Session:
             log.info("discovered worker %s at %s; connecting", found.name, found.address)
             self._add_link(_config.WorkerAddress(found.address, found.public_key)).connect(
                 time.monotonic())
-
-    def _trust(self, found: Any) -> str:
-        """Empty if ``found`` may be used, else why not."""
-        d = self.settings.discovery
-        if found.public_key is None:
-            return "it announces no key, so it cannot be authenticated; not used"
-        if self.settings.key is None:
-            return "this Main has no key ([main] key); not used"
-        if found.public_key in d.trust:
-            return ""
-        if not d.trust_on_first_use:
-            return (f"its key {found.public_key} is not trusted; add it to [discovery] trust "
-                    "(or set trust_on_first_use = true); not used")
-        known_file = self.settings.cache_dir / "known_workers"
-        known = {}
-        if known_file.exists():
-            for line in known_file.read_text().splitlines():
-                address, _, key = line.partition(" ")
-                known[address] = key
-        if found.address in known and known[found.address] != found.public_key:
-            return (f"it announces key {found.public_key}, but the key first seen at that "
-                    f"address was {known[found.address]} ({known_file}); not used")
-        if found.address not in known:
-            known_file.parent.mkdir(parents=True, exist_ok=True)
-            with open(known_file, "a") as f:
-                f.write(f"{found.address} {found.public_key}\n")
-            log.warning("trusting worker %s at %s on first use (key %s, remembered in %s)",
-                        found.name, found.address, found.public_key, known_file)
-        return ""
 
     def _take_incoming(self) -> None:
         while self._incoming:
@@ -298,14 +246,14 @@ class Session:
     def _dispatch(self) -> None:
         for link_id, tasks in self.scheduler.assign().items():
             link = self.links[link_id]
-            for i in range(0, len(tasks), SUBMIT_BATCH):
-                specs, frames = [], []
-                for t in tasks[i: i + SUBMIT_BATCH]:
-                    inline, separate = m.split_payload(t.frames)
-                    specs.append(m.TaskSpec(t.task_id, self.dist.dist_id, t.threads, t.timeout,
-                                            inline, len(separate)))
-                    frames.extend(separate)
-                link.send(m.Submit(specs, frames=tuple(frames)))
+            specs: list[tuple[m.TaskSpec, list[Any]]] = []
+            for t in tasks:
+                inline, separate = m.split_payload(t.frames)
+                specs.append((m.TaskSpec(t.task_id, self.dist.dist_id, t.threads, t.timeout,
+                                         inline, len(separate)), separate))
+            for batch in batches(specs, lambda item: sum(len(p) for p in item[0].inline)):
+                link.send(m.Submit([spec for spec, _ in batch],
+                                   frames=tuple(f for _, fs in batch for f in fs)))
 
     def _drain(self, link: Link) -> None:
         assert link.sock is not None
@@ -339,7 +287,8 @@ class Session:
             else:
                 link.send(m.DistFailed(msg.dist, "this Main does not have that distribution"))
         elif isinstance(msg, m.NeedBlobs):
-            self._send_blobs(link, msg)
+            for reply in blob_messages(self.dist, msg):
+                link.send(reply)
 
     def _on_welcome(self, link: Link, msg: m.Welcome) -> None:
         if link.state is LinkState.READY:
@@ -355,8 +304,8 @@ class Session:
     def _on_refused(self, link: Link, msg: m.Refused) -> None:
         was_ready = link.state is LinkState.READY
         self._lose(link, LinkState.REFUSED, msg.reason)
-        if msg.reason.startswith("unknown peer"):
-            link.connect(time.monotonic())  # the worker restarted: say Hello again
+        if msg.code in (RefusalCode.UNKNOWN_PEER, RefusalCode.MALFORMED):
+            link.connect(time.monotonic())  # the worker forgot this Main: say Hello again
         elif not was_ready:
             log.warning("worker %s refused this Main: %s", link.label, msg.reason)
 
@@ -399,22 +348,22 @@ class Session:
     def _settle(self, link: Link, task: Task, spec: m.ResultSpec, frames: Any) -> None:
         where = f"{task.name}#{task.task_id} on worker {link.label}"
         response: Response[Any] = task.response
-        if spec.status == "ok":
+        if spec.status is Outcome.OK:
             try:
                 response._finish(link.name, _serialize.loads(frames))
             except Exception as exc:
                 response._finish(link.name, exc=SerializationError(
                     f"the result of {where} does not unpickle here: {type(exc).__name__}: {exc}"))
-        elif spec.status in ("error", "env_error"):
+        elif spec.status in (Outcome.ERROR, Outcome.ENV_ERROR):
             response._finish(link.name, exc=_serialize.loads_error(frames, spec.info))
-        elif spec.status == "crashed":
+        elif spec.status is Outcome.CRASHED:
             if self.scheduler.retry(task):
                 log.info("%s crashed; retrying (%d of %d)", where, task.attempts, task.retries)
             else:
                 response._finish(link.name, exc=WorkerCrashed(
-                    f"{where} crashed: {spec.info.get('message', '')}; tried "
+                    f"{where} crashed: {ErrorRecord.from_wire(spec.info).message}; tried "
                     f"{task.attempts} time(s), retries={task.retries}"))
-        elif spec.status == "timeout":
+        elif spec.status is Outcome.TIMEOUT:
             response._finish(link.name, exc=TaskTimeout(
                 f"{where} ran past its timeout of {task.timeout} s and was stopped"))
         else:
@@ -426,35 +375,6 @@ class Session:
         stream.write("".join(prefix + line + "\n" for line in msg.text.splitlines()))
         stream.flush()
 
-    def _send_blobs(self, link: Link, msg: m.NeedBlobs) -> None:
-        batch: list[tuple[str, bytes]] = []
-        size = 0
-        for digest in msg.hashes:
-            path = self.dist.path_of(digest) if msg.dist == self.dist.dist_id else None
-            try:
-                data = path.read_bytes() if path is not None else None
-            except OSError as exc:
-                data, path = None, None
-                log.warning("cannot read workspace file for blob %s: %s", digest[:12], exc)
-            if data is None or hashlib.sha256(data).hexdigest() != digest:
-                entry = self.dist.by_digest.get(digest)
-                what = entry.path if entry else digest[:12]
-                link.send(m.DistFailed(msg.dist, f"workspace file {what} changed or vanished "
-                                                 "since the workspace was scanned; run again"))
-                return
-            packed = zlib.compress(data, 1)
-            batch.append((digest, packed))
-            size += len(packed)
-            if size >= BLOB_BATCH_BYTES:
-                self._send_blob_batch(link, msg.dist, batch)
-                batch, size = [], 0
-        if batch:
-            self._send_blob_batch(link, msg.dist, batch)
-
-    def _send_blob_batch(self, link: Link, dist: str, batch: list[tuple[str, bytes]]) -> None:
-        link.send(m.Blobs(dist, [d for d, _ in batch], frames=tuple(b for _, b in batch)))
-        self.counters["blobs_sent"] += len(batch)
-
     def _tick(self, now: float) -> None:
         s = self.settings
         for link in self.links.values():
@@ -464,7 +384,7 @@ class Session:
                                 "elsewhere", link.label, s.lost_after)
                     self._lose(link, LinkState.LOST, f"was silent for {s.lost_after:.0f} s")
                 else:
-                    link.send(m.Heartbeat(0, 0))
+                    link.send(m.Heartbeat())
             elif link.state in (LinkState.LOST, LinkState.REFUSED):
                 if now - link.since > RECONNECT_AFTER:
                     link.connect(now)
@@ -484,28 +404,18 @@ class Session:
     def _supervise_local(self) -> None:
         """A local daemon that exits is replaced; its tasks are retried on the new one."""
         assert self.local is not None
-        if self.local.abandoned == set(self.local.addresses):
+        if self.local.gave_up:
             self._fail_pending(WorkerLost, "cannot run: the local worker kept dying")
             return
-        for address, code in self.local.dead():
+        for address, reason, restarted in self.local.replace_dead():
             link = next(l for l in self.links.values() if l.address == address)
-            reason = f"exited (code {code})"
             self._lose(link, LinkState.LOST, reason)
-            if self.local.restarts >= LOCAL_RESTARTS:
-                log.error("the local worker %s again; not restarting it (%d restarts)",
-                          reason, self.local.restarts)
-                self.local.abandoned.add(address)
+            if restarted:
+                link.connect(time.monotonic())
+            elif address in self.local.abandoned:
                 self._fail_pending(WorkerLost, f"could not run: the local worker {reason} "
                                                f"{self.local.restarts + 1} times; see its "
                                                "messages above")
-                continue
-            log.warning("the local worker %s; starting a new one", reason)
-            try:
-                self.local.restart(address)
-            except DistribError as exc:
-                log.error("%s", exc)
-                continue
-            link.connect(time.monotonic())
 
     def _fail_if_all_refused(self) -> None:
         """With every worker refusing our keys, tasks would wait forever: fail them clearly."""
@@ -532,48 +442,3 @@ class Session:
             log.warning("tasks need platform %s, %d thread(s) and Python %s; no connected "
                         "worker offers that (workers seen: %s). They wait for one.",
                         " or ".join(req[0]), req[1], self.python, seen)
-
-
-_session: Session | None = None
-_lock = threading.Lock()
-
-
-def get_session() -> Session:
-    """The current session, set up from configuration on first use."""
-    session = _session
-    if session is not None:
-        return session
-    return init()
-
-
-def init(
-    workers: list[str | tuple[str, str]] | None = None,
-    *,
-    local_threads: int | None = None,
-    workspace: str | Path | None = None,
-    forward_output: bool | None = None,
-    key: str | Path | None = None,
-) -> Session:
-    """Set up distrib explicitly (see ``distrib.init``)."""
-    global _session
-    with _lock:
-        if _session is not None:
-            if all(x is None for x in (workers, local_threads, workspace, forward_output, key)):
-                return _session
-            raise ConfigError("distrib is already set up (by init() or a first call); "
-                              "call distrib.shutdown() before init() with new settings")
-        main_file = _main_file()
-        settings = _config.load(None, workers, local_threads, workspace, forward_output, key,
-                                main_file.parent if main_file else None)
-        _session = Session(settings, main_file)
-        atexit.register(shutdown)
-        return _session
-
-
-def shutdown() -> None:
-    """Tear down the session: unfinished tasks end as Cancelled, local workers stop."""
-    global _session
-    with _lock:
-        session, _session = _session, None
-    if session is not None:
-        session.close()

@@ -7,6 +7,7 @@ frame counts) and raises only ``ProtocolError``, whatever the bytes.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -16,8 +17,7 @@ import msgpack
 
 from distrib._errors import ProtocolError
 from distrib.wire import _messages as m
-
-MAX_HEADER_BYTES = 8 * 1024 * 1024
+from distrib.wire._limits import MAX_HEADER_BYTES
 
 _Check = Callable[[Any], Any]
 
@@ -35,6 +35,8 @@ def _checker(tp: Any) -> _Check:
         return lambda v: _expect(
             float(v), isinstance(v, (int, float)) and not isinstance(v, bool), "float"
         )
+    if isinstance(tp, type) and issubclass(tp, enum.StrEnum):
+        return lambda v: _member(tp, v)
     if tp is str:
         return lambda v: _expect(v, isinstance(v, str), "str")
     if tp is bytes:
@@ -72,6 +74,13 @@ def _expect(value: Any, ok: bool, what: str) -> Any:
     if not ok:
         raise ProtocolError(f"expected {what}, got {type(value).__name__}")
     return value
+
+
+def _member(kind: type[enum.StrEnum], value: Any) -> enum.StrEnum:
+    try:
+        return kind(value)
+    except ValueError:
+        raise ProtocolError(f"unknown {kind.__name__} {value!r}") from None
 
 
 def _fields(cls: type) -> list[tuple[str, _Check]]:
@@ -162,8 +171,8 @@ def _check_frames(message: m.Message) -> None:
             raise ProtocolError("Submit: every task needs a payload and at least one thread")
     elif isinstance(message, m.Results):
         expected = sum(r.nframes for r in message.results)
-        if any(r.status not in m.STATUSES or r.nframes < 0 for r in message.results):
-            raise ProtocolError("Results: unknown status or negative frame count")
+        if any(r.nframes < 0 for r in message.results):
+            raise ProtocolError("Results: negative frame count")
     elif isinstance(message, m.Blobs):
         expected = len(message.hashes)
     elif isinstance(message, m.Manifest):

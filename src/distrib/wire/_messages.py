@@ -7,15 +7,43 @@ calls and results, compressed blobs) that the worker daemon only moves, never un
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-PROTOCOL_VERSION = 1
+from distrib.wire._limits import INLINE_MAX
+
+PROTOCOL_VERSION = 2
+
+
+class Outcome(enum.StrEnum):
+    """How a task ended, as a worker reports it."""
+
+    OK = "ok"  # the payload is the pickled result
+    ERROR = "error"  # the function raised; the payload is the pickled exception (may be empty)
+    CRASHED = "crashed"  # the executor process died running it
+    CANCELLED = "cancelled"  # withdrawn or stopped at the Main's request
+    TIMEOUT = "timeout"  # ran past its timeout and was stopped
+    ENV_ERROR = "env_error"  # its environment could not be fetched, built or imported
+
+
+class RefusalCode(enum.StrEnum):
+    """Why a worker refused a Main (``Refused.code``); the Main acts on the code, not the text."""
+
+    PROTOCOL = "protocol"  # the Hello's protocol version is not this worker's
+    UNKNOWN_PEER = "unknown_peer"  # no Hello from this connection (the worker restarted)
+    MALFORMED = "malformed"  # a malformed message: the Main's state here is forgotten
+    SHUTTING_DOWN = "shutting_down"  # the daemon is stopping
+
+
+def payload_size(frames: list[Any]) -> int:
+    """Bytes of a payload, all its pieces together."""
+    return sum(memoryview(f).nbytes for f in frames)
 
 
 def split_payload(frames: list[Any]) -> tuple[list[bytes], list[Any]]:
-    """(inline pieces, separate frames) for a payload: all inline if every piece is small."""
-    if all(memoryview(f).nbytes < INLINE_MAX for f in frames):
+    """(inline pieces, separate frames) for a payload: inline when all of it is small."""
+    if payload_size(frames) < INLINE_MAX:
         return [bytes(f) for f in frames], []
     return [], frames
 
@@ -33,7 +61,7 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class Hello(Message):
-    """Main -> worker, first message. ``key`` is reserved for key-based authentication."""
+    """Main -> worker, first message."""
 
     TAG: ClassVar[int] = 1
     protocol: int
@@ -42,7 +70,6 @@ class Hello(Message):
     python: str
     pid: int
     forward_output: bool
-    key: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +88,10 @@ class Welcome(Message):
 
 @dataclass(frozen=True, slots=True)
 class Refused(Message):
-    """Worker -> Main, reply to Hello when the worker will not serve this Main."""
+    """Worker -> Main: it will not serve (or no longer knows) this Main; ``reason`` is for people."""
 
     TAG: ClassVar[int] = 3
+    code: RefusalCode
     reason: str
 
 
@@ -76,17 +104,12 @@ class Goodbye(Message):
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat(Message):
-    """Either way: I am alive. From a worker it also reports its load."""
+    """Either way: I am alive."""
 
     TAG: ClassVar[int] = 5
-    busy: int
-    queued: int
 
 
 # --- tasks -----------------------------------------------------------------------------------
-
-
-INLINE_MAX = 256 * 1024  # payload pieces below this travel inside the header
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,18 +149,15 @@ class Cancel(Message):
 class ResultSpec:
     """One outcome inside a Results; its payload is ``inline`` then the next ``nframes`` frames.
 
-    ``status`` is one of STATUSES. For "error" the payload is the pickled exception and
-    ``info`` holds type, message and traceback text (used when the pickle does not load).
+    For ``Outcome.ERROR`` the payload is the pickled exception and ``info`` its
+    ``ErrorRecord`` (used when the pickle does not load); other failures carry a record too.
     """
 
     task_id: int
-    status: str
+    status: Outcome
     info: dict[str, str]
     inline: list[bytes]
     nframes: int
-
-
-STATUSES = ("ok", "error", "crashed", "cancelled", "timeout", "env_error")
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,16 +6,15 @@ worker. Key-based CURVE security plugs in here.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import zmq
 
 from distrib.wire import _codec
 from distrib.wire._keys import KeyPair
+from distrib.wire._limits import MAX_MESSAGE_BYTES
 from distrib.wire._messages import Message
 
-MAX_MESSAGE_BYTES = int(os.environ.get("DISTRIB_MAX_MESSAGE_MB", "512")) << 20
 # A peer sending a frame over MAX_MESSAGE_BYTES is disconnected by libzmq.
 _COPY_THRESHOLD = 64 * 1024
 

@@ -1,16 +1,7 @@
 """What runs inside an executor process: import the environment, then run tasks one by one.
 
 Started by the daemon as ``python -m distrib.worker._child FD ENV MAIN RUNS``, talking over the
-socket ``FD`` (see ``_pipe``). Every message is a msgpack header and its payload frames:
-
-    daemon -> child   ["run", key]                       + call frames (several may wait)
-                      ["skip", key]                      drop that task if not started
-    child -> daemon   ["ready"]                          the environment imported
-                      ["skipped", key]                   it was dropped, never started
-                      ["env_error", info]                + error frames; then the child exits
-                      ["out", key, stream, text]         a task's output line(s)
-                      ["done", key, status, info]        + result or error frames
-
+socket ``FD``; the messages are ``_pipe.Verb``'s.
 """
 
 from __future__ import annotations
@@ -27,10 +18,8 @@ from typing import Any
 
 
 from distrib import _runtime, _serialize
-from distrib.worker._pipe import Pipe
-
-_RUN, _READY, _ENV_ERROR, _OUT, _DONE = "run", "ready", "env_error", "out", "done"
-_SKIP, _SKIPPED = "skip", "skipped"
+from distrib.wire._messages import Outcome
+from distrib.worker._pipe import Pipe, Verb
 
 
 class _Forward(io.TextIOBase):
@@ -59,7 +48,7 @@ class _Forward(io.TextIOBase):
         data = "".join(self._buf)
         cut = len(data) if everything else data.rfind("\n") + 1
         if cut:
-            self._pipe.send([_OUT, self.key, self._stream, data[:cut]])
+            self._pipe.send([Verb.OUT, self.key, self._stream, data[:cut]])
         self._buf = [data[cut:]] if data[cut:] else []
 
 
@@ -139,15 +128,15 @@ def _take_messages(pipe: Pipe, waiting: dict[int, list[Any]], block: bool) -> No
     while block or pipe.readable():
         block = False
         header, frames = pipe.recv()
-        if header[0] == _RUN:
+        if header[0] == Verb.RUN:
             waiting[header[1]] = frames
-        elif header[0] == _SKIP:
+        elif header[0] == Verb.SKIP:
             if waiting.pop(header[1], None) is not None:
-                pipe.send([_SKIPPED, header[1]])
+                pipe.send([Verb.SKIPPED, header[1]])
 
 
-def _error_outcome(exc: BaseException) -> tuple[str, dict[str, str], list[Any]]:
-    return "error", _serialize.error_info(exc), _serialize.dumps_error(exc)
+def _error_outcome(exc: BaseException) -> tuple[Outcome, dict[str, str], list[Any]]:
+    return Outcome.ERROR, _serialize.error_info(exc), _serialize.dumps_error(exc)
 
 
 def _drop_own_frame(exc: BaseException) -> None:
@@ -170,11 +159,11 @@ def main(argv: list[str]) -> None:
             _import_main(env, main_script)
         _runtime.mode = _runtime.Mode.WORKER_TASK
     except BaseException as exc:  # anything the script raised while importing
-        pipe.send([_ENV_ERROR, _serialize.error_info(exc)], _serialize.dumps_error(exc))
+        pipe.send([Verb.ENV_ERROR, _serialize.error_info(exc)], _serialize.dumps_error(exc))
         pipe.close()
         return
     workdir = _Workdir(env, runs)
-    pipe.send([_READY])
+    pipe.send([Verb.READY])
     real_out, real_err = sys.stdout, sys.stderr
     waiting: dict[int, list[Any]] = {}  # tasks received and not started, in order
     while True:
@@ -191,10 +180,10 @@ def main(argv: list[str]) -> None:
         try:
             workdir.enter()
             fn, args, kwargs = _serialize.loads(frames)
-            result = fn._fn(*args, **kwargs)
+            result = fn.__wrapped__(*args, **kwargs)
             info: dict[str, str] = {}
             try:
-                status, payload = "ok", _serialize.dumps(result)
+                status, payload = Outcome.OK, _serialize.dumps(result)
             except Exception as exc:
                 status, info, payload = _error_outcome(exc)
         except BaseException as exc:  # the task's own error, or a call that does not unpickle
@@ -206,7 +195,7 @@ def main(argv: list[str]) -> None:
             out.flush()
             err.flush()
             sys.stdout, sys.stderr = real_out, real_err
-        pipe.send([_DONE, key, status, info], payload)
+        pipe.send([Verb.DONE, key, status, info], payload)
 
 
 if __name__ == "__main__":

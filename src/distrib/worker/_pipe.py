@@ -11,6 +11,7 @@ Large frames are received straight into buffers sized in advance: they move once
 
 from __future__ import annotations
 
+import enum
 import select
 import socket
 import struct
@@ -19,10 +20,24 @@ from typing import Any
 
 import msgpack
 
+from distrib.wire._limits import PIPE_MAX_FRAMES, PIPE_MAX_HEADER
+
 _PREFIX = struct.Struct("<II")
 _CHUNK = 1 << 16
-_MAX_FRAMES = 1 << 16
-_MAX_HEADER = 64 << 20
+
+
+class Verb(enum.StrEnum):
+    """The first field of every message on an executor's pipe."""
+
+    # daemon -> executor
+    RUN = "run"  # [RUN, key] + call frames: run this task (several may wait, in order)
+    SKIP = "skip"  # [SKIP, key]: drop that task if it has not started
+    # executor -> daemon
+    READY = "ready"  # [READY]: the environment is imported
+    SKIPPED = "skipped"  # [SKIPPED, key]: dropped, never started
+    ENV_ERROR = "env_error"  # [ENV_ERROR, record] + error frames: the import failed; it exits
+    OUT = "out"  # [OUT, key, stream, text]: a task's output line(s)
+    DONE = "done"  # [DONE, key, outcome, record] + result or error frames
 
 
 class Pipe:
@@ -77,7 +92,7 @@ class Pipe:
     def recv(self) -> tuple[list[Any], list[Any]]:
         """One message: (header, frames). ``EOFError`` if the peer is gone or breaks framing."""
         head_len, count = _PREFIX.unpack(self._read(_PREFIX.size))
-        if count > _MAX_FRAMES or head_len > _MAX_HEADER:
+        if count > PIPE_MAX_FRAMES or head_len > PIPE_MAX_HEADER:
             raise EOFError("malformed message on an executor pipe")
         sizes = struct.unpack(f"<{count}Q", self._read(8 * count)) if count else ()
         header = msgpack.unpackb(self._read(head_len), raw=False)

@@ -13,12 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distrib.worker._pipe import Pipe
+from distrib.worker._pipe import Pipe, Verb
 
 log = logging.getLogger("distrib.worker")
 
@@ -31,30 +30,12 @@ _THREAD_VARS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class EnvKey:
-    """Executors are shared by tasks of one distribution asking for the same thread count."""
-
-    dist: str
-    threads: int
-
-
 @dataclass(eq=False)
-class Executor:
-    """One executor process and its end of the socketpair."""
+class ExecutorProcess:
+    """One executor process and the daemon's end of its socketpair."""
 
-    key: EnvKey
     proc: subprocess.Popen[bytes]
     pipe: Pipe
-    ready: bool = False
-    # The daemon's records of the tasks handed to this executor, in order: the first runs,
-    # the others (prefetched tiny tasks) wait in the pipe.
-    tasks: deque[Any] = field(default_factory=deque)
-
-    @property
-    def task(self) -> Any:
-        """The task running here, if any."""
-        return self.tasks[0] if self.tasks else None
 
     @property
     def pid(self) -> int:
@@ -65,8 +46,12 @@ class Executor:
 
     def run(self, tasks: list[tuple[int, list[Any]]]) -> None:
         """Hand tasks (key, call frames) to this executor, which runs them in order."""
-        self.pipe.send_many([(["run", key], [f.buffer if hasattr(f, "buffer") else f
-                                             for f in frames]) for key, frames in tasks])
+        self.pipe.send_many([([Verb.RUN, key], [f.buffer if hasattr(f, "buffer") else f
+                                                for f in frames]) for key, frames in tasks])
+
+    def skip(self, key: int) -> None:
+        """Ask the executor to drop task ``key`` if it has not started it."""
+        self.pipe.send([Verb.SKIP, key])
 
     def read(self) -> tuple[list[Any], list[Any]]:
         """Read one whole message (header fields, payload). ``EOFError`` if it died."""
@@ -88,12 +73,12 @@ class Executor:
             log.warning("executor %d did not exit after SIGKILL", self.proc.pid)
 
 
-def spawn(key: EnvKey, env: Path, main: str | None, runs: Path) -> Executor:
-    """Start an executor for ``key`` whose environment tree is ``env``."""
+def spawn(threads: int, env: Path, main: str | None, runs: Path) -> ExecutorProcess:
+    """Start an executor whose environment tree is ``env``, for tasks of ``threads`` threads."""
     ours, theirs = socket.socketpair()
     environ = dict(os.environ)
     for name in _THREAD_VARS:
-        environ[name] = str(key.threads)
+        environ[name] = str(threads)
     try:
         proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "distrib.worker._child", str(theirs.fileno()), str(env),
@@ -106,4 +91,4 @@ def spawn(key: EnvKey, env: Path, main: str | None, runs: Path) -> Executor:
         )
     finally:
         theirs.close()
-    return Executor(key, proc, Pipe(ours))
+    return ExecutorProcess(proc, Pipe(ours))

@@ -19,6 +19,7 @@ import msgpack
 import pathspec
 
 from distrib._errors import WorkspaceError
+from distrib.wire._limits import MAX_FILE_BYTES, MAX_FILES, MAX_TOTAL_BYTES
 
 log = logging.getLogger("distrib.workspace")
 
@@ -35,9 +36,6 @@ ALWAYS_EXCLUDED = (
     "*.egg-info/",
     ".DS_Store",
 )
-MAX_FILE_BYTES = 256 * 1024 * 1024
-MAX_TOTAL_BYTES = 2 * 1024 * 1024 * 1024
-MAX_FILES = 100_000
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 
 

@@ -21,7 +21,8 @@ import zlib
 from pathlib import Path
 
 from distrib._errors import WorkspaceError
-from distrib.workspace._manifest import MAX_FILE_BYTES, Entry
+from distrib.wire._limits import MAX_FILE_BYTES
+from distrib.workspace._manifest import Entry
 
 log = logging.getLogger("distrib.store")
 
@@ -75,9 +76,6 @@ class Store:
 
     def env_path(self, dist_id: str) -> Path:
         return self.envs / dist_id
-
-    def has_env(self, dist_id: str) -> bool:
-        return self.env_path(dist_id).is_dir()
 
     def materialize(self, dist_id: str, entries: list[Entry], in_use: set[str]) -> Path:
         """Build the environment tree for ``dist_id`` from stored blobs; return its path."""

@@ -1,0 +1,78 @@
+"""The process's one session: set up by ``init()`` or the first call, ended by ``shutdown()``.
+
+After ``shutdown()`` (explicit, or at interpreter exit) calls end as ``Cancelled`` at once
+instead of starting a new session behind the user's back; ``init()`` sets up again.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from typing import Any
+
+# pyzmq registers an atexit hook that stops its buffer collector, on first import of this
+# module; import it now so the hook is registered before ours (atexit runs in reverse order),
+# and the session says goodbye to its workers while pyzmq can still send.
+import zmq.utils.garbage  # noqa: F401
+
+from distrib import _config
+from distrib._errors import Cancelled, ConfigError
+from distrib._response import Response
+from distrib.main._session import Session
+from distrib.main._shipping import main_file
+
+SHUT_DOWN = "distrib was shut down; call distrib.init() to set up again"
+
+_session: Session | None = None
+_shut_down = False  # shutdown() was called and init() not since: calls end as Cancelled
+_lock = threading.Lock()
+
+
+def submit(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Response[Any]:
+    """Submit a call in the current session, set up from configuration on first use."""
+    session = _session or _start_implicitly()
+    if session is None:
+        response: Response[Any] = Response(0, fn.__qualname__, None)
+        response._finish(None, exc=Cancelled(f"call of {fn.__qualname__}: {SHUT_DOWN}"))
+        return response
+    return session.submit(fn, args, kwargs)
+
+
+def _start_implicitly() -> Session | None:
+    global _session
+    with _lock:
+        if _session is None and not _shut_down:
+            _session = _start(_config.Overrides())
+        return _session
+
+
+def init(overrides: _config.Overrides) -> Session:
+    """Set up distrib explicitly (see ``distrib.init``)."""
+    global _session, _shut_down
+    with _lock:
+        if _session is not None:
+            if not overrides.given():
+                return _session
+            raise ConfigError("distrib is already set up (by init() or a first call); "
+                              "call distrib.shutdown() before init() with new settings")
+        _session = _start(overrides)
+        _shut_down = False
+        return _session
+
+
+def _start(overrides: _config.Overrides) -> Session:
+    script = main_file()
+    settings = _config.load(None, overrides, script.parent if script else None)
+    session = Session(settings, script)
+    atexit.register(shutdown)
+    return session
+
+
+def shutdown() -> None:
+    """Tear down the session: unfinished tasks end as Cancelled, local workers stop."""
+    global _session, _shut_down
+    with _lock:
+        session, _session = _session, None
+        _shut_down = _shut_down or session is not None
+    if session is not None:
+        session.close()

@@ -1,0 +1,84 @@
+"""The workspace as this Main ships it: found and scanned at set-up, served blob by blob.
+
+A file that changed since the scan no longer matches its hash: the distribution is failed for
+that worker (``DistFailed``), and a rerun ships the new version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+
+from distrib._config import Settings
+from distrib.wire import _messages as m
+from distrib.wire._limits import BLOB_BATCH_BYTES
+from distrib.workspace._manifest import Distribution, scan
+
+log = logging.getLogger("distrib")
+
+
+def main_file() -> Path | None:
+    """The user's main script, if it is a plain .py file (not a REPL, not a tool's entry)."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path or not path.endswith(".py"):
+        return None
+    resolved = Path(path).resolve()
+    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
+        if resolved.is_relative_to(Path(prefix).resolve()):
+            return None
+    return resolved
+
+
+def _files_being_written() -> list[Path]:
+    """Files this process has open for writing (its own log, a ``> out.txt`` redirect): they
+    change while tasks run, so shipping them would fail the distribution's hash check."""
+    try:
+        return [Path(f.path) for f in psutil.Process().open_files()
+                if any(c in f.mode for c in "wa+")]
+    except psutil.Error:
+        return []
+
+
+def scan_workspace(settings: Settings, main_file: Path | None) -> Distribution:
+    """Scan the configured workspace (default: the main script's folder, else this folder)."""
+    root = settings.workspace or (main_file.parent if main_file else Path.cwd())
+    cache = settings.cache_dir / "hashes" / (
+        hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16] + ".msgpack")
+    return scan(root, main_file, settings.excludes, cache,
+                skip=(settings.cache_dir, *_files_being_written()))
+
+
+def blob_messages(dist: Distribution, need: m.NeedBlobs) -> Iterator[m.Blobs | m.DistFailed]:
+    """The messages answering ``need``: Blobs of at most ``BLOB_BATCH_BYTES``, or a
+    DistFailed (after which nothing more is sent)."""
+    hashes: list[str] = []
+    packed: list[bytes] = []
+    size = 0
+    for digest in need.hashes:
+        path = dist.path_of(digest) if need.dist == dist.dist_id else None
+        try:
+            data = path.read_bytes() if path is not None else None
+        except OSError as exc:
+            data = None
+            log.warning("cannot read workspace file for blob %s: %s", digest[:12], exc)
+        if data is None or hashlib.sha256(data).hexdigest() != digest:
+            entry = dist.by_digest.get(digest)
+            what = entry.path if entry else digest[:12]
+            yield m.DistFailed(need.dist, f"workspace file {what} changed or vanished since "
+                                          "the workspace was scanned; run again")
+            return
+        blob = zlib.compress(data, 1)
+        hashes.append(digest)
+        packed.append(blob)
+        size += len(blob)
+        if size >= BLOB_BATCH_BYTES:
+            yield m.Blobs(need.dist, hashes, frames=tuple(packed))
+            hashes, packed, size = [], [], 0
+    if hashes:
+        yield m.Blobs(need.dist, hashes, frames=tuple(packed))

@@ -1,0 +1,70 @@
+"""Every size limit of the protocol, the executor pipe and the workspace, in one place.
+
+How they fit: a message header (msgpack) never passes ``MAX_HEADER_BYTES``. Small payloads
+travel inside the header (``INLINE_MAX`` per task or result, all its pieces together), and
+batches of tasks, results and blobs are cut by count *and* by bytes (``BATCH_BYTES``), so a
+batch of small payloads stays well under the header limit whatever the sizes. Larger payloads
+are frames of their own, each at most ``MAX_MESSAGE_BYTES`` (libzmq drops a peer that sends a
+bigger one). Texts a remote side chooses (error messages, tracebacks, output) are capped or
+cut into pieces before they enter a header.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+# --- ZeroMQ messages -------------------------------------------------------------------------
+
+MAX_HEADER_BYTES = 8 << 20  # a message's msgpack header; larger ones are malformed
+MAX_MESSAGE_BYTES = int(os.environ.get("DISTRIB_MAX_MESSAGE_MB", "512")) << 20  # any one frame
+INLINE_MAX = 256 << 10  # a payload (all pieces) below this travels inside the header
+BATCH_BYTES = 4 << 20  # inline bytes (and record texts) per Submit or Results header
+BATCH_COUNT = 512  # tasks per Submit, results per Results
+BLOB_BATCH_BYTES = 64 << 20  # compressed blob bytes per Blobs message
+NEED_BLOBS_COUNT = 10_000  # hashes per NeedBlobs (~700 KB of header)
+RECORD_TEXT_MAX = 64 << 10  # characters of an error's message, and of its traceback
+OUTPUT_CHUNK = 256 << 10  # characters of task output per Output message (<= 1 MiB UTF-8)
+
+# --- the executor pipe -----------------------------------------------------------------------
+
+PIPE_MAX_FRAMES = 1 << 16
+PIPE_MAX_HEADER = 64 << 20
+
+# --- workspaces ------------------------------------------------------------------------------
+
+MAX_FILE_BYTES = 256 << 20
+MAX_TOTAL_BYTES = 2 << 30
+MAX_FILES = 100_000
+
+
+def batches(items: Iterable[T], size: Callable[[T], int], max_bytes: int = BATCH_BYTES,
+            max_count: int = BATCH_COUNT) -> Iterator[list[T]]:
+    """Cut ``items`` into lists of at most ``max_count`` items and ``max_bytes`` of ``size``.
+
+    An item larger than ``max_bytes`` on its own makes a batch of one (its caller keeps such
+    items out of headers, so a batch never passes the header limit).
+    """
+    batch: list[T] = []
+    total = 0
+    for item in items:
+        n = size(item)
+        if batch and (len(batch) >= max_count or total + n > max_bytes):
+            yield batch
+            batch, total = [], 0
+        batch.append(item)
+        total += n
+    if batch:
+        yield batch
+
+
+def cap_text(text: str, limit: int = RECORD_TEXT_MAX, keep_end: bool = False) -> str:
+    """``text`` cut to about ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    cut = len(text) - limit
+    note = f"\n[... {cut} characters cut by distrib ...]\n"
+    return note + text[-limit:] if keep_end else text[:limit] + note

@@ -1,0 +1,166 @@
+"""Who may connect: the ZAP check of Mains' keys, the authorized-keys file, refused connections.
+
+libzmq asks the ZAP socket about every CURVE handshake; the answer comes from the
+authorized-keys file (reread when it changes, or at the next tick after SIGHUP). Connections
+that never complete a handshake (garbage, HTTP, a wrong key) never reach the daemon as
+messages: the socket monitor tells of them, and they are counted and logged here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+from zmq.utils import z85
+from zmq.utils.monitor import recv_monitor_message
+
+from distrib.wire import _keys
+from distrib.wire._keys import KeyPair
+from distrib.wire._limits import MAX_MESSAGE_BYTES
+
+log = logging.getLogger("distrib.worker")
+
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+REFUSAL_LOG_EVERY = 60.0  # seconds: a refused client retries often; say it once a minute
+
+_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+           | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+           | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+# libzmq reports a failed handshake as a ZMQ_PROTOCOL_ERROR_* code, which strerror() does not
+# know ("Unknown error 285212673"): name them.
+_PROTOCOL_ERRORS = {
+    getattr(zmq, name): name.removeprefix("PROTOCOL_ERROR_").lower().replace("_", " ")
+    for name in dir(zmq) if name.startswith("PROTOCOL_ERROR_")
+}
+
+
+def describe_handshake_error(code: int) -> str:
+    """A readable name for the ``value`` of a failed-handshake event."""
+    if code in _PROTOCOL_ERRORS:
+        return f"protocol error: {_PROTOCOL_ERRORS[code]}"
+    return zmq.strerror(code)
+
+
+class Gate:
+    """The daemon's ZAP responder and connection monitor for its ROUTER socket."""
+
+    def __init__(self, ctx: zmq.Context[Any], key: KeyPair | None,
+                 authorized_file: Path | None) -> None:
+        self.authorized_file = authorized_file
+        self.authorized: dict[str, str] = {}
+        self.dropped_connections = 0
+        self._mtime = 0.0
+        self._refused_logged: dict[str, float] = {}
+        self._unconfirmed: list[int] = []  # accepted connections not yet through a handshake
+        self.zap: zmq.Socket[Any] | None = None
+        self.monitor: zmq.Socket[Any] | None = None
+        if key is not None:
+            self.zap = ctx.socket(zmq.REP)
+            self.zap.setsockopt(zmq.LINGER, 0)
+            self.zap.bind(ZAP_ENDPOINT)
+            self.reload(force=True)
+
+    def watch(self, sock: zmq.Socket[Any]) -> None:
+        """Start monitoring ``sock`` (the bound ROUTER)."""
+        self.monitor = sock.get_monitor_socket(_EVENTS)
+
+    def sockets(self) -> list[zmq.Socket[Any]]:
+        return [s for s in (self.zap, self.monitor) if s is not None]
+
+    def on_readable(self, sock: zmq.Socket[Any]) -> None:
+        if sock is self.zap:
+            self._answer_zap()
+        elif sock is self.monitor:
+            self._on_connection_event()
+
+    def request_reload(self) -> None:
+        """Reread the authorized keys at the next ``reload()`` (SIGHUP)."""
+        self._mtime = -1.0
+
+    def reload(self, force: bool = False) -> None:
+        """Reread the authorized-keys file if it changed (errors at start are fatal)."""
+        if self.authorized_file is None:
+            return
+        try:
+            mtime = self.authorized_file.stat().st_mtime
+        except OSError as exc:
+            if force:
+                raise
+            log.warning("cannot read authorized keys %s: %s; keeping the previous list",
+                        self.authorized_file, exc)
+            return
+        if not force and mtime == self._mtime:
+            return
+        try:
+            self.authorized = _keys.read_authorized(self.authorized_file)
+        except Exception as exc:
+            if force:
+                raise
+            self._mtime = mtime  # say it once per change of the file
+            log.warning("authorized keys %s not reloaded (the previous list stays): %s",
+                        self.authorized_file, exc)
+            return
+        self._mtime = mtime
+        log.info("authorized keys: %d Main(s) from %s", len(self.authorized), self.authorized_file)
+
+    def close(self, sock: zmq.Socket[Any]) -> None:
+        if self.monitor is not None:
+            sock.disable_monitor()
+            self.monitor.close(0)
+        if self.zap is not None:
+            self.zap.close(0)
+
+    def _on_connection_event(self) -> None:
+        assert self.monitor is not None
+        try:
+            event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        kind, value = event["event"], event["value"]
+        # libzmq names the connection (its fd) on accept and disconnect, not on handshake
+        # events: those are matched to the oldest pending connection, an approximation.
+        if kind == zmq.EVENT_ACCEPTED:
+            self._unconfirmed.append(value)
+        elif kind == zmq.EVENT_DISCONNECTED:
+            if value in self._unconfirmed:
+                self._unconfirmed.remove(value)
+                self.dropped_connections += 1
+                log.warning("dropped a connection that never completed the ZeroMQ handshake "
+                            "(garbage bytes, or another protocol such as HTTP)")
+            else:
+                log.info("a connection closed (as when a Main leaves; also how a peer is dropped "
+                         "that sent a message over the %d MiB limit)", MAX_MESSAGE_BYTES >> 20)
+        else:  # a handshake ended: the peer spoke ZeroMQ, so its closing is not "garbage"
+            if self._unconfirmed:
+                self._unconfirmed.pop(0)
+            if kind != zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.dropped_connections += 1
+            if kind not in (zmq.EVENT_HANDSHAKE_SUCCEEDED, zmq.EVENT_HANDSHAKE_FAILED_AUTH):
+                # (refused keys are logged by _answer_zap)
+                log.warning("dropped a connection whose ZeroMQ handshake failed (%s): a peer "
+                            "with the wrong key for this worker, or without keys",
+                            describe_handshake_error(value))
+
+    def _answer_zap(self) -> None:
+        assert self.zap is not None
+        try:
+            request = self.zap.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        version, request_id, address = request[0], request[1], request[3]
+        mechanism = request[5] if len(request) > 5 else b""
+        key = z85.encode(request[6]).decode() if len(request) > 6 else ""
+        ok = mechanism == b"CURVE" and (self.authorized_file is None or key in self.authorized)
+        if not ok:
+            now = time.monotonic()
+            if now - self._refused_logged.get(key, -1e9) > REFUSAL_LOG_EVERY:
+                self._refused_logged[key] = now
+                log.warning("refused a Main from %s: key %s is not in the authorized keys %s",
+                            address.decode(errors="replace"), key or "(none)",
+                            self.authorized_file)
+        self.zap.send_multipart([version, request_id, b"200" if ok else b"400",
+                                 b"OK" if ok else b"key not authorized", key.encode(), b""])

@@ -1,0 +1,370 @@
+"""The worker's slots and executors, pure: events in, actions out.
+
+No sockets, no processes, no clock (the time comes in as an argument). The daemon turns what
+it hears (a submit, an executor's message, a death, a cancel, a tick) into calls of ``Slots``
+and carries out the actions they return:
+
+    Spawn(ex, key)         start executor ``ex`` for an environment and thread count
+    Send(ex, runs)         hand it these tasks (it runs them in order)
+    Skip(ex, key)          ask it to drop a task it holds and has not started
+    Kill(ex)               stop it now
+    Report(task, outcome)  send a task's outcome to its Main
+
+Every busy executor holds its next task (tiny tasks: a few), so a slot does not idle between
+two tasks waiting for a turn of the daemon's loop.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from distrib.wire._messages import Outcome
+from distrib.wire._record import ErrorRecord
+from distrib.worker._state import QueuedTask, Queues
+
+TINY_TASK = 0.005  # seconds: executors of tasks this short get PREFETCH queued, others 1
+PREFETCH = 4  # tasks waiting in an executor's pipe behind the running one
+PREFETCH_BYTES = 16 * 1024  # only small calls: the pipe's buffer must hold them all
+SKIP_GRACE = 0.05  # seconds to wait for a "skipped" before stopping a withdrawn task
+
+
+@dataclass(frozen=True, slots=True)
+class EnvKey:
+    """Executors are shared by tasks of one distribution asking for the same thread count."""
+
+    dist: str
+    threads: int
+
+
+class Withdrawn(enum.Enum):
+    """Why a task handed to an executor was taken back."""
+
+    CANCELLED = "cancelled"  # its Main cancelled it: reported as Outcome.CANCELLED
+    DROPPED = "dropped"  # its Main left: reported to no one
+
+
+@dataclass(eq=False)
+class Run:
+    """A task handed to an executor; ``key`` names it on the executor's pipe."""
+
+    task: QueuedTask
+    key: int
+    started: float = 0.0
+    deadline: float | None = None
+    withdrawn: Withdrawn | None = None
+    stop_at: float | None = None  # withdrawn, but it became the running task: stop it then
+
+
+@dataclass(eq=False)
+class Executor:
+    """An executor as the machine sees it: its tasks in order (the first one runs)."""
+
+    ex_id: int
+    key: EnvKey
+    ready: bool = False  # it has imported its environment
+    runs: deque[Run] = field(default_factory=deque)
+
+
+# --- actions ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Spawn:
+    ex_id: int
+    key: EnvKey
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    ex_id: int
+    runs: list[Run]
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    ex_id: int
+    key: int
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    ex_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    task: QueuedTask
+    outcome: Outcome
+    info: dict[str, str] = field(default_factory=dict)
+    frames: list[Any] = field(default_factory=list)
+
+
+Action: TypeAlias = Spawn | Send | Skip | Kill | Report
+# What becomes of a task of a stopped executor: an outcome, a withdrawal, or None (requeued).
+_Fate: TypeAlias = Outcome | Withdrawn | None
+
+
+class Slots:
+    """``slots`` slots shared by the executors of every environment this worker serves."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.busy = 0  # slots held by executors that have a task
+        self.queues = Queues()
+        self.executors: dict[int, Executor] = {}
+        self.counters = dict.fromkeys(("tasks_done", "executors_started", "executors_crashed"), 0)
+        self._ready_dists: set[str] = set()
+        self._run_time: dict[EnvKey, float] = {}  # recent run time per environment (EWMA)
+        self._unsent: dict[int, list[Run]] = {}  # handed out this turn, sent by schedule()
+        self._next_key = 0
+        self._next_ex = 0
+        self._out: list[Action] = []
+
+    # --- queries -----------------------------------------------------------------------------
+
+    def running(self, ex_id: int) -> Run | None:
+        """The task ``ex_id`` runs now, if any."""
+        ex = self.executors.get(ex_id)
+        return ex.runs[0] if ex is not None and ex.runs else None
+
+    def waiting(self, peer: bytes | None = None) -> int:
+        """Tasks not running yet: queued here, or handed to a busy executor to run next."""
+        handed = sum(1 for ex in self.executors.values() for run in list(ex.runs)[1:]
+                     if peer is None or run.task.peer == peer)
+        return (len(self.queues) if peer is None else self.queues.count(peer)) + handed
+
+    # --- events ------------------------------------------------------------------------------
+
+    def submit(self, task: QueuedTask) -> list[Action]:
+        """A task arrived; it waits until its environment is ready and slots are free."""
+        if task.threads > self.slots:
+            self._out.append(Report(task, Outcome.ERROR, ErrorRecord(
+                "distrib.ConfigError", f"task needs {task.threads} threads; this worker offers "
+                f"{self.slots}").to_wire()))
+        else:
+            self.queues.add(task)
+        return self._take()
+
+    def dist_ready(self, dist: str) -> None:
+        """The environment of ``dist`` is built: its tasks may start."""
+        self._ready_dists.add(dist)
+
+    def dist_failed(self, dist: str, info: dict[str, str], frames: list[Any]) -> list[Action]:
+        """``dist`` cannot be fetched, built or imported: its queued tasks fail with ``info``."""
+        self._ready_dists.discard(dist)
+        for task in self.queues.take_where(lambda t: t.dist == dist):
+            self._out.append(Report(task, Outcome.ENV_ERROR, info, frames))
+        return self._take()
+
+    def executor_ready(self, ex_id: int) -> None:
+        """``ex_id`` imported its environment: what it was handed goes out now."""
+        ex = self.executors[ex_id]
+        ex.ready = True
+        self._unsent.setdefault(ex_id, []).extend(ex.runs)
+
+    def task_done(self, ex_id: int, key: int, outcome: Outcome, info: dict[str, str],
+                  frames: list[Any], now: float) -> list[Action]:
+        """The executor finished its running task (``key``)."""
+        ex = self.executors[ex_id]
+        head = ex.runs[0] if ex.runs else None
+        if head is None or head.key != key:
+            return self.executor_died(ex_id, ErrorRecord(
+                "distrib.WorkerCrashed", f"executor sent an outcome for task {key}, which it "
+                "was not running").to_wire())
+        ex.runs.popleft()
+        seconds = now - head.started
+        self._run_time[ex.key] = 0.8 * self._run_time.get(ex.key, seconds) + 0.2 * seconds
+        self._next_head(ex, now)
+        self.counters["tasks_done"] += 1
+        if head.withdrawn is None:
+            self._out.append(Report(head.task, outcome, info, frames))
+        elif head.withdrawn is Withdrawn.CANCELLED:  # finished before the skip could stop it
+            self._out.append(Report(head.task, Outcome.CANCELLED))
+        return self._take()
+
+    def task_skipped(self, ex_id: int, key: int, now: float) -> list[Action]:
+        """The executor dropped a task it had not started, as asked."""
+        ex = self.executors[ex_id]
+        run = next((r for r in ex.runs if r.key == key), None)
+        if run is not None:
+            was_head = run is ex.runs[0]
+            ex.runs.remove(run)
+            if run.withdrawn is Withdrawn.CANCELLED:
+                self._out.append(Report(run.task, Outcome.CANCELLED))
+            if was_head:
+                self._next_head(ex, now)
+        return self._take()
+
+    def env_error(self, ex_id: int, info: dict[str, str], frames: list[Any]) -> list[Action]:
+        """The executor could not import its environment: every task of it fails."""
+        actions = self.dist_failed(self.executors[ex_id].key.dist, info, frames)
+        self._halt(ex_id, lambda run, head: Outcome.ENV_ERROR, info, frames)
+        return actions + self._take()
+
+    def executor_died(self, ex_id: int, info: dict[str, str]) -> list[Action]:
+        """The executor is gone: its running task crashed (``info``), the others run elsewhere."""
+        ex = self.executors.get(ex_id)
+        if ex is None:
+            return self._take()
+        if ex.runs:
+            self.counters["executors_crashed"] += 1
+        self._halt(ex_id, lambda run, head: Outcome.CRASHED if head else None, info)
+        return self._take()
+
+    def cancel(self, peer: bytes, task_id: int, now: float) -> list[Action]:
+        """Withdraw a queued task, or stop (or skip) one handed to an executor."""
+        task = self.queues.remove(peer, task_id)
+        if task is not None:
+            self._out.append(Report(task, Outcome.CANCELLED))
+            return self._take()
+        for ex in list(self.executors.values()):
+            for i, run in enumerate(ex.runs):
+                if run.task.peer == peer and run.task.task_id == task_id:
+                    self._withdraw(ex, run, i == 0, Withdrawn.CANCELLED)
+                    return self._take()
+        return self._take()
+
+    def drop_main(self, peer: bytes) -> tuple[list[Action], int, int]:
+        """A Main left: forget its tasks. Returns the actions, and how many tasks were queued
+        and how many running."""
+        queued = len(self.queues.drop_peer(peer))
+        running = 0
+        for ex in list(self.executors.values()):
+            for i, run in reversed(list(enumerate(ex.runs))):
+                if run.task.peer == peer and ex.ex_id in self.executors:
+                    self._withdraw(ex, run, i == 0, Withdrawn.DROPPED)
+                    running += i == 0
+        return self._take(), queued, running
+
+    def tick(self, now: float) -> list[Action]:
+        """Stop tasks past their timeout, and withdrawn ones that started before their skip."""
+        for ex in list(self.executors.values()):
+            head = ex.runs[0] if ex.runs else None
+            if head is None:
+                continue
+            if head.stop_at is not None and now > head.stop_at:
+                why = head.withdrawn
+                self._halt(ex.ex_id, lambda run, is_head: why if is_head else None)
+            elif head.deadline is not None and now > head.deadline:
+                self._halt(ex.ex_id, lambda run, is_head: Outcome.TIMEOUT if is_head else None)
+        return self._take()
+
+    def schedule(self, now: float) -> list[Action]:
+        """Start what fits on free slots, keep busy executors fed, and send what was handed."""
+        while self.busy < self.slots:
+            task = self.queues.next_runnable(self.slots - self.busy,
+                                             lambda t: t.dist in self._ready_dists)
+            if task is None:
+                break
+            key = EnvKey(task.dist, task.threads)
+            idle = (e for e in self.executors.values() if e.key == key and not e.runs)
+            ex = next(idle, None) or self._spawn(key)
+            self.busy += task.threads
+            self._hand(ex, task, now)
+        if self.busy >= self.slots and len(self.queues):
+            self._prefetch(now)
+        unsent, self._unsent = self._unsent, {}
+        for ex_id, runs in unsent.items():
+            holder = self.executors.get(ex_id)
+            live = [r for r in runs if holder is not None and r in holder.runs]
+            if live:
+                self._out.append(Send(ex_id, live))
+        return self._take()
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _take(self) -> list[Action]:
+        out, self._out = self._out, []
+        return out
+
+    def _prefetch(self, now: float) -> None:
+        """All slots busy: give each busy executor its next task (tiny tasks: a few), so it
+        starts it the moment it finishes one instead of waiting for a turn of the loop."""
+        for ex in list(self.executors.values()):
+            if not ex.runs or not ex.ready:
+                continue
+            key = ex.key
+            depth = PREFETCH if self._run_time.get(key, 1.0) <= TINY_TASK else 1
+            while len(ex.runs) <= depth:
+                task = self.queues.next_runnable(key.threads, lambda t: (
+                    t.dist == key.dist and t.threads == key.threads
+                    and t.nbytes < PREFETCH_BYTES))
+                if task is None:
+                    break
+                self._hand(ex, task, now)
+
+    def _spawn(self, key: EnvKey) -> Executor:
+        idle = [e for e in self.executors.values() if not e.runs]
+        # Keep at most ``slots`` executors around: retire an idle one of another environment.
+        if len(self.executors) >= self.slots and idle:
+            self._retire(idle[0])
+        self._next_ex += 1
+        ex = self.executors[self._next_ex] = Executor(self._next_ex, key)
+        self.counters["executors_started"] += 1
+        self._out.append(Spawn(ex.ex_id, key))
+        return ex
+
+    def _retire(self, ex: Executor) -> None:
+        del self.executors[ex.ex_id]
+        self._unsent.pop(ex.ex_id, None)
+        self._out.append(Kill(ex.ex_id))
+
+    def _hand(self, ex: Executor, task: QueuedTask, now: float) -> None:
+        self._next_key += 1
+        run = Run(task, self._next_key)
+        ex.runs.append(run)
+        if len(ex.runs) == 1:
+            self._began(run, now)
+        if ex.ready:
+            self._unsent.setdefault(ex.ex_id, []).append(run)
+
+    def _began(self, run: Run, now: float) -> None:
+        run.started = now
+        run.deadline = None if run.task.timeout is None else now + run.task.timeout
+
+    def _next_head(self, ex: Executor, now: float) -> None:
+        """The executor's running task is gone: the next one (if any) starts running now."""
+        if not ex.runs:
+            self.busy -= ex.key.threads
+            return
+        head = ex.runs[0]
+        self._began(head, now)
+        if head.withdrawn is not None:
+            # Its skip may be on its way back; if not, it started: stop it shortly.
+            head.stop_at = now + SKIP_GRACE
+
+    def _withdraw(self, ex: Executor, run: Run, running: bool, why: Withdrawn) -> None:
+        """Cancel (or drop) a task handed to ``ex``: stop it if it runs, else ask to skip it."""
+        if running:
+            self._halt(ex.ex_id, lambda r, head: why if r is run else None)
+            return
+        run.withdrawn = why
+        self._out.append(Skip(ex.ex_id, run.key))
+
+    def _halt(self, ex_id: int, fate: Callable[[Run, bool], _Fate],
+              info: dict[str, str] | None = None, frames: list[Any] | None = None) -> None:
+        """Stop executor ``ex_id``. Each of its tasks gets ``fate(run, is_running)``: an
+        outcome reported with ``info``/``frames`` (for a crash or an environment error) or
+        without, a withdrawal, or None: back to the head of its queue, to run elsewhere."""
+        ex = self.executors[ex_id]
+        runs = list(ex.runs)
+        ex.runs.clear()
+        self._retire(ex)
+        if runs:
+            self.busy -= ex.key.threads
+        for i, run in reversed(list(enumerate(runs))):
+            end = fate(run, i == 0)
+            if end is None:
+                end = run.withdrawn  # asked to skip it: it does not go back to the queue
+            if end is None:
+                self.queues.add_front(run.task)
+            elif end is Withdrawn.CANCELLED:
+                self._out.append(Report(run.task, Outcome.CANCELLED))
+            elif isinstance(end, Outcome):
+                keep = end in (Outcome.CRASHED, Outcome.ENV_ERROR)
+                self._out.append(Report(run.task, end, (info or {}) if keep else {},
+                                        (frames or []) if keep else []))
