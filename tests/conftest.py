@@ -4,106 +4,15 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
-from distrib.main import _status
-from distrib.wire._keys import KeyPair
-
-PYTHON = sys.executable
-START_TIMEOUT = 60.0
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
-@dataclass
-class Worker:
-    """A `distrib worker` daemon started as a separate process."""
-
-    proc: subprocess.Popen[str]
-    address: str
-    name: str
-    cache_dir: Path
-    log_file: Path
-    public_key: str | None = None
-
-    def log(self) -> str:
-        return self.log_file.read_text()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    status_key: KeyPair | None = None  # a Main key the worker authorizes, for status queries
-
-    def status(self, timeout: float = 30.0) -> dict[str, Any]:
-        return query_status(self.address, timeout, self.public_key, self.status_key)
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-
-
-def query_status(address: str, timeout: float = 30.0, server_key: str | None = None,
-                 key: KeyPair | None = None) -> dict[str, Any]:
-    """Ask a worker for its Status over a real socket."""
-    answer = _status.query(address, server_key, key, timeout)
-    assert answer.reachable, f"worker at {address}: {answer.problem}"
-    return answer.info
-
-
-def stop_process(proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
-    """SIGTERM, then SIGKILL after ``timeout``; always reaped."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = 180.0) -> tuple[str, str]:
-    """Wait for a script started with pipes; kill it if it overruns. Asserts it succeeded."""
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
-    return out, err
-
-
-@contextmanager
-def ended(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
-    """Kill and reap ``proc`` if the block leaves it running (a failed assertion, say)."""
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+from tests.helpers import PYTHON, Worker, Workspace, stop_process
 
 
 @pytest.fixture
@@ -119,11 +28,13 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     started: list[Worker] = []
 
     def start(threads: int = 2, name: str | None = None, extra: tuple[str, ...] = (),
-              listen: str = "127.0.0.1:0", prefix: tuple[str, ...] = ()) -> Worker:
+              listen: str = "127.0.0.1:0", prefix: tuple[str, ...] = (),
+              env: dict[str, str] | None = None) -> Worker:
         name = name or f"w{len(started)}"
         cache = tmp_path / f"worker-cache-{name}"
         log_file = tmp_path / f"worker-{name}.log"
-        env = {**os.environ, "DISTRIB_MAX_MESSAGE_MB": "1"}  # lets tests send an oversized frame
+        # A 1 MiB frame limit lets tests send an oversized frame.
+        env = {**os.environ, "DISTRIB_MAX_MESSAGE_MB": "1", **(env or {})}
         with open(log_file, "w") as log:
             proc = subprocess.Popen(
                 [*prefix, PYTHON, "-m", "distrib", "worker", "--listen", listen, "--threads",
@@ -145,28 +56,6 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
         worker.stop()
         if worker.proc.stdout:
             worker.proc.stdout.close()
-
-
-@dataclass
-class Workspace:
-    """A temporary project folder holding a user's script and modules."""
-
-    root: Path
-    cache_dir: Path
-
-    def write(self, relpath: str, text: str) -> Path:
-        path = self.root / relpath
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text))
-        return path
-
-    def run(self, script: str, *args: str, env: dict[str, str] | None = None,
-            timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-        """Run ``python script`` here, as a user would, and return what it printed."""
-        full_env = {**os.environ, "DISTRIB_CACHE_DIR": str(self.cache_dir),
-                    "DISTRIB_LOCAL_THREADS": "2", **(env or {})}
-        return subprocess.run([PYTHON, script, *args], cwd=self.root, env=full_env,
-                              capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 from distrib.wire import _keys
-from tests.conftest import PYTHON
+from tests.helpers import PYTHON
 
 
 def distrib(*args: str, env: dict[str, str] | None = None,

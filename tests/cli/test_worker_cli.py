@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.conftest import PYTHON, Workspace, wait_for
+from tests.helpers import PYTHON, Workspace, wait_for
 
 
 def test_refuses_a_non_loopback_address(tmp_path: Path) -> None:

@@ -7,19 +7,9 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import PYTHON, Workspace, ended, finish, wait_for
-
-REPO = Path(__file__).resolve().parents[2]
-TASKS = REPO / "tests" / "payloads" / "tasks.py"
-
-
-def with_tasks(ws: Workspace) -> Workspace:
-    shutil.copy(TASKS, ws.root / "tasks.py")
-    return ws
-
+from tests.helpers import PYTHON, REPO, Workspace, ended, finish, wait_for, with_tasks
 
 def test_seed_example_runs_on_the_embedded_cluster(workspace: Workspace) -> None:
     shutil.copy(REPO / "examples" / "sleep_sum.py", workspace.root)
@@ -30,7 +20,10 @@ def test_seed_example_runs_on_the_embedded_cluster(workspace: Workspace) -> None
 
 def test_seed_example_runs_on_two_daemons_started_by_hand(workspace: Workspace,
                                                           start_worker) -> None:
-    a, b = start_worker(threads=2, name="alpha"), start_worker(threads=2, name="beta")
+    # The example reads DEMO_SLEEP when a worker imports it: the workers need it too.
+    knobs = {"DEMO_SLEEP": "0.05"}
+    a = start_worker(threads=2, name="alpha", env=knobs)
+    b = start_worker(threads=2, name="beta", env=knobs)
     shutil.copy(REPO / "examples" / "sleep_sum.py", workspace.root)
     out = workspace.run("sleep_sum.py", env={
         "DEMO_COUNT": "40", "DEMO_SLEEP": "0.05", "DISTRIB_WORKERS": f"{a.address},{b.address}"})
@@ -245,7 +238,7 @@ def test_cancel_of_a_queued_task_means_it_never_runs(workspace: Workspace, start
                                                       tmp_path: Path) -> None:
     worker = start_worker(threads=1)
     with_tasks(workspace).write("main.py", """
-        import sys, pathlib
+        import sys, pathlib, time
         import tasks
         from distrib import Cancelled
 
@@ -254,7 +247,7 @@ def test_cancel_of_a_queued_task_means_it_never_runs(workspace: Workspace, start
             blocker = tasks.block_until(started, release)
             queued = tasks.touch(never)
             while not pathlib.Path(started).exists():
-                pass
+                time.sleep(0.01)
             print("CANCEL", queued.cancel())
             try:
                 queued.unwrap()

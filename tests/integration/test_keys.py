@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 from distrib.wire import _keys
-from tests.conftest import PYTHON, Workspace, wait_for
-from tests.integration.test_core import TASKS
+from tests.helpers import PYTHON, Workspace, wait_for
+from tests.helpers import TASKS
 
 SCRIPT = """
     import sys

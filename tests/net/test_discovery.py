@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 from distrib.wire import _keys
-from tests.conftest import PYTHON, Workspace
-from tests.integration.test_core import TASKS
+from tests.helpers import PYTHON, Workspace
+from tests.helpers import TASKS
 from tests.net.netns import Network
 from tests.net.test_hosts import main_key
 

@@ -13,19 +13,20 @@ from pathlib import Path
 import psutil
 
 from distrib.wire import _keys
-from tests.conftest import PYTHON, Worker, Workspace, ended, finish, wait_for
-from tests.integration.test_core import REPO, TASKS
+from tests.helpers import PYTHON, Worker, Workspace, ended, finish, wait_for
+from tests.helpers import REPO, TASKS
 from tests.net.netns import Host, Network
 
 
 def keyed_worker(start_worker, host: Host, tmp_path: Path, name: str, mains: list[str],
-                 extra: tuple[str, ...] = ()):
+                 extra: tuple[str, ...] = (), env: dict[str, str] | None = None):
     key = tmp_path / f"{name}.key"
     _keys.write(key, _keys.generate())
     auth = tmp_path / f"{name}.authorized"
     auth.write_text("".join(f"{k}\n" for k in mains))
     return start_worker(name=name, listen=f"{host.address}:7070", prefix=tuple(host.cmd()),
-                        extra=("--key", str(key), "--authorized-keys", str(auth), *extra))
+                        extra=("--key", str(key), "--authorized-keys", str(auth), *extra),
+                        env=env)
 
 
 def main_key(tmp_path: Path) -> tuple[Path, str]:
@@ -53,8 +54,9 @@ def test_seed_example_across_three_hosts_with_keys(network: Network, start_worke
                                                    workspace: Workspace, tmp_path: Path) -> None:
     m, h1, h2 = network.add("main"), network.add("w1"), network.add("w2")
     key, public = main_key(tmp_path)
-    w1 = keyed_worker(start_worker, h1, tmp_path, "w1", [public])
-    w2 = keyed_worker(start_worker, h2, tmp_path, "w2", [public])
+    knobs = {"DEMO_SLEEP": "0.05"}  # the example reads it when a worker imports it
+    w1 = keyed_worker(start_worker, h1, tmp_path, "w1", [public], env=knobs)
+    w2 = keyed_worker(start_worker, h2, tmp_path, "w2", [public], env=knobs)
     assert w1.address == f"tcp://{h1.address}:7070"
     env = {"DISTRIB_KEY": str(key),
            "DISTRIB_WORKERS": f"{h1.address}:7070 {w1.public_key},{h2.address}:7070 "

@@ -90,3 +90,13 @@ def talk(n: int) -> int:
     print(f"line {n} to stdout")
     print(f"line {n} to stderr", file=__import__("sys").stderr)
     return n
+
+
+@distributed
+def length(data: bytes) -> int:
+    return len(data)
+
+
+@distributed
+def echo(value: object) -> object:
+    return value

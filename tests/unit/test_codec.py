@@ -10,19 +10,20 @@ from hypothesis import strategies as st
 from distrib import DistribError, ProtocolError
 from distrib.wire import _codec
 from distrib.wire import _messages as m
+from distrib.wire._limits import MAX_HEADER_BYTES
 
 SAMPLES: list[m.Message] = [
-    m.Hello(1, "id", "main", "3.11", 42, True, ""),
+    m.Hello(1, "id", "main", "3.11", 42, True),
     m.Welcome(1, "wid", "w", "linux-x86_64", "3.11", 4, 7),
-    m.Refused("no"),
+    m.Refused(m.RefusalCode.UNKNOWN_PEER, "no"),
     m.Goodbye(),
-    m.Heartbeat(1, 2),
+    m.Heartbeat(),
     m.Submit([m.TaskSpec(1, "d", 1, None, [], 2), m.TaskSpec(2, "d", 2, 1.5, [b"in"], 1),
               m.TaskSpec(3, "d", 1, None, [b"only", b"inline"], 0)],
              frames=(b"a", b"b", b"c")),
     m.Cancel([1, 2]),
-    m.Results([m.ResultSpec(1, "ok", {}, [], 1), m.ResultSpec(2, "error", {"type": "E"},
-                                                              [b"x"], 0)],
+    m.Results([m.ResultSpec(1, m.Outcome.OK, {}, [], 1),
+               m.ResultSpec(2, m.Outcome.ERROR, {"type": "E"}, [b"x"], 0)],
               frames=(b"r",)),
     m.Output(1, 2, "text"),
     m.NeedManifest("d"),
@@ -52,17 +53,18 @@ def test_every_message_type_is_sampled() -> None:
     ([b"\xc1"], "not valid msgpack"),
     ([msgpack.packb({"a": 1})], "non-empty array"),
     ([msgpack.packb([999])], "unknown message type"),
-    ([msgpack.packb([m.Refused.TAG])], "expected 1 fields"),
-    ([msgpack.packb([m.Refused.TAG, 5])], "expected str"),
-    ([msgpack.packb([m.Heartbeat.TAG, True, 1])], "expected int"),
+    ([msgpack.packb([m.Refused.TAG])], "expected 2 fields"),
+    ([msgpack.packb([m.Refused.TAG, "unknown_peer", 5])], "expected str"),
+    ([msgpack.packb([m.Refused.TAG, "nonsense", "x"])], "unknown RefusalCode"),
+    ([msgpack.packb([m.Welcome.TAG, 1, "w", "n", "p", "3.11", True, 1])], "expected int"),
     ([msgpack.packb([m.Submit.TAG, [[1, "d", 1, None, [], 1]]])], "expected 1 payload frames"),
     ([msgpack.packb([m.Submit.TAG, [[1, "d", 0, None, [], 1]]]), b"x"], "at least one thread"),
     ([msgpack.packb([m.Submit.TAG, [[1, "d", 1, None, [], 0]]])], "needs a payload"),
-    ([msgpack.packb([m.Results.TAG, [[1, "weird", {}, [], 0]]])], "unknown status"),
+    ([msgpack.packb([m.Results.TAG, [[1, "weird", {}, [], 0]]])], "unknown Outcome"),
     ([msgpack.packb([m.Manifest.TAG, "d"])], "expected 1 payload frames"),
     ([msgpack.packb([m.Blobs.TAG, "d", ["a", "b"]]), b"x"], "expected 2 payload frames"),
     ([msgpack.packb([m.Refused.TAG, "x"])[:-1]], "not valid msgpack"),
-    ([b"\x00" * (_codec.MAX_HEADER_BYTES + 1)], "exceeds"),
+    ([b"\x00" * (MAX_HEADER_BYTES + 1)], "exceeds"),
 ])
 def test_malformed_input_is_a_protocol_error(frames: list[bytes], why: str) -> None:
     with pytest.raises(ProtocolError, match=why):

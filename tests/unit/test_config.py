@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from distrib import ConfigError
-from distrib._config import WorkerAddress, endpoint, load
+from distrib._config import Overrides, WorkerAddress, endpoint, load
 from distrib.wire import _keys
 
 KEY = _keys.generate().public
@@ -47,8 +47,8 @@ def make_key(path: Path) -> Path:
 
 
 def test_init_arguments_win_over_the_environment(tmp_path: Path) -> None:
-    settings = load({"DISTRIB_LOCAL_THREADS": "3"}, workers=[("h:1", KEY)], local_threads=5,
-                    key=make_key(tmp_path / "k"))
+    settings = load({"DISTRIB_LOCAL_THREADS": "3"}, Overrides(
+        workers=[("h:1", KEY)], local_threads=5, key=make_key(tmp_path / "k")))
     assert settings.workers == (WorkerAddress("h:1", KEY),) and settings.local_threads == 5
 
 

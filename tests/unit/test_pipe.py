@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from distrib.worker._pipe import Pipe
+from distrib.wire._messages import Outcome
+from distrib.worker._pipe import Pipe, Verb
 
 
 def pair() -> tuple[Pipe, Pipe]:
@@ -25,12 +26,12 @@ def test_small_and_large_messages_round_trip() -> None:
     reader.start()
     left.send(["ready"])
     left.send(["run", 7], [b"head", memoryview(big)])
-    left.send(["done", 7, "ok", {"k": "v"}], [bytearray(b"x")])
+    left.send([Verb.DONE, 7, Outcome.OK, {"k": "v"}], [bytearray(b"x")])
     reader.join(60)
     assert got[0] == (["ready"], [])
     assert got[1][0] == ["run", 7] and bytes(got[1][1][0]) == b"head"
     assert bytes(got[1][1][1]) == big
-    assert got[2] == (["done", 7, "ok", {"k": "v"}], [bytearray(b"x")])
+    assert got[2] == ([Verb.DONE, 7, Outcome.OK, {"k": "v"}], [bytearray(b"x")])
     left.close()
     right.close()
 

@@ -97,3 +97,14 @@ def test_callbacks_and_futures_wait_work_with_lazy_conditions() -> None:
     assert seen == [1, 2]
     done, _ = concurrent.futures.wait([early, late], timeout=1)
     assert done == {early, late}
+
+
+def test_response_sets_every_field_future_has() -> None:
+    # Response sets Future's private fields itself (see the top of distrib/_response.py):
+    # a field a new Python adds to Future must be set there too.
+    import concurrent.futures
+
+    plain = set(vars(concurrent.futures.Future())) - {"_condition"}  # built lazily as _cond
+    ours = set(vars(Response(1, "f", None)))
+    assert plain <= ours, f"Future has fields Response does not set: {sorted(plain - ours)}"
+    assert "_cond" in ours

@@ -46,7 +46,6 @@ def test_errors_keep_type_and_traceback_or_become_remote_error() -> None:
     try:
         raise Local("odd")
     except Local as exc:
-        assert dumps_error(exc) == [] or True  # local classes pickle by value via cloudpickle
         lost = loads_error([], error_info(exc))
     assert isinstance(lost, RemoteError) and lost.message == "odd" and "Local" in lost.type_name
     assert pickle.loads(pickle.dumps(lost)).traceback == lost.traceback

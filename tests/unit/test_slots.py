@@ -1,0 +1,208 @@
+"""The worker's slot and executor machine, driven with events: no sockets, no processes, no clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distrib.wire._messages import Outcome
+from distrib.worker._slots import (
+    PREFETCH,
+    SKIP_GRACE,
+    Action,
+    EnvKey,
+    Kill,
+    Report,
+    Send,
+    Skip,
+    Slots,
+    Spawn,
+)
+from distrib.worker._state import QueuedTask
+
+CRASH = {"type": "distrib.WorkerCrashed", "message": "died", "traceback": ""}
+
+
+def qt(task_id: int, peer: bytes = b"A", dist: str = "d", threads: int = 1,
+       timeout: float | None = None, size: int = 1) -> QueuedTask:
+    return QueuedTask(peer, task_id, dist, threads, timeout, [b"x" * size])
+
+
+def of(kind: type, actions: list[Action]) -> list[Any]:
+    return [a for a in actions if isinstance(a, kind)]
+
+
+def reports(actions: list[Action]) -> list[tuple[int, Outcome]]:
+    return [(a.task.task_id, a.outcome) for a in of(Report, actions)]
+
+
+def sent(actions: list[Action]) -> dict[int, list[int]]:
+    """Executor id -> task ids handed to it."""
+    return {a.ex_id: [r.task.task_id for r in a.runs] for a in of(Send, actions)}
+
+
+def started(machine: Slots, *tasks: QueuedTask, now: float = 0.0) -> list[Action]:
+    """Submit tasks of a ready environment and schedule them."""
+    machine.dist_ready("d")
+    for t in tasks:
+        assert machine.submit(t) == []
+    return machine.schedule(now)
+
+
+def test_tasks_wait_for_their_environment_then_start_one_executor_per_slot() -> None:
+    s = Slots(2)
+    for i in (1, 2, 3):
+        s.submit(qt(i))
+    assert s.schedule(0.0) == []  # environment not ready: nothing starts
+    s.dist_ready("d")
+    actions = s.schedule(0.0)
+    spawns = of(Spawn, actions)
+    assert [a.key for a in spawns] == [EnvKey("d", 1)] * 2
+    assert of(Send, actions) == []  # the executors have not imported the environment yet
+    assert s.busy == 2 and s.waiting() == 1
+    s.executor_ready(spawns[0].ex_id)
+    assert sent(s.schedule(0.0)) == {spawns[0].ex_id: [1, 3]}  # its task, and the next one
+
+
+def test_a_finished_task_is_reported_and_its_executor_reused() -> None:
+    s = Slots(1)
+    ex = of(Spawn, started(s, qt(1), qt(2)))[0].ex_id
+    s.executor_ready(ex)
+    assert sent(s.schedule(0.0)) == {ex: [1, 2]}
+    actions = s.task_done(ex, s.running(ex).key, Outcome.OK, {}, [b"r"], 1.0)
+    assert reports(actions) == [(1, Outcome.OK)] and of(Report, actions)[0].frames == [b"r"]
+    assert s.running(ex).task.task_id == 2 and s.busy == 1
+    s.task_done(ex, s.running(ex).key, Outcome.OK, {}, [], 2.0)
+    assert s.busy == 0 and s.counters["tasks_done"] == 2 and s.counters["executors_started"] == 1
+
+
+def test_tiny_tasks_are_prefetched_deeper_than_slow_ones() -> None:
+    s = Slots(1)
+    ex = of(Spawn, started(s, *[qt(i) for i in range(20)]))[0].ex_id
+    s.executor_ready(ex)
+    assert len(sent(s.schedule(0.0))[ex]) == 2  # unknown run time: one behind the running one
+    now = 0.0
+    for _ in range(10):  # a run of tasks finishing in a millisecond each
+        now += 0.001
+        s.task_done(ex, s.running(ex).key, Outcome.OK, {}, [], now)
+        s.schedule(now)
+    assert len(s.executors[ex].runs) == PREFETCH + 1
+
+
+def test_large_calls_are_not_prefetched() -> None:
+    s = Slots(1)
+    ex = of(Spawn, started(s, qt(1), qt(2, size=1 << 20)))[0].ex_id
+    s.executor_ready(ex)
+    assert sent(s.schedule(0.0)) == {ex: [1]}
+
+
+def test_a_crash_reports_the_running_task_and_requeues_the_prefetched_one() -> None:
+    s = Slots(1)
+    ex = of(Spawn, started(s, qt(1), qt(2)))[0].ex_id
+    s.executor_ready(ex)
+    s.schedule(0.0)
+    actions = s.executor_died(ex, CRASH)
+    assert reports(actions) == [(1, Outcome.CRASHED)]
+    assert of(Report, actions)[0].info == CRASH
+    assert of(Kill, actions) == [Kill(ex)]
+    assert s.busy == 0 and s.counters["executors_crashed"] == 1 and s.waiting() == 1
+    again = s.schedule(1.0)
+    assert len(of(Spawn, again)) == 1  # a fresh executor for the requeued task
+
+
+def test_an_environment_that_fails_to_import_fails_its_tasks_and_no_others() -> None:
+    s = Slots(2)
+    s.dist_ready("other")
+    ex = of(Spawn, started(s, qt(1), qt(2), qt(3)))[0].ex_id
+    s.submit(qt(9, dist="other"))
+    error = {"type": "builtins.ImportError", "message": "no", "traceback": ""}
+    actions = s.env_error(ex, error, [b"e"])
+    assert sorted(reports(actions)) == [(1, Outcome.ENV_ERROR), (3, Outcome.ENV_ERROR)]
+    assert s.queues.count(b"A") == 1  # task 9 of the other environment waits on
+    s.submit(qt(4))
+    assert [a.key.dist for a in of(Spawn, s.schedule(1.0))] == ["other"]  # on the freed slot
+    running = {r.task.task_id for e in s.executors.values() for r in e.runs}
+    assert running == {2, 9} and s.waiting() == 1  # task 4's environment is failed: it waits
+
+
+def test_cancel_withdraws_a_queued_task_skips_a_handed_one_and_stops_a_running_one() -> None:
+    s = Slots(1)
+    ex = of(Spawn, started(s, qt(1), qt(2), qt(3)))[0].ex_id
+    s.executor_ready(ex)
+    s.schedule(0.0)  # task 1 runs, task 2 waits in the executor, task 3 is queued
+    assert reports(s.cancel(b"A", 3, 0.0)) == [(3, Outcome.CANCELLED)]
+    skip = s.cancel(b"A", 2, 0.0)
+    assert of(Skip, skip) and reports(skip) == []
+    assert reports(s.task_skipped(ex, of(Skip, skip)[0].key, 0.1)) == [(2, Outcome.CANCELLED)]
+    stop = s.cancel(b"A", 1, 0.2)
+    assert of(Kill, stop) == [Kill(ex)] and reports(stop) == [(1, Outcome.CANCELLED)]
+    assert s.busy == 0 and s.executors == {}
+    assert s.cancel(b"A", 99, 0.3) == []  # unknown: nothing to do
+
+
+def test_a_withdrawn_task_that_started_before_its_skip_is_stopped_after_a_grace() -> None:
+    s = Slots(1)
+    ex = of(Spawn, started(s, qt(1), qt(2)))[0].ex_id
+    s.executor_ready(ex)
+    s.schedule(0.0)
+    s.cancel(b"A", 2, 0.0)
+    s.task_done(ex, s.running(ex).key, Outcome.OK, {}, [], 1.0)  # task 2 is now the head
+    assert s.tick(1.0 + SKIP_GRACE / 2) == []
+    actions = s.tick(1.0 + SKIP_GRACE * 2)
+    assert of(Kill, actions) == [Kill(ex)] and reports(actions) == [(2, Outcome.CANCELLED)]
+
+
+def test_a_task_past_its_timeout_is_stopped_and_the_next_requeued() -> None:
+    s = Slots(1)
+    ex = of(Spawn, started(s, qt(1, timeout=5.0), qt(2), now=10.0))[0].ex_id
+    s.executor_ready(ex)
+    s.schedule(10.0)
+    assert s.tick(14.0) == []
+    actions = s.tick(15.5)
+    assert reports(actions) == [(1, Outcome.TIMEOUT)] and of(Kill, actions) == [Kill(ex)]
+    assert s.waiting() == 1
+
+
+def test_a_main_that_leaves_is_forgotten_and_others_go_on() -> None:
+    s = Slots(2)
+    s.dist_ready("d")
+    for t in (qt(1), qt(2, peer=b"B"), qt(3), qt(4)):
+        s.submit(t)
+    spawns = of(Spawn, s.schedule(0.0))
+    for sp in spawns:
+        s.executor_ready(sp.ex_id)
+    s.schedule(0.0)
+    actions, queued, running = s.drop_main(b"A")
+    assert reports(actions) == []  # nobody to report to
+    assert running == 1 and queued + running + len(of(Skip, actions)) == 3
+    assert s.waiting(b"A") == 0 or all(
+        r.withdrawn is not None for e in s.executors.values() for r in e.runs
+        if r.task.peer == b"A")
+    assert any(r.task.peer == b"B" for e in s.executors.values() for r in e.runs)
+
+
+def test_a_task_needing_more_threads_than_the_worker_has_fails_at_once() -> None:
+    s = Slots(2)
+    actions = s.submit(qt(1, threads=3))
+    assert reports(actions) == [(1, Outcome.ERROR)]
+    assert "offers 2" in of(Report, actions)[0].info["message"]
+
+
+def test_a_new_environment_retires_an_idle_executor_of_another() -> None:
+    s = Slots(1)
+    s.dist_ready("e")
+    ex = of(Spawn, started(s, qt(1)))[0].ex_id
+    s.executor_ready(ex)
+    s.schedule(0.0)
+    s.task_done(ex, s.running(ex).key, Outcome.OK, {}, [], 1.0)
+    s.submit(qt(2, dist="e"))
+    actions = s.schedule(1.0)
+    assert of(Kill, actions) == [Kill(ex)] and [a.key.dist for a in of(Spawn, actions)] == ["e"]
+
+
+def test_an_outcome_for_a_task_not_running_is_treated_as_a_broken_executor() -> None:
+    s = Slots(1)
+    ex = of(Spawn, started(s, qt(1)))[0].ex_id
+    s.executor_ready(ex)
+    s.schedule(0.0)
+    actions = s.task_done(ex, 12345, Outcome.OK, {}, [], 1.0)
+    assert reports(actions) == [(1, Outcome.CRASHED)] and of(Kill, actions) == [Kill(ex)]
