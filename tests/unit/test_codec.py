@@ -103,3 +103,22 @@ def test_well_formed_msgpack_with_wrong_fields_raises_only_protocol_error(
     except ProtocolError:
         return
     assert message.TAG == tag  # what decodes is a valid message of that type
+
+
+def test_libzmq_handshake_error_codes_are_named() -> None:
+    import zmq
+
+    from distrib.worker._gate import describe_handshake_error
+
+    text = describe_handshake_error(zmq.PROTOCOL_ERROR_ZMTP_UNEXPECTED_COMMAND)
+    assert text == "protocol error: zmtp unexpected command"
+    assert "Unknown error" not in describe_handshake_error(zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC)
+
+
+def test_a_batch_is_cut_by_count_and_by_bytes() -> None:
+    from distrib.wire._limits import batches
+
+    sizes = [3, 3, 3, 10, 1, 1, 1, 1]
+    assert list(batches(sizes, lambda n: n, max_bytes=6, max_count=3)) == [
+        [3, 3], [3], [10], [1, 1, 1], [1]]
+    assert list(batches([], lambda n: n)) == []
