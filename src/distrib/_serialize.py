@@ -79,11 +79,15 @@ def _qualified(module: str, name: str) -> str:
 
 def error_info(exc: BaseException) -> dict[str, str]:
     """The plain record of an exception: what a user needs even if the pickle is lost."""
+    return _record(exc, chain=True)
+
+
+def _record(exc: BaseException, chain: bool) -> dict[str, str]:
     cls = type(exc)
     return {
         "type": _qualified(cls.__module__, cls.__qualname__),
         "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
+        "traceback": "".join(traceback.format_exception(exc, chain=chain)),
     }
 
 
@@ -92,7 +96,7 @@ def dumps_error(exc: BaseException) -> list[Any]:
     try:
         return [_seal(exc, set())]
     except Exception as why:  # even its bare form does not pickle
-        return [pickle.dumps(f"it could not be pickled on the worker: {_explain(why)}")]
+        return [_unsent(why)]
 
 
 def loads_error(frames: Sequence[Any], info: dict[str, str]) -> BaseException:
@@ -149,8 +153,9 @@ class _ErrorPickler(cloudpickle.Pickler):  # type: ignore[misc]
             try:
                 blob = _seal(obj, self._stack)
             except Exception as why:
-                blob = pickle.dumps(f"it could not be pickled on the worker: {_explain(why)}")
-            return (_open, (blob, error_info(obj)))
+                blob = _unsent(why)
+            # Its record without its chain: the task's record holds the whole chain once.
+            return (_open, (blob, _record(obj, chain=False)))
         return super().reducer_override(obj)
 
 
@@ -167,7 +172,7 @@ def _seal(exc: BaseException, stack: set[int]) -> bytes:
         notes = getattr(exc, "__notes__", None)
         base = _Payload(
             _bare, (), None, None, None,
-            tblib.Traceback(exc.__traceback__).as_dict() if exc.__traceback__ else None,
+            _traceback_dict(exc),
             exc.__cause__, exc.__context__, exc.__suppress_context__,
             [str(n) for n in notes] if isinstance(notes, (list, tuple)) else None, [])
         own = _own_reduce(exc)
@@ -195,6 +200,15 @@ def _seal(exc: BaseException, stack: set[int]) -> bytes:
             return _pickle(payload._replace(make_args=(type(exc), args), lost=lost), stack)
     finally:
         stack.discard(id(exc))
+
+
+def _traceback_dict(exc: BaseException) -> dict[str, Any] | None:
+    if exc.__traceback__ is None:
+        return None
+    try:
+        return tblib.Traceback(exc.__traceback__).as_dict()  # type: ignore[no-any-return]
+    except Exception:  # say, a RecursionError's thousand frames: the record's text has them
+        return None
 
 
 def _own_reduce(exc: BaseException) -> tuple[Callable[..., Any], tuple[Any, ...], Any,
@@ -247,6 +261,11 @@ def _type_name(value: Any) -> str:
 
 def _explain(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def _unsent(why: Exception) -> bytes:
+    """What travels instead of an exception that does not pickle: why (see ``_unseal``)."""
+    return pickle.dumps(f"it could not be pickled on the worker: {_explain(why)}")
 
 
 # --- unsealing: the Main side ----------------------------------------------------------------

@@ -249,3 +249,15 @@ def test_a_class_missing_on_the_loading_side_becomes_remote_error_saying_why(
     missing, kept = group.exceptions
     assert isinstance(missing, RemoteError) and "vanishing.Gone does not exist" in missing.why
     assert type(kept) is BadInput and kept.code == 1
+
+
+def test_a_recursion_error_comes_back_as_itself_without_its_thousand_frames() -> None:
+    def recurse(n: int) -> int:
+        return recurse(n + 1)
+
+    try:
+        recurse(0)
+    except RecursionError as exc:
+        back = round_trip(exc)
+    assert type(back) is RecursionError and back.__traceback__ is None  # too deep for tblib
+    assert "Previous line repeated" in remote_text(back)
