@@ -143,7 +143,8 @@ MAIN = '''
             error = response.error()
             report[case] = {**describe(raised), "remote": remote_text(raised),
                             "error_type": type(error).__qualname__, "same": error is raised,
-                            "ok": response.ok(), "printed": "".join(traceback.format_exception(raised))}
+                            "ok": response.ok(),
+                            "printed": "".join(traceback.format_exception(raised))}
         print(json.dumps(report))
 '''
 
@@ -210,10 +211,12 @@ def test_every_kind_of_task_exception_comes_back_as_itself(workspace: Workspace)
 
     locked = report["lock"]
     assert locked["type"] == "Locked" and locked["boom_class"] and locked["attrs"] == {"kept": "7"}
-    assert len(locked["notes"]) == 1 and "lock (a _thread.lock does not pickle)" in locked["notes"][0]
+    assert len(locked["notes"]) == 1
+    assert "lock (a _thread.lock does not pickle)" in locked["notes"][0]
 
     missing = report["missing"]
-    assert missing["type"] == "RemoteError" and missing["str"] == "boom.OnlyOnWorker: made on the worker"
+    assert missing["type"] == "RemoteError"
+    assert missing["str"] == "boom.OnlyOnWorker: made on the worker"
     assert missing["why"] == "class boom.OnlyOnWorker does not exist on the Main"
     assert "Not rebuilt as itself: class boom.OnlyOnWorker does not exist" in missing["printed"]
     assert f'boom.py", line {line["missing"]}, in fail' in missing["printed"]
