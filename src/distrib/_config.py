@@ -126,9 +126,9 @@ def _strings(name: str, raw: Any) -> tuple[str, ...]:
 def _worker(name: str, item: Any) -> WorkerAddress:
     if isinstance(item, WorkerAddress):
         worker = item
-    elif isinstance(item, str):
-        address, _, key = item.strip().partition(" ")
-        worker = WorkerAddress(address, key.strip() or None)
+    elif isinstance(item, str):  # "host:port", or "host:port <key>" with a .pub comment or not
+        address, *key = item.split(maxsplit=1) or [""]
+        worker = WorkerAddress(address, key[0] if key else None)
     elif isinstance(item, tuple) and len(item) == 2 and all(isinstance(x, str) for x in item):
         worker = WorkerAddress(item[0], item[1])
     elif isinstance(item, dict):

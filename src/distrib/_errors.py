@@ -16,7 +16,9 @@
     └── Cancelled             the task was cancelled           (also futures.CancelledError)
 
 An exception raised by the user's function is not wrapped: ``unwrap()`` raises the same type,
-with a ``RemoteTraceback`` as its ``__cause__`` carrying the remote traceback text.
+with its own ``__cause__``, ``__context__`` and notes, and a ``RemoteTraceback`` carrying the
+remote traceback text as the last ``__cause__`` of its chain (its ``__cause__`` when it had none).
+Only an exception whose class does not exist on the Main comes back as ``RemoteError``.
 """
 
 from __future__ import annotations
@@ -61,19 +63,21 @@ class MainGuardError(DistribError):
 
 
 class RemoteError(DistribError):
-    """The task raised an exception that could not be sent back as itself."""
+    """The task raised an exception that could not be rebuilt as itself; ``why`` says why."""
 
-    def __init__(self, type_name: str, message: str, traceback: str) -> None:
+    def __init__(self, type_name: str, message: str, traceback: str, why: str = "") -> None:
         super().__init__(f"{type_name}: {message}")
         self.type_name = type_name
         self.message = message
         self.traceback = traceback
+        self.why = why
 
     def __str__(self) -> str:
-        return f"{self.type_name}: {self.message}\n\nRemote traceback:\n{self.traceback}"
+        why = f"\nNot rebuilt as itself: {self.why}." if self.why else ""
+        return f"{self.type_name}: {self.message}{why}\n\nRemote traceback:\n{self.traceback}"
 
-    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str, str]]:
-        return (RemoteError, (self.type_name, self.message, self.traceback))
+    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str, str, str]]:
+        return (RemoteError, (self.type_name, self.message, self.traceback, self.why))
 
 
 class WorkerCrashed(DistribError):

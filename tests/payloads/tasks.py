@@ -12,7 +12,7 @@ from distrib import distributed
 
 
 class Unpicklable(Exception):
-    """An exception carrying a lock: it cannot be pickled back to the Main."""
+    """An exception carrying a lock, which does not pickle: it comes back without it."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -150,3 +150,60 @@ def test_a_public_key_file_given_as_the_secret_says_so(tmp_path: Path) -> None:
     make_key(tmp_path / "k")
     with pytest.raises(ConfigError, match="public one: name the file without .pub"):
         _keys.load_secret(tmp_path / "k.pub")
+
+
+def pasted_pub_line(tmp_path: Path) -> tuple[str, str]:
+    """A worker's key and the line of the .pub file `distrib keygen` wrote for it."""
+    pair = _keys.generate()
+    _keys.write(tmp_path / "worker.key", pair, comment="alice@worker-host")
+    line = (tmp_path / "worker.key.pub").read_text().strip()
+    assert line == f"{pair.public} alice@worker-host"
+    return pair.public, line
+
+
+def test_a_pub_line_with_its_comment_is_accepted_everywhere(tmp_path: Path,
+                                                            elsewhere: Path) -> None:
+    key, line = pasted_pub_line(tmp_path)
+    main_key = str(make_key(tmp_path / "main.key"))
+    expected = (WorkerAddress("192.0.2.7:7070", key),)
+    assert load({"DISTRIB_WORKERS": f"192.0.2.7:7070 {line}",
+                 "DISTRIB_KEY": main_key}).workers == expected
+    assert load({"DISTRIB_WORKERS": f" 192.0.2.7:7070\t{line} , 192.0.2.8:7070 ",
+                 "DISTRIB_KEY": main_key}).workers == (*expected, WorkerAddress("192.0.2.8:7070"))
+    assert load({}, Overrides(workers=[("192.0.2.7:7070", line)],
+                              key=main_key)).workers == expected
+    assert load({}, Overrides(workers=[f"192.0.2.7:7070 {line}"],
+                              key=main_key)).workers == expected
+    (elsewhere / "distrib.toml").write_text(textwrap.dedent(f"""
+        [main]
+        key = "{main_key}"
+        [[workers]]
+        address = "192.0.2.7:7070"
+        public_key = "{line}"
+        """))
+    assert load({}).workers == expected
+
+
+def test_a_key_cut_short_by_the_shell_gets_a_one_line_error_with_a_hint(
+        tmp_path: Path, elsewhere: Path) -> None:
+    key, line = pasted_pub_line(tmp_path)
+    cut = key[:23] + line[40:]  # as from "...$abc..." between double quotes: $abc expanded
+    with pytest.raises(ConfigError) as info:
+        load({"DISTRIB_WORKERS": f"192.0.2.7:7070 {cut}"})
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"DISTRIB_WORKERS: 192.0.2.7:7070: {key[:23]!r} is not a public key")
+    assert "single quotes" in message
+    with pytest.raises(ConfigError, match="single quotes"):
+        load({}, Overrides(workers=[("192.0.2.7:7070", cut)]))
+    wrong = "_" + key[1:]  # full length, but not Z85: no shell hint
+    with pytest.raises(ConfigError, match="is not a public key") as info:
+        load({"DISTRIB_WORKERS": f"192.0.2.7:7070 {wrong} alice@host"})
+    assert "single quotes" not in str(info.value) and "\n" not in str(info.value)
+    (elsewhere / "distrib.toml").write_text(
+        f'[[workers]]\naddress = "192.0.2.7:7070"\npublic_key = "{cut}"\n')
+    with pytest.raises(ConfigError) as info:
+        load({})
+    message = str(info.value)
+    assert "\n" not in message and "distrib.toml" in message and "192.0.2.7:7070" in message
+    assert "single quotes" in message

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import pickle
+import sys
 import threading
+import traceback
+import types
+from collections.abc import Callable
 
 import pytest
 
@@ -56,3 +60,203 @@ def test_worker_side_distrib_errors_come_back_as_their_own_type() -> None:
 
     exc = loads_error([], {"type": "distrib.WorkspaceError", "message": "file x changed"})
     assert isinstance(exc, WorkspaceError) and str(exc) == "file x changed"
+
+
+# --- exceptions come back as themselves ----------------------------------------------------
+
+
+class BadInput(Exception):
+    """Its __init__ takes more than it passes on: plain pickle cannot rebuild it."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class KeywordOnly(Exception):
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class Formatted(Exception):
+    """Plain pickle rebuilds it without error, but with its message formatted twice."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"error {code}")
+
+
+def _rebuild_custom(message: str, code: int) -> Custom:
+    exc = Custom(message, code)
+    exc.via_reduce = True
+    return exc
+
+
+class Custom(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.via_reduce = False
+
+    def __reduce__(self) -> tuple[object, tuple[str, int]]:
+        return (_rebuild_custom, (self.args[0], self.code))
+
+
+class Locked(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+        self.kept = 7
+
+
+def raised(make: Callable[[], BaseException], cause: BaseException | None = None,
+           context: BaseException | None = None) -> BaseException:
+    """``make()`` raised (so it has a traceback), from ``cause`` or while handling ``context``."""
+    try:
+        if context is not None:
+            try:
+                raise context
+            except BaseException:
+                raise make()
+        if cause is not None:
+            raise make() from cause
+        raise make()
+    except BaseException as exc:
+        return exc
+
+
+def round_trip(exc: BaseException) -> BaseException:
+    return loads_error(dumps_error(exc), error_info(exc))
+
+
+def remote_text(exc: BaseException) -> str:
+    """The RemoteTraceback text at the end of ``exc``'s ``__cause__`` chain."""
+    node: BaseException | None = exc
+    while node is not None and not isinstance(node, RemoteTraceback):
+        node = node.__cause__
+    assert isinstance(node, RemoteTraceback), "no RemoteTraceback in the cause chain"
+    return node.text
+
+
+def frames_of(exc: BaseException) -> list[str]:
+    return [f"{f.name}:{f.line}" for f in traceback.extract_tb(exc.__traceback__)]
+
+
+def test_an_init_with_extra_arguments_comes_back_as_itself() -> None:
+    exc = raised(lambda: BadInput("bad value", 42))
+    back = round_trip(exc)
+    assert type(back) is BadInput and str(back) == "bad value" and back.code == 42
+    assert back.args == ("bad value",)
+    assert frames_of(back) == frames_of(exc) == ["raised:raise make()"]
+    assert "raise make()" in remote_text(back) and "BadInput: bad value" in remote_text(back)
+
+
+def test_keyword_only_arguments_and_reformatted_args() -> None:
+    back = round_trip(raised(lambda: KeywordOnly("too long", field="name")))
+    assert type(back) is KeywordOnly and str(back) == "name: too long"
+    assert back.field == "name"
+    again = round_trip(raised(lambda: Formatted(5)))
+    assert type(again) is Formatted and again.args == ("error 5",)
+
+
+def test_a_working_custom_reduce_is_used() -> None:
+    back = round_trip(raised(lambda: Custom("made by reduce", 3)))
+    assert type(back) is Custom and back.via_reduce and back.code == 3
+    assert str(back) == "made by reduce" and back.__traceback__ is not None
+
+
+def test_exception_group_members_come_back_with_their_tracebacks() -> None:
+    members = [raised(lambda: BadInput("first", 1)),
+               raised(lambda: KeywordOnly("x", field="f"), context=KeyError("k"))]
+    back = round_trip(raised(lambda: ExceptionGroup("two failed", members)))
+    assert type(back) is ExceptionGroup and back.message == "two failed"
+    first, second = back.exceptions
+    assert type(first) is BadInput and first.code == 1 and str(first) == "first"
+    assert type(second) is KeywordOnly and second.field == "f"
+    assert frames_of(first) == frames_of(members[0]) == ["raised:raise make()"]
+    assert frames_of(second) == frames_of(members[1]) == ["raised:raise make()"]
+    assert type(second.__context__) is KeyError
+    matched, rest = back.split(BadInput)
+    assert matched is not None and rest is not None  # except* sorts them as on the worker
+    assert "two failed" in remote_text(back) and "KeywordOnly" in remote_text(back)
+
+
+def test_raise_from_keeps_the_cause_and_ends_in_the_remote_traceback() -> None:
+    exc = raised(lambda: BadInput("wrapped", 2), cause=raised(lambda: KeyError("k")))
+    back = round_trip(exc)
+    assert type(back) is BadInput and back.__suppress_context__
+    cause = back.__cause__
+    assert type(cause) is KeyError and cause.args == ("k",)
+    assert frames_of(cause) == frames_of(exc.__cause__) == ["raised:raise make()"]
+    assert frames_of(back) == ["raised:raise make() from cause"]
+    assert isinstance(cause.__cause__, RemoteTraceback)
+    assert "direct cause" in remote_text(back) and "wrapped" in remote_text(back)
+    assert "RemoteTraceback" in "".join(traceback.format_exception(back))
+
+
+def test_context_is_kept() -> None:
+    back = round_trip(raised(lambda: KeywordOnly("while", field="f"),
+                             context=raised(lambda: BadInput("first", 1))))
+    context = back.__context__
+    assert type(back) is KeywordOnly and type(context) is BadInput and context.code == 1
+    assert not back.__suppress_context__ and isinstance(back.__cause__, RemoteTraceback)
+    assert "During handling of the above exception" in remote_text(back)
+
+
+def test_notes_are_kept() -> None:
+    def noted() -> BaseException:
+        exc = BadInput("noted", 3)
+        exc.add_note("first note")
+        exc.add_note("second note")
+        return exc
+
+    back = round_trip(raised(noted))
+    assert type(back) is BadInput and back.__notes__ == ["first note", "second note"]
+
+
+def test_an_attribute_that_does_not_pickle_is_dropped_and_named_in_a_note() -> None:
+    back = round_trip(raised(lambda: Locked("locked")))
+    assert type(back) is Locked and str(back) == "locked" and back.kept == 7
+    assert not hasattr(back, "lock")
+    assert len(back.__notes__) == 1 and "lock" in back.__notes__[0]
+    assert "_thread.lock" in back.__notes__[0]
+    argument = round_trip(raised(lambda: BadInput(threading.Lock(), 1)))  # type: ignore[arg-type]
+    assert type(argument) is BadInput and "_thread.lock" in argument.args[0]
+    assert "args[0]" in argument.__notes__[0]
+
+
+def test_a_class_missing_on_the_loading_side_becomes_remote_error_saying_why(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    module = types.ModuleType("vanishing")
+    exec("class Gone(Exception):\n    pass\n", module.__dict__)
+    monkeypatch.setitem(sys.modules, "vanishing", module)
+    alone = raised(lambda: module.Gone("only on the worker"))
+    grouped = raised(lambda: ExceptionGroup("mixed", [alone, raised(lambda: BadInput("b", 1))]))
+    frames = [dumps_error(alone), dumps_error(grouped)]
+    monkeypatch.delitem(sys.modules, "vanishing")  # the Main lacks the module
+
+    back = loads_error(frames[0], error_info(alone))
+    assert isinstance(back, RemoteError) and back.type_name == "vanishing.Gone"
+    assert back.message == "only on the worker"
+    assert back.why == "class vanishing.Gone does not exist on the Main"
+    assert "class vanishing.Gone does not exist on the Main" in str(back)
+    assert "only on the worker" in back.traceback
+    assert pickle.loads(pickle.dumps(back)).why == back.why
+
+    group = loads_error(frames[1], error_info(grouped))
+    assert type(group) is ExceptionGroup  # only the member whose class is missing is lost
+    missing, kept = group.exceptions
+    assert isinstance(missing, RemoteError) and "vanishing.Gone does not exist" in missing.why
+    assert type(kept) is BadInput and kept.code == 1
+
+
+def test_a_recursion_error_comes_back_as_itself_without_its_thousand_frames() -> None:
+    def recurse(n: int) -> int:
+        return recurse(n + 1)
+
+    try:
+        recurse(0)
+    except RecursionError as exc:
+        back = round_trip(exc)
+    assert type(back) is RecursionError and back.__traceback__ is None  # too deep for tblib
+    assert "Previous line repeated" in remote_text(back)

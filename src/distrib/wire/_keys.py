@@ -34,11 +34,15 @@ def generate() -> KeyPair:
 
 
 def check_public(key: str, where: str) -> str:
-    """Return ``key`` stripped if it is a well-formed public key; else ``ConfigError``."""
-    key = key.strip()
+    """The public key in ``key``, which may be followed by a comment as in a ``.pub`` file
+    (``<key> user@host``); ``ConfigError`` if it is not a well-formed key."""
+    words = key.split(maxsplit=1)
+    key = words[0] if words else ""
     if not _Z85_KEY.match(key):
+        hint = (f"; it is {len(key)} characters long: a shell expands a $ in a key between "
+                "double quotes, so put it in single quotes") if len(key) < 40 else ""
         raise ConfigError(f"{where}: {key[:48]!r} is not a public key (40 characters of Z85, "
-                          "as `distrib keygen` writes to its .pub file)")
+                          f"as `distrib keygen` writes to its .pub file){hint}")
     return key
 
 

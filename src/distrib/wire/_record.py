@@ -25,15 +25,17 @@ class ErrorRecord:
     traceback: str = ""
 
     @classmethod
-    def of(cls, exc: BaseException, with_traceback: bool = True) -> ErrorRecord:
-        """The record of ``exc``, named as the Main knows its class."""
+    def of(cls, exc: BaseException, with_traceback: bool = True,
+           chain: bool = True) -> ErrorRecord:
+        """The record of ``exc``, named as the Main knows its class; ``chain``: the traceback
+        text includes its causes and contexts."""
         kind = type(exc)
         module = kind.__module__
         if module == MAIN_ALIAS:
             module = "__main__"
         elif module == "distrib._errors":
             module = "distrib"
-        text = "".join(_traceback.format_exception(exc)) if with_traceback else ""
+        text = "".join(_traceback.format_exception(exc, chain=chain)) if with_traceback else ""
         return cls(f"{module}.{kind.__qualname__}", str(exc), text)
 
     def to_wire(self) -> dict[str, str]:
