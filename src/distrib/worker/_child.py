@@ -19,6 +19,7 @@ from typing import Any
 
 from distrib import _runtime, _serialize
 from distrib.wire._messages import Outcome
+from distrib.worker import _isolation
 from distrib.worker._pipe import Pipe, Verb
 
 
@@ -76,53 +77,6 @@ def _import_main(env: Path, main: str) -> None:
         _runtime.mode = _runtime.Mode.WORKER_TASK
 
 
-class _Workdir:
-    """A fresh working folder per task that shows the workspace's top-level entries as links.
-
-    A folder the last task left unchanged is reused, which keeps tiny tasks cheap.
-    """
-
-    def __init__(self, env: Path, runs: Path) -> None:
-        self._env, self._runs = env, runs
-        self._names = sorted(os.listdir(env))
-        self._count = 0
-        self._current: Path | None = None
-        self._mtime = 0  # the folder's mtime when it held only the links
-        self._last_start = 0  # when the previous task began (wall clock, ns)
-
-    def enter(self) -> None:
-        started, self._last_start = self._last_start, time.time_ns()
-        if self._current is not None:
-            try:
-                # An unchanged mtime means nothing was added, removed or renamed, provided the
-                # last task began a clock tick after that mtime (mtimes are coarse). Else look.
-                clean = (os.stat(self._current).st_mtime_ns == self._mtime
-                         and started - self._mtime > 50_000_000) or sorted(
-                    os.listdir(self._current)) == self._names
-                if clean:
-                    os.chdir(self._current)
-                    return
-            except OSError:
-                pass
-            self._discard()
-        self._count += 1
-        folder = self._runs / f"{os.getpid()}-{self._count}"
-        folder.mkdir(parents=True)
-        for name in self._names:
-            os.symlink(self._env / name, folder / name)
-        self._current = folder
-        self._mtime = os.stat(folder).st_mtime_ns
-        os.chdir(folder)
-
-    def _discard(self) -> None:
-        import shutil
-
-        if self._current is not None:
-            os.chdir(self._runs)
-            shutil.rmtree(self._current, ignore_errors=True)
-            self._current = None
-
-
 def _take_messages(pipe: Pipe, waiting: dict[int, list[Any]], block: bool) -> None:
     """Read what the daemon sent: tasks to run, and skips of tasks not started yet."""
     while block or pipe.readable():
@@ -149,9 +103,9 @@ def _drop_own_frame(exc: BaseException) -> None:
 def main(argv: list[str]) -> None:
     fd, env, main_script, runs = int(argv[0]), Path(argv[1]), argv[2], Path(argv[3])
     pipe = Pipe(socket.socket(fileno=fd))
+    isolation = _isolation.start(env, runs)  # while this process has one thread
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     sys.path.insert(0, str(env))
-    os.chdir(env)
     lock = threading.Lock()
     out, err = _Forward(pipe, lock, 1), _Forward(pipe, lock, 2)
     try:
@@ -162,8 +116,7 @@ def main(argv: list[str]) -> None:
         pipe.send([Verb.ENV_ERROR, _serialize.error_info(exc)], _serialize.dumps_error(exc))
         pipe.close()
         return
-    workdir = _Workdir(env, runs)
-    pipe.send([Verb.READY])
+    pipe.send([Verb.READY, isolation.kind])
     real_out, real_err = sys.stdout, sys.stderr
     waiting: dict[int, list[Any]] = {}  # tasks received and not started, in order
     while True:
@@ -178,7 +131,7 @@ def main(argv: list[str]) -> None:
         out.key = err.key = key
         sys.stdout, sys.stderr = out, err
         try:
-            workdir.enter()
+            isolation.enter()
             fn, args, kwargs = _serialize.loads(frames)
             result = fn.__wrapped__(*args, **kwargs)
             info: dict[str, str] = {}

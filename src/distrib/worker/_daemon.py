@@ -91,6 +91,7 @@ class Daemon:
         self.dists = Distributions(Store(cache_dir), self._send)
         self.procs: dict[int, ExecutorProcess] = {}
         self.dropped = 0  # malformed messages
+        self._isolation = ""  # how executors keep task writes private, once one said
         self._outbox: dict[bytes, list[Outgoing]] = defaultdict(list)
         self._stop = False
         self._announcer: Any = None
@@ -316,7 +317,8 @@ class Daemon:
             self._apply(self._executor_died(ex_id))
             return
         verb, now = header[0], time.monotonic()
-        if verb == Verb.READY:
+        if verb == Verb.READY and len(header) == 2:
+            self._note_isolation(str(header[1]))
             self.slots.executor_ready(ex_id)
         elif verb == Verb.OUT and len(header) == 4:
             self._forward_output(ex_id, int(header[2]), str(header[3]))
@@ -332,6 +334,18 @@ class Daemon:
         else:
             log.warning("executor %d sent an unexpected %r; stopping it", proc.pid, verb)
             self._apply(self._executor_died(ex_id))
+
+    def _note_isolation(self, kind: str) -> None:
+        if kind == self._isolation:
+            return
+        self._isolation = kind
+        if kind == "overlay":
+            log.info("task writes are private: each executor sees its environment through an "
+                     "overlay in a mount namespace of its own")
+        else:
+            log.warning("no mount namespaces here: each task works in a private copy of its "
+                        "environment, but a write through a module's __file__ reaches the "
+                        "shared tree")
 
     def _executor_died(self, ex_id: int) -> list[Action]:
         proc = self.procs.get(ex_id)

@@ -33,7 +33,7 @@ class Verb(enum.StrEnum):
     RUN = "run"  # [RUN, key] + call frames: run this task (several may wait, in order)
     SKIP = "skip"  # [SKIP, key]: drop that task if it has not started
     # executor -> daemon
-    READY = "ready"  # [READY]: the environment is imported
+    READY = "ready"  # [READY, isolation]: the environment is imported ("overlay" or "copy")
     SKIPPED = "skipped"  # [SKIPPED, key]: dropped, never started
     ENV_ERROR = "env_error"  # [ENV_ERROR, record] + error frames: the import failed; it exits
     OUT = "out"  # [OUT, key, stream, text]: a task's output line(s)

@@ -11,6 +11,7 @@ place, so a reader sees a whole file or tree or nothing.
 
 from __future__ import annotations
 
+import compileall
 import hashlib
 import logging
 import os
@@ -91,6 +92,8 @@ class Store:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, dst)
                 os.chmod(dst, 0o755 if e.executable else 0o644)
+            # Compiled now, once: executors only read the tree (task writes go elsewhere).
+            compileall.compile_dir(tmp, ddir=str(final), quiet=2, workers=1)
             try:
                 os.rename(tmp, final)
             except OSError:  # another daemon sharing the store built it first
