@@ -88,3 +88,47 @@ def test_two_mains_with_one_workspace_do_not_see_each_others_writes(
         with ended(main):
             assert finish(main)[0].splitlines()[0] == "POKE True"
     assert env_matches_workspace(worker, workspace)
+
+
+READ = """
+    from distrib import distributed, gather
+    import settings
+
+    @distributed
+    def read(i):
+        with open("data/input.txt") as f:
+            return f.read().strip(), settings.VALUE
+
+    if __name__ == "__main__":
+        print("READ", sorted(set(gather([read(i) for i in range(8)], timeout=120))))
+    """
+
+
+def test_a_hand_corrupted_environment_is_built_again_before_it_is_used(
+        workspace: Workspace, start_worker) -> None:
+    workspace.write("data/input.txt", "41\n")
+    workspace.write("settings.py", "VALUE = 'shipped'\n")
+    workspace.write("main.py", READ)
+    worker = start_worker(threads=2, name="w")
+
+    def corrupt() -> None:
+        envs = [p for p in (worker.cache_dir / "envs").iterdir() if not p.name.startswith(".")]
+        assert len(envs) == 1
+        (envs[0] / "data" / "input.txt").write_text("666\n")
+        (envs[0] / "settings.py").write_text("VALUE = 'tampered'\n")
+
+    expected = ["READ [('41', 'shipped')]"]
+    env = {"DISTRIB_WORKERS": worker.address}
+    assert workspace.run("main.py", env=env).stdout.splitlines() == expected
+    corrupt()  # between two runs on the same daemon
+    out = workspace.run("main.py", env=env)
+    assert out.stdout.splitlines() == expected, out.stderr[-3000:]
+    assert "drifted from its manifest (data/input.txt, settings.py" in worker.log()
+    assert env_matches_workspace(worker, workspace)
+    worker.stop()
+    corrupt()  # and while no daemon runs: a new one on the same cache folder checks too
+    worker = start_worker(threads=2, name="w")
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
+    assert out.stdout.splitlines() == expected, out.stderr[-3000:]
+    assert "drifted from its manifest (data/input.txt, settings.py" in worker.log()
+    assert env_matches_workspace(worker, workspace)

@@ -206,3 +206,19 @@ def test_an_outcome_for_a_task_not_running_is_treated_as_a_broken_executor() -> 
     s.schedule(0.0)
     actions = s.task_done(ex, 12345, Outcome.OK, {}, [], 1.0)
     assert reports(actions) == [(1, Outcome.CRASHED)] and of(Kill, actions) == [Kill(ex)]
+
+
+def test_a_replaced_environment_retires_its_executors_when_they_are_done() -> None:
+    s = Slots(2)
+    spawns = of(Spawn, started(s, qt(1)))
+    busy = spawns[0].ex_id
+    s.executor_ready(busy)
+    s.schedule(0.0)
+    s.submit(qt(2))
+    actions = s.env_replaced("d")
+    assert actions == []  # the busy executor finishes its task first
+    assert s.schedule(0.5) == []  # task 2 waits for the new tree
+    done = s.task_done(busy, s.running(busy).key, Outcome.OK, {}, [], 1.0)
+    assert reports(done) == [(1, Outcome.OK)] and of(Kill, done) == [Kill(busy)]
+    s.dist_ready("d")
+    assert [a.key.dist for a in of(Spawn, s.schedule(2.0))] == ["d"]  # a fresh executor

@@ -138,3 +138,24 @@ def test_secret_key_files_are_never_shipped(tmp_path: Path) -> None:
                 else tmp_path, _keys.generate())
     dist = scan(tmp_path, tmp_path / "main.py")
     assert [e.path for e in dist.entries] == ["conf/other-name.pub", "main.key.pub", "main.py"]
+
+
+def test_an_environment_that_drifted_is_detected_and_built_again(tmp_path: Path) -> None:
+    import hashlib
+    import zlib
+
+    store = Store(tmp_path / "store")
+    data = {"a.py": b"x = 1\n", "data/input.txt": b"41\n"}
+    entries = []
+    for path, raw in data.items():
+        digest = hashlib.sha256(raw).hexdigest()
+        store.put_compressed(digest, zlib.compress(raw))
+        entries.append(Entry(path, len(raw), False, digest))
+    env = store.materialize("d" * 64, entries, set())
+    assert store.drift("d" * 64) == []
+    (env / "data" / "input.txt").write_text("47\n")
+    (env / "extra.txt").write_text("x")
+    assert store.drift("d" * 64) == ["data/input.txt", "extra.txt"]
+    again = store.materialize("d" * 64, entries, set())
+    assert (again / "data" / "input.txt").read_bytes() == b"41\n"
+    assert not (again / "extra.txt").exists() and store.drift("d" * 64) == []

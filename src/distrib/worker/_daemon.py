@@ -88,7 +88,8 @@ class Daemon:
         self.gate.watch(self.sock)
         self.mains: dict[bytes, MainPeer] = {}
         self.slots = Slots(slots)
-        self.dists = Distributions(Store(cache_dir), self._send)
+        self.dists = Distributions(Store(cache_dir), self._send,
+                                   lambda dist: self._apply(self.slots.env_replaced(dist)))
         self.procs: dict[int, ExecutorProcess] = {}
         self.dropped = 0  # malformed messages
         self._isolation = ""  # how executors keep task writes private, once one said

@@ -48,6 +48,7 @@ class Dist:
     waiting_blobs: set[str] = field(default_factory=set)
     env: Path | None = None
     error: tuple[dict[str, str], list[Any]] | None = None  # record and pickled exception
+    users: set[bytes] = field(default_factory=set)  # Mains whose runs found it checked
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +69,10 @@ Change = Ready | Failed | None
 class Distributions:
     """Every distribution this daemon has heard of, by id."""
 
-    def __init__(self, store: Store, send: Sender) -> None:
+    def __init__(self, store: Store, send: Sender, replaced: Callable[[str], None]) -> None:
         self.store = store
         self._send = send
+        self._replaced = replaced  # told when a ready environment is dropped to be rebuilt
         self._dists: dict[str, Dist] = {}
         self.blobs_received = 0
 
@@ -78,10 +80,24 @@ class Distributions:
         return self._dists.get(dist_id)
 
     def request(self, dist_id: str, peer: bytes) -> Dist:
-        """A task of ``dist_id`` came from ``peer``: start fetching it if it is new."""
+        """A task of ``dist_id`` came from ``peer``: start fetching it if it is new.
+
+        A ready environment is checked against how it was built the first time each Main
+        uses it; one that drifted is dropped and fetched and built again."""
         dist = self._dists.get(dist_id)
+        if dist is not None and dist.state is DistState.READY and peer not in dist.users:
+            drifted = self.store.drift(dist_id)
+            if drifted:
+                log.warning("environment %s drifted from its manifest (%s); building it again "
+                            "from the blob store", dist_id[:12], ", ".join(drifted[:10]))
+                self.store.discard(dist_id)
+                del self._dists[dist_id]
+                self._replaced(dist_id)
+                dist = None
+            else:
+                dist.users.add(peer)
         if dist is None:
-            dist = self._dists[dist_id] = Dist(DistState.MANIFEST, source=peer)
+            dist = self._dists[dist_id] = Dist(DistState.MANIFEST, source=peer, users={peer})
             self._send(peer, m.NeedManifest(dist_id))
         return dist
 

@@ -67,6 +67,7 @@ class Executor:
     key: EnvKey
     ready: bool = False  # it has imported its environment
     runs: deque[Run] = field(default_factory=deque)
+    stale: bool = False  # its environment was replaced: retire it once its tasks are done
 
 
 # --- actions ---------------------------------------------------------------------------------
@@ -158,6 +159,18 @@ class Slots:
         self._ready_dists.discard(dist)
         for task in self.queues.take_where(lambda t: t.dist == dist):
             self._out.append(Report(task, Outcome.ENV_ERROR, info, frames))
+        return self._take()
+
+    def env_replaced(self, dist: str) -> list[Action]:
+        """The tree of ``dist`` is being built again: its tasks wait for it, and its executors
+        (which see the old tree) retire, idle ones now, busy ones when their tasks are done."""
+        self._ready_dists.discard(dist)
+        for ex in list(self.executors.values()):
+            if ex.key.dist == dist:
+                if ex.runs:
+                    ex.stale = True
+                else:
+                    self._retire(ex)
         return self._take()
 
     def executor_ready(self, ex_id: int) -> None:
@@ -261,7 +274,8 @@ class Slots:
             if task is None:
                 break
             key = EnvKey(task.dist, task.threads)
-            idle = (e for e in self.executors.values() if e.key == key and not e.runs)
+            idle = (e for e in self.executors.values()
+                    if e.key == key and not e.runs and not e.stale)
             ex = next(idle, None) or self._spawn(key)
             self.busy += task.threads
             self._hand(ex, task, now)
@@ -285,7 +299,7 @@ class Slots:
         """All slots busy: give each busy executor its next task (tiny tasks: a few), so it
         starts it the moment it finishes one instead of waiting for a turn of the loop."""
         for ex in list(self.executors.values()):
-            if not ex.runs or not ex.ready:
+            if not ex.runs or not ex.ready or ex.stale:
                 continue
             key = ex.key
             depth = PREFETCH if self._run_time.get(key, 1.0) <= TINY_TASK else 1
@@ -330,6 +344,8 @@ class Slots:
         """The executor's running task is gone: the next one (if any) starts running now."""
         if not ex.runs:
             self.busy -= ex.key.threads
+            if ex.stale:
+                self._retire(ex)
             return
         head = ex.runs[0]
         self._began(head, now)

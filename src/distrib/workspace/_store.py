@@ -21,6 +21,8 @@ import time
 import zlib
 from pathlib import Path
 
+import msgpack
+
 from distrib._errors import WorkspaceError
 from distrib.wire._limits import MAX_FILE_BYTES
 from distrib.workspace._manifest import Entry
@@ -41,9 +43,11 @@ class Store:
         self.root = root
         self.blobs = root / "blobs"
         self.envs = root / "envs"
+        self.stamps = root / "stamps"  # per environment: each file's size and mtime as built
         self.max_envs = max_envs
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.envs.mkdir(parents=True, exist_ok=True)
+        self.stamps.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o700)
 
     def _blob_path(self, digest: str) -> Path:
@@ -70,20 +74,47 @@ class Store:
             raise WorkspaceError(f"blob {digest[:12]} does not match its hash; discarded")
         path = self._blob_path(digest)
         path.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-        os.replace(tmp, path)
+        _write_atomically(path, raw)
 
     def env_path(self, dist_id: str) -> Path:
         return self.envs / dist_id
 
+    def drift(self, dist_id: str) -> list[str]:
+        """Files of the environment tree that differ from when it was built (changed, missing
+        or added), by size and modification time; empty when it is as built."""
+        try:
+            built = msgpack.unpackb((self.stamps / dist_id).read_bytes())
+        except (OSError, ValueError):
+            return ["(no record of how it was built)"]
+        now = _stamp(self.env_path(dist_id))
+        return sorted(path for path in built.keys() | now.keys()
+                      if built.get(path) != now.get(path))
+
+    def discard(self, dist_id: str) -> None:
+        """Remove an environment tree (moved aside first, so no one sees half of it)."""
+        final = self.env_path(dist_id)
+        trash = Path(tempfile.mkdtemp(dir=self.envs, prefix=".trash-"))
+        try:
+            os.rename(final, trash / "tree")
+        except OSError:
+            pass
+        shutil.rmtree(trash, ignore_errors=True)
+        (self.stamps / dist_id).unlink(missing_ok=True)
+
     def materialize(self, dist_id: str, entries: list[Entry], in_use: set[str]) -> Path:
-        """Build the environment tree for ``dist_id`` from stored blobs; return its path."""
+        """Build the environment tree for ``dist_id`` from stored blobs; return its path.
+
+        An existing tree is checked first: one that drifted from how it was built (a file
+        changed by hand, say) is logged with the file names and built again."""
         final = self.env_path(dist_id)
         if final.is_dir():
-            _touch(final)
-            return final
+            drifted = self.drift(dist_id)
+            if not drifted:
+                _touch(final)
+                return final
+            log.warning("environment %s drifted from its manifest (%s); building it again from "
+                        "the blob store", dist_id[:12], _names(drifted))
+            self.discard(dist_id)
         tmp = Path(tempfile.mkdtemp(dir=self.envs, prefix=".tmp-"))
         try:
             for e in entries:
@@ -94,10 +125,13 @@ class Store:
                 os.chmod(dst, 0o755 if e.executable else 0o644)
             # Compiled now, once: executors only read the tree (task writes go elsewhere).
             compileall.compile_dir(tmp, ddir=str(final), quiet=2, workers=1)
+            stamp = msgpack.packb(_stamp(tmp))
             try:
                 os.rename(tmp, final)
             except OSError:  # another daemon sharing the store built it first
                 shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                _write_atomically(self.stamps / dist_id, stamp)
             _touch(final)
         except FileNotFoundError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -114,8 +148,31 @@ class Store:
         for p in envs[: len(envs) - self.max_envs]:
             if p.name not in keep:
                 log.info("evicting environment %s", p.name[:12])
-                shutil.rmtree(p, ignore_errors=True)
+                self.discard(p.name)
         # Stale temporaries from a daemon that died mid-build.
-        for p in self.envs.glob(".tmp-*"):
+        for p in [*self.envs.glob(".tmp-*"), *self.envs.glob(".trash-*")]:
             if p.stat().st_mtime < time.time() - 3600:
                 shutil.rmtree(p, ignore_errors=True)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _stamp(root: Path) -> dict[str, list[int]]:
+    """Size and modification time of every file under ``root``, by relative path."""
+    out = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            st = os.lstat(path)
+            out[os.path.relpath(path, root)] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def _names(paths: list[str], most: int = 10) -> str:
+    more = f" and {len(paths) - most} more" if len(paths) > most else ""
+    return ", ".join(paths[:most]) + more
