@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import functools
 import importlib
+import pickle
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+import cloudpickle
 
 from distrib import _runtime
 from distrib._errors import ConfigError, MainGuardError
@@ -73,6 +76,10 @@ class DistributedFunction(Generic[P, T]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         module, qualname = self._fn.__module__, self._fn.__qualname__
+        if module != "__main__" and not _runtime.resolves_on_workers(module):
+            # Workers cannot import its module: it travels by value, with what it uses there.
+            cloudpickle.register_pickle_by_value(sys.modules[module])
+            return (_by_value, (cloudpickle.dumps(self._fn, protocol=5), self.options))
         by_reference = (module != "__main__" or _runtime.main_shipped) and _finds(
             self, module, qualname)
         if by_reference:
@@ -87,6 +94,10 @@ def _finds(obj: object, module: str, qualname: str) -> bool:
     for part in qualname.split("."):
         found = getattr(found, part, None)
     return found is obj
+
+
+def _by_value(fn: bytes, options: TaskOptions) -> DistributedFunction[..., Any]:
+    return DistributedFunction(pickle.loads(fn), options)
 
 
 def _lookup(module: str, qualname: str) -> DistributedFunction[..., Any]:

@@ -7,6 +7,8 @@ worker (which would otherwise re-run the script's calls there) and to run nested
 from __future__ import annotations
 
 import enum
+import os
+import site
 import sys
 
 from distrib.wire._record import MAIN_ALIAS as MAIN_ALIAS
@@ -21,6 +23,23 @@ class Mode(enum.Enum):
 mode: Mode = Mode.MAIN
 main_script: str = ""  # the main script's path inside the workspace, for messages
 main_shipped: bool = False  # set by the session: is the Main's __main__ importable on workers?
+shipped_root: str | None = None  # set by the session: the workspace folder shipped, if any
+
+
+def resolves_on_workers(module_name: str) -> bool:
+    """Whether workers can import ``module_name``: it is installed, or in the shipped workspace.
+
+    (A module next to a script run without a workspace, say, does not travel by reference.)
+    """
+    module = sys.modules.get(module_name)
+    file = getattr(module, "__file__", None)
+    if module is None or file is None:
+        return True  # built in, or a namespace: nothing of ours to decide
+    path = os.path.realpath(file)
+    roots = [shipped_root] if shipped_root else []
+    roots += [os.path.realpath(p) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix,
+                                            site.getusersitepackages()}]
+    return any(path.startswith(root + os.sep) for root in roots)
 
 # Executors import the main script under MAIN_ALIAS; make the same name resolve here so a
 # result referring to a class of the script unpickles to the Main's own class (as

@@ -401,3 +401,26 @@ def test_output_redirected_into_the_workspace_is_not_shipped(workspace: Workspac
     text = (workspace.root / "run.log").read_text()
     assert code == 0, text
     assert "line 199 200" in text
+
+
+def test_python_c_in_a_huge_folder_ships_no_workspace(tmp_path: Path, start_worker,
+                                                      cache_dir: Path) -> None:
+    worker = start_worker(threads=2)
+    home = tmp_path / "home"
+    for i in range(200):
+        folder = home / f"d{i}"
+        folder.mkdir(parents=True)
+        for j in range(1000):
+            (folder / f"f{j}").touch()
+    (home / "helper.py").write_text("def double(x):\n    return 2 * x\n")
+    code = ("import distrib, helper\n"
+            "f = distrib.distributed(helper.double)\n"
+            "g = distrib.distributed(lambda x: x + 1)\n"
+            "print('RESULTS', f(21).unwrap(timeout=60), g(1).unwrap(timeout=60))\n")
+    env = {**os.environ, "DISTRIB_CACHE_DIR": str(cache_dir), "DISTRIB_WORKERS": worker.address}
+    out = subprocess.run([PYTHON, "-c", code], cwd=home, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["RESULTS 42 2"]
+    assert "no main script (a REPL, python -c or stdin): no workspace is shipped" in out.stderr
+    assert worker.status()["blobs_received"] == 0

@@ -70,6 +70,7 @@ class Session:
         self.python = _facts.python_version()
         self.dist: Distribution = scan_workspace(settings, main_file)
         _runtime.main_shipped = self.dist.main is not None
+        _runtime.shipped_root = str(self.dist.root) if self.dist.entries else None
         self.name = f"{main_file.name if main_file else 'python'}@{socket.gethostname()}:{os.getpid()}"
         self.main_id = os.urandom(8).hex()
         self.ctx: zmq.Context[Any] = zmq.Context()

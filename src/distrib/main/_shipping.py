@@ -18,7 +18,7 @@ import psutil
 from distrib._config import Settings
 from distrib.wire import _messages as m
 from distrib.wire._limits import BLOB_BATCH_BYTES
-from distrib.workspace._manifest import Distribution, scan
+from distrib.workspace._manifest import Distribution, encode_manifest, scan
 
 log = logging.getLogger("distrib")
 
@@ -46,7 +46,17 @@ def _files_being_written() -> list[Path]:
 
 
 def scan_workspace(settings: Settings, main_file: Path | None) -> Distribution:
-    """Scan the configured workspace (default: the main script's folder, else this folder)."""
+    """Scan the configured workspace (default: the main script's folder).
+
+    Without a main script (a REPL, ``python -c``, a script on stdin) and no workspace
+    configured, nothing is shipped: the current folder may be a home folder of 200,000 files.
+    """
+    if settings.workspace is None and main_file is None:
+        log.warning("no main script (a REPL, python -c or stdin): no workspace is shipped and "
+                    "functions travel by value; set a workspace (distrib.init(workspace=...), "
+                    "DISTRIB_WORKSPACE or [main] workspace) to ship a folder")
+        encoded, dist_id = encode_manifest(None, [])
+        return Distribution(Path.cwd(), None, (), encoded, dist_id)
     root = settings.workspace or (main_file.parent if main_file else Path.cwd())
     cache = settings.cache_dir / "hashes" / (
         hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16] + ".msgpack")
