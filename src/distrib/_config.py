@@ -12,6 +12,7 @@ The file's shape (every key optional)::
     workspace = "."             # the folder shipped to workers
     exclude = ["data/"]         # extra .gitignore-style patterns
     forward_output = true
+    forward_env = ["MY_*"]      # variables forwarded to workers besides those the code names
     heartbeat = 1.0             # seconds between heartbeats
     lost_after = 10.0           # seconds of silence before a worker is declared lost
 
@@ -73,6 +74,7 @@ class Settings:
     forward_output: bool = True
     workspace: Path | None = None  # None: the main script's folder (or the current folder)
     excludes: tuple[str, ...] = ()
+    forward_env: tuple[str, ...] = ()  # extra variables (globs) forwarded to executors
     cache_dir: Path = field(default_factory=lambda: Path(platformdirs.user_cache_dir("distrib")))
     heartbeat_interval: float = 1.0
     lost_after: float = 10.0
@@ -156,7 +158,8 @@ def _worker(name: str, item: Any) -> WorkerAddress:
 # --- sources ---------------------------------------------------------------------------------
 
 _SCHEMA: dict[str, set[str]] = {
-    "main": {"key", "workspace", "exclude", "forward_output", "heartbeat", "lost_after"},
+    "main": {"key", "workspace", "exclude", "forward_output", "forward_env", "heartbeat",
+             "lost_after"},
     "local": {"threads"},
     "discovery": {"enabled", "trust", "trust_on_first_use", "interfaces"},
     "workers": set(),
@@ -222,6 +225,8 @@ def _from_file(path: Path, table: dict[str, Any]) -> dict[str, Any]:
         values["excludes"] = _strings(f"{name} exclude", main["exclude"])
     if "forward_output" in main:
         values["forward_output"] = _bool(f"{name} forward_output", main["forward_output"])
+    if "forward_env" in main:
+        values["forward_env"] = _strings(f"{name} forward_env", main["forward_env"])
     if "heartbeat" in main:
         values["heartbeat_interval"] = _positive(f"{name} heartbeat", main["heartbeat"], float)
     if "lost_after" in main:
@@ -263,6 +268,8 @@ def _from_environ(env: Mapping[str, str]) -> dict[str, Any]:
         values["workspace"] = Path(raw)
     if raw := env.get("DISTRIB_EXCLUDE", "").strip():
         values["excludes"] = tuple(p.strip() for p in raw.split(",") if p.strip())
+    if raw := env.get("DISTRIB_FORWARD_ENV", "").strip():
+        values["forward_env"] = tuple(p.strip() for p in raw.split(",") if p.strip())
     if raw := env.get("DISTRIB_CACHE_DIR", "").strip():
         values["cache_dir"] = Path(raw)
     if raw := env.get("DISTRIB_HEARTBEAT", "").strip():

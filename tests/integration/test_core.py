@@ -20,8 +20,9 @@ def test_seed_example_runs_on_the_embedded_cluster(workspace: Workspace) -> None
 
 def test_seed_example_runs_on_two_daemons_started_by_hand(workspace: Workspace,
                                                           start_worker) -> None:
-    # The example reads DEMO_SLEEP when a worker imports it: the workers need it too.
-    knobs = {"DEMO_SLEEP": "0.05"}
+    # The example reads DEMO_SLEEP when a worker imports it: the Main's value is forwarded,
+    # and wins over the worker's own (which would fail the import if it were used).
+    knobs = {"DEMO_SLEEP": "not-a-number"}
     a = start_worker(threads=2, name="alpha", env=knobs)
     b = start_worker(threads=2, name="beta", env=knobs)
     shutil.copy(REPO / "examples" / "sleep_sum.py", workspace.root)

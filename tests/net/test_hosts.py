@@ -54,7 +54,7 @@ def test_seed_example_across_three_hosts_with_keys(network: Network, start_worke
                                                    workspace: Workspace, tmp_path: Path) -> None:
     m, h1, h2 = network.add("main"), network.add("w1"), network.add("w2")
     key, public = main_key(tmp_path)
-    knobs = {"DEMO_SLEEP": "0.05"}  # the example reads it when a worker imports it
+    knobs = {"DEMO_SLEEP": "not-a-number"}  # the Main's value is forwarded and wins
     w1 = keyed_worker(start_worker, h1, tmp_path, "w1", [public], env=knobs)
     w2 = keyed_worker(start_worker, h2, tmp_path, "w2", [public], env=knobs)
     assert w1.address == f"tcp://{h1.address}:7070"

@@ -13,7 +13,7 @@ from distrib.wire import _messages as m
 from distrib.wire._limits import MAX_HEADER_BYTES
 
 SAMPLES: list[m.Message] = [
-    m.Hello(1, "id", "main", "3.11", 42, True),
+    m.Hello(1, "id", "main", "3.11", 42, True, ["main.py", "-v"], {"SCALE": "2"}),
     m.Welcome(1, "wid", "w", "linux-x86_64", "3.11", 4, 7),
     m.Refused(m.RefusalCode.UNKNOWN_PEER, "no"),
     m.Goodbye(),

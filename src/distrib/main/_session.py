@@ -37,7 +37,7 @@ from distrib._errors import (
 )
 from distrib._response import Response
 from distrib.main import _discovery
-from distrib.main._shipping import blob_messages, scan_workspace
+from distrib.main._shipping import blob_messages, forwarded_environ, scan_workspace
 from distrib.main._link import Link, LinkState
 from distrib.main._scheduler import Scheduler, Task, WorkerView
 from distrib.wire import _codec, _facts, _transport
@@ -81,8 +81,11 @@ class Session:
 
             self.local = LocalCluster(settings.local_threads, settings.cache_dir)
             workers = [_config.WorkerAddress(a) for a in self.local.addresses]
+        forwarded = forwarded_environ(self.dist, settings.forward_env, os.environ)
+        if forwarded:
+            log.info("forwarding to workers: %s", ", ".join(forwarded))
         self.hello = m.Hello(m.PROTOCOL_VERSION, self.main_id, self.name, self.python,
-                             os.getpid(), settings.forward_output)
+                             os.getpid(), settings.forward_output, list(sys.argv), forwarded)
         self.links: dict[str, Link] = {}
         for worker in workers:
             self._add_link(worker)

@@ -6,11 +6,13 @@ that worker (``DistFailed``), and a rerun ships the new version.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import logging
+import re
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import psutil
@@ -43,6 +45,31 @@ def _files_being_written() -> list[Path]:
                 if any(c in f.mode for c in "wa+")]
     except psutil.Error:
         return []
+
+
+# os.environ["X"], os.environ.get("X"), os.getenv("X"), environ.get("X"), getenv("X")
+_ENV_READ = re.compile(
+    rb"""(?:\benviron\s*\[|\benviron\.get\s*\(|\bgetenv\s*\()\s*["']([A-Za-z_][A-Za-z0-9_]*)["']""")
+# Never forwarded: they would change how the executor itself starts, or are distrib's own.
+_NOT_FORWARDED = ("PYTHON*", "LD_*", "DYLD_*", "DISTRIB_*")
+_MAX_SOURCE = 2 << 20  # larger .py files are not read for variable names
+
+
+def forwarded_environ(dist: Distribution, patterns: tuple[str, ...],
+                      environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables workers get: those the workspace's code reads by name, and those matching
+    ``patterns``; nothing else (a Main's credentials must not reach a lent machine)."""
+    names: set[str] = set()
+    for entry in dist.entries:
+        if entry.path.endswith(".py") and entry.size <= _MAX_SOURCE:
+            try:
+                source = (dist.root / entry.path).read_bytes()
+            except OSError:
+                continue
+            names.update(m.decode() for m in _ENV_READ.findall(source))
+    names.update(n for n in environ if any(fnmatch.fnmatchcase(n, p) for p in patterns))
+    return {n: environ[n] for n in sorted(names) if n in environ
+            and not any(fnmatch.fnmatchcase(n, p) for p in _NOT_FORWARDED)}
 
 
 def scan_workspace(settings: Settings, main_file: Path | None) -> Distribution:

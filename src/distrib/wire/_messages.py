@@ -70,6 +70,8 @@ class Hello(Message):
     python: str
     pid: int
     forward_output: bool
+    argv: list[str]  # the Main's sys.argv, for the main script's import on workers
+    environ: dict[str, str]  # variables forwarded to the executors of its tasks
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import os
 import sys
 import threading
@@ -21,6 +22,7 @@ from distrib import _runtime, _serialize
 from distrib.wire._messages import Outcome
 from distrib.worker import _isolation
 from distrib.worker._pipe import Pipe, Verb
+from distrib.worker._pool import ARGV_VARIABLE
 
 
 class _Forward(io.TextIOBase):
@@ -108,6 +110,7 @@ def main(argv: list[str]) -> None:
     sys.path.insert(0, str(env))
     lock = threading.Lock()
     out, err = _Forward(pipe, lock, 1), _Forward(pipe, lock, 2)
+    sys.argv = json.loads(os.environ.pop(ARGV_VARIABLE, "[]")) or [str(env / main_script)]
     try:
         if main_script:
             _import_main(env, main_script)

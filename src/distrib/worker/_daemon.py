@@ -11,6 +11,7 @@ a payload: call frames go to executors and result frames to the Main as they cam
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import zmq
 
 from distrib._errors import ProtocolError
@@ -57,6 +59,7 @@ class MainPeer:
     name: str
     forward_output: bool
     last_seen: float
+    context: str  # names its argv and forwarded environment in ``Daemon.contexts``
 
 
 class Daemon:
@@ -93,6 +96,7 @@ class Daemon:
         self.procs: dict[int, ExecutorProcess] = {}
         self.dropped = 0  # malformed messages
         self._isolation = ""  # how executors keep task writes private, once one said
+        self.contexts: dict[str, tuple[list[str], dict[str, str]]] = {}  # argv, environment
         self._outbox: dict[bytes, list[Outgoing]] = defaultdict(list)
         self._stop = False
         self._announcer: Any = None
@@ -245,8 +249,11 @@ class Daemon:
             self._send(peer, m.Refused(RefusalCode.PROTOCOL, f"protocol {msg.protocol} "
                                        f"unsupported; this worker speaks {m.PROTOCOL_VERSION}"))
             return
-        self.mains[peer] = MainPeer(peer, msg.main_id, msg.name, msg.forward_output,
-                                    time.monotonic())
+        context = hashlib.sha256(msgpack.packb([msg.argv, sorted(msg.environ.items())]))
+        main = MainPeer(peer, msg.main_id, msg.name, msg.forward_output, time.monotonic(),
+                        context.hexdigest()[:16])
+        self.contexts[main.context] = (msg.argv, msg.environ)
+        self.mains[peer] = main
         log.info("serving Main %s (pid %d)", msg.name, msg.pid)
         self._send(peer, m.Welcome(m.PROTOCOL_VERSION, self.worker_id, self.name,
                                    _facts.platform_tag(), _facts.python_version(),
@@ -254,10 +261,11 @@ class Daemon:
 
     def _on_submit(self, peer: bytes, msg: m.Submit) -> None:
         frames = list(msg.frames)
+        context = self.mains[peer].context
         at = 0
         for spec in msg.tasks:
             task = QueuedTask(peer, spec.task_id, spec.dist, spec.threads, spec.timeout,
-                              [*spec.inline, *frames[at: at + spec.nframes]])
+                              [*spec.inline, *frames[at: at + spec.nframes]], context)
             at += spec.nframes
             dist = self.dists.request(spec.dist, peer)
             if dist.state is DistState.FAILED and dist.error is not None:
@@ -296,8 +304,9 @@ class Daemon:
             elif isinstance(action, Spawn):
                 dist = self.dists.get(action.key.dist)
                 assert dist is not None and dist.env is not None
+                argv, environ = self.contexts[action.key.context]
                 self.procs[action.ex_id] = _pool.spawn(action.key.threads, dist.env, dist.main,
-                                                       self.runs)
+                                                       self.runs, argv, environ)
             else:
                 proc = self.procs[action.ex_id]
                 try:

@@ -7,6 +7,7 @@ over a socketpair; the daemon polls the socket's file descriptor in its event lo
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -21,6 +22,7 @@ from distrib.worker._pipe import Pipe, Verb
 
 log = logging.getLogger("distrib.worker")
 
+ARGV_VARIABLE = "DISTRIB_MAIN_ARGV"  # the Main's sys.argv, as JSON, for the executor only
 _THREAD_VARS = (
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
@@ -73,10 +75,12 @@ class ExecutorProcess:
             log.warning("executor %d did not exit after SIGKILL", self.proc.pid)
 
 
-def spawn(threads: int, env: Path, main: str | None, runs: Path) -> ExecutorProcess:
-    """Start an executor whose environment tree is ``env``, for tasks of ``threads`` threads."""
+def spawn(threads: int, env: Path, main: str | None, runs: Path, argv: list[str],
+          forwarded: dict[str, str]) -> ExecutorProcess:
+    """Start an executor whose environment tree is ``env``, for tasks of ``threads`` threads,
+    importing the main script with the Main's ``argv`` and ``forwarded`` variables set."""
     ours, theirs = socket.socketpair()
-    environ = dict(os.environ)
+    environ = {**os.environ, **forwarded, ARGV_VARIABLE: json.dumps(argv)}
     for name in _THREAD_VARS:
         environ[name] = str(threads)
     try:

@@ -34,10 +34,13 @@ SKIP_GRACE = 0.05  # seconds to wait for a "skipped" before stopping a withdrawn
 
 @dataclass(frozen=True, slots=True)
 class EnvKey:
-    """Executors are shared by tasks of one distribution asking for the same thread count."""
+    """Executors are shared by tasks of one distribution asking for the same thread count,
+    from Mains with the same argv and forwarded environment (the main script's import sees
+    them)."""
 
     dist: str
     threads: int
+    context: str = ""
 
 
 class Withdrawn(enum.Enum):
@@ -273,7 +276,7 @@ class Slots:
                                              lambda t: t.dist in self._ready_dists)
             if task is None:
                 break
-            key = EnvKey(task.dist, task.threads)
+            key = EnvKey(task.dist, task.threads, task.context)
             idle = (e for e in self.executors.values()
                     if e.key == key and not e.runs and not e.stale)
             ex = next(idle, None) or self._spawn(key)
@@ -306,7 +309,7 @@ class Slots:
             while len(ex.runs) <= depth:
                 task = self.queues.next_runnable(key.threads, lambda t: (
                     t.dist == key.dist and t.threads == key.threads
-                    and t.nbytes < PREFETCH_BYTES))
+                    and t.context == key.context and t.nbytes < PREFETCH_BYTES))
                 if task is None:
                     break
                 self._hand(ex, task, now)

@@ -22,6 +22,7 @@ class QueuedTask:
     threads: int
     timeout: float | None
     frames: list[Any] = field(repr=False)
+    context: str = ""  # its Main's argv and environment (hashed): executors are per context
     nbytes: int = field(init=False, repr=False)  # payload size, for prefetch decisions
 
     def __post_init__(self) -> None:

@@ -1,0 +1,35 @@
+"""The main script sees on workers what it sees locally: its argv and the variables it names."""
+
+from __future__ import annotations
+
+from tests.helpers import Workspace
+
+CLI = """
+    import argparse, os
+    from distrib import distributed, gather
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scale", type=int, default=1)
+    ARGS = parser.parse_args()              # at import: runs on every worker too
+    KNOB = os.environ.get("APP_KNOB", "unset")
+
+    @distributed
+    def look(x):
+        return (x * ARGS.scale, KNOB, os.getenv("EXTRA_ONE"), "SECRET_TOKEN" in os.environ)
+
+    if __name__ == "__main__":
+        print("LOOK", sorted(set(gather([look(1) for _ in range(6)], timeout=120))))
+    """
+
+
+def test_argv_and_named_variables_reach_the_workers_and_nothing_else(
+        workspace: Workspace, start_worker) -> None:
+    worker = start_worker(threads=2)
+    workspace.write("cli.py", CLI)
+    env = {"DISTRIB_WORKERS": worker.address, "APP_KNOB": "on", "EXTRA_ONE": "1",
+           "SECRET_TOKEN": "hunter2", "DISTRIB_FORWARD_ENV": "EXTRA_*"}
+    for scale in ("2", "3"):  # two runs, each with its own argv, on one worker
+        out = workspace.run("cli.py", "--scale", scale, env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        # The secret is set on the Main, but the workspace never names it: not forwarded.
+        assert out.stdout.splitlines() == [f"LOOK [({scale}, 'on', '1', False)]"]
