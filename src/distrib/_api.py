@@ -28,6 +28,7 @@ class TaskOptions:
     threads: int = 1
     retries: int = 3
     timeout: float | None = None
+    outputs: tuple[str, ...] = ()  # .gitignore-style globs of written files sent back
 
 
 class DistributedFunction(Generic[P, T]):
@@ -121,6 +122,7 @@ def distributed(
     threads: int = 1,
     retries: int = 3,
     timeout: float | None = None,
+    outputs: str | Iterable[str] | None = None,
 ) -> Callable[[Callable[P, T]], DistributedFunction[P, T]]: ...
 
 
@@ -132,12 +134,16 @@ def distributed(
     threads: int = 1,
     retries: int = 3,
     timeout: float | None = None,
+    outputs: str | Iterable[str] | None = None,
 ) -> DistributedFunction[P, T] | Callable[[Callable[P, T]], DistributedFunction[P, T]]:
     """Make a function's calls run on workers.
 
     ``platform``: glob (or globs) a worker's platform tag must match, e.g. ``"linux-*"``.
     ``threads``: slots the task reserves on its worker. ``retries``: how often a task whose
     executor or worker died is tried again. ``timeout``: seconds a run may take on the worker.
+    ``outputs``: ``.gitignore``-style globs, relative to the task's working folder, of files
+    the task writes that come back with its result and are written into this Main's workspace
+    at the same relative path before ``unwrap()`` returns (e.g. ``"results/**"``).
     """
     platforms = (platform,) if isinstance(platform, str) else tuple(platform)
     if not platforms or not all(isinstance(p, str) and p for p in platforms):
@@ -148,7 +154,12 @@ def distributed(
         raise ConfigError(f"distributed(retries=...): expected an int >= 0, got {retries!r}")
     if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
         raise ConfigError(f"distributed(timeout=...): expected seconds > 0, got {timeout!r}")
-    options = TaskOptions(platforms, threads, retries, None if timeout is None else float(timeout))
+    globs = () if outputs is None else (outputs,) if isinstance(outputs, str) else tuple(outputs)
+    if not all(isinstance(g, str) and g.strip() and ".." not in g.split("/") for g in globs):
+        raise ConfigError(f"distributed(outputs=...): expected globs relative to the working "
+                          f"folder (no '..'), got {outputs!r}")
+    options = TaskOptions(platforms, threads, retries, None if timeout is None else float(timeout),
+                          globs)
 
     def wrap(f: Callable[P, T]) -> DistributedFunction[P, T]:
         return DistributedFunction(f, options)

@@ -34,11 +34,13 @@ from distrib._errors import (
     TaskTimeout,
     WorkerCrashed,
     WorkerLost,
+    WorkspaceError,
 )
 from distrib._response import Response
 from distrib.main import _discovery
 from distrib.main._shipping import blob_messages, forwarded_environ, scan_workspace
 from distrib.main._link import Link, LinkState
+from distrib.main._outputs import Outputs
 from distrib.main._scheduler import Scheduler, Task, WorkerView
 from distrib.wire import _codec, _facts, _transport
 from distrib.wire import _messages as m
@@ -96,6 +98,7 @@ class Session:
 
             self._browser = Browser(self._on_found, settings.discovery.interfaces)
         self.scheduler = Scheduler(self.python)
+        self.outputs = Outputs(self.dist.root)
         self._ids = itertools.count(1)
         self._incoming: deque[Task] = deque()
         self._cancels: deque[int] = deque()
@@ -130,7 +133,8 @@ class Session:
         with self._closing_lock:
             if not self._closing:
                 self._incoming.append(Task(task_id, fn.__qualname__, frames, opts.platform,
-                                           opts.threads, opts.retries, opts.timeout, response))
+                                           opts.threads, opts.retries, opts.timeout, response,
+                                           bool(opts.outputs)))
                 self._wake()
                 return response
         response._finish(None, exc=Cancelled(
@@ -354,10 +358,19 @@ class Session:
         response: Response[Any] = task.response
         if spec.status is Outcome.OK:
             try:
-                response._finish(link.name, _serialize.loads(frames))
+                value = _serialize.loads(frames)
             except Exception as exc:
                 response._finish(link.name, exc=SerializationError(
                     f"the result of {where} does not unpickle here: {type(exc).__name__}: {exc}"))
+                return
+            if task.outputs:  # (result, [(path, bytes), ...]): files first, then the result
+                value, files = value
+                try:
+                    self.outputs.write(f"task {task.name}#{task.task_id}", files)
+                except (WorkspaceError, OSError) as exc:
+                    response._finish(link.name, exc=exc)
+                    return
+            response._finish(link.name, value)
         elif spec.status in (Outcome.ERROR, Outcome.ENV_ERROR):
             response._finish(link.name, exc=_serialize.loads_error(frames, spec.info))
         elif spec.status is Outcome.CRASHED:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import pickle
 import os
 import sys
 import threading
@@ -18,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 
+import pathspec
+
 from distrib import _runtime, _serialize
+from distrib.wire._limits import MAX_FILE_BYTES
 from distrib.wire._messages import Outcome
 from distrib.worker import _isolation
 from distrib.worker._pipe import Pipe, Verb
@@ -79,6 +83,23 @@ def _import_main(env: Path, main: str) -> None:
         _runtime.mode = _runtime.Mode.WORKER_TASK
 
 
+def _outputs(isolation: _isolation.Overlay | _isolation.Copies,
+             globs: tuple[str, ...]) -> list[tuple[str, Any]]:
+    """The files the task wrote that match ``globs``, with their contents."""
+    spec = pathspec.PathSpec.from_lines("gitwildmatch", globs)
+    out: list[tuple[str, Any]] = []
+    for path in isolation.written():
+        if spec.match_file(path):
+            full = isolation.folder / path  # (the task may have left its working folder)
+            size = os.path.getsize(full)
+            if size > MAX_FILE_BYTES:
+                raise ValueError(f"output file {path} is {size} bytes, over the "
+                                 f"{MAX_FILE_BYTES} limit of a file sent back")
+            with open(full, "rb") as f:
+                out.append((path, pickle.PickleBuffer(bytearray(f.read()))))
+    return out
+
+
 def _take_messages(pipe: Pipe, waiting: dict[int, list[Any]], block: bool) -> None:
     """Read what the daemon sent: tasks to run, and skips of tasks not started yet."""
     while block or pipe.readable():
@@ -137,6 +158,8 @@ def main(argv: list[str]) -> None:
             isolation.enter()
             fn, args, kwargs = _serialize.loads(frames)
             result = fn.__wrapped__(*args, **kwargs)
+            if fn.options.outputs:
+                result = (result, _outputs(isolation, fn.options.outputs))
             info: dict[str, str] = {}
             try:
                 status, payload = Outcome.OK, _serialize.dumps(result)

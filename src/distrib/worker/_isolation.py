@@ -22,6 +22,7 @@ import os
 import shutil
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 _CLONE_NEWNS = 0x00020000
@@ -71,6 +72,16 @@ class Overlay:
             self._mount()
         os.chdir(self.env)
 
+    def written(self) -> list[str]:
+        """Relative paths of the files the current task created or changed."""
+        assert self._upper is not None
+        return _files(self._upper, lambda st: stat.S_ISREG(st.st_mode))  # (not whiteouts)
+
+    @property
+    def folder(self) -> Path:
+        """The task's working folder."""
+        return self.env
+
     def _mount(self) -> None:
         self._count += 1
         layer = self.scratch / f"{os.getpid()}-{self._count}"
@@ -110,6 +121,31 @@ class Copies:
             shutil.copytree(self.env, self._current, symlinks=True)
             self._snapshot = _snapshot(self._current)
         os.chdir(self._current)
+
+    def written(self) -> list[str]:
+        """Relative paths of the files the current task created or changed."""
+        assert self._current is not None
+        before = {os.path.relpath(p, self._current): v for p, v in self._snapshot.items()}
+        now = _snapshot(self._current)
+        return sorted(os.path.relpath(p, self._current) for p, v in now.items()
+                      if before.get(os.path.relpath(p, self._current)) != v
+                      and os.path.isfile(p))
+
+    @property
+    def folder(self) -> Path:
+        """The task's working folder."""
+        assert self._current is not None
+        return self._current
+
+
+def _files(root: Path, keep: Callable[[os.stat_result], bool]) -> list[str]:
+    out = []
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            if keep(os.lstat(path)):
+                out.append(os.path.relpath(path, root))
+    return sorted(out)
 
 
 def start(env: Path, scratch: Path) -> Overlay | Copies:

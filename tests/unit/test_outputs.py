@@ -1,0 +1,40 @@
+"""The Main's side of ``outputs=``: paths are checked as strictly as manifests."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from distrib import WorkspaceError
+from distrib.main._outputs import Outputs
+
+
+@pytest.mark.parametrize("path", ["../up.txt", "/abs.txt", "a/../../up.txt", "a\\b.txt", ""])
+def test_a_bad_path_writes_nothing(tmp_path: Path, path: str) -> None:
+    root = tmp_path / "ws"
+    root.mkdir()
+    with pytest.raises(WorkspaceError, match="nothing was written"):
+        Outputs(root).write("task f#1", [("fine.txt", b"x"), (path, b"y")])
+    assert list(root.iterdir()) == []
+
+
+def test_a_link_out_of_the_workspace_is_refused(tmp_path: Path) -> None:
+    root, outside = tmp_path / "ws", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "results").symlink_to(outside)
+    with pytest.raises(WorkspaceError, match="through a link"):
+        Outputs(root).write("task f#1", [("results/x.txt", b"x")])
+    assert list(outside.iterdir()) == []
+
+
+def test_the_later_of_two_writers_wins_with_a_warning(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    outputs = Outputs(tmp_path)
+    outputs.write("task f#1", [("sub/out.txt", b"one")])
+    with caplog.at_level(logging.WARNING, logger="distrib"):
+        outputs.write("task f#2", [("sub/out.txt", b"two")])
+    assert (tmp_path / "sub" / "out.txt").read_bytes() == b"two"
+    assert "written by task f#1 and now by task f#2" in caplog.text
