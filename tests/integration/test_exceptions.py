@@ -6,7 +6,7 @@ import json
 import textwrap
 from typing import Any
 
-from tests.conftest import Workspace
+from tests.helpers import Workspace
 
 CASES = ["extra", "keyword", "reduce", "group", "cause", "context", "notes", "lock", "missing"]
 
