@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from distrib import WorkspaceError
-from distrib.main._outputs import Outputs
+from distrib.main._outcomes import Outputs
 
 
 @pytest.mark.parametrize("path", ["../up.txt", "/abs.txt", "a/../../up.txt", "a\\b.txt", ""])

@@ -30,23 +30,18 @@ from distrib._errors import (
     AuthError,
     Cancelled,
     DistribError,
-    SerializationError,
-    TaskTimeout,
-    WorkerCrashed,
     WorkerLost,
-    WorkspaceError,
 )
 from distrib._response import Response
 from distrib.main import _discovery
 from distrib.main._shipping import blob_messages, forwarded_environ, scan_workspace
 from distrib.main._link import Link, LinkState
-from distrib.main._outputs import Outputs
+from distrib.main._outcomes import Outputs, settle
 from distrib.main._scheduler import Scheduler, Task, WorkerView
 from distrib.wire import _codec, _facts, _transport
 from distrib.wire import _messages as m
 from distrib.wire._limits import batches
-from distrib.wire._messages import Outcome, RefusalCode
-from distrib.wire._record import ErrorRecord
+from distrib.wire._messages import RefusalCode
 from distrib.workspace._manifest import Distribution
 
 log = logging.getLogger("distrib")
@@ -351,40 +346,8 @@ class Session:
             task = self.scheduler.finish(link.link_id, spec.task_id)
             if task is None:
                 continue
-            self._settle(link, task, spec, frames)
-
-    def _settle(self, link: Link, task: Task, spec: m.ResultSpec, frames: Any) -> None:
-        where = f"{task.name}#{task.task_id} on worker {link.label}"
-        response: Response[Any] = task.response
-        if spec.status is Outcome.OK:
-            try:
-                value = _serialize.loads(frames)
-            except Exception as exc:
-                response._finish(link.name, exc=SerializationError(
-                    f"the result of {where} does not unpickle here: {type(exc).__name__}: {exc}"))
-                return
-            if task.outputs:  # (result, [(path, bytes), ...]): files first, then the result
-                value, files = value
-                try:
-                    self.outputs.write(f"task {task.name}#{task.task_id}", files)
-                except (WorkspaceError, OSError) as exc:
-                    response._finish(link.name, exc=exc)
-                    return
-            response._finish(link.name, value)
-        elif spec.status in (Outcome.ERROR, Outcome.ENV_ERROR):
-            response._finish(link.name, exc=_serialize.loads_error(frames, spec.info))
-        elif spec.status is Outcome.CRASHED:
-            if self.scheduler.retry(task):
-                log.info("%s crashed; retrying (%d of %d)", where, task.attempts, task.retries)
-            else:
-                response._finish(link.name, exc=WorkerCrashed(
-                    f"{where} crashed: {ErrorRecord.from_wire(spec.info).message}; tried "
-                    f"{task.attempts} time(s), retries={task.retries}"))
-        elif spec.status is Outcome.TIMEOUT:
-            response._finish(link.name, exc=TaskTimeout(
-                f"{where} ran past its timeout of {task.timeout} s and was stopped"))
-        else:
-            response._finish(link.name, exc=Cancelled(f"{where} was cancelled"))
+            settle(task, spec, frames, link.name, f"{task.name}#{task.task_id} on worker "
+                   f"{link.label}", self.scheduler, self.outputs)
 
     def _print(self, link: Link, msg: m.Output) -> None:
         stream = sys.stderr if msg.stream == 2 else sys.stdout

@@ -1,4 +1,5 @@
-"""Files tasks wrote (``@distributed(outputs=...)``), written into this Main's workspace.
+"""Outcomes reported by workers, settled on the Main: results, errors, retries, and the files
+tasks wrote (``@distributed(outputs=...)``), written into this Main's workspace.
 
 A worker's word is not trusted here either: every path is checked as strictly as a worker
 checks a manifest (relative, no ``..``, no absolute or drive paths) and must not lead out of
@@ -13,7 +14,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from distrib._errors import WorkspaceError
+from distrib import _serialize
+from distrib._errors import (
+    Cancelled,
+    SerializationError,
+    TaskTimeout,
+    WorkerCrashed,
+    WorkspaceError,
+)
+from distrib._response import Response
+from distrib.main._scheduler import Scheduler, Task
+from distrib.wire import _messages as m
+from distrib.wire._messages import Outcome
+from distrib.wire._record import ErrorRecord
 from distrib.workspace._manifest import check_relative_path
 
 log = logging.getLogger("distrib")
@@ -54,3 +67,39 @@ class Outputs:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, target)
+
+
+def settle(task: Task, spec: m.ResultSpec, frames: Any, worker: str, where: str,
+           scheduler: Scheduler, outputs: Outputs) -> None:
+    """Finish ``task``'s Response with the outcome ``spec`` reported by ``worker`` (a crash
+    within its retries puts it back in ``scheduler``; output files are written first)."""
+    response: Response[Any] = task.response
+    if spec.status is Outcome.OK:
+        try:
+            value = _serialize.loads(frames)
+        except Exception as exc:
+            response._finish(worker, exc=SerializationError(
+                f"the result of {where} does not unpickle here: {type(exc).__name__}: {exc}"))
+            return
+        if task.outputs:  # (result, [(path, bytes), ...]): files first, then the result
+            value, files = value
+            try:
+                outputs.write(f"task {task.name}#{task.task_id}", files)
+            except (WorkspaceError, OSError) as exc:
+                response._finish(worker, exc=exc)
+                return
+        response._finish(worker, value)
+    elif spec.status in (Outcome.ERROR, Outcome.ENV_ERROR):
+        response._finish(worker, exc=_serialize.loads_error(frames, spec.info))
+    elif spec.status is Outcome.CRASHED:
+        if scheduler.retry(task):
+            log.info("%s crashed; retrying (%d of %d)", where, task.attempts, task.retries)
+        else:
+            response._finish(worker, exc=WorkerCrashed(
+                f"{where} crashed: {ErrorRecord.from_wire(spec.info).message}; tried "
+                f"{task.attempts} time(s), retries={task.retries}"))
+    elif spec.status is Outcome.TIMEOUT:
+        response._finish(worker, exc=TaskTimeout(
+            f"{where} ran past its timeout of {task.timeout} s and was stopped"))
+    else:
+        response._finish(worker, exc=Cancelled(f"{where} was cancelled"))
