@@ -222,3 +222,34 @@ def test_a_replaced_environment_retires_its_executors_when_they_are_done() -> No
     assert reports(done) == [(1, Outcome.OK)] and of(Kill, done) == [Kill(busy)]
     s.dist_ready("d")
     assert [a.key.dist for a in of(Spawn, s.schedule(2.0))] == ["d"]  # a fresh executor
+
+
+def test_a_main_with_another_environment_gets_the_next_free_slots_until_both_hold_half() -> None:
+    s = Slots(4)
+    s.dist_ready("d")
+    for i in range(100):
+        s.submit(qt(i, peer=b"A"))
+    for sp in of(Spawn, s.schedule(0.0)):
+        s.executor_ready(sp.ex_id)
+    s.schedule(0.0)
+    assert s.held() == {b"A": 4}
+    assert all(len(ex.runs) == 2 for ex in s.executors.values())  # each holds its next task
+    for i in range(10):
+        s.submit(qt(1000 + i, peer=b"B", dist="e"))
+    s.dist_ready("e")
+    now = 1.0
+    seen = []
+    for _ in range(12):  # A's tasks finish one at a time; B's executors start and run
+        now += 0.1
+        for ex in list(s.executors.values()):
+            head = ex.runs[0] if ex.runs else None
+            if head is not None and ex.ready and head.started < now - 0.05:
+                s.task_done(ex.ex_id, head.key, Outcome.OK, {}, [], now)
+                break
+        for sp in of(Spawn, s.schedule(now)):
+            s.executor_ready(sp.ex_id)
+        s.schedule(now)
+        seen.append(s.held())
+    assert {b"A": 2, b"B": 2} in seen  # B got slots while A still had 90 queued
+    assert all(h.get(b"B", 0) <= 2 for h in seen)  # and no more than its share
+    assert s.queues.count(b"A") > 80

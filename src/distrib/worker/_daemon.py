@@ -424,6 +424,8 @@ class Daemon:
             "busy": self.slots.busy,
             "queued": self.slots.waiting(),
             "mains": [x.name for x in self.mains.values()],
+            "held": {self.mains[peer].name: n for peer, n in self.slots.held().items()
+                     if peer in self.mains},
             "executors": [proc.pid for proc in self.procs.values()],
             "public_key": self.key.public if self.key else None,
             "blobs_received": self.dists.blobs_received,

@@ -135,6 +135,15 @@ class Slots:
         ex = self.executors.get(ex_id)
         return ex.runs[0] if ex is not None and ex.runs else None
 
+    def held(self) -> dict[bytes, int]:
+        """Slots each Main's running tasks hold."""
+        out: dict[bytes, int] = {}
+        for ex in self.executors.values():
+            if ex.runs:
+                peer = ex.runs[0].task.peer
+                out[peer] = out.get(peer, 0) + ex.key.threads
+        return out
+
     def waiting(self, peer: bytes | None = None) -> int:
         """Tasks not running yet: queued here, or handed to a busy executor to run next."""
         handed = sum(1 for ex in self.executors.values() for run in list(ex.runs)[1:]
@@ -271,18 +280,19 @@ class Slots:
 
     def schedule(self, now: float) -> list[Action]:
         """Start what fits on free slots, keep busy executors fed, and send what was handed."""
+        held = self.held()
         while self.busy < self.slots:
-            task = self.queues.next_runnable(self.slots - self.busy,
-                                             lambda t: t.dist in self._ready_dists)
+            task = self.queues.next_runnable(self.slots - self.busy, self._runnable, held)
             if task is None:
                 break
+            held[task.peer] = held.get(task.peer, 0) + task.threads
             key = EnvKey(task.dist, task.threads, task.context)
             idle = (e for e in self.executors.values()
                     if e.key == key and not e.runs and not e.stale)
             ex = next(idle, None) or self._spawn(key)
             self.busy += task.threads
             self._hand(ex, task, now)
-        if self.busy >= self.slots and len(self.queues):
+        if self.busy >= self.slots and len(self.queues) and not self._starved(held):
             self._prefetch(now)
         unsent, self._unsent = self._unsent, {}
         for ex_id, runs in unsent.items():
@@ -297,6 +307,18 @@ class Slots:
     def _take(self) -> list[Action]:
         out, self._out = self._out, []
         return out
+
+    def _runnable(self, task: QueuedTask) -> bool:
+        return task.dist in self._ready_dists
+
+    def _starved(self, held: dict[bytes, int]) -> bool:
+        """Whether a Main with work that could start holds less than its fair share: then no
+        task is prefetched, so the next slot to free goes to it (max-min fair)."""
+        waiting = self.queues.waiting_peers(self._runnable)
+        if not waiting:
+            return False
+        share = self.slots / len(set(waiting) | set(held))
+        return any(held.get(peer, 0) < share for peer in waiting)
 
     def _prefetch(self, now: float) -> None:
         """All slots busy: give each busy executor its next task (tiny tasks: a few), so it

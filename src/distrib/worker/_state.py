@@ -83,6 +83,11 @@ class Queues:
                 self._by_peer[peer] = keep
         return taken
 
+    def waiting_peers(self, runnable: Callable[[QueuedTask], bool]) -> list[bytes]:
+        """Mains with a queued task that could start now (its environment is ready)."""
+        return [peer for peer, queue in self._by_peer.items()
+                if any(runnable(t) for t in queue)]
+
     def first_peer_with(self, dist: str) -> bytes | None:
         """A Main with a queued task of distribution ``dist``, if any."""
         for peer, queue in self._by_peer.items():
@@ -90,18 +95,23 @@ class Queues:
                 return peer
         return None
 
-    def next_runnable(self, free: int, runnable: Callable[[QueuedTask], bool]) -> QueuedTask | None:
-        """Pop the next task to start on ``free`` slots, taking Mains in turn.
+    def next_runnable(self, free: int, runnable: Callable[[QueuedTask], bool],
+                      held: dict[bytes, int] | None = None) -> QueuedTask | None:
+        """Pop the next task to start on ``free`` slots: from the Main holding the fewest
+        slots (``held``; max-min fair), Mains holding as many taking turns.
 
         Within one Main's queue the first task that fits and is ``runnable`` (its environment
         is ready) goes; tasks behind an unready environment are not held up by it.
         """
-        for _ in range(len(self._turn)):
-            peer = self._turn[0]
-            self._turn.rotate(-1)
+        peers = list(self._turn)
+        if held:
+            peers.sort(key=lambda p: held.get(p, 0))  # stable: in turn among equals
+        for peer in peers:
             queue = self._by_peer[peer]
             for task in queue:
                 if task.threads <= free and runnable(task):
                     queue.remove(task)
+                    self._turn.remove(peer)
+                    self._turn.append(peer)
                     return task
         return None
