@@ -16,7 +16,7 @@ def test_a_bad_path_writes_nothing(tmp_path: Path, path: str) -> None:
     root = tmp_path / "ws"
     root.mkdir()
     with pytest.raises(WorkspaceError, match="nothing was written"):
-        Outputs(root).write("task f#1", [("fine.txt", b"x"), (path, b"y")])
+        Outputs(root).write("task f#1", [("fine.txt", b"x"), (path, b"y")], ("*",))
     assert list(root.iterdir()) == []
 
 
@@ -26,15 +26,22 @@ def test_a_link_out_of_the_workspace_is_refused(tmp_path: Path) -> None:
     outside.mkdir()
     (root / "results").symlink_to(outside)
     with pytest.raises(WorkspaceError, match="through a link"):
-        Outputs(root).write("task f#1", [("results/x.txt", b"x")])
+        Outputs(root).write("task f#1", [("results/x.txt", b"x")], ("results/**",))
     assert list(outside.iterdir()) == []
 
 
 def test_the_later_of_two_writers_wins_with_a_warning(tmp_path: Path,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     outputs = Outputs(tmp_path)
-    outputs.write("task f#1", [("sub/out.txt", b"one")])
+    outputs.write("task f#1", [("sub/out.txt", b"one")], ("sub/",))
     with caplog.at_level(logging.WARNING, logger="distrib"):
-        outputs.write("task f#2", [("sub/out.txt", b"two")])
+        outputs.write("task f#2", [("sub/out.txt", b"two")], ("sub/",))
     assert (tmp_path / "sub" / "out.txt").read_bytes() == b"two"
     assert "written by task f#1 and now by task f#2" in caplog.text
+
+
+def test_a_path_the_task_did_not_name_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(WorkspaceError, match="do not name; nothing was written"):
+        Outputs(tmp_path).write("task f#1", [("results/a.txt", b"x"), (".git/hooks/x", b"y")],
+                                ("results/**",))
+    assert list(tmp_path.iterdir()) == []

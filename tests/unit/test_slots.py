@@ -118,10 +118,11 @@ def test_an_environment_that_fails_to_import_fails_its_tasks_and_no_others() -> 
     actions = s.env_error(ex, error, [b"e"])
     assert sorted(reports(actions)) == [(1, Outcome.ENV_ERROR), (3, Outcome.ENV_ERROR)]
     assert s.queues.count(b"A") == 1  # task 9 of the other environment waits on
-    s.submit(qt(4))
+    assert reports(s.submit(qt(4))) == [(4, Outcome.ENV_ERROR)]  # this Main's: fails at once
     assert [a.key.dist for a in of(Spawn, s.schedule(1.0))] == ["other"]  # on the freed slot
     running = {r.task.task_id for e in s.executors.values() for r in e.runs}
-    assert running == {2, 9} and s.waiting() == 1  # task 4's environment is failed: it waits
+    assert running == {2, 9} and s.waiting() == 0
+    assert s.submit(qt(5, peer=b"B")) == [] and s.waiting() == 1  # another Main starts over
 
 
 def test_cancel_withdraws_a_queued_task_skips_a_handed_one_and_stops_a_running_one() -> None:
@@ -208,20 +209,19 @@ def test_an_outcome_for_a_task_not_running_is_treated_as_a_broken_executor() -> 
     assert reports(actions) == [(1, Outcome.CRASHED)] and of(Kill, actions) == [Kill(ex)]
 
 
-def test_a_replaced_environment_retires_its_executors_when_they_are_done() -> None:
+def test_a_replaced_environment_stops_its_executors_and_their_tasks_wait_for_it() -> None:
     s = Slots(2)
-    spawns = of(Spawn, started(s, qt(1)))
-    busy = spawns[0].ex_id
+    spawns = of(Spawn, started(s, qt(1), qt(2)))
+    busy, starting = spawns[0].ex_id, spawns[1].ex_id
     s.executor_ready(busy)
     s.schedule(0.0)
-    s.submit(qt(2))
+    s.submit(qt(3))
     actions = s.env_replaced("d")
-    assert actions == []  # the busy executor finishes its task first
-    assert s.schedule(0.5) == []  # task 2 waits for the new tree
-    done = s.task_done(busy, s.running(busy).key, Outcome.OK, {}, [], 1.0)
-    assert reports(done) == [(1, Outcome.OK)] and of(Kill, done) == [Kill(busy)]
+    assert sorted(a.ex_id for a in of(Kill, actions)) == sorted([busy, starting])
+    assert reports(actions) == [] and s.busy == 0 and s.waiting() == 3  # nothing lost
+    assert s.schedule(0.5) == []  # they wait for the new tree
     s.dist_ready("d")
-    assert [a.key.dist for a in of(Spawn, s.schedule(2.0))] == ["d"]  # a fresh executor
+    assert len(of(Spawn, s.schedule(2.0))) == 2  # fresh executors
 
 
 def test_a_main_with_another_environment_gets_the_next_free_slots_until_both_hold_half() -> None:

@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pathspec
+
 from distrib import _serialize
 from distrib._errors import (
     Cancelled,
@@ -39,9 +41,11 @@ class Outputs:
         self.root = root.resolve()
         self._writer: dict[str, str] = {}  # path -> the task that wrote it last
 
-    def write(self, task: str, files: list[tuple[str, Any]]) -> None:
+    def write(self, task: str, files: Any, globs: tuple[str, ...]) -> None:
         """Write ``files`` ((relative path, bytes) pairs) of ``task``; ``WorkspaceError`` and
-        nothing written if any path is not a plain path inside the workspace."""
+        nothing written if any path is not a plain path inside the workspace matching
+        ``globs`` (the task's ``outputs=``)."""
+        spec = pathspec.GitIgnoreSpec.from_lines(globs)
         targets = []
         for path, data in files:
             try:
@@ -49,6 +53,9 @@ class Outputs:
             except WorkspaceError as exc:
                 raise WorkspaceError(f"{task} sent back an output file with a bad path: {exc}; "
                                      "nothing was written") from None
+            if not spec.match_file(path):
+                raise WorkspaceError(f"{task} sent back output file {path!r}, which its "
+                                     f"outputs= {list(globs)} do not name; nothing was written")
             target = self.root / path
             real = os.path.realpath(target.parent)  # (the file itself is replaced, not followed)
             if real != str(self.root) and not real.startswith(str(self.root) + os.sep):
@@ -56,16 +63,24 @@ class Outputs:
                                      f"written outside the workspace {self.root} through a "
                                      "link; nothing was written")
             targets.append((path, target, data))
-        for path, target, data in targets:
+        written: list[str] = []  # all to temporary files first, then all renamed
+        try:
+            for path, target, data in targets:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".distrib-")
+                written.append(tmp)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+        except BaseException:
+            for tmp in written:
+                os.unlink(tmp)
+            raise
+        for tmp, (path, target, _) in zip(written, targets):
             earlier = self._writer.get(path)
             if earlier is not None and earlier != task:
                 log.warning("output file %s was written by %s and now by %s: the later one "
                             "stays", path, earlier, task)
             self._writer[path] = task
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".distrib-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
             os.replace(tmp, target)
 
 
@@ -82,11 +97,16 @@ def settle(task: Task, spec: m.ResultSpec, frames: Any, worker: str, where: str,
                 f"the result of {where} does not unpickle here: {type(exc).__name__}: {exc}"))
             return
         if task.outputs:  # (result, [(path, bytes), ...]): files first, then the result
-            value, files = value
             try:
-                outputs.write(f"task {task.name}#{task.task_id}", files)
+                value, files = value
+                outputs.write(f"task {task.name}#{task.task_id}", files, task.outputs)
             except (WorkspaceError, OSError) as exc:
                 response._finish(worker, exc=exc)
+                return
+            except Exception as exc:  # a malformed answer must not stop the I/O thread
+                response._finish(worker, exc=WorkspaceError(
+                    f"the output files of {where} are malformed ({type(exc).__name__}: "
+                    f"{exc}); nothing was written"))
                 return
         response._finish(worker, value)
     elif spec.status in (Outcome.ERROR, Outcome.ENV_ERROR):

@@ -29,7 +29,7 @@ class Task:
     retries: int
     timeout: float | None
     response: Any = field(repr=False, default=None)
-    outputs: bool = False  # its result comes with the files it wrote (``outputs=``)
+    outputs: tuple[str, ...] = ()  # globs: its result comes with the files it wrote
     attempts: int = 0  # runs that ended in a crash or a lost worker
     link: str | None = None  # the worker it is on, while in flight
 

@@ -129,7 +129,7 @@ class Session:
             if not self._closing:
                 self._incoming.append(Task(task_id, fn.__qualname__, frames, opts.platform,
                                            opts.threads, opts.retries, opts.timeout, response,
-                                           bool(opts.outputs)))
+                                           opts.outputs))
                 self._wake()
                 return response
         response._finish(None, exc=Cancelled(

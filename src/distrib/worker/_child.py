@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import json
 import pickle
 import os
 import sys
@@ -26,7 +25,7 @@ from distrib.wire._limits import MAX_FILE_BYTES
 from distrib.wire._messages import Outcome
 from distrib.worker import _isolation
 from distrib.worker._pipe import Pipe, Verb
-from distrib.worker._pool import ARGV_VARIABLE
+from distrib.worker._pool import THREAD_VARS
 
 
 class _Forward(io.TextIOBase):
@@ -86,7 +85,7 @@ def _import_main(env: Path, main: str) -> None:
 def _outputs(isolation: _isolation.Overlay | _isolation.Copies,
              globs: tuple[str, ...]) -> list[tuple[str, Any]]:
     """The files the task wrote that match ``globs``, with their contents."""
-    spec = pathspec.PathSpec.from_lines("gitwildmatch", globs)
+    spec = pathspec.GitIgnoreSpec.from_lines(globs)
     out: list[tuple[str, Any]] = []
     for path in isolation.written():
         if spec.match_file(path):
@@ -131,7 +130,12 @@ def main(argv: list[str]) -> None:
     sys.path.insert(0, str(env))
     lock = threading.Lock()
     out, err = _Forward(pipe, lock, 1), _Forward(pipe, lock, 2)
-    sys.argv = json.loads(os.environ.pop(ARGV_VARIABLE, "[]")) or [str(env / main_script)]
+    header, _ = pipe.recv()  # [CONTEXT, argv, variables], before any user code runs
+    if header[0] != Verb.CONTEXT:
+        raise SystemExit(f"executor: expected the Main's context first, got {header[0]!r}")
+    argv, forwarded = header[1], header[2]
+    sys.argv = argv or [str(env / main_script)]
+    os.environ.update({k: v for k, v in forwarded.items() if k not in THREAD_VARS})
     try:
         if main_script:
             _import_main(env, main_script)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import signal
 import socket
 import time
@@ -38,6 +37,7 @@ from distrib.wire._record import ErrorRecord
 from distrib.worker import _pool
 from distrib.worker._dists import Change, Distributions, DistState, Failed, Ready
 from distrib.worker._gate import Gate
+from distrib.worker._isolation import remove_tree
 from distrib.worker._pipe import Verb
 from distrib.worker._pool import ExecutorProcess
 from distrib.worker._slots import Action, Kill, Report, Send, Skip, Slots, Spawn
@@ -178,7 +178,7 @@ class Daemon:
         self.gate.close(self.sock)
         self.sock.close(0)
         self.ctx.term()
-        shutil.rmtree(self.runs, ignore_errors=True)
+        remove_tree(self.runs)  # (an overlay's work folder has mode 000)
         log.info("worker %s stopped", self.name)
 
     # --- messages from Mains -----------------------------------------------------------------
@@ -267,6 +267,9 @@ class Daemon:
             task = QueuedTask(peer, spec.task_id, spec.dist, spec.threads, spec.timeout,
                               [*spec.inline, *frames[at: at + spec.nframes]], context)
             at += spec.nframes
+            if spec.threads > self.slots.slots:  # it can never run here: say so, fetch nothing
+                self._apply(self.slots.submit(task))
+                continue
             dist = self.dists.request(spec.dist, peer)
             if dist.state is DistState.FAILED and dist.error is not None:
                 self._report(task, Outcome.ENV_ERROR, *dist.error)
@@ -285,6 +288,10 @@ class Daemon:
         self._apply(actions)
         self._outbox.pop(peer, None)
         self.dists.source_left(peer, self.slots.queues.first_peer_with)
+        in_use = {m.context for m in self.mains.values()} | {
+            ex.key.context for ex in self.slots.executors.values()}
+        for context in set(self.contexts) - in_use:
+            del self.contexts[context]
         log.info("Main %s %s: dropped %d queued and stopped %d running tasks",
                  main.name if main else peer.hex()[:8], why, queued, running)
 
@@ -305,8 +312,14 @@ class Daemon:
                 dist = self.dists.get(action.key.dist)
                 assert dist is not None and dist.env is not None
                 argv, environ = self.contexts[action.key.context]
-                self.procs[action.ex_id] = _pool.spawn(action.key.threads, dist.env, dist.main,
-                                                       self.runs, argv, environ)
+                try:
+                    self.procs[action.ex_id] = _pool.spawn(action.key.threads, dist.env,
+                                                           dist.main, self.runs, argv, environ)
+                except OSError as exc:
+                    log.error("cannot start an executor: %s", exc)
+                    record = ErrorRecord("distrib.WorkerCrashed", f"worker {self.name} could "
+                                         f"not start an executor: {exc}")
+                    todo.extend(self.slots.executor_died(action.ex_id, record.to_wire()))
             else:
                 proc = self.procs[action.ex_id]
                 try:
@@ -338,8 +351,6 @@ class Daemon:
         elif verb == Verb.SKIPPED and len(header) == 2:
             self._apply(self.slots.task_skipped(ex_id, header[1], now))
         elif verb == Verb.ENV_ERROR and len(header) == 2:
-            ex = self.slots.executors[ex_id]
-            self.dists.fail(ex.key.dist, dict(header[1]), frames)
             self._apply(self.slots.env_error(ex_id, dict(header[1]), frames))
         else:
             log.warning("executor %d sent an unexpected %r; stopping it", proc.pid, verb)

@@ -90,9 +90,9 @@ class Distributions:
             if drifted:
                 log.warning("environment %s drifted from its manifest (%s); building it again "
                             "from the blob store", dist_id[:12], ", ".join(drifted[:10]))
+                self._replaced(dist_id)  # its executors stop first
                 self.store.discard(dist_id)
                 del self._dists[dist_id]
-                self._replaced(dist_id)
                 dist = None
             else:
                 dist.users.add(peer)

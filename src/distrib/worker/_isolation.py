@@ -68,7 +68,7 @@ class Overlay:
         if not unchanged:
             os.chdir("/")
             self._call("umount2", bytes(self.env), _MNT_DETACH)
-            _remove(self._upper.parent)
+            remove_tree(self._upper.parent)
             self._mount()
         os.chdir(self.env)
 
@@ -115,7 +115,7 @@ class Copies:
         if self._current is None or _snapshot(self._current) != self._snapshot:
             if self._current is not None:
                 os.chdir(self.scratch)
-                _remove(self._current)
+                remove_tree(self._current)
             self._count += 1
             self._current = self.scratch / f"{os.getpid()}-{self._count}"
             shutil.copytree(self.env, self._current, symlinks=True)
@@ -165,7 +165,7 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
-def _remove(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     """Remove a scratch tree, including an overlay's work folder (which has mode 000)."""
     for folder, dirs, _ in os.walk(path):  # top down: each folder is opened before its walk
         for name in dirs:

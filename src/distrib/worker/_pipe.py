@@ -30,6 +30,7 @@ class Verb(enum.StrEnum):
     """The first field of every message on an executor's pipe."""
 
     # daemon -> executor
+    CONTEXT = "context"  # [CONTEXT, argv, variables]: first, the Main's sys.argv and variables
     RUN = "run"  # [RUN, key] + call frames: run this task (several may wait, in order)
     SKIP = "skip"  # [SKIP, key]: drop that task if it has not started
     # executor -> daemon

@@ -7,7 +7,6 @@ over a socketpair; the daemon polls the socket's file descriptor in its event lo
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -18,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distrib.worker._isolation import remove_tree
 from distrib.worker._pipe import Pipe, Verb
 
 log = logging.getLogger("distrib.worker")
 
-ARGV_VARIABLE = "DISTRIB_MAIN_ARGV"  # the Main's sys.argv, as JSON, for the executor only
-_THREAD_VARS = (
+THREAD_VARS = (
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
     "MKL_NUM_THREADS",
@@ -38,6 +37,7 @@ class ExecutorProcess:
 
     proc: subprocess.Popen[bytes]
     pipe: Pipe
+    scratch: Path  # where it keeps its task layers, as <pid>-<n>
 
     @property
     def pid(self) -> int:
@@ -73,15 +73,18 @@ class ExecutorProcess:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
             log.warning("executor %d did not exit after SIGKILL", self.proc.pid)
+        for layer in self.scratch.glob(f"{self.proc.pid}-*"):
+            remove_tree(layer)
 
 
 def spawn(threads: int, env: Path, main: str | None, runs: Path, argv: list[str],
           forwarded: dict[str, str]) -> ExecutorProcess:
     """Start an executor whose environment tree is ``env``, for tasks of ``threads`` threads,
-    importing the main script with the Main's ``argv`` and ``forwarded`` variables set."""
+    importing the main script with the Main's ``argv`` and ``forwarded`` variables set (sent
+    as its first message: an environment of any size fits there)."""
     ours, theirs = socket.socketpair()
-    environ = {**os.environ, **forwarded, ARGV_VARIABLE: json.dumps(argv)}
-    for name in _THREAD_VARS:
+    environ = dict(os.environ)
+    for name in THREAD_VARS:
         environ[name] = str(threads)
     try:
         proc = subprocess.Popen(
@@ -95,4 +98,10 @@ def spawn(threads: int, env: Path, main: str | None, runs: Path, argv: list[str]
         )
     finally:
         theirs.close()
-    return ExecutorProcess(proc, Pipe(ours))
+    executor = ExecutorProcess(proc, Pipe(ours), runs)
+    try:
+        executor.pipe.send([Verb.CONTEXT, argv, forwarded])
+    except OSError:
+        executor.kill()
+        raise
+    return executor

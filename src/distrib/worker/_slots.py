@@ -70,7 +70,6 @@ class Executor:
     key: EnvKey
     ready: bool = False  # it has imported its environment
     runs: deque[Run] = field(default_factory=deque)
-    stale: bool = False  # its environment was replaced: retire it once its tasks are done
 
 
 # --- actions ---------------------------------------------------------------------------------
@@ -122,6 +121,8 @@ class Slots:
         self.executors: dict[int, Executor] = {}
         self.counters = dict.fromkeys(("tasks_done", "executors_started", "executors_crashed"), 0)
         self._ready_dists: set[str] = set()
+        # (dist, context, Main) whose environment failed to import: its later tasks fail at once
+        self._import_failed: dict[tuple[str, str, bytes], tuple[dict[str, str], list[Any]]] = {}
         self._run_time: dict[EnvKey, float] = {}  # recent run time per environment (EWMA)
         self._unsent: dict[int, list[Run]] = {}  # handed out this turn, sent by schedule()
         self._next_key = 0
@@ -154,10 +155,13 @@ class Slots:
 
     def submit(self, task: QueuedTask) -> list[Action]:
         """A task arrived; it waits until its environment is ready and slots are free."""
+        failed = self._import_failed.get((task.dist, task.context, task.peer))
         if task.threads > self.slots:
             self._out.append(Report(task, Outcome.ERROR, ErrorRecord(
                 "distrib.ConfigError", f"task needs {task.threads} threads; this worker offers "
                 f"{self.slots}").to_wire()))
+        elif failed is not None:
+            self._out.append(Report(task, Outcome.ENV_ERROR, *failed))
         else:
             self.queues.add(task)
         return self._take()
@@ -174,15 +178,12 @@ class Slots:
         return self._take()
 
     def env_replaced(self, dist: str) -> list[Action]:
-        """The tree of ``dist`` is being built again: its tasks wait for it, and its executors
-        (which see the old tree) retire, idle ones now, busy ones when their tasks are done."""
+        """The tree of ``dist`` drifted and is built again: its executors are stopped (what they
+        ran used a tree that was not the one shipped) and their tasks wait for the new tree."""
         self._ready_dists.discard(dist)
         for ex in list(self.executors.values()):
             if ex.key.dist == dist:
-                if ex.runs:
-                    ex.stale = True
-                else:
-                    self._retire(ex)
+                self._halt(ex.ex_id, lambda run, head: None)
         return self._take()
 
     def executor_ready(self, ex_id: int) -> None:
@@ -225,10 +226,19 @@ class Slots:
         return self._take()
 
     def env_error(self, ex_id: int, info: dict[str, str], frames: list[Any]) -> list[Action]:
-        """The executor could not import its environment: every task of it fails."""
-        actions = self.dist_failed(self.executors[ex_id].key.dist, info, frames)
+        """The executor could not import its environment (the main script raised, with its
+        Main's argv and variables): the tasks of that environment and context fail, and later
+        ones of the same Mains fail at once; other Mains' runs start over."""
+        ex = self.executors[ex_id]
+        key = ex.key
+        queued = self.queues.take_where(
+            lambda t: t.dist == key.dist and t.context == key.context)
+        for peer in {t.peer for t in queued} | {r.task.peer for r in ex.runs}:
+            self._import_failed[(key.dist, key.context, peer)] = (info, frames)
+        for task in queued:
+            self._out.append(Report(task, Outcome.ENV_ERROR, info, frames))
         self._halt(ex_id, lambda run, head: Outcome.ENV_ERROR, info, frames)
-        return actions + self._take()
+        return self._take()
 
     def executor_died(self, ex_id: int, info: dict[str, str]) -> list[Action]:
         """The executor is gone: its running task crashed (``info``), the others run elsewhere."""
@@ -257,6 +267,8 @@ class Slots:
         """A Main left: forget its tasks. Returns the actions, and how many tasks were queued
         and how many running."""
         queued = len(self.queues.drop_peer(peer))
+        for key in [k for k in self._import_failed if k[2] == peer]:
+            del self._import_failed[key]
         running = 0
         for ex in list(self.executors.values()):
             for i, run in reversed(list(enumerate(ex.runs))):
@@ -288,7 +300,7 @@ class Slots:
             held[task.peer] = held.get(task.peer, 0) + task.threads
             key = EnvKey(task.dist, task.threads, task.context)
             idle = (e for e in self.executors.values()
-                    if e.key == key and not e.runs and not e.stale)
+                    if e.key == key and not e.runs)
             ex = next(idle, None) or self._spawn(key)
             self.busy += task.threads
             self._hand(ex, task, now)
@@ -324,7 +336,7 @@ class Slots:
         """All slots busy: give each busy executor its next task (tiny tasks: a few), so it
         starts it the moment it finishes one instead of waiting for a turn of the loop."""
         for ex in list(self.executors.values()):
-            if not ex.runs or not ex.ready or ex.stale:
+            if not ex.runs or not ex.ready:
                 continue
             key = ex.key
             depth = PREFETCH if self._run_time.get(key, 1.0) <= TINY_TASK else 1
@@ -369,8 +381,6 @@ class Slots:
         """The executor's running task is gone: the next one (if any) starts running now."""
         if not ex.runs:
             self.busy -= ex.key.threads
-            if ex.stale:
-                self._retire(ex)
             return
         head = ex.runs[0]
         self._began(head, now)

@@ -83,7 +83,7 @@ class Store:
         """Files of the environment tree that differ from when it was built (changed, missing
         or added), by size and modification time; empty when it is as built."""
         try:
-            built = msgpack.unpackb((self.stamps / dist_id).read_bytes())
+            built = msgpack.unpackb(self._stamp_file(dist_id, self.env_path(dist_id)).read_bytes())
         except (OSError, ValueError):
             return ["(no record of how it was built)"]
         now = _stamp(self.env_path(dist_id))
@@ -99,7 +99,13 @@ class Store:
         except OSError:
             pass
         shutil.rmtree(trash, ignore_errors=True)
-        (self.stamps / dist_id).unlink(missing_ok=True)
+        for stamp in self.stamps.glob(f"{dist_id}-*"):
+            stamp.unlink(missing_ok=True)
+
+    def _stamp_file(self, dist_id: str, tree: Path) -> Path:
+        # Named by the tree's inode, which a rename keeps: written before the tree appears
+        # under its final name, and two daemons building it at once each name their own.
+        return self.stamps / f"{dist_id}-{os.stat(tree).st_ino}"
 
     def materialize(self, dist_id: str, entries: list[Entry], in_use: set[str]) -> Path:
         """Build the environment tree for ``dist_id`` from stored blobs; return its path.
@@ -125,13 +131,13 @@ class Store:
                 os.chmod(dst, 0o755 if e.executable else 0o644)
             # Compiled now, once: executors only read the tree (task writes go elsewhere).
             compileall.compile_dir(tmp, ddir=str(final), quiet=2, workers=1)
-            stamp = msgpack.packb(_stamp(tmp))
+            stamp = self._stamp_file(dist_id, tmp)
+            _write_atomically(stamp, msgpack.packb(_stamp(tmp)))
             try:
                 os.rename(tmp, final)
             except OSError:  # another daemon sharing the store built it first
                 shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                _write_atomically(self.stamps / dist_id, stamp)
+                stamp.unlink(missing_ok=True)
             _touch(final)
         except FileNotFoundError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
