@@ -64,7 +64,8 @@ def test_garbage_on_the_worker_port_is_dropped_and_logged_while_tasks_complete(
         try:
             peer.setsockopt(zmq.LINGER, 0)
             peer.connect(worker.address)
-            hello = _codec.encode(m.Hello(m.PROTOCOL_VERSION, "x", "evil", "3.11", 1, False, [], {}))
+            hello = _codec.encode(m.Hello(m.PROTOCOL_VERSION, "x", "evil", "3.11", 1, False, [],
+                                          {}))
             peer.send_multipart(hello)
             peer.send_multipart([b"\xff\x00garbage"])
             peer.send_multipart([msgpack.packb([m.Submit.TAG, [[1, "d", 1, None, [], 1]]])[:-3],
@@ -88,6 +89,20 @@ def test_garbage_on_the_worker_port_is_dropped_and_logged_while_tasks_complete(
     status = worker.status()
     assert status["dropped"] >= 2 and status["dropped_connections"] >= 2
     assert status["tasks_done"] == 80
+
+
+def test_a_flood_of_garbage_connections_grows_the_log_by_a_bounded_amount(
+        start_worker) -> None:
+    worker = start_worker(threads=1)
+    host, port = worker.address.removeprefix("tcp://").rsplit(":", 1)
+    for _ in range(200):  # bounded, loopback only
+        with socket.create_connection((host, int(port)), timeout=30) as raw:
+            raw.sendall(b"GET / HTTP/1.1\r\n\r\n" + os.urandom(64))
+    wait_for(lambda: worker.status()["dropped_connections"] >= 200,
+             what="all 200 connections dropped")
+    lines = worker.log().count("never completed the ZeroMQ handshake") + worker.log().count(
+        "ZeroMQ handshake failed")
+    assert 1 <= lines <= 20, lines
 
 
 def test_two_mains_use_one_worker_at_once(tmp_path: Path, start_worker,

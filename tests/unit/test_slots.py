@@ -1,4 +1,5 @@
-"""The worker's slot and executor machine, driven with events: no sockets, no processes, no clock."""
+"""The worker's slot and executor machine, driven with events: no sockets, no processes, no
+clock."""
 
 from __future__ import annotations
 

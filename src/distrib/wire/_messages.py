@@ -90,7 +90,8 @@ class Welcome(Message):
 
 @dataclass(frozen=True, slots=True)
 class Refused(Message):
-    """Worker -> Main: it will not serve (or no longer knows) this Main; ``reason`` is for people."""
+    """Worker -> Main: it will not serve (or no longer knows) this Main; ``reason`` is for
+    people."""
 
     TAG: ClassVar[int] = 3
     code: RefusalCode

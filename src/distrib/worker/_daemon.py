@@ -28,6 +28,7 @@ import msgpack
 import zmq
 
 from distrib._errors import ProtocolError
+from distrib._logs import RateLimited
 from distrib.wire import _codec, _facts, _transport
 from distrib.wire import _messages as m
 from distrib.wire._keys import KeyPair
@@ -45,6 +46,7 @@ from distrib.worker._state import QueuedTask
 from distrib.workspace._store import Store
 
 log = logging.getLogger("distrib.worker")
+peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
 
 Outgoing = tuple[m.ResultSpec, list[Any]]
 _OUTCOMES = frozenset(Outcome)
@@ -203,8 +205,8 @@ class Daemon:
             except ProtocolError as exc:
                 self.dropped += 1
                 main = self.mains.get(peer)
-                log.warning("dropped a malformed message from %s: %s",
-                            f"Main {main.name}" if main else f"peer {peer.hex()[:8]}", exc)
+                peer_log.warning("dropped a malformed message from %s: %s",
+                                 f"Main {main.name}" if main else f"peer {peer.hex()[:8]}", exc)
                 if main is not None:  # a peer that breaks the protocol is not trusted further
                     self._drop_main(peer, "broke the protocol")
                     self._send(peer, m.Refused(RefusalCode.MALFORMED,
@@ -221,7 +223,7 @@ class Daemon:
             return
         main = self.mains.get(peer)
         if main is None:
-            log.warning("dropped %s from a peer that has not said Hello", type(msg).__name__)
+            peer_log.warning("dropped %s from a peer that has not said Hello", type(msg).__name__)
             self._send(peer, m.Refused(RefusalCode.UNKNOWN_PEER, "unknown peer: send Hello first"))
             return
         main.last_seen = time.monotonic()
@@ -240,12 +242,12 @@ class Daemon:
         elif isinstance(msg, m.Goodbye):
             self._drop_main(peer, "said goodbye")
         elif not isinstance(msg, m.Heartbeat):
-            log.warning("dropped unexpected %s from Main %s", type(msg).__name__, main.name)
+            peer_log.warning("dropped unexpected %s from Main %s", type(msg).__name__, main.name)
 
     def _on_hello(self, peer: bytes, msg: m.Hello) -> None:
         if msg.protocol != m.PROTOCOL_VERSION:
-            log.warning("refused Main %s: protocol %d, this worker speaks %d",
-                        msg.name, msg.protocol, m.PROTOCOL_VERSION)
+            peer_log.warning("refused Main %s: protocol %d, this worker speaks %d",
+                             msg.name, msg.protocol, m.PROTOCOL_VERSION)
             self._send(peer, m.Refused(RefusalCode.PROTOCOL, f"protocol {msg.protocol} "
                                        f"unsupported; this worker speaks {m.PROTOCOL_VERSION}"))
             return
@@ -254,7 +256,7 @@ class Daemon:
                         context.hexdigest()[:16])
         self.contexts[main.context] = (msg.argv, msg.environ)
         self.mains[peer] = main
-        log.info("serving Main %s (pid %d)", msg.name, msg.pid)
+        peer_log.info("serving Main %s (pid %d)", msg.name, msg.pid)
         self._send(peer, m.Welcome(m.PROTOCOL_VERSION, self.worker_id, self.name,
                                    _facts.platform_tag(), _facts.python_version(),
                                    self.slots.slots, os.getpid()))
@@ -292,8 +294,8 @@ class Daemon:
             ex.key.context for ex in self.slots.executors.values()}
         for context in set(self.contexts) - in_use:
             del self.contexts[context]
-        log.info("Main %s %s: dropped %d queued and stopped %d running tasks",
-                 main.name if main else peer.hex()[:8], why, queued, running)
+        peer_log.info("Main %s %s: dropped %d queued and stopped %d running tasks",
+                      main.name if main else peer.hex()[:8], why, queued, running)
 
     # --- executors ---------------------------------------------------------------------------
 
@@ -375,8 +377,8 @@ class Daemon:
         code = proc.proc.poll()
         head = self.slots.running(ex_id)
         if head is not None:
-            log.warning("executor %d died (exit %s) running task %d; replacing it",
-                        proc.pid, code, head.task.task_id)
+            peer_log.warning("executor %d died (exit %s) running task %d; replacing it",
+                             proc.pid, code, head.task.task_id)
         record = ErrorRecord("distrib.WorkerCrashed", f"executor process {proc.pid} on worker "
                              f"{self.name} died (exit code {code})")
         return self.slots.executor_died(ex_id, record.to_wire())
@@ -394,7 +396,7 @@ class Daemon:
     def _report(self, task: QueuedTask, outcome: Outcome, info: dict[str, str],
                 frames: list[Any]) -> None:
         if outcome is Outcome.TIMEOUT:
-            log.info("task %d ran past its timeout; stopped it", task.task_id)
+            peer_log.info("task %d ran past its timeout; stopped it", task.task_id)
         if task.peer in self.mains:
             inline, separate = m.split_payload(frames)
             self._outbox[task.peer].append(

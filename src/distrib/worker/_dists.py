@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from distrib._errors import WorkspaceError
+from distrib._logs import RateLimited
 from distrib.wire import _messages as m
 from distrib.wire._limits import NEED_BLOBS_COUNT
 from distrib.wire._record import ErrorRecord
@@ -26,6 +27,7 @@ from distrib.workspace._manifest import Entry, decode_manifest
 from distrib.workspace._store import Store
 
 log = logging.getLogger("distrib.worker")
+peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
 
 Sender = Callable[[bytes, m.Message], None]
 
@@ -124,7 +126,7 @@ class Distributions:
             return None
         for digest, frame in zip(msg.hashes, msg.frames):
             if digest not in dist.waiting_blobs:
-                log.warning("dropped unrequested blob %s", digest[:12])
+                peer_log.warning("dropped unrequested blob %s", digest[:12])
                 continue
             try:
                 self.store.put_compressed(digest, _bytes(frame))
@@ -135,7 +137,7 @@ class Distributions:
         return None if dist.waiting_blobs else self._materialize(msg.dist, dist)
 
     def fail(self, dist_id: str, info: dict[str, str], frames: list[Any]) -> Failed:
-        log.warning("environment %s failed: %s", dist_id[:12], info.get("message"))
+        peer_log.warning("environment %s failed: %s", dist_id[:12], info.get("message"))
         dist = self._dists.setdefault(dist_id, Dist(DistState.FAILED))
         dist.state, dist.error = DistState.FAILED, (info, frames)
         return Failed(dist_id, info, frames)
@@ -156,7 +158,7 @@ class Distributions:
         except (WorkspaceError, OSError) as exc:
             return self.fail(dist_id, ErrorRecord.of(exc, False).to_wire(), [])
         dist.state = DistState.READY
-        log.info("environment %s ready (%d files)", dist_id[:12], len(dist.entries))
+        peer_log.info("environment %s ready (%d files)", dist_id[:12], len(dist.entries))
         return Ready(dist_id)
 
 

@@ -17,11 +17,13 @@ import zmq
 from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
+from distrib._logs import RateLimited
 from distrib.wire import _keys
 from distrib.wire._keys import KeyPair
 from distrib.wire._limits import MAX_MESSAGE_BYTES
 
 log = logging.getLogger("distrib.worker")
+peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 REFUSAL_LOG_EVERY = 60.0  # seconds: a refused client retries often; say it once a minute
@@ -129,11 +131,12 @@ class Gate:
             if value in self._unconfirmed:
                 self._unconfirmed.remove(value)
                 self.dropped_connections += 1
-                log.warning("dropped a connection that never completed the ZeroMQ handshake "
-                            "(garbage bytes, or another protocol such as HTTP)")
+                peer_log.warning("dropped a connection that never completed the ZeroMQ handshake "
+                                 "(garbage bytes, or another protocol such as HTTP)")
             else:
-                log.info("a connection closed (as when a Main leaves; also how a peer is dropped "
-                         "that sent a message over the %d MiB limit)", MAX_MESSAGE_BYTES >> 20)
+                peer_log.info("a connection closed (as when a Main leaves; also how a peer is "
+                              "dropped that sent a message over the %d MiB limit)",
+                              MAX_MESSAGE_BYTES >> 20)
         else:  # a handshake ended: the peer spoke ZeroMQ, so its closing is not "garbage"
             if self._unconfirmed:
                 self._unconfirmed.pop(0)
@@ -141,9 +144,9 @@ class Gate:
                 self.dropped_connections += 1
             if kind not in (zmq.EVENT_HANDSHAKE_SUCCEEDED, zmq.EVENT_HANDSHAKE_FAILED_AUTH):
                 # (refused keys are logged by _answer_zap)
-                log.warning("dropped a connection whose ZeroMQ handshake failed (%s): a peer "
-                            "with the wrong key for this worker, or without keys",
-                            describe_handshake_error(value))
+                peer_log.warning("dropped a connection whose ZeroMQ handshake failed (%s): a peer "
+                                 "with the wrong key for this worker, or without keys",
+                                 describe_handshake_error(value))
 
     def _answer_zap(self) -> None:
         assert self.zap is not None
@@ -159,8 +162,8 @@ class Gate:
             now = time.monotonic()
             if now - self._refused_logged.get(key, -1e9) > REFUSAL_LOG_EVERY:
                 self._refused_logged[key] = now
-                log.warning("refused a Main from %s: key %s is not in the authorized keys %s",
-                            address.decode(errors="replace"), key or "(none)",
-                            self.authorized_file)
+                peer_log.warning("refused a Main from %s: key %s is not in the authorized keys %s",
+                                 address.decode(errors="replace"), key or "(none)",
+                                 self.authorized_file)
         self.zap.send_multipart([version, request_id, b"200" if ok else b"400",
                                  b"OK" if ok else b"key not authorized", key.encode(), b""])
