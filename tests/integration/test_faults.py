@@ -121,7 +121,8 @@ def test_two_mains_use_one_worker_at_once(tmp_path: Path, start_worker,
 
 def test_a_main_that_dies_has_its_tasks_dropped_by_the_worker(workspace: Workspace,
                                                               start_worker) -> None:
-    worker = start_worker(threads=2, extra=("--lost-after", "2", "--heartbeat", "0.5"))
+    # Silence alone would take 120 s to count: the closed connection must be what tells.
+    worker = start_worker(threads=2, extra=("--lost-after", "120"))
     main = start_main(workspace, worker.address, 4, seconds=300)
     with ended(main):
         assert main.stdout is not None and main.stdout.readline().startswith("STARTED")
@@ -131,11 +132,33 @@ def test_a_main_that_dies_has_its_tasks_dropped_by_the_worker(workspace: Workspa
         os.kill(main.pid, signal.SIGKILL)
         main.communicate(timeout=60)
     status = wait_for(lambda: (s := worker.status())["mains"] == [] and s["busy"] == 0
-                      and s["queued"] == 0 and s, what="the worker to drop the dead Main")
+                      and s["queued"] == 0 and s, timeout=60,
+                      what="the worker to drop the dead Main")
     assert status["tasks_done"] == 0
     wait_for(lambda: all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
                          for p in executors), what="the dead Main's running tasks stopped")
-    assert "was silent for" in worker.log()
+    log = worker.log()
+    assert "closed its connection: dropped 2 queued and stopped 2 running tasks" in log, log
+
+
+def test_a_worker_killed_mid_run_has_its_tasks_retried_elsewhere_at_once(
+        workspace: Workspace, start_worker) -> None:
+    a, b = start_worker(threads=2, name="a"), start_worker(threads=2, name="b")
+    shutil.copy(TASKS, workspace.root / "tasks.py")
+    workspace.write("main.py", LONG_RUN)
+    # Silence alone would take 120 s to count: the closed connection must be what tells.
+    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
+           "DISTRIB_WORKERS": f"{a.address},{b.address}", "DISTRIB_LOST_AFTER": "120"}
+    with ended(subprocess.Popen([PYTHON, "main.py", "4", "2"], cwd=workspace.root, env=env,
+                                text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)) as main:
+        busy = wait_for(lambda: next((w for w in (a, b) if w.status()["busy"] == 2), None),
+                        what="a worker running tasks")
+        os.kill(busy.pid, signal.SIGKILL)
+        busy.proc.wait(30)
+        out, err = finish(main, timeout=100)
+    assert out.splitlines()[-1] == "DONE 4 True"
+    assert f"worker {busy.name} (" in err and "closed the connection: declared lost" in err
 
 
 class DelayProxy:
@@ -241,3 +264,18 @@ def test_a_100ms_round_trip_keeps_every_slot_in_use(workspace: Workspace,
         assert worker.status()["executors_started"] == 20
     finally:
         proxy.close()
+
+
+def test_a_worker_that_does_not_answer_is_named_in_a_warning_within_seconds(
+        workspace: Workspace, start_worker) -> None:
+    worker = start_worker(threads=2)
+    with socket.socket() as spare:  # a port where nothing listens
+        spare.bind(("127.0.0.1", 0))
+        nobody = "127.0.0.1:%d" % spare.getsockname()[1]
+    shutil.copy(TASKS, workspace.root / "tasks.py")
+    workspace.write("main.py", LONG_RUN)
+    out = workspace.run("main.py", "8", "0.75", env={
+        "DISTRIB_WORKERS": f"{worker.address},{nobody}", "DISTRIB_LOST_AFTER": "4"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "DONE 8 True"  # the other worker ran everything
+    assert f"worker {nobody} has not answered for" in out.stderr

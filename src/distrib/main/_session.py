@@ -313,6 +313,14 @@ class Session:
             log.warning("worker %s refused this Main: %s", link.label, msg.reason)
 
     def _on_monitor(self, link: Link, event: Any) -> None:
+        if event["event"] == zmq.EVENT_DISCONNECTED:
+            # A worker killed with -9, or a network that reset the connection: its tasks go
+            # elsewhere now instead of after lost_after seconds of silence.
+            if link.state is LinkState.READY:
+                log.warning("worker %s closed the connection: declared lost; its tasks go "
+                            "elsewhere", link.label)
+                self._lose(link, LinkState.LOST, "closed the connection")
+            return
         if link.state is LinkState.AUTH_FAILED:
             return
         if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
@@ -371,11 +379,13 @@ class Session:
             elif link.state is LinkState.AUTH_FAILED:
                 if now - link.since > AUTH_RETRY_AFTER:
                     link.connect(now)
-            elif link.state is LinkState.CONNECTING and now - link.since > s.connect_timeout:
+            elif link.state is LinkState.CONNECTING and now - link.since > s.lost_after / 2:
+                # A few seconds (half the time after which a silent worker counts as lost).
                 if ("connect", link.link_id) not in self._warned:
                     self._warned.add(("connect", link.link_id))
-                    log.warning("worker %s has not answered for %.0f s; still trying",
-                                link.label, s.connect_timeout)
+                    log.warning("worker %s has not answered for %.0f s (is a worker running at "
+                                "that address, and reachable from here?); still trying",
+                                link.label, now - link.since)
         self._warn_unmatched(now)
         self._fail_if_all_refused()
         if self.local is not None:

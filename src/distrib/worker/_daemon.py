@@ -62,6 +62,7 @@ class MainPeer:
     forward_output: bool
     last_seen: float
     context: str  # names its argv and forwarded environment in ``Daemon.contexts``
+    fd: int = -1  # its connection's file descriptor: when that closes, the Main is gone
 
 
 class Daemon:
@@ -127,6 +128,7 @@ class Daemon:
                 for sock in self.gate.sockets():
                     if sock in events:
                         self.gate.on_readable(sock)
+                self._drop_closed()
                 if self.sock in events:
                     self._drain_socket()
                 for ex_id, proc in list(self.procs.items()):
@@ -213,6 +215,17 @@ class Daemon:
                                                "malformed message; say Hello again"))
                 continue
             self._on_message(peer, message)
+            main = self.mains.get(peer)
+            if main is not None:
+                main.fd = frames[1].get(zmq.SRCFD)
+
+    def _drop_closed(self) -> None:
+        """A closed connection is a Main's death notice: its tasks stop now, not after the
+        heartbeat timeout (a Main killed with -9 says no Goodbye)."""
+        closed, self.gate.closed = self.gate.closed, []
+        for fd in closed:
+            for peer in [p for p, main in self.mains.items() if main.fd == fd]:
+                self._drop_main(peer, "closed its connection")
 
     def _on_message(self, peer: bytes, msg: m.Message) -> None:
         if isinstance(msg, m.StatusRequest):

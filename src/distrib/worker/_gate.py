@@ -58,6 +58,7 @@ class Gate:
         self._mtime = 0.0
         self._refused_logged: dict[str, float] = {}
         self._unconfirmed: list[int] = []  # accepted connections not yet through a handshake
+        self.closed: list[int] = []  # file descriptors of ZeroMQ connections that closed
         self.zap: zmq.Socket[Any] | None = None
         self.monitor: zmq.Socket[Any] | None = None
         if key is not None:
@@ -134,6 +135,7 @@ class Gate:
                 peer_log.warning("dropped a connection that never completed the ZeroMQ handshake "
                                  "(garbage bytes, or another protocol such as HTTP)")
             else:
+                self.closed.append(value)
                 peer_log.info("a connection closed (as when a Main leaves; also how a peer is "
                               "dropped that sent a message over the %d MiB limit)",
                               MAX_MESSAGE_BYTES >> 20)
