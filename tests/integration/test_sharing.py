@@ -9,6 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+import zmq
+
+from distrib.wire import _codec, _facts
+from distrib.wire import _messages as m
+from distrib.workspace._manifest import scan
 
 from tests.helpers import PYTHON, Workspace, ended, finish, wait_for, with_tasks
 
@@ -59,3 +64,74 @@ def test_a_new_main_with_another_workspace_gets_its_share_of_the_slots_at_once(
         # held its share of the slots, never more while the others wanted them.
         assert worker.status()["tasks_done"] < 1000
         assert max(held_by_last) == 2, held_by_last
+
+
+def test_a_failed_fetch_fails_that_run_only_and_the_next_run_succeeds(
+        workspace: Workspace, start_worker) -> None:
+    worker = start_worker(threads=2)
+    workspace.write("data.txt", "as scanned\n")
+    with_tasks(workspace).write("main.py", """
+        import sys
+        import distrib, tasks
+
+        if __name__ == "__main__":
+            distrib.init()  # the workspace is scanned here
+            if sys.argv[1:] == ["change"]:
+                with open("data.txt", "w") as f:  # ... and changed before the worker fetched it
+                    f.write("changed\\n")
+            try:
+                print("RESULT", distrib.gather(tasks.ok.map(range(4)), timeout=60))
+            except distrib.WorkspaceError as exc:
+                print("FAILED", "changed or vanished" in str(exc))
+        """)
+    env = {"DISTRIB_WORKERS": worker.address}
+    assert workspace.run("main.py", "change", env=env).stdout.splitlines() == ["FAILED True"]
+    workspace.write("data.txt", "as scanned\n")  # the same content (the same id) as that run
+    out = workspace.run("main.py", env=env)
+    assert out.stdout.splitlines() == ["RESULT [1, 2, 3, 4]"], out.stderr[-2000:]
+
+
+def test_a_hostile_main_can_neither_squat_nor_fail_another_mains_distribution(
+        workspace: Workspace, start_worker) -> None:
+    worker = start_worker(threads=2, env={"DISTRIB_MAX_MESSAGE_MB": "512"})
+    main = with_tasks(workspace).write("main.py", """
+        import distrib, tasks
+
+        if __name__ == "__main__":
+            print("RESULT", distrib.gather(tasks.ok.map(range(4)), timeout=120))
+        """)
+    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
+           "DISTRIB_WORKERS": worker.address}
+    ctx: zmq.Context = zmq.Context()
+    evil = ctx.socket(zmq.DEALER)
+    try:
+        evil.setsockopt(zmq.LINGER, 0)
+        evil.connect(worker.address)
+        # An authorized but hostile Main, built from the project's own codec.
+        evil.send_multipart(_codec.encode(m.Hello(m.PROTOCOL_VERSION, "e", "evil",
+                                                  _facts.python_version(), 1, False, [], {})))
+        wait_for(lambda: "evil" in worker.status()["mains"], what="the hostile Main served")
+        # 1. It claims the victim's distribution first and never sends its manifest.
+        squatted = scan(workspace.root, main).dist_id
+        evil.send_multipart(_codec.encode(m.Submit([m.TaskSpec(1, squatted, 1, None,
+                                                               [b"junk"], 0)])))
+        out = workspace.run("main.py", env=env)
+        assert out.stdout.splitlines() == ["RESULT [1, 2, 3, 4]"], out.stderr[-2000:]
+        # 2. It says the victim's next distribution failed, again and again, while it is
+        # being fetched (20 MB, so that takes a moment).
+        workspace.root.joinpath("big.bin").write_bytes(os.urandom(20_000_000))
+        target = scan(workspace.root, main).dist_id
+        with ended(subprocess.Popen([PYTHON, "main.py"], cwd=workspace.root, env=env,
+                                    text=True, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)) as victim:
+            while victim.poll() is None:
+                evil.send_multipart(_codec.encode(m.DistFailed(target, "gotcha")))
+                time.sleep(0.01)
+            out, _ = finish(victim)
+        assert out.splitlines() == ["RESULT [1, 2, 3, 4]"]
+    finally:
+        evil.close(0)
+        ctx.term()
+    log = worker.log()
+    assert "its source sent nothing for 3 s; asking another Main for it" in log
+    assert "ignored DistFailed for environment" in log

@@ -36,7 +36,7 @@ from distrib.wire._limits import OUTPUT_CHUNK, batches
 from distrib.wire._messages import Outcome, RefusalCode
 from distrib.wire._record import ErrorRecord
 from distrib.worker import _pool
-from distrib.worker._dists import Change, Distributions, DistState, Failed, Ready
+from distrib.worker._dists import Change, Distributions, Failed, Ready
 from distrib.worker._gate import Gate
 from distrib.worker._isolation import remove_tree
 from distrib.worker._pipe import Verb
@@ -250,8 +250,7 @@ class Daemon:
         elif isinstance(msg, m.Blobs):
             self._on_change(self.dists.on_blobs(msg))
         elif isinstance(msg, m.DistFailed):
-            record = ErrorRecord("distrib.WorkspaceError", msg.reason)
-            self._on_change(self.dists.fail(msg.dist, record.to_wire(), []))
+            self._on_change(self.dists.on_failed(peer, msg))
         elif isinstance(msg, m.Goodbye):
             self._drop_main(peer, "said goodbye")
         elif not isinstance(msg, m.Heartbeat):
@@ -285,17 +284,14 @@ class Daemon:
             if spec.threads > self.slots.slots:  # it can never run here: say so, fetch nothing
                 self._apply(self.slots.submit(task))
                 continue
-            dist = self.dists.request(spec.dist, peer)
-            if dist.state is DistState.FAILED and dist.error is not None:
-                self._report(task, Outcome.ENV_ERROR, *dist.error)
-            else:
-                self._apply(self.slots.submit(task))
+            self.dists.request(spec.dist, peer)
+            self._apply(self.slots.submit(task))
 
     def _on_change(self, change: Change) -> None:
         if isinstance(change, Ready):
             self.slots.dist_ready(change.dist)
         elif isinstance(change, Failed):
-            self._apply(self.slots.dist_failed(change.dist, change.info, change.frames))
+            self._apply(self.slots.dist_failed(change.dist, change.info, change.peer))
 
     def _drop_main(self, peer: bytes, why: str) -> None:
         main = self.mains.pop(peer, None)
@@ -427,6 +423,7 @@ class Daemon:
             if proc.proc.poll() is not None:
                 self._apply(self._executor_died(ex_id))
         self._apply(self.slots.tick(now))
+        self.dists.tick(now)
         for peer, main in list(self.mains.items()):
             if now - main.last_seen > self.lost_after:
                 self._drop_main(peer, f"was silent for {self.lost_after:.0f} s")

@@ -2,17 +2,22 @@
 
     unknown --submit--> MANIFEST --Manifest--> BLOBS --Blobs (all)--> READY
                            |                     |
-                           +-----> FAILED <------+   (bad manifest or blob, DistFailed, build)
+                           +----> forgotten <----+   (bad manifest or blob, DistFailed, build)
 
-A distribution is fetched from one Main (its *source*); if that Main leaves mid-fetch, another
-Main with tasks for it becomes the source. Sending goes through the ``send`` callable the daemon
-gives; nothing here touches a socket.
+A distribution is fetched from one Main (its *source*) and belongs to the Mains that sent
+tasks for it: a failure fails that attempt for the source's tasks only, and is forgotten, so
+the next submit of the same id starts over; other Mains waiting for it fetch it themselves.
+Only the source can fail a fetch (``DistFailed``); a source that stalls (say, one that claimed
+an id and never sends its manifest) is replaced by a waiting Main after ``FETCH_STALL``
+seconds. Everything received is checked against its hash, so whoever sends it, it is the same.
+Sending goes through the ``send`` callable the daemon gives; nothing here touches a socket.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +35,13 @@ log = logging.getLogger("distrib.worker")
 peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
 
 Sender = Callable[[bytes, m.Message], None]
+FETCH_STALL = 3.0  # seconds without progress before a waiting Main becomes the source
 
 
 class DistState(enum.Enum):
     MANIFEST = "manifest"  # asked the source for the manifest
     BLOBS = "blobs"  # asked the source for the blobs the store lacks
     READY = "ready"  # the environment tree is built
-    FAILED = "failed"  # fetching or building failed; ``error`` says why
 
 
 @dataclass(eq=False)
@@ -49,8 +54,9 @@ class Dist:
     entries: list[Entry] = field(default_factory=list)
     waiting_blobs: set[str] = field(default_factory=set)
     env: Path | None = None
-    error: tuple[dict[str, str], list[Any]] | None = None  # record and pickled exception
     users: set[bytes] = field(default_factory=set)  # Mains whose runs found it checked
+    waiters: set[bytes] = field(default_factory=set)  # other Mains waiting while it is fetched
+    progress_at: float = 0.0  # when the fetch last moved
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +67,8 @@ class Ready:
 @dataclass(frozen=True, slots=True)
 class Failed:
     dist: str
+    peer: bytes | None  # the Main whose attempt failed (its queued tasks of ``dist`` fail)
     info: dict[str, str]
-    frames: list[Any]
 
 
 Change = Ready | Failed | None
@@ -99,9 +105,32 @@ class Distributions:
             else:
                 dist.users.add(peer)
         if dist is None:
-            dist = self._dists[dist_id] = Dist(DistState.MANIFEST, source=peer, users={peer})
+            dist = self._dists[dist_id] = Dist(DistState.MANIFEST, source=peer, users={peer},
+                                               progress_at=time.monotonic())
             self._send(peer, m.NeedManifest(dist_id))
+        elif dist.state is not DistState.READY and peer != dist.source:
+            dist.waiters.add(peer)
         return dist
+
+    def tick(self, now: float) -> None:
+        """Fetches that stalled ask a waiting Main instead (each answer is hash-checked)."""
+        for dist_id, dist in self._dists.items():
+            if dist.state is DistState.READY or not dist.waiters:
+                continue
+            if now - dist.progress_at > FETCH_STALL:
+                dist.source, dist.progress_at = dist.waiters.pop(), now
+                peer_log.warning("environment %s: its source sent nothing for %.0f s; asking "
+                                 "another Main for it", dist_id[:12], FETCH_STALL)
+                self._ask(dist_id, dist)
+
+    def _ask(self, dist_id: str, dist: Dist) -> None:
+        assert dist.source is not None
+        if dist.state is DistState.MANIFEST:
+            self._send(dist.source, m.NeedManifest(dist_id))
+            return
+        missing = sorted(dist.waiting_blobs)
+        for i in range(0, len(missing), NEED_BLOBS_COUNT):
+            self._send(dist.source, m.NeedBlobs(dist_id, missing[i:i + NEED_BLOBS_COUNT]))
 
     def on_manifest(self, msg: m.Manifest) -> Change:
         dist = self._dists.get(msg.dist)
@@ -110,14 +139,13 @@ class Distributions:
         try:
             dist.main, dist.entries = decode_manifest(bytes(_bytes(msg.frames[0])), msg.dist)
         except WorkspaceError as exc:
-            return self.fail(msg.dist, ErrorRecord.of(exc, False).to_wire(), [])
+            return self._fail(msg.dist, ErrorRecord.of(exc, False).to_wire())
         missing = self.store.missing(dist.entries)
         if not missing:
             return self._materialize(msg.dist, dist)
         dist.state, dist.waiting_blobs = DistState.BLOBS, set(missing)
-        if dist.source is not None:
-            for i in range(0, len(missing), NEED_BLOBS_COUNT):
-                self._send(dist.source, m.NeedBlobs(msg.dist, missing[i:i + NEED_BLOBS_COUNT]))
+        dist.progress_at = time.monotonic()
+        self._ask(msg.dist, dist)
         return None
 
     def on_blobs(self, msg: m.Blobs) -> Change:
@@ -131,32 +159,46 @@ class Distributions:
             try:
                 self.store.put_compressed(digest, _bytes(frame))
             except WorkspaceError as exc:
-                return self.fail(msg.dist, ErrorRecord.of(exc, False).to_wire(), [])
+                return self._fail(msg.dist, ErrorRecord.of(exc, False).to_wire())
             dist.waiting_blobs.discard(digest)
+            dist.progress_at = time.monotonic()
             self.blobs_received += 1
         return None if dist.waiting_blobs else self._materialize(msg.dist, dist)
 
-    def fail(self, dist_id: str, info: dict[str, str], frames: list[Any]) -> Failed:
+    def on_failed(self, peer: bytes, msg: m.DistFailed) -> Change:
+        """A Main cannot provide a distribution: heard only from the one it is fetched from."""
+        dist = self._dists.get(msg.dist)
+        if dist is None or dist.state is DistState.READY or dist.source != peer:
+            peer_log.warning("ignored DistFailed for environment %s from a Main it is not "
+                             "fetched from", msg.dist[:12])
+            return None
+        return self._fail(msg.dist, ErrorRecord("distrib.WorkspaceError", msg.reason).to_wire())
+
+    def _fail(self, dist_id: str, info: dict[str, str]) -> Failed:
+        """This attempt failed: forgotten, so a later submit starts over; a waiting Main (if
+        any) fetches it at once."""
         peer_log.warning("environment %s failed: %s", dist_id[:12], info.get("message"))
-        dist = self._dists.setdefault(dist_id, Dist(DistState.FAILED))
-        dist.state, dist.error = DistState.FAILED, (info, frames)
-        return Failed(dist_id, info, frames)
+        dist = self._dists.pop(dist_id)
+        if dist.waiters:
+            self.request(dist_id, dist.waiters.pop()).waiters |= dist.waiters
+        return Failed(dist_id, dist.source, info)
 
     def source_left(self, peer: bytes, other_source: Callable[[str], bytes | None]) -> None:
         """``peer`` left: fetch what it was providing again from ``other_source(dist)``."""
         for dist_id, dist in list(self._dists.items()):
+            dist.waiters.discard(peer)
             if dist.source == peer and dist.state in (DistState.MANIFEST, DistState.BLOBS):
                 del self._dists[dist_id]
                 other = other_source(dist_id)
                 if other is not None:
-                    self.request(dist_id, other)
+                    self.request(dist_id, other).waiters |= dist.waiters - {other}
 
     def _materialize(self, dist_id: str, dist: Dist) -> Change:
         in_use = {d for d, x in self._dists.items() if x.state is DistState.READY}
         try:
             dist.env = self.store.materialize(dist_id, dist.entries, in_use)
         except (WorkspaceError, OSError) as exc:
-            return self.fail(dist_id, ErrorRecord.of(exc, False).to_wire(), [])
+            return self._fail(dist_id, ErrorRecord.of(exc, False).to_wire())
         dist.state = DistState.READY
         peer_log.info("environment %s ready (%d files)", dist_id[:12], len(dist.entries))
         return Ready(dist_id)

@@ -170,11 +170,11 @@ class Slots:
         """The environment of ``dist`` is built: its tasks may start."""
         self._ready_dists.add(dist)
 
-    def dist_failed(self, dist: str, info: dict[str, str], frames: list[Any]) -> list[Action]:
-        """``dist`` cannot be fetched, built or imported: its queued tasks fail with ``info``."""
-        self._ready_dists.discard(dist)
-        for task in self.queues.take_where(lambda t: t.dist == dist):
-            self._out.append(Report(task, Outcome.ENV_ERROR, info, frames))
+    def dist_failed(self, dist: str, info: dict[str, str], peer: bytes | None) -> list[Action]:
+        """Fetching or building ``dist`` from ``peer`` failed: that Main's queued tasks of it
+        fail with ``info``; other Mains' wait for their own attempt."""
+        for task in self.queues.take_where(lambda t: t.dist == dist and t.peer == peer):
+            self._out.append(Report(task, Outcome.ENV_ERROR, info))
         return self._take()
 
     def env_replaced(self, dist: str) -> list[Action]:

@@ -1,0 +1,73 @@
+"""Distributions belong to the Mains that sent them: a store on disk, messages captured."""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from pathlib import Path
+
+import pytest
+
+from distrib.wire import _messages as m
+from distrib.worker import _dists
+from distrib.worker._dists import Distributions, DistState, Failed, Ready
+from distrib.workspace._manifest import Entry, encode_manifest
+from distrib.workspace._store import Store
+
+A, B, EVIL = b"main-a", b"main-b", b"evil"
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Distributions, list[tuple[bytes, m.Message]], str, bytes,
+                                   list[bytes]]:
+    sent: list[tuple[bytes, m.Message]] = []
+    dists = Distributions(Store(tmp_path / "store"), lambda peer, msg: sent.append((peer, msg)),
+                          lambda dist: None)
+    raw = b"print('hi')\n"
+    digest = hashlib.sha256(raw).hexdigest()
+    manifest, dist_id = encode_manifest("main.py", [Entry("main.py", len(raw), False, digest)])
+    return dists, sent, dist_id, manifest, [zlib.compress(raw)]
+
+
+def fetched(dists: Distributions, peer: bytes, dist_id: str, manifest: bytes,
+            blobs: list[bytes]) -> object:
+    dists.on_manifest(m.Manifest(dist_id, frames=(manifest,)))
+    need = dists.get(dist_id)
+    assert need is not None and need.state is DistState.BLOBS
+    return dists.on_blobs(m.Blobs(dist_id, sorted(need.waiting_blobs), frames=tuple(blobs)))
+
+
+def test_only_the_source_can_fail_a_fetch_and_a_failure_is_not_kept(setup) -> None:
+    dists, sent, dist_id, manifest, blobs = setup
+    dists.request(dist_id, A)
+    assert sent == [(A, m.NeedManifest(dist_id))]
+    assert dists.on_failed(EVIL, m.DistFailed(dist_id, "ha")) is None  # not its fetch
+    change = dists.on_failed(A, m.DistFailed(dist_id, "a file changed"))
+    assert isinstance(change, Failed) and change.peer == A
+    assert dists.get(dist_id) is None  # forgotten: the next submit starts over
+    dists.request(dist_id, A)
+    assert sent[-1] == (A, m.NeedManifest(dist_id))
+    assert isinstance(fetched(dists, A, dist_id, manifest, blobs), Ready)
+
+
+def test_a_failure_of_one_main_sends_the_others_to_fetch_it_themselves(setup) -> None:
+    dists, sent, dist_id, manifest, blobs = setup
+    dists.request(dist_id, A)
+    dists.request(dist_id, B)  # waits for A's fetch
+    change = dists.on_failed(A, m.DistFailed(dist_id, "a file changed"))
+    assert isinstance(change, Failed) and change.peer == A
+    assert sent[-1] == (B, m.NeedManifest(dist_id))
+    assert isinstance(fetched(dists, B, dist_id, manifest, blobs), Ready)
+
+
+def test_a_source_that_never_answers_is_replaced_by_a_waiting_main(setup) -> None:
+    dists, sent, dist_id, manifest, blobs = setup
+    dists.request(dist_id, EVIL)  # claims the id, will never send the manifest
+    dists.request(dist_id, B)
+    dist = dists.get(dist_id)
+    assert dist is not None
+    dists.tick(dist.progress_at + _dists.FETCH_STALL / 2)
+    assert sent == [(EVIL, m.NeedManifest(dist_id))]  # not stalled yet
+    dists.tick(dist.progress_at + _dists.FETCH_STALL * 2)
+    assert sent[-1] == (B, m.NeedManifest(dist_id))
+    assert isinstance(fetched(dists, B, dist_id, manifest, blobs), Ready)
