@@ -159,3 +159,22 @@ def test_an_environment_that_drifted_is_detected_and_built_again(tmp_path: Path)
     again = store.materialize("d" * 64, entries, set())
     assert (again / "data" / "input.txt").read_bytes() == b"41\n"
     assert not (again / "extra.txt").exists() and store.drift("d" * 64) == []
+
+
+def test_deep_paths_are_refused_and_file_folder_clashes_found_in_linear_time() -> None:
+    import hashlib
+
+    digest = hashlib.sha256(b"").hexdigest()
+    deep = [Entry("/".join(["d"] * 2040) + f"/f{i}", 0, False, digest) for i in range(200)]
+    body, dist_id = encode_manifest(None, deep)
+    with pytest.raises(WorkspaceError, match="more than 128 folders deep"):
+        decode_manifest(body, dist_id)
+    # Many entries 100 folders deep decode, and a file that is also a folder is still found.
+    wide = [Entry("/".join(["d"] * 100) + f"/f{i}", 0, False, digest) for i in range(5000)]
+    body, dist_id = encode_manifest(None, wide)
+    assert len(decode_manifest(body, dist_id)[1]) == 5000
+    clash = [Entry("a/b", 0, False, digest), Entry("a-x", 0, False, digest),
+             Entry("a/b/c", 0, False, digest)]
+    body, dist_id = encode_manifest(None, clash)
+    with pytest.raises(WorkspaceError, match="'a/b/c' lies under file a/b"):
+        decode_manifest(body, dist_id)

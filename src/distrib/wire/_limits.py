@@ -39,6 +39,8 @@ PIPE_MAX_HEADER = 64 << 20
 MAX_FILE_BYTES = 256 << 20
 MAX_TOTAL_BYTES = 2 << 30
 MAX_FILES = 100_000
+MAX_PATH_CHARS = 4096  # of one path in a manifest
+MAX_PATH_DEPTH = 128  # folders in one path
 
 
 def batches(items: Iterable[T], size: Callable[[T], int], max_bytes: int = BATCH_BYTES,
