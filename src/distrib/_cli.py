@@ -155,7 +155,7 @@ def status(timeout: float, as_json: bool) -> None:
         return
     table = Table(title="distrib workers")
     for column in ("name", "address", "platform", "Python", "busy/slots", "queued",
-                   "Mains served", "state"):
+                   "re-runs", "Mains served", "state"):
         # Fold rather than cut: the state says why a worker is unreachable.
         table.add_column(column, overflow="fold", min_width=16 if column == "state" else None)
     for s in answers:
@@ -164,7 +164,7 @@ def status(timeout: float, as_json: bool) -> None:
             str(i.get("name", "?")), s.address, str(i.get("platform", "")),
             str(i.get("python", "")),
             f"{i['busy']}/{i['slots']}" if "slots" in i else "",
-            str(i.get("queued", "")), ", ".join(i.get("mains", [])),
+            str(i.get("queued", "")), str(i.get("reruns", "")), ", ".join(i.get("mains", [])),
             f"reachable ({s.source})" if s.reachable else f"unreachable: {s.problem}")
     Console().print(table)
     if not all(s.reachable for s in answers):

@@ -159,6 +159,8 @@ def test_a_worker_killed_mid_run_has_its_tasks_retried_elsewhere_at_once(
         out, err = finish(main, timeout=100)
     assert out.splitlines()[-1] == "DONE 4 True"
     assert f"worker {busy.name} (" in err and "closed the connection: declared lost" in err
+    other = b if busy is a else a
+    assert other.status()["reruns"] >= 2  # the two that were running ran again there
 
 
 class DelayProxy:

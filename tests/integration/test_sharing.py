@@ -113,7 +113,7 @@ def test_a_hostile_main_can_neither_squat_nor_fail_another_mains_distribution(
         wait_for(lambda: "evil" in worker.status()["mains"], what="the hostile Main served")
         # 1. It claims the victim's distribution first and never sends its manifest.
         squatted = scan(workspace.root, main).dist_id
-        evil.send_multipart(_codec.encode(m.Submit([m.TaskSpec(1, squatted, 1, None,
+        evil.send_multipart(_codec.encode(m.Submit([m.TaskSpec(1, squatted, 1, None, 0,
                                                                [b"junk"], 0)])))
         out = workspace.run("main.py", env=env)
         assert out.stdout.splitlines() == ["RESULT [1, 2, 3, 4]"], out.stderr[-2000:]

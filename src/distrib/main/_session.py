@@ -253,7 +253,7 @@ class Session:
             for t in tasks:
                 inline, separate = m.split_payload(t.frames)
                 specs.append((m.TaskSpec(t.task_id, self.dist.dist_id, t.threads, t.timeout,
-                                         inline, len(separate)), separate))
+                                         t.attempts, inline, len(separate)), separate))
             for batch in batches(specs, lambda item: sum(len(p) for p in item[0].inline)):
                 link.send(m.Submit([spec for spec, _ in batch],
                                    frames=tuple(f for _, fs in batch for f in fs)))

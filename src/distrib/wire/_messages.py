@@ -128,6 +128,7 @@ class TaskSpec:
     dist: str
     threads: int
     timeout: float | None
+    attempt: int  # earlier runs that ended with a crash or a lost worker (0: the first run)
     inline: list[bytes]
     nframes: int
 

@@ -98,6 +98,7 @@ class Daemon:
                                    lambda dist: self._apply(self.slots.env_replaced(dist)))
         self.procs: dict[int, ExecutorProcess] = {}
         self.dropped = 0  # malformed messages
+        self.reruns = 0  # tasks run again here after a crash or a lost worker (at least once)
         self._isolation = ""  # how executors keep task writes private, once one said
         self.contexts: dict[str, tuple[list[str], dict[str, str]]] = {}  # argv, environment
         self._outbox: dict[bytes, list[Outgoing]] = defaultdict(list)
@@ -281,6 +282,7 @@ class Daemon:
             task = QueuedTask(peer, spec.task_id, spec.dist, spec.threads, spec.timeout,
                               [*spec.inline, *frames[at: at + spec.nframes]], context)
             at += spec.nframes
+            self.reruns += spec.attempt > 0
             if spec.threads > self.slots.slots:  # it can never run here: say so, fetch nothing
                 self._apply(self.slots.submit(task))
                 continue
@@ -453,6 +455,7 @@ class Daemon:
             "public_key": self.key.public if self.key else None,
             "blobs_received": self.dists.blobs_received,
             "dropped": self.dropped,
+            "reruns": self.reruns,
             "dropped_connections": self.gate.dropped_connections,
             **self.slots.counters,
         }
