@@ -49,6 +49,10 @@ def main() -> None:
               help="Seconds between heartbeats to each Main.")
 @click.option("--lost-after", type=float, default=10.0, show_default=True,
               help="Seconds of silence after which a Main is dropped.")
+@click.option("--idle-executors", type=click.FloatRange(min=0), default=300.0,
+              show_default=True,
+              help="Seconds an executor may wait for a task before it stops (and frees its "
+                   "memory).")
 @click.option("--key", "key_file", type=click.Path(path_type=Path), default=None,
               help="This worker's secret key file (from `distrib keygen`): turns on CURVE.")
 @click.option("--authorized-keys", type=click.Path(path_type=Path), default=None,
@@ -62,7 +66,7 @@ def main() -> None:
 @click.option("--exit-with-parent", type=int, default=None, hidden=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log every connection and environment.")
 def worker(listen: str, threads: int | None, name: str | None, cache_dir: Path | None,
-           heartbeat: float, lost_after: float, key_file: Path | None,
+           heartbeat: float, lost_after: float, idle_executors: float, key_file: Path | None,
            authorized_keys: Path | None, insecure: bool, announce: bool,
            announce_interface: tuple[str, ...], exit_with_parent: int | None,
            verbose: bool) -> None:
@@ -102,7 +106,7 @@ def worker(listen: str, threads: int | None, name: str | None, cache_dir: Path |
                               or platformdirs.user_cache_dir("distrib")) / "worker"
     try:
         daemon = Daemon(address, slots, name or "", cache, heartbeat, lost_after,
-                        exit_with_parent, key, authorized_keys)
+                        exit_with_parent, key, authorized_keys, idle_executors)
     except zmq.ZMQError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
     if not name:

@@ -135,3 +135,19 @@ def test_a_hostile_main_can_neither_squat_nor_fail_another_mains_distribution(
     log = worker.log()
     assert "its source sent nothing for 3 s; asking another Main for it" in log
     assert "ignored DistFailed for environment" in log
+
+
+def test_idle_executors_stop_after_the_owner_set_time(workspace: Workspace,
+                                                      start_worker) -> None:
+    worker = start_worker(threads=2, extra=("--idle-executors", "1"))
+    with_tasks(workspace).write("main.py", """
+        import distrib, tasks
+
+        if __name__ == "__main__":
+            print("RESULT", distrib.gather(tasks.ok.map(range(4)), timeout=60))
+        """)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
+    assert out.stdout.splitlines() == ["RESULT [1, 2, 3, 4]"], out.stderr[-2000:]
+    started = worker.status()["executors_started"]
+    assert started >= 1
+    wait_for(lambda: worker.status()["executors"] == [], what="the idle executors stopped")

@@ -254,3 +254,13 @@ def test_a_main_with_another_environment_gets_the_next_free_slots_until_both_hol
     assert {b"A": 2, b"B": 2} in seen  # B got slots while A still had 90 queued
     assert all(h.get(b"B", 0) <= 2 for h in seen)  # and no more than its share
     assert s.queues.count(b"A") > 80
+
+
+def test_an_executor_idle_for_too_long_stops() -> None:
+    s = Slots(1, idle_after=60.0)
+    ex = of(Spawn, started(s, qt(1)))[0].ex_id
+    s.executor_ready(ex)
+    s.schedule(0.0)
+    s.task_done(ex, s.running(ex).key, Outcome.OK, {}, [], 10.0)
+    assert s.tick(69.0) == []
+    assert of(Kill, s.tick(71.0)) == [Kill(ex)] and s.executors == {}

@@ -79,6 +79,7 @@ class Daemon:
         exit_with_parent: int | None = None,
         key: KeyPair | None = None,
         authorized: Path | None = None,
+        idle_after: float = 300.0,
     ) -> None:
         self.name = name
         self.worker_id = uuid.uuid4().hex
@@ -93,7 +94,7 @@ class Daemon:
         self.sock, self.address = _transport.router(self.ctx, endpoint, key)
         self.gate.watch(self.sock)
         self.mains: dict[bytes, MainPeer] = {}
-        self.slots = Slots(slots)
+        self.slots = Slots(slots, idle_after)
         self.dists = Distributions(Store(cache_dir), self._send,
                                    lambda dist: self._apply(self.slots.env_replaced(dist)))
         self.procs: dict[int, ExecutorProcess] = {}

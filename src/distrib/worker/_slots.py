@@ -70,6 +70,7 @@ class Executor:
     key: EnvKey
     ready: bool = False  # it has imported its environment
     runs: deque[Run] = field(default_factory=deque)
+    idle_since: float | None = None  # when it last ran out of tasks
 
 
 # --- actions ---------------------------------------------------------------------------------
@@ -114,8 +115,9 @@ _Fate: TypeAlias = Outcome | Withdrawn | None
 class Slots:
     """``slots`` slots shared by the executors of every environment this worker serves."""
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, idle_after: float = 300.0) -> None:
         self.slots = slots
+        self.idle_after = idle_after  # seconds an executor may wait for a task before it stops
         self.busy = 0  # slots held by executors that have a task
         self.queues = Queues()
         self.executors: dict[int, Executor] = {}
@@ -278,10 +280,13 @@ class Slots:
         return self._take(), queued, running
 
     def tick(self, now: float) -> list[Action]:
-        """Stop tasks past their timeout, and withdrawn ones that started before their skip."""
+        """Stop tasks past their timeout, withdrawn ones that started before their skip, and
+        executors idle for ``idle_after`` seconds (their memory goes back to the owner)."""
         for ex in list(self.executors.values()):
             head = ex.runs[0] if ex.runs else None
             if head is None:
+                if ex.idle_since is not None and now - ex.idle_since > self.idle_after:
+                    self._retire(ex)
                 continue
             if head.stop_at is not None and now > head.stop_at:
                 why = head.withdrawn
@@ -368,6 +373,7 @@ class Slots:
         self._next_key += 1
         run = Run(task, self._next_key)
         ex.runs.append(run)
+        ex.idle_since = None
         if len(ex.runs) == 1:
             self._began(run, now)
         if ex.ready:
@@ -381,6 +387,7 @@ class Slots:
         """The executor's running task is gone: the next one (if any) starts running now."""
         if not ex.runs:
             self.busy -= ex.key.threads
+            ex.idle_since = now
             return
         head = ex.runs[0]
         self._began(head, now)
