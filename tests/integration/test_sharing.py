@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -151,3 +152,24 @@ def test_idle_executors_stop_after_the_owner_set_time(workspace: Workspace,
     started = worker.status()["executors_started"]
     assert started >= 1
     wait_for(lambda: worker.status()["executors"] == [], what="the idle executors stopped")
+
+
+def test_a_daemon_killed_with_9_leaves_nothing_behind_once_another_starts(
+        workspace: Workspace, start_worker) -> None:
+    worker = start_worker(threads=2, name="w")
+    workspace.write("data.txt", "x")
+    with_tasks(workspace).write("main.py", """
+        import distrib, tasks
+
+        if __name__ == "__main__":
+            print("RESULT", distrib.gather(tasks.ok.map(range(4)), timeout=60))
+        """)
+    assert workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address}).returncode == 0
+    runs = worker.cache_dir / "runs"
+    left = [p for p in runs.iterdir()]
+    assert len(left) == 1 and any(left[0].iterdir())  # its task layers
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.proc.wait(30)
+    again = start_worker(threads=2, name="w")  # the same cache folder
+    assert not left[0].exists()
+    assert all(p.name.startswith(f"{again.pid}-") for p in runs.iterdir())

@@ -178,3 +178,31 @@ def test_deep_paths_are_refused_and_file_folder_clashes_found_in_linear_time() -
     body, dist_id = encode_manifest(None, clash)
     with pytest.raises(WorkspaceError, match="'a/b/c' lies under file a/b"):
         decode_manifest(body, dist_id)
+
+
+def test_a_blob_larger_than_declared_is_refused_without_inflating_it(tmp_path: Path) -> None:
+    import hashlib
+    import zlib
+
+    store = Store(tmp_path / "store")
+    raw = b"\0" * 50_000_000  # 50 MB of zeros: 49 KB compressed
+    digest = hashlib.sha256(raw).hexdigest()
+    with pytest.raises(WorkspaceError, match="larger than the 1000 bytes"):
+        store.put_compressed(digest, zlib.compress(raw), size=1000)
+    with pytest.raises(WorkspaceError, match="not the 60000000 its manifest declares"):
+        store.put_compressed(digest, zlib.compress(raw), size=60_000_000)
+    store.put_compressed(digest, zlib.compress(raw), size=50_000_000)
+    assert store.missing([Entry("z", len(raw), False, digest)]) == []
+
+
+def test_leftovers_of_a_dead_daemon_are_removed_at_start(tmp_path: Path) -> None:
+    import os
+
+    store = Store(tmp_path / "store")
+    old = store.envs / ".tmp-dead"
+    (old / "sub").mkdir(parents=True)
+    fresh = store.envs / ".tmp-busy"  # another daemon's, at work right now
+    fresh.mkdir()
+    os.utime(old, (0, 0))
+    store.clean_leftovers()
+    assert not old.exists() and fresh.exists()

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import psutil
 import zmq
 
 from distrib._errors import ProtocolError
@@ -87,6 +88,7 @@ class Daemon:
         self.lost_after = lost_after
         self.exit_with_parent = exit_with_parent
         self.key = key
+        _clean_runs(cache_dir / "runs")
         self.runs = cache_dir / "runs" / f"{os.getpid()}-{self.worker_id[:8]}"
         self.runs.mkdir(parents=True, exist_ok=True)
         self.ctx: zmq.Context[Any] = zmq.Context()
@@ -95,7 +97,9 @@ class Daemon:
         self.gate.watch(self.sock)
         self.mains: dict[bytes, MainPeer] = {}
         self.slots = Slots(slots, idle_after)
-        self.dists = Distributions(Store(cache_dir), self._send,
+        store = Store(cache_dir)
+        store.clean_leftovers()
+        self.dists = Distributions(store, self._send,
                                    lambda dist: self._apply(self.slots.env_replaced(dist)))
         self.procs: dict[int, ExecutorProcess] = {}
         self.dropped = 0  # malformed messages
@@ -460,6 +464,14 @@ class Daemon:
             "dropped_connections": self.gate.dropped_connections,
             **self.slots.counters,
         }
+
+
+def _clean_runs(runs: Path) -> None:
+    """Remove the task folders of daemons that are gone (killed before they could)."""
+    for folder in runs.glob("*-*") if runs.is_dir() else []:
+        pid = folder.name.split("-", 1)[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            remove_tree(folder)
 
 
 def _header_bytes(item: Outgoing) -> int:

@@ -53,6 +53,7 @@ class Dist:
     main: str | None = None  # the main script's path in the tree
     entries: list[Entry] = field(default_factory=list)
     waiting_blobs: set[str] = field(default_factory=set)
+    sizes: dict[str, int] = field(default_factory=dict)  # declared size of each blob
     env: Path | None = None
     users: set[bytes] = field(default_factory=set)  # Mains whose runs found it checked
     waiters: set[bytes] = field(default_factory=set)  # other Mains waiting while it is fetched
@@ -144,6 +145,7 @@ class Distributions:
         if not missing:
             return self._materialize(msg.dist, dist)
         dist.state, dist.waiting_blobs = DistState.BLOBS, set(missing)
+        dist.sizes = {e.digest: e.size for e in dist.entries}
         dist.progress_at = time.monotonic()
         self._ask(msg.dist, dist)
         return None
@@ -157,7 +159,7 @@ class Distributions:
                 peer_log.warning("dropped unrequested blob %s", digest[:12])
                 continue
             try:
-                self.store.put_compressed(digest, _bytes(frame))
+                self.store.put_compressed(digest, _bytes(frame), dist.sizes[digest])
             except WorkspaceError as exc:
                 return self._fail(msg.dist, ErrorRecord.of(exc, False).to_wire())
             dist.waiting_blobs.discard(digest)

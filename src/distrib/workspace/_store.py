@@ -50,6 +50,19 @@ class Store:
         self.stamps.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o700)
 
+    def clean_leftovers(self, age: float = 3600.0) -> None:
+        """Remove temporaries older than ``age`` seconds (a daemon died mid-write; younger ones
+        may be another daemon's, sharing this store, at work)."""
+        old = time.time() - age
+        for path in [*self.envs.glob(".tmp-*"), *self.envs.glob(".trash-*"),
+                     *self.blobs.glob("*/.tmp-*"), *self.stamps.glob(".tmp-*")]:
+            try:
+                if path.lstat().st_mtime < old:
+                    remove = shutil.rmtree if path.is_dir() else os.unlink
+                    remove(path)
+            except OSError:
+                pass
+
     def _blob_path(self, digest: str) -> Path:
         return self.blobs / digest[:2] / digest
 
@@ -61,15 +74,23 @@ class Store:
                 out[e.digest] = None
         return list(out)
 
-    def put_compressed(self, digest: str, data: bytes | memoryview) -> None:
-        """Decompress, verify against ``digest`` and store one blob; ``WorkspaceError`` if bad."""
+    def put_compressed(self, digest: str, data: bytes | memoryview,
+                       size: int | None = None) -> None:
+        """Decompress, verify against ``digest`` and its declared ``size`` and store one blob;
+        ``WorkspaceError`` if bad (it never takes more than ``size`` bytes of memory or disk:
+        2.6 MB of zeros once became 5 GB on a worker)."""
+        limit = MAX_FILE_BYTES if size is None else min(size, MAX_FILE_BYTES)
         try:
             d = zlib.decompressobj()
-            raw = d.decompress(data, MAX_FILE_BYTES + 1)
+            raw = d.decompress(data, limit + 1)
         except zlib.error as exc:
             raise WorkspaceError(f"blob {digest[:12]} is not valid zlib data: {exc}") from None
-        if len(raw) > MAX_FILE_BYTES or d.unconsumed_tail:
-            raise WorkspaceError(f"blob {digest[:12]} exceeds {MAX_FILE_BYTES} bytes")
+        if len(raw) > limit or d.unconsumed_tail:
+            raise WorkspaceError(f"blob {digest[:12]} is larger than the {limit} bytes "
+                                 "allowed (its declared size); discarded")
+        if size is not None and len(raw) != size:
+            raise WorkspaceError(f"blob {digest[:12]} is {len(raw)} bytes, not the {size} its "
+                                 "manifest declares; discarded")
         if hashlib.sha256(raw).hexdigest() != digest:
             raise WorkspaceError(f"blob {digest[:12]} does not match its hash; discarded")
         path = self._blob_path(digest)
