@@ -37,7 +37,7 @@ def build(root: Path, files: int) -> tuple[Store, Path, dict[str, float]]:
         store.put_compressed(digest, zlib.compress(raw))
         entries.append(Entry(f"pkg{i % 20}/mod{i}.py", len(raw), False, digest))
     t0 = time.perf_counter()
-    env = store.materialize("e" * 64, entries, set())
+    env = store.materialize("e" * 64, entries)
     built = time.perf_counter() - t0
     checks = []
     for _ in range(20):

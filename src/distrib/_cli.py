@@ -19,6 +19,22 @@ from distrib._errors import DistribError
 from distrib.wire import _keys
 
 
+def _size(text: str, option: str) -> int:
+    """Bytes in ``10G``, ``500M``, ``64K`` or ``1000``."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = text.strip().upper().rstrip("B"), ""
+    if number[-1:] in units:
+        number, unit = number[:-1], number[-1]
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected a size such as 10G, 500M or 64K",
+                                 param_hint=option) from None
+    if value <= 0:
+        raise click.BadParameter(f"{text!r}: expected a size above 0", param_hint=option)
+    return int(value)
+
+
 def _is_loopback(listen: str) -> bool:
     if listen.startswith("ipc://"):
         return True
@@ -49,6 +65,10 @@ def main() -> None:
               help="Seconds between heartbeats to each Main.")
 @click.option("--lost-after", type=float, default=10.0, show_default=True,
               help="Seconds of silence after which a Main is dropped.")
+@click.option("--max-cache", default=None, metavar="SIZE",
+              help="Most disk the cache may take, e.g. 10G or 500M (default: a quarter of the "
+                   "free disk, at least 1G); least recently used environments and blobs go "
+                   "first.")
 @click.option("--idle-executors", type=click.FloatRange(min=0), default=300.0,
               show_default=True,
               help="Seconds an executor may wait for a task before it stops (and frees its "
@@ -66,7 +86,8 @@ def main() -> None:
 @click.option("--exit-with-parent", type=int, default=None, hidden=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log every connection and environment.")
 def worker(listen: str, threads: int | None, name: str | None, cache_dir: Path | None,
-           heartbeat: float, lost_after: float, idle_executors: float, key_file: Path | None,
+           heartbeat: float, lost_after: float, max_cache: str | None, idle_executors: float,
+           key_file: Path | None,
            authorized_keys: Path | None, insecure: bool, announce: bool,
            announce_interface: tuple[str, ...], exit_with_parent: int | None,
            verbose: bool) -> None:
@@ -106,7 +127,8 @@ def worker(listen: str, threads: int | None, name: str | None, cache_dir: Path |
                               or platformdirs.user_cache_dir("distrib")) / "worker"
     try:
         daemon = Daemon(address, slots, name or "", cache, heartbeat, lost_after,
-                        exit_with_parent, key, authorized_keys, idle_executors)
+                        exit_with_parent, key, authorized_keys, idle_executors,
+                        None if max_cache is None else _size(max_cache, "--max-cache"))
     except zmq.ZMQError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
     if not name:

@@ -173,3 +173,49 @@ def test_a_daemon_killed_with_9_leaves_nothing_behind_once_another_starts(
     again = start_worker(threads=2, name="w")  # the same cache folder
     assert not left[0].exists()
     assert all(p.name.startswith(f"{again.pid}-") for p in runs.iterdir())
+
+
+def disk_use(root: Path) -> int:
+    """Bytes under ``root``, each file counted once (hard links are free)."""
+    seen, total = set(), 0
+    for path in root.rglob("*"):
+        st = path.lstat()
+        if path.is_file() and st.st_ino not in seen:
+            seen.add(st.st_ino)
+            total += st.st_size
+    return total
+
+
+SMALL_RUN = """
+    import distrib, tasks
+
+    if __name__ == "__main__":
+        print("RESULT", distrib.gather(tasks.ok.map(range(2)), timeout=60))
+    """
+
+
+def test_the_cache_stays_under_its_limit_over_thirty_runs(workspace: Workspace,
+                                                          start_worker) -> None:
+    worker = start_worker(threads=2, extra=("--max-cache", "10M"),
+                          env={"DISTRIB_MAX_MESSAGE_MB": "512"})
+    with_tasks(workspace).write("main.py", SMALL_RUN)
+    for i in range(30):  # each run ships a different 1 MB workspace
+        (workspace.root / "data.bin").write_bytes(os.urandom(1_000_000))
+        out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
+        assert out.stdout.splitlines() == ["RESULT [1, 2]"], out.stderr[-2000:]
+    assert disk_use(worker.cache_dir) < 20_000_000
+
+
+def test_a_small_change_to_a_large_workspace_adds_about_its_size(workspace: Workspace,
+                                                                 start_worker) -> None:
+    worker = start_worker(threads=2, env={"DISTRIB_MAX_MESSAGE_MB": "512"})
+    with_tasks(workspace).write("main.py", SMALL_RUN)
+    (workspace.root / "data.bin").write_bytes(os.urandom(60_000_000))
+    workspace.write("settings.py", "VALUE = 1\n")
+    env = {"DISTRIB_WORKERS": worker.address}
+    assert workspace.run("main.py", env=env).stdout.splitlines() == ["RESULT [1, 2]"]
+    before = disk_use(worker.cache_dir)
+    workspace.write("settings.py", "VALUE = 1234\n")  # 3 bytes more
+    assert workspace.run("main.py", env=env).stdout.splitlines() == ["RESULT [1, 2]"]
+    grown = disk_use(worker.cache_dir) - before
+    assert 0 < grown < 1_000_000, grown  # a new small blob, links and compiled modules

@@ -109,18 +109,28 @@ def test_store_verifies_blobs_and_builds_environments(tmp_path: Path) -> None:
         store.put_compressed(digest, b"garbage")
     store.put_compressed(digest, zlib.compress(good))
     assert store.missing(entries) == []
-    env = store.materialize("d1", entries, set())
+    env = store.materialize("d1", entries)
     assert (env / "pkg" / "run.py").read_bytes() == good
     assert (env / "pkg" / "run.py").stat().st_mode & 0o111
     assert not (env / "copy.py").stat().st_mode & 0o111
     assert env.is_relative_to(tmp_path / "store")
 
 
-def test_store_evicts_the_least_recently_used_environments(tmp_path: Path) -> None:
-    store = Store(tmp_path / "store", max_envs=2)
-    for name in ("a", "b", "c"):
-        store.materialize(name, [], in_use=set())
-    assert sorted(p.name for p in store.envs.iterdir()) == ["b", "c"]
+def test_store_evicts_the_least_recently_used_trees_then_unlinked_blobs(tmp_path: Path) -> None:
+    import hashlib
+    import os
+    import zlib
+
+    store = Store(tmp_path / "store", max_bytes=2_500_000)
+    for i, name in enumerate(("a", "b", "c", "d")):  # 1 MB each, a tree of links
+        raw = os.urandom(1_000_000)
+        digest = hashlib.sha256(raw).hexdigest()
+        store.put_compressed(digest, zlib.compress(raw, 1), len(raw))
+        store.materialize(name, [Entry("data.bin", len(raw), False, digest)])
+        store.evict(keep={name, "a"}, keep_blobs=set())
+    assert sorted(p.name for p in store.envs.iterdir()) == ["a", "d"]  # "a" was needed
+    assert store.usage() <= 2_500_000
+    assert len(list(store.blobs.glob("*/*"))) == 2  # the blobs of b and c went with them
 
 
 def test_distribs_own_cache_inside_the_workspace_is_not_shipped(tmp_path: Path) -> None:
@@ -151,12 +161,15 @@ def test_an_environment_that_drifted_is_detected_and_built_again(tmp_path: Path)
         digest = hashlib.sha256(raw).hexdigest()
         store.put_compressed(digest, zlib.compress(raw))
         entries.append(Entry(path, len(raw), False, digest))
-    env = store.materialize("d" * 64, entries, set())
+    env = store.materialize("d" * 64, entries)
     assert store.drift("d" * 64) == []
-    (env / "data" / "input.txt").write_text("47\n")
+    (env / "data" / "input.txt").write_text("47\n")  # (through the link: its blob too)
     (env / "extra.txt").write_text("x")
     assert store.drift("d" * 64) == ["data/input.txt", "extra.txt"]
-    again = store.materialize("d" * 64, entries, set())
+    assert store.ensure_whole("d" * 64, entries)
+    assert store.missing(entries) == [entries[1].digest]  # its blob was bad too: fetch again
+    store.put_compressed(entries[1].digest, zlib.compress(data["data/input.txt"]))
+    again = store.materialize("d" * 64, entries)
     assert (again / "data" / "input.txt").read_bytes() == b"41\n"
     assert not (again / "extra.txt").exists() and store.drift("d" * 64) == []
 

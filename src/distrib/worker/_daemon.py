@@ -81,6 +81,7 @@ class Daemon:
         key: KeyPair | None = None,
         authorized: Path | None = None,
         idle_after: float = 300.0,
+        max_cache: int | None = None,
     ) -> None:
         self.name = name
         self.worker_id = uuid.uuid4().hex
@@ -97,10 +98,11 @@ class Daemon:
         self.gate.watch(self.sock)
         self.mains: dict[bytes, MainPeer] = {}
         self.slots = Slots(slots, idle_after)
-        store = Store(cache_dir)
+        store = Store(cache_dir, max_cache)
         store.clean_leftovers()
         self.dists = Distributions(store, self._send,
-                                   lambda dist: self._apply(self.slots.env_replaced(dist)))
+                                   lambda dist: self._apply(self.slots.env_replaced(dist)),
+                                   self.slots.active_dists)
         self.procs: dict[int, ExecutorProcess] = {}
         self.dropped = 0  # malformed messages
         self.reruns = 0  # tasks run again here after a crash or a lost worker (at least once)

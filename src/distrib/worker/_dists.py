@@ -78,10 +78,12 @@ Change = Ready | Failed | None
 class Distributions:
     """Every distribution this daemon has heard of, by id."""
 
-    def __init__(self, store: Store, send: Sender, replaced: Callable[[str], None]) -> None:
+    def __init__(self, store: Store, send: Sender, replaced: Callable[[str], None],
+                 active: Callable[[], set[str]] = set) -> None:
         self.store = store
         self._send = send
-        self._replaced = replaced  # told when a ready environment is dropped to be rebuilt
+        self._replaced = replaced  # told when a ready environment is dropped (its executors stop)
+        self._active = active  # distributions with tasks queued or running: never evicted
         self._dists: dict[str, Dist] = {}
         self.blobs_received = 0
 
@@ -95,16 +97,14 @@ class Distributions:
         uses it; one that drifted is dropped and fetched and built again."""
         dist = self._dists.get(dist_id)
         if dist is not None and dist.state is DistState.READY and peer not in dist.users:
-            drifted = self.store.drift(dist_id)
-            if drifted:
-                log.warning("environment %s drifted from its manifest (%s); building it again "
-                            "from the blob store", dist_id[:12], ", ".join(drifted[:10]))
+            if self.store.drift(dist_id):
                 self._replaced(dist_id)  # its executors stop first
-                self.store.discard(dist_id)
+                self.store.ensure_whole(dist_id, dist.entries)
                 del self._dists[dist_id]
                 dist = None
             else:
                 dist.users.add(peer)
+                self.store.used(dist_id)
         if dist is None:
             dist = self._dists[dist_id] = Dist(DistState.MANIFEST, source=peer, users={peer},
                                                progress_at=time.monotonic())
@@ -112,6 +112,14 @@ class Distributions:
         elif dist.state is not DistState.READY and peer != dist.source:
             dist.waiters.add(peer)
         return dist
+
+    def _evict(self, keep: set[str]) -> None:
+        """Keep the store under its size: trees no task needs go, with their executors."""
+        fetching = {d for d, x in self._dists.items() if x.state is not DistState.READY}
+        keep_blobs = {e.digest for d in fetching for e in self._dists[d].entries}
+        for dist_id in self.store.evict(keep | fetching | self._active(), keep_blobs):
+            self._replaced(dist_id)
+            self._dists.pop(dist_id, None)
 
     def tick(self, now: float) -> None:
         """Fetches that stalled ask a waiting Main instead (each answer is hash-checked)."""
@@ -141,6 +149,7 @@ class Distributions:
             dist.main, dist.entries = decode_manifest(bytes(_bytes(msg.frames[0])), msg.dist)
         except WorkspaceError as exc:
             return self._fail(msg.dist, ErrorRecord.of(exc, False).to_wire())
+        self.store.ensure_whole(msg.dist, dist.entries)  # a tree left from an earlier daemon
         missing = self.store.missing(dist.entries)
         if not missing:
             return self._materialize(msg.dist, dist)
@@ -196,12 +205,12 @@ class Distributions:
                     self.request(dist_id, other).waiters |= dist.waiters - {other}
 
     def _materialize(self, dist_id: str, dist: Dist) -> Change:
-        in_use = {d for d, x in self._dists.items() if x.state is DistState.READY}
         try:
-            dist.env = self.store.materialize(dist_id, dist.entries, in_use)
+            dist.env = self.store.materialize(dist_id, dist.entries)
         except (WorkspaceError, OSError) as exc:
             return self._fail(dist_id, ErrorRecord.of(exc, False).to_wire())
         dist.state = DistState.READY
+        self._evict(keep={dist_id})
         peer_log.info("environment %s ready (%d files)", dist_id[:12], len(dist.entries))
         return Ready(dist_id)
 

@@ -138,6 +138,11 @@ class Slots:
         ex = self.executors.get(ex_id)
         return ex.runs[0] if ex is not None and ex.runs else None
 
+    def active_dists(self) -> set[str]:
+        """Distributions with a task queued or handed to an executor."""
+        out = {run.task.dist for ex in self.executors.values() for run in ex.runs}
+        return out | self.queues.dists()
+
     def held(self) -> dict[bytes, int]:
         """Slots each Main's running tasks hold."""
         out: dict[bytes, int] = {}

@@ -83,6 +83,10 @@ class Queues:
                 self._by_peer[peer] = keep
         return taken
 
+    def dists(self) -> set[str]:
+        """Distributions of the queued tasks."""
+        return {t.dist for queue in self._by_peer.values() for t in queue}
+
     def waiting_peers(self, runnable: Callable[[QueuedTask], bool]) -> list[bytes]:
         """Mains with a queued task that could start now (its environment is ready)."""
         return [peer for peer, queue in self._by_peer.items()

@@ -3,7 +3,14 @@
 Layout under the worker's cache folder::
 
     blobs/ab/abcdef...      one file per content hash, written atomically after verification
-    envs/<dist id>/         a distribution materialised as a tree (copied from blobs)
+    envs/<dist id>/         a distribution materialised as a tree: hard links to the blobs
+                            (executable files are copies: a link shares its mode), and the
+                            compiled modules
+    stamps/<dist id>-<ino>  how each tree was built, to find drift
+
+Disk is bounded by ``max_bytes``: the least recently used trees no task needs, then blobs no
+tree links, go first. A tree of links costs almost nothing beyond its blobs, so a run that
+changes one small file adds about that file.
 
 Several daemons may share one store: every write goes to a temporary name and is renamed into
 place, so a reader sees a whole file or tree or nothing.
@@ -12,6 +19,7 @@ place, so a reader sees a whole file or tree or nothing.
 from __future__ import annotations
 
 import compileall
+import contextlib
 import hashlib
 import logging
 import os
@@ -36,15 +44,21 @@ def _touch(path: Path) -> None:
     os.utime(path, ns=(now, now))
 
 
-class Store:
-    """Blobs and environments under ``root``; ``max_envs`` bounds how many trees are kept."""
+def default_max_bytes(root: Path) -> int:
+    """A quarter of the free disk where the cache lives, at least 1 GiB."""
+    root.mkdir(parents=True, exist_ok=True)
+    return max(1 << 30, shutil.disk_usage(root).free // 4)
 
-    def __init__(self, root: Path, max_envs: int = 16) -> None:
+
+class Store:
+    """Blobs and environments under ``root``, at most ``max_bytes`` of them (see above)."""
+
+    def __init__(self, root: Path, max_bytes: int | None = None) -> None:
         self.root = root
         self.blobs = root / "blobs"
         self.envs = root / "envs"
         self.stamps = root / "stamps"  # per environment: each file's size and mtime as built
-        self.max_envs = max_envs
+        self.max_bytes = default_max_bytes(root) if max_bytes is None else max_bytes
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.envs.mkdir(parents=True, exist_ok=True)
         self.stamps.mkdir(parents=True, exist_ok=True)
@@ -95,7 +109,7 @@ class Store:
             raise WorkspaceError(f"blob {digest[:12]} does not match its hash; discarded")
         path = self._blob_path(digest)
         path.parent.mkdir(exist_ok=True)
-        _write_atomically(path, raw)
+        _write_atomically(path, raw, mode=0o644)  # environments link it: readable
 
     def env_path(self, dist_id: str) -> Path:
         return self.envs / dist_id
@@ -110,6 +124,21 @@ class Store:
         now = _stamp(self.env_path(dist_id))
         return sorted(path for path in built.keys() | now.keys()
                       if built.get(path) != now.get(path))
+
+    def used(self, dist_id: str) -> None:
+        """A run uses the tree: the least recently used go first when disk is short."""
+        with contextlib.suppress(OSError):
+            _touch(self.env_path(dist_id))
+
+    def drop_bad_blobs(self, entries: list[Entry]) -> None:
+        """Remove blobs of ``entries`` that no longer match their hash (a tree's files are
+        links to them: whatever changed a tree's file changed its blob too)."""
+        for digest in {e.digest for e in entries}:
+            path = self._blob_path(digest)
+            with contextlib.suppress(OSError):
+                if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+                    log.warning("blob %s no longer matches its hash; removed", digest[:12])
+                    path.unlink()
 
     def discard(self, dist_id: str) -> None:
         """Remove an environment tree (moved aside first, so no one sees half of it)."""
@@ -128,28 +157,38 @@ class Store:
         # under its final name, and two daemons building it at once each name their own.
         return self.stamps / f"{dist_id}-{os.stat(tree).st_ino}"
 
-    def materialize(self, dist_id: str, entries: list[Entry], in_use: set[str]) -> Path:
-        """Build the environment tree for ``dist_id`` from stored blobs; return its path.
-
-        An existing tree is checked first: one that drifted from how it was built (a file
-        changed by hand, say) is logged with the file names and built again."""
-        final = self.env_path(dist_id)
-        if final.is_dir():
-            drifted = self.drift(dist_id)
-            if not drifted:
-                _touch(final)
-                return final
+    def ensure_whole(self, dist_id: str, entries: list[Entry]) -> bool:
+        """Check an existing tree against how it was built: one that drifted (a file changed
+        by hand, say) is logged with the file names and removed, with any blob it corrupted
+        (``missing`` then names what to fetch again). True if it had drifted."""
+        if not self.env_path(dist_id).is_dir():
+            return False
+        drifted = self.drift(dist_id)
+        if drifted:
             log.warning("environment %s drifted from its manifest (%s); building it again from "
                         "the blob store", dist_id[:12], _names(drifted))
             self.discard(dist_id)
+            self.drop_bad_blobs(entries)
+        return bool(drifted)
+
+    def materialize(self, dist_id: str, entries: list[Entry]) -> Path:
+        """Build the environment tree for ``dist_id`` from stored blobs (unless it exists:
+        ``ensure_whole`` checks it first); return its path."""
+        final = self.env_path(dist_id)
+        if final.is_dir():
+            _touch(final)
+            return final
         tmp = Path(tempfile.mkdtemp(dir=self.envs, prefix=".tmp-"))
         try:
             for e in entries:
                 src = self._blob_path(e.digest)
                 dst = tmp / e.path
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dst)
-                os.chmod(dst, 0o755 if e.executable else 0o644)
+                if e.executable:
+                    shutil.copyfile(src, dst)
+                    os.chmod(dst, 0o755)
+                else:
+                    os.link(src, dst)
             # Compiled now, once: executors only read the tree (task writes go elsewhere).
             compileall.compile_dir(tmp, ddir=str(final), quiet=2, workers=1)
             stamp = self._stamp_file(dist_id, tmp)
@@ -163,29 +202,56 @@ class Store:
         except FileNotFoundError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise WorkspaceError(f"blob missing while building {dist_id[:12]}: {exc}") from None
-        self.evict(keep=in_use | {dist_id})
         return final
 
-    def evict(self, keep: set[str]) -> None:
-        """Remove the least recently used environments beyond ``max_envs`` (not in ``keep``)."""
-        envs = [p for p in self.envs.iterdir() if not p.name.startswith(".")]
-        if len(envs) <= self.max_envs:
-            return
-        envs.sort(key=lambda p: p.stat().st_mtime_ns)
-        for p in envs[: len(envs) - self.max_envs]:
-            if p.name not in keep:
-                log.info("evicting environment %s", p.name[:12])
-                self.discard(p.name)
-        # Stale temporaries from a daemon that died mid-build.
-        for p in [*self.envs.glob(".tmp-*"), *self.envs.glob(".trash-*")]:
-            if p.stat().st_mtime < time.time() - 3600:
-                shutil.rmtree(p, ignore_errors=True)
+    def usage(self) -> int:
+        """Bytes the store takes on disk, each file counted once (links are free)."""
+        total, seen = 0, set()
+        for folder, _, files in os.walk(self.root):
+            for name in files:
+                st = os.lstat(os.path.join(folder, name))
+                if st.st_ino not in seen:
+                    seen.add(st.st_ino)
+                    total += st.st_size
+        return total
+
+    def evict(self, keep: set[str], keep_blobs: set[str]) -> list[str]:
+        """Over ``max_bytes``: remove the least recently used trees not in ``keep``, then the
+        oldest blobs no tree links and not in ``keep_blobs``, until under. Returns the trees
+        removed."""
+        over = self.usage() - self.max_bytes
+        if over <= 0:
+            return []
+        removed: list[str] = []
+        envs = sorted((p for p in self.envs.iterdir() if not p.name.startswith(".")),
+                      key=lambda p: p.stat().st_mtime_ns)
+        for env in envs:
+            if over <= 0:
+                break
+            if env.name not in keep:
+                before = self.usage()
+                log.info("evicting environment %s (the cache is over %d bytes)", env.name[:12],
+                         self.max_bytes)
+                self.discard(env.name)
+                removed.append(env.name)
+                over -= before - self.usage()
+        blobs = sorted((p for p in self.blobs.glob("*/*") if not p.name.startswith(".")),
+                       key=lambda p: p.stat().st_mtime_ns)
+        for blob in blobs:
+            if over <= 0:
+                break
+            st = blob.stat()
+            if st.st_nlink == 1 and blob.name not in keep_blobs:  # no tree links it
+                blob.unlink()
+                over -= st.st_size
+        return removed
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def _write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+    os.chmod(tmp, mode)
     os.replace(tmp, path)
 
 
