@@ -69,6 +69,9 @@ def main() -> None:
               help="Most disk the cache may take, e.g. 10G or 500M (default: a quarter of the "
                    "free disk, at least 1G); least recently used environments and blobs go "
                    "first.")
+@click.option("--max-queued", default="256M", show_default=True, metavar="SIZE",
+              help="Most payload bytes queued here for one Main; more is sent back to wait "
+                   "on the Main (bounds the daemon's memory).")
 @click.option("--idle-executors", type=click.FloatRange(min=0), default=300.0,
               show_default=True,
               help="Seconds an executor may wait for a task before it stops (and frees its "
@@ -86,7 +89,8 @@ def main() -> None:
 @click.option("--exit-with-parent", type=int, default=None, hidden=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log every connection and environment.")
 def worker(listen: str, threads: int | None, name: str | None, cache_dir: Path | None,
-           heartbeat: float, lost_after: float, max_cache: str | None, idle_executors: float,
+           heartbeat: float, lost_after: float, max_cache: str | None, max_queued: str,
+           idle_executors: float,
            key_file: Path | None,
            authorized_keys: Path | None, insecure: bool, announce: bool,
            announce_interface: tuple[str, ...], exit_with_parent: int | None,
@@ -128,7 +132,8 @@ def worker(listen: str, threads: int | None, name: str | None, cache_dir: Path |
     try:
         daemon = Daemon(address, slots, name or "", cache, heartbeat, lost_after,
                         exit_with_parent, key, authorized_keys, idle_executors,
-                        None if max_cache is None else _size(max_cache, "--max-cache"))
+                        None if max_cache is None else _size(max_cache, "--max-cache"),
+                        _size(max_queued, "--max-queued"))
     except zmq.ZMQError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
     if not name:

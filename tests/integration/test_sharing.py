@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import zmq
 
@@ -219,3 +220,50 @@ def test_a_small_change_to_a_large_workspace_adds_about_its_size(workspace: Work
     assert workspace.run("main.py", env=env).stdout.splitlines() == ["RESULT [1, 2]"]
     grown = disk_use(worker.cache_dir) - before
     assert 0 < grown < 1_000_000, grown  # a new small blob, links and compiled modules
+
+
+def test_a_main_past_the_worker_queue_allowance_waits_and_loses_nothing(
+        workspace: Workspace, start_worker) -> None:
+    worker = start_worker(threads=2, extra=("--max-queued", "1M"),
+                          env={"DISTRIB_MAX_MESSAGE_MB": "512"})
+    with_tasks(workspace).write("main.py", """
+        import distrib, tasks
+
+        if __name__ == "__main__":
+            args = [bytes([i]) * 200_000 for i in range(60)]
+            print("LENGTHS", set(distrib.gather([tasks.length(a) for a in args], timeout=120)))
+        """)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
+    assert out.stdout.splitlines() == ["LENGTHS {200000}"], out.stderr[-2000:]
+    status = worker.status()
+    assert status["deferred"] > 0 and status["tasks_done"] == 60
+
+
+def test_a_flood_of_queued_payloads_keeps_the_daemon_memory_bounded(start_worker) -> None:
+    worker = start_worker(threads=1, extra=("--max-queued", "64M"))
+    daemon = psutil.Process(worker.pid)
+    before = daemon.memory_info().rss
+    ctx: zmq.Context = zmq.Context()
+    flood = ctx.socket(zmq.DEALER)
+    peak = 0
+    try:
+        flood.setsockopt(zmq.LINGER, 0)
+        flood.connect(worker.address)
+        flood.send_multipart(_codec.encode(m.Hello(m.PROTOCOL_VERSION, "f", "flood",
+                                                   _facts.python_version(), 1, False, [], {})))
+        wait_for(lambda: "flood" in worker.status()["mains"], what="the flooding Main served")
+        payload = os.urandom(1_000_000)  # under the test workers' 1 MiB frame limit
+        for batch in range(75):  # 1,500 tasks of 1 MB for a distribution that never comes
+            specs = [m.TaskSpec(batch * 20 + i, "f" * 64, 1, None, 0, [], 1) for i in range(20)]
+            flood.send_multipart(_codec.encode(m.Submit(specs, frames=(payload,) * 20)))
+            peak = max(peak, daemon.memory_info().rss)
+        wait_for(lambda: worker.status()["deferred"] + worker.status()["queued"] >= 1500,
+                 what="every flooded task taken or deferred")
+        peak = max(peak, daemon.memory_info().rss)
+    finally:
+        flood.close(0)
+        ctx.term()
+    assert peak - before < 64_000_000 + 200_000_000, (before, peak)
+    wait_for(lambda: worker.status()["mains"] == [], what="the flooding Main dropped")
+    wait_for(lambda: daemon.memory_info().rss - before < 100_000_000,
+             what="the daemon's memory given back")

@@ -264,3 +264,13 @@ def test_an_executor_idle_for_too_long_stops() -> None:
     s.task_done(ex, s.running(ex).key, Outcome.OK, {}, [], 10.0)
     assert s.tick(69.0) == []
     assert of(Kill, s.tick(71.0)) == [Kill(ex)] and s.executors == {}
+
+
+def test_a_main_past_its_queued_bytes_gets_its_tasks_deferred() -> None:
+    s = Slots(1, max_queued=3000)
+    assert s.submit(qt(1, size=2000)) == []  # the first is always taken
+    assert s.submit(qt(2, size=900)) == []
+    assert reports(s.submit(qt(3, size=200))) == [(3, Outcome.DEFERRED)]
+    assert s.submit(qt(4, size=10, peer=b"B")) == []  # another Main has its own allowance
+    s.cancel(b"A", 1, 0.0)
+    assert s.submit(qt(3, size=200)) == []  # room again

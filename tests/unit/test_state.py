@@ -130,3 +130,18 @@ def test_idle_slots_win_over_a_deep_queue() -> None:
         s.add(task(i))
     placed = [(t.task_id, link) for link, ts in s.assign().items() for t in ts]
     assert sorted(link for _, link in placed).count("idle") >= 2
+
+
+def test_a_deferred_task_waits_on_the_main_and_the_worker_rests_a_tick() -> None:
+    s = Scheduler("3.11")
+    s.join(WorkerView("w", "w", "linux-x86_64", "3.11", 1))
+    for i in range(3):
+        s.add(task(i))
+    sent = s.assign()["w"]
+    deferred = s.finish("w", sent[-1].task_id)
+    assert deferred is not None
+    s.defer("w", deferred)
+    assert s.assign() == {}  # the worker is full: nothing more until it reports
+    s.observe(0.2)
+    assert [t.task_id for t in s.assign()["w"]] == [deferred.task_id]
+    assert deferred.attempts == 0

@@ -85,7 +85,7 @@ class Outputs:
 
 
 def settle(task: Task, spec: m.ResultSpec, frames: Any, worker: str, where: str,
-           scheduler: Scheduler, outputs: Outputs) -> None:
+           scheduler: Scheduler, outputs: Outputs, link_id: str) -> None:
     """Finish ``task``'s Response with the outcome ``spec`` reported by ``worker`` (a crash
     within its retries puts it back in ``scheduler``; output files are written first)."""
     response: Response[Any] = task.response
@@ -109,6 +109,8 @@ def settle(task: Task, spec: m.ResultSpec, frames: Any, worker: str, where: str,
                     f"{exc}); nothing was written"))
                 return
         response._finish(worker, value)
+    elif spec.status is Outcome.DEFERRED:
+        scheduler.defer(link_id, task)
     elif spec.status in (Outcome.ERROR, Outcome.ENV_ERROR):
         response._finish(worker, exc=_serialize.loads_error(frames, spec.info))
     elif spec.status is Outcome.CRASHED:

@@ -51,6 +51,7 @@ class WorkerView:
     inflight_slots: int = 0
     finished: int = 0  # outcomes since the last observation
     rate: float = 0.0  # outcomes per second, smoothed
+    full: bool = False  # it deferred a task: nothing more until it reports or a tick passes
 
     def can_run(self, req: Requirement, python: str) -> bool:
         platforms, threads = req
@@ -116,6 +117,7 @@ class Scheduler:
         if seconds <= 0:
             return
         for worker in self.workers.values():
+            worker.full = False
             rate = worker.finished / seconds
             worker.rate = rate if rate > worker.rate else 0.5 * worker.rate + 0.5 * rate
             worker.finished = 0
@@ -126,7 +128,8 @@ class Scheduler:
         for req, queue in self.pending.items():
             if not queue:
                 continue
-            capable = [w for w in self.workers.values() if w.can_run(req, self.python)]
+            capable = [w for w in self.workers.values()
+                       if w.can_run(req, self.python) and not w.full]
             threads = req[1]
             while queue and capable:
                 # Idle slots first (the task starts at once), then room in the queue.
@@ -150,8 +153,17 @@ class Scheduler:
         if task is not None:
             worker.inflight_slots -= task.threads
             worker.finished += 1
+            worker.full = False
             task.link = None
         return task
+
+    def defer(self, link: str, task: Task) -> None:
+        """The worker holds as much of this Main's work as it takes: the task waits here
+        (no attempt counted) and the worker gets nothing more until it reports or a tick."""
+        worker = self.workers.get(link)
+        if worker is not None:
+            worker.full = True
+        self.add(task, front=True)
 
     def retry(self, task: Task) -> bool:
         """After a crash: requeue the task if it has tries left (True), else False."""

@@ -355,7 +355,7 @@ class Session:
             if task is None:
                 continue
             settle(task, spec, frames, link.name, f"{task.name}#{task.task_id} on worker "
-                   f"{link.label}", self.scheduler, self.outputs)
+                   f"{link.label}", self.scheduler, self.outputs, link.link_id)
 
     def _print(self, link: Link, msg: m.Output) -> None:
         stream = sys.stderr if msg.stream == 2 else sys.stdout

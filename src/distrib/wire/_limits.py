@@ -22,7 +22,8 @@ T = TypeVar("T")
 MAX_HEADER_BYTES = 8 << 20  # a message's msgpack header; larger ones are malformed
 MAX_MESSAGE_BYTES = int(os.environ.get("DISTRIB_MAX_MESSAGE_MB", "512")) << 20  # any one frame
 INLINE_MAX = 256 << 10  # a payload (all pieces) below this travels inside the header
-BATCH_BYTES = 4 << 20  # inline bytes (and record texts) per Submit or Results header
+# inline bytes (and record texts) per Submit or Results header; well under both limits
+BATCH_BYTES = min(4 << 20, MAX_MESSAGE_BYTES // 4)
 BATCH_COUNT = 512  # tasks per Submit, results per Results
 BLOB_BATCH_BYTES = 64 << 20  # compressed blob bytes per Blobs message
 NEED_BLOBS_COUNT = 10_000  # hashes per NeedBlobs (~700 KB of header)

@@ -25,6 +25,7 @@ class Outcome(enum.StrEnum):
     CANCELLED = "cancelled"  # withdrawn or stopped at the Main's request
     TIMEOUT = "timeout"  # ran past its timeout and was stopped
     ENV_ERROR = "env_error"  # its environment could not be fetched, built or imported
+    DEFERRED = "deferred"  # the worker holds as much of this Main's work as it takes: later
 
 
 class RefusalCode(enum.StrEnum):

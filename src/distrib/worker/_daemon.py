@@ -82,6 +82,7 @@ class Daemon:
         authorized: Path | None = None,
         idle_after: float = 300.0,
         max_cache: int | None = None,
+        max_queued: int = 256 << 20,
     ) -> None:
         self.name = name
         self.worker_id = uuid.uuid4().hex
@@ -97,7 +98,7 @@ class Daemon:
         self.sock, self.address = _transport.router(self.ctx, endpoint, key)
         self.gate.watch(self.sock)
         self.mains: dict[bytes, MainPeer] = {}
-        self.slots = Slots(slots, idle_after)
+        self.slots = Slots(slots, idle_after, max_queued)
         store = Store(cache_dir, max_cache)
         store.clean_leftovers()
         self.dists = Distributions(store, self._send,

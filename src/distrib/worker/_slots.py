@@ -115,13 +115,16 @@ _Fate: TypeAlias = Outcome | Withdrawn | None
 class Slots:
     """``slots`` slots shared by the executors of every environment this worker serves."""
 
-    def __init__(self, slots: int, idle_after: float = 300.0) -> None:
+    def __init__(self, slots: int, idle_after: float = 300.0,
+                 max_queued: int = 256 << 20) -> None:
         self.slots = slots
+        self.max_queued = max_queued  # payload bytes queued per Main; more is deferred
         self.idle_after = idle_after  # seconds an executor may wait for a task before it stops
         self.busy = 0  # slots held by executors that have a task
         self.queues = Queues()
         self.executors: dict[int, Executor] = {}
-        self.counters = dict.fromkeys(("tasks_done", "executors_started", "executors_crashed"), 0)
+        self.counters = dict.fromkeys(
+            ("tasks_done", "executors_started", "executors_crashed", "deferred"), 0)
         self._ready_dists: set[str] = set()
         # (dist, context, Main) whose environment failed to import: its later tasks fail at once
         self._import_failed: dict[tuple[str, str, bytes], tuple[dict[str, str], list[Any]]] = {}
@@ -169,6 +172,10 @@ class Slots:
                 f"{self.slots}").to_wire()))
         elif failed is not None:
             self._out.append(Report(task, Outcome.ENV_ERROR, *failed))
+        elif (self.queues.count(task.peer)
+              and self.queues.queued_bytes(task.peer) + task.nbytes > self.max_queued):
+            self._out.append(Report(task, Outcome.DEFERRED))  # its Main sends it again later
+            self.counters["deferred"] += 1
         else:
             self.queues.add(task)
         return self._take()

@@ -35,6 +35,7 @@ class Queues:
     def __init__(self) -> None:
         self._by_peer: dict[bytes, deque[QueuedTask]] = {}
         self._turn: deque[bytes] = deque()  # Mains in the order they get their next turn
+        self._bytes: dict[bytes, int] = {}  # payload bytes queued per Main
 
     def __len__(self) -> int:
         return sum(len(q) for q in self._by_peer.values())
@@ -42,12 +43,20 @@ class Queues:
     def count(self, peer: bytes) -> int:
         return len(self._by_peer.get(peer, ()))
 
+    def queued_bytes(self, peer: bytes) -> int:
+        """Payload bytes of ``peer``'s queued tasks."""
+        return self._bytes.get(peer, 0)
+
+    def _took(self, task: QueuedTask) -> None:
+        self._bytes[task.peer] -= task.nbytes
+
     def add(self, task: QueuedTask) -> None:
         queue = self._by_peer.get(task.peer)
         if queue is None:
             queue = self._by_peer[task.peer] = deque()
             self._turn.append(task.peer)
         queue.append(task)
+        self._bytes[task.peer] = self._bytes.get(task.peer, 0) + task.nbytes
 
     def add_front(self, task: QueuedTask) -> None:
         """Put a task back at the head of its Main's queue (its executor was stopped)."""
@@ -63,12 +72,14 @@ class Queues:
         for task in queue:
             if task.task_id == task_id:
                 queue.remove(task)
+                self._took(task)
                 return task
         return None
 
     def drop_peer(self, peer: bytes) -> list[QueuedTask]:
         """Forget a Main: return its queued tasks."""
         queue = self._by_peer.pop(peer, deque())
+        self._bytes.pop(peer, None)
         if peer in self._turn:
             self._turn.remove(peer)
         return list(queue)
@@ -81,6 +92,8 @@ class Queues:
             if len(keep) != len(queue):
                 taken.extend(t for t in queue if pred(t))
                 self._by_peer[peer] = keep
+        for task in taken:
+            self._took(task)
         return taken
 
     def dists(self) -> set[str]:
@@ -115,6 +128,7 @@ class Queues:
             for task in queue:
                 if task.threads <= free and runnable(task):
                     queue.remove(task)
+                    self._took(task)
                     self._turn.remove(peer)
                     self._turn.append(peer)
                     return task
