@@ -15,7 +15,7 @@ import zmq
 
 from distrib.wire import _codec, _facts
 from distrib.wire import _messages as m
-from distrib.workspace._manifest import scan
+from distrib.workspace._manifest import Entry, encode_manifest, scan
 
 from tests.helpers import PYTHON, Workspace, ended, finish, wait_for, with_tasks
 
@@ -211,7 +211,8 @@ def test_a_small_change_to_a_large_workspace_adds_about_its_size(workspace: Work
                                                                  start_worker) -> None:
     worker = start_worker(threads=2, env={"DISTRIB_MAX_MESSAGE_MB": "512"})
     with_tasks(workspace).write("main.py", SMALL_RUN)
-    (workspace.root / "data.bin").write_bytes(os.urandom(60_000_000))
+    for i in range(4):  # 300 MB of data
+        (workspace.root / f"data-{i}.bin").write_bytes(os.urandom(75_000_000))
     workspace.write("settings.py", "VALUE = 1\n")
     env = {"DISTRIB_WORKERS": worker.address}
     assert workspace.run("main.py", env=env).stdout.splitlines() == ["RESULT [1, 2]"]
@@ -267,3 +268,37 @@ def test_a_flood_of_queued_payloads_keeps_the_daemon_memory_bounded(start_worker
     wait_for(lambda: worker.status()["mains"] == [], what="the flooding Main dropped")
     wait_for(lambda: daemon.memory_info().rss - before < 100_000_000,
              what="the daemon's memory given back")
+
+
+def test_a_manifest_of_deep_paths_is_refused_at_once_and_the_worker_answers_on(
+        start_worker) -> None:
+    worker = start_worker(threads=1, env={"DISTRIB_MAX_MESSAGE_MB": "512"})
+    digest = "0" * 64
+    deep = [Entry("/".join(["d"] * 2040) + f"/f{i}", 0, False, digest) for i in range(2000)]
+    manifest, dist_id = encode_manifest(None, deep)
+    ctx: zmq.Context = zmq.Context()
+    evil = ctx.socket(zmq.DEALER)
+    try:
+        evil.setsockopt(zmq.LINGER, 0)
+        evil.connect(worker.address)
+        for message in (m.Hello(m.PROTOCOL_VERSION, "e", "deep", _facts.python_version(), 1,
+                                False, [], {}),
+                        m.Submit([m.TaskSpec(1, dist_id, 1, None, 0, [b"junk"], 0)])):
+            evil.send_multipart(_codec.encode(message))
+        replies = []
+        while not any(isinstance(r, m.NeedManifest) for r in replies):
+            assert evil.poll(30_000), "no NeedManifest within 30 s"
+            replies.append(_codec.decode(evil.recv_multipart()))
+        evil.send_multipart(_codec.encode(m.Manifest(dist_id, frames=(manifest,))))
+        assert worker.status(timeout=30)["name"] == worker.name  # another asker is answered
+        outcome = None
+        while outcome is None:
+            assert evil.poll(30_000), "no outcome within 30 s"
+            reply = _codec.decode(evil.recv_multipart())
+            if isinstance(reply, m.Results):
+                outcome = reply.results[0]
+        assert outcome.status is m.Outcome.ENV_ERROR
+        assert "more than 128 folders deep" in outcome.info["message"]
+    finally:
+        evil.close(0)
+        ctx.term()
