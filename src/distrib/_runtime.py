@@ -7,6 +7,7 @@ worker (which would otherwise re-run the script's calls there) and to run nested
 from __future__ import annotations
 
 import enum
+import functools
 import os
 import site
 import sys
@@ -30,13 +31,19 @@ def resolves_on_workers(module_name: str) -> bool:
     """Whether workers can import ``module_name``: it is installed, or in the shipped workspace.
 
     (A module next to a script run without a workspace, say, does not travel by reference.)
+    Asked at every call's pickling: the answer is remembered per module and workspace.
     """
+    return _resolves(module_name, shipped_root)
+
+
+@functools.lru_cache(maxsize=1024)
+def _resolves(module_name: str, root: str | None) -> bool:
     module = sys.modules.get(module_name)
     file = getattr(module, "__file__", None)
     if module is None or file is None:
         return True  # built in, or a namespace: nothing of ours to decide
     path = os.path.realpath(file)
-    roots = [shipped_root] if shipped_root else []
+    roots = [root] if root else []
     roots += [os.path.realpath(p) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix,
                                             site.getusersitepackages()}]
     return any(path.startswith(root + os.sep) for root in roots)

@@ -254,7 +254,7 @@ class Session:
                 inline, separate = m.split_payload(t.frames)
                 specs.append((m.TaskSpec(t.task_id, self.dist.dist_id, t.threads, t.timeout,
                                          t.attempts, inline, len(separate)), separate))
-            for batch in batches(specs, lambda item: sum(len(p) for p in item[0].inline)):
+            for batch in batches(specs, _inline_bytes):
                 link.send(m.Submit([spec for spec, _ in batch],
                                    frames=tuple(f for _, fs in batch for f in fs)))
 
@@ -432,3 +432,7 @@ class Session:
             log.warning("tasks need platform %s, %d thread(s) and Python %s; no connected "
                         "worker offers that (workers seen: %s). They wait for one.",
                         " or ".join(req[0]), req[1], self.python, seen)
+
+
+def _inline_bytes(item: tuple[m.TaskSpec, list[Any]]) -> int:
+    return sum(map(len, item[0].inline))

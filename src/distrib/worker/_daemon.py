@@ -19,7 +19,6 @@ import socket
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,7 @@ log = logging.getLogger("distrib.worker")
 peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
 
 Outgoing = tuple[m.ResultSpec, list[Any]]
-_OUTCOMES = frozenset(Outcome)
+_OUTCOMES = {outcome.value: outcome for outcome in Outcome}
 
 
 @dataclass(eq=False)
@@ -232,6 +231,8 @@ class Daemon:
         """A closed connection is a Main's death notice: its tasks stop now, not after the
         heartbeat timeout (a Main killed with -9 says no Goodbye)."""
         closed, self.gate.closed = self.gate.closed, []
+        if closed:
+            self._drain_socket()  # what the Main sent before it closed (its Goodbye) goes first
         for fd in closed:
             for peer in [p for p, main in self.mains.items() if main.fd == fd]:
                 self._drop_main(peer, "closed its connection")
@@ -244,6 +245,8 @@ class Daemon:
             self._on_hello(peer, msg)
             return
         main = self.mains.get(peer)
+        if main is None and isinstance(msg, (m.Goodbye, m.Heartbeat)):
+            return  # a Main already dropped (say, as its connection closed) takes its leave
         if main is None:
             peer_log.warning("dropped %s from a peer that has not said Hello", type(msg).__name__)
             self._send(peer, m.Refused(RefusalCode.UNKNOWN_PEER, "unknown peer: send Hello first"))
@@ -318,8 +321,10 @@ class Daemon:
 
     # --- executors ---------------------------------------------------------------------------
 
-    def _apply(self, actions: Iterable[Action]) -> None:
+    def _apply(self, actions: list[Action]) -> None:
         """Carry out what ``Slots`` decided; a failed write to an executor is its death."""
+        if not actions:
+            return
         todo = deque(actions)
         while todo:
             action = todo.popleft()
@@ -367,8 +372,8 @@ class Daemon:
         elif verb == Verb.OUT and len(header) == 4:
             self._forward_output(ex_id, int(header[2]), str(header[3]))
         elif verb == Verb.DONE and len(header) == 4 and header[2] in _OUTCOMES:
-            self._apply(self.slots.task_done(ex_id, header[1], Outcome(header[2]),
-                                             dict(header[3]), frames, now))
+            self._apply(self.slots.task_done(ex_id, header[1], _OUTCOMES[header[2]],
+                                             header[3], frames, now))
         elif verb == Verb.SKIPPED and len(header) == 2:
             self._apply(self.slots.task_skipped(ex_id, header[1], now))
         elif verb == Verb.ENV_ERROR and len(header) == 2:
@@ -480,5 +485,5 @@ def _clean_runs(runs: Path) -> None:
 def _header_bytes(item: Outgoing) -> int:
     """What one result adds to a Results header: its inline payload and its record's text."""
     spec = item[0]
-    return sum(len(piece) for piece in spec.inline) + sum(
-        len(text.encode()) for text in spec.info.values())
+    size = sum(len(piece) for piece in spec.inline)
+    return size + sum(len(text.encode()) for text in spec.info.values()) if spec.info else size

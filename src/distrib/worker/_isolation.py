@@ -60,17 +60,19 @@ class Overlay:
         # A write of any kind adds an entry to the upper layer, changing its mtime: an
         # unchanged mtime means a clean layer, provided the last task began a clock tick
         # after that mtime (mtimes are coarse). Else look inside.
-        unchanged = (os.stat(self._upper).st_mtime_ns == self._mtime
+        unchanged = (os.fstat(self._upper_fd).st_mtime_ns == self._mtime
                      and started - self._mtime > _TICK_NS)
         if not unchanged:
             with os.scandir(self._upper) as entries:
                 unchanged = next(entries, None) is None
         if not unchanged:
             os.chdir("/")
+            os.close(self._env_fd)
+            os.close(self._upper_fd)
             self._call("umount2", bytes(self.env), _MNT_DETACH)
             remove_tree(self._upper.parent)
             self._mount()
-        os.chdir(self.env)
+        os.fchdir(self._env_fd)  # (by descriptor: no path to resolve before every task)
 
     def written(self) -> list[str]:
         """Relative paths of the files the current task created or changed."""
@@ -91,7 +93,9 @@ class Overlay:
         options = f"lowerdir={self.env},upperdir={upper},workdir={work}"
         self._call("mount", b"overlay", bytes(self.env), b"overlay", 0, options.encode())
         self._upper = upper
-        self._mtime = os.stat(upper).st_mtime_ns
+        self._upper_fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY)
+        self._env_fd = os.open(self.env, os.O_RDONLY | os.O_DIRECTORY)  # the overlay's root
+        self._mtime = os.fstat(self._upper_fd).st_mtime_ns
         os.chdir(self.env)  # the old working folder is the tree under the mount
 
     def _call(self, name: str, *args: object) -> None:

@@ -76,30 +76,30 @@ class Executor:
 # --- actions ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # (not frozen: one is made per task, and frozen ones cost more)
 class Spawn:
     ex_id: int
     key: EnvKey
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send:
     ex_id: int
     runs: list[Run]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Skip:
     ex_id: int
     key: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Kill:
     ex_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Report:
     task: QueuedTask
     outcome: Outcome
@@ -343,6 +343,8 @@ class Slots:
     def _starved(self, held: dict[bytes, int]) -> bool:
         """Whether a Main with work that could start holds less than its fair share: then no
         task is prefetched, so the next slot to free goes to it (max-min fair)."""
+        if len(self.queues.peers()) < 2 and len(held) < 2:
+            return False  # one Main: no one to be fair to
         waiting = self.queues.waiting_peers(self._runnable)
         if not waiting:
             return False

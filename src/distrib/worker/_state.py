@@ -96,6 +96,10 @@ class Queues:
             self._took(task)
         return taken
 
+    def peers(self) -> list[bytes]:
+        """Mains with queued tasks."""
+        return [peer for peer, queue in self._by_peer.items() if queue]
+
     def dists(self) -> set[str]:
         """Distributions of the queued tasks."""
         return {t.dist for queue in self._by_peer.values() for t in queue}
@@ -120,16 +124,20 @@ class Queues:
         Within one Main's queue the first task that fits and is ``runnable`` (its environment
         is ready) goes; tasks behind an unready environment are not held up by it.
         """
-        peers = list(self._turn)
-        if held:
-            peers.sort(key=lambda p: held.get(p, 0))  # stable: in turn among equals
+        if len(self._turn) == 1:  # one Main (the hot path of tiny tasks): no ordering to do
+            peers: Any = self._turn
+        else:
+            peers = list(self._turn)
+            if held:
+                peers.sort(key=lambda p: held.get(p, 0))  # stable: in turn among equals
         for peer in peers:
             queue = self._by_peer[peer]
             for task in queue:
                 if task.threads <= free and runnable(task):
                     queue.remove(task)
                     self._took(task)
-                    self._turn.remove(peer)
-                    self._turn.append(peer)
+                    if len(self._turn) > 1:
+                        self._turn.remove(peer)
+                        self._turn.append(peer)
                     return task
         return None
