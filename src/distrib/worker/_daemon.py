@@ -18,7 +18,7 @@ import signal
 import socket
 import time
 import uuid
-from collections import defaultdict, deque
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -323,11 +323,10 @@ class Daemon:
 
     def _apply(self, actions: list[Action]) -> None:
         """Carry out what ``Slots`` decided; a failed write to an executor is its death."""
-        if not actions:
-            return
-        todo = deque(actions)
-        while todo:
-            action = todo.popleft()
+        todo, i = actions, 0
+        while i < len(todo):  # (a plain list: this runs for every task)
+            action = todo[i]
+            i += 1
             if isinstance(action, Report):
                 self._report(action.task, action.outcome, action.info, action.frames)
             elif isinstance(action, Kill):
@@ -345,7 +344,7 @@ class Daemon:
                     log.error("cannot start an executor: %s", exc)
                     record = ErrorRecord("distrib.WorkerCrashed", f"worker {self.name} could "
                                          f"not start an executor: {exc}")
-                    todo.extend(self.slots.executor_died(action.ex_id, record.to_wire()))
+                    todo = [*todo, *self.slots.executor_died(action.ex_id, record.to_wire())]
             else:
                 proc = self.procs[action.ex_id]
                 try:
@@ -356,7 +355,7 @@ class Daemon:
                         proc.skip(action.key)
                 except OSError as exc:
                     log.debug("executor %d: %s", proc.pid, exc, exc_info=True)
-                    todo.extend(self._executor_died(action.ex_id))
+                    todo = [*todo, *self._executor_died(action.ex_id)]
 
     def _on_executor(self, ex_id: int, proc: ExecutorProcess) -> None:
         try:

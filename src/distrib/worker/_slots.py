@@ -108,6 +108,7 @@ class Report:
 
 
 Action: TypeAlias = Spawn | Send | Skip | Kill | Report
+_NONE: list[Action] = []  # returned for "nothing to do"; never changed
 # What becomes of a task of a stopped executor: an outcome, a withdrawal, or None (requeued).
 _Fate: TypeAlias = Outcome | Withdrawn | None
 
@@ -309,6 +310,8 @@ class Slots:
 
     def schedule(self, now: float) -> list[Action]:
         """Start what fits on free slots, keep busy executors fed, and send what was handed."""
+        if not len(self.queues) and not self._unsent:
+            return _NONE
         held = self.held()
         while self.busy < self.slots:
             task = self.queues.next_runnable(self.slots - self.busy, self._runnable, held)
@@ -334,6 +337,8 @@ class Slots:
     # --- internals ---------------------------------------------------------------------------
 
     def _take(self) -> list[Action]:
+        if not self._out:
+            return _NONE  # (most events decide nothing: no list to make)
         out, self._out = self._out, []
         return out
 
