@@ -197,7 +197,8 @@ def status(timeout: float, as_json: bool) -> None:
             f"{i['busy']}/{i['slots']}" if "slots" in i else "",
             str(i.get("queued", "")), str(i.get("reruns", "")), ", ".join(i.get("mains", [])),
             f"reachable ({s.source})" if s.reachable else f"unreachable: {s.problem}")
-    Console().print(table)
+    # Piped to a file, whole lines: the state column says why a worker is unreachable.
+    Console(width=None if sys.stdout.isatty() else 240).print(table)
     if not all(s.reachable for s in answers):
         sys.exit(1)
 
