@@ -133,3 +133,26 @@ def with_tasks(ws: Workspace) -> Workspace:
     """Copy the shared task functions (tests/payloads/tasks.py) into ``ws`` as tasks.py."""
     shutil.copy(TASKS, ws.root / "tasks.py")
     return ws
+
+
+@contextmanager
+def raw_main(worker: Worker, name: str) -> Iterator[Any]:
+    """A Main built by hand from the project's own codec (a hostile one, say): a DEALER that
+    has said Hello and been served; closed at the end."""
+    import zmq
+
+    from distrib.wire import _codec, _facts
+    from distrib.wire import _messages as m
+
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(worker.address)
+        sock.send_multipart(_codec.encode(m.Hello(m.PROTOCOL_VERSION, name, name,
+                                                  _facts.python_version(), 1, False, [], {})))
+        wait_for(lambda: name in worker.status()["mains"], what=f"the raw Main {name} served")
+        yield sock
+    finally:
+        sock.close(0)
+        ctx.term()

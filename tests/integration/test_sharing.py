@@ -11,13 +11,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-import zmq
 
-from distrib.wire import _codec, _facts
+from distrib.wire import _codec
 from distrib.wire import _messages as m
 from distrib.workspace._manifest import Entry, encode_manifest, scan
 
-from tests.helpers import PYTHON, Workspace, ended, finish, wait_for, with_tasks
+from tests.helpers import PYTHON, Workspace, ended, finish, raw_main, wait_for, with_tasks
 
 RUN = """
     import sys
@@ -104,15 +103,7 @@ def test_a_hostile_main_can_neither_squat_nor_fail_another_mains_distribution(
         """)
     env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
            "DISTRIB_WORKERS": worker.address}
-    ctx: zmq.Context = zmq.Context()
-    evil = ctx.socket(zmq.DEALER)
-    try:
-        evil.setsockopt(zmq.LINGER, 0)
-        evil.connect(worker.address)
-        # An authorized but hostile Main, built from the project's own codec.
-        evil.send_multipart(_codec.encode(m.Hello(m.PROTOCOL_VERSION, "e", "evil",
-                                                  _facts.python_version(), 1, False, [], {})))
-        wait_for(lambda: "evil" in worker.status()["mains"], what="the hostile Main served")
+    with raw_main(worker, "evil") as evil:  # an authorized but hostile Main
         # 1. It claims the victim's distribution first and never sends its manifest.
         squatted = scan(workspace.root, main).dist_id
         evil.send_multipart(_codec.encode(m.Submit([m.TaskSpec(1, squatted, 1, None, 0,
@@ -131,9 +122,6 @@ def test_a_hostile_main_can_neither_squat_nor_fail_another_mains_distribution(
                 time.sleep(0.01)
             out, _ = finish(victim)
         assert out.splitlines() == ["RESULT [1, 2, 3, 4]"]
-    finally:
-        evil.close(0)
-        ctx.term()
     log = worker.log()
     assert "its source sent nothing for 3 s; asking another Main for it" in log
     assert "ignored DistFailed for environment" in log
@@ -244,15 +232,8 @@ def test_a_flood_of_queued_payloads_keeps_the_daemon_memory_bounded(start_worker
     worker = start_worker(threads=1, extra=("--max-queued", "64M"))
     daemon = psutil.Process(worker.pid)
     before = daemon.memory_info().rss
-    ctx: zmq.Context = zmq.Context()
-    flood = ctx.socket(zmq.DEALER)
     peak = 0
-    try:
-        flood.setsockopt(zmq.LINGER, 0)
-        flood.connect(worker.address)
-        flood.send_multipart(_codec.encode(m.Hello(m.PROTOCOL_VERSION, "f", "flood",
-                                                   _facts.python_version(), 1, False, [], {})))
-        wait_for(lambda: "flood" in worker.status()["mains"], what="the flooding Main served")
+    with raw_main(worker, "flood") as flood:
         payload = os.urandom(1_000_000)  # under the test workers' 1 MiB frame limit
         for batch in range(75):  # 1,500 tasks of 1 MB for a distribution that never comes
             specs = [m.TaskSpec(batch * 20 + i, "f" * 64, 1, None, 0, [], 1) for i in range(20)]
@@ -261,9 +242,6 @@ def test_a_flood_of_queued_payloads_keeps_the_daemon_memory_bounded(start_worker
         wait_for(lambda: worker.status()["deferred"] + worker.status()["queued"] >= 1500,
                  what="every flooded task taken or deferred")
         peak = max(peak, daemon.memory_info().rss)
-    finally:
-        flood.close(0)
-        ctx.term()
     assert peak - before < 64_000_000 + 200_000_000, (before, peak)
     wait_for(lambda: worker.status()["mains"] == [], what="the flooding Main dropped")
     wait_for(lambda: daemon.memory_info().rss - before < 100_000_000,
@@ -276,15 +254,9 @@ def test_a_manifest_of_deep_paths_is_refused_at_once_and_the_worker_answers_on(
     digest = "0" * 64
     deep = [Entry("/".join(["d"] * 2040) + f"/f{i}", 0, False, digest) for i in range(2000)]
     manifest, dist_id = encode_manifest(None, deep)
-    ctx: zmq.Context = zmq.Context()
-    evil = ctx.socket(zmq.DEALER)
-    try:
-        evil.setsockopt(zmq.LINGER, 0)
-        evil.connect(worker.address)
-        for message in (m.Hello(m.PROTOCOL_VERSION, "e", "deep", _facts.python_version(), 1,
-                                False, [], {}),
-                        m.Submit([m.TaskSpec(1, dist_id, 1, None, 0, [b"junk"], 0)])):
-            evil.send_multipart(_codec.encode(message))
+    with raw_main(worker, "deep") as evil:
+        evil.send_multipart(_codec.encode(m.Submit([m.TaskSpec(1, dist_id, 1, None, 0,
+                                                               [b"junk"], 0)])))
         replies = []
         while not any(isinstance(r, m.NeedManifest) for r in replies):
             assert evil.poll(30_000), "no NeedManifest within 30 s"
@@ -299,6 +271,3 @@ def test_a_manifest_of_deep_paths_is_refused_at_once_and_the_worker_answers_on(
                 outcome = reply.results[0]
         assert outcome.status is m.Outcome.ENV_ERROR
         assert "more than 128 folders deep" in outcome.info["message"]
-    finally:
-        evil.close(0)
-        ctx.term()
