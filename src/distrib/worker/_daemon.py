@@ -11,20 +11,15 @@ a payload: call frames go to executors and result frames to the Main as they cam
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import signal
 import socket
 import time
 import uuid
-from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
-import psutil
 import zmq
 
 from distrib._errors import ProtocolError
@@ -32,13 +27,15 @@ from distrib._logs import RateLimited
 from distrib.wire import _codec, _facts, _transport
 from distrib.wire import _messages as m
 from distrib.wire._keys import KeyPair
-from distrib.wire._limits import OUTPUT_CHUNK, batches
+from distrib.wire._limits import OUTPUT_CHUNK
 from distrib.wire._messages import Outcome, RefusalCode
 from distrib.wire._record import ErrorRecord
 from distrib.worker import _pool
 from distrib.worker._dists import Change, Distributions, Failed, Ready
 from distrib.worker._gate import Gate
-from distrib.worker._isolation import remove_tree
+from distrib.worker._isolation import remove_dead_runs, remove_tree
+from distrib.worker._mains import Mains
+from distrib.worker._outbox import Outbox
 from distrib.worker._pipe import Verb
 from distrib.worker._pool import ExecutorProcess
 from distrib.worker._slots import Action, Kill, Report, Send, Skip, Slots, Spawn
@@ -48,21 +45,7 @@ from distrib.workspace._store import Store
 log = logging.getLogger("distrib.worker")
 peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
 
-Outgoing = tuple[m.ResultSpec, list[Any]]
 _OUTCOMES = {outcome.value: outcome for outcome in Outcome}
-
-
-@dataclass(eq=False)
-class MainPeer:
-    """A Main that said Hello."""
-
-    peer: bytes
-    main_id: str
-    name: str
-    forward_output: bool
-    last_seen: float
-    context: str  # names its argv and forwarded environment in ``Daemon.contexts``
-    fd: int = -1  # its connection's file descriptor: when that closes, the Main is gone
 
 
 class Daemon:
@@ -89,14 +72,14 @@ class Daemon:
         self.lost_after = lost_after
         self.exit_with_parent = exit_with_parent
         self.key = key
-        _clean_runs(cache_dir / "runs")
+        remove_dead_runs(cache_dir / "runs")
         self.runs = cache_dir / "runs" / f"{os.getpid()}-{self.worker_id[:8]}"
         self.runs.mkdir(parents=True, exist_ok=True)
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.gate = Gate(self.ctx, key, authorized)  # before the bind: ZAP must be there first
         self.sock, self.address = _transport.router(self.ctx, endpoint, key)
         self.gate.watch(self.sock)
-        self.mains: dict[bytes, MainPeer] = {}
+        self.mains = Mains()
         self.slots = Slots(slots, idle_after, max_queued)
         store = Store(cache_dir, max_cache)
         store.clean_leftovers()
@@ -107,8 +90,7 @@ class Daemon:
         self.dropped = 0  # malformed messages
         self.reruns = 0  # tasks run again here after a crash or a lost worker (at least once)
         self._isolation = ""  # how executors keep task writes private, once one said
-        self.contexts: dict[str, tuple[list[str], dict[str, str]]] = {}  # argv, environment
-        self._outbox: dict[bytes, list[Outgoing]] = defaultdict(list)
+        self._outbox = Outbox()
         self._stop = False
         self._announcer: Any = None
         self._wake_r, self._wake_w = socket.socketpair()
@@ -152,7 +134,7 @@ class Daemon:
                     self._tick(now)
                     next_tick = now + min(self.heartbeat_interval, 0.25)
                 self._apply(self.slots.schedule(now))
-                self._flush_results()
+                self._outbox.flush(self._send)
         finally:
             self.close()
 
@@ -234,7 +216,7 @@ class Daemon:
         if closed:
             self._drain_socket()  # what the Main sent before it closed (its Goodbye) goes first
         for fd in closed:
-            for peer in [p for p, main in self.mains.items() if main.fd == fd]:
+            for peer in self.mains.on_connection(fd):
                 self._drop_main(peer, "closed its connection")
 
     def _on_message(self, peer: bytes, msg: m.Message) -> None:
@@ -275,11 +257,7 @@ class Daemon:
             self._send(peer, m.Refused(RefusalCode.PROTOCOL, f"protocol {msg.protocol} "
                                        f"unsupported; this worker speaks {m.PROTOCOL_VERSION}"))
             return
-        context = hashlib.sha256(msgpack.packb([msg.argv, sorted(msg.environ.items())]))
-        main = MainPeer(peer, msg.main_id, msg.name, msg.forward_output, time.monotonic(),
-                        context.hexdigest()[:16])
-        self.contexts[main.context] = (msg.argv, msg.environ)
-        self.mains[peer] = main
+        self.mains.welcome(peer, msg, time.monotonic())
         peer_log.info("serving Main %s (pid %d)", msg.name, msg.pid)
         self._send(peer, m.Welcome(m.PROTOCOL_VERSION, self.worker_id, self.name,
                                    _facts.platform_tag(), _facts.python_version(),
@@ -307,15 +285,11 @@ class Daemon:
             self._apply(self.slots.dist_failed(change.dist, change.info, change.peer))
 
     def _drop_main(self, peer: bytes, why: str) -> None:
-        main = self.mains.pop(peer, None)
         actions, queued, running = self.slots.drop_main(peer)
         self._apply(actions)
-        self._outbox.pop(peer, None)
+        main = self.mains.forget(peer, {ex.key.context for ex in self.slots.executors.values()})
+        self._outbox.drop(peer)
         self.dists.source_left(peer, self.slots.queues.first_peer_with)
-        in_use = {m.context for m in self.mains.values()} | {
-            ex.key.context for ex in self.slots.executors.values()}
-        for context in set(self.contexts) - in_use:
-            del self.contexts[context]
         peer_log.info("Main %s %s: dropped %d queued and stopped %d running tasks",
                       main.name if main else peer.hex()[:8], why, queued, running)
 
@@ -336,7 +310,7 @@ class Daemon:
             elif isinstance(action, Spawn):
                 dist = self.dists.get(action.key.dist)
                 assert dist is not None and dist.env is not None
-                argv, environ = self.contexts[action.key.context]
+                argv, environ = self.mains.contexts[action.key.context]
                 try:
                     self.procs[action.ex_id] = _pool.spawn(action.key.threads, dist.env,
                                                            dist.main, self.runs, argv, environ)
@@ -421,16 +395,7 @@ class Daemon:
         if outcome is Outcome.TIMEOUT:
             peer_log.info("task %d ran past its timeout; stopped it", task.task_id)
         if task.peer in self.mains:
-            inline, separate = m.split_payload(frames)
-            self._outbox[task.peer].append(
-                (m.ResultSpec(task.task_id, outcome, info, inline, len(separate)), separate))
-
-    def _flush_results(self) -> None:
-        for peer, items in self._outbox.items():
-            for batch in batches(items, _header_bytes):
-                self._send(peer, m.Results([spec for spec, _ in batch],
-                                           frames=tuple(f for _, fs in batch for f in fs)))
-        self._outbox.clear()
+            self._outbox.add(task.peer, task.task_id, outcome, info, frames)
 
     def _tick(self, now: float) -> None:
         for ex_id, proc in list(self.procs.items()):
@@ -438,11 +403,10 @@ class Daemon:
                 self._apply(self._executor_died(ex_id))
         self._apply(self.slots.tick(now))
         self.dists.tick(now)
-        for peer, main in list(self.mains.items()):
-            if now - main.last_seen > self.lost_after:
-                self._drop_main(peer, f"was silent for {self.lost_after:.0f} s")
-            else:
-                self._send(peer, m.Heartbeat())
+        for peer in self.mains.silent(now, self.lost_after):
+            self._drop_main(peer, f"was silent for {self.lost_after:.0f} s")
+        for peer in self.mains:
+            self._send(peer, m.Heartbeat())
         self.gate.reload()
         if self.exit_with_parent is not None and os.getppid() != self.exit_with_parent:
             log.info("parent process %d is gone; stopping", self.exit_with_parent)
@@ -471,18 +435,3 @@ class Daemon:
             "dropped_connections": self.gate.dropped_connections,
             **self.slots.counters,
         }
-
-
-def _clean_runs(runs: Path) -> None:
-    """Remove the task folders of daemons that are gone (killed before they could)."""
-    for folder in runs.glob("*-*") if runs.is_dir() else []:
-        pid = folder.name.split("-", 1)[0]
-        if pid.isdigit() and not psutil.pid_exists(int(pid)):
-            remove_tree(folder)
-
-
-def _header_bytes(item: Outgoing) -> int:
-    """What one result adds to a Results header: its inline payload and its record's text."""
-    spec = item[0]
-    size = sum(len(piece) for piece in spec.inline)
-    return size + sum(len(text.encode()) for text in spec.info.values()) if spec.info else size

@@ -175,3 +175,21 @@ def remove_tree(path: Path) -> None:
         for name in dirs:
             os.chmod(os.path.join(folder, name), stat.S_IRWXU)
     shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_dead_runs(runs: Path) -> None:
+    """Remove the task folders of daemons that are gone (killed before they could)."""
+    for folder in runs.glob("*-*") if runs.is_dir() else []:
+        pid = folder.name.split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            remove_tree(folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
