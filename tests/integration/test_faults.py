@@ -189,7 +189,11 @@ class DelayProxy:
                 continue
             except OSError:
                 return
-            upstream = socket.create_connection(self.target)
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
             self._sockets += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 self._pipe(a, b)
@@ -222,12 +226,12 @@ class DelayProxy:
                 pause = due - time.monotonic()
                 if pause > 0:
                     self._stop.wait(pause)  # hold the bytes back: the emulated latency
-                if not data:
-                    dst.shutdown(socket.SHUT_WR)
-                    return
                 try:
+                    if not data:
+                        dst.shutdown(socket.SHUT_WR)
+                        return
                     dst.sendall(data)
-                except OSError:
+                except OSError:  # the other side is gone already (a reset, or close())
                     return
 
         self._spawn(read)
