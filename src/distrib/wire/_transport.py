@@ -12,7 +12,7 @@ import zmq
 
 from distrib.wire import _codec
 from distrib.wire._keys import KeyPair
-from distrib.wire._limits import MAX_MESSAGE_BYTES
+from distrib.wire._limits import MAX_MESSAGE_BYTES, ROUTER_RCVHWM
 from distrib.wire._messages import Message
 
 # A peer sending a frame over MAX_MESSAGE_BYTES is disconnected by libzmq.
@@ -32,6 +32,10 @@ def router(ctx: zmq.Context[Any], endpoint: str,
         sock.curve_secretkey = key.secret.encode()
         sock.curve_publickey = key.public.encode()
     _common(sock)
+    # Per connected Main, at most this many messages wait in libzmq for the daemon to read
+    # them; beyond, libzmq stops reading that connection (the Main keeps the rest), so a
+    # flooding Main cannot fill the worker's memory while the daemon is busy.
+    sock.setsockopt(zmq.RCVHWM, ROUTER_RCVHWM)
     if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
         endpoint = endpoint[:-2] + ":*"
     sock.bind(endpoint)
