@@ -97,9 +97,8 @@ class Distributions:
         uses it; one that drifted is dropped and fetched and built again."""
         dist = self._dists.get(dist_id)
         if dist is not None and dist.state is DistState.READY and peer not in dist.users:
-            if self.store.drift(dist_id):
-                self._replaced(dist_id)  # its executors stop first
-                self.store.ensure_whole(dist_id, dist.entries)
+            # (a drifted tree's executors stop before it is removed)
+            if self.store.ensure_whole(dist_id, dist.entries, lambda: self._replaced(dist_id)):
                 del self._dists[dist_id]
                 dist = None
             else:

@@ -27,6 +27,7 @@ import shutil
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
@@ -157,14 +158,17 @@ class Store:
         # under its final name, and two daemons building it at once each name their own.
         return self.stamps / f"{dist_id}-{os.stat(tree).st_ino}"
 
-    def ensure_whole(self, dist_id: str, entries: list[Entry]) -> bool:
+    def ensure_whole(self, dist_id: str, entries: list[Entry],
+                     before_removal: Callable[[], object] = lambda: None) -> bool:
         """Check an existing tree against how it was built: one that drifted (a file changed
         by hand, say) is logged with the file names and removed, with any blob it corrupted
-        (``missing`` then names what to fetch again). True if it had drifted."""
+        (``missing`` then names what to fetch again), after ``before_removal()`` (which
+        stops what uses it). True if it had drifted."""
         if not self.env_path(dist_id).is_dir():
             return False
         drifted = self.drift(dist_id)
         if drifted:
+            before_removal()
             log.warning("environment %s drifted from its manifest (%s); building it again from "
                         "the blob store", dist_id[:12], _names(drifted))
             self.discard(dist_id)
@@ -229,12 +233,11 @@ class Store:
             if over <= 0:
                 break
             if env.name not in keep:
-                before = self.usage()
                 log.info("evicting environment %s (the cache is over %d bytes)", env.name[:12],
                          self.max_bytes)
+                over -= _own_bytes(env)  # (not a walk of the whole store per tree)
                 self.discard(env.name)
                 removed.append(env.name)
-                over -= before - self.usage()
         blobs = sorted((p for p in self.blobs.glob("*/*") if not p.name.startswith(".")),
                        key=lambda p: p.stat().st_mtime_ns)
         for blob in blobs:
@@ -264,6 +267,17 @@ def _stamp(root: Path) -> dict[str, list[int]]:
             st = os.lstat(path)
             out[os.path.relpath(path, root)] = [st.st_size, st.st_mtime_ns]
     return out
+
+
+def _own_bytes(tree: Path) -> int:
+    """Bytes that removing ``tree`` frees: its files no other name links (copies, compiled
+    modules), not its links to blobs."""
+    total = 0
+    for folder, _, files in os.walk(tree):
+        for name in files:
+            st = os.lstat(os.path.join(folder, name))
+            total += st.st_size if st.st_nlink == 1 else 0
+    return total
 
 
 def _names(paths: list[str], most: int = 10) -> str:
