@@ -143,6 +143,7 @@ def raw_main(worker: Worker, name: str) -> Iterator[Any]:
 
     from distrib.wire import _codec, _facts
     from distrib.wire import _messages as m
+    from distrib.wire._envspec import EnvSpec
 
     ctx: zmq.Context[Any] = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
@@ -150,7 +151,8 @@ def raw_main(worker: Worker, name: str) -> Iterator[Any]:
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(worker.address)
         sock.send_multipart(_codec.encode(m.Hello(m.PROTOCOL_VERSION, name, name,
-                                                  _facts.python_version(), 1, False, [], {})))
+                                                  _facts.python_version(), 1, False, [], {},
+                                                  EnvSpec(_facts.python_version()).encode())))
         wait_for(lambda: name in worker.status()["mains"], what=f"the raw Main {name} served")
         yield sock
     finally:

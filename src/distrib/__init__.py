@@ -14,7 +14,11 @@ This module is the public API; everything else is internal. Imports go one way:
 ``worker`` never import each other.
 """
 
-from pathlib import Path as _Path
+import sys as _sys
+
+_before = set(_sys.modules)  # (what distrib itself imports is not the user's environment)
+
+from pathlib import Path as _Path  # noqa: E402
 
 from distrib._api import DistributedFunction, distributed
 from distrib._errors import (
@@ -22,6 +26,7 @@ from distrib._errors import (
     Cancelled,
     ConfigError,
     ConnectionFailed,
+    DependencyError,
     DistribError,
     MainGuardError,
     ProtocolError,
@@ -36,6 +41,10 @@ from distrib._errors import (
 )
 from distrib._response import Response, as_completed, gather
 
+from distrib import _runtime as _rt  # noqa: E402
+
+_rt.own_modules.update(set(_sys.modules) - _before)
+del _before
 __version__ = "0.1.0"
 
 __all__ = [
@@ -43,6 +52,7 @@ __all__ = [
     "Cancelled",
     "ConfigError",
     "ConnectionFailed",
+    "DependencyError",
     "DistribError",
     "DistributedFunction",
     "MainGuardError",
@@ -71,6 +81,8 @@ def init(
     workspace: str | _Path | None = None,
     forward_output: bool | None = None,
     key: str | _Path | None = None,
+    dependencies: str | None = None,
+    requirements: str | _Path | None = None,
 ) -> None:
     """Set up explicitly. Without this, the first call sets up from configuration.
 
@@ -80,11 +92,16 @@ def init(
     file (from ``distrib keygen``), needed for workers with keys.
     ``workspace``: the folder shipped to workers (default: the main script's folder).
     ``forward_output``: print what tasks print, prefixed with the worker's name.
+    ``dependencies``: ``"auto"`` (default) has workers install the packages the workspace
+    imports, at the versions installed here; ``"none"`` installs nothing.
+    ``requirements``: a ``requirements.txt``, ``pyproject.toml`` or ``uv.lock`` whose packages
+    workers install instead.
     """
     from distrib._config import Overrides
     from distrib.main._current import init as _init
 
-    _init(Overrides(workers, local_threads, workspace, forward_output, key))
+    _init(Overrides(workers, local_threads, workspace, forward_output, key, dependencies,
+                    requirements))
 
 
 def shutdown() -> None:

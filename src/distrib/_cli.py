@@ -76,6 +76,23 @@ def main() -> None:
               show_default=True,
               help="Seconds an executor may wait for a task before it stops (and frees its "
                    "memory).")
+@click.option("--install", type=click.Choice(["never", "wheels", "any"]), default="wheels",
+              show_default=True,
+              help="What Mains' environments may install here: nothing, binary wheels only (no "
+                   "package's build code runs on this machine), or anything.")
+@click.option("--index-url", default=None, metavar="URL",
+              help="Package index environments install from (default: PyPI).")
+@click.option("--find-links", multiple=True, metavar="PATH_OR_URL",
+              help="Also look for packages here (a folder of wheels); repeatable.")
+@click.option("--no-index", is_flag=True,
+              help="Use no index, only --find-links (an offline machine).")
+@click.option("--python", "pythons", multiple=True, type=click.Path(path_type=Path),
+              metavar="PATH",
+              help="Another Python interpreter Mains' environments may use; repeatable "
+                   "(installed ones are found: pyenv's, and those on the PATH).")
+@click.option("--max-envs", default=None, metavar="SIZE",
+              help="Most disk built Python environments may take, e.g. 20G (default: no "
+                   "limit); least recently used go first.")
 @click.option("--key", "key_file", type=click.Path(path_type=Path), default=None,
               help="This worker's secret key file (from `distrib keygen`): turns on CURVE.")
 @click.option("--authorized-keys", type=click.Path(path_type=Path), default=None,
@@ -90,13 +107,16 @@ def main() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Log every connection and environment.")
 def worker(listen: str, threads: int | None, name: str | None, cache_dir: Path | None,
            heartbeat: float, lost_after: float, max_cache: str | None, max_queued: str,
-           idle_executors: float,
+           idle_executors: float, install: str, index_url: str | None,
+           find_links: tuple[str, ...], no_index: bool, pythons: tuple[Path, ...],
+           max_envs: str | None,
            key_file: Path | None,
            authorized_keys: Path | None, insecure: bool, announce: bool,
            announce_interface: tuple[str, ...], exit_with_parent: int | None,
            verbose: bool) -> None:
     """Run a worker daemon that serves Mains' tasks."""
     from distrib.worker._daemon import Daemon
+    from distrib.worker._envs import EnvPolicy
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s distrib worker: %(message)s", datefmt="%H:%M:%S")
@@ -133,7 +153,9 @@ def worker(listen: str, threads: int | None, name: str | None, cache_dir: Path |
         daemon = Daemon(address, slots, name or "", cache, heartbeat, lost_after,
                         exit_with_parent, key, authorized_keys, idle_executors,
                         None if max_cache is None else _size(max_cache, "--max-cache"),
-                        _size(max_queued, "--max-queued"))
+                        _size(max_queued, "--max-queued"),
+                        EnvPolicy(install, index_url, find_links, no_index, pythons,
+                                  None if max_envs is None else _size(max_envs, "--max-envs")))
     except zmq.ZMQError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
     if not name:

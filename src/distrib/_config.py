@@ -15,6 +15,9 @@ The file's shape (every key optional)::
     forward_env = ["MY_*"]      # variables forwarded to workers besides those the code names
     heartbeat = 1.0             # seconds between heartbeats
     lost_after = 10.0           # seconds of silence before a worker is declared lost
+    dependencies = "auto"       # the packages workers install: "auto" (what the workspace
+                                # imports, as installed here) or "none"
+    requirements = "requirements.txt"  # or pyproject.toml / uv.lock: install these instead
 
     [local]
     threads = 4                 # slots of the embedded local cluster
@@ -80,6 +83,8 @@ class Settings:
     lost_after: float = 10.0
     connect_timeout: float = 30.0
     discovery: Discovery = field(default_factory=Discovery)
+    dependencies: str = "auto"  # "auto": what the workspace imports, as installed; "none"
+    requirements: Path | None = None  # a requirements file shipped instead of "auto"
     source: str = "defaults"  # the configuration file used, for messages
 
 
@@ -159,7 +164,7 @@ def _worker(name: str, item: Any) -> WorkerAddress:
 
 _SCHEMA: dict[str, set[str]] = {
     "main": {"key", "workspace", "exclude", "forward_output", "forward_env", "heartbeat",
-             "lost_after"},
+             "lost_after", "dependencies", "requirements"},
     "local": {"threads"},
     "discovery": {"enabled", "trust", "trust_on_first_use", "interfaces"},
     "workers": set(),
@@ -231,6 +236,10 @@ def _from_file(path: Path, table: dict[str, Any]) -> dict[str, Any]:
         values["heartbeat_interval"] = _positive(f"{name} heartbeat", main["heartbeat"], float)
     if "lost_after" in main:
         values["lost_after"] = _positive(f"{name} lost_after", main["lost_after"], float)
+    if "dependencies" in main:
+        values["dependencies"] = _dependencies(f"{name} dependencies", main["dependencies"])
+    if "requirements" in main:
+        values["requirements"] = base / _str(f"{name} requirements", main["requirements"])
     local = table.get("local", {})
     if "threads" in local:
         values["local_threads"] = _positive(f"{where}: [local] threads", local["threads"], int)
@@ -245,6 +254,13 @@ def _from_file(path: Path, table: dict[str, Any]) -> dict[str, Any]:
             _strings(f"{d} interfaces", disc.get("interfaces", [])),
         )
     return values
+
+
+def _dependencies(name: str, raw: Any) -> str:
+    if raw not in ("auto", "none"):
+        raise ConfigError(f"{name}={raw!r}: expected \"auto\" (what the workspace imports) or "
+                          "\"none\" (name a requirements file with requirements = ...)")
+    return str(raw)
 
 
 def _str(name: str, raw: Any) -> str:
@@ -276,6 +292,10 @@ def _from_environ(env: Mapping[str, str]) -> dict[str, Any]:
         values["heartbeat_interval"] = _positive("DISTRIB_HEARTBEAT", raw, float)
     if raw := env.get("DISTRIB_LOST_AFTER", "").strip():
         values["lost_after"] = _positive("DISTRIB_LOST_AFTER", raw, float)
+    if raw := env.get("DISTRIB_DEPENDENCIES", "").strip():
+        values["dependencies"] = _dependencies("DISTRIB_DEPENDENCIES", raw)
+    if raw := env.get("DISTRIB_REQUIREMENTS", "").strip():
+        values["requirements"] = Path(raw)
     return values
 
 
@@ -288,6 +308,8 @@ class Overrides:
     workspace: str | Path | None = None
     forward_output: bool | None = None
     key: str | Path | None = None
+    dependencies: str | None = None
+    requirements: str | Path | None = None
 
     def given(self) -> bool:
         """Whether any setting is given."""
@@ -314,6 +336,10 @@ def load(environ: Mapping[str, str] | None = None, overrides: Overrides = Overri
         values["forward_output"] = bool(given.forward_output)
     if given.key is not None:
         values["key_path"] = (Path(given.key), "init(key=...)")
+    if given.dependencies is not None:
+        values["dependencies"] = _dependencies("init(dependencies=...)", given.dependencies)
+    if given.requirements is not None:
+        values["requirements"] = Path(given.requirements)
     if "key_path" in values:
         key_path, where = values.pop("key_path")
         try:
@@ -321,6 +347,9 @@ def load(environ: Mapping[str, str] | None = None, overrides: Overrides = Overri
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
     settings = Settings(**values)
+    if settings.requirements is not None and not settings.requirements.is_file():
+        raise ConfigError(f"{settings.source}: requirements {settings.requirements}: no such "
+                          "file (a requirements.txt, pyproject.toml or uv.lock)")
     if settings.workspace is not None and not settings.workspace.is_dir():
         raise ConfigError(f"{settings.source}: workspace {settings.workspace}: no such folder")
     keyed = [w.address for w in settings.workers if w.public_key]

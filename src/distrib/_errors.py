@@ -50,6 +50,11 @@ class WorkspaceError(DistribError):
     """The workspace could not be scanned, shipped, verified or unpacked."""
 
 
+class DependencyError(DistribError):
+    """The task's Python environment (its packages, its Python version) could not be built or
+    imported on any worker; the message names the packages and each worker's reason."""
+
+
 class SerializationError(DistribError):
     """A call, its result or its error could not be pickled or unpickled."""
 

@@ -25,6 +25,7 @@ mode: Mode = Mode.MAIN
 main_script: str = ""  # the main script's path inside the workspace, for messages
 main_shipped: bool = False  # set by the session: is the Main's __main__ importable on workers?
 shipped_root: str | None = None  # set by the session: the workspace folder shipped, if any
+own_modules: set[str] = set()  # modules first imported by distrib's own imports
 
 
 def resolves_on_workers(module_name: str) -> bool:

@@ -16,6 +16,7 @@ import zmq
 
 from distrib.wire import _codec
 from distrib.wire import _messages as m
+from distrib.wire._envspec import EnvSpec
 from tests.helpers import PYTHON, Workspace, ended, finish, wait_for
 from tests.helpers import TASKS
 
@@ -65,7 +66,7 @@ def test_garbage_on_the_worker_port_is_dropped_and_logged_while_tasks_complete(
             peer.setsockopt(zmq.LINGER, 0)
             peer.connect(worker.address)
             hello = _codec.encode(m.Hello(m.PROTOCOL_VERSION, "x", "evil", "3.11", 1, False, [],
-                                          {}))
+                                          {}, EnvSpec("3.11").encode()))
             peer.send_multipart(hello)
             peer.send_multipart([b"\xff\x00garbage"])
             peer.send_multipart([msgpack.packb([m.Submit.TAG, [[1, "d", 1, None, [], 1]]])[:-3],

@@ -13,8 +13,9 @@ from distrib.wire import _messages as m
 from distrib.wire._limits import MAX_HEADER_BYTES
 
 SAMPLES: list[m.Message] = [
-    m.Hello(1, "id", "main", "3.11", 42, True, ["main.py", "-v"], {"SCALE": "2"}),
-    m.Welcome(1, "wid", "w", "linux-x86_64", "3.11", 4, 7),
+    m.Hello(1, "id", "main", "3.11", 42, True, ["main.py", "-v"], {"SCALE": "2"}, b"\x90"),
+    m.Welcome(1, "wid", "w", "linux-x86_64", "3.11", 4, 7, ["3.11", "3.12"], ""),
+    m.EnvProgress("building environment: numpy 2.1.3 (Python 3.11)"),
     m.Refused(m.RefusalCode.UNKNOWN_PEER, "no"),
     m.Goodbye(),
     m.Heartbeat(),
@@ -56,7 +57,7 @@ def test_every_message_type_is_sampled() -> None:
     ([msgpack.packb([m.Refused.TAG])], "expected 2 fields"),
     ([msgpack.packb([m.Refused.TAG, "unknown_peer", 5])], "expected str"),
     ([msgpack.packb([m.Refused.TAG, "nonsense", "x"])], "unknown RefusalCode"),
-    ([msgpack.packb([m.Welcome.TAG, 1, "w", "n", "p", "3.11", True, 1])], "expected int"),
+    ([msgpack.packb([m.Welcome.TAG, 1, "w", "n", "p", "3.11", True, 1, [], ""])], "expected int"),
     ([msgpack.packb([m.Submit.TAG, [[1, "d", 1, None, 0, [], 1]]])], "expected 1 payload frames"),
     ([msgpack.packb([m.Submit.TAG, [[1, "d", 0, None, 0, [], 1]]]), b"x"], "at least one thread"),
     ([msgpack.packb([m.Submit.TAG, [[1, "d", 1, None, 0, [], 0]]])], "needs a payload"),

@@ -2,3 +2,13 @@
 
 Imports ``wire`` and ``workspace``; never ``worker`` (local daemons are started as processes).
 """
+
+import sys as _sys
+
+from distrib import _runtime as _rt
+
+_before = set(_sys.modules)
+from distrib.main import _current  # noqa: E402,F401  (what a session needs, imported now)
+
+_rt.own_modules.update(set(_sys.modules) - _before)
+del _before

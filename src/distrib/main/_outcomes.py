@@ -8,8 +8,10 @@ the workspace through a link; a task whose outputs break that has none of them w
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,26 @@ class Outputs:
             os.replace(tmp, target)
 
 
+_NO_MODULE = re.compile(r"^No module named '([\w.]+)'")
+
+
+def environment_problem(info: dict[str, str]) -> str:
+    """Why a task's error shows its worker lacks this Main's environment, or "": the worker
+    could not build it, or cannot import a module that imports here."""
+    record = ErrorRecord.from_wire(info)
+    if record.type_name == "distrib.DependencyError":
+        return record.message
+    found = _NO_MODULE.match(record.message)
+    if record.type_name == "builtins.ModuleNotFoundError" and found:
+        try:
+            here = importlib.util.find_spec(found.group(1).partition(".")[0]) is not None
+        except (ImportError, ValueError):
+            here = False
+        if here:
+            return f"it cannot import {found.group(1)}, which this Main has ({record.message})"
+    return ""
+
+
 def settle(task: Task, spec: m.ResultSpec, frames: Any, worker: str, where: str,
            scheduler: Scheduler, outputs: Outputs, link_id: str) -> None:
     """Finish ``task``'s Response with the outcome ``spec`` reported by ``worker`` (a crash
@@ -111,6 +133,12 @@ def settle(task: Task, spec: m.ResultSpec, frames: Any, worker: str, where: str,
         response._finish(worker, value)
     elif spec.status is Outcome.DEFERRED:
         scheduler.defer(link_id, task)
+    elif spec.status in (Outcome.ERROR, Outcome.ENV_ERROR) and (
+            problem := environment_problem(spec.info)):
+        if not scheduler.workers[link_id].unable:
+            log.warning("worker %s cannot run this Main's tasks: %s; they go to other workers",
+                        worker, problem)
+        scheduler.cannot_provide(link_id, task, problem)
     elif spec.status in (Outcome.ERROR, Outcome.ENV_ERROR):
         response._finish(worker, exc=_serialize.loads_error(frames, spec.info))
     elif spec.status is Outcome.CRASHED:

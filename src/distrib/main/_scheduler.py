@@ -52,11 +52,14 @@ class WorkerView:
     finished: int = 0  # outcomes since the last observation
     rate: float = 0.0  # outcomes per second, smoothed
     full: bool = False  # it deferred a task: nothing more until it reports or a tick passes
+    pythons: tuple[str, ...] = ()  # the Python versions it runs tasks with
+    unable: str = ""  # why it cannot provide this Main's environment (then it gets no tasks)
 
     def can_run(self, req: Requirement, python: str) -> bool:
         platforms, threads = req
         return (
-            self.python == python
+            not self.unable
+            and python in (self.pythons or (self.python,))
             and threads <= self.slots
             and any(fnmatch.fnmatchcase(self.platform, g) for g in platforms)
         )
@@ -163,6 +166,14 @@ class Scheduler:
         worker = self.workers.get(link)
         if worker is not None:
             worker.full = True
+        self.add(task, front=True)
+
+    def cannot_provide(self, link: str, task: Task, reason: str) -> None:
+        """The worker cannot build or import this Main's environment: it gets no more tasks,
+        and ``task`` waits for another worker (no attempt counted)."""
+        worker = self.workers.get(link)
+        if worker is not None and not worker.unable:
+            worker.unable = reason
         self.add(task, front=True)
 
     def retry(self, task: Task) -> bool:

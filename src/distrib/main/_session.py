@@ -29,11 +29,13 @@ from distrib import _config, _runtime, _serialize
 from distrib._errors import (
     AuthError,
     Cancelled,
+    DependencyError,
     DistribError,
     WorkerLost,
 )
 from distrib._response import Response
 from distrib.main import _discovery
+from distrib.main._environment import describe
 from distrib.main._shipping import blob_messages, forwarded_environ, scan_workspace
 from distrib.main._link import Link, LinkState
 from distrib.main._outcomes import Outputs, settle
@@ -81,8 +83,12 @@ class Session:
         forwarded = forwarded_environ(self.dist, settings.forward_env, os.environ)
         if forwarded:
             log.info("forwarding to workers: %s", ", ".join(forwarded))
+        self.env, self.wheels = describe(settings.dependencies, settings.requirements,
+                                         self.dist, settings.cache_dir)
+        log.info("environment for workers: Python %s, %s", self.env.python, self.env.summary())
         self.hello = m.Hello(m.PROTOCOL_VERSION, self.main_id, self.name, self.python,
-                             os.getpid(), settings.forward_output, list(sys.argv), forwarded)
+                             os.getpid(), settings.forward_output, list(sys.argv), forwarded,
+                             self.env.encode())
         self.links: dict[str, Link] = {}
         for worker in workers:
             self._add_link(worker)
@@ -290,19 +296,20 @@ class Session:
             else:
                 link.send(m.DistFailed(msg.dist, "this Main does not have that distribution"))
         elif isinstance(msg, m.NeedBlobs):
-            for reply in blob_messages(self.dist, msg):
+            for reply in blob_messages(self.dist, msg, self.env.env_id, self.wheels):
                 link.send(reply)
+        elif isinstance(msg, m.EnvProgress):
+            log.warning("worker %s: %s", link.label, msg.text)
 
     def _on_welcome(self, link: Link, msg: m.Welcome) -> None:
         if link.state is LinkState.READY:
             return
         link.state, link.name, link.since = LinkState.READY, msg.name, time.monotonic()
-        if msg.python != self.python:
-            log.warning("worker %s runs Python %s and this Main %s: it will get no tasks "
-                        "(pickled code needs the same major.minor)", link.label, msg.python,
-                        self.python)
+        if msg.environment:
+            log.warning("worker %s gets no tasks: %s", link.label, msg.environment)
         self.scheduler.join(WorkerView(link.link_id, msg.name, msg.platform, msg.python,
-                                       msg.slots))
+                                       msg.slots, pythons=tuple(msg.pythons),
+                                       unable=msg.environment))
 
     def _on_refused(self, link: Link, msg: m.Refused) -> None:
         was_ready = link.state is LinkState.READY
@@ -388,6 +395,7 @@ class Session:
                                 link.label, now - link.since)
         self._warn_unmatched(now)
         self._fail_if_all_refused()
+        self._fail_if_no_environment(now)
         if self.local is not None:
             self._supervise_local()
 
@@ -414,6 +422,21 @@ class Session:
             return
         self._fail_pending(AuthError, "cannot run: " + "; ".join(l.reason for l in links))
 
+    def _fail_if_no_environment(self, now: float) -> None:
+        """Every worker said (or showed) it cannot provide this Main's environment, and no
+        other is on its way: tasks would wait forever; fail them naming each one's reason."""
+        workers = list(self.scheduler.workers.values())
+        if not workers or any(not w.unable for w in workers):
+            return
+        if now - self._started < self.settings.connect_timeout and any(
+                link.state is LinkState.CONNECTING for link in self.links.values()):
+            return
+        if self._browser is not None and now - self._started < self.settings.connect_timeout:
+            return
+        reasons = "; ".join(f"{w.name}: {w.unable}" for w in workers)
+        self._fail_pending(DependencyError, f"cannot run: no worker can provide its environment "
+                           f"(Python {self.env.python}, {self.env.summary()}). {reasons}")
+
     def _fail_pending(self, error: type[DistribError], why: str) -> None:
         """End every task not yet sent to a worker with ``error`` ("task f#3 <why>")."""
         for task in self.scheduler.take_pending():
@@ -427,7 +450,8 @@ class Session:
             if req in self._warned:
                 continue
             self._warned.add(req)
-            seen = ", ".join(f"{w.name} ({w.platform}, Python {w.python}, {w.slots} slots)"
+            seen = ", ".join(f"{w.name} ({w.platform}, Python {', '.join(w.pythons)}, "
+                             f"{w.slots} slots{'; ' + w.unable if w.unable else ''})"
                              for w in ready) or "none"
             log.warning("tasks need platform %s, %d thread(s) and Python %s; no connected "
                         "worker offers that (workers seen: %s). They wait for one.",

@@ -91,14 +91,17 @@ def scan_workspace(settings: Settings, main_file: Path | None) -> Distribution:
                 skip=(settings.cache_dir, *_files_being_written()))
 
 
-def blob_messages(dist: Distribution, need: m.NeedBlobs) -> Iterator[m.Blobs | m.DistFailed]:
-    """The messages answering ``need``: Blobs of at most ``BLOB_BATCH_BYTES``, or a
-    DistFailed (after which nothing more is sent)."""
+def blob_messages(dist: Distribution, need: m.NeedBlobs, env_id: str,
+                  wheels: Mapping[str, Path]) -> Iterator[m.Blobs | m.DistFailed]:
+    """The messages answering ``need`` (of the workspace, or of the wheels the environment
+    ``env_id`` ships): Blobs of at most ``BLOB_BATCH_BYTES``, or a DistFailed (after which
+    nothing more is sent)."""
     hashes: list[str] = []
     packed: list[bytes] = []
     size = 0
     for digest in need.hashes:
-        path = dist.path_of(digest) if need.dist == dist.dist_id else None
+        path = (dist.path_of(digest) if need.dist == dist.dist_id
+                else wheels.get(digest) if need.dist == env_id else None)
         try:
             data = path.read_bytes() if path is not None else None
         except OSError as exc:

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from distrib.wire._limits import INLINE_MAX
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 
 class Outcome(enum.StrEnum):
@@ -73,6 +73,7 @@ class Hello(Message):
     forward_output: bool
     argv: list[str]  # the Main's sys.argv, for the main script's import on workers
     environ: dict[str, str]  # variables forwarded to the executors of its tasks
+    environment: bytes  # its Python environment (``wire._envspec``): what its tasks import
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,8 @@ class Welcome(Message):
     python: str
     slots: int
     pid: int
+    pythons: list[str]  # the Python versions it can run tasks with (major.minor)
+    environment: str  # why it cannot provide the Main's environment; empty if it can
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +186,15 @@ class Output(Message):
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class EnvProgress(Message):
+    """Worker -> Main: news of the environment its tasks wait for (building, built), for
+    people."""
+
+    TAG: ClassVar[int] = 14
+    text: str
+
+
 # --- workspace -------------------------------------------------------------------------------
 
 
@@ -204,7 +216,8 @@ class Manifest(Message):
 
 @dataclass(frozen=True, slots=True)
 class NeedBlobs(Message):
-    """Worker -> Main: send these blobs (content hashes) of the distribution."""
+    """Worker -> Main: send these blobs (content hashes) of the distribution (or of the
+    environment, for the wheels it ships: ``dist`` is then the environment's id)."""
 
     TAG: ClassVar[int] = 22
     dist: str
@@ -257,6 +270,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     Cancel,
     Results,
     Output,
+    EnvProgress,
     NeedManifest,
     Manifest,
     NeedBlobs,

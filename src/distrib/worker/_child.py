@@ -1,7 +1,8 @@
 """What runs inside an executor process: import the environment, then run tasks one by one.
 
-Started by the daemon as ``python -m distrib.worker._child FD ENV MAIN RUNS``, talking over the
-socket ``FD``; the messages are ``_pipe.Verb``'s.
+Started by the daemon as ``python -m distrib.worker._child FD ENV MAIN RUNS VENV``, talking
+over the socket ``FD``; the messages are ``_pipe.Verb``'s. ``VENV`` is the built Python
+environment it runs in, or empty for the daemon's own.
 """
 
 from __future__ import annotations
@@ -126,6 +127,8 @@ def main(argv: list[str]) -> None:
     fd, env, main_script, runs = int(argv[0]), Path(argv[1]), argv[2], Path(argv[3])
     pipe = Pipe(socket.socket(fileno=fd))
     isolation = _isolation.start(env, runs)  # while this process has one thread
+    if argv[4] and isinstance(isolation, _isolation.Overlay):  # a built Python environment
+        isolation.protect(Path(argv[4]))
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     sys.path.insert(0, str(env))
     lock = threading.Lock()

@@ -22,9 +22,9 @@ from typing import Any
 
 import zmq
 
-from distrib._errors import ProtocolError
+from distrib._errors import ProtocolError, WorkspaceError
 from distrib._logs import RateLimited
-from distrib.wire import _codec, _facts, _transport
+from distrib.wire import _codec, _envspec, _facts, _transport
 from distrib.wire import _messages as m
 from distrib.wire._keys import KeyPair
 from distrib.wire._limits import OUTPUT_CHUNK
@@ -32,6 +32,7 @@ from distrib.wire._messages import Outcome, RefusalCode
 from distrib.wire._record import ErrorRecord
 from distrib.worker import _pool
 from distrib.worker._dists import Change, Distributions, Failed, Ready
+from distrib.worker._envs import EnvPolicy, Environments
 from distrib.worker._gate import Gate
 from distrib.worker._isolation import remove_dead_runs, remove_tree
 from distrib.worker._mains import Mains
@@ -65,6 +66,7 @@ class Daemon:
         idle_after: float = 300.0,
         max_cache: int | None = None,
         max_queued: int = 256 << 20,
+        env_policy: EnvPolicy = EnvPolicy(),
     ) -> None:
         self.name = name
         self.worker_id = uuid.uuid4().hex
@@ -87,6 +89,10 @@ class Daemon:
                                    lambda dist: self._apply(self.slots.env_replaced(dist)),
                                    self.slots.active_dists)
         self.procs: dict[int, ExecutorProcess] = {}
+        self.envs = Environments(cache_dir / "venvs", env_policy, lambda: self.name,
+                                 self._wake_loop, self._envs_in_use, self._env_dropped)
+        self.envs.blob_path = store.blob_path
+        self._specs: dict[str, _envspec.EnvSpec] = {}  # Python environments Mains described
         self.dropped = 0  # malformed messages
         self.reruns = 0  # tasks run again here after a crash or a lost worker (at least once)
         self._isolation = ""  # how executors keep task writes private, once one said
@@ -96,6 +102,13 @@ class Daemon:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+
+    def _wake_loop(self) -> None:
+        """(any thread) Make the loop's poll return: a build ended."""
+        try:
+            self._wake_w.send(b"e")
+        except OSError:
+            pass
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -129,6 +142,7 @@ class Daemon:
                             self._on_executor(ex_id, proc)
                 if self._wake_r.fileno() in events:
                     self._drain_wake()
+                    self._on_builds()
                 now = time.monotonic()
                 if now >= next_tick:
                     self._tick(now)
@@ -167,6 +181,7 @@ class Daemon:
         for proc in self.procs.values():
             proc.kill()
         self.procs.clear()
+        self.envs.close()
         for peer in list(self.mains):
             self._send(peer, m.Refused(RefusalCode.SHUTTING_DOWN, "worker is shutting down"))
         self.gate.close(self.sock)
@@ -241,8 +256,12 @@ class Daemon:
                 self._apply(self.slots.cancel(peer, task_id, time.monotonic()))
         elif isinstance(msg, m.Manifest):
             self._on_change(self.dists.on_manifest(msg))
+        elif isinstance(msg, m.Blobs) and self.envs.building(msg.dist):
+            self._on_wheels(msg)
         elif isinstance(msg, m.Blobs):
             self._on_change(self.dists.on_blobs(msg))
+        elif isinstance(msg, m.DistFailed) and self.envs.building(msg.dist):
+            self.envs.fail(msg.dist, peer, msg.reason)
         elif isinstance(msg, m.DistFailed):
             self._on_change(self.dists.on_failed(peer, msg))
         elif isinstance(msg, m.Goodbye):
@@ -257,26 +276,91 @@ class Daemon:
             self._send(peer, m.Refused(RefusalCode.PROTOCOL, f"protocol {msg.protocol} "
                                        f"unsupported; this worker speaks {m.PROTOCOL_VERSION}"))
             return
-        self.mains.welcome(peer, msg, time.monotonic())
-        peer_log.info("serving Main %s (pid %d)", msg.name, msg.pid)
+        try:
+            spec = _envspec.decode(msg.environment)
+        except ProtocolError as exc:
+            peer_log.warning("refused Main %s: %s", msg.name, exc)
+            self._send(peer, m.Refused(RefusalCode.PROTOCOL, str(exc)))
+            return
+        env, problem = self.envs.plan(spec)
+        if env:
+            self._specs[env] = spec
+            if not problem and self.envs.ready(env):
+                self.envs.used(env)
+                self.slots.env_ready(env)
+        self.mains.welcome(peer, msg, time.monotonic(), env, problem)
+        peer_log.info("serving Main %s (pid %d)%s", msg.name, msg.pid,
+                      f"; it cannot run here: {problem}" if problem else "")
         self._send(peer, m.Welcome(m.PROTOCOL_VERSION, self.worker_id, self.name,
                                    _facts.platform_tag(), _facts.python_version(),
-                                   self.slots.slots, os.getpid()))
+                                   self.slots.slots, os.getpid(), self.envs.versions(),
+                                   problem))
 
     def _on_submit(self, peer: bytes, msg: m.Submit) -> None:
         frames = list(msg.frames)
-        context = self.mains[peer].context
+        main = self.mains[peer]
         at = 0
         for spec in msg.tasks:
             task = QueuedTask(peer, spec.task_id, spec.dist, spec.threads, spec.timeout,
-                              [*spec.inline, *frames[at: at + spec.nframes]], context)
+                              [*spec.inline, *frames[at: at + spec.nframes]], main.context,
+                              main.env)
             at += spec.nframes
             self.reruns += spec.attempt > 0
+            if main.env_problem:  # (the Welcome said so; a Main that sends anyway hears it)
+                self._report(task, Outcome.ENV_ERROR, ErrorRecord(
+                    "distrib.DependencyError", main.env_problem).to_wire(), [])
+                continue
             if spec.threads > self.slots.slots:  # it can never run here: say so, fetch nothing
                 self._apply(self.slots.submit(task))
                 continue
             self.dists.request(spec.dist, peer)
+            if main.env and not self.slots.env_is_ready(main.env):
+                self._need_env(main.env, peer)
             self._apply(self.slots.submit(task))
+
+    # --- Python environments -----------------------------------------------------------------
+
+    def _need_env(self, env: str, peer: bytes) -> None:
+        """A task of ``peer`` waits for the Python environment ``env``: build it (once)."""
+        spec = self._specs[env]
+        joined, missing = self.envs.request(spec, peer, lambda d: self.dists.store.has(d))
+        if not joined:
+            return
+        if missing:
+            self._send(peer, m.NeedBlobs(env, sorted(missing)))
+        self._send(peer, m.EnvProgress(f"building environment: {spec.summary()} (Python "
+                                       f"{spec.python})"))
+
+    def _on_wheels(self, msg: m.Blobs) -> None:
+        sizes = {w.digest: w.size for w in self._specs[msg.dist].wheels}
+        for digest, frame in zip(msg.hashes, msg.frames):
+            if digest not in sizes or msg.dist not in self.envs.wanted(digest):
+                continue
+            try:
+                self.dists.store.put_compressed(digest, frame.buffer if hasattr(frame, "buffer")
+                                                else frame, sizes[digest])
+            except WorkspaceError as exc:
+                self.envs.fail(msg.dist, None, str(exc))
+                return
+            self.envs.blob_arrived(digest)
+
+    def _on_builds(self) -> None:
+        for done in self.envs.finished():
+            if done.info is None:
+                self.slots.env_ready(done.env_id)
+                for peer in done.peers & set(self.mains):
+                    self._send(peer, m.EnvProgress(
+                        f"environment built in {done.seconds:.1f} s"))
+            else:
+                peer_log.warning("environment %s: %s", done.env_id[:12],
+                                 done.info.get("message", "").splitlines()[0])
+                self._apply(self.slots.env_failed(done.env_id, done.info))
+
+    def _envs_in_use(self) -> set[str]:
+        return {c[2] for c in self.mains.contexts.values()} | self.slots.active_envs()
+
+    def _env_dropped(self, env: str) -> None:
+        self.slots.env_dropped(env)
 
     def _on_change(self, change: Change) -> None:
         if isinstance(change, Ready):
@@ -310,10 +394,11 @@ class Daemon:
             elif isinstance(action, Spawn):
                 dist = self.dists.get(action.key.dist)
                 assert dist is not None and dist.env is not None
-                argv, environ = self.mains.contexts[action.key.context]
+                argv, environ, env = self.mains.contexts[action.key.context]
                 try:
-                    self.procs[action.ex_id] = _pool.spawn(action.key.threads, dist.env,
-                                                           dist.main, self.runs, argv, environ)
+                    self.procs[action.ex_id] = _pool.spawn(
+                        action.key.threads, dist.env, dist.main, self.runs, argv, environ,
+                        self.envs.python(env) if env else None)
                 except OSError as exc:
                     log.error("cannot start an executor: %s", exc)
                     record = ErrorRecord("distrib.WorkerCrashed", f"worker {self.name} could "
@@ -433,5 +518,7 @@ class Daemon:
             "dropped": self.dropped,
             "reruns": self.reruns,
             "dropped_connections": self.gate.dropped_connections,
+            "pythons": self.envs.versions(),
             **self.slots.counters,
+            **self.envs.counters,
         }

@@ -74,6 +74,17 @@ class Overlay:
             self._mount()
         os.fchdir(self._env_fd)  # (by descriptor: no path to resolve before every task)
 
+    def protect(self, path: Path) -> None:
+        """Mount an overlay over ``path`` too, for this executor's life: writes to it (a
+        built Python environment, whose files are links into a package cache that other
+        environments share) stay in this executor's scratch."""
+        layer = self.scratch / f"{os.getpid()}-{path.name}"
+        upper, work = layer / "upper", layer / "work"
+        upper.mkdir(parents=True)
+        work.mkdir()
+        options = f"lowerdir={path},upperdir={upper},workdir={work}"
+        self._call("mount", b"overlay", bytes(path), b"overlay", 0, options.encode())
+
     def written(self) -> list[str]:
         """Relative paths of the files the current task created or changed."""
         assert self._upper is not None

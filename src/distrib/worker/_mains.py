@@ -1,5 +1,6 @@
 """The Mains a worker daemon serves: who said Hello, on which connection, when last heard,
-and the argv and variables their runs' executors get (a *context*, named by its hash)."""
+and what their runs' executors get: argv, variables and Python environment (a *context*,
+named by its hash)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import msgpack
 
 from distrib.wire import _messages as m
 
-Context = tuple[list[str], dict[str, str]]  # the Main's sys.argv, forwarded variables
+# The Main's sys.argv, forwarded variables, and Python environment ("": the daemon's own)
+Context = tuple[list[str], dict[str, str], str]
 
 
 @dataclass(eq=False)
@@ -22,7 +24,9 @@ class MainPeer:
     name: str
     forward_output: bool
     last_seen: float
-    context: str  # names its argv and forwarded variables in ``Mains.contexts``
+    context: str  # names its argv, forwarded variables and environment in ``Mains.contexts``
+    env: str  # its Python environment's id ("": the daemon's own interpreter)
+    env_problem: str  # why that environment cannot be had here ("" if it can)
     fd: int = -1  # its connection's file descriptor: when that closes, the Main is gone
 
 
@@ -33,11 +37,13 @@ class Mains(dict[bytes, MainPeer]):
         super().__init__()
         self.contexts: dict[str, Context] = {}
 
-    def welcome(self, peer: bytes, hello: m.Hello, now: float) -> MainPeer:
-        context = hashlib.sha256(msgpack.packb([hello.argv, sorted(hello.environ.items())]))
+    def welcome(self, peer: bytes, hello: m.Hello, now: float, env: str,
+                env_problem: str) -> MainPeer:
+        context = hashlib.sha256(msgpack.packb([hello.argv, sorted(hello.environ.items()),
+                                                env]))
         main = self[peer] = MainPeer(peer, hello.main_id, hello.name, hello.forward_output, now,
-                                     context.hexdigest()[:16])
-        self.contexts[main.context] = (hello.argv, hello.environ)
+                                     context.hexdigest()[:16], env, env_problem)
+        self.contexts[main.context] = (hello.argv, hello.environ, env)
         return main
 
     def on_connection(self, fd: int) -> list[bytes]:

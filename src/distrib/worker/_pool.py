@@ -78,18 +78,20 @@ class ExecutorProcess:
 
 
 def spawn(threads: int, env: Path, main: str | None, runs: Path, argv: list[str],
-          forwarded: dict[str, str]) -> ExecutorProcess:
+          forwarded: dict[str, str], python: Path | None = None) -> ExecutorProcess:
     """Start an executor whose environment tree is ``env``, for tasks of ``threads`` threads,
     importing the main script with the Main's ``argv`` and ``forwarded`` variables set (sent
-    as its first message: an environment of any size fits there)."""
+    as its first message: an environment of any size fits there). ``python`` is the
+    interpreter of a built Python environment (default: the daemon's own)."""
     ours, theirs = socket.socketpair()
     environ = dict(os.environ)
     for name in THREAD_VARS:
         environ[name] = str(threads)
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-P", "-m", "distrib.worker._child", str(theirs.fileno()), str(env),
-             main or "", str(runs)],
+            [str(python or sys.executable), "-P", "-m", "distrib.worker._child",
+             str(theirs.fileno()), str(env), main or "", str(runs),
+             str(python.parent.parent) if python else ""],
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,  # a task's prints are forwarded at the Python level

@@ -127,6 +127,7 @@ class Slots:
         self.counters = dict.fromkeys(
             ("tasks_done", "executors_started", "executors_crashed", "deferred"), 0)
         self._ready_dists: set[str] = set()
+        self._ready_envs: set[str] = set()  # Python environments built since tasks waited
         # (dist, context, Main) whose environment failed to import: its later tasks fail at once
         self._import_failed: dict[tuple[str, str, bytes], tuple[dict[str, str], list[Any]]] = {}
         self._run_time: dict[EnvKey, float] = {}  # recent run time per environment (EWMA)
@@ -184,6 +185,29 @@ class Slots:
     def dist_ready(self, dist: str) -> None:
         """The environment of ``dist`` is built: its tasks may start."""
         self._ready_dists.add(dist)
+
+    def env_ready(self, env: str) -> None:
+        """The Python environment ``env`` is built: tasks waiting for it may start."""
+        self._ready_envs.add(env)
+
+    def env_is_ready(self, env: str) -> bool:
+        return env in self._ready_envs
+
+    def env_dropped(self, env: str) -> None:
+        """The built environment ``env`` was removed (no task used it): build it again first."""
+        self._ready_envs.discard(env)
+
+    def env_failed(self, env: str, info: dict[str, str]) -> list[Action]:
+        """Building the Python environment ``env`` failed: every task waiting for it fails
+        with ``info`` (a later task of a new Main tries the build again)."""
+        for task in self.queues.take_where(lambda t: t.env == env):
+            self._out.append(Report(task, Outcome.ENV_ERROR, info))
+        return self._take()
+
+    def active_envs(self) -> set[str]:
+        """Python environments with a task queued or handed to an executor."""
+        return {t.env for t in self.queues.tasks()} | {
+            run.task.env for ex in self.executors.values() for run in ex.runs}
 
     def dist_failed(self, dist: str, info: dict[str, str], peer: bytes | None) -> list[Action]:
         """Fetching or building ``dist`` from ``peer`` failed: that Main's queued tasks of it
@@ -343,7 +367,7 @@ class Slots:
         return out
 
     def _runnable(self, task: QueuedTask) -> bool:
-        return task.dist in self._ready_dists
+        return task.dist in self._ready_dists and (not task.env or task.env in self._ready_envs)
 
     def _starved(self, held: dict[bytes, int]) -> bool:
         """Whether a Main with work that could start holds less than its fair share: then no

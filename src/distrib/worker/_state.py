@@ -22,7 +22,9 @@ class QueuedTask:
     threads: int
     timeout: float | None
     frames: list[Any] = field(repr=False)
-    context: str = ""  # its Main's argv and environment (hashed): executors are per context
+    context: str = ""  # its Main's argv, variables and environment (hashed): executors are
+    # per context
+    env: str = ""  # the Python environment it runs in, while that is not built ("": ready)
     nbytes: int = field(init=False, repr=False)  # payload size, for prefetch decisions
 
     def __post_init__(self) -> None:
@@ -99,6 +101,10 @@ class Queues:
     def peers(self) -> list[bytes]:
         """Mains with queued tasks."""
         return [peer for peer, queue in self._by_peer.items() if queue]
+
+    def tasks(self) -> list[QueuedTask]:
+        """Every queued task."""
+        return [t for queue in self._by_peer.values() for t in queue]
 
     def dists(self) -> set[str]:
         """Distributions of the queued tasks."""

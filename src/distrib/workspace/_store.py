@@ -78,14 +78,18 @@ class Store:
             except OSError:
                 pass
 
-    def _blob_path(self, digest: str) -> Path:
+    def blob_path(self, digest: str) -> Path:
+        """Where the blob ``digest`` is kept."""
         return self.blobs / digest[:2] / digest
+
+    def has(self, digest: str) -> bool:
+        return self.blob_path(digest).exists()
 
     def missing(self, entries: list[Entry]) -> list[str]:
         """Digests of ``entries`` not yet in the store, each once."""
         out: dict[str, None] = {}
         for e in entries:
-            if not self._blob_path(e.digest).exists():
+            if not self.blob_path(e.digest).exists():
                 out[e.digest] = None
         return list(out)
 
@@ -108,7 +112,7 @@ class Store:
                                  "manifest declares; discarded")
         if hashlib.sha256(raw).hexdigest() != digest:
             raise WorkspaceError(f"blob {digest[:12]} does not match its hash; discarded")
-        path = self._blob_path(digest)
+        path = self.blob_path(digest)
         path.parent.mkdir(exist_ok=True)
         _write_atomically(path, raw, mode=0o644)  # environments link it: readable
 
@@ -135,7 +139,7 @@ class Store:
         """Remove blobs of ``entries`` that no longer match their hash (a tree's files are
         links to them: whatever changed a tree's file changed its blob too)."""
         for digest in {e.digest for e in entries}:
-            path = self._blob_path(digest)
+            path = self.blob_path(digest)
             with contextlib.suppress(OSError):
                 if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
                     log.warning("blob %s no longer matches its hash; removed", digest[:12])
@@ -185,7 +189,7 @@ class Store:
         tmp = Path(tempfile.mkdtemp(dir=self.envs, prefix=".tmp-"))
         try:
             for e in entries:
-                src = self._blob_path(e.digest)
+                src = self.blob_path(e.digest)
                 dst = tmp / e.path
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 if e.executable:

@@ -1,0 +1,298 @@
+"""The Main's Python environment, described for workers (``wire._envspec.EnvSpec``).
+
+By default: the installed distributions that provide the modules the workspace uses (those
+imported by now, and those its ``.py`` files import), with everything they require, at the
+versions installed here, and this Python's major.minor. A distribution installed from a
+folder, a file or a VCS (no index has it) is packed into a wheel from the files this Main
+imports, cached by content, and shipped as a blob like a workspace file.
+
+``dependencies = "none"`` ships nothing but the Python version; ``requirements = FILE`` ships
+that file instead (``requirements.txt``, ``pyproject.toml``, or ``uv.lock``, exported here).
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import hashlib
+import importlib.metadata as md
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from packaging.requirements import InvalidRequirement, Requirement
+
+from distrib import _runtime
+from distrib._errors import ConfigError, DependencyError
+from distrib.wire import _envspec
+from distrib.wire._envspec import EnvSpec, Wheel, normalize
+from distrib.wire._facts import python_version
+from distrib.workspace._manifest import Distribution
+
+log = logging.getLogger("distrib")
+
+_TOOLING = {"pip", "setuptools", "wheel", "distrib", "uv"}  # never pinned for workers
+_MAX_SOURCE = 2 << 20  # larger .py files are not read for imports
+_EPOCH = (1980, 1, 1, 0, 0, 0)  # zip times: a wheel's bytes depend on its content only
+
+
+def describe(dependencies: str, requirements: Path | None, dist: Distribution,
+             cache: Path) -> tuple[EnvSpec, dict[str, Path]]:
+    """This Main's environment, and the wheel files it ships (by digest)."""
+    python = python_version()
+    if dependencies == "none":
+        return EnvSpec(python), {}
+    if requirements is not None:
+        return EnvSpec(python, file=_requirements_file(requirements)), {}
+    imported, named = _imported_modules(), _workspace_imports(dist)
+    modules = imported | named
+    local = {p.split("/", 1)[0].removesuffix(".py") for p in (e.path for e in dist.entries)}
+    local |= set(sys.stdlib_module_names)
+    # distrib's own requirements count only when the workspace imports them by name
+    chosen = _distributions(imported - local, exclude=_closure({"distrib"}))
+    chosen.update(_distributions(named - local))
+    pins: list[tuple[str, str]] = []
+    wheels: dict[str, Path] = {}
+    specs: list[Wheel] = []
+    for name, found in sorted(chosen.items()):
+        if _direct_url(found) is None:
+            pins.append((found.metadata["Name"], found.version))
+            continue
+        try:
+            wheel, path = _pack(found, modules, cache)
+        except OSError as exc:
+            raise DependencyError(f"cannot pack {name} {found.version} (installed from "
+                                  f"{_direct_url(found)}) into a wheel for workers: {exc}")
+        specs.append(wheel)
+        wheels[wheel.digest] = path
+    return EnvSpec(python, tuple(pins), tuple(specs)), wheels
+
+
+# --- which distributions ---------------------------------------------------------------------
+
+
+def _imported_modules() -> set[str]:
+    """Top-level modules imported in this process, but for those distrib's own imports brought
+    in (and the packages it needs) and private ones (``_distutils_hack``, ``_virtualenv``)."""
+    ours = {name.partition(".")[0] for name in _runtime.own_modules}
+    return {name.partition(".")[0] for name in list(sys.modules)
+            if not name.startswith("_") and name.partition(".")[0] not in ours}
+
+
+def _workspace_imports(dist: Distribution) -> set[str]:
+    """Top-level names the workspace's ``.py`` files import (absolute imports only)."""
+    names: set[str] = set()
+    for entry in dist.entries:
+        if not entry.path.endswith(".py") or entry.size > _MAX_SOURCE:
+            continue
+        try:
+            tree = ast.parse((dist.root / entry.path).read_bytes())
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(a.name.partition(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.partition(".")[0])
+    return names
+
+
+def _distributions(modules: set[str], exclude: set[str] = set()
+                   ) -> dict[str, md.Distribution]:
+    """The distributions providing ``modules`` (but ``exclude``), and all they require."""
+    roots: set[str] = set()
+    unknown = []
+    for module in modules - _TOOLING:
+        found = _installed(module)  # (most distributions are named as their module)
+        if found is not None and _provides(found, module):
+            roots.add(normalize(module))
+        else:
+            unknown.append(module)
+    if unknown:
+        owners = md.packages_distributions()  # (reads every distribution's file list: slow)
+        for module in unknown:
+            roots.update(normalize(n) for n in owners.get(module) or _editable_owner(module))
+    roots -= _TOOLING | exclude
+    return {name: dist for name in _closure(roots)
+            if name not in _TOOLING and (dist := _installed(name)) is not None}
+
+
+def _provides(dist: md.Distribution, module: str) -> bool:
+    """Whether ``module`` is installed beside ``dist``'s metadata (so most likely its)."""
+    return any(Path(str(dist.locate_file(name))).exists() for name in (module, module + ".py"))
+
+
+def _installed(name: str) -> md.Distribution | None:
+    try:
+        return md.distribution(name)
+    except md.PackageNotFoundError:
+        return None
+
+
+def _closure(roots: Iterable[str]) -> set[str]:
+    """``roots`` and what they require, transitively (markers evaluated here)."""
+    seen: set[str] = set()
+    todo = [normalize(r) for r in roots]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        dist = _installed(name)
+        if dist is None:
+            continue
+        seen.add(name)
+        for line in dist.requires or []:
+            try:
+                req = Requirement(line)
+            except InvalidRequirement:
+                continue
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(normalize(req.name))
+    return seen
+
+
+def _top_levels(name: str) -> set[str]:
+    dist = _installed(name)
+    if dist is None:
+        return set()
+    tops = {Path(f).parts[0].removesuffix(".py") for f in dist.files or []
+            if not str(f).startswith("..")}
+    return {t for t in tops if not t.endswith((".dist-info", ".pth"))}
+
+
+def _origin(dist: md.Distribution) -> dict[str, Any]:
+    """PEP 610's record of where a distribution came from, when that was not an index."""
+    try:
+        found = json.loads(dist.read_text("direct_url.json") or "{}")
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _direct_url(dist: md.Distribution) -> str | None:
+    """Where a distribution was installed from, when that was not an index."""
+    url = _origin(dist).get("url")
+    return str(url) if url else None
+
+
+def _editable(dist: md.Distribution) -> bool:
+    info = _origin(dist).get("dir_info")
+    return isinstance(info, dict) and info.get("editable") is True
+
+
+def _editable_owner(module: str) -> list[str]:
+    """The editable (or folder) install whose source holds ``module``, if any."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return []
+    origin = spec.origin if spec else None
+    if origin is None and spec is not None and spec.submodule_search_locations:
+        origin = next(iter(spec.submodule_search_locations), None)
+    if not origin:
+        return []
+    for dist in md.distributions():
+        folder = _local_folder(dist)
+        if folder is not None and Path(origin).resolve().is_relative_to(folder):
+            return [dist.metadata["Name"]]
+    return []
+
+
+def _local_folder(dist: md.Distribution) -> Path | None:
+    url = _direct_url(dist)
+    if url is None or not url.startswith("file://"):
+        return None
+    path = Path(unquote(urlparse(url).path))
+    return path.resolve() if path.is_dir() else None
+
+
+# --- wheels of local packages ----------------------------------------------------------------
+
+
+def _pack(dist: md.Distribution, modules: set[str], cache: Path) -> tuple[Wheel, Path]:
+    """A wheel of ``dist`` made from the files this Main would import, and where it is."""
+    name, version = dist.metadata["Name"], dist.version
+    files: dict[str, Path] = {}
+    if _editable(dist):
+        for module in sorted(modules):
+            spec = importlib.util.find_spec(module)
+            if spec is None or not _editable_owner(module):
+                continue
+            if _editable_owner(module)[0] != name:
+                continue
+            if spec.submodule_search_locations:
+                root = Path(next(iter(spec.submodule_search_locations)))
+                for path in sorted(root.rglob("*")):
+                    if path.is_file() and "__pycache__" not in path.parts:
+                        files[f"{module}/{path.relative_to(root).as_posix()}"] = path
+            elif spec.origin:
+                files[Path(spec.origin).name] = Path(spec.origin)
+    else:
+        for f in dist.files or []:
+            text = str(f)
+            if text.startswith("..") or "__pycache__" in text or ".dist-info/" in text:
+                continue
+            files[Path(text).as_posix()] = Path(str(dist.locate_file(f)))
+    info = f"{_envspec._normal(name)}-{version}.dist-info"
+    metadata = dist.read_text("METADATA") or f"Metadata-Version: 2.1\nName: {name}\n" \
+                                               f"Version: {version}\n"
+    wheel_text = ("Wheel-Version: 1.0\nGenerator: distrib\nRoot-Is-Purelib: true\n"
+                  "Tag: py3-none-any\n")
+    contents = [(arc, path.read_bytes()) for arc, path in sorted(files.items())]
+    contents += [(f"{info}/METADATA", metadata.encode()), (f"{info}/WHEEL", wheel_text.encode())]
+    record = "".join(f"{arc},sha256={_b64(data)},{len(data)}\n" for arc, data in contents)
+    contents.append((f"{info}/RECORD", (record + f"{info}/RECORD,,\n").encode()))
+    out = cache / "wheels"
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{os.getpid()}-{_envspec._normal(name)}.whl"
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for arc, data in contents:
+            item = zipfile.ZipInfo(arc, _EPOCH)
+            item.external_attr = 0o644 << 16
+            item.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(item, data)
+    data = tmp.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    path = out / digest[:2] / f"{digest}.whl"
+    path.parent.mkdir(exist_ok=True)
+    os.replace(tmp, path)
+    if len(data) > _envspec.MAX_WHEEL_BYTES:
+        raise OSError(f"the wheel is {len(data) >> 20} MiB, more than workers take")
+    return Wheel(name, version, digest, len(data)), path
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+# --- requirements files ----------------------------------------------------------------------
+
+
+def _requirements_file(path: Path) -> tuple[str, str]:
+    """(kind, text) of a requirements file; a ``uv.lock`` is exported to requirements here."""
+    if not path.is_file():
+        raise ConfigError(f"requirements {path}: no such file")
+    if path.name == "uv.lock":
+        from uv import find_uv_bin
+
+        done = subprocess.run(
+            [find_uv_bin(), "export", "--frozen", "--no-hashes", "--no-emit-project",
+             "--format", "requirements-txt", "--project", str(path.parent)],
+            capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ConfigError(f"requirements {path}: uv could not export it: "
+                              f"{done.stderr.strip()[-500:]}")
+        return "requirements.txt", done.stdout
+    kind = "pyproject.toml" if path.name == "pyproject.toml" else "requirements.txt"
+    text = path.read_text()
+    if len(text) > _envspec.MAX_FILE_TEXT:
+        raise ConfigError(f"requirements {path}: larger than {_envspec.MAX_FILE_TEXT} bytes")
+    return kind, text

@@ -1,0 +1,438 @@
+"""Python environments a worker builds for its Mains: one virtualenv per description, made
+once with ``uv`` from an interpreter of the Main's Python version, kept in the cache and shared
+by every Main that describes the same environment.
+
+    Hello --plan--> base (this daemon's own interpreter has it all)
+                |-> cached (built before)
+                |-> refused (no such Python here; installs are off and packages are missing)
+                '-> to build --first task--> [wheels from the Main] --> uv venv + uv pip install
+                                                                     --> ready | failed
+
+A build runs in a thread (``uv`` does the work in a subprocess); the daemon's loop hears of its
+end through ``wake`` and ``finished()``. Executors of a built environment run its interpreter;
+they import this daemon's distrib (and what it needs) from a folder a ``.pth`` file appends to
+the end of ``sys.path``, so a package the Main pinned wins over the worker's copy.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import importlib.util
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distrib._logs import RateLimited
+from distrib.wire._envspec import EnvSpec, normalize
+from distrib.wire._facts import python_version
+from distrib.wire._record import ErrorRecord
+
+log = logging.getLogger("distrib.worker")
+peer_log = RateLimited(log)
+
+INSTALL_POLICIES = ("never", "wheels", "any")
+_MIN_PYTHON = (3, 11)  # what distrib's executor code needs
+_DONE = ".complete"  # written last: an environment without it is a failed or cut-off build
+_TAIL = 12  # lines of the installer's output a failure reports
+
+
+@dataclass(frozen=True)
+class EnvPolicy:
+    """What the owner allows: ``install`` is never (nothing installed), wheels (binary wheels
+    only: no package's build code runs here) or any; where packages come from; which extra
+    interpreters to offer; how much disk built environments may take."""
+
+    install: str = "wheels"
+    index_url: str | None = None
+    find_links: tuple[str, ...] = ()
+    no_index: bool = False
+    pythons: tuple[Path, ...] = ()
+    max_bytes: int | None = None
+
+
+@dataclass(eq=False)
+class _Build:
+    spec: EnvSpec
+    peers: set[bytes] = field(default_factory=set)  # Mains whose tasks wait for it
+    missing: set[str] = field(default_factory=set)  # wheel blobs not received yet
+    started: float = 0.0
+    running: bool = False
+    proc: subprocess.Popen[str] | None = None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A build ended: ``info`` is None when it worked, else the error record for its tasks."""
+
+    env_id: str
+    info: dict[str, str] | None
+    peers: frozenset[bytes]
+    seconds: float
+
+
+def find_interpreters(extra: Iterable[Path] = ()) -> dict[str, Path]:
+    """Installed CPython interpreters by ``major.minor``: this daemon's own, ``extra`` ones,
+    pyenv's, and ``python3.N`` on the PATH (none is ever downloaded)."""
+    found: dict[str, Path] = {python_version(): Path(sys.executable)}
+    for path in extra:
+        version = _version_of(path)
+        if version is None:
+            log.warning("--python %s: not a CPython 3.11 or newer interpreter; ignored", path)
+        else:
+            found.setdefault(version, path)
+    named: list[tuple[str, Path]] = []  # (version, path) as pyenv's folders and PATH name them
+    root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+    if root.is_dir():
+        named += [(p.parent.parent.name, p) for p in sorted(root.glob("3.*/bin/python3"))]
+    for minor in range(_MIN_PYTHON[1], 30):
+        path = shutil.which(f"python3.{minor}")
+        if path and "shims" not in Path(path).parts:  # (pyenv's shims run one version only)
+            named.append((f"3.{minor}", Path(path)))
+    for full, path in named:
+        parts = full.split(".")
+        if len(parts) >= 2 and parts[0] == "3" and parts[1].isdigit() and \
+                (3, int(parts[1])) >= _MIN_PYTHON and os.access(path, os.X_OK):
+            found.setdefault(f"3.{parts[1]}", path)
+    return dict(sorted(found.items(), key=lambda kv: tuple(map(int, kv[0].split(".")))))
+
+
+def _version_of(path: Path) -> str | None:
+    try:
+        done = subprocess.run([str(path), "-c", "import sys; print(sys.version_info[0], "
+                               "sys.version_info[1], sys.implementation.name)"],
+                              capture_output=True, text=True, timeout=30)
+        major, minor, impl = done.stdout.split()
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+    if impl != "cpython" or (int(major), int(minor)) < _MIN_PYTHON:
+        return None
+    return f"{major}.{minor}"
+
+
+def _uv() -> str:
+    from uv import find_uv_bin
+
+    return find_uv_bin()
+
+
+def _uv_environ(cache: Path | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_", "VIRTUAL_ENV"))}
+    env.update(UV_PYTHON_DOWNLOADS="never", UV_NO_CONFIG="1", UV_NO_PROGRESS="1")
+    if cache is not None:
+        env["UV_CACHE_DIR"] = str(cache)
+    return env
+
+
+class Environments:
+    """The environments of one worker's cache (``root``), built under ``policy``."""
+
+    def __init__(self, root: Path, policy: EnvPolicy, name: Callable[[], str],
+                 wake: Callable[[], None], in_use: Callable[[], set[str]] = set,
+                 dropped: Callable[[str], None] = lambda env: None) -> None:
+        self.root = root
+        self.policy = policy
+        self._name = name
+        self._wake = wake  # (called from build threads)
+        self._in_use = in_use  # environments of connected Mains and of tasks: never evicted
+        self._dropped = dropped  # told when an environment is evicted
+        self.blob_path: Callable[[str], Path] = lambda digest: root / digest
+        root.mkdir(parents=True, exist_ok=True)
+        self.pythons = find_interpreters(policy.pythons)
+        self._own = python_version()
+        self._installed = {normalize(d.metadata["Name"] or ""): d.version
+                           for d in md.distributions()}
+        self.runtime = self._make_runtime()
+        self._builds: dict[str, _Build] = {}
+        self._finished: queue.SimpleQueue[Finished] = queue.SimpleQueue()
+        self.counters = dict.fromkeys(("envs_built", "envs_reused", "envs_failed"), 0)
+        for leftover in root.iterdir():  # builds cut off by a daemon that died
+            if leftover.is_dir() and not (leftover / _DONE).exists() and not \
+                    leftover.name.startswith((".", "runtime")):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+    # --- what a Main can have ----------------------------------------------------------------
+
+    def plan(self, spec: EnvSpec) -> tuple[str, str]:
+        """(environment id, or "" for this daemon's own interpreter; why it cannot be had
+        here, or "")."""
+        if spec.python == self._own and not spec.wheels and spec.file is None and all(
+                self._installed.get(normalize(n)) == v for n, v in spec.pins):
+            return "", ""
+        env_id = spec.env_id
+        if self.ready(env_id):
+            return env_id, ""
+        if spec.python not in self.pythons:
+            return env_id, (f"worker {self._name()} has no Python {spec.python} (it has "
+                            f"{', '.join(self.pythons)}; its owner can add one with --python "
+                            "PATH)")
+        if self.policy.install == "never" and not spec.empty:
+            lacking = [f"{n}=={v}" for n, v in spec.pins
+                       if self._installed.get(normalize(n)) != v]
+            lacking += [f"{w.name} {w.version} (shipped)" for w in spec.wheels]
+            if spec.file:
+                lacking.append(f"the packages of {spec.file[0]}")
+            return env_id, (f"worker {self._name()} installs no packages (--install never) "
+                            f"and lacks {', '.join(lacking[:8])}")
+        return env_id, ""
+
+    def ready(self, env_id: str) -> bool:
+        return (self.root / env_id / _DONE).exists()
+
+    def python(self, env_id: str) -> Path:
+        return self.root / env_id / "bin" / "python"
+
+    def path(self, env_id: str) -> Path:
+        return self.root / env_id
+
+    def versions(self) -> list[str]:
+        return list(self.pythons)
+
+    # --- building ----------------------------------------------------------------------------
+
+    def request(self, spec: EnvSpec, peer: bytes, have_blob: Callable[[str], bool]
+                ) -> tuple[bool, set[str]]:
+        """A task of ``peer`` needs ``spec``'s environment: join (or start) its build. Returns
+        whether ``peer`` newly joined, and the wheel blobs to ask it for (the build starts when
+        ``blob_arrived`` has seen them all)."""
+        env_id = spec.env_id
+        build = self._builds.get(env_id)
+        if build is None:
+            build = self._builds[env_id] = _Build(spec, started=time.monotonic())
+            build.missing = {w.digest for w in spec.wheels if not have_blob(w.digest)}
+            if not build.missing:
+                self._start(env_id, build)
+        new_peer = peer not in build.peers
+        build.peers.add(peer)
+        return new_peer, set(build.missing) if new_peer else set()
+
+    def building(self, env_id: str) -> bool:
+        return env_id in self._builds
+
+    def wanted(self, digest: str) -> list[str]:
+        """Builds waiting for this wheel blob."""
+        return [e for e, b in self._builds.items() if digest in b.missing]
+
+    def blob_arrived(self, digest: str) -> None:
+        for env_id in self.wanted(digest):
+            build = self._builds[env_id]
+            build.missing.discard(digest)
+            if not build.missing and not build.running:
+                self._start(env_id, build)
+
+    def fail(self, env_id: str, peer: bytes | None, message: str) -> None:
+        """A build cannot go on (a wheel did not arrive whole, or ``peer``, a Main it waits
+        for, cannot send one): its tasks fail."""
+        build = self._builds.get(env_id)
+        if build is not None and not build.running and (peer is None or peer in build.peers):
+            build.running = True  # (failed once)
+            self._finished.put(Finished(env_id, self._error(build.spec, message),
+                                        frozenset(build.peers), 0.0))
+            self._wake()
+
+    def used(self, env_id: str) -> None:
+        """A Main found ``env_id`` built: count it and mark it recently used."""
+        self.counters["envs_reused"] += 1
+        try:
+            os.utime(self.root / env_id / _DONE)
+        except OSError:
+            pass
+
+    def finished(self) -> list[Finished]:
+        """Builds that ended since the last call."""
+        out: list[Finished] = []
+        while True:
+            try:
+                done = self._finished.get_nowait()
+            except queue.Empty:
+                return out
+            self._builds.pop(done.env_id, None)
+            self.counters["envs_failed" if done.info else "envs_built"] += 1
+            out.append(done)
+            if done.info is None:
+                self._evict(keep=done.env_id)
+
+    def close(self) -> None:
+        for build in self._builds.values():
+            if build.proc is not None and build.proc.poll() is None:
+                build.proc.kill()
+
+    def _start(self, env_id: str, build: _Build) -> None:
+        build.running = True
+        threading.Thread(target=self._build, args=(env_id, build), daemon=True,
+                         name=f"distrib-env-{env_id[:8]}").start()
+
+    def _build(self, env_id: str, build: _Build) -> None:
+        spec, target = build.spec, self.root / env_id
+        shutil.rmtree(target, ignore_errors=True)
+        wheels = self.root / ".wheels" / env_id
+        environ = _uv_environ(self.root / ".uv-cache")
+        try:
+            info = self._run(build, [_uv(), "venv", "--quiet", "--python",
+                                     str(self.pythons[spec.python]), str(target)], environ)
+            if info is None:
+                site = next(target.glob("lib/python*/site-packages"))
+                (site / "_distrib_runtime.pth").write_text(f"{self.runtime}\n")
+                if not spec.empty:
+                    info = self._install(build, target, wheels, environ)
+            if info is None:
+                size = _disk_use(target)
+                (target / _DONE).write_text(json.dumps(
+                    {"python": spec.python, "packages": spec.summary(50), "bytes": size}))
+        except Exception as exc:  # a failed build must reach its tasks, whatever it was
+            info = self._error(spec, f"{type(exc).__name__}: {exc}")
+        finally:
+            shutil.rmtree(wheels, ignore_errors=True)
+        if info is not None:
+            shutil.rmtree(target, ignore_errors=True)
+        self._finished.put(Finished(env_id, info, frozenset(build.peers),
+                                    time.monotonic() - build.started))
+        self._wake()
+
+    def _install(self, build: _Build, target: Path, wheels: Path,
+                 environ: dict[str, str]) -> dict[str, str] | None:
+        spec, policy = build.spec, self.policy
+        args = [_uv(), "pip", "install", "--quiet", "--python", str(target / "bin" / "python")]
+        if policy.install == "wheels":
+            args += ["--only-binary", ":all:"]
+        if policy.index_url:
+            args += ["--index-url", policy.index_url]
+        if policy.no_index:
+            args.append("--no-index")
+        for link in policy.find_links:
+            args += ["--find-links", link]
+        args += [f"{n}=={v}" for n, v in spec.pins]
+        wheels.mkdir(parents=True, exist_ok=True)
+        for w in spec.wheels:
+            path = wheels / w.filename
+            shutil.copyfile(self.blob_path(w.digest), path)
+            args.append(str(path))
+        if spec.file:
+            path = wheels / spec.file[0]
+            path.write_text(spec.file[1])
+            args += ["-r", str(path)]
+        return self._run(build, args, environ)
+
+    def _run(self, build: _Build, args: list[str], environ: dict[str, str]
+             ) -> dict[str, str] | None:
+        build.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, text=True, env=environ,
+                                      cwd=self.root)
+        output, _ = build.proc.communicate()
+        if build.proc.returncode == 0:
+            return None
+        return self._error(build.spec, output)
+
+    def _error(self, spec: EnvSpec, output: str) -> dict[str, str]:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", output).strip()
+        lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+        named = [f"{n}=={v}" for n, v in spec.pins if re.search(
+            rf"(?<![\w-]){re.escape(normalize(n))}(?![\w-])", normalize(text))]
+        named += [w.name for w in spec.wheels if normalize(w.name) in normalize(text)]
+        what = f" ({', '.join(named[:5])})" if named else ""
+        return ErrorRecord("distrib.DependencyError", (
+            f"worker {self._name()} could not build the environment for Python {spec.python} "
+            f"with {spec.summary()}{what}; the installer said:\n  "
+            + "\n  ".join(lines[-_TAIL:])), "").to_wire()
+
+    # --- the cache ---------------------------------------------------------------------------
+
+    def _evict(self, keep: str) -> None:
+        """Keep built environments under ``max_bytes``: least recently used go first, never
+        one in use."""
+        if self.policy.max_bytes is None:
+            return
+        built = []
+        for done in self.root.glob(f"*/{_DONE}"):
+            try:
+                size = int(json.loads(done.read_text()).get("bytes", 0))
+                built.append((done.stat().st_mtime, done.parent.name, size))
+            except (OSError, ValueError, AttributeError):
+                continue
+        total = sum(size for _, _, size in built)
+        busy = self._in_use() | {keep} | set(self._builds)
+        for _, env_id, size in sorted(built):
+            if total <= self.policy.max_bytes:
+                break
+            if env_id in busy:
+                continue
+            log.info("environment %s: removed (least recently used; the cache is over its "
+                     "limit)", env_id[:12])
+            shutil.rmtree(self.root / env_id, ignore_errors=True)
+            self._dropped(env_id)
+            total -= size
+
+    def _make_runtime(self) -> Path:
+        """A folder of links to this daemon's distrib and the packages it needs, for the end
+        of executors' ``sys.path`` in built environments."""
+        names: set[str] = set()
+        todo, seen = ["distrib"], set()
+        while todo:
+            name = normalize(todo.pop())
+            if name in seen:
+                continue
+            seen.add(name)
+            try:
+                dist = md.distribution(name)
+            except md.PackageNotFoundError:
+                continue
+            for f in dist.files or []:
+                top = Path(str(f)).parts[0]
+                if not top.startswith("..") and not top.endswith((".dist-info", ".pth")) \
+                        and not top.startswith("__"):
+                    names.add(top.removesuffix(".py") if top.endswith(".py") else top)
+            from packaging.requirements import Requirement
+
+            for line in dist.requires or []:
+                req = Requirement(line)
+                if req.marker is None or req.marker.evaluate({"extra": ""}):
+                    todo.append(req.name)
+        spec = importlib.util.find_spec("distrib")
+        assert spec is not None and spec.submodule_search_locations
+        sources = {"distrib": Path(next(iter(spec.submodule_search_locations)))}
+        for name in sorted(names - {"distrib", "uv", "bin"}):
+            found = importlib.util.find_spec(name) if name.isidentifier() else None
+            if found is not None and found.submodule_search_locations:
+                sources[name] = Path(next(iter(found.submodule_search_locations)))
+            elif found is not None and found.origin and found.origin != "built-in":
+                sources[Path(found.origin).name] = Path(found.origin)
+            else:  # a folder of shared libraries (``pyzmq.libs``) beside the packages
+                for site in map(Path, sys.path):
+                    if (site / name).is_dir():
+                        sources[name] = site / name
+                        break
+        # Built environments name this folder in their .pth: it keeps its path, and each
+        # daemon start points its links at the distrib running now.
+        runtime = self.root / "runtime"
+        runtime.mkdir(exist_ok=True)
+        for old in runtime.iterdir():
+            if old.is_symlink() and old.name not in sources:
+                old.unlink()
+        for link, source in sources.items():
+            target = runtime / link
+            if not target.is_symlink() or target.readlink() != source:
+                tmp = runtime / f".{link}.{os.getpid()}"
+                tmp.unlink(missing_ok=True)
+                tmp.symlink_to(source)
+                os.replace(tmp, target)
+        return runtime
+
+
+def _disk_use(root: Path) -> int:
+    total = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass
+    return total
