@@ -29,7 +29,7 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
 
     def start(threads: int = 2, name: str | None = None, extra: tuple[str, ...] = (),
               listen: str = "127.0.0.1:0", prefix: tuple[str, ...] = (),
-              env: dict[str, str] | None = None) -> Worker:
+              env: dict[str, str] | None = None, python: str | Path = PYTHON) -> Worker:
         name = name or f"w{len(started)}"
         cache = tmp_path / f"worker-cache-{name}"
         log_file = tmp_path / f"worker-{name}.log"
@@ -37,7 +37,7 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
         env = {**os.environ, "DISTRIB_MAX_MESSAGE_MB": "1", **(env or {})}
         with open(log_file, "w") as log:
             proc = subprocess.Popen(
-                [*prefix, PYTHON, "-m", "distrib", "worker", "--listen", listen, "--threads",
+                [*prefix, str(python), "-m", "distrib", "worker", "--listen", listen, "--threads",
                  str(threads), "--name", name, "--cache-dir", str(cache), "-v", *extra],
                 stdout=subprocess.PIPE, stderr=log, text=True, cwd=tmp_path, env=env,
             )

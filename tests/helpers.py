@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import shutil
 import signal
@@ -9,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -119,14 +122,55 @@ class Workspace:
         return path
 
     def run(self, script: str, *args: str, env: dict[str, str] | None = None,
-            timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+            timeout: float = 120.0, python: str | Path = PYTHON
+            ) -> subprocess.CompletedProcess[str]:
         """Run ``python script`` here, as a user would, and return what it printed."""
         full_env = {**os.environ, "DISTRIB_CACHE_DIR": str(self.cache_dir),
                     "DISTRIB_LOCAL_THREADS": "2", **(env or {})}
-        return subprocess.run([PYTHON, script, *args], cwd=self.root, env=full_env,
+        return subprocess.run([str(python), script, *args], cwd=self.root, env=full_env,
                               capture_output=True, text=True, timeout=timeout)
 
 
+
+
+UV = str(Path(PYTHON).parent / "uv")
+
+
+def make_wheel(folder: Path, name: str, version: str, files: dict[str, str]) -> Path:
+    """Write a pure-Python wheel of ``files`` (path in the wheel -> source) into ``folder``."""
+    info = f"{name}-{version}.dist-info"
+    contents = {path: text.encode() for path, text in files.items()}
+    contents[f"{info}/METADATA"] = (f"Metadata-Version: 2.1\nName: {name}\n"
+                                    f"Version: {version}\n").encode()
+    contents[f"{info}/WHEEL"] = (b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: "
+                                 b"true\nTag: py3-none-any\n")
+    record = "".join(f"{path},sha256={_b64_sha256(data)},{len(data)}\n"
+                     for path, data in contents.items())
+    contents[f"{info}/RECORD"] = (record + f"{info}/RECORD,,\n").encode()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for arc, data in contents.items():
+            zf.writestr(arc, data)
+    return path
+
+
+def _b64_sha256(data: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def layered_venv(path: Path, wheels: Path | None = None, packages: tuple[str, ...] = (),
+                 python: str = PYTHON) -> Path:
+    """A virtualenv that sees the test environment's packages (distrib among them) behind its
+    own, with ``packages`` installed offline from ``wheels``; returns its interpreter."""
+    subprocess.run([UV, "venv", "-q", "--python", python, str(path)], check=True)
+    site = next(path.glob("lib/python*/site-packages"))
+    base = next(Path(PYTHON).parent.parent.glob("lib/python*/site-packages"))
+    (site / "zz_test_base.pth").write_text(f"import site; site.addsitedir({str(base)!r})\n")
+    if packages:
+        subprocess.run([UV, "pip", "install", "-q", "--python", str(path / "bin" / "python"),
+                        "--no-index", "--find-links", str(wheels), *packages], check=True)
+    return path / "bin" / "python"
 
 
 def with_tasks(ws: Workspace) -> Workspace:
