@@ -95,9 +95,9 @@ def find_interpreters(extra: Iterable[Path] = ()) -> dict[str, Path]:
     if root.is_dir():
         named += [(p.parent.parent.name, p) for p in sorted(root.glob("3.*/bin/python3"))]
     for minor in range(_MIN_PYTHON[1], 30):
-        path = shutil.which(f"python3.{minor}")
-        if path and "shims" not in Path(path).parts:  # (pyenv's shims run one version only)
-            named.append((f"3.{minor}", Path(path)))
+        on_path = shutil.which(f"python3.{minor}")
+        if on_path and "shims" not in Path(on_path).parts:  # (pyenv's shims run one only)
+            named.append((f"3.{minor}", Path(on_path)))
     for full, path in named:
         parts = full.split(".")
         if len(parts) >= 2 and parts[0] == "3" and parts[1].isdigit() and \
