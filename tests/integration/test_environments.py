@@ -25,6 +25,7 @@ from tests.helpers import (
     layered_venv,
     make_wheel,
     raw_main,
+    wait_for,
 )
 
 PROBE = """\
@@ -300,3 +301,73 @@ def test_a_garbage_environment_description_is_refused_and_the_worker_serves_on(
         ctx.term()
     with raw_main(worker, "honest"):
         assert worker.status()["mains"] == ["honest"]
+
+
+def test_a_main_sending_a_bad_wheel_fails_its_own_tasks_only(
+        workspace: Workspace, start_worker: Callable[..., Worker], wheels: Path,
+        mains: dict[str, Path]) -> None:
+    import zlib
+
+    import zmq
+
+    from distrib.wire import _codec, _facts
+    from distrib.wire import _messages as m
+    from distrib.wire._envspec import EnvSpec, Wheel
+
+    worker = start_worker(extra=offline(wheels))
+    spec = EnvSpec(_facts.python_version(), wheels=(Wheel("evil", "1.0", "ab" * 32, 10),))
+    ctx: zmq.Context = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(worker.address)
+        sock.send_multipart(_codec.encode(m.Hello(
+            m.PROTOCOL_VERSION, "evil", "evil", _facts.python_version(), 1, False, [], {},
+            spec.encode())))
+        sock.send_multipart(_codec.encode(m.Submit([m.TaskSpec(1, "d" * 64, 1, None, 0,
+                                                               [b"x"], 0)])))
+        seen: list[m.Message] = []
+
+        def answered(kind: type) -> m.Message | None:
+            while sock.poll(100):
+                seen.append(_codec.decode(sock.recv_multipart()))
+            return next((x for x in seen if isinstance(x, kind)), None)
+
+        need = wait_for(lambda: answered(m.NeedBlobs), what="the worker asking for the wheel")
+        assert need.dist == spec.env_id and need.hashes == ["ab" * 32]
+        sock.send_multipart(_codec.encode(m.Blobs(need.dist, need.hashes,
+                                                  frames=(zlib.compress(b"not a wheel"),))))
+        reported = wait_for(lambda: answered(m.Results), what="the task's outcome")
+        outcome = reported.results[0]
+        assert outcome.status is m.Outcome.ENV_ERROR
+        assert outcome.info["type"] == "distrib.DependencyError"
+        assert "a wheel this Main sent is bad" in outcome.info["message"]
+    finally:
+        sock.close(0)
+        ctx.term()
+    # The worker serves an honest Main as before.
+    workspace.write("main.py", PROBE)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address}, python=mains["1.0"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert {r["version"] for r in results(out.stdout)} == {"1.0"}
+
+
+def test_environments_over_the_owners_limit_are_evicted_least_recently_used_first(
+        workspace: Workspace, start_worker: Callable[..., Worker], wheels: Path,
+        mains: dict[str, Path]) -> None:
+    worker = start_worker(extra=offline(wheels, "--max-envs", "1K", "--idle-executors", "0"))
+    workspace.write("main.py", PROBE)
+    env = {"DISTRIB_WORKERS": worker.address}
+    built: list[set[str]] = []
+    for version in ("1.0", "2.0", "1.0"):
+        out = workspace.run("main.py", env=env, python=mains[version])
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert {r["version"] for r in results(out.stdout)} == {version}
+        built.append({Path(r["prefix"]).name for r in results(out.stdout)})
+        # (an environment that executors still use is never evicted: let them stop)
+        wait_for(lambda: worker.status()["executors"] == [], what="idle executors stopped")
+    venvs = worker.cache_dir / "venvs"
+    kept = {p.name for p in venvs.iterdir() if (p / ".complete").exists()}
+    assert kept == built[2]  # the limit keeps only the newest; 2.0's went when 1.0 came back
+    assert built[0] == built[2] and built[0] != built[1]
+    assert worker.status()["envs_built"] == 3  # 1.0 was evicted by 2.0's build, so built again

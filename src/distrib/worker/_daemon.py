@@ -257,11 +257,11 @@ class Daemon:
         elif isinstance(msg, m.Manifest):
             self._on_change(self.dists.on_manifest(msg))
         elif isinstance(msg, m.Blobs) and self.envs.building(msg.dist):
-            self._on_wheels(msg)
+            self._on_wheels(peer, msg)
         elif isinstance(msg, m.Blobs):
             self._on_change(self.dists.on_blobs(msg))
         elif isinstance(msg, m.DistFailed) and self.envs.building(msg.dist):
-            self.envs.fail(msg.dist, peer, msg.reason)
+            self._reject_wheels(msg.dist, peer, msg.reason)
         elif isinstance(msg, m.DistFailed):
             self._on_change(self.dists.on_failed(peer, msg))
         elif isinstance(msg, m.Goodbye):
@@ -331,7 +331,7 @@ class Daemon:
         self._send(peer, m.EnvProgress(f"building environment: {spec.summary()} (Python "
                                        f"{spec.python})"))
 
-    def _on_wheels(self, msg: m.Blobs) -> None:
+    def _on_wheels(self, peer: bytes, msg: m.Blobs) -> None:
         sizes = {w.digest: w.size for w in self._specs[msg.dist].wheels}
         for digest, frame in zip(msg.hashes, msg.frames):
             if digest not in sizes or msg.dist not in self.envs.wanted(digest):
@@ -340,9 +340,16 @@ class Daemon:
                 self.dists.store.put_compressed(digest, frame.buffer if hasattr(frame, "buffer")
                                                 else frame, sizes[digest])
             except WorkspaceError as exc:
-                self.envs.fail(msg.dist, None, str(exc))
+                self._reject_wheels(msg.dist, peer, f"a wheel this Main sent is bad: {exc}")
                 return
             self.envs.blob_arrived(digest)
+
+    def _reject_wheels(self, env: str, peer: bytes, why: str) -> None:
+        """A Main cannot provide the wheels of a build: its tasks of it fail; other Mains
+        waiting for the same build send their own."""
+        info = self.envs.reject(env, peer, why)
+        if info is not None:
+            self._apply(self.slots.env_failed(env, info, peer))
 
     def _on_builds(self) -> None:
         for done in self.envs.finished():
@@ -357,7 +364,11 @@ class Daemon:
                 self._apply(self.slots.env_failed(done.env_id, done.info))
 
     def _envs_in_use(self) -> set[str]:
-        return {c[2] for c in self.mains.contexts.values()} | self.slots.active_envs()
+        """Environments of connected Mains, live executors and queued tasks."""
+        executors = {self.mains.contexts[ex.key.context][2]
+                     for ex in self.slots.executors.values()
+                     if ex.key.context in self.mains.contexts}
+        return {x.env for x in self.mains.values()} | executors | self.slots.active_envs()
 
     def _env_dropped(self, env: str) -> None:
         self.slots.env_dropped(env)

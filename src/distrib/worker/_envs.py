@@ -229,15 +229,18 @@ class Environments:
             if not build.missing and not build.running:
                 self._start(env_id, build)
 
-    def fail(self, env_id: str, peer: bytes | None, message: str) -> None:
-        """A build cannot go on (a wheel did not arrive whole, or ``peer``, a Main it waits
-        for, cannot send one): its tasks fail."""
+    def reject(self, env_id: str, peer: bytes, message: str) -> dict[str, str] | None:
+        """``peer`` sent a wheel that is not what the description says, or cannot send one:
+        it no longer takes part in the build, whose other Mains may still send the wheels.
+        Returns the error for ``peer``'s waiting tasks (None if it was not taking part); when
+        no Main is left, the build is dropped."""
         build = self._builds.get(env_id)
-        if build is not None and not build.running and (peer is None or peer in build.peers):
-            build.running = True  # (failed once)
-            self._finished.put(Finished(env_id, self._error(build.spec, message),
-                                        frozenset(build.peers), 0.0))
-            self._wake()
+        if build is None or build.running or peer not in build.peers:
+            return None
+        build.peers.discard(peer)
+        if not build.peers:
+            del self._builds[env_id]
+        return self._error(build.spec, message)
 
     def used(self, env_id: str) -> None:
         """A Main found ``env_id`` built: count it and mark it recently used."""

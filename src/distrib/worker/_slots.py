@@ -197,10 +197,13 @@ class Slots:
         """The built environment ``env`` was removed (no task used it): build it again first."""
         self._ready_envs.discard(env)
 
-    def env_failed(self, env: str, info: dict[str, str]) -> list[Action]:
-        """Building the Python environment ``env`` failed: every task waiting for it fails
-        with ``info`` (a later task of a new Main tries the build again)."""
-        for task in self.queues.take_where(lambda t: t.env == env):
+    def env_failed(self, env: str, info: dict[str, str], peer: bytes | None = None
+                   ) -> list[Action]:
+        """Building the Python environment ``env`` failed (for ``peer`` alone, if given):
+        every task waiting for it fails with ``info`` (a later task of a new Main tries the
+        build again)."""
+        for task in self.queues.take_where(
+                lambda t: t.env == env and (peer is None or t.peer == peer)):
             self._out.append(Report(task, Outcome.ENV_ERROR, info))
         return self._take()
 
