@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from distrib._errors import ConnectionFailed
+from distrib._process import wait_exit
 
 log = logging.getLogger("distrib")
 
@@ -116,10 +117,11 @@ class LocalCluster:
                 proc.terminate()
         for proc in self.procs:
             try:
-                proc.wait(10)
+                wait_exit(proc, 10)
             except subprocess.TimeoutExpired:
                 log.warning("local worker %d did not stop; killing it", proc.pid)
                 proc.kill()
                 proc.wait(10)
         self.procs.clear()
         shutil.rmtree(self._folder, ignore_errors=True)
+

@@ -12,14 +12,15 @@ that file instead (``requirements.txt``, ``pyproject.toml``, or ``uv.lock``, exp
 
 from __future__ import annotations
 
-import ast
 import base64
+import functools
 import hashlib
 import importlib.metadata as md
 import importlib.util
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -31,7 +32,7 @@ from urllib.parse import unquote, urlparse
 from packaging.requirements import InvalidRequirement, Requirement
 
 from distrib import _runtime
-from distrib._errors import ConfigError, DependencyError
+from distrib._errors import ConfigError, DependencyError, ProtocolError
 from distrib.wire import _envspec
 from distrib.wire._envspec import EnvSpec, Wheel, normalize
 from distrib.wire._facts import python_version
@@ -48,6 +49,8 @@ def describe(dependencies: str, requirements: Path | None, dist: Distribution,
              cache: Path) -> tuple[EnvSpec, dict[str, Path]]:
     """This Main's environment, and the wheel files it ships (by digest)."""
     python = python_version()
+    _installed.cache_clear()  # (what is installed may have changed since the last session)
+    _headers.cache_clear()
     if dependencies == "none":
         return EnvSpec(python), {}
     if requirements is not None:
@@ -56,15 +59,23 @@ def describe(dependencies: str, requirements: Path | None, dist: Distribution,
     modules = imported | named
     local = {p.split("/", 1)[0].removesuffix(".py") for p in (e.path for e in dist.entries)}
     local |= set(sys.stdlib_module_names)
+    imported, named = imported - local, named - local
+    # Reading every distribution's metadata takes a while: the answer is kept, for as long
+    # as the same modules are used and no folder on sys.path changed (installs change them).
+    memo = cache / "environments" / _fingerprint(python, sorted(imported), sorted(named))
+    try:
+        return _envspec.decode(memo.read_bytes()), {}
+    except (OSError, ProtocolError):
+        pass
     # distrib's own requirements count only when the workspace imports them by name
-    chosen = _distributions(imported - local, exclude=_closure({"distrib"}))
-    chosen.update(_distributions(named - local))
+    chosen = _distributions(imported, exclude=_closure({"distrib"}))
+    chosen.update(_distributions(named))
     pins: list[tuple[str, str]] = []
     wheels: dict[str, Path] = {}
     specs: list[Wheel] = []
     for name, found in sorted(chosen.items()):
         if _direct_url(found) is None:
-            pins.append((found.metadata["Name"], found.version))
+            pins.append(_headers(found)[:2])
             continue
         try:
             wheel, path = _pack(found, modules, cache)
@@ -73,7 +84,26 @@ def describe(dependencies: str, requirements: Path | None, dist: Distribution,
                                   f"{_direct_url(found)}) into a wheel for workers: {exc}")
         specs.append(wheel)
         wheels[wheel.digest] = path
-    return EnvSpec(python, tuple(pins), tuple(specs)), wheels
+    spec = EnvSpec(python, tuple(pins), tuple(specs))
+    if not wheels:  # (local packages change without a trace on sys.path: packed each time)
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            memo.write_bytes(spec.encode())
+        except OSError:
+            pass
+    return spec, wheels
+
+
+def _fingerprint(*parts: object) -> str:
+    """A name for what the description depends on: the modules, and every sys.path folder's
+    modification time (installing or removing a package changes its folder's)."""
+    stamps = []
+    for entry in sys.path:
+        try:
+            stamps.append((entry, os.stat(entry or ".").st_mtime_ns))
+        except OSError:
+            stamps.append((entry, 0))
+    return hashlib.sha256(repr((parts, stamps)).encode()).hexdigest()[:32]
 
 
 # --- which distributions ---------------------------------------------------------------------
@@ -87,6 +117,12 @@ def _imported_modules() -> set[str]:
             if not name.startswith("_") and name.partition(".")[0] not in ours}
 
 
+# ``import a.b, c as d`` and ``from a.b import c`` (not relative ones), at a line's start; a
+# regular expression, as parsing every file costs a second for a large workspace.
+_IMPORT = re.compile(rb"^[ \t]*(?:from[ \t]+([A-Za-z_]\w*)[\w.]*[ \t]+import\b|"
+                     rb"import[ \t]+([A-Za-z_][\w. \t,]*))", re.MULTILINE)
+
+
 def _workspace_imports(dist: Distribution) -> set[str]:
     """Top-level names the workspace's ``.py`` files import (absolute imports only)."""
     names: set[str] = set()
@@ -94,14 +130,16 @@ def _workspace_imports(dist: Distribution) -> set[str]:
         if not entry.path.endswith(".py") or entry.size > _MAX_SOURCE:
             continue
         try:
-            tree = ast.parse((dist.root / entry.path).read_bytes())
-        except (OSError, SyntaxError, ValueError):
+            source = (dist.root / entry.path).read_bytes()
+        except OSError:
             continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names.update(a.name.partition(".")[0] for a in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names.add(node.module.partition(".")[0])
+        for single, many in _IMPORT.findall(source):
+            if single:
+                names.add(single.decode())
+            for item in many.split(b","):
+                name = item.strip().split(b" ")[0].split(b".")[0].decode()
+                if name.isidentifier():
+                    names.add(name)
     return names
 
 
@@ -114,7 +152,7 @@ def _distributions(modules: set[str], exclude: set[str] = set()
         found = _installed(module)  # (most distributions are named as their module)
         if found is not None and _provides(found, module):
             roots.add(normalize(module))
-        else:
+        elif _importable(module):  # (a name no package provides costs nothing more)
             unknown.append(module)
     if unknown:
         owners = md.packages_distributions()  # (reads every distribution's file list: slow)
@@ -125,11 +163,39 @@ def _distributions(modules: set[str], exclude: set[str] = set()
             if name not in _TOOLING and (dist := _installed(name)) is not None}
 
 
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _provides(dist: md.Distribution, module: str) -> bool:
     """Whether ``module`` is installed beside ``dist``'s metadata (so most likely its)."""
     return any(Path(str(dist.locate_file(name))).exists() for name in (module, module + ".py"))
 
 
+@functools.lru_cache(maxsize=None)
+def _headers(dist: md.Distribution) -> tuple[str, str, tuple[str, ...]]:
+    """(Name, Version, Requires-Dist) of a distribution, read from the head of its METADATA
+    (the standard parser builds a whole e-mail message every time one is asked for)."""
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    name = version = ""
+    requires: list[str] = []
+    for line in text.split("\n"):
+        if not line.strip():
+            break  # the headers end at the first blank line; the description follows
+        key, _, value = line.partition(":")
+        if key == "Name":
+            name = value.strip()
+        elif key == "Version":
+            version = value.strip()
+        elif key == "Requires-Dist":
+            requires.append(value.strip())
+    return name, version, tuple(requires)
+
+
+@functools.lru_cache(maxsize=None)
 def _installed(name: str) -> md.Distribution | None:
     try:
         return md.distribution(name)
@@ -149,7 +215,7 @@ def _closure(roots: Iterable[str]) -> set[str]:
         if dist is None:
             continue
         seen.add(name)
-        for line in dist.requires or []:
+        for line in _headers(dist)[2]:
             try:
                 req = Requirement(line)
             except InvalidRequirement:

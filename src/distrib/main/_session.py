@@ -35,7 +35,6 @@ from distrib._errors import (
 )
 from distrib._response import Response
 from distrib.main import _discovery
-from distrib.main._environment import describe
 from distrib.main._shipping import blob_messages, forwarded_environ, scan_workspace
 from distrib.main._link import Link, LinkState
 from distrib.main._outcomes import Outputs, settle
@@ -72,7 +71,8 @@ class Session:
         _runtime.shipped_root = str(self.dist.root) if self.dist.entries else None
         self.name = f"{main_file.name if main_file else 'python'}@{socket.gethostname()}:{os.getpid()}"
         self.main_id = os.urandom(8).hex()
-        self.ctx: zmq.Context[Any] = zmq.Context()
+        # Describing the environment reads package metadata: done while local daemons start.
+        described = _Described(settings, self.dist)
         self.local = None
         workers = list(settings.workers)
         if not workers and not settings.discovery.enabled:
@@ -80,11 +80,16 @@ class Session:
 
             self.local = LocalCluster(settings.local_threads, settings.cache_dir)
             workers = [_config.WorkerAddress(a) for a in self.local.addresses]
+        try:
+            self.env, self.wheels = described.result()
+        except BaseException:
+            if self.local is not None:
+                self.local.stop()
+            raise
+        self.ctx: zmq.Context[Any] = zmq.Context()
         forwarded = forwarded_environ(self.dist, settings.forward_env, os.environ)
         if forwarded:
             log.info("forwarding to workers: %s", ", ".join(forwarded))
-        self.env, self.wheels = describe(settings.dependencies, settings.requirements,
-                                         self.dist, settings.cache_dir)
         log.info("environment for workers: Python %s, %s", self.env.python, self.env.summary())
         self.hello = m.Hello(m.PROTOCOL_VERSION, self.main_id, self.name, self.python,
                              os.getpid(), settings.forward_output, list(sys.argv), forwarded,
@@ -456,6 +461,33 @@ class Session:
             log.warning("tasks need platform %s, %d thread(s) and Python %s; no connected "
                         "worker offers that (workers seen: %s). They wait for one.",
                         " or ".join(req[0]), req[1], self.python, seen)
+
+
+class _Described(threading.Thread):
+    """``describe()`` in a thread of its own; ``result()`` waits for it (and re-raises)."""
+
+    def __init__(self, settings: _config.Settings, dist: Distribution) -> None:
+        super().__init__(name="distrib-describe", daemon=True)
+        self._args = (settings.dependencies, settings.requirements, dist, settings.cache_dir)
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            before = set(sys.modules)  # (what describing imports is distrib's, not the user's)
+            from distrib.main._environment import describe
+
+            _runtime.own_modules.update(set(sys.modules) - before)
+            self._value = describe(*self._args)
+        except BaseException as exc:  # (raised again in the thread that asks)
+            self._error = exc
+
+    def result(self) -> Any:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _inline_bytes(item: tuple[m.TaskSpec, list[Any]]) -> int:

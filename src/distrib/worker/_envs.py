@@ -16,7 +16,6 @@ the end of ``sys.path``, so a package the Main pinned wins over the worker's cop
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import importlib.util
 import json
 import logging
@@ -149,9 +148,9 @@ class Environments:
         root.mkdir(parents=True, exist_ok=True)
         self.pythons = find_interpreters(policy.pythons)
         self._own = python_version()
-        self._installed = {normalize(d.metadata["Name"] or ""): d.version
-                           for d in md.distributions()}
-        self.runtime = self._make_runtime()
+        self._own_versions: dict[str, str] | None = None  # read at the first description
+        self._runtime: Path | None = None  # made at the first build
+        self._runtime_lock = threading.Lock()
         self._builds: dict[str, _Build] = {}
         self._finished: queue.SimpleQueue[Finished] = queue.SimpleQueue()
         self.counters = dict.fromkeys(("envs_built", "envs_reused", "envs_failed"), 0)
@@ -161,6 +160,20 @@ class Environments:
                 shutil.rmtree(leftover, ignore_errors=True)
 
     # --- what a Main can have ----------------------------------------------------------------
+
+    @property
+    def _installed(self) -> dict[str, str]:
+        """Versions of the distributions this daemon's own interpreter has."""
+        if self._own_versions is None:
+            self._own_versions = _own_versions()
+        return self._own_versions
+
+    @property
+    def runtime(self) -> Path:
+        with self._runtime_lock:
+            if self._runtime is None:
+                self._runtime = self._make_runtime()
+            return self._runtime
 
     def plan(self, spec: EnvSpec) -> tuple[str, str]:
         """(environment id, or "" for this daemon's own interpreter; why it cannot be had
@@ -377,6 +390,10 @@ class Environments:
     def _make_runtime(self) -> Path:
         """A folder of links to this daemon's distrib and the packages it needs, for the end
         of executors' ``sys.path`` in built environments."""
+        import importlib.metadata as md
+
+        from packaging.requirements import Requirement
+
         names: set[str] = set()
         todo, seen = ["distrib"], set()
         while todo:
@@ -393,8 +410,6 @@ class Environments:
                 if not top.startswith("..") and not top.endswith((".dist-info", ".pth")) \
                         and not top.startswith("__"):
                     names.add(top.removesuffix(".py") if top.endswith(".py") else top)
-            from packaging.requirements import Requirement
-
             for line in dist.requires or []:
                 req = Requirement(line)
                 if req.marker is None or req.marker.evaluate({"extra": ""}):
@@ -428,6 +443,24 @@ class Environments:
                 tmp.symlink_to(source)
                 os.replace(tmp, target)
         return runtime
+
+
+def _own_versions() -> dict[str, str]:
+    """Versions of the distributions this interpreter imports, by normalized name: read from
+    the ``name-version.dist-info`` folders' names (parsing every METADATA file takes tens of
+    milliseconds, at a Main's Hello), the first on ``sys.path`` winning."""
+    found: dict[str, str] = {}
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith(".dist-info"):
+                dist, _, version = name.removesuffix(".dist-info").partition("-")
+                if version:
+                    found.setdefault(normalize(dist), version)
+    return found
 
 
 def _disk_use(root: Path) -> int:

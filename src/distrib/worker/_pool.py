@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distrib._process import wait_exit
 from distrib.worker._isolation import remove_tree
 from distrib.worker._pipe import Pipe, Verb
 
@@ -70,7 +71,7 @@ class ExecutorProcess:
         self.signal_kill()
         self.pipe.close()
         try:
-            self.proc.wait(5)
+            wait_exit(self.proc, 5)
         except subprocess.TimeoutExpired:
             log.warning("executor %d did not exit after SIGKILL", self.proc.pid)
         for layer in self.scratch.glob(f"{self.proc.pid}-*"):

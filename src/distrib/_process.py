@@ -1,0 +1,23 @@
+"""Waiting for a child process to exit, without polling."""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+from typing import Any
+
+
+def wait_exit(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """``proc.wait(timeout)``, woken the moment the process exits (a pidfd) rather than by
+    ``Popen.wait``'s polling, whose sleeps grow to 50 ms: a script's exit waits on this."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # not Linux 5.3+, or already reaped
+        proc.wait(timeout)
+        return
+    try:
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+    proc.wait(0.5)  # reaps it (raises TimeoutExpired if it still runs)
