@@ -371,3 +371,17 @@ def test_environments_over_the_owners_limit_are_evicted_least_recently_used_firs
     assert kept == built[2]  # the limit keeps only the newest; 2.0's went when 1.0 came back
     assert built[0] == built[2] and built[0] != built[1]
     assert worker.status()["envs_built"] == 3  # 1.0 was evicted by 2.0's build, so built again
+
+
+def test_a_requirements_file_is_installed_instead_of_what_the_main_has(
+        workspace: Workspace, start_worker: Callable[..., Worker], wheels: Path,
+        mains: dict[str, Path]) -> None:
+    worker = start_worker(extra=offline(wheels))
+    workspace.write("main.py", PROBE)
+    workspace.write("requirements.txt", "tinylib==2.0\n")
+    workspace.write("distrib.toml", '[main]\nrequirements = "requirements.txt"\n')
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address}, python=mains["1.0"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert {r["version"] for r in results(out.stdout)} == {"2.0"}
+    assert out.stdout.splitlines()[-1] == "MAIN 1.0"
+    assert "the packages of requirements.txt" in out.stderr

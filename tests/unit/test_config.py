@@ -62,6 +62,8 @@ def test_init_arguments_win_over_the_environment(tmp_path: Path) -> None:
     ({"DISTRIB_LOST_AFTER": "-1"}, "DISTRIB_LOST_AFTER"),
     ({"DISTRIB_CONFIG": "/no/such.toml"}, "DISTRIB_CONFIG"),
     ({"DISTRIB_KEY": "/no/such.key"}, "distrib keygen"),
+    ({"DISTRIB_DEPENDENCIES": "some"}, "DISTRIB_DEPENDENCIES"),
+    ({"DISTRIB_REQUIREMENTS": "/no/requirements.txt"}, "requirements"),
 ])
 def test_invalid_settings_name_the_setting(env: dict[str, str], name: str) -> None:
     with pytest.raises(ConfigError, match=name):
@@ -71,6 +73,7 @@ def test_invalid_settings_name_the_setting(env: dict[str, str], name: str) -> No
 def test_the_documented_file_shape(elsewhere: Path) -> None:
     make_key(elsewhere / "main.key")
     (elsewhere / "data").mkdir()
+    (elsewhere / "data" / "requirements.txt").write_text("tinylib==1.0\n")
     (elsewhere / "distrib.toml").write_text(textwrap.dedent(f"""
         [main]
         key = "main.key"
@@ -78,6 +81,8 @@ def test_the_documented_file_shape(elsewhere: Path) -> None:
         exclude = ["*.bin"]
         forward_output = false
         lost_after = 4.5
+        dependencies = "none"
+        requirements = "data/requirements.txt"
         [local]
         threads = 3
         [discovery]
@@ -91,6 +96,8 @@ def test_the_documented_file_shape(elsewhere: Path) -> None:
     assert s.source.endswith("distrib.toml")
     assert s.key is not None and s.workspace == elsewhere / "data"
     assert s.excludes == ("*.bin",) and not s.forward_output and s.lost_after == 4.5
+    assert s.dependencies == "none"
+    assert s.requirements == elsewhere / "data" / "requirements.txt"
     assert s.local_threads == 3 and s.discovery.enabled and s.discovery.trust == (KEY,)
     assert s.workers == (WorkerAddress("192.0.2.7:7070", KEY),)
     assert load({"DISTRIB_LOCAL_THREADS": "7"}).local_threads == 7  # environment wins

@@ -1,0 +1,95 @@
+"""The environment description a Main sends in its Hello, and how the Main makes it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from distrib import ConfigError, ProtocolError
+from distrib.main._environment import describe, _workspace_imports
+from distrib.main._outcomes import environment_problem
+from distrib.wire._envspec import EnvSpec, Wheel, decode
+from distrib.wire._record import ErrorRecord
+from distrib.workspace._manifest import scan
+
+SPEC = EnvSpec("3.11", (("numpy", "2.4.6"), ("pandas", "2.2.3")),
+               (Wheel("localpkg", "0.1", "ab" * 32, 1234),), None)
+
+
+def test_a_description_round_trips_and_is_named_by_its_bytes() -> None:
+    raw = SPEC.encode()
+    back = decode(raw)
+    assert back == SPEC and back.env_id == SPEC.env_id
+    assert EnvSpec("3.11", tuple(reversed(SPEC.pins)), SPEC.wheels).env_id == SPEC.env_id
+    assert EnvSpec("3.12", SPEC.pins, SPEC.wheels).env_id != SPEC.env_id
+    assert SPEC.summary() == "numpy 2.4.6, pandas 2.2.3, localpkg 0.1 (shipped)"
+    assert EnvSpec("3.11").empty and EnvSpec("3.11").summary() == "no packages"
+
+
+@pytest.mark.parametrize("value,why", [
+    ([2, "3.11", [], [], None], "version"),
+    ([1, "2.7", [], [], None], "python"),
+    ([1, "3.11", [["../evil", "1"]], [], None], "package pin"),
+    ([1, "3.11", [["ok", "1 ; rm -rf /"]], [], None], "package pin"),
+    ([1, "3.11", [["ok"]], [], None], "package pin"),
+    ([1, "3.11", [], [["w", "1", "nothex" * 9, 10]], None], "wheel"),
+    ([1, "3.11", [], [["w", "1", "ab" * 32, 0]], None], "wheel"),
+    ([1, "3.11", [], [["w", "1", "ab" * 32, 1 << 40]], None], "wheel"),
+    ([1, "3.11", [["p", "1"]] * 5000, [], None], "pins"),
+    ([1, "3.11", [], [], ["setup.py", "x"]], "requirements file"),
+    ([1, "3.11", [], [], ["requirements.txt", "x" * (1 << 20)]], "requirements file"),
+    ([1, "3.11", [], []], "not a description"),
+])
+def test_a_bad_description_is_a_protocol_error_naming_the_field(value: list[object],
+                                                                 why: str) -> None:
+    with pytest.raises(ProtocolError, match=why):
+        decode(msgpack.packb(value))
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_decode_or_raise_a_protocol_error(raw: bytes) -> None:
+    try:
+        decode(raw)
+    except ProtocolError:
+        pass
+
+
+def test_the_workspace_imports_found_without_parsing(tmp_path: Path) -> None:
+    (tmp_path / "main.py").write_text(
+        "import os, numpy.linalg as la, json\n"
+        "from pandas.core import frame\n"
+        "from . import sibling\n"
+        "from .pkg import thing\n"
+        "    import scipy  # (inside a function)\n"
+        "# import commented\n"
+        "x = 'import notreally'\n")
+    dist = scan(tmp_path, tmp_path / "main.py", (), tmp_path / "hashes.msgpack")
+    assert _workspace_imports(dist) == {"os", "numpy", "json", "pandas", "scipy"}
+
+
+def test_none_and_a_requirements_file_replace_what_is_installed(tmp_path: Path) -> None:
+    (tmp_path / "main.py").write_text("import numpy\n")
+    (tmp_path / "requirements.txt").write_text("numpy==2.0.0\n")
+    dist = scan(tmp_path, tmp_path / "main.py", (), tmp_path / "hashes.msgpack")
+    python = "%d.%d" % sys.version_info[:2]
+    assert describe("none", None, dist, tmp_path / "cache") == (EnvSpec(python), {})
+    spec, wheels = describe("auto", tmp_path / "requirements.txt", dist, tmp_path / "cache")
+    assert spec.file == ("requirements.txt", "numpy==2.0.0\n") and not spec.pins
+    with pytest.raises(ConfigError, match="no-such.txt"):
+        describe("auto", tmp_path / "no-such.txt", dist, tmp_path / "cache")
+
+
+def test_what_counts_as_a_worker_lacking_the_environment() -> None:
+    assert "could not build" in environment_problem(ErrorRecord(
+        "distrib.DependencyError", "worker w could not build ...").to_wire())
+    assert "json" in environment_problem(ErrorRecord(
+        "builtins.ModuleNotFoundError", "No module named 'json'").to_wire())
+    # A module this Main cannot import either is the task's own error, not the worker's.
+    assert environment_problem(ErrorRecord(
+        "builtins.ModuleNotFoundError", "No module named 'no_such_module_x'").to_wire()) == ""
+    assert environment_problem(ErrorRecord("builtins.ValueError", "bad").to_wire()) == ""
