@@ -138,3 +138,33 @@ def test_calls_racing_shutdown_all_end_and_later_ones_are_cancelled(
         assert lines[0] in ("OUTCOMES ['Cancelled', 'ok'] 3201", "OUTCOMES ['Cancelled'] 3201")
         assert lines[1:] == ["LATE Cancelled", "AGAIN 42"]
         assert "Traceback" not in out.stderr and "Exception in thread" not in out.stderr
+
+
+def test_payloads_larger_than_any_frame_either_side_takes_travel_in_pieces(
+        workspace: Workspace) -> None:
+    workspace.write("main.py", """\
+        import hashlib
+        from distrib import distributed
+
+        @distributed
+        def digest_and_grow(data, n):
+            return hashlib.sha256(data).hexdigest(), bytearray(b"g" * n)
+
+        @distributed
+        def shout(size):
+            raise ValueError("v" * size)
+
+        if __name__ == "__main__":
+            data = bytes(range(256)) * 20_000  # 5 MB: five times the frame limit
+            seen, grown = digest_and_grow(data, 3_000_000).unwrap(timeout=120)
+            print("ARG", seen == hashlib.sha256(data).hexdigest())
+            print("RESULT", len(grown) == 3_000_000 and set(grown) == {ord("g")})
+            try:
+                shout(3_000_000).unwrap(timeout=120)
+            except ValueError as exc:
+                print("ERROR", len(str(exc)))
+        """)
+    # Both the Main and its local worker take frames of at most 1 MiB.
+    out = workspace.run("main.py", env={"DISTRIB_MAX_MESSAGE_MB": "1"}, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines() == ["ARG True", "RESULT True", "ERROR 3000000"]

@@ -13,8 +13,9 @@ from distrib.wire import _messages as m
 from distrib.wire._limits import MAX_HEADER_BYTES
 
 SAMPLES: list[m.Message] = [
-    m.Hello(1, "id", "main", "3.11", 42, True, ["main.py", "-v"], {"SCALE": "2"}, b"\x90"),
-    m.Welcome(1, "wid", "w", "linux-x86_64", "3.11", 4, 7, ["3.11", "3.12"], ""),
+    m.Hello(1, "id", "main", "3.11", 42, True, ["main.py", "-v"], {"SCALE": "2"}, b"\x90",
+            1 << 29),
+    m.Welcome(1, "wid", "w", "linux-x86_64", "3.11", 4, 7, ["3.11", "3.12"], "", 1 << 29),
     m.EnvProgress("building environment: numpy 2.1.3 (Python 3.11)"),
     m.Refused(m.RefusalCode.UNKNOWN_PEER, "no"),
     m.Goodbye(),
@@ -57,7 +58,8 @@ def test_every_message_type_is_sampled() -> None:
     ([msgpack.packb([m.Refused.TAG])], "expected 2 fields"),
     ([msgpack.packb([m.Refused.TAG, "unknown_peer", 5])], "expected str"),
     ([msgpack.packb([m.Refused.TAG, "nonsense", "x"])], "unknown RefusalCode"),
-    ([msgpack.packb([m.Welcome.TAG, 1, "w", "n", "p", "3.11", True, 1, [], ""])], "expected int"),
+    ([msgpack.packb([m.Welcome.TAG, 1, "w", "n", "p", "3.11", True, 1, [], "", 1])],
+     "expected int"),
     ([msgpack.packb([m.Submit.TAG, [[1, "d", 1, None, 0, [], 1]]])], "expected 1 payload frames"),
     ([msgpack.packb([m.Submit.TAG, [[1, "d", 0, None, 0, [], 1]]]), b"x"], "at least one thread"),
     ([msgpack.packb([m.Submit.TAG, [[1, "d", 1, None, 0, [], 0]]])], "needs a payload"),
@@ -123,3 +125,22 @@ def test_a_batch_is_cut_by_count_and_by_bytes() -> None:
     assert list(batches(sizes, lambda n: n, max_bytes=6, max_count=3)) == [
         [3, 3], [3], [10], [1, 1, 1], [1]]
     assert list(batches([], lambda n: n)) == []
+
+
+def test_frames_over_the_receivers_limit_travel_in_pieces_and_join_back() -> None:
+    big, small = bytes(range(256)) * 40, b"tiny"  # 10,240 bytes
+    message = m.Results([m.ResultSpec(1, m.Outcome.OK, {}, [], 2),
+                         m.ResultSpec(2, m.Outcome.OK, {}, [], 1)], frames=(big, small, big))
+    frames = _codec.encode(message, max_frame=4096)
+    assert all(memoryview(f).nbytes <= 4096 for f in frames[1:])
+    assert len(frames) == 1 + 3 + 1 + 3
+    back = _codec.decode([bytes(f) for f in frames])
+    assert [bytes(f) for f in back.frames] == [big, small, big]
+    assert len(_codec.encode(message)) == 4  # under the limit: as they are
+
+
+@pytest.mark.parametrize("pieces", [[], [[0, 1]], [[5, 2]], [[1, 2], [0, 2]], "x", [[0, True]]])
+def test_a_bad_list_of_pieces_is_a_protocol_error(pieces: object) -> None:
+    header = msgpack.packb([m.Manifest.TAG, "d", pieces])
+    with pytest.raises(ProtocolError):
+        _codec.decode([header, b"a", b"b"])

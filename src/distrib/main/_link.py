@@ -12,6 +12,7 @@ import zmq
 from distrib.wire import _transport
 from distrib.wire import _messages as m
 from distrib.wire._keys import KeyPair
+from distrib.wire._limits import MAX_MESSAGE_BYTES
 
 _WATCHED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
             | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_DISCONNECTED)
@@ -45,6 +46,7 @@ class Link:
     last_seen: float = 0.0
     since: float = 0.0  # when the current state began
     reason: str = ""  # why it was refused or lost
+    max_frame: int = MAX_MESSAGE_BYTES  # the worker's frame limit (its Welcome says)
 
     def connect(self, now: float) -> None:
         """(Re)build the socket and say Hello."""
@@ -58,7 +60,7 @@ class Link:
         if self.sock is None:
             return
         try:
-            _transport.send(self.sock, message)
+            _transport.send(self.sock, message, max_frame=self.max_frame)
         except (zmq.ZMQError, RuntimeError) as exc:  # RuntimeError: pyzmq at interpreter exit
             log.debug("send to %s failed: %s", self.address, exc)
 

@@ -41,7 +41,7 @@ from distrib.main._outcomes import Outputs, settle
 from distrib.main._scheduler import Scheduler, Task, WorkerView
 from distrib.wire import _codec, _facts, _transport
 from distrib.wire import _messages as m
-from distrib.wire._limits import batches
+from distrib.wire._limits import MAX_MESSAGE_BYTES, batches
 from distrib.wire._messages import RefusalCode
 from distrib.workspace._manifest import Distribution
 
@@ -93,7 +93,7 @@ class Session:
         log.info("environment for workers: Python %s, %s", self.env.python, self.env.summary())
         self.hello = m.Hello(m.PROTOCOL_VERSION, self.main_id, self.name, self.python,
                              os.getpid(), settings.forward_output, list(sys.argv), forwarded,
-                             self.env.encode())
+                             self.env.encode(), MAX_MESSAGE_BYTES)
         self.links: dict[str, Link] = {}
         for worker in workers:
             self._add_link(worker)
@@ -310,6 +310,7 @@ class Session:
         if link.state is LinkState.READY:
             return
         link.state, link.name, link.since = LinkState.READY, msg.name, time.monotonic()
+        link.max_frame = max(1, msg.max_frame)
         if msg.environment:
             log.warning("worker %s gets no tasks: %s", link.label, msg.environment)
         self.scheduler.join(WorkerView(link.link_id, msg.name, msg.platform, msg.python,

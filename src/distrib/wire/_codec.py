@@ -17,7 +17,7 @@ import msgpack
 
 from distrib._errors import ProtocolError
 from distrib.wire import _messages as m
-from distrib.wire._limits import MAX_HEADER_BYTES
+from distrib.wire._limits import MAX_HEADER_BYTES, MAX_MESSAGE_BYTES
 
 _Check = Callable[[Any], Any]
 
@@ -120,11 +120,29 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def encode(message: m.Message) -> list[Any]:
-    """Return the frames of ``message``: its msgpack header, then its payload frames."""
+def encode(message: m.Message, max_frame: int = MAX_MESSAGE_BYTES) -> list[Any]:
+    """Return the frames of ``message``: its msgpack header, then its payload frames.
+
+    A payload frame larger than ``max_frame`` (the receiver's limit) travels as pieces of at
+    most that size, without copies; the header then ends with one more element, the list of
+    ``[frame index, pieces]`` that ``decode`` joins back."""
     _, fields = _BY_TAG[message.TAG]
     header = [message.TAG, *(_plain(getattr(message, name)) for name, _ in fields)]
-    return [msgpack.packb(header), *message.frames]
+    frames: list[Any] = list(message.frames)
+    if any(memoryview(f).nbytes > max_frame for f in frames):
+        cut: list[Any] = []
+        pieces = []
+        for i, frame in enumerate(frames):
+            view = memoryview(frame).cast("B")
+            if view.nbytes <= max_frame:
+                cut.append(frame)
+                continue
+            parts = [view[at:at + max_frame] for at in range(0, view.nbytes, max_frame)]
+            pieces.append([i, len(parts)])
+            cut.extend(parts)
+        header.append(pieces)
+        frames = cut
+    return [msgpack.packb(header), *frames]
 
 
 def decode(frames: Sequence[Any]) -> m.Message:
@@ -148,6 +166,9 @@ def decode(frames: Sequence[Any]) -> m.Message:
     if not isinstance(tag, int) or isinstance(tag, bool) or tag not in _BY_TAG:
         raise ProtocolError(f"unknown message type {tag!r}")
     cls, fields = _BY_TAG[tag]
+    payload = list(frames[1:])
+    if len(header) - 1 == len(fields) + 1:  # frames sent in pieces: join them
+        payload = _join(cls.__name__, header.pop(), payload)
     if len(header) - 1 != len(fields):
         raise ProtocolError(f"{cls.__name__}: expected {len(fields)} fields, got {len(header) - 1}")
     try:
@@ -156,9 +177,33 @@ def decode(frames: Sequence[Any]) -> m.Message:
         raise ProtocolError(f"{cls.__name__}: {exc}") from None
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"{cls.__name__}: bad field: {exc}") from None
-    message = cls(**values, frames=tuple(frames[1:]))
+    message = cls(**values, frames=tuple(payload))
     _check_frames(message)
     return message
+
+
+def _join(name: str, pieces: Any, frames: list[Any]) -> list[Any]:
+    """The payload frames, with those sent in pieces (``[[frame index, pieces], ...]`` in
+    increasing order) joined."""
+    if not isinstance(pieces, list) or not pieces:
+        raise ProtocolError(f"{name}: bad list of frames sent in pieces")
+    out: list[Any] = []
+    at = 0
+    for item in pieces:
+        if (not isinstance(item, list) or len(item) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in item)
+                or item[1] < 2 or item[0] < len(out)):
+            raise ProtocolError(f"{name}: bad entry {item!r} in the frames sent in pieces")
+        index, count = item
+        skip = index - len(out)
+        if at + skip + count > len(frames):
+            raise ProtocolError(f"{name}: fewer frames than its pieces need")
+        out.extend(frames[at:at + skip])
+        at += skip
+        out.append(b"".join(f.buffer if hasattr(f, "buffer") else f
+                            for f in frames[at:at + count]))
+        at += count
+    return out + frames[at:]
 
 
 def _check_frames(message: m.Message) -> None:

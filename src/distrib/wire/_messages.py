@@ -74,6 +74,7 @@ class Hello(Message):
     argv: list[str]  # the Main's sys.argv, for the main script's import on workers
     environ: dict[str, str]  # variables forwarded to the executors of its tasks
     environment: bytes  # its Python environment (``wire._envspec``): what its tasks import
+    max_frame: int  # the largest frame it takes; larger payload frames come in pieces
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,7 @@ class Welcome(Message):
     pid: int
     pythons: list[str]  # the Python versions it can run tasks with (major.minor)
     environment: str  # why it cannot provide the Main's environment; empty if it can
+    max_frame: int  # the largest frame it takes; larger payload frames come in pieces
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,9 +72,11 @@ def _ephemeral() -> KeyPair:
     return KeyPair(public.decode(), secret.decode())
 
 
-def send(sock: zmq.Socket[Any], message: Message, peer: bytes | None = None) -> None:
-    """Send ``message`` (to ``peer``, on a ROUTER). Large frames go without a copy."""
-    frames = _codec.encode(message)
+def send(sock: zmq.Socket[Any], message: Message, peer: bytes | None = None,
+         max_frame: int = MAX_MESSAGE_BYTES) -> None:
+    """Send ``message`` (to ``peer``, on a ROUTER), in frames of at most ``max_frame`` bytes
+    (the receiver's limit). Large frames go without a copy."""
+    frames = _codec.encode(message, max_frame)
     if peer is not None:
         frames.insert(0, peer)
     last = len(frames) - 1

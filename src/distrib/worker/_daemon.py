@@ -27,7 +27,7 @@ from distrib._logs import RateLimited
 from distrib.wire import _codec, _envspec, _facts, _transport
 from distrib.wire import _messages as m
 from distrib.wire._keys import KeyPair
-from distrib.wire._limits import OUTPUT_CHUNK
+from distrib.wire._limits import MAX_MESSAGE_BYTES, OUTPUT_CHUNK
 from distrib.wire._messages import Outcome, RefusalCode
 from distrib.wire._record import ErrorRecord
 from distrib.worker import _pool
@@ -193,8 +193,10 @@ class Daemon:
     # --- messages from Mains -----------------------------------------------------------------
 
     def _send(self, peer: bytes, message: m.Message) -> None:
+        main = self.mains.get(peer)
         try:
-            _transport.send(self.sock, message, peer)
+            _transport.send(self.sock, message, peer,
+                            main.max_frame if main is not None else MAX_MESSAGE_BYTES)
         except zmq.ZMQError as exc:
             log.debug("could not send %s: %s", type(message).__name__, exc)
 
@@ -294,7 +296,7 @@ class Daemon:
         self._send(peer, m.Welcome(m.PROTOCOL_VERSION, self.worker_id, self.name,
                                    _facts.platform_tag(), _facts.python_version(),
                                    self.slots.slots, os.getpid(), self.envs.versions(),
-                                   problem))
+                                   problem, MAX_MESSAGE_BYTES))
 
     def _on_submit(self, peer: bytes, msg: m.Submit) -> None:
         frames = list(msg.frames)

@@ -27,6 +27,7 @@ class MainPeer:
     context: str  # names its argv, forwarded variables and environment in ``Mains.contexts``
     env: str  # its Python environment's id ("": the daemon's own interpreter)
     env_problem: str  # why that environment cannot be had here ("" if it can)
+    max_frame: int  # the largest frame it takes
     fd: int = -1  # its connection's file descriptor: when that closes, the Main is gone
 
 
@@ -42,7 +43,8 @@ class Mains(dict[bytes, MainPeer]):
         context = hashlib.sha256(msgpack.packb([hello.argv, sorted(hello.environ.items()),
                                                 env]))
         main = self[peer] = MainPeer(peer, hello.main_id, hello.name, hello.forward_output, now,
-                                     context.hexdigest()[:16], env, env_problem)
+                                     context.hexdigest()[:16], env, env_problem,
+                                     hello.max_frame)
         self.contexts[main.context] = (hello.argv, hello.environ, env)
         return main
 
