@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import os
 import select
-import subprocess
-from typing import Any
+from typing import Protocol
 
 
-def wait_exit(proc: subprocess.Popen[Any], timeout: float) -> None:
+class Waitable(Protocol):
+    """A child process as ``subprocess.Popen`` offers it."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+def wait_exit(proc: Waitable, timeout: float) -> None:
     """``proc.wait(timeout)``, woken the moment the process exits (a pidfd) rather than by
     ``Popen.wait``'s polling, whose sleeps grow to 50 ms: a script's exit waits on this."""
     try:

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -124,15 +125,22 @@ def _drop_own_frame(exc: BaseException) -> None:
 
 
 def main(argv: list[str]) -> None:
+    if argv[0] == "template":
+        _template(argv[1:])
+        return
     fd, env, main_script, runs = int(argv[0]), Path(argv[1]), argv[2], Path(argv[3])
     pipe = Pipe(socket.socket(fileno=fd))
     isolation = _isolation.start(env, runs)  # while this process has one thread
     if argv[4] and isinstance(isolation, _isolation.Overlay):  # a built Python environment
         isolation.protect(Path(argv[4]))
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     sys.path.insert(0, str(env))
-    lock = threading.Lock()
-    out, err = _Forward(pipe, lock, 1), _Forward(pipe, lock, 2)
+    if _prepare(pipe, env, main_script):
+        _serve(pipe, isolation, os.getppid())
+
+
+def _prepare(pipe: Pipe, env: Path, main_script: str) -> bool:
+    """Take the Main's context and import its main script; False (said to the daemon) if the
+    import raised."""
     header, _ = pipe.recv()  # [CONTEXT, argv, variables], before any user code runs
     if header[0] != Verb.CONTEXT:
         raise SystemExit(f"executor: expected the Main's context first, got {header[0]!r}")
@@ -146,7 +154,80 @@ def main(argv: list[str]) -> None:
     except BaseException as exc:  # anything the script raised while importing
         pipe.send([Verb.ENV_ERROR, _serialize.error_info(exc)], _serialize.dumps_error(exc))
         pipe.close()
+        return False
+    return True
+
+
+def _template(argv: list[str]) -> None:
+    """A template: import the environment once, then fork an executor for each socket the
+    daemon sends (``[b"F"]`` with the socket; the answer is the executor's pid, 8 bytes).
+
+    Each executor is forked twice over, so that it is orphaned and adopted by the daemon (a
+    subreaper), which can then wait for it and read its exit code as for any executor."""
+    fd, env, main_script, runs = int(argv[0]), Path(argv[1]), argv[2], Path(argv[3])
+    control = socket.socket(fileno=fd)
+    pipe = Pipe(control)
+    isolation = _isolation.start(env, runs)  # while this process has one thread
+    if argv[4] and isinstance(isolation, _isolation.Overlay):
+        isolation.protect(Path(argv[4]))
+    sys.path.insert(0, str(env))
+    if not _prepare(pipe, env, main_script):
         return
+    threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1
+    if threads > 1 or threading.active_count() > 1 or pipe.buffered():
+        pipe.send([Verb.NOFORK, f"importing the workspace started {threads - 1} thread(s), "
+                                "and a fork copies only one"])
+        return
+    daemon = os.getppid()
+    pipe.send([Verb.READY, isolation.kind])
+    control.setblocking(True)
+    while True:
+        try:
+            _, fds, _, _ = socket.recv_fds(control, 16, 1)
+        except OSError:
+            return
+        if not fds:
+            return  # the daemon closed its end (or sent no socket): stop
+        read_end, write_end = os.pipe()
+        middle = os.fork()
+        if middle == 0:  # the intermediate: fork the executor, say its pid, leave
+            os.close(read_end)
+            executor = os.fork()
+            if executor == 0:
+                os.close(write_end)
+                control.close()
+                _forked_executor(fds[0], isolation, daemon)
+                os._exit(0)
+            os.write(write_end, struct.pack("<q", executor))
+            os._exit(0)
+        os.close(write_end)
+        os.close(fds[0])
+        answer = os.read(read_end, 8)
+        os.close(read_end)
+        os.waitpid(middle, 0)
+        control.sendall(answer if len(answer) == 8 else struct.pack("<q", -1))
+
+
+def _forked_executor(fd: int, isolation: _isolation.Overlay | _isolation.Copies,
+                     daemon: int) -> None:
+    """An executor forked from a template: its environment is imported already."""
+    try:
+        pipe = Pipe(socket.socket(fileno=fd))
+        if isinstance(isolation, _isolation.Overlay):
+            isolation.after_fork()
+        _serve(pipe, isolation, daemon)  # (the template had the Main's context)
+    except BaseException:  # never return into the template's loop
+        import traceback
+
+        traceback.print_exc()
+        os._exit(70)
+
+
+def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent: int) -> None:
+    """Run the tasks the daemon sends, one by one, until it closes the pipe."""
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    lock = threading.Lock()
+    out, err = _Forward(pipe, lock, 1), _Forward(pipe, lock, 2)
     pipe.send([Verb.READY, isolation.kind])
     real_out, real_err = sys.stdout, sys.stderr
     waiting: dict[int, list[Any]] = {}  # tasks received and not started, in order

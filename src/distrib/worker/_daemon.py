@@ -38,8 +38,8 @@ from distrib.worker._isolation import remove_dead_runs, remove_tree
 from distrib.worker._mains import Mains
 from distrib.worker._outbox import Outbox
 from distrib.worker._pipe import Verb
-from distrib.worker._pool import ExecutorProcess
-from distrib.worker._slots import Action, Kill, Report, Send, Skip, Slots, Spawn
+from distrib.worker._pool import ExecutorProcess, Recipe, Template
+from distrib.worker._slots import Action, EnvKey, Kill, Report, Send, Skip, Slots, Spawn
 from distrib.worker._state import QueuedTask
 from distrib.workspace._store import Store
 
@@ -86,9 +86,12 @@ class Daemon:
         store = Store(cache_dir, max_cache)
         store.clean_leftovers()
         self.dists = Distributions(store, self._send,
-                                   lambda dist: self._apply(self.slots.env_replaced(dist)),
+                                   self._dist_replaced,
                                    self.slots.active_dists)
         self.procs: dict[int, ExecutorProcess] = {}
+        self._forking = _pool.become_subreaper()  # executors forked from templates
+        self.templates: dict[EnvKey, Template] = {}
+        self._no_fork: set[EnvKey] = set()  # environments whose templates cannot fork
         self.envs = Environments(cache_dir / "venvs", env_policy, lambda: self.name,
                                  self._wake_loop, self._envs_in_use, self._env_dropped)
         self.envs.blob_path = store.blob_path
@@ -126,6 +129,9 @@ class Daemon:
                     poller.register(sock, zmq.POLLIN)
                 for proc in self.procs.values():
                     poller.register(proc.fileno(), zmq.POLLIN)
+                for template in self.templates.values():
+                    if not template.ready:
+                        poller.register(template.fileno(), zmq.POLLIN)
                 timeout = max(0.0, next_tick - time.monotonic())
                 events = dict(poller.poll(int(timeout * 1000) + 1))
                 for sock in self.gate.sockets():
@@ -140,6 +146,9 @@ class Daemon:
                         # Messages read ahead into the pipe's buffer won't wake the poller.
                         while self.procs.get(ex_id) is proc and proc.pipe.buffered():
                             self._on_executor(ex_id, proc)
+                for key, template in list(self.templates.items()):
+                    if not template.ready and template.fileno() in events:
+                        self._on_template(key, template)
                 if self._wake_r.fileno() in events:
                     self._drain_wake()
                     self._on_builds()
@@ -181,6 +190,8 @@ class Daemon:
         for proc in self.procs.values():
             proc.kill()
         self.procs.clear()
+        for template in self.templates.values():
+            template.kill()
         self.envs.close()
         for peer in list(self.mains):
             self._send(peer, m.Refused(RefusalCode.SHUTTING_DOWN, "worker is shutting down"))
@@ -408,10 +419,11 @@ class Daemon:
                 dist = self.dists.get(action.key.dist)
                 assert dist is not None and dist.env is not None
                 argv, environ, env = self.mains.contexts[action.key.context]
+                recipe = Recipe(action.key.threads, dist.env, dist.main, self.runs, argv,
+                                environ, self.envs.python(env) if env else None)
                 try:
-                    self.procs[action.ex_id] = _pool.spawn(
-                        action.key.threads, dist.env, dist.main, self.runs, argv, environ,
-                        self.envs.python(env) if env else None)
+                    self.procs[action.ex_id] = _pool.executor(recipe)
+                    self._start(action.key, recipe, action.ex_id)
                 except OSError as exc:
                     log.error("cannot start an executor: %s", exc)
                     record = ErrorRecord("distrib.WorkerCrashed", f"worker {self.name} could "
@@ -428,6 +440,74 @@ class Daemon:
                 except OSError as exc:
                     log.debug("executor %d: %s", proc.pid, exc, exc_info=True)
                     todo = [*todo, *self._executor_died(action.ex_id)]
+
+    def _start(self, key: EnvKey, recipe: Recipe, ex_id: int) -> None:
+        """Attach executor ``ex_id`` to a process: forked from its environment's template
+        (started now if there is none; the executor waits for its import), else spawned."""
+        ex = self.procs[ex_id]
+        if not self._forking or key in self._no_fork:
+            _pool.spawn(recipe, ex)
+            return
+        now = time.monotonic()
+        template = self.templates.get(key)
+        if template is None or template.proc.poll() is not None:
+            if template is not None:
+                self._drop_template(key)
+            template = self.templates[key] = Template.start(recipe, now)
+        template.last_used = now
+        if not template.ready:
+            template.waiting.append(ex_id)
+        elif not template.fork(ex):
+            self._drop_template(key)
+            _pool.spawn(recipe, ex)
+
+    def _on_template(self, key: EnvKey, template: Template) -> None:
+        """A template finished importing its environment: fork the executors waiting for it
+        (or, if it cannot, spawn them)."""
+        try:
+            header, _ = template.control.recv()
+        except (EOFError, OSError, ValueError):
+            header = ["died"]
+        if header[0] == Verb.READY:
+            template.ready = True
+            for ex_id in template.waiting:
+                ex = self.procs.get(ex_id)
+                if ex is not None and ex.theirs is not None and not template.fork(ex):
+                    self._drop_template(key)
+                    _pool.spawn(template.recipe, ex)
+                    return self._spawn_waiting(template)
+            template.waiting.clear()
+            return None
+        if header[0] == Verb.NOFORK and key not in self._no_fork:
+            self._no_fork.add(key)
+            peer_log.warning("executors of environment %s are spawned one by one (each "
+                             "imports it): %s", key.dist[:12], header[1])
+        # (an import that raised: each executor imports again and says so itself)
+        self._drop_template(key)
+        return self._spawn_waiting(template)
+
+    def _spawn_waiting(self, template: Template) -> None:
+        for ex_id in template.waiting:
+            ex = self.procs.get(ex_id)
+            if ex is not None and ex.theirs is not None:
+                try:
+                    _pool.spawn(template.recipe, ex)
+                except OSError as exc:
+                    log.error("cannot start an executor: %s", exc)
+                    self._apply(self._executor_died(ex_id))
+        template.waiting.clear()
+
+    def _dist_replaced(self, dist: str) -> None:
+        """A distribution's tree is removed (drifted, or evicted): its executors and templates
+        stop."""
+        self._apply(self.slots.env_replaced(dist))
+        for key in [k for k in self.templates if k.dist == dist]:
+            self._drop_template(key)
+
+    def _drop_template(self, key: EnvKey) -> None:
+        template = self.templates.pop(key, None)
+        if template is not None:
+            template.kill()
 
     def _on_executor(self, ex_id: int, proc: ExecutorProcess) -> None:
         try:
@@ -469,7 +549,7 @@ class Daemon:
         proc = self.procs.get(ex_id)
         if proc is None:
             return []
-        code = proc.proc.poll()
+        code = proc.poll()
         head = self.slots.running(ex_id)
         if head is not None:
             peer_log.warning("executor %d died (exit %s) running task %d; replacing it",
@@ -497,8 +577,12 @@ class Daemon:
 
     def _tick(self, now: float) -> None:
         for ex_id, proc in list(self.procs.items()):
-            if proc.proc.poll() is not None:
+            if proc.poll() is not None:
                 self._apply(self._executor_died(ex_id))
+        used = {ex.key for ex in self.slots.executors.values()}
+        for key, template in list(self.templates.items()):  # (their memory goes back)
+            if key not in used and now - template.last_used > self.slots.idle_after:
+                self._drop_template(key)
         self._apply(self.slots.tick(now))
         self.dists.tick(now)
         for peer in self.mains.silent(now, self.lost_after):
@@ -525,7 +609,8 @@ class Daemon:
             "mains": [x.name for x in self.mains.values()],
             "held": {self.mains[peer].name: n for peer, n in self.slots.held().items()
                      if peer in self.mains},
-            "executors": [proc.pid for proc in self.procs.values()],
+            "executors": [proc.pid for proc in self.procs.values() if proc.pid],
+            "templates": [t.proc.pid for t in self.templates.values()],
             "public_key": self.key.public if self.key else None,
             "blobs_received": self.dists.blobs_received,
             "dropped": self.dropped,

@@ -48,6 +48,7 @@ class Overlay:
         Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
         self._call("mount", None, b"/", None, _MS_REC | _MS_PRIVATE, None)
         self._count = 0
+        self._protected: list[Path] = []  # paths protect() covers
         self._upper: Path | None = None
         self._mtime = 0  # the upper layer's mtime when it was empty
         self._last_start = 0  # when the previous task began (wall clock, ns)
@@ -74,6 +75,22 @@ class Overlay:
             self._mount()
         os.fchdir(self._env_fd)  # (by descriptor: no path to resolve before every task)
 
+    def after_fork(self) -> None:
+        """In an executor forked from a template: a mount namespace of its own, in which the
+        template's overlays give way to fresh ones (each executor's writes stay its own)."""
+        os.close(self._env_fd)
+        os.close(self._upper_fd)
+        os.chdir("/")
+        self._call("unshare", _CLONE_NEWNS)  # (inside the template's user namespace)
+        self._call("mount", None, b"/", None, _MS_REC | _MS_PRIVATE, None)
+        self._call("umount2", bytes(self.env), _MNT_DETACH)
+        protected, self._protected = self._protected, []
+        for path in protected:
+            self._call("umount2", bytes(path), _MNT_DETACH)
+            self.protect(path)
+        self._count = 0
+        self._mount()
+
     def protect(self, path: Path) -> None:
         """Mount an overlay over ``path`` too, for this executor's life: writes to it (a
         built Python environment, whose files are links into a package cache that other
@@ -84,6 +101,7 @@ class Overlay:
         work.mkdir()
         options = f"lowerdir={path},upperdir={upper},workdir={work}"
         self._call("mount", b"overlay", bytes(path), b"overlay", 0, options.encode())
+        self._protected.append(path)
 
     def written(self) -> list[str]:
         """Relative paths of the files the current task created or changed."""

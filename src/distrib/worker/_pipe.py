@@ -35,6 +35,7 @@ class Verb(enum.StrEnum):
     SKIP = "skip"  # [SKIP, key]: drop that task if it has not started
     # executor -> daemon
     READY = "ready"  # [READY, isolation]: the environment is imported ("overlay" or "copy")
+    NOFORK = "nofork"  # [NOFORK, why]: a template that cannot fork executors safely
     SKIPPED = "skipped"  # [SKIPPED, key]: dropped, never started
     ENV_ERROR = "env_error"  # [ENV_ERROR, record] + error frames: the import failed; it exits
     OUT = "out"  # [OUT, key, stream, text]: a task's output line(s)

@@ -1,19 +1,32 @@
-"""Executor processes, seen from the daemon: spawn, send a task, read what comes back, kill.
+"""Executor processes, seen from the daemon: start, send a task, read what comes back, kill.
 
-Executors are fresh interpreters (``subprocess`` fork+exec, never a bare fork of the daemon)
-that import one environment once and then run its tasks one by one. Each talks to the daemon
-over a socketpair; the daemon polls the socket's file descriptor in its event loop.
+An executor imports one environment once and then runs its tasks one by one, talking to the
+daemon over a socketpair whose file descriptor the daemon polls. It is started one of two ways:
+
+- forked from a *template*: one process per environment (distribution, context and thread
+  count) that imported the workspace once and forks an executor for each socket the daemon
+  sends it, so twenty slots cost one import, not twenty. The daemon is a subreaper: executors
+  are forked twice over and adopted by it, so it waits for them as for its own children;
+- spawned as a fresh interpreter (``subprocess``, never a bare fork of the threaded daemon):
+  while the template is still importing, when it cannot fork safely (its import started
+  threads), or where there is no ``fork``.
+
+An executor exists (its pipe is open, tasks can be handed to it) before its process does; it
+is *attached* to one when its template is ready or it is spawned.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +43,72 @@ THREAD_VARS = (
     "NUMEXPR_NUM_THREADS",
     "VECLIB_MAXIMUM_THREADS",
 )
+_PR_SET_CHILD_SUBREAPER = 36
+FORK_TIMEOUT = 10.0  # seconds a template may take to answer a fork
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (forked executors), so this process can wait for them."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+class Adopted:
+    """An executor forked by a template and adopted by this process: what ``Popen`` offers."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # (reaped elsewhere: gone all the same)
+                self.returncode = -1
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
+            time.sleep(0.001)  # (wait_exit calls this once the pidfd said it exited)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
 
 
 @dataclass(eq=False)
 class ExecutorProcess:
-    """One executor process and the daemon's end of its socketpair."""
+    """One executor and the daemon's end of its socketpair; ``proc`` is None until attached."""
 
-    proc: subprocess.Popen[bytes]
     pipe: Pipe
     scratch: Path  # where it keeps its task layers, as <pid>-<n>
+    theirs: socket.socket | None = None  # the executor's end, until a process takes it
+    proc: subprocess.Popen[bytes] | Adopted | None = None
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self.proc.pid if self.proc is not None else 0
 
     def fileno(self) -> int:
         return self.pipe.fileno()
+
+    def poll(self) -> int | None:
+        """Its exit code once it ended; None while it runs (or is not started yet)."""
+        return self.proc.poll() if self.proc is not None else None
 
     def run(self, tasks: list[tuple[int, list[Any]]]) -> None:
         """Hand tasks (key, call frames) to this executor, which runs them in order."""
@@ -61,15 +124,21 @@ class ExecutorProcess:
         return self.pipe.recv()
 
     def signal_kill(self) -> None:
-        try:
-            self.proc.send_signal(signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        if self.proc is not None:
+            try:
+                self.proc.send_signal(signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def kill(self) -> None:
         """Stop the process now and reap it."""
         self.signal_kill()
         self.pipe.close()
+        if self.theirs is not None:
+            self.theirs.close()
+            self.theirs = None
+        if self.proc is None:
+            return
         try:
             wait_exit(self.proc, 5)
         except subprocess.TimeoutExpired:
@@ -78,33 +147,113 @@ class ExecutorProcess:
             remove_tree(layer)
 
 
-def spawn(threads: int, env: Path, main: str | None, runs: Path, argv: list[str],
-          forwarded: dict[str, str], python: Path | None = None) -> ExecutorProcess:
-    """Start an executor whose environment tree is ``env``, for tasks of ``threads`` threads,
-    importing the main script with the Main's ``argv`` and ``forwarded`` variables set (sent
-    as its first message: an environment of any size fits there). ``python`` is the
-    interpreter of a built Python environment (default: the daemon's own)."""
-    ours, theirs = socket.socketpair()
-    environ = dict(os.environ)
-    for name in THREAD_VARS:
-        environ[name] = str(threads)
-    try:
-        proc = subprocess.Popen(
-            [str(python or sys.executable), "-P", "-m", "distrib.worker._child",
-             str(theirs.fileno()), str(env), main or "", str(runs),
-             str(python.parent.parent) if python else ""],
+@dataclass(frozen=True)
+class Recipe:
+    """How to start processes of one environment: its tree, main script, interpreter, the
+    Main's argv and variables, and the thread count of its tasks."""
+
+    threads: int
+    env: Path
+    main: str | None
+    runs: Path
+    argv: list[str]
+    forwarded: dict[str, str]
+    python: Path | None = None  # a built Python environment's interpreter (default: ours)
+
+    def popen(self, mode: list[str], theirs: socket.socket) -> subprocess.Popen[bytes]:
+        environ = dict(os.environ)
+        for name in THREAD_VARS:
+            environ[name] = str(self.threads)
+        venv = str(self.python.parent.parent) if self.python else ""
+        return subprocess.Popen(
+            [str(self.python or sys.executable), "-P", "-m", "distrib.worker._child", *mode,
+             str(theirs.fileno()), str(self.env), self.main or "", str(self.runs), venv],
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,  # a task's prints are forwarded at the Python level
             env=environ,
-            cwd=env,
+            cwd=self.env,
         )
-    finally:
-        theirs.close()
-    executor = ExecutorProcess(proc, Pipe(ours), runs)
+
+
+def executor(recipe: Recipe) -> ExecutorProcess:
+    """A new executor, not attached to a process yet."""
+    ours, theirs = socket.socketpair()
+    return ExecutorProcess(Pipe(ours), recipe.runs, theirs)
+
+
+def spawn(recipe: Recipe, ex: ExecutorProcess) -> None:
+    """Attach ``ex`` to a fresh interpreter that imports the environment itself; its first
+    message is the Main's context (an environment of any size fits there)."""
+    assert ex.theirs is not None
     try:
-        executor.pipe.send([Verb.CONTEXT, argv, forwarded])
-    except OSError:
-        executor.kill()
-        raise
-    return executor
+        ex.proc = recipe.popen([], ex.theirs)
+    finally:
+        ex.theirs.close()
+        ex.theirs = None
+    ex.pipe.send([Verb.CONTEXT, recipe.argv, recipe.forwarded])
+
+
+@dataclass(eq=False)
+class Template:
+    """A process that imported one environment and forks executors of it."""
+
+    proc: subprocess.Popen[bytes]
+    control: Pipe
+    recipe: Recipe
+    ready: bool = False
+    waiting: list[int] = field(default_factory=list)  # executors to fork once it is ready
+    last_used: float = 0.0
+
+    @classmethod
+    def start(cls, recipe: Recipe, now: float) -> Template:
+        ours, theirs = socket.socketpair()
+        try:
+            proc = recipe.popen(["template"], theirs)
+        finally:
+            theirs.close()
+        template = cls(proc, Pipe(ours), recipe, last_used=now)
+        template.control.send([Verb.CONTEXT, recipe.argv, recipe.forwarded])
+        return template
+
+    def fileno(self) -> int:
+        return self.control.fileno()
+
+    def fork(self, ex: ExecutorProcess) -> bool:
+        """Attach ``ex`` to a process forked from this template; False if it cannot."""
+        assert ex.theirs is not None and self.ready
+        sock = self.control.sock
+        try:
+            sock.settimeout(FORK_TIMEOUT)
+            socket.send_fds(sock, [b"F"], [ex.theirs.fileno()])
+            answer = b""
+            while len(answer) < 8:
+                part = sock.recv(8 - len(answer))
+                if not part:
+                    break
+                answer += part
+        except OSError as exc:
+            log.warning("template %d did not fork an executor: %s", self.proc.pid, exc)
+            return False
+        finally:
+            sock.setblocking(True)
+        pid = struct.unpack("<q", answer)[0] if len(answer) == 8 else -1
+        if pid <= 0:
+            return False
+        ex.proc = Adopted(pid)
+        ex.theirs.close()
+        ex.theirs = None
+        return True
+
+    def kill(self) -> None:
+        try:
+            self.proc.send_signal(signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.control.close()
+        try:
+            wait_exit(self.proc, 5)
+        except subprocess.TimeoutExpired:
+            log.warning("template %d did not exit after SIGKILL", self.proc.pid)
+        for layer in self.recipe.runs.glob(f"{self.proc.pid}-*"):
+            remove_tree(layer)
