@@ -239,7 +239,9 @@ def _from_file(path: Path, table: dict[str, Any]) -> dict[str, Any]:
     if "dependencies" in main:
         values["dependencies"] = _dependencies(f"{name} dependencies", main["dependencies"])
     if "requirements" in main:
-        values["requirements"] = base / _str(f"{name} requirements", main["requirements"])
+        values["requirements"] = _requirements(f"{name} requirements",
+                                               base / _str(f"{name} requirements",
+                                                           main["requirements"]))
     local = table.get("local", {})
     if "threads" in local:
         values["local_threads"] = _positive(f"{where}: [local] threads", local["threads"], int)
@@ -261,6 +263,18 @@ def _dependencies(name: str, raw: Any) -> str:
         raise ConfigError(f"{name}={raw!r}: expected \"auto\" (what the workspace imports) or "
                           "\"none\" (name a requirements file with requirements = ...)")
     return str(raw)
+
+
+def _requirements(name: str, path: Path) -> Path:
+    """A requirements file's path, checked: it exists, and its kind is one workers install."""
+    if not (path.suffix == ".txt" or path.name in ("pyproject.toml", "uv.lock")):
+        raise ConfigError(f"{name}={str(path)!r}: expected a requirements .txt file, a "
+                          "pyproject.toml or a uv.lock")
+    if not path.is_file():
+        raise ConfigError(f"{name}={str(path)!r}: no such file ({path.absolute()}; a relative "
+                          "path is taken from the current folder, or from the configuration "
+                          "file's)")
+    return path
 
 
 def _str(name: str, raw: Any) -> str:
@@ -295,7 +309,7 @@ def _from_environ(env: Mapping[str, str]) -> dict[str, Any]:
     if raw := env.get("DISTRIB_DEPENDENCIES", "").strip():
         values["dependencies"] = _dependencies("DISTRIB_DEPENDENCIES", raw)
     if raw := env.get("DISTRIB_REQUIREMENTS", "").strip():
-        values["requirements"] = Path(raw)
+        values["requirements"] = _requirements("DISTRIB_REQUIREMENTS", Path(raw))
     return values
 
 
@@ -339,7 +353,8 @@ def load(environ: Mapping[str, str] | None = None, overrides: Overrides = Overri
     if given.dependencies is not None:
         values["dependencies"] = _dependencies("init(dependencies=...)", given.dependencies)
     if given.requirements is not None:
-        values["requirements"] = Path(given.requirements)
+        values["requirements"] = _requirements("init(requirements=...)",
+                                               Path(given.requirements))
     if "key_path" in values:
         key_path, where = values.pop("key_path")
         try:
@@ -347,9 +362,6 @@ def load(environ: Mapping[str, str] | None = None, overrides: Overrides = Overri
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
     settings = Settings(**values)
-    if settings.requirements is not None and not settings.requirements.is_file():
-        raise ConfigError(f"{settings.source}: requirements {settings.requirements}: no such "
-                          "file (a requirements.txt, pyproject.toml or uv.lock)")
     if settings.workspace is not None and not settings.workspace.is_dir():
         raise ConfigError(f"{settings.source}: workspace {settings.workspace}: no such folder")
     keyed = [w.address for w in settings.workers if w.public_key]

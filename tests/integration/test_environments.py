@@ -187,13 +187,16 @@ def test_a_package_no_index_has_fails_as_a_dependency_error_naming_it(
 
 
 def test_a_local_editable_package_outside_the_workspace_is_shipped(
-        workspace: Workspace, start_worker: Callable[..., Worker], tmp_path: Path) -> None:
+        workspace: Workspace, start_worker: Callable[..., Worker], tmp_path: Path,
+        wheels: Path) -> None:
     source = tmp_path / "localpkg-src"
     (source / "localpkg").mkdir(parents=True)
     (source / "localpkg" / "__init__.py").write_text(
         "from localpkg.data import VALUE\n")
     (source / "localpkg" / "data.py").write_text("VALUE = 'edited ' + str(6 * 7)\n")
-    python = layered_venv(tmp_path / "main-editable")
+    # A module the Main never imports, which imports a package the Main has (so is pinned).
+    (source / "localpkg" / "extra.py").write_text("import tinylib\nVERSION = tinylib.VERSION\n")
+    python = layered_venv(tmp_path / "main-editable", wheels, ("tinylib==1.0",))
     site = next((tmp_path / "main-editable").glob("lib/python*/site-packages"))
     info = site / "localpkg-0.1.dist-info"  # what an editable install leaves (PEP 660, 610)
     info.mkdir()
@@ -202,15 +205,15 @@ def test_a_local_editable_package_outside_the_workspace_is_shipped(
         {"url": source.as_uri(), "dir_info": {"editable": True}}))
     (info / "RECORD").write_text("")
     (site / "__editable__.localpkg-0.1.pth").write_text(f"{source}\n")
-    worker = start_worker(extra=("--no-index",))
+    worker = start_worker(extra=offline(wheels))
     workspace.write("main.py", """\
         import localpkg
         from distrib import distributed
 
         @distributed
         def value(i):
-            import localpkg
-            return localpkg.VALUE, localpkg.__file__
+            import localpkg.extra
+            return localpkg.VALUE + " " + localpkg.extra.VERSION, localpkg.__file__
 
         if __name__ == "__main__":
             for i in range(3):
@@ -222,7 +225,7 @@ def test_a_local_editable_package_outside_the_workspace_is_shipped(
     assert len(lines) == 3
     for line in lines:
         value, path = line.rsplit(" ", 1)
-        assert value == "edited 42"
+        assert value == "edited 42 1.0"
         assert Path(path).is_relative_to(worker.cache_dir / "venvs"), path
 
 
@@ -371,6 +374,7 @@ def test_environments_over_the_owners_limit_are_evicted_least_recently_used_firs
     assert kept == built[2]  # the limit keeps only the newest; 2.0's went when 1.0 came back
     assert built[0] == built[2] and built[0] != built[1]
     assert worker.status()["envs_built"] == 3  # 1.0 was evicted by 2.0's build, so built again
+    assert not (venvs / ".uv-cache").exists()  # uv's cache counts too, and goes first
 
 
 def test_a_requirements_file_is_installed_instead_of_what_the_main_has(

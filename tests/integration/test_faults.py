@@ -139,7 +139,8 @@ def test_a_main_that_dies_has_its_tasks_dropped_by_the_worker(workspace: Workspa
     wait_for(lambda: all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
                          for p in executors), what="the dead Main's running tasks stopped")
     log = worker.log()
-    assert "closed its connection: dropped 2 queued and stopped 2 running tasks" in log, log
+    assert "closed its connection without a goodbye" in log, log
+    assert "dropped 2 queued and stopped 2 running tasks" in log, log
 
 
 def test_a_worker_killed_mid_run_has_its_tasks_retried_elsewhere_at_once(

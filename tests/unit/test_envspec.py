@@ -82,6 +82,10 @@ def test_none_and_a_requirements_file_replace_what_is_installed(tmp_path: Path) 
     assert spec.file == ("requirements.txt", "numpy==2.0.0\n") and not spec.pins
     with pytest.raises(ConfigError, match="no-such.txt"):
         describe("auto", tmp_path / "no-such.txt", dist, tmp_path / "cache")
+    for line in ("-e ../localpkg", "./pkg", "lib @ file:///tmp/lib", "/abs/pkg.whl"):
+        (tmp_path / "local.txt").write_text(f"numpy==2.0.0\n{line}\n")
+        with pytest.raises(ConfigError, match="names a path on this machine"):
+            describe("auto", tmp_path / "local.txt", dist, tmp_path / "cache")
 
 
 def test_what_counts_as_a_worker_lacking_the_environment() -> None:

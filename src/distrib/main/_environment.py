@@ -70,6 +70,12 @@ def describe(dependencies: str, requirements: Path | None, dist: Distribution,
     # distrib's own requirements count only when the workspace imports them by name
     chosen = _distributions(imported, exclude=_closure({"distrib"}))
     chosen.update(_distributions(named))
+    # What the shipped local packages import needs installing too.
+    local_files = {name: _local_files(found, modules) for name, found in chosen.items()
+                   if _direct_url(found) is not None}
+    inner = _imports(p for files in local_files.values() for a, p in files.items()
+                     if a.endswith(".py"))
+    chosen.update(_distributions(inner - local - set(chosen)))
     pins: list[tuple[str, str]] = []
     wheels: dict[str, Path] = {}
     specs: list[Wheel] = []
@@ -78,7 +84,8 @@ def describe(dependencies: str, requirements: Path | None, dist: Distribution,
             pins.append(_headers(found)[:2])
             continue
         try:
-            wheel, path = _pack(found, modules, cache)
+            files = local_files.get(name) or _local_files(found, modules)
+            wheel, path = _pack(found, files, cache)
         except OSError as exc:
             raise DependencyError(f"cannot pack {name} {found.version} (installed from "
                                   f"{_direct_url(found)}) into a wheel for workers: {exc}")
@@ -125,13 +132,19 @@ _IMPORT = re.compile(rb"^[ \t]*(?:from[ \t]+([A-Za-z_]\w*)[\w.]*[ \t]+import\b|"
 
 def _workspace_imports(dist: Distribution) -> set[str]:
     """Top-level names the workspace's ``.py`` files import (absolute imports only)."""
+    return _imports(dist.root / e.path for e in dist.entries
+                    if e.path.endswith(".py") and e.size <= _MAX_SOURCE)
+
+
+def _imports(paths: Iterable[Path]) -> set[str]:
+    """Top-level names these ``.py`` files import (absolute imports only)."""
     names: set[str] = set()
-    for entry in dist.entries:
-        if not entry.path.endswith(".py") or entry.size > _MAX_SOURCE:
-            continue
+    for path in paths:
         try:
-            source = (dist.root / entry.path).read_bytes()
+            source = path.read_bytes()
         except OSError:
+            continue
+        if len(source) > _MAX_SOURCE:
             continue
         for single, many in _IMPORT.findall(source):
             if single:
@@ -283,9 +296,10 @@ def _local_folder(dist: md.Distribution) -> Path | None:
 # --- wheels of local packages ----------------------------------------------------------------
 
 
-def _pack(dist: md.Distribution, modules: set[str], cache: Path) -> tuple[Wheel, Path]:
-    """A wheel of ``dist`` made from the files this Main would import, and where it is."""
-    name, version = dist.metadata["Name"], dist.version
+def _local_files(dist: md.Distribution, modules: set[str]) -> dict[str, Path]:
+    """The files of a package installed from a folder, file or VCS, by their path in a
+    wheel: for an editable install, those of the modules the Main uses from its folder."""
+    name = _headers(dist)[0]
     files: dict[str, Path] = {}
     if _editable(dist):
         for module in sorted(modules):
@@ -307,6 +321,12 @@ def _pack(dist: md.Distribution, modules: set[str], cache: Path) -> tuple[Wheel,
             if text.startswith("..") or "__pycache__" in text or ".dist-info/" in text:
                 continue
             files[Path(text).as_posix()] = Path(str(dist.locate_file(f)))
+    return files
+
+
+def _pack(dist: md.Distribution, files: dict[str, Path], cache: Path) -> tuple[Wheel, Path]:
+    """A wheel of ``dist`` holding ``files``, and where it is."""
+    name, version = _headers(dist)[:2]
     info = f"{_envspec._normal(name)}-{version}.dist-info"
     metadata = dist.read_text("METADATA") or f"Metadata-Version: 2.1\nName: {name}\n" \
                                                f"Version: {version}\n"
@@ -342,6 +362,10 @@ def _b64(data: bytes) -> str:
 # --- requirements files ----------------------------------------------------------------------
 
 
+# a line that installs from a path: ``-e ./x``, ``./x``, ``../x``, ``/x``, ``file:...``
+_LOCAL = re.compile(r"^\s*(?:-e\s|--editable\b|\.{1,2}/|/)|\bfile:|@\s*(?:\.{1,2}/|/)")
+
+
 def _requirements_file(path: Path) -> tuple[str, str]:
     """(kind, text) of a requirements file; a ``uv.lock`` is exported to requirements here."""
     if not path.is_file():
@@ -359,6 +383,11 @@ def _requirements_file(path: Path) -> tuple[str, str]:
         return "requirements.txt", done.stdout
     kind = "pyproject.toml" if path.name == "pyproject.toml" else "requirements.txt"
     text = path.read_text()
+    local = [line.strip() for line in text.splitlines() if _LOCAL.search(line.split("#")[0])]
+    if local:
+        raise ConfigError(f"requirements {path}: {local[0]!r} names a path on this machine, "
+                          "which workers do not have; install that package here and use "
+                          "dependencies = \"auto\" (it ships packages installed from folders)")
     if len(text) > _envspec.MAX_FILE_TEXT:
         raise ConfigError(f"requirements {path}: larger than {_envspec.MAX_FILE_TEXT} bytes")
     return kind, text

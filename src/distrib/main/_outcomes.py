@@ -136,8 +136,7 @@ def settle(task: Task, spec: m.ResultSpec, frames: Any, worker: str, where: str,
     elif spec.status in (Outcome.ERROR, Outcome.ENV_ERROR) and (
             problem := environment_problem(spec.info)):
         if not scheduler.workers[link_id].unable:
-            log.warning("worker %s cannot run this Main's tasks: %s; they go to other workers",
-                        worker, problem)
+            log.warning("worker %s gets no more of this Main's tasks: %s", worker, problem)
         scheduler.cannot_provide(link_id, task, problem)
     elif spec.status in (Outcome.ERROR, Outcome.ENV_ERROR):
         response._finish(worker, exc=_serialize.loads_error(frames, spec.info))

@@ -439,7 +439,8 @@ class Session:
             return
         if self._browser is not None and now - self._started < self.settings.connect_timeout:
             return
-        reasons = "; ".join(f"{w.name}: {w.unable}" for w in workers)
+        reasons = "; ".join(w.unable if w.name in w.unable else f"{w.name}: {w.unable}"
+                            for w in workers)
         self._fail_pending(DependencyError, f"cannot run: no worker can provide its environment "
                            f"(Python {self.env.python}, {self.env.summary()}). {reasons}")
 
@@ -452,12 +453,14 @@ class Session:
         ready = [v for v in self.scheduler.workers.values()]
         if not ready and now - self._started < self.settings.connect_timeout:
             return
+        if ready and all(w.unable for w in ready):
+            return  # (no worker can provide the environment: the tasks fail, saying why)
         for req in self.scheduler.unmatched():
             if req in self._warned:
                 continue
             self._warned.add(req)
             seen = ", ".join(f"{w.name} ({w.platform}, Python {', '.join(w.pythons)}, "
-                             f"{w.slots} slots{'; ' + w.unable if w.unable else ''})"
+                             f"{w.slots} slots{'; lacks the environment' if w.unable else ''})"
                              for w in ready) or "none"
             log.warning("tasks need platform %s, %d thread(s) and Python %s; no connected "
                         "worker offers that (workers seen: %s). They wait for one.",

@@ -96,6 +96,7 @@ class Daemon:
                                  self._wake_loop, self._envs_in_use, self._env_dropped)
         self.envs.blob_path = store.blob_path
         self._specs: dict[str, _envspec.EnvSpec] = {}  # Python environments Mains described
+        self._quiet_fds: set[int] = set()  # connections of a Goodbye or a status query
         self.dropped = 0  # malformed messages
         self.reruns = 0  # tasks run again here after a crash or a lost worker (at least once)
         self._isolation = ""  # how executors keep task writes private, once one said
@@ -236,6 +237,8 @@ class Daemon:
             main = self.mains.get(peer)
             if main is not None:
                 main.fd = frames[1].get(zmq.SRCFD)
+            elif isinstance(message, (m.Goodbye, m.StatusRequest)):
+                self._quiet_fds.add(frames[1].get(zmq.SRCFD))  # its closing is no news
 
     def _drop_closed(self) -> None:
         """A closed connection is a Main's death notice: its tasks stop now, not after the
@@ -243,9 +246,16 @@ class Daemon:
         closed, self.gate.closed = self.gate.closed, []
         if closed:
             self._drain_socket()  # what the Main sent before it closed (its Goodbye) goes first
+        limit = f"a message over the {MAX_MESSAGE_BYTES >> 20} MiB limit"
         for fd in closed:
-            for peer in self.mains.on_connection(fd):
-                self._drop_main(peer, "closed its connection")
+            peers = self.mains.on_connection(fd)
+            for peer in peers:
+                self._drop_main(peer, "closed its connection without a goodbye (killed, cut "
+                                f"off, or dropped by libzmq for {limit})")
+            if not peers and fd not in self._quiet_fds:
+                peer_log.info("a connection closed before a Hello or after its Main was dropped "
+                              "(libzmq also drops a peer that sends %s)", limit)
+            self._quiet_fds.discard(fd)
 
     def _on_message(self, peer: bytes, msg: m.Message) -> None:
         if isinstance(msg, m.StatusRequest):
@@ -341,8 +351,9 @@ class Daemon:
             return
         if missing:
             self._send(peer, m.NeedBlobs(env, sorted(missing)))
-        self._send(peer, m.EnvProgress(f"building environment: {spec.summary()} (Python "
-                                       f"{spec.python})"))
+        text = f"building environment: {spec.summary()} (Python {spec.python})"
+        peer_log.info("environment %s for Main %s: %s", env[:12], self.mains[peer].name, text)
+        self._send(peer, m.EnvProgress(text))
 
     def _on_wheels(self, peer: bytes, msg: m.Blobs) -> None:
         sizes = {w.digest: w.size for w in self._specs[msg.dist].wheels}
@@ -367,13 +378,14 @@ class Daemon:
     def _on_builds(self) -> None:
         for done in self.envs.finished():
             if done.info is None:
+                peer_log.info("environment %s built in %.1f s", done.env_id[:12], done.seconds)
                 self.slots.env_ready(done.env_id)
                 for peer in done.peers & set(self.mains):
                     self._send(peer, m.EnvProgress(
                         f"environment built in {done.seconds:.1f} s"))
             else:
                 peer_log.warning("environment %s: %s", done.env_id[:12],
-                                 done.info.get("message", "").splitlines()[0])
+                                 done.info.get("message", ""))
                 self._apply(self.slots.env_failed(done.env_id, done.info))
 
     def _envs_in_use(self) -> set[str]:

@@ -127,7 +127,7 @@ class Distributions:
                 continue
             if now - dist.progress_at > FETCH_STALL:
                 dist.source, dist.progress_at = dist.waiters.pop(), now
-                peer_log.warning("environment %s: its source sent nothing for %.0f s; asking "
+                peer_log.warning("workspace %s: its source sent nothing for %.0f s; asking "
                                  "another Main for it", dist_id[:12], FETCH_STALL)
                 self._ask(dist_id, dist)
 
@@ -187,7 +187,7 @@ class Distributions:
     def _fail(self, dist_id: str, info: dict[str, str]) -> Failed:
         """This attempt failed: forgotten, so a later submit starts over; a waiting Main (if
         any) fetches it at once."""
-        peer_log.warning("environment %s failed: %s", dist_id[:12], info.get("message"))
+        peer_log.warning("workspace %s failed: %s", dist_id[:12], info.get("message"))
         dist = self._dists.pop(dist_id)
         if dist.waiters:
             self.request(dist_id, dist.waiters.pop()).waiters |= dist.waiters
@@ -210,7 +210,7 @@ class Distributions:
             return self._fail(dist_id, ErrorRecord.of(exc, False).to_wire())
         dist.state = DistState.READY
         self._evict(keep={dist_id})
-        peer_log.info("environment %s ready (%d files)", dist_id[:12], len(dist.entries))
+        peer_log.info("workspace %s ready (%d files)", dist_id[:12], len(dist.entries))
         return Ready(dist_id)
 
 

@@ -355,37 +355,43 @@ class Environments:
             rf"(?<![\w-]){re.escape(normalize(n))}(?![\w-])", normalize(text))]
         named += [w.name for w in spec.wheels if normalize(w.name) in normalize(text)]
         what = f" ({', '.join(named[:5])})" if named else ""
+        hint = ""
+        if self.policy.install == "wheels" and "building from source is disabled" in text:
+            hint = ("\n  (this worker installs binary wheels only, --install wheels: a package "
+                    "with no wheel for it needs its owner to allow builds with --install any)")
         return ErrorRecord("distrib.DependencyError", (
             f"worker {self._name()} could not build the environment for Python {spec.python} "
             f"with {spec.summary()}{what}; the installer said:\n  "
-            + "\n  ".join(lines[-_TAIL:])), "").to_wire()
+            + "\n  ".join(lines[-_TAIL:]) + hint), "").to_wire()
 
     # --- the cache ---------------------------------------------------------------------------
 
     def _evict(self, keep: str) -> None:
-        """Keep built environments under ``max_bytes``: least recently used go first, never
-        one in use."""
-        if self.policy.max_bytes is None:
+        """Keep the disk built environments and uv's package cache take (files linked from
+        both counted once) under ``max_bytes``: first uv's cache goes (environments keep their
+        links to its files), then environments, least recently used first, never one in use."""
+        limit = self.policy.max_bytes
+        if limit is None or _disk_use(self.root) <= limit:
             return
+        if not self._builds:  # (a build may be reading it)
+            shutil.rmtree(self.root / ".uv-cache", ignore_errors=True)
+            log.info("uv's package cache: removed (environments are over --max-envs)")
         built = []
         for done in self.root.glob(f"*/{_DONE}"):
             try:
-                size = int(json.loads(done.read_text()).get("bytes", 0))
-                built.append((done.stat().st_mtime, done.parent.name, size))
-            except (OSError, ValueError, AttributeError):
+                built.append((done.stat().st_mtime, done.parent.name))
+            except OSError:
                 continue
-        total = sum(size for _, _, size in built)
         busy = self._in_use() | {keep} | set(self._builds)
-        for _, env_id, size in sorted(built):
-            if total <= self.policy.max_bytes:
+        for _, env_id in sorted(built):
+            if _disk_use(self.root) <= limit:
                 break
             if env_id in busy:
                 continue
-            log.info("environment %s: removed (least recently used; the cache is over its "
-                     "limit)", env_id[:12])
+            log.info("environment %s: removed (least recently used; environments are over "
+                     "--max-envs)", env_id[:12])
             shutil.rmtree(self.root / env_id, ignore_errors=True)
             self._dropped(env_id)
-            total -= size
 
     def _make_runtime(self) -> Path:
         """A folder of links to this daemon's distrib and the packages it needs, for the end
@@ -464,11 +470,16 @@ def _own_versions() -> dict[str, str]:
 
 
 def _disk_use(root: Path) -> int:
+    """Bytes of the files under ``root``, a file with several links counted once."""
     total = 0
+    seen: set[tuple[int, int]] = set()
     for folder, _, files in os.walk(root):
         for name in files:
             try:
-                total += os.lstat(os.path.join(folder, name)).st_size
+                st = os.lstat(os.path.join(folder, name))
             except OSError:
-                pass
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
     return total

@@ -20,7 +20,6 @@ from zmq.utils.monitor import recv_monitor_message
 from distrib._logs import RateLimited
 from distrib.wire import _keys
 from distrib.wire._keys import KeyPair
-from distrib.wire._limits import MAX_MESSAGE_BYTES
 
 log = logging.getLogger("distrib.worker")
 peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
@@ -135,10 +134,7 @@ class Gate:
                 peer_log.warning("dropped a connection that never completed the ZeroMQ handshake "
                                  "(garbage bytes, or another protocol such as HTTP)")
             else:
-                self.closed.append(value)
-                peer_log.info("a connection closed (as when a Main leaves; also how a peer is "
-                              "dropped that sent a message over the %d MiB limit)",
-                              MAX_MESSAGE_BYTES >> 20)
+                self.closed.append(value)  # (the daemon says whose, if anyone's)
         else:  # a handshake ended: the peer spoke ZeroMQ, so its closing is not "garbage"
             if self._unconfirmed:
                 self._unconfirmed.pop(0)

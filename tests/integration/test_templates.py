@@ -1,0 +1,57 @@
+"""Warm pools: executors forked from one template per environment, each import done once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tests.helpers import Worker, Workspace, wait_for
+
+LOADED = """\
+import os, sys, time
+{extra}
+from distrib import distributed
+
+LOADED_AT = time.time_ns()  # the moment this script was imported, in this process
+
+@distributed
+def where(i):
+    time.sleep(0.3)
+    return os.getpid(), os.getppid(), LOADED_AT
+
+if __name__ == "__main__":
+    calls = [where(i) for i in range(8)]
+    for pid, parent, loaded in [call.unwrap() for call in calls]:
+        print(pid, parent, loaded)
+"""
+
+
+def run(workspace: Workspace, worker: Worker, extra: str = "") -> list[tuple[int, ...]]:
+    workspace.write("main.py", LOADED.format(extra=extra))
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [tuple(map(int, line.split())) for line in out.stdout.splitlines()]
+
+
+def test_executors_are_forked_from_one_import_and_adopted_by_the_daemon(
+        workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
+    worker = start_worker(threads=4)
+    rows = run(workspace, worker)
+    assert len({pid for pid, _, _ in rows}) >= 2  # several executors ran them ...
+    assert len({loaded for _, _, loaded in rows}) == 1  # ... all from the one import
+    assert {parent for _, parent, _ in rows} == {worker.pid}  # waited for by the daemon
+    status = worker.status()
+    assert len(status["templates"]) == 1 and status["executors_crashed"] == 0
+    assert set(status["executors"]) >= {pid for pid, _, _ in rows}
+
+
+def test_a_workspace_whose_import_starts_a_thread_gets_spawned_executors(
+        workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
+    worker = start_worker(threads=4)
+    rows = run(workspace, worker, extra="import threading\nthreading.Thread(target=time.sleep, "
+                                         "args=(60,), daemon=True).start()")
+    executors = {pid for pid, _, _ in rows}
+    assert len(executors) >= 2
+    assert len({loaded for _, _, loaded in rows}) == len(executors)  # each imported it
+    wait_for(lambda: "spawned one by one" in worker.log(), what="the worker saying why")
+    assert "started 1 thread(s)" in worker.log()
+    assert worker.status()["templates"] == []
