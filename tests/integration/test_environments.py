@@ -294,7 +294,7 @@ def test_a_garbage_environment_description_is_refused_and_the_worker_serves_on(
             sock.connect(worker.address)
             sock.send_multipart(_codec.encode(m.Hello(
                 m.PROTOCOL_VERSION, "evil", "evil", _facts.python_version(), 1, False, [], {},
-                garbage, 1 << 20)))
+                garbage, 1 << 20, [])))
             assert sock.poll(30_000), "no answer from the worker"
             answer = _codec.decode(sock.recv_multipart())
             assert isinstance(answer, m.Refused), answer
@@ -326,7 +326,7 @@ def test_a_main_sending_a_bad_wheel_fails_its_own_tasks_only(
         sock.connect(worker.address)
         sock.send_multipart(_codec.encode(m.Hello(
             m.PROTOCOL_VERSION, "evil", "evil", _facts.python_version(), 1, False, [], {},
-            spec.encode(), 1 << 20)))
+            spec.encode(), 1 << 20, [])))
         sock.send_multipart(_codec.encode(m.Submit([m.TaskSpec(1, "d" * 64, 1, None, 0,
                                                                [b"x"], 0)])))
         seen: list[m.Message] = []

@@ -55,3 +55,29 @@ def test_a_workspace_whose_import_starts_a_thread_gets_spawned_executors(
     wait_for(lambda: "spawned one by one" in worker.log(), what="the worker saying why")
     assert "started 1 thread(s)" in worker.log()
     assert worker.status()["templates"] == []
+
+
+def test_modules_the_main_imported_are_imported_once_by_the_template(
+        workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
+    worker = start_worker(threads=4)
+    workspace.write("heavy.py", "import time\nLOADED_AT = time.time_ns()\n")
+    workspace.write("main.py", """\
+        import os, time
+        from distrib import distributed
+
+        @distributed
+        def loaded(i):
+            import heavy  # (the main script imports it only when run as a script)
+            time.sleep(0.3)
+            return os.getpid(), heavy.LOADED_AT
+
+        if __name__ == "__main__":
+            import heavy
+            calls = [loaded(i) for i in range(8)]
+            for pid, at in [call.unwrap() for call in calls]:
+                print(pid, at)
+        """)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [tuple(map(int, line.split())) for line in out.stdout.splitlines()]
+    assert len({pid for pid, _ in rows}) >= 2 and len({at for _, at in rows}) == 1

@@ -35,7 +35,12 @@ from distrib._errors import (
 )
 from distrib._response import Response
 from distrib.main import _discovery
-from distrib.main._shipping import blob_messages, forwarded_environ, scan_workspace
+from distrib.main._shipping import (
+    blob_messages,
+    forwarded_environ,
+    preload_modules,
+    scan_workspace,
+)
 from distrib.main._link import Link, LinkState
 from distrib.main._outcomes import Outputs, settle
 from distrib.main._scheduler import Scheduler, Task, WorkerView
@@ -93,7 +98,8 @@ class Session:
         log.info("environment for workers: Python %s, %s", self.env.python, self.env.summary())
         self.hello = m.Hello(m.PROTOCOL_VERSION, self.main_id, self.name, self.python,
                              os.getpid(), settings.forward_output, list(sys.argv), forwarded,
-                             self.env.encode(), MAX_MESSAGE_BYTES)
+                             self.env.encode(), MAX_MESSAGE_BYTES,
+                             preload_modules(self.dist.root if self.dist.entries else None))
         self.links: dict[str, Link] = {}
         for worker in workers:
             self._add_link(worker)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import logging
+import os
 import re
 import sys
 import zlib
@@ -70,6 +71,32 @@ def forwarded_environ(dist: Distribution, patterns: tuple[str, ...],
     names.update(n for n in environ if any(fnmatch.fnmatchcase(n, p) for p in patterns))
     return {n: environ[n] for n in sorted(names) if n in environ
             and not any(fnmatch.fnmatchcase(n, p) for p in _NOT_FORWARDED)}
+
+
+_PRELOAD_MAX = 500
+
+
+def preload_modules(root: Path | None) -> list[str]:
+    """Modules this Main has imported that its tasks will likely import too, for executors'
+    templates to import once: the workspace's own (by full name) and installed packages (by
+    top-level name); not the standard library's, not distrib's own, not private ones."""
+    from distrib import _runtime
+
+    base = str(root.resolve()) + os.sep if root is not None else None
+    out = []
+    for name, module in list(sys.modules.items()):
+        top = name.partition(".")[0]
+        if (name.startswith("_") or top in sys.stdlib_module_names
+                or name in _runtime.own_modules):
+            continue
+        path = getattr(module, "__file__", None)
+        if not isinstance(path, str):
+            continue
+        if base is not None and os.path.abspath(path).startswith(base):
+            out.append(name)
+        elif "." not in name:
+            out.append(name)
+    return sorted(out)[:_PRELOAD_MAX]
 
 
 def scan_workspace(settings: Settings, main_file: Path | None) -> Distribution:

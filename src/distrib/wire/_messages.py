@@ -75,6 +75,7 @@ class Hello(Message):
     environ: dict[str, str]  # variables forwarded to the executors of its tasks
     environment: bytes  # its Python environment (``wire._envspec``): what its tasks import
     max_frame: int  # the largest frame it takes; larger payload frames come in pieces
+    preload: list[str]  # modules it had imported: executors' templates import them once
 
 
 @dataclass(frozen=True, slots=True)

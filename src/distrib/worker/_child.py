@@ -134,13 +134,13 @@ def main(argv: list[str]) -> None:
     if argv[4] and isinstance(isolation, _isolation.Overlay):  # a built Python environment
         isolation.protect(Path(argv[4]))
     sys.path.insert(0, str(env))
-    if _prepare(pipe, env, main_script):
+    if _prepare(pipe, env, main_script) is not None:
         _serve(pipe, isolation, os.getppid())
 
 
-def _prepare(pipe: Pipe, env: Path, main_script: str) -> bool:
-    """Take the Main's context and import its main script; False (said to the daemon) if the
-    import raised."""
+def _prepare(pipe: Pipe, env: Path, main_script: str) -> list[str] | None:
+    """Take the Main's context and import its main script; None (said to the daemon) if the
+    import raised, else the modules to import ahead (for a template)."""
     header, _ = pipe.recv()  # [CONTEXT, argv, variables], before any user code runs
     if header[0] != Verb.CONTEXT:
         raise SystemExit(f"executor: expected the Main's context first, got {header[0]!r}")
@@ -154,8 +154,8 @@ def _prepare(pipe: Pipe, env: Path, main_script: str) -> bool:
     except BaseException as exc:  # anything the script raised while importing
         pipe.send([Verb.ENV_ERROR, _serialize.error_info(exc)], _serialize.dumps_error(exc))
         pipe.close()
-        return False
-    return True
+        return None
+    return list(header[3]) if len(header) > 3 else []
 
 
 def _template(argv: list[str]) -> None:
@@ -171,8 +171,14 @@ def _template(argv: list[str]) -> None:
     if argv[4] and isinstance(isolation, _isolation.Overlay):
         isolation.protect(Path(argv[4]))
     sys.path.insert(0, str(env))
-    if not _prepare(pipe, env, main_script):
+    preload = _prepare(pipe, env, main_script)
+    if preload is None:
         return
+    for name in preload[:500]:  # what the Main had imported: tasks will likely import it too
+        try:
+            importlib.import_module(name)
+        except Exception:  # (a task that needs it will say why)
+            pass
     threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1
     if threads > 1 or threading.active_count() > 1 or pipe.buffered():
         pipe.send([Verb.NOFORK, f"importing the workspace started {threads - 1} thread(s), "

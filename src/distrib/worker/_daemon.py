@@ -390,7 +390,7 @@ class Daemon:
 
     def _envs_in_use(self) -> set[str]:
         """Environments of connected Mains, live executors and queued tasks."""
-        executors = {self.mains.contexts[ex.key.context][2]
+        executors = {self.mains.contexts[ex.key.context].env
                      for ex in self.slots.executors.values()
                      if ex.key.context in self.mains.contexts}
         return {x.env for x in self.mains.values()} | executors | self.slots.active_envs()
@@ -430,9 +430,11 @@ class Daemon:
             elif isinstance(action, Spawn):
                 dist = self.dists.get(action.key.dist)
                 assert dist is not None and dist.env is not None
-                argv, environ, env = self.mains.contexts[action.key.context]
-                recipe = Recipe(action.key.threads, dist.env, dist.main, self.runs, argv,
-                                environ, self.envs.python(env) if env else None)
+                context = self.mains.contexts[action.key.context]
+                recipe = Recipe(action.key.threads, dist.env, dist.main, self.runs,
+                                context.argv, context.environ,
+                                self.envs.python(context.env) if context.env else None,
+                                context.preload)
                 try:
                     self.procs[action.ex_id] = _pool.executor(recipe)
                     self._start(action.key, recipe, action.ex_id)

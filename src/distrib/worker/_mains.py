@@ -11,8 +11,17 @@ import msgpack
 
 from distrib.wire import _messages as m
 
-# The Main's sys.argv, forwarded variables, and Python environment ("": the daemon's own)
-Context = tuple[list[str], dict[str, str], str]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What executors of a Main's runs get: its sys.argv, forwarded variables, Python
+    environment ("": the daemon's own), and the modules their template imports ahead."""
+
+    argv: list[str]
+    environ: dict[str, str]
+    env: str
+    preload: list[str]
 
 
 @dataclass(eq=False)
@@ -41,11 +50,11 @@ class Mains(dict[bytes, MainPeer]):
     def welcome(self, peer: bytes, hello: m.Hello, now: float, env: str,
                 env_problem: str) -> MainPeer:
         context = hashlib.sha256(msgpack.packb([hello.argv, sorted(hello.environ.items()),
-                                                env]))
+                                                env, hello.preload]))
         main = self[peer] = MainPeer(peer, hello.main_id, hello.name, hello.forward_output, now,
                                      context.hexdigest()[:16], env, env_problem,
                                      hello.max_frame)
-        self.contexts[main.context] = (hello.argv, hello.environ, env)
+        self.contexts[main.context] = Context(hello.argv, hello.environ, env, hello.preload)
         return main
 
     def on_connection(self, fd: int) -> list[bytes]:

@@ -159,6 +159,7 @@ class Recipe:
     argv: list[str]
     forwarded: dict[str, str]
     python: Path | None = None  # a built Python environment's interpreter (default: ours)
+    preload: list[str] = field(default_factory=list)  # modules a template imports ahead
 
     def popen(self, mode: list[str], theirs: socket.socket) -> subprocess.Popen[bytes]:
         environ = dict(os.environ)
@@ -213,7 +214,7 @@ class Template:
         finally:
             theirs.close()
         template = cls(proc, Pipe(ours), recipe, last_used=now)
-        template.control.send([Verb.CONTEXT, recipe.argv, recipe.forwarded])
+        template.control.send([Verb.CONTEXT, recipe.argv, recipe.forwarded, recipe.preload])
         return template
 
     def fileno(self) -> int:
