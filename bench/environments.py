@@ -3,7 +3,8 @@
     bench/run is not needed; after it has set up bench/.venv:
     bench/.venv/bin/python -m bench.environments [--package numpy==2.4.6] [--reps 3]
 
-The worker's (and Ray cluster's) own environment is bench/.venv, which lacks the package. Each
+The worker's (and Ray cluster's) own environment is bench/.venv-lean (made here, once: the
+project, Ray and virtualenv, as bench/.venv but without the package). Each
 peer gets the same wheel, from one local folder (no index), and each repetition starts cold:
 a fresh worker cache (distrib: its uv cache too) or a fresh Ray cluster. Three driver
 processes run in turn against it, and their wall times are measured:
@@ -32,6 +33,7 @@ from uv import find_uv_bin
 
 HERE = Path(__file__).resolve().parent
 WHEELS = HERE / ".venv" / "env-wheels"
+LEAN = HERE / ".venv-lean" / "bin" / "python"
 
 DISTRIB_MAIN = """\
 import sys, time
@@ -88,12 +90,23 @@ def fetch_wheel(package: str) -> None:
                     "--only-binary", ":all:", "-d", str(WHEELS), package], check=True)
 
 
+def lean_venv() -> Path:
+    """The worker's and Ray cluster's environment: what bench/.venv has but the package."""
+    if not LEAN.exists():
+        uv = find_uv_bin()
+        subprocess.run([uv, "venv", "-q", "--python", sys.executable,
+                        str(LEAN.parent.parent)], check=True)
+        subprocess.run([uv, "pip", "install", "-q", "--python", str(LEAN), "-e",
+                        str(HERE.parent), "ray", "virtualenv"], check=True)
+    return LEAN
+
+
 def main_venv(root: Path, package: str) -> Path:
-    """A Main's virtualenv: bench/.venv's packages behind its own, which add ``package``."""
+    """A Main's virtualenv: the lean venv's packages behind its own, which add ``package``."""
     uv = find_uv_bin()
     subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(root)], check=True)
     site = next(root.glob("lib/python*/site-packages"))
-    base = next((HERE / ".venv").glob("lib/python*/site-packages"))
+    base = next(LEAN.parent.parent.glob("lib/python*/site-packages"))
     (site / "zz_bench_base.pth").write_text(f"import site; site.addsitedir({str(base)!r})\n")
     subprocess.run([uv, "pip", "install", "-q", "--python", str(root / "bin" / "python"),
                     "--no-index", "--find-links", str(WHEELS), package], check=True)
@@ -108,7 +121,7 @@ def distrib_rep(tmp: Path, python: Path) -> dict[str, tuple[float, float]]:
     plain.mkdir()
     (plain / "plain.py").write_text(DISTRIB_MAIN.format(imports="", body=PLAIN))
     worker = subprocess.Popen(
-        [sys.executable, "-m", "distrib", "worker", "--listen", "127.0.0.1:0", "--threads", "2",
+        [str(LEAN), "-m", "distrib", "worker", "--listen", "127.0.0.1:0", "--threads", "2",
          "--cache-dir", str(tmp / "worker-cache"), "--no-index", "--find-links", str(WHEELS)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -125,7 +138,7 @@ def distrib_rep(tmp: Path, python: Path) -> dict[str, tuple[float, float]]:
 
 
 def ray_rep(tmp: Path, package: str, kind: str) -> dict[str, tuple[float, float]]:
-    ray = str(Path(sys.executable).parent / "ray")
+    ray = str(LEAN.parent / "ray")
     temp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # (Ray's socket paths must be short)
     subprocess.run([ray, "start", "--head", "--num-cpus", "2", "--temp-dir", str(temp),
                     "--include-dashboard", "false", "--disable-usage-stats"], check=True,
@@ -141,9 +154,9 @@ def ray_rep(tmp: Path, package: str, kind: str) -> dict[str, tuple[float, float]
         else:
             env = {"uv": {"packages": [package], "uv_pip_install_options": options}}
         spec = json.dumps(env)
-        cold = run([sys.executable, "uses.py", "auto", spec], tmp)
-        cached = run([sys.executable, "uses.py", "auto", spec], tmp)
-        base = run([sys.executable, "plain.py", "auto"], tmp)
+        cold = run([str(LEAN), "uses.py", "auto", spec], tmp)
+        cached = run([str(LEAN), "uses.py", "auto", spec], tmp)
+        base = run([str(LEAN), "plain.py", "auto"], tmp)
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True)
         shutil.rmtree(temp, ignore_errors=True)
@@ -157,6 +170,7 @@ def main() -> None:
     parser.add_argument("--only", default="distrib,ray-pip,ray-uv")
     args = parser.parse_args()
     fetch_wheel(args.package)
+    lean_venv()
     rows: dict[str, list[dict[str, tuple[float, float]]]] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

@@ -177,6 +177,23 @@ def cold_start(name: str, p: Metrics) -> Metrics:
     return {"seconds": elapsed}
 
 
+def full_parallelism(name: str, p: Metrics) -> Metrics:
+    """W8: on a fresh cluster (no warm-up), ``calls`` concurrent sleeps of a module that
+    imports numpy; wall time from the first call to the last result."""
+    from bench import numpy_tasks  # (the Main imports it, as a script importing numpy does)
+
+    fw = load(name)
+    fw.start(p["slots"])
+    try:
+        t0 = time.perf_counter()
+        handles = [fw.submit(numpy_tasks.nap, p["seconds"]) for _ in range(p["calls"])]
+        check([fw.result(h) for h in handles], [1] * p["calls"], "nap")
+        elapsed = time.perf_counter() - t0
+    finally:
+        fw.stop()
+    return {"seconds": elapsed, "efficiency": p["seconds"] / elapsed}
+
+
 def memory(name: str, p: Metrics) -> Metrics:
     """W6: the Main's RSS growth with ``calls`` calls submitted and not yet collected."""
     with cluster(name, p["slots"]) as (fw, extra):
@@ -270,6 +287,15 @@ WORKLOADS: dict[str, Workload] = {w.id: w for w in [
         "W5", "W5", "W5 cold start: a fresh process starts a 2-slot cluster, runs one call, exits",
         (Metric("seconds", "wall time", "s", False),),
         cold_start, {"timeout_s": 300}, {"timeout_s": 300}, 400,
+    ),
+    Workload(
+        "W8", "W8", "W8 time to full parallelism: a fresh {slots}-slot cluster runs {calls} "
+        "concurrent sleep({seconds}) of a module importing numpy",
+        (Metric("seconds", "first call to last result", "s", False),),
+        full_parallelism, {"slots": 20, "calls": 20, "seconds": 0.5},
+        {"slots": 20, "calls": 20, "seconds": 0.5}, 600,
+        notes=("No warm-up: the cluster is started, then timed from the first call. "
+               "ProcessPoolExecutor forks its workers from the Main, which imported numpy.",),
     ),
     Workload(
         "W6", "W6", "W6 memory: Main's RSS growth with {calls:,} calls submitted, not collected",

@@ -81,3 +81,44 @@ def test_modules_the_main_imported_are_imported_once_by_the_template(
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [tuple(map(int, line.split())) for line in out.stdout.splitlines()]
     assert len({pid for pid, _ in rows}) >= 2 and len({at for _, at in rows}) == 1
+
+
+def test_what_a_task_leaves_running_is_reaped_when_it_ends(
+        workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
+    import psutil
+
+    worker = start_worker(threads=2)
+    workspace.write("main.py", """\
+        import os, struct, time
+        from distrib import distributed
+
+        @distributed
+        def daemonize(i):
+            read, write = os.pipe()
+            if os.fork() == 0:  # a helper that outlives its parent: adopted by the daemon
+                helper = os.fork()
+                if helper == 0:
+                    time.sleep(0.5)
+                    os._exit(0)
+                os.write(write, struct.pack("<q", helper))
+                os._exit(0)
+            os.wait()
+            return struct.unpack("<q", os.read(read, 8))[0]
+
+        if __name__ == "__main__":
+            for call in [daemonize(i) for i in range(4)]:
+                print(call.unwrap())
+        """)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
+    assert out.returncode == 0, out.stderr[-3000:]
+    helpers = [int(line) for line in out.stdout.split()]
+    assert len(helpers) == 4
+
+    def gone(pid: int) -> bool:  # (not even a zombie: reaped)
+        try:
+            return psutil.Process(pid).ppid() != worker.pid
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_for(lambda: all(gone(pid) for pid in helpers), timeout=30,
+             what="the helpers, ended, reaped by the daemon")

@@ -511,6 +511,25 @@ class Daemon:
                     self._apply(self._executor_died(ex_id))
         template.waiting.clear()
 
+    def _reap_strays(self) -> None:
+        """As a subreaper, this daemon also adopts what tasks left running when their own
+        parent exited (a daemonized helper, say): reap those once they end, or they stay
+        zombies. Its own children (executors, templates, builds) are waited for where they
+        are started; the first of those met ends the sweep (the rest wait for the next)."""
+        ours = {ex.pid for ex in self.procs.values()} | {
+            t.proc.pid for t in self.templates.values()} | self.envs.pids()
+        while True:
+            try:
+                found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if found is None or found.si_pid in ours or found.si_pid == 0:
+                return
+            try:
+                os.waitpid(found.si_pid, 0)
+            except ChildProcessError:
+                return
+
     def _dist_replaced(self, dist: str) -> None:
         """A distribution's tree is removed (drifted, or evicted): its executors and templates
         stop."""
@@ -593,6 +612,8 @@ class Daemon:
         for ex_id, proc in list(self.procs.items()):
             if proc.poll() is not None:
                 self._apply(self._executor_died(ex_id))
+        if self._forking:
+            self._reap_strays()
         used = {ex.key for ex in self.slots.executors.values()}
         for key, template in list(self.templates.items()):  # (their memory goes back)
             if key not in used and now - template.last_used > self.slots.idle_after:

@@ -277,6 +277,10 @@ class Environments:
             if done.info is None:
                 self._evict(keep=done.env_id)
 
+    def pids(self) -> set[int]:
+        """Processes of the builds running now."""
+        return {b.proc.pid for b in self._builds.values() if b.proc is not None}
+
     def close(self) -> None:
         for build in self._builds.values():
             if build.proc is not None and build.proc.poll() is None:
