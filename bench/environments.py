@@ -97,7 +97,7 @@ def lean_venv() -> Path:
         subprocess.run([uv, "venv", "-q", "--python", sys.executable,
                         str(LEAN.parent.parent)], check=True)
         subprocess.run([uv, "pip", "install", "-q", "--python", str(LEAN), "-e",
-                        str(HERE.parent), "ray", "virtualenv"], check=True)
+                        str(HERE.parent), "ray", "virtualenv", "pip"], check=True)
     return LEAN
 
 
