@@ -299,15 +299,19 @@ def _local_folder(dist: md.Distribution) -> Path | None:
 def _local_files(dist: md.Distribution, modules: set[str]) -> dict[str, Path]:
     """The files of a package installed from a folder, file or VCS, by their path in a
     wheel: for an editable install, those of the modules the Main uses from its folder."""
-    name = _headers(dist)[0]
     files: dict[str, Path] = {}
-    if _editable(dist):
+    folder = _local_folder(dist)
+    if _editable(dist) and folder is not None:
         for module in sorted(modules):
-            spec = importlib.util.find_spec(module)
-            if spec is None or not _editable_owner(module):
+            try:
+                spec = importlib.util.find_spec(module)
+            except (ImportError, ValueError):
                 continue
-            if _editable_owner(module)[0] != name:
-                continue
+            origin = spec.origin if spec else None
+            if spec is not None and origin is None and spec.submodule_search_locations:
+                origin = next(iter(spec.submodule_search_locations), None)
+            if spec is None or not origin or not Path(origin).resolve().is_relative_to(folder):
+                continue  # (not this package's: it lives elsewhere)
             if spec.submodule_search_locations:
                 root = Path(next(iter(spec.submodule_search_locations)))
                 for path in sorted(root.rglob("*")):
