@@ -122,3 +122,23 @@ def test_what_a_task_leaves_running_is_reaped_when_it_ends(
 
     wait_for(lambda: all(gone(pid) for pid in helpers), timeout=30,
              what="the helpers, ended, reaped by the daemon")
+
+
+def test_a_forked_executor_waits_for_its_own_subprocesses(
+        workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
+    worker = start_worker(threads=2)
+    workspace.write("main.py", """\
+        import subprocess
+        from distrib import distributed
+
+        @distributed
+        def code(n):
+            return subprocess.run(["sh", "-c", f"exit {n}"]).returncode
+
+        if __name__ == "__main__":
+            print([call.unwrap() for call in [code(n) for n in (0, 3, 7)]])
+        """)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "[0, 3, 7]"
+    assert worker.status()["templates"]  # (they ran in forked executors)

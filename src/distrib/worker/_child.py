@@ -11,6 +11,7 @@ import importlib.util
 import io
 import pickle
 import os
+import signal
 import sys
 import threading
 import time
@@ -185,6 +186,7 @@ def _template(argv: list[str]) -> None:
                                 "and a fork copies only one"])
         return
     daemon = os.getppid()
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # intermediates are reaped as they exit
     pipe.send([Verb.READY, isolation.kind])
     control.setblocking(True)
     while True:
@@ -195,8 +197,8 @@ def _template(argv: list[str]) -> None:
         if not fds:
             return  # the daemon closed its end (or sent no socket): stop
         read_end, write_end = os.pipe()
-        middle = os.fork()
-        if middle == 0:  # the intermediate: fork the executor, say its pid, leave
+        if os.fork() == 0:  # the intermediate: fork the executor, say its pid, leave
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # (tasks wait for their children)
             os.close(read_end)
             executor = os.fork()
             if executor == 0:
@@ -210,7 +212,6 @@ def _template(argv: list[str]) -> None:
         os.close(fds[0])
         answer = os.read(read_end, 8)
         os.close(read_end)
-        os.waitpid(middle, 0)
         control.sendall(answer if len(answer) == 8 else struct.pack("<q", -1))
 
 

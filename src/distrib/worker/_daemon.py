@@ -92,6 +92,7 @@ class Daemon:
         self._forking = _pool.become_subreaper()  # executors forked from templates
         self.templates: dict[EnvKey, Template] = {}
         self._no_fork: set[EnvKey] = set()  # environments whose templates cannot fork
+        self._to_fork: set[EnvKey] = set()  # ready templates asked for executors this turn
         self.envs = Environments(cache_dir / "venvs", env_policy, lambda: self.name,
                                  self._wake_loop, self._envs_in_use, self._env_dropped)
         self.envs.blob_path = store.blob_path
@@ -454,6 +455,8 @@ class Daemon:
                 except OSError as exc:
                     log.debug("executor %d: %s", proc.pid, exc, exc_info=True)
                     todo = [*todo, *self._executor_died(action.ex_id)]
+        if self._to_fork:
+            self._fork_waiting()
 
     def _start(self, key: EnvKey, recipe: Recipe, ex_id: int) -> None:
         """Attach executor ``ex_id`` to a process: forked from its environment's template
@@ -469,11 +472,28 @@ class Daemon:
                 self._drop_template(key)
             template = self.templates[key] = Template.start(recipe, now)
         template.last_used = now
-        if not template.ready:
-            template.waiting.append(ex_id)
-        elif not template.fork(ex):
+        template.waiting.append(ex_id)  # (forked with the others of this turn, at once)
+        if template.ready:
+            self._to_fork.add(key)
+
+    def _fork_waiting(self) -> None:
+        """Fork the executors ready templates were asked for in this turn, each template's at
+        once (it forks them one after the other while this loop goes on)."""
+        keys, self._to_fork = self._to_fork, set()
+        for key in keys:
+            template = self.templates.get(key)
+            if template is not None and template.ready:
+                self._fork(key, template)
+
+    def _fork(self, key: EnvKey, template: Template) -> None:
+        waiting = [ex for ex_id in template.waiting
+                   if (ex := self.procs.get(ex_id)) is not None and ex.theirs is not None]
+        template.waiting.clear()
+        failed = template.fork(waiting)
+        if failed:
             self._drop_template(key)
-            _pool.spawn(recipe, ex)
+            template.waiting = [i for i, ex in self.procs.items() if ex in failed]
+            self._spawn_waiting(template)
 
     def _on_template(self, key: EnvKey, template: Template) -> None:
         """A template finished importing its environment: fork the executors waiting for it
@@ -484,13 +504,7 @@ class Daemon:
             header = ["died"]
         if header[0] == Verb.READY:
             template.ready = True
-            for ex_id in template.waiting:
-                ex = self.procs.get(ex_id)
-                if ex is not None and ex.theirs is not None and not template.fork(ex):
-                    self._drop_template(key)
-                    _pool.spawn(template.recipe, ex)
-                    return self._spawn_waiting(template)
-            template.waiting.clear()
+            self._fork(key, template)
             return None
         if header[0] == Verb.NOFORK and key not in self._no_fork:
             self._no_fork.add(key)

@@ -69,8 +69,10 @@ class Adopted:
         if self.returncode is None:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # (reaped elsewhere: gone all the same)
-                self.returncode = -1
+            except ChildProcessError:
+                if _exists(self.pid):
+                    return None  # not adopted yet: its intermediate parent is exiting
+                self.returncode = -1  # (reaped elsewhere: gone all the same)
                 return self.returncode
             if pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
@@ -88,6 +90,16 @@ class Adopted:
     def send_signal(self, sig: int) -> None:
         if self.poll() is None:
             os.kill(self.pid, sig)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass(eq=False)
@@ -220,31 +232,40 @@ class Template:
     def fileno(self) -> int:
         return self.control.fileno()
 
-    def fork(self, ex: ExecutorProcess) -> bool:
-        """Attach ``ex`` to a process forked from this template; False if it cannot."""
-        assert ex.theirs is not None and self.ready
+    def fork(self, executors: list[ExecutorProcess]) -> list[ExecutorProcess]:
+        """Attach ``executors`` to processes forked from this template (all asked at once,
+        then the answers read); returns those it could not fork."""
+        assert self.ready and all(ex.theirs is not None for ex in executors)
         sock = self.control.sock
+        answers: list[bytes] = []
         try:
             sock.settimeout(FORK_TIMEOUT)
-            socket.send_fds(sock, [b"F"], [ex.theirs.fileno()])
-            answer = b""
-            while len(answer) < 8:
-                part = sock.recv(8 - len(answer))
-                if not part:
-                    break
-                answer += part
-        except OSError as exc:
-            log.warning("template %d did not fork an executor: %s", self.proc.pid, exc)
-            return False
+            for ex in executors:
+                assert ex.theirs is not None
+                socket.send_fds(sock, [b"F"], [ex.theirs.fileno()])
+            for _ in executors:
+                answer = b""
+                while len(answer) < 8:
+                    part = sock.recv(8 - len(answer))
+                    if not part:
+                        raise EOFError("the template is gone")
+                    answer += part
+                answers.append(answer)
+        except (OSError, EOFError) as exc:
+            log.warning("template %d did not fork executors: %s", self.proc.pid, exc)
         finally:
             sock.setblocking(True)
-        pid = struct.unpack("<q", answer)[0] if len(answer) == 8 else -1
-        if pid <= 0:
-            return False
-        ex.proc = Adopted(pid)
-        ex.theirs.close()
-        ex.theirs = None
-        return True
+        failed = executors[len(answers):]
+        for ex, answer in zip(executors, answers):
+            pid = struct.unpack("<q", answer)[0]
+            if pid <= 0:
+                failed.append(ex)
+                continue
+            ex.proc = Adopted(pid)
+            assert ex.theirs is not None
+            ex.theirs.close()
+            ex.theirs = None
+        return failed
 
     def kill(self) -> None:
         try:
