@@ -197,7 +197,7 @@ def raw_main(worker: Worker, name: str) -> Iterator[Any]:
         sock.send_multipart(_codec.encode(m.Hello(m.PROTOCOL_VERSION, name, name,
                                                   _facts.python_version(), 1, False, [], {},
                                                   EnvSpec(_facts.python_version()).encode(),
-                                                  1 << 20, [])))
+                                                  1 << 20, [], 0)))
         wait_for(lambda: name in worker.status()["mains"], what=f"the raw Main {name} served")
         yield sock
     finally:

@@ -83,6 +83,7 @@ def init(
     key: str | _Path | None = None,
     dependencies: str | None = None,
     requirements: str | _Path | None = None,
+    max_payload: int | str | None = None,
 ) -> None:
     """Set up explicitly. Without this, the first call sets up from configuration.
 
@@ -96,12 +97,14 @@ def init(
     imports, at the versions installed here; ``"none"`` installs nothing.
     ``requirements``: a ``requirements.txt``, ``pyproject.toml`` or ``uv.lock`` whose packages
     workers install instead.
+    ``max_payload``: the most a call's arguments, or its result, may pickle to (``"2G"``, or
+    bytes); more raises ``SerializationError`` where it was pickled (default: no limit).
     """
     from distrib._config import Overrides
     from distrib.main._current import init as _init
 
     _init(Overrides(workers, local_threads, workspace, forward_output, key, dependencies,
-                    requirements))
+                    requirements, max_payload))
 
 
 def shutdown() -> None:

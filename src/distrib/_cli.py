@@ -14,25 +14,18 @@ import click
 import platformdirs
 import zmq
 
-from distrib._config import endpoint
-from distrib._errors import DistribError
+from distrib._config import endpoint, parse_size
+from distrib._errors import ConfigError, DistribError
 from distrib.wire import _keys
 
 
 def _size(text: str, option: str) -> int:
     """Bytes in ``10G``, ``500M``, ``64K`` or ``1000``."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    number, unit = text.strip().upper().rstrip("B"), ""
-    if number[-1:] in units:
-        number, unit = number[:-1], number[-1]
     try:
-        value = float(number) * units[unit]
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: expected a size such as 10G, 500M or 64K",
-                                 param_hint=option) from None
-    if value <= 0:
-        raise click.BadParameter(f"{text!r}: expected a size above 0", param_hint=option)
-    return int(value)
+        return parse_size(text, option)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc).removeprefix(f"{option}="), param_hint=option) \
+            from None
 
 
 def _is_loopback(listen: str) -> bool:

@@ -18,6 +18,7 @@ The file's shape (every key optional)::
     dependencies = "auto"       # the packages workers install: "auto" (what the workspace
                                 # imports, as installed here) or "none"
     requirements = "requirements.txt"  # or pyproject.toml / uv.lock: install these instead
+    max_payload = "2G"          # most a call's arguments or its result may pickle to
 
     [local]
     threads = 4                 # slots of the embedded local cluster
@@ -85,6 +86,7 @@ class Settings:
     discovery: Discovery = field(default_factory=Discovery)
     dependencies: str = "auto"  # "auto": what the workspace imports, as installed; "none"
     requirements: Path | None = None  # a requirements file shipped instead of "auto"
+    max_payload: int | None = None  # bytes a call's arguments or result may pickle to
     source: str = "defaults"  # the configuration file used, for messages
 
 
@@ -99,6 +101,21 @@ def endpoint(address: str) -> str:
 
 
 # --- value checks ----------------------------------------------------------------------------
+
+
+def parse_size(raw: Any, name: str) -> int:
+    """Bytes in ``10G``, ``500M``, ``64K`` or ``1000`` (or an int)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = str(raw).strip().upper().rstrip("B"), ""
+    if number[-1:] in units:
+        number, unit = number[:-1], number[-1]
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a size such as 10G, 500M or 64K") from None
+    if value <= 0 or isinstance(raw, bool):
+        raise ConfigError(f"{name}={raw!r}: expected a size above 0")
+    return int(value)
 
 
 def _bool(name: str, raw: Any) -> bool:
@@ -164,7 +181,7 @@ def _worker(name: str, item: Any) -> WorkerAddress:
 
 _SCHEMA: dict[str, set[str]] = {
     "main": {"key", "workspace", "exclude", "forward_output", "forward_env", "heartbeat",
-             "lost_after", "dependencies", "requirements"},
+             "lost_after", "dependencies", "requirements", "max_payload"},
     "local": {"threads"},
     "discovery": {"enabled", "trust", "trust_on_first_use", "interfaces"},
     "workers": set(),
@@ -238,6 +255,8 @@ def _from_file(path: Path, table: dict[str, Any]) -> dict[str, Any]:
         values["lost_after"] = _positive(f"{name} lost_after", main["lost_after"], float)
     if "dependencies" in main:
         values["dependencies"] = _dependencies(f"{name} dependencies", main["dependencies"])
+    if "max_payload" in main:
+        values["max_payload"] = parse_size(main["max_payload"], f"{name} max_payload")
     if "requirements" in main:
         values["requirements"] = _requirements(f"{name} requirements",
                                                base / _str(f"{name} requirements",
@@ -306,6 +325,8 @@ def _from_environ(env: Mapping[str, str]) -> dict[str, Any]:
         values["heartbeat_interval"] = _positive("DISTRIB_HEARTBEAT", raw, float)
     if raw := env.get("DISTRIB_LOST_AFTER", "").strip():
         values["lost_after"] = _positive("DISTRIB_LOST_AFTER", raw, float)
+    if raw := env.get("DISTRIB_MAX_PAYLOAD", "").strip():
+        values["max_payload"] = parse_size(raw, "DISTRIB_MAX_PAYLOAD")
     if raw := env.get("DISTRIB_DEPENDENCIES", "").strip():
         values["dependencies"] = _dependencies("DISTRIB_DEPENDENCIES", raw)
     if raw := env.get("DISTRIB_REQUIREMENTS", "").strip():
@@ -324,6 +345,7 @@ class Overrides:
     key: str | Path | None = None
     dependencies: str | None = None
     requirements: str | Path | None = None
+    max_payload: int | str | None = None
 
     def given(self) -> bool:
         """Whether any setting is given."""
@@ -350,6 +372,8 @@ def load(environ: Mapping[str, str] | None = None, overrides: Overrides = Overri
         values["forward_output"] = bool(given.forward_output)
     if given.key is not None:
         values["key_path"] = (Path(given.key), "init(key=...)")
+    if given.max_payload is not None:
+        values["max_payload"] = parse_size(given.max_payload, "init(max_payload=...)")
     if given.dependencies is not None:
         values["dependencies"] = _dependencies("init(dependencies=...)", given.dependencies)
     if given.requirements is not None:

@@ -286,21 +286,24 @@ def test_a_garbage_environment_description_is_refused_and_the_worker_serves_on(
 
     worker = start_worker()
     ctx: zmq.Context = zmq.Context()
+    socks = []
     try:
         for garbage in (b"\xc1\xff", msgpack.packb([1, "3.11", [["../x", "1"]], [], None]),
                         msgpack.packb([1, "3.11", [], [["w", "1", "0" * 64, -5]], None])):
             sock = ctx.socket(zmq.DEALER)
+            socks.append(sock)
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(worker.address)
             sock.send_multipart(_codec.encode(m.Hello(
                 m.PROTOCOL_VERSION, "evil", "evil", _facts.python_version(), 1, False, [], {},
-                garbage, 1 << 20, [])))
+                garbage, 1 << 20, [], 0)))
             assert sock.poll(30_000), "no answer from the worker"
             answer = _codec.decode(sock.recv_multipart())
             assert isinstance(answer, m.Refused), answer
             assert "environment description" in answer.reason
-            sock.close(0)
     finally:
+        for sock in socks:
+            sock.close(0)
         ctx.term()
     with raw_main(worker, "honest"):
         assert worker.status()["mains"] == ["honest"]
@@ -326,7 +329,7 @@ def test_a_main_sending_a_bad_wheel_fails_its_own_tasks_only(
         sock.connect(worker.address)
         sock.send_multipart(_codec.encode(m.Hello(
             m.PROTOCOL_VERSION, "evil", "evil", _facts.python_version(), 1, False, [], {},
-            spec.encode(), 1 << 20, [])))
+            spec.encode(), 1 << 20, [], 0)))
         sock.send_multipart(_codec.encode(m.Submit([m.TaskSpec(1, "d" * 64, 1, None, 0,
                                                                [b"x"], 0)])))
         seen: list[m.Message] = []

@@ -66,7 +66,7 @@ def test_garbage_on_the_worker_port_is_dropped_and_logged_while_tasks_complete(
             peer.setsockopt(zmq.LINGER, 0)
             peer.connect(worker.address)
             hello = _codec.encode(m.Hello(m.PROTOCOL_VERSION, "x", "evil", "3.11", 1, False, [],
-                                          {}, EnvSpec("3.11").encode(), 1 << 20, []))
+                                          {}, EnvSpec("3.11").encode(), 1 << 20, [], 0))
             peer.send_multipart(hello)
             peer.send_multipart([b"\xff\x00garbage"])
             peer.send_multipart([msgpack.packb([m.Submit.TAG, [[1, "d", 1, None, [], 1]]])[:-3],

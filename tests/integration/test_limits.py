@@ -168,3 +168,33 @@ def test_payloads_larger_than_any_frame_either_side_takes_travel_in_pieces(
     out = workspace.run("main.py", env={"DISTRIB_MAX_MESSAGE_MB": "1"}, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.splitlines() == ["ARG True", "RESULT True", "ERROR 3000000"]
+
+
+def test_a_max_payload_fails_the_side_that_made_the_payload_naming_size_and_setting(
+        workspace: Workspace) -> None:
+    workspace.write("main.py", """\
+        from distrib import SerializationError, distributed
+
+        @distributed
+        def grow(n):
+            return b"r" * n
+
+        if __name__ == "__main__":
+            print("SMALL", len(grow(1000).unwrap(timeout=120)))
+            try:
+                grow(b"a" * 3_000_000)
+            except SerializationError as exc:
+                print("ARGS", exc)
+            try:
+                grow(3_000_000).unwrap(timeout=120)
+            except SerializationError as exc:
+                print("RESULT", exc)
+        """)
+    out = workspace.run("main.py", env={"DISTRIB_MAX_PAYLOAD": "2M"}, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert lines[0] == "SMALL 1000"
+    assert lines[1].startswith("ARGS the arguments of grow pickle to 3,000,")
+    assert "more than max_payload (2,097,152 bytes" in lines[1]
+    assert lines[2].startswith("RESULT the result of grow pickles to 3,000,")
+    assert "max_payload (2,097,152 bytes)" in lines[2]

@@ -14,7 +14,7 @@ from distrib.wire._limits import MAX_HEADER_BYTES
 
 SAMPLES: list[m.Message] = [
     m.Hello(1, "id", "main", "3.11", 42, True, ["main.py", "-v"], {"SCALE": "2"}, b"\x90",
-            1 << 29, ["numpy", "tasks"]),
+            1 << 29, ["numpy", "tasks"], 1 << 31),
     m.Welcome(1, "wid", "w", "linux-x86_64", "3.11", 4, 7, ["3.11", "3.12"], "", 1 << 29),
     m.EnvProgress("building environment: numpy 2.1.3 (Python 3.11)"),
     m.Refused(m.RefusalCode.UNKNOWN_PEER, "no"),

@@ -63,6 +63,8 @@ def test_init_arguments_win_over_the_environment(tmp_path: Path) -> None:
     ({"DISTRIB_CONFIG": "/no/such.toml"}, "DISTRIB_CONFIG"),
     ({"DISTRIB_KEY": "/no/such.key"}, "distrib keygen"),
     ({"DISTRIB_DEPENDENCIES": "some"}, "DISTRIB_DEPENDENCIES"),
+    ({"DISTRIB_MAX_PAYLOAD": "lots"}, "DISTRIB_MAX_PAYLOAD"),
+    ({"DISTRIB_MAX_PAYLOAD": "0"}, "DISTRIB_MAX_PAYLOAD"),
     ({"DISTRIB_REQUIREMENTS": "/no/requirements.txt"}, "DISTRIB_REQUIREMENTS.*no such file"),
     ({"DISTRIB_REQUIREMENTS": "main.py"}, "DISTRIB_REQUIREMENTS.*requirements .txt"),
 ])

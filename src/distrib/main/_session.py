@@ -31,6 +31,7 @@ from distrib._errors import (
     Cancelled,
     DependencyError,
     DistribError,
+    SerializationError,
     WorkerLost,
 )
 from distrib._response import Response
@@ -99,7 +100,8 @@ class Session:
         self.hello = m.Hello(m.PROTOCOL_VERSION, self.main_id, self.name, self.python,
                              os.getpid(), settings.forward_output, list(sys.argv), forwarded,
                              self.env.encode(), MAX_MESSAGE_BYTES,
-                             preload_modules(self.dist.root if self.dist.entries else None))
+                             preload_modules(self.dist.root if self.dist.entries else None),
+                             settings.max_payload or 0)
         self.links: dict[str, Link] = {}
         for worker in workers:
             self._add_link(worker)
@@ -139,6 +141,12 @@ class Session:
 
         A call during or after ``close()`` ends at once as ``Cancelled``."""
         frames = _serialize.dumps((fn, args, kwargs))
+        cap = self.settings.max_payload
+        if cap is not None and (size := m.payload_size(frames)) > cap:
+            raise SerializationError(
+                f"the arguments of {fn.__qualname__} pickle to {size:,} bytes, more than "
+                f"max_payload ({cap:,} bytes, {self.settings.source}); pass less, or raise "
+                "the setting")
         opts = fn.options
         task_id = next(self._ids)
         response: Response[Any] = Response(task_id, fn.__qualname__, self._request_cancel)

@@ -76,6 +76,7 @@ class Hello(Message):
     environment: bytes  # its Python environment (``wire._envspec``): what its tasks import
     max_frame: int  # the largest frame it takes; larger payload frames come in pieces
     preload: list[str]  # modules it had imported: executors' templates import them once
+    max_payload: int  # bytes a result may pickle to (its max_payload setting); 0: no limit
 
 
 @dataclass(frozen=True, slots=True)

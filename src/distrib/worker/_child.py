@@ -25,7 +25,8 @@ import pathspec
 
 from distrib import _runtime, _serialize
 from distrib.wire._limits import MAX_FILE_BYTES
-from distrib.wire._messages import Outcome
+from distrib._errors import SerializationError
+from distrib.wire._messages import Outcome, payload_size
 from distrib.worker import _isolation
 from distrib.worker._pipe import Pipe, Verb
 from distrib.worker._pool import THREAD_VARS
@@ -59,6 +60,9 @@ class _Forward(io.TextIOBase):
         if cut:
             self._pipe.send([Verb.OUT, self.key, self._stream, data[:cut]])
         self._buf = [data[cut:]] if data[cut:] else []
+
+
+_max_payload = 0  # bytes a result may pickle to (the Main's setting); 0: no limit
 
 
 def _watch_parent(parent: int) -> None:
@@ -156,6 +160,8 @@ def _prepare(pipe: Pipe, env: Path, main_script: str) -> list[str] | None:
         pipe.send([Verb.ENV_ERROR, _serialize.error_info(exc)], _serialize.dumps_error(exc))
         pipe.close()
         return None
+    global _max_payload
+    _max_payload = int(header[4]) if len(header) > 4 else 0
     return list(header[3]) if len(header) > 3 else []
 
 
@@ -258,6 +264,11 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
             info: dict[str, str] = {}
             try:
                 status, payload = Outcome.OK, _serialize.dumps(result)
+                if _max_payload and (size := payload_size(payload)) > _max_payload:
+                    raise SerializationError(
+                        f"the result of {fn.__qualname__} pickles to {size:,} bytes, more "
+                        f"than the Main's max_payload ({_max_payload:,} bytes); return less, "
+                        "or raise the setting")
             except Exception as exc:
                 status, info, payload = _error_outcome(exc)
         except BaseException as exc:  # the task's own error, or a call that does not unpickle

@@ -435,7 +435,7 @@ class Daemon:
                 recipe = Recipe(action.key.threads, dist.env, dist.main, self.runs,
                                 context.argv, context.environ,
                                 self.envs.python(context.env) if context.env else None,
-                                context.preload)
+                                context.preload, context.max_payload)
                 try:
                     self.procs[action.ex_id] = _pool.executor(recipe)
                     self._start(action.key, recipe, action.ex_id)

@@ -22,6 +22,7 @@ class Context:
     environ: dict[str, str]
     env: str
     preload: list[str]
+    max_payload: int  # bytes a result may pickle to; 0: no limit
 
 
 @dataclass(eq=False)
@@ -50,11 +51,12 @@ class Mains(dict[bytes, MainPeer]):
     def welcome(self, peer: bytes, hello: m.Hello, now: float, env: str,
                 env_problem: str) -> MainPeer:
         context = hashlib.sha256(msgpack.packb([hello.argv, sorted(hello.environ.items()),
-                                                env, hello.preload]))
+                                                env, hello.preload, hello.max_payload]))
         main = self[peer] = MainPeer(peer, hello.main_id, hello.name, hello.forward_output, now,
                                      context.hexdigest()[:16], env, env_problem,
                                      hello.max_frame)
-        self.contexts[main.context] = Context(hello.argv, hello.environ, env, hello.preload)
+        self.contexts[main.context] = Context(hello.argv, hello.environ, env, hello.preload,
+                                              hello.max_payload)
         return main
 
     def on_connection(self, fd: int) -> list[bytes]:

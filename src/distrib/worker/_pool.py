@@ -172,6 +172,7 @@ class Recipe:
     forwarded: dict[str, str]
     python: Path | None = None  # a built Python environment's interpreter (default: ours)
     preload: list[str] = field(default_factory=list)  # modules a template imports ahead
+    max_payload: int = 0  # bytes a result may pickle to (the Main's setting); 0: no limit
 
     def popen(self, mode: list[str], theirs: socket.socket) -> subprocess.Popen[bytes]:
         environ = dict(os.environ)
@@ -204,7 +205,7 @@ def spawn(recipe: Recipe, ex: ExecutorProcess) -> None:
     finally:
         ex.theirs.close()
         ex.theirs = None
-    ex.pipe.send([Verb.CONTEXT, recipe.argv, recipe.forwarded])
+    ex.pipe.send([Verb.CONTEXT, recipe.argv, recipe.forwarded, [], recipe.max_payload])
 
 
 @dataclass(eq=False)
@@ -226,7 +227,8 @@ class Template:
         finally:
             theirs.close()
         template = cls(proc, Pipe(ours), recipe, last_used=now)
-        template.control.send([Verb.CONTEXT, recipe.argv, recipe.forwarded, recipe.preload])
+        template.control.send([Verb.CONTEXT, recipe.argv, recipe.forwarded, recipe.preload,
+                               recipe.max_payload])
         return template
 
     def fileno(self) -> int:
