@@ -1,4 +1,4 @@
-"""Waiting for a child process to exit, without polling."""
+"""Processes by pid: whether one exists, and waiting for a child to exit without polling."""
 
 from __future__ import annotations
 
@@ -29,3 +29,14 @@ def wait_exit(proc: Waitable, timeout: float) -> None:
     finally:
         os.close(fd)
     proc.wait(0.5)  # reaps it (raises TimeoutExpired if it still runs)
+
+
+def exists(pid: int) -> bool:
+    """Whether a process ``pid`` exists (a zombie too), whoever owns it."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from distrib._process import exists
+
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
 _MS_REC = 0x4000
@@ -210,15 +212,5 @@ def remove_dead_runs(runs: Path) -> None:
     """Remove the task folders of daemons that are gone (killed before they could)."""
     for folder in runs.glob("*-*") if runs.is_dir() else []:
         pid = folder.name.split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not exists(int(pid)):
             remove_tree(folder)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distrib._process import wait_exit
+from distrib._process import exists, wait_exit
 from distrib.worker._isolation import remove_tree
 from distrib.worker._pipe import Pipe, Verb
 
@@ -70,7 +70,7 @@ class Adopted:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
             except ChildProcessError:
-                if _exists(self.pid):
+                if exists(self.pid):
                     return None  # not adopted yet: its intermediate parent is exiting
                 self.returncode = -1  # (reaped elsewhere: gone all the same)
                 return self.returncode
@@ -90,16 +90,6 @@ class Adopted:
     def send_signal(self, sig: int) -> None:
         if self.poll() is None:
             os.kill(self.pid, sig)
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass(eq=False)
