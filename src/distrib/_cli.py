@@ -200,17 +200,20 @@ def status(timeout: float, as_json: bool) -> None:
                                 **s.info} for s in answers], indent=2))
         return
     table = Table(title="distrib workers")
-    for column in ("name", "address", "platform", "Python", "busy/slots", "queued",
-                   "re-runs", "Mains served", "state"):
+    for column in ("name", "address", "platform", "Pythons", "busy/slots", "queued",
+                   "re-runs", "environments", "Mains served", "state"):
         # Fold rather than cut: the state says why a worker is unreachable.
         table.add_column(column, overflow="fold", min_width=16 if column == "state" else None)
     for s in answers:
         i = s.info
         table.add_row(
             str(i.get("name", "?")), s.address, str(i.get("platform", "")),
-            str(i.get("python", "")),
+            ", ".join(i.get("pythons") or ([i["python"]] if "python" in i else [])),
             f"{i['busy']}/{i['slots']}" if "slots" in i else "",
-            str(i.get("queued", "")), str(i.get("reruns", "")), ", ".join(i.get("mains", [])),
+            str(i.get("queued", "")), str(i.get("reruns", "")),
+            f"{i['envs_built']} built, {i['envs_reused']} reused, {i['envs_failed']} failed"
+            if "envs_built" in i else "",
+            ", ".join(i.get("mains", [])),
             f"reachable ({s.source})" if s.reachable else f"unreachable: {s.problem}")
     # Piped to a file, whole lines: the state column says why a worker is unreachable.
     Console(width=None if sys.stdout.isatty() else 240).print(table)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import stat
 import subprocess
 from pathlib import Path
@@ -48,6 +49,7 @@ def test_status_shows_load_mains_and_unreachable_workers(tmp_path: Path, start_w
     assert table.returncode == 1  # one worker is unreachable
     row = next(line for line in table.stdout.splitlines() if "box" in line)
     assert "0/3" in row and "reachable" in row
+    assert "%d.%d" % sys.version_info[:2] in row and "0 built, 0 reused" in row
     assert any(dead in line and "unreachable" in line for line in table.stdout.splitlines())
     rows = json.loads(distrib("status", "--json", "--timeout", "3", env=env,
                               cwd=tmp_path).stdout)
