@@ -13,7 +13,6 @@ that file instead (``requirements.txt``, ``pyproject.toml``, or ``uv.lock``, exp
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import importlib.metadata as md
 import importlib.util
@@ -29,9 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from packaging.requirements import InvalidRequirement, Requirement
-
-from distrib import _runtime
+from distrib import _packages, _runtime
 from distrib._errors import ConfigError, DependencyError, ProtocolError
 from distrib.wire import _envspec
 from distrib.wire._envspec import EnvSpec, Wheel, normalize
@@ -49,8 +46,7 @@ def describe(dependencies: str, requirements: Path | None, dist: Distribution,
              cache: Path) -> tuple[EnvSpec, dict[str, Path]]:
     """This Main's environment, and the wheel files it ships (by digest)."""
     python = python_version()
-    _installed.cache_clear()  # (what is installed may have changed since the last session)
-    _headers.cache_clear()
+    _packages.forget()  # (what is installed may have changed since the last session)
     if dependencies == "none":
         return EnvSpec(python), {}
     if requirements is not None:
@@ -68,7 +64,7 @@ def describe(dependencies: str, requirements: Path | None, dist: Distribution,
     except (OSError, ProtocolError):
         pass
     # distrib's own requirements count only when the workspace imports them by name
-    chosen = _distributions(imported, exclude=_closure({"distrib"}))
+    chosen = _distributions(imported, exclude=_packages.closure({"distrib"}))
     chosen.update(_distributions(named))
     # What the shipped local packages import needs installing too.
     local_files = {name: _local_files(found, modules) for name, found in chosen.items()
@@ -81,7 +77,7 @@ def describe(dependencies: str, requirements: Path | None, dist: Distribution,
     specs: list[Wheel] = []
     for name, found in sorted(chosen.items()):
         if _direct_url(found) is None:
-            pins.append(_headers(found)[:2])
+            pins.append(_packages.headers(found)[:2])
             continue
         try:
             files = local_files.get(name) or _local_files(found, modules)
@@ -162,7 +158,7 @@ def _distributions(modules: set[str], exclude: set[str] = set()
     roots: set[str] = set()
     unknown = []
     for module in modules - _TOOLING:
-        found = _installed(module)  # (most distributions are named as their module)
+        found = _packages.installed(module)  # (most distributions are named as their module)
         if found is not None and _provides(found, module):
             roots.add(normalize(module))
         elif _importable(module):  # (a name no package provides costs nothing more)
@@ -172,8 +168,8 @@ def _distributions(modules: set[str], exclude: set[str] = set()
         for module in unknown:
             roots.update(normalize(n) for n in owners.get(module) or _editable_owner(module))
     roots -= _TOOLING | exclude
-    return {name: dist for name in _closure(roots)
-            if name not in _TOOLING and (dist := _installed(name)) is not None}
+    return {name: dist for name in _packages.closure(roots)
+            if name not in _TOOLING and (dist := _packages.installed(name)) is not None}
 
 
 def _importable(module: str) -> bool:
@@ -186,65 +182,6 @@ def _importable(module: str) -> bool:
 def _provides(dist: md.Distribution, module: str) -> bool:
     """Whether ``module`` is installed beside ``dist``'s metadata (so most likely its)."""
     return any(Path(str(dist.locate_file(name))).exists() for name in (module, module + ".py"))
-
-
-@functools.lru_cache(maxsize=None)
-def _headers(dist: md.Distribution) -> tuple[str, str, tuple[str, ...]]:
-    """(Name, Version, Requires-Dist) of a distribution, read from the head of its METADATA
-    (the standard parser builds a whole e-mail message every time one is asked for)."""
-    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
-    name = version = ""
-    requires: list[str] = []
-    for line in text.split("\n"):
-        if not line.strip():
-            break  # the headers end at the first blank line; the description follows
-        key, _, value = line.partition(":")
-        if key == "Name":
-            name = value.strip()
-        elif key == "Version":
-            version = value.strip()
-        elif key == "Requires-Dist":
-            requires.append(value.strip())
-    return name, version, tuple(requires)
-
-
-@functools.lru_cache(maxsize=None)
-def _installed(name: str) -> md.Distribution | None:
-    try:
-        return md.distribution(name)
-    except md.PackageNotFoundError:
-        return None
-
-
-def _closure(roots: Iterable[str]) -> set[str]:
-    """``roots`` and what they require, transitively (markers evaluated here)."""
-    seen: set[str] = set()
-    todo = [normalize(r) for r in roots]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        dist = _installed(name)
-        if dist is None:
-            continue
-        seen.add(name)
-        for line in _headers(dist)[2]:
-            try:
-                req = Requirement(line)
-            except InvalidRequirement:
-                continue
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                todo.append(normalize(req.name))
-    return seen
-
-
-def _top_levels(name: str) -> set[str]:
-    dist = _installed(name)
-    if dist is None:
-        return set()
-    tops = {Path(f).parts[0].removesuffix(".py") for f in dist.files or []
-            if not str(f).startswith("..")}
-    return {t for t in tops if not t.endswith((".dist-info", ".pth"))}
 
 
 def _origin(dist: md.Distribution) -> dict[str, Any]:
@@ -330,7 +267,7 @@ def _local_files(dist: md.Distribution, modules: set[str]) -> dict[str, Path]:
 
 def _pack(dist: md.Distribution, files: dict[str, Path], cache: Path) -> tuple[Wheel, Path]:
     """A wheel of ``dist`` holding ``files``, and where it is."""
-    name, version = _headers(dist)[:2]
+    name, version = _packages.headers(dist)[:2]
     info = f"{_envspec._normal(name)}-{version}.dist-info"
     metadata = dist.read_text("METADATA") or f"Metadata-Version: 2.1\nName: {name}\n" \
                                                f"Version: {version}\n"

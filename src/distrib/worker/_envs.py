@@ -304,10 +304,9 @@ class Environments:
                 (site / "_distrib_runtime.pth").write_text(f"{self.runtime}\n")
                 if not spec.empty:
                     info = self._install(build, target, wheels, environ)
-            if info is None:
-                size = _disk_use(target)
+            if info is None:  # (eviction measures the whole cache: no size kept here)
                 (target / _DONE).write_text(json.dumps(
-                    {"python": spec.python, "packages": spec.summary(50), "bytes": size}))
+                    {"python": spec.python, "packages": spec.summary(50)}))
         except Exception as exc:  # a failed build must reach its tasks, whatever it was
             info = self._error(spec, f"{type(exc).__name__}: {exc}")
         finally:
@@ -400,30 +399,10 @@ class Environments:
     def _make_runtime(self) -> Path:
         """A folder of links to this daemon's distrib and the packages it needs, for the end
         of executors' ``sys.path`` in built environments."""
-        import importlib.metadata as md
+        from distrib import _packages
 
-        from packaging.requirements import Requirement
-
-        names: set[str] = set()
-        todo, seen = ["distrib"], set()
-        while todo:
-            name = normalize(todo.pop())
-            if name in seen:
-                continue
-            seen.add(name)
-            try:
-                dist = md.distribution(name)
-            except md.PackageNotFoundError:
-                continue
-            for f in dist.files or []:
-                top = Path(str(f)).parts[0]
-                if not top.startswith("..") and not top.endswith((".dist-info", ".pth")) \
-                        and not top.startswith("__"):
-                    names.add(top.removesuffix(".py") if top.endswith(".py") else top)
-            for line in dist.requires or []:
-                req = Requirement(line)
-                if req.marker is None or req.marker.evaluate({"extra": ""}):
-                    todo.append(req.name)
+        names = {top for name in _packages.closure({"distrib"})
+                 for top in _packages.top_levels(name)}
         spec = importlib.util.find_spec("distrib")
         assert spec is not None and spec.submodule_search_locations
         sources = {"distrib": Path(next(iter(spec.submodule_search_locations)))}
