@@ -244,9 +244,10 @@ class Daemon:
     def _drop_closed(self) -> None:
         """A closed connection is a Main's death notice: its tasks stop now, not after the
         heartbeat timeout (a Main killed with -9 says no Goodbye)."""
-        closed, self.gate.closed = self.gate.closed, []
-        if closed:
-            self._drain_socket()  # what the Main sent before it closed (its Goodbye) goes first
+        if not self.gate.closed:
+            return
+        self._drain_socket()  # what the Main sent before it closed (its Goodbye) goes first
+        closed = self.gate.take_closed()
         limit = f"a message over the {MAX_MESSAGE_BYTES >> 20} MiB limit"
         for fd in closed:
             peers = self.mains.on_connection(fd)

@@ -58,6 +58,7 @@ class Gate:
         self._refused_logged: dict[str, float] = {}
         self._unconfirmed: list[int] = []  # accepted connections not yet through a handshake
         self.closed: list[int] = []  # file descriptors of ZeroMQ connections that closed
+        self._open: set[int] = set()  # descriptors accepted and not closed, in event order
         self.zap: zmq.Socket[Any] | None = None
         self.monitor: zmq.Socket[Any] | None = None
         if key is not None:
@@ -77,7 +78,18 @@ class Gate:
         if sock is self.zap:
             self._answer_zap()
         elif sock is self.monitor:
-            self._on_connection_event()
+            while self._on_connection_event():
+                pass
+
+    def take_closed(self) -> list[int]:
+        """The connections that closed, and stay closed once every pending event is read: a
+        descriptor the kernel already gave to a new connection (whose Hello may have been
+        read before the old one's close event) is not the new one's death notice."""
+        if self.monitor is not None:
+            while self._on_connection_event():
+                pass
+        closed, self.closed = self.closed, []
+        return [fd for fd in closed if fd not in self._open]
 
     def request_reload(self) -> None:
         """Reread the authorized keys at the next ``reload()`` (SIGHUP)."""
@@ -116,18 +128,21 @@ class Gate:
         if self.zap is not None:
             self.zap.close(0)
 
-    def _on_connection_event(self) -> None:
+    def _on_connection_event(self) -> bool:
+        """Handle one pending monitor event; False when there was none."""
         assert self.monitor is not None
         try:
             event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
         except zmq.Again:
-            return
+            return False
         kind, value = event["event"], event["value"]
         # libzmq names the connection (its fd) on accept and disconnect, not on handshake
         # events: those are matched to the oldest pending connection, an approximation.
         if kind == zmq.EVENT_ACCEPTED:
             self._unconfirmed.append(value)
+            self._open.add(value)
         elif kind == zmq.EVENT_DISCONNECTED:
+            self._open.discard(value)
             if value in self._unconfirmed:
                 self._unconfirmed.remove(value)
                 self.dropped_connections += 1
@@ -145,6 +160,7 @@ class Gate:
                 peer_log.warning("dropped a connection whose ZeroMQ handshake failed (%s): a peer "
                                  "with the wrong key for this worker, or without keys",
                                  describe_handshake_error(value))
+        return True
 
     def _answer_zap(self) -> None:
         assert self.zap is not None
