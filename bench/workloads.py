@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,6 +44,16 @@ def sleep(seconds: float) -> None:
 def nbytes(data: bytes) -> int:
     """Receive a payload and return its length."""
     return len(data)
+
+
+def same(array: Any) -> Any:
+    """Receive an array and send it back."""
+    return array
+
+
+def head(array: Any, i: int) -> float:
+    """Read one number of a large array (a lookup table)."""
+    return float(array[i])
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -89,6 +100,35 @@ def cluster(name: str, slots: int) -> Iterator[tuple[Framework, Metrics]]:
 def rss() -> int:
     """Resident set size of this process, in bytes."""
     return int(psutil.Process().memory_info().rss)
+
+
+class PeakRss:
+    """Peak RSS of this process and of the largest of its descendants (a worker daemon or
+    executor), sampled every ``every`` seconds while in the ``with`` block."""
+
+    def __init__(self, every: float = 0.05) -> None:
+        self.every = every
+        self.main = self.worker = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.wait(self.every):
+            self.main = max(self.main, me.memory_info().rss)
+            for child in me.children(recursive=True):
+                try:
+                    self.worker = max(self.worker, child.memory_info().rss)
+                except psutil.Error:
+                    pass
 
 
 def check(got: list[Any], expected: list[Any], what: str) -> None:
@@ -148,6 +188,41 @@ def data(name: str, p: Metrics) -> Metrics:
         elapsed = time.perf_counter() - t0
     check(results, [size] * p["calls"], "nbytes")
     return {"mb_per_s": p["calls"] * size / 1e6 / elapsed, "elapsed_s": elapsed, **extra}
+
+
+def arrays(name: str, p: Metrics) -> Metrics:
+    """W4b: ``calls`` numpy arrays of ``mb`` MB each, sent as the argument and returned."""
+    import numpy
+
+    size = int(p["mb"] * 1_000_000) // 8
+    payloads = [numpy.random.default_rng(i).random(size) for i in range(p["calls"])]
+    with cluster(name, p["slots"]) as (fw, extra):
+        with PeakRss() as peak:
+            t0 = time.perf_counter()
+            results = [fw.result(h) for h in [fw.submit(same, a) for a in payloads]]
+            elapsed = time.perf_counter() - t0
+    if not all(numpy.array_equal(r, a) for r, a in zip(results, payloads)):
+        raise AssertionError("same: an array came back changed")
+    moved = 2 * p["calls"] * size * 8
+    return {"mb_per_s": moved / 1e6 / elapsed, "elapsed_s": elapsed,
+            "main_peak_mb": peak.main / 1e6, "worker_peak_mb": peak.worker / 1e6, **extra}
+
+
+def one_array(name: str, p: Metrics) -> Metrics:
+    """W4c: one ``mb`` MB array passed to ``calls`` calls, handed over once where the
+    framework can (``put``)."""
+    import numpy
+
+    table = numpy.arange(int(p["mb"] * 1_000_000) // 8, dtype=numpy.float64)
+    step = len(table) // p["calls"]
+    with cluster(name, p["slots"]) as (fw, extra):
+        t0 = time.perf_counter()
+        handle = fw.put(table)
+        results = [fw.result(h) for h in [fw.submit(head, handle, i * step)
+                                          for i in range(p["calls"])]]
+        elapsed = time.perf_counter() - t0
+    check(results, [float(i * step) for i in range(p["calls"])], "head")
+    return {"seconds": elapsed, **extra}
 
 
 def cold_start_once(name: str) -> None:
@@ -282,6 +357,24 @@ WORKLOADS: dict[str, Workload] = {w.id: w for w in [
         "W4", "W4", "W4 data: {calls} calls each sending {mb:g} MB of bytes, returning its length",
         (Metric("mb_per_s", "transfer rate", "MB/s", True),),
         data, {"slots": 2, "calls": 20, "mb": 10}, {"slots": 2, "calls": 2, "mb": 10}, 600,
+    ),
+    Workload(
+        "W4b", "W4B", "W4b arrays: {calls} numpy arrays of {mb:g} MB, each the argument and "
+        "the result of a call",
+        (Metric("mb_per_s", "transfer rate (both ways)", "MB/s", True),
+         Metric("main_peak_mb", "Main's peak RSS", "MB", False),
+         Metric("worker_peak_mb", "largest worker process's peak RSS", "MB", False)),
+        arrays, {"slots": 2, "calls": 20, "mb": 80}, {"slots": 2, "calls": 4, "mb": 80}, 900,
+        notes=("The arrays (1.6 GB) and the results are all held by the Main: its RSS counts "
+               "both. The worker figure is the largest process the framework started.",),
+    ),
+    Workload(
+        "W4c", "W4C", "W4c one array to many calls: one {mb:g} MB array passed to {calls} calls",
+        (Metric("seconds", "wall time", "s", False),),
+        one_array, {"slots": 2, "calls": 200, "mb": 200}, {"slots": 2, "calls": 20, "mb": 200},
+        900,
+        notes=("Handed over once with distrib.share, ray.put and Dask's scatter(broadcast=True); "
+               "ProcessPoolExecutor and loky have nothing for it and pickle it with every call.",),
     ),
     Workload(
         "W5", "W5", "W5 cold start: a fresh process starts a 2-slot cluster, runs one call, exits",

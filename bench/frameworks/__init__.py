@@ -36,6 +36,10 @@ class Framework(Protocol):
     def result(self, handle: Any) -> Any:
         """Wait for a handle's task and return its result (raise its error)."""
 
+    def put(self, obj: Any) -> Any:
+        """Hand ``obj`` over once, for many calls: what to pass instead of it (the object
+        itself where the framework has nothing for that)."""
+
     def stop(self) -> None:
         """Stop the cluster started by ``start``."""
 

@@ -45,6 +45,10 @@ class Framework:
     def result(self, handle: distributed.Future[Any]) -> Any:
         return handle.result()
 
+    def put(self, obj: Any) -> Any:
+        assert self._client is not None, "start() first"
+        return self._client.scatter(obj, broadcast=True)
+
     def stop(self) -> None:
         if self._client is not None:
             self._client.close()

@@ -36,5 +36,8 @@ class Framework:
     def result(self, handle: Response[Any]) -> Any:
         return handle.unwrap()
 
+    def put(self, obj: Any) -> Any:
+        return distrib.share(obj)
+
     def stop(self) -> None:
         distrib.shutdown()

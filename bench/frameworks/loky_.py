@@ -29,6 +29,9 @@ class Framework:
     def result(self, handle: Future[Any]) -> Any:
         return handle.result()
 
+    def put(self, obj: Any) -> Any:
+        return obj  # nothing for that: each call pickles it again
+
     def stop(self) -> None:
         if self._pool is not None:
             # kill_workers: the reusable executor would otherwise keep them for the next user.

@@ -28,6 +28,9 @@ class Framework:
     def result(self, handle: Future[Any]) -> Any:
         return handle.result()
 
+    def put(self, obj: Any) -> Any:
+        return obj  # nothing for that: each call pickles it again
+
     def stop(self) -> None:
         if self._pool is not None:
             # Queued calls are dropped, as distrib's shutdown() cancels them.

@@ -41,5 +41,8 @@ class Framework:
     def result(self, handle: ray.ObjectRef[Any]) -> Any:
         return ray.get(handle)
 
+    def put(self, obj: Any) -> Any:
+        return ray.put(obj)
+
     def stop(self) -> None:
         ray.shutdown()

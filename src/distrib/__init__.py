@@ -40,6 +40,7 @@ from distrib._errors import (
     WorkspaceError,
 )
 from distrib._response import Response, as_completed, gather
+from distrib._shared import Shared, share
 
 from distrib import _runtime as _rt  # noqa: E402
 
@@ -61,6 +62,7 @@ __all__ = [
     "RemoteTraceback",
     "Response",
     "SerializationError",
+    "Shared",
     "TaskTimeout",
     "WaitTimeout",
     "WorkerCrashed",
@@ -70,6 +72,7 @@ __all__ = [
     "distributed",
     "gather",
     "init",
+    "share",
     "shutdown",
 ]
 

@@ -65,6 +65,9 @@ def main() -> None:
 @click.option("--max-queued", default="256M", show_default=True, metavar="SIZE",
               help="Most payload bytes queued here for one Main; more is sent back to wait "
                    "on the Main (bounds the daemon's memory).")
+@click.option("--max-objects", default="2G", show_default=True, metavar="SIZE",
+              help="Most bytes of shared objects (distrib.share, large arguments passed "
+                   "again) kept here for one Main; least recently used go first.")
 @click.option("--idle-executors", type=click.FloatRange(min=0), default=300.0,
               show_default=True,
               help="Seconds an executor may wait for a task before it stops (and frees its "
@@ -100,6 +103,7 @@ def main() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Log every connection and environment.")
 def worker(listen: str, threads: int | None, name: str | None, cache_dir: Path | None,
            heartbeat: float, lost_after: float, max_cache: str | None, max_queued: str,
+           max_objects: str,
            idle_executors: float, install: str, index_url: str | None,
            find_links: tuple[str, ...], no_index: bool, pythons: tuple[Path, ...],
            max_envs: str | None,
@@ -148,7 +152,8 @@ def worker(listen: str, threads: int | None, name: str | None, cache_dir: Path |
                         None if max_cache is None else _size(max_cache, "--max-cache"),
                         _size(max_queued, "--max-queued"),
                         EnvPolicy(install, index_url, find_links, no_index, pythons,
-                                  None if max_envs is None else _size(max_envs, "--max-envs")))
+                                  None if max_envs is None else _size(max_envs, "--max-envs")),
+                        _size(max_objects, "--max-objects"))
     except zmq.ZMQError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
     if not name:

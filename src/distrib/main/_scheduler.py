@@ -31,6 +31,7 @@ class Task:
     response: Any = field(repr=False, default=None)
     outputs: tuple[str, ...] = ()  # globs: its result comes with the files it wrote
     attempts: int = 0  # runs that ended in a crash or a lost worker
+    shared: dict[str, Any] = field(default_factory=dict, repr=False)  # the Shared it passes
     link: str | None = None  # the worker it is on, while in flight
 
     @property

@@ -25,7 +25,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from distrib import _config, _runtime, _serialize
+from distrib import _config, _runtime, _shared
 from distrib._errors import (
     AuthError,
     Cancelled,
@@ -140,7 +140,7 @@ class Session:
         """Pickle the call and hand it to the I/O thread; return its Response at once.
 
         A call during or after ``close()`` ends at once as ``Cancelled``."""
-        frames = _serialize.dumps((fn, args, kwargs))
+        frames, shared = _shared.dumps_call((fn, args, kwargs))
         cap = self.settings.max_payload
         if cap is not None and (size := m.payload_size(frames)) > cap:
             raise SerializationError(
@@ -154,7 +154,7 @@ class Session:
             if not self._closing:
                 self._incoming.append(Task(task_id, fn.__qualname__, frames, opts.platform,
                                            opts.threads, opts.retries, opts.timeout, response,
-                                           opts.outputs))
+                                           opts.outputs, shared=shared))
                 self._wake()
                 return response
         response._finish(None, exc=Cancelled(
@@ -278,7 +278,9 @@ class Session:
             for t in tasks:
                 inline, separate = m.split_payload(t.frames)
                 specs.append((m.TaskSpec(t.task_id, self.dist.dist_id, t.threads, t.timeout,
-                                         t.attempts, inline, len(separate)), separate))
+                                         t.attempts, inline, len(separate),
+                                         {k: s.nbytes for k, s in t.shared.items()}),
+                               separate))
             for batch in batches(specs, _inline_bytes):
                 link.send(m.Submit([spec for spec, _ in batch],
                                    frames=tuple(f for _, fs in batch for f in fs)))
@@ -317,8 +319,22 @@ class Session:
         elif isinstance(msg, m.NeedBlobs):
             for reply in blob_messages(self.dist, msg, self.env.env_id, self.wheels):
                 link.send(reply)
+        elif isinstance(msg, m.NeedObjects):
+            self._send_objects(link, msg.keys)
         elif isinstance(msg, m.EnvProgress):
             log.warning("worker %s: %s", link.label, msg.text)
+
+    def _send_objects(self, link: Link, keys: list[str]) -> None:
+        """Send the shared objects a worker asks for, one message each (they are large)."""
+        gone = []
+        for key in keys:
+            obj = _shared.find(key)
+            if obj is None:
+                gone.append(key)
+            else:
+                link.send(m.Objects([key], [len(obj.frames)], frames=tuple(obj.frames)))
+        if gone:
+            link.send(m.ObjectsFailed(gone, "no pending call of this Main passes them"))
 
     def _on_welcome(self, link: Link, msg: m.Welcome) -> None:
         if link.state is LinkState.READY:

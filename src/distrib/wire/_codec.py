@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -17,9 +18,10 @@ import msgpack
 
 from distrib._errors import ProtocolError
 from distrib.wire import _messages as m
-from distrib.wire._limits import MAX_HEADER_BYTES, MAX_MESSAGE_BYTES
+from distrib.wire._limits import MAX_HEADER_BYTES, MAX_MESSAGE_BYTES, MAX_OBJECTS
 
 _Check = Callable[[Any], Any]
+OBJECT_KEY = re.compile(r"[0-9a-f]{32}")  # a shared object's name: the hash of its frames
 
 
 def _checker(tp: Any) -> _Check:
@@ -214,6 +216,8 @@ def _check_frames(message: m.Message) -> None:
         if any(t.nframes < 0 or len(t.inline) + t.nframes < 1 or t.threads < 1
                for t in message.tasks):
             raise ProtocolError("Submit: every task needs a payload and at least one thread")
+        for t in message.tasks:
+            _check_objects(t.objects, f"Submit: task {t.task_id}")
     elif isinstance(message, m.Results):
         expected = sum(r.nframes for r in message.results)
         if any(r.nframes < 0 for r in message.results):
@@ -222,7 +226,19 @@ def _check_frames(message: m.Message) -> None:
         expected = len(message.hashes)
     elif isinstance(message, m.Manifest):
         expected = 1
+    elif isinstance(message, m.Objects):
+        if len(message.counts) != len(message.keys) or any(c < 1 for c in message.counts):
+            raise ProtocolError("Objects: one positive frame count per object")
+        _check_objects(dict.fromkeys(message.keys, 0), "Objects")
+        expected = sum(message.counts)
     else:
         expected = 0
     if n != expected:
         raise ProtocolError(f"{type(message).__name__}: expected {expected} payload frames, got {n}")
+
+
+def _check_objects(objects: dict[str, int], where: str) -> None:
+    if len(objects) > MAX_OBJECTS or any(
+            not OBJECT_KEY.fullmatch(k) or n < 0 for k, n in objects.items()):
+        raise ProtocolError(f"{where}: bad shared objects (at most {MAX_OBJECTS}, named by "
+                            "32 hex digits)")

@@ -27,6 +27,7 @@ BATCH_BYTES = min(4 << 20, MAX_MESSAGE_BYTES // 4)
 BATCH_COUNT = 512  # tasks per Submit, results per Results
 BLOB_BATCH_BYTES = 64 << 20  # compressed blob bytes per Blobs message
 ROUTER_RCVHWM = 16  # messages from one Main buffered in the worker's socket before it reads
+MAX_OBJECTS = 256  # shared objects one task passes, or one Objects message carries
 NEED_BLOBS_COUNT = 10_000  # hashes per NeedBlobs (~700 KB of header)
 RECORD_TEXT_MAX = 64 << 10  # characters of an error's message, and of its traceback
 OUTPUT_CHUNK = 256 << 10  # characters of task output per Output message (<= 1 MiB UTF-8)

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from distrib.wire._limits import INLINE_MAX
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 
 class Outcome(enum.StrEnum):
@@ -139,6 +139,8 @@ class TaskSpec:
     attempt: int  # earlier runs that ended with a crash or a lost worker (0: the first run)
     inline: list[bytes]
     nframes: int
+    objects: dict[str, int] = field(default_factory=dict)  # shared objects it passes: name
+    # -> bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +248,35 @@ class DistFailed(Message):
     reason: str
 
 
+# --- shared objects --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NeedObjects(Message):
+    """Worker -> Main: send these shared objects (by name) that queued tasks pass."""
+
+    TAG: ClassVar[int] = 25
+    keys: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Objects(Message):
+    """Main -> worker: shared objects; ``counts[i]`` frames each, in ``keys`` order."""
+
+    TAG: ClassVar[int] = 26
+    keys: list[str]
+    counts: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectsFailed(Message):
+    """Main -> worker: the Main cannot send these shared objects (reason given)."""
+
+    TAG: ClassVar[int] = 27
+    keys: list[str]
+    reason: str
+
+
 # --- inspection ------------------------------------------------------------------------------
 
 
@@ -280,6 +311,9 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     NeedBlobs,
     Blobs,
     DistFailed,
+    NeedObjects,
+    Objects,
+    ObjectsFailed,
     StatusRequest,
     Status,
 )

@@ -27,7 +27,7 @@ from distrib import _runtime, _serialize
 from distrib.wire._limits import MAX_FILE_BYTES
 from distrib._errors import SerializationError
 from distrib.wire._messages import Outcome, payload_size
-from distrib.worker import _isolation
+from distrib.worker import _isolation, _objects
 from distrib.worker._pipe import Pipe, Verb
 from distrib.worker._pool import THREAD_VARS
 
@@ -106,13 +106,13 @@ def _outputs(isolation: _isolation.Overlay | _isolation.Copies,
     return out
 
 
-def _take_messages(pipe: Pipe, waiting: dict[int, list[Any]], block: bool) -> None:
+def _take_messages(pipe: Pipe, waiting: dict[int, tuple[list[Any], str]], block: bool) -> None:
     """Read what the daemon sent: tasks to run, and skips of tasks not started yet."""
     while block or pipe.readable():
         block = False
         header, frames = pipe.recv()
         if header[0] == Verb.RUN:
-            waiting[header[1]] = frames
+            waiting[header[1]] = (frames, header[2])
         elif header[0] == Verb.SKIP:
             if waiting.pop(header[1], None) is not None:
                 pipe.send([Verb.SKIPPED, header[1]])
@@ -243,7 +243,7 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
     out, err = _Forward(pipe, lock, 1), _Forward(pipe, lock, 2)
     pipe.send([Verb.READY, isolation.kind])
     real_out, real_err = sys.stdout, sys.stderr
-    waiting: dict[int, list[Any]] = {}  # tasks received and not started, in order
+    waiting: dict[int, tuple[list[Any], str]] = {}  # tasks received, not started: in order
     while True:
         try:
             _take_messages(pipe, waiting, block=not waiting)
@@ -252,7 +252,8 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
         if not waiting:
             continue
         key = next(iter(waiting))
-        frames = waiting.pop(key)
+        frames, objects = waiting.pop(key)
+        _objects.current = Path(objects) if objects else None
         out.key = err.key = key
         sys.stdout, sys.stderr = out, err
         try:

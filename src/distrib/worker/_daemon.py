@@ -36,6 +36,7 @@ from distrib.worker._envs import EnvPolicy, Environments
 from distrib.worker._gate import Gate
 from distrib.worker._isolation import remove_dead_runs, remove_tree
 from distrib.worker._mains import Mains
+from distrib.worker._objects import Objects
 from distrib.worker._outbox import Outbox
 from distrib.worker._pipe import Verb
 from distrib.worker._pool import ExecutorProcess, Recipe, Template
@@ -67,6 +68,7 @@ class Daemon:
         max_cache: int | None = None,
         max_queued: int = 256 << 20,
         env_policy: EnvPolicy = EnvPolicy(),
+        max_objects: int = 2 << 30,
     ) -> None:
         self.name = name
         self.worker_id = uuid.uuid4().hex
@@ -83,6 +85,7 @@ class Daemon:
         self.gate.watch(self.sock)
         self.mains = Mains()
         self.slots = Slots(slots, idle_after, max_queued)
+        self.objects = Objects(self.runs / "objects", max_objects)
         store = Store(cache_dir, max_cache)
         store.clean_leftovers()
         self.dists = Distributions(store, self._send,
@@ -289,6 +292,10 @@ class Daemon:
             self._reject_wheels(msg.dist, peer, msg.reason)
         elif isinstance(msg, m.DistFailed):
             self._on_change(self.dists.on_failed(peer, msg))
+        elif isinstance(msg, m.Objects):
+            self._on_objects(peer, msg)
+        elif isinstance(msg, m.ObjectsFailed):
+            self._objects_failed(peer, msg.keys, msg.reason)
         elif isinstance(msg, m.Goodbye):
             self._drop_main(peer, "said goodbye")
         elif not isinstance(msg, m.Heartbeat):
@@ -328,7 +335,7 @@ class Daemon:
         for spec in msg.tasks:
             task = QueuedTask(peer, spec.task_id, spec.dist, spec.threads, spec.timeout,
                               [*spec.inline, *frames[at: at + spec.nframes]], main.context,
-                              main.env)
+                              main.env, tuple(spec.objects))
             at += spec.nframes
             self.reruns += spec.attempt > 0
             if main.env_problem:  # (the Welcome said so; a Main that sends anyway hears it)
@@ -338,10 +345,56 @@ class Daemon:
             if spec.threads > self.slots.slots:  # it can never run here: say so, fetch nothing
                 self._apply(self.slots.submit(task))
                 continue
+            if spec.objects and not self._plan_objects(task, spec.objects):
+                continue
             self.dists.request(spec.dist, peer)
             if main.env and not self.slots.env_is_ready(main.env):
                 self._need_env(main.env, peer)
             self._apply(self.slots.submit(task))
+
+    # --- shared objects ----------------------------------------------------------------------
+
+    def _plan_objects(self, task: QueuedTask, objects: dict[str, int]) -> bool:
+        """Ask for the shared objects ``task`` passes that are not here; False if it ended
+        (deferred, or its objects can never fit)."""
+        peer = task.peer
+        plan = self.objects.plan(peer, objects, lambda: self.slots.objects_in_use(peer))
+        if plan.error:
+            self._report(task, Outcome.ERROR, ErrorRecord(
+                "distrib.SerializationError", f"worker {self.name}: {plan.error}").to_wire(), [])
+            return False
+        if plan.defer:
+            self.slots.counters["deferred"] += 1
+            self._report(task, Outcome.DEFERRED, {}, [])
+            return False
+        task.waits = plan.waits
+        if plan.ask:
+            self._send(peer, m.NeedObjects(plan.ask))
+        return True
+
+    def _on_objects(self, peer: bytes, msg: m.Objects) -> None:
+        arrived: set[str] = set()
+        at = 0
+        for key, count in zip(msg.keys, msg.counts):
+            frames = list(msg.frames[at:at + count])
+            at += count
+            try:
+                why = self.objects.arrived(peer, key, frames)
+            except OSError as exc:
+                why = f"this worker could not store it: {exc}"
+                log.error("cannot store a shared object of Main %s: %s", self.mains[peer].name,
+                          exc)
+            if why == "":
+                arrived.add(key)
+            elif why is not None:
+                self._objects_failed(peer, [key], why)
+        self.slots.objects_arrived(peer, arrived)
+
+    def _objects_failed(self, peer: bytes, keys: list[str], why: str) -> None:
+        self.objects.failed(peer, keys)
+        self._apply(self.slots.objects_failed(peer, set(keys), ErrorRecord(
+            "distrib.SerializationError", f"worker {self.name} could not get a shared object "
+            f"the call passes: {why}").to_wire()))
 
     # --- Python environments -----------------------------------------------------------------
 
@@ -411,6 +464,7 @@ class Daemon:
         self._apply(actions)
         main = self.mains.forget(peer, {ex.key.context for ex in self.slots.executors.values()})
         self._outbox.drop(peer)
+        self.objects.forget(peer)
         self.dists.source_left(peer, self.slots.queues.first_peer_with)
         peer_log.info("Main %s %s: dropped %d queued and stopped %d running tasks",
                       main.name if main else peer.hex()[:8], why, queued, running)
@@ -449,7 +503,9 @@ class Daemon:
                 proc = self.procs[action.ex_id]
                 try:
                     if isinstance(action, Send):
-                        proc.run([(run.key, run.task.frames) for run in action.runs])
+                        proc.run([(run.key, run.task.frames,
+                                   str(self.objects.where(run.task.peer)) if run.task.objects
+                                   else "") for run in action.runs])
                     else:
                         assert isinstance(action, Skip)
                         proc.skip(action.key)
@@ -667,6 +723,8 @@ class Daemon:
             "reruns": self.reruns,
             "dropped_connections": self.gate.dropped_connections,
             "pythons": self.envs.versions(),
+            "objects": self.objects.held(),
             **self.slots.counters,
+            **self.objects.counters,
             **self.envs.counters,
         }

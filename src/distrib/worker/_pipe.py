@@ -31,7 +31,8 @@ class Verb(enum.StrEnum):
 
     # daemon -> executor
     CONTEXT = "context"  # [CONTEXT, argv, variables]: first, the Main's sys.argv and variables
-    RUN = "run"  # [RUN, key] + call frames: run this task (several may wait, in order)
+    RUN = "run"  # [RUN, key, objects] + call frames: run this task (several may wait, in
+    # order); objects: the folder of its Main's shared objects, or ""
     SKIP = "skip"  # [SKIP, key]: drop that task if it has not started
     # executor -> daemon
     READY = "ready"  # [READY, isolation]: the environment is imported ("overlay" or "copy")

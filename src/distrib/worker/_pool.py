@@ -112,10 +112,12 @@ class ExecutorProcess:
         """Its exit code once it ended; None while it runs (or is not started yet)."""
         return self.proc.poll() if self.proc is not None else None
 
-    def run(self, tasks: list[tuple[int, list[Any]]]) -> None:
-        """Hand tasks (key, call frames) to this executor, which runs them in order."""
-        self.pipe.send_many([([Verb.RUN, key], [f.buffer if hasattr(f, "buffer") else f
-                                                for f in frames]) for key, frames in tasks])
+    def run(self, tasks: list[tuple[int, list[Any], str]]) -> None:
+        """Hand tasks (key, call frames, folder of their Main's shared objects or "") to this
+        executor, which runs them in order."""
+        self.pipe.send_many([([Verb.RUN, key, objects], [f.buffer if hasattr(f, "buffer") else f
+                                                         for f in frames])
+                             for key, frames, objects in tasks])
 
     def skip(self, key: int) -> None:
         """Ask the executor to drop task ``key`` if it has not started it."""

@@ -207,6 +207,26 @@ class Slots:
             self._out.append(Report(task, Outcome.ENV_ERROR, info))
         return self._take()
 
+    def objects_in_use(self, peer: bytes) -> set[str]:
+        """The shared objects that ``peer``'s queued and running tasks pass."""
+        tasks = [t for t in self.queues.tasks() if t.peer == peer] + [
+            run.task for ex in self.executors.values() for run in ex.runs
+            if run.task.peer == peer]
+        return {key for t in tasks for key in t.objects}
+
+    def objects_arrived(self, peer: bytes, keys: set[str]) -> None:
+        """Shared objects of ``peer`` are here: tasks waiting for them may start."""
+        for task in self.queues.tasks():
+            if task.peer == peer and task.waits:
+                task.waits -= keys
+
+    def objects_failed(self, peer: bytes, keys: set[str], info: dict[str, str]
+                       ) -> list[Action]:
+        """``peer`` cannot send shared objects: its tasks waiting for them fail with ``info``."""
+        for task in self.queues.take_where(lambda t: t.peer == peer and bool(t.waits & keys)):
+            self._out.append(Report(task, Outcome.ERROR, info))
+        return self._take()
+
     def active_envs(self) -> set[str]:
         """Python environments with a task queued or handed to an executor."""
         return {t.env for t in self.queues.tasks()} | {
@@ -370,7 +390,8 @@ class Slots:
         return out
 
     def _runnable(self, task: QueuedTask) -> bool:
-        return task.dist in self._ready_dists and (not task.env or task.env in self._ready_envs)
+        return (task.dist in self._ready_dists and (not task.env or task.env in self._ready_envs)
+                and not task.waits)
 
     def _starved(self, held: dict[bytes, int]) -> bool:
         """Whether a Main with work that could start holds less than its fair share: then no
@@ -394,7 +415,7 @@ class Slots:
             while len(ex.runs) <= depth:
                 task = self.queues.next_runnable(key.threads, lambda t: (
                     t.dist == key.dist and t.threads == key.threads
-                    and t.context == key.context and t.nbytes < PREFETCH_BYTES))
+                    and t.context == key.context and t.nbytes < PREFETCH_BYTES and not t.waits))
                 if task is None:
                     break
                 self._hand(ex, task, now)

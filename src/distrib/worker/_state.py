@@ -25,6 +25,8 @@ class QueuedTask:
     context: str = ""  # its Main's argv, variables and environment (hashed): executors are
     # per context
     env: str = ""  # the Python environment it runs in, while that is not built ("": ready)
+    objects: tuple[str, ...] = ()  # the shared objects its call passes
+    waits: set[str] = field(default_factory=set)  # of those, the ones not here yet
     nbytes: int = field(init=False, repr=False)  # payload size, for prefetch decisions
 
     def __post_init__(self) -> None:

@@ -1,0 +1,154 @@
+"""Objects sent to a worker once, however many calls pass them: ``share()`` and large arguments.
+
+A ``Shared`` is an object pickled once and named by the hash of its frames (xxh3-128: tens of
+GB/s; a Main's objects are kept apart from other Mains' on a worker, so only it could be
+confused by a collision). A call that
+passes one carries only that name; a worker that lacks the object asks the Main for it
+(``NeedObjects``) and keeps it as a file, and its executors map the file (copy-on-write, so
+numpy arrays come back without a copy and a task may change its own view) when they unpickle
+the call (``worker._objects``). On the Main, a pending call holds the ``Shared`` objects it passes, so a worker can
+always ask for them again.
+
+Large arguments (``bytes``, numpy arrays: anything with ``nbytes`` of ``SHARE_MIN`` or more)
+become ``Shared`` by themselves when their bytes were passed before (``auto_share``): hashed
+at every call, so an array changed in place between two calls is sent again, while one passed
+unchanged to many calls crosses to a worker at most twice (inline the first time, as an object
+the second). Bytes passed once (chunks of data) travel inline, as any argument does.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections import OrderedDict
+import weakref
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from distrib import _serialize
+from distrib._errors import SerializationError, WorkerCrashed
+from distrib.wire._codec import OBJECT_KEY
+
+T = TypeVar("T")
+
+SHARE_MIN = 1 << 20  # bytes: an argument this large is sent once per worker
+
+_live: weakref.WeakValueDictionary[str, Shared[Any]] = weakref.WeakValueDictionary()
+_lock = threading.Lock()
+_SEEN_MAX = 4096  # large arguments whose bytes are remembered (by hash) as passed before
+_seen: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+_local = threading.local()  # .taken: the Shared objects the call being pickled passes
+
+
+class Shared(Generic[T]):
+    """An object pickled once, to pass to many distributed calls: a worker gets its bytes
+    once, and each call carries only its name (like ``ray.put`` or Dask's ``scatter``).
+
+    Make one with ``distrib.share(obj)``. A task receives the object itself, not the handle;
+    numpy arrays in it map the worker's copy without copying it. Changing ``obj`` afterwards
+    changes nothing the workers see: share it again.
+    """
+
+    __slots__ = ("key", "frames", "nbytes", "__weakref__")
+
+    def __init__(self, obj: T) -> None:
+        self.frames = _serialize.dumps(obj)
+        import xxhash  # (here: executors of other Pythons than the daemon's lack its build)
+
+        digest = xxhash.xxh3_128()
+        for frame in self.frames:
+            view = memoryview(frame).cast("B")
+            digest.update(struct.pack("<Q", view.nbytes))
+            digest.update(view)
+        self.key: str = digest.hexdigest()
+        self.nbytes = sum(memoryview(f).nbytes for f in self.frames)
+        with _lock:
+            kept = _live.setdefault(self.key, self)
+        if kept is not self:  # the same bytes are shared already: keep one copy of them
+            self.frames = kept.frames
+
+    def __repr__(self) -> str:
+        return f"<distrib.Shared {self.key[:12]} ({self.nbytes:,} bytes)>"
+
+    def __reduce__(self) -> tuple[Callable[[str], Any], tuple[str]]:
+        taken = getattr(_local, "taken", None)
+        if taken is None:
+            raise SerializationError(
+                f"{self!r} can only be passed to distributed calls, not pickled otherwise")
+        taken[self.key] = self
+        return (_resolve, (self.key,))
+
+
+def share(obj: T) -> Shared[T]:
+    """Pickle ``obj`` once, for many calls: pass the result where you would pass ``obj``
+    (passing ``obj`` itself later also uses the worker's copy, while its bytes are the same)."""
+    if _large(obj):
+        _passed(obj)
+    return Shared(obj)
+
+
+def find(key: str) -> Shared[Any] | None:
+    """The live ``Shared`` named ``key`` (a worker asks for it), if any."""
+    return _live.get(key)
+
+
+def dumps_call(call: tuple[Any, tuple[Any, ...], dict[str, Any]]
+               ) -> tuple[list[Any], dict[str, Shared[Any]]]:
+    """Pickle a call: (its frames, the ``Shared`` objects it passes, by name). Large arguments
+    become ``Shared``."""
+    fn, args, kwargs = call
+    if any(_large(a) for a in args) or any(_large(v) for v in kwargs.values()):
+        args = tuple(auto_share(a) for a in args)
+        kwargs = {k: auto_share(v) for k, v in kwargs.items()}
+    taken: dict[str, Shared[Any]] = {}
+    _local.taken = taken
+    try:
+        frames = _serialize.dumps((fn, args, kwargs))
+    finally:
+        _local.taken = None
+    return frames, taken
+
+
+def _large(obj: Any) -> bool:
+    nbytes = len(obj) if isinstance(obj, (bytes, bytearray)) else getattr(obj, "nbytes", None)
+    return isinstance(nbytes, int) and nbytes >= SHARE_MIN
+
+
+def auto_share(obj: Any) -> Any:
+    """A ``Shared`` of ``obj`` if it is a large buffer whose bytes were passed before, else
+    ``obj`` itself."""
+    if not _large(obj) or isinstance(obj, Shared):
+        return obj
+    return Shared(obj) if _passed(obj) else obj
+
+
+def _passed(obj: Any) -> bool:
+    """Whether ``obj``'s bytes were passed (or shared) before; remember them as passed.
+    True for what is not one contiguous buffer (it is pickled whole anyway)."""
+    import xxhash
+
+    try:
+        view = memoryview(obj).cast("B")
+    except (TypeError, ValueError):
+        return True
+    mark = (type(obj).__qualname__, str(getattr(obj, "dtype", "")), getattr(obj, "shape", None),
+            xxhash.xxh3_128_digest(view))
+    with _lock:
+        seen = mark in _seen
+        _seen[mark] = None
+        _seen.move_to_end(mark)
+        if len(_seen) > _SEEN_MAX:
+            _seen.popitem(last=False)
+    return seen
+
+
+# --- the executor side -----------------------------------------------------------------------
+
+
+def _resolve(key: str) -> Any:
+    """A shared object, from the worker's copy (runs while an executor unpickles a call)."""
+    from distrib.worker import _objects
+
+    if not OBJECT_KEY.fullmatch(key):
+        raise WorkerCrashed(f"a call passes a shared object with a bad name: {key[:70]!r}")
+    return _serialize.loads(_objects.load(key))
