@@ -87,6 +87,7 @@ class Settings:
     dependencies: str = "auto"  # "auto": what the workspace imports, as installed; "none"
     requirements: Path | None = None  # a requirements file shipped instead of "auto"
     max_payload: int | None = None  # bytes a call's arguments or result may pickle to
+    shared_memory: bool = True  # large frames through /dev/shm with workers on this machine
     source: str = "defaults"  # the configuration file used, for messages
 
 
@@ -180,8 +181,8 @@ def _worker(name: str, item: Any) -> WorkerAddress:
 # --- sources ---------------------------------------------------------------------------------
 
 _SCHEMA: dict[str, set[str]] = {
-    "main": {"key", "workspace", "exclude", "forward_output", "forward_env", "heartbeat",
-             "lost_after", "dependencies", "requirements", "max_payload"},
+    "main": {"key", "workspace", "exclude", "forward_output", "shared_memory", "forward_env",
+             "heartbeat", "lost_after", "dependencies", "requirements", "max_payload"},
     "local": {"threads"},
     "discovery": {"enabled", "trust", "trust_on_first_use", "interfaces"},
     "workers": set(),
@@ -249,6 +250,8 @@ def _from_file(path: Path, table: dict[str, Any]) -> dict[str, Any]:
         values["forward_output"] = _bool(f"{name} forward_output", main["forward_output"])
     if "forward_env" in main:
         values["forward_env"] = _strings(f"{name} forward_env", main["forward_env"])
+    if "shared_memory" in main:
+        values["shared_memory"] = _bool(f"{name} shared_memory", main["shared_memory"])
     if "heartbeat" in main:
         values["heartbeat_interval"] = _positive(f"{name} heartbeat", main["heartbeat"], float)
     if "lost_after" in main:
@@ -313,6 +316,8 @@ def _from_environ(env: Mapping[str, str]) -> dict[str, Any]:
         values["local_threads"] = _positive("DISTRIB_LOCAL_THREADS", raw, int)
     if raw := env.get("DISTRIB_OUTPUT", "").strip():
         values["forward_output"] = _bool("DISTRIB_OUTPUT", raw)
+    if raw := env.get("DISTRIB_SHARED_MEMORY", "").strip():
+        values["shared_memory"] = _bool("DISTRIB_SHARED_MEMORY", raw)
     if raw := env.get("DISTRIB_WORKSPACE", "").strip():
         values["workspace"] = Path(raw)
     if raw := env.get("DISTRIB_EXCLUDE", "").strip():

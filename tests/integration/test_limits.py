@@ -6,6 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from distrib.wire._limits import INLINE_MAX, OUTPUT_CHUNK
 from tests.helpers import PYTHON, Workspace, ended, finish, with_tasks
 
@@ -140,8 +142,9 @@ def test_calls_racing_shutdown_all_end_and_later_ones_are_cancelled(
         assert "Traceback" not in out.stderr and "Exception in thread" not in out.stderr
 
 
+@pytest.mark.parametrize("shared_memory", ["false", "true"])
 def test_payloads_larger_than_any_frame_either_side_takes_travel_in_pieces(
-        workspace: Workspace) -> None:
+        workspace: Workspace, shared_memory: str) -> None:
     workspace.write("main.py", """\
         import hashlib
         from distrib import distributed
@@ -164,8 +167,10 @@ def test_payloads_larger_than_any_frame_either_side_takes_travel_in_pieces(
             except ValueError as exc:
                 print("ERROR", len(str(exc)))
         """)
-    # Both the Main and its local worker take frames of at most 1 MiB.
-    out = workspace.run("main.py", env={"DISTRIB_MAX_MESSAGE_MB": "1"}, timeout=300)
+    # Both the Main and its local worker take frames of at most 1 MiB (with shared memory,
+    # the large argument and result go through /dev/shm instead; the error does not).
+    out = workspace.run("main.py", env={"DISTRIB_MAX_MESSAGE_MB": "1",
+                                        "DISTRIB_SHARED_MEMORY": shared_memory}, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.splitlines() == ["ARG True", "RESULT True", "ERROR 3000000"]
 

@@ -47,6 +47,7 @@ class Link:
     since: float = 0.0  # when the current state began
     reason: str = ""  # why it was refused or lost
     max_frame: int = MAX_MESSAGE_BYTES  # the worker's frame limit (its Welcome says)
+    shm: bool = False  # large frames go through /dev/shm (its Welcome says it shares ours)
 
     def connect(self, now: float) -> None:
         """(Re)build the socket and say Hello."""

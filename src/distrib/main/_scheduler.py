@@ -32,6 +32,9 @@ class Task:
     outputs: tuple[str, ...] = ()  # globs: its result comes with the files it wrote
     attempts: int = 0  # runs that ended in a crash or a lost worker
     shared: dict[str, Any] = field(default_factory=dict, repr=False)  # the Shared it passes
+    # its payload with the large frames in /dev/shm (made at its first send to a worker on
+    # this machine; the files go with the task): (frames, name -> index)
+    in_shm: tuple[list[Any], dict[str, int], Any] | None = field(default=None, repr=False)
     link: str | None = None  # the worker it is on, while in flight
 
     @property

@@ -25,7 +25,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from distrib import _config, _runtime, _shared
+from distrib import _config, _runtime, _shared, _shm
 from distrib._errors import (
     AuthError,
     Cancelled,
@@ -94,6 +94,9 @@ class Session:
             raise
         self.ctx: zmq.Context[Any] = zmq.Context()
         forwarded = forwarded_environ(self.dist, settings.forward_env, os.environ)
+        _shm.remove_stale()
+        self._probe = _shm.probe(os.getpid()) if settings.shared_memory else None
+        self._shm_links = False  # a worker shares /dev/shm: calls write large frames there
         if forwarded:
             log.info("forwarding to workers: %s", ", ".join(forwarded))
         log.info("environment for workers: Python %s, %s", self.env.python, self.env.summary())
@@ -101,7 +104,8 @@ class Session:
                              os.getpid(), settings.forward_output, list(sys.argv), forwarded,
                              self.env.encode(), MAX_MESSAGE_BYTES,
                              preload_modules(self.dist.root if self.dist.entries else None),
-                             settings.max_payload or 0)
+                             settings.max_payload or 0,
+                             [self._probe[0].name, self._probe[1]] if self._probe else [])
         self.links: dict[str, Link] = {}
         for worker in workers:
             self._add_link(worker)
@@ -150,11 +154,13 @@ class Session:
         opts = fn.options
         task_id = next(self._ids)
         response: Response[Any] = Response(task_id, fn.__qualname__, self._request_cancel)
+        task = Task(task_id, fn.__qualname__, frames, opts.platform, opts.threads, opts.retries,
+                    opts.timeout, response, opts.outputs, shared=shared)
+        if self._probe is not None and (self.local is not None or self._shm_links):
+            self._in_shm(task)  # here, not in the I/O thread: it copies the large frames
         with self._closing_lock:
             if not self._closing:
-                self._incoming.append(Task(task_id, fn.__qualname__, frames, opts.platform,
-                                           opts.threads, opts.retries, opts.timeout, response,
-                                           opts.outputs, shared=shared))
+                self._incoming.append(task)
                 self._wake()
                 return response
         response._finish(None, exc=Cancelled(
@@ -194,6 +200,8 @@ class Session:
                 f"task {task.name}#{task.task_id} did not finish before distrib shut down"))
         if self.local is not None:
             self.local.stop()
+        if self._probe is not None:
+            _shm.remove_of(os.getpid())
 
     # --- the I/O thread ----------------------------------------------------------------------
 
@@ -276,14 +284,29 @@ class Session:
             link = self.links[link_id]
             specs: list[tuple[m.TaskSpec, list[Any]]] = []
             for t in tasks:
-                inline, separate = m.split_payload(t.frames)
+                frames, shm = self._in_shm(t) if link.shm else (t.frames, {})
+                inline, separate = m.split_payload(frames)
                 specs.append((m.TaskSpec(t.task_id, self.dist.dist_id, t.threads, t.timeout,
                                          t.attempts, inline, len(separate),
-                                         {k: s.nbytes for k, s in t.shared.items()}),
+                                         {k: s.nbytes for k, s in t.shared.items()}, shm),
                                separate))
             for batch in batches(specs, _inline_bytes):
                 link.send(m.Submit([spec for spec, _ in batch],
                                    frames=tuple(f for _, fs in batch for f in fs)))
+
+    def _in_shm(self, task: Task) -> tuple[list[Any], dict[str, int]]:
+        """``task``'s payload with its large frames in /dev/shm (written once; the files are
+        removed with the task)."""
+        if task.in_shm is None:
+            frames, names = task.frames, dict[str, int]()
+            if any(memoryview(f).nbytes >= _shm.MIN for f in task.frames):
+                try:
+                    frames, names = _shm.offload(task.frames, os.getpid())
+                except OSError as exc:  # /dev/shm full, say: the frames go by the socket
+                    log.warning("cannot put a call's arguments in shared memory (%s); sending "
+                                "them by the socket", exc)
+            task.in_shm = (frames, names, _shm.Owned(list(names)))
+        return task.in_shm[0], task.in_shm[1]
 
     def _drain(self, link: Link) -> None:
         assert link.sock is not None
@@ -341,6 +364,8 @@ class Session:
             return
         link.state, link.name, link.since = LinkState.READY, msg.name, time.monotonic()
         link.max_frame = max(1, msg.max_frame)
+        link.shm = msg.shm and self._probe is not None
+        self._shm_links = self._shm_links or link.shm
         if msg.environment:
             log.warning("worker %s gets no tasks: %s", link.label, msg.environment)
         self.scheduler.join(WorkerView(link.link_id, msg.name, msg.platform, msg.python,
@@ -395,6 +420,16 @@ class Session:
             frames = [*spec.inline, *msg.frames[at: at + spec.nframes]]
             at += spec.nframes
             task = self.scheduler.finish(link.link_id, spec.task_id)
+            if spec.shm:
+                try:
+                    frames = _shm.restore(frames, spec.shm, unlink=True)
+                except (OSError, ValueError) as exc:
+                    _shm.remove(list(spec.shm))
+                    if task is not None:
+                        task.response._finish(link.name, exc=SerializationError(
+                            f"the result of {task.name}#{task.task_id} on worker {link.label} "
+                            f"was lost: its shared memory cannot be read ({exc})"))
+                    continue
             if task is None:
                 continue
             settle(task, spec, frames, link.name, f"{task.name}#{task.task_id} on worker "

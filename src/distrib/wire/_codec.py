@@ -22,6 +22,7 @@ from distrib.wire._limits import MAX_HEADER_BYTES, MAX_MESSAGE_BYTES, MAX_OBJECT
 
 _Check = Callable[[Any], Any]
 OBJECT_KEY = re.compile(r"[0-9a-f]{32}")  # a shared object's name: the hash of its frames
+SHM_NAME = re.compile(r"distrib-[0-9]{1,10}-[0-9a-z]{1,40}")  # a frame's file in /dev/shm
 
 
 def _checker(tp: Any) -> _Check:
@@ -218,10 +219,13 @@ def _check_frames(message: m.Message) -> None:
             raise ProtocolError("Submit: every task needs a payload and at least one thread")
         for t in message.tasks:
             _check_objects(t.objects, f"Submit: task {t.task_id}")
+            _check_shm(t.shm, len(t.inline) + t.nframes, f"Submit: task {t.task_id}")
     elif isinstance(message, m.Results):
         expected = sum(r.nframes for r in message.results)
         if any(r.nframes < 0 for r in message.results):
             raise ProtocolError("Results: negative frame count")
+        for r in message.results:
+            _check_shm(r.shm, len(r.inline) + r.nframes, f"Results: task {r.task_id}")
     elif isinstance(message, m.Blobs):
         expected = len(message.hashes)
     elif isinstance(message, m.Manifest):
@@ -242,3 +246,9 @@ def _check_objects(objects: dict[str, int], where: str) -> None:
             not OBJECT_KEY.fullmatch(k) or n < 0 for k, n in objects.items()):
         raise ProtocolError(f"{where}: bad shared objects (at most {MAX_OBJECTS}, named by "
                             "32 hex digits)")
+
+
+def _check_shm(shm: dict[str, int], frames: int, where: str) -> None:
+    if len(shm) > MAX_OBJECTS or any(not SHM_NAME.fullmatch(k) or not 0 <= i < frames
+                                     for k, i in shm.items()):
+        raise ProtocolError(f"{where}: bad shared-memory frames")

@@ -77,6 +77,9 @@ class Hello(Message):
     max_frame: int  # the largest frame it takes; larger payload frames come in pieces
     preload: list[str]  # modules it had imported: executors' templates import them once
     max_payload: int  # bytes a result may pickle to (its max_payload setting); 0: no limit
+    # [name, token] of a file it wrote in /dev/shm: a worker that reads it (as the same user)
+    # exchanges large frames with it through shared memory (``distrib._shm``); [] for none
+    shm_probe: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,7 @@ class Welcome(Message):
     pythons: list[str]  # the Python versions it can run tasks with (major.minor)
     environment: str  # why it cannot provide the Main's environment; empty if it can
     max_frame: int  # the largest frame it takes; larger payload frames come in pieces
+    shm: bool = False  # it read the Main's shm probe: large frames may go through /dev/shm
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +145,8 @@ class TaskSpec:
     nframes: int
     objects: dict[str, int] = field(default_factory=dict)  # shared objects it passes: name
     # -> bytes
+    shm: dict[str, int] = field(default_factory=dict)  # payload frames in /dev/shm: name ->
+    # index (the frame there is empty)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +178,8 @@ class ResultSpec:
     info: dict[str, str]
     inline: list[bytes]
     nframes: int
+    shm: dict[str, int] = field(default_factory=dict)  # payload frames in /dev/shm (see
+    # TaskSpec)
 
 
 @dataclass(frozen=True, slots=True)

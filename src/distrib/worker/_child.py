@@ -23,7 +23,7 @@ from typing import Any
 
 import pathspec
 
-from distrib import _runtime, _serialize
+from distrib import _runtime, _serialize, _shm
 from distrib.wire._limits import MAX_FILE_BYTES
 from distrib._errors import SerializationError
 from distrib.wire._messages import Outcome, payload_size
@@ -106,13 +106,14 @@ def _outputs(isolation: _isolation.Overlay | _isolation.Copies,
     return out
 
 
-def _take_messages(pipe: Pipe, waiting: dict[int, tuple[list[Any], str]], block: bool) -> None:
+def _take_messages(pipe: Pipe, waiting: dict[int, tuple[list[Any], list[Any]]],
+                   block: bool) -> None:
     """Read what the daemon sent: tasks to run, and skips of tasks not started yet."""
     while block or pipe.readable():
         block = False
         header, frames = pipe.recv()
         if header[0] == Verb.RUN:
-            waiting[header[1]] = (frames, header[2])
+            waiting[header[1]] = (frames, header[2:])
         elif header[0] == Verb.SKIP:
             if waiting.pop(header[1], None) is not None:
                 pipe.send([Verb.SKIPPED, header[1]])
@@ -243,7 +244,7 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
     out, err = _Forward(pipe, lock, 1), _Forward(pipe, lock, 2)
     pipe.send([Verb.READY, isolation.kind])
     real_out, real_err = sys.stdout, sys.stderr
-    waiting: dict[int, tuple[list[Any], str]] = {}  # tasks received, not started: in order
+    waiting: dict[int, tuple[list[Any], list[Any]]] = {}  # received, not started: in order
     while True:
         try:
             _take_messages(pipe, waiting, block=not waiting)
@@ -252,12 +253,15 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
         if not waiting:
             continue
         key = next(iter(waiting))
-        frames, objects = waiting.pop(key)
+        frames, (objects, shm, shm_pid) = waiting.pop(key)
         _objects.current = Path(objects) if objects else None
+        in_shm: dict[str, int] = {}
         out.key = err.key = key
         sys.stdout, sys.stderr = out, err
         try:
             isolation.enter()
+            if shm:
+                frames = _shm.restore(frames, shm, unlink=False)  # (its Main removes them)
             fn, args, kwargs = _serialize.loads(frames)
             result = fn.__wrapped__(*args, **kwargs)
             if fn.options.outputs:
@@ -270,6 +274,11 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
                         f"the result of {fn.__qualname__} pickles to {size:,} bytes, more "
                         f"than the Main's max_payload ({_max_payload:,} bytes); return less, "
                         "or raise the setting")
+                if shm_pid:
+                    try:
+                        payload, in_shm = _shm.offload(payload, shm_pid)
+                    except OSError:
+                        pass  # (/dev/shm full, say): the pipe carries it
             except Exception as exc:
                 status, info, payload = _error_outcome(exc)
         except BaseException as exc:  # the task's own error, or a call that does not unpickle
@@ -281,7 +290,7 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
             out.flush()
             err.flush()
             sys.stdout, sys.stderr = real_out, real_err
-        pipe.send([Verb.DONE, key, status, info], payload)
+        pipe.send([Verb.DONE, key, status, info, in_shm], payload)
 
 
 if __name__ == "__main__":

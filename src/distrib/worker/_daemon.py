@@ -22,8 +22,10 @@ from typing import Any
 
 import zmq
 
+from distrib import _shm
 from distrib._errors import ProtocolError, WorkspaceError
 from distrib._logs import RateLimited
+from distrib._process import exists
 from distrib.wire import _codec, _envspec, _facts, _transport
 from distrib.wire import _messages as m
 from distrib.wire._keys import KeyPair
@@ -86,6 +88,7 @@ class Daemon:
         self.mains = Mains()
         self.slots = Slots(slots, idle_after, max_queued)
         self.objects = Objects(self.runs / "objects", max_objects)
+        self._shm_sweep: set[int] = set()  # Mains (pids) that left: remove their /dev/shm files
         store = Store(cache_dir, max_cache)
         store.clean_leftovers()
         self.dists = Distributions(store, self._send,
@@ -320,13 +323,15 @@ class Daemon:
             if not problem and self.envs.ready(env):
                 self.envs.used(env)
                 self.slots.env_ready(env)
-        self.mains.welcome(peer, msg, time.monotonic(), env, problem)
+        shm = len(msg.shm_probe) == 2 and _shm.check_probe(msg.shm_probe[0], msg.shm_probe[1],
+                                                            msg.pid)
+        self.mains.welcome(peer, msg, time.monotonic(), env, problem, shm)
         peer_log.info("serving Main %s (pid %d)%s", msg.name, msg.pid,
                       f"; it cannot run here: {problem}" if problem else "")
         self._send(peer, m.Welcome(m.PROTOCOL_VERSION, self.worker_id, self.name,
                                    _facts.platform_tag(), _facts.python_version(),
                                    self.slots.slots, os.getpid(), self.envs.versions(),
-                                   problem, MAX_MESSAGE_BYTES))
+                                   problem, MAX_MESSAGE_BYTES, shm))
 
     def _on_submit(self, peer: bytes, msg: m.Submit) -> None:
         frames = list(msg.frames)
@@ -345,12 +350,25 @@ class Daemon:
             if spec.threads > self.slots.slots:  # it can never run here: say so, fetch nothing
                 self._apply(self.slots.submit(task))
                 continue
+            if spec.shm and not main.shm:
+                self._report(task, Outcome.ERROR, ErrorRecord(
+                    "distrib.ProtocolError", f"worker {self.name} does not share this Main's "
+                    "/dev/shm, yet its call names frames there").to_wire(), [])
+                continue
+            task.shm = spec.shm
             if spec.objects and not self._plan_objects(task, spec.objects):
                 continue
             self.dists.request(spec.dist, peer)
             if main.env and not self.slots.env_is_ready(main.env):
                 self._need_env(main.env, peer)
             self._apply(self.slots.submit(task))
+
+    def _run_extras(self, task: QueuedTask) -> list[Any]:
+        """What an executor needs besides a task's frames: its Main's folder of shared
+        objects, its frames in /dev/shm, and whose /dev/shm takes large result frames."""
+        main = self.mains.get(task.peer)
+        return [str(self.objects.where(task.peer)) if task.objects else "", task.shm,
+                main.pid if main is not None and main.shm else 0]
 
     # --- shared objects ----------------------------------------------------------------------
 
@@ -465,6 +483,8 @@ class Daemon:
         main = self.mains.forget(peer, {ex.key.context for ex in self.slots.executors.values()})
         self._outbox.drop(peer)
         self.objects.forget(peer)
+        if main is not None and main.shm:
+            self._shm_sweep.add(main.pid)  # its files in /dev/shm, once its process is gone
         self.dists.source_left(peer, self.slots.queues.first_peer_with)
         peer_log.info("Main %s %s: dropped %d queued and stopped %d running tasks",
                       main.name if main else peer.hex()[:8], why, queued, running)
@@ -478,7 +498,8 @@ class Daemon:
             action = todo[i]
             i += 1
             if isinstance(action, Report):
-                self._report(action.task, action.outcome, action.info, action.frames)
+                self._report(action.task, action.outcome, action.info, action.frames,
+                             action.shm)
             elif isinstance(action, Kill):
                 proc = self.procs.pop(action.ex_id, None)
                 if proc is not None:
@@ -503,9 +524,8 @@ class Daemon:
                 proc = self.procs[action.ex_id]
                 try:
                     if isinstance(action, Send):
-                        proc.run([(run.key, run.task.frames,
-                                   str(self.objects.where(run.task.peer)) if run.task.objects
-                                   else "") for run in action.runs])
+                        proc.run([(run.key, run.task.frames, self._run_extras(run.task))
+                                  for run in action.runs])
                     else:
                         assert isinstance(action, Skip)
                         proc.skip(action.key)
@@ -626,9 +646,9 @@ class Daemon:
             self.slots.executor_ready(ex_id)
         elif verb == Verb.OUT and len(header) == 4:
             self._forward_output(ex_id, int(header[2]), str(header[3]))
-        elif verb == Verb.DONE and len(header) == 4 and header[2] in _OUTCOMES:
+        elif verb == Verb.DONE and len(header) == 5 and header[2] in _OUTCOMES:
             self._apply(self.slots.task_done(ex_id, header[1], _OUTCOMES[header[2]],
-                                             header[3], frames, now))
+                                             header[3], frames, now, header[4]))
         elif verb == Verb.SKIPPED and len(header) == 2:
             self._apply(self.slots.task_skipped(ex_id, header[1], now))
         elif verb == Verb.ENV_ERROR and len(header) == 2:
@@ -673,11 +693,14 @@ class Daemon:
     # --- results and timers ------------------------------------------------------------------
 
     def _report(self, task: QueuedTask, outcome: Outcome, info: dict[str, str],
-                frames: list[Any]) -> None:
+                frames: list[Any], shm: dict[str, int] | None = None) -> None:
         if outcome is Outcome.TIMEOUT:
             peer_log.info("task %d ran past its timeout; stopped it", task.task_id)
+        if shm and (outcome is not Outcome.OK or task.peer not in self.mains):
+            _shm.remove(list(shm))  # a result no one will read
+            shm = None
         if task.peer in self.mains:
-            self._outbox.add(task.peer, task.task_id, outcome, info, frames)
+            self._outbox.add(task.peer, task.task_id, outcome, info, frames, shm or {})
 
     def _tick(self, now: float) -> None:
         for ex_id, proc in list(self.procs.items()):
@@ -685,6 +708,12 @@ class Daemon:
                 self._apply(self._executor_died(ex_id))
         if self._forking:
             self._reap_strays()
+        for pid in list(self._shm_sweep):
+            if any(x.pid == pid and x.shm for x in self.mains.values()):
+                self._shm_sweep.discard(pid)  # it came back
+            elif not exists(pid):
+                _shm.remove_of(pid)
+                self._shm_sweep.discard(pid)
         used = {ex.key for ex in self.slots.executors.values()}
         for key, template in list(self.templates.items()):  # (their memory goes back)
             if key not in used and now - template.last_used > self.slots.idle_after:

@@ -38,6 +38,8 @@ class MainPeer:
     env: str  # its Python environment's id ("": the daemon's own interpreter)
     env_problem: str  # why that environment cannot be had here ("" if it can)
     max_frame: int  # the largest frame it takes
+    pid: int = 0  # its process id (as it says)
+    shm: bool = False  # it shares this machine's /dev/shm and user: large frames go there
     fd: int = -1  # its connection's file descriptor: when that closes, the Main is gone
 
 
@@ -49,12 +51,12 @@ class Mains(dict[bytes, MainPeer]):
         self.contexts: dict[str, Context] = {}
 
     def welcome(self, peer: bytes, hello: m.Hello, now: float, env: str,
-                env_problem: str) -> MainPeer:
+                env_problem: str, shm: bool) -> MainPeer:
         context = hashlib.sha256(msgpack.packb([hello.argv, sorted(hello.environ.items()),
                                                 env, hello.preload, hello.max_payload]))
         main = self[peer] = MainPeer(peer, hello.main_id, hello.name, hello.forward_output, now,
                                      context.hexdigest()[:16], env, env_problem,
-                                     hello.max_frame)
+                                     hello.max_frame, hello.pid, shm)
         self.contexts[main.context] = Context(hello.argv, hello.environ, env, hello.preload,
                                               hello.max_payload)
         return main

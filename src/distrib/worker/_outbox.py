@@ -21,10 +21,10 @@ class Outbox:
         self._items: dict[bytes, list[Outgoing]] = defaultdict(list)
 
     def add(self, peer: bytes, task_id: int, outcome: Outcome, info: dict[str, str],
-            frames: list[Any]) -> None:
+            frames: list[Any], shm: dict[str, int]) -> None:
         inline, separate = m.split_payload(frames)
         self._items[peer].append(
-            (m.ResultSpec(task_id, outcome, info, inline, len(separate)), separate))
+            (m.ResultSpec(task_id, outcome, info, inline, len(separate), shm), separate))
 
     def drop(self, peer: bytes) -> None:
         """The Main left: nothing more goes to it."""

@@ -31,8 +31,10 @@ class Verb(enum.StrEnum):
 
     # daemon -> executor
     CONTEXT = "context"  # [CONTEXT, argv, variables]: first, the Main's sys.argv and variables
-    RUN = "run"  # [RUN, key, objects] + call frames: run this task (several may wait, in
-    # order); objects: the folder of its Main's shared objects, or ""
+    RUN = "run"  # [RUN, key, objects, shm, pid] + call frames: run this task (several may
+    # wait, in order); objects: the folder of its Main's shared objects, or ""; shm: its call
+    # frames in /dev/shm (name -> index); pid: put large result frames in /dev/shm as that
+    # Main's (0: do not)
     SKIP = "skip"  # [SKIP, key]: drop that task if it has not started
     # executor -> daemon
     READY = "ready"  # [READY, isolation]: the environment is imported ("overlay" or "copy")
@@ -40,7 +42,8 @@ class Verb(enum.StrEnum):
     SKIPPED = "skipped"  # [SKIPPED, key]: dropped, never started
     ENV_ERROR = "env_error"  # [ENV_ERROR, record] + error frames: the import failed; it exits
     OUT = "out"  # [OUT, key, stream, text]: a task's output line(s)
-    DONE = "done"  # [DONE, key, outcome, record] + result or error frames
+    DONE = "done"  # [DONE, key, outcome, record, shm] + result or error frames (shm: result
+    # frames in /dev/shm)
 
 
 class Pipe:

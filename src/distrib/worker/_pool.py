@@ -112,12 +112,13 @@ class ExecutorProcess:
         """Its exit code once it ended; None while it runs (or is not started yet)."""
         return self.proc.poll() if self.proc is not None else None
 
-    def run(self, tasks: list[tuple[int, list[Any], str]]) -> None:
-        """Hand tasks (key, call frames, folder of their Main's shared objects or "") to this
-        executor, which runs them in order."""
-        self.pipe.send_many([([Verb.RUN, key, objects], [f.buffer if hasattr(f, "buffer") else f
-                                                         for f in frames])
-                             for key, frames, objects in tasks])
+    def run(self, tasks: list[tuple[int, list[Any], list[Any]]]) -> None:
+        """Hand tasks (key, call frames, [folder of their Main's shared objects or "", call
+        frames in /dev/shm, pid of the Main whose /dev/shm takes large result frames or 0]) to
+        this executor, which runs them in order."""
+        self.pipe.send_many([([Verb.RUN, key, *more], [f.buffer if hasattr(f, "buffer") else f
+                                                      for f in frames])
+                             for key, frames, more in tasks])
 
     def skip(self, key: int) -> None:
         """Ask the executor to drop task ``key`` if it has not started it."""

@@ -105,6 +105,7 @@ class Report:
     outcome: Outcome
     info: dict[str, str] = field(default_factory=dict)
     frames: list[Any] = field(default_factory=list)
+    shm: dict[str, int] = field(default_factory=dict)  # result frames in /dev/shm
 
 
 Action: TypeAlias = Spawn | Send | Skip | Kill | Report
@@ -255,8 +256,10 @@ class Slots:
         self._unsent.setdefault(ex_id, []).extend(ex.runs)
 
     def task_done(self, ex_id: int, key: int, outcome: Outcome, info: dict[str, str],
-                  frames: list[Any], now: float) -> list[Action]:
-        """The executor finished its running task (``key``)."""
+                  frames: list[Any], now: float, shm: dict[str, int] | None = None
+                  ) -> list[Action]:
+        """The executor finished its running task (``key``); ``shm``: its result frames in
+        /dev/shm (reported with it, or on a withdrawn task's report, to be removed)."""
         ex = self.executors[ex_id]
         head = ex.runs[0] if ex.runs else None
         if head is None or head.key != key:
@@ -269,9 +272,9 @@ class Slots:
         self._next_head(ex, now)
         self.counters["tasks_done"] += 1
         if head.withdrawn is None:
-            self._out.append(Report(head.task, outcome, info, frames))
+            self._out.append(Report(head.task, outcome, info, frames, shm or {}))
         elif head.withdrawn is Withdrawn.CANCELLED:  # finished before the skip could stop it
-            self._out.append(Report(head.task, Outcome.CANCELLED))
+            self._out.append(Report(head.task, Outcome.CANCELLED, shm=shm or {}))
         return self._take()
 
     def task_skipped(self, ex_id: int, key: int, now: float) -> list[Action]:

@@ -27,6 +27,7 @@ class QueuedTask:
     env: str = ""  # the Python environment it runs in, while that is not built ("": ready)
     objects: tuple[str, ...] = ()  # the shared objects its call passes
     waits: set[str] = field(default_factory=set)  # of those, the ones not here yet
+    shm: dict[str, int] = field(default_factory=dict)  # its frames in /dev/shm: name -> index
     nbytes: int = field(init=False, repr=False)  # payload size, for prefetch decisions
 
     def __post_init__(self) -> None:

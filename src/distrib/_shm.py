@@ -1,0 +1,150 @@
+"""Large payload frames through shared memory, between a Main and a worker on one machine.
+
+A frame of ``MIN`` bytes or more of a call or a result is written once into a file of
+``/dev/shm`` and the message carries the file's name instead (``TaskSpec.shm`` and
+``ResultSpec.shm``: name -> the frame's index in the payload; the frame itself is empty). The
+side that reads it maps the file: a numpy array argument or result is then one copy away from
+the process that made it, instead of passing through the sockets of a Main, a daemon and an
+executor.
+
+Only where both sides see the same ``/dev/shm`` as the same user: the Main writes a *probe*
+file (mode 0600, a random token inside) and names it in its Hello; the worker answers
+``Welcome.shm`` true only if it reads that token from a file its own user owns. Files are
+named ``distrib-<Main pid>-<random>``: the Main removes the files of a call when the call is
+done (or at exit), and removes result files as it maps them; a worker removes a Main's files
+when that Main leaves (killed, say), and a Main starting removes those of Mains that are gone.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from distrib._process import exists
+
+ROOT = Path("/dev/shm")
+MIN = 1 << 20  # bytes: smaller frames travel in the message
+NAME = re.compile(r"distrib-([0-9]{1,10})-[0-9a-z]{1,40}")  # (as wire._codec.SHM_NAME)
+
+
+def available() -> bool:
+    """Whether this machine has a ``/dev/shm`` to share frames through."""
+    return ROOT.is_dir() and os.access(ROOT, os.W_OK)
+
+
+def probe(pid: int) -> tuple[Path, str] | None:
+    """Write this Main's probe file; (its path, its token), or None without ``/dev/shm``."""
+    if not available():
+        return None
+    token = secrets.token_hex(16)
+    path = ROOT / f"distrib-{pid}-probe"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token)
+    except OSError:
+        return None
+    return path, token
+
+
+def check_probe(name: str, token: str, pid: int) -> bool:
+    """On a worker: whether a Main's probe shows that it shares ``/dev/shm`` and this user."""
+    match = NAME.fullmatch(name)
+    if match is None or int(match.group(1)) != pid or not token:
+        return False
+    try:
+        path = ROOT / name
+        return path.stat().st_uid == os.geteuid() and path.read_text() == token
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def offload(frames: list[Any], pid: int) -> tuple[list[Any], dict[str, int]]:
+    """Write the large frames of a payload into files of ``pid``'s: (the payload with those
+    frames empty, name -> index)."""
+    names: dict[str, int] = {}
+    out = list(frames)
+    try:
+        for i, frame in enumerate(frames):
+            view = memoryview(frame).cast("B")
+            if view.nbytes >= MIN:
+                name = f"distrib-{pid}-{secrets.token_hex(8)}"
+                _write(ROOT / name, view)
+                names[name] = i
+                out[i] = b""
+    except OSError:  # (/dev/shm full, say): none of them, then
+        remove(list(names))
+        raise
+    return out, names
+
+
+def _write(path: Path, view: memoryview) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        done = 0
+        while done < view.nbytes:
+            done += os.write(fd, view[done:])
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)
+
+
+def restore(frames: Sequence[Any], names: dict[str, int], unlink: bool) -> list[Any]:
+    """The payload with each named frame mapped from its file (writable, private to this
+    process); ``unlink``: remove the files (the mappings stay)."""
+    out = list(frames)
+    for name, index in names.items():
+        if not NAME.fullmatch(name) or not 0 <= index < len(out):
+            raise ValueError(f"bad shared-memory frame {name!r} at {index}")
+        path = ROOT / name
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            mapped = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) if size else b""
+        if unlink:
+            path.unlink(missing_ok=True)
+        out[index] = memoryview(mapped)
+    return out
+
+
+class Owned:
+    """Files a call's frames were written to: removed when this is collected (its call is
+    done and forgotten)."""
+
+    __slots__ = ("names",)
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+
+    def __del__(self) -> None:
+        remove(self.names)
+
+
+def remove(names: Sequence[str]) -> None:
+    """Remove these files (the frames of a call that is done)."""
+    for name in names:
+        if NAME.fullmatch(name):
+            (ROOT / name).unlink(missing_ok=True)
+
+
+def remove_of(pid: int) -> None:
+    """Remove every file of the Main ``pid`` (it left)."""
+    if ROOT.is_dir():
+        for path in ROOT.glob(f"distrib-{pid}-*"):
+            path.unlink(missing_ok=True)
+
+
+def remove_stale() -> None:
+    """Remove the files of Mains that are gone (killed before they could)."""
+    if not ROOT.is_dir():
+        return
+    for path in ROOT.glob("distrib-*-*"):
+        match = NAME.fullmatch(path.name)
+        if match is not None and not exists(int(match.group(1))):
+            path.unlink(missing_ok=True)
