@@ -97,7 +97,7 @@ def dumps_call(call: tuple[Any, tuple[Any, ...], dict[str, Any]]
     """Pickle a call: (its frames, the ``Shared`` objects it passes, by name). Large arguments
     become ``Shared``."""
     fn, args, kwargs = call
-    if any(_large(a) for a in args) or any(_large(v) for v in kwargs.values()):
+    if (args and any(map(_large, args))) or (kwargs and any(map(_large, kwargs.values()))):
         args = tuple(auto_share(a) for a in args)
         kwargs = {k: auto_share(v) for k, v in kwargs.items()}
     taken: dict[str, Shared[Any]] = {}
@@ -109,7 +109,12 @@ def dumps_call(call: tuple[Any, tuple[Any, ...], dict[str, Any]]
     return frames, taken
 
 
+_PLAIN = frozenset({int, float, str, bool, type(None)})  # never shared: no look inside
+
+
 def _large(obj: Any) -> bool:
+    if type(obj) in _PLAIN:
+        return False
     nbytes = len(obj) if isinstance(obj, (bytes, bytearray)) else getattr(obj, "nbytes", None)
     return isinstance(nbytes, int) and nbytes >= SHARE_MIN
 

@@ -156,7 +156,8 @@ class Session:
         response: Response[Any] = Response(task_id, fn.__qualname__, self._request_cancel)
         task = Task(task_id, fn.__qualname__, frames, opts.platform, opts.threads, opts.retries,
                     opts.timeout, response, opts.outputs, shared=shared)
-        if self._probe is not None and (self.local is not None or self._shm_links):
+        if self._probe is not None and (len(frames) > 1 or len(frames[0]) >= _shm.MIN) and (
+                self.local is not None or self._shm_links):
             self._in_shm(task)  # here, not in the I/O thread: it copies the large frames
         with self._closing_lock:
             if not self._closing:
@@ -284,11 +285,11 @@ class Session:
             link = self.links[link_id]
             specs: list[tuple[m.TaskSpec, list[Any]]] = []
             for t in tasks:
-                frames, shm = self._in_shm(t) if link.shm else (t.frames, {})
+                frames, shm = self._in_shm(t) if link.shm else (t.frames, _NONE)
                 inline, separate = m.split_payload(frames)
+                objects = {k: s.nbytes for k, s in t.shared.items()} if t.shared else _NONE
                 specs.append((m.TaskSpec(t.task_id, self.dist.dist_id, t.threads, t.timeout,
-                                         t.attempts, inline, len(separate),
-                                         {k: s.nbytes for k, s in t.shared.items()}, shm),
+                                         t.attempts, inline, len(separate), objects, shm),
                                separate))
             for batch in batches(specs, _inline_bytes):
                 link.send(m.Submit([spec for spec, _ in batch],
@@ -298,14 +299,14 @@ class Session:
         """``task``'s payload with its large frames in /dev/shm (written once; the files are
         removed with the task)."""
         if task.in_shm is None:
-            frames, names = task.frames, dict[str, int]()
+            frames, names = task.frames, _NONE
             if any(memoryview(f).nbytes >= _shm.MIN for f in task.frames):
                 try:
                     frames, names = _shm.offload(task.frames, os.getpid())
                 except OSError as exc:  # /dev/shm full, say: the frames go by the socket
                     log.warning("cannot put a call's arguments in shared memory (%s); sending "
                                 "them by the socket", exc)
-            task.in_shm = (frames, names, _shm.Owned(list(names)))
+            task.in_shm = (frames, names, _shm.Owned(list(names)) if names else None)
         return task.in_shm[0], task.in_shm[1]
 
     def _drain(self, link: Link) -> None:
@@ -557,6 +558,9 @@ class _Described(threading.Thread):
         if self._error is not None:
             raise self._error
         return self._value
+
+
+_NONE: dict[str, int] = {}  # (no shared objects, no /dev/shm frames: one map, never changed)
 
 
 def _inline_bytes(item: tuple[m.TaskSpec, list[Any]]) -> int:

@@ -55,7 +55,7 @@ def _checker(tp: Any) -> _Check:
         def check_list(v: Any) -> list[Any]:
             if not isinstance(v, list):
                 raise ProtocolError(f"expected a list, got {type(v).__name__}")
-            return [item(x) for x in v]
+            return [item(x) for x in v] if v else v
 
         return check_list
     if origin is dict:
@@ -65,7 +65,7 @@ def _checker(tp: Any) -> _Check:
         def check_dict(v: Any) -> dict[Any, Any]:
             if not isinstance(v, dict):
                 raise ProtocolError(f"expected a map, got {type(v).__name__}")
-            return {key(k): val(x) for k, x in v.items()}
+            return {key(k): val(x) for k, x in v.items()} if v else v
 
         return check_dict
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
@@ -99,7 +99,7 @@ def _record_checker(cls: type) -> _Check:
     def check(v: Any) -> Any:
         if not isinstance(v, list) or len(v) != len(fields):
             raise ProtocolError(f"{cls.__name__}: expected {len(fields)} fields")
-        return cls(*(chk(x) for (_, chk), x in zip(fields, v)))
+        return cls(*[chk(x) for (_, chk), x in zip(fields, v)])
 
     return check
 
@@ -218,14 +218,17 @@ def _check_frames(message: m.Message) -> None:
                for t in message.tasks):
             raise ProtocolError("Submit: every task needs a payload and at least one thread")
         for t in message.tasks:
-            _check_objects(t.objects, f"Submit: task {t.task_id}")
-            _check_shm(t.shm, len(t.inline) + t.nframes, f"Submit: task {t.task_id}")
+            if t.objects:
+                _check_objects(t.objects, f"Submit: task {t.task_id}")
+            if t.shm:
+                _check_shm(t.shm, len(t.inline) + t.nframes, f"Submit: task {t.task_id}")
     elif isinstance(message, m.Results):
         expected = sum(r.nframes for r in message.results)
         if any(r.nframes < 0 for r in message.results):
             raise ProtocolError("Results: negative frame count")
         for r in message.results:
-            _check_shm(r.shm, len(r.inline) + r.nframes, f"Results: task {r.task_id}")
+            if r.shm:
+                _check_shm(r.shm, len(r.inline) + r.nframes, f"Results: task {r.task_id}")
     elif isinstance(message, m.Blobs):
         expected = len(message.hashes)
     elif isinstance(message, m.Manifest):

@@ -355,7 +355,8 @@ class Daemon:
                     "distrib.ProtocolError", f"worker {self.name} does not share this Main's "
                     "/dev/shm, yet its call names frames there").to_wire(), [])
                 continue
-            task.shm = spec.shm
+            if spec.shm:
+                task.shm = spec.shm
             if spec.objects and not self._plan_objects(task, spec.objects):
                 continue
             self.dists.request(spec.dist, peer)
@@ -367,8 +368,11 @@ class Daemon:
         """What an executor needs besides a task's frames: its Main's folder of shared
         objects, its frames in /dev/shm, and whose /dev/shm takes large result frames."""
         main = self.mains.get(task.peer)
+        results_to = main.pid if main is not None and main.shm else 0
+        if not task.objects and not task.shm:
+            return ["", None, results_to]
         return [str(self.objects.where(task.peer)) if task.objects else "", task.shm,
-                main.pid if main is not None and main.shm else 0]
+                results_to]
 
     # --- shared objects ----------------------------------------------------------------------
 
@@ -700,7 +704,7 @@ class Daemon:
             _shm.remove(list(shm))  # a result no one will read
             shm = None
         if task.peer in self.mains:
-            self._outbox.add(task.peer, task.task_id, outcome, info, frames, shm or {})
+            self._outbox.add(task.peer, task.task_id, outcome, info, frames, shm)
 
     def _tick(self, now: float) -> None:
         for ex_id, proc in list(self.procs.items()):

@@ -12,6 +12,7 @@ from distrib.wire._limits import batches
 from distrib.wire._messages import Outcome
 
 Outgoing = tuple[m.ResultSpec, list[Any]]
+_NONE: dict[str, int] = {}  # (no frames in /dev/shm: one empty map for all, never changed)
 
 
 class Outbox:
@@ -21,10 +22,11 @@ class Outbox:
         self._items: dict[bytes, list[Outgoing]] = defaultdict(list)
 
     def add(self, peer: bytes, task_id: int, outcome: Outcome, info: dict[str, str],
-            frames: list[Any], shm: dict[str, int]) -> None:
+            frames: list[Any], shm: dict[str, int] | None) -> None:
         inline, separate = m.split_payload(frames)
         self._items[peer].append(
-            (m.ResultSpec(task_id, outcome, info, inline, len(separate), shm), separate))
+            (m.ResultSpec(task_id, outcome, info, inline, len(separate), shm or _NONE),
+             separate))
 
     def drop(self, peer: bytes) -> None:
         """The Main left: nothing more goes to it."""

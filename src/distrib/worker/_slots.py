@@ -105,7 +105,7 @@ class Report:
     outcome: Outcome
     info: dict[str, str] = field(default_factory=dict)
     frames: list[Any] = field(default_factory=list)
-    shm: dict[str, int] = field(default_factory=dict)  # result frames in /dev/shm
+    shm: dict[str, int] | None = None  # result frames in /dev/shm
 
 
 Action: TypeAlias = Spawn | Send | Skip | Kill | Report
@@ -272,9 +272,9 @@ class Slots:
         self._next_head(ex, now)
         self.counters["tasks_done"] += 1
         if head.withdrawn is None:
-            self._out.append(Report(head.task, outcome, info, frames, shm or {}))
+            self._out.append(Report(head.task, outcome, info, frames, shm))
         elif head.withdrawn is Withdrawn.CANCELLED:  # finished before the skip could stop it
-            self._out.append(Report(head.task, Outcome.CANCELLED, shm=shm or {}))
+            self._out.append(Report(head.task, Outcome.CANCELLED, shm=shm))
         return self._take()
 
     def task_skipped(self, ex_id: int, key: int, now: float) -> list[Action]:

@@ -7,7 +7,7 @@ slots free up. Mains are served round-robin, so one Main's deep queue cannot sta
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +26,8 @@ class QueuedTask:
     # per context
     env: str = ""  # the Python environment it runs in, while that is not built ("": ready)
     objects: tuple[str, ...] = ()  # the shared objects its call passes
-    waits: set[str] = field(default_factory=set)  # of those, the ones not here yet
-    shm: dict[str, int] = field(default_factory=dict)  # its frames in /dev/shm: name -> index
+    waits: AbstractSet[str] = frozenset()  # of those, the ones not here yet
+    shm: dict[str, int] | None = None  # its frames in /dev/shm: name -> index
     nbytes: int = field(init=False, repr=False)  # payload size, for prefetch decisions
 
     def __post_init__(self) -> None:
