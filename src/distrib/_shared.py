@@ -51,21 +51,31 @@ class Shared(Generic[T]):
 
     __slots__ = ("key", "frames", "nbytes", "__weakref__")
 
-    def __init__(self, obj: T) -> None:
-        self.frames = _serialize.dumps(obj)
+    key: str
+    frames: list[Any]
+    nbytes: int
+
+    def __new__(cls, obj: T) -> Shared[T]:
+        # One instance per content while any lives: a worker that asks for the bytes later
+        # (evicted, deferred, a second worker) finds them as long as any call passes them.
+        frames = _serialize.dumps(obj)
         import xxhash  # (here: executors of other Pythons than the daemon's lack its build)
 
         digest = xxhash.xxh3_128()
-        for frame in self.frames:
+        for frame in frames:
             view = memoryview(frame).cast("B")
             digest.update(struct.pack("<Q", view.nbytes))
             digest.update(view)
-        self.key: str = digest.hexdigest()
-        self.nbytes = sum(memoryview(f).nbytes for f in self.frames)
+        key = digest.hexdigest()
         with _lock:
-            kept = _live.setdefault(self.key, self)
-        if kept is not self:  # the same bytes are shared already: keep one copy of them
-            self.frames = kept.frames
+            found = _live.get(key)
+            if found is not None:
+                return found
+            self = super().__new__(cls)
+            self.key, self.frames = key, frames
+            self.nbytes = sum(memoryview(f).nbytes for f in frames)
+            _live[key] = self
+        return self
 
     def __repr__(self) -> str:
         return f"<distrib.Shared {self.key[:12]} ({self.nbytes:,} bytes)>"
@@ -93,9 +103,9 @@ def find(key: str) -> Shared[Any] | None:
 
 
 def dumps_call(call: tuple[Any, tuple[Any, ...], dict[str, Any]]
-               ) -> tuple[list[Any], dict[str, Shared[Any]]]:
-    """Pickle a call: (its frames, the ``Shared`` objects it passes, by name). Large arguments
-    become ``Shared``."""
+               ) -> tuple[list[Any], dict[str, Shared[Any]] | None]:
+    """Pickle a call: (its frames, the ``Shared`` objects it passes by name, or None). Large
+    arguments passed before become ``Shared``."""
     fn, args, kwargs = call
     if (args and any(map(_large, args))) or (kwargs and any(map(_large, kwargs.values()))):
         args = tuple(auto_share(a) for a in args)
@@ -106,7 +116,7 @@ def dumps_call(call: tuple[Any, tuple[Any, ...], dict[str, Any]]
         frames = _serialize.dumps((fn, args, kwargs))
     finally:
         _local.taken = None
-    return frames, taken
+    return frames, taken or None
 
 
 _PLAIN = frozenset({int, float, str, bool, type(None)})  # never shared: no look inside

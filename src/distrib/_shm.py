@@ -21,6 +21,7 @@ import mmap
 import os
 import re
 import secrets
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,15 +54,23 @@ def probe(pid: int) -> tuple[Path, str] | None:
 
 
 def check_probe(name: str, token: str, pid: int) -> bool:
-    """On a worker: whether a Main's probe shows that it shares ``/dev/shm`` and this user."""
-    match = NAME.fullmatch(name)
-    if match is None or int(match.group(1)) != pid or not token:
+    """On a worker: whether a Main's probe shows that it shares ``/dev/shm`` and this user.
+    Only the probe's own name is opened (no link followed, no more than a token read)."""
+    if name != f"distrib-{pid}-probe" or not 0 < len(token) <= 64:
         return False
     try:
-        path = ROOT / name
-        return path.stat().st_uid == os.geteuid() and path.read_text() == token
-    except (OSError, UnicodeDecodeError):
+        fd = os.open(ROOT / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
         return False
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+            return False
+        return os.read(fd, 65) == token.encode()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def offload(frames: list[Any], pid: int) -> tuple[list[Any], dict[str, int]]:
@@ -130,21 +139,32 @@ def remove(names: Sequence[str]) -> None:
     """Remove these files (the frames of a call that is done)."""
     for name in names:
         if NAME.fullmatch(name):
-            (ROOT / name).unlink(missing_ok=True)
+            _unlink(ROOT / name)
 
 
 def remove_of(pid: int) -> None:
-    """Remove every file of the Main ``pid`` (it left)."""
+    """Remove every file of the Main ``pid`` that this user owns (it left)."""
     if ROOT.is_dir():
         for path in ROOT.glob(f"distrib-{pid}-*"):
-            path.unlink(missing_ok=True)
+            _unlink(path, mine=True)
 
 
 def remove_stale() -> None:
-    """Remove the files of Mains that are gone (killed before they could)."""
+    """Remove this user's files of Mains that are gone (killed before they could)."""
     if not ROOT.is_dir():
         return
     for path in ROOT.glob("distrib-*-*"):
         match = NAME.fullmatch(path.name)
         if match is not None and not exists(int(match.group(1))):
-            path.unlink(missing_ok=True)
+            _unlink(path, mine=True)
+
+
+def _unlink(path: Path, mine: bool = False) -> None:
+    """Remove ``path`` if it is there (and, with ``mine``, owned by this user); another
+    user's file, or one that went meanwhile, is left alone."""
+    try:
+        if mine and path.lstat().st_uid != os.geteuid():
+            return
+        path.unlink()
+    except OSError:
+        pass

@@ -31,7 +31,7 @@ class Task:
     response: Any = field(repr=False, default=None)
     outputs: tuple[str, ...] = ()  # globs: its result comes with the files it wrote
     attempts: int = 0  # runs that ended in a crash or a lost worker
-    shared: dict[str, Any] = field(default_factory=dict, repr=False)  # the Shared it passes
+    shared: dict[str, Any] | None = field(default=None, repr=False)  # the Shared it passes
     # its payload with the large frames in /dev/shm (made at its first send to a worker on
     # this machine; the files go with the task): (frames, name -> index)
     in_shm: tuple[list[Any], dict[str, int], Any] | None = field(default=None, repr=False)
