@@ -46,7 +46,7 @@ def main() -> None:
     """distrib: spread the calls of ordinary Python functions over many machines."""
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--listen", default="127.0.0.1:7070", show_default=True,
               help="host:port to bind (port 0 picks one), or ipc:///path.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -68,6 +68,14 @@ def main() -> None:
 @click.option("--max-objects", default="2G", show_default=True, metavar="SIZE",
               help="Most bytes of shared objects (distrib.share, large arguments passed "
                    "again) kept here for one Main; least recently used go first.")
+@click.option("--max-task-memory", default=None, metavar="SIZE",
+              help="Most memory one task's executor may use, e.g. 8G: over it the task is "
+                   "stopped, and fails as WorkerCrashed naming this limit (default: none).")
+@click.option("--max-memory", default=None, metavar="SIZE",
+              help="Most memory all executors may use together: over it the largest running "
+                   "task is stopped (default: none).")
+@click.option("--nice", type=click.IntRange(0, 19), default=10, show_default=True,
+              help="Niceness of executors: the owner's own programs win the CPU.")
 @click.option("--idle-executors", type=click.FloatRange(min=0), default=300.0,
               show_default=True,
               help="Seconds an executor may wait for a task before it stops (and frees its "
@@ -101,9 +109,10 @@ def main() -> None:
               help="Interface address to announce on (default: the listen address, or all).")
 @click.option("--exit-with-parent", type=int, default=None, hidden=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log every connection and environment.")
-def worker(listen: str, threads: int | None, name: str | None, cache_dir: Path | None,
+@click.pass_context
+def worker(ctx: click.Context, listen: str, threads: int | None, name: str | None, cache_dir: Path | None,
            heartbeat: float, lost_after: float, max_cache: str | None, max_queued: str,
-           max_objects: str,
+           max_objects: str, max_task_memory: str | None, max_memory: str | None, nice: int,
            idle_executors: float, install: str, index_url: str | None,
            find_links: tuple[str, ...], no_index: bool, pythons: tuple[Path, ...],
            max_envs: str | None,
@@ -111,9 +120,13 @@ def worker(listen: str, threads: int | None, name: str | None, cache_dir: Path |
            authorized_keys: Path | None, insecure: bool, announce: bool,
            announce_interface: tuple[str, ...], exit_with_parent: int | None,
            verbose: bool) -> None:
-    """Run a worker daemon that serves Mains' tasks."""
+    """Run a worker daemon that serves Mains' tasks (or, with a command, tell a running one
+    to pause, resume or drain)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from distrib.worker._daemon import Daemon
     from distrib.worker._envs import EnvPolicy
+    from distrib.worker._memory import MemoryWatch, human
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s distrib worker: %(message)s", datefmt="%H:%M:%S")
@@ -144,8 +157,7 @@ def worker(listen: str, threads: int | None, name: str | None, cache_dir: Path |
             "INSECURE: serving %s Main that connects to %s; anyone who reaches it can run code "
             "as this user", "any" if key is None else "any key-holding", listen)
     slots = threads or os.cpu_count() or 1
-    cache = cache_dir or Path(os.environ.get("DISTRIB_CACHE_DIR")
-                              or platformdirs.user_cache_dir("distrib")) / "worker"
+    cache = _worker_cache(cache_dir)
     try:
         daemon = Daemon(address, slots, name or "", cache, heartbeat, lost_after,
                         exit_with_parent, key, authorized_keys, idle_executors,
@@ -153,7 +165,12 @@ def worker(listen: str, threads: int | None, name: str | None, cache_dir: Path |
                         _size(max_queued, "--max-queued"),
                         EnvPolicy(install, index_url, find_links, no_index, pythons,
                                   None if max_envs is None else _size(max_envs, "--max-envs")),
-                        _size(max_objects, "--max-objects"))
+                        _size(max_objects, "--max-objects"),
+                        MemoryWatch(
+                            None if max_task_memory is None
+                            else _size(max_task_memory, "--max-task-memory"),
+                            None if max_memory is None else _size(max_memory, "--max-memory")),
+                        nice)
     except zmq.ZMQError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
     if not name:
@@ -166,7 +183,45 @@ def worker(listen: str, threads: int | None, name: str | None, cache_dir: Path |
     click.echo(f"distrib worker {daemon.name} ready on {daemon.address} with {slots} "
                f"slot{'s' if slots != 1 else ''}{public}")
     sys.stdout.flush()
+    if daemon.memory.limit:
+        logging.getLogger("distrib.worker").info(
+            "memory limits (%s): enforced by sampling executors' memory every %.2f s (psutil; "
+            "no cgroup is used)", ", ".join(
+                f"{flag} {human(size)}" for flag, size in (
+                    ("--max-task-memory", daemon.memory.per_task),
+                    ("--max-memory", daemon.memory.total)) if size),
+            min(heartbeat, 0.25))
     daemon.run()
+
+
+def _worker_cache(cache_dir: Path | None) -> Path:
+    return cache_dir or Path(os.environ.get("DISTRIB_CACHE_DIR")
+                             or platformdirs.user_cache_dir("distrib")) / "worker"
+
+
+def _control_command(command: str, doc: str) -> None:
+    @worker.command(command, help=doc)
+    @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+                  help="The running worker's --cache-dir (default: the user cache folder).")
+    @click.option("--pid", type=int, default=None,
+                  help="Which daemon, when several use that cache.")
+    def run(cache_dir: Path | None, pid: int | None) -> None:
+        from distrib.worker._control import send
+
+        try:
+            click.echo(send(_worker_cache(cache_dir), command, pid))
+        except DistribError as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            raise click.ClickException(f"cannot reach the worker daemon: {exc}") from None
+
+
+_control_command("pause", "Stop taking tasks; queued ones go back to their Mains, running ones "
+                          "finish.")
+_control_command("resume", "Take tasks again after a pause.")
+_control_command("drain", "Stop taking tasks, hand queued ones back, let running ones finish, "
+                          "then exit.")
+_control_command("state", "Say whether the worker is serving, paused or draining.")
 
 
 @main.command()
@@ -219,7 +274,8 @@ def status(timeout: float, as_json: bool) -> None:
             f"{i['envs_built']} built, {i['envs_reused']} reused, {i['envs_failed']} failed"
             if "envs_built" in i else "",
             ", ".join(i.get("mains", [])),
-            f"reachable ({s.source})" if s.reachable else f"unreachable: {s.problem}")
+            (f"{i.get('state', 'serving')} ({s.source})" if s.reachable
+             else f"unreachable: {s.problem}"))
     # Piped to a file, whole lines: the state column says why a worker is unreachable.
     Console(width=None if sys.stdout.isatty() else 240).print(table)
     if not all(s.reachable for s in answers):

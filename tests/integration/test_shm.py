@@ -43,8 +43,15 @@ ROUND_TRIP = """
         print("WRITABLE", all(r.flags.writeable for r, _ in out))
         print("UNCHANGED", float(arrays[0][0]) == float(np.random.default_rng(0).random(1)[0]))
         mine = f"distrib-{os.getpid()}-"
-        print("FILES", sorted(p for p in os.listdir("/dev/shm")
-                              if p.startswith(mine) and p != mine + "probe"))
+        import time
+        deadline = time.monotonic() + 30  # (the I/O thread lets go of the calls just after)
+        while True:
+            left = sorted(p for p in os.listdir("/dev/shm")
+                          if p.startswith(mine) and p != mine + "probe")
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        print("FILES", left)
         if sys.argv[1:] == ["hold"]:
             # A call running when the test kills this Main (new bytes: passed arrays would
             # go as shared objects).

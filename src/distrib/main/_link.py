@@ -48,6 +48,7 @@ class Link:
     reason: str = ""  # why it was refused or lost
     max_frame: int = MAX_MESSAGE_BYTES  # the worker's frame limit (its Welcome says)
     shm: bool = False  # large frames go through /dev/shm (its Welcome says it shares ours)
+    worker_state: str = "serving"  # its owner's word: "serving", "paused" or "draining"
 
     def connect(self, now: float) -> None:
         """(Re)build the socket and say Hello."""

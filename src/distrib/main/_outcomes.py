@@ -141,7 +141,8 @@ def settle(task: Task, spec: m.ResultSpec, frames: Any, worker: str, where: str,
     elif spec.status in (Outcome.ERROR, Outcome.ENV_ERROR):
         response._finish(worker, exc=_serialize.loads_error(frames, spec.info))
     elif spec.status is Outcome.CRASHED:
-        if scheduler.retry(task):
+        limit = spec.info.get("memory_limit", "")
+        if scheduler.retry(task, int(limit) if limit.isdigit() else 0):
             log.info("%s crashed; retrying (%d of %d)", where, task.attempts, task.retries)
         else:
             response._finish(worker, exc=WorkerCrashed(

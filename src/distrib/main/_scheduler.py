@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-Requirement = tuple[tuple[str, ...], int]  # (platform globs, threads)
+# (platform globs, threads, memory: a worker's limit must be above it, or none; 0: any)
+Requirement = tuple[tuple[str, ...], int, int]
 MAX_QUEUED = 2048  # per worker, beyond its slots
 
 
@@ -31,6 +32,7 @@ class Task:
     response: Any = field(repr=False, default=None)
     outputs: tuple[str, ...] = ()  # globs: its result comes with the files it wrote
     attempts: int = 0  # runs that ended in a crash or a lost worker
+    memory: int = 0  # it was stopped for passing this memory limit: it needs a higher one
     shared: dict[str, Any] | None = field(default=None, repr=False)  # the Shared it passes
     # its payload with the large frames in /dev/shm (made at its first send to a worker on
     # this machine; the files go with the task): (frames, name -> index)
@@ -39,7 +41,7 @@ class Task:
 
     @property
     def requirement(self) -> Requirement:
-        return (self.platforms, self.threads)
+        return (self.platforms, self.threads, self.memory)
 
 
 @dataclass(eq=False)
@@ -58,13 +60,18 @@ class WorkerView:
     full: bool = False  # it deferred a task: nothing more until it reports or a tick passes
     pythons: tuple[str, ...] = ()  # the Python versions it runs tasks with
     unable: str = ""  # why it cannot provide this Main's environment (then it gets no tasks)
+    memory_limit: int = 0  # bytes one task may use there; 0: no limit
+    paused: bool = False  # its owner paused or drains it: it takes no new tasks
 
-    def can_run(self, req: Requirement, python: str) -> bool:
-        platforms, threads = req
+    def can_run(self, req: Requirement, python: str, paused_too: bool = False) -> bool:
+        """Whether it can take a task of ``req`` now (``paused_too``: or once resumed)."""
+        platforms, threads, memory = req
         return (
             not self.unable
+            and (paused_too or not self.paused)
             and python in (self.pythons or (self.python,))
             and threads <= self.slots
+            and (not memory or not self.memory_limit or self.memory_limit > memory)
             and any(fnmatch.fnmatchcase(self.platform, g) for g in platforms)
         )
 
@@ -93,15 +100,16 @@ class Scheduler:
     def join(self, worker: WorkerView) -> None:
         self.workers[worker.link] = worker
 
-    def leave(self, link: str) -> list[Task]:
-        """A worker is gone: requeue its tasks within their retries; return those out of tries."""
+    def leave(self, link: str, clean: bool = False) -> list[Task]:
+        """A worker is gone: requeue its tasks within their retries; return those out of tries.
+        ``clean``: it left as its owner asked (drained): no try is counted."""
         worker = self.workers.pop(link, None)
         if worker is None:
             return []
         failed: list[Task] = []
         for task in reversed(list(worker.inflight.values())):
             task.link = None
-            task.attempts += 1
+            task.attempts += not clean
             if task.attempts > task.retries:
                 failed.append(task)
             else:
@@ -180,9 +188,16 @@ class Scheduler:
             worker.unable = reason
         self.add(task, front=True)
 
-    def retry(self, task: Task) -> bool:
-        """After a crash: requeue the task if it has tries left (True), else False."""
+    def retry(self, task: Task, memory: int = 0) -> bool:
+        """After a crash: requeue the task if it has tries left (True), else False. A task
+        stopped for passing a ``memory`` limit is retried only where the limit is higher, and
+        not at all if no connected worker has one."""
         task.attempts += 1
+        if memory:
+            task.memory = max(task.memory, memory)
+            if not any(w.can_run(task.requirement, self.python, paused_too=True)
+                       for w in self.workers.values()):
+                return False
         if task.attempts > task.retries:
             return False
         self.add(task, front=True)
@@ -209,7 +224,8 @@ class Scheduler:
     def unmatched(self) -> Iterator[Requirement]:
         """Requirements of pending tasks that no connected worker can meet."""
         for req, queue in self.pending.items():
-            if queue and not any(w.can_run(req, self.python) for w in self.workers.values()):
+            if queue and not any(w.can_run(req, self.python, paused_too=True)
+                                 for w in self.workers.values()):
                 yield req
 
     def all_tasks(self) -> list[Task]:

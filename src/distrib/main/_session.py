@@ -345,6 +345,8 @@ class Session:
                 link.send(reply)
         elif isinstance(msg, m.NeedObjects):
             self._send_objects(link, msg.keys)
+        elif isinstance(msg, m.WorkerState):
+            self._on_state(link, msg.state)
         elif isinstance(msg, m.EnvProgress):
             log.warning("worker %s: %s", link.label, msg.text)
 
@@ -365,15 +367,43 @@ class Session:
             return
         link.state, link.name, link.since = LinkState.READY, msg.name, time.monotonic()
         link.max_frame = max(1, msg.max_frame)
+        link.worker_state = "serving"
         link.shm = msg.shm and self._probe is not None
         self._shm_links = self._shm_links or link.shm
         if msg.environment:
             log.warning("worker %s gets no tasks: %s", link.label, msg.environment)
         self.scheduler.join(WorkerView(link.link_id, msg.name, msg.platform, msg.python,
                                        msg.slots, pythons=tuple(msg.pythons),
-                                       unable=msg.environment))
+                                       unable=msg.environment,
+                                       memory_limit=msg.memory_limit))
+
+    def _on_state(self, link: Link, state: str) -> None:
+        if state not in ("serving", "paused", "draining") or state == link.worker_state:
+            return
+        link.worker_state = state
+        view = self.scheduler.workers.get(link.link_id)
+        if view is not None:
+            view.paused = state != "serving"
+        log.warning("worker %s %s", link.label, {
+            "serving": "was resumed by its owner: it takes tasks again",
+            "paused": "was paused by its owner: its queued tasks go elsewhere",
+            "draining": "is draining (its owner's word): its queued tasks go elsewhere, and it "
+                        "leaves when its running tasks are done"}[state])
+
+    def _drained(self, link: Link) -> bool:
+        """A draining worker left: a clean leave (its tasks go elsewhere, no try counted)."""
+        if link.worker_state != "draining" or link.state is not LinkState.READY:
+            return False
+        log.warning("worker %s left: drained by its owner", link.label)
+        self.scheduler.leave(link.link_id, clean=True)
+        link.close()
+        link.state, link.since, link.reason = LinkState.LOST, time.monotonic(), "drained"
+        link.worker_state = "serving"  # (a worker started again at its address is new)
+        return True
 
     def _on_refused(self, link: Link, msg: m.Refused) -> None:
+        if msg.code is RefusalCode.SHUTTING_DOWN and self._drained(link):
+            return
         was_ready = link.state is LinkState.READY
         self._lose(link, LinkState.REFUSED, msg.reason)
         if msg.code in (RefusalCode.UNKNOWN_PEER, RefusalCode.MALFORMED):
@@ -385,6 +415,8 @@ class Session:
         if event["event"] == zmq.EVENT_DISCONNECTED:
             # A worker killed with -9, or a network that reset the connection: its tasks go
             # elsewhere now instead of after lost_after seconds of silence.
+            if self._drained(link):
+                return
             if link.state is LinkState.READY:
                 log.warning("worker %s closed the connection: declared lost; its tasks go "
                             "elsewhere", link.label)

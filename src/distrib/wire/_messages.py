@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from distrib.wire._limits import INLINE_MAX
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 
 class Outcome(enum.StrEnum):
@@ -98,6 +98,7 @@ class Welcome(Message):
     environment: str  # why it cannot provide the Main's environment; empty if it can
     max_frame: int  # the largest frame it takes; larger payload frames come in pieces
     shm: bool = False  # it read the Main's shm probe: large frames may go through /dev/shm
+    memory_limit: int = 0  # bytes one task may use there (--max-task-memory); 0: no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +210,16 @@ class EnvProgress(Message):
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerState(Message):
+    """Worker -> Main: the owner paused, resumed or is draining this worker: ``serving``,
+    ``paused`` (no new tasks; queued ones come back deferred) or ``draining`` (the same, then
+    it leaves once its running tasks are done)."""
+
+    TAG: ClassVar[int] = 15
+    state: str
+
+
 # --- workspace -------------------------------------------------------------------------------
 
 
@@ -314,6 +325,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     Results,
     Output,
     EnvProgress,
+    WorkerState,
     NeedManifest,
     Manifest,
     NeedBlobs,

@@ -29,7 +29,7 @@ from distrib._errors import SerializationError
 from distrib.wire._messages import Outcome, payload_size
 from distrib.worker import _isolation, _objects
 from distrib.worker._pipe import Pipe, Verb
-from distrib.worker._pool import THREAD_VARS
+from distrib.worker._pool import NICE_VAR, THREAD_VARS
 
 
 class _Forward(io.TextIOBase):
@@ -123,6 +123,15 @@ def _error_outcome(exc: BaseException) -> tuple[Outcome, dict[str, str], list[An
     return Outcome.ERROR, _serialize.error_info(exc), _serialize.dumps_error(exc)
 
 
+def _be_nice(nice: int) -> None:
+    """Run at the owner's niceness, before any thread starts (threads inherit it)."""
+    if nice > 0:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
+        except OSError:
+            pass
+
+
 def _drop_own_frame(exc: BaseException) -> None:
     # The first frame is this module's call of the task: noise in the user's traceback.
     tb = exc.__traceback__
@@ -131,6 +140,7 @@ def _drop_own_frame(exc: BaseException) -> None:
 
 
 def main(argv: list[str]) -> None:
+    _be_nice(int(os.environ.pop(NICE_VAR, "0") or 0))
     if argv[0] == "template":
         _template(argv[1:])
         return

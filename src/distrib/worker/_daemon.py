@@ -37,7 +37,9 @@ from distrib.worker._dists import Change, Distributions, Failed, Ready
 from distrib.worker._envs import EnvPolicy, Environments
 from distrib.worker._gate import Gate
 from distrib.worker._isolation import remove_dead_runs, remove_tree
+from distrib.worker._control import COMMANDS, ControlSocket, reply
 from distrib.worker._mains import Mains
+from distrib.worker._memory import MemoryWatch
 from distrib.worker._objects import Objects
 from distrib.worker._outbox import Outbox
 from distrib.worker._pipe import Verb
@@ -71,6 +73,8 @@ class Daemon:
         max_queued: int = 256 << 20,
         env_policy: EnvPolicy = EnvPolicy(),
         max_objects: int = 2 << 30,
+        memory: MemoryWatch = MemoryWatch(),
+        nice: int = 10,
     ) -> None:
         self.name = name
         self.worker_id = uuid.uuid4().hex
@@ -88,6 +92,11 @@ class Daemon:
         self.mains = Mains()
         self.slots = Slots(slots, idle_after, max_queued)
         self.objects = Objects(self.runs / "objects", max_objects)
+        self.control = ControlSocket(cache_dir)
+        self.state = "serving"  # or "paused", "draining": the owner's word (ControlSocket)
+        self.memory = memory
+        self.nice = nice
+        self._memory_kills: dict[int, tuple[str, int]] = {}  # executor -> why, limit
         self._shm_sweep: set[int] = set()  # Mains (pids) that left: remove their /dev/shm files
         store = Store(cache_dir, max_cache)
         store.clean_leftovers()
@@ -135,6 +144,7 @@ class Daemon:
                 poller = zmq.Poller()
                 for sock in (self.sock, self._wake_r, *self.gate.sockets()):
                     poller.register(sock, zmq.POLLIN)
+                poller.register(self.control.fileno(), zmq.POLLIN)
                 for proc in self.procs.values():
                     poller.register(proc.fileno(), zmq.POLLIN)
                 for template in self.templates.values():
@@ -160,12 +170,18 @@ class Daemon:
                 if self._wake_r.fileno() in events:
                     self._drain_wake()
                     self._on_builds()
+                if self.control.fileno() in events:
+                    self._on_control()
                 now = time.monotonic()
                 if now >= next_tick:
                     self._tick(now)
                     next_tick = now + min(self.heartbeat_interval, 0.25)
                 self._apply(self.slots.schedule(now))
                 self._outbox.flush(self._send)
+                if self.state == "draining" and not self.slots.running_any():
+                    log.info("worker %s drained: its running tasks are done; leaving",
+                             self.name)
+                    self._stop = True
         finally:
             self.close()
 
@@ -191,6 +207,7 @@ class Daemon:
         log.info("announcing %s on the LAN as %s", self.address, self.name)
 
     def close(self) -> None:
+        self.control.close()
         if self._announcer is not None:
             self._announcer.close()
         for proc in self.procs.values():  # signal all first, then reap: many don't wait in turn
@@ -204,10 +221,46 @@ class Daemon:
         for peer in list(self.mains):
             self._send(peer, m.Refused(RefusalCode.SHUTTING_DOWN, "worker is shutting down"))
         self.gate.close(self.sock)
-        self.sock.close(0)
+        self.sock.close(linger=2000)  # (the last results and goodbyes still go out)
         self.ctx.term()
         remove_tree(self.runs)  # (an overlay's work folder has mode 000)
         log.info("worker %s stopped", self.name)
+
+    # --- the owner's word ----------------------------------------------------------------------
+
+    def _on_control(self) -> None:
+        accepted = self.control.accept()
+        if accepted is None:
+            return
+        conn, command = accepted
+        if command not in COMMANDS:
+            reply(conn, f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}")
+            return
+        if self.state == "draining" and command in ("pause", "resume"):
+            reply(conn, "draining: it leaves when its running tasks are done; start it again "
+                        "afterwards")
+            return
+        if command != "state":
+            self._set_state({"pause": "paused", "resume": "serving",
+                             "drain": "draining"}[command])
+        held = self.slots.held()
+        reply(conn, f"{self.state}: {sum(held.values())} slots busy, "
+                    f"{self.slots.waiting()} tasks waiting")
+
+    def _set_state(self, state: str) -> None:
+        if state == self.state:
+            return
+        self.state = state
+        self.slots.paused = state != "serving"
+        log.warning("worker %s: %s by its owner", self.name, {
+            "paused": "paused: no new tasks; queued ones go back to their Mains",
+            "serving": "resumed", "draining": "draining: no new tasks, queued ones go back "
+                                              "to their Mains, and it leaves when its running "
+                                              "tasks are done"}[state])
+        if self.slots.paused:
+            self._apply(self.slots.hand_back())
+        for peer in self.mains:
+            self._send(peer, m.WorkerState(state))
 
     # --- messages from Mains -----------------------------------------------------------------
 
@@ -331,7 +384,9 @@ class Daemon:
         self._send(peer, m.Welcome(m.PROTOCOL_VERSION, self.worker_id, self.name,
                                    _facts.platform_tag(), _facts.python_version(),
                                    self.slots.slots, os.getpid(), self.envs.versions(),
-                                   problem, MAX_MESSAGE_BYTES, shm))
+                                   problem, MAX_MESSAGE_BYTES, shm, self.memory.per_task or 0))
+        if self.state != "serving":
+            self._send(peer, m.WorkerState(self.state))
 
     def _on_submit(self, peer: bytes, msg: m.Submit) -> None:
         frames = list(msg.frames)
@@ -349,6 +404,9 @@ class Daemon:
                 continue
             if spec.threads > self.slots.slots:  # it can never run here: say so, fetch nothing
                 self._apply(self.slots.submit(task))
+                continue
+            if self.slots.paused:  # (before fetching anything for it)
+                self._report(task, Outcome.DEFERRED, {}, [])
                 continue
             if spec.shm and not main.shm:
                 self._report(task, Outcome.ERROR, ErrorRecord(
@@ -515,7 +573,7 @@ class Daemon:
                 recipe = Recipe(action.key.threads, dist.env, dist.main, self.runs,
                                 context.argv, context.environ,
                                 self.envs.python(context.env) if context.env else None,
-                                context.preload, context.max_payload)
+                                context.preload, context.max_payload, self.nice)
                 try:
                     self.procs[action.ex_id] = _pool.executor(recipe)
                     self._start(action.key, recipe, action.ex_id)
@@ -682,6 +740,12 @@ class Daemon:
         if head is not None:
             peer_log.warning("executor %d died (exit %s) running task %d; replacing it",
                              proc.pid, code, head.task.task_id)
+        killed = self._memory_kills.pop(ex_id, None)
+        if killed is not None:
+            info = ErrorRecord("distrib.WorkerCrashed", f"stopped: {killed[0]}").to_wire()
+            if killed[1]:
+                info["memory_limit"] = str(killed[1])  # (the Main retries only above it)
+            return self.slots.executor_died(ex_id, info)
         record = ErrorRecord("distrib.WorkerCrashed", f"executor process {proc.pid} on worker "
                              f"{self.name} died (exit code {code})")
         return self.slots.executor_died(ex_id, record.to_wire())
@@ -706,7 +770,22 @@ class Daemon:
         if task.peer in self.mains:
             self._outbox.add(task.peer, task.task_id, outcome, info, frames, shm)
 
+    def _watch_memory(self) -> None:
+        """Stop executors over the owner's memory limits (their tasks crash, saying so)."""
+        running: dict[int, int] = {}
+        idle: dict[int, int] = {}
+        for ex_id, proc in self.procs.items():
+            ex = self.slots.executors.get(ex_id)
+            if proc.pid and ex_id not in self._memory_kills:
+                (running if ex is not None and ex.runs else idle)[ex_id] = proc.pid
+        for ex_id, why, limit in self.memory.over(running, idle, self.name):
+            peer_log.warning("stopping executor %d: %s", self.procs[ex_id].pid, why)
+            self._memory_kills[ex_id] = (why, limit)
+            self.procs[ex_id].signal_kill()  # (its death is then seen as any other)
+
     def _tick(self, now: float) -> None:
+        if self.memory.limit:
+            self._watch_memory()
         for ex_id, proc in list(self.procs.items()):
             if proc.poll() is not None:
                 self._apply(self._executor_died(ex_id))
@@ -756,6 +835,7 @@ class Daemon:
             "reruns": self.reruns,
             "dropped_connections": self.gate.dropped_connections,
             "pythons": self.envs.versions(),
+            "state": self.state,
             "objects": self.objects.held(),
             **self.slots.counters,
             **self.objects.counters,

@@ -43,6 +43,7 @@ THREAD_VARS = (
     "NUMEXPR_NUM_THREADS",
     "VECLIB_MAXIMUM_THREADS",
 )
+NICE_VAR = "DISTRIB_EXECUTOR_NICE"
 _PR_SET_CHILD_SUBREAPER = 36
 FORK_TIMEOUT = 10.0  # seconds a template may take to answer a fork
 
@@ -166,9 +167,11 @@ class Recipe:
     python: Path | None = None  # a built Python environment's interpreter (default: ours)
     preload: list[str] = field(default_factory=list)  # modules a template imports ahead
     max_payload: int = 0  # bytes a result may pickle to (the Main's setting); 0: no limit
+    nice: int = 0  # the niceness executors run at (the owner's --nice)
 
     def popen(self, mode: list[str], theirs: socket.socket) -> subprocess.Popen[bytes]:
         environ = dict(os.environ)
+        environ[NICE_VAR] = str(self.nice)  # (the child applies it first thing, and drops it)
         for name in THREAD_VARS:
             environ[name] = str(self.threads)
         venv = str(self.python.parent.parent) if self.python else ""

@@ -136,6 +136,7 @@ class Slots:
         self._next_key = 0
         self._next_ex = 0
         self._out: list[Action] = []
+        self.paused = False  # the owner paused or drains the worker: start nothing new
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -175,8 +176,8 @@ class Slots:
                 f"{self.slots}").to_wire()))
         elif failed is not None:
             self._out.append(Report(task, Outcome.ENV_ERROR, *failed))
-        elif (self.queues.count(task.peer)
-              and self.queues.queued_bytes(task.peer) + task.nbytes > self.max_queued):
+        elif self.paused or (self.queues.count(task.peer) and self.queues.queued_bytes(
+                task.peer) + task.nbytes > self.max_queued):
             self._out.append(Report(task, Outcome.DEFERRED))  # its Main sends it again later
             self.counters["deferred"] += 1
         else:
@@ -328,6 +329,16 @@ class Slots:
                     return self._take()
         return self._take()
 
+    def hand_back(self) -> list[Action]:
+        """Every queued task goes back to its Main, deferred (it places it elsewhere)."""
+        for task in self.queues.take_where(lambda t: True):
+            self._out.append(Report(task, Outcome.DEFERRED))
+        return self._take()
+
+    def running_any(self) -> bool:
+        """Whether any executor holds a task (running, or handed to it to run next)."""
+        return any(ex.runs for ex in self.executors.values())
+
     def drop_main(self, peer: bytes) -> tuple[list[Action], int, int]:
         """A Main left: forget its tasks. Returns the actions, and how many tasks were queued
         and how many running."""
@@ -363,7 +374,7 @@ class Slots:
         if not len(self.queues) and not self._unsent:
             return _NONE
         held = self.held()
-        while self.busy < self.slots:
+        while self.busy < self.slots and not self.paused:
             task = self.queues.next_runnable(self.slots - self.busy, self._runnable, held)
             if task is None:
                 break
@@ -374,7 +385,8 @@ class Slots:
             ex = next(idle, None) or self._spawn(key)
             self.busy += task.threads
             self._hand(ex, task, now)
-        if self.busy >= self.slots and len(self.queues) and not self._starved(held):
+        if (self.busy >= self.slots and len(self.queues) and not self._starved(held)
+                and not self.paused):
             self._prefetch(now)
         unsent, self._unsent = self._unsent, {}
         for ex_id, runs in unsent.items():

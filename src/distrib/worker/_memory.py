@@ -1,0 +1,81 @@
+"""The owner's memory limits: per task (``--max-task-memory``) and for all executors together
+(``--max-memory``), enforced by sampling the executors' resident memory (psutil).
+
+Pure but for the sampling: the daemon asks ``over()`` at each tick which executors to stop and
+why. An executor over the per-task limit is stopped; over the total, the largest executor
+running a task is. Sampling every tick (a quarter of a second) lets a fast allocation pass the
+limit briefly before it is stopped; cgroups would cap it exactly, and are not used (this
+daemon cannot count on a writable cgroup v2 tree).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psutil
+
+
+def human(size: int) -> str:
+    """``size`` bytes as the owner would write it: 300M, 8G."""
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift}{unit}"
+    return f"{size:,} bytes"
+
+
+@dataclass
+class MemoryWatch:
+    """Limits in bytes (None: none) and the processes sampled."""
+
+    per_task: int | None = None
+    total: int | None = None
+
+    def __post_init__(self) -> None:
+        self._procs: dict[int, psutil.Process] = {}
+
+    @property
+    def limit(self) -> int:
+        """The most one task may use here (0: no limit)."""
+        limits = [x for x in (self.per_task, self.total) if x]
+        return min(limits) if limits else 0
+
+    def over(self, running: dict[int, int], idle: dict[int, int], name: str
+             ) -> list[tuple[int, str, int]]:
+        """(executor, why, limit) to stop, given the pids of executors running a task
+        (``running``, by executor id) and of the others (``idle``); ``name``: the worker's.
+        ``limit`` is the per-task limit a task passed (it may run again only where the limit
+        is higher), 0 for a stop over the total (any worker may run it again). Over the
+        total, idle executors go first, then the largest running one."""
+        if not self.limit:
+            return []
+        sizes = {ex: self._rss(pid) for ex, pid in {**running, **idle}.items()}
+        self._procs = {pid: p for pid, p in self._procs.items()
+                       if pid in running.values() or pid in idle.values()}
+        out: list[tuple[int, str, int]] = []
+        if self.per_task:
+            for ex in running:
+                if sizes[ex] > self.per_task:
+                    out.append((ex, f"it used {sizes[ex] / 1e6:,.0f} MB, more than worker "
+                                    f"{name}'s memory limit for a task "
+                                    f"({human(self.per_task)}, its --max-task-memory)",
+                                self.per_task))
+        total = sum(sizes.values())
+        if self.total and not out and total > self.total:
+            if idle:
+                return [(ex, "idle, over the executors' memory limit", 0) for ex in idle]
+            if running:
+                largest = max(running, key=lambda ex: sizes[ex])
+                out.append((largest, f"the executors of worker {name} used {total / 1e6:,.0f} "
+                                     f"MB together, more than its memory limit "
+                                     f"({human(self.total)}, its --max-memory), and this task's "
+                                     f"was the largest ({sizes[largest] / 1e6:,.0f} MB)", 0))
+        return out
+
+    def _rss(self, pid: int) -> int:
+        try:
+            proc = self._procs.get(pid)
+            if proc is None:
+                proc = self._procs[pid] = psutil.Process(pid)
+            return int(proc.memory_info().rss)
+        except psutil.Error:
+            return 0
