@@ -274,7 +274,7 @@ def status(timeout: float, as_json: bool) -> None:
             f"{i['envs_built']} built, {i['envs_reused']} reused, {i['envs_failed']} failed"
             if "envs_built" in i else "",
             ", ".join(i.get("mains", [])),
-            (f"{i.get('state', 'serving')} ({s.source})" if s.reachable
+            (f"reachable, {i.get('state', 'serving')} ({s.source})" if s.reachable
              else f"unreachable: {s.problem}"))
     # Piped to a file, whole lines: the state column says why a worker is unreachable.
     Console(width=None if sys.stdout.isatty() else 240).print(table)

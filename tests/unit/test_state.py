@@ -79,7 +79,7 @@ def test_matching_platform_python_and_threads() -> None:
     s.add(task(3, platforms=("windows-*",)))
     placed = {t.task_id: link for link, ts in s.assign().items() for t in ts}
     assert placed == {1: "big", 2: "big"}
-    assert list(s.unmatched()) == [(("windows-*",), 1)]
+    assert list(s.unmatched()) == [(("windows-*",), 1, 0)]
 
 
 def test_a_lost_worker_requeues_within_retries_then_fails() -> None:
