@@ -46,7 +46,8 @@ class LocalCluster:
         proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "distrib", "worker", "--listen", address,
              "--threads", str(self._threads), "--name", "local", "--cache-dir",
-             str(self._cache_dir / "worker"), "--exit-with-parent", str(os.getpid())],
+             str(self._cache_dir / "worker"), "--exit-with-parent", str(os.getpid()),
+             "--nice", "0"],  # (the Main's own machine: its tasks are its user's own work)
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             cwd=self._folder,
