@@ -252,7 +252,7 @@ class Daemon:
             return
         self.state = state
         self.slots.paused = state != "serving"
-        log.warning("worker %s: %s by its owner", self.name, {
+        log.warning("worker %s, as its owner asked: %s", self.name, {
             "paused": "paused: no new tasks; queued ones go back to their Mains",
             "serving": "resumed", "draining": "draining: no new tasks, queued ones go back "
                                               "to their Mains, and it leaves when its running "
