@@ -41,3 +41,14 @@ def test_large_arguments_become_shared_the_second_time_their_bytes_are_passed() 
 def test_a_shared_object_pickled_outside_a_call_says_so() -> None:
     with pytest.raises(SerializationError, match="can only be passed to distributed calls"):
         pickle.dumps(share(b"x" * 10))
+
+
+def test_an_object_that_cannot_be_written_leaves_no_file(tmp_path) -> None:
+    from distrib.worker._objects import write
+
+    good = memoryview(b"x" * 1000)
+    gone = memoryview(bytearray(10))
+    gone.release()  # writing it fails after the first frame is written
+    with pytest.raises(ValueError):
+        write(tmp_path / ("ab" * 16), [good, gone])
+    assert list(tmp_path.iterdir()) == []

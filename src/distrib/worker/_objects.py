@@ -126,12 +126,16 @@ class Objects:
 def write(path: Path, frames: list[memoryview]) -> None:
     """One object in one file: the frame count, each frame's size, then the frames."""
     tmp = path.with_suffix(".part")
-    with open(tmp, "wb") as f:
-        f.write(_COUNT.pack(len(frames)) + struct.pack(f"<{len(frames)}Q",
-                                                        *(v.nbytes for v in frames)))
-        for view in frames:
-            f.write(view)
-    tmp.rename(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_COUNT.pack(len(frames)) + struct.pack(f"<{len(frames)}Q",
+                                                            *(v.nbytes for v in frames)))
+            for view in frames:
+                f.write(view)
+        tmp.rename(path)
+    except BaseException:  # (a full disk, say): no half-written file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load(key: str) -> list[memoryview]:
