@@ -110,7 +110,8 @@ def main() -> None:
 @click.option("--exit-with-parent", type=int, default=None, hidden=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log every connection and environment.")
 @click.pass_context
-def worker(ctx: click.Context, listen: str, threads: int | None, name: str | None, cache_dir: Path | None,
+def worker(ctx: click.Context, listen: str, threads: int | None, name: str | None,
+           cache_dir: Path | None,
            heartbeat: float, lost_after: float, max_cache: str | None, max_queued: str,
            max_objects: str, max_task_memory: str | None, max_memory: str | None, nice: int,
            idle_executors: float, install: str, index_url: str | None,

@@ -2,12 +2,11 @@
 
 A ``Shared`` is an object pickled once and named by the hash of its frames (xxh3-128: tens of
 GB/s; a Main's objects are kept apart from other Mains' on a worker, so only it could be
-confused by a collision). A call that
-passes one carries only that name; a worker that lacks the object asks the Main for it
-(``NeedObjects``) and keeps it as a file, and its executors map the file (copy-on-write, so
-numpy arrays come back without a copy and a task may change its own view) when they unpickle
-the call (``worker._objects``). On the Main, a pending call holds the ``Shared`` objects it passes, so a worker can
-always ask for them again.
+confused by a collision). A call that passes one carries only that name; a worker that lacks
+the object asks the Main for it (``NeedObjects``) and keeps it as a file, and its executors map
+the file (copy-on-write, so numpy arrays come back without a copy and a task may change its
+own view) when they unpickle the call (``worker._objects``). On the Main, a pending call holds
+the ``Shared`` objects it passes, so a worker can always ask for them again.
 
 Large arguments (``bytes``, numpy arrays: anything with ``nbytes`` of ``SHARE_MIN`` or more)
 become ``Shared`` by themselves when their bytes were passed before (``auto_share``): hashed
@@ -20,8 +19,8 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections import OrderedDict
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import re
 import secrets
 import stat
 from collections.abc import Sequence
@@ -27,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from distrib._process import exists
+from distrib.wire._codec import SHM_NAME as NAME
 
 ROOT = Path("/dev/shm")
 MIN = 1 << 20  # bytes: smaller frames travel in the message
-NAME = re.compile(r"distrib-([0-9]{1,10})-[0-9a-z]{1,40}")  # (as wire._codec.SHM_NAME)
 
 
 def available() -> bool:
@@ -73,6 +72,21 @@ def check_probe(name: str, token: str, pid: int) -> bool:
         os.close(fd)
 
 
+def worth(frames: Sequence[Any]) -> bool:
+    """Whether a payload has a frame for /dev/shm (at once for the usual one small frame)."""
+    return (len(frames) > 1 or memoryview(frames[0]).nbytes >= MIN) and any(
+        memoryview(f).nbytes >= MIN for f in frames)
+
+
+def map_private(path: Path) -> memoryview:
+    """The file at ``path``, mapped copy-on-write: read without a copy, and writable, the
+    writes staying this process's own."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        return memoryview(mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) if size
+                          else b"")
+
+
 def offload(frames: list[Any], pid: int) -> tuple[list[Any], dict[str, int]]:
     """Write the large frames of a payload into files of ``pid``'s: (the payload with those
     frames empty, name -> index)."""
@@ -113,12 +127,9 @@ def restore(frames: Sequence[Any], names: dict[str, int], unlink: bool) -> list[
         if not NAME.fullmatch(name) or not 0 <= index < len(out):
             raise ValueError(f"bad shared-memory frame {name!r} at {index}")
         path = ROOT / name
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            mapped = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) if size else b""
+        out[index] = map_private(path)
         if unlink:
             path.unlink(missing_ok=True)
-        out[index] = memoryview(mapped)
     return out
 
 

@@ -94,8 +94,10 @@ class Session:
             raise
         self.ctx: zmq.Context[Any] = zmq.Context()
         forwarded = forwarded_environ(self.dist, settings.forward_env, os.environ)
-        _shm.remove_stale()
-        self._probe = _shm.probe(os.getpid()) if settings.shared_memory else None
+        self._probe = None
+        if settings.shared_memory:
+            _shm.remove_stale()
+            self._probe = _shm.probe(os.getpid())
         self._shm_links = False  # a worker shares /dev/shm: calls write large frames there
         if forwarded:
             log.info("forwarding to workers: %s", ", ".join(forwarded))
@@ -156,8 +158,8 @@ class Session:
         response: Response[Any] = Response(task_id, fn.__qualname__, self._request_cancel)
         task = Task(task_id, fn.__qualname__, frames, opts.platform, opts.threads, opts.retries,
                     opts.timeout, response, opts.outputs, shared=shared)
-        if self._probe is not None and (len(frames) > 1 or len(frames[0]) >= _shm.MIN) and (
-                self.local is not None or self._shm_links):
+        if self._probe is not None and (self.local is not None or self._shm_links) and \
+                _shm.worth(frames):
             self._in_shm(task)  # here, not in the I/O thread: it copies the large frames
         with self._closing_lock:
             if not self._closing:
@@ -285,7 +287,8 @@ class Session:
             link = self.links[link_id]
             specs: list[tuple[m.TaskSpec, list[Any]]] = []
             for t in tasks:
-                frames, shm = self._in_shm(t) if link.shm else (t.frames, _NONE)
+                frames, shm = (self._in_shm(t) if link.shm and _shm.worth(t.frames)
+                               else (t.frames, _NONE))
                 inline, separate = m.split_payload(frames)
                 objects = {k: s.nbytes for k, s in t.shared.items()} if t.shared else _NONE
                 specs.append((m.TaskSpec(t.task_id, self.dist.dist_id, t.threads, t.timeout,
@@ -296,16 +299,15 @@ class Session:
                                    frames=tuple(f for _, fs in batch for f in fs)))
 
     def _in_shm(self, task: Task) -> tuple[list[Any], dict[str, int]]:
-        """``task``'s payload with its large frames in /dev/shm (written once; the files are
-        removed with the task)."""
+        """``task``'s payload (one with a large frame: ``_shm.worth``) with its large frames in
+        /dev/shm (written once; the files are removed with the task)."""
         if task.in_shm is None:
             frames, names = task.frames, _NONE
-            if any(memoryview(f).nbytes >= _shm.MIN for f in task.frames):
-                try:
-                    frames, names = _shm.offload(task.frames, os.getpid())
-                except OSError as exc:  # /dev/shm full, say: the frames go by the socket
-                    log.warning("cannot put a call's arguments in shared memory (%s); sending "
-                                "them by the socket", exc)
+            try:
+                frames, names = _shm.offload(task.frames, os.getpid())
+            except OSError as exc:  # /dev/shm full, say: the frames go by the socket
+                log.warning("cannot put a call's arguments in shared memory (%s); sending "
+                            "them by the socket", exc)
             task.in_shm = (frames, names, _shm.Owned(list(names)) if names else None)
         return task.in_shm[0], task.in_shm[1]
 

@@ -22,7 +22,8 @@ from distrib.wire._limits import MAX_HEADER_BYTES, MAX_MESSAGE_BYTES, MAX_OBJECT
 
 _Check = Callable[[Any], Any]
 OBJECT_KEY = re.compile(r"[0-9a-f]{32}")  # a shared object's name: the hash of its frames
-SHM_NAME = re.compile(r"distrib-[0-9]{1,10}-[0-9a-z]{1,40}")  # a frame's file in /dev/shm
+# a frame's file in /dev/shm: distrib-<the Main's pid>-<random or "probe">
+SHM_NAME = re.compile(r"distrib-([0-9]{1,10})-[0-9a-z]{1,40}")
 
 
 def _checker(tp: Any) -> _Check:

@@ -427,8 +427,6 @@ class Daemon:
         objects, its frames in /dev/shm, and whose /dev/shm takes large result frames."""
         main = self.mains.get(task.peer)
         results_to = main.pid if main is not None and main.shm else 0
-        if not task.objects and not task.shm:
-            return ["", None, results_to]
         return [str(self.objects.where(task.peer)) if task.objects else "", task.shm,
                 results_to]
 

@@ -1,16 +1,15 @@
 """The shared objects each Main sent this worker (``distrib.share``), as files.
 
-One folder per Main, one file per object (named by the hash of its frames: see ``distrib._shared``), so an
-executor maps the file when it unpickles a call instead of receiving the bytes with every
-task. Each Main may hold ``limit`` bytes here; a new object makes room by removing that Main's
-least recently used objects that no queued or running task passes, and a task whose objects
-cannot fit yet is deferred (its Main sends it again later). The daemon only writes the frames
-it received; executors read them (``load``).
+One folder per Main, one file per object (named by the hash of its frames: see
+``distrib._shared``), so an executor maps the file when it unpickles a call instead of
+receiving the bytes with every task. Each Main may hold ``limit`` bytes here; a new object
+makes room by removing that Main's least recently used objects that no queued or running task
+passes, and a task whose objects cannot fit yet is deferred (its Main sends it again later).
+The daemon only writes the frames it received; executors read them (``load``).
 """
 
 from __future__ import annotations
 
-import mmap
 import shutil
 import struct
 from collections import OrderedDict
@@ -18,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from distrib._shm import map_private
 
 _COUNT = struct.Struct("<I")
 
@@ -144,9 +145,7 @@ def load(key: str) -> list[memoryview]:
     changes only its own pages."""
     if current is None:
         raise FileNotFoundError(f"shared object {key}: no folder of objects for this task")
-    with open(current / key, "rb") as f:
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-    view = memoryview(mapped)
+    view = map_private(current / key)
     (count,) = _COUNT.unpack_from(view)
     sizes = struct.unpack_from(f"<{count}Q", view, _COUNT.size)
     at = _COUNT.size + 8 * count
