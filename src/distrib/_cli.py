@@ -76,6 +76,21 @@ def main() -> None:
                    "task is stopped (default: none).")
 @click.option("--nice", type=click.IntRange(0, 19), default=10, show_default=True,
               help="Niceness of executors: the owner's own programs win the CPU.")
+@click.option("--when-idle", type=click.Choice(["finish", "vacate"]), default=None,
+              help="Lend only while the owner's own programs leave the machine idle; when they "
+                   "start, queued tasks go back to their Mains and running ones finish, or are "
+                   "stopped and go back too (vacate). Default: lend regardless of load.")
+@click.option("--idle-load", type=click.FloatRange(0, 1, min_open=True), default=0.25,
+              show_default=True,
+              help="With --when-idle: the machine is idle while other programs use less than "
+                   "this share of its cores.")
+@click.option("--hours", default=None, metavar="RULES",
+              help="Lend only at these local times, e.g. \"Mon-Fri 19:00-07:00; Sat-Sun\"; "
+                   "outside them, as --when-idle says (default: finish).")
+@click.option("--policy", "policy_file", type=click.Path(path_type=Path), default=None,
+              help="A TOML file of these settings (threads, max_task_memory, max_memory, nice, "
+                   "when_idle, idle_load, hours), over the flags; read again when it changes "
+                   "or on SIGHUP, and applied while the worker runs.")
 @click.option("--idle-executors", type=click.FloatRange(min=0), default=300.0,
               show_default=True,
               help="Seconds an executor may wait for a task before it stops (and frees its "
@@ -114,6 +129,8 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
            cache_dir: Path | None,
            heartbeat: float, lost_after: float, max_cache: str | None, max_queued: str,
            max_objects: str, max_task_memory: str | None, max_memory: str | None, nice: int,
+           when_idle: str | None, idle_load: float, hours: str | None,
+           policy_file: Path | None,
            idle_executors: float, install: str, index_url: str | None,
            find_links: tuple[str, ...], no_index: bool, pythons: tuple[Path, ...],
            max_envs: str | None,
@@ -125,9 +142,11 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
     to pause, resume or drain)."""
     if ctx.invoked_subcommand is not None:
         return
+    from distrib.worker import _policy
     from distrib.worker._daemon import Daemon
     from distrib.worker._envs import EnvPolicy
-    from distrib.worker._memory import MemoryWatch, human
+    from distrib.worker._gate import read_quotas
+    from distrib.worker._memory import human
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s distrib worker: %(message)s", datefmt="%H:%M:%S")
@@ -150,28 +169,30 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
     try:
         key = _keys.load_secret(key_file) if key_file is not None else None
         if authorized_keys is not None:
-            _keys.read_authorized(authorized_keys)
+            read_quotas(authorized_keys)
+        flags = _policy.Policy(
+            threads or os.cpu_count() or 1,
+            None if max_task_memory is None else _size(max_task_memory, "--max-task-memory"),
+            None if max_memory is None else _size(max_memory, "--max-memory"),
+            nice, when_idle, idle_load,
+            None if hours is None else _policy.Hours.parse(hours, "--hours"))
+        policy = flags if policy_file is None else _policy.read(policy_file, flags)
     except DistribError as exc:
         raise click.UsageError(str(exc)) from None
     if insecure and (key is None or authorized_keys is None):
         logging.getLogger("distrib.worker").warning(
             "INSECURE: serving %s Main that connects to %s; anyone who reaches it can run code "
             "as this user", "any" if key is None else "any key-holding", listen)
-    slots = threads or os.cpu_count() or 1
+    slots = policy.threads
     cache = _worker_cache(cache_dir)
     try:
-        daemon = Daemon(address, slots, name or "", cache, heartbeat, lost_after,
+        daemon = Daemon(address, policy, name or "", cache, heartbeat, lost_after,
                         exit_with_parent, key, authorized_keys, idle_executors,
                         None if max_cache is None else _size(max_cache, "--max-cache"),
                         _size(max_queued, "--max-queued"),
                         EnvPolicy(install, index_url, find_links, no_index, pythons,
                                   None if max_envs is None else _size(max_envs, "--max-envs")),
-                        _size(max_objects, "--max-objects"),
-                        MemoryWatch(
-                            None if max_task_memory is None
-                            else _size(max_task_memory, "--max-task-memory"),
-                            None if max_memory is None else _size(max_memory, "--max-memory")),
-                        nice)
+                        _size(max_objects, "--max-objects"), policy_file)
     except zmq.ZMQError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
     if not name:
@@ -184,11 +205,14 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
     click.echo(f"distrib worker {daemon.name} ready on {daemon.address} with {slots} "
                f"slot{'s' if slots != 1 else ''}{public}")
     sys.stdout.flush()
-    if daemon.memory.limit:
-        logging.getLogger("distrib.worker").info(
-            "memory limits (%s): enforced by sampling executors' memory every %.2f s (psutil; "
-            "no cgroup is used)", ", ".join(
-                f"{flag} {human(size)}" for flag, size in (
+    worker_log = logging.getLogger("distrib.worker")
+    worker_log.info("policy%s: %s", f" from {policy_file}" if policy_file else "",
+                    policy.describe())
+    if daemon.memory.limit or policy_file is not None:
+        worker_log.info(
+            "memory limits%s are enforced by sampling executors' memory every %.2f s (psutil; "
+            "no cgroup is used)", "".join(
+                f", {flag} {human(size)}" for flag, size in (
                     ("--max-task-memory", daemon.memory.per_task),
                     ("--max-memory", daemon.memory.total)) if size),
             min(heartbeat, 0.25))
@@ -275,7 +299,8 @@ def status(timeout: float, as_json: bool) -> None:
             f"{i['envs_built']} built, {i['envs_reused']} reused, {i['envs_failed']} failed"
             if "envs_built" in i else "",
             ", ".join(i.get("mains", [])),
-            (f"reachable, {i.get('state', 'serving')} ({s.source})" if s.reachable
+            (f"reachable, {i.get('state', 'serving')}"
+             + (f": {i['why']}" if i.get("why") else "") + f" ({s.source})" if s.reachable
              else f"unreachable: {s.problem}"))
     # Piped to a file, whole lines: the state column says why a worker is unreachable.
     Console(width=None if sys.stdout.isatty() else 240).print(table)

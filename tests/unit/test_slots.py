@@ -274,3 +274,91 @@ def test_a_main_past_its_queued_bytes_gets_its_tasks_deferred() -> None:
     assert s.submit(qt(4, size=10, peer=b"B")) == []  # another Main has its own allowance
     s.cancel(b"A", 1, 0.0)
     assert s.submit(qt(3, size=200)) == []  # room again
+
+
+def _all_running(s: Slots, *tasks: QueuedTask) -> list[int]:
+    """Start ``tasks``, make every executor ready, and return the executor ids."""
+    spawns = [a.ex_id for a in of(Spawn, started(s, *tasks))]
+    for ex in spawns:
+        s.executor_ready(ex)
+    s.schedule(0.0)
+    return spawns
+
+
+def test_fewer_slots_let_running_tasks_finish_and_start_no_new_ones() -> None:
+    s = Slots(4)
+    executors = _all_running(s, *[qt(i) for i in range(10)])
+    assert s.busy == 4 and all(len(s.executors[ex].runs) == 2 for ex in executors)
+    actions = s.resize(1)
+    skips = of(Skip, actions)
+    assert len(skips) == 4 and reports(actions) == []  # the next tasks are asked back
+    for skip in skips:
+        s.task_skipped(skip.ex_id, skip.key, 1.0)
+    assert s.waiting() == 6 and s.busy == 4  # the four running tasks go on
+    for ex in executors[:3]:
+        s.task_done(ex, s.running(ex).key, Outcome.OK, {}, [], 2.0)
+        # Nothing starts on a freed executor (the one still running may get its next task).
+        assert not set(sent(s.schedule(2.0))) & set(executors[:3])
+    s.task_done(executors[3], s.running(executors[3]).key, Outcome.OK, {}, [], 3.0)
+    s.schedule(3.0)
+    assert s.busy == 1  # one slot now
+    s.resize(4)
+    s.schedule(4.0)
+    assert s.busy == 4
+
+
+def test_a_task_asked_back_that_had_started_is_reported_as_it_ends() -> None:
+    s = Slots(1)
+    (ex,) = _all_running(s, qt(1), qt(2))
+    assert len(of(Skip, s.hand_back())) == 1
+    # The first task ended and the executor started the second before the skip arrived (so
+    # it sends no "skipped"): the second runs to its end and is reported once, as it ended.
+    assert reports(s.task_done(ex, s.running(ex).key, Outcome.OK, {}, [], 1.0)) == [
+        (1, Outcome.OK)]
+    assert s.running(ex).task.task_id == 2 and s.tick(5.0) == []  # (not stopped)
+    assert reports(s.task_done(ex, s.running(ex).key, Outcome.OK, {}, [], 6.0)) == [
+        (2, Outcome.OK)]
+
+
+def test_hand_back_defers_queued_and_not_started_tasks_and_vacate_stops_running_ones() -> None:
+    s = Slots(2)
+    executors = _all_running(s, *[qt(i) for i in range(6)])
+    s.paused = True
+    actions = s.hand_back()
+    assert sorted(reports(actions)) == [(4, Outcome.DEFERRED), (5, Outcome.DEFERRED)]
+    for skip in of(Skip, actions):
+        assert reports(s.task_skipped(skip.ex_id, skip.key, 1.0))[0][1] is Outcome.DEFERRED
+    actions = s.hand_back(vacate=True)
+    assert sorted(reports(actions)) == [(0, Outcome.DEFERRED), (1, Outcome.DEFERRED)]
+    assert sorted(a.ex_id for a in of(Kill, actions)) == sorted(executors)
+    assert s.busy == 0 and not s.running_any()
+
+
+def test_a_main_never_holds_more_slots_than_its_quota() -> None:
+    s = Slots(4)
+    s.set_quota(b"A", 1, 1.0)
+    assert s.offered(b"A") == 1 and s.offered(b"B") == 4
+    _all_running(s, *[qt(i, peer=b"A") for i in range(6)])
+    assert s.held() == {b"A": 1}  # three slots stay free rather than pass the quota
+    for i in range(6):
+        s.submit(qt(100 + i, peer=b"B"))
+    s.schedule(1.0)
+    assert s.held() == {b"A": 1, b"B": 3}
+
+
+def test_priorities_share_slots_between_mains_that_want_more() -> None:
+    s = Slots(4)
+    s.set_quota(b"A", None, 3.0)
+    s.dist_ready("d")
+    for i in range(20):
+        s.submit(qt(i, peer=b"A"))
+        s.submit(qt(100 + i, peer=b"B"))
+    s.schedule(0.0)
+    assert s.held() == {b"A": 3, b"B": 1}
+
+
+def test_a_task_needing_more_threads_than_now_offered_goes_back_to_its_main() -> None:
+    s = Slots(4)
+    s.resize(2)
+    assert reports(s.submit(qt(1, threads=3))) == [(1, Outcome.DEFERRED)]  # its Main's view
+    assert reports(s.submit(qt(2, threads=5)))[0][1] is Outcome.ERROR  # never offered

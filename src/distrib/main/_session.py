@@ -348,7 +348,7 @@ class Session:
         elif isinstance(msg, m.NeedObjects):
             self._send_objects(link, msg.keys)
         elif isinstance(msg, m.WorkerState):
-            self._on_state(link, msg.state)
+            self._on_state(link, msg)
         elif isinstance(msg, m.EnvProgress):
             log.warning("worker %s: %s", link.label, msg.text)
 
@@ -379,15 +379,27 @@ class Session:
                                        unable=msg.environment,
                                        memory_limit=msg.memory_limit))
 
-    def _on_state(self, link: Link, state: str) -> None:
+    def _on_state(self, link: Link, msg: m.WorkerState) -> None:
+        """What the worker lends now: its state (the owner's word, hours, load), the slots
+        this Main may use there and its memory limit for a task."""
+        view = self.scheduler.workers.get(link.link_id)
+        if view is not None and msg.slots > 0 and msg.slots != view.slots:
+            log.info("worker %s now offers this Main %d slot(s)", link.label, msg.slots)
+            view.slots = msg.slots
+        if view is not None:
+            view.memory_limit = max(0, msg.memory_limit)
+        state, why = msg.state, msg.why
         if state not in ("serving", "paused", "draining") or state == link.worker_state:
             return
         link.worker_state = state
-        view = self.scheduler.workers.get(link.link_id)
         if view is not None:
             view.paused = state != "serving"
+        if why and state == "paused":
+            log.warning("worker %s stops lending, %s: its queued tasks go elsewhere",
+                        link.label, why)
+            return
         log.warning("worker %s %s", link.label, {
-            "serving": "was resumed by its owner: it takes tasks again",
+            "serving": "takes tasks again",
             "paused": "was paused by its owner: its queued tasks go elsewhere",
             "draining": "is draining (its owner's word): its queued tasks go elsewhere, and it "
                         "leaves when its running tasks are done"}[state])

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from distrib.wire._limits import INLINE_MAX
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 
 class Outcome(enum.StrEnum):
@@ -212,12 +212,17 @@ class EnvProgress(Message):
 
 @dataclass(frozen=True, slots=True)
 class WorkerState(Message):
-    """Worker -> Main: the owner paused, resumed or is draining this worker: ``serving``,
-    ``paused`` (no new tasks; queued ones come back deferred) or ``draining`` (the same, then
-    it leaves once its running tasks are done)."""
+    """Worker -> Main: what the worker lends this Main now, as its owner's word, policy,
+    hours and load say: ``serving``, ``paused`` (no new tasks; queued ones come back deferred)
+    or ``draining`` (the same, then it leaves once its running tasks are done); the slots this
+    Main may use, the memory one task may use (0: no limit), and why it is paused if not by
+    the owner's word ("")."""
 
     TAG: ClassVar[int] = 15
     state: str
+    slots: int
+    memory_limit: int
+    why: str
 
 
 # --- workspace -------------------------------------------------------------------------------

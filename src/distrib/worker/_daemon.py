@@ -23,7 +23,7 @@ from typing import Any
 import zmq
 
 from distrib import _shm
-from distrib._errors import ProtocolError, WorkspaceError
+from distrib._errors import ConfigError, ProtocolError, WorkspaceError
 from distrib._logs import RateLimited
 from distrib._process import exists
 from distrib.wire import _codec, _envspec, _facts, _transport
@@ -38,8 +38,11 @@ from distrib.worker._envs import EnvPolicy, Environments
 from distrib.worker._gate import Gate
 from distrib.worker._isolation import remove_dead_runs, remove_tree
 from distrib.worker._control import COMMANDS, ControlSocket, reply
+from distrib.worker._lending import Lending
 from distrib.worker._mains import Mains
 from distrib.worker._memory import MemoryWatch
+from distrib.worker import _policy
+from distrib.worker._policy import Policy
 from distrib.worker._objects import Objects
 from distrib.worker._outbox import Outbox
 from distrib.worker._pipe import Verb
@@ -55,12 +58,13 @@ _OUTCOMES = {outcome.value: outcome for outcome in Outcome}
 
 
 class Daemon:
-    """A worker daemon bound to ``endpoint`` offering ``slots`` slots."""
+    """A worker daemon bound to ``endpoint`` lending what ``policy`` allows (and, with
+    ``policy_file``, what that file says as it changes)."""
 
     def __init__(
         self,
         endpoint: str,
-        slots: int,
+        policy: Policy,
         name: str,
         cache_dir: Path,
         heartbeat_interval: float = 1.0,
@@ -73,8 +77,7 @@ class Daemon:
         max_queued: int = 256 << 20,
         env_policy: EnvPolicy = EnvPolicy(),
         max_objects: int = 2 << 30,
-        memory: MemoryWatch = MemoryWatch(),
-        nice: int = 10,
+        policy_file: Path | None = None,
     ) -> None:
         self.name = name
         self.worker_id = uuid.uuid4().hex
@@ -90,12 +93,18 @@ class Daemon:
         self.sock, self.address = _transport.router(self.ctx, endpoint, key)
         self.gate.watch(self.sock)
         self.mains = Mains()
-        self.slots = Slots(slots, idle_after, max_queued)
+        self.policy = policy
+        self.policy_file = policy_file
+        self._flags = policy  # what the flags said: the file's settings go over these
+        self._policy_mtime = policy_file.stat().st_mtime if policy_file else 0.0
+        self.lending = Lending(policy)
+        self.away = ""  # why the machine is not lent now (its hours, its owner's load)
+        self._told = ("serving", "")  # the state Mains last heard, and why
+        self.slots = Slots(policy.threads, idle_after, max_queued)
         self.objects = Objects(self.runs / "objects", max_objects)
         self.control = ControlSocket(cache_dir)
         self.state = "serving"  # or "paused", "draining": the owner's word (ControlSocket)
-        self.memory = memory
-        self.nice = nice
+        self.memory = MemoryWatch(policy.max_task_memory, policy.max_memory)
         self._memory_kills: dict[int, tuple[str, int]] = {}  # executor -> why, limit
         self._shm_sweep: set[int] = set()  # Mains (pids) that left: remove their /dev/shm files
         store = Store(cache_dir, max_cache)
@@ -137,7 +146,7 @@ class Daemon:
         signal.set_wakeup_fd(self._wake_w.fileno())
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
-        signal.signal(signal.SIGHUP, lambda signum, frame: self.gate.request_reload())
+        signal.signal(signal.SIGHUP, self._on_sighup)
         next_tick = time.monotonic()
         try:
             while not self._stop:
@@ -187,6 +196,10 @@ class Daemon:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stop = True
+
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        self.gate.request_reload()
+        self._policy_mtime = -1.0  # (read at the next tick)
 
     def _drain_wake(self) -> None:
         try:
@@ -251,16 +264,93 @@ class Daemon:
         if state == self.state:
             return
         self.state = state
-        self.slots.paused = state != "serving"
         log.warning("worker %s, as its owner asked: %s", self.name, {
             "paused": "paused: no new tasks; queued ones go back to their Mains",
             "serving": "resumed", "draining": "draining: no new tasks, queued ones go back "
                                               "to their Mains, and it leaves when its running "
                                               "tasks are done"}[state])
-        if self.slots.paused:
-            self._apply(self.slots.hand_back())
+        self._update_state()
+
+    def _effective_state(self) -> tuple[str, str]:
+        """What Mains are told: serving, paused or draining, and why ("": the owner's word)."""
+        if self.state == "serving" and self.away:
+            return "paused", self.away
+        return self.state, ""
+
+    def _update_state(self) -> None:
+        """Start or stop lending as the owner's word, hours and load say; tell the Mains."""
+        told = self._effective_state()
+        if told == self._told:
+            return
+        was_serving = self._told[0] == "serving"
+        self._told = told
+        self.slots.paused = told[0] != "serving"
+        if told[1]:
+            log.warning("worker %s stops lending: %s", self.name, told[1])
+        elif told[0] == "serving" and self.state == "serving":
+            log.warning("worker %s lends again", self.name)
+        if self.slots.paused and was_serving:
+            vacate = bool(told[1]) and self.policy.when_idle == "vacate"
+            if vacate and self.slots.running_any():
+                log.warning("worker %s vacates: its running tasks are stopped and go back to "
+                            "their Mains (when_idle = \"vacate\")", self.name)
+            self._apply(self.slots.hand_back(vacate))
+        self._tell_all()
+
+    def _worker_state(self, peer: bytes) -> m.WorkerState:
+        state, why = self._effective_state()
+        return m.WorkerState(state, self.slots.offered(peer), self.memory.per_task or 0, why)
+
+    def _tell_all(self) -> None:
         for peer in self.mains:
-            self._send(peer, m.WorkerState(state))
+            self._send(peer, self._worker_state(peer))
+
+    # --- the owner's policy ------------------------------------------------------------------
+
+    def _reload_policy(self) -> None:
+        """Read the policy file again if it changed (or after SIGHUP) and apply what changed;
+        a file that does not parse leaves the policy as it was."""
+        assert self.policy_file is not None
+        try:
+            mtime = self.policy_file.stat().st_mtime
+        except OSError as exc:
+            if self._policy_mtime != -2.0:
+                log.warning("cannot read policy file %s: %s; the policy stays as it was",
+                            self.policy_file, exc.strerror)
+            self._policy_mtime = -2.0
+            return
+        if mtime == self._policy_mtime:
+            return
+        self._policy_mtime = mtime
+        try:
+            policy = _policy.read(self.policy_file, self._flags)
+        except ConfigError as exc:
+            log.warning("policy not changed: %s", exc)
+            return
+        if policy != self.policy:
+            log.warning("policy from %s: %s", self.policy_file, policy.describe())
+            self._apply_policy(policy)
+
+    def _apply_policy(self, policy: Policy) -> None:
+        old, self.policy = self.policy, policy
+        self.lending.policy = policy
+        self.memory.per_task, self.memory.total = policy.max_task_memory, policy.max_memory
+        if policy.nice != old.nice:
+            for proc in self.procs.values():
+                try:
+                    if proc.pid:
+                        os.setpriority(os.PRIO_PROCESS, proc.pid, policy.nice)
+                except OSError:
+                    pass  # (gone, or a lower niceness this user may not set)
+        if policy.threads != old.threads:
+            self._apply(self.slots.resize(policy.threads))
+        self._tell_all()  # (slots and memory limit, as each Main may use them)
+
+    def _check_lending(self) -> None:
+        away = self.lending.check()
+        if away != self.away:
+            self.away = away
+            self._update_state()
 
     # --- messages from Mains -----------------------------------------------------------------
 
@@ -293,7 +383,8 @@ class Daemon:
                     self._send(peer, m.Refused(RefusalCode.MALFORMED,
                                                "malformed message; say Hello again"))
                 continue
-            self._on_message(peer, message)
+            # (the Main's public key, as ZAP let it in: its quota is that key's)
+            self._on_message(peer, message, frames[1].get("User-Id") if self.key else "")
             main = self.mains.get(peer)
             if main is not None:
                 main.fd = frames[1].get(zmq.SRCFD)
@@ -318,12 +409,12 @@ class Daemon:
                               "(libzmq also drops a peer that sends %s)", limit)
             self._quiet_fds.discard(fd)
 
-    def _on_message(self, peer: bytes, msg: m.Message) -> None:
+    def _on_message(self, peer: bytes, msg: m.Message, key: str = "") -> None:
         if isinstance(msg, m.StatusRequest):
             self._send(peer, m.Status(self.status()))
             return
         if isinstance(msg, m.Hello):
-            self._on_hello(peer, msg)
+            self._on_hello(peer, msg, key)
             return
         main = self.mains.get(peer)
         if main is None and isinstance(msg, (m.Goodbye, m.Heartbeat)):
@@ -357,7 +448,7 @@ class Daemon:
         elif not isinstance(msg, m.Heartbeat):
             peer_log.warning("dropped unexpected %s from Main %s", type(msg).__name__, main.name)
 
-    def _on_hello(self, peer: bytes, msg: m.Hello) -> None:
+    def _on_hello(self, peer: bytes, msg: m.Hello, key: str) -> None:
         if msg.protocol != m.PROTOCOL_VERSION:
             peer_log.warning("refused Main %s: protocol %d, this worker speaks %d",
                              msg.name, msg.protocol, m.PROTOCOL_VERSION)
@@ -378,15 +469,19 @@ class Daemon:
                 self.slots.env_ready(env)
         shm = len(msg.shm_probe) == 2 and _shm.check_probe(msg.shm_probe[0], msg.shm_probe[1],
                                                             msg.pid)
-        self.mains.welcome(peer, msg, time.monotonic(), env, problem, shm)
-        peer_log.info("serving Main %s (pid %d)%s", msg.name, msg.pid,
+        main = self.mains.welcome(peer, msg, time.monotonic(), env, problem, shm, key)
+        quota = self.gate.quota(key)
+        self.slots.set_quota(peer, quota.slots, quota.priority)
+        peer_log.info("serving Main %s (pid %d)%s%s", msg.name, msg.pid,
+                      f", {quota}" if str(quota) else "",
                       f"; it cannot run here: {problem}" if problem else "")
         self._send(peer, m.Welcome(m.PROTOCOL_VERSION, self.worker_id, self.name,
                                    _facts.platform_tag(), _facts.python_version(),
-                                   self.slots.slots, os.getpid(), self.envs.versions(),
-                                   problem, MAX_MESSAGE_BYTES, shm, self.memory.per_task or 0))
-        if self.state != "serving":
-            self._send(peer, m.WorkerState(self.state))
+                                   self.slots.offered(main.peer), os.getpid(),
+                                   self.envs.versions(), problem, MAX_MESSAGE_BYTES, shm,
+                                   self.memory.per_task or 0))
+        if self._effective_state()[0] != "serving":
+            self._send(peer, self._worker_state(peer))
 
     def _on_submit(self, peer: bytes, msg: m.Submit) -> None:
         frames = list(msg.frames)
@@ -571,7 +666,7 @@ class Daemon:
                 recipe = Recipe(action.key.threads, dist.env, dist.main, self.runs,
                                 context.argv, context.environ,
                                 self.envs.python(context.env) if context.env else None,
-                                context.preload, context.max_payload, self.nice)
+                                context.preload, context.max_payload, self.policy.nice)
                 try:
                     self.procs[action.ex_id] = _pool.executor(recipe)
                     self._start(action.key, recipe, action.ex_id)
@@ -581,7 +676,9 @@ class Daemon:
                                          f"not start an executor: {exc}")
                     todo = [*todo, *self.slots.executor_died(action.ex_id, record.to_wire())]
             else:
-                proc = self.procs[action.ex_id]
+                proc = self.procs.get(action.ex_id)
+                if proc is None:
+                    continue  # (stopped by an action before this one)
                 try:
                     if isinstance(action, Send):
                         proc.run([(run.key, run.task.frames, self._run_extras(run.task))
@@ -782,6 +879,9 @@ class Daemon:
             self.procs[ex_id].signal_kill()  # (its death is then seen as any other)
 
     def _tick(self, now: float) -> None:
+        if self.policy_file is not None:
+            self._reload_policy()
+        self._check_lending()
         if self.memory.limit:
             self._watch_memory()
         for ex_id, proc in list(self.procs.items()):
@@ -805,10 +905,21 @@ class Daemon:
             self._drop_main(peer, f"was silent for {self.lost_after:.0f} s")
         for peer in self.mains:
             self._send(peer, m.Heartbeat())
-        self.gate.reload()
+        if self.gate.reload():
+            self._quotas_changed()
         if self.exit_with_parent is not None and os.getppid() != self.exit_with_parent:
             log.info("parent process %d is gone; stopping", self.exit_with_parent)
             self._stop = True
+
+    def _quotas_changed(self) -> None:
+        """The authorized keys were read again: each Main's quota is its key's now."""
+        for peer, main in self.mains.items():
+            before = self.slots.offered(peer), self.slots.weights.get(peer, 1.0)
+            quota = self.gate.quota(main.key)
+            self.slots.set_quota(peer, quota.slots, quota.priority)
+            if (self.slots.offered(peer), self.slots.weights.get(peer, 1.0)) != before:
+                log.info("Main %s: %s", main.name, quota or "no quota")
+                self._send(peer, self._worker_state(peer))
 
     def status(self) -> dict[str, Any]:
         """Facts, load and counters, as ``distrib status`` and tests read them."""
@@ -833,7 +944,11 @@ class Daemon:
             "reruns": self.reruns,
             "dropped_connections": self.gate.dropped_connections,
             "pythons": self.envs.versions(),
-            "state": self.state,
+            "state": self._effective_state()[0],
+            "why": self._effective_state()[1],
+            "policy": self.policy.describe(),
+            "quotas": {self.mains[peer].name: limit for peer, limit in self.slots.limits.items()
+                       if peer in self.mains},
             "objects": self.objects.held(),
             **self.slots.counters,
             **self.objects.counters,

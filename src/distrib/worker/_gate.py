@@ -1,7 +1,10 @@
-"""Who may connect: the ZAP check of Mains' keys, the authorized-keys file, refused connections.
+"""Who may connect: the ZAP check of Mains' keys, the authorized-keys file and the quotas it
+sets, refused connections.
 
 libzmq asks the ZAP socket about every CURVE handshake; the answer comes from the
-authorized-keys file (reread when it changes, or at the next tick after SIGHUP). Connections
+authorized-keys file (reread when it changes, or at the next tick after SIGHUP). A line of it
+is ``<key> [name] [slots=N] [priority=P]``: at most N slots for that Main, and a share P times
+a priority-1 Main's when Mains all want more. Connections
 that never complete a handshake (garbage, HTTP, a wrong key) never reach the daemon as
 messages: the socket monitor tells of them, and they are counted and logged here.
 """
@@ -9,7 +12,9 @@ messages: the socket monitor tells of them, and they are counted and logged here
 from __future__ import annotations
 
 import logging
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,7 @@ import zmq
 from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
+from distrib._errors import ConfigError
 from distrib._logs import RateLimited
 from distrib.wire import _keys
 from distrib.wire._keys import KeyPair
@@ -39,6 +45,53 @@ _PROTOCOL_ERRORS = {
 }
 
 
+_SETTING = re.compile(r"^([A-Za-z_]+)=(\S*)$")
+
+
+@dataclass(frozen=True)
+class Quota:
+    """What one Main may use: at most ``slots`` slots (None: any), and its ``priority``."""
+
+    slots: int | None = None
+    priority: float = 1.0
+
+    def __str__(self) -> str:
+        out = [f"at most {self.slots} slot(s)"] if self.slots is not None else []
+        if self.priority != 1.0:
+            out.append(f"priority {self.priority:g}")
+        return ", ".join(out)
+
+
+def parse_quota(comment: str, where: str) -> Quota:
+    """The ``slots=N`` and ``priority=P`` of an authorized key's comment."""
+    values: dict[str, str] = {}
+    for word in comment.split():
+        match = _SETTING.match(word)
+        if match is None:
+            continue  # (part of the name)
+        name, value = match.groups()
+        if name not in ("slots", "priority"):
+            raise ConfigError(f"{where}: unknown setting {name!r}; a key's line takes "
+                              "slots=N and priority=P")
+        values[name] = value
+    try:
+        slots = int(values["slots"]) if "slots" in values else None
+        priority = float(values.get("priority", "1"))
+    except ValueError:
+        raise ConfigError(f"{where}: slots= takes a whole number, priority= a number") from None
+    if slots is not None and slots < 1:
+        raise ConfigError(f"{where}: slots={slots}: expected at least 1")
+    if not 0 < priority < 1e6:
+        raise ConfigError(f"{where}: priority={priority:g}: expected a number above 0")
+    return Quota(slots, priority)
+
+
+def read_quotas(path: Path) -> dict[str, Quota]:
+    """The authorized keys of ``path`` and their quotas (ConfigError naming a bad line)."""
+    return {key: parse_quota(comment, f"authorized keys {path}, key {key[:8]}...")
+            for key, comment in _keys.read_authorized(path).items()}
+
+
 def describe_handshake_error(code: int) -> str:
     """A readable name for the ``value`` of a failed-handshake event."""
     if code in _PROTOCOL_ERRORS:
@@ -52,7 +105,7 @@ class Gate:
     def __init__(self, ctx: zmq.Context[Any], key: KeyPair | None,
                  authorized_file: Path | None) -> None:
         self.authorized_file = authorized_file
-        self.authorized: dict[str, str] = {}
+        self.authorized: dict[str, Quota] = {}
         self.dropped_connections = 0
         self._mtime = 0.0
         self._refused_logged: dict[str, float] = {}
@@ -95,10 +148,15 @@ class Gate:
         """Reread the authorized keys at the next ``reload()`` (SIGHUP)."""
         self._mtime = -1.0
 
-    def reload(self, force: bool = False) -> None:
-        """Reread the authorized-keys file if it changed (errors at start are fatal)."""
+    def quota(self, key: str) -> Quota:
+        """What the Main with public key ``key`` may use here."""
+        return self.authorized.get(key) or Quota()
+
+    def reload(self, force: bool = False) -> bool:
+        """Reread the authorized-keys file if it changed (errors at start are fatal); whether
+        it was read again."""
         if self.authorized_file is None:
-            return
+            return False
         try:
             mtime = self.authorized_file.stat().st_mtime
         except OSError as exc:
@@ -106,20 +164,21 @@ class Gate:
                 raise
             log.warning("cannot read authorized keys %s: %s; keeping the previous list",
                         self.authorized_file, exc)
-            return
+            return False
         if not force and mtime == self._mtime:
-            return
+            return False
         try:
-            self.authorized = _keys.read_authorized(self.authorized_file)
+            self.authorized = read_quotas(self.authorized_file)
         except Exception as exc:
             if force:
                 raise
             self._mtime = mtime  # say it once per change of the file
             log.warning("authorized keys %s not reloaded (the previous list stays): %s",
                         self.authorized_file, exc)
-            return
+            return False
         self._mtime = mtime
         log.info("authorized keys: %d Main(s) from %s", len(self.authorized), self.authorized_file)
+        return True
 
     def close(self, sock: zmq.Socket[Any]) -> None:
         if self.monitor is not None:

@@ -41,6 +41,7 @@ class MainPeer:
     pid: int = 0  # its process id (as it says)
     shm: bool = False  # it shares this machine's /dev/shm and user: large frames go there
     fd: int = -1  # its connection's file descriptor: when that closes, the Main is gone
+    key: str = ""  # its public key (its quota is that key's), with CURVE
 
 
 class Mains(dict[bytes, MainPeer]):
@@ -51,12 +52,12 @@ class Mains(dict[bytes, MainPeer]):
         self.contexts: dict[str, Context] = {}
 
     def welcome(self, peer: bytes, hello: m.Hello, now: float, env: str,
-                env_problem: str, shm: bool) -> MainPeer:
+                env_problem: str, shm: bool, key: str = "") -> MainPeer:
         context = hashlib.sha256(msgpack.packb([hello.argv, sorted(hello.environ.items()),
                                                 env, hello.preload, hello.max_payload]))
         main = self[peer] = MainPeer(peer, hello.main_id, hello.name, hello.forward_output, now,
                                      context.hexdigest()[:16], env, env_problem,
-                                     hello.max_frame, hello.pid, shm)
+                                     hello.max_frame, hello.pid, shm, key=key)
         self.contexts[main.context] = Context(hello.argv, hello.environ, env, hello.preload,
                                               hello.max_payload)
         return main

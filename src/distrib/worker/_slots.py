@@ -48,6 +48,9 @@ class Withdrawn(enum.Enum):
 
     CANCELLED = "cancelled"  # its Main cancelled it: reported as Outcome.CANCELLED
     DROPPED = "dropped"  # its Main left: reported to no one
+    REQUEUED = "requeued"  # fewer slots now: back to the queue (if it started, it runs on)
+    HANDED_BACK = "handed back"  # the worker stops lending: back to its Main, deferred (if it
+    # started, it runs on)
 
 
 @dataclass(eq=False)
@@ -137,6 +140,9 @@ class Slots:
         self._next_ex = 0
         self._out: list[Action] = []
         self.paused = False  # the owner paused or drains the worker: start nothing new
+        self.most = slots  # the most slots offered since the start (Mains may not know less)
+        self.limits: dict[bytes, int] = {}  # the most slots a Main may hold (its quota)
+        self.weights: dict[bytes, float] = {}  # a Main's priority among Mains that want more
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -170,7 +176,9 @@ class Slots:
     def submit(self, task: QueuedTask) -> list[Action]:
         """A task arrived; it waits until its environment is ready and slots are free."""
         failed = self._import_failed.get((task.dist, task.context, task.peer))
-        if task.threads > self.slots:
+        if self.slots < task.threads <= self.most:  # (its Main has not heard of fewer yet)
+            self._out.append(Report(task, Outcome.DEFERRED))
+        elif task.threads > self.slots:
             self._out.append(Report(task, Outcome.ERROR, ErrorRecord(
                 "distrib.ConfigError", f"task needs {task.threads} threads; this worker offers "
                 f"{self.slots}").to_wire()))
@@ -272,7 +280,7 @@ class Slots:
         self._run_time[ex.key] = 0.8 * self._run_time.get(ex.key, seconds) + 0.2 * seconds
         self._next_head(ex, now)
         self.counters["tasks_done"] += 1
-        if head.withdrawn is None:
+        if head.withdrawn in (None, Withdrawn.REQUEUED, Withdrawn.HANDED_BACK):  # (it ran)
             self._out.append(Report(head.task, outcome, info, frames, shm))
         elif head.withdrawn is Withdrawn.CANCELLED:  # finished before the skip could stop it
             self._out.append(Report(head.task, Outcome.CANCELLED, shm=shm))
@@ -285,8 +293,7 @@ class Slots:
         if run is not None:
             was_head = run is ex.runs[0]
             ex.runs.remove(run)
-            if run.withdrawn is Withdrawn.CANCELLED:
-                self._out.append(Report(run.task, Outcome.CANCELLED))
+            self._settle(run.task, run.withdrawn)
             if was_head:
                 self._next_head(ex, now)
         return self._take()
@@ -329,11 +336,44 @@ class Slots:
                     return self._take()
         return self._take()
 
-    def hand_back(self) -> list[Action]:
-        """Every queued task goes back to its Main, deferred (it places it elsewhere)."""
+    def hand_back(self, vacate: bool = False) -> list[Action]:
+        """Every queued task, and every task handed to an executor that has not started, goes
+        back to its Main, deferred (it places it elsewhere); ``vacate``: running tasks too
+        (they are stopped)."""
         for task in self.queues.take_where(lambda t: True):
             self._out.append(Report(task, Outcome.DEFERRED))
+        self._recall(Withdrawn.HANDED_BACK)
+        if vacate:
+            for ex in list(self.executors.values()):
+                if ex.runs:
+                    self._halt(ex.ex_id, lambda run, head: Outcome.DEFERRED if head else None)
         return self._take()
+
+    def resize(self, slots: int) -> list[Action]:
+        """The owner changed the number of slots. With fewer, running tasks finish and no new
+        ones start beyond the new number (tasks handed to executors that have not started go
+        back to the queue; those needing more threads than there now are, to their Mains)."""
+        grew = slots > self.slots
+        self.slots = slots
+        self.most = max(self.most, slots)
+        if not grew:
+            self._recall(Withdrawn.REQUEUED)
+            for task in self.queues.take_where(lambda t: t.threads > slots):
+                self._out.append(Report(task, Outcome.DEFERRED))
+        return self._take()
+
+    def set_quota(self, peer: bytes, limit: int | None, weight: float) -> None:
+        """``peer`` may hold at most ``limit`` slots (None: any), and shares slots with other
+        Mains that want more in proportion to ``weight``."""
+        if limit is None:
+            self.limits.pop(peer, None)
+        else:
+            self.limits[peer] = limit
+        self.weights[peer] = weight
+
+    def offered(self, peer: bytes) -> int:
+        """The slots ``peer`` may use here: all of them, or its quota."""
+        return min(self.slots, self.limits.get(peer, self.slots))
 
     def running_any(self) -> bool:
         """Whether any executor holds a task (running, or handed to it to run next)."""
@@ -343,6 +383,8 @@ class Slots:
         """A Main left: forget its tasks. Returns the actions, and how many tasks were queued
         and how many running."""
         queued = len(self.queues.drop_peer(peer))
+        self.limits.pop(peer, None)
+        self.weights.pop(peer, None)
         for key in [k for k in self._import_failed if k[2] == peer]:
             del self._import_failed[key]
         running = 0
@@ -375,7 +417,8 @@ class Slots:
             return _NONE
         held = self.held()
         while self.busy < self.slots and not self.paused:
-            task = self.queues.next_runnable(self.slots - self.busy, self._runnable, held)
+            task = self.queues.next_runnable(self.slots - self.busy, self._runnable, held,
+                                             self.limits, self.weights)
             if task is None:
                 break
             held[task.peer] = held.get(task.peer, 0) + task.threads
@@ -385,8 +428,8 @@ class Slots:
             ex = next(idle, None) or self._spawn(key)
             self.busy += task.threads
             self._hand(ex, task, now)
-        if (self.busy >= self.slots and len(self.queues) and not self._starved(held)
-                and not self.paused):
+        if (self.busy == self.slots and len(self.queues) and not self._starved(held)
+                and not self.paused):  # (over the slots after a resize: let them drain)
             self._prefetch(now)
         unsent, self._unsent = self._unsent, {}
         for ex_id, runs in unsent.items():
@@ -413,11 +456,13 @@ class Slots:
         task is prefetched, so the next slot to free goes to it (max-min fair)."""
         if len(self.queues.peers()) < 2 and len(held) < 2:
             return False  # one Main: no one to be fair to
-        waiting = self.queues.waiting_peers(self._runnable)
+        waiting = [p for p in self.queues.waiting_peers(self._runnable)
+                   if held.get(p, 0) < self.limits.get(p, self.slots)]  # (not at its quota)
         if not waiting:
             return False
-        share = self.slots / len(set(waiting) | set(held))
-        return any(held.get(peer, 0) < share for peer in waiting)
+        weights = {p: self.weights.get(p, 1.0) for p in set(waiting) | set(held)}
+        total = sum(weights.values())
+        return any(held.get(p, 0) < self.slots * weights[p] / total for p in waiting)
 
     def _prefetch(self, now: float) -> None:
         """All slots busy: give each busy executor its next task (tiny tasks: a few), so it
@@ -425,11 +470,12 @@ class Slots:
         for ex in list(self.executors.values()):
             if not ex.runs or not ex.ready:
                 continue
-            key = ex.key
+            key, peer = ex.key, ex.runs[-1].task.peer
             depth = PREFETCH if self._run_time.get(key, 1.0) <= TINY_TASK else 1
             while len(ex.runs) <= depth:
+                # (the same Main's: then each Main's slots held stay as they are, within quota)
                 task = self.queues.next_runnable(key.threads, lambda t: (
-                    t.dist == key.dist and t.threads == key.threads
+                    t.peer == peer and t.dist == key.dist and t.threads == key.threads
                     and t.context == key.context and t.nbytes < PREFETCH_BYTES and not t.waits))
                 if task is None:
                     break
@@ -473,9 +519,31 @@ class Slots:
             return
         head = ex.runs[0]
         self._began(head, now)
-        if head.withdrawn is not None:
+        if head.withdrawn in (Withdrawn.CANCELLED, Withdrawn.DROPPED):
             # Its skip may be on its way back; if not, it started: stop it shortly.
             head.stop_at = now + SKIP_GRACE
+
+    def _recall(self, why: Withdrawn) -> None:
+        """Withdraw every task handed to an executor that has not started (``why``: to the
+        queue, or back to its Main)."""
+        for ex in self.executors.values():
+            for run in reversed(list(ex.runs)[1:]):  # (requeued in their order)
+                if run.withdrawn is not None:
+                    continue
+                if ex.ready:
+                    self._withdraw(ex, run, False, why)
+                else:  # (not sent to it yet: no skip to wait for)
+                    ex.runs.remove(run)
+                    self._settle(run.task, why)
+
+    def _settle(self, task: QueuedTask, why: Withdrawn | None) -> None:
+        """A withdrawn task that did not run: report, requeue or forget it, as ``why`` says."""
+        if why is Withdrawn.CANCELLED:
+            self._out.append(Report(task, Outcome.CANCELLED))
+        elif why is Withdrawn.HANDED_BACK:
+            self._out.append(Report(task, Outcome.DEFERRED))
+        elif why is Withdrawn.REQUEUED:
+            self.queues.add_front(task)
 
     def _withdraw(self, ex: Executor, run: Run, running: bool, why: Withdrawn) -> None:
         """Cancel (or drop) a task handed to ``ex``: stop it if it runs, else ask to skip it."""
@@ -502,8 +570,8 @@ class Slots:
                 end = run.withdrawn  # asked to skip it: it does not go back to the queue
             if end is None:
                 self.queues.add_front(run.task)
-            elif end is Withdrawn.CANCELLED:
-                self._out.append(Report(run.task, Outcome.CANCELLED))
+            elif isinstance(end, Withdrawn):
+                self._settle(run.task, end)
             elif isinstance(end, Outcome):
                 keep = end in (Outcome.CRASHED, Outcome.ENV_ERROR)
                 self._out.append(Report(run.task, end, (info or {}) if keep else {},

@@ -126,9 +126,12 @@ class Queues:
         return None
 
     def next_runnable(self, free: int, runnable: Callable[[QueuedTask], bool],
-                      held: dict[bytes, int] | None = None) -> QueuedTask | None:
+                      held: dict[bytes, int] | None = None,
+                      limits: dict[bytes, int] | None = None,
+                      weights: dict[bytes, float] | None = None) -> QueuedTask | None:
         """Pop the next task to start on ``free`` slots: from the Main holding the fewest
-        slots (``held``; max-min fair), Mains holding as many taking turns.
+        slots for its weight (``held``, ``weights``; weighted max-min fair), Mains holding as
+        many taking turns; never one that would pass its quota (``limits``).
 
         Within one Main's queue the first task that fits and is ``runnable`` (its environment
         is ready) goes; tasks behind an unready environment are not held up by it.
@@ -138,11 +141,15 @@ class Queues:
         else:
             peers = list(self._turn)
             if held:
-                peers.sort(key=lambda p: held.get(p, 0))  # stable: in turn among equals
+                weight = weights or {}
+                peers.sort(key=lambda p: held.get(p, 0) / weight.get(p, 1.0))  # (stable)
         for peer in peers:
             queue = self._by_peer[peer]
+            room = free
+            if limits and peer in limits:
+                room = min(free, limits[peer] - (held or {}).get(peer, 0))
             for task in queue:
-                if task.threads <= free and runnable(task):
+                if task.threads <= room and runnable(task):
                     queue.remove(task)
                     self._took(task)
                     if len(self._turn) > 1:
