@@ -192,7 +192,7 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
                         _size(max_queued, "--max-queued"),
                         EnvPolicy(install, index_url, find_links, no_index, pythons,
                                   None if max_envs is None else _size(max_envs, "--max-envs")),
-                        _size(max_objects, "--max-objects"), policy_file)
+                        _size(max_objects, "--max-objects"), policy_file, flags)
     except zmq.ZMQError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
     if not name:
@@ -214,7 +214,7 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
             "no cgroup is used)", "".join(
                 f", {flag} {human(size)}" for flag, size in (
                     ("--max-task-memory", daemon.memory.per_task),
-                    ("--max-memory", daemon.memory.total)) if size),
+                    ("--max-memory", daemon.memory.total)) if size) or " (none set now)",
             min(heartbeat, 0.25))
     daemon.run()
 

@@ -101,6 +101,9 @@ def test_a_bad_edit_of_the_policy_file_keeps_the_policy_and_says_why(
     policy.write_text("threads = two\n")
     wait_for(lambda: "policy not changed" in worker.log(), what="the bad edit logged")
     assert "is not valid TOML" in worker.log() and worker.status()["slots"] == 2
+    policy.write_text("nice = 12\n")  # threads no longer set: the flag's number again
+    wait_for(lambda: worker.status()["slots"] == 1, what="the flag's threads back")
+    assert worker.status()["policy"] == "threads 1, nice 12"
     bad = tmp_path / "bad.toml"
     bad.write_text('when_idle = "sometimes"\n')
     out = subprocess.run([PYTHON, "-m", "distrib", "worker", "--policy", str(bad)],

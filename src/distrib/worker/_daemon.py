@@ -59,7 +59,7 @@ _OUTCOMES = {outcome.value: outcome for outcome in Outcome}
 
 class Daemon:
     """A worker daemon bound to ``endpoint`` lending what ``policy`` allows (and, with
-    ``policy_file``, what that file says as it changes)."""
+    ``policy_file``, what that file says over the ``flags`` as it changes)."""
 
     def __init__(
         self,
@@ -78,6 +78,7 @@ class Daemon:
         env_policy: EnvPolicy = EnvPolicy(),
         max_objects: int = 2 << 30,
         policy_file: Path | None = None,
+        flags: Policy | None = None,
     ) -> None:
         self.name = name
         self.worker_id = uuid.uuid4().hex
@@ -95,7 +96,7 @@ class Daemon:
         self.mains = Mains()
         self.policy = policy
         self.policy_file = policy_file
-        self._flags = policy  # what the flags said: the file's settings go over these
+        self._flags = flags or policy  # what the flags said: the file's settings go over these
         self._policy_mtime = policy_file.stat().st_mtime if policy_file else 0.0
         self.lending = Lending(policy)
         self.away = ""  # why the machine is not lent now (its hours, its owner's load)
