@@ -39,7 +39,8 @@ from distrib._errors import (
     WorkerLost,
     WorkspaceError,
 )
-from distrib._response import Response, as_completed, gather
+from distrib._executor import Executor
+from distrib._response import AsCompleted, Response, as_completed, gather
 from distrib._shared import Shared, share
 
 from distrib import _runtime as _rt  # noqa: E402
@@ -49,6 +50,7 @@ del _before
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsCompleted",
     "AuthError",
     "Cancelled",
     "ConfigError",
@@ -56,6 +58,7 @@ __all__ = [
     "DependencyError",
     "DistribError",
     "DistributedFunction",
+    "Executor",
     "MainGuardError",
     "ProtocolError",
     "RemoteError",

@@ -58,9 +58,10 @@ class DistributedFunction(Generic[P, T]):
         """Run the plain function here, in this process."""
         return self._fn(*args, **kwargs)
 
-    def map(self, *iterables: Iterable[Any]) -> list[Response[T]]:
-        """Submit one call per item (several iterables are zipped, as with ``map``)."""
-        return [self(*args) for args in zip(*iterables)]  # type: ignore[call-arg]
+    def map(self, *iterables: Iterable[Any], **kwargs: Any) -> list[Response[T]]:
+        """Submit one call per item; several iterables are zipped, as with ``map``, and
+        keyword arguments go to every call: ``f.map(range(4), scale=2)``."""
+        return [self(*args, **kwargs) for args in zip(*iterables)]
 
     def _run_in_place(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Response[T]:
         # A call from inside a task runs in the task's executor: redistribution to other

@@ -146,7 +146,7 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
     from distrib.worker._daemon import Daemon
     from distrib.worker._envs import EnvPolicy
     from distrib.worker._gate import read_quotas
-    from distrib.worker._memory import human
+    from distrib.worker._memory import human, why_no_cgroup
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s distrib worker: %(message)s", datefmt="%H:%M:%S")
@@ -210,12 +210,12 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
                     policy.describe())
     if daemon.memory.limit or policy_file is not None:
         worker_log.info(
-            "memory limits%s are enforced by sampling executors' memory every %.2f s (psutil; "
-            "no cgroup is used)", "".join(
+            "memory limits%s are enforced by sampling executors' memory every %.2f s with "
+            "psutil, not by a cgroup (%s)", "".join(
                 f", {flag} {human(size)}" for flag, size in (
                     ("--max-task-memory", daemon.memory.per_task),
                     ("--max-memory", daemon.memory.total)) if size) or " (none set now)",
-            min(heartbeat, 0.25))
+            min(heartbeat, 0.25), why_no_cgroup())
     daemon.run()
 
 

@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
-from typing import Any, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 from distrib._errors import Cancelled, WaitTimeout
 
@@ -109,6 +109,9 @@ class Response(concurrent.futures.Future[T]):
             return True
         if not super().cancel():
             return False
+        # Settled now: concurrent.futures.wait and as_completed count a cancelled future as
+        # done only once notified (an executor's job in the standard library).
+        self.set_running_or_notify_cancel()
         if self._on_cancel is not None:
             self._on_cancel(self.task_id)
         return True
@@ -159,13 +162,64 @@ def gather(responses: Iterable[Response[T]], timeout: float | None = None) -> li
     return [r.unwrap(timeout) for r in responses]
 
 
-def as_completed(
-    responses: Iterable[Response[T]], timeout: float | None = None
-) -> Iterator[Response[T]]:
-    """Yield responses as they finish (like ``concurrent.futures.as_completed``)."""
-    given: list[concurrent.futures.Future[T]] = list(responses)
-    try:
-        for fut in concurrent.futures.as_completed(given, timeout):
-            yield cast(Response[T], fut)
-    except TimeoutError:
-        raise WaitTimeout(f"responses did not all finish within {timeout} s") from None
+class AsCompleted(Generic[T]):
+    """Responses in the order they finish, with ``for`` or ``async for``."""
+
+    def __init__(self, responses: Iterable[Response[T]], timeout: float | None) -> None:
+        self._given: list[Response[T]] = list(responses)
+        self._timeout = timeout
+        self._sync: Iterator[Response[T]] | None = None
+        self._queue: asyncio.Queue[Response[T]] | None = None
+        self._left = len(self._given)
+        self._deadline = 0.0
+
+    def __iter__(self) -> Iterator[Response[T]]:
+        return self
+
+    def __next__(self) -> Response[T]:
+        if self._sync is None:
+            self._sync = self._iterate()
+        return next(self._sync)
+
+    def _iterate(self) -> Iterator[Response[T]]:
+        given: list[concurrent.futures.Future[T]] = list(self._given)
+        try:
+            for fut in concurrent.futures.as_completed(given, self._timeout):
+                yield cast(Response[T], fut)
+        except TimeoutError:
+            raise WaitTimeout(f"responses did not all finish within {self._timeout} s") \
+                from None
+
+    def __aiter__(self) -> AsCompleted[T]:
+        return self
+
+    async def __anext__(self) -> Response[T]:
+        if self._queue is None:
+            loop = asyncio.get_running_loop()
+            queue = self._queue = asyncio.Queue()
+            self._deadline = loop.time() + (self._timeout or 0.0)
+            for response in dict.fromkeys(self._given):  # (each once)
+                response.add_done_callback(
+                    lambda r: loop.call_soon_threadsafe(queue.put_nowait, cast(Response[T], r)))
+            self._left = len(dict.fromkeys(self._given))
+        if self._left == 0:
+            raise StopAsyncIteration
+        try:
+            if self._timeout is None:
+                response = await self._queue.get()
+            else:
+                left = self._deadline - asyncio.get_running_loop().time()
+                response = await asyncio.wait_for(self._queue.get(), max(0.0, left))
+        except TimeoutError:
+            raise WaitTimeout(f"responses did not all finish within {self._timeout} s") \
+                from None
+        self._left -= 1
+        return response
+
+
+def as_completed(responses: Iterable[Response[T]], timeout: float | None = None
+                 ) -> AsCompleted[T]:
+    """Yield responses as they finish (like ``concurrent.futures.as_completed``), with
+    ``for`` or, in a coroutine, ``async for``; ``WaitTimeout`` if they have not all finished
+    ``timeout`` seconds after the iteration began."""
+    return AsCompleted(responses, timeout)

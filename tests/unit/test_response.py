@@ -108,3 +108,14 @@ def test_response_sets_every_field_future_has() -> None:
     ours = set(vars(Response(1, "f", None)))
     assert plain <= ours, f"Future has fields Response does not set: {sorted(plain - ours)}"
     assert "_cond" in ours
+
+
+def test_a_cancelled_response_counts_as_done_for_wait_and_as_completed() -> None:
+    import concurrent.futures
+
+    r: Response[int] = Response(3, "f", None)
+    assert r.cancel()
+    done, not_done = concurrent.futures.wait([r], timeout=5)
+    assert done == {r} and not not_done
+    assert list(concurrent.futures.as_completed([r], timeout=5)) == [r]
+    assert r.wait(5)

@@ -4,15 +4,29 @@
 Pure but for the sampling: the daemon asks ``over()`` at each tick which executors to stop and
 why. An executor over the per-task limit is stopped; over the total, the largest executor
 running a task is. Sampling every tick (a quarter of a second) lets a fast allocation pass the
-limit briefly before it is stopped; cgroups would cap it exactly, and are not used (this
-daemon cannot count on a writable cgroup v2 tree).
+limit briefly before it is stopped; cgroups would cap it exactly, and are not used yet
+(``why_no_cgroup`` says what this machine offers, for the log).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
+
+
+def why_no_cgroup() -> str:
+    """Why the limits are not a cgroup's, as the log says it at start."""
+    try:
+        own = [line.split(":", 2) for line in Path("/proc/self/cgroup").read_text().splitlines()]
+    except OSError:
+        return "no cgroups on this system"
+    if not any(hierarchy == "0" and controllers == "" for hierarchy, controllers, _ in own):
+        return "no cgroup v2 hierarchy here"
+    if any("memory" in controllers.split(",") for _, controllers, _ in own):
+        return "the memory controller is in a cgroup v1 hierarchy here, not in cgroup v2"
+    return "cgroup v2 limits are not built into distrib yet"
 
 
 def human(size: int) -> str:
