@@ -36,6 +36,7 @@ The file's shape (every key optional)::
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -114,7 +115,7 @@ def parse_size(raw: Any, name: str) -> int:
         value = float(number) * units[unit]
     except ValueError:
         raise ConfigError(f"{name}={raw!r}: expected a size such as 10G, 500M or 64K") from None
-    if value <= 0 or isinstance(raw, bool):
+    if not math.isfinite(value) or value <= 0 or isinstance(raw, bool):
         raise ConfigError(f"{name}={raw!r}: expected a size above 0")
     return int(value)
 

@@ -37,6 +37,7 @@ def test_hours_over_midnight_belong_to_the_day_they_start() -> None:
 @pytest.mark.parametrize("text, named", [
     ("", "expected rules"), ("Mon-Fry", "'mon-fry' is not a day"),
     ("Mon 7-9", "'7-9' is not a time range"), ("Mon 25:00-26:00", "is not a time of day"),
+    ("12:00-12:00", "'12:00-12:00' is empty"),
 ])
 def test_bad_hours_say_what_is_wrong(text: str, named: str) -> None:
     with pytest.raises(ConfigError, match=named):
@@ -61,6 +62,8 @@ def test_the_file_goes_over_the_flags(tmp_path: Path) -> None:
     ('when_idle = "always"', "expected \"finish\""),
     ("idle_load = 2", "idle_load=2.0: expected a share"),
     ('max_memory = "lots"', "max_memory='lots': expected a size"),
+    ('max_task_memory = "nan"', "max_task_memory='nan': expected a size above 0"),
+    ("max_task_memory = inf", "max_task_memory=inf: expected a size above 0"),
     ("threads = ", "is not valid TOML"),
 ])
 def test_a_bad_file_names_the_setting(tmp_path: Path, text: str, named: str) -> None:
@@ -74,6 +77,7 @@ def test_a_bad_file_names_the_setting(tmp_path: Path, text: str, named: str) -> 
 def test_quotas_in_an_authorized_key_line() -> None:
     assert parse_quota("alice laptop slots=2 priority=3", "k") == Quota(2, 3.0)
     assert parse_quota("bob", "k") == Quota()
+    assert parse_quota("ci host=build1", "k") == Quota()  # (other words are the name's)
     assert str(Quota(1, 2.0)) == "at most 1 slot(s), priority 2"
     with pytest.raises(ConfigError, match="unknown setting 'slot'"):
         parse_quota("carol slot=2", "k")

@@ -362,3 +362,54 @@ def test_a_task_needing_more_threads_than_now_offered_goes_back_to_its_main() ->
     s.resize(2)
     assert reports(s.submit(qt(1, threads=3))) == [(1, Outcome.DEFERRED)]  # its Main's view
     assert reports(s.submit(qt(2, threads=5)))[0][1] is Outcome.ERROR  # never offered
+
+
+def _skipped(s: Slots, actions: list[Action], now: float = 1.0) -> list[Action]:
+    """The executors confirm every skip in ``actions``."""
+    out: list[Action] = []
+    for skip in of(Skip, actions):
+        out += s.task_skipped(skip.ex_id, skip.key, now)
+    return out
+
+
+def test_tasks_asked_back_that_no_longer_fit_go_back_to_their_main() -> None:
+    s = Slots(8)
+    _all_running(s, *[qt(i, threads=4) for i in range(4)])  # two running, two handed next
+    actions = s.resize(2)
+    assert reports(_skipped(s, actions)) == [(2, Outcome.DEFERRED), (3, Outcome.DEFERRED)]
+    assert s.waiting() == 0  # none stuck in the queue where it can never start
+
+
+def test_tasks_asked_back_while_paused_go_back_to_their_main() -> None:
+    s = Slots(2)
+    _all_running(s, *[qt(i) for i in range(4)])
+    actions = s.resize(1)
+    s.paused = True
+    s.hand_back()
+    assert sorted(reports(_skipped(s, actions))) == [(2, Outcome.DEFERRED),
+                                                    (3, Outcome.DEFERRED)]
+    assert s.waiting() == 0
+
+
+def test_vacate_reports_a_cancelled_running_task_as_cancelled() -> None:
+    s = Slots(1)
+    (ex,) = _all_running(s, qt(1), qt(2))
+    s.cancel(b"A", 2, 0.5)  # handed next: asked to skip it
+    s.task_done(ex, s.running(ex).key, Outcome.OK, {}, [], 1.0)  # it started before the skip
+    assert reports(s.hand_back(vacate=True)) == [(2, Outcome.CANCELLED)]
+
+
+def test_a_lowered_quota_asks_tasks_back_and_lets_the_slots_drain() -> None:
+    s = Slots(4)
+    _all_running(s, *[qt(i, peer=b"A") for i in range(12)])
+    assert s.held() == {b"A": 4}
+    actions = s.set_quota(b"A", 1, 1.0)
+    assert len(of(Skip, actions)) == 4
+    _skipped(s, actions)
+    for ex in list(s.executors):
+        run = s.running(ex)
+        if run is not None:
+            s.task_done(ex, run.key, Outcome.OK, {}, [], 2.0)
+        s.schedule(2.0)
+    assert s.held() == {b"A": 1} and s.busy == 1
+    assert reports(s.submit(qt(50, peer=b"A", threads=2))) == [(50, Outcome.DEFERRED)]

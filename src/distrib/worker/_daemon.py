@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
 import zmq
 
 from distrib import _shm
@@ -97,7 +98,9 @@ class Daemon:
         self.policy = policy
         self.policy_file = policy_file
         self._flags = flags or policy  # what the flags said: the file's settings go over these
-        self._policy_mtime = policy_file.stat().st_mtime if policy_file else 0.0
+        self._policy_seen: tuple[int, int, int] | None = None  # the file as last read
+        if policy_file is not None:
+            self._policy_seen = self._policy_signature()
         self.lending = Lending(policy)
         self.away = ""  # why the machine is not lent now (its hours, its owner's load)
         self._told = ("serving", "")  # the state Mains last heard, and why
@@ -200,7 +203,7 @@ class Daemon:
 
     def _on_sighup(self, signum: int, frame: Any) -> None:
         self.gate.request_reload()
-        self._policy_mtime = -1.0  # (read at the next tick)
+        self._policy_seen = None  # (read at the next tick)
 
     def _drain_wake(self) -> None:
         try:
@@ -283,12 +286,12 @@ class Daemon:
         told = self._effective_state()
         if told == self._told:
             return
-        was_serving = self._told[0] == "serving"
+        was_serving, was_why = self._told[0] == "serving", bool(self._told[1])
         self._told = told
         self.slots.paused = told[0] != "serving"
         if told[1]:
             log.warning("worker %s stops lending: %s", self.name, told[1])
-        elif told[0] == "serving" and self.state == "serving":
+        elif told[0] == "serving" and was_why:  # (after the owner's word, that is logged)
             log.warning("worker %s lends again", self.name)
         if self.slots.paused and was_serving:
             vacate = bool(told[1]) and self.policy.when_idle == "vacate"
@@ -313,39 +316,72 @@ class Daemon:
         a file that does not parse leaves the policy as it was."""
         assert self.policy_file is not None
         try:
-            mtime = self.policy_file.stat().st_mtime
+            seen = self._policy_signature()
         except OSError as exc:
-            if self._policy_mtime != -2.0:
+            if self._policy_seen != (-1, -1, -1):
                 log.warning("cannot read policy file %s: %s; the policy stays as it was",
                             self.policy_file, exc.strerror)
-            self._policy_mtime = -2.0
+            self._policy_seen = (-1, -1, -1)
             return
-        if mtime == self._policy_mtime:
+        if seen == self._policy_seen:
             return
-        self._policy_mtime = mtime
+        # A file changed within the last second may still be being written: read it again
+        # at the next tick too.
+        self._policy_seen = seen if time.time_ns() - seen[0] > 1_000_000_000 else None
         try:
             policy = _policy.read(self.policy_file, self._flags)
-        except ConfigError as exc:
-            log.warning("policy not changed: %s", exc)
+        except Exception as exc:  # (ConfigError; anything else must not stop the daemon)
+            if self._policy_seen is not None:  # (once per change)
+                log.warning("policy not changed: %s", exc if isinstance(exc, ConfigError)
+                            else f"policy file {self.policy_file}: {exc!r}")
             return
         if policy != self.policy:
             log.warning("policy from %s: %s", self.policy_file, policy.describe())
             self._apply_policy(policy)
+
+    def _policy_signature(self) -> tuple[int, int, int]:
+        assert self.policy_file is not None
+        st = self.policy_file.stat()
+        return st.st_mtime_ns, st.st_size, st.st_ino
 
     def _apply_policy(self, policy: Policy) -> None:
         old, self.policy = self.policy, policy
         self.lending.policy = policy
         self.memory.per_task, self.memory.total = policy.max_task_memory, policy.max_memory
         if policy.nice != old.nice:
-            for proc in self.procs.values():
-                try:
-                    if proc.pid:
-                        os.setpriority(os.PRIO_PROCESS, proc.pid, policy.nice)
-                except OSError:
-                    pass  # (gone, or a lower niceness this user may not set)
+            for key in list(self.templates):  # (executors forked later start from new ones)
+                self._drop_template(key)
+            self._renice(policy.nice)
         if policy.threads != old.threads:
             self._apply(self.slots.resize(policy.threads))
         self._tell_all()  # (slots and memory limit, as each Main may use them)
+
+    def _renice(self, nice: int) -> None:
+        """Every thread of the executors and what they started runs at ``nice`` now."""
+        refused = 0
+        for proc in self.procs.values():
+            if not proc.pid:
+                continue
+            try:
+                tree = [psutil.Process(proc.pid)]
+                tree += tree[0].children(recursive=True)
+            except psutil.Error:
+                continue
+            for p in tree:
+                try:
+                    threads = [t.id for t in p.threads()]
+                except psutil.Error:
+                    continue
+                for tid in threads:  # (on Linux, a niceness is each thread's own)
+                    try:
+                        os.setpriority(os.PRIO_PROCESS, tid, nice)
+                    except ProcessLookupError:
+                        pass
+                    except OSError:
+                        refused += 1
+        if refused:
+            log.warning("running executors keep their niceness: this user may not lower it to "
+                        "%d (new executors start at %d)", nice, nice)
 
     def _check_lending(self) -> None:
         away = self.lending.check()
@@ -472,7 +508,7 @@ class Daemon:
                                                             msg.pid)
         main = self.mains.welcome(peer, msg, time.monotonic(), env, problem, shm, key)
         quota = self.gate.quota(key)
-        self.slots.set_quota(peer, quota.slots, quota.priority)
+        self._apply(self.slots.set_quota(peer, quota.slots, quota.priority))
         peer_log.info("serving Main %s (pid %d)%s%s", msg.name, msg.pid,
                       f", {quota}" if str(quota) else "",
                       f"; it cannot run here: {problem}" if problem else "")
@@ -917,9 +953,9 @@ class Daemon:
         for peer, main in self.mains.items():
             before = self.slots.offered(peer), self.slots.weights.get(peer, 1.0)
             quota = self.gate.quota(main.key)
-            self.slots.set_quota(peer, quota.slots, quota.priority)
+            self._apply(self.slots.set_quota(peer, quota.slots, quota.priority))
             if (self.slots.offered(peer), self.slots.weights.get(peer, 1.0)) != before:
-                log.info("Main %s: %s", main.name, quota or "no quota")
+                log.info("Main %s: %s", main.name, str(quota) or "no quota")
                 self._send(peer, self._worker_state(peer))
 
     def status(self) -> dict[str, Any]:

@@ -70,10 +70,11 @@ def parse_quota(comment: str, where: str) -> Quota:
         if match is None:
             continue  # (part of the name)
         name, value = match.groups()
-        if name not in ("slots", "priority"):
+        if name in ("slots", "priority"):
+            values[name] = value
+        elif name.lower().startswith(("slot", "prio")):  # (a typo; other words are the name's)
             raise ConfigError(f"{where}: unknown setting {name!r}; a key's line takes "
                               "slots=N and priority=P")
-        values[name] = value
     try:
         slots = int(values["slots"]) if "slots" in values else None
         priority = float(values.get("priority", "1"))
@@ -82,7 +83,8 @@ def parse_quota(comment: str, where: str) -> Quota:
     if slots is not None and slots < 1:
         raise ConfigError(f"{where}: slots={slots}: expected at least 1")
     if not 0 < priority < 1e6:
-        raise ConfigError(f"{where}: priority={priority:g}: expected a number above 0")
+        raise ConfigError(f"{where}: priority={priority:g}: expected a number above 0 and "
+                          "below a million")
     return Quota(slots, priority)
 
 

@@ -56,21 +56,24 @@ class Lending:
         self._above = 0
         self._below = 0
         self.owner_busy = False
+        self._busy_since = ""  # why it does not lend, as said when the owner came back
         self.others = 0.0  # the last sample: share of the cores other programs used
 
     def check(self) -> str:
         """Why the machine is not lent now ("": it is)."""
         hours = self.policy.hours
         if hours is not None and not hours.open(self._clock()):
+            self._reset()  # (the load is measured afresh when the hours open)
             return f"outside its lending hours ({hours.text})"
         if self.policy.when_idle is None:
-            self.owner_busy = False
+            self._reset()
             return ""
         self._sample()
-        if self.owner_busy:
-            return (f"its owner's own programs use {self.others:.0%} of the cores (it lends only "
-                    f"while they use under {self.policy.idle_load:.0%}: its when_idle)")
-        return ""
+        return self._busy_since
+
+    def _reset(self) -> None:
+        self._last, self._above, self._below = None, 0, 0
+        self.owner_busy, self._busy_since = False, ""
 
     def _sample(self) -> None:
         now = time.monotonic()
@@ -88,5 +91,8 @@ class Lending:
             self._above, self._below = 0, self._below + 1
         if not self.owner_busy and self._above >= BUSY_AFTER:
             self.owner_busy = True
+            self._busy_since = (
+                f"its owner's own programs use {self.others:.0%} of the cores (it lends only "
+                f"while they use under {self.policy.idle_load:.0%}: its when_idle)")
         elif self.owner_busy and self._below >= CALM_AFTER:
-            self.owner_busy = False
+            self.owner_busy, self._busy_since = False, ""

@@ -94,7 +94,11 @@ def _minutes(text: str, whole: str, where: str) -> tuple[int, int]:
     h1, m1, h2, m2 = (int(x) for x in match.groups())
     if h1 > 23 or h2 > 24 or m1 > 59 or m2 > 59 or (h2 == 24 and m2):
         raise ConfigError(f"{where}={whole!r}: {text!r} is not a time of day")
-    return h1 * 60 + m1, h2 * 60 + m2
+    start, end = h1 * 60 + m1, h2 * 60 + m2
+    if start == end and start:
+        raise ConfigError(f"{where}={whole!r}: {text!r} is empty (a whole day is 00:00-24:00, "
+                          "or no time at all)")
+    return start, end
 
 
 @dataclass(frozen=True)

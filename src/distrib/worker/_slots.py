@@ -176,8 +176,9 @@ class Slots:
     def submit(self, task: QueuedTask) -> list[Action]:
         """A task arrived; it waits until its environment is ready and slots are free."""
         failed = self._import_failed.get((task.dist, task.context, task.peer))
-        if self.slots < task.threads <= self.most:  # (its Main has not heard of fewer yet)
-            self._out.append(Report(task, Outcome.DEFERRED))
+        if self.offered(task.peer) < task.threads <= self.most:
+            self._out.append(Report(task, Outcome.DEFERRED))  # (its Main's view is stale)
+            self.counters["deferred"] += 1
         elif task.threads > self.slots:
             self._out.append(Report(task, Outcome.ERROR, ErrorRecord(
                 "distrib.ConfigError", f"task needs {task.threads} threads; this worker offers "
@@ -346,7 +347,9 @@ class Slots:
         if vacate:
             for ex in list(self.executors.values()):
                 if ex.runs:
-                    self._halt(ex.ex_id, lambda run, head: Outcome.DEFERRED if head else None)
+                    self._halt(ex.ex_id, lambda run, head: run.withdrawn if run.withdrawn in (
+                        Withdrawn.CANCELLED, Withdrawn.DROPPED) else (
+                        Outcome.DEFERRED if head else None))
         return self._take()
 
     def resize(self, slots: int) -> list[Action]:
@@ -362,14 +365,23 @@ class Slots:
                 self._out.append(Report(task, Outcome.DEFERRED))
         return self._take()
 
-    def set_quota(self, peer: bytes, limit: int | None, weight: float) -> None:
+    def set_quota(self, peer: bytes, limit: int | None, weight: float) -> list[Action]:
         """``peer`` may hold at most ``limit`` slots (None: any), and shares slots with other
-        Mains that want more in proportion to ``weight``."""
+        Mains that want more in proportion to ``weight``. A lower limit asks its tasks not
+        started back (its running ones finish), and its tasks that need more threads than
+        the limit go back to it."""
+        lower = limit is not None and limit < self.offered(peer)
         if limit is None:
             self.limits.pop(peer, None)
         else:
             self.limits[peer] = limit
         self.weights[peer] = weight
+        if lower:
+            self._recall(Withdrawn.REQUEUED, peer)
+            for task in self.queues.take_where(
+                    lambda t: t.peer == peer and t.threads > self.offered(peer)):
+                self._out.append(Report(task, Outcome.DEFERRED))
+        return self._take()
 
     def offered(self, peer: bytes) -> int:
         """The slots ``peer`` may use here: all of them, or its quota."""
@@ -430,7 +442,7 @@ class Slots:
             self._hand(ex, task, now)
         if (self.busy == self.slots and len(self.queues) and not self._starved(held)
                 and not self.paused):  # (over the slots after a resize: let them drain)
-            self._prefetch(now)
+            self._prefetch(now, held)
         unsent, self._unsent = self._unsent, {}
         for ex_id, runs in unsent.items():
             holder = self.executors.get(ex_id)
@@ -464,13 +476,15 @@ class Slots:
         total = sum(weights.values())
         return any(held.get(p, 0) < self.slots * weights[p] / total for p in waiting)
 
-    def _prefetch(self, now: float) -> None:
+    def _prefetch(self, now: float, held: dict[bytes, int]) -> None:
         """All slots busy: give each busy executor its next task (tiny tasks: a few), so it
         starts it the moment it finishes one instead of waiting for a turn of the loop."""
         for ex in list(self.executors.values()):
             if not ex.runs or not ex.ready:
                 continue
             key, peer = ex.key, ex.runs[-1].task.peer
+            if held.get(peer, 0) > self.limits.get(peer, self.slots):
+                continue  # over its quota since it was lowered: let its slots drain
             depth = PREFETCH if self._run_time.get(key, 1.0) <= TINY_TASK else 1
             while len(ex.runs) <= depth:
                 # (the same Main's: then each Main's slots held stay as they are, within quota)
@@ -523,12 +537,12 @@ class Slots:
             # Its skip may be on its way back; if not, it started: stop it shortly.
             head.stop_at = now + SKIP_GRACE
 
-    def _recall(self, why: Withdrawn) -> None:
-        """Withdraw every task handed to an executor that has not started (``why``: to the
-        queue, or back to its Main)."""
+    def _recall(self, why: Withdrawn, peer: bytes | None = None) -> None:
+        """Withdraw every task (of ``peer``, if given) handed to an executor that has not
+        started (``why``: to the queue, or back to its Main)."""
         for ex in self.executors.values():
             for run in reversed(list(ex.runs)[1:]):  # (requeued in their order)
-                if run.withdrawn is not None:
+                if run.withdrawn is not None or peer not in (None, run.task.peer):
                     continue
                 if ex.ready:
                     self._withdraw(ex, run, False, why)
@@ -543,6 +557,14 @@ class Slots:
         elif why is Withdrawn.HANDED_BACK:
             self._out.append(Report(task, Outcome.DEFERRED))
         elif why is Withdrawn.REQUEUED:
+            self._requeue(task)
+
+    def _requeue(self, task: QueuedTask) -> None:
+        """Back to the head of its queue, or to its Main if it cannot start here soon: the
+        worker stopped lending, or the task needs more slots than its Main may now use."""
+        if self.paused or task.threads > self.offered(task.peer):
+            self._out.append(Report(task, Outcome.DEFERRED))
+        else:
             self.queues.add_front(task)
 
     def _withdraw(self, ex: Executor, run: Run, running: bool, why: Withdrawn) -> None:
@@ -569,7 +591,7 @@ class Slots:
             if end is None:
                 end = run.withdrawn  # asked to skip it: it does not go back to the queue
             if end is None:
-                self.queues.add_front(run.task)
+                self._requeue(run.task)
             elif isinstance(end, Withdrawn):
                 self._settle(run.task, end)
             elif isinstance(end, Outcome):
