@@ -4,6 +4,7 @@ written for ``ProcessPoolExecutor`` runs unchanged; its futures are ``Response``
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -13,6 +14,12 @@ from distrib._api import DistributedFunction, distributed
 from distrib._response import Response
 
 T = TypeVar("T")
+
+
+def _invoke(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """A call of a callable that is not a plain function (a ``functools.partial``, an
+    object with ``__call__``): it travels as an argument."""
+    return fn(*args, **kwargs)
 
 
 def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
@@ -45,6 +52,9 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            if not (isinstance(fn, DistributedFunction) or inspect.isfunction(fn)
+                    or inspect.isbuiltin(fn)):
+                fn, args = _invoke, (fn, *args)
             task: DistributedFunction[..., Any] | None = (
                 fn if isinstance(fn, DistributedFunction) else self._wrapped.get(fn))
             if task is None:

@@ -92,3 +92,32 @@ def test_map_takes_keyword_arguments_and_as_completed_works_with_async_for(
     assert out.stdout.splitlines() == [
         "[0, 3, 6, 9]", "[2, 1]", "WaitTimeout responses did not all finish within 0.5 s"], \
         out.stderr[-3000:]
+
+
+def test_joblib_parallel_on_the_distrib_backend_gives_the_default_backends_results(
+        workspace: Workspace, start_worker) -> None:
+    worker = start_worker(threads=2)
+    workspace.write("main.py", """
+        import sys
+        import joblib
+        from joblib import Parallel, delayed
+        import distrib.joblib
+
+        def cube(x, shift=0):
+            return x ** 3 + shift
+
+        if __name__ == "__main__":
+            calls = [delayed(cube)(i, shift=i % 7) for i in range(1000)]
+            expected = Parallel(n_jobs=2)(calls)
+            with joblib.parallel_config(backend="distrib"):
+                got = Parallel(n_jobs=-1)(calls)
+            print("SAME", got == expected, len(got))
+            try:
+                with joblib.parallel_config(backend="distrib"):
+                    Parallel(n_jobs=2)(delayed(cube)(i, shift="x") for i in range(4))
+            except TypeError as exc:
+                print("TypeError", "unsupported operand" in str(exc))
+        """)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address}, timeout=300)
+    assert out.stdout.splitlines() == ["SAME True 1000", "TypeError True"], out.stderr[-3000:]
+    assert worker.status()["tasks_done"] >= 2  # (batches ran there)
