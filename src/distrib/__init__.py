@@ -40,6 +40,7 @@ from distrib._errors import (
     WorkspaceError,
 )
 from distrib._executor import Executor
+from distrib._progress import progress
 from distrib._response import AsCompleted, Response, as_completed, gather
 from distrib._shared import Shared, share
 
@@ -75,6 +76,7 @@ __all__ = [
     "distributed",
     "gather",
     "init",
+    "progress",
     "share",
     "shutdown",
 ]

@@ -58,10 +58,17 @@ class DistributedFunction(Generic[P, T]):
         """Run the plain function here, in this process."""
         return self._fn(*args, **kwargs)
 
-    def map(self, *iterables: Iterable[Any], **kwargs: Any) -> list[Response[T]]:
+    def map(self, *iterables: Iterable[Any], progress: bool = False, **kwargs: Any
+            ) -> list[Response[T]]:
         """Submit one call per item; several iterables are zipped, as with ``map``, and
-        keyword arguments go to every call: ``f.map(range(4), scale=2)``."""
-        return [self(*args, **kwargs) for args in zip(*iterables)]
+        keyword arguments go to every call: ``f.map(range(4), scale=2)``. ``progress``: draw
+        their progress on stderr until all have finished (see ``distrib.progress``)."""
+        responses = [self(*args, **kwargs) for args in zip(*iterables)]
+        if progress:
+            from distrib._progress import Tracker
+
+            Tracker(responses, self._fn.__qualname__)  # (draws in its own thread until done)
+        return responses
 
     def _run_in_place(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Response[T]:
         # A call from inside a task runs in the task's executor: redistribution to other

@@ -157,8 +157,16 @@ def _set_once(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-def gather(responses: Iterable[Response[T]], timeout: float | None = None) -> list[T]:
-    """Unwrap every response in order; raises the first error met (in order)."""
+def gather(responses: Iterable[Response[T]], timeout: float | None = None,
+           progress: bool = False) -> list[T]:
+    """Unwrap every response in order; raises the first error met (in order).
+    ``progress``: draw their progress on stderr while they run (see ``distrib.progress``)."""
+    if progress:
+        from distrib._progress import progress as draw
+
+        responses = list(responses)
+        for _ in draw(responses, timeout=timeout):
+            pass
     return [r.unwrap(timeout) for r in responses]
 
 

@@ -1,0 +1,66 @@
+"""Progress of a run, as a user sees it: a bar under a terminal, one summary line without."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import subprocess
+
+from tests.helpers import PYTHON, Workspace, ended
+
+SCRIPT = """
+    import sys, time
+    import distrib
+    from distrib import distributed
+
+    @distributed
+    def work(i):
+        time.sleep(0.01)
+        if i % 50 == 7:
+            raise ValueError(i)
+        return i
+
+    if __name__ == "__main__":
+        if sys.argv[1] == "progress":
+            print("OK", sum(r.ok() for r in distrib.progress(work.map(range(200)))))
+        else:
+            print("SUM", sum(distrib.gather(work.map(range(8, 48)), progress=True)))
+    """
+
+
+def test_a_bar_under_a_terminal_ends_at_all_done_with_failures_counted(
+        workspace: Workspace, start_worker) -> None:
+    worker = start_worker(threads=2)
+    workspace.write("main.py", SCRIPT)
+    master, slave = pty.openpty()
+    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir), "COLUMNS": "150",
+           "DISTRIB_WORKERS": worker.address}
+    with ended(subprocess.Popen([PYTHON, "main.py", "progress"], cwd=workspace.root, env=env,
+                                stdin=slave, stdout=subprocess.PIPE, stderr=slave)) as main:
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 65536)  # (EIO once the script has exited)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        os.close(master)
+        out, _ = main.communicate(timeout=120)
+        assert main.returncode == 0
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    last = [line for line in re.split(r"[\r\n]+", screen) if line.strip()][-1]
+    assert re.search(r"^work .* 200/200 4 failed [\d,.]+/s .* slots \d+/2", last), screen[-2000:]
+    assert out.decode().splitlines() == ["OK 196"]
+
+
+def test_without_a_terminal_one_summary_line(workspace: Workspace, start_worker) -> None:
+    worker = start_worker(threads=2)
+    workspace.write("main.py", SCRIPT)
+    out = workspace.run("main.py", "gather", env={"DISTRIB_WORKERS": worker.address})
+    assert out.stdout.splitlines() == [f"SUM {sum(range(8, 48))}"], out.stderr[-3000:]
+    summary = [line for line in out.stderr.splitlines() if line.startswith("distrib: work:")]
+    assert len(summary) == 1 and "40/40 done, 0 failed, in" in summary[0], out.stderr
