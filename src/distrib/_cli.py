@@ -9,6 +9,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import platformdirs
@@ -219,6 +220,13 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
     daemon.run()
 
 
+def _served(main: dict[str, Any]) -> str:
+    """One Main a worker serves, as its owner reads it."""
+    key = f" (key {main['key']}...)" if main.get("key") else ""
+    quota = f", {main['quota']}" if main.get("quota") else ""
+    return f"{main['name']}{key}: {main['held']} slot(s), {main['queued']} waiting{quota}"
+
+
 def _worker_cache(cache_dir: Path | None) -> Path:
     return cache_dir or Path(os.environ.get("DISTRIB_CACHE_DIR")
                              or platformdirs.user_cache_dir("distrib")) / "worker"
@@ -297,8 +305,12 @@ def status(timeout: float, as_json: bool) -> None:
             f"{i['busy']}/{i['slots']}" if "slots" in i else "",
             str(i.get("queued", "")), str(i.get("reruns", "")),
             f"{i['envs_built']} built, {i['envs_reused']} reused, {i['envs_failed']} failed"
+            + (f"; cached: {i['workspaces_cached']} workspaces "
+               f"({i['workspaces_bytes'] / 1e6:,.1f} MB), {i['envs_cached']} environments "
+               f"({i['envs_bytes'] / 1e6:,.1f} MB)" if "envs_cached" in i else "")
             if "envs_built" in i else "",
-            ", ".join(i.get("mains", [])),
+            "; ".join(_served(x) for x in i["served"]) if "served" in i
+            else ", ".join(i.get("mains", [])),
             (f"reachable, {i.get('state', 'serving')}"
              + (f": {i['why']}" if i.get("why") else "") + f" ({s.source})" if s.reachable
              else f"unreachable: {s.problem}"))

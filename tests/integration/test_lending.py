@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from distrib.wire import _keys
 from tests.helpers import PYTHON, Workspace, ended, finish, stop_process, wait_for
 from tests.integration.test_keys import keygen
 
@@ -205,10 +206,12 @@ def test_a_main_with_a_quota_never_holds_more_slots_while_another_uses_the_rest(
         workspace: Workspace, start_worker, tmp_path: Path) -> None:
     small, big = keygen(tmp_path / "small.key"), keygen(tmp_path / "big.key")
     keygen(tmp_path / "worker.key")
+    admin = _keys.generate()  # the test's own key, for status queries
     auth = tmp_path / "authorized"
-    auth.write_text(f"{small} small slots=1\n{big} big\n")
+    auth.write_text(f"{small} small slots=1\n{big} big\n{admin.public} the test\n")
     worker = start_worker(threads=4, extra=("--key", str(tmp_path / "worker.key"),
                                             "--authorized-keys", str(auth)))
+    worker.status_key = admin
     workspace.write("main.py", JOBS)
     log = tmp_path / "runs.log"
     address = f"{worker.address} {worker.public_key}"
@@ -216,6 +219,10 @@ def test_a_main_with_a_quota_never_holds_more_slots_while_another_uses_the_rest(
                         {"DISTRIB_KEY": str(tmp_path / f"{name}.key"), "MAIN": name})
              for name in ("small", "big")]
     try:
+        # The owner sees who holds the slots: each Main by name and key, with its quota.
+        served = wait_for(lambda: [x for x in worker.status()["served"]
+                                   if x["held"] and x["key"] == small[:8]], what="small served")
+        assert served[0]["quota"] == "at most 1 slot(s)" and served[0]["held"] == 1
         outs = [finish(main) for main in mains]
     finally:
         for main in mains:

@@ -56,6 +56,7 @@ log = logging.getLogger("distrib.worker")
 peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
 
 _OUTCOMES = {outcome.value: outcome for outcome in Outcome}
+SERVED_LOG_EVERY = 60.0  # seconds between log lines saying which Mains hold the slots
 
 
 class Daemon:
@@ -104,6 +105,7 @@ class Daemon:
         self.lending = Lending(policy)
         self.away = ""  # why the machine is not lent now (its hours, its owner's load)
         self._told = ("serving", "")  # the state Mains last heard, and why
+        self._served_logged = time.monotonic()  # when the log last said who holds the slots
         self.slots = Slots(policy.threads, idle_after, max_queued)
         self.objects = Objects(self.runs / "objects", max_objects)
         self.control = ControlSocket(cache_dir)
@@ -942,6 +944,9 @@ class Daemon:
             self._drop_main(peer, f"was silent for {self.lost_after:.0f} s")
         for peer in self.mains:
             self._send(peer, m.Heartbeat())
+        if self.mains and now - self._served_logged > SERVED_LOG_EVERY:
+            self._served_logged = now
+            self._log_served()
         if self.gate.reload():
             self._quotas_changed()
         if self.exit_with_parent is not None and os.getppid() != self.exit_with_parent:
@@ -958,8 +963,22 @@ class Daemon:
                 log.info("Main %s: %s", main.name, str(quota) or "no quota")
                 self._send(peer, self._worker_state(peer))
 
+    def served(self) -> list[dict[str, Any]]:
+        """Each Main served: its name, key (the first 8 characters), the slots its tasks
+        hold, its tasks waiting here, and its quota."""
+        held = self.slots.held()
+        return [{"name": main.name, "key": main.key[:8], "held": held.get(peer, 0),
+                 "queued": self.slots.waiting(peer), "quota": str(self.gate.quota(main.key))}
+                for peer, main in self.mains.items()]
+
+    def _log_served(self) -> None:
+        log.info("serving %s", "; ".join(
+            f"Main {x['name']}{' (key ' + x['key'] + '...)' if x['key'] else ''}: "
+            f"{x['held']} slot(s), {x['queued']} waiting" for x in self.served()))
+
     def status(self) -> dict[str, Any]:
         """Facts, load and counters, as ``distrib status`` and tests read them."""
+        envs_built, envs_bytes = self.envs.disk_use()
         return {
             "name": self.name,
             "worker_id": self.worker_id,
@@ -987,6 +1006,11 @@ class Daemon:
             "quotas": {self.mains[peer].name: limit for peer, limit in self.slots.limits.items()
                        if peer in self.mains},
             "objects": self.objects.held(),
+            "served": self.served(),
+            "workspaces_cached": sum(1 for _ in self.dists.store.envs.glob("[!.]*")),
+            "workspaces_bytes": self.dists.store.usage(),
+            "envs_cached": envs_built,
+            "envs_bytes": envs_bytes,
             **self.slots.counters,
             **self.objects.counters,
             **self.envs.counters,

@@ -207,6 +207,12 @@ class Environments:
     def path(self, env_id: str) -> Path:
         return self.root / env_id
 
+    def disk_use(self) -> tuple[int, int]:
+        """(built environments, bytes they and uv's cache take)."""
+        built = sum(1 for env in self.root.glob("*") if (env / _DONE).exists()) \
+            if self.root.is_dir() else 0
+        return built, _disk_use(self.root)
+
     def versions(self) -> list[str]:
         return list(self.pythons)
 
