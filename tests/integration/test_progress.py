@@ -64,3 +64,23 @@ def test_without_a_terminal_one_summary_line(workspace: Workspace, start_worker)
     assert out.stdout.splitlines() == [f"SUM {sum(range(8, 48))}"], out.stderr[-3000:]
     summary = [line for line in out.stderr.splitlines() if line.startswith("distrib: work:")]
     assert len(summary) == 1 and "40/40 done, 0 failed, in" in summary[0], out.stderr
+
+
+def test_shipping_a_large_workspace_says_so(workspace: Workspace, start_worker) -> None:
+    worker = start_worker(threads=1)
+    (workspace.root / "data.bin").write_bytes(os.urandom(40 << 20))
+    workspace.write("main.py", """
+        import os
+        from distrib import distributed
+
+        @distributed
+        def size():
+            return os.path.getsize("data.bin")
+
+        if __name__ == "__main__":
+            print("SIZE", size().unwrap(timeout=120))
+        """)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
+    assert out.stdout.splitlines() == [f"SIZE {40 << 20}"], out.stderr[-3000:]
+    assert re.search(r"shipping the workspace: 2 files, 42 MB", out.stderr), out.stderr
+    assert re.search(r"the workspace sent \(42 MB in [\d.]+ s\)", out.stderr), out.stderr

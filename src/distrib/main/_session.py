@@ -54,6 +54,8 @@ from distrib.workspace._manifest import Distribution
 log = logging.getLogger("distrib")
 
 RECONNECT_AFTER = 2.0
+SHIP_NOTICE_BYTES = 16 << 20  # a shipment this large says so, and how long it took
+SCAN_NOTICE_SECONDS = 1.0  # a scan of the workspace this slow says so
 AUTH_RETRY_AFTER = 10.0  # a refused key may be authorized later (workers reread their list)
 
 
@@ -72,7 +74,12 @@ class Session:
         _setup_logging()
         self.settings = settings
         self.python = _facts.python_version()
+        start = time.monotonic()
         self.dist: Distribution = scan_workspace(settings, main_file)
+        if time.monotonic() - start > SCAN_NOTICE_SECONDS:
+            log.warning("scanned the workspace %s: %d files, %.0f MB in %.1f s", self.dist.root,
+                        len(self.dist.entries), sum(e.size for e in self.dist.entries) / 1e6,
+                        time.monotonic() - start)
         _runtime.main_shipped = self.dist.main is not None
         _runtime.shipped_root = str(self.dist.root) if self.dist.entries else None
         self.name = f"{main_file.name if main_file else 'python'}@{socket.gethostname()}:{os.getpid()}"
@@ -343,14 +350,31 @@ class Session:
             else:
                 link.send(m.DistFailed(msg.dist, "this Main does not have that distribution"))
         elif isinstance(msg, m.NeedBlobs):
-            for reply in blob_messages(self.dist, msg, self.env.env_id, self.wheels):
-                link.send(reply)
+            self._ship(link, msg)
         elif isinstance(msg, m.NeedObjects):
             self._send_objects(link, msg.keys)
         elif isinstance(msg, m.WorkerState):
             self._on_state(link, msg)
         elif isinstance(msg, m.EnvProgress):
             log.warning("worker %s: %s", link.label, msg.text)
+
+    def _ship(self, link: Link, need: m.NeedBlobs) -> None:
+        """Send the workspace files (or wheels) a worker lacks; a large shipment says so, as
+        it may take seconds at the first call."""
+        workspace = need.dist == self.dist.dist_id
+        size = sum(e.size for d in need.hashes if (e := self.dist.by_digest.get(d))) \
+            if workspace else sum(p.stat().st_size for d in need.hashes
+                                  if (p := self.wheels.get(d)) is not None and p.exists())
+        what = "the workspace" if workspace else "the environment's wheels"
+        if size >= SHIP_NOTICE_BYTES:
+            log.warning("worker %s: shipping %s: %d files, %.0f MB", link.label, what,
+                        len(need.hashes), size / 1e6)
+        start = time.monotonic()
+        for reply in blob_messages(self.dist, need, self.env.env_id, self.wheels):
+            link.send(reply)
+        if size >= SHIP_NOTICE_BYTES:
+            log.warning("worker %s: %s sent (%.0f MB in %.1f s)", link.label, what, size / 1e6,
+                        time.monotonic() - start)
 
     def _send_objects(self, link: Link, keys: list[str]) -> None:
         """Send the shared objects a worker asks for, one message each (they are large)."""
