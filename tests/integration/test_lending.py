@@ -3,10 +3,12 @@ only while the machine is idle or within hours, and quotas per Main. Real daemon
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from distrib.wire import _keys
@@ -113,9 +115,16 @@ def test_a_bad_edit_of_the_policy_file_keeps_the_policy_and_says_why(
     assert f"{bad} when_idle='sometimes': expected \"finish\"" in out.stderr
 
 
-def _burn(cores: int) -> list[subprocess.Popen[bytes]]:
-    """The owner's own work: ``cores`` processes spinning."""
-    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+@contextlib.contextmanager
+def owner_busy() -> Iterator[None]:
+    """The owner's own work: a process spinning on each core, until the block ends."""
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+               for _ in range(os.cpu_count() or 2)]
+    try:
+        yield
+    finally:
+        for burner in burners:
+            stop_process(burner)
 
 
 def test_when_idle_the_owners_own_load_sends_tasks_elsewhere_until_it_ends(
@@ -125,25 +134,20 @@ def test_when_idle_the_owners_own_load_sends_tasks_elsewhere_until_it_ends(
     other = start_worker(threads=2, name="other")
     workspace.write("main.py", JOBS)
     log = tmp_path / "runs.log"
-    burners: list[subprocess.Popen[bytes]] = []
-    try:
-        with ended(start_main(workspace, ["30", "0.5", str(log)],
-                              f"{lender.address},{other.address}")) as main:
-            wait_for(lambda: lender.status()["busy"] == 2, what="the lender busy")
-            burners = _burn(os.cpu_count() or 2)
+    with ended(start_main(workspace, ["30", "0.5", str(log)],
+                          f"{lender.address},{other.address}")) as main:
+        wait_for(lambda: lender.status()["busy"] == 2, what="the lender busy")
+        with owner_busy():
             wait_for(lambda: lender.status()["state"] == "paused", timeout=30,
                      what="the lender to stop lending")
             stopped = datetime.datetime.now().timestamp()
             out, err = finish(main)
-        assert out.splitlines() == ["DONE True"], err[-3000:]
-        assert "its owner's own programs use" in lender.status()["why"]
-        assert ") stops lending, its owner's own programs use" in err
-        done = runs(log)
-        assert sorted(r[0] for r in done) == list(range(30))  # each once
-        assert len({r[0] for r in done if r[1] > stopped}) > 4  # the rest ran elsewhere
-    finally:
-        for burner in burners:
-            stop_process(burner)
+            assert "its owner's own programs use" in lender.status()["why"]
+    assert out.splitlines() == ["DONE True"], err[-3000:]
+    assert ") stops lending, its owner's own programs use" in err
+    done = runs(log)
+    assert sorted(r[0] for r in done) == list(range(30))  # each once
+    assert len({r[0] for r in done if r[1] > stopped}) > 4  # the rest ran elsewhere
     wait_for(lambda: lender.status()["state"] == "serving", timeout=60,
              what="the lender to lend again once the owner's work ended")
     out = workspace.run("main.py", "2", "0", str(log), env={"DISTRIB_WORKERS": lender.address})
@@ -159,19 +163,14 @@ def test_vacate_hands_a_running_task_back_and_it_completes_elsewhere_once(
     subprocess.run([*control[:4], "pause", *control[4:]], check=True, timeout=60)
     workspace.write("main.py", JOBS)
     log = tmp_path / "runs.log"
-    burners: list[subprocess.Popen[bytes]] = []
-    try:
-        with ended(start_main(workspace, ["1", "-1", str(log)],
-                              f"{lender.address},{other.address}")) as main:
-            wait_for(lambda: lender.status()["busy"] == 1, what="the long task on the lender")
-            subprocess.run([*control[:4], "resume", *control[4:]], check=True, timeout=60)
-            burners = _burn(os.cpu_count() or 2)
+    with ended(start_main(workspace, ["1", "-1", str(log)],
+                          f"{lender.address},{other.address}")) as main:
+        wait_for(lambda: lender.status()["busy"] == 1, what="the long task on the lender")
+        subprocess.run([*control[:4], "resume", *control[4:]], check=True, timeout=60)
+        with owner_busy():
             wait_for(lambda: lender.status()["state"] == "paused", timeout=30,
                      what="the lender to vacate")
             out, err = finish(main, timeout=120)
-    finally:
-        for burner in burners:
-            stop_process(burner)
     assert out.splitlines() == ["DONE True"], err[-3000:]
     assert [r[0] for r in runs(log)] == [0]  # completed once, on the second try
     assert (tmp_path / "runs.log.first").read_text().split() == ["0", "0"]  # started twice
@@ -234,3 +233,30 @@ def test_a_main_with_a_quota_never_holds_more_slots_while_another_uses_the_rest(
     assert most_at_once([(s, e) for _, s, e, who in done if who == "small"]) == 1
     assert most_at_once([(s, e) for _, s, e, who in done if who == "big"]) >= 3
     assert "serving Main" in worker.log() and "at most 1 slot(s)" in worker.log()
+
+
+def test_a_quota_lowered_in_the_file_mid_run_takes_effect_and_no_task_is_lost(
+        workspace: Workspace, start_worker, tmp_path: Path) -> None:
+    main_key = keygen(tmp_path / "main.key")
+    keygen(tmp_path / "worker.key")
+    admin = _keys.generate()
+    auth = tmp_path / "authorized"
+    auth.write_text(f"{main_key} alice\n{admin.public} the test\n")
+    worker = start_worker(threads=4, extra=("--key", str(tmp_path / "worker.key"),
+                                            "--authorized-keys", str(auth)))
+    worker.status_key = admin
+    workspace.write("main.py", JOBS)
+    log = tmp_path / "runs.log"
+    with ended(start_main(workspace, ["30", "0.3", str(log)],
+                          f"{worker.address} {worker.public_key}",
+                          {"DISTRIB_KEY": str(tmp_path / "main.key")})) as main:
+        wait_for(lambda: worker.status()["busy"] == 4, what="alice on four slots")
+        auth.write_text(f"{main_key} alice slots=1\n{admin.public} the test\n")
+        wait_for(lambda: worker.status()["busy"] == 1, what="alice down to one slot")
+        settled = datetime.datetime.now().timestamp()
+        assert worker.status()["served"][0]["quota"] == "at most 1 slot(s)"
+        out, err = finish(main)
+    assert out.splitlines() == ["DONE True"], err[-3000:]
+    done = runs(log)
+    assert sorted(r[0] for r in done) == list(range(30))  # each once
+    assert most_at_once([(s, e) for _, s, e, _ in done if s > settled]) == 1
