@@ -7,9 +7,11 @@ happens in a thread of its own, ten times a second.
 
 from __future__ import annotations
 
+import atexit
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -17,6 +19,15 @@ from distrib._response import Response, as_completed
 
 T = TypeVar("T")
 REFRESH = 0.1  # seconds between redraws
+_live: weakref.WeakSet[Tracker] = weakref.WeakSet()  # drawing: their last word comes at exit
+
+
+@atexit.register
+def _close_all() -> None:
+    """At exit (a script that ends as its last results arrive), each bar draws its final
+    state, or its summary line is printed, before the drawing threads are gone."""
+    for tracker in list(_live):
+        tracker.finish(timeout=0.5)  # (the last results' callbacks may be running)
 
 
 def _slots() -> tuple[int, int]:
@@ -47,6 +58,7 @@ class Tracker:
         self._thread = threading.Thread(target=self._draw, name="distrib-progress", daemon=True)
         for response in responses:
             response.add_done_callback(self._count)
+        _live.add(self)
         self._thread.start()
 
     def _count(self, response: Any) -> None:
@@ -62,6 +74,7 @@ class Tracker:
 
     def close(self) -> None:
         self._stop.set()
+        _live.discard(self)
         if threading.current_thread() is not self._thread:
             self._thread.join()
 

@@ -7,6 +7,8 @@ import pty
 import re
 import subprocess
 
+import pytest
+
 from tests.helpers import PYTHON, Workspace, ended
 
 SCRIPT = """
@@ -24,8 +26,10 @@ SCRIPT = """
     if __name__ == "__main__":
         if sys.argv[1] == "progress":
             print("OK", sum(r.ok() for r in distrib.progress(work.map(range(200)))))
-        else:
+        elif sys.argv[1] == "gather":
             print("SUM", sum(distrib.gather(work.map(range(8, 48)), progress=True)))
+        else:  # the script ends as the last results arrive: the summary still comes
+            print("SUM", sum(distrib.gather(work.map(range(8, 48), progress=True))))
     """
 
 
@@ -57,10 +61,12 @@ def test_a_bar_under_a_terminal_ends_at_all_done_with_failures_counted(
     assert out.decode().splitlines() == ["OK 196"]
 
 
-def test_without_a_terminal_one_summary_line(workspace: Workspace, start_worker) -> None:
+@pytest.mark.parametrize("how", ["gather", "map"])
+def test_without_a_terminal_one_summary_line(workspace: Workspace, start_worker,
+                                             how: str) -> None:
     worker = start_worker(threads=2)
     workspace.write("main.py", SCRIPT)
-    out = workspace.run("main.py", "gather", env={"DISTRIB_WORKERS": worker.address})
+    out = workspace.run("main.py", how, env={"DISTRIB_WORKERS": worker.address})
     assert out.stdout.splitlines() == [f"SUM {sum(range(8, 48))}"], out.stderr[-3000:]
     summary = [line for line in out.stderr.splitlines() if line.startswith("distrib: work:")]
     assert len(summary) == 1 and "40/40 done, 0 failed, in" in summary[0], out.stderr
