@@ -260,3 +260,30 @@ def test_a_quota_lowered_in_the_file_mid_run_takes_effect_and_no_task_is_lost(
     done = runs(log)
     assert sorted(r[0] for r in done) == list(range(30))  # each once
     assert most_at_once([(s, e) for _, s, e, _ in done if s > settled]) == 1
+
+
+def test_a_nice_changed_in_the_policy_file_reaches_running_executors(
+        workspace: Workspace, start_worker, tmp_path: Path) -> None:
+    policy = tmp_path / "worker.toml"
+    policy.write_text("nice = 11\n")
+    worker = start_worker(threads=1, extra=("--policy", str(policy)))
+    workspace.write("main.py", """
+        import os, sys
+        from distrib import distributed
+
+        @distributed
+        def niceness():
+            return os.getpriority(os.PRIO_PROCESS, 0), os.getpid()
+
+        if __name__ == "__main__":
+            print("NICE", *niceness().unwrap(timeout=60))
+        """)
+    env = {"DISTRIB_WORKERS": worker.address}
+    first = workspace.run("main.py", env=env).stdout.split()
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    assert first[:2] == ["NICE", str(max(11, own))]
+    policy.write_text("nice = 16\n")
+    wait_for(lambda: "nice 16" in worker.log(), what="the new policy read")
+    second = workspace.run("main.py", env=env).stdout.split()
+    assert second[1] == str(max(16, own))
+    assert second[2] == first[2]  # the executor that was running, reniced

@@ -351,21 +351,20 @@ class Daemon:
         self.lending.policy = policy
         self.memory.per_task, self.memory.total = policy.max_task_memory, policy.max_memory
         if policy.nice != old.nice:
-            for key in list(self.templates):  # (executors forked later start from new ones)
-                self._drop_template(key)
             self._renice(policy.nice)
         if policy.threads != old.threads:
             self._apply(self.slots.resize(policy.threads))
         self._tell_all()  # (slots and memory limit, as each Main may use them)
 
     def _renice(self, nice: int) -> None:
-        """Every thread of the executors and what they started runs at ``nice`` now."""
+        """Every thread of the executors, what they started, and the templates (executors
+        forked later inherit theirs) runs at ``nice`` now."""
         refused = 0
-        for proc in self.procs.values():
-            if not proc.pid:
-                continue
+        pids = [proc.pid for proc in self.procs.values() if proc.pid] + [
+            t.proc.pid for t in self.templates.values()]
+        for pid in pids:
             try:
-                tree = [psutil.Process(proc.pid)]
+                tree = [psutil.Process(pid)]
                 tree += tree[0].children(recursive=True)
             except psutil.Error:
                 continue
