@@ -130,7 +130,7 @@ def owner_busy() -> Iterator[None]:
 def test_when_idle_the_owners_own_load_sends_tasks_elsewhere_until_it_ends(
         workspace: Workspace, start_worker, tmp_path: Path) -> None:
     lender = start_worker(threads=2, name="lender",
-                          extra=("--when-idle", "finish", "--idle-load", "0.5"))
+                          extra=("--when-idle", "finish", "--idle-load", "0.75"))
     other = start_worker(threads=2, name="other")
     workspace.write("main.py", JOBS)
     log = tmp_path / "runs.log"
@@ -157,7 +157,7 @@ def test_when_idle_the_owners_own_load_sends_tasks_elsewhere_until_it_ends(
 def test_vacate_hands_a_running_task_back_and_it_completes_elsewhere_once(
         workspace: Workspace, start_worker, tmp_path: Path) -> None:
     lender = start_worker(threads=1, name="lender",
-                          extra=("--when-idle", "vacate", "--idle-load", "0.5"))
+                          extra=("--when-idle", "vacate", "--idle-load", "0.75"))
     other = start_worker(threads=1, name="other")
     control = [PYTHON, "-m", "distrib", "worker", "--cache-dir", str(other.cache_dir)]
     subprocess.run([*control[:4], "pause", *control[4:]], check=True, timeout=60)
