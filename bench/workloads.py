@@ -152,6 +152,19 @@ def throughput(name: str, p: Metrics) -> Metrics:
     return {"tasks_per_s": p["calls"] / elapsed, "elapsed_s": elapsed, **extra}
 
 
+def throughput_progress(name: str, p: Metrics) -> Metrics:
+    """W1 with distrib's progress drawing on: ``gather(..., progress=True)``."""
+    import distrib
+
+    with cluster(name, p["slots"]) as (fw, extra):
+        t0 = time.perf_counter()
+        handles = [fw.submit(inc, i) for i in range(p["calls"])]
+        results = distrib.gather(handles, progress=True)
+        elapsed = time.perf_counter() - t0
+    check(results, [i + 1 for i in range(p["calls"])], "inc")
+    return {"tasks_per_s": p["calls"] / elapsed, "elapsed_s": elapsed, **extra}
+
+
 def latency(name: str, p: Metrics) -> Metrics:
     """W2: ``calls`` sequential call-then-wait round trips."""
     samples: list[float] = []
@@ -338,6 +351,15 @@ WORKLOADS: dict[str, Workload] = {w.id: w for w in [
         "W1", "W1", "W1 throughput: {calls:,} x inc(x), submit all then collect all",
         (Metric("tasks_per_s", "throughput", "tasks/s", True),),
         throughput, {"slots": 2, "calls": 10_000}, {"slots": 2, "calls": 1_000}, 600,
+    ),
+    Workload(
+        "W1-progress", "W1", "W1 with progress, distrib only: {calls:,} x inc(x), collected "
+        "with gather(progress=True)",
+        (Metric("tasks_per_s", "throughput", "tasks/s", True),),
+        throughput_progress, {"slots": 2, "calls": 10_000}, {"slots": 2, "calls": 1_000}, 600,
+        frameworks=("distrib",),
+        notes=("stderr is not a terminal here: progress counts every call and prints one "
+               "summary line; compare with W1's distrib row of the same run.",),
     ),
     Workload(
         "W2", "W2", "W2 latency: {calls:,} sequential inc(x) call-then-wait",
