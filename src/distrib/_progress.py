@@ -1,8 +1,9 @@
 """Progress of a set of calls: a rich bar on stderr when it is a terminal (done / total,
 failures, rate, time left, slots busy across workers), else one summary line at the end.
 
-Counting costs the I/O thread one list append per finished call (a done callback); drawing
-happens in a thread of its own, ten times a second.
+Counting and drawing happen in a thread of their own, ten times a second (less often for very
+many calls): it reads each pending call's state, which takes no lock, and the I/O thread does
+nothing more than without progress.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
+from distrib._errors import Cancelled
 from distrib._response import Response, as_completed
 
 T = TypeVar("T")
@@ -27,7 +29,7 @@ def _close_all() -> None:
     """At exit (a script that ends as its last results arrive), each bar draws its final
     state, or its summary line is printed, before the drawing threads are gone."""
     for tracker in list(_live):
-        tracker.finish(timeout=0.5)  # (the last results' callbacks may be running)
+        tracker.close()
 
 
 def _slots() -> tuple[int, int]:
@@ -46,31 +48,36 @@ def _slots() -> tuple[int, int]:
 
 class Tracker:
     """Counts the calls of ``responses`` as they finish and draws their progress until all
-    have (``close`` ends it early)."""
+    have (``close`` ends it early, after a last count)."""
 
     def __init__(self, responses: list[Response[Any]], description: str = "") -> None:
         self.total = len(responses)
         self.description = description or (responses[0].name if responses else "calls")
-        self._done: list[bool] = []  # one per finished call: whether it failed (append is
-        # atomic; a cancelled call is finished, not failed)
+        self._pending = list(responses)  # (only the drawing thread touches it after this)
+        self.done = 0  # finished: with a result or an error
+        self.failed = 0
+        self.cancelled = 0  # (not counted as done)
         self._start = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._draw, name="distrib-progress", daemon=True)
-        for response in responses:
-            response.add_done_callback(self._count)
         _live.add(self)
         self._thread.start()
 
-    def _count(self, response: Any) -> None:
-        self._done.append(not response.cancelled() and response.exception(0) is not None)
-
-    def finish(self, timeout: float = 5.0) -> None:
-        """Every call finished: end once each is counted (their callbacks run just after the
-        waiters wake)."""
-        deadline = time.monotonic() + timeout
-        while len(self._done) < self.total and time.monotonic() < deadline:
-            time.sleep(0.001)
-        self.close()
+    def _count(self) -> float:
+        """Count the calls that finished since the last count; returns the seconds to wait
+        before the next (longer for many pending calls, so counting stays a small cost)."""
+        began = time.perf_counter()
+        still = []
+        for response in self._pending:  # (reading a state needs no lock: nothing is slowed)
+            if not response.done():
+                still.append(response)
+            elif response.cancelled() or isinstance(response.exception(0), Cancelled):
+                self.cancelled += 1
+            else:
+                self.done += 1
+                self.failed += response.exception(0) is not None
+        self._pending = still
+        return max(REFRESH, 20 * (time.perf_counter() - began))
 
     def close(self) -> None:
         self._stop.set()
@@ -82,14 +89,18 @@ class Tracker:
         if sys.stderr.isatty():
             self._draw_bar()
         else:
-            while len(self._done) < self.total and not self._stop.wait(REFRESH):
+            while self._pending and not self._stop.wait(self._count()):
                 pass
-        done, failed = len(self._done), sum(self._done)
+            self._count()
         seconds = time.monotonic() - self._start
         if not sys.stderr.isatty():
-            print(f"distrib: {self.description}: {done}/{self.total} done, {failed} failed, "
-                  f"in {seconds:.1f} s ({done / max(seconds, 1e-9):,.1f}/s)", file=sys.stderr,
-                  flush=True)
+            print(f"distrib: {self.description}: {self.done}/{self.total} done, "
+                  f"{self._troubles()}, in {seconds:.1f} s "
+                  f"({self.done / max(seconds, 1e-9):,.1f}/s)", file=sys.stderr, flush=True)
+
+    def _troubles(self) -> str:
+        return f"{self.failed} failed" + (f", {self.cancelled} cancelled" if self.cancelled
+                                          else "")
 
     def _draw_bar(self) -> None:
         from rich.console import Console
@@ -97,25 +108,24 @@ class Tracker:
             TimeRemainingColumn
 
         bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[failed]} failed"),
+                       TextColumn("{task.fields[troubles]}"),
                        TextColumn("{task.fields[rate]}/s"), TimeRemainingColumn(),
                        TextColumn("slots {task.fields[slots]}"),
                        console=Console(stderr=True), transient=False, auto_refresh=False)
         with bar:
-            task = bar.add_task(self.description, total=self.total, failed=0, rate="0.0",
-                                slots="0/0")
+            task = bar.add_task(self.description, total=self.total, troubles="0 failed",
+                                rate="0.0", slots="0/0")
             while True:
-                stopping = len(self._done) >= self.total or self._stop.is_set()
-                done, failed = len(self._done), sum(self._done)
+                stopping = self._stop.is_set()
+                wait = self._count()
                 busy, offered = _slots()
                 seconds = max(time.monotonic() - self._start, 1e-9)
-                bar.update(task, completed=done, failed=failed, rate=f"{done / seconds:,.1f}",
-                           slots=f"{busy}/{offered}")
+                bar.update(task, completed=self.done, troubles=self._troubles(),
+                           rate=f"{self.done / seconds:,.1f}", slots=f"{busy}/{offered}")
                 bar.refresh()
-                if stopping or self._stop.wait(REFRESH):
-                    if not stopping:
-                        continue  # (one last draw after the stop)
+                if stopping or not self._pending:
                     break
+                self._stop.wait(wait)
 
 
 def progress(responses: Iterable[Response[T]], description: str = "",
@@ -127,7 +137,5 @@ def progress(responses: Iterable[Response[T]], description: str = "",
     tracker = Tracker(given, description)
     try:
         yield from as_completed(given, timeout)
-    except BaseException:
+    finally:
         tracker.close()
-        raise
-    tracker.finish()

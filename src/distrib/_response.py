@@ -161,13 +161,16 @@ def gather(responses: Iterable[Response[T]], timeout: float | None = None,
            progress: bool = False) -> list[T]:
     """Unwrap every response in order; raises the first error met (in order).
     ``progress``: draw their progress on stderr while they run (see ``distrib.progress``)."""
-    if progress:
-        from distrib._progress import progress as draw
+    if not progress:
+        return [r.unwrap(timeout) for r in responses]
+    from distrib._progress import Tracker
 
-        responses = list(responses)
-        for _ in draw(responses, timeout=timeout):
-            pass
-    return [r.unwrap(timeout) for r in responses]
+    given = list(responses)
+    tracker = Tracker(given)
+    try:
+        return [r.unwrap(timeout) for r in given]
+    finally:
+        tracker.close()
 
 
 class AsCompleted(Generic[T]):
