@@ -1,9 +1,9 @@
 """Progress of a set of calls: a rich bar on stderr when it is a terminal (done / total,
 failures, rate, time left, slots busy across workers), else one summary line at the end.
 
-Counting and drawing happen in a thread of their own, ten times a second (less often for very
-many calls): it reads each pending call's state, which takes no lock, and the I/O thread does
-nothing more than without progress.
+Counting and drawing happen in a thread of their own, ten times a second: it reads the state of
+the calls that finished since (no lock is taken), and the I/O thread does nothing more than
+without progress.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ class Tracker:
     def __init__(self, responses: list[Response[Any]], description: str = "") -> None:
         self.total = len(responses)
         self.description = description or (responses[0].name if responses else "calls")
-        self._pending = list(responses)  # (only the drawing thread touches it after this)
+        self._calls = list(responses)
+        self._next = 0  # calls before it are counted (only the drawing thread changes it)
         self.done = 0  # finished: with a result or an error
         self.failed = 0
         self.cancelled = 0  # (not counted as done)
@@ -63,21 +64,31 @@ class Tracker:
         _live.add(self)
         self._thread.start()
 
-    def _count(self) -> float:
-        """Count the calls that finished since the last count; returns the seconds to wait
-        before the next (longer for many pending calls, so counting stays a small cost)."""
-        began = time.perf_counter()
-        still = []
-        for response in self._pending:  # (reading a state needs no lock: nothing is slowed)
-            if not response.done():
-                still.append(response)
-            elif response.cancelled() or isinstance(response.exception(0), Cancelled):
-                self.cancelled += 1
-            else:
-                self.done += 1
-                self.failed += response.exception(0) is not None
-        self._pending = still
-        return max(REFRESH, 20 * (time.perf_counter() - began))
+    def _count(self, last: bool = False) -> None:
+        """Count the calls that finished, in order up to the first that has not (calls mostly
+        finish in the order they were made, so each is looked at about once); ``last``:
+        every call. Reading a call's state takes no lock: the I/O thread is not slowed."""
+        calls, i = self._calls, self._next
+        while i < len(calls) and calls[i].done():
+            self._classify(calls[i])
+            i += 1
+        self._next = i
+        if last:
+            for response in calls[i:]:
+                if response.done():
+                    self._classify(response)
+            self._next = len(calls)
+
+    def _classify(self, response: Response[Any]) -> None:
+        if response.cancelled() or isinstance(response.exception(0), Cancelled):
+            self.cancelled += 1
+        else:
+            self.done += 1
+            self.failed += response.exception(0) is not None
+
+    @property
+    def _pending(self) -> bool:
+        return self._next < len(self._calls)
 
     def close(self) -> None:
         self._stop.set()
@@ -89,9 +100,9 @@ class Tracker:
         if sys.stderr.isatty():
             self._draw_bar()
         else:
-            while self._pending and not self._stop.wait(self._count()):
-                pass
-            self._count()
+            while self._pending and not self._stop.wait(REFRESH):
+                self._count()
+            self._count(last=True)
         seconds = time.monotonic() - self._start
         if not sys.stderr.isatty():
             print(f"distrib: {self.description}: {self.done}/{self.total} done, "
@@ -117,7 +128,7 @@ class Tracker:
                                 rate="0.0", slots="0/0")
             while True:
                 stopping = self._stop.is_set()
-                wait = self._count()
+                self._count(last=stopping)
                 busy, offered = _slots()
                 seconds = max(time.monotonic() - self._start, 1e-9)
                 bar.update(task, completed=self.done, troubles=self._troubles(),
@@ -125,7 +136,7 @@ class Tracker:
                 bar.refresh()
                 if stopping or not self._pending:
                     break
-                self._stop.wait(wait)
+                self._stop.wait(REFRESH)
 
 
 def progress(responses: Iterable[Response[T]], description: str = "",
