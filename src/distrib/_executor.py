@@ -8,7 +8,7 @@ import inspect
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from distrib._api import DistributedFunction, distributed
 from distrib._response import Response
@@ -43,7 +43,9 @@ class Executor(concurrent.futures.Executor):
                                      timeout=timeout)
         self._wrapped: weakref.WeakKeyDictionary[Callable[..., Any], DistributedFunction[..., Any]] \
             = weakref.WeakKeyDictionary()
-        self._pending: set[Response[Any]] = set()
+        # Its calls, weakly: the session holds those not finished (no callback per call, which
+        # would give each its own Condition).
+        self._calls: weakref.WeakSet[Response[Any]] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -60,13 +62,8 @@ class Executor(concurrent.futures.Executor):
             if task is None:
                 task = self._wrapped[fn] = self._decorate(fn)
             response: Response[T] = task(*args, **kwargs)
-            self._pending.add(response)
-        response.add_done_callback(self._forget)
+            self._calls.add(response)
         return response
-
-    def _forget(self, response: concurrent.futures.Future[Any]) -> None:
-        with self._lock:
-            self._pending.discard(cast(Response[Any], response))
 
     def map(self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1) -> Iterator[T]:
@@ -86,7 +83,7 @@ class Executor(concurrent.futures.Executor):
         for the rest."""
         with self._lock:
             self._closed = True
-            pending = list(self._pending)
+            pending = [r for r in list(self._calls) if not r.done()]
         if cancel_futures:
             for response in pending:
                 response.cancel()
