@@ -31,14 +31,19 @@ def keygen(path: Path) -> str:
     return path.with_name(path.name + ".pub").read_text().split()[0]
 
 
-def keyed_worker(start_worker, tmp_path: Path, name: str, authorized: list[str]):
+def keyed_worker(start_worker, tmp_path: Path, name: str, authorized: list[str],
+                 threads: int = 2):
+    """A worker with keys serving the Mains of ``authorized`` (each a key, and settings such
+    as a quota after it), and the test itself for status queries; and its authorized-keys
+    file."""
     keygen(tmp_path / f"{name}.key")
     admin = _keys.generate()  # the test's own key, for status queries
     auth = tmp_path / f"{name}.authorized"
     auth.write_text("# Mains allowed here\n" + "".join(f"{k} a Main\n" for k in authorized)
                     + f"{admin.public} the test\n")
-    worker = start_worker(name=name, extra=("--key", str(tmp_path / f"{name}.key"),
-                                            "--authorized-keys", str(auth)))
+    worker = start_worker(threads=threads, name=name,
+                          extra=("--key", str(tmp_path / f"{name}.key"),
+                                 "--authorized-keys", str(auth)))
     worker.status_key = admin
     return worker, auth
 

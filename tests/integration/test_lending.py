@@ -11,9 +11,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from distrib.wire import _keys
 from tests.helpers import PYTHON, Workspace, ended, finish, stop_process, wait_for
-from tests.integration.test_keys import keygen
+from tests.integration.test_keys import keygen, keyed_worker
 
 JOBS = """
     import os, sys, time
@@ -204,13 +203,8 @@ def test_outside_its_hours_a_worker_lends_nothing_until_the_hours_change(
 def test_a_main_with_a_quota_never_holds_more_slots_while_another_uses_the_rest(
         workspace: Workspace, start_worker, tmp_path: Path) -> None:
     small, big = keygen(tmp_path / "small.key"), keygen(tmp_path / "big.key")
-    keygen(tmp_path / "worker.key")
-    admin = _keys.generate()  # the test's own key, for status queries
-    auth = tmp_path / "authorized"
-    auth.write_text(f"{small} small slots=1\n{big} big\n{admin.public} the test\n")
-    worker = start_worker(threads=4, extra=("--key", str(tmp_path / "worker.key"),
-                                            "--authorized-keys", str(auth)))
-    worker.status_key = admin
+    worker, _ = keyed_worker(start_worker, tmp_path, "lender", [f"{small} small slots=1", big],
+                             threads=4)
     workspace.write("main.py", JOBS)
     log = tmp_path / "runs.log"
     address = f"{worker.address} {worker.public_key}"
@@ -238,20 +232,16 @@ def test_a_main_with_a_quota_never_holds_more_slots_while_another_uses_the_rest(
 def test_a_quota_lowered_in_the_file_mid_run_takes_effect_and_no_task_is_lost(
         workspace: Workspace, start_worker, tmp_path: Path) -> None:
     main_key = keygen(tmp_path / "main.key")
-    keygen(tmp_path / "worker.key")
-    admin = _keys.generate()
-    auth = tmp_path / "authorized"
-    auth.write_text(f"{main_key} alice\n{admin.public} the test\n")
-    worker = start_worker(threads=4, extra=("--key", str(tmp_path / "worker.key"),
-                                            "--authorized-keys", str(auth)))
-    worker.status_key = admin
+    worker, auth = keyed_worker(start_worker, tmp_path, "lender", [f"{main_key} alice"],
+                                threads=4)
+    assert worker.status_key is not None
     workspace.write("main.py", JOBS)
     log = tmp_path / "runs.log"
     with ended(start_main(workspace, ["30", "0.3", str(log)],
                           f"{worker.address} {worker.public_key}",
                           {"DISTRIB_KEY": str(tmp_path / "main.key")})) as main:
         wait_for(lambda: worker.status()["busy"] == 4, what="alice on four slots")
-        auth.write_text(f"{main_key} alice slots=1\n{admin.public} the test\n")
+        auth.write_text(f"{main_key} alice slots=1\n{worker.status_key.public} the test\n")
         wait_for(lambda: worker.status()["busy"] == 1, what="alice down to one slot")
         settled = datetime.datetime.now().timestamp()
         assert worker.status()["served"][0]["quota"] == "at most 1 slot(s)"
