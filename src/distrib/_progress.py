@@ -80,11 +80,12 @@ class Tracker:
             self._next = len(calls)
 
     def _classify(self, response: Response[Any]) -> None:
-        if response.cancelled() or isinstance(response.exception(0), Cancelled):
+        error = None if response.cancelled() else response.exception(0)
+        if response.cancelled() or isinstance(error, Cancelled):
             self.cancelled += 1
         else:
             self.done += 1
-            self.failed += response.exception(0) is not None
+            self.failed += error is not None
 
     @property
     def _pending(self) -> bool:

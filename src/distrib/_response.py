@@ -177,7 +177,7 @@ class AsCompleted(Generic[T]):
     """Responses in the order they finish, with ``for`` or ``async for``."""
 
     def __init__(self, responses: Iterable[Response[T]], timeout: float | None) -> None:
-        self._given: list[Response[T]] = list(responses)
+        self._given: list[Response[T]] = list(dict.fromkeys(responses))  # (each once)
         self._timeout = timeout
         self._sync: Iterator[Response[T]] | None = None
         self._queue: asyncio.Queue[Response[T]] | None = None
@@ -209,10 +209,9 @@ class AsCompleted(Generic[T]):
             loop = asyncio.get_running_loop()
             queue = self._queue = asyncio.Queue()
             self._deadline = loop.time() + (self._timeout or 0.0)
-            for response in dict.fromkeys(self._given):  # (each once)
+            for response in self._given:
                 response.add_done_callback(
                     lambda r: loop.call_soon_threadsafe(queue.put_nowait, cast(Response[T], r)))
-            self._left = len(dict.fromkeys(self._given))
         if self._left == 0:
             raise StopAsyncIteration
         try:

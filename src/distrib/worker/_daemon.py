@@ -978,6 +978,7 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         """Facts, load and counters, as ``distrib status`` and tests read them."""
         envs_built, envs_bytes = self.envs.disk_use()
+        state, why = self._effective_state()
         return {
             "name": self.name,
             "worker_id": self.worker_id,
@@ -999,8 +1000,8 @@ class Daemon:
             "reruns": self.reruns,
             "dropped_connections": self.gate.dropped_connections,
             "pythons": self.envs.versions(),
-            "state": self._effective_state()[0],
-            "why": self._effective_state()[1],
+            "state": state,
+            "why": why,
             "policy": self.policy.describe(),
             "quotas": {self.mains[peer].name: limit for peer, limit in self.slots.limits.items()
                        if peer in self.mains},

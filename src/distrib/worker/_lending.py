@@ -55,8 +55,8 @@ class Lending:
         self._last: tuple[float, float, float] | None = None  # (time, machine busy, ours)
         self._above = 0
         self._below = 0
-        self.owner_busy = False
-        self._busy_since = ""  # why it does not lend, as said when the owner came back
+        self._busy_since = ""  # why it does not lend, as said when the owner came back ("":
+        # the owner is away)
         self.others = 0.0  # the last sample: share of the cores other programs used
 
     def check(self) -> str:
@@ -73,7 +73,7 @@ class Lending:
 
     def _reset(self) -> None:
         self._last, self._above, self._below = None, 0, 0
-        self.owner_busy, self._busy_since = False, ""
+        self._busy_since = ""
 
     def _sample(self) -> None:
         now = time.monotonic()
@@ -89,10 +89,9 @@ class Lending:
             self._above, self._below = self._above + 1, 0
         else:
             self._above, self._below = 0, self._below + 1
-        if not self.owner_busy and self._above >= BUSY_AFTER:
-            self.owner_busy = True
+        if not self._busy_since and self._above >= BUSY_AFTER:
             self._busy_since = (
                 f"its owner's own programs use {self.others:.0%} of the cores (it lends only "
                 f"while they use under {self.policy.idle_load:.0%}: its when_idle)")
-        elif self.owner_busy and self._below >= CALM_AFTER:
-            self.owner_busy, self._busy_since = False, ""
+        elif self._busy_since and self._below >= CALM_AFTER:
+            self._busy_since = ""

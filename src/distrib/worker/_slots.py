@@ -341,8 +341,7 @@ class Slots:
         """Every queued task, and every task handed to an executor that has not started, goes
         back to its Main, deferred (it places it elsewhere); ``vacate``: running tasks too
         (they are stopped)."""
-        for task in self.queues.take_where(lambda t: True):
-            self._out.append(Report(task, Outcome.DEFERRED))
+        self._defer_where(lambda t: True)
         self._recall(Withdrawn.HANDED_BACK)
         if vacate:
             for ex in list(self.executors.values()):
@@ -360,9 +359,7 @@ class Slots:
         self.slots = slots
         self.most = max(self.most, slots)
         if not grew:
-            self._recall(Withdrawn.REQUEUED)
-            for task in self.queues.take_where(lambda t: t.threads > slots):
-                self._out.append(Report(task, Outcome.DEFERRED))
+            self._shrink()
         return self._take()
 
     def set_quota(self, peer: bytes, limit: int | None, weight: float) -> list[Action]:
@@ -377,10 +374,7 @@ class Slots:
             self.limits[peer] = limit
         self.weights[peer] = weight
         if lower:
-            self._recall(Withdrawn.REQUEUED, peer)
-            for task in self.queues.take_where(
-                    lambda t: t.peer == peer and t.threads > self.offered(peer)):
-                self._out.append(Report(task, Outcome.DEFERRED))
+            self._shrink(peer)
         return self._take()
 
     def offered(self, peer: bytes) -> int:
@@ -536,6 +530,18 @@ class Slots:
         if head.withdrawn in (Withdrawn.CANCELLED, Withdrawn.DROPPED):
             # Its skip may be on its way back; if not, it started: stop it shortly.
             head.stop_at = now + SKIP_GRACE
+
+    def _shrink(self, peer: bytes | None = None) -> None:
+        """Fewer slots (for ``peer``, if given): tasks handed to executors and not started go
+        back to the queue, and queued ones needing more slots than their Main may now use go
+        back to it."""
+        self._recall(Withdrawn.REQUEUED, peer)
+        self._defer_where(lambda t: peer in (None, t.peer) and t.threads > self.offered(t.peer))
+
+    def _defer_where(self, pred: Callable[[QueuedTask], bool]) -> None:
+        """The queued tasks matching ``pred`` go back to their Mains, deferred."""
+        for task in self.queues.take_where(pred):
+            self._out.append(Report(task, Outcome.DEFERRED))
 
     def _recall(self, why: Withdrawn, peer: bytes | None = None) -> None:
         """Withdraw every task (of ``peer``, if given) handed to an executor that has not
