@@ -165,6 +165,39 @@ def throughput_progress(name: str, p: Metrics) -> Metrics:
     return {"tasks_per_s": p["calls"] / elapsed, "elapsed_s": elapsed, **extra}
 
 
+def throughput_dashboard(name: str, p: Metrics) -> Metrics:
+    """W1 with distrib's dashboard on, and read twice a second as an open page does."""
+    import urllib.request
+
+    from distrib.main import _current
+
+    os.environ["DISTRIB_DASHBOARD"] = "127.0.0.1:0"
+    try:
+        with cluster(name, p["slots"]) as (fw, extra):
+            session = _current._session
+            assert session is not None and session.dashboard is not None
+            url = session.dashboard.url + "api/snapshot"
+            stop = threading.Event()
+
+            def read() -> None:
+                while not stop.wait(0.5):
+                    with urllib.request.urlopen(url, timeout=10) as reply:
+                        reply.read()
+
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
+            t0 = time.perf_counter()
+            handles = [fw.submit(inc, i) for i in range(p["calls"])]
+            results = [fw.result(h) for h in handles]
+            elapsed = time.perf_counter() - t0
+            stop.set()
+            reader.join()
+    finally:
+        del os.environ["DISTRIB_DASHBOARD"]
+    check(results, [i + 1 for i in range(p["calls"])], "inc")
+    return {"tasks_per_s": p["calls"] / elapsed, "elapsed_s": elapsed, **extra}
+
+
 def latency(name: str, p: Metrics) -> Metrics:
     """W2: ``calls`` sequential call-then-wait round trips."""
     samples: list[float] = []
@@ -360,6 +393,14 @@ WORKLOADS: dict[str, Workload] = {w.id: w for w in [
         frameworks=("distrib",),
         notes=("stderr is not a terminal here: progress counts every call and prints one "
                "summary line; compare with W1's distrib row of the same run.",),
+    ),
+    Workload(
+        "W1-dashboard", "W1", "W1 with the dashboard on, distrib only: {calls:,} x inc(x), "
+        "the snapshot read twice a second",
+        (Metric("tasks_per_s", "throughput", "tasks/s", True),),
+        throughput_dashboard, {"slots": 2, "calls": 10_000}, {"slots": 2, "calls": 1_000}, 600,
+        frameworks=("distrib",),
+        notes=("compare with W1's distrib row of the same run.",),
     ),
     Workload(
         "W2", "W2", "W2 latency: {calls:,} sequential inc(x) call-then-wait",

@@ -92,6 +92,7 @@ def init(
     dependencies: str | None = None,
     requirements: str | _Path | None = None,
     max_payload: int | str | None = None,
+    dashboard: bool | int | str | None = None,
 ) -> None:
     """Set up explicitly. Without this, the first call sets up from configuration.
 
@@ -107,12 +108,14 @@ def init(
     workers install instead.
     ``max_payload``: the most a call's arguments, or its result, may pickle to (``"2G"``, or
     bytes); more raises ``SerializationError`` where it was pickled (default: no limit).
+    ``dashboard``: serve a live web dashboard of the run: ``True`` (on 127.0.0.1:8787, or a
+    free port if that one is taken), a port, or ``"host:port"``; its URL is printed once.
     """
     from distrib._config import Overrides
     from distrib.main._current import init as _init
 
     _init(Overrides(workers, local_threads, workspace, forward_output, key, dependencies,
-                    requirements, max_payload))
+                    requirements, max_payload, dashboard))
 
 
 def shutdown() -> None:

@@ -19,6 +19,8 @@ The file's shape (every key optional)::
                                 # imports, as installed here) or "none"
     requirements = "requirements.txt"  # or pyproject.toml / uv.lock: install these instead
     max_payload = "2G"          # most a call's arguments or its result may pickle to
+    dashboard = true            # serve the live dashboard (on 127.0.0.1:8787), or a port,
+                                # or "host:port"
 
     [local]
     threads = 4                 # slots of the embedded local cluster
@@ -89,6 +91,7 @@ class Settings:
     requirements: Path | None = None  # a requirements file shipped instead of "auto"
     max_payload: int | None = None  # bytes a call's arguments or result may pickle to
     shared_memory: bool = True  # large frames through /dev/shm with workers on this machine
+    dashboard: str | None = None  # "host:port" of the live dashboard; None: no dashboard
     source: str = "defaults"  # the configuration file used, for messages
 
 
@@ -183,7 +186,8 @@ def _worker(name: str, item: Any) -> WorkerAddress:
 
 _SCHEMA: dict[str, set[str]] = {
     "main": {"key", "workspace", "exclude", "forward_output", "shared_memory", "forward_env",
-             "heartbeat", "lost_after", "dependencies", "requirements", "max_payload"},
+             "heartbeat", "lost_after", "dependencies", "requirements", "max_payload",
+             "dashboard"},
     "local": {"threads"},
     "discovery": {"enabled", "trust", "trust_on_first_use", "interfaces"},
     "workers": set(),
@@ -261,6 +265,8 @@ def _from_file(path: Path, table: dict[str, Any]) -> dict[str, Any]:
         values["dependencies"] = _dependencies(f"{name} dependencies", main["dependencies"])
     if "max_payload" in main:
         values["max_payload"] = parse_size(main["max_payload"], f"{name} max_payload")
+    if "dashboard" in main:
+        values["dashboard"] = _dashboard(f"{name} dashboard", main["dashboard"])
     if "requirements" in main:
         values["requirements"] = _requirements(f"{name} requirements",
                                                base / _str(f"{name} requirements",
@@ -279,6 +285,26 @@ def _from_file(path: Path, table: dict[str, Any]) -> dict[str, Any]:
             _strings(f"{d} interfaces", disc.get("interfaces", [])),
         )
     return values
+
+
+DASHBOARD_PORT = 8787
+
+
+def _dashboard(name: str, raw: Any) -> str | None:
+    """Where the dashboard listens, from true/false, a port or "host:port" (None: off)."""
+    if isinstance(raw, str) and raw.strip().lower() in ("true", "yes", "on", "false", "no",
+                                                        "off"):
+        raw = _bool(name, raw)
+    if isinstance(raw, bool):
+        return f"127.0.0.1:{DASHBOARD_PORT}" if raw else None
+    host, port = "127.0.0.1", str(raw).strip()
+    if isinstance(raw, str) and ":" in port:
+        host, _, port = port.rpartition(":")
+        host = host.strip("[]")
+    if not host or not port.isdigit() or int(port) > 65535 or isinstance(raw, float):
+        raise ConfigError(f"{name}={raw!r}: expected true, false, a port (8787; 0: any free "
+                          "port) or \"host:port\"")
+    return f"{host}:{int(port)}"
 
 
 def _dependencies(name: str, raw: Any) -> str:
@@ -333,6 +359,8 @@ def _from_environ(env: Mapping[str, str]) -> dict[str, Any]:
         values["lost_after"] = _positive("DISTRIB_LOST_AFTER", raw, float)
     if raw := env.get("DISTRIB_MAX_PAYLOAD", "").strip():
         values["max_payload"] = parse_size(raw, "DISTRIB_MAX_PAYLOAD")
+    if raw := env.get("DISTRIB_DASHBOARD", "").strip():
+        values["dashboard"] = _dashboard("DISTRIB_DASHBOARD", raw)
     if raw := env.get("DISTRIB_DEPENDENCIES", "").strip():
         values["dependencies"] = _dependencies("DISTRIB_DEPENDENCIES", raw)
     if raw := env.get("DISTRIB_REQUIREMENTS", "").strip():
@@ -352,6 +380,7 @@ class Overrides:
     dependencies: str | None = None
     requirements: str | Path | None = None
     max_payload: int | str | None = None
+    dashboard: bool | int | str | None = None
 
     def given(self) -> bool:
         """Whether any setting is given."""
@@ -380,6 +409,8 @@ def load(environ: Mapping[str, str] | None = None, overrides: Overrides = Overri
         values["key_path"] = (Path(given.key), "init(key=...)")
     if given.max_payload is not None:
         values["max_payload"] = parse_size(given.max_payload, "init(max_payload=...)")
+    if given.dashboard is not None:
+        values["dashboard"] = _dashboard("init(dashboard=...)", given.dashboard)
     if given.dependencies is not None:
         values["dependencies"] = _dependencies("init(dependencies=...)", given.dependencies)
     if given.requirements is not None:

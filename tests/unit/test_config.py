@@ -67,6 +67,9 @@ def test_init_arguments_win_over_the_environment(tmp_path: Path) -> None:
     ({"DISTRIB_MAX_PAYLOAD": "0"}, "DISTRIB_MAX_PAYLOAD"),
     ({"DISTRIB_REQUIREMENTS": "/no/requirements.txt"}, "DISTRIB_REQUIREMENTS.*no such file"),
     ({"DISTRIB_REQUIREMENTS": "main.py"}, "DISTRIB_REQUIREMENTS.*requirements .txt"),
+    ({"DISTRIB_DASHBOARD": "maybe"}, "DISTRIB_DASHBOARD.*a port"),
+    ({"DISTRIB_DASHBOARD": "99999"}, "DISTRIB_DASHBOARD"),
+    ({"DISTRIB_DASHBOARD": ":80"}, "DISTRIB_DASHBOARD"),
 ])
 def test_invalid_settings_name_the_setting(env: dict[str, str], name: str) -> None:
     with pytest.raises(ConfigError, match=name):
@@ -86,6 +89,7 @@ def test_the_documented_file_shape(elsewhere: Path) -> None:
         lost_after = 4.5
         dependencies = "none"
         requirements = "data/requirements.txt"
+        dashboard = 9000
         [local]
         threads = 3
         [discovery]
@@ -99,11 +103,22 @@ def test_the_documented_file_shape(elsewhere: Path) -> None:
     assert s.source.endswith("distrib.toml")
     assert s.key is not None and s.workspace == elsewhere / "data"
     assert s.excludes == ("*.bin",) and not s.forward_output and s.lost_after == 4.5
-    assert s.dependencies == "none"
+    assert s.dependencies == "none" and s.dashboard == "127.0.0.1:9000"
     assert s.requirements == elsewhere / "data" / "requirements.txt"
     assert s.local_threads == 3 and s.discovery.enabled and s.discovery.trust == (KEY,)
     assert s.workers == (WorkerAddress("192.0.2.7:7070", KEY),)
     assert load({"DISTRIB_LOCAL_THREADS": "7"}).local_threads == 7  # environment wins
+
+
+@pytest.mark.parametrize(("given", "where"), [
+    (True, "127.0.0.1:8787"), (False, None), (0, "127.0.0.1:0"), (8000, "127.0.0.1:8000"),
+    ("0.0.0.0:8000", "0.0.0.0:8000"), ("[::1]:8000", "::1:8000"), ("on", "127.0.0.1:8787"),
+])
+def test_the_dashboard_is_off_unless_asked_and_on_loopback_by_default(given, where) -> None:
+    assert load({}).dashboard is None
+    assert load({}, Overrides(dashboard=given)).dashboard == where
+    assert load({"DISTRIB_DASHBOARD": str(given).lower()}).dashboard == where
+    assert load({"DISTRIB_DASHBOARD": "8787"}, Overrides(dashboard=False)).dashboard is None
 
 
 def test_pyproject_tool_table(elsewhere: Path) -> None:

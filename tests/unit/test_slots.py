@@ -60,14 +60,14 @@ def test_tasks_wait_for_their_environment_then_start_one_executor_per_slot() -> 
     assert [a.key for a in spawns] == [EnvKey("d", 1)] * 2
     assert of(Send, actions) == []  # the executors have not imported the environment yet
     assert s.busy == 2 and s.waiting() == 1
-    s.executor_ready(spawns[0].ex_id)
+    s.executor_ready(spawns[0].ex_id, 0.0)
     assert sent(s.schedule(0.0)) == {spawns[0].ex_id: [1, 3]}  # its task, and the next one
 
 
 def test_a_finished_task_is_reported_and_its_executor_reused() -> None:
     s = Slots(1)
     ex = of(Spawn, started(s, qt(1), qt(2)))[0].ex_id
-    s.executor_ready(ex)
+    s.executor_ready(ex, 0.0)
     assert sent(s.schedule(0.0)) == {ex: [1, 2]}
     actions = s.task_done(ex, s.running(ex).key, Outcome.OK, {}, [b"r"], 1.0)
     assert reports(actions) == [(1, Outcome.OK)] and of(Report, actions)[0].frames == [b"r"]
@@ -79,7 +79,7 @@ def test_a_finished_task_is_reported_and_its_executor_reused() -> None:
 def test_tiny_tasks_are_prefetched_deeper_than_slow_ones() -> None:
     s = Slots(1)
     ex = of(Spawn, started(s, *[qt(i) for i in range(20)]))[0].ex_id
-    s.executor_ready(ex)
+    s.executor_ready(ex, 0.0)
     assert len(sent(s.schedule(0.0))[ex]) == 2  # unknown run time: one behind the running one
     now = 0.0
     for _ in range(10):  # a run of tasks finishing in a millisecond each
@@ -92,14 +92,14 @@ def test_tiny_tasks_are_prefetched_deeper_than_slow_ones() -> None:
 def test_large_calls_are_not_prefetched() -> None:
     s = Slots(1)
     ex = of(Spawn, started(s, qt(1), qt(2, size=1 << 20)))[0].ex_id
-    s.executor_ready(ex)
+    s.executor_ready(ex, 0.0)
     assert sent(s.schedule(0.0)) == {ex: [1]}
 
 
 def test_a_crash_reports_the_running_task_and_requeues_the_prefetched_one() -> None:
     s = Slots(1)
     ex = of(Spawn, started(s, qt(1), qt(2)))[0].ex_id
-    s.executor_ready(ex)
+    s.executor_ready(ex, 0.0)
     s.schedule(0.0)
     actions = s.executor_died(ex, CRASH)
     assert reports(actions) == [(1, Outcome.CRASHED)]
@@ -129,7 +129,7 @@ def test_an_environment_that_fails_to_import_fails_its_tasks_and_no_others() -> 
 def test_cancel_withdraws_a_queued_task_skips_a_handed_one_and_stops_a_running_one() -> None:
     s = Slots(1)
     ex = of(Spawn, started(s, qt(1), qt(2), qt(3)))[0].ex_id
-    s.executor_ready(ex)
+    s.executor_ready(ex, 0.0)
     s.schedule(0.0)  # task 1 runs, task 2 waits in the executor, task 3 is queued
     assert reports(s.cancel(b"A", 3, 0.0)) == [(3, Outcome.CANCELLED)]
     skip = s.cancel(b"A", 2, 0.0)
@@ -144,7 +144,7 @@ def test_cancel_withdraws_a_queued_task_skips_a_handed_one_and_stops_a_running_o
 def test_a_withdrawn_task_that_started_before_its_skip_is_stopped_after_a_grace() -> None:
     s = Slots(1)
     ex = of(Spawn, started(s, qt(1), qt(2)))[0].ex_id
-    s.executor_ready(ex)
+    s.executor_ready(ex, 0.0)
     s.schedule(0.0)
     s.cancel(b"A", 2, 0.0)
     s.task_done(ex, s.running(ex).key, Outcome.OK, {}, [], 1.0)  # task 2 is now the head
@@ -156,7 +156,7 @@ def test_a_withdrawn_task_that_started_before_its_skip_is_stopped_after_a_grace(
 def test_a_task_past_its_timeout_is_stopped_and_the_next_requeued() -> None:
     s = Slots(1)
     ex = of(Spawn, started(s, qt(1, timeout=5.0), qt(2), now=10.0))[0].ex_id
-    s.executor_ready(ex)
+    s.executor_ready(ex, 0.0)
     s.schedule(10.0)
     assert s.tick(14.0) == []
     actions = s.tick(15.5)
@@ -171,7 +171,7 @@ def test_a_main_that_leaves_is_forgotten_and_others_go_on() -> None:
         s.submit(t)
     spawns = of(Spawn, s.schedule(0.0))
     for sp in spawns:
-        s.executor_ready(sp.ex_id)
+        s.executor_ready(sp.ex_id, 0.0)
     s.schedule(0.0)
     actions, queued, running = s.drop_main(b"A")
     assert reports(actions) == []  # nobody to report to
@@ -193,7 +193,7 @@ def test_a_new_environment_retires_an_idle_executor_of_another() -> None:
     s = Slots(1)
     s.dist_ready("e")
     ex = of(Spawn, started(s, qt(1)))[0].ex_id
-    s.executor_ready(ex)
+    s.executor_ready(ex, 0.0)
     s.schedule(0.0)
     s.task_done(ex, s.running(ex).key, Outcome.OK, {}, [], 1.0)
     s.submit(qt(2, dist="e"))
@@ -204,7 +204,7 @@ def test_a_new_environment_retires_an_idle_executor_of_another() -> None:
 def test_an_outcome_for_a_task_not_running_is_treated_as_a_broken_executor() -> None:
     s = Slots(1)
     ex = of(Spawn, started(s, qt(1)))[0].ex_id
-    s.executor_ready(ex)
+    s.executor_ready(ex, 0.0)
     s.schedule(0.0)
     actions = s.task_done(ex, 12345, Outcome.OK, {}, [], 1.0)
     assert reports(actions) == [(1, Outcome.CRASHED)] and of(Kill, actions) == [Kill(ex)]
@@ -214,7 +214,7 @@ def test_a_replaced_environment_stops_its_executors_and_their_tasks_wait_for_it(
     s = Slots(2)
     spawns = of(Spawn, started(s, qt(1), qt(2)))
     busy, starting = spawns[0].ex_id, spawns[1].ex_id
-    s.executor_ready(busy)
+    s.executor_ready(busy, 0.0)
     s.schedule(0.0)
     s.submit(qt(3))
     actions = s.env_replaced("d")
@@ -231,7 +231,7 @@ def test_a_main_with_another_environment_gets_the_next_free_slots_until_both_hol
     for i in range(100):
         s.submit(qt(i, peer=b"A"))
     for sp in of(Spawn, s.schedule(0.0)):
-        s.executor_ready(sp.ex_id)
+        s.executor_ready(sp.ex_id, 0.0)
     s.schedule(0.0)
     assert s.held() == {b"A": 4}
     assert all(len(ex.runs) == 2 for ex in s.executors.values())  # each holds its next task
@@ -248,7 +248,7 @@ def test_a_main_with_another_environment_gets_the_next_free_slots_until_both_hol
                 s.task_done(ex.ex_id, head.key, Outcome.OK, {}, [], now)
                 break
         for sp in of(Spawn, s.schedule(now)):
-            s.executor_ready(sp.ex_id)
+            s.executor_ready(sp.ex_id, 0.0)
         s.schedule(now)
         seen.append(s.held())
     assert {b"A": 2, b"B": 2} in seen  # B got slots while A still had 90 queued
@@ -259,7 +259,7 @@ def test_a_main_with_another_environment_gets_the_next_free_slots_until_both_hol
 def test_an_executor_idle_for_too_long_stops() -> None:
     s = Slots(1, idle_after=60.0)
     ex = of(Spawn, started(s, qt(1)))[0].ex_id
-    s.executor_ready(ex)
+    s.executor_ready(ex, 0.0)
     s.schedule(0.0)
     s.task_done(ex, s.running(ex).key, Outcome.OK, {}, [], 10.0)
     assert s.tick(69.0) == []
@@ -280,7 +280,7 @@ def _all_running(s: Slots, *tasks: QueuedTask) -> list[int]:
     """Start ``tasks``, make every executor ready, and return the executor ids."""
     spawns = [a.ex_id for a in of(Spawn, started(s, *tasks))]
     for ex in spawns:
-        s.executor_ready(ex)
+        s.executor_ready(ex, 0.0)
     s.schedule(0.0)
     return spawns
 

@@ -49,6 +49,8 @@ class Link:
     max_frame: int = MAX_MESSAGE_BYTES  # the worker's frame limit (its Welcome says)
     shm: bool = False  # large frames go through /dev/shm (its Welcome says it shares ours)
     worker_state: str = "serving"  # its owner's word: "serving", "paused" or "draining"
+    building: bool = False  # it said it builds this Main's environment, and ran nothing since
+    has_workspace: bool = False  # it ran a task of this Main: it holds the workspace
 
     def connect(self, now: float) -> None:
         """(Re)build the socket and say Hello."""

@@ -45,6 +45,7 @@ from distrib.main._shipping import (
 from distrib.main._link import Link, LinkState
 from distrib.main._outcomes import Outputs, settle
 from distrib.main._scheduler import Scheduler, Task, WorkerView
+from distrib.main._stats import Stats, snapshot
 from distrib.wire import _codec, _facts, _transport
 from distrib.wire import _messages as m
 from distrib.wire._limits import MAX_MESSAGE_BYTES, batches
@@ -56,6 +57,7 @@ log = logging.getLogger("distrib")
 RECONNECT_AFTER = 2.0
 SHIP_NOTICE_BYTES = 16 << 20  # a shipment this large says so, and how long it took
 SCAN_NOTICE_SECONDS = 1.0  # a scan of the workspace this slow says so
+PUBLISH_EVERY = 0.5  # seconds between the dashboard's snapshots
 AUTH_RETRY_AFTER = 10.0  # a refused key may be authorized later (workers reread their list)
 
 
@@ -137,8 +139,17 @@ class Session:
         self._closing_lock = threading.Lock()  # no call slips in while close() drains
         self._warned: set[Any] = set()
         self._started = time.monotonic()
+        # With a dashboard: counts kept by the I/O thread, and the snapshot it publishes.
+        self.stats = Stats() if settings.dashboard else None
+        self.snapshot: dict[str, Any] | None = None
+        self._published = 0.0
         self._thread = threading.Thread(target=self._run, name="distrib-io", daemon=True)
         self._thread.start()
+        self.dashboard = None
+        if settings.dashboard:
+            from distrib.dashboard import Dashboard
+
+            self.dashboard = Dashboard(self, settings.dashboard)
 
     def _add_link(self, worker: _config.WorkerAddress) -> Link:
         link_id = f"w{len(self.links)}"
@@ -203,6 +214,8 @@ class Session:
         self._awake = False
         self._wake()
         self._thread.join(30)
+        if self.dashboard is not None:
+            self.dashboard.stop()
         if self._browser is not None:
             self._browser.close()
         for task in list(self._incoming) + self.scheduler.all_tasks():
@@ -281,11 +294,17 @@ class Session:
                 time.monotonic())
 
     def _take_incoming(self) -> None:
+        stats = self.stats
         while self._incoming:
-            self.scheduler.add(self._incoming.popleft())
+            task = self._incoming.popleft()
+            self.scheduler.add(task)
+            if stats is not None:
+                stats.submitted(task.name)
         while self._cancels:
             task_id = self._cancels.popleft()
-            task, link_id = self.scheduler.withdraw(task_id)
+            withdrawn, link_id = self.scheduler.withdraw(task_id)
+            if withdrawn is not None and stats is not None:
+                stats.settled(withdrawn.name, task_id, withdrawn.response, "")
             if link_id is not None:
                 self.links[link_id].send(m.Cancel([task_id]))
 
@@ -356,6 +375,7 @@ class Session:
         elif isinstance(msg, m.WorkerState):
             self._on_state(link, msg)
         elif isinstance(msg, m.EnvProgress):
+            link.building = msg.text.startswith("building")
             log.warning("worker %s: %s", link.label, msg.text)
 
     def _ship(self, link: Link, need: m.NeedBlobs) -> None:
@@ -477,11 +497,16 @@ class Session:
         self._lose(link, LinkState.AUTH_FAILED, reason)
 
     def _lose(self, link: Link, state: LinkState, reason: str) -> None:
+        view = self.scheduler.workers.get(link.link_id)
+        inflight = list(view.inflight.values()) if view is not None else []
         failed = self.scheduler.leave(link.link_id)
         for task in failed:
             task.response._finish(link.name, exc=WorkerLost(
                 f"task {task.name}#{task.task_id} was on worker {link.label}, which {reason}; "
                 f"tried {task.attempts} times"))
+        if self.stats is not None:
+            for task in inflight:
+                self._count(task, link.name, retried=True)
         link.close()
         link.state, link.since, link.reason = state, time.monotonic(), reason
 
@@ -500,11 +525,25 @@ class Session:
                         task.response._finish(link.name, exc=SerializationError(
                             f"the result of {task.name}#{task.task_id} on worker {link.label} "
                             f"was lost: its shared memory cannot be read ({exc})"))
+                        self._count(task, link.name)
                     continue
             if task is None:
                 continue
             settle(task, spec, frames, link.name, f"{task.name}#{task.task_id} on worker "
                    f"{link.label}", self.scheduler, self.outputs, link.link_id)
+            if self.stats is not None:
+                link.has_workspace, link.building = True, False
+                if "ran" in spec.info:
+                    self.stats.ran(task.name, spec.info["ran"])
+                self._count(task, link.name, retried=spec.status is m.Outcome.CRASHED)
+
+    def _count(self, task: Task, worker: str, retried: bool = False) -> None:
+        """For the dashboard: ``task`` settled, or (``retried``) goes to another try."""
+        if self.stats is not None:
+            if task.response.done():
+                self.stats.settled(task.name, task.task_id, task.response, worker)
+            elif retried:
+                self.stats.retried(task.name)
 
     def _print(self, link: Link, msg: m.Output) -> None:
         stream = sys.stderr if msg.stream == 2 else sys.stdout
@@ -535,6 +574,10 @@ class Session:
                     log.warning("worker %s has not answered for %.0f s (is a worker running at "
                                 "that address, and reachable from here?); still trying",
                                 link.label, now - link.since)
+        if self.stats is not None and now - self._published >= PUBLISH_EVERY:
+            self.stats.sample(now)
+            self.snapshot = snapshot(self, self.stats)  # (one assignment: readers see old or new)
+            self._published = now
         self._warn_unmatched(now)
         self._fail_if_all_refused()
         self._fail_if_no_environment(now)
@@ -584,6 +627,7 @@ class Session:
         """End every task not yet sent to a worker with ``error`` ("task f#3 <why>")."""
         for task in self.scheduler.take_pending():
             task.response._finish(None, exc=error(f"task {task.name}#{task.task_id} {why}"))
+            self._count(task, "")
 
     def _warn_unmatched(self, now: float) -> None:
         ready = [v for v in self.scheduler.workers.values()]

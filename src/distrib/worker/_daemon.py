@@ -838,7 +838,7 @@ class Daemon:
         verb, now = header[0], time.monotonic()
         if verb == Verb.READY and len(header) == 2:
             self._note_isolation(str(header[1]))
-            self.slots.executor_ready(ex_id)
+            self.slots.executor_ready(ex_id, now)
         elif verb == Verb.OUT and len(header) == 4:
             self._forward_output(ex_id, int(header[2]), str(header[3]))
         elif verb == Verb.DONE and len(header) == 5 and header[2] in _OUTCOMES:

@@ -259,10 +259,13 @@ class Slots:
                 self._halt(ex.ex_id, lambda run, head: None)
         return self._take()
 
-    def executor_ready(self, ex_id: int) -> None:
-        """``ex_id`` imported its environment: what it was handed goes out now."""
+    def executor_ready(self, ex_id: int, now: float) -> None:
+        """``ex_id`` imported its environment: what it was handed goes out now (its first
+        task's run time counts from now; its timeout, from when it was handed)."""
         ex = self.executors[ex_id]
         ex.ready = True
+        if ex.runs:
+            ex.runs[0].started = now
         self._unsent.setdefault(ex_id, []).extend(ex.runs)
 
     def task_done(self, ex_id: int, key: int, outcome: Outcome, info: dict[str, str],
@@ -282,6 +285,7 @@ class Slots:
         self._next_head(ex, now)
         self.counters["tasks_done"] += 1
         if head.withdrawn in (None, Withdrawn.REQUEUED, Withdrawn.HANDED_BACK):  # (it ran)
+            info = {**info, "ran": f"{seconds:.6f}"}  # (its Main's dashboard shows run times)
             self._out.append(Report(head.task, outcome, info, frames, shm))
         elif head.withdrawn is Withdrawn.CANCELLED:  # finished before the skip could stop it
             self._out.append(Report(head.task, Outcome.CANCELLED, shm=shm))

@@ -1,0 +1,185 @@
+"""What the dashboard shows: counts kept by the I/O thread, and the snapshot it publishes.
+
+Only a session with a dashboard keeps a ``Stats``. The I/O thread counts each call as it is
+taken, settled or retried, and about twice a second builds a new snapshot (plain dicts and
+lists, never changed after) that it swaps in with one assignment: the dashboard's server reads
+the latest one and takes no lock the I/O thread would wait on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from distrib._response import Response
+
+if TYPE_CHECKING:
+    from distrib.main._session import Session
+
+RUN_TIMES = 1000  # recent run times kept per function, for the p95
+FAILURES = 20  # recent failures shown
+THROUGHPUT_SECONDS = 600  # the chart's span: one point a second
+
+
+@dataclass(slots=True)
+class FunctionStats:
+    """The calls of one function."""
+
+    submitted: int = 0
+    done: int = 0
+    failed: int = 0
+    retried: int = 0
+    cancelled: int = 0
+    run_total: float = 0.0  # seconds, over ``runs`` runs reported with their time
+    runs: int = 0
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=RUN_TIMES))
+
+
+def error_type(exc: BaseException) -> str:
+    """``ValueError``, or ``module.Name`` for an exception not built in."""
+    kind = type(exc)
+    return kind.__qualname__ if kind.__module__ == "builtins" else \
+        f"{kind.__module__}.{kind.__qualname__}"
+
+
+class Stats:
+    """Counts of one session's calls, by function and by worker (I/O thread only)."""
+
+    def __init__(self) -> None:
+        self.functions: dict[str, FunctionStats] = {}
+        self.by_worker: dict[str, int] = {}  # worker name -> calls it finished
+        self.failures: deque[dict[str, Any]] = deque(maxlen=FAILURES)
+        self.settled_total = 0
+        self.throughput: deque[tuple[float, float]] = deque(maxlen=THROUGHPUT_SECONDS)
+        self._sampled = (time.monotonic(), 0)  # (when, settled_total then)
+        self.known: dict[str, tuple[str, str, int]] = {}  # link -> (platform, Python, slots)
+        self.workspace_bytes = -1  # (summed at the first snapshot)
+
+    def _of(self, name: str) -> FunctionStats:
+        stats = self.functions.get(name)
+        if stats is None:
+            stats = self.functions[name] = FunctionStats()
+        return stats
+
+    def submitted(self, name: str) -> None:
+        self._of(name).submitted += 1
+
+    def retried(self, name: str) -> None:
+        self._of(name).retried += 1
+
+    def ran(self, name: str, reported: str) -> None:
+        """A run of ``name`` took ``reported`` seconds, as its worker says."""
+        try:
+            seconds = float(reported)
+        except ValueError:
+            return
+        if not 0 <= seconds < float("inf"):
+            return
+        stats = self._of(name)
+        stats.run_total += seconds
+        stats.runs += 1
+        stats.recent.append(seconds)
+
+    def settled(self, name: str, task_id: int, response: Response[Any], worker: str) -> None:
+        """A call's Response finished (with a value, an error, or cancelled)."""
+        stats = self._of(name)
+        self.settled_total += 1
+        if worker:
+            self.by_worker[worker] = self.by_worker.get(worker, 0) + 1
+        if response.cancelled():
+            stats.cancelled += 1
+            return
+        exc = response.exception(timeout=0)
+        if exc is None:
+            stats.done += 1
+            return
+        stats.failed += 1
+        self.failures.appendleft({
+            "time": time.time(), "function": name, "task": task_id, "type": error_type(exc),
+            "message": str(exc)[:300], "worker": worker})
+
+    def sample(self, now: float) -> None:
+        """One point of the throughput chart a second: calls settled per second since the
+        last."""
+        when, count = self._sampled
+        if now - when >= 1.0:
+            self.throughput.append((time.time(), (self.settled_total - count) / (now - when)))
+            self._sampled = (now, self.settled_total)
+
+
+def _p95(values: deque[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+
+
+def _worker_state(session: Session, link: Any) -> str:
+    from distrib.main._link import LinkState
+
+    view = session.scheduler.workers.get(link.link_id)
+    if link.state is LinkState.READY:
+        if view is not None and view.unable:
+            return "cannot provide the environment"
+        if link.building:
+            return "building an environment"
+        return "ready" if link.worker_state == "serving" else str(link.worker_state)
+    if link.state is LinkState.CONNECTING and link.reason:
+        return "lost"  # (and being tried again)
+    return {LinkState.CONNECTING: "connecting", LinkState.LOST: "lost",
+            LinkState.REFUSED: "refused", LinkState.AUTH_FAILED: "refusing keys"}[link.state]
+
+
+def snapshot(session: Session, stats: Stats) -> dict[str, Any]:
+    """Everything the dashboard shows, as JSON-ready values (built by the I/O thread)."""
+    running: dict[str, int] = {}
+    workers = []
+    has_workspace = []
+    for link in session.links.values():
+        view = session.scheduler.workers.get(link.link_id)
+        inflight = busy = 0
+        if view is not None:  # (a worker lost keeps what it was)
+            stats.known[link.link_id] = (view.platform, ", ".join(view.pythons or (view.python,)),
+                                         view.slots)
+            inflight, busy = len(view.inflight), min(view.inflight_slots, view.slots)
+            for task in view.inflight.values():
+                running[task.name] = running.get(task.name, 0) + 1
+        platform, python, slots = stats.known.get(link.link_id, ("", "", 0))
+        if link.has_workspace:
+            has_workspace.append(link.name or link.address)
+        workers.append({
+            "name": link.name, "address": link.address, "platform": platform, "python": python,
+            "slots": slots, "busy": busy, "queued": max(0, inflight - busy),
+            "state": _worker_state(session, link),
+            "reason": link.reason if view is None else (view.unable or ""),
+            "done": stats.by_worker.get(link.name, 0),
+        })
+    functions = []
+    totals = dict.fromkeys(("submitted", "pending", "running", "done", "failed", "retried",
+                            "cancelled"), 0)
+    for name, f in stats.functions.items():
+        counts = {"submitted": f.submitted, "running": running.get(name, 0), "done": f.done,
+                  "failed": f.failed, "retried": f.retried, "cancelled": f.cancelled}
+        counts["pending"] = max(0, f.submitted - f.done - f.failed - f.cancelled
+                                - counts["running"])
+        for key, count in counts.items():
+            totals[key] += count
+        functions.append({"name": name, **counts, "p95": _p95(f.recent),
+                          "mean": f.run_total / f.runs if f.runs else None})
+    dist = session.dist
+    if stats.workspace_bytes < 0:
+        stats.workspace_bytes = sum(e.size for e in dist.entries)
+    return {
+        "time": time.time(),
+        "main": {"name": session.name, "python": session.python,
+                 "uptime": time.monotonic() - session._started},
+        "totals": totals,
+        "workers": workers,
+        "functions": functions,
+        "throughput": list(stats.throughput),
+        "failures": list(stats.failures),
+        "workspace": {"id": dist.dist_id, "root": str(dist.root), "files": len(dist.entries),
+                      "bytes": stats.workspace_bytes, "workers": has_workspace},
+    }
