@@ -6,6 +6,7 @@ import math
 
 from distrib import Cancelled, WorkerLost
 from distrib._response import Response
+from distrib.main._scheduler import Task
 from distrib.main._stats import FAILURES, Stats, error_type
 
 
@@ -24,7 +25,9 @@ def test_each_call_counts_once_by_how_it_ended() -> None:
     cancelled: Response[object] = Response(3, "f", None)
     cancelled.cancel()
     stats.settled("f", 3, cancelled, "")
-    stats.retried("f")
+    retry: Response[object] = Response(4, "f", None)
+    stats.counted(Task(4, "f", [], ("*",), 1, 3, None, retry), "w0", retried=True)
+    stats.counted(Task(4, "f", [], ("*",), 1, 3, None, retry), "w0")  # (deferred: nothing)
     f = stats.functions["f"]
     assert (f.submitted, f.done, f.failed, f.cancelled, f.retried) == (3, 1, 1, 1, 1)
     assert stats.by_worker == {"w0": 1, "w1": 1}

@@ -149,7 +149,11 @@ class Session:
         if settings.dashboard:
             from distrib.dashboard import Dashboard
 
-            self.dashboard = Dashboard(self, settings.dashboard)
+            try:
+                self.dashboard = Dashboard(self, settings.dashboard)
+            except BaseException:  # (a port it may not use: nothing is left running)
+                self.close()
+                raise
 
     def _add_link(self, worker: _config.WorkerAddress) -> Link:
         link_id = f"w{len(self.links)}"
@@ -535,15 +539,11 @@ class Session:
                 link.has_workspace, link.building = True, False
                 if "ran" in spec.info:
                     self.stats.ran(task.name, spec.info["ran"])
-                self._count(task, link.name, retried=spec.status is m.Outcome.CRASHED)
+                self.stats.counted(task, link.name, retried=spec.status is m.Outcome.CRASHED)
 
     def _count(self, task: Task, worker: str, retried: bool = False) -> None:
-        """For the dashboard: ``task`` settled, or (``retried``) goes to another try."""
         if self.stats is not None:
-            if task.response.done():
-                self.stats.settled(task.name, task.task_id, task.response, worker)
-            elif retried:
-                self.stats.retried(task.name)
+            self.stats.counted(task, worker, retried)
 
     def _print(self, link: Link, msg: m.Output) -> None:
         stream = sys.stderr if msg.stream == 2 else sys.stdout
