@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 from distrib._errors import Cancelled
-from distrib._response import Response, as_completed
+from distrib._response import UNFINISHED, Response, as_completed
 
 T = TypeVar("T")
 REFRESH = 0.1  # seconds between redraws
@@ -69,23 +69,24 @@ class Tracker:
         finish in the order they were made, so each is looked at about once); ``last``:
         every call. Reading a call's state takes no lock: the I/O thread is not slowed."""
         calls, i = self._calls, self._next
-        while i < len(calls) and calls[i].done():
+        while i < len(calls) and calls[i]._state not in UNFINISHED:
             self._classify(calls[i])
             i += 1
         self._next = i
         if last:
             for response in calls[i:]:
-                if response.done():
+                if response._state not in UNFINISHED:
                     self._classify(response)
             self._next = len(calls)
 
     def _classify(self, response: Response[Any]) -> None:
-        error = None if response.cancelled() else response.exception(0)
-        if response.cancelled() or isinstance(error, Cancelled):
+        # The Future's own fields, read without its lock once it has finished (the locked
+        # accessors, four a call, slowed the I/O thread measurably on W1).
+        if response._state != "FINISHED" or isinstance(response._exception, Cancelled):
             self.cancelled += 1
         else:
             self.done += 1
-            self.failed += error is not None
+            self.failed += response._exception is not None
 
     @property
     def _pending(self) -> bool:

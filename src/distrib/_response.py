@@ -29,6 +29,9 @@ log = logging.getLogger("distrib")
 # has none (so nobody can be waiting on it). A Condition costs ~1.4 KB; a million pending
 # calls should not pay for a million of them.
 _LAZY = threading.Lock()
+# concurrent.futures' states before a Future is settled. Counting threads (progress, the
+# dashboard's) read ``_state`` and ``_exception`` of a settled Future without its lock.
+UNFINISHED = ("PENDING", "RUNNING")
 
 
 class Response(concurrent.futures.Future[T]):

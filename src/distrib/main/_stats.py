@@ -13,13 +13,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from distrib._response import Response
+from distrib._response import UNFINISHED, Response
 
 if TYPE_CHECKING:
     from distrib.main._scheduler import Task
     from distrib.main._session import Session
 
-_UNFINISHED = ("PENDING", "RUNNING")  # concurrent.futures' states
 RUN_TIMES = 1000  # recent run times kept per function, for the p95
 FAILURES = 20  # recent failures shown
 THROUGHPUT_SECONDS = 600  # the chart's span: one point a second
@@ -83,7 +82,7 @@ class Stats:
 
     def counted(self, task: Task, worker: str, retried: bool = False) -> None:
         """``task`` settled (its Response finished), or (``retried``) goes to another try."""
-        if task.response._state not in _UNFINISHED:  # (see settled)
+        if task.response._state not in UNFINISHED:
             self.settled(task.name, task.task_id, task.response, worker)
         elif retried:
             self._of(task.name).retried += 1
@@ -94,8 +93,8 @@ class Stats:
         self.settled_total += 1
         if worker:
             self.by_worker[worker] = self.by_worker.get(worker, 0) + 1
-        # The Future's own fields, read without its lock: it has finished, and the I/O thread
-        # counts every call (the locked accessors cost W1 a few per cent).
+        # (The Future's fields, without its lock: see UNFINISHED. The locked accessors cost W1
+        # a few per cent.)
         if response._state != "FINISHED":
             stats.cancelled += 1
             return
