@@ -140,6 +140,9 @@ def _drop_own_frame(exc: BaseException) -> None:
 
 
 def main(argv: list[str]) -> None:
+    # Modules of the tree its build did not compile are compiled in memory: no write reaches
+    # the tree, whichever the isolation.
+    sys.dont_write_bytecode = True
     _be_nice(int(os.environ.pop(NICE_VAR, "0") or 0))
     if argv[0] == "template":
         _template(argv[1:])

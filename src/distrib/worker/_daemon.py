@@ -550,7 +550,7 @@ class Daemon:
                 task.shm = spec.shm
             if spec.objects and not self._plan_objects(task, spec.objects):
                 continue
-            self.dists.request(spec.dist, peer)
+            self.dists.request(spec.dist, peer, self.mains.contexts[main.context].preload)
             if main.env and not self.slots.env_is_ready(main.env):
                 self._need_env(main.env, peer)
             self._apply(self.slots.submit(task))

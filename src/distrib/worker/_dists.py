@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ class Dist:
     users: set[bytes] = field(default_factory=set)  # Mains whose runs found it checked
     waiters: set[bytes] = field(default_factory=set)  # other Mains waiting while it is fetched
     progress_at: float = 0.0  # when the fetch last moved
+    imports: tuple[str, ...] = ()  # modules its first Main had imported: compiled when built
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +91,9 @@ class Distributions:
     def get(self, dist_id: str) -> Dist | None:
         return self._dists.get(dist_id)
 
-    def request(self, dist_id: str, peer: bytes) -> Dist:
-        """A task of ``dist_id`` came from ``peer``: start fetching it if it is new.
+    def request(self, dist_id: str, peer: bytes, imports: Sequence[str] = ()) -> Dist:
+        """A task of ``dist_id`` came from ``peer`` (which had imported ``imports``): start
+        fetching it if it is new.
 
         A ready environment is checked against how it was built the first time each Main
         uses it; one that drifted is dropped and fetched and built again."""
@@ -106,7 +108,8 @@ class Distributions:
                 self.store.used(dist_id)
         if dist is None:
             dist = self._dists[dist_id] = Dist(DistState.MANIFEST, source=peer, users={peer},
-                                               progress_at=time.monotonic())
+                                               progress_at=time.monotonic(),
+                                               imports=tuple(imports))
             self._send(peer, m.NeedManifest(dist_id))
         elif dist.state is not DistState.READY and peer != dist.source:
             dist.waiters.add(peer)
@@ -205,7 +208,7 @@ class Distributions:
 
     def _materialize(self, dist_id: str, dist: Dist) -> Change:
         try:
-            dist.env = self.store.materialize(dist_id, dist.entries)
+            dist.env = self.store.materialize(dist_id, dist.entries, dist.main, dist.imports)
         except (WorkspaceError, OSError) as exc:
             return self._fail(dist_id, ErrorRecord.of(exc, False).to_wire())
         dist.state = DistState.READY
