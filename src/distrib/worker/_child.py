@@ -20,7 +20,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-
+import msgpack
 import pathspec
 
 from distrib import _runtime, _serialize, _shm
@@ -143,6 +143,9 @@ def main(argv: list[str]) -> None:
     # Modules of the tree its build did not compile are compiled in memory: no write reaches
     # the tree, whichever the isolation.
     sys.dont_write_bytecode = True
+    if argv[0] == "zygote":
+        _zygote(int(argv[1]))
+        return
     _be_nice(int(os.environ.pop(NICE_VAR, "0") or 0))
     if argv[0] == "template":
         _template(argv[1:])
@@ -155,6 +158,24 @@ def main(argv: list[str]) -> None:
     sys.path.insert(0, str(env))
     if _prepare(pipe, env, main_script) is not None:
         _serve(pipe, isolation, os.getppid())
+
+
+def _zygote(fd: int) -> None:
+    """Wait (imported, nothing else done) to become the process the daemon names: its mode,
+    variables, working folder and arguments, with its socket; leave when the daemon does."""
+    control = socket.socket(fileno=fd)
+    try:
+        data, fds, _, _ = socket.recv_fds(control, 1 << 16, 1)
+    except OSError:
+        return
+    finally:
+        control.close()
+    if not data or not fds:
+        return  # the daemon closed its end: not needed
+    mode, variables, cwd, arguments = msgpack.unpackb(data)
+    os.environ.update(variables)
+    os.chdir(cwd)
+    main([*mode, str(fds[0]), *arguments])
 
 
 def _prepare(pipe: Pipe, env: Path, main_script: str) -> list[str] | None:

@@ -47,7 +47,7 @@ from distrib.worker._policy import Policy
 from distrib.worker._objects import Objects
 from distrib.worker._outbox import Outbox
 from distrib.worker._pipe import Verb
-from distrib.worker._pool import ExecutorProcess, Recipe, Template
+from distrib.worker._pool import ExecutorProcess, Recipe, Template, Zygote
 from distrib.worker._slots import Action, EnvKey, Kill, Report, Send, Skip, Slots, Spawn
 from distrib.worker._state import QueuedTask
 from distrib.workspace._store import Store
@@ -121,6 +121,7 @@ class Daemon:
         self.procs: dict[int, ExecutorProcess] = {}
         self._forking = _pool.become_subreaper()  # executors forked from templates
         self.templates: dict[EnvKey, Template] = {}
+        self._zygote: Zygote | None = None  # the next template's interpreter, started ahead
         self._no_fork: set[EnvKey] = set()  # environments whose templates cannot fork
         self._to_fork: set[EnvKey] = set()  # ready templates asked for executors this turn
         self.envs = Environments(cache_dir / "venvs", env_policy, lambda: self.name,
@@ -236,6 +237,8 @@ class Daemon:
         self.procs.clear()
         for template in self.templates.values():
             template.kill()
+        if self._zygote is not None:
+            self._zygote.kill()
         self.envs.close()
         for peer in list(self.mains):
             self._send(peer, m.Refused(RefusalCode.SHUTTING_DOWN, "worker is shutting down"))
@@ -742,11 +745,24 @@ class Daemon:
         if template is None or template.proc.poll() is not None:
             if template is not None:
                 self._drop_template(key)
-            template = self.templates[key] = Template.start(recipe, now)
+            zygote, self._zygote = self._zygote, None  # (another is started when all is calm)
+            template = self.templates[key] = Template.start(recipe, now, zygote)
         template.last_used = now
         template.waiting.append(ex_id)  # (forked with the others of this turn, at once)
         if template.ready:
             self._to_fork.add(key)
+
+    def _keep_zygote(self) -> None:
+        """Have an interpreter started ahead for the next template, once no template is
+        importing (its start would slow theirs)."""
+        if self._zygote is not None and self._zygote.proc.poll() is not None:
+            self._zygote.kill()  # (it died: reaped, and replaced)
+            self._zygote = None
+        if self._zygote is None and all(t.ready for t in self.templates.values()):
+            try:
+                self._zygote = Zygote()
+            except OSError as exc:
+                log.debug("cannot start an interpreter ahead: %s", exc)
 
     def _fork_waiting(self) -> None:
         """Fork the executors ready templates were asked for in this turn, each template's at
@@ -803,7 +819,8 @@ class Daemon:
         zombies. Its own children (executors, templates, builds) are waited for where they
         are started; the first of those met ends the sweep (the rest wait for the next)."""
         ours = {ex.pid for ex in self.procs.values()} | {
-            t.proc.pid for t in self.templates.values()} | self.envs.pids()
+            t.proc.pid for t in self.templates.values()} | self.envs.pids() | (
+            {self._zygote.proc.pid} if self._zygote is not None else set())
         while True:
             try:
                 found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -927,6 +944,7 @@ class Daemon:
                 self._apply(self._executor_died(ex_id))
         if self._forking:
             self._reap_strays()
+            self._keep_zygote()
         for pid in list(self._shm_sweep):
             if any(x.pid == pid and x.shm for x in self.mains.values()):
                 self._shm_sweep.discard(pid)  # it came back

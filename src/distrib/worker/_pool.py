@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from distrib._process import exists, wait_exit
 from distrib.worker._isolation import remove_tree
 from distrib.worker._pipe import Pipe, Verb
@@ -169,21 +171,71 @@ class Recipe:
     max_payload: int = 0  # bytes a result may pickle to (the Main's setting); 0: no limit
     nice: int = 0  # the niceness executors run at (the owner's --nice)
 
-    def popen(self, mode: list[str], theirs: socket.socket) -> subprocess.Popen[bytes]:
-        environ = dict(os.environ)
-        environ[NICE_VAR] = str(self.nice)  # (the child applies it first thing, and drops it)
-        for name in THREAD_VARS:
-            environ[name] = str(self.threads)
+    def variables(self) -> dict[str, str]:
+        """What its processes' environment has besides the daemon's."""
+        out = dict.fromkeys(THREAD_VARS, str(self.threads))
+        out[NICE_VAR] = str(self.nice)  # (the child applies it first thing, and drops it)
+        return out
+
+    def arguments(self) -> list[str]:
+        """Its processes' arguments after their socket's descriptor."""
         venv = str(self.python.parent.parent) if self.python else ""
-        return subprocess.Popen(
-            [str(self.python or sys.executable), "-P", "-m", "distrib.worker._child", *mode,
-             str(theirs.fileno()), str(self.env), self.main or "", str(self.runs), venv],
-            pass_fds=(theirs.fileno(),),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,  # a task's prints are forwarded at the Python level
-            env=environ,
-            cwd=self.env,
-        )
+        return [str(self.env), self.main or "", str(self.runs), venv]
+
+    def popen(self, mode: list[str], theirs: socket.socket) -> subprocess.Popen[bytes]:
+        return _python(self.python or Path(sys.executable),
+                       [*mode, str(theirs.fileno()), *self.arguments()], theirs,
+                       {**os.environ, **self.variables()}, self.env)
+
+
+def _python(python: Path, argv: list[str], theirs: socket.socket, environ: dict[str, str],
+            cwd: Path) -> subprocess.Popen[bytes]:
+    """``python -m distrib.worker._child ARGV``, given the socket ``theirs``."""
+    return subprocess.Popen(
+        [str(python), "-P", "-m", "distrib.worker._child", *argv],
+        pass_fds=(theirs.fileno(),),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,  # a task's prints are forwarded at the Python level
+        env=environ,
+        cwd=cwd,
+    )
+
+
+class Zygote:
+    """An interpreter of the daemon's own Python, started ahead, that imported the executor's
+    code and waits to become a template: a Main's first call does not wait for an
+    interpreter to start (about 0.1 s here). It leaves when the daemon closes its socket."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair()
+        try:
+            self.proc = _python(Path(sys.executable), ["zygote", str(theirs.fileno())], theirs,
+                                dict(os.environ), Path("/"))
+        finally:
+            theirs.close()
+        self._control = ours
+
+    def become(self, recipe: Recipe, mode: list[str],
+               theirs: socket.socket) -> subprocess.Popen[bytes] | None:
+        """Make it the process ``recipe.popen(mode, theirs)`` would start; None if it cannot
+        be (it is gone, or the recipe needs another interpreter)."""
+        try:
+            if recipe.python is not None or self.proc.poll() is not None:
+                return None
+            message = msgpack.packb([mode, recipe.variables(), str(recipe.env),
+                                     recipe.arguments()])
+            socket.send_fds(self._control, [message], [theirs.fileno()])
+            return self.proc
+        except OSError:
+            return None
+        finally:
+            self._control.close()
+
+    def kill(self) -> None:
+        self._control.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
 
 
 def executor(recipe: Recipe) -> ExecutorProcess:
@@ -216,10 +268,15 @@ class Template:
     last_used: float = 0.0
 
     @classmethod
-    def start(cls, recipe: Recipe, now: float) -> Template:
+    def start(cls, recipe: Recipe, now: float, zygote: Zygote | None = None) -> Template:
+        """Start the template of ``recipe`` (in ``zygote``, when given and it can be)."""
         ours, theirs = socket.socketpair()
         try:
-            proc = recipe.popen(["template"], theirs)
+            proc = zygote.become(recipe, ["template"], theirs) if zygote is not None else None
+            if proc is None:
+                if zygote is not None:
+                    zygote.kill()
+                proc = recipe.popen(["template"], theirs)
         finally:
             theirs.close()
         template = cls(proc, Pipe(ours), recipe, last_used=now)
