@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable
+
+import psutil
 
 from tests.helpers import Worker, Workspace, wait_for
 
@@ -142,3 +146,48 @@ def test_a_forked_executor_waits_for_its_own_subprocesses(
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "[0, 3, 7]"
     assert worker.status()["templates"]  # (they ran in forked executors)
+
+
+def _zygotes(daemon: psutil.Process) -> list[psutil.Process]:
+    """Interpreters started ahead, and what they became (templates, and executors forked
+    from those, keep its command line)."""
+    return [p for p in daemon.children() if "zygote" in p.cmdline()]
+
+
+def _sockets(pid: int) -> set[str]:
+    """The socket inodes process ``pid`` holds."""
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            out.add(target)
+    return out
+
+
+def test_the_first_template_is_an_interpreter_started_ahead_and_executors_hold_their_own_socket(
+        workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
+    worker = start_worker(threads=4)
+    daemon = psutil.Process(worker.pid)
+    (ahead,) = wait_for(lambda: _zygotes(daemon), what="an interpreter started ahead")
+    rows = run(workspace, worker)
+    assert len({pid for pid, _, _ in rows}) >= 2
+    assert worker.status()["templates"] == [ahead.pid]  # it became the template
+    # Forked together, yet none keeps another's socket (its death would go unseen).
+    executors = worker.status()["executors"]
+    held = [_sockets(pid) for pid in executors]
+    assert len(executors) >= 2 and all(
+        not (a & b) for i, a in enumerate(held) for b in held[i + 1:]), held
+    # Once the template is ready, another is started ahead; it leaves with its daemon.
+    (spare,) = wait_for(lambda: [p for p in _zygotes(daemon)
+                                 if p.pid not in (ahead.pid, *worker.status()["executors"])],
+                        what="a new interpreter started ahead")
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.proc.wait(30)
+    wait_for(lambda: not spare.is_running() or spare.status() == psutil.STATUS_ZOMBIE,
+             what="the interpreter started ahead to leave with its daemon")
+    for pid in [ahead.pid, *executors]:
+        wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status()
+                 == psutil.STATUS_ZOMBIE, what=f"process {pid} of the killed daemon to end")

@@ -175,7 +175,8 @@ def test_a_main_that_leaves_is_forgotten_and_others_go_on() -> None:
     s.schedule(0.0)
     actions, queued, running = s.drop_main(b"A")
     assert reports(actions) == []  # nobody to report to
-    assert running == 1 and queued + running + len(of(Skip, actions)) == 3
+    # (the one handed to an executor and not started is asked back, and counted as queued)
+    assert running == 1 and queued + running == 3 and len(of(Skip, actions)) <= 1
     assert s.waiting(b"A") == 0 or all(
         r.withdrawn is not None for e in s.executors.values() for r in e.runs
         if r.task.peer == b"A")

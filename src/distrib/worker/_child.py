@@ -229,31 +229,65 @@ def _template(argv: list[str]) -> None:
     daemon = os.getppid()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # intermediates are reaped as they exit
     pipe.send([Verb.READY, isolation.kind])
+    while True:
+        asked = _asked_forks(control)
+        if not asked:
+            return  # the daemon closed its end (or sent no socket): stop
+        # Every intermediate first, then their answers: they fork on both cores at once.
+        answers: list[int] = []
+        for i, fd in enumerate(asked):
+            # (an executor must not hold another's socket: its death would go unseen)
+            answers.append(_fork_executor(fd, control, isolation, daemon,
+                                          asked[i + 1:] + answers))
+        for read_end in answers:
+            answer = os.read(read_end, 8)
+            os.close(read_end)
+            control.sendall(answer if len(answer) == 8 else struct.pack("<q", -1))
+
+
+def _asked_forks(control: socket.socket) -> list[int]:
+    """The sockets of the executors the daemon asks for: one (waited for), and any others
+    already sent."""
+    fds: list[int] = []
     control.setblocking(True)
     while True:
         try:
-            _, fds, _, _ = socket.recv_fds(control, 16, 1)
+            _, got, _, _ = socket.recv_fds(control, 1, 1)
+        except (BlockingIOError, InterruptedError):
+            break
         except OSError:
-            return
-        if not fds:
-            return  # the daemon closed its end (or sent no socket): stop
-        read_end, write_end = os.pipe()
-        if os.fork() == 0:  # the intermediate: fork the executor, say its pid, leave
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # (tasks wait for their children)
-            os.close(read_end)
-            executor = os.fork()
-            if executor == 0:
-                os.close(write_end)
-                control.close()
-                _forked_executor(fds[0], isolation, daemon)
-                os._exit(0)
-            os.write(write_end, struct.pack("<q", executor))
-            os._exit(0)
-        os.close(write_end)
-        os.close(fds[0])
-        answer = os.read(read_end, 8)
+            break
+        if not got:
+            break
+        fds.extend(got)
+        control.setblocking(False)
+    control.setblocking(True)
+    return fds
+
+
+def _fork_executor(fd: int, control: socket.socket,
+                   isolation: _isolation.Overlay | _isolation.Copies, daemon: int,
+                   others: list[int]) -> int:
+    """Fork an executor on socket ``fd`` through an intermediate that says its pid (on the
+    pipe returned) and leaves, so that the daemon (a subreaper) adopts it. ``others``: the
+    template's descriptors it must not keep."""
+    read_end, write_end = os.pipe()
+    if os.fork() == 0:  # the intermediate: fork the executor, say its pid, leave
+        for other in others:
+            os.close(other)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # (tasks wait for their children)
         os.close(read_end)
-        control.sendall(answer if len(answer) == 8 else struct.pack("<q", -1))
+        executor = os.fork()
+        if executor == 0:
+            os.close(write_end)
+            control.close()
+            _forked_executor(fd, isolation, daemon)
+            os._exit(0)
+        os.write(write_end, struct.pack("<q", executor))
+        os._exit(0)
+    os.close(write_end)
+    os.close(fd)
+    return read_end
 
 
 def _forked_executor(fd: int, isolation: _isolation.Overlay | _isolation.Copies,

@@ -403,6 +403,7 @@ class Slots:
                 if run.task.peer == peer and ex.ex_id in self.executors:
                     self._withdraw(ex, run, i == 0, Withdrawn.DROPPED)
                     running += i == 0
+                    queued += i > 0  # (handed to an executor, not started)
         return self._take(), queued, running
 
     def tick(self, now: float) -> list[Action]:
