@@ -191,3 +191,35 @@ def test_the_first_template_is_an_interpreter_started_ahead_and_executors_hold_t
     for pid in [ahead.pid, *executors]:
         wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status()
                  == psutil.STATUS_ZOMBIE, what=f"process {pid} of the killed daemon to end")
+
+
+PRIMED = """\
+import sys
+import helper  # a module of the workspace, imported before numpy here
+import numpy
+import joblib  # the workspace's own joblib.py, not the installed package
+from distrib import distributed
+
+@distributed
+def order():
+    names = list(sys.modules)
+    return names.index("numpy") < names.index("helper"), joblib.WHO, float(numpy.ones(3).sum())
+
+if __name__ == "__main__":
+    print(*order().unwrap())
+"""
+
+
+def test_installed_packages_are_imported_while_the_workspace_ships_and_its_modules_win(
+        workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
+    worker = start_worker(threads=2)
+    daemon = psutil.Process(worker.pid)
+    wait_for(lambda: _zygotes(daemon), what="an interpreter started ahead")
+    workspace.write("joblib.py", "WHO = 'workspace'\n")
+    workspace.write("helper.py", "")
+    workspace.write("main.py", PRIMED)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
+    assert out.returncode == 0, out.stderr[-3000:]
+    # numpy came before the workspace's modules: imported while the tree was not there yet;
+    # the workspace's joblib.py was not taken for the installed joblib.
+    assert out.stdout.split() == ["True", "workspace", "3.0"]

@@ -17,6 +17,7 @@ import threading
 import time
 import socket
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,22 +161,62 @@ def main(argv: list[str]) -> None:
         _serve(pipe, isolation, os.getppid())
 
 
+_primed: _isolation.Overlay | None = None  # namespaces a zygote entered when primed
+
+
 def _zygote(fd: int) -> None:
     """Wait (imported, nothing else done) to become the process the daemon names: its mode,
-    variables, working folder and arguments, with its socket; leave when the daemon does."""
+    variables, working folder and arguments, with its socket; leave when the daemon does.
+
+    It may be primed first, while a workspace is on its way: it takes the variables of the
+    template it will become, enters its namespaces and imports the installed packages that
+    template will import (numpy, say), so those imports overlap the transfer."""
+    global _primed
     control = socket.socket(fileno=fd)
     try:
-        data, fds, _, _ = socket.recv_fds(control, 1 << 16, 1)
-    except OSError:
+        for message, sockets in _orders(control):
+            if message[0] == Verb.PRIME:
+                _, variables, forwarded, runs, modules = message
+                os.environ.update(variables)
+                os.environ.update({k: v for k, v in forwarded.items() if k not in THREAD_VARS})
+                _primed = _isolation.begin(Path(runs))  # (while it has one thread)
+                _import_all(modules)
+            elif message[0] == Verb.BECOME and sockets:
+                _, mode, variables, cwd, arguments = message
+                break
+        else:
+            return  # the daemon closed its end: not needed
+    except (OSError, ValueError):
         return
     finally:
         control.close()
-    if not data or not fds:
-        return  # the daemon closed its end: not needed
-    mode, variables, cwd, arguments = msgpack.unpackb(data)
     os.environ.update(variables)
     os.chdir(cwd)
-    main([*mode, str(fds[0]), *arguments])
+    main([*mode, str(sockets[0]), *arguments])
+
+
+def _orders(control: socket.socket) -> Iterator[tuple[list[Any], list[int]]]:
+    """The daemon's messages to a zygote, each with the sockets received so far, until it
+    closes its end (a stream: two messages may come in one read)."""
+    messages = msgpack.Unpacker()
+    sockets: list[int] = []
+    while True:
+        data, fds, _, _ = socket.recv_fds(control, 1 << 16, 1)
+        if not data:
+            return
+        sockets += fds
+        messages.feed(data)
+        for message in messages:
+            yield message, sockets
+
+
+def _import_all(modules: list[str]) -> None:
+    """Import what tasks will likely import too; a module that fails is left to them."""
+    for name in modules[:500]:
+        try:
+            importlib.import_module(name)
+        except Exception:  # (a task that needs it will say why)
+            pass
 
 
 def _prepare(pipe: Pipe, env: Path, main_script: str) -> list[str] | None:
@@ -209,18 +250,15 @@ def _template(argv: list[str]) -> None:
     fd, env, main_script, runs = int(argv[0]), Path(argv[1]), argv[2], Path(argv[3])
     control = socket.socket(fileno=fd)
     pipe = Pipe(control)
-    isolation = _isolation.start(env, runs)  # while this process has one thread
+    # (namespaces entered while it had one thread: now, or when it was primed)
+    isolation = _isolation.start(env, runs, _primed)
     if argv[4] and isinstance(isolation, _isolation.Overlay):
         isolation.protect(Path(argv[4]))
     sys.path.insert(0, str(env))
     preload = _prepare(pipe, env, main_script)
     if preload is None:
         return
-    for name in preload[:500]:  # what the Main had imported: tasks will likely import it too
-        try:
-            importlib.import_module(name)
-        except Exception:  # (a task that needs it will say why)
-            pass
+    _import_all(preload)  # what the Main had imported: tasks will likely import it too
     threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1
     if threads > 1 or threading.active_count() > 1 or pipe.buffered():
         pipe.send([Verb.NOFORK, f"importing the workspace started {threads - 1} thread(s), "

@@ -34,7 +34,7 @@ from distrib.wire._limits import MAX_MESSAGE_BYTES, OUTPUT_CHUNK
 from distrib.wire._messages import Outcome, RefusalCode
 from distrib.wire._record import ErrorRecord
 from distrib.worker import _pool
-from distrib.worker._dists import Change, Distributions, Failed, Ready
+from distrib.worker._dists import Change, Distributions, DistState, Failed, Ready
 from distrib.worker._envs import EnvPolicy, Environments
 from distrib.worker._gate import Gate
 from distrib.worker._isolation import remove_dead_runs, remove_tree
@@ -472,6 +472,7 @@ class Daemon:
                 self._apply(self.slots.cancel(peer, task_id, time.monotonic()))
         elif isinstance(msg, m.Manifest):
             self._on_change(self.dists.on_manifest(msg))
+            self._prime(msg.dist)
         elif isinstance(msg, m.Blobs) and self.envs.building(msg.dist):
             self._on_wheels(peer, msg)
         elif isinstance(msg, m.Blobs):
@@ -745,12 +746,36 @@ class Daemon:
         if template is None or template.proc.poll() is not None:
             if template is not None:
                 self._drop_template(key)
-            zygote, self._zygote = self._zygote, None  # (another is started when all is calm)
+            zygote = None
+            if self._zygote is not None and self._zygote.primed_for in (None, key):
+                zygote, self._zygote = self._zygote, None  # (another starts when all is calm)
             template = self.templates[key] = Template.start(recipe, now, zygote)
         template.last_used = now
         template.waiting.append(ex_id)  # (forked with the others of this turn, at once)
         if template.ready:
             self._to_fork.add(key)
+
+    def _prime(self, dist_id: str) -> None:
+        """A workspace is on its way: the interpreter started ahead gets ready meanwhile for
+        the template its first tasks need (their variables, namespaces, and the installed
+        packages their Main had imported: numpy's import overlaps the transfer)."""
+        zygote, dist = self._zygote, self.dists.get(dist_id)
+        if zygote is None or zygote.primed_for is not None or dist is None or \
+                dist.state is DistState.READY or not self._forking:
+            return
+        task = next((t for t in self.slots.queues.tasks() if t.dist == dist_id), None)
+        context = self.mains.contexts.get(task.context) if task is not None else None
+        if task is None or context is None or context.env:  # (a built environment's Python)
+            return
+        key = EnvKey(dist_id, task.threads, task.context)
+        if key in self.templates or key in self._no_fork:
+            return
+        # Not the workspace's own modules (nor an installed one of the same name: the tree's
+        # must win when the template imports it).
+        own = {part.removesuffix(".py") for e in dist.entries for part in e.path.split("/")}
+        installed = [name for name in context.preload if name.partition(".")[0] not in own]
+        zygote.prime(key, _pool.variables(task.threads, self.policy.nice), context.environ,
+                     self.runs, installed)
 
     def _keep_zygote(self) -> None:
         """Have an interpreter started ahead for the next template, once no template is

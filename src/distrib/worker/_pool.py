@@ -173,9 +173,7 @@ class Recipe:
 
     def variables(self) -> dict[str, str]:
         """What its processes' environment has besides the daemon's."""
-        out = dict.fromkeys(THREAD_VARS, str(self.threads))
-        out[NICE_VAR] = str(self.nice)  # (the child applies it first thing, and drops it)
-        return out
+        return variables(self.threads, self.nice)
 
     def arguments(self) -> list[str]:
         """Its processes' arguments after their socket's descriptor."""
@@ -186,6 +184,14 @@ class Recipe:
         return _python(self.python or Path(sys.executable),
                        [*mode, str(theirs.fileno()), *self.arguments()], theirs,
                        {**os.environ, **self.variables()}, self.env)
+
+
+def variables(threads: int, nice: int) -> dict[str, str]:
+    """What the environment of executors of ``threads`` at ``nice`` has besides the
+    daemon's."""
+    out = dict.fromkeys(THREAD_VARS, str(threads))
+    out[NICE_VAR] = str(nice)  # (the child applies it first thing, and drops it)
+    return out
 
 
 def _python(python: Path, argv: list[str], theirs: socket.socket, environ: dict[str, str],
@@ -214,6 +220,19 @@ class Zygote:
         finally:
             theirs.close()
         self._control = ours
+        self.primed_for: Any = None  # the template it got ready for (an EnvKey), if any
+
+    def prime(self, key: Any, variables: dict[str, str], forwarded: dict[str, str], runs: Path,
+              modules: list[str]) -> None:
+        """Get ready to become ``key``'s template (its ``variables`` and its Main's
+        ``forwarded`` ones), importing ``modules`` (installed ones: the workspace is not there
+        yet)."""
+        try:
+            self._control.send(msgpack.packb([Verb.PRIME, variables, forwarded, str(runs),
+                                              modules]))
+            self.primed_for = key
+        except OSError:
+            pass
 
     def become(self, recipe: Recipe, mode: list[str],
                theirs: socket.socket) -> subprocess.Popen[bytes] | None:
@@ -222,7 +241,7 @@ class Zygote:
         try:
             if recipe.python is not None or self.proc.poll() is not None:
                 return None
-            message = msgpack.packb([mode, recipe.variables(), str(recipe.env),
+            message = msgpack.packb([Verb.BECOME, mode, recipe.variables(), str(recipe.env),
                                      recipe.arguments()])
             socket.send_fds(self._control, [message], [theirs.fileno()])
             return self.proc
