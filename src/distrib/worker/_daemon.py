@@ -57,6 +57,7 @@ peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
 
 _OUTCOMES = {outcome.value: outcome for outcome in Outcome}
 SERVED_LOG_EVERY = 60.0  # seconds between log lines saying which Mains hold the slots
+PRIMED_FOR = 60.0  # seconds a primed interpreter waits for its template before it is replaced
 
 
 class Daemon:
@@ -775,13 +776,15 @@ class Daemon:
         own = {part.removesuffix(".py") for e in dist.entries for part in e.path.split("/")}
         installed = [name for name in context.preload if name.partition(".")[0] not in own]
         zygote.prime(key, _pool.variables(task.threads, self.policy.nice), context.environ,
-                     self.runs, installed)
+                     self.runs, installed, time.monotonic())
 
-    def _keep_zygote(self) -> None:
+    def _keep_zygote(self, now: float) -> None:
         """Have an interpreter started ahead for the next template, once no template is
         importing (its start would slow theirs)."""
-        if self._zygote is not None and self._zygote.proc.poll() is not None:
-            self._zygote.kill()  # (it died: reaped, and replaced)
+        zygote = self._zygote
+        if zygote is not None and (zygote.proc.poll() is not None or (
+                zygote.primed_for is not None and now - zygote.primed_at > PRIMED_FOR)):
+            zygote.kill()  # (it died, or no template took what it was primed for: replaced)
             self._zygote = None
         if self._zygote is None and all(t.ready for t in self.templates.values()):
             try:
@@ -969,7 +972,7 @@ class Daemon:
                 self._apply(self._executor_died(ex_id))
         if self._forking:
             self._reap_strays()
-            self._keep_zygote()
+            self._keep_zygote(now)
         for pid in list(self._shm_sweep):
             if any(x.pid == pid and x.shm for x in self.mains.values()):
                 self._shm_sweep.discard(pid)  # it came back

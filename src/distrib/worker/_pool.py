@@ -221,16 +221,17 @@ class Zygote:
             theirs.close()
         self._control = ours
         self.primed_for: Any = None  # the template it got ready for (an EnvKey), if any
+        self.primed_at = 0.0
 
     def prime(self, key: Any, variables: dict[str, str], forwarded: dict[str, str], runs: Path,
-              modules: list[str]) -> None:
+              modules: list[str], now: float) -> None:
         """Get ready to become ``key``'s template (its ``variables`` and its Main's
         ``forwarded`` ones), importing ``modules`` (installed ones: the workspace is not there
         yet)."""
         try:
             self._control.send(msgpack.packb([Verb.PRIME, variables, forwarded, str(runs),
                                               modules]))
-            self.primed_for = key
+            self.primed_for, self.primed_at = key, now
         except OSError:
             pass
 
