@@ -414,3 +414,25 @@ def test_a_lowered_quota_asks_tasks_back_and_lets_the_slots_drain() -> None:
         s.schedule(2.0)
     assert s.held() == {b"A": 1} and s.busy == 1
     assert reports(s.submit(qt(50, peer=b"A", threads=2))) == [(50, Outcome.DEFERRED)]
+
+
+def test_an_environments_first_call_starts_idle_executors_for_the_next_ones() -> None:
+    s = Slots(4, idle_after=60.0)
+    s.dist_ready("d")
+    s.dist_ready("e")
+    spawns = of(Spawn, started(s, qt(1)))
+    assert [sp.key.dist for sp in spawns] == ["d"] * 4  # one runs it, three wait idle
+    # A second environment's first call takes the room of an idle one (nothing is left).
+    s.submit(qt(2, peer=b"B", dist="e"))
+    actions = s.schedule(1.0)
+    assert [sp.key.dist for sp in of(Spawn, actions)] == ["e"] and len(of(Kill, actions)) == 1
+    # The idle ones stop after idle_after, the busy ones stay.
+    s.tick(100.0)
+    assert sorted(e.key.dist for e in s.executors.values()) == ["d", "e"]
+
+
+def test_idle_executors_started_ahead_stay_within_the_mains_quota() -> None:
+    s = Slots(4)
+    s.set_quota(b"A", 2, 1.0)
+    s.dist_ready("d")
+    assert len(of(Spawn, started(s, qt(1)))) == 2

@@ -427,6 +427,7 @@ class Slots:
         if not len(self.queues) and not self._unsent:
             return _NONE
         held = self.held()
+        new: dict[EnvKey, bytes] = {}  # environments with no executor before this turn
         while self.busy < self.slots and not self.paused:
             task = self.queues.next_runnable(self.slots - self.busy, self._runnable, held,
                                              self.limits, self.weights)
@@ -436,9 +437,15 @@ class Slots:
             key = EnvKey(task.dist, task.threads, task.context)
             idle = (e for e in self.executors.values()
                     if e.key == key and not e.runs)
-            ex = next(idle, None) or self._spawn(key)
+            ex = next(idle, None)
+            if ex is None:
+                if not any(e.key == key for e in self.executors.values()):
+                    new[key] = task.peer
+                ex = self._spawn(key)
             self.busy += task.threads
             self._hand(ex, task, now)
+        for key, peer in new.items():
+            self._warm(key, peer, now)
         if (self.busy == self.slots and len(self.queues) and not self._starved(held)
                 and not self.paused):  # (over the slots after a resize: let them drain)
             self._prefetch(now, held)
@@ -504,6 +511,16 @@ class Slots:
         self.counters["executors_started"] += 1
         self._out.append(Spawn(ex.ex_id, key))
         return ex
+
+    def _warm(self, key: EnvKey, peer: bytes, now: float) -> None:
+        """An environment's first executors: start idle ones too, up to the slots its Main
+        may use, on room no other executor holds (as a process pool starts its workers at
+        the first call), so the next calls find them ready. Unused, they stop after
+        ``idle_after``."""
+        most = min(self.slots, self.limits.get(peer, self.slots)) // key.threads
+        have = sum(1 for e in self.executors.values() if e.key == key)
+        for _ in range(min(most - have, self.slots - len(self.executors))):
+            self._spawn(key).idle_since = now
 
     def _retire(self, ex: Executor) -> None:
         del self.executors[ex.ex_id]
