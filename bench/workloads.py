@@ -315,6 +315,25 @@ def full_parallelism(name: str, p: Metrics) -> Metrics:
     return {"seconds": elapsed, "efficiency": p["seconds"] / elapsed}
 
 
+def first_batch(name: str, p: Metrics) -> Metrics:
+    """W8b: the seed example's first batch: a fresh cluster, one warm-up call, then ``calls``
+    sleeps of a module that imports numpy; efficiency = ideal / elapsed."""
+    from bench import numpy_tasks
+
+    ideal = p["calls"] * p["seconds"] / p["slots"]
+    fw = load(name)
+    fw.start(p["slots"])
+    try:
+        fw.result(fw.submit(numpy_tasks.nap, 0.0))
+        t0 = time.perf_counter()
+        handles = [fw.submit(numpy_tasks.nap, p["seconds"]) for _ in range(p["calls"])]
+        check([fw.result(h) for h in handles], [1] * p["calls"], "nap")
+        elapsed = time.perf_counter() - t0
+    finally:
+        fw.stop()
+    return {"efficiency": ideal / elapsed, "elapsed_s": elapsed, "ideal_s": ideal}
+
+
 def memory(name: str, p: Metrics) -> Metrics:
     """W6: the Main's RSS growth with ``calls`` calls submitted and not yet collected."""
     with cluster(name, p["slots"]) as (fw, extra):
@@ -452,6 +471,15 @@ WORKLOADS: dict[str, Workload] = {w.id: w for w in [
         {"slots": 20, "calls": 20, "seconds": 0.5}, 600,
         notes=("No warm-up: the cluster is started, then timed from the first call. "
                "ProcessPoolExecutor forks its workers from the Main, which imported numpy.",),
+    ),
+    Workload(
+        "W8b", "W8", "W8b first batch: a fresh {slots}-slot cluster, one warm-up call, then "
+        "{calls} x sleep({seconds}) of a module importing numpy",
+        (Metric("efficiency", "efficiency (ideal / elapsed)", "", True),),
+        first_batch, {"slots": 20, "calls": 200, "seconds": 0.05},
+        {"slots": 20, "calls": 200, "seconds": 0.05}, 600,
+        notes=("The seed example's first batch: only the one warm-up call comes before the "
+               "timing, not the harness's warm-up.",),
     ),
     Workload(
         "W6", "W6", "W6 memory: Main's RSS growth with {calls:,} calls submitted, not collected",

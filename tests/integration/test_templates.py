@@ -169,9 +169,10 @@ def _sockets(pid: int) -> set[str]:
 
 def test_the_first_template_is_an_interpreter_started_ahead_and_executors_hold_their_own_socket(
         workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
-    worker = start_worker(threads=4)
+    worker = start_worker(threads=4, extra=("--nice", "3"))
     daemon = psutil.Process(worker.pid)
     (ahead,) = wait_for(lambda: _zygotes(daemon), what="an interpreter started ahead")
+    assert wait_for(lambda: ahead.nice() == 3, what="it to run at the owner's niceness")
     rows = run(workspace, worker)
     assert len({pid for pid, _, _ in rows}) >= 2
     assert worker.status()["templates"] == [ahead.pid]  # it became the template

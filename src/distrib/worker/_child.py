@@ -144,10 +144,10 @@ def main(argv: list[str]) -> None:
     # Modules of the tree its build did not compile are compiled in memory: no write reaches
     # the tree, whichever the isolation.
     sys.dont_write_bytecode = True
+    _be_nice(int(os.environ.pop(NICE_VAR, "0") or 0))
     if argv[0] == "zygote":
         _zygote(int(argv[1]))
         return
-    _be_nice(int(os.environ.pop(NICE_VAR, "0") or 0))
     if argv[0] == "template":
         _template(argv[1:])
         return
@@ -177,6 +177,7 @@ def _zygote(fd: int) -> None:
         for message, sockets in _orders(control):
             if message[0] == Verb.PRIME:
                 _, variables, forwarded, runs, modules = message
+                _be_nice(int(variables.get(NICE_VAR, "0") or 0))  # (the owner's, now)
                 os.environ.update(variables)
                 os.environ.update({k: v for k, v in forwarded.items() if k not in THREAD_VARS})
                 _primed = _isolation.begin(Path(runs))  # (while it has one thread)

@@ -365,7 +365,8 @@ class Daemon:
         forked later inherit theirs) runs at ``nice`` now."""
         refused = 0
         pids = [proc.pid for proc in self.procs.values() if proc.pid] + [
-            t.proc.pid for t in self.templates.values()]
+            t.proc.pid for t in self.templates.values()] + (
+            [self._zygote.proc.pid] if self._zygote is not None else [])
         for pid in pids:
             try:
                 tree = [psutil.Process(pid)]
@@ -788,7 +789,7 @@ class Daemon:
             self._zygote = None
         if self._zygote is None and all(t.ready for t in self.templates.values()):
             try:
-                self._zygote = Zygote()
+                self._zygote = Zygote(self.policy.nice)
             except OSError as exc:
                 log.debug("cannot start an interpreter ahead: %s", exc)
 

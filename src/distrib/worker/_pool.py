@@ -212,11 +212,11 @@ class Zygote:
     code and waits to become a template: a Main's first call does not wait for an
     interpreter to start (about 0.1 s here). It leaves when the daemon closes its socket."""
 
-    def __init__(self) -> None:
+    def __init__(self, nice: int) -> None:
         ours, theirs = socket.socketpair()
-        try:
+        try:  # (at the owner's niceness: its start and priming are work done for Mains)
             self.proc = _python(Path(sys.executable), ["zygote", str(theirs.fileno())], theirs,
-                                dict(os.environ), Path("/"))
+                                {**os.environ, NICE_VAR: str(nice)}, Path("/"))
         finally:
             theirs.close()
         self._control = ours
