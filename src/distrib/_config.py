@@ -292,18 +292,18 @@ DASHBOARD_PORT = 8787
 
 def _dashboard(name: str, raw: Any) -> str | None:
     """Where the dashboard listens, from true/false, a port or "host:port" (None: off)."""
-    if isinstance(raw, str) and raw.strip().lower() in ("true", "yes", "on", "false", "no",
-                                                        "off"):
-        raw = _bool(name, raw)
+    if (isinstance(raw, str) and raw.strip().lower() in ("1", "true", "yes", "on", "0", "false",
+                                                         "no", "off")) or raw in (0, 1):
+        raw = _bool(name, str(raw))  # (0 and 1 too, as for every switch; any port: ":0")
     if isinstance(raw, bool):
         return f"127.0.0.1:{DASHBOARD_PORT}" if raw else None
     host, port = "127.0.0.1", str(raw).strip()
     if isinstance(raw, str) and ":" in port:
         host, _, port = port.rpartition(":")
-        host = host.strip("[]")
+        host = host.strip("[]") or "127.0.0.1"
     if not host or not port.isdigit() or int(port) > 65535 or isinstance(raw, float):
-        raise ConfigError(f"{name}={raw!r}: expected true, false, a port (8787; 0: any free "
-                          "port) or \"host:port\"")
+        raise ConfigError(f"{name}={raw!r}: expected true, false, a port (8787) or "
+                          "\"host:port\" (\":0\": any free port)")
     return f"{host}:{int(port)}"
 
 

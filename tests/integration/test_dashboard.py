@@ -22,13 +22,20 @@ from tests.helpers import PYTHON, REPO, Workspace, ended, finish, wait_for
 ARTIFACTS = Path(os.environ.get("DISTRIB_TEST_ARTIFACTS", REPO / "test-artifacts"))
 
 SCRIPT = """
-    import sys, time
+    import os, sys, time
     import distrib
     from distrib import distributed
+
+    GATE = sys.argv[1]  # (the Main's argv reaches its workers too)
 
     @distributed
     def work(i):
         time.sleep(0.1)
+        deadline = time.monotonic() + 120
+        while i >= 100 and not os.path.exists(GATE):  # the second half waits for the test
+            if time.monotonic() > deadline:
+                raise TimeoutError("the test never opened the gate")
+            time.sleep(0.02)
         return i * i
 
     @distributed(retries=0)
@@ -105,12 +112,12 @@ def test_the_page_follows_a_run_as_a_worker_is_lost_and_matches_the_json(
     binary = _chromium()
     first, second = start_worker(threads=2), start_worker(threads=2)
     workspace.write("main.py", SCRIPT)
-    err_file = tmp_path / "main.err"
+    err_file, gate = tmp_path / "main.err", tmp_path / "gate"
     env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
            "DISTRIB_WORKERS": f"{first.address},{second.address}",
            "DISTRIB_DASHBOARD": "127.0.0.1:0"}
     with open(err_file, "w") as err, ended(subprocess.Popen(
-            [PYTHON, "main.py"], cwd=workspace.root, env=env, stdin=subprocess.PIPE,
+            [PYTHON, "main.py", str(gate)], cwd=workspace.root, env=env, stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=err, text=True)) as main:
         url = wait_for(lambda: (m := re.search(r"dashboard: (http://\S+)", err_file.read_text()))
                        and m.group(1), what="the dashboard's URL on the Main's stderr")
@@ -133,6 +140,8 @@ def test_the_page_follows_a_run_as_a_worker_is_lost_and_matches_the_json(
                     f"document.querySelectorAll('{rows}[data-state=lost]').length === 1 && "
                     f"document.querySelectorAll('{rows}[data-state=ready]').length === 1",
                     timeout=60_000)
+                assert int(page.text_content("#done-count")) <= 100  # (half wait for the gate)
+                gate.touch()
                 lost = page.text_content(f"{rows}[data-state=lost]")
                 assert second.address in lost and "closed the connection" in lost, lost
                 page.wait_for_function(

@@ -69,7 +69,7 @@ def test_init_arguments_win_over_the_environment(tmp_path: Path) -> None:
     ({"DISTRIB_REQUIREMENTS": "main.py"}, "DISTRIB_REQUIREMENTS.*requirements .txt"),
     ({"DISTRIB_DASHBOARD": "maybe"}, "DISTRIB_DASHBOARD.*a port"),
     ({"DISTRIB_DASHBOARD": "99999"}, "DISTRIB_DASHBOARD"),
-    ({"DISTRIB_DASHBOARD": ":80"}, "DISTRIB_DASHBOARD"),
+    ({"DISTRIB_DASHBOARD": "localhost:"}, "DISTRIB_DASHBOARD"),
 ])
 def test_invalid_settings_name_the_setting(env: dict[str, str], name: str) -> None:
     with pytest.raises(ConfigError, match=name):
@@ -111,7 +111,8 @@ def test_the_documented_file_shape(elsewhere: Path) -> None:
 
 
 @pytest.mark.parametrize(("given", "where"), [
-    (True, "127.0.0.1:8787"), (False, None), (0, "127.0.0.1:0"), (8000, "127.0.0.1:8000"),
+    (True, "127.0.0.1:8787"), (False, None), (1, "127.0.0.1:8787"), (0, None),
+    (":0", "127.0.0.1:0"), (8000, "127.0.0.1:8000"),
     ("0.0.0.0:8000", "0.0.0.0:8000"), ("[::1]:8000", "::1:8000"), ("on", "127.0.0.1:8787"),
 ])
 def test_the_dashboard_is_off_unless_asked_and_on_loopback_by_default(given, where) -> None:

@@ -145,3 +145,18 @@ def test_a_deferred_task_waits_on_the_main_and_the_worker_rests_a_tick() -> None
     s.observe(0.2)
     assert [t.task_id for t in s.assign()["w"]] == [deferred.task_id]
     assert deferred.attempts == 0
+
+
+def test_a_call_cancelled_while_on_a_lost_worker_is_not_sent_again() -> None:
+    from distrib._response import Response
+
+    s = Scheduler("3.11")
+    s.join(worker("a"))
+    kept, cancelled = task(1), task(2)
+    for t in (kept, cancelled):
+        t.response = Response(t.task_id, "f", None)
+        s.add(t)
+    s.assign()
+    cancelled.response.cancel()  # (the Cancel to the worker is on its way when it is lost)
+    assert s.leave("a") == []
+    assert [t.task_id for t in s.take_pending()] == [1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import json
 import logging
 import socket
 import threading
@@ -22,7 +23,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -79,8 +80,9 @@ class Dashboard:
             Route("/api/snapshot", self._snapshot),
             Mount("/static", StaticFiles(directory=STATIC)),
         ], middleware=middleware)
+        # (asyncio's own loop: no process-wide event loop policy is set for the user's code)
         config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False,
-                                lifespan="off")
+                                lifespan="off", loop="asyncio", ws="none")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                         name="distrib-dashboard", daemon=True)
@@ -92,9 +94,15 @@ class Dashboard:
 
     async def _snapshot(self, request: Request) -> Response:
         snap = self._session.snapshot  # (the I/O thread's latest; never changed once published)
-        if snap is None:
-            return JSONResponse({"starting": True})
-        return JSONResponse(snap, headers={"Cache-Control": "no-store"})
+        try:  # (ASCII: a worker's text may hold what UTF-8 cannot encode)
+            body = json.dumps(snap or {"starting": True}, ensure_ascii=True, allow_nan=False,
+                              separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            body, status = json.dumps({"error": f"the snapshot cannot be shown: {exc}"}), 500
+        else:
+            status = 200
+        return Response(body, status, media_type="application/json",
+                        headers={"Cache-Control": "no-store"})
 
     def stop(self) -> None:
         """Stop serving (open pages show the server is gone)."""

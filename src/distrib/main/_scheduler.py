@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from distrib._response import UNFINISHED
+
 # (platform globs, threads, memory: a worker's limit must be above it, or none; 0: any)
 Requirement = tuple[tuple[str, ...], int, int]
 MAX_QUEUED = 2048  # per worker, beyond its slots
@@ -38,6 +40,7 @@ class Task:
     # this machine; the files go with the task): (frames, name -> index)
     in_shm: tuple[list[Any], dict[str, int], Any] | None = field(default=None, repr=False)
     link: str | None = None  # the worker it is on, while in flight
+    counted: bool = False  # the dashboard counted its outcome
 
     @property
     def requirement(self) -> Requirement:
@@ -91,6 +94,8 @@ class Scheduler:
         )
 
     def add(self, task: Task, front: bool = False) -> None:
+        if task.response is not None and task.response._state not in UNFINISHED:
+            return  # cancelled while it was on a worker that then deferred it or was lost
         queue = self.pending.setdefault(task.requirement, deque())
         if front:
             queue.appendleft(task)

@@ -308,7 +308,7 @@ class Session:
             task_id = self._cancels.popleft()
             withdrawn, link_id = self.scheduler.withdraw(task_id)
             if withdrawn is not None and stats is not None:
-                stats.settled(withdrawn.name, task_id, withdrawn.response, "")
+                stats.counted(withdrawn)
             if link_id is not None:
                 self.links[link_id].send(m.Cancel([task_id]))
 
@@ -510,9 +510,10 @@ class Session:
                 f"tried {task.attempts} times"))
         if self.stats is not None:
             for task in inflight:
-                self._count(task, link.name, retried=True)
+                self.stats.counted(task, link.name, retried=True)
         link.close()
         link.state, link.since, link.reason = state, time.monotonic(), reason
+        link.building = link.has_workspace = False  # (a worker started again says anew)
 
     def _on_results(self, link: Link, msg: m.Results) -> None:
         at = 0
@@ -529,7 +530,7 @@ class Session:
                         task.response._finish(link.name, exc=SerializationError(
                             f"the result of {task.name}#{task.task_id} on worker {link.label} "
                             f"was lost: its shared memory cannot be read ({exc})"))
-                        self._count(task, link.name)
+                        self._count(task, link.name, link.link_id)
                     continue
             if task is None:
                 continue
@@ -539,11 +540,12 @@ class Session:
                 link.has_workspace, link.building = True, False
                 if "ran" in spec.info:
                     self.stats.ran(task.name, spec.info["ran"])
-                self.stats.counted(task, link.name, retried=spec.status is m.Outcome.CRASHED)
+                self.stats.counted(task, link.name, link.link_id,
+                                   retried=spec.status is m.Outcome.CRASHED)
 
-    def _count(self, task: Task, worker: str, retried: bool = False) -> None:
+    def _count(self, task: Task, worker: str = "", reported_by: str = "") -> None:
         if self.stats is not None:
-            self.stats.counted(task, worker, retried)
+            self.stats.counted(task, worker, reported_by)
 
     def _print(self, link: Link, msg: m.Output) -> None:
         stream = sys.stderr if msg.stream == 2 else sys.stdout
@@ -627,7 +629,7 @@ class Session:
         """End every task not yet sent to a worker with ``error`` ("task f#3 <why>")."""
         for task in self.scheduler.take_pending():
             task.response._finish(None, exc=error(f"task {task.name}#{task.task_id} {why}"))
-            self._count(task, "")
+            self._count(task)
 
     def _warn_unmatched(self, now: float) -> None:
         ready = [v for v in self.scheduler.workers.values()]

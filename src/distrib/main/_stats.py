@@ -13,12 +13,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from distrib._errors import Cancelled
 from distrib._response import UNFINISHED, Response
 
 if TYPE_CHECKING:
     from distrib.main._scheduler import Task
     from distrib.main._session import Session
 
+MAX_RUN = 1e7  # seconds: a reported run time beyond this (or not a number) is ignored
 RUN_TIMES = 1000  # recent run times kept per function, for the p95
 FAILURES = 20  # recent failures shown
 THROUGHPUT_SECONDS = 600  # the chart's span: one point a second
@@ -73,39 +75,48 @@ class Stats:
             seconds = float(reported)
         except ValueError:
             return
-        if not 0 <= seconds < float("inf"):
+        if not 0 <= seconds < MAX_RUN:
             return
         stats = self._of(name)
         stats.run_total += seconds
         stats.runs += 1
         stats.recent.append(seconds)
 
-    def counted(self, task: Task, worker: str, retried: bool = False) -> None:
-        """``task`` settled (its Response finished), or (``retried``) goes to another try."""
+    def counted(self, task: Task, worker: str = "", reported_by: str = "",
+                retried: bool = False) -> None:
+        """``task`` settled (its Response finished: counted once), or (``retried``) goes to
+        another try. ``worker``: where it was, by name; ``reported_by``: the link of the
+        worker that reported its outcome, if one did."""
+        if task.counted:
+            return
         if task.response._state not in UNFINISHED:
-            self.settled(task.name, task.task_id, task.response, worker)
+            task.counted = True
+            self._settled(task.name, task.task_id, task.response, worker)
+            if reported_by:
+                self.by_worker[reported_by] = self.by_worker.get(reported_by, 0) + 1
         elif retried:
             self._of(task.name).retried += 1
 
-    def settled(self, name: str, task_id: int, response: Response[Any], worker: str) -> None:
-        """A call's Response finished (with a value, an error, or cancelled)."""
+    def _settled(self, name: str, task_id: int, response: Response[Any], worker: str) -> None:
         stats = self._of(name)
         self.settled_total += 1
-        if worker:
-            self.by_worker[worker] = self.by_worker.get(worker, 0) + 1
         # (The Future's fields, without its lock: see UNFINISHED. The locked accessors cost W1
         # a few per cent.)
-        if response._state != "FINISHED":
+        exc = response._exception
+        if response._state != "FINISHED" or isinstance(exc, Cancelled):
             stats.cancelled += 1
             return
-        exc = response._exception
         if exc is None:
             stats.done += 1
             return
         stats.failed += 1
+        try:
+            message = str(exc)[:300]
+        except Exception:  # (its __str__ may need what did not travel)
+            message = f"<{error_type(exc)} that cannot be shown>"
         self.failures.appendleft({
             "time": time.time(), "function": name, "task": task_id, "type": error_type(exc),
-            "message": str(exc)[:300], "worker": worker})
+            "message": message, "worker": worker})
 
     def sample(self, now: float) -> None:
         """One point of the throughput chart a second: calls settled per second since the
@@ -161,7 +172,7 @@ def snapshot(session: Session, stats: Stats) -> dict[str, Any]:
             "slots": slots, "busy": busy, "queued": max(0, inflight - busy),
             "state": _worker_state(session, link),
             "reason": link.reason if view is None else (view.unable or ""),
-            "done": stats.by_worker.get(link.name, 0),
+            "done": stats.by_worker.get(link.link_id, 0),
         })
     functions = []
     totals = dict.fromkeys(("submitted", "pending", "running", "done", "failed", "retried",

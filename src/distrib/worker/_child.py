@@ -141,9 +141,6 @@ def _drop_own_frame(exc: BaseException) -> None:
 
 
 def main(argv: list[str]) -> None:
-    # Modules of the tree its build did not compile are compiled in memory: no write reaches
-    # the tree, whichever the isolation.
-    sys.dont_write_bytecode = True
     _be_nice(int(os.environ.pop(NICE_VAR, "0") or 0))
     if argv[0] == "zygote":
         _zygote(int(argv[1]))
@@ -154,6 +151,7 @@ def main(argv: list[str]) -> None:
     fd, env, main_script, runs = int(argv[0]), Path(argv[1]), argv[2], Path(argv[3])
     pipe = Pipe(socket.socket(fileno=fd))
     isolation = _isolation.start(env, runs)  # while this process has one thread
+    _no_bytecode_in_tree(isolation)
     if argv[4] and isinstance(isolation, _isolation.Overlay):  # a built Python environment
         isolation.protect(Path(argv[4]))
     sys.path.insert(0, str(env))
@@ -161,28 +159,16 @@ def main(argv: list[str]) -> None:
         _serve(pipe, isolation, os.getppid())
 
 
-_primed: _isolation.Overlay | None = None  # namespaces a zygote entered when primed
-
-
 def _zygote(fd: int) -> None:
     """Wait (imported, nothing else done) to become the process the daemon names: its mode,
     variables, working folder and arguments, with its socket; leave when the daemon does.
 
-    It may be primed first, while a workspace is on its way: it takes the variables of the
-    template it will become, enters its namespaces and imports the installed packages that
-    template will import (numpy, say), so those imports overlap the transfer."""
-    global _primed
+    (It imports nothing of the Main's ahead: a script may set variables before its imports,
+    which must see them.)"""
     control = socket.socket(fileno=fd)
     try:
         for message, sockets in _orders(control):
-            if message[0] == Verb.PRIME:
-                _, variables, forwarded, runs, modules = message
-                _be_nice(int(variables.get(NICE_VAR, "0") or 0))  # (the owner's, now)
-                os.environ.update(variables)
-                os.environ.update({k: v for k, v in forwarded.items() if k not in THREAD_VARS})
-                _primed = _isolation.begin(Path(runs))  # (while it has one thread)
-                _import_all(modules)
-            elif message[0] == Verb.BECOME and sockets:
+            if message[0] == Verb.BECOME and sockets:
                 _, mode, variables, cwd, arguments = message
                 break
         else:
@@ -220,6 +206,14 @@ def _import_all(modules: list[str]) -> None:
             pass
 
 
+def _no_bytecode_in_tree(isolation: _isolation.Overlay | _isolation.Copies) -> None:
+    """Modules of the tree its build did not compile are compiled on import. Under an overlay
+    their bytecode lands in this process's own layer; with copies (imports read the shared
+    tree) none is written, so nothing reaches the tree."""
+    if isinstance(isolation, _isolation.Copies):
+        sys.dont_write_bytecode = True
+
+
 def _prepare(pipe: Pipe, env: Path, main_script: str) -> list[str] | None:
     """Take the Main's context and import its main script; None (said to the daemon) if the
     import raised, else the modules to import ahead (for a template)."""
@@ -251,8 +245,8 @@ def _template(argv: list[str]) -> None:
     fd, env, main_script, runs = int(argv[0]), Path(argv[1]), argv[2], Path(argv[3])
     control = socket.socket(fileno=fd)
     pipe = Pipe(control)
-    # (namespaces entered while it had one thread: now, or when it was primed)
-    isolation = _isolation.start(env, runs, _primed)
+    isolation = _isolation.start(env, runs)  # while this process has one thread
+    _no_bytecode_in_tree(isolation)
     if argv[4] and isinstance(isolation, _isolation.Overlay):
         isolation.protect(Path(argv[4]))
     sys.path.insert(0, str(env))
@@ -312,18 +306,20 @@ def _fork_executor(fd: int, control: socket.socket,
     template's descriptors it must not keep."""
     read_end, write_end = os.pipe()
     if os.fork() == 0:  # the intermediate: fork the executor, say its pid, leave
-        for other in others:
-            os.close(other)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # (tasks wait for their children)
-        os.close(read_end)
-        executor = os.fork()
-        if executor == 0:
-            os.close(write_end)
-            control.close()
-            _forked_executor(fd, isolation, daemon)
+        try:  # (never back into the template's loop, whatever fails here)
+            for other in others:
+                os.close(other)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # (tasks wait for their children)
+            os.close(read_end)
+            executor = os.fork()
+            if executor == 0:
+                os.close(write_end)
+                control.close()
+                _forked_executor(fd, isolation, daemon)
+                os._exit(0)
+            os.write(write_end, struct.pack("<q", executor))
+        finally:
             os._exit(0)
-        os.write(write_end, struct.pack("<q", executor))
-        os._exit(0)
     os.close(write_end)
     os.close(fd)
     return read_end

@@ -34,7 +34,7 @@ from distrib.wire._limits import MAX_MESSAGE_BYTES, OUTPUT_CHUNK
 from distrib.wire._messages import Outcome, RefusalCode
 from distrib.wire._record import ErrorRecord
 from distrib.worker import _pool
-from distrib.worker._dists import Change, Distributions, DistState, Failed, Ready
+from distrib.worker._dists import Change, Distributions, Failed, Ready
 from distrib.worker._envs import EnvPolicy, Environments
 from distrib.worker._gate import Gate
 from distrib.worker._isolation import remove_dead_runs, remove_tree
@@ -56,8 +56,8 @@ log = logging.getLogger("distrib.worker")
 peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
 
 _OUTCOMES = {outcome.value: outcome for outcome in Outcome}
+ZYGOTE_DEATHS = 5  # interpreters started ahead that die unused before no more are started
 SERVED_LOG_EVERY = 60.0  # seconds between log lines saying which Mains hold the slots
-PRIMED_FOR = 60.0  # seconds a primed interpreter waits for its template before it is replaced
 
 
 class Daemon:
@@ -123,6 +123,7 @@ class Daemon:
         self._forking = _pool.become_subreaper()  # executors forked from templates
         self.templates: dict[EnvKey, Template] = {}
         self._zygote: Zygote | None = None  # the next template's interpreter, started ahead
+        self._zygote_deaths = 0  # ones that died before a template took them
         self._no_fork: set[EnvKey] = set()  # environments whose templates cannot fork
         self._to_fork: set[EnvKey] = set()  # ready templates asked for executors this turn
         self.envs = Environments(cache_dir / "venvs", env_policy, lambda: self.name,
@@ -356,6 +357,9 @@ class Daemon:
         self.memory.per_task, self.memory.total = policy.max_task_memory, policy.max_memory
         if policy.nice != old.nice:
             self._renice(policy.nice)
+            if self._zygote is not None:  # (a lower niceness it may not take: a new one)
+                self._zygote.kill()
+                self._zygote = None
         if policy.threads != old.threads:
             self._apply(self.slots.resize(policy.threads))
         self._tell_all()  # (slots and memory limit, as each Main may use them)
@@ -474,7 +478,6 @@ class Daemon:
                 self._apply(self.slots.cancel(peer, task_id, time.monotonic()))
         elif isinstance(msg, m.Manifest):
             self._on_change(self.dists.on_manifest(msg))
-            self._prime(msg.dist)
         elif isinstance(msg, m.Blobs) and self.envs.building(msg.dist):
             self._on_wheels(peer, msg)
         elif isinstance(msg, m.Blobs):
@@ -748,46 +751,26 @@ class Daemon:
         if template is None or template.proc.poll() is not None:
             if template is not None:
                 self._drop_template(key)
-            zygote = None
-            if self._zygote is not None and self._zygote.primed_for in (None, key):
-                zygote, self._zygote = self._zygote, None  # (another starts when all is calm)
+            zygote, self._zygote = self._zygote, None  # (another is started when all is calm)
             template = self.templates[key] = Template.start(recipe, now, zygote)
         template.last_used = now
         template.waiting.append(ex_id)  # (forked with the others of this turn, at once)
         if template.ready:
             self._to_fork.add(key)
 
-    def _prime(self, dist_id: str) -> None:
-        """A workspace is on its way: the interpreter started ahead gets ready meanwhile for
-        the template its first tasks need (their variables, namespaces, and the installed
-        packages their Main had imported: numpy's import overlaps the transfer)."""
-        zygote, dist = self._zygote, self.dists.get(dist_id)
-        if zygote is None or zygote.primed_for is not None or dist is None or \
-                dist.state is DistState.READY or not self._forking:
-            return
-        task = next((t for t in self.slots.queues.tasks() if t.dist == dist_id), None)
-        context = self.mains.contexts.get(task.context) if task is not None else None
-        if task is None or context is None or context.env:  # (a built environment's Python)
-            return
-        key = EnvKey(dist_id, task.threads, task.context)
-        if key in self.templates or key in self._no_fork:
-            return
-        # Not the workspace's own modules (nor an installed one of the same name: the tree's
-        # must win when the template imports it).
-        own = {part.removesuffix(".py") for e in dist.entries for part in e.path.split("/")}
-        installed = [name for name in context.preload if name.partition(".")[0] not in own]
-        zygote.prime(key, _pool.variables(task.threads, self.policy.nice), context.environ,
-                     self.runs, installed, time.monotonic())
-
     def _keep_zygote(self, now: float) -> None:
         """Have an interpreter started ahead for the next template, once no template is
         importing (its start would slow theirs)."""
         zygote = self._zygote
-        if zygote is not None and (zygote.proc.poll() is not None or (
-                zygote.primed_for is not None and now - zygote.primed_at > PRIMED_FOR)):
-            zygote.kill()  # (it died, or no template took what it was primed for: replaced)
+        if zygote is not None and zygote.proc.poll() is not None:
+            zygote.kill()  # (it died: reaped, and replaced, unless they keep dying)
             self._zygote = None
-        if self._zygote is None and all(t.ready for t in self.templates.values()):
+            self._zygote_deaths += 1
+            if self._zygote_deaths == ZYGOTE_DEATHS:
+                log.warning("the interpreters started ahead for templates keep dying; "
+                            "templates start their own (about 0.1 s more at a first call)")
+        if self._zygote is None and self._zygote_deaths < ZYGOTE_DEATHS and all(
+                t.ready for t in self.templates.values()):
             try:
                 self._zygote = Zygote(self.policy.nice)
             except OSError as exc:

@@ -40,10 +40,8 @@ class Overlay:
 
     kind = "overlay"
 
-    def __init__(self, scratch: Path) -> None:
-        """Enter namespaces of its own (the process must have one thread); ``attach`` then
-        mounts the environment's overlay, which may be after imports started threads."""
-        self.env, self.scratch = Path("/"), scratch
+    def __init__(self, env: Path, scratch: Path) -> None:
+        self.env, self.scratch = env, scratch
         self._libc = ctypes.CDLL(None, use_errno=True)
         uid, gid = os.getuid(), os.getgid()
         self._call("unshare", _CLONE_NEWUSER | _CLONE_NEWNS)  # the process is single-threaded
@@ -56,10 +54,6 @@ class Overlay:
         self._upper: Path | None = None
         self._mtime = 0  # the upper layer's mtime when it was empty
         self._last_start = 0  # when the previous task began (wall clock, ns)
-
-    def attach(self, env: Path) -> None:
-        """Mount the overlay over ``env`` (once)."""
-        self.env = env
         self._mount()
 
     def enter(self) -> None:
@@ -189,26 +183,12 @@ def _files(root: Path, keep: Callable[[os.stat_result], bool]) -> list[str]:
     return sorted(out)
 
 
-def begin(scratch: Path) -> Overlay | None:
-    """Namespaces of its own for this process, if the platform allows (call while it has one
-    thread); None if not."""
+def start(env: Path, scratch: Path) -> Overlay | Copies:
+    """The best isolation this platform allows (call while the process has one thread)."""
     try:
-        return Overlay(scratch)
+        return Overlay(env, scratch)
     except (OSError, AttributeError):
-        return None
-
-
-def start(env: Path, scratch: Path, begun: Overlay | None = None) -> Overlay | Copies:
-    """The best isolation this platform allows: ``begun`` (from ``begin``), or namespaces
-    entered now (while the process has one thread), with ``env``'s overlay; else copies."""
-    overlay = begun or begin(scratch)
-    if overlay is not None:
-        try:
-            overlay.attach(env)
-            return overlay
-        except OSError:
-            pass
-    return Copies(env, scratch)
+        return Copies(env, scratch)
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:

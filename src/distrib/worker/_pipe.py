@@ -32,7 +32,6 @@ class Verb(enum.StrEnum):
     # daemon -> executor
     CONTEXT = "context"  # [CONTEXT, argv, variables]: first, the Main's sys.argv and variables
     # daemon -> zygote (an interpreter started ahead; see _pool.Zygote)
-    PRIME = "prime"  # [PRIME, variables, forwarded, runs, modules]: get ready for a template
     BECOME = "become"  # [BECOME, mode, variables, cwd, arguments] + its socket
     RUN = "run"  # [RUN, key, objects, shm, pid] + call frames: run this task (several may
     # wait, in order); objects: the folder of its Main's shared objects, or ""; shm: its call

@@ -214,26 +214,15 @@ class Zygote:
 
     def __init__(self, nice: int) -> None:
         ours, theirs = socket.socketpair()
-        try:  # (at the owner's niceness: its start and priming are work done for Mains)
+        try:  # (at the owner's niceness: its start is work done for Mains)
             self.proc = _python(Path(sys.executable), ["zygote", str(theirs.fileno())], theirs,
                                 {**os.environ, NICE_VAR: str(nice)}, Path("/"))
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         self._control = ours
-        self.primed_for: Any = None  # the template it got ready for (an EnvKey), if any
-        self.primed_at = 0.0
-
-    def prime(self, key: Any, variables: dict[str, str], forwarded: dict[str, str], runs: Path,
-              modules: list[str], now: float) -> None:
-        """Get ready to become ``key``'s template (its ``variables`` and its Main's
-        ``forwarded`` ones), importing ``modules`` (installed ones: the workspace is not there
-        yet)."""
-        try:
-            self._control.send(msgpack.packb([Verb.PRIME, variables, forwarded, str(runs),
-                                              modules]))
-            self.primed_for, self.primed_at = key, now
-        except OSError:
-            pass
 
     def become(self, recipe: Recipe, mode: list[str],
                theirs: socket.socket) -> subprocess.Popen[bytes] | None:
