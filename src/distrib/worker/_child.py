@@ -197,15 +197,6 @@ def _orders(control: socket.socket) -> Iterator[tuple[list[Any], list[int]]]:
             yield message, sockets
 
 
-def _import_all(modules: list[str]) -> None:
-    """Import what tasks will likely import too; a module that fails is left to them."""
-    for name in modules[:500]:
-        try:
-            importlib.import_module(name)
-        except Exception:  # (a task that needs it will say why)
-            pass
-
-
 def _no_bytecode_in_tree(isolation: _isolation.Overlay | _isolation.Copies) -> None:
     """Modules of the tree its build did not compile are compiled on import. Under an overlay
     their bytecode lands in this process's own layer; with copies (imports read the shared
@@ -253,7 +244,11 @@ def _template(argv: list[str]) -> None:
     preload = _prepare(pipe, env, main_script)
     if preload is None:
         return
-    _import_all(preload)  # what the Main had imported: tasks will likely import it too
+    for name in preload[:500]:  # what the Main had imported: tasks will likely import it too
+        try:
+            importlib.import_module(name)
+        except Exception:  # (a task that needs it will say why)
+            pass
     threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1
     if threads > 1 or threading.active_count() > 1 or pipe.buffered():
         pipe.send([Verb.NOFORK, f"importing the workspace started {threads - 1} thread(s), "
@@ -286,9 +281,7 @@ def _asked_forks(control: socket.socket) -> list[int]:
     while True:
         try:
             _, got, _, _ = socket.recv_fds(control, 1, 1)
-        except (BlockingIOError, InterruptedError):
-            break
-        except OSError:
+        except OSError:  # (BlockingIOError: no more sent yet)
             break
         if not got:
             break

@@ -173,7 +173,9 @@ class Recipe:
 
     def variables(self) -> dict[str, str]:
         """What its processes' environment has besides the daemon's."""
-        return variables(self.threads, self.nice)
+        out = dict.fromkeys(THREAD_VARS, str(self.threads))
+        out[NICE_VAR] = str(self.nice)  # (the child applies it first thing, and drops it)
+        return out
 
     def arguments(self) -> list[str]:
         """Its processes' arguments after their socket's descriptor."""
@@ -184,14 +186,6 @@ class Recipe:
         return _python(self.python or Path(sys.executable),
                        [*mode, str(theirs.fileno()), *self.arguments()], theirs,
                        {**os.environ, **self.variables()}, self.env)
-
-
-def variables(threads: int, nice: int) -> dict[str, str]:
-    """What the environment of executors of ``threads`` at ``nice`` has besides the
-    daemon's."""
-    out = dict.fromkeys(THREAD_VARS, str(threads))
-    out[NICE_VAR] = str(nice)  # (the child applies it first thing, and drops it)
-    return out
 
 
 def _python(python: Path, argv: list[str], theirs: socket.socket, environ: dict[str, str],
