@@ -219,3 +219,14 @@ def test_leftovers_of_a_dead_daemon_are_removed_at_start(tmp_path: Path) -> None
     os.utime(old, (0, 0))
     store.clean_leftovers()
     assert not old.exists() and fresh.exists()
+
+
+def test_a_tree_compiles_its_main_script_and_the_modules_its_main_imported() -> None:
+    from distrib.workspace._manifest import Entry
+    from distrib.workspace._store import _module_files
+
+    paths = ["main.py", "pkg/__init__.py", "pkg/mod.py", "pkg/other.py", "src/lib/__init__.py",
+             "src/lib/core.py", "tests/test_x.py", "data.csv"]
+    entries = [Entry(p, 1, False, "0" * 64) for p in paths]
+    assert _module_files(entries, "main.py", ["pkg.mod", "lib.core", "numpy"]) == [
+        "main.py", "pkg/__init__.py", "pkg/mod.py", "src/lib/__init__.py", "src/lib/core.py"]

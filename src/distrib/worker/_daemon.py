@@ -369,8 +369,7 @@ class Daemon:
         forked later inherit theirs) runs at ``nice`` now."""
         refused = 0
         pids = [proc.pid for proc in self.procs.values() if proc.pid] + [
-            t.proc.pid for t in self.templates.values()] + (
-            [self._zygote.proc.pid] if self._zygote is not None else [])
+            t.proc.pid for t in self.templates.values()]
         for pid in pids:
             try:
                 tree = [psutil.Process(pid)]
@@ -758,7 +757,7 @@ class Daemon:
         if template.ready:
             self._to_fork.add(key)
 
-    def _keep_zygote(self, now: float) -> None:
+    def _keep_zygote(self) -> None:
         """Have an interpreter started ahead for the next template, once no template is
         importing (its start would slow theirs)."""
         zygote = self._zygote
@@ -956,7 +955,7 @@ class Daemon:
                 self._apply(self._executor_died(ex_id))
         if self._forking:
             self._reap_strays()
-            self._keep_zygote(now)
+            self._keep_zygote()
         for pid in list(self._shm_sweep):
             if any(x.pid == pid and x.shm for x in self.mains.values()):
                 self._shm_sweep.discard(pid)  # it came back
