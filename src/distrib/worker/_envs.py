@@ -16,6 +16,7 @@ the end of ``sys.path``, so a package the Main pinned wins over the worker's cop
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -118,10 +119,21 @@ def _version_of(path: Path) -> str | None:
     return f"{major}.{minor}"
 
 
-def _uv() -> str:
+_uv_lock = threading.Lock()
+
+
+@functools.cache
+def _uv_path() -> str:
     from uv import find_uv_bin
 
     return find_uv_bin()
+
+
+def _uv() -> str:
+    """uv's binary, found once: builds run in threads, and finding it reads sysconfig,
+    whose first read is not thread-safe (two builds at once once got None for a variable)."""
+    with _uv_lock:
+        return _uv_path()
 
 
 def _uv_environ(cache: Path | None) -> dict[str, str]:
