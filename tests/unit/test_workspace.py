@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import zlib
 from pathlib import Path
 
@@ -230,3 +231,22 @@ def test_a_tree_compiles_its_main_script_and_the_modules_its_main_imported() -> 
     entries = [Entry(p, 1, False, "0" * 64) for p in paths]
     assert _module_files(entries, "main.py", ["pkg.mod", "lib.core", "numpy"]) == [
         "main.py", "pkg/__init__.py", "pkg/mod.py", "src/lib/__init__.py", "src/lib/core.py"]
+
+
+def test_the_stores_disk_use_skips_files_that_vanish_while_it_is_measured(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from distrib.workspace import _store
+
+    store = _store.Store(tmp_path / "cache")
+    (store.root / "runs").mkdir()
+    (store.root / "runs" / "kept").write_bytes(b"x" * 10)
+    (store.root / "runs" / "gone").write_bytes(b"y" * 5)
+    real = os.lstat
+
+    def lstat(path: str) -> os.stat_result:  # (an executor removed it after the listing)
+        if path.endswith("gone"):
+            raise FileNotFoundError(path)
+        return real(path)
+
+    monkeypatch.setattr(_store.os, "lstat", lstat)
+    assert store.usage() == 10

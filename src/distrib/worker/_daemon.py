@@ -457,7 +457,10 @@ class Daemon:
 
     def _on_message(self, peer: bytes, msg: m.Message, key: str = "") -> None:
         if isinstance(msg, m.StatusRequest):
-            self._send(peer, m.Status(self.status()))
+            try:
+                self._send(peer, m.Status(self.status()))
+            except Exception:  # (a question must not stop the daemon: say why, serve on)
+                log.exception("could not answer a status query")
             return
         if isinstance(msg, m.Hello):
             self._on_hello(peer, msg, key)

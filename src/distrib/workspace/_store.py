@@ -226,7 +226,10 @@ class Store:
         total, seen = 0, set()
         for folder, _, files in os.walk(self.root):
             for name in files:
-                st = os.lstat(os.path.join(folder, name))
+                try:
+                    st = os.lstat(os.path.join(folder, name))
+                except OSError:  # (gone meanwhile: a task's scratch layer, say)
+                    continue
                 if st.st_ino not in seen:
                     seen.add(st.st_ino)
                     total += st.st_size
