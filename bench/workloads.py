@@ -87,14 +87,21 @@ def warm_up(fw: Framework, slots: int) -> Metrics:
 
 
 @contextmanager
-def cluster(name: str, slots: int) -> Iterator[tuple[Framework, Metrics]]:
-    """A started and warmed-up framework (and what the warm-up took); stopped on exit."""
+def started(name: str, slots: int) -> Iterator[Framework]:
+    """A started framework, cold (no warm-up); stopped on exit."""
     fw = load(name)
     fw.start(slots)
     try:
-        yield fw, warm_up(fw, slots)
+        yield fw
     finally:
         fw.stop()
+
+
+@contextmanager
+def cluster(name: str, slots: int) -> Iterator[tuple[Framework, Metrics]]:
+    """A started and warmed-up framework (and what the warm-up took); stopped on exit."""
+    with started(name, slots) as fw:
+        yield fw, warm_up(fw, slots)
 
 
 def rss() -> int:
@@ -303,35 +310,29 @@ def full_parallelism(name: str, p: Metrics) -> Metrics:
     imports numpy; wall time from the first call to the last result."""
     from bench import numpy_tasks  # (the Main imports it, as a script importing numpy does)
 
-    fw = load(name)
-    fw.start(p["slots"])
-    try:
-        t0 = time.perf_counter()
-        handles = [fw.submit(numpy_tasks.nap, p["seconds"]) for _ in range(p["calls"])]
-        check([fw.result(h) for h in handles], [1] * p["calls"], "nap")
-        elapsed = time.perf_counter() - t0
-    finally:
-        fw.stop()
+    with started(name, p["slots"]) as fw:
+        elapsed = _naps(fw, numpy_tasks.nap, p["calls"], p["seconds"])
     return {"seconds": elapsed, "efficiency": p["seconds"] / elapsed}
 
 
 def first_batch(name: str, p: Metrics) -> Metrics:
     """W8b: the seed example's first batch: a fresh cluster, one warm-up call, then ``calls``
     sleeps of a module that imports numpy; efficiency = ideal / elapsed."""
-    from bench import numpy_tasks
+    from bench import numpy_tasks  # (before the cluster starts, as in W8)
 
     ideal = p["calls"] * p["seconds"] / p["slots"]
-    fw = load(name)
-    fw.start(p["slots"])
-    try:
-        fw.result(fw.submit(numpy_tasks.nap, 0.0))
-        t0 = time.perf_counter()
-        handles = [fw.submit(numpy_tasks.nap, p["seconds"]) for _ in range(p["calls"])]
-        check([fw.result(h) for h in handles], [1] * p["calls"], "nap")
-        elapsed = time.perf_counter() - t0
-    finally:
-        fw.stop()
+    with started(name, p["slots"]) as fw:
+        _naps(fw, numpy_tasks.nap, 1, 0.0)
+        elapsed = _naps(fw, numpy_tasks.nap, p["calls"], p["seconds"])
     return {"efficiency": ideal / elapsed, "elapsed_s": elapsed, "ideal_s": ideal}
+
+
+def _naps(fw: Framework, nap: Callable[[float], int], calls: int, seconds: float) -> float:
+    """Wall time of ``calls`` concurrent ``nap(seconds)``, checked."""
+    t0 = time.perf_counter()
+    handles = [fw.submit(nap, seconds) for _ in range(calls)]
+    check([fw.result(h) for h in handles], [1] * calls, "nap")
+    return time.perf_counter() - t0
 
 
 def memory(name: str, p: Metrics) -> Metrics:
