@@ -19,7 +19,7 @@ def task(task_id: int, value: object = None, exc: BaseException | None = None,
 
 
 def test_each_call_counts_once_by_how_it_ended() -> None:
-    stats = Stats()
+    stats = Stats(0)
     for _ in range(4):
         stats.submitted("f")
     done = task(1, 2)
@@ -47,7 +47,7 @@ class Unprintable(Exception):
 
 
 def test_recent_failures_are_bounded_newest_first_and_any_error_is_shown() -> None:
-    stats = Stats()
+    stats = Stats(0)
     for i in range(FAILURES + 5):
         stats.counted(task(i, exc=WorkerLost(f"lost {i}")), "w0")
     assert len(stats.failures) == FAILURES
@@ -59,7 +59,7 @@ def test_recent_failures_are_bounded_newest_first_and_any_error_is_shown() -> No
 
 
 def test_run_times_from_a_worker_that_sends_garbage_are_ignored() -> None:
-    stats = Stats()
+    stats = Stats(0)
     for reported in ("0.25", "0.75", "nan", "inf", "1e308", "-1", "fast", ""):
         stats.ran("f", reported)
     f = stats.functions["f"]
@@ -67,7 +67,7 @@ def test_run_times_from_a_worker_that_sends_garbage_are_ignored() -> None:
 
 
 def test_throughput_is_sampled_once_a_second_from_settled_calls() -> None:
-    stats = Stats()
+    stats = Stats(0)
     start = stats._sampled[0]
     for i in range(10):
         stats.counted(task(i, i), "w0")

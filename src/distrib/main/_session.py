@@ -140,7 +140,8 @@ class Session:
         self._warned: set[Any] = set()
         self._started = time.monotonic()
         # With a dashboard: counts kept by the I/O thread, and the snapshot it publishes.
-        self.stats = Stats() if settings.dashboard else None
+        self.stats = Stats(sum(e.size for e in self.dist.entries)) if settings.dashboard \
+            else None
         self.snapshot: dict[str, Any] | None = None
         self._published = 0.0
         self._thread = threading.Thread(target=self._run, name="distrib-io", daemon=True)
@@ -307,8 +308,8 @@ class Session:
         while self._cancels:
             task_id = self._cancels.popleft()
             withdrawn, link_id = self.scheduler.withdraw(task_id)
-            if withdrawn is not None and stats is not None:
-                stats.counted(withdrawn)
+            if withdrawn is not None:
+                self._count(withdrawn)
             if link_id is not None:
                 self.links[link_id].send(m.Cancel([task_id]))
 
@@ -508,9 +509,8 @@ class Session:
             task.response._finish(link.name, exc=WorkerLost(
                 f"task {task.name}#{task.task_id} was on worker {link.label}, which {reason}; "
                 f"tried {task.attempts} times"))
-        if self.stats is not None:
-            for task in inflight:
-                self.stats.counted(task, link.name, retried=True)
+        for task in inflight:
+            self._count(task, link.name, retried=True)
         link.close()
         link.state, link.since, link.reason = state, time.monotonic(), reason
         link.building = link.has_workspace = False  # (a worker started again says anew)
@@ -540,12 +540,14 @@ class Session:
                 link.has_workspace, link.building = True, False
                 if "ran" in spec.info:
                     self.stats.ran(task.name, spec.info["ran"])
-                self.stats.counted(task, link.name, link.link_id,
-                                   retried=spec.status is m.Outcome.CRASHED)
+                self._count(task, link.name, link.link_id,
+                            retried=spec.status is m.Outcome.CRASHED)
 
-    def _count(self, task: Task, worker: str = "", reported_by: str = "") -> None:
+    def _count(self, task: Task, worker: str = "", reported_by: str = "",
+               retried: bool = False) -> None:
+        """For the dashboard (see ``Stats.counted``)."""
         if self.stats is not None:
-            self.stats.counted(task, worker, reported_by)
+            self.stats.counted(task, worker, reported_by, retried)
 
     def _print(self, link: Link, msg: m.Output) -> None:
         stream = sys.stderr if msg.stream == 2 else sys.stdout

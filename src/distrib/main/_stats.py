@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from distrib._errors import Cancelled
 from distrib._response import UNFINISHED, Response
 
+from distrib.main._link import Link, LinkState
+
 if TYPE_CHECKING:
     from distrib.main._scheduler import Task
     from distrib.main._session import Session
@@ -50,15 +52,15 @@ def error_type(exc: BaseException) -> str:
 class Stats:
     """Counts of one session's calls, by function and by worker (I/O thread only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, workspace_bytes: int) -> None:
         self.functions: dict[str, FunctionStats] = {}
-        self.by_worker: dict[str, int] = {}  # worker name -> calls it finished
+        self.by_worker: dict[str, int] = {}  # worker link -> calls whose outcome it reported
         self.failures: deque[dict[str, Any]] = deque(maxlen=FAILURES)
         self.settled_total = 0
         self.throughput: deque[tuple[float, float]] = deque(maxlen=THROUGHPUT_SECONDS)
         self._sampled = (time.monotonic(), 0)  # (when, settled_total then)
         self.known: dict[str, tuple[str, str, int]] = {}  # link -> (platform, Python, slots)
-        self.workspace_bytes = -1  # (summed at the first snapshot)
+        self.workspace_bytes = workspace_bytes
 
     def _of(self, name: str) -> FunctionStats:
         stats = self.functions.get(name)
@@ -134,9 +136,7 @@ def _p95(values: deque[float]) -> float | None:
     return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
 
-def _worker_state(session: Session, link: Any) -> str:
-    from distrib.main._link import LinkState
-
+def _worker_state(session: Session, link: Link) -> str:
     view = session.scheduler.workers.get(link.link_id)
     if link.state is LinkState.READY:
         if view is not None and view.unable:
@@ -187,8 +187,6 @@ def snapshot(session: Session, stats: Stats) -> dict[str, Any]:
         functions.append({"name": name, **counts, "p95": _p95(f.recent),
                           "mean": f.run_total / f.runs if f.runs else None})
     dist = session.dist
-    if stats.workspace_bytes < 0:
-        stats.workspace_bytes = sum(e.size for e in dist.entries)
     return {
         "time": time.time(),
         "main": {"name": session.name, "python": session.python,

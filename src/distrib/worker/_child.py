@@ -17,7 +17,6 @@ import threading
 import time
 import socket
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -166,35 +165,19 @@ def _zygote(fd: int) -> None:
     (It imports nothing of the Main's ahead: a script may set variables before its imports,
     which must see them.)"""
     control = socket.socket(fileno=fd)
-    try:
-        for message, sockets in _orders(control):
-            if message[0] == Verb.BECOME and sockets:
-                _, mode, variables, cwd, arguments = message
-                break
-        else:
-            return  # the daemon closed its end: not needed
+    try:  # (its one message, small, sent with one call)
+        data, fds, _, _ = socket.recv_fds(control, 1 << 16, 1)
+        message = msgpack.unpackb(data) if data else None
     except (OSError, ValueError):
         return
     finally:
         control.close()
+    if not message or message[0] != Verb.BECOME or not fds:
+        return  # the daemon closed its end: not needed
+    _, mode, variables, cwd, arguments = message
     os.environ.update(variables)
     os.chdir(cwd)
-    main([*mode, str(sockets[0]), *arguments])
-
-
-def _orders(control: socket.socket) -> Iterator[tuple[list[Any], list[int]]]:
-    """The daemon's messages to a zygote, each with the sockets received so far, until it
-    closes its end (a stream: two messages may come in one read)."""
-    messages = msgpack.Unpacker()
-    sockets: list[int] = []
-    while True:
-        data, fds, _, _ = socket.recv_fds(control, 1 << 16, 1)
-        if not data:
-            return
-        sockets += fds
-        messages.feed(data)
-        for message in messages:
-            yield message, sockets
+    main([*mode, str(fds[0]), *arguments])
 
 
 def _no_bytecode_in_tree(isolation: _isolation.Overlay | _isolation.Copies) -> None:
