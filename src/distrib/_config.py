@@ -123,13 +123,16 @@ def parse_size(raw: Any, name: str) -> int:
     return int(value)
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def _bool(name: str, raw: Any) -> bool:
     if isinstance(raw, bool):
         return raw
     value = str(raw).strip().lower()
-    if value in ("1", "true", "yes", "on"):
+    if value in _TRUE:
         return True
-    if value in ("0", "false", "no", "off"):
+    if value in _FALSE:
         return False
     raise ConfigError(f"{name}={raw!r}: expected true or false")
 
@@ -292,8 +295,7 @@ DASHBOARD_PORT = 8787
 
 def _dashboard(name: str, raw: Any) -> str | None:
     """Where the dashboard listens, from true/false, a port or "host:port" (None: off)."""
-    if (isinstance(raw, str) and raw.strip().lower() in ("1", "true", "yes", "on", "0", "false",
-                                                         "no", "off")) or raw in (0, 1):
+    if (isinstance(raw, str) and raw.strip().lower() in _TRUE + _FALSE) or raw in (0, 1):
         raw = _bool(name, str(raw))  # (0 and 1 too, as for every switch; any port: ":0")
     if isinstance(raw, bool):
         return f"127.0.0.1:{DASHBOARD_PORT}" if raw else None

@@ -517,7 +517,7 @@ class Slots:
         may use, on room no other executor holds (as a process pool starts its workers at
         the first call), so the next calls find them ready. Unused, they stop after
         ``idle_after``."""
-        most = min(self.slots, self.limits.get(peer, self.slots)) // key.threads
+        most = self.offered(peer) // key.threads
         have = sum(1 for e in self.executors.values() if e.key == key)
         for _ in range(min(most - have, self.slots - len(self.executors))):
             self._spawn(key).idle_since = now
