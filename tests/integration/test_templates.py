@@ -206,3 +206,83 @@ def test_the_first_template_is_an_interpreter_started_ahead_and_executors_hold_t
     for pid in [ahead.pid, *executors]:
         wait_for(lambda: _ended(pid), what=f"process {pid} of the killed daemon to end")
 
+
+
+AHEAD = """\
+import logging, os, sys, time
+from pathlib import Path
+import distrib
+from distrib import distributed
+{extra}
+LOADED_AT = time.time_ns()  # when this script was imported, in this process
+
+@distributed
+def where(i):
+    time.sleep(0.3)
+    return os.getpid(), LOADED_AT
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    distrib.init()
+    print("init returned", flush=True)
+    go = Path("go")
+    deadline = time.monotonic() + 60
+    while sys.argv[1:] == ["wait"] and not go.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first_call = time.time_ns()
+    calls = [where(i) for i in range({calls})]
+    try:
+        for pid, loaded in [call.unwrap() for call in calls]:
+            print(pid, loaded, first_call)
+    except Exception as exc:
+        print(type(exc).__name__, exc)
+"""
+
+
+def test_init_returns_with_an_executor_per_local_slot_that_imported_the_script(
+        workspace: Workspace) -> None:
+    workspace.write("main.py", AHEAD.format(extra="", calls=6))
+    out = workspace.run("main.py", env={"DISTRIB_LOCAL_THREADS": "3"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [tuple(map(int, line.split())) for line in out.stdout.splitlines()[1:]]
+    assert len(rows) == 6
+    assert len({pid for pid, _, _ in rows}) == 3  # one executor per slot ...
+    assert len({loaded for _, loaded, _ in rows}) == 1  # ... forked from one import ...
+    assert all(loaded < first for _, loaded, first in rows)  # ... done before the first call
+
+
+def test_a_worker_starts_an_executor_for_a_main_as_it_connects(
+        workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
+    import subprocess
+
+    from tests.helpers import PYTHON, ended
+
+    worker = start_worker(threads=4)
+    workspace.write("main.py", AHEAD.format(extra="", calls=1))
+    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
+           "DISTRIB_WORKERS": worker.address}
+    with ended(subprocess.Popen([str(PYTHON), "main.py", "wait"], cwd=workspace.root, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)) as main:
+        assert main.stdout is not None and main.stdout.readline() == "init returned\n"
+        # Before any call: the workspace is there, its template imported it, and one
+        # executor was forked from it.
+        status = wait_for(lambda: (s := worker.status())["executors"] and s, timeout=60,
+                          what="an executor started ahead of the first call")
+        assert len(status["templates"]) == 1 and len(status["executors"]) == 1
+        (workspace.root / "go").touch()
+        out, err = main.communicate(timeout=120)
+    assert main.returncode == 0, err[-3000:]
+    ((pid, loaded, first),) = [tuple(map(int, line.split())) for line in out.splitlines()]
+    assert pid == status["executors"][0] and loaded < first
+
+
+def test_a_script_that_cannot_be_imported_on_workers_does_not_hold_init(
+        workspace: Workspace) -> None:
+    workspace.write("main.py", AHEAD.format(
+        extra='if __name__ != "__main__":\n    raise RuntimeError("not on workers")', calls=1))
+    out = workspace.run("main.py")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "started no executor ahead: its executors stopped before they were ready" \
+        in out.stderr
+    assert out.stdout.splitlines()[1] == "RuntimeError not on workers"

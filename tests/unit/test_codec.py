@@ -18,6 +18,8 @@ SAMPLES: list[m.Message] = [
     m.Welcome(1, "wid", "w", "linux-x86_64", "3.11", 4, 7, ["3.11", "3.12"], "", 1 << 29),
     m.WorkerState("draining", 2, 0, ""),
     m.WorkerState("paused", 1, 300 << 20, "outside its lending hours (Sat-Sun)"),
+    m.Warmed("ab" * 32, 4, ""),
+    m.Warmed("ab" * 32, 0, "other executors hold every slot it may use"),
     m.EnvProgress("building environment: numpy 2.1.3 (Python 3.11)"),
     m.Refused(m.RefusalCode.UNKNOWN_PEER, "no"),
     m.Goodbye(),

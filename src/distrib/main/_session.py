@@ -11,6 +11,7 @@ Only the I/O thread touches sockets and the scheduler; user threads only append 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -59,6 +60,7 @@ SHIP_NOTICE_BYTES = 16 << 20  # a shipment this large says so, and how long it t
 SCAN_NOTICE_SECONDS = 1.0  # a scan of the workspace this slow says so
 PUBLISH_EVERY = 0.5  # seconds between the dashboard's snapshots
 AUTH_RETRY_AFTER = 10.0  # a refused key may be authorized later (workers reread their list)
+WARM_WAIT = 60.0  # the most init() waits for the local worker's executors
 
 
 def _setup_logging() -> None:
@@ -116,7 +118,8 @@ class Session:
                              self.env.encode(), MAX_MESSAGE_BYTES,
                              preload_modules(self.dist.root if self.dist.entries else None),
                              settings.max_payload or 0,
-                             [self._probe[0].name, self._probe[1]] if self._probe else [])
+                             [self._probe[0].name, self._probe[1]] if self._probe else [],
+                             self.dist.dist_id, 1)
         self.links: dict[str, Link] = {}
         for worker in workers:
             self._add_link(worker)
@@ -144,6 +147,7 @@ class Session:
             else None
         self.snapshot: dict[str, Any] | None = None
         self._published = 0.0
+        self._warmed = threading.Event()  # the local worker's executors are ready (or never)
         self._thread = threading.Thread(target=self._run, name="distrib-io", daemon=True)
         self._thread.start()
         self.dashboard = None
@@ -155,11 +159,30 @@ class Session:
             except BaseException:  # (a port it may not use: nothing is left running)
                 self.close()
                 raise
+        if self.local is not None:
+            self._await_warm(start)
+
+    def _await_warm(self, start: float) -> None:
+        """The local worker starts an executor per slot as it hears our Hello: wait until
+        they have imported the workspace, so that the first calls start at once, as a process
+        pool's do (calls made after ``WARM_WAIT`` seconds wait for them instead)."""
+        try:
+            if not self._warmed.wait(WARM_WAIT):
+                log.warning("the local worker's executors are not ready after %.0f s; calls "
+                            "wait for them", WARM_WAIT)
+        except BaseException:  # (Ctrl-C here: nothing is left running)
+            self.close()
+            raise
+        log.debug("the local worker's executors were ready %.2f s after the start",
+                  time.monotonic() - start)
 
     def _add_link(self, worker: _config.WorkerAddress) -> Link:
         link_id = f"w{len(self.links)}"
+        hello = self.hello
+        if self.local is not None:  # (ours alone: all its slots get an executor ahead)
+            hello = dataclasses.replace(hello, warm=self.settings.local_threads)
         link = Link(link_id, worker.address, _config.endpoint(worker.address), self.ctx,
-                    self.hello, worker.public_key, self.settings.key)
+                    hello, worker.public_key, self.settings.key)
         self.links[link_id] = link
         return link
 
@@ -276,6 +299,7 @@ class Session:
             log.exception("the distrib I/O thread failed; pending tasks cannot finish")
             raise
         finally:
+            self._warmed.set()
             for link in self.links.values():
                 link.send(m.Goodbye())
                 link.close()
@@ -379,6 +403,10 @@ class Session:
             self._send_objects(link, msg.keys)
         elif isinstance(msg, m.WorkerState):
             self._on_state(link, msg)
+        elif isinstance(msg, m.Warmed):
+            if msg.why:
+                log.info("worker %s started no executor ahead: %s", link.label, msg.why)
+            self._warmed.set()
         elif isinstance(msg, m.EnvProgress):
             link.building = msg.text.startswith("building")
             log.warning("worker %s: %s", link.label, msg.text)
@@ -514,6 +542,7 @@ class Session:
         link.close()
         link.state, link.since, link.reason = state, time.monotonic(), reason
         link.building = link.has_workspace = False  # (a worker started again says anew)
+        self._warmed.set()  # (no executors ahead: its Welcome or calls say why)
 
     def _on_results(self, link: Link, msg: m.Results) -> None:
         at = 0

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from distrib.wire._limits import INLINE_MAX
 
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 
 
 class Outcome(enum.StrEnum):
@@ -80,6 +80,8 @@ class Hello(Message):
     # [name, token] of a file it wrote in /dev/shm: a worker that reads it (as the same user)
     # exchanges large frames with it through shared memory (``distrib._shm``); [] for none
     shm_probe: list[str] = field(default_factory=list)
+    dist: str = ""  # the distribution its calls use: the worker fetches it now
+    warm: int = 0  # executors it would like started ahead for its calls (one thread each)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +227,18 @@ class WorkerState(Message):
     why: str
 
 
+@dataclass(frozen=True, slots=True)
+class Warmed(Message):
+    """Worker -> Main: the executors its Hello asked for (``warm``) are started and have
+    imported its workspace: ``executors`` of them (fewer if the slots it may use or free room
+    allow fewer), or none and ``why`` not."""
+
+    TAG: ClassVar[int] = 16
+    dist: str
+    executors: int
+    why: str
+
+
 # --- workspace -------------------------------------------------------------------------------
 
 
@@ -331,6 +345,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     Output,
     EnvProgress,
     WorkerState,
+    Warmed,
     NeedManifest,
     Manifest,
     NeedBlobs,

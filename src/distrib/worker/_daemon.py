@@ -40,7 +40,7 @@ from distrib.worker._gate import Gate
 from distrib.worker._isolation import remove_dead_runs, remove_tree
 from distrib.worker._control import COMMANDS, ControlSocket, reply
 from distrib.worker._lending import Lending
-from distrib.worker._mains import Mains
+from distrib.worker._mains import MainPeer, Mains
 from distrib.worker._memory import MemoryWatch
 from distrib.worker import _policy
 from distrib.worker._policy import Policy
@@ -50,6 +50,7 @@ from distrib.worker._pipe import Verb
 from distrib.worker._pool import ExecutorProcess, Recipe, Template, Zygote
 from distrib.worker._slots import Action, EnvKey, Kill, Report, Send, Skip, Slots, Spawn
 from distrib.worker._state import QueuedTask
+from distrib.worker._warming import Warming
 from distrib.workspace._store import Store
 
 log = logging.getLogger("distrib.worker")
@@ -126,6 +127,7 @@ class Daemon:
         self._zygote_deaths = 0  # ones that died before a template took them
         self._no_fork: set[EnvKey] = set()  # environments whose templates cannot fork
         self._to_fork: set[EnvKey] = set()  # ready templates asked for executors this turn
+        self.warming = Warming()  # Mains whose Hello asked for executors ahead of their calls
         self.envs = Environments(cache_dir / "venvs", env_policy, lambda: self.name,
                                  self._wake_loop, self._envs_in_use, self._env_dropped)
         self.envs.blob_path = store.blob_path
@@ -195,6 +197,8 @@ class Daemon:
                     self._tick(now)
                     next_tick = now + min(self.heartbeat_interval, 0.25)
                 self._apply(self.slots.schedule(now))
+                if self.warming:
+                    self._tell(self.warming.done(self.slots.executors.values()))
                 self._outbox.flush(self._send)
                 if self.state == "draining" and not self.slots.running_any():
                     log.info("worker %s drained: its running tasks are done; leaving",
@@ -531,6 +535,32 @@ class Daemon:
                                    self.memory.per_task or 0))
         if self._effective_state()[0] != "serving":
             self._send(peer, self._worker_state(peer))
+        if msg.dist and msg.warm > 0:
+            self._warm(main, msg.dist, msg.warm)
+
+    def _warm(self, main: MainPeer, dist: str, count: int) -> None:
+        """Fetch ``dist`` now and start ``count`` executors of it once it is here, ahead of
+        the Main's first call (``Warmed`` tells it when they are ready, or why not)."""
+        why = main.env_problem or (
+            "" if self._effective_state()[0] == "serving" else "the worker is not lending now")
+        if why:
+            self._send(main.peer, m.Warmed(dist, 0, why))
+            return
+        self.warming.wish(main.peer, dist, main.env, main.context,
+                          min(count, self.slots.slots))
+        self.dists.request(dist, main.peer, self.mains.contexts[main.context].preload)
+        if main.env and not self.slots.env_is_ready(main.env):
+            self._need_env(main.env, main.peer)
+        self._start_warm()
+
+    def _start_warm(self) -> None:
+        now = time.monotonic()
+        for peer, wish in self.warming.startable(self.slots.dist_is_ready,
+                                                 self.slots.env_is_ready):
+            assert wish.key is not None
+            actions = self.slots.warm(wish.key, peer, wish.count, now)
+            wish.started = sum(isinstance(a, Spawn) for a in actions)
+            self._apply(actions)
 
     def _on_submit(self, peer: bytes, msg: m.Submit) -> None:
         frames = list(msg.frames)
@@ -651,12 +681,14 @@ class Daemon:
         info = self.envs.reject(env, peer, why)
         if info is not None:
             self._apply(self.slots.env_failed(env, info, peer))
+            self._tell(self.warming.fail(why, env=env, peer=peer))
 
     def _on_builds(self) -> None:
         for done in self.envs.finished():
             if done.info is None:
                 peer_log.info("environment %s built in %.1f s", done.env_id[:12], done.seconds)
                 self.slots.env_ready(done.env_id)
+                self._start_warm()
                 for peer in done.peers & set(self.mains):
                     self._send(peer, m.EnvProgress(
                         f"environment built in {done.seconds:.1f} s"))
@@ -664,6 +696,7 @@ class Daemon:
                 peer_log.warning("environment %s: %s", done.env_id[:12],
                                  done.info.get("message", ""))
                 self._apply(self.slots.env_failed(done.env_id, done.info))
+                self._tell(self.warming.fail(done.info.get("message", ""), env=done.env_id))
 
     def _envs_in_use(self) -> set[str]:
         """Environments of connected Mains, live executors and queued tasks."""
@@ -678,12 +711,20 @@ class Daemon:
     def _on_change(self, change: Change) -> None:
         if isinstance(change, Ready):
             self.slots.dist_ready(change.dist)
+            self._start_warm()
         elif isinstance(change, Failed):
             self._apply(self.slots.dist_failed(change.dist, change.info, change.peer))
+            self._tell(self.warming.fail(change.info.get("message", "fetch failed"),
+                                         dist=change.dist, peer=change.peer))
+
+    def _tell(self, messages: list[tuple[bytes, m.Warmed]]) -> None:
+        for peer, msg in messages:
+            self._send(peer, msg)
 
     def _drop_main(self, peer: bytes, why: str) -> None:
         actions, queued, running = self.slots.drop_main(peer)
         self._apply(actions)
+        self.warming.forget(peer)
         main = self.mains.forget(peer, {ex.key.context for ex in self.slots.executors.values()})
         self._outbox.drop(peer)
         self.objects.forget(peer)

@@ -204,6 +204,9 @@ class Slots:
     def env_is_ready(self, env: str) -> bool:
         return env in self._ready_envs
 
+    def dist_is_ready(self, dist: str) -> bool:
+        return dist in self._ready_dists
+
     def env_dropped(self, env: str) -> None:
         """The built environment ``env`` was removed (no task used it): build it again first."""
         self._ready_envs.discard(env)
@@ -512,12 +515,22 @@ class Slots:
         self._out.append(Spawn(ex.ex_id, key))
         return ex
 
-    def _warm(self, key: EnvKey, peer: bytes, now: float) -> None:
+    def warm(self, key: EnvKey, peer: bytes, count: int, now: float) -> list[Action]:
+        """``peer`` said Hello asking for ``count`` executors ahead of its calls: start that
+        many idle ones of ``key``, as ``_warm`` would. The new executors are the ``Spawn``
+        actions returned."""
+        if not self.paused:
+            self._warm(key, peer, now, count)
+        return self._take()
+
+    def _warm(self, key: EnvKey, peer: bytes, now: float, count: int | None = None) -> None:
         """An environment's first executors: start idle ones too, up to the slots its Main
-        may use, on room no other executor holds (as a process pool starts its workers at
-        the first call), so the next calls find them ready. Unused, they stop after
-        ``idle_after``."""
+        may use (and ``count``), on room no other executor holds (as a process pool starts
+        its workers at the first call), so the next calls find them ready. Unused, they stop
+        after ``idle_after``."""
         most = self.offered(peer) // key.threads
+        if count is not None:
+            most = min(most, count)
         have = sum(1 for e in self.executors.values() if e.key == key)
         for _ in range(min(most - have, self.slots - len(self.executors))):
             self._spawn(key).idle_since = now
