@@ -12,13 +12,15 @@ breaks that; ``tests/unit/test_response.py`` fails then, naming the field to set
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
-from typing import Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+if TYPE_CHECKING:
+    import asyncio
 
 from distrib._errors import Cancelled, WaitTimeout
 
@@ -123,6 +125,8 @@ class Response(concurrent.futures.Future[T]):
         return self._wait_async().__await__()
 
     async def _wait_async(self) -> T:
+        import asyncio  # (here: a process that never awaits need not import it)
+
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
 
@@ -208,6 +212,8 @@ class AsCompleted(Generic[T]):
         return self
 
     async def __anext__(self) -> Response[T]:
+        import asyncio  # (here: a process that never awaits need not import it)
+
         if self._queue is None:
             loop = asyncio.get_running_loop()
             queue = self._queue = asyncio.Queue()

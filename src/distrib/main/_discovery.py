@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from distrib._config import Settings
-from distrib.wire._mdns import Found
+
+if TYPE_CHECKING:  # (zeroconf costs 27 ms to import: only a Main that discovers pays it)
+    from distrib.wire._mdns import Found
 
 log = logging.getLogger("distrib")
 

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from distrib import _config, _runtime, _shared, _shm
 from distrib._errors import (
@@ -282,7 +281,7 @@ class Session:
                     self._awake = False
                 for mon, link in monitors.items():
                     if mon in events and link.monitor is mon:
-                        self._on_monitor(link, recv_monitor_message(mon))
+                        self._on_monitor(link, _transport.monitor_event(mon))
                 for sock, link in socks.items():
                     if sock in events and link.sock is sock:
                         self._drain(link)

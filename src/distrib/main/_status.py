@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from distrib._config import endpoint
 from distrib.wire import _codec, _transport
@@ -48,7 +47,7 @@ def query(address: str, server_key: str | None = None, key: KeyPair | None = Non
         while (left := deadline - time.monotonic()) > 0:
             events = dict(poller.poll(int(left * 1000) + 1))
             if monitor in events:
-                event = recv_monitor_message(monitor)["event"]
+                event = _transport.monitor_event(monitor)["event"]
                 result.problem = ("refused this Main's key" if event ==
                                   zmq.EVENT_HANDSHAKE_FAILED_AUTH else
                                   "did not prove its configured public key")

@@ -20,11 +20,10 @@ from typing import Any
 
 import zmq
 from zmq.utils import z85
-from zmq.utils.monitor import recv_monitor_message
 
 from distrib._errors import ConfigError
 from distrib._logs import RateLimited
-from distrib.wire import _keys
+from distrib.wire import _keys, _transport
 from distrib.wire._keys import KeyPair
 
 log = logging.getLogger("distrib.worker")
@@ -193,7 +192,7 @@ class Gate:
         """Handle one pending monitor event; False when there was none."""
         assert self.monitor is not None
         try:
-            event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            event = _transport.monitor_event(self.monitor, zmq.NOBLOCK)
         except zmq.Again:
             return False
         kind, value = event["event"], event["value"]

@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -61,14 +62,22 @@ class Store:
         self.stamps = root / "stamps"  # per environment: each file's size and mtime as built
         self.max_bytes = default_max_bytes(root) if max_bytes is None else max_bytes
         self.blobs.mkdir(parents=True, exist_ok=True)
+        self._fanout: threading.Thread | None = None
         if not (self.blobs / "ff").is_dir():
             # Every fan-out folder at once: made one by one as blobs arrive, they cost more
             # than writing the blobs (a first workspace of 300 files took 100 ms, not 15).
-            for i in range(256):
-                (self.blobs / f"{i:02x}").mkdir(exist_ok=True)
+            # In a thread: a daemon starting with an empty store need not wait for them.
+            self._fanout = threading.Thread(target=self._make_fanout, name="distrib-store",
+                                            daemon=True)
+            self._fanout.start()
         self.envs.mkdir(parents=True, exist_ok=True)
         self.stamps.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o700)
+
+    def _make_fanout(self) -> None:
+        for i in range(256):
+            with contextlib.suppress(OSError):  # (then a blob's write says what is wrong)
+                (self.blobs / f"{i:02x}").mkdir(exist_ok=True)
 
     def clean_leftovers(self, age: float = 3600.0) -> None:
         """Remove temporaries older than ``age`` seconds (a daemon died mid-write; younger ones
@@ -117,6 +126,9 @@ class Store:
                                  "manifest declares; discarded")
         if hashlib.sha256(raw).hexdigest() != digest:
             raise WorkspaceError(f"blob {digest[:12]} does not match its hash; discarded")
+        if self._fanout is not None:
+            self._fanout.join()
+            self._fanout = None
         _write_atomically(self.blob_path(digest), raw, mode=0o644)  # environments link it
 
     def env_path(self, dist_id: str) -> Path:
