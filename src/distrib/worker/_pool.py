@@ -123,6 +123,16 @@ class ExecutorProcess:
                                                       for f in frames])
                              for key, frames, more in tasks])
 
+    def renew(self) -> None:
+        """A new socketpair for a process not attached yet: a template that did not answer
+        may still fork an executor holding the old one, which then sees its end closed and
+        exits instead of reading this executor's tasks."""
+        self.pipe.close()
+        if self.theirs is not None:
+            self.theirs.close()
+        ours, self.theirs = socket.socketpair()
+        self.pipe = Pipe(ours)
+
     def skip(self, key: int) -> None:
         """Ask the executor to drop task ``key`` if it has not started it."""
         self.pipe.send([Verb.SKIP, key])
@@ -314,6 +324,8 @@ class Template:
         finally:
             sock.setblocking(True)
         failed = executors[len(answers):]
+        for ex in failed:  # (unanswered: each may yet be forked, holding its socket)
+            ex.renew()
         for ex, answer in zip(executors, answers):
             pid = struct.unpack("<q", answer)[0]
             if pid <= 0:
