@@ -12,7 +12,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import cloudpickle
 
-from distrib import _runtime
+from distrib import _inputs, _runtime
 from distrib._errors import ConfigError, MainGuardError
 from distrib._response import Response
 
@@ -48,6 +48,11 @@ class DistributedFunction(Generic[P, T]):
                 f"{_runtime.main_script or ''}: calls at import time would run again on every "
                 'worker. Put them under `if __name__ == "__main__":`.'
             )
+        if _inputs.passes_responses(args, kwargs):
+            return _inputs.call_when_ready(self._fn.__qualname__, self._call, args, kwargs)
+        return self._call(args, kwargs)
+
+    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Response[T]:
         if _runtime.mode is _runtime.Mode.WORKER_TASK:
             return self._run_in_place(args, kwargs)
         from distrib.main._current import submit  # the session imports this module

@@ -105,6 +105,11 @@ class Cancelled(DistribError, concurrent.futures.CancelledError):
     """The task was cancelled before it finished."""
 
 
+class InputFailed(DistribError):
+    """A ``Response`` passed as an argument of the call ended in an error (or was
+    cancelled): the call was not made. Its ``__cause__`` is that input's error."""
+
+
 class RemoteTraceback(Exception):
     """Carries the remote traceback text; set as ``__cause__`` of a re-raised task error."""
 
