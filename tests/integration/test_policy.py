@@ -63,6 +63,26 @@ def test_a_task_over_the_memory_limit_fails_naming_it_and_others_go_on(
     assert "enforced by sampling executors' memory" in worker.log()
 
 
+def test_a_limit_from_the_policy_file_is_named_as_the_files_key(
+        workspace: Workspace, start_worker, tmp_path) -> None:
+    policy = tmp_path / "worker.toml"
+    policy.write_text('max_task_memory = "300M"\n')
+    worker = start_worker(threads=1, extra=("--policy", str(policy)))
+    workspace.write("tasks.py", TASKS)
+    workspace.write("main.py", """
+        import distrib, tasks
+
+        if __name__ == "__main__":
+            try:
+                tasks.hog(1000, 60).unwrap(timeout=60)
+            except distrib.WorkerCrashed as exc:
+                print("CRASHED", exc)
+        """)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address}, timeout=180)
+    assert out.stdout.startswith("CRASHED hog#"), out.stderr[-3000:]
+    assert f"(300M, its max_task_memory in its policy file {policy})" in out.stdout
+
+
 def test_a_task_stopped_for_memory_runs_again_only_where_the_limit_is_higher(
         workspace: Workspace, start_worker) -> None:
     small = start_worker(threads=4, name="small", extra=("--max-task-memory", "300M"))

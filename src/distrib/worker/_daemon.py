@@ -113,6 +113,7 @@ class Daemon:
         self.control = ControlSocket(cache_dir)
         self.state = "serving"  # or "paused", "draining": the owner's word (ControlSocket)
         self.memory = MemoryWatch(policy.max_task_memory, policy.max_memory)
+        self._name_memory_settings()
         self._memory_kills: dict[int, tuple[str, int]] = {}  # executor -> why, limit
         self._shm_sweep: set[int] = set()  # Mains (pids) that left: remove their /dev/shm files
         store = Store(cache_dir, max_cache)
@@ -350,6 +351,14 @@ class Daemon:
             log.warning("policy from %s: %s", self.policy_file, policy.describe())
             self._apply_policy(policy)
 
+    def _name_memory_settings(self) -> None:
+        """A limit the policy file set (not the flag's) is named as the file's key."""
+        policy, flags, in_file = self.policy, self._flags, f" in its policy file {self.policy_file}"
+        self.memory.per_task_setting = "--max-task-memory" \
+            if policy.max_task_memory == flags.max_task_memory else f"max_task_memory{in_file}"
+        self.memory.total_setting = "--max-memory" if policy.max_memory == flags.max_memory \
+            else f"max_memory{in_file}"
+
     def _policy_signature(self) -> tuple[int, int, int]:
         assert self.policy_file is not None
         st = self.policy_file.stat()
@@ -359,6 +368,7 @@ class Daemon:
         old, self.policy = self.policy, policy
         self.lending.policy = policy
         self.memory.per_task, self.memory.total = policy.max_task_memory, policy.max_memory
+        self._name_memory_settings()
         if policy.nice != old.nice:
             self._renice(policy.nice)
             if self._zygote is not None:  # (a lower niceness it may not take: a new one)

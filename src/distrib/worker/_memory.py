@@ -43,6 +43,9 @@ class MemoryWatch:
 
     per_task: int | None = None
     total: int | None = None
+    # Where each limit was set, as a stop's reason names it (the owner's policy file, say)
+    per_task_setting: str = "--max-task-memory"
+    total_setting: str = "--max-memory"
 
     def __post_init__(self) -> None:
         self._procs: dict[int, psutil.Process] = {}
@@ -71,7 +74,7 @@ class MemoryWatch:
                 if sizes[ex] > self.per_task:
                     out.append((ex, f"it used {sizes[ex] / 1e6:,.0f} MB, more than worker "
                                     f"{name}'s memory limit for a task "
-                                    f"({human(self.per_task)}, its --max-task-memory)",
+                                    f"({human(self.per_task)}, its {self.per_task_setting})",
                                 self.per_task))
         total = sum(sizes.values())
         if self.total and not out and total > self.total:
@@ -81,8 +84,9 @@ class MemoryWatch:
                 largest = max(running, key=lambda ex: sizes[ex])
                 out.append((largest, f"the executors of worker {name} used {total / 1e6:,.0f} "
                                      f"MB together, more than its memory limit "
-                                     f"({human(self.total)}, its --max-memory), and this task's "
-                                     f"was the largest ({sizes[largest] / 1e6:,.0f} MB)", 0))
+                                     f"({human(self.total)}, its {self.total_setting}), and "
+                                     f"this task's was the largest "
+                                     f"({sizes[largest] / 1e6:,.0f} MB)", 0))
         return out
 
     def _rss(self, pid: int) -> int:
