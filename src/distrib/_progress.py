@@ -22,6 +22,10 @@ from distrib._response import UNFINISHED, Response, as_completed
 T = TypeVar("T")
 REFRESH = 0.1  # seconds between redraws
 _live: weakref.WeakSet[Tracker] = weakref.WeakSet()  # drawing: their last word comes at exit
+# One display for all the bars drawn at once, a row each (two would overwrite one line)
+_board: Any = None
+_rows = 0
+_board_lock = threading.Lock()
 
 
 @atexit.register
@@ -116,29 +120,60 @@ class Tracker:
                                           else "")
 
     def _draw_bar(self) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-            TimeRemainingColumn
-
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[troubles]}"),
-                       TextColumn("{task.fields[rate]}/s"), TimeRemainingColumn(),
-                       TextColumn("slots {task.fields[slots]}"),
-                       console=Console(stderr=True), transient=False, auto_refresh=False)
-        with bar:
+        bar = _join_board()
+        try:
+            slots = "0/0"
             task = bar.add_task(self.description, total=self.total, troubles="0 failed",
-                                rate="0.0", slots="0/0")
+                                rate="0.0", slots=slots)
             while True:
                 stopping = self._stop.is_set()
                 self._count(last=stopping)
                 busy, offered = _slots()
+                if offered:  # (after the session ends, the last reading stands)
+                    slots = f"{busy}/{offered}"
                 seconds = max(time.monotonic() - self._start, 1e-9)
                 bar.update(task, completed=self.done, troubles=self._troubles(),
-                           rate=f"{self.done / seconds:,.1f}", slots=f"{busy}/{offered}")
+                           rate=f"{self.done / seconds:,.1f}", slots=slots)
                 bar.refresh()
                 if stopping or not self._pending:
                     break
                 self._stop.wait(REFRESH)
+        finally:
+            _leave_board()
+
+
+def _join_board() -> Any:
+    """The display the bars drawn now share (started by the first)."""
+    global _board, _rows
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
+        TimeRemainingColumn
+
+    with _board_lock:
+        if _board is None:
+            _board = Progress(TextColumn("{task.description}"), BarColumn(),
+                              MofNCompleteColumn(), TextColumn("{task.fields[troubles]}"),
+                              TextColumn("{task.fields[rate]}/s"), TimeRemainingColumn(),
+                              TextColumn("slots {task.fields[slots]}"),
+                              console=Console(stderr=True), transient=False,
+                              auto_refresh=False,
+                              # The script's prints go above the bars only when they would
+                              # reach the same terminal: a redirected stdout keeps its output.
+                              redirect_stdout=sys.stdout is not None and sys.stdout.isatty())
+            _board.start()
+        _rows += 1
+        return _board
+
+
+def _leave_board() -> None:
+    """A bar is done; the last one stops the display (its rows stay on the screen)."""
+    global _board, _rows
+    with _board_lock:
+        _rows -= 1
+        if _rows == 0 and _board is not None:
+            _board.refresh()
+            _board.stop()
+            _board = None
 
 
 def progress(responses: Iterable[Response[T]], description: str = "",

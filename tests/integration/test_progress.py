@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.helpers import PYTHON, Workspace, ended
+from tests.helpers import PYTHON, Worker, Workspace, ended
 
 SCRIPT = """
     import sys, time
@@ -23,9 +23,18 @@ SCRIPT = """
             raise ValueError(i)
         return i
 
+    @distributed
+    def rest(i):
+        time.sleep(0.02)
+        return i
+
     if __name__ == "__main__":
         if sys.argv[1] == "progress":
             print("OK", sum(r.ok() for r in distrib.progress(work.map(range(200)))))
+        elif sys.argv[1] == "two":  # two bars at once: a row each
+            first, second = work.map(range(100, 200), progress=True), rest.map(range(60),
+                                                                              progress=True)
+            print("OK", sum(r.wait(60) and r.ok() for r in first + second))
         elif sys.argv[1] == "gather":
             print("SUM", sum(distrib.gather(work.map(range(8, 48)), progress=True)))
         else:  # the script ends as the last results arrive: the summary still comes
@@ -33,14 +42,12 @@ SCRIPT = """
     """
 
 
-def test_a_bar_under_a_terminal_ends_at_all_done_with_failures_counted(
-        workspace: Workspace, start_worker) -> None:
-    worker = start_worker(threads=2)
-    workspace.write("main.py", SCRIPT)
+def on_a_terminal(workspace: Workspace, worker: Worker, how: str) -> tuple[list[str], str]:
+    """Run the script with stderr on a terminal: the lines of the screen, and stdout."""
     master, slave = pty.openpty()
     env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir), "COLUMNS": "150",
            "DISTRIB_WORKERS": worker.address}
-    with ended(subprocess.Popen([PYTHON, "main.py", "progress"], cwd=workspace.root, env=env,
+    with ended(subprocess.Popen([PYTHON, "main.py", how], cwd=workspace.root, env=env,
                                 stdin=slave, stdout=subprocess.PIPE, stderr=slave)) as main:
         os.close(slave)
         chunks = []
@@ -56,9 +63,28 @@ def test_a_bar_under_a_terminal_ends_at_all_done_with_failures_counted(
         out, _ = main.communicate(timeout=120)
         assert main.returncode == 0
     screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
-    last = [line for line in re.split(r"[\r\n]+", screen) if line.strip()][-1]
-    assert re.search(r"^work .* 200/200 4 failed [\d,.]+/s .* slots \d+/2", last), screen[-2000:]
-    assert out.decode().splitlines() == ["OK 196"]
+    return [line for line in re.split(r"[\r\n]+", screen) if line.strip()], out.decode()
+
+
+def test_a_bar_under_a_terminal_ends_at_all_done_with_failures_counted(
+        workspace: Workspace, start_worker) -> None:
+    worker = start_worker(threads=2)
+    workspace.write("main.py", SCRIPT)
+    lines, out = on_a_terminal(workspace, worker, "progress")
+    assert re.search(r"^work .* 200/200 4 failed [\d,.]+/s .* slots \d+/2", lines[-1]), \
+        lines[-5:]
+    assert out.splitlines() == ["OK 196"]
+
+
+def test_two_bars_at_once_each_keep_a_row(workspace: Workspace, start_worker) -> None:
+    worker = start_worker(threads=2)
+    workspace.write("main.py", SCRIPT)
+    lines, out = on_a_terminal(workspace, worker, "two")
+    assert re.search(r"^work .* 100/100\s+2 failed [\d,.]+/s .* slots \d+/2$", lines[-2]), \
+        lines[-5:]
+    assert re.search(r"^rest .* 60/60\s+0 failed [\d,.]+/s .* slots \d+/2$", lines[-1]), \
+        lines[-5:]
+    assert out.splitlines() == ["OK 158"]
 
 
 @pytest.mark.parametrize("how", ["gather", "map"])
