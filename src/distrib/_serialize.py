@@ -60,6 +60,28 @@ def dumps(obj: Any) -> list[Any]:
     return [head, *buffers]
 
 
+class _Bytes:
+    """A large ``bytes`` pickled out of band, as a frame of its own: ``bytes`` are pickled
+    in the stream (a copy) whatever the protocol. It unpickles as ``bytes`` (one copy, from
+    the frame), so nothing of it is needed where it is loaded."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (bytes, (pickle.PickleBuffer(self.data),))
+
+
+def out_of_band(obj: Any) -> Any:
+    """``obj``, a large ``bytes`` wrapped to travel as a frame of its own (an argument or a
+    result at the top level: ``bytes`` deeper inside travel in the stream)."""
+    if type(obj) is bytes and len(obj) >= _OOB_MIN:
+        return _Bytes(obj)
+    return obj
+
+
 def loads(frames: Sequence[Any]) -> Any:
     """Inverse of ``dumps``. Frames may be bytes, memoryviews or zmq frames."""
     views = [f.buffer if hasattr(f, "buffer") else f for f in frames]

@@ -57,7 +57,7 @@ class Shared(Generic[T]):
     def __new__(cls, obj: T) -> Shared[T]:
         # One instance per content while any lives: a worker that asks for the bytes later
         # (evicted, deferred, a second worker) finds them as long as any call passes them.
-        frames = _serialize.dumps(obj)
+        frames = _serialize.dumps(_serialize.out_of_band(obj))
         import xxhash  # (here: executors of other Pythons than the daemon's lack its build)
 
         digest = xxhash.xxh3_128()
@@ -133,7 +133,7 @@ def auto_share(obj: Any) -> Any:
     ``obj`` itself."""
     if not _large(obj) or isinstance(obj, Shared):
         return obj
-    return Shared(obj) if _passed(obj) else obj
+    return Shared(obj) if _passed(obj) else _serialize.out_of_band(obj)
 
 
 def _passed(obj: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 import threading
@@ -260,3 +261,17 @@ def test_a_recursion_error_comes_back_as_itself_without_its_thousand_frames() ->
         back = round_trip(exc)
     assert type(back) is RecursionError and back.__traceback__ is None  # too deep for tblib
     assert "Previous line repeated" in remote_text(back)
+
+
+def test_large_bytes_at_the_top_level_travel_as_a_frame_of_their_own() -> None:
+    from distrib._serialize import out_of_band
+
+    data = os.urandom(1 << 20)
+    frames = dumps(out_of_band(data))
+    assert len(frames) == 2 and memoryview(frames[0]).nbytes < 1000  # (not in the stream)
+    assert memoryview(frames[1]).obj is data  # (the bytes themselves: no copy)
+    back = loads(frames)
+    assert type(back) is bytes and back == data
+    small = b"x" * 100
+    assert out_of_band(small) is small and loads(dumps(out_of_band(small))) == small
+    assert type(out_of_band(bytearray(data))) is bytearray  # (out of band already)

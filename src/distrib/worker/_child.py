@@ -347,7 +347,7 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
                 result = (result, _outputs(isolation, fn.options.outputs))
             info: dict[str, str] = {}
             try:
-                status, payload = Outcome.OK, _serialize.dumps(result)
+                status, payload = Outcome.OK, _serialize.dumps(_serialize.out_of_band(result))
                 if _max_payload and (size := payload_size(payload)) > _max_payload:
                     raise SerializationError(
                         f"the result of {fn.__qualname__} pickles to {size:,} bytes, more "
