@@ -180,11 +180,13 @@ def with_tasks(ws: Workspace) -> Workspace:
 
 
 @contextmanager
-def raw_main(worker: Worker, name: str) -> Iterator[Any]:
+def raw_main(worker: Worker, name: str, shm: bool = False) -> Iterator[Any]:
     """A Main built by hand from the project's own codec (a hostile one, say): a DEALER that
-    has said Hello and been served; closed at the end."""
+    has said Hello and been served; closed at the end. ``shm``: it proves it shares
+    /dev/shm (its probe file is this process's, removed at the end)."""
     import zmq
 
+    from distrib import _shm
     from distrib.wire import _codec, _facts
     from distrib.wire import _messages as m
     from distrib.wire._envspec import EnvSpec
@@ -194,12 +196,16 @@ def raw_main(worker: Worker, name: str) -> Iterator[Any]:
     try:
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(worker.address)
-        sock.send_multipart(_codec.encode(m.Hello(m.PROTOCOL_VERSION, name, name,
-                                                  _facts.python_version(), 1, False, [], {},
-                                                  EnvSpec(_facts.python_version()).encode(),
-                                                  1 << 20, [], 0)))
+        probe = _shm.probe(os.getpid()) if shm else None
+        sock.send_multipart(_codec.encode(m.Hello(
+            m.PROTOCOL_VERSION, name, name, _facts.python_version(),
+            os.getpid() if probe else 1, False, [], {},
+            EnvSpec(_facts.python_version()).encode(), 1 << 20, [], 0,
+            [probe[0].name, probe[1]] if probe else [])))
         wait_for(lambda: name in worker.status()["mains"], what=f"the raw Main {name} served")
         yield sock
     finally:
         sock.close(0)
         ctx.term()
+        if shm:
+            _shm.remove_of(os.getpid())

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from distrib import _serialize
+from distrib import _serialize, _shm
 from distrib._errors import SerializationError, WorkerCrashed
 from distrib.wire._codec import OBJECT_KEY
 
@@ -37,6 +37,7 @@ _lock = threading.Lock()
 _SEEN_MAX = 4096  # large arguments whose bytes are remembered (by hash) as passed before
 _seen: OrderedDict[tuple[Any, ...], None] = OrderedDict()
 _local = threading.local()  # .taken: the Shared objects the call being pickled passes
+_NO_FILE = _shm.Owned([])  # a Shared's file in /dev/shm could not be written
 
 
 class Shared(Generic[T]):
@@ -48,7 +49,8 @@ class Shared(Generic[T]):
     changes nothing the workers see: share it again.
     """
 
-    __slots__ = ("key", "frames", "nbytes", "__weakref__")
+    __slots__ = ("key", "frames", "nbytes", "_file", "__weakref__")
+    _file: _shm.Owned | None  # its file in /dev/shm, once written (``in_shm``)
 
     key: str
     frames: list[Any]
@@ -71,10 +73,25 @@ class Shared(Generic[T]):
             if found is not None:
                 return found
             self = super().__new__(cls)
-            self.key, self.frames = key, frames
+            self.key, self.frames, self._file = key, frames, None
             self.nbytes = sum(memoryview(f).nbytes for f in frames)
             _live[key] = self
         return self
+
+    def in_shm(self, pid: int) -> str | None:
+        """The name of a file of ``pid``'s in /dev/shm holding this object (written at the
+        first call, removed when this object goes): workers on this machine link it instead
+        of receiving its bytes, all of them the same pages. ``OSError`` if it cannot be
+        written (/dev/shm full), and None at later calls: it is not tried again."""
+        with _lock:
+            if self._file is None:
+                self._file = _NO_FILE
+                self._file = _shm.Owned([_shm.offload_object(self.frames, pid)])
+            return self.file()
+
+    def file(self) -> str | None:
+        """The name ``in_shm`` gave, if any."""
+        return self._file.names[0] if self._file is not None and self._file.names else None
 
     def __repr__(self) -> str:
         return f"<distrib.Shared {self.key[:12]} ({self.nbytes:,} bytes)>"

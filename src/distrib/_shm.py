@@ -21,6 +21,7 @@ import mmap
 import os
 import secrets
 import stat
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,24 @@ from distrib.wire._codec import SHM_NAME as NAME
 
 ROOT = Path("/dev/shm")
 MIN = 1 << 20  # bytes: smaller frames travel in the message
+# A file of frames (a shared object, on a worker's disk or here): their count, each one's
+# size, then the frames
+OBJECT_COUNT = struct.Struct("<I")
+
+
+def object_header(views: Sequence[memoryview]) -> bytes:
+    """The header of a file holding the frames ``views``."""
+    return OBJECT_COUNT.pack(len(views)) + struct.pack(f"<{len(views)}Q",
+                                                       *(v.nbytes for v in views))
+
+
+def offload_object(frames: Sequence[Any], pid: int) -> str:
+    """Write a shared object's frames into a new file of ``pid``'s: its name. A worker on
+    this machine links the file instead of receiving the bytes."""
+    views = [memoryview(f).cast("B") for f in frames]
+    name = f"distrib-{pid}-{secrets.token_hex(8)}"
+    _write(ROOT / name, [memoryview(object_header(views)), *views])
+    return name
 
 
 def available() -> bool:
@@ -97,7 +116,7 @@ def offload(frames: list[Any], pid: int) -> tuple[list[Any], dict[str, int]]:
             view = memoryview(frame).cast("B")
             if view.nbytes >= MIN:
                 name = f"distrib-{pid}-{secrets.token_hex(8)}"
-                _write(ROOT / name, view)
+                _write(ROOT / name, [view])
                 names[name] = i
                 out[i] = b""
     except OSError:  # (/dev/shm full, say): none of them, then
@@ -106,12 +125,13 @@ def offload(frames: list[Any], pid: int) -> tuple[list[Any], dict[str, int]]:
     return out, names
 
 
-def _write(path: Path, view: memoryview) -> None:
+def _write(path: Path, views: Sequence[memoryview]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        done = 0
-        while done < view.nbytes:
-            done += os.write(fd, view[done:])
+        for view in views:
+            done = 0
+            while done < view.nbytes:
+                done += os.write(fd, view[done:])
     except BaseException:
         path.unlink(missing_ok=True)
         raise

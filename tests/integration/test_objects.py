@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import Any, TypeVar
 
 from distrib.wire import _codec
@@ -38,6 +39,13 @@ TASKS = """
 
 def _env(workspace: Workspace, *workers: str) -> dict[str, str]:  # noqa: ARG001
     return {"DISTRIB_WORKERS": ",".join(workers)}
+
+
+def _object_folders(worker: Any) -> list[Path]:
+    """The folders of Mains' objects on ``worker``: on its disk, or in /dev/shm for Mains
+    that share it."""
+    return [*worker.cache_dir.glob("runs/*/objects/*"),
+            *Path("/dev/shm").glob(f"distrib-w{worker.pid}-*")]
 
 
 def _next(sock: Any, kind: type[T], timeout: float = 60.0) -> T:
@@ -87,8 +95,9 @@ def test_a_shared_array_crosses_once_per_worker_and_each_task_may_change_its_own
         out.stderr[-3000:]
     assert lines[4].startswith("PICKLE <distrib.Shared ") and "only be passed" in lines[4]
     status = worker.status()
-    # The shared array, then the other one (the changed bytes were passed once: inline).
-    assert status["objects_fetched"] == 2
+    # The shared array, then the other one (the changed bytes were passed once: inline);
+    # linked from the Main's /dev/shm files where the worker shares it, else sent.
+    assert status["objects_fetched"] + status["objects_linked"] == 2
     assert status["objects_reused"] >= 29 + 5 + 4
 
 
@@ -131,7 +140,7 @@ def test_objects_beyond_the_limit_wait_their_turn_and_old_ones_are_removed(
     out = workspace.run("main.py", env=_env(workspace, worker.address), timeout=240)
     assert out.stdout.splitlines() == ["SUMS True"], out.stderr[-3000:]
     status = worker.status()
-    assert status["objects_fetched"] == 6
+    assert status["objects_fetched"] + status["objects_linked"] == 6
     assert status["deferred"] >= 1
     assert status["objects"][1] == 0  # the Main left: its objects are gone
 
@@ -160,7 +169,8 @@ def test_a_main_gets_only_its_own_objects_and_a_lying_one_fails_only_itself(
         key = victim.stdout.readline().split()[1]
         victim.stdin.write("\n")
         victim.stdin.flush()
-        wait_for(lambda: worker.status()["objects_fetched"] >= 1, what="the victim's object")
+        wait_for(lambda: (s := worker.status())["objects_fetched"] + s["objects_linked"] >= 1,
+                 what="the victim's object")
 
         # 1. It names the victim's object: the worker asks it (not the victim) for the bytes.
         evil.send_multipart(_codec.encode(m.Submit([m.TaskSpec(
@@ -195,7 +205,7 @@ def test_a_killed_mains_objects_are_removed(workspace: Workspace, start_worker) 
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)) as main:
         assert main.stdout is not None
         assert main.stdout.readline() == "SUM 1000000.0\n"
-        folders = list(worker.cache_dir.glob("runs/*/objects/*"))
+        folders = _object_folders(worker)
         assert len(folders) == 1 and any(folders[0].iterdir())
         wait_for(lambda: worker.status()["busy"] == 1, what="the long task running")
         main.send_signal(signal.SIGKILL)

@@ -141,3 +141,69 @@ def test_a_main_that_cannot_prove_it_shares_dev_shm_gets_no_shared_memory(
         sock.close(0)
         ctx.term()
         _shm.remove_of(os.getpid())
+
+
+SHARED = """
+    import os
+    import numpy as np
+    import distrib
+    from distrib import distributed
+
+    @distributed
+    def at(a, i):
+        return float(a[i])
+
+    if __name__ == "__main__":
+        print("PID", os.getpid())
+        table = distrib.share(np.arange(5_000_000, dtype=np.float64))  # 40 MB
+        print("AT", distrib.gather([at(table, i * 1000) for i in range(40)], timeout=120)
+              == [float(i * 1000) for i in range(40)])
+        print("FILES", len([p for p in os.listdir("/dev/shm")
+                            if p.startswith(f"distrib-{os.getpid()}-") and "probe" not in p]))
+"""
+
+
+def test_a_shared_object_is_written_once_and_linked_by_the_worker(
+        workspace: Workspace, start_worker) -> None:
+    worker = start_worker(threads=2)
+    workspace.write("main.py", SHARED)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert lines[1:] == ["AT True", "FILES 1"]  # (its one file, while it lives)
+    status = worker.status()
+    assert status["objects_linked"] == 1 and status["objects_fetched"] == 0
+    # The Main is gone: its file too, and the worker's folder of its objects.
+    assert _files_of(int(lines[0].split()[1])) == []
+    wait_for(lambda: not list(Path("/dev/shm").glob(f"distrib-w{worker.pid}-*")),
+             what="the worker's folder of the Main's objects removed")
+
+
+def test_a_main_naming_a_file_that_is_not_its_object_fails_only_its_own_call(
+        start_worker, tmp_path: Path) -> None:
+    from tests.helpers import raw_main
+    from tests.integration.test_objects import _next
+
+    worker = start_worker(threads=1)
+    key = "ab" * 16
+    bad = {
+        "garbage": lambda p: p.write_bytes(b"\xff" * 64),
+        "short": lambda p: p.write_bytes(_shm.object_header([memoryview(b"x" * 10)]) + b"x"),
+        "link": lambda p: p.symlink_to(tmp_path / "elsewhere"),
+    }
+    (tmp_path / "elsewhere").write_bytes(_shm.object_header([memoryview(b"y")]) + b"y")
+    with raw_main(worker, "evil", shm=True) as evil:
+        for i, (what, make) in enumerate(bad.items(), start=1):
+            name = f"distrib-{os.getpid()}-evil{i}"
+            make(_shm.ROOT / name)
+            try:
+                evil.send_multipart(_codec.encode(m.Submit([m.TaskSpec(
+                    i, "f" * 64, 1, None, 0, [b"junk"], 0, {key: 10})])))
+                assert _next(evil, m.NeedObjects) == m.NeedObjects([key])
+                evil.send_multipart(_codec.encode(m.Objects([key], [0], [name])))
+                result = _next(evil, m.Results).results[0]
+                assert result.status is m.Outcome.ERROR, what
+                assert result.info["type"] == "distrib.SerializationError", what
+            finally:
+                (_shm.ROOT / name).unlink(missing_ok=True)
+    assert worker.status()["objects"] == [0, 0]  # nothing kept, and the daemon serves on

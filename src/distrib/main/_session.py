@@ -203,9 +203,12 @@ class Session:
         response: Response[Any] = Response(task_id, fn.__qualname__, self._request_cancel)
         task = Task(task_id, fn.__qualname__, frames, opts.platform, opts.threads, opts.retries,
                     opts.timeout, response, opts.outputs, shared=shared)
-        if self._probe is not None and (self.local is not None or self._shm_links) and \
-                _shm.worth(frames):
-            self._in_shm(task)  # here, not in the I/O thread: it copies the large frames
+        if self._probe is not None and (self.local is not None or self._shm_links):
+            if _shm.worth(frames):
+                self._in_shm(task)  # here, not in the I/O thread: it copies the large frames
+            for obj in (shared or {}).values():
+                if obj.nbytes >= _shm.MIN:
+                    self._share_in_shm(obj)
         with self._closing_lock:
             if not self._closing:
                 self._incoming.append(task)
@@ -365,6 +368,17 @@ class Session:
             task.in_shm = (frames, names, _shm.Owned(list(names)) if names else None)
         return task.in_shm[0], task.in_shm[1]
 
+    def _share_in_shm(self, obj: _shared.Shared[Any]) -> str | None:
+        """Write shared object ``obj`` into /dev/shm once, for workers that share it to link
+        (done as a call passes it, in the caller's thread where it can be: it copies it);
+        its file's name, or None with /dev/shm full (it goes by the socket then)."""
+        try:
+            return obj.in_shm(os.getpid())
+        except OSError as exc:
+            log.warning("cannot put a shared object in shared memory (%s); sending it by the "
+                        "socket", exc)
+            return None
+
     def _drain(self, link: Link) -> None:
         assert link.sock is not None
         for _ in range(1000):
@@ -435,6 +449,8 @@ class Session:
             obj = _shared.find(key)
             if obj is None:
                 gone.append(key)
+            elif link.shm and (file := obj.file() or self._share_in_shm(obj)) is not None:
+                link.send(m.Objects([key], [0], [file]))  # (the worker links that file)
             else:
                 link.send(m.Objects([key], [len(obj.frames)], frames=tuple(obj.frames)))
         if gone:

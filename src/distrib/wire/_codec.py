@@ -235,8 +235,12 @@ def _check_frames(message: m.Message) -> None:
     elif isinstance(message, m.Manifest):
         expected = 1
     elif isinstance(message, m.Objects):
-        if len(message.counts) != len(message.keys) or any(c < 1 for c in message.counts):
-            raise ProtocolError("Objects: one positive frame count per object")
+        files = message.files or [""] * len(message.keys)
+        if len(message.counts) != len(message.keys) or len(files) != len(message.keys) or any(
+                (c != 0 or not SHM_NAME.fullmatch(f)) if f else c < 1
+                for c, f in zip(message.counts, files)):
+            raise ProtocolError("Objects: one positive frame count per object, or 0 and the "
+                                "name of its file in /dev/shm")
         _check_objects(dict.fromkeys(message.keys, 0), "Objects")
         expected = sum(message.counts)
     else:

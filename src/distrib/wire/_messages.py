@@ -299,11 +299,14 @@ class NeedObjects(Message):
 
 @dataclass(frozen=True, slots=True)
 class Objects(Message):
-    """Main -> worker: shared objects; ``counts[i]`` frames each, in ``keys`` order."""
+    """Main -> worker: shared objects; ``counts[i]`` frames each, in ``keys`` order, or, to
+    a worker that shares its /dev/shm, ``files[i]``: the name of a file there holding it (its
+    ``counts[i]`` is then 0)."""
 
     TAG: ClassVar[int] = 26
     keys: list[str]
     counts: list[int]
+    files: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,6 +110,7 @@ class Daemon:
         self._served_logged = time.monotonic()  # when the log last said who holds the slots
         self.slots = Slots(policy.threads, idle_after, max_queued)
         self.objects = Objects(self.runs / "objects", max_objects)
+        Objects.remove_stale()
         self.control = ControlSocket(cache_dir)
         self.state = "serving"  # or "paused", "draining": the owner's word (ControlSocket)
         self.memory = MemoryWatch(policy.max_task_memory, policy.max_memory)
@@ -247,6 +248,7 @@ class Daemon:
         if self._zygote is not None:
             self._zygote.kill()
         self.envs.close()
+        self.objects.close()
         for peer in list(self.mains):
             self._send(peer, m.Refused(RefusalCode.SHUTTING_DOWN, "worker is shutting down"))
         self.gate.close(self.sock)
@@ -533,6 +535,8 @@ class Daemon:
         shm = len(msg.shm_probe) == 2 and _shm.check_probe(msg.shm_probe[0], msg.shm_probe[1],
                                                             msg.pid)
         main = self.mains.welcome(peer, msg, time.monotonic(), env, problem, shm, key)
+        if shm:
+            self.objects.shares_memory(peer)
         quota = self.gate.quota(key)
         self._apply(self.slots.set_quota(peer, quota.slots, quota.priority))
         peer_log.info("serving Main %s (pid %d)%s%s", msg.name, msg.pid,
@@ -637,11 +641,13 @@ class Daemon:
     def _on_objects(self, peer: bytes, msg: m.Objects) -> None:
         arrived: set[str] = set()
         at = 0
-        for key, count in zip(msg.keys, msg.counts):
+        files = msg.files or [""] * len(msg.keys)
+        for key, count, file in zip(msg.keys, msg.counts, files):
             frames = list(msg.frames[at:at + count])
             at += count
             try:
-                why = self.objects.arrived(peer, key, frames)
+                why = self.objects.linked(peer, key, file) if file else \
+                    self.objects.arrived(peer, key, frames)
             except OSError as exc:
                 why = f"this worker could not store it: {exc}"
                 log.error("cannot store a shared object of Main %s: %s", self.mains[peer].name,

@@ -6,11 +6,17 @@ receiving the bytes with every task. Each Main may hold ``limit`` bytes here; a 
 makes room by removing that Main's least recently used objects that no queued or running task
 passes, and a task whose objects cannot fit yet is deferred (its Main sends it again later).
 The daemon only writes the frames it received; executors read them (``load``).
+
+A Main on this machine that shares its ``/dev/shm`` (``distrib._shm``) writes each object once
+into a file there and names it instead of sending its bytes; the daemon links that file into
+the Main's folder, which for such a Main is in ``/dev/shm`` too: no copy on the way.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import struct
 from collections import OrderedDict
 from collections.abc import Callable
@@ -18,9 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distrib import _shm
+from distrib._process import exists
 from distrib._shm import map_private
+from distrib.wire._codec import SHM_NAME
 
-_COUNT = struct.Struct("<I")
+_COUNT = _shm.OBJECT_COUNT
 
 current: Path | None = None  # in an executor: the folder of the running task's Main
 
@@ -44,11 +53,29 @@ class Objects:
         self.limit = limit
         self._held: dict[bytes, OrderedDict[str, int]] = {}  # per Main, least recent first
         self._asked: dict[bytes, dict[str, int]] = {}  # asked for, not here yet: declared size
-        self.counters = dict.fromkeys(("objects_fetched", "objects_reused"), 0)
+        self._in_shm: set[bytes] = set()  # Mains that share /dev/shm: their folder is there
+        self.counters = dict.fromkeys(("objects_fetched", "objects_reused", "objects_linked"), 0)
 
     def where(self, peer: bytes) -> Path:
         """The folder of ``peer``'s objects."""
+        if peer in self._in_shm:
+            return _shm.ROOT / f"distrib-w{os.getpid()}-{peer.hex()}"
         return self.folder / peer.hex()
+
+    def shares_memory(self, peer: bytes) -> None:
+        """``peer`` shares this machine's /dev/shm: its objects are kept there, and it may
+        name files of its own instead of sending bytes (``linked``)."""
+        self._in_shm.add(peer)
+
+    @staticmethod
+    def remove_stale() -> None:
+        """Remove the /dev/shm folders of daemons that are gone (killed before they could)."""
+        if not _shm.ROOT.is_dir():
+            return
+        for path in _shm.ROOT.glob("distrib-w*-*"):
+            pid = path.name[len("distrib-w"):].split("-", 1)[0]
+            if pid.isdigit() and not exists(int(pid)) and path.lstat().st_uid == os.geteuid():
+                shutil.rmtree(path, ignore_errors=True)
 
     def held(self) -> tuple[int, int]:
         """(objects, bytes) held for all Mains."""
@@ -107,6 +134,41 @@ class Objects:
         self.counters["objects_fetched"] += 1
         return ""
 
+    def linked(self, peer: bytes, key: str, name: str) -> str | None:
+        """Keep an object ``peer`` wrote into its /dev/shm file ``name``, by a link (no
+        copy): as ``arrived``. The file must be a plain file of this user's, holding frames
+        of the declared size."""
+        declared = self._asked.get(peer, {}).pop(key, None)
+        if declared is None:
+            return None
+        if peer not in self._in_shm or not SHM_NAME.fullmatch(name):
+            return f"a file in /dev/shm ({name[:60]!r}) this worker may not take from this Main"
+        folder = self.where(peer)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        kept = folder / key
+        os.link(_shm.ROOT / name, kept)  # (then checked: what was linked is what is kept)
+        why, size = "", 0
+        try:
+            fd = os.open(kept, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            try:
+                info = os.fstat(fd)
+                header, size = sizes(os.pread(fd, _COUNT.size + 8 * 4096, 0))
+            finally:
+                os.close(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+                why = f"/dev/shm/{name} is not a file of this worker's user"
+            elif size != declared or header + size != info.st_size:
+                why = (f"{info.st_size - header:,} bytes sent for an object its calls said "
+                       f"has {declared:,}")
+        except (OSError, ValueError) as exc:
+            why = f"/dev/shm/{name} does not hold an object: {exc}"
+        if why:
+            kept.unlink(missing_ok=True)
+            return why
+        self._held[peer][key] = size
+        self.counters["objects_linked"] += 1
+        return ""
+
     def failed(self, peer: bytes, keys: list[str]) -> None:
         """``peer`` cannot send ``keys``: forget that they were asked for."""
         asked = self._asked.get(peer, {})
@@ -118,6 +180,12 @@ class Objects:
         self._held.pop(peer, None)
         self._asked.pop(peer, None)
         shutil.rmtree(self.where(peer), ignore_errors=True)
+        self._in_shm.discard(peer)
+
+    def close(self) -> None:
+        """The daemon stops: its folders in /dev/shm go (memory, not disk)."""
+        for peer in list(self._in_shm):
+            self.forget(peer)
 
     def _remove(self, peer: bytes, key: str) -> None:
         del self._held[peer][key]
@@ -129,14 +197,24 @@ def write(path: Path, frames: list[memoryview]) -> None:
     tmp = path.with_suffix(".part")
     try:
         with open(tmp, "wb") as f:
-            f.write(_COUNT.pack(len(frames)) + struct.pack(f"<{len(frames)}Q",
-                                                            *(v.nbytes for v in frames)))
+            f.write(_shm.object_header(frames))
             for view in frames:
                 f.write(view)
         tmp.rename(path)
     except BaseException:  # (a full disk, say): no half-written file stays behind
         tmp.unlink(missing_ok=True)
         raise
+
+
+def sizes(head: bytes) -> tuple[int, int]:
+    """(bytes of the header, bytes of the frames) of a file ``write`` made, from its first
+    bytes; ``ValueError`` if they are no header."""
+    if len(head) < _COUNT.size:
+        raise ValueError("no header")
+    (count,) = _COUNT.unpack_from(head)
+    if len(head) < _COUNT.size + 8 * count:
+        raise ValueError(f"a header of {count} frames is cut short")
+    return _COUNT.size + 8 * count, sum(struct.unpack_from(f"<{count}Q", head, _COUNT.size))
 
 
 def load(key: str) -> list[memoryview]:
