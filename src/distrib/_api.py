@@ -54,7 +54,10 @@ class DistributedFunction(Generic[P, T]):
 
     def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Response[T]:
         if _runtime.mode is _runtime.Mode.WORKER_TASK:
-            return self._run_in_place(args, kwargs)
+            from distrib.worker import _nested  # (in an executor: its task's calls go out)
+
+            response = _nested.submit(self, args, kwargs)
+            return response if response is not None else self._run_in_place(args, kwargs)
         from distrib.main._current import submit  # the session imports this module
 
         return submit(self, args, kwargs)
@@ -76,8 +79,8 @@ class DistributedFunction(Generic[P, T]):
         return responses
 
     def _run_in_place(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Response[T]:
-        # A call from inside a task runs in the task's executor: redistribution to other
-        # workers is not built yet, and running in place keeps results right.
+        # Inside a task, out of an executor's reach (a thread of its own it started in a
+        # subprocess, say): the call runs here.
         response: Response[T] = Response(0, self._fn.__qualname__, None)
         try:
             response._finish(None, self._fn(*args, **kwargs))

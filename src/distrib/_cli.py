@@ -69,6 +69,10 @@ def main() -> None:
 @click.option("--max-objects", default="2G", show_default=True, metavar="SIZE",
               help="Most bytes of shared objects (distrib.share, large arguments passed "
                    "again) kept here for one Main; least recently used go first.")
+@click.option("--max-parked", type=click.IntRange(min=0), default=None,
+              help="Most executors whose task waits for the calls it made, its slots lent to "
+                   "other tasks meanwhile (default: twice the threads); at the cap a waiting "
+                   "task keeps its slots.")
 @click.option("--max-task-memory", default=None, metavar="SIZE",
               help="Most memory one task's executor may use, e.g. 8G: over it the task is "
                    "stopped, and fails as WorkerCrashed naming this limit (default: none).")
@@ -129,7 +133,8 @@ def main() -> None:
 def worker(ctx: click.Context, listen: str, threads: int | None, name: str | None,
            cache_dir: Path | None,
            heartbeat: float, lost_after: float, max_cache: str | None, max_queued: str,
-           max_objects: str, max_task_memory: str | None, max_memory: str | None, nice: int,
+           max_objects: str, max_parked: int | None, max_task_memory: str | None,
+           max_memory: str | None, nice: int,
            when_idle: str | None, idle_load: float, hours: str | None,
            policy_file: Path | None,
            idle_executors: float, install: str, index_url: str | None,
@@ -193,7 +198,7 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
                         _size(max_queued, "--max-queued"),
                         EnvPolicy(install, index_url, find_links, no_index, pythons,
                                   None if max_envs is None else _size(max_envs, "--max-envs")),
-                        _size(max_objects, "--max-objects"), policy_file, flags)
+                        _size(max_objects, "--max-objects"), policy_file, flags, max_parked)
     except zmq.ZMQError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
     if not name:

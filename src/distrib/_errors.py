@@ -105,6 +105,12 @@ class Cancelled(DistribError, concurrent.futures.CancelledError):
     """The task was cancelled before it finished."""
 
 
+class NestedDeadlock(DistribError):
+    """A call made from inside a task can never start: every slot it could run on is held by
+    a task waiting for its own calls (each worker's ``--max-parked`` lets no more wait
+    without their slots). The message names the chain of calls."""
+
+
 class InputFailed(DistribError):
     """A ``Response`` passed as an argument of the call ended in an error (or was
     cancelled): the call was not made. Its ``__cause__`` is that input's error."""

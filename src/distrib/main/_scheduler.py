@@ -41,6 +41,7 @@ class Task:
     in_shm: tuple[list[Any], dict[str, int], Any] | None = field(default=None, repr=False)
     link: str | None = None  # the worker it is on, while in flight
     counted: bool = False  # the dashboard counted its outcome
+    depth: int = 0  # a call made inside a task: how deep (1: by a call of the Main's)
 
     @property
     def requirement(self) -> Requirement:
@@ -65,6 +66,9 @@ class WorkerView:
     unable: str = ""  # why it cannot provide this Main's environment (then it gets no tasks)
     memory_limit: int = 0  # bytes one task may use there; 0: no limit
     paused: bool = False  # its owner paused or drains it: it takes no new tasks
+    # its tasks that wait for their calls and lent their slots there (``Waiting``)
+    parked: set[int] = field(default_factory=set)
+    lent: int = 0  # their threads: slots free for other tasks
 
     def can_run(self, req: Requirement, python: str, paused_too: bool = False) -> bool:
         """Whether it can take a task of ``req`` now (``paused_too``: or once resumed)."""
@@ -153,9 +157,13 @@ class Scheduler:
             threads = req[1]
             while queue and capable:
                 # Idle slots first (the task starts at once), then room in the queue.
-                best = max(capable, key=lambda w: (w.slots - w.inflight_slots,
-                                                   self.depth(w) - w.inflight_slots))
-                if self.depth(best) - best.inflight_slots < threads:
+                best = max(capable, key=lambda w: (w.slots - w.inflight_slots + w.lent,
+                                                   self.depth(w) - w.inflight_slots + w.lent))
+                # A call made inside a task goes whatever the worker holds: tasks queued there
+                # may wait for it (they would not start before it), and the worker's own cap
+                # on queued bytes bounds what it takes.
+                if (self.depth(best) - best.inflight_slots + best.lent < threads
+                        and not queue[0].depth):
                     break
                 task = queue.popleft()
                 task.link = best.link
@@ -172,6 +180,9 @@ class Scheduler:
         task = worker.inflight.pop(task_id, None)
         if task is not None:
             worker.inflight_slots -= task.threads
+            if worker.parked and task_id in worker.parked:
+                worker.parked.discard(task_id)
+                worker.lent -= task.threads
             worker.finished += 1
             worker.full = False
             task.link = None

@@ -43,6 +43,7 @@ from distrib.main._shipping import (
     scan_workspace,
 )
 from distrib.main._link import Link, LinkState
+from distrib.main._nested import Nested
 from distrib.main._outcomes import Outputs, settle
 from distrib.main._scheduler import Scheduler, Task, WorkerView
 from distrib.main._stats import Stats, snapshot
@@ -129,6 +130,7 @@ class Session:
 
             self._browser = Browser(self._on_found, settings.discovery.interfaces)
         self.scheduler = Scheduler(self.python)
+        self.nested = Nested(self.scheduler, self._next_id, self._send_to, self._request_cancel)
         self.outputs = Outputs(self.dist.root)
         self._ids = itertools.count(1)
         self._incoming: deque[Task] = deque()
@@ -222,6 +224,14 @@ class Session:
     def _on_found(self, found: Any) -> None:  # zeroconf's thread
         self._found.append(found)
         self._wake()
+
+    def _next_id(self) -> int:
+        return next(self._ids)
+
+    def _send_to(self, link_id: str, msg: m.Message) -> None:
+        link = self.links.get(link_id)
+        if link is not None and link.state is LinkState.READY:
+            link.send(msg)
 
     def _request_cancel(self, task_id: int) -> None:
         self._cancels.append(task_id)
@@ -349,7 +359,8 @@ class Session:
                 inline, separate = m.split_payload(frames)
                 objects = {k: s.nbytes for k, s in t.shared.items()} if t.shared else _NONE
                 specs.append((m.TaskSpec(t.task_id, self.dist.dist_id, t.threads, t.timeout,
-                                         t.attempts, inline, len(separate), objects, shm),
+                                         t.attempts, inline, len(separate), objects, shm,
+                                         t.depth),
                                separate))
             for batch in batches(specs, _inline_bytes):
                 link.send(m.Submit([spec for spec, _ in batch],
@@ -414,6 +425,14 @@ class Session:
             self._ship(link, msg)
         elif isinstance(msg, m.NeedObjects):
             self._send_objects(link, msg.keys)
+        elif isinstance(msg, m.Call):
+            task = self.nested.on_call(link.link_id, msg)
+            if task is not None and self.stats is not None:
+                self.stats.submitted(task.name)
+        elif isinstance(msg, m.CancelChild):
+            self.nested.on_cancel(link.link_id, msg)
+        elif isinstance(msg, m.Waiting):
+            self.nested.on_waiting(link.link_id, msg)
         elif isinstance(msg, m.WorkerState):
             self._on_state(link, msg)
         elif isinstance(msg, m.Warmed):
@@ -554,6 +573,8 @@ class Session:
                 f"tried {task.attempts} times"))
         for task in inflight:
             self._count(task, link.name, retried=True)
+        self.nested.parents_moved(inflight)
+        self.nested.waiting.pop(link.link_id, None)
         link.close()
         link.state, link.since, link.reason = state, time.monotonic(), reason
         link.building = link.has_workspace = False  # (a worker started again says anew)
@@ -578,6 +599,8 @@ class Session:
                     continue
             if task is None:
                 continue
+            if task.task_id in self.nested.parents:
+                self.nested.parents_moved([task])  # (its run here ended: its calls too)
             settle(task, spec, frames, link.name, f"{task.name}#{task.task_id} on worker "
                    f"{link.label}", self.scheduler, self.outputs, link.link_id)
             if self.stats is not None:
@@ -601,6 +624,7 @@ class Session:
 
     def _tick(self, now: float) -> None:
         s = self.settings
+        self.nested.check_deadlock(now)
         for link in self.links.values():
             if link.state is LinkState.READY:
                 if now - link.last_seen > s.lost_after:

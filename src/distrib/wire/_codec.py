@@ -230,6 +230,11 @@ def _check_frames(message: m.Message) -> None:
         for r in message.results:
             if r.shm:
                 _check_shm(r.shm, len(r.inline) + r.nframes, f"Results: task {r.task_id}")
+    elif isinstance(message, (m.Call, m.ChildResult)):
+        expected = n  # (its payload: any number of frames)
+        if isinstance(message, m.Call) and (n < 1 or message.threads < 1 or message.retries < 0
+                                            or len(message.platforms) > 64):
+            raise ProtocolError("Call: a payload, at least one thread, no negative retries")
     elif isinstance(message, m.Blobs):
         expected = len(message.hashes)
     elif isinstance(message, m.Manifest):

@@ -150,6 +150,7 @@ class TaskSpec:
     # -> bytes
     shm: dict[str, int] = field(default_factory=dict)  # payload frames in /dev/shm: name ->
     # index (the frame there is empty)
+    depth: int = 0  # a call made inside a task: how deep (its worker runs the deepest first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +192,55 @@ class Results(Message):
 
     TAG: ClassVar[int] = 12
     results: list[ResultSpec]
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Message):
+    """Worker -> Main: the task ``parent`` (of this Main, running there) called a
+    ``@distributed`` function: run the call (the payload frames) like one of the Main's own,
+    and answer with ``ChildResult``. ``child`` is the parent's number for it."""
+
+    TAG: ClassVar[int] = 17
+    parent: int
+    child: int
+    name: str
+    platforms: list[str]
+    threads: int
+    retries: int
+    timeout: float | None
+    outputs: list[str]  # its function's ``outputs`` globs: its result comes with files
+
+
+@dataclass(frozen=True, slots=True)
+class ChildResult(Message):
+    """Main -> worker: how the call ``child`` of task ``parent`` ended (as in a
+    ``ResultSpec``: the payload frames are the pickled result or error)."""
+
+    TAG: ClassVar[int] = 18
+    parent: int
+    child: int
+    status: str
+    info: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelChild(Message):
+    """Worker -> Main: the task ``parent`` cancelled its call ``child``."""
+
+    TAG: ClassVar[int] = 19
+    parent: int
+    child: int
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting(Message):
+    """Worker -> Main: this Main's tasks there that wait for their calls: ``parked`` lent
+    their slots to other tasks; ``blocked`` hold theirs (the owner's ``--max-parked`` was
+    reached). Sent when it changes."""
+
+    TAG: ClassVar[int] = 9
+    parked: list[int]
+    blocked: list[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +395,10 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     Submit,
     Cancel,
     Results,
+    Call,
+    ChildResult,
+    CancelChild,
+    Waiting,
     Output,
     EnvProgress,
     WorkerState,

@@ -27,7 +27,7 @@ from distrib import _runtime, _serialize, _shm
 from distrib.wire._limits import MAX_FILE_BYTES
 from distrib._errors import SerializationError
 from distrib.wire._messages import Outcome, payload_size
-from distrib.worker import _isolation, _objects
+from distrib.worker import _isolation, _nested, _objects
 from distrib.worker._pipe import Pipe, Verb
 from distrib.worker._pool import NICE_VAR, THREAD_VARS
 
@@ -35,7 +35,7 @@ from distrib.worker._pool import NICE_VAR, THREAD_VARS
 class _Forward(io.TextIOBase):
     """A task's stdout/stderr: complete lines go to the daemon, tagged with the task's key."""
 
-    def __init__(self, pipe: Pipe, lock: threading.Lock, stream: int) -> None:
+    def __init__(self, pipe: Pipe, lock: threading.RLock, stream: int) -> None:
         self._pipe, self._lock, self._stream = pipe, lock, stream
         self._buf: list[str] = []
         self.key = 0
@@ -106,17 +106,49 @@ def _outputs(isolation: _isolation.Overlay | _isolation.Copies,
     return out
 
 
-def _take_messages(pipe: Pipe, waiting: dict[int, tuple[list[Any], list[Any]]],
-                   block: bool) -> None:
-    """Read what the daemon sent: tasks to run, and skips of tasks not started yet."""
-    while block or pipe.readable():
-        block = False
-        header, frames = pipe.recv()
-        if header[0] == Verb.RUN:
-            waiting[header[1]] = (frames, header[2:])
-        elif header[0] == Verb.SKIP:
-            if waiting.pop(header[1], None) is not None:
-                pipe.send([Verb.SKIPPED, header[1]])
+class _Inbox:
+    """What the daemon sent, read by a thread of its own while tasks run: tasks to run (in
+    order), skips of those not started yet, and the outcomes of the running task's calls."""
+
+    def __init__(self, pipe: Pipe, channel: _nested.Channel) -> None:
+        self.pipe, self.channel = pipe, channel
+        self.waiting: dict[int, tuple[list[Any], list[Any]]] = {}  # received, not started
+        self.closed = False
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, name="distrib-inbox", daemon=True).start()
+
+    def next(self) -> tuple[int, list[Any], list[Any]] | None:
+        """The next task to run (waits for one); None once the daemon closed the pipe."""
+        with self._cond:
+            while not self.waiting and not self.closed:
+                self._cond.wait()
+            if not self.waiting:
+                return None
+            key = next(iter(self.waiting))
+            frames, extras = self.waiting.pop(key)
+            return key, frames, extras
+
+    def _read(self) -> None:
+        try:
+            while True:
+                header, frames = self.pipe.recv()
+                if header[0] == Verb.RUN:
+                    with self._cond:
+                        self.waiting[header[1]] = (frames, header[2:])
+                        self._cond.notify()
+                elif header[0] == Verb.SKIP:
+                    with self._cond:
+                        skipped = self.waiting.pop(header[1], None) is not None
+                    if skipped:
+                        self.channel.send([Verb.SKIPPED, header[1]])
+                elif header[0] == Verb.CHILD and len(header) == 5:
+                    self.channel.settle(header[1], header[2], header[3], dict(header[4]),
+                                        frames)
+        except (EOFError, OSError, ValueError):
+            pass
+        with self._cond:
+            self.closed = True
+            self._cond.notify()
 
 
 def _error_outcome(exc: BaseException) -> tuple[Outcome, dict[str, str], list[Any]]:
@@ -197,6 +229,9 @@ def _prepare(pipe: Pipe, env: Path, main_script: str) -> list[str] | None:
     argv, forwarded = header[1], header[2]
     sys.argv = argv or [str(env / main_script)]
     os.environ.update({k: v for k, v in forwarded.items() if k not in THREAD_VARS})
+    # Calls made inside tasks pickle the workspace's functions (the script's too) by name,
+    # as the Main does: they resolve wherever the workspace is.
+    _runtime.shipped_root, _runtime.main_shipped = os.path.realpath(env), bool(main_script)
     try:
         if main_script:
             _import_main(env, main_script)
@@ -319,20 +354,18 @@ def _forked_executor(fd: int, isolation: _isolation.Overlay | _isolation.Copies,
 def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent: int) -> None:
     """Run the tasks the daemon sends, one by one, until it closes the pipe."""
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    lock = threading.Lock()
+    lock = threading.RLock()  # (every send on the pipe: tasks' output, calls, outcomes)
     out, err = _Forward(pipe, lock, 1), _Forward(pipe, lock, 2)
+    channel = _nested.channel = _nested.Channel(pipe, lock)
     pipe.send([Verb.READY, isolation.kind])
     real_out, real_err = sys.stdout, sys.stderr
-    waiting: dict[int, tuple[list[Any], list[Any]]] = {}  # received, not started: in order
+    inbox = _Inbox(pipe, channel)
     while True:
-        try:
-            _take_messages(pipe, waiting, block=not waiting)
-        except (EOFError, OSError, ValueError):
+        task = inbox.next()
+        if task is None:
             return
-        if not waiting:
-            continue
-        key = next(iter(waiting))
-        frames, (objects, shm, shm_pid) = waiting.pop(key)
+        key, frames, (objects, shm, shm_pid) = task
+        channel.key = key
         _objects.current = Path(objects) if objects else None
         in_shm: dict[str, int] = {}
         out.key = err.key = key
@@ -369,7 +402,8 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
             out.flush()
             err.flush()
             sys.stdout, sys.stderr = real_out, real_err
-        pipe.send([Verb.DONE, key, status, info, in_shm], payload)
+            channel.task_ended()
+        channel.send([Verb.DONE, key, status, info, in_shm], payload)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,7 @@ class Daemon:
         max_objects: int = 2 << 30,
         policy_file: Path | None = None,
         flags: Policy | None = None,
+        max_parked: int | None = None,
     ) -> None:
         self.name = name
         self.worker_id = uuid.uuid4().hex
@@ -108,7 +109,7 @@ class Daemon:
         self.away = ""  # why the machine is not lent now (its hours, its owner's load)
         self._told = ("serving", "")  # the state Mains last heard, and why
         self._served_logged = time.monotonic()  # when the log last said who holds the slots
-        self.slots = Slots(policy.threads, idle_after, max_queued)
+        self.slots = Slots(policy.threads, idle_after, max_queued, max_parked)
         self.objects = Objects(self.runs / "objects", max_objects)
         Objects.remove_stale()
         self.control = ControlSocket(cache_dir)
@@ -504,6 +505,8 @@ class Daemon:
             self._reject_wheels(msg.dist, peer, msg.reason)
         elif isinstance(msg, m.DistFailed):
             self._on_change(self.dists.on_failed(peer, msg))
+        elif isinstance(msg, m.ChildResult):
+            self._on_child_result(peer, msg)
         elif isinstance(msg, m.Objects):
             self._on_objects(peer, msg)
         elif isinstance(msg, m.ObjectsFailed):
@@ -583,7 +586,7 @@ class Daemon:
         for spec in msg.tasks:
             task = QueuedTask(peer, spec.task_id, spec.dist, spec.threads, spec.timeout,
                               [*spec.inline, *frames[at: at + spec.nframes]], main.context,
-                              main.env, tuple(spec.objects))
+                              main.env, tuple(spec.objects), depth=spec.depth)
             at += spec.nframes
             self.reruns += spec.attempt > 0
             if main.env_problem:  # (the Welcome said so; a Main that sends anyway hears it)
@@ -936,9 +939,46 @@ class Daemon:
             self._apply(self.slots.task_skipped(ex_id, header[1], now))
         elif verb == Verb.ENV_ERROR and len(header) == 2:
             self._apply(self.slots.env_error(ex_id, dict(header[1]), frames))
+        elif verb == Verb.CALL and len(header) == 9:
+            self._on_call(ex_id, header, frames)
+        elif verb in (Verb.PARK, Verb.UNPARK) and len(header) == 2:
+            run = self.slots.running(ex_id)
+            changed = self.slots.park(ex_id, header[1], now) if verb == Verb.PARK else \
+                self.slots.unpark(ex_id, header[1])
+            if changed and run is not None:
+                self._send(run.task.peer, m.Waiting(*self.slots.waiting_for_calls(run.task.peer)))
+        elif verb == Verb.CANCEL_CHILD and len(header) == 3:
+            run = self.slots.running(ex_id)
+            if run is not None and run.key == header[1]:
+                self._send(run.task.peer, m.CancelChild(run.task.task_id, header[2]))
         else:
             log.warning("executor %d sent an unexpected %r; stopping it", proc.pid, verb)
             self._apply(self._executor_died(ex_id))
+
+    def _on_call(self, ex_id: int, header: list[Any], frames: list[Any]) -> None:
+        """The running task of ``ex_id`` called a @distributed function: its Main runs it."""
+        _, key, child, name, platforms, threads, retries, timeout, outputs = header
+        run = self.slots.running(ex_id)
+        if run is None or run.key != key:
+            return  # (a task stopped meanwhile)
+        self._apply(self.slots.nested(ex_id, key))
+        self._send(run.task.peer, m.Call(run.task.task_id, child, str(name),
+                                         [str(p) for p in platforms], int(threads),
+                                         int(retries), timeout, [str(g) for g in outputs],
+                                         frames=tuple(frames)))
+
+    def _on_child_result(self, peer: bytes, msg: m.ChildResult) -> None:
+        """A call of a task running here ended: to its executor (if the task still runs)."""
+        for ex_id, ex in self.slots.executors.items():
+            run = ex.runs[0] if ex.runs else None
+            if run is not None and run.task.peer == peer and run.task.task_id == msg.parent:
+                proc = self.procs.get(ex_id)
+                if proc is not None and msg.status in ("ok", "error"):
+                    try:
+                        proc.child(run.key, msg.child, msg.status, msg.info, list(msg.frames))
+                    except OSError:
+                        self._apply(self._executor_died(ex_id))
+                return
 
     def _note_isolation(self, kind: str) -> None:
         if kind == self._isolation:
@@ -1077,6 +1117,7 @@ class Daemon:
             "pid": os.getpid(),
             "slots": self.slots.slots,
             "busy": self.slots.busy,
+            "parked": sum(ex.parked for ex in self.slots.executors.values()),
             "queued": self.slots.waiting(),
             "mains": [x.name for x in self.mains.values()],
             "held": {self.mains[peer].name: n for peer, n in self.slots.held().items()

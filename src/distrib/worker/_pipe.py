@@ -38,6 +38,8 @@ class Verb(enum.StrEnum):
     # frames in /dev/shm (name -> index); pid: put large result frames in /dev/shm as that
     # Main's (0: do not)
     SKIP = "skip"  # [SKIP, key]: drop that task if it has not started
+    CHILD = "child"  # [CHILD, key, child, status, record] + result or error frames: how the
+    # call ``child`` of the running task ``key`` ended ("ok" or "error")
     # executor -> daemon
     READY = "ready"  # [READY, isolation]: the environment is imported ("overlay" or "copy")
     NOFORK = "nofork"  # [NOFORK, why]: a template that cannot fork executors safely
@@ -46,6 +48,11 @@ class Verb(enum.StrEnum):
     OUT = "out"  # [OUT, key, stream, text]: a task's output line(s)
     DONE = "done"  # [DONE, key, outcome, record, shm] + result or error frames (shm: result
     # frames in /dev/shm)
+    CALL = "call"  # [CALL, key, child, name, platforms, threads, retries, timeout, outputs] + call
+    # frames: the running task called a @distributed function (its Main runs the call)
+    CANCEL_CHILD = "cancel_child"  # [CANCEL_CHILD, key, child]: it cancelled that call
+    PARK = "park"  # [PARK, key]: it waits for its calls (its slots may go to other tasks)
+    UNPARK = "unpark"  # [UNPARK, key]: it goes on
 
 
 class Pipe:

@@ -133,6 +133,12 @@ class ExecutorProcess:
         ours, self.theirs = socket.socketpair()
         self.pipe = Pipe(ours)
 
+    def child(self, key: int, child: int, status: str, info: dict[str, str],
+              frames: list[Any]) -> None:
+        """How call ``child`` of the running task ``key`` ended."""
+        self.pipe.send([Verb.CHILD, key, child, status, info],
+                       [f.buffer if hasattr(f, "buffer") else f for f in frames])
+
     def skip(self, key: int) -> None:
         """Ask the executor to drop task ``key`` if it has not started it."""
         self.pipe.send([Verb.SKIP, key])

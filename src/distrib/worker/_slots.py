@@ -30,6 +30,7 @@ TINY_TASK = 0.005  # seconds: executors of tasks this short get PREFETCH queued,
 PREFETCH = 4  # tasks waiting in an executor's pipe behind the running one
 PREFETCH_BYTES = 16 * 1024  # only small calls: the pipe's buffer must hold them all
 SKIP_GRACE = 0.05  # seconds to wait for a "skipped" before stopping a withdrawn task
+PARK_GRACE = 0.05  # seconds a parked task's slots go only to deeper tasks (see _parked_depth)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,11 @@ class Executor:
     ready: bool = False  # it has imported its environment
     runs: deque[Run] = field(default_factory=deque)
     idle_since: float | None = None  # when it last ran out of tasks
+    nests: bool = False  # its running task called @distributed functions: nothing is queued
+    # behind it (a call it waits for could be)
+    parked: bool = False  # its running task waits for its calls and gave its slots back
+    parked_at: float = 0.0
+    blocked: bool = False  # it waits for them, holding its slots (parked executors at the cap)
 
 
 # --- actions ---------------------------------------------------------------------------------
@@ -121,15 +127,20 @@ class Slots:
     """``slots`` slots shared by the executors of every environment this worker serves."""
 
     def __init__(self, slots: int, idle_after: float = 300.0,
-                 max_queued: int = 256 << 20) -> None:
+                 max_queued: int = 256 << 20, max_parked: int | None = None) -> None:
         self.slots = slots
+        # executors whose task waits for its calls and gave its slots back, at most
+        self.max_parked = 2 * slots if max_parked is None else max_parked
+        self._last_park = float("-inf")
+        self._callers = -1  # the deepest depth of a task that called @distributed functions
         self.max_queued = max_queued  # payload bytes queued per Main; more is deferred
         self.idle_after = idle_after  # seconds an executor may wait for a task before it stops
         self.busy = 0  # slots held by executors that have a task
         self.queues = Queues()
         self.executors: dict[int, Executor] = {}
         self.counters = dict.fromkeys(
-            ("tasks_done", "executors_started", "executors_crashed", "deferred"), 0)
+            ("tasks_done", "executors_started", "executors_crashed", "deferred", "parks",
+             "most_parked"), 0)
         self._ready_dists: set[str] = set()
         self._ready_envs: set[str] = set()  # Python environments built since tasks waited
         # (dist, context, Main) whose environment failed to import: its later tasks fail at once
@@ -160,10 +171,20 @@ class Slots:
         """Slots each Main's running tasks hold."""
         out: dict[bytes, int] = {}
         for ex in self.executors.values():
-            if ex.runs:
+            if ex.runs and not ex.parked:
                 peer = ex.runs[0].task.peer
                 out[peer] = out.get(peer, 0) + ex.key.threads
         return out
+
+    def waiting_for_calls(self, peer: bytes) -> tuple[list[int], list[int]]:
+        """``peer``'s tasks that wait for their calls: (parked ones, ones holding their
+        slots)."""
+        parked: list[int] = []
+        blocked: list[int] = []
+        for ex in self.executors.values():
+            if ex.runs and ex.runs[0].task.peer == peer and (ex.parked or ex.blocked):
+                (parked if ex.parked else blocked).append(ex.runs[0].task.task_id)
+        return parked, blocked
 
     def waiting(self, peer: bytes | None = None) -> int:
         """Tasks not running yet: queued here, or handed to a busy executor to run next."""
@@ -331,6 +352,51 @@ class Slots:
         self._halt(ex_id, lambda run, head: Outcome.CRASHED if head else None, info)
         return self._take()
 
+    def nested(self, ex_id: int, key: int) -> list[Action]:
+        """The running task ``key`` of ``ex_id`` called a ``@distributed`` function: the
+        tasks handed to run after it go back to the queue (it may wait for a call that is one
+        of them), and none is handed to it while it runs."""
+        ex = self.executors.get(ex_id)
+        if ex is None or not ex.runs or ex.runs[0].key != key or ex.nests:
+            return _NONE
+        ex.nests = True
+        self._callers = max(self._callers, ex.runs[0].task.depth)
+        for run in list(ex.runs)[1:]:
+            if run.withdrawn is None:
+                self._withdraw(ex, run, False, Withdrawn.REQUEUED)
+        return self._take()
+
+    def park(self, ex_id: int, key: int, now: float) -> bool:
+        """The running task ``key`` of ``ex_id`` waits for its calls: its slots go to other
+        tasks, unless ``max_parked`` executors are parked already (it holds them then).
+        Whether it was taken (its Main hears it)."""
+        ex = self.executors.get(ex_id)
+        if ex is None or not ex.runs or ex.runs[0].key != key or ex.parked or ex.blocked:
+            return False
+        if sum(e.parked for e in self.executors.values()) < self.max_parked:
+            ex.parked, ex.parked_at, self._last_park = True, now, now
+            self.busy -= ex.key.threads
+            self.counters["parks"] += 1
+            parked = sum(e.parked for e in self.executors.values())
+            self.counters["most_parked"] = max(self.counters["most_parked"], parked)
+            return True
+        ex.blocked = True
+        self._last_park = max(self._last_park, 0.0)  # (_depth_floor looks from now on)
+        return True
+
+    def unpark(self, ex_id: int, key: int) -> bool:
+        """The running task ``key`` of ``ex_id`` goes on: it holds its slots again (at once,
+        over the count for a moment if they were taken meanwhile). Whether it was parked or
+        holding them (its Main hears it)."""
+        ex = self.executors.get(ex_id)
+        if ex is None or not ex.runs or ex.runs[0].key != key or not (ex.parked or ex.blocked):
+            return False
+        if ex.parked:
+            ex.parked = False
+            self.busy += ex.key.threads
+        ex.blocked = False
+        return True
+
     def cancel(self, peer: bytes, task_id: int, now: float) -> list[Action]:
         """Withdraw a queued task, or stop (or skip) one handed to an executor."""
         task = self.queues.remove(peer, task_id)
@@ -431,8 +497,12 @@ class Slots:
             return _NONE
         held = self.held()
         new: dict[EnvKey, bytes] = {}  # environments with no executor before this turn
+        runnable: Callable[[QueuedTask], bool] = self._runnable
+        floor = self._depth_floor(now)
+        if floor is not None:
+            runnable = lambda t: t.depth > floor and self._runnable(t)  # noqa: E731
         while self.busy < self.slots and not self.paused:
-            task = self.queues.next_runnable(self.slots - self.busy, self._runnable, held,
+            task = self.queues.next_runnable(self.slots - self.busy, runnable, held,
                                              self.limits, self.weights)
             if task is None:
                 break
@@ -451,7 +521,7 @@ class Slots:
             self._warm(key, peer, now)
         if (self.busy == self.slots and len(self.queues) and not self._starved(held)
                 and not self.paused):  # (over the slots after a resize: let them drain)
-            self._prefetch(now, held)
+            self._prefetch(now, held, floor)
         unsent, self._unsent = self._unsent, {}
         for ex_id, runs in unsent.items():
             holder = self.executors.get(ex_id)
@@ -461,6 +531,29 @@ class Slots:
         return self._take()
 
     # --- internals ---------------------------------------------------------------------------
+
+    def _depth_floor(self, now: float) -> int | None:
+        """Only tasks deeper than this may start now (None: any), so that tasks waiting for
+        their calls never take every slot:
+
+        - a task that parked in the last ``PARK_GRACE`` seconds lends its slots to deeper
+          tasks (its own calls, relayed through its Main, arrive within that time), not to
+          tasks of its depth (or shallower), which would call and wait in turn;
+        - with ``max_parked`` executors parked, a task that called and waits would keep its
+          slots: only tasks deeper than every waiting one start (the deepest calls are the
+          ones that do not call again), and shallower ones once a parked task is done."""
+        if self._last_park == float("-inf"):
+            return None  # (no task here ever waited for its calls: the common case)
+        waiting = [ex for ex in self.executors.values() if ex.runs and (ex.parked or ex.blocked)]
+        if not waiting:
+            return None
+        floors = [ex.runs[0].task.depth for ex in waiting
+                  if ex.parked and now - ex.parked_at < PARK_GRACE]
+        floor = max(floors) if floors else None
+        if sum(ex.parked for ex in waiting) >= self.max_parked:
+            deepest = max(ex.runs[0].task.depth for ex in waiting)
+            floor = deepest if floor is None else max(floor, deepest)
+        return floor
 
     def _take(self) -> list[Action]:
         if not self._out:
@@ -485,11 +578,11 @@ class Slots:
         total = sum(weights.values())
         return any(held.get(p, 0) < self.slots * weights[p] / total for p in waiting)
 
-    def _prefetch(self, now: float, held: dict[bytes, int]) -> None:
+    def _prefetch(self, now: float, held: dict[bytes, int], floor: int | None) -> None:
         """All slots busy: give each busy executor its next task (tiny tasks: a few), so it
         starts it the moment it finishes one instead of waiting for a turn of the loop."""
         for ex in list(self.executors.values()):
-            if not ex.runs or not ex.ready:
+            if not ex.runs or not ex.ready or ex.nests:
                 continue
             key, peer = ex.key, ex.runs[-1].task.peer
             if held.get(peer, 0) > self.limits.get(peer, self.slots):
@@ -499,7 +592,9 @@ class Slots:
                 # (the same Main's: then each Main's slots held stay as they are, within quota)
                 task = self.queues.next_runnable(key.threads, lambda t: (
                     t.peer == peer and t.dist == key.dist and t.threads == key.threads
-                    and t.context == key.context and t.nbytes < PREFETCH_BYTES and not t.waits))
+                    and t.context == key.context and t.nbytes < PREFETCH_BYTES and not t.waits
+                    # (a task that may call and wait would start behind another, unchecked)
+                    and t.depth > max(self._callers, -1 if floor is None else floor)))
                 if task is None:
                     break
                 self._hand(ex, task, now)
@@ -554,12 +649,24 @@ class Slots:
         run.started = now
         run.deadline = None if run.task.timeout is None else now + run.task.timeout
 
+    def _release(self, ex: Executor) -> None:
+        """``ex``'s running task ended: its slots are free (a parked one's were already)."""
+        if ex.parked:
+            ex.parked = False
+        else:
+            self.busy -= ex.key.threads
+        ex.nests = ex.blocked = False
+
     def _next_head(self, ex: Executor, now: float) -> None:
         """The executor's running task is gone: the next one (if any) starts running now."""
         if not ex.runs:
-            self.busy -= ex.key.threads
+            self._release(ex)
             ex.idle_since = now
             return
+        if ex.parked:  # (its next task holds slots again)
+            ex.parked = False
+            self.busy += ex.key.threads
+        ex.nests = ex.blocked = False
         head = ex.runs[0]
         self._began(head, now)
         if head.withdrawn in (Withdrawn.CANCELLED, Withdrawn.DROPPED):
@@ -626,7 +733,7 @@ class Slots:
         ex.runs.clear()
         self._retire(ex)
         if runs:
-            self.busy -= ex.key.threads
+            self._release(ex)
         for i, run in reversed(list(enumerate(runs))):
             end = fate(run, i == 0)
             if end is None:

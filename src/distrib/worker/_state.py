@@ -28,6 +28,7 @@ class QueuedTask:
     objects: tuple[str, ...] = ()  # the shared objects its call passes
     waits: AbstractSet[str] = frozenset()  # of those, the ones not here yet
     shm: dict[str, int] | None = None  # its frames in /dev/shm: name -> index
+    depth: int = 0  # a call made inside a task: how deep (deeper ones go first)
     nbytes: int = field(init=False, repr=False)  # payload size, for prefetch decisions
 
     def __post_init__(self) -> None:
@@ -56,18 +57,25 @@ class Queues:
         self._bytes[task.peer] -= task.nbytes
 
     def add(self, task: QueuedTask) -> None:
+        """Queue a task: after its Main's others, but a call made inside a task before the
+        shallower ones (depth first: the tasks waiting for it finish first)."""
         queue = self._by_peer.get(task.peer)
         if queue is None:
             queue = self._by_peer[task.peer] = deque()
             self._turn.append(task.peer)
-        queue.append(task)
+        if task.depth and queue and queue[-1].depth < task.depth:
+            at = next(i for i, t in enumerate(queue) if t.depth < task.depth)
+            queue.insert(at, task)
+        else:
+            queue.append(task)
         self._bytes[task.peer] = self._bytes.get(task.peer, 0) + task.nbytes
 
     def add_front(self, task: QueuedTask) -> None:
         """Put a task back at the head of its Main's queue (its executor was stopped)."""
         self.add(task)
         queue = self._by_peer[task.peer]
-        queue.rotate(1)
+        queue.remove(task)
+        queue.appendleft(task)
 
     def remove(self, peer: bytes, task_id: int) -> QueuedTask | None:
         """Withdraw one queued task; None if it is not queued (running, done or unknown)."""

@@ -1,0 +1,171 @@
+"""Calls made from inside tasks, as the Main runs them (relayed: each came from the worker
+running its parent, over the connection the Main already has).
+
+A call is a task like the Main's own (same scheduling, retries, timeout), queued before new
+top-level calls (depth first). Its outcome goes back to its parent's worker, pickled again, if
+that parent still runs there in the same attempt; else it is dropped. A parent that ends
+cancels its unfinished calls. Workers say which of this Main's tasks wait for their calls
+while holding their slots (``Waiting``): when every slot of every worker is held that way for
+``DEADLOCK_AFTER`` seconds, no call of theirs can ever start, and the calls fail with
+``NestedDeadlock`` naming the chain (their parents see it where they wait).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from distrib import _serialize
+from distrib._errors import NestedDeadlock
+from distrib._response import UNFINISHED, Response
+from distrib.main._scheduler import Scheduler, Task, WorkerView
+from distrib.wire import _messages as m
+
+log = logging.getLogger("distrib")
+
+DEADLOCK_AFTER = 2.0  # seconds every slot is held by waiting parents before calls fail
+
+
+@dataclass(eq=False)
+class Child:
+    task: Task
+    parent: Task
+    number: int  # the parent's number for it
+    link: str  # where the parent ran when it called, and in which attempt
+    attempt: int
+
+
+class Nested:
+    """The calls tasks made, by task id, and their parents'."""
+
+    def __init__(self, scheduler: Scheduler, new_id: Callable[[], int],
+                 send: Callable[[str, m.Message], None],
+                 cancel: Callable[[int], None]) -> None:
+        self.scheduler, self._new_id, self._send, self._cancel = scheduler, new_id, send, cancel
+        self.children: dict[int, Child] = {}  # by the call's task id
+        self._of: dict[int, dict[int, Child]] = {}  # parent task id -> its number -> call
+        self.waiting: dict[str, list[int]] = {}  # per worker: tasks waiting with their slots
+        self._stuck_since: float | None = None
+
+    def on_call(self, link: str, msg: m.Call) -> Task | None:
+        """A task running on ``link`` made a call: the task to schedule, or None if the
+        parent does not run there any more."""
+        view = self.scheduler.workers.get(link)
+        parent = view.inflight.get(msg.parent) if view is not None else None
+        if parent is None:
+            return None
+        task_id = self._new_id()
+        response: Response[Any] = Response(task_id, msg.name, self._cancel)
+        task = Task(task_id, msg.name, list(msg.frames), tuple(msg.platforms) or ("*",),
+                    msg.threads, msg.retries, msg.timeout, response, tuple(msg.outputs),
+                    depth=parent.depth + 1)
+        child = self.children[task_id] = Child(task, parent, msg.child, link, parent.attempts)
+        calls = self._of.get(parent.task_id)
+        if calls is None:
+            calls = self._of[parent.task_id] = {}
+            parent.response.add_done_callback(lambda _: self._parent_ended(parent.task_id))
+        calls[msg.child] = child
+        response.add_done_callback(lambda _: self._ended(child, response))
+        self.scheduler.add(task, front=True)
+        return task
+
+    @property
+    def parents(self) -> dict[int, dict[int, Child]]:
+        """Tasks that made calls, by id (``task_id in parents`` is cheap)."""
+        return self._of
+
+    def on_cancel(self, link: str, msg: m.CancelChild) -> None:
+        """The parent cancelled its call."""
+        child = self._of.get(msg.parent, {}).get(msg.child)
+        if child is not None and child.link == link:
+            child.task.response.cancel()
+
+    def on_waiting(self, link: str, msg: m.Waiting) -> None:
+        """The worker's tasks that wait for their calls: parked ones lend their slots (more
+        tasks may go there), blocked ones hold them (``check_deadlock``)."""
+        self.waiting[link] = list(msg.blocked)
+        view = self.scheduler.workers.get(link)
+        if view is not None:
+            view.parked = {tid for tid in msg.parked if tid in view.inflight}
+            view.lent = sum(view.inflight[tid].threads for tid in view.parked)
+
+    def parents_moved(self, tasks: list[Task]) -> None:
+        """These tasks stopped running where they were (their worker was lost, or it handed
+        them back): their calls are cancelled, their outcomes would reach no one."""
+        for task in tasks:
+            self._parent_ended(task.task_id)
+
+    def _parent_ended(self, parent_id: int) -> None:
+        for child in list(self._of.pop(parent_id, {}).values()):
+            child.task.response.cancel()
+
+    def _ended(self, child: Child, response: Response[Any]) -> None:
+        """A call's outcome: to its parent, if it still runs where it called from."""
+        self.children.pop(child.task.task_id, None)
+        calls = self._of.get(child.parent.task_id)
+        if calls is not None and calls.get(child.number) is child:
+            del calls[child.number]
+        parent = child.parent
+        if (parent.link != child.link or parent.attempts != child.attempt
+                or parent.response._state not in UNFINISHED):
+            return
+        exc = response.error(0)
+        try:
+            if exc is None:
+                status, info = "ok", {}
+                frames = _serialize.dumps(_serialize.out_of_band(response.result(0)))
+            else:
+                status, info, frames = "error", _serialize.error_info(exc), \
+                    _serialize.dumps_error(exc)
+        except Exception as why:  # (a result that does not pickle again)
+            status, info, frames = "error", _serialize.error_info(why), \
+                _serialize.dumps_error(why)
+        self._send(child.link, m.ChildResult(parent.task_id, child.number, status, info,
+                                             frames=tuple(frames)))
+
+    def check_deadlock(self, now: float) -> None:
+        """Fail the calls that can never start (see the module's docstring)."""
+        if not self.children:
+            self._stuck_since = None
+            return
+        views = [v for v in self.scheduler.workers.values() if v.slots > 0 and not v.unable]
+        if not views or not all(_held_waiting(v, self.waiting.get(v.link, ())) >= v.slots
+                                for v in views):
+            self._stuck_since = None
+            return
+        if self._stuck_since is None:
+            self._stuck_since = now
+        if now - self._stuck_since < DEADLOCK_AFTER:
+            return
+        self._stuck_since = None
+        names = ", ".join(sorted(v.name for v in views))
+        for child in list(self.children.values()):
+            if child.task.response._state not in UNFINISHED:
+                continue
+            error = NestedDeadlock(
+                f"{self._chain(child)} cannot start: every slot of worker(s) {names} is held by a "
+                "task waiting for the calls it made, and no more may wait without their slots "
+                "(each worker's --max-parked); give the workers more slots or a higher "
+                "--max-parked, or wait for fewer calls at once")
+            log.warning("%s", error)
+            child.task.response._finish(None, exc=error)
+            self._cancel(child.task.task_id)  # (off the worker or queue it is on)
+
+
+    def _chain(self, child: Child) -> str:
+        """``task leaf#9, called by node#4, called by root#1``."""
+        parts = [f"task {child.task.name}#{child.task.task_id}"]
+        at: Child | None = child
+        while at is not None and len(parts) < 50:
+            parts.append(f"called by {at.parent.name}#{at.parent.task_id}")
+            at = self.children.get(at.parent.task_id)
+        return ", ".join(parts)
+
+
+def _held_waiting(view: WorkerView, waiting: Any) -> int:
+    """Slots of ``view`` held by this Main's tasks that wait for their calls there."""
+    return sum(task.threads for tid in waiting if (task := view.inflight.get(tid)) is not None)
+
+

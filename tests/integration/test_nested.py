@@ -1,0 +1,194 @@
+"""Calls made inside tasks go out as tasks of their own (relayed through the Main), on real
+daemons: a tree spreads over the slots, a waiting parent lends its slot, a deadlock is an
+error, errors and cancellation follow the tree."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+
+from tests.helpers import PYTHON, Worker, Workspace, ended, wait_for
+
+TREE = """
+    import os, sys, time
+    import distrib
+    from distrib import distributed
+
+    @distributed
+    def leaf(x):
+        start = time.time()
+        time.sleep(0.05)
+        return x, start, time.time()
+
+    @distributed
+    def node(x, depth):
+        if depth == 0:
+            return [leaf(x).unwrap()]
+        calls = [node(x * 10 + i, depth - 1) if depth > 1 else leaf(x * 10 + i)
+                 for i in range(10)]
+        if depth == 1:
+            return distrib.gather(calls)
+        return [r for part in distrib.gather(calls) for r in part]
+
+    if __name__ == "__main__":
+        out = node(0, 3).unwrap(timeout=100)  # (pytest's own limit is 120 s)
+        print("LEAVES", len(out), sorted(x for x, _, _ in out) == list(range(1000)))
+        edges = sorted([(s, 1) for _, s, _ in out] + [(e, -1) for _, _, e in out])
+        now = most = 0
+        for _, step in edges:
+            now += step
+            most = max(most, now)
+        print("MOST AT ONCE", most)
+"""
+
+
+def test_a_tree_of_calls_spreads_over_the_slots_with_parked_parents_capped(
+        workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
+    worker = start_worker(threads=4)
+    workspace.write("main.py", TREE)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address}, timeout=110)
+    assert out.returncode == 0, (out.stderr[-3000:], worker.status(), worker.log()[-3000:])
+    lines = out.stdout.splitlines()
+    assert lines[0] == "LEAVES 1000 True", out.stderr[-3000:]
+    most = int(lines[1].split()[-1])
+    assert 2 <= most <= 4  # leaves ran side by side, never on more than the 4 slots
+    status = worker.status()
+    assert status["tasks_done"] >= 1111
+    assert 0 < status["most_parked"] <= 8  # (--max-parked: twice the threads)
+
+
+DEADLOCK = """
+    import distrib
+    from distrib import distributed
+
+    @distributed
+    def child():
+        return 1
+
+    @distributed
+    def parent():
+        try:
+            return child().unwrap(timeout=10)
+        except distrib.NestedDeadlock as exc:
+            return f"NestedDeadlock {exc}"
+
+    if __name__ == "__main__":
+        print(parent().unwrap(timeout=60))
+"""
+
+
+def test_a_parent_that_can_neither_park_nor_be_served_gets_nested_deadlock(
+        workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
+    worker = start_worker(threads=1, extra=("--max-parked", "0"))
+    workspace.write("main.py", DEADLOCK)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
+    assert out.returncode == 0, out.stderr[-3000:]
+    # (within the parent's 10 s wait: else it would print a WaitTimeout)
+    assert out.stdout.startswith("NestedDeadlock task child#2, called by parent#1 cannot "
+                                 "start: every slot of worker(s) w0 is held"), out.stdout
+    # With a slot it may lend while it waits, the same call is served.
+    other = start_worker(threads=1, name="lends")
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": other.address})
+    assert out.stdout.strip() == "1", out.stderr[-3000:]
+    assert other.status()["parks"] >= 1  # (it lent its slot while it waited)
+
+
+ERRORS = """
+    import traceback
+    from distrib import distributed
+
+    @distributed
+    def dig(depth):
+        if depth == 0:
+            raise ValueError("three levels down")
+        return dig(depth - 1).unwrap(timeout=60)
+
+    if __name__ == "__main__":
+        try:
+            dig(3).unwrap(timeout=120)
+        except ValueError as exc:
+            print("".join(traceback.format_exception(exc)))
+"""
+
+
+def test_an_error_three_levels_down_reaches_the_main_with_each_remote_traceback(
+        workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
+    worker = start_worker(threads=2)
+    workspace.write("main.py", ERRORS)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert text.rstrip().endswith("ValueError: three levels down"), text[-2000:]
+    assert 'raise ValueError("three levels down")' in text
+    # the waits of the three parents, each in its own remote traceback
+    assert text.count("return dig(depth - 1).unwrap(timeout=60)") >= 3, text
+
+
+FANOUT = """
+    import os, sys, time
+    import distrib
+    from distrib import distributed
+
+    @distributed
+    def nap(i):
+        time.sleep(60)
+        return i
+
+    @distributed
+    def parent():
+        return distrib.gather([nap(i) for i in range(50)])
+
+    if __name__ == "__main__":
+        print("PID", os.getpid(), flush=True)
+        call = parent()
+        sys.stdin.readline()
+        print("CANCELLED", call.cancel(), flush=True)
+        sys.stdin.readline()
+"""
+
+
+def _tree_started(worker: Worker) -> bool:
+    status = worker.status()
+    return status["busy"] == 2 and status["parked"] == 1  # the parent lends its slot
+
+
+def test_cancelling_a_parent_stops_its_calls_everywhere(
+        workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
+    worker = start_worker(threads=2)
+    workspace.write("main.py", FANOUT)
+    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
+           "DISTRIB_WORKERS": worker.address}
+    with ended(subprocess.Popen([PYTHON, "main.py"], cwd=workspace.root, env=env, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)) as main:
+        assert main.stdout is not None and main.stdin is not None
+        main.stdout.readline()
+        wait_for(lambda: _tree_started(worker), what="the parent parked, two calls running")
+        main.stdin.write("\n")
+        main.stdin.flush()
+        assert main.stdout.readline() == "CANCELLED True\n"
+        wait_for(lambda: (s := worker.status())["busy"] == 0 and s["queued"] == 0
+                 and s["parked"] == 0, what="no call left running or queued")
+        main.stdin.write("\n")
+        main.stdin.flush()
+        main.communicate(timeout=60)
+
+
+def test_a_killed_main_stops_its_whole_tree(
+        workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
+    worker = start_worker(threads=2)
+    workspace.write("main.py", FANOUT)
+    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
+           "DISTRIB_WORKERS": worker.address}
+    with ended(subprocess.Popen([PYTHON, "main.py"], cwd=workspace.root, env=env, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)) as main:
+        assert main.stdout is not None
+        main.stdout.readline()
+        wait_for(lambda: _tree_started(worker), what="the parent parked, two calls running")
+        main.send_signal(signal.SIGKILL)
+        main.communicate(timeout=60)
+    wait_for(lambda: (s := worker.status())["busy"] == 0 and s["queued"] == 0
+             and s["parked"] == 0, what="the killed Main's tree stopped")
