@@ -335,6 +335,24 @@ def _naps(fw: Framework, nap: Callable[[float], int], calls: int, seconds: float
     return time.perf_counter() - t0
 
 
+def nested(name: str, p: Metrics) -> Metrics:
+    """W9: time per call made from inside a task, ``calls`` at once (then gathered) and
+    ``calls`` one after the other."""
+    from bench.nested import chain, fan_out
+
+    calls = p["calls"]
+    with cluster(name, p["slots"]) as (fw, extra):
+        fw.result(fw.submit(fan_out, name, 2))  # (the inner function, made ready)
+        t0 = time.perf_counter()
+        total = fw.result(fw.submit(fan_out, name, calls))
+        wide = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        last = fw.result(fw.submit(chain, name, calls))
+        deep = time.perf_counter() - t0
+    check([total, last], [sum(range(1, calls + 1)), calls], "nested")
+    return {"fan_out_us": wide / calls * 1e6, "chain_us": deep / calls * 1e6, **extra}
+
+
 def memory(name: str, p: Metrics) -> Metrics:
     """W6: the Main's RSS growth with ``calls`` calls submitted and not yet collected."""
     with cluster(name, p["slots"]) as (fw, extra):
@@ -435,6 +453,17 @@ WORKLOADS: dict[str, Workload] = {w.id: w for w in [
         {"slots": 10, "calls": 100, "seconds": 0.1}, 900,
         notes=("Dask runs the slots as threads in 2 worker processes (sleeps release the GIL); "
                "the others run one process per slot.",),
+    ),
+    Workload(
+        "W9", "W9", "W9 calls from inside a task: {calls} calls of inc made by one task, at "
+        "once then gathered, and one after the other",
+        (Metric("fan_out_us", "time per call made at once", "µs", False),
+         Metric("chain_us", "time per call made one after the other", "µs", False)),
+        nested, {"slots": 2, "calls": 100}, {"slots": 2, "calls": 20}, 600,
+        frameworks=("distrib", "ray", "dask"),
+        notes=("distrib relays each call through the Main; Ray submits from the worker "
+               "(ray.get inside a task); Dask uses worker_client. ProcessPoolExecutor and "
+               "loky cannot submit from inside a task.",),
     ),
     Workload(
         "W4", "W4", "W4 data: {calls} calls each sending {mb:g} MB of bytes, returning its length",
