@@ -107,18 +107,40 @@ def _outputs(isolation: _isolation.Overlay | _isolation.Copies,
 
 
 class _Inbox:
-    """What the daemon sent, read by a thread of its own while tasks run: tasks to run (in
-    order), skips of those not started yet, and the outcomes of the running task's calls."""
+    """What the daemon sent: tasks to run (in order), skips of those not started yet, and
+    the outcomes of the running task's calls. Read between tasks by the executor's thread,
+    until a task first makes calls: from then on by a thread of its own, which settles the
+    calls' outcomes while tasks run (the common executor, whose tasks make no calls, keeps
+    one thread and no hand-over per task)."""
 
     def __init__(self, pipe: Pipe, channel: _nested.Channel) -> None:
         self.pipe, self.channel = pipe, channel
         self.waiting: dict[int, tuple[list[Any], list[Any]]] = {}  # received, not started
         self.closed = False
         self._cond = threading.Condition()
-        threading.Thread(target=self._read, name="distrib-inbox", daemon=True).start()
+        self._thread: threading.Thread | None = None
+        channel.on_first_call = self.read_in_thread
+
+    def read_in_thread(self) -> None:
+        """Read in a thread of its own from now on (called by the running task's first
+        call: the executor's thread is in the task, not reading)."""
+        with self._cond:  # (a task's threads may all make calls at once)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._read, name="distrib-inbox",
+                                                daemon=True)
+                self._thread.start()
 
     def next(self) -> tuple[int, list[Any], list[Any]] | None:
         """The next task to run (waits for one); None once the daemon closed the pipe."""
+        if self._thread is None:
+            try:
+                while not self.waiting or self.pipe.readable():  # (skips sent meanwhile)
+                    self._take()
+            except (EOFError, OSError, ValueError):
+                return None
+            key = next(iter(self.waiting))
+            frames, extras = self.waiting.pop(key)
+            return key, frames, extras
         with self._cond:
             while not self.waiting and not self.closed:
                 self._cond.wait()
@@ -131,24 +153,27 @@ class _Inbox:
     def _read(self) -> None:
         try:
             while True:
-                header, frames = self.pipe.recv()
-                if header[0] == Verb.RUN:
-                    with self._cond:
-                        self.waiting[header[1]] = (frames, header[2:])
-                        self._cond.notify()
-                elif header[0] == Verb.SKIP:
-                    with self._cond:
-                        skipped = self.waiting.pop(header[1], None) is not None
-                    if skipped:
-                        self.channel.send([Verb.SKIPPED, header[1]])
-                elif header[0] == Verb.CHILD and len(header) == 5:
-                    self.channel.settle(header[1], header[2], header[3], dict(header[4]),
-                                        frames)
+                self._take()
         except (EOFError, OSError, ValueError):
             pass
         with self._cond:
             self.closed = True
             self._cond.notify()
+
+    def _take(self) -> None:
+        """Read and act on one message."""
+        header, frames = self.pipe.recv()
+        if header[0] == Verb.RUN:
+            with self._cond:
+                self.waiting[header[1]] = (frames, header[2:])
+                self._cond.notify()
+        elif header[0] == Verb.SKIP:
+            with self._cond:
+                skipped = self.waiting.pop(header[1], None) is not None
+            if skipped:
+                self.channel.send([Verb.SKIPPED, header[1]])
+        elif header[0] == Verb.CHILD and len(header) == 5:
+            self.channel.settle(header[1], header[2], header[3], dict(header[4]), frames)
 
 
 def _error_outcome(exc: BaseException) -> tuple[Outcome, dict[str, str], list[Any]]:

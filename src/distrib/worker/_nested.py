@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from distrib import _serialize
@@ -32,6 +33,7 @@ class Channel:
         self._next = 0
         self._waits = 0  # threads of the running task waiting for its calls
         self.pid = os.getpid()  # (a process the task forked shares the pipe: not its own)
+        self.on_first_call: Callable[[], None] = lambda: None  # (outcomes must be read now)
 
     def send(self, header: list[Any], frames: list[Any] | tuple[Any, ...] = ()) -> None:
         with self.lock:
@@ -40,6 +42,7 @@ class Channel:
     def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Response[Any]:
         """Send the call of ``fn`` (a ``DistributedFunction``) to be run elsewhere."""
         frames = _serialize.dumps((fn, args, kwargs))
+        self.on_first_call()
         opts = fn.options
         with self.lock:
             self._next += 1
