@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from tests.helpers import PYTHON, Worker, Workspace, ended, wait_for
 
@@ -149,14 +150,14 @@ FANOUT = """
 """
 
 
-def _tree_started(worker: Worker) -> bool:
+def _idle(worker: Worker) -> bool:
     status = worker.status()
-    return status["busy"] == 2 and status["parked"] == 1  # the parent lends its slot
+    return status["busy"] == 0 and status["queued"] == 0 and status["parked"] == 0
 
 
-def test_cancelling_a_parent_stops_its_calls_everywhere(
-        workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
-    worker = start_worker(threads=2)
+@contextmanager
+def _tree(workspace: Workspace, worker: Worker) -> Iterator[subprocess.Popen[str]]:
+    """The FANOUT script running, once its parent has parked and two calls run."""
     workspace.write("main.py", FANOUT)
     env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
            "DISTRIB_WORKERS": worker.address}
@@ -165,12 +166,20 @@ def test_cancelling_a_parent_stops_its_calls_everywhere(
                                 stderr=subprocess.PIPE)) as main:
         assert main.stdout is not None and main.stdin is not None
         main.stdout.readline()
-        wait_for(lambda: _tree_started(worker), what="the parent parked, two calls running")
+        wait_for(lambda: (s := worker.status())["busy"] == 2 and s["parked"] == 1,
+                 what="the parent parked (lending its slot), two calls running")
+        yield main
+
+
+def test_cancelling_a_parent_stops_its_calls_everywhere(
+        workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
+    worker = start_worker(threads=2)
+    with _tree(workspace, worker) as main:
+        assert main.stdout is not None and main.stdin is not None
         main.stdin.write("\n")
         main.stdin.flush()
         assert main.stdout.readline() == "CANCELLED True\n"
-        wait_for(lambda: (s := worker.status())["busy"] == 0 and s["queued"] == 0
-                 and s["parked"] == 0, what="no call left running or queued")
+        wait_for(lambda: _idle(worker), what="no call left running, queued or parked")
         main.stdin.write("\n")
         main.stdin.flush()
         main.communicate(timeout=60)
@@ -179,16 +188,7 @@ def test_cancelling_a_parent_stops_its_calls_everywhere(
 def test_a_killed_main_stops_its_whole_tree(
         workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
     worker = start_worker(threads=2)
-    workspace.write("main.py", FANOUT)
-    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
-           "DISTRIB_WORKERS": worker.address}
-    with ended(subprocess.Popen([PYTHON, "main.py"], cwd=workspace.root, env=env, text=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)) as main:
-        assert main.stdout is not None
-        main.stdout.readline()
-        wait_for(lambda: _tree_started(worker), what="the parent parked, two calls running")
+    with _tree(workspace, worker) as main:
         main.send_signal(signal.SIGKILL)
         main.communicate(timeout=60)
-    wait_for(lambda: (s := worker.status())["busy"] == 0 and s["queued"] == 0
-             and s["parked"] == 0, what="the killed Main's tree stopped")
+    wait_for(lambda: _idle(worker), what="the killed Main's tree stopped")
