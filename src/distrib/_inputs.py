@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from distrib import _runtime
 from distrib._errors import InputFailed
 from distrib._response import Response
 
@@ -40,7 +41,7 @@ class _Waiting:
     def __init__(self, name: str, call: Call, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> None:
         self.name, self.call, self.args, self.kwargs = name, call, args, kwargs
-        self.outer: Response[Any] = Response(0, name, self._cancel)
+        self.outer: Response[Any] = _outer(name, self._cancel)
         self.inner: Response[Any] | None = None
         self.cancelled = False
         self._lock = threading.Lock()
@@ -87,6 +88,17 @@ class _Waiting:
             inner = self.inner
         if inner is not None:
             inner.cancel()
+
+
+def _outer(name: str, on_cancel: Callable[[int], None]) -> Response[Any]:
+    """The caller's Response: inside a task, one whose waits lend the task's slots."""
+    if _runtime.mode is _runtime.Mode.WORKER_TASK:
+        from distrib.worker import _nested
+
+        response = _nested.waiting_response(name, on_cancel)
+        if response is not None:
+            return response
+    return Response(0, name, on_cancel)
 
 
 def _value(arg: Any) -> Any:

@@ -192,3 +192,39 @@ def test_a_killed_main_stops_its_whole_tree(
         main.send_signal(signal.SIGKILL)
         main.communicate(timeout=60)
     wait_for(lambda: _idle(worker), what="the killed Main's tree stopped")
+
+
+LARGE = """
+    import numpy as np
+    import distrib
+    from distrib import distributed
+
+    @distributed
+    def double(a):
+        return a * 2
+
+    @distributed
+    def add(a, b):
+        return a + b
+
+    @distributed
+    def parent():
+        chunks = [np.full(250_000, float(i)) for i in range(12)]  # 2 MB each, both ways
+        total = sum(float(r.sum()) for r in distrib.gather([double(c) for c in chunks]))
+        # A Response as an argument inside a task: its wait lends the slot too.
+        first = add(double(chunks[1]), 1.0).unwrap(timeout=60)
+        return total, float(first[0])
+
+    if __name__ == "__main__":
+        print(parent().unwrap(timeout=120))
+"""
+
+
+def test_large_calls_and_response_arguments_inside_a_task_on_one_slot(
+        workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
+    worker = start_worker(threads=1)
+    workspace.write("main.py", LARGE)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == f"({2 * 250_000 * sum(range(12)):.1f}, 3.0)"
+    assert worker.status()["parks"] >= 2

@@ -54,8 +54,8 @@ class Nested:
         parent does not run there any more."""
         view = self.scheduler.workers.get(link)
         parent = view.inflight.get(msg.parent) if view is not None else None
-        if parent is None:
-            return None
+        if parent is None or parent.response._state not in UNFINISHED:
+            return None  # (it ended or was cancelled: its executor is being stopped)
         task_id = self._new_id()
         response: Response[Any] = Response(task_id, msg.name, self._cancel)
         task = Task(task_id, msg.name, list(msg.frames), tuple(msg.platforms) or ("*",),
@@ -81,6 +81,12 @@ class Nested:
         child = self._of.get(msg.parent, {}).get(msg.child)
         if child is not None and child.link == link:
             child.task.response.cancel()
+
+    def finished(self, link: str, task_id: int) -> None:
+        """A task of ``link`` reported its outcome: it waits for nothing there any more."""
+        waiting = self.waiting.get(link)
+        if waiting and task_id in waiting:
+            waiting.remove(task_id)
 
     def on_waiting(self, link: str, msg: m.Waiting) -> None:
         """The worker's tasks that wait for their calls: parked ones lend their slots (more

@@ -601,6 +601,7 @@ class Session:
                 continue
             if task.task_id in self.nested.parents:
                 self.nested.parents_moved([task])  # (its run here ended: its calls too)
+                self.nested.finished(link.link_id, task.task_id)
             settle(task, spec, frames, link.name, f"{task.name}#{task.task_id} on worker "
                    f"{link.label}", self.scheduler, self.outputs, link.link_id)
             if self.stats is not None:

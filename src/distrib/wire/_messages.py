@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from distrib.wire._limits import INLINE_MAX
 
-PROTOCOL_VERSION = 7
+PROTOCOL_VERSION = 8
 
 
 class Outcome(enum.StrEnum):

@@ -171,9 +171,9 @@ class _Inbox:
             with self._cond:
                 skipped = self.waiting.pop(header[1], None) is not None
             if skipped:
-                self.channel.send([Verb.SKIPPED, header[1]])
+                self.channel.send_soon([Verb.SKIPPED, header[1]])
         elif header[0] == Verb.CHILD and len(header) == 5:
-            self.channel.settle(header[1], header[2], header[3], dict(header[4]), frames)
+            self.channel.outcome(header[1], header[2], header[3], dict(header[4]), frames)
 
 
 def _error_outcome(exc: BaseException) -> tuple[Outcome, dict[str, str], list[Any]]:
@@ -390,7 +390,7 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
         if task is None:
             return
         key, frames, (objects, shm, shm_pid) = task
-        channel.key = key
+        channel.start(key)
         _objects.current = Path(objects) if objects else None
         in_shm: dict[str, int] = {}
         out.key = err.key = key

@@ -200,6 +200,10 @@ class Daemon:
                     self._tick(now)
                     next_tick = now + min(self.heartbeat_interval, 0.25)
                 self._apply(self.slots.schedule(now))
+                while self.slots.rewaited:  # (tasks waiting for their calls ended or lent)
+                    peer = self.slots.rewaited.pop()
+                    if peer in self.mains:
+                        self._send(peer, m.Waiting(*self.slots.waiting_for_calls(peer)))
                 if self.warming:
                     self._tell(self.warming.done(self.slots.executors.values()))
                 self._outbox.flush(self._send)
@@ -961,17 +965,26 @@ class Daemon:
         run = self.slots.running(ex_id)
         if run is None or run.key != key:
             return  # (a task stopped meanwhile)
+        ints = (child, threads, retries)
+        if not (all(isinstance(x, int) and 0 <= x < 1 << 31 for x in ints)
+                and isinstance(name, str) and isinstance(platforms, list)
+                and isinstance(outputs, list) and len(platforms) <= 64 and len(outputs) <= 256
+                and all(isinstance(x, str) for x in (*platforms, *outputs))
+                and (timeout is None or isinstance(timeout, (int, float)))):
+            log.warning("executor %d sent a malformed call; stopping it",
+                        self.procs[ex_id].pid if ex_id in self.procs else 0)
+            self._apply(self._executor_died(ex_id))
+            return
         self._apply(self.slots.nested(ex_id, key))
-        self._send(run.task.peer, m.Call(run.task.task_id, child, str(name),
-                                         [str(p) for p in platforms], int(threads),
-                                         int(retries), timeout, [str(g) for g in outputs],
-                                         frames=tuple(frames)))
+        self._send(run.task.peer, m.Call(run.task.task_id, child, name, platforms, threads,
+                                         retries, timeout, outputs, frames=tuple(frames)))
 
     def _on_child_result(self, peer: bytes, msg: m.ChildResult) -> None:
         """A call of a task running here ended: to its executor (if the task still runs)."""
         for ex_id, ex in self.slots.executors.items():
             run = ex.runs[0] if ex.runs else None
-            if run is not None and run.task.peer == peer and run.task.task_id == msg.parent:
+            if (run is not None and ex.nests and run.task.peer == peer
+                    and run.task.task_id == msg.parent):  # (only a task that made calls)
                 proc = self.procs.get(ex_id)
                 if proc is not None and msg.status in ("ok", "error"):
                     try:

@@ -11,7 +11,9 @@ call's ``Response`` while the task goes on or waits.
 from __future__ import annotations
 
 import os
+import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -24,83 +26,132 @@ channel: Channel | None = None  # in an executor: its channel to the daemon
 
 
 class Channel:
-    """An executor's calls from inside its running task (``key``), and its waits for them."""
+    """An executor's calls from inside its running task (``key``), and its waits for them.
+
+    Nothing the pipe's reader thread does may wait for a send of the task's threads: the
+    daemon, blocked writing an outcome to this executor, would then never read the send the
+    task is blocked in. So outcomes are settled (and their callbacks run) in a thread of
+    their own, and the reader's own sends (``skipped``) wait for the pipe only when it is
+    free, else go out after the send in progress.
+    """
 
     def __init__(self, pipe: Pipe, lock: threading.RLock) -> None:
         self.pipe, self.lock = pipe, lock  # (the lock guards every send on the pipe)
-        self.key = 0  # the running task's
+        self.key = 0  # the running task's (0: none runs)
+        self._state = threading.Lock()  # key, calls and waits
         self._children: dict[int, Call] = {}
         self._next = 0
         self._waits = 0  # threads of the running task waiting for its calls
+        self._later: deque[list[Any]] = deque()  # the reader's sends, when the pipe was busy
+        self._outcomes: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self.pid = os.getpid()  # (a process the task forked shares the pipe: not its own)
         self.on_first_call: Callable[[], None] = lambda: None  # (outcomes must be read now)
+        self._settler: threading.Thread | None = None
 
     def send(self, header: list[Any], frames: list[Any] | tuple[Any, ...] = ()) -> None:
         with self.lock:
             self.pipe.send(header, list(frames))
+            while self._later:
+                self.pipe.send(self._later.popleft())
 
-    def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Response[Any]:
-        """Send the call of ``fn`` (a ``DistributedFunction``) to be run elsewhere."""
+    def send_soon(self, header: list[Any]) -> None:
+        """Send a small message now if the pipe is free, else right after the send in
+        progress (for the reader thread, which must not wait for one)."""
+        self._later.append(header)
+        if self.lock.acquire(blocking=False):
+            try:
+                while self._later:
+                    self.pipe.send(self._later.popleft())
+            finally:
+                self.lock.release()
+
+    def start(self, key: int) -> None:
+        """Task ``key`` starts running."""
+        with self._state:
+            self.key, self._waits = key, 0
+
+    def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+               ) -> Response[Any] | None:
+        """Send the call of ``fn`` (a ``DistributedFunction``) to be run elsewhere; None
+        while no task runs (a thread a task left behind: the call runs in place)."""
+        if not self.key:
+            return None
         frames = _serialize.dumps((fn, args, kwargs))
-        self.on_first_call()
         opts = fn.options
-        with self.lock:
+        with self._state:
+            key = self.key
+            if not key:
+                return None
             self._next += 1
-            child, key = self._next, self.key
+            child = self._next
             response = Call(child, fn.__qualname__, self, key)
             self._children[child] = response
-            self.pipe.send([Verb.CALL, key, child, fn.__qualname__, list(opts.platform),
-                            opts.threads, opts.retries, opts.timeout, list(opts.outputs)],
-                           frames)
+        self.on_first_call()
+        if self._settler is None:
+            with self._state:
+                if self._settler is None:
+                    self._settler = threading.Thread(target=self._settle_all,
+                                                     name="distrib-calls", daemon=True)
+                    self._settler.start()
+        self.send([Verb.CALL, key, child, fn.__qualname__, list(opts.platform), opts.threads,
+                   opts.retries, opts.timeout, list(opts.outputs)], frames)
         return response
 
-    def settle(self, key: int, child: int, status: str, info: dict[str, str],
-               frames: list[Any]) -> None:
-        """The daemon sent how call ``child`` of task ``key`` ended (reader thread)."""
-        with self.lock:
-            response = self._children.pop(child, None) if key == self.key else None
-        if response is None:
-            return  # (a call of a task that ended, or cancelled)
-        if status == "ok":
-            try:
-                response._finish(None, _serialize.loads(frames))
-            except Exception as exc:
-                response._finish(None, exc=SerializationError(
-                    f"the result of {response.name}#{child} does not unpickle here: "
-                    f"{type(exc).__name__}: {exc}"))
-        else:
-            response._finish(None, exc=_serialize.loads_error(frames, info))
+    def outcome(self, key: int, child: int, status: str, info: dict[str, str],
+                frames: list[Any]) -> None:
+        """The daemon sent how call ``child`` of task ``key`` ended (reader thread: it is
+        settled by the settling thread)."""
+        self._outcomes.put((key, child, status, info, frames))
+
+    def _settle_all(self) -> None:
+        while (item := self._outcomes.get()) is not None:
+            key, child, status, info, frames = item
+            with self._state:
+                response = self._children.pop(child, None) if key == self.key else None
+            if response is None:
+                continue  # (a call of a task that ended, or cancelled)
+            if status == "ok":
+                try:
+                    response._finish(None, _serialize.loads(frames))
+                except Exception as exc:
+                    response._finish(None, exc=SerializationError(
+                        f"the result of {response.name}#{child} does not unpickle here: "
+                        f"{type(exc).__name__}: {exc}"))
+            else:
+                response._finish(None, exc=_serialize.loads_error(frames, info))
 
     def task_ended(self) -> None:
         """The running task ended: its calls' outcomes are not waited for any more (its
         Main cancels the unfinished ones)."""
-        with self.lock:
+        with self._state:
             self._children.clear()
-            self._waits = 0
+            self.key = self._waits = 0
 
     def cancel(self, key: int, child: int) -> None:
-        with self.lock:
-            if key == self.key and self._children.pop(child, None) is not None:
-                self.pipe.send([Verb.CANCEL_CHILD, key, child])
+        with self._state:
+            gone = key == self.key and self._children.pop(child, None) is not None
+        if gone:
+            self.send([Verb.CANCEL_CHILD, key, child])
 
     def waiting(self, key: int, delta: int) -> None:
         """A thread of the running task starts (+1) or stops (-1) waiting for its calls: the
         first to wait parks the executor, the last to stop goes on."""
-        with self.lock:
-            if key != self.key:
+        with self._state:
+            if key != self.key or (delta < 0 and self._waits == 0):
                 return
             self._waits += delta
-            if self._waits == 1 and delta > 0:
-                self.pipe.send([Verb.PARK, key])
-            elif self._waits == 0:
-                self.pipe.send([Verb.UNPARK, key])
+            say = Verb.PARK if self._waits == 1 and delta > 0 else \
+                Verb.UNPARK if self._waits == 0 else None
+        if say is not None:
+            self.send([say, key])
 
 
-class Call(Response[Any]):
-    """The ``Response`` of a call made from inside a task: its waits park the executor."""
+class Parking(Response[Any]):
+    """A ``Response`` inside a task whose waits park the executor."""
 
-    def __init__(self, child: int, name: str, channel: Channel, key: int) -> None:
-        super().__init__(child, name, lambda c: channel.cancel(key, c))
+    def __init__(self, task_id: int, name: str, on_cancel: Callable[[int], None] | None,
+                 channel: Channel, key: int) -> None:
+        super().__init__(task_id, name, on_cancel)
         self._channel, self._key = channel, key
 
     def _waits(self) -> _Waiting:
@@ -123,6 +174,22 @@ class Call(Response[Any]):
             return True
         with self._waits():
             return super().wait(timeout)
+
+
+class Call(Parking):
+    """The ``Response`` of a call made from inside a task."""
+
+    def __init__(self, child: int, name: str, channel: Channel, key: int) -> None:
+        super().__init__(child, name, lambda c: channel.cancel(key, c), channel, key)
+
+
+def waiting_response(name: str, on_cancel: Callable[[int], None]) -> Response[Any] | None:
+    """A ``Response`` whose waits park the executor, for a call made inside the running
+    task that waits for something first (its ``Response`` arguments); None outside one."""
+    ch = channel
+    if ch is None or ch.pid != os.getpid() or not ch.key:
+        return None
+    return Parking(0, name, on_cancel, ch, ch.key)
 
 
 class _Waiting:

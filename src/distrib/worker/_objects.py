@@ -15,6 +15,7 @@ the Main's folder, which for such a Main is in ``/dev/shm`` too: no copy on the 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import stat
 import struct
@@ -53,19 +54,30 @@ class Objects:
         self.limit = limit
         self._held: dict[bytes, OrderedDict[str, int]] = {}  # per Main, least recent first
         self._asked: dict[bytes, dict[str, int]] = {}  # asked for, not here yet: declared size
-        self._in_shm: set[bytes] = set()  # Mains that share /dev/shm: their folder is there
+        self._in_shm: dict[bytes, Path] = {}  # Mains that share /dev/shm: their folder there
         self.counters = dict.fromkeys(("objects_fetched", "objects_reused", "objects_linked"), 0)
 
     def where(self, peer: bytes) -> Path:
         """The folder of ``peer``'s objects."""
-        if peer in self._in_shm:
-            return _shm.ROOT / f"distrib-w{os.getpid()}-{peer.hex()}"
-        return self.folder / peer.hex()
+        return self._in_shm.get(peer) or self.folder / peer.hex()
 
     def shares_memory(self, peer: bytes) -> None:
         """``peer`` shares this machine's /dev/shm: its objects are kept there, and it may
-        name files of its own instead of sending bytes (``linked``)."""
-        self._in_shm.add(peer)
+        name files of its own instead of sending bytes (``linked``). The folder's name is
+        random and it is made here, so no one else (another user of the machine) can have
+        made it first."""
+        if peer in self._in_shm:
+            return
+        for _ in range(8):
+            path = _shm.ROOT / f"distrib-w{os.getpid()}-{secrets.token_hex(8)}"
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                continue
+            except OSError:
+                return  # (no room there: its objects stay on disk)
+            self._in_shm[peer] = path
+            return
 
     @staticmethod
     def remove_stale() -> None:
@@ -143,10 +155,8 @@ class Objects:
             return None
         if peer not in self._in_shm or not SHM_NAME.fullmatch(name):
             return f"a file in /dev/shm ({name[:60]!r}) this worker may not take from this Main"
-        folder = self.where(peer)
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        kept = folder / key
-        os.link(_shm.ROOT / name, kept)  # (then checked: what was linked is what is kept)
+        kept = self.where(peer) / key
+        os.link(_shm.ROOT / name, kept, follow_symlinks=False)  # (checked once linked)
         why, size = "", 0
         try:
             fd = os.open(kept, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -180,7 +190,7 @@ class Objects:
         self._held.pop(peer, None)
         self._asked.pop(peer, None)
         shutil.rmtree(self.where(peer), ignore_errors=True)
-        self._in_shm.discard(peer)
+        self._in_shm.pop(peer, None)
 
     def close(self) -> None:
         """The daemon stops: its folders in /dev/shm go (memory, not disk)."""

@@ -79,6 +79,7 @@ class Executor:
     # behind it (a call it waits for could be)
     parked: bool = False  # its running task waits for its calls and gave its slots back
     parked_at: float = 0.0
+    waiter: bytes = b""  # the Main of the task that parked or blocked it
     blocked: bool = False  # it waits for them, holding its slots (parked executors at the cap)
 
 
@@ -133,6 +134,7 @@ class Slots:
         self.max_parked = 2 * slots if max_parked is None else max_parked
         self._last_park = float("-inf")
         self._callers = -1  # the deepest depth of a task that called @distributed functions
+        self.rewaited: set[bytes] = set()  # Mains whose waiting tasks changed (Waiting to say)
         self.max_queued = max_queued  # payload bytes queued per Main; more is deferred
         self.idle_after = idle_after  # seconds an executor may wait for a task before it stops
         self.busy = 0  # slots held by executors that have a task
@@ -373,6 +375,7 @@ class Slots:
         ex = self.executors.get(ex_id)
         if ex is None or not ex.runs or ex.runs[0].key != key or ex.parked or ex.blocked:
             return False
+        ex.waiter = ex.runs[0].task.peer
         if sum(e.parked for e in self.executors.values()) < self.max_parked:
             ex.parked, ex.parked_at, self._last_park = True, now, now
             self.busy -= ex.key.threads
@@ -394,6 +397,7 @@ class Slots:
         if ex.parked:
             ex.parked = False
             self.busy += ex.key.threads
+            self._repark()
         ex.blocked = False
         return True
 
@@ -651,11 +655,28 @@ class Slots:
 
     def _release(self, ex: Executor) -> None:
         """``ex``'s running task ended: its slots are free (a parked one's were already)."""
+        if ex.parked or ex.blocked:
+            self.rewaited.add(ex.waiter)
         if ex.parked:
             ex.parked = False
+            self._repark()
         else:
             self.busy -= ex.key.threads
         ex.nests = ex.blocked = False
+
+    def _repark(self) -> None:
+        """A parked task went on or ended: a task that waits holding its slots (at the cap)
+        lends them now."""
+        room = self.max_parked - sum(e.parked for e in self.executors.values())
+        for ex in self.executors.values():
+            if room <= 0:
+                return
+            if ex.blocked and ex.runs:
+                ex.blocked, ex.parked = False, True
+                self.busy -= ex.key.threads
+                self.counters["parks"] += 1
+                self.rewaited.add(ex.runs[0].task.peer)
+                room -= 1
 
     def _next_head(self, ex: Executor, now: float) -> None:
         """The executor's running task is gone: the next one (if any) starts running now."""
@@ -663,9 +684,12 @@ class Slots:
             self._release(ex)
             ex.idle_since = now
             return
-        if ex.parked:  # (its next task holds slots again)
+        if ex.parked or ex.blocked:  # (its next task holds slots again)
+            self.rewaited.add(ex.waiter)
+        if ex.parked:
             ex.parked = False
             self.busy += ex.key.threads
+            self._repark()
         ex.nests = ex.blocked = False
         head = ex.runs[0]
         self._began(head, now)
