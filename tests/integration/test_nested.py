@@ -89,6 +89,8 @@ def test_a_parent_that_can_neither_park_nor_be_served_gets_nested_deadlock(
     # (within the parent's 10 s wait: else it would print a WaitTimeout)
     assert out.stdout.startswith("NestedDeadlock task child#2, called by parent#1 cannot "
                                  "start: every slot of worker(s) w0 is held"), out.stdout
+    # The worker sent the call back meanwhile (another worker could have run it).
+    assert "every slot is held by a task waiting for its calls" in worker.log()
     # With a slot it may lend while it waits, the same call is served.
     other = start_worker(threads=1, name="lends")
     out = workspace.run("main.py", env={"DISTRIB_WORKERS": other.address})
@@ -228,3 +230,31 @@ def test_large_calls_and_response_arguments_inside_a_task_on_one_slot(
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == f"({2 * 250_000 * sum(range(12)):.1f}, 3.0)"
     assert worker.status()["parks"] >= 2
+
+
+TWO = """
+    import distrib
+    from distrib import distributed
+
+    @distributed
+    def child(i):
+        return i
+
+    @distributed
+    def parent(n):
+        return sum(distrib.gather([child(i) for i in range(n)], timeout=90))
+
+    if __name__ == "__main__":
+        print(distrib.gather([parent(5) for _ in range(4)], timeout=120))
+"""
+
+
+def test_calls_stuck_on_a_worker_whose_slots_all_wait_run_on_another(
+        workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
+    stuck = start_worker(threads=1, name="stuck", extra=("--max-parked", "0"))
+    lends = start_worker(threads=1, name="lends")
+    workspace.write("main.py", TWO)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": f"{stuck.address},{lends.address}"},
+                        timeout=150)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "[10, 10, 10, 10]"  # (however the calls were placed)

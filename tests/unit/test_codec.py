@@ -23,7 +23,7 @@ SAMPLES: list[m.Message] = [
     m.ChildResult(7, 1, "ok", {}, frames=(b"result",)),
     m.ChildResult(7, 2, "error", {"type": "builtins.ValueError"}, frames=(b"error",)),
     m.CancelChild(7, 1),
-    m.Waiting([3], [7]),
+    m.Waiting([3], [7], False),
     m.Warmed("ab" * 32, 0, "other executors hold every slot it may use"),
     m.EnvProgress("building environment: numpy 2.1.3 (Python 3.11)"),
     m.Refused(m.RefusalCode.UNKNOWN_PEER, "no"),

@@ -47,6 +47,7 @@ class Nested:
         self.children: dict[int, Child] = {}  # by the call's task id
         self._of: dict[int, dict[int, Child]] = {}  # parent task id -> its number -> call
         self.waiting: dict[str, list[int]] = {}  # per worker: tasks waiting with their slots
+        self.stuck: dict[str, bool] = {}  # per worker: every slot held by waiting tasks
         self._stuck_since: float | None = None
 
     def on_call(self, link: str, msg: m.Call) -> Task | None:
@@ -92,6 +93,7 @@ class Nested:
         """The worker's tasks that wait for their calls: parked ones lend their slots (more
         tasks may go there), blocked ones hold them (``check_deadlock``)."""
         self.waiting[link] = list(msg.blocked)
+        self.stuck[link] = msg.stuck
         view = self.scheduler.workers.get(link)
         if view is not None:
             view.parked = {tid for tid in msg.parked if tid in view.inflight}
@@ -137,7 +139,8 @@ class Nested:
             self._stuck_since = None
             return
         views = [v for v in self.scheduler.workers.values() if v.slots > 0 and not v.unable]
-        if not views or not all(_held_waiting(v, self.waiting.get(v.link, ())) >= v.slots
+        if not views or not all(self.stuck.get(v.link, False)
+                                or _held_waiting(v, self.waiting.get(v.link, ())) >= v.slots
                                 for v in views):
             self._stuck_since = None
             return

@@ -575,6 +575,7 @@ class Session:
             self._count(task, link.name, retried=True)
         self.nested.parents_moved(inflight)
         self.nested.waiting.pop(link.link_id, None)
+        self.nested.stuck.pop(link.link_id, None)
         link.close()
         link.state, link.since, link.reason = state, time.monotonic(), reason
         link.building = link.has_workspace = False  # (a worker started again says anew)

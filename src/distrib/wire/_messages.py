@@ -236,11 +236,13 @@ class CancelChild(Message):
 class Waiting(Message):
     """Worker -> Main: this Main's tasks there that wait for their calls: ``parked`` lent
     their slots to other tasks; ``blocked`` hold theirs (the owner's ``--max-parked`` was
-    reached). Sent when it changes."""
+    reached); ``stuck``: every slot there is held by a blocked task, of any Main. Sent when
+    it changes."""
 
     TAG: ClassVar[int] = 9
     parked: list[int]
     blocked: list[int]
+    stuck: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,7 @@ peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
 
 _OUTCOMES = {outcome.value: outcome for outcome in Outcome}
 ZYGOTE_DEATHS = 5  # interpreters started ahead that die unused before no more are started
+STUCK_HAND_BACK = 1.0  # seconds every slot is held by waiting tasks before queued ones go back
 SERVED_LOG_EVERY = 60.0  # seconds between log lines saying which Mains hold the slots
 
 
@@ -131,6 +132,8 @@ class Daemon:
         self._no_fork: set[EnvKey] = set()  # environments whose templates cannot fork
         self._to_fork: set[EnvKey] = set()  # ready templates asked for executors this turn
         self.warming = Warming()  # Mains whose Hello asked for executors ahead of their calls
+        self._stuck = False  # every slot is held by a task waiting for its calls
+        self._stuck_since = 0.0
         self.envs = Environments(cache_dir / "venvs", env_policy, lambda: self.name,
                                  self._wake_loop, self._envs_in_use, self._env_dropped)
         self.envs.blob_path = store.blob_path
@@ -200,6 +203,10 @@ class Daemon:
                     self._tick(now)
                     next_tick = now + min(self.heartbeat_interval, 0.25)
                 self._apply(self.slots.schedule(now))
+                if self.slots.stuck() != self._stuck:  # (every Main hears it)
+                    self._stuck = not self._stuck
+                    self._stuck_since = now
+                    self.slots.rewaited.update(self.mains)
                 while self.slots.rewaited:  # (tasks waiting for their calls ended or lent)
                     peer = self.slots.rewaited.pop()
                     if peer in self.mains:
@@ -950,7 +957,7 @@ class Daemon:
             changed = self.slots.park(ex_id, header[1], now) if verb == Verb.PARK else \
                 self.slots.unpark(ex_id, header[1])
             if changed and run is not None:
-                self._send(run.task.peer, m.Waiting(*self.slots.waiting_for_calls(run.task.peer)))
+                self.slots.rewaited.add(run.task.peer)
         elif verb == Verb.CANCEL_CHILD and len(header) == 3:
             run = self.slots.running(ex_id)
             if run is not None and run.key == header[1]:
@@ -1080,6 +1087,12 @@ class Daemon:
             if key not in used and now - template.last_used > self.slots.idle_after:
                 self._drop_template(key)
         self._apply(self.slots.tick(now))
+        if self._stuck and now - self._stuck_since > STUCK_HAND_BACK and self.slots.waiting():
+            # Nothing queued here can start: it goes back to its Mains (another worker may
+            # run it; if none can, its Main says NestedDeadlock).
+            log.info("every slot is held by a task waiting for its calls: %d queued task(s) "
+                     "go back to their Mains", self.slots.waiting())
+            self._apply(self.slots.hand_back())
         self.dists.tick(now)
         for peer in self.mains.silent(now, self.lost_after):
             self._drop_main(peer, f"was silent for {self.lost_after:.0f} s")

@@ -133,7 +133,8 @@ class Slots:
         # executors whose task waits for its calls and gave its slots back, at most
         self.max_parked = 2 * slots if max_parked is None else max_parked
         self._last_park = float("-inf")
-        self._callers = -1  # the deepest depth of a task that called @distributed functions
+        # per Main, the deepest depth of a task of it that called @distributed functions
+        self._callers: dict[bytes, int] = {}
         self.rewaited: set[bytes] = set()  # Mains whose waiting tasks changed (Waiting to say)
         self.max_queued = max_queued  # payload bytes queued per Main; more is deferred
         self.idle_after = idle_after  # seconds an executor may wait for a task before it stops
@@ -178,15 +179,20 @@ class Slots:
                 out[peer] = out.get(peer, 0) + ex.key.threads
         return out
 
-    def waiting_for_calls(self, peer: bytes) -> tuple[list[int], list[int]]:
+    def waiting_for_calls(self, peer: bytes) -> tuple[list[int], list[int], bool]:
         """``peer``'s tasks that wait for their calls: (parked ones, ones holding their
-        slots)."""
+        slots, whether every slot is held by such a task of any Main)."""
         parked: list[int] = []
         blocked: list[int] = []
         for ex in self.executors.values():
             if ex.runs and ex.runs[0].task.peer == peer and (ex.parked or ex.blocked):
                 (parked if ex.parked else blocked).append(ex.runs[0].task.task_id)
-        return parked, blocked
+        return parked, blocked, self.stuck()
+
+    def stuck(self) -> bool:
+        """Every slot is held by a task waiting for its calls: nothing can start here."""
+        return self.slots > 0 and sum(
+            ex.key.threads for ex in self.executors.values() if ex.blocked) >= self.slots
 
     def waiting(self, peer: bytes | None = None) -> int:
         """Tasks not running yet: queued here, or handed to a busy executor to run next."""
@@ -362,7 +368,8 @@ class Slots:
         if ex is None or not ex.runs or ex.runs[0].key != key or ex.nests:
             return _NONE
         ex.nests = True
-        self._callers = max(self._callers, ex.runs[0].task.depth)
+        task = ex.runs[0].task
+        self._callers[task.peer] = max(self._callers.get(task.peer, -1), task.depth)
         for run in list(ex.runs)[1:]:
             if run.withdrawn is None:
                 self._withdraw(ex, run, False, Withdrawn.REQUEUED)
@@ -467,6 +474,7 @@ class Slots:
         and how many running."""
         queued = len(self.queues.drop_peer(peer))
         self.limits.pop(peer, None)
+        self._callers.pop(peer, None)
         self.weights.pop(peer, None)
         for key in [k for k in self._import_failed if k[2] == peer]:
             del self._import_failed[key]
@@ -504,7 +512,7 @@ class Slots:
         runnable: Callable[[QueuedTask], bool] = self._runnable
         floor = self._depth_floor(now)
         if floor is not None:
-            runnable = lambda t: t.depth > floor and self._runnable(t)  # noqa: E731
+            runnable = lambda t: t.depth > floor(t.peer) and self._runnable(t)  # noqa: E731
         while self.busy < self.slots and not self.paused:
             task = self.queues.next_runnable(self.slots - self.busy, runnable, held,
                                              self.limits, self.weights)
@@ -536,28 +544,33 @@ class Slots:
 
     # --- internals ---------------------------------------------------------------------------
 
-    def _depth_floor(self, now: float) -> int | None:
-        """Only tasks deeper than this may start now (None: any), so that tasks waiting for
-        their calls never take every slot:
+    def _depth_floor(self, now: float) -> Callable[[bytes], int] | None:
+        """Per Main, only its tasks deeper than this may start now (None: any, for all), so
+        that tasks waiting for their calls never take every slot:
 
         - a task that parked in the last ``PARK_GRACE`` seconds lends its slots to deeper
-          tasks (its own calls, relayed through its Main, arrive within that time), not to
-          tasks of its depth (or shallower), which would call and wait in turn;
+          tasks of its Main (its own calls, relayed through its Main, arrive within that
+          time), not to tasks of its depth (or shallower), which would call and wait in turn;
         - with ``max_parked`` executors parked, a task that called and waits would keep its
-          slots: only tasks deeper than every waiting one start (the deepest calls are the
-          ones that do not call again), and shallower ones once a parked task is done."""
+          slots: only tasks deeper than every waiting one start, of any Main (the deepest
+          calls are the ones that do not call again), and shallower ones once a parked task
+          is done."""
         if self._last_park == float("-inf"):
             return None  # (no task here ever waited for its calls: the common case)
         waiting = [ex for ex in self.executors.values() if ex.runs and (ex.parked or ex.blocked)]
         if not waiting:
             return None
-        floors = [ex.runs[0].task.depth for ex in waiting
-                  if ex.parked and now - ex.parked_at < PARK_GRACE]
-        floor = max(floors) if floors else None
+        floors: dict[bytes, int] = {}
+        for ex in waiting:
+            if ex.parked and now - ex.parked_at < PARK_GRACE:
+                peer, depth = ex.runs[0].task.peer, ex.runs[0].task.depth
+                floors[peer] = max(floors.get(peer, -1), depth)
+        cap = -1
         if sum(ex.parked for ex in waiting) >= self.max_parked:
-            deepest = max(ex.runs[0].task.depth for ex in waiting)
-            floor = deepest if floor is None else max(floor, deepest)
-        return floor
+            cap = max(ex.runs[0].task.depth for ex in waiting)
+        if not floors and cap < 0:
+            return None
+        return lambda peer: max(floors.get(peer, -1), cap)
 
     def _take(self) -> list[Action]:
         if not self._out:
@@ -582,7 +595,8 @@ class Slots:
         total = sum(weights.values())
         return any(held.get(p, 0) < self.slots * weights[p] / total for p in waiting)
 
-    def _prefetch(self, now: float, held: dict[bytes, int], floor: int | None) -> None:
+    def _prefetch(self, now: float, held: dict[bytes, int],
+                  floor: Callable[[bytes], int] | None) -> None:
         """All slots busy: give each busy executor its next task (tiny tasks: a few), so it
         starts it the moment it finishes one instead of waiting for a turn of the loop."""
         for ex in list(self.executors.values()):
@@ -598,7 +612,8 @@ class Slots:
                     t.peer == peer and t.dist == key.dist and t.threads == key.threads
                     and t.context == key.context and t.nbytes < PREFETCH_BYTES and not t.waits
                     # (a task that may call and wait would start behind another, unchecked)
-                    and t.depth > max(self._callers, -1 if floor is None else floor)))
+                    and t.depth > max(self._callers.get(peer, -1),
+                                      -1 if floor is None else floor(peer))))
                 if task is None:
                     break
                 self._hand(ex, task, now)
