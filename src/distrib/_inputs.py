@@ -9,6 +9,7 @@ at once either way.
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -47,14 +48,22 @@ class _Waiting:
         self._lock = threading.Lock()
         inputs = {id(r): r for r in (*args, *kwargs.values()) if isinstance(r, Response)}
         self._left = len(inputs)
-        for response in inputs.values():  # (one already finished calls back at once)
+        self._here = True  # the inputs that finished already call back in the caller's thread
+        for response in inputs.values():
             response.add_done_callback(self._input_done)
+        self._here = False
 
     def _input_done(self, _: Any) -> None:
         with self._lock:
             self._left -= 1
             if self._left or self.cancelled:
                 return
+        if self._here:
+            self._place_or_fail()
+        else:  # (not in the thread that finished the input: the Main's I/O thread, say)
+            _placer().submit(self._place_or_fail)
+
+    def _place_or_fail(self) -> None:
         try:
             self._place()
         except Exception as exc:  # (say, a value that does not pickle): the call's error
@@ -88,6 +97,22 @@ class _Waiting:
             inner = self.inner
         if inner is not None:
             inner.cancel()
+
+
+_placing: list[concurrent.futures.ThreadPoolExecutor] = []
+
+
+def _placer() -> concurrent.futures.ThreadPoolExecutor:
+    """The thread that makes calls whose inputs finished: pickling their values (large,
+    maybe) in the thread that finished the last input would hold up the Main's I/O."""
+    with _placer_lock:
+        if not _placing:
+            _placing.append(concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="distrib-inputs"))
+        return _placing[0]
+
+
+_placer_lock = threading.Lock()
 
 
 def _outer(name: str, on_cancel: Callable[[int], None]) -> Response[Any]:

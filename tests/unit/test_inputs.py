@@ -10,6 +10,7 @@ import pytest
 from distrib import Cancelled, InputFailed
 from distrib._inputs import call_when_ready, passes_responses
 from distrib._response import Response
+from tests.helpers import wait_for
 
 
 class Calls:
@@ -42,8 +43,9 @@ def test_the_call_is_made_with_the_values_once_every_input_finished() -> None:
     a._finish("w", 10)
     assert calls.made == [] and not outer.done()
     b._finish("w", 20)
+    wait_for(lambda: calls.made, what="the call made (in the placing thread)")
     assert calls.made == [((10, 5), {"b": 20, "c": 10})]
-    assert outer.task_id == 101  # (named as the call made)
+    wait_for(lambda: outer.task_id == 101, what="the call named as made")
     calls.responses[0]._finish("w2", 35)
     assert outer.unwrap(5) == 35 and outer.worker == "w2"
 
@@ -61,6 +63,7 @@ def test_a_failed_input_fails_the_call_with_it_as_cause_and_the_call_is_not_made
     error = ValueError("bad input")
     b._finish("w", exc=error)
     a._finish("w", 1)
+    outer.wait(30)
     with pytest.raises(InputFailed, match=r"argument 1 of add \(f#2\) failed: ValueError: "
                                           "bad input") as info:
         outer.unwrap(5)
@@ -88,8 +91,10 @@ def test_cancelling_after_the_call_was_made_cancels_it() -> None:
     calls, a = Calls(), pending(1)
     outer = call_when_ready("add", calls, (a,), {})
     a._finish("w", 1)
+    wait_for(lambda: calls.responses, what="the call made")
+    wait_for(lambda: outer.task_id == 101, what="the call's Response behind the caller's")
     assert outer.cancel()
-    assert calls.responses[0].cancelled()
+    wait_for(lambda: calls.responses[0].cancelled(), what="the call made cancelled")
 
 
 def test_a_call_that_raises_as_it_is_made_fails_the_response() -> None:
