@@ -46,9 +46,7 @@ def offload_object(frames: Sequence[Any], pid: int) -> str:
     """Write a shared object's frames into a new file of ``pid``'s: its name. A worker on
     this machine links the file instead of receiving the bytes."""
     views = [memoryview(f).cast("B") for f in frames]
-    name = f"distrib-{pid}-{secrets.token_hex(8)}"
-    _write(ROOT / name, [memoryview(object_header(views)), *views])
-    return name
+    return _new_file(pid, [memoryview(object_header(views)), *views])
 
 
 def available() -> bool:
@@ -115,9 +113,7 @@ def offload(frames: list[Any], pid: int) -> tuple[list[Any], dict[str, int]]:
         for i, frame in enumerate(frames):
             view = memoryview(frame).cast("B")
             if view.nbytes >= MIN:
-                name = f"distrib-{pid}-{secrets.token_hex(8)}"
-                _write(ROOT / name, [view])
-                names[name] = i
+                names[_new_file(pid, [view])] = i
                 out[i] = b""
     except OSError:  # (/dev/shm full, say): none of them, then
         remove(list(names))
@@ -125,7 +121,10 @@ def offload(frames: list[Any], pid: int) -> tuple[list[Any], dict[str, int]]:
     return out, names
 
 
-def _write(path: Path, views: Sequence[memoryview]) -> None:
+def _new_file(pid: int, views: Sequence[memoryview]) -> str:
+    """Write ``views`` one after the other into a new file of ``pid``'s: its name."""
+    name = f"distrib-{pid}-{secrets.token_hex(8)}"
+    path = ROOT / name
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         for view in views:
@@ -137,6 +136,7 @@ def _write(path: Path, views: Sequence[memoryview]) -> None:
         raise
     finally:
         os.close(fd)
+    return name
 
 
 def restore(frames: Sequence[Any], names: dict[str, int], unlink: bool) -> list[Any]:

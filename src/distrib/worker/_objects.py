@@ -162,7 +162,8 @@ class Objects:
             fd = os.open(kept, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             try:
                 info = os.fstat(fd)
-                header, size = sizes(os.pread(fd, _COUNT.size + 8 * 4096, 0))
+                header, frame_sizes = _header(os.pread(fd, _COUNT.size + 8 * 4096, 0))
+                size = sum(frame_sizes)
             finally:
                 os.close(fd)
             if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
@@ -216,15 +217,15 @@ def write(path: Path, frames: list[memoryview]) -> None:
         raise
 
 
-def sizes(head: bytes) -> tuple[int, int]:
-    """(bytes of the header, bytes of the frames) of a file ``write`` made, from its first
+def _header(head: bytes | memoryview) -> tuple[int, tuple[int, ...]]:
+    """(bytes of the header, each frame's size) of a file ``write`` made, from its first
     bytes; ``ValueError`` if they are no header."""
     if len(head) < _COUNT.size:
         raise ValueError("no header")
     (count,) = _COUNT.unpack_from(head)
     if len(head) < _COUNT.size + 8 * count:
         raise ValueError(f"a header of {count} frames is cut short")
-    return _COUNT.size + 8 * count, sum(struct.unpack_from(f"<{count}Q", head, _COUNT.size))
+    return _COUNT.size + 8 * count, struct.unpack_from(f"<{count}Q", head, _COUNT.size)
 
 
 def load(key: str) -> list[memoryview]:
@@ -234,9 +235,7 @@ def load(key: str) -> list[memoryview]:
     if current is None:
         raise FileNotFoundError(f"shared object {key}: no folder of objects for this task")
     view = map_private(current / key)
-    (count,) = _COUNT.unpack_from(view)
-    sizes = struct.unpack_from(f"<{count}Q", view, _COUNT.size)
-    at = _COUNT.size + 8 * count
+    at, sizes = _header(view)
     frames = []
     for size in sizes:
         frames.append(view[at:at + size])
