@@ -30,7 +30,7 @@ TINY_TASK = 0.005  # seconds: executors of tasks this short get PREFETCH queued,
 PREFETCH = 4  # tasks waiting in an executor's pipe behind the running one
 PREFETCH_BYTES = 16 * 1024  # only small calls: the pipe's buffer must hold them all
 SKIP_GRACE = 0.05  # seconds to wait for a "skipped" before stopping a withdrawn task
-PARK_GRACE = 0.05  # seconds a parked task's slots go only to deeper tasks (see _parked_depth)
+PARK_GRACE = 0.05  # seconds a parked task's slots go only to deeper tasks (see _depth_floor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,12 +383,9 @@ class Slots:
         if ex is None or not ex.runs or ex.runs[0].key != key or ex.parked or ex.blocked:
             return False
         ex.waiter = ex.runs[0].task.peer
-        if sum(e.parked for e in self.executors.values()) < self.max_parked:
-            ex.parked, ex.parked_at, self._last_park = True, now, now
-            self.busy -= ex.key.threads
-            self.counters["parks"] += 1
-            parked = sum(e.parked for e in self.executors.values())
-            self.counters["most_parked"] = max(self.counters["most_parked"], parked)
+        if self._parked() < self.max_parked:
+            self._lend(ex, now)
+            self._last_park = now
             return True
         ex.blocked = True
         self._last_park = max(self._last_park, 0.0)  # (_depth_floor looks from now on)
@@ -679,33 +676,35 @@ class Slots:
             self.busy -= ex.key.threads
         ex.nests = ex.blocked = False
 
+    def _parked(self) -> int:
+        return sum(e.parked for e in self.executors.values())
+
+    def _lend(self, ex: Executor, now: float) -> None:
+        """``ex``'s running task waits for its calls: its slots go to other tasks."""
+        ex.blocked, ex.parked, ex.parked_at = False, True, now
+        self.busy -= ex.key.threads
+        self.counters["parks"] += 1
+        self.counters["most_parked"] = max(self.counters["most_parked"], self._parked())
+
     def _repark(self) -> None:
         """A parked task went on or ended: a task that waits holding its slots (at the cap)
         lends them now."""
-        room = self.max_parked - sum(e.parked for e in self.executors.values())
+        room = self.max_parked - self._parked()
         for ex in self.executors.values():
             if room <= 0:
                 return
             if ex.blocked and ex.runs:
-                ex.blocked, ex.parked = False, True
-                self.busy -= ex.key.threads
-                self.counters["parks"] += 1
-                self.rewaited.add(ex.runs[0].task.peer)
+                self._lend(ex, ex.parked_at)  # (not a fresh park: no grace for its depth)
+                self.rewaited.add(ex.waiter)
                 room -= 1
 
     def _next_head(self, ex: Executor, now: float) -> None:
         """The executor's running task is gone: the next one (if any) starts running now."""
+        self._release(ex)
         if not ex.runs:
-            self._release(ex)
             ex.idle_since = now
             return
-        if ex.parked or ex.blocked:  # (its next task holds slots again)
-            self.rewaited.add(ex.waiter)
-        if ex.parked:
-            ex.parked = False
-            self.busy += ex.key.threads
-            self._repark()
-        ex.nests = ex.blocked = False
+        self.busy += ex.key.threads  # (the next task holds the slots)
         head = ex.runs[0]
         self._began(head, now)
         if head.withdrawn in (Withdrawn.CANCELLED, Withdrawn.DROPPED):
