@@ -138,9 +138,6 @@ class _Inbox:
                     self._take()
             except (EOFError, OSError, ValueError):
                 return None
-            key = next(iter(self.waiting))
-            frames, extras = self.waiting.pop(key)
-            return key, frames, extras
         with self._cond:
             while not self.waiting and not self.closed:
                 self._cond.wait()
