@@ -97,6 +97,7 @@ def init(
     requirements: str | _Path | None = None,
     max_payload: int | str | None = None,
     dashboard: bool | int | str | None = None,
+    redistribution: str | None = None,
 ) -> None:
     """Set up explicitly. Without this, the first call sets up from configuration.
 
@@ -114,12 +115,14 @@ def init(
     bytes); more raises ``SerializationError`` where it was pickled (default: no limit).
     ``dashboard``: serve a live web dashboard of the run: ``True`` (on 127.0.0.1:8787, or a
     free port if that one is taken), a port, or ``"host:port"``; its URL is printed once.
+    ``redistribution``: how calls made inside tasks go by default: ``"auto"`` (worker to
+    worker where the workers allow it, else through this Main), ``"relayed"`` or ``"direct"``.
     """
     from distrib._config import Overrides
     from distrib.main._current import init as _init
 
     _init(Overrides(workers, local_threads, workspace, forward_output, key, dependencies,
-                    requirements, max_payload, dashboard))
+                    requirements, max_payload, dashboard, redistribution))
 
 
 def shutdown() -> None:

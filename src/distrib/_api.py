@@ -29,6 +29,7 @@ class TaskOptions:
     retries: int = 3
     timeout: float | None = None
     outputs: tuple[str, ...] = ()  # .gitignore-style globs of written files sent back
+    redistribution: str | None = None  # how its calls inside tasks go (None: the Main's)
 
 
 class DistributedFunction(Generic[P, T]):
@@ -127,6 +128,16 @@ def _lookup(module: str, qualname: str) -> DistributedFunction[..., Any]:
     return DistributedFunction(obj, TaskOptions())
 
 
+def check_redistribution(name: str, raw: Any) -> str:
+    """How calls made inside tasks go: "auto", "relayed" or "direct" (``ConfigError`` naming
+    ``name`` otherwise)."""
+    if raw not in ("auto", "relayed", "direct"):
+        raise ConfigError(f"{name}={raw!r}: expected \"auto\" (worker to worker where a worker "
+                          "can, else through the Main), \"relayed\" (through the Main) or "
+                          "\"direct\" (worker to worker, never through the Main)")
+    return str(raw)
+
+
 @overload
 def distributed(fn: Callable[P, T], /) -> DistributedFunction[P, T]: ...
 
@@ -139,6 +150,7 @@ def distributed(
     retries: int = 3,
     timeout: float | None = None,
     outputs: str | Iterable[str] | None = None,
+    redistribution: str | None = None,
 ) -> Callable[[Callable[P, T]], DistributedFunction[P, T]]: ...
 
 
@@ -151,6 +163,7 @@ def distributed(
     retries: int = 3,
     timeout: float | None = None,
     outputs: str | Iterable[str] | None = None,
+    redistribution: str | None = None,
 ) -> DistributedFunction[P, T] | Callable[[Callable[P, T]], DistributedFunction[P, T]]:
     """Make a function's calls run on workers.
 
@@ -160,6 +173,8 @@ def distributed(
     ``outputs``: ``.gitignore``-style globs, relative to the task's working folder, of files
     the task writes that come back with its result and are written into this Main's workspace
     at the same relative path before ``unwrap()`` returns (e.g. ``"results/**"``).
+    ``redistribution``: how its calls made inside tasks go: ``"relayed"`` (through the Main),
+    ``"direct"`` (worker to worker) or ``"auto"``; None: the Main's ``redistribution`` setting.
     """
     platforms = (platform,) if isinstance(platform, str) else tuple(platform)
     if not platforms or not all(isinstance(p, str) and p for p in platforms):
@@ -174,8 +189,10 @@ def distributed(
     if not all(isinstance(g, str) and g.strip() and ".." not in g.split("/") for g in globs):
         raise ConfigError(f"distributed(outputs=...): expected globs relative to the working "
                           f"folder (no '..'), got {outputs!r}")
+    if redistribution is not None:
+        check_redistribution("distributed(redistribution=...)", redistribution)
     options = TaskOptions(platforms, threads, retries, None if timeout is None else float(timeout),
-                          globs)
+                          globs, redistribution)
 
     def wrap(f: Callable[P, T]) -> DistributedFunction[P, T]:
         return DistributedFunction(f, options)

@@ -21,6 +21,9 @@ The file's shape (every key optional)::
     max_payload = "2G"          # most a call's arguments or its result may pickle to
     dashboard = true            # serve the live dashboard (on 127.0.0.1:8787), or a port,
                                 # or "host:port"
+    redistribution = "auto"     # how calls made inside tasks go: "relayed" (through this
+                                # Main), "direct" (worker to worker) or "auto" (direct where
+                                # a worker can, else relayed)
 
     [local]
     threads = 4                 # slots of the embedded local cluster
@@ -48,6 +51,7 @@ from typing import Any
 
 import platformdirs
 
+from distrib._api import check_redistribution
 from distrib._errors import ConfigError
 from distrib.wire import _keys
 from distrib.wire._keys import KeyPair
@@ -92,6 +96,7 @@ class Settings:
     max_payload: int | None = None  # bytes a call's arguments or result may pickle to
     shared_memory: bool = True  # large frames through /dev/shm with workers on this machine
     dashboard: str | None = None  # "host:port" of the live dashboard; None: no dashboard
+    redistribution: str = "auto"  # how calls made inside tasks go (``REDISTRIBUTION``)
     source: str = "defaults"  # the configuration file used, for messages
 
 
@@ -190,7 +195,7 @@ def _worker(name: str, item: Any) -> WorkerAddress:
 _SCHEMA: dict[str, set[str]] = {
     "main": {"key", "workspace", "exclude", "forward_output", "shared_memory", "forward_env",
              "heartbeat", "lost_after", "dependencies", "requirements", "max_payload",
-             "dashboard"},
+             "dashboard", "redistribution"},
     "local": {"threads"},
     "discovery": {"enabled", "trust", "trust_on_first_use", "interfaces"},
     "workers": set(),
@@ -270,6 +275,9 @@ def _from_file(path: Path, table: dict[str, Any]) -> dict[str, Any]:
         values["max_payload"] = parse_size(main["max_payload"], f"{name} max_payload")
     if "dashboard" in main:
         values["dashboard"] = _dashboard(f"{name} dashboard", main["dashboard"])
+    if "redistribution" in main:
+        values["redistribution"] = check_redistribution(f"{name} redistribution",
+                                                  main["redistribution"])
     if "requirements" in main:
         values["requirements"] = _requirements(f"{name} requirements",
                                                base / _str(f"{name} requirements",
@@ -363,6 +371,8 @@ def _from_environ(env: Mapping[str, str]) -> dict[str, Any]:
         values["max_payload"] = parse_size(raw, "DISTRIB_MAX_PAYLOAD")
     if raw := env.get("DISTRIB_DASHBOARD", "").strip():
         values["dashboard"] = _dashboard("DISTRIB_DASHBOARD", raw)
+    if raw := env.get("DISTRIB_REDISTRIBUTION", "").strip():
+        values["redistribution"] = check_redistribution("DISTRIB_REDISTRIBUTION", raw)
     if raw := env.get("DISTRIB_DEPENDENCIES", "").strip():
         values["dependencies"] = _dependencies("DISTRIB_DEPENDENCIES", raw)
     if raw := env.get("DISTRIB_REQUIREMENTS", "").strip():
@@ -383,6 +393,7 @@ class Overrides:
     requirements: str | Path | None = None
     max_payload: int | str | None = None
     dashboard: bool | int | str | None = None
+    redistribution: str | None = None
 
     def given(self) -> bool:
         """Whether any setting is given."""
@@ -413,6 +424,9 @@ def load(environ: Mapping[str, str] | None = None, overrides: Overrides = Overri
         values["max_payload"] = parse_size(given.max_payload, "init(max_payload=...)")
     if given.dashboard is not None:
         values["dashboard"] = _dashboard("init(dashboard=...)", given.dashboard)
+    if given.redistribution is not None:
+        values["redistribution"] = check_redistribution("init(redistribution=...)",
+                                                  given.redistribution)
     if given.dependencies is not None:
         values["dependencies"] = _dependencies("init(dependencies=...)", given.dependencies)
     if given.requirements is not None:

@@ -110,6 +110,14 @@ class NestedDeadlock(DistribError):
     a task waiting for its own calls (each worker's ``--max-parked`` lets no more wait
     without their slots). The message names the chain of calls."""
 
+    @classmethod
+    def of(cls, chain: str, where: str) -> NestedDeadlock:
+        """``chain`` (``task leaf#9, called by ...``) cannot start on ``where``."""
+        return cls(f"{chain} cannot start: every slot of {where} is held by a task waiting for "
+                   "the calls it made, and no more may wait without their slots (each worker's "
+                   "--max-parked); give the workers more slots or a higher --max-parked, or "
+                   "wait for fewer calls at once")
+
 
 class InputFailed(DistribError):
     """A ``Response`` passed as an argument of the call ended in an error (or was

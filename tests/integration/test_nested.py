@@ -10,6 +10,8 @@ import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import pytest
+
 from tests.helpers import PYTHON, Worker, Workspace, ended, wait_for
 
 TREE = """
@@ -80,22 +82,28 @@ DEADLOCK = """
 """
 
 
+@pytest.mark.parametrize("mode", ["relayed", "direct"])
 def test_a_parent_that_can_neither_park_nor_be_served_gets_nested_deadlock(
-        workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
+        mode: str, workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
     worker = start_worker(threads=1, extra=("--max-parked", "0"))
     workspace.write("main.py", DEADLOCK)
-    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
+    env = {"DISTRIB_WORKERS": worker.address, "DISTRIB_REDISTRIBUTION": mode}
+    out = workspace.run("main.py", env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     # (within the parent's 10 s wait: else it would print a WaitTimeout)
-    assert out.stdout.startswith("NestedDeadlock task child#2, called by parent#1 cannot "
-                                 "start: every slot of worker(s) w0 is held"), out.stdout
+    expected = {"relayed": "NestedDeadlock task child#2, called by parent#1 cannot start: "
+                           "every slot of worker(s) w0 is held",
+                "direct": "NestedDeadlock task child#1.1, called by parent#1 cannot start: "
+                          "every slot of worker w0 is held"}[mode]
+    assert out.stdout.startswith(expected), out.stdout
     # The worker sent the call back meanwhile (another worker could have run it).
     assert "every slot is held by a task waiting for its calls" in worker.log()
     # With a slot it may lend while it waits, the same call is served.
     other = start_worker(threads=1, name="lends")
-    out = workspace.run("main.py", env={"DISTRIB_WORKERS": other.address})
+    out = workspace.run("main.py", env={**env, "DISTRIB_WORKERS": other.address})
     assert out.stdout.strip() == "1", out.stderr[-3000:]
     assert other.status()["parks"] >= 1  # (it lent its slot while it waited)
+    assert other.status()[f"direct_{'here' if mode == 'direct' else 'relayed'}"] == 1
 
 
 ERRORS = """

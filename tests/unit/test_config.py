@@ -70,6 +70,7 @@ def test_init_arguments_win_over_the_environment(tmp_path: Path) -> None:
     ({"DISTRIB_DASHBOARD": "maybe"}, "DISTRIB_DASHBOARD.*a port"),
     ({"DISTRIB_DASHBOARD": "99999"}, "DISTRIB_DASHBOARD"),
     ({"DISTRIB_DASHBOARD": "localhost:"}, "DISTRIB_DASHBOARD"),
+    ({"DISTRIB_REDISTRIBUTION": "sideways"}, "DISTRIB_REDISTRIBUTION.*relayed"),
 ])
 def test_invalid_settings_name_the_setting(env: dict[str, str], name: str) -> None:
     with pytest.raises(ConfigError, match=name):
@@ -90,6 +91,7 @@ def test_the_documented_file_shape(elsewhere: Path) -> None:
         dependencies = "none"
         requirements = "data/requirements.txt"
         dashboard = 9000
+        redistribution = "relayed"
         [local]
         threads = 3
         [discovery]
@@ -105,6 +107,9 @@ def test_the_documented_file_shape(elsewhere: Path) -> None:
     assert s.excludes == ("*.bin",) and not s.forward_output and s.lost_after == 4.5
     assert s.dependencies == "none" and s.dashboard == "127.0.0.1:9000"
     assert s.requirements == elsewhere / "data" / "requirements.txt"
+    assert s.redistribution == "relayed"
+    assert load({"DISTRIB_REDISTRIBUTION": "direct"}).redistribution == "direct"
+    assert load({}, Overrides(redistribution="auto")).redistribution == "auto"
     assert s.local_threads == 3 and s.discovery.enabled and s.discovery.trust == (KEY,)
     assert s.workers == (WorkerAddress("192.0.2.7:7070", KEY),)
     assert load({"DISTRIB_LOCAL_THREADS": "7"}).local_threads == 7  # environment wins
@@ -233,3 +238,12 @@ def test_a_key_cut_short_by_the_shell_gets_a_one_line_error_with_a_hint(
     message = str(info.value)
     assert "\n" not in message and "distrib.toml" in message and "192.0.2.7:7070" in message
     assert "single quotes" in message
+
+
+def test_a_function_s_redistribution_is_checked_and_kept() -> None:
+    from distrib import distributed
+
+    with pytest.raises(ConfigError, match=r"distributed\(redistribution=...\)=.sideways"):
+        distributed(redistribution="sideways")(len)
+    assert distributed(redistribution="direct")(len).options.redistribution == "direct"
+    assert distributed(len).options.redistribution is None  # (the Main's setting)

@@ -71,3 +71,39 @@ def test_a_source_that_never_answers_is_replaced_by_a_waiting_main(setup) -> Non
     dists.tick(dist.progress_at + _dists.FETCH_STALL * 2)
     assert sent[-1] == (B, m.NeedManifest(dist_id))
     assert isinstance(fetched(dists, B, dist_id, manifest, blobs), Ready)
+
+
+def test_a_worker_ships_a_distribution_it_holds_to_another_from_its_store(
+        setup, tmp_path: Path) -> None:
+    """(A worker sending a call directly to one that lacks the workspace: ``_direct``.)"""
+    from distrib.worker._direct import Direct, Host, Target
+
+    dists, _, dist_id, manifest, blobs = setup
+    dists.request(dist_id, A)
+    assert isinstance(fetched(dists, A, dist_id, manifest, blobs), Ready)
+    shipped: list[m.Message] = []
+
+    class Captured(Target):
+        def send(self, message: m.Message) -> None:
+            shipped.append(message)
+
+    def unused(*_: object) -> None:
+        raise AssertionError("not for shipping")
+
+    direct = Direct(Host("w1", "linux-x86_64", None, None, 10.0, unused, unused, unused,
+                         unused, unused, unused, unused, unused, unused, dists.manifest,
+                         dists.blob))
+    target = Captured("10.0.0.3:7070", "k", "w2", 2)
+    other = Distributions(Store(tmp_path / "other"), lambda peer, msg: shipped.append(msg),
+                          lambda dist: None)
+    other.request(dist_id, b"w1")
+    direct._on_message(b"main", target, shipped.pop(), 0.0)  # its NeedManifest
+    assert other.on_manifest(shipped.pop()) is None  # (then it asks for the files)
+    direct._on_message(b"main", target, shipped.pop(), 0.0)  # its NeedBlobs
+    assert isinstance(other.on_blobs(shipped.pop()), Ready)
+    assert (other.store.envs / dist_id / "main.py").read_bytes() == b"print('hi')\n"
+    # What it does not hold is said so, not invented.
+    direct._on_message(b"main", target, m.NeedManifest("ab" * 32), 0.0)
+    assert isinstance(shipped.pop(), m.DistFailed)
+    direct._on_message(b"main", target, m.NeedBlobs(dist_id, ["cd" * 32]), 0.0)
+    assert isinstance(shipped.pop(), m.DistFailed)

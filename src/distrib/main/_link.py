@@ -69,13 +69,8 @@ class Link:
             log.debug("send to %s failed: %s", self.address, exc)
 
     def close(self) -> None:
-        if self.sock is not None:
-            self.sock.disable_monitor()
-            self.sock.close(0)
-            self.sock = None
-        if self.monitor is not None:
-            self.monitor.close(0)
-            self.monitor = None
+        _transport.close_monitored(self.sock, self.monitor)
+        self.sock = self.monitor = None
 
     @property
     def label(self) -> str:

@@ -12,6 +12,7 @@ while holding their slots (``Waiting``): when every slot of every worker is held
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 
 from distrib import _serialize
 from distrib._errors import NestedDeadlock
+from distrib._sustained import Sustained
 from distrib._response import UNFINISHED, Response
 from distrib.main._scheduler import Scheduler, Task, WorkerView
 from distrib.wire import _messages as m
@@ -35,6 +37,11 @@ class Child:
     number: int  # the parent's number for it
     link: str  # where the parent ran when it called, and in which attempt
     attempt: int
+    parent_id: int  # the parent's id as that worker knows it
+
+
+FOREIGN = 1 << 48  # a parent id from this on is a worker's own: a task another worker sent
+# there directly, which this Main does not know (``worker._direct``)
 
 
 class Nested:
@@ -48,13 +55,17 @@ class Nested:
         self._of: dict[int, dict[int, Child]] = {}  # parent task id -> its number -> call
         self.waiting: dict[str, list[int]] = {}  # per worker: tasks waiting with their slots
         self.stuck: dict[str, bool] = {}  # per worker: every slot held by waiting tasks
-        self._stuck_since: float | None = None
+        self._deadlock = Sustained(DEADLOCK_AFTER)
+        self._foreign: dict[tuple[str, int], Task] = {}  # (worker, its id) -> a stand-in
+        # for a parent this Main does not know, while its calls are unfinished
+        self._foreign_ids = itertools.count(-1, -1)  # (stand-ins' ids: no task has these)
 
     def on_call(self, link: str, msg: m.Call) -> Task | None:
         """A task running on ``link`` made a call: the task to schedule, or None if the
         parent does not run there any more."""
         view = self.scheduler.workers.get(link)
-        parent = view.inflight.get(msg.parent) if view is not None else None
+        parent = (view.inflight.get(msg.parent) if msg.parent < FOREIGN else
+                  self._stand_in(link, msg)) if view is not None else None
         if parent is None or parent.response._state not in UNFINISHED:
             return None  # (it ended or was cancelled: its executor is being stopped)
         task_id = self._new_id()
@@ -62,7 +73,8 @@ class Nested:
         task = Task(task_id, msg.name, list(msg.frames), tuple(msg.platforms) or ("*",),
                     msg.threads, msg.retries, msg.timeout, response, tuple(msg.outputs),
                     depth=parent.depth + 1)
-        child = self.children[task_id] = Child(task, parent, msg.child, link, parent.attempts)
+        child = self.children[task_id] = Child(task, parent, msg.child, link, parent.attempts,
+                                               msg.parent)
         calls = self._of.get(parent.task_id)
         if calls is None:
             calls = self._of[parent.task_id] = {}
@@ -72,6 +84,22 @@ class Nested:
         self.scheduler.add(task, front=True)
         return task
 
+    def _stand_in(self, link: str, msg: m.Call) -> Task:
+        """The parent of a call that a worker's own task made (one another worker sent it):
+        its calls are cancelled when that worker says so, or is lost."""
+        parent = self._foreign.get((link, msg.parent))
+        if parent is None:
+            name = msg.caller[:200] or "a task"
+            parent = self._foreign[(link, msg.parent)] = Task(
+                next(self._foreign_ids), name, [], ("*",), 1, 0, None,
+                Response(0, name, None), link=link, depth=max(0, msg.depth - 1))
+        return parent
+
+    def worker_lost(self, link: str) -> None:
+        """The calls of the worker's own tasks (stand-ins) stop with it."""
+        for key in [k for k in self._foreign if k[0] == link]:
+            self._foreign.pop(key).response.cancel()
+
     @property
     def parents(self) -> dict[int, dict[int, Child]]:
         """Tasks that made calls, by id (``task_id in parents`` is cheap)."""
@@ -79,7 +107,8 @@ class Nested:
 
     def on_cancel(self, link: str, msg: m.CancelChild) -> None:
         """The parent cancelled its call."""
-        child = self._of.get(msg.parent, {}).get(msg.child)
+        parent = self._foreign.get((link, msg.parent)) if msg.parent >= FOREIGN else None
+        child = self._of.get(parent.task_id if parent else msg.parent, {}).get(msg.child)
         if child is not None and child.link == link:
             child.task.response.cancel()
 
@@ -116,6 +145,9 @@ class Nested:
         if calls is not None and calls.get(child.number) is child:
             del calls[child.number]
         parent = child.parent
+        if child.parent_id >= FOREIGN and not calls:  # (its last call: forget the stand-in)
+            self._foreign.pop((child.link, child.parent_id), None)
+            self._of.pop(parent.task_id, None)
         if (parent.link != child.link or parent.attempts != child.attempt
                 or parent.response._state not in UNFINISHED):
             return
@@ -130,45 +162,33 @@ class Nested:
         except Exception as why:  # (a result that does not pickle again)
             status, info, frames = "error", _serialize.error_info(why), \
                 _serialize.dumps_error(why)
-        self._send(child.link, m.ChildResult(parent.task_id, child.number, status, info,
+        self._send(child.link, m.ChildResult(child.parent_id, child.number, status, info,
                                              frames=tuple(frames)))
 
     def check_deadlock(self, now: float) -> None:
         """Fail the calls that can never start (see the module's docstring)."""
-        if not self.children:
-            self._stuck_since = None
-            return
         views = [v for v in self.scheduler.workers.values() if v.slots > 0 and not v.unable]
-        if not views or not all(self.stuck.get(v.link, False)
-                                or _held_waiting(v, self.waiting.get(v.link, ())) >= v.slots
-                                for v in views):
-            self._stuck_since = None
+        if not self._deadlock.check(bool(self.children) and bool(views) and all(
+                self.stuck.get(v.link, False)
+                or _held_waiting(v, self.waiting.get(v.link, ())) >= v.slots for v in views), now):
             return
-        if self._stuck_since is None:
-            self._stuck_since = now
-        if now - self._stuck_since < DEADLOCK_AFTER:
-            return
-        self._stuck_since = None
         names = ", ".join(sorted(v.name for v in views))
         for child in list(self.children.values()):
             if child.task.response._state not in UNFINISHED:
                 continue
-            error = NestedDeadlock(
-                f"{self._chain(child)} cannot start: every slot of worker(s) {names} is held by a "
-                "task waiting for the calls it made, and no more may wait without their slots "
-                "(each worker's --max-parked); give the workers more slots or a higher "
-                "--max-parked, or wait for fewer calls at once")
+            error = NestedDeadlock.of(self._chain(child), f"worker(s) {names}")
             log.warning("%s", error)
             child.task.response._finish(None, exc=error)
             self._cancel(child.task.task_id)  # (off the worker or queue it is on)
-
 
     def _chain(self, child: Child) -> str:
         """``task leaf#9, called by node#4, called by root#1``."""
         parts = [f"task {child.task.name}#{child.task.task_id}"]
         at: Child | None = child
         while at is not None and len(parts) < 50:
-            parts.append(f"called by {at.parent.name}#{at.parent.task_id}")
+            parent = at.parent
+            parts.append(f"called by {parent.name}" + (f"#{parent.task_id}"
+                                                       if parent.task_id > 0 else ""))
             at = self.children.get(at.parent.task_id)
         return ", ".join(parts)
 

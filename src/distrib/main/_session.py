@@ -19,7 +19,7 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
@@ -119,8 +119,10 @@ class Session:
                              preload_modules(self.dist.root if self.dist.entries else None),
                              settings.max_payload or 0,
                              [self._probe[0].name, self._probe[1]] if self._probe else [],
-                             self.dist.dist_id, 1)
+                             self.dist.dist_id, 1, settings.redistribution)
         self.links: dict[str, Link] = {}
+        self.received: Counter[str] = Counter()  # messages from workers, by kind
+        self._peers_told: dict[str, list[list[Any]]] = {}  # per link: the Peers it last heard
         for worker in workers:
             self._add_link(worker)
         self._found: deque[Any] = deque()
@@ -408,6 +410,7 @@ class Session:
                 return
 
     def _on_message(self, link: Link, msg: m.Message) -> None:
+        self.received[type(msg).__name__] += 1
         if isinstance(msg, m.Results):
             self._on_results(link, msg)
         elif isinstance(msg, m.Output):
@@ -431,6 +434,9 @@ class Session:
                 self.stats.submitted(task.name)
         elif isinstance(msg, m.CancelChild):
             self.nested.on_cancel(link.link_id, msg)
+        elif isinstance(msg, m.Placed):
+            log.debug("worker %s sent call %s %d of task %d to %s itself", link.label,
+                      msg.name, msg.child, msg.parent, msg.worker)
         elif isinstance(msg, m.Waiting):
             self.nested.on_waiting(link.link_id, msg)
         elif isinstance(msg, m.WorkerState):
@@ -489,6 +495,19 @@ class Session:
                                        msg.slots, pythons=tuple(msg.pythons),
                                        unable=msg.environment,
                                        memory_limit=msg.memory_limit))
+        self._tell_peers()
+
+    def _tell_peers(self) -> None:
+        """Each worker hears of the others (``Peers``): its tasks' calls may go to them
+        directly, and those with keys may send it calls on this Main's behalf."""
+        ready = [x for x in self.links.values() if x.state is LinkState.READY]
+        for link in ready:
+            workers = [[x.address, x.server_key or "", x.name,
+                        view.slots if (view := self.scheduler.workers.get(x.link_id)) else 0]
+                       for x in ready if x is not link]
+            if self._peers_told.get(link.link_id) != workers:
+                self._peers_told[link.link_id] = workers
+                link.send(m.Peers(workers))
 
     def _on_state(self, link: Link, msg: m.WorkerState) -> None:
         """What the worker lends now: its state (the owner's word, hours, load), the slots
@@ -574,11 +593,14 @@ class Session:
         for task in inflight:
             self._count(task, link.name, retried=True)
         self.nested.parents_moved(inflight)
+        self.nested.worker_lost(link.link_id)
         self.nested.waiting.pop(link.link_id, None)
         self.nested.stuck.pop(link.link_id, None)
         link.close()
         link.state, link.since, link.reason = state, time.monotonic(), reason
         link.building = link.has_workspace = False  # (a worker started again says anew)
+        self._peers_told.pop(link.link_id, None)
+        self._tell_peers()
         self._warmed.set()  # (no executors ahead: its Welcome or calls say why)
 
     def _on_results(self, link: Link, msg: m.Results) -> None:

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from distrib.wire._limits import INLINE_MAX
 
-PROTOCOL_VERSION = 8
+PROTOCOL_VERSION = 9
 
 
 class Outcome(enum.StrEnum):
@@ -35,6 +35,7 @@ class RefusalCode(enum.StrEnum):
     UNKNOWN_PEER = "unknown_peer"  # no Hello from this connection (the worker restarted)
     MALFORMED = "malformed"  # a malformed message: the Main's state here is forgotten
     SHUTTING_DOWN = "shutting_down"  # the daemon is stopping
+    NOT_DELEGATE = "not_delegate"  # a worker's Hello for a Main whose Peers do not name it
 
 
 def payload_size(frames: list[Any]) -> int:
@@ -82,6 +83,10 @@ class Hello(Message):
     shm_probe: list[str] = field(default_factory=list)
     dist: str = ""  # the distribution its calls use: the worker fetches it now
     warm: int = 0  # executors it would like started ahead for its calls (one thread each)
+    redistribution: str = "auto"  # how its tasks' own calls go by default: "auto", "relayed"
+    # or "direct" (a function's own setting wins)
+    delegate: str = ""  # a worker's connection: the ``main_id`` of the Main it sends calls
+    # for (that Main's ``Peers`` here must name its key); "" for a Main
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +130,30 @@ class Heartbeat(Message):
     """Either way: I am alive."""
 
     TAG: ClassVar[int] = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Peers(Message):
+    """Main -> worker: the other workers this Main uses, as ``[address, public key, name,
+    slots]`` (key "" when it has none). Their tasks' calls may go to them directly; and a
+    worker named here with a key may send this worker calls on this Main's behalf (``Hello``'s
+    ``delegate``). Sent again when the list changes."""
+
+    TAG: ClassVar[int] = 6
+    workers: list[list[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Placed(Message):
+    """Worker -> Main: the task ``parent`` made call ``child``, and the worker sent it to
+    ``worker`` itself (its own name when it runs it), not through this Main. ``parent`` is 0
+    for a call of a task the worker runs for another worker (the Main does not know it)."""
+
+    TAG: ClassVar[int] = 7
+    parent: int
+    child: int
+    name: str
+    worker: str
 
 
 # --- tasks -----------------------------------------------------------------------------------
@@ -209,6 +238,9 @@ class Call(Message):
     retries: int
     timeout: float | None
     outputs: list[str]  # its function's ``outputs`` globs: its result comes with files
+    depth: int = 1  # how deep it is (the parent's depth + 1)
+    caller: str = ""  # the parent, as errors name it, when this Main does not know it: its
+    # id is then the worker's own (at least 2**48; a task another worker sent there)
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +426,8 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     Refused,
     Goodbye,
     Heartbeat,
+    Peers,
+    Placed,
     Submit,
     Cancel,
     Results,

@@ -59,6 +59,15 @@ def dealer(ctx: zmq.Context[Any], endpoint: str, server_key: str | None = None,
     return sock
 
 
+def close_monitored(sock: zmq.Socket[Any] | None, monitor: zmq.Socket[Any] | None) -> None:
+    """Close a DEALER and the socket that monitors it."""
+    if sock is not None:
+        sock.disable_monitor()
+        sock.close(0)
+    if monitor is not None:
+        monitor.close(0)
+
+
 def _common(sock: zmq.Socket[Any]) -> None:
     # No lingering on close, the size limit, and no high-water marks: the Main bounds what is
     # in flight itself (the scheduler's per-worker depth), so zmq must not drop or block.

@@ -397,6 +397,7 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
             if shm:
                 frames = _shm.restore(frames, shm, unlink=False)  # (its Main removes them)
             fn, args, kwargs = _serialize.loads(frames)
+            channel.caller = getattr(fn, "__qualname__", "")
             result = fn.__wrapped__(*args, **kwargs)
             if fn.options.outputs:
                 result = (result, _outputs(isolation, fn.options.outputs))

@@ -11,6 +11,7 @@ a payload: call frames go to executors and result frames to the Main as they cam
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -34,6 +35,7 @@ from distrib.wire._limits import MAX_MESSAGE_BYTES, OUTPUT_CHUNK
 from distrib.wire._messages import Outcome, RefusalCode
 from distrib.wire._record import ErrorRecord
 from distrib.worker import _pool
+from distrib.worker._direct import FIRST_ID, LOCAL, Child, Direct, Host
 from distrib.worker._dists import Change, Distributions, Failed, Ready
 from distrib.worker._envs import EnvPolicy, Environments
 from distrib.worker._gate import Gate
@@ -143,6 +145,13 @@ class Daemon:
         self.reruns = 0  # tasks run again here after a crash or a lost worker (at least once)
         self._isolation = ""  # how executors keep task writes private, once one said
         self._outbox = Outbox()
+        self._delegated: dict[tuple[bytes, int], int] = {}  # (a worker's connection, its id
+        # for a call) -> this worker's id for it
+        self.direct = Direct(Host(
+            name, _facts.platform_tag(), self.ctx, key, lost_after, self._delegate_hello,
+            self._run_here, self._cancel_here, self._runs_here, self._load_here,
+            self._deliver, self._relay, self._parent_runs, self._send, self.dists.manifest,
+            self.dists.blob))
         self._stop = False
         self._announcer: Any = None
         self._wake_r, self._wake_w = socket.socketpair()
@@ -168,7 +177,8 @@ class Daemon:
         try:
             while not self._stop:
                 poller = zmq.Poller()
-                for sock in (self.sock, self._wake_r, *self.gate.sockets()):
+                for sock in (self.sock, self._wake_r, *self.gate.sockets(),
+                             *self.direct.sockets()):
                     poller.register(sock, zmq.POLLIN)
                 poller.register(self.control.fileno(), zmq.POLLIN)
                 for proc in self.procs.values():
@@ -184,6 +194,9 @@ class Daemon:
                 self._drop_closed()
                 if self.sock in events:
                     self._drain_socket()
+                for sock in self.direct.sockets():
+                    if sock in events:
+                        self.direct.on_readable(sock, time.monotonic())
                 for ex_id, proc in list(self.procs.items()):
                     if proc.fileno() in events:
                         self._on_executor(ex_id, proc)
@@ -261,6 +274,7 @@ class Daemon:
             self._zygote.kill()
         self.envs.close()
         self.objects.close()
+        self.direct.close()
         for peer in list(self.mains):
             self._send(peer, m.Refused(RefusalCode.SHUTTING_DOWN, "worker is shutting down"))
         self.gate.close(self.sock)
@@ -503,6 +517,11 @@ class Daemon:
         main.last_seen = time.monotonic()
         if isinstance(msg, m.Submit):
             self._on_submit(peer, msg)
+        elif isinstance(msg, m.Cancel) and main.account:
+            for task_id in msg.task_ids:
+                ours = self._delegated.pop((peer, task_id), None)
+                if ours is not None:
+                    self._apply(self.slots.cancel(main.account, ours, time.monotonic()))
         elif isinstance(msg, m.Cancel):
             for task_id in msg.task_ids:
                 self._apply(self.slots.cancel(peer, task_id, time.monotonic()))
@@ -518,6 +537,8 @@ class Daemon:
             self._on_change(self.dists.on_failed(peer, msg))
         elif isinstance(msg, m.ChildResult):
             self._on_child_result(peer, msg)
+        elif isinstance(msg, m.Peers):
+            self._on_peers(main, msg)
         elif isinstance(msg, m.Objects):
             self._on_objects(peer, msg)
         elif isinstance(msg, m.ObjectsFailed):
@@ -533,6 +554,9 @@ class Daemon:
                              msg.name, msg.protocol, m.PROTOCOL_VERSION)
             self._send(peer, m.Refused(RefusalCode.PROTOCOL, f"protocol {msg.protocol} "
                                        f"unsupported; this worker speaks {m.PROTOCOL_VERSION}"))
+            return
+        if msg.delegate:
+            self._on_delegate_hello(peer, msg, key)
             return
         try:
             spec = _envspec.decode(msg.environment)
@@ -556,15 +580,52 @@ class Daemon:
         peer_log.info("serving Main %s (pid %d)%s%s", msg.name, msg.pid,
                       f", {quota}" if str(quota) else "",
                       f"; it cannot run here: {problem}" if problem else "")
-        self._send(peer, m.Welcome(m.PROTOCOL_VERSION, self.worker_id, self.name,
-                                   _facts.platform_tag(), _facts.python_version(),
-                                   self.slots.offered(main.peer), os.getpid(),
-                                   self.envs.versions(), problem, MAX_MESSAGE_BYTES, shm,
-                                   self.memory.per_task or 0))
-        if self._effective_state()[0] != "serving":
-            self._send(peer, self._worker_state(peer))
+        self._welcome(main, problem, shm)
         if msg.dist and msg.warm > 0:
             self._warm(main, msg.dist, msg.warm)
+
+    def _welcome(self, main: MainPeer, problem: str, shm: bool) -> None:
+        self._send(main.peer, m.Welcome(m.PROTOCOL_VERSION, self.worker_id, self.name,
+                                        _facts.platform_tag(), _facts.python_version(),
+                                        self.slots.offered(main.account or main.peer),
+                                        os.getpid(), self.envs.versions(), problem,
+                                        MAX_MESSAGE_BYTES, shm, self.memory.per_task or 0))
+        if self._effective_state()[0] != "serving":
+            self._send(main.peer, self._worker_state(main.peer))
+
+    def _on_delegate_hello(self, peer: bytes, msg: m.Hello, key: str) -> None:
+        """Another worker sends calls of a Main's tasks here: taken only if that Main's own
+        ``Peers`` here name the key it connected with. Its calls count under that Main."""
+        account = next((x for x in self.mains.values()
+                        if x.main_id == msg.delegate and not x.account), None)
+        if account is None or account.hello is None or not key or key not in account.delegates:
+            why = ("its Main is not served here" if account is None else
+                   f"its Main does not name its key {key or '(none)'} among its workers")
+            peer_log.warning("refused calls from %s: %s", msg.name, why)
+            self._send(peer, m.Refused(RefusalCode.NOT_DELEGATE, f"worker {self.name} takes "
+                                       f"no calls from {msg.name}: {why}"))
+            return
+        main = self.mains.welcome(peer, account.hello, time.monotonic(), account.env,
+                                  account.env_problem, False, key)
+        main.account, main.name, main.forward_output = account.peer, msg.name, False
+        peer_log.info("taking calls of Main %s from %s", account.name, msg.name)
+        self._welcome(main, account.env_problem, False)
+
+    def _on_peers(self, main: MainPeer, msg: m.Peers) -> None:
+        """The Main's other workers: where its tasks' calls may go, and who may send them
+        here."""
+        if main.account:
+            return  # (a worker's connection names no peers)
+        workers = [w for w in msg.workers[:256] if len(w) == 4 and all(
+            isinstance(x, str) and len(x) < 512 for x in w[:3])
+            and isinstance(w[3], int) and 0 <= w[3] < 1 << 20]
+        main.delegates = {w[1] for w in workers if w[1]}
+        for other in [x for x in self.mains.values() if x.account == main.peer
+                      and x.key not in main.delegates]:
+            self._send(other.peer, m.Refused(RefusalCode.NOT_DELEGATE, "its Main no longer "
+                                             "names it among its workers"))
+            self._drop_main(other.peer, "is no longer named by its Main")
+        self.direct.set_peers(main.peer, workers, time.monotonic())
 
     def _warm(self, main: MainPeer, dist: str, count: int) -> None:
         """Fetch ``dist`` now and start ``count`` executors of it once it is here, ahead of
@@ -592,13 +653,23 @@ class Daemon:
 
     def _on_submit(self, peer: bytes, msg: m.Submit) -> None:
         frames = list(msg.frames)
-        main = self.mains[peer]
+        sender = self.mains[peer]
+        main = self.mains.get(sender.account) if sender.account else sender
+        if main is None:
+            return  # (dropped with it)
         at = 0
         for spec in msg.tasks:
-            task = QueuedTask(peer, spec.task_id, spec.dist, spec.threads, spec.timeout,
+            task = QueuedTask(main.peer, spec.task_id, spec.dist, spec.threads, spec.timeout,
                               [*spec.inline, *frames[at: at + spec.nframes]], main.context,
                               main.env, tuple(spec.objects), depth=spec.depth)
             at += spec.nframes
+            if sender.account:  # (a call sent for the Main: this worker's id for it)
+                task.task_id, task.reply, task.reply_id = next(self.direct.ids), peer, spec.task_id
+                self._delegated[(peer, spec.task_id)] = task.task_id
+            elif spec.task_id >= FIRST_ID:
+                self._report(task, Outcome.ERROR, ErrorRecord(
+                    "distrib.ProtocolError", f"task ids must be below {FIRST_ID}").to_wire(), [])
+                continue
             self.reruns += spec.attempt > 0
             if main.env_problem:  # (the Welcome said so; a Main that sends anyway hears it)
                 self._report(task, Outcome.ENV_ERROR, ErrorRecord(
@@ -621,14 +692,14 @@ class Daemon:
                 continue
             self.dists.request(spec.dist, peer, self.mains.contexts[main.context].preload)
             if main.env and not self.slots.env_is_ready(main.env):
-                self._need_env(main.env, peer)
+                self._need_env(main.env, main.peer)
             self._apply(self.slots.submit(task))
 
     def _run_extras(self, task: QueuedTask) -> list[Any]:
         """What an executor needs besides a task's frames: its Main's folder of shared
         objects, its frames in /dev/shm, and whose /dev/shm takes large result frames."""
         main = self.mains.get(task.peer)
-        results_to = main.pid if main is not None and main.shm else 0
+        results_to = main.pid if main is not None and main.shm and not task.reply else 0
         return [str(self.objects.where(task.peer)) if task.objects else "", task.shm,
                 results_to]
 
@@ -752,6 +823,17 @@ class Daemon:
             self._send(peer, msg)
 
     def _drop_main(self, peer: bytes, why: str) -> None:
+        sender = self.mains.get(peer)
+        if sender is not None and sender.account:  # (its calls stop; the Main's stay)
+            now = time.monotonic()
+            for (via, theirs), ours in list(self._delegated.items()):
+                if via == peer:
+                    del self._delegated[(via, theirs)]
+                    self._apply(self.slots.cancel(sender.account, ours, now))
+        elif sender is not None:
+            for other in [x.peer for x in self.mains.values() if x.account == peer]:
+                self._drop_main(other, "sent calls for a Main that left")
+            self.direct.main_left(peer)
         actions, queued, running = self.slots.drop_main(peer)
         self._apply(actions)
         self.warming.forget(peer)
@@ -950,7 +1032,7 @@ class Daemon:
             self._apply(self.slots.task_skipped(ex_id, header[1], now))
         elif verb == Verb.ENV_ERROR and len(header) == 2:
             self._apply(self.slots.env_error(ex_id, dict(header[1]), frames))
-        elif verb == Verb.CALL and len(header) == 9:
+        elif verb == Verb.CALL and len(header) == 11:
             self._on_call(ex_id, header, frames)
         elif verb in (Verb.PARK, Verb.UNPARK) and len(header) == 2:
             run = self.slots.running(ex_id)
@@ -960,15 +1042,17 @@ class Daemon:
                 self.slots.rewaited.add(run.task.peer)
         elif verb == Verb.CANCEL_CHILD and len(header) == 3:
             run = self.slots.running(ex_id)
-            if run is not None and run.key == header[1]:
+            if (run is not None and run.key == header[1]
+                    and not self.direct.cancel(ex_id, header[1], header[2])):
                 self._send(run.task.peer, m.CancelChild(run.task.task_id, header[2]))
         else:
             log.warning("executor %d sent an unexpected %r; stopping it", proc.pid, verb)
             self._apply(self._executor_died(ex_id))
 
     def _on_call(self, ex_id: int, header: list[Any], frames: list[Any]) -> None:
-        """The running task of ``ex_id`` called a @distributed function: its Main runs it."""
-        _, key, child, name, platforms, threads, retries, timeout, outputs = header
+        """The running task of ``ex_id`` called a @distributed function: its Main runs it
+        (relayed), or this worker places it itself (direct; ``_direct``)."""
+        _, key, child, name, platforms, threads, retries, timeout, outputs, how, caller = header
         run = self.slots.running(ex_id)
         if run is None or run.key != key:
             return  # (a task stopped meanwhile)
@@ -977,14 +1061,45 @@ class Daemon:
                 and isinstance(name, str) and isinstance(platforms, list)
                 and isinstance(outputs, list) and len(platforms) <= 64 and len(outputs) <= 256
                 and all(isinstance(x, str) for x in (*platforms, *outputs))
-                and (timeout is None or isinstance(timeout, (int, float)))):
+                and (timeout is None or isinstance(timeout, (int, float)))
+                and how in ("", "auto", "relayed", "direct") and isinstance(caller, str)):
             log.warning("executor %d sent a malformed call; stopping it",
                         self.procs[ex_id].pid if ex_id in self.procs else 0)
             self._apply(self._executor_died(ex_id))
             return
         self._apply(self.slots.nested(ex_id, key))
-        self._send(run.task.peer, m.Call(run.task.task_id, child, name, platforms, threads,
-                                         retries, timeout, outputs, frames=tuple(frames)))
+        task, main = run.task, self.mains.get(run.task.peer)
+        if main is None or main.hello is None:
+            return
+        how = self.direct.mode(how, main.hello.redistribution, bool(outputs))
+        # How errors name the parent: as its Main does, or (one placed by a worker) by the
+        # parent's number for it, and the chain above.
+        above = self.direct.children.get(task.reply_id) if task.reply == LOCAL else None
+        label = above.label if above is not None else str(task.reply_id or task.task_id)
+        parent = f"{caller}#{label}" + (f", {above.chain.removeprefix('called by ')}"
+                                        if above is not None else "")
+        if how != "relayed":
+            call = Child(next(self.direct.ids), task.peer, ex_id, key, task.task_id, child,
+                         name, f"{label}.{child}", f"called by {parent}",
+                         tuple(platforms) or ("*",), threads, retries, timeout, task.dist,
+                         task.depth + 1, list(frames), how)
+            if self.direct.place(call, time.monotonic()):
+                return
+        self.direct.relay(task.peer, ex_id, key, child, task.task_id)
+        self._send(task.peer, m.Call(task.task_id, child, name, platforms, threads,
+                                     retries, timeout, outputs, task.depth + 1,
+                                     parent if task.task_id >= FIRST_ID else "",
+                                     frames=tuple(frames)))
+
+    def _relay(self, child: Child) -> None:
+        """A call placed here goes through its Main after all (it was handed back)."""
+        self.direct.relay(child.main, child.ex_id, child.key, child.number, child.parent)
+        self._send(child.main, m.Call(child.parent, child.number, child.name,
+                                      list(child.platforms), child.threads, child.retries,
+                                      child.timeout, [], child.depth,
+                                      child.chain.removeprefix("called by ")
+                                      if child.parent >= FIRST_ID else "",
+                                      frames=tuple(child.frames)))
 
     def _on_child_result(self, peer: bytes, msg: m.ChildResult) -> None:
         """A call of a task running here ended: to its executor (if the task still runs)."""
@@ -993,6 +1108,7 @@ class Daemon:
             if (run is not None and ex.nests and run.task.peer == peer
                     and run.task.task_id == msg.parent):  # (only a task that made calls)
                 proc = self.procs.get(ex_id)
+                self.direct.relay_answered(peer, ex_id, run.key, msg.child)
                 if proc is not None and msg.status in ("ok", "error"):
                     try:
                         proc.child(run.key, msg.child, msg.status, msg.info, list(msg.frames))
@@ -1039,6 +1155,51 @@ class Daemon:
                 self._send(main.peer, m.Output(head.task.task_id, stream,
                                                text[i:i + OUTPUT_CHUNK]))
 
+    # --- calls this worker places itself (``_direct``) ------------------------------------------
+
+    def _delegate_hello(self, main_peer: bytes) -> m.Hello | None:
+        """The Hello this worker says to another one to send it calls of a Main."""
+        main = self.mains.get(main_peer)
+        if main is None or main.hello is None:
+            return None
+        return dataclasses.replace(main.hello, name=f"worker {self.name} for {main.name}",
+                                   pid=os.getpid(), shm_probe=[], warm=0,
+                                   delegate=main.main_id)
+
+    def _run_here(self, child: Child) -> None:
+        main = self.mains.get(child.main)
+        if main is not None:
+            self._apply(self.slots.submit(QueuedTask(
+                child.main, child.cid, child.dist, child.threads, child.timeout, child.frames,
+                main.context, main.env, depth=child.depth, reply=LOCAL, reply_id=child.cid)))
+
+    def _cancel_here(self, child: Child) -> None:
+        self._apply(self.slots.cancel(child.main, child.cid, time.monotonic()))
+
+    def _runs_here(self, child: Child) -> bool:
+        return any(ex.runs and ex.runs[0].task.reply == LOCAL
+                   and ex.runs[0].task.task_id == child.cid
+                   for ex in self.slots.executors.values())
+
+    def _load_here(self) -> float:
+        """Slots busy here, and tasks waiting for one, per slot."""
+        return (sum(self.slots.held().values()) + self.slots.waiting()) / max(1, self.slots.slots)
+
+    def _parent_runs(self, ex_id: int, key: int) -> bool:
+        run = self.slots.running(ex_id)
+        return run is not None and run.key == key
+
+    def _deliver(self, child: Child, status: str, info: dict[str, str],
+                 frames: list[Any]) -> None:
+        """How a call this worker placed ended: to its parent, if that still runs."""
+        proc = self.procs.get(child.ex_id)
+        if proc is None or not self._parent_runs(child.ex_id, child.key):
+            return
+        try:
+            proc.child(child.key, child.number, status, info, frames)
+        except OSError:
+            self._apply(self._executor_died(child.ex_id))
+
     # --- results and timers ------------------------------------------------------------------
 
     def _report(self, task: QueuedTask, outcome: Outcome, info: dict[str, str],
@@ -1048,7 +1209,12 @@ class Daemon:
         if shm and (outcome is not Outcome.OK or task.peer not in self.mains):
             _shm.remove(list(shm))  # a result no one will read
             shm = None
-        if task.peer in self.mains:
+        if task.reply == LOCAL:
+            self.direct.outcome(task.reply_id, outcome, info, frames)
+        elif task.reply:
+            if self._delegated.pop((task.reply, task.reply_id), None) is not None:
+                self._outbox.add(task.reply, task.reply_id, outcome, info, frames, None)
+        elif task.peer in self.mains:
             self._outbox.add(task.peer, task.task_id, outcome, info, frames, shm)
 
     def _watch_memory(self) -> None:
@@ -1094,6 +1260,7 @@ class Daemon:
                      "go back to their Mains", self.slots.waiting())
             self._apply(self.slots.hand_back())
         self.dists.tick(now)
+        self.direct.tick(now, self.slots.stuck())
         for peer in self.mains.silent(now, self.lost_after):
             self._drop_main(peer, f"was silent for {self.lost_after:.0f} s")
         for peer in self.mains:
@@ -1169,5 +1336,6 @@ class Daemon:
             "envs_bytes": envs_bytes,
             **self.slots.counters,
             **self.objects.counters,
+            **self.direct.status(),
             **self.envs.counters,
         }

@@ -28,7 +28,7 @@ from distrib._logs import RateLimited
 from distrib.wire import _messages as m
 from distrib.wire._limits import NEED_BLOBS_COUNT
 from distrib.wire._record import ErrorRecord
-from distrib.workspace._manifest import Entry, decode_manifest
+from distrib.workspace._manifest import Entry, decode_manifest, encode_manifest
 from distrib.workspace._store import Store
 
 log = logging.getLogger("distrib.worker")
@@ -114,6 +114,26 @@ class Distributions:
         elif dist.state is not DistState.READY and peer != dist.source:
             dist.waiters.add(peer)
         return dist
+
+    def manifest(self, dist_id: str) -> bytes | None:
+        """The manifest of a distribution here, as its Main sent it (for a worker that
+        lacks it: ``worker._direct``)."""
+        dist = self._dists.get(dist_id)
+        if dist is None or dist.state is not DistState.READY:
+            return None
+        body, digest = encode_manifest(dist.main, dist.entries)
+        return body if digest == dist_id else None
+
+    def blob(self, dist_id: str, digest: str) -> bytes | None:
+        """A file of a distribution here, by its hash (the receiver checks it)."""
+        dist = self._dists.get(dist_id)
+        if dist is None or dist.state is not DistState.READY or not any(
+                e.digest == digest for e in dist.entries):
+            return None
+        try:
+            return self.store.blob_path(digest).read_bytes()
+        except OSError:
+            return None
 
     def _evict(self, keep: set[str]) -> None:
         """Keep the store under its size: trees no task needs go, with their executors."""

@@ -5,7 +5,7 @@ named by its hash)."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgpack
 
@@ -42,6 +42,10 @@ class MainPeer:
     shm: bool = False  # it shares this machine's /dev/shm and user: large frames go there
     fd: int = -1  # its connection's file descriptor: when that closes, the Main is gone
     key: str = ""  # its public key (its quota is that key's), with CURVE
+    hello: m.Hello | None = None  # as it said it (a delegate of it says it again elsewhere)
+    delegates: set[str] = field(default_factory=set)  # keys of its workers, which may send
+    # calls here on its behalf (its ``Peers``)
+    account: bytes = b""  # a worker's connection sending calls for a Main: that Main's peer
 
 
 class Mains(dict[bytes, MainPeer]):
@@ -57,7 +61,7 @@ class Mains(dict[bytes, MainPeer]):
                                                 env, hello.preload, hello.max_payload]))
         main = self[peer] = MainPeer(peer, hello.main_id, hello.name, hello.forward_output, now,
                                      context.hexdigest()[:16], env, env_problem,
-                                     hello.max_frame, hello.pid, shm, key=key)
+                                     hello.max_frame, hello.pid, shm, key=key, hello=hello)
         self.contexts[main.context] = Context(hello.argv, hello.environ, env, hello.preload,
                                               hello.max_payload)
         return main

@@ -38,6 +38,7 @@ class Channel:
     def __init__(self, pipe: Pipe, lock: threading.RLock) -> None:
         self.pipe, self.lock = pipe, lock  # (the lock guards every send on the pipe)
         self.key = 0  # the running task's (0: none runs)
+        self.caller = ""  # the running task's function, to name it in errors elsewhere
         self._state = threading.Lock()  # key, calls and waits
         self._children: dict[int, Call] = {}
         self._next = 0
@@ -94,7 +95,8 @@ class Channel:
                                                      name="distrib-calls", daemon=True)
                     self._settler.start()
         self.send([Verb.CALL, key, child, fn.__qualname__, list(opts.platform), opts.threads,
-                   opts.retries, opts.timeout, list(opts.outputs)], frames)
+                   opts.retries, opts.timeout, list(opts.outputs), opts.redistribution or "",
+                   self.caller], frames)
         return response
 
     def outcome(self, key: int, child: int, status: str, info: dict[str, str],

@@ -48,8 +48,9 @@ class Verb(enum.StrEnum):
     OUT = "out"  # [OUT, key, stream, text]: a task's output line(s)
     DONE = "done"  # [DONE, key, outcome, record, shm] + result or error frames (shm: result
     # frames in /dev/shm)
-    CALL = "call"  # [CALL, key, child, name, platforms, threads, retries, timeout, outputs] + call
-    # frames: the running task called a @distributed function (its Main runs the call)
+    CALL = "call"  # [CALL, key, child, name, platforms, threads, retries, timeout, outputs,
+    # redistribution ("": its Main's), the task's function] + call frames: the running task
+    # called a @distributed function (its Main, or this worker, places the call)
     CANCEL_CHILD = "cancel_child"  # [CANCEL_CHILD, key, child]: it cancelled that call
     PARK = "park"  # [PARK, key]: it waits for its calls (its slots may go to other tasks)
     UNPARK = "unpark"  # [UNPARK, key]: it goes on

@@ -29,6 +29,9 @@ class QueuedTask:
     waits: AbstractSet[str] = frozenset()  # of those, the ones not here yet
     shm: dict[str, int] | None = None  # its frames in /dev/shm: name -> index
     depth: int = 0  # a call made inside a task: how deep (deeper ones go first)
+    reply: bytes = b""  # where its outcome goes, when not to ``peer`` (whose share it counts
+    # in): a worker that sent it for that Main, or this worker's own (``_direct.LOCAL``)
+    reply_id: int = 0  # its id there
     nbytes: int = field(init=False, repr=False)  # payload size, for prefetch decisions
 
     def __post_init__(self) -> None:
