@@ -341,6 +341,8 @@ def nested(name: str, p: Metrics) -> Metrics:
     from bench.nested import chain, fan_out
 
     calls = p["calls"]
+    if "redistribution" in p:  # (this measurement's own process: the setting is read at init)
+        os.environ["DISTRIB_REDISTRIBUTION"] = p["redistribution"]
     with cluster(name, p["slots"]) as (fw, extra):
         fw.result(fw.submit(fan_out, name, 2))  # (the inner function, made ready)
         t0 = time.perf_counter()
@@ -461,9 +463,20 @@ WORKLOADS: dict[str, Workload] = {w.id: w for w in [
          Metric("chain_us", "time per call made one after the other", "µs", False)),
         nested, {"slots": 2, "calls": 100}, {"slots": 2, "calls": 20}, 600,
         frameworks=("distrib", "ray", "dask"),
-        notes=("distrib relays each call through the Main; Ray submits from the worker "
-               "(ray.get inside a task); Dask uses worker_client. ProcessPoolExecutor and "
-               "loky cannot submit from inside a task.",),
+        notes=("distrib with its default redistribution (auto): the worker places each call "
+               "itself, on its own slots (the local cluster is one worker); Ray submits from "
+               "the worker (ray.get inside a task); Dask uses worker_client. "
+               "ProcessPoolExecutor and loky cannot submit from inside a task.",),
+    ),
+    Workload(
+        "W9-relayed", "W9", "W9 relayed, distrib only: {calls} calls of inc made by one task, "
+        "each through the Main, at once then gathered, and one after the other",
+        (Metric("fan_out_us", "time per call made at once", "µs", False),
+         Metric("chain_us", "time per call made one after the other", "µs", False)),
+        nested, {"slots": 2, "calls": 100, "redistribution": "relayed"},
+        {"slots": 2, "calls": 20, "redistribution": "relayed"}, 600,
+        frameworks=("distrib",),
+        notes=("redistribution=\"relayed\": compare with W9's distrib row of the same run.",),
     ),
     Workload(
         "W4", "W4", "W4 data: {calls} calls each sending {mb:g} MB of bytes, returning its length",
