@@ -16,6 +16,7 @@ import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
@@ -134,8 +135,15 @@ class Response(concurrent.futures.Future[T]):
             loop.call_soon_threadsafe(_set_once, waiter)
 
         self.add_done_callback(wake)
-        await waiter
+        if not waiter.done():
+            with self._waits():
+                await waiter
         return self.unwrap(0)
+
+    def _waits(self) -> AbstractContextManager[object]:
+        """Around a wait for it: inside a task, a call's Response parks the executor
+        (``worker._nested``); elsewhere nothing."""
+        return nullcontext()
 
     # Called by the session's I/O thread only.
     def _finish(self, worker: str | None, value: Any = None, exc: BaseException | None = None) -> None:
@@ -201,12 +209,25 @@ class AsCompleted(Generic[T]):
 
     def _iterate(self) -> Iterator[Response[T]]:
         given: list[concurrent.futures.Future[T]] = list(self._given)
+        pending = set(self._given)
+        parks = self._parks()
         try:
-            for fut in concurrent.futures.as_completed(given, self._timeout):
+            found = concurrent.futures.as_completed(given, self._timeout)
+            while pending:
+                if parks is None or any(r.done() for r in pending):
+                    fut = next(found)
+                else:  # (nothing to yield: the wait parks the executor)
+                    with parks._waits():
+                        fut = next(found)
+                pending.discard(cast(Response[T], fut))
                 yield cast(Response[T], fut)
         except TimeoutError:
             raise WaitTimeout(f"responses did not all finish within {self._timeout} s") \
                 from None
+
+    def _parks(self) -> Response[T] | None:
+        """One of the responses whose waits park the executor (calls made inside a task)."""
+        return next((r for r in self._given if type(r)._waits is not Response._waits), None)
 
     def __aiter__(self) -> AsCompleted[T]:
         return self
@@ -223,12 +244,14 @@ class AsCompleted(Generic[T]):
                     lambda r: loop.call_soon_threadsafe(queue.put_nowait, cast(Response[T], r)))
         if self._left == 0:
             raise StopAsyncIteration
+        parks = self._parks() if self._queue.empty() else None
         try:
-            if self._timeout is None:
-                response = await self._queue.get()
-            else:
-                left = self._deadline - asyncio.get_running_loop().time()
-                response = await asyncio.wait_for(self._queue.get(), max(0.0, left))
+            with parks._waits() if parks is not None else nullcontext():
+                if self._timeout is None:
+                    response = await self._queue.get()
+                else:
+                    left = self._deadline - asyncio.get_running_loop().time()
+                    response = await asyncio.wait_for(self._queue.get(), max(0.0, left))
         except TimeoutError:
             raise WaitTimeout(f"responses did not all finish within {self._timeout} s") \
                 from None

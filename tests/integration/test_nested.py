@@ -240,6 +240,46 @@ def test_large_calls_and_response_arguments_inside_a_task_on_one_slot(
     assert worker.status()["parks"] >= 2
 
 
+WAYS = """
+    import asyncio
+    import distrib
+    from distrib import distributed
+
+    @distributed
+    def child(i):
+        return i * 10
+
+    @distributed
+    def with_as_completed():
+        calls = [child(i) for i in range(3)]
+        return sorted(r.unwrap() for r in distrib.as_completed(calls, timeout=60))
+
+    @distributed
+    def with_await():
+        async def run():
+            one = await child(1)
+            seen = [r.unwrap() async for r in distrib.as_completed([child(2), child(3)],
+                                                                  timeout=60)]
+            return [one, *sorted(seen)]
+        return asyncio.run(run())
+
+    if __name__ == "__main__":
+        print(with_as_completed().unwrap(timeout=90), with_await().unwrap(timeout=90))
+"""
+
+
+@pytest.mark.parametrize("mode", ["relayed", "direct"])
+def test_as_completed_and_await_inside_a_task_lend_the_slot_too(
+        mode: str, workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
+    worker = start_worker(threads=1)  # (the calls can only run on the slot their parent lends)
+    workspace.write("main.py", WAYS)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address,
+                                        "DISTRIB_REDISTRIBUTION": mode})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "[0, 10, 20] [10, 20, 30]"
+    assert worker.status()["parks"] >= 3
+
+
 TWO = """
     import distrib
     from distrib import distributed
