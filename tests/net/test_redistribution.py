@@ -5,10 +5,13 @@ others."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 from distrib.wire import _keys
-from tests.helpers import Workspace
+from tests.helpers import PYTHON, Worker, Workspace, ended, finish, wait_for
 from tests.net.netns import Host, Network
 from tests.net.test_hosts import main_key, run_in, status_json
 
@@ -41,9 +44,12 @@ TREE = """
 
 
 def three_workers(network: Network, start_worker, workspace: Workspace, tmp_path: Path,
-                  authorizes_peers: dict[str, bool]) -> tuple[Host, dict[str, str]]:
-    """The Main's host, and the settings for a keyed worker on each of three hosts w1-w3;
-    each authorizes the Main, and the other workers' keys where ``authorizes_peers`` says so."""
+                  authorizes_peers: dict[str, bool]
+                  ) -> tuple[Host, dict[str, str], dict[str, Worker]]:
+    """The Main's host, the settings naming a keyed worker on each of three hosts w1-w3, and
+    those workers; each authorizes the Main, and the other workers' keys where
+    ``authorizes_peers`` says so."""
+    workers = {}
     m = network.add("main")
     hosts = [network.add(f"w{i}") for i in (1, 2, 3)]
     key, main_public = main_key(tmp_path)
@@ -55,11 +61,12 @@ def three_workers(network: Network, start_worker, workspace: Workspace, tmp_path
         others = [p.public for n, p in pairs.items() if n != host.name] \
             if authorizes_peers[host.name] else []
         auth.write_text("".join(f"{k}\n" for k in [main_public, *others]))
-        start_worker(name=host.name, listen=f"{host.address}:7070", prefix=tuple(host.cmd()),
-                     threads=2, extra=("--key", str(secret), "--authorized-keys", str(auth)))
+        workers[host.name] = start_worker(
+            name=host.name, listen=f"{host.address}:7070", prefix=tuple(host.cmd()), threads=2,
+            extra=("--key", str(secret), "--authorized-keys", str(auth)))
     workspace.write("main.py", TREE)
     return m, {"DISTRIB_KEY": str(key), "DISTRIB_WORKERS": ",".join(
-        f"{h.address}:7070 {pairs[h.name].public}" for h in hosts)}
+        f"{h.address}:7070 {pairs[h.name].public}" for h in hosts)}, workers
 
 
 def tree_run(m: Host, workspace: Workspace, env: dict[str, str], depth: int,
@@ -75,8 +82,8 @@ def tree_run(m: Host, workspace: Workspace, env: dict[str, str], depth: int,
 
 def test_a_tree_relayed_and_direct_over_three_hosts_gives_the_same_results(
         network: Network, start_worker, workspace: Workspace, tmp_path: Path) -> None:
-    m, env = three_workers(network, start_worker, workspace, tmp_path,
-                           {"w1": True, "w2": True, "w3": True})
+    m, env, _ = three_workers(network, start_worker, workspace, tmp_path,
+                              {"w1": True, "w2": True, "w3": True})
     calls = 10 + 100 + 1000
     # Relayed: every call made inside a task reaches the Main.
     assert tree_run(m, workspace, env, 3, "relayed", 0.02) == (calls, 0)
@@ -94,8 +101,8 @@ def test_a_tree_relayed_and_direct_over_three_hosts_gives_the_same_results(
 
 def test_auto_goes_through_the_main_for_a_worker_that_does_not_authorize_the_others(
         network: Network, start_worker, workspace: Workspace, tmp_path: Path) -> None:
-    m, env = three_workers(network, start_worker, workspace, tmp_path,
-                           {"w1": True, "w2": True, "w3": False})
+    m, env, _ = three_workers(network, start_worker, workspace, tmp_path,
+                              {"w1": True, "w2": True, "w3": False})
     # (leaves long enough that a worker's slots, and those it reaches directly, fill up: then
     # its calls go through the Main, which has w3's slots too)
     calls, placed = tree_run(m, workspace, env, 2, "auto", 0.3)
@@ -110,3 +117,28 @@ def test_auto_goes_through_the_main_for_a_worker_that_does_not_authorize_the_oth
     assert not any("does not authorize" in logs[n] for n in ("w3",)), logs["w3"]
     table = {row["name"]: row for row in status_json(m, env)}
     assert sum(table[n]["direct_relayed"] for n in refused) > 0
+
+
+def test_a_worker_killed_mid_tree_loses_no_call_and_leaves_nothing_running(
+        network: Network, start_worker, workspace: Workspace, tmp_path: Path) -> None:
+    m, env, workers = three_workers(network, start_worker, workspace, tmp_path,
+                                    {"w1": True, "w2": True, "w3": True})
+    full = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir), **env,
+            "DISTRIB_REDISTRIBUTION": "direct", "DISTRIB_LOST_AFTER": "3"}
+    proc = subprocess.Popen(m.cmd(PYTHON, "main.py", "2", "0.3"), cwd=workspace.root, env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with ended(proc):
+        # Midway, while w1 runs part of the tree (its own calls, or calls sent to it), it dies.
+        def midway() -> bool:
+            rows = {r["name"]: r for r in status_json(m, env)}
+            return rows["w1"]["busy"] > 0 and sum(r["tasks_done"] for r in rows.values()) >= 20
+        wait_for(midway, timeout=90, what="w1 running part of the tree, midway")
+        os.kill(workers["w1"].pid, signal.SIGKILL)
+        out, err = finish(proc)
+    assert proc.returncode == 0, err[-3000:]
+    assert out.splitlines()[0] == "LEAVES 100 True", out + err[-3000:]
+    # What w1 sent the others stopped with it; nothing is left running or queued anywhere.
+    def idle() -> bool:
+        rows = [r for r in status_json(m, env) if r.get("name") in ("w2", "w3")]
+        return len(rows) == 2 and all(r["busy"] == 0 and r["queued"] == 0 for r in rows)
+    wait_for(idle, timeout=60, what="w2 and w3 idle")

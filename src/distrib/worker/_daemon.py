@@ -826,11 +826,16 @@ class Daemon:
         sender = self.mains.get(peer)
         if sender is not None and sender.account:  # (its calls stop; the Main's stay)
             now = time.monotonic()
-            for (via, theirs), ours in list(self._delegated.items()):
-                if via == peer:
-                    del self._delegated[(via, theirs)]
-                    self._apply(self.slots.cancel(sender.account, ours, now))
-        elif sender is not None:
+            calls = [k for k in self._delegated if k[0] == peer]
+            for key in calls:
+                self._apply(self.slots.cancel(sender.account, self._delegated.pop(key), now))
+            self.mains.forget(peer, {ex.key.context for ex in self.slots.executors.values()})
+            self._outbox.drop(peer)
+            self.dists.source_left(peer, self.slots.queues.first_peer_with)
+            peer_log.info("%s %s: stopped the %d call(s) it sent here", sender.name, why,
+                          len(calls))
+            return
+        if sender is not None:
             for other in [x.peer for x in self.mains.values() if x.account == peer]:
                 self._drop_main(other, "sent calls for a Main that left")
             self.direct.main_left(peer)
