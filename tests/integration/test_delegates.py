@@ -14,7 +14,7 @@ import zmq
 from distrib.wire import _codec, _facts, _keys, _transport
 from distrib.wire import _messages as m
 from distrib.wire._envspec import EnvSpec
-from tests.helpers import Worker
+from tests.helpers import Worker, query_status
 
 
 def _hello(main_id: str, delegate: str = "") -> m.Hello:
@@ -39,36 +39,48 @@ def _answer(sock: zmq.Socket[Any], kind: type[m.Message] | tuple[type[m.Message]
 
 def test_a_worker_takes_calls_for_a_main_only_from_a_key_that_main_names(
         start_worker: Callable[..., Worker], tmp_path: Path) -> None:
-    honest, hostile = _keys.generate(), _keys.generate()
+    honest, hostile, helper = _keys.generate(), _keys.generate(), _keys.generate()
     _keys.write(tmp_path / "worker.key", _keys.generate())
     (tmp_path / "authorized").write_text(f"{honest.public} honest slots=1\n"
-                                         f"{hostile.public} other\n")
+                                         f"{hostile.public} other\n{helper.public} a worker\n")
     worker = start_worker(threads=2, extra=("--key", str(tmp_path / "worker.key"),
                                             "--authorized-keys", str(tmp_path / "authorized")))
     ctx: zmq.Context[Any] = zmq.Context()
-    main = _transport.dealer(ctx, worker.address, worker.public_key, honest)
     other = _transport.dealer(ctx, worker.address, worker.public_key, hostile)
+    main = _transport.dealer(ctx, worker.address, worker.public_key, honest)
+    delegate = _transport.dealer(ctx, worker.address, worker.public_key, helper)
     try:
+        # An authorized Main that takes the honest Main's id (it is no secret) and names the
+        # helper's key, with garbage among its peers (dropped: the daemon serves on).
+        other.send_multipart(_codec.encode(_hello("honest-main")))
+        assert isinstance(_answer(other, m.Welcome), m.Welcome)
+        other.send_multipart(_codec.encode(m.Peers([
+            ["foo", "x", "bad", 1], ["127.0.0.1:9", "short", "bad", 1],
+            ["127.0.0.1:9", helper.public, "w9", True], ["10.0.0.9:7070", helper.public, "w9", 2]])))
         main.send_multipart(_codec.encode(_hello("honest-main")))
         assert isinstance(_answer(main, m.Welcome), m.Welcome)
-        # Authorized on the worker, but the Main does not name it: no account of the Main's.
-        other.send_multipart(_codec.encode(_hello("other", delegate="honest-main")))
-        refused = _answer(other, m.Refused)
+        # The helper says it sends for the honest Main, which does not name it: refused
+        # (the other Main's word does not count for the honest one's account).
+        delegate.send_multipart(_codec.encode(_hello("honest-main", delegate=honest.public)))
+        refused = _answer(delegate, m.Refused)
         assert isinstance(refused, m.Refused)
         assert refused.code is m.RefusalCode.NOT_DELEGATE
         assert "does not name its key" in refused.reason
-        # Once the Main names that key among its workers, it is taken...
-        main.send_multipart(_codec.encode(m.Peers([["127.0.0.1:9", hostile.public, "w9", 1]])))
+        status = query_status(worker.address, server_key=worker.public_key, key=honest)
+        assert status["direct_targets"] == ["w9: new"]  # (the other Main's one good peer)
+        # Once the honest Main names that key among its workers, it is taken...
+        main.send_multipart(_codec.encode(m.Peers([["127.0.0.1:9", helper.public, "w9", 1]])))
         for _ in range(100):  # (the two connections are read in any order: say it again)
-            other.send_multipart(_codec.encode(_hello("other", delegate="honest-main")))
-            welcome = _answer(other, (m.Welcome, m.Refused))
+            delegate.send_multipart(_codec.encode(_hello("honest-main",
+                                                         delegate=honest.public)))
+            welcome = _answer(delegate, (m.Welcome, m.Refused))
             if isinstance(welcome, m.Welcome):
                 break
         assert isinstance(welcome, m.Welcome)
         assert welcome.slots == 1  # (the Main's quota: its calls count under it)
         # ...and dropped when the Main no longer names it.
         main.send_multipart(_codec.encode(m.Peers([])))
-        dropped = _answer(other, m.Refused)
+        dropped = _answer(delegate, m.Refused)
         assert isinstance(dropped, m.Refused)
         assert dropped.code is m.RefusalCode.NOT_DELEGATE
         # A Main's own calls cannot use the ids workers give the calls they take.
@@ -79,7 +91,7 @@ def test_a_worker_takes_calls_for_a_main_only_from_a_key_that_main_names(
         assert results.results[0].status is m.Outcome.ERROR
         assert "below" in results.results[0].info["message"]
     finally:
-        main.close(0)
-        other.close(0)
+        for sock in (main, other, delegate):
+            sock.close(0)
         ctx.term()
-    assert "refused calls from raw other: its Main does not name its key" in worker.log()
+    assert "its Main does not name its key" in worker.log()

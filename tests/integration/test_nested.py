@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from tests.helpers import PYTHON, Worker, Workspace, ended, wait_for
+from tests.helpers import PYTHON, Worker, Workspace, ended, finish, wait_for
 
 TREE = """
     import os, sys, time
@@ -306,3 +306,45 @@ def test_calls_stuck_on_a_worker_whose_slots_all_wait_run_on_another(
                         timeout=150)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "[10, 10, 10, 10]"  # (however the calls were placed)
+
+
+DRAINED = """
+    import time
+    import distrib
+    from distrib import distributed
+
+    @distributed
+    def child(i):
+        time.sleep(0.5)
+        return i
+
+    @distributed
+    def parent(n):
+        return sum(distrib.gather([child(i) for i in range(n)], timeout=90))
+
+    if __name__ == "__main__":
+        print(distrib.gather([parent(6) for _ in range(4)], timeout=110))
+"""
+
+
+def test_calls_placed_on_a_worker_that_is_drained_go_elsewhere_and_it_leaves(
+        workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
+    leaving = start_worker(threads=2, name="leaving")
+    staying = start_worker(threads=2, name="staying")
+    workspace.write("main.py", DRAINED)
+    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
+           "DISTRIB_REDISTRIBUTION": "direct",
+           "DISTRIB_WORKERS": f"{leaving.address},{staying.address}"}
+    with ended(subprocess.Popen([PYTHON, "main.py"], cwd=workspace.root, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)) as main:
+        wait_for(lambda: leaving.status()["direct_here"] > 0,
+                 what="calls placed on the worker to drain")
+        answer = subprocess.run([PYTHON, "-m", "distrib", "worker", "drain", "--cache-dir",
+                                 str(leaving.cache_dir)], capture_output=True, text=True,
+                                timeout=60)
+        assert answer.returncode == 0, answer.stderr
+        # Its calls not started go through the Main to the other worker; its running tasks
+        # (the parents among them) finish, and it leaves.
+        assert leaving.proc.wait(timeout=120) == 0, leaving.log()[-3000:]
+        out, err = finish(main)
+    assert out.strip() == "[15, 15, 15, 15]", err[-3000:]

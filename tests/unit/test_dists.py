@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import types
 import zlib
 from pathlib import Path
 
@@ -90,8 +91,11 @@ def test_a_worker_ships_a_distribution_it_holds_to_another_from_its_store(
     def unused(*_: object) -> None:
         raise AssertionError("not for shipping")
 
-    direct = Direct(Host("w1", "linux-x86_64", None, None, 10.0, unused, unused, unused,
-                         unused, unused, unused, unused, unused, unused, dists.manifest,
+    def hello(main: bytes) -> object:  # (the Main's Hello names the workspace of its calls)
+        return types.SimpleNamespace(dist=dist_id)
+
+    direct = Direct(Host("w1", "linux-x86_64", None, None, 10.0, hello, unused, unused,
+                         unused, unused, unused, unused, unused, unused, unused, dists.manifest,
                          dists.blob))
     target = Captured("10.0.0.3:7070", "k", "w2", 2)
     other = Distributions(Store(tmp_path / "other"), lambda peer, msg: shipped.append(msg),
@@ -102,8 +106,13 @@ def test_a_worker_ships_a_distribution_it_holds_to_another_from_its_store(
     direct._on_message(b"main", target, shipped.pop(), 0.0)  # its NeedBlobs
     assert isinstance(other.on_blobs(shipped.pop()), Ready)
     assert (other.store.envs / dist_id / "main.py").read_bytes() == b"print('hi')\n"
-    # What it does not hold is said so, not invented.
+    # What it does not hold, or is not the workspace of that Main's calls, it does not send.
     direct._on_message(b"main", target, m.NeedManifest("ab" * 32), 0.0)
     assert isinstance(shipped.pop(), m.DistFailed)
+    dists_of_another = types.SimpleNamespace(dist="cd" * 32)
+    direct.host.hello = lambda main: dists_of_another  # type: ignore[assignment,return-value]
+    direct._on_message(b"main", target, m.NeedManifest(dist_id), 0.0)
+    assert isinstance(shipped.pop(), m.DistFailed)
+    direct.host.hello = hello  # type: ignore[assignment]
     direct._on_message(b"main", target, m.NeedBlobs(dist_id, ["cd" * 32]), 0.0)
     assert isinstance(shipped.pop(), m.DistFailed)

@@ -33,6 +33,11 @@ def generate() -> KeyPair:
     return KeyPair(public.decode(), secret.decode())
 
 
+def is_public(key: str) -> bool:
+    """Whether ``key`` reads as a public key (40 characters of Z85)."""
+    return bool(_Z85_KEY.match(key))
+
+
 def check_public(key: str, where: str) -> str:
     """The public key in ``key``, which may be followed by a comment as in a ``.pub`` file
     (``<key> user@host``); ``ConfigError`` if it is not a well-formed key."""

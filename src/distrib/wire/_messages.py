@@ -85,8 +85,9 @@ class Hello(Message):
     warm: int = 0  # executors it would like started ahead for its calls (one thread each)
     redistribution: str = "auto"  # how its tasks' own calls go by default: "auto", "relayed"
     # or "direct" (a function's own setting wins)
-    delegate: str = ""  # a worker's connection: the ``main_id`` of the Main it sends calls
-    # for (that Main's ``Peers`` here must name its key); "" for a Main
+    delegate: str = ""  # a worker's connection: the public key of the Main it sends calls for
+    # (served here with this ``main_id``; its ``Peers`` here must name the worker's key); ""
+    # for a Main
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +147,8 @@ class Peers(Message):
 @dataclass(frozen=True, slots=True)
 class Placed(Message):
     """Worker -> Main: the task ``parent`` made call ``child``, and the worker sent it to
-    ``worker`` itself (its own name when it runs it), not through this Main. ``parent`` is 0
-    for a call of a task the worker runs for another worker (the Main does not know it)."""
+    ``worker`` itself (its own name when it runs it), not through this Main. ``parent`` is
+    the worker's own id (2**48 or more) for a task another worker sent it directly."""
 
     TAG: ClassVar[int] = 7
     parent: int

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import signal
 import socket
 import time
@@ -28,7 +29,7 @@ from distrib import _shm
 from distrib._errors import ConfigError, ProtocolError, WorkspaceError
 from distrib._logs import RateLimited
 from distrib._process import exists
-from distrib.wire import _codec, _envspec, _facts, _transport
+from distrib.wire import _codec, _envspec, _facts, _keys, _transport
 from distrib.wire import _messages as m
 from distrib.wire._keys import KeyPair
 from distrib.wire._limits import MAX_MESSAGE_BYTES, OUTPUT_CHUNK
@@ -59,6 +60,7 @@ log = logging.getLogger("distrib.worker")
 peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
 
 _OUTCOMES = {outcome.value: outcome for outcome in Outcome}
+_PEER_ADDRESS = re.compile(r"(tcp://)?[A-Za-z0-9.\-]{1,253}:[0-9]{1,5}")  # (as Mains name them)
 ZYGOTE_DEATHS = 5  # interpreters started ahead that die unused before no more are started
 STUCK_HAND_BACK = 1.0  # seconds every slot is held by waiting tasks before queued ones go back
 SERVED_LOG_EVERY = 60.0  # seconds between log lines saying which Mains hold the slots
@@ -150,6 +152,7 @@ class Daemon:
         self.direct = Direct(Host(
             name, _facts.platform_tag(), self.ctx, key, lost_after, self._delegate_hello,
             self._run_here, self._cancel_here, self._runs_here, self._load_here,
+            self._lends_here,
             self._deliver, self._relay, self._parent_runs, self._send, self.dists.manifest,
             self.dists.blob))
         self._stop = False
@@ -343,7 +346,9 @@ class Daemon:
 
     def _worker_state(self, peer: bytes) -> m.WorkerState:
         state, why = self._effective_state()
-        return m.WorkerState(state, self.slots.offered(peer), self.memory.per_task or 0, why)
+        main = self.mains.get(peer)
+        account = main.account if main is not None and main.account else peer
+        return m.WorkerState(state, self.slots.offered(account), self.memory.per_task or 0, why)
 
     def _tell_all(self) -> None:
         for peer in self.mains:
@@ -555,6 +560,9 @@ class Daemon:
             self._send(peer, m.Refused(RefusalCode.PROTOCOL, f"protocol {msg.protocol} "
                                        f"unsupported; this worker speaks {m.PROTOCOL_VERSION}"))
             return
+        known = self.mains.get(peer)
+        if known is not None and (known.account or msg.delegate):  # (a Main turned delegate,
+            self._drop_main(peer, "said Hello again")  # or the other way: it starts over)
         if msg.delegate:
             self._on_delegate_hello(peer, msg, key)
             return
@@ -596,8 +604,8 @@ class Daemon:
     def _on_delegate_hello(self, peer: bytes, msg: m.Hello, key: str) -> None:
         """Another worker sends calls of a Main's tasks here: taken only if that Main's own
         ``Peers`` here name the key it connected with. Its calls count under that Main."""
-        account = next((x for x in self.mains.values()
-                        if x.main_id == msg.delegate and not x.account), None)
+        account = next((x for x in self.mains.values() if x.key and x.key == msg.delegate
+                        and x.main_id == msg.main_id and not x.account), None)
         if account is None or account.hello is None or not key or key not in account.delegates:
             why = ("its Main is not served here" if account is None else
                    f"its Main does not name its key {key or '(none)'} among its workers")
@@ -618,7 +626,8 @@ class Daemon:
             return  # (a worker's connection names no peers)
         workers = [w for w in msg.workers[:256] if len(w) == 4 and all(
             isinstance(x, str) and len(x) < 512 for x in w[:3])
-            and isinstance(w[3], int) and 0 <= w[3] < 1 << 20]
+            and _PEER_ADDRESS.fullmatch(w[0]) and (w[1] == "" or _keys.is_public(w[1]))
+            and isinstance(w[3], int) and not isinstance(w[3], bool) and 0 <= w[3] < 1 << 20]
         main.delegates = {w[1] for w in workers if w[1]}
         for other in [x for x in self.mains.values() if x.account == main.peer
                       and x.key not in main.delegates]:
@@ -664,6 +673,10 @@ class Daemon:
                               main.env, tuple(spec.objects), depth=spec.depth)
             at += spec.nframes
             if sender.account:  # (a call sent for the Main: this worker's id for it)
+                if (peer, spec.task_id) in self._delegated:
+                    peer_log.warning("dropped call %d from %s: that id is in use", spec.task_id,
+                                     sender.name)
+                    continue
                 task.task_id, task.reply, task.reply_id = next(self.direct.ids), peer, spec.task_id
                 self._delegated[(peer, spec.task_id)] = task.task_id
             elif spec.task_id >= FIRST_ID:
@@ -681,7 +694,7 @@ class Daemon:
             if self.slots.paused:  # (before fetching anything for it)
                 self._report(task, Outcome.DEFERRED, {}, [])
                 continue
-            if spec.shm and not main.shm:
+            if spec.shm and not sender.shm:
                 self._report(task, Outcome.ERROR, ErrorRecord(
                     "distrib.ProtocolError", f"worker {self.name} does not share this Main's "
                     "/dev/shm, yet its call names frames there").to_wire(), [])
@@ -1062,7 +1075,7 @@ class Daemon:
         if run is None or run.key != key:
             return  # (a task stopped meanwhile)
         ints = (child, threads, retries)
-        if not (all(isinstance(x, int) and 0 <= x < 1 << 31 for x in ints)
+        if not (all(isinstance(x, int) and 0 <= x < 1 << 31 for x in ints) and threads >= 1
                 and isinstance(name, str) and isinstance(platforms, list)
                 and isinstance(outputs, list) and len(platforms) <= 64 and len(outputs) <= 256
                 and all(isinstance(x, str) for x in (*platforms, *outputs))
@@ -1168,8 +1181,7 @@ class Daemon:
         if main is None or main.hello is None:
             return None
         return dataclasses.replace(main.hello, name=f"worker {self.name} for {main.name}",
-                                   pid=os.getpid(), shm_probe=[], warm=0,
-                                   delegate=main.main_id)
+                                   pid=os.getpid(), shm_probe=[], warm=0, delegate=main.key)
 
     def _run_here(self, child: Child) -> None:
         main = self.mains.get(child.main)
@@ -1189,6 +1201,9 @@ class Daemon:
     def _load_here(self) -> float:
         """Slots busy here, and tasks waiting for one, per slot."""
         return (sum(self.slots.held().values()) + self.slots.waiting()) / max(1, self.slots.slots)
+
+    def _lends_here(self, main: bytes, threads: int) -> bool:
+        return not self.slots.paused and self.slots.offered(main) >= threads
 
     def _parent_runs(self, ex_id: int, key: int) -> bool:
         run = self.slots.running(ex_id)
@@ -1282,6 +1297,9 @@ class Daemon:
     def _quotas_changed(self) -> None:
         """The authorized keys were read again: each Main's quota is its key's now."""
         for peer, main in self.mains.items():
+            if main.account:
+                self._send(peer, self._worker_state(peer))  # (its Main's quota, as it stands)
+                continue
             before = self.slots.offered(peer), self.slots.weights.get(peer, 1.0)
             quota = self.gate.quota(main.key)
             self._apply(self.slots.set_quota(peer, quota.slots, quota.priority))

@@ -119,6 +119,8 @@ class Host:
     cancel_here: Callable[[Child], None]
     is_running: Callable[[Child], bool]  # a call placed here runs now (not queued)
     load_here: Callable[[], float]  # busy-or-queued slots per slot here
+    lends_here: Callable[[bytes, int], bool]  # this worker takes the Main's tasks of so many
+    # threads now (it is lending, and its quota allows)
     deliver: Callable[[Child, str, dict[str, str], list[Any]], None]  # an outcome to its parent
     relay: Callable[[Child], None]  # send it through its Main after all
     runs: Callable[[int, int], bool]  # executor ``ex_id`` still runs its task ``key``
@@ -201,7 +203,8 @@ class Direct:
 
     def _choose(self, child: Child, mode: str, now: float) -> str | None:
         """"" for here, a target's address, or None for the Main."""
-        fits = _matches(self.host.platform, child.platforms)
+        fits = _matches(self.host.platform, child.platforms) and self.host.lends_here(
+            child.main, child.threads)
         best, best_load = ("" if fits else None), (self.host.load_here() if fits else 1e9)
         for (main, address), target in self.targets.items():
             if main != child.main:
@@ -218,9 +221,9 @@ class Direct:
                 best, best_load = address, load
         if best is not None and best_load < 1:
             return best  # (a free slot here or where this worker sends calls directly)
-        if mode == "auto" and self._relay_slots(child.main):
-            return None  # (the Main may have room elsewhere)
-        return "" if best is None else best  # (queued where the fewest wait)
+        if best is None or (mode == "auto" and self._relay_slots(child.main)):
+            return None  # (the Main may have room elsewhere; or only it can place this call)
+        return best  # (queued where the fewest wait)
 
     def _relay_slots(self, main: bytes) -> int:
         """Slots of the Main's other workers this one cannot send calls to itself (all of
@@ -315,11 +318,15 @@ class Direct:
         if hello is None or self.host.key is None:
             return
         target.close()
-        endpoint = target.address if target.address.startswith(("tcp://", "ipc://")) \
+        endpoint = target.address if target.address.startswith("tcp://") \
             else f"tcp://{target.address}"
-        target.sock = _transport.dealer(self.host.ctx, endpoint, target.key, self.host.key)
-        target.monitor = target.sock.get_monitor_socket(_WATCHED)
         target.state, target.since, target.last_seen = "connecting", now, now
+        try:
+            target.sock = _transport.dealer(self.host.ctx, endpoint, target.key, self.host.key)
+            target.monitor = target.sock.get_monitor_socket(_WATCHED)
+        except zmq.ZMQError as exc:  # (an address or key its Main named that ZeroMQ refuses)
+            self._lose(main, target, f"cannot be reached: {exc}", now, refused=True)
+            return
         target.send(hello)
 
     def _drain(self, main: bytes, target: Target, now: float) -> None:
@@ -363,12 +370,20 @@ class Direct:
         elif isinstance(msg, m.Refused):
             self._lose(main, target, f"refused: {msg.reason}", now,
                        refused=msg.code is RefusalCode.NOT_DELEGATE)
+        elif isinstance(msg, (m.NeedManifest, m.NeedBlobs)) and msg.dist not in self._dists_of(
+                main):  # (only the workspace of this Main's calls)
+            target.send(m.DistFailed(msg.dist, f"worker {self.host.name} sends no calls of it"))
         elif isinstance(msg, m.NeedManifest):
             data = self.host.manifest(msg.dist)
             target.send(m.Manifest(msg.dist, frames=(data,)) if data is not None else
                         m.DistFailed(msg.dist, f"worker {self.host.name} does not hold it"))
         elif isinstance(msg, m.NeedBlobs):
             self._ship(target, msg)
+
+    def _dists_of(self, main: bytes) -> set[str]:
+        hello = self.host.hello(main)
+        return {c.dist for c in self.children.values() if c.main == main} | (
+            {hello.dist} if hello is not None else set())
 
     def _ship(self, target: Target, need: m.NeedBlobs) -> None:
         hashes: list[str] = []
@@ -455,13 +470,16 @@ class Direct:
         self._check_deadlock(now, stuck_here)
 
     def _check_deadlock(self, now: float, stuck_here: bool) -> None:
-        mains = {c.main for c in self.children.values()}
-        if not self._deadlock.check(bool(mains) and stuck_here and not any(
-                t.state == "ready" and not t.stuck and not t.paused
-                for (main, _), t in self.targets.items() if main in mains), now):
+        """Fail the calls of the Mains that no worker reachable directly can serve, while
+        every slot here is held by a waiting task."""
+        served = {main for (main, _), t in self.targets.items()
+                  if t.state == "ready" and not t.stuck and not t.paused}
+        mains = {c.main for c in self.children.values()} - served
+        if not self._deadlock.check(stuck_here and bool(mains), now):
             return
         for child in list(self.children.values()):
-            if child.at == "" and not child.later and self.host.is_running(child):
+            if child.main not in mains or (child.at == "" and not child.later
+                                           and self.host.is_running(child)):
                 continue
             self._cancel(child)
             error = NestedDeadlock.of(

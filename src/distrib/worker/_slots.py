@@ -278,7 +278,8 @@ class Slots:
     def dist_failed(self, dist: str, info: dict[str, str], peer: bytes | None) -> list[Action]:
         """Fetching or building ``dist`` from ``peer`` failed: that Main's queued tasks of it
         fail with ``info``; other Mains' wait for their own attempt."""
-        for task in self.queues.take_where(lambda t: t.dist == dist and t.peer == peer):
+        for task in self.queues.take_where(
+                lambda t: t.dist == dist and peer in (t.peer, t.reply)):  # (or its sender's)
             self._out.append(Report(task, Outcome.ENV_ERROR, info))
         return self._take()
 
