@@ -233,8 +233,9 @@ def _served(main: dict[str, Any]) -> str:
 
 
 def _worker_cache(cache_dir: Path | None) -> Path:
-    return cache_dir or Path(os.environ.get("DISTRIB_CACHE_DIR")
-                             or platformdirs.user_cache_dir("distrib")) / "worker"
+    # Absolute: executors work in folders of their own, where a relative path means another.
+    return (cache_dir or Path(os.environ.get("DISTRIB_CACHE_DIR")
+                              or platformdirs.user_cache_dir("distrib")) / "worker").absolute()
 
 
 def _control_command(command: str, doc: str) -> None:

@@ -68,3 +68,22 @@ def test_a_port_in_use_is_a_one_line_error(start_worker, tmp_path: Path) -> None
     assert out.returncode == 1
     (line,) = out.stderr.strip().splitlines()  # one line, no traceback
     assert line.startswith(f"Error: cannot listen on 127.0.0.1:{port}: Address already in use")
+
+
+def test_a_relative_cache_dir_is_taken_from_where_the_worker_starts(
+        start_worker, workspace: Workspace, tmp_path: Path) -> None:
+    worker = start_worker(threads=1, extra=("--cache-dir", "relative-cache"))  # (the last wins)
+    workspace.write("main.py", """
+        from distrib import distributed
+
+        @distributed
+        def square(x):
+            return x * x
+
+        if __name__ == "__main__":
+            print(square(7).unwrap(timeout=60))
+        """)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "49"
+    assert any((tmp_path / "relative-cache" / "envs").iterdir())  # (its workspace went there)
