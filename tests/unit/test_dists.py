@@ -97,7 +97,7 @@ def test_a_worker_ships_a_distribution_it_holds_to_another_from_its_store(
     direct = Direct(Host("w1", "linux-x86_64", None, None, 10.0, hello, unused, unused,
                          unused, unused, unused, unused, unused, unused, unused, dists.manifest,
                          dists.blob))
-    target = Captured("10.0.0.3:7070", "k", "w2", 2)
+    target = Captured("10.0.0.3:7070", "k", "w2")
     other = Distributions(Store(tmp_path / "other"), lambda peer, msg: shipped.append(msg),
                           lambda dist: None)
     other.request(dist_id, b"w1")

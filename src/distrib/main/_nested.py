@@ -40,8 +40,8 @@ class Child:
     parent_id: int  # the parent's id as that worker knows it
 
 
-FOREIGN = 1 << 48  # a parent id from this on is a worker's own: a task another worker sent
-# there directly, which this Main does not know (``worker._direct``)
+FOREIGN = m.WORKER_IDS  # a parent id from this on is a worker's own: a task another worker
+# sent there directly, which this Main does not know (``worker._direct``)
 
 
 class Nested:

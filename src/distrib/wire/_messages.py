@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 from distrib.wire._limits import INLINE_MAX
 
 PROTOCOL_VERSION = 9
+WORKER_IDS = 1 << 48  # task ids from here on are a worker's own (calls it placed or took for
+# a Main, ``worker._direct``); a Main's are lower
 
 
 class Outcome(enum.StrEnum):

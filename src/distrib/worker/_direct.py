@@ -39,7 +39,7 @@ from distrib.wire._record import ErrorRecord
 log = logging.getLogger("distrib.worker")
 
 LOCAL = b"\x00direct"  # ``QueuedTask.reply`` of a call placed here: its outcome goes to Direct
-FIRST_ID = 1 << 48  # ids this worker gives the calls it runs for others (Mains' are lower)
+FIRST_ID = m.WORKER_IDS  # ids this worker gives the calls it places or takes for a Main
 RETRY_AFTER = 3.0  # seconds before a worker that refused (or was lost) is tried again
 DEADLOCK_AFTER = 2.0  # seconds every reachable slot is held by waiting tasks before calls fail
 
@@ -80,7 +80,6 @@ class Target:
     address: str
     key: str
     name: str
-    slots: int  # as the Main last heard
     state: str = "new"  # "connecting", "ready", "refused", "lost"
     sock: zmq.Socket[Any] | None = None
     monitor: zmq.Socket[Any] | None = None
@@ -153,12 +152,12 @@ class Direct:
         for (peer, address), target in list(self.targets.items()):
             if peer == main and address not in listed:
                 self._drop_target(main, target, "is no longer one of its Main's workers")
-        for address, key, name, slots in workers:
+        for address, key, name, _ in workers:
             known = self.targets.get((main, address))
             if known is not None:
-                known.slots, known.name = slots, name or known.name
+                known.name = name or known.name
             elif key and self.host.key is not None:
-                self.targets[(main, address)] = Target(address, key, name, slots)
+                self.targets[(main, address)] = Target(address, key, name)
 
     def main_left(self, main: bytes) -> None:
         """The Main was dropped here: its calls' parents are stopped; its connections go."""
