@@ -176,16 +176,21 @@ def gather(responses: Iterable[Response[T]], timeout: float | None = None,
            progress: bool = False) -> list[T]:
     """Unwrap every response in order; raises the first error met (in order).
     ``progress``: draw their progress on stderr while they run (see ``distrib.progress``)."""
-    if not progress:
-        return [r.unwrap(timeout) for r in responses]
-    from distrib._progress import Tracker
-
     given = list(responses)
-    tracker = Tracker(given)
-    try:
-        return [r.unwrap(timeout) for r in given]
-    finally:
-        tracker.close()
+    # Inside a task, one park for the whole wait: parking per call would wake the executor
+    # between calls, and at the owner's cap of parked executors it would then hold its slot.
+    parks = next((r for r in given if type(r)._waits is not Response._waits
+                  and not r.done()), None)
+    with parks._waits() if parks is not None else nullcontext():
+        if not progress:
+            return [r.unwrap(timeout) for r in given]
+        from distrib._progress import Tracker
+
+        tracker = Tracker(given)
+        try:
+            return [r.unwrap(timeout) for r in given]
+        finally:
+            tracker.close()
 
 
 class AsCompleted(Generic[T]):
