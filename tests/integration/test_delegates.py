@@ -95,3 +95,55 @@ def test_a_worker_takes_calls_for_a_main_only_from_a_key_that_main_names(
             sock.close(0)
         ctx.term()
     assert "its Main does not name its key" in worker.log()
+
+
+def test_a_worker_fetches_a_workspace_from_the_worker_that_sent_the_call(
+        start_worker: Callable[..., Worker], tmp_path: Path) -> None:
+    """The taking side of direct calls, end to end: a call for a workspace the worker lacks
+    makes it ask the delegate (not the Main) for the manifest and files; the outcome goes to
+    the delegate, under the id it gave."""
+    import hashlib
+    import operator
+    import zlib
+
+    from distrib import _serialize, distributed
+    from distrib.workspace._manifest import Entry, encode_manifest
+
+    honest, helper = _keys.generate(), _keys.generate()
+    _keys.write(tmp_path / "worker.key", _keys.generate())
+    (tmp_path / "authorized").write_text(f"{honest.public}\n{helper.public}\n")
+    worker = start_worker(threads=1, extra=("--key", str(tmp_path / "worker.key"),
+                                            "--authorized-keys", str(tmp_path / "authorized")))
+    source = b"LOADED = True\n"
+    digest = hashlib.sha256(source).hexdigest()
+    manifest, dist = encode_manifest("main.py", [Entry("main.py", len(source), False, digest)])
+    ctx: zmq.Context[Any] = zmq.Context()
+    main = _transport.dealer(ctx, worker.address, worker.public_key, honest)
+    delegate = _transport.dealer(ctx, worker.address, worker.public_key, helper)
+    try:
+        main.send_multipart(_codec.encode(_hello("m")))  # (its Hello names no workspace)
+        assert isinstance(_answer(main, m.Welcome), m.Welcome)
+        main.send_multipart(_codec.encode(m.Peers([["127.0.0.1:9", helper.public, "w9", 1]])))
+        for _ in range(100):  # (the two connections are read in any order: say it again)
+            delegate.send_multipart(_codec.encode(_hello("m", delegate=honest.public)))
+            if isinstance(_answer(delegate, (m.Welcome, m.Refused)), m.Welcome):
+                break
+        call = _serialize.dumps((distributed(operator.add), (20, 22), {}))
+        delegate.send_multipart(_codec.encode(m.Submit(
+            [m.TaskSpec(77, dist, 1, None, 0, [bytes(f) for f in call], 0)])))
+        need = _answer(delegate, m.NeedManifest)
+        assert isinstance(need, m.NeedManifest) and need.dist == dist
+        delegate.send_multipart(_codec.encode(m.Manifest(dist, frames=(manifest,))))
+        blobs = _answer(delegate, m.NeedBlobs)
+        assert isinstance(blobs, m.NeedBlobs) and blobs.hashes == [digest]
+        delegate.send_multipart(_codec.encode(m.Blobs(dist, [digest],
+                                                      frames=(zlib.compress(source),))))
+        results = _answer(delegate, m.Results)
+        assert isinstance(results, m.Results)
+        (spec,) = results.results
+        assert spec.task_id == 77 and spec.status is m.Outcome.OK, spec.info
+        assert _serialize.loads(list(spec.inline)) == 42
+    finally:
+        for sock in (main, delegate):
+            sock.close(0)
+        ctx.term()
