@@ -33,8 +33,10 @@ def test_each_call_counts_once_by_how_it_ended() -> None:
     retry = task(5, finished=False)
     stats.counted(retry, "w0", retried=True)
     stats.counted(retry, "w0")  # (deferred: nothing)
+    stats.placed("f")  # (a worker placed one itself: counted apart, never settled here)
     f = stats.functions["f"]
     assert (f.submitted, f.done, f.failed, f.cancelled, f.retried) == (4, 1, 1, 2, 1)
+    assert f.placed == 1
     assert stats.by_worker == {"link0": 1, "link1": 1}  # (reported by a worker only)
     (failure,) = stats.failures
     assert failure["type"] == "ValueError" and failure["message"] == "bad input 2"

@@ -437,6 +437,8 @@ class Session:
         elif isinstance(msg, m.Placed):
             log.debug("worker %s sent call %s %d of task %d to %s itself", link.label,
                       msg.name, msg.child, msg.parent, msg.worker)
+            if self.stats is not None:
+                self.stats.placed(msg.name)
         elif isinstance(msg, m.Waiting):
             self.nested.on_waiting(link.link_id, msg)
         elif isinstance(msg, m.WorkerState):

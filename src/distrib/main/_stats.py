@@ -37,6 +37,8 @@ class FunctionStats:
     failed: int = 0
     retried: int = 0
     cancelled: int = 0
+    placed: int = 0  # calls made inside tasks that their workers placed themselves (direct):
+    # this Main hears only that they were made
     run_total: float = 0.0  # seconds, over ``runs`` runs reported with their time
     runs: int = 0
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=RUN_TIMES))
@@ -70,6 +72,10 @@ class Stats:
 
     def submitted(self, name: str) -> None:
         self._of(name).submitted += 1
+
+    def placed(self, name: str) -> None:
+        """A worker placed a call of ``name`` itself (``Placed``)."""
+        self._of(name[:200]).placed += 1
 
     def ran(self, name: str, reported: str) -> None:
         """A run of ``name`` took ``reported`` seconds, as its worker says."""
@@ -176,10 +182,11 @@ def snapshot(session: Session, stats: Stats) -> dict[str, Any]:
         })
     functions = []
     totals = dict.fromkeys(("submitted", "pending", "running", "done", "failed", "retried",
-                            "cancelled"), 0)
+                            "cancelled", "placed"), 0)
     for name, f in stats.functions.items():
         counts = {"submitted": f.submitted, "running": running.get(name, 0), "done": f.done,
-                  "failed": f.failed, "retried": f.retried, "cancelled": f.cancelled}
+                  "failed": f.failed, "retried": f.retried, "cancelled": f.cancelled,
+                  "placed": f.placed}
         counts["pending"] = max(0, f.submitted - f.done - f.failed - f.cancelled
                                 - counts["running"])
         for key, count in counts.items():

@@ -76,7 +76,8 @@ function render(s) {
   ], (w) => ({ "data-state": w.state, "data-address": w.address }));
   fillTable("functions", s.functions, (f) => [
     ["name", f.name], ["", f.pending], ["", f.running], ["done", f.done], ["", f.failed],
-    ["", f.retried], ["", f.cancelled], ["", seconds(f.mean)], ["", seconds(f.p95)],
+    ["", f.retried], ["", f.cancelled], ["placed", f.placed], ["", seconds(f.mean)],
+    ["", seconds(f.p95)],
   ]);
   fillTable("failures", s.failures, (f) => [
     ["", new Date(f.time * 1000).toLocaleTimeString()], ["", f.function + "#" + f.task],
