@@ -99,13 +99,17 @@ def finish(proc: subprocess.Popen[str], timeout: float = 180.0) -> tuple[str, st
 
 @contextmanager
 def ended(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
-    """Kill and reap ``proc`` if the block leaves it running (a failed assertion, say)."""
+    """Kill and reap ``proc`` if the block leaves it running (a failed assertion, say), and
+    close its pipes either way (an unread pipe closed later warns in another test)."""
     try:
         yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 @dataclass
