@@ -419,6 +419,9 @@ class Workload:
     notes: tuple[str, ...] = field(default=())
 
 
+_NESTED_METRICS = (Metric("fan_out_us", "time per call made at once", "µs", False),
+                   Metric("chain_us", "time per call made one after the other", "µs", False))
+
 WORKLOADS: dict[str, Workload] = {w.id: w for w in [
     Workload(
         "W1", "W1", "W1 throughput: {calls:,} x inc(x), submit all then collect all",
@@ -459,8 +462,7 @@ WORKLOADS: dict[str, Workload] = {w.id: w for w in [
     Workload(
         "W9", "W9", "W9 calls from inside a task: {calls} calls of inc made by one task, at "
         "once then gathered, and one after the other",
-        (Metric("fan_out_us", "time per call made at once", "µs", False),
-         Metric("chain_us", "time per call made one after the other", "µs", False)),
+        _NESTED_METRICS,
         nested, {"slots": 2, "calls": 100}, {"slots": 2, "calls": 20}, 600,
         frameworks=("distrib", "ray", "dask"),
         notes=("distrib with its default redistribution (auto): the worker places each call "
@@ -471,8 +473,7 @@ WORKLOADS: dict[str, Workload] = {w.id: w for w in [
     Workload(
         "W9-relayed", "W9", "W9 relayed, distrib only: {calls} calls of inc made by one task, "
         "each through the Main, at once then gathered, and one after the other",
-        (Metric("fan_out_us", "time per call made at once", "µs", False),
-         Metric("chain_us", "time per call made one after the other", "µs", False)),
+        _NESTED_METRICS,
         nested, {"slots": 2, "calls": 100, "redistribution": "relayed"},
         {"slots": 2, "calls": 20, "redistribution": "relayed"}, 600,
         frameworks=("distrib",),

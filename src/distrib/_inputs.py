@@ -99,20 +99,19 @@ class _Waiting:
             inner.cancel()
 
 
-_placing: list[concurrent.futures.ThreadPoolExecutor] = []
+_placing: concurrent.futures.ThreadPoolExecutor | None = None
+_placing_lock = threading.Lock()
 
 
 def _placer() -> concurrent.futures.ThreadPoolExecutor:
     """The thread that makes calls whose inputs finished: pickling their values (large,
     maybe) in the thread that finished the last input would hold up the Main's I/O."""
-    with _placer_lock:
-        if not _placing:
-            _placing.append(concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix="distrib-inputs"))
-        return _placing[0]
-
-
-_placer_lock = threading.Lock()
+    global _placing
+    with _placing_lock:
+        if _placing is None:
+            _placing = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="distrib-inputs")
+        return _placing
 
 
 def _outer(name: str, on_cancel: Callable[[int], None]) -> Response[Any]:

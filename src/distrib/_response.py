@@ -179,9 +179,7 @@ def gather(responses: Iterable[Response[T]], timeout: float | None = None,
     given = list(responses)
     # Inside a task, one park for the whole wait: parking per call would wake the executor
     # between calls, and at the owner's cap of parked executors it would then hold its slot.
-    parks = next((r for r in given if type(r)._waits is not Response._waits
-                  and not r.done()), None)
-    with parks._waits() if parks is not None else nullcontext():
+    with _parking(r for r in given if not r.done()) or nullcontext():
         if not progress:
             return [r.unwrap(timeout) for r in given]
         from distrib._progress import Tracker
@@ -191,6 +189,13 @@ def gather(responses: Iterable[Response[T]], timeout: float | None = None,
             return [r.unwrap(timeout) for r in given]
         finally:
             tracker.close()
+
+
+def _parking(responses: Iterable[Response[Any]]) -> AbstractContextManager[object] | None:
+    """What to wait inside, if one of ``responses`` is a call made inside a task: it parks
+    the executor (``worker._nested``); None for responses of the Main's."""
+    return next((r._waits() for r in responses if type(r)._waits is not Response._waits),
+                None)
 
 
 class AsCompleted(Generic[T]):
@@ -215,24 +220,20 @@ class AsCompleted(Generic[T]):
     def _iterate(self) -> Iterator[Response[T]]:
         given: list[concurrent.futures.Future[T]] = list(self._given)
         pending = set(self._given)
-        parks = self._parks()
+        parking = _parking(self._given)
         try:
             found = concurrent.futures.as_completed(given, self._timeout)
             while pending:
-                if parks is None or any(r.done() for r in pending):
+                if parking is None or any(r.done() for r in pending):
                     fut = next(found)
                 else:  # (nothing to yield: the wait parks the executor)
-                    with parks._waits():
+                    with parking:
                         fut = next(found)
                 pending.discard(cast(Response[T], fut))
                 yield cast(Response[T], fut)
         except TimeoutError:
             raise WaitTimeout(f"responses did not all finish within {self._timeout} s") \
                 from None
-
-    def _parks(self) -> Response[T] | None:
-        """One of the responses whose waits park the executor (calls made inside a task)."""
-        return next((r for r in self._given if type(r)._waits is not Response._waits), None)
 
     def __aiter__(self) -> AsCompleted[T]:
         return self
@@ -249,9 +250,9 @@ class AsCompleted(Generic[T]):
                     lambda r: loop.call_soon_threadsafe(queue.put_nowait, cast(Response[T], r)))
         if self._left == 0:
             raise StopAsyncIteration
-        parks = self._parks() if self._queue.empty() else None
+        parking = _parking(self._given) if self._queue.empty() else None
         try:
-            with parks._waits() if parks is not None else nullcontext():
+            with parking or nullcontext():
                 if self._timeout is None:
                     response = await self._queue.get()
                 else:

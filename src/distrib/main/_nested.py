@@ -95,10 +95,14 @@ class Nested:
                 Response(0, name, None), link=link, depth=max(0, msg.depth - 1))
         return parent
 
-    def worker_lost(self, link: str) -> None:
-        """The calls of the worker's own tasks (stand-ins) stop with it."""
+    def worker_left(self, link: str, inflight: list[Task]) -> None:
+        """The worker was lost or left: the calls of the tasks that were on it (``inflight``)
+        and of its own tasks (stand-ins) stop, and what it said of waiting tasks is void."""
+        self.parents_moved(inflight)
         for key in [k for k in self._foreign if k[0] == link]:
             self._foreign.pop(key).response.cancel()
+        self.waiting.pop(link, None)
+        self.stuck.pop(link, None)
 
     @property
     def parents(self) -> dict[int, dict[int, Child]]:

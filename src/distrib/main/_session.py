@@ -499,9 +499,12 @@ class Session:
                                        memory_limit=msg.memory_limit))
         self._tell_peers()
 
-    def _tell_peers(self) -> None:
+    def _tell_peers(self, gone: Link | None = None) -> None:
         """Each worker hears of the others (``Peers``): its tasks' calls may go to them
-        directly, and those with keys may send it calls on this Main's behalf."""
+        directly, and those with keys may send it calls on this Main's behalf (``gone``: a
+        worker that left, told anew if it comes back)."""
+        if gone is not None:
+            self._peers_told.pop(gone.link_id, None)
         ready = [x for x in self.links.values() if x.state is LinkState.READY]
         for link in ready:
             workers = [[x.address, x.server_key or "", x.name,
@@ -541,10 +544,14 @@ class Session:
         if link.worker_state != "draining" or link.state is not LinkState.READY:
             return False
         log.warning("worker %s left: drained by its owner", link.label)
+        view = self.scheduler.workers.get(link.link_id)
+        inflight = list(view.inflight.values()) if view is not None else []
         self.scheduler.leave(link.link_id, clean=True)
+        self.nested.worker_left(link.link_id, inflight)
         link.close()
         link.state, link.since, link.reason = LinkState.LOST, time.monotonic(), "drained"
         link.worker_state = "serving"  # (a worker started again at its address is new)
+        self._tell_peers(gone=link)
         return True
 
     def _on_refused(self, link: Link, msg: m.Refused) -> None:
@@ -594,15 +601,11 @@ class Session:
                 f"tried {task.attempts} times"))
         for task in inflight:
             self._count(task, link.name, retried=True)
-        self.nested.parents_moved(inflight)
-        self.nested.worker_lost(link.link_id)
-        self.nested.waiting.pop(link.link_id, None)
-        self.nested.stuck.pop(link.link_id, None)
+        self.nested.worker_left(link.link_id, inflight)
         link.close()
         link.state, link.since, link.reason = state, time.monotonic(), reason
         link.building = link.has_workspace = False  # (a worker started again says anew)
-        self._peers_told.pop(link.link_id, None)
-        self._tell_peers()
+        self._tell_peers(gone=link)
         self._warmed.set()  # (no executors ahead: its Welcome or calls say why)
 
     def _on_results(self, link: Link, msg: m.Results) -> None:

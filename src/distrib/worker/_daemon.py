@@ -1125,13 +1125,10 @@ class Daemon:
             run = ex.runs[0] if ex.runs else None
             if (run is not None and ex.nests and run.task.peer == peer
                     and run.task.task_id == msg.parent):  # (only a task that made calls)
-                proc = self.procs.get(ex_id)
                 self.direct.relay_answered(peer, ex_id, run.key, msg.child)
-                if proc is not None and msg.status in ("ok", "error"):
-                    try:
-                        proc.child(run.key, msg.child, msg.status, msg.info, list(msg.frames))
-                    except OSError:
-                        self._apply(self._executor_died(ex_id))
+                if msg.status in ("ok", "error"):
+                    self._to_parent(ex_id, run.key, msg.child, msg.status, msg.info,
+                                    list(msg.frames))
                 return
 
     def _note_isolation(self, kind: str) -> None:
@@ -1212,13 +1209,19 @@ class Daemon:
     def _deliver(self, child: Child, status: str, info: dict[str, str],
                  frames: list[Any]) -> None:
         """How a call this worker placed ended: to its parent, if that still runs."""
-        proc = self.procs.get(child.ex_id)
-        if proc is None or not self._parent_runs(child.ex_id, child.key):
+        self._to_parent(child.ex_id, child.key, child.number, status, info, frames)
+
+    def _to_parent(self, ex_id: int, key: int, number: int, status: str,
+                   info: dict[str, str], frames: list[Any]) -> None:
+        """How call ``number`` of task ``key`` ended: to its executor, if it still runs the
+        task (a failed write is the executor's death)."""
+        proc = self.procs.get(ex_id)
+        if proc is None or not self._parent_runs(ex_id, key):
             return
         try:
-            proc.child(child.key, child.number, status, info, frames)
+            proc.child(key, number, status, info, frames)
         except OSError:
-            self._apply(self._executor_died(child.ex_id))
+            self._apply(self._executor_died(ex_id))
 
     # --- results and timers ------------------------------------------------------------------
 
