@@ -27,7 +27,8 @@ from typing import Any
 
 import zmq
 
-from distrib._errors import NestedDeadlock
+from distrib._config import endpoint
+from distrib._errors import ConfigError, NestedDeadlock
 from distrib._sustained import Sustained
 from distrib.wire import _codec, _transport
 from distrib.wire import _messages as m
@@ -317,13 +318,13 @@ class Direct:
         if hello is None or self.host.key is None:
             return
         target.close()
-        endpoint = target.address if target.address.startswith("tcp://") \
-            else f"tcp://{target.address}"
         target.state, target.since, target.last_seen = "connecting", now, now
         try:
-            target.sock = _transport.dealer(self.host.ctx, endpoint, target.key, self.host.key)
+            target.sock = _transport.dealer(self.host.ctx, endpoint(target.address), target.key,
+                                            self.host.key)
             target.monitor = target.sock.get_monitor_socket(_WATCHED)
-        except zmq.ZMQError as exc:  # (an address or key its Main named that ZeroMQ refuses)
+        except (ConfigError, zmq.ZMQError) as exc:  # (an address or key its Main named that
+            # ZeroMQ refuses)
             self._lose(main, target, f"cannot be reached: {exc}", now, refused=True)
             return
         target.send(hello)
