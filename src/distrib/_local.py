@@ -27,7 +27,10 @@ MAX_RESTARTS = 3  # a local worker that keeps dying is given up on
 
 
 class LocalCluster:
-    """One local daemon offering ``threads`` slots; ``addresses`` lists where it listens."""
+    """One local daemon offering ``threads`` slots; ``addresses`` lists where it listens.
+
+    The daemon starts at once; ``wait_ready`` waits until it listens (the Main meanwhile
+    scans its workspace)."""
 
     def __init__(self, threads: int, cache_dir: Path) -> None:
         self._folder = Path(tempfile.mkdtemp(prefix="distrib-local-"))  # mode 0700
@@ -37,13 +40,31 @@ class LocalCluster:
         self.addresses: list[str] = [f"ipc://{self._folder}/worker-0.sock"]
         self.procs: list[subprocess.Popen[bytes]] = []
         try:
-            self.procs.append(self._start(self.addresses[0]))
+            self.procs.append(self._spawn(self.addresses[0]))
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self) -> None:
+        """Wait until the daemon listens; stop it (and raise) if it does not start."""
+        try:
+            self._await_ready(self.procs[0])
         except BaseException:
             self.stop()
             raise
 
     def _start(self, address: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
+        proc = self._spawn(address)
+        try:
+            self._await_ready(proc)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        return proc
+
+    def _spawn(self, address: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [sys.executable, "-P", "-m", "distrib", "worker", "--listen", address,
              "--threads", str(self._threads), "--name", "local", "--cache-dir",
              str(self._cache_dir / "worker"), "--exit-with-parent", str(os.getpid()),
@@ -52,13 +73,6 @@ class LocalCluster:
             stdout=subprocess.PIPE,
             cwd=self._folder,
         )
-        try:
-            self._await_ready(proc)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        return proc
 
     @property
     def gave_up(self) -> bool:

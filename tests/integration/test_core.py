@@ -384,6 +384,29 @@ def test_a_local_worker_that_dies_is_replaced_and_its_tasks_retried(
     assert "the local worker exited (code -9); starting a new one" in out.stderr
 
 
+def test_a_workspace_that_cannot_be_scanned_leaves_no_local_daemon(
+        workspace: Workspace) -> None:
+    # The embedded cluster's daemon starts before the scan (to overlap it): a scan that fails
+    # must stop it.
+    with open(workspace.root / "huge.bin", "wb") as f:
+        f.truncate((256 << 20) + 1)  # (sparse: over the file limit, using no disk)
+    workspace.write("main.py", """
+        import distrib, psutil
+
+        if __name__ == "__main__":
+            try:
+                distrib.init()
+            except distrib.DistribError as exc:
+                print("ERROR", type(exc).__name__, exc)
+            print("CHILDREN", len(psutil.Process().children(recursive=True)))
+        """)
+    out = workspace.run("main.py")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("ERROR WorkspaceError workspace file huge.bin is 268435457 bytes")
+    assert lines[1] == "CHILDREN 0"
+
+
 def test_output_redirected_into_the_workspace_is_not_shipped(workspace: Workspace) -> None:
     with_tasks(workspace).write("main.py", """
         import distrib

@@ -79,30 +79,34 @@ class Session:
         self.settings = settings
         self.python = _facts.python_version()
         start = time.monotonic()
-        self.dist: Distribution = scan_workspace(settings, main_file)
-        if time.monotonic() - start > SCAN_NOTICE_SECONDS:
-            log.warning("scanned the workspace %s: %d files, %.0f MB in %.1f s", self.dist.root,
-                        len(self.dist.entries), sum(e.size for e in self.dist.entries) / 1e6,
-                        time.monotonic() - start)
-        _runtime.main_shipped = self.dist.main is not None
-        _runtime.shipped_root = str(self.dist.root) if self.dist.entries else None
-        self.name = f"{main_file.name if main_file else 'python'}@{socket.gethostname()}:{os.getpid()}"
-        self.main_id = os.urandom(8).hex()
-        # Describing the environment reads package metadata: done while local daemons start.
-        described = _Described(settings, self.dist)
         self.local = None
         workers = list(settings.workers)
         if not workers and not settings.discovery.enabled:
             from distrib._local import LocalCluster
 
+            # Started first: the daemon's own start overlaps the scan below.
             self.local = LocalCluster(settings.local_threads, settings.cache_dir)
             workers = [_config.WorkerAddress(a) for a in self.local.addresses]
         try:
+            self.dist: Distribution = scan_workspace(settings, main_file)
+            if time.monotonic() - start > SCAN_NOTICE_SECONDS:
+                log.warning("scanned the workspace %s: %d files, %.0f MB in %.1f s",
+                            self.dist.root, len(self.dist.entries),
+                            sum(e.size for e in self.dist.entries) / 1e6,
+                            time.monotonic() - start)
+            # Describing the environment reads package metadata: done while the daemon starts.
+            described = _Described(settings, self.dist)
+            if self.local is not None:
+                self.local.wait_ready()
             self.env, self.wheels = described.result()
         except BaseException:
             if self.local is not None:
                 self.local.stop()
             raise
+        _runtime.main_shipped = self.dist.main is not None
+        _runtime.shipped_root = str(self.dist.root) if self.dist.entries else None
+        self.name = f"{main_file.name if main_file else 'python'}@{socket.gethostname()}:{os.getpid()}"
+        self.main_id = os.urandom(8).hex()
         self.ctx: zmq.Context[Any] = zmq.Context()
         forwarded = forwarded_environ(self.dist, settings.forward_env, os.environ)
         self._probe = None
