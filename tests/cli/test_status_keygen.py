@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from distrib.wire import _keys
-from tests.helpers import PYTHON
+from tests.helpers import PYTHON, wait_for
 
 
 def distrib(*args: str, env: dict[str, str] | None = None,
@@ -55,6 +55,12 @@ def test_status_shows_load_mains_and_unreachable_workers(tmp_path: Path, start_w
                               cwd=tmp_path).stdout)
     assert rows[0]["name"] == "box" and rows[0]["slots"] == 3 and rows[0]["problem"] == ""
     assert rows[1]["problem"].startswith("no answer")
+    # Disk use, measured off the daemon's loop as it starts, is there by now.
+    disk = wait_for(lambda: (s := json.loads(distrib(
+        "status", "--json", "--timeout", "3", env=env, cwd=tmp_path).stdout)[0])[
+            "disk_age_s"] is not None and s, what="the worker's first measure of its disk use")
+    assert disk["workspaces_cached"] == 0 and disk["envs_cached"] == 0
+    assert isinstance(disk["workspaces_bytes"], int) and isinstance(disk["envs_bytes"], int)
 
 
 def test_status_without_workers_says_how_to_configure(tmp_path: Path) -> None:

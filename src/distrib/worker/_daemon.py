@@ -37,6 +37,7 @@ from distrib.wire._messages import Outcome, RefusalCode
 from distrib.wire._record import ErrorRecord
 from distrib.worker import _pool
 from distrib.worker._direct import FIRST_ID, LOCAL, Child, Direct, Host
+from distrib.worker._diskuse import DiskUse
 from distrib.worker._dists import Change, Distributions, Failed, Ready
 from distrib.worker._envs import EnvPolicy, Environments
 from distrib.worker._gate import Gate
@@ -155,6 +156,8 @@ class Daemon:
             self._lends_here,
             self._deliver, self._relay, self._parent_runs, self._send, self.dists.manifest,
             self.dists.blob))
+        self.disk_use = DiskUse(self._measure_disk)
+        self.disk_use.get()  # (measured at once: the first status query has it)
         self._stop = False
         self._announcer: Any = None
         self._wake_r, self._wake_w = socket.socketpair()
@@ -1323,9 +1326,17 @@ class Daemon:
             f"Main {x['name']}{' (key ' + x['key'] + '...)' if x['key'] else ''}: "
             f"{x['held']} slot(s), {x['queued']} waiting" for x in self.served()))
 
-    def status(self) -> dict[str, Any]:
-        """Facts, load and counters, as ``distrib status`` and tests read them."""
+    def _measure_disk(self) -> dict[str, Any]:
+        """(in the disk-use thread) What the store and the built environments take."""
         envs_built, envs_bytes = self.envs.disk_use()
+        return {"workspaces_cached": sum(1 for _ in self.dists.store.envs.glob("[!.]*")),
+                "workspaces_bytes": self.dists.store.usage(),
+                "envs_cached": envs_built, "envs_bytes": envs_bytes}
+
+    def status(self) -> dict[str, Any]:
+        """Facts, load and counters, as ``distrib status`` and tests read them. Disk use is
+        as last measured (``disk_age_s`` ago; none before the first measure ends)."""
+        disk, disk_age = self.disk_use.get()
         state, why = self._effective_state()
         return {
             "name": self.name,
@@ -1356,10 +1367,8 @@ class Daemon:
                        if peer in self.mains},
             "objects": self.objects.held(),
             "served": self.served(),
-            "workspaces_cached": sum(1 for _ in self.dists.store.envs.glob("[!.]*")),
-            "workspaces_bytes": self.dists.store.usage(),
-            "envs_cached": envs_built,
-            "envs_bytes": envs_bytes,
+            **(disk or {}),
+            "disk_age_s": round(disk_age, 1) if disk is not None else None,
             **self.slots.counters,
             **self.objects.counters,
             **self.direct.status(),
