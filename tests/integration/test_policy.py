@@ -206,3 +206,31 @@ def test_control_commands_say_what_is_wrong(tmp_path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "0 running worker daemons use the cache" in out.stderr
+
+
+def test_memory_the_executors_share_with_their_template_is_counted_once(
+        workspace: Workspace, start_worker) -> None:
+    # Executors forked from a template share the pages it filled at import: summed as each
+    # one's resident size, 3 executors over 150 MB of shared data passed a 450 MB limit for
+    # all of them, and a task was stopped though they used about 200 MB together.
+    worker = start_worker(threads=3, extra=("--max-memory", "450M"))
+    workspace.write("table.py", """
+        DATA = b"x" * (150 << 20)  # filled at import: resident, and shared by forked executors
+        """)
+    workspace.write("main.py", """
+        import time
+        import distrib
+        import table
+
+        @distrib.distributed
+        def look(seconds):
+            time.sleep(seconds)  # (the worker samples its executors meanwhile)
+            return len(table.DATA)
+
+        if __name__ == "__main__":
+            print(distrib.gather([look(3) for _ in range(3)], timeout=120))
+        """)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address}, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == str([150 << 20] * 3)
+    assert worker.status()["executors_crashed"] == 0

@@ -3,7 +3,9 @@
 
 Pure but for the sampling: the daemon asks ``over()`` at each tick which executors to stop and
 why. An executor over the per-task limit is stopped; over the total, the largest executor
-running a task is. Sampling every tick (a quarter of a second) lets a fast allocation pass the
+running a task is. Executors forked from a template share the pages it filled (the modules
+it imported, their data): a task is charged the memory only its executor holds (its unique
+set), and the total adds each executor's proportional share, so shared pages count once. Sampling every tick (a quarter of a second) lets a fast allocation pass the
 limit briefly before it is stopped; cgroups would cap it exactly, and are not used yet
 (``why_no_cgroup`` says what this machine offers, for the log).
 """
@@ -65,7 +67,8 @@ class MemoryWatch:
         total, idle executors go first, then the largest running one."""
         if not self.limit:
             return []
-        sizes = {ex: self._rss(pid) for ex, pid in {**running, **idle}.items()}
+        sampled = {ex: self._sizes(pid) for ex, pid in {**running, **idle}.items()}
+        sizes = {ex: own for ex, (own, _) in sampled.items()}
         self._procs = {pid: p for pid, p in self._procs.items()
                        if pid in running.values() or pid in idle.values()}
         out: list[tuple[int, str, int]] = []
@@ -76,7 +79,7 @@ class MemoryWatch:
                                     f"{name}'s memory limit for a task "
                                     f"({human(self.per_task)}, its {self.per_task_setting})",
                                 self.per_task))
-        total = sum(sizes.values())
+        total = sum(share for _, share in sampled.values())
         if self.total and not out and total > self.total:
             if idle:
                 return [(ex, "idle, over the executors' memory limit", 0) for ex in idle]
@@ -89,11 +92,18 @@ class MemoryWatch:
                                      f"({sizes[largest] / 1e6:,.0f} MB)", 0))
         return out
 
-    def _rss(self, pid: int) -> int:
+    def _sizes(self, pid: int) -> tuple[int, int]:
+        """(memory only ``pid`` holds, its proportional share of all it maps), in bytes;
+        its resident size for both where the kernel does not tell them apart."""
         try:
             proc = self._procs.get(pid)
             if proc is None:
                 proc = self._procs[pid] = psutil.Process(pid)
-            return int(proc.memory_info().rss)
+            try:
+                full = proc.memory_full_info()
+                return int(full.uss), int(full.pss)
+            except (psutil.AccessDenied, AttributeError):  # (no smaps: not Linux, say)
+                rss = int(proc.memory_info().rss)
+                return rss, rss
         except psutil.Error:
-            return 0
+            return 0, 0
