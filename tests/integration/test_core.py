@@ -33,6 +33,10 @@ def test_seed_example_runs_on_two_daemons_started_by_hand(workspace: Workspace,
     assert out.stdout.strip() == str([x + x + 1 for x in range(40)])
     done = [w.status()["tasks_done"] for w in (a, b)]
     assert sum(done) == 40 and all(n > 0 for n in done), done
+    for w in (a, b):  # (status measures disk use in the background, again as it changes)
+        disk = wait_for(lambda w=w: (s := w.status())["workspaces_cached"] == 1 and s,
+                        what=f"worker {w.address} counting the workspace it keeps")
+        assert disk["workspaces_bytes"] > 0
 
 
 def test_workspace_modules_data_files_and_main_functions(workspace: Workspace,

@@ -60,3 +60,25 @@ def test_a_failed_measure_keeps_the_last_value_and_is_tried_again() -> None:
     wait_for(lambda: len(results) == 1 and not disk._running, what="the failed measure")
     assert disk.get()[0] == 7  # (and, stale still, starts the next one)
     wait_for(lambda: disk.get()[0] == 9, what="the measure after the failure")
+
+
+def test_a_change_is_measured_at_once_and_once_more_after_a_running_measure() -> None:
+    release = threading.Event()
+    walks: list[int] = []
+
+    def walk() -> int:
+        walks.append(1)
+        assert release.wait(60)
+        return len(walks)
+
+    clock = Clock()
+    disk = DiskUse(walk, max_age=1000.0, clock=clock)
+    disk.get()  # the first measure, held
+    disk.refresh()  # a workspace arrived meanwhile: measured again after this one
+    disk.refresh()  # (one more, not two)
+    release.set()
+    wait_for(lambda: disk.get()[0] == 2 and not disk._running, what="the measure after it")
+    assert disk.measures == 2
+    disk.refresh()  # fresh, but changed: measured now
+    wait_for(lambda: disk.get()[0] == 3, what="the measure of the change")
+    assert disk.measures == 3

@@ -126,6 +126,7 @@ class Daemon:
         self._shm_sweep: set[int] = set()  # Mains (pids) that left: remove their /dev/shm files
         store = Store(cache_dir, max_cache)
         store.clean_leftovers()
+        self.disk_use = DiskUse(self._measure_disk)  # (started once all it reads is here)
         self.dists = Distributions(store, self._send,
                                    self._dist_replaced,
                                    self.slots.active_dists)
@@ -156,7 +157,6 @@ class Daemon:
             self._lends_here,
             self._deliver, self._relay, self._parent_runs, self._send, self.dists.manifest,
             self.dists.blob))
-        self.disk_use = DiskUse(self._measure_disk)
         self.disk_use.get()  # (measured at once: the first status query has it)
         self._stop = False
         self._announcer: Any = None
@@ -802,6 +802,7 @@ class Daemon:
 
     def _on_builds(self) -> None:
         for done in self.envs.finished():
+            self.disk_use.refresh()
             if done.info is None:
                 peer_log.info("environment %s built in %.1f s", done.env_id[:12], done.seconds)
                 self.slots.env_ready(done.env_id)
@@ -829,6 +830,7 @@ class Daemon:
         if isinstance(change, Ready):
             self.slots.dist_ready(change.dist)
             self._start_warm()
+            self.disk_use.refresh()
         elif isinstance(change, Failed):
             self._apply(self.slots.dist_failed(change.dist, change.info, change.peer))
             self._tell(self.warming.fail(change.info.get("message", "fetch failed"),
@@ -1027,6 +1029,7 @@ class Daemon:
         self._apply(self.slots.env_replaced(dist))
         for key in [k for k in self.templates if k.dist == dist]:
             self._drop_template(key)
+        self.disk_use.refresh()
 
     def _drop_template(self, key: EnvKey) -> None:
         template = self.templates.pop(key, None)

@@ -16,8 +16,9 @@ T = TypeVar("T")
 
 
 class DiskUse(Generic[T]):
-    """The last value of ``measure`` and its age; asked when older than ``max_age``, it is
-    measured again in the background (one measure at a time, whoever asks)."""
+    """The last value of ``measure`` and its age; asked when older than ``max_age``, or told
+    that it changed (``refresh``), it is measured again in the background (one measure at a
+    time: a change during one makes one more)."""
 
     def __init__(self, measure: Callable[[], T], max_age: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -26,6 +27,7 @@ class DiskUse(Generic[T]):
         self._value: T | None = None
         self._at = float("-inf")  # when the value was measured
         self._running = False
+        self._again = False  # changed during the running measure
         self.measures = 0  # measures started
 
     def get(self) -> tuple[T | None, float]:
@@ -34,10 +36,22 @@ class DiskUse(Generic[T]):
         now = self._clock()
         with self._lock:
             if now - self._at > self._max_age and not self._running:
-                self._running = True
-                self.measures += 1
-                threading.Thread(target=self._run, name="distrib-disk-use", daemon=True).start()
+                self._start()
             return self._value, now - self._at
+
+    def refresh(self) -> None:
+        """What is measured changed (a workspace or an environment came or went): measure
+        again now, so that the next status has it."""
+        with self._lock:
+            if self._running:
+                self._again = True
+            else:
+                self._start()
+
+    def _start(self) -> None:  # (with the lock held)
+        self._running, self._again = True, False
+        self.measures += 1
+        threading.Thread(target=self._run, name="distrib-disk-use", daemon=True).start()
 
     def _run(self) -> None:
         try:
@@ -49,3 +63,5 @@ class DiskUse(Generic[T]):
             return
         with self._lock:
             self._value, self._at, self._running = value, self._clock(), False
+            if self._again:
+                self._start()
