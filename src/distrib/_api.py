@@ -31,6 +31,12 @@ class TaskOptions:
     outputs: tuple[str, ...] = ()  # .gitignore-style globs of written files sent back
     redistribution: str | None = None  # how its calls inside tasks go (None: the Main's)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Its fields in order: a dataclass's own pickling looks them up at every call
+        # (a function wrapped at run time takes its options along with every call).
+        return (TaskOptions, (self.platform, self.threads, self.retries, self.timeout,
+                              self.outputs, self.redistribution))
+
 
 class DistributedFunction(Generic[P, T]):
     """A function whose calls run on workers and return ``Response`` handles."""

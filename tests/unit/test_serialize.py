@@ -275,3 +275,15 @@ def test_large_bytes_at_the_top_level_travel_as_a_frame_of_their_own() -> None:
     small = b"x" * 100
     assert out_of_band(small) is small and loads(dumps(out_of_band(small))) == small
     assert type(out_of_band(bytearray(data))) is bytearray  # (out of band already)
+
+
+def test_task_options_pickle_every_field() -> None:
+    # (They pickle by hand, for speed: a field added later must be added there too.)
+    import dataclasses
+
+    from distrib._api import TaskOptions
+
+    options = TaskOptions(("linux-*",), 2, 1, 3.5, ("out/**",), "direct")
+    assert all(getattr(options, f.name) != f.default for f in dataclasses.fields(options))
+    assert len(options.__reduce__()[1]) == len(dataclasses.fields(options))
+    assert pickle.loads(pickle.dumps(options)) == options
