@@ -172,18 +172,13 @@ def main(argv: list[str]) -> int:
     with concurrent.futures.ProcessPoolExecutor(2) as pool:
         rows.append(("ProcessPoolExecutor (2 workers)", _median_us(
             lambda x: pool.submit(inc, x).result(), calls)))
-    floor = Floor()
-    try:
-        rows.append(("the model's floor: the same hops, no work", _median_us(
-            floor.via_io_thread, calls)))
-    finally:
-        floor.close()
-    floor = Floor()
-    try:
-        rows.append(("the model's floor without the Main's I/O thread", _median_us(
-            floor.direct, calls)))
-    finally:
-        floor.close()
+    for label, way in (("the model's floor: the same hops, no work", Floor.via_io_thread),
+                       ("the model's floor without the Main's I/O thread", Floor.direct)):
+        floor = Floor()
+        try:
+            rows.append((label, _median_us(lambda x: way(floor, x), calls)))
+        finally:
+            floor.close()
     print(f"W2-style round trips, median of {calls:,} (µs), nproc {os.cpu_count()}, "
           f"Python {sys.version.split()[0]}\n")
     print("| round trip | median µs |\n| --- | ---: |")
