@@ -34,7 +34,7 @@ def test_seed_example_runs_on_two_daemons_started_by_hand(workspace: Workspace,
     done = [w.status()["tasks_done"] for w in (a, b)]
     assert sum(done) == 40 and all(n > 0 for n in done), done
     for w in (a, b):  # (status measures disk use in the background, again as it changes)
-        disk = wait_for(lambda w=w: (s := w.status())["workspaces_cached"] == 1 and s,
+        disk = wait_for(lambda w=w: (s := w.status()).get("workspaces_cached") == 1 and s,
                         what=f"worker {w.address} counting the workspace it keeps")
         assert disk["workspaces_bytes"] > 0
 

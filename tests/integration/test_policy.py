@@ -234,3 +234,21 @@ def test_memory_the_executors_share_with_their_template_is_counted_once(
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == str([150 << 20] * 3)
     assert worker.status()["executors_crashed"] == 0
+
+
+def test_executors_over_the_total_memory_limit_stop_the_largest_task(
+        workspace: Workspace, start_worker) -> None:
+    worker = start_worker(threads=2, extra=("--max-memory", "400M"))
+    workspace.write("tasks.py", TASKS)
+    workspace.write("main.py", """
+        import distrib, tasks
+
+        if __name__ == "__main__":
+            try:
+                tasks.hog(700, 60).unwrap(timeout=120)
+            except distrib.WorkerCrashed as exc:
+                print("CRASHED", exc)
+        """)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address}, timeout=180)
+    assert out.stdout.startswith("CRASHED hog#"), out.stderr[-3000:]
+    assert "together, more than its memory limit (400M, its --max-memory)" in out.stdout

@@ -58,11 +58,13 @@ def test_a_failed_measure_keeps_the_last_value_and_is_tried_again() -> None:
     clock.now += 2
     disk.get()  # this one raises
     wait_for(lambda: len(results) == 1 and not disk._running, what="the failed measure")
-    assert disk.get()[0] == 7  # (and, stale still, starts the next one)
+    assert disk.get()[0] == 7 and disk.measures == 2  # (not tried again at once)
+    clock.now += 2
+    assert disk.get()[0] == 7  # (tried again after max_age)
     wait_for(lambda: disk.get()[0] == 9, what="the measure after the failure")
 
 
-def test_a_change_is_measured_at_once_and_once_more_after_a_running_measure() -> None:
+def test_a_change_makes_the_next_query_measure_again() -> None:
     release = threading.Event()
     walks: list[int] = []
 
@@ -73,12 +75,13 @@ def test_a_change_is_measured_at_once_and_once_more_after_a_running_measure() ->
 
     clock = Clock()
     disk = DiskUse(walk, max_age=1000.0, clock=clock)
+    disk.refresh()  # nothing measured until asked
+    assert disk.measures == 0
     disk.get()  # the first measure, held
-    disk.refresh()  # a workspace arrived meanwhile: measured again after this one
-    disk.refresh()  # (one more, not two)
+    disk.refresh()  # a workspace arrived meanwhile
+    assert disk.get()[0] is None and disk.measures == 1  # (one at a time)
     release.set()
-    wait_for(lambda: disk.get()[0] == 2 and not disk._running, what="the measure after it")
+    wait_for(lambda: disk.get()[0] is not None and not disk._running, what="the first measure")
+    wait_for(lambda: disk.get()[0] == 2, what="the measure after the change")
     assert disk.measures == 2
-    disk.refresh()  # fresh, but changed: measured now
-    wait_for(lambda: disk.get()[0] == 3, what="the measure of the change")
-    assert disk.measures == 3
+    assert disk.get()[0] == 2 and disk.measures == 2  # fresh and unchanged: no walk

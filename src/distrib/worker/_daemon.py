@@ -157,7 +157,6 @@ class Daemon:
             self._lends_here,
             self._deliver, self._relay, self._parent_runs, self._send, self.dists.manifest,
             self.dists.blob))
-        self.disk_use.get()  # (measured at once: the first status query has it)
         self._stop = False
         self._announcer: Any = None
         self._wake_r, self._wake_w = socket.socketpair()
@@ -1254,7 +1253,8 @@ class Daemon:
             ex = self.slots.executors.get(ex_id)
             if proc.pid and ex_id not in self._memory_kills:
                 (running if ex is not None and ex.runs else idle)[ex_id] = proc.pid
-        for ex_id, why, limit in self.memory.over(running, idle, self.name):
+        templates = tuple(t.proc.pid for t in self.templates.values())
+        for ex_id, why, limit in self.memory.over(running, idle, self.name, templates):
             peer_log.warning("stopping executor %d: %s", self.procs[ex_id].pid, why)
             self._memory_kills[ex_id] = (why, limit)
             self.procs[ex_id].signal_kill()  # (its death is then seen as any other)

@@ -16,44 +16,44 @@ T = TypeVar("T")
 
 
 class DiskUse(Generic[T]):
-    """The last value of ``measure`` and its age; asked when older than ``max_age``, or told
-    that it changed (``refresh``), it is measured again in the background (one measure at a
-    time: a change during one makes one more)."""
+    """The last value of ``measure`` and its age; asked when older than ``max_age`` or after
+    a change (``refresh``), it is measured again in the background, one measure at a time.
+    Nothing is measured until asked: a worker no one queries never walks its disk."""
 
     def __init__(self, measure: Callable[[], T], max_age: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._measure, self._max_age, self._clock = measure, max_age, clock
         self._lock = threading.Lock()
         self._value: T | None = None
-        self._at = float("-inf")  # when the value was measured
+        self._at = float("-inf")  # when the measure that gave the value began
+        self._tried = float("-inf")  # when the last measure began (a failed one too)
+        self._stale = False  # changed since the last measure began
         self._running = False
-        self._again = False  # changed during the running measure
         self.measures = 0  # measures started
 
     def get(self) -> tuple[T | None, float]:
         """The last value (None before the first measure ends) and its age in seconds; never
         waits for a measure."""
-        now = self._clock()
         with self._lock:
-            if now - self._at > self._max_age and not self._running:
-                self._start()
-            return self._value, now - self._at
+            now = self._clock()
+            if not self._running and (self._stale or now - self._tried > self._max_age):
+                try:
+                    threading.Thread(target=self._run, args=(now,), name="distrib-disk-use",
+                                     daemon=True).start()
+                except RuntimeError:  # (no thread to be had now: asked again later)
+                    pass
+                else:
+                    self._running, self._stale, self._tried = True, False, now
+                    self.measures += 1
+            return self._value, max(0.0, now - self._at)
 
     def refresh(self) -> None:
-        """What is measured changed (a workspace or an environment came or went): measure
-        again now, so that the next status has it."""
+        """What is measured changed (a workspace or an environment came or went): the next
+        query measures again."""
         with self._lock:
-            if self._running:
-                self._again = True
-            else:
-                self._start()
+            self._stale = True
 
-    def _start(self) -> None:  # (with the lock held)
-        self._running, self._again = True, False
-        self.measures += 1
-        threading.Thread(target=self._run, name="distrib-disk-use", daemon=True).start()
-
-    def _run(self) -> None:
+    def _run(self, started: float) -> None:
         try:
             value = self._measure()
         except Exception:  # (a status is not worth stopping for: keep the last value)
@@ -62,6 +62,4 @@ class DiskUse(Generic[T]):
                 self._running = False
             return
         with self._lock:
-            self._value, self._at, self._running = value, self._clock(), False
-            if self._again:
-                self._start()
+            self._value, self._at, self._running = value, started, False

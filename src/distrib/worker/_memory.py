@@ -58,8 +58,8 @@ class MemoryWatch:
         limits = [x for x in (self.per_task, self.total) if x]
         return min(limits) if limits else 0
 
-    def over(self, running: dict[int, int], idle: dict[int, int], name: str
-             ) -> list[tuple[int, str, int]]:
+    def over(self, running: dict[int, int], idle: dict[int, int], name: str,
+             templates: tuple[int, ...] = ()) -> list[tuple[int, str, int]]:
         """(executor, why, limit) to stop, given the pids of executors running a task
         (``running``, by executor id) and of the others (``idle``); ``name``: the worker's.
         ``limit`` is the per-task limit a task passed (it may run again only where the limit
@@ -67,10 +67,14 @@ class MemoryWatch:
         total, idle executors go first, then the largest running one."""
         if not self.limit:
             return []
-        sampled = {ex: self._sizes(pid) for ex, pid in {**running, **idle}.items()}
-        sizes = {ex: own for ex, (own, _) in sampled.items()}
+        pids = {**running, **idle}
+        # Resident sizes first (cheap): they bound both finer measures from above, which read
+        # the kernel's map of a process (milliseconds for a large one) only when needed.
+        rss = {ex: self._rss(pid) for ex, pid in pids.items()}
+        sizes = {ex: (self._sizes(pids[ex])[0] if self.per_task and size > self.per_task
+                      else size) for ex, size in rss.items()}
         self._procs = {pid: p for pid, p in self._procs.items()
-                       if pid in running.values() or pid in idle.values()}
+                       if pid in pids.values() or pid in templates}
         out: list[tuple[int, str, int]] = []
         if self.per_task:
             for ex in running:
@@ -79,7 +83,11 @@ class MemoryWatch:
                                     f"{name}'s memory limit for a task "
                                     f"({human(self.per_task)}, its {self.per_task_setting})",
                                 self.per_task))
-        total = sum(share for _, share in sampled.values())
+        total = sum(rss.values())
+        if self.total and not out and total > self.total:
+            # Proportional shares, the templates' too: the pages all of them map count once.
+            total = sum(self._sizes(pid)[1] for pid in (*pids.values(), *templates))
+            sizes = {ex: self._sizes(pid)[0] for ex, pid in pids.items()}
         if self.total and not out and total > self.total:
             if idle:
                 return [(ex, "idle, over the executors' memory limit", 0) for ex in idle]
@@ -92,13 +100,23 @@ class MemoryWatch:
                                      f"({sizes[largest] / 1e6:,.0f} MB)", 0))
         return out
 
+    def _rss(self, pid: int) -> int:
+        try:
+            return int(self._proc(pid).memory_info().rss)
+        except psutil.Error:
+            return 0
+
+    def _proc(self, pid: int) -> psutil.Process:
+        proc = self._procs.get(pid)
+        if proc is None:
+            proc = self._procs[pid] = psutil.Process(pid)
+        return proc
+
     def _sizes(self, pid: int) -> tuple[int, int]:
         """(memory only ``pid`` holds, its proportional share of all it maps), in bytes;
         its resident size for both where the kernel does not tell them apart."""
         try:
-            proc = self._procs.get(pid)
-            if proc is None:
-                proc = self._procs[pid] = psutil.Process(pid)
+            proc = self._proc(pid)
             try:
                 full = proc.memory_full_info()
                 return int(full.uss), int(full.pss)
