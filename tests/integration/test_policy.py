@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from typing import Any
 
 import psutil
 
@@ -68,18 +69,7 @@ def test_a_limit_from_the_policy_file_is_named_as_the_files_key(
     policy = tmp_path / "worker.toml"
     policy.write_text('max_task_memory = "300M"\n')
     worker = start_worker(threads=1, extra=("--policy", str(policy)))
-    workspace.write("tasks.py", TASKS)
-    workspace.write("main.py", """
-        import distrib, tasks
-
-        if __name__ == "__main__":
-            try:
-                tasks.hog(1000, 60).unwrap(timeout=60)
-            except distrib.WorkerCrashed as exc:
-                print("CRASHED", exc)
-        """)
-    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address}, timeout=180)
-    assert out.stdout.startswith("CRASHED hog#"), out.stderr[-3000:]
+    out = _crashed_hog(workspace, worker, 1000, 60)
     assert f"(300M, its max_task_memory in its policy file {policy})" in out.stdout
 
 
@@ -239,16 +229,23 @@ def test_memory_the_executors_share_with_their_template_is_counted_once(
 def test_executors_over_the_total_memory_limit_stop_the_largest_task(
         workspace: Workspace, start_worker) -> None:
     worker = start_worker(threads=2, extra=("--max-memory", "400M"))
+    out = _crashed_hog(workspace, worker, 700, 120)
+    assert "together, more than its memory limit (400M, its --max-memory)" in out.stdout
+
+
+def _crashed_hog(workspace: Workspace, worker: Any, mb: int, timeout: int
+                 ) -> subprocess.CompletedProcess[str]:
+    """Run a task holding ``mb`` MB on ``worker``, which stops it: what the script printed."""
     workspace.write("tasks.py", TASKS)
-    workspace.write("main.py", """
+    workspace.write("main.py", f"""
         import distrib, tasks
 
         if __name__ == "__main__":
             try:
-                tasks.hog(700, 60).unwrap(timeout=120)
+                tasks.hog({mb}, 60).unwrap(timeout={timeout})
             except distrib.WorkerCrashed as exc:
                 print("CRASHED", exc)
         """)
     out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address}, timeout=180)
     assert out.stdout.startswith("CRASHED hog#"), out.stderr[-3000:]
-    assert "together, more than its memory limit (400M, its --max-memory)" in out.stdout
+    return out
