@@ -201,8 +201,6 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
                         _size(max_objects, "--max-objects"), policy_file, flags, max_parked)
     except zmq.ZMQError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
-    if not name:
-        daemon.name = f"{socket.gethostname()}:{daemon.address.rsplit(':', 1)[-1].rsplit('/', 1)[-1]}"
     if announce:
         if not address.startswith("tcp://"):
             raise click.UsageError("--announce needs a tcp address to announce")

@@ -91,7 +91,6 @@ class Daemon:
         flags: Policy | None = None,
         max_parked: int | None = None,
     ) -> None:
-        self.name = name
         self.worker_id = uuid.uuid4().hex
         self.heartbeat_interval = heartbeat_interval
         self.lost_after = lost_after
@@ -104,6 +103,10 @@ class Daemon:
         self.gate = Gate(self.ctx, key, authorized)  # before the bind: ZAP must be there first
         self.sock, self.address = _transport.router(self.ctx, endpoint, key)
         self.gate.watch(self.sock)
+        # Without a name, the host and the port it listens on (known only now, and named
+        # before anything that names this worker is built: direct calls carry it).
+        self.name = name or f"{socket.gethostname()}:" \
+            f"{self.address.rsplit(':', 1)[-1].rsplit('/', 1)[-1]}"
         self.mains = Mains()
         self.policy = policy
         self.policy_file = policy_file
@@ -152,7 +155,7 @@ class Daemon:
         self._delegated: dict[tuple[bytes, int], int] = {}  # (a worker's connection, its id
         # for a call) -> this worker's id for it
         self.direct = Direct(Host(
-            name, _facts.platform_tag(), self.ctx, key, lost_after, self._delegate_hello,
+            self.name, _facts.platform_tag(), self.ctx, key, lost_after, self._delegate_hello,
             self._run_here, self._cancel_here, self._runs_here, self._load_here,
             self._lends_here,
             self._deliver, self._relay, self._parent_runs, self._send, self.dists.manifest,
