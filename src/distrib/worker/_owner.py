@@ -55,7 +55,7 @@ class OwnerState:
         self.away = ""  # why the machine is not lent now, "" if it is
         self.told = (SERVING, "")  # the state Mains last heard, and why
         self.since = now  # when that last changed
-        self.when_idle: str | None = when_idle  # the policy's: "vacate" stops running tasks when away
+        self.when_idle = when_idle  # the policy's: "vacate" stops running tasks when away
 
     def effective(self) -> tuple[str, str]:
         """What Mains are told: serving, paused or draining, and why ("": the owner's word)."""
