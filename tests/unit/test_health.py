@@ -1,4 +1,5 @@
-"""The Main's health checks, driven with plain values: states, times, reasons."""
+"""The Main's health checks and its links' timers, driven with plain values: states, times,
+reasons."""
 
 from __future__ import annotations
 
@@ -8,52 +9,48 @@ from distrib.main._health import (
     AUTH_RETRY_AFTER,
     PUBLISH_EVERY,
     RECONNECT_AFTER,
-    LinkCheck,
-    LinkTimers,
     all_refuse_keys,
-    check_link,
+    link_policy,
     no_environment,
     publish_due,
     warn_unmatched,
 )
-from distrib.main._link import LinkState
+from distrib.wire._link import LinkCheck, LinkState, check
 
-TIMERS = LinkTimers(lost_after=10.0)
+POLICY = link_policy(lost_after=10.0)
 
 
 def test_a_ready_link_gets_heartbeats_until_it_is_silent_longer_than_lost_after() -> None:
     ready = LinkState.READY
-    assert check_link(ready, since=0.0, last_seen=100.0, now=100.0, timers=TIMERS) \
+    assert check(ready, since=0.0, last_seen=100.0, now=100.0, policy=POLICY) \
         is LinkCheck.HEARTBEAT
-    assert check_link(ready, 0.0, 100.0, 110.0, TIMERS) is LinkCheck.HEARTBEAT  # (exactly: not)
-    assert check_link(ready, 0.0, 100.0, 110.5, TIMERS) is LinkCheck.LOSE
-    assert check_link(ready, 0.0, 100.0, 110.5, LinkTimers(lost_after=30.0)) \
+    assert check(ready, 0.0, 100.0, 110.0, POLICY) is LinkCheck.HEARTBEAT  # (exactly: not)
+    assert check(ready, 0.0, 100.0, 110.5, POLICY) is LinkCheck.LOSE
+    assert check(ready, 0.0, 100.0, 110.5, link_policy(lost_after=30.0)) \
         is LinkCheck.HEARTBEAT
 
 
 @pytest.mark.parametrize("state", [LinkState.LOST, LinkState.REFUSED])
 def test_a_lost_or_refusing_worker_is_tried_again_after_a_short_wait(state: LinkState) -> None:
-    assert check_link(state, 50.0, 0.0, 50.0 + RECONNECT_AFTER, TIMERS) is LinkCheck.WAIT
-    assert check_link(state, 50.0, 0.0, 50.1 + RECONNECT_AFTER, TIMERS) is LinkCheck.RECONNECT
+    assert check(state, 50.0, 0.0, 50.0 + RECONNECT_AFTER, POLICY) is LinkCheck.WAIT
+    assert check(state, 50.0, 0.0, 50.1 + RECONNECT_AFTER, POLICY) is LinkCheck.CONNECT
     # (its silence does not matter: no heartbeats go to a link that is down)
-    assert check_link(state, 50.0, 0.0, 50.5, TIMERS) is LinkCheck.WAIT
+    assert check(state, 50.0, 0.0, 50.5, POLICY) is LinkCheck.WAIT
 
 
 def test_a_worker_refusing_keys_is_tried_again_later_than_one_lost() -> None:
     failed = LinkState.AUTH_FAILED
     assert AUTH_RETRY_AFTER > RECONNECT_AFTER
-    assert check_link(failed, 0.0, 0.0, RECONNECT_AFTER + 1, TIMERS) is LinkCheck.WAIT
-    assert check_link(failed, 0.0, 0.0, AUTH_RETRY_AFTER, TIMERS) is LinkCheck.WAIT
-    assert check_link(failed, 0.0, 0.0, AUTH_RETRY_AFTER + 0.1, TIMERS) is LinkCheck.RECONNECT
-    assert check_link(failed, 0.0, 0.0, 1.0, LinkTimers(10.0, auth_retry_after=0.5)) \
-        is LinkCheck.RECONNECT
+    assert check(failed, 0.0, 0.0, RECONNECT_AFTER + 1, POLICY) is LinkCheck.WAIT
+    assert check(failed, 0.0, 0.0, AUTH_RETRY_AFTER, POLICY) is LinkCheck.WAIT
+    assert check(failed, 0.0, 0.0, AUTH_RETRY_AFTER + 0.1, POLICY) is LinkCheck.CONNECT
 
 
 def test_a_link_still_connecting_is_slow_after_half_lost_after_and_never_lost() -> None:
     connecting = LinkState.CONNECTING
-    assert check_link(connecting, 0.0, 0.0, 5.0, TIMERS) is LinkCheck.WAIT
-    assert check_link(connecting, 0.0, 0.0, 5.1, TIMERS) is LinkCheck.SLOW
-    assert check_link(connecting, 0.0, 0.0, 1000.0, TIMERS) is LinkCheck.SLOW
+    assert check(connecting, 0.0, 0.0, 5.0, POLICY) is LinkCheck.WAIT
+    assert check(connecting, 0.0, 0.0, 5.1, POLICY) is LinkCheck.SLOW
+    assert check(connecting, 0.0, 0.0, 1000.0, POLICY) is LinkCheck.SLOW
 
 
 def test_tasks_fail_for_keys_only_when_every_link_refuses_them() -> None:

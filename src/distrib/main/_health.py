@@ -2,52 +2,25 @@
 
 The I/O thread (``_links``, ``_loop``) gathers the facts, asks here, and acts (logs, sends,
 fails tasks); nothing here touches a socket, a clock or a logger, so tests drive it with plain
-values.
+values. What a tick does to one link is the wire's ``check``, with the Main's ``link_policy``.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-from distrib.main._link import LinkState
+from distrib.wire._link import LinkPolicy, LinkState
 
 RECONNECT_AFTER = 2.0  # seconds before a lost or refusing worker is tried again
 AUTH_RETRY_AFTER = 10.0  # a refused key may be authorized later (workers reread their list)
 PUBLISH_EVERY = 0.5  # seconds between the dashboard's snapshots
 
 
-class LinkCheck(enum.Enum):
-    """What a tick does to one link."""
-
-    WAIT = "wait"  # nothing now
-    HEARTBEAT = "heartbeat"  # ready and heard from lately: send a Heartbeat
-    LOSE = "lose"  # ready and silent longer than ``lost_after``: declare it lost
-    RECONNECT = "reconnect"  # refused, lost or refusing keys long enough: connect again
-    SLOW = "slow"  # still connecting after half ``lost_after``: say so (once)
-
-
-@dataclass(frozen=True)
-class LinkTimers:
-    """How long a link may be silent, and when one that failed is tried again."""
-
-    lost_after: float  # a ready worker silent this long is lost (``[main] lost_after``)
-    reconnect_after: float = RECONNECT_AFTER
-    auth_retry_after: float = AUTH_RETRY_AFTER
-
-
-def check_link(state: LinkState, since: float, last_seen: float, now: float,
-               timers: LinkTimers) -> LinkCheck:
-    """What a tick does to a link in ``state`` since ``since``, last heard at ``last_seen``."""
-    if state is LinkState.READY:
-        return LinkCheck.LOSE if now - last_seen > timers.lost_after else LinkCheck.HEARTBEAT
-    if state in (LinkState.LOST, LinkState.REFUSED):
-        return LinkCheck.RECONNECT if now - since > timers.reconnect_after else LinkCheck.WAIT
-    if state is LinkState.AUTH_FAILED:
-        return LinkCheck.RECONNECT if now - since > timers.auth_retry_after else LinkCheck.WAIT
-    # A few seconds (half the time after which a silent worker counts as lost).
-    return LinkCheck.SLOW if now - since > timers.lost_after / 2 else LinkCheck.WAIT
+def link_policy(lost_after: float) -> LinkPolicy:
+    """The Main's timers for its links: a ready worker silent ``lost_after`` seconds is lost
+    (one still connecting is only said to be slow), one lost or refusing is tried again soon,
+    and one refusing this Main's key later."""
+    return LinkPolicy(lost_after, RECONNECT_AFTER, AUTH_RETRY_AFTER)
 
 
 def all_refuse_keys(states: Iterable[LinkState]) -> bool:

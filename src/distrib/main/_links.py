@@ -21,12 +21,13 @@ import zmq
 from distrib import _config
 from distrib._errors import WorkerLost
 from distrib.main import _discovery
-from distrib.main._health import LinkCheck, LinkTimers, check_link
-from distrib.main._link import Link, LinkState
+from distrib.main._health import link_policy
+from distrib.main._link import Link
 from distrib.main._nested import Nested
 from distrib.main._scheduler import Scheduler, WorkerView
 from distrib.main._stats import Stats
 from distrib.wire import _messages as m
+from distrib.wire._link import LinkCheck, LinkState, MonitorEvent
 from distrib.wire._messages import RefusalCode
 
 log = logging.getLogger("distrib")
@@ -47,7 +48,7 @@ class Links:
         self.warmed = warmed  # set when no executors are started ahead (see ``Session``)
         self.wake = wake  # wakes the I/O thread (for workers found, in zeroconf's thread)
         self.shm = shm  # this Main's /dev/shm can be shared (a probe file is there)
-        self.timers = LinkTimers(settings.lost_after)
+        self.policy = link_policy(settings.lost_after)
         self.links: dict[str, Link] = {}
         self.any_shm = False  # a worker shares /dev/shm: calls write large frames there
         self._peers_told: dict[str, list[list[Any]]] = {}  # per link: the Peers it last heard
@@ -56,8 +57,9 @@ class Links:
 
     def add(self, worker: _config.WorkerAddress) -> Link:
         link_id = f"w{len(self.links)}"
-        link = Link(link_id, worker.address, _config.endpoint(worker.address), self.ctx,
-                    self.hello, worker.public_key, self.settings.key)
+        link = Link(link_id=link_id, address=worker.address,
+                    endpoint=_config.endpoint(worker.address), ctx=self.ctx,
+                    server_key=worker.public_key, key=self.settings.key)
         self.links[link_id] = link
         return link
 
@@ -66,9 +68,13 @@ class Links:
         if link is not None and link.state is LinkState.READY:
             link.send(msg)
 
+    def connect(self, link: Link, now: float) -> None:
+        """(Re)build ``link``'s socket and say Hello."""
+        link.connect(now, self.hello)
+
     def connect_all(self, now: float) -> None:
         for link in self.links.values():
-            link.connect(now)
+            self.connect(link, now)
 
     def goodbye(self) -> None:
         """Say goodbye to every worker, close the links and end their context (the I/O
@@ -98,8 +104,8 @@ class Links:
                                 verdict)
                 continue
             log.info("discovered worker %s at %s; connecting", found.name, found.address)
-            self.add(_config.WorkerAddress(found.address, found.public_key)).connect(
-                time.monotonic())
+            self.connect(self.add(_config.WorkerAddress(found.address, found.public_key)),
+                         time.monotonic())
 
     # --- what workers say --------------------------------------------------------------------
 
@@ -168,8 +174,7 @@ class Links:
         inflight = list(view.inflight.values()) if view is not None else []
         self.scheduler.leave(link.link_id, clean=True)
         self.nested.worker_left(link.link_id, inflight)
-        link.close()
-        link.state, link.since, link.reason = LinkState.LOST, time.monotonic(), "drained"
+        link.down(LinkState.LOST, time.monotonic(), "drained")
         link.worker_state = "serving"  # (a worker started again at its address is new)
         self.tell_peers(gone=link)
         return True
@@ -180,12 +185,12 @@ class Links:
         was_ready = link.state is LinkState.READY
         self.lose(link, LinkState.REFUSED, msg.reason)
         if msg.code in (RefusalCode.UNKNOWN_PEER, RefusalCode.MALFORMED):
-            link.connect(time.monotonic())  # the worker forgot this Main: say Hello again
+            self.connect(link, time.monotonic())  # the worker forgot this Main: say Hello again
         elif not was_ready:
             log.warning("worker %s refused this Main: %s", link.label, msg.reason)
 
-    def on_monitor(self, link: Link, event: Any) -> None:
-        if event["event"] == zmq.EVENT_DISCONNECTED:
+    def on_monitor(self, link: Link, event: MonitorEvent) -> None:
+        if event is MonitorEvent.DISCONNECTED:
             # A worker killed with -9, or a network that reset the connection: its tasks go
             # elsewhere now instead of after lost_after seconds of silence.
             if self.drained(link):
@@ -197,7 +202,7 @@ class Links:
             return
         if link.state is LinkState.AUTH_FAILED:
             return
-        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        if event is MonitorEvent.KEY_REFUSED:
             mine = self.settings.key.public if self.settings.key else "(none)"
             reason = (f"worker {link.label} refused this Main's key {mine}: add this Main's "
                       "public key (its .pub file) to the worker's authorized keys")
@@ -227,25 +232,24 @@ class Links:
             for task in inflight:
                 self.stats.counted(task, link.name, "", True)
         self.nested.worker_left(link.link_id, inflight)
-        link.close()
-        link.state, link.since, link.reason = state, time.monotonic(), reason
+        link.down(state, time.monotonic(), reason)
         link.building = link.has_workspace = False  # (a worker started again says anew)
         self.tell_peers(gone=link)
         self.warmed.set()  # (no executors ahead: its Welcome or calls say why)
 
     def tick(self, now: float) -> None:
         """Heartbeats, silent workers lost, failed links tried again (``_health``)."""
-        lost_after = self.timers.lost_after
+        lost_after = self.policy.lost_after
         for link in self.links.values():
-            check = check_link(link.state, link.since, link.last_seen, now, self.timers)
+            check = link.check(now, self.policy)
             if check is LinkCheck.LOSE:
                 log.warning("worker %s is silent for %.0f s: declared lost; its tasks go "
                             "elsewhere", link.label, lost_after)
                 self.lose(link, LinkState.LOST, f"was silent for {lost_after:.0f} s")
             elif check is LinkCheck.HEARTBEAT:
                 link.send(m.Heartbeat())
-            elif check is LinkCheck.RECONNECT:
-                link.connect(now)
+            elif check is LinkCheck.CONNECT:
+                self.connect(link, now)
             elif check is LinkCheck.SLOW and ("connect", link.link_id) not in self._warned:
                 self._warned.add(("connect", link.link_id))
                 log.warning("worker %s has not answered for %.0f s (is a worker running at "

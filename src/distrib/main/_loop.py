@@ -27,7 +27,7 @@ import zmq
 from distrib import _config, _shared, _shm
 from distrib._errors import AuthError, DependencyError, DistribError, SerializationError, WorkerLost
 from distrib.main import _health
-from distrib.main._link import Link, LinkState
+from distrib.main._link import Link
 from distrib.main._links import Links
 from distrib.main._nested import Nested
 from distrib.main._outcomes import Outputs, settle
@@ -37,6 +37,7 @@ from distrib.main._stats import Stats
 from distrib.wire import _codec, _transport
 from distrib.wire import _messages as m
 from distrib.wire._envspec import EnvSpec
+from distrib.wire._link import LinkState
 from distrib.wire._limits import batches
 from distrib.workspace._manifest import Distribution
 
@@ -162,7 +163,7 @@ class Loop:
                     self.inbox.woken()
                 for mon, link in monitors.items():
                     if mon in events and link.monitor is mon:
-                        self.links.on_monitor(link, _transport.monitor_event(mon))
+                        self.links.on_monitor(link, link.event())
                 for sock, link in socks.items():
                     if sock in events and link.sock is sock:
                         self._drain(link)
@@ -375,7 +376,7 @@ class Loop:
             link = next(l for l in self.links.links.values() if l.address == address)
             self.links.lose(link, LinkState.LOST, reason)
             if restarted:
-                link.connect(time.monotonic())
+                self.links.connect(link, time.monotonic())
             elif address in self.local.abandoned:
                 self._fail_pending(WorkerLost, f"could not run: the local worker {reason} "
                                                f"{self.local.restarts + 1} times; see its "

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from distrib._errors import Cancelled
 from distrib._response import UNFINISHED, Response
 
-from distrib.main._link import Link, LinkState
+from distrib.main._link import Link
+from distrib.wire._link import LinkState
 
 if TYPE_CHECKING:
     from distrib.main._scheduler import Task
