@@ -1,7 +1,6 @@
 """The Main's I/O thread: the one loop that touches sockets and the scheduler.
 
-    user threads -> Inbox (calls, cancellations, a wake-up byte) -> Scheduler.assign
-                 -> Submit batches -> workers
+    user threads -> Inbox (``_handoff``) -> Scheduler.assign -> Submit batches -> workers
     workers -> Results -> Response._finish (callbacks, waiters)
             -> NeedManifest / NeedBlobs / NeedObjects -> the workspace, wheels, shared objects
             -> Welcome, Refused, WorkerState, monitor events -> ``_links``
@@ -12,12 +11,10 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +24,7 @@ import zmq
 from distrib import _config, _shared, _shm
 from distrib._errors import AuthError, DependencyError, DistribError, SerializationError, WorkerLost
 from distrib.main import _health
+from distrib.main._handoff import NONE, Inbox, in_shm, share_in_shm
 from distrib.main._link import Link
 from distrib.main._links import Links
 from distrib.main._nested import Nested
@@ -47,77 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("distrib")
 
 SHIP_NOTICE_BYTES = 16 << 20  # a shipment this large says so, and how long it took
-
-_NONE: dict[str, int] = {}  # (no shared objects, no /dev/shm frames: one map, never changed)
-
-
-class Inbox:
-    """What user threads hand the I/O thread: calls, cancellations, and a byte that wakes it."""
-
-    def __init__(self) -> None:
-        self.incoming: deque[Task] = deque()
-        self.cancels: deque[int] = deque()
-        self.reader, self._writer = socket.socketpair()
-        self.reader.setblocking(False)
-        self._writer.setblocking(False)
-        self._awake = False
-
-    def put(self, task: Task) -> None:
-        self.incoming.append(task)
-        self.wake()
-
-    def cancel(self, task_id: int) -> None:
-        self.cancels.append(task_id)
-        self.wake()
-
-    def wake(self, again: bool = False) -> None:
-        """Wake the I/O thread (``again``: even with a wake-up byte in flight)."""
-        if again:
-            self._awake = False
-        if not self._awake:  # one wake-up byte in flight is enough
-            self._awake = True
-            try:
-                self._writer.send(b"x")
-            except (BlockingIOError, OSError):
-                pass
-
-    def woken(self) -> None:
-        """(I/O thread) Drain the wake-up bytes, before it takes what was handed."""
-        try:
-            while self.reader.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
-        # Only now: a wake-up sent after this line is a byte we have not drained,
-        # and a task queued before it is seen by Loop._take_incoming.
-        self._awake = False
-
-
-def in_shm(task: Task) -> tuple[list[Any], dict[str, int]]:
-    """``task``'s payload (one with a large frame: ``_shm.worth``) with its large frames in
-    /dev/shm (written once; the files are removed with the task)."""
-    if task.in_shm is None:
-        frames, names = task.frames, _NONE
-        try:
-            frames, names = _shm.offload(task.frames, os.getpid())
-        except OSError as exc:  # /dev/shm full, say: the frames go by the socket
-            log.warning("cannot put a call's arguments in shared memory (%s); sending "
-                        "them by the socket", exc)
-        task.in_shm = (frames, names, _shm.Owned(list(names)) if names else None)
-    return task.in_shm[0], task.in_shm[1]
-
-
-def share_in_shm(obj: _shared.Shared[Any]) -> str | None:
-    """Write shared object ``obj`` into /dev/shm once, for workers that share it to link
-    (done as a call passes it, in the caller's thread where it can be: it copies it);
-    its file's name, or None with /dev/shm full (it goes by the socket then)."""
-    try:
-        return obj.in_shm(os.getpid())
-    except OSError as exc:
-        log.warning("cannot put a shared object in shared memory (%s); sending it by the "
-                    "socket", exc)
-        return None
-
 
 class Loop:
     """The I/O thread's work: ``run`` until ``stopping``."""
@@ -205,9 +132,9 @@ class Loop:
             specs: list[tuple[m.TaskSpec, list[Any]]] = []
             for t in tasks:
                 frames, shm = (in_shm(t) if link.shm and _shm.worth(t.frames)
-                               else (t.frames, _NONE))
+                               else (t.frames, NONE))
                 inline, separate = m.split_payload(frames)
-                objects = {k: s.nbytes for k, s in t.shared.items()} if t.shared else _NONE
+                objects = {k: s.nbytes for k, s in t.shared.items()} if t.shared else NONE
                 specs.append((m.TaskSpec(t.task_id, self.dist.dist_id, t.threads, t.timeout,
                                          t.attempts, inline, len(separate), objects, shm,
                                          t.depth),

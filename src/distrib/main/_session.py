@@ -2,7 +2,7 @@
 
     init:         scan the workspace, describe the environment, link to the workers, start
                   the I/O thread (``_loop``)
-    user threads: f(x) -> pickle the call -> Task -> Inbox (a deque and a wake-up byte)
+    user threads: f(x) -> pickle the call -> Task -> Inbox (``_handoff``: a deque and a byte)
                   -> Response; cancel -> Inbox
     close:        stop the I/O thread (it says goodbye to workers), end what is left as
                   Cancelled, stop the local cluster
@@ -31,7 +31,8 @@ from distrib._errors import Cancelled, SerializationError
 from distrib._response import Response
 from distrib.main._link import Link
 from distrib.main._links import Links
-from distrib.main._loop import Inbox, Loop, in_shm, share_in_shm
+from distrib.main._handoff import Inbox, in_shm, share_in_shm
+from distrib.main._loop import Loop
 from distrib.main._nested import Nested
 from distrib.main._scheduler import Scheduler, Task
 from distrib.main._shipping import forwarded_environ, preload_modules, scan_workspace
