@@ -209,7 +209,9 @@ class Session:
         """(I/O thread, with a dashboard) A new snapshot for it."""
         assert self.stats is not None
         self.stats.sample(now)
-        self.snapshot = snapshot(self, self.stats)  # (one assignment: readers see old or new)
+        self.snapshot = snapshot(  # (one assignment: readers see old or new)
+            self.stats, self.links.values(), self.scheduler, self.dist,
+            {"name": self.name, "python": self.python, "uptime": time.monotonic() - self._started})
 
     def close(self) -> None:
         """Stop the I/O thread (saying goodbye to workers) and the local cluster."""
