@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from distrib._errors import Cancelled
 from distrib._response import UNFINISHED, Response
 
-from distrib.main._link import Link, LinkState
+from distrib.main._link import Link
+from distrib.wire._link import LinkState
 
 if TYPE_CHECKING:
-    from distrib.main._scheduler import Task
-    from distrib.main._session import Session
+    from distrib.main._scheduler import Scheduler, Task
+    from distrib.workspace._manifest import Distribution
 
 MAX_RUN = 1e7  # seconds: a reported run time beyond this (or not a number) is ignored
 RUN_TIMES = 1000  # recent run times kept per function, for the p95
@@ -142,8 +144,8 @@ def _p95(values: deque[float]) -> float | None:
     return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
 
-def _worker_state(session: Session, link: Link) -> str:
-    view = session.scheduler.workers.get(link.link_id)
+def _worker_state(scheduler: Scheduler, link: Link) -> str:
+    view = scheduler.workers.get(link.link_id)
     if link.state is LinkState.READY:
         if view is not None and view.unable:
             return "cannot provide the environment"
@@ -156,13 +158,16 @@ def _worker_state(session: Session, link: Link) -> str:
             LinkState.REFUSED: "refused", LinkState.AUTH_FAILED: "refusing keys"}[link.state]
 
 
-def snapshot(session: Session, stats: Stats) -> dict[str, Any]:
-    """Everything the dashboard shows, as JSON-ready values (built by the I/O thread)."""
+def snapshot(stats: Stats, links: Iterable[Link], scheduler: Scheduler, dist: Distribution,
+             main: dict[str, Any]) -> dict[str, Any]:
+    """Everything the dashboard shows, as JSON-ready values (built by the I/O thread): the
+    ``links`` to workers, the ``scheduler``'s view of them, the workspace ``dist`` and what
+    the ``main`` says of itself."""
     running: dict[str, int] = {}
     workers = []
     has_workspace = []
-    for link in session.links.values():
-        view = session.scheduler.workers.get(link.link_id)
+    for link in links:
+        view = scheduler.workers.get(link.link_id)
         inflight = busy = 0
         if view is not None:  # (a worker lost keeps what it was)
             stats.known[link.link_id] = (view.platform, ", ".join(view.pythons or (view.python,)),
@@ -176,7 +181,7 @@ def snapshot(session: Session, stats: Stats) -> dict[str, Any]:
         workers.append({
             "name": link.name, "address": link.address, "platform": platform, "python": python,
             "slots": slots, "busy": busy, "queued": max(0, inflight - busy),
-            "state": _worker_state(session, link),
+            "state": _worker_state(scheduler, link),
             "reason": link.reason if view is None else (view.unable or ""),
             "done": stats.by_worker.get(link.link_id, 0),
         })
@@ -193,11 +198,9 @@ def snapshot(session: Session, stats: Stats) -> dict[str, Any]:
             totals[key] += count
         functions.append({"name": name, **counts, "p95": _p95(f.recent),
                           "mean": f.run_total / f.runs if f.runs else None})
-    dist = session.dist
     return {
         "time": time.time(),
-        "main": {"name": session.name, "python": session.python,
-                 "uptime": time.monotonic() - session._started},
+        "main": main,
         "totals": totals,
         "workers": workers,
         "functions": functions,

@@ -1,0 +1,257 @@
+"""The Main's links to its workers: how each one joins, changes and leaves (I/O thread only).
+
+A link says Hello and waits; a ``Welcome`` joins the worker to the scheduler, a ``Refused``
+or a failed key handshake puts it aside, and silence, a closed connection or its owner's drain
+make it leave (its tasks go elsewhere). Every tick sends heartbeats and tries again the links
+that failed (the timing is ``_health``'s). Each worker hears of the others (``Peers``), and
+workers found on the LAN are linked to when ``_discovery`` trusts them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from distrib import _config
+from distrib._errors import WorkerLost
+from distrib.main import _discovery
+from distrib.main._health import link_policy
+from distrib.main._link import Link
+from distrib.main._nested import Nested
+from distrib.main._scheduler import Scheduler, WorkerView
+from distrib.main._stats import Stats
+from distrib.wire import _messages as m
+from distrib.wire._link import LinkCheck, LinkState, MonitorEvent
+from distrib.wire._messages import RefusalCode
+
+log = logging.getLogger("distrib")
+
+
+class Links:
+    """The links to workers, by link id (``w0``, ``w1``...), and what their changes do."""
+
+    def __init__(self, settings: _config.Settings, ctx: zmq.Context[Any], hello: m.Hello,
+                 scheduler: Scheduler, nested: Nested, stats: Stats | None,
+                 warmed: threading.Event, wake: Callable[[], None], shm: bool) -> None:
+        self.settings = settings
+        self.ctx = ctx
+        self.hello = hello  # as each link says it
+        self.scheduler = scheduler
+        self.nested = nested
+        self.stats = stats
+        self.warmed = warmed  # set when no executors are started ahead (see ``Session``)
+        self.wake = wake  # wakes the I/O thread (for workers found, in zeroconf's thread)
+        self.shm = shm  # this Main's /dev/shm can be shared (a probe file is there)
+        self.policy = link_policy(settings.lost_after)
+        self.links: dict[str, Link] = {}
+        self.any_shm = False  # a worker shares /dev/shm: calls write large frames there
+        self._peers_told: dict[str, list[list[Any]]] = {}  # per link: the Peers it last heard
+        self._found: deque[Any] = deque()
+        self._warned: set[tuple[str, str]] = set()
+
+    def add(self, worker: _config.WorkerAddress) -> Link:
+        link_id = f"w{len(self.links)}"
+        link = Link(link_id=link_id, address=worker.address,
+                    endpoint=_config.endpoint(worker.address), ctx=self.ctx,
+                    server_key=worker.public_key, key=self.settings.key)
+        self.links[link_id] = link
+        return link
+
+    def send_to(self, link_id: str, msg: m.Message) -> None:
+        link = self.links.get(link_id)
+        if link is not None and link.state is LinkState.READY:
+            link.send(msg)
+
+    def connect(self, link: Link, now: float) -> None:
+        """(Re)build ``link``'s socket and say Hello."""
+        link.connect(now, self.hello)
+
+    def connect_all(self, now: float) -> None:
+        for link in self.links.values():
+            self.connect(link, now)
+
+    def goodbye(self) -> None:
+        """Say goodbye to every worker, close the links and end their context (the I/O
+        thread ends)."""
+        for link in self.links.values():
+            link.send(m.Goodbye())
+            link.close()
+        self.ctx.term()
+
+    # --- discovery ---------------------------------------------------------------------------
+
+    def on_found(self, found: Any) -> None:  # zeroconf's thread
+        self._found.append(found)
+        self.wake()
+
+    def adopt_found(self) -> None:
+        """Connect to discovered workers this Main trusts (``_discovery``)."""
+        while self._found:
+            found = self._found.popleft()
+            if any(link.address == found.address for link in self.links.values()):
+                continue
+            verdict = _discovery.verdict(found, self.settings)
+            if verdict:
+                if ("found", found.address) not in self._warned:
+                    self._warned.add(("found", found.address))
+                    log.warning("discovered worker %s at %s: %s", found.name, found.address,
+                                verdict)
+                continue
+            log.info("discovered worker %s at %s; connecting", found.name, found.address)
+            self.connect(self.add(_config.WorkerAddress(found.address, found.public_key)),
+                         time.monotonic())
+
+    # --- what workers say --------------------------------------------------------------------
+
+    def on_welcome(self, link: Link, msg: m.Welcome) -> None:
+        if link.state is LinkState.READY:
+            return
+        link.state, link.name, link.since = LinkState.READY, msg.name, time.monotonic()
+        link.max_frame = max(1, msg.max_frame)
+        link.worker_state = "serving"
+        link.shm = msg.shm and self.shm
+        self.any_shm = self.any_shm or link.shm
+        if msg.environment:
+            log.warning("worker %s gets no tasks: %s", link.label, msg.environment)
+        self.scheduler.join(WorkerView(link.link_id, msg.name, msg.platform, msg.python,
+                                       msg.slots, pythons=tuple(msg.pythons),
+                                       unable=msg.environment,
+                                       memory_limit=msg.memory_limit))
+        self.tell_peers()
+
+    def tell_peers(self, gone: Link | None = None) -> None:
+        """Each worker hears of the others (``Peers``): its tasks' calls may go to them
+        directly, and those with keys may send it calls on this Main's behalf (``gone``: a
+        worker that left, told anew if it comes back)."""
+        if gone is not None:
+            self._peers_told.pop(gone.link_id, None)
+        ready = [x for x in self.links.values() if x.state is LinkState.READY]
+        for link in ready:
+            workers = [[x.address, x.server_key or "", x.name,
+                        view.slots if (view := self.scheduler.workers.get(x.link_id)) else 0]
+                       for x in ready if x is not link]
+            if self._peers_told.get(link.link_id) != workers:
+                self._peers_told[link.link_id] = workers
+                link.send(m.Peers(workers))
+
+    def on_state(self, link: Link, msg: m.WorkerState) -> None:
+        """What the worker lends now: its state (the owner's word, hours, load), the slots
+        this Main may use there and its memory limit for a task."""
+        view = self.scheduler.workers.get(link.link_id)
+        if view is not None and msg.slots > 0 and msg.slots != view.slots:
+            log.info("worker %s now offers this Main %d slot(s)", link.label, msg.slots)
+            view.slots = msg.slots
+        if view is not None:
+            view.memory_limit = max(0, msg.memory_limit)
+        state, why = msg.state, msg.why
+        if state not in ("serving", "paused", "draining") or state == link.worker_state:
+            return
+        link.worker_state = state
+        if view is not None:
+            view.paused = state != "serving"
+        if why and state == "paused":
+            log.warning("worker %s stops lending, %s: its queued tasks go elsewhere",
+                        link.label, why)
+            return
+        log.warning("worker %s %s", link.label, {
+            "serving": "takes tasks again",
+            "paused": "was paused by its owner: its queued tasks go elsewhere",
+            "draining": "is draining (its owner's word): its queued tasks go elsewhere, and it "
+                        "leaves when its running tasks are done"}[state])
+
+    def drained(self, link: Link) -> bool:
+        """A draining worker left: a clean leave (its tasks go elsewhere, no try counted)."""
+        if link.worker_state != "draining" or link.state is not LinkState.READY:
+            return False
+        log.warning("worker %s left: drained by its owner", link.label)
+        view = self.scheduler.workers.get(link.link_id)
+        inflight = list(view.inflight.values()) if view is not None else []
+        self.scheduler.leave(link.link_id, clean=True)
+        self.nested.worker_left(link.link_id, inflight)
+        link.down(LinkState.LOST, time.monotonic(), "drained")
+        link.worker_state = "serving"  # (a worker started again at its address is new)
+        self.tell_peers(gone=link)
+        return True
+
+    def on_refused(self, link: Link, msg: m.Refused) -> None:
+        if msg.code is RefusalCode.SHUTTING_DOWN and self.drained(link):
+            return
+        was_ready = link.state is LinkState.READY
+        self.lose(link, LinkState.REFUSED, msg.reason)
+        if msg.code in (RefusalCode.UNKNOWN_PEER, RefusalCode.MALFORMED):
+            self.connect(link, time.monotonic())  # the worker forgot this Main: say Hello again
+        elif not was_ready:
+            log.warning("worker %s refused this Main: %s", link.label, msg.reason)
+
+    def on_monitor(self, link: Link, event: MonitorEvent) -> None:
+        if event is MonitorEvent.DISCONNECTED:
+            # A worker killed with -9, or a network that reset the connection: its tasks go
+            # elsewhere now instead of after lost_after seconds of silence.
+            if self.drained(link):
+                return
+            if link.state is LinkState.READY:
+                log.warning("worker %s closed the connection: declared lost; its tasks go "
+                            "elsewhere", link.label)
+                self.lose(link, LinkState.LOST, "closed the connection")
+            return
+        if link.state is LinkState.AUTH_FAILED:
+            return
+        if event is MonitorEvent.KEY_REFUSED:
+            mine = self.settings.key.public if self.settings.key else "(none)"
+            reason = (f"worker {link.label} refused this Main's key {mine}: add this Main's "
+                      "public key (its .pub file) to the worker's authorized keys")
+        elif link.server_key is None:
+            reason = (f"worker {link.label} uses keys, and no public_key is configured for it: "
+                      "add the worker's public key (its .pub file) to its [[workers]] entry")
+        else:
+            reason = (f"worker {link.label} did not prove the public key configured for it "
+                      f"({link.server_key}): check its public_key, or whether something else "
+                      "answers at that address")
+        log.warning("%s", reason)
+        self.lose(link, LinkState.AUTH_FAILED, reason)
+
+    # --- leaving -----------------------------------------------------------------------------
+
+    def lose(self, link: Link, state: LinkState, reason: str) -> None:
+        """The worker left (``state``, for ``reason``): its tasks are retried elsewhere, or
+        fail when they were tried too often."""
+        view = self.scheduler.workers.get(link.link_id)
+        inflight = list(view.inflight.values()) if view is not None else []
+        failed = self.scheduler.leave(link.link_id)
+        for task in failed:
+            task.response._finish(link.name, exc=WorkerLost(
+                f"task {task.name}#{task.task_id} was on worker {link.label}, which {reason}; "
+                f"tried {task.attempts} times"))
+        if self.stats is not None:
+            for task in inflight:
+                self.stats.counted(task, link.name, "", True)
+        self.nested.worker_left(link.link_id, inflight)
+        link.down(state, time.monotonic(), reason)
+        link.building = link.has_workspace = False  # (a worker started again says anew)
+        self.tell_peers(gone=link)
+        self.warmed.set()  # (no executors ahead: its Welcome or calls say why)
+
+    def tick(self, now: float) -> None:
+        """Heartbeats, silent workers lost, failed links tried again (``_health``)."""
+        lost_after = self.policy.lost_after
+        for link in self.links.values():
+            check = link.check(now, self.policy)
+            if check is LinkCheck.LOSE:
+                log.warning("worker %s is silent for %.0f s: declared lost; its tasks go "
+                            "elsewhere", link.label, lost_after)
+                self.lose(link, LinkState.LOST, f"was silent for {lost_after:.0f} s")
+            elif check is LinkCheck.HEARTBEAT:
+                link.send(m.Heartbeat())
+            elif check is LinkCheck.CONNECT:
+                self.connect(link, now)
+            elif check is LinkCheck.SLOW and ("connect", link.link_id) not in self._warned:
+                self._warned.add(("connect", link.link_id))
+                log.warning("worker %s has not answered for %.0f s (is a worker running at "
+                            "that address, and reachable from here?); still trying",
+                            link.label, now - link.since)

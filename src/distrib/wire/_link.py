@@ -1,0 +1,140 @@
+"""One link to a worker, as a Main (or a worker sending calls for a Main) holds it: a DEALER
+socket, the monitor that reports its handshake failures and disconnections, and its life cycle
+with the timers of one ``LinkPolicy``.
+
+    NEW -connect-> CONNECTING -Welcome-> READY -silent, closed, Refused-> LOST / REFUSED
+                        \\-key refused or unproven-> AUTH_FAILED (or REFUSED)
+    LOST, REFUSED, AUTH_FAILED -the policy's wait-> connect again
+
+What a link is for (its Hello, what its Welcome means) is its holder's: this module only moves
+it through the states, and ``check`` decides, from the time alone, what a tick does to it.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from distrib.wire import _transport
+from distrib.wire import _messages as m
+from distrib.wire._keys import KeyPair
+from distrib.wire._limits import MAX_MESSAGE_BYTES
+
+_WATCHED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_DISCONNECTED)
+
+log = logging.getLogger("distrib")
+
+
+class LinkState(enum.Enum):
+    NEW = "new"  # never connected yet
+    CONNECTING = "connecting"  # Hello sent, no answer yet
+    READY = "ready"  # Welcome received; tasks may go there
+    REFUSED = "refused"  # the worker said no; retried later
+    LOST = "lost"  # silent too long, or the connection closed; the socket is rebuilt later
+    AUTH_FAILED = "auth failed"  # a key was refused (either way); retried later
+
+
+class LinkCheck(enum.Enum):
+    """What a tick does to one link (``check``)."""
+
+    WAIT = "wait"  # nothing now
+    HEARTBEAT = "heartbeat"  # alive and heard from lately: send a Heartbeat
+    LOSE = "lose"  # silent longer than ``lost_after``: declare it lost
+    CONNECT = "connect"  # new, or down long enough: connect (again)
+    SLOW = "slow"  # still connecting after half ``lost_after``: say so (once)
+
+
+class MonitorEvent(enum.Enum):
+    """What a link's monitor reports."""
+
+    DISCONNECTED = "disconnected"  # the connection closed (a worker killed, a reset)
+    KEY_REFUSED = "key refused"  # the worker does not authorize our key
+    KEY_UNPROVEN = "key unproven"  # the worker did not prove the key we expect (or no CURVE)
+
+
+@dataclass(frozen=True)
+class LinkPolicy:
+    """How long a link may be silent, and when one that failed is tried again."""
+
+    lost_after: float  # a link silent this long is lost
+    retry_after: float  # a lost or refused link is tried again after this
+    auth_retry_after: float  # a link whose key was refused, after this (keys change slowly)
+    lose_connecting: bool = False  # a link still connecting is lost after ``lost_after`` of
+    # silence too (and gets heartbeats); else it is only ``SLOW`` after half of it
+
+
+def check(state: LinkState, since: float, last_seen: float, now: float,
+          policy: LinkPolicy) -> LinkCheck:
+    """What a tick does to a link in ``state`` since ``since``, last heard at ``last_seen``."""
+    if state is LinkState.READY or (state is LinkState.CONNECTING and policy.lose_connecting):
+        return LinkCheck.LOSE if now - last_seen > policy.lost_after else LinkCheck.HEARTBEAT
+    if state is LinkState.NEW:
+        return LinkCheck.CONNECT
+    if state in (LinkState.LOST, LinkState.REFUSED):
+        return LinkCheck.CONNECT if now - since > policy.retry_after else LinkCheck.WAIT
+    if state is LinkState.AUTH_FAILED:
+        return LinkCheck.CONNECT if now - since > policy.auth_retry_after else LinkCheck.WAIT
+    # A few seconds (half the time after which a silent worker counts as lost).
+    return LinkCheck.SLOW if now - since > policy.lost_after / 2 else LinkCheck.WAIT
+
+
+@dataclass(eq=False, kw_only=True)
+class Link:
+    """A DEALER socket to one worker, rebuilt at each ``connect``."""
+
+    address: str  # as configured (or as a Peers message names it)
+    endpoint: str  # as ZeroMQ takes it
+    ctx: zmq.Context[Any]
+    server_key: str | None = None  # the worker's public key: CURVE when set
+    key: KeyPair | None = None  # our key pair
+    sock: zmq.Socket[Any] | None = None
+    monitor: zmq.Socket[Any] | None = None  # handshake failures show up here
+    state: LinkState = LinkState.NEW
+    since: float = 0.0  # when the current state began
+    last_seen: float = 0.0  # when the worker was last heard from
+    reason: str = ""  # why it was refused or lost
+    max_frame: int = MAX_MESSAGE_BYTES  # the worker's frame limit (its Welcome says)
+
+    def connect(self, now: float, hello: m.Hello) -> None:
+        """(Re)build the socket and say ``hello`` (raises ``zmq.ZMQError`` for an endpoint
+        or key ZeroMQ refuses)."""
+        self.close()
+        self.sock = _transport.dealer(self.ctx, self.endpoint, self.server_key, self.key)
+        self.monitor = self.sock.get_monitor_socket(_WATCHED)
+        self.state, self.since, self.last_seen = LinkState.CONNECTING, now, now
+        self.send(hello)
+
+    def send(self, message: m.Message) -> None:
+        if self.sock is None:
+            return
+        try:
+            _transport.send(self.sock, message, max_frame=self.max_frame)
+        except (zmq.ZMQError, RuntimeError) as exc:  # RuntimeError: pyzmq at interpreter exit
+            log.debug("send to %s failed: %s", self.address, exc)
+
+    def close(self) -> None:
+        _transport.close_monitored(self.sock, self.monitor)
+        self.sock = self.monitor = None
+
+    def down(self, state: LinkState, now: float, reason: str) -> None:
+        """Close it: it is ``state`` (lost, refused...) from ``now``, for ``reason``."""
+        self.close()
+        self.state, self.since, self.reason = state, now, reason
+
+    def check(self, now: float, policy: LinkPolicy) -> LinkCheck:
+        return check(self.state, self.since, self.last_seen, now, policy)
+
+    def event(self, flags: int = 0) -> MonitorEvent:
+        """The monitor's next event (raises ``zmq.Again`` with ``zmq.NOBLOCK`` and none)."""
+        assert self.monitor is not None
+        event = _transport.monitor_event(self.monitor, flags)["event"]
+        if event == zmq.EVENT_DISCONNECTED:
+            return MonitorEvent.DISCONNECTED
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            return MonitorEvent.KEY_REFUSED
+        return MonitorEvent.KEY_UNPROVEN

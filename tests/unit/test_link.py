@@ -1,0 +1,64 @@
+"""One link life cycle (``wire/_link``): what a tick does under a policy, and the states a link
+goes through, with no worker at the other end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import zmq
+
+from distrib.wire import _messages as m
+from distrib.wire._link import Link, LinkCheck, LinkPolicy, LinkState, check
+
+MAIN = LinkPolicy(lost_after=10.0, retry_after=2.0, auth_retry_after=10.0)
+WORKER = LinkPolicy(lost_after=10.0, retry_after=3.0, auth_retry_after=3.0,
+                    lose_connecting=True)
+
+
+def test_a_new_link_connects_at_once_under_any_policy() -> None:
+    for policy in (MAIN, WORKER):
+        assert check(LinkState.NEW, 0.0, 0.0, 0.0, policy) is LinkCheck.CONNECT
+
+
+def test_a_connecting_link_is_lost_after_silence_only_when_the_policy_says_so() -> None:
+    connecting = LinkState.CONNECTING
+    assert check(connecting, 0.0, 0.0, 1.0, WORKER) is LinkCheck.HEARTBEAT
+    assert check(connecting, 0.0, 0.0, 10.5, WORKER) is LinkCheck.LOSE
+    assert check(connecting, 0.0, 0.0, 10.5, MAIN) is LinkCheck.SLOW
+    assert check(connecting, 0.0, 0.0, 1.0, MAIN) is LinkCheck.WAIT
+
+
+@pytest.mark.parametrize(("state", "after"), [(LinkState.LOST, 3.0), (LinkState.REFUSED, 3.0),
+                                              (LinkState.AUTH_FAILED, 3.0)])
+def test_each_policy_sets_its_own_waits_before_trying_again(state: LinkState,
+                                                            after: float) -> None:
+    assert check(state, 0.0, 0.0, after, WORKER) is LinkCheck.WAIT
+    assert check(state, 0.0, 0.0, after + 0.1, WORKER) is LinkCheck.CONNECT
+
+
+@pytest.fixture
+def ctx() -> Any:
+    context: zmq.Context[Any] = zmq.Context()
+    yield context
+    context.term()
+
+
+def test_a_link_connects_goes_down_and_connects_again(ctx: zmq.Context[Any]) -> None:
+    link = Link(address="127.0.0.1:9", endpoint="tcp://127.0.0.1:9", ctx=ctx)
+    assert link.state is LinkState.NEW and link.sock is None
+    hello = m.Hello(m.PROTOCOL_VERSION, "00", "test", "3.12", 1, False, [], {}, b"", 1 << 20,
+                    [], 0, [], "", 1, "auto")
+    link.connect(5.0, hello)  # (nothing answers there: the Hello waits in the socket)
+    assert (link.state, link.since, link.last_seen) == (LinkState.CONNECTING, 5.0, 5.0)
+    assert link.sock is not None and link.monitor is not None
+    assert link.check(5.0 + 6, MAIN) is LinkCheck.SLOW
+    link.down(LinkState.LOST, 20.0, "was silent for 10 s")
+    assert (link.state, link.since, link.reason) == (LinkState.LOST, 20.0, "was silent for 10 s")
+    assert link.sock is None and link.monitor is None
+    link.send(m.Heartbeat())  # (a link that is down drops what it is given)
+    assert link.check(21.0, MAIN) is LinkCheck.WAIT
+    assert link.check(22.5, MAIN) is LinkCheck.CONNECT
+    link.connect(22.5, hello)
+    assert link.state is LinkState.CONNECTING
+    link.close()
