@@ -142,7 +142,7 @@ class Response(concurrent.futures.Future[T]):
 
     def _waits(self) -> AbstractContextManager[object]:
         """Around a wait for it: inside a task, a call's Response parks the executor
-        (``worker._nested``); elsewhere nothing."""
+        (``executor._calls``); elsewhere nothing."""
         return nullcontext()
 
     # Called by the session's I/O thread only.
@@ -193,7 +193,7 @@ def gather(responses: Iterable[Response[T]], timeout: float | None = None,
 
 def _parking(responses: Iterable[Response[Any]]) -> AbstractContextManager[object] | None:
     """What to wait inside, if one of ``responses`` is a call made inside a task: it parks
-    the executor (``worker._nested``); None for responses of the Main's."""
+    the executor (``executor._calls``); None for responses of the Main's."""
     return next((r._waits() for r in responses if type(r)._waits is not Response._waits),
                 None)
 

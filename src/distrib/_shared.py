@@ -5,7 +5,7 @@ GB/s; a Main's objects are kept apart from other Mains' on a worker, so only it 
 confused by a collision). A call that passes one carries only that name; a worker that lacks
 the object asks the Main for it (``NeedObjects``) and keeps it as a file, and its executors map
 the file (copy-on-write, so numpy arrays come back without a copy and a task may change its
-own view) when they unpickle the call (``worker._objects``). On the Main, a pending call holds
+own view) when they unpickle the call (``executor._objects``). On the Main, a pending call holds
 the ``Shared`` objects it passes, so a worker can always ask for them again.
 
 Large arguments (``bytes``, numpy arrays: anything with ``nbytes`` of ``SHARE_MIN`` or more)
@@ -178,7 +178,7 @@ def _passed(obj: Any) -> bool:
 
 def _resolve(key: str) -> Any:
     """A shared object, from the worker's copy (runs while an executor unpickles a call)."""
-    from distrib.worker import _objects
+    from distrib.executor import _objects
 
     if not OBJECT_KEY.fullmatch(key):
         raise WorkerCrashed(f"a call passes a shared object with a bad name: {key[:70]!r}")

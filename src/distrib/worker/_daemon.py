@@ -29,11 +29,13 @@ from distrib import _shm
 from distrib._errors import ConfigError, ProtocolError, WorkspaceError
 from distrib._logs import RateLimited
 from distrib._process import exists
+from distrib._scratch import remove_dead_runs, remove_tree
 from distrib.wire import _codec, _envspec, _facts, _keys, _transport
 from distrib.wire import _messages as m
 from distrib.wire._keys import KeyPair
 from distrib.wire._limits import MAX_MESSAGE_BYTES, OUTPUT_CHUNK
 from distrib.wire._messages import Outcome, RefusalCode
+from distrib.wire._pipe import Verb
 from distrib.wire._record import ErrorRecord
 from distrib.worker import _pool
 from distrib.worker._direct import FIRST_ID, LOCAL, Child, Direct, Host
@@ -41,7 +43,6 @@ from distrib.worker._diskuse import DiskUse
 from distrib.worker._dists import Change, Distributions, Failed, Ready
 from distrib.worker._envs import EnvPolicy, Environments
 from distrib.worker._gate import Gate
-from distrib.worker._isolation import remove_dead_runs, remove_tree
 from distrib.worker._control import COMMANDS, ControlSocket, reply
 from distrib.worker._lending import Lending
 from distrib.worker._mains import MainPeer, Mains
@@ -50,7 +51,6 @@ from distrib.worker import _policy
 from distrib.worker._policy import Policy
 from distrib.worker._objects import Objects
 from distrib.worker._outbox import Outbox
-from distrib.worker._pipe import Verb
 from distrib.worker._pool import ExecutorProcess, Recipe, Template, Zygote
 from distrib.worker._slots import Action, EnvKey, Kill, Report, Send, Skip, Slots, Spawn
 from distrib.worker._state import QueuedTask

@@ -4,7 +4,7 @@ sends its outcome back the same way. A task that waits for one (``unwrap``, ``re
 ``error``, ``wait``, ``gather``) says so, and the daemon gives its slots to other tasks
 meanwhile (it parks the executor), so that nested calls cannot take every slot and wait.
 
-Outcomes are read by the executor's reader thread (``worker._child``), which settles the
+Outcomes are read by the executor's reader thread (``executor._tasks``), which settles the
 call's ``Response`` while the task goes on or waits.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 from distrib import _serialize
 from distrib._errors import SerializationError
 from distrib._response import Response
-from distrib.worker._pipe import Pipe, Verb
+from distrib.wire._pipe import Pipe, Verb
 
 channel: Channel | None = None  # in an executor: its channel to the daemon
 
