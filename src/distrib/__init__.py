@@ -42,9 +42,9 @@ from distrib._errors import (
     WorkspaceError,
 )
 from distrib._executor import Executor
-from distrib._progress import progress
-from distrib._response import AsCompleted, Response, as_completed, gather
+from distrib._response import Response
 from distrib._shared import Shared, share
+from distrib._waiting import AsCompleted, as_completed, gather, progress
 
 from distrib import _runtime as _rt  # noqa: E402
 

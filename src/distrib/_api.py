@@ -15,6 +15,7 @@ import cloudpickle
 from distrib import _inputs, _runtime
 from distrib._errors import ConfigError, MainGuardError
 from distrib._response import Response
+from distrib.wire._messages import check_redistribution
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -90,9 +91,9 @@ class DistributedFunction(Generic[P, T]):
         # subprocess, say): the call runs here.
         response: Response[T] = Response(0, self._fn.__qualname__, None)
         try:
-            response._finish(None, self._fn(*args, **kwargs))
+            response._set_outcome(None, self._fn(*args, **kwargs))
         except Exception as exc:
-            response._finish(None, exc=exc)
+            response._set_outcome(None, exc=exc)
         return response
 
     def __repr__(self) -> str:
@@ -132,16 +133,6 @@ def _lookup(module: str, qualname: str) -> DistributedFunction[..., Any]:
     if isinstance(obj, DistributedFunction):
         return obj
     return DistributedFunction(obj, TaskOptions())
-
-
-def check_redistribution(name: str, raw: Any) -> str:
-    """How calls made inside tasks go: "auto", "relayed" or "direct" (``ConfigError`` naming
-    ``name`` otherwise)."""
-    if raw not in ("auto", "relayed", "direct"):
-        raise ConfigError(f"{name}={raw!r}: expected \"auto\" (worker to worker where a worker "
-                          "can, else through the Main), \"relayed\" (through the Main) or "
-                          "\"direct\" (worker to worker, never through the Main)")
-    return str(raw)
 
 
 @overload

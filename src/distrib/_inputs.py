@@ -67,7 +67,7 @@ class _Waiting:
         try:
             self._place()
         except Exception as exc:  # (say, a value that does not pickle): the call's error
-            self.outer._finish(None, exc=exc)
+            self.outer._set_outcome(None, exc=exc)
 
     def _place(self) -> None:
         named = [(str(i), a) for i, a in enumerate(self.args)] + list(self.kwargs.items())
@@ -89,7 +89,7 @@ class _Waiting:
 
     def _inner_done(self, inner: Any) -> None:
         exc = inner.error(0)
-        self.outer._finish(inner.worker, None if exc is not None else inner.result(0), exc)
+        self.outer._set_outcome(inner.worker, None if exc is not None else inner.result(0), exc)
 
     def _cancel(self, _: int) -> None:
         with self._lock:

@@ -176,10 +176,17 @@ def _passed(obj: Any) -> bool:
 # --- the executor side -----------------------------------------------------------------------
 
 
+def _no_objects(key: str) -> list[memoryview]:
+    raise FileNotFoundError(f"shared object {key}: no folder of objects for this task")
+
+
+# How an object's frames are found by its name: an executor sets it at start
+# (``executor._objects.load``, from the worker's copy); elsewhere none can be.
+load_frames: Callable[[str], list[memoryview]] = _no_objects
+
+
 def _resolve(key: str) -> Any:
     """A shared object, from the worker's copy (runs while an executor unpickles a call)."""
-    from distrib.executor import _objects
-
     if not OBJECT_KEY.fullmatch(key):
         raise WorkerCrashed(f"a call passes a shared object with a bad name: {key[:70]!r}")
-    return _serialize.loads(_objects.load(key))
+    return _serialize.loads(load_frames(key))

@@ -114,13 +114,13 @@ class Channel:
                 continue  # (a call of a task that ended, or cancelled)
             if status == "ok":
                 try:
-                    response._finish(None, _serialize.loads(frames))
+                    response._set_outcome(None, _serialize.loads(frames))
                 except Exception as exc:
-                    response._finish(None, exc=SerializationError(
+                    response._set_outcome(None, exc=SerializationError(
                         f"the result of {response.name}#{child} does not unpickle here: "
                         f"{type(exc).__name__}: {exc}"))
             else:
-                response._finish(None, exc=_serialize.loads_error(frames, info))
+                response._set_outcome(None, exc=_serialize.loads_error(frames, info))
 
     def task_ended(self) -> None:
         """The running task ended: its calls' outcomes are not waited for any more (its

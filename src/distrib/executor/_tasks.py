@@ -23,7 +23,7 @@ from typing import Any
 import msgpack
 import pathspec
 
-from distrib import _runtime, _serialize, _shm
+from distrib import _runtime, _serialize, _shared, _shm
 from distrib.wire._limits import MAX_FILE_BYTES
 from distrib._errors import SerializationError
 from distrib.wire._messages import Outcome, payload_size
@@ -378,6 +378,7 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
     lock = threading.RLock()  # (every send on the pipe: tasks' output, calls, outcomes)
     out, err = _Forward(pipe, lock, 1), _Forward(pipe, lock, 2)
     channel = _calls.channel = _calls.Channel(pipe, lock)
+    _shared.load_frames = _objects.load  # (the calls' shared objects: this task's Main's)
     pipe.send([Verb.READY, isolation.kind])
     real_out, real_err = sys.stdout, sys.stderr
     inbox = _Inbox(pipe, channel)

@@ -2,7 +2,7 @@
 
     user thread: f(x) -> pickle the call -> Task -> incoming deque -> wake -> Response
     I/O thread:  incoming -> Scheduler.assign -> Submit batches -> workers
-                 workers -> Results -> Response._finish (callbacks, waiters)
+                 workers -> Results -> Response._set_outcome (callbacks, waiters)
                  workers -> NeedManifest / NeedBlobs -> workspace files, compressed
                  every tick: heartbeats, lost workers, reconnects, warnings
 
@@ -222,7 +222,7 @@ class Session:
                 self._incoming.append(task)
                 self._wake()
                 return response
-        response._finish(None, exc=Cancelled(
+        response._set_outcome(None, exc=Cancelled(
             f"task {fn.__qualname__}#{task_id}: distrib was shut down; call distrib.init() "
             "to set up again"))
         return response
@@ -265,7 +265,7 @@ class Session:
         if self._browser is not None:
             self._browser.close()
         for task in list(self._incoming) + self.scheduler.all_tasks():
-            task.response._finish(None, exc=Cancelled(
+            task.response._set_outcome(None, exc=Cancelled(
                 f"task {task.name}#{task.task_id} did not finish before distrib shut down"))
         if self.local is not None:
             self.local.stop()
@@ -600,7 +600,7 @@ class Session:
         inflight = list(view.inflight.values()) if view is not None else []
         failed = self.scheduler.leave(link.link_id)
         for task in failed:
-            task.response._finish(link.name, exc=WorkerLost(
+            task.response._set_outcome(link.name, exc=WorkerLost(
                 f"task {task.name}#{task.task_id} was on worker {link.label}, which {reason}; "
                 f"tried {task.attempts} times"))
         for task in inflight:
@@ -624,7 +624,7 @@ class Session:
                 except (OSError, ValueError) as exc:
                     _shm.remove(list(spec.shm))
                     if task is not None:
-                        task.response._finish(link.name, exc=SerializationError(
+                        task.response._set_outcome(link.name, exc=SerializationError(
                             f"the result of {task.name}#{task.task_id} on worker {link.label} "
                             f"was lost: its shared memory cannot be read ({exc})"))
                         self._count(task, link.name, link.link_id)
@@ -731,7 +731,7 @@ class Session:
     def _fail_pending(self, error: type[DistribError], why: str) -> None:
         """End every task not yet sent to a worker with ``error`` ("task f#3 <why>")."""
         for task in self.scheduler.take_pending():
-            task.response._finish(None, exc=error(f"task {task.name}#{task.task_id} {why}"))
+            task.response._set_outcome(None, exc=error(f"task {task.name}#{task.task_id} {why}"))
             self._count(task)
 
     def _warn_unmatched(self, now: float) -> None:

@@ -11,21 +11,36 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-from distrib._errors import Cancelled
-from distrib._response import UNFINISHED, Response
-
+from distrib._response import Response
 from distrib.main._link import Link, LinkState
-
-if TYPE_CHECKING:
-    from distrib.main._scheduler import Task
-    from distrib.main._session import Session
+from distrib.main._scheduler import Scheduler, Task
+from distrib.workspace._manifest import Distribution
 
 MAX_RUN = 1e7  # seconds: a reported run time beyond this (or not a number) is ignored
 RUN_TIMES = 1000  # recent run times kept per function, for the p95
 FAILURES = 20  # recent failures shown
 THROUGHPUT_SECONDS = 600  # the chart's span: one point a second
+
+
+class Observed(Protocol):
+    """What a snapshot reads of the session (``main._session.Session``, which imports this
+    module)."""
+
+    @property
+    def links(self) -> Mapping[str, Link]: ...
+    @property
+    def scheduler(self) -> Scheduler: ...
+    @property
+    def dist(self) -> Distribution: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def python(self) -> str: ...
+    @property
+    def _started(self) -> float: ...
 
 
 @dataclass(slots=True)
@@ -97,7 +112,7 @@ class Stats:
         worker that reported its outcome, if one did."""
         if task.counted:
             return
-        if task.response._state not in UNFINISHED:
+        if not task.response._is_pending():
             task.counted = True
             self._settled(task.name, task.task_id, task.response, worker)
             if reported_by:
@@ -108,12 +123,10 @@ class Stats:
     def _settled(self, name: str, task_id: int, response: Response[Any], worker: str) -> None:
         stats = self._of(name)
         self.settled_total += 1
-        # (The Future's fields, without its lock: see UNFINISHED. The locked accessors cost W1
-        # a few per cent.)
-        exc = response._exception
-        if response._state != "FINISHED" or isinstance(exc, Cancelled):
+        if response._was_cancelled():  # (lock-free readers: the locked ones cost W1 a bit)
             stats.cancelled += 1
             return
+        exc = response._settled_error()
         if exc is None:
             stats.done += 1
             return
@@ -142,7 +155,7 @@ def _p95(values: deque[float]) -> float | None:
     return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
 
-def _worker_state(session: Session, link: Link) -> str:
+def _worker_state(session: Observed, link: Link) -> str:
     view = session.scheduler.workers.get(link.link_id)
     if link.state is LinkState.READY:
         if view is not None and view.unable:
@@ -156,7 +169,7 @@ def _worker_state(session: Session, link: Link) -> str:
             LinkState.REFUSED: "refused", LinkState.AUTH_FAILED: "refusing keys"}[link.state]
 
 
-def snapshot(session: Session, stats: Stats) -> dict[str, Any]:
+def snapshot(session: Observed, stats: Stats) -> dict[str, Any]:
     """Everything the dashboard shows, as JSON-ready values (built by the I/O thread)."""
     running: dict[str, int] = {}
     workers = []
