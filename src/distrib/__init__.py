@@ -9,9 +9,10 @@
     if __name__ == "__main__":
         print(add(1, 2).unwrap())
 
-This module is the public API; everything else is internal. Imports go one way:
-``_cli`` -> ``main`` / ``worker`` -> ``workspace`` / ``wire`` -> ``_errors``; ``main`` and
-``worker`` never import each other.
+This module is the public API; everything else is internal. Imports go one way: the API ->
+``main`` | ``worker`` | ``executor`` (never each other) -> their common ground (``_config``,
+``_serialize``, ...) -> ``wire``, ``workspace`` -> shared utilities (``_response``,
+``_errors``, ...); docs/design.md "Layers", checked by ``./run check``.
 """
 
 import sys as _sys
