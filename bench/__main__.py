@@ -1,6 +1,7 @@
 """The benchmark's command line: plan the measurements, run each in a fresh subprocess, report.
 
     python -m bench [--reps N] [--only W1,W2] [--frameworks distrib,ray] [--quick]
+                    [--baseline REV]
 
 (``bench/run`` sets up the venv and calls this.) Each measurement is one subprocess
 (``bench.measure``) in a process group of its own with its own TMPDIR and distrib cache, so
@@ -51,6 +52,7 @@ class Options:
     frameworks: tuple[str, ...]
     quick: bool
     timeout_s: float | None
+    baseline: str | None = None  # a git revision whose distrib runs beside this one
 
 
 def parse(argv: list[str]) -> Options:
@@ -66,6 +68,9 @@ def parse(argv: list[str]) -> Options:
                         help="a smoke test: call counts scaled down 10x")
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                         help="limit of one measurement (default: per workload, 400-1200 s)")
+    parser.add_argument("--baseline", default=None, metavar="REV",
+                        help="also measure distrib as of git revision REV (e.g. HEAD~1), "
+                             "as the framework distrib@REV, in the same run")
     args = parser.parse_args(argv)
     only = [g.strip().upper() for g in args.only.split(",") if g.strip()]
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
@@ -81,6 +86,7 @@ def parse(argv: list[str]) -> Options:
         frameworks=tuple(f for f in MODULES if f in frameworks),  # the report's order
         quick=args.quick,
         timeout_s=args.timeout,
+        baseline=args.baseline,
     )
 
 
@@ -135,21 +141,26 @@ def end_group(pgid: int, grace_s: float) -> int:
 
 
 def run_one(workload: Workload, name: str, params: dict[str, Any], timeout_s: float,
-            folder: Path) -> dict[str, Any]:
-    """Run one measurement in a fresh subprocess; return its record (ok or failed)."""
+            folder: Path, baseline_src: Path | None = None) -> dict[str, Any]:
+    """Run one measurement in a fresh subprocess; return its record (ok or failed).
+    ``name`` ``distrib@REV`` runs distrib from ``baseline_src`` (that revision's ``src``)."""
     folder.mkdir()
     env = dict(os.environ)
     env["TMPDIR"] = str(folder)  # Ray's session files, distrib's sockets, Dask's scratch space
     env["DISTRIB_CACHE_DIR"] = str(folder / "distrib-cache")
-    # Every framework's workers import the task functions as ``bench.workloads``.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    # Every framework's workers import the task functions as ``bench.workloads``; a baseline's
+    # source goes first, so its Main, workers and executors all import that distrib.
+    first = [str(baseline_src)] if name.startswith("distrib@") and baseline_src else []
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*first, str(REPO),
+                                                      env.get("PYTHONPATH")]))
     record: dict[str, Any] = {"workload": workload.id, "framework": name, "ok": False}
     if name == "distrib":
         record["distrib_source"] = distrib_source()
+    adapter = name.partition("@")[0]
     with open(folder / "stdout", "w+b") as out, open(folder / "stderr", "w+b") as err:
         started = time.monotonic()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.measure", workload.id, name, json.dumps(params)],
+            [sys.executable, "-m", "bench.measure", workload.id, adapter, json.dumps(params)],
             cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
             start_new_session=True,  # its own process group: everything it starts can be ended
         )
@@ -204,11 +215,14 @@ def run(options: Options) -> list[dict[str, Any]]:
     """Every measurement: repetitions outermost, frameworks alternating within each workload."""
     records: list[dict[str, Any]] = []
     scratch = Path(tempfile.mkdtemp(prefix="bench-"))  # short: Ray's socket paths must fit
+    baseline_src = checkout(options.baseline, scratch) if options.baseline else None
     try:
         for rep in range(options.reps):
             for workload in options.workloads:
                 names = [f for f in options.frameworks
                          if workload.frameworks is None or f in workload.frameworks]
+                if baseline_src and "distrib" in names:  # (right after it in the report)
+                    names.insert(names.index("distrib") + 1, f"distrib@{options.baseline}")
                 # Rotate who goes first, so no framework always runs right after another's
                 # cluster has shut down.
                 shift = rep % len(names) if names else 0
@@ -218,13 +232,32 @@ def run(options: Options) -> list[dict[str, Any]]:
                     print(f"[rep {rep + 1}/{options.reps}] {workload.id} {name} ...",
                           end=" ", file=sys.stderr, flush=True)
                     record = run_one(workload, name, params, timeout_s,
-                                     scratch / str(len(records)))
+                                     scratch / str(len(records)), baseline_src)
                     record["rep"] = rep + 1
                     records.append(record)
                     print(describe(workload, record), file=sys.stderr, flush=True)
     finally:
+        if baseline_src is not None:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
+                            str(baseline_src.parent)], capture_output=True)
         shutil.rmtree(scratch, ignore_errors=True)
     return records
+
+
+def baseline_commit(revision: str) -> str:
+    """The short commit ``revision`` names."""
+    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", revision],
+                          capture_output=True, text=True).stdout.strip() or "unknown"
+
+
+def checkout(revision: str, scratch: Path) -> Path:
+    """A detached worktree of ``revision`` in ``scratch``, its modules compiled; its ``src``."""
+    tree = scratch / "baseline"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree),
+                    revision], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "src")],
+                   stdout=subprocess.DEVNULL)
+    return tree / "src"
 
 
 # --- the report ------------------------------------------------------------------------------------
@@ -382,6 +415,8 @@ def report(options: Options, records: list[dict[str, Any]], command: str, commit
         f"{' / '.join(map(str, facts['load_average_at_start']))}",
         f"- Date: {started:%Y-%m-%d %H:%M %Z}; the run took {seconds / 60:.1f} min",
         f"- distrib: {versions.get('distrib', '?')} at commit {commit}",
+        *([f"- distrib@{options.baseline}: the same, as of revision {options.baseline} "
+           f"({baseline_commit(options.baseline)})"] if options.baseline else []),
         "",
         *source_warning(records),
         "## Method",

@@ -29,8 +29,9 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
 
     def start(threads: int = 2, name: str | None = None, extra: tuple[str, ...] = (),
               listen: str = "127.0.0.1:0", prefix: tuple[str, ...] = (),
-              env: dict[str, str] | None = None, python: str | Path = PYTHON) -> Worker:
-        name = name or f"w{len(started)}"
+              env: dict[str, str] | None = None, python: str | Path = PYTHON,
+              named: bool = True) -> Worker:
+        name = name or f"w{len(started)}"  # (named=False: the worker picks its own default)
         cache = tmp_path / f"worker-cache-{name}"
         log_file = tmp_path / f"worker-{name}.log"
         # A 1 MiB frame limit lets tests send an oversized frame.
@@ -38,7 +39,8 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
         with open(log_file, "w") as log:
             proc = subprocess.Popen(
                 [*prefix, str(python), "-m", "distrib", "worker", "--listen", listen, "--threads",
-                 str(threads), "--name", name, "--cache-dir", str(cache), "-v", *extra],
+                 str(threads), *(("--name", name) if named else ()), "--cache-dir", str(cache),
+                 "-v", *extra],
                 stdout=subprocess.PIPE, stderr=log, text=True, cwd=tmp_path, env=env,
             )
         assert proc.stdout is not None

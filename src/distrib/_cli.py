@@ -153,6 +153,7 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
     from distrib.worker._envs import EnvPolicy
     from distrib.worker._gate import read_quotas
     from distrib.worker._memory import human, why_no_cgroup
+    from distrib.worker._settings import WorkerSettings
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s distrib worker: %(message)s", datefmt="%H:%M:%S")
@@ -192,17 +193,18 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
     slots = policy.threads
     cache = _worker_cache(cache_dir)
     try:
-        daemon = Daemon(address, policy, name or "", cache, heartbeat, lost_after,
-                        exit_with_parent, key, authorized_keys, idle_executors,
-                        None if max_cache is None else _size(max_cache, "--max-cache"),
-                        _size(max_queued, "--max-queued"),
-                        EnvPolicy(install, index_url, find_links, no_index, pythons,
-                                  None if max_envs is None else _size(max_envs, "--max-envs")),
-                        _size(max_objects, "--max-objects"), policy_file, flags, max_parked)
+        daemon = Daemon(WorkerSettings(
+            address, policy, cache, name=name or "", heartbeat_interval=heartbeat,
+            lost_after=lost_after, exit_with_parent=exit_with_parent, key=key,
+            authorized=authorized_keys, idle_after=idle_executors,
+            max_cache=None if max_cache is None else _size(max_cache, "--max-cache"),
+            max_queued=_size(max_queued, "--max-queued"),
+            env_policy=EnvPolicy(install, index_url, find_links, no_index, pythons,
+                                 None if max_envs is None else _size(max_envs, "--max-envs")),
+            max_objects=_size(max_objects, "--max-objects"), policy_file=policy_file,
+            flags=flags, max_parked=max_parked))
     except zmq.ZMQError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
-    if not name:
-        daemon.name = f"{socket.gethostname()}:{daemon.address.rsplit(':', 1)[-1].rsplit('/', 1)[-1]}"
     if announce:
         if not address.startswith("tcp://"):
             raise click.UsageError("--announce needs a tcp address to announce")

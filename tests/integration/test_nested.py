@@ -106,6 +106,20 @@ def test_a_parent_that_can_neither_park_nor_be_served_gets_nested_deadlock(
     assert other.status()[f"direct_{'here' if mode == 'direct' else 'relayed'}"] == 1
 
 
+def test_a_worker_started_without_a_name_names_itself_in_nested_deadlock(
+        workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
+    # The name it picks (host:port) is known only once it listens: its calls must carry it.
+    worker = start_worker(threads=1, extra=("--max-parked", "0"), named=False)
+    name = worker.status()["name"]
+    assert name.endswith(":" + worker.address.rsplit(":", 1)[-1]), name
+    workspace.write("main.py", DEADLOCK)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address,
+                                        "DISTRIB_REDISTRIBUTION": "direct"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("NestedDeadlock task child#1.1, called by parent#1 cannot "
+                                 f"start: every slot of worker {name} is held"), out.stdout
+
+
 ERRORS = """
     import traceback
     from distrib import distributed

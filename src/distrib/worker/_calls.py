@@ -1,0 +1,159 @@
+"""Calls made inside tasks running here: an executor's call goes to its Main (relayed), or this
+worker places it itself (``_direct``: here, or on another worker of the same Main); how it
+ended goes back to the caller's executor.
+
+This module is the glue between the executors, ``Slots`` and ``Direct`` (whose ``Host`` it
+builds); the placing itself is ``Direct``'s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from distrib.wire import _facts
+from distrib.wire import _messages as m
+from distrib.wire._keys import KeyPair
+from distrib.worker._direct import FIRST_ID, LOCAL, Child, Direct, Host
+from distrib.worker._dists import Distributions
+from distrib.worker._executors import Executors
+from distrib.worker._mains import Mains
+from distrib.worker._slots import Action, Slots
+from distrib.worker._state import QueuedTask
+
+log = logging.getLogger("distrib.worker")
+
+
+class Calls:
+    """Calls of the tasks running here, to their Mains or placed by ``direct``."""
+
+    def __init__(self, name: str, ctx: zmq.Context[Any], key: KeyPair | None,
+                 lost_after: float, mains: Mains, slots: Slots, executors: Executors,
+                 dists: Distributions, send: Callable[[bytes, m.Message], None],
+                 apply: Callable[[list[Action]], None]) -> None:
+        self.name = name
+        self.mains = mains
+        self.slots = slots
+        self.executors = executors
+        self.send = send
+        self.apply = apply
+        self.direct = Direct(Host(
+            name, _facts.platform_tag(), ctx, key, lost_after, self._delegate_hello,
+            self._run_here, self._cancel_here, self._runs_here, self._load_here,
+            self._lends_here, self._deliver, self.relay, executors.parent_runs, send,
+            dists.manifest, dists.blob))
+
+    def on_call(self, ex_id: int, header: list[Any], frames: list[Any]) -> None:
+        """The running task of ``ex_id`` called a @distributed function: its Main runs it
+        (relayed), or this worker places it itself (direct; ``_direct``)."""
+        _, key, child, name, platforms, threads, retries, timeout, outputs, how, caller = header
+        run = self.slots.running(ex_id)
+        if run is None or run.key != key:
+            return  # (a task stopped meanwhile)
+        ints = (child, threads, retries)
+        if not (all(isinstance(x, int) and 0 <= x < 1 << 31 for x in ints) and threads >= 1
+                and isinstance(name, str) and isinstance(platforms, list)
+                and isinstance(outputs, list) and len(platforms) <= 64 and len(outputs) <= 256
+                and all(isinstance(x, str) for x in (*platforms, *outputs))
+                and (timeout is None or isinstance(timeout, (int, float)))
+                and how in ("", "auto", "relayed", "direct") and isinstance(caller, str)):
+            procs = self.executors.procs
+            log.warning("executor %d sent a malformed call; stopping it",
+                        procs[ex_id].pid if ex_id in procs else 0)
+            self.apply(self.executors.died(ex_id))
+            return
+        self.apply(self.slots.nested(ex_id, key))
+        task, main = run.task, self.mains.get(run.task.peer)
+        if main is None or main.hello is None:
+            return
+        how = self.direct.mode(how, main.hello.redistribution, bool(outputs))
+        # How errors name the parent: as its Main does, or (one placed by a worker) by the
+        # parent's number for it, and the chain above.
+        above = self.direct.children.get(task.reply_id) if task.reply == LOCAL else None
+        label = above.label if above is not None else str(task.reply_id or task.task_id)
+        parent = f"{caller}#{label}" + (f", {above.chain.removeprefix('called by ')}"
+                                        if above is not None else "")
+        if how != "relayed":
+            call = Child(next(self.direct.ids), task.peer, ex_id, key, task.task_id, child,
+                         name, f"{label}.{child}", f"called by {parent}",
+                         tuple(platforms) or ("*",), threads, retries, timeout, task.dist,
+                         task.depth + 1, list(frames), how)
+            if self.direct.place(call, time.monotonic()):
+                return
+        self.direct.relay(task.peer, ex_id, key, child, task.task_id)
+        self.send(task.peer, m.Call(task.task_id, child, name, platforms, threads,
+                                    retries, timeout, outputs, task.depth + 1,
+                                    parent if task.task_id >= FIRST_ID else "",
+                                    frames=tuple(frames)))
+
+    def on_cancel_child(self, ex_id: int, key: int, number: int) -> None:
+        """The running task of ``ex_id`` cancelled its call ``number``: wherever it went."""
+        run = self.slots.running(ex_id)
+        if (run is not None and run.key == key
+                and not self.direct.cancel(ex_id, key, number)):
+            self.send(run.task.peer, m.CancelChild(run.task.task_id, number))
+
+    def relay(self, child: Child) -> None:
+        """A call placed here goes through its Main after all (it was handed back)."""
+        self.direct.relay(child.main, child.ex_id, child.key, child.number, child.parent)
+        self.send(child.main, m.Call(child.parent, child.number, child.name,
+                                     list(child.platforms), child.threads, child.retries,
+                                     child.timeout, [], child.depth,
+                                     child.chain.removeprefix("called by ")
+                                     if child.parent >= FIRST_ID else "",
+                                     frames=tuple(child.frames)))
+
+    def on_child_result(self, peer: bytes, msg: m.ChildResult) -> None:
+        """A call of a task running here ended: to its executor (if the task still runs)."""
+        for ex_id, ex in self.slots.executors.items():
+            run = ex.runs[0] if ex.runs else None
+            if (run is not None and ex.nests and run.task.peer == peer
+                    and run.task.task_id == msg.parent):  # (only a task that made calls)
+                self.direct.relay_answered(peer, ex_id, run.key, msg.child)
+                if msg.status in ("ok", "error"):
+                    self.executors.to_parent(ex_id, run.key, msg.child, msg.status, msg.info,
+                                             list(msg.frames))
+                return
+
+    # --- what ``Direct`` asks of this worker -------------------------------------------------
+
+    def _delegate_hello(self, main_peer: bytes) -> m.Hello | None:
+        """The Hello this worker says to another one to send it calls of a Main."""
+        main = self.mains.get(main_peer)
+        if main is None or main.hello is None:
+            return None
+        return dataclasses.replace(main.hello, name=f"worker {self.name} for {main.name}",
+                                   pid=os.getpid(), shm_probe=[], warm=0, delegate=main.key)
+
+    def _run_here(self, child: Child) -> None:
+        main = self.mains.get(child.main)
+        if main is not None:
+            self.apply(self.slots.submit(QueuedTask(
+                child.main, child.cid, child.dist, child.threads, child.timeout, child.frames,
+                main.context, main.env, depth=child.depth, reply=LOCAL, reply_id=child.cid)))
+
+    def _cancel_here(self, child: Child) -> None:
+        self.apply(self.slots.cancel(child.main, child.cid, time.monotonic()))
+
+    def _runs_here(self, child: Child) -> bool:
+        return any(ex.runs and ex.runs[0].task.reply == LOCAL
+                   and ex.runs[0].task.task_id == child.cid
+                   for ex in self.slots.executors.values())
+
+    def _load_here(self) -> float:
+        """Slots busy here, and tasks waiting for one, per slot."""
+        return (sum(self.slots.held().values()) + self.slots.waiting()) / max(1, self.slots.slots)
+
+    def _lends_here(self, main: bytes, threads: int) -> bool:
+        return not self.slots.paused and self.slots.offered(main) >= threads
+
+    def _deliver(self, child: Child, status: str, info: dict[str, str],
+                 frames: list[Any]) -> None:
+        """How a call this worker placed ended: to its parent, if that still runs."""
+        self.executors.to_parent(child.ex_id, child.key, child.number, status, info, frames)

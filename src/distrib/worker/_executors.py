@@ -1,0 +1,373 @@
+"""Executor processes: started from a template that imported their environment once (forked
+from it) or spawned, the template's interpreter started ahead (a zygote), what the executors
+say on their pipes, their deaths, the owner's niceness and memory limits, and the strays tasks
+leave behind (this daemon is their subreaper).
+
+What to start and stop is decided by ``Slots``; this module does it and turns what executors
+say into its events.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from distrib._logs import RateLimited
+from distrib.wire._messages import Outcome
+from distrib.wire._pipe import Verb
+from distrib.wire._record import ErrorRecord
+from distrib.worker import _pool
+from distrib.worker._memory import MemoryWatch
+from distrib.worker._pool import ExecutorProcess, Recipe, Template, Zygote
+from distrib.worker._slots import Action, EnvKey, Slots
+
+log = logging.getLogger("distrib.worker")
+peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
+
+_OUTCOMES = {outcome.value: outcome for outcome in Outcome}
+ZYGOTE_DEATHS = 5  # interpreters started ahead that die unused before no more are started
+
+Apply = Callable[[list[Action]], None]
+
+
+def _ignore(*args: Any) -> None:
+    pass
+
+
+class Executors:
+    """The executor processes of one daemon, and the templates they are forked from."""
+
+    def __init__(self, name: str, runs: Path, nice: int, slots: Slots, memory: MemoryWatch,
+                 apply: Apply) -> None:
+        self.name = name
+        self.runs = runs  # where executors work
+        self.nice = nice  # the owner's niceness, for executors started from now on
+        self.slots = slots
+        self.memory = memory
+        self.apply = apply
+        # What executors ask of the rest of the daemon (set once it is all built):
+        self.builds: Callable[[], set[int]] = set  # environment builds (children, not strays)
+        self.on_call: Callable[[int, list[Any], list[Any]], None] = _ignore  # a call they made
+        self.on_output: Callable[[int, int, str], None] = _ignore  # a task's output
+        self.on_cancel_child: Callable[[int, int, int], None] = _ignore  # a call they cancel
+        self.procs: dict[int, ExecutorProcess] = {}
+        self.forking = _pool.become_subreaper()  # executors forked from templates
+        self.templates: dict[EnvKey, Template] = {}
+        self._zygote: Zygote | None = None  # the next template's interpreter, started ahead
+        self._zygote_deaths = 0  # ones that died before a template took them
+        self._no_fork: set[EnvKey] = set()  # environments whose templates cannot fork
+        self._to_fork: set[EnvKey] = set()  # ready templates asked for executors this turn
+        self._memory_kills: dict[int, tuple[str, int]] = {}  # executor -> why, limit
+        self._isolation = ""  # how executors keep task writes private, once one said
+
+    def fds(self) -> list[int]:
+        """What the loop polls: executors' pipes, and templates still importing."""
+        return [proc.fileno() for proc in self.procs.values()] + [
+            t.fileno() for t in self.templates.values() if not t.ready]
+
+    def on_readable(self, events: dict[Any, int]) -> None:
+        for ex_id, proc in list(self.procs.items()):
+            if proc.fileno() in events:
+                self._on_executor(ex_id, proc)
+                # Messages read ahead into the pipe's buffer won't wake the poller.
+                while self.procs.get(ex_id) is proc and proc.pipe.buffered():
+                    self._on_executor(ex_id, proc)
+        for key, template in list(self.templates.items()):
+            if not template.ready and template.fileno() in events:
+                self._on_template(key, template)
+
+    def spawn(self, key: EnvKey, recipe: Recipe, ex_id: int) -> list[Action]:
+        """Start executor ``ex_id``; what follows if it cannot start."""
+        try:
+            self.procs[ex_id] = _pool.executor(recipe)
+            self._start(key, recipe, ex_id)
+        except OSError as exc:
+            log.error("cannot start an executor: %s", exc)
+            record = ErrorRecord("distrib.WorkerCrashed", f"worker {self.name} could "
+                                 f"not start an executor: {exc}")
+            return self.slots.executor_died(ex_id, record.to_wire())
+        return []
+
+    def kill(self, ex_id: int) -> None:
+        proc = self.procs.pop(ex_id, None)
+        if proc is not None:
+            proc.kill()
+
+    def _start(self, key: EnvKey, recipe: Recipe, ex_id: int) -> None:
+        """Attach executor ``ex_id`` to a process: forked from its environment's template
+        (started now if there is none; the executor waits for its import), else spawned."""
+        ex = self.procs[ex_id]
+        if not self.forking or key in self._no_fork:
+            _pool.spawn(recipe, ex)
+            return
+        now = time.monotonic()
+        template = self.templates.get(key)
+        if template is None or template.proc.poll() is not None:
+            if template is not None:
+                self.drop_template(key)
+            zygote, self._zygote = self._zygote, None  # (another is started when all is calm)
+            template = self.templates[key] = Template.start(recipe, now, zygote)
+        template.last_used = now
+        template.waiting.append(ex_id)  # (forked with the others of this turn, at once)
+        if template.ready:
+            self._to_fork.add(key)
+
+    def _keep_zygote(self) -> None:
+        """Have an interpreter started ahead for the next template, once no template is
+        importing (its start would slow theirs)."""
+        zygote = self._zygote
+        if zygote is not None and zygote.proc.poll() is not None:
+            zygote.kill()  # (it died: reaped, and replaced, unless they keep dying)
+            self._zygote = None
+            self._zygote_deaths += 1
+            if self._zygote_deaths == ZYGOTE_DEATHS:
+                log.warning("the interpreters started ahead for templates keep dying; "
+                            "templates start their own (about 0.1 s more at a first call)")
+        if self._zygote is None and self._zygote_deaths < ZYGOTE_DEATHS and all(
+                t.ready for t in self.templates.values()):
+            try:
+                self._zygote = Zygote(self.nice)
+            except OSError as exc:
+                log.debug("cannot start an interpreter ahead: %s", exc)
+
+    def fork_waiting(self) -> None:
+        """Fork the executors ready templates were asked for in this turn, each template's at
+        once (it forks them one after the other while this loop goes on)."""
+        if not self._to_fork:
+            return
+        keys, self._to_fork = self._to_fork, set()
+        for key in keys:
+            template = self.templates.get(key)
+            if template is not None and template.ready:
+                self._fork(key, template)
+
+    def _fork(self, key: EnvKey, template: Template) -> None:
+        waiting = [ex for ex_id in template.waiting
+                   if (ex := self.procs.get(ex_id)) is not None and ex.theirs is not None]
+        template.waiting.clear()
+        failed = template.fork(waiting)
+        if failed:
+            self.drop_template(key)
+            template.waiting = [i for i, ex in self.procs.items() if ex in failed]
+            self._spawn_waiting(template)
+
+    def _on_template(self, key: EnvKey, template: Template) -> None:
+        """A template finished importing its environment: fork the executors waiting for it
+        (or, if it cannot, spawn them)."""
+        try:
+            header, _ = template.control.recv()
+        except (EOFError, OSError, ValueError):
+            header = ["died"]
+        if header[0] == Verb.READY:
+            template.ready = True
+            self._fork(key, template)
+            return None
+        if header[0] == Verb.NOFORK and key not in self._no_fork:
+            self._no_fork.add(key)
+            peer_log.warning("executors of environment %s are spawned one by one (each "
+                             "imports it): %s", key.dist[:12], header[1])
+        # (an import that raised: each executor imports again and says so itself)
+        self.drop_template(key)
+        return self._spawn_waiting(template)
+
+    def _spawn_waiting(self, template: Template) -> None:
+        for ex_id in template.waiting:
+            ex = self.procs.get(ex_id)
+            if ex is not None and ex.theirs is not None:
+                try:
+                    _pool.spawn(template.recipe, ex)
+                except OSError as exc:
+                    log.error("cannot start an executor: %s", exc)
+                    self.apply(self.died(ex_id))
+        template.waiting.clear()
+
+    def _reap_strays(self) -> None:
+        """As a subreaper, this daemon also adopts what tasks left running when their own
+        parent exited (a daemonized helper, say): reap those once they end, or they stay
+        zombies. Its own children (executors, templates, builds) are waited for where they
+        are started; the first of those met ends the sweep (the rest wait for the next)."""
+        ours = {ex.pid for ex in self.procs.values()} | {
+            t.proc.pid for t in self.templates.values()} | self.builds() | (
+            {self._zygote.proc.pid} if self._zygote is not None else set())
+        while True:
+            try:
+                found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if found is None or found.si_pid in ours or found.si_pid == 0:
+                return
+            try:
+                os.waitpid(found.si_pid, 0)
+            except ChildProcessError:
+                return
+
+    def dist_replaced(self, dist: str) -> None:
+        """A distribution's tree is removed: its templates stop."""
+        for key in [k for k in self.templates if k.dist == dist]:
+            self.drop_template(key)
+
+    def drop_template(self, key: EnvKey) -> None:
+        template = self.templates.pop(key, None)
+        if template is not None:
+            template.kill()
+
+    def _on_executor(self, ex_id: int, proc: ExecutorProcess) -> None:
+        try:
+            header, frames = proc.read()
+        except (EOFError, OSError, ValueError) as exc:
+            log.debug("executor %d: %s", proc.pid, exc, exc_info=True)
+            self.apply(self.died(ex_id))
+            return
+        verb, now = header[0], time.monotonic()
+        if verb == Verb.READY and len(header) == 2:
+            self._note_isolation(str(header[1]))
+            self.slots.executor_ready(ex_id, now)
+        elif verb == Verb.OUT and len(header) == 4:
+            self.on_output(ex_id, int(header[2]), str(header[3]))
+        elif verb == Verb.DONE and len(header) == 5 and header[2] in _OUTCOMES:
+            self.apply(self.slots.task_done(ex_id, header[1], _OUTCOMES[header[2]],
+                                            header[3], frames, now, header[4]))
+        elif verb == Verb.SKIPPED and len(header) == 2:
+            self.apply(self.slots.task_skipped(ex_id, header[1], now))
+        elif verb == Verb.ENV_ERROR and len(header) == 2:
+            self.apply(self.slots.env_error(ex_id, dict(header[1]), frames))
+        elif verb == Verb.CALL and len(header) == 11:
+            self.on_call(ex_id, header, frames)
+        elif verb in (Verb.PARK, Verb.UNPARK) and len(header) == 2:
+            run = self.slots.running(ex_id)
+            changed = self.slots.park(ex_id, header[1], now) if verb == Verb.PARK else \
+                self.slots.unpark(ex_id, header[1])
+            if changed and run is not None:
+                self.slots.rewaited.add(run.task.peer)
+        elif verb == Verb.CANCEL_CHILD and len(header) == 3:
+            self.on_cancel_child(ex_id, header[1], header[2])
+        else:
+            log.warning("executor %d sent an unexpected %r; stopping it", proc.pid, verb)
+            self.apply(self.died(ex_id))
+
+    def _note_isolation(self, kind: str) -> None:
+        if kind == self._isolation:
+            return
+        self._isolation = kind
+        if kind == "overlay":
+            log.info("task writes are private: each executor sees its environment through an "
+                     "overlay in a mount namespace of its own")
+        else:
+            log.warning("no mount namespaces here: each task works in a private copy of its "
+                        "environment, but a write through a module's __file__ reaches the "
+                        "shared tree")
+
+    def died(self, ex_id: int) -> list[Action]:
+        """Executor ``ex_id`` died (or must be taken as dead): what ``Slots`` does about it."""
+        proc = self.procs.get(ex_id)
+        if proc is None:
+            return []
+        code = proc.poll()
+        head = self.slots.running(ex_id)
+        if head is not None:
+            peer_log.warning("executor %d died (exit %s) running task %d; replacing it",
+                             proc.pid, code, head.task.task_id)
+        killed = self._memory_kills.pop(ex_id, None)
+        if killed is not None:
+            info = ErrorRecord("distrib.WorkerCrashed", f"stopped: {killed[0]}").to_wire()
+            if killed[1]:
+                info["memory_limit"] = str(killed[1])  # (the Main retries only above it)
+            return self.slots.executor_died(ex_id, info)
+        record = ErrorRecord("distrib.WorkerCrashed", f"executor process {proc.pid} on worker "
+                             f"{self.name} died (exit code {code})")
+        return self.slots.executor_died(ex_id, record.to_wire())
+
+    def to_parent(self, ex_id: int, key: int, number: int, status: str,
+                  info: dict[str, str], frames: list[Any]) -> None:
+        """How call ``number`` of task ``key`` ended: to its executor, if it still runs the
+        task (a failed write is the executor's death)."""
+        proc = self.procs.get(ex_id)
+        if proc is None or not self.parent_runs(ex_id, key):
+            return
+        try:
+            proc.child(key, number, status, info, frames)
+        except OSError:
+            self.apply(self.died(ex_id))
+
+    def parent_runs(self, ex_id: int, key: int) -> bool:
+        run = self.slots.running(ex_id)
+        return run is not None and run.key == key
+
+    def renice(self, nice: int) -> None:
+        """Every thread of the executors, what they started, and the templates (executors
+        forked later inherit theirs) runs at ``nice`` now."""
+        self.nice = nice
+        refused = 0
+        pids = [proc.pid for proc in self.procs.values() if proc.pid] + [
+            t.proc.pid for t in self.templates.values()]
+        for pid in pids:
+            try:
+                tree = [psutil.Process(pid)]
+                tree += tree[0].children(recursive=True)
+            except psutil.Error:
+                continue
+            for p in tree:
+                try:
+                    threads = [t.id for t in p.threads()]
+                except psutil.Error:
+                    continue
+                for tid in threads:  # (on Linux, a niceness is each thread's own)
+                    try:
+                        os.setpriority(os.PRIO_PROCESS, tid, nice)
+                    except ProcessLookupError:
+                        pass
+                    except OSError:
+                        refused += 1
+        if refused:
+            log.warning("running executors keep their niceness: this user may not lower it to "
+                        "%d (new executors start at %d)", nice, nice)
+        if self._zygote is not None:  # (a lower niceness it may not take: a new one)
+            self._zygote.kill()
+            self._zygote = None
+
+    def _watch_memory(self) -> None:
+        """Stop executors over the owner's memory limits (their tasks crash, saying so)."""
+        running: dict[int, int] = {}
+        idle: dict[int, int] = {}
+        for ex_id, proc in self.procs.items():
+            ex = self.slots.executors.get(ex_id)
+            if proc.pid and ex_id not in self._memory_kills:
+                (running if ex is not None and ex.runs else idle)[ex_id] = proc.pid
+        templates = tuple(t.proc.pid for t in self.templates.values())
+        for ex_id, why, limit in self.memory.over(running, idle, self.name, templates):
+            peer_log.warning("stopping executor %d: %s", self.procs[ex_id].pid, why)
+            self._memory_kills[ex_id] = (why, limit)
+            self.procs[ex_id].signal_kill()  # (its death is then seen as any other)
+
+    def tick(self, now: float) -> None:
+        if self.memory.limit:
+            self._watch_memory()
+        for ex_id, proc in list(self.procs.items()):
+            if proc.poll() is not None:
+                self.apply(self.died(ex_id))
+        if self.forking:
+            self._reap_strays()
+            self._keep_zygote()
+
+    def drop_idle_templates(self, now: float) -> None:
+        used = {ex.key for ex in self.slots.executors.values()}
+        for key, template in list(self.templates.items()):  # (their memory goes back)
+            if key not in used and now - template.last_used > self.slots.idle_after:
+                self.drop_template(key)
+
+    def close(self) -> None:
+        for proc in self.procs.values():  # signal all first, then reap: many don't wait in turn
+            proc.signal_kill()
+        for proc in self.procs.values():
+            proc.kill()
+        self.procs.clear()
+        for template in self.templates.values():
+            template.kill()
+        if self._zygote is not None:
+            self._zygote.kill()

@@ -1,0 +1,34 @@
+"""The worker daemon's settings, read once (by the ``distrib worker`` command) into one frozen
+dataclass and passed down, as ``distrib._config.Settings`` is for the Main."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distrib.wire._keys import KeyPair
+from distrib.worker._envs import EnvPolicy
+from distrib.worker._policy import Policy
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How a worker daemon serves: where it listens, what it lends, what it keeps."""
+
+    endpoint: str  # where it listens (a zmq endpoint)
+    policy: Policy  # what it lends (as the flags and the policy file say at its start)
+    cache_dir: Path
+    name: str = ""  # "": the host and the port it listens on
+    heartbeat_interval: float = 1.0
+    lost_after: float = 10.0  # seconds a silent Main is kept
+    exit_with_parent: int | None = None  # a process whose end stops the daemon
+    key: KeyPair | None = None
+    authorized: Path | None = None  # the Mains' public keys (and quotas) it serves
+    idle_after: float = 300.0  # seconds an idle executor is kept
+    max_cache: int | None = None
+    max_queued: int = 256 << 20
+    env_policy: EnvPolicy = field(default_factory=EnvPolicy)
+    max_objects: int = 2 << 30
+    policy_file: Path | None = None  # read again as it changes (and on SIGHUP)
+    flags: Policy | None = None  # what the flags said: the file's settings go over these
+    max_parked: int | None = None
