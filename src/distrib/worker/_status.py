@@ -1,0 +1,106 @@
+"""What a worker says of itself: its status (facts, load, counters, disk use; ``distrib
+status`` and the tests read it), the Mains it serves, and a periodic log line saying which of
+them hold the slots."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from distrib.wire import _facts
+from distrib.wire._keys import KeyPair
+
+if TYPE_CHECKING:  # (only for types: they are the daemon's parts it reports on)
+    from distrib.worker._calls import Calls
+    from distrib.worker._executors import Executors
+    from distrib.worker._gate import Gate
+    from distrib.worker._mains import Mains
+    from distrib.worker._owner import Owner
+    from distrib.worker._serving import Serving
+    from distrib.worker._slots import Slots
+    from distrib.worker._supply import Supply
+
+log = logging.getLogger("distrib.worker")
+
+SERVED_LOG_EVERY = 60.0  # seconds between log lines saying which Mains hold the slots
+
+
+class Status:
+    """A worker's status, as it stands."""
+
+    def __init__(self, name: str, worker_id: str, address: str, key: KeyPair | None,
+                 now: float, slots: Slots, mains: Mains, gate: Gate, owner: Owner,
+                 executors: Executors, supply: Supply, serving: Serving, calls: Calls) -> None:
+        self.name = name
+        self.worker_id = worker_id
+        self.address = address
+        self.key = key
+        self.slots = slots
+        self.mains = mains
+        self.gate = gate
+        self.owner = owner
+        self.executors = executors
+        self.supply = supply
+        self.serving = serving
+        self.calls = calls
+        self._served_logged = now  # when the log last said who holds the slots
+
+    def served(self) -> list[dict[str, Any]]:
+        """Each Main served: its name, key (the first 8 characters), the slots its tasks
+        hold, its tasks waiting here, and its quota."""
+        held = self.slots.held()
+        return [{"name": main.name, "key": main.key[:8], "held": held.get(peer, 0),
+                 "queued": self.slots.waiting(peer), "quota": str(self.gate.quota(main.key))}
+                for peer, main in self.mains.items()]
+
+    def tick(self, now: float) -> None:
+        """Now and then, log which Mains hold the slots."""
+        if self.mains and now - self._served_logged > SERVED_LOG_EVERY:
+            self._served_logged = now
+            log.info("serving %s", "; ".join(
+                f"Main {x['name']}{' (key ' + x['key'] + '...)' if x['key'] else ''}: "
+                f"{x['held']} slot(s), {x['queued']} waiting" for x in self.served()))
+
+    def status(self) -> dict[str, Any]:
+        """Facts, load and counters, as ``distrib status`` and tests read them. Disk use is
+        as last measured (``disk_age_s`` ago; none before the first measure ends)."""
+        supply, slots, mains = self.supply, self.slots, self.mains
+        disk, disk_age = supply.disk_use.get()
+        state, why = self.owner.state.effective()
+        return {
+            "name": self.name,
+            "worker_id": self.worker_id,
+            "address": self.address,
+            "platform": _facts.platform_tag(),
+            "python": _facts.python_version(),
+            "pid": os.getpid(),
+            "slots": slots.slots,
+            "busy": slots.busy,
+            "parked": sum(ex.parked for ex in slots.executors.values()),
+            "queued": slots.waiting(),
+            "mains": [x.name for x in mains.values()],
+            "held": {mains[peer].name: n for peer, n in slots.held().items()
+                     if peer in mains},
+            "executors": [proc.pid for proc in self.executors.procs.values() if proc.pid],
+            "templates": [t.proc.pid for t in self.executors.templates.values()],
+            "public_key": self.key.public if self.key else None,
+            "blobs_received": supply.dists.blobs_received,
+            "dropped": self.serving.dropped,
+            "reruns": self.serving.reruns,
+            "dropped_connections": self.gate.dropped_connections,
+            "pythons": supply.envs.versions(),
+            "state": state,
+            "why": why,
+            "policy": self.owner.policy.describe(),
+            "quotas": {mains[peer].name: limit for peer, limit in slots.limits.items()
+                       if peer in mains},
+            "objects": supply.objects.held(),
+            "served": self.served(),
+            **(disk or {}),
+            "disk_age_s": round(disk_age, 1) if disk is not None else None,
+            **slots.counters,
+            **supply.objects.counters,
+            **self.calls.direct.status(),
+            **supply.envs.counters,
+        }
