@@ -17,6 +17,7 @@ import weakref
 from typing import Any
 
 from distrib._response import Response
+
 REFRESH = 0.1  # seconds between redraws
 _live: weakref.WeakSet[Tracker] = weakref.WeakSet()  # drawing: their last word comes at exit
 # One display for all the bars drawn at once, a row each (two would overwrite one line)
@@ -36,7 +37,7 @@ def _close_all() -> None:
 def _slots() -> tuple[int, int]:
     """(slots busy, slots offered) across the workers of this Main's session, as it last
     published them (``main._current.slot_figures``)."""
-    from distrib.main import _current  # (not at import: ``import distrib`` stays light)
+    from distrib.main import _current  # (here: executors import distrib, not the session)
 
     return _current.slot_figures()
 
