@@ -49,7 +49,7 @@ def build(root: Path, files: int) -> tuple[Store, Path, dict[str, float]]:
 
 def time_enter(kind: str, env: str, scratch: str, out: Any) -> None:
     """In a child process: median cost of enter() on a clean and on a written layer."""
-    from distrib.worker import _isolation
+    from distrib.executor import _isolation
 
     iso = (_isolation.Overlay if kind == "overlay" else _isolation.Copies)(
         Path(env), Path(scratch))

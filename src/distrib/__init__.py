@@ -9,9 +9,10 @@
     if __name__ == "__main__":
         print(add(1, 2).unwrap())
 
-This module is the public API; everything else is internal. Imports go one way:
-``_cli`` -> ``main`` / ``worker`` -> ``workspace`` / ``wire`` -> ``_errors``; ``main`` and
-``worker`` never import each other.
+This module is the public API; everything else is internal. Imports go one way: the API ->
+``main`` | ``worker`` | ``executor`` (never each other) -> their common ground (``_config``,
+``_serialize``, ...) -> ``wire``, ``workspace`` -> shared utilities (``_response``,
+``_errors``, ...); docs/design.md "Layers", checked by ``./run check``.
 """
 
 import sys as _sys
@@ -42,9 +43,9 @@ from distrib._errors import (
     WorkspaceError,
 )
 from distrib._executor import Executor
-from distrib._progress import progress
-from distrib._response import AsCompleted, Response, as_completed, gather
+from distrib._response import Response
 from distrib._shared import Shared, share
+from distrib._waiting import AsCompleted, as_completed, gather, progress
 
 from distrib import _runtime as _rt  # noqa: E402
 

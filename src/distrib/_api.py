@@ -15,6 +15,7 @@ import cloudpickle
 from distrib import _inputs, _runtime
 from distrib._errors import ConfigError, MainGuardError
 from distrib._response import Response
+from distrib.wire._messages import check_redistribution
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -61,9 +62,9 @@ class DistributedFunction(Generic[P, T]):
 
     def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Response[T]:
         if _runtime.mode is _runtime.Mode.WORKER_TASK:
-            from distrib.worker import _nested  # (in an executor: its task's calls go out)
+            from distrib.executor import _calls  # (in an executor: its task's calls go out)
 
-            response = _nested.submit(self, args, kwargs)
+            response = _calls.submit(self, args, kwargs)
             return response if response is not None else self._run_in_place(args, kwargs)
         from distrib.main._current import submit  # the session imports this module
 
@@ -90,9 +91,9 @@ class DistributedFunction(Generic[P, T]):
         # subprocess, say): the call runs here.
         response: Response[T] = Response(0, self._fn.__qualname__, None)
         try:
-            response._finish(None, self._fn(*args, **kwargs))
+            response._set_outcome(None, self._fn(*args, **kwargs))
         except Exception as exc:
-            response._finish(None, exc=exc)
+            response._set_outcome(None, exc=exc)
         return response
 
     def __repr__(self) -> str:
@@ -132,16 +133,6 @@ def _lookup(module: str, qualname: str) -> DistributedFunction[..., Any]:
     if isinstance(obj, DistributedFunction):
         return obj
     return DistributedFunction(obj, TaskOptions())
-
-
-def check_redistribution(name: str, raw: Any) -> str:
-    """How calls made inside tasks go: "auto", "relayed" or "direct" (``ConfigError`` naming
-    ``name`` otherwise)."""
-    if raw not in ("auto", "relayed", "direct"):
-        raise ConfigError(f"{name}={raw!r}: expected \"auto\" (worker to worker where a worker "
-                          "can, else through the Main), \"relayed\" (through the Main) or "
-                          "\"direct\" (worker to worker, never through the Main)")
-    return str(raw)
 
 
 @overload

@@ -51,10 +51,10 @@ from typing import Any
 
 import platformdirs
 
-from distrib._api import check_redistribution
 from distrib._errors import ConfigError
 from distrib.wire import _keys
 from distrib.wire._keys import KeyPair
+from distrib.wire._messages import check_redistribution
 
 
 @dataclass(frozen=True, slots=True)

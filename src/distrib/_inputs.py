@@ -67,7 +67,7 @@ class _Waiting:
         try:
             self._place()
         except Exception as exc:  # (say, a value that does not pickle): the call's error
-            self.outer._finish(None, exc=exc)
+            self.outer._set_outcome(None, exc=exc)
 
     def _place(self) -> None:
         named = [(str(i), a) for i, a in enumerate(self.args)] + list(self.kwargs.items())
@@ -89,7 +89,7 @@ class _Waiting:
 
     def _inner_done(self, inner: Any) -> None:
         exc = inner.error(0)
-        self.outer._finish(inner.worker, None if exc is not None else inner.result(0), exc)
+        self.outer._set_outcome(inner.worker, None if exc is not None else inner.result(0), exc)
 
     def _cancel(self, _: int) -> None:
         with self._lock:
@@ -117,9 +117,9 @@ def _placer() -> concurrent.futures.ThreadPoolExecutor:
 def _outer(name: str, on_cancel: Callable[[int], None]) -> Response[Any]:
     """The caller's Response: inside a task, one whose waits lend the task's slots."""
     if _runtime.mode is _runtime.Mode.WORKER_TASK:
-        from distrib.worker import _nested
+        from distrib.executor import _calls
 
-        response = _nested.waiting_response(name, on_cancel)
+        response = _calls.waiting_response(name, on_cancel)
         if response is not None:
             return response
     return Response(0, name, on_cancel)

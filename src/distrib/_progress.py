@@ -2,8 +2,9 @@
 failures, rate, time left, slots busy across workers), else one summary line at the end.
 
 Counting and drawing happen in a thread of their own, ten times a second: it reads the state of
-the calls that finished since (no lock is taken), and the I/O thread does nothing more than
-without progress.
+the calls that finished since (no lock is taken) and the slot figures the session publishes, and
+the I/O thread does nothing more than without progress. ``_waiting.progress`` and
+``gather(progress=True)`` draw with it.
 """
 
 from __future__ import annotations
@@ -13,13 +14,10 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
-from distrib._errors import Cancelled
-from distrib._response import UNFINISHED, Response, as_completed
+from distrib._response import Response
 
-T = TypeVar("T")
 REFRESH = 0.1  # seconds between redraws
 _live: weakref.WeakSet[Tracker] = weakref.WeakSet()  # drawing: their last word comes at exit
 # One display for all the bars drawn at once, a row each (two would overwrite one line)
@@ -37,17 +35,11 @@ def _close_all() -> None:
 
 
 def _slots() -> tuple[int, int]:
-    """(slots busy, slots offered) across the workers of this Main's session, as it sees them."""
-    from distrib.main import _current
+    """(slots busy, slots offered) across the workers of this Main's session, as it last
+    published them (``main._current.slot_figures``)."""
+    from distrib.main import _current  # (here: executors import distrib, not the session)
 
-    session = _current._session
-    if session is None:
-        return 0, 0
-    try:
-        workers = list(session.scheduler.workers.values())  # (read as the I/O thread changes it)
-    except RuntimeError:
-        return 0, 0
-    return sum(min(w.inflight_slots, w.slots) for w in workers), sum(w.slots for w in workers)
+    return _current.slot_figures()
 
 
 class Tracker:
@@ -73,24 +65,22 @@ class Tracker:
         finish in the order they were made, so each is looked at about once); ``last``:
         every call. Reading a call's state takes no lock: the I/O thread is not slowed."""
         calls, i = self._calls, self._next
-        while i < len(calls) and calls[i]._state not in UNFINISHED:
+        while i < len(calls) and not calls[i]._is_pending():
             self._classify(calls[i])
             i += 1
         self._next = i
         if last:
             for response in calls[i:]:
-                if response._state not in UNFINISHED:
+                if not response._is_pending():
                     self._classify(response)
             self._next = len(calls)
 
     def _classify(self, response: Response[Any]) -> None:
-        # The Future's own fields, read without its lock once it has finished (the locked
-        # accessors, four a call, slowed the I/O thread measurably on W1).
-        if response._state != "FINISHED" or isinstance(response._exception, Cancelled):
+        if response._was_cancelled():
             self.cancelled += 1
         else:
             self.done += 1
-            self.failed += response._exception is not None
+            self.failed += response._settled_error() is not None
 
     @property
     def _pending(self) -> bool:
@@ -174,16 +164,3 @@ def _leave_board() -> None:
             _board.refresh()
             _board.stop()
             _board = None
-
-
-def progress(responses: Iterable[Response[T]], description: str = "",
-             timeout: float | None = None) -> Iterator[Response[T]]:
-    """Yield ``responses`` as they finish, drawing their progress on stderr: a bar on a
-    terminal (done / total, failures, rate, time left, slots busy across workers), else one
-    summary line at the end. ``WaitTimeout`` as for ``as_completed``."""
-    given = list(responses)
-    tracker = Tracker(given, description)
-    try:
-        yield from as_completed(given, timeout)
-    finally:
-        tracker.close()

@@ -1,8 +1,12 @@
 """``Response[T]``: the handle a ``@distributed`` call returns at once.
 
 It is a ``concurrent.futures.Future``, so ``concurrent.futures.wait``, ``as_completed``,
-``add_done_callback`` and ``asyncio.wrap_future`` work on it. A result or error is set once, by
-the Main's I/O thread; late arrivals for a cancelled task are ignored.
+``add_done_callback`` and ``asyncio.wrap_future`` work on it. A result or error is set once
+(``_set_outcome``), by the Main's I/O thread or, for a call made inside a task, by its
+executor; late arrivals for a cancelled task are ignored. Waiting for many is ``_waiting``'s.
+
+The Main (``distrib.main``) and executors (``distrib.executor``) create and settle Responses,
+so this module sits below them with the shared utilities: it imports only the error tree.
 
 Borrowed internals: ``Response.__init__`` sets ``Future``'s private fields itself instead of
 calling ``Future.__init__``, and builds the ``Condition`` only when something waits (about
@@ -15,10 +19,10 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator
 from contextlib import AbstractContextManager, nullcontext
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 if TYPE_CHECKING:
     import asyncio
@@ -32,9 +36,8 @@ log = logging.getLogger("distrib")
 # has none (so nobody can be waiting on it). A Condition costs ~1.4 KB; a million pending
 # calls should not pay for a million of them.
 _LAZY = threading.Lock()
-# concurrent.futures' states before a Future is settled. Counting threads (progress, the
-# dashboard's) read ``_state`` and ``_exception`` of a settled Future without its lock.
-UNFINISHED = ("PENDING", "RUNNING")
+# concurrent.futures' states before a Future is settled.
+_UNSETTLED = ("PENDING", "RUNNING")
 
 
 class Response(concurrent.futures.Future[T]):
@@ -142,11 +145,18 @@ class Response(concurrent.futures.Future[T]):
 
     def _waits(self) -> AbstractContextManager[object]:
         """Around a wait for it: inside a task, a call's Response parks the executor
-        (``worker._nested``); elsewhere nothing."""
+        (``executor._calls``); elsewhere nothing (``_waiting`` waits inside it too)."""
         return nullcontext()
 
-    # Called by the session's I/O thread only.
-    def _finish(self, worker: str | None, value: Any = None, exc: BaseException | None = None) -> None:
+    # The internal API of the layers that settle Responses (the Main's I/O thread, an
+    # executor's calls, the calls waiting for inputs) and count them (progress, statistics).
+    # The readers take no lock: they read the Future's fields once it has settled (the locked
+    # accessors, a few a call, slowed the I/O thread measurably on W1).
+
+    def _set_outcome(self, worker: str | None, value: Any = None,
+                     exc: BaseException | None = None) -> None:
+        """Settle it with ``value`` or ``exc``, run by ``worker``; ignored if it was cancelled
+        first (an outcome arriving late)."""
         self._worker = worker
         if self._cond is None:
             with _LAZY:
@@ -162,6 +172,18 @@ class Response(concurrent.futures.Future[T]):
         except concurrent.futures.InvalidStateError:
             pass  # cancelled by the user before the outcome arrived
 
+    def _is_pending(self) -> bool:
+        """Not settled yet (no outcome, not cancelled)."""
+        return self._state in _UNSETTLED
+
+    def _was_cancelled(self) -> bool:
+        """Settled by a cancel, or with a ``Cancelled`` error (call once it has settled)."""
+        return self._state != FINISHED or isinstance(self._exception, Cancelled)
+
+    def _settled_error(self) -> BaseException | None:
+        """The error it settled with, None for a result (call once it has settled)."""
+        return self._exception
+
     def done(self) -> bool:
         """True if the task finished, failed or was cancelled (does not wait)."""
         return self._state in (FINISHED, CANCELLED, CANCELLED_AND_NOTIFIED)
@@ -170,104 +192,3 @@ class Response(concurrent.futures.Future[T]):
 def _set_once(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-def gather(responses: Iterable[Response[T]], timeout: float | None = None,
-           progress: bool = False) -> list[T]:
-    """Unwrap every response in order; raises the first error met (in order).
-    ``progress``: draw their progress on stderr while they run (see ``distrib.progress``)."""
-    given = list(responses)
-    # Inside a task, one park for the whole wait: parking per call would wake the executor
-    # between calls, and at the owner's cap of parked executors it would then hold its slot.
-    with _parking(r for r in given if not r.done()) or nullcontext():
-        if not progress:
-            return [r.unwrap(timeout) for r in given]
-        from distrib._progress import Tracker
-
-        tracker = Tracker(given)
-        try:
-            return [r.unwrap(timeout) for r in given]
-        finally:
-            tracker.close()
-
-
-def _parking(responses: Iterable[Response[Any]]) -> AbstractContextManager[object] | None:
-    """What to wait inside, if one of ``responses`` is a call made inside a task: it parks
-    the executor (``worker._nested``); None for responses of the Main's."""
-    return next((r._waits() for r in responses if type(r)._waits is not Response._waits),
-                None)
-
-
-class AsCompleted(Generic[T]):
-    """Responses in the order they finish, with ``for`` or ``async for``."""
-
-    def __init__(self, responses: Iterable[Response[T]], timeout: float | None) -> None:
-        self._given: list[Response[T]] = list(dict.fromkeys(responses))  # (each once)
-        self._timeout = timeout
-        self._sync: Iterator[Response[T]] | None = None
-        self._queue: asyncio.Queue[Response[T]] | None = None
-        self._left = len(self._given)
-        self._deadline = 0.0
-
-    def __iter__(self) -> Iterator[Response[T]]:
-        return self
-
-    def __next__(self) -> Response[T]:
-        if self._sync is None:
-            self._sync = self._iterate()
-        return next(self._sync)
-
-    def _iterate(self) -> Iterator[Response[T]]:
-        given: list[concurrent.futures.Future[T]] = list(self._given)
-        pending = set(self._given)
-        parking = _parking(self._given)
-        try:
-            found = concurrent.futures.as_completed(given, self._timeout)
-            while pending:
-                if parking is None or any(r.done() for r in pending):
-                    fut = next(found)
-                else:  # (nothing to yield: the wait parks the executor)
-                    with parking:
-                        fut = next(found)
-                pending.discard(cast(Response[T], fut))
-                yield cast(Response[T], fut)
-        except TimeoutError:
-            raise WaitTimeout(f"responses did not all finish within {self._timeout} s") \
-                from None
-
-    def __aiter__(self) -> AsCompleted[T]:
-        return self
-
-    async def __anext__(self) -> Response[T]:
-        import asyncio  # (here: a process that never awaits need not import it)
-
-        if self._queue is None:
-            loop = asyncio.get_running_loop()
-            queue = self._queue = asyncio.Queue()
-            self._deadline = loop.time() + (self._timeout or 0.0)
-            for response in self._given:
-                response.add_done_callback(
-                    lambda r: loop.call_soon_threadsafe(queue.put_nowait, cast(Response[T], r)))
-        if self._left == 0:
-            raise StopAsyncIteration
-        parking = _parking(self._given) if self._queue.empty() else None
-        try:
-            with parking or nullcontext():
-                if self._timeout is None:
-                    response = await self._queue.get()
-                else:
-                    left = self._deadline - asyncio.get_running_loop().time()
-                    response = await asyncio.wait_for(self._queue.get(), max(0.0, left))
-        except TimeoutError:
-            raise WaitTimeout(f"responses did not all finish within {self._timeout} s") \
-                from None
-        self._left -= 1
-        return response
-
-
-def as_completed(responses: Iterable[Response[T]], timeout: float | None = None
-                 ) -> AsCompleted[T]:
-    """Yield responses as they finish (like ``concurrent.futures.as_completed``), with
-    ``for`` or, in a coroutine, ``async for``; ``WaitTimeout`` if they have not all finished
-    ``timeout`` seconds after the iteration began."""
-    return AsCompleted(responses, timeout)

@@ -12,7 +12,7 @@ import os
 import site
 import sys
 
-from distrib.wire._record import MAIN_ALIAS as MAIN_ALIAS
+MAIN_ALIAS = "__distrib_main__"  # the name executors import the Main's script under
 
 
 class Mode(enum.Enum):

@@ -5,7 +5,7 @@ GB/s; a Main's objects are kept apart from other Mains' on a worker, so only it 
 confused by a collision). A call that passes one carries only that name; a worker that lacks
 the object asks the Main for it (``NeedObjects``) and keeps it as a file, and its executors map
 the file (copy-on-write, so numpy arrays come back without a copy and a task may change its
-own view) when they unpickle the call (``worker._objects``). On the Main, a pending call holds
+own view) when they unpickle the call (``executor._objects``). On the Main, a pending call holds
 the ``Shared`` objects it passes, so a worker can always ask for them again.
 
 Large arguments (``bytes``, numpy arrays: anything with ``nbytes`` of ``SHARE_MIN`` or more)
@@ -176,10 +176,17 @@ def _passed(obj: Any) -> bool:
 # --- the executor side -----------------------------------------------------------------------
 
 
+def _no_objects(key: str) -> list[memoryview]:
+    raise FileNotFoundError(f"shared object {key}: no folder of objects for this task")
+
+
+# How an object's frames are found by its name: an executor sets it at start
+# (``executor._objects.load``, from the worker's copy); elsewhere none can be.
+load_frames: Callable[[str], list[memoryview]] = _no_objects
+
+
 def _resolve(key: str) -> Any:
     """A shared object, from the worker's copy (runs while an executor unpickles a call)."""
-    from distrib.worker import _objects
-
     if not OBJECT_KEY.fullmatch(key):
         raise WorkerCrashed(f"a call passes a shared object with a bad name: {key[:70]!r}")
-    return _serialize.loads(_objects.load(key))
+    return _serialize.loads(load_frames(key))

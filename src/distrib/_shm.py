@@ -42,6 +42,18 @@ def object_header(views: Sequence[memoryview]) -> bytes:
                                                        *(v.nbytes for v in views))
 
 
+def read_object_header(head: bytes | memoryview) -> tuple[int, tuple[int, ...]]:
+    """(bytes of the header, each frame's size) of a file holding an object's frames, from
+    its first bytes; ``ValueError`` if they are no header."""
+    if len(head) < OBJECT_COUNT.size:
+        raise ValueError("no header")
+    (count,) = OBJECT_COUNT.unpack_from(head)
+    if len(head) < OBJECT_COUNT.size + 8 * count:
+        raise ValueError(f"a header of {count} frames is cut short")
+    return OBJECT_COUNT.size + 8 * count, struct.unpack_from(f"<{count}Q", head,
+                                                             OBJECT_COUNT.size)
+
+
 def offload_object(frames: Sequence[Any], pid: int) -> str:
     """Write a shared object's frames into a new file of ``pid``'s: its name. A worker on
     this machine links the file instead of receiving the bytes."""

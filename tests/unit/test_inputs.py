@@ -40,19 +40,19 @@ def test_only_top_level_responses_count() -> None:
 def test_the_call_is_made_with_the_values_once_every_input_finished() -> None:
     calls, a, b = Calls(), pending(1), pending(2)
     outer = call_when_ready("add", calls, (a, 5), {"b": b, "c": a})
-    a._finish("w", 10)
+    a._set_outcome("w", 10)
     assert calls.made == [] and not outer.done()
-    b._finish("w", 20)
+    b._set_outcome("w", 20)
     wait_for(lambda: calls.made, what="the call made (in the placing thread)")
     assert calls.made == [((10, 5), {"b": 20, "c": 10})]
     wait_for(lambda: outer.task_id == 101, what="the call named as made")
-    calls.responses[0]._finish("w2", 35)
+    calls.responses[0]._set_outcome("w2", 35)
     assert outer.unwrap(5) == 35 and outer.worker == "w2"
 
 
 def test_inputs_already_finished_make_the_call_at_once() -> None:
     calls, a = Calls(), pending(1)
-    a._finish("w", 1)
+    a._set_outcome("w", 1)
     call_when_ready("add", calls, (a,), {})
     assert calls.made == [((1,), {})]
 
@@ -61,8 +61,8 @@ def test_a_failed_input_fails_the_call_with_it_as_cause_and_the_call_is_not_made
     calls, a, b = Calls(), pending(1), pending(2)
     outer = call_when_ready("add", calls, (a, b), {})
     error = ValueError("bad input")
-    b._finish("w", exc=error)
-    a._finish("w", 1)
+    b._set_outcome("w", exc=error)
+    a._set_outcome("w", 1)
     outer.wait(30)
     with pytest.raises(InputFailed, match=r"argument 1 of add \(f#2\) failed: ValueError: "
                                           "bad input") as info:
@@ -83,14 +83,14 @@ def test_cancelling_before_the_inputs_finish_makes_no_call() -> None:
     calls, a = Calls(), pending(1)
     outer = call_when_ready("add", calls, (a,), {})
     assert outer.cancel()
-    a._finish("w", 1)
+    a._set_outcome("w", 1)
     assert calls.made == [] and outer.cancelled()
 
 
 def test_cancelling_after_the_call_was_made_cancels_it() -> None:
     calls, a = Calls(), pending(1)
     outer = call_when_ready("add", calls, (a,), {})
-    a._finish("w", 1)
+    a._set_outcome("w", 1)
     wait_for(lambda: calls.responses, what="the call made")
     wait_for(lambda: outer.task_id == 101, what="the call's Response behind the caller's")
     assert outer.cancel()
@@ -103,6 +103,6 @@ def test_a_call_that_raises_as_it_is_made_fails_the_response() -> None:
 
     a = pending(1)
     outer = call_when_ready("add", broken, (a,), {})
-    a._finish("w", 1)
+    a._set_outcome("w", 1)
     with pytest.raises(TypeError, match="cannot pickle"):
         outer.unwrap(5)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from distrib.worker._isolation import Copies
+from distrib.executor._isolation import Copies
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from distrib.wire._messages import Outcome
-from distrib.worker._pipe import Pipe, Verb
+from distrib.wire._pipe import Pipe, Verb
 
 
 def pair() -> tuple[Pipe, Pipe]:

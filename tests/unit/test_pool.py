@@ -10,7 +10,7 @@ from typing import cast
 import pytest
 
 from distrib.worker import _pool
-from distrib.worker._pipe import Pipe
+from distrib.wire._pipe import Pipe
 from distrib.worker._pool import ExecutorProcess, Recipe, Template
 
 

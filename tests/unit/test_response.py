@@ -13,14 +13,14 @@ from distrib import Cancelled, DistribError, Response, WaitTimeout, as_completed
 def test_result() -> None:
     r: Response[int] = Response(1, "f", None)
     assert not r.done() and not r.ok()
-    r._finish("w", 5)
+    r._set_outcome("w", 5)
     assert r.unwrap() == 5 and r.ok() and r.error() is None and r.worker == "w"
     assert not r.cancel()
 
 
 def test_error() -> None:
     r: Response[int] = Response(1, "f", None)
-    r._finish("w", exc=KeyError("k"))
+    r._set_outcome("w", exc=KeyError("k"))
     with pytest.raises(KeyError):
         r.unwrap()
     assert isinstance(r.error(), KeyError) and not r.ok()
@@ -31,7 +31,7 @@ def test_cancel_calls_back_once_and_late_results_are_ignored() -> None:
     r: Response[int] = Response(7, "f", seen.append)
     assert r.cancel() and r.cancel()
     assert seen == [7]
-    r._finish("w", 1)  # arrives after the cancel: ignored
+    r._set_outcome("w", 1)  # arrives after the cancel: ignored
     with pytest.raises(Cancelled) as info:
         r.unwrap()
     assert isinstance(info.value, concurrent.futures.CancelledError)
@@ -49,13 +49,13 @@ def test_wait_timeout() -> None:
 def test_helpers_and_await() -> None:
     rs: list[Response[int]] = [Response(i, "f", None) for i in range(3)]
     for i, r in enumerate(rs):
-        r._finish("w", i * 10)
+        r._set_outcome("w", i * 10)
     assert gather(rs) == [0, 10, 20]
     assert sorted(r.unwrap() for r in as_completed(rs)) == [0, 10, 20]
 
     async def main() -> int:
         pending: Response[int] = Response(9, "f", None)
-        asyncio.get_running_loop().call_later(0.01, pending._finish, "w", 99)
+        asyncio.get_running_loop().call_later(0.01, pending._set_outcome, "w", 99)
         return await pending
 
     assert asyncio.run(main()) == 99
@@ -65,7 +65,7 @@ def test_helpers_and_await() -> None:
 
 def test_a_response_nobody_waited_on_finishes_without_a_condition() -> None:
     r: Response[int] = Response(1, "f", None)
-    r._finish("w", 3)
+    r._set_outcome("w", 3)
     assert r._cond is None  # no Condition was ever built for it
     assert r.done() and r.unwrap() == 3
 
@@ -79,7 +79,7 @@ def test_a_waiter_in_another_thread_is_woken() -> None:
     waiter.start()
     while r._cond is None:  # the waiter builds the Condition before it sleeps
         threading.Event().wait(0.001)
-    r._finish("w", 7)
+    r._set_outcome("w", 7)
     waiter.join(60)
     assert got == [7]
 
@@ -90,9 +90,9 @@ def test_callbacks_and_futures_wait_work_with_lazy_conditions() -> None:
     early.add_done_callback(lambda f: seen.append(f.result()))
     done, pending = concurrent.futures.wait([early], timeout=0.01)
     assert not done and pending == {early}
-    early._finish("w", 1)
+    early._set_outcome("w", 1)
     late: Response[int] = Response(2, "f", None)
-    late._finish("w", 2)
+    late._set_outcome("w", 2)
     late.add_done_callback(lambda f: seen.append(f.result()))
     assert seen == [1, 2]
     done, _ = concurrent.futures.wait([early, late], timeout=1)

@@ -14,7 +14,7 @@ def task(task_id: int, value: object = None, exc: BaseException | None = None,
          finished: bool = True) -> Task:
     response: Response[object] = Response(task_id, "f", None)
     if finished:
-        response._finish("w0", value, exc=exc)
+        response._set_outcome("w0", value, exc=exc)
     return Task(task_id, "f", [], ("*",), 1, 3, None, response)
 
 

@@ -1,6 +1,7 @@
 """The Main's side: session lifecycle, the I/O thread, scheduling.
 
-Imports ``wire`` and ``workspace``; never ``worker`` (local daemons are started as processes).
+Imports ``wire`` and ``workspace``; never ``worker`` or ``executor`` (local daemons are started
+as processes).
 """
 
 import sys as _sys

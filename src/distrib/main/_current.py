@@ -33,9 +33,19 @@ def submit(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Response[A
     session = _session or _start_implicitly()
     if session is None:
         response: Response[Any] = Response(0, fn.__qualname__, None)
-        response._finish(None, exc=Cancelled(f"call of {fn.__qualname__}: {SHUT_DOWN}"))
+        response._set_outcome(None, exc=Cancelled(f"call of {fn.__qualname__}: {SHUT_DOWN}"))
         return response
     return session.submit(fn, args, kwargs)
+
+
+def slot_figures() -> tuple[int, int]:
+    """(slots busy, slots offered) across the current session's workers, as its I/O thread
+    last published them; (0, 0) without a session. Safe from any thread."""
+    session = _session
+    if session is None:
+        return 0, 0
+    figures = session.scheduler.slot_figures
+    return figures.busy, figures.offered
 
 
 def _start_implicitly() -> Session | None:

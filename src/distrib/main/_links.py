@@ -225,7 +225,7 @@ class Links:
         inflight = list(view.inflight.values()) if view is not None else []
         failed = self.scheduler.leave(link.link_id)
         for task in failed:
-            task.response._finish(link.name, exc=WorkerLost(
+            task.response._set_outcome(link.name, exc=WorkerLost(
                 f"task {task.name}#{task.task_id} was on worker {link.label}, which {reason}; "
                 f"tried {task.attempts} times"))
         if self.stats is not None:

@@ -248,7 +248,7 @@ class Loop:
                 except (OSError, ValueError) as exc:
                     _shm.remove(list(spec.shm))
                     if task is not None:
-                        task.response._finish(link.name, exc=SerializationError(
+                        task.response._set_outcome(link.name, exc=SerializationError(
                             f"the result of {task.name}#{task.task_id} on worker {link.label} "
                             f"was lost: its shared memory cannot be read ({exc})"))
                         self._count(task, link.name, link.link_id)
@@ -333,7 +333,7 @@ class Loop:
     def _fail_pending(self, error: type[DistribError], why: str) -> None:
         """End every task not yet sent to a worker with ``error`` ("task f#3 <why>")."""
         for task in self.scheduler.take_pending():
-            task.response._finish(None, exc=error(f"task {task.name}#{task.task_id} {why}"))
+            task.response._set_outcome(None, exc=error(f"task {task.name}#{task.task_id} {why}"))
             self._count(task)
 
     def _warn_unmatched(self, now: float) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from distrib import _serialize
 from distrib._errors import NestedDeadlock
 from distrib._sustained import Sustained
-from distrib._response import UNFINISHED, Response
+from distrib._response import Response
 from distrib.main._scheduler import Scheduler, Task, WorkerView
 from distrib.wire import _messages as m
 
@@ -66,7 +66,7 @@ class Nested:
         view = self.scheduler.workers.get(link)
         parent = (view.inflight.get(msg.parent) if msg.parent < FOREIGN else
                   self._stand_in(link, msg)) if view is not None else None
-        if parent is None or parent.response._state not in UNFINISHED:
+        if parent is None or not parent.response._is_pending():
             return None  # (it ended or was cancelled: its executor is being stopped)
         task_id = self._new_id()
         response: Response[Any] = Response(task_id, msg.name, self._cancel)
@@ -153,7 +153,7 @@ class Nested:
             self._foreign.pop((child.link, child.parent_id), None)
             self._of.pop(parent.task_id, None)
         if (parent.link != child.link or parent.attempts != child.attempt
-                or parent.response._state not in UNFINISHED):
+                or not parent.response._is_pending()):
             return
         exc = response.error(0)
         try:
@@ -178,11 +178,11 @@ class Nested:
             return
         names = ", ".join(sorted(v.name for v in views))
         for child in list(self.children.values()):
-            if child.task.response._state not in UNFINISHED:
+            if not child.task.response._is_pending():
                 continue
             error = NestedDeadlock.of(self._chain(child), f"worker(s) {names}")
             log.warning("%s", error)
-            child.task.response._finish(None, exc=error)
+            child.task.response._set_outcome(None, exc=error)
             self._cancel(child.task.task_id)  # (off the worker or queue it is on)
 
     def _chain(self, child: Child) -> str:

@@ -115,7 +115,7 @@ def settle(task: Task, spec: m.ResultSpec, frames: Any, worker: str, where: str,
         try:
             value = _serialize.loads(frames)
         except Exception as exc:
-            response._finish(worker, exc=SerializationError(
+            response._set_outcome(worker, exc=SerializationError(
                 f"the result of {where} does not unpickle here: {type(exc).__name__}: {exc}"))
             return
         if task.outputs:  # (result, [(path, bytes), ...]): files first, then the result
@@ -123,14 +123,14 @@ def settle(task: Task, spec: m.ResultSpec, frames: Any, worker: str, where: str,
                 value, files = value
                 outputs.write(f"task {task.name}#{task.task_id}", files, task.outputs)
             except (WorkspaceError, OSError) as exc:
-                response._finish(worker, exc=exc)
+                response._set_outcome(worker, exc=exc)
                 return
             except Exception as exc:  # a malformed answer must not stop the I/O thread
-                response._finish(worker, exc=WorkspaceError(
+                response._set_outcome(worker, exc=WorkspaceError(
                     f"the output files of {where} are malformed ({type(exc).__name__}: "
                     f"{exc}); nothing was written"))
                 return
-        response._finish(worker, value)
+        response._set_outcome(worker, value)
     elif spec.status is Outcome.DEFERRED:
         scheduler.defer(link_id, task)
     elif spec.status in (Outcome.ERROR, Outcome.ENV_ERROR) and (
@@ -139,17 +139,17 @@ def settle(task: Task, spec: m.ResultSpec, frames: Any, worker: str, where: str,
             log.warning("worker %s gets no more of this Main's tasks: %s", worker, problem)
         scheduler.cannot_provide(link_id, task, problem)
     elif spec.status in (Outcome.ERROR, Outcome.ENV_ERROR):
-        response._finish(worker, exc=_serialize.loads_error(frames, spec.info))
+        response._set_outcome(worker, exc=_serialize.loads_error(frames, spec.info))
     elif spec.status is Outcome.CRASHED:
         limit = spec.info.get("memory_limit", "")
         if scheduler.retry(task, int(limit) if limit.isdigit() else 0):
             log.info("%s crashed; retrying (%d of %d)", where, task.attempts, task.retries)
         else:
-            response._finish(worker, exc=WorkerCrashed(
+            response._set_outcome(worker, exc=WorkerCrashed(
                 f"{where} crashed: {ErrorRecord.from_wire(spec.info).message}; tried "
                 f"{task.attempts} time(s), retries={task.retries}"))
     elif spec.status is Outcome.TIMEOUT:
-        response._finish(worker, exc=TaskTimeout(
+        response._set_outcome(worker, exc=TaskTimeout(
             f"{where} ran past its timeout of {task.timeout} s and was stopped"))
     else:
-        response._finish(worker, exc=Cancelled(f"{where} was cancelled"))
+        response._set_outcome(worker, exc=Cancelled(f"{where} was cancelled"))

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from distrib._response import UNFINISHED
 
 # (platform globs, threads, memory: a worker's limit must be above it, or none; 0: any)
 Requirement = tuple[tuple[str, ...], int, int]
@@ -83,6 +82,15 @@ class WorkerView:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class SlotFigures:
+    """Slots busy with this Main's tasks and slots offered, across its workers: published
+    whole at each tick for other threads (the progress bar) to read without a lock."""
+
+    busy: int = 0
+    offered: int = 0
+
+
 class Scheduler:
     """Placement of pending tasks on workers, with a bounded per-worker queue."""
 
@@ -91,6 +99,7 @@ class Scheduler:
         self.extra_depth = extra_depth
         self.pending: dict[Requirement, deque[Task]] = {}
         self.workers: dict[str, WorkerView] = {}
+        self.slot_figures = SlotFigures()  # (replaced, never changed: see SlotFigures)
 
     def __len__(self) -> int:
         return sum(len(q) for q in self.pending.values()) + sum(
@@ -98,7 +107,7 @@ class Scheduler:
         )
 
     def add(self, task: Task, front: bool = False) -> None:
-        if task.response is not None and task.response._state not in UNFINISHED:
+        if task.response is not None and not task.response._is_pending():
             return  # cancelled while it was on a worker that then deferred it or was lost
         queue = self.pending.setdefault(task.requirement, deque())
         if front:
@@ -137,14 +146,19 @@ class Scheduler:
         return worker.slots + min(queued, MAX_QUEUED)
 
     def observe(self, seconds: float) -> None:
-        """Update each worker's completion rate over the last ``seconds``."""
+        """Update each worker's completion rate over the last ``seconds``, and publish the
+        slot figures."""
         if seconds <= 0:
             return
+        busy = offered = 0
         for worker in self.workers.values():
+            busy += min(worker.inflight_slots, worker.slots)
+            offered += worker.slots
             worker.full = False
             rate = worker.finished / seconds
             worker.rate = rate if rate > worker.rate else 0.5 * worker.rate + 0.5 * rate
             worker.finished = 0
+        self.slot_figures = SlotFigures(busy, offered)
 
     def assign(self) -> dict[str, list[Task]]:
         """Move pending tasks to workers with room; return them grouped by worker."""

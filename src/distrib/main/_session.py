@@ -194,7 +194,7 @@ class Session:
             if not self._closing:
                 self.inbox.put(task)
                 return response
-        response._finish(None, exc=Cancelled(
+        response._set_outcome(None, exc=Cancelled(
             f"task {fn.__qualname__}#{task_id}: distrib was shut down; call distrib.init() "
             "to set up again"))
         return response
@@ -227,7 +227,7 @@ class Session:
         if self._browser is not None:
             self._browser.close()
         for task in list(self.inbox.incoming) + self.scheduler.all_tasks():
-            task.response._finish(None, exc=Cancelled(
+            task.response._set_outcome(None, exc=Cancelled(
                 f"task {task.name}#{task.task_id} did not finish before distrib shut down"))
         if self.local is not None:
             self.local.stop()

@@ -14,9 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from distrib._errors import Cancelled
-from distrib._response import UNFINISHED, Response
-
+from distrib._response import Response
 from distrib.main._link import Link
 from distrib.wire._link import LinkState
 
@@ -99,7 +97,7 @@ class Stats:
         worker that reported its outcome, if one did."""
         if task.counted:
             return
-        if task.response._state not in UNFINISHED:
+        if not task.response._is_pending():
             task.counted = True
             self._settled(task.name, task.task_id, task.response, worker)
             if reported_by:
@@ -110,12 +108,10 @@ class Stats:
     def _settled(self, name: str, task_id: int, response: Response[Any], worker: str) -> None:
         stats = self._of(name)
         self.settled_total += 1
-        # (The Future's fields, without its lock: see UNFINISHED. The locked accessors cost W1
-        # a few per cent.)
-        exc = response._exception
-        if response._state != "FINISHED" or isinstance(exc, Cancelled):
+        if response._was_cancelled():  # (lock-free readers: the locked ones cost W1 a bit)
             stats.cancelled += 1
             return
+        exc = response._settled_error()
         if exc is None:
             stats.done += 1
             return

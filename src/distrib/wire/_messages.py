@@ -11,6 +11,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from distrib._errors import ConfigError
 from distrib.wire._limits import INLINE_MAX
 
 PROTOCOL_VERSION = 9
@@ -90,6 +91,16 @@ class Hello(Message):
     delegate: str = ""  # a worker's connection: the public key of the Main it sends calls for
     # (served here with this ``main_id``; its ``Peers`` here must name the worker's key); ""
     # for a Main
+
+
+def check_redistribution(name: str, raw: Any) -> str:
+    """How calls made inside tasks go (``Hello.redistribution``, a function's own setting):
+    "auto", "relayed" or "direct" (``ConfigError`` naming ``name`` otherwise)."""
+    if raw not in ("auto", "relayed", "direct"):
+        raise ConfigError(f"{name}={raw!r}: expected \"auto\" (worker to worker where a worker "
+                          "can, else through the Main), \"relayed\" (through the Main) or "
+                          "\"direct\" (worker to worker, never through the Main)")
+    return str(raw)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,9 +11,8 @@ import traceback as _traceback
 from dataclasses import dataclass
 from typing import Any
 
+from distrib._runtime import MAIN_ALIAS
 from distrib.wire._limits import cap_text
-
-MAIN_ALIAS = "__distrib_main__"  # the name executors import the Main's script under
 
 
 @dataclass(frozen=True, slots=True)

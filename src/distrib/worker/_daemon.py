@@ -26,6 +26,7 @@ import zmq
 
 from distrib import _shm
 from distrib._logs import RateLimited
+from distrib._scratch import remove_dead_runs, remove_tree
 from distrib.wire import _facts, _transport
 from distrib.wire import _messages as m
 from distrib.wire._limits import MAX_MESSAGE_BYTES
@@ -34,7 +35,6 @@ from distrib.worker._calls import Calls
 from distrib.worker._direct import LOCAL
 from distrib.worker._executors import Executors
 from distrib.worker._gate import Gate
-from distrib.worker._isolation import remove_dead_runs, remove_tree
 from distrib.worker._mains import Mains
 from distrib.worker._memory import MemoryWatch
 from distrib.worker._objects import Objects

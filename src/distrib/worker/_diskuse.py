@@ -8,7 +8,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from distrib.worker._envs import Environments
+from distrib.workspace._store import Store
 
 log = logging.getLogger("distrib.worker")
 
@@ -63,3 +66,11 @@ class DiskUse(Generic[T]):
             return
         with self._lock:
             self._value, self._at, self._running = value, started, False
+
+
+def measure_disk(envs: Environments, store: Store) -> dict[str, Any]:
+    """(in the disk-use thread) What the store and the built environments take."""
+    envs_built, envs_bytes = envs.disk_use()
+    return {"workspaces_cached": sum(1 for _ in store.envs.glob("[!.]*")),
+            "workspaces_bytes": store.usage(),
+            "envs_cached": envs_built, "envs_bytes": envs_bytes}

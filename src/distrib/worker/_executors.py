@@ -20,10 +20,10 @@ import psutil
 
 from distrib._logs import RateLimited
 from distrib.wire._messages import Outcome
+from distrib.wire._pipe import Verb
 from distrib.wire._record import ErrorRecord
 from distrib.worker import _pool
 from distrib.worker._memory import MemoryWatch
-from distrib.worker._pipe import Verb
 from distrib.worker._pool import ExecutorProcess, Recipe, Template, Zygote
 from distrib.worker._slots import Action, EnvKey, Slots
 

@@ -5,7 +5,8 @@ One folder per Main, one file per object (named by the hash of its frames: see
 receiving the bytes with every task. Each Main may hold ``limit`` bytes here; a new object
 makes room by removing that Main's least recently used objects that no queued or running task
 passes, and a task whose objects cannot fit yet is deferred (its Main sends it again later).
-The daemon only writes the frames it received; executors read them (``load``).
+The daemon only writes the frames it received; executors read them
+(``distrib.executor._objects``).
 
 A Main on this machine that shares its ``/dev/shm`` (``distrib._shm``) writes each object once
 into a file there and names it instead of sending its bytes; the daemon links that file into
@@ -18,7 +19,6 @@ import os
 import secrets
 import shutil
 import stat
-import struct
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,12 +27,9 @@ from typing import Any
 
 from distrib import _shm
 from distrib._process import exists
-from distrib._shm import map_private
 from distrib.wire._codec import SHM_NAME
 
 _COUNT = _shm.OBJECT_COUNT
-
-current: Path | None = None  # in an executor: the folder of the running task's Main
 
 
 @dataclass
@@ -162,7 +159,8 @@ class Objects:
             fd = os.open(kept, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             try:
                 info = os.fstat(fd)
-                header, frame_sizes = _header(os.pread(fd, _COUNT.size + 8 * 4096, 0))
+                header, frame_sizes = _shm.read_object_header(
+                    os.pread(fd, _COUNT.size + 8 * 4096, 0))
                 size = sum(frame_sizes)
             finally:
                 os.close(fd)
@@ -215,29 +213,3 @@ def write(path: Path, frames: list[memoryview]) -> None:
     except BaseException:  # (a full disk, say): no half-written file stays behind
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _header(head: bytes | memoryview) -> tuple[int, tuple[int, ...]]:
-    """(bytes of the header, each frame's size) of a file ``write`` made, from its first
-    bytes; ``ValueError`` if they are no header."""
-    if len(head) < _COUNT.size:
-        raise ValueError("no header")
-    (count,) = _COUNT.unpack_from(head)
-    if len(head) < _COUNT.size + 8 * count:
-        raise ValueError(f"a header of {count} frames is cut short")
-    return _COUNT.size + 8 * count, struct.unpack_from(f"<{count}Q", head, _COUNT.size)
-
-
-def load(key: str) -> list[memoryview]:
-    """In an executor: the frames of an object of the running task's Main, as views of a
-    private (copy-on-write) map of its file: nothing is copied, and a task that changes them
-    changes only its own pages."""
-    if current is None:
-        raise FileNotFoundError(f"shared object {key}: no folder of objects for this task")
-    view = map_private(current / key)
-    at, sizes = _header(view)
-    frames = []
-    for size in sizes:
-        frames.append(view[at:at + size])
-        at += size
-    return frames

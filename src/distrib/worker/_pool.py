@@ -33,19 +33,11 @@ from typing import Any
 import msgpack
 
 from distrib._process import exists, wait_exit
-from distrib.worker._isolation import remove_tree
-from distrib.worker._pipe import Pipe, Verb
+from distrib._scratch import remove_tree
+from distrib.wire._pipe import NICE_VAR, THREAD_VARS, Pipe, Verb
 
 log = logging.getLogger("distrib.worker")
 
-THREAD_VARS = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-)
-NICE_VAR = "DISTRIB_EXECUTOR_NICE"
 _PR_SET_CHILD_SUBREAPER = 36
 FORK_TIMEOUT = 10.0  # seconds a template may take to answer a fork
 
@@ -206,9 +198,9 @@ class Recipe:
 
 def _python(python: Path, argv: list[str], theirs: socket.socket, environ: dict[str, str],
             cwd: Path) -> subprocess.Popen[bytes]:
-    """``python -m distrib.worker._child ARGV``, given the socket ``theirs``."""
+    """``python -m distrib.executor._tasks ARGV``, given the socket ``theirs``."""
     return subprocess.Popen(
-        [str(python), "-P", "-m", "distrib.worker._child", *argv],
+        [str(python), "-P", "-m", "distrib.executor._tasks", *argv],
         pass_fds=(theirs.fileno(),),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,  # a task's prints are forwarded at the Python level

@@ -10,10 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from distrib.wire import _facts
 from distrib.wire._keys import KeyPair
-from distrib.worker._envs import Environments
-from distrib.workspace._store import Store
 
-if TYPE_CHECKING:  # (they import this module: its disk measure)
+if TYPE_CHECKING:  # (only for types: they are the daemon's parts it reports on)
     from distrib.worker._calls import Calls
     from distrib.worker._executors import Executors
     from distrib.worker._gate import Gate
@@ -26,14 +24,6 @@ if TYPE_CHECKING:  # (they import this module: its disk measure)
 log = logging.getLogger("distrib.worker")
 
 SERVED_LOG_EVERY = 60.0  # seconds between log lines saying which Mains hold the slots
-
-
-def measure_disk(envs: Environments, store: Store) -> dict[str, Any]:
-    """(in the disk-use thread) What the store and the built environments take."""
-    envs_built, envs_bytes = envs.disk_use()
-    return {"workspaces_cached": sum(1 for _ in store.envs.glob("[!.]*")),
-            "workspaces_bytes": store.usage(),
-            "envs_cached": envs_built, "envs_bytes": envs_bytes}
 
 
 class Status:

@@ -21,7 +21,7 @@ from distrib.wire import _envspec
 from distrib.wire import _messages as m
 from distrib.wire._messages import Outcome
 from distrib.wire._record import ErrorRecord
-from distrib.worker._diskuse import DiskUse
+from distrib.worker._diskuse import DiskUse, measure_disk
 from distrib.worker._dists import Change, Distributions, Failed, Ready
 from distrib.worker._envs import EnvPolicy, Environments
 from distrib.worker._executors import Executors
@@ -29,7 +29,6 @@ from distrib.worker._mains import MainPeer, Mains
 from distrib.worker._objects import Objects
 from distrib.worker._slots import Action, Slots, Spawn
 from distrib.worker._state import QueuedTask
-from distrib.worker._status import measure_disk
 from distrib.worker._warming import Warming
 from distrib.workspace._store import Store
 

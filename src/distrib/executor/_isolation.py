@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from distrib._process import exists
+from distrib._scratch import remove_tree
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
@@ -198,19 +198,3 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
             st = os.lstat(os.path.join(folder, name))
             out[os.path.join(folder, name)] = (st.st_size, st.st_mtime_ns)
     return out
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a scratch tree, including an overlay's work folder (which has mode 000)."""
-    for folder, dirs, _ in os.walk(path):  # top down: each folder is opened before its walk
-        for name in dirs:
-            os.chmod(os.path.join(folder, name), stat.S_IRWXU)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def remove_dead_runs(runs: Path) -> None:
-    """Remove the task folders of daemons that are gone (killed before they could)."""
-    for folder in runs.glob("*-*") if runs.is_dir() else []:
-        pid = folder.name.split("-", 1)[0]
-        if pid.isdigit() and not exists(int(pid)):
-            remove_tree(folder)

@@ -4,7 +4,7 @@ sends its outcome back the same way. A task that waits for one (``unwrap``, ``re
 ``error``, ``wait``, ``gather``) says so, and the daemon gives its slots to other tasks
 meanwhile (it parks the executor), so that nested calls cannot take every slot and wait.
 
-Outcomes are read by the executor's reader thread (``worker._child``), which settles the
+Outcomes are read by the executor's reader thread (``executor._tasks``), which settles the
 call's ``Response`` while the task goes on or waits.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 from distrib import _serialize
 from distrib._errors import SerializationError
 from distrib._response import Response
-from distrib.worker._pipe import Pipe, Verb
+from distrib.wire._pipe import Pipe, Verb
 
 channel: Channel | None = None  # in an executor: its channel to the daemon
 
@@ -114,13 +114,13 @@ class Channel:
                 continue  # (a call of a task that ended, or cancelled)
             if status == "ok":
                 try:
-                    response._finish(None, _serialize.loads(frames))
+                    response._set_outcome(None, _serialize.loads(frames))
                 except Exception as exc:
-                    response._finish(None, exc=SerializationError(
+                    response._set_outcome(None, exc=SerializationError(
                         f"the result of {response.name}#{child} does not unpickle here: "
                         f"{type(exc).__name__}: {exc}"))
             else:
-                response._finish(None, exc=_serialize.loads_error(frames, info))
+                response._set_outcome(None, exc=_serialize.loads_error(frames, info))
 
     def task_ended(self) -> None:
         """The running task ended: its calls' outcomes are not waited for any more (its

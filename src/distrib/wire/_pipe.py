@@ -22,6 +22,17 @@ import msgpack
 
 from distrib.wire._limits import PIPE_MAX_FRAMES, PIPE_MAX_HEADER
 
+# The environment an executor starts with: thread counts of the task's libraries, and the
+# niceness it takes first thing (and drops from its environment).
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
+NICE_VAR = "DISTRIB_EXECUTOR_NICE"
+
 _PREFIX = struct.Struct("<II")
 _CHUNK = 1 << 16
 

@@ -1,6 +1,6 @@
 """What runs inside an executor process: import the environment, then run tasks one by one.
 
-Started by the daemon as ``python -m distrib.worker._child FD ENV MAIN RUNS VENV``, talking
+Started by the daemon as ``python -m distrib.executor._tasks FD ENV MAIN RUNS VENV``, talking
 over the socket ``FD``; the messages are ``_pipe.Verb``'s. ``VENV`` is the built Python
 environment it runs in, or empty for the daemon's own.
 """
@@ -23,13 +23,12 @@ from typing import Any
 import msgpack
 import pathspec
 
-from distrib import _runtime, _serialize, _shm
+from distrib import _runtime, _serialize, _shared, _shm
 from distrib.wire._limits import MAX_FILE_BYTES
 from distrib._errors import SerializationError
 from distrib.wire._messages import Outcome, payload_size
-from distrib.worker import _isolation, _nested, _objects
-from distrib.worker._pipe import Pipe, Verb
-from distrib.worker._pool import NICE_VAR, THREAD_VARS
+from distrib.executor import _calls, _isolation, _objects
+from distrib.wire._pipe import NICE_VAR, THREAD_VARS, Pipe, Verb
 
 
 class _Forward(io.TextIOBase):
@@ -113,7 +112,7 @@ class _Inbox:
     calls' outcomes while tasks run (the common executor, whose tasks make no calls, keeps
     one thread and no hand-over per task)."""
 
-    def __init__(self, pipe: Pipe, channel: _nested.Channel) -> None:
+    def __init__(self, pipe: Pipe, channel: _calls.Channel) -> None:
         self.pipe, self.channel = pipe, channel
         self.waiting: dict[int, tuple[list[Any], list[Any]]] = {}  # received, not started
         self.closed = False
@@ -378,7 +377,8 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     lock = threading.RLock()  # (every send on the pipe: tasks' output, calls, outcomes)
     out, err = _Forward(pipe, lock, 1), _Forward(pipe, lock, 2)
-    channel = _nested.channel = _nested.Channel(pipe, lock)
+    channel = _calls.channel = _calls.Channel(pipe, lock)
+    _shared.load_frames = _objects.load  # (the calls' shared objects: this task's Main's)
     pipe.send([Verb.READY, isolation.kind])
     real_out, real_err = sys.stdout, sys.stderr
     inbox = _Inbox(pipe, channel)
