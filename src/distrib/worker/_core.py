@@ -60,15 +60,17 @@ from distrib.worker._events import (
     Withdrawn,
 )
 from distrib.worker._invariants import check
-from distrib.worker._placing import Placement
+from distrib.worker._placing import STUCK_HAND_BACK, Placement
 from distrib.worker._state import QueuedTask
 
 
 class Core(Placement):
     """The worker's decisions: which task runs on which executor, and what its Mains hear."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, slots: int, idle_after: float = 300.0, max_queued: int = 256 << 20,
+                 max_parked: int | None = None,
+                 hand_back_after: float | None = STUCK_HAND_BACK) -> None:
+        super().__init__(slots, idle_after, max_queued, max_parked, hand_back_after)
         handlers: dict[type, Callable[[Any, float], None]] = {
             TaskSubmitted: self._submitted, TaskQueued: self._queued,
             TaskDeferred: self._deferred, DistReady: self._dist_ready,
