@@ -40,7 +40,7 @@ from distrib.worker._events import (
     Turn,
     Vacating,
 )
-from distrib.worker._placing import PARK_GRACE, STUCK_HAND_BACK
+from distrib.worker._corestate import PARK_GRACE, STUCK_HAND_BACK
 from distrib.worker._state import QueuedTask
 
 

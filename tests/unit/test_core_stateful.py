@@ -62,7 +62,7 @@ from distrib.worker._events import (
     Tick,
     Turn,
 )
-from distrib.worker._placing import Executor
+from distrib.worker._corestate import Executor
 from distrib.worker._state import QueuedTask
 
 MAINS = [b"A", b"B", b"C"]

@@ -3,7 +3,7 @@
 No sockets, no processes, no clock (the time comes in as an argument). The daemon turns what
 it hears into the events of ``_events`` and carries out the actions returned; what it shows
 in its status (slots held, tasks waiting, counters) it reads from the queries of
-``Placement``, and nothing it must react to comes any other way than as an action.
+``CoreState``, and nothing it must react to comes any other way than as an action.
 
 A Main's task goes: ``TaskSubmitted`` (the checks: refused, deferred, or ``Admit``), then, once
 the daemon asked for its distribution, environment and shared objects, ``TaskQueued``; a
@@ -60,11 +60,11 @@ from distrib.worker._events import (
     Withdrawn,
 )
 from distrib.worker._invariants import check
-from distrib.worker._placing import STUCK_HAND_BACK, Placement
+from distrib.worker._corestate import STUCK_HAND_BACK, CoreState
 from distrib.worker._state import QueuedTask
 
 
-class Core(Placement):
+class Core(CoreState):
     """The worker's decisions: which task runs on which executor, and what its Mains hear."""
 
     def __init__(self, slots: int, idle_after: float = 300.0, max_queued: int = 256 << 20,

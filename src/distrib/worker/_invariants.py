@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from distrib.worker._placing import Placement
+from distrib.worker._corestate import CoreState
 
 
-def check(core: Placement) -> None:
+def check(core: CoreState) -> None:
     """Raise AssertionError, saying what is wrong, if ``core``'s state contradicts itself."""
     execs = list(core.executors.values())
     running = [ex for ex in execs if ex.runs]

@@ -52,7 +52,7 @@ from distrib.worker._events import (
     Warm,
     Withdrawn,
 )
-from distrib.worker._placing import PREFETCH, SKIP_GRACE, Executor
+from distrib.worker._corestate import PREFETCH, SKIP_GRACE, Executor
 from distrib.worker._state import QueuedTask
 
 # What these methods return: the actions the daemon carries out itself.

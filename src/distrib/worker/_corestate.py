@@ -62,7 +62,7 @@ _NONE: list[Action] = []  # returned for "nothing to do"; never changed
 _Fate: TypeAlias = Outcome | Withdrawn | None
 
 
-class Placement:
+class CoreState:
     """``slots`` slots shared by the executors of every environment this worker serves."""
 
     def __init__(self, slots: int, idle_after: float = 300.0,
