@@ -59,8 +59,8 @@ from distrib.worker._events import (
     Warm,
     Withdrawn,
 )
-from distrib.worker._invariants import check
 from distrib.worker._corestate import STUCK_HAND_BACK, CoreState
+from distrib.worker._invariants import check
 from distrib.worker._state import QueuedTask
 
 
