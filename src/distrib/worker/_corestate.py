@@ -1,0 +1,451 @@
+"""Where tasks go: the worker core's state, its fair choice of what starts on free slots, and
+the bookkeeping of executors (what each holds, parking, withdrawals, stopping one).
+
+Pure: no sockets, no processes, no clock (the time comes in as an argument). ``Core`` (in
+``_core``) turns events into calls of these methods; they append actions to ``_out``.
+
+Every busy executor holds its next task (tiny tasks: a few), so a slot does not idle between
+two tasks waiting for a turn of the daemon's loop.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from distrib._sustained import Sustained
+from distrib.wire._messages import Outcome
+from distrib.worker._events import (
+    Action,
+    EnvKey,
+    Kill,
+    OwnerWord,
+    Report,
+    Rewaited,
+    Run,
+    Send,
+    Skip,
+    Spawn,
+    Withdrawn,
+)
+from distrib.worker._state import QueuedTask, Queues
+
+TINY_TASK = 0.005  # seconds: executors of tasks this short get PREFETCH queued, others 1
+PREFETCH = 4  # tasks waiting in an executor's pipe behind the running one
+PREFETCH_BYTES = 16 * 1024  # only small calls: the pipe's buffer must hold them all
+SKIP_GRACE = 0.05  # seconds to wait for a "skipped" before stopping a withdrawn task
+PARK_GRACE = 0.05  # seconds a parked task's slots go only to deeper tasks (see _depth_floor)
+STUCK_HAND_BACK = 1.0  # seconds every slot is held by waiting tasks before queued ones go back
+
+
+@dataclass(eq=False)
+class Executor:
+    """An executor as the machine sees it: its tasks in order (the first one runs)."""
+
+    ex_id: int
+    key: EnvKey
+    ready: bool = False  # it has imported its environment
+    runs: deque[Run] = field(default_factory=deque)
+    idle_since: float | None = None  # when it last ran out of tasks
+    nests: bool = False  # its running task called @distributed functions: nothing is queued
+    # behind it (a call it waits for could be)
+    parked: bool = False  # its running task waits for its calls and gave its slots back
+    parked_at: float = 0.0
+    waiter: bytes = b""  # the Main of the task that parked or blocked it
+    blocked: bool = False  # it waits for them, holding its slots (parked executors at the cap)
+
+
+_NONE: list[Action] = []  # returned for "nothing to do"; never changed
+# What becomes of a task of a stopped executor: an outcome, a withdrawal, or None (requeued).
+_Fate: TypeAlias = Outcome | Withdrawn | None
+
+
+class CoreState:
+    """``slots`` slots shared by the executors of every environment this worker serves."""
+
+    def __init__(self, slots: int, idle_after: float = 300.0,
+                 max_queued: int = 256 << 20, max_parked: int | None = None,
+                 hand_back_after: float | None = STUCK_HAND_BACK) -> None:
+        self.slots = slots
+        # executors whose task waits for its calls and gave its slots back, at most
+        self.max_parked = 2 * slots if max_parked is None else max_parked
+        self._last_park = float("-inf")
+        # per Main, the deepest depth of a task of it that called @distributed functions
+        self._callers: dict[bytes, int] = {}
+        self.max_queued = max_queued  # payload bytes queued per Main; more is deferred
+        self.idle_after = idle_after  # seconds an executor may wait for a task before it stops
+        self.busy = 0  # slots held by executors that have a task
+        self.queues = Queues()
+        self.executors: dict[int, Executor] = {}
+        self.counters = dict.fromkeys(
+            ("tasks_done", "executors_started", "executors_crashed", "deferred", "parks",
+             "most_parked"), 0)
+        self._ready_dists: set[str] = set()
+        self._ready_envs: set[str] = set()  # Python environments built since tasks waited
+        # (dist, context, Main) whose environment failed to import: its later tasks fail at once
+        self._import_failed: dict[tuple[str, str, bytes], tuple[dict[str, str], list[Any]]] = {}
+        self._run_time: dict[EnvKey, float] = {}  # recent run time per environment (EWMA)
+        self._unsent: dict[int, list[Run]] = {}  # handed out this turn, sent by _schedule()
+        self._next_key = 0
+        self._next_ex = 0
+        self._out: list[Action] = []
+        self.state: OwnerWord = "serving"  # as the Mains are told: not serving, start nothing
+        self._stuck = False  # every slot held by a task waiting for its calls, as last said
+        # (None: the daemon times it itself, until it hands every event to ``handle``)
+        self._stuck_for = None if hand_back_after is None else Sustained(hand_back_after)
+        self._drained = False  # Drained was said
+        self.most = slots  # the most slots offered since the start (Mains may not know less)
+        self.limits: dict[bytes, int] = {}  # the most slots a Main may hold (its quota)
+        self.weights: dict[bytes, float] = {}  # a Main's priority among Mains that want more
+
+    @property
+    def paused(self) -> bool:
+        """The owner paused or drains the worker, or it is away: start nothing new."""
+        return self.state != "serving"
+
+    # --- queries -----------------------------------------------------------------------------
+    def running(self, ex_id: int) -> Run | None:
+        """The task ``ex_id`` runs now, if any."""
+        ex = self.executors.get(ex_id)
+        return ex.runs[0] if ex is not None and ex.runs else None
+
+    def active_dists(self) -> set[str]:
+        """Distributions with a task queued or handed to an executor."""
+        out = {run.task.dist for ex in self.executors.values() for run in ex.runs}
+        return out | self.queues.dists()
+
+    def held(self) -> dict[bytes, int]:
+        """Slots each Main's running tasks hold."""
+        out: dict[bytes, int] = {}
+        for ex in self.executors.values():
+            if ex.runs and not ex.parked:
+                peer = ex.runs[0].task.peer
+                out[peer] = out.get(peer, 0) + ex.key.threads
+        return out
+
+    def waiting_for_calls(self, peer: bytes) -> tuple[list[int], list[int], bool]:
+        """``peer``'s tasks that wait for their calls: (parked ones, ones holding their
+        slots, whether every slot is held by such a task of any Main)."""
+        parked: list[int] = []
+        blocked: list[int] = []
+        for ex in self.executors.values():
+            if ex.runs and ex.runs[0].task.peer == peer and (ex.parked or ex.blocked):
+                (parked if ex.parked else blocked).append(ex.runs[0].task.task_id)
+        return parked, blocked, self.stuck()
+
+    def stuck(self) -> bool:
+        """Every slot is held by a task waiting for its calls: nothing can start here."""
+        return self.slots > 0 and sum(
+            ex.key.threads for ex in self.executors.values() if ex.blocked) >= self.slots
+
+    def waiting(self, peer: bytes | None = None) -> int:
+        """Tasks not running yet: queued here, or handed to a busy executor to run next."""
+        handed = sum(1 for ex in self.executors.values() for run in list(ex.runs)[1:]
+                     if peer is None or run.task.peer == peer)
+        return (len(self.queues) if peer is None else self.queues.count(peer)) + handed
+
+    def offered(self, peer: bytes) -> int:
+        """The slots ``peer`` may use here: all of them, or its quota."""
+        return min(self.slots, self.limits.get(peer, self.slots))
+
+    def running_any(self) -> bool:
+        """Whether any executor holds a task (running, or handed to it to run next)."""
+        return any(ex.runs for ex in self.executors.values())
+
+    def env_is_ready(self, env: str) -> bool:
+        return env in self._ready_envs
+
+    def dist_is_ready(self, dist: str) -> bool:
+        return dist in self._ready_dists
+
+    def objects_in_use(self, peer: bytes) -> set[str]:
+        """The shared objects that ``peer``'s queued and running tasks pass."""
+        tasks = [t for t in self.queues.tasks() if t.peer == peer] + [
+            run.task for ex in self.executors.values() for run in ex.runs
+            if run.task.peer == peer]
+        return {key for t in tasks for key in t.objects}
+
+    def active_envs(self) -> set[str]:
+        """Python environments with a task queued or handed to an executor."""
+        return {t.env for t in self.queues.tasks()} | {
+            run.task.env for ex in self.executors.values() for run in ex.runs}
+
+    # --- what starts where --------------------------------------------------------------------
+
+    def _schedule(self, now: float) -> None:
+        """Start what fits on free slots, keep busy executors fed, and send what was handed."""
+        if not len(self.queues) and not self._unsent:
+            return
+        held = self.held()
+        new: dict[EnvKey, bytes] = {}  # environments with no executor before this turn
+        runnable: Callable[[QueuedTask], bool] = self._runnable
+        floor = self._depth_floor(now)
+        if floor is not None:
+            runnable = lambda t: t.depth > floor(t.peer) and self._runnable(t)  # noqa: E731
+        while self.busy < self.slots and not self.paused:
+            task = self.queues.next_runnable(self.slots - self.busy, runnable, held,
+                                             self.limits, self.weights)
+            if task is None:
+                break
+            held[task.peer] = held.get(task.peer, 0) + task.threads
+            key = EnvKey(task.dist, task.threads, task.context)
+            idle = (e for e in self.executors.values()
+                    if e.key == key and not e.runs)
+            ex = next(idle, None)
+            if ex is None:
+                if not any(e.key == key for e in self.executors.values()):
+                    new[key] = task.peer
+                ex = self._spawn(key)
+            self.busy += task.threads
+            self._hand(ex, task, now)
+        for key, peer in new.items():
+            self._warm(key, peer, now)
+        if (self.busy == self.slots and len(self.queues) and not self._starved(held)
+                and not self.paused):  # (over the slots after a resize: let them drain)
+            self._prefetch(now, held, floor)
+        unsent, self._unsent = self._unsent, {}
+        for ex_id, runs in unsent.items():
+            holder = self.executors.get(ex_id)
+            live = [r for r in runs if holder is not None and r in holder.runs]
+            if live:
+                self._out.append(Send(ex_id, live))
+
+    def _depth_floor(self, now: float) -> Callable[[bytes], int] | None:
+        """Per Main, only its tasks deeper than this may start now (None: any, for all), so
+        that tasks waiting for their calls never take every slot:
+
+        - a task that parked in the last ``PARK_GRACE`` seconds lends its slots to deeper
+          tasks of its Main (its own calls, relayed through its Main, arrive within that
+          time), not to tasks of its depth (or shallower), which would call and wait in turn;
+        - with ``max_parked`` executors parked, a task that called and waits would keep its
+          slots: only tasks deeper than every waiting one start, of any Main (the deepest
+          calls are the ones that do not call again), and shallower ones once a parked task
+          is done."""
+        if self._last_park == float("-inf"):
+            return None  # (no task here ever waited for its calls: the common case)
+        waiting = [ex for ex in self.executors.values() if ex.runs and (ex.parked or ex.blocked)]
+        if not waiting:
+            return None
+        floors: dict[bytes, int] = {}
+        for ex in waiting:
+            if ex.parked and now - ex.parked_at < PARK_GRACE:
+                peer, depth = ex.runs[0].task.peer, ex.runs[0].task.depth
+                floors[peer] = max(floors.get(peer, -1), depth)
+        cap = -1
+        if sum(ex.parked for ex in waiting) >= self.max_parked:
+            cap = max(ex.runs[0].task.depth for ex in waiting)
+        if not floors and cap < 0:
+            return None
+        return lambda peer: max(floors.get(peer, -1), cap)
+
+    def _take(self) -> list[Action]:
+        if not self._out:
+            return _NONE  # (most events decide nothing: no list to make)
+        out, self._out = self._out, []
+        return out
+
+    def _runnable(self, task: QueuedTask) -> bool:
+        return (task.dist in self._ready_dists and (not task.env or task.env in self._ready_envs)
+                and not task.waits)
+
+    def _starved(self, held: dict[bytes, int]) -> bool:
+        """Whether a Main with work that could start holds less than its fair share: then no
+        task is prefetched, so the next slot to free goes to it (max-min fair)."""
+        if len(self.queues.peers()) < 2 and len(held) < 2:
+            return False  # one Main: no one to be fair to
+        waiting = [p for p in self.queues.waiting_peers(self._runnable)
+                   if held.get(p, 0) < self.limits.get(p, self.slots)]  # (not at its quota)
+        if not waiting:
+            return False
+        weights = {p: self.weights.get(p, 1.0) for p in set(waiting) | set(held)}
+        total = sum(weights.values())
+        return any(held.get(p, 0) < self.slots * weights[p] / total for p in waiting)
+
+    def _prefetch(self, now: float, held: dict[bytes, int],
+                  floor: Callable[[bytes], int] | None) -> None:
+        """All slots busy: give each busy executor its next task (tiny tasks: a few), so it
+        starts it the moment it finishes one instead of waiting for a turn of the loop."""
+        for ex in list(self.executors.values()):
+            if not ex.runs or not ex.ready or ex.nests:
+                continue
+            key, peer = ex.key, ex.runs[-1].task.peer
+            if held.get(peer, 0) > self.limits.get(peer, self.slots):
+                continue  # over its quota since it was lowered: let its slots drain
+            depth = PREFETCH if self._run_time.get(key, 1.0) <= TINY_TASK else 1
+            while len(ex.runs) <= depth:
+                # (the same Main's: then each Main's slots held stay as they are, within quota)
+                task = self.queues.next_runnable(key.threads, lambda t: (
+                    t.peer == peer and t.dist == key.dist and t.threads == key.threads
+                    and t.context == key.context and t.nbytes < PREFETCH_BYTES and not t.waits
+                    # (a task that may call and wait would start behind another, unchecked)
+                    and t.depth > max(self._callers.get(peer, -1),
+                                      -1 if floor is None else floor(peer))))
+                if task is None:
+                    break
+                self._hand(ex, task, now)
+
+    def _spawn(self, key: EnvKey) -> Executor:
+        idle = [e for e in self.executors.values() if not e.runs]
+        # Keep at most ``slots`` executors around: retire an idle one of another environment.
+        if len(self.executors) >= self.slots and idle:
+            self._retire(idle[0])
+        self._next_ex += 1
+        ex = self.executors[self._next_ex] = Executor(self._next_ex, key)
+        self.counters["executors_started"] += 1
+        self._out.append(Spawn(ex.ex_id, key))
+        return ex
+
+    def _warm(self, key: EnvKey, peer: bytes, now: float, count: int | None = None) -> None:
+        """An environment's first executors: start idle ones too, up to the slots its Main
+        may use (and ``count``), on room no other executor holds (as a process pool starts
+        its workers at the first call), so the next calls find them ready. Unused, they stop
+        after ``idle_after``."""
+        most = self.offered(peer) // key.threads
+        if count is not None:
+            most = min(most, count)
+        have = sum(1 for e in self.executors.values() if e.key == key)
+        for _ in range(min(most - have, self.slots - len(self.executors))):
+            self._spawn(key).idle_since = now
+
+    def _retire(self, ex: Executor) -> None:
+        del self.executors[ex.ex_id]
+        self._unsent.pop(ex.ex_id, None)
+        self._out.append(Kill(ex.ex_id))
+
+    def _hand(self, ex: Executor, task: QueuedTask, now: float) -> None:
+        self._next_key += 1
+        run = Run(task, self._next_key)
+        ex.runs.append(run)
+        ex.idle_since = None
+        if len(ex.runs) == 1:
+            self._began(run, now)
+        if ex.ready:
+            self._unsent.setdefault(ex.ex_id, []).append(run)
+
+    def _began(self, run: Run, now: float) -> None:
+        run.started = now
+        run.deadline = None if run.task.timeout is None else now + run.task.timeout
+
+    # --- what executors hold --------------------------------------------------------------------
+
+    def _release(self, ex: Executor) -> None:
+        """``ex``'s running task ended: its slots are free (a parked one's were already)."""
+        if ex.parked or ex.blocked:
+            self._out.append(Rewaited(ex.waiter))
+        if ex.parked:
+            ex.parked = False
+            self._repark()
+        else:
+            self.busy -= ex.key.threads
+        ex.nests = ex.blocked = False
+
+    def _parked(self) -> int:
+        return sum(e.parked for e in self.executors.values())
+
+    def _lend(self, ex: Executor, now: float) -> None:
+        """``ex``'s running task waits for its calls: its slots go to other tasks."""
+        ex.blocked, ex.parked, ex.parked_at = False, True, now
+        self.busy -= ex.key.threads
+        self.counters["parks"] += 1
+        self.counters["most_parked"] = max(self.counters["most_parked"], self._parked())
+
+    def _repark(self) -> None:
+        """A parked task went on or ended: a task that waits holding its slots (at the cap)
+        lends them now."""
+        room = self.max_parked - self._parked()
+        for ex in self.executors.values():
+            if room <= 0:
+                return
+            if ex.blocked and ex.runs:
+                self._lend(ex, ex.parked_at)  # (not a fresh park: no grace for its depth)
+                self._out.append(Rewaited(ex.waiter))
+                room -= 1
+
+    def _next_head(self, ex: Executor, now: float) -> None:
+        """The executor's running task is gone: the next one (if any) starts running now."""
+        self._release(ex)
+        if not ex.runs:
+            ex.idle_since = now
+            return
+        self.busy += ex.key.threads  # (the next task holds the slots)
+        head = ex.runs[0]
+        self._began(head, now)
+        if head.withdrawn in (Withdrawn.CANCELLED, Withdrawn.DROPPED):
+            # Its skip may be on its way back; if not, it started: stop it shortly.
+            head.stop_at = now + SKIP_GRACE
+
+    def _shrink(self, peer: bytes | None = None) -> None:
+        """Fewer slots (for ``peer``, if given): tasks handed to executors and not started go
+        back to the queue, and queued ones needing more slots than their Main may now use go
+        back to it."""
+        self._recall(Withdrawn.REQUEUED, peer)
+        self._defer_where(lambda t: peer in (None, t.peer) and t.threads > self.offered(t.peer))
+
+    def _defer_where(self, pred: Callable[[QueuedTask], bool]) -> None:
+        """The queued tasks matching ``pred`` go back to their Mains, deferred."""
+        for task in self.queues.take_where(pred):
+            self._out.append(Report(task, Outcome.DEFERRED))
+
+    def _recall(self, why: Withdrawn, peer: bytes | None = None) -> None:
+        """Withdraw every task (of ``peer``, if given) handed to an executor that has not
+        started (``why``: to the queue, or back to its Main)."""
+        for ex in self.executors.values():
+            for run in reversed(list(ex.runs)[1:]):  # (requeued in their order)
+                if run.withdrawn is not None or peer not in (None, run.task.peer):
+                    continue
+                if ex.ready:
+                    self._withdraw(ex, run, False, why)
+                else:  # (not sent to it yet: no skip to wait for)
+                    ex.runs.remove(run)
+                    self._settle(run.task, why)
+
+    def _settle(self, task: QueuedTask, why: Withdrawn | None) -> None:
+        """A withdrawn task that did not run: report, requeue or forget it, as ``why`` says."""
+        if why is Withdrawn.CANCELLED:
+            self._out.append(Report(task, Outcome.CANCELLED))
+        elif why is Withdrawn.HANDED_BACK:
+            self._out.append(Report(task, Outcome.DEFERRED))
+        elif why is Withdrawn.REQUEUED:
+            self._requeue(task)
+
+    def _requeue(self, task: QueuedTask) -> None:
+        """Back to the head of its queue, or to its Main if it cannot start here soon: the
+        worker stopped lending, or the task needs more slots than its Main may now use."""
+        if self.paused or task.threads > self.offered(task.peer):
+            self._out.append(Report(task, Outcome.DEFERRED))
+        else:
+            self.queues.add_front(task)
+
+    def _withdraw(self, ex: Executor, run: Run, running: bool, why: Withdrawn) -> None:
+        """Cancel (or drop) a task handed to ``ex``: stop it if it runs, else ask to skip it."""
+        if running:
+            self._halt(ex.ex_id, lambda r, head: why if r is run else None)
+            return
+        run.withdrawn = why
+        self._out.append(Skip(ex.ex_id, run.key))
+
+    def _halt(self, ex_id: int, fate: Callable[[Run, bool], _Fate],
+              info: dict[str, str] | None = None, frames: list[Any] | None = None) -> None:
+        """Stop executor ``ex_id``. Each of its tasks gets ``fate(run, is_running)``: an
+        outcome reported with ``info``/``frames`` (for a crash or an environment error) or
+        without, a withdrawal, or None: back to the head of its queue, to run elsewhere."""
+        ex = self.executors[ex_id]
+        runs = list(ex.runs)
+        ex.runs.clear()
+        self._retire(ex)
+        if runs:
+            self._release(ex)
+        for i, run in reversed(list(enumerate(runs))):
+            end = fate(run, i == 0)
+            if end is None:
+                end = run.withdrawn  # asked to skip it: it does not go back to the queue
+            if end is None:
+                self._requeue(run.task)
+            elif isinstance(end, Withdrawn):
+                self._settle(run.task, end)
+            elif isinstance(end, Outcome):
+                keep = end in (Outcome.CRASHED, Outcome.ENV_ERROR)
+                self._out.append(Report(run.task, end, (info or {}) if keep else {},
+                                        (frames or []) if keep else []))

@@ -1,0 +1,356 @@
+"""The worker core's vocabulary: the events the daemon feeds it and the actions it returns.
+
+The daemon turns what it hears (a Main's Submit, an executor's message, a death, the owner's
+word, the clock) into one of the events below and calls ``Core.handle(event, now)``; it carries
+out the actions returned, in order:
+
+    Admit(task)              a submitted task passed the core's checks: get what it needs
+                             (shared objects, distribution, environment), then TaskQueued
+    Spawn(ex, key)           start executor ``ex`` for an environment and thread count
+    Send(ex, runs)           hand it these tasks (it runs them in order)
+    Skip(ex, key)            ask it to drop a task it holds and has not started
+    Kill(ex)                 stop it now
+    Report(task, outcome)    send a task's outcome to its Main
+    Rewaited(peer)           that Main's tasks waiting for their calls changed: tell it
+    StuckChanged(stuck)      every slot is (no longer) held by a waiting task: tell every Main
+    StuckHandedBack(count)   the queued tasks went back because every slot stayed held
+    Vacating(running)        the worker stops lending and stops its running tasks
+    MainDropped(peer, ...)   a Main's tasks were forgotten (how many, for the log)
+    Drained()                draining, and nothing runs any more: the worker leaves
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+
+from distrib.wire._messages import Outcome
+from distrib.worker._state import QueuedTask
+
+OwnerWord: TypeAlias = Literal["serving", "paused", "draining"]
+
+
+@dataclass(frozen=True, slots=True)
+class EnvKey:
+    """Executors are shared by tasks of one distribution asking for the same thread count,
+    from Mains with the same argv and forwarded environment (the main script's import sees
+    them)."""
+
+    dist: str
+    threads: int
+    context: str = ""
+
+
+class Withdrawn(enum.Enum):
+    """Why a task handed to an executor was taken back."""
+
+    CANCELLED = "cancelled"  # its Main cancelled it: reported as Outcome.CANCELLED
+    DROPPED = "dropped"  # its Main left: reported to no one
+    REQUEUED = "requeued"  # fewer slots now: back to the queue (if it started, it runs on)
+    HANDED_BACK = "handed back"  # the worker stops lending: back to its Main, deferred (if it
+    # started, it runs on)
+
+
+@dataclass(eq=False)
+class Run:
+    """A task handed to an executor; ``key`` names it on the executor's pipe."""
+
+    task: QueuedTask
+    key: int
+    started: float = 0.0
+    deadline: float | None = None
+    withdrawn: Withdrawn | None = None
+    stop_at: float | None = None  # withdrawn, but it became the running task: stop it then
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSubmitted:
+    """A Main sent a task; nothing is fetched for it yet. ``problem``: why its Main's
+    environment cannot be built here (its Welcome said so), "" if none."""
+
+    task: QueuedTask
+    problem: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskQueued:
+    """A task whose needs are asked for (after ``Admit``, or a call placed here): queue it."""
+
+    task: QueuedTask
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDeferred:
+    """The daemon cannot take a task now (its shared objects do not fit): back to its Main."""
+
+    task: QueuedTask
+
+
+@dataclass(frozen=True, slots=True)
+class DistReady:
+    dist: str
+
+
+@dataclass(frozen=True, slots=True)
+class DistFailed:
+    """Fetching or building ``dist`` from ``peer`` failed."""
+
+    dist: str
+    info: dict[str, str]
+    peer: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class DistReplaced:
+    """The tree of ``dist`` drifted and is built again."""
+
+    dist: str
+
+
+@dataclass(frozen=True, slots=True)
+class EnvReady:
+    env: str
+
+
+@dataclass(frozen=True, slots=True)
+class EnvFailed:
+    """Building the Python environment ``env`` failed (for ``peer`` alone, if given)."""
+
+    env: str
+    info: dict[str, str]
+    peer: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EnvDropped:
+    """The built environment ``env`` was removed: build it again before a task uses it."""
+
+    env: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectsArrived:
+    peer: bytes
+    keys: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectsFailed:
+    peer: bytes
+    keys: frozenset[str]
+    info: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorReady:
+    """The executor imported its environment."""
+
+    ex_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDone:
+    """The executor finished its running task ``key``; ``shm``: its result frames in
+    /dev/shm."""
+
+    ex_id: int
+    key: int
+    outcome: Outcome
+    info: dict[str, str]
+    frames: list[Any]
+    shm: dict[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSkipped:
+    """The executor dropped task ``key``, not started, as asked."""
+
+    ex_id: int
+    key: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorEnvError:
+    """The executor could not import its environment."""
+
+    ex_id: int
+    info: dict[str, str]
+    frames: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorDied:
+    ex_id: int
+    info: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCalled:
+    """The running task ``key`` called a ``@distributed`` function."""
+
+    ex_id: int
+    key: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskParked:
+    """The running task ``key`` waits for its calls."""
+
+    ex_id: int
+    key: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResumed:
+    """The running task ``key`` goes on after waiting for its calls."""
+
+    ex_id: int
+    key: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    peer: bytes
+    task_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class HandBack:
+    """Every task not started goes back to its Main; ``vacate``: running ones too."""
+
+    vacate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Resize:
+    slots: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaSet:
+    """``peer`` may hold at most ``limit`` slots (None: any), with priority ``weight``."""
+
+    peer: bytes
+    limit: int | None
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerState:
+    """What the Mains are told the worker does (the owner's word, its hours and load);
+    ``vacate``: stopping to lend stops the running tasks too."""
+
+    state: OwnerWord
+    vacate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MainLeft:
+    peer: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Warm:
+    """``peer`` asks for ``count`` idle executors of ``key`` ahead of its calls."""
+
+    key: EnvKey
+    peer: bytes
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """A turn of the daemon's loop: start what fits and send what was handed out."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """The clock moved on: timeouts, idle executors, slots held by waiting tasks."""
+
+
+Event: TypeAlias = (
+    TaskSubmitted | TaskQueued | TaskDeferred | DistReady | DistFailed | DistReplaced
+    | EnvReady | EnvFailed | EnvDropped | ObjectsArrived | ObjectsFailed | ExecutorReady
+    | TaskDone | TaskSkipped | ExecutorEnvError | ExecutorDied | TaskCalled | TaskParked
+    | TaskResumed | Cancel | HandBack | Resize | QuotaSet | OwnerState | MainLeft | Warm
+    | Turn | Tick)
+
+
+# --- actions ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)  # (not frozen: one is made per task, and frozen ones cost more)
+class Spawn:
+    ex_id: int
+    key: EnvKey
+
+
+@dataclass(slots=True)
+class Send:
+    ex_id: int
+    runs: list[Run]
+
+
+@dataclass(slots=True)
+class Skip:
+    ex_id: int
+    key: int
+
+
+@dataclass(slots=True)
+class Kill:
+    ex_id: int
+
+
+@dataclass(slots=True)
+class Report:
+    task: QueuedTask
+    outcome: Outcome
+    info: dict[str, str] = field(default_factory=dict)
+    frames: list[Any] = field(default_factory=list)
+    shm: dict[str, int] | None = None  # result frames in /dev/shm
+
+
+@dataclass(slots=True)
+class Admit:
+    task: QueuedTask
+
+
+@dataclass(frozen=True, slots=True)
+class Rewaited:
+    peer: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StuckChanged:
+    stuck: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StuckHandedBack:
+    count: int  # tasks that went back
+
+
+@dataclass(frozen=True, slots=True)
+class Vacating:
+    running: int  # executors with a task, stopped
+
+
+@dataclass(frozen=True, slots=True)
+class MainDropped:
+    peer: bytes
+    queued: int  # its tasks not started, forgotten
+    running: int  # its running tasks, stopped
+
+
+@dataclass(frozen=True, slots=True)
+class Drained:
+    pass
+
+
+Action: TypeAlias = (Spawn | Send | Skip | Kill | Report | Admit | Rewaited | StuckChanged
+                     | StuckHandedBack | Vacating | MainDropped | Drained)

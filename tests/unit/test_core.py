@@ -1,0 +1,289 @@
+"""The worker core through its one entry point, ``Core.handle``: parking, nested calls,
+``max_parked`` and the depth rule, the checks on a Submit, the owner's state, a stuck worker.
+Every event is followed by ``check_invariants``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from distrib.wire._messages import Outcome
+from distrib.worker._core import Core
+from distrib.worker._events import (
+    Action,
+    Admit,
+    Cancel,
+    DistReady,
+    Drained,
+    Event,
+    ExecutorReady,
+    Kill,
+    MainDropped,
+    MainLeft,
+    OwnerState,
+    Report,
+    Rewaited,
+    Send,
+    Skip,
+    Spawn,
+    StuckChanged,
+    StuckHandedBack,
+    TaskCalled,
+    TaskDone,
+    TaskParked,
+    TaskQueued,
+    TaskResumed,
+    TaskSkipped,
+    TaskSubmitted,
+    Tick,
+    Turn,
+    Vacating,
+)
+from distrib.worker._corestate import PARK_GRACE, STUCK_HAND_BACK
+from distrib.worker._state import QueuedTask
+
+
+def qt(task_id: int, peer: bytes = b"A", threads: int = 1, depth: int = 0) -> QueuedTask:
+    return QueuedTask(peer, task_id, "d", threads, None, [b"x"], depth=depth)
+
+
+def of(kind: type, actions: list[Action]) -> list[Any]:
+    return [a for a in actions if isinstance(a, kind)]
+
+
+def reports(actions: list[Action]) -> list[tuple[int, Outcome]]:
+    return [(a.task.task_id, a.outcome) for a in of(Report, actions)]
+
+
+class Worker:
+    """A core, and the daemon's side of it: executors become ready as soon as they are
+    spawned, and the invariants are checked after every event."""
+
+    def __init__(self, slots: int, **kwargs: Any) -> None:
+        self.core = Core(slots, **kwargs)
+        self.now = 0.0
+        self.do(DistReady("d"))
+
+    def do(self, event: Event, at: float | None = None) -> list[Action]:
+        if at is not None:
+            self.now = at
+        out = self.core.handle(event, self.now)
+        self.core.check_invariants()
+        for spawn in of(Spawn, out):
+            self.core.handle(ExecutorReady(spawn.ex_id), self.now)
+            self.core.check_invariants()
+        return out
+
+    def submit(self, *tasks: QueuedTask) -> list[Action]:
+        out: list[Action] = []
+        for task in tasks:
+            out += self.do(TaskQueued(task))
+        return out + self.turn()
+
+    def turn(self, at: float | None = None) -> list[Action]:
+        """A turn, and the one after it that sends what executors spawned in it hold."""
+        out = self.do(Turn(), at)
+        return out + self.do(Turn())
+
+    def ex_of(self, task_id: int, peer: bytes = b"A") -> tuple[int, int]:
+        """The executor running ``task_id``, and its key there."""
+        for ex in self.core.executors.values():
+            if ex.runs and ex.runs[0].task.task_id == task_id and ex.runs[0].task.peer == peer:
+                return ex.ex_id, ex.runs[0].key
+        raise AssertionError(f"task {task_id} does not run")
+
+    def running(self) -> set[int]:
+        return {ex.runs[0].task.task_id for ex in self.core.executors.values() if ex.runs}
+
+    def park(self, task_id: int, peer: bytes = b"A") -> list[Action]:
+        ex, key = self.ex_of(task_id, peer)
+        return self.do(TaskCalled(ex, key)) + self.do(TaskParked(ex, key))
+
+    def resume(self, task_id: int, peer: bytes = b"A") -> list[Action]:
+        return self.do(TaskResumed(*self.ex_of(task_id, peer)))
+
+    def done(self, task_id: int, peer: bytes = b"A") -> list[Action]:
+        ex, key = self.ex_of(task_id, peer)
+        return self.do(TaskDone(ex, key, Outcome.OK, {}, []))
+
+
+# --- parking ---------------------------------------------------------------------------------
+
+
+def test_a_parked_task_lends_its_slots_and_its_main_hears_it() -> None:
+    w = Worker(1)
+    w.submit(qt(1))
+    out = w.park(1)
+    assert of(Rewaited, out) == [Rewaited(b"A")]
+    assert w.core.busy == 0 and w.core.counters["parks"] == 1
+    assert w.core.waiting_for_calls(b"A") == ([1], [], False)
+    w.submit(qt(2, depth=1))  # its call runs on the slot it lent
+    assert w.running() == {1, 2}
+    assert w.core.busy == 1
+    out = w.resume(1)  # (over the count for a moment: both hold the one slot)
+    assert of(Rewaited, out) == [Rewaited(b"A")] and w.core.busy == 2
+    w.done(2)
+    w.done(1)
+    assert w.core.busy == 0 and w.running() == set()
+
+
+def test_parking_again_or_for_a_task_that_does_not_run_changes_nothing() -> None:
+    w = Worker(1)
+    w.submit(qt(1))
+    w.park(1)
+    ex, key = w.ex_of(1)
+    assert w.do(TaskParked(ex, key)) == []
+    assert w.do(TaskParked(ex, key + 1)) == [] and w.do(TaskResumed(ex, key + 1)) == []
+    assert w.do(TaskParked(99, 1)) == [] and w.core.counters["parks"] == 1
+
+
+def test_a_task_that_called_gets_nothing_prefetched_and_gives_back_what_it_had() -> None:
+    w = Worker(1)
+    w.submit(qt(1), qt(2))
+    ex, key = w.ex_of(1)
+    assert [r.task.task_id for r in w.core.executors[ex].runs] == [1, 2]  # prefetched
+    out = w.do(TaskCalled(ex, key))
+    (skip,) = of(Skip, out)
+    out = w.do(TaskSkipped(ex, skip.key))
+    assert w.core.queues.count(b"A") == 1  # back to the queue, not to its Main
+    w.submit(qt(3))
+    assert [r.task.task_id for r in w.core.executors[ex].runs] == [1]  # none behind it
+
+
+def test_within_the_grace_a_parked_tasks_slots_go_only_to_deeper_tasks_of_its_main() -> None:
+    w = Worker(1)
+    w.submit(qt(1))
+    w.park(1)
+    w.submit(qt(2))  # as deep as the parked one: it would call and wait in turn
+    assert w.running() == {1}
+    w.submit(qt(3, peer=b"B"))  # another Main's: its floor is not raised
+    assert w.running() == {1, 3}
+    w.done(3, b"B")
+    w.turn(at=PARK_GRACE / 2)
+    assert w.running() == {1}
+    w.turn(at=PARK_GRACE * 2)  # no call came: the slot goes to any task
+    assert w.running() == {1, 2}
+
+
+def test_at_max_parked_a_waiting_task_holds_its_slots_and_only_deeper_tasks_start() -> None:
+    w = Worker(3, max_parked=1)
+    w.submit(qt(1))
+    w.park(1)
+    w.submit(qt(2, depth=1))
+    out = w.park(2)  # the cap: it holds its slot
+    assert of(Rewaited, out) == [Rewaited(b"A")]
+    assert w.core.waiting_for_calls(b"A") == ([1], [2], False)
+    assert w.core.busy == 1 and w.core.counters["parks"] == 1
+    w.submit(qt(3, peer=b"B"), qt(4, depth=1))  # no deeper than the deepest waiting one
+    assert w.running() == {1, 2}
+    w.turn(at=1.0)  # (the grace is long over: the cap keeps them out)
+    assert w.running() == {1, 2}
+    w.submit(qt(5, depth=2))
+    assert w.running() == {1, 2, 5}
+    out = w.resume(1)  # room under the cap: the blocked task lends its slot now
+    assert set(of(Rewaited, out)) == {Rewaited(b"A")}
+    assert w.core.waiting_for_calls(b"A") == ([2], [], False)
+    assert w.core.counters["parks"] == 2 and w.core.busy == 2
+
+
+def test_most_parked_counts_the_peak() -> None:
+    w = Worker(2, max_parked=4)
+    w.submit(qt(1), qt(2))
+    w.park(1)
+    w.park(2)
+    w.resume(1)
+    assert w.core.counters["most_parked"] == 2
+
+
+def test_every_slot_held_by_a_waiting_task_is_said_then_queued_tasks_go_back() -> None:
+    w = Worker(1, max_parked=0)
+    w.submit(qt(1))
+    w.park(1)  # blocked: it holds its slot
+    assert w.core.stuck()
+    assert of(StuckChanged, w.turn()) == [StuckChanged(True)]
+    assert of(StuckChanged, w.turn()) == []  # (said once)
+    w.submit(qt(2), qt(3, peer=b"B"))
+    assert w.do(Tick(), at=0.1) == []
+    assert w.do(Tick(), at=0.1 + STUCK_HAND_BACK / 2) == []
+    out = w.do(Tick(), at=0.2 + STUCK_HAND_BACK)
+    assert of(StuckHandedBack, out) == [StuckHandedBack(2)]
+    assert sorted(reports(out)) == [(2, Outcome.DEFERRED), (3, Outcome.DEFERRED)]
+    w.resume(1)
+    assert of(StuckChanged, w.turn()) == [StuckChanged(False)]
+
+
+def test_a_parked_task_that_ends_frees_nothing_twice() -> None:
+    w = Worker(2)
+    w.submit(qt(1), qt(2))
+    w.park(1)
+    assert w.core.busy == 1
+    out = w.done(1)
+    assert of(Rewaited, out) == [Rewaited(b"A")] and w.core.busy == 1
+
+
+def test_a_parked_executor_that_dies_gives_its_task_back_as_crashed() -> None:
+    from distrib.worker._events import ExecutorDied
+
+    w = Worker(1)
+    w.submit(qt(1))
+    w.park(1)
+    ex, _ = w.ex_of(1)
+    out = w.do(ExecutorDied(ex, {"type": "distrib.WorkerCrashed"}))
+    assert reports(out) == [(1, Outcome.CRASHED)] and of(Kill, out) == [Kill(ex)]
+    assert of(Rewaited, out) == [Rewaited(b"A")] and w.core.busy == 0
+
+
+# --- a Submit, the owner, a Main leaving -----------------------------------------------------
+
+
+def test_a_submitted_task_is_admitted_or_refused_in_one_place() -> None:
+    w = Worker(2)
+    task = qt(1)
+    assert w.do(TaskSubmitted(task)) == [Admit(task)]
+    assert reports(w.do(TaskSubmitted(qt(2), problem="no wheel"))) == [(2, Outcome.ENV_ERROR)]
+    assert reports(w.do(TaskSubmitted(qt(3, threads=3)))) == [(3, Outcome.ERROR)]
+    w.do(OwnerState("paused"))
+    assert reports(w.do(TaskSubmitted(qt(4)))) == [(4, Outcome.DEFERRED)]
+    assert reports(w.do(TaskQueued(qt(5)))) == [(5, Outcome.DEFERRED)]  # (a call placed here)
+    assert w.core.counters["deferred"] == 2
+
+
+def test_pausing_hands_back_what_did_not_start_and_vacating_stops_the_rest() -> None:
+    w = Worker(1)
+    w.submit(qt(1), qt(2), qt(3))
+    out = w.do(OwnerState("paused"))
+    assert (3, Outcome.DEFERRED) in reports(out) and of(Skip, out)  # 2 was prefetched
+    assert w.do(OwnerState("serving")) == []
+    w.submit(qt(4))
+    out = w.do(OwnerState("paused", vacate=True))
+    assert of(Vacating, out) == [Vacating(1)]
+    assert (1, Outcome.DEFERRED) in reports(out) and w.running() == set()
+
+
+def test_a_draining_worker_says_drained_once_nothing_runs() -> None:
+    w = Worker(1)
+    w.submit(qt(1), qt(2))
+    out = w.do(OwnerState("draining"))
+    assert of(Drained, w.turn()) == []
+    skip = of(Skip, out)[0]
+    w.do(TaskSkipped(w.ex_of(1)[0], skip.key))
+    w.done(1)
+    assert of(Drained, w.turn()) == [Drained()]
+    assert of(Drained, w.turn()) == []
+
+
+def test_a_main_that_leaves_is_counted_and_its_calls_stop() -> None:
+    w = Worker(2)
+    w.submit(qt(1), qt(2), qt(3), qt(4, peer=b"B"))
+    out = w.do(MainLeft(b"A"))
+    assert of(MainDropped, out) == [MainDropped(b"A", 2, 1)]
+    assert w.running() == {4} and of(Kill, out)  # its running task is stopped
+    assert reports(w.do(Cancel(b"B", 4))) == [(4, Outcome.CANCELLED)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_turn_sends_what_an_executor_holds_once_it_is_ready(threads: int) -> None:
+    w = Worker(2)
+    out = w.submit(qt(1, threads=threads))
+    assert [r.task.task_id for s in of(Send, out) for r in s.runs] == [1]
