@@ -4,6 +4,7 @@ worker's situation, the workers of its Main it reaches directly, and the call.""
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from distrib.wire._messages import Outcome
 from distrib.wire._record import ErrorRecord
@@ -16,13 +17,13 @@ BUSY = Here("linux-x86_64", lends=True, load=1.0)
 NOT_LENDING = Here("linux-x86_64", lends=False, load=0.0)
 
 
-def call(**changes: object) -> Child:
+def call(**changes: Any) -> Child:
     child = Child(7, b"main", 1, 2, 3, 1, "leaf", "3.1", "called by root#3", ("*",), 1, 0,
                   None, "d" * 64, 1, [b"payload"], mode="direct")
     return replace(child, **changes)
 
 
-def ready(address: str, offered: int = 2, sent: int = 0, **changes: object) -> Reach:
+def ready(address: str, offered: int = 2, sent: int = 0, **changes: Any) -> Reach:
     return replace(Reach(address, ready=True, connect=False, platform="linux-x86_64",
                          offered=offered, sent=sent), **changes)
 

@@ -147,7 +147,7 @@ class Direct:
         """Place a call: False if it should go through its Main instead (``auto``, no free
         slot here or on the workers reachable directly, and the Main has others)."""
         action = self._place(child, now)
-        if not isinstance(action, (RunHere, SendTo)):  # (``ToMain``: a new call is not lost)
+        if not isinstance(action, (RunHere, SendTo)):  # (``ToMain``, for a new call)
             return False
         self.children[child.cid] = child
         self._apply(action)
