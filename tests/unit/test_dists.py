@@ -77,7 +77,7 @@ def test_a_source_that_never_answers_is_replaced_by_a_waiting_main(setup) -> Non
 def test_a_worker_ships_a_distribution_it_holds_to_another_from_its_store(
         setup, tmp_path: Path) -> None:
     """(A worker sending a call directly to one that lacks the workspace: ``_direct``.)"""
-    from distrib.worker._direct import Direct, Host, Target
+    from distrib.worker._direct import Direct, Target
 
     dists, _, dist_id, manifest, blobs = setup
     dists.request(dist_id, A)
@@ -88,16 +88,25 @@ def test_a_worker_ships_a_distribution_it_holds_to_another_from_its_store(
         def send(self, message: m.Message) -> None:
             shipped.append(message)
 
-    def unused(*_: object) -> None:
-        raise AssertionError("not for shipping")
+    class Host:  # (only what shipping asks of the worker; anything else is a mistake)
+        workspace = dist_id  # the Main's Hello names the workspace of its calls
 
-    def hello(main: bytes) -> object:  # (the Main's Hello names the workspace of its calls)
-        return types.SimpleNamespace(dist=dist_id)
+        def hello(self, main: bytes) -> object:
+            return types.SimpleNamespace(dist=self.workspace)
 
-    direct = Direct(Host("w1", "linux-x86_64", None, None, 10.0, hello, unused, unused,
-                         unused, unused, unused, unused, unused, unused, unused, dists.manifest,
-                         dists.blob))
-    target = Captured("10.0.0.3:7070", "k", "w2")
+        def manifest(self, dist: str) -> bytes | None:
+            return dists.manifest(dist)
+
+        def blob(self, dist: str, digest: str) -> bytes | None:
+            return dists.blob(dist, digest)
+
+        def __getattr__(self, name: str) -> object:
+            raise AssertionError(f"not for shipping: {name}")
+
+    host = Host()
+    direct = Direct("w1", None, None, 10.0, host)  # type: ignore[arg-type]
+    target = Captured(address="10.0.0.3:7070", endpoint="", ctx=None,  # type: ignore[arg-type]
+                      server_key="k", name="w2")
     other = Distributions(Store(tmp_path / "other"), lambda peer, msg: shipped.append(msg),
                           lambda dist: None)
     other.request(dist_id, b"w1")
@@ -109,10 +118,9 @@ def test_a_worker_ships_a_distribution_it_holds_to_another_from_its_store(
     # What it does not hold, or is not the workspace of that Main's calls, it does not send.
     direct._on_message(b"main", target, m.NeedManifest("ab" * 32), 0.0)
     assert isinstance(shipped.pop(), m.DistFailed)
-    dists_of_another = types.SimpleNamespace(dist="cd" * 32)
-    direct.host.hello = lambda main: dists_of_another  # type: ignore[assignment,return-value]
+    host.workspace = "cd" * 32  # (another workspace)
     direct._on_message(b"main", target, m.NeedManifest(dist_id), 0.0)
     assert isinstance(shipped.pop(), m.DistFailed)
-    direct.host.hello = hello  # type: ignore[assignment]
+    host.workspace = dist_id
     direct._on_message(b"main", target, m.NeedBlobs(dist_id, ["cd" * 32]), 0.0)
     assert isinstance(shipped.pop(), m.DistFailed)

@@ -37,6 +37,7 @@ from distrib.wire import _messages as m
 from distrib.wire._envspec import EnvSpec
 from distrib.wire._link import LinkState
 from distrib.wire._limits import batches
+from distrib.wire._payload import join_payloads, split_payload
 from distrib.workspace._manifest import Distribution
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ class Loop:
             for t in tasks:
                 frames, shm = (in_shm(t) if link.shm and _shm.worth(t.frames)
                                else (t.frames, NONE))
-                inline, separate = m.split_payload(frames)
+                inline, separate = split_payload(frames)
                 objects = {k: s.nbytes for k, s in t.shared.items()} if t.shared else NONE
                 specs.append((m.TaskSpec(t.task_id, self.dist.dist_id, t.threads, t.timeout,
                                          t.attempts, inline, len(separate), objects, shm,
@@ -237,10 +238,7 @@ class Loop:
             link.send(m.ObjectsFailed(gone, "no pending call of this Main passes them"))
 
     def _on_results(self, link: Link, msg: m.Results) -> None:
-        at = 0
-        for spec in msg.results:
-            frames = [*spec.inline, *msg.frames[at: at + spec.nframes]]
-            at += spec.nframes
+        for spec, frames in join_payloads(msg.results, msg.frames):
             task = self.scheduler.finish(link.link_id, spec.task_id)
             if spec.shm:
                 try:

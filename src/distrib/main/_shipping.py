@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import sys
-import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import psutil
 
 from distrib._config import Settings
 from distrib.wire import _messages as m
-from distrib.wire._limits import BLOB_BATCH_BYTES
+from distrib.wire._payload import blob_batches
 from distrib.workspace._manifest import Distribution, encode_manifest, scan
 
 log = logging.getLogger("distrib")
@@ -123,10 +122,8 @@ def blob_messages(dist: Distribution, need: m.NeedBlobs, env_id: str,
     """The messages answering ``need`` (of the workspace, or of the wheels the environment
     ``env_id`` ships): Blobs of at most ``BLOB_BATCH_BYTES``, or a DistFailed (after which
     nothing more is sent)."""
-    hashes: list[str] = []
-    packed: list[bytes] = []
-    size = 0
-    for digest in need.hashes:
+
+    def read(digest: str) -> bytes | str:
         path = (dist.path_of(digest) if need.dist == dist.dist_id
                 else wheels.get(digest) if need.dist == env_id else None)
         try:
@@ -137,15 +134,8 @@ def blob_messages(dist: Distribution, need: m.NeedBlobs, env_id: str,
         if data is None or hashlib.sha256(data).hexdigest() != digest:
             entry = dist.by_digest.get(digest)
             what = entry.path if entry else digest[:12]
-            yield m.DistFailed(need.dist, f"workspace file {what} changed or vanished since "
-                                          "the workspace was scanned; run again")
-            return
-        blob = zlib.compress(data, 1)
-        hashes.append(digest)
-        packed.append(blob)
-        size += len(blob)
-        if size >= BLOB_BATCH_BYTES:
-            yield m.Blobs(need.dist, hashes, frames=tuple(packed))
-            hashes, packed, size = [], [], 0
-    if hashes:
-        yield m.Blobs(need.dist, hashes, frames=tuple(packed))
+            return (f"workspace file {what} changed or vanished since the workspace was "
+                    "scanned; run again")
+        return data
+
+    return blob_batches(need.dist, need.hashes, read)

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from distrib._errors import ConfigError
-from distrib.wire._limits import INLINE_MAX
 
 PROTOCOL_VERSION = 9
 WORKER_IDS = 1 << 48  # task ids from here on are a worker's own (calls it placed or took for
@@ -44,13 +43,6 @@ class RefusalCode(enum.StrEnum):
 def payload_size(frames: list[Any]) -> int:
     """Bytes of a payload, all its pieces together."""
     return sum(memoryview(f).nbytes for f in frames)
-
-
-def split_payload(frames: list[Any]) -> tuple[list[bytes], list[Any]]:
-    """(inline pieces, separate frames) for a payload: inline when all of it is small."""
-    if payload_size(frames) < INLINE_MAX:
-        return [bytes(f) for f in frames], []
-    return [], frames
 
 
 @dataclass(frozen=True, slots=True)

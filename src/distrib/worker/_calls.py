@@ -2,8 +2,9 @@
 worker places it itself (``_direct``: here, or on another worker of the same Main); how it
 ended goes back to the caller's executor.
 
-This module is the glue between the executors, ``Slots`` and ``Direct`` (whose ``Host`` it
-builds); the placing itself is ``Direct``'s.
+This module is the glue between the executors, ``Slots`` and ``Direct``: it is ``Direct``'s
+``Host``, answering its questions about this worker and applying the effects of its decisions
+(``_placement``); the placing itself is ``Direct``'s.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
@@ -20,10 +21,12 @@ import zmq
 from distrib.wire import _facts
 from distrib.wire import _messages as m
 from distrib.wire._keys import KeyPair
-from distrib.worker._direct import FIRST_ID, LOCAL, Child, Direct, Host
+from distrib.worker._direct import FIRST_ID, LOCAL, Direct
 from distrib.worker._dists import Distributions
 from distrib.worker._executors import Executors
 from distrib.worker._mains import Mains
+from distrib.worker._placement import (
+    CancelHere, Child, Deliver, Effect, Here, Relay, RunHere, Tell)
 from distrib.worker._slots import Action, Slots
 from distrib.worker._state import QueuedTask
 
@@ -43,11 +46,9 @@ class Calls:
         self.executors = executors
         self.send = send
         self.apply = apply
-        self.direct = Direct(Host(
-            name, _facts.platform_tag(), ctx, key, lost_after, self._delegate_hello,
-            self._run_here, self._cancel_here, self._runs_here, self._load_here,
-            self._lends_here, self._deliver, self.relay, executors.parent_runs, send,
-            dists.manifest, dists.blob))
+        self.dists = dists
+        self.platform = _facts.platform_tag()
+        self.direct = Direct(name, ctx, key, lost_after, self)
 
     def on_call(self, ex_id: int, header: list[Any], frames: list[Any]) -> None:
         """The running task of ``ex_id`` called a @distributed function: its Main runs it
@@ -121,9 +122,9 @@ class Calls:
                                              list(msg.frames))
                 return
 
-    # --- what ``Direct`` asks of this worker -------------------------------------------------
+    # --- ``Direct``'s host: what it asks of this worker, and what it has done here ---------------
 
-    def _delegate_hello(self, main_peer: bytes) -> m.Hello | None:
+    def hello(self, main_peer: bytes) -> m.Hello | None:
         """The Hello this worker says to another one to send it calls of a Main."""
         main = self.mains.get(main_peer)
         if main is None or main.hello is None:
@@ -131,29 +132,47 @@ class Calls:
         return dataclasses.replace(main.hello, name=f"worker {self.name} for {main.name}",
                                    pid=os.getpid(), shm_probe=[], warm=0, delegate=main.key)
 
+    def here(self, main: bytes, threads: int) -> Here:
+        """This worker for a call of ``main``: whether it takes the call now (lending, and
+        its quota allows), and its slots busy or waited for, per slot."""
+        return Here(self.platform,
+                    not self.slots.paused and self.slots.offered(main) >= threads,
+                    (sum(self.slots.held().values()) + self.slots.waiting())
+                    / max(1, self.slots.slots))
+
+    def runs(self, ex_id: int, key: int) -> bool:
+        return self.executors.parent_runs(ex_id, key)
+
+    def running_here(self, cid: int) -> bool:
+        return any(ex.runs and ex.runs[0].task.reply == LOCAL
+                   and ex.runs[0].task.task_id == cid
+                   for ex in self.slots.executors.values())
+
+    def manifest(self, dist: str) -> bytes | None:
+        return self.dists.manifest(dist)
+
+    def blob(self, dist: str, digest: str) -> bytes | None:
+        return self.dists.blob(dist, digest)
+
+    def apply_effects(self, effects: Sequence[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, RunHere):
+                self._run_here(effect.child)
+            elif isinstance(effect, CancelHere):
+                self.apply(self.slots.cancel(effect.child.main, effect.child.cid,
+                                             time.monotonic()))
+            elif isinstance(effect, Deliver):  # (to its parent, if that still runs)
+                self.executors.to_parent(effect.child.ex_id, effect.child.key,
+                                         effect.child.number, effect.status, effect.info,
+                                         effect.frames)
+            elif isinstance(effect, Relay):
+                self.relay(effect.child)
+            elif isinstance(effect, Tell):
+                self.send(effect.main, effect.message)
+
     def _run_here(self, child: Child) -> None:
         main = self.mains.get(child.main)
         if main is not None:
             self.apply(self.slots.submit(QueuedTask(
                 child.main, child.cid, child.dist, child.threads, child.timeout, child.frames,
                 main.context, main.env, depth=child.depth, reply=LOCAL, reply_id=child.cid)))
-
-    def _cancel_here(self, child: Child) -> None:
-        self.apply(self.slots.cancel(child.main, child.cid, time.monotonic()))
-
-    def _runs_here(self, child: Child) -> bool:
-        return any(ex.runs and ex.runs[0].task.reply == LOCAL
-                   and ex.runs[0].task.task_id == child.cid
-                   for ex in self.slots.executors.values())
-
-    def _load_here(self) -> float:
-        """Slots busy here, and tasks waiting for one, per slot."""
-        return (sum(self.slots.held().values()) + self.slots.waiting()) / max(1, self.slots.slots)
-
-    def _lends_here(self, main: bytes, threads: int) -> bool:
-        return not self.slots.paused and self.slots.offered(main) >= threads
-
-    def _deliver(self, child: Child, status: str, info: dict[str, str],
-                 frames: list[Any]) -> None:
-        """How a call this worker placed ended: to its parent, if that still runs."""
-        self.executors.to_parent(child.ex_id, child.key, child.number, status, info, frames)

@@ -16,26 +16,29 @@ wherever they are. The Main hears of each placement (``Placed``).
 
 from __future__ import annotations
 
-import fnmatch
 import itertools
 import logging
 import time
-import zlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import zmq
 
 from distrib._config import endpoint
 from distrib._errors import ConfigError, NestedDeadlock
 from distrib._sustained import Sustained
-from distrib.wire import _codec, _transport
+from distrib.wire import _codec, _link, _transport
 from distrib.wire import _messages as m
 from distrib.wire._keys import KeyPair
-from distrib.wire._limits import BLOB_BATCH_BYTES, MAX_MESSAGE_BYTES
+from distrib.wire._link import LinkCheck, LinkPolicy, LinkState, MonitorEvent
 from distrib.wire._messages import Outcome, RefusalCode
+from distrib.wire._payload import blob_batches, join_payloads, split_payload
 from distrib.wire._record import ErrorRecord
+from distrib.worker._placement import (
+    CancelHere, Child, Deliver, Effect, Here, Reach, Relay, RunHere, SendTo, Tell, ToMain,
+    delivery, place)
 
 log = logging.getLogger("distrib.worker")
 
@@ -44,95 +47,54 @@ FIRST_ID = m.WORKER_IDS  # ids this worker gives the calls it places or takes fo
 RETRY_AFTER = 3.0  # seconds before a worker that refused (or was lost) is tried again
 DEADLOCK_AFTER = 2.0  # seconds every reachable slot is held by waiting tasks before calls fail
 
-_WATCHED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_DISCONNECTED)
 
-
-@dataclass(eq=False)
-class Child:
-    """A call placed by this worker, until its outcome reaches its parent."""
-
-    cid: int  # this worker's id for it (the task id wherever it runs)
-    main: bytes  # the Main it is counted under (its peer here)
-    ex_id: int  # the parent's executor
-    key: int  # the parent's run there
-    parent: int  # the parent's task id here (the Main's own below ``FIRST_ID``)
-    number: int  # the parent's number for it
-    name: str
-    label: str  # "<parent's label>.<number>", as errors name it: leaf#1.3 is task 1's call 3
-    chain: str  # "called by <parent>#<label>, called by ..."
-    platforms: tuple[str, ...]
-    threads: int
-    retries: int
-    timeout: float | None
-    dist: str
-    depth: int
-    frames: list[Any] = field(repr=False)
-    mode: str = "direct"  # or "auto": it may still go through the Main
-    attempts: int = 0  # runs that crashed or were lost with their worker
-    at: str = ""  # "" here, else the address of the worker it went to
-    later: bool = False  # handed back: placed again at the next tick
-
-
-@dataclass(eq=False)
-class Target:
+@dataclass(eq=False, kw_only=True)
+class Target(_link.Link):
     """Another worker of a Main, as this worker sends it that Main's calls."""
 
-    address: str
-    key: str
     name: str
-    state: str = "new"  # "connecting", "ready", "refused", "lost"
-    sock: zmq.Socket[Any] | None = None
-    monitor: zmq.Socket[Any] | None = None
-    since: float = 0.0
-    last_seen: float = 0.0
     platform: str = ""
     offered: int = 0
     paused: bool = False
     stuck: bool = False
-    why: str = ""
-
-    def send(self, message: m.Message) -> None:
-        if self.sock is not None:
-            try:
-                _transport.send(self.sock, message, max_frame=MAX_MESSAGE_BYTES)
-            except zmq.ZMQError as exc:
-                log.debug("could not send %s to %s: %s", type(message).__name__, self.address,
-                          exc)
-
-    def close(self) -> None:
-        _transport.close_monitored(self.sock, self.monitor)
-        self.sock = self.monitor = None
 
 
-@dataclass
-class Host:
-    """What Direct needs of its daemon."""
+class Host(Protocol):
+    """What ``Direct`` asks of its worker; what it does there, it hands to ``apply_effects``."""
 
-    name: str
-    platform: str
-    ctx: zmq.Context[Any]
-    key: KeyPair | None
-    lost_after: float
-    hello: Callable[[bytes], m.Hello | None]  # a Main's Hello as its delegate says it
-    run_here: Callable[[Child], None]  # queue a call here (as ``QueuedTask.reply`` LOCAL)
-    cancel_here: Callable[[Child], None]
-    is_running: Callable[[Child], bool]  # a call placed here runs now (not queued)
-    load_here: Callable[[], float]  # busy-or-queued slots per slot here
-    lends_here: Callable[[bytes, int], bool]  # this worker takes the Main's tasks of so many
-    # threads now (it is lending, and its quota allows)
-    deliver: Callable[[Child, str, dict[str, str], list[Any]], None]  # an outcome to its parent
-    relay: Callable[[Child], None]  # send it through its Main after all
-    runs: Callable[[int, int], bool]  # executor ``ex_id`` still runs its task ``key``
-    to_main: Callable[[bytes, m.Message], None]
-    manifest: Callable[[str], bytes | None]  # a distribution's manifest, if it is here
-    blob: Callable[[str, str], bytes | None]  # a blob of a distribution here, if it is
+    def hello(self, main: bytes) -> m.Hello | None:
+        """The Main's Hello as its delegate says it (None: the Main is not served here)."""
+
+    def here(self, main: bytes, threads: int) -> Here:
+        """This worker, for a call of ``main`` of ``threads`` threads."""
+
+    def runs(self, ex_id: int, key: int) -> bool:
+        """Executor ``ex_id`` still runs its task ``key``."""
+
+    def running_here(self, cid: int) -> bool:
+        """The call ``cid`` placed here runs now (not queued)."""
+
+    def manifest(self, dist: str) -> bytes | None:
+        """A distribution's manifest, if it is here."""
+
+    def blob(self, dist: str, digest: str) -> bytes | None:
+        """A blob of a distribution here, if it is."""
+
+    def apply_effects(self, effects: Sequence[Effect]) -> None:
+        """Do these at once (a call run here counts in the load the next placement sees)."""
 
 
 class Direct:
     """The calls this worker places itself, and its connections to other workers for them."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, name: str, ctx: zmq.Context[Any], key: KeyPair | None,
+                 lost_after: float, host: Host) -> None:
+        self.name = name
+        self.ctx = ctx
+        self.key = key
+        self.lost_after = lost_after
+        self.policy = LinkPolicy(lost_after=lost_after, retry_after=RETRY_AFTER,
+                                 auth_retry_after=RETRY_AFTER, lose_connecting=True)
         self.host = host
         self.ids = itertools.count(FIRST_ID)
         self.children: dict[int, Child] = {}
@@ -157,8 +119,10 @@ class Direct:
             known = self.targets.get((main, address))
             if known is not None:
                 known.name = name or known.name
-            elif key and self.host.key is not None:
-                self.targets[(main, address)] = Target(address, key, name)
+            elif key and self.key is not None:
+                self.targets[(main, address)] = Target(
+                    address=address, endpoint="", ctx=self.ctx, server_key=key, key=self.key,
+                    name=name)
 
     def main_left(self, main: bytes) -> None:
         """The Main was dropped here: its calls' parents are stopped; its connections go."""
@@ -182,14 +146,14 @@ class Direct:
     def place(self, child: Child, now: float) -> bool:
         """Place a call: False if it should go through its Main instead (``auto``, no free
         slot here or on the workers reachable directly, and the Main has others)."""
-        where = self._choose(child, child.mode, now)
-        if where is None:
+        action = self._place(child, now)
+        if not isinstance(action, (RunHere, SendTo)):  # (``ToMain``, for a new call)
             return False
         self.children[child.cid] = child
-        self._send_to(child, where)
-        self.host.to_main(child.main, m.Placed(
-            child.parent, child.number, child.name,
-            self.host.name if where == "" else self.targets[(child.main, where)].name))
+        self._apply(action)
+        where = self.name if child.at == "" else self.targets[(child.main, child.at)].name
+        self.host.apply_effects([Tell(child.main, m.Placed(child.parent, child.number, child.name,
+                                                   where))])
         return True
 
     def relay(self, main: bytes, ex_id: int, key: int, number: int, parent: int) -> None:
@@ -201,55 +165,36 @@ class Direct:
     def relay_answered(self, main: bytes, ex_id: int, key: int, number: int) -> None:
         self.relayed.get(main, {}).pop((ex_id, key, number), None)
 
-    def _choose(self, child: Child, mode: str, now: float) -> str | None:
-        """"" for here, a target's address, or None for the Main."""
-        fits = _matches(self.host.platform, child.platforms) and self.host.lends_here(
-            child.main, child.threads)
-        best, best_load = ("" if fits else None), (self.host.load_here() if fits else 1e9)
-        for (main, address), target in self.targets.items():
-            if main != child.main:
-                continue
-            if target.state in ("new",) or (target.state in ("refused", "lost")
-                                              and now - target.since > RETRY_AFTER):
-                self._connect(main, target, now)
-            if (target.state != "ready" or target.paused or target.stuck
-                    or target.offered < child.threads
-                    or not _matches(target.platform, child.platforms)):
-                continue
-            load = self._sent_to(main, address) / target.offered
-            if load < best_load:
-                best, best_load = address, load
-        if best is not None and best_load < 1:
-            return best  # (a free slot here or where this worker sends calls directly)
-        if best is None or (mode == "auto" and self._relay_slots(child.main)):
-            return None  # (the Main may have room elsewhere; or only it can place this call)
-        return best  # (queued where the fewest wait)
+    def _place(self, child: Child, now: float) -> RunHere | SendTo | Deliver | Relay | ToMain:
+        """Decide where ``child`` goes (``_placement.place``), connecting first the links of
+        its Main that are due."""
+        sent: Counter[str] = Counter()  # threads of the Main's calls at each worker
+        for c in self.children.values():
+            if c.main == child.main:
+                sent[c.at] += c.threads
+        reach = [Reach(address, t.state is LinkState.READY,
+                       t.check(now, self.policy) is LinkCheck.CONNECT, t.platform, t.offered,
+                       t.paused, t.stuck, sent[address])
+                 for (main, address), t in self.targets.items() if main == child.main]
+        others = self.peers.get(child.main)
+        placement = place(child, self.host.here(child.main, child.threads), reach,
+                          None if others is None else [(str(w[0]), int(w[3])) for w in others])
+        for address in placement.connect:
+            self._connect(child.main, self.targets[(child.main, address)], now)
+        return placement.action
 
-    def _relay_slots(self, main: bytes) -> int:
-        """Slots of the Main's other workers this one cannot send calls to itself (all of
-        them, while its ``Peers`` are not heard)."""
-        others = self.peers.get(main)
-        if others is None:
-            return 1
-        ready = {a for (m_, a), t in self.targets.items() if m_ == main and t.state == "ready"}
-        return sum(int(w[3]) for w in others if w[0] not in ready)
-
-    def _sent_to(self, main: bytes, address: str) -> int:
-        return sum(c.threads for c in self.children.values() if c.main == main and c.at ==
-                   address)
-
-    def _send_to(self, child: Child, where: str) -> None:
-        child.at, child.later = where, False
-        if where == "":
+    def _apply(self, action: RunHere | SendTo) -> None:
+        child = action.child
+        child.at, child.later = ("" if isinstance(action, RunHere) else action.address), False
+        if isinstance(action, RunHere):
             self.placed["here"] += 1
-            self.host.run_here(child)
+            self.host.apply_effects([action])
             return
         self.placed["sent"] += 1
-        target = self.targets[(child.main, where)]
-        inline, frames = m.split_payload(child.frames)
-        target.send(m.Submit([m.TaskSpec(child.cid, child.dist, child.threads, child.timeout,
-                                         child.attempts, inline, len(frames),
-                                         depth=child.depth)], frames=tuple(frames)))
+        inline, frames = split_payload(child.frames)
+        self.targets[(child.main, action.address)].send(m.Submit([m.TaskSpec(
+            child.cid, child.dist, child.threads, child.timeout, child.attempts, inline,
+            len(frames), depth=child.depth)], frames=tuple(frames)))
 
     def cancel(self, ex_id: int, key: int, number: int) -> bool:
         """The parent cancelled its call ``number``: whether it was one placed here."""
@@ -264,7 +209,7 @@ class Direct:
         if child.later:
             return
         if child.at == "":
-            self.host.cancel_here(child)
+            self.host.apply_effects([CancelHere(child)])
         elif (target := self.targets.get((child.main, child.at))) is not None:
             target.send(m.Cancel([child.cid]))
 
@@ -282,22 +227,7 @@ class Direct:
             child.later = True
             return
         del self.children[cid]
-        where = f"{child.name}#{child.label}"
-        if outcome is Outcome.OK:
-            self.host.deliver(child, "ok", {}, frames)
-        elif outcome in (Outcome.ERROR, Outcome.ENV_ERROR):
-            self.host.deliver(child, "error", info, frames)
-        elif outcome is Outcome.CRASHED:
-            self.host.deliver(child, "error", ErrorRecord(
-                "distrib.WorkerCrashed", f"{where} crashed: {ErrorRecord.from_wire(info).message}"
-                f"; tried {child.attempts + 1} time(s), retries={child.retries}").to_wire(), [])
-        elif outcome is Outcome.TIMEOUT:
-            self.host.deliver(child, "error", ErrorRecord(
-                "distrib.TaskTimeout", f"{where} ran past its timeout of {child.timeout} s and "
-                "was stopped").to_wire(), [])
-        else:
-            self.host.deliver(child, "error", ErrorRecord(
-                "distrib.Cancelled", f"{where} was cancelled").to_wire(), [])
+        self.host.apply_effects([delivery(child, outcome, info, frames)])
 
     # --- connections to other workers ----------------------------------------------------------
 
@@ -315,19 +245,14 @@ class Direct:
 
     def _connect(self, main: bytes, target: Target, now: float) -> None:
         hello = self.host.hello(main)
-        if hello is None or self.host.key is None:
+        if hello is None or self.key is None:
             return
-        target.close()
-        target.state, target.since, target.last_seen = "connecting", now, now
         try:
-            target.sock = _transport.dealer(self.host.ctx, endpoint(target.address), target.key,
-                                            self.host.key)
-            target.monitor = target.sock.get_monitor_socket(_WATCHED)
+            target.endpoint = endpoint(target.address)
+            target.connect(now, hello)
         except (ConfigError, zmq.ZMQError) as exc:  # (an address or key its Main named that
             # ZeroMQ refuses)
             self._lose(main, target, f"cannot be reached: {exc}", now, refused=True)
-            return
-        target.send(hello)
 
     def _drain(self, main: bytes, target: Target, now: float) -> None:
         while target.sock is not None:
@@ -345,7 +270,7 @@ class Direct:
 
     def _on_message(self, main: bytes, target: Target, msg: m.Message, now: float) -> None:
         if isinstance(msg, m.Welcome):
-            target.state, target.since, target.name = "ready", now, msg.name
+            target.state, target.since, target.name = LinkState.READY, now, msg.name
             target.platform, target.offered = msg.platform, msg.slots
             if msg.environment:
                 self._lose(main, target, f"cannot run this Main's tasks: {msg.environment}",
@@ -354,10 +279,7 @@ class Direct:
                 log.info("sending calls of Main %s to worker %s directly", main.hex()[:8],
                          msg.name)
         elif isinstance(msg, m.Results):
-            at = 0
-            for spec in msg.results:
-                payload = [*spec.inline, *msg.frames[at:at + spec.nframes]]
-                at += spec.nframes
+            for spec, payload in join_payloads(msg.results, msg.frames):
                 child = self.children.get(spec.task_id)
                 if child is not None and child.at == target.address:
                     self.outcome(spec.task_id, spec.status, spec.info, payload)
@@ -372,11 +294,11 @@ class Direct:
                        refused=msg.code is RefusalCode.NOT_DELEGATE)
         elif isinstance(msg, (m.NeedManifest, m.NeedBlobs)) and msg.dist not in self._dists_of(
                 main):  # (only the workspace of this Main's calls)
-            target.send(m.DistFailed(msg.dist, f"worker {self.host.name} sends no calls of it"))
+            target.send(m.DistFailed(msg.dist, f"worker {self.name} sends no calls of it"))
         elif isinstance(msg, m.NeedManifest):
             data = self.host.manifest(msg.dist)
             target.send(m.Manifest(msg.dist, frames=(data,)) if data is not None else
-                        m.DistFailed(msg.dist, f"worker {self.host.name} does not hold it"))
+                        m.DistFailed(msg.dist, f"worker {self.name} does not hold it"))
         elif isinstance(msg, m.NeedBlobs):
             self._ship(target, msg)
 
@@ -386,36 +308,25 @@ class Direct:
             {hello.dist} if hello is not None else set())
 
     def _ship(self, target: Target, need: m.NeedBlobs) -> None:
-        hashes: list[str] = []
-        packed: list[bytes] = []
-        size = 0
-        for digest in need.hashes:
+        def read(digest: str) -> bytes | str:
             data = self.host.blob(need.dist, digest)
-            if data is None:
-                target.send(m.DistFailed(need.dist, f"worker {self.host.name} does not hold "
-                                                    f"file {digest[:12]} of it"))
-                return
-            hashes.append(digest)
-            packed.append(zlib.compress(data, 1))
-            size += len(packed[-1])
-            if size >= BLOB_BATCH_BYTES:
-                target.send(m.Blobs(need.dist, hashes, frames=tuple(packed)))
-                hashes, packed, size = [], [], 0
-        if hashes:
-            target.send(m.Blobs(need.dist, hashes, frames=tuple(packed)))
+            return data if data is not None else (
+                f"worker {self.name} does not hold file {digest[:12]} of it")
+
+        for reply in blob_batches(need.dist, need.hashes, read):
+            target.send(reply)
 
     def _on_monitor(self, main: bytes, target: Target, now: float) -> None:
-        assert target.monitor is not None
         try:
-            event = _transport.monitor_event(target.monitor, zmq.NOBLOCK)
+            event = target.event(zmq.NOBLOCK)
         except zmq.Again:
             return
-        if event["event"] == zmq.EVENT_DISCONNECTED:
-            if target.state == "ready":
+        if event is MonitorEvent.DISCONNECTED:
+            if target.state is LinkState.READY:
                 self._lose(main, target, "closed the connection", now)
-        elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        elif event is MonitorEvent.KEY_REFUSED:
             self._lose(main, target, "does not authorize this worker's key "
-                       f"{self.host.key.public if self.host.key else ''}", now, refused=True)
+                       f"{self.key.public if self.key else ''}", now, refused=True)
         else:
             self._lose(main, target, "did not prove the key its Main named", now,
                        refused=True)
@@ -423,11 +334,10 @@ class Direct:
     def _lose(self, main: bytes, target: Target, why: str, now: float,
               refused: bool = False) -> None:
         """The target cannot take calls now: the calls there are placed again."""
-        if target.why != why:
+        if target.reason != why:
             log.warning("worker %s (%s) %s: its Main's calls go elsewhere", target.name or
                         target.address, target.address, why)
-        target.close()
-        target.state, target.since, target.why = ("refused" if refused else "lost"), now, why
+        target.down(LinkState.REFUSED if refused else LinkState.LOST, now, why)
         for child in self.children.values():
             if child.main == main and child.at == target.address:
                 child.attempts += 0 if refused else 1  # (it may have run: as a lost worker)
@@ -443,50 +353,48 @@ class Direct:
         """Heartbeats and silence; calls handed back placed again; parents that ended cancel
         their calls; calls that can never start fail (``NestedDeadlock``)."""
         for (main, _), target in list(self.targets.items()):
-            if target.state in ("connecting", "ready"):
-                if now - target.last_seen > self.host.lost_after:
-                    self._lose(main, target, f"was silent for {self.host.lost_after:.0f} s", now)
-                else:
-                    target.send(m.Heartbeat())
+            check = target.check(now, self.policy)
+            if check is LinkCheck.LOSE:
+                self._lose(main, target, f"was silent for {self.lost_after:.0f} s", now)
+            elif check is LinkCheck.HEARTBEAT:
+                target.send(m.Heartbeat())
         for main, relayed in self.relayed.items():
             for ex_id, key, number in [r for r in relayed if not self.host.runs(r[0], r[1])]:
                 parent = relayed.pop((ex_id, key, number))
                 if parent >= FIRST_ID:  # (the Main cannot know that this parent ended)
-                    self.host.to_main(main, m.CancelChild(parent, number))
+                    self.host.apply_effects([Tell(main, m.CancelChild(parent, number))])
         for child in list(self.children.values()):
             if not self.host.runs(child.ex_id, child.key):
                 self._cancel(child)
             elif child.later:
-                if child.attempts > child.retries:
+                action = self._place(child, now)
+                if isinstance(action, (RunHere, SendTo)):
+                    self._apply(action)
+                elif isinstance(action, (Deliver, Relay)):  # (lost too often; or handed
+                    # back, and the Main may have room elsewhere)
                     del self.children[child.cid]
-                    self.host.deliver(child, "error", ErrorRecord(
-                        "distrib.WorkerLost", f"{child.name}#{child.label} was on worker(s) that "
-                        f"were lost; tried {child.attempts} time(s)").to_wire(), [])
-                elif (where := self._choose(child, child.mode, now)) is not None:
-                    self._send_to(child, where)
-                else:  # (handed back, and the Main may have room elsewhere)
-                    del self.children[child.cid]
-                    self.host.relay(child)
+                    self.host.apply_effects([action])
         self._check_deadlock(now, stuck_here)
 
     def _check_deadlock(self, now: float, stuck_here: bool) -> None:
         """Fail the calls of the Mains that no worker reachable directly can serve, while
         every slot here is held by a waiting task."""
         served = {main for (main, _), t in self.targets.items()
-                  if t.state == "ready" and not t.stuck and not t.paused}
+                  if t.state is LinkState.READY and not t.stuck and not t.paused}
         mains = {c.main for c in self.children.values()} - served
         if not self._deadlock.check(stuck_here and bool(mains), now):
             return
         for child in list(self.children.values()):
             if child.main not in mains or (child.at == "" and not child.later
-                                           and self.host.is_running(child)):
+                                           and self.host.running_here(child.cid)):
                 continue
             self._cancel(child)
             error = NestedDeadlock.of(
-                f"task {child.name}#{child.label}, {child.chain}", f"worker {self.host.name}"
+                f"task {child.name}#{child.label}, {child.chain}", f"worker {self.name}"
                 f"{' and the workers it sends calls to' if self.targets else ''}")
             log.warning("%s", error)
-            self.host.deliver(child, "error", ErrorRecord.of(error, False).to_wire(), [])
+            self.host.apply_effects([Deliver(child, "error", ErrorRecord.of(error, False).to_wire(),
+                                     [])])
 
     def close(self) -> None:
         for target in self.targets.values():
@@ -495,10 +403,5 @@ class Direct:
 
     def status(self) -> dict[str, Any]:
         return {"direct_" + k: v for k, v in self.placed.items()} | {
-            "direct_targets": sorted({f"{t.name or t.address}: {t.state}"
+            "direct_targets": sorted({f"{t.name or t.address}: {t.state.value}"
                                       for t in self.targets.values()})}
-
-
-def _matches(platform: str, globs: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(platform, g) for g in globs)
-

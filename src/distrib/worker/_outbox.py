@@ -10,6 +10,7 @@ from typing import Any
 from distrib.wire import _messages as m
 from distrib.wire._limits import batches
 from distrib.wire._messages import Outcome
+from distrib.wire._payload import split_payload
 
 Outgoing = tuple[m.ResultSpec, list[Any]]
 _NONE: dict[str, int] = {}  # (no frames in /dev/shm: one empty map for all, never changed)
@@ -23,7 +24,7 @@ class Outbox:
 
     def add(self, peer: bytes, task_id: int, outcome: Outcome, info: dict[str, str],
             frames: list[Any], shm: dict[str, int] | None) -> None:
-        inline, separate = m.split_payload(frames)
+        inline, separate = split_payload(frames)
         self._items[peer].append(
             (m.ResultSpec(task_id, outcome, info, inline, len(separate), shm or _NONE),
              separate))
