@@ -1,6 +1,6 @@
-"""The tests of test_slots.py, through the core's one entry point: every method call is the
-event it stands for, given to ``Core.handle``, and the invariants are checked after each.
-(test_slots.py goes with the ``Slots`` wrappers.)"""
+"""The worker core's slots and executors, driven with events through its one entry point,
+``Core.handle``: no sockets, no processes, no clock; the invariants are checked after each
+event."""
 
 from __future__ import annotations
 

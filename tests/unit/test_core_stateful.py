@@ -260,7 +260,7 @@ def check_fair_share(core: Core, last_key: int) -> None:
                 started[run.task.peer] = (run.key, run.task.threads)
 
     def could_start(peer: bytes, most: int) -> list[QueuedTask]:
-        limit = core.limits.get(peer, core.slots)
+        limit = core.limits.get(peer, core.capacity)
         return [t for t in core.queues.tasks() if t.peer == peer and core._runnable(t)
                 and t.threads <= most and held.get(peer, 0) + t.threads <= limit]
 
@@ -270,7 +270,7 @@ def check_fair_share(core: Core, last_key: int) -> None:
                 assert (held[p] - threads) / weight[p] <= held.get(q, 0) / weight[q], (
                     f"{p!r} got a task holding {held[p] - threads} slots while {q!r} "
                     f"holds {held.get(q, 0)} and waits ({core.weights})")
-    free = core.slots - core.busy
+    free = core.capacity - core.busy
     for q in MAINS:
         waiting = could_start(q, free)
         assert not waiting, (

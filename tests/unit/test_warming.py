@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from distrib.wire import _messages as m
-from distrib.worker._slots import EnvKey, Executor
+from distrib.worker._corestate import Executor
+from distrib.worker._events import EnvKey
 from distrib.worker._warming import Warming
 
 A, B = b"main-a", b"main-b"

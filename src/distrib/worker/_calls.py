@@ -2,7 +2,7 @@
 worker places it itself (``_direct``: here, or on another worker of the same Main); how it
 ended goes back to the caller's executor.
 
-This module is the glue between the executors, ``Slots`` and ``Direct``: it is ``Direct``'s
+This module is the glue between the executors, the core and ``Direct``: it is ``Direct``'s
 ``Host``, answering its questions about this worker and applying the effects of its decisions
 (``_placement``); the placing itself is ``Direct``'s.
 """
@@ -21,13 +21,14 @@ import zmq
 from distrib.wire import _facts
 from distrib.wire import _messages as m
 from distrib.wire._keys import KeyPair
+from distrib.worker._core import Core
 from distrib.worker._direct import FIRST_ID, LOCAL, Direct
 from distrib.worker._dists import Distributions
+from distrib.worker._events import Action, Cancel, TaskCalled, TaskQueued
 from distrib.worker._executors import Executors
 from distrib.worker._mains import Mains
 from distrib.worker._placement import (
     CancelHere, Child, Deliver, Effect, Here, Relay, RunHere, Tell)
-from distrib.worker._slots import Action, Slots
 from distrib.worker._state import QueuedTask
 
 log = logging.getLogger("distrib.worker")
@@ -37,12 +38,12 @@ class Calls:
     """Calls of the tasks running here, to their Mains or placed by ``direct``."""
 
     def __init__(self, name: str, ctx: zmq.Context[Any], key: KeyPair | None,
-                 lost_after: float, mains: Mains, slots: Slots, executors: Executors,
+                 lost_after: float, mains: Mains, core: Core, executors: Executors,
                  dists: Distributions, send: Callable[[bytes, m.Message], None],
                  apply: Callable[[list[Action]], None]) -> None:
         self.name = name
         self.mains = mains
-        self.slots = slots
+        self.core = core
         self.executors = executors
         self.send = send
         self.apply = apply
@@ -54,7 +55,7 @@ class Calls:
         """The running task of ``ex_id`` called a @distributed function: its Main runs it
         (relayed), or this worker places it itself (direct; ``_direct``)."""
         _, key, child, name, platforms, threads, retries, timeout, outputs, how, caller = header
-        run = self.slots.running(ex_id)
+        run = self.core.running(ex_id)
         if run is None or run.key != key:
             return  # (a task stopped meanwhile)
         ints = (child, threads, retries)
@@ -69,7 +70,7 @@ class Calls:
                         procs[ex_id].pid if ex_id in procs else 0)
             self.apply(self.executors.died(ex_id))
             return
-        self.apply(self.slots.nested(ex_id, key))
+        self.apply(self.core.handle(TaskCalled(ex_id, key), time.monotonic()))
         task, main = run.task, self.mains.get(run.task.peer)
         if main is None or main.hello is None:
             return
@@ -95,7 +96,7 @@ class Calls:
 
     def on_cancel_child(self, ex_id: int, key: int, number: int) -> None:
         """The running task of ``ex_id`` cancelled its call ``number``: wherever it went."""
-        run = self.slots.running(ex_id)
+        run = self.core.running(ex_id)
         if (run is not None and run.key == key
                 and not self.direct.cancel(ex_id, key, number)):
             self.send(run.task.peer, m.CancelChild(run.task.task_id, number))
@@ -112,7 +113,7 @@ class Calls:
 
     def on_child_result(self, peer: bytes, msg: m.ChildResult) -> None:
         """A call of a task running here ended: to its executor (if the task still runs)."""
-        for ex_id, ex in self.slots.executors.items():
+        for ex_id, ex in self.core.executors.items():
             run = ex.runs[0] if ex.runs else None
             if (run is not None and ex.nests and run.task.peer == peer
                     and run.task.task_id == msg.parent):  # (only a task that made calls)
@@ -136,9 +137,9 @@ class Calls:
         """This worker for a call of ``main``: whether it takes the call now (lending, and
         its quota allows), and its slots busy or waited for, per slot."""
         return Here(self.platform,
-                    not self.slots.paused and self.slots.offered(main) >= threads,
-                    (sum(self.slots.held().values()) + self.slots.waiting())
-                    / max(1, self.slots.slots))
+                    not self.core.paused and self.core.offered(main) >= threads,
+                    (sum(self.core.held().values()) + self.core.waiting())
+                    / max(1, self.core.capacity))
 
     def runs(self, ex_id: int, key: int) -> bool:
         return self.executors.parent_runs(ex_id, key)
@@ -146,7 +147,7 @@ class Calls:
     def running_here(self, cid: int) -> bool:
         return any(ex.runs and ex.runs[0].task.reply == LOCAL
                    and ex.runs[0].task.task_id == cid
-                   for ex in self.slots.executors.values())
+                   for ex in self.core.executors.values())
 
     def manifest(self, dist: str) -> bytes | None:
         return self.dists.manifest(dist)
@@ -159,8 +160,8 @@ class Calls:
             if isinstance(effect, RunHere):
                 self._run_here(effect.child)
             elif isinstance(effect, CancelHere):
-                self.apply(self.slots.cancel(effect.child.main, effect.child.cid,
-                                             time.monotonic()))
+                self.apply(self.core.handle(Cancel(effect.child.main, effect.child.cid),
+                                            time.monotonic()))
             elif isinstance(effect, Deliver):  # (to its parent, if that still runs)
                 self.executors.to_parent(effect.child.ex_id, effect.child.key,
                                          effect.child.number, effect.status, effect.info,
@@ -173,6 +174,7 @@ class Calls:
     def _run_here(self, child: Child) -> None:
         main = self.mains.get(child.main)
         if main is not None:
-            self.apply(self.slots.submit(QueuedTask(
+            self.apply(self.core.handle(TaskQueued(QueuedTask(
                 child.main, child.cid, child.dist, child.threads, child.timeout, child.frames,
-                main.context, main.env, depth=child.depth, reply=LOCAL, reply_id=child.cid)))
+                main.context, main.env, depth=child.depth, reply=LOCAL, reply_id=child.cid)),
+                time.monotonic()))

@@ -69,7 +69,7 @@ class Core(CoreState):
 
     def __init__(self, slots: int, idle_after: float = 300.0, max_queued: int = 256 << 20,
                  max_parked: int | None = None,
-                 hand_back_after: float | None = STUCK_HAND_BACK) -> None:
+                 hand_back_after: float = STUCK_HAND_BACK) -> None:
         super().__init__(slots, idle_after, max_queued, max_parked, hand_back_after)
         handlers: dict[type, Callable[[Any, float], None]] = {
             TaskSubmitted: self._submitted, TaskQueued: self._queued,
@@ -99,10 +99,10 @@ class Core(CoreState):
         if self.offered(task.peer) < task.threads <= self.most:
             self.counters["deferred"] += 1
             return Report(task, Outcome.DEFERRED)  # (its Main's view is stale)
-        if task.threads > self.slots:
+        if task.threads > self.capacity:
             return Report(task, Outcome.ERROR, ErrorRecord(
                 "distrib.ConfigError", f"task needs {task.threads} threads; this worker offers "
-                f"{self.slots}").to_wire())
+                f"{self.capacity}").to_wire())
         failed = self._import_failed.get((task.dist, task.context, task.peer))
         if failed is not None:
             return Report(task, Outcome.ENV_ERROR, *failed)
@@ -363,8 +363,8 @@ class Core(CoreState):
         """With fewer slots, running tasks finish and no new ones start beyond the new number
         (tasks handed to executors that have not started go back to the queue; those needing
         more threads than there now are, to their Mains)."""
-        grew = event.slots > self.slots
-        self.slots = event.slots
+        grew = event.slots > self.capacity
+        self.capacity = event.slots
         self.most = max(self.most, event.slots)
         if not grew:
             self._shrink()
@@ -396,8 +396,7 @@ class Core(CoreState):
                 self._halt(ex.ex_id, lambda run, is_head: why if is_head else None)
             elif head.deadline is not None and now > head.deadline:
                 self._halt(ex.ex_id, lambda run, is_head: Outcome.TIMEOUT if is_head else None)
-        if self._stuck_for is not None and self._stuck_for.check(
-                self._stuck and self.waiting() > 0, now):
+        if self._stuck_for.check(self._stuck and self.waiting() > 0, now):
             self._out.append(StuckHandedBack(self.waiting()))
             self._hand_back(False)
 

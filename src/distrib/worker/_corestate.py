@@ -67,8 +67,8 @@ class CoreState:
 
     def __init__(self, slots: int, idle_after: float = 300.0,
                  max_queued: int = 256 << 20, max_parked: int | None = None,
-                 hand_back_after: float | None = STUCK_HAND_BACK) -> None:
-        self.slots = slots
+                 hand_back_after: float = STUCK_HAND_BACK) -> None:
+        self.capacity = slots  # slots offered now
         # executors whose task waits for its calls and gave its slots back, at most
         self.max_parked = 2 * slots if max_parked is None else max_parked
         self._last_park = float("-inf")
@@ -93,8 +93,7 @@ class CoreState:
         self._out: list[Action] = []
         self.state: OwnerWord = "serving"  # as the Mains are told: not serving, start nothing
         self._stuck = False  # every slot held by a task waiting for its calls, as last said
-        # (None: the daemon times it itself, until it hands every event to ``handle``)
-        self._stuck_for = None if hand_back_after is None else Sustained(hand_back_after)
+        self._stuck_for = Sustained(hand_back_after)  # stuck, with tasks waiting
         self._drained = False  # Drained was said
         self.most = slots  # the most slots offered since the start (Mains may not know less)
         self.limits: dict[bytes, int] = {}  # the most slots a Main may hold (its quota)
@@ -137,8 +136,8 @@ class CoreState:
 
     def stuck(self) -> bool:
         """Every slot is held by a task waiting for its calls: nothing can start here."""
-        return self.slots > 0 and sum(
-            ex.key.threads for ex in self.executors.values() if ex.blocked) >= self.slots
+        return self.capacity > 0 and sum(
+            ex.key.threads for ex in self.executors.values() if ex.blocked) >= self.capacity
 
     def waiting(self, peer: bytes | None = None) -> int:
         """Tasks not running yet: queued here, or handed to a busy executor to run next."""
@@ -148,7 +147,7 @@ class CoreState:
 
     def offered(self, peer: bytes) -> int:
         """The slots ``peer`` may use here: all of them, or its quota."""
-        return min(self.slots, self.limits.get(peer, self.slots))
+        return min(self.capacity, self.limits.get(peer, self.capacity))
 
     def running_any(self) -> bool:
         """Whether any executor holds a task (running, or handed to it to run next)."""
@@ -184,8 +183,8 @@ class CoreState:
         floor = self._depth_floor(now)
         if floor is not None:
             runnable = lambda t: t.depth > floor(t.peer) and self._runnable(t)  # noqa: E731
-        while self.busy < self.slots and not self.paused:
-            task = self.queues.next_runnable(self.slots - self.busy, runnable, held,
+        while self.busy < self.capacity and not self.paused:
+            task = self.queues.next_runnable(self.capacity - self.busy, runnable, held,
                                              self.limits, self.weights)
             if task is None:
                 break
@@ -202,7 +201,7 @@ class CoreState:
             self._hand(ex, task, now)
         for key, peer in new.items():
             self._warm(key, peer, now)
-        if (self.busy == self.slots and len(self.queues) and not self._starved(held)
+        if (self.busy == self.capacity and len(self.queues) and not self._starved(held)
                 and not self.paused):  # (over the slots after a resize: let them drain)
             self._prefetch(now, held, floor)
         unsent, self._unsent = self._unsent, {}
@@ -256,12 +255,12 @@ class CoreState:
         if len(self.queues.peers()) < 2 and len(held) < 2:
             return False  # one Main: no one to be fair to
         waiting = [p for p in self.queues.waiting_peers(self._runnable)
-                   if held.get(p, 0) < self.limits.get(p, self.slots)]  # (not at its quota)
+                   if held.get(p, 0) < self.limits.get(p, self.capacity)]  # (not at its quota)
         if not waiting:
             return False
         weights = {p: self.weights.get(p, 1.0) for p in set(waiting) | set(held)}
         total = sum(weights.values())
-        return any(held.get(p, 0) < self.slots * weights[p] / total for p in waiting)
+        return any(held.get(p, 0) < self.capacity * weights[p] / total for p in waiting)
 
     def _prefetch(self, now: float, held: dict[bytes, int],
                   floor: Callable[[bytes], int] | None) -> None:
@@ -271,7 +270,7 @@ class CoreState:
             if not ex.runs or not ex.ready or ex.nests:
                 continue
             key, peer = ex.key, ex.runs[-1].task.peer
-            if held.get(peer, 0) > self.limits.get(peer, self.slots):
+            if held.get(peer, 0) > self.limits.get(peer, self.capacity):
                 continue  # over its quota since it was lowered: let its slots drain
             depth = PREFETCH if self._run_time.get(key, 1.0) <= TINY_TASK else 1
             while len(ex.runs) <= depth:
@@ -289,7 +288,7 @@ class CoreState:
     def _spawn(self, key: EnvKey) -> Executor:
         idle = [e for e in self.executors.values() if not e.runs]
         # Keep at most ``slots`` executors around: retire an idle one of another environment.
-        if len(self.executors) >= self.slots and idle:
+        if len(self.executors) >= self.capacity and idle:
             self._retire(idle[0])
         self._next_ex += 1
         ex = self.executors[self._next_ex] = Executor(self._next_ex, key)
@@ -306,7 +305,7 @@ class CoreState:
         if count is not None:
             most = min(most, count)
         have = sum(1 for e in self.executors.values() if e.key == key)
-        for _ in range(min(most - have, self.slots - len(self.executors))):
+        for _ in range(min(most - have, self.capacity - len(self.executors))):
             self._spawn(key).idle_since = now
 
     def _retire(self, ex: Executor) -> None:

@@ -1,15 +1,15 @@
 """The worker daemon: one thread, one poll loop over the ROUTER socket and executor pipes.
 
-    Mains --(DEALER/ROUTER)--> Serving: decode + validate --> Slots (queues, fair share)
+    Mains --(DEALER/ROUTER)--> Serving: decode + validate --> Core (queues, fair share)
                                                           --> Supply (workspaces, envs, objects)
-    executors --(socketpair)--> Executors: ready / out / done / EOF (died) --> Slots
-    Slots --> actions (report, spawn, send, skip, kill) --> applied here --> Results to Mains
-    owner --(control socket, policy file, hours)--> Owner --> Slots (paused, hand back)
+    executors --(socketpair)--> Executors: ready / out / done / EOF (died) --> Core
+    Core --> actions (report, spawn, send, skip, kill, ...) --> applied here --> Results to Mains
+    owner --(control socket, policy file, hours)--> Owner --> Core (serving, paused, draining)
 
-The decisions live in ``Slots`` (pure), ``OwnerState`` (pure) and ``Distributions``; this loop
-moves bytes, hands what it reads to the role that turns it into their events, and carries out
-the actions they return. The daemon never unpickles a payload: call frames go to executors and
-result frames to the Main as they came.
+The decisions live in ``Core`` (pure: ``Core.handle(event, now)``), ``OwnerState`` (pure) and
+``Distributions``; this loop moves bytes, hands what it reads to the role that turns it into
+their events, and carries out the actions they return. The daemon never unpickles a payload:
+call frames go to executors and result frames to the Main as they came.
 """
 
 from __future__ import annotations
@@ -32,7 +32,25 @@ from distrib.wire import _messages as m
 from distrib.wire._limits import MAX_MESSAGE_BYTES
 from distrib.wire._messages import Outcome, RefusalCode
 from distrib.worker._calls import Calls
+from distrib.worker._core import Core
 from distrib.worker._direct import LOCAL
+from distrib.worker._events import (
+    Action,
+    Admit,
+    Drained,
+    Kill,
+    MainDropped,
+    Report,
+    Rewaited,
+    Send,
+    Skip,
+    Spawn,
+    StuckChanged,
+    StuckHandedBack,
+    Tick,
+    Turn,
+    Vacating,
+)
 from distrib.worker._executors import Executors
 from distrib.worker._gate import Gate
 from distrib.worker._mains import Mains
@@ -43,7 +61,6 @@ from distrib.worker._owner import Owner, OwnerState
 from distrib.worker._pool import Recipe
 from distrib.worker._serving import Serving
 from distrib.worker._settings import WorkerSettings
-from distrib.worker._slots import Action, Kill, Report, Send, Skip, Slots, Spawn
 from distrib.worker._state import QueuedTask
 from distrib.worker._status import Status
 from distrib.worker._supply import Supply
@@ -51,8 +68,6 @@ from distrib.workspace._store import Store
 
 log = logging.getLogger("distrib.worker")
 peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
-
-STUCK_HAND_BACK = 1.0  # seconds every slot is held by waiting tasks before queued ones go back
 
 
 class Daemon:
@@ -75,7 +90,7 @@ class Daemon:
         self.name = s.name or f"{socket.gethostname()}:" \
             f"{self.address.rsplit(':', 1)[-1].rsplit('/', 1)[-1]}"
         self.mains = Mains()
-        self.slots = Slots(policy.threads, s.idle_after, s.max_queued, s.max_parked)
+        self.core = Core(policy.threads, s.idle_after, s.max_queued, s.max_parked)
         self.objects = Objects(self.runs / "objects", s.max_objects)
         Objects.remove_stale()
         self.memory = MemoryWatch(policy.max_task_memory, policy.max_memory)
@@ -87,22 +102,22 @@ class Daemon:
         self._wake_w.setblocking(False)
         # The roles, each given what it works with (``_apply`` and ``_send`` carry out what
         # they decide):
-        self.executors = Executors(self.name, self.runs, policy.nice, self.slots, self.memory,
+        self.executors = Executors(self.name, self.runs, policy.nice, self.core, self.memory,
                                    self._apply)
         self.supply = Supply(self.name, store, s.cache_dir / "venvs", s.env_policy,
-                             self._wake_loop, self.mains, self.slots, self.objects,
+                             self._wake_loop, self.mains, self.core, self.objects,
                              self.executors, self._send, self._apply, self._report)
-        self.calls = Calls(self.name, self.ctx, s.key, s.lost_after, self.mains, self.slots,
+        self.calls = Calls(self.name, self.ctx, s.key, s.lost_after, self.mains, self.core,
                            self.executors, self.supply.dists, self._send, self._apply)
         state = OwnerState(policy.when_idle, time.monotonic())
         self.serving = Serving(self.name, self.worker_id, s.key is not None, self.mains,
-                               self.slots, self.gate, state, self.memory, self.supply,
+                               self.core, self.gate, state, self.memory, self.supply,
                                self.calls, self._outbox, self._send, self._apply, self._report)
         self.owner = Owner(self.name, state, s.cache_dir, policy, s.flags or policy,
-                           s.policy_file, self.slots, self.executors, self.memory, self._apply,
+                           s.policy_file, self.core, self.executors, self.memory, self._apply,
                            self.serving.tell_all)
         self.status = Status(self.name, self.worker_id, self.address, s.key, time.monotonic(),
-                             self.slots, self.mains, self.gate, self.owner, self.executors,
+                             self.core, self.mains, self.gate, self.owner, self.executors,
                              self.supply, self.serving, self.calls)
         # What each asks of another, built after it:
         self.executors.builds = self.supply.envs.pids
@@ -110,8 +125,8 @@ class Daemon:
         self.executors.on_output = self.serving.forward_output
         self.executors.on_cancel_child = self.calls.on_cancel_child
         self.serving.status = self.status.status
-        self._stuck = False  # every slot is held by a task waiting for its calls
-        self._stuck_since = 0.0
+        self._rewaited: set[bytes] = set()  # Mains whose tasks waiting for their calls
+        # changed in this turn of the loop: told at its end
         self._stop = False
         self._announcer: Any = None
 
@@ -161,22 +176,14 @@ class Daemon:
                 if now >= next_tick:
                     self._tick(now)
                     next_tick = now + min(self.settings.heartbeat_interval, 0.25)
-                self._apply(self.slots.schedule(now))
-                if self.slots.stuck() != self._stuck:  # (every Main hears it)
-                    self._stuck = not self._stuck
-                    self._stuck_since = now
-                    self.slots.rewaited.update(self.mains)
-                while self.slots.rewaited:  # (tasks waiting for their calls ended or lent)
-                    peer = self.slots.rewaited.pop()
+                self._apply(self.core.handle(Turn(), now))
+                while self._rewaited:  # (tasks waiting for their calls ended or lent)
+                    peer = self._rewaited.pop()
                     if peer in self.mains:
-                        self._send(peer, m.Waiting(*self.slots.waiting_for_calls(peer)))
+                        self._send(peer, m.Waiting(*self.core.waiting_for_calls(peer)))
                 if self.supply.warming:
-                    self.supply.tell(self.supply.warming.done(self.slots.executors.values()))
+                    self.supply.tell(self.supply.warming.done(self.core.executors.values()))
                 self._outbox.flush(self._send)
-                if self.owner.state.draining and not self.slots.running_any():
-                    log.info("worker %s drained: its running tasks are done; leaving",
-                             self.name)
-                    self._stop = True
         finally:
             self.close()
 
@@ -203,7 +210,7 @@ class Daemon:
         self._announcer = Announcer(
             self.name, host, int(port), key.public if key else None,
             {"platform": _facts.platform_tag(), "python": _facts.python_version(),
-             "slots": str(self.slots.slots)}, interfaces)
+             "slots": str(self.core.capacity)}, interfaces)
         log.info("announcing %s on the LAN as %s", self.address, self.name)
 
     def close(self) -> None:
@@ -263,7 +270,7 @@ class Daemon:
     # --- actions -----------------------------------------------------------------------------
 
     def _apply(self, actions: list[Action]) -> None:
-        """Carry out what ``Slots`` decided; a failed write to an executor is its death."""
+        """Carry out what ``Core`` decided; a failed write to an executor is its death."""
         executors = self.executors
         todo, i = actions, 0
         while i < len(todo):  # (a plain list: this runs for every task)
@@ -285,6 +292,8 @@ class Daemon:
                 died = executors.spawn(action.key, recipe, action.ex_id)
                 if died:
                     todo = [*todo, *died]
+            elif not isinstance(action, (Send, Skip)):
+                self._notice(action)
             else:
                 proc = executors.procs.get(action.ex_id)
                 if proc is None:
@@ -294,12 +303,31 @@ class Daemon:
                         proc.run([(run.key, run.task.frames, self._run_extras(run.task))
                                   for run in action.runs])
                     else:
-                        assert isinstance(action, Skip)
                         proc.skip(action.key)
                 except OSError as exc:
                     log.debug("executor %d: %s", proc.pid, exc, exc_info=True)
                     todo = [*todo, *executors.died(action.ex_id)]
         executors.fork_waiting()
+
+    def _notice(self, action: Admit | Rewaited | StuckChanged | StuckHandedBack | Vacating
+                | MainDropped | Drained) -> None:
+        """What the Mains, the log or the loop hear of the core's decisions (``Admit`` and
+        ``MainDropped`` answer the role that sent the event: it carries them out)."""
+        if isinstance(action, Rewaited):
+            self._rewaited.add(action.peer)
+        elif isinstance(action, StuckChanged):
+            self._rewaited.update(self.mains)  # (every Main hears it)
+        elif isinstance(action, StuckHandedBack):
+            # Nothing queued here can start: it goes back to its Mains (another worker may
+            # run it; if none can, its Main says NestedDeadlock).
+            log.info("every slot is held by a task waiting for its calls: %d queued task(s) "
+                     "go back to their Mains", action.count)
+        elif isinstance(action, Vacating):
+            log.warning("worker %s vacates: its running tasks are stopped and go back to "
+                        "their Mains (when_idle = \"vacate\")", self.name)
+        elif isinstance(action, Drained):
+            log.info("worker %s drained: its running tasks are done; leaving", self.name)
+            self._stop = True
 
     def _run_extras(self, task: QueuedTask) -> list[Any]:
         """What an executor needs besides a task's frames: its Main's folder of shared
@@ -331,15 +359,9 @@ class Daemon:
         self.executors.tick(now)
         self.serving.sweep_shm()
         self.executors.drop_idle_templates(now)
-        self._apply(self.slots.tick(now))
-        if self._stuck and now - self._stuck_since > STUCK_HAND_BACK and self.slots.waiting():
-            # Nothing queued here can start: it goes back to its Mains (another worker may
-            # run it; if none can, its Main says NestedDeadlock).
-            log.info("every slot is held by a task waiting for its calls: %d queued task(s) "
-                     "go back to their Mains", self.slots.waiting())
-            self._apply(self.slots.hand_back())
+        self._apply(self.core.handle(Tick(), now))
         self.supply.dists.tick(now)
-        self.calls.direct.tick(now, self.slots.stuck())
+        self.calls.direct.tick(now, self.core.stuck())
         self.serving.tick(now, self.settings.lost_after)
         self.status.tick(now)
         if self.gate.reload():

@@ -3,8 +3,8 @@ from it) or spawned, the template's interpreter started ahead (a zygote), what t
 say on their pipes, their deaths, the owner's niceness and memory limits, and the strays tasks
 leave behind (this daemon is their subreaper).
 
-What to start and stop is decided by ``Slots``; this module does it and turns what executors
-say into its events.
+What to start and stop is decided by the core (``Core``); this module does it and turns what
+executors say into its events.
 """
 
 from __future__ import annotations
@@ -23,9 +23,20 @@ from distrib.wire._messages import Outcome
 from distrib.wire._pipe import Verb
 from distrib.wire._record import ErrorRecord
 from distrib.worker import _pool
+from distrib.worker._core import Core
+from distrib.worker._events import (
+    Action,
+    EnvKey,
+    ExecutorDied,
+    ExecutorEnvError,
+    ExecutorReady,
+    TaskDone,
+    TaskParked,
+    TaskResumed,
+    TaskSkipped,
+)
 from distrib.worker._memory import MemoryWatch
 from distrib.worker._pool import ExecutorProcess, Recipe, Template, Zygote
-from distrib.worker._slots import Action, EnvKey, Slots
 
 log = logging.getLogger("distrib.worker")
 peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
@@ -43,12 +54,12 @@ def _ignore(*args: Any) -> None:
 class Executors:
     """The executor processes of one daemon, and the templates they are forked from."""
 
-    def __init__(self, name: str, runs: Path, nice: int, slots: Slots, memory: MemoryWatch,
+    def __init__(self, name: str, runs: Path, nice: int, core: Core, memory: MemoryWatch,
                  apply: Apply) -> None:
         self.name = name
         self.runs = runs  # where executors work
         self.nice = nice  # the owner's niceness, for executors started from now on
-        self.slots = slots
+        self.core = core
         self.memory = memory
         self.apply = apply
         # What executors ask of the rest of the daemon (set once it is all built):
@@ -91,7 +102,7 @@ class Executors:
             log.error("cannot start an executor: %s", exc)
             record = ErrorRecord("distrib.WorkerCrashed", f"worker {self.name} could "
                                  f"not start an executor: {exc}")
-            return self.slots.executor_died(ex_id, record.to_wire())
+            return self.core.handle(ExecutorDied(ex_id, record.to_wire()), time.monotonic())
         return []
 
     def kill(self, ex_id: int) -> None:
@@ -227,24 +238,21 @@ class Executors:
         verb, now = header[0], time.monotonic()
         if verb == Verb.READY and len(header) == 2:
             self._note_isolation(str(header[1]))
-            self.slots.executor_ready(ex_id, now)
+            self.apply(self.core.handle(ExecutorReady(ex_id), now))
         elif verb == Verb.OUT and len(header) == 4:
             self.on_output(ex_id, int(header[2]), str(header[3]))
         elif verb == Verb.DONE and len(header) == 5 and header[2] in _OUTCOMES:
-            self.apply(self.slots.task_done(ex_id, header[1], _OUTCOMES[header[2]],
-                                            header[3], frames, now, header[4]))
+            self.apply(self.core.handle(TaskDone(ex_id, header[1], _OUTCOMES[header[2]],
+                                                 header[3], frames, header[4]), now))
         elif verb == Verb.SKIPPED and len(header) == 2:
-            self.apply(self.slots.task_skipped(ex_id, header[1], now))
+            self.apply(self.core.handle(TaskSkipped(ex_id, header[1]), now))
         elif verb == Verb.ENV_ERROR and len(header) == 2:
-            self.apply(self.slots.env_error(ex_id, dict(header[1]), frames))
+            self.apply(self.core.handle(ExecutorEnvError(ex_id, dict(header[1]), frames), now))
         elif verb == Verb.CALL and len(header) == 11:
             self.on_call(ex_id, header, frames)
         elif verb in (Verb.PARK, Verb.UNPARK) and len(header) == 2:
-            run = self.slots.running(ex_id)
-            changed = self.slots.park(ex_id, header[1], now) if verb == Verb.PARK else \
-                self.slots.unpark(ex_id, header[1])
-            if changed and run is not None:
-                self.slots.rewaited.add(run.task.peer)
+            self.apply(self.core.handle(TaskParked(ex_id, header[1]) if verb == Verb.PARK
+                                        else TaskResumed(ex_id, header[1]), now))
         elif verb == Verb.CANCEL_CHILD and len(header) == 3:
             self.on_cancel_child(ex_id, header[1], header[2])
         else:
@@ -264,12 +272,12 @@ class Executors:
                         "shared tree")
 
     def died(self, ex_id: int) -> list[Action]:
-        """Executor ``ex_id`` died (or must be taken as dead): what ``Slots`` does about it."""
+        """Executor ``ex_id`` died (or must be taken as dead): what the core does about it."""
         proc = self.procs.get(ex_id)
         if proc is None:
             return []
         code = proc.poll()
-        head = self.slots.running(ex_id)
+        head = self.core.running(ex_id)
         if head is not None:
             peer_log.warning("executor %d died (exit %s) running task %d; replacing it",
                              proc.pid, code, head.task.task_id)
@@ -278,10 +286,10 @@ class Executors:
             info = ErrorRecord("distrib.WorkerCrashed", f"stopped: {killed[0]}").to_wire()
             if killed[1]:
                 info["memory_limit"] = str(killed[1])  # (the Main retries only above it)
-            return self.slots.executor_died(ex_id, info)
+            return self.core.handle(ExecutorDied(ex_id, info), time.monotonic())
         record = ErrorRecord("distrib.WorkerCrashed", f"executor process {proc.pid} on worker "
                              f"{self.name} died (exit code {code})")
-        return self.slots.executor_died(ex_id, record.to_wire())
+        return self.core.handle(ExecutorDied(ex_id, record.to_wire()), time.monotonic())
 
     def to_parent(self, ex_id: int, key: int, number: int, status: str,
                   info: dict[str, str], frames: list[Any]) -> None:
@@ -296,7 +304,7 @@ class Executors:
             self.apply(self.died(ex_id))
 
     def parent_runs(self, ex_id: int, key: int) -> bool:
-        run = self.slots.running(ex_id)
+        run = self.core.running(ex_id)
         return run is not None and run.key == key
 
     def renice(self, nice: int) -> None:
@@ -336,7 +344,7 @@ class Executors:
         running: dict[int, int] = {}
         idle: dict[int, int] = {}
         for ex_id, proc in self.procs.items():
-            ex = self.slots.executors.get(ex_id)
+            ex = self.core.executors.get(ex_id)
             if proc.pid and ex_id not in self._memory_kills:
                 (running if ex is not None and ex.runs else idle)[ex_id] = proc.pid
         templates = tuple(t.proc.pid for t in self.templates.values())
@@ -356,9 +364,9 @@ class Executors:
             self._keep_zygote()
 
     def drop_idle_templates(self, now: float) -> None:
-        used = {ex.key for ex in self.slots.executors.values()}
+        used = {ex.key for ex in self.core.executors.values()}
         for key, template in list(self.templates.items()):  # (their memory goes back)
-            if key not in used and now - template.last_used > self.slots.idle_after:
+            if key not in used and now - template.last_used > self.core.idle_after:
                 self.drop_template(key)
 
     def close(self) -> None:

@@ -2,7 +2,8 @@
 policy file read again as it changes (or on SIGHUP), and the lending hours and load.
 
 ``OwnerState`` decides (pure: events and the time in, what changed out); ``Owner`` reads the
-control socket, the policy file and the machine's load, and carries out what it decided.
+control socket, the policy file and the machine's load, and carries out what it decided: what
+Mains are told reaches the core as its ``OwnerState`` event (the core hands tasks back).
 """
 
 from __future__ import annotations
@@ -15,22 +16,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distrib._errors import ConfigError
-from distrib.worker import _policy
+from distrib.worker import _events, _policy
 from distrib.worker._control import COMMANDS, ControlSocket, reply
+from distrib.worker._core import Core
+from distrib.worker._events import Action, OwnerWord, Resize
 from distrib.worker._executors import Executors
 from distrib.worker._lending import Lending
 from distrib.worker._memory import MemoryWatch
 from distrib.worker._policy import Policy
-from distrib.worker._slots import Action, Slots
 
 log = logging.getLogger("distrib.worker")
 
-SERVING, PAUSED, DRAINING = "serving", "paused", "draining"
-_WORDS = {"pause": PAUSED, "resume": SERVING, "drain": DRAINING}
-_ASKED = {PAUSED: "paused: no new tasks; queued ones go back to their Mains",
-          SERVING: "resumed",
-          DRAINING: "draining: no new tasks, queued ones go back to their Mains, and it leaves "
-                    "when its running tasks are done"}
+SERVING: OwnerWord = "serving"
+PAUSED: OwnerWord = "paused"
+DRAINING: OwnerWord = "draining"
+_WORDS: dict[str, OwnerWord] = {"pause": PAUSED, "resume": SERVING, "drain": DRAINING}
+_ASKED: dict[str, str] = {
+    PAUSED: "paused: no new tasks; queued ones go back to their Mains",
+    SERVING: "resumed",
+    DRAINING: "draining: no new tasks, queued ones go back to their Mains, and it leaves when "
+              "its running tasks are done"}
 
 
 @dataclass(frozen=True)
@@ -39,8 +44,8 @@ class Change:
 
     refused: str = ""  # why the owner's command is not taken (their reply)
     word: str = ""  # the owner's new word, to log
-    told: tuple[str, str] | None = None  # what Mains hear now: serving, paused or draining,
-    # and why ("": the owner's word)
+    told: tuple[OwnerWord, str] | None = None  # what Mains hear now: serving, paused or
+    # draining, and why ("": the owner's word)
     lends_again: bool = False  # serving again after a pause that was not the owner's word
     hand_back: bool = False  # lending stopped: queued tasks go back to their Mains
     vacate: bool = False  # and running ones are stopped too (``when_idle = "vacate"``)
@@ -51,13 +56,13 @@ class OwnerState:
     hours, its owner's load) and what Mains were last told."""
 
     def __init__(self, when_idle: str | None, now: float) -> None:
-        self.word = SERVING  # the owner's word
+        self.word: OwnerWord = SERVING  # the owner's word
         self.away = ""  # why the machine is not lent now, "" if it is
-        self.told = (SERVING, "")  # the state Mains last heard, and why
+        self.told: tuple[OwnerWord, str] = (SERVING, "")  # the state Mains last heard, and why
         self.since = now  # when that last changed
         self.when_idle = when_idle  # the policy's: "vacate" stops running tasks when away
 
-    def effective(self) -> tuple[str, str]:
+    def effective(self) -> tuple[OwnerWord, str]:
         """What Mains are told: serving, paused or draining, and why ("": the owner's word)."""
         if self.word == SERVING and self.away:
             return PAUSED, self.away
@@ -111,7 +116,7 @@ class Owner:
     """Reads the owner's word, policy and hours, and carries out what ``OwnerState`` says."""
 
     def __init__(self, name: str, state: OwnerState, cache_dir: Path, policy: Policy,
-                 flags: Policy, policy_file: Path | None, slots: Slots, executors: Executors,
+                 flags: Policy, policy_file: Path | None, core: Core, executors: Executors,
                  memory: MemoryWatch, apply: Callable[[list[Action]], None],
                  tell_all: Callable[[], None]) -> None:
         self.name = name
@@ -124,7 +129,7 @@ class Owner:
         self.lending = Lending(policy)
         self.state = state
         self.control = ControlSocket(cache_dir)
-        self.slots = slots
+        self.core = core
         self.executors = executors
         self.memory = memory
         self.apply = apply
@@ -153,26 +158,23 @@ class Owner:
                 reply(conn, change.refused)
                 return
             self.carry_out(change)
-        held = self.slots.held()
+        held = self.core.held()
         reply(conn, f"{self.state.word}: {sum(held.values())} slots busy, "
-                    f"{self.slots.waiting()} tasks waiting")
+                    f"{self.core.waiting()} tasks waiting")
 
     def carry_out(self, change: Change) -> None:
-        """Log the change, start or stop lending as it says, and tell the Mains."""
+        """Log the change, start or stop lending as it says (the core hands back what it
+        must), and tell the Mains."""
         if change.word:
             log.warning("worker %s, as its owner asked: %s", self.name, _ASKED[change.word])
         if change.told is None:
             return
-        self.slots.paused = self.state.paused
         if change.told[1]:
             log.warning("worker %s stops lending: %s", self.name, change.told[1])
         elif change.lends_again:  # (after the owner's word, that is logged)
             log.warning("worker %s lends again", self.name)
-        if change.hand_back:
-            if change.vacate and self.slots.running_any():
-                log.warning("worker %s vacates: its running tasks are stopped and go back to "
-                            "their Mains (when_idle = \"vacate\")", self.name)
-            self.apply(self.slots.hand_back(change.vacate))
+        self.apply(self.core.handle(_events.OwnerState(change.told[0], change.vacate),
+                                    time.monotonic()))
         self.tell_all()
 
     def _reload_policy(self) -> None:
@@ -225,5 +227,5 @@ class Owner:
         if policy.nice != old.nice:
             self.executors.renice(policy.nice)
         if policy.threads != old.threads:
-            self.apply(self.slots.resize(policy.threads))
+            self.apply(self.core.handle(Resize(policy.threads), time.monotonic()))
         self.tell_all()  # (slots and memory limit, as each Main may use them)

@@ -1,6 +1,7 @@
 """Serving Mains: their messages decoded and checked, Hello and Welcome (a Main's, or another
-worker's as a Main's delegate), ``Peers``, what they submit, cancel and send (turned into calls
-on ``Slots`` and ``Supply``), and a Main dropped (it left, went silent or broke the protocol).
+worker's as a Main's delegate), ``Peers``, what they submit, cancel and send (turned into the
+core's events and calls on ``Supply``), and a Main dropped (it left, went silent or broke the
+protocol).
 """
 
 from __future__ import annotations
@@ -24,13 +25,24 @@ from distrib.wire._limits import MAX_MESSAGE_BYTES, OUTPUT_CHUNK
 from distrib.wire._messages import Outcome, RefusalCode
 from distrib.wire._record import ErrorRecord
 from distrib.worker._calls import Calls
+from distrib.worker._core import Core
 from distrib.worker._direct import FIRST_ID
+from distrib.worker._events import (
+    Action,
+    Admit,
+    Cancel,
+    EnvReady,
+    MainDropped,
+    MainLeft,
+    QuotaSet,
+    TaskQueued,
+    TaskSubmitted,
+)
 from distrib.worker._gate import Gate
 from distrib.worker._mains import MainPeer, Mains
 from distrib.worker._memory import MemoryWatch
 from distrib.worker._outbox import Outbox
 from distrib.worker._owner import SERVING, OwnerState
-from distrib.worker._slots import Action, Slots
 from distrib.worker._state import QueuedTask
 from distrib.worker._supply import Report, Supply
 
@@ -43,7 +55,7 @@ _PEER_ADDRESS = re.compile(r"(tcp://)?[A-Za-z0-9.\-]{1,253}:[0-9]{1,5}")  # (as 
 class Serving:
     """The Mains this worker serves (and the workers that send it their calls)."""
 
-    def __init__(self, name: str, worker_id: str, keyed: bool, mains: Mains, slots: Slots,
+    def __init__(self, name: str, worker_id: str, keyed: bool, mains: Mains, core: Core,
                  gate: Gate, owner: OwnerState, memory: MemoryWatch, supply: Supply,
                  calls: Calls, outbox: Outbox, send: Callable[[bytes, m.Message], None],
                  apply: Callable[[list[Action]], None], report: Report) -> None:
@@ -51,7 +63,7 @@ class Serving:
         self.worker_id = worker_id
         self.keyed = keyed  # Mains connect with keys (ZAP names each one's)
         self.mains = mains
-        self.slots = slots
+        self.core = core
         self.gate = gate
         self.owner = owner
         self.memory = memory
@@ -117,10 +129,10 @@ class Serving:
             for task_id in msg.task_ids:
                 ours = self.delegated.pop((peer, task_id), None)
                 if ours is not None:
-                    self.apply(self.slots.cancel(main.account, ours, time.monotonic()))
+                    self.apply(self.core.handle(Cancel(main.account, ours), time.monotonic()))
         elif isinstance(msg, m.Cancel):
             for task_id in msg.task_ids:
-                self.apply(self.slots.cancel(peer, task_id, time.monotonic()))
+                self.apply(self.core.handle(Cancel(peer, task_id), time.monotonic()))
         elif isinstance(msg, m.Manifest):
             supply.on_change(supply.dists.on_manifest(msg))
         elif isinstance(msg, m.Blobs) and supply.envs.building(msg.dist):
@@ -169,14 +181,15 @@ class Serving:
             self.supply.specs[env] = spec
             if not problem and envs.ready(env):
                 envs.used(env)
-                self.slots.env_ready(env)
+                self.apply(self.core.handle(EnvReady(env), time.monotonic()))
         shm = len(msg.shm_probe) == 2 and _shm.check_probe(msg.shm_probe[0], msg.shm_probe[1],
                                                             msg.pid)
         main = self.mains.welcome(peer, msg, time.monotonic(), env, problem, shm, key)
         if shm:
             self.supply.objects.shares_memory(peer)
         quota = self.gate.quota(key)
-        self.apply(self.slots.set_quota(peer, quota.slots, quota.priority))
+        self.apply(self.core.handle(QuotaSet(peer, quota.slots, quota.priority),
+                                    time.monotonic()))
         peer_log.info("serving Main %s (pid %d)%s%s", msg.name, msg.pid,
                       f", {quota}" if str(quota) else "",
                       f"; it cannot run here: {problem}" if problem else "")
@@ -187,7 +200,7 @@ class Serving:
     def _welcome(self, main: MainPeer, problem: str, shm: bool) -> None:
         self.send(main.peer, m.Welcome(m.PROTOCOL_VERSION, self.worker_id, self.name,
                                        _facts.platform_tag(), _facts.python_version(),
-                                       self.slots.offered(main.account or main.peer),
+                                       self.core.offered(main.account or main.peer),
                                        os.getpid(), self.supply.envs.versions(), problem,
                                        MAX_MESSAGE_BYTES, shm, self.memory.per_task or 0))
         if self.owner.effective()[0] != SERVING:
@@ -253,33 +266,36 @@ class Serving:
                     "distrib.ProtocolError", f"task ids must be below {FIRST_ID}").to_wire(), [])
                 continue
             self.reruns += spec.attempt > 0
-            if main.env_problem:  # (the Welcome said so; a Main that sends anyway hears it)
-                self.report(task, Outcome.ENV_ERROR, ErrorRecord(
-                    "distrib.DependencyError", main.env_problem).to_wire(), [])
-                continue
-            if spec.threads > self.slots.slots:  # it can never run here: say so, fetch nothing
-                self.apply(self.slots.submit(task))
-                continue
-            if self.slots.paused:  # (before fetching anything for it)
-                self.report(task, Outcome.DEFERRED, {}, [])
-                continue
-            if spec.shm and not sender.shm:
-                self.report(task, Outcome.ERROR, ErrorRecord(
-                    "distrib.ProtocolError", f"worker {self.name} does not share this Main's "
-                    "/dev/shm, yet its call names frames there").to_wire(), [])
-                continue
-            if spec.shm:
-                task.shm = spec.shm
-            if spec.objects and not self.supply.plan_objects(task, spec.objects):
-                continue
-            self.supply.dists.request(spec.dist, peer, self.mains.contexts[main.context].preload)
-            if main.env and not self.slots.env_is_ready(main.env):
-                self.supply.need_env(main.env, main.peer)
-            self.apply(self.slots.submit(task))
+            # (the core's checks come first: nothing is fetched for a task it will not take)
+            for action in self.core.handle(TaskSubmitted(task, main.env_problem),
+                                           time.monotonic()):
+                if isinstance(action, Admit):
+                    self._admit(action.task, spec, sender, main)
+                else:
+                    self.apply([action])
+
+    def _admit(self, task: QueuedTask, spec: m.TaskSpec, sender: MainPeer,
+               main: MainPeer) -> None:
+        """The core takes ``task``: ask for what it needs, then queue it (unless its frames
+        or shared objects cannot come here)."""
+        if spec.shm and not sender.shm:
+            self.report(task, Outcome.ERROR, ErrorRecord(
+                "distrib.ProtocolError", f"worker {self.name} does not share this Main's "
+                "/dev/shm, yet its call names frames there").to_wire(), [])
+            return
+        if spec.shm:
+            task.shm = spec.shm
+        if spec.objects and not self.supply.plan_objects(task, spec.objects):
+            return
+        self.supply.dists.request(spec.dist, sender.peer,
+                                  self.mains.contexts[main.context].preload)
+        if main.env and not self.core.env_is_ready(main.env):
+            self.supply.need_env(main.env, main.peer)
+        self.apply(self.core.handle(TaskQueued(task), time.monotonic()))
 
     def forward_output(self, ex_id: int, stream: int, text: str) -> None:
         """What a running task printed: to its Main, if it asked for it."""
-        head = self.slots.running(ex_id)
+        head = self.core.running(ex_id)
         main = self.mains.get(head.task.peer) if head is not None else None
         if head is not None and main is not None and main.forward_output:
             for i in range(0, len(text), OUTPUT_CHUNK):
@@ -290,7 +306,7 @@ class Serving:
         state, why = self.owner.effective()
         main = self.mains.get(peer)
         account = main.account if main is not None and main.account else peer
-        return m.WorkerState(state, self.slots.offered(account), self.memory.per_task or 0, why)
+        return m.WorkerState(state, self.core.offered(account), self.memory.per_task or 0, why)
 
     def tell_all(self) -> None:
         for peer in self.mains:
@@ -302,10 +318,11 @@ class Serving:
             if main.account:
                 self.send(peer, self.worker_state(peer))  # (its Main's quota, as it stands)
                 continue
-            before = self.slots.offered(peer), self.slots.weights.get(peer, 1.0)
+            before = self.core.offered(peer), self.core.weights.get(peer, 1.0)
             quota = self.gate.quota(main.key)
-            self.apply(self.slots.set_quota(peer, quota.slots, quota.priority))
-            if (self.slots.offered(peer), self.slots.weights.get(peer, 1.0)) != before:
+            self.apply(self.core.handle(QuotaSet(peer, quota.slots, quota.priority),
+                                        time.monotonic()))
+            if (self.core.offered(peer), self.core.weights.get(peer, 1.0)) != before:
                 log.info("Main %s: %s", main.name, str(quota) or "no quota")
                 self.send(peer, self.worker_state(peer))
 
@@ -316,10 +333,10 @@ class Serving:
             now = time.monotonic()
             calls = [k for k in self.delegated if k[0] == peer]
             for key in calls:
-                self.apply(self.slots.cancel(sender.account, self.delegated.pop(key), now))
-            self.mains.forget(peer, {ex.key.context for ex in self.slots.executors.values()})
+                self.apply(self.core.handle(Cancel(sender.account, self.delegated.pop(key)), now))
+            self.mains.forget(peer, {ex.key.context for ex in self.core.executors.values()})
             self.outbox.drop(peer)
-            dists.source_left(peer, self.slots.queues.first_peer_with)
+            dists.source_left(peer, self.core.queues.first_peer_with)
             peer_log.info("%s %s: stopped the %d call(s) it sent here", sender.name, why,
                           len(calls))
             return
@@ -327,17 +344,19 @@ class Serving:
             for other in [x.peer for x in self.mains.values() if x.account == peer]:
                 self.drop_main(other, "sent calls for a Main that left")
             self.calls.direct.main_left(peer)
-        actions, queued, running = self.slots.drop_main(peer)
+        actions = self.core.handle(MainLeft(peer), time.monotonic())
+        dropped = next(a for a in actions if isinstance(a, MainDropped))
         self.apply(actions)
         self.supply.warming.forget(peer)
-        main = self.mains.forget(peer, {ex.key.context for ex in self.slots.executors.values()})
+        main = self.mains.forget(peer, {ex.key.context for ex in self.core.executors.values()})
         self.outbox.drop(peer)
         self.supply.objects.forget(peer)
         if main is not None and main.shm:
             self.shm_sweep.add(main.pid)  # its files in /dev/shm, once its process is gone
-        dists.source_left(peer, self.slots.queues.first_peer_with)
+        dists.source_left(peer, self.core.queues.first_peer_with)
         peer_log.info("Main %s %s: dropped %d queued and stopped %d running tasks",
-                      main.name if main else peer.hex()[:8], why, queued, running)
+                      main.name if main else peer.hex()[:8], why, dropped.queued,
+                      dropped.running)
 
     def tick(self, now: float, lost_after: float) -> None:
         """Drop silent Mains and say a heartbeat to the others."""

@@ -13,12 +13,12 @@ from distrib.wire._keys import KeyPair
 
 if TYPE_CHECKING:  # (only for types: they are the daemon's parts it reports on)
     from distrib.worker._calls import Calls
+    from distrib.worker._core import Core
     from distrib.worker._executors import Executors
     from distrib.worker._gate import Gate
     from distrib.worker._mains import Mains
     from distrib.worker._owner import Owner
     from distrib.worker._serving import Serving
-    from distrib.worker._slots import Slots
     from distrib.worker._supply import Supply
 
 log = logging.getLogger("distrib.worker")
@@ -30,13 +30,13 @@ class Status:
     """A worker's status, as it stands."""
 
     def __init__(self, name: str, worker_id: str, address: str, key: KeyPair | None,
-                 now: float, slots: Slots, mains: Mains, gate: Gate, owner: Owner,
+                 now: float, core: Core, mains: Mains, gate: Gate, owner: Owner,
                  executors: Executors, supply: Supply, serving: Serving, calls: Calls) -> None:
         self.name = name
         self.worker_id = worker_id
         self.address = address
         self.key = key
-        self.slots = slots
+        self.core = core
         self.mains = mains
         self.gate = gate
         self.owner = owner
@@ -49,9 +49,9 @@ class Status:
     def served(self) -> list[dict[str, Any]]:
         """Each Main served: its name, key (the first 8 characters), the slots its tasks
         hold, its tasks waiting here, and its quota."""
-        held = self.slots.held()
+        held = self.core.held()
         return [{"name": main.name, "key": main.key[:8], "held": held.get(peer, 0),
-                 "queued": self.slots.waiting(peer), "quota": str(self.gate.quota(main.key))}
+                 "queued": self.core.waiting(peer), "quota": str(self.gate.quota(main.key))}
                 for peer, main in self.mains.items()]
 
     def tick(self, now: float) -> None:
@@ -65,7 +65,7 @@ class Status:
     def status(self) -> dict[str, Any]:
         """Facts, load and counters, as ``distrib status`` and tests read them. Disk use is
         as last measured (``disk_age_s`` ago; none before the first measure ends)."""
-        supply, slots, mains = self.supply, self.slots, self.mains
+        supply, core, mains = self.supply, self.core, self.mains
         disk, disk_age = supply.disk_use.get()
         state, why = self.owner.state.effective()
         return {
@@ -75,12 +75,12 @@ class Status:
             "platform": _facts.platform_tag(),
             "python": _facts.python_version(),
             "pid": os.getpid(),
-            "slots": slots.slots,
-            "busy": slots.busy,
-            "parked": sum(ex.parked for ex in slots.executors.values()),
-            "queued": slots.waiting(),
+            "slots": core.capacity,
+            "busy": core.busy,
+            "parked": sum(ex.parked for ex in core.executors.values()),
+            "queued": core.waiting(),
             "mains": [x.name for x in mains.values()],
-            "held": {mains[peer].name: n for peer, n in slots.held().items()
+            "held": {mains[peer].name: n for peer, n in core.held().items()
                      if peer in mains},
             "executors": [proc.pid for proc in self.executors.procs.values() if proc.pid],
             "templates": [t.proc.pid for t in self.executors.templates.values()],
@@ -93,13 +93,13 @@ class Status:
             "state": state,
             "why": why,
             "policy": self.owner.policy.describe(),
-            "quotas": {mains[peer].name: limit for peer, limit in slots.limits.items()
+            "quotas": {mains[peer].name: limit for peer, limit in core.limits.items()
                        if peer in mains},
             "objects": supply.objects.held(),
             "served": self.served(),
             **(disk or {}),
             "disk_age_s": round(disk_age, 1) if disk is not None else None,
-            **slots.counters,
+            **core.counters,
             **supply.objects.counters,
             **self.calls.direct.status(),
             **supply.envs.counters,

@@ -3,7 +3,7 @@ workspace distributions, their Python environments, the shared objects they pass
 executors started ahead of a Main's first call (warming).
 
 ``Distributions``, ``Environments``, ``Objects`` and ``Warming`` keep the state; this module
-asks the Mains for what is missing and tells ``Slots`` what became ready or failed.
+asks the Mains for what is missing and tells the core what became ready or failed.
 """
 
 from __future__ import annotations
@@ -21,13 +21,27 @@ from distrib.wire import _envspec
 from distrib.wire import _messages as m
 from distrib.wire._messages import Outcome
 from distrib.wire._record import ErrorRecord
+from distrib.worker._core import Core
 from distrib.worker._diskuse import DiskUse, measure_disk
 from distrib.worker._dists import Change, Distributions, Failed, Ready
 from distrib.worker._envs import EnvPolicy, Environments
+from distrib.worker._events import (
+    Action,
+    DistFailed,
+    DistReady,
+    DistReplaced,
+    EnvDropped,
+    EnvFailed,
+    EnvReady,
+    ObjectsArrived,
+    ObjectsFailed,
+    Spawn,
+    TaskDeferred,
+    Warm,
+)
 from distrib.worker._executors import Executors
 from distrib.worker._mains import MainPeer, Mains
 from distrib.worker._objects import Objects
-from distrib.worker._slots import Action, Slots, Spawn
 from distrib.worker._state import QueuedTask
 from distrib.worker._warming import Warming
 from distrib.workspace._store import Store
@@ -43,20 +57,20 @@ class Supply:
     them."""
 
     def __init__(self, name: str, store: Store, envs_root: Path, env_policy: EnvPolicy,
-                 wake: Callable[[], None], mains: Mains, slots: Slots, objects: Objects,
+                 wake: Callable[[], None], mains: Mains, core: Core, objects: Objects,
                  executors: Executors, send: Callable[[bytes, m.Message], None],
                  apply: Callable[[list[Action]], None], report: Report) -> None:
         self.name = name
         self.mains = mains
-        self.slots = slots
+        self.core = core
         self.objects = objects
         self.executors = executors
         self.send = send
         self.apply = apply
         self.report = report
-        self.dists = Distributions(store, send, self._dist_replaced, slots.active_dists)
+        self.dists = Distributions(store, send, self._dist_replaced, core.active_dists)
         self.envs = Environments(envs_root, env_policy, lambda: name, wake, self._envs_in_use,
-                                 slots.env_dropped)
+                                 self._env_dropped)
         self.envs.blob_path = store.blob_path
         self.specs: dict[str, _envspec.EnvSpec] = {}  # Python environments Mains described
         self.warming = Warming()  # Mains whose Hello asked for executors ahead of their calls
@@ -72,18 +86,18 @@ class Supply:
             self.send(main.peer, m.Warmed(dist, 0, why))
             return
         self.warming.wish(main.peer, dist, main.env, main.context,
-                          min(count, self.slots.slots))
+                          min(count, self.core.capacity))
         self.dists.request(dist, main.peer, self.mains.contexts[main.context].preload)
-        if main.env and not self.slots.env_is_ready(main.env):
+        if main.env and not self.core.env_is_ready(main.env):
             self.need_env(main.env, main.peer)
         self._start_warm()
 
     def _start_warm(self) -> None:
         now = time.monotonic()
-        for peer, wish in self.warming.startable(self.slots.dist_is_ready,
-                                                 self.slots.env_is_ready):
+        for peer, wish in self.warming.startable(self.core.dist_is_ready,
+                                                 self.core.env_is_ready):
             assert wish.key is not None
-            actions = self.slots.warm(wish.key, peer, wish.count, now)
+            actions = self.core.handle(Warm(wish.key, peer, wish.count), now)
             wish.started = sum(isinstance(a, Spawn) for a in actions)
             self.apply(actions)
 
@@ -97,14 +111,13 @@ class Supply:
         """Ask for the shared objects ``task`` passes that are not here; False if it ended
         (deferred, or its objects can never fit)."""
         peer = task.peer
-        plan = self.objects.plan(peer, objects, lambda: self.slots.objects_in_use(peer))
+        plan = self.objects.plan(peer, objects, lambda: self.core.objects_in_use(peer))
         if plan.error:
             self.report(task, Outcome.ERROR, ErrorRecord(
                 "distrib.SerializationError", f"worker {self.name}: {plan.error}").to_wire(), [])
             return False
         if plan.defer:
-            self.slots.counters["deferred"] += 1
-            self.report(task, Outcome.DEFERRED, {}, [])
+            self.apply(self.core.handle(TaskDeferred(task), time.monotonic()))
             return False
         task.waits = plan.waits
         if plan.ask:
@@ -129,13 +142,13 @@ class Supply:
                 arrived.add(key)
             elif why is not None:
                 self.objects_failed(peer, [key], why)
-        self.slots.objects_arrived(peer, arrived)
+        self.apply(self.core.handle(ObjectsArrived(peer, frozenset(arrived)), time.monotonic()))
 
     def objects_failed(self, peer: bytes, keys: list[str], why: str) -> None:
         self.objects.failed(peer, keys)
-        self.apply(self.slots.objects_failed(peer, set(keys), ErrorRecord(
+        self.apply(self.core.handle(ObjectsFailed(peer, frozenset(keys), ErrorRecord(
             "distrib.SerializationError", f"worker {self.name} could not get a shared object "
-            f"the call passes: {why}").to_wire()))
+            f"the call passes: {why}").to_wire()), time.monotonic()))
 
     # --- Python environments -----------------------------------------------------------------
 
@@ -169,7 +182,7 @@ class Supply:
         waiting for the same build send their own."""
         info = self.envs.reject(env, peer, why)
         if info is not None:
-            self.apply(self.slots.env_failed(env, info, peer))
+            self.apply(self.core.handle(EnvFailed(env, info, peer), time.monotonic()))
             self.tell(self.warming.fail(why, env=env, peer=peer))
 
     def on_builds(self) -> None:
@@ -177,7 +190,7 @@ class Supply:
             self.disk_use.refresh()
             if done.info is None:
                 peer_log.info("environment %s built in %.1f s", done.env_id[:12], done.seconds)
-                self.slots.env_ready(done.env_id)
+                self.apply(self.core.handle(EnvReady(done.env_id), time.monotonic()))
                 self._start_warm()
                 for peer in done.peers & set(self.mains):
                     self.send(peer, m.EnvProgress(
@@ -185,31 +198,36 @@ class Supply:
             else:
                 peer_log.warning("environment %s: %s", done.env_id[:12],
                                  done.info.get("message", ""))
-                self.apply(self.slots.env_failed(done.env_id, done.info))
+                self.apply(self.core.handle(EnvFailed(done.env_id, done.info), time.monotonic()))
                 self.tell(self.warming.fail(done.info.get("message", ""), env=done.env_id))
 
     def _envs_in_use(self) -> set[str]:
         """Environments of connected Mains, live executors and queued tasks."""
         executors = {self.mains.contexts[ex.key.context].env
-                     for ex in self.slots.executors.values()
+                     for ex in self.core.executors.values()
                      if ex.key.context in self.mains.contexts}
-        return {x.env for x in self.mains.values()} | executors | self.slots.active_envs()
+        return {x.env for x in self.mains.values()} | executors | self.core.active_envs()
+
+    def _env_dropped(self, env: str) -> None:
+        """The built environment ``env`` was removed: built again before a task uses it."""
+        self.apply(self.core.handle(EnvDropped(env), time.monotonic()))
 
     # --- workspace distributions -------------------------------------------------------------
 
     def on_change(self, change: Change) -> None:
         if isinstance(change, Ready):
-            self.slots.dist_ready(change.dist)
+            self.apply(self.core.handle(DistReady(change.dist), time.monotonic()))
             self._start_warm()
             self.disk_use.refresh()
         elif isinstance(change, Failed):
-            self.apply(self.slots.dist_failed(change.dist, change.info, change.peer))
+            self.apply(self.core.handle(DistFailed(change.dist, change.info, change.peer),
+                                        time.monotonic()))
             self.tell(self.warming.fail(change.info.get("message", "fetch failed"),
                                         dist=change.dist, peer=change.peer))
 
     def _dist_replaced(self, dist: str) -> None:
         """A distribution's tree is removed (drifted, or evicted): its executors and templates
         stop."""
-        self.apply(self.slots.env_replaced(dist))
+        self.apply(self.core.handle(DistReplaced(dist), time.monotonic()))
         self.executors.dist_replaced(dist)
         self.disk_use.refresh()

@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from distrib.wire import _messages as m
-from distrib.worker._slots import EnvKey, Executor
+from distrib.worker._corestate import Executor
+from distrib.worker._events import EnvKey
 
 
 @dataclass(slots=True)
