@@ -24,6 +24,7 @@ from distrib.wire import _messages as m
 from distrib.wire._limits import MAX_MESSAGE_BYTES, OUTPUT_CHUNK
 from distrib.wire._messages import Outcome, RefusalCode
 from distrib.wire._record import ErrorRecord
+from distrib.wire._payload import join_payloads
 from distrib.worker._calls import Calls
 from distrib.worker._core import Core
 from distrib.worker._direct import FIRST_ID
@@ -242,17 +243,14 @@ class Serving:
         self.calls.direct.set_peers(main.peer, workers, time.monotonic())
 
     def _on_submit(self, peer: bytes, msg: m.Submit) -> None:
-        frames = list(msg.frames)
         sender = self.mains[peer]
         main = self.mains.get(sender.account) if sender.account else sender
         if main is None:
             return  # (dropped with it)
-        at = 0
-        for spec in msg.tasks:
+        for spec, payload in join_payloads(msg.tasks, msg.frames):
             task = QueuedTask(main.peer, spec.task_id, spec.dist, spec.threads, spec.timeout,
-                              [*spec.inline, *frames[at: at + spec.nframes]], main.context,
-                              main.env, tuple(spec.objects), depth=spec.depth)
-            at += spec.nframes
+                              payload, main.context, main.env, tuple(spec.objects),
+                              depth=spec.depth)
             if sender.account:  # (a call sent for the Main: this worker's id for it)
                 if (peer, spec.task_id) in self.delegated:
                     peer_log.warning("dropped call %d from %s: that id is in use", spec.task_id,
