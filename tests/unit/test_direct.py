@@ -12,7 +12,7 @@ from distrib.wire import _keys
 from distrib.wire import _messages as m
 from distrib.wire._link import LinkState
 from distrib.worker._direct import RETRY_AFTER, Direct
-from distrib.worker._placement import Child, Effect, Here, Relay, Tell
+from distrib.worker._placement import PlacedCall, Effect, Here, Relay, Tell
 
 MAIN = b"main"
 
@@ -46,8 +46,8 @@ class Host:
         self.effects.extend(effects)
 
 
-def call(cid: int, retries: int = 0) -> Child:
-    return Child(cid, MAIN, 1, 2, 3, cid, "leaf", f"3.{cid}", "called by root#3", ("*",), 1,
+def call(cid: int, retries: int = 0) -> PlacedCall:
+    return PlacedCall(cid, MAIN, 1, 2, 3, cid, "leaf", f"3.{cid}", "called by root#3", ("*",), 1,
                  retries, None, "d" * 64, 1, [b"payload"])
 
 

@@ -31,7 +31,7 @@ from distrib.wire import _facts, _transport
 from distrib.wire import _messages as m
 from distrib.wire._limits import MAX_MESSAGE_BYTES
 from distrib.wire._messages import Outcome, RefusalCode
-from distrib.worker._calls import Calls
+from distrib.worker._redistribution import Calls
 from distrib.worker._core import Core
 from distrib.worker._direct import LOCAL
 from distrib.worker._events import (

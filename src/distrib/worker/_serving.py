@@ -25,13 +25,13 @@ from distrib.wire._limits import MAX_MESSAGE_BYTES, OUTPUT_CHUNK
 from distrib.wire._messages import Outcome, RefusalCode
 from distrib.wire._record import ErrorRecord
 from distrib.wire._payload import join_payloads
-from distrib.worker._calls import Calls
+from distrib.worker._redistribution import Calls
 from distrib.worker._core import Core
 from distrib.worker._direct import FIRST_ID
 from distrib.worker._events import (
     Action,
     Admit,
-    Cancel,
+    CancelAsked,
     EnvReady,
     MainDropped,
     MainLeft,
@@ -130,10 +130,10 @@ class Serving:
             for task_id in msg.task_ids:
                 ours = self.delegated.pop((peer, task_id), None)
                 if ours is not None:
-                    self.apply(self.core.handle(Cancel(main.account, ours), time.monotonic()))
+                    self.apply(self.core.handle(CancelAsked(main.account, ours), time.monotonic()))
         elif isinstance(msg, m.Cancel):
             for task_id in msg.task_ids:
-                self.apply(self.core.handle(Cancel(peer, task_id), time.monotonic()))
+                self.apply(self.core.handle(CancelAsked(peer, task_id), time.monotonic()))
         elif isinstance(msg, m.Manifest):
             supply.on_change(supply.dists.on_manifest(msg))
         elif isinstance(msg, m.Blobs) and supply.envs.building(msg.dist):
@@ -331,7 +331,8 @@ class Serving:
             now = time.monotonic()
             calls = [k for k in self.delegated if k[0] == peer]
             for key in calls:
-                self.apply(self.core.handle(Cancel(sender.account, self.delegated.pop(key)), now))
+                self.apply(self.core.handle(
+                    CancelAsked(sender.account, self.delegated.pop(key)), now))
             self.mains.forget(peer, {ex.key.context for ex in self.core.executors.values()})
             self.outbox.drop(peer)
             dists.source_left(peer, self.core.queues.first_peer_with)

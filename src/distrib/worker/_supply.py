@@ -27,14 +27,14 @@ from distrib.worker._dists import Change, Distributions, Failed, Ready
 from distrib.worker._envs import EnvPolicy, Environments
 from distrib.worker._events import (
     Action,
-    DistFailed,
+    DistUnavailable,
     DistReady,
     DistReplaced,
     EnvDropped,
     EnvFailed,
     EnvReady,
     ObjectsArrived,
-    ObjectsFailed,
+    ObjectsUnavailable,
     Spawn,
     TaskDeferred,
     Warm,
@@ -146,7 +146,7 @@ class Supply:
 
     def objects_failed(self, peer: bytes, keys: list[str], why: str) -> None:
         self.objects.failed(peer, keys)
-        self.apply(self.core.handle(ObjectsFailed(peer, frozenset(keys), ErrorRecord(
+        self.apply(self.core.handle(ObjectsUnavailable(peer, frozenset(keys), ErrorRecord(
             "distrib.SerializationError", f"worker {self.name} could not get a shared object "
             f"the call passes: {why}").to_wire()), time.monotonic()))
 
@@ -220,7 +220,7 @@ class Supply:
             self._start_warm()
             self.disk_use.refresh()
         elif isinstance(change, Failed):
-            self.apply(self.core.handle(DistFailed(change.dist, change.info, change.peer),
+            self.apply(self.core.handle(DistUnavailable(change.dist, change.info, change.peer),
                                         time.monotonic()))
             self.tell(self.warming.fail(change.info.get("message", "fetch failed"),
                                         dist=change.dist, peer=change.peer))
