@@ -216,11 +216,11 @@ class Core(CoreState):
     def _objects_arrived(self, event: ObjectsArrived, now: float) -> None:
         for task in self.queues.tasks():
             if task.peer == event.peer and task.waits:
-                task.waits -= event.keys
+                task.waits -= event.names
 
     def _objects_failed(self, event: ObjectsUnavailable, now: float) -> None:
         for task in self.queues.take_where(
-                lambda t: t.peer == event.peer and bool(t.waits & event.keys)):
+                lambda t: t.peer == event.peer and bool(t.waits & event.names)):
             self._out.append(Report(task, Outcome.ERROR, event.info))
 
     # --- executors ---------------------------------------------------------------------------

@@ -136,16 +136,16 @@ class EnvDropped:
 @dataclass(frozen=True, slots=True)
 class ObjectsArrived:
     peer: bytes
-    keys: frozenset[str]
+    names: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
 class ObjectsUnavailable:
-    """The shared objects ``keys`` of ``peer`` cannot be had here (its Main cannot send them,
+    """The shared objects ``names`` of ``peer`` cannot be had here (its Main cannot send them,
     or storing them failed)."""
 
     peer: bytes
-    keys: frozenset[str]
+    names: frozenset[str]
     info: dict[str, str]
 
 

@@ -151,7 +151,7 @@ class Serving:
         elif isinstance(msg, m.Objects):
             supply.on_objects(peer, msg)
         elif isinstance(msg, m.ObjectsFailed):
-            supply.objects_failed(peer, msg.keys, msg.reason)
+            supply.objects_failed(peer, msg.names, msg.reason)
         elif isinstance(msg, m.Goodbye):
             self.drop_main(peer, "said goodbye")
         elif not isinstance(msg, m.Heartbeat):
