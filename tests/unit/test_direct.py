@@ -12,7 +12,7 @@ from distrib.wire import _keys
 from distrib.wire import _messages as m
 from distrib.wire._link import LinkState
 from distrib.worker._direct import RETRY_AFTER, Direct
-from distrib.worker._placement import PlacedCall, Effect, Here, Relay, Tell
+from distrib.worker._placement import Effect, Here, PlacedCall, Relay, Tell
 
 MAIN = b"main"
 

@@ -9,7 +9,7 @@ from typing import Any
 from distrib.wire._messages import Outcome
 from distrib.wire._record import ErrorRecord
 from distrib.worker._placement import (
-    PlacedCall, Deliver, Here, Placement, Reach, Relay, RunHere, SendTo, ToMain, delivery, place,
+    Deliver, Here, Placement, PlacedCall, Reach, Relay, RunHere, SendTo, ToMain, delivery, place,
     relay_slots)
 
 IDLE = Here("linux-x86_64", lends=True, load=0.0)

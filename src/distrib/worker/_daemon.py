@@ -31,7 +31,6 @@ from distrib.wire import _facts, _transport
 from distrib.wire import _messages as m
 from distrib.wire._limits import MAX_MESSAGE_BYTES
 from distrib.wire._messages import Outcome, RefusalCode
-from distrib.worker._redistribution import Calls
 from distrib.worker._core import Core
 from distrib.worker._direct import LOCAL
 from distrib.worker._events import (
@@ -59,6 +58,7 @@ from distrib.worker._objects import Objects
 from distrib.worker._outbox import Outbox
 from distrib.worker._owner import Owner, OwnerState
 from distrib.worker._pool import Recipe
+from distrib.worker._redistribution import Calls
 from distrib.worker._serving import Serving
 from distrib.worker._settings import WorkerSettings
 from distrib.worker._state import QueuedTask

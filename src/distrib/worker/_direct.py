@@ -37,7 +37,7 @@ from distrib.wire._messages import Outcome, RefusalCode
 from distrib.wire._payload import blob_batches, join_payloads, split_payload
 from distrib.wire._record import ErrorRecord
 from distrib.worker._placement import (
-    CancelHere, PlacedCall, Deliver, Effect, Here, Reach, Relay, RunHere, SendTo, Tell, ToMain,
+    CancelHere, Deliver, Effect, Here, PlacedCall, Reach, Relay, RunHere, SendTo, Tell, ToMain,
     delivery, place)
 
 log = logging.getLogger("distrib.worker")

@@ -28,7 +28,7 @@ from distrib.worker._events import Action, CancelAsked, TaskCalled, TaskQueued
 from distrib.worker._executors import Executors
 from distrib.worker._mains import Mains
 from distrib.worker._placement import (
-    CancelHere, PlacedCall, Deliver, Effect, Here, Relay, RunHere, Tell)
+    CancelHere, Deliver, Effect, Here, PlacedCall, Relay, RunHere, Tell)
 from distrib.worker._state import QueuedTask
 
 log = logging.getLogger("distrib.worker")

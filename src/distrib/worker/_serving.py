@@ -25,7 +25,6 @@ from distrib.wire._limits import MAX_MESSAGE_BYTES, OUTPUT_CHUNK
 from distrib.wire._messages import Outcome, RefusalCode
 from distrib.wire._record import ErrorRecord
 from distrib.wire._payload import join_payloads
-from distrib.worker._redistribution import Calls
 from distrib.worker._core import Core
 from distrib.worker._direct import FIRST_ID
 from distrib.worker._events import (
@@ -44,6 +43,7 @@ from distrib.worker._mains import MainPeer, Mains
 from distrib.worker._memory import MemoryWatch
 from distrib.worker._outbox import Outbox
 from distrib.worker._owner import SERVING, OwnerState
+from distrib.worker._redistribution import Calls
 from distrib.worker._state import QueuedTask
 from distrib.worker._supply import Report, Supply
 

@@ -12,12 +12,12 @@ from distrib.wire import _facts
 from distrib.wire._keys import KeyPair
 
 if TYPE_CHECKING:  # (only for types: they are the daemon's parts it reports on)
-    from distrib.worker._redistribution import Calls
     from distrib.worker._core import Core
     from distrib.worker._executors import Executors
     from distrib.worker._gate import Gate
     from distrib.worker._mains import Mains
     from distrib.worker._owner import Owner
+    from distrib.worker._redistribution import Calls
     from distrib.worker._serving import Serving
     from distrib.worker._supply import Supply
 

@@ -27,9 +27,9 @@ from distrib.worker._dists import Change, Distributions, Failed, Ready
 from distrib.worker._envs import EnvPolicy, Environments
 from distrib.worker._events import (
     Action,
-    DistUnavailable,
     DistReady,
     DistReplaced,
+    DistUnavailable,
     EnvDropped,
     EnvFailed,
     EnvReady,
