@@ -47,8 +47,8 @@ class Host:
 
 
 def call(cid: int, retries: int = 0) -> PlacedCall:
-    return PlacedCall(cid, MAIN, 1, 2, 3, cid, "leaf", f"3.{cid}", "called by root#3", ("*",), 1,
-                 retries, None, "d" * 64, 1, [b"payload"])
+    return PlacedCall(cid, MAIN, 1, 2, 3, cid, "leaf", f"3.{cid}", "called by root#3", ("*",),
+                      1, retries, None, "d" * 64, 1, [b"payload"])
 
 
 def test_a_link_that_zmq_refuses_is_refused_and_tried_again_after_the_retry_time() -> None:

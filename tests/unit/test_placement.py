@@ -18,8 +18,8 @@ NOT_LENDING = Here("linux-x86_64", lends=False, load=0.0)
 
 
 def call(**changes: Any) -> PlacedCall:
-    child = PlacedCall(7, b"main", 1, 2, 3, 1, "leaf", "3.1", "called by root#3", ("*",), 1, 0,
-                  None, "d" * 64, 1, [b"payload"], mode="direct")
+    child = PlacedCall(7, b"main", 1, 2, 3, 1, "leaf", "3.1", "called by root#3", ("*",), 1,
+                       0, None, "d" * 64, 1, [b"payload"], mode="direct")
     return replace(child, **changes)
 
 

@@ -73,8 +73,8 @@ class Nested:
         task = Task(task_id, msg.name, list(msg.frames), tuple(msg.platforms) or ("*",),
                     msg.threads, msg.retries, msg.timeout, response, tuple(msg.outputs),
                     depth=parent.depth + 1)
-        child = self.children[task_id] = NestedCall(task, parent, msg.child, link, parent.attempts,
-                                               msg.parent)
+        child = self.children[task_id] = NestedCall(task, parent, msg.child, link,
+                                                    parent.attempts, msg.parent)
         calls = self._of.get(parent.task_id)
         if calls is None:
             calls = self._of[parent.task_id] = {}

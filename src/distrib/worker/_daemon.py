@@ -62,7 +62,7 @@ from distrib.worker._redistribution import Calls
 from distrib.worker._serving import Serving
 from distrib.worker._settings import WorkerSettings
 from distrib.worker._state import QueuedTask
-from distrib.worker._status import WorkerStatus
+from distrib.worker._status import StatusBuilder
 from distrib.worker._supply import Supply
 from distrib.workspace._store import Store
 
@@ -116,10 +116,10 @@ class Daemon:
         self.owner = Owner(self.name, state, s.cache_dir, policy, s.flags or policy,
                            s.policy_file, self.core, self.executors, self.memory, self._apply,
                            self.serving.tell_all)
-        self.status = WorkerStatus(self.name, self.worker_id, self.address, s.key,
-                                   time.monotonic(), self.core, self.mains, self.gate,
-                                   self.owner, self.executors, self.supply, self.serving,
-                                   self.calls)
+        self.status = StatusBuilder(self.name, self.worker_id, self.address, s.key,
+                                    time.monotonic(), self.core, self.mains, self.gate,
+                                    self.owner, self.executors, self.supply, self.serving,
+                                    self.calls)
         # What each asks of another, built after it:
         self.executors.builds = self.supply.envs.pids
         self.executors.on_call = self.calls.on_call

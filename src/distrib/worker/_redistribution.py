@@ -82,10 +82,10 @@ class Calls:
         parent = f"{caller}#{label}" + (f", {above.chain.removeprefix('called by ')}"
                                         if above is not None else "")
         if how != "relayed":
-            call = PlacedCall(next(self.direct.ids), task.peer, ex_id, key, task.task_id, child,
-                         name, f"{label}.{child}", f"called by {parent}",
-                         tuple(platforms) or ("*",), threads, retries, timeout, task.dist,
-                         task.depth + 1, list(frames), how)
+            call = PlacedCall(next(self.direct.ids), task.peer, ex_id, key, task.task_id,
+                              child, name, f"{label}.{child}", f"called by {parent}",
+                              tuple(platforms) or ("*",), threads, retries, timeout,
+                              task.dist, task.depth + 1, list(frames), how)
             if self.direct.place(call, time.monotonic()):
                 return
         self.direct.relay(task.peer, ex_id, key, child, task.task_id)

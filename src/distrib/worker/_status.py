@@ -26,7 +26,7 @@ log = logging.getLogger("distrib.worker")
 SERVED_LOG_EVERY = 60.0  # seconds between log lines saying which Mains hold the slots
 
 
-class WorkerStatus:
+class StatusBuilder:
     """A worker's status, as it stands: what its ``Status`` message carries."""
 
     def __init__(self, name: str, worker_id: str, address: str, key: KeyPair | None,
