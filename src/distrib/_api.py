@@ -62,9 +62,9 @@ class DistributedFunction(Generic[P, T]):
 
     def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Response[T]:
         if _runtime.mode is _runtime.Mode.WORKER_TASK:
-            from distrib.executor import _calls  # (in an executor: its task's calls go out)
+            from distrib.executor import _subcalls  # (in an executor: its task's calls go out)
 
-            response = _calls.submit(self, args, kwargs)
+            response = _subcalls.submit(self, args, kwargs)
             return response if response is not None else self._run_in_place(args, kwargs)
         from distrib.main._current import submit  # the session imports this module
 

@@ -117,9 +117,9 @@ def _placer() -> concurrent.futures.ThreadPoolExecutor:
 def _outer(name: str, on_cancel: Callable[[int], None]) -> Response[Any]:
     """The caller's Response: inside a task, one whose waits lend the task's slots."""
     if _runtime.mode is _runtime.Mode.WORKER_TASK:
-        from distrib.executor import _calls
+        from distrib.executor import _subcalls
 
-        response = _calls.waiting_response(name, on_cancel)
+        response = _subcalls.waiting_response(name, on_cancel)
         if response is not None:
             return response
     return Response(0, name, on_cancel)

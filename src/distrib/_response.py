@@ -145,7 +145,7 @@ class Response(concurrent.futures.Future[T]):
 
     def _waits(self) -> AbstractContextManager[object]:
         """Around a wait for it: inside a task, a call's Response parks the executor
-        (``executor._calls``); elsewhere nothing (``_waiting`` waits inside it too)."""
+        (``executor._subcalls``); elsewhere nothing (``_waiting`` waits inside it too)."""
         return nullcontext()
 
     # The internal API of the layers that settle Responses (the Main's I/O thread, an

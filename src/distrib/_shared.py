@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 
 from distrib import _serialize, _shm
 from distrib._errors import SerializationError, WorkerCrashed
-from distrib.wire._codec import OBJECT_KEY
+from distrib.wire._codec import OBJECT_NAME
 
 T = TypeVar("T")
 
@@ -49,10 +49,10 @@ class Shared(Generic[T]):
     changes nothing the workers see: share it again.
     """
 
-    __slots__ = ("key", "frames", "nbytes", "_file", "__weakref__")
+    __slots__ = ("name", "frames", "nbytes", "_file", "__weakref__")
     _file: _shm.Owned | None  # its file in /dev/shm, once written (``in_shm``)
 
-    key: str
+    name: str
     frames: list[Any]
     nbytes: int
 
@@ -67,15 +67,15 @@ class Shared(Generic[T]):
             view = memoryview(frame).cast("B")
             digest.update(struct.pack("<Q", view.nbytes))
             digest.update(view)
-        key = digest.hexdigest()
+        name = digest.hexdigest()
         with _lock:
-            found = _live.get(key)
+            found = _live.get(name)
             if found is not None:
                 return found
             self = super().__new__(cls)
-            self.key, self.frames, self._file = key, frames, None
+            self.name, self.frames, self._file = name, frames, None
             self.nbytes = sum(memoryview(f).nbytes for f in frames)
-            _live[key] = self
+            _live[name] = self
         return self
 
     def in_shm(self, pid: int) -> str | None:
@@ -94,15 +94,15 @@ class Shared(Generic[T]):
         return self._file.names[0] if self._file is not None and self._file.names else None
 
     def __repr__(self) -> str:
-        return f"<distrib.Shared {self.key[:12]} ({self.nbytes:,} bytes)>"
+        return f"<distrib.Shared {self.name[:12]} ({self.nbytes:,} bytes)>"
 
     def __reduce__(self) -> tuple[Callable[[str], Any], tuple[str]]:
         taken = getattr(_local, "taken", None)
         if taken is None:
             raise SerializationError(
                 f"{self!r} can only be passed to distributed calls, not pickled otherwise")
-        taken[self.key] = self
-        return (_resolve, (self.key,))
+        taken[self.name] = self
+        return (_resolve, (self.name,))
 
 
 def share(obj: T) -> Shared[T]:
@@ -113,9 +113,9 @@ def share(obj: T) -> Shared[T]:
     return Shared(obj)
 
 
-def find(key: str) -> Shared[Any] | None:
-    """The live ``Shared`` named ``key`` (a worker asks for it), if any."""
-    return _live.get(key)
+def find(name: str) -> Shared[Any] | None:
+    """The live ``Shared`` named ``name`` (a worker asks for it), if any."""
+    return _live.get(name)
 
 
 def dumps_call(call: tuple[Any, tuple[Any, ...], dict[str, Any]]
@@ -176,8 +176,8 @@ def _passed(obj: Any) -> bool:
 # --- the executor side -----------------------------------------------------------------------
 
 
-def _no_objects(key: str) -> list[memoryview]:
-    raise FileNotFoundError(f"shared object {key}: no folder of objects for this task")
+def _no_objects(name: str) -> list[memoryview]:
+    raise FileNotFoundError(f"shared object {name}: no folder of objects for this task")
 
 
 # How an object's frames are found by its name: an executor sets it at start
@@ -185,8 +185,8 @@ def _no_objects(key: str) -> list[memoryview]:
 load_frames: Callable[[str], list[memoryview]] = _no_objects
 
 
-def _resolve(key: str) -> Any:
+def _resolve(name: str) -> Any:
     """A shared object, from the worker's copy (runs while an executor unpickles a call)."""
-    if not OBJECT_KEY.fullmatch(key):
-        raise WorkerCrashed(f"a call passes a shared object with a bad name: {key[:70]!r}")
-    return _serialize.loads(load_frames(key))
+    if not OBJECT_NAME.fullmatch(name):
+        raise WorkerCrashed(f"a call passes a shared object with a bad name: {name[:70]!r}")
+    return _serialize.loads(load_frames(name))

@@ -41,7 +41,7 @@ def gather(responses: Iterable[Response[T]], timeout: float | None = None,
 
 def _parking(responses: Iterable[Response[Any]]) -> AbstractContextManager[object] | None:
     """What to wait inside, if one of ``responses`` is a call made inside a task: it parks
-    the executor (``executor._calls``); None for responses of the Main's."""
+    the executor (``executor._subcalls``); None for responses of the Main's."""
     return next((r._waits() for r in responses if type(r)._waits is not Response._waits),
                 None)
 

@@ -155,7 +155,7 @@ def test_a_main_gets_only_its_own_objects_and_a_lying_one_fails_only_itself(
 
         if __name__ == "__main__":
             shared = distrib.share(np.ones(1_000_000))
-            print("KEY", shared.key, flush=True)
+            print("KEY", shared.name, flush=True)
             sys.stdin.readline()  # the hostile Main acts now
             out = distrib.gather([tasks.nap_then_sum(shared, 0) for _ in range(4)], timeout=120)
             print("SUMS", out)

@@ -13,7 +13,7 @@ from distrib.worker._core import Core
 from distrib.worker._events import (
     Action,
     Admit,
-    Cancel,
+    CancelAsked,
     DistReady,
     Drained,
     Event,
@@ -21,7 +21,7 @@ from distrib.worker._events import (
     Kill,
     MainDropped,
     MainLeft,
-    OwnerState,
+    OwnerStateChanged,
     Report,
     Rewaited,
     Send,
@@ -243,7 +243,7 @@ def test_a_submitted_task_is_admitted_or_refused_in_one_place() -> None:
     assert w.do(TaskSubmitted(task)) == [Admit(task)]
     assert reports(w.do(TaskSubmitted(qt(2), problem="no wheel"))) == [(2, Outcome.ENV_ERROR)]
     assert reports(w.do(TaskSubmitted(qt(3, threads=3)))) == [(3, Outcome.ERROR)]
-    w.do(OwnerState("paused"))
+    w.do(OwnerStateChanged("paused"))
     assert reports(w.do(TaskSubmitted(qt(4)))) == [(4, Outcome.DEFERRED)]
     assert reports(w.do(TaskQueued(qt(5)))) == [(5, Outcome.DEFERRED)]  # (a call placed here)
     assert w.core.counters["deferred"] == 2
@@ -252,11 +252,11 @@ def test_a_submitted_task_is_admitted_or_refused_in_one_place() -> None:
 def test_pausing_hands_back_what_did_not_start_and_vacating_stops_the_rest() -> None:
     w = Worker(1)
     w.submit(qt(1), qt(2), qt(3))
-    out = w.do(OwnerState("paused"))
+    out = w.do(OwnerStateChanged("paused"))
     assert (3, Outcome.DEFERRED) in reports(out) and of(Skip, out)  # 2 was prefetched
-    assert w.do(OwnerState("serving")) == []
+    assert w.do(OwnerStateChanged("serving")) == []
     w.submit(qt(4))
-    out = w.do(OwnerState("paused", vacate=True))
+    out = w.do(OwnerStateChanged("paused", vacate=True))
     assert of(Vacating, out) == [Vacating(1)]
     assert (1, Outcome.DEFERRED) in reports(out) and w.running() == set()
 
@@ -264,7 +264,7 @@ def test_pausing_hands_back_what_did_not_start_and_vacating_stops_the_rest() -> 
 def test_a_draining_worker_says_drained_once_nothing_runs() -> None:
     w = Worker(1)
     w.submit(qt(1), qt(2))
-    out = w.do(OwnerState("draining"))
+    out = w.do(OwnerStateChanged("draining"))
     assert of(Drained, w.turn()) == []
     skip = of(Skip, out)[0]
     w.do(TaskSkipped(w.ex_of(1)[0], skip.key))
@@ -279,7 +279,7 @@ def test_a_main_that_leaves_is_counted_and_its_calls_stop() -> None:
     out = w.do(MainLeft(b"A"))
     assert of(MainDropped, out) == [MainDropped(b"A", 2, 1)]
     assert w.running() == {4} and of(Kill, out)  # its running task is stopped
-    assert reports(w.do(Cancel(b"B", 4))) == [(4, Outcome.CANCELLED)]
+    assert reports(w.do(CancelAsked(b"B", 4))) == [(4, Outcome.CANCELLED)]
 
 
 @pytest.mark.parametrize("threads", [1, 2])

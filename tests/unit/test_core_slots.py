@@ -11,7 +11,7 @@ from distrib.worker._core import Core
 from distrib.worker._corestate import PREFETCH, SKIP_GRACE
 from distrib.worker._events import (
     Action,
-    Cancel,
+    CancelAsked,
     DistReady,
     DistReplaced,
     EnvKey,
@@ -23,7 +23,7 @@ from distrib.worker._events import (
     Kill,
     MainDropped,
     MainLeft,
-    OwnerState,
+    OwnerStateChanged,
     QuotaSet,
     Report,
     Resize,
@@ -161,15 +161,15 @@ def test_cancel_withdraws_a_queued_task_skips_a_handed_one_and_stops_a_running_o
     ex = of(Spawn, started(s, qt(1), qt(2), qt(3)))[0].ex_id
     s.handle(ExecutorReady(ex), 0.0)
     s.handle(Turn(), 0.0)  # task 1 runs, task 2 waits in the executor, task 3 is queued
-    assert reports(s.handle(Cancel(b"A", 3), 0.0)) == [(3, Outcome.CANCELLED)]
-    skip = s.handle(Cancel(b"A", 2), 0.0)
+    assert reports(s.handle(CancelAsked(b"A", 3), 0.0)) == [(3, Outcome.CANCELLED)]
+    skip = s.handle(CancelAsked(b"A", 2), 0.0)
     assert of(Skip, skip) and reports(skip) == []
     assert reports(s.handle(TaskSkipped(ex, of(Skip, skip)[0].key), 0.1)) == [
         (2, Outcome.CANCELLED)]
-    stop = s.handle(Cancel(b"A", 1), 0.2)
+    stop = s.handle(CancelAsked(b"A", 1), 0.2)
     assert of(Kill, stop) == [Kill(ex)] and reports(stop) == [(1, Outcome.CANCELLED)]
     assert s.busy == 0 and s.executors == {}
-    assert s.handle(Cancel(b"A", 99), 0.3) == []  # unknown: nothing to do
+    assert s.handle(CancelAsked(b"A", 99), 0.3) == []  # unknown: nothing to do
 
 
 def test_a_withdrawn_task_that_started_before_its_skip_is_stopped_after_a_grace() -> None:
@@ -177,7 +177,7 @@ def test_a_withdrawn_task_that_started_before_its_skip_is_stopped_after_a_grace(
     ex = of(Spawn, started(s, qt(1), qt(2)))[0].ex_id
     s.handle(ExecutorReady(ex), 0.0)
     s.handle(Turn(), 0.0)
-    s.handle(Cancel(b"A", 2), 0.0)
+    s.handle(CancelAsked(b"A", 2), 0.0)
     s.handle(TaskDone(ex, s.running(ex).key, Outcome.OK, {}, []), 1.0)  # task 2 is now the head
     assert s.handle(Tick(), 1.0 + SKIP_GRACE / 2) == []
     actions = s.handle(Tick(), 1.0 + SKIP_GRACE * 2)
@@ -307,7 +307,7 @@ def test_a_main_past_its_queued_bytes_gets_its_tasks_deferred() -> None:
     assert reports(s.handle(TaskQueued(qt(3, size=200)), 0.0)) == [(3, Outcome.DEFERRED)]
     # another Main has its own allowance
     assert s.handle(TaskQueued(qt(4, size=10, peer=b"B")), 0.0) == []
-    s.handle(Cancel(b"A", 1), 0.0)
+    s.handle(CancelAsked(b"A", 1), 0.0)
     assert s.handle(TaskQueued(qt(3, size=200)), 0.0) == []  # room again
 
 
@@ -358,7 +358,7 @@ def test_a_task_asked_back_that_had_started_is_reported_as_it_ends() -> None:
 def test_hand_back_defers_queued_and_not_started_tasks_and_vacate_stops_running_ones() -> None:
     s = Checked(2)
     executors = _all_running(s, *[qt(i) for i in range(6)])
-    actions = s.handle(OwnerState("paused"), 0.0)
+    actions = s.handle(OwnerStateChanged("paused"), 0.0)
     assert sorted(reports(actions)) == [(4, Outcome.DEFERRED), (5, Outcome.DEFERRED)]
     for skip in of(Skip, actions):
         assert reports(s.handle(TaskSkipped(skip.ex_id, skip.key), 1.0))[0][1] is Outcome.DEFERRED
@@ -420,7 +420,7 @@ def test_tasks_asked_back_while_paused_go_back_to_their_main() -> None:
     s = Checked(2)
     _all_running(s, *[qt(i) for i in range(4)])
     actions = s.handle(Resize(1), 0.0)
-    s.handle(OwnerState("paused"), 0.0)
+    s.handle(OwnerStateChanged("paused"), 0.0)
     assert sorted(reports(_skipped(s, actions))) == [(2, Outcome.DEFERRED),
                                                     (3, Outcome.DEFERRED)]
     assert s.waiting() == 0
@@ -429,7 +429,7 @@ def test_tasks_asked_back_while_paused_go_back_to_their_main() -> None:
 def test_vacate_reports_a_cancelled_running_task_as_cancelled() -> None:
     s = Checked(1)
     (ex,) = _all_running(s, qt(1), qt(2))
-    s.handle(Cancel(b"A", 2), 0.5)  # handed next: asked to skip it
+    s.handle(CancelAsked(b"A", 2), 0.5)  # handed next: asked to skip it
     s.handle(TaskDone(ex, s.running(ex).key, Outcome.OK, {}, []), 1.0)  # it started before the skip
     assert reports(s.handle(HandBack(vacate=True), 0.0)) == [(2, Outcome.CANCELLED)]
 

@@ -37,7 +37,7 @@ from distrib.worker._core import Core
 from distrib.worker._events import (
     Action,
     Admit,
-    Cancel,
+    CancelAsked,
     DistReady,
     Drained,
     Event,
@@ -45,7 +45,7 @@ from distrib.worker._events import (
     ExecutorReady,
     Kill,
     MainLeft,
-    OwnerState,
+    OwnerStateChanged,
     OwnerWord,
     QuotaSet,
     Report,
@@ -62,7 +62,7 @@ from distrib.worker._events import (
     Tick,
     Turn,
 )
-from distrib.worker._corestate import Executor
+from distrib.worker._corestate import ExecutorRecord
 from distrib.worker._state import QueuedTask
 
 MAINS = [b"A", b"B", b"C"]
@@ -126,7 +126,7 @@ class CoreMachine(RuleBasedStateMachine):
             check_fair_share(core, last_key)
         self.carry_out(actions)
 
-    def executors(self) -> list[Executor]:
+    def executors(self) -> list[ExecutorRecord]:
         """The executors with a task, in a fixed order (for the draws)."""
         return sorted((ex for ex in self.core.executors.values() if ex.runs),
                       key=lambda ex: ex.ex_id)
@@ -189,11 +189,11 @@ class CoreMachine(RuleBasedStateMachine):
             self.do(TaskSkipped(ex_id, key))
 
     def cancel(self, data: st.DataObject) -> None:
-        self.do(Cancel(*data.draw(st.sampled_from(self.submitted))))
+        self.do(CancelAsked(*data.draw(st.sampled_from(self.submitted))))
 
     def owner(self, data: st.DataObject) -> None:
         state: OwnerWord = data.draw(st.sampled_from(["serving", "paused", "draining"]))
-        self.do(OwnerState(state, data.draw(st.booleans())))
+        self.do(OwnerStateChanged(state, data.draw(st.booleans())))
 
     def main_left(self, data: st.DataObject) -> None:
         self.do(MainLeft(data.draw(st.sampled_from(MAINS))))
@@ -211,16 +211,16 @@ class CoreMachine(RuleBasedStateMachine):
         self.do(Tick())
 
     # (which executors can send what: a task reports, calls or waits once it was sent)
-    def finishing(self) -> list[Executor]:
+    def finishing(self) -> list[ExecutorRecord]:
         return [ex for ex in self.executors() if ex.ready and not (ex.parked or ex.blocked)]
 
-    def calling(self) -> list[Executor]:
+    def calling(self) -> list[ExecutorRecord]:
         return [ex for ex in self.executors() if ex.ready and not ex.nests]
 
-    def parking(self) -> list[Executor]:
+    def parking(self) -> list[ExecutorRecord]:
         return [ex for ex in self.executors() if ex.nests and not (ex.parked or ex.blocked)]
 
-    def waiting(self) -> list[Executor]:
+    def waiting(self) -> list[ExecutorRecord]:
         return [ex for ex in self.executors() if ex.parked or ex.blocked]
 
     @invariant()

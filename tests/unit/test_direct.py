@@ -12,7 +12,7 @@ from distrib.wire import _keys
 from distrib.wire import _messages as m
 from distrib.wire._link import LinkState
 from distrib.worker._direct import RETRY_AFTER, Direct
-from distrib.worker._placement import Child, Effect, Here, Relay, Tell
+from distrib.worker._placement import Effect, Here, PlacedCall, Relay, Tell
 
 MAIN = b"main"
 
@@ -46,9 +46,9 @@ class Host:
         self.effects.extend(effects)
 
 
-def call(cid: int, retries: int = 0) -> Child:
-    return Child(cid, MAIN, 1, 2, 3, cid, "leaf", f"3.{cid}", "called by root#3", ("*",), 1,
-                 retries, None, "d" * 64, 1, [b"payload"])
+def call(cid: int, retries: int = 0) -> PlacedCall:
+    return PlacedCall(cid, MAIN, 1, 2, 3, cid, "leaf", f"3.{cid}", "called by root#3", ("*",),
+                      1, retries, None, "d" * 64, 1, [b"payload"])
 
 
 def test_a_link_that_zmq_refuses_is_refused_and_tried_again_after_the_retry_time() -> None:

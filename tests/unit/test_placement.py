@@ -9,7 +9,7 @@ from typing import Any
 from distrib.wire._messages import Outcome
 from distrib.wire._record import ErrorRecord
 from distrib.worker._placement import (
-    Child, Deliver, Here, Placement, Reach, Relay, RunHere, SendTo, ToMain, delivery, place,
+    Deliver, Here, Placement, PlacedCall, Reach, Relay, RunHere, SendTo, ToMain, delivery, place,
     relay_slots)
 
 IDLE = Here("linux-x86_64", lends=True, load=0.0)
@@ -17,9 +17,9 @@ BUSY = Here("linux-x86_64", lends=True, load=1.0)
 NOT_LENDING = Here("linux-x86_64", lends=False, load=0.0)
 
 
-def call(**changes: Any) -> Child:
-    child = Child(7, b"main", 1, 2, 3, 1, "leaf", "3.1", "called by root#3", ("*",), 1, 0,
-                  None, "d" * 64, 1, [b"payload"], mode="direct")
+def call(**changes: Any) -> PlacedCall:
+    child = PlacedCall(7, b"main", 1, 2, 3, 1, "leaf", "3.1", "called by root#3", ("*",), 1,
+                       0, None, "d" * 64, 1, [b"payload"], mode="direct")
     return replace(child, **changes)
 
 

@@ -21,13 +21,13 @@ def test_the_same_bytes_shared_twice_are_one_object_findable_while_a_call_holds_
     first, second = share(table), share(table.copy())
     assert first is second
     _, held = dumps_call((_call, (first,), {}))
-    key = first.key
+    name = first.name
     del first, second
     gc.collect()
-    assert held is not None and find(key) is held[key]  # a pending call keeps it
+    assert held is not None and find(name) is held[name]  # a pending call keeps it
     del held
     gc.collect()
-    assert find(key) is None
+    assert find(name) is None
 
 
 def test_large_arguments_become_shared_the_second_time_their_bytes_are_passed() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from distrib.wire import _messages as m
-from distrib.worker._corestate import Executor
+from distrib.worker._corestate import ExecutorRecord
 from distrib.worker._events import EnvKey
 from distrib.worker._warming import Warming
 
@@ -29,8 +29,8 @@ def test_warmed_is_said_once_every_executor_of_the_key_is_ready_or_gone() -> Non
     ((_, wish),) = w.startable(lambda d: True, lambda e: True)
     wish.started = 2
     key = EnvKey("d1", 1, "ctx")
-    one, two = Executor(1, key, ready=True), Executor(2, key)
-    other = Executor(3, EnvKey("d2", 1, "ctx"))  # (another environment's, not ready)
+    one, two = ExecutorRecord(1, key, ready=True), ExecutorRecord(2, key)
+    other = ExecutorRecord(3, EnvKey("d2", 1, "ctx"))  # (another environment's, not ready)
     assert w.done([one, two, other]) == []
     two.ready = True
     ((peer, msg),) = w.done([one, two, other])

@@ -10,13 +10,13 @@ from distrib._shm import map_private, read_object_header
 current: Path | None = None  # the folder of the running task's Main's objects
 
 
-def load(key: str) -> list[memoryview]:
+def load(name: str) -> list[memoryview]:
     """The frames of an object of the running task's Main, as views of a private
     (copy-on-write) map of its file: nothing is copied, and a task that changes them
     changes only its own pages."""
     if current is None:
-        raise FileNotFoundError(f"shared object {key}: no folder of objects for this task")
-    view = map_private(current / key)
+        raise FileNotFoundError(f"shared object {name}: no folder of objects for this task")
+    view = map_private(current / name)
     at, sizes = read_object_header(view)
     frames = []
     for size in sizes:

@@ -27,7 +27,7 @@ from distrib import _runtime, _serialize, _shared, _shm
 from distrib.wire._limits import MAX_FILE_BYTES
 from distrib._errors import SerializationError
 from distrib.wire._messages import Outcome, payload_size
-from distrib.executor import _calls, _isolation, _objects
+from distrib.executor import _isolation, _objects, _subcalls
 from distrib.wire._pipe import NICE_VAR, THREAD_VARS, Pipe, Verb
 
 
@@ -112,7 +112,7 @@ class _Inbox:
     calls' outcomes while tasks run (the common executor, whose tasks make no calls, keeps
     one thread and no hand-over per task)."""
 
-    def __init__(self, pipe: Pipe, channel: _calls.Channel) -> None:
+    def __init__(self, pipe: Pipe, channel: _subcalls.Channel) -> None:
         self.pipe, self.channel = pipe, channel
         self.waiting: dict[int, tuple[list[Any], list[Any]]] = {}  # received, not started
         self.closed = False
@@ -377,7 +377,7 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     lock = threading.RLock()  # (every send on the pipe: tasks' output, calls, outcomes)
     out, err = _Forward(pipe, lock, 1), _Forward(pipe, lock, 2)
-    channel = _calls.channel = _calls.Channel(pipe, lock)
+    channel = _subcalls.channel = _subcalls.Channel(pipe, lock)
     _shared.load_frames = _objects.load  # (the calls' shared objects: this task's Main's)
     pipe.send([Verb.READY, isolation.kind])
     real_out, real_err = sys.stdout, sys.stderr

@@ -181,7 +181,7 @@ class Loop:
         elif isinstance(msg, m.NeedBlobs):
             self._ship(link, msg)
         elif isinstance(msg, m.NeedObjects):
-            self._send_objects(link, msg.keys)
+            self._send_objects(link, msg.names)
         elif isinstance(msg, m.Call):
             task = self.nested.on_call(link.link_id, msg)
             if task is not None and self.stats is not None:
@@ -223,17 +223,17 @@ class Loop:
             log.warning("worker %s: %s sent (%.0f MB in %.1f s)", link.label, what, size / 1e6,
                         time.monotonic() - start)
 
-    def _send_objects(self, link: Link, keys: list[str]) -> None:
+    def _send_objects(self, link: Link, names: list[str]) -> None:
         """Send the shared objects a worker asks for, one message each (they are large)."""
         gone = []
-        for key in keys:
-            obj = _shared.find(key)
+        for name in names:
+            obj = _shared.find(name)
             if obj is None:
-                gone.append(key)
+                gone.append(name)
             elif link.shm and (file := obj.file() or share_in_shm(obj)) is not None:
-                link.send(m.Objects([key], [0], [file]))  # (the worker links that file)
+                link.send(m.Objects([name], [0], [file]))  # (the worker links that file)
             else:
-                link.send(m.Objects([key], [len(obj.frames)], frames=tuple(obj.frames)))
+                link.send(m.Objects([name], [len(obj.frames)], frames=tuple(obj.frames)))
         if gone:
             link.send(m.ObjectsFailed(gone, "no pending call of this Main passes them"))
 

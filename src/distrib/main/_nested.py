@@ -31,7 +31,7 @@ DEADLOCK_AFTER = 2.0  # seconds every slot is held by waiting parents before cal
 
 
 @dataclass(eq=False)
-class Child:
+class NestedCall:
     task: Task
     parent: Task
     number: int  # the parent's number for it
@@ -51,8 +51,8 @@ class Nested:
                  send: Callable[[str, m.Message], None],
                  cancel: Callable[[int], None]) -> None:
         self.scheduler, self._new_id, self._send, self._cancel = scheduler, new_id, send, cancel
-        self.children: dict[int, Child] = {}  # by the call's task id
-        self._of: dict[int, dict[int, Child]] = {}  # parent task id -> its number -> call
+        self.children: dict[int, NestedCall] = {}  # by the call's task id
+        self._of: dict[int, dict[int, NestedCall]] = {}  # parent task id -> its number -> call
         self.waiting: dict[str, list[int]] = {}  # per worker: tasks waiting with their slots
         self.stuck: dict[str, bool] = {}  # per worker: every slot held by waiting tasks
         self._deadlock = Sustained(DEADLOCK_AFTER)
@@ -73,8 +73,8 @@ class Nested:
         task = Task(task_id, msg.name, list(msg.frames), tuple(msg.platforms) or ("*",),
                     msg.threads, msg.retries, msg.timeout, response, tuple(msg.outputs),
                     depth=parent.depth + 1)
-        child = self.children[task_id] = Child(task, parent, msg.child, link, parent.attempts,
-                                               msg.parent)
+        child = self.children[task_id] = NestedCall(task, parent, msg.child, link,
+                                                    parent.attempts, msg.parent)
         calls = self._of.get(parent.task_id)
         if calls is None:
             calls = self._of[parent.task_id] = {}
@@ -105,7 +105,7 @@ class Nested:
         self.stuck.pop(link, None)
 
     @property
-    def parents(self) -> dict[int, dict[int, Child]]:
+    def parents(self) -> dict[int, dict[int, NestedCall]]:
         """Tasks that made calls, by id (``task_id in parents`` is cheap)."""
         return self._of
 
@@ -142,7 +142,7 @@ class Nested:
         for child in list(self._of.pop(parent_id, {}).values()):
             child.task.response.cancel()
 
-    def _ended(self, child: Child, response: Response[Any]) -> None:
+    def _ended(self, child: NestedCall, response: Response[Any]) -> None:
         """A call's outcome: to its parent, if it still runs where it called from."""
         self.children.pop(child.task.task_id, None)
         calls = self._of.get(child.parent.task_id)
@@ -185,10 +185,10 @@ class Nested:
             child.task.response._set_outcome(None, exc=error)
             self._cancel(child.task.task_id)  # (off the worker or queue it is on)
 
-    def _chain(self, child: Child) -> str:
+    def _chain(self, child: NestedCall) -> str:
         """``task leaf#9, called by node#4, called by root#1``."""
         parts = [f"task {child.task.name}#{child.task.task_id}"]
-        at: Child | None = child
+        at: NestedCall | None = child
         while at is not None and len(parts) < 50:
             parent = at.parent
             parts.append(f"called by {parent.name}" + (f"#{parent.task_id}"

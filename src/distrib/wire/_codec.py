@@ -21,7 +21,7 @@ from distrib.wire import _messages as m
 from distrib.wire._limits import MAX_HEADER_BYTES, MAX_MESSAGE_BYTES, MAX_OBJECTS
 
 _Check = Callable[[Any], Any]
-OBJECT_KEY = re.compile(r"[0-9a-f]{32}")  # a shared object's name: the hash of its frames
+OBJECT_NAME = re.compile(r"[0-9a-f]{32}")  # a shared object's name: the hash of its frames
 # a frame's file in /dev/shm: distrib-<the Main's pid>-<random or "probe">
 SHM_NAME = re.compile(r"distrib-([0-9]{1,10})-[0-9a-z]{1,40}")
 
@@ -240,13 +240,13 @@ def _check_frames(message: m.Message) -> None:
     elif isinstance(message, m.Manifest):
         expected = 1
     elif isinstance(message, m.Objects):
-        files = message.files or [""] * len(message.keys)
-        if len(message.counts) != len(message.keys) or len(files) != len(message.keys) or any(
+        files = message.files or [""] * len(message.names)
+        if len(message.counts) != len(message.names) or len(files) != len(message.names) or any(
                 (c != 0 or not SHM_NAME.fullmatch(f)) if f else c < 1
                 for c, f in zip(message.counts, files)):
             raise ProtocolError("Objects: one positive frame count per object, or 0 and the "
                                 "name of its file in /dev/shm")
-        _check_objects(dict.fromkeys(message.keys, 0), "Objects")
+        _check_objects(dict.fromkeys(message.names, 0), "Objects")
         expected = sum(message.counts)
     else:
         expected = 0
@@ -256,7 +256,7 @@ def _check_frames(message: m.Message) -> None:
 
 def _check_objects(objects: dict[str, int], where: str) -> None:
     if len(objects) > MAX_OBJECTS or any(
-            not OBJECT_KEY.fullmatch(k) or n < 0 for k, n in objects.items()):
+            not OBJECT_NAME.fullmatch(k) or n < 0 for k, n in objects.items()):
         raise ProtocolError(f"{where}: bad shared objects (at most {MAX_OBJECTS}, named by "
                             "32 hex digits)")
 

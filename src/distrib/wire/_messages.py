@@ -384,17 +384,17 @@ class NeedObjects(Message):
     """Worker -> Main: send these shared objects (by name) that queued tasks pass."""
 
     TAG: ClassVar[int] = 25
-    keys: list[str]
+    names: list[str]
 
 
 @dataclass(frozen=True, slots=True)
 class Objects(Message):
-    """Main -> worker: shared objects; ``counts[i]`` frames each, in ``keys`` order, or, to
+    """Main -> worker: shared objects; ``counts[i]`` frames each, in ``names`` order, or, to
     a worker that shares its /dev/shm, ``files[i]``: the name of a file there holding it (its
     ``counts[i]`` is then 0)."""
 
     TAG: ClassVar[int] = 26
-    keys: list[str]
+    names: list[str]
     counts: list[int]
     files: list[str] = field(default_factory=list)
 
@@ -404,7 +404,7 @@ class ObjectsFailed(Message):
     """Main -> worker: the Main cannot send these shared objects (reason given)."""
 
     TAG: ClassVar[int] = 27
-    keys: list[str]
+    names: list[str]
     reason: str
 
 

@@ -21,10 +21,10 @@ from distrib.wire._record import ErrorRecord
 from distrib.worker._events import (
     Action,
     Admit,
-    Cancel,
-    DistFailed,
+    CancelAsked,
     DistReady,
     DistReplaced,
+    DistUnavailable,
     Drained,
     EnvDropped,
     EnvFailed,
@@ -37,8 +37,8 @@ from distrib.worker._events import (
     MainDropped,
     MainLeft,
     ObjectsArrived,
-    ObjectsFailed,
-    OwnerState,
+    ObjectsUnavailable,
+    OwnerStateChanged,
     QuotaSet,
     Report,
     Resize,
@@ -74,15 +74,15 @@ class Core(CoreState):
         handlers: dict[type, Callable[[Any, float], None]] = {
             TaskSubmitted: self._submitted, TaskQueued: self._queued,
             TaskDeferred: self._deferred, DistReady: self._dist_ready,
-            DistFailed: self._dist_failed, DistReplaced: self._dist_replaced,
+            DistUnavailable: self._dist_failed, DistReplaced: self._dist_replaced,
             EnvReady: self._env_ready, EnvFailed: self._env_failed,
             EnvDropped: self._env_dropped, ObjectsArrived: self._objects_arrived,
-            ObjectsFailed: self._objects_failed, ExecutorReady: self._executor_ready,
+            ObjectsUnavailable: self._objects_failed, ExecutorReady: self._executor_ready,
             TaskDone: self._task_done, TaskSkipped: self._task_skipped,
             ExecutorEnvError: self._env_error, ExecutorDied: self._executor_died,
             TaskCalled: self._called, TaskParked: self._park, TaskResumed: self._resume,
-            Cancel: self._cancel, HandBack: self._hand_back_event, Resize: self._resize,
-            QuotaSet: self._set_quota, OwnerState: self._owner, MainLeft: self._main_left,
+            CancelAsked: self._cancel, HandBack: self._hand_back_event, Resize: self._resize,
+            QuotaSet: self._set_quota, OwnerStateChanged: self._owner, MainLeft: self._main_left,
             Warm: self._warm_event, Turn: self._turn, Tick: self._tick}
         self._handlers = handlers
 
@@ -133,7 +133,7 @@ class Core(CoreState):
         self.counters["deferred"] += 1
         self._out.append(Report(event.task, Outcome.DEFERRED))
 
-    def _cancel(self, event: Cancel, now: float) -> None:
+    def _cancel(self, event: CancelAsked, now: float) -> None:
         """Withdraw a queued task, or stop (or skip) one handed to an executor."""
         task = self.queues.remove(event.peer, event.task_id)
         if task is not None:
@@ -186,7 +186,7 @@ class Core(CoreState):
     def _dist_ready(self, event: DistReady, now: float) -> None:
         self._ready_dists.add(event.dist)
 
-    def _dist_failed(self, event: DistFailed, now: float) -> None:
+    def _dist_failed(self, event: DistUnavailable, now: float) -> None:
         """That Main's queued tasks of it fail; other Mains' wait for their own attempt."""
         for task in self.queues.take_where(
                 lambda t: t.dist == event.dist and event.peer in (t.peer, t.reply)):
@@ -216,11 +216,11 @@ class Core(CoreState):
     def _objects_arrived(self, event: ObjectsArrived, now: float) -> None:
         for task in self.queues.tasks():
             if task.peer == event.peer and task.waits:
-                task.waits -= event.keys
+                task.waits -= event.names
 
-    def _objects_failed(self, event: ObjectsFailed, now: float) -> None:
+    def _objects_failed(self, event: ObjectsUnavailable, now: float) -> None:
         for task in self.queues.take_where(
-                lambda t: t.peer == event.peer and bool(t.waits & event.keys)):
+                lambda t: t.peer == event.peer and bool(t.waits & event.names)):
             self._out.append(Report(task, Outcome.ERROR, event.info))
 
     # --- executors ---------------------------------------------------------------------------
@@ -332,7 +332,7 @@ class Core(CoreState):
 
     # --- the owner, the clock ----------------------------------------------------------------
 
-    def _owner(self, event: OwnerState, now: float) -> None:
+    def _owner(self, event: OwnerStateChanged, now: float) -> None:
         """Stopping to lend sends every task not started back to its Main (``vacate``: the
         running ones too)."""
         was = self.state

@@ -41,8 +41,8 @@ STUCK_HAND_BACK = 1.0  # seconds every slot is held by waiting tasks before queu
 
 
 @dataclass(eq=False)
-class Executor:
-    """An executor as the machine sees it: its tasks in order (the first one runs)."""
+class ExecutorRecord:
+    """The core's record of one executor process: its runs in order (the first one runs)."""
 
     ex_id: int
     key: EnvKey
@@ -78,7 +78,7 @@ class CoreState:
         self.idle_after = idle_after  # seconds an executor may wait for a task before it stops
         self.busy = 0  # slots held by executors that have a task
         self.queues = Queues()
-        self.executors: dict[int, Executor] = {}
+        self.executors: dict[int, ExecutorRecord] = {}
         self.counters = dict.fromkeys(
             ("tasks_done", "executors_started", "executors_crashed", "deferred", "parks",
              "most_parked"), 0)
@@ -285,13 +285,13 @@ class CoreState:
                     break
                 self._hand(ex, task, now)
 
-    def _spawn(self, key: EnvKey) -> Executor:
+    def _spawn(self, key: EnvKey) -> ExecutorRecord:
         idle = [e for e in self.executors.values() if not e.runs]
         # Keep at most ``slots`` executors around: retire an idle one of another environment.
         if len(self.executors) >= self.capacity and idle:
             self._retire(idle[0])
         self._next_ex += 1
-        ex = self.executors[self._next_ex] = Executor(self._next_ex, key)
+        ex = self.executors[self._next_ex] = ExecutorRecord(self._next_ex, key)
         self.counters["executors_started"] += 1
         self._out.append(Spawn(ex.ex_id, key))
         return ex
@@ -308,12 +308,12 @@ class CoreState:
         for _ in range(min(most - have, self.capacity - len(self.executors))):
             self._spawn(key).idle_since = now
 
-    def _retire(self, ex: Executor) -> None:
+    def _retire(self, ex: ExecutorRecord) -> None:
         del self.executors[ex.ex_id]
         self._unsent.pop(ex.ex_id, None)
         self._out.append(Kill(ex.ex_id))
 
-    def _hand(self, ex: Executor, task: QueuedTask, now: float) -> None:
+    def _hand(self, ex: ExecutorRecord, task: QueuedTask, now: float) -> None:
         self._next_key += 1
         run = Run(task, self._next_key)
         ex.runs.append(run)
@@ -329,7 +329,7 @@ class CoreState:
 
     # --- what executors hold --------------------------------------------------------------------
 
-    def _release(self, ex: Executor) -> None:
+    def _release(self, ex: ExecutorRecord) -> None:
         """``ex``'s running task ended: its slots are free (a parked one's were already)."""
         if ex.parked or ex.blocked:
             self._out.append(Rewaited(ex.waiter))
@@ -343,7 +343,7 @@ class CoreState:
     def _parked(self) -> int:
         return sum(e.parked for e in self.executors.values())
 
-    def _lend(self, ex: Executor, now: float) -> None:
+    def _lend(self, ex: ExecutorRecord, now: float) -> None:
         """``ex``'s running task waits for its calls: its slots go to other tasks."""
         ex.blocked, ex.parked, ex.parked_at = False, True, now
         self.busy -= ex.key.threads
@@ -362,7 +362,7 @@ class CoreState:
                 self._out.append(Rewaited(ex.waiter))
                 room -= 1
 
-    def _next_head(self, ex: Executor, now: float) -> None:
+    def _next_head(self, ex: ExecutorRecord, now: float) -> None:
         """The executor's running task is gone: the next one (if any) starts running now."""
         self._release(ex)
         if not ex.runs:
@@ -417,7 +417,7 @@ class CoreState:
         else:
             self.queues.add_front(task)
 
-    def _withdraw(self, ex: Executor, run: Run, running: bool, why: Withdrawn) -> None:
+    def _withdraw(self, ex: ExecutorRecord, run: Run, running: bool, why: Withdrawn) -> None:
         """Cancel (or drop) a task handed to ``ex``: stop it if it runs, else ask to skip it."""
         if running:
             self._halt(ex.ex_id, lambda r, head: why if r is run else None)

@@ -31,7 +31,6 @@ from distrib.wire import _facts, _transport
 from distrib.wire import _messages as m
 from distrib.wire._limits import MAX_MESSAGE_BYTES
 from distrib.wire._messages import Outcome, RefusalCode
-from distrib.worker._calls import Calls
 from distrib.worker._core import Core
 from distrib.worker._direct import LOCAL
 from distrib.worker._events import (
@@ -59,10 +58,11 @@ from distrib.worker._objects import Objects
 from distrib.worker._outbox import Outbox
 from distrib.worker._owner import Owner, OwnerState
 from distrib.worker._pool import Recipe
+from distrib.worker._redistribution import Calls
 from distrib.worker._serving import Serving
 from distrib.worker._settings import WorkerSettings
 from distrib.worker._state import QueuedTask
-from distrib.worker._status import Status
+from distrib.worker._status import StatusBuilder
 from distrib.worker._supply import Supply
 from distrib.workspace._store import Store
 
@@ -116,9 +116,10 @@ class Daemon:
         self.owner = Owner(self.name, state, s.cache_dir, policy, s.flags or policy,
                            s.policy_file, self.core, self.executors, self.memory, self._apply,
                            self.serving.tell_all)
-        self.status = Status(self.name, self.worker_id, self.address, s.key, time.monotonic(),
-                             self.core, self.mains, self.gate, self.owner, self.executors,
-                             self.supply, self.serving, self.calls)
+        self.status = StatusBuilder(self.name, self.worker_id, self.address, s.key,
+                                    time.monotonic(), self.core, self.mains, self.gate,
+                                    self.owner, self.executors, self.supply, self.serving,
+                                    self.calls)
         # What each asks of another, built after it:
         self.executors.builds = self.supply.envs.pids
         self.executors.on_call = self.calls.on_call

@@ -8,7 +8,7 @@ Main's own ``Peers`` there names this worker's key (the owner also lists it in t
 authorized keys), and counts the call under that Main for fair share and quotas. A target
 that lacks the Main's workspace fetches it from this worker's store.
 
-Each call is a ``Child`` here until its outcome goes to its parent's executor: crashes are
+Each call is a ``PlacedCall`` here until its outcome goes to its parent's executor: crashes are
 retried per its ``retries``, calls handed back (``DEFERRED``) or on a worker that was lost
 are placed again, and a parent that ends (or moves, or whose Main leaves) cancels its calls
 wherever they are. The Main hears of each placement (``Placed``).
@@ -37,7 +37,7 @@ from distrib.wire._messages import Outcome, RefusalCode
 from distrib.wire._payload import blob_batches, join_payloads, split_payload
 from distrib.wire._record import ErrorRecord
 from distrib.worker._placement import (
-    CancelHere, Child, Deliver, Effect, Here, Reach, Relay, RunHere, SendTo, Tell, ToMain,
+    CancelHere, Deliver, Effect, Here, PlacedCall, Reach, Relay, RunHere, SendTo, Tell, ToMain,
     delivery, place)
 
 log = logging.getLogger("distrib.worker")
@@ -97,7 +97,7 @@ class Direct:
                                  auth_retry_after=RETRY_AFTER, lose_connecting=True)
         self.host = host
         self.ids = itertools.count(FIRST_ID)
-        self.children: dict[int, Child] = {}
+        self.children: dict[int, PlacedCall] = {}
         self.peers: dict[bytes, list[list[Any]]] = {}  # per Main: its Peers, as sent
         self.targets: dict[tuple[bytes, str], Target] = {}  # (Main, address) -> connection
         self.relayed: dict[bytes, dict[tuple[int, int, int], int]] = {}  # per Main: calls
@@ -143,7 +143,7 @@ class Direct:
         back (``outputs``) goes through the Main, which writes them."""
         return "relayed" if outputs else asked or main_default or "auto"
 
-    def place(self, child: Child, now: float) -> bool:
+    def place(self, child: PlacedCall, now: float) -> bool:
         """Place a call: False if it should go through its Main instead (``auto``, no free
         slot here or on the workers reachable directly, and the Main has others)."""
         action = self._place(child, now)
@@ -165,7 +165,7 @@ class Direct:
     def relay_answered(self, main: bytes, ex_id: int, key: int, number: int) -> None:
         self.relayed.get(main, {}).pop((ex_id, key, number), None)
 
-    def _place(self, child: Child, now: float) -> RunHere | SendTo | Deliver | Relay | ToMain:
+    def _place(self, child: PlacedCall, now: float) -> RunHere | SendTo | Deliver | Relay | ToMain:
         """Decide where ``child`` goes (``_placement.place``), connecting first the links of
         its Main that are due."""
         sent: Counter[str] = Counter()  # threads of the Main's calls at each worker
@@ -204,7 +204,7 @@ class Direct:
                 return True
         return False
 
-    def _cancel(self, child: Child) -> None:
+    def _cancel(self, child: PlacedCall) -> None:
         self.children.pop(child.cid, None)
         if child.later:
             return

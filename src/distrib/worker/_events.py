@@ -96,8 +96,9 @@ class DistReady:
 
 
 @dataclass(frozen=True, slots=True)
-class DistFailed:
-    """Fetching or building ``dist`` from ``peer`` failed."""
+class DistUnavailable:
+    """Fetching or building ``dist`` from ``peer`` failed (its ``DistFailed``, a bad manifest
+    or blob, a failed build)."""
 
     dist: str
     info: dict[str, str]
@@ -135,13 +136,16 @@ class EnvDropped:
 @dataclass(frozen=True, slots=True)
 class ObjectsArrived:
     peer: bytes
-    keys: frozenset[str]
+    names: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
-class ObjectsFailed:
+class ObjectsUnavailable:
+    """The shared objects ``names`` of ``peer`` cannot be had here (its Main cannot send them,
+    or storing them failed)."""
+
     peer: bytes
-    keys: frozenset[str]
+    names: frozenset[str]
     info: dict[str, str]
 
 
@@ -213,7 +217,10 @@ class TaskResumed:
 
 
 @dataclass(frozen=True, slots=True)
-class Cancel:
+class CancelAsked:
+    """``peer`` asked to cancel its task ``task_id`` (a Main's ``Cancel``, a delegate gone, a
+    cancelled call placed here)."""
+
     peer: bytes
     task_id: int
 
@@ -240,7 +247,7 @@ class QuotaSet:
 
 
 @dataclass(frozen=True, slots=True)
-class OwnerState:
+class OwnerStateChanged:
     """What the Mains are told the worker does (the owner's word, its hours and load);
     ``vacate``: stopping to lend stops the running tasks too."""
 
@@ -273,11 +280,11 @@ class Tick:
 
 
 Event: TypeAlias = (
-    TaskSubmitted | TaskQueued | TaskDeferred | DistReady | DistFailed | DistReplaced
-    | EnvReady | EnvFailed | EnvDropped | ObjectsArrived | ObjectsFailed | ExecutorReady
+    TaskSubmitted | TaskQueued | TaskDeferred | DistReady | DistUnavailable | DistReplaced
+    | EnvReady | EnvFailed | EnvDropped | ObjectsArrived | ObjectsUnavailable | ExecutorReady
     | TaskDone | TaskSkipped | ExecutorEnvError | ExecutorDied | TaskCalled | TaskParked
-    | TaskResumed | Cancel | HandBack | Resize | QuotaSet | OwnerState | MainLeft | Warm
-    | Turn | Tick)
+    | TaskResumed | CancelAsked | HandBack | Resize | QuotaSet | OwnerStateChanged | MainLeft
+    | Warm | Turn | Tick)
 
 
 # --- actions ---------------------------------------------------------------------------------

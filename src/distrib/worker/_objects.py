@@ -98,15 +98,15 @@ class Objects:
         held = self._held.setdefault(peer, OrderedDict())
         asked = self._asked.setdefault(peer, {})
         plan = Plan()
-        for key, size in objects.items():
-            if key in held:
-                held.move_to_end(key)
+        for name, size in objects.items():
+            if name in held:
+                held.move_to_end(name)
                 self.counters["objects_reused"] += 1
-            elif key in asked:  # on its way for an earlier task
-                plan.waits.add(key)
+            elif name in asked:  # on its way for an earlier task
+                plan.waits.add(name)
                 self.counters["objects_reused"] += 1
             else:
-                plan.ask.append(key)
+                plan.ask.append(name)
         if not plan.ask:
             return plan
         need = sum(objects[k] for k in plan.ask)
@@ -116,8 +116,8 @@ class Objects:
             return plan
         if sum(held.values()) + sum(asked.values()) + need > self.limit:
             keep = in_use() | set(objects)
-            for key in [k for k in held if k not in keep]:
-                self._remove(peer, key)
+            for name in [k for k in held if k not in keep]:
+                self._remove(peer, name)
                 if sum(held.values()) + sum(asked.values()) + need <= self.limit:
                     break
         if sum(held.values()) + sum(asked.values()) + need > self.limit:
@@ -126,10 +126,10 @@ class Objects:
         plan.waits.update(plan.ask)
         return plan
 
-    def arrived(self, peer: bytes, key: str, frames: list[Any]) -> str | None:
+    def arrived(self, peer: bytes, name: str, frames: list[Any]) -> str | None:
         """Store an object that ``peer`` sent: "" if kept, None if not asked for (ignored),
         else why it is refused. ``OSError`` if it cannot be written."""
-        declared = self._asked.get(peer, {}).pop(key, None)
+        declared = self._asked.get(peer, {}).pop(name, None)
         if declared is None:
             return None
         views = [memoryview(f.buffer if hasattr(f, "buffer") else f).cast("B") for f in frames]
@@ -138,22 +138,22 @@ class Objects:
             return f"{size:,} bytes sent for an object its calls said has {declared:,}"
         folder = self.where(peer)
         folder.mkdir(parents=True, exist_ok=True)
-        write(folder / key, views)
-        self._held[peer][key] = size
+        write(folder / name, views)
+        self._held[peer][name] = size
         self.counters["objects_fetched"] += 1
         return ""
 
-    def linked(self, peer: bytes, key: str, name: str) -> str | None:
-        """Keep an object ``peer`` wrote into its /dev/shm file ``name``, by a link (no
+    def linked(self, peer: bytes, name: str, file: str) -> str | None:
+        """Keep an object ``peer`` wrote into its /dev/shm file ``file``, by a link (no
         copy): as ``arrived``. The file must be a plain file of this user's, holding frames
         of the declared size."""
-        declared = self._asked.get(peer, {}).pop(key, None)
+        declared = self._asked.get(peer, {}).pop(name, None)
         if declared is None:
             return None
-        if peer not in self._in_shm or not SHM_NAME.fullmatch(name):
-            return f"a file in /dev/shm ({name[:60]!r}) this worker may not take from this Main"
-        kept = self.where(peer) / key
-        os.link(_shm.ROOT / name, kept, follow_symlinks=False)  # (checked once linked)
+        if peer not in self._in_shm or not SHM_NAME.fullmatch(file):
+            return f"a file in /dev/shm ({file[:60]!r}) this worker may not take from this Main"
+        kept = self.where(peer) / name
+        os.link(_shm.ROOT / file, kept, follow_symlinks=False)  # (checked once linked)
         why, size = "", 0
         try:
             fd = os.open(kept, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -165,24 +165,24 @@ class Objects:
             finally:
                 os.close(fd)
             if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
-                why = f"/dev/shm/{name} is not a file of this worker's user"
+                why = f"/dev/shm/{file} is not a file of this worker's user"
             elif size != declared or header + size != info.st_size:
                 why = (f"{info.st_size - header:,} bytes sent for an object its calls said "
                        f"has {declared:,}")
         except (OSError, ValueError) as exc:
-            why = f"/dev/shm/{name} does not hold an object: {exc}"
+            why = f"/dev/shm/{file} does not hold an object: {exc}"
         if why:
             kept.unlink(missing_ok=True)
             return why
-        self._held[peer][key] = size
+        self._held[peer][name] = size
         self.counters["objects_linked"] += 1
         return ""
 
-    def failed(self, peer: bytes, keys: list[str]) -> None:
-        """``peer`` cannot send ``keys``: forget that they were asked for."""
+    def failed(self, peer: bytes, names: list[str]) -> None:
+        """``peer`` cannot send ``names``: forget that they were asked for."""
         asked = self._asked.get(peer, {})
-        for key in keys:
-            asked.pop(key, None)
+        for name in names:
+            asked.pop(name, None)
 
     def forget(self, peer: bytes) -> None:
         """A Main left: remove its objects."""
@@ -196,9 +196,9 @@ class Objects:
         for peer in list(self._in_shm):
             self.forget(peer)
 
-    def _remove(self, peer: bytes, key: str) -> None:
-        del self._held[peer][key]
-        (self.where(peer) / key).unlink(missing_ok=True)
+    def _remove(self, peer: bytes, name: str) -> None:
+        del self._held[peer][name]
+        (self.where(peer) / name).unlink(missing_ok=True)
 
 
 def write(path: Path, frames: list[memoryview]) -> None:

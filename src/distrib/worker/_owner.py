@@ -3,7 +3,7 @@ policy file read again as it changes (or on SIGHUP), and the lending hours and l
 
 ``OwnerState`` decides (pure: events and the time in, what changed out); ``Owner`` reads the
 control socket, the policy file and the machine's load, and carries out what it decided: what
-Mains are told reaches the core as its ``OwnerState`` event (the core hands tasks back).
+Mains are told reaches the core as its ``OwnerStateChanged`` event (the core hands tasks back).
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ class Owner:
             log.warning("worker %s stops lending: %s", self.name, change.told[1])
         elif change.lends_again:  # (after the owner's word, that is logged)
             log.warning("worker %s lends again", self.name)
-        self.apply(self.core.handle(_events.OwnerState(change.told[0], change.vacate),
+        self.apply(self.core.handle(_events.OwnerStateChanged(change.told[0], change.vacate),
                                     time.monotonic()))
         self.tell_all()
 

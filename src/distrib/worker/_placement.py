@@ -1,7 +1,7 @@
 """Where a call made inside a task goes, decided from plain values: this worker's situation,
 the other workers of its Main this worker reaches directly, and the call itself. Nothing here
 does I/O: ``worker._direct`` holds the connections and applies the decisions, and
-``worker._calls`` applies what concerns this worker (``Effect``).
+``worker._redistribution`` applies what concerns this worker (``Effect``).
 
 A call runs where the fewest slots are busy per slot offered (here or on a worker reached
 directly); when every such slot is busy, an ``auto`` call goes through its Main while the Main
@@ -20,7 +20,7 @@ from distrib.wire._record import ErrorRecord
 
 
 @dataclass(eq=False)
-class Child:
+class PlacedCall:
     """A call placed by this worker, until its outcome reaches its parent."""
 
     cid: int  # this worker's id for it (the task id wherever it runs)
@@ -76,14 +76,14 @@ class Reach:
 class RunHere:
     """Queue the call here (its outcome comes back to ``Direct``)."""
 
-    child: Child
+    child: PlacedCall
 
 
 @dataclass(frozen=True)
 class SendTo:
     """Send the call to the worker at ``address``."""
 
-    child: Child
+    child: PlacedCall
     address: str
 
 
@@ -91,7 +91,7 @@ class SendTo:
 class Deliver:
     """How the call ended, to its parent's executor (if the parent still runs)."""
 
-    child: Child
+    child: PlacedCall
     status: str  # "ok" or "error"
     info: dict[str, str]
     frames: list[Any]
@@ -101,21 +101,21 @@ class Deliver:
 class Relay:
     """A call placed before (handed back, or its worker lost) goes through its Main now."""
 
-    child: Child
+    child: PlacedCall
 
 
 @dataclass(frozen=True)
 class ToMain:
     """A new call this worker does not place: its caller hands it to its Main."""
 
-    child: Child
+    child: PlacedCall
 
 
 @dataclass(frozen=True)
 class CancelHere:
     """Withdraw or stop the call queued or running here."""
 
-    child: Child
+    child: PlacedCall
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ class Placement:
     connect: tuple[str, ...] = ()
 
 
-def place(child: Child, here: Here, reach: Sequence[Reach],
+def place(child: PlacedCall, here: Here, reach: Sequence[Reach],
           others: Sequence[tuple[str, int]] | None) -> Placement:
     """Where ``child`` goes: a new call, or one handed back (``later``). ``reach`` are the
     Main's workers this one knows; ``others`` the Main's ``Peers`` (address, slots), None
@@ -172,7 +172,7 @@ def relay_slots(others: Sequence[tuple[str, int]] | None, ready: set[str]) -> in
     return sum(slots for address, slots in others if address not in ready)
 
 
-def delivery(child: Child, outcome: Outcome, info: dict[str, str],
+def delivery(child: PlacedCall, outcome: Outcome, info: dict[str, str],
              frames: list[Any]) -> Deliver:
     """How ``child`` ended (for good), as its parent hears it."""
     where = f"{child.name}#{child.label}"

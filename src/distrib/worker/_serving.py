@@ -25,13 +25,12 @@ from distrib.wire._limits import MAX_MESSAGE_BYTES, OUTPUT_CHUNK
 from distrib.wire._messages import Outcome, RefusalCode
 from distrib.wire._record import ErrorRecord
 from distrib.wire._payload import join_payloads
-from distrib.worker._calls import Calls
 from distrib.worker._core import Core
 from distrib.worker._direct import FIRST_ID
 from distrib.worker._events import (
     Action,
     Admit,
-    Cancel,
+    CancelAsked,
     EnvReady,
     MainDropped,
     MainLeft,
@@ -44,6 +43,7 @@ from distrib.worker._mains import MainPeer, Mains
 from distrib.worker._memory import MemoryWatch
 from distrib.worker._outbox import Outbox
 from distrib.worker._owner import SERVING, OwnerState
+from distrib.worker._redistribution import Calls
 from distrib.worker._state import QueuedTask
 from distrib.worker._supply import Report, Supply
 
@@ -130,10 +130,10 @@ class Serving:
             for task_id in msg.task_ids:
                 ours = self.delegated.pop((peer, task_id), None)
                 if ours is not None:
-                    self.apply(self.core.handle(Cancel(main.account, ours), time.monotonic()))
+                    self.apply(self.core.handle(CancelAsked(main.account, ours), time.monotonic()))
         elif isinstance(msg, m.Cancel):
             for task_id in msg.task_ids:
-                self.apply(self.core.handle(Cancel(peer, task_id), time.monotonic()))
+                self.apply(self.core.handle(CancelAsked(peer, task_id), time.monotonic()))
         elif isinstance(msg, m.Manifest):
             supply.on_change(supply.dists.on_manifest(msg))
         elif isinstance(msg, m.Blobs) and supply.envs.building(msg.dist):
@@ -151,7 +151,7 @@ class Serving:
         elif isinstance(msg, m.Objects):
             supply.on_objects(peer, msg)
         elif isinstance(msg, m.ObjectsFailed):
-            supply.objects_failed(peer, msg.keys, msg.reason)
+            supply.objects_failed(peer, msg.names, msg.reason)
         elif isinstance(msg, m.Goodbye):
             self.drop_main(peer, "said goodbye")
         elif not isinstance(msg, m.Heartbeat):
@@ -331,7 +331,8 @@ class Serving:
             now = time.monotonic()
             calls = [k for k in self.delegated if k[0] == peer]
             for key in calls:
-                self.apply(self.core.handle(Cancel(sender.account, self.delegated.pop(key)), now))
+                self.apply(self.core.handle(
+                    CancelAsked(sender.account, self.delegated.pop(key)), now))
             self.mains.forget(peer, {ex.key.context for ex in self.core.executors.values()})
             self.outbox.drop(peer)
             dists.source_left(peer, self.core.queues.first_peer_with)

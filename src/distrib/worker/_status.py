@@ -12,12 +12,12 @@ from distrib.wire import _facts
 from distrib.wire._keys import KeyPair
 
 if TYPE_CHECKING:  # (only for types: they are the daemon's parts it reports on)
-    from distrib.worker._calls import Calls
     from distrib.worker._core import Core
     from distrib.worker._executors import Executors
     from distrib.worker._gate import Gate
     from distrib.worker._mains import Mains
     from distrib.worker._owner import Owner
+    from distrib.worker._redistribution import Calls
     from distrib.worker._serving import Serving
     from distrib.worker._supply import Supply
 
@@ -26,8 +26,8 @@ log = logging.getLogger("distrib.worker")
 SERVED_LOG_EVERY = 60.0  # seconds between log lines saying which Mains hold the slots
 
 
-class Status:
-    """A worker's status, as it stands."""
+class StatusBuilder:
+    """A worker's status, as it stands: what its ``Status`` message carries."""
 
     def __init__(self, name: str, worker_id: str, address: str, key: KeyPair | None,
                  now: float, core: Core, mains: Mains, gate: Gate, owner: Owner,

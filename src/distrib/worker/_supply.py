@@ -27,14 +27,14 @@ from distrib.worker._dists import Change, Distributions, Failed, Ready
 from distrib.worker._envs import EnvPolicy, Environments
 from distrib.worker._events import (
     Action,
-    DistFailed,
     DistReady,
     DistReplaced,
+    DistUnavailable,
     EnvDropped,
     EnvFailed,
     EnvReady,
     ObjectsArrived,
-    ObjectsFailed,
+    ObjectsUnavailable,
     Spawn,
     TaskDeferred,
     Warm,
@@ -127,26 +127,26 @@ class Supply:
     def on_objects(self, peer: bytes, msg: m.Objects) -> None:
         arrived: set[str] = set()
         at = 0
-        files = msg.files or [""] * len(msg.keys)
-        for key, count, file in zip(msg.keys, msg.counts, files):
+        files = msg.files or [""] * len(msg.names)
+        for name, count, file in zip(msg.names, msg.counts, files):
             frames = list(msg.frames[at:at + count])
             at += count
             try:
-                why = self.objects.linked(peer, key, file) if file else \
-                    self.objects.arrived(peer, key, frames)
+                why = self.objects.linked(peer, name, file) if file else \
+                    self.objects.arrived(peer, name, frames)
             except OSError as exc:
                 why = f"this worker could not store it: {exc}"
                 log.error("cannot store a shared object of Main %s: %s", self.mains[peer].name,
                           exc)
             if why == "":
-                arrived.add(key)
+                arrived.add(name)
             elif why is not None:
-                self.objects_failed(peer, [key], why)
+                self.objects_failed(peer, [name], why)
         self.apply(self.core.handle(ObjectsArrived(peer, frozenset(arrived)), time.monotonic()))
 
-    def objects_failed(self, peer: bytes, keys: list[str], why: str) -> None:
-        self.objects.failed(peer, keys)
-        self.apply(self.core.handle(ObjectsFailed(peer, frozenset(keys), ErrorRecord(
+    def objects_failed(self, peer: bytes, names: list[str], why: str) -> None:
+        self.objects.failed(peer, names)
+        self.apply(self.core.handle(ObjectsUnavailable(peer, frozenset(names), ErrorRecord(
             "distrib.SerializationError", f"worker {self.name} could not get a shared object "
             f"the call passes: {why}").to_wire()), time.monotonic()))
 
@@ -220,7 +220,7 @@ class Supply:
             self._start_warm()
             self.disk_use.refresh()
         elif isinstance(change, Failed):
-            self.apply(self.core.handle(DistFailed(change.dist, change.info, change.peer),
+            self.apply(self.core.handle(DistUnavailable(change.dist, change.info, change.peer),
                                         time.monotonic()))
             self.tell(self.warming.fail(change.info.get("message", "fetch failed"),
                                         dist=change.dist, peer=change.peer))

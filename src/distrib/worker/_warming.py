@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from distrib.wire import _messages as m
-from distrib.worker._corestate import Executor
+from distrib.worker._corestate import ExecutorRecord
 from distrib.worker._events import EnvKey
 
 
@@ -60,7 +60,7 @@ class Warming:
                 out.append((p, m.Warmed(w.dist, 0, why)))
         return out
 
-    def done(self, executors: Iterable[Executor]) -> list[tuple[bytes, m.Warmed]]:
+    def done(self, executors: Iterable[ExecutorRecord]) -> list[tuple[bytes, m.Warmed]]:
         """The Mains whose executors of their key are all ready (or gone): how many are."""
         ready: dict[EnvKey, int] = {}
         waiting: set[EnvKey] = set()

@@ -24,11 +24,11 @@ from distrib.wire._keys import KeyPair
 from distrib.worker._core import Core
 from distrib.worker._direct import FIRST_ID, LOCAL, Direct
 from distrib.worker._dists import Distributions
-from distrib.worker._events import Action, Cancel, TaskCalled, TaskQueued
+from distrib.worker._events import Action, CancelAsked, TaskCalled, TaskQueued
 from distrib.worker._executors import Executors
 from distrib.worker._mains import Mains
 from distrib.worker._placement import (
-    CancelHere, Child, Deliver, Effect, Here, Relay, RunHere, Tell)
+    CancelHere, Deliver, Effect, Here, PlacedCall, Relay, RunHere, Tell)
 from distrib.worker._state import QueuedTask
 
 log = logging.getLogger("distrib.worker")
@@ -82,10 +82,10 @@ class Calls:
         parent = f"{caller}#{label}" + (f", {above.chain.removeprefix('called by ')}"
                                         if above is not None else "")
         if how != "relayed":
-            call = Child(next(self.direct.ids), task.peer, ex_id, key, task.task_id, child,
-                         name, f"{label}.{child}", f"called by {parent}",
-                         tuple(platforms) or ("*",), threads, retries, timeout, task.dist,
-                         task.depth + 1, list(frames), how)
+            call = PlacedCall(next(self.direct.ids), task.peer, ex_id, key, task.task_id,
+                              child, name, f"{label}.{child}", f"called by {parent}",
+                              tuple(platforms) or ("*",), threads, retries, timeout,
+                              task.dist, task.depth + 1, list(frames), how)
             if self.direct.place(call, time.monotonic()):
                 return
         self.direct.relay(task.peer, ex_id, key, child, task.task_id)
@@ -101,7 +101,7 @@ class Calls:
                 and not self.direct.cancel(ex_id, key, number)):
             self.send(run.task.peer, m.CancelChild(run.task.task_id, number))
 
-    def relay(self, child: Child) -> None:
+    def relay(self, child: PlacedCall) -> None:
         """A call placed here goes through its Main after all (it was handed back)."""
         self.direct.relay(child.main, child.ex_id, child.key, child.number, child.parent)
         self.send(child.main, m.Call(child.parent, child.number, child.name,
@@ -160,7 +160,7 @@ class Calls:
             if isinstance(effect, RunHere):
                 self._run_here(effect.child)
             elif isinstance(effect, CancelHere):
-                self.apply(self.core.handle(Cancel(effect.child.main, effect.child.cid),
+                self.apply(self.core.handle(CancelAsked(effect.child.main, effect.child.cid),
                                             time.monotonic()))
             elif isinstance(effect, Deliver):  # (to its parent, if that still runs)
                 self.executors.to_parent(effect.child.ex_id, effect.child.key,
@@ -171,7 +171,7 @@ class Calls:
             elif isinstance(effect, Tell):
                 self.send(effect.main, effect.message)
 
-    def _run_here(self, child: Child) -> None:
+    def _run_here(self, child: PlacedCall) -> None:
         main = self.mains.get(child.main)
         if main is not None:
             self.apply(self.core.handle(TaskQueued(QueuedTask(
