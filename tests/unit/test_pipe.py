@@ -8,6 +8,7 @@ import socket
 import struct
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -16,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from distrib._errors import ProtocolError
-from distrib.wire._messages import Outcome
 from distrib.wire import _pipe_messages as pm
+from distrib.wire._messages import Outcome
 from distrib.wire._pipe import Pipe, PipeError, decode, encode
 
 
@@ -237,3 +238,54 @@ def test_random_header_bytes_on_the_pipe_raise_only_pipe_error(head: bytes,
     finally:
         left.close()
         right.close()
+
+
+class _Slots:
+    """What ``Executors`` asks of ``Slots`` when an executor dies, and the messages it got."""
+
+    def __init__(self) -> None:
+        self.died: list[int] = []
+        self.skipped: list[int] = []
+
+    def running(self, ex_id: int) -> None:
+        return None
+
+    def executor_died(self, ex_id: int, info: dict[str, str]) -> list[Any]:
+        self.died.append(ex_id)
+        return []
+
+    def task_skipped(self, ex_id: int, key: int, now: float) -> list[Any]:
+        self.skipped.append(key)
+        return []
+
+
+@pytest.mark.parametrize("head, frames", [
+    (msgpack.packb(["done", 7, "ok"]), [b"x"]),  # a field short
+    (msgpack.packb(["call", 7, 3, "f", [], 0, 0, None, [], "", "g"]), [b"c"]),  # no threads
+    (msgpack.packb(["out", 7, "1", "text"]), []),  # a wrong type
+    (msgpack.packb(["hello"]), []),  # an unknown verb
+    (msgpack.packb(["skip", 7]), []),  # one only the daemon sends
+    (b"\xc1", []),  # not msgpack
+])
+def test_the_daemon_stops_an_executor_that_sends_a_malformed_message(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, head: bytes,
+        frames: list[bytes]) -> None:
+    from distrib.worker import _pool
+    from distrib.worker._executors import Executors
+    from distrib.worker._memory import MemoryWatch
+    from distrib.worker._pool import ExecutorProcess
+
+    monkeypatch.setattr(_pool, "become_subreaper", lambda: False)  # (not the test process)
+    slots = _Slots()
+    applied: list[list[Any]] = []
+    executors = Executors("w", tmp_path, 0, slots,  # type: ignore[arg-type]
+                          MemoryWatch(), applied.append)
+    ours, theirs = socket.socketpair()
+    proc = executors.procs[1] = ExecutorProcess(Pipe(ours), tmp_path)
+    executor_end = Pipe(theirs)
+    executor_end.send(pm.Skipped(5))  # (a well-formed message first: acted on)
+    _raw(theirs, head, frames)
+    executors.on_readable({proc.fileno(): 1})
+    assert slots.skipped == [5] and slots.died == [1]
+    theirs.close()
+    ours.close()

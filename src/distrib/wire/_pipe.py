@@ -130,7 +130,7 @@ def _check_call(call: pm.Call) -> None:
     if not (all(0 <= x < _INT31 for x in (call.child, call.threads, call.retries))
             and call.threads >= 1 and len(call.platforms) <= 64 and len(call.outputs) <= 256
             and call.redistribution in ("", "auto", "relayed", "direct")):
-        raise PipeError("Call: a call number, threads and retries out of range, too many "
+        raise PipeError("Call: a call number, threads or retries out of range, too many "
                         "platforms or outputs, or an unknown redistribution")
 
 
@@ -193,6 +193,7 @@ _ENCODERS: dict[type[PipeMessage], _Encoder] = {}
 _DECODERS: dict[str, _Decoder] = {}
 for _cls in pm.ALL_MESSAGES:
     _ENCODERS[_cls], _DECODERS[_cls.VERB.value] = _codec(_cls)
+del _cls
 assert len(_DECODERS) == len(pm.ALL_MESSAGES), "duplicate verb"
 
 
