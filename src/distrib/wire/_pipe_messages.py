@@ -53,8 +53,8 @@ class Context:
 
 @dataclass(frozen=True, slots=True)
 class Become:
-    """To a zygote (an interpreter started ahead; see ``_pool.Zygote``), with a socket: be
-    the process started with these arguments, variables and working folder."""
+    """To a zygote (an interpreter started ahead; see ``worker._pool.Zygote``), with a
+    socket: be the process started with these arguments, variables and working folder."""
 
     VERB: ClassVar[Verb] = Verb.BECOME
     mode: list[str]
