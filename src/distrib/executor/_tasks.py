@@ -20,7 +20,6 @@ import struct
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pathspec
 
 from distrib import _runtime, _serialize, _shared, _shm
@@ -224,7 +223,7 @@ def _zygote(fd: int) -> None:
     control = socket.socket(fileno=fd)
     try:  # (its one message, small, sent with one call)
         data, fds, _, _ = socket.recv_fds(control, 1 << 16, 1)
-        message = decode(msgpack.unpackb(data), []) if data else None
+        message = decode(data, []) if data else None
     except (OSError, ValueError, PipeError):
         return
     finally:

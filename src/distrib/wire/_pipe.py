@@ -9,15 +9,17 @@ sent with one ``sendmsg`` (scatter-gather: frames are not joined first; several 
 share the call) and read through a 64 KiB buffer, so a burst of small messages costs one read.
 Large frames are received straight into buffers sized in advance: they move once each way.
 
-``encode`` and ``decode`` turn a message into its header and frames and back; ``decode``
-checks the verb, the field count and every field's type, and raises only ``PipeError``. Each
-message type's encoder and decoder are built once, at import.
+``encode`` and ``decode`` turn a message into its header's bytes and frames and back. msgspec
+does both in C, from the messages' declared types: ``decode`` checks the verb, the field count,
+every field's type and bound as it builds the message, and raises only ``PipeError``, which
+names the message and the field at fault.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import enum
 import operator
+import re
 import select
 import socket
 import struct
@@ -25,12 +27,11 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import msgpack
+import msgspec
 
 from distrib._errors import ProtocolError
 from distrib.wire import _pipe_messages as pm
 from distrib.wire._limits import PIPE_MAX_FRAMES, PIPE_MAX_HEADER
-from distrib.wire._messages import Outcome
 from distrib.wire._pipe_messages import PipeMessage
 
 # The environment an executor starts with: thread counts of the task's libraries, and the
@@ -46,7 +47,6 @@ NICE_VAR = "DISTRIB_EXECUTOR_NICE"
 
 _PREFIX = struct.Struct("<II")
 _CHUNK = 1 << 16
-_INT31 = 1 << 31
 
 
 class PipeError(ProtocolError):
@@ -54,164 +54,106 @@ class PipeError(ProtocolError):
     intact: the next message can be read)."""
 
 
-# --- field checks (one function per field type, picked once per message type) ------------------
-
-_Check = Callable[[Any], Any]
-
-
-def _int(v: Any) -> int:
-    if type(v) is not int:  # (msgpack gives exact ints; a bool is not one)
-        raise PipeError(f"expected int, got {type(v).__name__}")
-    return v
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(PipeMessage)
+_set_frames = msgspec.structs.force_setattr  # (on a frozen message just decoded, seen by none)
 
 
-def _str(v: Any) -> str:
-    if type(v) is not str:
-        raise PipeError(f"expected str, got {type(v).__name__}")
-    return v
+def _one_field(name: str) -> Callable[[Any], tuple[Any, ...]]:
+    """The getter of one field, as a tuple (``attrgetter`` of one name gives the value)."""
+    get = operator.attrgetter(name)
+    return lambda message: (get(message),)
 
 
-def _seconds(v: Any) -> float | None:
-    if v is not None and type(v) is not float and type(v) is not int:
-        raise PipeError(f"expected a number or nil, got {type(v).__name__}")
-    return v
-
-
-def _strs(v: Any) -> list[str]:
-    if type(v) is not list:
-        raise PipeError(f"expected a list of str, got {type(v).__name__}")
-    for x in v:  # (a loop: cheaper than all() on the few items these have)
-        if type(x) is not str:
-            raise PipeError(f"expected a list of str, got a {type(x).__name__} in it")
-    return v
-
-
-def _str_map(v: Any) -> dict[str, str]:
-    if type(v) is not dict:
-        raise PipeError(f"expected a map of str to str, got {type(v).__name__}")
-    for k, x in v.items():
-        if type(k) is not str or type(x) is not str:
-            raise PipeError("expected a map of str to str")
-    return v
-
-
-def _int_map(v: Any) -> dict[str, int]:
-    if type(v) is not dict:
-        raise PipeError(f"expected a map of str to int, got {type(v).__name__}")
-    for k, x in v.items():
-        if type(k) is not str or type(x) is not int:
-            raise PipeError("expected a map of str to int")
-    return v
-
-
-_OUTCOMES = {outcome.value: outcome for outcome in Outcome}
-
-
-def _outcome(v: Any) -> Outcome:
-    found = _OUTCOMES.get(v) if type(v) is str else None
-    if found is None:
-        raise PipeError(f"unknown outcome {v!r}")
-    return found
-
-
-_CHECKS: dict[Any, _Check] = {
-    int: _int, str: _str, float | None: _seconds, list[str]: _strs,
-    dict[str, str]: _str_map, dict[str, int]: _int_map, Outcome: _outcome,
-}
-# The one Python type a field of each type unpacks to (a union has none), and what to check
-# inside it (or convert) once that type is right.
-_KINDS: dict[Any, type] = {int: int, str: str, list[str]: list, dict[str, str]: dict,
-                           dict[str, int]: dict, Outcome: str}
-_INSIDE: dict[Any, _Check] = {list[str]: _strs, dict[str, str]: _str_map,
-                              dict[str, int]: _int_map, Outcome: _outcome}
-
-
-def _check_call(call: pm.Call) -> None:
-    if not (all(0 <= x < _INT31 for x in (call.child, call.threads, call.retries))
-            and call.threads >= 1 and len(call.platforms) <= 64 and len(call.outputs) <= 256
-            and call.redistribution in ("", "auto", "relayed", "direct")):
-        raise PipeError("Call: a call number, threads or retries out of range, too many "
-                        "platforms or outputs, or an unknown redistribution")
-
-
-_AFTER: dict[type[PipeMessage], Callable[[Any], None]] = {pm.Call: _check_call}
-
-_Encoder = Callable[[Any], list[Any]]
-_Decoder = Callable[[list[Any], list[Any]], PipeMessage]
-
-
-def _codec(cls: type[PipeMessage]) -> tuple[_Encoder, _Decoder]:
-    """The encoder and decoder of one message type."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "frames"]
-    types = [hints[name] for name in names]
-    checks = [_CHECKS[tp] for tp in types]  # (a KeyError here: a new field type)
-    # The fast path: every field's Python type compared at once, then what is inside the
-    # containers (and the enums) checked; any field of a union type takes the slow one.
-    kinds = tuple(_KINDS[tp] for tp in types) if all(tp in _KINDS for tp in types) else None
-    inside = [(i, _INSIDE[tp]) for i, tp in enumerate(types) if tp in _INSIDE]
-    framed = "frames" in hints
-    verb, count, label = cls.VERB.value, len(names), cls.__name__
-    after = _AFTER.get(cls)
-    if count == 1:
-        get = operator.attrgetter(names[0])
-
-        def encode(message: Any) -> list[Any]:
-            return [verb, get(message)]
-    else:
-        get_all = operator.attrgetter(*names)
-
-        def encode(message: Any) -> list[Any]:
-            return [verb, *get_all(message)]
-
-    def decode(header: list[Any], frames: list[Any]) -> PipeMessage:
-        values = header[1:]
-        if len(values) != count:
-            raise PipeError(f"{label}: expected {count} fields, got {len(values)}")
-        try:
-            if kinds is not None and tuple(map(type, values)) == kinds:
-                for i, check in inside:
-                    values[i] = check(values[i])
-            else:  # (each field checked on its own, saying which is wrong)
-                values = [check(v) for check, v in zip(checks, values)]
-        except PipeError as exc:
-            raise PipeError(f"{label}: {exc}") from None
-        if framed:
-            message = cls(*values, tuple(frames))  # type: ignore[call-arg]
-        elif frames:
-            raise PipeError(f"{label}: expected no payload, got {len(frames)} frames")
-        else:
-            message = cls(*values)
-        if after is not None:
-            after(message)
-        return message
-
-    return encode, decode
-
-
-_ENCODERS: dict[type[PipeMessage], _Encoder] = {}
-_DECODERS: dict[str, _Decoder] = {}
+# A message with a payload is encoded as a tuple of its verb and header fields (its frames
+# left out); any other is its struct as it is.
+_HEADS: dict[type[PipeMessage], tuple[str, Callable[[Any], tuple[Any, ...]]]] = {}
+# Each message type's header fields, by verb, for explaining what does not decode.
+_FIELDS: dict[str, tuple[type[PipeMessage], tuple[str, ...]]] = {}
 for _cls in pm.ALL_MESSAGES:
-    _ENCODERS[_cls], _DECODERS[_cls.VERB.value] = _codec(_cls)
-del _cls
-assert len(_DECODERS) == len(pm.ALL_MESSAGES), "duplicate verb"
+    _names = tuple(name for name in _cls.__struct_fields__ if name != "frames")
+    _FIELDS[_cls.VERB.value] = _cls, _names
+    if "frames" in _cls.__struct_fields__:
+        _HEADS[_cls] = _cls.VERB.value, (
+            operator.attrgetter(*_names) if len(_names) > 1 else _one_field(_names[0]))
+del _cls, _names
 
 
-def encode(message: PipeMessage) -> tuple[list[Any], Sequence[Any]]:
-    """The header (a plain list, for msgpack) and payload frames of ``message``."""
-    return _ENCODERS[type(message)](message), getattr(message, "frames", ())
+def encode(message: PipeMessage) -> tuple[bytes, Sequence[Any]]:
+    """The msgpack header and the payload frames of ``message``."""
+    head = _HEADS.get(type(message))
+    if head is None:
+        return _ENCODER.encode(message), ()
+    verb, fields = head
+    return _ENCODER.encode((verb, *fields(message))), message.frames  # type: ignore[union-attr]
 
 
-def decode(header: Any, frames: list[Any]) -> PipeMessage:
-    """The message of an unpacked ``header`` and its ``frames``; ``PipeError`` if they do not
-    make one (whatever they are)."""
+def decode(head: bytes | bytearray, frames: list[Any]) -> PipeMessage:
+    """The message of a msgpack ``head`` and its ``frames``; ``PipeError`` if they do not make
+    one (whatever they are)."""
+    try:
+        message: PipeMessage = _DECODER.decode(head)
+    except msgspec.ValidationError as exc:
+        raise PipeError(_explain(head, str(exc))) from None
+    except msgspec.DecodeError as exc:
+        raise PipeError(f"the header is not valid msgpack: {exc}") from None
+    if frames:
+        if type(message) not in _HEADS:
+            raise PipeError(f"{type(message).__name__}: expected no payload, got {len(frames)} "
+                            "frames")
+        _set_frames(message, "frames", tuple(frames))
+    return message
+
+
+# --- why a header does not decode (off the hot path: only for the error's text) ---------------
+
+_AT = re.compile(r"(?P<problem>.*) - at (?P<key>`key` in )?`\$\[(?P<index>\d+)\](?P<rest>.*)`",
+                 re.DOTALL)
+_MISMATCH = re.compile(r"Expected `[^`]*`, got `")
+_WANT: dict[Any, str] = {
+    int: "int", str: "str", list[str]: "a list of str", dict[str, str]: "a map of str to str",
+    dict[str, int]: "a map of str to int", float | int | None: "a number or nil",
+}
+
+
+def _explain(head: bytes | bytearray, error: str) -> str:
+    """What is wrong with a header that is valid msgpack but not a message, naming the
+    message type and field (msgspec's ``error`` names a position in the list)."""
+    try:
+        header = msgspec.msgpack.decode(head)
+    except msgspec.MsgspecError:  # (a map key of a type no dict takes)
+        return f"the header does not make a message: {error}"
     if type(header) is not list or not header:
-        raise PipeError("the header is not a non-empty list")
+        return "the header is not a non-empty list"
     verb = header[0]
-    decoder = _DECODERS.get(verb) if type(verb) is str else None
-    if decoder is None:
-        raise PipeError(f"unknown verb {verb!r}")
-    return decoder(header, frames)
+    found = _FIELDS.get(verb) if type(verb) is str else None
+    if found is None:
+        return f"unknown verb {verb!r}"
+    cls, names = found
+    label = cls.__name__
+    if len(header) - 1 != len(names):
+        return f"{label}: expected {len(names)} fields, got {len(header) - 1}"
+    at = _AT.fullmatch(error)
+    if at is None or not 1 <= int(at["index"]) <= len(names):
+        return f"{label}: {error}"
+    index = int(at["index"])
+    field, value = names[index - 1], header[index]
+    rest = f"{at['rest']} key".lstrip() if at["key"] else at["rest"]
+    problem = at["problem"].replace("`", "").replace("array", "list").replace("object", "map")
+    problem = problem[:1].lower() + problem[1:]
+    hint = typing.get_type_hints(cls)[field]
+    if (isinstance(hint, type) and issubclass(hint, enum.Enum)
+            or "matching regex" in at["problem"]):
+        return f"{label}: unknown {field} {value!r}"
+    want = _WANT.get(hint)
+    if want is None:
+        return f"{label}: {problem} (field {field}{rest})"
+    if rest:  # (inside a list or map)
+        return f"{label}: expected {want} (field {field}, at {rest}: {problem})"
+    if _MISMATCH.match(at["problem"]):
+        got = "nil" if value is None else type(value).__name__
+        return f"{label}: expected {want}, got {got} (field {field})"
+    return f"{label}: {field} out of range: {problem}"
 
 
 class Pipe:
@@ -245,8 +187,7 @@ class Pipe:
         """Send several messages with one system call (when the kernel takes them at once)."""
         parts: list[Any] = []
         for message in messages:
-            header, frames = encode(message)
-            head = msgpack.packb(header)
+            head, frames = encode(message)
             views = [memoryview(f.buffer if hasattr(f, "buffer") else f).cast("B")
                      for f in frames]  # (a zmq frame lends its bytes through .buffer)
             parts += [_PREFIX.pack(len(head), len(views)),
@@ -274,11 +215,7 @@ class Pipe:
         sizes = struct.unpack(f"<{count}Q", self._read(8 * count)) if count else ()
         head = self._read(head_len)
         frames = [self._read(size) for size in sizes]
-        try:
-            header = msgpack.unpackb(head, raw=False)
-        except Exception as exc:  # msgpack raises many types on bad input; all mean the same
-            raise PipeError(f"the header is not valid msgpack: {type(exc).__name__}") from None
-        return decode(header, frames)
+        return decode(head, frames)
 
     def _read(self, size: int) -> bytearray:
         out = bytearray(size)

@@ -1,18 +1,21 @@
-"""The messages between the daemon and its executor processes: one frozen dataclass each.
+"""The messages between the daemon and its executor processes: one frozen ``msgspec.Struct``
+each.
 
-``_pipe`` turns them into a msgpack header (the verb, then the fields in the order written
-here) and payload frames, and back, checking every field; nothing else sees the header. A
-message with a payload has ``frames`` as its last field, which does not go in the header.
+A message's header is a msgpack list: its verb (the struct's tag), then its fields in the order
+written here. A message with a payload has ``frames`` as its last field, which does not go in
+the header: ``_pipe`` sends the frames after it and sets them on the decoded message. The types
+and ``Meta`` bounds below are what ``_pipe``'s decoder checks (in C, as it builds the message).
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
+from msgspec import Meta, Struct
+
+from distrib.wire._limits import PIPE_MAX_OUTPUTS, PIPE_MAX_PLATFORMS
 from distrib.wire._messages import Outcome
-
 
 class Verb(enum.StrEnum):
     """The first field of every message on an executor's pipe."""
@@ -36,11 +39,23 @@ class Verb(enum.StrEnum):
     UNPARK = "unpark"
 
 
+_INT31 = 1 << 31
+Count = Annotated[int, Meta(ge=0, lt=_INT31)]  # a call's number, or its retries
+# ``frames`` travel after the header, never in it: a header that carries one more field (a
+# list, whatever it holds) fails to decode against this impossible bound.
+Frames = Annotated[tuple[Any, ...], Meta(min_length=1, max_length=0)]
+
+
+class _Message(Struct, frozen=True, array_like=True, forbid_unknown_fields=True, gc=False):
+    """Every message: immutable, encoded as a list (its tag first) that has no more items than
+    it has fields, and not tracked by the garbage collector (messages hold no cycles;
+    allocating one costs less). Each says ``frozen=True`` again, for type checkers."""
+
+
 # --- daemon -> executor ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Context:
+class Context(_Message, frozen=True, tag=Verb.CONTEXT.value):
     """First to an executor or template: the Main's ``sys.argv`` and variables, the modules
     a template imports ahead, and the bytes a result may pickle to (0: no limit)."""
 
@@ -51,8 +66,7 @@ class Context:
     max_payload: int
 
 
-@dataclass(frozen=True, slots=True)
-class Become:
+class Become(_Message, frozen=True, tag=Verb.BECOME.value):
     """To a zygote (an interpreter started ahead; see ``worker._pool.Zygote``), with a
     socket: be the process started with these arguments, variables and working folder."""
 
@@ -63,8 +77,7 @@ class Become:
     arguments: list[str]
 
 
-@dataclass(frozen=True, slots=True)
-class Run:
+class Run(_Message, frozen=True, tag=Verb.RUN.value):
     """Run this task (several may wait, in order) on its call frames."""
 
     VERB: ClassVar[Verb] = Verb.RUN
@@ -72,19 +85,17 @@ class Run:
     objects: str  # the folder of its Main's shared objects, or ""
     shm: dict[str, int]  # its call frames in /dev/shm (name -> index)
     results_to: int  # put large result frames in /dev/shm as this Main's pid (0: do not)
-    frames: tuple[Any, ...] = ()
+    frames: Frames = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Skip:
+class Skip(_Message, frozen=True, tag=Verb.SKIP.value):
     """Drop that task if it has not started."""
 
     VERB: ClassVar[Verb] = Verb.SKIP
     key: int
 
 
-@dataclass(frozen=True, slots=True)
-class ChildOutcome:
+class ChildOutcome(_Message, frozen=True, tag=Verb.CHILD.value):
     """How the call ``child`` of the running task ``key`` ended ("ok" or "error"), with
     its result or error frames."""
 
@@ -93,47 +104,42 @@ class ChildOutcome:
     child: int
     status: str
     info: dict[str, str]
-    frames: tuple[Any, ...] = ()
+    frames: Frames = ()
 
 
 # --- executor -> daemon ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Ready:
+class Ready(_Message, frozen=True, tag=Verb.READY.value):
     """The environment is imported; how task writes stay private ("overlay" or "copy")."""
 
     VERB: ClassVar[Verb] = Verb.READY
     isolation: str
 
 
-@dataclass(frozen=True, slots=True)
-class NoFork:
+class NoFork(_Message, frozen=True, tag=Verb.NOFORK.value):
     """A template that cannot fork executors safely, and why."""
 
     VERB: ClassVar[Verb] = Verb.NOFORK
     why: str
 
 
-@dataclass(frozen=True, slots=True)
-class Skipped:
+class Skipped(_Message, frozen=True, tag=Verb.SKIPPED.value):
     """That task was dropped, never started."""
 
     VERB: ClassVar[Verb] = Verb.SKIPPED
     key: int
 
 
-@dataclass(frozen=True, slots=True)
-class EnvError:
+class EnvError(_Message, frozen=True, tag=Verb.ENV_ERROR.value):
     """Importing the environment raised (the error's record and frames); it exits."""
 
     VERB: ClassVar[Verb] = Verb.ENV_ERROR
     info: dict[str, str]
-    frames: tuple[Any, ...] = ()
+    frames: Frames = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Out:
+class Out(_Message, frozen=True, tag=Verb.OUT.value):
     """A task's output line(s) on ``stream`` (1: stdout, 2: stderr)."""
 
     VERB: ClassVar[Verb] = Verb.OUT
@@ -142,8 +148,7 @@ class Out:
     text: str
 
 
-@dataclass(frozen=True, slots=True)
-class Done:
+class Done(_Message, frozen=True, tag=Verb.DONE.value):
     """The task ended, with its result or error frames."""
 
     VERB: ClassVar[Verb] = Verb.DONE
@@ -151,30 +156,29 @@ class Done:
     outcome: Outcome
     info: dict[str, str]
     shm: dict[str, int]  # result frames in /dev/shm (name -> index)
-    frames: tuple[Any, ...] = ()
+    frames: Frames = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
+class Call(_Message, frozen=True, tag=Verb.CALL.value):
     """The running task called a @distributed function (its Main, or this worker, places
     the call), with the call's frames."""
 
     VERB: ClassVar[Verb] = Verb.CALL
     key: int
-    child: int  # the call's number within the task
+    child: Count  # the call's number within the task
     name: str
-    platforms: list[str]
-    threads: int
-    retries: int
-    timeout: float | None
-    outputs: list[str]
-    redistribution: str  # "", "auto", "relayed" or "direct" ("": its Main's)
+    platforms: Annotated[list[str], Meta(max_length=PIPE_MAX_PLATFORMS)]
+    threads: Annotated[int, Meta(ge=1, lt=_INT31)]
+    retries: Count
+    timeout: float | int | None  # (an int stays one: the message re-encodes as it came)
+    outputs: Annotated[list[str], Meta(max_length=PIPE_MAX_OUTPUTS)]
+    # "", "auto", "relayed" or "direct" ("": its Main's); a str to the code that builds it
+    redistribution: Annotated[str, Meta(pattern=r"\A(?:auto|relayed|direct)?\Z")]
     caller: str  # the task's function
-    frames: tuple[Any, ...] = ()
+    frames: Frames = ()
 
 
-@dataclass(frozen=True, slots=True)
-class CancelChild:
+class CancelChild(_Message, frozen=True, tag=Verb.CANCEL_CHILD.value):
     """The running task cancelled that call."""
 
     VERB: ClassVar[Verb] = Verb.CANCEL_CHILD
@@ -182,16 +186,14 @@ class CancelChild:
     child: int
 
 
-@dataclass(frozen=True, slots=True)
-class Park:
+class Park(_Message, frozen=True, tag=Verb.PARK.value):
     """The running task waits for its calls (its slots may go to other tasks)."""
 
     VERB: ClassVar[Verb] = Verb.PARK
     key: int
 
 
-@dataclass(frozen=True, slots=True)
-class Unpark:
+class Unpark(_Message, frozen=True, tag=Verb.UNPARK.value):
     """The running task goes on."""
 
     VERB: ClassVar[Verb] = Verb.UNPARK

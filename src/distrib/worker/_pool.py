@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 from distrib._process import exists, wait_exit
 from distrib._scratch import remove_tree
 from distrib.wire._pipe import NICE_VAR, THREAD_VARS, Pipe, encode
@@ -229,9 +227,8 @@ class Zygote:
         try:
             if recipe.python is not None or self.proc.poll() is not None:
                 return None
-            header, _ = encode(Become(mode, recipe.variables(), str(recipe.env),
-                                      recipe.arguments()))
-            message = msgpack.packb(header)
+            message, _ = encode(Become(mode, recipe.variables(), str(recipe.env),
+                                       recipe.arguments()))
             socket.send_fds(self._control, [message], [theirs.fileno()])
             return self.proc
         except OSError:
