@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,6 +78,36 @@ def test_messages_round_trip_over_a_socketpair_in_one_send() -> None:
     assert not right.buffered()
     left.close()
     right.close()
+
+
+_ECHO = """
+import socket, sys
+sys.modules["msgspec"] = None  # (as in an executor of another Python version)
+from distrib.wire import _pipe
+assert _pipe.msgspec is None
+pipe = _pipe.Pipe(socket.socket(fileno=int(sys.argv[1])))
+for _ in range(int(sys.argv[2])):
+    pipe.send(pipe.recv())
+"""
+
+
+def test_an_executor_without_msgspec_speaks_the_same_messages() -> None:
+    ours, theirs = socket.socketpair()
+    child = subprocess.Popen([sys.executable, "-c", _ECHO, str(theirs.fileno()),
+                              str(len(EXAMPLES))], pass_fds=[theirs.fileno()])
+    theirs.close()
+    pipe = Pipe(ours)
+    pipe.send_many(EXAMPLES)  # (checked again here as they come back)
+    got = [pipe.recv() for _ in EXAMPLES]
+    assert child.wait(60) == 0
+    for sent, read in zip(EXAMPLES, got):
+        assert type(read) is type(sent)
+        if hasattr(sent, "frames"):
+            assert encode(read)[0] == encode(sent)[0]  # (the headers)
+            assert [bytes(f) for f in getattr(read, "frames")] == list(getattr(sent, "frames"))
+        else:
+            assert read == sent
+    pipe.close()
 
 
 def test_small_and_large_messages_round_trip() -> None:

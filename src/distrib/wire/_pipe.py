@@ -12,7 +12,8 @@ Large frames are received straight into buffers sized in advance: they move once
 ``encode`` and ``decode`` turn a message into its header's bytes and frames and back. msgspec
 does both in C, from the messages' declared types: ``decode`` checks the verb, the field count,
 every field's type and bound as it builds the message, and raises only ``PipeError``, which
-names the message and the field at fault.
+names the message and the field at fault. An executor of another Python version has no msgspec
+(the worker's is compiled for its own Python): it uses ``_pipe_plain``, the same bytes.
 """
 
 from __future__ import annotations
@@ -27,10 +28,9 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import msgspec
-
 from distrib._errors import ProtocolError
 from distrib.wire import _pipe_messages as pm
+from distrib.wire import _pipe_plain
 from distrib.wire._limits import PIPE_MAX_FRAMES, PIPE_MAX_HEADER
 from distrib.wire._pipe_messages import PipeMessage
 
@@ -54,9 +54,10 @@ class PipeError(ProtocolError):
     intact: the next message can be read)."""
 
 
-_ENCODER = msgspec.msgpack.Encoder()
-_DECODER = msgspec.msgpack.Decoder(PipeMessage)
-_set_frames = msgspec.structs.force_setattr  # (on a frozen message just decoded, seen by none)
+try:
+    import msgspec
+except ImportError:  # an executor of another Python version (see _pipe_plain)
+    msgspec = None  # type: ignore[assignment]
 
 
 def _one_field(name: str) -> Callable[[Any], tuple[Any, ...]]:
@@ -79,30 +80,50 @@ for _cls in pm.ALL_MESSAGES:
 del _cls, _names
 
 
-def encode(message: PipeMessage) -> tuple[bytes, Sequence[Any]]:
-    """The msgpack header and the payload frames of ``message``."""
-    head = _HEADS.get(type(message))
-    if head is None:
-        return _ENCODER.encode(message), ()
-    verb, fields = head
-    return _ENCODER.encode((verb, *fields(message))), message.frames  # type: ignore[union-attr]
+if msgspec is not None:
+    _ENCODER = msgspec.msgpack.Encoder()
+    _DECODER = msgspec.msgpack.Decoder(PipeMessage)
+    _set_frames = msgspec.structs.force_setattr  # (on a message just decoded, seen by none)
 
+    def encode(message: PipeMessage) -> tuple[bytes, Sequence[Any]]:
+        """The msgpack header and the payload frames of ``message``."""
+        head = _HEADS.get(type(message))
+        if head is None:
+            return _ENCODER.encode(message), ()
+        verb, fields = head
+        frames = message.frames  # type: ignore[union-attr]
+        return _ENCODER.encode((verb, *fields(message))), frames
 
-def decode(head: bytes | bytearray, frames: list[Any]) -> PipeMessage:
-    """The message of a msgpack ``head`` and its ``frames``; ``PipeError`` if they do not make
-    one (whatever they are)."""
-    try:
-        message: PipeMessage = _DECODER.decode(head)
-    except msgspec.ValidationError as exc:
-        raise PipeError(_explain(head, str(exc))) from None
-    except msgspec.DecodeError as exc:
-        raise PipeError(f"the header is not valid msgpack: {exc}") from None
-    if frames:
-        if type(message) not in _HEADS:
-            raise PipeError(f"{type(message).__name__}: expected no payload, got {len(frames)} "
-                            "frames")
-        _set_frames(message, "frames", tuple(frames))
-    return message
+    def decode(head: bytes | bytearray, frames: list[Any]) -> PipeMessage:
+        """The message of a msgpack ``head`` and its ``frames``; ``PipeError`` if they do not
+        make one (whatever they are)."""
+        try:
+            message: PipeMessage = _DECODER.decode(head)
+        except msgspec.ValidationError as exc:
+            raise PipeError(_explain(head, str(exc))) from None
+        except msgspec.DecodeError as exc:
+            raise PipeError(f"the header is not valid msgpack: {exc}") from None
+        if frames:
+            if type(message) not in _HEADS:
+                raise PipeError(f"{type(message).__name__}: expected no payload, got "
+                                f"{len(frames)} frames")
+            _set_frames(message, "frames", tuple(frames))
+        return message
+else:
+    _VERBS = {cls.VERB.value: cls for cls in pm.ALL_MESSAGES}
+
+    def encode(message: PipeMessage) -> tuple[bytes, Sequence[Any]]:
+        """The msgpack header and the payload frames of ``message``."""
+        return _pipe_plain.encode(message)
+
+    def decode(head: bytes | bytearray, frames: list[Any]) -> PipeMessage:
+        """The message of a msgpack ``head`` and its ``frames``; ``PipeError`` if they do not
+        make one."""
+        try:
+            message: PipeMessage = _pipe_plain.decode(_VERBS, head, frames)
+        except (ValueError, TypeError) as exc:
+            raise PipeError(str(exc)) from None
+        return message
 
 
 # --- why a header does not decode (off the hot path: only for the error's text) ---------------

@@ -12,7 +12,10 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Any, ClassVar
 
-from msgspec import Meta, Struct
+try:
+    from msgspec import Meta, Struct
+except ImportError:  # an executor of another Python version (see _pipe_plain)
+    from distrib.wire._pipe_plain import Meta, Struct  # type: ignore[assignment]
 
 from distrib.wire._limits import PIPE_MAX_OUTPUTS, PIPE_MAX_PLATFORMS
 from distrib.wire._messages import Outcome
