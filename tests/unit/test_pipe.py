@@ -1,16 +1,27 @@
-"""The executor pipe's framing on a real socketpair: small, large, and broken messages."""
+"""The executor pipe: its messages' codec (round trips, and every malformed header is a
+``PipeError``), and its framing on a real socketpair (small, large and broken messages)."""
 
 from __future__ import annotations
 
 import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from distrib._errors import ProtocolError
+from distrib.wire import _pipe_messages as pm
 from distrib.wire._messages import Outcome
-from distrib.wire._pipe import Pipe, Verb
+from distrib.wire._pipe import Pipe, PipeError, decode, encode
 
 
 def pair() -> tuple[Pipe, Pipe]:
@@ -18,20 +29,102 @@ def pair() -> tuple[Pipe, Pipe]:
     return Pipe(a), Pipe(b)
 
 
+# One of each message, every field set to something other than its default.
+EXAMPLES: list[pm.PipeMessage] = [
+    pm.Context(["script.py", "-v"], {"A": "1"}, ["numpy"], 1 << 20),
+    pm.Become(["template"], {"OMP_NUM_THREADS": "2"}, "/env", ["/env", "main.py", "/runs", ""]),
+    pm.Run(7, "/objects", {"distrib-12-ab": 1}, 12, (b"call", b"frame")),
+    pm.Skip(7),
+    pm.ChildOutcome(7, 2, "error", {"type": "ValueError"}, (b"error",)),
+    pm.Ready("overlay"),
+    pm.NoFork("importing the workspace started 1 thread(s)"),
+    pm.Skipped(7),
+    pm.EnvError({"type": "ImportError", "message": "no"}, (b"sealed",)),
+    pm.Out(7, 2, "a line\n"),
+    pm.Done(7, Outcome.TIMEOUT, {"k": "v"}, {"distrib-12-cd": 0}, (b"", b"result")),
+    pm.Call(7, 3, "f", ["linux-x86_64"], 2, 1, 2.5, ["out/*"], "direct", "g", (b"call",)),
+    pm.Call(7, 3, "f", [], 1, 0, None, [], "", "g", (b"call",)),
+    pm.CancelChild(7, 3),
+    pm.Park(7),
+    pm.Unpark(7),
+]
+
+
+def through_msgpack(message: pm.PipeMessage) -> tuple[bytes, list[Any]]:
+    head, frames = encode(message)
+    return head, list(frames)
+
+
+def test_every_message_type_has_an_example() -> None:
+    assert {type(x) for x in EXAMPLES} == set(pm.ALL_MESSAGES)
+    assert len({cls.VERB for cls in pm.ALL_MESSAGES}) == len(pm.ALL_MESSAGES) == len(pm.Verb)
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda x: type(x).__name__)
+def test_every_message_round_trips(message: pm.PipeMessage) -> None:
+    assert decode(*through_msgpack(message)) == message
+
+
+def test_messages_round_trip_over_a_socketpair_in_one_send() -> None:
+    left, right = pair()
+    left.send_many(EXAMPLES)
+    got = [right.recv() for _ in EXAMPLES]
+    assert [type(x) for x in got] == [type(x) for x in EXAMPLES]
+    for sent, read in zip(EXAMPLES, got):
+        if hasattr(sent, "frames"):  # (frames arrive as bytearrays)
+            assert [bytes(f) for f in getattr(read, "frames")] == list(getattr(sent, "frames"))
+        else:
+            assert read == sent
+    assert not right.buffered()
+    left.close()
+    right.close()
+
+
+_ECHO = """
+import socket, sys
+sys.modules["msgspec"] = None  # (as in an executor of another Python version)
+from distrib.wire import _pipe
+assert _pipe.msgspec is None
+pipe = _pipe.Pipe(socket.socket(fileno=int(sys.argv[1])))
+for _ in range(int(sys.argv[2])):
+    pipe.send(pipe.recv())
+"""
+
+
+def test_an_executor_without_msgspec_speaks_the_same_messages() -> None:
+    ours, theirs = socket.socketpair()
+    child = subprocess.Popen([sys.executable, "-c", _ECHO, str(theirs.fileno()),
+                              str(len(EXAMPLES))], pass_fds=[theirs.fileno()])
+    theirs.close()
+    pipe = Pipe(ours)
+    pipe.send_many(EXAMPLES)  # (checked again here as they come back)
+    got = [pipe.recv() for _ in EXAMPLES]
+    assert child.wait(60) == 0
+    for sent, read in zip(EXAMPLES, got):
+        assert type(read) is type(sent)
+        if hasattr(sent, "frames"):
+            assert encode(read)[0] == encode(sent)[0]  # (the headers)
+            assert [bytes(f) for f in getattr(read, "frames")] == list(getattr(sent, "frames"))
+        else:
+            assert read == sent
+    pipe.close()
+
+
 def test_small_and_large_messages_round_trip() -> None:
     left, right = pair()
     big = os.urandom(8 << 20)  # larger than the socket buffer: needs the reader meanwhile
-    got: list[tuple[list[object], list[bytes]]] = []
+    got: list[pm.PipeMessage] = []
     reader = threading.Thread(target=lambda: got.extend(right.recv() for _ in range(3)))
     reader.start()
-    left.send(["ready"])
-    left.send(["run", 7], [b"head", memoryview(big)])
-    left.send([Verb.DONE, 7, Outcome.OK, {"k": "v"}], [bytearray(b"x")])
+    left.send(pm.Ready("copy"))
+    left.send(pm.Run(7, "", {}, 0, (b"head", memoryview(big))))
+    left.send(pm.Done(7, Outcome.OK, {"k": "v"}, {}, (bytearray(b"x"),)))
     reader.join(60)
-    assert got[0] == (["ready"], [])
-    assert got[1][0] == ["run", 7] and bytes(got[1][1][0]) == b"head"
-    assert bytes(got[1][1][1]) == big
-    assert got[2] == ([Verb.DONE, 7, Outcome.OK, {"k": "v"}], [bytearray(b"x")])
+    assert got[0] == pm.Ready("copy")
+    run = got[1]
+    assert isinstance(run, pm.Run) and run.key == 7 and bytes(run.frames[0]) == b"head"
+    assert bytes(run.frames[1]) == big
+    assert got[2] == pm.Done(7, Outcome.OK, {"k": "v"}, {}, (bytearray(b"x"),))
     left.close()
     right.close()
 
@@ -49,12 +142,188 @@ def test_a_closed_or_broken_peer_is_eof() -> None:
 
 def test_a_burst_is_read_from_one_buffer_and_reported_as_buffered() -> None:
     left, right = pair()
-    left.send_many([(["run", i], [b"payload %d" % i]) for i in range(50)])
+    left.send_many([pm.Run(i, "", {}, 0, (b"payload %d" % i,)) for i in range(50)])
     first = right.recv()
-    assert first == (["run", 0], [bytearray(b"payload 0")])
+    assert first == pm.Run(0, "", {}, 0, (bytearray(b"payload 0"),))
     assert right.buffered() and right.readable()  # the rest came in with the first read
     rest = [right.recv() for _ in range(49)]
-    assert [h[1] for h, _ in rest] == list(range(1, 50))
+    assert [x.key for x in rest if isinstance(x, pm.Run)] == list(range(1, 50))
     assert not right.buffered()
     left.close()
     right.close()
+
+
+def _raw(sock: socket.socket, head: bytes, frames: Sequence[bytes] = ()) -> None:
+    sock.sendall(struct.pack("<II", len(head), len(frames))
+                 + struct.pack(f"<{len(frames)}Q", *map(len, frames)) + head + b"".join(frames))
+
+
+def test_a_malformed_message_is_read_whole_and_the_next_one_follows() -> None:
+    left, right = pair()
+    _raw(left.sock, msgpack.packb(["done", 7, "ok"]), [b"frame"])  # a field short
+    _raw(left.sock, msgpack.packb(["ready", "copy"])[:-1])  # not msgpack
+    left.send(pm.Skipped(7))
+    with pytest.raises(PipeError, match="Done: expected 4 fields, got 2"):
+        right.recv()
+    with pytest.raises(PipeError, match="not valid msgpack"):
+        right.recv()
+    assert right.recv() == pm.Skipped(7)
+    left.close()
+    right.close()
+
+
+@pytest.mark.parametrize("header, frames, why", [
+    # not a header at all
+    ({"verb": "ready"}, [], "not a non-empty list"),
+    ([], [], "not a non-empty list"),
+    ("ready", [], "not a non-empty list"),
+    # unknown verbs
+    (["hello"], [], "unknown verb 'hello'"),
+    ([7, 1], [], "unknown verb 7"),
+    ([["run"], 1], [], "unknown verb"),
+    # missing and extra fields (truncated headers)
+    (["ready"], [], "Ready: expected 1 fields, got 0"),
+    (["ready", "copy", "more"], [], "Ready: expected 1 fields, got 2"),
+    (["run", 7, "", {}], [], "Run: expected 4 fields, got 3"),
+    (["call", 7, 3, "f", [], 1, 0, None, [], ""], [b"c"], "Call: expected 10 fields, got 9"),
+    (["cancel_child", 7, 3, 4], [], "CancelChild: expected 2 fields, got 3"),
+    # wrong types
+    (["skip", "7"], [], "Skip: expected int, got str"),
+    (["skip", True], [], "Skip: expected int, got bool"),
+    (["skip", 7.0], [], "Skip: expected int, got float"),
+    (["ready", b"copy"], [], "Ready: expected str, got bytes"),
+    (["out", 7, "1", "text"], [], "Out: expected int"),
+    (["done", 7, "fine", {}, {}], [], "Done: unknown outcome 'fine'"),
+    (["done", 7, ["ok"], {}, {}], [], "Done: unknown outcome"),
+    (["done", 7, "ok", [], {}], [], "Done: expected a map of str to str"),
+    (["done", 7, "ok", {"k": 1}, {}], [], "Done: expected a map of str to str"),
+    (["done", 7, "ok", {}, {"distrib-1-a": "0"}], [], "Done: expected a map of str to int"),
+    (["env_error", None], [b"e"], "EnvError: expected a map of str to str"),
+    (["context", "argv", {}, [], 0], [], "Context: expected a list of str"),
+    (["context", [1], {}, [], 0], [], "Context: expected a list of str"),
+    (["call", 7, 3, "f", [], 1, 0, "soon", [], "", "g"], [b"c"], "Call: expected a number"),
+    (["call", 7, 3, "f", [], 1, 0, True, [], "", "g"], [b"c"], "Call: expected a number"),
+    # values out of range
+    (["call", 7, 3, "f", [], 0, 0, None, [], "", "g"], [b"c"], "Call: threads out of range"),
+    (["call", 7, -1, "f", [], 1, 0, None, [], "", "g"], [b"c"], "Call: child out of range"),
+    (["call", 7, 3, "f", [], 1, 1 << 31, None, [], "", "g"], [b"c"],
+     "Call: retries out of range"),
+    (["call", 7, 3, "f", ["p"] * 65, 1, 0, None, [], "", "g"], [b"c"],
+     "Call: platforms out of range"),
+    (["call", 7, 3, "f", [], 1, 0, None, ["o"] * 257, "", "g"], [b"c"],
+     "Call: outputs out of range"),
+    (["call", 7, 3, "f", [], 1, 0, None, [], "sideways", "g"], [b"c"],
+     "Call: unknown redistribution 'sideways'"),
+    # a payload on a message that has none
+    (["skipped", 7], [b"x"], "Skipped: expected no payload, got 1 frames"),
+])
+def test_malformed_headers_are_a_pipe_error(header: Any, frames: list[Any], why: str) -> None:
+    with pytest.raises(PipeError, match=why):
+        decode(msgpack.packb(header), frames)
+
+
+def test_a_pipe_error_is_a_protocol_error() -> None:
+    assert issubclass(PipeError, ProtocolError)
+
+
+_msgpack_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text(max_size=8)
+    | st.binary(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner,
+                                                                max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_msgpack_values, st.lists(st.binary(max_size=8), max_size=3))
+def test_random_headers_raise_only_pipe_error(header: Any, frames: list[bytes]) -> None:
+    try:
+        decode(msgpack.packb(header), list(frames))
+    except PipeError:
+        pass
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from([cls.VERB.value for cls in pm.ALL_MESSAGES]),
+       st.lists(_msgpack_values, max_size=12), st.lists(st.binary(max_size=8), max_size=3))
+def test_a_known_verb_with_random_fields_raises_only_pipe_error(
+        verb: str, fields: list[Any], frames: list[bytes]) -> None:
+    head = msgpack.packb([verb, *fields])
+    try:
+        message = decode(head, list(frames))
+    except PipeError:
+        return
+    assert message.VERB == verb  # what decodes is a valid message of that type
+    again, _ = encode(message)  # (compared packed: a NaN is not equal to itself)
+    assert msgpack.packb(msgpack.unpackb(again, raw=False)) == head
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64), st.lists(st.binary(max_size=8), max_size=3))
+def test_random_header_bytes_on_the_pipe_raise_only_pipe_error(head: bytes,
+                                                              frames: list[bytes]) -> None:
+    left, right = pair()
+    try:
+        _raw(left.sock, head, frames)
+        try:
+            right.recv()
+        except PipeError:
+            pass
+        assert not right.buffered()  # (the whole message was read)
+    finally:
+        left.close()
+        right.close()
+
+
+class _Core:
+    """What ``Executors`` hands the core when an executor dies or says it skipped a task,
+    recorded."""
+
+    def __init__(self) -> None:
+        self.died: list[int] = []
+        self.skipped: list[int] = []
+
+    def running(self, ex_id: int) -> None:
+        return None
+
+    def handle(self, event: Any, now: float) -> list[Any]:
+        from distrib.worker._events import ExecutorDied, TaskSkipped
+
+        if isinstance(event, ExecutorDied):
+            self.died.append(event.ex_id)
+        elif isinstance(event, TaskSkipped):
+            self.skipped.append(event.key)
+        return []
+
+
+@pytest.mark.parametrize("head, frames", [
+    (msgpack.packb(["done", 7, "ok"]), [b"x"]),  # a field short
+    (msgpack.packb(["call", 7, 3, "f", [], 0, 0, None, [], "", "g"]), [b"c"]),  # no threads
+    (msgpack.packb(["out", 7, "1", "text"]), []),  # a wrong type
+    (msgpack.packb(["hello"]), []),  # an unknown verb
+    (msgpack.packb(["skip", 7]), []),  # one only the daemon sends
+    (b"\xc1", []),  # not msgpack
+])
+def test_the_daemon_stops_an_executor_that_sends_a_malformed_message(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, head: bytes,
+        frames: list[bytes]) -> None:
+    from distrib.worker import _pool
+    from distrib.worker._executors import Executors
+    from distrib.worker._memory import MemoryWatch
+    from distrib.worker._pool import ExecutorProcess
+
+    monkeypatch.setattr(_pool, "become_subreaper", lambda: False)  # (not the test process)
+    core = _Core()
+    applied: list[list[Any]] = []
+    executors = Executors("w", tmp_path, 0, core,  # type: ignore[arg-type]
+                          MemoryWatch(), applied.append)
+    ours, theirs = socket.socketpair()
+    proc = executors.procs[1] = ExecutorProcess(Pipe(ours), tmp_path)
+    executor_end = Pipe(theirs)
+    executor_end.send(pm.Skipped(5))  # (a well-formed message first: acted on)
+    _raw(theirs, head, frames)
+    executors.on_readable({proc.fileno(): 1})
+    assert core.skipped == [5] and core.died == [1]
+    theirs.close()
+    ours.close()

@@ -11,6 +11,7 @@ import pytest
 
 from distrib.worker import _pool
 from distrib.wire._pipe import Pipe
+from distrib.wire._pipe_messages import Skip
 from distrib.worker._pool import ExecutorProcess, Recipe, Template
 
 
@@ -32,7 +33,7 @@ def test_an_unanswered_fork_leaves_the_late_executor_a_closed_socket(
         assert late.recv(1) == b""
         # while the executor started instead gets a socket of its own.
         assert ex.theirs is not None and ex.theirs is not theirs
-        ex.pipe.send(["hello"])
+        ex.pipe.send(Skip(1))
         ex.theirs.settimeout(30)
         assert ex.theirs.recv(64)
         late.close()

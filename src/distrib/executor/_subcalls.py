@@ -20,7 +20,8 @@ from typing import Any
 from distrib import _serialize
 from distrib._errors import SerializationError
 from distrib._response import Response
-from distrib.wire._pipe import Pipe, Verb
+from distrib.wire import _pipe_messages as pm
+from distrib.wire._pipe import Pipe
 
 channel: Channel | None = None  # in an executor: its channel to the daemon
 
@@ -43,22 +44,22 @@ class Channel:
         self._children: dict[int, Call] = {}
         self._next = 0
         self._waits = 0  # threads of the running task waiting for its calls
-        self._later: deque[list[Any]] = deque()  # the reader's sends, when the pipe was busy
+        self._later: deque[pm.PipeMessage] = deque()  # the reader's sends held back
         self._outcomes: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self.pid = os.getpid()  # (a process the task forked shares the pipe: not its own)
         self.on_first_call: Callable[[], None] = lambda: None  # (outcomes must be read now)
         self._settler: threading.Thread | None = None
 
-    def send(self, header: list[Any], frames: list[Any] | tuple[Any, ...] = ()) -> None:
+    def send(self, message: pm.PipeMessage) -> None:
         with self.lock:
-            self.pipe.send(header, list(frames))
+            self.pipe.send(message)
             while self._later:
                 self.pipe.send(self._later.popleft())
 
-    def send_soon(self, header: list[Any]) -> None:
+    def send_soon(self, message: pm.PipeMessage) -> None:
         """Send a small message now if the pipe is free, else right after the send in
         progress (for the reader thread, which must not wait for one)."""
-        self._later.append(header)
+        self._later.append(message)
         if self.lock.acquire(blocking=False):
             try:
                 while self._later:
@@ -94,9 +95,9 @@ class Channel:
                     self._settler = threading.Thread(target=self._settle_all,
                                                      name="distrib-calls", daemon=True)
                     self._settler.start()
-        self.send([Verb.CALL, key, child, fn.__qualname__, list(opts.platform), opts.threads,
-                   opts.retries, opts.timeout, list(opts.outputs), opts.redistribution or "",
-                   self.caller], frames)
+        self.send(pm.Call(key, child, fn.__qualname__, list(opts.platform), opts.threads,
+                          opts.retries, opts.timeout, list(opts.outputs),
+                          opts.redistribution or "", self.caller, tuple(frames)))
         return response
 
     def outcome(self, key: int, child: int, status: str, info: dict[str, str],
@@ -133,7 +134,7 @@ class Channel:
         with self._state:
             gone = key == self.key and self._children.pop(child, None) is not None
         if gone:
-            self.send([Verb.CANCEL_CHILD, key, child])
+            self.send(pm.CancelChild(key, child))
 
     def waiting(self, key: int, delta: int) -> None:
         """A thread of the running task starts (+1) or stops (-1) waiting for its calls: the
@@ -142,10 +143,10 @@ class Channel:
             if key != self.key or (delta < 0 and self._waits == 0):
                 return
             self._waits += delta
-            say = Verb.PARK if self._waits == 1 and delta > 0 else \
-                Verb.UNPARK if self._waits == 0 else None
+            say = pm.Park(key) if self._waits == 1 and delta > 0 else \
+                pm.Unpark(key) if self._waits == 0 else None
         if say is not None:
-            self.send([say, key])
+            self.send(say)
 
 
 class Parking(Response[Any]):

@@ -1,7 +1,7 @@
 """What runs inside an executor process: import the environment, then run tasks one by one.
 
 Started by the daemon as ``python -m distrib.executor._tasks FD ENV MAIN RUNS VENV``, talking
-over the socket ``FD``; the messages are ``_pipe.Verb``'s. ``VENV`` is the built Python
+over the socket ``FD`` in the messages of ``wire._pipe_messages``. ``VENV`` is the built Python
 environment it runs in, or empty for the daemon's own.
 """
 
@@ -20,7 +20,6 @@ import struct
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pathspec
 
 from distrib import _runtime, _serialize, _shared, _shm
@@ -28,7 +27,9 @@ from distrib.wire._limits import MAX_FILE_BYTES
 from distrib._errors import SerializationError
 from distrib.wire._messages import Outcome, payload_size
 from distrib.executor import _isolation, _objects, _subcalls
-from distrib.wire._pipe import NICE_VAR, THREAD_VARS, Pipe, Verb
+from distrib.wire._pipe import NICE_VAR, THREAD_VARS, Pipe, PipeError, decode
+from distrib.wire._pipe_messages import (
+    Become, ChildOutcome, Context, Done, EnvError, NoFork, Out, Ready, Run, Skip, Skipped)
 
 
 class _Forward(io.TextIOBase):
@@ -57,7 +58,7 @@ class _Forward(io.TextIOBase):
         data = "".join(self._buf)
         cut = len(data) if everything else data.rfind("\n") + 1
         if cut:
-            self._pipe.send([Verb.OUT, self.key, self._stream, data[:cut]])
+            self._pipe.send(Out(self.key, self._stream, data[:cut]))
         self._buf = [data[cut:]] if data[cut:] else []
 
 
@@ -114,7 +115,7 @@ class _Inbox:
 
     def __init__(self, pipe: Pipe, channel: _subcalls.Channel) -> None:
         self.pipe, self.channel = pipe, channel
-        self.waiting: dict[int, tuple[list[Any], list[Any]]] = {}  # received, not started
+        self.waiting: dict[int, Run] = {}  # received, not started
         self.closed = False
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -129,7 +130,7 @@ class _Inbox:
                                                 daemon=True)
                 self._thread.start()
 
-    def next(self) -> tuple[int, list[Any], list[Any]] | None:
+    def next(self) -> Run | None:
         """The next task to run (waits for one); None once the daemon closed the pipe."""
         if self._thread is None:
             try:
@@ -142,9 +143,7 @@ class _Inbox:
                 self._cond.wait()
             if not self.waiting:
                 return None
-            key = next(iter(self.waiting))
-            frames, extras = self.waiting.pop(key)
-            return key, frames, extras
+            return self.waiting.pop(next(iter(self.waiting)))
 
     def _read(self) -> None:
         try:
@@ -157,19 +156,23 @@ class _Inbox:
             self._cond.notify()
 
     def _take(self) -> None:
-        """Read and act on one message."""
-        header, frames = self.pipe.recv()
-        if header[0] == Verb.RUN:
+        """Read and act on one message (one it does not expect is ignored)."""
+        try:
+            message = self.pipe.recv()
+        except PipeError:
+            return
+        if isinstance(message, Run):
             with self._cond:
-                self.waiting[header[1]] = (frames, header[2:])
+                self.waiting[message.key] = message
                 self._cond.notify()
-        elif header[0] == Verb.SKIP:
+        elif isinstance(message, Skip):
             with self._cond:
-                skipped = self.waiting.pop(header[1], None) is not None
+                skipped = self.waiting.pop(message.key, None) is not None
             if skipped:
-                self.channel.send_soon([Verb.SKIPPED, header[1]])
-        elif header[0] == Verb.CHILD and len(header) == 5:
-            self.channel.outcome(header[1], header[2], header[3], dict(header[4]), frames)
+                self.channel.send_soon(Skipped(message.key))
+        elif isinstance(message, ChildOutcome):
+            self.channel.outcome(message.key, message.child, message.status, message.info,
+                                 list(message.frames))
 
 
 def _error_outcome(exc: BaseException) -> tuple[Outcome, dict[str, str], list[Any]]:
@@ -220,17 +223,16 @@ def _zygote(fd: int) -> None:
     control = socket.socket(fileno=fd)
     try:  # (its one message, small, sent with one call)
         data, fds, _, _ = socket.recv_fds(control, 1 << 16, 1)
-        message = msgpack.unpackb(data) if data else None
-    except (OSError, ValueError):
+        message = decode(data, []) if data else None
+    except (OSError, ValueError, PipeError):
         return
     finally:
         control.close()
-    if not message or message[0] != Verb.BECOME or not fds:
+    if not isinstance(message, Become) or not fds:
         return  # the daemon closed its end: not needed
-    _, mode, variables, cwd, arguments = message
-    os.environ.update(variables)
-    os.chdir(cwd)
-    main([*mode, str(fds[0]), *arguments])
+    os.environ.update(message.variables)
+    os.chdir(message.cwd)
+    main([*message.mode, str(fds[0]), *message.arguments])
 
 
 def _no_bytecode_in_tree(isolation: _isolation.Overlay | _isolation.Copies) -> None:
@@ -244,12 +246,15 @@ def _no_bytecode_in_tree(isolation: _isolation.Overlay | _isolation.Copies) -> N
 def _prepare(pipe: Pipe, env: Path, main_script: str) -> list[str] | None:
     """Take the Main's context and import its main script; None (said to the daemon) if the
     import raised, else the modules to import ahead (for a template)."""
-    header, _ = pipe.recv()  # [CONTEXT, argv, variables], before any user code runs
-    if header[0] != Verb.CONTEXT:
-        raise SystemExit(f"executor: expected the Main's context first, got {header[0]!r}")
-    argv, forwarded = header[1], header[2]
-    sys.argv = argv or [str(env / main_script)]
-    os.environ.update({k: v for k, v in forwarded.items() if k not in THREAD_VARS})
+    try:
+        context = pipe.recv()  # before any user code runs
+    except PipeError as exc:
+        raise SystemExit(f"executor: expected the Main's context first: {exc}") from None
+    if not isinstance(context, Context):
+        raise SystemExit("executor: expected the Main's context first, got "
+                         f"{context.VERB.value!r}")
+    sys.argv = context.argv or [str(env / main_script)]
+    os.environ.update({k: v for k, v in context.variables.items() if k not in THREAD_VARS})
     # Calls made inside tasks pickle the workspace's functions (the script's too) by name,
     # as the Main does: they resolve wherever the workspace is.
     _runtime.shipped_root, _runtime.main_shipped = os.path.realpath(env), bool(main_script)
@@ -258,12 +263,12 @@ def _prepare(pipe: Pipe, env: Path, main_script: str) -> list[str] | None:
             _import_main(env, main_script)
         _runtime.mode = _runtime.Mode.WORKER_TASK
     except BaseException as exc:  # anything the script raised while importing
-        pipe.send([Verb.ENV_ERROR, _serialize.error_info(exc)], _serialize.dumps_error(exc))
+        pipe.send(EnvError(_serialize.error_info(exc), tuple(_serialize.dumps_error(exc))))
         pipe.close()
         return None
     global _max_payload
-    _max_payload = int(header[4]) if len(header) > 4 else 0
-    return list(header[3]) if len(header) > 3 else []
+    _max_payload = context.max_payload
+    return context.preload
 
 
 def _template(argv: list[str]) -> None:
@@ -290,12 +295,12 @@ def _template(argv: list[str]) -> None:
             pass
     threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1
     if threads > 1 or threading.active_count() > 1 or pipe.buffered():
-        pipe.send([Verb.NOFORK, f"importing the workspace started {threads - 1} thread(s), "
-                                "and a fork copies only one"])
+        pipe.send(NoFork(f"importing the workspace started {threads - 1} thread(s), and a "
+                         "fork copies only one"))
         return
     daemon = os.getppid()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # intermediates are reaped as they exit
-    pipe.send([Verb.READY, isolation.kind])
+    pipe.send(Ready(isolation.kind))
     while True:
         asked = _asked_forks(control)
         if not asked:
@@ -379,16 +384,16 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
     out, err = _Forward(pipe, lock, 1), _Forward(pipe, lock, 2)
     channel = _subcalls.channel = _subcalls.Channel(pipe, lock)
     _shared.load_frames = _objects.load  # (the calls' shared objects: this task's Main's)
-    pipe.send([Verb.READY, isolation.kind])
+    pipe.send(Ready(isolation.kind))
     real_out, real_err = sys.stdout, sys.stderr
     inbox = _Inbox(pipe, channel)
     while True:
         task = inbox.next()
         if task is None:
             return
-        key, frames, (objects, shm, shm_pid) = task
+        key, frames, shm, shm_pid = task.key, list(task.frames), task.shm, task.results_to
         channel.start(key)
-        _objects.current = Path(objects) if objects else None
+        _objects.current = Path(task.objects) if task.objects else None
         in_shm: dict[str, int] = {}
         out.key = err.key = key
         sys.stdout, sys.stderr = out, err
@@ -426,7 +431,7 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
             err.flush()
             sys.stdout, sys.stderr = real_out, real_err
             channel.task_ended()
-        channel.send([Verb.DONE, key, status, info, in_shm], payload)
+        channel.send(Done(key, status, info, in_shm, tuple(payload)))
 
 
 if __name__ == "__main__":

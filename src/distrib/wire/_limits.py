@@ -36,6 +36,8 @@ OUTPUT_CHUNK = 256 << 10  # characters of task output per Output message (<= 1 M
 
 PIPE_MAX_FRAMES = 1 << 16
 PIPE_MAX_HEADER = 64 << 20
+PIPE_MAX_PLATFORMS = 64  # platforms one call made in a task may name
+PIPE_MAX_OUTPUTS = 256  # and output globs
 
 # --- workspaces ------------------------------------------------------------------------------
 

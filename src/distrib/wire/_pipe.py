@@ -1,26 +1,38 @@
 """Messages between the daemon and an executor over a socketpair, with few syscalls and copies.
 
-A message is a msgpack header (a list) and zero or more payload frames. On the wire:
+A message (``_pipe_messages``) travels as a msgpack header (a list: its verb, then its fields)
+and zero or more payload frames. On the wire:
 
     <u32 header length> <u32 frame count> <u64 length per frame> <header> <frames...>
 
 sent with one ``sendmsg`` (scatter-gather: frames are not joined first; several messages can
 share the call) and read through a 64 KiB buffer, so a burst of small messages costs one read.
 Large frames are received straight into buffers sized in advance: they move once each way.
+
+``encode`` and ``decode`` turn a message into its header's bytes and frames and back. msgspec
+does both in C, from the messages' declared types: ``decode`` checks the verb, the field count,
+every field's type and bound as it builds the message, and raises only ``PipeError``, which
+names the message and the field at fault. An executor of another Python version has no msgspec
+(the worker's is compiled for its own Python): it uses ``_pipe_plain``, the same bytes.
 """
 
 from __future__ import annotations
 
 import enum
+import operator
+import re
 import select
 import socket
 import struct
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import msgpack
-
+from distrib._errors import ProtocolError
+from distrib.wire import _pipe_messages as pm
+from distrib.wire import _pipe_plain
 from distrib.wire._limits import PIPE_MAX_FRAMES, PIPE_MAX_HEADER
+from distrib.wire._pipe_messages import PipeMessage
 
 # The environment an executor starts with: thread counts of the task's libraries, and the
 # niceness it takes first thing (and drops from its environment).
@@ -37,34 +49,132 @@ _PREFIX = struct.Struct("<II")
 _CHUNK = 1 << 16
 
 
-class Verb(enum.StrEnum):
-    """The first field of every message on an executor's pipe."""
+class PipeError(ProtocolError):
+    """A message on an executor's pipe does not follow its protocol (the pipe's framing is
+    intact: the next message can be read)."""
 
-    # daemon -> executor
-    CONTEXT = "context"  # [CONTEXT, argv, variables]: first, the Main's sys.argv and variables
-    # daemon -> zygote (an interpreter started ahead; see _pool.Zygote)
-    BECOME = "become"  # [BECOME, mode, variables, cwd, arguments] + its socket
-    RUN = "run"  # [RUN, key, objects, shm, pid] + call frames: run this task (several may
-    # wait, in order); objects: the folder of its Main's shared objects, or ""; shm: its call
-    # frames in /dev/shm (name -> index); pid: put large result frames in /dev/shm as that
-    # Main's (0: do not)
-    SKIP = "skip"  # [SKIP, key]: drop that task if it has not started
-    CHILD = "child"  # [CHILD, key, child, status, record] + result or error frames: how the
-    # call ``child`` of the running task ``key`` ended ("ok" or "error")
-    # executor -> daemon
-    READY = "ready"  # [READY, isolation]: the environment is imported ("overlay" or "copy")
-    NOFORK = "nofork"  # [NOFORK, why]: a template that cannot fork executors safely
-    SKIPPED = "skipped"  # [SKIPPED, key]: dropped, never started
-    ENV_ERROR = "env_error"  # [ENV_ERROR, record] + error frames: the import failed; it exits
-    OUT = "out"  # [OUT, key, stream, text]: a task's output line(s)
-    DONE = "done"  # [DONE, key, outcome, record, shm] + result or error frames (shm: result
-    # frames in /dev/shm)
-    CALL = "call"  # [CALL, key, child, name, platforms, threads, retries, timeout, outputs,
-    # redistribution ("": its Main's), the task's function] + call frames: the running task
-    # called a @distributed function (its Main, or this worker, places the call)
-    CANCEL_CHILD = "cancel_child"  # [CANCEL_CHILD, key, child]: it cancelled that call
-    PARK = "park"  # [PARK, key]: it waits for its calls (its slots may go to other tasks)
-    UNPARK = "unpark"  # [UNPARK, key]: it goes on
+
+try:
+    import msgspec
+except ImportError:  # an executor of another Python version (see _pipe_plain)
+    msgspec = None  # type: ignore[assignment]
+
+
+def _one_field(name: str) -> Callable[[Any], tuple[Any, ...]]:
+    """The getter of one field, as a tuple (``attrgetter`` of one name gives the value)."""
+    get = operator.attrgetter(name)
+    return lambda message: (get(message),)
+
+
+# A message with a payload is encoded as a tuple of its verb and header fields (its frames
+# left out); any other is its struct as it is.
+_HEADS: dict[type[PipeMessage], tuple[str, Callable[[Any], tuple[Any, ...]]]] = {}
+# Each message type's header fields, by verb, for explaining what does not decode.
+_FIELDS: dict[str, tuple[type[PipeMessage], tuple[str, ...]]] = {}
+for _cls in pm.ALL_MESSAGES:
+    _names = tuple(name for name in _cls.__struct_fields__ if name != "frames")
+    _FIELDS[_cls.VERB.value] = _cls, _names
+    if "frames" in _cls.__struct_fields__:
+        _HEADS[_cls] = _cls.VERB.value, (
+            operator.attrgetter(*_names) if len(_names) > 1 else _one_field(_names[0]))
+del _cls, _names
+
+
+if msgspec is not None:
+    _ENCODER = msgspec.msgpack.Encoder()
+    _DECODER = msgspec.msgpack.Decoder(PipeMessage)
+    _set_frames = msgspec.structs.force_setattr  # (on a message just decoded, seen by none)
+
+    def encode(message: PipeMessage) -> tuple[bytes, Sequence[Any]]:
+        """The msgpack header and the payload frames of ``message``."""
+        head = _HEADS.get(type(message))
+        if head is None:
+            return _ENCODER.encode(message), ()
+        verb, fields = head
+        frames = message.frames  # type: ignore[union-attr]
+        return _ENCODER.encode((verb, *fields(message))), frames
+
+    def decode(head: bytes | bytearray, frames: list[Any]) -> PipeMessage:
+        """The message of a msgpack ``head`` and its ``frames``; ``PipeError`` if they do not
+        make one (whatever they are)."""
+        try:
+            message: PipeMessage = _DECODER.decode(head)
+        except msgspec.ValidationError as exc:
+            raise PipeError(_explain(head, str(exc))) from None
+        except msgspec.DecodeError as exc:
+            raise PipeError(f"the header is not valid msgpack: {exc}") from None
+        if frames:
+            if type(message) not in _HEADS:
+                raise PipeError(f"{type(message).__name__}: expected no payload, got "
+                                f"{len(frames)} frames")
+            _set_frames(message, "frames", tuple(frames))
+        return message
+else:
+    _VERBS = {cls.VERB.value: cls for cls in pm.ALL_MESSAGES}
+
+    def encode(message: PipeMessage) -> tuple[bytes, Sequence[Any]]:
+        """The msgpack header and the payload frames of ``message``."""
+        return _pipe_plain.encode(message)
+
+    def decode(head: bytes | bytearray, frames: list[Any]) -> PipeMessage:
+        """The message of a msgpack ``head`` and its ``frames``; ``PipeError`` if they do not
+        make one."""
+        try:
+            message: PipeMessage = _pipe_plain.decode(_VERBS, head, frames)
+        except (ValueError, TypeError) as exc:
+            raise PipeError(str(exc)) from None
+        return message
+
+
+# --- why a header does not decode (off the hot path: only for the error's text) ---------------
+
+_AT = re.compile(r"(?P<problem>.*) - at (?P<key>`key` in )?`\$\[(?P<index>\d+)\](?P<rest>.*)`",
+                 re.DOTALL)
+_MISMATCH = re.compile(r"Expected `[^`]*`, got `")
+_WANT: dict[Any, str] = {
+    int: "int", str: "str", list[str]: "a list of str", dict[str, str]: "a map of str to str",
+    dict[str, int]: "a map of str to int", float | int | None: "a number or nil",
+}
+
+
+def _explain(head: bytes | bytearray, error: str) -> str:
+    """What is wrong with a header that is valid msgpack but not a message, naming the
+    message type and field (msgspec's ``error`` names a position in the list)."""
+    try:
+        header = msgspec.msgpack.decode(head)
+    except msgspec.MsgspecError:  # (a map key of a type no dict takes)
+        return f"the header does not make a message: {error}"
+    if type(header) is not list or not header:
+        return "the header is not a non-empty list"
+    verb = header[0]
+    found = _FIELDS.get(verb) if type(verb) is str else None
+    if found is None:
+        return f"unknown verb {verb!r}"
+    cls, names = found
+    label = cls.__name__
+    if len(header) - 1 != len(names):
+        return f"{label}: expected {len(names)} fields, got {len(header) - 1}"
+    at = _AT.fullmatch(error)
+    if at is None or not 1 <= int(at["index"]) <= len(names):
+        return f"{label}: {error}"
+    index = int(at["index"])
+    field, value = names[index - 1], header[index]
+    rest = f"{at['rest']} key".lstrip() if at["key"] else at["rest"]
+    problem = at["problem"].replace("`", "").replace("array", "list").replace("object", "map")
+    problem = problem[:1].lower() + problem[1:]
+    hint = typing.get_type_hints(cls)[field]
+    if (isinstance(hint, type) and issubclass(hint, enum.Enum)
+            or "matching regex" in at["problem"]):
+        return f"{label}: unknown {field} {value!r}"
+    want = _WANT.get(hint)
+    if want is None:
+        return f"{label}: {problem} (field {field}{rest})"
+    if rest:  # (inside a list or map)
+        return f"{label}: expected {want} (field {field}, at {rest}: {problem})"
+    if _MISMATCH.match(at["problem"]):
+        got = "nil" if value is None else type(value).__name__
+        return f"{label}: expected {want}, got {got} (field {field})"
+    return f"{label}: {field} out of range: {problem}"
 
 
 class Pipe:
@@ -90,16 +200,17 @@ class Pipe:
         """Whether a message (or the peer's closing) is waiting to be read."""
         return self.buffered() or bool(select.select([self.sock], [], [], 0)[0])
 
-    def send(self, header: list[Any], frames: Sequence[Any] = ()) -> None:
+    def send(self, message: PipeMessage) -> None:
         """Send one message; blocks until the kernel has taken all of it."""
-        self.send_many([(header, frames)])
+        self.send_many((message,))
 
-    def send_many(self, messages: Sequence[tuple[list[Any], Sequence[Any]]]) -> None:
+    def send_many(self, messages: Sequence[PipeMessage]) -> None:
         """Send several messages with one system call (when the kernel takes them at once)."""
         parts: list[Any] = []
-        for header, frames in messages:
-            head = msgpack.packb(header)
-            views = [memoryview(f).cast("B") for f in frames]
+        for message in messages:
+            head, frames = encode(message)
+            views = [memoryview(f.buffer if hasattr(f, "buffer") else f).cast("B")
+                     for f in frames]  # (a zmq frame lends its bytes through .buffer)
             parts += [_PREFIX.pack(len(head), len(views)),
                       struct.pack(f"<{len(views)}Q", *(v.nbytes for v in views)), head, *views]
         total = sum(memoryview(p).nbytes for p in parts)
@@ -116,16 +227,16 @@ class Pipe:
             self.sock.sendall(view[sent:])
             sent = 0
 
-    def recv(self) -> tuple[list[Any], list[Any]]:
-        """One message: (header, frames). ``EOFError`` if the peer is gone or breaks framing."""
+    def recv(self) -> PipeMessage:
+        """One message. ``EOFError`` if the peer is gone or breaks framing; ``PipeError`` if
+        the message is malformed (it was read whole: the next one can be)."""
         head_len, count = _PREFIX.unpack(self._read(_PREFIX.size))
         if count > PIPE_MAX_FRAMES or head_len > PIPE_MAX_HEADER:
             raise EOFError("malformed message on an executor pipe")
         sizes = struct.unpack(f"<{count}Q", self._read(8 * count)) if count else ()
-        header = msgpack.unpackb(self._read(head_len), raw=False)
-        if not isinstance(header, list) or not header:
-            raise EOFError("malformed message on an executor pipe")
-        return header, [self._read(size) for size in sizes]
+        head = self._read(head_len)
+        frames = [self._read(size) for size in sizes]
+        return decode(head, frames)
 
     def _read(self, size: int) -> bytearray:
         out = bytearray(size)

@@ -31,6 +31,7 @@ from distrib.wire import _facts, _transport
 from distrib.wire import _messages as m
 from distrib.wire._limits import MAX_MESSAGE_BYTES
 from distrib.wire._messages import Outcome, RefusalCode
+from distrib.wire._pipe_messages import Run
 from distrib.worker._core import Core
 from distrib.worker._direct import LOCAL
 from distrib.worker._events import (
@@ -301,8 +302,7 @@ class Daemon:
                     continue  # (stopped by an action before this one)
                 try:
                     if isinstance(action, Send):
-                        proc.run([(run.key, run.task.frames, self._run_extras(run.task))
-                                  for run in action.runs])
+                        proc.run([self._run(run.key, run.task) for run in action.runs])
                     else:
                         proc.skip(action.key)
                 except OSError as exc:
@@ -330,13 +330,14 @@ class Daemon:
             log.info("worker %s drained: its running tasks are done; leaving", self.name)
             self._stop = True
 
-    def _run_extras(self, task: QueuedTask) -> list[Any]:
-        """What an executor needs besides a task's frames: its Main's folder of shared
-        objects, its frames in /dev/shm, and whose /dev/shm takes large result frames."""
+    def _run(self, key: int, task: QueuedTask) -> Run:
+        """What an executor needs to run ``task`` (as ``key``): besides its frames, its
+        Main's folder of shared objects, its frames in /dev/shm, and whose /dev/shm takes
+        large result frames."""
         main = self.mains.get(task.peer)
         results_to = main.pid if main is not None and main.shm and not task.reply else 0
-        return [str(self.objects.where(task.peer)) if task.objects else "", task.shm,
-                results_to]
+        return Run(key, str(self.objects.where(task.peer)) if task.objects else "",
+                   task.shm or {}, results_to, tuple(task.frames))
 
     def _report(self, task: QueuedTask, outcome: Outcome, info: dict[str, str],
                 frames: list[Any], shm: dict[str, int] | None = None) -> None:

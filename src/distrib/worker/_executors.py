@@ -19,8 +19,9 @@ from typing import Any
 import psutil
 
 from distrib._logs import RateLimited
-from distrib.wire._messages import Outcome
-from distrib.wire._pipe import Verb
+from distrib.wire._pipe import PipeError
+from distrib.wire._pipe_messages import (
+    Call, CancelChild, Done, EnvError, NoFork, Out, Park, Ready, Skipped, Unpark)
 from distrib.wire._record import ErrorRecord
 from distrib.worker import _pool
 from distrib.worker._core import Core
@@ -41,7 +42,6 @@ from distrib.worker._pool import ExecutorProcess, Recipe, Template, Zygote
 log = logging.getLogger("distrib.worker")
 peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
 
-_OUTCOMES = {outcome.value: outcome for outcome in Outcome}
 ZYGOTE_DEATHS = 5  # interpreters started ahead that die unused before no more are started
 
 Apply = Callable[[list[Action]], None]
@@ -64,7 +64,7 @@ class Executors:
         self.apply = apply
         # What executors ask of the rest of the daemon (set once it is all built):
         self.builds: Callable[[], set[int]] = set  # environment builds (children, not strays)
-        self.on_call: Callable[[int, list[Any], list[Any]], None] = _ignore  # a call they made
+        self.on_call: Callable[[int, Call], None] = _ignore  # a call they made
         self.on_output: Callable[[int, int, str], None] = _ignore  # a task's output
         self.on_cancel_child: Callable[[int, int, int], None] = _ignore  # a call they cancel
         self.procs: dict[int, ExecutorProcess] = {}
@@ -172,17 +172,17 @@ class Executors:
         """A template finished importing its environment: fork the executors waiting for it
         (or, if it cannot, spawn them)."""
         try:
-            header, _ = template.control.recv()
-        except (EOFError, OSError, ValueError):
-            header = ["died"]
-        if header[0] == Verb.READY:
+            message = template.control.recv()
+        except (EOFError, OSError, ValueError, PipeError):
+            message = None  # (it died, or broke the protocol: as good as dead)
+        if isinstance(message, Ready):
             template.ready = True
             self._fork(key, template)
             return None
-        if header[0] == Verb.NOFORK and key not in self._no_fork:
+        if isinstance(message, NoFork) and key not in self._no_fork:
             self._no_fork.add(key)
             peer_log.warning("executors of environment %s are spawned one by one (each "
-                             "imports it): %s", key.dist[:12], header[1])
+                             "imports it): %s", key.dist[:12], message.why)
         # (an import that raised: each executor imports again and says so itself)
         self.drop_template(key)
         return self._spawn_waiting(template)
@@ -230,33 +230,41 @@ class Executors:
 
     def _on_executor(self, ex_id: int, proc: ExecutorProcess) -> None:
         try:
-            header, frames = proc.read()
+            message = proc.read()
+        except PipeError as exc:
+            log.warning("executor %d sent a malformed message (%s); stopping it", proc.pid, exc)
+            self.apply(self.died(ex_id))
+            return
         except (EOFError, OSError, ValueError) as exc:
             log.debug("executor %d: %s", proc.pid, exc, exc_info=True)
             self.apply(self.died(ex_id))
             return
-        verb, now = header[0], time.monotonic()
-        if verb == Verb.READY and len(header) == 2:
-            self._note_isolation(str(header[1]))
+        now = time.monotonic()
+        if isinstance(message, Done):
+            self.apply(self.core.handle(TaskDone(ex_id, message.key, message.outcome,
+                                                 message.info, list(message.frames),
+                                                 message.shm), now))
+        elif isinstance(message, Out):
+            self.on_output(ex_id, message.stream, message.text)
+        elif isinstance(message, Ready):
+            self._note_isolation(message.isolation)
             self.apply(self.core.handle(ExecutorReady(ex_id), now))
-        elif verb == Verb.OUT and len(header) == 4:
-            self.on_output(ex_id, int(header[2]), str(header[3]))
-        elif verb == Verb.DONE and len(header) == 5 and header[2] in _OUTCOMES:
-            self.apply(self.core.handle(TaskDone(ex_id, header[1], _OUTCOMES[header[2]],
-                                                 header[3], frames, header[4]), now))
-        elif verb == Verb.SKIPPED and len(header) == 2:
-            self.apply(self.core.handle(TaskSkipped(ex_id, header[1]), now))
-        elif verb == Verb.ENV_ERROR and len(header) == 2:
-            self.apply(self.core.handle(ExecutorEnvError(ex_id, dict(header[1]), frames), now))
-        elif verb == Verb.CALL and len(header) == 11:
-            self.on_call(ex_id, header, frames)
-        elif verb in (Verb.PARK, Verb.UNPARK) and len(header) == 2:
-            self.apply(self.core.handle(TaskParked(ex_id, header[1]) if verb == Verb.PARK
-                                        else TaskResumed(ex_id, header[1]), now))
-        elif verb == Verb.CANCEL_CHILD and len(header) == 3:
-            self.on_cancel_child(ex_id, header[1], header[2])
-        else:
-            log.warning("executor %d sent an unexpected %r; stopping it", proc.pid, verb)
+        elif isinstance(message, Skipped):
+            self.apply(self.core.handle(TaskSkipped(ex_id, message.key), now))
+        elif isinstance(message, EnvError):
+            self.apply(self.core.handle(ExecutorEnvError(ex_id, message.info,
+                                                         list(message.frames)), now))
+        elif isinstance(message, Call):
+            self.on_call(ex_id, message)
+        elif isinstance(message, (Park, Unpark)):
+            self.apply(self.core.handle(TaskParked(ex_id, message.key)
+                                        if isinstance(message, Park)
+                                        else TaskResumed(ex_id, message.key), now))
+        elif isinstance(message, CancelChild):
+            self.on_cancel_child(ex_id, message.key, message.child)
+        else:  # (a message only the daemon sends)
+            log.warning("executor %d sent an unexpected %r; stopping it", proc.pid,
+                        message.VERB.value)
             self.apply(self.died(ex_id))
 
     def _note_isolation(self, kind: str) -> None:

@@ -30,11 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 from distrib._process import exists, wait_exit
 from distrib._scratch import remove_tree
-from distrib.wire._pipe import NICE_VAR, THREAD_VARS, Pipe, Verb
+from distrib.wire._pipe import NICE_VAR, THREAD_VARS, Pipe, encode
+from distrib.wire._pipe_messages import Become, ChildOutcome, Context, PipeMessage, Run, Skip
 
 log = logging.getLogger("distrib.worker")
 
@@ -107,13 +106,9 @@ class ExecutorProcess:
         """Its exit code once it ended; None while it runs (or is not started yet)."""
         return self.proc.poll() if self.proc is not None else None
 
-    def run(self, tasks: list[tuple[int, list[Any], list[Any]]]) -> None:
-        """Hand tasks (key, call frames, [folder of their Main's shared objects or "", call
-        frames in /dev/shm, pid of the Main whose /dev/shm takes large result frames or 0]) to
-        this executor, which runs them in order."""
-        self.pipe.send_many([([Verb.RUN, key, *more], [f.buffer if hasattr(f, "buffer") else f
-                                                      for f in frames])
-                             for key, frames, more in tasks])
+    def run(self, tasks: list[Run]) -> None:
+        """Hand tasks to this executor, which runs them in order."""
+        self.pipe.send_many(tasks)
 
     def renew(self) -> None:
         """A new socketpair for a process not attached yet: a template that did not answer
@@ -128,15 +123,14 @@ class ExecutorProcess:
     def child(self, key: int, child: int, status: str, info: dict[str, str],
               frames: list[Any]) -> None:
         """How call ``child`` of the running task ``key`` ended."""
-        self.pipe.send([Verb.CHILD, key, child, status, info],
-                       [f.buffer if hasattr(f, "buffer") else f for f in frames])
+        self.pipe.send(ChildOutcome(key, child, status, info, tuple(frames)))
 
     def skip(self, key: int) -> None:
         """Ask the executor to drop task ``key`` if it has not started it."""
-        self.pipe.send([Verb.SKIP, key])
+        self.pipe.send(Skip(key))
 
-    def read(self) -> tuple[list[Any], list[Any]]:
-        """Read one whole message (header fields, payload). ``EOFError`` if it died."""
+    def read(self) -> PipeMessage:
+        """Read one whole message. ``EOFError`` if it died, ``PipeError`` if it is malformed."""
         return self.pipe.recv()
 
     def signal_kill(self) -> None:
@@ -233,8 +227,8 @@ class Zygote:
         try:
             if recipe.python is not None or self.proc.poll() is not None:
                 return None
-            message = msgpack.packb([Verb.BECOME, mode, recipe.variables(), str(recipe.env),
-                                     recipe.arguments()])
+            message, _ = encode(Become(mode, recipe.variables(), str(recipe.env),
+                                       recipe.arguments()))
             socket.send_fds(self._control, [message], [theirs.fileno()])
             return self.proc
         except OSError:
@@ -264,7 +258,7 @@ def spawn(recipe: Recipe, ex: ExecutorProcess) -> None:
     finally:
         ex.theirs.close()
         ex.theirs = None
-    ex.pipe.send([Verb.CONTEXT, recipe.argv, recipe.forwarded, [], recipe.max_payload])
+    ex.pipe.send(Context(recipe.argv, recipe.forwarded, [], recipe.max_payload))
 
 
 @dataclass(eq=False)
@@ -291,8 +285,8 @@ class Template:
         finally:
             theirs.close()
         template = cls(proc, Pipe(ours), recipe, last_used=now)
-        template.control.send([Verb.CONTEXT, recipe.argv, recipe.forwarded, recipe.preload,
-                               recipe.max_payload])
+        template.control.send(Context(recipe.argv, recipe.forwarded, recipe.preload,
+                                      recipe.max_payload))
         return template
 
     def fileno(self) -> int:

@@ -20,6 +20,7 @@ import zmq
 
 from distrib.wire import _facts
 from distrib.wire import _messages as m
+from distrib.wire import _pipe_messages as pm
 from distrib.wire._keys import KeyPair
 from distrib.worker._core import Core
 from distrib.worker._direct import FIRST_ID, LOCAL, Direct
@@ -51,48 +52,38 @@ class Calls:
         self.platform = _facts.platform_tag()
         self.direct = Direct(name, ctx, key, lost_after, self)
 
-    def on_call(self, ex_id: int, header: list[Any], frames: list[Any]) -> None:
+    def on_call(self, ex_id: int, call: pm.Call) -> None:
         """The running task of ``ex_id`` called a @distributed function: its Main runs it
         (relayed), or this worker places it itself (direct; ``_direct``)."""
-        _, key, child, name, platforms, threads, retries, timeout, outputs, how, caller = header
         run = self.core.running(ex_id)
-        if run is None or run.key != key:
+        if run is None or run.key != call.key:
             return  # (a task stopped meanwhile)
-        ints = (child, threads, retries)
-        if not (all(isinstance(x, int) and 0 <= x < 1 << 31 for x in ints) and threads >= 1
-                and isinstance(name, str) and isinstance(platforms, list)
-                and isinstance(outputs, list) and len(platforms) <= 64 and len(outputs) <= 256
-                and all(isinstance(x, str) for x in (*platforms, *outputs))
-                and (timeout is None or isinstance(timeout, (int, float)))
-                and how in ("", "auto", "relayed", "direct") and isinstance(caller, str)):
-            procs = self.executors.procs
-            log.warning("executor %d sent a malformed call; stopping it",
-                        procs[ex_id].pid if ex_id in procs else 0)
-            self.apply(self.executors.died(ex_id))
-            return
-        self.apply(self.core.handle(TaskCalled(ex_id, key), time.monotonic()))
+        self.apply(self.core.handle(TaskCalled(ex_id, call.key), time.monotonic()))
         task, main = run.task, self.mains.get(run.task.peer)
         if main is None or main.hello is None:
             return
-        how = self.direct.mode(how, main.hello.redistribution, bool(outputs))
+        how = self.direct.mode(call.redistribution, main.hello.redistribution,
+                               bool(call.outputs))
         # How errors name the parent: as its Main does, or (one placed by a worker) by the
         # parent's number for it, and the chain above.
         above = self.direct.children.get(task.reply_id) if task.reply == LOCAL else None
         label = above.label if above is not None else str(task.reply_id or task.task_id)
-        parent = f"{caller}#{label}" + (f", {above.chain.removeprefix('called by ')}"
-                                        if above is not None else "")
+        parent = f"{call.caller}#{label}" + (f", {above.chain.removeprefix('called by ')}"
+                                             if above is not None else "")
         if how != "relayed":
-            call = PlacedCall(next(self.direct.ids), task.peer, ex_id, key, task.task_id,
-                              child, name, f"{label}.{child}", f"called by {parent}",
-                              tuple(platforms) or ("*",), threads, retries, timeout,
-                              task.dist, task.depth + 1, list(frames), how)
-            if self.direct.place(call, time.monotonic()):
+            placed = PlacedCall(next(self.direct.ids), task.peer, ex_id, call.key, task.task_id,
+                                call.child, call.name, f"{label}.{call.child}",
+                                f"called by {parent}", tuple(call.platforms) or ("*",),
+                                call.threads, call.retries, call.timeout, task.dist,
+                                task.depth + 1, list(call.frames), how)
+            if self.direct.place(placed, time.monotonic()):
                 return
-        self.direct.relay(task.peer, ex_id, key, child, task.task_id)
-        self.send(task.peer, m.Call(task.task_id, child, name, platforms, threads,
-                                    retries, timeout, outputs, task.depth + 1,
+        self.direct.relay(task.peer, ex_id, call.key, call.child, task.task_id)
+        self.send(task.peer, m.Call(task.task_id, call.child, call.name, call.platforms,
+                                    call.threads, call.retries, call.timeout, call.outputs,
+                                    task.depth + 1,
                                     parent if task.task_id >= FIRST_ID else "",
-                                    frames=tuple(frames)))
+                                    frames=call.frames))
 
     def on_cancel_child(self, ex_id: int, key: int, number: int) -> None:
         """The running task of ``ex_id`` cancelled its call ``number``: wherever it went."""
