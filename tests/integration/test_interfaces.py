@@ -31,8 +31,8 @@ POOLS = """
                 print("ValueError", exc)
             print(list(ex.map(square, range(6), timeout=60)))
             print(list(ex.map(square, range(10), [2] * 10, chunksize=3)))
-            try:
-                list(ex.map(slow, [30], timeout=0.5))
+            try:  # (the pool waits for this call at shutdown: a sleep well past 0.5 s)
+                list(ex.map(slow, [2], timeout=0.5))
             except TimeoutError:
                 print("map timed out")
             futures = [ex.submit(slow, 0.5) for _ in range(12)]

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import PYTHON, Workspace, ended, finish, stop_process, wait_for
 from tests.integration.test_keys import keygen, keyed_worker
 
@@ -126,6 +128,9 @@ def owner_busy() -> Iterator[None]:
             stop_process(burner)
 
 
+# The worker counts every other process on the machine as its owner's load, and owner_busy()
+# loads every core: these run alone, after the rest of the suite.
+@pytest.mark.alone
 def test_when_idle_the_owners_own_load_sends_tasks_elsewhere_until_it_ends(
         workspace: Workspace, start_worker, tmp_path: Path) -> None:
     lender = start_worker(threads=2, name="lender",
@@ -153,6 +158,7 @@ def test_when_idle_the_owners_own_load_sends_tasks_elsewhere_until_it_ends(
     assert out.stdout.splitlines() == ["DONE True"], out.stderr[-3000:]
 
 
+@pytest.mark.alone  # (as above)
 def test_vacate_hands_a_running_task_back_and_it_completes_elsewhere_once(
         workspace: Workspace, start_worker, tmp_path: Path) -> None:
     lender = start_worker(threads=1, name="lender",

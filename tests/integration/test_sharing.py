@@ -183,6 +183,7 @@ SMALL_RUN = """
     """
 
 
+@pytest.mark.timeout(300)  # thirty Mains one after another: over 90 s on two loaded cores
 def test_the_cache_stays_under_its_limit_over_thirty_runs(workspace: Workspace,
                                                           start_worker) -> None:
     worker = start_worker(threads=2, extra=("--max-cache", "10M"),
@@ -195,6 +196,7 @@ def test_the_cache_stays_under_its_limit_over_thirty_runs(workspace: Workspace,
     assert disk_use(worker.cache_dir) < 20_000_000
 
 
+@pytest.mark.timeout(300)  # shipping 300 MB twice: about a minute on two loaded cores
 def test_a_small_change_to_a_large_workspace_adds_about_its_size(workspace: Workspace,
                                                                  start_worker) -> None:
     worker = start_worker(threads=2, env={"DISTRIB_MAX_MESSAGE_MB": "512"})

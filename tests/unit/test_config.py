@@ -140,7 +140,9 @@ def test_pyproject_tool_table(elsewhere: Path) -> None:
     ("[local]\nthreads = 'many'\n", r"\[local\] threads"),
     ("[main]\nkey = 'missing.key'\n", "missing.key"),
     ("[[workers]]\naddress = '192.0.2.7:7070'\npublic_key = 'short'\n", "not a public key"),
-    (f"[[workers]]\naddress = '192.0.2.7:7070'\npublic_key = '{KEY}'\n", "needs its own key"),
+    # (an id of its own: a generated key in it would differ between test processes)
+    pytest.param(f"[[workers]]\naddress = '192.0.2.7:7070'\npublic_key = '{KEY}'\n",
+                 "needs its own key", id="a-worker-with-a-public-key"),
     ("[[workers]]\nport = 3\n", "needs 'address'"),
     ("not toml at all [", "not valid TOML"),
 ])
