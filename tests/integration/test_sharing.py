@@ -184,13 +184,13 @@ SMALL_RUN = """
 
 
 @pytest.mark.timeout(300)  # thirty Mains one after another: over 90 s on two loaded cores
-def test_the_cache_stays_under_its_limit_over_thirty_runs(workspace: Workspace,
-                                                          start_worker) -> None:
+def test_the_cache_stays_under_its_limit_as_thirty_megabytes_pass(workspace: Workspace,
+                                                                  start_worker) -> None:
     worker = start_worker(threads=2, extra=("--max-cache", "10M"),
                           env={"DISTRIB_MAX_MESSAGE_MB": "512"})
     with_tasks(workspace).write("main.py", SMALL_RUN)
-    for i in range(30):  # each run ships a different 1 MB workspace
-        (workspace.root / "data.bin").write_bytes(os.urandom(1_000_000))
+    for i in range(15):  # each run ships a different 2 MB workspace: 3x the limit in all
+        (workspace.root / "data.bin").write_bytes(os.urandom(2_000_000))
         out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
         assert out.stdout.splitlines() == ["RESULT [1, 2]"], out.stderr[-2000:]
     assert disk_use(worker.cache_dir) < 20_000_000
