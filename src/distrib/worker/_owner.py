@@ -124,6 +124,7 @@ class Owner:
         self.policy_file = policy_file
         self._flags = flags  # what the flags said: the file's settings go over these
         self._policy_seen: tuple[int, int, int] | None = None  # the file as last read
+        self._settling: tuple[int, int, int] | None = None  # a new file, seen at the last tick
         if policy_file is not None:
             self._policy_seen = self._policy_signature()
         self.lending = Lending(policy)
@@ -191,9 +192,16 @@ class Owner:
             return
         if seen == self._policy_seen:
             return
-        # A file changed within the last second may still be being written: read it again
-        # at the next tick too.
-        self._policy_seen = seen if time.time_ns() - seen[0] > 1_000_000_000 else None
+        # A file changed within the last second may still be being written (an editor that
+        # truncates, then writes: read in between, it is empty and says "no settings"). Read
+        # it once it has stayed the same from one tick to the next, and again at later ticks
+        # until it is a second old.
+        fresh = time.time_ns() - seen[0] <= 1_000_000_000
+        if fresh and seen != self._settling:
+            self._settling = seen
+            return
+        self._settling = None
+        self._policy_seen = None if fresh else seen
         try:
             policy = _policy.read(self.policy_file, self._flags)
         except Exception as exc:  # (ConfigError; anything else must not stop the daemon)
