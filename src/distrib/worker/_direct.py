@@ -168,14 +168,17 @@ class Direct:
     def _place(self, child: PlacedCall, now: float) -> RunHere | SendTo | Deliver | Relay | ToMain:
         """Decide where ``child`` goes (``_placement.place``), connecting first the links of
         its Main that are due."""
+        targets = [(address, t) for (main, address), t in self.targets.items()
+                   if main == child.main]
         sent: Counter[str] = Counter()  # threads of the Main's calls at each worker
-        for c in self.children.values():
-            if c.main == child.main:
-                sent[c.at] += c.threads
+        if targets:  # (a walk over every placed call: only where there is a choice to weigh)
+            for c in self.children.values():
+                if c.main == child.main:
+                    sent[c.at] += c.threads
         reach = [Reach(address, t.state is LinkState.READY,
                        t.check(now, self.policy) is LinkCheck.CONNECT, t.platform, t.offered,
                        t.paused, t.stuck, sent[address])
-                 for (main, address), t in self.targets.items() if main == child.main]
+                 for address, t in targets]
         others = self.peers.get(child.main)
         placement = place(child, self.host.here(child.main, child.threads), reach,
                           None if others is None else [(str(w[0]), int(w[3])) for w in others])
