@@ -87,25 +87,25 @@ class Worker:
         return out + self.do(Turn())
 
     def ex_of(self, task_id: int, peer: bytes = b"A") -> tuple[int, int]:
-        """The executor running ``task_id``, and its key there."""
+        """The executor running ``task_id``, and its run id there."""
         for ex in self.core.executors.values():
             if ex.runs and ex.runs[0].task.task_id == task_id and ex.runs[0].task.peer == peer:
-                return ex.ex_id, ex.runs[0].key
+                return ex.ex_id, ex.runs[0].run_id
         raise AssertionError(f"task {task_id} does not run")
 
     def running(self) -> set[int]:
         return {ex.runs[0].task.task_id for ex in self.core.executors.values() if ex.runs}
 
     def park(self, task_id: int, peer: bytes = b"A") -> list[Action]:
-        ex, key = self.ex_of(task_id, peer)
-        return self.do(TaskCalled(ex, key)) + self.do(TaskParked(ex, key))
+        ex, run_id = self.ex_of(task_id, peer)
+        return self.do(TaskCalled(ex, run_id)) + self.do(TaskParked(ex, run_id))
 
     def resume(self, task_id: int, peer: bytes = b"A") -> list[Action]:
         return self.do(TaskResumed(*self.ex_of(task_id, peer)))
 
     def done(self, task_id: int, peer: bytes = b"A") -> list[Action]:
-        ex, key = self.ex_of(task_id, peer)
-        return self.do(TaskDone(ex, key, Outcome.OK, {}, []))
+        ex, run_id = self.ex_of(task_id, peer)
+        return self.do(TaskDone(ex, run_id, Outcome.OK, {}, []))
 
 
 # --- parking ---------------------------------------------------------------------------------
@@ -132,20 +132,20 @@ def test_parking_again_or_for_a_task_that_does_not_run_changes_nothing() -> None
     w = Worker(1)
     w.submit(qt(1))
     w.park(1)
-    ex, key = w.ex_of(1)
-    assert w.do(TaskParked(ex, key)) == []
-    assert w.do(TaskParked(ex, key + 1)) == [] and w.do(TaskResumed(ex, key + 1)) == []
+    ex, run_id = w.ex_of(1)
+    assert w.do(TaskParked(ex, run_id)) == []
+    assert w.do(TaskParked(ex, run_id + 1)) == [] and w.do(TaskResumed(ex, run_id + 1)) == []
     assert w.do(TaskParked(99, 1)) == [] and w.core.counters["parks"] == 1
 
 
 def test_a_task_that_called_gets_nothing_prefetched_and_gives_back_what_it_had() -> None:
     w = Worker(1)
     w.submit(qt(1), qt(2))
-    ex, key = w.ex_of(1)
+    ex, run_id = w.ex_of(1)
     assert [r.task.task_id for r in w.core.executors[ex].runs] == [1, 2]  # prefetched
-    out = w.do(TaskCalled(ex, key))
+    out = w.do(TaskCalled(ex, run_id))
     (skip,) = of(Skip, out)
-    out = w.do(TaskSkipped(ex, skip.key))
+    out = w.do(TaskSkipped(ex, skip.run_id))
     assert w.core.queues.count(b"A") == 1  # back to the queue, not to its Main
     w.submit(qt(3))
     assert [r.task.task_id for r in w.core.executors[ex].runs] == [1]  # none behind it
@@ -267,7 +267,7 @@ def test_a_draining_worker_says_drained_once_nothing_runs() -> None:
     out = w.do(OwnerStateChanged("draining"))
     assert of(Drained, w.turn()) == []
     skip = of(Skip, out)[0]
-    w.do(TaskSkipped(w.ex_of(1)[0], skip.key))
+    w.do(TaskSkipped(w.ex_of(1)[0], skip.run_id))
     w.done(1)
     assert of(Drained, w.turn()) == [Drained()]
     assert of(Drained, w.turn()) == []

@@ -97,10 +97,10 @@ def test_a_finished_task_is_reported_and_its_executor_reused() -> None:
     ex = of(Spawn, started(s, qt(1), qt(2)))[0].ex_id
     s.handle(ExecutorReady(ex), 0.0)
     assert sent(s.handle(Turn(), 0.0)) == {ex: [1, 2]}
-    actions = s.handle(TaskDone(ex, s.running(ex).key, Outcome.OK, {}, [b"r"]), 1.0)
+    actions = s.handle(TaskDone(ex, s.running(ex).run_id, Outcome.OK, {}, [b"r"]), 1.0)
     assert reports(actions) == [(1, Outcome.OK)] and of(Report, actions)[0].frames == [b"r"]
     assert s.running(ex).task.task_id == 2 and s.busy == 1
-    s.handle(TaskDone(ex, s.running(ex).key, Outcome.OK, {}, []), 2.0)
+    s.handle(TaskDone(ex, s.running(ex).run_id, Outcome.OK, {}, []), 2.0)
     assert s.busy == 0 and s.counters["tasks_done"] == 2 and s.counters["executors_started"] == 1
 
 
@@ -112,7 +112,7 @@ def test_tiny_tasks_are_prefetched_deeper_than_slow_ones() -> None:
     now = 0.0
     for _ in range(10):  # a run of tasks finishing in a millisecond each
         now += 0.001
-        s.handle(TaskDone(ex, s.running(ex).key, Outcome.OK, {}, []), now)
+        s.handle(TaskDone(ex, s.running(ex).run_id, Outcome.OK, {}, []), now)
         s.handle(Turn(), now)
     assert len(s.executors[ex].runs) == PREFETCH + 1
 
@@ -164,7 +164,7 @@ def test_cancel_withdraws_a_queued_task_skips_a_handed_one_and_stops_a_running_o
     assert reports(s.handle(CancelAsked(b"A", 3), 0.0)) == [(3, Outcome.CANCELLED)]
     skip = s.handle(CancelAsked(b"A", 2), 0.0)
     assert of(Skip, skip) and reports(skip) == []
-    assert reports(s.handle(TaskSkipped(ex, of(Skip, skip)[0].key), 0.1)) == [
+    assert reports(s.handle(TaskSkipped(ex, of(Skip, skip)[0].run_id), 0.1)) == [
         (2, Outcome.CANCELLED)]
     stop = s.handle(CancelAsked(b"A", 1), 0.2)
     assert of(Kill, stop) == [Kill(ex)] and reports(stop) == [(1, Outcome.CANCELLED)]
@@ -178,7 +178,7 @@ def test_a_withdrawn_task_that_started_before_its_skip_is_stopped_after_a_grace(
     s.handle(ExecutorReady(ex), 0.0)
     s.handle(Turn(), 0.0)
     s.handle(CancelAsked(b"A", 2), 0.0)
-    s.handle(TaskDone(ex, s.running(ex).key, Outcome.OK, {}, []), 1.0)  # task 2 is now the head
+    s.handle(TaskDone(ex, s.running(ex).run_id, Outcome.OK, {}, []), 1.0)  # task 2 is now the head
     assert s.handle(Tick(), 1.0 + SKIP_GRACE / 2) == []
     actions = s.handle(Tick(), 1.0 + SKIP_GRACE * 2)
     assert of(Kill, actions) == [Kill(ex)] and reports(actions) == [(2, Outcome.CANCELLED)]
@@ -229,7 +229,7 @@ def test_a_new_environment_retires_an_idle_executor_of_another() -> None:
     ex = of(Spawn, started(s, qt(1)))[0].ex_id
     s.handle(ExecutorReady(ex), 0.0)
     s.handle(Turn(), 0.0)
-    s.handle(TaskDone(ex, s.running(ex).key, Outcome.OK, {}, []), 1.0)
+    s.handle(TaskDone(ex, s.running(ex).run_id, Outcome.OK, {}, []), 1.0)
     s.handle(TaskQueued(qt(2, dist="e")), 0.0)
     actions = s.handle(Turn(), 1.0)
     assert of(Kill, actions) == [Kill(ex)] and [a.key.dist for a in of(Spawn, actions)] == ["e"]
@@ -279,7 +279,7 @@ def test_a_main_with_another_environment_gets_the_next_free_slots_until_both_hol
         for ex in list(s.executors.values()):
             head = ex.runs[0] if ex.runs else None
             if head is not None and ex.ready and head.started < now - 0.05:
-                s.handle(TaskDone(ex.ex_id, head.key, Outcome.OK, {}, []), now)
+                s.handle(TaskDone(ex.ex_id, head.run_id, Outcome.OK, {}, []), now)
                 break
         for sp in of(Spawn, s.handle(Turn(), now)):
             s.handle(ExecutorReady(sp.ex_id), 0.0)
@@ -295,7 +295,7 @@ def test_an_executor_idle_for_too_long_stops() -> None:
     ex = of(Spawn, started(s, qt(1)))[0].ex_id
     s.handle(ExecutorReady(ex), 0.0)
     s.handle(Turn(), 0.0)
-    s.handle(TaskDone(ex, s.running(ex).key, Outcome.OK, {}, []), 10.0)
+    s.handle(TaskDone(ex, s.running(ex).run_id, Outcome.OK, {}, []), 10.0)
     assert s.handle(Tick(), 69.0) == []
     assert of(Kill, s.handle(Tick(), 71.0)) == [Kill(ex)] and s.executors == {}
 
@@ -328,13 +328,13 @@ def test_fewer_slots_let_running_tasks_finish_and_start_no_new_ones() -> None:
     skips = of(Skip, actions)
     assert len(skips) == 4 and reports(actions) == []  # the next tasks are asked back
     for skip in skips:
-        s.handle(TaskSkipped(skip.ex_id, skip.key), 1.0)
+        s.handle(TaskSkipped(skip.ex_id, skip.run_id), 1.0)
     assert s.waiting() == 6 and s.busy == 4  # the four running tasks go on
     for ex in executors[:3]:
-        s.handle(TaskDone(ex, s.running(ex).key, Outcome.OK, {}, []), 2.0)
+        s.handle(TaskDone(ex, s.running(ex).run_id, Outcome.OK, {}, []), 2.0)
         # Nothing starts on a freed executor (the one still running may get its next task).
         assert not set(sent(s.handle(Turn(), 2.0))) & set(executors[:3])
-    s.handle(TaskDone(executors[3], s.running(executors[3]).key, Outcome.OK, {}, []), 3.0)
+    s.handle(TaskDone(executors[3], s.running(executors[3]).run_id, Outcome.OK, {}, []), 3.0)
     s.handle(Turn(), 3.0)
     assert s.busy == 1  # one slot now
     s.handle(Resize(4), 0.0)
@@ -348,10 +348,10 @@ def test_a_task_asked_back_that_had_started_is_reported_as_it_ends() -> None:
     assert len(of(Skip, s.handle(HandBack(), 0.0))) == 1
     # The first task ended and the executor started the second before the skip arrived (so
     # it sends no "skipped"): the second runs to its end and is reported once, as it ended.
-    assert reports(s.handle(TaskDone(ex, s.running(ex).key, Outcome.OK, {}, []), 1.0)) == [
+    assert reports(s.handle(TaskDone(ex, s.running(ex).run_id, Outcome.OK, {}, []), 1.0)) == [
         (1, Outcome.OK)]
     assert s.running(ex).task.task_id == 2 and s.handle(Tick(), 5.0) == []  # (not stopped)
-    assert reports(s.handle(TaskDone(ex, s.running(ex).key, Outcome.OK, {}, []), 6.0)) == [
+    assert reports(s.handle(TaskDone(ex, s.running(ex).run_id, Outcome.OK, {}, []), 6.0)) == [
         (2, Outcome.OK)]
 
 
@@ -361,7 +361,8 @@ def test_hand_back_defers_queued_and_not_started_tasks_and_vacate_stops_running_
     actions = s.handle(OwnerStateChanged("paused"), 0.0)
     assert sorted(reports(actions)) == [(4, Outcome.DEFERRED), (5, Outcome.DEFERRED)]
     for skip in of(Skip, actions):
-        assert reports(s.handle(TaskSkipped(skip.ex_id, skip.key), 1.0))[0][1] is Outcome.DEFERRED
+        out = reports(s.handle(TaskSkipped(skip.ex_id, skip.run_id), 1.0))
+        assert out[0][1] is Outcome.DEFERRED
     actions = s.handle(HandBack(vacate=True), 0.0)
     assert sorted(reports(actions)) == [(0, Outcome.DEFERRED), (1, Outcome.DEFERRED)]
     assert sorted(a.ex_id for a in of(Kill, actions)) == sorted(executors)
@@ -404,7 +405,7 @@ def _skipped(s: Checked, actions: list[Action], now: float = 1.0) -> list[Action
     """The executors confirm every skip in ``actions``."""
     out: list[Action] = []
     for skip in of(Skip, actions):
-        out += s.handle(TaskSkipped(skip.ex_id, skip.key), now)
+        out += s.handle(TaskSkipped(skip.ex_id, skip.run_id), now)
     return out
 
 
@@ -430,7 +431,8 @@ def test_vacate_reports_a_cancelled_running_task_as_cancelled() -> None:
     s = Checked(1)
     (ex,) = _all_running(s, qt(1), qt(2))
     s.handle(CancelAsked(b"A", 2), 0.5)  # handed next: asked to skip it
-    s.handle(TaskDone(ex, s.running(ex).key, Outcome.OK, {}, []), 1.0)  # it started before the skip
+    # It started before the skip:
+    s.handle(TaskDone(ex, s.running(ex).run_id, Outcome.OK, {}, []), 1.0)
     assert reports(s.handle(HandBack(vacate=True), 0.0)) == [(2, Outcome.CANCELLED)]
 
 
@@ -444,7 +446,7 @@ def test_a_lowered_quota_asks_tasks_back_and_lets_the_slots_drain() -> None:
     for ex in list(s.executors):
         run = s.running(ex)
         if run is not None:
-            s.handle(TaskDone(ex, run.key, Outcome.OK, {}, []), 2.0)
+            s.handle(TaskDone(ex, run.run_id, Outcome.OK, {}, []), 2.0)
         s.handle(Turn(), 2.0)
     assert s.held() == {b"A": 1} and s.busy == 1
     assert reports(s.handle(TaskQueued(qt(50, peer=b"A", threads=2)), 0.0)) == [

@@ -99,7 +99,7 @@ class CoreMachine(RuleBasedStateMachine):
                     self.starting.remove(action.ex_id)
                 self.skips = [s for s in self.skips if s[0] != action.ex_id]
             elif isinstance(action, Skip):
-                self.skips.append((action.ex_id, action.key))
+                self.skips.append((action.ex_id, action.run_id))
             elif isinstance(action, Admit):
                 self.do(TaskQueued(action.task))
             elif isinstance(action, Report):
@@ -119,11 +119,11 @@ class CoreMachine(RuleBasedStateMachine):
                 self.do(ExecutorReady(ex_id))
         self.slow = list(self.starting)
         fair = core.state == "serving" and core._depth_floor(self.now) is None
-        last_key = core._next_key
+        last_run_id = core._next_run_id
         actions = core.handle(Turn(), self.now)
         core.check_invariants()
         if fair:
-            check_fair_share(core, last_key)
+            check_fair_share(core, last_run_id)
         self.carry_out(actions)
 
     def executors(self) -> list[ExecutorRecord]:
@@ -161,7 +161,7 @@ class CoreMachine(RuleBasedStateMachine):
     def done(self, data: st.DataObject) -> None:
         ex = data.draw(st.sampled_from(self.finishing()))
         outcome = data.draw(st.sampled_from([Outcome.OK, Outcome.OK, Outcome.ERROR]))
-        self.do(TaskDone(ex.ex_id, ex.runs[0].key, outcome, {}, []))
+        self.do(TaskDone(ex.ex_id, ex.runs[0].run_id, outcome, {}, []))
 
     def died(self, data: st.DataObject) -> None:
         ex_id = data.draw(st.sampled_from(sorted(self.core.executors)))
@@ -171,22 +171,22 @@ class CoreMachine(RuleBasedStateMachine):
 
     def called(self, data: st.DataObject) -> None:
         ex = data.draw(st.sampled_from(self.calling()))
-        self.do(TaskCalled(ex.ex_id, ex.runs[0].key))
+        self.do(TaskCalled(ex.ex_id, ex.runs[0].run_id))
 
     def park(self, data: st.DataObject) -> None:
         ex = data.draw(st.sampled_from(self.parking()))
-        self.do(TaskParked(ex.ex_id, ex.runs[0].key))
+        self.do(TaskParked(ex.ex_id, ex.runs[0].run_id))
 
     def resume(self, data: st.DataObject) -> None:
         ex = data.draw(st.sampled_from(self.waiting()))
-        self.do(TaskResumed(ex.ex_id, ex.runs[0].key))
+        self.do(TaskResumed(ex.ex_id, ex.runs[0].run_id))
 
     def skipped(self, data: st.DataObject) -> None:
-        ex_id, key = data.draw(st.sampled_from(self.skips))
-        self.skips.remove((ex_id, key))
+        ex_id, run_id = data.draw(st.sampled_from(self.skips))
+        self.skips.remove((ex_id, run_id))
         ex = self.core.executors.get(ex_id)
-        if ex is not None and any(r.key == key for r in ex.runs):
-            self.do(TaskSkipped(ex_id, key))
+        if ex is not None and any(r.run_id == run_id for r in ex.runs):
+            self.do(TaskSkipped(ex_id, run_id))
 
     def cancel(self, data: st.DataObject) -> None:
         self.do(CancelAsked(*data.draw(st.sampled_from(self.submitted))))
@@ -248,16 +248,16 @@ EVENTS: list[tuple[str, int, Callable[[CoreMachine], object]]] = [
 ]
 
 
-def check_fair_share(core: Core, last_key: int) -> None:
+def check_fair_share(core: Core, last_run_id: int) -> None:
     """See the module's docstring."""
     held = core.held()
     weight = {p: core.weights.get(p, 1.0) for p in MAINS}
-    started: dict[bytes, tuple[int, int]] = {}  # Main -> (key, threads) of its last start
+    started: dict[bytes, tuple[int, int]] = {}  # Main -> (run id, threads) of its last start
     for ex in core.executors.values():
-        if ex.runs and ex.runs[0].key > last_key:
+        if ex.runs and ex.runs[0].run_id > last_run_id:
             run = ex.runs[0]
-            if run.task.peer not in started or started[run.task.peer][0] < run.key:
-                started[run.task.peer] = (run.key, run.task.threads)
+            if run.task.peer not in started or started[run.task.peer][0] < run.run_id:
+                started[run.task.peer] = (run.run_id, run.task.threads)
 
     def could_start(peer: bytes, most: int) -> list[QueuedTask]:
         limit = core.limits.get(peer, core.capacity)

@@ -30,7 +30,7 @@ class Host:
     def here(self, main: bytes, threads: int) -> Here:
         return Here("linux-x86_64", lends=False, load=0.0)
 
-    def runs(self, ex_id: int, key: int) -> bool:
+    def runs(self, ex_id: int, run_id: int) -> bool:
         return True
 
     def running_here(self, cid: int) -> bool:

@@ -122,7 +122,7 @@ def test_small_and_large_messages_round_trip() -> None:
     reader.join(60)
     assert got[0] == pm.Ready("copy")
     run = got[1]
-    assert isinstance(run, pm.Run) and run.key == 7 and bytes(run.frames[0]) == b"head"
+    assert isinstance(run, pm.Run) and run.run_id == 7 and bytes(run.frames[0]) == b"head"
     assert bytes(run.frames[1]) == big
     assert got[2] == pm.Done(7, Outcome.OK, {"k": "v"}, {}, (bytearray(b"x"),))
     left.close()
@@ -147,7 +147,7 @@ def test_a_burst_is_read_from_one_buffer_and_reported_as_buffered() -> None:
     assert first == pm.Run(0, "", {}, 0, (bytearray(b"payload 0"),))
     assert right.buffered() and right.readable()  # the rest came in with the first read
     rest = [right.recv() for _ in range(49)]
-    assert [x.key for x in rest if isinstance(x, pm.Run)] == list(range(1, 50))
+    assert [x.run_id for x in rest if isinstance(x, pm.Run)] == list(range(1, 50))
     assert not right.buffered()
     left.close()
     right.close()
@@ -293,7 +293,7 @@ class _Core:
         if isinstance(event, ExecutorDied):
             self.died.append(event.ex_id)
         elif isinstance(event, TaskSkipped):
-            self.skipped.append(event.key)
+            self.skipped.append(event.run_id)
         return []
 
 

@@ -27,7 +27,7 @@ channel: Channel | None = None  # in an executor: its channel to the daemon
 
 
 class Channel:
-    """An executor's calls from inside its running task (``key``), and its waits for them.
+    """An executor's calls from inside its running task (``run_id``), and its waits for them.
 
     Nothing the pipe's reader thread does may wait for a send of the task's threads: the
     daemon, blocked writing an outcome to this executor, would then never read the send the
@@ -38,9 +38,9 @@ class Channel:
 
     def __init__(self, pipe: Pipe, lock: threading.RLock) -> None:
         self.pipe, self.lock = pipe, lock  # (the lock guards every send on the pipe)
-        self.key = 0  # the running task's (0: none runs)
+        self.run_id = 0  # the running task's (0: none runs)
         self.caller = ""  # the running task's function, to name it in errors elsewhere
-        self._state = threading.Lock()  # key, calls and waits
+        self._state = threading.Lock()  # run_id, calls and waits
         self._children: dict[int, Call] = {}
         self._next = 0
         self._waits = 0  # threads of the running task waiting for its calls
@@ -67,26 +67,26 @@ class Channel:
             finally:
                 self.lock.release()
 
-    def start(self, key: int) -> None:
-        """Task ``key`` starts running."""
+    def start(self, run_id: int) -> None:
+        """Task ``run_id`` starts running."""
         with self._state:
-            self.key, self._waits = key, 0
+            self.run_id, self._waits = run_id, 0
 
     def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
                ) -> Response[Any] | None:
         """Send the call of ``fn`` (a ``DistributedFunction``) to be run elsewhere; None
         while no task runs (a thread a task left behind: the call runs in place)."""
-        if not self.key:
+        if not self.run_id:
             return None
         frames = _serialize.dumps((fn, args, kwargs))
         opts = fn.options
         with self._state:
-            key = self.key
-            if not key:
+            run_id = self.run_id
+            if not run_id:
                 return None
             self._next += 1
             child = self._next
-            response = Call(child, fn.__qualname__, self, key)
+            response = Call(child, fn.__qualname__, self, run_id)
             self._children[child] = response
         self.on_first_call()
         if self._settler is None:
@@ -95,22 +95,22 @@ class Channel:
                     self._settler = threading.Thread(target=self._settle_all,
                                                      name="distrib-calls", daemon=True)
                     self._settler.start()
-        self.send(pm.Call(key, child, fn.__qualname__, list(opts.platform), opts.threads,
+        self.send(pm.Call(run_id, child, fn.__qualname__, list(opts.platform), opts.threads,
                           opts.retries, opts.timeout, list(opts.outputs),
                           opts.redistribution or "", self.caller, tuple(frames)))
         return response
 
-    def outcome(self, key: int, child: int, status: str, info: dict[str, str],
+    def outcome(self, run_id: int, child: int, status: str, info: dict[str, str],
                 frames: list[Any]) -> None:
-        """The daemon sent how call ``child`` of task ``key`` ended (reader thread: it is
+        """The daemon sent how call ``child`` of task ``run_id`` ended (reader thread: it is
         settled by the settling thread)."""
-        self._outcomes.put((key, child, status, info, frames))
+        self._outcomes.put((run_id, child, status, info, frames))
 
     def _settle_all(self) -> None:
         while (item := self._outcomes.get()) is not None:
-            key, child, status, info, frames = item
+            run_id, child, status, info, frames = item
             with self._state:
-                response = self._children.pop(child, None) if key == self.key else None
+                response = self._children.pop(child, None) if run_id == self.run_id else None
             if response is None:
                 continue  # (a call of a task that ended, or cancelled)
             if status == "ok":
@@ -128,23 +128,23 @@ class Channel:
         Main cancels the unfinished ones)."""
         with self._state:
             self._children.clear()
-            self.key = self._waits = 0
+            self.run_id = self._waits = 0
 
-    def cancel(self, key: int, child: int) -> None:
+    def cancel(self, run_id: int, child: int) -> None:
         with self._state:
-            gone = key == self.key and self._children.pop(child, None) is not None
+            gone = run_id == self.run_id and self._children.pop(child, None) is not None
         if gone:
-            self.send(pm.CancelChild(key, child))
+            self.send(pm.CancelChild(run_id, child))
 
-    def waiting(self, key: int, delta: int) -> None:
+    def waiting(self, run_id: int, delta: int) -> None:
         """A thread of the running task starts (+1) or stops (-1) waiting for its calls: the
         first to wait parks the executor, the last to stop goes on."""
         with self._state:
-            if key != self.key or (delta < 0 and self._waits == 0):
+            if run_id != self.run_id or (delta < 0 and self._waits == 0):
                 return
             self._waits += delta
-            say = pm.Park(key) if self._waits == 1 and delta > 0 else \
-                pm.Unpark(key) if self._waits == 0 else None
+            say = pm.Park(run_id) if self._waits == 1 and delta > 0 else \
+                pm.Unpark(run_id) if self._waits == 0 else None
         if say is not None:
             self.send(say)
 
@@ -153,12 +153,12 @@ class Parking(Response[Any]):
     """A ``Response`` inside a task whose waits park the executor."""
 
     def __init__(self, task_id: int, name: str, on_cancel: Callable[[int], None] | None,
-                 channel: Channel, key: int) -> None:
+                 channel: Channel, run_id: int) -> None:
         super().__init__(task_id, name, on_cancel)
-        self._channel, self._key = channel, key
+        self._channel, self._run_id = channel, run_id
 
     def _waits(self) -> _Waiting:
-        return _Waiting(self._channel, self._key)
+        return _Waiting(self._channel, self._run_id)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if self.done():
@@ -182,28 +182,28 @@ class Parking(Response[Any]):
 class Call(Parking):
     """The ``Response`` of a call made from inside a task."""
 
-    def __init__(self, child: int, name: str, channel: Channel, key: int) -> None:
-        super().__init__(child, name, lambda c: channel.cancel(key, c), channel, key)
+    def __init__(self, child: int, name: str, channel: Channel, run_id: int) -> None:
+        super().__init__(child, name, lambda c: channel.cancel(run_id, c), channel, run_id)
 
 
 def waiting_response(name: str, on_cancel: Callable[[int], None]) -> Response[Any] | None:
     """A ``Response`` whose waits park the executor, for a call made inside the running
     task that waits for something first (its ``Response`` arguments); None outside one."""
     ch = channel
-    if ch is None or ch.pid != os.getpid() or not ch.key:
+    if ch is None or ch.pid != os.getpid() or not ch.run_id:
         return None
-    return Parking(0, name, on_cancel, ch, ch.key)
+    return Parking(0, name, on_cancel, ch, ch.run_id)
 
 
 class _Waiting:
-    def __init__(self, channel: Channel, key: int) -> None:
-        self.channel, self.key = channel, key
+    def __init__(self, channel: Channel, run_id: int) -> None:
+        self.channel, self.run_id = channel, run_id
 
     def __enter__(self) -> None:
-        self.channel.waiting(self.key, +1)
+        self.channel.waiting(self.run_id, +1)
 
     def __exit__(self, *_: object) -> None:
-        self.channel.waiting(self.key, -1)
+        self.channel.waiting(self.run_id, -1)
 
 
 def submit(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Response[Any] | None:

@@ -33,12 +33,12 @@ from distrib.wire._pipe_messages import (
 
 
 class _Forward(io.TextIOBase):
-    """A task's stdout/stderr: complete lines go to the daemon, tagged with the task's key."""
+    """A task's stdout/stderr: complete lines go to the daemon, tagged with the task's run id."""
 
     def __init__(self, pipe: Pipe, lock: threading.RLock, stream: int) -> None:
         self._pipe, self._lock, self._stream = pipe, lock, stream
         self._buf: list[str] = []
-        self.key = 0
+        self.run_id = 0
 
     def writable(self) -> bool:
         return True
@@ -58,7 +58,7 @@ class _Forward(io.TextIOBase):
         data = "".join(self._buf)
         cut = len(data) if everything else data.rfind("\n") + 1
         if cut:
-            self._pipe.send(Out(self.key, self._stream, data[:cut]))
+            self._pipe.send(Out(self.run_id, self._stream, data[:cut]))
         self._buf = [data[cut:]] if data[cut:] else []
 
 
@@ -163,15 +163,15 @@ class _Inbox:
             return
         if isinstance(message, Run):
             with self._cond:
-                self.waiting[message.key] = message
+                self.waiting[message.run_id] = message
                 self._cond.notify()
         elif isinstance(message, Skip):
             with self._cond:
-                skipped = self.waiting.pop(message.key, None) is not None
+                skipped = self.waiting.pop(message.run_id, None) is not None
             if skipped:
-                self.channel.send_soon(Skipped(message.key))
+                self.channel.send_soon(Skipped(message.run_id))
         elif isinstance(message, ChildOutcome):
-            self.channel.outcome(message.key, message.child, message.status, message.info,
+            self.channel.outcome(message.run_id, message.child, message.status, message.info,
                                  list(message.frames))
 
 
@@ -391,11 +391,11 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
         task = inbox.next()
         if task is None:
             return
-        key, frames, shm, shm_pid = task.key, list(task.frames), task.shm, task.results_to
-        channel.start(key)
+        run_id, frames, shm, shm_pid = task.run_id, list(task.frames), task.shm, task.results_to
+        channel.start(run_id)
         _objects.current = Path(task.objects) if task.objects else None
         in_shm: dict[str, int] = {}
-        out.key = err.key = key
+        out.run_id = err.run_id = run_id
         sys.stdout, sys.stderr = out, err
         try:
             isolation.enter()
@@ -431,7 +431,7 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
             err.flush()
             sys.stdout, sys.stderr = real_out, real_err
             channel.task_ended()
-        channel.send(Done(key, status, info, in_shm, tuple(payload)))
+        channel.send(Done(run_id, status, info, in_shm, tuple(payload)))
 
 
 if __name__ == "__main__":

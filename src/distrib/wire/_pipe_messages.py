@@ -84,7 +84,7 @@ class Run(_Message, frozen=True, tag=Verb.RUN.value):
     """Run this task (several may wait, in order) on its call frames."""
 
     VERB: ClassVar[Verb] = Verb.RUN
-    key: int
+    run_id: int
     objects: str  # the folder of its Main's shared objects, or ""
     shm: dict[str, int]  # its call frames in /dev/shm (name -> index)
     results_to: int  # put large result frames in /dev/shm as this Main's pid (0: do not)
@@ -95,15 +95,15 @@ class Skip(_Message, frozen=True, tag=Verb.SKIP.value):
     """Drop that task if it has not started."""
 
     VERB: ClassVar[Verb] = Verb.SKIP
-    key: int
+    run_id: int
 
 
 class ChildOutcome(_Message, frozen=True, tag=Verb.CHILD.value):
-    """How the call ``child`` of the running task ``key`` ended ("ok" or "error"), with
+    """How the call ``child`` of the running task ``run_id`` ended ("ok" or "error"), with
     its result or error frames."""
 
     VERB: ClassVar[Verb] = Verb.CHILD
-    key: int
+    run_id: int
     child: int
     status: str
     info: dict[str, str]
@@ -131,7 +131,7 @@ class Skipped(_Message, frozen=True, tag=Verb.SKIPPED.value):
     """That task was dropped, never started."""
 
     VERB: ClassVar[Verb] = Verb.SKIPPED
-    key: int
+    run_id: int
 
 
 class EnvError(_Message, frozen=True, tag=Verb.ENV_ERROR.value):
@@ -146,7 +146,7 @@ class Out(_Message, frozen=True, tag=Verb.OUT.value):
     """A task's output line(s) on ``stream`` (1: stdout, 2: stderr)."""
 
     VERB: ClassVar[Verb] = Verb.OUT
-    key: int
+    run_id: int
     stream: int
     text: str
 
@@ -155,7 +155,7 @@ class Done(_Message, frozen=True, tag=Verb.DONE.value):
     """The task ended, with its result or error frames."""
 
     VERB: ClassVar[Verb] = Verb.DONE
-    key: int
+    run_id: int
     outcome: Outcome
     info: dict[str, str]
     shm: dict[str, int]  # result frames in /dev/shm (name -> index)
@@ -167,7 +167,7 @@ class Call(_Message, frozen=True, tag=Verb.CALL.value):
     the call), with the call's frames."""
 
     VERB: ClassVar[Verb] = Verb.CALL
-    key: int
+    run_id: int
     child: Count  # the call's number within the task
     name: str
     platforms: Annotated[list[str], Meta(max_length=PIPE_MAX_PLATFORMS)]
@@ -185,7 +185,7 @@ class CancelChild(_Message, frozen=True, tag=Verb.CANCEL_CHILD.value):
     """The running task cancelled that call."""
 
     VERB: ClassVar[Verb] = Verb.CANCEL_CHILD
-    key: int
+    run_id: int
     child: int
 
 
@@ -193,14 +193,14 @@ class Park(_Message, frozen=True, tag=Verb.PARK.value):
     """The running task waits for its calls (its slots may go to other tasks)."""
 
     VERB: ClassVar[Verb] = Verb.PARK
-    key: int
+    run_id: int
 
 
 class Unpark(_Message, frozen=True, tag=Verb.UNPARK.value):
     """The running task goes on."""
 
     VERB: ClassVar[Verb] = Verb.UNPARK
-    key: int
+    run_id: int
 
 
 PipeMessage = (Context | Become | Run | Skip | ChildOutcome | Ready | NoFork | Skipped

@@ -237,9 +237,9 @@ class Core(CoreState):
     def _task_done(self, event: TaskDone, now: float) -> None:
         ex = self.executors[event.ex_id]
         head = ex.runs[0] if ex.runs else None
-        if head is None or head.key != event.key:
+        if head is None or head.run_id != event.run_id:
             self._executor_died(ExecutorDied(event.ex_id, ErrorRecord(
-                "distrib.WorkerCrashed", f"executor sent an outcome for task {event.key}, "
+                "distrib.WorkerCrashed", f"executor sent an outcome for task {event.run_id}, "
                 "which it was not running").to_wire()), now)
             return
         ex.runs.popleft()
@@ -255,7 +255,7 @@ class Core(CoreState):
 
     def _task_skipped(self, event: TaskSkipped, now: float) -> None:
         ex = self.executors[event.ex_id]
-        run = next((r for r in ex.runs if r.key == event.key), None)
+        run = next((r for r in ex.runs if r.run_id == event.run_id), None)
         if run is not None:
             was_head = run is ex.runs[0]
             ex.runs.remove(run)
@@ -292,7 +292,7 @@ class Core(CoreState):
         """The tasks handed to run after it go back to the queue (it may wait for a call that
         is one of them), and none is handed to it while it runs."""
         ex = self.executors.get(event.ex_id)
-        if ex is None or not ex.runs or ex.runs[0].key != event.key or ex.nests:
+        if ex is None or not ex.runs or ex.runs[0].run_id != event.run_id or ex.nests:
             return
         ex.nests = True
         task = ex.runs[0].task
@@ -305,7 +305,8 @@ class Core(CoreState):
         """Its slots go to other tasks, unless ``max_parked`` executors are parked already (it
         holds them then). Its Main hears it."""
         ex = self.executors.get(event.ex_id)
-        if ex is None or not ex.runs or ex.runs[0].key != event.key or ex.parked or ex.blocked:
+        if (ex is None or not ex.runs or ex.runs[0].run_id != event.run_id
+                or ex.parked or ex.blocked):
             return
         ex.waiter = ex.runs[0].task.peer
         if self._parked() < self.max_parked:
@@ -320,7 +321,7 @@ class Core(CoreState):
         """It holds its slots again (at once, over the count for a moment if they were taken
         meanwhile). Its Main hears it, if it was parked or holding them."""
         ex = self.executors.get(event.ex_id)
-        if (ex is None or not ex.runs or ex.runs[0].key != event.key
+        if (ex is None or not ex.runs or ex.runs[0].run_id != event.run_id
                 or not (ex.parked or ex.blocked)):
             return
         if ex.parked:

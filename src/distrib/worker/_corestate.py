@@ -88,7 +88,7 @@ class CoreState:
         self._import_failed: dict[tuple[str, str, bytes], tuple[dict[str, str], list[Any]]] = {}
         self._run_time: dict[EnvKey, float] = {}  # recent run time per environment (EWMA)
         self._unsent: dict[int, list[Run]] = {}  # handed out this turn, sent by _schedule()
-        self._next_key = 0
+        self._next_run_id = 0
         self._next_ex = 0
         self._out: list[Action] = []
         self.state: OwnerWord = "serving"  # as the Mains are told: not serving, start nothing
@@ -314,8 +314,8 @@ class CoreState:
         self._out.append(Kill(ex.ex_id))
 
     def _hand(self, ex: ExecutorRecord, task: QueuedTask, now: float) -> None:
-        self._next_key += 1
-        run = Run(task, self._next_key)
+        self._next_run_id += 1
+        run = Run(task, self._next_run_id)
         ex.runs.append(run)
         ex.idle_since = None
         if len(ex.runs) == 1:
@@ -423,7 +423,7 @@ class CoreState:
             self._halt(ex.ex_id, lambda r, head: why if r is run else None)
             return
         run.withdrawn = why
-        self._out.append(Skip(ex.ex_id, run.key))
+        self._out.append(Skip(ex.ex_id, run.run_id))
 
     def _halt(self, ex_id: int, fate: Callable[[Run, bool], _Fate],
               info: dict[str, str] | None = None, frames: list[Any] | None = None) -> None:

@@ -302,9 +302,9 @@ class Daemon:
                     continue  # (stopped by an action before this one)
                 try:
                     if isinstance(action, Send):
-                        proc.run([self._run(run.key, run.task) for run in action.runs])
+                        proc.run([self._run(run.run_id, run.task) for run in action.runs])
                     else:
-                        proc.skip(action.key)
+                        proc.skip(action.run_id)
                 except OSError as exc:
                     log.debug("executor %d: %s", proc.pid, exc, exc_info=True)
                     todo = [*todo, *executors.died(action.ex_id)]
@@ -330,13 +330,13 @@ class Daemon:
             log.info("worker %s drained: its running tasks are done; leaving", self.name)
             self._stop = True
 
-    def _run(self, key: int, task: QueuedTask) -> Run:
-        """What an executor needs to run ``task`` (as ``key``): besides its frames, its
+    def _run(self, run_id: int, task: QueuedTask) -> Run:
+        """What an executor needs to run ``task`` (as ``run_id``): besides its frames, its
         Main's folder of shared objects, its frames in /dev/shm, and whose /dev/shm takes
         large result frames."""
         main = self.mains.get(task.peer)
         results_to = main.pid if main is not None and main.shm and not task.reply else 0
-        return Run(key, str(self.objects.where(task.peer)) if task.objects else "",
+        return Run(run_id, str(self.objects.where(task.peer)) if task.objects else "",
                    task.shm or {}, results_to, tuple(task.frames))
 
     def _report(self, task: QueuedTask, outcome: Outcome, info: dict[str, str],

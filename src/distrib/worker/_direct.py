@@ -68,8 +68,8 @@ class Host(Protocol):
     def here(self, main: bytes, threads: int) -> Here:
         """This worker, for a call of ``main`` of ``threads`` threads."""
 
-    def runs(self, ex_id: int, key: int) -> bool:
-        """Executor ``ex_id`` still runs its task ``key``."""
+    def runs(self, ex_id: int, run_id: int) -> bool:
+        """Executor ``ex_id`` still runs its task ``run_id``."""
 
     def running_here(self, cid: int) -> bool:
         """The call ``cid`` placed here runs now (not queued)."""
@@ -101,7 +101,7 @@ class Direct:
         self.peers: dict[bytes, list[list[Any]]] = {}  # per Main: its Peers, as sent
         self.targets: dict[tuple[bytes, str], Target] = {}  # (Main, address) -> connection
         self.relayed: dict[bytes, dict[tuple[int, int, int], int]] = {}  # per Main: calls
-        # relayed and not answered yet: (executor, run, number) -> the parent's id
+        # relayed and not answered yet: (executor, run id, number) -> the parent's id
         self.placed = {"here": 0, "sent": 0, "relayed": 0}  # counters for status
         self._deadlock = Sustained(DEADLOCK_AFTER)
 
@@ -156,14 +156,14 @@ class Direct:
                                                    where))])
         return True
 
-    def relay(self, main: bytes, ex_id: int, key: int, number: int, parent: int) -> None:
+    def relay(self, main: bytes, ex_id: int, run_id: int, number: int, parent: int) -> None:
         """A call went through its Main (counted, to weigh the Main against this worker and
         the ones reachable directly)."""
         self.placed["relayed"] += 1
-        self.relayed.setdefault(main, {})[(ex_id, key, number)] = parent
+        self.relayed.setdefault(main, {})[(ex_id, run_id, number)] = parent
 
-    def relay_answered(self, main: bytes, ex_id: int, key: int, number: int) -> None:
-        self.relayed.get(main, {}).pop((ex_id, key, number), None)
+    def relay_answered(self, main: bytes, ex_id: int, run_id: int, number: int) -> None:
+        self.relayed.get(main, {}).pop((ex_id, run_id, number), None)
 
     def _place(self, child: PlacedCall, now: float) -> RunHere | SendTo | Deliver | Relay | ToMain:
         """Decide where ``child`` goes (``_placement.place``), connecting first the links of
@@ -199,10 +199,10 @@ class Direct:
             child.cid, child.dist, child.threads, child.timeout, child.attempts, inline,
             len(frames), depth=child.depth)], frames=tuple(frames)))
 
-    def cancel(self, ex_id: int, key: int, number: int) -> bool:
+    def cancel(self, ex_id: int, run_id: int, number: int) -> bool:
         """The parent cancelled its call ``number``: whether it was one placed here."""
         for child in self.children.values():
-            if child.ex_id == ex_id and child.key == key and child.number == number:
+            if child.ex_id == ex_id and child.run_id == run_id and child.number == number:
                 self._cancel(child)
                 return True
         return False
@@ -362,12 +362,12 @@ class Direct:
             elif check is LinkCheck.HEARTBEAT:
                 target.send(m.Heartbeat())
         for main, relayed in self.relayed.items():
-            for ex_id, key, number in [r for r in relayed if not self.host.runs(r[0], r[1])]:
-                parent = relayed.pop((ex_id, key, number))
+            for ex_id, run_id, number in [r for r in relayed if not self.host.runs(r[0], r[1])]:
+                parent = relayed.pop((ex_id, run_id, number))
                 if parent >= FIRST_ID:  # (the Main cannot know that this parent ended)
                     self.host.apply_effects([Tell(main, m.CancelChild(parent, number))])
         for child in list(self.children.values()):
-            if not self.host.runs(child.ex_id, child.key):
+            if not self.host.runs(child.ex_id, child.run_id):
                 self._cancel(child)
             elif child.later:
                 action = self._place(child, now)

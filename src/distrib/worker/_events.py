@@ -8,7 +8,7 @@ out the actions returned, in order:
                              (shared objects, distribution, environment), then TaskQueued
     Spawn(ex, key)           start executor ``ex`` for an environment and thread count
     Send(ex, runs)           hand it these tasks (it runs them in order)
-    Skip(ex, key)            ask it to drop a task it holds and has not started
+    Skip(ex, run_id)         ask it to drop a task it holds and has not started
     Kill(ex)                 stop it now
     Report(task, outcome)    send a task's outcome to its Main
     Rewaited(peer)           that Main's tasks waiting for their calls changed: tell it
@@ -54,10 +54,10 @@ class Withdrawn(enum.Enum):
 
 @dataclass(eq=False)
 class Run:
-    """A task handed to an executor; ``key`` names it on the executor's pipe."""
+    """A task handed to an executor; ``run_id`` names it on the executor's pipe."""
 
     task: QueuedTask
-    key: int
+    run_id: int
     started: float = 0.0
     deadline: float | None = None
     withdrawn: Withdrawn | None = None
@@ -158,11 +158,11 @@ class ExecutorReady:
 
 @dataclass(frozen=True, slots=True)
 class TaskDone:
-    """The executor finished its running task ``key``; ``shm``: its result frames in
+    """The executor finished its running task ``run_id``; ``shm``: its result frames in
     /dev/shm."""
 
     ex_id: int
-    key: int
+    run_id: int
     outcome: Outcome
     info: dict[str, str]
     frames: list[Any]
@@ -171,10 +171,10 @@ class TaskDone:
 
 @dataclass(frozen=True, slots=True)
 class TaskSkipped:
-    """The executor dropped task ``key``, not started, as asked."""
+    """The executor dropped task ``run_id``, not started, as asked."""
 
     ex_id: int
-    key: int
+    run_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,26 +194,26 @@ class ExecutorDied:
 
 @dataclass(frozen=True, slots=True)
 class TaskCalled:
-    """The running task ``key`` called a ``@distributed`` function."""
+    """The running task ``run_id`` called a ``@distributed`` function."""
 
     ex_id: int
-    key: int
+    run_id: int
 
 
 @dataclass(frozen=True, slots=True)
 class TaskParked:
-    """The running task ``key`` waits for its calls."""
+    """The running task ``run_id`` waits for its calls."""
 
     ex_id: int
-    key: int
+    run_id: int
 
 
 @dataclass(frozen=True, slots=True)
 class TaskResumed:
-    """The running task ``key`` goes on after waiting for its calls."""
+    """The running task ``run_id`` goes on after waiting for its calls."""
 
     ex_id: int
-    key: int
+    run_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,7 +305,7 @@ class Send:
 @dataclass(slots=True)
 class Skip:
     ex_id: int
-    key: int
+    run_id: int
 
 
 @dataclass(slots=True)

@@ -241,7 +241,7 @@ class Executors:
             return
         now = time.monotonic()
         if isinstance(message, Done):
-            self.apply(self.core.handle(TaskDone(ex_id, message.key, message.outcome,
+            self.apply(self.core.handle(TaskDone(ex_id, message.run_id, message.outcome,
                                                  message.info, list(message.frames),
                                                  message.shm), now))
         elif isinstance(message, Out):
@@ -250,18 +250,18 @@ class Executors:
             self._note_isolation(message.isolation)
             self.apply(self.core.handle(ExecutorReady(ex_id), now))
         elif isinstance(message, Skipped):
-            self.apply(self.core.handle(TaskSkipped(ex_id, message.key), now))
+            self.apply(self.core.handle(TaskSkipped(ex_id, message.run_id), now))
         elif isinstance(message, EnvError):
             self.apply(self.core.handle(ExecutorEnvError(ex_id, message.info,
                                                          list(message.frames)), now))
         elif isinstance(message, Call):
             self.on_call(ex_id, message)
         elif isinstance(message, (Park, Unpark)):
-            self.apply(self.core.handle(TaskParked(ex_id, message.key)
+            self.apply(self.core.handle(TaskParked(ex_id, message.run_id)
                                         if isinstance(message, Park)
-                                        else TaskResumed(ex_id, message.key), now))
+                                        else TaskResumed(ex_id, message.run_id), now))
         elif isinstance(message, CancelChild):
-            self.on_cancel_child(ex_id, message.key, message.child)
+            self.on_cancel_child(ex_id, message.run_id, message.child)
         else:  # (a message only the daemon sends)
             log.warning("executor %d sent an unexpected %r; stopping it", proc.pid,
                         message.VERB.value)
@@ -299,21 +299,21 @@ class Executors:
                              f"{self.name} died (exit code {code})")
         return self.core.handle(ExecutorDied(ex_id, record.to_wire()), time.monotonic())
 
-    def to_parent(self, ex_id: int, key: int, number: int, status: str,
+    def to_parent(self, ex_id: int, run_id: int, number: int, status: str,
                   info: dict[str, str], frames: list[Any]) -> None:
-        """How call ``number`` of task ``key`` ended: to its executor, if it still runs the
+        """How call ``number`` of task ``run_id`` ended: to its executor, if it still runs the
         task (a failed write is the executor's death)."""
         proc = self.procs.get(ex_id)
-        if proc is None or not self.parent_runs(ex_id, key):
+        if proc is None or not self.parent_runs(ex_id, run_id):
             return
         try:
-            proc.child(key, number, status, info, frames)
+            proc.child(run_id, number, status, info, frames)
         except OSError:
             self.apply(self.died(ex_id))
 
-    def parent_runs(self, ex_id: int, key: int) -> bool:
+    def parent_runs(self, ex_id: int, run_id: int) -> bool:
         run = self.core.running(ex_id)
-        return run is not None and run.key == key
+        return run is not None and run.run_id == run_id
 
     def renice(self, nice: int) -> None:
         """Every thread of the executors, what they started, and the templates (executors

@@ -23,7 +23,7 @@ def check(core: CoreState) -> None:
     assert core.busy - excused <= core.most, (
         f"{core.busy} slots busy ({excused} excused), over the most offered, {core.most}")
     seen: dict[int, int] = {}  # id(task) -> executor
-    keys: set[int] = set()
+    run_ids: set[int] = set()
     for ex in execs:
         assert ex.ex_id <= core._next_ex, f"executor {ex.ex_id} was never spawned"
         for run in ex.runs:
@@ -31,8 +31,8 @@ def check(core: CoreState) -> None:
                 f"task {run.task.task_id} of {run.task.peer!r} handed to executors "
                 f"{seen[id(run.task)]} and {ex.ex_id}")
             seen[id(run.task)] = ex.ex_id
-            assert run.key not in keys, f"run key {run.key} used twice"
-            keys.add(run.key)
+            assert run.run_id not in run_ids, f"run id {run.run_id} used twice"
+            run_ids.add(run.run_id)
             assert run.task.threads == ex.key.threads, (
                 f"task {run.task.task_id} needs {run.task.threads} threads, handed to an "
                 f"executor of {ex.key.threads}")

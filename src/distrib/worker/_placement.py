@@ -26,7 +26,7 @@ class PlacedCall:
     cid: int  # this worker's id for it (the task id wherever it runs)
     main: bytes  # the Main it is counted under (its peer here)
     ex_id: int  # the parent's executor
-    key: int  # the parent's run there
+    run_id: int  # the parent's run there
     parent: int  # the parent's task id here (the Main's own below ``FIRST_ID``)
     number: int  # the parent's number for it
     name: str

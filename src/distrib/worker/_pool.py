@@ -120,14 +120,14 @@ class ExecutorProcess:
         ours, self.theirs = socket.socketpair()
         self.pipe = Pipe(ours)
 
-    def child(self, key: int, child: int, status: str, info: dict[str, str],
+    def child(self, run_id: int, child: int, status: str, info: dict[str, str],
               frames: list[Any]) -> None:
-        """How call ``child`` of the running task ``key`` ended."""
-        self.pipe.send(ChildOutcome(key, child, status, info, tuple(frames)))
+        """How call ``child`` of the running task ``run_id`` ended."""
+        self.pipe.send(ChildOutcome(run_id, child, status, info, tuple(frames)))
 
-    def skip(self, key: int) -> None:
-        """Ask the executor to drop task ``key`` if it has not started it."""
-        self.pipe.send(Skip(key))
+    def skip(self, run_id: int) -> None:
+        """Ask the executor to drop task ``run_id`` if it has not started it."""
+        self.pipe.send(Skip(run_id))
 
     def read(self) -> PipeMessage:
         """Read one whole message. ``EOFError`` if it died, ``PipeError`` if it is malformed."""

@@ -56,9 +56,9 @@ class Calls:
         """The running task of ``ex_id`` called a @distributed function: its Main runs it
         (relayed), or this worker places it itself (direct; ``_direct``)."""
         run = self.core.running(ex_id)
-        if run is None or run.key != call.key:
+        if run is None or run.run_id != call.run_id:
             return  # (a task stopped meanwhile)
-        self.apply(self.core.handle(TaskCalled(ex_id, call.key), time.monotonic()))
+        self.apply(self.core.handle(TaskCalled(ex_id, call.run_id), time.monotonic()))
         task, main = run.task, self.mains.get(run.task.peer)
         if main is None or main.hello is None:
             return
@@ -71,30 +71,30 @@ class Calls:
         parent = f"{call.caller}#{label}" + (f", {above.chain.removeprefix('called by ')}"
                                              if above is not None else "")
         if how != "relayed":
-            placed = PlacedCall(next(self.direct.ids), task.peer, ex_id, call.key, task.task_id,
+            placed = PlacedCall(next(self.direct.ids), task.peer, ex_id, call.run_id, task.task_id,
                                 call.child, call.name, f"{label}.{call.child}",
                                 f"called by {parent}", tuple(call.platforms) or ("*",),
                                 call.threads, call.retries, call.timeout, task.dist,
                                 task.depth + 1, list(call.frames), how)
             if self.direct.place(placed, time.monotonic()):
                 return
-        self.direct.relay(task.peer, ex_id, call.key, call.child, task.task_id)
+        self.direct.relay(task.peer, ex_id, call.run_id, call.child, task.task_id)
         self.send(task.peer, m.Call(task.task_id, call.child, call.name, call.platforms,
                                     call.threads, call.retries, call.timeout, call.outputs,
                                     task.depth + 1,
                                     parent if task.task_id >= FIRST_ID else "",
                                     frames=call.frames))
 
-    def on_cancel_child(self, ex_id: int, key: int, number: int) -> None:
+    def on_cancel_child(self, ex_id: int, run_id: int, number: int) -> None:
         """The running task of ``ex_id`` cancelled its call ``number``: wherever it went."""
         run = self.core.running(ex_id)
-        if (run is not None and run.key == key
-                and not self.direct.cancel(ex_id, key, number)):
+        if (run is not None and run.run_id == run_id
+                and not self.direct.cancel(ex_id, run_id, number)):
             self.send(run.task.peer, m.CancelChild(run.task.task_id, number))
 
     def relay(self, child: PlacedCall) -> None:
         """A call placed here goes through its Main after all (it was handed back)."""
-        self.direct.relay(child.main, child.ex_id, child.key, child.number, child.parent)
+        self.direct.relay(child.main, child.ex_id, child.run_id, child.number, child.parent)
         self.send(child.main, m.Call(child.parent, child.number, child.name,
                                      list(child.platforms), child.threads, child.retries,
                                      child.timeout, [], child.depth,
@@ -108,9 +108,9 @@ class Calls:
             run = ex.runs[0] if ex.runs else None
             if (run is not None and ex.nests and run.task.peer == peer
                     and run.task.task_id == msg.parent):  # (only a task that made calls)
-                self.direct.relay_answered(peer, ex_id, run.key, msg.child)
+                self.direct.relay_answered(peer, ex_id, run.run_id, msg.child)
                 if msg.status in ("ok", "error"):
-                    self.executors.to_parent(ex_id, run.key, msg.child, msg.status, msg.info,
+                    self.executors.to_parent(ex_id, run.run_id, msg.child, msg.status, msg.info,
                                              list(msg.frames))
                 return
 
@@ -132,8 +132,8 @@ class Calls:
                     (sum(self.core.held().values()) + self.core.waiting())
                     / max(1, self.core.capacity))
 
-    def runs(self, ex_id: int, key: int) -> bool:
-        return self.executors.parent_runs(ex_id, key)
+    def runs(self, ex_id: int, run_id: int) -> bool:
+        return self.executors.parent_runs(ex_id, run_id)
 
     def running_here(self, cid: int) -> bool:
         return any(ex.runs and ex.runs[0].task.reply == LOCAL
@@ -154,7 +154,7 @@ class Calls:
                 self.apply(self.core.handle(CancelAsked(effect.child.main, effect.child.cid),
                                             time.monotonic()))
             elif isinstance(effect, Deliver):  # (to its parent, if that still runs)
-                self.executors.to_parent(effect.child.ex_id, effect.child.key,
+                self.executors.to_parent(effect.child.ex_id, effect.child.run_id,
                                          effect.child.number, effect.status, effect.info,
                                          effect.frames)
             elif isinstance(effect, Relay):
