@@ -164,7 +164,7 @@ class CoreState:
         tasks = [t for t in self.queues.tasks() if t.peer == peer] + [
             run.task for ex in self.executors.values() for run in ex.runs
             if run.task.peer == peer]
-        return {key for t in tasks for key in t.objects}
+        return {name for t in tasks for name in t.objects}
 
     def active_envs(self) -> set[str]:
         """Python environments with a task queued or handed to an executor."""
