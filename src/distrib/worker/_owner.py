@@ -159,8 +159,7 @@ class Owner:
                 reply(conn, change.refused)
                 return
             self.carry_out(change)
-        held = self.core.held()
-        reply(conn, f"{self.state.word}: {sum(held.values())} slots busy, "
+        reply(conn, f"{self.state.word}: {self.core.busy} slots busy, "
                     f"{self.core.waiting()} tasks waiting")
 
     def carry_out(self, change: Change) -> None:

@@ -129,8 +129,7 @@ class Calls:
         its quota allows), and its slots busy or waited for, per slot."""
         return Here(self.platform,
                     not self.core.paused and self.core.offered(main) >= threads,
-                    (sum(self.core.held().values()) + self.core.waiting())
-                    / max(1, self.core.capacity))
+                    (self.core.busy + self.core.waiting()) / max(1, self.core.capacity))
 
     def runs(self, ex_id: int, run_id: int) -> bool:
         return self.executors.parent_runs(ex_id, run_id)
