@@ -123,7 +123,7 @@ class Core(CoreState):
 
     def _queued(self, event: TaskQueued, now: float) -> None:
         """It waits until its environment is ready and slots are free."""
-        refused = self._refusal(event.task)
+        refused = None if event.admitted else self._refusal(event.task)
         if refused is None:
             self.queues.add(event.task)
         else:

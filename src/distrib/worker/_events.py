@@ -81,6 +81,7 @@ class TaskQueued:
     """A task whose needs are asked for (after ``Admit``, or a call placed here): queue it."""
 
     task: QueuedTask
+    admitted: bool = False  # the core's checks passed as it was submitted (``Admit``), just now
 
 
 @dataclass(frozen=True, slots=True)

@@ -285,11 +285,8 @@ class Serving:
             task.shm = spec.shm
         if spec.objects and not self.supply.plan_objects(task, spec.objects):
             return
-        self.supply.dists.request(spec.dist, sender.peer,
-                                  self.mains.contexts[main.context].preload)
-        if main.env and not self.core.env_is_ready(main.env):
-            self.supply.need_env(main.env, main.peer)
-        self.apply(self.core.handle(TaskQueued(task), time.monotonic()))
+        self.supply.fetch(spec.dist, sender.peer, main)
+        self.apply(self.core.handle(TaskQueued(task, admitted=True), time.monotonic()))
 
     def forward_output(self, ex_id: int, stream: int, text: str) -> None:
         """What a running task printed: to its Main, if it asked for it."""

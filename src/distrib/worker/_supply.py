@@ -87,10 +87,15 @@ class Supply:
             return
         self.warming.wish(main.peer, dist, main.env, main.context,
                           min(count, self.core.capacity))
-        self.dists.request(dist, main.peer, self.mains.contexts[main.context].preload)
+        self.fetch(dist, main.peer, main)
+        self._start_warm()
+
+    def fetch(self, dist: str, source: bytes, main: MainPeer) -> None:
+        """Ask for what tasks of ``main`` in ``dist`` need: the workspace (from ``source``,
+        the Main or its delegate) and the Main's Python environment."""
+        self.dists.request(dist, source, self.mains.contexts[main.context].preload)
         if main.env and not self.core.env_is_ready(main.env):
             self.need_env(main.env, main.peer)
-        self._start_warm()
 
     def _start_warm(self) -> None:
         now = time.monotonic()
