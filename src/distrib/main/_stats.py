@@ -150,7 +150,8 @@ def _worker_state(scheduler: Scheduler, link: Link) -> str:
         return "ready" if link.worker_state == "serving" else str(link.worker_state)
     if link.state is LinkState.CONNECTING and link.reason:
         return "lost"  # (and being tried again)
-    return {LinkState.CONNECTING: "connecting", LinkState.LOST: "lost",
+    return {LinkState.NEW: "connecting", LinkState.CONNECTING: "connecting",
+            LinkState.LOST: "lost",
             LinkState.REFUSED: "refused", LinkState.AUTH_FAILED: "refusing keys"}[link.state]
 
 

@@ -21,7 +21,7 @@ class Meta:
     """Bounds of a field (not checked here)."""
 
     def __init__(self, **bounds: Any) -> None:
-        self.bounds = bounds
+        pass
 
 
 class Struct:
@@ -34,10 +34,6 @@ class Struct:
         if tag is not None:
             made: Any = dataclasses.dataclass(frozen=True)(cls)
             cls.__struct_fields__ = tuple(field.name for field in dataclasses.fields(made))
-
-
-def force_setattr(message: Any, name: str, value: Any) -> None:
-    object.__setattr__(message, name, value)
 
 
 def encode(message: Any) -> tuple[bytes, Sequence[Any]]:
