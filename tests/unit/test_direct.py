@@ -54,8 +54,8 @@ def call(cid: int, retries: int = 0) -> PlacedCall:
 def test_a_link_that_zmq_refuses_is_refused_and_tried_again_after_the_retry_time() -> None:
     host = Host()
     ctx = zmq.Context()
+    direct = Direct("w1", ctx, _keys.generate(), 10.0, host)
     try:
-        direct = Direct("w1", ctx, _keys.generate(), 10.0, host)
         direct.set_peers(MAIN, [["not-an-address", _keys.generate().public, "w2", 2]], 0.0)
         (target,) = direct.targets.values()
         assert direct.status()["direct_targets"] == ["w2: new"]
@@ -80,8 +80,8 @@ def test_a_link_that_zmq_refuses_is_refused_and_tried_again_after_the_retry_time
 def test_a_silent_link_is_lost_and_its_calls_are_placed_again() -> None:
     host = Host()
     ctx = zmq.Context()
+    direct = Direct("w1", ctx, _keys.generate(), 10.0, host)
     try:
-        direct = Direct("w1", ctx, _keys.generate(), 10.0, host)
         direct.set_peers(MAIN, [["127.0.0.1:9", _keys.generate().public, "w2", 2]], 0.0)
         (target,) = direct.targets.values()
         target.state, target.since, target.last_seen, target.offered = (

@@ -22,6 +22,7 @@ from distrib._errors import ProtocolError
 from distrib.wire import _pipe_messages as pm
 from distrib.wire._messages import Outcome
 from distrib.wire._pipe import Pipe, PipeError, decode, encode
+from tests.helpers import ended
 
 
 def pair() -> tuple[Pipe, Pipe]:
@@ -72,6 +73,7 @@ def test_messages_round_trip_over_a_socketpair_in_one_send() -> None:
     assert [type(x) for x in got] == [type(x) for x in EXAMPLES]
     for sent, read in zip(EXAMPLES, got):
         if hasattr(sent, "frames"):  # (frames arrive as bytearrays)
+            assert encode(read)[0] == encode(sent)[0]  # (the headers)
             assert [bytes(f) for f in getattr(read, "frames")] == list(getattr(sent, "frames"))
         else:
             assert read == sent
@@ -94,12 +96,13 @@ for _ in range(int(sys.argv[2])):
 def test_an_executor_without_msgspec_speaks_the_same_messages() -> None:
     ours, theirs = socket.socketpair()
     child = subprocess.Popen([sys.executable, "-c", _ECHO, str(theirs.fileno()),
-                              str(len(EXAMPLES))], pass_fds=[theirs.fileno()])
+                              str(len(EXAMPLES))], pass_fds=[theirs.fileno()], text=True)
     theirs.close()
     pipe = Pipe(ours)
-    pipe.send_many(EXAMPLES)  # (checked again here as they come back)
-    got = [pipe.recv() for _ in EXAMPLES]
-    assert child.wait(60) == 0
+    with ended(child):  # (killed if it hangs or an assertion fails)
+        pipe.send_many(EXAMPLES)  # (checked again here as they come back)
+        got = [pipe.recv() for _ in EXAMPLES]
+        assert child.wait(60) == 0
     for sent, read in zip(EXAMPLES, got):
         assert type(read) is type(sent)
         if hasattr(sent, "frames"):
