@@ -56,6 +56,9 @@ class Tracker:
         self.cancelled = 0  # (not counted as done)
         self._start = time.monotonic()
         self._stop = threading.Event()
+        # The row is added here, not in the drawing thread, so that bars made one after the
+        # other keep that order on the screen (threads join the display in any order).
+        self._row = _join_board(self.description, self.total) if sys.stderr.isatty() else None
         self._thread = threading.Thread(target=self._draw, name="distrib-progress", daemon=True)
         _live.add(self)
         self._thread.start()
@@ -93,14 +96,14 @@ class Tracker:
             self._thread.join()
 
     def _draw(self) -> None:
-        if sys.stderr.isatty():
-            self._draw_bar()
+        if self._row is not None:
+            self._draw_bar(*self._row)
         else:
             while self._pending and not self._stop.wait(REFRESH):
                 self._count()
             self._count(last=True)
         seconds = time.monotonic() - self._start
-        if not sys.stderr.isatty():
+        if self._row is None:
             print(f"distrib: {self.description}: {self.done}/{self.total} done, "
                   f"{self._troubles()}, in {seconds:.1f} s "
                   f"({self.done / max(seconds, 1e-9):,.1f}/s)", file=sys.stderr, flush=True)
@@ -109,12 +112,9 @@ class Tracker:
         return f"{self.failed} failed" + (f", {self.cancelled} cancelled" if self.cancelled
                                           else "")
 
-    def _draw_bar(self) -> None:
-        bar = _join_board()
+    def _draw_bar(self, bar: Any, task: Any) -> None:
         try:
             slots = "0/0"
-            task = bar.add_task(self.description, total=self.total, troubles="0 failed",
-                                rate="0.0", slots=slots)
             while True:
                 stopping = self._stop.is_set()
                 self._count(last=stopping)
@@ -132,8 +132,9 @@ class Tracker:
             _leave_board()
 
 
-def _join_board() -> Any:
-    """The display the bars drawn now share (started by the first)."""
+def _join_board(description: str, total: int) -> tuple[Any, Any]:
+    """A row for a bar on the display the bars drawn now share (started by the first): the
+    display and the row's task id."""
     global _board, _rows
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
@@ -152,7 +153,8 @@ def _join_board() -> Any:
                               redirect_stdout=sys.stdout is not None and sys.stdout.isatty())
             _board.start()
         _rows += 1
-        return _board
+        return _board, _board.add_task(description, total=total, troubles="0 failed",
+                                       rate="0.0", slots="0/0")
 
 
 def _leave_board() -> None:

@@ -43,11 +43,14 @@ def run_in(host: Host, ws: Workspace, script: str, env: dict[str, str], *args: s
                           capture_output=True, text=True, timeout=timeout)
 
 
-def status_json(host: Host, env: dict[str, str]) -> list[dict]:
-    out = subprocess.run(host.cmd(PYTHON, "-m", "distrib", "status", "--json"),
-                         env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+def status_json(host: Host, env: dict[str, str], all_reachable: bool = True) -> list[dict]:
+    # (a generous wait for each answer: the workers may still be busy on 2 loaded cores)
+    out = subprocess.run(host.cmd(PYTHON, "-m", "distrib", "status", "--json", "--timeout", "30"),
+                         env={**os.environ, **env}, capture_output=True, text=True, timeout=150)
     assert out.returncode == 0, out.stdout + out.stderr
-    return json.loads(out.stdout)
+    rows = json.loads(out.stdout)
+    assert not all_reachable or not any(row["problem"] for row in rows), rows
+    return rows
 
 
 def test_seed_example_across_three_hosts_with_keys(network: Network, start_worker,

@@ -139,6 +139,6 @@ def test_a_worker_killed_mid_tree_loses_no_call_and_leaves_nothing_running(
     assert out.splitlines()[0] == "LEAVES 100 True", out + err[-3000:]
     # What w1 sent the others stopped with it; nothing is left running or queued anywhere.
     def idle() -> bool:
-        rows = [r for r in status_json(m, env) if r.get("name") in ("w2", "w3")]
+        rows = [r for r in status_json(m, env, all_reachable=False) if r.get("name") in ("w2", "w3")]
         return len(rows) == 2 and all(r["busy"] == 0 and r["queued"] == 0 for r in rows)
     wait_for(idle, timeout=60, what="w2 and w3 idle")
