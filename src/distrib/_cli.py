@@ -127,6 +127,15 @@ def main() -> None:
               help="Advertise this worker (and its public key) on the LAN with mDNS.")
 @click.option("--announce-interface", multiple=True,
               help="Interface address to announce on (default: the listen address, or all).")
+@click.option("--task-network", type=click.Choice(["none", "loopback", "all"]), default="none",
+              show_default=True,
+              help="What sandboxed tasks may reach: no network, this machine's services "
+                   "(loopback), or all; a key's line in the authorized-keys file may say "
+                   "otherwise for its Mains (network=...).")
+@click.option("--no-sandbox", is_flag=True,
+              help="Run tasks without a sandbox: they can read this user's files (this "
+                   "worker's keys, other Mains' work) and reach the network. Needed to serve "
+                   "keyed or non-loopback Mains where no sandbox can be built.")
 @click.option("--exit-with-parent", type=int, default=None, hidden=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log every connection and environment.")
 @click.pass_context
@@ -142,13 +151,13 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
            max_envs: str | None,
            key_file: Path | None,
            authorized_keys: Path | None, insecure: bool, announce: bool,
-           announce_interface: tuple[str, ...], exit_with_parent: int | None,
-           verbose: bool) -> None:
+           announce_interface: tuple[str, ...], task_network: str, no_sandbox: bool,
+           exit_with_parent: int | None, verbose: bool) -> None:
     """Run a worker daemon that serves Mains' tasks (or, with a command, tell a running one
     to pause, resume or drain)."""
     if ctx.invoked_subcommand is not None:
         return
-    from distrib.worker import _policy
+    from distrib.worker import _policy, _sandbox
     from distrib.worker._daemon import Daemon
     from distrib.worker._envs import EnvPolicy
     from distrib.worker._gate import read_quotas
@@ -192,6 +201,26 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
             "as this user", "any" if key is None else "any key-holding", listen)
     slots = policy.threads
     cache = _worker_cache(cache_dir)
+    sandboxes = None if no_sandbox else _sandbox.detect()
+    worker_log = logging.getLogger("distrib.worker")
+    if sandboxes is not None:
+        worker_log.warning("tasks run in a sandbox built with %s; network: %s%s",
+                           sandboxes.describe(), task_network,
+                           " (shared with this machine: a loopback-only filter is not built "
+                           "yet, so tasks can reach other hosts too)"
+                           if task_network == "loopback" else "")
+    elif no_sandbox:
+        worker_log.warning("NO SANDBOX (--no-sandbox): tasks can read this user's files and "
+                           "reach the network")
+    elif key_file is not None or not _is_loopback(address):
+        raise click.UsageError(
+            "no sandbox can be built here (install bubblewrap, e.g. `apt-get install "
+            "bubblewrap`, or allow unprivileged user namespaces), and this worker serves "
+            "remote Mains: their tasks could read its keys and other Mains' work. Pass "
+            "--no-sandbox to serve them anyway")
+    else:
+        worker_log.warning("no sandbox can be built here (install bubblewrap): tasks of the "
+                           "Mains of this machine run unconfined")
     try:
         daemon = Daemon(WorkerSettings(
             address, policy, cache, name=name or "", heartbeat_interval=heartbeat,
@@ -202,7 +231,8 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
             env_policy=EnvPolicy(install, index_url, find_links, no_index, pythons,
                                  None if max_envs is None else _size(max_envs, "--max-envs")),
             max_objects=_size(max_objects, "--max-objects"), policy_file=policy_file,
-            flags=flags, max_parked=max_parked))
+            flags=flags, max_parked=max_parked, sandboxes=sandboxes,
+            task_network=task_network))
     except zmq.ZMQError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
     if announce:
@@ -213,7 +243,6 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
     click.echo(f"distrib worker {daemon.name} ready on {daemon.address} with {slots} "
                f"slot{'s' if slots != 1 else ''}{public}")
     sys.stdout.flush()
-    worker_log = logging.getLogger("distrib.worker")
     worker_log.info("policy%s: %s", f" from {policy_file}" if policy_file else "",
                     policy.describe())
     if daemon.memory.limit or policy_file is not None:

@@ -68,7 +68,8 @@ class LocalCluster:
             [sys.executable, "-P", "-m", "distrib", "worker", "--listen", address,
              "--threads", str(self._threads), "--name", "local", "--cache-dir",
              str(self._cache_dir / "worker"), "--exit-with-parent", str(os.getpid()),
-             "--nice", "0"],  # (the Main's own machine: its tasks are its user's own work)
+             "--nice", "0", "--no-sandbox"],  # (this user's own machine and work: no
+            # sandbox between them)
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             cwd=self._folder,

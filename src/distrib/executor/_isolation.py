@@ -9,6 +9,15 @@ shipped tree; an untouched one is kept (one ``scandir``), so tiny tasks stay che
 the shared environment can change, whoever runs the daemon (root ignores file modes, not
 mounts).
 
+In a sandbox (the daemon's, ``worker._sandbox``), the tree is a read-only mount the sandbox
+made, seen again at a second path (``lower``) below every overlay. There each overlay is
+*locked* once mounted: the executor enters a user and mount namespace of its own again, in
+which what it inherited cannot be unmounted or made writable, so a task cannot remove its
+overlay. A fresh overlay for the next task is then mounted over the locked one (and locked in
+turn) rather than in its place. A process may nest 32 user namespaces: after some thirty tasks
+that wrote to their tree, an executor's further overlays stay unlocked (a task could unmount
+its own to see an earlier task's writes of the same Main; the tree stays read-only).
+
 Where namespaces are not available (another platform, or a kernel that forbids them), each
 task gets a private *copy* of the tree as its working folder, renewed when a task changed it;
 modules are still imported from the shared tree, so a write through a module's ``__file__``
@@ -40,14 +49,14 @@ class Overlay:
 
     kind = "overlay"
 
-    def __init__(self, env: Path, scratch: Path) -> None:
+    def __init__(self, env: Path, scratch: Path, lower: str = "") -> None:
         self.env, self.scratch = env, scratch
+        self._lower = lower or str(env)  # the tree every overlay shows (a sandbox's copy)
+        self._sandboxed = bool(lower)
+        self._locked = False  # whether the overlay in place can no longer be unmounted
+        self._options = ""  # what overlays here need besides their layers ("userxattr")
         self._libc = ctypes.CDLL(None, use_errno=True)
-        uid, gid = os.getuid(), os.getgid()
-        self._call("unshare", _CLONE_NEWUSER | _CLONE_NEWNS)  # the process is single-threaded
-        Path("/proc/self/setgroups").write_text("deny")
-        Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")  # the same ids inside
-        Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
+        self._unshare()  # (the process is single-threaded)
         self._call("mount", None, b"/", None, _MS_REC | _MS_PRIVATE, None)
         self._count = 0
         self._protected: list[Path] = []  # paths protect() covers
@@ -72,9 +81,11 @@ class Overlay:
             os.chdir("/")
             os.close(self._env_fd)
             os.close(self._upper_fd)
-            self._call("umount2", bytes(self.env), _MNT_DETACH)
-            remove_tree(self._upper.parent)
+            if not self._locked:
+                self._call("umount2", bytes(self.env), _MNT_DETACH)
+            remove_tree(self._upper.parent)  # (a locked one stays mounted, out of sight)
             self._mount()
+            self.lock()
         os.fchdir(self._env_fd)  # (by descriptor: no path to resolve before every task)
 
     def after_fork(self) -> None:
@@ -92,6 +103,34 @@ class Overlay:
             self.protect(path)
         self._count = 0
         self._mount()
+        self.lock()
+
+    def lock(self) -> None:
+        """In a sandbox: make the mounts in place, this overlay's too, impossible to undo
+        from here on (a namespace inside the current one: its inherited mounts are locked).
+        Called once the process's own setup is done, before any task runs."""
+        if not self._sandboxed:
+            return
+        try:
+            self._unshare()
+        except OSError:  # (too deeply nested: this overlay stays as it is, unlocked)
+            self._locked = False
+            return
+        self._locked = True
+        assert self._upper is not None
+        self._env_fd: int = _reopen(self._env_fd, self.env)  # (its root, seen from here)
+        self._upper_fd: int = _reopen(self._upper_fd, self._upper)
+
+    def _unshare(self) -> None:
+        """Enter a user and mount namespace of its own, with the same ids inside."""
+        uid, gid = os.getuid(), os.getgid()
+        self._call("unshare", _CLONE_NEWUSER | _CLONE_NEWNS)
+        Path("/proc/self/setgroups").write_text("deny")
+        try:
+            Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
+        except PermissionError:  # (uid 0 without CAP_SETFCAP, as in a sandbox: left unmapped;
+            pass  # files it makes still belong to it, and its capabilities here are whole)
+        Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
 
     def protect(self, path: Path) -> None:
         """Mount an overlay over ``path`` too, for this executor's life: writes to it (a
@@ -101,8 +140,7 @@ class Overlay:
         upper, work = layer / "upper", layer / "work"
         upper.mkdir(parents=True)
         work.mkdir()
-        options = f"lowerdir={path},upperdir={upper},workdir={work}"
-        self._call("mount", b"overlay", bytes(path), b"overlay", 0, options.encode())
+        self._overlay(path, f"lowerdir={path},upperdir={upper},workdir={work}")
         self._protected.append(path)
 
     def written(self) -> list[str]:
@@ -121,13 +159,26 @@ class Overlay:
         upper, work = layer / "upper", layer / "work"
         upper.mkdir(parents=True)
         work.mkdir()
-        options = f"lowerdir={self.env},upperdir={upper},workdir={work}"
-        self._call("mount", b"overlay", bytes(self.env), b"overlay", 0, options.encode())
+        self._overlay(self.env, f"lowerdir={self._lower},upperdir={upper},workdir={work}")
         self._upper = upper
         self._upper_fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY)
         self._env_fd = os.open(self.env, os.O_RDONLY | os.O_DIRECTORY)  # the overlay's root
         self._mtime = os.fstat(self._upper_fd).st_mtime_ns
         os.chdir(self.env)  # the old working folder is the tree under the mount
+
+    def _overlay(self, target: Path, options: str) -> None:
+        """Mount an overlay; in a user namespace nested in another (a sandbox), the kernel
+        keeps its own attributes in ``user.`` ones (``userxattr``)."""
+        for extra in ([self._options] if self._options else ["", "userxattr,"]):
+            try:
+                self._call("mount", b"overlay", bytes(target), b"overlay", 0,
+                           f"{extra}{options}".encode())
+            except OSError:
+                if extra or self._options:
+                    raise
+                continue
+            self._options = extra
+            return
 
     def _call(self, name: str, *args: object) -> None:
         if getattr(self._libc, name)(*args) != 0:
@@ -183,10 +234,16 @@ def _files(root: Path, keep: Callable[[os.stat_result], bool]) -> list[str]:
     return sorted(out)
 
 
-def start(env: Path, scratch: Path) -> Overlay | Copies:
-    """The best isolation this platform allows (call while the process has one thread)."""
+def _reopen(fd: int, path: Path) -> int:
+    os.close(fd)
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def start(env: Path, scratch: Path, lower: str = "") -> Overlay | Copies:
+    """The best isolation this platform allows (call while the process has one thread);
+    ``lower``: the sandbox's second view of the tree, if in one."""
     try:
-        return Overlay(env, scratch)
+        return Overlay(env, scratch, lower)
     except (OSError, AttributeError):
         return Copies(env, scratch)
 

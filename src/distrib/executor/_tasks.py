@@ -63,11 +63,14 @@ class _Forward(io.TextIOBase):
 
 
 _max_payload = 0  # bytes a result may pickle to (the Main's setting); 0: no limit
+_SANDBOX_VAR = "DISTRIB_SANDBOX"  # set by the daemon's sandbox: where the tree is seen again
+_sandbox = ""  # that path, in a sandbox
 
 
 def _watch_parent(parent: int) -> None:
-    # A daemon killed with -9 cannot stop us; leave when we are orphaned.
-    while True:
+    # A daemon killed with -9 cannot stop us; leave when we are orphaned. (In a sandbox the
+    # daemon is outside this PID namespace, parent 0: the sandbox ends with it.)
+    while parent:
         time.sleep(1.0)
         if os.getppid() != parent:
             os._exit(70)
@@ -196,7 +199,9 @@ def _drop_own_frame(exc: BaseException) -> None:
 
 
 def main(argv: list[str]) -> None:
+    global _sandbox
     _be_nice(int(os.environ.pop(NICE_VAR, "0") or 0))
+    _sandbox = os.environ.pop(_SANDBOX_VAR, "") or _sandbox
     if argv[0] == "zygote":
         _zygote(int(argv[1]))
         return
@@ -205,10 +210,12 @@ def main(argv: list[str]) -> None:
         return
     fd, env, main_script, runs = int(argv[0]), Path(argv[1]), argv[2], Path(argv[3])
     pipe = Pipe(socket.socket(fileno=fd))
-    isolation = _isolation.start(env, runs)  # while this process has one thread
+    isolation = _isolation.start(env, runs, _sandbox)  # while this process has one thread
     _no_bytecode_in_tree(isolation)
-    if argv[4] and isinstance(isolation, _isolation.Overlay):  # a built Python environment
-        isolation.protect(Path(argv[4]))
+    if isinstance(isolation, _isolation.Overlay):
+        if argv[4] and not _sandbox:  # a built Python environment (a sandbox's is read-only)
+            isolation.protect(Path(argv[4]))
+        isolation.lock()
     sys.path.insert(0, str(env))
     if _prepare(pipe, env, main_script) is not None:
         _serve(pipe, isolation, os.getppid())
@@ -280,9 +287,9 @@ def _template(argv: list[str]) -> None:
     fd, env, main_script, runs = int(argv[0]), Path(argv[1]), argv[2], Path(argv[3])
     control = socket.socket(fileno=fd)
     pipe = Pipe(control)
-    isolation = _isolation.start(env, runs)  # while this process has one thread
+    isolation = _isolation.start(env, runs, _sandbox)  # while this process has one thread
     _no_bytecode_in_tree(isolation)
-    if argv[4] and isinstance(isolation, _isolation.Overlay):
+    if argv[4] and not _sandbox and isinstance(isolation, _isolation.Overlay):
         isolation.protect(Path(argv[4]))
     sys.path.insert(0, str(env))
     preload = _prepare(pipe, env, main_script)
@@ -366,7 +373,10 @@ def _forked_executor(fd: int, isolation: _isolation.Overlay | _isolation.Copies,
                      daemon: int) -> None:
     """An executor forked from a template: its environment is imported already."""
     try:
-        pipe = Pipe(socket.socket(fileno=fd))
+        sock = socket.socket(fileno=fd)
+        if _sandbox:  # the daemon reads this process's pid, as it knows it, from the message
+            sock.sendall(b"P")
+        pipe = Pipe(sock)
         if isinstance(isolation, _isolation.Overlay):
             isolation.after_fork()
         _serve(pipe, isolation, daemon)  # (the template had the Main's context)

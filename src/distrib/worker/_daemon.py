@@ -20,6 +20,7 @@ import signal
 import socket
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -53,13 +54,15 @@ from distrib.worker._events import (
 )
 from distrib.worker._executors import Executors
 from distrib.worker._gate import Gate
-from distrib.worker._mains import Mains
+from distrib.worker import _sandbox
+from distrib.worker._mains import Context, Mains
 from distrib.worker._memory import MemoryWatch
 from distrib.worker._objects import Objects
 from distrib.worker._outbox import Outbox
 from distrib.worker._owner import Owner, OwnerState
 from distrib.worker._pool import Recipe
 from distrib.worker._redistribution import Calls
+from distrib.worker._sandbox import Box, Sandboxes
 from distrib.worker._serving import Serving
 from distrib.worker._settings import WorkerSettings
 from distrib.worker._state import QueuedTask
@@ -91,6 +94,8 @@ class Daemon:
         self.name = s.name or f"{socket.gethostname()}:" \
             f"{self.address.rsplit(':', 1)[-1].rsplit('/', 1)[-1]}"
         self.mains = Mains()
+        if s.sandboxes is not None:  # (a Main's sandbox: the network its key's line says)
+            self.mains.network = lambda key: self.gate.quota(key).network or s.task_network
         self.core = Core(policy.threads, s.idle_after, s.max_queued, s.max_parked)
         self.objects = Objects(self.runs / "objects", s.max_objects)
         Objects.remove_stale()
@@ -287,10 +292,11 @@ class Daemon:
                 dist = self.supply.dists.get(action.key.dist)
                 assert dist is not None and dist.env is not None
                 context = self.mains.contexts[action.key.context]
+                python = self.supply.envs.python(context.env) if context.env else None
                 recipe = Recipe(action.key.threads, dist.env, dist.main, self.runs,
-                                context.argv, context.environ,
-                                self.supply.envs.python(context.env) if context.env else None,
-                                context.preload, context.max_payload, self.owner.policy.nice)
+                                context.argv, context.environ, python, context.preload,
+                                context.max_payload, self.owner.policy.nice,
+                                *self._sandbox(context, dist.env, python))
                 died = executors.spawn(action.key, recipe, action.ex_id)
                 if died:
                     todo = [*todo, *died]
@@ -309,6 +315,19 @@ class Daemon:
                     log.debug("executor %d: %s", proc.pid, exc, exc_info=True)
                     todo = [*todo, *executors.died(action.ex_id)]
         executors.fork_waiting()
+
+    def _sandbox(self, context: Context, env: Path,
+                 python: Path | None) -> tuple[Sandboxes | None, Box | None]:
+        """How to build the sandbox of a Main's executors, and what it holds."""
+        sandboxes = self.settings.sandboxes
+        if sandboxes is None or not context.network:
+            return None, None
+        reads = _sandbox.reads(python, self.settings.cache_dir)
+        if not context.shm:  # (else its objects are in /dev/shm, which it sees)
+            objects = self.objects.where(context.peer)
+            objects.mkdir(parents=True, exist_ok=True)
+            reads += (objects,)
+        return sandboxes, Box(env, self.runs, reads, context.network, context.shm)
 
     def _notice(self, action: Admit | Rewaited | StuckChanged | StuckHandedBack | Vacating
                 | MainDropped | Drained) -> None:

@@ -3,8 +3,9 @@ sets, refused connections.
 
 libzmq asks the ZAP socket about every CURVE handshake; the answer comes from the
 authorized-keys file (reread when it changes, or at the next tick after SIGHUP). A line of it
-is ``<key> [name] [slots=N] [priority=P]``: at most N slots for that Main, and a share P times
-a priority-1 Main's when Mains all want more. Connections
+is ``<key> [name] [slots=N] [priority=P] [network=none|loopback|all]``: at most N slots for
+that Main, a share P times a priority-1 Main's when Mains all want more, and what its
+sandboxed tasks may reach (default: the owner's ``--task-network``). Connections
 that never complete a handshake (garbage, HTTP, a wrong key) never reach the daemon as
 messages: the socket monitor tells of them, and they are counted and logged here.
 """
@@ -53,11 +54,14 @@ class Quota:
 
     slots: int | None = None
     priority: float = 1.0
+    network: str | None = None  # what its tasks may reach (None: the owner's default)
 
     def __str__(self) -> str:
         out = [f"at most {self.slots} slot(s)"] if self.slots is not None else []
         if self.priority != 1.0:
             out.append(f"priority {self.priority:g}")
+        if self.network is not None:
+            out.append(f"network {self.network}")
         return ", ".join(out)
 
 
@@ -69,11 +73,11 @@ def parse_quota(comment: str, where: str) -> Quota:
         if match is None:
             continue  # (part of the name)
         name, value = match.groups()
-        if name in ("slots", "priority"):
+        if name in ("slots", "priority", "network"):
             values[name] = value
-        elif name.lower().startswith(("slot", "prio")):  # (a typo; other words are the name's)
-            raise ConfigError(f"{where}: unknown setting {name!r}; a key's line takes "
-                              "slots=N and priority=P")
+        elif name.lower().startswith(("slot", "prio", "net")):  # (a typo; other words are
+            raise ConfigError(f"{where}: unknown setting {name!r}; a key's line takes "  # names)
+                              "slots=N, priority=P and network=none|loopback|all")
     try:
         slots = int(values["slots"]) if "slots" in values else None
         priority = float(values.get("priority", "1"))
@@ -84,7 +88,12 @@ def parse_quota(comment: str, where: str) -> Quota:
     if not 0 < priority < 1e6:
         raise ConfigError(f"{where}: priority={priority:g}: expected a number above 0 and "
                           "below a million")
-    return Quota(slots, priority)
+    network = values.get("network")
+    if network is not None:
+        from distrib.worker._sandbox import check_network
+
+        check_network(network, f"{where}: network")
+    return Quota(slots, priority, network)
 
 
 def read_quotas(path: Path) -> dict[str, Quota]:

@@ -5,6 +5,7 @@ named by its hash)."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgpack
@@ -23,6 +24,9 @@ class Context:
     env: str
     preload: list[str]
     max_payload: int  # bytes a result may pickle to; 0: no limit
+    network: str = ""  # what its sandboxed executors may reach ("": they have no sandbox)
+    peer: bytes = b""  # in a sandbox: the Main it holds (the only one: its shared objects)
+    shm: bool = False  # in a sandbox: it shares this machine's /dev/shm
 
 
 @dataclass(eq=False)
@@ -54,16 +58,22 @@ class Mains(dict[bytes, MainPeer]):
     def __init__(self) -> None:
         super().__init__()
         self.contexts: dict[str, Context] = {}
+        # What a Main's tasks may reach in their sandbox, by its key; None: no sandbox
+        self.network: Callable[[str], str] | None = None
 
     def welcome(self, peer: bytes, hello: m.Hello, now: float, env: str,
                 env_problem: str, shm: bool, key: str = "") -> MainPeer:
+        network = self.network(key) if self.network is not None else ""
+        # (in a sandbox, executors are one Main's: what a task leaves there, none other meets)
+        box = [network, peer.hex(), shm] if network else []
         context = hashlib.sha256(msgpack.packb([hello.argv, sorted(hello.environ.items()),
-                                                env, hello.preload, hello.max_payload]))
+                                                env, hello.preload, hello.max_payload, *box]))
         main = self[peer] = MainPeer(peer, hello.main_id, hello.name, hello.forward_output, now,
                                      context.hexdigest()[:16], env, env_problem,
                                      hello.max_frame, hello.pid, shm, key=key, hello=hello)
         self.contexts[main.context] = Context(hello.argv, hello.environ, env, hello.preload,
-                                              hello.max_payload)
+                                              hello.max_payload, network,
+                                              peer if network else b"", shm and bool(network))
         return main
 
     def on_connection(self, fd: int) -> list[bytes]:

@@ -13,11 +13,19 @@ daemon over a socketpair whose file descriptor the daemon polls. It is started o
 
 An executor exists (its pipe is open, tasks can be handed to it) before its process does; it
 is *attached* to one when its template is ready or it is spawned.
+
+In a sandbox (``_sandbox``), a template and the executors it forks share one, of one Main's
+environment: they are in its PID namespace, where orphans go to its process 1 (the template),
+not to the daemon, and the pid the template says is not the daemon's. So each forked executor
+says a byte first on its own socket, which the kernel sends with its pid as the daemon knows
+it (``SO_PASSCRED``); the daemon signals and waits for that pid (``Adopted``, which also
+takes a process it cannot reap).
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import os
 import signal
@@ -34,6 +42,8 @@ from distrib._process import exists, wait_exit
 from distrib._scratch import remove_tree
 from distrib.wire._pipe import NICE_VAR, THREAD_VARS, Pipe, encode
 from distrib.wire._pipe_messages import Become, ChildOutcome, Context, PipeMessage, Run, Skip
+from distrib.worker import _sandbox
+from distrib.worker._sandbox import Box, Boxed, Sandboxes
 
 log = logging.getLogger("distrib.worker")
 
@@ -93,7 +103,7 @@ class ExecutorProcess:
     pipe: Pipe
     scratch: Path  # where it keeps its task layers, as <pid>-<n>
     theirs: socket.socket | None = None  # the executor's end, until a process takes it
-    proc: subprocess.Popen[bytes] | Adopted | None = None
+    proc: subprocess.Popen[bytes] | Adopted | Boxed | None = None
 
     @property
     def pid(self) -> int:
@@ -172,6 +182,8 @@ class Recipe:
     preload: list[str] = field(default_factory=list)  # modules a template imports ahead
     max_payload: int = 0  # bytes a result may pickle to (the Main's setting); 0: no limit
     nice: int = 0  # the niceness executors run at (the owner's --nice)
+    sandboxes: Sandboxes | None = None  # how to build their sandbox (None: none)
+    box: Box | None = None  # what it holds (its scratch: the folder to make one's in)
 
     def variables(self) -> dict[str, str]:
         """What its processes' environment has besides the daemon's."""
@@ -184,10 +196,19 @@ class Recipe:
         venv = str(self.python.parent.parent) if self.python else ""
         return [str(self.env), self.main or "", str(self.runs), venv]
 
-    def popen(self, mode: list[str], theirs: socket.socket) -> subprocess.Popen[bytes]:
-        return _python(self.python or Path(sys.executable),
-                       [*mode, str(theirs.fileno()), *self.arguments()], theirs,
-                       {**os.environ, **self.variables()}, self.env)
+    def popen(self, mode: list[str],
+              theirs: socket.socket) -> subprocess.Popen[bytes] | Boxed:
+        python = self.python or Path(sys.executable)
+        environ = {**os.environ, **self.variables()}
+        if self.sandboxes is None or self.box is None:
+            return _python(python, [*mode, str(theirs.fileno()), *self.arguments()], theirs,
+                           environ, self.env)
+        box = dataclasses.replace(self.box, scratch=_sandbox.scratch(self.box.scratch))
+        arguments = self.arguments()
+        arguments[2] = str(box.scratch)  # (its task layers: in the sandbox's own folder)
+        return self.sandboxes.start(
+            box, [str(python), "-P", "-m", "distrib.executor._tasks", *mode,
+                  str(theirs.fileno()), *arguments], environ, (theirs.fileno(),), self.env)
 
 
 def _python(python: Path, argv: list[str], theirs: socket.socket, environ: dict[str, str],
@@ -225,7 +246,8 @@ class Zygote:
         """Make it the process ``recipe.popen(mode, theirs)`` would start; None if it cannot
         be (it is gone, or the recipe needs another interpreter)."""
         try:
-            if recipe.python is not None or self.proc.poll() is not None:
+            if recipe.python is not None or recipe.box is not None or (
+                    self.proc.poll() is not None):  # (it is not in the sandbox a recipe wants)
                 return None
             message, _ = encode(Become(mode, recipe.variables(), str(recipe.env),
                                        recipe.arguments()))
@@ -241,6 +263,24 @@ class Zygote:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+
+
+def _sender(sock: socket.socket) -> int:
+    """The pid of the process that says its first byte on ``sock`` (as this process knows
+    it); 0 if none does in time."""
+    try:
+        sock.settimeout(FORK_TIMEOUT)
+        data, ancillary, _, _ = sock.recvmsg(1, socket.CMSG_SPACE(12))
+    except OSError as exc:
+        log.warning("a sandboxed executor did not say its pid: %s", exc)
+        return 0
+    finally:
+        sock.setblocking(True)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 0)
+    for level, kind, value in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and data == b"P":
+            return int(struct.unpack("<iII", value[:12])[0])
+    return 0
 
 
 def executor(recipe: Recipe) -> ExecutorProcess:
@@ -265,7 +305,7 @@ def spawn(recipe: Recipe, ex: ExecutorProcess) -> None:
 class Template:
     """A process that imported one environment and forks executors of it."""
 
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | Boxed
     control: Pipe
     recipe: Recipe
     ready: bool = False
@@ -277,7 +317,9 @@ class Template:
         """Start the template of ``recipe`` (in ``zygote``, when given and it can be)."""
         ours, theirs = socket.socketpair()
         try:
-            proc = zygote.become(recipe, ["template"], theirs) if zygote is not None else None
+            proc: subprocess.Popen[bytes] | Boxed | None = None
+            if zygote is not None:
+                proc = zygote.become(recipe, ["template"], theirs)
             if proc is None:
                 if zygote is not None:
                     zygote.kill()
@@ -298,10 +340,13 @@ class Template:
         assert self.ready and all(ex.theirs is not None for ex in executors)
         sock = self.control.sock
         answers: list[bytes] = []
+        boxed = isinstance(self.proc, Boxed)
         try:
             sock.settimeout(FORK_TIMEOUT)
             for ex in executors:
                 assert ex.theirs is not None
+                if boxed:  # (set before the executor can say its first byte)
+                    ex.pipe.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
                 socket.send_fds(sock, [b"F"], [ex.theirs.fileno()])
             for _ in executors:
                 answer = b""
@@ -320,6 +365,8 @@ class Template:
             ex.renew()
         for ex, answer in zip(executors, answers):
             pid = struct.unpack("<q", answer)[0]
+            if pid > 0 and boxed:
+                pid = _sender(ex.pipe.sock)
             if pid <= 0:
                 failed.append(ex)
                 continue

@@ -9,6 +9,7 @@ from pathlib import Path
 from distrib.wire._keys import KeyPair
 from distrib.worker._envs import EnvPolicy
 from distrib.worker._policy import Policy
+from distrib.worker._sandbox import Sandboxes
 
 
 @dataclass(frozen=True)
@@ -32,3 +33,5 @@ class WorkerSettings:
     policy_file: Path | None = None  # read again as it changes (and on SIGHUP)
     flags: Policy | None = None  # what the flags said: the file's settings go over these
     max_parked: int | None = None
+    sandboxes: Sandboxes | None = None  # how executors' sandboxes are built (None: none)
+    task_network: str = "none"  # what sandboxed tasks may reach: none, loopback, all

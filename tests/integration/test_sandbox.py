@@ -1,0 +1,290 @@
+"""The sandbox each executor runs in, against hostile tasks of an authorized Main on keyed
+workers: what a task cannot read, undo, see or reach, with bubblewrap and with the namespaces
+distrib builds itself where bubblewrap is not installed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import PYTHON, Workspace, ended, wait_for
+from tests.integration.test_keys import keygen
+
+BUILDERS = ["bubblewrap", "namespaces"] if shutil.which("bwrap") else ["namespaces"]
+
+HOSTILE = """
+    from distrib import distributed
+    import ctypes
+    import json
+    import os
+    import socket
+
+    import distrib
+
+
+    @distributed
+    def probe(paths):
+        \"\"\"What this task can read, list and see of the machine.\"\"\"
+        out = {}
+        for path in paths:
+            try:
+                if os.path.isdir(path):
+                    out[path] = "listed " + ",".join(sorted(os.listdir(path)))
+                else:
+                    with open(path, "rb") as f:
+                        out[path] = "read " + f.read(200).decode(errors="replace")
+            except OSError as exc:
+                out[path] = f"refused {type(exc).__name__}"
+        procs = {}
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        procs[pid] = f.read().replace(b"\\0", b" ").decode(errors="replace")
+                except OSError:
+                    pass
+        out["procs"] = procs
+        return json.dumps(out)
+
+
+    @distributed
+    def signal(pid):
+        try:
+            os.kill(pid, 0)
+            return "reached"
+        except OSError as exc:
+            return type(exc).__name__
+
+
+    @distributed
+    def unmount_and_write():
+        \"\"\"Unmount this task's overlay, then write the tree's own file.\"\"\"
+        libc = ctypes.CDLL(None, use_errno=True)
+        here = os.getcwd()
+        rc = libc.umount2(here.encode(), 2)
+        errno = ctypes.get_errno()
+        try:
+            with open(os.path.join(here, "data.txt"), "w") as f:
+                f.write("changed")
+            wrote = "wrote"
+        except OSError as exc:
+            wrote = type(exc).__name__
+        return rc, errno, wrote
+
+
+    @distributed
+    def read_data():
+        with open("data.txt") as f:
+            return f.read()
+
+
+    @distributed
+    def connect(port):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                return s.recv(16).decode()
+        except OSError as exc:
+            return type(exc).__name__
+    """
+
+MAIN = """
+    import json
+    import sys
+
+    import distrib
+    import hostile
+
+    if __name__ == "__main__":
+        what, arg = sys.argv[1], json.loads(sys.argv[2])
+        if what == "probe":
+            print("RESULT", hostile.probe(arg).result(timeout=120))  # (JSON already)
+        elif what == "signal":
+            print("RESULT", json.dumps(hostile.signal(arg).result(timeout=120)))
+        elif what == "unmount":
+            first = hostile.unmount_and_write().result(timeout=120)
+            after = distrib.gather([hostile.read_data() for _ in range(4)], timeout=120)
+            print("RESULT", json.dumps([first, after]))
+        elif what == "read":
+            print("RESULT", json.dumps(distrib.gather([hostile.read_data() for _ in range(4)],
+                                                      timeout=120)))
+        elif what == "connect":
+            print("RESULT", json.dumps(hostile.connect(arg).result(timeout=120)))
+    """
+
+VICTIM = """
+    from distrib import distributed
+    import os
+    import sys
+    import time
+
+    import distrib
+
+
+    @distributed
+    def busy(seconds):
+        with open("in-progress-secret.txt", "w") as f:
+            f.write("the victim's task file")
+        time.sleep(seconds)
+        return "done"
+
+
+    if __name__ == "__main__":
+        print("RESULT", busy(float(sys.argv[1])).result(timeout=180))
+    """
+
+
+def _workspace(root: Path, cache: Path, files: dict[str, str]) -> Workspace:
+    root.mkdir()
+    ws = Workspace(root, cache)
+    for name, text in files.items():
+        ws.write(name, text)
+    return ws
+
+
+def _run(ws: Workspace, key: Path, worker, *args: str, env: dict[str, str] | None = None,
+         script: str = "main.py") -> Any:
+    out = ws.run(script, *args, env={"DISTRIB_KEY": str(key), "DISTRIB_WORKERS":
+                                     f"{worker.address} {worker.public_key}", **(env or {})})
+    assert out.returncode == 0, out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def _popen(ws: Workspace, key: Path, worker, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "DISTRIB_CACHE_DIR": str(ws.cache_dir), "DISTRIB_KEY": str(key),
+           "DISTRIB_WORKERS": f"{worker.address} {worker.public_key}"}
+    return subprocess.Popen([PYTHON, *args], cwd=ws.root, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.fixture
+def two_mains(tmp_path: Path, cache_dir: Path):
+    """A hostile Main's and a victim Main's workspaces and keys."""
+    hostile = _workspace(tmp_path / "hostile", cache_dir,
+                         {"hostile.py": HOSTILE,
+                          "main.py": MAIN, "data.txt": "original"})
+    victim = _workspace(tmp_path / "victim", cache_dir / "v",
+                        {"victim.py": VICTIM, "data.txt": "original", "hostile.py":
+                         HOSTILE, "main.py": MAIN})
+    return (hostile, keygen(tmp_path / "hostile.key"), tmp_path / "hostile.key",
+            victim, keygen(tmp_path / "victim.key"), tmp_path / "victim.key")
+
+
+@pytest.mark.parametrize("builder", BUILDERS)
+def test_a_task_cannot_read_keys_other_mains_work_or_see_other_processes(
+        start_worker, tmp_path: Path, two_mains, builder: str) -> None:
+    hostile, hostile_pub, hostile_key, victim, victim_pub, victim_key = two_mains
+    worker, auth = _keyed(start_worker, tmp_path, builder, [hostile_pub, victim_pub])
+    kind = "bubblewrap" if builder == "bubblewrap" else "Linux namespaces built by distrib"
+    assert f"tasks run in a sandbox built with {kind}" in worker.log()
+    with ended(_popen(victim, victim_key, worker, "victim.py", "60")) as busy:
+        uppers = wait_for(lambda: list(worker.cache_dir.glob("runs/**/in-progress-secret.txt")),
+                          what="the victim's task writing its file")
+        victim_tree = next(worker.cache_dir.glob("envs/**/victim.py"))
+        paths = [str(tmp_path / f"{builder}.key"), str(auth), str(victim_tree),
+                 str(victim_tree.parent), str(uppers[0]), str(worker.cache_dir / "control"),
+                 str(worker.cache_dir / "runs"), str(worker.log_file), "/root", "/home"]
+        seen = _run(hostile, hostile_key, worker, "probe", json.dumps(paths))
+        for path in paths[:4] + [paths[4], paths[5], str(worker.log_file)]:
+            assert seen[path].startswith("refused FileNotFoundError"), (path, seen[path])
+        runs = seen[str(worker.cache_dir / "runs")]  # (only the folders leading to its own)
+        assert "in-progress" not in runs and len(runs.split(",")) == 1, runs
+        procs = seen["procs"]
+        assert not any("distrib worker" in cmd or "victim.py" in cmd
+                       for cmd in procs.values()), procs
+        assert _run(hostile, hostile_key, worker, "signal", str(worker.pid)) in (
+            "ProcessLookupError", "PermissionError")
+        busy.kill()
+        busy.communicate()
+
+
+def _keyed(start_worker, tmp_path: Path, builder: str, authorized: list[str],
+           extra: tuple[str, ...] = ()):
+    """A keyed worker whose sandboxes are built by ``builder`` only."""
+    keygen(tmp_path / f"{builder}.key")
+    auth = tmp_path / f"{builder}.authorized"
+    auth.write_text("".join(f"{k} a Main\n" for k in authorized))
+    worker = start_worker(threads=2, name=f"only-{builder}",
+                          extra=("--key", str(tmp_path / f"{builder}.key"),
+                                 "--authorized-keys", str(auth), *extra),
+                          env={"DISTRIB_SANDBOX_BUILDERS": builder})
+    return worker, auth
+
+
+@pytest.mark.parametrize("builder", BUILDERS)
+def test_a_task_cannot_unmount_its_overlay_to_change_the_tree(
+        start_worker, tmp_path: Path, two_mains, builder: str) -> None:
+    hostile, hostile_pub, hostile_key, victim, victim_pub, victim_key = two_mains
+    worker, _ = _keyed(start_worker, tmp_path, builder, [hostile_pub, victim_pub])
+    (rc, errno, wrote), after = _run(hostile, hostile_key, worker, "unmount", "0")
+    assert rc == -1 and errno in (1, 22), (rc, errno)  # EPERM or EINVAL: locked
+    assert wrote == "wrote"  # (into its own layer)
+    assert after == ["original"] * 4  # the next tasks see the tree as shipped
+    # The same tree shipped by another Main: unchanged too.
+    assert _run(victim, victim_key, worker, "read", "0") == ["original"] * 4
+
+
+class _Service:
+    """A TCP service on this machine's loopback that says hello to whoever connects."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"hello")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("network, answer", [("none", "OSError"), ("loopback", "hello")])
+def test_a_task_reaches_loopback_services_only_if_the_owner_allows(
+        start_worker, tmp_path: Path, two_mains, network: str, answer: str) -> None:
+    hostile, hostile_pub, hostile_key, *_ = two_mains
+    service = _Service()
+    try:
+        worker, _ = _keyed(start_worker, tmp_path, BUILDERS[0], [hostile_pub],
+                           ("--task-network", network) if network != "none" else ())
+        got = _run(hostile, hostile_key, worker, "connect", str(service.port))
+        assert got == answer or (answer == "OSError" and got in (
+            "ConnectionRefusedError", "OSError", "TimeoutError")), got
+    finally:
+        service.close()
+
+
+def test_a_keyed_worker_on_the_network_refuses_to_start_without_a_sandbox(
+        tmp_path: Path) -> None:
+    keygen(tmp_path / "w.key")
+    main = keygen(tmp_path / "m.key")
+    (tmp_path / "auth").write_text(f"{main} a Main\n")
+    command = [PYTHON, "-m", "distrib", "worker", "--listen", "0.0.0.0:0", "--key",
+               str(tmp_path / "w.key"), "--authorized-keys", str(tmp_path / "auth"),
+               "--cache-dir", str(tmp_path / "cache")]
+    env = {**os.environ, "DISTRIB_SANDBOX_BUILDERS": "none"}
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "no sandbox can be built here" in out.stderr and "--no-sandbox" in out.stderr
+    with ended(subprocess.Popen([*command, "--no-sandbox"], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)) as proc:
+        assert proc.stdout is not None
+        assert " ready on " in proc.stdout.readline()
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+        assert "NO SANDBOX (--no-sandbox)" in err
