@@ -288,3 +288,55 @@ def test_a_keyed_worker_on_the_network_refuses_to_start_without_a_sandbox(
         proc.terminate()
         _, err = proc.communicate(timeout=60)
         assert "NO SANDBOX (--no-sandbox)" in err
+
+
+LOADED = """\
+import os, time
+from distrib import distributed
+
+LOADED_AT = time.time_ns()  # the moment this script was imported, in this process
+
+@distributed
+def where(i):
+    time.sleep(0.3)
+    return os.getpid(), LOADED_AT
+
+if __name__ == "__main__":
+    for pid, loaded in distrib.gather([where(i) for i in range(8)], timeout=120):
+        print(pid, loaded)
+"""
+
+
+def _pid_namespace(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/ns/pid")
+
+
+def _inner_pid(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        line = next(x for x in f if x.startswith("NSpid:"))
+    return int(line.split()[-1])
+
+
+def test_sandboxed_executors_are_forked_from_one_import_and_known_to_the_daemon(
+        workspace: Workspace, start_worker) -> None:
+    worker = start_worker(threads=4)
+    workspace.write("main.py", "import distrib\n" + LOADED)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [tuple(map(int, line.split())) for line in out.stdout.splitlines()]
+    assert len({pid for pid, _ in rows}) >= 2  # several executors ran them ...
+    assert len({loaded for _, loaded in rows}) == 1  # ... all from the one import
+    status = worker.status()
+    assert len(status["templates"]) == 1 and status["executors_crashed"] == 0
+    # The daemon holds their pids as it sees them: processes of another PID namespace,
+    # which are there the pids the tasks saw.
+    (template,) = status["templates"]
+    assert _pid_namespace(template) != _pid_namespace(worker.pid)
+    assert {_inner_pid(pid) for pid in status["executors"]} >= {pid for pid, _ in rows}
+    assert all(_pid_namespace(pid) == _pid_namespace(template) for pid in status["executors"])
+    # One killed by its pid is seen dead and replaced: the next run works.
+    killed = status["executors"][0]
+    os.kill(killed, 9)
+    wait_for(lambda: killed not in worker.status()["executors"], what="the death seen")
+    again = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
+    assert again.returncode == 0, again.stderr[-3000:]

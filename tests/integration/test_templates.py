@@ -10,6 +10,12 @@ import psutil
 
 from tests.helpers import Worker, Workspace, wait_for
 
+# Tests that compare the pids tasks see with the daemon's, or use the interpreter started
+# ahead, are of the process model without a sandbox (the embedded cluster's): in one, tasks
+# see the pids of their own PID namespace, and no interpreter is started ahead
+# (test_sandbox.py has that model's own).
+UNBOXED = ("--no-sandbox",)
+
 LOADED = """\
 import os, sys, time
 {extra}
@@ -38,7 +44,7 @@ def run(workspace: Workspace, worker: Worker, extra: str = "") -> list[tuple[int
 
 def test_executors_are_forked_from_one_import_and_adopted_by_the_daemon(
         workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
-    worker = start_worker(threads=4)
+    worker = start_worker(threads=4, extra=UNBOXED)
     rows = run(workspace, worker)
     assert len({pid for pid, _, _ in rows}) >= 2  # several executors ran them ...
     assert len({loaded for _, _, loaded in rows}) == 1  # ... all from the one import
@@ -50,7 +56,7 @@ def test_executors_are_forked_from_one_import_and_adopted_by_the_daemon(
 
 def test_a_workspace_whose_import_starts_a_thread_gets_spawned_executors(
         workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
-    worker = start_worker(threads=4)
+    worker = start_worker(threads=4, extra=UNBOXED)
     rows = run(workspace, worker, extra="import threading\nthreading.Thread(target=time.sleep, "
                                          "args=(60,), daemon=True).start()")
     executors = {pid for pid, _, _ in rows}
@@ -183,7 +189,7 @@ def _sockets(pid: int) -> set[str]:
 
 def test_the_first_template_is_an_interpreter_started_ahead_and_executors_hold_their_own_socket(
         workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
-    worker = start_worker(threads=4, extra=("--nice", "3"))
+    worker = start_worker(threads=4, extra=("--nice", "3", *UNBOXED))
     daemon = psutil.Process(worker.pid)
     (ahead,) = wait_for(lambda: _zygotes(daemon), what="an interpreter started ahead")
     assert wait_for(lambda: ahead.nice() == 3, what="it to run at the owner's niceness")
@@ -257,7 +263,7 @@ def test_a_worker_starts_an_executor_for_a_main_as_it_connects(
 
     from tests.helpers import PYTHON, ended
 
-    worker = start_worker(threads=4)
+    worker = start_worker(threads=4, extra=UNBOXED)
     workspace.write("main.py", AHEAD.format(extra="", calls=1))
     env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
            "DISTRIB_WORKERS": worker.address}

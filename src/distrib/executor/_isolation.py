@@ -71,8 +71,10 @@ class Overlay:
         started, self._last_start = self._last_start, time.time_ns()
         # A write of any kind adds an entry to the upper layer, changing its mtime: an
         # unchanged mtime means a clean layer, provided the last task began a clock tick
-        # after that mtime (mtimes are coarse). Else look inside.
-        unchanged = (os.fstat(self._upper_fd).st_mtime_ns == self._mtime
+        # after that mtime (mtimes are coarse). Else look inside. (In a sandbox, look inside
+        # always: there a copy-up sets the layer's times back to those it had.)
+        unchanged = (not self._sandboxed
+                     and os.fstat(self._upper_fd).st_mtime_ns == self._mtime
                      and started - self._mtime > _TICK_NS)
         if not unchanged:
             with os.scandir(self._upper) as entries:
@@ -126,10 +128,7 @@ class Overlay:
         uid, gid = os.getuid(), os.getgid()
         self._call("unshare", _CLONE_NEWUSER | _CLONE_NEWNS)
         Path("/proc/self/setgroups").write_text("deny")
-        try:
-            Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
-        except PermissionError:  # (uid 0 without CAP_SETFCAP, as in a sandbox: left unmapped;
-            pass  # files it makes still belong to it, and its capabilities here are whole)
+        Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
         Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
 
     def protect(self, path: Path) -> None:

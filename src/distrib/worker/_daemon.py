@@ -110,6 +110,7 @@ class Daemon:
         # they decide):
         self.executors = Executors(self.name, self.runs, policy.nice, self.core, self.memory,
                                    self._apply)
+        self.executors.ahead = s.sandboxes is None  # (a template in a sandbox starts its own)
         self.supply = Supply(self.name, store, s.cache_dir / "venvs", s.env_policy,
                              self._wake_loop, self.mains, self.core, self.objects,
                              self.executors, self._send, self._apply, self._report)

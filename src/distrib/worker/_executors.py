@@ -76,6 +76,7 @@ class Executors:
         self._to_fork: set[EnvKey] = set()  # ready templates asked for executors this turn
         self._memory_kills: dict[int, tuple[str, int]] = {}  # executor -> why, limit
         self._isolation = ""  # how executors keep task writes private, once one said
+        self.ahead = True  # start interpreters ahead (not where templates are sandboxed)
 
     def fds(self) -> list[int]:
         """What the loop polls: executors' pipes, and templates still importing."""
@@ -140,7 +141,7 @@ class Executors:
             if self._zygote_deaths == ZYGOTE_DEATHS:
                 log.warning("the interpreters started ahead for templates keep dying; "
                             "templates start their own (about 0.1 s more at a first call)")
-        if self._zygote is None and self._zygote_deaths < ZYGOTE_DEATHS and all(
+        if self._zygote is None and self.ahead and self._zygote_deaths < ZYGOTE_DEATHS and all(
                 t.ready for t in self.templates.values()):
             try:
                 self._zygote = Zygote(self.nice)

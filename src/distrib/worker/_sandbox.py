@@ -46,6 +46,7 @@ LOWER = "/run/distrib/tree"  # the environment's tree again, below each task's o
 SANDBOX_VAR = "DISTRIB_SANDBOX"  # tells the executor it is sandboxed (and where LOWER is)
 # Which builders may be tried, in order (a comma-separated list; "none": none): to test one
 BUILDERS_VAR = "DISTRIB_SANDBOX_BUILDERS"
+ROOT_INSIDE = 1000  # the user id root has in a sandbox
 START_TIMEOUT = 30.0  # seconds a sandbox may take to say its process's pid
 _LAUNCHER = Path(__file__).with_name("_sandbox_exec.py")
 _ETC = ("passwd", "group", "hosts", "host.conf", "nsswitch.conf", "resolv.conf", "gai.conf",
@@ -131,6 +132,7 @@ class Sandboxes:
         else:
             command = [sys.executable, "-I", "-S", str(_LAUNCHER), json.dumps({
                 "mounts": spec, "network": box.network != "none", "cwd": str(cwd),
+                "uid": inside_uid(),
                 "info": write_end, "root": str(box.scratch / "root")}), "--", *argv]
         try:
             launcher = subprocess.Popen(command, pass_fds=(*pass_fds, write_end),
@@ -193,7 +195,7 @@ def _covering(paths: tuple[Path, ...]) -> list[Path]:
 
 def _bwrap_args(spec: list[list[str]], box: Box, cwd: Path) -> list[str]:
     args = ["--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
-            "--as-pid-1", "--cap-drop", "ALL", "--chdir", str(cwd)]
+            "--as-pid-1", "--cap-drop", "ALL", "--chdir", str(cwd), "--uid", str(inside_uid())]
     if box.network != "none":
         args.append("--share-net")
     for how, source, target in spec:
@@ -204,6 +206,13 @@ def _bwrap_args(spec: list[list[str]], box: Box, cwd: Path) -> list[str]:
         else:
             args += [f"--{how}", target]
     return [*args, "--remount-ro", "/"]
+
+
+def inside_uid() -> int:
+    """The user id the sandbox's process has inside: its own, but never 0. (A user namespace
+    made inside, as an executor makes to mount its overlays, may map its maker's id only if
+    that id is not the outer namespace's root, unless its maker had CAP_SETFCAP.)"""
+    return os.getuid() or ROOT_INSIDE
 
 
 def reads(python: Path | None, cache: Path) -> tuple[Path, ...]:

@@ -119,7 +119,7 @@ def main() -> None:
     with open("/proc/self/setgroups", "w") as f:
         f.write("deny")
     with open("/proc/self/uid_map", "w") as f:
-        f.write(f"{uid} {uid} 1")
+        f.write(f"{spec['uid']} {uid} 1")
     with open("/proc/self/gid_map", "w") as f:
         f.write(f"{gid} {gid} 1")
     info = spec["info"]
