@@ -32,7 +32,7 @@ from typing import Any
 
 import psutil
 
-from bench.frameworks import MODULES
+from bench.frameworks import ASKED_ONLY, MODULES
 from bench.measure import RESULT_TAG, VERSION_TAG
 from bench.workloads import WARM_SLEEP, WORKLOADS, Workload
 
@@ -62,8 +62,10 @@ def parse(argv: list[str]) -> Options:
     parser.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
     parser.add_argument("--only", default=",".join(groups),
                         help=f"workloads to run, comma-separated (default {','.join(groups)})")
-    parser.add_argument("--frameworks", default=",".join(MODULES),
-                        help=f"frameworks to run, comma-separated (default {','.join(MODULES)})")
+    usual = ",".join(m for m in MODULES if m not in ASKED_ONLY)
+    parser.add_argument("--frameworks", default=usual,
+                        help=f"frameworks to run, comma-separated (default {usual}; also "
+                             f"{', '.join(ASKED_ONLY)})")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke test: call counts scaled down 10x")
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",

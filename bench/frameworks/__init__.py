@@ -14,11 +14,17 @@ from typing import Any, Protocol
 # Name on the command line -> module holding its adapter. The order is the report's order.
 MODULES: dict[str, str] = {
     "distrib": "bench.frameworks.distrib_",
+    "distrib-worker": "bench.frameworks.distrib_worker",
+    "distrib-sandbox": "bench.frameworks.distrib_sandbox",
     "process_pool": "bench.frameworks.process_pool",
     "loky": "bench.frameworks.loky_",
     "dask": "bench.frameworks.dask_",
     "ray": "bench.frameworks.ray_",
 }
+
+
+# Run only when named: distrib on a worker daemon of its own, without and with its sandbox.
+ASKED_ONLY = ("distrib-worker", "distrib-sandbox")
 
 
 class Framework(Protocol):

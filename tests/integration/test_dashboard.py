@@ -110,7 +110,9 @@ def test_the_page_follows_a_run_as_a_worker_is_lost_and_matches_the_json(
     from playwright.sync_api import sync_playwright
 
     binary = _chromium()
-    first, second = start_worker(threads=2), start_worker(threads=2)
+    # (its tasks wait for a gate file of the test's: no sandbox, which would hide it)
+    first, second = (start_worker(threads=2, extra=("--no-sandbox",)),
+                     start_worker(threads=2, extra=("--no-sandbox",)))
     workspace.write("main.py", SCRIPT)
     err_file, gate = tmp_path / "main.err", tmp_path / "gate"
     env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),

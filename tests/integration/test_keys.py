@@ -32,7 +32,7 @@ def keygen(path: Path) -> str:
 
 
 def keyed_worker(start_worker, tmp_path: Path, name: str, authorized: list[str],
-                 threads: int = 2):
+                 threads: int = 2, extra: tuple[str, ...] = ()):
     """A worker with keys serving the Mains of ``authorized`` (each a key, and settings such
     as a quota after it), and the test itself for status queries; and its authorized-keys
     file."""
@@ -43,7 +43,7 @@ def keyed_worker(start_worker, tmp_path: Path, name: str, authorized: list[str],
                     + f"{admin.public} the test\n")
     worker = start_worker(threads=threads, name=name,
                           extra=("--key", str(tmp_path / f"{name}.key"),
-                                 "--authorized-keys", str(auth)))
+                                 "--authorized-keys", str(auth), *extra))
     worker.status_key = admin
     return worker, auth
 

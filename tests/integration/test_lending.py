@@ -16,6 +16,10 @@ import pytest
 from tests.helpers import PYTHON, Workspace, ended, finish, stop_process, wait_for
 from tests.integration.test_keys import keygen, keyed_worker
 
+# Tasks here write their runs to a log of the test's, outside their tree: workers lend
+# without a sandbox, which would hide it (test_sandbox.py tests the sandbox).
+UNBOXED = ("--no-sandbox",)
+
 JOBS = """
     import os, sys, time
     import distrib
@@ -74,7 +78,7 @@ def test_editing_the_policy_file_changes_the_slots_while_tasks_run(
         workspace: Workspace, start_worker, tmp_path: Path) -> None:
     policy = tmp_path / "worker.toml"
     policy.write_text("threads = 4\n")
-    worker = start_worker(threads=4, extra=("--policy", str(policy)))
+    worker = start_worker(threads=4, extra=("--policy", str(policy), *UNBOXED))
     workspace.write("main.py", JOBS)
     log = tmp_path / "runs.log"
     with ended(start_main(workspace, ["40", "0.4", str(log)], worker.address)) as main:
@@ -100,7 +104,7 @@ def test_a_bad_edit_of_the_policy_file_keeps_the_policy_and_says_why(
         workspace: Workspace, start_worker, tmp_path: Path) -> None:
     policy = tmp_path / "worker.toml"
     policy.write_text("threads = 2\n")
-    worker = start_worker(threads=1, extra=("--policy", str(policy)))
+    worker = start_worker(threads=1, extra=("--policy", str(policy), *UNBOXED))
     assert worker.status()["slots"] == 2  # the file goes over the flag
     policy.write_text("threads = two\n")
     wait_for(lambda: "policy not changed" in worker.log(), what="the bad edit logged")
@@ -134,8 +138,8 @@ def owner_busy() -> Iterator[None]:
 def test_when_idle_the_owners_own_load_sends_tasks_elsewhere_until_it_ends(
         workspace: Workspace, start_worker, tmp_path: Path) -> None:
     lender = start_worker(threads=2, name="lender",
-                          extra=("--when-idle", "finish", "--idle-load", "0.75"))
-    other = start_worker(threads=2, name="other")
+                          extra=("--when-idle", "finish", "--idle-load", "0.75", *UNBOXED))
+    other = start_worker(threads=2, name="other", extra=UNBOXED)
     workspace.write("main.py", JOBS)
     log = tmp_path / "runs.log"
     with ended(start_main(workspace, ["30", "0.5", str(log)],
@@ -162,8 +166,8 @@ def test_when_idle_the_owners_own_load_sends_tasks_elsewhere_until_it_ends(
 def test_vacate_hands_a_running_task_back_and_it_completes_elsewhere_once(
         workspace: Workspace, start_worker, tmp_path: Path) -> None:
     lender = start_worker(threads=1, name="lender",
-                          extra=("--when-idle", "vacate", "--idle-load", "0.75"))
-    other = start_worker(threads=1, name="other")
+                          extra=("--when-idle", "vacate", "--idle-load", "0.75", *UNBOXED))
+    other = start_worker(threads=1, name="other", extra=UNBOXED)
     control = [PYTHON, "-m", "distrib", "worker", "--cache-dir", str(other.cache_dir)]
     subprocess.run([*control[:4], "pause", *control[4:]], check=True, timeout=60)
     workspace.write("main.py", JOBS)
@@ -188,8 +192,8 @@ def test_outside_its_hours_a_worker_lends_nothing_until_the_hours_change(
     later = datetime.datetime.now() + datetime.timedelta(hours=12)
     policy = tmp_path / "worker.toml"
     policy.write_text(f'hours = "{later:%H}:00-{later:%H}:30"\n')
-    closed = start_worker(threads=2, name="closed", extra=("--policy", str(policy)))
-    other = start_worker(threads=2, name="other")
+    closed = start_worker(threads=2, name="closed", extra=("--policy", str(policy), *UNBOXED))
+    other = start_worker(threads=2, name="other", extra=UNBOXED)
     assert closed.status()["state"] == "paused"
     assert closed.status()["why"].startswith("outside its lending hours")
     workspace.write("main.py", JOBS)
@@ -210,7 +214,7 @@ def test_a_main_with_a_quota_never_holds_more_slots_while_another_uses_the_rest(
         workspace: Workspace, start_worker, tmp_path: Path) -> None:
     small, big = keygen(tmp_path / "small.key"), keygen(tmp_path / "big.key")
     worker, _ = keyed_worker(start_worker, tmp_path, "lender", [f"{small} small slots=1", big],
-                             threads=4)
+                             threads=4, extra=UNBOXED)
     workspace.write("main.py", JOBS)
     log = tmp_path / "runs.log"
     address = f"{worker.address} {worker.public_key}"
@@ -239,7 +243,7 @@ def test_a_quota_lowered_in_the_file_mid_run_takes_effect_and_no_task_is_lost(
         workspace: Workspace, start_worker, tmp_path: Path) -> None:
     main_key = keygen(tmp_path / "main.key")
     worker, auth = keyed_worker(start_worker, tmp_path, "lender", [f"{main_key} alice"],
-                                threads=4)
+                                threads=4, extra=UNBOXED)
     assert worker.status_key is not None
     workspace.write("main.py", JOBS)
     log = tmp_path / "runs.log"
@@ -262,7 +266,7 @@ def test_a_nice_changed_in_the_policy_file_reaches_running_executors(
         workspace: Workspace, start_worker, tmp_path: Path) -> None:
     policy = tmp_path / "worker.toml"
     policy.write_text("nice = 11\n")
-    worker = start_worker(threads=1, extra=("--policy", str(policy)))
+    worker = start_worker(threads=1, extra=("--policy", str(policy), *UNBOXED))
     workspace.write("main.py", """
         import os, sys
         from distrib import distributed

@@ -139,8 +139,9 @@ COUNTED = """
 
 def test_drain_hands_queued_tasks_back_lets_running_ones_finish_and_exits(
         workspace: Workspace, start_worker, tmp_path) -> None:
-    leaving = start_worker(threads=2, name="leaving")
-    staying = start_worker(threads=2, name="staying")
+    # (its tasks write their runs to a log of the test's: no sandbox, which would hide it)
+    leaving = start_worker(threads=2, name="leaving", extra=("--no-sandbox",))
+    staying = start_worker(threads=2, name="staying", extra=("--no-sandbox",))
     workspace.write("main.py", COUNTED)
     log = tmp_path / "runs.log"
     env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
