@@ -83,3 +83,12 @@ def test_quotas_in_an_authorized_key_line() -> None:
         parse_quota("carol slot=2", "k")
     with pytest.raises(ConfigError, match="slots=0"):
         parse_quota("carol slots=0", "k")
+
+
+def test_the_network_a_keys_tasks_may_reach_in_its_line() -> None:
+    assert parse_quota("alice network=loopback", "k") == Quota(network="loopback")
+    assert str(Quota(2, network="all")) == "at most 2 slot(s), network all"
+    with pytest.raises(ConfigError, match="expected none .*, loopback .* or all"):
+        parse_quota("bob network=lan", "k")
+    with pytest.raises(ConfigError, match="unknown setting 'net'"):
+        parse_quota("bob net=all", "k")

@@ -1,0 +1,34 @@
+"""What a sandbox holds, as the daemon lists it (the sandboxes themselves are tested in
+tests/integration/test_sandbox.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from distrib.worker import _sandbox
+
+
+def test_no_read_only_path_holds_the_workers_cache(tmp_path: Path, monkeypatch) -> None:
+    cache = tmp_path / "project" / "cache"
+    cache.mkdir(parents=True)
+    monkeypatch.setattr(sys, "path", [str(tmp_path), str(tmp_path / "project"), *sys.path])
+    reads = _sandbox.reads(None, cache)
+    assert Path(sys.prefix) in reads
+    assert not any(p == cache or p in cache.parents for p in reads)
+
+
+def test_the_mounts_are_the_system_the_tree_twice_and_the_scratch(tmp_path: Path) -> None:
+    env, scratch, lib = tmp_path / "env", tmp_path / "scratch", tmp_path / "lib"
+    for folder in (env, scratch, lib / "inner"):
+        folder.mkdir(parents=True)
+    box = _sandbox.Box(env, scratch, (lib, lib / "inner", Path("/usr/lib")), "none", False)
+    mounts = _sandbox._mounts(box)
+    assert mounts[:3] == [["proc", "", "/proc"], ["dev", "", "/dev"], ["tmpfs", "", "/tmp"]]
+    assert ["ro", str(lib), str(lib)] in mounts  # (once: what it holds is not bound again)
+    assert not any(target in (str(lib / "inner"), "/usr/lib") for _, _, target in mounts)
+    assert ["ro", str(env), str(env)] in mounts and ["ro", str(env), _sandbox.LOWER] in mounts
+    assert mounts[-1] == ["rw", str(scratch), str(scratch)]  # (no /dev/shm: not shared)
+    assert "--unshare-net" not in _sandbox._bwrap_args(mounts, box, env)  # (--unshare-all)
+    loopback = _sandbox.Box(env, scratch, (), "loopback", True)
+    assert "--share-net" in _sandbox._bwrap_args(_sandbox._mounts(loopback), loopback, env)
