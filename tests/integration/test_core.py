@@ -148,7 +148,9 @@ def test_remote_exceptions_come_back_as_themselves(workspace: Workspace) -> None
 
 def test_killed_executor_is_retried_or_reported_and_the_daemon_serves_on(
         workspace: Workspace, start_worker, tmp_path: Path) -> None:
-    worker = start_worker(threads=1)
+    # (its tasks write their pids to files of the test's: no sandbox, which would hide them;
+    # test_sandbox.py kills a sandboxed executor by the pid the daemon knows)
+    worker = start_worker(threads=1, extra=("--no-sandbox",))
     with_tasks(workspace).write("main.py", """
         import sys
         import tasks
@@ -241,7 +243,8 @@ def test_ten_thousand_tiny_calls_all_complete(workspace: Workspace) -> None:
 
 def test_cancel_of_a_queued_task_means_it_never_runs(workspace: Workspace, start_worker,
                                                       tmp_path: Path) -> None:
-    worker = start_worker(threads=1)
+    # (its tasks meet the test through files of its own: no sandbox, which would hide them)
+    worker = start_worker(threads=1, extra=("--no-sandbox",))
     with_tasks(workspace).write("main.py", """
         import sys, pathlib, time
         import tasks
