@@ -149,14 +149,17 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_sighup)
         next_tick = time.monotonic()
         direct, control = self.calls.direct, self.owner.control
+        polled: tuple[Any, ...] = ()
+        poller = zmq.Poller()
         try:
             while not self._stop:
-                poller = zmq.Poller()
-                for sock in (self.sock, self._wake_r, *self.gate.sockets(), *direct.sockets()):
-                    poller.register(sock, zmq.POLLIN)
-                poller.register(control.fileno(), zmq.POLLIN)
-                for fd in self.executors.fds():
-                    poller.register(fd, zmq.POLLIN)
+                # (a new poller only when what it watches changed: most turns it has not)
+                watched = (self.sock, self._wake_r, *self.gate.sockets(), *direct.sockets(),
+                           control.fileno(), *self.executors.fds())
+                if watched != polled:
+                    polled, poller = watched, zmq.Poller()
+                    for sock in watched:
+                        poller.register(sock, zmq.POLLIN)
                 timeout = max(0.0, next_tick - time.monotonic())
                 events = dict(poller.poll(int(timeout * 1000) + 1))
                 for sock in self.gate.sockets():
