@@ -183,3 +183,44 @@ def test_a_bad_list_of_pieces_is_a_protocol_error(pieces: object) -> None:
     header = msgpack.packb([m.Manifest.TAG, "d", pieces])
     with pytest.raises(ProtocolError):
         _codec.decode([header, b"a", b"b"])
+
+
+def test_pieces_leave_room_for_a_keyed_links_overhead_and_stay_small_there() -> None:
+    from distrib.wire._limits import FRAME_OVERHEAD, KEYED_PIECE_BYTES, piece_bytes
+
+    assert piece_bytes(512 << 20, keyed=False) == (512 << 20) - FRAME_OVERHEAD
+    assert piece_bytes(512 << 20, keyed=True) == KEYED_PIECE_BYTES
+    assert piece_bytes(1 << 20, keyed=True) == (1 << 20) - FRAME_OVERHEAD
+    assert piece_bytes(1, keyed=False) == (1 << 20) - FRAME_OVERHEAD  # (no peer states that)
+    frames = _codec.encode(m.Results([m.ResultSpec(1, m.Outcome.OK, {}, [], 1)],
+                                     frames=(b"x" * (1 << 20),)), piece_bytes(1 << 20, True))
+    assert [len(f) for f in frames[1:]] == [(1 << 20) - FRAME_OVERHEAD, FRAME_OVERHEAD]
+
+
+@pytest.mark.parametrize("size", [(1 << 20) - 33, 1 << 20, (1 << 20) + 1, 3 << 20])
+def test_frames_at_and_past_the_limit_cross_a_keyed_link_both_ways(
+        size: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zmq
+
+    from distrib.wire import _keys, _transport
+
+    # Both sides take frames of at most 1 MiB as libzmq counts them: encrypted, 33 bytes more.
+    monkeypatch.setattr(_transport, "MAX_MESSAGE_BYTES", 1 << 20)
+    ctx: zmq.Context[object] = zmq.Context()
+    server = _keys.generate()
+    router, address = _transport.router(ctx, "tcp://127.0.0.1:0", server)
+    dealer = _transport.dealer(ctx, address, server.public, _keys.generate())
+    try:
+        payload = bytes(range(256)) * (size // 256) + b"e" * (size % 256)
+        message = m.Results([m.ResultSpec(1, m.Outcome.OK, {}, [], 1)], frames=(payload,))
+        _transport.send(dealer, message, max_frame=1 << 20)
+        assert router.poll(30_000), "the worker's side dropped the keyed connection"
+        peer, *frames = router.recv_multipart(copy=False)
+        assert bytes(_codec.decode(frames).frames[0]) == payload
+        _transport.send(router, message, peer.bytes, max_frame=1 << 20)
+        assert dealer.poll(30_000), "the Main's side dropped the keyed connection"
+        assert bytes(_codec.decode(dealer.recv_multipart(copy=False)).frames[0]) == payload
+    finally:
+        router.close(0)
+        dealer.close(0)
+        ctx.term()

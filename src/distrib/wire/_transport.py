@@ -13,10 +13,11 @@ import zmq
 
 from distrib.wire import _codec
 from distrib.wire._keys import KeyPair
-from distrib.wire._limits import MAX_MESSAGE_BYTES, ROUTER_RCVHWM
+from distrib.wire._limits import MAX_MESSAGE_BYTES, ROUTER_RCVHWM, piece_bytes
 from distrib.wire._messages import Message
 
-# A peer sending a frame over MAX_MESSAGE_BYTES is disconnected by libzmq.
+# A peer sending a frame over MAX_MESSAGE_BYTES (as it is on the wire) is disconnected by
+# libzmq.
 _COPY_THRESHOLD = 64 * 1024
 
 
@@ -84,9 +85,11 @@ def _ephemeral() -> KeyPair:
 
 def send(sock: zmq.Socket[Any], message: Message, peer: bytes | None = None,
          max_frame: int = MAX_MESSAGE_BYTES) -> None:
-    """Send ``message`` (to ``peer``, on a ROUTER), in frames of at most ``max_frame`` bytes
-    (the receiver's limit). Large frames go without a copy."""
-    frames = _codec.encode(message, max_frame)
+    """Send ``message`` (to ``peer``, on a ROUTER), its payload frames cut into pieces that
+    the receiver's limit ``max_frame`` takes (``piece_bytes``). Large frames go without a
+    copy."""
+    keyed = bool(message.frames) and sock.getsockopt(zmq.MECHANISM) == zmq.CURVE
+    frames = _codec.encode(message, piece_bytes(max_frame, keyed))
     if peer is not None:
         frames.insert(0, peer)
     last = len(frames) - 1
