@@ -55,6 +55,7 @@ SAMPLES: list[m.Message] = [
     m.ObjectsFailed(["ab" * 16], "gone"),
     m.StatusRequest(),
     m.Status({"name": "w", "slots": 2}),
+    m.Carry(frames=(b"piece",)),
 ]
 
 
@@ -203,6 +204,7 @@ def test_frames_at_and_past_the_limit_cross_a_keyed_link_both_ways(
     import zmq
 
     from distrib.wire import _keys, _transport
+    from distrib.wire._carry import Carried
 
     # Both sides take frames of at most 1 MiB as libzmq counts them: encrypted, 33 bytes more.
     monkeypatch.setattr(_transport, "MAX_MESSAGE_BYTES", 1 << 20)
@@ -210,17 +212,67 @@ def test_frames_at_and_past_the_limit_cross_a_keyed_link_both_ways(
     server = _keys.generate()
     router, address = _transport.router(ctx, "tcp://127.0.0.1:0", server)
     dealer = _transport.dealer(ctx, address, server.public, _keys.generate())
+    carried = Carried()
+
+    def receive(sock: zmq.Socket[object], peer: bool) -> tuple[bytes, m.Message]:
+        while True:  # (pieces of a payload larger than one come ahead, one message each)
+            assert sock.poll(30_000), "the keyed connection was dropped"
+            frames = sock.recv_multipart(copy=False)
+            whole = carried.take(frames[1:] if peer else frames)
+            if whole is not None:
+                return frames[0].bytes if peer else b"", _codec.decode(whole)
+
     try:
         payload = bytes(range(256)) * (size // 256) + b"e" * (size % 256)
         message = m.Results([m.ResultSpec(1, m.Outcome.OK, {}, [], 1)], frames=(payload,))
         _transport.send(dealer, message, max_frame=1 << 20)
-        assert router.poll(30_000), "the worker's side dropped the keyed connection"
-        peer, *frames = router.recv_multipart(copy=False)
-        assert bytes(_codec.decode(frames).frames[0]) == payload
-        _transport.send(router, message, peer.bytes, max_frame=1 << 20)
-        assert dealer.poll(30_000), "the Main's side dropped the keyed connection"
-        assert bytes(_codec.decode(dealer.recv_multipart(copy=False)).frames[0]) == payload
+        peer, back = receive(router, peer=True)
+        assert bytes(back.frames[0]) == payload
+        _transport.send(router, message, peer, max_frame=1 << 20)
+        assert bytes(receive(dealer, peer=False)[1].frames[0]) == payload
     finally:
         router.close(0)
         dealer.close(0)
         ctx.term()
+
+
+def test_a_payload_of_more_than_one_piece_is_carried_ahead_and_put_back_per_peer() -> None:
+    from distrib.wire._carry import HEADER, Carried, split
+
+    big = bytes(range(256)) * 40  # 10,240 bytes: three pieces of 4,096
+    message = m.Results([m.ResultSpec(1, m.Outcome.OK, {}, [], 2)], frames=(big, b"tail"))
+    frames = _codec.encode(message, 4096)
+    sent = split(frames, 4096)
+    assert [len(x) for x in sent] == [2, 2, 2, 2, 1]  # four carried ahead, then the header
+    assert all(x[0] == HEADER for x in sent[:-1]) and sent[-1] == [frames[0]]
+    carried = Carried()
+    other = _codec.encode(m.Results([m.ResultSpec(2, m.Outcome.OK, {}, [], 1)],
+                                    frames=(b"other",)), 4096)
+    for x in sent[:2]:
+        assert carried.take([bytes(f) for f in x], b"a") is None
+    assert carried.take(other, b"b") == other  # another peer's messages pass between
+    for x in sent[2:-1]:
+        assert carried.take([bytes(f) for f in x], b"a") is None
+    whole = carried.take(sent[-1], b"a")
+    assert whole is not None
+    back = _codec.decode(whole)
+    assert [bytes(f) for f in back.frames] == [big, b"tail"]
+    assert carried.take(other, b"a") == other  # nothing left over
+    # One piece or less goes as it is; a peer that left takes what it carried with it.
+    assert split(other, 4096) == [other]
+    assert carried.take([HEADER, b"x"], b"c") is None
+    carried.forget(b"c")
+    assert carried.take(other, b"c") == other
+
+
+def test_a_peer_carrying_too_many_frames_ahead_breaks_the_protocol(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from distrib.wire import _carry
+
+    monkeypatch.setattr(_carry, "MAX_CARRIED", 3)
+    carried = _carry.Carried()
+    for _ in range(3):
+        assert carried.take([_carry.HEADER, b"x"]) is None
+    with pytest.raises(ProtocolError, match="more than 3 frames carried ahead"):
+        carried.take([_carry.HEADER, b"x"])
+    assert carried.take([b"h"]) == [b"h"]  # (what it carried went)

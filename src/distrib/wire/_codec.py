@@ -237,7 +237,7 @@ def _check_frames(message: m.Message) -> None:
             raise ProtocolError("Call: a payload, at least one thread, no negative retries")
     elif isinstance(message, m.Blobs):
         expected = len(message.hashes)
-    elif isinstance(message, m.Manifest):
+    elif isinstance(message, (m.Manifest, m.Carry)):
         expected = 1
     elif isinstance(message, m.Objects):
         files = message.files or [""] * len(message.names)

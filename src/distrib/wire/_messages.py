@@ -408,6 +408,18 @@ class ObjectsFailed(Message):
     reason: str
 
 
+# --- large payloads --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Carry(Message):
+    """Either way: one payload frame (or piece) of the next message, sent ahead of it as a
+    message of its own, so a large payload arrives as a stream of messages: each one shows
+    that its sender is alive while the rest are on their way (``wire/_carry.py``)."""
+
+    TAG: ClassVar[int] = 32
+
+
 # --- inspection ------------------------------------------------------------------------------
 
 
@@ -455,4 +467,5 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     ObjectsFailed,
     StatusRequest,
     Status,
+    Carry,
 )

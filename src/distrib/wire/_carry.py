@@ -1,0 +1,63 @@
+"""Large payloads as a stream of messages: a message whose payload is more than one piece
+sends its payload frames ahead, each as a ``Carry`` message of its own, then its header alone;
+the receiver keeps what a peer carried ahead and puts it back in front of that peer's next
+message.
+
+Why: libzmq delivers a multipart message only once all of it has arrived, and a peer's
+heartbeats queue behind it on the same connection. A gibibyte over a keyed link takes longer
+than the silence after which either side declares the other lost; carried ahead, it arrives
+piece after piece, and each piece shows its sender is alive.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from distrib._errors import ProtocolError
+from distrib.wire import _messages as m
+from distrib.wire._limits import MAX_CARRIED
+
+HEADER = msgpack.packb([m.Carry.TAG])  # a Carry's header: its tag, no fields
+
+
+def split(frames: list[Any], piece: int) -> list[list[Any]]:
+    """The messages that send ``frames`` (a header, then payload frames of at most ``piece``
+    bytes): as they are, or, when the payload is more than one piece, each payload frame
+    carried ahead and the header last."""
+    if len(frames) < 3 or sum(memoryview(f).nbytes for f in frames[1:]) <= piece:
+        return [frames]
+    return [*([HEADER, f] for f in frames[1:]), [frames[0]]]
+
+
+class Carried:
+    """Per peer (its routing id; ``b""`` on a socket with one peer), the payload frames it
+    carried ahead of its next message."""
+
+    def __init__(self) -> None:
+        self._ahead: dict[bytes, list[Any]] = {}
+
+    def take(self, frames: list[Any], peer: bytes = b"") -> list[Any] | None:
+        """The frames of a whole message, header first: ``frames`` with what ``peer`` carried
+        ahead in front of its payload; None for a ``Carry`` (kept until its message comes).
+        Raises ``ProtocolError`` when a peer carries more than ``MAX_CARRIED`` frames ahead."""
+        if len(frames) == 2 and len(frames[0]) == len(HEADER) and _bytes(frames[0]) == HEADER:
+            ahead = self._ahead.setdefault(peer, [])
+            if len(ahead) >= MAX_CARRIED:
+                del self._ahead[peer]
+                raise ProtocolError(f"more than {MAX_CARRIED} frames carried ahead of a message")
+            ahead.append(frames[1])
+            return None
+        ahead = self._ahead.pop(peer, [])
+        if not ahead:
+            return frames
+        return [frames[0], *ahead, *frames[1:]]
+
+    def forget(self, peer: bytes = b"") -> None:
+        """``peer`` left: what it carried ahead goes."""
+        self._ahead.pop(peer, None)
+
+
+def _bytes(frame: Any) -> bytes:
+    return frame.bytes if hasattr(frame, "bytes") else bytes(frame)

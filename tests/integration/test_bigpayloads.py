@@ -1,0 +1,92 @@
+"""Payloads at and past a frame's limit (512 MiB) through a keyed worker, over sockets alone.
+
+libzmq counts a frame as it is on the wire, encrypted on a keyed link (33 bytes more), so a
+piece as large as the limit once closed the connection: every such call failed as WorkerLost
+and took the Main's other tasks with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from distrib.wire import _keys
+from tests.helpers import Workspace
+
+MAIN = """
+    import resource
+    import sys
+    import distrib
+    from distrib import distributed
+
+    MIB = 1 << 20
+
+    def pattern(n):
+        return bytes(range(256)) * (n // 256)
+
+    def intact(data, n):
+        return len(data) == n and all(data[i] == i % 256 for i in (0, n // 3, n // 2, n - 1))
+
+    @distributed
+    def relay(data, n):
+        import resource
+        ok = intact(data, len(data))
+        del data
+        return ok, pattern(n), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
+
+    @distributed
+    def small(x):
+        return x + 1
+
+    def check(size, back):
+        others = small.map(range(20))  # work of the same Main alongside, never dropped
+        data = pattern(size)
+        ok, result, task_peak = relay(data, back).unwrap(timeout=600)
+        del data
+        print(size // MIB, back // MIB, ok, intact(result, back),
+              distrib.gather(others, timeout=600) == list(range(1, 21)))
+        return task_peak
+
+    if __name__ == "__main__":
+        peaks = [check(512 * MIB, 600 * MIB), check(1024 * MIB, 1024 * MIB)]
+        main_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
+        print("PEAKS", main_peak, max(peaks), file=sys.stderr)
+        print("MAIN", main_peak // MIB, "TASK", max(peaks) // MIB)
+    """
+
+
+def _peak_rss(pid: int) -> int:
+    """A live process's peak resident memory in bytes (``VmHWM``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) << 10
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+@pytest.mark.alone
+def test_a_gibibyte_each_way_and_frames_at_and_past_the_limit_cross_a_keyed_worker(
+        workspace: Workspace, start_worker, tmp_path: Path) -> None:
+    main, own = _keys.generate(), _keys.generate()
+    _keys.write(tmp_path / "main.key", main)
+    _keys.write(tmp_path / "worker.key", own)
+    (tmp_path / "mains").write_text(f"{main.public}\n")
+    # Both sides at the default limit of 512 MiB a frame, and shared memory off.
+    big = {"DISTRIB_MAX_MESSAGE_MB": "512", "DISTRIB_SHARED_MEMORY": "false"}
+    worker = start_worker(threads=2, env=big, extra=(
+        "--key", str(tmp_path / "worker.key"), "--authorized-keys", str(tmp_path / "mains")))
+    workspace.write("main.py", MAIN)
+    out = workspace.run("main.py", env={**big, "DISTRIB_KEY": str(tmp_path / "main.key"),
+                                        "DISTRIB_WORKERS": f"{worker.address} {worker.public_key}"},
+                        timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert lines[:2] == ["512 600 True True True", "1024 1024 True True True"], out.stderr[-3000:]
+    assert "WorkerLost" not in out.stderr and "dropped" not in worker.log()
+    # No side holds more than a few copies of the largest payload (1 GiB): the Main its
+    # argument and the result, in pieces, joined and unpickled; the daemon the argument and
+    # the result, each in pieces and joined; the task its argument and its result.
+    main_mib, task_mib = int(lines[2].split()[1]), int(lines[2].split()[3])
+    daemon_mib = _peak_rss(worker.pid) >> 20
+    print(f"peak resident memory, MiB: Main {main_mib}, daemon {daemon_mib}, task {task_mib}")
+    assert main_mib < 4.5 * 1024 and daemon_mib < 3.5 * 1024 and task_mib < 3.5 * 1024
