@@ -243,7 +243,7 @@ def test_a_payload_of_more_than_one_piece_is_carried_ahead_and_put_back_per_peer
     message = m.Results([m.ResultSpec(1, m.Outcome.OK, {}, [], 2)], frames=(big, b"tail"))
     frames = _codec.encode(message, 4096)
     sent = split(frames, 4096)
-    assert [len(x) for x in sent] == [2, 2, 2, 2, 1]  # four carried ahead, then the header
+    assert [len(x) for x in sent] == [2, 2, 3, 1]  # three carried ahead, then the header
     assert all(x[0] == HEADER for x in sent[:-1]) and sent[-1] == [frames[0]]
     carried = Carried()
     other = _codec.encode(m.Results([m.ResultSpec(2, m.Outcome.OK, {}, [], 1)],
@@ -273,6 +273,22 @@ def test_a_peer_carrying_too_many_frames_ahead_breaks_the_protocol(
     carried = _carry.Carried()
     for _ in range(3):
         assert carried.take([_carry.HEADER, b"x"]) is None
-    with pytest.raises(ProtocolError, match="more than 3 frames carried ahead"):
+    with pytest.raises(ProtocolError, match="more than 3 Carry messages ahead"):
         carried.take([_carry.HEADER, b"x"])
     assert carried.take([b"h"]) == [b"h"]  # (what it carried went)
+
+
+def test_many_small_frames_are_carried_together_in_pieces() -> None:
+    from distrib.wire._carry import Carried, carries, split
+
+    small = [bytes([i]) * 100 for i in range(100)]  # 10,000 bytes in 100 frames
+    frames = _codec.encode(m.Results([m.ResultSpec(1, m.Outcome.OK, {}, [], 100)],
+                                     frames=tuple(small)), 4096)
+    sent = split(frames, 4096)
+    assert [len(x) - 1 for x in sent] == [40, 40, 20, 0]  # frames in each Carry, none last
+    assert len(sent) - 1 <= carries(10_000, 4096)
+    carried = Carried()
+    assert [carried.take(x) for x in sent[:-1]] == [None] * 3
+    whole = carried.take(sent[-1])
+    assert whole is not None
+    assert [bytes(f) for f in _codec.decode(whole).frames] == small

@@ -253,8 +253,10 @@ def _check_frames(message: m.Message) -> None:
             raise ProtocolError("Call: a payload, at least one thread, no negative retries")
     elif isinstance(message, m.Blobs):
         expected = len(message.hashes)
-    elif isinstance(message, (m.Manifest, m.Carry)):
+    elif isinstance(message, m.Manifest):
         expected = 1
+    elif isinstance(message, m.Carry):
+        expected = max(1, n)
     elif isinstance(message, m.Objects):
         files = message.files or [""] * len(message.names)
         if len(message.counts) != len(message.names) or len(files) != len(message.names) or any(

@@ -29,8 +29,8 @@ FRAME_OVERHEAD = 1 << 10
 # libzmq's CURVE holds about three copies of a frame while it encrypts or decrypts it (in its
 # I/O thread, on each side): pieces of a keyed link stay this small to bound that memory.
 KEYED_PIECE_BYTES = 64 << 20
-# payload frames one message may carry ahead of itself (``wire/_carry.py``): 64 GiB in pieces
-# of 1 MiB, the smallest limit a setting gives
+# Carry messages ahead of one message (``wire/_carry.py``), each at most a piece: a payload of
+# 32 GiB or more in pieces of 1 MiB (the smallest limit a setting gives), 2 TiB on a keyed link
 MAX_CARRIED = 1 << 16
 INLINE_MAX = 256 << 10  # a payload (all pieces) below this travels inside the header
 # inline bytes (and record texts) per Submit or Results header; well under both limits

@@ -413,9 +413,10 @@ class ObjectsFailed(Message):
 
 @dataclass(frozen=True, slots=True)
 class Carry(Message):
-    """Either way: one payload frame (or piece) of the next message, sent ahead of it as a
-    message of its own, so a large payload arrives as a stream of messages: each one shows
-    that its sender is alive while the rest are on their way (``wire/_carry.py``)."""
+    """Either way: payload frames (or pieces) of the next message, at most one piece in all,
+    sent ahead of it as a message of their own, so that a large payload arrives as a stream
+    of messages: each one shows that its sender is alive while the rest are on their way
+    (``wire/_carry.py``)."""
 
     TAG: ClassVar[int] = 32
 
