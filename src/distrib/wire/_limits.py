@@ -29,9 +29,11 @@ FRAME_OVERHEAD = 1 << 10
 # libzmq's CURVE holds about three copies of a frame while it encrypts or decrypts it (in its
 # I/O thread, on each side): pieces of a keyed link stay this small to bound that memory.
 KEYED_PIECE_BYTES = 64 << 20
-# Carry messages ahead of one message (``wire/_carry.py``), each at most a piece: a payload of
-# 32 GiB or more in pieces of 1 MiB (the smallest limit a setting gives), 2 TiB on a keyed link
-MAX_CARRIED = 1 << 16
+# Carry messages ahead of one message (``wire/_carry.py``), each at most a piece, every two
+# in a row more than one: so any link carries a payload of ``MAX_PAYLOAD_BYTES`` (511 GiB, in
+# pieces of 1 MiB, the smallest limit a setting gives); a larger one fails its own call.
+MAX_CARRIED = 1 << 20
+MAX_PAYLOAD_BYTES = (MAX_CARRIED // 2 - 1) * ((1 << 20) - FRAME_OVERHEAD)
 INLINE_MAX = 256 << 10  # a payload (all pieces) below this travels inside the header
 # inline bytes (and record texts) per Submit or Results header; well under both limits
 BATCH_BYTES = min(4 << 20, MAX_MESSAGE_BYTES // 4)
