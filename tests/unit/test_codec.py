@@ -292,3 +292,13 @@ def test_many_small_frames_are_carried_together_in_pieces() -> None:
     whole = carried.take(sent[-1])
     assert whole is not None
     assert [bytes(f) for f in _codec.decode(whole).frames] == small
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+@pytest.mark.parametrize("limit_mib", [1, 2, 64, 512, 4096])
+def test_a_payload_up_to_the_largest_one_message_carries_fits_every_link(
+        keyed: bool, limit_mib: int) -> None:
+    from distrib.wire._carry import carries
+    from distrib.wire._limits import MAX_CARRIED, MAX_PAYLOAD_BYTES, piece_bytes
+
+    assert carries(MAX_PAYLOAD_BYTES, piece_bytes(limit_mib << 20, keyed)) <= MAX_CARRIED

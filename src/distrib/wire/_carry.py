@@ -26,8 +26,10 @@ def split(frames: list[Any], piece: int) -> list[list[Any]]:
     """The messages that send ``frames`` (a header, then payload frames of at most ``piece``
     bytes): as they are, or, when the payload is more than one piece, its frames carried
     ahead (as many in each ``Carry`` as fit in one piece) and the header last."""
+    if len(frames) < 3:  # (a header alone, or one frame of at most a piece)
+        return [frames]
     sizes = [memoryview(f).nbytes for f in frames[1:]]
-    if len(frames) < 3 or sum(sizes) <= piece:
+    if sum(sizes) <= piece:
         return [frames]
     out: list[list[Any]] = []
     carry: list[Any] = [HEADER]
