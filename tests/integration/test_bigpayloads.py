@@ -1,4 +1,5 @@
-"""Payloads at and past a frame's limit (512 MiB) through a keyed worker, over sockets alone.
+"""Payloads and shared objects at and past a frame's limit (512 MiB) through a keyed worker,
+over sockets alone.
 
 libzmq counts a frame as it is on the wire, encrypted on a keyed link (33 bytes more), so a
 piece as large as the limit once closed the connection: every such call failed as WorkerLost
@@ -37,6 +38,10 @@ MAIN = """
         return ok, pattern(n), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
 
     @distributed
+    def measure(data):
+        return len(data), intact(data, len(data))
+
+    @distributed
     def small(x):
         return x + 1
 
@@ -51,6 +56,9 @@ MAIN = """
 
     if __name__ == "__main__":
         peaks = [check(512 * MIB, 600 * MIB), check(1024 * MIB, 1024 * MIB)]
+        shared = distrib.share(pattern(600 * MIB))  # sent in an Objects message
+        print("SHARED", measure(shared).unwrap(timeout=600) == (600 * MIB, True))
+        del shared
         main_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
         print("PEAKS", main_peak, max(peaks), file=sys.stderr)
         print("MAIN", main_peak // MIB, "TASK", max(peaks) // MIB)
@@ -88,14 +96,15 @@ def test_a_gibibyte_each_way_and_frames_at_and_past_the_limit_cross_a_keyed_work
     out = workspace.run("main.py", env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
-    assert lines[:2] == ["512 600 True True True", "1024 1024 True True True"], out.stderr[-3000:]
+    assert lines[:3] == ["512 600 True True True", "1024 1024 True True True", "SHARED True"], \
+        out.stderr[-3000:]
     assert "WorkerLost" not in out.stderr and "silent for" not in worker.log()
     assert "malformed" not in worker.log() and "dropped Submit" not in worker.log()
     # No side holds more than a few copies of the largest payload (1 GiB): the Main its
     # argument, and the result joined (each piece released as it is copied) and unpickled;
     # the daemon the argument joined and the result; the task its argument (as the frame
     # read from its pipe and unpickled) and its result.
-    main_mib, task_mib = int(lines[2].split()[1]), int(lines[2].split()[3])
+    main_mib, task_mib = int(lines[3].split()[1]), int(lines[3].split()[3])
     daemon_mib = _peak_rss(worker.pid) >> 20
     print(f"peak resident memory, MiB: Main {main_mib}, daemon {daemon_mib}, task {task_mib}")
     assert main_mib < 3.5 * 1024 and daemon_mib < 2.5 * 1024 and task_mib < 3.5 * 1024
