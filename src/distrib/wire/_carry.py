@@ -1,7 +1,7 @@
 """Large payloads as a stream of messages: a message whose payload is more than one piece
-sends its payload frames ahead, each as a ``Carry`` message of its own, then its header alone;
-the receiver keeps what a peer carried ahead and puts it back in front of that peer's next
-message.
+sends its payload frames ahead in ``Carry`` messages of at most one piece each, then its header
+alone; the receiver keeps what a peer carried ahead and puts it back in front of that peer's
+next message.
 
 Why: libzmq delivers a multipart message only once all of it has arrived, and a peer's
 heartbeats queue behind it on the same connection. A gibibyte over a keyed link takes longer

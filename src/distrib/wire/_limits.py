@@ -26,8 +26,9 @@ MAX_MESSAGE_BYTES = int(os.environ.get("DISTRIB_MAX_MESSAGE_MB", "512")) << 20  
 # ZMQ_MAXMSGSIZE counts a frame as it is on the wire; CURVE adds 33 bytes to each (libzmq
 # 4.3: command name, nonce, flags, MAC), so a piece as large as the limit closed keyed links.
 FRAME_OVERHEAD = 1 << 10
-# libzmq's CURVE holds about three copies of a frame while it encrypts or decrypts it (in its
-# I/O thread, on each side): pieces of a keyed link stay this small to bound that memory.
+# libzmq's CURVE copies a frame while it encrypts or decrypts it (in its I/O thread, on each
+# side, one frame at a time): pieces of a keyed link stay this small to bound that memory, and
+# the time one connection holds that thread from the others.
 KEYED_PIECE_BYTES = 64 << 20
 # Carry messages ahead of one message (``wire/_carry.py``), each at most a piece, every two
 # in a row more than one: so any link carries a payload of ``MAX_PAYLOAD_BYTES`` (511 GiB, in
