@@ -23,7 +23,7 @@ from typing import Any
 import pathspec
 
 from distrib import _runtime, _serialize, _shared, _shm
-from distrib.wire._limits import MAX_FILE_BYTES
+from distrib.wire._limits import MAX_FILE_BYTES, MAX_PAYLOAD_BYTES
 from distrib._errors import SerializationError
 from distrib.wire._messages import Outcome, payload_size
 from distrib.executor import _isolation, _objects, _subcalls
@@ -414,6 +414,11 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
                         f"the result of {fn.__qualname__} pickles to {size:,} bytes, more "
                         f"than the Main's max_payload ({_max_payload:,} bytes); return less, "
                         "or raise the setting")
+                if (size := payload_size(payload)) > MAX_PAYLOAD_BYTES:
+                    raise SerializationError(
+                        f"the result of {fn.__qualname__} pickles to {size:,} bytes, more "
+                        f"than one message to the Main carries ({MAX_PAYLOAD_BYTES:,} bytes); "
+                        "return less, or return it in parts")
                 if shm_pid:
                     try:
                         payload, in_shm = _shm.offload(payload, shm_pid)
