@@ -122,3 +122,56 @@ def test_in_a_private_copy_only_what_exceeds_the_tree_counts(tmp_path: Path,
         assert why.startswith("it wrote 6 MB,"), why
     finally:
         watcher.close()
+
+
+NO_PID = 99_999_999  # over any kernel's pid_max: what no process writes
+
+
+def _many_files(watcher: DiskWatcher, count: int, pid: int) -> Path:
+    upper = watcher.runs / f"{pid}-1" / "upper"
+    for i in range(count // 100):
+        (upper / str(i)).mkdir(parents=True)
+        for j in range(99):
+            (upper / str(i) / str(j)).touch()
+    return upper
+
+
+def _polls_until_walked(watcher: DiskWatcher, watched: dict[int, Watched]) -> int:
+    for polls in range(1, 100):
+        assert watcher._poll(watched, 0.0) == []
+        if watcher._seen[1].walk is None:
+            return polls
+    raise AssertionError("the walk never ended")
+
+
+def test_between_walks_of_a_large_tree_its_large_files_are_checked_at_every_poll(
+        tmp_path: Path) -> None:
+    watcher, _ = _watcher(tmp_path, DiskLimits(per_task=30 * MB))
+    # 16 MB as counted: a walk of a few polls (by no process: the kernel's count of what it
+    # wrote does not hurry the walk)
+    upper = _many_files(watcher, 4000, NO_PID)
+    (upper / "big").write_bytes(b"b" * (2 * MB))
+    watched = {1: Watched(NO_PID, run=1)}
+    assert _polls_until_walked(watcher, watched) > 1
+    with open(upper / "big", "ab") as f:
+        f.write(b"b" * (14 * MB))
+    [(ex, run, why)] = watcher._poll(watched, 0.0)  # at once, though the walk is not over
+    assert watcher._seen[1].walk is not None and why.startswith("it wrote 33 MB,"), why
+    watcher.close()
+
+
+def test_writing_more_than_the_limit_leaves_finishes_the_walk_at_once(tmp_path: Path) -> None:
+    watcher, _ = _watcher(tmp_path, DiskLimits(per_task=20 * MB))
+    upper = _many_files(watcher, 4000, os.getpid())
+    watched = {1: Watched(os.getpid(), run=1)}
+    _polls_until_walked(watcher, watched)
+    with open(upper / "new", "wb") as f:  # (a new file: not one the last walk found large)
+        f.write(b"n" * (8 * MB))
+        f.flush()
+    watcher._seen[1].ended = float("-inf")  # (the last walk ended long ago)
+    over = watcher._poll(watched, 0.0)
+    walking = watcher._seen[1].walk is not None
+    watcher.close()
+    if not over and walking:
+        pytest.skip("this kernel does not count the bytes a process writes (/proc/PID/io)")
+    assert not walking and over  # (not a walk over several polls)

@@ -4,22 +4,27 @@ everything else the cache keeps, the whole cache (``--max-cache``).
 Everything an executor writes lands in folders of its own under the worker's runs folder,
 named ``<pid>-*``: its overlay's upper layers (or, where overlays are unavailable, its private
 copy of the environment, of which only what exceeds the shipped tree counts), and any other
-private folder it is given (a private /tmp) once it is named so. A watcher thread sums them,
-for every executor, about ten times a second; ``DiskLimits.over`` says which executors to stop
-and why, the daemon's loop stops them (SIGKILL), and their folders are removed with them, so
-what the task wrote is dropped. The task fails with ``TaskDiskExceeded`` naming the limit.
+private folder it is given (its private /tmp, named so, counts as soon as it exists). A
+watcher thread sums them for every executor about ten times a second; ``DiskLimits.over``
+says which executors to stop and why; the daemon's loop, woken at once, stops them (SIGKILL),
+and their folders are removed with them, so what the task wrote is dropped. The task fails
+with ``TaskDiskExceeded`` naming the limit.
 
 Why polling, and not a filesystem of a fixed size for each upper layer: a tmpfs with
 ``size=`` holds what a task writes in memory (a 1G limit would cost up to 1G of RAM per
-executor), and a loop device per executor needs privilege, a file to hold it, and a mkfs per
-executor start (tens of milliseconds each, for every executor of every Main). A poll costs a
-``stat`` per file a task wrote: a few microseconds for a task that wrote a handful of files,
-and nothing on the daemon's loop. Its bound is how much a fast writer gets past the limit
-before the next poll (a tenth of a second of writing), and a task that makes a great many
-small files is caught by charging every file at least a block (``ENTRY_BYTES``); each walk
-stops as soon as the limit is passed, and the watcher waits longer between polls when walks
-grow slow, so it never takes more than a few percent of a core. A file the task deleted but
-holds open is counted from the executor's open files.
+executor), and a loop device per executor needs privilege, a file to back it and a mkfs at
+every executor start (tens of milliseconds, for every executor of every Main). A poll costs a
+``stat`` per file the task wrote: microseconds for a task that wrote a few files, and never
+the daemon's loop. What it lets through is what a writer manages between two polls (a tenth
+of a second of writing; measured here: a task writing 1 MB chunks was stopped at 56 MB under
+a 50M limit). A task that makes a great many small files is charged at least a block for
+each (``ENTRY_BYTES``), so a limit bounds how many it can make, and each walk stops as soon
+as the limit is passed: under a 1G limit a walk meets at most 262,144 entries. Slow walks
+poll less often, so the watcher takes at most ``BUSY_SHARE`` of a core; that also lets a task
+that first made many files then write faster past the limit (about five walks' time of
+writing). A file the executor deleted but holds open is counted from its open files (one held
+by a process the task started is not). The rest of the cache is walked only when the tasks'
+writes come near the cache's limit.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,35 +44,104 @@ from distrib.worker._memory import human
 log = logging.getLogger("distrib.worker")
 
 ENTRY_BYTES = 4096  # every file or folder costs at least a block
-POLL = 0.1  # seconds between polls of small trees
-BUSY_SHARE = 0.05  # the most of a core the watcher takes: slow walks poll less often
-OTHERS_EVERY = 10.0  # seconds between walks of the rest of the cache
+POLL = 0.1  # seconds between polls
+HOT_BYTES = 1 << 20  # a file this large is checked at every poll, between walks
+HOT_MOST = 32  # the most files checked so
+WALK_ENTRIES = 1500  # entries walked per poll, over all executors (about 20 ms here)
+BUSY_SHARE = 0.2  # the most of a core the watcher takes: slow walks poll less often
+OTHERS_EVERY = 10.0  # seconds between walks of the rest of the cache (when they are needed)
 _OWN = re.compile(r"^(\d+)-")  # an executor's folder: <pid>-<anything>
 
 
+class Walk:
+    """A walk of the trees under ``roots`` that can be taken in steps, totalling the disk they
+    take: each file its size (or the blocks it holds, if more) and at least ``ENTRY_BYTES``.
+    ``big`` gets the files of at least ``HOT_BYTES`` (path: what they were counted). Files
+    that vanish meanwhile are skipped."""
+
+    def __init__(self, roots: Iterable[Path], cap: int = 0, io: int = 0,
+                 at: float = 0.0) -> None:
+        self.cap = cap  # stop counting once past it (0: count all)
+        self.io, self.at = io, at  # the executor's bytes written, and the time, at its start
+        self.spent = 0.0  # seconds its steps took
+        self.total = 0
+        self.big: dict[str, int] = {}
+        self.done = False
+        self._stack = [str(r) for r in roots]
+        self._entries: Iterator[os.DirEntry[str]] | None = None
+
+    def step(self, entries: int = 0) -> bool:
+        """Count ``entries`` more (0: all); whether the walk is done."""
+        left = entries or -1
+        while not self.done and left:
+            if self._entries is None:
+                if not self._stack:
+                    self.done = True
+                    break
+                try:
+                    self._entries = os.scandir(self._stack.pop())
+                except OSError:  # (gone, or not readable: an overlay's work folder, mode 000)
+                    continue
+            entry = next(self._entries, None)
+            if entry is None:
+                self._close()
+                continue
+            left -= 1
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            size = max(ENTRY_BYTES, st.st_size, st.st_blocks * 512)
+            self.total += size
+            if stat.S_ISDIR(st.st_mode):
+                self._stack.append(entry.path)
+            elif size >= HOT_BYTES:
+                self.big[entry.path] = size
+            if self.cap and self.total > self.cap:
+                self.done = True
+        if self.done:
+            self._close()
+        return self.done
+
+    def close(self) -> None:
+        """Stop here (a walk no longer wanted)."""
+        self.done = True
+        self._close()
+
+    def _close(self) -> None:
+        if self._entries is not None:
+            self._entries.close()  # type: ignore[attr-defined]
+            self._entries = None
+
+
 def tree_bytes(roots: Iterable[Path], cap: int = 0) -> int:
-    """Disk the trees under ``roots`` take: each file its size (or the blocks it holds, if
-    more) and at least ``ENTRY_BYTES``; stops counting once past ``cap`` (0: counts all).
-    Files that vanish meanwhile are skipped."""
-    total = 0
-    stack = [str(r) for r in roots]
-    while stack:
-        folder = stack.pop()
-        try:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    total += max(ENTRY_BYTES, st.st_size, st.st_blocks * 512)
-                    if stat.S_ISDIR(st.st_mode):
-                        stack.append(entry.path)
-        except OSError:  # (gone, or not readable: an overlay's work folder has mode 000)
-            continue
-        if cap and total > cap:
-            break
-    return total
+    """Disk the trees under ``roots`` take, as ``Walk`` counts it; stops counting once past
+    ``cap`` (0: counts all)."""
+    walk = Walk(roots, cap)
+    walk.step()
+    return walk.total
+
+
+def file_bytes(path: str) -> int:
+    """What ``tree_bytes`` counts for one file (0: it is gone)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return 0
+    return max(ENTRY_BYTES, st.st_size, st.st_blocks * 512)
+
+
+def io_written(pid: int) -> int:
+    """Bytes ``pid`` (and the children it reaped) sent to storage so far, as the kernel
+    counts them when pages are dirtied (0: not told)."""
+    try:
+        with open(f"/proc/{pid}/io", "rb") as f:
+            for line in f:
+                if line.startswith(b"write_bytes:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def deleted_open_bytes(pid: int) -> int:
@@ -150,10 +224,31 @@ class Watched:
 
 
 @dataclass
+class _Seen:
+    """What the watcher knows of one executor's folders."""
+
+    run: int  # the task it ran when this began
+    written: int = 0  # what the last whole walk counted (less the baseline)
+    hot: dict[str, int] = field(default_factory=dict)  # its largest files then, and their size
+    io: int = 0  # the executor's bytes written when that walk began
+    ended: float = float("-inf")  # when that walk ended
+    spent: float = 0.0  # the time it took, in steps
+    walk: Walk | None = None  # the walk under way
+
+
+@dataclass
 class DiskWatcher:
     """The thread that measures executors' folders under ``runs`` and the rest of ``cache``;
     verdicts (executor, its task then, why) come back through ``take``; ``wake`` tells the
-    loop there are some."""
+    loop there are some.
+
+    At each poll, for every executor: the files that were large at the last walk are looked
+    at again (a fast writer is caught within a poll of passing the limit), and the walk of
+    its folders goes on by at most ``WALK_ENTRIES`` entries (a small tree is walked whole at
+    every poll; a tree of many files over many polls, so the watcher never takes more than
+    about a fifth of a core). When the executor has written more since its last walk began
+    than the limit leaves (the kernel's count of the bytes it wrote), the walk is finished at
+    once."""
 
     limits: DiskLimits
     runs: Path
@@ -162,6 +257,7 @@ class DiskWatcher:
     wake: Callable[[], None]
     _watched: dict[int, Watched] = field(default_factory=dict)
     _verdicts: list[tuple[int, int, str]] = field(default_factory=list)
+    _seen: dict[int, _Seen] = field(default_factory=dict)
     _baselines: dict[Path, int] = field(default_factory=dict)
     _others: int = 0
     _others_at: float = float("-inf")
@@ -194,18 +290,25 @@ class DiskWatcher:
         self._changed.set()
         if self._thread is not None:
             self._thread.join(5)
+        self._forget(set(self._seen))
+
+    def _forget(self, executors: set[int]) -> None:
+        for ex in executors:
+            seen = self._seen.pop(ex, None)
+            if seen is not None and seen.walk is not None:
+                seen.walk.close()
 
     def _run(self) -> None:
         while not self._stop:
             with self._lock:
                 watched = dict(self._watched)
             if not watched or not (self.limits.per_task or self.limits.total):
+                self._forget(set(self._seen))
                 self._changed.wait(1.0)
                 self._changed.clear()
                 continue
-            began = time.monotonic()
             try:
-                verdicts = self._poll(watched, began)
+                verdicts = self._poll(watched, time.monotonic())
             except Exception:  # (a failed poll must not end the watch)
                 log.exception("could not measure what tasks wrote")
                 verdicts = []
@@ -215,8 +318,7 @@ class DiskWatcher:
                                      if ex not in {v[0] for v in verdicts}}
                     self._verdicts.extend(verdicts)
                 self.wake()
-            spent = time.monotonic() - began
-            self._changed.wait(max(POLL, spent / BUSY_SHARE))
+            self._changed.wait(POLL)
             self._changed.clear()
 
     def _poll(self, watched: dict[int, Watched], now: float) -> list[tuple[int, int, str]]:
@@ -230,17 +332,41 @@ class DiskWatcher:
         except OSError:
             return []
         limits = self.limits
+        self._forget(set(self._seen) - set(watched))
+        budget = max(WALK_ENTRIES // len(watched), 100)
         written: dict[int, int] = {}
         for ex, w in watched.items():
+            seen = self._seen.get(ex)
+            io = io_written(w.pid)
+            if seen is None or seen.run != w.run:  # (a new task: its layer is new too)
+                self._forget({ex})
+                seen = self._seen[ex] = _Seen(w.run, io=io)
             cap = (limits.per_task if w.run and limits.per_task else limits.total) or 0
             base = self._baseline(w.baseline) if w.baseline is not None else 0
-            # An overlay's layer: what the task wrote is its upper folder (the work folder
-            # holds a file only while the kernel copies it up). A copy: the whole folder.
-            roots = [f / "upper" if (f / "upper").is_dir() else f
-                     for f in folders.get(w.pid, ())]
-            size = tree_bytes(roots, cap + base if cap else 0) - base
-            written[ex] = max(0, size) + deleted_open_bytes(w.pid)
-        if limits.total and now - self._others_at > OTHERS_EVERY:
+            if seen.walk is None:
+                # An overlay's layer: what the task wrote is its upper folder (the work
+                # folder holds a file only while the kernel copies it up). A copy: all of it.
+                roots = [f / "upper" if (f / "upper").is_dir() else f
+                         for f in folders.get(w.pid, ())]
+                seen.walk = Walk(roots, cap + base if cap else 0, io, now)
+            walk = seen.walk
+            # (at most half the time walking back to back, for a task that rewrites a file)
+            began = time.monotonic()
+            urgent = bool(cap) and io - seen.io > cap - seen.written and (
+                began - seen.ended >= seen.spent)
+            done = walk.step(0 if urgent else budget)
+            walk.spent += time.monotonic() - began
+            if done:
+                seen.written, seen.io = max(0, walk.total - base), walk.io
+                seen.ended, seen.spent = time.monotonic(), walk.spent
+                seen.hot = dict(sorted(walk.big.items(), key=lambda kv: -kv[1])[:HOT_MOST])
+                seen.walk = None
+            grown = sum(file_bytes(path) - size for path, size in seen.hot.items())
+            written[ex] = max(0, seen.written + grown) + deleted_open_bytes(w.pid)
+        # The rest of the cache (a walk of all of it) is measured only once the tasks' writes
+        # take half of what it left, and then at most every OTHERS_EVERY seconds.
+        if limits.total and sum(written.values()) > (limits.total - self._others) / 2 and (
+                now - self._others_at > OTHERS_EVERY):
             self._others_at = now
             self._others = self._rest_of_cache()
         running = {ex for ex, w in watched.items() if w.run}
