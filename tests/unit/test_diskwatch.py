@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from distrib._scratch import remove_later
 from distrib.executor._isolation import Copies
 from distrib.worker._diskwatch import (
     ENTRY_BYTES,
@@ -175,3 +176,16 @@ def test_writing_more_than_the_limit_leaves_finishes_the_walk_at_once(tmp_path: 
     if not over and walking:
         pytest.skip("this kernel does not count the bytes a process writes (/proc/PID/io)")
     assert not walking and over  # (not a walk over several polls)
+
+
+def test_a_killed_executors_folder_goes_out_of_the_way_at_once_and_is_removed_later(
+        tmp_path: Path) -> None:
+    layer = tmp_path / "4242-1"
+    (layer / "upper" / "many").mkdir(parents=True)
+    (layer / "work" / "work").mkdir(parents=True)
+    for i in range(100):
+        (layer / "upper" / "many" / str(i)).touch()
+    (layer / "work" / "work").chmod(0)  # (as an overlay leaves it)
+    remove_later(layer)
+    assert not layer.exists()  # (the watcher no longer counts it: not an executor's name)
+    wait_for(lambda: not any(tmp_path.iterdir()), 30, "the folder removed")

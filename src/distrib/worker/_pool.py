@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from distrib._process import exists, wait_exit
-from distrib._scratch import remove_tree
+from distrib._scratch import remove_later
 from distrib.wire._pipe import NICE_VAR, THREAD_VARS, Pipe, encode
 from distrib.wire._pipe_messages import Become, ChildOutcome, Context, PipeMessage, Run, Skip
 
@@ -154,7 +154,7 @@ class ExecutorProcess:
         except subprocess.TimeoutExpired:
             log.warning("executor %d did not exit after SIGKILL", self.proc.pid)
         for layer in self.scratch.glob(f"{self.proc.pid}-*"):
-            remove_tree(layer)
+            remove_later(layer)  # (not on the daemon's loop: it may hold many files)
 
 
 @dataclass(frozen=True)
@@ -340,4 +340,4 @@ class Template:
         except subprocess.TimeoutExpired:
             log.warning("template %d did not exit after SIGKILL", self.proc.pid)
         for layer in self.recipe.runs.glob(f"{self.proc.pid}-*"):
-            remove_tree(layer)
+            remove_later(layer)  # (not on the daemon's loop: it may hold many files)
