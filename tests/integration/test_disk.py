@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from distrib.wire import _keys
 from tests.helpers import Workspace, wait_for
 
 TASKS = """
@@ -50,11 +51,19 @@ def _layers(cache: Path) -> int:
 
 
 def test_a_task_writing_past_the_limit_fails_naming_it_and_the_worker_serves_on(
-        workspace: Workspace, start_worker) -> None:
-    worker = start_worker(threads=1, extra=("--max-task-disk", "50M"))
+        workspace: Workspace, start_worker, tmp_path: Path) -> None:
+    main = _keys.generate()
+    _keys.write(tmp_path / "main.key", main)
+    _keys.write(tmp_path / "worker.key", _keys.generate())
+    (tmp_path / "authorized").write_text(f"{main.public} a Main\n")
+    worker = start_worker(threads=1, extra=(
+        "--max-task-disk", "50M", "--key", str(tmp_path / "worker.key"),
+        "--authorized-keys", str(tmp_path / "authorized")))
     workspace.write("tasks.py", TASKS)
     workspace.write("main.py", MAIN)
-    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address}, timeout=180)
+    out = workspace.run("main.py", timeout=180, env={
+        "DISTRIB_KEY": str(tmp_path / "main.key"),
+        "DISTRIB_WORKERS": f"{worker.address} {worker.public_key}"})
     lines = out.stdout.splitlines()
     assert len(lines) == 3, out.stderr[-3000:]
     assert lines[0].startswith("EXCEEDED task fill#"), lines
