@@ -5,7 +5,8 @@ Everything an executor writes lands in folders of its own under the worker's run
 named ``<pid>-*``: its overlay's upper layers (or, where overlays are unavailable, its private
 copy of the environment, of which only what exceeds the shipped tree counts), and any other
 private folder it is given (its private /tmp, named so, counts as soon as it exists). A
-watcher thread sums them for every executor about ten times a second; ``DiskLimits.over``
+watcher thread sums them for every executor ten times a second (once a second when only the
+cache's limit is set: it is large, a quarter of the free disk by default); ``DiskLimits.over``
 says which executors to stop and why; the daemon's loop, woken at once, stops them (SIGKILL),
 and their folders are removed with them, so what the task wrote is dropped. The task fails
 with ``TaskDiskExceeded`` naming the limit.
@@ -51,7 +52,8 @@ from distrib.worker._memory import human
 log = logging.getLogger("distrib.worker")
 
 ENTRY_BYTES = 4096  # every file or folder costs at least a block
-POLL = 0.1  # seconds between polls
+POLL = 0.1  # seconds between polls, with a limit per task
+TOTAL_POLL = 1.0  # without one: the cache's limit is large, and most workers have only it
 HOT_BYTES = 1 << 20  # a file this large is checked at every poll, between walks
 HOT_MOST = 32  # the most files checked so
 WALK_ENTRIES = 500  # entries walked per poll, over all executors (about 7 ms here)
@@ -323,7 +325,7 @@ class DiskWatcher:
                                      if ex not in {v[0] for v in verdicts}}
                     self._verdicts.extend(verdicts)
                 self.wake()
-            self._changed.wait(POLL)
+            self._changed.wait(POLL if self.limits.per_task else TOTAL_POLL)
             self._changed.clear()
 
     def _poll(self, watched: dict[int, Watched], now: float) -> list[tuple[int, int, str]]:

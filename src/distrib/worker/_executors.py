@@ -26,6 +26,7 @@ from distrib.wire._pipe_messages import (
 from distrib.wire._record import ErrorRecord
 from distrib.worker import _pool
 from distrib.worker._core import Core
+from distrib.worker._diskwatch import DiskWatcher, Watched
 from distrib.worker._events import (
     Action,
     EnvKey,
@@ -37,7 +38,6 @@ from distrib.worker._events import (
     TaskResumed,
     TaskSkipped,
 )
-from distrib.worker._diskwatch import DiskWatcher, Watched
 from distrib.worker._memory import MemoryWatch
 from distrib.worker._pool import ExecutorProcess, Recipe, Template, Zygote
 
@@ -78,7 +78,8 @@ class Executors:
         self._no_fork: set[EnvKey] = set()  # environments whose templates cannot fork
         self._to_fork: set[EnvKey] = set()  # ready templates asked for executors this turn
         self._memory_kills: dict[int, tuple[str, int]] = {}  # executor -> why, limit
-        self._disk_kills: dict[int, str] = {}  # executor -> why (it wrote too much)
+        self._disk_kills: dict[int, tuple[int, str]] = {}  # executor -> its task, why (it
+        # wrote too much)
         self._copies: dict[int, Path] = {}  # executors working in a private copy of a tree
         self._envs: dict[int, Path] = {}  # each executor's environment tree
         self._isolation = ""  # how executors keep task writes private, once one said
@@ -302,10 +303,11 @@ class Executors:
         if head is not None:
             peer_log.warning("executor %d died (exit %s) running task %d; replacing it",
                              proc.pid, code, head.task.task_id)
-        why = self._disk_kills.pop(ex_id, None)
-        if why is not None and head is not None:
+        over = self._disk_kills.pop(ex_id, None)
+        if over is not None and head is not None and head.run_id == over[0]:
+            # (else the task ended before the kill, and the next one dies as in a crash)
             info = ErrorRecord("distrib.TaskDiskExceeded",
-                               f"{why}; it was stopped and what it wrote dropped").to_wire()
+                               f"{over[1]}; it was stopped and what it wrote dropped").to_wire()
             return self.core.handle(ExecutorDied(ex_id, info, Outcome.ERROR), time.monotonic())
         killed = self._memory_kills.pop(ex_id, None)
         if killed is not None:
@@ -402,7 +404,7 @@ class Executors:
                     run.run_id if run is not None else 0) != run_id:
                 continue
             peer_log.warning("stopping executor %d: %s", proc.pid, why)
-            self._disk_kills[ex_id] = why
+            self._disk_kills[ex_id] = (run_id, why)
             proc.signal_kill()  # (its death is then seen as any other)
 
     def tick(self, now: float) -> None:
