@@ -189,3 +189,16 @@ def test_a_killed_executors_folder_goes_out_of_the_way_at_once_and_is_removed_la
     remove_later(layer)
     assert not layer.exists()  # (the watcher no longer counts it: not an executor's name)
     wait_for(lambda: not any(tmp_path.iterdir()), 30, "the folder removed")
+
+
+def test_a_private_tmp_given_to_an_executor_counts_with_its_layers(tmp_path: Path) -> None:
+    watcher, _ = _watcher(tmp_path, DiskLimits(per_task=5 * MB))
+    (watcher.runs / f"{NO_PID}-1" / "upper").mkdir(parents=True)
+    (watcher.runs / f"{NO_PID}-1" / "upper" / "a").write_bytes(b"a" * (3 * MB))
+    private = tmp_path / "tmp"
+    private.mkdir()
+    (private / "b").write_bytes(b"b" * (3 * MB))
+    assert watcher._poll({1: Watched(NO_PID, run=1)}, 0.0) == []
+    [(_, _, why)] = watcher._poll({1: Watched(NO_PID, run=2, private=(private,))}, 0.0)
+    assert why.startswith("it wrote 6 MB,"), why
+    watcher.close()

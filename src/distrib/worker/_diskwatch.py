@@ -4,7 +4,7 @@ everything else the cache keeps, the whole cache (``--max-cache``).
 Everything an executor writes lands in folders of its own under the worker's runs folder,
 named ``<pid>-*``: its overlay's upper layers (or, where overlays are unavailable, its private
 copy of the environment, of which only what exceeds the shipped tree counts), and any other
-private folder it is given (its private /tmp, named so, counts as soon as it exists). A
+private folder it is given (its private /tmp: named so, or passed as ``Watched.private``). A
 watcher thread sums them for every executor ten times a second (once a second when only the
 cache's limit is set: it is large, a quarter of the free disk by default); ``DiskLimits.over``
 says which executors to stop and why; the daemon's loop, woken at once, stops them (SIGKILL),
@@ -229,6 +229,7 @@ class Watched:
     run: int  # the task it runs (0: none)
     baseline: Path | None = None  # it works in a private copy of this tree: only what
     # exceeds the tree counts
+    private: tuple[Path, ...] = ()  # other folders it writes to (its private /tmp)
 
 
 @dataclass
@@ -354,7 +355,7 @@ class DiskWatcher:
                 # An overlay's layer: what the task wrote is its upper folder (the work
                 # folder holds a file only while the kernel copies it up). A copy: all of it.
                 roots = [f / "upper" if (f / "upper").is_dir() else f
-                         for f in folders.get(w.pid, ())]
+                         for f in folders.get(w.pid, ())] + list(w.private)
                 seen.walk = Walk(roots, cap + base if cap else 0, io, now)
             walk = seen.walk
             # (at most half the time walking back to back, for a task that rewrites a file)

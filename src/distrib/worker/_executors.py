@@ -388,7 +388,7 @@ class Executors:
             if proc.pid and ex_id not in self._disk_kills:
                 run = self.core.running(ex_id)
                 watched[ex_id] = Watched(proc.pid, run.run_id if run is not None else 0,
-                                         self._copies.get(ex_id))
+                                         self._copies.get(ex_id), proc.private)
         disk.watch(watched)
 
     def stop_over_disk(self) -> None:

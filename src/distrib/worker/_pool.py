@@ -94,6 +94,9 @@ class ExecutorProcess:
     scratch: Path  # where it keeps its task layers, as <pid>-<n>
     theirs: socket.socket | None = None  # the executor's end, until a process takes it
     proc: subprocess.Popen[bytes] | Adopted | None = None
+    # Other folders its tasks write to (a private /tmp, say, as the daemon reaches it), counted
+    # with its ``<pid>-*`` folders against the owner's disk limits
+    private: tuple[Path, ...] = ()
 
     @property
     def pid(self) -> int:
