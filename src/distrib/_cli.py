@@ -62,8 +62,8 @@ def main() -> None:
 @click.option("--max-cache", default=None, metavar="SIZE",
               help="Most disk the cache may take, e.g. 10G or 500M (default: a quarter of the "
                    "free disk, at least 1G); least recently used environments and blobs go "
-                   "first. What running tasks write counts too: over it, the task that wrote "
-                   "the most fails as TaskDiskExceeded.")
+                   "first. What running tasks write counts too (they may write at least half "
+                   "of it): past it, the task that wrote the most fails as TaskDiskExceeded.")
 @click.option("--max-queued", default="256M", show_default=True, metavar="SIZE",
               help="Most payload bytes queued here for one Main; more is sent back to wait "
                    "on the Main (bounds the daemon's memory).")
@@ -240,7 +240,7 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
             "it wrote is dropped", POLL, " or ".join(
                 f"{flag} {human(size)}" for flag, size in (
                     ("--max-task-disk", disk.limits.per_task),
-                    ("--max-cache (with the rest of the cache)", disk.limits.total)) if size))
+                    ("--max-cache (all tasks, beside the rest of the cache)", disk.limits.total)) if size))
     daemon.run()
 
 

@@ -106,5 +106,5 @@ def test_what_tasks_write_counts_against_the_cache_limit(
     lines = out.stdout.splitlines()
     assert len(lines) == 3, out.stderr[-3000:]
     assert lines[0].startswith("EXCEEDED task fill#"), lines
-    assert "more than its cache's limit (60M, its --max-cache)" in lines[0]
+    assert "its cache's limit (60M, its --max-cache) leaves them" in lines[0]
     assert lines[1:] == [f"SMALL {10 << 20}", f"AGAIN {10 << 20}"]

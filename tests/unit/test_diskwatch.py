@@ -46,11 +46,13 @@ def test_over_the_cache_idle_executors_go_first_then_the_largest_writer() -> Non
         (3, "idle, its folders over the cache's limit")]
     [(ex, why)] = limits.over({1: 30 * MB, 2: 40 * MB}, {1, 2}, 40 * MB, "w0")
     assert ex == 2
-    assert why == ("the tasks on worker w0 wrote 73 MB together, and with the 42 MB the rest "
-                   "of its cache takes that is more than its cache's limit (100M, its "
-                   "max_cache); this task wrote the most (42 MB)")
-    # The cache's own contents over the limit: the store evicts those; no task wrote a byte.
-    assert limits.over({1: 0}, {1}, 200 * MB, "w0") == []
+    assert why == ("the tasks on worker w0 wrote 73 MB together, more than the 63 MB its "
+                   "cache's limit (100M, its max_cache) leaves them beside the rest of the "
+                   "cache; this task wrote the most (42 MB)")
+    # The rest of the cache over the limit (the store evicts it): tasks still have half.
+    assert limits.over({1: 40 * MB}, {1}, 200 * MB, "w0") == []
+    [(ex, why)] = limits.over({1: 60 * MB}, {1}, 200 * MB, "w0")
+    assert "more than the 52 MB its cache's limit" in why
 
 
 def test_each_file_costs_at_least_a_block_and_a_walk_stops_past_its_cap(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from distrib.wire._messages import Outcome, RefusalCode
 from distrib.wire._pipe_messages import Run
 from distrib.worker._core import Core
 from distrib.worker._direct import LOCAL
+from distrib.worker._diskwatch import DiskLimits, DiskWatcher
 from distrib.worker._events import (
     Action,
     Admit,
@@ -51,7 +52,6 @@ from distrib.worker._events import (
     Turn,
     Vacating,
 )
-from distrib.worker._diskwatch import DiskLimits, DiskWatcher
 from distrib.worker._executors import Executors
 from distrib.worker._gate import Gate
 from distrib.worker._mains import Mains

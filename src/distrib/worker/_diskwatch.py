@@ -187,8 +187,10 @@ class DiskLimits:
              name: str) -> list[tuple[int, str]]:
         """(executor, why) to stop, given what each executor's folders hold (``written``,
         by executor id), which of them run a task, and what the rest of the cache takes.
-        Over the total, idle executors go first (what they hold is a finished task's), then
-        the running one that wrote the most."""
+        The tasks together may write what the cache's limit leaves beside the rest, and at
+        least half of it (the store brings the rest down as it evicts, counting what the tasks
+        wrote). Past that, idle executors go first (what they hold is a finished task's),
+        then the running one that wrote the most."""
         out: list[tuple[int, str]] = []
         if self.per_task:
             for ex in running:
@@ -198,8 +200,9 @@ class DiskLimits:
                                     f"{self.per_task_setting})"))
         if out or not self.total:
             return out
-        total = sum(written.values()) + others
-        if total <= self.total:
+        room = self.total - min(others, self.total // 2)
+        together = sum(written.values())
+        if together <= room:
             return []
         idle = [ex for ex, size in written.items() if ex not in running and size]
         if idle:
@@ -208,11 +211,10 @@ class DiskLimits:
         if not writers:
             return []  # (the cache's own contents: the store evicts those)
         largest = max(writers, key=lambda ex: written[ex])
-        return [(largest, f"the tasks on worker {name} wrote {_mb(total - others)} together, "
-                          f"and with the {_mb(others)} the rest of its cache takes that is "
-                          f"more than its cache's limit ({human(self.total)}, its "
-                          f"{self.total_setting}); this task wrote the most "
-                          f"({_mb(written[largest])})")]
+        return [(largest, f"the tasks on worker {name} wrote {_mb(together)} together, more "
+                          f"than the {_mb(room)} its cache's limit ({human(self.total)}, its "
+                          f"{self.total_setting}) leaves them beside the rest of the cache; "
+                          f"this task wrote the most ({_mb(written[largest])})")]
 
 
 def _mb(size: int) -> str:
@@ -373,7 +375,7 @@ class DiskWatcher:
             written[ex] = max(0, seen.written + grown) + deleted_open_bytes(w.pid)
         # The rest of the cache (a walk of all of it) is measured only once the tasks' writes
         # take half of what it left, and then at most every OTHERS_EVERY seconds.
-        if limits.total and sum(written.values()) > (limits.total - self._others) / 2 and (
+        if limits.total and sum(written.values()) > (limits.total - self._others) // 2 and (
                 now - self._others_at > OTHERS_EVERY):
             self._others_at = now
             self._others = self._rest_of_cache()
@@ -388,12 +390,13 @@ class DiskWatcher:
         return size
 
     def _rest_of_cache(self) -> int:
-        """What the cache takes besides the runs folders (files linked twice count once)."""
+        """What the cache takes besides the runs folders and the built Python environments
+        (those have a limit of their own, --max-envs); files linked twice count once."""
         total, seen = 0, set()
-        skip = self.runs.parent
+        skip = {self.runs.parent.name, "venvs"}
         for folder, dirs, files in os.walk(self.cache):
-            if Path(folder) == skip.parent:
-                dirs[:] = [d for d in dirs if d != skip.name]
+            if Path(folder) == self.cache:
+                dirs[:] = [d for d in dirs if d not in skip]
             for name in files:
                 try:
                     st = os.lstat(os.path.join(folder, name))
