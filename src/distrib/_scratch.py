@@ -4,6 +4,7 @@ killed before their end left behind."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import shutil
@@ -18,11 +19,15 @@ def remove_tree(path: Path) -> None:
     """Remove a scratch tree, including an overlay's work folder (which has mode 000)."""
     for folder, dirs, _ in os.walk(path):  # top down: each folder is opened before its walk
         for name in dirs:
-            os.chmod(os.path.join(folder, name), stat.S_IRWXU)
+            try:
+                os.chmod(os.path.join(folder, name), stat.S_IRWXU)
+            except OSError:  # (removed meanwhile: by the thread of remove_later, say)
+                pass
     shutil.rmtree(path, ignore_errors=True)
 
 
 _doomed: queue.SimpleQueue[Path] = queue.SimpleQueue()
+_names = itertools.count()  # (a pid used again must not meet its predecessor's folder)
 _remover: threading.Thread | None = None
 _remover_lock = threading.Lock()
 
@@ -31,7 +36,7 @@ def remove_later(path: Path) -> None:
     """Move a scratch tree out of the way now (one rename) and remove it in a thread: a task
     may have left a great many files (removing 200,000 took the daemon's loop 13 s here)."""
     global _remover
-    gone = path.with_name(f".gone-{path.name}")
+    gone = path.with_name(f".gone-{next(_names)}-{path.name}")
     try:
         os.rename(path, gone)
     except OSError:  # (gone already, say)
