@@ -279,13 +279,14 @@ class Core(CoreState):
         self._halt(event.ex_id, lambda run, head: Outcome.ENV_ERROR, info, frames)
 
     def _executor_died(self, event: ExecutorDied, now: float) -> None:
-        """Its running task crashed (``info``), the others run elsewhere."""
+        """Its running task crashed (or failed, as ``outcome`` says, with ``info``), the
+        others run elsewhere."""
         ex = self.executors.get(event.ex_id)
         if ex is None:
             return
         if ex.runs:
             self.counters["executors_crashed"] += 1
-        self._halt(event.ex_id, lambda run, head: Outcome.CRASHED if head else None,
+        self._halt(event.ex_id, lambda run, head: event.outcome if head else None,
                    event.info)
 
     def _called(self, event: TaskCalled, now: float) -> None:

@@ -34,6 +34,7 @@ from distrib.wire._messages import Outcome, RefusalCode
 from distrib.wire._pipe_messages import Run
 from distrib.worker._core import Core
 from distrib.worker._direct import LOCAL
+from distrib.worker._diskwatch import DiskLimits, DiskWatcher
 from distrib.worker._events import (
     Action,
     Admit,
@@ -103,8 +104,10 @@ class Daemon:
         self._wake_w.setblocking(False)
         # The roles, each given what it works with (``_apply`` and ``_send`` carry out what
         # they decide):
+        disk = DiskWatcher(DiskLimits(policy.max_task_disk, store.max_bytes), self.runs,
+                           s.cache_dir, self.name, self._wake_loop)
         self.executors = Executors(self.name, self.runs, policy.nice, self.core, self.memory,
-                                   self._apply)
+                                   self._apply, disk)
         self.supply = Supply(self.name, store, s.cache_dir / "venvs", s.env_policy,
                              self._wake_loop, self.mains, self.core, self.objects,
                              self.executors, self._send, self._apply, self._report)
@@ -133,7 +136,8 @@ class Daemon:
         self._announcer: Any = None
 
     def _wake_loop(self) -> None:
-        """(any thread) Make the loop's poll return: a build ended."""
+        """(any thread) Make the loop's poll return: a build ended, or a task wrote too
+        much."""
         try:
             self._wake_w.send(b"e")
         except OSError:
@@ -175,6 +179,7 @@ class Daemon:
                 if self._wake_r.fileno() in events:
                     self._drain_wake()
                     self.supply.on_builds()
+                    self.executors.stop_over_disk()
                 if control.fileno() in events:
                     self.owner.on_control()
                 now = time.monotonic()

@@ -189,8 +189,12 @@ class ExecutorEnvError:
 
 @dataclass(frozen=True, slots=True)
 class ExecutorDied:
+    """The executor ended (or was stopped); its running task ends as ``outcome`` says,
+    with ``info``."""
+
     ex_id: int
     info: dict[str, str]
+    outcome: Outcome = Outcome.CRASHED  # ERROR: stopped for what the task did (its writes)
 
 
 @dataclass(frozen=True, slots=True)

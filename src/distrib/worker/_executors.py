@@ -1,7 +1,7 @@
 """Executor processes: started from a template that imported their environment once (forked
 from it) or spawned, the template's interpreter started ahead (a zygote), what the executors
-say on their pipes, their deaths, the owner's niceness and memory limits, and the strays tasks
-leave behind (this daemon is their subreaper).
+say on their pipes, their deaths, the owner's niceness, memory and disk limits, and the strays
+tasks leave behind (this daemon is their subreaper).
 
 What to start and stop is decided by the core (``Core``); this module does it and turns what
 executors say into its events.
@@ -19,12 +19,14 @@ from typing import Any
 import psutil
 
 from distrib._logs import RateLimited
+from distrib.wire._messages import Outcome
 from distrib.wire._pipe import PipeError
 from distrib.wire._pipe_messages import (
     Call, CancelChild, Done, EnvError, NoFork, Out, Park, Ready, Skipped, Unpark)
 from distrib.wire._record import ErrorRecord
 from distrib.worker import _pool
 from distrib.worker._core import Core
+from distrib.worker._diskwatch import DiskWatcher, Watched
 from distrib.worker._events import (
     Action,
     EnvKey,
@@ -55,12 +57,13 @@ class Executors:
     """The executor processes of one daemon, and the templates they are forked from."""
 
     def __init__(self, name: str, runs: Path, nice: int, core: Core, memory: MemoryWatch,
-                 apply: Apply) -> None:
+                 apply: Apply, disk: DiskWatcher | None = None) -> None:
         self.name = name
         self.runs = runs  # where executors work
         self.nice = nice  # the owner's niceness, for executors started from now on
         self.core = core
         self.memory = memory
+        self.disk = disk  # what tasks write, measured in a thread of its own
         self.apply = apply
         # What executors ask of the rest of the daemon (set once it is all built):
         self.builds: Callable[[], set[int]] = set  # environment builds (children, not strays)
@@ -75,6 +78,10 @@ class Executors:
         self._no_fork: set[EnvKey] = set()  # environments whose templates cannot fork
         self._to_fork: set[EnvKey] = set()  # ready templates asked for executors this turn
         self._memory_kills: dict[int, tuple[str, int]] = {}  # executor -> why, limit
+        self._disk_kills: dict[int, tuple[int, str]] = {}  # executor -> its task, why (it
+        # wrote too much)
+        self._copies: dict[int, Path] = {}  # executors working in a private copy of a tree
+        self._envs: dict[int, Path] = {}  # each executor's environment tree
         self._isolation = ""  # how executors keep task writes private, once one said
 
     def fds(self) -> list[int]:
@@ -97,6 +104,7 @@ class Executors:
         """Start executor ``ex_id``; what follows if it cannot start."""
         try:
             self.procs[ex_id] = _pool.executor(recipe)
+            self._envs[ex_id] = recipe.env
             self._start(key, recipe, ex_id)
         except OSError as exc:
             log.error("cannot start an executor: %s", exc)
@@ -106,6 +114,9 @@ class Executors:
         return []
 
     def kill(self, ex_id: int) -> None:
+        self._disk_kills.pop(ex_id, None)
+        self._envs.pop(ex_id, None)
+        self._copies.pop(ex_id, None)
         proc = self.procs.pop(ex_id, None)
         if proc is not None:
             proc.kill()
@@ -248,6 +259,9 @@ class Executors:
             self.on_output(ex_id, message.stream, message.text)
         elif isinstance(message, Ready):
             self._note_isolation(message.isolation)
+            env = self._envs.get(ex_id)
+            if message.isolation == "copy" and env is not None:
+                self._copies[ex_id] = env
             self.apply(self.core.handle(ExecutorReady(ex_id), now))
         elif isinstance(message, Skipped):
             self.apply(self.core.handle(TaskSkipped(ex_id, message.run_id), now))
@@ -289,6 +303,12 @@ class Executors:
         if head is not None:
             peer_log.warning("executor %d died (exit %s) running task %d; replacing it",
                              proc.pid, code, head.task.task_id)
+        over = self._disk_kills.pop(ex_id, None)
+        if over is not None and head is not None and head.run_id == over[0]:
+            # (else the task ended before the kill, and the next one dies as in a crash)
+            info = ErrorRecord("distrib.TaskDiskExceeded",
+                               f"{over[1]}; it was stopped and what it wrote dropped").to_wire()
+            return self.core.handle(ExecutorDied(ex_id, info, Outcome.ERROR), time.monotonic())
         killed = self._memory_kills.pop(ex_id, None)
         if killed is not None:
             info = ErrorRecord("distrib.WorkerCrashed", f"stopped: {killed[0]}").to_wire()
@@ -361,9 +381,38 @@ class Executors:
             self._memory_kills[ex_id] = (why, limit)
             self.procs[ex_id].signal_kill()  # (its death is then seen as any other)
 
+    def _watch_disk(self, disk: DiskWatcher) -> None:
+        """Tell the disk watcher which executors run which task now."""
+        watched: dict[int, Watched] = {}
+        for ex_id, proc in self.procs.items():
+            if proc.pid and ex_id not in self._disk_kills:
+                run = self.core.running(ex_id)
+                watched[ex_id] = Watched(proc.pid, run.run_id if run is not None else 0,
+                                         self._copies.get(ex_id), proc.private)
+        disk.watch(watched)
+
+    def stop_over_disk(self) -> None:
+        """Stop the executors the disk watcher found over a limit (their tasks fail, saying
+        so, and what they wrote goes with their folders), unless the task measured ended
+        meanwhile (the next measure tells)."""
+        if self.disk is None:
+            return
+        for ex_id, run_id, why in self.disk.take():
+            proc = self.procs.get(ex_id)
+            run = self.core.running(ex_id)
+            if proc is None or ex_id in self._disk_kills or (
+                    run.run_id if run is not None else 0) != run_id:
+                continue
+            peer_log.warning("stopping executor %d: %s", proc.pid, why)
+            self._disk_kills[ex_id] = (run_id, why)
+            proc.signal_kill()  # (its death is then seen as any other)
+
     def tick(self, now: float) -> None:
         if self.memory.limit:
             self._watch_memory()
+        if self.disk is not None:
+            self.stop_over_disk()
+            self._watch_disk(self.disk)
         for ex_id, proc in list(self.procs.items()):
             if proc.poll() is not None:
                 self.apply(self.died(ex_id))
@@ -378,6 +427,8 @@ class Executors:
                 self.drop_template(key)
 
     def close(self) -> None:
+        if self.disk is not None:
+            self.disk.close()
         for proc in self.procs.values():  # signal all first, then reap: many don't wait in turn
             proc.signal_kill()
         for proc in self.procs.values():

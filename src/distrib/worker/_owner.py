@@ -213,12 +213,16 @@ class Owner:
             self._apply_policy(policy)
 
     def name_memory_settings(self) -> None:
-        """A limit the policy file set (not the flag's) is named as the file's key."""
+        """A limit the policy file set (not the flag's) is named as the file's key (memory
+        limits, and a task's disk limit)."""
         policy, flags, in_file = self.policy, self._flags, f" in its policy file {self.policy_file}"
         self.memory.per_task_setting = "--max-task-memory" \
             if policy.max_task_memory == flags.max_task_memory else f"max_task_memory{in_file}"
         self.memory.total_setting = "--max-memory" if policy.max_memory == flags.max_memory \
             else f"max_memory{in_file}"
+        if self.executors.disk is not None:
+            self.executors.disk.limits.per_task_setting = "--max-task-disk" \
+                if policy.max_task_disk == flags.max_task_disk else f"max_task_disk{in_file}"
 
     def _policy_signature(self) -> tuple[int, int, int]:
         assert self.policy_file is not None
@@ -230,6 +234,8 @@ class Owner:
         self.lending.policy = policy
         self.carry_out(self.state.policy_changed(policy.when_idle, time.monotonic()))
         self.memory.per_task, self.memory.total = policy.max_task_memory, policy.max_memory
+        if self.executors.disk is not None:
+            self.executors.disk.limits.per_task = policy.max_task_disk
         self.name_memory_settings()
         if policy.nice != old.nice:
             self.executors.renice(policy.nice)

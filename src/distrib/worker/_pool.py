@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from distrib._process import exists, wait_exit
-from distrib._scratch import remove_tree
+from distrib._scratch import remove_later
 from distrib.wire._pipe import NICE_VAR, THREAD_VARS, Pipe, encode
 from distrib.wire._pipe_messages import Become, ChildOutcome, Context, PipeMessage, Run, Skip
 
@@ -94,6 +94,9 @@ class ExecutorProcess:
     scratch: Path  # where it keeps its task layers, as <pid>-<n>
     theirs: socket.socket | None = None  # the executor's end, until a process takes it
     proc: subprocess.Popen[bytes] | Adopted | None = None
+    # Other folders its tasks write to (a private /tmp, say, as the daemon reaches it), counted
+    # with its ``<pid>-*`` folders against the owner's disk limits
+    private: tuple[Path, ...] = ()
 
     @property
     def pid(self) -> int:
@@ -154,7 +157,7 @@ class ExecutorProcess:
         except subprocess.TimeoutExpired:
             log.warning("executor %d did not exit after SIGKILL", self.proc.pid)
         for layer in self.scratch.glob(f"{self.proc.pid}-*"):
-            remove_tree(layer)
+            remove_later(layer)  # (not on the daemon's loop: it may hold many files)
 
 
 @dataclass(frozen=True)
@@ -340,4 +343,4 @@ class Template:
         except subprocess.TimeoutExpired:
             log.warning("template %d did not exit after SIGKILL", self.proc.pid)
         for layer in self.recipe.runs.glob(f"{self.proc.pid}-*"):
-            remove_tree(layer)
+            remove_later(layer)  # (not on the daemon's loop: it may hold many files)
