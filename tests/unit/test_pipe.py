@@ -48,6 +48,7 @@ EXAMPLES: list[pm.PipeMessage] = [
     pm.CancelChild(7, 3),
     pm.Park(7),
     pm.Unpark(7),
+    pm.Leaving(7, "task f left 2 threads running"),
 ]
 
 

@@ -18,18 +18,20 @@ import time
 import socket
 import struct
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pathspec
 
-from distrib import _runtime, _serialize, _shared, _shm
+from distrib import _process, _runtime, _serialize, _shared, _shm
 from distrib.wire._limits import MAX_FILE_BYTES, MAX_PAYLOAD_BYTES
 from distrib._errors import SerializationError
 from distrib.wire._messages import Outcome, payload_size
 from distrib.executor import _isolation, _objects, _subcalls
 from distrib.wire._pipe import NICE_VAR, THREAD_VARS, Pipe, PipeError, decode
 from distrib.wire._pipe_messages import (
-    Become, ChildOutcome, Context, Done, EnvError, NoFork, Out, Ready, Run, Skip, Skipped)
+    Become, ChildOutcome, Context, Done, EnvError, Leaving, NoFork, Out, Ready, Run, Skip,
+    Skipped)
 
 
 class _Forward(io.TextIOBase):
@@ -121,6 +123,11 @@ class _Inbox:
         self._thread: threading.Thread | None = None
         channel.on_first_call = self.read_in_thread
 
+    @property
+    def thread(self) -> threading.Thread | None:
+        """Its reading thread, once started."""
+        return self._thread
+
     def read_in_thread(self) -> None:
         """Read in a thread of its own from now on (called by the running task's first
         call: the executor's thread is in the task, not reading)."""
@@ -200,6 +207,7 @@ def main(argv: list[str]) -> None:
     if argv[0] == "zygote":
         _zygote(int(argv[1]))
         return
+    _own_session()
     if argv[0] == "template":
         _template(argv[1:])
         return
@@ -212,6 +220,17 @@ def main(argv: list[str]) -> None:
     sys.path.insert(0, str(env))
     if _prepare(pipe, env, main_script) is not None:
         _serve(pipe, isolation, os.getppid())
+
+
+def _own_session() -> None:
+    """Leave the daemon's session: whatever this process and its tasks start is then in
+    another one, which no process can leave for the daemon's own (``setsid`` makes a new
+    session; a process group joins only within its session). The daemon kills the
+    processes it adopts outside its session, and only those (its own helpers are in it)."""
+    try:
+        os.setsid()
+    except OSError:  # (a session leader already)
+        pass
 
 
 def _zygote(fd: int) -> None:
@@ -366,6 +385,7 @@ def _forked_executor(fd: int, isolation: _isolation.Overlay | _isolation.Copies,
                      daemon: int) -> None:
     """An executor forked from a template: its environment is imported already."""
     try:
+        _own_session()  # (not the template's: the daemon tells executors' strays by session)
         pipe = Pipe(socket.socket(fileno=fd))
         if isinstance(isolation, _isolation.Overlay):
             isolation.after_fork()
@@ -377,16 +397,52 @@ def _forked_executor(fd: int, isolation: _isolation.Overlay | _isolation.Copies,
         os._exit(70)
 
 
+class _Leftovers:
+    """What a task left running when it returned: threads that run Python (a task's own, or
+    a library's it started), and processes (this executor is their subreaper: whatever
+    they start stays below it). Threads and children there before the first task (the
+    executor's own, or the main script's import's) are not counted."""
+
+    def __init__(self, own: Callable[[], tuple[threading.Thread | None, ...]]) -> None:
+        self._own = own  # the executor's threads started since (reading its pipe, say)
+        self._threads = set(sys._current_frames())
+        self._children = self._living_children() if _process.has_children() else set()
+
+    def check(self) -> str:
+        """What the task just ended left running, as the log says it ("" for nothing).
+        (Threads that run no Python, as a numerical library's pool, are not counted.)"""
+        own = self._threads | {t.ident for t in self._own() if t is not None}
+        threads = len(set(sys._current_frames()) - own)
+        processes = 0
+        if _process.has_children():  # (one system call when there is none: the usual case)
+            _process.reap()
+            if _process.has_children():
+                processes = len(self._living_children() - self._children)
+        parts = [f"{n} {one if n == 1 else many}" for n, one, many in
+                 ((threads, "thread", "threads"), (processes, "process", "processes")) if n]
+        return f"{' and '.join(parts)} running" if parts else ""
+
+    @staticmethod
+    def _living_children() -> set[int]:
+        """This process's descendants that still run (its children, and theirs)."""
+        procs = _process.table()
+        return {pid for pid in _process.descendants(os.getpid(), _process.children(procs))
+                if not procs[pid].zombie}
+
+
 def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent: int) -> None:
-    """Run the tasks the daemon sends, one by one, until it closes the pipe."""
+    """Run the tasks the daemon sends, one by one, until it closes the pipe, or until a task
+    leaves threads or processes running (they would run into the next tasks)."""
+    _process.become_subreaper()  # (what a task's processes leave as they exit stays ours)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     lock = threading.RLock()  # (every send on the pipe: tasks' output, calls, outcomes)
     out, err = _Forward(pipe, lock, 1), _Forward(pipe, lock, 2)
     channel = _subcalls.channel = _subcalls.Channel(pipe, lock)
     _shared.load_frames = _objects.load  # (the calls' shared objects: this task's Main's)
+    inbox = _Inbox(pipe, channel)
+    leftovers = _Leftovers(lambda: (inbox.thread, *channel.threads()))
     pipe.send(Ready(isolation.kind))
     real_out, real_err = sys.stdout, sys.stderr
-    inbox = _Inbox(pipe, channel)
     while True:
         task = inbox.next()
         if task is None:
@@ -437,6 +493,11 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
             sys.stdout, sys.stderr = real_out, real_err
             channel.task_ended()
         channel.send(Done(run_id, status, info, in_shm, tuple(payload)))
+        left = leftovers.check()
+        if left:
+            channel.send(Leaving(run_id, f"task {channel.caller or run_id} left {left}"))
+            _process.kill_trees([os.getpid()], with_roots=False)
+            os._exit(0)
 
 
 if __name__ == "__main__":

@@ -198,6 +198,14 @@ class ExecutorDied:
 
 
 @dataclass(frozen=True, slots=True)
+class ExecutorLeaving:
+    """The executor ends after the task it reported last (that task left threads or
+    processes running); the tasks it was handed after that one have not started."""
+
+    ex_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class TaskCalled:
     """The running task ``run_id`` called a ``@distributed`` function."""
 
@@ -287,8 +295,8 @@ class Tick:
 Event: TypeAlias = (
     TaskSubmitted | TaskQueued | TaskDeferred | DistReady | DistUnavailable | DistReplaced
     | EnvReady | EnvFailed | EnvDropped | ObjectsArrived | ObjectsUnavailable | ExecutorReady
-    | TaskDone | TaskSkipped | ExecutorEnvError | ExecutorDied | TaskCalled | TaskParked
-    | TaskResumed | CancelAsked | HandBack | Resize | QuotaSet | OwnerStateChanged | MainLeft
+    | TaskDone | TaskSkipped | ExecutorEnvError | ExecutorDied | ExecutorLeaving | TaskCalled
+    | TaskParked | TaskResumed | CancelAsked | HandBack | Resize | QuotaSet | OwnerStateChanged | MainLeft
     | Warm | Turn | Tick)
 
 

@@ -17,10 +17,8 @@ is *attached* to one when its template is ready or it is spawned.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -30,26 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distrib._process import exists, wait_exit
+from distrib._process import exists, kill_trees, wait_exit
 from distrib._scratch import remove_later
 from distrib.wire._pipe import NICE_VAR, THREAD_VARS, Pipe, encode
 from distrib.wire._pipe_messages import Become, ChildOutcome, Context, PipeMessage, Run, Skip
 
 log = logging.getLogger("distrib.worker")
 
-_PR_SET_CHILD_SUBREAPER = 36
 FORK_TIMEOUT = 10.0  # seconds a template may take to answer a fork
-
-
-def become_subreaper() -> bool:
-    """Adopt orphaned descendants (forked executors), so this process can wait for them."""
-    if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
 
 
 class Adopted:
@@ -137,11 +123,10 @@ class ExecutorProcess:
         return self.pipe.recv()
 
     def signal_kill(self) -> None:
-        if self.proc is not None:
-            try:
-                self.proc.send_signal(signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        """SIGKILL it and every process its tasks started (they may have left its tree only
+        when it ended: then this daemon, their subreaper, adopted them; see ``Executors``)."""
+        if self.proc is not None and self.proc.poll() is None:
+            kill_trees([self.proc.pid])
 
     def kill(self) -> None:
         """Stop the process now and reap it."""
@@ -333,10 +318,8 @@ class Template:
         return failed
 
     def kill(self) -> None:
-        try:
-            self.proc.send_signal(signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        if self.proc.poll() is None:  # (with what the Main's script started as it imported)
+            kill_trees([self.proc.pid])
         self.control.close()
         try:
             wait_exit(self.proc, 5)
