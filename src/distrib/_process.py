@@ -107,6 +107,7 @@ def kill_trees(roots: list[int], with_roots: bool = True) -> int:
     """SIGKILL every process below ``roots`` (and the roots, if ``with_roots``); how many
     were signalled. Each is stopped first and the trees walked again until no new process
     shows up: a stopped process cannot fork, so none started meanwhile escapes."""
+    roots = [pid for pid in roots if pid > 0]  # (0 and -1 would signal groups, or everyone)
     stopped: set[int] = set()
     if with_roots:
         for pid in roots:
@@ -126,6 +127,8 @@ def kill_trees(roots: list[int], with_roots: bool = True) -> int:
 
 
 def _signal(pid: int, sig: int) -> None:
+    if pid <= 0:
+        return
     try:
         os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):

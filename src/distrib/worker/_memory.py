@@ -55,6 +55,7 @@ class MemoryWatch:
 
     def __post_init__(self) -> None:
         self._procs: dict[int, psutil.Process] = {}
+        self._sampled: dict[int, tuple[int, int]] = {}  # pid -> _sizes, in this over() call
 
     @property
     def limit(self) -> int:
@@ -73,6 +74,7 @@ class MemoryWatch:
         executors go first, then the largest running one."""
         if not self.limit:
             return []
+        self._sampled = {}
         pids = {**running, **idle}
         members = {ex: (pid, *(trees or {}).get(ex, ())) for ex, pid in pids.items()}
         # Resident sizes first (cheap): they bound both finer measures from above, which read
@@ -138,6 +140,11 @@ class MemoryWatch:
     def _sizes(self, pid: int) -> tuple[int, int]:
         """(memory only ``pid`` holds, its proportional share of all it maps), in bytes;
         its resident size for both where the kernel does not tell them apart."""
+        if pid not in self._sampled:
+            self._sampled[pid] = self._sample(pid)
+        return self._sampled[pid]
+
+    def _sample(self, pid: int) -> tuple[int, int]:
         try:
             proc = self._proc(pid)
             try:
@@ -168,5 +175,5 @@ def _child(tree: tuple[int, ...], charge: _Charge) -> str:
     """The task's largest process, named when it is not the executor but one it started."""
     if charge.largest == tree[0]:
         return ""
-    return (f"; most of it in a child process of the task (pid {charge.largest}, "
+    return (f"; its largest process: a child process of the task (pid {charge.largest}, "
             f"{charge.largest_size / 1e6:,.0f} MB)")
