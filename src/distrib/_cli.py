@@ -75,11 +75,13 @@ def main() -> None:
                    "other tasks meanwhile (default: twice the threads); at the cap a waiting "
                    "task keeps its slots.")
 @click.option("--max-task-memory", default=None, metavar="SIZE",
-              help="Most memory one task's executor may use, e.g. 8G: over it the task is "
-                   "stopped, and fails as WorkerCrashed naming this limit (default: none).")
+              help="Most memory one task may use, e.g. 8G: its executor and every process "
+                   "it started, together. Over it the task is stopped with its processes, "
+                   "and fails as WorkerCrashed naming this limit (default: none).")
 @click.option("--max-memory", default=None, metavar="SIZE",
-              help="Most memory all executors may use together: over it the largest running "
-                   "task is stopped (default: none).")
+              help="Most memory all executors, with the processes their tasks started, may "
+                   "use together: over it the largest running task is stopped (default: "
+                   "none).")
 @click.option("--max-task-disk", default=None, metavar="SIZE",
               help="Most disk one task may write (its working folder, anywhere in its "
                    "environment, its private /tmp where it has one), e.g. 10G: over it the "
@@ -227,8 +229,8 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
                     policy.describe())
     if daemon.memory.limit or policy_file is not None:
         worker_log.info(
-            "memory limits%s are enforced by sampling executors' memory every %.2f s with "
-            "psutil, not by a cgroup (%s)", "".join(
+            "memory limits%s are enforced by sampling executors' memory (with every process "
+            "their tasks started) every %.2f s with psutil, not by a cgroup (%s)", "".join(
                 f", {flag} {human(size)}" for flag, size in (
                     ("--max-task-memory", daemon.memory.per_task),
                     ("--max-memory", daemon.memory.total)) if size) or " (none set now)",
