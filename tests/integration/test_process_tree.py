@@ -56,14 +56,16 @@ TASKS = """
             pids.append(pid)
         return pids
 
-    @distributed
+    @distributed(retries=0)
     def leave_processes(count, hold):
         before = set(_children_now())
         pids = _forked_sleepers(count)
         _setsid_loop()
         pids += [pid for pid in _children_now() if pid not in before and pid not in pids]
         print("PIDS", *pids, flush=True)
-        time.sleep(hold)
+        time.sleep(max(hold, 0))
+        if hold < 0:
+            os._exit(3)  # (the executor dies: what it leaves is adopted by the daemon)
         return pids
 
     def _children_now():
@@ -90,6 +92,15 @@ TASKS = """
     def leave_thread():
         threading.Thread(target=_tick, daemon=True).start()
         return os.getpid()
+
+    def _square(x):
+        return x * x
+
+    @distributed
+    def pool_map():
+        import multiprocessing
+        with multiprocessing.Pool(2) as pool:  # (its processes and threads end with it)
+            return sum(pool.map(_square, range(10)))
 
     @distributed
     def watch_for_threads():
@@ -237,6 +248,30 @@ def test_no_process_of_a_task_outlives_the_worker(
             main.communicate()
 
 
+def test_the_processes_of_a_task_whose_executor_died_are_killed_by_the_daemon(
+        workspace: Workspace, start_worker) -> None:
+    worker = start_worker(threads=1)
+    workspace.write("tasks.py", TASKS)
+    workspace.write("main.py", """
+        import distrib, tasks
+
+        if __name__ == "__main__":
+            try:
+                tasks.leave_processes(20, -1).unwrap(timeout=120)
+            except distrib.WorkerCrashed as exc:
+                print("CRASHED", exc)
+        """)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address}, timeout=180)
+    pids = [int(x) for x in out.stdout.split("PIDS", 1)[1].split("\n")[0].split()] \
+        if "PIDS" in out.stdout else []
+    try:
+        assert "CRASHED" in out.stdout and len(pids) == 21, (out.stdout, out.stderr[-3000:])
+        wait_for(lambda: not _running(pids), 10, "the task's processes to be gone")
+        assert re.search(r"killed \d+ process\(es\) left running by tasks", worker.log())
+    finally:
+        _kill(pids)
+
+
 def test_a_thread_a_task_leaves_does_not_run_into_the_next_task(
         workspace: Workspace, start_worker) -> None:
     worker = start_worker(threads=1)
@@ -264,13 +299,14 @@ def test_a_task_that_leaves_nothing_keeps_its_executor(
         import tasks
 
         if __name__ == "__main__":
-            # A task that waits for its child, and one whose threads ended: nothing left.
-            print(tasks.hog_children(1, 0, 0).unwrap(timeout=120))
+            # Tasks that wait for their children, or whose pool ended: nothing left.
             first, _ = tasks.watch_for_threads().unwrap(timeout=120)
+            print(tasks.hog_children(1, 0, 0).unwrap(timeout=120))
+            print(tasks.pool_map().unwrap(timeout=120))
             second, _ = tasks.watch_for_threads().unwrap(timeout=120)
             print(first == second)
         """)
     out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address}, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.split() == ["not", "stopped", "True"]
+    assert out.stdout.split() == ["not", "stopped", "285", "True"]
     assert "ended: task" not in worker.log()

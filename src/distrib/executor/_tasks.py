@@ -411,7 +411,8 @@ class _Leftovers:
     def check(self) -> str:
         """What the task just ended left running, as the log says it ("" for nothing).
         (Threads that run no Python, as a numerical library's pool, are not counted.)"""
-        own = self._threads | {t.ident for t in self._own() if t is not None}
+        own = self._threads | _runtime.own_threads | {
+            t.ident for t in self._own() if t is not None}
         threads = len(set(sys._current_frames()) - own)
         processes = 0
         if _process.has_children():  # (one system call when there is none: the usual case)
