@@ -68,6 +68,10 @@ TASKS = """
             os._exit(3)  # (the executor dies: what it leaves is adopted by the daemon)
         return pids
 
+    @distributed(timeout=3, retries=0)
+    def leave_and_hang(count):
+        return leave_processes.__wrapped__(count, 600)
+
     def _children_now():
         # (the orphaned loop is this executor's child: it is their subreaper)
         me = str(os.getpid())
@@ -268,6 +272,29 @@ def test_the_processes_of_a_task_whose_executor_died_are_killed_by_the_daemon(
         assert "CRASHED" in out.stdout and len(pids) == 21, (out.stdout, out.stderr[-3000:])
         wait_for(lambda: not _running(pids), 10, "the task's processes to be gone")
         assert re.search(r"killed \d+ process\(es\) left running by tasks", worker.log())
+    finally:
+        _kill(pids)
+
+
+def test_the_processes_of_a_task_past_its_timeout_are_killed_with_it(
+        workspace: Workspace, start_worker) -> None:
+    worker = start_worker(threads=1)
+    workspace.write("tasks.py", TASKS)
+    workspace.write("main.py", """
+        import distrib, tasks
+
+        if __name__ == "__main__":
+            try:
+                tasks.leave_and_hang(20).unwrap(timeout=120)
+            except distrib.TaskTimeout as exc:
+                print("TIMEOUT", exc)
+        """)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address}, timeout=180)
+    pids = [int(x) for x in out.stdout.split("PIDS", 1)[1].split("\n")[0].split()] \
+        if "PIDS" in out.stdout else []
+    try:
+        assert "TIMEOUT" in out.stdout and len(pids) == 21, (out.stdout, out.stderr[-3000:])
+        wait_for(lambda: not _running(pids), 10, "the task's processes to be gone")
     finally:
         _kill(pids)
 

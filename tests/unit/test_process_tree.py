@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -87,3 +88,26 @@ def test_over_the_total_the_task_with_the_largest_tree_is_stopped(
     assert (ex, limit) == (1, 0)
     assert "more than its memory limit (2G, its --max-memory)" in why
     assert "(1,783 MB with 2 processes it started)" in why
+
+
+def test_what_a_task_leaves_is_seen_and_what_ended_is_not() -> None:
+    from distrib.executor._tasks import _Leftovers
+
+    own = threading.Thread(target=threading.Event().wait, args=(0.5,))
+    leftovers = _Leftovers(lambda: (own,))
+    own.start()  # (started later, but the executor's: not counted)
+    assert leftovers.check() == ""
+    stop = threading.Event()
+    threads = [threading.Thread(target=stop.wait) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert leftovers.check() == "2 threads and 1 process running"
+    finally:
+        stop.set()
+        child.kill()
+        child.wait()
+        for thread in [*threads, own]:
+            thread.join()
+    assert leftovers.check() == ""
