@@ -91,10 +91,10 @@ def test_over_the_total_the_task_with_the_largest_tree_is_stopped(
 
 
 def test_what_a_task_leaves_is_seen_and_what_ended_is_not() -> None:
-    from distrib.executor._tasks import _Leftovers
+    from distrib.executor._leftovers import Leftovers
 
     own = threading.Thread(target=threading.Event().wait, args=(0.5,))
-    leftovers = _Leftovers(lambda: (own,))
+    leftovers = Leftovers(lambda: (own,))
     own.start()  # (started later, but the executor's: not counted)
     assert leftovers.check() == ""
     stop = threading.Event()

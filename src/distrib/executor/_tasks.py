@@ -18,7 +18,6 @@ import time
 import socket
 import struct
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import pathspec
@@ -28,6 +27,7 @@ from distrib.wire._limits import MAX_FILE_BYTES, MAX_PAYLOAD_BYTES
 from distrib._errors import SerializationError
 from distrib.wire._messages import Outcome, payload_size
 from distrib.executor import _isolation, _objects, _subcalls
+from distrib.executor._leftovers import Leftovers
 from distrib.wire._pipe import NICE_VAR, THREAD_VARS, Pipe, PipeError, decode
 from distrib.wire._pipe_messages import (
     Become, ChildOutcome, Context, Done, EnvError, Leaving, NoFork, Out, Ready, Run, Skip,
@@ -397,40 +397,6 @@ def _forked_executor(fd: int, isolation: _isolation.Overlay | _isolation.Copies,
         os._exit(70)
 
 
-class _Leftovers:
-    """What a task left running when it returned: threads that run Python (a task's own, or
-    a library's it started), and processes (this executor is their subreaper: whatever
-    they start stays below it). Threads and children there before the first task (the
-    executor's own, or the main script's import's) are not counted."""
-
-    def __init__(self, own: Callable[[], tuple[threading.Thread | None, ...]]) -> None:
-        self._own = own  # the executor's threads started since (reading its pipe, say)
-        self._threads = set(sys._current_frames())
-        self._children = self._living_children() if _process.has_children() else set()
-
-    def check(self) -> str:
-        """What the task just ended left running, as the log says it ("" for nothing).
-        (Threads that run no Python, as a numerical library's pool, are not counted.)"""
-        own = self._threads | _runtime.own_threads | {
-            t.ident for t in self._own() if t is not None}
-        threads = len(set(sys._current_frames()) - own)
-        processes = 0
-        if _process.has_children():  # (one system call when there is none: the usual case)
-            _process.reap()
-            if _process.has_children():
-                processes = len(self._living_children() - self._children)
-        parts = [f"{n} {one if n == 1 else many}" for n, one, many in
-                 ((threads, "thread", "threads"), (processes, "process", "processes")) if n]
-        return f"{' and '.join(parts)} running" if parts else ""
-
-    @staticmethod
-    def _living_children() -> set[int]:
-        """This process's descendants that still run (its children, and theirs)."""
-        procs = _process.table()
-        return {pid for pid in _process.descendants(os.getpid(), _process.children(procs))
-                if not procs[pid].zombie}
-
-
 def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent: int) -> None:
     """Run the tasks the daemon sends, one by one, until it closes the pipe, or until a task
     leaves threads or processes running (they would run into the next tasks)."""
@@ -441,7 +407,7 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
     channel = _subcalls.channel = _subcalls.Channel(pipe, lock)
     _shared.load_frames = _objects.load  # (the calls' shared objects: this task's Main's)
     inbox = _Inbox(pipe, channel)
-    leftovers = _Leftovers(lambda: (inbox.thread, *channel.threads()))
+    leftovers = Leftovers(lambda: (inbox.thread, *channel.threads()))
     pipe.send(Ready(isolation.kind))
     real_out, real_err = sys.stdout, sys.stderr
     while True:
