@@ -68,10 +68,12 @@ _max_payload = 0  # bytes a result may pickle to (the Main's setting); 0: no lim
 
 
 def _watch_parent(parent: int) -> None:
-    # A daemon killed with -9 cannot stop us; leave when we are orphaned.
+    # A daemon killed with -9 cannot stop us; leave when we are orphaned (with what our
+    # tasks started: nothing of a task outlives its worker).
     while True:
         time.sleep(1.0)
         if os.getppid() != parent:
+            _process.kill_trees([os.getpid()], with_roots=False)
             os._exit(70)
 
 
