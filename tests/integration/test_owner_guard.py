@@ -74,3 +74,64 @@ def test_a_task_cannot_pause_or_drain_its_worker(workspace: Workspace, start_wor
     assert worker.proc.poll() is None and worker.status()["state"] == "serving"
     # The owner, from outside, still commands it.
     assert send(worker.cache_dir, "state").startswith("serving")
+
+
+READ = """
+    from distrib import distributed, gather
+    import settings
+
+    @distributed
+    def read(i):
+        import settings
+        with open("data/input.txt") as f:
+            return f.read().strip(), settings.VALUE
+
+    if __name__ == "__main__":
+        print("READ", sorted(set(gather([read(i) for i in range(8)], timeout=120))))
+    """
+
+
+def rewrite_keeping_size_and_times(path: Path, data: bytes) -> None:
+    """Rewrite a file in place (through every link to it), its size and times kept."""
+    before = path.stat()
+    assert len(data) == before.st_size
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_a_tree_changed_keeping_sizes_and_times_is_caught_and_built_again(
+        workspace: Workspace, start_worker) -> None:
+    import py_compile
+
+    workspace.write("data/input.txt", "41\n")
+    workspace.write("settings.py", "VALUE = 'shipped'\n")
+    workspace.write("main.py", READ)
+    worker = start_worker(threads=2, name="w")
+
+    def tamper() -> None:
+        envs = [p for p in (worker.cache_dir / "envs").iterdir() if not p.name.startswith(".")]
+        assert len(envs) == 1
+        rewrite_keeping_size_and_times(envs[0] / "data" / "input.txt", b"66\n")
+        rewrite_keeping_size_and_times(envs[0] / "settings.py", b"VALUE = 'hacked!'\n")
+        # and its compiled module, as compiling the changed source gives (same header)
+        compiled = next((envs[0] / "__pycache__").glob("settings.*.pyc"))
+        py_compile.compile(str(envs[0] / "settings.py"), cfile=str(workspace.root / "x.pyc"),
+                           dfile=str(envs[0] / "settings.py"))
+        rewrite_keeping_size_and_times(compiled, (workspace.root / "x.pyc").read_bytes())
+        (workspace.root / "x.pyc").unlink()
+
+    expected = ["READ [('41', 'shipped')]"]
+    env = {"DISTRIB_WORKERS": worker.address}
+    assert workspace.run("main.py", env=env).stdout.splitlines() == expected
+    tamper()  # between two runs on the same daemon
+    out = workspace.run("main.py", env=env)
+    assert out.stdout.splitlines() == expected, out.stderr[-3000:]
+    assert "drifted from its manifest (__pycache__/settings." in worker.log()
+    assert "data/input.txt, settings.py); building it again" in worker.log()
+    worker.stop()
+    tamper()  # and while no daemon runs: a new one on the same cache folder checks too
+    worker = start_worker(threads=2, name="w")
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
+    assert out.stdout.splitlines() == expected, out.stderr[-3000:]
+    assert "drifted from its manifest (data/input.txt, settings.py)" in worker.log()
