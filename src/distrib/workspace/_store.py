@@ -112,9 +112,10 @@ class Store:
                 out[e.digest] = None
         return list(out)
 
-    def _good(self, digest: str) -> bool:
-        """The blob is here and holds what its hash says (see ``missing``)."""
-        path = self.blob_path(digest)
+    def _good(self, digest: str, path: Path | None = None) -> bool:
+        """The blob is here (at ``path``, if given) and holds what its hash says (see
+        ``missing``)."""
+        path = path or self.blob_path(digest)
         try:
             seen = signature(os.lstat(path))
         except OSError:
@@ -225,7 +226,7 @@ class Store:
                 src = self.blob_path(e.digest)
                 dst = tmp / e.path
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                if not self._good(e.digest):  # (changed since it was checked: it is fetched
+                if not self._good(e.digest, src):  # (changed since it was checked: it is fetched
                     # again at the next attempt)
                     raise WorkspaceError(f"blob {e.digest[:12]} of {e.path} changed in the "
                                          f"store while {dist_id[:12]} was built")

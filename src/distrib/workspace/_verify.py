@@ -14,6 +14,7 @@ Nothing of this is kept on disk: a record there could be rewritten along with th
 from __future__ import annotations
 
 import compileall
+import contextlib
 import hashlib
 import os
 import py_compile
@@ -26,23 +27,34 @@ from distrib.workspace._manifest import Entry
 
 Signature = tuple[int, int, int, int]  # inode, size, modification and change time (ns)
 _CACHE_TAG = f".{sys.implementation.cache_tag}.pyc"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CHUNK = 1 << 20
 
 
 def signature(st: os.stat_result) -> Signature:
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-def file_hash(path: Path) -> str | None:
+def file_hash(path: Path | str) -> str | None:
     """The sha256 of a regular file (not followed through a link), or None if it is not
     one or cannot be read."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as f:
+    try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        digest = hashlib.sha256()
+        # (read in large pieces into one hash: hashlib.file_digest's 256 KiB buffer, made
+        # anew per file, cost more than hashing a small module)
+        while chunk := os.read(fd, _CHUNK):
+            digest.update(chunk)
+        return digest.hexdigest()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -55,15 +67,22 @@ class Record:
 
 
 def files(root: Path) -> dict[str, os.stat_result]:
-    """Every entry under ``root`` that is not a folder (links included), by relative path."""
+    """Every entry under ``root`` that is not a folder (links included), by relative path
+    ("/" between folders)."""
     out = {}
-    for folder, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(folder, name)
-            try:
-                out[os.path.relpath(path, root).replace(os.sep, "/")] = os.lstat(path)
-            except OSError:  # (gone meanwhile: missing, below)
-                continue
+    folders = [("", str(root))]
+    while folders:
+        prefix, folder = folders.pop()
+        try:
+            with os.scandir(folder) as listing:
+                for entry in listing:
+                    rel = prefix + entry.name
+                    if entry.is_dir(follow_symlinks=False):
+                        folders.append((rel + "/", entry.path))
+                    else:
+                        out[rel] = entry.stat(follow_symlinks=False)
+        except OSError:  # (gone meanwhile: its files are missing, below)
+            continue
     return out
 
 
@@ -113,16 +132,16 @@ def first_check(root: Path, entries: list[Entry]) -> tuple[list[str], Record | N
             drifted.append(path)
     if drifted:
         return sorted(drifted), None
+    rec = Record(truth, seen)  # (the signatures taken before hashing)
     for path in compiled:
         source = _source_of(path)
         (root / path).unlink(missing_ok=True)
         del seen[path]
         if source in truth and path.endswith(_CACHE_TAG):
             compile_module(root, source)
-    rec = record(root, entries)
-    for path, sig in seen.items():  # (the signatures taken before hashing)
-        if path in rec.seen and sig[0] == rec.seen[path][0]:
-            rec.seen[path] = sig
+            with contextlib.suppress(OSError):
+                seen[path] = signature(os.lstat(root / path))
+                truth[path] = file_hash(root / path) or ""
     return [], rec
 
 
