@@ -135,3 +135,47 @@ def test_a_tree_changed_keeping_sizes_and_times_is_caught_and_built_again(
     out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
     assert out.stdout.splitlines() == expected, out.stderr[-3000:]
     assert "drifted from its manifest (data/input.txt, settings.py)" in worker.log()
+
+
+VANDAL = """
+    import sys
+    from distrib import distributed
+
+    @distributed
+    def rewrite_others(cache):
+        # Every other tree's data/input.txt, in place, its size and times set back.
+        import os, pathlib
+        done = 0
+        for path in pathlib.Path(cache, "envs").glob("*/data/input.txt"):
+            before = path.stat()
+            with open(path, "r+b") as f:
+                f.write(b"66\\n")
+            os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+            done += 1
+        return done
+
+    if __name__ == "__main__":
+        print("REWROTE", rewrite_others(sys.argv[1]).unwrap(timeout=120))
+    """
+
+
+def test_a_task_that_rewrites_another_mains_tree_does_not_change_its_results(
+        workspace: Workspace, start_worker, tmp_path: Path) -> None:
+    victim, vandal = keygen(tmp_path / "victim.key"), keygen(tmp_path / "vandal.key")
+    worker, _ = keyed_worker(start_worker, tmp_path, "lent", [victim, vandal])
+    workspace.write("data/input.txt", "41\n")
+    workspace.write("settings.py", "VALUE = 'shipped'\n")
+    workspace.write("main.py", READ)
+    other = Workspace(tmp_path / "vandal", workspace.cache_dir)
+    other.root.mkdir()
+    other.write("main.py", VANDAL)
+    env = {"DISTRIB_WORKERS": f"{worker.address} {worker.public_key}"}
+    expected = ["READ [('41', 'shipped')]"]
+    out = workspace.run("main.py", env={**env, "DISTRIB_KEY": str(tmp_path / "victim.key")})
+    assert out.stdout.splitlines() == expected, out.stderr[-3000:]
+    out = other.run("main.py", str(worker.cache_dir),
+                    env={**env, "DISTRIB_KEY": str(tmp_path / "vandal.key")})
+    assert out.stdout.splitlines() == ["REWROTE 1"], out.stderr[-3000:]
+    out = workspace.run("main.py", env={**env, "DISTRIB_KEY": str(tmp_path / "victim.key")})
+    assert out.stdout.splitlines() == expected, out.stderr[-3000:]
+    assert "drifted from its manifest (data/input.txt)" in worker.log()
