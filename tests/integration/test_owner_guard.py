@@ -179,3 +179,55 @@ def test_a_task_that_rewrites_another_mains_tree_does_not_change_its_results(
     out = workspace.run("main.py", env={**env, "DISTRIB_KEY": str(tmp_path / "victim.key")})
     assert out.stdout.splitlines() == expected, out.stderr[-3000:]
     assert "drifted from its manifest (data/input.txt)" in worker.log()
+
+
+HOLD = """
+    import sys
+    from distrib import distributed, gather
+
+    @distributed
+    def read(i):
+        with open("data/input.txt") as f:
+            return f.read().strip()
+
+    @distributed
+    def hold(started, release):
+        import pathlib, time
+        pathlib.Path(started).touch()
+        while not pathlib.Path(release).exists():
+            time.sleep(0.05)
+        with open("data/input.txt") as f:
+            return f.read().strip()
+
+    if __name__ == "__main__":
+        print("BEFORE", sorted(set(gather([read(i) for i in range(4)], timeout=120))))
+        print("HELD", hold(sys.argv[1], sys.argv[2]).unwrap(timeout=120))
+        print("AFTER", sorted(set(gather([read(i) for i in range(4)], timeout=120))))
+    """
+
+
+def test_a_tree_rewritten_while_a_run_uses_it_is_built_again_and_its_task_rerun(
+        workspace: Workspace, start_worker, tmp_path: Path) -> None:
+    victim, vandal = keygen(tmp_path / "victim.key"), keygen(tmp_path / "vandal.key")
+    worker, _ = keyed_worker(start_worker, tmp_path, "lent", [victim, vandal])
+    workspace.write("data/input.txt", "41\n")
+    workspace.write("main.py", HOLD)
+    other = Workspace(tmp_path / "vandal", workspace.cache_dir)
+    other.root.mkdir()
+    other.write("main.py", VANDAL)
+    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
+           "DISTRIB_WORKERS": f"{worker.address} {worker.public_key}"}
+    started, release = tmp_path / "started", tmp_path / "release"
+    with ended(subprocess.Popen([PYTHON, "main.py", str(started), str(release)],
+                                cwd=workspace.root, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE,
+                                env={**env, "DISTRIB_KEY": str(tmp_path / "victim.key")})) as run:
+        wait_for(started.exists, what="the victim's long task to start")
+        out = other.run("main.py", str(worker.cache_dir),
+                        env={**env, "DISTRIB_KEY": str(tmp_path / "vandal.key")})
+        assert out.stdout.splitlines() == ["REWROTE 1"], out.stderr[-3000:]
+        wait_for(lambda: "drifted from its manifest (data/input.txt)" in worker.log(),
+                 what="the worker to find the tree changed while the victim's run uses it")
+        release.touch()
+        stdout, stderr = finish(run)
+    assert stdout.splitlines() == ["BEFORE ['41']", "HELD 41", "AFTER ['41']"], stderr[-3000:]
