@@ -226,8 +226,8 @@ class Store:
                 src = self.blob_path(e.digest)
                 dst = tmp / e.path
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                if not self._good(e.digest, src):  # (changed since it was checked: it is fetched
-                    # again at the next attempt)
+                if not self._good(e.digest, src):  # (changed since ``missing`` checked it:
+                    # removed, so the next attempt fetches it)
                     raise WorkspaceError(f"blob {e.digest[:12]} of {e.path} changed in the "
                                          f"store while {dist_id[:12]} was built")
                 if e.executable:
