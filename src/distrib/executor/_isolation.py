@@ -50,7 +50,7 @@ class Overlay:
     kind = "overlay"
 
     def __init__(self, env: Path, scratch: Path, lower: str = "") -> None:
-        self.env, self.scratch = env, scratch
+        self.env, self.scratch = env, _own(scratch, lower)
         self._lower = lower or str(env)  # the tree every overlay shows (a sandbox's copy)
         self._sandboxed = bool(lower)
         self._locked = False  # whether the overlay in place can no longer be unmounted
@@ -96,6 +96,8 @@ class Overlay:
         os.close(self._env_fd)
         os.close(self._upper_fd)
         os.chdir("/")
+        if self._sandboxed:  # (a folder of its own: as the daemon counts its writes)
+            self.scratch = _own(self.scratch.parent, self._lower)
         self._call("unshare", _CLONE_NEWNS)  # (inside the template's user namespace)
         self._call("mount", None, b"/", None, _MS_REC | _MS_PRIVATE, None)
         self._call("umount2", bytes(self.env), _MNT_DETACH)
@@ -231,6 +233,16 @@ def _files(root: Path, keep: Callable[[os.stat_result], bool]) -> list[str]:
             if keep(os.lstat(path)):
                 out.append(os.path.relpath(path, root))
     return sorted(out)
+
+
+def _own(scratch: Path, lower: str) -> Path:
+    """Where this process keeps its layers: ``scratch``, or in a sandbox (``lower``) its own
+    folder there, named by its pid in the sandbox (``worker._sandbox.layers``)."""
+    if not lower:
+        return scratch
+    own = scratch / f"ex-{os.getpid()}"
+    own.mkdir(exist_ok=True)
+    return own
 
 
 def _reopen(fd: int, path: Path) -> int:

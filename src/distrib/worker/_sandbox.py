@@ -169,7 +169,10 @@ def _read_pid(fd: int) -> int:
 
 def _mounts(box: Box) -> list[list[str]]:
     """What the sandbox holds, in order: [how, source, target]."""
-    out: list[list[str]] = [["proc", "", "/proc"], ["dev", "", "/dev"], ["tmpfs", "", "/tmp"]]
+    tmp = box.scratch / "tmp"  # (on disk, counted in the cache: not a tmpfs, in memory)
+    tmp.mkdir(mode=0o1777, exist_ok=True)
+    out: list[list[str]] = [["proc", "", "/proc"], ["dev", "", "/dev"],
+                            ["rw", str(tmp), "/tmp"]]
     out += [["ro", p, p] for p in _SYSTEM if os.path.exists(p)]
     out += [["ro", f"/etc/{name}", f"/etc/{name}"] for name in _ETC
             if os.path.exists(f"/etc/{name}")]
@@ -234,6 +237,12 @@ def reads(python: Path | None, cache: Path) -> tuple[Path, ...]:
             pass
     cache = Path(os.path.abspath(cache))
     return tuple(p for p in out if p.is_absolute() and p != cache and p not in cache.parents)
+
+
+def layers(pid: int) -> str:
+    """The folder of a sandbox's scratch where its process ``pid`` (as the sandbox numbers
+    it) keeps its task layers (the disk watcher counts it as that executor's)."""
+    return f"ex-{pid}"
 
 
 def scratch(runs: Path) -> Path:
