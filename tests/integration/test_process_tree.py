@@ -13,6 +13,10 @@ import pytest
 
 from tests.helpers import PYTHON, Workspace, ended, wait_for
 
+# Tests that look for a task's processes by the pids the task saw run without a sandbox: in
+# one those are its PID namespace's (test_sandbox.py has that model's own).
+UNBOXED = ("--no-sandbox",)
+
 TASKS = """
     import os, subprocess, sys, threading, time
     from distrib import distributed
@@ -176,7 +180,7 @@ def test_children_over_the_total_memory_limit_are_stopped(
 
 def test_the_processes_a_task_leaves_are_gone_soon_after_it_ends(
         workspace: Workspace, start_worker) -> None:
-    worker = start_worker(threads=1)
+    worker = start_worker(threads=1, extra=UNBOXED)
     workspace.write("tasks.py", TASKS)
     workspace.write("main.py", """
         import time
@@ -222,7 +226,7 @@ def test_no_process_of_a_task_outlives_the_worker(
         stop: signal.Signals, workspace: Workspace, start_worker) -> None:
     # (killed with -9, the daemon kills nothing: each executor sees it is gone and kills
     # its own tree)
-    worker = start_worker(threads=1)
+    worker = start_worker(threads=1, extra=UNBOXED)
     workspace.write("tasks.py", TASKS)
     workspace.write("main.py", """
         import distrib, tasks
@@ -257,7 +261,7 @@ def test_no_process_of_a_task_outlives_the_worker(
 
 def test_the_processes_of_a_task_whose_executor_died_are_killed_by_the_daemon(
         workspace: Workspace, start_worker) -> None:
-    worker = start_worker(threads=1)
+    worker = start_worker(threads=1, extra=UNBOXED)
     workspace.write("tasks.py", TASKS)
     workspace.write("main.py", """
         import distrib, tasks
@@ -281,7 +285,7 @@ def test_the_processes_of_a_task_whose_executor_died_are_killed_by_the_daemon(
 
 def test_the_processes_of_a_task_past_its_timeout_are_killed_with_it(
         workspace: Workspace, start_worker) -> None:
-    worker = start_worker(threads=1)
+    worker = start_worker(threads=1, extra=UNBOXED)
     workspace.write("tasks.py", TASKS)
     workspace.write("main.py", """
         import distrib, tasks
