@@ -139,8 +139,9 @@ def main() -> None:
 @click.option("--task-network", type=click.Choice(["none", "loopback", "all"]), default="none",
               show_default=True,
               help="What sandboxed tasks may reach: no network, this machine's services "
-                   "(loopback), or all; a key's line in the authorized-keys file may say "
-                   "otherwise for its Mains (network=...).")
+                   "(loopback: for now the machine's whole network, no loopback-only filter), "
+                   "or all; a key's line in the authorized-keys file may say otherwise for "
+                   "its Mains (network=...).")
 @click.option("--no-sandbox", is_flag=True,
               help="Run tasks without a sandbox: they can read this user's files (this "
                    "worker's keys, other Mains' work) and reach the network. Needed to serve "
