@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -340,3 +341,42 @@ def test_sandboxed_executors_are_forked_from_one_import_and_known_to_the_daemon(
     wait_for(lambda: killed not in worker.status()["executors"], what="the death seen")
     again = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
     assert again.returncode == 0, again.stderr[-3000:]
+
+
+def _in_namespace_of(pid: int) -> list[int]:
+    """The processes in ``pid``'s PID namespace (as this test sees them)."""
+    target, out = _pid_namespace(pid), []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if _pid_namespace(int(name)) == target:
+                    out.append(int(name))
+            except OSError:
+                pass
+    return out
+
+
+@pytest.mark.parametrize("builder", BUILDERS)
+def test_what_a_sandboxed_executor_that_died_left_is_killed_by_the_daemon(
+        workspace: Workspace, start_worker, builder: str) -> None:
+    from tests.integration.test_process_tree import TASKS
+
+    worker = start_worker(threads=1, env={"DISTRIB_SANDBOX_BUILDERS": builder})
+    workspace.write("tasks.py", TASKS)
+    workspace.write("main.py", """
+        import distrib, tasks
+
+        if __name__ == "__main__":
+            try:
+                tasks.leave_processes(20, -1).unwrap(timeout=120)
+            except distrib.WorkerCrashed as exc:
+                print("CRASHED", exc)
+        """)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address}, timeout=180)
+    assert "CRASHED" in out.stdout, (out.stdout, out.stderr[-3000:])
+    # Its 20 processes and a setsid loop went to the template (process 1 there), not to the
+    # daemon: the daemon kills them all the same.
+    (template,) = worker.status()["templates"]
+    wait_for(lambda: len(_in_namespace_of(template)) <= 2, 20,
+             "only the template (and an executor) left in the sandbox")
+    assert re.search(r"killed \d+ process\(es\) left running by tasks", worker.log())

@@ -42,6 +42,7 @@ from distrib.worker._events import (
 )
 from distrib.worker._memory import MemoryWatch
 from distrib.worker._pool import ExecutorProcess, Recipe, Template, Zygote
+from distrib.worker._sandbox import Boxed
 
 log = logging.getLogger("distrib.worker")
 peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
@@ -232,6 +233,13 @@ class Executors:
         me, session = os.getpid(), os.getsid(0)
         strays = [pid for pid, entry in procs.items() if entry.ppid == me and pid not in ours
                   and entry.session != session and not entry.zombie]
+        # In a sandbox, what an ended executor left goes to its process 1, the template: any
+        # child of it but its executors and (in its session) the forks that make them
+        boxed = {t.proc.pid: procs[t.proc.pid].session for t in self.templates.values()
+                 if isinstance(t.proc, Boxed) and t.proc.pid in procs}
+        strays += [pid for pid, entry in procs.items() if entry.ppid in boxed
+                   and pid not in ours and entry.session != boxed[entry.ppid]
+                   and not entry.zombie]
         if strays:
             killed = _process.kill_trees(strays)
             peer_log.warning("killed %d process(es) left running by tasks of ended executors",

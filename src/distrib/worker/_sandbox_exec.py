@@ -132,6 +132,7 @@ def main() -> None:
             if not spec["network"]:
                 loopback_up()
             os.chdir(spec["cwd"])
+            os.setsid()  # (a session of its own: no terminal of the daemon's to write to)
             drop_privileges()
             os.execvp(command[0], command)
         except BaseException as exc:  # (never back into the launcher's code)
