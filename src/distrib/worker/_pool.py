@@ -91,7 +91,7 @@ class ExecutorProcess:
     theirs: socket.socket | None = None  # the executor's end, until a process takes it
     proc: subprocess.Popen[bytes] | Adopted | Boxed | None = None
     # Other folders its tasks write to (a private /tmp, say, as the daemon reaches it), counted
-    # with its ``<pid>-*`` folders against the owner's disk limits
+    # with its ``<pid>-*`` folders against the owner's disk limits, and removed with them
     private: tuple[Path, ...] = ()
 
     @property
@@ -151,7 +151,7 @@ class ExecutorProcess:
             wait_exit(self.proc, 5)
         except subprocess.TimeoutExpired:
             log.warning("executor %d did not exit after SIGKILL", self.proc.pid)
-        for layer in self.scratch.glob(f"{self.proc.pid}-*"):
+        for layer in [*self.scratch.glob(f"{self.proc.pid}-*"), *self.private]:
             remove_later(layer)  # (not on the daemon's loop: it may hold many files)
 
 
