@@ -93,8 +93,8 @@ class StatusBuilder:
             "state": state,
             "why": why,
             "policy": self.owner.policy.describe(),
-            "quotas": {mains[peer].name: limit for peer, limit in core.limits.items()
-                       if peer in mains},
+            "quotas": {main.name: core.limits[core.account(peer)]
+                       for peer, main in mains.items() if core.account(peer) in core.limits},
             "objects": supply.objects.held(),
             "served": self.served(),
             **(disk or {}),
