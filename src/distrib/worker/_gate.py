@@ -3,8 +3,8 @@ sets, refused connections.
 
 libzmq asks the ZAP socket about every CURVE handshake; the answer comes from the
 authorized-keys file (reread when it changes, or at the next tick after SIGHUP). A line of it
-is ``<key> [name] [slots=N] [priority=P]``: at most N slots for that Main, and a share P times
-a priority-1 Main's when Mains all want more. Connections
+is ``<key> [name] [slots=N] [priority=P]``: at most N slots for the Mains of that key
+together, and a share P times a priority-1 key's when keys all want more. Connections
 that never complete a handshake (garbage, HTTP, a wrong key) never reach the daemon as
 messages: the socket monitor tells of them, and they are counted and logged here.
 """
@@ -49,7 +49,8 @@ _SETTING = re.compile(r"^([A-Za-z_]+)=(\S*)$")
 
 @dataclass(frozen=True)
 class Quota:
-    """What one Main may use: at most ``slots`` slots (None: any), and its ``priority``."""
+    """What the Mains of one key may use together: at most ``slots`` slots (None: any), and
+    their ``priority``."""
 
     slots: int | None = None
     priority: float = 1.0
