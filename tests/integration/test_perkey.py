@@ -20,7 +20,7 @@ def test_five_mains_of_a_one_slot_key_hold_one_slot_together(
     workspace.write("main.py", JOBS)
     log = tmp_path / "runs.log"
     address = f"{worker.address} {worker.public_key}"
-    mains = [start_main(workspace, ["3", "0.2", str(log)], address,
+    mains = [start_main(workspace, ["2", "0.15", str(log)], address,
                         {"DISTRIB_KEY": str(tmp_path / "five.key"), "MAIN": f"m{i}"})
              for i in range(5)]
     outs = []
@@ -40,7 +40,7 @@ def test_five_mains_of_a_one_slot_key_hold_one_slot_together(
     for out, err in outs:
         assert out.splitlines() == ["DONE True"], err[-3000:]
     done = runs(log)
-    assert sorted(r[3] for r in done) == sorted(f"m{i}" for i in range(5) for _ in range(3))
+    assert sorted(r[3] for r in done) == sorted(f"m{i}" for i in range(5) for _ in range(2))
     assert most_at_once([(start, end) for _, start, end, _ in done]) == 1
     assert "at most 1 slot(s)" in worker.log()
 
