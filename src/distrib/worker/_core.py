@@ -109,12 +109,15 @@ class Core(CoreState):
         if self.paused:
             self.counters["deferred"] += 1
             return Report(task, Outcome.DEFERRED)  # its Main sends it again later
-        if self.queues.count(task.peer) or task.peer in self.accounts:
-            # (the bytes queued count per account: all Mains of one key together)
-            count, nbytes = self.queued_of(self.account(task.peer))
-            if count and nbytes + task.nbytes > self.max_queued:
-                self.counters["deferred"] += 1
-                return Report(task, Outcome.DEFERRED)
+        # (the bytes queued count per account: all Mains of one key together)
+        account = self.accounts.get(task.peer)
+        if account is None:  # (a Main alone in its account: the common case, kept cheap)
+            count, nbytes = self.queues.count(task.peer), self.queues.queued_bytes(task.peer)
+        else:
+            count, nbytes = self.queued_of(account)
+        if count and nbytes + task.nbytes > self.max_queued:
+            self.counters["deferred"] += 1
+            return Report(task, Outcome.DEFERRED)
         return None
 
     def _submitted(self, event: TaskSubmitted, now: float) -> None:
