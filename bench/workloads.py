@@ -463,7 +463,7 @@ WORKLOADS: dict[str, Workload] = {w.id: w for w in [
         "W9", "W9", "W9 calls from inside a task: {calls} calls of inc made by one task, at "
         "once then gathered, and one after the other",
         _NESTED_METRICS,
-        nested, {"slots": 2, "calls": 100}, {"slots": 2, "calls": 20}, 600,
+        nested, {"slots": 2, "calls": 500}, {"slots": 2, "calls": 20}, 600,
         frameworks=("distrib", "ray", "dask"),
         notes=("distrib with its default redistribution (auto): the worker places each call "
                "itself, on its own slots (the local cluster is one worker); Ray submits from "
@@ -474,7 +474,7 @@ WORKLOADS: dict[str, Workload] = {w.id: w for w in [
         "W9-relayed", "W9", "W9 relayed, distrib only: {calls} calls of inc made by one task, "
         "each through the Main, at once then gathered, and one after the other",
         _NESTED_METRICS,
-        nested, {"slots": 2, "calls": 100, "redistribution": "relayed"},
+        nested, {"slots": 2, "calls": 500, "redistribution": "relayed"},
         {"slots": 2, "calls": 20, "redistribution": "relayed"}, 600,
         frameworks=("distrib",),
         notes=("redistribution=\"relayed\": compare with W9's distrib row of the same run.",),

@@ -62,7 +62,8 @@ def main() -> None:
 @click.option("--max-cache", default=None, metavar="SIZE",
               help="Most disk the cache may take, e.g. 10G or 500M (default: a quarter of the "
                    "free disk, at least 1G); least recently used environments and blobs go "
-                   "first.")
+                   "first. What running tasks write counts too (they may write at least half "
+                   "of it): past it, the task that wrote the most fails as TaskDiskExceeded.")
 @click.option("--max-queued", default="256M", show_default=True, metavar="SIZE",
               help="Most payload bytes queued here for one Main (all Mains of one key "
                    "together); more is sent back to wait on the Main (bounds the daemon's "
@@ -81,11 +82,19 @@ def main() -> None:
                    "other tasks meanwhile (default: twice the threads); at the cap a waiting "
                    "task keeps its slots.")
 @click.option("--max-task-memory", default=None, metavar="SIZE",
-              help="Most memory one task's executor may use, e.g. 8G: over it the task is "
-                   "stopped, and fails as WorkerCrashed naming this limit (default: none).")
+              help="Most memory one task may use, e.g. 8G: its executor and every process "
+                   "it started, together. Over it the task is stopped with its processes, "
+                   "and fails as WorkerCrashed naming this limit (default: none).")
 @click.option("--max-memory", default=None, metavar="SIZE",
-              help="Most memory all executors may use together: over it the largest running "
-                   "task is stopped (default: none).")
+              help="Most memory all executors, with the processes their tasks started, may "
+                   "use together: over it the largest running task is stopped (default: "
+                   "none).")
+@click.option("--max-task-disk", default=None, metavar="SIZE",
+              help="Most disk one task may write (its working folder, anywhere in its "
+                   "environment, its private /tmp where it has one), e.g. 10G: over it the "
+                   "task is stopped, what it wrote is dropped, and it fails as "
+                   "TaskDiskExceeded naming this limit (default: none; what all tasks write "
+                   "counts against --max-cache too).")
 @click.option("--nice", type=click.IntRange(0, 19), default=10, show_default=True,
               help="Niceness of executors: the owner's own programs win the CPU.")
 @click.option("--when-idle", type=click.Choice(["finish", "vacate"]), default=None,
@@ -100,9 +109,9 @@ def main() -> None:
               help="Lend only at these local times, e.g. \"Mon-Fri 19:00-07:00; Sat-Sun\"; "
                    "outside them, as --when-idle says (default: finish).")
 @click.option("--policy", "policy_file", type=click.Path(path_type=Path), default=None,
-              help="A TOML file of these settings (threads, max_task_memory, max_memory, nice, "
-                   "when_idle, idle_load, hours), over the flags; read again when it changes "
-                   "or on SIGHUP, and applied while the worker runs.")
+              help="A TOML file of these settings (threads, max_task_memory, max_memory, "
+                   "max_task_disk, nice, when_idle, idle_load, hours), over the flags; read "
+                   "again when it changes or on SIGHUP, and applied while the worker runs.")
 @click.option("--idle-executors", type=click.FloatRange(min=0), default=300.0,
               show_default=True,
               help="Seconds an executor may wait for a task before it stops (and frees its "
@@ -142,7 +151,7 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
            heartbeat: float, lost_after: float, max_cache: str | None, max_queued: str,
            max_objects: str, max_objects_total: str | None, max_parked: int | None,
            max_task_memory: str | None,
-           max_memory: str | None, nice: int,
+           max_memory: str | None, max_task_disk: str | None, nice: int,
            when_idle: str | None, idle_load: float, hours: str | None,
            policy_file: Path | None,
            idle_executors: float, install: str, index_url: str | None,
@@ -158,6 +167,7 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
         return
     from distrib.worker import _policy
     from distrib.worker._daemon import Daemon
+    from distrib.worker._diskwatch import POLL
     from distrib.worker._envs import EnvPolicy
     from distrib.worker._gate import read_quotas
     from distrib.worker._memory import human, why_no_cgroup
@@ -190,7 +200,8 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
             None if max_task_memory is None else _size(max_task_memory, "--max-task-memory"),
             None if max_memory is None else _size(max_memory, "--max-memory"),
             nice, when_idle, idle_load,
-            None if hours is None else _policy.Hours.parse(hours, "--hours"))
+            None if hours is None else _policy.Hours.parse(hours, "--hours"),
+            None if max_task_disk is None else _size(max_task_disk, "--max-task-disk"))
         policy = flags if policy_file is None else _policy.read(policy_file, flags)
     except DistribError as exc:
         raise click.UsageError(str(exc)) from None
@@ -228,12 +239,20 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
                     policy.describe())
     if daemon.memory.limit or policy_file is not None:
         worker_log.info(
-            "memory limits%s are enforced by sampling executors' memory every %.2f s with "
-            "psutil, not by a cgroup (%s)", "".join(
+            "memory limits%s are enforced by sampling executors' memory (with every process "
+            "their tasks started) every %.2f s with psutil, not by a cgroup (%s)", "".join(
                 f", {flag} {human(size)}" for flag, size in (
                     ("--max-task-memory", daemon.memory.per_task),
                     ("--max-memory", daemon.memory.total)) if size) or " (none set now)",
             min(heartbeat, 0.25), why_no_cgroup())
+    disk = daemon.executors.disk
+    if disk is not None:
+        worker_log.info(
+            "what tasks write is measured every %.1f s or so: over %s a task fails, and what "
+            "it wrote is dropped", POLL, " or ".join(
+                f"{flag} {human(size)}" for flag, size in (
+                    ("--max-task-disk", disk.limits.per_task),
+                    ("--max-cache (all tasks, beside the rest of the cache)", disk.limits.total)) if size))
     daemon.run()
 
 

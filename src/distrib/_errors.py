@@ -12,6 +12,7 @@
     ├── WorkerCrashed         the executor running the task died (after all retries)
     ├── WorkerLost            the worker running the task went away (after all retries)
     ├── TaskTimeout           the task ran past its ``timeout``          (also TimeoutError)
+    ├── TaskDiskExceeded      the task wrote more than a worker's disk limit allows
     ├── WaitTimeout           ``unwrap(timeout=...)`` gave up waiting      (also TimeoutError)
     └── Cancelled             the task was cancelled           (also futures.CancelledError)
 
@@ -95,6 +96,12 @@ class WorkerLost(DistribError):
 
 class TaskTimeout(DistribError, TimeoutError):
     """The task ran longer than its ``timeout`` and was stopped on the worker."""
+
+
+class TaskDiskExceeded(DistribError):
+    """The task wrote more than the worker allows (``--max-task-disk``, or with the rest of
+    its cache ``--max-cache``): it was stopped and what it wrote dropped; the message names
+    the limit. It is not run again."""
 
 
 class WaitTimeout(DistribError, TimeoutError):

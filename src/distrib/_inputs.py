@@ -110,7 +110,7 @@ def _placer() -> concurrent.futures.ThreadPoolExecutor:
     with _placing_lock:
         if _placing is None:
             _placing = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix="distrib-inputs")
+                1, thread_name_prefix="distrib-inputs", initializer=_runtime.own_thread)
         return _placing
 
 

@@ -1,10 +1,14 @@
-"""Processes by pid: whether one exists, and waiting for a child to exit without polling."""
+"""Processes by pid: whether one exists, waiting for a child to exit without polling, and
+process trees (found, and killed whole)."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import select
-from typing import Protocol
+import signal
+import sys
+from typing import NamedTuple, Protocol
 
 
 class Waitable(Protocol):
@@ -40,3 +44,124 @@ def exists(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# --- process trees -----------------------------------------------------------------------------
+# A task's processes are found by their parents, read from /proc (no psutil: an executor may run
+# in a Python environment without it). Where there is no /proc, a tree is its root alone.
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+class Entry(NamedTuple):
+    """What /proc says of one process."""
+
+    ppid: int
+    session: int
+    zombie: bool
+
+
+def table() -> dict[int, Entry]:
+    """Every process of the machine (this PID namespace's view), read in one pass."""
+    out: dict[int, Entry] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return out
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:  # (it ended meanwhile)
+            continue
+        # After the command's name (in parentheses, and it may hold anything): state, ppid,
+        # process group, session.
+        fields = data[data.rfind(b")") + 2:].split()
+        if len(fields) >= 4:
+            out[int(name)] = Entry(int(fields[1]), int(fields[3]), fields[0] in (b"Z", b"X"))
+    return out
+
+
+def children(procs: dict[int, Entry]) -> dict[int, list[int]]:
+    """Each process's children, by pid."""
+    out: dict[int, list[int]] = {}
+    for pid, entry in procs.items():
+        out.setdefault(entry.ppid, []).append(pid)
+    return out
+
+
+def descendants(pid: int, kids: dict[int, list[int]]) -> list[int]:
+    """Every process below ``pid``, parents before their children."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in kids.get(todo.pop(), ()):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def kill_trees(roots: list[int], with_roots: bool = True) -> int:
+    """SIGKILL every process below ``roots`` (and the roots, if ``with_roots``); how many
+    were signalled. Each is stopped first and the trees walked again until no new process
+    shows up: a stopped process cannot fork, so none started meanwhile escapes."""
+    roots = [pid for pid in roots if pid > 0]  # (0 and -1 would signal groups, or everyone)
+    stopped: set[int] = set()
+    if with_roots:
+        for pid in roots:
+            _signal(pid, signal.SIGSTOP)
+    for _ in range(1000):  # (each round stops what the last one found; a tree is finite)
+        kids = children(table())
+        found = [pid for root in roots for pid in descendants(root, kids)
+                 if pid not in stopped]
+        if not found:
+            break
+        for pid in found:
+            _signal(pid, signal.SIGSTOP)
+        stopped.update(found)
+    for pid in [*(roots if with_roots else ()), *stopped]:
+        _signal(pid, signal.SIGKILL)
+    return len(stopped) + (len(roots) if with_roots else 0)
+
+
+def _signal(pid: int, sig: int) -> None:
+    if pid <= 0:
+        return
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (Linux): what a child started and left when it exited stays
+    in this process's tree, where it can be counted, waited for and killed."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def has_children() -> bool:
+    """Whether this process has a child, running or exited (one system call)."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
+
+
+def reap() -> None:
+    """Wait for the children of this process that exited (without waiting for the others)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if not pid:
+            return

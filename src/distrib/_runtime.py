@@ -11,6 +11,7 @@ import functools
 import os
 import site
 import sys
+import threading
 
 MAIN_ALIAS = "__distrib_main__"  # the name executors import the Main's script under
 
@@ -26,6 +27,14 @@ main_script: str = ""  # the main script's path inside the workspace, for messag
 main_shipped: bool = False  # set by the session: is the Main's __main__ importable on workers?
 shipped_root: str | None = None  # set by the session: the workspace folder shipped, if any
 own_modules: set[str] = set()  # modules first imported by distrib's own imports
+# Threads distrib keeps in this process (by ident): an executor tells the threads a task left
+# running from these.
+own_threads: set[int] = set()
+
+
+def own_thread() -> None:
+    """Count the calling thread as distrib's own (a thread pool's initializer, say)."""
+    own_threads.add(threading.get_ident())
 
 
 def resolves_on_workers(module_name: str) -> bool:

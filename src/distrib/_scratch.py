@@ -1,11 +1,15 @@
-"""Scratch folders of a worker's tasks: removing them, even an overlay's work folder, and the
-task folders that daemons killed before their end left behind."""
+"""Scratch folders of a worker's tasks: removing them, even an overlay's work folder (at once,
+or out of the way first and then in a thread of its own), and the task folders that daemons
+killed before their end left behind."""
 
 from __future__ import annotations
 
+import itertools
 import os
+import queue
 import shutil
 import stat
+import threading
 from pathlib import Path
 
 from distrib._process import exists
@@ -15,8 +19,39 @@ def remove_tree(path: Path) -> None:
     """Remove a scratch tree, including an overlay's work folder (which has mode 000)."""
     for folder, dirs, _ in os.walk(path):  # top down: each folder is opened before its walk
         for name in dirs:
-            os.chmod(os.path.join(folder, name), stat.S_IRWXU)
+            try:
+                os.chmod(os.path.join(folder, name), stat.S_IRWXU)
+            except OSError:  # (removed meanwhile: by the thread of remove_later, say)
+                pass
     shutil.rmtree(path, ignore_errors=True)
+
+
+_doomed: queue.SimpleQueue[Path] = queue.SimpleQueue()
+_names = itertools.count()  # (a pid used again must not meet its predecessor's folder)
+_remover: threading.Thread | None = None
+_remover_lock = threading.Lock()
+
+
+def remove_later(path: Path) -> None:
+    """Move a scratch tree out of the way now (one rename) and remove it in a thread: a task
+    may have left a great many files (removing 200,000 took the daemon's loop 13 s here)."""
+    global _remover
+    gone = path.with_name(f".gone-{next(_names)}-{path.name}")
+    try:
+        os.rename(path, gone)
+    except OSError:  # (gone already, say)
+        return
+    _doomed.put(gone)
+    with _remover_lock:
+        if _remover is None:
+            _remover = threading.Thread(target=_remove_doomed, name="distrib-remove",
+                                        daemon=True)
+            _remover.start()
+
+
+def _remove_doomed() -> None:
+    while True:
+        remove_tree(_doomed.get())
 
 
 def remove_dead_runs(runs: Path) -> None:

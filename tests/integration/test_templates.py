@@ -99,7 +99,7 @@ def test_what_a_task_leaves_running_is_reaped_when_it_ends(
         @distributed
         def daemonize(i):
             read, write = os.pipe()
-            if os.fork() == 0:  # a helper that outlives its parent: adopted by the daemon
+            if os.fork() == 0:  # a helper that outlives its parent (adopted by the executor)
                 helper = os.fork()
                 if helper == 0:
                     time.sleep(0.5)

@@ -55,6 +55,7 @@ SAMPLES: list[m.Message] = [
     m.ObjectsFailed(["ab" * 16], "gone"),
     m.StatusRequest(),
     m.Status({"name": "w", "slots": 2}),
+    m.Carry(frames=(b"piece",)),
 ]
 
 
@@ -183,3 +184,121 @@ def test_a_bad_list_of_pieces_is_a_protocol_error(pieces: object) -> None:
     header = msgpack.packb([m.Manifest.TAG, "d", pieces])
     with pytest.raises(ProtocolError):
         _codec.decode([header, b"a", b"b"])
+
+
+def test_pieces_leave_room_for_a_keyed_links_overhead_and_stay_small_there() -> None:
+    from distrib.wire._limits import FRAME_OVERHEAD, KEYED_PIECE_BYTES, piece_bytes
+
+    assert piece_bytes(512 << 20, keyed=False) == (512 << 20) - FRAME_OVERHEAD
+    assert piece_bytes(512 << 20, keyed=True) == KEYED_PIECE_BYTES
+    assert piece_bytes(1 << 20, keyed=True) == (1 << 20) - FRAME_OVERHEAD
+    assert piece_bytes(1, keyed=False) == (1 << 20) - FRAME_OVERHEAD  # (no peer states that)
+    frames = _codec.encode(m.Results([m.ResultSpec(1, m.Outcome.OK, {}, [], 1)],
+                                     frames=(b"x" * (1 << 20),)), piece_bytes(1 << 20, True))
+    assert [len(f) for f in frames[1:]] == [(1 << 20) - FRAME_OVERHEAD, FRAME_OVERHEAD]
+
+
+@pytest.mark.parametrize("size", [(1 << 20) - 33, 1 << 20, (1 << 20) + 1, 3 << 20])
+def test_frames_at_and_past_the_limit_cross_a_keyed_link_both_ways(
+        size: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zmq
+
+    from distrib.wire import _keys, _transport
+    from distrib.wire._carry import Carried
+
+    # Both sides take frames of at most 1 MiB as libzmq counts them: encrypted, 33 bytes more.
+    monkeypatch.setattr(_transport, "MAX_MESSAGE_BYTES", 1 << 20)
+    ctx: zmq.Context[object] = zmq.Context()
+    server = _keys.generate()
+    router, address = _transport.router(ctx, "tcp://127.0.0.1:0", server)
+    dealer = _transport.dealer(ctx, address, server.public, _keys.generate())
+    carried = Carried()
+
+    def receive(sock: zmq.Socket[object], peer: bool) -> tuple[bytes, m.Message]:
+        while True:  # (pieces of a payload larger than one come ahead, one message each)
+            assert sock.poll(30_000), "the keyed connection was dropped"
+            frames = sock.recv_multipart(copy=False)
+            whole = carried.take(frames[1:] if peer else frames)
+            if whole is not None:
+                return frames[0].bytes if peer else b"", _codec.decode(whole)
+
+    try:
+        payload = bytes(range(256)) * (size // 256) + b"e" * (size % 256)
+        message = m.Results([m.ResultSpec(1, m.Outcome.OK, {}, [], 1)], frames=(payload,))
+        _transport.send(dealer, message, max_frame=1 << 20)
+        peer, back = receive(router, peer=True)
+        assert bytes(back.frames[0]) == payload
+        _transport.send(router, message, peer, max_frame=1 << 20)
+        assert bytes(receive(dealer, peer=False)[1].frames[0]) == payload
+    finally:
+        router.close(0)
+        dealer.close(0)
+        ctx.term()
+
+
+def test_a_payload_of_more_than_one_piece_is_carried_ahead_and_put_back_per_peer() -> None:
+    from distrib.wire._carry import HEADER, Carried, split
+
+    big = bytes(range(256)) * 40  # 10,240 bytes: three pieces of 4,096
+    message = m.Results([m.ResultSpec(1, m.Outcome.OK, {}, [], 2)], frames=(big, b"tail"))
+    frames = _codec.encode(message, 4096)
+    sent = split(frames, 4096)
+    assert [len(x) for x in sent] == [2, 2, 3, 1]  # three carried ahead, then the header
+    assert all(x[0] == HEADER for x in sent[:-1]) and sent[-1] == [frames[0]]
+    carried = Carried()
+    other = _codec.encode(m.Results([m.ResultSpec(2, m.Outcome.OK, {}, [], 1)],
+                                    frames=(b"other",)), 4096)
+    for x in sent[:2]:
+        assert carried.take([bytes(f) for f in x], b"a") is None
+    assert carried.take(other, b"b") == other  # another peer's messages pass between
+    for x in sent[2:-1]:
+        assert carried.take([bytes(f) for f in x], b"a") is None
+    whole = carried.take(sent[-1], b"a")
+    assert whole is not None
+    back = _codec.decode(whole)
+    assert [bytes(f) for f in back.frames] == [big, b"tail"]
+    assert carried.take(other, b"a") == other  # nothing left over
+    # One piece or less goes as it is; a peer that left takes what it carried with it.
+    assert split(other, 4096) == [other]
+    assert carried.take([HEADER, b"x"], b"c") is None
+    carried.forget(b"c")
+    assert carried.take(other, b"c") == other
+
+
+def test_a_peer_carrying_too_many_frames_ahead_breaks_the_protocol(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from distrib.wire import _carry
+
+    monkeypatch.setattr(_carry, "MAX_CARRIED", 3)
+    carried = _carry.Carried()
+    for _ in range(3):
+        assert carried.take([_carry.HEADER, b"x"]) is None
+    with pytest.raises(ProtocolError, match="more than 3 Carry messages ahead"):
+        carried.take([_carry.HEADER, b"x"])
+    assert carried.take([b"h"]) == [b"h"]  # (what it carried went)
+
+
+def test_many_small_frames_are_carried_together_in_pieces() -> None:
+    from distrib.wire._carry import Carried, carries, split
+
+    small = [bytes([i]) * 100 for i in range(100)]  # 10,000 bytes in 100 frames
+    frames = _codec.encode(m.Results([m.ResultSpec(1, m.Outcome.OK, {}, [], 100)],
+                                     frames=tuple(small)), 4096)
+    sent = split(frames, 4096)
+    assert [len(x) - 1 for x in sent] == [40, 40, 20, 0]  # frames in each Carry, none last
+    assert len(sent) - 1 <= carries(10_000, 4096)
+    carried = Carried()
+    assert [carried.take(x) for x in sent[:-1]] == [None] * 3
+    whole = carried.take(sent[-1])
+    assert whole is not None
+    assert [bytes(f) for f in _codec.decode(whole).frames] == small
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+@pytest.mark.parametrize("limit_mib", [1, 2, 64, 512, 4096])
+def test_a_payload_up_to_the_largest_one_message_carries_fits_every_link(
+        keyed: bool, limit_mib: int) -> None:
+    from distrib.wire._carry import carries
+    from distrib.wire._limits import MAX_CARRIED, MAX_PAYLOAD_BYTES, piece_bytes
+
+    assert carries(MAX_PAYLOAD_BYTES, piece_bytes(limit_mib << 20, keyed)) <= MAX_CARRIED

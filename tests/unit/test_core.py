@@ -234,6 +234,23 @@ def test_a_parked_executor_that_dies_gives_its_task_back_as_crashed() -> None:
     assert of(Rewaited, out) == [Rewaited(b"A")] and w.core.busy == 0
 
 
+def test_an_executor_leaving_after_a_task_gives_back_what_it_was_handed_uncrashed() -> None:
+    from distrib.worker._events import ExecutorLeaving
+
+    w = Worker(1)
+    w.submit(qt(1), qt(2))
+    ex, _ = w.ex_of(1)
+    handed = [r.task.task_id for r in w.core.executors[ex].runs]
+    w.done(1)
+    out = w.do(ExecutorLeaving(ex))
+    assert reports(out) == [] and of(Kill, out) == [Kill(ex)]
+    w.turn()
+    if handed == [1, 2]:  # (it was handed both: the second goes to another executor)
+        assert w.ex_of(2)[0] != ex
+    assert w.running() == {2} and w.core.counters["executors_crashed"] == 0
+    assert w.do(ExecutorLeaving(ex)) == []  # (said again, or late: nothing)
+
+
 # --- a Submit, the owner, a Main leaving -----------------------------------------------------
 
 

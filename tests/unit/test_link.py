@@ -62,3 +62,33 @@ def test_a_link_connects_goes_down_and_connects_again(ctx: zmq.Context[Any]) -> 
     link.connect(22.5, hello)
     assert link.state is LinkState.CONNECTING
     link.close()
+
+
+def test_each_piece_carried_ahead_counts_as_hearing_from_the_worker(
+        ctx: zmq.Context[Any]) -> None:
+    from distrib.wire import _codec, _transport
+
+    router, address = _transport.router(ctx, "tcp://127.0.0.1:0")
+    link = Link(address=address, endpoint=address, ctx=ctx)
+    hello = m.Hello(m.PROTOCOL_VERSION, "00", "test", "3.12", 1, False, [], {}, b"", 1 << 20,
+                    [], 0, [], "", 1, "auto")
+    try:
+        link.connect(1.0, hello)
+        assert router.poll(30_000)
+        peer = router.recv_multipart()[0]
+        result = bytes(range(256)) * 10_000  # 2.5 MB: three pieces under a 1 MiB limit
+        _transport.send(router, m.Results([m.ResultSpec(1, m.Outcome.OK, {}, [], 1)],
+                                          frames=(result,)), peer, max_frame=1 << 20)
+        assert link.sock is not None
+        seen = []
+        for now in (2.0, 3.0, 4.0, 5.0):
+            assert link.sock.poll(30_000)
+            frames = link.receive(now)
+            seen.append(link.last_seen)
+            if frames is not None:
+                assert bytes(_codec.decode(frames).frames[0]) == result
+                break
+        assert seen == [2.0, 3.0, 4.0, 4.0]  # three carried ahead, then the message itself
+    finally:
+        link.close()
+        router.close(0)

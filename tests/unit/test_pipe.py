@@ -48,6 +48,7 @@ EXAMPLES: list[pm.PipeMessage] = [
     pm.CancelChild(7, 3),
     pm.Park(7),
     pm.Unpark(7),
+    pm.Leaving(7, "task f left 2 threads running"),
 ]
 
 
@@ -311,12 +312,12 @@ class _Core:
 def test_the_daemon_stops_an_executor_that_sends_a_malformed_message(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, head: bytes,
         frames: list[bytes]) -> None:
-    from distrib.worker import _pool
+    from distrib import _process
     from distrib.worker._executors import Executors
     from distrib.worker._memory import MemoryWatch
     from distrib.worker._pool import ExecutorProcess
 
-    monkeypatch.setattr(_pool, "become_subreaper", lambda: False)  # (not the test process)
+    monkeypatch.setattr(_process, "become_subreaper", lambda: False)  # (not the test process)
     core = _Core()
     applied: list[list[Any]] = []
     executors = Executors("w", tmp_path, 0, core,  # type: ignore[arg-type]

@@ -55,6 +55,14 @@ def test_the_file_goes_over_the_flags(tmp_path: Path) -> None:
     assert "when_idle vacate" in policy.describe()
 
 
+def test_a_tasks_disk_limit_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "worker.toml"
+    path.write_text('max_task_disk = "2G"\n')
+    policy = read(path, Policy(threads=8, max_task_disk=1 << 30))
+    assert policy.max_task_disk == 2 << 30
+    assert "max_task_disk 2G" in policy.describe()
+
+
 @pytest.mark.parametrize("text, named", [
     ("thread = 2", "unknown setting 'thread'"),
     ("threads = 0", "threads=0: expected at least 1"),
@@ -62,6 +70,7 @@ def test_the_file_goes_over_the_flags(tmp_path: Path) -> None:
     ('when_idle = "always"', "expected \"finish\""),
     ("idle_load = 2", "idle_load=2.0: expected a share"),
     ('max_memory = "lots"', "max_memory='lots': expected a size"),
+    ('max_task_disk = "-1G"', "max_task_disk='-1G': expected a size"),
     ('max_task_memory = "nan"', "max_task_memory='nan': expected a size above 0"),
     ("max_task_memory = inf", "max_task_memory=inf: expected a size above 0"),
     ("threads = ", "is not valid TOML"),

@@ -250,3 +250,43 @@ def test_the_stores_disk_use_skips_files_that_vanish_while_it_is_measured(
 
     monkeypatch.setattr(_store.os, "lstat", lstat)
     assert store.usage() == 10
+
+
+def test_a_tree_rewritten_keeping_sizes_and_times_is_found_by_content(tmp_path: Path) -> None:
+    import hashlib
+    import zlib
+
+    def rewrite(path: Path, data: bytes) -> None:
+        before = path.stat()
+        with open(path, "r+b") as f:
+            f.write(data)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    store = Store(tmp_path / "store")
+    data = {"a.py": b"x = 1\n", "data/input.txt": b"41\n"}
+    entries = []
+    for path, raw in data.items():
+        digest = hashlib.sha256(raw).hexdigest()
+        store.put_compressed(digest, zlib.compress(raw))
+        entries.append(Entry(path, len(raw), False, digest))
+    env = store.materialize("d" * 64, entries, imports=["a"])
+    compiled = next((env / "__pycache__").glob("a.*.pyc"))
+    shipped = compiled.read_bytes()
+    # Another tree linking the same blobs moves their change times: hashed again, still right.
+    store.materialize("e" * 64, entries)
+    assert store.drift("d" * 64) == []
+    rewrite(env / "data" / "input.txt", b"66\n")  # (through the link: its blob too)
+    assert store.drift("d" * 64) == ["data/input.txt"]  # (this daemon: by its change time)
+    fresh = Store(tmp_path / "store")  # a new daemon: every file hashed
+    assert fresh.drift("d" * 64) == ["(not checked by this daemon yet)"]
+    assert fresh.ensure_whole("d" * 64, entries)
+    assert fresh.missing(entries) == [entries[1].digest]  # its blob is fetched again
+    fresh.put_compressed(entries[1].digest, zlib.compress(data["data/input.txt"]))
+    env = fresh.materialize("d" * 64, entries, imports=["a"])
+    # A compiled module no manifest names is compiled again by a new daemon, not trusted.
+    rewrite(compiled, b"\0" * len(shipped))
+    again = Store(tmp_path / "store")
+    assert not again.ensure_whole("d" * 64, entries)
+    assert compiled.read_bytes() == shipped and again.drift("d" * 64) == []
+    rewrite(compiled, b"\0" * len(shipped))  # and afterwards, by its change time
+    assert again.drift("d" * 64) == ["__pycache__/" + compiled.name]

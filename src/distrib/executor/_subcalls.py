@@ -100,6 +100,10 @@ class Channel:
                           opts.redistribution or "", self.caller, tuple(frames)))
         return response
 
+    def threads(self) -> tuple[threading.Thread | None, ...]:
+        """The threads it started (settling calls' outcomes)."""
+        return (self._settler,)
+
     def outcome(self, run_id: int, child: int, status: str, info: dict[str, str],
                 frames: list[Any]) -> None:
         """The daemon sent how call ``child`` of task ``run_id`` ended (reader thread: it is

@@ -22,14 +22,16 @@ from typing import Any
 
 import pathspec
 
-from distrib import _runtime, _serialize, _shared, _shm
-from distrib.wire._limits import MAX_FILE_BYTES
+from distrib import _process, _runtime, _serialize, _shared, _shm
+from distrib.wire._limits import MAX_FILE_BYTES, MAX_PAYLOAD_BYTES
 from distrib._errors import SerializationError
 from distrib.wire._messages import Outcome, payload_size
 from distrib.executor import _isolation, _objects, _subcalls
+from distrib.executor._leftovers import Leftovers
 from distrib.wire._pipe import NICE_VAR, THREAD_VARS, Pipe, PipeError, decode
 from distrib.wire._pipe_messages import (
-    Become, ChildOutcome, Context, Done, EnvError, NoFork, Out, Ready, Run, Skip, Skipped)
+    Become, ChildOutcome, Context, Done, EnvError, Leaving, NoFork, Out, Ready, Run, Skip,
+    Skipped)
 
 
 class _Forward(io.TextIOBase):
@@ -66,10 +68,12 @@ _max_payload = 0  # bytes a result may pickle to (the Main's setting); 0: no lim
 
 
 def _watch_parent(parent: int) -> None:
-    # A daemon killed with -9 cannot stop us; leave when we are orphaned.
+    # A daemon killed with -9 cannot stop us; leave when we are orphaned (with what our
+    # tasks started: nothing of a task outlives its worker).
     while True:
         time.sleep(1.0)
         if os.getppid() != parent:
+            _process.kill_trees([os.getpid()], with_roots=False)
             os._exit(70)
 
 
@@ -120,6 +124,11 @@ class _Inbox:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         channel.on_first_call = self.read_in_thread
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """Its reading thread, once started."""
+        return self._thread
 
     def read_in_thread(self) -> None:
         """Read in a thread of its own from now on (called by the running task's first
@@ -200,6 +209,7 @@ def main(argv: list[str]) -> None:
     if argv[0] == "zygote":
         _zygote(int(argv[1]))
         return
+    _own_session()
     if argv[0] == "template":
         _template(argv[1:])
         return
@@ -212,6 +222,17 @@ def main(argv: list[str]) -> None:
     sys.path.insert(0, str(env))
     if _prepare(pipe, env, main_script) is not None:
         _serve(pipe, isolation, os.getppid())
+
+
+def _own_session() -> None:
+    """Leave the daemon's session: whatever this process and its tasks start is then in
+    another one, which no process can leave for the daemon's own (``setsid`` makes a new
+    session; a process group joins only within its session). The daemon kills the
+    processes it adopts outside its session, and only those (its own helpers are in it)."""
+    try:
+        os.setsid()
+    except OSError:  # (a session leader already)
+        pass
 
 
 def _zygote(fd: int) -> None:
@@ -366,6 +387,7 @@ def _forked_executor(fd: int, isolation: _isolation.Overlay | _isolation.Copies,
                      daemon: int) -> None:
     """An executor forked from a template: its environment is imported already."""
     try:
+        _own_session()  # (not the template's: the daemon tells executors' strays by session)
         pipe = Pipe(socket.socket(fileno=fd))
         if isinstance(isolation, _isolation.Overlay):
             isolation.after_fork()
@@ -378,15 +400,18 @@ def _forked_executor(fd: int, isolation: _isolation.Overlay | _isolation.Copies,
 
 
 def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent: int) -> None:
-    """Run the tasks the daemon sends, one by one, until it closes the pipe."""
+    """Run the tasks the daemon sends, one by one, until it closes the pipe, or until a task
+    leaves threads or processes running (they would run into the next tasks)."""
+    _process.become_subreaper()  # (what a task's processes leave as they exit stays ours)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     lock = threading.RLock()  # (every send on the pipe: tasks' output, calls, outcomes)
     out, err = _Forward(pipe, lock, 1), _Forward(pipe, lock, 2)
     channel = _subcalls.channel = _subcalls.Channel(pipe, lock)
     _shared.load_frames = _objects.load  # (the calls' shared objects: this task's Main's)
+    inbox = _Inbox(pipe, channel)
+    leftovers = Leftovers(lambda: (inbox.thread, *channel.threads()))
     pipe.send(Ready(isolation.kind))
     real_out, real_err = sys.stdout, sys.stderr
-    inbox = _Inbox(pipe, channel)
     while True:
         task = inbox.next()
         if task is None:
@@ -414,6 +439,11 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
                         f"the result of {fn.__qualname__} pickles to {size:,} bytes, more "
                         f"than the Main's max_payload ({_max_payload:,} bytes); return less, "
                         "or raise the setting")
+                if (size := payload_size(payload)) > MAX_PAYLOAD_BYTES:
+                    raise SerializationError(
+                        f"the result of {fn.__qualname__} pickles to {size:,} bytes, more "
+                        f"than one message to the Main carries ({MAX_PAYLOAD_BYTES:,} bytes); "
+                        "return less, or return it in parts")
                 if shm_pid:
                     try:
                         payload, in_shm = _shm.offload(payload, shm_pid)
@@ -432,6 +462,11 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
             sys.stdout, sys.stderr = real_out, real_err
             channel.task_ended()
         channel.send(Done(run_id, status, info, in_shm, tuple(payload)))
+        left = leftovers.check()
+        if left:
+            channel.send(Leaving(run_id, f"task {channel.caller or run_id} left {left}"))
+            _process.kill_trees([os.getpid()], with_roots=False)
+            os._exit(0)
 
 
 if __name__ == "__main__":

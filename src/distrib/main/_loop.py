@@ -32,7 +32,7 @@ from distrib.main._outcomes import Outputs, settle
 from distrib.main._scheduler import Scheduler, Task
 from distrib.main._shipping import blob_messages
 from distrib.main._stats import Stats
-from distrib.wire import _codec, _transport
+from distrib.wire import _codec
 from distrib.wire import _messages as m
 from distrib.wire._envspec import EnvSpec
 from distrib.wire._link import LinkState
@@ -150,9 +150,14 @@ class Loop:
         assert link.sock is not None
         for _ in range(1000):
             try:
-                frames = _transport.recv_frames(link.sock)
+                frames = link.receive(time.monotonic())
             except zmq.Again:
                 return
+            except DistribError as exc:
+                log.warning("dropped a malformed message from worker %s: %s", link.label, exc)
+                continue
+            if frames is None:
+                continue
             try:
                 message = _codec.decode(frames)
             except DistribError as exc:

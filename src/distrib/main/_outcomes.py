@@ -22,6 +22,7 @@ from distrib import _serialize
 from distrib._errors import (
     Cancelled,
     SerializationError,
+    TaskDiskExceeded,
     TaskTimeout,
     WorkerCrashed,
     WorkspaceError,
@@ -139,7 +140,10 @@ def settle(task: Task, spec: m.ResultSpec, frames: Any, worker: str, where: str,
             log.warning("worker %s gets no more of this Main's tasks: %s", worker, problem)
         scheduler.cannot_provide(link_id, task, problem)
     elif spec.status in (Outcome.ERROR, Outcome.ENV_ERROR):
-        response._set_outcome(worker, exc=_serialize.loads_error(frames, spec.info))
+        error = _serialize.loads_error(frames, spec.info)
+        if type(error) is TaskDiskExceeded:  # (the worker does not know the task's name)
+            error = TaskDiskExceeded(f"task {where}: {error}")
+        response._set_outcome(worker, exc=error)
     elif spec.status is Outcome.CRASHED:
         limit = spec.info.get("memory_limit", "")
         if scheduler.retry(task, int(limit) if limit.isdigit() else 0):

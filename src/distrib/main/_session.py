@@ -39,7 +39,7 @@ from distrib.main._shipping import forwarded_environ, preload_modules, scan_work
 from distrib.main._stats import Stats, snapshot
 from distrib.wire import _facts
 from distrib.wire import _messages as m
-from distrib.wire._limits import MAX_MESSAGE_BYTES
+from distrib.wire._limits import MAX_MESSAGE_BYTES, MAX_PAYLOAD_BYTES
 from distrib.workspace._manifest import Distribution
 
 log = logging.getLogger("distrib")
@@ -173,12 +173,17 @@ class Session:
 
         A call during or after ``close()`` ends at once as ``Cancelled``."""
         frames, shared = _shared.dumps_call((fn, args, kwargs))
-        cap = self.settings.max_payload
-        if cap is not None and (size := m.payload_size(frames)) > cap:
+        cap, size = self.settings.max_payload, m.payload_size(frames)
+        if cap is not None and size > cap:
             raise SerializationError(
                 f"the arguments of {fn.__qualname__} pickle to {size:,} bytes, more than "
                 f"max_payload ({cap:,} bytes, {self.settings.source}); pass less, or raise "
                 "the setting")
+        if size > MAX_PAYLOAD_BYTES:
+            raise SerializationError(
+                f"the arguments of {fn.__qualname__} pickle to {size:,} bytes, more than "
+                f"one message to a worker carries ({MAX_PAYLOAD_BYTES:,} bytes); pass less, "
+                "or pass it in parts")
         opts = fn.options
         task_id = next(self._ids)
         response: Response[Any] = Response(task_id, fn.__qualname__, self.inbox.cancel)

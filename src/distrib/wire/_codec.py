@@ -150,7 +150,11 @@ def encode(message: m.Message, max_frame: int = MAX_MESSAGE_BYTES) -> list[Any]:
 
 
 def decode(frames: Sequence[Any]) -> m.Message:
-    """Parse and validate frames into a message; raise ``ProtocolError`` on anything wrong."""
+    """Parse and validate frames into a message; raise ``ProtocolError`` on anything wrong.
+
+    A payload frame sent in pieces is joined into a ``bytearray``; a ``frames`` list then
+    loses its payload frames, so that each piece is released once it is copied (a joined
+    payload needs about its size once, and one piece, more)."""
     if not frames:
         raise ProtocolError("empty message")
     raw = frames[0]
@@ -172,6 +176,8 @@ def decode(frames: Sequence[Any]) -> m.Message:
     cls, fields = _BY_TAG[tag]
     payload = list(frames[1:])
     if len(header) - 1 == len(fields) + 1:  # frames sent in pieces: join them
+        if isinstance(frames, list):
+            del frames[1:]  # (so that each piece is released as soon as it is copied)
         payload = _join(cls.__name__, header.pop(), payload)
     if len(header) - 1 != len(fields):
         raise ProtocolError(f"{cls.__name__}: expected {len(fields)} fields, got {len(header) - 1}")
@@ -204,8 +210,18 @@ def _join(name: str, pieces: Any, frames: list[Any]) -> list[Any]:
             raise ProtocolError(f"{name}: fewer frames than its pieces need")
         out.extend(frames[at:at + skip])
         at += skip
-        out.append(b"".join(f.buffer if hasattr(f, "buffer") else f
-                            for f in frames[at:at + count]))
+        views = [memoryview(f.buffer if hasattr(f, "buffer") else f).cast("B")
+                 for f in frames[at:at + count]]
+        joined = bytearray(sum(v.nbytes for v in views))
+        views.reverse()
+        end = 0
+        for k in range(count):  # (each piece goes as soon as it is copied)
+            view = views.pop()
+            frames[at + k] = None
+            joined[end:end + view.nbytes] = view
+            end += view.nbytes
+            view.release()
+        out.append(joined)
         at += count
     return out + frames[at:]
 
@@ -239,6 +255,8 @@ def _check_frames(message: m.Message) -> None:
         expected = len(message.hashes)
     elif isinstance(message, m.Manifest):
         expected = 1
+    elif isinstance(message, m.Carry):
+        expected = max(1, n)
     elif isinstance(message, m.Objects):
         files = message.files or [""] * len(message.names)
         if len(message.counts) != len(message.names) or len(files) != len(message.names) or any(

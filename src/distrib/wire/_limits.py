@@ -5,7 +5,9 @@ travel inside the header (``INLINE_MAX`` per task or result, all its pieces toge
 batches of tasks, results and blobs are cut by count *and* by bytes (``BATCH_BYTES``), so a
 batch of small payloads stays well under the header limit whatever the sizes. Larger payloads
 are frames of their own, each at most ``MAX_MESSAGE_BYTES`` (libzmq drops a peer that sends a
-bigger one). Texts a remote side chooses (error messages, tracebacks, output) are capped or
+bigger one: on a keyed link it counts the frame as encrypted, ``FRAME_OVERHEAD`` bytes more, so
+pieces stay that much under the limit, and on a keyed link under ``KEYED_PIECE_BYTES`` too).
+Texts a remote side chooses (error messages, tracebacks, output) are capped or
 cut into pieces before they enter a header.
 """
 
@@ -21,6 +23,18 @@ T = TypeVar("T")
 
 MAX_HEADER_BYTES = 8 << 20  # a message's msgpack header; larger ones are malformed
 MAX_MESSAGE_BYTES = int(os.environ.get("DISTRIB_MAX_MESSAGE_MB", "512")) << 20  # any one frame
+# ZMQ_MAXMSGSIZE counts a frame as it is on the wire; CURVE adds 33 bytes to each (libzmq
+# 4.3: command name, nonce, flags, MAC), so a piece as large as the limit closed keyed links.
+FRAME_OVERHEAD = 1 << 10
+# libzmq's CURVE copies a frame while it encrypts or decrypts it (in its I/O thread, on each
+# side, one frame at a time): pieces of a keyed link stay this small to bound that memory, and
+# the time one connection holds that thread from the others.
+KEYED_PIECE_BYTES = 64 << 20
+# Carry messages ahead of one message (``wire/_carry.py``), each at most a piece, every two
+# in a row more than one: so any link carries a payload of ``MAX_PAYLOAD_BYTES`` (511 GiB, in
+# pieces of 1 MiB, the smallest limit a setting gives); a larger one fails its own call.
+MAX_CARRIED = 1 << 20
+MAX_PAYLOAD_BYTES = (MAX_CARRIED // 2 - 1) * ((1 << 20) - FRAME_OVERHEAD)
 INLINE_MAX = 256 << 10  # a payload (all pieces) below this travels inside the header
 # inline bytes (and record texts) per Submit or Results header; well under both limits
 BATCH_BYTES = min(4 << 20, MAX_MESSAGE_BYTES // 4)
@@ -46,6 +60,15 @@ MAX_TOTAL_BYTES = 2 << 30
 MAX_FILES = 100_000
 MAX_PATH_CHARS = 4096  # of one path in a manifest
 MAX_PATH_DEPTH = 128  # folders in one path
+
+
+def piece_bytes(max_frame: int, keyed: bool) -> int:
+    """The largest piece of a payload frame sent to a receiver whose limit is ``max_frame``
+    (its ``ZMQ_MAXMSGSIZE``), over a keyed (CURVE) link or not."""
+    # (A peer that states less than 1 MiB, which no setting gives, still gets 1 MiB pieces:
+    # pieces of a few bytes would make a payload millions of frames.)
+    room = max(max_frame, 1 << 20) - FRAME_OVERHEAD
+    return min(room, KEYED_PIECE_BYTES) if keyed else room
 
 
 def batches(items: Iterable[T], size: Callable[[T], int], max_bytes: int = BATCH_BYTES,

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
 from distrib.wire import _transport
 from distrib.wire import _messages as m
+from distrib.wire._carry import Carried
 from distrib.wire._keys import KeyPair
 from distrib.wire._limits import MAX_MESSAGE_BYTES
 
@@ -99,11 +100,13 @@ class Link:
     last_seen: float = 0.0  # when the worker was last heard from
     reason: str = ""  # why it was refused or lost
     max_frame: int = MAX_MESSAGE_BYTES  # the worker's frame limit (its Welcome says)
+    carried: Carried = field(default_factory=Carried)  # payload frames it sent ahead
 
     def connect(self, now: float, hello: m.Hello) -> None:
         """(Re)build the socket and say ``hello`` (raises ``zmq.ZMQError`` for an endpoint
         or key ZeroMQ refuses)."""
         self.close()
+        self.carried = Carried()
         self.sock = _transport.dealer(self.ctx, self.endpoint, self.server_key, self.key)
         self.monitor = self.sock.get_monitor_socket(_WATCHED)
         self.state, self.since, self.last_seen = LinkState.CONNECTING, now, now
@@ -116,6 +119,16 @@ class Link:
             _transport.send(self.sock, message, max_frame=self.max_frame)
         except (zmq.ZMQError, RuntimeError) as exc:  # RuntimeError: pyzmq at interpreter exit
             log.debug("send to %s failed: %s", self.address, exc)
+
+    def receive(self, now: float) -> list[Any] | None:
+        """The frames of the worker's next whole message, or None for a payload frame it
+        sent ahead of its message (it is alive, so it counts as heard from). Raises
+        ``zmq.Again`` when there is none, ``ProtocolError`` for too many sent ahead."""
+        assert self.sock is not None
+        frames = self.carried.take(_transport.recv_frames(self.sock))
+        if frames is None:
+            self.last_seen = now
+        return frames
 
     def close(self) -> None:
         _transport.close_monitored(self.sock, self.monitor)

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from distrib._errors import ConfigError
 
-PROTOCOL_VERSION = 9
+PROTOCOL_VERSION = 10
 WORKER_IDS = 1 << 48  # task ids from here on are a worker's own (calls it placed or took for
 # a Main, ``worker._direct``); a Main's are lower
 
@@ -408,6 +408,19 @@ class ObjectsFailed(Message):
     reason: str
 
 
+# --- large payloads --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Carry(Message):
+    """Either way: payload frames (or pieces) of the next message, at most one piece in all,
+    sent ahead of it as a message of their own, so that a large payload arrives as a stream
+    of messages: each one shows that its sender is alive while the rest are on their way
+    (``wire/_carry.py``)."""
+
+    TAG: ClassVar[int] = 32
+
+
 # --- inspection ------------------------------------------------------------------------------
 
 
@@ -455,4 +468,5 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     ObjectsFailed,
     StatusRequest,
     Status,
+    Carry,
 )

@@ -40,6 +40,7 @@ class Verb(enum.StrEnum):
     CANCEL_CHILD = "cancel_child"
     PARK = "park"
     UNPARK = "unpark"
+    LEAVING = "leaving"
 
 
 _INT31 = 1 << 31
@@ -203,8 +204,17 @@ class Unpark(_Message, frozen=True, tag=Verb.UNPARK.value):
     run_id: int
 
 
+class Leaving(_Message, frozen=True, tag=Verb.LEAVING.value):
+    """After task ``run_id``'s outcome: the executor ends (and stops what that task left
+    running), for ``why`` (its task left threads or processes)."""
+
+    VERB: ClassVar[Verb] = Verb.LEAVING
+    run_id: int
+    why: str
+
+
 PipeMessage = (Context | Become | Run | Skip | ChildOutcome | Ready | NoFork | Skipped
-               | EnvError | Out | Done | Call | CancelChild | Park | Unpark)
+               | EnvError | Out | Done | Call | CancelChild | Park | Unpark | Leaving)
 ALL_MESSAGES: tuple[type[PipeMessage], ...] = (
     Context, Become, Run, Skip, ChildOutcome, Ready, NoFork, Skipped, EnvError, Out, Done,
-    Call, CancelChild, Park, Unpark)
+    Call, CancelChild, Park, Unpark, Leaving)

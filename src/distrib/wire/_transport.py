@@ -11,12 +11,13 @@ from typing import Any
 
 import zmq
 
-from distrib.wire import _codec
+from distrib.wire import _carry, _codec
 from distrib.wire._keys import KeyPair
-from distrib.wire._limits import MAX_MESSAGE_BYTES, ROUTER_RCVHWM
+from distrib.wire._limits import MAX_MESSAGE_BYTES, ROUTER_RCVHWM, piece_bytes
 from distrib.wire._messages import Message
 
-# A peer sending a frame over MAX_MESSAGE_BYTES is disconnected by libzmq.
+# A peer sending a frame over MAX_MESSAGE_BYTES (as it is on the wire) is disconnected by
+# libzmq.
 _COPY_THRESHOLD = 64 * 1024
 
 
@@ -84,19 +85,23 @@ def _ephemeral() -> KeyPair:
 
 def send(sock: zmq.Socket[Any], message: Message, peer: bytes | None = None,
          max_frame: int = MAX_MESSAGE_BYTES) -> None:
-    """Send ``message`` (to ``peer``, on a ROUTER), in frames of at most ``max_frame`` bytes
-    (the receiver's limit). Large frames go without a copy."""
-    frames = _codec.encode(message, max_frame)
-    if peer is not None:
-        frames.insert(0, peer)
-    last = len(frames) - 1
-    for i, frame in enumerate(frames):
-        big = memoryview(frame).nbytes >= _COPY_THRESHOLD
-        sock.send(frame, zmq.SNDMORE if i < last else 0, copy=not big)
+    """Send ``message`` (to ``peer``, on a ROUTER), its payload frames cut into pieces that
+    the receiver's limit ``max_frame`` takes (``piece_bytes``), and carried ahead of it when
+    they are more than one piece (``wire/_carry.py``). Large frames go without a copy."""
+    keyed = bool(message.frames) and sock.getsockopt(zmq.MECHANISM) == zmq.CURVE
+    piece = piece_bytes(max_frame, keyed)
+    for frames in _carry.split(_codec.encode(message, piece), piece):
+        if peer is not None:
+            frames.insert(0, peer)
+        last = len(frames) - 1
+        for i, frame in enumerate(frames):
+            big = memoryview(frame).nbytes >= _COPY_THRESHOLD
+            sock.send(frame, zmq.SNDMORE if i < last else 0, copy=not big)
 
 
 def recv_frames(sock: zmq.Socket[Any]) -> list[Any]:
-    """Receive one multipart message without blocking (raises ``zmq.Again`` when none)."""
+    """Receive one multipart message without blocking (raises ``zmq.Again`` when none); a
+    ``Carried`` of the socket's peers turns those carried ahead into whole messages."""
     return sock.recv_multipart(zmq.NOBLOCK, copy=False)
 
 

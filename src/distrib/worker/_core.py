@@ -31,6 +31,7 @@ from distrib.worker._events import (
     EnvReady,
     Event,
     ExecutorDied,
+    ExecutorLeaving,
     ExecutorEnvError,
     ExecutorReady,
     HandBack,
@@ -80,6 +81,7 @@ class Core(CoreState):
             ObjectsUnavailable: self._objects_failed, ExecutorReady: self._executor_ready,
             TaskDone: self._task_done, TaskSkipped: self._task_skipped,
             ExecutorEnvError: self._env_error, ExecutorDied: self._executor_died,
+            ExecutorLeaving: self._executor_leaving,
             TaskCalled: self._called, TaskParked: self._park, TaskResumed: self._resume,
             CancelAsked: self._cancel, HandBack: self._hand_back_event, Resize: self._resize,
             QuotaSet: self._set_quota, OwnerStateChanged: self._owner, MainLeft: self._main_left,
@@ -307,14 +309,20 @@ class Core(CoreState):
         self._halt(event.ex_id, lambda run, head: Outcome.ENV_ERROR, info, frames)
 
     def _executor_died(self, event: ExecutorDied, now: float) -> None:
-        """Its running task crashed (``info``), the others run elsewhere."""
+        """Its running task crashed (or failed, as ``outcome`` says, with ``info``), the
+        others run elsewhere."""
         ex = self.executors.get(event.ex_id)
         if ex is None:
             return
         if ex.runs:
             self.counters["executors_crashed"] += 1
-        self._halt(event.ex_id, lambda run, head: Outcome.CRASHED if head else None,
+        self._halt(event.ex_id, lambda run, head: event.outcome if head else None,
                    event.info)
+
+    def _executor_leaving(self, event: ExecutorLeaving, now: float) -> None:
+        """It is stopped; the tasks it was handed go back to their queues, to run elsewhere."""
+        if event.ex_id in self.executors:
+            self._halt(event.ex_id, lambda run, head: None)
 
     def _called(self, event: TaskCalled, now: float) -> None:
         """The tasks handed to run after it go back to the queue (it may wait for a call that

@@ -477,6 +477,6 @@ class CoreState:
             elif isinstance(end, Withdrawn):
                 self._settle(run.task, end)
             elif isinstance(end, Outcome):
-                keep = end in (Outcome.CRASHED, Outcome.ENV_ERROR)
+                keep = end in (Outcome.CRASHED, Outcome.ENV_ERROR, Outcome.ERROR)
                 self._out.append(Report(run.task, end, (info or {}) if keep else {},
                                         (frames or []) if keep else []))

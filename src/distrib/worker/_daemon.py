@@ -34,6 +34,7 @@ from distrib.wire._messages import Outcome, RefusalCode
 from distrib.wire._pipe_messages import Run
 from distrib.worker._core import Core
 from distrib.worker._direct import LOCAL
+from distrib.worker._diskwatch import DiskLimits, DiskWatcher
 from distrib.worker._events import (
     Action,
     Admit,
@@ -104,8 +105,10 @@ class Daemon:
         self._wake_w.setblocking(False)
         # The roles, each given what it works with (``_apply`` and ``_send`` carry out what
         # they decide):
+        disk = DiskWatcher(DiskLimits(policy.max_task_disk, store.max_bytes), self.runs,
+                           s.cache_dir, self.name, self._wake_loop)
         self.executors = Executors(self.name, self.runs, policy.nice, self.core, self.memory,
-                                   self._apply)
+                                   self._apply, disk)
         self.supply = Supply(self.name, store, s.cache_dir / "venvs", s.env_policy,
                              self._wake_loop, self.mains, self.core, self.objects,
                              self.executors, self._send, self._apply, self._report)
@@ -134,7 +137,8 @@ class Daemon:
         self._announcer: Any = None
 
     def _wake_loop(self) -> None:
-        """(any thread) Make the loop's poll return: a build ended."""
+        """(any thread) Make the loop's poll return: a build ended, or a task wrote too
+        much."""
         try:
             self._wake_w.send(b"e")
         except OSError:
@@ -150,14 +154,17 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_sighup)
         next_tick = time.monotonic()
         direct, control = self.calls.direct, self.owner.control
+        polled: tuple[Any, ...] = ()
+        poller = zmq.Poller()
         try:
             while not self._stop:
-                poller = zmq.Poller()
-                for sock in (self.sock, self._wake_r, *self.gate.sockets(), *direct.sockets()):
-                    poller.register(sock, zmq.POLLIN)
-                poller.register(control.fileno(), zmq.POLLIN)
-                for fd in self.executors.fds():
-                    poller.register(fd, zmq.POLLIN)
+                # (a new poller only when what it watches changed: most turns it has not)
+                watched = (self.sock, self._wake_r, *self.gate.sockets(), *direct.sockets(),
+                           control.fileno(), *self.executors.fds())
+                if watched != polled:
+                    polled, poller = watched, zmq.Poller()
+                    for sock in watched:
+                        poller.register(sock, zmq.POLLIN)
                 timeout = max(0.0, next_tick - time.monotonic())
                 events = dict(poller.poll(int(timeout * 1000) + 1))
                 for sock in self.gate.sockets():
@@ -173,6 +180,7 @@ class Daemon:
                 if self._wake_r.fileno() in events:
                     self._drain_wake()
                     self.supply.on_builds()
+                    self.executors.stop_over_disk()
                 if control.fileno() in events:
                     self.owner.on_control()
                 now = time.monotonic()

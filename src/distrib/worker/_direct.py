@@ -29,7 +29,7 @@ import zmq
 from distrib._config import endpoint
 from distrib._errors import ConfigError, NestedDeadlock
 from distrib._sustained import Sustained
-from distrib.wire import _codec, _link, _transport
+from distrib.wire import _codec, _link
 from distrib.wire import _messages as m
 from distrib.wire._keys import KeyPair
 from distrib.wire._link import LinkCheck, LinkPolicy, LinkState, MonitorEvent
@@ -260,7 +260,9 @@ class Direct:
     def _drain(self, main: bytes, target: Target, now: float) -> None:
         while target.sock is not None:
             try:
-                frames = _transport.recv_frames(target.sock)
+                frames = target.receive(now)
+                if frames is None:
+                    continue
                 message = _codec.decode(frames)
             except zmq.Again:
                 return

@@ -36,6 +36,8 @@ peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
 
 Sender = Callable[[bytes, m.Message], None]
 FETCH_STALL = 3.0  # seconds without progress before a waiting Main becomes the source
+RECHECK_EVERY = 5.0  # seconds between checks of the trees tasks use (and at least 100 times
+# what the last check took: a stat of each file, a hash of those that moved)
 
 
 class DistState(enum.Enum):
@@ -80,11 +82,14 @@ class Distributions:
     """Every distribution this daemon has heard of, by id."""
 
     def __init__(self, store: Store, send: Sender, replaced: Callable[[str], None],
-                 active: Callable[[], set[str]] = set) -> None:
+                 active: Callable[[], set[str]] = set,
+                 wanted_by: Callable[[str], bytes | None] = lambda dist: None) -> None:
         self.store = store
         self._send = send
         self._replaced = replaced  # told when a ready environment is dropped (its executors stop)
         self._active = active  # distributions with tasks queued or running: never evicted
+        self._wanted_by = wanted_by  # a Main with tasks queued for a distribution, if any
+        self._recheck_at = 0.0
         self._dists: dict[str, Dist] = {}
         self.blobs_received = 0
 
@@ -144,7 +149,10 @@ class Distributions:
             self._dists.pop(dist_id, None)
 
     def tick(self, now: float) -> None:
-        """Fetches that stalled ask a waiting Main instead (each answer is hash-checked)."""
+        """Fetches that stalled ask a waiting Main instead (each answer is hash-checked); the
+        trees tasks use are checked again now and then."""
+        if now >= self._recheck_at:
+            self._recheck(now)
         for dist_id, dist in self._dists.items():
             if dist.state is DistState.READY or not dist.waiters:
                 continue
@@ -153,6 +161,22 @@ class Distributions:
                 peer_log.warning("workspace %s: its source sent nothing for %.0f s; asking "
                                  "another Main for it", dist_id[:12], FETCH_STALL)
                 self._ask(dist_id, dist)
+
+    def _recheck(self, now: float) -> None:
+        """Check the ready trees that tasks use (a stat of each file): one that drifted while
+        its Mains' runs use it is dropped (its running tasks go back to their queue) and
+        fetched and built again from a Main whose tasks wait for it."""
+        started = time.monotonic()
+        for dist_id in sorted(self._active()):
+            dist = self._dists.get(dist_id)
+            if dist is None or dist.state is not DistState.READY:
+                continue
+            if self.store.ensure_whole(dist_id, dist.entries, lambda: self._replaced(dist_id)):
+                del self._dists[dist_id]
+                peer = self._wanted_by(dist_id)
+                if peer is not None:
+                    self.request(dist_id, peer)
+        self._recheck_at = now + max(RECHECK_EVERY, 100 * (time.monotonic() - started))
 
     def _ask(self, dist_id: str, dist: Dist) -> None:
         assert dist.source is not None

@@ -189,8 +189,20 @@ class ExecutorEnvError:
 
 @dataclass(frozen=True, slots=True)
 class ExecutorDied:
+    """The executor ended (or was stopped); its running task ends as ``outcome`` says,
+    with ``info``."""
+
     ex_id: int
     info: dict[str, str]
+    outcome: Outcome = Outcome.CRASHED  # ERROR: stopped for what the task did (its writes)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorLeaving:
+    """The executor ends after the task it reported last (that task left threads or
+    processes running); the tasks it was handed after that one have not started."""
+
+    ex_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,8 +299,8 @@ class Tick:
 Event: TypeAlias = (
     TaskSubmitted | TaskQueued | TaskDeferred | DistReady | DistUnavailable | DistReplaced
     | EnvReady | EnvFailed | EnvDropped | ObjectsArrived | ObjectsUnavailable | ExecutorReady
-    | TaskDone | TaskSkipped | ExecutorEnvError | ExecutorDied | TaskCalled | TaskParked
-    | TaskResumed | CancelAsked | HandBack | Resize | QuotaSet | OwnerStateChanged | MainLeft
+    | TaskDone | TaskSkipped | ExecutorEnvError | ExecutorDied | ExecutorLeaving | TaskCalled
+    | TaskParked | TaskResumed | CancelAsked | HandBack | Resize | QuotaSet | OwnerStateChanged | MainLeft
     | Warm | Turn | Tick)
 
 

@@ -1,7 +1,7 @@
 """Executor processes: started from a template that imported their environment once (forked
 from it) or spawned, the template's interpreter started ahead (a zygote), what the executors
-say on their pipes, their deaths, the owner's niceness and memory limits, and the strays tasks
-leave behind (this daemon is their subreaper).
+say on their pipes, their deaths, the owner's niceness, memory and disk limits, and the strays
+tasks leave behind (this daemon is their subreaper).
 
 What to start and stop is decided by the core (``Core``); this module does it and turns what
 executors say into its events.
@@ -18,18 +18,22 @@ from typing import Any
 
 import psutil
 
+from distrib import _process
 from distrib._logs import RateLimited
+from distrib.wire._messages import Outcome
 from distrib.wire._pipe import PipeError
 from distrib.wire._pipe_messages import (
-    Call, CancelChild, Done, EnvError, NoFork, Out, Park, Ready, Skipped, Unpark)
+    Call, CancelChild, Done, EnvError, Leaving, NoFork, Out, Park, Ready, Skipped, Unpark)
 from distrib.wire._record import ErrorRecord
 from distrib.worker import _pool
 from distrib.worker._core import Core
+from distrib.worker._diskwatch import DiskWatcher, Watched
 from distrib.worker._events import (
     Action,
     EnvKey,
     ExecutorDied,
     ExecutorEnvError,
+    ExecutorLeaving,
     ExecutorReady,
     TaskDone,
     TaskParked,
@@ -43,6 +47,8 @@ log = logging.getLogger("distrib.worker")
 peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
 
 ZYGOTE_DEATHS = 5  # interpreters started ahead that die unused before no more are started
+STRAYS_EVERY = 1.0  # seconds between looks for processes tasks left to this daemon
+STRAYS_AFTER_DEATH = 3.0  # seconds of looks at every tick after an executor ended
 
 Apply = Callable[[list[Action]], None]
 
@@ -55,12 +61,13 @@ class Executors:
     """The executor processes of one daemon, and the templates they are forked from."""
 
     def __init__(self, name: str, runs: Path, nice: int, core: Core, memory: MemoryWatch,
-                 apply: Apply) -> None:
+                 apply: Apply, disk: DiskWatcher | None = None) -> None:
         self.name = name
         self.runs = runs  # where executors work
         self.nice = nice  # the owner's niceness, for executors started from now on
         self.core = core
         self.memory = memory
+        self.disk = disk  # what tasks write, measured in a thread of its own
         self.apply = apply
         # What executors ask of the rest of the daemon (set once it is all built):
         self.builds: Callable[[], set[int]] = set  # environment builds (children, not strays)
@@ -68,14 +75,20 @@ class Executors:
         self.on_output: Callable[[int, int, str], None] = _ignore  # a task's output
         self.on_cancel_child: Callable[[int, int, int], None] = _ignore  # a call they cancel
         self.procs: dict[int, ExecutorProcess] = {}
-        self.forking = _pool.become_subreaper()  # executors forked from templates
+        self.forking = _process.become_subreaper()  # executors forked from templates
         self.templates: dict[EnvKey, Template] = {}
         self._zygote: Zygote | None = None  # the next template's interpreter, started ahead
         self._zygote_deaths = 0  # ones that died before a template took them
         self._no_fork: set[EnvKey] = set()  # environments whose templates cannot fork
         self._to_fork: set[EnvKey] = set()  # ready templates asked for executors this turn
         self._memory_kills: dict[int, tuple[str, int]] = {}  # executor -> why, limit
+        self._disk_kills: dict[int, tuple[int, str]] = {}  # executor -> its task, why (it
+        # wrote too much)
+        self._copies: dict[int, Path] = {}  # executors working in a private copy of a tree
+        self._envs: dict[int, Path] = {}  # each executor's environment tree
         self._isolation = ""  # how executors keep task writes private, once one said
+        self._strays_next = 0.0  # when to look for strays next
+        self._strays_until = 0.0  # look at every tick until then (an executor ended)
 
     def fds(self) -> list[int]:
         """What the loop polls: executors' pipes, and templates still importing."""
@@ -97,6 +110,7 @@ class Executors:
         """Start executor ``ex_id``; what follows if it cannot start."""
         try:
             self.procs[ex_id] = _pool.executor(recipe)
+            self._envs[ex_id] = recipe.env
             self._start(key, recipe, ex_id)
         except OSError as exc:
             log.error("cannot start an executor: %s", exc)
@@ -106,9 +120,13 @@ class Executors:
         return []
 
     def kill(self, ex_id: int) -> None:
+        self._disk_kills.pop(ex_id, None)
+        self._envs.pop(ex_id, None)
+        self._copies.pop(ex_id, None)
         proc = self.procs.pop(ex_id, None)
         if proc is not None:
             proc.kill()
+            self._strays_until = time.monotonic() + STRAYS_AFTER_DEATH
 
     def _start(self, key: EnvKey, recipe: Recipe, ex_id: int) -> None:
         """Attach executor ``ex_id`` to a process: forked from its environment's template
@@ -198,14 +216,25 @@ class Executors:
                     self.apply(self.died(ex_id))
         template.waiting.clear()
 
-    def _reap_strays(self) -> None:
-        """As a subreaper, this daemon also adopts what tasks left running when their own
-        parent exited (a daemonized helper, say): reap those once they end, or they stay
-        zombies. Its own children (executors, templates, builds) are waited for where they
-        are started; the first of those met ends the sweep (the rest wait for the next)."""
+    def _sweep_strays(self, procs: dict[int, _process.Entry]) -> None:
+        """As a subreaper, this daemon adopts what tasks left running when every process
+        above it exited (an executor that crashed, say, or one of its processes that did):
+        kill those (the whole tree below each), and reap what exited, or it stays a zombie.
+        A stray is told by its session: executors and templates each start one of their own,
+        which nothing below them can leave for the daemon's, where the daemon's own helpers
+        (environment builds) are. Its own children (executors, templates, builds) are waited
+        for where they are started; the first of those met ends the reaping (the rest wait
+        for the next sweep)."""
         ours = {ex.pid for ex in self.procs.values()} | {
             t.proc.pid for t in self.templates.values()} | self.builds() | (
             {self._zygote.proc.pid} if self._zygote is not None else set())
+        me, session = os.getpid(), os.getsid(0)
+        strays = [pid for pid, entry in procs.items() if entry.ppid == me and pid not in ours
+                  and entry.session != session and not entry.zombie]
+        if strays:
+            killed = _process.kill_trees(strays)
+            peer_log.warning("killed %d process(es) left running by tasks of ended executors",
+                             killed)
         while True:
             try:
                 found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -248,6 +277,9 @@ class Executors:
             self.on_output(ex_id, message.stream, message.text)
         elif isinstance(message, Ready):
             self._note_isolation(message.isolation)
+            env = self._envs.get(ex_id)
+            if message.isolation == "copy" and env is not None:
+                self._copies[ex_id] = env
             self.apply(self.core.handle(ExecutorReady(ex_id), now))
         elif isinstance(message, Skipped):
             self.apply(self.core.handle(TaskSkipped(ex_id, message.run_id), now))
@@ -262,6 +294,9 @@ class Executors:
                                         else TaskResumed(ex_id, message.run_id), now))
         elif isinstance(message, CancelChild):
             self.on_cancel_child(ex_id, message.run_id, message.child)
+        elif isinstance(message, Leaving):  # (its task's outcome came first)
+            peer_log.warning("executor %d ended: %s", proc.pid, message.why)
+            self.apply(self.core.handle(ExecutorLeaving(ex_id), now))
         else:  # (a message only the daemon sends)
             log.warning("executor %d sent an unexpected %r; stopping it", proc.pid,
                         message.VERB.value)
@@ -289,6 +324,12 @@ class Executors:
         if head is not None:
             peer_log.warning("executor %d died (exit %s) running task %d; replacing it",
                              proc.pid, code, head.task.task_id)
+        over = self._disk_kills.pop(ex_id, None)
+        if over is not None and head is not None and head.run_id == over[0]:
+            # (else the task ended before the kill, and the next one dies as in a crash)
+            info = ErrorRecord("distrib.TaskDiskExceeded",
+                               f"{over[1]}; it was stopped and what it wrote dropped").to_wire()
+            return self.core.handle(ExecutorDied(ex_id, info, Outcome.ERROR), time.monotonic())
         killed = self._memory_kills.pop(ex_id, None)
         if killed is not None:
             info = ErrorRecord("distrib.WorkerCrashed", f"stopped: {killed[0]}").to_wire()
@@ -347,7 +388,7 @@ class Executors:
             self._zygote.kill()
             self._zygote = None
 
-    def _watch_memory(self) -> None:
+    def _watch_memory(self, procs: dict[int, _process.Entry]) -> None:
         """Stop executors over the owner's memory limits (their tasks crash, saying so)."""
         running: dict[int, int] = {}
         idle: dict[int, int] = {}
@@ -356,19 +397,57 @@ class Executors:
             if proc.pid and ex_id not in self._memory_kills:
                 (running if ex is not None and ex.runs else idle)[ex_id] = proc.pid
         templates = tuple(t.proc.pid for t in self.templates.values())
-        for ex_id, why, limit in self.memory.over(running, idle, self.name, templates):
-            peer_log.warning("stopping executor %d: %s", self.procs[ex_id].pid, why)
+        kids = _process.children(procs)
+        trees = {ex_id: [p for p in _process.descendants(pid, kids) if not procs[p].zombie]
+                 for ex_id, pid in {**running, **idle}.items()}
+        for ex_id, why, limit in self.memory.over(running, idle, self.name, templates, trees):
+            task = self.core.running(ex_id)
+            peer_log.warning("stopping executor %d%s: %s", self.procs[ex_id].pid,
+                             f" (task {task.task.task_id})" if task is not None else "", why)
             self._memory_kills[ex_id] = (why, limit)
             self.procs[ex_id].signal_kill()  # (its death is then seen as any other)
 
+    def _watch_disk(self, disk: DiskWatcher) -> None:
+        """Tell the disk watcher which executors run which task now."""
+        watched: dict[int, Watched] = {}
+        for ex_id, proc in self.procs.items():
+            if proc.pid and ex_id not in self._disk_kills:
+                run = self.core.running(ex_id)
+                watched[ex_id] = Watched(proc.pid, run.run_id if run is not None else 0,
+                                         self._copies.get(ex_id), proc.private)
+        disk.watch(watched)
+
+    def stop_over_disk(self) -> None:
+        """Stop the executors the disk watcher found over a limit (their tasks fail, saying
+        so, and what they wrote goes with their folders), unless the task measured ended
+        meanwhile (the next measure tells)."""
+        if self.disk is None:
+            return
+        for ex_id, run_id, why in self.disk.take():
+            proc = self.procs.get(ex_id)
+            run = self.core.running(ex_id)
+            if proc is None or ex_id in self._disk_kills or (
+                    run.run_id if run is not None else 0) != run_id:
+                continue
+            peer_log.warning("stopping executor %d: %s", proc.pid, why)
+            self._disk_kills[ex_id] = (run_id, why)
+            proc.signal_kill()  # (its death is then seen as any other)
+
     def tick(self, now: float) -> None:
+        strays = self.forking and (now >= self._strays_next or now < self._strays_until)
+        procs = _process.table() if self.memory.limit or strays else {}
         if self.memory.limit:
-            self._watch_memory()
+            self._watch_memory(procs)
+        if self.disk is not None:
+            self.stop_over_disk()
+            self._watch_disk(self.disk)
         for ex_id, proc in list(self.procs.items()):
             if proc.poll() is not None:
                 self.apply(self.died(ex_id))
+        if strays:
+            self._strays_next = now + STRAYS_EVERY
+            self._sweep_strays(procs)
         if self.forking:
-            self._reap_strays()
             self._keep_zygote()
 
     def drop_idle_templates(self, now: float) -> None:
@@ -378,8 +457,13 @@ class Executors:
                 self.drop_template(key)
 
     def close(self) -> None:
-        for proc in self.procs.values():  # signal all first, then reap: many don't wait in turn
-            proc.signal_kill()
+        """Kill every executor and template, with every process below them, and what they
+        left to this daemon (nothing a task started outlives the worker)."""
+        if self.disk is not None:
+            self.disk.close()
+        # All signalled first, then reaped: many don't wait in turn.
+        _process.kill_trees([proc.pid for proc in self.procs.values()
+                            if proc.pid and proc.poll() is None])
         for proc in self.procs.values():
             proc.kill()
         self.procs.clear()
@@ -387,3 +471,5 @@ class Executors:
             template.kill()
         if self._zygote is not None:
             self._zygote.kill()
+        if self.forking:
+            self._sweep_strays(_process.table())

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from distrib._errors import ConfigError
+from distrib._logs import RateLimited
 from distrib.worker import _events, _policy
-from distrib.worker._control import COMMANDS, ControlSocket, reply
+from distrib.worker._control import COMMANDS, REFUSED, ControlSocket, reply
 from distrib.worker._core import Core
 from distrib.worker._events import Action, OwnerWord, Resize
 from distrib.worker._executors import Executors
@@ -26,6 +28,8 @@ from distrib.worker._memory import MemoryWatch
 from distrib.worker._policy import Policy
 
 log = logging.getLogger("distrib.worker")
+peer_log = RateLimited(log)  # (refused control clients: what a task can trigger)
+_REFUSED_KEPT = 1024  # refused pids remembered, so that each is logged once
 
 SERVING: OwnerWord = "serving"
 PAUSED: OwnerWord = "paused"
@@ -130,6 +134,7 @@ class Owner:
         self.lending = Lending(policy)
         self.state = state
         self.control = ControlSocket(cache_dir)
+        self._refused: set[int] = set()  # control clients refused (and logged) so far
         self.core = core
         self.executors = executors
         self.memory = memory
@@ -149,7 +154,10 @@ class Owner:
         accepted = self.control.accept()
         if accepted is None:
             return
-        conn, command = accepted
+        conn, command, (pid, why) = accepted
+        if why:
+            self._refuse(conn, pid, why)
+            return
         if command not in COMMANDS:
             reply(conn, f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}")
             return
@@ -161,6 +169,19 @@ class Owner:
             self.carry_out(change)
         reply(conn, f"{self.state.word}: {self.core.busy} slots busy, "
                     f"{self.core.waiting()} tasks waiting")
+
+    def _refuse(self, conn: socket.socket, pid: int, why: str) -> None:
+        """A client that may not command this daemon (a task, say): nothing changes, it is
+        told so, and the log names it once."""
+        if pid not in self._refused:
+            if len(self._refused) >= _REFUSED_KEPT:
+                self._refused.clear()
+            self._refused.add(pid)
+            peer_log.warning("worker %s refused a command on its control socket from process "
+                             "%d: %s; only its owner, from outside the worker, may pause, "
+                             "resume or drain it", self.name, pid, why)
+        reply(conn, f"{REFUSED}{why}; only the worker's owner, from outside the worker, may "
+                    "command it")
 
     def carry_out(self, change: Change) -> None:
         """Log the change, start or stop lending as it says (the core hands back what it
@@ -213,12 +234,16 @@ class Owner:
             self._apply_policy(policy)
 
     def name_memory_settings(self) -> None:
-        """A limit the policy file set (not the flag's) is named as the file's key."""
+        """A limit the policy file set (not the flag's) is named as the file's key (memory
+        limits, and a task's disk limit)."""
         policy, flags, in_file = self.policy, self._flags, f" in its policy file {self.policy_file}"
         self.memory.per_task_setting = "--max-task-memory" \
             if policy.max_task_memory == flags.max_task_memory else f"max_task_memory{in_file}"
         self.memory.total_setting = "--max-memory" if policy.max_memory == flags.max_memory \
             else f"max_memory{in_file}"
+        if self.executors.disk is not None:
+            self.executors.disk.limits.per_task_setting = "--max-task-disk" \
+                if policy.max_task_disk == flags.max_task_disk else f"max_task_disk{in_file}"
 
     def _policy_signature(self) -> tuple[int, int, int]:
         assert self.policy_file is not None
@@ -230,6 +255,8 @@ class Owner:
         self.lending.policy = policy
         self.carry_out(self.state.policy_changed(policy.when_idle, time.monotonic()))
         self.memory.per_task, self.memory.total = policy.max_task_memory, policy.max_memory
+        if self.executors.disk is not None:
+            self.executors.disk.limits.per_task = policy.max_task_disk
         self.name_memory_settings()
         if policy.nice != old.nice:
             self.executors.renice(policy.nice)

@@ -7,6 +7,7 @@ and applies what changed while it runs.
     threads = 4                     # slots; fewer: running tasks finish, no new ones start
     max_task_memory = "4G"          # a task over it is stopped (WorkerCrashed)
     max_memory = "12G"              # all executors together
+    max_task_disk = "10G"           # what a task writes; over it, it fails (TaskDiskExceeded)
     nice = 10                       # the owner's own programs win the CPU
     when_idle = "vacate"            # lend only while the machine is idle: "finish" | "vacate"
     idle_load = 0.25                # "idle": other programs use under this share of the cores
@@ -112,6 +113,7 @@ class Policy:
     when_idle: str | None = None  # lend only while the machine is idle: "finish" or "vacate"
     idle_load: float = 0.25  # idle: other programs use less than this share of the cores
     hours: Hours | None = None
+    max_task_disk: int | None = None
 
     def describe(self) -> str:
         """The settings, as the log says them."""
@@ -122,6 +124,8 @@ class Policy:
             out.append(f"max_task_memory {human(self.max_task_memory)}")
         if self.max_memory:
             out.append(f"max_memory {human(self.max_memory)}")
+        if self.max_task_disk:
+            out.append(f"max_task_disk {human(self.max_task_disk)}")
         if self.when_idle:
             out.append(f"when_idle {self.when_idle} (idle: others use under "
                        f"{self.idle_load:.0%} of the cores)")
@@ -166,7 +170,7 @@ def read(path: Path, base: Policy) -> Policy:
 
 
 def _value(name: str, raw: Any, where: str) -> Any:
-    if name in ("max_task_memory", "max_memory"):
+    if name in ("max_task_memory", "max_memory", "max_task_disk"):
         return parse_size(raw, f"{where} {name}")
     if name == "hours":
         if not isinstance(raw, str):

@@ -17,10 +17,8 @@ is *attached* to one when its template is ready or it is spawned.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -30,26 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distrib._process import exists, wait_exit
-from distrib._scratch import remove_tree
+from distrib._process import exists, kill_trees, wait_exit
+from distrib._scratch import remove_later
 from distrib.wire._pipe import NICE_VAR, THREAD_VARS, Pipe, encode
 from distrib.wire._pipe_messages import Become, ChildOutcome, Context, PipeMessage, Run, Skip
 
 log = logging.getLogger("distrib.worker")
 
-_PR_SET_CHILD_SUBREAPER = 36
 FORK_TIMEOUT = 10.0  # seconds a template may take to answer a fork
-
-
-def become_subreaper() -> bool:
-    """Adopt orphaned descendants (forked executors), so this process can wait for them."""
-    if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
 
 
 class Adopted:
@@ -94,6 +80,9 @@ class ExecutorProcess:
     scratch: Path  # where it keeps its task layers, as <pid>-<n>
     theirs: socket.socket | None = None  # the executor's end, until a process takes it
     proc: subprocess.Popen[bytes] | Adopted | None = None
+    # Other folders its tasks write to (a private /tmp, say, as the daemon reaches it), counted
+    # with its ``<pid>-*`` folders against the owner's disk limits
+    private: tuple[Path, ...] = ()
 
     @property
     def pid(self) -> int:
@@ -134,11 +123,10 @@ class ExecutorProcess:
         return self.pipe.recv()
 
     def signal_kill(self) -> None:
-        if self.proc is not None:
-            try:
-                self.proc.send_signal(signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        """SIGKILL it and every process its tasks started (they may have left its tree only
+        when it ended: then this daemon, their subreaper, adopted them; see ``Executors``)."""
+        if self.proc is not None and self.proc.poll() is None:
+            kill_trees([self.proc.pid])
 
     def kill(self) -> None:
         """Stop the process now and reap it."""
@@ -154,7 +142,7 @@ class ExecutorProcess:
         except subprocess.TimeoutExpired:
             log.warning("executor %d did not exit after SIGKILL", self.proc.pid)
         for layer in self.scratch.glob(f"{self.proc.pid}-*"):
-            remove_tree(layer)
+            remove_later(layer)  # (not on the daemon's loop: it may hold many files)
 
 
 @dataclass(frozen=True)
@@ -330,14 +318,12 @@ class Template:
         return failed
 
     def kill(self) -> None:
-        try:
-            self.proc.send_signal(signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        if self.proc.poll() is None:  # (with what the Main's script started as it imported)
+            kill_trees([self.proc.pid])
         self.control.close()
         try:
             wait_exit(self.proc, 5)
         except subprocess.TimeoutExpired:
             log.warning("template %d did not exit after SIGKILL", self.proc.pid)
         for layer in self.recipe.runs.glob(f"{self.proc.pid}-*"):
-            remove_tree(layer)
+            remove_later(layer)  # (not on the daemon's loop: it may hold many files)

@@ -21,6 +21,7 @@ from distrib._logs import RateLimited
 from distrib._process import exists
 from distrib.wire import _codec, _envspec, _facts, _keys
 from distrib.wire import _messages as m
+from distrib.wire._carry import Carried
 from distrib.wire._limits import MAX_MESSAGE_BYTES, OUTPUT_CHUNK
 from distrib.wire._messages import Outcome, RefusalCode
 from distrib.wire._record import ErrorRecord
@@ -87,13 +88,18 @@ class Serving:
         self.quiet_fds: set[int] = set()  # connections of a Goodbye or a status query
         self.shm_sweep: set[int] = set()  # Mains (pids) that left: remove their /dev/shm files
         self.dropped = 0  # malformed messages
+        self.carried = Carried()  # payload frames Mains sent ahead of their messages
         self.reruns = 0  # tasks run again here after a crash or a lost worker (at least once)
 
     def on_frames(self, frames: list[Any]) -> None:
         """One message read from the socket: decoded, checked, and served."""
         peer = frames[0].bytes
         try:
-            message = _codec.decode(frames[1:])
+            whole = self.carried.take(frames[1:], peer)
+            if whole is None:  # (the rest of its message is on its way: the Main is alive)
+                self._carried(peer)
+                return
+            message = _codec.decode(whole)
         except ProtocolError as exc:
             self.dropped += 1
             main = self.mains.get(peer)
@@ -111,6 +117,13 @@ class Serving:
             main.fd = frames[1].get(zmq.SRCFD)
         elif isinstance(message, (m.Goodbye, m.StatusRequest)):
             self.quiet_fds.add(frames[1].get(zmq.SRCFD))  # its closing is no news
+
+    def _carried(self, peer: bytes) -> None:
+        main = self.mains.get(peer)
+        if main is None:  # (only a Main that said Hello may send ahead)
+            self.carried.forget(peer)
+        else:
+            main.last_seen = time.monotonic()
 
     def _on_message(self, peer: bytes, msg: m.Message, key: str = "") -> None:
         if isinstance(msg, m.StatusRequest):
@@ -339,6 +352,7 @@ class Serving:
                     CancelAsked(sender.account, self.delegated.pop(key)), now))
             self.mains.forget(peer, {ex.key.context for ex in self.core.executors.values()})
             self.outbox.drop(peer)
+            self.carried.forget(peer)
             dists.source_left(peer, self.core.queues.first_peer_with)
             peer_log.info("%s %s: stopped the %d call(s) it sent here", sender.name, why,
                           len(calls))
@@ -353,6 +367,7 @@ class Serving:
         self.supply.warming.forget(peer)
         main = self.mains.forget(peer, {ex.key.context for ex in self.core.executors.values()})
         self.outbox.drop(peer)
+        self.carried.forget(peer)
         self.supply.objects.forget(peer)
         if main is not None and main.shm:
             self.shm_sweep.add(main.pid)  # its files in /dev/shm, once its process is gone

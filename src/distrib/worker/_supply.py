@@ -68,7 +68,8 @@ class Supply:
         self.send = send
         self.apply = apply
         self.report = report
-        self.dists = Distributions(store, send, self._dist_replaced, core.active_dists)
+        self.dists = Distributions(store, send, self._dist_replaced, core.active_dists,
+                                   lambda dist: core.queues.first_peer_with(dist))
         self.envs = Environments(envs_root, env_policy, lambda: name, wake, self._envs_in_use,
                                  self._env_dropped)
         self.envs.blob_path = store.blob_path

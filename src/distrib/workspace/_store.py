@@ -6,7 +6,6 @@ Layout under the worker's cache folder::
     envs/<dist id>/         a distribution materialised as a tree: hard links to the blobs
                             (executable files are copies: a link shares its mode), and the
                             compiled modules
-    stamps/<dist id>-<ino>  how each tree was built, to find drift
 
 Disk is bounded by ``max_bytes``: the least recently used trees no task needs, then blobs no
 tree links, go first. A tree of links costs almost nothing beyond its blobs, so a run that
@@ -14,11 +13,14 @@ changes one small file adds about that file.
 
 Several daemons may share one store: every write goes to a temporary name and is renamed into
 place, so a reader sees a whole file or tree or nothing.
+
+Nothing on disk is trusted for what it holds: each daemon hashes a blob and a tree the first
+time it uses them, and afterwards hashes again only what a stat shows may have changed
+(``workspace._verify``).
 """
 
 from __future__ import annotations
 
-import compileall
 import contextlib
 import hashlib
 import logging
@@ -31,11 +33,11 @@ import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import msgpack
-
 from distrib._errors import WorkspaceError
 from distrib.wire._limits import MAX_FILE_BYTES
 from distrib.workspace._manifest import Entry
+from distrib.workspace._verify import (Record, Signature, check, compile_module, file_hash,
+                                       first_check, record, signature)
 
 log = logging.getLogger("distrib.store")
 
@@ -59,7 +61,8 @@ class Store:
         self.root = root
         self.blobs = root / "blobs"
         self.envs = root / "envs"
-        self.stamps = root / "stamps"  # per environment: each file's size and mtime as built
+        self._records: dict[str, Record] = {}  # trees this daemon checked, by id
+        self._verified: dict[str, Signature] = {}  # blobs this daemon checked (or wrote)
         self.max_bytes = default_max_bytes(root) if max_bytes is None else max_bytes
         self.blobs.mkdir(parents=True, exist_ok=True)
         self._fanout: threading.Thread | None = None
@@ -71,7 +74,7 @@ class Store:
                                             daemon=True)
             self._fanout.start()
         self.envs.mkdir(parents=True, exist_ok=True)
-        self.stamps.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(root / "stamps", ignore_errors=True)  # (sizes and times, once kept here)
         os.chmod(root, 0o700)
 
     def _make_fanout(self) -> None:
@@ -84,7 +87,7 @@ class Store:
         may be another daemon's, sharing this store, at work)."""
         old = time.time() - age
         for path in [*self.envs.glob(".tmp-*"), *self.envs.glob(".trash-*"),
-                     *self.blobs.glob("*/.tmp-*"), *self.stamps.glob(".tmp-*")]:
+                     *self.blobs.glob("*/.tmp-*")]:
             try:
                 if path.lstat().st_mtime < old:
                     remove = shutil.rmtree if path.is_dir() else os.unlink
@@ -100,12 +103,33 @@ class Store:
         return self.blob_path(digest).exists()
 
     def missing(self, entries: list[Entry]) -> list[str]:
-        """Digests of ``entries`` not yet in the store, each once."""
+        """Digests of ``entries`` not in the store, each once; a blob found there is hashed
+        first unless this daemon did since it last changed, and removed if it no longer
+        matches (then it is missing)."""
         out: dict[str, None] = {}
         for e in entries:
-            if not self.blob_path(e.digest).exists():
+            if e.digest not in out and not self._good(e.digest):
                 out[e.digest] = None
         return list(out)
+
+    def _good(self, digest: str, path: Path | None = None) -> bool:
+        """The blob is here (at ``path``, if given) and holds what its hash says (see
+        ``missing``)."""
+        path = path or self.blob_path(digest)
+        try:
+            seen = signature(os.lstat(path))
+        except OSError:
+            return False
+        if self._verified.get(digest) == seen:
+            return True
+        if file_hash(path) == digest:
+            self._verified[digest] = seen  # (taken before hashing: a later write moves it)
+            return True
+        log.warning("blob %s no longer matches its hash; removed", digest[:12])
+        self._verified.pop(digest, None)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return False
 
     def put_compressed(self, digest: str, data: bytes | memoryview,
                        size: int | None = None) -> None:
@@ -129,36 +153,34 @@ class Store:
         if self._fanout is not None:
             self._fanout.join()
             self._fanout = None
-        _write_atomically(self.blob_path(digest), raw, mode=0o644)  # environments link it
+        path = self.blob_path(digest)
+        _write_atomically(path, raw, mode=0o644)  # environments link it
+        with contextlib.suppress(OSError):
+            self._verified[digest] = signature(os.lstat(path))
 
     def env_path(self, dist_id: str) -> Path:
         return self.envs / dist_id
 
-    def drift(self, dist_id: str) -> list[str]:
-        """Files of the environment tree that differ from when it was built (changed, missing
-        or added), by size and modification time; empty when it is as built."""
-        try:
-            built = msgpack.unpackb(self._stamp_file(dist_id, self.env_path(dist_id)).read_bytes())
-        except (OSError, ValueError):
-            return ["(no record of how it was built)"]
-        now = _stamp(self.env_path(dist_id))
-        return sorted(path for path in built.keys() | now.keys()
-                      if built.get(path) != now.get(path))
+    def drift(self, dist_id: str, entries: list[Entry] | None = None) -> list[str]:
+        """Files of the environment tree that differ from its manifest (changed, missing or
+        added), by their content; empty when it is whole. A tree this daemon has not checked
+        yet is checked against ``entries`` (every file hashed), without them it counts as
+        drifted; a tree it has is checked by a stat of each file, and a hash of those that
+        moved."""
+        tree, rec = self.env_path(dist_id), self._records.get(dist_id)
+        if rec is not None:
+            return check(tree, rec)
+        if entries is None:
+            return ["(not checked by this daemon yet)"]
+        drifted, rec = first_check(tree, entries)
+        if rec is not None:
+            self._records[dist_id] = rec
+        return drifted
 
     def used(self, dist_id: str) -> None:
         """A run uses the tree: the least recently used go first when disk is short."""
         with contextlib.suppress(OSError):
             _touch(self.env_path(dist_id))
-
-    def drop_bad_blobs(self, entries: list[Entry]) -> None:
-        """Remove blobs of ``entries`` that no longer match their hash (a tree's files are
-        links to them: whatever changed a tree's file changed its blob too)."""
-        for digest in {e.digest for e in entries}:
-            path = self.blob_path(digest)
-            with contextlib.suppress(OSError):
-                if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-                    log.warning("blob %s no longer matches its hash; removed", digest[:12])
-                    path.unlink()
 
     def discard(self, dist_id: str) -> None:
         """Remove an environment tree (moved aside first, so no one sees half of it)."""
@@ -169,29 +191,24 @@ class Store:
         except OSError:
             pass
         shutil.rmtree(trash, ignore_errors=True)
-        for stamp in self.stamps.glob(f"{dist_id}-*"):
-            stamp.unlink(missing_ok=True)
-
-    def _stamp_file(self, dist_id: str, tree: Path) -> Path:
-        # Named by the tree's inode, which a rename keeps: written before the tree appears
-        # under its final name, and two daemons building it at once each name their own.
-        return self.stamps / f"{dist_id}-{os.stat(tree).st_ino}"
+        self._records.pop(dist_id, None)
 
     def ensure_whole(self, dist_id: str, entries: list[Entry],
                      before_removal: Callable[[], object] = lambda: None) -> bool:
-        """Check an existing tree against how it was built: one that drifted (a file changed
-        by hand, say) is logged with the file names and removed, with any blob it corrupted
-        (``missing`` then names what to fetch again), after ``before_removal()`` (which
-        stops what uses it). True if it had drifted."""
+        """Check an existing tree against its manifest (``drift``): one that drifted (a file
+        changed by hand, or by a task through the tree's real path, say) is logged with the
+        file names and removed after ``before_removal()`` (which stops what uses it); a blob
+        it corrupted (a tree's files are links to them) is found by ``missing``, which then
+        names what to fetch again. True if it had drifted."""
         if not self.env_path(dist_id).is_dir():
+            self._records.pop(dist_id, None)
             return False
-        drifted = self.drift(dist_id)
+        drifted = self.drift(dist_id, entries)
         if drifted:
             before_removal()
             log.warning("environment %s drifted from its manifest (%s); building it again from "
                         "the blob store", dist_id[:12], _names(drifted))
             self.discard(dist_id)
-            self.drop_bad_blobs(entries)
         return bool(drifted)
 
     def materialize(self, dist_id: str, entries: list[Entry], main: str | None = None,
@@ -209,28 +226,43 @@ class Store:
                 src = self.blob_path(e.digest)
                 dst = tmp / e.path
                 dst.parent.mkdir(parents=True, exist_ok=True)
+                if not self._good(e.digest, src):  # (changed since ``missing`` checked it:
+                    # removed, so the next attempt fetches it)
+                    raise WorkspaceError(f"blob {e.digest[:12]} of {e.path} changed in the "
+                                         f"store while {dist_id[:12]} was built")
                 if e.executable:
                     shutil.copyfile(src, dst)
                     os.chmod(dst, 0o755)
                 else:
                     os.link(src, dst)
+                    self._verified[e.digest] = signature(os.lstat(src))  # (the link moved it)
             # What executors import first is compiled now, once (they only read the tree: their
             # writes go elsewhere). The rest is compiled by whoever imports it: a workspace's
             # tests and scripts no task imports cost nothing (compiling all of a 130-module
             # workspace took 60 ms of a first call).
             for path in _module_files(entries, main, imports):
-                compileall.compile_file(tmp / path, ddir=str((final / path).parent), quiet=2)
-            stamp = self._stamp_file(dist_id, tmp)
-            _write_atomically(stamp, msgpack.packb(_stamp(tmp)))
+                compile_module(tmp, path, final)
+            rec = record(tmp, entries)
             try:
                 os.rename(tmp, final)
-            except OSError:  # another daemon sharing the store built it first
+            except OSError:  # another daemon sharing the store built it first: checked here
                 shutil.rmtree(tmp, ignore_errors=True)
-                stamp.unlink(missing_ok=True)
+                if self.ensure_whole(dist_id, entries):
+                    raise WorkspaceError(f"environment {dist_id[:12]}, built by another daemon "
+                                         "sharing this cache, drifted; built again at the next "
+                                         "attempt") from None
+            else:
+                self._records[dist_id] = rec
+                for e in entries:  # (linking moved their blobs' change times)
+                    if not e.executable and e.path in rec.seen:
+                        self._verified[e.digest] = rec.seen[e.path]
             _touch(final)
         except FileNotFoundError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise WorkspaceError(f"blob missing while building {dist_id[:12]}: {exc}") from None
+        except WorkspaceError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return final
 
     def usage(self) -> int:
@@ -274,6 +306,7 @@ class Store:
             st = blob.stat()
             if st.st_nlink == 1 and blob.name not in keep_blobs:  # no tree links it
                 blob.unlink()
+                self._verified.pop(blob.name, None)
                 over -= st.st_size
         return removed
 
@@ -306,17 +339,6 @@ def _write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
         f.write(data)
     os.chmod(tmp, mode)
     os.replace(tmp, path)
-
-
-def _stamp(root: Path) -> dict[str, list[int]]:
-    """Size and modification time of every file under ``root``, by relative path."""
-    out = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            st = os.lstat(path)
-            out[os.path.relpath(path, root)] = [st.st_size, st.st_mtime_ns]
-    return out
 
 
 def _own_bytes(tree: Path) -> int:
