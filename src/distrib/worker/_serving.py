@@ -333,11 +333,12 @@ class Serving:
             if main.account:
                 self.send(peer, self.worker_state(peer))  # (its Main's quota, as it stands)
                 continue
-            before = self.core.offered(peer), self.core.weights.get(peer, 1.0)
+            account = self.core.account(peer)  # (its key's, which the weights are by)
+            before = self.core.offered(peer), self.core.weights.get(account, 1.0)
             quota = self.gate.quota(main.key)
             self.apply(self.core.handle(QuotaSet(peer, quota.slots, quota.priority,
                                                  key_account(main.key)), time.monotonic()))
-            if (self.core.offered(peer), self.core.weights.get(peer, 1.0)) != before:
+            if (self.core.offered(peer), self.core.weights.get(account, 1.0)) != before:
                 log.info("Main %s: %s", main.name, str(quota) or "no quota")
                 self.send(peer, self.worker_state(peer))
 
