@@ -5,8 +5,10 @@ it; the other Mains' work goes on)."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
+from distrib.wire import _keys
 from tests.helpers import Workspace, ended, finish, wait_for
 from tests.integration.test_keys import keygen, keyed_worker
 from tests.integration.test_lending import JOBS, most_at_once, runs, start_main
@@ -108,3 +110,41 @@ def test_shared_objects_of_five_mains_stay_under_the_total(
     assert lines.count("OK 6000000") == 3, outs
     assert sum(line.startswith("ERROR") for line in lines) == 2, outs
     assert worker.status()["objects"] == [0, 0]  # (the Mains left)
+
+
+def test_the_mains_of_one_key_share_its_shared_objects_limit(
+        workspace: Workspace, start_worker, tmp_path: Path) -> None:
+    # 6 MB each under 8M per key: a second Main of the key waits for the first one's task to
+    # let go of its object; a Main of another key does not.
+    pair, solo = keygen(tmp_path / "pair.key"), keygen(tmp_path / "solo.key")
+    keygen(tmp_path / "lender.key")
+    admin = _keys.generate()  # the test's own key, for status queries
+    (tmp_path / "authorized").write_text(f"{pair} pair\n{solo} solo\n{admin.public} test\n")
+    worker = start_worker(threads=2, name="lender", extra=(
+        "--key", str(tmp_path / "lender.key"), "--authorized-keys", str(tmp_path / "authorized"),
+        "--max-objects", "8M", "--max-objects-total", "100M"))
+    worker.status_key = admin
+    workspace.write("main.py", HOLDS)
+    release = tmp_path / "release"
+    address = f"{worker.address} {worker.public_key}"
+
+    def start(i: int, key: str) -> subprocess.Popen[str]:
+        return start_main(workspace, [str(i), str(release), str(tmp_path / f"said-{i}")],
+                          address, {"DISTRIB_KEY": str(tmp_path / f"{key}.key")})
+
+    mains = [start(0, "pair")]
+    outs = []
+    try:
+        wait_for(lambda: worker.status()["objects"][0] == 1, what="the first object kept")
+        mains += [start(1, "pair"), start(2, "solo")]
+        wait_for(lambda: worker.status()["deferred"] >= 1 and worker.status()["objects"][0] == 2,
+                 what="the other key's object kept, the same key's deferred")
+        assert worker.status()["objects"][1] <= 2 * 6_100_000
+        release.touch()
+        outs = [finish(main) for main in mains]
+    finally:
+        for main in mains:
+            with ended(main):
+                pass
+    for out, err in outs:
+        assert out.splitlines() == ["OK 6000000", "DOUBLE 42"], err[-3000:]
