@@ -67,7 +67,6 @@ def check(core: CoreState) -> None:
         assert ex_id in core.executors, f"runs to send to executor {ex_id}, which is gone"
 
 
-
 def _check_accounts(core: CoreState, running: list[ExecutorRecord]) -> None:
     """The per-key rule: the Mains of one account (a public key's) hold, together, no more
     slots than its quota, but for tasks that began before the quota was last set (a lowered
