@@ -79,6 +79,9 @@ class StatusBuilder:
             "busy": core.busy,
             "parked": sum(ex.parked for ex in core.executors.values()),
             "queued": core.waiting(),
+            # handed to a busy executor, then cancelled or dropped: its skip not confirmed yet
+            "withdrawing": sum(run.withdrawn is not None for ex in core.executors.values()
+                               for run in ex.runs),
             "mains": [x.name for x in mains.values()],
             "held": {mains[peer].name: n for peer, n in core.held().items()
                      if peer in mains},
