@@ -65,11 +65,18 @@ def main() -> None:
                    "first. What running tasks write counts too (they may write at least half "
                    "of it): past it, the task that wrote the most fails as TaskDiskExceeded.")
 @click.option("--max-queued", default="256M", show_default=True, metavar="SIZE",
-              help="Most payload bytes queued here for one Main; more is sent back to wait "
-                   "on the Main (bounds the daemon's memory).")
+              help="Most payload bytes queued here for one Main (all Mains of one key "
+                   "together); more is sent back to wait on the Main (bounds the daemon's "
+                   "memory).")
 @click.option("--max-objects", default="2G", show_default=True, metavar="SIZE",
               help="Most bytes of shared objects (distrib.share, large arguments passed "
-                   "again) kept here for one Main; least recently used go first.")
+                   "again) kept here for one Main (all Mains of one key together); least "
+                   "recently used go first.")
+@click.option("--max-objects-total", default=None, metavar="SIZE",
+              help="Most bytes of shared objects kept here for all Mains together, in "
+                   "/dev/shm and on disk (default: twice --max-objects); least recently used "
+                   "that no task needs go first, and a call whose objects still do not fit "
+                   "fails with SerializationError naming this limit.")
 @click.option("--max-parked", type=click.IntRange(min=0), default=None,
               help="Most executors whose task waits for the calls it made, its slots lent to "
                    "other tasks meanwhile (default: twice the threads); at the cap a waiting "
@@ -152,7 +159,8 @@ def main() -> None:
 def worker(ctx: click.Context, listen: str, threads: int | None, name: str | None,
            cache_dir: Path | None,
            heartbeat: float, lost_after: float, max_cache: str | None, max_queued: str,
-           max_objects: str, max_parked: int | None, max_task_memory: str | None,
+           max_objects: str, max_objects_total: str | None, max_parked: int | None,
+           max_task_memory: str | None,
            max_memory: str | None, max_task_disk: str | None, nice: int,
            when_idle: str | None, idle_load: float, hours: str | None,
            policy_file: Path | None,
@@ -242,7 +250,9 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
             max_queued=_size(max_queued, "--max-queued"),
             env_policy=EnvPolicy(install, index_url, find_links, no_index, pythons,
                                  None if max_envs is None else _size(max_envs, "--max-envs")),
-            max_objects=_size(max_objects, "--max-objects"), policy_file=policy_file,
+            max_objects=_size(max_objects, "--max-objects"),
+            max_objects_total=None if max_objects_total is None else _size(
+                max_objects_total, "--max-objects-total"), policy_file=policy_file,
             flags=flags, max_parked=max_parked, sandboxes=sandboxes,
             task_network=task_network))
     except zmq.ZMQError as exc:

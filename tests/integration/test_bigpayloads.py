@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from distrib.wire import _keys
 from tests.helpers import Worker, Workspace
 
@@ -84,6 +86,7 @@ def _keyed_worker(start_worker, tmp_path: Path, env: dict[str, str]
                     "DISTRIB_WORKERS": f"{worker.address} {worker.public_key}"}
 
 
+@pytest.mark.timeout(600)  # (gigabytes encrypted and copied, beside other tests)
 def test_a_gibibyte_each_way_and_frames_at_and_past_the_limit_cross_a_keyed_worker(
         workspace: Workspace, start_worker, tmp_path: Path) -> None:
     # Both sides at the default limit of 512 MiB a frame, and shared memory off.

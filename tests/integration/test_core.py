@@ -260,17 +260,28 @@ def test_cancel_of_a_queued_task_means_it_never_runs(workspace: Workspace, start
             try:
                 queued.unwrap()
             except Cancelled as exc:
-                print("CANCELLED", type(exc).__name__)
-            pathlib.Path(release).write_text("go")
+                print("CANCELLED", type(exc).__name__, flush=True)
             print("BLOCKER", blocker.unwrap())
             print("AFTER", tasks.ok(1).unwrap())
             print("RAN", pathlib.Path(never).exists())
         """)
     names = [str(tmp_path / n) for n in ("started", "release", "never")]
-    out = workspace.run("main.py", *names, env={"DISTRIB_WORKERS": worker.address})
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:5] == [
-        "CANCEL True", "CANCELLED Cancelled", "BLOCKER released", "AFTER 2", "RAN False"]
+    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
+           "DISTRIB_WORKERS": worker.address}
+    with ended(subprocess.Popen([PYTHON, "main.py", *names], cwd=workspace.root, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)) as main:
+        assert main.stdout is not None
+        lines = [main.stdout.readline().strip() for _ in range(2)]
+        assert lines == ["CANCEL True", "CANCELLED Cancelled"], lines + [main.stderr.read()]
+        # The blocker ends only once the worker has the cancel (the Main's cancel returns at
+        # once; a task it reaches too late would be stopped, not skipped).
+        wait_for(lambda: worker.status()["withdrawing"] == 1, timeout=60,
+                 what="the worker asking its executor to skip the task")
+        Path(names[1]).write_text("go")
+        out, err = main.communicate(timeout=120)
+    assert main.returncode == 0, err
+    assert out.split("\n")[:3] == ["BLOCKER released", "AFTER 2", "RAN False"], out + err
     assert not Path(names[2]).exists()
     # The cancelled task waited in the busy executor's pipe: it was skipped there, and the
     # executor (running the blocker) was not stopped for it.

@@ -1,7 +1,9 @@
 """The worker core driven by random sequences of events, as its bugs were found (a parking bug
 showed in one integration run of eight): submits from several Mains of 1 or 2 threads and
 several depths, outcomes, executor deaths, calls, parks and resumes, cancels, quotas, the
-owner's pause, resume and drain, Mains leaving, ticks with the clock moving on.
+owner's pause, resume and drain, Mains leaving, ticks with the clock moving on. Mains A and B
+connect with one key (their quota, fair share and queued bytes are that key's, together); C
+has none (it counts alone).
 
 The machine plays the daemon: it carries out the actions the way the daemon does (a ``Spawn``
 is answered later by ``ExecutorReady``, a ``Skip`` by ``TaskSkipped``, an ``Admit`` at once by
@@ -9,13 +11,14 @@ is answered later by ``ExecutorReady``, a ``Skip`` by ``TaskSkipped``, an ``Admi
 step it checks ``Core.check_invariants``, that no task is reported twice or reported and still
 held, that ``Drained`` comes only when nothing runs, and the fair share the code guarantees.
 
-The fair share. Running tasks are never stopped for another Main, so a Main that came first
-may hold every slot while others wait; what the core guarantees is how it *starts* tasks: each
-free slot goes to the Main holding the fewest slots for its weight (``Queues.next_runnable``),
-among the Mains with a task that fits. So, after a turn that started tasks of Main P (the
-last one of ``t`` threads), P held no more, for its weight, before that last start than any
-other Main Q still holds now, if Q still has a queued task that could have started in its
-place (ready, of at most ``t`` threads, within Q's quota):
+The fair share, between accounts (a key's Mains together, or a Main without a key). Running
+tasks are never stopped for another account, so one that came first may hold every slot while
+others wait; what the core guarantees is how it *starts* tasks: each free slot goes to the
+account holding the fewest slots for its weight (``Queues.next_runnable``), among those with
+a task that fits. So, after a turn that started tasks of account P (the last one of ``t``
+threads), P held no more, for its weight, before that last start than any other account Q
+still holds now, if Q still has a queued task that could have started in its place (ready, of
+at most ``t`` threads, within Q's quota):
 
     (held[P] - t) / weight[P] <= held[Q] / weight[Q]
 
@@ -66,6 +69,7 @@ from distrib.worker._corestate import ExecutorRecord
 from distrib.worker._state import QueuedTask
 
 MAINS = [b"A", b"B", b"C"]
+ACCOUNT = {b"A": b"key K", b"B": b"key K", b"C": b""}  # A and B: one key's Mains
 CRASH = {"type": "distrib.WorkerCrashed", "message": "died", "traceback": ""}
 
 
@@ -81,7 +85,16 @@ class CoreMachine(RuleBasedStateMachine):
         self.reported: set[int] = set()  # id() of the tasks reported
         self.submitted: list[tuple[bytes, int]] = []
         self.tasks: list[QueuedTask] = []  # (kept alive: ``reported`` holds their id())
+        self.quotas: dict[bytes, tuple[int | None, float]] = {}  # per key, as its file says
         self.do(DistReady("d"))
+        for peer in MAINS:  # (their Hellos)
+            self.tell_quota(peer)
+
+    def tell_quota(self, peer: bytes) -> None:
+        """``peer``'s key's quota, as the daemon tells the core at each Hello and as the
+        authorized keys change."""
+        limit, weight = self.quotas.get(ACCOUNT[peer] or peer, (None, 1.0))
+        self.do(QuotaSet(peer, limit, weight, ACCOUNT[peer]))
 
     # --- the daemon's side ---------------------------------------------------------------
 
@@ -196,12 +209,18 @@ class CoreMachine(RuleBasedStateMachine):
         self.do(OwnerStateChanged(state, data.draw(st.booleans())))
 
     def main_left(self, data: st.DataObject) -> None:
-        self.do(MainLeft(data.draw(st.sampled_from(MAINS))))
+        peer = data.draw(st.sampled_from(MAINS))
+        self.do(MainLeft(peer))
+        self.tell_quota(peer)  # (it, or a new Main of the same key, says Hello)
 
     def quota(self, data: st.DataObject) -> None:
-        self.do(QuotaSet(data.draw(st.sampled_from(MAINS)),
-                         data.draw(st.sampled_from([None, 1, 2, 3])),
-                         data.draw(st.sampled_from([1.0, 1.0, 2.0]))))
+        """The authorized keys changed: the key's quota, told for each Main of it."""
+        peer = data.draw(st.sampled_from(MAINS))
+        self.quotas[ACCOUNT[peer] or peer] = (data.draw(st.sampled_from([None, 1, 2, 3])),
+                                              data.draw(st.sampled_from([1.0, 1.0, 2.0])))
+        for member in MAINS:
+            if (ACCOUNT[member] or member) == (ACCOUNT[peer] or peer):
+                self.tell_quota(member)
 
     def resize(self, data: st.DataObject) -> None:
         self.do(Resize(data.draw(st.sampled_from([2, 4, 5]))))
@@ -250,28 +269,31 @@ EVENTS: list[tuple[str, int, Callable[[CoreMachine], object]]] = [
 
 def check_fair_share(core: Core, last_run_id: int) -> None:
     """See the module's docstring."""
-    held = core.held()
-    weight = {p: core.weights.get(p, 1.0) for p in MAINS}
-    started: dict[bytes, tuple[int, int]] = {}  # Main -> (run id, threads) of its last start
+    held = core.held_by_account()
+    accounts = sorted({core.account(p) for p in MAINS})
+    weight = {a: core.weights.get(a, 1.0) for a in accounts}
+    started: dict[bytes, tuple[int, int]] = {}  # account -> (run id, threads) of its last start
     for ex in core.executors.values():
         if ex.runs and ex.runs[0].run_id > last_run_id:
             run = ex.runs[0]
-            if run.task.peer not in started or started[run.task.peer][0] < run.run_id:
-                started[run.task.peer] = (run.run_id, run.task.threads)
+            account = core.account(run.task.peer)
+            if account not in started or started[account][0] < run.run_id:
+                started[account] = (run.run_id, run.task.threads)
 
-    def could_start(peer: bytes, most: int) -> list[QueuedTask]:
-        limit = core.limits.get(peer, core.capacity)
-        return [t for t in core.queues.tasks() if t.peer == peer and core._runnable(t)
-                and t.threads <= most and held.get(peer, 0) + t.threads <= limit]
+    def could_start(account: bytes, most: int) -> list[QueuedTask]:
+        limit = core.limits.get(account, core.capacity)
+        return [t for t in core.queues.tasks() if core.account(t.peer) == account
+                and core._runnable(t) and t.threads <= most
+                and held.get(account, 0) + t.threads <= limit]
 
     for p, (_, threads) in started.items():
-        for q in MAINS:
+        for q in accounts:
             if q != p and could_start(q, threads):
                 assert (held[p] - threads) / weight[p] <= held.get(q, 0) / weight[q], (
                     f"{p!r} got a task holding {held[p] - threads} slots while {q!r} "
                     f"holds {held.get(q, 0)} and waits ({core.weights})")
     free = core.capacity - core.busy
-    for q in MAINS:
+    for q in accounts:
         waiting = could_start(q, free)
         assert not waiting, (
             f"{free} slots free, yet task {waiting[0].task_id} of {q!r} did not start")

@@ -108,10 +108,18 @@ class Core(CoreState):
         failed = self._import_failed.get((task.dist, task.context, task.peer))
         if failed is not None:
             return Report(task, Outcome.ENV_ERROR, *failed)
-        if self.paused or (self.queues.count(task.peer) and self.queues.queued_bytes(
-                task.peer) + task.nbytes > self.max_queued):
+        if self.paused:
             self.counters["deferred"] += 1
             return Report(task, Outcome.DEFERRED)  # its Main sends it again later
+        # (the bytes queued count per account: all Mains of one key together)
+        account = self.accounts.get(task.peer)
+        if account is None:  # (a Main alone in its account: the common case, kept cheap)
+            count, nbytes = self.queues.count(task.peer), self.queues.queued_bytes(task.peer)
+        else:
+            count, nbytes = self.queued_of(account)
+        if count and nbytes + task.nbytes > self.max_queued:
+            self.counters["deferred"] += 1
+            return Report(task, Outcome.DEFERRED)
         return None
 
     def _submitted(self, event: TaskSubmitted, now: float) -> None:
@@ -151,9 +159,8 @@ class Core(CoreState):
         """Forget its tasks; ``MainDropped`` says how many were queued and running."""
         peer = event.peer
         queued = len(self.queues.drop_peer(peer))
-        self.limits.pop(peer, None)
+        self._leave_account(peer)
         self._callers.pop(peer, None)
-        self.weights.pop(peer, None)
         for key in [k for k in self._import_failed if k[2] == peer]:
             del self._import_failed[key]
         running = 0
@@ -166,17 +173,38 @@ class Core(CoreState):
         self._out.append(MainDropped(peer, queued, running))
 
     def _set_quota(self, event: QuotaSet, now: float) -> None:
-        """A lower limit asks its tasks not started back (its running ones finish), and its
-        tasks that need more threads than the limit go back to it."""
+        """The quota of ``peer``'s account (which it joins, if new to it). A lower limit asks
+        the account's tasks not started back (its running ones finish), and its tasks that
+        need more threads than the limit go back to their Mains."""
         peer, limit = event.peer, event.limit
+        account = event.account or peer
+        if self.account(peer) != account:
+            self._leave_account(peer)
+        if account != peer:
+            self.accounts[peer] = account
+        self.members.setdefault(account, set()).add(peer)
         lower = limit is not None and limit < self.offered(peer)
         if limit is None:
-            self.limits.pop(peer, None)
+            self.limits.pop(account, None)
         else:
-            self.limits[peer] = limit
-        self.weights[peer] = event.weight
+            self.limits[account] = limit
+        self.weights[account] = event.weight
+        self.quota_since[account] = self._next_run_id
         if lower:
-            self._shrink(peer)
+            for member in sorted(self.members[account]):
+                self._shrink(member)
+
+    def _leave_account(self, peer: bytes) -> None:
+        """``peer`` leaves its account; the account's quota goes with its last Main."""
+        account = self.accounts.pop(peer, peer)
+        members = self.members.get(account)
+        if members is not None:
+            members.discard(peer)
+        if not members:
+            self.members.pop(account, None)
+            self.limits.pop(account, None)
+            self.weights.pop(account, None)
+            self.quota_since.pop(account, None)
 
     def _warm_event(self, event: Warm, now: float) -> None:
         """Idle executors ahead of a Main's calls: the ``Spawn`` actions are the new ones."""

@@ -96,8 +96,15 @@ class CoreState:
         self._stuck_for = Sustained(hand_back_after)  # stuck, with tasks waiting
         self._drained = False  # Drained was said
         self.most = slots  # the most slots offered since the start (Mains may not know less)
-        self.limits: dict[bytes, int] = {}  # the most slots a Main may hold (its quota)
-        self.weights: dict[bytes, float] = {}  # a Main's priority among Mains that want more
+        # Quotas, fair share and queued bytes count per account: a public key's Mains all
+        # together (``QuotaSet.account``); a Main without a key is an account of its own.
+        self.accounts: dict[bytes, bytes] = {}  # a Main -> its account, where not itself
+        self.members: dict[bytes, set[bytes]] = {}  # an account -> its Mains
+        self.limits: dict[bytes, int] = {}  # the most slots an account may hold (its quota)
+        self.weights: dict[bytes, float] = {}  # an account's priority among those wanting more
+        # per account, the last run id handed out when its quota was set: its runs since then
+        # started within that quota (the invariants check it)
+        self.quota_since: dict[bytes, int] = {}
 
     @property
     def paused(self) -> bool:
@@ -124,6 +131,26 @@ class CoreState:
                 out[peer] = out.get(peer, 0) + ex.key.threads
         return out
 
+    def account(self, peer: bytes) -> bytes:
+        """The account ``peer``'s quota, fair share and queued bytes count in."""
+        return self.accounts.get(peer, peer)
+
+    def held_by_account(self) -> dict[bytes, int]:
+        """Slots each account's running tasks hold (all Mains of one key together)."""
+        if not self.accounts:
+            return self.held()  # (no keys: each Main is its own account)
+        out: dict[bytes, int] = {}
+        for peer, n in self.held().items():
+            account = self.accounts.get(peer, peer)
+            out[account] = out.get(account, 0) + n
+        return out
+
+    def queued_of(self, account: bytes) -> tuple[int, int]:
+        """(tasks, payload bytes) queued here for the Mains of ``account``."""
+        peers = self.members.get(account) or (account,)
+        return (sum(self.queues.count(p) for p in peers),
+                sum(self.queues.queued_bytes(p) for p in peers))
+
     def waiting_for_calls(self, peer: bytes) -> tuple[list[int], list[int], bool]:
         """``peer``'s tasks that wait for their calls: (parked ones, ones holding their
         slots, whether every slot is held by such a task of any Main)."""
@@ -146,8 +173,8 @@ class CoreState:
         return (len(self.queues) if peer is None else self.queues.count(peer)) + handed
 
     def offered(self, peer: bytes) -> int:
-        """The slots ``peer`` may use here: all of them, or its quota."""
-        return min(self.capacity, self.limits.get(peer, self.capacity))
+        """The slots the Main ``peer`` may use here: all of them, or its account's quota."""
+        return min(self.capacity, self.limits.get(self.accounts.get(peer, peer), self.capacity))
 
     def running_any(self) -> bool:
         """Whether any executor holds a task (running, or handed to it to run next)."""
@@ -177,7 +204,7 @@ class CoreState:
         """Start what fits on free slots, keep busy executors fed, and send what was handed."""
         if not len(self.queues) and not self._unsent:
             return
-        held = self.held()
+        held = self.held_by_account()
         new: dict[EnvKey, bytes] = {}  # environments with no executor before this turn
         runnable: Callable[[QueuedTask], bool] = self._runnable
         floor = self._depth_floor(now)
@@ -185,10 +212,11 @@ class CoreState:
             runnable = lambda t: t.depth > floor(t.peer) and self._runnable(t)  # noqa: E731
         while self.busy < self.capacity and not self.paused:
             task = self.queues.next_runnable(self.capacity - self.busy, runnable, held,
-                                             self.limits, self.weights)
+                                             self.limits, self.weights, self.accounts)
             if task is None:
                 break
-            held[task.peer] = held.get(task.peer, 0) + task.threads
+            account = self.accounts.get(task.peer, task.peer)
+            held[account] = held.get(account, 0) + task.threads
             key = EnvKey(task.dist, task.threads, task.context)
             idle = (e for e in self.executors.values()
                     if e.key == key and not e.runs)
@@ -250,12 +278,14 @@ class CoreState:
                 and not task.waits)
 
     def _starved(self, held: dict[bytes, int]) -> bool:
-        """Whether a Main with work that could start holds less than its fair share: then no
-        task is prefetched, so the next slot to free goes to it (max-min fair)."""
+        """Whether an account (``held`` is per account) with work that could start holds
+        less than its fair share: then no task is prefetched, so the next slot to free goes
+        to it (max-min fair)."""
         if len(self.queues.peers()) < 2 and len(held) < 2:
             return False  # one Main: no one to be fair to
-        waiting = [p for p in self.queues.waiting_peers(self._runnable)
-                   if held.get(p, 0) < self.limits.get(p, self.capacity)]  # (not at its quota)
+        accounts = {self.account(p) for p in self.queues.waiting_peers(self._runnable)}
+        waiting = [a for a in accounts
+                   if held.get(a, 0) < self.limits.get(a, self.capacity)]  # (not at its quota)
         if not waiting:
             return False
         weights = {p: self.weights.get(p, 1.0) for p in set(waiting) | set(held)}
@@ -270,11 +300,13 @@ class CoreState:
             if not ex.runs or not ex.ready or ex.nests:
                 continue
             key, peer = ex.key, ex.runs[-1].task.peer
-            if held.get(peer, 0) > self.limits.get(peer, self.capacity):
+            account = self.accounts.get(peer, peer)
+            if held.get(account, 0) > self.limits.get(account, self.capacity):
                 continue  # over its quota since it was lowered: let its slots drain
             depth = PREFETCH if self._run_time.get(key, 1.0) <= TINY_TASK else 1
             while len(ex.runs) <= depth:
-                # (the same Main's: then each Main's slots held stay as they are, within quota)
+                # (the same Main's: then each account's slots held stay as they are, within
+                # its quota)
                 task = self.queues.next_runnable(key.threads, lambda t: (
                     t.peer == peer and t.dist == key.dist and t.threads == key.threads
                     and t.context == key.context and t.nbytes < PREFETCH_BYTES and not t.waits

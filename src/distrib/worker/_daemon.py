@@ -72,6 +72,7 @@ from distrib.worker._supply import Supply
 from distrib.workspace._store import Store
 
 log = logging.getLogger("distrib.worker")
+DRAIN_SECONDS = 0.2  # most time one turn of the loop spends reading Mains' messages
 peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
 
 
@@ -98,7 +99,7 @@ class Daemon:
         if s.sandboxes is not None:  # (a Main's sandbox: the network its key's line says)
             self.mains.network = lambda key: self.gate.quota(key).network or s.task_network
         self.core = Core(policy.threads, s.idle_after, s.max_queued, s.max_parked)
-        self.objects = Objects(self.runs / "objects", s.max_objects)
+        self.objects = Objects(self.runs / "objects", s.max_objects, s.max_objects_total)
         Objects.remove_stale()
         self.memory = MemoryWatch(policy.max_task_memory, policy.max_memory)
         store = Store(s.cache_dir, s.max_cache)
@@ -256,13 +257,19 @@ class Daemon:
             log.debug("could not send %s: %s", type(message).__name__, exc)
 
     def _drain_socket(self) -> None:
-        for _ in range(1000):  # bounded, so executors and timers get their turn
+        # Bounded in messages and in time, so executors and timers get their turn: a Main
+        # uploading large shared objects (each written out as it comes) must not hold back
+        # the heartbeats every other Main waits for.
+        until = time.monotonic() + DRAIN_SECONDS
+        for _ in range(1000):
             try:
                 frames = _transport.recv_frames(self.sock)
             except zmq.Again:
                 return
             if len(frames) >= 2:
                 self.serving.on_frames(frames)
+            if time.monotonic() > until:
+                return
 
     def _drop_closed(self) -> None:
         """A closed connection is a Main's death notice: its tasks stop now, not after the

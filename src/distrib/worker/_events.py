@@ -252,11 +252,15 @@ class Resize:
 
 @dataclass(frozen=True, slots=True)
 class QuotaSet:
-    """``peer`` may hold at most ``limit`` slots (None: any), with priority ``weight``."""
+    """``peer`` may hold at most ``limit`` slots (None: any), with priority ``weight``,
+    counted in ``account`` together with the other Mains of that account (its public key's:
+    several Mains of one key share that key's quota, fair share and queued bytes); ``b""``:
+    the Main counts alone (a Main without a key)."""
 
     peer: bytes
     limit: int | None
     weight: float
+    account: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

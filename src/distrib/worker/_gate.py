@@ -4,10 +4,10 @@ sets, refused connections.
 libzmq asks the ZAP socket about every CURVE handshake; the answer comes from the
 authorized-keys file (reread when it changes, or at the next tick after SIGHUP). A line of it
 is ``<key> [name] [slots=N] [priority=P] [network=none|loopback|all]``: at most N slots for
-that Main, a share P times a priority-1 Main's when Mains all want more, and what its
-sandboxed tasks may reach (default: the owner's ``--task-network``). Connections
-that never complete a handshake (garbage, HTTP, a wrong key) never reach the daemon as
-messages: the socket monitor tells of them, and they are counted and logged here.
+the Mains of that key together, a share P times a priority-1 key's when keys all want more,
+and what its Mains' sandboxed tasks may reach (default: the owner's ``--task-network``).
+Connections that never complete a handshake (garbage, HTTP, a wrong key) never reach the
+daemon as messages: the socket monitor tells of them, and they are counted and logged here.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ _SETTING = re.compile(r"^([A-Za-z_]+)=(\S*)$")
 
 @dataclass(frozen=True)
 class Quota:
-    """What one Main may use: at most ``slots`` slots (None: any), and its ``priority``."""
+    """What the Mains of one key may use together: at most ``slots`` slots (None: any), and
+    their ``priority``."""
 
     slots: int | None = None
     priority: float = 1.0

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from distrib.worker._corestate import CoreState
+from distrib.worker._corestate import CoreState, ExecutorRecord
 
 
 def check(core: CoreState) -> None:
@@ -49,6 +49,7 @@ def check(core: CoreState) -> None:
         if ex.nests:
             assert all(r.withdrawn is not None for r in list(ex.runs)[1:]), (
                 f"executor {ex.ex_id} nests, yet a task is handed to run after its own")
+    _check_accounts(core, running)
     queued = core.queues.tasks()
     for task in queued:
         assert id(task) not in seen, (
@@ -65,3 +66,26 @@ def check(core: CoreState) -> None:
     for ex_id in core._unsent:
         assert ex_id in core.executors, f"runs to send to executor {ex_id}, which is gone"
 
+
+def _check_accounts(core: CoreState, running: list[ExecutorRecord]) -> None:
+    """The per-key rule: the Mains of one account (a public key's) hold, together, no more
+    slots than its quota, but for tasks that began before the quota was last set (a lowered
+    quota lets running tasks finish) and the excused ones above."""
+    for peer, account in core.accounts.items():
+        assert peer in core.members.get(account, ()), (
+            f"Main {peer!r} counts in account {account!r}, which does not list it")
+    for account, members in core.members.items():
+        assert members, f"account {account!r} is listed with no Main"
+        assert all(core.account(p) == account for p in members), (
+            f"account {account!r} lists a Main of another account")
+    for account, limit in core.limits.items():
+        assert account in core.members, f"a quota for {account!r}, which has no Main"
+        heads = [ex.runs[0] for ex in running
+                 if not ex.parked and not ex.nests and ex.runs[0].withdrawn is None
+                 and core.account(ex.runs[0].task.peer) == account]
+        held = sum(run.task.threads for run in heads)
+        since = core.quota_since.get(account, 0)
+        late = [run.run_id for run in heads if run.run_id > since]
+        assert held <= limit or not late, (
+            f"account {account!r} holds {held} slots over its quota of {limit}, with runs "
+            f"{late} started since the quota was set")

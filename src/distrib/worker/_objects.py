@@ -2,9 +2,16 @@
 
 One folder per Main, one file per object (named by the hash of its frames: see
 ``distrib._shared``), so an executor maps the file when it unpickles a call instead of
-receiving the bytes with every task. Each Main may hold ``limit`` bytes here; a new object
-makes room by removing that Main's least recently used objects that no queued or running task
-passes, and a task whose objects cannot fit yet is deferred (its Main sends it again later).
+receiving the bytes with every task. Two bounds, in /dev/shm and on disk alike:
+
+- per account (a public key's Mains together; a Main without a key alone): ``limit`` bytes. A
+  new object makes room by removing the account's least recently used objects that no queued
+  or running task passes, and a task whose objects cannot fit yet is deferred (its Main sends
+  it again later, once its own tasks let go of theirs);
+- all Mains together: ``total`` bytes. A new object makes room by removing the least recently
+  used objects of any Main that no task of it passes; what still does not fit is refused, the
+  error naming the bound (the room is held by other Mains' work, which goes on).
+
 The daemon only writes the frames it received; executors read them
 (``distrib.executor._objects``).
 
@@ -43,14 +50,22 @@ class Plan:
     error: str = ""
 
 
-class Objects:
-    """Every Main's shared objects on this worker, at most ``limit`` bytes per Main."""
+InUse = Callable[[bytes], set[str]]  # a Main -> the objects its queued and running tasks pass
 
-    def __init__(self, folder: Path, limit: int) -> None:
+
+class Objects:
+    """Every Main's shared objects on this worker: at most ``limit`` bytes per account (a
+    key's Mains together) and ``total`` bytes for all (None: twice ``limit``)."""
+
+    def __init__(self, folder: Path, limit: int, total: int | None = None) -> None:
         self.folder = folder
         self.limit = limit
+        self.total = 2 * limit if total is None else total
         self._held: dict[bytes, OrderedDict[str, int]] = {}  # per Main, least recent first
         self._asked: dict[bytes, dict[str, int]] = {}  # asked for, not here yet: declared size
+        self._account: dict[bytes, bytes] = {}  # a Main -> its account, where not itself
+        self._used: OrderedDict[tuple[bytes, str], None] = OrderedDict()  # every Main's
+        # objects held, least recently used first
         self._in_shm: dict[bytes, Path] = {}  # Mains that share /dev/shm: their folder there
         self.counters = dict.fromkeys(("objects_fetched", "objects_reused", "objects_linked"), 0)
 
@@ -91,16 +106,27 @@ class Objects:
         return (sum(len(h) for h in self._held.values()),
                 sum(sum(h.values()) for h in self._held.values()))
 
-    def plan(self, peer: bytes, objects: dict[str, int], in_use: Callable[[], set[str]]
-             ) -> Plan:
-        """A task of ``peer`` passes ``objects`` (name -> declared bytes); ``in_use()``: the
-        objects its other queued and running tasks pass (they stay)."""
+    def taken(self, account: bytes | None = None) -> int:
+        """Bytes held and asked for, of ``account``'s Mains (None: of all Mains)."""
+        return sum(sum(self._held.get(p, {}).values()) + sum(self._asked.get(p, {}).values())
+                   for p in set(self._held) | set(self._asked)
+                   if account is None or self._account.get(p, p) == account)
+
+    def plan(self, peer: bytes, objects: dict[str, int], in_use: InUse,
+             account: bytes = b"") -> Plan:
+        """A task of ``peer`` (of ``account``; ``b""``: alone) passes ``objects`` (name ->
+        declared bytes); ``in_use(main)``: the objects that Main's queued and running tasks
+        pass (they stay)."""
+        if account and account != peer:
+            self._account[peer] = account
+        account = account or peer
         held = self._held.setdefault(peer, OrderedDict())
         asked = self._asked.setdefault(peer, {})
         plan = Plan()
         for name, size in objects.items():
             if name in held:
                 held.move_to_end(name)
+                self._used.move_to_end((peer, name))
                 self.counters["objects_reused"] += 1
             elif name in asked:  # on its way for an earlier task
                 plan.waits.add(name)
@@ -110,21 +136,48 @@ class Objects:
         if not plan.ask:
             return plan
         need = sum(objects[k] for k in plan.ask)
-        if need > self.limit:
+        if need > min(self.limit, self.total):
+            which = ("for one Main, or one key's Mains together", self.limit, "--max-objects")
+            if self.total < self.limit:
+                which = ("for all Mains together", self.total, "--max-objects-total")
             plan.error = (f"the call passes {need:,} bytes of shared objects, more than this "
-                          f"worker keeps for one Main ({self.limit:,} bytes, its --max-objects)")
+                          f"worker keeps {which[0]} ({which[1]:,} bytes, its {which[2]})")
             return plan
-        if sum(held.values()) + sum(asked.values()) + need > self.limit:
-            keep = in_use() | set(objects)
-            for name in [k for k in held if k not in keep]:
-                self._remove(peer, name)
-                if sum(held.values()) + sum(asked.values()) + need <= self.limit:
-                    break
-        if sum(held.values()) + sum(asked.values()) + need > self.limit:
+        # Room within the account: its own objects that no task of it passes go first, and a
+        # task waits (deferred) for its account's other tasks to let go of theirs.
+        if not self._make_room(need, self.limit, in_use, peer, objects, account):
             return Plan(defer=True)
+        # Room among all Mains: any Main's objects that no task of it passes go first.
+        if not self._make_room(need, self.total, in_use, peer, objects):
+            plan.error = (f"the call passes {need:,} bytes of shared objects, and this worker "
+                          f"keeps at most {self.total:,} bytes of them for all Mains together "
+                          f"(its --max-objects-total), {self.taken():,} of which queued and "
+                          "running tasks pass now; try again later, or on another worker")
+            return plan
         asked.update((k, objects[k]) for k in plan.ask)
         plan.waits.update(plan.ask)
         return plan
+
+    def _make_room(self, need: int, bound: int, in_use: InUse, peer: bytes,
+                   objects: dict[str, int], account: bytes | None = None) -> bool:
+        """Remove least recently used objects (of ``account``'s Mains; None: of any Main) that
+        no task passes until ``need`` more bytes fit under ``bound``; whether they do."""
+        taken = self.taken(account)
+        if taken + need <= bound:
+            return True
+        keep = {peer: in_use(peer) | set(objects)}
+        for main, name in list(self._used):
+            if account is not None and self._account.get(main, main) != account:
+                continue
+            if main not in keep:
+                keep[main] = in_use(main)
+            if name in keep[main]:
+                continue
+            taken -= self._held[main][name]
+            self._remove(main, name)
+            if taken + need <= bound:
+                return True
+        return False
 
     def arrived(self, peer: bytes, name: str, frames: list[Any]) -> str | None:
         """Store an object that ``peer`` sent: "" if kept, None if not asked for (ignored),
@@ -140,6 +193,7 @@ class Objects:
         folder.mkdir(parents=True, exist_ok=True)
         write(folder / name, views)
         self._held[peer][name] = size
+        self._used[(peer, name)] = None
         self.counters["objects_fetched"] += 1
         return ""
 
@@ -175,6 +229,7 @@ class Objects:
             kept.unlink(missing_ok=True)
             return why
         self._held[peer][name] = size
+        self._used[(peer, name)] = None
         self.counters["objects_linked"] += 1
         return ""
 
@@ -186,8 +241,10 @@ class Objects:
 
     def forget(self, peer: bytes) -> None:
         """A Main left: remove its objects."""
-        self._held.pop(peer, None)
+        for name in self._held.pop(peer, {}):
+            del self._used[(peer, name)]
         self._asked.pop(peer, None)
+        self._account.pop(peer, None)
         shutil.rmtree(self.where(peer), ignore_errors=True)
         self._in_shm.pop(peer, None)
 
@@ -198,6 +255,7 @@ class Objects:
 
     def _remove(self, peer: bytes, name: str) -> None:
         del self._held[peer][name]
+        del self._used[(peer, name)]
         (self.where(peer) / name).unlink(missing_ok=True)
 
 

@@ -54,6 +54,13 @@ peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
 _PEER_ADDRESS = re.compile(r"(tcp://)?[A-Za-z0-9.\-]{1,253}:[0-9]{1,5}")  # (as Mains name them)
 
 
+def key_account(key: str) -> bytes:
+    """The core's account of a Main with public key ``key``: every Main of one key counts in
+    it together (quotas, fair share, queued bytes, shared objects); ``b""`` for a Main without
+    a key, which counts alone."""
+    return b"key " + key.encode() if key else b""
+
+
 class Serving:
     """The Mains this worker serves (and the workers that send it their calls)."""
 
@@ -202,8 +209,8 @@ class Serving:
         if shm:
             self.supply.objects.shares_memory(peer)
         quota = self.gate.quota(key)
-        self.apply(self.core.handle(QuotaSet(peer, quota.slots, quota.priority),
-                                    time.monotonic()))
+        self.apply(self.core.handle(QuotaSet(peer, quota.slots, quota.priority,
+                                             key_account(key)), time.monotonic()))
         peer_log.info("serving Main %s (pid %d)%s%s", msg.name, msg.pid,
                       f", {quota}" if str(quota) else "",
                       f"; it cannot run here: {problem}" if problem else "")
@@ -326,11 +333,12 @@ class Serving:
             if main.account:
                 self.send(peer, self.worker_state(peer))  # (its Main's quota, as it stands)
                 continue
-            before = self.core.offered(peer), self.core.weights.get(peer, 1.0)
+            account = self.core.account(peer)  # (its key's, which the weights are by)
+            before = self.core.offered(peer), self.core.weights.get(account, 1.0)
             quota = self.gate.quota(main.key)
-            self.apply(self.core.handle(QuotaSet(peer, quota.slots, quota.priority),
-                                        time.monotonic()))
-            if (self.core.offered(peer), self.core.weights.get(peer, 1.0)) != before:
+            self.apply(self.core.handle(QuotaSet(peer, quota.slots, quota.priority,
+                                                 key_account(main.key)), time.monotonic()))
+            if (self.core.offered(peer), self.core.weights.get(account, 1.0)) != before:
                 log.info("Main %s: %s", main.name, str(quota) or "no quota")
                 self.send(peer, self.worker_state(peer))
 

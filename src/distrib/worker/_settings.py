@@ -29,7 +29,8 @@ class WorkerSettings:
     max_cache: int | None = None
     max_queued: int = 256 << 20
     env_policy: EnvPolicy = field(default_factory=EnvPolicy)
-    max_objects: int = 2 << 30
+    max_objects: int = 2 << 30  # per key (all Mains of one key together; without: per Main)
+    max_objects_total: int | None = None  # all Mains together (None: twice max_objects)
     policy_file: Path | None = None  # read again as it changes (and on SIGHUP)
     flags: Policy | None = None  # what the flags said: the file's settings go over these
     max_parked: int | None = None

@@ -139,26 +139,37 @@ class Queues:
     def next_runnable(self, free: int, runnable: Callable[[QueuedTask], bool],
                       held: dict[bytes, int] | None = None,
                       limits: dict[bytes, int] | None = None,
-                      weights: dict[bytes, float] | None = None) -> QueuedTask | None:
-        """Pop the next task to start on ``free`` slots: from the Main holding the fewest
-        slots for its weight (``held``, ``weights``; weighted max-min fair), Mains holding as
-        many taking turns; never one that would pass its quota (``limits``).
+                      weights: dict[bytes, float] | None = None,
+                      accounts: dict[bytes, bytes] | None = None) -> QueuedTask | None:
+        """Pop the next task to start on ``free`` slots: from the account holding the fewest
+        slots for its weight (``held``, ``limits`` and ``weights`` are per account; a Main's
+        account is ``accounts[peer]``, else the Main itself; weighted max-min fair), Mains
+        holding as many taking turns; never one that would pass its account's quota.
 
         Within one Main's queue the first task that fits and is ``runnable`` (its environment
         is ready) goes; tasks behind an unready environment are not held up by it.
         """
+        holds: dict[bytes, int] = held or {}
+        of: dict[bytes, bytes] = accounts or {}
         if len(self._turn) == 1:  # one Main (the hot path of tiny tasks): no ordering to do
             peers: Any = self._turn
         else:
             peers = list(self._turn)
-            if held:
+            if holds:
                 weight = weights or {}
-                peers.sort(key=lambda p: held.get(p, 0) / weight.get(p, 1.0))  # (stable)
+
+                def share(peer: bytes) -> float:
+                    account = of.get(peer, peer)
+                    return holds.get(account, 0) / weight.get(account, 1.0)
+
+                peers.sort(key=share)  # (stable)
         for peer in peers:
             queue = self._by_peer[peer]
             room = free
-            if limits and peer in limits:
-                room = min(free, limits[peer] - (held or {}).get(peer, 0))
+            if limits:
+                account = of.get(peer, peer)
+                if account in limits:
+                    room = min(free, limits[account] - holds.get(account, 0))
             for task in queue:
                 if task.threads <= room and runnable(task):
                     queue.remove(task)

@@ -79,6 +79,9 @@ class StatusBuilder:
             "busy": core.busy,
             "parked": sum(ex.parked for ex in core.executors.values()),
             "queued": core.waiting(),
+            # handed to a busy executor, then cancelled or dropped: its skip not confirmed yet
+            "withdrawing": sum(run.withdrawn is not None for ex in core.executors.values()
+                               for run in ex.runs),
             "mains": [x.name for x in mains.values()],
             "held": {mains[peer].name: n for peer, n in core.held().items()
                      if peer in mains},
@@ -93,8 +96,8 @@ class StatusBuilder:
             "state": state,
             "why": why,
             "policy": self.owner.policy.describe(),
-            "quotas": {mains[peer].name: limit for peer, limit in core.limits.items()
-                       if peer in mains},
+            "quotas": {main.name: core.limits[core.account(peer)]
+                       for peer, main in mains.items() if core.account(peer) in core.limits},
             "objects": supply.objects.held(),
             "served": self.served(),
             **(disk or {}),

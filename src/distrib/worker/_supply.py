@@ -117,7 +117,9 @@ class Supply:
         """Ask for the shared objects ``task`` passes that are not here; False if it ended
         (deferred, or its objects can never fit)."""
         peer = task.peer
-        plan = self.objects.plan(peer, objects, lambda: self.core.objects_in_use(peer))
+        account = self.core.account(peer)
+        plan = self.objects.plan(peer, objects, self.core.objects_in_use,
+                                 b"" if account == peer else account)
         if plan.error:
             self.report(task, Outcome.ERROR, ErrorRecord(
                 "distrib.SerializationError", f"worker {self.name}: {plan.error}").to_wire(), [])
