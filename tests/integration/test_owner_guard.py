@@ -12,6 +12,11 @@ from distrib.worker._control import send
 from tests.helpers import PYTHON, TASKS, Workspace, ended, finish, wait_for
 from tests.integration.test_keys import keygen, keyed_worker
 
+# A sandbox stops these hostile tasks before they reach the guards tested here (the control
+# socket and the cache are not in it; trees are read-only there): their workers lend without
+# one, so the guards themselves are tested (test_sandbox.py tests the sandbox).
+UNBOXED = ("--no-sandbox",)
+
 TAKE_OVER = """
     import sys
     from pathlib import Path
@@ -46,7 +51,8 @@ STEADY = """
 def test_a_task_cannot_pause_or_drain_its_worker(workspace: Workspace, start_worker,
                                                  tmp_path: Path) -> None:
     hostile, steady = keygen(tmp_path / "hostile.key"), keygen(tmp_path / "steady.key")
-    worker, _ = keyed_worker(start_worker, tmp_path, "lent", [hostile, steady], threads=3)
+    worker, _ = keyed_worker(start_worker, tmp_path, "lent", [hostile, steady], threads=3,
+                             extra=UNBOXED)
     shutil.copy(TASKS, workspace.root / "tasks.py")
     workspace.write("take_over.py", TAKE_OVER)
     workspace.write("steady.py", STEADY)
@@ -162,7 +168,7 @@ VANDAL = """
 def test_a_task_that_rewrites_another_mains_tree_does_not_change_its_results(
         workspace: Workspace, start_worker, tmp_path: Path) -> None:
     victim, vandal = keygen(tmp_path / "victim.key"), keygen(tmp_path / "vandal.key")
-    worker, _ = keyed_worker(start_worker, tmp_path, "lent", [victim, vandal])
+    worker, _ = keyed_worker(start_worker, tmp_path, "lent", [victim, vandal], extra=UNBOXED)
     workspace.write("data/input.txt", "41\n")
     workspace.write("settings.py", "VALUE = 'shipped'\n")
     workspace.write("main.py", READ)
@@ -209,7 +215,7 @@ HOLD = """
 def test_a_tree_rewritten_while_a_run_uses_it_is_built_again_and_its_task_rerun(
         workspace: Workspace, start_worker, tmp_path: Path) -> None:
     victim, vandal = keygen(tmp_path / "victim.key"), keygen(tmp_path / "vandal.key")
-    worker, _ = keyed_worker(start_worker, tmp_path, "lent", [victim, vandal])
+    worker, _ = keyed_worker(start_worker, tmp_path, "lent", [victim, vandal], extra=UNBOXED)
     workspace.write("data/input.txt", "41\n")
     workspace.write("main.py", HOLD)
     other = Workspace(tmp_path / "vandal", workspace.cache_dir)

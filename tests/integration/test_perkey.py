@@ -13,12 +13,16 @@ from tests.helpers import Workspace, ended, finish, wait_for
 from tests.integration.test_keys import keygen, keyed_worker
 from tests.integration.test_lending import JOBS, most_at_once, runs, start_main
 
+# Tasks here meet the test through files of its own (logs, a release file): workers lend
+# without a sandbox, which would hide them (test_sandbox.py tests the sandbox).
+UNBOXED = ("--no-sandbox",)
+
 
 def test_five_mains_of_a_one_slot_key_hold_one_slot_together(
         workspace: Workspace, start_worker, tmp_path: Path) -> None:
     five = keygen(tmp_path / "five.key")
     worker, _ = keyed_worker(start_worker, tmp_path, "lender", [f"{five} five slots=1"],
-                             threads=4)
+                             threads=4, extra=UNBOXED)
     workspace.write("main.py", JOBS)
     log = tmp_path / "runs.log"
     address = f"{worker.address} {worker.public_key}"
@@ -81,7 +85,7 @@ def test_shared_objects_of_five_mains_stay_under_the_total(
         workspace: Workspace, start_worker, tmp_path: Path) -> None:
     # 6 MB each: three fit under 20M; while their tasks hold them, two Mains hear why not.
     worker = start_worker(threads=2, extra=("--max-objects", "8M",
-                                            "--max-objects-total", "20M"))
+                                            "--max-objects-total", "20M", *UNBOXED))
     workspace.write("main.py", HOLDS)
     release = tmp_path / "release"
     said = [tmp_path / f"said-{i}" for i in range(5)]
@@ -122,7 +126,7 @@ def test_the_mains_of_one_key_share_its_shared_objects_limit(
     (tmp_path / "authorized").write_text(f"{pair} pair\n{solo} solo\n{admin.public} test\n")
     worker = start_worker(threads=2, name="lender", extra=(
         "--key", str(tmp_path / "lender.key"), "--authorized-keys", str(tmp_path / "authorized"),
-        "--max-objects", "8M", "--max-objects-total", "100M"))
+        "--max-objects", "8M", "--max-objects-total", "100M", *UNBOXED))
     worker.status_key = admin
     workspace.write("main.py", HOLDS)
     release = tmp_path / "release"
