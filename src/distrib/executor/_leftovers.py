@@ -21,22 +21,28 @@ class Leftovers:
     def __init__(self, own: Callable[[], tuple[threading.Thread | None, ...]]) -> None:
         self._own = own  # the executor's threads started since (reading its pipe, say)
         self._threads = set(sys._current_frames())
+        self._known = set(self._threads)  # the threads last found to be the executor's own
         self._children = self._living_children() if _process.has_children() else set()
 
     def check(self) -> str:
         """What the task just ended left running, as the log says it ("" for nothing).
         (Threads that run no Python, as a numerical library's pool, are not counted.)"""
-        own = self._threads | _runtime.own_threads | {
-            t.ident for t in self._own() if t is not None}
-        threads = len(set(sys._current_frames()) - own)
+        idents = sys._current_frames().keys()
+        threads = 0
+        if idents - self._known:  # (rarely: the set of threads is mostly the same as before)
+            self._known = self._threads | _runtime.own_threads | {
+                t.ident for t in self._own() if t is not None and t.ident is not None}
+            threads = len(idents - self._known)
         processes = 0
         if _process.has_children():  # (one system call when there is none: the usual case)
             _process.reap()
             if _process.has_children():
                 processes = len(self._living_children() - self._children)
+        if not threads and not processes:
+            return ""
         parts = [f"{n} {one if n == 1 else many}" for n, one, many in
                  ((threads, "thread", "threads"), (processes, "process", "processes")) if n]
-        return f"{' and '.join(parts)} running" if parts else ""
+        return f"{' and '.join(parts)} running"
 
     @staticmethod
     def _living_children() -> set[int]:
