@@ -223,24 +223,13 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
     cache = _worker_cache(cache_dir)
     sandboxes = None if no_sandbox else _sandbox.detect()
     worker_log = logging.getLogger("distrib.worker")
-    if sandboxes is not None:
-        worker_log.warning("tasks run in a sandbox built with %s; network: %s%s",
-                           sandboxes.describe(), task_network,
-                           " (shared with this machine: a loopback-only filter is not built "
-                           "yet, so tasks can reach other hosts too)"
-                           if task_network == "loopback" else "")
-    elif no_sandbox:
-        worker_log.warning("NO SANDBOX (--no-sandbox): tasks can read this user's files and "
-                           "reach the network")
-    elif key_file is not None or not _is_loopback(address):
+    if sandboxes is None and not no_sandbox and (key_file is not None
+                                                 or not _is_loopback(address)):
         raise click.UsageError(
             "no sandbox can be built here (install bubblewrap, e.g. `apt-get install "
             "bubblewrap`, or allow unprivileged user namespaces), and this worker serves "
             "remote Mains: their tasks could read its keys and other Mains' work. Pass "
             "--no-sandbox to serve them anyway")
-    else:
-        worker_log.warning("no sandbox can be built here (install bubblewrap): tasks of the "
-                           "Mains of this machine run unconfined")
     try:
         daemon = Daemon(WorkerSettings(
             address, policy, cache, name=name or "", heartbeat_interval=heartbeat,
@@ -265,6 +254,19 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
     click.echo(f"distrib worker {daemon.name} ready on {daemon.address} with {slots} "
                f"slot{'s' if slots != 1 else ''}{public}")
     sys.stdout.flush()
+    # (said once listening: a worker that cannot start says that alone)
+    if sandboxes is not None:
+        worker_log.warning("tasks run in a sandbox built with %s; network: %s%s",
+                           sandboxes.describe(), task_network,
+                           " (shared with this machine: a loopback-only filter is not built "
+                           "yet, so tasks can reach other hosts too)"
+                           if task_network == "loopback" else "")
+    elif no_sandbox:
+        worker_log.warning("NO SANDBOX (--no-sandbox): tasks can read this user's files and "
+                           "reach the network")
+    else:
+        worker_log.warning("no sandbox can be built here (install bubblewrap): tasks of the "
+                           "Mains of this machine run unconfined")
     worker_log.info("policy%s: %s", f" from {policy_file}" if policy_file else "",
                     policy.describe())
     if daemon.memory.limit or policy_file is not None:

@@ -43,8 +43,8 @@ def test_sigterm_and_sigint_stop_the_daemon_and_its_executors(start_worker,
             """)
         out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
         assert out.returncode == 0, out.stderr
-        executor = int(out.stdout)
-        assert executor in worker.status()["executors"]
+        assert int(out.stdout) > 0  # (its pid in its sandbox: the worker knows the real one)
+        (executor,) = worker.status()["executors"]
         worker.proc.send_signal(sig)
         assert worker.proc.wait(60) == 0
         wait_for(lambda: not psutil.pid_exists(executor) or

@@ -185,7 +185,8 @@ def test_a_task_cannot_read_keys_other_mains_work_or_see_other_processes(
     hostile, hostile_pub, hostile_key, victim, victim_pub, victim_key = two_mains
     worker, auth = _keyed(start_worker, tmp_path, builder, [hostile_pub, victim_pub])
     kind = "bubblewrap" if builder == "bubblewrap" else "Linux namespaces built by distrib"
-    assert f"tasks run in a sandbox built with {kind}" in worker.log()
+    wait_for(lambda: f"tasks run in a sandbox built with {kind}" in worker.log(),
+             what="the worker saying which sandbox it uses")
     with ended(_popen(victim, victim_key, worker, "victim.py", "60")) as busy:
         uppers = wait_for(lambda: list(worker.cache_dir.glob("runs/**/in-progress-secret.txt")),
                           what="the victim's task writing its file")
@@ -285,10 +286,15 @@ def test_a_keyed_worker_on_the_network_refuses_to_start_without_a_sandbox(
     with ended(subprocess.Popen([*command, "--no-sandbox"], env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)) as proc:
         assert proc.stdout is not None
+        assert proc.stderr is not None
         assert " ready on " in proc.stdout.readline()
+        said = ""
+        while "NO SANDBOX (--no-sandbox)" not in said:  # (said once it listens)
+            line = proc.stderr.readline()
+            assert line, said  # (it ended without saying so)
+            said += line
         proc.terminate()
-        _, err = proc.communicate(timeout=60)
-        assert "NO SANDBOX (--no-sandbox)" in err
+        proc.communicate(timeout=60)
 
 
 LOADED = """\
