@@ -261,9 +261,11 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
                            " (shared with this machine: a loopback-only filter is not built "
                            "yet, so tasks can reach other hosts too)"
                            if task_network == "loopback" else "")
-    elif no_sandbox:
-        worker_log.warning("NO SANDBOX (--no-sandbox): tasks can read this user's files and "
-                           "reach the network")
+    elif no_sandbox:  # (a warning where remote Mains are served; the local cluster's is news)
+        worker_log.log(logging.WARNING if key_file is not None or not _is_loopback(address)
+                       else logging.INFO,
+                       "NO SANDBOX (--no-sandbox): tasks can read this user's files and "
+                       "reach the network")
     else:
         worker_log.warning("no sandbox can be built here (install bubblewrap): tasks of the "
                            "Mains of this machine run unconfined")

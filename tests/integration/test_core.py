@@ -17,6 +17,7 @@ def test_seed_example_runs_on_the_embedded_cluster(workspace: Workspace) -> None
     out = workspace.run("sleep_sum.py", env={"DEMO_COUNT": "30", "DEMO_SLEEP": "0.05"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str([x + x + 1 for x in range(30)])
+    assert "SANDBOX" not in out.stderr  # (its only Main is its owner: nothing to warn of)
 
 
 def test_seed_example_runs_on_two_daemons_started_by_hand(workspace: Workspace,
