@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -330,4 +331,29 @@ def test_the_daemon_stops_an_executor_that_sends_a_malformed_message(
     executors.on_readable({proc.fileno(): 1})
     assert core.skipped == [5] and core.died == [1]
     theirs.close()
+    ours.close()
+
+
+def test_what_an_executor_sent_before_it_exited_is_read_before_it_is_taken_as_dead(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The daemon's tick may see an executor's exit before its loop read the pipe: a result or
+    # a task's last output sent just before (an executor that ends after a task, or a task that
+    # printed, then exited) would be lost, and the task reported as crashed.
+    from distrib import _process
+    from distrib.worker._executors import Executors
+    from distrib.worker._memory import MemoryWatch
+    from distrib.worker._pool import ExecutorProcess
+
+    monkeypatch.setattr(_process, "become_subreaper", lambda: False)  # (not the test process)
+    core = _Core()
+    executors = Executors("w", tmp_path, 0, core,  # type: ignore[arg-type]
+                          MemoryWatch(), lambda actions: None)
+    ours, theirs = socket.socketpair()
+    proc = executors.procs[1] = ExecutorProcess(Pipe(ours), tmp_path)
+    proc.proc = subprocess.Popen([sys.executable, "-c", "pass"])  # (a process that exited)
+    proc.proc.wait(60)
+    Pipe(theirs).send(pm.Skipped(5))
+    theirs.close()
+    executors.tick(time.monotonic())
+    assert core.skipped == [5] and core.died == [1]
     ours.close()

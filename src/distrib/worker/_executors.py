@@ -23,9 +23,10 @@ from distrib._logs import RateLimited
 from distrib.wire._messages import Outcome
 from distrib.wire._pipe import PipeError
 from distrib.wire._pipe_messages import (
-    Call, CancelChild, Done, EnvError, Leaving, NoFork, Out, Park, Ready, Skipped, Unpark)
+    Call, CancelChild, Done, EnvError, Leaving, NoFork, Out, Park, PipeMessage, Ready, Skipped,
+    Unpark)
 from distrib.wire._record import ErrorRecord
-from distrib.worker import _pool
+from distrib.worker import _pool, _strays
 from distrib.worker._core import Core
 from distrib.worker._diskwatch import DiskWatcher, Watched
 from distrib.worker._events import (
@@ -49,6 +50,7 @@ peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
 
 ZYGOTE_DEATHS = 5  # interpreters started ahead that die unused before no more are started
 STRAYS_EVERY = 1.0  # seconds between looks for processes tasks left to this daemon
+PIPE_LAST_MESSAGES = 1_000  # read from an executor that exited, at most (then: dead)
 STRAYS_AFTER_DEATH = 3.0  # seconds of looks at every tick after an executor ended
 
 Apply = Callable[[list[Action]], None]
@@ -219,42 +221,16 @@ class Executors:
         template.waiting.clear()
 
     def _sweep_strays(self, procs: dict[int, _process.Entry]) -> None:
-        """As a subreaper, this daemon adopts what tasks left running when every process
-        above it exited (an executor that crashed, say, or one of its processes that did):
-        kill those (the whole tree below each), and reap what exited, or it stays a zombie.
-        A stray is told by its session: executors and templates each start one of their own,
-        which nothing below them can leave for the daemon's, where the daemon's own helpers
-        (environment builds) are. Its own children (executors, templates, builds) are waited
-        for where they are started; the first of those met ends the reaping (the rest wait
-        for the next sweep)."""
+        """Kill what tasks left to this daemon (``_strays``), and reap what exited."""
         ours = {ex.pid for ex in self.procs.values()} | {
             t.proc.pid for t in self.templates.values()} | self.builds() | (
             {self._zygote.proc.pid} if self._zygote is not None else set())
-        me, session = os.getpid(), os.getsid(0)
-        strays = [pid for pid, entry in procs.items() if entry.ppid == me and pid not in ours
-                  and entry.session != session and not entry.zombie]
-        # In a sandbox, what an ended executor left goes to its process 1, the template: any
-        # child of it but its executors and (in its session) the forks that make them
         boxed = {t.proc.pid: procs[t.proc.pid].session for t in self.templates.values()
                  if isinstance(t.proc, Boxed) and t.proc.pid in procs}
-        strays += [pid for pid, entry in procs.items() if entry.ppid in boxed
-                   and pid not in ours and entry.session != boxed[entry.ppid]
-                   and not entry.zombie]
-        if strays:
-            killed = _process.kill_trees(strays)
+        killed = _strays.sweep(procs, ours, boxed)
+        if killed:
             peer_log.warning("killed %d process(es) left running by tasks of ended executors",
                              killed)
-        while True:
-            try:
-                found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                return
-            if found is None or found.si_pid in ours or found.si_pid == 0:
-                return
-            try:
-                os.waitpid(found.si_pid, 0)
-            except ChildProcessError:
-                return
 
     def dist_replaced(self, dist: str) -> None:
         """A distribution's tree is removed: its templates stop."""
@@ -277,6 +253,9 @@ class Executors:
             log.debug("executor %d: %s", proc.pid, exc, exc_info=True)
             self.apply(self.died(ex_id))
             return
+        self._dispatch(ex_id, proc, message)
+
+    def _dispatch(self, ex_id: int, proc: ExecutorProcess, message: PipeMessage) -> None:
         now = time.monotonic()
         if isinstance(message, Done):
             self.apply(self.core.handle(TaskDone(ex_id, message.run_id, message.outcome,
@@ -452,12 +431,30 @@ class Executors:
             self._watch_disk(self.disk)
         for ex_id, proc in list(self.procs.items()):
             if proc.poll() is not None:
-                self.apply(self.died(ex_id))
+                self._last_words(ex_id, proc)
         if strays:
             self._strays_next = now + STRAYS_EVERY
             self._sweep_strays(procs)
         if self.forking:
             self._keep_zygote()
+
+    def _last_words(self, ex_id: int, proc: ExecutorProcess) -> None:
+        """An executor that exited: what it sent before (a result, its output) is read
+        first, as the loop would have (its end is then its pipe's), and it is dead."""
+        try:  # (a message cut short by its death, its socket held by a process it left: no wait)
+            proc.pipe.sock.settimeout(1.0)
+        except OSError:
+            pass
+        for _ in range(PIPE_LAST_MESSAGES):
+            if self.procs.get(ex_id) is not proc or not proc.pipe.readable():
+                break
+            try:
+                message = proc.read()
+            except (PipeError, EOFError, OSError, ValueError):
+                break  # (its end, or a message it did not finish)
+            self._dispatch(ex_id, proc, message)
+        if self.procs.get(ex_id) is proc:
+            self.apply(self.died(ex_id))
 
     def drop_idle_templates(self, now: float) -> None:
         used = {ex.key for ex in self.core.executors.values()}
