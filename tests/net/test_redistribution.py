@@ -69,6 +69,25 @@ def three_workers(network: Network, start_worker, workspace: Workspace, tmp_path
         f"{h.address}:7070 {pairs[h.name].public}" for h in hosts)}, workers
 
 
+def answering(m: Host, env: dict[str, str], workers: dict[str, Worker]) -> list[dict]:
+    """The workers' status rows, once every worker answers (a worker that ends a tree of
+    calls on loaded cores may take a while); else what each silent one is doing."""
+    rows: list[dict] = []
+
+    def every() -> bool:
+        nonlocal rows
+        rows = status_json(m, env, all_reachable=False)
+        return not any(row["problem"] for row in rows)
+
+    try:
+        wait_for(every, timeout=150, what="every worker answering its status")
+    except AssertionError:
+        silent = [(n, w.proc.poll(), w.log()[-3000:]) for n, w in workers.items()
+                  if any(row["problem"] and row["address"] in w.address for row in rows)]
+        raise AssertionError(f"workers not answering (name, exit code, log): {silent}") from None
+    return rows
+
+
 def tree_run(m: Host, workspace: Workspace, env: dict[str, str], depth: int,
              mode: str, leaf: float) -> tuple[int, int]:
     out = run_in(m, workspace, "main.py", {**env, "DISTRIB_REDISTRIBUTION": mode}, str(depth),
@@ -82,15 +101,15 @@ def tree_run(m: Host, workspace: Workspace, env: dict[str, str], depth: int,
 
 def test_a_tree_relayed_and_direct_over_three_hosts_gives_the_same_results(
         network: Network, start_worker, workspace: Workspace, tmp_path: Path) -> None:
-    m, env, _ = three_workers(network, start_worker, workspace, tmp_path,
-                              {"w1": True, "w2": True, "w3": True})
+    m, env, workers = three_workers(network, start_worker, workspace, tmp_path,
+                                    {"w1": True, "w2": True, "w3": True})
     calls = 10 + 100 + 1000
     # Relayed: every call made inside a task reaches the Main.
     assert tree_run(m, workspace, env, 3, "relayed", 0.02) == (calls, 0)
-    before = {row["name"]: row for row in status_json(m, env)}
+    before = {row["name"]: row for row in answering(m, env, workers)}
     # Direct: none does; the workers placed them, and said so.
     assert tree_run(m, workspace, env, 3, "direct", 0.02) == (0, calls)
-    after = {row["name"]: row for row in status_json(m, env)}
+    after = {row["name"]: row for row in answering(m, env, workers)}
     sent = {n: after[n]["direct_sent"] - before[n]["direct_sent"] for n in after}
     here = {n: after[n]["direct_here"] - before[n]["direct_here"] for n in after}
     assert sum(sent.values()) + sum(here.values()) >= calls  # (and again if handed back)
@@ -101,12 +120,12 @@ def test_a_tree_relayed_and_direct_over_three_hosts_gives_the_same_results(
 
 def test_auto_goes_through_the_main_for_a_worker_that_does_not_authorize_the_others(
         network: Network, start_worker, workspace: Workspace, tmp_path: Path) -> None:
-    m, env, _ = three_workers(network, start_worker, workspace, tmp_path,
-                              {"w1": True, "w2": True, "w3": False})
+    m, env, workers = three_workers(network, start_worker, workspace, tmp_path,
+                                    {"w1": True, "w2": True, "w3": False})
     # (leaves long enough that a worker's slots, and those it reaches directly, fill up: then
     # its calls go through the Main, which has w3's slots too)
     calls, placed = tree_run(m, workspace, env, 2, "auto", 0.3)
-    table = {row["name"]: row for row in status_json(m, env)}
+    table = {row["name"]: row for row in answering(m, env, workers)}
     assert calls + placed == 110 and calls > 0 and placed > 0, (calls, placed, [
         {k: v for k, v in row.items() if k.startswith(("direct", "tasks_done"))}
         for row in table.values()])
@@ -115,7 +134,7 @@ def test_auto_goes_through_the_main_for_a_worker_that_does_not_authorize_the_oth
                "worker's key" in logs[n]]
     assert refused, logs  # (w1 or w2 made calls, and found w3 would not take them)
     assert not any("does not authorize" in logs[n] for n in ("w3",)), logs["w3"]
-    table = {row["name"]: row for row in status_json(m, env)}
+    table = {row["name"]: row for row in answering(m, env, workers)}
     assert sum(table[n]["direct_relayed"] for n in refused) > 0
 
 
