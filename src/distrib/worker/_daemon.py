@@ -73,6 +73,7 @@ from distrib.workspace._store import Store
 
 log = logging.getLogger("distrib.worker")
 DRAIN_SECONDS = 0.2  # most time one turn of the loop spends reading Mains' messages
+SLOW_TURN = 2.0  # seconds: a turn of the loop longer than this is logged (Mains wait)
 peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
 
 
@@ -173,6 +174,7 @@ class Daemon:
                         poller.register(sock, zmq.POLLIN)
                 timeout = max(0.0, next_tick - time.monotonic())
                 events = dict(poller.poll(int(timeout * 1000) + 1))
+                began = time.monotonic()
                 for sock in self.gate.sockets():
                     if sock in events:
                         self.gate.on_readable(sock)
@@ -190,7 +192,8 @@ class Daemon:
                 if control.fileno() in events:
                     self.owner.on_control()
                 now = time.monotonic()
-                if now >= next_tick:
+                ticked = now >= next_tick
+                if ticked:
                     self._tick(now)
                     next_tick = now + min(self.settings.heartbeat_interval, 0.25)
                 self._apply(self.core.handle(Turn(), now))
@@ -201,6 +204,11 @@ class Daemon:
                 if self.supply.warming:
                     self.supply.tell(self.supply.warming.done(self.core.executors.values()))
                 self._outbox.flush(self._send)
+                if time.monotonic() - began > SLOW_TURN:  # (nothing else is served meanwhile)
+                    peer_log.warning(
+                        "a turn of the loop took %.1f s (%.1f s reading, %s)",
+                        time.monotonic() - began, now - began,
+                        f"a tick, then {time.monotonic() - now:.1f} s" if ticked else "no tick")
         finally:
             self.close()
 
