@@ -204,11 +204,12 @@ class Daemon:
                 if self.supply.warming:
                     self.supply.tell(self.supply.warming.done(self.core.executors.values()))
                 self._outbox.flush(self._send)
-                if time.monotonic() - began > SLOW_TURN:  # (nothing else is served meanwhile)
-                    peer_log.warning(
-                        "a turn of the loop took %.1f s (%.1f s reading, %s)",
-                        time.monotonic() - began, now - began,
-                        f"a tick, then {time.monotonic() - now:.1f} s" if ticked else "no tick")
+                ended = time.monotonic()
+                if ended - began > SLOW_TURN:  # (nothing else is served meanwhile)
+                    peer_log.warning("a turn of the loop took %.1f s (%.1f s reading, %s)",
+                                     ended - began, now - began,
+                                     f"a tick, then {ended - now:.1f} s" if ticked
+                                     else "no tick")
         finally:
             self.close()
 
