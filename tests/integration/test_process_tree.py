@@ -11,7 +11,7 @@ import subprocess
 import psutil
 import pytest
 
-from tests.helpers import PYTHON, Workspace, ended, wait_for
+from tests.helpers import PYTHON, Worker, Workspace, ended, wait_for
 
 # Tests that look for a task's processes by the pids the task saw run without a sandbox: in
 # one those are its PID namespace's (test_sandbox.py has that model's own).
@@ -259,24 +259,33 @@ def test_no_process_of_a_task_outlives_the_worker(
             main.communicate()
 
 
-def test_the_processes_of_a_task_whose_executor_died_are_killed_by_the_daemon(
-        workspace: Workspace, start_worker) -> None:
-    worker = start_worker(threads=1, extra=UNBOXED)
+def left_by(workspace: Workspace, worker: Worker, call: str,
+            caught: str) -> tuple[subprocess.CompletedProcess[str], list[int]]:
+    """Run ``tasks.CALL`` (it prints the pids of the processes it left) on ``worker``, which
+    fails it with ``distrib.CAUGHT``: what the Main printed, and those pids."""
     workspace.write("tasks.py", TASKS)
-    workspace.write("main.py", """
+    workspace.write("main.py", f"""
         import distrib, tasks
 
         if __name__ == "__main__":
             try:
-                tasks.leave_processes(20, -1).unwrap(timeout=120)
-            except distrib.WorkerCrashed as exc:
-                print("CRASHED", exc)
+                tasks.{call}.unwrap(timeout=120)
+            except distrib.{caught} as exc:
+                print("{caught}", exc)
         """)
     out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address}, timeout=180)
     pids = [int(x) for x in out.stdout.split("PIDS", 1)[1].split("\n")[0].split()] \
         if "PIDS" in out.stdout else []
+    return out, pids
+
+
+def test_the_processes_of_a_task_whose_executor_died_are_killed_by_the_daemon(
+        workspace: Workspace, start_worker) -> None:
+    worker = start_worker(threads=1, extra=UNBOXED)
+    out, pids = left_by(workspace, worker, "leave_processes(20, -1)", "WorkerCrashed")
     try:
-        assert "CRASHED" in out.stdout and len(pids) == 21, (out.stdout, out.stderr[-3000:])
+        assert "WorkerCrashed" in out.stdout and len(pids) == 21, (out.stdout,
+                                                                   out.stderr[-3000:])
         wait_for(lambda: not _running(pids), 10, "the task's processes to be gone")
         assert re.search(r"killed \d+ process\(es\) left running by tasks", worker.log())
     finally:
@@ -286,21 +295,10 @@ def test_the_processes_of_a_task_whose_executor_died_are_killed_by_the_daemon(
 def test_the_processes_of_a_task_past_its_timeout_are_killed_with_it(
         workspace: Workspace, start_worker) -> None:
     worker = start_worker(threads=1, extra=UNBOXED)
-    workspace.write("tasks.py", TASKS)
-    workspace.write("main.py", """
-        import distrib, tasks
-
-        if __name__ == "__main__":
-            try:
-                tasks.leave_and_hang(20).unwrap(timeout=120)
-            except distrib.TaskTimeout as exc:
-                print("TIMEOUT", exc)
-        """)
-    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address}, timeout=180)
-    pids = [int(x) for x in out.stdout.split("PIDS", 1)[1].split("\n")[0].split()] \
-        if "PIDS" in out.stdout else []
+    out, pids = left_by(workspace, worker, "leave_and_hang(20)", "TaskTimeout")
     try:
-        assert "TIMEOUT" in out.stdout and len(pids) == 21, (out.stdout, out.stderr[-3000:])
+        assert "TaskTimeout" in out.stdout and len(pids) == 21, (out.stdout,
+                                                                 out.stderr[-3000:])
         wait_for(lambda: not _running(pids), 10, "the task's processes to be gone")
     finally:
         _kill(pids)

@@ -365,21 +365,11 @@ def _in_namespace_of(pid: int) -> list[int]:
 @pytest.mark.parametrize("builder", BUILDERS)
 def test_what_a_sandboxed_executor_that_died_left_is_killed_by_the_daemon(
         workspace: Workspace, start_worker, builder: str) -> None:
-    from tests.integration.test_process_tree import TASKS
+    from tests.integration.test_process_tree import left_by
 
     worker = start_worker(threads=1, env={"DISTRIB_SANDBOX_BUILDERS": builder})
-    workspace.write("tasks.py", TASKS)
-    workspace.write("main.py", """
-        import distrib, tasks
-
-        if __name__ == "__main__":
-            try:
-                tasks.leave_processes(20, -1).unwrap(timeout=120)
-            except distrib.WorkerCrashed as exc:
-                print("CRASHED", exc)
-        """)
-    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address}, timeout=180)
-    assert "CRASHED" in out.stdout, (out.stdout, out.stderr[-3000:])
+    out, _ = left_by(workspace, worker, "leave_processes(20, -1)", "WorkerCrashed")
+    assert "WorkerCrashed" in out.stdout, (out.stdout, out.stderr[-3000:])
     # Its 20 processes and a setsid loop went to the template (process 1 there), not to the
     # daemon: the daemon kills them all the same.
     (template,) = worker.status()["templates"]
