@@ -72,6 +72,12 @@ TASKS = """
             os._exit(3)  # (the executor dies: what it leaves is adopted by the daemon)
         return pids
 
+    @distributed
+    def scheduling():
+        with open("/proc/self/autogroup") as f:
+            group = f.read().split()
+        return os.getsid(0), group[-1], os.getpriority(os.PRIO_PROCESS, 0)
+
     @distributed(timeout=3, retries=0)
     def leave_and_hang(count):
         return leave_processes.__wrapped__(count, 600)
@@ -342,3 +348,29 @@ def test_a_task_that_leaves_nothing_keeps_its_executor(
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["not", "stopped", "285", "True"]
     assert "ended: task" not in worker.log()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"),
+                    reason="this kernel groups no processes by session (no autogroup)")
+@pytest.mark.parametrize("extra", [UNBOXED, ()], ids=["unsandboxed", "sandboxed"])
+def test_executors_run_at_the_owners_niceness_against_other_sessions(
+        workspace: Workspace, start_worker, extra: tuple[str, ...]) -> None:
+    # The kernel shares the CPU between sessions first (autogroup): an executor in a session
+    # of its own at nice 0 would weigh as much as the daemon with its Mains, or as the
+    # owner's whole desktop.
+    worker = start_worker(threads=1, extra=(*extra, "--nice", "10"))
+    workspace.write("tasks.py", TASKS)
+    workspace.write("main.py", """
+        import tasks
+
+        if __name__ == "__main__":
+            print("GOT", *tasks.scheduling().unwrap(timeout=120))
+        """)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address}, timeout=180)
+    assert "GOT" in out.stdout, (out.stdout, out.stderr[-3000:])
+    session, group_nice, nice = out.stdout.split("GOT", 1)[1].split()[:3]
+    assert nice == "10"
+    if extra:  # in the daemon's session: its group, whose niceness the owner gave it
+        assert int(session) == os.getsid(worker.pid)
+    else:  # a session of the sandbox's own: its group is as nice as the owner says
+        assert group_nice == "10"

@@ -106,14 +106,27 @@ def find_interpreters(extra: Iterable[Path] = ()) -> dict[str, Path]:
     return dict(sorted(found.items(), key=lambda kv: tuple(map(int, kv[0].split(".")))))
 
 
+_probes: set[int] = set()  # the Pythons being asked their version now (this daemon's own)
+
+
 def _version_of(path: Path) -> str | None:
     try:
-        done = subprocess.run([str(path), "-c", "import sys; print(sys.version_info[0], "
-                               "sys.version_info[1], sys.implementation.name)"],
-                              capture_output=True, text=True, timeout=30)
-        major, minor, impl = done.stdout.split()
-    except (OSError, ValueError, subprocess.TimeoutExpired):
+        proc = subprocess.Popen([str(path), "-c", "import sys; print(sys.version_info[0], "
+                                 "sys.version_info[1], sys.implementation.name)"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                stdin=subprocess.DEVNULL, text=True)
+    except OSError:
         return None
+    _probes.add(proc.pid)  # (not a process a task left: see ``worker/_strays.py``)
+    try:
+        output, _ = proc.communicate(timeout=30)
+        major, minor, impl = output.split()
+    except (ValueError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait()
+        return None
+    finally:
+        _probes.discard(proc.pid)
     if impl != "cpython" or (int(major), int(minor)) < _MIN_PYTHON:
         return None
     return f"{major}.{minor}"
@@ -296,8 +309,8 @@ class Environments:
                 self._evict(keep=done.env_id)
 
     def pids(self) -> set[int]:
-        """Processes of the builds running now."""
-        return {b.proc.pid for b in self._builds.values() if b.proc is not None}
+        """Processes of the builds running now, and of Pythons asked their version."""
+        return {b.proc.pid for b in self._builds.values() if b.proc is not None} | _probes
 
     def close(self) -> None:
         for build in self._builds.values():

@@ -92,6 +92,7 @@ class Executors:
         self._isolation = ""  # how executors keep task writes private, once one said
         self._strays_next = 0.0  # when to look for strays next
         self._strays_until = 0.0  # look at every tick until then (an executor ended)
+        self._strays = _strays.Strays()
         self.ahead = True  # start interpreters ahead (not where templates are sandboxed)
 
     def fds(self) -> list[int]:
@@ -220,14 +221,16 @@ class Executors:
                     self.apply(self.died(ex_id))
         template.waiting.clear()
 
-    def _sweep_strays(self, procs: dict[int, _process.Entry]) -> None:
+    def _sweep_strays(self, procs: dict[int, _process.Entry], at_once: bool = False) -> None:
         """Kill what tasks left to this daemon (``_strays``), and reap what exited."""
-        ours = {ex.pid for ex in self.procs.values()} | {
-            t.proc.pid for t in self.templates.values()} | self.builds() | (
+        started = [ex.proc for ex in self.procs.values()] + [
+            t.proc for t in self.templates.values()]
+        ours = {p.pid for p in started if p is not None} | {
+            p.launcher.pid for p in started if isinstance(p, Boxed)} | self.builds() | (
             {self._zygote.proc.pid} if self._zygote is not None else set())
         boxed = {t.proc.pid: procs[t.proc.pid].session for t in self.templates.values()
                  if isinstance(t.proc, Boxed) and t.proc.pid in procs}
-        killed = _strays.sweep(procs, ours, boxed)
+        killed = self._strays.sweep(procs, ours, boxed, at_once)
         if killed:
             peer_log.warning("killed %d process(es) left running by tasks of ended executors",
                              killed)
@@ -478,4 +481,4 @@ class Executors:
         if self._zygote is not None:
             self._zygote.kill()
         if self.forking:
-            self._sweep_strays(_process.table())
+            self._sweep_strays(_process.table(), at_once=True)
