@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import asyncio
 
 from distrib._errors import WaitTimeout
-from distrib._progress import Tracker
+from distrib._progress import Tracker, draw_settled
 from distrib._response import Response
 
 T = TypeVar("T")
@@ -31,7 +31,9 @@ def gather(responses: Iterable[Response[T]], timeout: float | None = None,
     # between calls, and at the owner's cap of parked executors it would then hold its slot.
     with _parking(r for r in given if not r.done()) or nullcontext():
         if not progress:
-            return [r.unwrap(timeout) for r in given]
+            results = [r.unwrap(timeout) for r in given]
+            draw_settled()  # (a bar of ``f.map(..., progress=True)`` ends before gather does)
+            return results
         tracker = Tracker(given)
         try:
             return [r.unwrap(timeout) for r in given]
