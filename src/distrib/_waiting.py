@@ -81,6 +81,7 @@ class AsCompleted(Generic[T]):
                         fut = next(found)
                 pending.discard(cast(Response[T], fut))
                 yield cast(Response[T], fut)
+            draw_settled()
         except TimeoutError:
             raise WaitTimeout(f"responses did not all finish within {self._timeout} s") \
                 from None
@@ -99,6 +100,7 @@ class AsCompleted(Generic[T]):
                 response.add_done_callback(
                     lambda r: loop.call_soon_threadsafe(queue.put_nowait, cast(Response[T], r)))
         if self._left == 0:
+            draw_settled()
             raise StopAsyncIteration
         parking = _parking(self._given) if self._queue.empty() else None
         try:

@@ -43,6 +43,10 @@ SCRIPT = """
             warnings.warn("a warning while the bar is drawn")
             print("SUM", sum(distrib.gather(calls)))
             print("AFTER the results", file=sys.stderr)
+        elif sys.argv[1] == "loop":  # as they finish, then what the script writes next
+            print("OK", sum(r.ok() for r in distrib.as_completed(rest.map(range(60),
+                                                                        progress=True))))
+            print("AFTER the results", file=sys.stderr)
         elif sys.argv[1] == "gather":
             print("SUM", sum(distrib.gather(work.map(range(8, 48)), progress=True)))
         else:  # the script ends as the last results arrive: the summary still comes
@@ -137,5 +141,14 @@ def test_lines_written_while_a_bar_is_drawn_go_above_it_and_its_last_state_comes
     warned = [line for line in lines if "UserWarning: a warning while the bar" in line]
     assert len(warned) == 1 and re.match(r"^\S*main\.py:\d+: UserWarning", warned[0]), lines
     # The bar's last state is drawn when gather returns, before what the script writes next.
+    assert lines[-1] == "AFTER the results", lines[-5:]
+    assert re.search(r"^rest .* 60/60\s+0 failed", lines[-2]), lines[-5:]
+
+
+def test_a_map_bar_ends_before_as_completed_does(workspace: Workspace, start_worker) -> None:
+    worker = start_worker(threads=2)
+    workspace.write("main.py", SCRIPT)
+    lines, out = on_a_terminal(workspace, worker, "loop")
+    assert out.splitlines() == ["OK 60"]
     assert lines[-1] == "AFTER the results", lines[-5:]
     assert re.search(r"^rest .* 60/60\s+0 failed", lines[-2]), lines[-5:]
