@@ -362,8 +362,8 @@ class Environments:
         why = "" if policy.no_index else _index.unreachable(index)
         if not why:
             return self._run(build, args, environ)
-        log.warning("the package index %s cannot be reached (%s): installing from uv's cache "
-                    "only", index, why)
+        peer_log.warning("the package index %s cannot be reached (%s): installing from uv's "
+                         "cache only", index, why)
         return self._run(build, [*args, "--offline"], environ,
                          _index.advice(index, self._name(), why))
 

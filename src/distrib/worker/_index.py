@@ -44,8 +44,9 @@ def unreachable(url: str, timeout: float = PROBE_SECONDS) -> str:
 
 def advice(url: str, worker: str, why: str) -> str:
     """What the user reads when a build failed with the index out of reach."""
-    return (f"the package index {url} could not be reached from worker {worker} ({why}), and "
-            "uv's cache there lacks the packages. Give the worker network access to it, or "
-            "have its owner point it at an index or a folder of wheels it can reach "
-            "(distrib worker --index-url URL, or --find-links DIR --no-index), or install the "
-            "packages into the worker's own Python (its tasks then use them as they are)")
+    return (f"the package index {url} could not be reached from worker {worker} ({why}), "
+            "and uv's cache there did not hold everything. Give the worker network access to "
+            "the index, or have its owner point it at an index or a folder of wheels it can "
+            "reach (distrib worker --index-url URL, or --find-links DIR --no-index), or "
+            "install these versions into the Python the worker runs (its tasks then use them "
+            "as they are)")
