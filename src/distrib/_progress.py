@@ -195,8 +195,8 @@ def _leave_board() -> None:
 def _move_handlers(terminal: Any, display: Any) -> None:
     """Log handlers that write to ``terminal`` (distrib's own, one of ``basicConfig``) write
     through ``display`` until the bars end."""
-    loggers = [logging.getLogger(), *(x for x in logging.Logger.manager.loggerDict.values()
-                                      if isinstance(x, logging.Logger))]
+    known = list(logging.Logger.manager.loggerDict.values())  # (other threads add loggers)
+    loggers = [logging.getLogger(), *(x for x in known if isinstance(x, logging.Logger))]
     for logger in loggers:
         for handler in logger.handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream is terminal:
