@@ -1,6 +1,6 @@
 """The seed example: the only change from a plain script is the import line.
 
-Knobs for a quick demo: DEMO_COUNT calls (default 10000) of DEMO_SLEEP seconds (default 1).
+Knobs for a quick demo: DEMO_COUNT calls (default 100) of DEMO_SLEEP seconds (default 0.05).
 """
 
 import os
@@ -8,8 +8,8 @@ from time import sleep
 
 from distrib import distributed
 
-COUNT = int(os.environ.get("DEMO_COUNT", "10000"))
-SLEEP = float(os.environ.get("DEMO_SLEEP", "1"))
+COUNT = int(os.environ.get("DEMO_COUNT", "100"))
+SLEEP = float(os.environ.get("DEMO_SLEEP", "0.05"))
 
 
 @distributed(platform="*", threads=1)

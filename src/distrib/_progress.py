@@ -4,12 +4,14 @@ failures, rate, time left, slots busy across workers), else one summary line at 
 Counting and drawing happen in a thread of their own, ten times a second: it reads the state of
 the calls that finished since (no lock is taken) and the slot figures the session publishes, and
 the I/O thread does nothing more than without progress. ``_waiting.progress`` and
-``gather(progress=True)`` draw with it.
+``gather(progress=True)`` draw with it. While bars are drawn, what is written to stderr (log
+handlers included) is printed above them.
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import sys
 import threading
 import time
@@ -24,6 +26,9 @@ _live: weakref.WeakSet[Tracker] = weakref.WeakSet()  # drawing: their last word 
 _board: Any = None
 _rows = 0
 _board_lock = threading.Lock()
+# Log handlers writing to the terminal, sent through the display while it is drawn, with the
+# stream each had: a line written straight to the terminal would end the bar's line.
+_moved: list[tuple[logging.StreamHandler[Any], Any]] = []
 
 
 @atexit.register
@@ -89,6 +94,10 @@ class Tracker:
     def _pending(self) -> bool:
         return self._next < len(self._calls)
 
+    def settled(self) -> bool:
+        """(any thread) Have all its calls finished? (Read without a lock, as counting is.)"""
+        return not any(r._is_pending() for r in self._calls[self._next:])
+
     def close(self) -> None:
         self._stop.set()
         _live.discard(self)
@@ -132,6 +141,15 @@ class Tracker:
             _leave_board()
 
 
+def draw_settled() -> None:
+    """The script holds the results: each bar whose calls have all finished draws its last
+    state (or prints its summary line) now, before what the script writes next, rather than
+    up to ``REFRESH`` later, below it."""
+    for tracker in list(_live):
+        if tracker.settled():
+            tracker.close()
+
+
 def _join_board(description: str, total: int) -> tuple[Any, Any]:
     """A row for a bar on the display the bars drawn now share (started by the first): the
     display and the row's task id."""
@@ -151,7 +169,10 @@ def _join_board(description: str, total: int) -> tuple[Any, Any]:
                               # The script's prints go above the bars only when they would
                               # reach the same terminal: a redirected stdout keeps its output.
                               redirect_stdout=sys.stdout is not None and sys.stdout.isatty())
-            _board.start()
+            terminal = sys.stderr
+            _board.start()  # (sys.stderr is now rich's, which prints above the bars)
+            if sys.stderr is not terminal:
+                _move_handlers(terminal, sys.stderr)
         _rows += 1
         return _board, _board.add_task(description, total=total, troubles="0 failed",
                                        rate="0.0", slots="0/0")
@@ -166,3 +187,18 @@ def _leave_board() -> None:
             _board.refresh()
             _board.stop()
             _board = None
+            for handler, stream in _moved:
+                handler.setStream(stream)
+            _moved.clear()
+
+
+def _move_handlers(terminal: Any, display: Any) -> None:
+    """Log handlers that write to ``terminal`` (distrib's own, one of ``basicConfig``) write
+    through ``display`` until the bars end."""
+    known = list(logging.Logger.manager.loggerDict.values())  # (other threads add loggers)
+    loggers = [logging.getLogger(), *(x for x in known if isinstance(x, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is terminal:
+                _moved.append((handler, terminal))
+                handler.setStream(display)

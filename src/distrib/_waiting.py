@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import asyncio
 
 from distrib._errors import WaitTimeout
-from distrib._progress import Tracker
+from distrib._progress import Tracker, draw_settled
 from distrib._response import Response
 
 T = TypeVar("T")
@@ -31,7 +31,9 @@ def gather(responses: Iterable[Response[T]], timeout: float | None = None,
     # between calls, and at the owner's cap of parked executors it would then hold its slot.
     with _parking(r for r in given if not r.done()) or nullcontext():
         if not progress:
-            return [r.unwrap(timeout) for r in given]
+            results = [r.unwrap(timeout) for r in given]
+            draw_settled()  # (a bar of ``f.map(..., progress=True)`` ends before gather does)
+            return results
         tracker = Tracker(given)
         try:
             return [r.unwrap(timeout) for r in given]
@@ -79,6 +81,7 @@ class AsCompleted(Generic[T]):
                         fut = next(found)
                 pending.discard(cast(Response[T], fut))
                 yield cast(Response[T], fut)
+            draw_settled()
         except TimeoutError:
             raise WaitTimeout(f"responses did not all finish within {self._timeout} s") \
                 from None
@@ -97,6 +100,7 @@ class AsCompleted(Generic[T]):
                 response.add_done_callback(
                     lambda r: loop.call_soon_threadsafe(queue.put_nowait, cast(Response[T], r)))
         if self._left == 0:
+            draw_settled()
             raise StopAsyncIteration
         parking = _parking(self._given) if self._queue.empty() else None
         try:

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from distrib.wire import _keys
-from tests.helpers import PYTHON, wait_for
+from tests.helpers import PYTHON, Workspace, wait_for
 
 
 def distrib(*args: str, env: dict[str, str] | None = None,
@@ -61,6 +61,28 @@ def test_status_shows_load_mains_and_unreachable_workers(tmp_path: Path, start_w
             "disk_age_s"] is not None and s, what="the worker's first measure of its disk use")
     assert disk["workspaces_cached"] == 0 and disk["envs_cached"] == 0
     assert isinstance(disk["workspaces_bytes"], int) and isinstance(disk["envs_bytes"], int)
+
+
+def test_the_first_status_after_a_run_counts_the_workspace_it_left(
+        workspace: Workspace, start_worker) -> None:
+    worker = start_worker(threads=1)
+    env = {"DISTRIB_WORKERS": worker.address}
+    before = distrib("status", env=env, cwd=workspace.root)  # (a query before the run)
+    assert before.returncode == 0 and "cached: 0 workspaces" in before.stdout, before.stdout
+    workspace.write("main.py", """
+        from distrib import distributed
+
+        @distributed
+        def double(x):
+            return 2 * x
+
+        if __name__ == "__main__":
+            print("OK", double(21).unwrap(timeout=60))
+        """)
+    out = workspace.run("main.py", env=env)
+    assert out.stdout.strip() == "OK 42", out.stderr
+    after = distrib("status", env=env, cwd=workspace.root)
+    assert after.returncode == 0 and "cached: 1 workspaces" in after.stdout, after.stdout
 
 
 def test_status_without_workers_says_how_to_configure(tmp_path: Path) -> None:

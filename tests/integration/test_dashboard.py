@@ -223,3 +223,56 @@ def test_everything_the_page_loads_is_packaged_with_distrib() -> None:
     for url in loaded:
         assert (STATIC / url.removeprefix("/static/")).is_file(), url
     assert "http" not in (STATIC / "dashboard.js").read_text()  # (no CDN: it works offline)
+
+
+QUEUE_SCRIPT = """
+    import os, sys, time
+    import distrib
+    from distrib import distributed
+
+    GATE = sys.argv[1]
+
+    @distributed
+    def wait_gate(i):
+        deadline = time.monotonic() + 120
+        while not os.path.exists(GATE) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return i
+
+    if __name__ == "__main__":
+        print("SUM", sum(distrib.gather(wait_gate.map(range(6)))), flush=True)
+        sys.stdin.read()
+    """
+
+
+def test_the_page_names_what_each_count_counts(workspace: Workspace, start_worker,
+                                               tmp_path: Path) -> None:
+    # One slot, six calls: more calls are at the worker (running or queued there) than
+    # slots are busy, and the page says which is which.
+    worker = start_worker(threads=1, extra=("--no-sandbox",))
+    workspace.write("main.py", QUEUE_SCRIPT)
+    err_file, gate = tmp_path / "main.err", tmp_path / "gate"
+    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
+           "DISTRIB_WORKERS": worker.address, "DISTRIB_DASHBOARD": "127.0.0.1:0"}
+    with open(err_file, "w") as err, ended(subprocess.Popen(
+            [PYTHON, "main.py", str(gate)], cwd=workspace.root, env=env, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=err, text=True)) as main:
+        url = wait_for(lambda: (m := re.search(r"dashboard: (http://\S+)", err_file.read_text()))
+                       and m.group(1), what="the dashboard's URL on the Main's stderr")
+        snap = wait_for(lambda: (s := _snapshot(url)).get("workers") and
+                        s["totals"]["at_workers"] > 1 and sum(w["busy"] for w in s["workers"])
+                        == 1 and s, what="calls queued at the worker behind its one busy slot")
+        assert "running" not in snap["totals"]  # (its name said less than it counted)
+        (work,) = snap["functions"]
+        assert work["at_workers"] == snap["totals"]["at_workers"]
+        assert work["at_workers"] + work["pending"] == 6
+        status, page = _get(url)
+        assert status == 200
+        cards = {re.sub(r"<[^>]+>", "", label) for label in re.findall(
+            r'<span class="label">(.*?)</span><span', page.decode())}
+        assert "at workers (running or queued there)" in cards, cards
+        assert "slots busy (of offered)" in cards and "pending (not sent yet)" in cards, cards
+        assert "running" not in cards
+        gate.touch()
+        out, _ = finish(main)
+    assert "SUM 15" in out

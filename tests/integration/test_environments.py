@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -183,6 +184,30 @@ def test_a_package_no_index_has_fails_as_a_dependency_error_naming_it(
     assert "DependencyError" in out.stderr
     assert "tinylib==3.0" in out.stderr and "could not build the environment" in out.stderr
     assert worker.status()["envs_failed"] == 1
+    assert worker.proc.poll() is None
+
+
+@pytest.mark.parametrize("index", ["silent", "refused"])
+def test_an_index_out_of_reach_fails_within_seconds_saying_so(
+        workspace: Workspace, start_worker: Callable[..., Worker], wheels: Path,
+        tmp_path: Path, index: str) -> None:
+    # An index that accepts connections and never answers (uv alone waits its 30 s HTTP
+    # timeout, several times), or one where nothing listens.
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        if index == "silent":
+            server.listen()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/simple"
+        python = layered_venv(tmp_path / "main-2.0", wheels, ("tinylib==2.0",))
+        worker = start_worker(extra=("--index-url", url))
+        workspace.write("main.py", PROBE)
+        # (the deadline: a worker that waits for the index as uv does takes minutes)
+        out = workspace.run("main.py", "1", env={"DISTRIB_WORKERS": worker.address},
+                            python=python, timeout=60)
+    assert out.returncode != 0
+    assert "DependencyError" in out.stderr and "tinylib==2.0" in out.stderr, out.stderr
+    assert f"the package index {url} could not be reached" in out.stderr, out.stderr
+    assert "--find-links DIR --no-index" in out.stderr and "network" in out.stderr
     assert worker.proc.poll() is None
 
 

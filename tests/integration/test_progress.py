@@ -35,6 +35,18 @@ SCRIPT = """
             first, second = work.map(range(100, 200), progress=True), rest.map(range(60),
                                                                               progress=True)
             print("OK", sum(r.wait(60) and r.ok() for r in first + second))
+        elif sys.argv[1] == "logs":  # lines written while a bar is drawn, then after it
+            import logging, warnings
+            calls = rest.map(range(60), progress=True)
+            calls[5].wait(60)
+            logging.getLogger("distrib").warning("a log line while the bar is drawn")
+            warnings.warn("a warning while the bar is drawn")
+            print("SUM", sum(distrib.gather(calls)))
+            print("AFTER the results", file=sys.stderr)
+        elif sys.argv[1] == "loop":  # as they finish, then what the script writes next
+            print("OK", sum(r.ok() for r in distrib.as_completed(rest.map(range(60),
+                                                                        progress=True))))
+            print("AFTER the results", file=sys.stderr)
         elif sys.argv[1] == "gather":
             print("SUM", sum(distrib.gather(work.map(range(8, 48)), progress=True)))
         else:  # the script ends as the last results arrive: the summary still comes
@@ -116,3 +128,27 @@ def test_shipping_a_large_workspace_says_so(workspace: Workspace, start_worker) 
     assert out.stdout.splitlines() == [f"SIZE {40 << 20}"], out.stderr[-3000:]
     assert re.search(r"shipping the workspace: 2 files, 42 MB", out.stderr), out.stderr
     assert re.search(r"the workspace sent \(42 MB in [\d.]+ s\)", out.stderr), out.stderr
+
+
+def test_lines_written_while_a_bar_is_drawn_go_above_it_and_its_last_state_comes_first(
+        workspace: Workspace, start_worker) -> None:
+    worker = start_worker(threads=2)
+    workspace.write("main.py", SCRIPT)
+    lines, out = on_a_terminal(workspace, worker, "logs")
+    assert out.splitlines() == [f"SUM {sum(range(60))}"]
+    # Each line starts a line of its own, not the end of a bar's.
+    assert "distrib: a log line while the bar is drawn" in lines, lines
+    warned = [line for line in lines if "UserWarning: a warning while the bar" in line]
+    assert len(warned) == 1 and re.match(r"^\S*main\.py:\d+: UserWarning", warned[0]), lines
+    # The bar's last state is drawn when gather returns, before what the script writes next.
+    assert lines[-1] == "AFTER the results", lines[-5:]
+    assert re.search(r"^rest .* 60/60\s+0 failed", lines[-2]), lines[-5:]
+
+
+def test_a_map_bar_ends_before_as_completed_does(workspace: Workspace, start_worker) -> None:
+    worker = start_worker(threads=2)
+    workspace.write("main.py", SCRIPT)
+    lines, out = on_a_terminal(workspace, worker, "loop")
+    assert out.splitlines() == ["OK 60"]
+    assert lines[-1] == "AFTER the results", lines[-5:]
+    assert re.search(r"^rest .* 60/60\s+0 failed", lines[-2]), lines[-5:]

@@ -85,3 +85,18 @@ def test_a_change_makes_the_next_query_measure_again() -> None:
     wait_for(lambda: disk.get()[0] == 2, what="the measure after the change")
     assert disk.measures == 2
     assert disk.get()[0] == 2 and disk.measures == 2  # fresh and unchanged: no walk
+
+
+def test_once_asked_a_change_is_measured_at_once_not_at_the_next_query() -> None:
+    walks: list[int] = []
+
+    def walk() -> int:
+        walks.append(1)
+        return len(walks)
+
+    disk = DiskUse(walk, max_age=1000.0, clock=Clock())
+    disk.get()
+    wait_for(lambda: disk.get()[0] == 1, what="the first measure")
+    disk.refresh()  # a workspace arrived: the next query reads it already measured
+    wait_for(lambda: len(walks) == 2 and not disk._running, what="the measure of the change")
+    assert disk.get() == (2, 0.0) and disk.measures == 2

@@ -160,7 +160,7 @@ def snapshot(stats: Stats, links: Iterable[Link], scheduler: Scheduler, dist: Di
     """Everything the dashboard shows, as JSON-ready values (built by the I/O thread): the
     ``links`` to workers, the ``scheduler``'s view of them, the workspace ``dist`` and what
     the ``main`` says of itself."""
-    running: dict[str, int] = {}
+    at_workers: dict[str, int] = {}  # sent, not finished: running or queued on the worker
     workers = []
     has_workspace = []
     for link in links:
@@ -171,7 +171,7 @@ def snapshot(stats: Stats, links: Iterable[Link], scheduler: Scheduler, dist: Di
                                          view.slots)
             inflight, busy = len(view.inflight), min(view.inflight_slots, view.slots)
             for task in view.inflight.values():
-                running[task.name] = running.get(task.name, 0) + 1
+                at_workers[task.name] = at_workers.get(task.name, 0) + 1
         platform, python, slots = stats.known.get(link.link_id, ("", "", 0))
         if link.has_workspace:
             has_workspace.append(link.name or link.address)
@@ -183,14 +183,14 @@ def snapshot(stats: Stats, links: Iterable[Link], scheduler: Scheduler, dist: Di
             "done": stats.by_worker.get(link.link_id, 0),
         })
     functions = []
-    totals = dict.fromkeys(("submitted", "pending", "running", "done", "failed", "retried",
+    totals = dict.fromkeys(("submitted", "pending", "at_workers", "done", "failed", "retried",
                             "cancelled", "placed"), 0)
     for name, f in stats.functions.items():
-        counts = {"submitted": f.submitted, "running": running.get(name, 0), "done": f.done,
+        counts = {"submitted": f.submitted, "at_workers": at_workers.get(name, 0), "done": f.done,
                   "failed": f.failed, "retried": f.retried, "cancelled": f.cancelled,
                   "placed": f.placed}
         counts["pending"] = max(0, f.submitted - f.done - f.failed - f.cancelled
-                                - counts["running"])
+                                - counts["at_workers"])
         for key, count in counts.items():
             totals[key] += count
         functions.append({"name": name, **counts, "p95": _p95(f.recent),

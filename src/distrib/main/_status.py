@@ -67,3 +67,20 @@ def query(address: str, server_key: str | None = None, key: KeyPair | None = Non
         monitor.close(0)
         sock.close(0)
         ctx.term()
+
+
+DISK_WAIT = 2.0  # seconds ``distrib status`` waits for a worker's first measure of its disk
+
+
+def query_measured(address: str, server_key: str | None = None, key: KeyPair | None = None,
+                   timeout: float = 5.0, source: str = "configured") -> WorkerStatus:
+    """``query``, asked again for a short while when the worker has not measured its disk
+    yet (it measures at its first query, in the background): the table's first look shows
+    what the cache holds, not nothing."""
+    answer = query(address, server_key, key, timeout, source)
+    deadline = time.monotonic() + DISK_WAIT
+    while answer.reachable and "disk_age_s" in answer.info and \
+            answer.info["disk_age_s"] is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        answer = query(address, server_key, key, timeout, source)
+    return answer

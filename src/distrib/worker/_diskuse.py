@@ -19,9 +19,10 @@ T = TypeVar("T")
 
 
 class DiskUse(Generic[T]):
-    """The last value of ``measure`` and its age; asked when older than ``max_age`` or after
-    a change (``refresh``), it is measured again in the background, one measure at a time.
-    Nothing is measured until asked: a worker no one queries never walks its disk."""
+    """The last value of ``measure`` and its age; asked when older than ``max_age``, it is
+    measured again in the background, one measure at a time. Nothing is measured until asked:
+    a worker no one queries never walks its disk. Once asked, a change (``refresh``) is
+    measured at once, so that the next query does not read what was there before it."""
 
     def __init__(self, measure: Callable[[], T], max_age: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -32,6 +33,7 @@ class DiskUse(Generic[T]):
         self._tried = float("-inf")  # when the last measure began (a failed one too)
         self._stale = False  # changed since the last measure began
         self._running = False
+        self._asked = False  # someone queries this worker: changes are measured as they come
         self.measures = 0  # measures started
 
     def get(self) -> tuple[T | None, float]:
@@ -39,22 +41,31 @@ class DiskUse(Generic[T]):
         waits for a measure."""
         with self._lock:
             now = self._clock()
-            if not self._running and (self._stale or now - self._tried > self._max_age):
-                try:
-                    threading.Thread(target=self._run, args=(now,), name="distrib-disk-use",
-                                     daemon=True).start()
-                except RuntimeError:  # (no thread to be had now: asked again later)
-                    pass
-                else:
-                    self._running, self._stale, self._tried = True, False, now
-                    self.measures += 1
+            self._asked = True
+            if self._stale or now - self._tried > self._max_age:
+                self._start(now)
             return self._value, max(0.0, now - self._at)
 
     def refresh(self) -> None:
-        """What is measured changed (a workspace or an environment came or went): the next
-        query measures again."""
+        """What is measured changed (a workspace or an environment came or went): measured
+        again now if this worker has been asked before (else at the first query)."""
         with self._lock:
             self._stale = True
+            if self._asked:
+                self._start(self._clock())
+
+    def _start(self, now: float) -> None:
+        """(under the lock) A measure in the background, unless one is running (it measures
+        again as it ends if a change came meanwhile)."""
+        if self._running:
+            return
+        try:
+            threading.Thread(target=self._run, args=(now,), name="distrib-disk-use",
+                             daemon=True).start()
+        except RuntimeError:  # (no thread to be had now: asked again later)
+            return
+        self._running, self._stale, self._tried = True, False, now
+        self.measures += 1
 
     def _run(self, started: float) -> None:
         try:
@@ -66,6 +77,8 @@ class DiskUse(Generic[T]):
             return
         with self._lock:
             self._value, self._at, self._running = value, started, False
+            if self._stale:  # changed while it was measured
+                self._start(self._clock())
 
 
 def measure_disk(envs: Environments, store: Store) -> dict[str, Any]:

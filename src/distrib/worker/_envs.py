@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distrib._logs import RateLimited
+from distrib.worker import _index
 from distrib.wire._envspec import EnvSpec, normalize
 from distrib.wire._facts import python_version
 from distrib.wire._record import ErrorRecord
@@ -370,19 +371,26 @@ class Environments:
             path = wheels / spec.file[0]
             path.write_text(spec.file[1])
             args += ["-r", str(path)]
-        return self._run(build, args, environ)
+        index = policy.index_url or _index.PYPI
+        why = "" if policy.no_index else _index.unreachable(index)
+        if not why:
+            return self._run(build, args, environ)
+        peer_log.warning("the package index %s cannot be reached (%s): installing from uv's "
+                         "cache only", index, why)
+        return self._run(build, [*args, "--offline"], environ,
+                         _index.advice(index, self._name(), why))
 
-    def _run(self, build: _Build, args: list[str], environ: dict[str, str]
-             ) -> dict[str, str] | None:
+    def _run(self, build: _Build, args: list[str], environ: dict[str, str],
+             cause: str = "") -> dict[str, str] | None:
         build.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, text=True, env=environ,
                                       cwd=self.root)
         output, _ = build.proc.communicate()
         if build.proc.returncode == 0:
             return None
-        return self._error(build.spec, output)
+        return self._error(build.spec, output, cause)
 
-    def _error(self, spec: EnvSpec, output: str) -> dict[str, str]:
+    def _error(self, spec: EnvSpec, output: str, cause: str = "") -> dict[str, str]:
         text = re.sub(r"\x1b\[[0-9;]*m", "", output).strip()
         lines = [line.rstrip() for line in text.splitlines() if line.strip()]
         named = [f"{n}=={v}" for n, v in spec.pins if re.search(
@@ -395,8 +403,8 @@ class Environments:
                     "with no wheel for it needs its owner to allow builds with --install any)")
         return ErrorRecord("distrib.DependencyError", (
             f"worker {self._name()} could not build the environment for Python {spec.python} "
-            f"with {spec.summary()}{what}; the installer said:\n  "
-            + "\n  ".join(lines[-_TAIL:]) + hint), "").to_wire()
+            f"with {spec.summary()}{what}" + (f": {cause}" if cause else "")
+            + "; the installer said:\n  " + "\n  ".join(lines[-_TAIL:]) + hint), "").to_wire()
 
     # --- the cache ---------------------------------------------------------------------------
 

@@ -61,7 +61,7 @@ function render(s) {
   const t = s.totals;
   text("done-count", t.done);
   text("submitted-count", t.submitted);
-  text("running-count", t.running);
+  text("at-workers-count", t.at_workers);
   text("pending-count", t.pending);
   text("failed-count", t.failed);
   text("retried-count", t.retried);
@@ -75,7 +75,7 @@ function render(s) {
     ["state", w.state + (w.reason ? ": " + w.reason : "")], ["", w.done],
   ], (w) => ({ "data-state": w.state, "data-address": w.address }));
   fillTable("functions", s.functions, (f) => [
-    ["name", f.name], ["", f.pending], ["", f.running], ["done", f.done], ["", f.failed],
+    ["name", f.name], ["", f.pending], ["", f.at_workers], ["done", f.done], ["", f.failed],
     ["", f.retried], ["", f.cancelled], ["placed", f.placed], ["", seconds(f.mean)],
     ["", seconds(f.p95)],
   ]);
