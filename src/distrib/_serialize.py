@@ -52,17 +52,24 @@ def dumps(obj: Any) -> list[Any]:
         buffers.append(buf)
         return False
 
+    # Checked only without a shipped main script: a hook per object costs a tiny call 4 us.
+    checked = not _runtime.main_shipped and _runtime.mode is _runtime.Mode.MAIN
     try:
-        if _runtime.main_shipped or _runtime.mode is not _runtime.Mode.MAIN:
-            head = pickle.dumps(obj, protocol=5, buffer_callback=keep)
-        else:  # (checked only here: a hook per object pickled costs a tiny call 4 us)
+        if checked:
             out = io.BytesIO()
             _NamesWorkersHave(out, protocol=5, buffer_callback=keep).dump(obj)
             head = out.getvalue()
+        else:
+            head = pickle.dumps(obj, protocol=5, buffer_callback=keep)
     except Exception:
         buffers.clear()
         try:
-            head = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep)
+            if checked:
+                out = io.BytesIO()
+                _ByValuePickler(out, protocol=5, buffer_callback=keep).dump(obj)
+                head = out.getvalue()
+            else:
+                head = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep)
         except Exception as exc:
             raise SerializationError(
                 f"cannot pickle {_describe(obj)}: {type(exc).__name__}: {exc}"
@@ -79,15 +86,41 @@ class _NamesWorkersHave(pickle.Pickler):
     workers cannot import, so that ``dumps`` falls back to cloudpickle, by value."""
 
     def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, (types.FunctionType, type)):
-            module = getattr(obj, "__module__", None)
-            if module == "__main__":
-                raise _NamesWorkersLack(module)  # (cloudpickle takes __main__ by value)
-            if (isinstance(module, str) and module.partition(".")[0] != "distrib"
-                    and not _runtime.resolves_on_workers(module)):
-                cloudpickle.register_pickle_by_value(sys.modules[module])
-                raise _NamesWorkersLack(module)
+        if isinstance(obj, (types.FunctionType, type)) and _lacked(obj):
+            raise _NamesWorkersLack(obj.__module__)
         return NotImplemented
+
+
+class _ByValuePickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, with every module workers cannot import met on the way pickled by value
+    (a function of one calls a function of another)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (types.FunctionType, type)):
+            _lacked(obj)
+        return super().reducer_override(obj)
+
+
+def _lacked(obj: types.FunctionType | type) -> bool:
+    """Would ``obj`` pickle by a name workers lack? Its module, if not ``__main__`` (which
+    cloudpickle takes by value), is then registered to be pickled by value."""
+    module = getattr(obj, "__module__", None)
+    if module == "__main__":
+        return True
+    if (isinstance(module, str) and module in sys.modules
+            and module.partition(".")[0] != "distrib"
+            and not _runtime.resolves_on_workers(module)):
+        cloudpickle.register_pickle_by_value(sys.modules[module])
+        return True
+    return False
+
+
+def by_value(obj: Any) -> bytes:
+    """``obj`` pickled by cloudpickle, with the modules workers cannot import that it uses
+    pickled by value too."""
+    out = io.BytesIO()
+    _ByValuePickler(out, protocol=5).dump(obj)
+    return out.getvalue()
 
 
 class _Bytes:

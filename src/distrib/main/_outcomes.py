@@ -111,8 +111,9 @@ def unshipped_module(info: dict[str, str], where: str) -> DependencyError | None
     if found is None:
         return None
     name, origin = found
-    shipped = (f"not in the shipped workspace {_runtime.shipped_root}" if _runtime.shipped_root
-               else "no workspace is shipped")
+    shipped = (f"executors cannot import it by that name from the shipped workspace "
+               f"{_runtime.shipped_root} (its root is on their sys.path)"
+               if _runtime.shipped_root else "no workspace is shipped")
     return DependencyError(
         f"{where} needs module {name} ({origin}), which workers cannot import: it is not "
         f"installed and {shipped}. Ship the folder that holds it as the workspace "
