@@ -108,7 +108,7 @@ def unshipped_module(info: dict[str, str], where: str) -> DependencyError | None
     """The error of a task that needed a module of this Main that no worker can import (not
     installed, not in the shipped workspace): that call's alone, the worker is not at fault."""
     found = _missing_here(ErrorRecord.from_wire(info))
-    if found is None:
+    if found is None or _runtime.file_resolves(found[0], found[1], _runtime.shipped_root):
         return None
     name, origin = found
     shipped = (f"executors cannot import it by that name from the shipped workspace "
