@@ -70,16 +70,27 @@ def file_resolves(module_name: str, file: str, root: str | None) -> bool:
     relative = os.path.splitext(os.path.relpath(path, root))[0].split(os.sep)
     if relative[-1] == "__init__":
         relative.pop()
-    return relative == module_name.split(".") or _installed(module_name.partition(".")[0])
+    return relative == module_name.split(".") or any(
+        path.startswith(folder + os.sep) for folder in _local_installs())
 
 
 @functools.cache
-def _installed(top: str) -> bool:
-    """Is ``top`` a distribution's package (say, an editable install of the workspace's own,
-    which workers get built as a wheel)?"""
+def _local_installs() -> tuple[str, ...]:
+    """The folders of packages installed from this machine's folders (an editable install of
+    the workspace's own package, say): workers get them built as wheels."""
     import importlib.metadata
+    import json
+    from urllib.parse import unquote, urlparse
 
-    return top in importlib.metadata.packages_distributions()
+    folders = []
+    for dist in importlib.metadata.distributions():
+        try:
+            url = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(url, str) and url.startswith("file://"):
+            folders.append(os.path.realpath(unquote(urlparse(url).path)))
+    return tuple(folders)
 
 
 # Executors import the main script under MAIN_ALIAS; make the same name resolve here so a
