@@ -67,6 +67,8 @@ def file_resolves(module_name: str, file: str, root: str | None) -> bool:
         return True
     if root is None or not path.startswith(root + os.sep):
         return False
+    if module_name in ("__main__", MAIN_ALIAS):
+        return True  # the main script, imported by its path
     relative = os.path.splitext(os.path.relpath(path, root))[0].split(os.sep)
     if relative[-1] == "__init__":
         relative.pop()

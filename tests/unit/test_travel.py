@@ -24,6 +24,8 @@ def test_a_module_resolves_in_the_workspace_only_at_the_path_its_name_gives(
     # pytest imports tests/test_x.py as test_x, from tests/ put on sys.path: not on workers.
     assert not _runtime.file_resolves("test_x", f"{root}/tests/test_x.py", root)
     assert not _runtime.file_resolves("helper", f"{root}/helper.py", None)
+    # Executors import the main script by its path, under another name.
+    assert _runtime.file_resolves(_runtime.MAIN_ALIAS, f"{root}/scripts/run.py", root)
     assert _runtime.file_resolves("json", sys.modules["json"].__file__ or "", None)
 
 
