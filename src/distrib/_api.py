@@ -12,7 +12,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import cloudpickle
 
-from distrib import _inputs, _runtime
+from distrib import _inputs, _runtime, _serialize
 from distrib._errors import ConfigError, MainGuardError
 from distrib._response import Response
 from distrib.wire._messages import check_redistribution
@@ -104,7 +104,7 @@ class DistributedFunction(Generic[P, T]):
         if module != "__main__" and not _runtime.resolves_on_workers(module):
             # Workers cannot import its module: it travels by value, with what it uses there.
             cloudpickle.register_pickle_by_value(sys.modules[module])
-            return (_by_value, (cloudpickle.dumps(self._fn, protocol=5), self.options))
+            return (_by_value, (_serialize.by_value(self._fn), self.options))
         by_reference = (module != "__main__" or _runtime.main_shipped) and _finds(
             self, module, qualname)
         if by_reference:

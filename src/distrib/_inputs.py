@@ -10,6 +10,7 @@ at once either way.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -101,6 +102,15 @@ class _Waiting:
 
 _placing: concurrent.futures.ThreadPoolExecutor | None = None
 _placing_lock = threading.Lock()
+
+
+def _forget_placer() -> None:
+    """In a forked child the placer's thread is gone: the child starts its own."""
+    global _placing, _placing_lock
+    _placing, _placing_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_placer)
 
 
 def _placer() -> concurrent.futures.ThreadPoolExecutor:

@@ -52,11 +52,48 @@ def _resolves(module_name: str, root: str | None) -> bool:
     file = getattr(module, "__file__", None)
     if module is None or file is None:
         return True  # built in, or a namespace: nothing of ours to decide
+    return file_resolves(module_name, file, root)
+
+
+def file_resolves(module_name: str, file: str, root: str | None) -> bool:
+    """Whether module ``module_name``, from ``file`` here, imports on workers: it is installed
+    (under this interpreter's prefixes), or in the shipped workspace ``root`` at the path its
+    name gives (``tests/test_x.py`` imported as ``test_x``, from a folder pytest put on
+    ``sys.path``, is not: executors have the workspace's root on theirs, no more)."""
     path = os.path.realpath(file)
-    roots = [root] if root else []
-    roots += [os.path.realpath(p) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix,
-                                            site.getusersitepackages()}]
-    return any(path.startswith(root + os.sep) for root in roots)
+    prefixes = [os.path.realpath(p) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix,
+                                              site.getusersitepackages()}]
+    if any(path.startswith(prefix + os.sep) for prefix in prefixes):
+        return True
+    if root is None or not path.startswith(root + os.sep):
+        return False
+    if module_name in ("__main__", MAIN_ALIAS):
+        return True  # the main script, imported by its path
+    relative = os.path.splitext(os.path.relpath(path, root))[0].split(os.sep)
+    if relative[-1] == "__init__":
+        relative.pop()
+    return relative == module_name.split(".") or any(
+        path.startswith(folder + os.sep) for folder in _local_installs())
+
+
+@functools.cache
+def _local_installs() -> tuple[str, ...]:
+    """The folders of packages installed from this machine's folders (an editable install of
+    the workspace's own package, say): workers get them built as wheels."""
+    import importlib.metadata
+    import json
+    from urllib.parse import unquote, urlparse
+
+    folders = []
+    for dist in importlib.metadata.distributions():
+        try:
+            url = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(url, str) and url.startswith("file://"):
+            folders.append(os.path.realpath(unquote(urlparse(url).path)))
+    return tuple(folders)
+
 
 # Executors import the main script under MAIN_ALIAS; make the same name resolve here so a
 # result referring to a class of the script unpickles to the Main's own class (as

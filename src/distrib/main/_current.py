@@ -2,11 +2,15 @@
 
 After ``shutdown()`` (explicit, or at interpreter exit) calls end as ``Cancelled`` at once
 instead of starting a new session behind the user's back; ``init()`` sets up again.
+
+A process forked from a Main (a ``fork`` multiprocessing pool, ``os.fork``) has none of the
+session's threads: it forgets the session it inherited and sets up its own at its first call.
 """
 
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 from typing import Any
 
@@ -26,6 +30,19 @@ SHUT_DOWN = "distrib was shut down; call distrib.init() to set up again"
 _session: Session | None = None
 _shut_down = False  # shutdown() was called and init() not since: calls end as Cancelled
 _lock = threading.Lock()
+_inherited: list[Session] = []  # sessions a forked child forgot: kept, never closed or collected
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: the inherited session's threads are gone, its sockets are its
+    parent's (closing them, or a collector doing so, would disturb the parent's links)."""
+    global _session, _lock
+    if _session is not None:
+        _inherited.append(_session)
+    _session, _lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def submit(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Response[Any]:

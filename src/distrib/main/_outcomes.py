@@ -18,9 +18,10 @@ from typing import Any
 
 import pathspec
 
-from distrib import _serialize
+from distrib import _runtime, _serialize
 from distrib._errors import (
     Cancelled,
+    DependencyError,
     SerializationError,
     TaskDiskExceeded,
     TaskTimeout,
@@ -92,19 +93,52 @@ _NO_MODULE = re.compile(r"^No module named '([\w.]+)'")
 
 def environment_problem(info: dict[str, str]) -> str:
     """Why a task's error shows its worker lacks this Main's environment, or "": the worker
-    could not build it, or cannot import a module that imports here."""
+    could not build it, or cannot import a module that imports here from what it describes
+    (an installed package, the shipped workspace)."""
     record = ErrorRecord.from_wire(info)
     if record.type_name == "distrib.DependencyError":
         return record.message
-    found = _NO_MODULE.match(record.message)
-    if record.type_name == "builtins.ModuleNotFoundError" and found:
-        try:
-            here = importlib.util.find_spec(found.group(1).partition(".")[0]) is not None
-        except (ImportError, ValueError):
-            here = False
-        if here:
-            return f"it cannot import {found.group(1)}, which this Main has ({record.message})"
+    found = _missing_here(record)
+    if found is not None and _runtime.file_resolves(found[0], found[1], _runtime.shipped_root):
+        return f"it cannot import {found[0]}, which this Main has ({record.message})"
     return ""
+
+
+def unshipped_module(info: dict[str, str], where: str) -> DependencyError | None:
+    """The error of a task that needed a module of this Main that no worker can import (not
+    installed, not in the shipped workspace): that call's alone, the worker is not at fault."""
+    found = _missing_here(ErrorRecord.from_wire(info))
+    if found is None or _runtime.file_resolves(found[0], found[1], _runtime.shipped_root):
+        return None
+    name, origin = found
+    shipped = (f"executors cannot import it by that name from the shipped workspace "
+               f"{_runtime.shipped_root} (its root is on their sys.path)"
+               if _runtime.shipped_root else "no workspace is shipped")
+    return DependencyError(
+        f"{where} needs module {name} ({origin}), which workers cannot import: it is not "
+        f"installed and {shipped}. Ship the folder that holds it as the workspace "
+        "(distrib.init(workspace=...), DISTRIB_WORKSPACE) or install it as a package")
+
+
+def _missing_here(record: ErrorRecord) -> tuple[str, str] | None:
+    """(name, file here) of the module a ``ModuleNotFoundError`` names, if it imports here."""
+    found = _NO_MODULE.match(record.message)
+    if record.type_name != "builtins.ModuleNotFoundError" or not found:
+        return None
+    name = found.group(1)
+    for candidate in (name, name.partition(".")[0]):
+        try:
+            spec = importlib.util.find_spec(candidate)
+        except (ImportError, ValueError):
+            continue
+        if spec is not None:
+            origin = spec.origin if spec.has_location and spec.origin else None
+            if origin is None and spec.submodule_search_locations:
+                origin = next(iter(spec.submodule_search_locations), None)
+            if origin is None:
+                return None  # built in, frozen: nothing this Main ships
+            return candidate, origin
+    return None
 
 
 def settle(task: Task, spec: m.ResultSpec, frames: Any, worker: str, where: str,
@@ -139,6 +173,9 @@ def settle(task: Task, spec: m.ResultSpec, frames: Any, worker: str, where: str,
         if not scheduler.workers[link_id].unable:
             log.warning("worker %s gets no more of this Main's tasks: %s", worker, problem)
         scheduler.cannot_provide(link_id, task, problem)
+    elif spec.status in (Outcome.ERROR, Outcome.ENV_ERROR) and (
+            unshipped := unshipped_module(spec.info, f"task {where}")):
+        response._set_outcome(worker, exc=unshipped)
     elif spec.status in (Outcome.ERROR, Outcome.ENV_ERROR):
         error = _serialize.loads_error(frames, spec.info)
         if type(error) is TaskDiskExceeded:  # (the worker does not know the task's name)

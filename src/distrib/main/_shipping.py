@@ -6,6 +6,7 @@ that worker (``DistFailed``), and a rerun ships the new version.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import logging
@@ -72,6 +73,29 @@ def forwarded_environ(dist: Distribution, patterns: tuple[str, ...],
             and not any(fnmatch.fnmatchcase(n, p) for p in _NOT_FORWARDED)}
 
 
+_PROJECT_MARKERS = ("pyproject.toml", "setup.py", ".git", "conftest.py")
+
+
+def pytest_project() -> Path | None:
+    """Under pytest (imported here, running a test), its root folder when that is a project
+    (one of ``_PROJECT_MARKERS`` in it), so that the test modules' functions run on workers;
+    else None. The root is the folder above the current one that holds the running test's
+    file by its node id (node ids are relative to pytest's root)."""
+    current = os.environ.get("PYTEST_CURRENT_TEST")
+    if "_pytest" not in sys.modules or not current:
+        return None
+    test_file = current.rsplit(" (", 1)[0].split("::", 1)[0]
+    if not test_file:
+        return None
+    cwd = Path.cwd().resolve()
+    for folder in (cwd, *cwd.parents):
+        if (folder / test_file).is_file():
+            if any((folder / marker).exists() for marker in _PROJECT_MARKERS):
+                return folder
+            return None
+    return None
+
+
 _PRELOAD_MAX = 500
 
 
@@ -103,7 +127,13 @@ def scan_workspace(settings: Settings, main_file: Path | None) -> Distribution:
 
     Without a main script (a REPL, ``python -c``, a script on stdin) and no workspace
     configured, nothing is shipped: the current folder may be a home folder of 200,000 files.
+    Under pytest, the tests' project is (see ``pytest_project``).
     """
+    project = pytest_project() if settings.workspace is None and main_file is None else None
+    if project is not None:
+        log.warning("under pytest with no main script: the test project %s is the workspace "
+                    "shipped to workers", project)
+        settings = dataclasses.replace(settings, workspace=project)
     if settings.workspace is None and main_file is None:
         log.warning("no main script (a REPL, python -c or stdin): no workspace is shipped and "
                     "functions travel by value; set a workspace (distrib.init(workspace=...), "
