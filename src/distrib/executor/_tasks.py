@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 import threading
-import time
 import socket
 import struct
 from pathlib import Path
@@ -26,7 +25,7 @@ from distrib import _process, _runtime, _serialize, _shared, _shm
 from distrib.wire._limits import MAX_FILE_BYTES, MAX_PAYLOAD_BYTES
 from distrib._errors import SerializationError
 from distrib.wire._messages import Outcome, payload_size
-from distrib.executor import _isolation, _objects, _subcalls
+from distrib.executor import _isolation, _objects, _standing, _subcalls
 from distrib.executor._leftovers import Leftovers
 from distrib.wire._pipe import NICE_VAR, THREAD_VARS, Pipe, PipeError, decode
 from distrib.wire._pipe_messages import (
@@ -67,17 +66,6 @@ class _Forward(io.TextIOBase):
 _max_payload = 0  # bytes a result may pickle to (the Main's setting); 0: no limit
 _SANDBOX_VAR = "DISTRIB_SANDBOX"  # set by the daemon's sandbox: where the tree is seen again
 _sandbox = ""  # that path, in a sandbox
-
-
-def _watch_parent(parent: int) -> None:
-    # A daemon killed with -9 cannot stop us; leave when we are orphaned (with what our
-    # tasks started: nothing of a task outlives its worker). (In a sandbox the daemon is
-    # outside this PID namespace, parent 0: the sandbox ends with it, all it holds too.)
-    while parent:
-        time.sleep(1.0)
-        if os.getppid() != parent:
-            _process.kill_trees([os.getpid()], with_roots=False)
-            os._exit(70)
 
 
 def _import_main(env: Path, main: str) -> None:
@@ -191,15 +179,6 @@ def _error_outcome(exc: BaseException) -> tuple[Outcome, dict[str, str], list[An
     return Outcome.ERROR, _serialize.error_info(exc), _serialize.dumps_error(exc)
 
 
-def _be_nice(nice: int) -> None:
-    """Run at the owner's niceness, before any thread starts (threads inherit it)."""
-    if nice > 0:
-        try:
-            os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
-        except OSError:
-            pass
-
-
 def _drop_own_frame(exc: BaseException) -> None:
     # The first frame is this module's call of the task: noise in the user's traceback.
     tb = exc.__traceback__
@@ -209,12 +188,12 @@ def _drop_own_frame(exc: BaseException) -> None:
 
 def main(argv: list[str]) -> None:
     global _sandbox
-    _be_nice(int(os.environ.pop(NICE_VAR, "0") or 0))
+    _standing.be_nice(int(os.environ.pop(NICE_VAR, "0") or 0))
     _sandbox = os.environ.pop(_SANDBOX_VAR, "") or _sandbox
     if argv[0] == "zygote":
         _zygote(int(argv[1]))
         return
-    _own_group()
+    _standing.own_group(bool(_sandbox))
     if argv[0] == "template":
         _template(argv[1:])
         return
@@ -229,41 +208,6 @@ def main(argv: list[str]) -> None:
     sys.path.insert(0, str(env))
     if _prepare(pipe, env, main_script) is not None:
         _serve(pipe, isolation, os.getppid())
-
-
-def _own_group() -> None:
-    """Leave the daemon's process group (a terminal's Ctrl-C, or a task's ``kill(0, ...)``,
-    reaches a whole group). In a sandbox, leave the template's session too: whatever this
-    process and its tasks start is then in another one, which no process can leave for the
-    template's own (``setsid`` makes a new session; a process group joins only within its
-    session): the daemon tells what an ended executor left to the template by its session.
-
-    Outside a sandbox an executor stays in the daemon's session. A new session is a new
-    scheduling group where the kernel groups by session (autogroup, on by default): each
-    executor would then weigh as much as the daemon and its Main together, starving them
-    of the turns that batch calls (the embedded cluster spent 25 % more CPU per call), and
-    an owner's niceness would hold only within it. The daemon tells what it adopted there
-    from its own helpers by keeping a list of those (``worker/_strays.py``)."""
-    try:
-        if _sandbox:
-            os.setsid()
-            _nice_group()
-        else:
-            os.setpgid(0, 0)
-    except OSError:  # (a session or group leader already)
-        pass
-
-
-def _nice_group() -> None:
-    """Give this process's new scheduling group (autogroup) its niceness: the owner's nice
-    then holds against the machine's other sessions, not only within the group."""
-    nice = os.getpriority(os.PRIO_PROCESS, 0)
-    if nice > 0:
-        try:
-            with open("/proc/self/autogroup", "w") as f:
-                f.write(str(nice))
-        except OSError:  # (no autogroups in this kernel)
-            pass
 
 
 def _zygote(fd: int) -> None:
@@ -418,7 +362,7 @@ def _forked_executor(fd: int, isolation: _isolation.Overlay | _isolation.Copies,
                      daemon: int) -> None:
     """An executor forked from a template: its environment is imported already."""
     try:
-        _own_group()  # (in a sandbox, not the template's: see there)
+        _standing.own_group(bool(_sandbox))  # (in a sandbox, not the template's: see there)
         sock = socket.socket(fileno=fd)
         if _sandbox:  # the daemon reads this process's pid, as it knows it, from the message
             sock.sendall(b"P")
@@ -437,7 +381,7 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
     """Run the tasks the daemon sends, one by one, until it closes the pipe, or until a task
     leaves threads or processes running (they would run into the next tasks)."""
     _process.become_subreaper()  # (what a task's processes leave as they exit stays ours)
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    threading.Thread(target=_standing.watch_parent, args=(parent,), daemon=True).start()
     lock = threading.RLock()  # (every send on the pipe: tasks' output, calls, outcomes)
     out, err = _Forward(pipe, lock, 1), _Forward(pipe, lock, 2)
     channel = _subcalls.channel = _subcalls.Channel(pipe, lock)

@@ -28,12 +28,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from distrib._logs import RateLimited
-from distrib.worker import _index
+from distrib.worker import _index, _pythons
 from distrib.wire._envspec import EnvSpec, normalize
 from distrib.wire._facts import python_version
 from distrib.wire._record import ErrorRecord
@@ -42,7 +42,6 @@ log = logging.getLogger("distrib.worker")
 peer_log = RateLimited(log)
 
 INSTALL_POLICIES = ("never", "wheels", "any")
-_MIN_PYTHON = (3, 11)  # what distrib's executor code needs
 _DONE = ".complete"  # written last: an environment without it is a failed or cut-off build
 _TAIL = 12  # lines of the installer's output a failure reports
 
@@ -79,58 +78,6 @@ class Finished:
     info: dict[str, str] | None
     peers: frozenset[bytes]
     seconds: float
-
-
-def find_interpreters(extra: Iterable[Path] = ()) -> dict[str, Path]:
-    """Installed CPython interpreters by ``major.minor``: this daemon's own, ``extra`` ones,
-    pyenv's, and ``python3.N`` on the PATH (none is ever downloaded)."""
-    found: dict[str, Path] = {python_version(): Path(sys.executable)}
-    for path in extra:
-        version = _version_of(path)
-        if version is None:
-            log.warning("--python %s: not a CPython 3.11 or newer interpreter; ignored", path)
-        else:
-            found.setdefault(version, path)
-    named: list[tuple[str, Path]] = []  # (version, path) as pyenv's folders and PATH name them
-    root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
-    if root.is_dir():
-        named += [(p.parent.parent.name, p) for p in sorted(root.glob("3.*/bin/python3"))]
-    for minor in range(_MIN_PYTHON[1], 30):
-        on_path = shutil.which(f"python3.{minor}")
-        if on_path and "shims" not in Path(on_path).parts:  # (pyenv's shims run one only)
-            named.append((f"3.{minor}", Path(on_path)))
-    for full, path in named:
-        parts = full.split(".")
-        if len(parts) >= 2 and parts[0] == "3" and parts[1].isdigit() and \
-                (3, int(parts[1])) >= _MIN_PYTHON and os.access(path, os.X_OK):
-            found.setdefault(f"3.{parts[1]}", path)
-    return dict(sorted(found.items(), key=lambda kv: tuple(map(int, kv[0].split(".")))))
-
-
-_probes: set[int] = set()  # the Pythons being asked their version now (this daemon's own)
-
-
-def _version_of(path: Path) -> str | None:
-    try:
-        proc = subprocess.Popen([str(path), "-c", "import sys; print(sys.version_info[0], "
-                                 "sys.version_info[1], sys.implementation.name)"],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                stdin=subprocess.DEVNULL, text=True)
-    except OSError:
-        return None
-    _probes.add(proc.pid)  # (not a process a task left: see ``worker/_strays.py``)
-    try:
-        output, _ = proc.communicate(timeout=30)
-        major, minor, impl = output.split()
-    except (ValueError, subprocess.TimeoutExpired):
-        proc.kill()
-        proc.wait()
-        return None
-    finally:
-        _probes.discard(proc.pid)
-    if impl != "cpython" or (int(major), int(minor)) < _MIN_PYTHON:
-        return None
-    return f"{major}.{minor}"
 
 
 _uv_lock = threading.Lock()
@@ -172,7 +119,7 @@ class Environments:
         self._dropped = dropped  # told when an environment is evicted
         self.blob_path: Callable[[str], Path] = lambda digest: root / digest
         root.mkdir(parents=True, exist_ok=True)
-        self.pythons = find_interpreters(policy.pythons)
+        self.pythons = _pythons.find_interpreters(policy.pythons)
         self._own = python_version()
         self._own_versions: dict[str, str] | None = None  # read at the first description
         self._runtime: Path | None = None  # made at the first build
@@ -311,7 +258,8 @@ class Environments:
 
     def pids(self) -> set[int]:
         """Processes of the builds running now, and of Pythons asked their version."""
-        return {b.proc.pid for b in self._builds.values() if b.proc is not None} | _probes
+        return {b.proc.pid for b in self._builds.values() if b.proc is not None} | \
+            _pythons.probes
 
     def close(self) -> None:
         for build in self._builds.values():
