@@ -78,7 +78,7 @@ TASKS = """
             group = f.read().split()
         return os.getsid(0), group[-1], os.getpriority(os.PRIO_PROCESS, 0)
 
-    @distributed(timeout=3, retries=0)
+    @distributed(timeout=8, retries=0)  # (time to fork them all on loaded cores)
     def leave_and_hang(count):
         return leave_processes.__wrapped__(count, 600)
 

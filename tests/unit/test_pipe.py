@@ -357,3 +357,29 @@ def test_what_an_executor_sent_before_it_exited_is_read_before_it_is_taken_as_de
     executors.tick(time.monotonic())
     assert core.skipped == [5] and core.died == [1]
     ours.close()
+
+
+def test_a_long_transfer_calls_during_on_both_sides(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The daemon's heartbeats go out from ``Pipe.during`` while a large message holds its
+    # loop (a gibibyte takes seconds on loaded cores); here every slice is "long".
+    from distrib.wire import _pipe
+
+    monkeypatch.setattr(_pipe, "LONG_IO", 0.0)
+    calls: list[str] = []
+    monkeypatch.setattr(Pipe, "during", lambda: calls.append(threading.current_thread().name))
+    ours, theirs = socket.socketpair()
+    sender, reader = Pipe(ours), Pipe(theirs)
+    data = bytes(range(256)) * (48 << 12)  # 48 MiB: many slices of the send, reads of the read
+    got: list[Any] = []
+    thread = threading.Thread(target=lambda: got.append(reader.recv()), name="reading")
+    thread.start()
+    try:
+        sender.send(pm.Done(7, Outcome.OK, {}, {}, (data,)))
+    finally:
+        thread.join(60)
+        ours.close()
+        theirs.close()
+    assert not thread.is_alive()
+    message = got[0]
+    assert isinstance(message, pm.Done) and bytes(message.frames[0]) == data
+    assert "reading" in calls and threading.current_thread().name in calls

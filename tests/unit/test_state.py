@@ -160,3 +160,18 @@ def test_a_call_cancelled_while_on_a_lost_worker_is_not_sent_again() -> None:
     cancelled.response.cancel()  # (the Cancel to the worker is on its way when it is lost)
     assert s.leave("a") == []
     assert [t.task_id for t in s.take_pending()] == [1]
+
+
+def test_a_long_turn_of_the_daemon_is_not_counted_as_its_mains_silence() -> None:
+    from distrib.worker._mains import MainPeer, Mains
+
+    mains = Mains()
+    for peer, seen in ((b"a", 100.0), (b"b", 108.0)):
+        mains[peer] = MainPeer(peer, peer.decode(), peer.decode(), False, seen, "", "", "", 0)
+    # The daemon read nothing for 12 s (a gibibyte copied from an executor): at 120 s, a
+    # heard from at 100 s and b at 108 s would both be past a 10 s --lost-after.
+    assert mains.silent(120.0, 10.0) == [b"a", b"b"]
+    mains.excuse(12.0, 120.0)
+    assert mains.silent(120.0, 10.0) == []
+    assert mains[b"b"].last_seen == 120.0  # (never later than now)
+    assert mains.silent(131.0, 10.0) == [b"a", b"b"]  # (silence after it counts again)

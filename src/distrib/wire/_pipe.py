@@ -24,6 +24,7 @@ import re
 import select
 import socket
 import struct
+import time
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -47,6 +48,8 @@ NICE_VAR = "DISTRIB_EXECUTOR_NICE"
 
 _PREFIX = struct.Struct("<II")
 _CHUNK = 1 << 16
+_SLICE = 4 << 20  # bytes of a large message sent with one call (``Pipe.during`` between)
+LONG_IO = 1.0  # seconds into one large message after which ``Pipe.during`` is called
 
 
 class PipeError(ProtocolError):
@@ -180,6 +183,11 @@ def _explain(head: bytes | bytearray, error: str) -> str:
 class Pipe:
     """One end of an executor's socketpair."""
 
+    # Called about once a second while one large message is sent or read (a gibibyte takes
+    # seconds on loaded cores, and the daemon's loop is held meanwhile: its heartbeats go
+    # out from here); None in executors.
+    during: Callable[[], None] | None = None
+
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         sock.setblocking(True)
@@ -214,18 +222,29 @@ class Pipe:
             parts += [_PREFIX.pack(len(head), len(views)),
                       struct.pack(f"<{len(views)}Q", *(v.nbytes for v in views)), head, *views]
         total = sum(memoryview(p).nbytes for p in parts)
+        if total > _SLICE and Pipe.during is not None:  # (a blocking sendmsg sends it all)
+            self._send_rest(parts, 0)
+            return
         sent = self.sock.sendmsg(parts)
         if sent < total:  # a large message: finish what the kernel did not take at once
             self._send_rest(parts, sent)
 
     def _send_rest(self, parts: list[Any], sent: int) -> None:
+        due = time.monotonic() + LONG_IO
         for part in parts:
             view = memoryview(part).cast("B")
-            if sent >= view.nbytes:
-                sent -= view.nbytes
-                continue
-            self.sock.sendall(view[sent:])
-            sent = 0
+            while sent < view.nbytes:
+                sent += self.sock.send(view[sent:sent + _SLICE])
+                due = self._during(due)
+            sent -= view.nbytes
+
+    def _during(self, due: float) -> float:
+        """Call ``during`` if ``due`` has passed; when it is due next."""
+        during = Pipe.during  # (from the class: a function set there is not bound to self)
+        if during is None or time.monotonic() < due:
+            return due
+        during()
+        return time.monotonic() + LONG_IO
 
     def recv(self) -> PipeMessage:
         """One message. ``EOFError`` if the peer is gone or breaks framing; ``PipeError`` if
@@ -242,6 +261,7 @@ class Pipe:
         out = bytearray(size)
         view = memoryview(out)
         got = 0
+        due = time.monotonic() + LONG_IO
         while got < size:
             if self._pos < len(self._buf):  # from what was read ahead
                 take = min(size - got, len(self._buf) - self._pos)
@@ -255,6 +275,7 @@ class Pipe:
                 if n == 0:
                     raise EOFError("executor pipe closed")
                 got += n
+                due = self._during(due)
             else:
                 chunk = self.sock.recv(_CHUNK)
                 if not chunk:

@@ -32,6 +32,7 @@ from distrib.wire import _facts, _transport
 from distrib.wire import _messages as m
 from distrib.wire._limits import MAX_MESSAGE_BYTES
 from distrib.wire._messages import Outcome, RefusalCode
+from distrib.wire._pipe import Pipe
 from distrib.wire._pipe_messages import Run
 from distrib.worker._core import Core
 from distrib.worker._direct import LOCAL
@@ -159,7 +160,8 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_sighup)
-        next_tick = time.monotonic()
+        Pipe.during = self.serving.heartbeat  # (a gibibyte to or from an executor: seconds)
+        next_tick = read = time.monotonic()  # (read: when it last read every socket)
         direct, control = self.calls.direct, self.owner.control
         polled: tuple[Any, ...] = ()
         poller = zmq.Poller()
@@ -192,6 +194,9 @@ class Daemon:
                 if control.fileno() in events:
                     self.owner.on_control()
                 now = time.monotonic()
+                if now - read > SLOW_TURN:  # (before the tick judges their silence)
+                    self.mains.excuse(now - read, now)
+                read = now
                 ticked = now >= next_tick
                 if ticked:
                     self._tick(now)

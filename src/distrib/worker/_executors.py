@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -110,6 +111,18 @@ class Executors:
         for key, template in list(self.templates.items()):
             if not template.ready and template.fileno() in events:
                 self._on_template(key, template)
+
+    def read_ready(self) -> None:
+        """Read what executors sent since the loop last did, before a tick judges their
+        tasks: a result that came in time is not lost to a timeout, nor the output before
+        it."""
+        poller = select.poll()
+        for proc in self.procs.values():
+            if proc.proc is not None:
+                poller.register(proc.fileno(), select.POLLIN)
+        ready = poller.poll(0)
+        if ready:
+            self.on_readable({fd: select.POLLIN for fd, _ in ready})
 
     def spawn(self, key: EnvKey, recipe: Recipe, ex_id: int) -> list[Action]:
         """Start executor ``ex_id``; what follows if it cannot start."""
@@ -425,6 +438,7 @@ class Executors:
             proc.signal_kill()  # (its death is then seen as any other)
 
     def tick(self, now: float) -> None:
+        self.read_ready()
         strays = self.forking and (now >= self._strays_next or now < self._strays_until)
         procs = _process.table() if self.memory.limit or strays else {}
         if self.memory.limit:

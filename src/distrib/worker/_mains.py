@@ -80,6 +80,12 @@ class Mains(dict[bytes, MainPeer]):
         """The Mains whose connection was ``fd``."""
         return [peer for peer, main in self.items() if main.fd == fd]
 
+    def excuse(self, seconds: float, now: float) -> None:
+        """This daemon read nothing for ``seconds`` (one long turn of its loop): that time
+        does not count as any Main's silence (their heartbeats wait unread meanwhile)."""
+        for main in self.values():
+            main.last_seen = min(now, main.last_seen + seconds)
+
     def silent(self, now: float, lost_after: float) -> list[bytes]:
         """The Mains not heard from for ``lost_after`` seconds."""
         return [peer for peer, main in self.items() if now - main.last_seen > lost_after]

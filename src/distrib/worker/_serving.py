@@ -381,6 +381,10 @@ class Serving:
         """Drop silent Mains and say a heartbeat to the others."""
         for peer in self.mains.silent(now, lost_after):
             self.drop_main(peer, f"was silent for {lost_after:.0f} s")
+        self.heartbeat()
+
+    def heartbeat(self) -> None:
+        """Say this worker is alive to every Main (also from inside a long transfer)."""
         for peer in self.mains:
             self.send(peer, m.Heartbeat())
 
