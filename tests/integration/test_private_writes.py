@@ -224,8 +224,7 @@ OUTPUTS = """
 
     if __name__ == "__main__":
         for kind in ["new file at the top", "new file in a new folder",
-                     "new file three folders deep", "overwrite three folders deep",
-                     "replace by a rename", "through __file__, beside the script",
+                     "new file three folders deep", "replace by a rename", "through __file__, beside the script",
                      "through __file__, beside a module", "through __file__, over a module"]:
             write(kind).unwrap(timeout=60)
             idle().unwrap(timeout=60)
@@ -236,7 +235,7 @@ EXPECTED = {  # what the writes above leave in the Main's workspace
     "new.txt": "new",
     "fresh/a/b/new.txt": "new",
     "data/one/two/new.txt": "new",
-    "data/one/two/deep.txt": "swapped",  # overwritten, then replaced by a rename
+    "data/one/two/deep.txt": "swapped",  # replaced by a rename
     "beside.txt": "new",
     "lib/deep/x.txt": "new",
     "lib/deep/helper.py": "VALUE = 'changed'",
