@@ -288,6 +288,7 @@ def _prepare(pipe: Pipe, env: Path, main_script: str) -> list[str] | None:
     # Calls made inside tasks pickle the workspace's functions (the script's too) by name,
     # as the Main does: they resolve wherever the workspace is.
     _runtime.shipped_root, _runtime.main_shipped = os.path.realpath(env), bool(main_script)
+    _runtime.shipped_as = str(env)  # (its errors' tracebacks name files below it)
     try:
         if main_script:
             _import_main(env, main_script)
