@@ -26,6 +26,7 @@ mode: Mode = Mode.MAIN
 main_script: str = ""  # the main script's path inside the workspace, for messages
 main_shipped: bool = False  # set by the session: is the Main's __main__ importable on workers?
 shipped_root: str | None = None  # set by the session: the workspace folder shipped, if any
+shipped_as = ""  # in an executor: that folder as its modules' paths name it (not resolved)
 own_modules: set[str] = set()  # modules first imported by distrib's own imports
 # Threads distrib keeps in this process (by ident): an executor tells the threads a task left
 # running from these.

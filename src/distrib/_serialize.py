@@ -25,7 +25,9 @@ itself wherever its class exists on the Main:
 
 from __future__ import annotations
 
+import contextvars
 import io
+import os
 import pickle
 import sys
 import types
@@ -163,8 +165,12 @@ def _qualified(module: str, name: str) -> str:
 
 
 def error_info(exc: BaseException) -> dict[str, str]:
-    """The plain record of an exception: what a user needs even if the pickle is lost."""
-    return ErrorRecord.of(exc).to_wire()
+    """The plain record of an exception: what a user needs even if the pickle is lost; in an
+    executor, with the folder its workspace's paths begin with (``root``)."""
+    info = ErrorRecord.of(exc).to_wire()
+    if _runtime.shipped_as:
+        info["root"] = _runtime.shipped_as
+    return info
 
 
 def _record(exc: BaseException, chain: bool) -> dict[str, str]:
@@ -181,8 +187,50 @@ def dumps_error(exc: BaseException) -> list[Any]:
 
 def loads_error(frames: Sequence[Any], info: dict[str, str]) -> BaseException:
     """Rebuild a task's exception: the same type, its chain and the remote traceback text at
-    the end of its ``__cause__`` chain; ``RemoteError`` saying why when it cannot be rebuilt."""
-    text = info.get("traceback", "")
+    the end of its ``__cause__`` chain; ``RemoteError`` saying why when it cannot be rebuilt.
+
+    Its frames in the worker's copy of the workspace name the workspace's own files here
+    (an editor opens them; the source lines show)."""
+    token = _moving.set(_move(info))
+    try:
+        return _loads_error(frames, info)
+    finally:
+        _moving.reset(token)
+
+
+# While an error is rebuilt: (the worker's folder, this process's) of the shipped workspace.
+_moving: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "distrib_moving", default=None)
+
+
+def _move(info: dict[str, str]) -> tuple[str, str] | None:
+    there, here = info.get("root"), _runtime.shipped_as or _runtime.shipped_root
+    if not isinstance(there, str) or not there or not here or there == here:
+        return None
+    return there.rstrip(os.sep) + os.sep, here.rstrip(os.sep) + os.sep
+
+
+def _moved_text(text: str) -> str:
+    """A traceback's text, its workspace files named as here."""
+    move = _moving.get()
+    return text if move is None else text.replace(f'File "{move[0]}', f'File "{move[1]}')
+
+
+def _moved_frames(tb: dict[str, Any]) -> dict[str, Any]:
+    """A traceback as tblib's dict, its workspace files named as here (changed in place)."""
+    move = _moving.get()
+    node: Any = tb
+    while move is not None and isinstance(node, dict):
+        code = node.get("tb_frame", {}).get("f_code", {})
+        name = code.get("co_filename")
+        if isinstance(name, str) and name.startswith(move[0]):
+            code["co_filename"] = move[1] + name[len(move[0]):]
+        node = node.get("tb_next")
+    return tb
+
+
+def _loads_error(frames: Sequence[Any], info: dict[str, str]) -> BaseException:
+    text = _moved_text(info.get("traceback", ""))
     if frames:
         frame = frames[0]
         try:
@@ -403,7 +451,8 @@ def _build(p: _Payload) -> BaseException:
         else:
             exc.__setstate__(values)
     if p.traceback is not None:
-        exc = exc.with_traceback(tblib.Traceback.from_dict(p.traceback).as_traceback())
+        frames = tblib.Traceback.from_dict(_moved_frames(p.traceback))
+        exc = exc.with_traceback(frames.as_traceback())
     exc.__context__ = p.context
     exc.__cause__ = p.cause
     exc.__suppress_context__ = p.suppress_context
@@ -446,8 +495,8 @@ def _why(exc: Exception, info: dict[str, str] | None = None) -> str:
 
 
 def _remote_error(info: dict[str, str], why: str) -> RemoteError:
-    return RemoteError(info.get("type", "?"), info.get("message", ""), info.get("traceback", ""),
-                       why)
+    return RemoteError(info.get("type", "?"), info.get("message", ""),
+                       _moved_text(info.get("traceback", "")), why)
 
 
 def _attach_remote_traceback(exc: BaseException, remote: RemoteTraceback) -> None:

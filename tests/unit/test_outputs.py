@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,14 @@ def test_a_path_the_task_did_not_name_is_refused(tmp_path: Path) -> None:
         Outputs(tmp_path).write("task f#1", [("results/a.txt", b"x"), (".git/hooks/x", b"y")],
                                 ("results/**",))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_file_keeps_the_mode_the_task_gave_it_under_the_umask(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        Outputs(tmp_path).write("task f#1", [("a.sh", b"x", 0o755), ("b", b"y", 0o600),
+                                             ("c", b"z", 0o777), ("d", b"w")], ("*",))
+    finally:
+        os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"a.sh": 0o755, "b": 0o600, "c": 0o755, "d": 0o644}

@@ -5,9 +5,10 @@ privilege is needed) and mounts an overlay *over its environment's own path*: th
 is the read-only lower layer, and every write, by any path and any means (Python, C code, a
 subprocess), lands in a scratch upper layer of that executor. Before each task, an upper layer
 the previous task wrote to is dropped and a fresh one mounted, so each task starts from the
-shipped tree; an untouched one is kept (one ``scandir``), so tiny tasks stay cheap. Nothing in
-the shared environment can change, whoever runs the daemon (root ignores file modes, not
-mounts).
+shipped tree; an untouched one is kept (told by its root's ctime: one ``fstat``), so tiny
+tasks stay cheap. Nothing in the shared environment can change, whoever runs the daemon (root
+ignores file modes, not mounts). Renaming a shipped folder fails with EXDEV, as on any overlay
+an unprivileged process mounts (``shutil.move`` copies it instead).
 
 In a sandbox (the daemon's, ``worker._sandbox``), the tree is a read-only mount the sandbox
 made, seen again at a second path (``lower``) below every overlay. There each overlay is
@@ -54,14 +55,15 @@ class Overlay:
         self._lower = lower or str(env)  # the tree every overlay shows (a sandbox's copy)
         self._sandboxed = bool(lower)
         self._locked = False  # whether the overlay in place can no longer be unmounted
-        self._options = ""  # what overlays here need besides their layers ("userxattr")
+        self._options: str | None = None  # what overlays here need besides their layers
         self._libc = ctypes.CDLL(None, use_errno=True)
         self._unshare()  # (the process is single-threaded)
         self._call("mount", None, b"/", None, _MS_REC | _MS_PRIVATE, None)
         self._count = 0
         self._protected: list[Path] = []  # paths protect() covers
         self._upper: Path | None = None
-        self._mtime = 0  # the upper layer's mtime when it was empty
+        self._ctime = 0  # the upper layer's ctime when it was mounted
+        self._attrs: tuple[object, ...] = ()  # and its other attributes (``_attributes``)
         self._last_start = 0  # when the previous task began (wall clock, ns)
         self._mount()
 
@@ -69,17 +71,7 @@ class Overlay:
         """Give the next task a clean view of the environment, and make it the working folder."""
         assert self._upper is not None
         started, self._last_start = self._last_start, time.time_ns()
-        # A write of any kind adds an entry to the upper layer, changing its mtime: an
-        # unchanged mtime means a clean layer, provided the last task began a clock tick
-        # after that mtime (mtimes are coarse). Else look inside. (In a sandbox, look inside
-        # always: there a copy-up sets the layer's times back to those it had.)
-        unchanged = (not self._sandboxed
-                     and os.fstat(self._upper_fd).st_mtime_ns == self._mtime
-                     and started - self._mtime > _TICK_NS)
-        if not unchanged:
-            with os.scandir(self._upper) as entries:
-                unchanged = next(entries, None) is None
-        if not unchanged:
+        if not self._clean(started):
             os.chdir("/")
             os.close(self._env_fd)
             os.close(self._upper_fd)
@@ -89,6 +81,25 @@ class Overlay:
             self._mount()
             self.lock()
         os.fchdir(self._env_fd)  # (by descriptor: no path to resolve before every task)
+
+    def _clean(self, started: int) -> bool:
+        """Whether the upper layer is as mounted: no task since wrote through the overlay.
+
+        Every write, at any depth, changes the upper layer's root: a new entry there (the
+        copy-up of a top folder, a new file, a whiteout) or its own attributes. Its mtime does
+        not tell: a copy-up sets the parent's times back to those it had, and a write into an
+        existing folder is such a copy-up. Its ctime does (no call sets a ctime back), provided
+        the last task began a clock tick after the layer's ctime was read (times are coarse).
+        Else look inside, and at the root's own attributes."""
+        st = os.fstat(self._upper_fd)
+        if st.st_ctime_ns != self._ctime:
+            return False
+        if started - self._ctime > _TICK_NS:
+            return True
+        with os.scandir(self._upper_fd) as entries:
+            if next(entries, None) is not None:
+                return False
+        return _attributes(st, self._upper_fd) == self._attrs
 
     def after_fork(self) -> None:
         """In an executor forked from a template: a mount namespace of its own, in which the
@@ -164,18 +175,22 @@ class Overlay:
         self._upper = upper
         self._upper_fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY)
         self._env_fd = os.open(self.env, os.O_RDONLY | os.O_DIRECTORY)  # the overlay's root
-        self._mtime = os.fstat(self._upper_fd).st_mtime_ns
+        st = os.fstat(self._upper_fd)
+        self._ctime, self._attrs = st.st_ctime_ns, _attributes(st, self._upper_fd)
         os.chdir(self.env)  # the old working folder is the tree under the mount
 
     def _overlay(self, target: Path, options: str) -> None:
-        """Mount an overlay; in a user namespace nested in another (a sandbox), the kernel
-        keeps its own attributes in ``user.`` ones (``userxattr``)."""
-        for extra in ([self._options] if self._options else ["", "userxattr,"]):
+        """Mount an overlay that keeps its own attributes (a removed folder's whiteout, an
+        opaque folder) in ``user.`` xattrs (``userxattr``): in a user namespace the kernel
+        mounts one without, but then cannot write its ``trusted.`` ones, and removing a
+        shipped folder fails (EIO). A kernel before 5.11 lacks the option."""
+        choices = [self._options] if self._options is not None else ["userxattr,", ""]
+        for i, extra in enumerate(choices):
             try:
                 self._call("mount", b"overlay", bytes(target), b"overlay", 0,
                            f"{extra}{options}".encode())
             except OSError:
-                if extra or self._options:
+                if i == len(choices) - 1:
                     raise
                 continue
             self._options = extra
@@ -196,7 +211,7 @@ class Copies:
         self.env, self.scratch = env, scratch
         self._count = 0
         self._current: Path | None = None
-        self._snapshot: dict[str, tuple[int, int]] = {}
+        self._snapshot: dict[str, tuple[int, ...]] = {}
 
     def enter(self) -> None:
         if self._current is None or _snapshot(self._current) != self._snapshot:
@@ -235,6 +250,15 @@ def _files(root: Path, keep: Callable[[os.stat_result], bool]) -> list[str]:
     return sorted(out)
 
 
+def _attributes(st: os.stat_result, fd: int) -> tuple[object, ...]:
+    """What a task may change of a folder (``st``, open as ``fd``) besides its entries."""
+    try:
+        xattrs = sorted(os.listxattr(fd))
+    except OSError:  # (a file system without them)
+        xattrs = []
+    return st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, xattrs
+
+
 def _own(scratch: Path, lower: str) -> Path:
     """Where this process keeps its layers: ``scratch``, or in a sandbox (``lower``) its own
     folder there, named by its pid in the sandbox (``worker._sandbox.layers``)."""
@@ -259,10 +283,15 @@ def start(env: Path, scratch: Path, lower: str = "") -> Overlay | Copies:
         return Copies(env, scratch)
 
 
-def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    out = {}
+def _snapshot(root: Path) -> dict[str, tuple[int, ...]]:
+    """Every entry of the tree, the root too, as what a write changes: its ctime (no call sets
+    it back) besides size, mtime and mode (ctimes are coarse)."""
+    def entry(path: str) -> tuple[int, ...]:
+        st = os.lstat(path)
+        return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode
+
+    out = {str(root): entry(str(root))}
     for folder, dirs, files in os.walk(root):
         for name in dirs + files:
-            st = os.lstat(os.path.join(folder, name))
-            out[os.path.join(folder, name)] = (st.st_size, st.st_mtime_ns)
+            out[os.path.join(folder, name)] = entry(os.path.join(folder, name))
     return out

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import socket
+import stat
 import struct
 from pathlib import Path
 from typing import Any
@@ -85,19 +86,20 @@ def _import_main(env: Path, main: str) -> None:
 
 
 def _outputs(isolation: _isolation.Overlay | _isolation.Copies,
-             globs: tuple[str, ...]) -> list[tuple[str, Any]]:
-    """The files the task wrote that match ``globs``, with their contents."""
+             globs: tuple[str, ...]) -> list[tuple[str, Any, int]]:
+    """The files the task wrote that match ``globs``, with their contents and modes."""
     spec = pathspec.GitIgnoreSpec.from_lines(globs)
-    out: list[tuple[str, Any]] = []
+    out: list[tuple[str, Any, int]] = []
     for path in isolation.written():
         if spec.match_file(path):
             full = isolation.folder / path  # (the task may have left its working folder)
-            size = os.path.getsize(full)
-            if size > MAX_FILE_BYTES:
-                raise ValueError(f"output file {path} is {size} bytes, over the "
-                                 f"{MAX_FILE_BYTES} limit of a file sent back")
             with open(full, "rb") as f:
-                out.append((path, pickle.PickleBuffer(bytearray(f.read()))))
+                st = os.fstat(f.fileno())
+                if st.st_size > MAX_FILE_BYTES:
+                    raise ValueError(f"output file {path} is {st.st_size} bytes, over the "
+                                     f"{MAX_FILE_BYTES} limit of a file sent back")
+                data = pickle.PickleBuffer(bytearray(f.read()))
+            out.append((path, data, stat.S_IMODE(st.st_mode)))
     return out
 
 
@@ -254,6 +256,7 @@ def _prepare(pipe: Pipe, env: Path, main_script: str) -> list[str] | None:
     # Calls made inside tasks pickle the workspace's functions (the script's too) by name,
     # as the Main does: they resolve wherever the workspace is.
     _runtime.shipped_root, _runtime.main_shipped = os.path.realpath(env), bool(main_script)
+    _runtime.shipped_as = str(env)  # (its errors' tracebacks name files below it)
     try:
         if main_script:
             _import_main(env, main_script)

@@ -12,7 +12,7 @@ import importlib.util
 import logging
 import os
 import re
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +46,14 @@ class Outputs:
         self._writer: dict[str, str] = {}  # path -> the task that wrote it last
 
     def write(self, task: str, files: Any, globs: tuple[str, ...]) -> None:
-        """Write ``files`` ((relative path, bytes) pairs) of ``task``; ``WorkspaceError`` and
-        nothing written if any path is not a plain path inside the workspace matching
-        ``globs`` (the task's ``outputs=``)."""
+        """Write ``files`` ((relative path, bytes[, mode]) of each) of ``task``;
+        ``WorkspaceError`` and nothing written if any path is not a plain path inside the
+        workspace matching ``globs`` (the task's ``outputs=``). Each file gets the mode the
+        task gave it, under this process's umask (as ``open`` with that mode here would: a
+        worker cannot make the user's files writable by others where the umask forbids it)."""
         spec = pathspec.GitIgnoreSpec.from_lines(globs)
         targets = []
-        for path, data in files:
+        for path, data, *mode in files:
             try:
                 check_relative_path(path)
             except WorkspaceError as exc:
@@ -66,12 +68,12 @@ class Outputs:
                 raise WorkspaceError(f"{task} sent back output file {path!r}, which would be "
                                      f"written outside the workspace {self.root} through a "
                                      "link; nothing was written")
-            targets.append((path, target, data))
+            targets.append((path, target, data, int(mode[0] if mode else 0o666) & 0o777))
         written: list[str] = []  # all to temporary files first, then all renamed
         try:
-            for path, target, data in targets:
+            for path, target, data, mode in targets:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".distrib-")
+                fd, tmp = _create(target.parent, mode)
                 written.append(tmp)
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
@@ -79,13 +81,24 @@ class Outputs:
             for tmp in written:
                 os.unlink(tmp)
             raise
-        for tmp, (path, target, _) in zip(written, targets):
+        for tmp, (path, target, _, _) in zip(written, targets):
             earlier = self._writer.get(path)
             if earlier is not None and earlier != task:
                 log.warning("output file %s was written by %s and now by %s: the later one "
                             "stays", path, earlier, task)
             self._writer[path] = task
             os.replace(tmp, target)
+
+
+def _create(folder: Path, mode: int) -> tuple[int, str]:
+    """A new file of a unique name in ``folder``, opened for writing, made with ``mode`` (under
+    the umask: ``mkstemp`` would make it 0600)."""
+    while True:
+        path = os.path.join(folder, f".distrib-{secrets.token_hex(8)}")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), path
+        except FileExistsError:
+            continue
 
 
 _NO_MODULE = re.compile(r"^No module named '([\w.]+)'")
