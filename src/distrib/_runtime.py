@@ -27,6 +27,10 @@ main_script: str = ""  # the main script's path inside the workspace, for messag
 main_shipped: bool = False  # set by the session: is the Main's __main__ importable on workers?
 shipped_root: str | None = None  # set by the session: the workspace folder shipped, if any
 own_modules: set[str] = set()  # modules first imported by distrib's own imports
+# In an executor: why it ends once its current task is done (an Executor's max_tasks_per_child),
+# and the calls it ran per Executor (its key), for their initializer and max_tasks_per_child.
+retire: str = ""
+executor_calls: dict[str, int] = {}
 # Threads distrib keeps in this process (by ident): an executor tells the threads a task left
 # running from these.
 own_threads: set[int] = set()
