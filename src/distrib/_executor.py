@@ -130,6 +130,7 @@ class _Gate:
     held: queue.SimpleQueue[tuple[_Held, DistributedFunction[..., Any], tuple[Any, ...],
                                   dict[str, Any]] | None] = field(
         default_factory=queue.SimpleQueue)
+    waiting: int = 0  # calls in ``held`` or about to be made by the thread (its lock's)
     thread: threading.Thread | None = None
 
 
@@ -206,9 +207,14 @@ class Executor(concurrent.futures.Executor):
             if self._gate is None:
                 response = task(*args, **kwargs)
             else:
+                gate = self._gate
                 response = _Held(task.__wrapped__.__qualname__, self._check_initializer)
-                self._gate.held.put((response, task, args, kwargs))
-                if self._gate.thread is None:
+                if not gate.waiting and gate.slots.acquire(blocking=False):
+                    self._make(gate, response, task, args, kwargs, here=True)  # (a slot is free)
+                else:
+                    gate.waiting += 1
+                    gate.held.put((response, task, args, kwargs))
+                if gate.waiting and gate.thread is None:
                     self._gate.thread = threading.Thread(
                         target=self._feed, args=(self._gate,), daemon=True,
                         name="distrib-executor-feed")
@@ -220,22 +226,33 @@ class Executor(concurrent.futures.Executor):
 
     def _feed(self, gate: _Gate) -> None:
         """Make the held calls in turn, each once fewer than ``max_workers`` run."""
+        _runtime.own_thread()  # (inside a task: not a thread the task left running)
         while (item := gate.held.get()) is not None:
-            held, task, args, kwargs = item
             gate.slots.acquire()
-            if held.done() or self._broken:  # (cancelled while held, or no use making it)
-                gate.slots.release()
-                if not held.done():
-                    held._set_outcome(None, exc=InitializerFailed(str(self._broken)))
-                continue
-            try:
-                made = task(*args, **kwargs)
-            except Exception as exc:  # (say, an argument that does not pickle)
-                gate.slots.release()
-                held._set_outcome(None, exc=exc)
-                continue
-            made.add_done_callback(lambda _: gate.slots.release())
-            held.follow(made)
+            self._make(gate, *item)
+            del item  # (nothing here may keep a call's arguments or result alive)
+            with self._lock:
+                gate.waiting -= 1
+
+    def _make(self, gate: _Gate, held: _Held, task: DistributedFunction[..., Any],
+              args: tuple[Any, ...], kwargs: dict[str, Any], here: bool = False) -> None:
+        """Make a held call; ``here``: in ``submit``, which raises what the call raised (a
+        ``MainGuardError``, say), where the thread sets it as the call's error."""
+        if held.done() or self._broken:  # (cancelled while held, or no use making it)
+            gate.slots.release()
+            if not held.done():
+                held._set_outcome(None, exc=InitializerFailed(str(self._broken)))
+            return
+        try:
+            made = task(*args, **kwargs)
+        except Exception as exc:  # (say, an argument that does not pickle)
+            gate.slots.release()
+            if here:
+                raise
+            held._set_outcome(None, exc=exc)
+            return
+        made.add_done_callback(lambda _: gate.slots.release())
+        held.follow(made)
 
     def _check_initializer(self, exc: BaseException | None) -> None:
         """An initializer that raised breaks the Executor, as it does a standard pool."""
@@ -257,19 +274,18 @@ class Executor(concurrent.futures.Executor):
         return (value for chunk in results for value in chunk)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """No more submits; ``cancel_futures``: cancel the calls not running yet (those on a
-        worker finish, as in the standard library; ``Response.cancel()`` stops one there);
-        ``wait``: wait for the rest."""
+        """No more submits; ``cancel_futures``: cancel the calls not started (those held back
+        by ``max_workers``; without it, those not on a worker yet): the rest finish, as in the
+        standard library (``Response.cancel()`` stops one); ``wait``: wait for them. Calls not
+        finished at interpreter exit finish first, as a standard pool's do."""
         with self._lock:
             first = not self._closed
             self._closed = True
             pending = [r for r in list(self._calls) if not r.done()]
-        with _unjoined_lock:
-            for response in pending:
-                _unjoined.discard(response)
         if cancel_futures:
             for response in pending:
-                if not response.running():
+                if (response.made is None if isinstance(response, _Held)
+                        else not response.running()):
                     response.cancel()
         if first and self._gate is not None:
             self._gate.held.put(None)  # (the feeder makes those still held, then ends)
