@@ -16,6 +16,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -101,6 +102,27 @@ class _Held(Response[Any]):
         super().__init__(0, name, self._cancel_made)
         self.made: Response[Any] | None = None
         self._check = check  # sees the outcome first (an initializer's error breaks the pool)
+        # Inside a task, a Response whose waits lend the task's slots (as its calls' do).
+        self._parking: Response[Any] | None = None
+        if _runtime.mode is _runtime.Mode.WORKER_TASK:
+            from distrib.executor import _subcalls
+
+            self._parking = _subcalls.waiting_response(name, self._cancel_made)
+
+    def _waits(self) -> AbstractContextManager[object]:
+        return nullcontext() if self._parking is None else self._parking._waits()
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        with nullcontext() if self.done() else self._waits():
+            return super().exception(timeout)
+
+    def result(self, timeout: float | None = None) -> Any:
+        with nullcontext() if self.done() else self._waits():
+            return super().result(timeout)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with nullcontext() if self.done() else self._waits():
+            return super().wait(timeout)
 
     def running(self) -> bool:
         made = self.made

@@ -167,6 +167,13 @@ LIFECYCLE = """
         time.sleep(0.5)
         print(msg, flush=True)
 
+    def leaf(x):
+        return 2 * x
+
+    def inner(n):  # (its waits lend its slot, as a call's do: else the two would deadlock)
+        with distrib.Executor(2) as ex:
+            return sum(ex.map(leaf, range(n), timeout=60))
+
     if __name__ == "__main__":
         go = os.path.join(os.path.dirname(os.path.abspath(".")), "go")  # (out of the workspace)
         ex = distrib.Executor(1)
@@ -179,6 +186,8 @@ LIFECYCLE = """
         open(go, "w").close()
         ex.shutdown(wait=True, cancel_futures=True)
         print(first.result(), [f.cancelled() for f in held])
+        with distrib.Executor(2) as ex:
+            print(list(ex.map(inner, [3, 4, 5], timeout=60)))
         distrib.Executor().submit(late, "finished at exit")  # never shut down
     """
 
@@ -190,6 +199,6 @@ def test_running_cancel_futures_and_calls_left_at_interpreter_exit(workspace: Wo
     got = workspace.run("main.py")
     assert got.returncode == 0, got.stderr[-3000:]
     lines = got.stdout.splitlines()
-    assert lines[:2] == ["running True [False, False, False]", "first [True, True, True]"], \
-        got.stderr[-3000:]
-    assert lines[2:] == ["[local] finished at exit"], got.stderr[-3000:]
+    assert lines[:3] == ["running True [False, False, False]", "first [True, True, True]",
+                         "[6, 12, 20]"], got.stderr[-3000:]
+    assert lines[3:] == ["[local] finished at exit"], got.stderr[-3000:]
