@@ -295,18 +295,20 @@ class Executor(concurrent.futures.Executor):
         results = super().map(_run_chunk, [fn] * len(chunks), chunks, timeout=timeout)
         return (value for chunk in results for value in chunk)
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
+                 cancel_running: bool = False) -> None:
         """No more submits; ``cancel_futures``: cancel the calls not started (those held back
         by ``max_workers``; without it, those not on a worker yet): the rest finish, as in the
-        standard library (``Response.cancel()`` stops one); ``wait``: wait for them. Calls not
-        finished at interpreter exit finish first, as a standard pool's do."""
+        standard library; ``cancel_running`` (distrib's): cancel every call not finished,
+        stopping those running; ``wait``: wait for the rest. Calls not finished at interpreter
+        exit finish first, as a standard pool's do."""
         with self._lock:
             first = not self._closed
             self._closed = True
             pending = [r for r in list(self._calls) if not r.done()]
-        if cancel_futures:
+        if cancel_futures or cancel_running:
             for response in pending:
-                if (response.made is None if isinstance(response, _Held)
+                if cancel_running or (response.made is None if isinstance(response, _Held)
                         else not response.running()):
                     response.cancel()
         if first and self._gate is not None:

@@ -188,6 +188,12 @@ LIFECYCLE = """
         print(first.result(), [f.cancelled() for f in held])
         with distrib.Executor(2) as ex:
             print(list(ex.map(inner, [3, 4, 5], timeout=60)))
+        ex = distrib.Executor()
+        stuck = ex.submit(wait_for_file, go + "-never", "stuck")
+        while not stuck.running() and time.monotonic() < deadline + 60:
+            time.sleep(0.02)
+        ex.shutdown(wait=True, cancel_running=True)  # (distrib's: it stops running calls too)
+        print("stopped", stuck.cancelled())
         distrib.Executor().submit(late, "finished at exit")  # never shut down
     """
 
@@ -199,6 +205,6 @@ def test_running_cancel_futures_and_calls_left_at_interpreter_exit(workspace: Wo
     got = workspace.run("main.py")
     assert got.returncode == 0, got.stderr[-3000:]
     lines = got.stdout.splitlines()
-    assert lines[:3] == ["running True [False, False, False]", "first [True, True, True]",
-                         "[6, 12, 20]"], got.stderr[-3000:]
-    assert lines[3:] == ["[local] finished at exit"], got.stderr[-3000:]
+    assert lines[:4] == ["running True [False, False, False]", "first [True, True, True]",
+                         "[6, 12, 20]", "stopped True"], got.stderr[-3000:]
+    assert lines[4:] == ["[local] finished at exit"], got.stderr[-3000:]
