@@ -86,7 +86,7 @@ def test_a_task_that_raises_keyboard_interrupt_returns_it(workspace: Workspace,
 
 
 SIGNATURE = """
-    import os, sys, threading, time
+    import multiprocessing, time
     import concurrent.futures as cf
     import distrib
 
@@ -116,7 +116,7 @@ SIGNATURE = """
             except ValueError as exc:
                 print("ValueError", exc)
         # Positional, as ProcessPoolExecutor(max_workers, mp_context, initializer, initargs).
-        with distrib.Executor(2, None, init, ("set",)) as ex:
+        with distrib.Executor(2, multiprocessing.get_context("spawn"), init, ("set",)) as ex:
             print(sorted({tuple(ex.submit(state).result(timeout=60)[0]) for _ in range(4)}))
         with distrib.Executor(1, max_tasks_per_child=1) as ex:
             # (the first may run where other calls ran: it counts them)
