@@ -49,7 +49,7 @@ class DistributedFunction(Generic[P, T]):
         self._fn = fn
         self.options = options
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Response[T]:
+    def __call__(self, /, *args: P.args, **kwargs: P.kwargs) -> Response[T]:
         if _runtime.mode is _runtime.Mode.WORKER_IMPORT:
             raise MainGuardError(
                 f"{self._fn.__qualname__}() was called while a worker imported the main script "
@@ -70,11 +70,11 @@ class DistributedFunction(Generic[P, T]):
 
         return submit(self, args, kwargs)
 
-    def local(self, *args: P.args, **kwargs: P.kwargs) -> T:
+    def local(self, /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run the plain function here, in this process."""
         return self._fn(*args, **kwargs)
 
-    def map(self, *iterables: Iterable[Any], progress: bool = False, **kwargs: Any
+    def map(self, /, *iterables: Iterable[Any], progress: bool = False, **kwargs: Any
             ) -> list[Response[T]]:
         """Submit one call per item; several iterables are zipped, as with ``map``, and
         keyword arguments go to every call: ``f.map(range(4), scale=2)``. ``progress``: draw

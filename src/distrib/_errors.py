@@ -14,7 +14,8 @@
     ├── TaskTimeout           the task ran past its ``timeout``          (also TimeoutError)
     ├── TaskDiskExceeded      the task wrote more than a worker's disk limit allows
     ├── WaitTimeout           ``unwrap(timeout=...)`` gave up waiting      (also TimeoutError)
-    └── Cancelled             the task was cancelled           (also futures.CancelledError)
+    ├── Cancelled             the task was cancelled           (also futures.CancelledError)
+    └── InitializerFailed     an ``Executor``'s initializer raised      (also BrokenExecutor)
 
 An exception raised by the user's function is not wrapped: ``unwrap()`` raises the same type,
 with its own ``__cause__``, ``__context__`` and notes, and a ``RemoteTraceback`` carrying the
@@ -129,6 +130,11 @@ class NestedDeadlock(DistribError):
 class InputFailed(DistribError):
     """A ``Response`` passed as an argument of the call ended in an error (or was
     cancelled): the call was not made. Its ``__cause__`` is that input's error."""
+
+
+class InitializerFailed(DistribError, concurrent.futures.BrokenExecutor):
+    """The ``initializer`` of a ``distrib.Executor`` raised (its ``__cause__``): as with
+    ``ProcessPoolExecutor``, the executor is broken and takes no more calls."""
 
 
 class RemoteTraceback(Exception):

@@ -43,6 +43,9 @@ _UNSETTLED = ("PENDING", "RUNNING")
 class Response(concurrent.futures.Future[T]):
     """The pending result of one task."""
 
+    # Set by the Main once the task was sent to a worker (a class default: no field per call).
+    _on_worker = False
+
     # Future's fields, set here instead of Future.__init__ (which makes a Condition).
     def __init__(self, task_id: int, name: str, on_cancel: Callable[[int], None] | None) -> None:
         self._cond: threading.Condition | None = None
@@ -183,6 +186,11 @@ class Response(concurrent.futures.Future[T]):
     def _settled_error(self) -> BaseException | None:
         """The error it settled with, None for a result (call once it has settled)."""
         return self._exception
+
+    def running(self) -> bool:
+        """True while the task is on a worker: sent there and not finished (a worker may hold
+        a few tasks queued beyond its slots; a cancel still stops it, unlike a Future's)."""
+        return self._on_worker and self._state in _UNSETTLED
 
     def done(self) -> bool:
         """True if the task finished, failed or was cancelled (does not wait)."""

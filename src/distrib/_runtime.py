@@ -28,6 +28,10 @@ main_shipped: bool = False  # set by the session: is the Main's __main__ importa
 shipped_root: str | None = None  # set by the session: the workspace folder shipped, if any
 shipped_as = ""  # in an executor: that folder as its modules' paths name it (not resolved)
 own_modules: set[str] = set()  # modules first imported by distrib's own imports
+# In an executor: why it ends once its current task is done (an Executor's max_tasks_per_child),
+# and the calls it ran per Executor (its key), for their initializer and max_tasks_per_child.
+retire: str = ""
+executor_calls: dict[str, int] = {}
 # Threads distrib keeps in this process (by ident): an executor tells the threads a task left
 # running from these.
 own_threads: set[int] = set()

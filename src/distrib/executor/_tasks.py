@@ -67,6 +67,15 @@ class _Forward(io.TextIOBase):
 _max_payload = 0  # bytes a result may pickle to (the Main's setting); 0: no limit
 _SANDBOX_VAR = "DISTRIB_SANDBOX"  # set by the daemon's sandbox: where the tree is seen again
 _sandbox = ""  # that path, in a sandbox
+_sigint = False  # a real SIGINT reached this executor (else a task's KeyboardInterrupt is its own)
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    """SIGINT as Python's default handler, remembered: a KeyboardInterrupt the task's code
+    raises itself is that call's error (as under ProcessPoolExecutor); a signal stops us."""
+    global _sigint
+    _sigint = True
+    raise KeyboardInterrupt
 
 
 def _import_main(env: Path, main: str) -> None:
@@ -384,6 +393,8 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
     """Run the tasks the daemon sends, one by one, until it closes the pipe, or until a task
     leaves threads or processes running (they would run into the next tasks)."""
     _process.become_subreaper()  # (what a task's processes leave as they exit stays ours)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
     threading.Thread(target=_standing.watch_parent, args=(parent,), daemon=True).start()
     lock = threading.RLock()  # (every send on the pipe: tasks' output, calls, outcomes)
     out, err = _Forward(pipe, lock, 1), _Forward(pipe, lock, 2)
@@ -433,7 +444,7 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
             except Exception as exc:
                 status, info, payload = _error_outcome(exc)
         except BaseException as exc:  # the task's own error, or a call that does not unpickle
-            if isinstance(exc, KeyboardInterrupt):
+            if isinstance(exc, KeyboardInterrupt) and _sigint:
                 raise
             _drop_own_frame(exc)
             status, info, payload = _error_outcome(exc)
@@ -444,8 +455,9 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
             channel.task_ended()
         channel.send(Done(run_id, status, info, in_shm, tuple(payload)))
         left = leftovers.check()
-        if left:
-            channel.send(Leaving(run_id, f"task {channel.caller or run_id} left {left}"))
+        if left or _runtime.retire:
+            channel.send(Leaving(run_id, f"task {channel.caller or run_id} left {left}"
+                                 if left else _runtime.retire))
             _process.kill_trees([os.getpid()], with_roots=False)
             os._exit(0)
 

@@ -132,6 +132,8 @@ class Loop:
             link = self.links.links[link_id]
             specs: list[tuple[m.TaskSpec, list[Any]]] = []
             for t in tasks:
+                if t.response is not None:
+                    t.response._on_worker = True  # (its running() is true from now)
                 frames, shm = (in_shm(t) if link.shm and _shm.worth(t.frames)
                                else (t.frames, NONE))
                 inline, separate = split_payload(frames)
