@@ -13,7 +13,8 @@ from collections.abc import Callable
 import pytest
 
 from distrib import RemoteError, RemoteTraceback, SerializationError
-from distrib._serialize import dumps, dumps_error, error_info, loads, loads_error
+from distrib._sealed import dumps_error, error_info, loads_error
+from distrib._serialize import dumps, loads
 
 
 def test_large_buffers_travel_out_of_band() -> None:

@@ -7,7 +7,7 @@ import traceback
 import pytest
 
 from distrib import _runtime
-from distrib._serialize import dumps_error, error_info, loads_error
+from distrib._sealed import dumps_error, error_info, loads_error
 
 SOURCE = """\
 def f():

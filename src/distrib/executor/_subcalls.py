@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from distrib import _serialize
+from distrib import _sealed, _serialize
 from distrib._errors import SerializationError
 from distrib._response import Response
 from distrib.wire import _pipe_messages as pm
@@ -125,7 +125,7 @@ class Channel:
                         f"the result of {response.name}#{child} does not unpickle here: "
                         f"{type(exc).__name__}: {exc}"))
             else:
-                response._set_outcome(None, exc=_serialize.loads_error(frames, info))
+                response._set_outcome(None, exc=_sealed.loads_error(frames, info))
 
     def task_ended(self) -> None:
         """The running task ended: its calls' outcomes are not waited for any more (its

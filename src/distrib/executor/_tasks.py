@@ -22,7 +22,7 @@ from typing import Any
 
 import pathspec
 
-from distrib import _process, _runtime, _serialize, _shared, _shm
+from distrib import _process, _runtime, _sealed, _serialize, _shared, _shm
 from distrib.wire._limits import MAX_FILE_BYTES, MAX_PAYLOAD_BYTES
 from distrib._errors import SerializationError
 from distrib.wire._messages import Outcome, payload_size
@@ -187,7 +187,7 @@ class _Inbox:
 
 
 def _error_outcome(exc: BaseException) -> tuple[Outcome, dict[str, str], list[Any]]:
-    return Outcome.ERROR, _serialize.error_info(exc), _serialize.dumps_error(exc)
+    return Outcome.ERROR, _sealed.error_info(exc), _sealed.dumps_error(exc)
 
 
 def _drop_own_frame(exc: BaseException) -> None:
@@ -271,7 +271,7 @@ def _prepare(pipe: Pipe, env: Path, main_script: str) -> list[str] | None:
             _import_main(env, main_script)
         _runtime.mode = _runtime.Mode.WORKER_TASK
     except BaseException as exc:  # anything the script raised while importing
-        pipe.send(EnvError(_serialize.error_info(exc), tuple(_serialize.dumps_error(exc))))
+        pipe.send(EnvError(_sealed.error_info(exc), tuple(_sealed.dumps_error(exc))))
         pipe.close()
         return None
     global _max_payload

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from distrib import _serialize
+from distrib import _sealed, _serialize
 from distrib._errors import NestedDeadlock
 from distrib._sustained import Sustained
 from distrib._response import Response
@@ -161,11 +161,11 @@ class Nested:
                 status, info = "ok", {}
                 frames = _serialize.dumps(_serialize.out_of_band(response.result(0)))
             else:
-                status, info, frames = "error", _serialize.error_info(exc), \
-                    _serialize.dumps_error(exc)
+                status, info, frames = "error", _sealed.error_info(exc), \
+                    _sealed.dumps_error(exc)
         except Exception as why:  # (a result that does not pickle again)
-            status, info, frames = "error", _serialize.error_info(why), \
-                _serialize.dumps_error(why)
+            status, info, frames = "error", _sealed.error_info(why), \
+                _sealed.dumps_error(why)
         self._send(child.link, m.ChildResult(child.parent_id, child.number, status, info,
                                              frames=tuple(frames)))
 

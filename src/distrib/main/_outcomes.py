@@ -18,7 +18,7 @@ from typing import Any
 
 import pathspec
 
-from distrib import _runtime, _serialize
+from distrib import _runtime, _sealed, _serialize
 from distrib._errors import (
     Cancelled,
     DependencyError,
@@ -190,7 +190,7 @@ def settle(task: Task, spec: m.ResultSpec, frames: Any, worker: str, where: str,
             unshipped := unshipped_module(spec.info, f"task {where}")):
         response._set_outcome(worker, exc=unshipped)
     elif spec.status in (Outcome.ERROR, Outcome.ENV_ERROR):
-        error = _serialize.loads_error(frames, spec.info)
+        error = _sealed.loads_error(frames, spec.info)
         if type(error) is TaskDiskExceeded:  # (the worker does not know the task's name)
             error = TaskDiskExceeded(f"task {where}: {error}")
         response._set_outcome(worker, exc=error)

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from distrib._errors import ConfigError
 
-PROTOCOL_VERSION = 10
+PROTOCOL_VERSION = 11  # 11: output files carry their mode; error records their root
 WORKER_IDS = 1 << 48  # task ids from here on are a worker's own (calls it placed or took for
 # a Main, ``worker._direct``); a Main's are lower
 
