@@ -261,7 +261,7 @@ class Pipe:
         out = bytearray(size)
         view = memoryview(out)
         got = 0
-        due = time.monotonic() + LONG_IO
+        due = 0.0  # (set once a large frame is read: most messages are small)
         while got < size:
             if self._pos < len(self._buf):  # from what was read ahead
                 take = min(size - got, len(self._buf) - self._pos)
@@ -275,7 +275,7 @@ class Pipe:
                 if n == 0:
                     raise EOFError("executor pipe closed")
                 got += n
-                due = self._during(due)
+                due = self._during(due or time.monotonic() + LONG_IO)
             else:
                 chunk = self.sock.recv(_CHUNK)
                 if not chunk:
