@@ -43,6 +43,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     raise ImportError("distrib.joblib needs joblib: pip install 'distrib[joblib]' (or joblib)") \
         from None
 
+from distrib import _runtime
 from distrib._errors import SerializationError
 from distrib._executor import Executor
 from distrib._response import Response
@@ -91,7 +92,7 @@ class DistribBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
         super().__init__(nesting_level=nesting_level,
                          inner_max_num_threads=inner_max_num_threads)
         self._options = kwargs  # platform=, threads=, retries=, timeout= of each task
-        self._init = (uuid.uuid4().hex, initializer, tuple(initargs)) if initializer else None
+        self._init = _initializer(initializer, initargs)
         self._executor: Executor | None = None
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
@@ -103,7 +104,10 @@ class DistribBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
             return max(1, _slots() + 1 + n_jobs)
         return max(1, n_jobs)
 
-    def configure(self, n_jobs: int = 1, parallel: Any = None, **kwargs: Any) -> int:
+    def configure(self, n_jobs: int = 1, parallel: Any = None,
+                  initializer: Callable[..., Any] | None = None, initargs: tuple[Any, ...] = (),
+                  **kwargs: Any) -> int:
+        """(``initializer``/``initargs`` given to ``Parallel`` itself come here.)"""
         import distrib
 
         if n_jobs == 0:  # (before a session starts for nothing)
@@ -113,6 +117,8 @@ class DistribBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
         if not _subcalls.in_task():  # (a task's calls go through its worker, to its Main)
             distrib.init()  # (idempotent: the workers are known before n_jobs is counted)
         self.parallel = parallel
+        if initializer is not None:
+            self._init = _initializer(initializer, initargs)
         self._executor = Executor(**self._options)
         return self.effective_n_jobs(n_jobs)
 
@@ -147,9 +153,16 @@ class DistribBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
         self.reset_batch_stats()
 
 
+def _initializer(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]
+                 ) -> tuple[str, Callable[..., Any], tuple[Any, ...]] | None:
+    """The initializer with a key of its own (it runs once per executor process and key)."""
+    return (uuid.uuid4().hex, initializer, tuple(initargs)) if initializer else None
+
+
 class _Batch:
-    """A joblib batch as it travels: with the backend's initializer, and (when numpy is
-    loaded) pickled by ``_Pickler`` so that its memmap-backed arrays travel as the file."""
+    """A joblib batch as it travels: with the backend's initializer, pickled by
+    ``_dumps`` (functions of ``__main__`` by value where no main script is shipped, as loky
+    pickles them) and its memmap-backed arrays as their file."""
 
     def __init__(self, calls: Any, init: tuple[str, Callable[..., Any], tuple[Any, ...]] | None,
                  local: bool) -> None:
@@ -158,10 +171,8 @@ class _Batch:
     def __reduce__(self) -> tuple[Any, ...]:
         # The authkey goes first: Manager proxies in the calls connect as they unpickle.
         key = _Authkey(bytes(multiprocessing.current_process().authkey)) if self.local else None
-        if "numpy" not in sys.modules:
-            return (_rebuild, (key, self.calls, self.init, self.local))
-        head, buffers = _dumps(self.calls, self.local)
-        return (_load, (key, head, buffers, self.init, self.local))
+        head, buffers = _dumps((self.calls, self.init), self.local)
+        return (_load, (key, head, buffers, self.local))
 
     def __call__(self) -> Any:
         global _on_local_cluster
@@ -197,19 +208,15 @@ def _adopt_authkey(key: bytes) -> None:
     multiprocessing.current_process().authkey = key
 
 
-def _rebuild(_key: None, calls: Any, init: Any, local: bool) -> _Batch:
+def _load(_key: None, head: bytes, buffers: list[Any], local: bool) -> _Batch:
+    _refused.clear()
+    calls, init = pickle.loads(head, buffers=buffers)
     return _Batch(calls, init, local)
 
 
-def _load(_key: None, head: bytes, buffers: list[Any], init: Any, local: bool) -> _Batch:
-    _refused.clear()
-    return _Batch(pickle.loads(head, buffers=buffers), init, local)
-
-
 def _dumps(obj: Any, local: bool) -> tuple[bytes, list[pickle.PickleBuffer]]:
-    """Pickle ``obj`` as ``_serialize`` does (by reference, else by value), its memmap-backed
-    arrays by ``_reduce_array``; large buffers are left out of the stream (they travel out
-    of band in the call's own pickle)."""
+    """Pickle ``obj``, its memmap-backed arrays by ``_reduce_array``; large buffers are left
+    out of the stream (they travel out of band in the call's own pickle)."""
     buffers: list[pickle.PickleBuffer] = []
 
     def keep(buf: pickle.PickleBuffer) -> bool:
@@ -218,7 +225,10 @@ def _dumps(obj: Any, local: bool) -> tuple[bytes, list[pickle.PickleBuffer]]:
         buffers.append(buf)
         return False
 
-    for pickler in (_Pickler, _CloudPickler):
+    # By reference first where the main script is importable on the workers (a function of
+    # it then shares its module's state there); else functions of __main__ by value.
+    shipped = _runtime.main_shipped or _runtime.mode is not _runtime.Mode.MAIN
+    for pickler in (_Pickler, _CloudPickler) if shipped else (_CloudPickler,):
         out = io.BytesIO()
         try:
             pickler(out, local, keep).dump(obj)

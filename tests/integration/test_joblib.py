@@ -4,7 +4,11 @@ proxies on the embedded local cluster, and a write into a memmap refused on othe
 
 from __future__ import annotations
 
-from tests.helpers import Workspace
+import os
+import subprocess
+import textwrap
+
+from tests.helpers import PYTHON, Workspace
 
 
 def test_a_nested_parallel_lends_its_slot_while_the_outer_batches_hold_them_all(
@@ -51,9 +55,12 @@ def test_the_initializer_given_through_parallel_config_runs_before_the_batches(
                                         initargs=("ready",)):
                 got = Parallel(n_jobs=2, batch_size=1)(delayed(read)(i) for i in range(20))
             print(sorted({tag for tag, _, _ in got}), sorted({runs for _, runs, _ in got}))
+            got = Parallel(n_jobs=2, batch_size=1, backend="distrib", initializer=setup,
+                           initargs=("again",))(delayed(read)(i) for i in range(20))
+            print(sorted({tag for tag, _, _ in got}), sorted({runs for _, runs, _ in got}))
         """)
     out = workspace.run("main.py", timeout=120)
-    assert out.stdout.splitlines() == ["['ready'] [1]"], out.stderr[-3000:]
+    assert out.stdout.splitlines() == ["['ready'] [1]", "['again'] [2]"], out.stderr[-3000:]
 
 
 MEMMAP = """
@@ -114,3 +121,21 @@ def test_manager_proxies_work_on_the_local_cluster(workspace: Workspace) -> None
     out = workspace.run("main.py", timeout=120)
     assert out.stdout.splitlines() == [str([(i, i + 1) for i in range(6)])], \
         out.stderr[-3000:]
+
+
+def test_a_function_of_a_script_given_with_python_c_runs_as_with_loky(
+        workspace: Workspace) -> None:
+    code = textwrap.dedent("""
+        from joblib import Parallel, delayed
+        import distrib.joblib
+
+        def square(x):
+            return x ** 2
+
+        print(Parallel(n_jobs=2, backend="distrib")(delayed(square)(i) for i in range(5)))
+        """)
+    out = subprocess.run([PYTHON, "-c", code], cwd=workspace.root, capture_output=True,
+                         text=True, timeout=120, env={
+                             **os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
+                             "DISTRIB_LOCAL_THREADS": "2"})
+    assert out.stdout.splitlines() == ["[0, 1, 4, 9, 16]"], out.stderr[-3000:]

@@ -1,0 +1,1 @@
+"""Outside test suites run against distrib (not part of ``./run test``)."""
