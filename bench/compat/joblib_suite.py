@@ -71,7 +71,7 @@ def prepare(folder: Path) -> Path:
 
 
 def outcomes(report: Path) -> dict[str, tuple[str, str]]:
-    """Each test's outcome (passed, failed, error, skipped) and its failure's last line."""
+    """Each test's outcome (passed, failure, error, skipped) and its failure's last line."""
     got: dict[str, tuple[str, str]] = {}
     for case in ET.parse(report).getroot().iter("testcase"):
         name, outcome, why = case.get("name", ""), "passed", ""
@@ -96,7 +96,7 @@ def per_backend(results: dict[str, tuple[str, str]]) -> dict[str, dict[str, tupl
         for backend in BACKENDS:
             if backend in tokens:
                 key = name[:params.start()] + "[" + "".join(
-                    "*" if t == backend else t for t in tokens) + "]"
+                    "{B}" if t == backend else t for t in tokens) + "]"
                 by[backend][key] = outcome
     return by
 
@@ -123,12 +123,16 @@ def main() -> None:
     for backend in BACKENDS:
         counts = Counter(o for o, _ in by[backend].values())
         print(f"  {backend:8} {counts['passed']} passed of {len(by[backend])} "
-              f"({counts['skipped']} skipped, {counts['failed'] + counts['error']} failed)")
+              f"({counts['skipped']} skipped, {counts['failure'] + counts['error']} failed)")
+    both = by["loky"].keys() & by["distrib"].keys()
+    print(f"  the {len(both)} run with both: loky passes "
+          f"{sum(by['loky'][k][0] == 'passed' for k in both)}, distrib "
+          f"{sum(by['distrib'][k][0] == 'passed' for k in both)}")
     print("\npassed with loky, not with distrib:")
     for key, (outcome, _) in sorted(by["loky"].items()):
         theirs = by["distrib"].get(key)
         if outcome == "passed" and theirs is not None and theirs[0] != "passed":
-            print(f"  {key.replace('*', 'distrib')}: {theirs[0]}: {theirs[1]}")
+            print(f"  {key.replace('{B}', 'distrib')}: {theirs[0]}: {theirs[1]}")
     print(f"\n(run in {folder})" if args.keep else "")
     if not args.keep:
         import shutil
