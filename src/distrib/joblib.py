@@ -29,11 +29,10 @@ import multiprocessing
 import os
 import pickle
 import sys
+import types
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
-
-import cloudpickle
 
 try:
     from joblib import register_parallel_backend  # type: ignore[import-untyped]
@@ -43,12 +42,12 @@ except ImportError:  # pragma: no cover - depends on the environment
     raise ImportError("distrib.joblib needs joblib: pip install 'distrib[joblib]' (or joblib)") \
         from None
 
-from distrib import _runtime
+from distrib import _runtime, _serialize
 from distrib._errors import SerializationError
 from distrib._executor import Executor
 from distrib._response import Response
 
-_OOB_MIN = 64 * 1024  # (as ``_serialize``: smaller buffers travel in the stream)
+_OOB_MIN = _serialize._OOB_MIN  # (smaller buffers travel in the stream)
 
 # In an executor process: the initializers already run (by backend), whether this process is
 # on the Main's embedded local cluster (set by the batches it ran), and the files whose
@@ -160,9 +159,8 @@ def _initializer(initializer: Callable[..., Any] | None, initargs: tuple[Any, ..
 
 
 class _Batch:
-    """A joblib batch as it travels: with the backend's initializer, pickled by
-    ``_dumps`` (functions of ``__main__`` by value where no main script is shipped, as loky
-    pickles them) and its memmap-backed arrays as their file."""
+    """A joblib batch as it travels: with the backend's initializer, pickled by ``_dumps``
+    (as any call is, but its memmap-backed arrays as their file)."""
 
     def __init__(self, calls: Any, init: tuple[str, Callable[..., Any], tuple[Any, ...]] | None,
                  local: bool) -> None:
@@ -215,8 +213,9 @@ def _load(_key: None, head: bytes, buffers: list[Any], local: bool) -> _Batch:
 
 
 def _dumps(obj: Any, local: bool) -> tuple[bytes, list[pickle.PickleBuffer]]:
-    """Pickle ``obj``, its memmap-backed arrays by ``_reduce_array``; large buffers are left
-    out of the stream (they travel out of band in the call's own pickle)."""
+    """Pickle ``obj`` as ``_serialize.dumps`` does (by reference what workers can import, else
+    by value), its memmap-backed arrays by ``_reduce_array``; large buffers are left out of
+    the stream (they travel out of band in the call's own pickle)."""
     buffers: list[pickle.PickleBuffer] = []
 
     def keep(buf: pickle.PickleBuffer) -> bool:
@@ -225,32 +224,34 @@ def _dumps(obj: Any, local: bool) -> tuple[bytes, list[pickle.PickleBuffer]]:
         buffers.append(buf)
         return False
 
-    # By reference first where the main script is importable on the workers (a function of
-    # it then shares its module's state there); else functions of __main__ by value.
-    shipped = _runtime.main_shipped or _runtime.mode is not _runtime.Mode.MAIN
-    for pickler in (_Pickler, _CloudPickler) if shipped else (_CloudPickler,):
+    checked = not _runtime.main_shipped and _runtime.mode is _runtime.Mode.MAIN
+    out = io.BytesIO()
+    try:
+        _Pickler(out, local, checked, keep).dump(obj)
+    except Exception:
+        buffers.clear()
         out = io.BytesIO()
-        try:
-            pickler(out, local, keep).dump(obj)
-            return out.getvalue(), buffers
-        except Exception:
-            if pickler is _CloudPickler:
-                raise
-            buffers.clear()
-    raise AssertionError("unreachable")
+        _CloudPickler(out, local, keep).dump(obj)
+    return out.getvalue(), buffers
 
 
 class _Pickler(pickle.Pickler):
-    def __init__(self, file: io.BytesIO, local: bool,
+    """Plain pickle; ``checked``: refusing what workers could not look up by name (then
+    ``_CloudPickler`` takes it by value)."""
+
+    def __init__(self, file: io.BytesIO, local: bool, checked: bool,
                  keep: Callable[[pickle.PickleBuffer], bool]) -> None:
         super().__init__(file, protocol=5, buffer_callback=keep)
-        self.local = local
+        self.local, self.checked = local, checked
 
     def reducer_override(self, obj: Any) -> Any:
+        if self.checked and isinstance(obj, (types.FunctionType, type)) \
+                and _serialize._lacked(obj):
+            raise pickle.PicklingError(f"{obj.__module__} is not importable on workers")
         return _reduce_array(obj, self.local)
 
 
-class _CloudPickler(cloudpickle.Pickler):  # type: ignore[misc]
+class _CloudPickler(_serialize._ByValuePickler):
     def __init__(self, file: io.BytesIO, local: bool,
                  keep: Callable[[pickle.PickleBuffer], bool]) -> None:
         super().__init__(file, protocol=5, buffer_callback=keep)
