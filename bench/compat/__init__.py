@@ -1,1 +1,0 @@
-"""Outside test suites run against distrib (not part of ``./run test``)."""
