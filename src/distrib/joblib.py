@@ -31,6 +31,7 @@ import pickle
 import sys
 import types
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -92,7 +93,10 @@ class DistribBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
                          inner_max_num_threads=inner_max_num_threads)
         self._options = kwargs  # platform=, threads=, retries=, timeout= of each task
         self._init = _initializer(initializer, initargs)
-        self._executor: Executor | None = None
+        # (named as loky's: joblib's tests look for a backend's pool there)
+        self._workers: Executor | None = None
+        self._calls: weakref.WeakSet[Response[Any]] = weakref.WeakSet()  # (the session
+        # holds those not finished)
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         if n_jobs == 0:
@@ -118,12 +122,13 @@ class DistribBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
         self.parallel = parallel
         if initializer is not None:
             self._init = _initializer(initializer, initargs)
-        self._executor = Executor(**self._options)
+        self._workers = Executor(**self._options)
         return self.effective_n_jobs(n_jobs)
 
     def submit(self, func: Any, callback: Any = None) -> Response[Any]:
-        assert self._executor is not None, "configure() first"
-        future = self._executor.submit(_Batch(func, self._init, _local_cluster()))
+        assert self._workers is not None, "configure() first"
+        future = self._workers.submit(_Batch(func, self._init, _local_cluster()))
+        self._calls.add(future)
         if callback is not None:
             future.add_done_callback(callback)
         return future
@@ -141,14 +146,18 @@ class DistribBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
             yield
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = Executor(**self._options) if ensure_ready else None
+        """Stop every batch, running ones too (loky kills its workers): a later loop on
+        this backend must not wait behind batches no one will read."""
+        for call in list(self._calls):
+            call.cancel()
+        if self._workers is not None:
+            self._workers.shutdown(wait=False, cancel_futures=True)
+            self._workers = Executor(**self._options) if ensure_ready else None
 
     def terminate(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
-            self._executor = None
+        if self._workers is not None:
+            self._workers.shutdown(wait=False)
+            self._workers = None
         self.reset_batch_stats()
 
 

@@ -139,3 +139,27 @@ def test_a_function_of_a_script_given_with_python_c_runs_as_with_loky(
                              **os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
                              "DISTRIB_LOCAL_THREADS": "2"})
     assert out.stdout.splitlines() == ["[0, 1, 4, 9, 16]"], out.stderr[-3000:]
+
+
+def test_a_failed_loop_stops_its_running_batches_so_the_next_loop_is_not_held_behind_them(
+        workspace: Workspace) -> None:
+    workspace.write("main.py", """
+        import time
+        from joblib import Parallel, delayed
+        import distrib.joblib
+
+        def slow_or_fail(i):
+            if i == 0:
+                raise ValueError("boom")
+            time.sleep(600)  # (past the run's deadline: this loop must not wait for these)
+
+        if __name__ == "__main__":
+            with Parallel(n_jobs=2, backend="distrib", batch_size=1) as parallel:
+                try:
+                    parallel(delayed(slow_or_fail)(i) for i in range(4))
+                except ValueError as exc:
+                    print("ValueError", exc)
+                print(parallel(delayed(abs)(-i) for i in range(4)))
+        """)
+    out = workspace.run("main.py", timeout=120)
+    assert out.stdout.splitlines() == ["ValueError boom", "[0, 1, 2, 3]"], out.stderr[-3000:]
