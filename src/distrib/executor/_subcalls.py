@@ -199,6 +199,21 @@ def waiting_response(name: str, on_cancel: Callable[[int], None]) -> Response[An
     return Parking(0, name, on_cancel, ch, ch.run_id)
 
 
+def in_task() -> bool:
+    """Whether this is an executor process (its calls go out through the daemon)."""
+    return channel is not None and channel.pid == os.getpid()
+
+
+def parking() -> _Waiting | None:
+    """What the running task waits inside when it waits for its calls other than through
+    their ``Response`` (joblib's retrieval loop polls): it parks the executor; None outside
+    a task."""
+    ch = channel
+    if ch is None or ch.pid != os.getpid() or not ch.run_id:
+        return None
+    return _Waiting(ch, ch.run_id)
+
+
 class _Waiting:
     def __init__(self, channel: Channel, run_id: int) -> None:
         self.channel, self.run_id = channel, run_id
