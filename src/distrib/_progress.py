@@ -18,6 +18,7 @@ import time
 import weakref
 from typing import Any
 
+from distrib import _response
 from distrib._response import Response
 
 REFRESH = 0.1  # seconds between redraws
@@ -66,6 +67,7 @@ class Tracker:
         self._row = _join_board(self.description, self.total) if sys.stderr.isatty() else None
         self._thread = threading.Thread(target=self._draw, name="distrib-progress", daemon=True)
         _live.add(self)
+        _response.after_wait = draw_settled
         self._thread.start()
 
     def _count(self, last: bool = False) -> None:
@@ -101,6 +103,8 @@ class Tracker:
     def close(self) -> None:
         self._stop.set()
         _live.discard(self)
+        if not _live:
+            _response.after_wait = None
         if threading.current_thread() is not self._thread:
             self._thread.join()
 

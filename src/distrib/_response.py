@@ -31,6 +31,9 @@ from distrib._errors import Cancelled, WaitTimeout
 
 T = TypeVar("T")
 log = logging.getLogger("distrib")
+# Set while progress bars are drawn (``_progress``): after a wait, the bars whose calls have
+# all finished draw their last state before the script goes on to print.
+after_wait: Callable[[], None] | None = None
 
 # Guards the lazy creation of each Response's Condition, and the finishing of a Response that
 # has none (so nobody can be waiting on it). A Condition costs ~1.4 KB; a million pending
@@ -81,6 +84,8 @@ class Response(concurrent.futures.Future[T]):
     def unwrap(self, timeout: float | None = None) -> T:
         """The task's result; raises the task's error, ``Cancelled``, or ``WaitTimeout``."""
         exc = self.error(timeout)
+        if after_wait is not None:
+            after_wait()
         if exc is not None:
             raise exc
         return self.result(0)

@@ -47,6 +47,9 @@ SCRIPT = """
             print("OK", sum(r.ok() for r in distrib.as_completed(rest.map(range(60),
                                                                         progress=True))))
             print("AFTER the results", file=sys.stderr)
+        elif sys.argv[1] == "unwrap":  # a plain loop over the results, then the next line
+            print("SUM", sum([r.unwrap(60) for r in rest.map(range(60), progress=True)]))
+            print("AFTER the results", file=sys.stderr)
         elif sys.argv[1] == "gather":
             print("SUM", sum(distrib.gather(work.map(range(8, 48)), progress=True)))
         else:  # the script ends as the last results arrive: the summary still comes
@@ -150,5 +153,15 @@ def test_a_map_bar_ends_before_as_completed_does(workspace: Workspace, start_wor
     workspace.write("main.py", SCRIPT)
     lines, out = on_a_terminal(workspace, worker, "loop")
     assert out.splitlines() == ["OK 60"]
+    assert lines[-1] == "AFTER the results", lines[-5:]
+    assert re.search(r"^rest .* 60/60\s+0 failed", lines[-2]), lines[-5:]
+
+
+def test_a_map_bar_ends_before_a_loop_of_unwraps_does(workspace: Workspace,
+                                                     start_worker) -> None:
+    worker = start_worker(threads=2)
+    workspace.write("main.py", SCRIPT)
+    lines, out = on_a_terminal(workspace, worker, "unwrap")
+    assert out.splitlines() == [f"SUM {sum(range(60))}"]
     assert lines[-1] == "AFTER the results", lines[-5:]
     assert re.search(r"^rest .* 60/60\s+0 failed", lines[-2]), lines[-5:]
