@@ -4,6 +4,7 @@ the executor then ends (``_tasks``)."""
 
 from __future__ import annotations
 
+import _thread
 import os
 import sys
 import threading
@@ -22,17 +23,22 @@ class Leftovers:
         self._own = own  # the executor's threads started since (reading its pipe, say)
         self._threads = set(sys._current_frames())
         self._known = set(self._threads)  # the threads last found to be the executor's own
+        self._count = _thread._count()  # how many threads run Python (the main one aside)
         self._children = self._living_children() if _process.has_children() else set()
 
     def check(self) -> str:
         """What the task just ended left running, as the log says it ("" for nothing).
         (Threads that run no Python, as a numerical library's pool, are not counted.)"""
-        idents = sys._current_frames().keys()
         threads = 0
-        if idents - self._known:  # (rarely: the set of threads is mostly the same as before)
-            self._known = self._threads | _runtime.own_threads | {
-                t.ident for t in self._own() if t is not None and t.ident is not None}
-            threads = len(idents - self._known)
+        count = _thread._count()
+        if count != self._count:  # (rarely: the executor's own threads do not end, and a
+            # task's that are left make it end, so the same count means the same threads)
+            self._count = count
+            idents = sys._current_frames().keys()
+            if idents - self._known:
+                self._known = self._threads | _runtime.own_threads | {
+                    t.ident for t in self._own() if t is not None and t.ident is not None}
+                threads = len(idents - self._known)
         processes = 0
         if _process.has_children():  # (one system call when there is none: the usual case)
             _process.reap()
