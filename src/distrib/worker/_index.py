@@ -9,8 +9,6 @@ and, when that fails, its error says the index could not be reached and what to 
 from __future__ import annotations
 
 import threading
-import urllib.error
-import urllib.request
 
 PYPI = "https://pypi.org/simple/"
 PROBE_SECONDS = 4.0  # the whole question, name lookup included
@@ -19,6 +17,9 @@ PROBE_SECONDS = 4.0  # the whole question, name lookup included
 def unreachable(url: str, timeout: float = PROBE_SECONDS) -> str:
     """Why the index at ``url`` cannot be reached ("" when it answers anything at all, an
     HTTP error too). The proxies uv would use (``HTTPS_PROXY``...) are used here too."""
+    import urllib.error  # (here: 18 ms every daemon's start would pay, for a build's question)
+    import urllib.request
+
     outcome: list[str] = []
 
     def ask() -> None:
