@@ -16,7 +16,7 @@ import io
 import pickle
 import sys
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cloudpickle
@@ -29,6 +29,18 @@ _OOB_MIN = 64 * 1024  # smaller buffers are cheaper in-band than as a frame of t
 
 def dumps(obj: Any) -> list[Any]:
     """Pickle ``obj`` into frames; raise ``SerializationError`` naming the cause on failure."""
+    try:
+        return to_frames(obj)
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot pickle {_describe(obj)}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def to_frames(obj: Any, reduce: Callable[[Any], Any] | None = None) -> list[Any]:
+    """Pickle ``obj`` into frames, raising what pickling raised: by name what workers can look
+    up, else by value (cloudpickle); large buffers out of band. ``reduce``: a reducer tried
+    first for every object (``NotImplemented``: the usual way)."""
     buffers: list[pickle.PickleBuffer] = []
 
     def keep(buf: pickle.PickleBuffer) -> bool:
@@ -37,29 +49,30 @@ def dumps(obj: Any) -> list[Any]:
         buffers.append(buf)
         return False
 
-    # Checked only without a shipped main script: a hook per object costs a tiny call 4 us.
+    # Checked only without a shipped main script: a hook per object costs a tiny call 4 us
+    # (plain pickle's C path, without one, is the usual case).
     checked = not _runtime.main_shipped and _runtime.mode is _runtime.Mode.MAIN
+    hooked = checked or reduce is not None
     try:
-        if checked:
-            out = io.BytesIO()
-            _NamesWorkersHave(out, protocol=5, buffer_callback=keep).dump(obj)
-            head = out.getvalue()
+        if hooked:
+            head = _pickle_with(_NamesWorkersHave, obj, keep, checked, reduce)
         else:
             head = pickle.dumps(obj, protocol=5, buffer_callback=keep)
     except Exception:
         buffers.clear()
-        try:
-            if checked:
-                out = io.BytesIO()
-                _ByValuePickler(out, protocol=5, buffer_callback=keep).dump(obj)
-                head = out.getvalue()
-            else:
-                head = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep)
-        except Exception as exc:
-            raise SerializationError(
-                f"cannot pickle {_describe(obj)}: {type(exc).__name__}: {exc}"
-            ) from exc
+        if hooked:
+            head = _pickle_with(_ByValuePickler, obj, keep, checked, reduce)
+        else:
+            head = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep)
     return [head, *buffers]
+
+
+def _pickle_with(pickler: type[_NamesWorkersHave] | type[_ByValuePickler], obj: Any,
+                 keep: Callable[[pickle.PickleBuffer], bool] | None, checked: bool,
+                 reduce: Callable[[Any], Any] | None) -> bytes:
+    out = io.BytesIO()
+    pickler(out, keep, checked, reduce).dump(obj)
+    return out.getvalue()
 
 
 class _NamesWorkersLack(pickle.PicklingError):
@@ -67,20 +80,36 @@ class _NamesWorkersLack(pickle.PicklingError):
 
 
 class _NamesWorkersHave(pickle.Pickler):
-    """Plain pickle, refusing functions and classes of ``__main__`` (not shipped) or of modules
-    workers cannot import, so that ``dumps`` falls back to cloudpickle, by value."""
+    """Plain pickle; ``checked``: refusing functions and classes of ``__main__`` (not shipped)
+    or of modules workers cannot import, so that ``to_frames`` falls back to cloudpickle, by
+    value. ``reduce`` is tried on every object first."""
+
+    def __init__(self, file: io.BytesIO, keep: Callable[[pickle.PickleBuffer], bool] | None,
+                 checked: bool, reduce: Callable[[Any], Any] | None) -> None:
+        super().__init__(file, protocol=5, buffer_callback=keep)
+        self._checked, self._reduce = checked, reduce
 
     def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, (types.FunctionType, type)) and _lacked(obj):
+        if self._checked and isinstance(obj, (types.FunctionType, type)) and _lacked(obj):
             raise _NamesWorkersLack(obj.__module__)
-        return NotImplemented
+        return NotImplemented if self._reduce is None else self._reduce(obj)
 
 
 class _ByValuePickler(cloudpickle.Pickler):  # type: ignore[misc]
     """cloudpickle, with every module workers cannot import met on the way pickled by value
-    (a function of one calls a function of another)."""
+    (a function of one calls a function of another); ``reduce`` is tried on every object
+    first."""
+
+    def __init__(self, file: io.BytesIO, keep: Callable[[pickle.PickleBuffer], bool] | None,
+                 checked: bool, reduce: Callable[[Any], Any] | None) -> None:
+        super().__init__(file, protocol=5, buffer_callback=keep)
+        self._reduce = reduce
 
     def reducer_override(self, obj: Any) -> Any:
+        if self._reduce is not None:
+            reduced = self._reduce(obj)
+            if reduced is not NotImplemented:
+                return reduced
         if isinstance(obj, (types.FunctionType, type)):
             _lacked(obj)
         return super().reducer_override(obj)
@@ -103,9 +132,7 @@ def _lacked(obj: types.FunctionType | type) -> bool:
 def by_value(obj: Any) -> bytes:
     """``obj`` pickled by cloudpickle, with the modules workers cannot import that it uses
     pickled by value too."""
-    out = io.BytesIO()
-    _ByValuePickler(out, protocol=5).dump(obj)
-    return out.getvalue()
+    return _pickle_with(_ByValuePickler, obj, None, False, None)
 
 
 class _Bytes:

@@ -23,13 +23,12 @@ What joblib's process backends give, this one gives too:
 from __future__ import annotations
 
 import contextlib
-import io
+import functools
 import mmap
 import multiprocessing
 import os
 import pickle
 import sys
-import types
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
@@ -43,12 +42,11 @@ except ImportError:  # pragma: no cover - depends on the environment
     raise ImportError("distrib.joblib needs joblib: pip install 'distrib[joblib]' (or joblib)") \
         from None
 
-from distrib import _runtime, _serialize
+from distrib import _serialize
 from distrib._errors import SerializationError
 from distrib._executor import Executor
 from distrib._response import Response
 
-_OOB_MIN = _serialize._OOB_MIN  # (smaller buffers travel in the stream)
 
 # In an executor process: the initializers already run (by backend), whether this process is
 # on the Main's embedded local cluster (set by the batches it ran), and the files whose
@@ -221,54 +219,12 @@ def _load(_key: None, head: bytes, buffers: list[Any], local: bool) -> _Batch:
     return _Batch(calls, init, local)
 
 
-def _dumps(obj: Any, local: bool) -> tuple[bytes, list[pickle.PickleBuffer]]:
+def _dumps(obj: Any, local: bool) -> tuple[bytes, list[Any]]:
     """Pickle ``obj`` as ``_serialize.dumps`` does (by reference what workers can import, else
     by value), its memmap-backed arrays by ``_reduce_array``; large buffers are left out of
     the stream (they travel out of band in the call's own pickle)."""
-    buffers: list[pickle.PickleBuffer] = []
-
-    def keep(buf: pickle.PickleBuffer) -> bool:
-        if buf.raw().nbytes < _OOB_MIN:
-            return True
-        buffers.append(buf)
-        return False
-
-    checked = not _runtime.main_shipped and _runtime.mode is _runtime.Mode.MAIN
-    out = io.BytesIO()
-    try:
-        _Pickler(out, local, checked, keep).dump(obj)
-    except Exception:
-        buffers.clear()
-        out = io.BytesIO()
-        _CloudPickler(out, local, keep).dump(obj)
-    return out.getvalue(), buffers
-
-
-class _Pickler(pickle.Pickler):
-    """Plain pickle; ``checked``: refusing what workers could not look up by name (then
-    ``_CloudPickler`` takes it by value)."""
-
-    def __init__(self, file: io.BytesIO, local: bool, checked: bool,
-                 keep: Callable[[pickle.PickleBuffer], bool]) -> None:
-        super().__init__(file, protocol=5, buffer_callback=keep)
-        self.local, self.checked = local, checked
-
-    def reducer_override(self, obj: Any) -> Any:
-        if self.checked and isinstance(obj, (types.FunctionType, type)) \
-                and _serialize._lacked(obj):
-            raise pickle.PicklingError(f"{obj.__module__} is not importable on workers")
-        return _reduce_array(obj, self.local)
-
-
-class _CloudPickler(_serialize._ByValuePickler):
-    def __init__(self, file: io.BytesIO, local: bool,
-                 keep: Callable[[pickle.PickleBuffer], bool]) -> None:
-        super().__init__(file, protocol=5, buffer_callback=keep)
-        self.local = local
-
-    def reducer_override(self, obj: Any) -> Any:
-        reduced = _reduce_array(obj, self.local)
-        return super().reducer_override(obj) if reduced is NotImplemented else reduced
+    head, *buffers = _serialize.to_frames(obj, functools.partial(_reduce_array, local=local))
+    return head, buffers
 
 
 def _reduce_array(obj: Any, local: bool) -> Any:
