@@ -213,3 +213,12 @@ def raw_main(worker: Worker, name: str, shm: bool = False) -> Iterator[Any]:
         ctx.term()
         if shm:
             _shm.remove_of(os.getpid())
+
+
+def rewrite_keeping_size_and_times(path: Path, data: bytes) -> None:
+    """Rewrite a file in place (through every link to it), its size and times kept."""
+    before = path.stat()
+    assert len(data) == before.st_size
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))

@@ -9,7 +9,8 @@ import subprocess
 from pathlib import Path
 
 from distrib.worker._control import send
-from tests.helpers import PYTHON, TASKS, Workspace, ended, finish, wait_for
+from tests.helpers import (
+    PYTHON, TASKS, Workspace, ended, finish, rewrite_keeping_size_and_times, wait_for)
 from tests.integration.test_keys import keygen, keyed_worker
 
 # A sandbox stops these hostile tasks before they reach the guards tested here (the control
@@ -95,15 +96,6 @@ READ = """
     if __name__ == "__main__":
         print("READ", sorted(set(gather([read(i) for i in range(8)], timeout=120))))
     """
-
-
-def rewrite_keeping_size_and_times(path: Path, data: bytes) -> None:
-    """Rewrite a file in place (through every link to it), its size and times kept."""
-    before = path.stat()
-    assert len(data) == before.st_size
-    with open(path, "r+b") as f:
-        f.write(data)
-    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
 def test_a_tree_changed_keeping_sizes_and_times_is_caught_and_built_again(

@@ -14,6 +14,7 @@ from distrib import WorkspaceError
 from distrib.workspace import _manifest
 from distrib.workspace._manifest import Entry, decode_manifest, encode_manifest, scan
 from distrib.workspace._store import Store
+from tests.helpers import rewrite_keeping_size_and_times
 
 
 def make(root: Path, files: dict[str, str]) -> None:
@@ -152,16 +153,8 @@ def test_secret_key_files_are_never_shipped(tmp_path: Path) -> None:
 
 
 def test_an_environment_that_drifted_is_detected_and_built_again(tmp_path: Path) -> None:
-    import hashlib
-    import zlib
-
     store = Store(tmp_path / "store")
-    data = {"a.py": b"x = 1\n", "data/input.txt": b"41\n"}
-    entries = []
-    for path, raw in data.items():
-        digest = hashlib.sha256(raw).hexdigest()
-        store.put_compressed(digest, zlib.compress(raw))
-        entries.append(Entry(path, len(raw), False, digest))
+    entries = _stored(store, {"a.py": b"x = 1\n", "data/input.txt": b"41\n"})
     env = store.materialize("d" * 64, entries)
     assert store.drift("d" * 64) == []
     (env / "data" / "input.txt").write_text("47\n")  # (through the link: its blob too)
@@ -169,7 +162,7 @@ def test_an_environment_that_drifted_is_detected_and_built_again(tmp_path: Path)
     assert store.drift("d" * 64) == ["data/input.txt", "extra.txt"]
     assert store.ensure_whole("d" * 64, entries)
     assert store.missing(entries) == [entries[1].digest]  # its blob was bad too: fetch again
-    store.put_compressed(entries[1].digest, zlib.compress(data["data/input.txt"]))
+    store.put_compressed(entries[1].digest, zlib.compress(b"41\n"))
     again = store.materialize("d" * 64, entries)
     assert (again / "data" / "input.txt").read_bytes() == b"41\n"
     assert not (again / "extra.txt").exists() and store.drift("d" * 64) == []
@@ -253,40 +246,38 @@ def test_the_stores_disk_use_skips_files_that_vanish_while_it_is_measured(
 
 
 def test_a_tree_rewritten_keeping_sizes_and_times_is_found_by_content(tmp_path: Path) -> None:
-    import hashlib
-    import zlib
-
-    def rewrite(path: Path, data: bytes) -> None:
-        before = path.stat()
-        with open(path, "r+b") as f:
-            f.write(data)
-        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-
     store = Store(tmp_path / "store")
-    data = {"a.py": b"x = 1\n", "data/input.txt": b"41\n"}
-    entries = []
-    for path, raw in data.items():
-        digest = hashlib.sha256(raw).hexdigest()
-        store.put_compressed(digest, zlib.compress(raw))
-        entries.append(Entry(path, len(raw), False, digest))
+    entries = _stored(store, {"a.py": b"x = 1\n", "data/input.txt": b"41\n"})
     env = store.materialize("d" * 64, entries, imports=["a"])
     compiled = next((env / "__pycache__").glob("a.*.pyc"))
     shipped = compiled.read_bytes()
     # Another tree linking the same blobs moves their change times: hashed again, still right.
     store.materialize("e" * 64, entries)
     assert store.drift("d" * 64) == []
-    rewrite(env / "data" / "input.txt", b"66\n")  # (through the link: its blob too)
+    # (through the link: its blob too)
+    rewrite_keeping_size_and_times(env / "data" / "input.txt", b"66\n")
     assert store.drift("d" * 64) == ["data/input.txt"]  # (this daemon: by its change time)
     fresh = Store(tmp_path / "store")  # a new daemon: every file hashed
     assert fresh.drift("d" * 64) == ["(not checked by this daemon yet)"]
     assert fresh.ensure_whole("d" * 64, entries)
     assert fresh.missing(entries) == [entries[1].digest]  # its blob is fetched again
-    fresh.put_compressed(entries[1].digest, zlib.compress(data["data/input.txt"]))
+    fresh.put_compressed(entries[1].digest, zlib.compress(b"41\n"))
     env = fresh.materialize("d" * 64, entries, imports=["a"])
     # A compiled module no manifest names is compiled again by a new daemon, not trusted.
-    rewrite(compiled, b"\0" * len(shipped))
+    rewrite_keeping_size_and_times(compiled, b"\0" * len(shipped))
     again = Store(tmp_path / "store")
     assert not again.ensure_whole("d" * 64, entries)
     assert compiled.read_bytes() == shipped and again.drift("d" * 64) == []
-    rewrite(compiled, b"\0" * len(shipped))  # and afterwards, by its change time
+    # And afterwards, by its change time:
+    rewrite_keeping_size_and_times(compiled, b"\0" * len(shipped))
     assert again.drift("d" * 64) == ["__pycache__/" + compiled.name]
+
+
+def _stored(store: Store, data: dict[str, bytes]) -> list[Entry]:
+    """Put the files ``data`` (path: contents) in ``store``: their manifest entries."""
+    entries = []
+    for path, raw in data.items():
+        digest = hashlib.sha256(raw).hexdigest()
+        store.put_compressed(digest, zlib.compress(raw))
+        entries.append(Entry(path, len(raw), False, digest))
+    return entries
