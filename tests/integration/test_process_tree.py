@@ -75,8 +75,8 @@ TASKS = """
     @distributed
     def scheduling():
         with open("/proc/self/autogroup") as f:
-            group = f.read().split()
-        return os.getsid(0), group[-1], os.getpriority(os.PRIO_PROCESS, 0)
+            group = f.read().split()  # (empty in the boot's default group)
+        return os.getsid(0), group[-1] if group else "-", os.getpriority(os.PRIO_PROCESS, 0)
 
     @distributed(timeout=8, retries=0)  # (time to fork them all on loaded cores)
     def leave_and_hang(count):
