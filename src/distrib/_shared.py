@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 
 from distrib import _serialize, _shm
 from distrib._errors import SerializationError, WorkerCrashed
-from distrib.wire._codec import OBJECT_NAME
+from distrib.wire._kinds import OBJECT_NAME
 
 T = TypeVar("T")
 

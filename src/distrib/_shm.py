@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from distrib._process import exists
-from distrib.wire._codec import SHM_NAME as NAME
+from distrib.wire._kinds import SHM_NAME as NAME
 
 ROOT = Path("/dev/shm")
 MIN = 1 << 20  # bytes: smaller frames travel in the message

@@ -25,7 +25,7 @@ import pathspec
 from distrib import _process, _runtime, _sealed, _serialize, _shared, _shm
 from distrib.wire._limits import MAX_FILE_BYTES, MAX_PAYLOAD_BYTES
 from distrib._errors import SerializationError
-from distrib.wire._messages import Outcome, payload_size
+from distrib.wire._kinds import Outcome, payload_size
 from distrib.executor import _isolation, _objects, _standing, _subcalls
 from distrib.executor._leftovers import Leftovers
 from distrib.wire._pipe import NICE_VAR, THREAD_VARS, Pipe, PipeError, decode

@@ -12,7 +12,6 @@ Only the I/O thread touches sockets and the scheduler; user threads only append 
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import os
@@ -24,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import zmq
 
 from distrib import _config, _runtime, _shared, _shm
@@ -123,7 +123,7 @@ class Session:
         self._warmed = threading.Event()  # the local worker's executors are ready (or never)
         link_hello = self.hello
         if self.local is not None:  # (ours alone: all its slots get an executor ahead)
-            link_hello = dataclasses.replace(link_hello, warm=settings.local_threads)
+            link_hello = msgspec.structs.replace(link_hello, warm=settings.local_threads)
         self.linked = Links(settings, self.ctx, link_hello, self.scheduler, self.nested,
                             self.stats, self._warmed, self.inbox.wake, self._probe is not None)
         self.links: dict[str, Link] = self.linked.links

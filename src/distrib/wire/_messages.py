@@ -1,63 +1,60 @@
-"""Every message of wire protocol v1, one frozen dataclass each (see docs/protocol.md).
+"""Every message of the wire protocol, one frozen ``msgspec.Struct`` each (see
+docs/protocol.md).
 
 A message travels as a ZeroMQ multipart message: frame 0 is the msgpack header (the type tag
 followed by the fields in declaration order), further frames are opaque payload bytes (pickled
-calls and results, compressed blobs) that the worker daemon only moves, never unpickles.
+calls and results, compressed blobs) that the worker daemon only moves, never unpickles. The
+types written here are what ``_codec`` checks as it decodes a header (in C, as msgspec builds
+the message).
 """
 
-from __future__ import annotations
+# (no ``from __future__ import annotations``: msgspec reads the types once, faster when they
+# are objects than when they are strings to evaluate)
+from typing import Annotated, Any, ClassVar
 
-import enum
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+try:
+    from msgspec import Meta, Struct, field
+except ImportError:  # an executor of another Python version imports this module, never uses it
+    from distrib.wire._pipe_plain import Meta, Struct, field  # type: ignore[assignment,no-redef]
 
 from distrib._errors import ConfigError
+from distrib.wire._kinds import Outcome as Outcome
+from distrib.wire._kinds import RefusalCode as RefusalCode
+from distrib.wire._kinds import payload_size as payload_size
 
-PROTOCOL_VERSION = 11  # 11: output files carry their mode; error records their root
+PROTOCOL_VERSION = 12  # 12: headers checked by msgspec (a Hello may leave out trailing defaults)
 WORKER_IDS = 1 << 48  # task ids from here on are a worker's own (calls it placed or took for
 # a Main, ``worker._direct``); a Main's are lower
 
 
-class Outcome(enum.StrEnum):
-    """How a task ended, as a worker reports it."""
-
-    OK = "ok"  # the payload is the pickled result
-    ERROR = "error"  # the function raised; the payload is the pickled exception (may be empty)
-    CRASHED = "crashed"  # the executor process died running it
-    CANCELLED = "cancelled"  # withdrawn or stopped at the Main's request
-    TIMEOUT = "timeout"  # ran past its timeout and was stopped
-    ENV_ERROR = "env_error"  # its environment could not be fetched, built or imported
-    DEFERRED = "deferred"  # the worker holds as much of this Main's work as it takes: later
+# The frames of a payload travel after the header, never in it: a header that carries one more
+# element after ``pieces`` (a list, whatever it holds) fails to decode against this bound.
+Frames = Annotated[tuple[Any, ...], Meta(min_length=1, max_length=0)]
+# [frame index, pieces] of the payload frames sent in pieces (``_codec.encode``), in order
+Pieces = tuple[tuple[Annotated[int, Meta(ge=0)], Annotated[int, Meta(ge=2)]], ...]
 
 
-class RefusalCode(enum.StrEnum):
-    """Why a worker refused a Main (``Refused.code``); the Main acts on the code, not the text."""
-
-    PROTOCOL = "protocol"  # the Hello's protocol version is not this worker's
-    UNKNOWN_PEER = "unknown_peer"  # no Hello from this connection (the worker restarted)
-    MALFORMED = "malformed"  # a malformed message: the Main's state here is forgotten
-    SHUTTING_DOWN = "shutting_down"  # the daemon is stopping
-    NOT_DELEGATE = "not_delegate"  # a worker's Hello for a Main whose Peers do not name it
-
-
-def payload_size(frames: list[Any]) -> int:
-    """Bytes of a payload, all its pieces together."""
-    return sum(memoryview(f).nbytes for f in frames)
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """Base of all messages; ``frames`` holds the payload frames after the header."""
+class Message(Struct, frozen=True, array_like=True, forbid_unknown_fields=True, gc=False,
+              kw_only=True):
+    """Base of all messages: immutable, encoded as a list (its tag first), not tracked by the
+    garbage collector (messages hold no cycles). ``frames`` holds the payload frames after
+    the header; ``pieces``, only on the wire, which of them were cut (both come after every
+    field of a message). Each message says ``frozen=True`` again, for type checkers."""
 
     TAG: ClassVar[int] = 0
-    frames: tuple[Any, ...] = field(default=(), kw_only=True, compare=False, repr=False)
+    pieces: Pieces = ()
+    frames: Frames = ()
+
+    def __repr__(self) -> str:  # (its frames may be a gibibyte: they are not shown)
+        fields = ", ".join(f"{name}={getattr(self, name)!r}"
+                           for name in self.__struct_fields__[:-2])
+        return f"{type(self).__name__}({fields})"
 
 
 # --- handshake -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Hello(Message):
+class Hello(Message, frozen=True, tag=1):
     """Main -> worker, first message."""
 
     TAG: ClassVar[int] = 1
@@ -95,8 +92,7 @@ def check_redistribution(name: str, raw: Any) -> str:
     return str(raw)
 
 
-@dataclass(frozen=True, slots=True)
-class Welcome(Message):
+class Welcome(Message, frozen=True, tag=2):
     """Worker -> Main, reply to Hello: who the worker is and what it offers."""
 
     TAG: ClassVar[int] = 2
@@ -114,8 +110,7 @@ class Welcome(Message):
     memory_limit: int = 0  # bytes one task may use there (--max-task-memory); 0: no limit
 
 
-@dataclass(frozen=True, slots=True)
-class Refused(Message):
+class Refused(Message, frozen=True, tag=3):
     """Worker -> Main: it will not serve (or no longer knows) this Main; ``reason`` is for
     people."""
 
@@ -124,22 +119,19 @@ class Refused(Message):
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Goodbye(Message):
+class Goodbye(Message, frozen=True, tag=4):
     """Main -> worker: this Main is leaving; drop its queued and running tasks."""
 
     TAG: ClassVar[int] = 4
 
 
-@dataclass(frozen=True, slots=True)
-class Heartbeat(Message):
+class Heartbeat(Message, frozen=True, tag=5):
     """Either way: I am alive."""
 
     TAG: ClassVar[int] = 5
 
 
-@dataclass(frozen=True, slots=True)
-class Peers(Message):
+class Peers(Message, frozen=True, tag=6):
     """Main -> worker: the other workers this Main uses, as ``[address, public key, name,
     slots]`` (key "" when it has none). Their tasks' calls may go to them directly; and a
     worker named here with a key may send this worker calls on this Main's behalf (``Hello``'s
@@ -149,8 +141,7 @@ class Peers(Message):
     workers: list[list[Any]]
 
 
-@dataclass(frozen=True, slots=True)
-class Placed(Message):
+class Placed(Message, frozen=True, tag=7):
     """Worker -> Main: the task ``parent`` made call ``child``, and the worker sent it to
     ``worker`` itself (its own name when it runs it), not through this Main. ``parent`` is
     the worker's own id (2**48 or more) for a task another worker sent it directly."""
@@ -165,8 +156,7 @@ class Placed(Message):
 # --- tasks -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class TaskSpec:
+class TaskSpec(Struct, frozen=True, array_like=True, forbid_unknown_fields=True, gc=False):
     """One task inside a Submit.
 
     Its call payload is ``inline`` (small pieces carried in the header, so a batch of tiny
@@ -188,24 +178,21 @@ class TaskSpec:
     depth: int = 0  # a call made inside a task: how deep (its worker runs the deepest first)
 
 
-@dataclass(frozen=True, slots=True)
-class Submit(Message):
+class Submit(Message, frozen=True, tag=10):
     """Main -> worker: run these tasks (batched; payload frames follow in task order)."""
 
     TAG: ClassVar[int] = 10
     tasks: list[TaskSpec]
 
 
-@dataclass(frozen=True, slots=True)
-class Cancel(Message):
+class Cancel(Message, frozen=True, tag=11):
     """Main -> worker: withdraw these tasks if queued, stop them if running."""
 
     TAG: ClassVar[int] = 11
     task_ids: list[int]
 
 
-@dataclass(frozen=True, slots=True)
-class ResultSpec:
+class ResultSpec(Struct, frozen=True, array_like=True, forbid_unknown_fields=True, gc=False):
     """One outcome inside a Results; its payload is ``inline`` then the next ``nframes`` frames.
 
     For ``Outcome.ERROR`` the payload is the pickled exception and ``info`` its
@@ -221,16 +208,14 @@ class ResultSpec:
     # TaskSpec)
 
 
-@dataclass(frozen=True, slots=True)
-class Results(Message):
+class Results(Message, frozen=True, tag=12):
     """Worker -> Main: outcomes of finished tasks (batched)."""
 
     TAG: ClassVar[int] = 12
     results: list[ResultSpec]
 
 
-@dataclass(frozen=True, slots=True)
-class Call(Message):
+class Call(Message, frozen=True, tag=17):
     """Worker -> Main: the task ``parent`` (of this Main, running there) called a
     ``@distributed`` function: run the call (the payload frames) like one of the Main's own,
     and answer with ``ChildResult``. ``child`` is the parent's number for it."""
@@ -249,8 +234,7 @@ class Call(Message):
     # id is then the worker's own (at least 2**48; a task another worker sent there)
 
 
-@dataclass(frozen=True, slots=True)
-class ChildResult(Message):
+class ChildResult(Message, frozen=True, tag=18):
     """Main -> worker: how the call ``child`` of task ``parent`` ended (as in a
     ``ResultSpec``: the payload frames are the pickled result or error)."""
 
@@ -261,8 +245,7 @@ class ChildResult(Message):
     info: dict[str, str]
 
 
-@dataclass(frozen=True, slots=True)
-class CancelChild(Message):
+class CancelChild(Message, frozen=True, tag=19):
     """Worker -> Main: the task ``parent`` cancelled its call ``child``."""
 
     TAG: ClassVar[int] = 19
@@ -270,8 +253,7 @@ class CancelChild(Message):
     child: int
 
 
-@dataclass(frozen=True, slots=True)
-class Waiting(Message):
+class Waiting(Message, frozen=True, tag=9):
     """Worker -> Main: this Main's tasks there that wait for their calls: ``parked`` lent
     their slots to other tasks; ``blocked`` hold theirs (the owner's ``--max-parked`` was
     reached); ``stuck``: every slot there is held by a blocked task, of any Main. Sent when
@@ -283,8 +265,7 @@ class Waiting(Message):
     stuck: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Output(Message):
+class Output(Message, frozen=True, tag=13):
     """Worker -> Main: text a task wrote to stdout (stream 1) or stderr (stream 2)."""
 
     TAG: ClassVar[int] = 13
@@ -293,8 +274,7 @@ class Output(Message):
     text: str
 
 
-@dataclass(frozen=True, slots=True)
-class EnvProgress(Message):
+class EnvProgress(Message, frozen=True, tag=14):
     """Worker -> Main: news of the environment its tasks wait for (building, built), for
     people."""
 
@@ -302,8 +282,7 @@ class EnvProgress(Message):
     text: str
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerState(Message):
+class WorkerState(Message, frozen=True, tag=15):
     """Worker -> Main: what the worker lends this Main now, as its owner's word, policy,
     hours and load say: ``serving``, ``paused`` (no new tasks; queued ones come back deferred)
     or ``draining`` (the same, then it leaves once its running tasks are done); the slots this
@@ -317,8 +296,7 @@ class WorkerState(Message):
     why: str
 
 
-@dataclass(frozen=True, slots=True)
-class Warmed(Message):
+class Warmed(Message, frozen=True, tag=16):
     """Worker -> Main: the executors its Hello asked for (``warm``) are started and have
     imported its workspace: ``executors`` of them (fewer if the slots it may use or free room
     allow fewer), or none and ``why`` not."""
@@ -332,24 +310,21 @@ class Warmed(Message):
 # --- workspace -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class NeedManifest(Message):
+class NeedManifest(Message, frozen=True, tag=20):
     """Worker -> Main: I lack this distribution; send its manifest."""
 
     TAG: ClassVar[int] = 20
     dist: str
 
 
-@dataclass(frozen=True, slots=True)
-class Manifest(Message):
+class Manifest(Message, frozen=True, tag=21):
     """Main -> worker: the distribution's manifest (one frame, msgpack) and its main module."""
 
     TAG: ClassVar[int] = 21
     dist: str
 
 
-@dataclass(frozen=True, slots=True)
-class NeedBlobs(Message):
+class NeedBlobs(Message, frozen=True, tag=22):
     """Worker -> Main: send these blobs (content hashes) of the distribution (or of the
     environment, for the wheels it ships: ``dist`` is then the environment's id)."""
 
@@ -358,8 +333,7 @@ class NeedBlobs(Message):
     hashes: list[str]
 
 
-@dataclass(frozen=True, slots=True)
-class Blobs(Message):
+class Blobs(Message, frozen=True, tag=23):
     """Main -> worker: zlib-compressed blobs, one frame per hash, in ``hashes`` order."""
 
     TAG: ClassVar[int] = 23
@@ -367,8 +341,7 @@ class Blobs(Message):
     hashes: list[str]
 
 
-@dataclass(frozen=True, slots=True)
-class DistFailed(Message):
+class DistFailed(Message, frozen=True, tag=24):
     """Main -> worker: the Main cannot provide this distribution (reason given)."""
 
     TAG: ClassVar[int] = 24
@@ -379,16 +352,14 @@ class DistFailed(Message):
 # --- shared objects --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class NeedObjects(Message):
+class NeedObjects(Message, frozen=True, tag=25):
     """Worker -> Main: send these shared objects (by name) that queued tasks pass."""
 
     TAG: ClassVar[int] = 25
     names: list[str]
 
 
-@dataclass(frozen=True, slots=True)
-class Objects(Message):
+class Objects(Message, frozen=True, tag=26):
     """Main -> worker: shared objects; ``counts[i]`` frames each, in ``names`` order, or, to
     a worker that shares its /dev/shm, ``files[i]``: the name of a file there holding it (its
     ``counts[i]`` is then 0)."""
@@ -399,8 +370,7 @@ class Objects(Message):
     files: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectsFailed(Message):
+class ObjectsFailed(Message, frozen=True, tag=27):
     """Main -> worker: the Main cannot send these shared objects (reason given)."""
 
     TAG: ClassVar[int] = 27
@@ -411,8 +381,7 @@ class ObjectsFailed(Message):
 # --- large payloads --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Carry(Message):
+class Carry(Message, frozen=True, tag=32):
     """Either way: payload frames (or pieces) of the next message, at most one piece in all,
     sent ahead of it as a message of their own, so that a large payload arrives as a stream
     of messages: each one shows that its sender is alive while the rest are on their way
@@ -424,15 +393,13 @@ class Carry(Message):
 # --- inspection ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class StatusRequest(Message):
+class StatusRequest(Message, frozen=True, tag=30):
     """Anyone -> worker: report your state (no Hello needed; answers facts and counters)."""
 
     TAG: ClassVar[int] = 30
 
 
-@dataclass(frozen=True, slots=True)
-class Status(Message):
+class Status(Message, frozen=True, tag=31):
     """Worker -> asker: name, platform, slots, load and counters."""
 
     TAG: ClassVar[int] = 31

@@ -32,6 +32,7 @@ from typing import Any
 from distrib._errors import ProtocolError
 from distrib.wire import _pipe_messages as pm
 from distrib.wire import _pipe_plain
+from distrib.wire._explain import explain
 from distrib.wire._limits import PIPE_MAX_FRAMES, PIPE_MAX_HEADER
 from distrib.wire._pipe_messages import PipeMessage
 
@@ -103,7 +104,7 @@ if msgspec is not None:
         try:
             message: PipeMessage = _DECODER.decode(head)
         except msgspec.ValidationError as exc:
-            raise PipeError(_explain(head, str(exc))) from None
+            raise PipeError(explain(head, str(exc), _FIELDS, "verb")) from None
         except msgspec.DecodeError as exc:
             raise PipeError(f"the header is not valid msgpack: {exc}") from None
         if frames:
@@ -127,57 +128,6 @@ else:
         except (ValueError, TypeError) as exc:
             raise PipeError(str(exc)) from None
         return message
-
-
-# --- why a header does not decode (off the hot path: only for the error's text) ---------------
-
-_AT = re.compile(r"(?P<problem>.*) - at (?P<key>`key` in )?`\$\[(?P<index>\d+)\](?P<rest>.*)`",
-                 re.DOTALL)
-_MISMATCH = re.compile(r"Expected `[^`]*`, got `")
-_WANT: dict[Any, str] = {
-    int: "int", str: "str", list[str]: "a list of str", dict[str, str]: "a map of str to str",
-    dict[str, int]: "a map of str to int", float | int | None: "a number or nil",
-}
-
-
-def _explain(head: bytes | bytearray, error: str) -> str:
-    """What is wrong with a header that is valid msgpack but not a message, naming the
-    message type and field (msgspec's ``error`` names a position in the list)."""
-    try:
-        header = msgspec.msgpack.decode(head)
-    except msgspec.MsgspecError:  # (a map key of a type no dict takes)
-        return f"the header does not make a message: {error}"
-    if type(header) is not list or not header:
-        return "the header is not a non-empty list"
-    verb = header[0]
-    found = _FIELDS.get(verb) if type(verb) is str else None
-    if found is None:
-        return f"unknown verb {verb!r}"
-    cls, names = found
-    label = cls.__name__
-    if len(header) - 1 != len(names):
-        return f"{label}: expected {len(names)} fields, got {len(header) - 1}"
-    at = _AT.fullmatch(error)
-    if at is None or not 1 <= int(at["index"]) <= len(names):
-        return f"{label}: {error}"
-    index = int(at["index"])
-    field, value = names[index - 1], header[index]
-    rest = f"{at['rest']} key".lstrip() if at["key"] else at["rest"]
-    problem = at["problem"].replace("`", "").replace("array", "list").replace("object", "map")
-    problem = problem[:1].lower() + problem[1:]
-    hint = typing.get_type_hints(cls)[field]
-    if (isinstance(hint, type) and issubclass(hint, enum.Enum)
-            or "matching regex" in at["problem"]):
-        return f"{label}: unknown {field} {value!r}"
-    want = _WANT.get(hint)
-    if want is None:
-        return f"{label}: {problem} (field {field}{rest})"
-    if rest:  # (inside a list or map)
-        return f"{label}: expected {want} (field {field}, at {rest}: {problem})"
-    if _MISMATCH.match(at["problem"]):
-        got = "nil" if value is None else type(value).__name__
-        return f"{label}: expected {want}, got {got} (field {field})"
-    return f"{label}: {field} out of range: {problem}"
 
 
 class Pipe:

@@ -7,8 +7,8 @@ the header: ``_pipe`` sends the frames after it and sets them on the decoded mes
 and ``Meta`` bounds below are what ``_pipe``'s decoder checks (in C, as it builds the message).
 """
 
-from __future__ import annotations
-
+# (no ``from __future__ import annotations``: msgspec reads the types once, faster when they
+# are objects than when they are strings to evaluate)
 import enum
 from typing import Annotated, Any, ClassVar
 
@@ -18,7 +18,7 @@ except ImportError:  # an executor of another Python version (see _pipe_plain)
     from distrib.wire._pipe_plain import Meta, Struct  # type: ignore[assignment]
 
 from distrib.wire._limits import PIPE_MAX_OUTPUTS, PIPE_MAX_PLATFORMS
-from distrib.wire._messages import Outcome
+from distrib.wire._kinds import Outcome
 
 class Verb(enum.StrEnum):
     """The first field of every message on an executor's pipe."""

@@ -25,15 +25,21 @@ class Meta:
 
 
 class Struct:
-    """A subclass given a ``tag`` becomes a frozen dataclass with ``__struct_fields__``."""
+    """A subclass becomes a frozen dataclass with ``__struct_fields__`` (its fields keyword-only
+    if it says ``kw_only=True``)."""
 
     __struct_fields__: ClassVar[tuple[str, ...]] = ()
 
-    def __init_subclass__(cls, tag: str | None = None, **options: Any) -> None:
+    def __init_subclass__(cls, tag: str | int | None = None, kw_only: bool = False,
+                          **options: Any) -> None:
         super().__init_subclass__()
-        if tag is not None:
-            made: Any = dataclasses.dataclass(frozen=True)(cls)
-            cls.__struct_fields__ = tuple(field.name for field in dataclasses.fields(made))
+        made: Any = dataclasses.dataclass(frozen=True, kw_only=kw_only)(cls)
+        cls.__struct_fields__ = tuple(field.name for field in dataclasses.fields(made))
+
+
+def field(*, default: Any = dataclasses.MISSING, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A field's default, as msgspec's ``field`` takes it."""
+    return dataclasses.field(default=default, default_factory=default_factory)
 
 
 def encode(message: Any) -> tuple[bytes, Sequence[Any]]:

@@ -34,7 +34,7 @@ from typing import Any
 
 from distrib import _shm
 from distrib._process import exists
-from distrib.wire._codec import SHM_NAME
+from distrib.wire._kinds import SHM_NAME
 
 _COUNT = _shm.OBJECT_COUNT
 

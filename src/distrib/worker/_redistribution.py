@@ -9,13 +9,13 @@ This module is the glue between the executors, the core and ``Direct``: it is ``
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import msgspec
 import zmq
 
 from distrib.wire import _facts
@@ -121,8 +121,8 @@ class Calls:
         main = self.mains.get(main_peer)
         if main is None or main.hello is None:
             return None
-        return dataclasses.replace(main.hello, name=f"worker {self.name} for {main.name}",
-                                   pid=os.getpid(), shm_probe=[], warm=0, delegate=main.key)
+        return msgspec.structs.replace(main.hello, name=f"worker {self.name} for {main.name}",
+                                       pid=os.getpid(), shm_probe=[], warm=0, delegate=main.key)
 
     def here(self, main: bytes, threads: int) -> Here:
         """This worker for a call of ``main``: whether it takes the call now (lending, and
