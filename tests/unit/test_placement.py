@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import msgspec
+
 from distrib.wire._messages import Outcome
 from distrib.wire._record import ErrorRecord
 from distrib.worker._placement import (
@@ -24,8 +26,8 @@ def call(**changes: Any) -> PlacedCall:
 
 
 def ready(address: str, offered: int = 2, sent: int = 0, **changes: Any) -> Reach:
-    return replace(Reach(address, ready=True, connect=False, platform="linux-x86_64",
-                         offered=offered, sent=sent), **changes)
+    return msgspec.structs.replace(Reach(address, ready=True, connect=False, platform="linux-x86_64",
+                                   offered=offered, sent=sent), **changes)
 
 
 def test_a_call_runs_here_while_a_slot_here_is_free() -> None:

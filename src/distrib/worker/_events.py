@@ -22,8 +22,9 @@ out the actions returned, in order:
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
+
+from msgspec import Struct, field
 
 from distrib.wire._messages import Outcome
 from distrib.worker._state import QueuedTask
@@ -31,8 +32,7 @@ from distrib.worker._state import QueuedTask
 OwnerWord: TypeAlias = Literal["serving", "paused", "draining"]
 
 
-@dataclass(frozen=True, slots=True)
-class EnvKey:
+class EnvKey(Struct, frozen=True):
     """Executors are shared by tasks of one distribution asking for the same thread count,
     from Mains with the same argv and forwarded environment (the main script's import sees
     them)."""
@@ -52,8 +52,7 @@ class Withdrawn(enum.Enum):
     # started, it runs on)
 
 
-@dataclass(eq=False)
-class Run:
+class Run(Struct, eq=False):
     """A task handed to an executor; ``run_id`` names it on the executor's pipe."""
 
     task: QueuedTask
@@ -67,8 +66,7 @@ class Run:
 # --- events ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class TaskSubmitted:
+class TaskSubmitted(Struct, frozen=True):
     """A Main sent a task; nothing is fetched for it yet. ``problem``: why its Main's
     environment cannot be built here (its Welcome said so), "" if none."""
 
@@ -76,28 +74,24 @@ class TaskSubmitted:
     problem: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class TaskQueued:
+class TaskQueued(Struct, frozen=True):
     """A task whose needs are asked for (after ``Admit``, or a call placed here): queue it."""
 
     task: QueuedTask
     admitted: bool = False  # the core's checks passed as it was submitted (``Admit``), just now
 
 
-@dataclass(frozen=True, slots=True)
-class TaskDeferred:
+class TaskDeferred(Struct, frozen=True):
     """The daemon cannot take a task now (its shared objects do not fit): back to its Main."""
 
     task: QueuedTask
 
 
-@dataclass(frozen=True, slots=True)
-class DistReady:
+class DistReady(Struct, frozen=True):
     dist: str
 
 
-@dataclass(frozen=True, slots=True)
-class DistUnavailable:
+class DistUnavailable(Struct, frozen=True):
     """Fetching or building ``dist`` from ``peer`` failed (its ``DistFailed``, a bad manifest
     or blob, a failed build)."""
 
@@ -106,20 +100,17 @@ class DistUnavailable:
     peer: bytes | None
 
 
-@dataclass(frozen=True, slots=True)
-class DistReplaced:
+class DistReplaced(Struct, frozen=True):
     """The tree of ``dist`` drifted and is built again."""
 
     dist: str
 
 
-@dataclass(frozen=True, slots=True)
-class EnvReady:
+class EnvReady(Struct, frozen=True):
     env: str
 
 
-@dataclass(frozen=True, slots=True)
-class EnvFailed:
+class EnvFailed(Struct, frozen=True):
     """Building the Python environment ``env`` failed (for ``peer`` alone, if given)."""
 
     env: str
@@ -127,21 +118,18 @@ class EnvFailed:
     peer: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class EnvDropped:
+class EnvDropped(Struct, frozen=True):
     """The built environment ``env`` was removed: build it again before a task uses it."""
 
     env: str
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectsArrived:
+class ObjectsArrived(Struct, frozen=True):
     peer: bytes
     names: frozenset[str]
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectsUnavailable:
+class ObjectsUnavailable(Struct, frozen=True):
     """The shared objects ``names`` of ``peer`` cannot be had here (its Main cannot send them,
     or storing them failed)."""
 
@@ -150,15 +138,13 @@ class ObjectsUnavailable:
     info: dict[str, str]
 
 
-@dataclass(frozen=True, slots=True)
-class ExecutorReady:
+class ExecutorReady(Struct, frozen=True):
     """The executor imported its environment."""
 
     ex_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class TaskDone:
+class TaskDone(Struct, frozen=True):
     """The executor finished its running task ``run_id``; ``shm``: its result frames in
     /dev/shm."""
 
@@ -170,16 +156,14 @@ class TaskDone:
     shm: dict[str, int] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class TaskSkipped:
+class TaskSkipped(Struct, frozen=True):
     """The executor dropped task ``run_id``, not started, as asked."""
 
     ex_id: int
     run_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class ExecutorEnvError:
+class ExecutorEnvError(Struct, frozen=True):
     """The executor could not import its environment."""
 
     ex_id: int
@@ -187,8 +171,7 @@ class ExecutorEnvError:
     frames: list[Any]
 
 
-@dataclass(frozen=True, slots=True)
-class ExecutorDied:
+class ExecutorDied(Struct, frozen=True):
     """The executor ended (or was stopped); its running task ends as ``outcome`` says,
     with ``info``."""
 
@@ -197,40 +180,35 @@ class ExecutorDied:
     outcome: Outcome = Outcome.CRASHED  # ERROR: stopped for what the task did (its writes)
 
 
-@dataclass(frozen=True, slots=True)
-class ExecutorLeaving:
+class ExecutorLeaving(Struct, frozen=True):
     """The executor ends after the task it reported last (that task left threads or
     processes running); the tasks it was handed after that one have not started."""
 
     ex_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class TaskCalled:
+class TaskCalled(Struct, frozen=True):
     """The running task ``run_id`` called a ``@distributed`` function."""
 
     ex_id: int
     run_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class TaskParked:
+class TaskParked(Struct, frozen=True):
     """The running task ``run_id`` waits for its calls."""
 
     ex_id: int
     run_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class TaskResumed:
+class TaskResumed(Struct, frozen=True):
     """The running task ``run_id`` goes on after waiting for its calls."""
 
     ex_id: int
     run_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class CancelAsked:
+class CancelAsked(Struct, frozen=True):
     """``peer`` asked to cancel its task ``task_id`` (a Main's ``Cancel``, a delegate gone, a
     cancelled call placed here)."""
 
@@ -238,20 +216,17 @@ class CancelAsked:
     task_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class HandBack:
+class HandBack(Struct, frozen=True):
     """Every task not started goes back to its Main; ``vacate``: running ones too."""
 
     vacate: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Resize:
+class Resize(Struct, frozen=True):
     slots: int
 
 
-@dataclass(frozen=True, slots=True)
-class QuotaSet:
+class QuotaSet(Struct, frozen=True):
     """``peer`` may hold at most ``limit`` slots (None: any), with priority ``weight``,
     counted in ``account`` together with the other Mains of that account (its public key's:
     several Mains of one key share that key's quota, fair share and queued bytes); ``b""``:
@@ -263,8 +238,7 @@ class QuotaSet:
     account: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
-class OwnerStateChanged:
+class OwnerStateChanged(Struct, frozen=True):
     """What the Mains are told the worker does (the owner's word, its hours and load);
     ``vacate``: stopping to lend stops the running tasks too."""
 
@@ -272,13 +246,11 @@ class OwnerStateChanged:
     vacate: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class MainLeft:
+class MainLeft(Struct, frozen=True):
     peer: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Warm:
+class Warm(Struct, frozen=True):
     """``peer`` asks for ``count`` idle executors of ``key`` ahead of its calls."""
 
     key: EnvKey
@@ -286,13 +258,11 @@ class Warm:
     count: int
 
 
-@dataclass(frozen=True, slots=True)
-class Turn:
+class Turn(Struct, frozen=True):
     """A turn of the daemon's loop: start what fits and send what was handed out."""
 
 
-@dataclass(frozen=True, slots=True)
-class Tick:
+class Tick(Struct, frozen=True):
     """The clock moved on: timeouts, idle executors, slots held by waiting tasks."""
 
 
@@ -307,31 +277,26 @@ Event: TypeAlias = (
 # --- actions ---------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)  # (not frozen: one is made per task, and frozen ones cost more)
-class Spawn:
+class Spawn(Struct):
     ex_id: int
     key: EnvKey
 
 
-@dataclass(slots=True)
-class Send:
+class Send(Struct):
     ex_id: int
     runs: list[Run]
 
 
-@dataclass(slots=True)
-class Skip:
+class Skip(Struct):
     ex_id: int
     run_id: int
 
 
-@dataclass(slots=True)
-class Kill:
+class Kill(Struct):
     ex_id: int
 
 
-@dataclass(slots=True)
-class Report:
+class Report(Struct):
     task: QueuedTask
     outcome: Outcome
     info: dict[str, str] = field(default_factory=dict)
@@ -339,40 +304,33 @@ class Report:
     shm: dict[str, int] | None = None  # result frames in /dev/shm
 
 
-@dataclass(slots=True)
-class Admit:
+class Admit(Struct):
     task: QueuedTask
 
 
-@dataclass(frozen=True, slots=True)
-class Rewaited:
+class Rewaited(Struct, frozen=True):
     peer: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class StuckChanged:
+class StuckChanged(Struct, frozen=True):
     stuck: bool
 
 
-@dataclass(frozen=True, slots=True)
-class StuckHandedBack:
+class StuckHandedBack(Struct, frozen=True):
     count: int  # tasks that went back
 
 
-@dataclass(frozen=True, slots=True)
-class Vacating:
+class Vacating(Struct, frozen=True):
     running: int  # executors with a task, stopped
 
 
-@dataclass(frozen=True, slots=True)
-class MainDropped:
+class MainDropped(Struct, frozen=True):
     peer: bytes
     queued: int  # its tasks not started, forgotten
     running: int  # its running tasks, stopped
 
 
-@dataclass(frozen=True, slots=True)
-class Drained:
+class Drained(Struct, frozen=True):
     pass
 
 

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from msgspec import Struct
+
 from distrib.wire._messages import Message, Outcome
 from distrib.wire._record import ErrorRecord
 
@@ -45,8 +47,7 @@ class PlacedCall:
     later: bool = False  # handed back: placed again at the next tick
 
 
-@dataclass(frozen=True)
-class Here:
+class Here(Struct, frozen=True):
     """This worker, as a call of one Main finds it."""
 
     platform: str
@@ -55,8 +56,7 @@ class Here:
     load: float  # busy-or-queued slots per slot
 
 
-@dataclass(frozen=True)
-class Reach:
+class Reach(Struct, frozen=True):
     """Another worker of the call's Main, as this worker reaches it."""
 
     address: str
@@ -72,23 +72,20 @@ class Reach:
 # --- actions ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RunHere:
+class RunHere(Struct, frozen=True):
     """Queue the call here (its outcome comes back to ``Direct``)."""
 
     child: PlacedCall
 
 
-@dataclass(frozen=True)
-class SendTo:
+class SendTo(Struct, frozen=True):
     """Send the call to the worker at ``address``."""
 
     child: PlacedCall
     address: str
 
 
-@dataclass(frozen=True)
-class Deliver:
+class Deliver(Struct, frozen=True):
     """How the call ended, to its parent's executor (if the parent still runs)."""
 
     child: PlacedCall
@@ -97,29 +94,25 @@ class Deliver:
     frames: list[Any]
 
 
-@dataclass(frozen=True)
-class Relay:
+class Relay(Struct, frozen=True):
     """A call placed before (handed back, or its worker lost) goes through its Main now."""
 
     child: PlacedCall
 
 
-@dataclass(frozen=True)
-class ToMain:
+class ToMain(Struct, frozen=True):
     """A new call this worker does not place: its caller hands it to its Main."""
 
     child: PlacedCall
 
 
-@dataclass(frozen=True)
-class CancelHere:
+class CancelHere(Struct, frozen=True):
     """Withdraw or stop the call queued or running here."""
 
     child: PlacedCall
 
 
-@dataclass(frozen=True)
-class Tell:
+class Tell(Struct, frozen=True):
     """Send the Main a message (``Placed``, ``CancelChild``)."""
 
     main: bytes
@@ -129,8 +122,7 @@ class Tell:
 Effect = RunHere | Deliver | Relay | CancelHere | Tell  # what the worker applies for ``Direct``
 
 
-@dataclass(frozen=True)
-class Placement:
+class Placement(Struct, frozen=True):
     """A call's place, and the links to (re)connect first (none of them can take it yet)."""
 
     action: RunHere | SendTo | Deliver | Relay | ToMain
