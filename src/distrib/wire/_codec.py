@@ -142,22 +142,25 @@ def _check_frames(message: m.Message) -> None:
     n = len(message.frames)
     expected: int | None
     if isinstance(message, m.Submit):
-        expected = sum(t.nframes for t in message.tasks)
-        if any(t.nframes < 0 or len(t.inline) + t.nframes < 1 or t.threads < 1
-               for t in message.tasks):
-            raise ProtocolError("Submit: every task needs a payload and at least one thread")
-        for t in message.tasks:
+        expected = 0
+        for t in message.tasks:  # (one pass: a batch holds up to 512 tasks)
+            count = t.nframes
+            if count < 0 or len(t.inline) + count < 1 or t.threads < 1:
+                raise ProtocolError("Submit: every task needs a payload and at least one thread")
+            expected += count
             if t.objects:
                 _check_objects(t.objects, f"Submit: task {t.task_id}")
             if t.shm:
-                _check_shm(t.shm, len(t.inline) + t.nframes, f"Submit: task {t.task_id}")
+                _check_shm(t.shm, len(t.inline) + count, f"Submit: task {t.task_id}")
     elif isinstance(message, m.Results):
-        expected = sum(r.nframes for r in message.results)
-        if any(r.nframes < 0 for r in message.results):
-            raise ProtocolError("Results: negative frame count")
+        expected = 0
         for r in message.results:
+            count = r.nframes
+            if count < 0:
+                raise ProtocolError("Results: negative frame count")
+            expected += count
             if r.shm:
-                _check_shm(r.shm, len(r.inline) + r.nframes, f"Results: task {r.task_id}")
+                _check_shm(r.shm, len(r.inline) + count, f"Results: task {r.task_id}")
     elif isinstance(message, (m.Call, m.ChildResult)):
         expected = n  # (its payload: any number of frames)
         if isinstance(message, m.Call) and (n < 1 or message.threads < 1 or message.retries < 0
