@@ -109,8 +109,15 @@ class DistributedFunction(Generic[P, T]):
             self, module, qualname)
         if by_reference:
             return (_lookup, (module, qualname))
-        # By value: plain pickle fails on the function and the caller falls back to cloudpickle.
-        return (DistributedFunction, (self._fn, self.options))
+        if module == "__main__" and not _runtime.main_shipped or not _finds(
+                self._fn, module, qualname):
+            # By value: plain pickle fails on the function and the caller falls back to
+            # cloudpickle.
+            return (DistributedFunction, (self._fn, self.options))
+        # The function by its name (wrapped at run time): its executors keep one wrapper.
+        o = self.options
+        return (_wrapper, (self._fn, o.platform, o.threads, o.retries, o.timeout, o.outputs,
+                           o.redistribution))
 
 
 def _finds(obj: object, module: str, qualname: str) -> bool:
@@ -119,6 +126,26 @@ def _finds(obj: object, module: str, qualname: str) -> bool:
     for part in qualname.split("."):
         found = getattr(found, part, None)
     return found is obj
+
+
+# An executor's wrappers of functions wrapped at run time (``distributed(fn)`` not at a
+# module's top level), whose calls name the function: one per function and options, not one
+# per call (making one copies the function's attributes).
+_WRAPPERS: dict[tuple[Any, ...], DistributedFunction[..., Any]] = {}
+
+
+def _wrapper(fn: Callable[..., Any], *options: Any) -> DistributedFunction[..., Any]:
+    key = (fn, *options)
+    try:
+        return _WRAPPERS[key]
+    except KeyError:
+        pass
+    except TypeError:  # (options that do not hash: never from this module's pickling)
+        return DistributedFunction(fn, TaskOptions(*options))
+    if len(_WRAPPERS) >= 256:
+        _WRAPPERS.clear()
+    made = _WRAPPERS[key] = DistributedFunction(fn, TaskOptions(*options))
+    return made
 
 
 def _by_value(fn: bytes, options: TaskOptions) -> DistributedFunction[..., Any]:

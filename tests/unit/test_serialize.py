@@ -288,3 +288,37 @@ def test_task_options_pickle_every_field() -> None:
     assert all(getattr(options, f.name) != f.default for f in dataclasses.fields(options))
     assert len(options.__reduce__()[1]) == len(dataclasses.fields(options))
     assert pickle.loads(pickle.dumps(options)) == options
+
+
+def test_a_function_wrapped_at_run_time_is_wrapped_once_where_its_calls_load() -> None:
+    # ``distributed(fn)`` inside a function: its calls name ``fn`` and carry the options.
+    # Loading makes the wrapper once per function and options, not once per call.
+    import dataclasses
+
+    import distrib
+    from distrib._api import TaskOptions
+
+    wrapped = distrib.distributed(pickle.dumps, retries=1)
+    first, again = (pickle.loads(pickle.dumps(wrapped)) for _ in range(2))
+    assert first is again and first.__wrapped__ is pickle.dumps
+    assert first.options == wrapped.options
+    other = pickle.loads(pickle.dumps(distrib.distributed(pickle.dumps, retries=2)))
+    assert other is not first and other.options.retries == 2
+    # Each option travels (one added later must be added to the pickled form too).
+    options = TaskOptions(("linux-*",), 2, 1, 3.5, ("out/**",), "direct")
+    assert all(getattr(options, f.name) != f.default for f in dataclasses.fields(options))
+    full = pickle.loads(pickle.dumps(distrib.distributed(pickle.dumps, platform="linux-*",
+                                                         threads=2, retries=1, timeout=3.5,
+                                                         outputs=["out/**"],
+                                                         redistribution="direct")))
+    assert full.options == options
+
+
+def test_a_closure_wrapped_at_run_time_is_not_kept_where_its_calls_load() -> None:
+    # (It travels by value: each call loads a new function, which no wrapper may hold on to.)
+    import distrib
+
+    kept = bytes(10)
+    wrapped = distrib.distributed(lambda: kept)
+    first, again = (loads(dumps(wrapped)) for _ in range(2))
+    assert first is not again and first.__wrapped__() == kept
