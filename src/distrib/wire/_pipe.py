@@ -165,13 +165,19 @@ class Pipe:
     def send_many(self, messages: Sequence[PipeMessage]) -> None:
         """Send several messages with one system call (when the kernel takes them at once)."""
         parts: list[Any] = []
+        total = 0
         for message in messages:
             head, frames = encode(message)
+            if not frames:
+                parts += [_PREFIX.pack(len(head), 0), head]
+                total += _PREFIX.size + len(head)
+                continue
             views = [memoryview(f.buffer if hasattr(f, "buffer") else f).cast("B")
                      for f in frames]  # (a zmq frame lends its bytes through .buffer)
-            parts += [_PREFIX.pack(len(head), len(views)),
-                      struct.pack(f"<{len(views)}Q", *(v.nbytes for v in views)), head, *views]
-        total = sum(memoryview(p).nbytes for p in parts)
+            sizes = [v.nbytes for v in views]
+            parts += [_PREFIX.pack(len(head), len(views)), struct.pack(f"<{len(views)}Q", *sizes),
+                      head, *views]
+            total += _PREFIX.size + 8 * len(views) + len(head) + sum(sizes)
         if total > _SLICE and Pipe.during is not None:  # (a blocking sendmsg sends it all)
             self._send_rest(parts, 0)
             return
@@ -199,6 +205,14 @@ class Pipe:
     def recv(self) -> PipeMessage:
         """One message. ``EOFError`` if the peer is gone or breaks framing; ``PipeError`` if
         the message is malformed (it was read whole: the next one can be)."""
+        if self._pos == len(self._buf):  # (nothing read ahead: most messages come whole)
+            chunk = self.sock.recv(_CHUNK)
+            if not chunk:
+                raise EOFError("executor pipe closed")
+            self._buf, self._pos = bytearray(chunk), 0
+        whole = self._whole()
+        if whole is not None:
+            return decode(*whole)
         head_len, count = _PREFIX.unpack(self._read(_PREFIX.size))
         if count > PIPE_MAX_FRAMES or head_len > PIPE_MAX_HEADER:
             raise EOFError("malformed message on an executor pipe")
@@ -206,6 +220,31 @@ class Pipe:
         head = self._read(head_len)
         frames = [self._read(size) for size in sizes]
         return decode(head, frames)
+
+    def _whole(self) -> tuple[bytearray, list[Any]] | None:
+        """The header and frames of the next message if it was read ahead whole, taken out of
+        the buffer; None if not (nothing is taken then)."""
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < _PREFIX.size:
+            return None
+        head_len, count = _PREFIX.unpack_from(buf, pos)
+        at = pos + _PREFIX.size + 8 * count
+        if count > PIPE_MAX_FRAMES or head_len > PIPE_MAX_HEADER or at > len(buf):
+            return None  # (the slow path reads it, or says what is wrong)
+        sizes = struct.unpack_from(f"<{count}Q", buf, pos + _PREFIX.size) if count else ()
+        if at + head_len + sum(sizes) > len(buf):
+            return None
+        head = buf[at:at + head_len]
+        at += head_len
+        frames: list[Any] = []
+        for size in sizes:
+            frames.append(buf[at:at + size])
+            at += size
+        if at == len(buf):
+            self._buf, self._pos = bytearray(), 0
+        else:
+            self._pos = at
+        return head, frames
 
     def _read(self, size: int) -> bytearray:
         out = bytearray(size)
