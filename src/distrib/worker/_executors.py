@@ -50,6 +50,10 @@ log = logging.getLogger("distrib.worker")
 peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
 
 ZYGOTE_DEATHS = 5  # interpreters started ahead that die unused before no more are started
+# Seconds after a template was last importing before the next interpreter is started ahead:
+# the Main it was for is starting its tasks then, and an interpreter starting beside them
+# would take a core from them (and from a short-lived worker, for a template never used).
+ZYGOTE_QUIET = 3.0
 STRAYS_EVERY = 1.0  # seconds between looks for processes tasks left to this daemon
 PIPE_LAST_MESSAGES = 1_000  # read from an executor that exited, at most (then: dead)
 STRAYS_AFTER_DEATH = 3.0  # seconds of looks at every tick after an executor ended
@@ -95,6 +99,7 @@ class Executors:
         self._strays_until = 0.0  # look at every tick until then (an executor ended)
         self._strays = _strays.Strays()
         self.ahead = True  # start interpreters ahead (not where templates are sandboxed)
+        self._importing_at = -ZYGOTE_QUIET  # when a template was last seen importing
 
     def fds(self) -> list[int]:
         """What the loop polls: executors' pipes, and templates still importing."""
@@ -160,14 +165,15 @@ class Executors:
                 self.drop_template(key)
             zygote, self._zygote = self._zygote, None  # (another is started when all is calm)
             template = self.templates[key] = Template.start(recipe, now, zygote)
+            self._importing_at = now
         template.last_used = now
         template.waiting.append(ex_id)  # (forked with the others of this turn, at once)
         if template.ready:
             self._to_fork.add(key)
 
-    def _keep_zygote(self) -> None:
-        """Have an interpreter started ahead for the next template, once no template is
-        importing (its start would slow theirs)."""
+    def _keep_zygote(self, now: float) -> None:
+        """Have an interpreter started ahead for the next template, once no template has
+        been importing for a while (its start would slow theirs, and their tasks)."""
         zygote = self._zygote
         if zygote is not None and zygote.proc.poll() is not None:
             zygote.kill()  # (it died: reaped, and replaced, unless they keep dying)
@@ -176,8 +182,10 @@ class Executors:
             if self._zygote_deaths == ZYGOTE_DEATHS:
                 log.warning("the interpreters started ahead for templates keep dying; "
                             "templates start their own (about 0.1 s more at a first call)")
-        if self._zygote is None and self.ahead and self._zygote_deaths < ZYGOTE_DEATHS and all(
-                t.ready for t in self.templates.values()):
+        if not all(t.ready for t in self.templates.values()):
+            self._importing_at = now
+        elif (self._zygote is None and self.ahead and self._zygote_deaths < ZYGOTE_DEATHS
+              and now - self._importing_at >= ZYGOTE_QUIET):
             try:
                 self._zygote = Zygote(self.nice)
             except OSError as exc:
@@ -453,7 +461,7 @@ class Executors:
             self._strays_next = now + STRAYS_EVERY
             self._sweep_strays(procs)
         if self.forking:
-            self._keep_zygote()
+            self._keep_zygote(now)
 
     def _last_words(self, ex_id: int, proc: ExecutorProcess) -> None:
         """An executor that exited: what it sent before (a result, its output) is read
