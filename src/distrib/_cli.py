@@ -137,6 +137,13 @@ def main() -> None:
               help="This worker's secret key file (from `distrib keygen`): turns on CURVE.")
 @click.option("--authorized-keys", type=click.Path(path_type=Path), default=None,
               help="File of Mains' public keys allowed to use this worker (one per line).")
+@click.option("--connect", multiple=True, metavar="HOST:PORT",
+              help="Dial a Main that listens there (its `listen` setting) and serve it, for a "
+                   "worker that cannot accept connections (behind NAT). Repeatable; each needs "
+                   "a --main-key, in the same order, and the worker needs --key.")
+@click.option("--main-key", multiple=True, metavar="KEY",
+              help="The public key (or .pub file) of the Main of each --connect: it must "
+                   "prove it, or it is not served.")
 @click.option("--insecure", is_flag=True,
               help="Allow a non-loopback address without keys: anyone reaching it runs code.")
 @click.option("--announce", is_flag=True,
@@ -168,7 +175,8 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
            find_links: tuple[str, ...], no_index: bool, pythons: tuple[Path, ...],
            max_envs: str | None,
            key_file: Path | None,
-           authorized_keys: Path | None, insecure: bool, announce: bool,
+           authorized_keys: Path | None, connect: tuple[str, ...], main_key: tuple[str, ...],
+           insecure: bool, announce: bool,
            announce_interface: tuple[str, ...], task_network: str, no_sandbox: bool,
            exit_with_parent: int | None, verbose: bool) -> None:
     """Run a worker daemon that serves Mains' tasks (or, with a command, tell a running one
@@ -191,7 +199,8 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
         raise click.BadParameter(str(exc), param_hint="--listen") from None
     if authorized_keys is not None and key_file is None:
         raise click.UsageError("--authorized-keys needs --key (the worker's own secret key)")
-    if key_file is not None and authorized_keys is None and not insecure:
+    dials = _dials(connect, main_key, key_file)
+    if key_file is not None and authorized_keys is None and not insecure and not dials:
         raise click.UsageError(
             "--key without --authorized-keys would serve any Main; list the Mains' public keys "
             "in a file and pass --authorized-keys FILE (or --insecure to accept any Main)")
@@ -243,7 +252,7 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
             max_objects_total=None if max_objects_total is None else _size(
                 max_objects_total, "--max-objects-total"), policy_file=policy_file,
             flags=flags, max_parked=max_parked, sandboxes=sandboxes,
-            task_network=task_network))
+            task_network=task_network, connect=dials))
     except zmq.ZMQError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
     if announce:
@@ -290,11 +299,35 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
     daemon.run()
 
 
+def _dials(connect: tuple[str, ...], main_key: tuple[str, ...],
+           key_file: Path | None) -> tuple[tuple[str, str], ...]:
+    """The Mains a worker dials: (host:port, the Main's public key), as the flags pair them."""
+    if len(connect) != len(main_key):
+        raise click.UsageError(f"{len(connect)} --connect and {len(main_key)} --main-key: give "
+                               "each --connect HOST:PORT the --main-key of the Main there")
+    if connect and key_file is None:
+        raise click.UsageError("--connect needs --key (the worker's own secret key, which the "
+                               "Main checks against its authorized_workers)")
+    dials = []
+    for address, key in zip(connect, main_key):
+        host, _, port = address.removeprefix("tcp://").rpartition(":")
+        if not host or not port.isdigit():
+            raise click.BadParameter(f"{address!r}: expected HOST:PORT", param_hint="--connect")
+        try:
+            public = _keys.check_public(key, "--main-key") if _keys.is_public((key.split() or [""])[0]) \
+                else _keys.read_public_file(Path(key))
+        except DistribError as exc:
+            raise click.BadParameter(str(exc), param_hint="--main-key") from None
+        dials.append((f"{host}:{port}", public))
+    return tuple(dials)
+
+
 def _served(main: dict[str, Any]) -> str:
-    """One Main a worker serves, as its owner reads it."""
+    """One Main a worker serves, as its owner reads it (and which way its link goes)."""
     key = f" (key {main['key']}...)" if main.get("key") else ""
     quota = f", {main['quota']}" if main.get("quota") else ""
-    return f"{main['name']}{key}: {main['held']} slot(s), {main['queued']} waiting{quota}"
+    way = f", dialled {main['link']}" if main.get("link", "in") != "in" else ""
+    return f"{main['name']}{key}: {main['held']} slot(s), {main['queued']} waiting{quota}{way}"
 
 
 def _worker_cache(cache_dir: Path | None) -> Path:
