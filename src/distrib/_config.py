@@ -352,7 +352,7 @@ def _listen(name: str, raw: Any) -> str:
     if not isinstance(raw, str) or not host or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"{name}={raw!r}: expected \"host:port\" (\"0.0.0.0:7788\": every "
                           "interface)")
-    return f"{host.strip('[]')}:{int(port)}"
+    return f"{host}:{int(port)}"
 
 
 def _str(name: str, raw: Any) -> str:

@@ -31,9 +31,10 @@ SCRIPT = """
     if __name__ == "__main__":
         print("SUM", distrib.gather([add(x, x + 1) for x in range(12)]))
         print("TREE", tree(2).unwrap())
-        if "--stay" in sys.argv:  # (until the test kills it)
+        if "--stay" in sys.argv:  # (a call for each line the test writes, until it ends)
             print("STAYING", flush=True)
-            sys.stdin.read()
+            for line in sys.stdin:
+                print("AGAIN", add(1, 2).unwrap(timeout=60), flush=True)
     """
 
 AGAIN = """
@@ -105,6 +106,13 @@ def test_a_worker_that_dials_runs_calls_and_nested_calls_and_says_which_way(
     worker = start_worker(name="dialler", extra=("--key", str(worker_key), "--connect",
                                                  f"127.0.0.1:{port}", "--main-key", main.public))
     worker.status_key = main  # (the Main it dials may ask it too)
+    # The Main also dials a worker that listens, as configured.
+    pair(tmp_path / "l.key")
+    (tmp_path / "l.authorized").write_text(f"{main.public} the Main\n")
+    listening = start_worker(name="listener", extra=(
+        "--key", str(tmp_path / "l.key"), "--authorized-keys", str(tmp_path / "l.authorized")))
+    listening.status_key = main
+    env["DISTRIB_WORKERS"] = f"{listening.address} {listening.public_key}"
     workspace.write("main.py", SCRIPT)
     with ended(popen(workspace, "main.py", env, "--stay")) as proc:
         assert proc.stdout is not None
@@ -116,7 +124,9 @@ def test_a_worker_that_dials_runs_calls_and_nested_calls_and_says_which_way(
         assert status["dials"] == [{"address": f"127.0.0.1:{port}", "main_key": main.public[:8],
                                     "state": "connected", "problem": ""}]
         assert [x["link"] for x in status["served"]] == [f"out to 127.0.0.1:{port}"]
-        assert status["tasks_done"] >= 12 + 7
+        other = listening.status()
+        assert [x["link"] for x in other["served"]] == ["in"] and other["dials"] == []
+        assert status["tasks_done"] + other["tasks_done"] >= 12 + 7
         out = subprocess.run([PYTHON, "-m", "distrib", "status"], capture_output=True,
                              text=True, timeout=60, env={
                                  **os.environ, "DISTRIB_KEY": str(tmp_path / "main.key"),
@@ -176,5 +186,35 @@ def test_unauthorized_worker_keys_and_a_wrong_main_key_are_refused_and_logged(
         wait_for(lambda: "did not prove the key given with --main-key" in fooled.log(), 30,
                  "the worker with the wrong Main key to say so")
         assert "dialled the Main" not in fooled.log() + stranger.log()
+        proc.kill()
+        proc.communicate()
+
+
+def test_a_worker_whose_main_went_silent_dials_again_and_serves_it_when_it_wakes(
+        workspace: Workspace, start_worker, tmp_path: Path) -> None:
+    port = free_port()
+    worker_key = tmp_path / "w.key"
+    public = pair(worker_key).public
+    env, main = main_env(tmp_path, port, [public])
+    worker = start_worker(name="dialler", extra=(
+        "--key", str(worker_key), "--connect", f"127.0.0.1:{port}", "--main-key", main.public,
+        "--lost-after", "2"))
+    workspace.write("main.py", SCRIPT)
+    with ended(popen(workspace, "main.py", {**env, "DISTRIB_HEARTBEAT": "0.2"},
+                     "--stay")) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert [proc.stdout.readline().split()[0] for _ in range(3)] == ["SUM", "TREE",
+                                                                         "STAYING"]
+        # Stopped, the Main is silent on a connection that stays open (as when a NAT router
+        # forgets it): the worker drops it, then dials again.
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: "is not served on its connection: dialling again" in worker.log(),
+                     30, "the worker to dial again")
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        proc.stdin.write("more\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "AGAIN 3"
         proc.kill()
         proc.communicate()

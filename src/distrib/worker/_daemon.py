@@ -431,6 +431,7 @@ class Daemon:
         self.supply.dists.tick(now)
         self.calls.direct.tick(now, self.core.stuck())
         self.serving.tick(now, self.settings.lost_after)
+        self.dials.tick(now, self.mains, self.settings.lost_after)
         self.status.tick(now)
         if self.gate.reload():
             self.serving.quotas_changed()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,6 +148,21 @@ class Dials:
             target.logged = now
             log.warning("%s", problem)
         target.problem, target.since = problem, now
+
+    def tick(self, now: float, served: Container[bytes], lost_after: float) -> None:
+        """Dial again where the connection is up but no Main is served on it for
+        ``lost_after`` seconds (it never said Hello, or it was dropped as silent: a Main that
+        forgot this worker answers only a new ``Dial``)."""
+        for target in self.targets:
+            if target.peer and target.peer not in served and now - target.since > lost_after:
+                log.info("the Main at %s is not served on its connection: dialling again",
+                         target.address)
+                self.on_closed(target.peer, "is dialled again")
+                self.by_peer.pop(target.peer, None)
+                target.peer = b""
+                self._build(target)
+            elif target.peer in served:
+                target.since = now
 
     def send(self, peer: bytes, message: m.Message, max_frame: int) -> bool:
         """Send ``message`` to a Main this worker dialled; False when ``peer`` is not one."""
