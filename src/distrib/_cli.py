@@ -260,8 +260,9 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
             raise click.UsageError("--announce needs a tcp address to announce")
         daemon.announce(announce_interface)
     public = f", public key {key.public}" if key else ""
+    dialling = f" (dialling {', '.join(a for a, _ in dials)})" if dials else ""
     click.echo(f"distrib worker {daemon.name} ready on {daemon.address} with {slots} "
-               f"slot{'s' if slots != 1 else ''}{public}")
+               f"slot{'s' if slots != 1 else ''}{public}{dialling}")
     sys.stdout.flush()
     # (said once listening: a worker that cannot start says that alone)
     if sandboxes is not None:
