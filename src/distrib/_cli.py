@@ -199,8 +199,9 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
         raise click.BadParameter(str(exc), param_hint="--listen") from None
     if authorized_keys is not None and key_file is None:
         raise click.UsageError("--authorized-keys needs --key (the worker's own secret key)")
-    dials = _dials(connect, main_key, key_file)
-    if key_file is not None and authorized_keys is None and not insecure and not dials:
+    dials = _dials(connect, main_key)
+    if key_file is not None and authorized_keys is None and not insecure and not dials \
+            and policy_file is None:
         raise click.UsageError(
             "--key without --authorized-keys would serve any Main; list the Mains' public keys "
             "in a file and pass --authorized-keys FILE (or --insecure to accept any Main)")
@@ -220,10 +221,20 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
             None if max_memory is None else _size(max_memory, "--max-memory"),
             nice, when_idle, idle_load,
             None if hours is None else _policy.Hours.parse(hours, "--hours"),
-            None if max_task_disk is None else _size(max_task_disk, "--max-task-disk"))
+            None if max_task_disk is None else _size(max_task_disk, "--max-task-disk"),
+            dials)
         policy = flags if policy_file is None else _policy.read(policy_file, flags)
     except DistribError as exc:
         raise click.UsageError(str(exc)) from None
+    dials = policy.connect
+    if dials and key is None:
+        raise click.UsageError("--connect (or connect in the policy file) needs --key: the "
+                               "worker's own secret key, which the Main checks against its "
+                               "authorized_workers")
+    if key is not None and authorized_keys is None and not insecure and not dials:
+        raise click.UsageError(
+            "--key without --authorized-keys would serve any Main; list the Mains' public keys "
+            "in a file and pass --authorized-keys FILE (or --insecure to accept any Main)")
     if insecure and (key is None or authorized_keys is None):
         logging.getLogger("distrib.worker").warning(
             "INSECURE: serving %s Main that connects to %s; anyone who reaches it can run code "
@@ -300,27 +311,19 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
     daemon.run()
 
 
-def _dials(connect: tuple[str, ...], main_key: tuple[str, ...],
-           key_file: Path | None) -> tuple[tuple[str, str], ...]:
+def _dials(connect: tuple[str, ...], main_key: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     """The Mains a worker dials: (host:port, the Main's public key), as the flags pair them."""
+    from distrib.worker._policy import dial
+
     if len(connect) != len(main_key):
         raise click.UsageError(f"{len(connect)} --connect and {len(main_key)} --main-key: give "
                                "each --connect HOST:PORT the --main-key of the Main there")
-    if connect and key_file is None:
-        raise click.UsageError("--connect needs --key (the worker's own secret key, which the "
-                               "Main checks against its authorized_workers)")
-    dials = []
-    for address, key in zip(connect, main_key):
-        host, _, port = address.removeprefix("tcp://").rpartition(":")
-        if not host or not port.isdigit():
-            raise click.BadParameter(f"{address!r}: expected HOST:PORT", param_hint="--connect")
-        try:
-            public = _keys.check_public(key, "--main-key") if _keys.is_public((key.split() or [""])[0]) \
-                else _keys.read_public_file(Path(key))
-        except DistribError as exc:
-            raise click.BadParameter(str(exc), param_hint="--main-key") from None
-        dials.append((f"{host}:{port}", public))
-    return tuple(dials)
+    try:
+        return tuple(dial(address, key if _keys.is_public((key.split() or [""])[0])
+                          else _keys.read_public_file(Path(key)), "--connect")
+                     for address, key in zip(connect, main_key))
+    except DistribError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _served(main: dict[str, Any]) -> str:

@@ -218,3 +218,27 @@ def test_a_worker_whose_main_went_silent_dials_again_and_serves_it_when_it_wakes
         assert proc.stdout.readline().strip() == "AGAIN 3"
         proc.kill()
         proc.communicate()
+
+
+def test_the_policy_file_names_mains_to_dial_and_the_worker_follows_its_changes(
+        workspace: Workspace, start_worker, tmp_path: Path) -> None:
+    port = free_port()
+    worker_key = tmp_path / "w.key"
+    public = pair(worker_key).public
+    env, main = main_env(tmp_path, port, [public])
+    policy = tmp_path / "worker.toml"
+    policy.write_text("threads = 2\n")
+    (tmp_path / "mains.authorized").write_text(f"{_keys.generate().public} nobody yet\n")
+    worker = start_worker(name="dialler", extra=(
+        "--key", str(worker_key), "--authorized-keys", str(tmp_path / "mains.authorized"),
+        "--policy", str(policy)))
+    workspace.write("main.py", SCRIPT)
+    with ended(popen(workspace, "main.py", env, "--stay")) as proc:
+        assert proc.stdout is not None
+        policy.write_text(f'threads = 2\nconnect = ["127.0.0.1:{port} {main.public}"]\n')
+        assert proc.stdout.readline().startswith("SUM")  # (it waited for the worker)
+        policy.write_text("threads = 2\n")
+        wait_for(lambda: "is no longer dialled (the policy changed)" in worker.log(), 30,
+                 "the worker to stop serving the Main it no longer dials")
+        proc.kill()
+        proc.communicate()

@@ -58,6 +58,15 @@ class Listener:
         frames = _transport.recv_frames(self.sock)
         return frames[0].bytes, frames[1:]
 
+    @staticmethod
+    def origin(frame: Any) -> tuple[str, int, str]:
+        """The public key, connection (file descriptor) and address a received frame came
+        from; ("", -1, "") for what libzmq cannot say."""
+        try:
+            return (frame.get("User-Id"), frame.get(zmq.SRCFD), frame.get("Peer-Address"))
+        except zmq.ZMQError:
+            return "", -1, ""
+
     def closed(self) -> list[int]:
         """The file descriptors of the connections that closed since the last call."""
         out = []

@@ -193,8 +193,7 @@ class Loop:
                             else "a worker that dialled in", exc)
                 continue
             if isinstance(message, m.Dial):
-                self.links.on_dial(routing_id, message, frames[0].get("User-Id"),
-                                   frames[0].get(zmq.SRCFD), frames[0].get("Peer-Address"))
+                self.links.on_dial(routing_id, message, *listener.origin(frames[0]))
             elif link is not None and message is not None:
                 link.last_seen = time.monotonic()
                 self._on_message(link, message)

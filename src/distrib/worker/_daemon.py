@@ -134,6 +134,7 @@ class Daemon:
         self.dials = Dials(self.ctx, s.key, s.connect, lambda: m.Dial(
             m.PROTOCOL_VERSION, self.worker_id, self.name), self.serving.receive,
             self._dial_closed)
+        self.owner.on_connect = self._set_dials
         self.status = StatusBuilder(self.name, self.worker_id, self.address, s.key,
                                     time.monotonic(), self.core, self.mains, self.gate,
                                     self.owner, self.executors, self.supply, self.serving,
@@ -296,6 +297,15 @@ class Daemon:
                 self.serving.on_frames(frames)
             if time.monotonic() > until:
                 return
+
+    def _set_dials(self, targets: tuple[tuple[str, str], ...]) -> None:
+        """The policy file names other Mains to dial: dial those, stop dialling the others."""
+        if targets and self.settings.key is None:
+            log.warning("the policy file names Mains to dial (connect), but this worker has no "
+                        "key (--key): not dialling them")
+            return
+        self.gate.dialled = frozenset(key for _, key in targets)
+        self.dials.set_targets(targets)
 
     def _dial_closed(self, peer: bytes, why: str) -> None:
         """A Main this worker dialled closed the connection: its tasks stop now."""

@@ -16,6 +16,7 @@ built again at once; libzmq retries a refused connection after 0.1 s, doubling u
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable, Container
@@ -67,11 +68,32 @@ class Dials:
         self.hello = hello  # the Dial this worker says (its name, id)
         self.on_frames = on_frames  # (peer, frames, the Main's key): a message to serve
         self.on_closed = on_closed  # (peer, why): that Main is gone
-        self.targets = [Target(i, a, k) for i, (a, k) in enumerate(targets)]
+        self.targets: list[Target] = []
         self.by_peer: dict[bytes, Target] = {}
         self._by_sock: dict[Any, Target] = {}
+        self._indexes = itertools.count()
+        self.set_targets(targets)
+
+    def set_targets(self, targets: tuple[tuple[str, str], ...]) -> None:
+        """Dial these Mains (host:port, key): those already dialled stay as they are, the
+        others are dropped (their tasks stop)."""
+        kept = [t for t in self.targets if (t.address, t.main_key) in targets]
         for target in self.targets:
-            self._build(target)
+            if target not in kept:
+                self._hang_up(target, "is no longer dialled (the policy changed)")
+                self._close(target)
+        self.targets = kept + [Target(next(self._indexes), a, k) for a, k in targets
+                               if (a, k) not in {(t.address, t.main_key) for t in kept}]
+        for target in self.targets:
+            if target.sock is None:
+                self._build(target)
+
+    def _hang_up(self, target: Target, why: str) -> None:
+        """Its Main is no longer served on this connection."""
+        if target.peer:
+            peer, target.peer = target.peer, b""
+            self.by_peer.pop(peer, None)
+            self.on_closed(peer, why)
 
     def _build(self, target: Target) -> None:
         self._close(target)
@@ -127,9 +149,7 @@ class Dials:
             log.info("dialled the Main at %s (key %s...): connected", target.address,
                      target.main_key[:8])
         elif event == zmq.EVENT_DISCONNECTED and target.peer:
-            peer, target.peer = target.peer, b""
-            self.by_peer.pop(peer, None)
-            self.on_closed(peer, f"closed the connection this worker opened to {target.address}")
+            self._hang_up(target, f"closed the connection this worker opened to {target.address}")
             self._build(target)  # (a fresh socket: nothing queued for the old one goes out)
             return False
         elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
@@ -157,9 +177,7 @@ class Dials:
             if target.peer and target.peer not in served and now - target.since > lost_after:
                 log.info("the Main at %s is not served on its connection: dialling again",
                          target.address)
-                self.on_closed(target.peer, "is dialled again")
-                self.by_peer.pop(target.peer, None)
-                target.peer = b""
+                self._hang_up(target, "is dialled again")
                 self._build(target)
             elif target.peer in served:
                 target.since = now

@@ -93,13 +93,12 @@ class Serving:
 
     def on_frames(self, frames: list[Any]) -> None:
         """One message read from the ROUTER: decoded, checked, and served."""
-        # (the Main's public key, as ZAP let it in: its quota is that key's)
-        self.receive(frames[0].bytes, frames[1:],
-                     frames[1].get("User-Id") if self.keyed else "", frames[1].get(zmq.SRCFD))
+        self.receive(frames[0].bytes, frames[1:])
 
-    def receive(self, peer: bytes, frames: list[Any], key: str, fd: int = -1) -> None:
-        """One message from ``peer`` (whose key is ``key``; ``fd``: its connection on the
-        ROUTER, -1 for a Main this worker dialled): decoded, checked, and served."""
+    def receive(self, peer: bytes, frames: list[Any], key: str | None = None) -> None:
+        """One message from ``peer``: decoded, checked, and served. ``key``: the public key of
+        a Main this worker dialled (it proved it); None for a message read from the ROUTER,
+        whose frames name their key and connection."""
         try:
             whole = self.carried.take(frames, peer)
             if whole is None:  # (the rest of its message is on its way: the Main is alive)
@@ -116,12 +115,16 @@ class Serving:
                 self.send(peer, m.Refused(RefusalCode.MALFORMED,
                                           "malformed message; say Hello again"))
             return
-        self._on_message(peer, message, key)
+        if key is not None:
+            self._on_message(peer, message, key)
+            return
+        # (the Main's public key, as ZAP let it in: its quota is that key's)
+        self._on_message(peer, message, frames[0].get("User-Id") if self.keyed else "")
         main = self.mains.get(peer)
         if main is not None:
-            main.fd = fd
-        elif isinstance(message, (m.Goodbye, m.StatusRequest)) and fd >= 0:
-            self.quiet_fds.add(fd)  # its closing is no news
+            main.fd = frames[0].get(zmq.SRCFD)
+        elif isinstance(message, (m.Goodbye, m.StatusRequest)):
+            self.quiet_fds.add(frames[0].get(zmq.SRCFD))  # its closing is no news
 
     def _carried(self, peer: bytes) -> None:
         main = self.mains.get(peer)
