@@ -110,8 +110,9 @@ def main() -> None:
                    "outside them, as --when-idle says (default: finish).")
 @click.option("--policy", "policy_file", type=click.Path(path_type=Path), default=None,
               help="A TOML file of these settings (threads, max_task_memory, max_memory, "
-                   "max_task_disk, nice, when_idle, idle_load, hours), over the flags; read "
-                   "again when it changes or on SIGHUP, and applied while the worker runs.")
+                   "max_task_disk, nice, when_idle, idle_load, hours, connect), over the "
+                   "flags; read again when it changes or on SIGHUP, and applied while the "
+                   "worker runs.")
 @click.option("--idle-executors", type=click.FloatRange(min=0), default=300.0,
               show_default=True,
               help="Seconds an executor may wait for a task before it stops (and frees its "
