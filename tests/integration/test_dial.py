@@ -228,15 +228,20 @@ def test_the_policy_file_names_mains_to_dial_and_the_worker_follows_its_changes(
     env, main = main_env(tmp_path, port, [public])
     policy = tmp_path / "worker.toml"
     policy.write_text("threads = 2\n")
-    (tmp_path / "mains.authorized").write_text(f"{_keys.generate().public} nobody yet\n")
+    # The owner's quota for the Main's key holds on a link the worker opened too.
+    (tmp_path / "mains.authorized").write_text(f"{main.public} the Main slots=1\n")
     worker = start_worker(name="dialler", extra=(
         "--key", str(worker_key), "--authorized-keys", str(tmp_path / "mains.authorized"),
         "--policy", str(policy)))
+    worker.status_key = main
     workspace.write("main.py", SCRIPT)
     with ended(popen(workspace, "main.py", env, "--stay")) as proc:
         assert proc.stdout is not None
         policy.write_text(f'threads = 2\nconnect = ["127.0.0.1:{port} {main.public}"]\n')
         assert proc.stdout.readline().startswith("SUM")  # (it waited for the worker)
+        served = worker.status()["served"]
+        assert [(x["quota"], x["link"]) for x in served] == [
+            ("at most 1 slot(s)", f"out to 127.0.0.1:{port}")]
         policy.write_text("threads = 2\n")
         wait_for(lambda: "is no longer dialled (the policy changed)" in worker.log(), 30,
                  "the worker to stop serving the Main it no longer dials")
