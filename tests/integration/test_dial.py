@@ -186,6 +186,11 @@ def test_unauthorized_worker_keys_and_a_wrong_main_key_are_refused_and_logged(
         wait_for(lambda: "did not prove the key given with --main-key" in fooled.log(), 30,
                  "the worker with the wrong Main key to say so")
         assert "dialled the Main" not in fooled.log() + stranger.log()
+        # A second Main cannot listen on the same port, and says so.
+        second = workspace.run("idle.py", env=env, timeout=60)
+        assert second.returncode == 1
+        assert f"ConfigError: cannot listen for workers on 127.0.0.1:{port}: Address already " \
+               "in use" in second.stderr, second.stderr
         proc.kill()
         proc.communicate()
 

@@ -41,7 +41,11 @@ def router(ctx: zmq.Context[Any], endpoint: str,
     sock.setsockopt(zmq.RCVHWM, ROUTER_RCVHWM)
     if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
         endpoint = endpoint[:-2] + ":*"
-    sock.bind(endpoint)
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError:
+        sock.close(0)  # (else its context never ends)
+        raise
     return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
