@@ -23,6 +23,10 @@ SCRIPT = """
         return a + b
 
     @distributed
+    def echo(data):
+        return data
+
+    @distributed
     def tree(depth):  # calls from inside a task
         if depth == 0:
             return 1
@@ -31,6 +35,8 @@ SCRIPT = """
     if __name__ == "__main__":
         print("SUM", distrib.gather([add(x, x + 1) for x in range(12)]))
         print("TREE", tree(2).unwrap())
+        if "--large" in sys.argv:  # (carried in pieces both ways: 1 MiB frames at most)
+            print("ECHO", echo(b"x" * (3 << 20)).unwrap() == b"x" * (3 << 20))
         if "--stay" in sys.argv:  # (a call for each line the test writes, until it ends)
             print("STAYING", flush=True)
             for line in sys.stdin:
@@ -120,7 +126,9 @@ def test_a_worker_that_dials_runs_calls_and_nested_calls_and_says_which_way(
         assert lines[0].strip() == f"SUM {[2 * x + 1 for x in range(12)]}", lines
         assert lines[1].strip() == "TREE 4"
         assert lines[2].strip() == "STAYING"
-        status = worker.status()
+        # (the listening worker may have run everything before the dialler got through)
+        status = wait_for(lambda: (x := worker.status())["served"] and x, 30,
+                          "the dialling worker to serve the Main")
         assert status["dials"] == [{"address": f"127.0.0.1:{port}", "main_key": main.public[:8],
                                     "state": "connected", "problem": ""}]
         assert [x["link"] for x in status["served"]] == [f"out to 127.0.0.1:{port}"]
@@ -205,11 +213,12 @@ def test_a_worker_whose_main_went_silent_dials_again_and_serves_it_when_it_wakes
         "--key", str(worker_key), "--connect", f"127.0.0.1:{port}", "--main-key", main.public,
         "--lost-after", "2"))
     workspace.write("main.py", SCRIPT)
-    with ended(popen(workspace, "main.py", {**env, "DISTRIB_HEARTBEAT": "0.2"},
-                     "--stay")) as proc:
+    with ended(popen(workspace, "main.py", {**env, "DISTRIB_HEARTBEAT": "0.2",
+                                            "DISTRIB_MAX_MESSAGE_MB": "1"},
+                     "--large", "--stay")) as proc:
         assert proc.stdout is not None and proc.stdin is not None
-        assert [proc.stdout.readline().split()[0] for _ in range(3)] == ["SUM", "TREE",
-                                                                         "STAYING"]
+        assert [proc.stdout.readline().strip() for _ in range(4)][2:] == ["ECHO True",
+                                                                          "STAYING"]
         # Stopped, the Main is silent on a connection that stays open (as when a NAT router
         # forgets it): the worker drops it, then dials again.
         proc.send_signal(signal.SIGSTOP)
