@@ -103,12 +103,14 @@ class Dials:
         target.since = time.monotonic()
         self._by_sock[target.sock] = self._by_sock[target.monitor] = target
 
-    def _close(self, target: Target) -> None:
+    def _close(self, target: Target, linger: int = 0) -> None:
+        """(``linger`` 0 where the connection is gone: what was queued for it must not go to
+        the next one)"""
         for sock in (target.sock, target.monitor):
             self._by_sock.pop(sock, None)
         if target.sock is not None:
             target.sock.disable_monitor()
-            target.sock.close(linger=2000)  # (the last results and goodbyes still go out)
+            target.sock.close(linger=linger)
         if target.monitor is not None:
             target.monitor.close(0)
         target.sock = target.monitor = None
@@ -207,4 +209,4 @@ class Dials:
 
     def close(self) -> None:
         for target in self.targets:
-            self._close(target)
+            self._close(target, linger=2000)  # (the last results and goodbyes still go out)
