@@ -103,6 +103,8 @@ def init(
     max_payload: int | str | None = None,
     dashboard: bool | int | str | None = None,
     redistribution: str | None = None,
+    listen: str | None = None,
+    authorized_workers: str | _Path | None = None,
 ) -> None:
     """Set up explicitly. Without this, the first call sets up from configuration.
 
@@ -122,12 +124,16 @@ def init(
     free port if that one is taken), a port, or ``"host:port"``; its URL is printed once.
     ``redistribution``: how calls made inside tasks go by default: ``"auto"`` (worker to
     worker where the workers allow it, else through this Main), ``"relayed"`` or ``"direct"``.
+    ``listen``: ``"host:port"`` where this Main also accepts workers that dial it (``distrib
+    worker --connect``), for workers it cannot reach (behind NAT); it needs ``key`` and
+    ``authorized_workers``, a file of those workers' public keys, one a line.
     """
     from distrib._config import Overrides
     from distrib.main._current import init as _init
 
     _init(Overrides(workers, local_threads, workspace, forward_output, key, dependencies,
-                    requirements, max_payload, dashboard, redistribution))
+                    requirements, max_payload, dashboard, redistribution, listen=listen,
+                    authorized_workers=authorized_workers))
 
 
 def shutdown() -> None:

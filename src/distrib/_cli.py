@@ -110,8 +110,9 @@ def main() -> None:
                    "outside them, as --when-idle says (default: finish).")
 @click.option("--policy", "policy_file", type=click.Path(path_type=Path), default=None,
               help="A TOML file of these settings (threads, max_task_memory, max_memory, "
-                   "max_task_disk, nice, when_idle, idle_load, hours), over the flags; read "
-                   "again when it changes or on SIGHUP, and applied while the worker runs.")
+                   "max_task_disk, nice, when_idle, idle_load, hours, connect), over the "
+                   "flags; read again when it changes or on SIGHUP, and applied while the "
+                   "worker runs.")
 @click.option("--idle-executors", type=click.FloatRange(min=0), default=300.0,
               show_default=True,
               help="Seconds an executor may wait for a task before it stops (and frees its "
@@ -137,6 +138,13 @@ def main() -> None:
               help="This worker's secret key file (from `distrib keygen`): turns on CURVE.")
 @click.option("--authorized-keys", type=click.Path(path_type=Path), default=None,
               help="File of Mains' public keys allowed to use this worker (one per line).")
+@click.option("--connect", multiple=True, metavar="HOST:PORT",
+              help="Dial a Main that listens there (its `listen` setting) and serve it, for a "
+                   "worker that cannot accept connections (behind NAT). Repeatable; each needs "
+                   "a --main-key, in the same order, and the worker needs --key.")
+@click.option("--main-key", multiple=True, metavar="KEY",
+              help="The public key (or .pub file) of the Main of each --connect: it must "
+                   "prove it, or it is not served.")
 @click.option("--insecure", is_flag=True,
               help="Allow a non-loopback address without keys: anyone reaching it runs code.")
 @click.option("--announce", is_flag=True,
@@ -168,7 +176,8 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
            find_links: tuple[str, ...], no_index: bool, pythons: tuple[Path, ...],
            max_envs: str | None,
            key_file: Path | None,
-           authorized_keys: Path | None, insecure: bool, announce: bool,
+           authorized_keys: Path | None, connect: tuple[str, ...], main_key: tuple[str, ...],
+           insecure: bool, announce: bool,
            announce_interface: tuple[str, ...], task_network: str, no_sandbox: bool,
            exit_with_parent: int | None, verbose: bool) -> None:
     """Run a worker daemon that serves Mains' tasks (or, with a command, tell a running one
@@ -191,7 +200,9 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
         raise click.BadParameter(str(exc), param_hint="--listen") from None
     if authorized_keys is not None and key_file is None:
         raise click.UsageError("--authorized-keys needs --key (the worker's own secret key)")
-    if key_file is not None and authorized_keys is None and not insecure:
+    dials = _dials(connect, main_key)
+    if key_file is not None and authorized_keys is None and not insecure and not dials \
+            and policy_file is None:
         raise click.UsageError(
             "--key without --authorized-keys would serve any Main; list the Mains' public keys "
             "in a file and pass --authorized-keys FILE (or --insecure to accept any Main)")
@@ -211,10 +222,20 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
             None if max_memory is None else _size(max_memory, "--max-memory"),
             nice, when_idle, idle_load,
             None if hours is None else _policy.Hours.parse(hours, "--hours"),
-            None if max_task_disk is None else _size(max_task_disk, "--max-task-disk"))
+            None if max_task_disk is None else _size(max_task_disk, "--max-task-disk"),
+            dials)
         policy = flags if policy_file is None else _policy.read(policy_file, flags)
     except DistribError as exc:
         raise click.UsageError(str(exc)) from None
+    dials = policy.connect
+    if dials and key is None:
+        raise click.UsageError("--connect (or connect in the policy file) needs --key: the "
+                               "worker's own secret key, which the Main checks against its "
+                               "authorized_workers")
+    if key is not None and authorized_keys is None and not insecure and not dials:
+        raise click.UsageError(
+            "--key without --authorized-keys would serve any Main; list the Mains' public keys "
+            "in a file and pass --authorized-keys FILE (or --insecure to accept any Main)")
     if insecure and (key is None or authorized_keys is None):
         logging.getLogger("distrib.worker").warning(
             "INSECURE: serving %s Main that connects to %s; anyone who reaches it can run code "
@@ -243,7 +264,7 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
             max_objects_total=None if max_objects_total is None else _size(
                 max_objects_total, "--max-objects-total"), policy_file=policy_file,
             flags=flags, max_parked=max_parked, sandboxes=sandboxes,
-            task_network=task_network))
+            task_network=task_network, connect=dials))
     except zmq.ZMQError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
     if announce:
@@ -251,8 +272,9 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
             raise click.UsageError("--announce needs a tcp address to announce")
         daemon.announce(announce_interface)
     public = f", public key {key.public}" if key else ""
+    dialling = f" (dialling {', '.join(a for a, _ in dials)})" if dials else ""
     click.echo(f"distrib worker {daemon.name} ready on {daemon.address} with {slots} "
-               f"slot{'s' if slots != 1 else ''}{public}")
+               f"slot{'s' if slots != 1 else ''}{public}{dialling}")
     sys.stdout.flush()
     # (said once listening: a worker that cannot start says that alone)
     if sandboxes is not None:
@@ -290,11 +312,27 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
     daemon.run()
 
 
+def _dials(connect: tuple[str, ...], main_key: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """The Mains a worker dials: (host:port, the Main's public key), as the flags pair them."""
+    from distrib.worker._policy import dial
+
+    if len(connect) != len(main_key):
+        raise click.UsageError(f"{len(connect)} --connect and {len(main_key)} --main-key: give "
+                               "each --connect HOST:PORT the --main-key of the Main there")
+    try:
+        return tuple(dial(address, key if _keys.is_public((key.split() or [""])[0])
+                          else _keys.read_public_file(Path(key)), "--connect")
+                     for address, key in zip(connect, main_key))
+    except DistribError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 def _served(main: dict[str, Any]) -> str:
-    """One Main a worker serves, as its owner reads it."""
+    """One Main a worker serves, as its owner reads it (and which way its link goes)."""
     key = f" (key {main['key']}...)" if main.get("key") else ""
     quota = f", {main['quota']}" if main.get("quota") else ""
-    return f"{main['name']}{key}: {main['held']} slot(s), {main['queued']} waiting{quota}"
+    way = f", dialled {main['link']}" if main.get("link", "in") != "in" else ""
+    return f"{main['name']}{key}: {main['held']} slot(s), {main['queued']} waiting{quota}{way}"
 
 
 def _worker_cache(cache_dir: Path | None) -> Path:

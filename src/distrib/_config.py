@@ -24,6 +24,9 @@ The file's shape (every key optional)::
     redistribution = "auto"     # how calls made inside tasks go: "relayed" (through this
                                 # Main), "direct" (worker to worker) or "auto" (direct where
                                 # a worker can, else relayed)
+    listen = "0.0.0.0:7788"     # also accept workers that dial this Main (`--connect`)
+    authorized_workers = "workers.authorized"  # their public keys, one a line (as a
+                                # worker's authorized-keys file)
 
     [local]
     threads = 4                 # slots of the embedded local cluster
@@ -97,6 +100,8 @@ class Settings:
     shared_memory: bool = True  # large frames through /dev/shm with workers on this machine
     dashboard: str | None = None  # "host:port" of the live dashboard; None: no dashboard
     redistribution: str = "auto"  # how calls made inside tasks go (``REDISTRIBUTION``)
+    listen: str | None = None  # "host:port" where workers dial this Main; None: none do
+    authorized_workers: Path | None = None  # the keys of the workers that may dial it
     source: str = "defaults"  # the configuration file used, for messages
 
 
@@ -195,7 +200,7 @@ def _worker(name: str, item: Any) -> WorkerAddress:
 _SCHEMA: dict[str, set[str]] = {
     "main": {"key", "workspace", "exclude", "forward_output", "shared_memory", "forward_env",
              "heartbeat", "lost_after", "dependencies", "requirements", "max_payload",
-             "dashboard", "redistribution"},
+             "dashboard", "redistribution", "listen", "authorized_workers"},
     "local": {"threads"},
     "discovery": {"enabled", "trust", "trust_on_first_use", "interfaces"},
     "workers": set(),
@@ -278,6 +283,11 @@ def _from_file(path: Path, table: dict[str, Any]) -> dict[str, Any]:
     if "redistribution" in main:
         values["redistribution"] = check_redistribution(f"{name} redistribution",
                                                   main["redistribution"])
+    if "listen" in main:
+        values["listen"] = _listen(f"{name} listen", main["listen"])
+    if "authorized_workers" in main:
+        values["authorized_workers"] = base / _str(f"{name} authorized_workers",
+                                                   main["authorized_workers"])
     if "requirements" in main:
         values["requirements"] = _requirements(f"{name} requirements",
                                                base / _str(f"{name} requirements",
@@ -336,6 +346,15 @@ def _requirements(name: str, path: Path) -> Path:
     return path
 
 
+def _listen(name: str, raw: Any) -> str:
+    """Where a Main listens for workers that dial it: "host:port"."""
+    host, _, port = str(raw).strip().rpartition(":")
+    if not isinstance(raw, str) or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{name}={raw!r}: expected \"host:port\" (\"0.0.0.0:7788\": every "
+                          "interface)")
+    return f"{host}:{int(port)}"
+
+
 def _str(name: str, raw: Any) -> str:
     if not isinstance(raw, str) or not raw:
         raise ConfigError(f"{name}: expected a non-empty string, got {raw!r}")
@@ -373,6 +392,10 @@ def _from_environ(env: Mapping[str, str]) -> dict[str, Any]:
         values["dashboard"] = _dashboard("DISTRIB_DASHBOARD", raw)
     if raw := env.get("DISTRIB_REDISTRIBUTION", "").strip():
         values["redistribution"] = check_redistribution("DISTRIB_REDISTRIBUTION", raw)
+    if raw := env.get("DISTRIB_LISTEN", "").strip():
+        values["listen"] = _listen("DISTRIB_LISTEN", raw)
+    if raw := env.get("DISTRIB_AUTHORIZED_WORKERS", "").strip():
+        values["authorized_workers"] = Path(raw)
     if raw := env.get("DISTRIB_DEPENDENCIES", "").strip():
         values["dependencies"] = _dependencies("DISTRIB_DEPENDENCIES", raw)
     if raw := env.get("DISTRIB_REQUIREMENTS", "").strip():
@@ -394,6 +417,8 @@ class Overrides:
     max_payload: int | str | None = None
     dashboard: bool | int | str | None = None
     redistribution: str | None = None
+    listen: str | None = None
+    authorized_workers: str | Path | None = None
 
     def given(self) -> bool:
         """Whether any setting is given."""
@@ -427,6 +452,10 @@ def load(environ: Mapping[str, str] | None = None, overrides: Overrides = Overri
     if given.redistribution is not None:
         values["redistribution"] = check_redistribution("init(redistribution=...)",
                                                   given.redistribution)
+    if given.listen is not None:
+        values["listen"] = _listen("init(listen=...)", given.listen)
+    if given.authorized_workers is not None:
+        values["authorized_workers"] = Path(given.authorized_workers)
     if given.dependencies is not None:
         values["dependencies"] = _dependencies("init(dependencies=...)", given.dependencies)
     if given.requirements is not None:
@@ -447,4 +476,20 @@ def load(environ: Mapping[str, str] | None = None, overrides: Overrides = Overri
                           "this Main needs its own key: run `distrib keygen main.key`, give its "
                           ".pub line to the workers' owners, and set [main] key = \"main.key\" "
                           "(or DISTRIB_KEY, or init(key=...))")
+    if settings.listen is not None:
+        _check_listening(settings)
     return settings
+
+
+def _check_listening(settings: Settings) -> None:
+    """A Main that listens proves its key and knows which workers' keys to accept."""
+    where = f"{settings.source}: listen = {settings.listen!r}"
+    if settings.key is None:
+        raise ConfigError(f"{where} needs this Main's key (workers that dial it check it): run "
+                          "`distrib keygen main.key` and set [main] key = \"main.key\" (or "
+                          "DISTRIB_KEY, or init(key=...))")
+    if settings.authorized_workers is None:
+        raise ConfigError(f"{where} needs the public keys of the workers that may dial it: "
+                          "list them in a file, one a line, and set [main] authorized_workers "
+                          "(or DISTRIB_AUTHORIZED_WORKERS, or init(authorized_workers=...))")
+    _keys.read_authorized(settings.authorized_workers)  # (a ConfigError naming the line)

@@ -66,6 +66,41 @@ class Network:
         self.hosts[name] = host
         return host
 
+    def add_nat(self, name: str, lan: str = "192.168.77") -> tuple[Host, Host]:
+        """A router on this network and a host on a private LAN behind it (``lan``.2, its
+        router ``lan``.1), as a home or campus network is: the router masquerades the LAN's
+        connections out (nftables) and refuses every connection in. Returns (router, host)."""
+        router = self.add(f"{name}r")
+        index = len(self.hosts) + 2
+        ns = f"dt{self.tag}-{name}"
+        inner, outer = f"l{self.tag}{index}a", f"l{self.tag}{index}b"
+        _ip("netns", "add", ns)
+        self.hosts[name] = host = Host(name, ns, f"{lan}.2", outer)
+        _ip("link", "add", inner, "type", "veth", "peer", "name", outer)
+        _ip("link", "set", inner, "netns", ns)
+        _ip("link", "set", outer, "netns", router.ns)
+        _ip("-n", router.ns, "addr", "add", f"{lan}.1/24", "dev", outer)
+        _ip("-n", router.ns, "link", "set", outer, "up")
+        _ip("-n", ns, "addr", "add", f"{lan}.2/24", "dev", inner)
+        _ip("-n", ns, "link", "set", inner, "up")
+        _ip("-n", ns, "link", "set", "lo", "up")
+        _ip("-n", ns, "route", "add", "default", "via", f"{lan}.1")
+        subprocess.run(router.cmd("sysctl", "-qw", "net.ipv4.ip_forward=1"), check=True,
+                       capture_output=True, timeout=30)
+        rules = f"""
+            table ip nat {{
+                chain outward {{ type nat hook postrouting priority 100; oifname != "{outer}"
+                              ip saddr {lan}.0/24 masquerade; }}
+            }}
+            table ip filter {{
+                chain inward {{ type filter hook forward priority 0; policy accept;
+                             iifname != "{outer}" ct state new reject; }}
+            }}
+        """
+        subprocess.run(router.cmd("nft", "-f", "-"), input=rules, text=True, check=True,
+                       capture_output=True, timeout=30)
+        return router, host
+
     def cut(self, host: Host) -> None:
         _ip("-n", self.switch, "link", "set", host.bridge_side, "down")
 

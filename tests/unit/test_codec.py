@@ -54,6 +54,7 @@ SAMPLES: list[m.Message] = [
     m.Objects(["ab" * 16], [0], ["distrib-42-0123456789abcdef"]),
     m.ObjectsFailed(["ab" * 16], "gone"),
     m.StatusRequest(),
+    m.Dial(m.PROTOCOL_VERSION, "ab" * 16, "w"),
     m.Status({"name": "w", "slots": 2}),
     m.Carry(frames=(b"piece",)),
 ]

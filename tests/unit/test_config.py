@@ -249,3 +249,30 @@ def test_a_function_s_redistribution_is_checked_and_kept() -> None:
         distributed(redistribution="sideways")(len)
     assert distributed(redistribution="direct")(len).options.redistribution == "direct"
     assert distributed(len).options.redistribution is None  # (the Main's setting)
+
+
+def test_a_main_that_listens_needs_its_key_and_the_workers_keys(elsewhere: Path) -> None:
+    make_key(elsewhere / "main.key")
+    (elsewhere / "workers.authorized").write_text(f"{KEY} the lab desktop\n")
+    (elsewhere / "distrib.toml").write_text(textwrap.dedent("""
+        [main]
+        key = "main.key"
+        listen = "0.0.0.0:7788"
+        authorized_workers = "workers.authorized"
+        """))
+    s = load({})
+    assert s.listen == "0.0.0.0:7788" and s.workers == ()
+    assert s.authorized_workers == elsewhere / "workers.authorized"
+    assert load({"DISTRIB_LISTEN": "10.0.0.1:9000"}).listen == "10.0.0.1:9000"
+    assert load({}, Overrides(listen="127.0.0.1:1")).listen == "127.0.0.1:1"
+    (elsewhere / "distrib.toml").unlink()
+    with pytest.raises(ConfigError, match="DISTRIB_LISTEN.*host:port"):
+        load({"DISTRIB_LISTEN": "7788"})
+    with pytest.raises(ConfigError, match="needs this Main's key"):
+        load({"DISTRIB_LISTEN": "0.0.0.0:7788"})
+    key = {"DISTRIB_KEY": str(elsewhere / "main.key"), "DISTRIB_LISTEN": "0.0.0.0:7788"}
+    with pytest.raises(ConfigError, match="authorized_workers"):
+        load(key)
+    (elsewhere / "bad.authorized").write_text("not-a-key\n")
+    with pytest.raises(ConfigError, match="bad.authorized line 1"):
+        load({**key, "DISTRIB_AUTHORIZED_WORKERS": str(elsewhere / "bad.authorized")})

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from distrib._errors import ConfigError
+from distrib.wire import _keys
 from distrib.worker._gate import Quota, parse_quota
 from distrib.worker._policy import Hours, Policy, read
 
@@ -101,3 +102,18 @@ def test_the_network_a_keys_tasks_may_reach_in_its_line() -> None:
         parse_quota("bob network=lan", "k")
     with pytest.raises(ConfigError, match="unknown setting 'net'"):
         parse_quota("bob net=all", "k")
+
+
+def test_the_policy_file_names_mains_to_dial(tmp_path: Path) -> None:
+    key = _keys.generate().public
+    path = tmp_path / "worker.toml"
+    path.write_text(f'connect = ["main.example:7788 {key}", "tcp://10.0.0.1:9 {key} a Main"]\n')
+    policy = read(path, Policy(threads=2))
+    assert policy.connect == (("main.example:7788", key), ("10.0.0.1:9", key))
+    assert "connect main.example:7788, 10.0.0.1:9" in policy.describe()
+    path.write_text('connect = ["main.example 7788"]\n')
+    with pytest.raises(ConfigError, match="not HOST:PORT"):
+        read(path, Policy(threads=2))
+    path.write_text('connect = ["main.example:7788 notakey"]\n')
+    with pytest.raises(ConfigError, match="connect main.example:7788: 'notakey' is not a public"):
+        read(path, Policy(threads=2))

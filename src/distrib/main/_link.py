@@ -1,16 +1,26 @@
-"""The Main's link to one worker: the wire's ``Link`` and what the Main knows of that worker."""
+"""The Main's link to one worker: the wire's ``Link`` and what the Main knows of that worker.
+
+A link the Main opened has a DEALER of its own; a link a worker opened (it dialled this
+Main's listening ROUTER) has that ROUTER and the worker's routing id on it instead.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from distrib.wire import _link
-from distrib.wire._link import LinkState
+import zmq
+
+from distrib.wire import _link, _transport
+from distrib.wire import _messages as m
+from distrib.wire._carry import Carried
+from distrib.wire._link import LinkState, log
 
 
 @dataclass(eq=False, kw_only=True)
 class Link(_link.Link):
-    """A link of this Main (``w0``, ``w1``...), rebuilt after the worker is lost."""
+    """A link of this Main (``w0``, ``w1``...; ``d0``, ``d1``... for workers that dialled
+    it), rebuilt after the worker is lost."""
 
     link_id: str
     state: LinkState = LinkState.CONNECTING  # (connected as the I/O thread starts)
@@ -19,7 +29,42 @@ class Link(_link.Link):
     worker_state: str = "serving"  # its owner's word: "serving", "paused" or "draining"
     building: bool = False  # it said it builds this Main's environment, and ran nothing since
     has_workspace: bool = False  # it ran a task of this Main: it holds the workspace
+    routing_id: bytes = b""  # a worker that dialled: its id on the listening ROUTER
+    router: zmq.Socket[Any] | None = None  # (that ROUTER)
+    fd: int = -1  # (its connection's file descriptor: when that closes, it is lost)
 
     @property
     def label(self) -> str:
         return f"{self.name} ({self.address})" if self.name else self.address
+
+    @property
+    def dialled_in(self) -> bool:
+        """The worker opened this link (it dialled this Main)."""
+        return bool(self.routing_id)
+
+    def connect(self, now: float, hello: m.Hello) -> None:
+        if not self.dialled_in:
+            super().connect(now, hello)
+            return
+        # (a worker that dialled is only greeted again: its connection is its own)
+        self.carried = Carried()
+        self.state, self.since, self.last_seen = LinkState.CONNECTING, now, now
+        self.send(hello)
+
+    def send(self, message: m.Message) -> None:
+        if not self.dialled_in:
+            super().send(message)
+            return
+        assert self.router is not None
+        try:
+            _transport.send(self.router, message, self.routing_id, self.max_frame)
+        except (zmq.ZMQError, RuntimeError) as exc:  # RuntimeError: pyzmq at interpreter exit
+            log.debug("send to %s failed: %s", self.address, exc)
+
+    def receive_frames(self, frames: list[Any], now: float) -> list[Any] | None:
+        """(A worker that dialled) ``frames`` it sent on the listener, as ``receive`` gives
+        a message read from a DEALER."""
+        whole = self.carried.take(frames)
+        if whole is None:
+            self.last_seen = now
+        return whole

@@ -4,11 +4,14 @@ A link says Hello and waits; a ``Welcome`` joins the worker to the scheduler, a 
 or a failed key handshake puts it aside, and silence, a closed connection or its owner's drain
 make it leave (its tasks go elsewhere). Every tick sends heartbeats and tries again the links
 that failed (the timing is ``_health``'s). Each worker hears of the others (``Peers``), and
-workers found on the LAN are linked to when ``_discovery`` trusts them.
+workers found on the LAN are linked to when ``_discovery`` trusts them. A worker that dials
+this Main (``_listener``) says ``Dial`` and is greeted with the same Hello; its link lives as
+long as its connection (it dials again when that closes).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -23,6 +26,7 @@ from distrib._errors import WorkerLost
 from distrib.main import _discovery
 from distrib.main._health import link_policy
 from distrib.main._link import Link
+from distrib.main._listener import Listener
 from distrib.main._nested import Nested
 from distrib.main._scheduler import Scheduler, WorkerView
 from distrib.main._stats import Stats
@@ -38,7 +42,8 @@ class Links:
 
     def __init__(self, settings: _config.Settings, ctx: zmq.Context[Any], hello: m.Hello,
                  scheduler: Scheduler, nested: Nested, stats: Stats | None,
-                 warmed: threading.Event, wake: Callable[[], None], shm: bool) -> None:
+                 warmed: threading.Event, wake: Callable[[], None], shm: bool,
+                 listener: Listener | None = None) -> None:
         self.settings = settings
         self.ctx = ctx
         self.hello = hello  # as each link says it
@@ -50,13 +55,17 @@ class Links:
         self.shm = shm  # this Main's /dev/shm can be shared (a probe file is there)
         self.policy = link_policy(settings.lost_after)
         self.links: dict[str, Link] = {}
+        self.listener = listener  # workers dial this Main there (None: it does not listen)
+        self.dialled: dict[bytes, Link] = {}  # the links of workers that dialled, by routing id
+        self._ids = itertools.count()
+        self._dialled_ids = itertools.count()
         self.any_shm = False  # a worker shares /dev/shm: calls write large frames there
         self._peers_told: dict[str, list[list[Any]]] = {}  # per link: the Peers it last heard
         self._found: deque[Any] = deque()
         self._warned: set[tuple[str, str]] = set()
 
     def add(self, worker: _config.WorkerAddress) -> Link:
-        link_id = f"w{len(self.links)}"
+        link_id = f"w{next(self._ids)}"
         link = Link(link_id=link_id, address=worker.address,
                     endpoint=_config.endpoint(worker.address), ctx=self.ctx,
                     server_key=worker.public_key, key=self.settings.key)
@@ -69,7 +78,10 @@ class Links:
             link.send(msg)
 
     def connect(self, link: Link, now: float) -> None:
-        """(Re)build ``link``'s socket and say Hello."""
+        """(Re)build ``link``'s socket and say Hello (a worker that dialled: say Hello on its
+        connection again)."""
+        if link.dialled_in:
+            self.links[link.link_id] = self.dialled[link.routing_id] = link
         link.connect(now, self.hello)
 
     def connect_all(self, now: float) -> None:
@@ -82,6 +94,8 @@ class Links:
         for link in self.links.values():
             link.send(m.Goodbye())
             link.close()
+        if self.listener is not None:
+            self.listener.close()
         self.ctx.term()
 
     # --- discovery ---------------------------------------------------------------------------
@@ -107,6 +121,35 @@ class Links:
             self.connect(self.add(_config.WorkerAddress(found.address, found.public_key)),
                          time.monotonic())
 
+    # --- workers that dial ------------------------------------------------------------------
+
+    def on_dial(self, routing_id: bytes, msg: m.Dial, key: str, fd: int, address: str) -> None:
+        """A worker dialled this Main (its key passed the listener's check): greet it."""
+        assert self.listener is not None
+        old = self.dialled.get(routing_id)
+        if old is not None:  # (it starts over on the same connection)
+            self.lose(old, LinkState.LOST, "dialled again")
+        if msg.protocol != m.PROTOCOL_VERSION:
+            log.warning("worker %s dialled from %s with protocol %d; this Main speaks %d: "
+                        "not used", msg.name, address, msg.protocol, m.PROTOCOL_VERSION)
+            return
+        known = self.listener.name_of(key)
+        link = Link(link_id=f"d{next(self._dialled_ids)}", address=f"{address}, dialled in",
+                    endpoint="", ctx=self.ctx, server_key=key, key=self.settings.key,
+                    routing_id=routing_id, router=self.listener.sock, fd=fd)
+        log.info("worker %s (key %s%s) dialled in from %s", msg.name, key[:8],
+                 f", {known}" if known else "", address)
+        self.links[link.link_id] = self.dialled[routing_id] = link
+        self.connect(link, time.monotonic())
+
+    def on_closed(self, fds: list[int]) -> None:
+        """Connections of workers that dialled closed: they are lost (their tasks go
+        elsewhere now)."""
+        for link in [x for x in self.dialled.values() if x.fd in fds]:
+            self.on_monitor(link, MonitorEvent.DISCONNECTED)
+            if link.routing_id in self.dialled:  # (one that had not said Welcome yet)
+                self.lose(link, LinkState.LOST, "closed the connection")
+
     # --- what workers say --------------------------------------------------------------------
 
     def on_welcome(self, link: Link, msg: m.Welcome) -> None:
@@ -131,7 +174,10 @@ class Links:
         worker that left, told anew if it comes back)."""
         if gone is not None:
             self._peers_told.pop(gone.link_id, None)
-        ready = [x for x in self.links.values() if x.state is LinkState.READY]
+        # (a worker that dialled cannot be reached by the others, nor told of them: its
+        # tasks' calls go through this Main)
+        ready = [x for x in self.links.values()
+                 if x.state is LinkState.READY and not x.dialled_in]
         for link in ready:
             workers = [[x.address, x.server_key or "", x.name,
                         view.slots if (view := self.scheduler.workers.get(x.link_id)) else 0]
@@ -234,14 +280,23 @@ class Links:
         self.nested.worker_left(link.link_id, inflight)
         link.down(state, time.monotonic(), reason)
         link.building = link.has_workspace = False  # (a worker started again says anew)
+        if link.dialled_in:  # (it dials again, on a new connection: a new link)
+            self.links.pop(link.link_id, None)
+            self.dialled.pop(link.routing_id, None)
         self.tell_peers(gone=link)
         self.warmed.set()  # (no executors ahead: its Welcome or calls say why)
 
     def tick(self, now: float) -> None:
         """Heartbeats, silent workers lost, failed links tried again (``_health``)."""
         lost_after = self.policy.lost_after
-        for link in self.links.values():
+        if self.listener is not None:
+            self.listener.reload()
+        for link in list(self.links.values()):
             check = link.check(now, self.policy)
+            if link.dialled_in and check is LinkCheck.SLOW and now - link.since > lost_after:
+                log.info("worker %s dialled in and did not answer Hello: dropped", link.label)
+                self.lose(link, LinkState.LOST, "did not answer")
+                continue
             if check is LinkCheck.LOSE:
                 log.warning("worker %s is silent for %.0f s: declared lost; its tasks go "
                             "elsewhere", link.label, lost_after)
@@ -250,7 +305,8 @@ class Links:
                 link.send(m.Heartbeat())
             elif check is LinkCheck.CONNECT:
                 self.connect(link, now)
-            elif check is LinkCheck.SLOW and ("connect", link.link_id) not in self._warned:
+            elif check is LinkCheck.SLOW and not link.dialled_in and \
+                    ("connect", link.link_id) not in self._warned:
                 self._warned.add(("connect", link.link_id))
                 log.warning("worker %s has not answered for %.0f s (is a worker running at "
                             "that address, and reachable from here?); still trying",

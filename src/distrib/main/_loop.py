@@ -1,7 +1,7 @@
 """The Main's I/O thread: the one loop that touches sockets and the scheduler.
 
     user threads -> Inbox (``_handoff``) -> Scheduler.assign -> Submit batches -> workers
-    workers -> Results -> Response._finish (callbacks, waiters)
+    workers (on their DEALERs, or dialled in on the listener) -> Results -> Response._finish
             -> NeedManifest / NeedBlobs / NeedObjects -> the workspace, wheels, shared objects
             -> Welcome, Refused, WorkerState, monitor events -> ``_links``
     every tick: heartbeats, lost workers, reconnects (``_links``); tasks that cannot run fail,
@@ -84,7 +84,8 @@ class Loop:
                 socks = {link.sock: link for link in links.values() if link.sock is not None}
                 monitors = {link.monitor: link for link in links.values()
                             if link.monitor is not None}
-                for sock in [*socks, *monitors]:
+                listening = self.links.listener.sockets() if self.links.listener else []
+                for sock in [*socks, *monitors, *listening]:
                     poller.register(sock, zmq.POLLIN)
                 events = dict(poller.poll(int(max(0.0, next_tick - time.monotonic()) * 1000) + 1))
                 if self.inbox.reader.fileno() in events:
@@ -95,6 +96,8 @@ class Loop:
                 for sock, link in socks.items():
                     if sock in events and link.sock is sock:
                         self._drain(link)
+                if any(sock in events for sock in listening):
+                    self._drain_listener()
                 self._take_incoming()
                 self.links.adopt_found()
                 self._dispatch()
@@ -169,6 +172,32 @@ class Loop:
             self._on_message(link, message)
             if link.sock is None:
                 return
+
+    def _drain_listener(self) -> None:
+        """What workers that dialled this Main sent, its ZAP questions, closed connections."""
+        listener = self.links.listener
+        assert listener is not None
+        listener.answer_zap()
+        for _ in range(1000):
+            try:
+                routing_id, frames = listener.receive()
+            except zmq.Again:
+                break
+            link = self.links.dialled.get(routing_id)
+            try:
+                whole = link.receive_frames(frames, time.monotonic()) if link is not None \
+                    else frames
+                message = _codec.decode(whole) if whole is not None else None
+            except DistribError as exc:
+                log.warning("dropped a malformed message from %s: %s", link.label if link
+                            else "a worker that dialled in", exc)
+                continue
+            if isinstance(message, m.Dial):
+                self.links.on_dial(routing_id, message, *listener.origin(frames[0]))
+            elif link is not None and message is not None:
+                link.last_seen = time.monotonic()
+                self._on_message(link, message)
+        self.links.on_closed(listener.closed())
 
     def _on_message(self, link: Link, msg: m.Message) -> None:
         self.received[type(msg).__name__] += 1

@@ -31,6 +31,7 @@ from distrib._errors import Cancelled, SerializationError
 from distrib._response import Response
 from distrib.main._link import Link
 from distrib.main._links import Links
+from distrib.main._listener import Listener
 from distrib.main._handoff import Inbox, in_shm, share_in_shm
 from distrib.main._loop import Loop
 from distrib.main._nested import Nested
@@ -67,7 +68,7 @@ class Session:
         start = time.monotonic()
         self.local = None
         workers = list(settings.workers)
-        if not workers and not settings.discovery.enabled:
+        if not workers and not settings.discovery.enabled and settings.listen is None:
             from distrib._local import LocalCluster
 
             # Started first: the daemon's own start overlaps the scan below.
@@ -124,8 +125,20 @@ class Session:
         link_hello = self.hello
         if self.local is not None:  # (ours alone: all its slots get an executor ahead)
             link_hello = msgspec.structs.replace(link_hello, warm=settings.local_threads)
+        listener = None
+        if settings.listen is not None:
+            assert settings.key is not None and settings.authorized_workers is not None
+            try:
+                listener = Listener(self.ctx, settings.listen, settings.key,
+                                    settings.authorized_workers)
+            except BaseException:
+                self.ctx.term()
+                if self.local is not None:
+                    self.local.stop()
+                raise
         self.linked = Links(settings, self.ctx, link_hello, self.scheduler, self.nested,
-                            self.stats, self._warmed, self.inbox.wake, self._probe is not None)
+                            self.stats, self._warmed, self.inbox.wake, self._probe is not None,
+                            listener)
         self.links: dict[str, Link] = self.linked.links
         for worker in workers:
             self.linked.add(worker)

@@ -22,7 +22,8 @@ from distrib.wire._kinds import Outcome as Outcome
 from distrib.wire._kinds import RefusalCode as RefusalCode
 from distrib.wire._kinds import payload_size as payload_size
 
-PROTOCOL_VERSION = 12  # 12: headers checked by msgspec (a Hello may leave out trailing defaults)
+PROTOCOL_VERSION = 13  # 13: a worker may dial its Main (``Dial``); 12: headers checked by
+# msgspec (a Hello may leave out trailing defaults)
 WORKER_IDS = 1 << 48  # task ids from here on are a worker's own (calls it placed or took for
 # a Main, ``worker._direct``); a Main's are lower
 
@@ -90,6 +91,18 @@ def check_redistribution(name: str, raw: Any) -> str:
                           "can, else through the Main), \"relayed\" (through the Main) or "
                           "\"direct\" (worker to worker, never through the Main)")
     return str(raw)
+
+
+class Dial(Message, frozen=True, tag=33):
+    """Worker -> Main, first message on a connection the worker opened to a Main that listens
+    (``distrib worker --connect``): a ROUTER cannot speak to a peer before it has heard from
+    it, so the worker speaks first. The Main answers with its ``Hello``, and from there on the
+    link is as one the Main opened."""
+
+    TAG: ClassVar[int] = 33
+    protocol: int
+    worker_id: str
+    name: str
 
 
 class Welcome(Message, frozen=True, tag=2):
@@ -408,6 +421,7 @@ class Status(Message, frozen=True, tag=31):
 
 ALL_MESSAGES: tuple[type[Message], ...] = (
     Hello,
+    Dial,
     Welcome,
     Refused,
     Goodbye,

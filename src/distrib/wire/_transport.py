@@ -1,7 +1,8 @@
 """ZeroMQ sockets carrying protocol messages: send and receive whole messages.
 
 The worker binds a ROUTER (one routing id per connected peer); a Main connects one DEALER per
-worker. Key-based CURVE security plugs in here.
+worker. A Main that listens binds a ROUTER too, and a worker that dials it connects a DEALER
+(``--connect``). Key-based CURVE security plugs in here: the bound ROUTER is the CURVE server.
 """
 
 from __future__ import annotations
@@ -40,13 +41,19 @@ def router(ctx: zmq.Context[Any], endpoint: str,
     sock.setsockopt(zmq.RCVHWM, ROUTER_RCVHWM)
     if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
         endpoint = endpoint[:-2] + ":*"
-    sock.bind(endpoint)
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError:
+        sock.close(0)  # (else its context never ends)
+        raise
     return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
 def dealer(ctx: zmq.Context[Any], endpoint: str, server_key: str | None = None,
-           key: KeyPair | None = None) -> zmq.Socket[Any]:
-    """Connect a DEALER to a worker's ``endpoint``; CURVE when the worker's key is given."""
+           key: KeyPair | None = None, retry_max_ms: int = 2000) -> zmq.Socket[Any]:
+    """Connect a DEALER to ``endpoint`` (a worker's, or a listening Main's); CURVE when the
+    server's key is given. libzmq retries a refused connection after 0.1 s, then twice as
+    long each time, up to ``retry_max_ms``."""
     sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
     if server_key is not None:
         own = key or _ephemeral()
@@ -55,7 +62,7 @@ def dealer(ctx: zmq.Context[Any], endpoint: str, server_key: str | None = None,
         sock.curve_secretkey = own.secret.encode()
     _common(sock)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
-    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, retry_max_ms)
     sock.connect(endpoint)
     return sock
 

@@ -1,6 +1,6 @@
 """The worker daemon: one thread, one poll loop over the ROUTER socket and executor pipes.
 
-    Mains --(DEALER/ROUTER)--> Serving: decode + validate --> Core (queues, fair share)
+    Mains --(DEALER/ROUTER, or Dials)--> Serving: decode + validate --> Core (queues, fair share)
                                                           --> Supply (workspaces, envs, objects)
     executors --(socketpair)--> Executors: ready / out / done / EOF (died) --> Core
     Core --> actions (report, spawn, send, skip, kill, ...) --> applied here --> Results to Mains
@@ -36,6 +36,7 @@ from distrib.wire._pipe import Pipe
 from distrib.wire._pipe_messages import Run
 from distrib.worker._core import Core
 from distrib.worker._direct import LOCAL
+from distrib.worker._dials import Dials
 from distrib.worker._diskwatch import DiskLimits, DiskWatcher
 from distrib.worker._events import (
     Action,
@@ -90,7 +91,8 @@ class Daemon:
         self.runs = s.cache_dir / "runs" / f"{os.getpid()}-{self.worker_id[:8]}"
         self.runs.mkdir(parents=True, exist_ok=True)
         self.ctx: zmq.Context[Any] = zmq.Context()
-        self.gate = Gate(self.ctx, s.key, s.authorized)  # before the bind: ZAP must be first
+        self.gate = Gate(self.ctx, s.key, s.authorized,  # before the bind: ZAP must be first
+                         frozenset(key for _, key in s.connect))
         self.sock, self.address = _transport.router(self.ctx, s.endpoint, s.key)
         self.gate.watch(self.sock)
         # Without a name, the host and the port it listens on (known only now, and named
@@ -129,10 +131,14 @@ class Daemon:
         self.owner = Owner(self.name, state, s.cache_dir, policy, s.flags or policy,
                            s.policy_file, self.core, self.executors, self.memory, self._apply,
                            self.serving.tell_all)
+        self.dials = Dials(self.ctx, s.key, s.connect, lambda: m.Dial(
+            m.PROTOCOL_VERSION, self.worker_id, self.name), self.serving.receive,
+            self._dial_closed)
+        self.owner.on_connect = self._set_dials
         self.status = StatusBuilder(self.name, self.worker_id, self.address, s.key,
                                     time.monotonic(), self.core, self.mains, self.gate,
                                     self.owner, self.executors, self.supply, self.serving,
-                                    self.calls)
+                                    self.calls, self.dials)
         # What each asks of another, built after it:
         self.executors.builds = self.supply.envs.pids
         self.executors.on_call = self.calls.on_call
@@ -169,7 +175,7 @@ class Daemon:
             while not self._stop:
                 # (a new poller only when what it watches changed: most turns it has not)
                 watched = (self.sock, self._wake_r, *self.gate.sockets(), *direct.sockets(),
-                           control.fileno(), *self.executors.fds())
+                           *self.dials.sockets(), control.fileno(), *self.executors.fds())
                 if watched != polled:
                     polled, poller = watched, zmq.Poller()
                     for sock in watched:
@@ -186,6 +192,9 @@ class Daemon:
                 for sock in direct.sockets():
                     if sock in events:
                         direct.on_readable(sock, time.monotonic())
+                for sock in self.dials.sockets():
+                    if sock in events:
+                        self.dials.on_readable(sock)
                 self.executors.on_readable(events)
                 if self._wake_r.fileno() in events:
                     self._drain_wake()
@@ -254,6 +263,7 @@ class Daemon:
         self.calls.direct.close()
         for peer in list(self.mains):
             self._send(peer, m.Refused(RefusalCode.SHUTTING_DOWN, "worker is shutting down"))
+        self.dials.close()
         self.gate.close(self.sock)
         self.sock.close(linger=2000)  # (the last results and goodbyes still go out)
         self.ctx.term()
@@ -264,6 +274,9 @@ class Daemon:
 
     def _send(self, peer: bytes, message: m.Message) -> None:
         main = self.mains.get(peer)
+        if self.dials.send(peer, message,
+                           main.max_frame if main is not None else MAX_MESSAGE_BYTES):
+            return
         try:
             _transport.send(self.sock, message, peer,
                             main.max_frame if main is not None else MAX_MESSAGE_BYTES)
@@ -284,6 +297,20 @@ class Daemon:
                 self.serving.on_frames(frames)
             if time.monotonic() > until:
                 return
+
+    def _set_dials(self, targets: tuple[tuple[str, str], ...]) -> None:
+        """The policy file names other Mains to dial: dial those, stop dialling the others."""
+        if targets and self.settings.key is None:
+            log.warning("the policy file names Mains to dial (connect), but this worker has no "
+                        "key (--key): not dialling them")
+            return
+        self.gate.dialled = frozenset(key for _, key in targets)
+        self.dials.set_targets(targets)
+
+    def _dial_closed(self, peer: bytes, why: str) -> None:
+        """A Main this worker dialled closed the connection: its tasks stop now."""
+        if peer in self.mains:
+            self.serving.drop_main(peer, why)
 
     def _drop_closed(self) -> None:
         """A closed connection is a Main's death notice: its tasks stop now, not after the
@@ -414,6 +441,7 @@ class Daemon:
         self.supply.dists.tick(now)
         self.calls.direct.tick(now, self.core.stuck())
         self.serving.tick(now, self.settings.lost_after)
+        self.dials.tick(now, self.mains, self.settings.lost_after)
         self.status.tick(now)
         if self.gate.reload():
             self.serving.quotas_changed()

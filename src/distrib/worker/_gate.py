@@ -114,8 +114,10 @@ class Gate:
     """The daemon's ZAP responder and connection monitor for its ROUTER socket."""
 
     def __init__(self, ctx: zmq.Context[Any], key: KeyPair | None,
-                 authorized_file: Path | None) -> None:
+                 authorized_file: Path | None, dialled: frozenset[str] = frozenset()) -> None:
         self.authorized_file = authorized_file
+        self.dialled = dialled  # the keys of the Mains it dials (``--main-key``): those may
+        # connect to it too (without a file, they alone may)
         self.authorized: dict[str, Quota] = {}
         self.dropped_connections = 0
         self._mtime = 0.0
@@ -241,7 +243,8 @@ class Gate:
         version, request_id, address = request[0], request[1], request[3]
         mechanism = request[5] if len(request) > 5 else b""
         key = z85.encode(request[6]).decode() if len(request) > 6 else ""
-        ok = mechanism == b"CURVE" and (self.authorized_file is None or key in self.authorized)
+        ok = mechanism == b"CURVE" and (key in self.authorized or key in self.dialled or (
+            self.authorized_file is None and not self.dialled))
         if not ok:
             now = time.monotonic()
             if now - self._refused_logged.get(key, -1e9) > REFUSAL_LOG_EVERY:

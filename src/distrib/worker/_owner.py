@@ -140,6 +140,8 @@ class Owner:
         self.memory = memory
         self.apply = apply
         self.tell_all = tell_all
+        self.on_connect: Callable[[tuple[tuple[str, str], ...]], None] | None = None  # (the
+        # Mains to dial changed: set by the daemon)
         self.name_memory_settings()
 
     def on_sighup(self) -> None:
@@ -262,4 +264,6 @@ class Owner:
             self.executors.renice(policy.nice)
         if policy.threads != old.threads:
             self.apply(self.core.handle(Resize(policy.threads), time.monotonic()))
+        if policy.connect != old.connect and self.on_connect is not None:
+            self.on_connect(policy.connect)
         self.tell_all()  # (slots and memory limit, as each Main may use them)

@@ -12,6 +12,7 @@ and applies what changed while it runs.
     when_idle = "vacate"            # lend only while the machine is idle: "finish" | "vacate"
     idle_load = 0.25                # "idle": other programs use under this share of the cores
     hours = "Mon-Fri 19:00-07:00; Sat-Sun"   # lend only then (local time)
+    connect = ["198.51.100.4:7788 <the Main's public key>"]   # Mains it dials (--connect)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 from distrib._config import parse_size
 from distrib._errors import ConfigError
+from distrib.wire import _keys
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _RANGE = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
@@ -114,6 +116,7 @@ class Policy:
     idle_load: float = 0.25  # idle: other programs use less than this share of the cores
     hours: Hours | None = None
     max_task_disk: int | None = None
+    connect: tuple[tuple[str, str], ...] = ()  # the Mains it dials: (host:port, their key)
 
     def describe(self) -> str:
         """The settings, as the log says them."""
@@ -131,6 +134,8 @@ class Policy:
                        f"{self.idle_load:.0%} of the cores)")
         if self.hours:
             out.append(f"hours {self.hours.text!r}")
+        if self.connect:
+            out.append(f"connect {', '.join(address for address, _ in self.connect)}")
         return ", ".join(out)
 
 
@@ -169,7 +174,21 @@ def read(path: Path, base: Policy) -> Policy:
     return check(dataclasses.replace(base, **values), where)
 
 
+def dial(address: str, key: str, where: str) -> tuple[str, str]:
+    """A Main to dial: (``host:port``, its public key), checked."""
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{where}: {address!r} is not HOST:PORT")
+    return f"{host}:{int(port)}", _keys.check_public(key, f"{where} {address}")
+
+
 def _value(name: str, raw: Any, where: str) -> Any:
+    if name == "connect":
+        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+            raise ConfigError(f"{where} connect: expected a list of \"HOST:PORT <the Main's "
+                              "public key>\"")
+        lines = [line.strip().partition(" ") for line in raw]
+        return tuple(dial(address, key.strip(), f"{where} connect") for address, _, key in lines)
     if name in ("max_task_memory", "max_memory", "max_task_disk"):
         return parse_size(raw, f"{where} {name}")
     if name == "hours":

@@ -92,10 +92,15 @@ class Serving:
         self.reruns = 0  # tasks run again here after a crash or a lost worker (at least once)
 
     def on_frames(self, frames: list[Any]) -> None:
-        """One message read from the socket: decoded, checked, and served."""
-        peer = frames[0].bytes
+        """One message read from the ROUTER: decoded, checked, and served."""
+        self.receive(frames[0].bytes, frames[1:])
+
+    def receive(self, peer: bytes, frames: list[Any], key: str | None = None) -> None:
+        """One message from ``peer``: decoded, checked, and served. ``key``: the public key of
+        a Main this worker dialled (it proved it); None for a message read from the ROUTER,
+        whose frames name their key and connection."""
         try:
-            whole = self.carried.take(frames[1:], peer)
+            whole = self.carried.take(frames, peer)
             if whole is None:  # (the rest of its message is on its way: the Main is alive)
                 self._carried(peer)
                 return
@@ -110,13 +115,16 @@ class Serving:
                 self.send(peer, m.Refused(RefusalCode.MALFORMED,
                                           "malformed message; say Hello again"))
             return
+        if key is not None:
+            self._on_message(peer, message, key)
+            return
         # (the Main's public key, as ZAP let it in: its quota is that key's)
-        self._on_message(peer, message, frames[1].get("User-Id") if self.keyed else "")
+        self._on_message(peer, message, frames[0].get("User-Id") if self.keyed else "")
         main = self.mains.get(peer)
         if main is not None:
-            main.fd = frames[1].get(zmq.SRCFD)
+            main.fd = frames[0].get(zmq.SRCFD)
         elif isinstance(message, (m.Goodbye, m.StatusRequest)):
-            self.quiet_fds.add(frames[1].get(zmq.SRCFD))  # its closing is no news
+            self.quiet_fds.add(frames[0].get(zmq.SRCFD))  # its closing is no news
 
     def _carried(self, peer: bytes) -> None:
         main = self.mains.get(peer)

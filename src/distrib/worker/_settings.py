@@ -36,3 +36,4 @@ class WorkerSettings:
     max_parked: int | None = None
     sandboxes: Sandboxes | None = None  # how executors' sandboxes are built (None: none)
     task_network: str = "none"  # what sandboxed tasks may reach: none, loopback, all
+    connect: tuple[tuple[str, str], ...] = ()  # the Mains it dials: (host:port, their key)

@@ -13,6 +13,7 @@ from distrib.wire._keys import KeyPair
 
 if TYPE_CHECKING:  # (only for types: they are the daemon's parts it reports on)
     from distrib.worker._core import Core
+    from distrib.worker._dials import Dials
     from distrib.worker._executors import Executors
     from distrib.worker._gate import Gate
     from distrib.worker._mains import Mains
@@ -31,7 +32,8 @@ class StatusBuilder:
 
     def __init__(self, name: str, worker_id: str, address: str, key: KeyPair | None,
                  now: float, core: Core, mains: Mains, gate: Gate, owner: Owner,
-                 executors: Executors, supply: Supply, serving: Serving, calls: Calls) -> None:
+                 executors: Executors, supply: Supply, serving: Serving, calls: Calls,
+                 dials: Dials) -> None:
         self.name = name
         self.worker_id = worker_id
         self.address = address
@@ -44,14 +46,17 @@ class StatusBuilder:
         self.supply = supply
         self.serving = serving
         self.calls = calls
+        self.dials = dials
         self._served_logged = now  # when the log last said who holds the slots
 
     def served(self) -> list[dict[str, Any]]:
         """Each Main served: its name, key (the first 8 characters), the slots its tasks
-        hold, its tasks waiting here, and its quota."""
+        hold, its tasks waiting here, its quota, and which way its link goes ("in": it
+        dialled this worker; "out to host:port": this worker dialled it)."""
         held = self.core.held()
         return [{"name": main.name, "key": main.key[:8], "held": held.get(peer, 0),
-                 "queued": self.core.waiting(peer), "quota": str(self.gate.quota(main.key))}
+                 "queued": self.core.waiting(peer), "quota": str(self.gate.quota(main.key)),
+                 "link": f"out to {out}" if (out := self.dials.address(peer)) else "in"}
                 for peer, main in self.mains.items()]
 
     def tick(self, now: float) -> None:
@@ -100,6 +105,7 @@ class StatusBuilder:
                        for peer, main in mains.items() if core.account(peer) in core.limits},
             "objects": supply.objects.held(),
             "served": self.served(),
+            "dials": self.dials.status(),  # the Mains it dials (--connect), and how each stands
             **(disk or {}),
             "disk_age_s": round(disk_age, 1) if disk is not None else None,
             **core.counters,

@@ -1,0 +1,123 @@
+"""The socket a Main listens on for workers that dial it (``listen``), and who may dial.
+
+The Main binds a ROUTER as the CURVE server: libzmq asks this Main's ZAP socket about every
+handshake, and only the public keys of ``authorized_workers`` (reread when the file changes)
+get through; a refused key is logged with the address it came from. A worker that got through
+says ``Dial`` first; the Main answers ``Hello`` and from there on serves it as a link of its
+own (``_links``), addressed by its routing id. The socket's monitor tells of closed
+connections, by file descriptor: a worker killed with -9 is lost at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+from zmq.utils import z85
+
+from distrib._errors import ConfigError
+from distrib.wire import _keys, _transport
+from distrib.wire._keys import KeyPair
+
+log = logging.getLogger("distrib")
+
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+REFUSAL_LOG_EVERY = 60.0  # seconds: a refused worker dials again and again; say it once a minute
+
+
+class Listener:
+    """The bound ROUTER, its ZAP check of workers' keys, and its monitor."""
+
+    def __init__(self, ctx: zmq.Context[Any], listen: str, key: KeyPair,
+                 authorized_file: Path) -> None:
+        self.authorized_file = authorized_file
+        self.authorized: dict[str, str] = _keys.read_authorized(authorized_file)  # key -> name
+        self._mtime = authorized_file.stat().st_mtime
+        self._refused_logged: dict[str, float] = {}
+        # The ZAP socket is bound before the ROUTER: libzmq asks it about the first handshake.
+        self.zap: zmq.Socket[Any] = ctx.socket(zmq.REP)
+        self.zap.setsockopt(zmq.LINGER, 0)
+        self.zap.bind(ZAP_ENDPOINT)
+        try:
+            self.sock, self.address = _transport.router(ctx, f"tcp://{listen}", key)
+        except zmq.ZMQError as exc:
+            self.zap.close(0)
+            raise ConfigError(f"cannot listen for workers on {listen}: {exc.strerror}") from None
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        log.info("listening for workers on %s (%d authorized key(s) in %s)", self.address,
+                 len(self.authorized), authorized_file)
+
+    def sockets(self) -> list[zmq.Socket[Any]]:
+        return [self.sock, self.zap, self.monitor]
+
+    def receive(self) -> tuple[bytes, list[Any]]:
+        """A routing id and the frames it sent (raises ``zmq.Again`` when none is waiting)."""
+        frames = _transport.recv_frames(self.sock)
+        return frames[0].bytes, frames[1:]
+
+    @staticmethod
+    def origin(frame: Any) -> tuple[str, int, str]:
+        """The public key, connection (file descriptor) and address a received frame came
+        from; ("", -1, "") for what libzmq cannot say."""
+        try:
+            return (frame.get("User-Id"), frame.get(zmq.SRCFD), frame.get("Peer-Address"))
+        except zmq.ZMQError:
+            return "", -1, ""
+
+    def closed(self) -> list[int]:
+        """The file descriptors of the connections that closed since the last call."""
+        out = []
+        while True:
+            try:
+                out.append(_transport.monitor_event(self.monitor, zmq.NOBLOCK)["value"])
+            except zmq.Again:
+                return out
+
+    def reload(self) -> None:
+        """Reread the authorized keys if the file changed (a broken file keeps the old list)."""
+        try:
+            mtime = self.authorized_file.stat().st_mtime
+            if mtime == self._mtime:
+                return
+            self._mtime = mtime
+            self.authorized = _keys.read_authorized(self.authorized_file)
+        except (OSError, ConfigError) as exc:
+            log.warning("authorized workers %s not reloaded (the previous list stays): %s",
+                        self.authorized_file, exc)
+            return
+        log.info("authorized workers: %d key(s) from %s", len(self.authorized),
+                 self.authorized_file)
+
+    def answer_zap(self) -> None:
+        """Let a worker's handshake through if its key is authorized (else log it)."""
+        try:
+            request = self.zap.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        version, request_id, address = request[0], request[1], request[3]
+        mechanism = request[5] if len(request) > 5 else b""
+        key = z85.encode(request[6]).decode() if len(request) > 6 else ""
+        ok = mechanism == b"CURVE" and key in self.authorized
+        if not ok:
+            now = time.monotonic()
+            if now - self._refused_logged.get(key, -1e9) > REFUSAL_LOG_EVERY:
+                self._refused_logged[key] = now
+                log.warning("refused a worker dialling from %s: key %s is not in the authorized "
+                            "workers %s (add its .pub line there to accept it)",
+                            address.decode(errors="replace"), key or "(none)",
+                            self.authorized_file)
+        self.zap.send_multipart([version, request_id, b"200" if ok else b"400",
+                                 b"OK" if ok else b"key not authorized", key.encode(), b""])
+
+    def name_of(self, key: str) -> str:
+        """The name an authorized key has in the file (its comment), or ""."""
+        return self.authorized.get(key, "")
+
+    def close(self) -> None:
+        self.sock.disable_monitor()
+        self.monitor.close(0)
+        self.sock.close(linger=500)  # (the goodbyes still go out)
+        self.zap.close(0)
