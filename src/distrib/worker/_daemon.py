@@ -118,7 +118,8 @@ class Daemon:
                            s.cache_dir, self.name, self._wake_loop)
         self.executors = Executors(self.name, self.runs, policy.nice, self.core, self.memory,
                                    self._apply, disk)
-        self.executors.ahead = s.sandboxes is None  # (a template in a sandbox starts its own)
+        # (a template in a sandbox starts its own interpreter)
+        self.executors.ahead.enabled = s.sandboxes is None
         self.supply = Supply(self.name, store, s.cache_dir / "venvs", s.env_policy,
                              self._wake_loop, self.mains, self.core, self.objects,
                              self.executors, self._send, self._apply, self._report)

@@ -43,17 +43,13 @@ from distrib.worker._events import (
     TaskSkipped,
 )
 from distrib.worker._memory import MemoryWatch
-from distrib.worker._pool import ExecutorProcess, Recipe, Template, Zygote
+from distrib.worker._ahead import Ahead
+from distrib.worker._pool import ExecutorProcess, Recipe, Template
 from distrib.worker._sandbox import Boxed
 
 log = logging.getLogger("distrib.worker")
 peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
 
-ZYGOTE_DEATHS = 5  # interpreters started ahead that die unused before no more are started
-# Seconds after a template was last importing before the next interpreter is started ahead:
-# the Main it was for is starting its tasks then, and an interpreter starting beside them
-# would take a core from them (and from a short-lived worker, for a template never used).
-ZYGOTE_QUIET = 3.0
 STRAYS_EVERY = 1.0  # seconds between looks for processes tasks left to this daemon
 PIPE_LAST_MESSAGES = 1_000  # read from an executor that exited, at most (then: dead)
 STRAYS_AFTER_DEATH = 3.0  # seconds of looks at every tick after an executor ended
@@ -85,8 +81,7 @@ class Executors:
         self.procs: dict[int, ExecutorProcess] = {}
         self.forking = _process.become_subreaper()  # executors forked from templates
         self.templates: dict[EnvKey, Template] = {}
-        self._zygote: Zygote | None = None  # the next template's interpreter, started ahead
-        self._zygote_deaths = 0  # ones that died before a template took them
+        self.ahead = Ahead()  # the next template's interpreter, started ahead
         self._no_fork: set[EnvKey] = set()  # environments whose templates cannot fork
         self._to_fork: set[EnvKey] = set()  # ready templates asked for executors this turn
         self._memory_kills: dict[int, tuple[str, int]] = {}  # executor -> why, limit
@@ -98,8 +93,6 @@ class Executors:
         self._strays_next = 0.0  # when to look for strays next
         self._strays_until = 0.0  # look at every tick until then (an executor ended)
         self._strays = _strays.Strays()
-        self.ahead = True  # start interpreters ahead (not where templates are sandboxed)
-        self._importing_at = -ZYGOTE_QUIET  # when a template was last seen importing
 
     def fds(self) -> list[int]:
         """What the loop polls: executors' pipes, and templates still importing."""
@@ -163,33 +156,11 @@ class Executors:
         if template is None or template.proc.poll() is not None:
             if template is not None:
                 self.drop_template(key)
-            zygote, self._zygote = self._zygote, None  # (another is started when all is calm)
-            template = self.templates[key] = Template.start(recipe, now, zygote)
-            self._importing_at = now
+            template = self.templates[key] = Template.start(recipe, now, self.ahead.take(now))
         template.last_used = now
         template.waiting.append(ex_id)  # (forked with the others of this turn, at once)
         if template.ready:
             self._to_fork.add(key)
-
-    def _keep_zygote(self, now: float) -> None:
-        """Have an interpreter started ahead for the next template, once no template has
-        been importing for a while (its start would slow theirs, and their tasks)."""
-        zygote = self._zygote
-        if zygote is not None and zygote.proc.poll() is not None:
-            zygote.kill()  # (it died: reaped, and replaced, unless they keep dying)
-            self._zygote = None
-            self._zygote_deaths += 1
-            if self._zygote_deaths == ZYGOTE_DEATHS:
-                log.warning("the interpreters started ahead for templates keep dying; "
-                            "templates start their own (about 0.1 s more at a first call)")
-        if not all(t.ready for t in self.templates.values()):
-            self._importing_at = now
-        elif (self._zygote is None and self.ahead and self._zygote_deaths < ZYGOTE_DEATHS
-              and now - self._importing_at >= ZYGOTE_QUIET):
-            try:
-                self._zygote = Zygote(self.nice)
-            except OSError as exc:
-                log.debug("cannot start an interpreter ahead: %s", exc)
 
     def fork_waiting(self) -> None:
         """Fork the executors ready templates were asked for in this turn, each template's at
@@ -248,7 +219,7 @@ class Executors:
             t.proc for t in self.templates.values()]
         ours = {p.pid for p in started if p is not None} | {
             p.launcher.pid for p in started if isinstance(p, Boxed)} | self.builds() | (
-            {self._zygote.proc.pid} if self._zygote is not None else set())
+            self.ahead.pids())
         boxed = {t.proc.pid: procs[t.proc.pid].session for t in self.templates.values()
                  if isinstance(t.proc, Boxed) and t.proc.pid in procs}
         killed = self._strays.sweep(procs, ours, boxed, at_once)
@@ -396,9 +367,7 @@ class Executors:
         if refused:
             log.warning("running executors keep their niceness: this user may not lower it to "
                         "%d (new executors start at %d)", nice, nice)
-        if self._zygote is not None:  # (a lower niceness it may not take: a new one)
-            self._zygote.kill()
-            self._zygote = None
+        self.ahead.drop()  # (a lower niceness it may not take: a new one)
 
     def _watch_memory(self, procs: dict[int, _process.Entry]) -> None:
         """Stop executors over the owner's memory limits (their tasks crash, saying so)."""
@@ -461,7 +430,7 @@ class Executors:
             self._strays_next = now + STRAYS_EVERY
             self._sweep_strays(procs)
         if self.forking:
-            self._keep_zygote(now)
+            self.ahead.keep(now, not all(t.ready for t in self.templates.values()), self.nice)
 
     def _last_words(self, ex_id: int, proc: ExecutorProcess) -> None:
         """An executor that exited: what it sent before (a result, its output) is read
@@ -500,7 +469,6 @@ class Executors:
         self.procs.clear()
         for template in self.templates.values():
             template.kill()
-        if self._zygote is not None:
-            self._zygote.kill()
+        self.ahead.drop()
         if self.forking:
             self._sweep_strays(_process.table(), at_once=True)
