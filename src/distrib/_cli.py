@@ -15,7 +15,7 @@ import click
 import platformdirs
 import zmq
 
-from distrib._config import endpoint, parse_size
+from distrib._values import endpoint, parse_size
 from distrib._errors import ConfigError, DistribError
 from distrib.wire import _keys
 

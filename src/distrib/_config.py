@@ -54,7 +54,9 @@ from typing import Any
 
 import platformdirs
 
+from distrib import _values
 from distrib._errors import ConfigError
+from distrib._values import endpoint, parse_size
 from distrib.wire import _keys
 from distrib.wire._keys import KeyPair
 from distrib.wire._messages import check_redistribution
@@ -103,66 +105,6 @@ class Settings:
     listen: str | None = None  # "host:port" where workers dial this Main; None: none do
     authorized_workers: Path | None = None  # the keys of the workers that may dial it
     source: str = "defaults"  # the configuration file used, for messages
-
-
-def endpoint(address: str) -> str:
-    """Turn ``host:port`` into a ZeroMQ endpoint; pass ``tcp://`` and ``ipc://`` through."""
-    if address.startswith(("tcp://", "ipc://")):
-        return address
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ConfigError(f"worker address {address!r}: expected host:port, tcp:// or ipc://")
-    return f"tcp://{host}:{port}"
-
-
-# --- value checks ----------------------------------------------------------------------------
-
-
-def parse_size(raw: Any, name: str) -> int:
-    """Bytes in ``10G``, ``500M``, ``64K`` or ``1000`` (or an int)."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    number, unit = str(raw).strip().upper().rstrip("B"), ""
-    if number[-1:] in units:
-        number, unit = number[:-1], number[-1]
-    try:
-        value = float(number) * units[unit]
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r}: expected a size such as 10G, 500M or 64K") from None
-    if not math.isfinite(value) or value <= 0 or isinstance(raw, bool):
-        raise ConfigError(f"{name}={raw!r}: expected a size above 0")
-    return int(value)
-
-
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-def _bool(name: str, raw: Any) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    value = str(raw).strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigError(f"{name}={raw!r}: expected true or false")
-
-
-def _positive(name: str, raw: Any, kind: type[int] | type[float]) -> Any:
-    try:
-        if isinstance(raw, bool) or (kind is int and isinstance(raw, float)):
-            raise ValueError
-        value = kind(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}={raw!r}: expected a positive {kind.__name__}") from None
-    if value <= 0:
-        raise ConfigError(f"{name}={raw!r}: expected a positive {kind.__name__}")
-    return value
-
-
-def _strings(name: str, raw: Any) -> tuple[str, ...]:
-    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
-        raise ConfigError(f"{name}: expected a list of strings, got {raw!r}")
-    return tuple(raw)
 
 
 def _worker(name: str, item: Any) -> WorkerAddress:
@@ -259,106 +201,53 @@ def _from_file(path: Path, table: dict[str, Any]) -> dict[str, Any]:
     name = f"{where}: [main]"
     base = path.parent
     if "key" in main:
-        values["key_path"] = (base / _str(f"{name} key", main["key"]), f"{name} key")
+        values["key_path"] = (base / _values.string(f"{name} key", main["key"]), f"{name} key")
     if "workspace" in main:
-        values["workspace"] = base / _str(f"{name} workspace", main["workspace"])
+        values["workspace"] = base / _values.string(f"{name} workspace", main["workspace"])
     if "exclude" in main:
-        values["excludes"] = _strings(f"{name} exclude", main["exclude"])
+        values["excludes"] = _values.strings(f"{name} exclude", main["exclude"])
     if "forward_output" in main:
-        values["forward_output"] = _bool(f"{name} forward_output", main["forward_output"])
+        values["forward_output"] = _values.boolean(f"{name} forward_output", main["forward_output"])
     if "forward_env" in main:
-        values["forward_env"] = _strings(f"{name} forward_env", main["forward_env"])
+        values["forward_env"] = _values.strings(f"{name} forward_env", main["forward_env"])
     if "shared_memory" in main:
-        values["shared_memory"] = _bool(f"{name} shared_memory", main["shared_memory"])
+        values["shared_memory"] = _values.boolean(f"{name} shared_memory", main["shared_memory"])
     if "heartbeat" in main:
-        values["heartbeat_interval"] = _positive(f"{name} heartbeat", main["heartbeat"], float)
+        values["heartbeat_interval"] = _values.positive(f"{name} heartbeat", main["heartbeat"], float)
     if "lost_after" in main:
-        values["lost_after"] = _positive(f"{name} lost_after", main["lost_after"], float)
+        values["lost_after"] = _values.positive(f"{name} lost_after", main["lost_after"], float)
     if "dependencies" in main:
-        values["dependencies"] = _dependencies(f"{name} dependencies", main["dependencies"])
+        values["dependencies"] = _values.dependencies(f"{name} dependencies", main["dependencies"])
     if "max_payload" in main:
         values["max_payload"] = parse_size(main["max_payload"], f"{name} max_payload")
     if "dashboard" in main:
-        values["dashboard"] = _dashboard(f"{name} dashboard", main["dashboard"])
+        values["dashboard"] = _values.dashboard(f"{name} dashboard", main["dashboard"])
     if "redistribution" in main:
         values["redistribution"] = check_redistribution(f"{name} redistribution",
                                                   main["redistribution"])
     if "listen" in main:
-        values["listen"] = _listen(f"{name} listen", main["listen"])
+        values["listen"] = _values.listen(f"{name} listen", main["listen"])
     if "authorized_workers" in main:
-        values["authorized_workers"] = base / _str(f"{name} authorized_workers",
+        values["authorized_workers"] = base / _values.string(f"{name} authorized_workers",
                                                    main["authorized_workers"])
     if "requirements" in main:
-        values["requirements"] = _requirements(f"{name} requirements",
-                                               base / _str(f"{name} requirements",
+        values["requirements"] = _values.requirements(f"{name} requirements",
+                                               base / _values.string(f"{name} requirements",
                                                            main["requirements"]))
     local = table.get("local", {})
     if "threads" in local:
-        values["local_threads"] = _positive(f"{where}: [local] threads", local["threads"], int)
+        values["local_threads"] = _values.positive(f"{where}: [local] threads", local["threads"], int)
     disc = table.get("discovery", {})
     if disc:
         d = f"{where}: [discovery]"
         values["discovery"] = Discovery(
-            _bool(f"{d} enabled", disc.get("enabled", False)),
-            tuple(_keys.check_public(k, f"{d} trust") for k in _strings(f"{d} trust",
+            _values.boolean(f"{d} enabled", disc.get("enabled", False)),
+            tuple(_keys.check_public(k, f"{d} trust") for k in _values.strings(f"{d} trust",
                                                                         disc.get("trust", []))),
-            _bool(f"{d} trust_on_first_use", disc.get("trust_on_first_use", False)),
-            _strings(f"{d} interfaces", disc.get("interfaces", [])),
+            _values.boolean(f"{d} trust_on_first_use", disc.get("trust_on_first_use", False)),
+            _values.strings(f"{d} interfaces", disc.get("interfaces", [])),
         )
     return values
-
-
-DASHBOARD_PORT = 8787
-
-
-def _dashboard(name: str, raw: Any) -> str | None:
-    """Where the dashboard listens, from true/false, a port or "host:port" (None: off)."""
-    if (isinstance(raw, str) and raw.strip().lower() in _TRUE + _FALSE) or raw in (0, 1):
-        raw = _bool(name, str(raw))  # (0 and 1 too, as for every switch; any port: ":0")
-    if isinstance(raw, bool):
-        return f"127.0.0.1:{DASHBOARD_PORT}" if raw else None
-    host, port = "127.0.0.1", str(raw).strip()
-    if isinstance(raw, str) and ":" in port:
-        host, _, port = port.rpartition(":")
-        host = host.strip("[]") or "127.0.0.1"
-    if not host or not port.isdigit() or int(port) > 65535 or isinstance(raw, float):
-        raise ConfigError(f"{name}={raw!r}: expected true, false, a port (8787) or "
-                          "\"host:port\" (\":0\": any free port)")
-    return f"{host}:{int(port)}"
-
-
-def _dependencies(name: str, raw: Any) -> str:
-    if raw not in ("auto", "none"):
-        raise ConfigError(f"{name}={raw!r}: expected \"auto\" (what the workspace imports) or "
-                          "\"none\" (name a requirements file with requirements = ...)")
-    return str(raw)
-
-
-def _requirements(name: str, path: Path) -> Path:
-    """A requirements file's path, checked: it exists, and its kind is one workers install."""
-    if not (path.suffix == ".txt" or path.name in ("pyproject.toml", "uv.lock")):
-        raise ConfigError(f"{name}={str(path)!r}: expected a requirements .txt file, a "
-                          "pyproject.toml or a uv.lock")
-    if not path.is_file():
-        raise ConfigError(f"{name}={str(path)!r}: no such file ({path.absolute()}; a relative "
-                          "path is taken from the current folder, or from the configuration "
-                          "file's)")
-    return path
-
-
-def _listen(name: str, raw: Any) -> str:
-    """Where a Main listens for workers that dial it: "host:port"."""
-    host, _, port = str(raw).strip().rpartition(":")
-    if not isinstance(raw, str) or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"{name}={raw!r}: expected \"host:port\" (\"0.0.0.0:7788\": every "
-                          "interface)")
-    return f"{host}:{int(port)}"
-
-
-def _str(name: str, raw: Any) -> str:
-    if not isinstance(raw, str) or not raw:
-        raise ConfigError(f"{name}: expected a non-empty string, got {raw!r}")
-    return raw
 
 
 def _from_environ(env: Mapping[str, str]) -> dict[str, Any]:
@@ -369,11 +258,11 @@ def _from_environ(env: Mapping[str, str]) -> dict[str, Any]:
     if raw := env.get("DISTRIB_KEY", "").strip():
         values["key_path"] = (Path(raw), "DISTRIB_KEY")
     if raw := env.get("DISTRIB_LOCAL_THREADS", "").strip():
-        values["local_threads"] = _positive("DISTRIB_LOCAL_THREADS", raw, int)
+        values["local_threads"] = _values.positive("DISTRIB_LOCAL_THREADS", raw, int)
     if raw := env.get("DISTRIB_OUTPUT", "").strip():
-        values["forward_output"] = _bool("DISTRIB_OUTPUT", raw)
+        values["forward_output"] = _values.boolean("DISTRIB_OUTPUT", raw)
     if raw := env.get("DISTRIB_SHARED_MEMORY", "").strip():
-        values["shared_memory"] = _bool("DISTRIB_SHARED_MEMORY", raw)
+        values["shared_memory"] = _values.boolean("DISTRIB_SHARED_MEMORY", raw)
     if raw := env.get("DISTRIB_WORKSPACE", "").strip():
         values["workspace"] = Path(raw)
     if raw := env.get("DISTRIB_EXCLUDE", "").strip():
@@ -383,23 +272,23 @@ def _from_environ(env: Mapping[str, str]) -> dict[str, Any]:
     if raw := env.get("DISTRIB_CACHE_DIR", "").strip():
         values["cache_dir"] = Path(raw)
     if raw := env.get("DISTRIB_HEARTBEAT", "").strip():
-        values["heartbeat_interval"] = _positive("DISTRIB_HEARTBEAT", raw, float)
+        values["heartbeat_interval"] = _values.positive("DISTRIB_HEARTBEAT", raw, float)
     if raw := env.get("DISTRIB_LOST_AFTER", "").strip():
-        values["lost_after"] = _positive("DISTRIB_LOST_AFTER", raw, float)
+        values["lost_after"] = _values.positive("DISTRIB_LOST_AFTER", raw, float)
     if raw := env.get("DISTRIB_MAX_PAYLOAD", "").strip():
         values["max_payload"] = parse_size(raw, "DISTRIB_MAX_PAYLOAD")
     if raw := env.get("DISTRIB_DASHBOARD", "").strip():
-        values["dashboard"] = _dashboard("DISTRIB_DASHBOARD", raw)
+        values["dashboard"] = _values.dashboard("DISTRIB_DASHBOARD", raw)
     if raw := env.get("DISTRIB_REDISTRIBUTION", "").strip():
         values["redistribution"] = check_redistribution("DISTRIB_REDISTRIBUTION", raw)
     if raw := env.get("DISTRIB_LISTEN", "").strip():
-        values["listen"] = _listen("DISTRIB_LISTEN", raw)
+        values["listen"] = _values.listen("DISTRIB_LISTEN", raw)
     if raw := env.get("DISTRIB_AUTHORIZED_WORKERS", "").strip():
         values["authorized_workers"] = Path(raw)
     if raw := env.get("DISTRIB_DEPENDENCIES", "").strip():
-        values["dependencies"] = _dependencies("DISTRIB_DEPENDENCIES", raw)
+        values["dependencies"] = _values.dependencies("DISTRIB_DEPENDENCIES", raw)
     if raw := env.get("DISTRIB_REQUIREMENTS", "").strip():
-        values["requirements"] = _requirements("DISTRIB_REQUIREMENTS", Path(raw))
+        values["requirements"] = _values.requirements("DISTRIB_REQUIREMENTS", Path(raw))
     return values
 
 
@@ -438,7 +327,7 @@ def load(environ: Mapping[str, str] | None = None, overrides: Overrides = Overri
     if given.workers is not None:
         values["workers"] = tuple(_worker("init(workers=...)", w) for w in given.workers)
     if given.local_threads is not None:
-        values["local_threads"] = _positive("init(local_threads=...)", given.local_threads, int)
+        values["local_threads"] = _values.positive("init(local_threads=...)", given.local_threads, int)
     if given.workspace is not None:
         values["workspace"] = Path(given.workspace)
     if given.forward_output is not None:
@@ -448,18 +337,18 @@ def load(environ: Mapping[str, str] | None = None, overrides: Overrides = Overri
     if given.max_payload is not None:
         values["max_payload"] = parse_size(given.max_payload, "init(max_payload=...)")
     if given.dashboard is not None:
-        values["dashboard"] = _dashboard("init(dashboard=...)", given.dashboard)
+        values["dashboard"] = _values.dashboard("init(dashboard=...)", given.dashboard)
     if given.redistribution is not None:
         values["redistribution"] = check_redistribution("init(redistribution=...)",
                                                   given.redistribution)
     if given.listen is not None:
-        values["listen"] = _listen("init(listen=...)", given.listen)
+        values["listen"] = _values.listen("init(listen=...)", given.listen)
     if given.authorized_workers is not None:
         values["authorized_workers"] = Path(given.authorized_workers)
     if given.dependencies is not None:
-        values["dependencies"] = _dependencies("init(dependencies=...)", given.dependencies)
+        values["dependencies"] = _values.dependencies("init(dependencies=...)", given.dependencies)
     if given.requirements is not None:
-        values["requirements"] = _requirements("init(requirements=...)",
+        values["requirements"] = _values.requirements("init(requirements=...)",
                                                Path(given.requirements))
     if "key_path" in values:
         key_path, where = values.pop("key_path")

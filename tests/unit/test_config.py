@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from distrib import ConfigError
-from distrib._config import Overrides, WorkerAddress, endpoint, load
+from distrib._config import Overrides, WorkerAddress, load
+from distrib._values import endpoint
 from distrib.wire import _keys
 
 KEY = _keys.generate().public

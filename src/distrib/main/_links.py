@@ -21,7 +21,7 @@ from typing import Any
 
 import zmq
 
-from distrib import _config
+from distrib import _config, _values
 from distrib._errors import WorkerLost
 from distrib.main import _discovery
 from distrib.main._health import link_policy
@@ -67,7 +67,7 @@ class Links:
     def add(self, worker: _config.WorkerAddress) -> Link:
         link_id = f"w{next(self._ids)}"
         link = Link(link_id=link_id, address=worker.address,
-                    endpoint=_config.endpoint(worker.address), ctx=self.ctx,
+                    endpoint=_values.endpoint(worker.address), ctx=self.ctx,
                     server_key=worker.public_key, key=self.settings.key)
         self.links[link_id] = link
         return link

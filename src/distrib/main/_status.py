@@ -8,7 +8,7 @@ from typing import Any
 
 import zmq
 
-from distrib._config import endpoint
+from distrib._values import endpoint
 from distrib.wire import _codec, _transport
 from distrib.wire import _messages as m
 from distrib.wire._keys import KeyPair

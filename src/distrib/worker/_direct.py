@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import zmq
 
-from distrib._config import endpoint
+from distrib._values import endpoint
 from distrib._errors import ConfigError, NestedDeadlock
 from distrib._sustained import Sustained
 from distrib.wire import _codec, _link

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distrib._config import parse_size
+from distrib._values import parse_size
 from distrib._errors import ConfigError
 from distrib.wire import _keys
 
