@@ -26,6 +26,7 @@ log = logging.getLogger("distrib")
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 REFUSAL_LOG_EVERY = 60.0  # seconds: a refused worker dials again and again; say it once a minute
+REFUSALS_KEPT = 1_000  # refused keys remembered for that (a stranger may make up a key a dial)
 
 
 class Listener:
@@ -104,6 +105,8 @@ class Listener:
         if not ok:
             now = time.monotonic()
             if now - self._refused_logged.get(key, -1e9) > REFUSAL_LOG_EVERY:
+                if len(self._refused_logged) >= REFUSALS_KEPT:  # (new keys at every dial)
+                    self._refused_logged.clear()
                 self._refused_logged[key] = now
                 log.warning("refused a worker dialling from %s: key %s is not in the authorized "
                             "workers %s (add its .pub line there to accept it)",
