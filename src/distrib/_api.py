@@ -48,6 +48,7 @@ class DistributedFunction(Generic[P, T]):
         functools.update_wrapper(self, fn)
         self._fn = fn
         self.options = options
+        self._named: tuple[tuple[Any, ...], bytes] | None = None  # (``named``, and when)
 
     def __call__(self, /, *args: P.args, **kwargs: P.kwargs) -> Response[T]:
         if _runtime.mode is _runtime.Mode.WORKER_IMPORT:
@@ -98,6 +99,16 @@ class DistributedFunction(Generic[P, T]):
 
     def __repr__(self) -> str:
         return f"<distributed {self._fn.__module__}.{self._fn.__qualname__}>"
+
+    def named(self) -> bytes:
+        """This function pickled by the name workers find it by (the same for every call:
+        kept while what is shipped stays the same), or b"" when it travels by value."""
+        now = (_runtime.mode, _runtime.main_shipped, _runtime.shipped_root)
+        if self._named is None or self._named[0] != now:
+            reduced = self.__reduce__()
+            self._named = now, (pickle.dumps(self, protocol=5)
+                                if reduced[0] in (_lookup, _wrapper) else b"")
+        return self._named[1]
 
     def __reduce__(self) -> tuple[Any, ...]:
         module, qualname = self._fn.__module__, self._fn.__qualname__

@@ -27,14 +27,47 @@ from distrib._errors import SerializationError
 _OOB_MIN = 64 * 1024  # smaller buffers are cheaper in-band than as a frame of their own
 
 
-def dumps(obj: Any) -> list[Any]:
-    """Pickle ``obj`` into frames; raise ``SerializationError`` naming the cause on failure."""
+def dumps(obj: Any, what: str = "") -> list[Any]:
+    """Pickle ``obj`` into frames; raise ``SerializationError`` naming the cause (and ``what``
+    was pickled, if given) on failure."""
     try:
         return to_frames(obj)
     except Exception as exc:
         raise SerializationError(
-            f"cannot pickle {_describe(obj)}: {type(exc).__name__}: {exc}"
+            f"cannot pickle {what or _describe(obj)}: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def dumps_call(fn: Any, named: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
+               ) -> list[Any]:
+    """A call's frames: the function as ``named`` (``DistributedFunction.named``: pickled by
+    name, the same for every call), then its arguments; or, when it has no name workers
+    can look up (``named`` empty), an empty frame, then the function and its arguments."""
+    if named:
+        return [named, *dumps((args, kwargs), f"the call of {fn.__qualname__}")]
+    return [b"", *dumps((fn, args, kwargs))]
+
+
+# An executor's functions by the bytes that name them (``dumps_call``): loaded once each.
+_FUNCTIONS: dict[bytes, Any] = {}
+
+
+def loads_call(frames: Sequence[Any]) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    """The function, arguments and keyword arguments of a call's frames (``dumps_call``)."""
+    head = frames[0]
+    head = head.buffer if hasattr(head, "buffer") else head
+    if not len(head):
+        fn, args, kwargs = loads(frames[1:])
+        return fn, args, kwargs
+    key = bytes(head)
+    fn = _FUNCTIONS.get(key)
+    if fn is None:
+        fn = pickle.loads(key)
+        if len(_FUNCTIONS) >= 256:
+            _FUNCTIONS.clear()
+        _FUNCTIONS[key] = fn
+    args, kwargs = loads(frames[1:])
+    return fn, args, kwargs
 
 
 def to_frames(obj: Any, reduce: Callable[[Any], Any] | None = None) -> list[Any]:

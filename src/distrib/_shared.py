@@ -118,18 +118,17 @@ def find(name: str) -> Shared[Any] | None:
     return _live.get(name)
 
 
-def dumps_call(call: tuple[Any, tuple[Any, ...], dict[str, Any]]
+def dumps_call(fn: Any, named: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
                ) -> tuple[list[Any], dict[str, Shared[Any]] | None]:
-    """Pickle a call: (its frames, the ``Shared`` objects it passes by name, or None). Large
-    arguments passed before become ``Shared``."""
-    fn, args, kwargs = call
+    """Pickle a call (``_serialize.dumps_call``): (its frames, the ``Shared`` objects it
+    passes by name, or None). Large arguments passed before become ``Shared``."""
     if (args and any(map(_large, args))) or (kwargs and any(map(_large, kwargs.values()))):
         args = tuple(auto_share(a) for a in args)
         kwargs = {k: auto_share(v) for k, v in kwargs.items()}
     taken: dict[str, Shared[Any]] = {}
     _local.taken = taken
     try:
-        frames = _serialize.dumps((fn, args, kwargs))
+        frames = _serialize.dumps_call(fn, named, args, kwargs)
     finally:
         _local.taken = None
     return frames, taken or None

@@ -322,3 +322,25 @@ def test_a_closure_wrapped_at_run_time_is_not_kept_where_its_calls_load() -> Non
     wrapped = distrib.distributed(lambda: kept)
     first, again = (loads(dumps(wrapped)) for _ in range(2))
     assert first is not again and first.__wrapped__() == kept
+
+
+def test_a_call_names_its_function_once_and_the_executor_loads_it_once() -> None:
+    import distrib
+    from distrib._serialize import dumps_call, loads_call
+
+    wrapped = distrib.distributed(pickle.dumps)  # (found by its name where its calls load)
+    named = wrapped.named()
+    assert named and wrapped.named() is named  # pickled once, not at every call
+    first = loads_call([bytes(f) for f in dumps_call(wrapped, named, (1,), {"protocol": 2})])
+    again = loads_call(dumps_call(wrapped, named, (2,), {}))
+    assert first[0] is again[0] and first[1:] == ((1,), {"protocol": 2})
+    assert again[1:] == ((2,), {})
+    # A closure has no name to be found by: it travels with each call's arguments.
+    kept = bytes(10)
+    closure = distrib.distributed(lambda: kept)
+    assert closure.named() == b""
+    fn, args, kwargs = loads_call(dumps_call(closure, b"", (), {}))
+    assert fn.__wrapped__() == kept and (args, kwargs) == ((), {})
+    # What does not pickle is named with the call it was passed to.
+    with pytest.raises(SerializationError, match="cannot pickle the call of dumps"):
+        dumps_call(wrapped, named, (threading.Lock(),), {})

@@ -20,7 +20,7 @@ def test_the_same_bytes_shared_twice_are_one_object_findable_while_a_call_holds_
     table = np.arange(SHARE_MIN // 8 + 1, dtype=np.float64)
     first, second = share(table), share(table.copy())
     assert first is second
-    _, held = dumps_call((_call, (first,), {}))
+    _, held = dumps_call(_call, b"", (first,), {})
     name = first.name
     del first, second
     gc.collect()
@@ -32,10 +32,10 @@ def test_the_same_bytes_shared_twice_are_one_object_findable_while_a_call_holds_
 
 def test_large_arguments_become_shared_the_second_time_their_bytes_are_passed() -> None:
     data = bytes(range(256)) * (SHARE_MIN // 256 + 1)
-    assert dumps_call((_call, (data,), {}))[1] is None  # first sight: inline
-    _, taken = dumps_call((_call, (), {"data": data}))
+    assert dumps_call(_call, b"", (data,), {})[1] is None  # first sight: inline
+    _, taken = dumps_call(_call, b"", (), {"data": data})
     assert taken is not None and len(taken) == 1
-    assert dumps_call((_call, (1, "small"), {}))[1] is None
+    assert dumps_call(_call, b"", (1, "small"), {})[1] is None
 
 
 def test_a_shared_object_pickled_outside_a_call_says_so() -> None:

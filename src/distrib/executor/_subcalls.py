@@ -78,7 +78,7 @@ class Channel:
         while no task runs (a thread a task left behind: the call runs in place)."""
         if not self.run_id:
             return None
-        frames = _serialize.dumps((fn, args, kwargs))
+        frames = _serialize.dumps_call(fn, fn.named(), args, kwargs)
         opts = fn.options
         with self._state:
             run_id = self.run_id

@@ -418,7 +418,7 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
             isolation.enter()
             if shm:
                 frames = _shm.restore(frames, shm, unlink=False)  # (its Main removes them)
-            fn, args, kwargs = _serialize.loads(frames)
+            fn, args, kwargs = _serialize.loads_call(frames)
             channel.caller = getattr(fn, "__qualname__", "")
             result = fn.__wrapped__(*args, **kwargs)
             if fn.options.outputs:

@@ -185,7 +185,7 @@ class Session:
         """Pickle the call and hand it to the I/O thread; return its Response at once.
 
         A call during or after ``close()`` ends at once as ``Cancelled``."""
-        frames, shared = _shared.dumps_call((fn, args, kwargs))
+        frames, shared = _shared.dumps_call(fn, fn.named(), args, kwargs)
         cap, size = self.settings.max_payload, m.payload_size(frames)
         if cap is not None and size > cap:
             raise SerializationError(
