@@ -22,7 +22,8 @@ from distrib.wire._kinds import Outcome as Outcome
 from distrib.wire._kinds import RefusalCode as RefusalCode
 from distrib.wire._kinds import payload_size as payload_size
 
-PROTOCOL_VERSION = 13  # 13: a worker may dial its Main (``Dial``); 12: headers checked by
+PROTOCOL_VERSION = 14  # 14: a call's payload names its function in a frame of its own;
+# 13: a worker may dial its Main (``Dial``); 12: headers checked by
 # msgspec (a Hello may leave out trailing defaults)
 WORKER_IDS = 1 << 48  # task ids from here on are a worker's own (calls it placed or took for
 # a Main, ``worker._direct``); a Main's are lower
