@@ -128,7 +128,8 @@ def test_a_worker_fetches_a_workspace_from_the_worker_that_sent_the_call(
             delegate.send_multipart(_codec.encode(_hello("m", delegate=honest.public)))
             if isinstance(_answer(delegate, (m.Welcome, m.Refused)), m.Welcome):
                 break
-        call = _serialize.dumps((distributed(operator.add), (20, 22), {}))
+        add = distributed(operator.add)
+        call = _serialize.dumps_call(add, add.named(), (20, 22), {})
         delegate.send_multipart(_codec.encode(m.Submit(
             [m.TaskSpec(77, dist, 1, None, 0, [bytes(f) for f in call], 0)])))
         need = _answer(delegate, m.NeedManifest)
