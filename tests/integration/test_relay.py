@@ -126,6 +126,11 @@ def echo(dealer: zmq.Socket[Any], router: zmq.Socket[Any], payload: bytes,
     assert dealer.recv(copy=False).bytes == payload
 
 
+def host_port(endpoint: str) -> tuple[str, int]:
+    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+    return host, int(port)
+
+
 def registered(*parties: RelayParty) -> Callable[[], bool]:
     return lambda: all(p.registered for p in parties)
 
@@ -152,8 +157,7 @@ class Recorder:
     """A TCP proxy in front of the relay that keeps every byte it carries, both ways."""
 
     def __init__(self, target: str) -> None:
-        host, port = target.rsplit(":", 1)
-        self.target = (host, int(port))
+        self.target = host_port(target)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
         self.chunks: list[bytes] = []
@@ -248,7 +252,7 @@ def test_an_unauthorized_party_is_refused_and_logged_with_its_key(
     main = parties(relay.address, relay.public_key, main_key)
     wait_for(registered(main), START_TIMEOUT, "the Main registered")
     local = main.forward(stranger.public)
-    with socket.create_connection(local.removeprefix("tcp://").rsplit(":", 1)) as s:  # type: ignore[arg-type]
+    with socket.create_connection(host_port(local)) as s:
         s.settimeout(30)
         assert s.recv(1) == b""  # closed: no splice to an unregistered key
     assert stranger.public not in [line for line in relay.log().splitlines()
@@ -259,8 +263,7 @@ def test_garbage_on_the_relay_port_does_not_stop_it_serving(
         start_relay: Callable[..., Relay], relay_keys: tuple[Path, Path, KeyPair, KeyPair],
         parties: Callable[[str, str, KeyPair], RelayParty], link: Link) -> None:
     relay = start_relay()
-    host, port = relay.address.rsplit(":", 1)
-    target = (host, int(port))
+    target = host_port(relay.address)
     held: list[socket.socket] = []
     try:
         for first in (os.urandom(4096), b"\xff" + os.urandom(4096), rm.MAGIC + os.urandom(16),
@@ -304,3 +307,25 @@ def test_a_restarted_relay_gets_its_parties_back(
     assert time.monotonic() - started < 5
     echo(dealer, router, b"after")  # (the ZeroMQ sockets connect again by themselves)
     assert f"party {worker_key.public} registered" in again.log()
+
+
+def test_the_relay_caps_splices_and_bytes_per_second_per_key(
+        start_relay: Callable[..., Relay], relay_keys: tuple[Path, Path, KeyPair, KeyPair],
+        parties: Callable[[str, str, KeyPair], RelayParty], link: Link) -> None:
+    relay = start_relay(extra=("--max-splices", "1", "--max-rate", "2M"))
+    _, _, main_key, worker_key = relay_keys
+    worker = parties(relay.address, relay.public_key, worker_key)
+    main = parties(relay.address, relay.public_key, main_key)
+    dealer, router = link(main, worker)
+    wait_for(registered(main, worker), START_TIMEOUT, "both parties registered")
+    started = time.monotonic()
+    echo(dealer, router, os.urandom(6 << 20))  # 6 MB each way at 2 MB/s, 2 MB of burst
+    assert time.monotonic() - started > 1.0
+    # A second connection to the same key, while the first holds its one splice:
+    local = main.forward(worker_key.public)
+    with socket.create_connection(host_port(local)) as s:
+        s.settimeout(30)
+        assert s.recv(1) == b""  # closed: over the cap
+    wait_for(lambda: "is at its cap of 1 splice(s) (--max-splices)" in relay.log(),
+             START_TIMEOUT, "the refusal in the relay's log")
+    echo(dealer, router, b"still served")

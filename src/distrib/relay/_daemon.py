@@ -180,9 +180,9 @@ class Relay:
         cap = self.settings.max_splices
         for who in (key, peer):
             if len(self._splices.get(who, ())) >= cap:
-                peer_log.warning("refused a splice %s -> %s: key %s has %d splices, the cap "
-                                 "(--max-splices)", key, peer, who, cap)
-                return f"key {who} has {cap} splices at this relay, its cap"
+                peer_log.warning("refused a splice %s -> %s: key %s is at its cap of %d "
+                                 "splice(s) (--max-splices)", key, peer, who, cap)
+                return f"key {who} is at its cap of {cap} splice(s) at this relay"
         tokens = (secrets.token_bytes(rm.TOKEN_BYTES), secrets.token_bytes(rm.TOKEN_BYTES))
         pair = _Pair((key, peer), tokens)
         for side, token in enumerate(tokens):
