@@ -271,6 +271,10 @@ def test_garbage_on_the_relay_port_does_not_stop_it_serving(
             s = socket.create_connection(target)
             s.sendall(first)
             held.append(s)
+        for line in ("a connection that began with bytes neither a party nor a splice",
+                     "a connection that is neither a party's control connection nor a splice "
+                     "with a token the relay handed out"):
+            wait_for(lambda: f"dropped {line}" in relay.log(), START_TIMEOUT, line)
         for _ in range(300):  # silent connections, more than the relay keeps unidentified
             held.append(socket.create_connection(target))
         _, _, main_key, worker_key = relay_keys
@@ -280,8 +284,7 @@ def test_garbage_on_the_relay_port_does_not_stop_it_serving(
         wait_for(registered(main, worker), START_TIMEOUT, "both parties registered")
         echo(dealer, router, os.urandom(1 << 20))
         assert relay.proc.poll() is None
-        wait_for(lambda: "dropped a connection that began with bytes neither" in relay.log(),
-                 START_TIMEOUT, "the garbage logged")
+        assert "dropped the oldest of too many connections that had not said" in relay.log()
     finally:
         for s in held:
             s.close()
@@ -329,3 +332,20 @@ def test_the_relay_caps_splices_and_bytes_per_second_per_key(
     wait_for(lambda: "is at its cap of 1 splice(s) (--max-splices)" in relay.log(),
              START_TIMEOUT, "the refusal in the relay's log")
     echo(dealer, router, b"still served")
+
+
+def test_a_key_taken_out_of_the_file_loses_its_splices_and_its_registration(
+        start_relay: Callable[..., Relay], relay_keys: tuple[Path, Path, KeyPair, KeyPair],
+        parties: Callable[[str, str, KeyPair], RelayParty], link: Link) -> None:
+    relay = start_relay()
+    _, authorized, main_key, worker_key = relay_keys
+    worker = parties(relay.address, relay.public_key, worker_key)
+    main = parties(relay.address, relay.public_key, main_key)
+    dealer, router = link(main, worker)
+    wait_for(registered(main, worker), START_TIMEOUT, "both parties registered")
+    echo(dealer, router, b"before")
+    authorized.write_text(f"{worker_key.public} worker\n")
+    wait_for(lambda: f"key {main_key.public} is no longer authorized: closing its 1 splice(s)"
+             in relay.log(), START_TIMEOUT, "the revoked key's splice closed")
+    wait_for(lambda: main.refused, START_TIMEOUT, "the Main's party refused on its next try")
+    assert not main.registered and worker.registered

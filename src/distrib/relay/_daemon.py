@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import secrets
 import signal
 import tempfile
@@ -36,7 +37,7 @@ from distrib._logs import RateLimited
 from distrib.relay._control import Control
 from distrib.wire import _relay_messages as rm
 from distrib.wire._keys import KeyPair
-from distrib.wire._splice import Rate, Splice, Waiting
+from distrib.wire._splice import Rate, Splice, Waiting, keep_alive
 
 log = logging.getLogger("distrib.relay")
 peer_log = RateLimited(log)
@@ -44,7 +45,8 @@ peer_log = RateLimited(log)
 IDENTIFY_TIMEOUT = 10.0  # seconds a new connection has to say what it is
 PAIR_TIMEOUT = 10.0  # seconds a splice's first connection waits for its twin
 MAX_UNIDENTIFIED = 256  # connections that have not said what they are; past it the oldest go
-MAX_CONNECTIONS = 4096  # connections of all kinds; past it new ones are closed at once
+MAX_CONNECTIONS = 4096  # connections of all kinds (or fewer, as descriptors allow); past it
+# new ones are closed at once
 _HEAD = len(rm.MAGIC) + rm.TOKEN_BYTES
 
 
@@ -84,6 +86,7 @@ class Relay:
         self._rates: dict[str, Rate] = {}
         self._unidentified: OrderedDict[_Front, None] = OrderedDict()
         self.open: set[asyncio.BaseTransport] = set()  # (closed ones pruned when at the cap)
+        self.max_connections = _connection_cap()
         self.dropped = 0  # connections dropped as garbage (for the owner's log and the tests)
         self._server: asyncio.AbstractServer | None = None
         self._stopped: asyncio.Future[None] | None = None
@@ -162,7 +165,8 @@ class Relay:
     def _garbage(self, transport: asyncio.Transport, what: str) -> None:
         self.dropped += 1
         peer = transport.get_extra_info("peername")
-        peer_log.warning("dropped %s from %s", what, peer[0] if peer else "?")
+        # (each kind its own line to rate-limit: a flood of one does not hide the others)
+        peer_log.warning(f"dropped {what} from %s", peer[0] if peer else "?")
         transport.abort()
 
     def _over(self, front: _Front) -> None:
@@ -263,14 +267,15 @@ class _Front(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         relay = self.relay
-        if len(relay.open) >= MAX_CONNECTIONS:
+        if len(relay.open) >= relay.max_connections:
             relay.open = {t for t in relay.open if not t.is_closing()}
-            if len(relay.open) >= MAX_CONNECTIONS:
+            if len(relay.open) >= relay.max_connections:
                 peer_log.warning("refused a connection: %d open, the most this relay keeps",
-                                 MAX_CONNECTIONS)
+                                 relay.max_connections)
                 transport.abort()
                 return
         relay.open.add(transport)
+        keep_alive(transport)
         relay._over(self)
         self._timer = asyncio.get_running_loop().call_later(IDENTIFY_TIMEOUT, self._late)
 
@@ -307,6 +312,24 @@ class _Front(asyncio.Protocol):
 
     def __eq__(self, other: object) -> bool:
         return self is other
+
+
+def _connection_cap() -> int:
+    """How many connections the relay keeps: ``MAX_CONNECTIONS``, or fewer when the process
+    may not open enough descriptors (a control connection takes two, one of them inside),
+    after raising its own limit as far as it may."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 2 * MAX_CONNECTIONS + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        raised = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(16, min(MAX_CONNECTIONS, (soft - 256) // 2))
 
 
 async def run(settings: RelaySettings, ready: Callable[[str, int], None]) -> None:

@@ -92,6 +92,8 @@ class RelayParty:
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stop)
             self._thread.join(10)
+        elif self._thread.ident is None:  # (never started)
+            self._loop.close()
         if self._tmp is not None:
             self._tmp.cleanup()
 

@@ -11,6 +11,7 @@ one side reads to a number of bytes per second (the relay's per-key bandwidth ca
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -140,6 +141,7 @@ class Waiting(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         transport.pause_reading()
+        keep_alive(transport)
 
     def data_received(self, data: bytes) -> None:
         self.early += data  # (at most one read: reading was paused at once)
@@ -158,6 +160,18 @@ async def connect(endpoint: str) -> Waiting:
         host, port = split_host_port(endpoint.removeprefix("tcp://"))
         _, protocol = await loop.create_connection(Waiting, host, port)
     return protocol
+
+
+def keep_alive(transport: asyncio.BaseTransport) -> None:
+    """Have the kernel probe an idle TCP connection, so that one whose far end vanished
+    without closing it (a host gone, a NAT that forgot it) is closed within about 90 s."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):  # (Linux and recent macOS)
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 def split_host_port(address: str) -> tuple[str, int]:
