@@ -89,21 +89,22 @@ def parties() -> Iterator[Callable[[str, str, KeyPair], RelayParty]]:
         party.close()
 
 
-Link = Callable[[RelayParty, RelayParty], "tuple[zmq.Socket[Any], zmq.Socket[Any]]"]
+Link = Callable[..., "tuple[zmq.Socket[Any], zmq.Socket[Any]]"]
 
 
 @pytest.fixture
 def link() -> Iterator[Link]:
-    """``link(main, worker)``: a worker-like ROUTER (the CURVE server, on loopback) exposed
-    through ``worker``'s party, and a Main-like DEALER (the CURVE client) connected to
-    ``main``'s party's local end; all closed at the end."""
+    """``link(main, worker, local=...)``: a worker-like ROUTER (the CURVE server, on
+    loopback) exposed through ``worker``'s party, and a Main-like DEALER (the CURVE client)
+    connected to ``main``'s party's local end at ``local``; all closed at the end."""
     ctx: zmq.Context[Any] = zmq.Context()
     made: list[zmq.Socket[Any]] = []
 
-    def make(main: RelayParty, worker: RelayParty) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+    def make(main: RelayParty, worker: RelayParty, local: str = "tcp://127.0.0.1:0"
+             ) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
         router, address = _transport.router(ctx, "tcp://127.0.0.1:0", worker.key)
         worker.expose(address)
-        local = main.forward(worker.key.public)
+        local = main.forward(worker.key.public, local)
         dealer = _transport.dealer(ctx, local, server_key=worker.key.public, key=main.key)
         made.extend((dealer, router))
         return dealer, router
@@ -297,7 +298,8 @@ def test_a_restarted_relay_gets_its_parties_back(
     _, _, main_key, worker_key = relay_keys
     worker = parties(first.address, first.public_key, worker_key)
     main = parties(first.address, first.public_key, main_key)
-    dealer, router = link(main, worker)
+    dealer, router = link(main, worker, local="ipc://")  # (a Unix socket only its user opens)
+    assert dealer.getsockopt_string(zmq.LAST_ENDPOINT).startswith("ipc://")
     wait_for(registered(main, worker), START_TIMEOUT, "both parties registered")
     echo(dealer, router, b"before")
     first.proc.kill()

@@ -134,8 +134,6 @@ class Relay:
         if head[0] == 0xFF:
             asyncio.ensure_future(self._to_control(transport, head))
             return
-        if len(head) < _HEAD:
-            return
         found = self._pending.pop(head[len(rm.MAGIC):_HEAD], None) \
             if head.startswith(rm.MAGIC) else None
         if found is None:
