@@ -435,7 +435,8 @@ def relay(listen: str, key_file: Path, authorized_keys: Path, max_splices: int,
     try:
         asyncio.run(run(settings, ready))
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise click.ClickException(f"cannot listen on {listen}: {why}") from None
 
 
 @main.command()

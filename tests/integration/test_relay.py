@@ -57,7 +57,8 @@ def start_relay(tmp_path: Path,
             proc = subprocess.Popen(
                 [PYTHON, "-m", "distrib", "relay", "--listen", listen, "--key",
                  str(relay_keys[0]), "--authorized-keys", str(relay_keys[1]), "-v", *extra],
-                stdout=subprocess.PIPE, stderr=log, text=True, cwd=tmp_path)
+                stdout=subprocess.PIPE, stderr=log, text=True, cwd=tmp_path,
+                env={**os.environ, "TMPDIR": str(tmp_path)})  # (what a killed relay leaves)
         assert proc.stdout is not None
         line = proc.stdout.readline()
         match = re.search(r"ready on (\S+), public key (\S+)", line)

@@ -62,6 +62,7 @@ class Control:
         self.parties: dict[str, Party] = {}
         self._pair, self._on_revoked = pair, on_revoked
         self._refused_logged: dict[str, float] = {}
+        self._reload_error = ""  # the last reason the file could not be read (said once)
         self.zap = ctx.socket(zmq.REP)
         self.zap.setsockopt(zmq.LINGER, 0)
         self.zap.bind(ZAP_ENDPOINT)  # (before the ROUTER binds: libzmq asks ZAP from then on)
@@ -177,9 +178,12 @@ class Control:
             self._mtime = mtime
             authorized = _keys.read_authorized(self.authorized_file)
         except Exception as exc:
-            log.warning("authorized keys %s not reloaded (the previous list stays): %s",
-                        self.authorized_file, exc)
+            if str(exc) != self._reload_error:
+                self._reload_error = str(exc)
+                log.warning("authorized keys %s not reloaded (the previous list stays): %s",
+                            self.authorized_file, exc)
             return
+        self._reload_error = ""
         revoked = set(self.authorized) - set(authorized)
         self.authorized = authorized
         log.info("authorized keys: %d part%s from %s", len(authorized),

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import resource
 import secrets
 import signal
@@ -75,12 +74,6 @@ class Relay:
 
     def __init__(self, settings: RelaySettings) -> None:
         self.settings = settings
-        self._tmp = tempfile.TemporaryDirectory(prefix="distrib-relay-")
-        os.chmod(self._tmp.name, 0o700)
-        self._control_path = str(Path(self._tmp.name) / "control")
-        self.ctx = zmq.asyncio.Context()
-        self.control = Control(self.ctx, settings.key, settings.authorized,
-                               f"ipc://{self._control_path}", self._new_pair, self._revoked)
         self._pending: dict[bytes, tuple[_Pair, int]] = {}  # token -> its pair and side
         self._splices: dict[str, set[_Pair]] = {}  # key -> its pairs, pending or spliced
         self._rates: dict[str, Rate] = {}
@@ -92,18 +85,23 @@ class Relay:
         self._stopped: asyncio.Future[None] | None = None
 
     async def start(self) -> tuple[str, int]:
-        """Bind the public port; the address bound (port 0 picks one)."""
+        """Bind the public port, then the control socket behind it; the address bound (port
+        0 picks one)."""
         loop = asyncio.get_running_loop()
         self._stopped = loop.create_future()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # (before the ready line is said)
+            loop.add_signal_handler(sig, self.stop)
         self._server = await loop.create_server(lambda: _Front(self), self.settings.host,
                                                 self.settings.port, backlog=1024)
+        self._tmp = tempfile.TemporaryDirectory(prefix="distrib-relay-")  # (owner-only)
+        self._control_path = str(Path(self._tmp.name) / "control")
+        self.ctx = zmq.asyncio.Context()
+        self.control = Control(self.ctx, self.settings.key, self.settings.authorized,
+                               f"ipc://{self._control_path}", self._new_pair, self._revoked)
         return self.settings.host, self._server.sockets[0].getsockname()[1]
 
     async def serve(self) -> None:
         assert self._stopped is not None
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop)
         control = asyncio.ensure_future(self.control.run())
         try:
             await asyncio.wait([control, self._stopped], return_when=asyncio.FIRST_COMPLETED)
