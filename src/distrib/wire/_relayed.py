@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import sys
 import tempfile
 import threading
 import time
@@ -172,7 +173,7 @@ class RelayParty:
             pass  # (not connected: the next Register says it again)
 
     def _on_monitor(self, frames: list[bytes]) -> None:
-        event = int.from_bytes(frames[0][:2], "little")
+        event = int.from_bytes(frames[0][:2], sys.byteorder)  # (libzmq writes it native)
         if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             if self.refused is None:
                 log.error("relay %s refused this party's key %s: add it to the relay's "
