@@ -431,6 +431,53 @@ def status(timeout: float, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--listen", default="0.0.0.0:7790", show_default=True,
+              help="host:port to bind: the one port parties dial (port 0 picks one).")
+@click.option("--key", "key_file", type=click.Path(path_type=Path), required=True,
+              help="The relay's secret key (`distrib keygen relay.key`); parties are given "
+                   "its .pub.")
+@click.option("--authorized-keys", type=click.Path(path_type=Path), required=True,
+              help="Public keys of the parties (Mains and workers) that may use the relay, "
+                   "one a line; read again when it changes.")
+@click.option("--max-splices", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Most splices (relayed connections) one key may have at once.")
+@click.option("--max-rate", default=None, metavar="SIZE",
+              help="Most bytes a second the parties of one key may send through the relay, "
+                   "over all their splices, e.g. 50M (default: no cap).")
+@click.option("-v", "--verbose", is_flag=True, help="Log every registration and splice.")
+def relay(listen: str, key_file: Path, authorized_keys: Path, max_splices: int,
+          max_rate: str | None, verbose: bool) -> None:
+    """Run a relay: Mains and workers that cannot accept connections dial it and are spliced
+    to each other by public key; their CURVE sessions run through it end to end."""
+    import asyncio
+
+    from distrib.relay._daemon import RelaySettings, run
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s distrib relay: %(message)s", datefmt="%H:%M:%S")
+    host, _, port = listen.removeprefix("tcp://").rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter(f"{listen!r}: expected host:port", param_hint="--listen")
+    try:
+        key = _keys.load_secret(key_file)
+        _keys.read_authorized(authorized_keys)
+        settings = RelaySettings(host.strip("[]"), int(port), key, authorized_keys, max_splices,
+                                 None if max_rate is None else _size(max_rate, "--max-rate"))
+    except DistribError as exc:
+        raise click.UsageError(str(exc)) from None
+
+    def ready(host: str, port: int) -> None:
+        click.echo(f"distrib relay ready on {host}:{port}, public key {key.public}")
+        sys.stdout.flush()
+
+    try:
+        asyncio.run(run(settings, ready))
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise click.ClickException(f"cannot listen on {listen}: {why}") from None
+
+
+@main.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--comment", default=None, help="Text after the public key (default: user@host).")
 def keygen(path: Path, comment: str | None) -> None:
