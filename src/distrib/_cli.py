@@ -18,6 +18,7 @@ import zmq
 from distrib._values import endpoint, parse_size
 from distrib._errors import ConfigError, DistribError
 from distrib.wire import _keys
+from distrib.worker import _relaying
 
 
 def _size(text: str, option: str) -> int:
@@ -145,6 +146,7 @@ def main() -> None:
 @click.option("--main-key", multiple=True, metavar="KEY",
               help="The public key (or .pub file) of the Main of each --connect: it must "
                    "prove it, or it is not served.")
+@_relaying.options
 @click.option("--insecure", is_flag=True,
               help="Allow a non-loopback address without keys: anyone reaching it runs code.")
 @click.option("--announce", is_flag=True,
@@ -177,7 +179,7 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
            max_envs: str | None,
            key_file: Path | None,
            authorized_keys: Path | None, connect: tuple[str, ...], main_key: tuple[str, ...],
-           insecure: bool, announce: bool,
+           relay: str | None, relay_key: str | None, insecure: bool, announce: bool,
            announce_interface: tuple[str, ...], task_network: str, no_sandbox: bool,
            exit_with_parent: int | None, verbose: bool) -> None:
     """Run a worker daemon that serves Mains' tasks (or, with a command, tell a running one
@@ -264,7 +266,8 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
             max_objects_total=None if max_objects_total is None else _size(
                 max_objects_total, "--max-objects-total"), policy_file=policy_file,
             flags=flags, max_parked=max_parked, sandboxes=sandboxes,
-            task_network=task_network, connect=dials))
+            task_network=task_network, connect=dials,
+            relay=_relaying.flags(relay, relay_key, key)))
     except zmq.ZMQError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
     if announce:

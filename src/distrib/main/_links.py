@@ -31,7 +31,9 @@ from distrib.main._nested import Nested
 from distrib.main._scheduler import Scheduler, WorkerView
 from distrib.main._stats import Stats
 from distrib.wire import _messages as m
+from distrib.wire import _reach
 from distrib.wire._link import LinkCheck, LinkState, MonitorEvent
+from distrib.wire._relayed import RelayParty
 from distrib.wire._messages import RefusalCode
 
 log = logging.getLogger("distrib")
@@ -43,7 +45,7 @@ class Links:
     def __init__(self, settings: _config.Settings, ctx: zmq.Context[Any], hello: m.Hello,
                  scheduler: Scheduler, nested: Nested, stats: Stats | None,
                  warmed: threading.Event, wake: Callable[[], None], shm: bool,
-                 listener: Listener | None = None) -> None:
+                 listener: Listener | None = None, relay: RelayParty | None = None) -> None:
         self.settings = settings
         self.ctx = ctx
         self.hello = hello  # as each link says it
@@ -56,6 +58,7 @@ class Links:
         self.policy = link_policy(settings.lost_after)
         self.links: dict[str, Link] = {}
         self.listener = listener  # workers dial this Main there (None: it does not listen)
+        self.relay = relay  # "relay:KEY" workers are reached through it
         self.dialled: dict[bytes, Link] = {}  # the links of workers that dialled, by routing id
         self._ids = itertools.count()
         self._dialled_ids = itertools.count()
@@ -66,8 +69,12 @@ class Links:
 
     def add(self, worker: _config.WorkerAddress) -> Link:
         link_id = f"w{next(self._ids)}"
-        link = Link(link_id=link_id, address=worker.address,
-                    endpoint=_values.endpoint(worker.address), ctx=self.ctx,
+        endpoint = _values.endpoint(worker.address)
+        if worker.address.startswith(_reach.RELAYED):
+            # A local socket spliced through the relay to the worker's: CURVE runs end to end.
+            assert self.relay is not None and worker.public_key is not None
+            endpoint = self.relay.forward(worker.public_key, "ipc://")
+        link = Link(link_id=link_id, address=worker.address, endpoint=endpoint, ctx=self.ctx,
                     server_key=worker.public_key, key=self.settings.key)
         self.links[link_id] = link
         return link
@@ -97,6 +104,8 @@ class Links:
         if self.listener is not None:
             self.listener.close()
         self.ctx.term()
+        if self.relay is not None:
+            self.relay.close()
 
     # --- discovery ---------------------------------------------------------------------------
 
@@ -174,10 +183,10 @@ class Links:
         worker that left, told anew if it comes back)."""
         if gone is not None:
             self._peers_told.pop(gone.link_id, None)
-        # (a worker that dialled cannot be reached by the others, nor told of them: its
-        # tasks' calls go through this Main)
-        ready = [x for x in self.links.values()
-                 if x.state is LinkState.READY and not x.dialled_in]
+        # (a worker that dialled, or that is reached through the relay, cannot be reached by
+        # the others, nor told of them: its tasks' calls go through this Main)
+        ready = [x for x in self.links.values() if x.state is LinkState.READY
+                 and not x.dialled_in and not x.address.startswith(_reach.RELAYED)]
         for link in ready:
             workers = [[x.address, x.server_key or "", x.name,
                         view.slots if (view := self.scheduler.workers.get(x.link_id)) else 0]

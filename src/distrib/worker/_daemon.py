@@ -37,6 +37,7 @@ from distrib.wire._pipe_messages import Run
 from distrib.worker._core import Core
 from distrib.worker._direct import LOCAL
 from distrib.worker._dials import Dials
+from distrib.worker._relaying import Exposure
 from distrib.worker._diskwatch import DiskLimits, DiskWatcher
 from distrib.worker._events import (
     Action,
@@ -136,6 +137,8 @@ class Daemon:
             m.PROTOCOL_VERSION, self.worker_id, self.name), self.serving.receive,
             self._dial_closed)
         self.owner.on_connect = self._set_dials
+        self.relayed = None if s.relay is None or s.key is None else Exposure(
+            s.relay, s.key, self.address, self.gate.main_keys())
         self.status = StatusBuilder(self.name, self.worker_id, self.address, s.key,
                                     time.monotonic(), self.core, self.mains, self.gate,
                                     self.owner, self.executors, self.supply, self.serving,
@@ -265,6 +268,8 @@ class Daemon:
         for peer in list(self.mains):
             self._send(peer, m.Refused(RefusalCode.SHUTTING_DOWN, "worker is shutting down"))
         self.dials.close()
+        if self.relayed is not None:
+            self.relayed.close()
         self.gate.close(self.sock)
         self.sock.close(linger=2000)  # (the last results and goodbyes still go out)
         self.ctx.term()
@@ -446,6 +451,8 @@ class Daemon:
         self.status.tick(now)
         if self.gate.reload():
             self.serving.quotas_changed()
+            if self.relayed is not None:
+                self.relayed.allow(self.gate.main_keys())
         parent = self.settings.exit_with_parent
         if parent is not None and os.getppid() != parent:
             log.info("parent process %d is gone; stopping", parent)
