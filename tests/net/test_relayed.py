@@ -211,3 +211,36 @@ def test_a_relay_started_again_gets_its_parties_back(
             if stream is not None:
                 stream.close()
     assert re.search(r"relay .* stopped answering|lost the connection to relay", worker.log())
+
+
+def test_auto_calls_go_direct_where_they_can_and_through_the_main_where_they_cannot(
+        nat: Network, start_worker, workspace: Workspace, tmp_path: Path,
+        keys: dict[str, KeyPair]) -> None:
+    # The Main dials a worker on its own LAN and one on the public side, which authorize each
+    # other: the LAN's worker can send calls to the public one, not the other way round.
+    from tests.net.test_redistribution import TREE
+
+    public = nat.add("public")
+    _, lan_a = nat.add_nat("a", "192.168.77")
+    both = tmp_path / "both.authorized"
+    both.write_text("".join(f"{keys[n].public} {n}\n" for n in ("main", "a1", "p")))
+    workers = {
+        name: start_worker(name=name, listen=f"{host.address}:7070", prefix=tuple(host.cmd()),
+                           extra=("--key", str(tmp_path / f"{name}.key"), "--authorized-keys",
+                                  str(both)))
+        for name, host in (("a1", lan_a), ("p", public))}
+    unreachable(public, lan_a.address, "7070")
+    workspace.write("main.py", TREE)
+    out = run_in(lan_a, workspace, "main.py", {
+        "DISTRIB_KEY": str(tmp_path / "main.key"), "DISTRIB_REDISTRIBUTION": "auto",
+        "DISTRIB_WORKERS": f"{lan_a.address}:7070 {keys['a1'].public},"
+                           f"{public.address}:7070 {keys['p'].public}"}, "2", "0.02")
+    logs = out.stderr + "".join(w.log() for w in workers.values())
+    assert out.returncode == 0, logs
+    assert out.stdout.splitlines()[0] == "LEAVES 100 True", logs
+    assert "Error" not in out.stderr, logs
+    # a1 sent calls to p itself; p's calls went through the Main (CALLS), with no error.
+    assert "to worker p directly" in workers["a1"].log(), logs
+    calls = int(out.stdout.splitlines()[1].split()[1])
+    assert calls > 0, out.stdout
+    assert "did not prove" not in workers["p"].log() and "WorkerLost" not in logs, logs
