@@ -25,7 +25,7 @@ from distrib import _config, _values
 from distrib._errors import WorkerLost
 from distrib.main import _discovery
 from distrib.main._health import link_policy
-from distrib.main._link import Link
+from distrib.main._link import PING_EVERY, Link
 from distrib.main._listener import Listener
 from distrib.main._nested import Nested
 from distrib.main._scheduler import Scheduler, WorkerView
@@ -176,6 +176,21 @@ class Links:
                                        unable=msg.environment,
                                        memory_limit=msg.memory_limit))
         self.tell_peers()
+        link.round_trips.clear()
+        self.ping(link, time.monotonic())  # (its round trip sizes what it is sent ahead)
+
+    def ping(self, link: Link, now: float) -> None:
+        link.pinged = now
+        link.send(m.Ping(now))
+
+    def on_pong(self, link: Link, msg: m.Pong) -> None:
+        """A round trip of ``link`` measured: the scheduler sends it enough tasks ahead."""
+        took = time.monotonic() - msg.sent
+        view = self.scheduler.workers.get(link.link_id)
+        if view is None or not 0 <= took < self.policy.lost_after:  # (not a Ping of ours)
+            return
+        link.round_trips.append(took)
+        view.round_trip = min(link.round_trips)
 
     def tell_peers(self, gone: Link | None = None) -> None:
         """Each worker hears of the others (``Peers``): its tasks' calls may go to them
@@ -312,6 +327,8 @@ class Links:
                 self.lose(link, LinkState.LOST, f"was silent for {lost_after:.0f} s")
             elif check is LinkCheck.HEARTBEAT:
                 link.send(m.Heartbeat())
+            if link.state is LinkState.READY and now - link.pinged >= PING_EVERY:
+                self.ping(link, now)
             elif check is LinkCheck.CONNECT:
                 self.connect(link, now)
             elif check is LinkCheck.SLOW and not link.dialled_in and \
