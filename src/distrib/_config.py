@@ -120,7 +120,8 @@ def _worker(name: str, item: Any) -> WorkerAddress:
         worker = item
     elif isinstance(item, str):  # "host:port", or "host:port <key>" with a .pub comment or not
         address, *key = item.split(maxsplit=1) or [""]
-        worker = WorkerAddress(address, key[0] if key else None)
+        relayed = address.startswith(_reach.RELAYED)  # ("relay:KEY", a .pub line's comment)
+        worker = WorkerAddress(address, key[0] if key and not relayed else None)
     elif isinstance(item, tuple) and len(item) == 2 and all(isinstance(x, str) for x in item):
         worker = WorkerAddress(item[0], item[1])
     elif isinstance(item, dict):
