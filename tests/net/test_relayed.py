@@ -21,7 +21,7 @@ from distrib.wire import _keys
 from distrib.wire._keys import KeyPair
 from tests.helpers import PYTHON, Workspace, stop_process, wait_for
 from tests.net.netns import Host, Network
-from tests.net.test_hosts import run_in
+from tests.net.test_hosts import run_in, status_json
 from tests.net.test_nat import CONNECT, SCRIPT
 
 RELAY_PORT = "7790"
@@ -116,6 +116,11 @@ def test_a_main_behind_nat_reaches_a_worker_behind_another_nat_through_the_relay
     assert out.returncode == 0, out.stderr + worker.log()
     assert out.stdout.splitlines() == [f"SUM {[2 * x + 1 for x in range(12)]}", "TREE 4"]
     assert "refused" not in worker.log()
+    # The worker's status says where it is registered.
+    row, = status_json(lan_a, {"DISTRIB_KEY": str(tmp_path / "main.key"),
+                               "DISTRIB_WORKERS": f"127.0.0.1:7070 {keys['a1'].public}"})
+    assert row["relay"]["relay"] == f"{relay.address}:{RELAY_PORT}", row
+    assert row["relay"]["registered"] and not row["relay"]["refused"], row
 
 
 MIXED = SCRIPT.replace('print("TREE", tree(2).unwrap())', '''print("TREE", tree(3).unwrap())

@@ -142,7 +142,7 @@ class Daemon:
         self.status = StatusBuilder(self.name, self.worker_id, self.address, s.key,
                                     time.monotonic(), self.core, self.mains, self.gate,
                                     self.owner, self.executors, self.supply, self.serving,
-                                    self.calls, self.dials)
+                                    self.calls, self.dials, self.relayed)
         # What each asks of another, built after it:
         self.executors.builds = self.supply.envs.pids
         self.executors.on_call = self.calls.on_call
