@@ -111,7 +111,7 @@ def main() -> None:
                    "outside them, as --when-idle says (default: finish).")
 @click.option("--policy", "policy_file", type=click.Path(path_type=Path), default=None,
               help="A TOML file of these settings (threads, max_task_memory, max_memory, "
-                   "max_task_disk, nice, when_idle, idle_load, hours, connect), over the "
+                   "max_task_disk, nice, when_idle, idle_load, hours, connect, relay), over the "
                    "flags; read again when it changes or on SIGHUP, and applied while the "
                    "worker runs.")
 @click.option("--idle-executors", type=click.FloatRange(min=0), default=300.0,
@@ -225,7 +225,7 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
             nice, when_idle, idle_load,
             None if hours is None else _policy.Hours.parse(hours, "--hours"),
             None if max_task_disk is None else _size(max_task_disk, "--max-task-disk"),
-            dials)
+            dials, _relaying.flags(relay, relay_key, key))
         policy = flags if policy_file is None else _policy.read(policy_file, flags)
     except DistribError as exc:
         raise click.UsageError(str(exc)) from None
@@ -266,8 +266,7 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
             max_objects_total=None if max_objects_total is None else _size(
                 max_objects_total, "--max-objects-total"), policy_file=policy_file,
             flags=flags, max_parked=max_parked, sandboxes=sandboxes,
-            task_network=task_network, connect=dials,
-            relay=_relaying.flags(relay, relay_key, key)))
+            task_network=task_network, connect=dials))
     except zmq.ZMQError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
     if announce:

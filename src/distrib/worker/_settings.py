@@ -37,4 +37,3 @@ class WorkerSettings:
     sandboxes: Sandboxes | None = None  # how executors' sandboxes are built (None: none)
     task_network: str = "none"  # what sandboxed tasks may reach: none, loopback, all
     connect: tuple[tuple[str, str], ...] = ()  # the Mains it dials: (host:port, their key)
-    relay: tuple[str, str] | None = None  # reached through this relay: (host:port, its key)
