@@ -89,11 +89,11 @@ def ahead(slots: int, rate: float, round_trip: float, extra: int = 16) -> int:
     A finished task's replacement arrives a round trip after the task ends (its result goes
     to the Main, the next task comes back); meanwhile the worker finishes ``rate`` x
     ``round_trip`` more (``rate``: its slots over a task's duration, as measured). Twice that
-    is queued: a rate measured while the queue was too short is at least half of what a
-    queue twice as deep allows, so the depth grows to the worker's whole rate within a few
-    observations. Two rounds of its slots at least (a round trip as long as a task), and
-    ~20 ms of tasks more, so tiny tasks travel in large batches instead of a message per
-    handful.
+    is queued: a rate held back by a queue too short is what that queue allows, and a queue
+    sized at twice the rate allows twice as much, so the depth doubles at each observation
+    until the slots are busy. Two rounds of its slots at least (a round trip as long as a
+    task), and ~20 ms of tasks more, so tiny tasks travel in large batches instead of a
+    message per handful.
     """
     return min(max(2 * slots, extra, int(rate * (0.02 + 2 * round_trip))), MAX_QUEUED)
 
