@@ -398,8 +398,7 @@ def status(timeout: float, as_json: bool) -> None:
         raise click.ClickException(
             f"no workers configured ({settings.source}): set DISTRIB_WORKERS, add [[workers]] "
             "to distrib.toml, or turn on [discovery]")
-    answers = [_status.query_measured(a, k, settings.key, timeout, src)
-               for a, k, src in targets]
+    answers = _status.query_all(targets, settings, timeout)
     if as_json:
         click.echo(json.dumps([{"address": s.address, "source": s.source, "problem": s.problem,
                                 **s.info} for s in answers], indent=2))

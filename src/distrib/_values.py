@@ -9,6 +9,7 @@ from typing import Any
 
 from distrib._errors import ConfigError
 
+
 def endpoint(address: str) -> str:
     """Turn ``host:port`` into a ZeroMQ endpoint; pass ``tcp://`` and ``ipc://`` through."""
     if address.startswith(("tcp://", "ipc://", "relay:")):  # (relay:KEY: see wire._reach)

@@ -116,9 +116,10 @@ def test_a_main_behind_nat_reaches_a_worker_behind_another_nat_through_the_relay
     assert out.returncode == 0, out.stderr + worker.log()
     assert out.stdout.splitlines() == [f"SUM {[2 * x + 1 for x in range(12)]}", "TREE 4"]
     assert "refused" not in worker.log()
-    # The worker's status says where it is registered.
-    row, = status_json(lan_a, {"DISTRIB_KEY": str(tmp_path / "main.key"),
-                               "DISTRIB_WORKERS": f"127.0.0.1:7070 {keys['a1'].public}"})
+    # `distrib status` on LAN B asks the worker through the relay; it says where it is
+    # registered.
+    row, = status_json(lan_b, relay_env(tmp_path, relay, keys, [f"relay:{keys['a1'].public}"]))
+    assert row["name"] == "a1" and row["address"] == f"relay:{keys['a1'].public}", row
     assert row["relay"]["relay"] == f"{relay.address}:{RELAY_PORT}", row
     assert row["relay"]["registered"] and not row["relay"]["refused"], row
 

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -33,8 +33,10 @@ from distrib.main._stats import Stats
 from distrib.wire import _messages as m
 from distrib.wire import _reach
 from distrib.wire._link import LinkCheck, LinkState, MonitorEvent
-from distrib.wire._relayed import RelayParty
 from distrib.wire._messages import RefusalCode
+
+if TYPE_CHECKING:  # (imported where a relay is used: it brings asyncio)
+    from distrib.wire._relayed import RelayParty
 
 log = logging.getLogger("distrib")
 
@@ -327,8 +329,6 @@ class Links:
                 self.lose(link, LinkState.LOST, f"was silent for {lost_after:.0f} s")
             elif check is LinkCheck.HEARTBEAT:
                 link.send(m.Heartbeat())
-            if link.state is LinkState.READY and now - link.pinged >= PING_EVERY:
-                self.ping(link, now)
             elif check is LinkCheck.CONNECT:
                 self.connect(link, now)
             elif check is LinkCheck.SLOW and not link.dialled_in and \
@@ -337,3 +337,5 @@ class Links:
                 log.warning("worker %s has not answered for %.0f s (is a worker running at "
                             "that address, and reachable from here?); still trying",
                             link.label, now - link.since)
+            if link.state is LinkState.READY and now - link.pinged >= PING_EVERY:
+                self.ping(link, now)  # (its round trip, measured again)

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import zmq
@@ -41,8 +41,10 @@ from distrib.main._stats import Stats, snapshot
 from distrib.wire import _facts, _reach
 from distrib.wire import _messages as m
 from distrib.wire._limits import MAX_MESSAGE_BYTES, MAX_PAYLOAD_BYTES
-from distrib.wire._relayed import RelayParty
 from distrib.workspace._manifest import Distribution
+
+if TYPE_CHECKING:
+    from distrib.wire._relayed import RelayParty
 
 log = logging.getLogger("distrib")
 
@@ -260,6 +262,8 @@ def _relay(settings: _config.Settings) -> RelayParty | None:
     if settings.relay is None or not any(w.address.startswith(_reach.RELAYED)
                                          for w in settings.workers):
         return None
+    from distrib.wire._relayed import RelayParty  # (asyncio: only where a relay is used)
+
     assert settings.relay_key is not None and settings.key is not None
     return RelayParty(settings.relay, settings.relay_key, settings.key).start()
 

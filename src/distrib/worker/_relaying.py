@@ -18,7 +18,6 @@ import click
 from distrib._errors import ConfigError
 from distrib.wire import _reach
 from distrib.wire._keys import KeyPair
-from distrib.wire._relayed import RelayParty
 
 log = logging.getLogger("distrib.worker")
 
@@ -64,6 +63,8 @@ class Exposure:
 
     def __init__(self, relay: tuple[str, str], key: KeyPair, address: str,
                  allowed: frozenset[str] | None) -> None:
+        from distrib.wire._relayed import RelayParty  # (not for the command line's start)
+
         self.party = RelayParty(relay[0], relay[1], key)
         self.target = local(address)
         self.allowed = allowed
