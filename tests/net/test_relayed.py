@@ -19,7 +19,7 @@ import pytest
 
 from distrib.wire import _keys
 from distrib.wire._keys import KeyPair
-from tests.helpers import PYTHON, Workspace, stop_process, wait_for
+from tests.helpers import PYTHON, REPO, Workspace, stop_process, wait_for
 from tests.net.netns import Host, Network
 from tests.net.test_hosts import run_in, status_json
 from tests.net.test_nat import CONNECT, SCRIPT
@@ -90,6 +90,15 @@ def relay_env(tmp_path: Path, relay: Host, keys: dict[str, KeyPair],
             "DISTRIB_RELAY_KEY": keys["relay"].public, "DISTRIB_WORKERS": ",".join(workers)}
 
 
+def seed(host: Host, workspace: Workspace, env: dict[str, str]) -> None:
+    """The seed example (examples/sleep_sum.py) runs on ``host`` with ``env``'s workers."""
+    shutil.copy(REPO / "examples" / "sleep_sum.py", workspace.root)
+    out = run_in(host, workspace, "sleep_sum.py", {**env, "DEMO_COUNT": "24",
+                                                   "DEMO_SLEEP": "0.05"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str([2 * x + 1 for x in range(24)])
+
+
 def unreachable(host: Host, address: str, port: str) -> None:
     tried = subprocess.run(host.cmd(PYTHON, "-c", CONNECT, address, port),
                            capture_output=True, text=True, timeout=60)
@@ -116,6 +125,7 @@ def test_a_main_behind_nat_reaches_a_worker_behind_another_nat_through_the_relay
     assert out.returncode == 0, out.stderr + worker.log()
     assert out.stdout.splitlines() == [f"SUM {[2 * x + 1 for x in range(12)]}", "TREE 4"]
     assert "refused" not in worker.log()
+    seed(lan_b, workspace, relay_env(tmp_path, relay, keys, [f"relay:{keys['a1'].public}"]))
     # `distrib status` on LAN B asks the worker through the relay; it says where it is
     # registered.
     row, = status_json(lan_b, relay_env(tmp_path, relay, keys, [f"relay:{keys['a1'].public}"]))
@@ -164,6 +174,7 @@ def test_direct_dialling_and_relayed_workers_in_one_run(
     lines = out.stdout.splitlines()
     assert lines[:2] == [f"SUM {[2 * x + 1 for x in range(12)]}", "TREE 8"], logs
     assert lines[2] == "WORKERS ['a1', 'a2', 'p']", logs
+    seed(relay, workspace, env)
 
 
 RESTART = """
