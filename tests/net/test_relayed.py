@@ -75,9 +75,9 @@ def start_relay(tmp_path: Path) -> Iterator[Callable[[Host], subprocess.Popen[st
 
 
 def relayed_worker(start_worker, host: Host, tmp_path: Path, name: str, relay: Host,
-                   keys: dict[str, KeyPair]):
-    """A worker on a LAN, listening on its own loopback, reached only through ``relay``."""
-    return start_worker(name=name, listen="127.0.0.1:7070", prefix=tuple(host.cmd()), extra=(
+                   keys: dict[str, KeyPair], listen: str = "127.0.0.1:7070"):
+    """A worker on a LAN (listening on its own loopback), reached only through ``relay``."""
+    return start_worker(name=name, listen=listen, prefix=tuple(host.cmd()), extra=(
         "--key", str(tmp_path / f"{name}.key"), "--authorized-keys",
         str(tmp_path / "mains.authorized"), "--relay", f"{relay.address}:{RELAY_PORT}",
         "--relay-key", keys["relay"].public))
@@ -112,13 +112,19 @@ def test_a_main_behind_nat_reaches_a_worker_behind_another_nat_through_the_relay
     router_a, lan_a = nat.add_nat("a", "192.168.77")
     router_b, lan_b = nat.add_nat("b", "192.168.78")
     start_relay(relay)
-    worker = relayed_worker(start_worker, lan_a, tmp_path, "a1", relay, keys)
+    # (listening on its LAN address: its router can connect to it, nobody outside can)
+    worker = relayed_worker(start_worker, lan_a, tmp_path, "a1", relay, keys,
+                            listen=f"{lan_a.address}:7070")
     wait_for(lambda: "registered at relay" in worker.log(), 60, "the worker to register")
     # Neither LAN can be entered from the public side, nor from the other LAN.
-    subprocess.run(relay.cmd("ip", "route", "add", "192.168.77.0/24", "via", router_a.address),
-                   check=True, capture_output=True, timeout=30)
-    unreachable(relay, lan_a.address, "7070")
-    unreachable(lan_b, router_a.address, "7070")
+    for host in (relay, router_b):
+        subprocess.run(host.cmd("ip", "route", "add", "192.168.77.0/24", "via",
+                                router_a.address), check=True, capture_output=True, timeout=30)
+    tried = subprocess.run(router_a.cmd(PYTHON, "-c", CONNECT, lan_a.address, "7070"),
+                           capture_output=True, text=True, timeout=60)
+    assert tried.stdout.startswith("CONNECTED"), tried.stdout + tried.stderr
+    for host in (relay, router_b, lan_b):
+        unreachable(host, lan_a.address, "7070")
     workspace.write("main.py", SCRIPT)
     out = run_in(lan_b, workspace, "main.py",
                  relay_env(tmp_path, relay, keys, [f"relay:{keys['a1'].public}"]))
@@ -129,7 +135,7 @@ def test_a_main_behind_nat_reaches_a_worker_behind_another_nat_through_the_relay
     # `distrib status` on LAN B asks the worker through the relay; it says where it is
     # registered.
     row, = status_json(lan_b, relay_env(tmp_path, relay, keys, [f"relay:{keys['a1'].public}"]))
-    assert row["name"] == "a1" and row["address"] == "tcp://127.0.0.1:7070", row  # (its own)
+    assert row["name"] == "a1" and row["address"] == f"tcp://{lan_a.address}:7070", row
     assert row["relay"]["relay"] == f"{relay.address}:{RELAY_PORT}", row
     assert row["relay"]["registered"] and not row["relay"]["refused"], row
 
@@ -144,7 +150,13 @@ MIXED = SCRIPT.replace('print("TREE", tree(2).unwrap())', '''print("TREE", tree(
             if len(seen) == 3:
                 break
             time.sleep(0.1)
-        print("WORKERS", sorted(seen))''')
+        print("WORKERS", sorted(seen))
+        from distrib.main import _current
+        views = _current._session.scheduler.workers.values()
+        deadline = time.monotonic() + 30
+        while not all(v.round_trip for v in views) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print("MEASURED", sorted(v.name for v in views if v.round_trip))''')
 
 
 def test_direct_dialling_and_relayed_workers_in_one_run(
@@ -174,6 +186,7 @@ def test_direct_dialling_and_relayed_workers_in_one_run(
     lines = out.stdout.splitlines()
     assert lines[:2] == [f"SUM {[2 * x + 1 for x in range(12)]}", "TREE 8"], logs
     assert lines[2] == "WORKERS ['a1', 'a2', 'p']", logs
+    assert lines[3] == "MEASURED ['a1', 'a2', 'p']", logs  # (each link's round trip)
     seed(relay, workspace, env)
 
 
