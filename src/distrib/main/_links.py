@@ -272,7 +272,10 @@ class Links:
                             "elsewhere", link.label)
                 self.lose(link, LinkState.LOST, "closed the connection")
             return
-        if link.state is LinkState.AUTH_FAILED:
+        if link.state is LinkState.AUTH_FAILED or self.relay_refuses(link):
+            return
+        if event is MonitorEvent.KEY_UNPROVEN and link.address.startswith(_reach.RELAYED):
+            self.unspliced(link)
             return
         if event is MonitorEvent.KEY_REFUSED:
             mine = self.settings.key.public if self.settings.key else "(none)"
@@ -312,6 +315,34 @@ class Links:
         self.tell_peers(gone=link)
         self.warmed.set()  # (no executors ahead: its Welcome or calls say why)
 
+    def unspliced(self, link: Link) -> None:
+        """The splice to a relayed worker closed in the handshake: the worker is not
+        registered at the relay (not started yet, or the relay restarted), or its owner does
+        not authorize this Main's key. Not an answer about keys: tried again, tasks wait."""
+        assert self.relay is not None
+        if ("unspliced", link.link_id) not in self._warned:
+            self._warned.add(("unspliced", link.link_id))
+            log.warning("worker %s cannot be reached through relay %s (is it registered "
+                        "there, and does it authorize this Main's key?); still trying",
+                        link.label, self.relay.relay)
+        self.lose(link, LinkState.LOST, f"cannot be reached through relay {self.relay.relay}")
+
+    def relay_refuses(self, link: Link) -> bool:
+        """The relay refused this Main's key: ``link``, reached through it, cannot be made
+        (its tasks fail with ``AuthError`` when no other worker can take them)."""
+        relay = self.relay
+        if relay is None or not relay.refused or link.state is not LinkState.CONNECTING or \
+                not link.address.startswith(_reach.RELAYED):
+            return False
+        mine = self.settings.key.public if self.settings.key else "(none)"
+        reason = (f"relay {relay.relay} refused this Main's key {mine}: its owner must add "
+                  "this Main's public key (its .pub line) to the relay's authorized keys")
+        if ("relay", reason) not in self._warned:
+            self._warned.add(("relay", reason))
+            log.warning("%s", reason)
+        self.lose(link, LinkState.AUTH_FAILED, reason)
+        return True
+
     def tick(self, now: float) -> None:
         """Heartbeats, silent workers lost, failed links tried again (``_health``)."""
         lost_after = self.policy.lost_after
@@ -322,6 +353,8 @@ class Links:
             if link.dialled_in and check is LinkCheck.SLOW and now - link.since > lost_after:
                 log.info("worker %s dialled in and did not answer Hello: dropped", link.label)
                 self.lose(link, LinkState.LOST, "did not answer")
+                continue
+            if self.relay_refuses(link):
                 continue
             if check is LinkCheck.LOSE:
                 log.warning("worker %s is silent for %.0f s: declared lost; its tasks go "
