@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 # pyzmq registers an atexit hook that stops its buffer collector, on first import of this
@@ -65,6 +66,12 @@ def slot_figures() -> tuple[int, int]:
     return figures.busy, figures.offered
 
 
+# Set by the API layer (``distrib._cluster``): a session's settings for a launched cluster,
+# and what launches it once the session listens. (``main`` does not import ``launch``.)
+launcher: Callable[[_config.Settings], tuple[_config.Settings,
+                                             Callable[[Session], None]]] | None = None
+
+
 def _start_implicitly() -> Session | None:
     global _session
     with _lock:
@@ -90,8 +97,19 @@ def init(overrides: _config.Overrides) -> Session:
 def _start(overrides: _config.Overrides) -> Session:
     script = main_file()
     settings = _config.load(None, overrides, script.parent if script else None)
+    launch = None
+    if settings.cluster is not None:
+        if launcher is None:
+            raise ConfigError("a [cluster] needs `import distrib` (its launchers)")
+        settings, launch = launcher(settings)
     session = Session(settings, script)
     atexit.register(shutdown)
+    if launch is not None:
+        try:
+            launch(session)
+        except BaseException:
+            session.close()
+            raise
     return session
 
 
