@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from distrib.wire import _keys
 from tests.helpers import PYTHON, Workspace, ended, finish, wait_for
 from tests.net import sshd
 from tests.net.netns import Host, Network
@@ -156,3 +157,56 @@ def test_unreachable_and_pythonless_hosts_are_named_the_others_work(
     assert len(bare_lines) == 1 and "no Python 3.11 there" in bare_lines[0], err
     assert len(gone_lines) == 1 and "no worker started" in gone_lines[0], err
     assert "timed out" in gone_lines[0] or "No route" in gone_lines[0], err
+
+
+UP_SCRIPT = """
+    from distrib import distributed
+
+    @distributed
+    def triple(x):
+        return 3 * x
+
+    if __name__ == "__main__":
+        responses = triple.map(range(10))
+        print("TRIPLES", [r.unwrap(timeout=120) for r in responses])
+        print("WORKERS", sorted({r.worker for r in responses}))
+    """
+
+
+@pytest.mark.timeout(300)
+def test_distrib_up_ssh_serves_each_run_of_the_script(
+        network: Network, ssh_hosts: sshd.SSHHosts, workspace: Workspace,
+        shared_cache: Path, tmp_path: Path) -> None:
+    main = _main(network, workspace, shared_cache)
+    names = [ssh_hosts.add(network.add(f"lab{i}")) for i in (1, 2)]
+    workspace.write("up.py", UP_SCRIPT)
+    key = tmp_path / "main.key"
+    _keys.write(key, _keys.generate())
+    workspace.write("distrib.toml", f"""
+        [main]
+        key = "{key}"
+        listen = "127.0.0.1:7788"
+        authorized_workers = "workers.authorized"
+        """)
+    (workspace.root / "workers.authorized").write_text("")
+    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir)}
+    # (the workspace's main.py imports numpy: sent along, the hosts having no index)
+    up = subprocess.Popen(main.cmd(PYTHON, "-m", "distrib", "up", "ssh", *names, "--threads",
+                                   "2", "--package", "numpy",
+                                   "--ssh-config", str(ssh_hosts.config)),
+                          cwd=workspace.root, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    with ended(up):
+        assert up.stdout is not None
+        said = [up.stdout.readline(), up.stdout.readline()]
+        assert sorted(line.split(":")[0] for line in said) == names, said
+        for _ in range(2):  # two runs of the script, served by the same workers
+            run = subprocess.run(main.cmd(PYTHON, "up.py"), cwd=workspace.root, env=env,
+                                 capture_output=True, text=True, timeout=180)
+            assert run.returncode == 0, run.stderr
+            assert f"TRIPLES {[3 * x for x in range(10)]}" in run.stdout, run.stdout
+        up.send_signal(signal.SIGTERM)
+        up.wait(60)
+    assert up.returncode == 0
+    for name in names:
+        wait_for(lambda: not ssh_hosts.sessions(name), 10, f"{name}'s session to end")

@@ -266,9 +266,11 @@ class SSHLaunch:
                 log.info("%s: %s", host.name, line)
 
     def _authorize(self, authorized: Path, host: Host) -> None:
-        with self._lock, open(authorized, "a") as out:
-            out.write(f"{host.key} {split_host(host.name)[0]}\n")
-            out.flush()
+        with self._lock:
+            if host.key in authorized.read_text().split():  # (a standing file: once is enough)
+                return
+            with open(authorized, "a") as out:
+                out.write(f"{host.key} {split_host(host.name)[0]}\n")
             # A new, distinct time: the Main rereads the file when its time changes.
             stamp = max(time.time_ns(), self._last_mtime + 1_000_000)
             self._last_mtime = stamp
