@@ -15,18 +15,22 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from distrib import _config
+from distrib import _runtime
 from distrib._errors import ConfigError, LaunchError
 from distrib.launch import SSH, Target
-from distrib.main import _current
-from distrib.main._session import Session
-from distrib.wire import _keys
+
+if TYPE_CHECKING:  # (imported when a session starts: `import distrib` stays light)
+    from distrib import _config
+    from distrib.main._session import Session
 
 JOIN_SECONDS = 30.0  # the longest init() waits for started workers to join
 
 
 def _spec(cluster: object) -> SSH:
+    from distrib import _config
+
     if isinstance(cluster, SSH):
         return cluster
     if isinstance(cluster, _config.SSHCluster):
@@ -37,6 +41,8 @@ def _spec(cluster: object) -> SSH:
 
 def prepare(settings: _config.Settings) -> tuple[_config.Settings, Callable[[Session], None]]:
     """Settings for a Main whose workers are launched, and what launches them once it runs."""
+    from distrib.wire import _keys
+
     spec = _spec(settings.cluster)
     folder = Path(tempfile.mkdtemp(prefix="distrib-cluster-"))  # (mode 0700)
     key = settings.key
@@ -78,4 +84,4 @@ def prepare(settings: _config.Settings) -> tuple[_config.Settings, Callable[[Ses
     return ready, launch
 
 
-_current.launcher = prepare
+_runtime.launcher = prepare

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from distrib._errors import ConfigError
-from distrib.launch._ssh import SSHLaunch, Target
+from distrib.launch._target import Target
 
-__all__ = ["SSH", "SSHLaunch", "Target"]
+if TYPE_CHECKING:
+    from distrib.launch._ssh import SSHLaunch
+
+__all__ = ["SSH", "Target"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class SSH:
 
     def launch(self, target: Target) -> SSHLaunch:
         """Start a worker on each host; return once each is ready or has failed."""
+        from distrib.launch._ssh import SSHLaunch  # (imported when used: `import distrib`)
+
         launch = SSHLaunch(self.hosts, self.threads, self.ssh_config, self.ssh_options,
                            self.worker_args, self.timeout)
         launch.start(target)

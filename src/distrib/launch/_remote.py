@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -122,7 +123,8 @@ def main() -> None:
         root.mkdir(parents=True, exist_ok=True)
         store = root / "wheels"
         have = sorted(p.name for p in store.iterdir()) if store.is_dir() else []
-        say(hello={"have": have, "python": sys.version.split()[0]})
+        say(hello={"have": have, "python": sys.version.split()[0],
+                   "platform": f"{sys.platform} {platform.machine()}"})
         order = read_line(stdin)
         wheels = receive_wheels(stdin, root, order["wheels"], set(have))
         venv = root / "venvs" / order["venv"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import re
 import shlex
 import subprocess
@@ -33,6 +34,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from distrib.launch import _wheels
+    from distrib.launch._target import Target
 
 
 log = logging.getLogger("distrib")
@@ -83,17 +85,6 @@ class Host:
     port: int = 0  # the reverse tunnel's port on the host
     allocated: threading.Event = field(default_factory=threading.Event)
     stderr: list[str] = field(default_factory=list)  # ssh's last lines, for the problem
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where launched workers dial, and how they are let in."""
-
-    port: int  # the Main listens on 127.0.0.1:port
-    main_key: str  # the Main's public key (the workers check it)
-    authorized: Path  # the Main's authorized workers: each launched worker's key goes there
-    cache: Path  # the Main's cache folder (wheels are built there)
-    packages: tuple[str, ...] = ()  # the workspace's packages, sent as wheels too
 
 
 class SSHLaunch:
@@ -201,6 +192,11 @@ class SSHLaunch:
         stdin.flush()
         hello = self._answer(host, proc.stdout)
         if hello is None:
+            return
+        here = f"{sys.platform} {platform.machine()}"
+        if hello["hello"]["platform"] != here:  # (the wheels sent are this machine's)
+            host.problem = (f"it is {hello['hello']['platform']}, this Main {here}: launched "
+                            "hosts need the Main's platform")
             return
         have = set(hello["hello"]["have"])
         wheels = own + extra

@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-from collections.abc import Callable
 from typing import Any
 
 # pyzmq registers an atexit hook that stops its buffer collector, on first import of this
@@ -20,7 +19,7 @@ from typing import Any
 # and the session says goodbye to its workers while pyzmq can still send.
 import zmq.utils.garbage  # noqa: F401
 
-from distrib import _config
+from distrib import _config, _runtime
 from distrib._errors import Cancelled, ConfigError
 from distrib._response import Response
 from distrib.main._session import Session
@@ -66,12 +65,6 @@ def slot_figures() -> tuple[int, int]:
     return figures.busy, figures.offered
 
 
-# Set by the API layer (``distrib._cluster``): a session's settings for a launched cluster,
-# and what launches it once the session listens. (``main`` does not import ``launch``.)
-launcher: Callable[[_config.Settings], tuple[_config.Settings,
-                                             Callable[[Session], None]]] | None = None
-
-
 def _start_implicitly() -> Session | None:
     global _session
     with _lock:
@@ -99,9 +92,9 @@ def _start(overrides: _config.Overrides) -> Session:
     settings = _config.load(None, overrides, script.parent if script else None)
     launch = None
     if settings.cluster is not None:
-        if launcher is None:
+        if _runtime.launcher is None:
             raise ConfigError("a [cluster] needs `import distrib` (its launchers)")
-        settings, launch = launcher(settings)
+        settings, launch = _runtime.launcher(settings)
     session = Session(settings, script)
     atexit.register(shutdown)
     if launch is not None:
