@@ -445,54 +445,7 @@ def keygen(path: Path, comment: str | None) -> None:
     click.echo(f"secret key: {path}\npublic key: {path}.pub\n{pair.public}")
 
 
-@main.group()
-def up() -> None:
-    """Start workers elsewhere that dial this machine's Main (see `distrib up ssh`)."""
+from distrib._cli_up import down, up  # noqa: E402  (the launchers' commands)
 
-
-@up.command("ssh")
-@click.argument("hosts", nargs=-1, required=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Slots per worker (default: each host's cores).")
-@click.option("--ssh-config", default=None, help="A config file for `ssh -F`.")
-@click.option("--package", "packages", multiple=True, metavar="NAME",
-              help="An installed package to send as wheels too, for hosts with no package "
-                   "index (repeatable).")
-@click.option("--worker-arg", "worker_args", multiple=True, metavar="FLAG",
-              help="A flag for `distrib worker` there, e.g. --worker-arg=--no-sandbox.")
-def up_ssh(hosts: tuple[str, ...], threads: int | None, ssh_config: str | None,
-           packages: tuple[str, ...], worker_args: tuple[str, ...]) -> None:
-    """Start a worker on each SSH host (user@host, host:port, or a name from ~/.ssh/config),
-    dialling this machine's Main through the session's reverse tunnel: the Main's [main]
-    listen, key and authorized_workers (where the workers' keys are added). They stay up,
-    serving each run of the script, until this command ends (Ctrl-C)."""
-    import signal
-
-    from distrib import _config
-    from distrib.launch import SSH, Target
-
-    try:
-        settings = _config.load()
-        if settings.listen is None or settings.listen.endswith(":0") \
-                or settings.key is None or settings.authorized_workers is None:
-            raise ConfigError(
-                f"{settings.source}: `distrib up` needs the Main's [main] listen (e.g. "
-                "\"127.0.0.1:7788\"), key and authorized_workers")
-        target = Target(int(settings.listen.rpartition(":")[2]), settings.key.public,
-                        settings.authorized_workers, settings.cache_dir, packages)
-        logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                            format="distrib: %(message)s")
-        launch = SSH(hosts, threads, ssh_config, (), worker_args).launch(target)
-    except DistribError as exc:
-        raise click.ClickException(str(exc)) from None
-    for host in launch.ready():
-        click.echo(f"{host.name}: {host.ready}")
-    if not launch.ready():
-        raise click.ClickException("no worker started")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        signal.pause()
-    except (KeyboardInterrupt, SystemExit):
-        pass
-    finally:
-        launch.stop()
+main.add_command(up)
+main.add_command(down)

@@ -210,3 +210,58 @@ def test_distrib_up_ssh_serves_each_run_of_the_script(
     assert up.returncode == 0
     for name in names:
         wait_for(lambda: not ssh_hosts.sessions(name), 10, f"{name}'s session to end")
+
+
+def _lasting(ssh_hosts: sshd.SSHHosts) -> list[psutil.Process]:
+    """The lasting workers started on the test's hosts (no longer children of any sshd)."""
+    caches = [str(c) for c in ssh_hosts.caches.values()]
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        line = " ".join(p.info["cmdline"] or ())
+        if "lasting.authorized" in line and any(c in line for c in caches):
+            found.append(p)
+    return found
+
+
+@pytest.mark.timeout(300)
+def test_distrib_up_persist_outlives_its_command_until_distrib_down(
+        network: Network, ssh_hosts: sshd.SSHHosts, workspace: Workspace,
+        shared_cache: Path, tmp_path: Path) -> None:
+    main = _main(network, workspace, shared_cache)
+    names = [ssh_hosts.add(network.add(f"lab{i}")) for i in (1, 2)]
+    workspace.write("up.py", UP_SCRIPT)
+    key = tmp_path / "main.key"
+    _keys.write(key, _keys.generate())
+    workspace.write("distrib.toml", f"""
+        [main]
+        key = "{key}"
+        listen = "0.0.0.0:7788"
+        authorized_workers = "workers.authorized"
+        """)
+    (workspace.root / "workers.authorized").write_text("")
+    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir)}
+
+    def distrib(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(main.cmd(PYTHON, "-m", "distrib", *args), cwd=workspace.root,
+                              env=env, capture_output=True, text=True, timeout=180)
+
+    try:
+        up = distrib("up", "ssh", "--persist", *names, "--threads", "2", "--package", "numpy",
+                     "--ssh-config", str(ssh_hosts.config))
+        assert up.returncode == 0, up.stderr
+        assert sorted(line.split(":")[0] for line in up.stdout.splitlines()) == names
+        assert len(_lasting(ssh_hosts)) == 2
+        for name in names:  # (their sessions are over: they run on their own)
+            wait_for(lambda: not ssh_hosts.sessions(name), 10, f"{name}'s session to end")
+        run = subprocess.run(main.cmd(PYTHON, "up.py"), cwd=workspace.root, env=env,
+                             capture_output=True, text=True, timeout=180)
+        assert run.returncode == 0, run.stderr
+        assert f"TRIPLES {[3 * x for x in range(10)]}" in run.stdout, run.stdout
+        down = distrib("down")
+        assert down.returncode == 0, down.stderr
+        assert all("stopped the lasting worker" in line for line in down.stdout.splitlines())
+        assert len(down.stdout.splitlines()) == 2, down.stdout
+        wait_for(lambda: not _lasting(ssh_hosts), 10, "the lasting workers to stop")
+    finally:
+        for p in _lasting(ssh_hosts):
+            p.kill()

@@ -44,11 +44,13 @@ class SSH:
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ConfigError(f"SSH(threads=...): a positive number, got {self.threads!r}")
 
-    def launch(self, target: Target) -> SSHLaunch:
-        """Start a worker on each host; return once each is ready or has failed."""
+    def launch(self, target: Target, mode: str = "session") -> SSHLaunch:
+        """Start a worker on each host; return once each is ready or has failed. ``mode``
+        "persist": lasting workers that dial the Main's own address (its port must be open
+        to the hosts); "down": stop those."""
         from distrib.launch._ssh import SSHLaunch  # (imported when used: `import distrib`)
 
         launch = SSHLaunch(self.hosts, self.threads, self.ssh_config, self.ssh_options,
-                           self.worker_args, self.timeout)
+                           self.worker_args, self.timeout, mode)
         launch.start(target)
         return launch

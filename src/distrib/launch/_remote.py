@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -116,6 +117,56 @@ def receive_wheels(stdin: object, root: Path, wanted: list[list[object]],
     return paths
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_lasting(root: Path) -> str:
+    """Stop the lasting worker started here (``--persist``), if one runs."""
+    pidfile = root / "lasting.pid"
+    try:
+        pid = int(pidfile.read_text())
+    except (OSError, ValueError):
+        return "no lasting worker here"
+    if not _alive(pid):
+        pidfile.unlink(missing_ok=True)
+        return "no lasting worker was running"
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 3 * STOP_GRACE
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+    pidfile.unlink(missing_ok=True)
+    return f"stopped the lasting worker (pid {pid})"
+
+
+def start_lasting(root: Path, argv: list[str]) -> None:
+    """A worker that outlives this session (``--persist``): the one before it stops first."""
+    stop_lasting(root)
+    logfile = root / "lasting.log"
+    with open(logfile, "wb") as log:
+        worker = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                  start_new_session=True)
+    (root / "lasting.pid").write_text(str(worker.pid))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for line in logfile.read_text(errors="replace").splitlines():
+            if line.startswith("distrib worker ") and " ready on " in line:
+                say(ready=line)
+                return
+        if worker.poll() is not None:
+            fail(f"the worker did not start: {logfile.read_text(errors='replace')[-500:]}")
+        time.sleep(0.05)
+    fail(f"the worker was not ready within 120 s (its log: {logfile})")
+
+
 def main() -> None:
     stdin = sys.stdin.buffer
     root = cache_root()
@@ -126,6 +177,9 @@ def main() -> None:
         say(hello={"have": have, "python": sys.version.split()[0],
                    "platform": f"{sys.platform} {platform.machine()}"})
         order = read_line(stdin)
+        if order.get("down"):
+            say(stopped=stop_lasting(root))
+            return
         wheels = receive_wheels(stdin, root, order["wheels"], set(have))
         venv = root / "venvs" / order["venv"]
         build_venv(venv, wheels[:order["distrib_wheels"]])
@@ -141,7 +195,8 @@ def main() -> None:
         if not key.exists():
             subprocess.run([python, "-m", "distrib", "keygen", str(key)], check=True,
                            capture_output=True)
-        mains = root / f"mains-{os.getpid()}.authorized"
+        mains = root / ("lasting.authorized" if order.get("persist")
+                        else f"mains-{os.getpid()}.authorized")
         mains.write_text(order["main_key"] + "\n")
     except OSError as exc:
         fail(f"cannot install distrib under {root}: {exc.strerror or exc}")
@@ -149,16 +204,26 @@ def main() -> None:
         fail(f"cannot install distrib under {root}: {' '.join(exc.cmd[:3])} failed: "
              f"{(exc.stderr or b'').decode(errors='replace').strip()[-300:]}")
     say(key=(root / "worker.key.pub").read_text().split()[0])
-    port = read_line(stdin)["port"]
+    port = read_line(stdin)["port"]  # (said once this worker's key is authorized)
+    if order.get("persist"):  # dials the Main's own address, as this session came from it
+        client = os.environ.get("SSH_CLIENT", "").split()
+        if not client:
+            fail("no SSH_CLIENT here: cannot tell the Main's address")
+        dial = f"[{client[0]}]:{port}" if ":" in client[0] else f"{client[0]}:{port}"
+    else:
+        dial = f"127.0.0.1:{port}"
     argv = [python, "-m", "distrib", "worker", "--listen", "127.0.0.1:0", "--key", str(key),
-            "--authorized-keys", str(mains), "--connect", f"127.0.0.1:{port}",
-            "--main-key", order["main_key"], "--exit-with-parent", str(os.getpid()),
-            "--name", order["name"]]
+            "--authorized-keys", str(mains), "--connect", dial,
+            "--main-key", order["main_key"], "--name", order["name"]]
     if order["threads"]:
         argv += ["--threads", str(order["threads"])]
     if order["wheels"][order["distrib_wheels"]:]:
         argv += ["--find-links", str(links)]
     argv += order["args"]
+    if order.get("persist"):
+        start_lasting(root, argv)
+        return
+    argv += ["--exit-with-parent", str(os.getpid())]
     worker = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
                               start_new_session=True)
     assert worker.stdout is not None

@@ -91,13 +91,17 @@ class SSHLaunch:
     """The sessions of one ``SSH`` cluster: started by ``start``, ended by ``stop``."""
 
     def __init__(self, hosts: Sequence[str], threads: int | None, ssh_config: str | None,
-                 options: Sequence[str], worker_args: Sequence[str], timeout: float) -> None:
+                 options: Sequence[str], worker_args: Sequence[str], timeout: float,
+                 mode: str = "session") -> None:
         self.hosts = [Host(h) for h in hosts]
         self.threads = threads
         self.ssh_config = ssh_config
         self.options = list(options)
         self.worker_args = list(worker_args)
         self.timeout = timeout
+        # "session": workers live as long as their SSH sessions, dialling through them;
+        # "persist": lasting workers that dial the Main's address; "down": stop those.
+        self.mode = mode
         self._lock = threading.Lock()  # the authorized file is appended to by each host
         self._last_mtime = 0
 
@@ -106,7 +110,8 @@ class SSHLaunch:
         failure logged in one line naming its host)."""
         from distrib.launch import _wheels  # (packaging: imported when a launch needs it)
 
-        own, extra = _wheels.for_hosts(target.cache, list(target.packages))
+        own, extra = ([], []) if self.mode == "down" else _wheels.for_hosts(
+            target.cache, list(target.packages))
         threads = [threading.Thread(target=self._launch, args=(h, target, own, extra),
                                     name=f"distrib-ssh-{h.name}", daemon=True)
                    for h in self.hosts]
@@ -120,7 +125,8 @@ class SSHLaunch:
                 self._end(host)
         for host in self.hosts:
             if host.problem:
-                log.warning("%s: no worker started: %s", host.name, host.problem)
+                log.warning("%s: %s: %s", host.name, "not stopped" if self.mode == "down"
+                            else "no worker started", host.problem)
 
     def ready(self) -> list[Host]:
         return [h for h in self.hosts if h.ready and not h.problem]
@@ -157,8 +163,9 @@ class SSHLaunch:
         if self.ssh_config:
             argv += ["-F", self.ssh_config]
         argv += ["-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
-                 "-o", "LogLevel=INFO",  # (ssh says the port it allocated at this level)
-                 "-R", f"0:127.0.0.1:{port}"]
+                 "-o", "LogLevel=INFO"]  # (ssh says the port it allocated at this level)
+        if self.mode == "session":
+            argv += ["-R", f"0:127.0.0.1:{port}"]
         if ssh_port:
             argv += ["-p", ssh_port]
         return [*argv, *self.options, "--", dest,
@@ -204,7 +211,8 @@ class SSHLaunch:
             "wheels": [[w.digest, w.path.name, w.size] for w in wheels],
             "distrib_wheels": len(own), "venv": _venv_id(own),
             "main_key": target.main_key, "name": split_host(host.name)[0],
-            "threads": self.threads, "args": self.worker_args}).encode() + b"\n")
+            "threads": self.threads, "args": self.worker_args, "port": target.port,
+            "persist": self.mode == "persist", "down": self.mode == "down"}).encode() + b"\n")
         for w in wheels:
             if w.digest not in have:
                 stdin.write(w.path.read_bytes())
@@ -212,9 +220,14 @@ class SSHLaunch:
         answer = self._answer(host, proc.stdout)
         if answer is None:
             return
+        if self.mode == "down":
+            host.ready = answer["stopped"]
+            return
         host.key = answer["key"]
         self._authorize(target.authorized, host)
-        if not host.allocated.wait(self.timeout):
+        if self.mode == "persist":
+            host.port = target.port
+        elif not host.allocated.wait(self.timeout):
             host.problem = "ssh allocated no port for the reverse tunnel (-R)"
             return
         stdin.write(json.dumps({"port": host.port}).encode() + b"\n")
