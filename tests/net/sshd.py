@@ -55,16 +55,17 @@ class SSHHosts:
         self.known.write_text("")
         Path("/run/sshd").mkdir(exist_ok=True)  # (sshd's privilege separation folder)
 
-    def add(self, host: Host, python_hidden: bool = False) -> str:
+    def add(self, host: Host, python_hidden: bool = False, disk: str = "") -> str:
         """Start sshd on ``host``; return its name in the client config. ``python_hidden``:
-        this host's sessions see no Python 3.11 (hidden in a mount namespace of its own)."""
+        this host's sessions see no Python 3.11 (hidden in a mount namespace of its own);
+        ``disk``: its cache folder is a tmpfs of this size (and shares nothing)."""
         name = host.name
         hostkey = self.folder / f"{name}_host_key"
         public = _keygen(hostkey)
         cache = self.folder / f"{name}-cache"
         launch = cache / "distrib" / "launch"
         launch.mkdir(parents=True)
-        for shared in ("wheels", "venvs"):
+        for shared in () if disk else ("wheels", "venvs"):
             (self.shared / shared).mkdir(parents=True, exist_ok=True)
             (launch / shared).symlink_to(self.shared / shared)
         self.caches[name] = cache
@@ -84,6 +85,8 @@ AllowTcpForwarding yes
 SetEnv XDG_CACHE_HOME={cache}
 """)
         sshd = f"exec {SSHD} -D -e -f {config}"
+        if disk:
+            sshd = f"mount -t tmpfs -o size={disk} none {cache} && " + sshd
         if python_hidden:
             sshd = ("mount --bind /dev/null /usr/bin/python3.11 && "
                     "mount -t tmpfs none /root/.pyenv && " + sshd)

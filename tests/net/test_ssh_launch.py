@@ -137,16 +137,17 @@ def test_kill_9_of_the_main_leaves_nothing_on_the_hosts(
 
 
 @pytest.mark.timeout(300)
-def test_unreachable_and_pythonless_hosts_are_named_the_others_work(
+def test_unreachable_pythonless_and_full_hosts_are_named_the_others_work(
         network: Network, ssh_hosts: sshd.SSHHosts, workspace: Workspace,
         shared_cache: Path) -> None:
     main = _main(network, workspace, shared_cache)
     good = ssh_hosts.add(network.add("lab1"))
     bare = ssh_hosts.add(network.add("bare"), python_hidden=True)
+    full = ssh_hosts.add(network.add("full"), disk="2M")
     gone_host = network.add("gone")
     gone = ssh_hosts.add(gone_host)
     network.cut(gone_host)
-    proc = _run(main, workspace, [good, bare, gone], ssh_hosts.config)
+    proc = _run(main, workspace, [good, bare, full, gone], ssh_hosts.config)
     with ended(proc):
         out, err = finish(proc, 600)
     assert proc.returncode == 0, err
@@ -154,6 +155,9 @@ def test_unreachable_and_pythonless_hosts_are_named_the_others_work(
     lines = err.splitlines()
     bare_lines = [line for line in lines if line.startswith(f"distrib: {bare}:")]
     gone_lines = [line for line in lines if line.startswith(f"distrib: {gone}:")]
+    full_lines = [line for line in lines if line.startswith(f"distrib: {full}:")]
+    print("\n".join(bare_lines + full_lines + gone_lines))  # (shown with -s)
+    assert len(full_lines) == 1 and "No space left on device" in full_lines[0], err
     assert len(bare_lines) == 1 and "no Python 3.11 there" in bare_lines[0], err
     assert len(gone_lines) == 1 and "no worker started" in gone_lines[0], err
     assert "timed out" in gone_lines[0] or "No route" in gone_lines[0], err

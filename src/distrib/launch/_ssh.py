@@ -85,6 +85,7 @@ class Host:
     port: int = 0  # the reverse tunnel's port on the host
     allocated: threading.Event = field(default_factory=threading.Event)
     stderr: list[str] = field(default_factory=list)  # ssh's last lines, for the problem
+    reader: threading.Thread | None = None  # reads ssh's stderr until the session ends
 
 
 class SSHLaunch:
@@ -191,8 +192,9 @@ class SSHLaunch:
             self._ssh(host, target.port), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, start_new_session=True)  # (a Ctrl-C is the Main's to handle)
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        threading.Thread(target=self._read_stderr, args=(host, proc.stderr), daemon=True,
-                         name=f"distrib-ssh-{host.name}-log").start()
+        host.reader = threading.Thread(target=self._read_stderr, args=(host, proc.stderr),
+                                       daemon=True, name=f"distrib-ssh-{host.name}-log")
+        host.reader.start()
         source = (Path(__file__).with_name("_remote.py")).read_bytes()
         stdin = proc.stdin
         stdin.write(b"%d\n" % len(source) + source)
@@ -257,7 +259,8 @@ class SSHLaunch:
         return message
 
     def _why(self, host: Host, fallback: str) -> str:
-        time.sleep(0.05)  # (ssh's last words may still be on their way)
+        if host.reader is not None and host.proc is not None and host.proc.poll() is not None:
+            host.reader.join(1.0)  # (ssh's last words may still be on their way)
         lines = [s for s in host.stderr if not s.startswith(("Warning: Permanently added",
                                                              "Allocated port"))]
         return lines[-1] if lines else fallback
