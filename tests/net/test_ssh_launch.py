@@ -269,3 +269,25 @@ def test_distrib_up_persist_outlives_its_command_until_distrib_down(
     finally:
         for p in _lasting(ssh_hosts):
             p.kill()
+
+
+@pytest.mark.timeout(300)
+def test_a_cluster_section_launches_without_init(
+        network: Network, ssh_hosts: sshd.SSHHosts, workspace: Workspace,
+        shared_cache: Path) -> None:
+    main = _main(network, workspace, shared_cache)
+    name = ssh_hosts.add(network.add("lab1"))
+    workspace.write("up.py", UP_SCRIPT)
+    workspace.write("distrib.toml", f"""
+        [cluster]
+        ssh = ["{name}"]
+        threads = 2
+        ssh_config = "{ssh_hosts.config}"
+        """)
+    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir)}
+    run = subprocess.run(main.cmd(PYTHON, "up.py"), cwd=workspace.root, env=env,
+                         capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr
+    assert f"TRIPLES {[3 * x for x in range(10)]}" in run.stdout, run.stdout
+    assert f"WORKERS ['{name}']" in run.stdout, run.stdout
+    wait_for(lambda: not ssh_hosts.sessions(name), 10, f"{name}'s session to end")
