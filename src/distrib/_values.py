@@ -120,7 +120,7 @@ def string(name: str, raw: Any) -> str:
     return raw
 
 
-_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600}
+_SECONDS = {"s": 1, "m": 60, "h": 3600}
 
 
 def duration(name: str, raw: Any) -> float:
@@ -134,7 +134,7 @@ def duration(name: str, raw: Any) -> float:
     text = str(raw).strip().lower()
     number, unit = (text[:-1], text[-1]) if text[-1:] in _SECONDS else (text, "")
     try:
-        value = float(number) * _SECONDS[unit]
+        value = float(number) * _SECONDS.get(unit, 1)
     except ValueError:
         raise ConfigError(f"{name}={raw!r}: expected a duration such as \"10m\", \"30s\" "
                           "or 0 (off)") from None
