@@ -10,14 +10,14 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
 from distrib._linger import running
-from tests.helpers import PYTHON, Workspace, query_status, wait_for
+from tests.helpers import PYTHON, Worker, Workspace, query_status, wait_for
 
 SCRIPT = """
     import os
@@ -192,3 +192,10 @@ def test_without_linger_nothing_is_left_after_the_script(
     daemon = int(out.stdout.split()[1])
     wait_for(lambda: not _alive(daemon), 30, "the local daemon gone with its script")
     assert not list(runtime.glob("distrib/local-*"))
+
+
+def test_a_worker_with_linger_leaves_after_that_long_without_a_main(
+        start_worker: Callable[..., Worker]) -> None:
+    worker = start_worker(extra=("--linger", "1"))
+    assert worker.proc.wait(30) == 0
+    assert "no Main for 1 s; leaving" in worker.log()
