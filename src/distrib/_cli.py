@@ -163,8 +163,7 @@ def main() -> None:
                    "keyed or non-loopback Mains where no sandbox can be built.")
 @click.option("--exit-with-parent", type=int, default=None, hidden=True)
 @click.option("--linger", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
-              help="Leave after this many seconds with no Main (the local cluster's daemon, "
-                   "with its linger setting; default 0: stay).")
+              help="Leave after this many seconds with no Main (default 0: stay).")
 @click.option("--users-lock", type=click.Path(path_type=Path), default=None, hidden=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log every connection and environment.")
 @click.pass_context
@@ -260,8 +259,7 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
         daemon = Daemon(WorkerSettings(
             address, policy, cache, name=name or "", heartbeat_interval=heartbeat,
             lost_after=lost_after, exit_with_parent=exit_with_parent, linger=linger,
-            users_lock=users_lock, key=key,
-            authorized=authorized_keys, idle_after=idle_executors,
+            users_lock=users_lock, key=key, authorized=authorized_keys, idle_after=idle_executors,
             max_cache=None if max_cache is None else _size(max_cache, "--max-cache"),
             max_queued=_size(max_queued, "--max-queued"),
             env_policy=EnvPolicy(install, index_url, find_links, no_index, pythons,
@@ -370,8 +368,7 @@ _control_command("resume", "Take tasks again after a pause.")
 _control_command("drain", "Stop taking tasks, hand queued ones back, let running ones finish, "
                           "then exit.")
 _control_command("state", "Say whether the worker is serving, paused or draining.")
-_control_command("stop", "Stop now, as SIGTERM does: running tasks are stopped (the local "
-                         "cluster's lingering daemon too).")
+_control_command("stop", "Stop now, as SIGTERM does: running tasks are stopped.")
 
 
 @main.command()
@@ -386,6 +383,7 @@ def status(timeout: float, as_json: bool) -> None:
     from rich.table import Table
 
     from distrib import _config
+    from distrib._linger import lingering
     from distrib.main import _status
 
     try:
@@ -393,10 +391,7 @@ def status(timeout: float, as_json: bool) -> None:
     except DistribError as exc:
         raise click.ClickException(str(exc)) from None
     targets = [(w.address, w.public_key, "configured") for w in settings.workers]
-    from distrib._linger import lingering
-
-    targets += [(address, None, f"lingering local cluster, pid {pid}")
-                for address, pid in lingering()]
+    targets += [(a, None, f"lingering local cluster, pid {p}") for a, p in lingering()]
     if settings.discovery.enabled:
         from distrib.wire._mdns import browse_once
 
