@@ -83,6 +83,8 @@ class LocalCluster:
             if isinstance(proc, subprocess.Popen):
                 proc.kill()
                 proc.wait()
+            if self.place is not None:  # (the next try, or another Main, starts one)
+                self.place.release_start()
             raise
 
     def _begin(self, address: str) -> subprocess.Popen[bytes] | _Lingering:
