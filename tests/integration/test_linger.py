@@ -146,6 +146,13 @@ def test_a_killed_daemons_stale_socket_is_replaced(
     assert value == 1 and again != daemon and running(folder) == again
 
 
+def test_a_daemon_no_main_can_reach_leaves_at_once(workspace: Workspace, runtime: Path) -> None:
+    _script(workspace)
+    _, daemon = _value(workspace, runtime)
+    (_folder(runtime) / "worker.sock").unlink()  # (its folder cleaned, say: none finds it)
+    wait_for(lambda: not _alive(daemon), 30, "the unreachable daemon gone, long before 1m")
+
+
 def test_two_scripts_started_at_once_share_one_daemon(
         workspace: Workspace, runtime: Path) -> None:
     _script(workspace)

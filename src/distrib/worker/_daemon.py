@@ -152,8 +152,9 @@ class Daemon:
         self._stop = False
         self.owner.on_stop = self.request_stop
         self._announcer: Any = None
-        self.lingering = Lingering(s.linger, s.users_lock, time.monotonic()) if s.linger \
-            else None
+        self.lingering = Lingering(s.linger, s.users_lock, time.monotonic(), Path(
+            s.endpoint.removeprefix("ipc://")) if s.endpoint.startswith("ipc://") else None) \
+            if s.linger else None
 
     def _wake_loop(self) -> None:
         """(any thread) Make the loop's poll return: a build ended, or a task wrote too
