@@ -39,8 +39,8 @@ _PREFIX = "local-"
 def root() -> Path:
     """This user's private folder of lingering daemons (made, and checked, here)."""
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
-    if runtime and os.path.isdir(runtime):
-        where = Path(runtime) / "distrib"
+    if runtime and os.path.isdir(runtime) and os.stat(runtime).st_uid == os.geteuid():
+        where = Path(runtime) / "distrib"  # (another user's, kept by sudo, say: not used)
     else:  # (as tmux does: a folder per user in the shared temporary folder, checked)
         where = Path(tempfile.gettempdir()) / f"distrib-{os.geteuid()}"
     return private(where)

@@ -4,13 +4,14 @@ the integration tests start real ones)."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from distrib import ConfigError
 from distrib._config import Overrides, load
-from distrib._linger import Place, key, lingering, private, users_gone
+from distrib._linger import Place, key, lingering, private, root, users_gone
 from distrib._values import duration
 
 
@@ -63,6 +64,18 @@ def test_a_folder_others_can_enter_is_not_used(runtime: Path) -> None:
     link.symlink_to(runtime)
     with pytest.raises(ConfigError, match="not a private folder"):
         private(link)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a folder of another user is made as root")
+def test_another_users_runtime_folder_is_not_used(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    theirs = tmp_path / "theirs"  # (XDG_RUNTIME_DIR kept by sudo, say)
+    theirs.mkdir()
+    os.chown(theirs, 1, 1)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(theirs))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert root() == tmp_path / f"distrib-{os.geteuid()}"
+    assert not (theirs / "distrib").exists()
 
 
 def test_the_daemon_leaves_only_when_no_main_holds_it(runtime: Path, tmp_path: Path) -> None:
