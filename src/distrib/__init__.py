@@ -105,6 +105,7 @@ def init(
     redistribution: str | None = None,
     listen: str | None = None,
     authorized_workers: str | _Path | None = None,
+    linger: float | str | None = None,
 ) -> None:
     """Set up explicitly. Without this, the first call sets up from configuration.
 
@@ -127,13 +128,16 @@ def init(
     ``listen``: ``"host:port"`` where this Main also accepts workers that dial it (``distrib
     worker --connect``), for workers it cannot reach (behind NAT); it needs ``key`` and
     ``authorized_workers``, a file of those workers' public keys, one a line.
+    ``linger``: how long the local cluster's daemon stays up after this script ends, for the
+    next script of this user to start warm (``"10m"``, ``"30s"``, or seconds; default 0: it
+    stops with the script).
     """
     from distrib._config import Overrides
     from distrib.main._current import init as _init
 
     _init(Overrides(workers, local_threads, workspace, forward_output, key, dependencies,
                     requirements, max_payload, dashboard, redistribution, listen=listen,
-                    authorized_workers=authorized_workers))
+                    authorized_workers=authorized_workers, linger=linger))
 
 
 def shutdown() -> None:
