@@ -110,6 +110,7 @@ def init(
     redistribution: str | None = None,
     listen: str | None = None,
     authorized_workers: str | _Path | None = None,
+    linger: float | str | None = None,
     cluster: SSH | None = None,
 ) -> None:
     """Set up explicitly. Without this, the first call sets up from configuration.
@@ -133,6 +134,9 @@ def init(
     ``listen``: ``"host:port"`` where this Main also accepts workers that dial it (``distrib
     worker --connect``), for workers it cannot reach (behind NAT); it needs ``key`` and
     ``authorized_workers``, a file of those workers' public keys, one a line.
+    ``linger``: how long the local cluster's daemon stays up after this script ends, for the
+    next script of this user to start warm (``"10m"``, ``"30s"``, or seconds; default 0: it
+    stops with the script).
     ``cluster``: start workers elsewhere that dial this Main back, e.g. ``distrib.SSH(["lab1",
     "lab2"], threads=8)``: distrib is installed on each host over SSH and its worker lives as
     long as this Main; a host that fails is logged in one line naming it (``LaunchError`` if
@@ -143,7 +147,8 @@ def init(
 
     _init(Overrides(workers, local_threads, workspace, forward_output, key, dependencies,
                     requirements, max_payload, dashboard, redistribution, listen=listen,
-                    authorized_workers=authorized_workers, cluster=cluster))
+                    authorized_workers=authorized_workers, linger=linger,
+                    cluster=cluster))
 
 
 def shutdown() -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import getpass
 import ipaddress
 import logging
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -162,6 +160,9 @@ def main() -> None:
                    "worker's keys, other Mains' work) and reach the network. Needed to serve "
                    "keyed or non-loopback Mains where no sandbox can be built.")
 @click.option("--exit-with-parent", type=int, default=None, hidden=True)
+@click.option("--linger", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
+              help="Leave after this many seconds with no Main (default 0: stay).")
+@click.option("--users-lock", type=click.Path(path_type=Path), default=None, hidden=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log every connection and environment.")
 @click.pass_context
 def worker(ctx: click.Context, listen: str, threads: int | None, name: str | None,
@@ -179,7 +180,8 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
            authorized_keys: Path | None, connect: tuple[str, ...], main_key: tuple[str, ...],
            insecure: bool, announce: bool,
            announce_interface: tuple[str, ...], task_network: str, no_sandbox: bool,
-           exit_with_parent: int | None, verbose: bool) -> None:
+           exit_with_parent: int | None, linger: float, users_lock: Path | None,
+           verbose: bool) -> None:
     """Run a worker daemon that serves Mains' tasks (or, with a command, tell a running one
     to pause, resume or drain)."""
     if ctx.invoked_subcommand is not None:
@@ -254,8 +256,8 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
     try:
         daemon = Daemon(WorkerSettings(
             address, policy, cache, name=name or "", heartbeat_interval=heartbeat,
-            lost_after=lost_after, exit_with_parent=exit_with_parent, key=key,
-            authorized=authorized_keys, idle_after=idle_executors,
+            lost_after=lost_after, exit_with_parent=exit_with_parent, linger=linger,
+            users_lock=users_lock, key=key, authorized=authorized_keys, idle_after=idle_executors,
             max_cache=None if max_cache is None else _size(max_cache, "--max-cache"),
             max_queued=_size(max_queued, "--max-queued"),
             env_policy=EnvPolicy(install, index_url, find_links, no_index, pythons,
@@ -364,6 +366,7 @@ _control_command("resume", "Take tasks again after a pause.")
 _control_command("drain", "Stop taking tasks, hand queued ones back, let running ones finish, "
                           "then exit.")
 _control_command("state", "Say whether the worker is serving, paused or draining.")
+_control_command("stop", "Stop now, as SIGTERM does: running tasks are stopped.")
 
 
 @main.command()
@@ -378,6 +381,7 @@ def status(timeout: float, as_json: bool) -> None:
     from rich.table import Table
 
     from distrib import _config
+    from distrib._linger import lingering
     from distrib.main import _status
 
     try:
@@ -385,6 +389,7 @@ def status(timeout: float, as_json: bool) -> None:
     except DistribError as exc:
         raise click.ClickException(str(exc)) from None
     targets = [(w.address, w.public_key, "configured") for w in settings.workers]
+    targets += [(a, None, f"lingering local cluster, pid {p}") for a, p in lingering()]
     if settings.discovery.enabled:
         from distrib.wire._mdns import browse_once
 
@@ -394,8 +399,8 @@ def status(timeout: float, as_json: bool) -> None:
                 targets.append((found.address, found.public_key, "discovered"))
     if not targets:
         raise click.ClickException(
-            f"no workers configured ({settings.source}): set DISTRIB_WORKERS, add [[workers]] "
-            "to distrib.toml, or turn on [discovery]")
+            f"no workers configured ({settings.source}) nor a local cluster lingering: set "
+            "DISTRIB_WORKERS, add [[workers]] to distrib.toml, or turn on [discovery]")
     answers = [_status.query_measured(a, k, settings.key, timeout, src)
                for a, k, src in targets]
     if as_json:
@@ -431,21 +436,53 @@ def status(timeout: float, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("path", type=click.Path(path_type=Path))
-@click.option("--comment", default=None, help="Text after the public key (default: user@host).")
-def keygen(path: Path, comment: str | None) -> None:
-    """Write a key pair: the secret key to PATH (owner-only), the public key to PATH.pub."""
-    pair = _keys.generate()
-    if comment is None:
-        comment = f"{getpass.getuser()}@{socket.gethostname()}"
+@click.option("--listen", default="0.0.0.0:7790", show_default=True,
+              help="host:port to bind: the one port parties dial (port 0 picks one).")
+@click.option("--key", "key_file", type=click.Path(path_type=Path), required=True,
+              help="The relay's secret key (`distrib keygen relay.key`); parties are given "
+                   "its .pub.")
+@click.option("--authorized-keys", type=click.Path(path_type=Path), required=True,
+              help="Public keys of the parties (Mains and workers) that may use the relay, "
+                   "one a line; read again when it changes.")
+@click.option("--max-splices", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Most splices (relayed connections) one key may have at once.")
+@click.option("--max-rate", default=None, metavar="SIZE",
+              help="Most bytes a second the parties of one key may send through the relay, "
+                   "over all their splices, e.g. 50M (default: no cap).")
+@click.option("-v", "--verbose", is_flag=True, help="Log every registration and splice.")
+def relay(listen: str, key_file: Path, authorized_keys: Path, max_splices: int,
+          max_rate: str | None, verbose: bool) -> None:
+    """Run a relay: Mains and workers that cannot accept connections dial it and are spliced
+    to each other by public key; their CURVE sessions run through it end to end."""
+    import asyncio
+
+    from distrib.relay._daemon import RelaySettings, run
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s distrib relay: %(message)s", datefmt="%H:%M:%S")
+    host, _, port = listen.removeprefix("tcp://").rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter(f"{listen!r}: expected host:port", param_hint="--listen")
     try:
-        _keys.write(path, pair, comment)
+        key = _keys.load_secret(key_file)
+        _keys.read_authorized(authorized_keys)
+        settings = RelaySettings(host.strip("[]"), int(port), key, authorized_keys, max_splices,
+                                 None if max_rate is None else _size(max_rate, "--max-rate"))
     except DistribError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"secret key: {path}\npublic key: {path}.pub\n{pair.public}")
+        raise click.UsageError(str(exc)) from None
+
+    def ready(host: str, port: int) -> None:
+        click.echo(f"distrib relay ready on {host}:{port}, public key {key.public}")
+        sys.stdout.flush()
+
+    try:
+        asyncio.run(run(settings, ready))
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise click.ClickException(f"cannot listen on {listen}: {why}") from None
 
 
-from distrib._cli_up import down, up  # noqa: E402  (the launchers' commands)
+from distrib._cli_setup import down, keygen, up  # noqa: E402  (set-up commands)
 
-main.add_command(up)
-main.add_command(down)
+for _command in (keygen, up, down):
+    main.add_command(_command)

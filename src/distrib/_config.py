@@ -30,6 +30,7 @@ The file's shape (every key optional)::
 
     [local]
     threads = 4                 # slots of the embedded local cluster
+    linger = "10m"              # its daemon waits this long for the next script (default 0)
 
     [discovery]
     enabled = false             # look for workers announcing themselves on the LAN (mDNS)
@@ -121,6 +122,7 @@ class Settings:
     workers: tuple[WorkerAddress, ...] = ()  # empty (and no discovery): the local cluster
     key: KeyPair | None = None
     local_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    linger: float = 0.0  # seconds the local cluster's daemon waits for the next Main; 0: none
     forward_output: bool = True
     workspace: Path | None = None  # None: the main script's folder (or the current folder)
     excludes: tuple[str, ...] = ()
@@ -178,7 +180,7 @@ _SCHEMA: dict[str, set[str]] = {
     "main": {"key", "workspace", "exclude", "forward_output", "shared_memory", "forward_env",
              "heartbeat", "lost_after", "dependencies", "requirements", "max_payload",
              "dashboard", "redistribution", "listen", "authorized_workers"},
-    "local": {"threads"},
+    "local": {"threads", "linger"},
     "discovery": {"enabled", "trust", "trust_on_first_use", "interfaces"},
     "workers": set(),
     "cluster": {"ssh", "threads", "ssh_config", "ssh_options", "worker_args", "timeout"},
@@ -275,6 +277,8 @@ def _from_file(path: Path, table: dict[str, Any]) -> dict[str, Any]:
     local = table.get("local", {})
     if "threads" in local:
         values["local_threads"] = _values.positive(f"{where}: [local] threads", local["threads"], int)
+    if "linger" in local:
+        values["linger"] = _values.duration(f"{where}: [local] linger", local["linger"])
     disc = table.get("discovery", {})
     if disc:
         d = f"{where}: [discovery]"
@@ -297,6 +301,8 @@ def _from_environ(env: Mapping[str, str]) -> dict[str, Any]:
         values["key_path"] = (Path(raw), "DISTRIB_KEY")
     if raw := env.get("DISTRIB_LOCAL_THREADS", "").strip():
         values["local_threads"] = _values.positive("DISTRIB_LOCAL_THREADS", raw, int)
+    if raw := env.get("DISTRIB_LINGER", "").strip():
+        values["linger"] = _values.duration("DISTRIB_LINGER", raw)
     if raw := env.get("DISTRIB_OUTPUT", "").strip():
         values["forward_output"] = _values.boolean("DISTRIB_OUTPUT", raw)
     if raw := env.get("DISTRIB_SHARED_MEMORY", "").strip():
@@ -346,6 +352,7 @@ class Overrides:
     redistribution: str | None = None
     listen: str | None = None
     authorized_workers: str | Path | None = None
+    linger: float | str | None = None
     cluster: object | None = None
 
     def given(self) -> bool:
@@ -367,6 +374,8 @@ def load(environ: Mapping[str, str] | None = None, overrides: Overrides = Overri
         values["workers"] = tuple(_worker("init(workers=...)", w) for w in given.workers)
     if given.local_threads is not None:
         values["local_threads"] = _values.positive("init(local_threads=...)", given.local_threads, int)
+    if given.linger is not None:
+        values["linger"] = _values.duration("init(linger=...)", given.linger)
     if given.workspace is not None:
         values["workspace"] = Path(given.workspace)
     if given.forward_output is not None:

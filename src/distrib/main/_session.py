@@ -74,7 +74,8 @@ class Session:
             from distrib._local import LocalCluster
 
             # Started first: the daemon's own start overlaps the scan below.
-            self.local = LocalCluster(settings.local_threads, settings.cache_dir)
+            self.local = LocalCluster(settings.local_threads, settings.cache_dir,
+                                      settings.linger)
             workers = [_config.WorkerAddress(a) for a in self.local.addresses]
         try:
             self.dist: Distribution = scan_workspace(settings, main_file)

@@ -142,6 +142,7 @@ class Owner:
         self.tell_all = tell_all
         self.on_connect: Callable[[tuple[tuple[str, str], ...]], None] | None = None  # (the
         # Mains to dial changed: set by the daemon)
+        self.on_stop: Callable[[], None] | None = None  # (the owner said stop: the daemon's)
         self.name_memory_settings()
 
     def on_sighup(self) -> None:
@@ -162,6 +163,12 @@ class Owner:
             return
         if command not in COMMANDS:
             reply(conn, f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}")
+            return
+        if command == "stop" and self.on_stop is not None:
+            log.warning("worker %s, as its owner asked: stopping", self.name)
+            self.on_stop()
+            reply(conn, f"stopping: {self.core.busy} slots busy (their tasks are stopped, "
+                        "and their Mains told)")
             return
         if command != "state":
             change = self.state.command(command, time.monotonic())

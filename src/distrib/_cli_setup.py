@@ -1,11 +1,14 @@
-"""``distrib up`` and ``distrib down``: workers started on other machines for the Main
-configured here. Only ``_cli`` imports this module."""
+"""Set-up commands: ``distrib keygen`` (key pairs), ``distrib up`` and ``distrib down``
+(workers started on other machines for the Main configured here). Only ``_cli`` imports this
+module."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,10 +16,26 @@ from typing import TYPE_CHECKING
 import click
 
 from distrib._errors import ConfigError, DistribError
+from distrib.wire import _keys
 
 if TYPE_CHECKING:
     from distrib.launch import SSH, Target
     from distrib.launch._ssh import SSHLaunch
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--comment", default=None, help="Text after the public key (default: user@host).")
+def keygen(path: Path, comment: str | None) -> None:
+    """Write a key pair: the secret key to PATH (owner-only), the public key to PATH.pub."""
+    pair = _keys.generate()
+    if comment is None:
+        comment = f"{getpass.getuser()}@{socket.gethostname()}"
+    try:
+        _keys.write(path, pair, comment)
+    except DistribError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"secret key: {path}\npublic key: {path}.pub\n{pair.public}")
 
 
 @click.group()
