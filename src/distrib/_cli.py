@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import getpass
 import ipaddress
 import logging
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -484,16 +482,7 @@ def relay(listen: str, key_file: Path, authorized_keys: Path, max_splices: int,
         raise click.ClickException(f"cannot listen on {listen}: {why}") from None
 
 
-@main.command()
-@click.argument("path", type=click.Path(path_type=Path))
-@click.option("--comment", default=None, help="Text after the public key (default: user@host).")
-def keygen(path: Path, comment: str | None) -> None:
-    """Write a key pair: the secret key to PATH (owner-only), the public key to PATH.pub."""
-    pair = _keys.generate()
-    if comment is None:
-        comment = f"{getpass.getuser()}@{socket.gethostname()}"
-    try:
-        _keys.write(path, pair, comment)
-    except DistribError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"secret key: {path}\npublic key: {path}.pub\n{pair.public}")
+from distrib._cli_setup import down, keygen, up  # noqa: E402  (set-up commands)
+
+for _command in (keygen, up, down):
+    main.add_command(_command)

@@ -38,6 +38,12 @@ The file's shape (every key optional)::
     trust_on_first_use = false  # also use unknown ones, remembering their key
     interfaces = []             # network interface addresses to browse on (default: all)
 
+    [cluster]                   # start workers on SSH hosts that dial this Main back
+    ssh = ["lab1", "me@lab2:2222"]  # as `ssh` takes them
+    threads = 8                 # slots per worker (default: each host's cores)
+    ssh_config = "~/.ssh/config"  # for `ssh -F` (default: ssh's own)
+    worker_args = []            # more `distrib worker` flags there
+
     [[workers]]
     address = "192.0.2.7:7070"
     public_key = "..."          # as `distrib keygen` wrote it to the worker's .pub file
@@ -82,6 +88,34 @@ class Discovery:
 
 
 @dataclass(frozen=True, slots=True)
+class SSHCluster:
+    """A ``[cluster]`` section: workers on these SSH hosts (as ``distrib.SSH`` takes them)."""
+
+    hosts: tuple[str, ...]
+    threads: int | None = None
+    ssh_config: str | None = None
+    ssh_options: tuple[str, ...] = ()
+    worker_args: tuple[str, ...] = ()
+    timeout: float = 300.0
+
+
+def _cluster(name: str, table: dict[str, Any]) -> SSHCluster:
+    if "ssh" not in table:
+        raise ConfigError(f"{name}: needs ssh = [\"host\", ...] (the hosts to start workers on)")
+    hosts = _values.strings(f"{name} ssh", table["ssh"])
+    if not hosts:
+        raise ConfigError(f"{name} ssh: no hosts")
+    return SSHCluster(
+        hosts, _values.positive(f"{name} threads", table["threads"], int)
+        if "threads" in table else None,
+        os.path.expanduser(_values.string(f"{name} ssh_config", table["ssh_config"]))
+        if "ssh_config" in table else None,
+        _values.strings(f"{name} ssh_options", table.get("ssh_options", [])),
+        _values.strings(f"{name} worker_args", table.get("worker_args", [])),
+        _values.positive(f"{name} timeout", table.get("timeout", 300.0), float))
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the Main needs to set up; built by ``load``."""
 
@@ -106,6 +140,7 @@ class Settings:
     redistribution: str = "auto"  # how calls made inside tasks go (``REDISTRIBUTION``)
     listen: str | None = None  # "host:port" where workers dial this Main; None: none do
     authorized_workers: Path | None = None  # the keys of the workers that may dial it
+    cluster: object | None = None  # a launcher's settings (SSHCluster or distrib.SSH)
     source: str = "defaults"  # the configuration file used, for messages
 
 
@@ -148,6 +183,7 @@ _SCHEMA: dict[str, set[str]] = {
     "local": {"threads", "linger"},
     "discovery": {"enabled", "trust", "trust_on_first_use", "interfaces"},
     "workers": set(),
+    "cluster": {"ssh", "threads", "ssh_config", "ssh_options", "worker_args", "timeout"},
 }
 
 
@@ -236,6 +272,8 @@ def _from_file(path: Path, table: dict[str, Any]) -> dict[str, Any]:
         values["requirements"] = _values.requirements(f"{name} requirements",
                                                base / _values.string(f"{name} requirements",
                                                            main["requirements"]))
+    if "cluster" in table:
+        values["cluster"] = _cluster(f"{where}: [cluster]", table["cluster"])
     local = table.get("local", {})
     if "threads" in local:
         values["local_threads"] = _values.positive(f"{where}: [local] threads", local["threads"], int)
@@ -315,6 +353,7 @@ class Overrides:
     listen: str | None = None
     authorized_workers: str | Path | None = None
     linger: float | str | None = None
+    cluster: object | None = None
 
     def given(self) -> bool:
         """Whether any setting is given."""
@@ -352,6 +391,8 @@ def load(environ: Mapping[str, str] | None = None, overrides: Overrides = Overri
                                                   given.redistribution)
     if given.listen is not None:
         values["listen"] = _values.listen("init(listen=...)", given.listen)
+    if given.cluster is not None:
+        values["cluster"] = given.cluster
     if given.authorized_workers is not None:
         values["authorized_workers"] = Path(given.authorized_workers)
     if given.dependencies is not None:

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from distrib.main._stats import Stats, snapshot
 from distrib.wire import _facts
 from distrib.wire import _messages as m
 from distrib.wire._limits import MAX_MESSAGE_BYTES, MAX_PAYLOAD_BYTES
+from distrib.wire._link import LinkState
 from distrib.workspace._manifest import Distribution
 
 log = logging.getLogger("distrib")
@@ -116,6 +118,7 @@ class Session:
         self.nested = Nested(self.scheduler, self._next_id, self._send_to, self.inbox.cancel)
         self._ids = itertools.count(1)
         self._closing = False
+        self.on_close: list[Callable[[], None]] = []  # (what launched its workers ends)
         self._closing_lock = threading.Lock()  # no call slips in while close() drains
         self._started = time.monotonic()
         # With a dashboard: counts kept by the I/O thread, and the snapshot it publishes.
@@ -232,6 +235,20 @@ class Session:
             self.stats, self.links.values(), self.scheduler, self.dist,
             {"name": self.name, "python": self.python, "uptime": time.monotonic() - self._started})
 
+    def listen_address(self) -> str | None:
+        """Where workers dial this Main (``tcp://host:port``), or None."""
+        listener = self.linked.listener
+        return listener.address if listener is not None else None
+
+    def dialled_in(self) -> int:
+        """How many workers that dialled this Main are ready for tasks (any thread)."""
+        while True:
+            try:
+                return sum(link.dialled_in and link.state is LinkState.READY
+                           for link in list(self.links.values()))
+            except RuntimeError:  # (the I/O thread changed the links meanwhile)
+                continue
+
     def close(self) -> None:
         """Stop the I/O thread (saying goodbye to workers) and the local cluster."""
         with self._closing_lock:
@@ -241,6 +258,8 @@ class Session:
         self._loop.stopping = True
         self.inbox.wake(again=True)
         self._thread.join(30)
+        for end in self.on_close:
+            end()
         if self.dashboard is not None:
             self.dashboard.stop()
         if self._browser is not None:
