@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -279,30 +280,66 @@ def one_array(name: str, p: Metrics) -> Metrics:
 
 
 def cold_start_once(name: str) -> None:
-    """The body of W5's fresh process: start a 2-slot cluster, run one call, stop."""
+    """The body of W5's fresh process: start a 2-slot cluster, run one call, stop (and say how
+    long the start and the first call took)."""
     fw = load(name)
+    t0 = time.perf_counter()
     fw.start(2)
     try:
         check([fw.result(fw.submit(inc, 1))], [2], "inc")
+        print(f"{FIRST_CALL_TAG}{time.perf_counter() - t0:.6f}", flush=True)
     finally:
         fw.stop()
 
 
-def cold_start(name: str, p: Metrics) -> Metrics:
-    """W5: wall time of a whole fresh process running ``cold_start_once``."""
+FIRST_CALL_TAG = "FIRST-CALL "
+
+
+def _fresh_process(name: str, timeout: float, env: dict[str, str] | None = None
+                   ) -> tuple[float, float]:
+    """Wall time of a whole fresh process running ``cold_start_once``, and of its start and
+    first call."""
     with tempfile.TemporaryFile() as out:
         t0 = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-m", "bench.measure", "--cold-start", name],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            timeout=p["timeout_s"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
+            env=env,
         )
         elapsed = time.perf_counter() - t0
+        out.seek(0)
+        text = out.read().decode(errors="replace")
         if proc.returncode != 0:
-            out.seek(0)
-            tail = out.read().decode(errors="replace")[-4000:]
-            raise RuntimeError(f"the cold-start process exited with {proc.returncode}:\n{tail}")
-    return {"seconds": elapsed}
+            raise RuntimeError(f"the cold-start process exited with {proc.returncode}:\n"
+                               f"{text[-4000:]}")
+    first = next(float(line.removeprefix(FIRST_CALL_TAG)) for line in text.splitlines()
+                 if line.startswith(FIRST_CALL_TAG))
+    return elapsed, first
+
+
+def cold_start(name: str, p: Metrics) -> Metrics:
+    """W5: wall time of a whole fresh process running ``cold_start_once``."""
+    return {"seconds": _fresh_process(name, p["timeout_s"])[0]}
+
+
+def warm_start(name: str, p: Metrics) -> Metrics:
+    """W5b: W5's process run twice with distrib's ``linger``: the second run, timed, attaches
+    to the local cluster's daemon the first left (its workspace cached, its executors up)."""
+    from distrib._linger import running
+
+    runtime = tempfile.mkdtemp(prefix="run-")  # (this measurement's lingering daemon alone)
+    env = {**os.environ, "DISTRIB_LINGER": p["linger"], "XDG_RUNTIME_DIR": runtime}
+    try:
+        _fresh_process(name, p["timeout_s"], env)
+        elapsed, first = _fresh_process(name, p["timeout_s"], env)
+    finally:
+        for folder in Path(runtime, "distrib").glob("local-*"):
+            pid = running(folder)
+            if pid is not None:
+                subprocess.run([sys.executable, "-m", "distrib", "worker", "stop", "--pid",
+                                str(pid)], env=env, stdout=subprocess.DEVNULL, timeout=60)
+                psutil.Process(pid).wait(30)
+    return {"seconds": elapsed, "first_call_s": first}
 
 
 def full_parallelism(name: str, p: Metrics) -> Metrics:
@@ -506,6 +543,17 @@ WORKLOADS: dict[str, Workload] = {w.id: w for w in [
         "W5", "W5", "W5 cold start: a fresh process starts a 2-slot cluster, runs one call, exits",
         (Metric("seconds", "wall time", "s", False),),
         cold_start, {"timeout_s": 300}, {"timeout_s": 300}, 400,
+    ),
+    Workload(
+        "W5b", "W5", "W5b warm second run, distrib only: W5's process run again with "
+        "linger = \"{linger}\"",
+        (Metric("seconds", "wall time of the second run", "s", False),
+         Metric("first_call_s", "init() and the first call", "s", False)),
+        warm_start, {"timeout_s": 300, "linger": "1m"}, {"timeout_s": 300, "linger": "1m"},
+        700, frameworks=("distrib",),
+        notes=("The first run starts the local cluster's daemon and leaves it up (`linger`); "
+               "only the second, which attaches to it, is timed. Compare with W5's distrib "
+               "row of the same run.",),
     ),
     Workload(
         "W8", "W8", "W8 time to full parallelism: a fresh {slots}-slot cluster runs {calls} "

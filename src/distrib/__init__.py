@@ -31,6 +31,7 @@ from distrib._errors import (
     DistribError,
     InitializerFailed,
     InputFailed,
+    LaunchError,
     MainGuardError,
     NestedDeadlock,
     ProtocolError,
@@ -45,10 +46,12 @@ from distrib._errors import (
     WorkspaceError,
 )
 from distrib._executor import Executor
+from distrib.launch import SSH
 from distrib._response import Response
 from distrib._shared import Shared, share
 from distrib._waiting import AsCompleted, as_completed, gather, progress
 
+from distrib import _cluster as _cluster  # noqa: E402  (the launchers' hook for sessions)
 from distrib import _runtime as _rt  # noqa: E402
 
 _rt.own_modules.update(set(_sys.modules) - _before)
@@ -65,6 +68,7 @@ __all__ = [
     "DistribError",
     "InitializerFailed",
     "InputFailed",
+    "LaunchError",
     "DistributedFunction",
     "Executor",
     "MainGuardError",
@@ -73,6 +77,7 @@ __all__ = [
     "RemoteError",
     "RemoteTraceback",
     "Response",
+    "SSH",
     "SerializationError",
     "Shared",
     "TaskDiskExceeded",
@@ -105,6 +110,8 @@ def init(
     redistribution: str | None = None,
     listen: str | None = None,
     authorized_workers: str | _Path | None = None,
+    linger: float | str | None = None,
+    cluster: SSH | None = None,
 ) -> None:
     """Set up explicitly. Without this, the first call sets up from configuration.
 
@@ -127,13 +134,21 @@ def init(
     ``listen``: ``"host:port"`` where this Main also accepts workers that dial it (``distrib
     worker --connect``), for workers it cannot reach (behind NAT); it needs ``key`` and
     ``authorized_workers``, a file of those workers' public keys, one a line.
+    ``linger``: how long the local cluster's daemon stays up after this script ends, for the
+    next script of this user to start warm (``"10m"``, ``"30s"``, or seconds; default 0: it
+    stops with the script).
+    ``cluster``: start workers elsewhere that dial this Main back, e.g. ``distrib.SSH(["lab1",
+    "lab2"], threads=8)``: distrib is installed on each host over SSH and its worker lives as
+    long as this Main; a host that fails is logged in one line naming it (``LaunchError`` if
+    none starts).
     """
     from distrib._config import Overrides
     from distrib.main._current import init as _init
 
     _init(Overrides(workers, local_threads, workspace, forward_output, key, dependencies,
                     requirements, max_payload, dashboard, redistribution, listen=listen,
-                    authorized_workers=authorized_workers))
+                    authorized_workers=authorized_workers, linger=linger,
+                    cluster=cluster))
 
 
 def shutdown() -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import getpass
 import ipaddress
 import logging
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -164,6 +162,9 @@ def main() -> None:
                    "worker's keys, other Mains' work) and reach the network. Needed to serve "
                    "keyed or non-loopback Mains where no sandbox can be built.")
 @click.option("--exit-with-parent", type=int, default=None, hidden=True)
+@click.option("--linger", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
+              help="Leave after this many seconds with no Main (default 0: stay).")
+@click.option("--users-lock", type=click.Path(path_type=Path), default=None, hidden=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log every connection and environment.")
 @click.pass_context
 def worker(ctx: click.Context, listen: str, threads: int | None, name: str | None,
@@ -181,7 +182,8 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
            authorized_keys: Path | None, connect: tuple[str, ...], main_key: tuple[str, ...],
            relay: str | None, relay_key: str | None, insecure: bool, announce: bool,
            announce_interface: tuple[str, ...], task_network: str, no_sandbox: bool,
-           exit_with_parent: int | None, verbose: bool) -> None:
+           exit_with_parent: int | None, linger: float, users_lock: Path | None,
+           verbose: bool) -> None:
     """Run a worker daemon that serves Mains' tasks (or, with a command, tell a running one
     to pause, resume or drain)."""
     if ctx.invoked_subcommand is not None:
@@ -256,8 +258,8 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
     try:
         daemon = Daemon(WorkerSettings(
             address, policy, cache, name=name or "", heartbeat_interval=heartbeat,
-            lost_after=lost_after, exit_with_parent=exit_with_parent, key=key,
-            authorized=authorized_keys, idle_after=idle_executors,
+            lost_after=lost_after, exit_with_parent=exit_with_parent, linger=linger,
+            users_lock=users_lock, key=key, authorized=authorized_keys, idle_after=idle_executors,
             max_cache=None if max_cache is None else _size(max_cache, "--max-cache"),
             max_queued=_size(max_queued, "--max-queued"),
             env_policy=EnvPolicy(install, index_url, find_links, no_index, pythons,
@@ -366,6 +368,7 @@ _control_command("resume", "Take tasks again after a pause.")
 _control_command("drain", "Stop taking tasks, hand queued ones back, let running ones finish, "
                           "then exit.")
 _control_command("state", "Say whether the worker is serving, paused or draining.")
+_control_command("stop", "Stop now, as SIGTERM does: running tasks are stopped.")
 
 
 @main.command()
@@ -380,6 +383,7 @@ def status(timeout: float, as_json: bool) -> None:
     from rich.table import Table
 
     from distrib import _config
+    from distrib._linger import lingering
     from distrib.main import _status
 
     try:
@@ -387,6 +391,7 @@ def status(timeout: float, as_json: bool) -> None:
     except DistribError as exc:
         raise click.ClickException(str(exc)) from None
     targets = [(w.address, w.public_key, "configured") for w in settings.workers]
+    targets += [(a, None, f"lingering local cluster, pid {p}") for a, p in lingering()]
     if settings.discovery.enabled:
         from distrib.wire._mdns import browse_once
 
@@ -396,8 +401,8 @@ def status(timeout: float, as_json: bool) -> None:
                 targets.append((found.address, found.public_key, "discovered"))
     if not targets:
         raise click.ClickException(
-            f"no workers configured ({settings.source}): set DISTRIB_WORKERS, add [[workers]] "
-            "to distrib.toml, or turn on [discovery]")
+            f"no workers configured ({settings.source}) nor a local cluster lingering: set "
+            "DISTRIB_WORKERS, add [[workers]] to distrib.toml, or turn on [discovery]")
     answers = _status.query_all(targets, settings, timeout)
     if as_json:
         click.echo(json.dumps([{"address": s.address, "source": s.source, "problem": s.problem,
@@ -478,16 +483,7 @@ def relay(listen: str, key_file: Path, authorized_keys: Path, max_splices: int,
         raise click.ClickException(f"cannot listen on {listen}: {why}") from None
 
 
-@main.command()
-@click.argument("path", type=click.Path(path_type=Path))
-@click.option("--comment", default=None, help="Text after the public key (default: user@host).")
-def keygen(path: Path, comment: str | None) -> None:
-    """Write a key pair: the secret key to PATH (owner-only), the public key to PATH.pub."""
-    pair = _keys.generate()
-    if comment is None:
-        comment = f"{getpass.getuser()}@{socket.gethostname()}"
-    try:
-        _keys.write(path, pair, comment)
-    except DistribError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"secret key: {path}\npublic key: {path}.pub\n{pair.public}")
+from distrib._cli_setup import down, keygen, up  # noqa: E402  (set-up commands)
+
+for _command in (keygen, up, down):
+    main.add_command(_command)

@@ -32,12 +32,19 @@ The file's shape (every key optional)::
 
     [local]
     threads = 4                 # slots of the embedded local cluster
+    linger = "10m"              # its daemon waits this long for the next script (default 0)
 
     [discovery]
     enabled = false             # look for workers announcing themselves on the LAN (mDNS)
     trust = ["<public key>"]    # discovered workers whose keys may be used
     trust_on_first_use = false  # also use unknown ones, remembering their key
     interfaces = []             # network interface addresses to browse on (default: all)
+
+    [cluster]                   # start workers on SSH hosts that dial this Main back
+    ssh = ["lab1", "me@lab2:2222"]  # as `ssh` takes them
+    threads = 8                 # slots per worker (default: each host's cores)
+    ssh_config = "~/.ssh/config"  # for `ssh -F` (default: ssh's own)
+    worker_args = []            # more `distrib worker` flags there
 
     [[workers]]
     address = "192.0.2.7:7070"
@@ -87,12 +94,41 @@ class Discovery:
 
 
 @dataclass(frozen=True, slots=True)
+class SSHCluster:
+    """A ``[cluster]`` section: workers on these SSH hosts (as ``distrib.SSH`` takes them)."""
+
+    hosts: tuple[str, ...]
+    threads: int | None = None
+    ssh_config: str | None = None
+    ssh_options: tuple[str, ...] = ()
+    worker_args: tuple[str, ...] = ()
+    timeout: float = 300.0
+
+
+def _cluster(name: str, table: dict[str, Any]) -> SSHCluster:
+    if "ssh" not in table:
+        raise ConfigError(f"{name}: needs ssh = [\"host\", ...] (the hosts to start workers on)")
+    hosts = _values.strings(f"{name} ssh", table["ssh"])
+    if not hosts:
+        raise ConfigError(f"{name} ssh: no hosts")
+    return SSHCluster(
+        hosts, _values.positive(f"{name} threads", table["threads"], int)
+        if "threads" in table else None,
+        os.path.expanduser(_values.string(f"{name} ssh_config", table["ssh_config"]))
+        if "ssh_config" in table else None,
+        _values.strings(f"{name} ssh_options", table.get("ssh_options", [])),
+        _values.strings(f"{name} worker_args", table.get("worker_args", [])),
+        _values.positive(f"{name} timeout", table.get("timeout", 300.0), float))
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the Main needs to set up; built by ``load``."""
 
     workers: tuple[WorkerAddress, ...] = ()  # empty (and no discovery): the local cluster
     key: KeyPair | None = None
     local_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    linger: float = 0.0  # seconds the local cluster's daemon waits for the next Main; 0: none
     forward_output: bool = True
     workspace: Path | None = None  # None: the main script's folder (or the current folder)
     excludes: tuple[str, ...] = ()
@@ -112,6 +148,7 @@ class Settings:
     authorized_workers: Path | None = None  # the keys of the workers that may dial it
     relay: str | None = None  # "host:port" of the relay "relay:KEY" workers are reached through
     relay_key: str | None = None  # the relay's public key
+    cluster: object | None = None  # a launcher's settings (SSHCluster or distrib.SSH)
     source: str = "defaults"  # the configuration file used, for messages
 
 
@@ -155,9 +192,10 @@ _SCHEMA: dict[str, set[str]] = {
              "heartbeat", "lost_after", "dependencies", "requirements", "max_payload",
              "dashboard", "redistribution", "listen", "authorized_workers",
              "relay", "relay_key"},
-    "local": {"threads"},
+    "local": {"threads", "linger"},
     "discovery": {"enabled", "trust", "trust_on_first_use", "interfaces"},
     "workers": set(),
+    "cluster": {"ssh", "threads", "ssh_config", "ssh_options", "worker_args", "timeout"},
 }
 
 
@@ -253,9 +291,13 @@ def _from_file(path: Path, table: dict[str, Any]) -> dict[str, Any]:
         values["requirements"] = _values.requirements(f"{name} requirements",
                                                base / _values.string(f"{name} requirements",
                                                            main["requirements"]))
+    if "cluster" in table:
+        values["cluster"] = _cluster(f"{where}: [cluster]", table["cluster"])
     local = table.get("local", {})
     if "threads" in local:
         values["local_threads"] = _values.positive(f"{where}: [local] threads", local["threads"], int)
+    if "linger" in local:
+        values["linger"] = _values.duration(f"{where}: [local] linger", local["linger"])
     disc = table.get("discovery", {})
     if disc:
         d = f"{where}: [discovery]"
@@ -278,6 +320,8 @@ def _from_environ(env: Mapping[str, str]) -> dict[str, Any]:
         values["key_path"] = (Path(raw), "DISTRIB_KEY")
     if raw := env.get("DISTRIB_LOCAL_THREADS", "").strip():
         values["local_threads"] = _values.positive("DISTRIB_LOCAL_THREADS", raw, int)
+    if raw := env.get("DISTRIB_LINGER", "").strip():
+        values["linger"] = _values.duration("DISTRIB_LINGER", raw)
     if raw := env.get("DISTRIB_OUTPUT", "").strip():
         values["forward_output"] = _values.boolean("DISTRIB_OUTPUT", raw)
     if raw := env.get("DISTRIB_SHARED_MEMORY", "").strip():
@@ -331,6 +375,8 @@ class Overrides:
     redistribution: str | None = None
     listen: str | None = None
     authorized_workers: str | Path | None = None
+    linger: float | str | None = None
+    cluster: object | None = None
 
     def given(self) -> bool:
         """Whether any setting is given."""
@@ -351,6 +397,8 @@ def load(environ: Mapping[str, str] | None = None, overrides: Overrides = Overri
         values["workers"] = tuple(_worker("init(workers=...)", w) for w in given.workers)
     if given.local_threads is not None:
         values["local_threads"] = _values.positive("init(local_threads=...)", given.local_threads, int)
+    if given.linger is not None:
+        values["linger"] = _values.duration("init(linger=...)", given.linger)
     if given.workspace is not None:
         values["workspace"] = Path(given.workspace)
     if given.forward_output is not None:
@@ -366,6 +414,8 @@ def load(environ: Mapping[str, str] | None = None, overrides: Overrides = Overri
                                                   given.redistribution)
     if given.listen is not None:
         values["listen"] = _values.listen("init(listen=...)", given.listen)
+    if given.cluster is not None:
+        values["cluster"] = given.cluster
     if given.authorized_workers is not None:
         values["authorized_workers"] = Path(given.authorized_workers)
     if given.dependencies is not None:

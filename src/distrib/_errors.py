@@ -91,6 +91,10 @@ class WorkerCrashed(DistribError):
     """The executor process running the task died, on every try."""
 
 
+class LaunchError(DistribError):
+    """No worker could be started where a launcher was told to (each host's reason named)."""
+
+
 class WorkerLost(DistribError):
     """The worker running the task disconnected or stopped answering, on every try."""
 

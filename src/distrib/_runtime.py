@@ -12,6 +12,8 @@ import os
 import site
 import sys
 import threading
+from collections.abc import Callable
+from typing import Any
 
 MAIN_ALIAS = "__distrib_main__"  # the name executors import the Main's script under
 
@@ -28,6 +30,9 @@ main_shipped: bool = False  # set by the session: is the Main's __main__ importa
 shipped_root: str | None = None  # set by the session: the workspace folder shipped, if any
 shipped_as = ""  # in an executor: that folder as its modules' paths name it (not resolved)
 own_modules: set[str] = set()  # modules first imported by distrib's own imports
+# Set by the API layer (``distrib._cluster.prepare``): a session's settings for a launched
+# cluster, and what launches it once the session listens (``main`` does not import ``launch``).
+launcher: Callable[[Any], tuple[Any, Callable[[Any], None]]] | None = None
 # In an executor: why it ends once its current task is done (an Executor's max_tasks_per_child),
 # and the calls it ran per Executor (its key), for their initializer and max_tasks_per_child.
 retire: str = ""

@@ -118,3 +118,26 @@ def string(name: str, raw: Any) -> str:
     if not isinstance(raw, str) or not raw:
         raise ConfigError(f"{name}: expected a non-empty string, got {raw!r}")
     return raw
+
+
+_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+def duration(name: str, raw: Any) -> float:
+    """Seconds in ``"10m"``, ``"30s"``, ``"2h"`` or a number of seconds; 0 (or false, "off")
+    for none."""
+    if isinstance(raw, bool) or (isinstance(raw, str) and raw.strip().lower() in FALSE):
+        if raw is True:
+            raise ConfigError(f"{name}={raw!r}: expected a duration such as \"10m\", \"30s\" "
+                              "or 0 (off)")
+        return 0.0
+    text = str(raw).strip().lower()
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _SECONDS else (text, "")
+    try:
+        value = float(number) * _SECONDS.get(unit, 1)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a duration such as \"10m\", \"30s\" "
+                          "or 0 (off)") from None
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name}={raw!r}: expected a duration of 0 (off) or more")
+    return value

@@ -16,6 +16,7 @@ from distrib.worker._events import (
     CancelAsked,
     DistReady,
     Drained,
+    EnvKey,
     Event,
     ExecutorReady,
     Kill,
@@ -39,6 +40,7 @@ from distrib.worker._events import (
     Tick,
     Turn,
     Vacating,
+    Warm,
 )
 from distrib.worker._corestate import PARK_GRACE, STUCK_HAND_BACK
 from distrib.worker._state import QueuedTask
@@ -297,6 +299,21 @@ def test_a_main_that_leaves_is_counted_and_its_calls_stop() -> None:
     assert of(MainDropped, out) == [MainDropped(b"A", 2, 1)]
     assert w.running() == {4} and of(Kill, out)  # its running task is stopped
     assert reports(w.do(CancelAsked(b"B", 4))) == [(4, Outcome.CANCELLED)]
+
+
+def test_warming_stops_idle_executors_of_a_distribution_no_connected_main_uses() -> None:
+    w = Worker(2)
+    w.do(DistReady("e"))
+    old, new = EnvKey("d", 1, "c"), EnvKey("e", 1, "c")  # (the same script, edited)
+    assert len(of(Spawn, w.do(Warm(old, b"A", 2)))) == 2  # the last run's, idle now
+    w.do(MainLeft(b"A"))
+    out = w.do(Warm(new, b"B", 2))  # (as before: without ``used``, nothing stops)
+    assert not of(Spawn, out) and not of(Kill, out)
+    out = w.do(Warm(new, b"B", 2, used=(("e", "c"), ("d", "c"))))  # a Main uses them still
+    assert not of(Spawn, out) and not of(Kill, out)
+    out = w.do(Warm(new, b"B", 2, used=(("e", "c"),)))
+    assert len(of(Kill, out)) == 2 and len(of(Spawn, out)) == 2
+    assert {e.key for e in w.core.executors.values()} == {new}
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -19,7 +19,7 @@ from typing import Any
 # and the session says goodbye to its workers while pyzmq can still send.
 import zmq.utils.garbage  # noqa: F401
 
-from distrib import _config
+from distrib import _config, _runtime
 from distrib._errors import Cancelled, ConfigError
 from distrib._response import Response
 from distrib.main._session import Session
@@ -90,8 +90,19 @@ def init(overrides: _config.Overrides) -> Session:
 def _start(overrides: _config.Overrides) -> Session:
     script = main_file()
     settings = _config.load(None, overrides, script.parent if script else None)
+    launch = None
+    if settings.cluster is not None:
+        if _runtime.launcher is None:
+            raise ConfigError("a [cluster] needs `import distrib` (its launchers)")
+        settings, launch = _runtime.launcher(settings)
     session = Session(settings, script)
     atexit.register(shutdown)
+    if launch is not None:
+        try:
+            launch(session)
+        except BaseException:
+            session.close()
+            raise
     return session
 
 

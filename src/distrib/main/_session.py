@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,7 @@ from distrib.main._stats import Stats, snapshot
 from distrib.wire import _facts, _reach
 from distrib.wire import _messages as m
 from distrib.wire._limits import MAX_MESSAGE_BYTES, MAX_PAYLOAD_BYTES
+from distrib.wire._link import LinkState
 from distrib.workspace._manifest import Distribution
 
 if TYPE_CHECKING:
@@ -75,7 +77,8 @@ class Session:
             from distrib._local import LocalCluster
 
             # Started first: the daemon's own start overlaps the scan below.
-            self.local = LocalCluster(settings.local_threads, settings.cache_dir)
+            self.local = LocalCluster(settings.local_threads, settings.cache_dir,
+                                      settings.linger)
             workers = [_config.WorkerAddress(a) for a in self.local.addresses]
         try:
             self.dist: Distribution = scan_workspace(settings, main_file)
@@ -118,6 +121,7 @@ class Session:
         self.nested = Nested(self.scheduler, self._next_id, self._send_to, self.inbox.cancel)
         self._ids = itertools.count(1)
         self._closing = False
+        self.on_close: list[Callable[[], None]] = []  # (what launched its workers ends)
         self._closing_lock = threading.Lock()  # no call slips in while close() drains
         self._started = time.monotonic()
         # With a dashboard: counts kept by the I/O thread, and the snapshot it publishes.
@@ -235,6 +239,20 @@ class Session:
             self.stats, self.links.values(), self.scheduler, self.dist,
             {"name": self.name, "python": self.python, "uptime": time.monotonic() - self._started})
 
+    def listen_address(self) -> str | None:
+        """Where workers dial this Main (``tcp://host:port``), or None."""
+        listener = self.linked.listener
+        return listener.address if listener is not None else None
+
+    def dialled_in(self) -> int:
+        """How many workers that dialled this Main are ready for tasks (any thread)."""
+        while True:
+            try:
+                return sum(link.dialled_in and link.state is LinkState.READY
+                           for link in list(self.links.values()))
+            except RuntimeError:  # (the I/O thread changed the links meanwhile)
+                continue
+
     def close(self) -> None:
         """Stop the I/O thread (saying goodbye to workers) and the local cluster."""
         with self._closing_lock:
@@ -244,6 +262,8 @@ class Session:
         self._loop.stopping = True
         self.inbox.wake(again=True)
         self._thread.join(30)
+        for end in self.on_close:
+            end()
         if self.dashboard is not None:
             self.dashboard.stop()
         if self._browser is not None:

@@ -1,4 +1,4 @@
-"""The owner's control socket: ``distrib worker pause|resume|drain|state`` reach a running
+"""The owner's control socket: ``distrib worker pause|resume|drain|state|stop`` reach a running
 daemon through a Unix socket in a folder only the owner may open (mode 0700).
 
 One socket per daemon, ``<cache>/control/<pid>.sock``; a client sends one command line and
@@ -25,7 +25,7 @@ import psutil
 from distrib._errors import ConfigError, ConnectionFailed
 from distrib._process import exists
 
-COMMANDS = ("pause", "resume", "drain", "state")
+COMMANDS = ("pause", "resume", "drain", "state", "stop")
 _TIMEOUT = 1.0  # seconds a client may take to send its command (the daemon's loop waits)
 REFUSED = "refused: "  # how a refusal's reply begins
 

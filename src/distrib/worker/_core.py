@@ -209,7 +209,7 @@ class Core(CoreState):
     def _warm_event(self, event: Warm, now: float) -> None:
         """Idle executors ahead of a Main's calls: the ``Spawn`` actions are the new ones."""
         if not self.paused:
-            self._warm(event.key, event.peer, now, event.count)
+            self._warm(event.key, event.peer, now, event.count, event.used)
 
     # --- distributions, environments, shared objects -----------------------------------------
 

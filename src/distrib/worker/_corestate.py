@@ -328,15 +328,21 @@ class CoreState:
         self._out.append(Spawn(ex.ex_id, key))
         return ex
 
-    def _warm(self, key: EnvKey, peer: bytes, now: float, count: int | None = None) -> None:
+    def _warm(self, key: EnvKey, peer: bytes, now: float, count: int | None = None,
+              used: tuple[tuple[str, str], ...] | None = None) -> None:
         """An environment's first executors: start idle ones too, up to the slots its Main
         may use (and ``count``), on room no other executor holds (as a process pool starts
         its workers at the first call), so the next calls find them ready. Unused, they stop
-        after ``idle_after``."""
+        after ``idle_after``. With ``used``, idle executors of no Main connected make room."""
         most = self.offered(peer) // key.threads
         if count is not None:
             most = min(most, count)
         have = sum(1 for e in self.executors.values() if e.key == key)
+        if used is not None:
+            short = min(most - have, self.capacity) - (self.capacity - len(self.executors))
+            for ex in [e for e in self.executors.values() if not e.runs and e.key != key
+                       and (e.key.dist, e.key.context) not in used][:max(short, 0)]:
+                self._retire(ex)
         for _ in range(min(most - have, self.capacity - len(self.executors))):
             self._spawn(key).idle_since = now
 

@@ -59,6 +59,7 @@ from distrib.worker._events import (
 from distrib.worker._executors import Executors
 from distrib.worker._gate import Gate
 from distrib.worker import _sandbox
+from distrib.worker._lingering import Lingering
 from distrib.worker._mains import Context, Mains
 from distrib.worker._memory import MemoryWatch
 from distrib.worker._objects import Objects
@@ -153,7 +154,11 @@ class Daemon:
         self._rewaited: set[bytes] = set()  # Mains whose tasks waiting for their calls
         # changed in this turn of the loop: told at its end
         self._stop = False
+        self.owner.on_stop = self.request_stop
         self._announcer: Any = None
+        self.lingering = Lingering(s.linger, s.users_lock, time.monotonic(), Path(
+            s.endpoint.removeprefix("ipc://")) if s.endpoint.startswith("ipc://") else None) \
+            if s.linger else None
 
     def _wake_loop(self) -> None:
         """(any thread) Make the loop's poll return: a build ended, or a task wrote too
@@ -235,6 +240,10 @@ class Daemon:
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stop = True
 
+    def request_stop(self) -> None:
+        """Leave at the end of this turn of the loop, as on SIGTERM."""
+        self._stop = True
+
     def _on_sighup(self, signum: int, frame: Any) -> None:
         self.gate.request_reload()
         self.owner.on_sighup()
@@ -276,6 +285,8 @@ class Daemon:
         self.ctx.term()
         remove_tree(self.runs)  # (an overlay's work folder has mode 000)
         log.info("worker %s stopped", self.name)
+        if self.lingering is not None:  # (last: the next Main starts another daemon after)
+            self.lingering.close()
 
     # --- bytes in and out --------------------------------------------------------------------
 
@@ -472,4 +483,6 @@ class Daemon:
         parent = self.settings.exit_with_parent
         if parent is not None and os.getppid() != parent:
             log.info("parent process %d is gone; stopping", parent)
+            self._stop = True
+        if self.lingering is not None and self.lingering.over(bool(self.mains), now):
             self._stop = True

@@ -251,11 +251,15 @@ class MainLeft(Struct, frozen=True):
 
 
 class Warm(Struct, frozen=True):
-    """``peer`` asks for ``count`` idle executors of ``key`` ahead of its calls."""
+    """``peer`` asks for ``count`` idle executors of ``key`` ahead of its calls. ``used``:
+    the (distribution, context) of every Main connected; idle executors of others may stop
+    to make room (those of a Main that left: a lingering daemon's last run, its workspace
+    edited since). None: none stop."""
 
     key: EnvKey
     peer: bytes
     count: int
+    used: tuple[tuple[str, str], ...] | None = None
 
 
 class Turn(Struct, frozen=True):

@@ -144,6 +144,7 @@ class Owner:
         # Mains to dial changed: set by the daemon)
         self.on_relay: Callable[[tuple[str, str] | None], None] | None = None  # (likewise,
         # the relay it is reached through)
+        self.on_stop: Callable[[], None] | None = None  # (the owner said stop: the daemon's)
         self.name_memory_settings()
 
     def on_sighup(self) -> None:
@@ -164,6 +165,12 @@ class Owner:
             return
         if command not in COMMANDS:
             reply(conn, f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}")
+            return
+        if command == "stop" and self.on_stop is not None:
+            log.warning("worker %s, as its owner asked: stopping", self.name)
+            self.on_stop()
+            reply(conn, f"stopping: {self.core.busy} slots busy (their tasks are stopped, "
+                        "and their Mains told)")
             return
         if command != "state":
             change = self.state.command(command, time.monotonic())

@@ -23,6 +23,8 @@ class WorkerSettings:
     heartbeat_interval: float = 1.0
     lost_after: float = 10.0  # seconds a silent Main is kept
     exit_with_parent: int | None = None  # a process whose end stops the daemon
+    linger: float = 0.0  # seconds with no Main after which it leaves (0: it stays)
+    users_lock: Path | None = None  # held by the Mains using it (the local cluster's)
     key: KeyPair | None = None
     authorized: Path | None = None  # the Mains' public keys (and quotas) it serves
     idle_after: float = 300.0  # seconds an idle executor is kept

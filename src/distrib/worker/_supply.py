@@ -103,7 +103,10 @@ class Supply:
         for peer, wish in self.warming.startable(self.core.dist_is_ready,
                                                  self.core.env_is_ready):
             assert wish.key is not None
-            actions = self.core.handle(Warm(wish.key, peer, wish.count), now)
+            hellos = [(p.hello, p.context) for p in self.mains.values()]
+            used = None if any(h is None for h, _ in hellos) else tuple(
+                (h.dist, c) for h, c in hellos if h is not None)  # (a delegate's: none stop)
+            actions = self.core.handle(Warm(wish.key, peer, wish.count, used), now)
             wish.started = sum(isinstance(a, Spawn) for a in actions)
             self.apply(actions)
 
