@@ -16,6 +16,7 @@ import zmq
 from distrib._values import endpoint, parse_size
 from distrib._errors import ConfigError, DistribError
 from distrib.wire import _keys
+from distrib.worker import _relaying
 
 
 def _size(text: str, option: str) -> int:
@@ -108,7 +109,7 @@ def main() -> None:
                    "outside them, as --when-idle says (default: finish).")
 @click.option("--policy", "policy_file", type=click.Path(path_type=Path), default=None,
               help="A TOML file of these settings (threads, max_task_memory, max_memory, "
-                   "max_task_disk, nice, when_idle, idle_load, hours, connect), over the "
+                   "max_task_disk, nice, when_idle, idle_load, hours, connect, relay), over the "
                    "flags; read again when it changes or on SIGHUP, and applied while the "
                    "worker runs.")
 @click.option("--idle-executors", type=click.FloatRange(min=0), default=300.0,
@@ -143,6 +144,7 @@ def main() -> None:
 @click.option("--main-key", multiple=True, metavar="KEY",
               help="The public key (or .pub file) of the Main of each --connect: it must "
                    "prove it, or it is not served.")
+@_relaying.options
 @click.option("--insecure", is_flag=True,
               help="Allow a non-loopback address without keys: anyone reaching it runs code.")
 @click.option("--announce", is_flag=True,
@@ -178,7 +180,7 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
            max_envs: str | None,
            key_file: Path | None,
            authorized_keys: Path | None, connect: tuple[str, ...], main_key: tuple[str, ...],
-           insecure: bool, announce: bool,
+           relay: str | None, relay_key: str | None, insecure: bool, announce: bool,
            announce_interface: tuple[str, ...], task_network: str, no_sandbox: bool,
            exit_with_parent: int | None, linger: float, users_lock: Path | None,
            verbose: bool) -> None:
@@ -225,7 +227,7 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
             nice, when_idle, idle_load,
             None if hours is None else _policy.Hours.parse(hours, "--hours"),
             None if max_task_disk is None else _size(max_task_disk, "--max-task-disk"),
-            dials)
+            dials, _relaying.flags(relay, relay_key, key))
         policy = flags if policy_file is None else _policy.read(policy_file, flags)
     except DistribError as exc:
         raise click.UsageError(str(exc)) from None
@@ -401,8 +403,7 @@ def status(timeout: float, as_json: bool) -> None:
         raise click.ClickException(
             f"no workers configured ({settings.source}) nor a local cluster lingering: set "
             "DISTRIB_WORKERS, add [[workers]] to distrib.toml, or turn on [discovery]")
-    answers = [_status.query_measured(a, k, settings.key, timeout, src)
-               for a, k, src in targets]
+    answers = _status.query_all(targets, settings, timeout)
     if as_json:
         click.echo(json.dumps([{"address": s.address, "source": s.source, "problem": s.problem,
                                 **s.info} for s in answers], indent=2))

@@ -27,6 +27,8 @@ The file's shape (every key optional)::
     listen = "0.0.0.0:7788"     # also accept workers that dial this Main (`--connect`)
     authorized_workers = "workers.authorized"  # their public keys, one a line (as a
                                 # worker's authorized-keys file)
+    relay = "203.0.113.9:7790"  # reach workers that cannot accept connections through a relay
+    relay_key = "relay.key.pub" # the relay's public key (or its .pub file)
 
     [local]
     threads = 4                 # slots of the embedded local cluster
@@ -47,6 +49,10 @@ The file's shape (every key optional)::
     [[workers]]
     address = "192.0.2.7:7070"
     public_key = "..."          # as `distrib keygen` wrote it to the worker's .pub file
+
+    [[workers]]                 # a worker behind NAT, reached through the relay by its key
+    public_key = "..."
+    via = "relay"               # (or address = "relay:<public key>")
 """
 
 from __future__ import annotations
@@ -64,7 +70,7 @@ import platformdirs
 from distrib import _values
 from distrib._errors import ConfigError
 from distrib._values import endpoint, parse_size
-from distrib.wire import _keys
+from distrib.wire import _keys, _reach
 from distrib.wire._keys import KeyPair
 from distrib.wire._messages import check_redistribution
 
@@ -140,6 +146,8 @@ class Settings:
     redistribution: str = "auto"  # how calls made inside tasks go (``REDISTRIBUTION``)
     listen: str | None = None  # "host:port" where workers dial this Main; None: none do
     authorized_workers: Path | None = None  # the keys of the workers that may dial it
+    relay: str | None = None  # "host:port" of the relay "relay:KEY" workers are reached through
+    relay_key: str | None = None  # the relay's public key
     cluster: object | None = None  # a launcher's settings (SSHCluster or distrib.SSH)
     source: str = "defaults"  # the configuration file used, for messages
 
@@ -149,10 +157,12 @@ def _worker(name: str, item: Any) -> WorkerAddress:
         worker = item
     elif isinstance(item, str):  # "host:port", or "host:port <key>" with a .pub comment or not
         address, *key = item.split(maxsplit=1) or [""]
-        worker = WorkerAddress(address, key[0] if key else None)
+        relayed = address.startswith(_reach.RELAYED)  # ("relay:KEY", a .pub line's comment)
+        worker = WorkerAddress(address, key[0] if key and not relayed else None)
     elif isinstance(item, tuple) and len(item) == 2 and all(isinstance(x, str) for x in item):
         worker = WorkerAddress(item[0], item[1])
     elif isinstance(item, dict):
+        item = _reach.via(name, item)
         unknown = set(item) - {"address", "public_key"}
         if unknown or not isinstance(item.get("address"), str):
             raise ConfigError(f"{name}: each worker needs 'address' (and may have 'public_key')"
@@ -165,6 +175,7 @@ def _worker(name: str, item: Any) -> WorkerAddress:
         raise ConfigError(f"{name}: expected 'host:port', (address, public_key) or a table, "
                           f"got {item!r}")
     try:
+        worker = WorkerAddress(*_reach.relayed(worker.address, worker.public_key))
         endpoint(worker.address)
         if worker.public_key is not None:
             worker = WorkerAddress(worker.address,
@@ -179,7 +190,8 @@ def _worker(name: str, item: Any) -> WorkerAddress:
 _SCHEMA: dict[str, set[str]] = {
     "main": {"key", "workspace", "exclude", "forward_output", "shared_memory", "forward_env",
              "heartbeat", "lost_after", "dependencies", "requirements", "max_payload",
-             "dashboard", "redistribution", "listen", "authorized_workers"},
+             "dashboard", "redistribution", "listen", "authorized_workers",
+             "relay", "relay_key"},
     "local": {"threads", "linger"},
     "discovery": {"enabled", "trust", "trust_on_first_use", "interfaces"},
     "workers": set(),
@@ -268,6 +280,13 @@ def _from_file(path: Path, table: dict[str, Any]) -> dict[str, Any]:
     if "authorized_workers" in main:
         values["authorized_workers"] = base / _values.string(f"{name} authorized_workers",
                                                    main["authorized_workers"])
+    if "relay" in main:
+        values["relay"] = _reach.relay(f"{name} relay", main["relay"])
+    if "relay_key" in main:
+        raw = main["relay_key"]
+        if isinstance(raw, str) and (base / raw).is_file():
+            raw = str(base / raw)
+        values["relay_key"] = _reach.relay_key(f"{name} relay_key", raw)
     if "requirements" in main:
         values["requirements"] = _values.requirements(f"{name} requirements",
                                                base / _values.string(f"{name} requirements",
@@ -329,6 +348,10 @@ def _from_environ(env: Mapping[str, str]) -> dict[str, Any]:
         values["listen"] = _values.listen("DISTRIB_LISTEN", raw)
     if raw := env.get("DISTRIB_AUTHORIZED_WORKERS", "").strip():
         values["authorized_workers"] = Path(raw)
+    if raw := env.get("DISTRIB_RELAY", "").strip():
+        values["relay"] = _reach.relay("DISTRIB_RELAY", raw)
+    if raw := env.get("DISTRIB_RELAY_KEY", "").strip():
+        values["relay_key"] = _reach.relay_key("DISTRIB_RELAY_KEY", raw)
     if raw := env.get("DISTRIB_DEPENDENCIES", "").strip():
         values["dependencies"] = _values.dependencies("DISTRIB_DEPENDENCIES", raw)
     if raw := env.get("DISTRIB_REQUIREMENTS", "").strip():
@@ -417,6 +440,8 @@ def load(environ: Mapping[str, str] | None = None, overrides: Overrides = Overri
                           "(or DISTRIB_KEY, or init(key=...))")
     if settings.listen is not None:
         _check_listening(settings)
+    _reach.check_relayed(settings.source, [w.address for w in settings.workers],
+                          settings.relay, settings.relay_key)
     return settings
 
 

@@ -12,7 +12,7 @@ from distrib._errors import ConfigError
 
 def endpoint(address: str) -> str:
     """Turn ``host:port`` into a ZeroMQ endpoint; pass ``tcp://`` and ``ipc://`` through."""
-    if address.startswith(("tcp://", "ipc://")):
+    if address.startswith(("tcp://", "ipc://", "relay:")):  # (relay:KEY: see wire._reach)
         return address
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit():

@@ -87,3 +87,22 @@ def test_a_relative_cache_dir_is_taken_from_where_the_worker_starts(
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "49"
     assert any((tmp_path / "relative-cache" / "envs").iterdir())  # (its workspace went there)
+
+
+def test_relay_needs_its_key_and_the_workers_key(tmp_path: Path) -> None:
+    from distrib.wire import _keys
+
+    _keys.write(tmp_path / "w.key", _keys.generate())
+    base = [PYTHON, "-m", "distrib", "worker", "--cache-dir", str(tmp_path)]
+    for extra, expected in (
+            (["--relay", "203.0.113.9:7790"], "--relay needs --relay-key"),
+            (["--relay", "203.0.113.9:7790", "--relay-key", _keys.generate().public],
+             "--relay needs --relay-key (the relay's public key) and --key"),
+            (["--relay", "nowhere", "--relay-key", _keys.generate().public, "--key",
+              str(tmp_path / "w.key"), "--insecure", "--no-sandbox"], "--relay='nowhere'"),
+            (["--relay", "h:1", "--relay-key", "not-a-key", "--key", str(tmp_path / "w.key"),
+              "--insecure", "--no-sandbox"], "--relay-key")):
+        out = subprocess.run(base + extra, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and expected in out.stderr, (extra, out.stderr)
+    help_text = subprocess.run(base + ["--help"], capture_output=True, text=True, timeout=60)
+    assert "--relay HOST:PORT" in help_text.stdout and "--relay-key KEY" in help_text.stdout

@@ -33,6 +33,8 @@ SAMPLES: list[m.Message] = [
     m.Refused(m.RefusalCode.UNKNOWN_PEER, "no"),
     m.Goodbye(),
     m.Heartbeat(),
+    m.Ping(12.5),
+    m.Pong(12.5),
     m.Submit([m.TaskSpec(1, "d", 1, None, 0, [], 2), m.TaskSpec(2, "d", 2, 1.5, 1, [b"in"], 1),
               m.TaskSpec(3, "d", 1, None, 0, [b"only", b"inline"], 0)],
              frames=(b"a", b"b", b"c")),

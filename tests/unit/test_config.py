@@ -277,3 +277,45 @@ def test_a_main_that_listens_needs_its_key_and_the_workers_keys(elsewhere: Path)
     (elsewhere / "bad.authorized").write_text("not-a-key\n")
     with pytest.raises(ConfigError, match="bad.authorized line 1"):
         load({**key, "DISTRIB_AUTHORIZED_WORKERS": str(elsewhere / "bad.authorized")})
+
+
+def test_a_worker_reached_through_the_relay_by_its_key(elsewhere: Path) -> None:
+    make_key(elsewhere / "main.key")
+    relay = _keys.generate()
+    _keys.write(elsewhere / "relay.key", relay)
+    (elsewhere / "distrib.toml").write_text(textwrap.dedent(f"""
+        [main]
+        key = "main.key"
+        relay = "203.0.113.9:7790"
+        relay_key = "relay.key.pub"
+
+        [[workers]]
+        public_key = "{KEY}"
+        via = "relay"
+
+        [[workers]]
+        address = "relay:{KEY}"
+        """))
+    s = load({})
+    assert s.relay == "203.0.113.9:7790" and s.relay_key == relay.public
+    assert s.workers == (WorkerAddress(f"relay:{KEY}", KEY),) * 2
+    (elsewhere / "distrib.toml").unlink()
+    env = {"DISTRIB_KEY": str(elsewhere / "main.key"), "DISTRIB_RELAY": "relay.example:7790",
+           "DISTRIB_RELAY_KEY": relay.public,
+           "DISTRIB_WORKERS": f"relay:{KEY} alice@laptop,192.0.2.7:7070 {KEY}"}  # (a .pub line)
+    s = load(env)
+    assert s.workers[0] == WorkerAddress(f"relay:{KEY}", KEY) and s.relay == "relay.example:7790"
+    with pytest.raises(ConfigError, match="reached through a relay: set .main. relay"):
+        load({**env, "DISTRIB_RELAY": ""})
+    with pytest.raises(ConfigError, match="needs the relay's public key"):
+        load({**env, "DISTRIB_RELAY_KEY": ""})
+    with pytest.raises(ConfigError, match="DISTRIB_RELAY=.*host:port"):
+        load({**env, "DISTRIB_RELAY": "nowhere"})
+    with pytest.raises(ConfigError, match="DISTRIB_WORKERS"):
+        load({**env, "DISTRIB_WORKERS": "relay:not-a-key"})
+    with pytest.raises(ConfigError, match="needs its own key"):
+        load({k: v for k, v in env.items() if k != "DISTRIB_KEY"})
+    (elsewhere / "distrib.toml").write_text('[[workers]]\naddress = "h:1"\nvia = "relay"\n')
+    with pytest.raises(ConfigError, match='via = .relay. with the worker.s public_key and no '
+                                          'address'):
+        load(env)

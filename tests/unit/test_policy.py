@@ -117,3 +117,18 @@ def test_the_policy_file_names_mains_to_dial(tmp_path: Path) -> None:
     path.write_text('connect = ["main.example:7788 notakey"]\n')
     with pytest.raises(ConfigError, match="connect main.example:7788: 'notakey' is not a public"):
         read(path, Policy(threads=2))
+
+
+def test_the_policy_file_names_a_relay(tmp_path: Path) -> None:
+    key = _keys.generate().public
+    path = tmp_path / "policy.toml"
+    path.write_text(f'relay = "relay.example:7790 {key}"\n')
+    policy = read(path, Policy(2))
+    assert policy.relay == ("relay.example:7790", key)
+    assert "relay relay.example:7790" in policy.describe()
+    for text, named in (('relay = "relay.example:7790"', "relay: expected"),
+                        (f'relay = "nowhere {key}"', "relay='nowhere'"),
+                        ('relay = "relay.example:7790 notakey"', "relay key")):
+        path.write_text(text + "\n")
+        with pytest.raises(ConfigError, match=named):
+            read(path, Policy(2))

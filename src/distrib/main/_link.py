@@ -6,7 +6,8 @@ Main's listening ROUTER) has that ROUTER and the worker's routing id on it inste
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -15,6 +16,9 @@ from distrib.wire import _link, _transport
 from distrib.wire import _messages as m
 from distrib.wire._carry import Carried
 from distrib.wire._link import LinkState, log
+
+ROUND_TRIPS_KEPT = 8  # Pongs whose least delay is the link's round trip
+PING_EVERY = 1.0  # seconds between Pings of a ready link
 
 
 @dataclass(eq=False, kw_only=True)
@@ -32,6 +36,10 @@ class Link(_link.Link):
     routing_id: bytes = b""  # a worker that dialled: its id on the listening ROUTER
     router: zmq.Socket[Any] | None = None  # (that ROUTER)
     fd: int = -1  # (its connection's file descriptor: when that closes, it is lost)
+    pinged: float = 0.0  # when it was last sent a Ping
+    # the last round trips Ping -> Pong measured (seconds): their least is the link's own,
+    # queueing behind large frames aside
+    round_trips: deque[float] = field(default_factory=lambda: deque(maxlen=ROUND_TRIPS_KEPT))
 
     @property
     def label(self) -> str:

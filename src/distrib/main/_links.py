@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -25,14 +25,18 @@ from distrib import _config, _values
 from distrib._errors import WorkerLost
 from distrib.main import _discovery
 from distrib.main._health import link_policy
-from distrib.main._link import Link
+from distrib.main._link import PING_EVERY, Link
 from distrib.main._listener import Listener
 from distrib.main._nested import Nested
 from distrib.main._scheduler import Scheduler, WorkerView
 from distrib.main._stats import Stats
 from distrib.wire import _messages as m
+from distrib.wire import _reach
 from distrib.wire._link import LinkCheck, LinkState, MonitorEvent
 from distrib.wire._messages import RefusalCode
+
+if TYPE_CHECKING:  # (imported where a relay is used: it brings asyncio)
+    from distrib.wire._relayed import RelayParty
 
 log = logging.getLogger("distrib")
 
@@ -43,7 +47,7 @@ class Links:
     def __init__(self, settings: _config.Settings, ctx: zmq.Context[Any], hello: m.Hello,
                  scheduler: Scheduler, nested: Nested, stats: Stats | None,
                  warmed: threading.Event, wake: Callable[[], None], shm: bool,
-                 listener: Listener | None = None) -> None:
+                 listener: Listener | None = None, relay: RelayParty | None = None) -> None:
         self.settings = settings
         self.ctx = ctx
         self.hello = hello  # as each link says it
@@ -56,6 +60,7 @@ class Links:
         self.policy = link_policy(settings.lost_after)
         self.links: dict[str, Link] = {}
         self.listener = listener  # workers dial this Main there (None: it does not listen)
+        self.relay = relay  # "relay:KEY" workers are reached through it
         self.dialled: dict[bytes, Link] = {}  # the links of workers that dialled, by routing id
         self._ids = itertools.count()
         self._dialled_ids = itertools.count()
@@ -66,8 +71,12 @@ class Links:
 
     def add(self, worker: _config.WorkerAddress) -> Link:
         link_id = f"w{next(self._ids)}"
-        link = Link(link_id=link_id, address=worker.address,
-                    endpoint=_values.endpoint(worker.address), ctx=self.ctx,
+        endpoint = _values.endpoint(worker.address)
+        if worker.address.startswith(_reach.RELAYED):
+            # A local socket spliced through the relay to the worker's: CURVE runs end to end.
+            assert self.relay is not None and worker.public_key is not None
+            endpoint = self.relay.forward(worker.public_key, "ipc://")
+        link = Link(link_id=link_id, address=worker.address, endpoint=endpoint, ctx=self.ctx,
                     server_key=worker.public_key, key=self.settings.key)
         self.links[link_id] = link
         return link
@@ -97,6 +106,8 @@ class Links:
         if self.listener is not None:
             self.listener.close()
         self.ctx.term()
+        if self.relay is not None:
+            self.relay.close()
 
     # --- discovery ---------------------------------------------------------------------------
 
@@ -167,6 +178,21 @@ class Links:
                                        unable=msg.environment,
                                        memory_limit=msg.memory_limit))
         self.tell_peers()
+        link.round_trips.clear()
+        self.ping(link, time.monotonic())  # (its round trip sizes what it is sent ahead)
+
+    def ping(self, link: Link, now: float) -> None:
+        link.pinged = now
+        link.send(m.Ping(now))
+
+    def on_pong(self, link: Link, msg: m.Pong) -> None:
+        """A round trip of ``link`` measured: the scheduler sends it enough tasks ahead."""
+        took = time.monotonic() - msg.sent
+        view = self.scheduler.workers.get(link.link_id)
+        if view is None or not 0 <= took < self.policy.lost_after:  # (not a Ping of ours)
+            return
+        link.round_trips.append(took)
+        view.round_trip = min(link.round_trips)
 
     def tell_peers(self, gone: Link | None = None) -> None:
         """Each worker hears of the others (``Peers``): its tasks' calls may go to them
@@ -174,10 +200,10 @@ class Links:
         worker that left, told anew if it comes back)."""
         if gone is not None:
             self._peers_told.pop(gone.link_id, None)
-        # (a worker that dialled cannot be reached by the others, nor told of them: its
-        # tasks' calls go through this Main)
-        ready = [x for x in self.links.values()
-                 if x.state is LinkState.READY and not x.dialled_in]
+        # (a worker that dialled, or that is reached through the relay, cannot be reached by
+        # the others, nor told of them: its tasks' calls go through this Main)
+        ready = [x for x in self.links.values() if x.state is LinkState.READY
+                 and not x.dialled_in and not x.address.startswith(_reach.RELAYED)]
         for link in ready:
             workers = [[x.address, x.server_key or "", x.name,
                         view.slots if (view := self.scheduler.workers.get(x.link_id)) else 0]
@@ -246,7 +272,10 @@ class Links:
                             "elsewhere", link.label)
                 self.lose(link, LinkState.LOST, "closed the connection")
             return
-        if link.state is LinkState.AUTH_FAILED:
+        if link.state is LinkState.AUTH_FAILED or self.relay_refuses(link):
+            return
+        if event is MonitorEvent.KEY_UNPROVEN and link.address.startswith(_reach.RELAYED):
+            self.unspliced(link)
             return
         if event is MonitorEvent.KEY_REFUSED:
             mine = self.settings.key.public if self.settings.key else "(none)"
@@ -286,6 +315,34 @@ class Links:
         self.tell_peers(gone=link)
         self.warmed.set()  # (no executors ahead: its Welcome or calls say why)
 
+    def unspliced(self, link: Link) -> None:
+        """The splice to a relayed worker closed in the handshake: the worker is not
+        registered at the relay (not started yet, or the relay restarted), or its owner does
+        not authorize this Main's key. Not an answer about keys: tried again, tasks wait."""
+        assert self.relay is not None
+        if ("unspliced", link.link_id) not in self._warned:
+            self._warned.add(("unspliced", link.link_id))
+            log.warning("worker %s cannot be reached through relay %s (is it registered "
+                        "there, and does it authorize this Main's key?); still trying",
+                        link.label, self.relay.relay)
+        self.lose(link, LinkState.LOST, f"cannot be reached through relay {self.relay.relay}")
+
+    def relay_refuses(self, link: Link) -> bool:
+        """The relay refused this Main's key: ``link``, reached through it, cannot be made
+        (its tasks fail with ``AuthError`` when no other worker can take them)."""
+        relay = self.relay
+        if relay is None or not relay.refused or link.state is not LinkState.CONNECTING or \
+                not link.address.startswith(_reach.RELAYED):
+            return False
+        mine = self.settings.key.public if self.settings.key else "(none)"
+        reason = (f"relay {relay.relay} refused this Main's key {mine}: its owner must add "
+                  "this Main's public key (its .pub line) to the relay's authorized keys")
+        if ("relay", reason) not in self._warned:
+            self._warned.add(("relay", reason))
+            log.warning("%s", reason)
+        self.lose(link, LinkState.AUTH_FAILED, reason)
+        return True
+
     def tick(self, now: float) -> None:
         """Heartbeats, silent workers lost, failed links tried again (``_health``)."""
         lost_after = self.policy.lost_after
@@ -296,6 +353,8 @@ class Links:
             if link.dialled_in and check is LinkCheck.SLOW and now - link.since > lost_after:
                 log.info("worker %s dialled in and did not answer Hello: dropped", link.label)
                 self.lose(link, LinkState.LOST, "did not answer")
+                continue
+            if self.relay_refuses(link):
                 continue
             if check is LinkCheck.LOSE:
                 log.warning("worker %s is silent for %.0f s: declared lost; its tasks go "
@@ -311,3 +370,5 @@ class Links:
                 log.warning("worker %s has not answered for %.0f s (is a worker running at "
                             "that address, and reachable from here?); still trying",
                             link.label, now - link.since)
+            if link.state is LinkState.READY and now - link.pinged >= PING_EVERY:
+                self.ping(link, now)  # (its round trip, measured again)

@@ -207,6 +207,8 @@ class Loop:
             self._print(link, msg)
         elif isinstance(msg, m.Welcome):
             self.links.on_welcome(link, msg)
+        elif isinstance(msg, m.Pong):
+            self.links.on_pong(link, msg)
         elif isinstance(msg, m.Refused):
             self.links.on_refused(link, msg)
         elif isinstance(msg, m.NeedManifest):

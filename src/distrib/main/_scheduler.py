@@ -60,6 +60,7 @@ class WorkerView:
     inflight_slots: int = 0
     finished: int = 0  # outcomes since the last observation
     rate: float = 0.0  # outcomes per second, smoothed
+    round_trip: float = 0.0  # seconds of its link's round trip, as measured (0: not yet)
     full: bool = False  # it deferred a task: nothing more until it reports or a tick passes
     pythons: tuple[str, ...] = ()  # the Python versions it runs tasks with
     unable: str = ""  # why it cannot provide this Main's environment (then it gets no tasks)
@@ -80,6 +81,21 @@ class WorkerView:
             and (not memory or not self.memory_limit or self.memory_limit > memory)
             and any(fnmatch.fnmatchcase(self.platform, g) for g in platforms)
         )
+
+
+def ahead(slots: int, rate: float, round_trip: float, extra: int = 16) -> int:
+    """Tasks a worker is sent beyond its running ones, so that no slot waits for the Main.
+
+    A finished task's replacement arrives a round trip after the task ends (its result goes
+    to the Main, the next task comes back); meanwhile the worker finishes ``rate`` x
+    ``round_trip`` more (``rate``: its slots over a task's duration, as measured). Twice that
+    is queued: a rate held back by a queue too short is what that queue allows, and a queue
+    sized at twice the rate allows twice as much, so the depth doubles at each observation
+    until the slots are busy. Two rounds of its slots at least (a round trip as long as a
+    task), and ~20 ms of tasks more, so tiny tasks travel in large batches instead of a
+    message per handful.
+    """
+    return min(max(2 * slots, extra, int(rate * (0.02 + 2 * round_trip))), MAX_QUEUED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,15 +151,10 @@ class Scheduler:
         return failed
 
     def depth(self, worker: WorkerView) -> int:
-        """How many slots' worth of tasks a worker may hold: its slots and a little more.
-
-        Two rounds of its slots beyond the running ones cover a round trip as long as a task,
-        so a worker does not idle waiting for the Main across a slow link.
-        """
-        # A worker finishing many tasks a second also gets ~20 ms of them queued, so tiny tasks
-        # travel in large batches instead of a message per handful.
-        queued = max(2 * worker.slots, self.extra_depth, int(worker.rate * 0.02))
-        return worker.slots + min(queued, MAX_QUEUED)
+        """How many slots' worth of tasks a worker may hold: its slots and what it finishes
+        in twice the round trip of its link (``ahead``)."""
+        return worker.slots + ahead(worker.slots, worker.rate, worker.round_trip,
+                                    self.extra_depth)
 
     def observe(self, seconds: float) -> None:
         """Update each worker's completion rate over the last ``seconds``, and publish the

@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import zmq
@@ -39,11 +39,14 @@ from distrib.main._nested import Nested
 from distrib.main._scheduler import Scheduler, Task
 from distrib.main._shipping import forwarded_environ, preload_modules, scan_workspace
 from distrib.main._stats import Stats, snapshot
-from distrib.wire import _facts
+from distrib.wire import _facts, _reach
 from distrib.wire import _messages as m
 from distrib.wire._limits import MAX_MESSAGE_BYTES, MAX_PAYLOAD_BYTES
 from distrib.wire._link import LinkState
 from distrib.workspace._manifest import Distribution
+
+if TYPE_CHECKING:
+    from distrib.wire._relayed import RelayParty
 
 log = logging.getLogger("distrib")
 
@@ -140,9 +143,10 @@ class Session:
                 if self.local is not None:
                     self.local.stop()
                 raise
+        relay = _relay(settings)
         self.linked = Links(settings, self.ctx, link_hello, self.scheduler, self.nested,
                             self.stats, self._warmed, self.inbox.wake, self._probe is not None,
-                            listener)
+                            listener, relay)
         self.links: dict[str, Link] = self.linked.links
         for worker in workers:
             self.linked.add(worker)
@@ -271,6 +275,17 @@ class Session:
             self.local.stop()
         if self._probe is not None:
             _shm.remove_of(os.getpid())
+
+
+def _relay(settings: _config.Settings) -> RelayParty | None:
+    """This Main's party at the relay, when some worker is reached through it."""
+    if settings.relay is None or not any(w.address.startswith(_reach.RELAYED)
+                                         for w in settings.workers):
+        return None
+    from distrib.wire._relayed import RelayParty  # (asyncio: only where a relay is used)
+
+    assert settings.relay_key is not None and settings.key is not None
+    return RelayParty(settings.relay, settings.relay_key, settings.key).start()
 
 
 class _Described(threading.Thread):

@@ -181,6 +181,9 @@ def snapshot(stats: Stats, links: Iterable[Link], scheduler: Scheduler, dist: Di
             "state": _worker_state(scheduler, link),
             "reason": link.reason if view is None else (view.unable or ""),
             "done": stats.by_worker.get(link.link_id, 0),
+            # (the link's round trip as measured, ms; None until its first Pong)
+            "round_trip_ms": round(view.round_trip * 1000, 1) if view and view.round_trip
+            else None,
         })
     functions = []
     totals = dict.fromkeys(("submitted", "pending", "at_workers", "done", "failed", "retried",

@@ -8,8 +8,9 @@ from typing import Any
 
 import zmq
 
+from distrib._config import Settings
 from distrib._values import endpoint
-from distrib.wire import _codec, _transport
+from distrib.wire import _codec, _reach, _transport
 from distrib.wire import _messages as m
 from distrib.wire._keys import KeyPair
 
@@ -32,11 +33,12 @@ class WorkerStatus:
 
 
 def query(address: str, server_key: str | None = None, key: KeyPair | None = None,
-          timeout: float = 5.0, source: str = "configured") -> WorkerStatus:
-    """Send a StatusRequest and wait up to ``timeout`` for the answer."""
+          timeout: float = 5.0, source: str = "configured", via: str = "") -> WorkerStatus:
+    """Send a StatusRequest and wait up to ``timeout`` for the answer (``via``: the endpoint
+    to connect to instead of ``address``'s: a relay party's local end)."""
     result = WorkerStatus(address, source)
     ctx: zmq.Context[Any] = zmq.Context()
-    sock = _transport.dealer(ctx, endpoint(address), server_key, key)
+    sock = _transport.dealer(ctx, via or endpoint(address), server_key, key)
     monitor = sock.get_monitor_socket(_FAILURES)
     try:
         _transport.send(sock, m.StatusRequest())
@@ -72,15 +74,36 @@ def query(address: str, server_key: str | None = None, key: KeyPair | None = Non
 DISK_WAIT = 2.0  # seconds ``distrib status`` waits for a worker's first measure of its disk
 
 
+def query_all(targets: list[tuple[str, str | None, str]], settings: Settings,
+              timeout: float) -> list[WorkerStatus]:
+    """Each of ``targets`` (address, public key, source) asked (``query_measured``); those
+    whose address is ``relay:KEY`` through the Main's relay."""
+    party = None
+    if settings.relay and settings.relay_key and settings.key and any(
+            a.startswith(_reach.RELAYED) for a, _, _ in targets):
+        from distrib.wire._relayed import RelayParty
+
+        party = RelayParty(settings.relay, settings.relay_key, settings.key).start()
+    try:
+        return [query_measured(a, k, settings.key, timeout, source,
+                               party.forward(k, "ipc://") if party and k and
+                               a.startswith(_reach.RELAYED) else "")
+                for a, k, source in targets]
+    finally:
+        if party is not None:
+            party.close()
+
+
 def query_measured(address: str, server_key: str | None = None, key: KeyPair | None = None,
-                   timeout: float = 5.0, source: str = "configured") -> WorkerStatus:
+                   timeout: float = 5.0, source: str = "configured", via: str = ""
+                   ) -> WorkerStatus:
     """``query``, asked again for a short while when the worker has not measured its disk
     yet (it measures at its first query, in the background): the table's first look shows
     what the cache holds, not nothing."""
-    answer = query(address, server_key, key, timeout, source)
+    answer = query(address, server_key, key, timeout, source, via)
     deadline = time.monotonic() + DISK_WAIT
     while answer.reachable and "disk_age_s" in answer.info and \
             answer.info["disk_age_s"] is None and time.monotonic() < deadline:
         time.sleep(0.05)
-        answer = query(address, server_key, key, timeout, source)
+        answer = query(address, server_key, key, timeout, source, via)
     return answer

@@ -22,7 +22,8 @@ from distrib.wire._kinds import Outcome as Outcome
 from distrib.wire._kinds import RefusalCode as RefusalCode
 from distrib.wire._kinds import payload_size as payload_size
 
-PROTOCOL_VERSION = 14  # 14: a call's payload names its function in a frame of its own;
+PROTOCOL_VERSION = 15  # 15: the Main measures each link's round trip (``Ping``, ``Pong``);
+# 14: a call's payload names its function in a frame of its own;
 # 13: a worker may dial its Main (``Dial``); 12: headers checked by
 # msgspec (a Hello may leave out trailing defaults)
 WORKER_IDS = 1 << 48  # task ids from here on are a worker's own (calls it placed or took for
@@ -143,6 +144,21 @@ class Heartbeat(Message, frozen=True, tag=5):
     """Either way: I am alive."""
 
     TAG: ClassVar[int] = 5
+
+
+class Ping(Message, frozen=True, tag=34):
+    """Main -> worker: answer ``Pong(sent)`` at once; ``sent`` is the Main's own clock. The
+    answer's delay is the link's round trip (the relay's hops included, where there is one)."""
+
+    TAG: ClassVar[int] = 34
+    sent: float
+
+
+class Pong(Message, frozen=True, tag=35):
+    """Worker -> Main: the answer to ``Ping``, with its ``sent`` as it came."""
+
+    TAG: ClassVar[int] = 35
+    sent: float
 
 
 class Peers(Message, frozen=True, tag=6):
@@ -427,6 +443,8 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     Refused,
     Goodbye,
     Heartbeat,
+    Ping,
+    Pong,
     Peers,
     Placed,
     Submit,

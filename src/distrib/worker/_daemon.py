@@ -37,6 +37,7 @@ from distrib.wire._pipe_messages import Run
 from distrib.worker._core import Core
 from distrib.worker._direct import LOCAL
 from distrib.worker._dials import Dials
+from distrib.worker._relaying import Exposure
 from distrib.worker._diskwatch import DiskLimits, DiskWatcher
 from distrib.worker._events import (
     Action,
@@ -137,10 +138,13 @@ class Daemon:
             m.PROTOCOL_VERSION, self.worker_id, self.name), self.serving.receive,
             self._dial_closed)
         self.owner.on_connect = self._set_dials
+        self.relayed: Exposure | None = None
         self.status = StatusBuilder(self.name, self.worker_id, self.address, s.key,
                                     time.monotonic(), self.core, self.mains, self.gate,
                                     self.owner, self.executors, self.supply, self.serving,
                                     self.calls, self.dials)
+        self._set_relay(policy.relay)
+        self.owner.on_relay = self._set_relay
         # What each asks of another, built after it:
         self.executors.builds = self.supply.envs.pids
         self.executors.on_call = self.calls.on_call
@@ -274,6 +278,8 @@ class Daemon:
         for peer in list(self.mains):
             self._send(peer, m.Refused(RefusalCode.SHUTTING_DOWN, "worker is shutting down"))
         self.dials.close()
+        if self.relayed is not None:
+            self.relayed.close()
         self.gate.close(self.sock)
         self.sock.close(linger=2000)  # (the last results and goodbyes still go out)
         self.ctx.term()
@@ -318,6 +324,21 @@ class Daemon:
             return
         self.gate.dialled = frozenset(key for _, key in targets)
         self.dials.set_targets(targets)
+        if self.relayed is not None:
+            self.relayed.allow(self.gate.main_keys())
+
+    def _set_relay(self, relay: tuple[str, str] | None) -> None:
+        """Be reached through ``relay`` (the flags or the policy file say), or through none."""
+        if self.relayed is not None:
+            self.relayed.close()
+            self.relayed = None
+        key = self.settings.key
+        if relay is not None and key is None:
+            log.warning("the policy file names a relay, but this worker has no key (--key): "
+                        "not reached through it")
+        elif relay is not None and key is not None:
+            self.relayed = Exposure(relay, key, self.address, self.gate.main_keys())
+        self.status.relayed = self.relayed
 
     def _dial_closed(self, peer: bytes, why: str) -> None:
         """A Main this worker dialled closed the connection: its tasks stop now."""
@@ -457,6 +478,8 @@ class Daemon:
         self.status.tick(now)
         if self.gate.reload():
             self.serving.quotas_changed()
+            if self.relayed is not None:
+                self.relayed.allow(self.gate.main_keys())
         parent = self.settings.exit_with_parent
         if parent is not None and os.getppid() != parent:
             log.info("parent process %d is gone; stopping", parent)

@@ -157,6 +157,13 @@ class Gate:
         closed, self.closed = self.closed, []
         return [fd for fd in closed if fd not in self._open]
 
+    def main_keys(self) -> frozenset[str] | None:
+        """The keys of the Mains that may connect (the authorized ones, and those dialled);
+        None: any key (``--insecure`` with a key and nothing else)."""
+        if self.authorized_file is None and not self.dialled:
+            return None
+        return frozenset(self.authorized) | self.dialled
+
     def request_reload(self) -> None:
         """Reread the authorized keys at the next ``reload()`` (SIGHUP)."""
         self._mtime = -1.0

@@ -142,6 +142,8 @@ class Owner:
         self.tell_all = tell_all
         self.on_connect: Callable[[tuple[tuple[str, str], ...]], None] | None = None  # (the
         # Mains to dial changed: set by the daemon)
+        self.on_relay: Callable[[tuple[str, str] | None], None] | None = None  # (likewise,
+        # the relay it is reached through)
         self.on_stop: Callable[[], None] | None = None  # (the owner said stop: the daemon's)
         self.name_memory_settings()
 
@@ -273,4 +275,6 @@ class Owner:
             self.apply(self.core.handle(Resize(policy.threads), time.monotonic()))
         if policy.connect != old.connect and self.on_connect is not None:
             self.on_connect(policy.connect)
+        if policy.relay != old.relay and self.on_relay is not None:
+            self.on_relay(policy.relay)
         self.tell_all()  # (slots and memory limit, as each Main may use them)

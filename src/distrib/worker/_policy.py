@@ -13,6 +13,7 @@ and applies what changed while it runs.
     idle_load = 0.25                # "idle": other programs use under this share of the cores
     hours = "Mon-Fri 19:00-07:00; Sat-Sun"   # lend only then (local time)
     connect = ["198.51.100.4:7788 <the Main's public key>"]   # Mains it dials (--connect)
+    relay = "203.0.113.9:7790 <the relay's public key>"      # reached through it (--relay)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 from distrib._values import parse_size
 from distrib._errors import ConfigError
-from distrib.wire import _keys
+from distrib.wire import _keys, _reach
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _RANGE = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
@@ -117,6 +118,7 @@ class Policy:
     hours: Hours | None = None
     max_task_disk: int | None = None
     connect: tuple[tuple[str, str], ...] = ()  # the Mains it dials: (host:port, their key)
+    relay: tuple[str, str] | None = None  # reached through this relay: (host:port, its key)
 
     def describe(self) -> str:
         """The settings, as the log says them."""
@@ -136,6 +138,8 @@ class Policy:
             out.append(f"hours {self.hours.text!r}")
         if self.connect:
             out.append(f"connect {', '.join(address for address, _ in self.connect)}")
+        if self.relay:
+            out.append(f"relay {self.relay[0]}")
         return ", ".join(out)
 
 
@@ -189,6 +193,12 @@ def _value(name: str, raw: Any, where: str) -> Any:
                               "public key>\"")
         lines = [line.strip().partition(" ") for line in raw]
         return tuple(dial(address, key.strip(), f"{where} connect") for address, _, key in lines)
+    if name == "relay":
+        if not isinstance(raw, str) or len(raw.split()) < 2:
+            raise ConfigError(f"{where} relay: expected \"HOST:PORT <the relay's public key>\"")
+        address, key = raw.split(maxsplit=1)
+        return (_reach.relay(f"{where} relay", address),
+                _reach.relay_key(f"{where} relay key", key))
     if name in ("max_task_memory", "max_memory", "max_task_disk"):
         return parse_size(raw, f"{where} {name}")
     if name == "hours":

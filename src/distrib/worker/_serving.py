@@ -152,7 +152,9 @@ class Serving:
             return
         main.last_seen = time.monotonic()
         supply = self.supply
-        if isinstance(msg, m.Submit):
+        if isinstance(msg, m.Ping):
+            self.send(peer, m.Pong(msg.sent))
+        elif isinstance(msg, m.Submit):
             self._on_submit(peer, msg)
         elif isinstance(msg, m.Cancel) and main.account:
             for task_id in msg.task_ids:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # (only for types: they are the daemon's parts it reports on)
     from distrib.worker._mains import Mains
     from distrib.worker._owner import Owner
     from distrib.worker._redistribution import Calls
+    from distrib.worker._relaying import Exposure
     from distrib.worker._serving import Serving
     from distrib.worker._supply import Supply
 
@@ -33,7 +34,7 @@ class StatusBuilder:
     def __init__(self, name: str, worker_id: str, address: str, key: KeyPair | None,
                  now: float, core: Core, mains: Mains, gate: Gate, owner: Owner,
                  executors: Executors, supply: Supply, serving: Serving, calls: Calls,
-                 dials: Dials) -> None:
+                 dials: Dials, relayed: Exposure | None = None) -> None:
         self.name = name
         self.worker_id = worker_id
         self.address = address
@@ -47,6 +48,7 @@ class StatusBuilder:
         self.serving = serving
         self.calls = calls
         self.dials = dials
+        self.relayed = relayed  # its party at a relay (--relay), if any
         self._served_logged = now  # when the log last said who holds the slots
 
     def served(self) -> list[dict[str, Any]]:
@@ -106,6 +108,8 @@ class StatusBuilder:
             "objects": supply.objects.held(),
             "served": self.served(),
             "dials": self.dials.status(),  # the Mains it dials (--connect), and how each stands
+            # the relay it is reached through (--relay): registered there, or why not
+            "relay": self.relayed.status() if self.relayed is not None else None,
             **(disk or {}),
             "disk_age_s": round(disk_age, 1) if disk is not None else None,
             **core.counters,
