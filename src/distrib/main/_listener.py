@@ -11,22 +11,17 @@ connections, by file descriptor: a worker killed with -9 is lost at once.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import zmq
-from zmq.utils import z85
 
 from distrib._errors import ConfigError
-from distrib.wire import _keys, _transport
+from distrib.wire import _keys, _transport, _zap
 from distrib.wire._keys import KeyPair
 
 log = logging.getLogger("distrib")
 
-ZAP_ENDPOINT = "inproc://zeromq.zap.01"
-REFUSAL_LOG_EVERY = 60.0  # seconds: a refused worker dials again and again; say it once a minute
-REFUSALS_KEPT = 1_000  # refused keys remembered for that (a stranger may make up a key a dial)
 
 
 class Listener:
@@ -37,11 +32,11 @@ class Listener:
         self.authorized_file = authorized_file
         self.authorized: dict[str, str] = _keys.read_authorized(authorized_file)  # key -> name
         self._mtime = authorized_file.stat().st_mtime
-        self._refused_logged: dict[str, float] = {}
+        self._refusals = _zap.Refusals()
         # The ZAP socket is bound before the ROUTER: libzmq asks it about the first handshake.
         self.zap: zmq.Socket[Any] = ctx.socket(zmq.REP)
         self.zap.setsockopt(zmq.LINGER, 0)
-        self.zap.bind(ZAP_ENDPOINT)
+        self.zap.bind(_zap.ENDPOINT)
         try:
             self.sock, self.address = _transport.router(ctx, f"tcp://{listen}", key)
         except zmq.ZMQError as exc:
@@ -95,25 +90,15 @@ class Listener:
     def answer_zap(self) -> None:
         """Let a worker's handshake through if its key is authorized (else log it)."""
         try:
-            request = self.zap.recv_multipart(zmq.NOBLOCK)
+            request = _zap.Request(self.zap.recv_multipart(zmq.NOBLOCK))
         except zmq.Again:
             return
-        version, request_id, address = request[0], request[1], request[3]
-        mechanism = request[5] if len(request) > 5 else b""
-        key = z85.encode(request[6]).decode() if len(request) > 6 else ""
-        ok = mechanism == b"CURVE" and key in self.authorized
-        if not ok:
-            now = time.monotonic()
-            if now - self._refused_logged.get(key, -1e9) > REFUSAL_LOG_EVERY:
-                if len(self._refused_logged) >= REFUSALS_KEPT:  # (new keys at every dial)
-                    self._refused_logged.clear()
-                self._refused_logged[key] = now
-                log.warning("refused a worker dialling from %s: key %s is not in the authorized "
-                            "workers %s (add its .pub line there to accept it)",
-                            address.decode(errors="replace"), key or "(none)",
-                            self.authorized_file)
-        self.zap.send_multipart([version, request_id, b"200" if ok else b"400",
-                                 b"OK" if ok else b"key not authorized", key.encode(), b""])
+        ok = request.curve and request.key in self.authorized
+        if not ok and self._refusals.due(request.key):
+            log.warning("refused a worker dialling from %s: key %s is not in the authorized "
+                        "workers %s (add its .pub line there to accept it)",
+                        request.address, request.key or "(none)", self.authorized_file)
+        self.zap.send_multipart(request.answer(ok))
 
     def name_of(self, key: str) -> str:
         """The name an authorized key has in the file (its comment), or ""."""

@@ -20,21 +20,18 @@ from pathlib import Path
 
 import zmq
 import zmq.asyncio
-from zmq.utils import z85
 
 from distrib._errors import ProtocolError
 from distrib._logs import RateLimited
-from distrib.wire import _keys
+from distrib.wire import _keys, _zap
 from distrib.wire import _relay_messages as rm
 from distrib.wire._keys import KeyPair
 
 log = logging.getLogger("distrib.relay")
 peer_log = RateLimited(log)
 
-ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 LOST_AFTER = 5.0  # seconds without a Register after which a party is forgotten
 RELOAD_EVERY = 2.0  # seconds between looks at the authorized-keys file
-REFUSAL_LOG_EVERY = 60.0  # a refused party retries every second: say it once a minute per key
 
 
 @dataclass
@@ -61,11 +58,11 @@ class Control:
         self._mtime = authorized_file.stat().st_mtime
         self.parties: dict[str, Party] = {}
         self._pair, self._on_revoked = pair, on_revoked
-        self._refused_logged: dict[str, float] = {}
+        self._refusals = _zap.Refusals()
         self._reload_error = ""  # the last reason the file could not be read (said once)
         self.zap = ctx.socket(zmq.REP)
         self.zap.setsockopt(zmq.LINGER, 0)
-        self.zap.bind(ZAP_ENDPOINT)  # (before the ROUTER binds: libzmq asks ZAP from then on)
+        self.zap.bind(_zap.ENDPOINT)  # (before the ROUTER binds: libzmq asks ZAP from then on)
         self.router = ctx.socket(zmq.ROUTER)
         self.router.curve_server = True
         self.router.curve_secretkey = key.secret.encode()
@@ -86,20 +83,12 @@ class Control:
 
     async def _answer_zap(self) -> None:
         while True:
-            request = await self.zap.recv_multipart()
-            version, request_id = request[0], request[1]
-            mechanism = request[5] if len(request) > 5 else b""
-            key = z85.encode(request[6]).decode() if len(request) > 6 else ""
-            ok = mechanism == b"CURVE" and key in self.authorized
-            if not ok:
-                now = time.monotonic()
-                if now - self._refused_logged.get(key, -1e9) > REFUSAL_LOG_EVERY:
-                    self._refused_logged[key] = now
-                    log.warning("refused a party: key %s is not in the authorized keys %s",
-                                key or "(none)", self.authorized_file)
-            await self.zap.send_multipart([version, request_id, b"200" if ok else b"400",
-                                           b"OK" if ok else b"key not authorized",
-                                           key.encode(), b""])
+            request = _zap.Request(await self.zap.recv_multipart())
+            ok = request.curve and request.key in self.authorized
+            if not ok and self._refusals.due(request.key):
+                log.warning("refused a party: key %s is not in the authorized keys %s",
+                            request.key or "(none)", self.authorized_file)
+            await self.zap.send_multipart(request.answer(ok))
 
     async def _serve(self) -> None:
         while True:

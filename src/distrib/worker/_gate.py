@@ -14,24 +14,20 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import zmq
-from zmq.utils import z85
 
 from distrib._errors import ConfigError
 from distrib._logs import RateLimited
-from distrib.wire import _keys, _transport
+from distrib.wire import _keys, _transport, _zap
 from distrib.wire._keys import KeyPair
 
 log = logging.getLogger("distrib.worker")
 peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
 
-ZAP_ENDPOINT = "inproc://zeromq.zap.01"
-REFUSAL_LOG_EVERY = 60.0  # seconds: a refused client retries often; say it once a minute
 
 _EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -121,7 +117,7 @@ class Gate:
         self.authorized: dict[str, Quota] = {}
         self.dropped_connections = 0
         self._mtime = 0.0
-        self._refused_logged: dict[str, float] = {}
+        self._refusals = _zap.Refusals()
         self._unconfirmed: list[int] = []  # accepted connections not yet through a handshake
         self.closed: list[int] = []  # file descriptors of ZeroMQ connections that closed
         self._open: set[int] = set()  # descriptors accepted and not closed, in event order
@@ -130,7 +126,7 @@ class Gate:
         if key is not None:
             self.zap = ctx.socket(zmq.REP)
             self.zap.setsockopt(zmq.LINGER, 0)
-            self.zap.bind(ZAP_ENDPOINT)
+            self.zap.bind(_zap.ENDPOINT)
             self.reload(force=True)
 
     def watch(self, sock: zmq.Socket[Any]) -> None:
@@ -244,20 +240,13 @@ class Gate:
     def _answer_zap(self) -> None:
         assert self.zap is not None
         try:
-            request = self.zap.recv_multipart(zmq.NOBLOCK)
+            request = _zap.Request(self.zap.recv_multipart(zmq.NOBLOCK))
         except zmq.Again:
             return
-        version, request_id, address = request[0], request[1], request[3]
-        mechanism = request[5] if len(request) > 5 else b""
-        key = z85.encode(request[6]).decode() if len(request) > 6 else ""
-        ok = mechanism == b"CURVE" and (key in self.authorized or key in self.dialled or (
+        key = request.key
+        ok = request.curve and (key in self.authorized or key in self.dialled or (
             self.authorized_file is None and not self.dialled))
-        if not ok:
-            now = time.monotonic()
-            if now - self._refused_logged.get(key, -1e9) > REFUSAL_LOG_EVERY:
-                self._refused_logged[key] = now
-                peer_log.warning("refused a Main from %s: key %s is not in the authorized keys %s",
-                                 address.decode(errors="replace"), key or "(none)",
-                                 self.authorized_file)
-        self.zap.send_multipart([version, request_id, b"200" if ok else b"400",
-                                 b"OK" if ok else b"key not authorized", key.encode(), b""])
+        if not ok and self._refusals.due(key):
+            peer_log.warning("refused a Main from %s: key %s is not in the authorized keys %s",
+                             request.address, key or "(none)", self.authorized_file)
+        self.zap.send_multipart(request.answer(ok))
