@@ -40,7 +40,8 @@ def keygen(path: Path, comment: str | None) -> None:
 
 @click.group()
 def up() -> None:
-    """Start workers elsewhere that dial this machine's Main (see `distrib up ssh`)."""
+    """Start workers elsewhere that dial this machine's Main (`distrib up ssh`, or
+    manifests for a Kubernetes cluster: `distrib up k8s --print`)."""
 
 
 @up.command("ssh")
@@ -84,6 +85,55 @@ def up_ssh(hosts: tuple[str, ...], threads: int | None, ssh_config: str | None,
         pass
     finally:
         launch.stop()
+
+
+@up.command("k8s")
+@click.option("--print", "print_", is_flag=True,
+              help="Write the manifests to stdout (the only way: apply them with kubectl).")
+@click.option("--main", "main_address", required=True, metavar="HOST:PORT",
+              help="The Main's listening address as the pods reach it.")
+@click.option("--main-key", required=True, metavar="KEY",
+              help="The Main's public key, or its .pub file.")
+@click.option("--image", required=True,
+              help="A container image with Python and distrib installed.")
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Slots per worker (default: the pod's cores).")
+@click.option("--name", default="distrib-workers", show_default=True)
+@click.option("--namespace", default="default", show_default=True)
+@click.option("--authorize", type=click.Path(path_type=Path), default=None,
+              help="The Main's authorized_workers file: the workers' key is added to it.")
+@click.option("--worker-arg", "worker_args", multiple=True, metavar="FLAG",
+              help="More flags for `distrib worker` in each pod (repeatable).")
+def up_k8s(print_: bool, main_address: str, main_key: str, image: str, replicas: int,
+           threads: int | None, name: str, namespace: str, authorize: Path | None,
+           worker_args: tuple[str, ...]) -> None:
+    """Print a Secret and a Deployment for workers on a Kubernetes cluster that dial the Main
+    at --main (it listens there: [main] listen): `distrib up k8s --print ... | kubectl apply
+    -f -`. The pods share one new worker key; the Main must authorize it (--authorize)."""
+    from distrib._values import endpoint
+    from distrib.launch._k8s import manifests
+
+    if not print_:
+        raise click.UsageError("distrib up k8s writes manifests only: add --print, and apply "
+                               "them with `kubectl apply -f -`")
+    try:
+        endpoint(main_address)
+        key = (_keys.read_public_file(Path(main_key)) if Path(main_key).is_file()
+               else _keys.check_public(main_key, "--main-key"))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    pair = _keys.generate()
+    line = f"{pair.public} k8s:{namespace}/{name}\n"
+    if authorize is not None:
+        with authorize.open("a") as f:
+            f.write(line)
+        click.echo(f"added the workers' key to {authorize}", err=True)
+    else:
+        click.echo(f"add this line to the Main's authorized_workers file:\n{line}", err=True,
+                   nl=False)
+    click.echo(manifests(name, namespace, image, replicas, threads, main_address, key, pair,
+                         worker_args), nl=False)
 
 
 @click.command()
