@@ -31,6 +31,7 @@ from distrib._errors import (
     DistribError,
     InitializerFailed,
     InputFailed,
+    LaunchError,
     MainGuardError,
     NestedDeadlock,
     ProtocolError,
@@ -48,6 +49,7 @@ from distrib._executor import Executor
 from distrib._response import Response
 from distrib._shared import Shared, share
 from distrib._waiting import AsCompleted, as_completed, gather, progress
+from distrib.launch import Slurm
 
 from distrib import _runtime as _rt  # noqa: E402
 
@@ -67,6 +69,7 @@ __all__ = [
     "InputFailed",
     "DistributedFunction",
     "Executor",
+    "LaunchError",
     "MainGuardError",
     "NestedDeadlock",
     "ProtocolError",
@@ -75,6 +78,7 @@ __all__ = [
     "Response",
     "SerializationError",
     "Shared",
+    "Slurm",
     "TaskDiskExceeded",
     "TaskTimeout",
     "WaitTimeout",
@@ -105,6 +109,7 @@ def init(
     redistribution: str | None = None,
     listen: str | None = None,
     authorized_workers: str | _Path | None = None,
+    cluster: Slurm | None = None,
 ) -> None:
     """Set up explicitly. Without this, the first call sets up from configuration.
 
@@ -127,13 +132,16 @@ def init(
     ``listen``: ``"host:port"`` where this Main also accepts workers that dial it (``distrib
     worker --connect``), for workers it cannot reach (behind NAT); it needs ``key`` and
     ``authorized_workers``, a file of those workers' public keys, one a line.
+    ``cluster``: start workers that dial this Main, e.g. ``distrib.Slurm(nodes=2,
+    cpus_per_task=8, time="2:00:00")`` (batch jobs, cancelled when this Main ends); it listens
+    on a free port and makes the keys itself unless ``listen`` and ``key`` are given.
     """
     from distrib._config import Overrides
     from distrib.main._current import init as _init
 
     _init(Overrides(workers, local_threads, workspace, forward_output, key, dependencies,
                     requirements, max_payload, dashboard, redistribution, listen=listen,
-                    authorized_workers=authorized_workers))
+                    authorized_workers=authorized_workers, cluster=cluster))
 
 
 def shutdown() -> None:

@@ -443,3 +443,8 @@ def keygen(path: Path, comment: str | None) -> None:
     except DistribError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"secret key: {path}\npublic key: {path}.pub\n{pair.public}")
+
+
+from distrib.launch._commands import up  # noqa: E402  (`distrib up`: a module of its own)
+
+main.add_command(up)

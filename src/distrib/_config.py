@@ -47,10 +47,10 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import platformdirs
 
@@ -80,6 +80,16 @@ class Discovery:
     interfaces: tuple[str, ...] = ()
 
 
+class Launcher(Protocol):
+    """Starts workers that dial this Main (``init(cluster=distrib.Slurm(...))``): it sets
+    what listening needs before the session, starts once the Main listens, and ends its
+    workers with the session. ``load`` gives (slots busy, slots offered, tasks)."""
+
+    def prepare(self, settings: Settings) -> Settings: ...
+    def start(self, listening: str, load: Callable[[], tuple[int, int, int]]) -> None: ...
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the Main needs to set up; built by ``load``."""
@@ -104,6 +114,7 @@ class Settings:
     redistribution: str = "auto"  # how calls made inside tasks go (``REDISTRIBUTION``)
     listen: str | None = None  # "host:port" where workers dial this Main; None: none do
     authorized_workers: Path | None = None  # the keys of the workers that may dial it
+    cluster: Launcher | None = None  # starts workers that dial this Main (init(cluster=...))
     source: str = "defaults"  # the configuration file used, for messages
 
 
@@ -308,6 +319,7 @@ class Overrides:
     redistribution: str | None = None
     listen: str | None = None
     authorized_workers: str | Path | None = None
+    cluster: Launcher | None = None
 
     def given(self) -> bool:
         """Whether any setting is given."""
@@ -365,6 +377,8 @@ def load(environ: Mapping[str, str] | None = None, overrides: Overrides = Overri
                           "this Main needs its own key: run `distrib keygen main.key`, give its "
                           ".pub line to the workers' owners, and set [main] key = \"main.key\" "
                           "(or DISTRIB_KEY, or init(key=...))")
+    if given.cluster is not None:  # (it sets this Main's listening up, where none is given)
+        settings = given.cluster.prepare(replace(settings, cluster=given.cluster))
     if settings.listen is not None:
         _check_listening(settings)
     return settings

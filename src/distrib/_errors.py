@@ -15,7 +15,8 @@
     ├── TaskDiskExceeded      the task wrote more than a worker's disk limit allows
     ├── WaitTimeout           ``unwrap(timeout=...)`` gave up waiting      (also TimeoutError)
     ├── Cancelled             the task was cancelled           (also futures.CancelledError)
-    └── InitializerFailed     an ``Executor``'s initializer raised      (also BrokenExecutor)
+    ├── InitializerFailed     an ``Executor``'s initializer raised      (also BrokenExecutor)
+    └── LaunchError           a launcher could not start workers (a refused batch job...)
 
 An exception raised by the user's function is not wrapped: ``unwrap()`` raises the same type,
 with its own ``__cause__``, ``__context__`` and notes, and a ``RemoteTraceback`` carrying the
@@ -146,3 +147,8 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return "\n" + self.text
+
+
+class LaunchError(DistribError):
+    """A launcher could not start its workers (``sbatch`` refused a job, no Slurm here); the
+    message names the job."""

@@ -153,6 +153,13 @@ class Session:
         self.received: Counter[str] = self._loop.received  # messages from workers, by kind
         self._thread = threading.Thread(target=self._loop.run, name="distrib-io", daemon=True)
         self._thread.start()
+        if settings.cluster is not None:  # (its workers dial the listener: it is bound)
+            assert listener is not None
+            try:
+                settings.cluster.start(listener.address, self._load)
+            except BaseException:
+                self.close()
+                raise
         self.dashboard = None
         if settings.dashboard:
             from distrib.dashboard import Dashboard
@@ -223,6 +230,11 @@ class Session:
     def _send_to(self, link_id: str, msg: m.Message) -> None:
         self.linked.send_to(link_id, msg)
 
+    def _load(self) -> tuple[int, int, int]:
+        """(Any thread) slots busy, slots offered, unfinished tasks: a launcher's demand."""
+        figures = self.scheduler.slot_figures
+        return figures.busy, figures.offered, figures.tasks + len(self.inbox.incoming)
+
     def _publish(self, now: float) -> None:
         """(I/O thread, with a dashboard) A new snapshot for it."""
         assert self.stats is not None
@@ -240,6 +252,8 @@ class Session:
         self._loop.stopping = True
         self.inbox.wake(again=True)
         self._thread.join(30)
+        if self.settings.cluster is not None:  # (its workers were told goodbye: now its jobs)
+            self.settings.cluster.close()
         if self.dashboard is not None:
             self.dashboard.stop()
         if self._browser is not None:

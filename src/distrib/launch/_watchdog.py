@@ -1,0 +1,37 @@
+"""The watchdog of a Main's Slurm jobs, a process of its own: ``python -m
+distrib.launch._watchdog FOLDER NAME``.
+
+It reads ``+ID`` (a job submitted) and ``-ID`` (a job already ended) lines on its input; when
+the input closes (the Main ended, or was killed), it cancels the jobs it holds and removes the
+launcher's FOLDER (the jobs' keys and scripts). It ignores the signals a terminal sends, so a
+Ctrl-C that stops the Main does not stop it before it has done so.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+from distrib.launch._jobs import cancel
+
+
+def main(argv: list[str]) -> int:
+    folder, name = Path(argv[0]), argv[1]
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_IGN)
+    held: list[str] = []
+    for line in sys.stdin:
+        line = line.strip()
+        if line.startswith("+"):
+            held.append(line[1:])
+        elif line.startswith("-") and line[1:] in held:
+            held.remove(line[1:])
+    cancel(held, name)
+    shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
