@@ -35,7 +35,8 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
 
 def _said(result: subprocess.CompletedProcess[str]) -> str:
     """What a failed command said, on one line."""
-    text = " ".join((result.stderr.strip() or result.stdout.strip()).split())
+    lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
+    text = "; ".join(" ".join(line.split()) for line in lines if line.strip())
     return text or f"exit status {result.returncode}"
 
 

@@ -90,7 +90,12 @@ def init(overrides: _config.Overrides) -> Session:
 def _start(overrides: _config.Overrides) -> Session:
     script = main_file()
     settings = _config.load(None, overrides, script.parent if script else None)
-    session = Session(settings, script)
+    try:
+        session = Session(settings, script)
+    except BaseException:
+        if settings.cluster is not None:  # (what it prepared: its folder, its keys)
+            settings.cluster.close()
+        raise
     atexit.register(shutdown)
     return session
 

@@ -153,13 +153,6 @@ class Session:
         self.received: Counter[str] = self._loop.received  # messages from workers, by kind
         self._thread = threading.Thread(target=self._loop.run, name="distrib-io", daemon=True)
         self._thread.start()
-        if settings.cluster is not None:  # (its workers dial the listener: it is bound)
-            assert listener is not None
-            try:
-                settings.cluster.start(listener.address, self._load)
-            except BaseException:
-                self.close()
-                raise
         self.dashboard = None
         if settings.dashboard:
             from distrib.dashboard import Dashboard
@@ -167,6 +160,13 @@ class Session:
             try:
                 self.dashboard = Dashboard(self, settings.dashboard)
             except BaseException:  # (a port it may not use: nothing is left running)
+                self.close()
+                raise
+        if settings.cluster is not None:  # (its workers dial the listener: it is bound)
+            assert listener is not None
+            try:
+                settings.cluster.start(listener.address, self._load)
+            except BaseException:
                 self.close()
                 raise
         if self.local is not None:
