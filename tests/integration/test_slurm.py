@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.helpers import PYTHON, Workspace, ended, finish, wait_for
@@ -186,6 +187,24 @@ def test_the_job_ends_within_seconds_of_a_main_killed_with_sigkill(
     wait_for(lambda: not squeue(slurm), 10, "squeue to be empty after kill -9 of the Main")
     wait_for(lambda: not list((workspace.cache_dir / "slurm").iterdir()), 10,
              "the launcher's folder to be removed")
+
+
+def test_a_job_whose_main_and_watchdog_are_both_killed_ends_by_its_workers(
+        slurm: dict[str, str], workspace: Workspace) -> None:
+    workspace.write("main.py", SEED.replace('poll=0.3', 'poll=0.3, exit_without_main=1'))
+    with ended(start(workspace, slurm, "--stay")) as main:
+        assert main.stdout is not None and main.stdin is not None
+        job = main.stdout.readline().split()[1]
+        main.stdin.write("\n")
+        main.stdin.flush()
+        assert main.stdout.readline().startswith("RESULTS"), main.stderr
+        [watchdog] = [p for p in psutil.Process(main.pid).children()
+                      if "distrib.launch._watchdog" in p.cmdline()]
+        watchdog.kill()  # (a zombie of the Main's until the Main, killed next, is gone)
+        main.kill()
+        main.wait()
+    assert job in squeue(slurm)  # (nothing cancelled it: its workers end it)
+    wait_for(lambda: not squeue(slurm), 20, "the job to end without its Main")
 
 
 ADAPTIVE = """

@@ -54,7 +54,7 @@ def up_slurm(nodes: int, cpus_per_task: int, time_limit: str, partition: str | N
     try:
         slurm = Slurm(nodes, cpus_per_task, time_limit, partition=partition, account=account,
                       sbatch_args=sbatch_arg, start_timeout=start_timeout,
-                      main_host=main_host)
+                      main_host=main_host, exit_without_main=None)
         sys.exit(hold(slurm, listen, cache, lambda line: click.echo(line, err=True)))
     except DistribError as exc:
         raise click.ClickException(str(exc)) from None

@@ -70,18 +70,21 @@ def states(name: str) -> dict[str, tuple[str, str]] | None:
     return out
 
 
-def cancel(job_ids: list[str], name: str) -> None:
-    """Cancel these jobs (a failure is logged: the watchdog tries again at the end)."""
+def cancel(job_ids: list[str], name: str) -> bool:
+    """Cancel these jobs; whether scancel did (a failure is logged: the watchdog cancels
+    what is left again at the end)."""
     if not job_ids:
-        return
+        return True
     try:
         result = _run(["scancel", *job_ids])
     except LaunchError as exc:
         log.warning("Slurm job(s) %s of %s: %s", ",".join(job_ids), name, exc)
-        return
+        return False
     if result.returncode != 0:
         log.warning("Slurm job(s) %s of %s: scancel failed: %s", ",".join(job_ids), name,
                     _said(result))
+        return False
+    return True
 
 
 class Watchdog:

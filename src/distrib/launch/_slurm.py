@@ -53,7 +53,8 @@ class Slurm:
     ``idle_timeout`` seconds without tasks. A job still pending after ``start_timeout``
     seconds is cancelled. ``main_host``: the name or address compute nodes reach this
     machine at (default: its host name). ``sbatch_args``: more options for ``sbatch``;
-    ``worker_args``: more for ``distrib worker``.
+    ``worker_args``: more for ``distrib worker``. A worker that has not reached this Main for
+    ``exit_without_main`` seconds stops, and its job with it (None: it waits).
     """
 
     def __init__(self, nodes: int = 1, cpus_per_task: int = 1, time: str = "1:00:00", *,
@@ -61,7 +62,8 @@ class Slurm:
                  sbatch_args: Sequence[str] = (), jobs: int = 1, min_jobs: int = 0,
                  max_jobs: int | None = None, idle_timeout: float = 60.0,
                  start_timeout: float = 600.0, main_host: str | None = None,
-                 worker_args: Sequence[str] = (), poll: float = 2.0) -> None:
+                 worker_args: Sequence[str] = (), poll: float = 2.0,
+                 exit_without_main: float | None = 120.0) -> None:
         for name, value in (("nodes", nodes), ("cpus_per_task", cpus_per_task), ("jobs", jobs)):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"Slurm({name}={value!r}): expected a whole number, 1 or more")
@@ -69,7 +71,7 @@ class Slurm:
             raise ConfigError(f"Slurm(min_jobs={min_jobs!r}, max_jobs={max_jobs!r}): expected "
                               "0 <= min_jobs <= max_jobs, max_jobs 1 or more")
         for name, seconds in (("idle_timeout", idle_timeout), ("start_timeout", start_timeout),
-                              ("poll", poll)):
+                              ("poll", poll), ("exit_without_main", exit_without_main or 1)):
             if not seconds > 0:
                 raise ConfigError(f"Slurm({name}={seconds!r}): expected seconds, more than 0")
         self.nodes, self.cpus_per_task, self.time = nodes, cpus_per_task, time
@@ -78,6 +80,7 @@ class Slurm:
         self.jobs, self.min_jobs, self.max_jobs = jobs, min_jobs, max_jobs
         self.idle_timeout, self.start_timeout, self.poll = idle_timeout, start_timeout, poll
         self.main_host = main_host
+        self.exit_without_main = exit_without_main
         self.name = f"distrib-{os.urandom(3).hex()}"  # the jobs' name in squeue
         self.folder: Path | None = None
         self._main_key = ""
@@ -193,6 +196,8 @@ class Slurm:
             "--key", shlex.quote(str(key_file)), "--threads", str(self.cpus_per_task),
             "--listen", "127.0.0.1:0", "--name", f'"slurm-{task}"',
             "--cache-dir", f'{shlex.quote(str(self.folder))}/"cache-{task}"',
+            *([] if self.exit_without_main is None
+              else ["--exit-without-main", str(self.exit_without_main)]),
             *map(shlex.quote, self.worker_args)])
         return ("#!/bin/sh\n"
                 f"# distrib workers that dial their Main at {self._address}, one a task\n"

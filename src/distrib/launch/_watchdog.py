@@ -3,7 +3,7 @@ distrib.launch._watchdog FOLDER NAME``.
 
 It reads ``+ID`` (a job submitted) and ``-ID`` (a job already ended) lines on its input; when
 the input closes (the Main ended, or was killed), it cancels the jobs it holds and removes the
-launcher's FOLDER (the jobs' keys and scripts). It ignores the signals a terminal sends, so a
+launcher's FOLDER (the jobs' keys and scripts). A failed ``scancel`` is tried again a few times. It ignores the signals a terminal sends, so a
 Ctrl-C that stops the Main does not stop it before it has done so.
 """
 
@@ -12,9 +12,12 @@ from __future__ import annotations
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 from distrib.launch._jobs import cancel
+
+CANCEL_TRIES = 5  # scancel tries before giving up (the jobs' time limits end them then)
 
 
 def main(argv: list[str]) -> int:
@@ -28,7 +31,10 @@ def main(argv: list[str]) -> int:
             held.append(line[1:])
         elif line.startswith("-") and line[1:] in held:
             held.remove(line[1:])
-    cancel(held, name)
+    for attempt in range(CANCEL_TRIES):  # (a controller too busy to answer, for a while)
+        if cancel(held, name):
+            break
+        time.sleep(2.0 * (attempt + 1))
     shutil.rmtree(folder, ignore_errors=True)
     return 0
 

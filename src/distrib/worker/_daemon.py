@@ -149,6 +149,7 @@ class Daemon:
         self._rewaited: set[bytes] = set()  # Mains whose tasks waiting for their calls
         # changed in this turn of the loop: told at its end
         self._stop = False
+        self._main_seen = time.monotonic()  # (a dialled Main last connected, or the start)
         self._announcer: Any = None
 
     def _wake_loop(self) -> None:
@@ -446,6 +447,14 @@ class Daemon:
         self.status.tick(now)
         if self.gate.reload():
             self.serving.quotas_changed()
+        alone = self.settings.exit_without_main
+        if alone is not None:  # (a launched worker: its Main is gone for good, say)
+            if any(t.peer for t in self.dials.targets):
+                self._main_seen = now
+            elif now - self._main_seen > alone:
+                log.warning("no Main it dials has been connected for %.0f s "
+                            "(--exit-without-main); stopping", alone)
+                self._stop = True
         parent = self.settings.exit_with_parent
         if parent is not None and os.getppid() != parent:
             log.info("parent process %d is gone; stopping", parent)

@@ -23,6 +23,7 @@ class WorkerSettings:
     heartbeat_interval: float = 1.0
     lost_after: float = 10.0  # seconds a silent Main is kept
     exit_with_parent: int | None = None  # a process whose end stops the daemon
+    exit_without_main: float | None = None  # seconds with none of its dialled Mains: it stops
     key: KeyPair | None = None
     authorized: Path | None = None  # the Mains' public keys (and quotas) it serves
     idle_after: float = 300.0  # seconds an idle executor is kept
