@@ -129,14 +129,35 @@ def squeue(env: dict[str, str]) -> list[str]:
 
 
 def start(ws: Workspace, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """Run the workspace's main.py; its jobs write their output beside the workspace
+    (``JOB_LOGS``), where a failing test shows it."""
+    logs = ws.root.parent / "job-logs"
+    logs.mkdir(exist_ok=True)
     return subprocess.Popen([PYTHON, "main.py", *args], cwd=ws.root, text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE,
-                            env={**env, "DISTRIB_CACHE_DIR": str(ws.cache_dir)})
+                            env={**env, "DISTRIB_CACHE_DIR": str(ws.cache_dir),
+                                 "JOB_LOGS": str(logs)})
+
+
+def done(main: subprocess.Popen[str], ws: Workspace, env: dict[str, str]) -> tuple[str, str]:
+    """``finish``, and on failure what Slurm and the jobs said."""
+    try:
+        return finish(main)
+    except AssertionError as exc:
+        root = Path(env["SLURM_CONF"]).parent
+        listed = subprocess.run(["squeue"], env=env, capture_output=True, text=True).stdout
+        said = [f"squeue: {listed}"]
+        said += [f"{f.name}: {f.read_text()}"
+                 for f in sorted((ws.root.parent / "job-logs").glob("*"))]
+        said += [f"{n}: {(root / n).read_text()[-3000:]}"
+                 for n in ("slurmctld.log", "slurmd.log")]
+        raise AssertionError("\n".join([str(exc), *said])) from None
 
 
 SEED = """
     import sys
+    import os
     import distrib
     from distrib import distributed
 
@@ -145,7 +166,8 @@ SEED = """
         return x * x
 
     if __name__ == "__main__":
-        cluster = distrib.Slurm(cpus_per_task=1, time="10:00", poll=0.3)
+        LOGS = [f"--output={os.environ['JOB_LOGS']}/job-%j.out"]
+        cluster = distrib.Slurm(cpus_per_task=1, time="10:00", sbatch_args=LOGS, poll=0.3)
         distrib.init(cluster=cluster)
         print("JOB", *cluster.job_ids, flush=True)
         sys.stdin.readline()  # (the test looks at squeue meanwhile)
@@ -166,7 +188,7 @@ def test_a_scripts_tasks_run_on_its_slurm_job_which_ends_with_it(
         assert job in squeue(slurm)
         main.stdin.write("\n")
         main.stdin.flush()
-        out, err = finish(main)
+        out, err = done(main, workspace, slurm)
     assert f"RESULTS [0, 1, 4, 9, 16, 25] slurm-{job}.0" in out, err
     wait_for(lambda: not squeue(slurm), 10, "squeue to be empty after the Main's exit")
     assert not list((workspace.cache_dir / "slurm").iterdir())  # (its keys are gone)
@@ -209,6 +231,7 @@ def test_a_job_whose_main_and_watchdog_are_both_killed_ends_by_its_workers(
 
 ADAPTIVE = """
     import time
+    import os
     import distrib
     from distrib import distributed
 
@@ -218,7 +241,9 @@ ADAPTIVE = """
         return x
 
     if __name__ == "__main__":
-        cluster = distrib.Slurm(cpus_per_task=1, time="10:00", min_jobs=0, max_jobs=2,
+        LOGS = [f"--output={os.environ['JOB_LOGS']}/job-%j.out"]
+        cluster = distrib.Slurm(cpus_per_task=1, time="10:00", sbatch_args=LOGS, min_jobs=0,
+                                max_jobs=2,
                                 idle_timeout=2, poll=0.3)
         distrib.init(cluster=cluster)
         print("START", len(cluster.job_ids), flush=True)
@@ -240,7 +265,7 @@ def test_a_burst_grows_from_no_job_to_max_jobs_and_idling_shrinks_back(
         slurm: dict[str, str], workspace: Workspace) -> None:
     workspace.write("main.py", ADAPTIVE)
     with ended(start(workspace, slurm)) as main:
-        out, err = finish(main)
+        out, err = done(main, workspace, slurm)
     assert "START 0\n" in out
     assert "BURST True 2 2\n" in out, (out, err)
     assert "IDLE 0\n" in out, (out, err)
@@ -262,7 +287,7 @@ def test_a_job_sbatch_refuses_fails_init_with_one_line_naming_it(
         slurm: dict[str, str], workspace: Workspace) -> None:
     workspace.write("main.py", REFUSED)
     with ended(start(workspace, slurm)) as main:
-        out, err = finish(main)
+        out, err = done(main, workspace, slurm)
     assert re.fullmatch(r"ERROR Slurm job distrib-\w+: sbatch refused it: sbatch: error: "
                         r".*invalid partition.*\n", out), (out, err)
     assert not list((workspace.cache_dir / "slurm").iterdir())
@@ -270,10 +295,12 @@ def test_a_job_sbatch_refuses_fails_init_with_one_line_naming_it(
 
 HELD = """
     import time
+    import os
     import distrib
 
     if __name__ == "__main__":
-        cluster = distrib.Slurm(cpus_per_task=1, time="10:00", sbatch_args=["--hold"],
+        LOGS = [f"--output={os.environ['JOB_LOGS']}/job-%j.out"]
+        cluster = distrib.Slurm(cpus_per_task=1, time="10:00", sbatch_args=[*LOGS, "--hold"],
                                 start_timeout=1, poll=0.3)
         distrib.init(cluster=cluster)
         print("JOB", *cluster.job_ids, flush=True)
@@ -287,13 +314,43 @@ def test_a_job_that_never_starts_is_cancelled_with_one_line_naming_it(
         slurm: dict[str, str], workspace: Workspace) -> None:
     workspace.write("main.py", HELD)
     with ended(start(workspace, slurm)) as main:
-        out, err = finish(main)
+        out, err = done(main, workspace, slurm)
     job = out.split()[1]
     said = [line for line in err.splitlines() if job in line]
     assert len(said) == 1 and re.fullmatch(
         rf"distrib: Slurm job {job} \(distrib-\w+\) did not start within 1 s \(pending: "
         r"JobHeldUser\); cancelled it", said[0]), err
     wait_for(lambda: not squeue(slurm), 10, "squeue to be empty")
+
+
+BROKEN = """
+    import time
+    import os
+    import distrib
+
+    if __name__ == "__main__":
+        LOGS = [f"--output={os.environ['JOB_LOGS']}/job-%j.out"]
+        cluster = distrib.Slurm(cpus_per_task=1, time="10:00", sbatch_args=LOGS,
+                                worker_args=["--no-such-flag"],
+                                poll=0.3)
+        distrib.init(cluster=cluster)
+        print("JOB", *cluster.job_ids, flush=True)
+        deadline = time.monotonic() + 60
+        while cluster.job_ids and time.monotonic() < deadline:
+            time.sleep(0.1)
+    """
+
+
+def test_a_job_whose_workers_cannot_start_ends_with_one_line_naming_its_output(
+        slurm: dict[str, str], workspace: Workspace) -> None:
+    workspace.write("main.py", BROKEN)
+    with ended(start(workspace, slurm)) as main:
+        out, err = done(main, workspace, slurm)
+    job = out.split()[1]
+    said = [line for line in err.splitlines() if job in line]
+    assert len(said) == 1 and re.fullmatch(
+        rf"distrib: Slurm job {job} \(distrib-\w+\) ended \(its time limit, or its workers "
+        rf"stopped: see \S+/job-{job}\.out\)", said[0]), err
 
 
 USER = """
@@ -314,8 +371,10 @@ def test_distrib_up_slurm_holds_a_job_for_the_mains_started_meanwhile(
     workspace.write("main.py", USER)
     port = _free_port()
     cache = tmp_path / "up-cache"
+    (tmp_path / "job-logs").mkdir()
     up = subprocess.Popen([PYTHON, "-m", "distrib", "up", "slurm", "--time", "10:00",
-                           "--listen", f"127.0.0.1:{port}", "--cache-dir", str(cache)],
+                           "--listen", f"127.0.0.1:{port}", "--cache-dir", str(cache),
+                           f"--sbatch-arg=--output={tmp_path}/job-logs/job-%j.out"],
                           text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=slurm)
     with ended(up):
         assert up.stderr is not None
@@ -326,7 +385,7 @@ def test_distrib_up_slurm_holds_a_job_for_the_mains_started_meanwhile(
         env = {**slurm, **dict(x.split("=", 1) for x in exports)}
         for _ in range(2):  # (a second Main finds the same workers)
             with ended(start(workspace, env)) as main:
-                out, err = finish(main)
+                out, err = done(main, workspace, env)
             assert f"RESULTS [0, 1, 4, 9] slurm-{job.group(1)}.0" in out, err
         up.send_signal(signal.SIGINT)
         assert up.wait(30) == 0

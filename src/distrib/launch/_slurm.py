@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import shlex
+import shutil
 import socket
 import sys
 import threading
@@ -35,6 +36,9 @@ from distrib.wire import _keys
 
 log = logging.getLogger("distrib")
 
+EARLY = 60.0  # seconds: a job that ends sooner after it started failed, likely
+BACKOFF, BACKOFF_MAX = 10.0, 600.0  # seconds submissions wait after such a job (doubling)
+
 
 @dataclass(eq=False)
 class _Job:
@@ -42,6 +46,7 @@ class _Job:
     public_key: str
     submitted: float
     state: str = "PENDING"
+    started: float | None = None  # when squeue first said it runs
 
 
 class Slurm:
@@ -94,7 +99,8 @@ class Slurm:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_tasks = monotonic()
-        self._refused_until = 0.0
+        self._refused_until = 0.0  # (adaptive) no job is submitted before then
+        self._backoff = 0.0  # how long the next job that ends early holds submissions
         self._closed = False
 
     @property
@@ -151,8 +157,6 @@ class Slurm:
         if self._watchdog is not None:
             self._watchdog.close()
         elif self.folder is not None:  # (never started: no job to cancel)
-            import shutil
-
             shutil.rmtree(self.folder, ignore_errors=True)
 
     # --- jobs ---------------------------------------------------------------------------------
@@ -236,19 +240,35 @@ class Slurm:
             except Exception as exc:  # (a surprise must not end the watching)
                 log.warning("Slurm jobs %s: %s", self.name, exc)
 
+    def _ended_itself(self, job_id: str, job: _Job, now: float) -> None:
+        """A job gone without this Main cancelling it; one that ended soon after it
+        started (its workers could not start, say) holds submissions for a while, doubled
+        each time, so that an adaptive launcher does not submit failing jobs in a loop."""
+        assert self.folder is not None
+        early = job.started is None or now - job.started < EARLY
+        held = ""
+        if early and self.max_jobs is not None:
+            self._backoff = min(max(2 * self._backoff, BACKOFF), BACKOFF_MAX)
+            self._refused_until = now + self._backoff
+            held = f"; no job is submitted for {self._backoff:.0f} s"
+        elif not early:
+            self._backoff = 0.0
+        log.warning("Slurm job %s (%s) ended (its time limit, or its workers stopped: see "
+                    "%s)%s", job_id, self.name, self.folder / f"job-{job_id}.out", held)
+        self._ended(job_id)
+
     def _tick(self, now: float) -> None:
         listed = _jobs.states(self.name)
         if listed is None:
             return
-        out = self.folder / "job-%s.out" if self.folder else Path("job-%s.out")
         for job_id, job in list(self._live.items()):
             if job_id not in listed:
-                log.warning("Slurm job %s (%s) ended (its time limit, or its workers "
-                            "stopped: see %s)", job_id, self.name, str(out) % job_id)
-                self._ended(job_id)
+                self._ended_itself(job_id, job, now)
                 continue
             state, reason = listed[job_id]
             job.state = state
+            if state == "RUNNING" and job.started is None:
+                job.started = now
             if state == "PENDING" and now - job.submitted > self.start_timeout:
                 log.warning("Slurm job %s (%s) did not start within %.0f s (pending: %s); "
                             "cancelled it", job_id, self.name, self.start_timeout, reason)

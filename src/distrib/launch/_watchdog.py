@@ -3,8 +3,9 @@ distrib.launch._watchdog FOLDER NAME``.
 
 It reads ``+ID`` (a job submitted) and ``-ID`` (a job already ended) lines on its input; when
 the input closes (the Main ended, or was killed), it cancels the jobs it holds and removes the
-launcher's FOLDER (the jobs' keys and scripts). A failed ``scancel`` is tried again a few times. It ignores the signals a terminal sends, so a
-Ctrl-C that stops the Main does not stop it before it has done so.
+launcher's FOLDER (the jobs' keys and scripts); a failed ``scancel`` is tried again a few
+times. It ignores the signals a terminal sends, so a Ctrl-C that stops the Main does not stop
+it before it has done so.
 """
 
 from __future__ import annotations
