@@ -54,10 +54,16 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(count: int) -> list[int]:
+    """Ports free now, all different (held together while they are picked)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _pid(path: Path) -> int:
@@ -97,7 +103,8 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     (root / "munge" / "key").write_bytes(os.urandom(1024))
     (root / "munge" / "key").chmod(0o600)
     conf = root / "slurm.conf"
-    conf.write_text(CONF.format(root=root, ctld_port=_free_port(), d_port=_free_port()))
+    ctld_port, d_port = _free_ports(2)
+    conf.write_text(CONF.format(root=root, ctld_port=ctld_port, d_port=d_port))
     env = {**os.environ, "SLURM_CONF": str(conf), "PATH": path}
     pids: list[int] = []
     try:
@@ -112,8 +119,9 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         subprocess.run(["slurmd", "-f", str(conf), "-N", "localhost"], env=env, check=True,
                        timeout=30)
         pids.append(_pid(root / "slurmd.pid"))
-        wait_for(lambda: "idle" in subprocess.run(
-            ["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True).stdout,
+        # ("idle*" is a node that does not answer: not yet registered, or its slurmd died)
+        wait_for(lambda: subprocess.run(["sinfo", "-h", "-o", "%t"], env=env,
+                                        capture_output=True, text=True).stdout.strip() == "idle",
                  60, "the Slurm node to be idle")
         yield env
     finally:
@@ -147,7 +155,8 @@ def done(main: subprocess.Popen[str], ws: Workspace, env: dict[str, str]) -> tup
     except AssertionError as exc:
         root = Path(env["SLURM_CONF"]).parent
         listed = subprocess.run(["squeue"], env=env, capture_output=True, text=True).stdout
-        said = [f"squeue: {listed}"]
+        nodes = subprocess.run(["sinfo"], env=env, capture_output=True, text=True).stdout
+        said = [f"squeue: {listed}", f"sinfo: {nodes}"]
         said += [f"{f.name}: {f.read_text()}"
                  for f in sorted((ws.root.parent / "job-logs").glob("*"))]
         said += [f"{n}: {(root / n).read_text()[-3000:]}"
@@ -369,7 +378,7 @@ USER = """
 def test_distrib_up_slurm_holds_a_job_for_the_mains_started_meanwhile(
         slurm: dict[str, str], workspace: Workspace, tmp_path: Path) -> None:
     workspace.write("main.py", USER)
-    port = _free_port()
+    [port] = _free_ports(1)
     cache = tmp_path / "up-cache"
     (tmp_path / "job-logs").mkdir()
     up = subprocess.Popen([PYTHON, "-m", "distrib", "up", "slurm", "--time", "10:00",
