@@ -70,13 +70,14 @@ def states(name: str) -> dict[str, tuple[str, str]] | None:
     return out
 
 
-def cancel(job_ids: list[str], name: str) -> bool:
-    """Cancel these jobs; whether scancel did (a failure is logged: the watchdog cancels
-    what is left again at the end)."""
-    if not job_ids:
+def cancel(job_ids: list[str], name: str, every: bool = False) -> bool:
+    """Cancel these jobs (``every``: and any other of this user's jobs named ``name``);
+    whether scancel did (a failure is logged: the watchdog cancels what is left at the end)."""
+    if not job_ids and not every:
         return True
+    named = [f"--name={name}", f"--user={os.getuid()}"] if every else []
     try:
-        result = _run(["scancel", *job_ids])
+        result = _run(["scancel", *named, *job_ids])
     except LaunchError as exc:
         log.warning("Slurm job(s) %s of %s: %s", ",".join(job_ids), name, exc)
         return False

@@ -2,7 +2,8 @@
 distrib.launch._watchdog FOLDER NAME``.
 
 It reads ``+ID`` (a job submitted) and ``-ID`` (a job already ended) lines on its input; when
-the input closes (the Main ended, or was killed), it cancels the jobs it holds and removes the
+the input closes (the Main ended, or was killed), it cancels the jobs it holds, and any other
+job of its name (one the Main submitted but was killed before it said so), and removes the
 launcher's FOLDER (the jobs' keys and scripts); a failed ``scancel`` is tried again a few
 times. It ignores the signals a terminal sends, so a Ctrl-C that stops the Main does not stop
 it before it has done so.
@@ -33,7 +34,7 @@ def main(argv: list[str]) -> int:
         elif line.startswith("-") and line[1:] in held:
             held.remove(line[1:])
     for attempt in range(CANCEL_TRIES):  # (a controller too busy to answer, for a while)
-        if cancel(held, name):
+        if cancel(held, name) and cancel([], name, every=True):
             break
         time.sleep(2.0 * (attempt + 1))
     shutil.rmtree(folder, ignore_errors=True)
