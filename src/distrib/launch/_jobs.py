@@ -108,6 +108,9 @@ class Watchdog:
         except (OSError, ValueError):  # (gone: its jobs are cancelled already)
             pass
 
+    def submitting(self) -> None:
+        self._say("*")
+
     def hold(self, job_id: str) -> None:
         self._say(f"+{job_id}")
 

@@ -179,6 +179,7 @@ class Slurm:
                    f"--output={self.folder}/job-%j.out"]
         options += [f"--partition={self.partition}"] * (self.partition is not None)
         options += [f"--account={self.account}"] * (self.account is not None)
+        self._watchdog.submitting()  # (killed before it hears the id: it cancels by name)
         try:
             job_id = _jobs.submit(script, options + self.sbatch_args, self.name)
         except LaunchError:
