@@ -210,13 +210,19 @@ class Slurm:
 
     def _authorize(self, public: str, comment: str) -> None:
         assert self._authorized is not None
-        with open(self._authorized, "a") as f:
-            f.write(f"{public} {comment}\n")
+        self._rewrite(self._authorized.read_text() + f"{public} {comment}\n")
 
     def _unauthorize(self, public: str) -> None:
         assert self._authorized is not None
         lines = self._authorized.read_text().splitlines(keepends=True)
-        self._authorized.write_text("".join(x for x in lines if not x.startswith(public)))
+        self._rewrite("".join(x for x in lines if not x.startswith(public)))
+
+    def _rewrite(self, text: str) -> None:
+        """Replace the authorized workers file whole: the Main never reads half of it."""
+        assert self._authorized is not None
+        new = self._authorized.with_name(self._authorized.name + ".new")
+        new.write_text(text)
+        os.replace(new, self._authorized)
 
     def _ended(self, job_id: str) -> None:
         """Forget a job that is gone (its key no longer opens this Main)."""
