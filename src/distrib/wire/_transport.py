@@ -50,10 +50,12 @@ def router(ctx: zmq.Context[Any], endpoint: str,
 
 
 def dealer(ctx: zmq.Context[Any], endpoint: str, server_key: str | None = None,
-           key: KeyPair | None = None, retry_max_ms: int = 2000) -> zmq.Socket[Any]:
+           key: KeyPair | None = None, retry_max_ms: int = 2000,
+           connect: bool = True) -> zmq.Socket[Any]:
     """Connect a DEALER to ``endpoint`` (a worker's, or a listening Main's); CURVE when the
     server's key is given. libzmq retries a refused connection after 0.1 s, then twice as
-    long each time, up to ``retry_max_ms``."""
+    long each time, up to ``retry_max_ms``. ``connect=False``: the caller connects it (after
+    attaching a monitor: events before that are lost)."""
     sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
     if server_key is not None:
         own = key or _ephemeral()
@@ -63,7 +65,8 @@ def dealer(ctx: zmq.Context[Any], endpoint: str, server_key: str | None = None,
     _common(sock)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, retry_max_ms)
-    sock.connect(endpoint)
+    if connect:
+        sock.connect(endpoint)
     return sock
 
 

@@ -98,8 +98,11 @@ class Dials:
     def _build(self, target: Target) -> None:
         self._close(target)
         target.sock = _transport.dealer(self.ctx, f"tcp://{target.address}", target.main_key,
-                                        self.key, RETRY_MAX_MS)
+                                        self.key, RETRY_MAX_MS, connect=False)
+        # Watched before it connects: a handshake done before the monitor was attached would
+        # go unseen, and the worker would never say Dial (seen once in a few dozen dials).
         target.monitor = target.sock.get_monitor_socket(_EVENTS)
+        target.sock.connect(f"tcp://{target.address}")
         target.since = time.monotonic()
         self._by_sock[target.sock] = self._by_sock[target.monitor] = target
 
