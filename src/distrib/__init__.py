@@ -46,7 +46,7 @@ from distrib._errors import (
     WorkspaceError,
 )
 from distrib._executor import Executor
-from distrib.launch import SSH
+from distrib.launch import SSH, Slurm
 from distrib._response import Response
 from distrib._shared import Shared, share
 from distrib._waiting import AsCompleted, as_completed, gather, progress
@@ -68,9 +68,9 @@ __all__ = [
     "DistribError",
     "InitializerFailed",
     "InputFailed",
-    "LaunchError",
     "DistributedFunction",
     "Executor",
+    "LaunchError",
     "MainGuardError",
     "NestedDeadlock",
     "ProtocolError",
@@ -80,6 +80,7 @@ __all__ = [
     "SSH",
     "SerializationError",
     "Shared",
+    "Slurm",
     "TaskDiskExceeded",
     "TaskTimeout",
     "WaitTimeout",
@@ -111,7 +112,7 @@ def init(
     listen: str | None = None,
     authorized_workers: str | _Path | None = None,
     linger: float | str | None = None,
-    cluster: SSH | None = None,
+    cluster: SSH | Slurm | None = None,
 ) -> None:
     """Set up explicitly. Without this, the first call sets up from configuration.
 
@@ -140,7 +141,9 @@ def init(
     ``cluster``: start workers elsewhere that dial this Main back, e.g. ``distrib.SSH(["lab1",
     "lab2"], threads=8)``: distrib is installed on each host over SSH and its worker lives as
     long as this Main; a host that fails is logged in one line naming it (``LaunchError`` if
-    none starts).
+    none starts). Or ``distrib.Slurm(nodes=2, cpus_per_task=8, time="2:00:00")``: batch jobs
+    of workers, cancelled when this Main ends; it listens on a free port of every interface
+    unless ``listen`` says where.
     """
     from distrib._config import Overrides
     from distrib.main._current import init as _init

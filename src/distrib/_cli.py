@@ -161,6 +161,10 @@ def main() -> None:
               help="Run tasks without a sandbox: they can read this user's files (this "
                    "worker's keys, other Mains' work) and reach the network. Needed to serve "
                    "keyed or non-loopback Mains where no sandbox can be built.")
+@click.option("--exit-without-main", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="SECONDS",
+              help="Stop once none of the Mains of --connect has been connected for SECONDS "
+                   "(a worker launched for one Main: it ends when that Main is gone).")
 @click.option("--exit-with-parent", type=int, default=None, hidden=True)
 @click.option("--linger", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
               help="Leave after this many seconds with no Main (default 0: stay).")
@@ -182,7 +186,8 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
            authorized_keys: Path | None, connect: tuple[str, ...], main_key: tuple[str, ...],
            relay: str | None, relay_key: str | None, insecure: bool, announce: bool,
            announce_interface: tuple[str, ...], task_network: str, no_sandbox: bool,
-           exit_with_parent: int | None, linger: float, users_lock: Path | None,
+           exit_without_main: float | None, exit_with_parent: int | None, linger: float,
+           users_lock: Path | None,
            verbose: bool) -> None:
     """Run a worker daemon that serves Mains' tasks (or, with a command, tell a running one
     to pause, resume or drain)."""
@@ -232,6 +237,9 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
     except DistribError as exc:
         raise click.UsageError(str(exc)) from None
     dials = policy.connect
+    if exit_without_main is not None and not dials:
+        raise click.UsageError("--exit-without-main needs --connect (or connect in the policy "
+                               "file): it counts the time without the Mains this worker dials")
     if dials and key is None:
         raise click.UsageError("--connect (or connect in the policy file) needs --key: the "
                                "worker's own secret key, which the Main checks against its "
@@ -259,7 +267,8 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
         daemon = Daemon(WorkerSettings(
             address, policy, cache, name=name or "", heartbeat_interval=heartbeat,
             lost_after=lost_after, exit_with_parent=exit_with_parent, linger=linger,
-            users_lock=users_lock, key=key, authorized=authorized_keys, idle_after=idle_executors,
+            users_lock=users_lock, exit_without_main=exit_without_main, key=key,
+            authorized=authorized_keys, idle_after=idle_executors,
             max_cache=None if max_cache is None else _size(max_cache, "--max-cache"),
             max_queued=_size(max_queued, "--max-queued"),
             env_policy=EnvPolicy(install, index_url, find_links, no_index, pythons,

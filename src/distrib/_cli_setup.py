@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import click
 
 from distrib._errors import ConfigError, DistribError
+from distrib.launch._commands import up_slurm
 from distrib.wire import _keys
 
 if TYPE_CHECKING:
@@ -40,8 +41,11 @@ def keygen(path: Path, comment: str | None) -> None:
 
 @click.group()
 def up() -> None:
-    """Start workers elsewhere that dial this machine's Main (`distrib up ssh`, or
-    manifests for a Kubernetes cluster: `distrib up k8s --print`)."""
+    """Start workers elsewhere that dial this machine's Main (`distrib up ssh`, `distrib up
+    slurm`, or manifests for a Kubernetes cluster: `distrib up k8s --print`)."""
+
+
+up.add_command(up_slurm)
 
 
 @up.command("ssh")

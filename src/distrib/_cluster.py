@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from distrib import _runtime
 from distrib._errors import ConfigError, LaunchError
-from distrib.launch import SSH, Target
+from distrib.launch import SSH, Slurm, Target
 
 if TYPE_CHECKING:  # (imported when a session starts: `import distrib` stays light)
     from distrib import _config
@@ -28,22 +28,27 @@ if TYPE_CHECKING:  # (imported when a session starts: `import distrib` stays lig
 JOIN_SECONDS = 30.0  # the longest init() waits for started workers to join
 
 
-def _spec(cluster: object) -> SSH:
+def _spec(cluster: object) -> SSH | Slurm:
     from distrib import _config
 
-    if isinstance(cluster, SSH):
+    if isinstance(cluster, (SSH, Slurm)):
         return cluster
     if isinstance(cluster, _config.SSHCluster):
         return SSH(cluster.hosts, cluster.threads, cluster.ssh_config, cluster.ssh_options,
                    cluster.worker_args, cluster.timeout)
-    raise ConfigError(f"init(cluster=...): expected distrib.SSH([...]), got {cluster!r}")
+    raise ConfigError(f"init(cluster=...): expected distrib.SSH([...]) or distrib.Slurm(...), "
+                      f"got {cluster!r}")
 
 
-def prepare(settings: _config.Settings) -> tuple[_config.Settings, Callable[[Session], None]]:
-    """Settings for a Main whose workers are launched, and what launches them once it runs."""
+def prepare(settings: _config.Settings) -> tuple[
+        _config.Settings, Callable[[Session], None], Callable[[], None]]:
+    """Settings for a Main whose workers are launched, what launches them once it runs, and
+    what removes what was prepared if it never runs."""
     from distrib.wire import _keys
 
     spec = _spec(settings.cluster)
+    if isinstance(spec, Slurm):
+        return _prepare_jobs(spec, settings)
     folder = Path(tempfile.mkdtemp(prefix="distrib-cluster-"))  # (mode 0700)
     key = settings.key
     if key is None:
@@ -81,7 +86,19 @@ def prepare(settings: _config.Settings) -> tuple[_config.Settings, Callable[[Ses
         while session.dialled_in() < started and time.monotonic() < deadline:
             time.sleep(0.02)
 
-    return ready, launch
+    return ready, launch, lambda: shutil.rmtree(folder, ignore_errors=True)
+
+
+def _prepare_jobs(slurm: Slurm, settings: _config.Settings) -> tuple[
+        _config.Settings, Callable[[Session], None], Callable[[], None]]:
+    """Batch jobs whose workers dial the Main's listening socket (all interfaces, unless
+    ``listen`` says where): submitted once it listens, cancelled when it closes."""
+
+    def launch(session: Session) -> None:
+        session.on_close.append(slurm.close)
+        slurm.start(session.listen_address() or "", session.load)
+
+    return slurm.prepare(settings), launch, slurm.close
 
 
 _runtime.launcher = prepare

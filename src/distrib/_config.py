@@ -148,7 +148,8 @@ class Settings:
     authorized_workers: Path | None = None  # the keys of the workers that may dial it
     relay: str | None = None  # "host:port" of the relay "relay:KEY" workers are reached through
     relay_key: str | None = None  # the relay's public key
-    cluster: object | None = None  # a launcher's settings (SSHCluster or distrib.SSH)
+    cluster: object | None = None  # a launcher's settings (SSHCluster, distrib.SSH or
+    # distrib.Slurm)
     source: str = "defaults"  # the configuration file used, for messages
 
 

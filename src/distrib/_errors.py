@@ -15,7 +15,8 @@
     ├── TaskDiskExceeded      the task wrote more than a worker's disk limit allows
     ├── WaitTimeout           ``unwrap(timeout=...)`` gave up waiting      (also TimeoutError)
     ├── Cancelled             the task was cancelled           (also futures.CancelledError)
-    └── InitializerFailed     an ``Executor``'s initializer raised      (also BrokenExecutor)
+    ├── InitializerFailed     an ``Executor``'s initializer raised      (also BrokenExecutor)
+    └── LaunchError           a launcher could not start workers (a refused batch job...)
 
 An exception raised by the user's function is not wrapped: ``unwrap()`` raises the same type,
 with its own ``__cause__``, ``__context__`` and notes, and a ``RemoteTraceback`` carrying the
@@ -92,7 +93,9 @@ class WorkerCrashed(DistribError):
 
 
 class LaunchError(DistribError):
-    """No worker could be started where a launcher was told to (each host's reason named)."""
+    """No worker could be started where a launcher was told to: no SSH host started one (each
+    host's reason named), or ``sbatch`` refused a job, or there is no Slurm here (the job
+    named)."""
 
 
 class WorkerLost(DistribError):
@@ -150,3 +153,5 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return "\n" + self.text
+
+

@@ -32,7 +32,7 @@ shipped_as = ""  # in an executor: that folder as its modules' paths name it (no
 own_modules: set[str] = set()  # modules first imported by distrib's own imports
 # Set by the API layer (``distrib._cluster.prepare``): a session's settings for a launched
 # cluster, and what launches it once the session listens (``main`` does not import ``launch``).
-launcher: Callable[[Any], tuple[Any, Callable[[Any], None]]] | None = None
+launcher: Callable[[Any], tuple[Any, Callable[[Any], None], Callable[[], None]]] | None = None
 # In an executor: why it ends once its current task is done (an Executor's max_tasks_per_child),
 # and the calls it ran per Executor (its key), for their initializer and max_tasks_per_child.
 retire: str = ""

@@ -261,3 +261,20 @@ def test_the_policy_file_names_mains_to_dial_and_the_worker_follows_its_changes(
                  "the worker to stop serving the Main it no longer dials")
         proc.kill()
         proc.communicate()
+
+
+def test_a_worker_with_exit_without_main_stops_once_its_main_is_gone_that_long(
+        workspace: Workspace, start_worker, tmp_path: Path) -> None:
+    port = free_port()
+    worker_key = tmp_path / "w.key"
+    env, main = main_env(tmp_path, port, [pair(worker_key).public])
+    worker = start_worker(name="launched", extra=(
+        "--key", str(worker_key), "--connect", f"127.0.0.1:{port}", "--main-key", main.public,
+        "--exit-without-main", "2"))
+    workspace.write("main.py", SCRIPT)
+    with ended(popen(workspace, "main.py", env)) as proc:  # (served while it runs)
+        out, _ = finish(proc)
+    assert out.startswith("SUM ")
+    worker.proc.wait(30)
+    assert "no Main it dials has been connected for 2 s (--exit-without-main); stopping" \
+        in worker.log()

@@ -1,7 +1,11 @@
-"""Launchers: start workers that dial their Main back, one module per kind (``_ssh``).
+"""Launchers: start workers that dial their Main back, one module per kind.
 
-A launcher is given a ``Target`` (the Main's loopback port, its public key, its authorized
-workers file, its cache) and returns a launch whose ``stop()`` ends what it started.
+``SSH`` (``_ssh``) is given a ``Target`` (the Main's loopback port, its public key, its
+authorized workers file, its cache) and returns a launch whose ``stop()`` ends what it started.
+``Slurm`` (``_slurm``) submits batch jobs whose tasks each run ``distrib worker --connect``;
+``_jobs`` speaks to Slurm's commands, ``_adapt`` decides how many jobs a load wants (pure),
+``_watchdog`` is the process that cancels the jobs when their Main is gone. ``_k8s`` writes
+manifests of workers for a Kubernetes cluster.
 """
 
 from __future__ import annotations
@@ -11,12 +15,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from distrib._errors import ConfigError
+from distrib.launch._slurm import Slurm
 from distrib.launch._target import Target
 
 if TYPE_CHECKING:
     from distrib.launch._ssh import SSHLaunch
 
-__all__ = ["SSH", "Target"]
+__all__ = ["SSH", "Slurm", "Target"]
 
 
 @dataclass(frozen=True)

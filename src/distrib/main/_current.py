@@ -90,12 +90,17 @@ def init(overrides: _config.Overrides) -> Session:
 def _start(overrides: _config.Overrides) -> Session:
     script = main_file()
     settings = _config.load(None, overrides, script.parent if script else None)
-    launch = None
+    launch = abandon = None
     if settings.cluster is not None:
         if _runtime.launcher is None:
             raise ConfigError("a [cluster] needs `import distrib` (its launchers)")
-        settings, launch = _runtime.launcher(settings)
-    session = Session(settings, script)
+        settings, launch, abandon = _runtime.launcher(settings)
+    try:
+        session = Session(settings, script)
+    except BaseException:
+        if abandon is not None:  # (what the launcher prepared: its folder, its keys)
+            abandon()
+        raise
     atexit.register(shutdown)
     if launch is not None:
         try:

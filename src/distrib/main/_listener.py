@@ -24,6 +24,13 @@ log = logging.getLogger("distrib")
 
 
 
+def _stamp(path: Path) -> tuple[int, int, int]:
+    """What tells a changed file: its time (file times tick coarsely: two writes a moment
+    apart may share one), size and inode (a file replaced whole)."""
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
 class Listener:
     """The bound ROUTER, its ZAP check of workers' keys, and its monitor."""
 
@@ -31,7 +38,7 @@ class Listener:
                  authorized_file: Path) -> None:
         self.authorized_file = authorized_file
         self.authorized: dict[str, str] = _keys.read_authorized(authorized_file)  # key -> name
-        self._mtime = authorized_file.stat().st_mtime
+        self._stamp = _stamp(authorized_file)
         self._refusals = _zap.Refusals()
         # The ZAP socket is bound before the ROUTER: libzmq asks it about the first handshake.
         self.zap: zmq.Socket[Any] = ctx.socket(zmq.REP)
@@ -75,10 +82,10 @@ class Listener:
     def reload(self) -> None:
         """Reread the authorized keys if the file changed (a broken file keeps the old list)."""
         try:
-            mtime = self.authorized_file.stat().st_mtime
-            if mtime == self._mtime:
+            stamp = _stamp(self.authorized_file)
+            if stamp == self._stamp:
                 return
-            self._mtime = mtime
+            self._stamp = stamp
             self.authorized = _keys.read_authorized(self.authorized_file)
         except (OSError, ConfigError) as exc:
             log.warning("authorized workers %s not reloaded (the previous list stays): %s",

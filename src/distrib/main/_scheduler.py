@@ -105,6 +105,7 @@ class SlotFigures:
 
     busy: int = 0
     offered: int = 0
+    tasks: int = 0  # this Main's unfinished tasks, waiting or running (a launcher's demand)
 
 
 class Scheduler:
@@ -169,7 +170,7 @@ class Scheduler:
             rate = worker.finished / seconds
             worker.rate = rate if rate > worker.rate else 0.5 * worker.rate + 0.5 * rate
             worker.finished = 0
-        self.slot_figures = SlotFigures(busy, offered)
+        self.slot_figures = SlotFigures(busy, offered, len(self))
 
     def assign(self) -> dict[str, list[Task]]:
         """Move pending tasks to workers with room; return them grouped by worker."""

@@ -231,6 +231,11 @@ class Session:
     def _send_to(self, link_id: str, msg: m.Message) -> None:
         self.linked.send_to(link_id, msg)
 
+    def load(self) -> tuple[int, int, int]:
+        """(Any thread) slots busy, slots offered, unfinished tasks: a launcher's demand."""
+        figures = self.scheduler.slot_figures
+        return figures.busy, figures.offered, figures.tasks + len(self.inbox.incoming)
+
     def _publish(self, now: float) -> None:
         """(I/O thread, with a dashboard) A new snapshot for it."""
         assert self.stats is not None

@@ -155,6 +155,7 @@ class Daemon:
         # changed in this turn of the loop: told at its end
         self._stop = False
         self.owner.on_stop = self.request_stop
+        self._main_seen = time.monotonic()  # (a dialled Main last connected, or the start)
         self._announcer: Any = None
         self.lingering = Lingering(s.linger, s.users_lock, time.monotonic(), Path(
             s.endpoint.removeprefix("ipc://")) if s.endpoint.startswith("ipc://") else None) \
@@ -480,6 +481,14 @@ class Daemon:
             self.serving.quotas_changed()
             if self.relayed is not None:
                 self.relayed.allow(self.gate.main_keys())
+        alone = self.settings.exit_without_main
+        if alone is not None:  # (a launched worker: its Main is gone for good, say)
+            if any(t.peer for t in self.dials.targets):
+                self._main_seen = now
+            elif now - self._main_seen > alone:
+                log.warning("no Main it dials has been connected for %.0f s "
+                            "(--exit-without-main); stopping", alone)
+                self._stop = True
         parent = self.settings.exit_with_parent
         if parent is not None and os.getppid() != parent:
             log.info("parent process %d is gone; stopping", parent)

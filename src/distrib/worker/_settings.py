@@ -25,6 +25,7 @@ class WorkerSettings:
     exit_with_parent: int | None = None  # a process whose end stops the daemon
     linger: float = 0.0  # seconds with no Main after which it leaves (0: it stays)
     users_lock: Path | None = None  # held by the Mains using it (the local cluster's)
+    exit_without_main: float | None = None  # seconds with none of its dialled Mains: it stops
     key: KeyPair | None = None
     authorized: Path | None = None  # the Mains' public keys (and quotas) it serves
     idle_after: float = 300.0  # seconds an idle executor is kept
