@@ -27,12 +27,14 @@ from time import monotonic
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from distrib import _config
 from distrib._errors import ConfigError, LaunchError
 from distrib.launch import _jobs
 from distrib.launch._adapt import Load, change
-from distrib.wire import _keys
+
+if TYPE_CHECKING:  # (`import distrib` names Slurm: executors of another Python have no zmq)
+    from distrib import _config
 
 log = logging.getLogger("distrib")
 
@@ -117,6 +119,8 @@ class Slurm:
     # --- prepared, started, closed (``_cluster``) -------------------------------------------
 
     def prepare(self, settings: _config.Settings) -> _config.Settings:
+        from distrib.wire import _keys
+
         if self.folder is not None:
             raise ConfigError("this distrib.Slurm was used by another session; make a new one")
         top = settings.cache_dir / "slurm"
@@ -166,6 +170,8 @@ class Slurm:
         return self.nodes * self.cpus_per_task
 
     def _submit(self) -> str:
+        from distrib.wire import _keys
+
         assert self.folder is not None and self._watchdog is not None
         number = next(self._numbers)
         key_file = self.folder / f"job-{number}.key"
