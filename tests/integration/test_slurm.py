@@ -4,6 +4,7 @@ cluster that this module starts: munged, slurmctld and slurmd of the test's own,
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -396,6 +397,14 @@ def test_distrib_up_slurm_holds_a_job_for_the_mains_started_meanwhile(
             with ended(start(workspace, env)) as main:
                 out, err = done(main, workspace, env)
             assert f"RESULTS [0, 1, 4, 9] slurm-{job.group(1)}.0" in out, err
+        # `distrib status` shows the job the launch holds, and its state.
+        shown = subprocess.run([PYTHON, "-m", "distrib", "status", "--json"], text=True,
+                               capture_output=True, timeout=60,
+                               env={**slurm, "DISTRIB_CACHE_DIR": str(cache)})
+        launched = [x["launched"] for x in json.loads(shown.stdout) if "launched" in x]
+        assert [(x["kind"], x["where"].split(" (")[0], x["state"], x["main_pid"])
+                for x in launched] == [("slurm", f"job {job.group(1)}", "running",
+                                        str(up.pid))], shown.stdout + shown.stderr
         up.send_signal(signal.SIGINT)
         assert up.wait(30) == 0
     wait_for(lambda: not squeue(slurm), 10, "squeue to be empty after distrib up ends")

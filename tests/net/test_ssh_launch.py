@@ -4,6 +4,7 @@ config file the test wrote; the Main runs in a namespace host of its own."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -209,6 +210,12 @@ def test_distrib_up_ssh_serves_each_run_of_the_script(
                                  capture_output=True, text=True, timeout=180)
             assert run.returncode == 0, run.stderr
             assert f"TRIPLES {[3 * x for x in range(10)]}" in run.stdout, run.stdout
+        # `distrib status` shows the workers the launch holds, and where they run.
+        shown = subprocess.run([PYTHON, "-m", "distrib", "status", "--json"], cwd=workspace.root,
+                               env=env, capture_output=True, text=True, timeout=60)
+        launched = sorted((x["launched"]["kind"], x["launched"]["where"], x["launched"]["state"])
+                          for x in json.loads(shown.stdout) if "launched" in x)
+        assert launched == [("ssh", name, "ready") for name in names], shown.stderr
         up.send_signal(signal.SIGTERM)
         up.wait(60)
     assert up.returncode == 0

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from distrib._errors import ConfigError, LaunchError
-from distrib.launch import _jobs
+from distrib.launch import _jobs, _records
 from distrib.launch._adapt import Load, change
 
 if TYPE_CHECKING:  # (`import distrib` names Slurm: executors of another Python have no zmq)
@@ -102,6 +102,7 @@ class Slurm:
         self._thread: threading.Thread | None = None
         self._last_tasks = monotonic()
         self._refused_until = 0.0  # (adaptive) no job is submitted before then
+        self._record: _records.Record | None = None  # what `distrib status` shows of it
         self._backoff = 0.0  # how long the next job that ends early holds submissions
         self._closed = False
 
@@ -123,6 +124,7 @@ class Slurm:
 
         if self.folder is not None:
             raise ConfigError("this distrib.Slurm was used by another session; make a new one")
+        self._record = _records.Record(settings.cache_dir, "slurm")
         top = settings.cache_dir / "slurm"
         top.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.folder = top / self.name
@@ -158,6 +160,8 @@ class Slurm:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(30)
+        if self._record is not None:
+            self._record.remove()
         if self._watchdog is not None:
             self._watchdog.close()
         elif self.folder is not None:  # (never started: no job to cancel)
@@ -194,6 +198,7 @@ class Slurm:
         self._watchdog.hold(job_id)
         with self._lock:
             self._live[job_id] = _Job(number, pair.public, monotonic())
+        self._publish()
         log.info("Slurm job %s (%s) submitted: %d node(s), %d CPU(s) a worker; its workers "
                  "dial %s", job_id, self.name, self.nodes, self.cpus_per_task, self._address)
         return job_id
@@ -230,10 +235,19 @@ class Slurm:
         new.write_text(text)
         os.replace(new, self._authorized)
 
+    def _publish(self) -> None:
+        """Say the jobs and their states where `distrib status` reads them."""
+        if self._record is not None:
+            with self._lock:
+                jobs = [{"where": f"job {job_id} ({self.name})", "state": job.state.lower()}
+                        for job_id, job in self._live.items()]
+            self._record.write(jobs)
+
     def _ended(self, job_id: str) -> None:
         """Forget a job that is gone (its key no longer opens this Main)."""
         with self._lock:
             job = self._live.pop(job_id, None)
+        self._publish()
         if job is not None:
             self._unauthorize(job.public_key)
             if self._watchdog is not None:
@@ -279,9 +293,11 @@ class Slurm:
                 self._ended_itself(job_id, job, now)
                 continue
             state, reason = listed[job_id]
-            job.state = state
             if state == "RUNNING" and job.started is None:
                 job.started = now
+            if state != job.state:
+                job.state = state
+                self._publish()
             if state == "PENDING" and now - job.submitted > self.start_timeout:
                 log.warning("Slurm job %s (%s) did not start within %.0f s (pending: %s); "
                             "cancelled it", job_id, self.name, self.start_timeout, reason)

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from distrib.launch import _records
+
 if TYPE_CHECKING:
     from distrib.launch import _wheels
     from distrib.launch._target import Target
@@ -105,6 +107,7 @@ class SSHLaunch:
         self.mode = mode
         self._lock = threading.Lock()  # the authorized file is appended to by each host
         self._last_mtime = 0
+        self._record: _records.Record | None = None  # what `distrib status` shows of it
 
     def start(self, target: Target) -> None:
         """Start a worker on every host; return once each is ready or has failed (each
@@ -128,6 +131,10 @@ class SSHLaunch:
             if host.problem:
                 log.warning("%s: %s: %s", host.name, "not stopped" if self.mode == "down"
                             else "no worker started", host.problem)
+        if self.mode == "session":
+            self._record = _records.Record(target.cache, "ssh")
+            self._record.write([{"where": h.name, "state": f"failed: {h.problem}" if h.problem
+                                 else "ready"} for h in self.hosts])
 
     def ready(self) -> list[Host]:
         return [h for h in self.hosts if h.ready and not h.problem]
@@ -142,6 +149,8 @@ class SSHLaunch:
                     pass
         for host in self.hosts:
             self._end(host)
+        if self._record is not None:
+            self._record.remove()
 
     def _end(self, host: Host) -> None:
         proc = host.proc
