@@ -303,15 +303,20 @@ def test_a_job_sbatch_refuses_fails_init_with_one_line_naming_it(
     assert not list((workspace.cache_dir / "slurm").iterdir())
 
 
-HELD = """
+def _lines_naming(job: str, err: str) -> list[str]:
+    """The lines of a Main's stderr that name ``job``."""
+    return [line for line in err.splitlines() if job in line]
+
+
+# A script whose one job never gets a worker to it (ARGS: how), waiting for it to end.
+UNSTARTED = """
     import time
     import os
     import distrib
 
     if __name__ == "__main__":
         LOGS = [f"--output={os.environ['JOB_LOGS']}/job-%j.out"]
-        cluster = distrib.Slurm(cpus_per_task=1, time="10:00", sbatch_args=[*LOGS, "--hold"],
-                                start_timeout=1, poll=0.3)
+        cluster = distrib.Slurm(cpus_per_task=1, time="10:00", ARGS)
         distrib.init(cluster=cluster)
         print("JOB", *cluster.job_ids, flush=True)
         deadline = time.monotonic() + 60
@@ -322,42 +327,26 @@ HELD = """
 
 def test_a_job_that_never_starts_is_cancelled_with_one_line_naming_it(
         slurm: dict[str, str], workspace: Workspace) -> None:
-    workspace.write("main.py", HELD)
+    workspace.write("main.py", UNSTARTED.replace(
+        "ARGS", 'sbatch_args=[*LOGS, "--hold"], start_timeout=1, poll=0.3'))
     with ended(start(workspace, slurm)) as main:
         out, err = done(main, workspace, slurm)
     job = out.split()[1]
-    said = [line for line in err.splitlines() if job in line]
+    said = _lines_naming(job, err)
     assert len(said) == 1 and re.fullmatch(
         rf"distrib: Slurm job {job} \(distrib-\w+\) did not start within 1 s \(pending: "
         r"JobHeldUser\); cancelled it", said[0]), err
     wait_for(lambda: not squeue(slurm), 10, "squeue to be empty")
 
 
-BROKEN = """
-    import time
-    import os
-    import distrib
-
-    if __name__ == "__main__":
-        LOGS = [f"--output={os.environ['JOB_LOGS']}/job-%j.out"]
-        cluster = distrib.Slurm(cpus_per_task=1, time="10:00", sbatch_args=LOGS,
-                                worker_args=["--no-such-flag"],
-                                poll=0.3)
-        distrib.init(cluster=cluster)
-        print("JOB", *cluster.job_ids, flush=True)
-        deadline = time.monotonic() + 60
-        while cluster.job_ids and time.monotonic() < deadline:
-            time.sleep(0.1)
-    """
-
-
 def test_a_job_whose_workers_cannot_start_ends_with_one_line_naming_its_output(
         slurm: dict[str, str], workspace: Workspace) -> None:
-    workspace.write("main.py", BROKEN)
+    workspace.write("main.py", UNSTARTED.replace(
+        "ARGS", 'sbatch_args=LOGS, worker_args=["--no-such-flag"], poll=0.3'))
     with ended(start(workspace, slurm)) as main:
         out, err = done(main, workspace, slurm)
     job = out.split()[1]
-    said = [line for line in err.splitlines() if job in line]
+    said = _lines_naming(job, err)
     assert len(said) == 1 and re.fullmatch(
         rf"distrib: Slurm job {job} \(distrib-\w+\) ended \(its time limit, or its workers "
         rf"stopped: see \S+/job-{job}\.out\)", said[0]), err

@@ -178,23 +178,29 @@ UP_SCRIPT = """
     """
 
 
-@pytest.mark.timeout(300)
-def test_distrib_up_ssh_serves_each_run_of_the_script(
-        network: Network, ssh_hosts: sshd.SSHHosts, workspace: Workspace,
-        shared_cache: Path, tmp_path: Path) -> None:
-    main = _main(network, workspace, shared_cache)
-    names = [ssh_hosts.add(network.add(f"lab{i}")) for i in (1, 2)]
+def _up_workspace(workspace: Workspace, tmp_path: Path, listen: str) -> dict[str, str]:
+    """A workspace whose Main is configured for `distrib up ssh` (a key, ``listen``, an empty
+    authorized-workers file), and the environment its commands run with."""
     workspace.write("up.py", UP_SCRIPT)
     key = tmp_path / "main.key"
     _keys.write(key, _keys.generate())
     workspace.write("distrib.toml", f"""
         [main]
         key = "{key}"
-        listen = "127.0.0.1:7788"
+        listen = "{listen}"
         authorized_workers = "workers.authorized"
         """)
     (workspace.root / "workers.authorized").write_text("")
-    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir)}
+    return {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir)}
+
+
+@pytest.mark.timeout(300)
+def test_distrib_up_ssh_serves_each_run_of_the_script(
+        network: Network, ssh_hosts: sshd.SSHHosts, workspace: Workspace,
+        shared_cache: Path, tmp_path: Path) -> None:
+    main = _main(network, workspace, shared_cache)
+    names = [ssh_hosts.add(network.add(f"lab{i}")) for i in (1, 2)]
+    env = _up_workspace(workspace, tmp_path, "127.0.0.1:7788")
     # (the workspace's main.py imports numpy: sent along, the hosts having no index)
     up = subprocess.Popen(main.cmd(PYTHON, "-m", "distrib", "up", "ssh", *names, "--threads",
                                    "2", "--package", "numpy",
@@ -240,17 +246,7 @@ def test_distrib_up_persist_outlives_its_command_until_distrib_down(
         shared_cache: Path, tmp_path: Path) -> None:
     main = _main(network, workspace, shared_cache)
     names = [ssh_hosts.add(network.add(f"lab{i}")) for i in (1, 2)]
-    workspace.write("up.py", UP_SCRIPT)
-    key = tmp_path / "main.key"
-    _keys.write(key, _keys.generate())
-    workspace.write("distrib.toml", f"""
-        [main]
-        key = "{key}"
-        listen = "0.0.0.0:7788"
-        authorized_workers = "workers.authorized"
-        """)
-    (workspace.root / "workers.authorized").write_text("")
-    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir)}
+    env = _up_workspace(workspace, tmp_path, "0.0.0.0:7788")
 
     def distrib(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(main.cmd(PYTHON, "-m", "distrib", *args), cwd=workspace.root,
