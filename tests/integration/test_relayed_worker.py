@@ -10,7 +10,7 @@ from pathlib import Path
 
 from distrib.wire import _keys
 from distrib.wire._keys import KeyPair
-from tests.helpers import PYTHON, Workspace, stop_process, wait_for
+from tests.helpers import PYTHON, Worker, Workspace, stop_process, wait_for
 from tests.integration.test_relay import relay_keys, start_relay  # noqa: F401 (fixtures)
 
 SCRIPT = """
@@ -24,6 +24,26 @@ SCRIPT = """
     if __name__ == "__main__":
         print("SQUARES", distrib.gather([square(x) for x in range(6)]))
     """
+
+
+def _relayed_worker(start_worker, tmp_path: Path, relay, pair: KeyPair, mains: str,
+                    ) -> Worker:
+    """Start a worker of key ``pair`` reached through ``relay``, for the Mains of the
+    authorized-keys lines ``mains``."""
+    _keys.write(tmp_path / "worker.key", pair)
+    (tmp_path / "mains.authorized").write_text(mains)
+    return start_worker(extra=(
+        "--key", str(tmp_path / "worker.key"), "--authorized-keys",
+        str(tmp_path / "mains.authorized"), "--no-sandbox", "--relay", relay.address,
+        "--relay-key", relay.public_key))
+
+
+def _relaying_env(workspace: Workspace, tmp_path: Path, relay, worker: KeyPair,
+                  ) -> dict[str, str]:
+    """The environment of a Main (its key in main.key) reaching ``worker`` through ``relay``."""
+    return {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
+            "DISTRIB_KEY": str(tmp_path / "main.key"), "DISTRIB_RELAY": relay.address,
+            "DISTRIB_RELAY_KEY": relay.public_key, "DISTRIB_WORKERS": f"relay:{worker.public}"}
 
 
 def test_a_relay_named_in_the_policy_file_while_the_worker_runs(
@@ -60,18 +80,11 @@ def test_a_main_the_worker_does_not_authorize_gets_no_splice(
     _, _, main, worker_pair = relay_keys
     relay = start_relay()
     _keys.write(tmp_path / "main.key", main)
-    _keys.write(tmp_path / "worker.key", worker_pair)
-    (tmp_path / "mains.authorized").write_text(f"{_keys.generate().public} another Main\n")
-    worker = start_worker(extra=(
-        "--key", str(tmp_path / "worker.key"), "--authorized-keys",
-        str(tmp_path / "mains.authorized"), "--no-sandbox", "--relay", relay.address,
-        "--relay-key", relay.public_key))
+    worker = _relayed_worker(start_worker, tmp_path, relay, worker_pair,
+                             f"{_keys.generate().public} another Main\n")
     wait_for(lambda: "registered at relay" in worker.log(), 60, "the worker to register")
     workspace.write("main.py", SCRIPT)
-    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
-           "DISTRIB_KEY": str(tmp_path / "main.key"), "DISTRIB_RELAY": relay.address,
-           "DISTRIB_RELAY_KEY": relay.public_key,
-           "DISTRIB_WORKERS": f"relay:{worker_pair.public}"}
+    env = _relaying_env(workspace, tmp_path, relay, worker_pair)
     log = tmp_path / "main.log"
     with open(log, "w") as err:
         proc = subprocess.Popen([PYTHON, "main.py"], cwd=workspace.root, env=env,
@@ -95,12 +108,8 @@ def test_a_main_the_relay_does_not_authorize_is_told_why(
     relay = start_relay()
     stranger = _keys.generate()  # (not in the relay's authorized keys)
     _keys.write(tmp_path / "main.key", stranger)
-    _keys.write(tmp_path / "worker.key", worker_pair)
-    (tmp_path / "mains.authorized").write_text(f"{stranger.public} the Main\n")
-    worker = start_worker(extra=(
-        "--key", str(tmp_path / "worker.key"), "--authorized-keys",
-        str(tmp_path / "mains.authorized"), "--no-sandbox", "--relay", relay.address,
-        "--relay-key", relay.public_key))
+    worker = _relayed_worker(start_worker, tmp_path, relay, worker_pair,
+                             f"{stranger.public} the Main\n")
     wait_for(lambda: "registered at relay" in worker.log(), 60, "the worker to register")
     workspace.write("main.py", SCRIPT)
     out = workspace.run("main.py", env={
@@ -118,13 +127,8 @@ def test_a_main_started_before_its_relayed_worker_waits_for_it(
     _, _, main, worker_pair = relay_keys
     relay = start_relay()
     _keys.write(tmp_path / "main.key", main)
-    _keys.write(tmp_path / "worker.key", worker_pair)
-    (tmp_path / "mains.authorized").write_text(f"{main.public} the Main\n")
     workspace.write("main.py", SCRIPT)
-    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
-           "DISTRIB_KEY": str(tmp_path / "main.key"), "DISTRIB_RELAY": relay.address,
-           "DISTRIB_RELAY_KEY": relay.public_key,
-           "DISTRIB_WORKERS": f"relay:{worker_pair.public}"}
+    env = _relaying_env(workspace, tmp_path, relay, worker_pair)
     log = tmp_path / "main.log"
     with open(log, "w") as err:
         proc = subprocess.Popen([PYTHON, "main.py"], cwd=workspace.root, env=env,
@@ -133,10 +137,7 @@ def test_a_main_started_before_its_relayed_worker_waits_for_it(
         # The relay answers that no such party is registered: the Main keeps trying.
         wait_for(lambda: "cannot be reached through relay" in log.read_text(), 60,
                  "the Main to try the worker")
-        start_worker(extra=(
-            "--key", str(tmp_path / "worker.key"), "--authorized-keys",
-            str(tmp_path / "mains.authorized"), "--no-sandbox", "--relay", relay.address,
-            "--relay-key", relay.public_key))
+        _relayed_worker(start_worker, tmp_path, relay, worker_pair, f"{main.public} the Main\n")
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, log.read_text()
         assert out.splitlines() == [f"SQUARES {[x * x for x in range(6)]}"]
