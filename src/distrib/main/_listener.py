@@ -24,21 +24,13 @@ log = logging.getLogger("distrib")
 
 
 
-def _stamp(path: Path) -> tuple[int, int, int]:
-    """What tells a changed file: its time (file times tick coarsely: two writes a moment
-    apart may share one), size and inode (a file replaced whole)."""
-    st = path.stat()
-    return st.st_mtime_ns, st.st_size, st.st_ino
-
-
 class Listener:
     """The bound ROUTER, its ZAP check of workers' keys, and its monitor."""
 
     def __init__(self, ctx: zmq.Context[Any], listen: str, key: KeyPair,
                  authorized_file: Path) -> None:
         self.authorized_file = authorized_file
-        self.authorized: dict[str, str] = _keys.read_authorized(authorized_file)  # key -> name
-        self._stamp = _stamp(authorized_file)
+        self._keys = _keys.Watched(authorized_file, _keys.read_authorized, "authorized workers")
         self._refusals = _zap.Refusals()
         # The ZAP socket is bound before the ROUTER: libzmq asks it about the first handshake.
         self.zap: zmq.Socket[Any] = ctx.socket(zmq.REP)
@@ -79,20 +71,16 @@ class Listener:
             except zmq.Again:
                 return out
 
+    @property
+    def authorized(self) -> dict[str, str]:
+        """The authorized workers' keys, mapped to their names (the file's comments)."""
+        return self._keys.value
+
     def reload(self) -> None:
         """Reread the authorized keys if the file changed (a broken file keeps the old list)."""
-        try:
-            stamp = _stamp(self.authorized_file)
-            if stamp == self._stamp:
-                return
-            self._stamp = stamp
-            self.authorized = _keys.read_authorized(self.authorized_file)
-        except (OSError, ConfigError) as exc:
-            log.warning("authorized workers %s not reloaded (the previous list stays): %s",
-                        self.authorized_file, exc)
-            return
-        log.info("authorized workers: %d key(s) from %s", len(self.authorized),
-                 self.authorized_file)
+        if self._keys.reload():
+            log.info("authorized workers: %d key(s) from %s", len(self.authorized),
+                     self.authorized_file)
 
     def answer_zap(self) -> None:
         """Let a worker's handshake through if its key is authorized (else log it)."""

@@ -54,12 +54,12 @@ class Control:
     def __init__(self, ctx: zmq.asyncio.Context, key: KeyPair, authorized_file: Path,
                  endpoint: str, pair: Pairer, on_revoked: Callable[[str], None]) -> None:
         self.authorized_file = authorized_file
-        self.authorized = _keys.read_authorized(authorized_file)  # (ConfigError at start)
-        self._mtime = authorized_file.stat().st_mtime
+        self._keys = _keys.Watched(authorized_file, _keys.read_authorized,
+                                   "authorized keys")  # (ConfigError at start)
+        self.authorized = self._keys.value
         self.parties: dict[str, Party] = {}
         self._pair, self._on_revoked = pair, on_revoked
         self._refusals = _zap.Refusals()
-        self._reload_error = ""  # the last reason the file could not be read (said once)
         self.zap = ctx.socket(zmq.REP)
         self.zap.setsockopt(zmq.LINGER, 0)
         self.zap.bind(_zap.ENDPOINT)  # (before the ROUTER binds: libzmq asks ZAP from then on)
@@ -160,19 +160,9 @@ class Control:
             self._reload()
 
     def _reload(self) -> None:
-        try:
-            mtime = self.authorized_file.stat().st_mtime
-            if mtime == self._mtime:
-                return
-            self._mtime = mtime
-            authorized = _keys.read_authorized(self.authorized_file)
-        except Exception as exc:
-            if str(exc) != self._reload_error:
-                self._reload_error = str(exc)
-                log.warning("authorized keys %s not reloaded (the previous list stays): %s",
-                            self.authorized_file, exc)
+        if not self._keys.reload():
             return
-        self._reload_error = ""
+        authorized = self._keys.value
         revoked = set(self.authorized) - set(authorized)
         self.authorized = authorized
         log.info("authorized keys: %d part%s from %s", len(authorized),

@@ -7,16 +7,21 @@ per line, optionally followed by a comment; ``#`` starts a comment line.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import zmq
 
 from distrib._errors import ConfigError
 
+log = logging.getLogger("distrib")
+T = TypeVar("T")
 _Z85_KEY = re.compile(r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
 
 
@@ -120,3 +125,45 @@ def read_authorized(path: Path) -> dict[str, str]:
             continue  # a comment (a key may itself begin with '#', but has no space in it)
         keys[check_public(key, f"{path} line {number}")] = comment.strip()
     return keys
+
+
+class Watched(Generic[T]):
+    """A file read at start (its errors raise) and read again when it changes: ``parse``'s
+    value, kept as it was when the file breaks (said once per change)."""
+
+    def __init__(self, path: Path, parse: Callable[[Path], T], what: str) -> None:
+        self.path, self._parse, self._what = path, parse, what
+        try:
+            stamp: tuple[int, int, int] | None = self._signature()
+        except OSError:
+            stamp = None  # (``parse`` says what is wrong)
+        self.value: T = parse(path)
+        self._stamp = stamp
+        self._error = ""  # why it last could not be read (said once)
+
+    def _signature(self) -> tuple[int, int, int]:
+        # File times tick coarsely (two writes a moment apart may share one): the size and
+        # the inode (a file replaced whole) tell those apart too.
+        st = self.path.stat()
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def changed(self) -> None:
+        """Read it again at the next ``reload()`` even if it looks the same (SIGHUP)."""
+        self._stamp = None
+
+    def reload(self) -> bool:
+        """Read the file again if it changed; whether ``value`` was replaced."""
+        try:
+            stamp = self._signature()
+            if stamp == self._stamp:
+                return False
+            self._stamp = stamp
+            self.value = self._parse(self.path)
+        except Exception as exc:  # (ConfigError, OSError: the daemon must go on)
+            if str(exc) != self._error:
+                self._error = str(exc)
+                log.warning("%s %s not reloaded (the previous list stays): %s",
+                            self._what, self.path, exc)
+            return False
+        self._error = ""
+        return True

@@ -114,9 +114,8 @@ class Gate:
         self.authorized_file = authorized_file
         self.dialled = dialled  # the keys of the Mains it dials (``--main-key``): those may
         # connect to it too (without a file, they alone may)
-        self.authorized: dict[str, Quota] = {}
+        self._keys: _keys.Watched[dict[str, Quota]] | None = None
         self.dropped_connections = 0
-        self._mtime = 0.0
         self._refusals = _zap.Refusals()
         self._unconfirmed: list[int] = []  # accepted connections not yet through a handshake
         self.closed: list[int] = []  # file descriptors of ZeroMQ connections that closed
@@ -127,7 +126,9 @@ class Gate:
             self.zap = ctx.socket(zmq.REP)
             self.zap.setsockopt(zmq.LINGER, 0)
             self.zap.bind(_zap.ENDPOINT)
-            self.reload(force=True)
+            if authorized_file is not None:  # (errors at start are fatal)
+                self._keys = _keys.Watched(authorized_file, read_quotas, "authorized keys")
+                self._loaded()
 
     def watch(self, sock: zmq.Socket[Any]) -> None:
         """Start monitoring ``sock`` (the bound ROUTER)."""
@@ -160,41 +161,29 @@ class Gate:
             return None
         return frozenset(self.authorized) | self.dialled
 
+    @property
+    def authorized(self) -> dict[str, Quota]:
+        """The authorized keys and their quotas ({} without a file)."""
+        return self._keys.value if self._keys is not None else {}
+
     def request_reload(self) -> None:
         """Reread the authorized keys at the next ``reload()`` (SIGHUP)."""
-        self._mtime = -1.0
+        if self._keys is not None:
+            self._keys.changed()
 
     def quota(self, key: str) -> Quota:
         """What the Main with public key ``key`` may use here."""
         return self.authorized.get(key) or Quota()
 
-    def reload(self, force: bool = False) -> bool:
-        """Reread the authorized-keys file if it changed (errors at start are fatal); whether
-        it was read again."""
-        if self.authorized_file is None:
+    def reload(self) -> bool:
+        """Reread the authorized-keys file if it changed; whether it was read again."""
+        if self._keys is None or not self._keys.reload():
             return False
-        try:
-            mtime = self.authorized_file.stat().st_mtime
-        except OSError as exc:
-            if force:
-                raise
-            log.warning("cannot read authorized keys %s: %s; keeping the previous list",
-                        self.authorized_file, exc)
-            return False
-        if not force and mtime == self._mtime:
-            return False
-        try:
-            self.authorized = read_quotas(self.authorized_file)
-        except Exception as exc:
-            if force:
-                raise
-            self._mtime = mtime  # say it once per change of the file
-            log.warning("authorized keys %s not reloaded (the previous list stays): %s",
-                        self.authorized_file, exc)
-            return False
-        self._mtime = mtime
-        log.info("authorized keys: %d Main(s) from %s", len(self.authorized), self.authorized_file)
+        self._loaded()
         return True
+
+    def _loaded(self) -> None:
+        log.info("authorized keys: %d Main(s) from %s", len(self.authorized), self.authorized_file)
 
     def close(self, sock: zmq.Socket[Any]) -> None:
         if self.monitor is not None:
