@@ -65,6 +65,13 @@ IDLE = """
     """
 
 
+def listening(port: int) -> bool:
+    """Whether something accepts connections on ``port`` of the loopback (``ss``: a connect
+    of our own would be a stranger's handshake in the Main's log)."""
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True)
+    return bool(out.stdout.strip())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -268,11 +275,13 @@ def test_a_worker_with_exit_without_main_stops_once_its_main_is_gone_that_long(
     port = free_port()
     worker_key = tmp_path / "w.key"
     env, main = main_env(tmp_path, port, [pair(worker_key).public])
-    worker = start_worker(name="launched", extra=(
-        "--key", str(worker_key), "--connect", f"127.0.0.1:{port}", "--main-key", main.public,
-        "--exit-without-main", "2"))
     workspace.write("main.py", SCRIPT)
     with ended(popen(workspace, "main.py", env)) as proc:  # (served while it runs)
+        # The Main listens first: a worker started before it would count its 2 s from then.
+        wait_for(lambda: listening(port), what=f"the Main listening on {port}")
+        worker = start_worker(name="launched", extra=(
+            "--key", str(worker_key), "--connect", f"127.0.0.1:{port}", "--main-key",
+            main.public, "--exit-without-main", "2"))
         out, _ = finish(proc)
     assert out.startswith("SUM ")
     worker.proc.wait(30)
