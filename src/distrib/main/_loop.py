@@ -338,8 +338,9 @@ class Loop:
             return False
         for other in self.scheduler.drop_copies(task.task_id, keep=link.link_id):
             self.links.links[other].send(m.Cancel([task.task_id]))
-            log.info("%s#%d: the copy on worker %s ended first; the copy on %s is cancelled",
-                     task.name, task.task_id, link.label, self.links.links[other].label)
+            log.info("%s#%d: the copy on worker %s ended first; the copy on worker %s is "
+                     "cancelled", task.name, task.task_id, link.label,
+                     self.links.links[other].label)
         return True
 
     def _speculate(self, now: float) -> None:
