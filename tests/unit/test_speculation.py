@@ -75,7 +75,7 @@ def test_a_copy_goes_to_an_idle_worker_once_and_the_first_outcome_drops_the_othe
     assert s.start_copy(t) is None  # no other worker
     s.join(worker("b"))
     assert s.has_idle_slots()
-    assert list(s.running_speculative()) == [t]
+    assert [task for task, _ in s.running_speculative()] == [t]
     assert s.start_copy(t) == "b"
     assert s.start_copy(t) is None and list(s.running_speculative()) == []  # one copy at most
     assert s.workers["b"].inflight_slots == 1 and len(s.all_tasks()) == 1
@@ -126,3 +126,17 @@ def test_the_option_travels_with_the_function_and_a_wrong_combination_is_refused
                                           "False"):
         distributed(speculative="yes")  # type: ignore[call-overload]
     assert not TaskOptions().speculative
+
+
+def test_a_task_waits_since_it_started_or_since_its_worker_last_reported() -> None:
+    s = Scheduler("3.11", extra_depth=2)
+    s.join(worker("a", slots=2))
+    placed(s, *(task(i) for i in range(1, 5)))
+    for t in s.workers["a"].inflight.values():
+        t.sent = 1.0
+    s.progressed("a", 1.0)  # sent: the first two start at once, two are queued
+    assert [since for _, since in s.running_speculative()] == [1.0, 1.0, 1.0, 1.0]
+    assert s.finish("a", 1) is not None
+    s.progressed("a", 5.0)  # an outcome: the third starts, the fourth waits since then
+    assert [(t.task_id, since) for t, since in s.running_speculative()] == [
+        (2, 1.0), (3, 5.0), (4, 5.0)]

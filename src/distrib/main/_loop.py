@@ -73,6 +73,7 @@ class Loop:
         self._warned: set[Any] = set()
         self.durations = _speculation.Durations()  # run times of speculative functions
         self.copies_started = 0  # second copies of straggling tasks (``_speculate``)
+        self.speculating = False  # a speculative task was submitted: progress is followed
 
     def run(self) -> None:
         links = self.links.links
@@ -124,6 +125,8 @@ class Loop:
         while incoming:
             task = incoming.popleft()
             self.scheduler.add(task)
+            if task.speculative:
+                self.speculating = True
             if stats is not None:
                 stats.submitted(task.name)
         while cancels:
@@ -147,7 +150,7 @@ class Loop:
         link = self.links.links[link_id]
         specs: list[tuple[m.TaskSpec, list[Any]]] = []
         for t in tasks:
-            t.sent = now
+            t.sent, t.started = now, 0.0
             if t.response is not None:
                 t.response._on_worker = True  # (its running() is true from now)
             frames, shm = (in_shm(t) if link.shm and _shm.worth(t.frames)
@@ -161,6 +164,8 @@ class Loop:
         for batch in batches(specs, _inline_bytes):
             link.send(m.Submit([spec for spec, _ in batch],
                                frames=tuple(f for _, fs in batch for f in fs)))
+        if self.speculating:
+            self.scheduler.progressed(link_id, now)
 
     # --- what workers send -------------------------------------------------------------------
 
@@ -289,6 +294,8 @@ class Loop:
             link.send(m.ObjectsFailed(gone, "no pending call of this Main passes them"))
 
     def _on_results(self, link: Link, msg: m.Results) -> None:
+        if self.speculating:
+            self.scheduler.progressed(link.link_id, time.monotonic())
         for spec, frames in join_payloads(msg.results, msg.frames):
             task = self.scheduler.finish(link.link_id, spec.task_id)
             if spec.shm:
@@ -348,22 +355,22 @@ class Loop:
         speculative tasks there (``_speculation``)."""
         if not self.scheduler.has_idle_slots():
             return
-        running = {t.task_id: t for t in self.scheduler.running_speculative()
+        running = {t.task_id: (t, since) for t, since in self.scheduler.running_speculative()
                    if t.task_id not in self.nested.parents}  # (their calls would run twice)
         if not running:
             return
-        late = _speculation.stragglers(now, ((t.task_id, t.name, t.sent)
-                                             for t in running.values()), self.durations)
+        late = _speculation.stragglers(now, ((t.task_id, t.name, since)
+                                             for t, since in running.values()), self.durations)
         for task_id in late:
-            task = running[task_id]
+            task, since = running[task_id]
             first = task.link
             link_id = self.scheduler.start_copy(task)
             if link_id is None or first is None:
                 continue
             median = self.durations.median(task.name) or 0.0
-            log.info("%s#%d has been on worker %s for %.1f s (its runs take %.2f s): a second "
+            log.info("%s#%d has waited on worker %s for %.1f s (its runs take %.2f s): a second "
                      "copy starts on worker %s", task.name, task.task_id,
-                     self.links.links[first].label, now - task.sent, median,
+                     self.links.links[first].label, now - since, median,
                      self.links.links[link_id].label)
             self.copies_started += 1
             self._send(link_id, [task], now)

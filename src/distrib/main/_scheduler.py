@@ -43,6 +43,7 @@ class Task:
     depth: int = 0  # a call made inside a task: how deep (1: by a call of the Main's)
     speculative: bool = False  # safe to repeat: a straggling run may get a second copy
     sent: float = 0.0  # when it was last sent to a worker (the I/O thread's clock)
+    started: float = 0.0  # when it started there, as the Main reckons (``progressed``); 0: not
     copied: bool = False  # a second copy was started (one at most)
 
     @property
@@ -72,6 +73,7 @@ class WorkerView:
     # its tasks that wait for their calls and lent their slots there (``Waiting``)
     parked: set[int] = field(default_factory=set)
     lent: int = 0  # their threads: slots free for other tasks
+    progress: float = 0.0  # when it last reported outcomes (kept with speculative tasks only)
 
     def can_run(self, req: Requirement, python: str, paused_too: bool = False) -> bool:
         """Whether it can take a task of ``req`` now (``paused_too``: or once resumed)."""
@@ -293,12 +295,31 @@ class Scheduler:
         return any(w.slots - w.inflight_slots + w.lent > 0 and not w.paused and not w.unable
                    for w in self.workers.values())
 
-    def running_speculative(self) -> Iterator[Task]:
-        """Tasks in flight that may get a second copy (marked so, and not copied yet)."""
+    def running_speculative(self) -> Iterator[tuple[Task, float]]:
+        """Tasks in flight that may get a second copy (marked so, and not copied yet), each
+        with the time since when it waits on its worker: since it started there, as reckoned
+        (``progressed``), or for one queued there, since the worker last reported outcomes
+        (a worker that stopped holds up its queue too), or since it was sent."""
         for worker in self.workers.values():
             for task in worker.inflight.values():
                 if task.speculative and not task.copied:
-                    yield task
+                    yield task, task.started or max(task.sent, worker.progress)
+
+    def progressed(self, link: str, now: float) -> None:
+        """The worker reported outcomes, or was sent tasks, at ``now``: its first tasks, up to
+        its slots, are reckoned to run since then if not before (a worker starts this Main's
+        tasks in the order they came; an estimate: it does not say when each starts)."""
+        worker = self.workers.get(link)
+        if worker is None:
+            return
+        worker.progress = now
+        room = worker.slots + worker.lent
+        for task in worker.inflight.values():
+            if room < task.threads:
+                break
+            room -= task.threads
+            if not task.started:
+                task.started = now
 
     def start_copy(self, task: Task) -> str | None:
         """Place a second copy of the running ``task`` on another worker with a free slot

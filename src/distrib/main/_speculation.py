@@ -7,8 +7,9 @@ the Main's I/O thread (``_loop``) asks it at each tick once nothing is pending, 
 copies (``Scheduler.start_copy``) and cancels the losers. No clock and no sockets here: the
 time is an argument.
 
-A task straggles when it has been on its worker longer than ``MULTIPLE`` times the median
-run time of its function's recent runs, and at least ``FLOOR`` seconds; its function must
+A task straggles when it has waited on its worker (running there, as the Main reckons it,
+or queued behind tasks that do not end) longer than ``MULTIPLE`` times the median run time
+of its function's recent runs, and at least ``FLOOR`` seconds; its function must
 have ``MIN_SAMPLES`` measured runs (before that, a long task cannot be told from a stuck
 one). Each task gets one copy at most. docs/design.md ("Backup copies of stragglers") has
 the measurements behind these numbers.
@@ -27,7 +28,7 @@ from distrib.wire._messages import Outcome
 K = TypeVar("K")
 
 MULTIPLE = 1.5  # a run this many times its function's median is late (Spark's default)
-FLOOR = 1.0  # seconds: never earlier (a round trip, a worker's pause for a large message)
+FLOOR = 0.5  # seconds: never earlier (round trips, a tick, a worker busy for a moment)
 MIN_SAMPLES = 3  # measured runs of the function before any of its tasks is judged
 WINDOW = 64  # recent runs kept per function
 
@@ -80,8 +81,8 @@ class Durations:
 
 def stragglers(now: float, running: Iterable[tuple[K, str, float]], durations: Durations,
                policy: Policy = Policy()) -> list[K]:
-    """The keys of the ``running`` tasks (key, function's name, when it was sent to its
-    worker) that straggle at ``now``, the latest first."""
+    """The keys of the ``running`` tasks (key, function's name, since when it waits on its
+    worker: ``Scheduler.running_speculative``) that straggle at ``now``, the latest first."""
     late: list[tuple[float, K]] = []
     for key, name, sent in running:
         if durations.count(name) < policy.min_samples:
