@@ -140,3 +140,18 @@ def test_a_task_waits_since_it_started_or_since_its_worker_last_reported() -> No
     s.progressed("a", 5.0)  # an outcome: the third starts, the fourth waits since then
     assert [(t.task_id, since) for t, since in s.running_speculative()] == [
         (2, 1.0), (3, 5.0), (4, 5.0)]
+
+
+def test_an_executor_passes_the_option_to_its_calls() -> None:
+    from distrib import Executor
+
+    def f(x: int) -> int:
+        return x
+
+    pool = Executor(speculative=True)
+    try:
+        assert pool._decorate(f).options.speculative
+    finally:
+        pool.shutdown(wait=False)
+    with pytest.raises(ConfigError, match="retries=0"):
+        Executor(speculative=True, retries=0)
