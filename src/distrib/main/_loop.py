@@ -294,8 +294,6 @@ class Loop:
             link.send(m.ObjectsFailed(gone, "no pending call of this Main passes them"))
 
     def _on_results(self, link: Link, msg: m.Results) -> None:
-        if self.speculating:
-            self.scheduler.progressed(link.link_id, time.monotonic())
         for spec, frames in join_payloads(msg.results, msg.frames):
             task = self.scheduler.finish(link.link_id, spec.task_id)
             if spec.shm:
@@ -324,6 +322,8 @@ class Loop:
                     self.stats.ran(task.name, spec.info["ran"])
                 self._count(task, link.name, link.link_id,
                             retried=spec.status is m.Outcome.CRASHED)
+        if self.speculating:  # (the slots these ended free start the next tasks there)
+            self.scheduler.progressed(link.link_id, time.monotonic())
 
     def _one_outcome(self, link: Link, task: Task, spec: m.ResultSpec) -> bool:
         """A speculative task's outcome from ``link``: measure its run; with a second copy
