@@ -165,7 +165,8 @@ def main() -> None:
                                 proc.stdout.close()
                     print(f"| {'stopped' if stop else 'no fault'} | {mode == 'speculative'} | "
                           f"{f.get('after_stop', float('nan')):.2f} | "
-                          f"{f.get('behind', float('nan')):.2f} | {f['copies']:.0f} | {f['twice']:.0f} | "
+                          f"{f.get('behind', float('nan')):.2f} | {f['copies']:.0f} | "
+                          f"{f['twice']:.0f} | "
                           f"{f['wall']:.2f} | {f['median']:.3f} / {f['p90']:.3f} / "
                           f"{f['p99']:.3f} / {f['max']:.3f} |", flush=True)
 
