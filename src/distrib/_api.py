@@ -31,12 +31,13 @@ class TaskOptions:
     timeout: float | None = None
     outputs: tuple[str, ...] = ()  # .gitignore-style globs of written files sent back
     redistribution: str | None = None  # how its calls inside tasks go (None: the Main's)
+    speculative: bool = False  # safe to repeat: a straggling run may get a second copy
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Its fields in order: a dataclass's own pickling looks them up at every call
         # (a function wrapped at run time takes its options along with every call).
         return (TaskOptions, (self.platform, self.threads, self.retries, self.timeout,
-                              self.outputs, self.redistribution))
+                              self.outputs, self.redistribution, self.speculative))
 
 
 class DistributedFunction(Generic[P, T]):
@@ -128,7 +129,7 @@ class DistributedFunction(Generic[P, T]):
         # The function by its name (wrapped at run time): its executors keep one wrapper.
         o = self.options
         return (_wrapper, (self._fn, o.platform, o.threads, o.retries, o.timeout, o.outputs,
-                           o.redistribution))
+                           o.redistribution, o.speculative))
 
 
 def _finds(obj: object, module: str, qualname: str) -> bool:
@@ -186,6 +187,7 @@ def distributed(
     timeout: float | None = None,
     outputs: str | Iterable[str] | None = None,
     redistribution: str | None = None,
+    speculative: bool = False,
 ) -> Callable[[Callable[P, T]], DistributedFunction[P, T]]: ...
 
 
@@ -199,6 +201,7 @@ def distributed(
     timeout: float | None = None,
     outputs: str | Iterable[str] | None = None,
     redistribution: str | None = None,
+    speculative: bool = False,
 ) -> DistributedFunction[P, T] | Callable[[Callable[P, T]], DistributedFunction[P, T]]:
     """Make a function's calls run on workers.
 
@@ -210,6 +213,9 @@ def distributed(
     at the same relative path before ``unwrap()`` returns (e.g. ``"results/**"``).
     ``redistribution``: how its calls made inside tasks go: ``"relayed"`` (through the Main),
     ``"direct"`` (worker to worker) or ``"auto"``; None: the Main's ``redistribution`` setting.
+    ``speculative``: its calls are safe to run twice: when a run's last tasks straggle on a
+    slow or stuck worker while other slots are idle, a second copy starts elsewhere, the first
+    to end gives the result and the other is cancelled (needs ``retries`` >= 1).
     """
     platforms = (platform,) if isinstance(platform, str) else tuple(platform)
     if not platforms or not all(isinstance(p, str) and p for p in platforms):
@@ -226,8 +232,15 @@ def distributed(
                           f"folder (no '..'), got {outputs!r}")
     if redistribution is not None:
         check_redistribution("distributed(redistribution=...)", redistribution)
+    if not isinstance(speculative, bool):
+        raise ConfigError(f"distributed(speculative=...): expected True or False, got "
+                          f"{speculative!r}")
+    if speculative and retries == 0:
+        raise ConfigError("distributed(speculative=True) runs a second copy of a straggling "
+                          "call, and retries=0 says its calls must never run twice: drop one "
+                          "of the two")
     options = TaskOptions(platforms, threads, retries, None if timeout is None else float(timeout),
-                          globs, redistribution)
+                          globs, redistribution, speculative)
 
     def wrap(f: Callable[P, T]) -> DistributedFunction[P, T]:
         return DistributedFunction(f, options)

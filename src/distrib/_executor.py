@@ -164,7 +164,8 @@ class Executor(concurrent.futures.Executor):
     effect: calls run in the workers' executor processes), ``initializer(*initargs)`` (run in
     each executor process before this Executor's first call there), ``max_tasks_per_child``
     (an executor process ends after that many of its calls). ``platform``, ``threads``,
-    ``retries`` and ``timeout`` are those of ``@distributed`` and apply to every call.
+    ``retries``, ``timeout`` and ``speculative`` are those of ``@distributed`` and apply to
+    every call.
     ``submit`` returns a ``Response`` (a ``concurrent.futures.Future``); ``map`` takes
     ``timeout`` and ``chunksize`` as ``ProcessPoolExecutor.map`` does. Functions may be
     defined in the main script. ``shutdown`` waits for (or cancels) this executor's calls
@@ -174,7 +175,8 @@ class Executor(concurrent.futures.Executor):
     def __init__(self, max_workers: int | None = None, mp_context: Any = None,
                  initializer: Callable[..., object] | None = None, initargs: tuple[Any, ...] = (),
                  *, max_tasks_per_child: int | None = None, platform: str | Iterable[str] = "*",
-                 threads: int = 1, retries: int = 3, timeout: float | None = None) -> None:
+                 threads: int = 1, retries: int = 3, timeout: float | None = None,
+                 speculative: bool = False) -> None:
         if max_workers is not None:
             if not isinstance(max_workers, int) or isinstance(max_workers, bool):
                 raise TypeError(f"max_workers must be an int, got {max_workers!r} (platform "
@@ -190,7 +192,7 @@ class Executor(concurrent.futures.Executor):
             raise TypeError("initializer must be a callable")
         del mp_context  # (no effect: the workers start their executor processes)
         self._decorate = distributed(platform=platform, threads=threads, retries=retries,
-                                     timeout=timeout)
+                                     timeout=timeout, speculative=speculative)
         self._wrapped: weakref.WeakKeyDictionary[Callable[..., Any], DistributedFunction[..., Any]] \
             = weakref.WeakKeyDictionary()
         self._setup = (_Setup(uuid.uuid4().hex, initializer, tuple(initargs),

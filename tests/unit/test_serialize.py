@@ -284,7 +284,7 @@ def test_task_options_pickle_every_field() -> None:
 
     from distrib._api import TaskOptions
 
-    options = TaskOptions(("linux-*",), 2, 1, 3.5, ("out/**",), "direct")
+    options = TaskOptions(("linux-*",), 2, 1, 3.5, ("out/**",), "direct", True)
     assert all(getattr(options, f.name) != f.default for f in dataclasses.fields(options))
     assert len(options.__reduce__()[1]) == len(dataclasses.fields(options))
     assert pickle.loads(pickle.dumps(options)) == options
@@ -305,12 +305,13 @@ def test_a_function_wrapped_at_run_time_is_wrapped_once_where_its_calls_load() -
     other = pickle.loads(pickle.dumps(distrib.distributed(pickle.dumps, retries=2)))
     assert other is not first and other.options.retries == 2
     # Each option travels (one added later must be added to the pickled form too).
-    options = TaskOptions(("linux-*",), 2, 1, 3.5, ("out/**",), "direct")
+    options = TaskOptions(("linux-*",), 2, 1, 3.5, ("out/**",), "direct", True)
     assert all(getattr(options, f.name) != f.default for f in dataclasses.fields(options))
     full = pickle.loads(pickle.dumps(distrib.distributed(pickle.dumps, platform="linux-*",
                                                          threads=2, retries=1, timeout=3.5,
                                                          outputs=["out/**"],
-                                                         redistribution="direct")))
+                                                         redistribution="direct",
+                                                         speculative=True)))
     assert full.options == options
 
 

@@ -41,6 +41,10 @@ class Task:
     link: str | None = None  # the worker it is on, while in flight
     counted: bool = False  # the dashboard counted its outcome
     depth: int = 0  # a call made inside a task: how deep (1: by a call of the Main's)
+    speculative: bool = False  # safe to repeat: a straggling run may get a second copy
+    sent: float = 0.0  # when it was last sent to a worker (the I/O thread's clock)
+    started: float = 0.0  # when it started there, as the Main reckons (``progressed``); 0: not
+    copied: bool = False  # a second copy was started (one at most)
 
     @property
     def requirement(self) -> Requirement:
@@ -69,6 +73,7 @@ class WorkerView:
     # its tasks that wait for their calls and lent their slots there (``Waiting``)
     parked: set[int] = field(default_factory=set)
     lent: int = 0  # their threads: slots free for other tasks
+    progress: float = 0.0  # when it last reported outcomes (kept with speculative tasks only)
 
     def can_run(self, req: Requirement, python: str, paused_too: bool = False) -> bool:
         """Whether it can take a task of ``req`` now (``paused_too``: or once resumed)."""
@@ -117,6 +122,8 @@ class Scheduler:
         self.pending: dict[Requirement, deque[Task]] = {}
         self.workers: dict[str, WorkerView] = {}
         self.slot_figures = SlotFigures()  # (replaced, never changed: see SlotFigures)
+        # Tasks running in two copies (``start_copy``): task id -> the workers of its copies.
+        self.copies: dict[int, set[str]] = {}
 
     def __len__(self) -> int:
         return sum(len(q) for q in self.pending.values()) + sum(
@@ -143,6 +150,8 @@ class Scheduler:
             return []
         failed: list[Task] = []
         for task in reversed(list(worker.inflight.values())):
+            if self.copy_ended(link, task):
+                continue  # its other copy still runs
             task.link = None
             task.attempts += not clean
             if task.attempts > task.retries:
@@ -273,5 +282,102 @@ class Scheduler:
     def all_tasks(self) -> list[Task]:
         tasks = [t for q in self.pending.values() for t in q]
         for w in self.workers.values():
-            tasks.extend(w.inflight.values())
+            tasks.extend(t for t in w.inflight.values()
+                         if t.task_id not in self.copies or t.link == w.link)
         return tasks
+
+    # --- second copies of straggling tasks (``_speculation``) --------------------------------
+
+    def has_idle_slots(self) -> bool:
+        """Whether nothing is pending and some worker has a slot free."""
+        if any(self.pending.values()):
+            return False
+        return any(w.slots - w.inflight_slots + w.lent > 0 and not w.paused and not w.unable
+                   for w in self.workers.values())
+
+    def running_speculative(self) -> Iterator[tuple[Task, float]]:
+        """Tasks in flight that may get a second copy (marked so, and not copied yet), each
+        with the time since when it waits on its worker: since it started there, as reckoned
+        (``progressed``), or for one queued there, since the worker last reported outcomes
+        (a worker that stopped holds up its queue too), or since it was sent."""
+        for worker in self.workers.values():
+            for task in worker.inflight.values():
+                if task.speculative and not task.copied:
+                    yield task, task.started or max(task.sent, worker.progress)
+
+    def progressed(self, link: str, now: float) -> None:
+        """The worker reported outcomes, or was sent tasks, at ``now``: its first tasks, up to
+        its slots, are reckoned to run since then if not before (a worker starts this Main's
+        tasks in the order they came; an estimate: it does not say when each starts)."""
+        worker = self.workers.get(link)
+        if worker is None:
+            return
+        worker.progress = now
+        room = worker.slots + worker.lent
+        for task in worker.inflight.values():
+            if room < task.threads:
+                break
+            room -= task.threads
+            if not task.started:
+                task.started = now
+
+    def start_copy(self, task: Task) -> str | None:
+        """Place a second copy of the running ``task`` on another worker with a free slot
+        (the most idle); return that worker, or None if none can take it now."""
+        if task.link is None or task.copied:
+            return None
+        threads = task.threads
+        idle = [w for w in self.workers.values()
+                if w.link != task.link and not w.full
+                and w.slots - w.inflight_slots + w.lent >= threads
+                and w.can_run(task.requirement, self.python)]
+        if not idle:
+            return None
+        best = max(idle, key=lambda w: w.slots - w.inflight_slots + w.lent)
+        best.inflight[task.task_id] = task
+        best.inflight_slots += threads
+        task.copied = True
+        self.copies[task.task_id] = {task.link, best.link}
+        return best.link
+
+    def copy_ended(self, link: str, task: Task) -> bool:
+        """The copy of ``task`` on ``link`` ended without deciding its outcome (a crash, a
+        lost worker): forget it there. True if another copy still runs (then nothing else is
+        to be done for this one)."""
+        links = self.copies.get(task.task_id)
+        if links is None or link not in links:
+            return False
+        links.discard(link)
+        worker = self.workers.get(link)
+        if worker is not None:
+            self._forget(worker, task)
+        if len(links) > 1:
+            return True
+        del self.copies[task.task_id]
+        if not links:
+            return False
+        task.link = next(iter(links))
+        return True
+
+    def drop_copies(self, task_id: int, keep: str) -> list[str]:
+        """``task_id``'s copy on ``keep`` decides it (it ended, or it is to be cancelled
+        there): forget its other copies; return their workers (to be sent a ``Cancel``)."""
+        links = self.copies.pop(task_id, None)
+        if links is None:
+            return []
+        dropped = [link for link in links if link != keep]
+        for link in dropped:
+            worker = self.workers.get(link)
+            task = worker.inflight.get(task_id) if worker is not None else None
+            if worker is not None and task is not None:
+                self._forget(worker, task)
+        return dropped
+
+    def _forget(self, worker: WorkerView, task: Task) -> None:
+        if worker.inflight.pop(task.task_id, None) is None:
+            return
+        worker.inflight_slots -= task.threads
+        if task.task_id in worker.parked:
+            worker.parked.discard(task.task_id)
+            worker.lent -= task.threads
+        worker.full = False

@@ -209,7 +209,8 @@ class Session:
         task_id = next(self._ids)
         response: Response[Any] = Response(task_id, fn.__qualname__, self.inbox.cancel)
         task = Task(task_id, fn.__qualname__, frames, opts.platform, opts.threads, opts.retries,
-                    opts.timeout, response, opts.outputs, shared=shared)
+                    opts.timeout, response, opts.outputs, shared=shared,
+                    speculative=opts.speculative)
         if self._probe is not None and (self.local is not None or self.linked.any_shm):
             if _shm.worth(frames):
                 in_shm(task)  # here, not in the I/O thread: it copies the large frames
