@@ -26,18 +26,6 @@ from distrib.workspace._manifest import Distribution, encode_manifest, scan
 log = logging.getLogger("distrib")
 
 
-def main_file() -> Path | None:
-    """The user's main script, if it is a plain .py file (not a REPL, not a tool's entry)."""
-    path = getattr(sys.modules.get("__main__"), "__file__", None)
-    if not path or not path.endswith(".py"):
-        return None
-    resolved = Path(path).resolve()
-    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
-        if resolved.is_relative_to(Path(prefix).resolve()):
-            return None
-    return resolved
-
-
 def _files_being_written() -> list[Path]:
     """Files this process has open for writing (its own log, a ``> out.txt`` redirect): they
     change while tasks run, so shipping them would fail the distribution's hash check."""
