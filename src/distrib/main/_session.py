@@ -92,7 +92,8 @@ class Session:
         self.name = f"{main_file.name if main_file else 'python'}@{socket.gethostname()}:{os.getpid()}"
         self.main_id = os.urandom(8).hex()
         self.ctx: zmq.Context[Any] = zmq.Context()
-        forwarded = forwarded_environ(self.dist, settings.forward_env, os.environ)
+        forwarded = forwarded_environ(self.dist, settings.forward_env, os.environ,
+                                      settings.cache_dir)
         self._probe = None
         if settings.shared_memory:
             _shm.remove_stale()
