@@ -162,8 +162,8 @@ def init(
     of workers, cancelled when this Main ends; it listens on a free port of every interface
     unless ``listen`` says where.
     """
-    from distrib._config import Overrides
-    from distrib.main._current import init as _init
+    from distrib.main._current import init as _init  # (first: its imports are counted as
+    from distrib._config import Overrides  # distrib's own, see ``distrib.main``)
 
     _init(Overrides(workers, local_threads, workspace, forward_output, key, dependencies,
                     requirements, max_payload, dashboard, redistribution, listen=listen,

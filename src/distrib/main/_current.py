@@ -87,6 +87,8 @@ def init(overrides: _config.Overrides) -> Session:
 
 
 def _start(overrides: _config.Overrides) -> Session:
+    before = set(sys.modules)  # (what setting up imports is distrib's own, not the user's:
+    # templates import the user's modules ahead, not these)
     script = main_file()
     settings = _config.load(None, overrides, script.parent if script else None)
     launch = abandon = None
@@ -97,6 +99,7 @@ def _start(overrides: _config.Overrides) -> Session:
     local = None
     try:
         local = _local_cluster(settings)
+        _runtime.own_modules.update(set(sys.modules) - before)
         session = _session_class()(settings, script, local)
     except BaseException:
         if local is not None:
