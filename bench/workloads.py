@@ -449,7 +449,7 @@ class Workload:
     """A workload: what it measures, its driver, and its parameters (full and ``--quick``)."""
 
     id: str
-    group: str  # what ``--only`` selects by
+    group: str  # what ``--only`` selects by (or by its id, for one workload of a group)
     title: str
     metrics: tuple[Metric, ...]
     driver: Callable[[str, Metrics], Metrics]
