@@ -76,7 +76,8 @@ def parse(argv: list[str]) -> Options:
     args = parser.parse_args(argv)
     only = [g.strip().upper() for g in args.only.split(",") if g.strip()]
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
-    if unknown := [g for g in only if g not in groups]:
+    ids = {w.id.upper() for w in WORKLOADS.values()}  # (a group, or one workload of it: W5b)
+    if unknown := [g for g in only if g not in groups and g not in ids]:
         parser.error(f"--only: unknown workload(s) {', '.join(unknown)}; known: {', '.join(groups)}")
     if unknown := [f for f in frameworks if f not in MODULES]:
         parser.error(f"--frameworks: unknown {', '.join(unknown)}; known: {', '.join(MODULES)}")
@@ -84,7 +85,8 @@ def parse(argv: list[str]) -> Options:
         parser.error("--reps must be at least 1")
     return Options(
         reps=args.reps,
-        workloads=tuple(w for w in WORKLOADS.values() if w.group in only),
+        workloads=tuple(w for w in WORKLOADS.values()
+                        if w.group in only or w.id.upper() in only),
         frameworks=tuple(f for f in MODULES if f in frameworks),  # the report's order
         quick=args.quick,
         timeout_s=args.timeout,

@@ -16,6 +16,8 @@ This module is the public API; everything else is internal. Imports go one way: 
 """
 
 import sys as _sys
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 _before = set(_sys.modules)  # (what distrib itself imports is not the user's environment)
 
@@ -46,7 +48,6 @@ from distrib._errors import (
     WorkspaceError,
 )
 from distrib._executor import Executor
-from distrib.launch import SSH, Slurm
 from distrib._response import Response
 from distrib._shared import Shared, share
 from distrib._waiting import AsCompleted, as_completed, gather, progress
@@ -57,6 +58,22 @@ from distrib import _runtime as _rt  # noqa: E402
 _rt.own_modules.update(set(_sys.modules) - _before)
 del _before
 __version__ = "0.1.0"
+
+if _TYPE_CHECKING:
+    from distrib.launch import SSH, Slurm
+
+
+def __getattr__(name: str) -> _Any:
+    """``SSH`` and ``Slurm``, imported when first asked for: most scripts launch no workers,
+    and every Main, daemon and executor imports this module."""
+    if name in ("SSH", "Slurm"):
+        before = set(_sys.modules)
+        from distrib import launch
+
+        _rt.own_modules.update(set(_sys.modules) - before)
+        return getattr(launch, name)
+    raise AttributeError(f"module 'distrib' has no attribute {name!r}")
+
 
 __all__ = [
     "AsCompleted",
@@ -112,7 +129,7 @@ def init(
     listen: str | None = None,
     authorized_workers: str | _Path | None = None,
     linger: float | str | None = None,
-    cluster: SSH | Slurm | None = None,
+    cluster: "SSH | Slurm | None" = None,
 ) -> None:
     """Set up explicitly. Without this, the first call sets up from configuration.
 
@@ -145,8 +162,8 @@ def init(
     of workers, cancelled when this Main ends; it listens on a free port of every interface
     unless ``listen`` says where.
     """
-    from distrib._config import Overrides
-    from distrib.main._current import init as _init
+    from distrib.main._current import init as _init  # (first: its imports are counted as
+    from distrib._config import Overrides  # distrib's own, see ``distrib.main``)
 
     _init(Overrides(workers, local_threads, workspace, forward_output, key, dependencies,
                     requirements, max_payload, dashboard, redistribution, listen=listen,

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 
 from distrib import _runtime
 from distrib._errors import ConfigError, LaunchError
-from distrib.launch import SSH, Slurm, Target
 
 if TYPE_CHECKING:  # (imported when a session starts: `import distrib` stays light)
     from distrib import _config
+    from distrib.launch import SSH, Slurm
     from distrib.main._session import Session
 
 JOIN_SECONDS = 30.0  # the longest init() waits for started workers to join
@@ -30,6 +30,7 @@ JOIN_SECONDS = 30.0  # the longest init() waits for started workers to join
 
 def _spec(cluster: object) -> SSH | Slurm:
     from distrib import _config
+    from distrib.launch import SSH, Slurm
 
     if isinstance(cluster, (SSH, Slurm)):
         return cluster
@@ -44,6 +45,7 @@ def prepare(settings: _config.Settings) -> tuple[
         _config.Settings, Callable[[Session], None], Callable[[], None]]:
     """Settings for a Main whose workers are launched, what launches them once it runs, and
     what removes what was prepared if it never runs."""
+    from distrib.launch import Slurm, Target
     from distrib.wire import _keys
 
     spec = _spec(settings.cluster)

@@ -28,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 
 from distrib._errors import ConfigError, ConnectionFailed
 
@@ -94,6 +93,8 @@ def _lock(path: Path, kind: int) -> int:
 
 def _started_at(pid: int) -> float | None:
     """When the process ``pid`` started, or None if it is gone (or a zombie)."""
+    import psutil  # (here: a Main without linger never needs it)
+
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:

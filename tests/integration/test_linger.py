@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
+import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -124,6 +126,25 @@ def test_a_second_run_attaches_and_sees_an_edited_module(
     assert stop.stdout.startswith("stopping"), stop.stdout
     wait_for(lambda: not _alive(daemon), 30, "the stopped daemon gone")
     assert running(folder) is None
+
+
+def test_a_second_run_sends_only_the_files_that_changed(
+        workspace: Workspace, runtime: Path) -> None:
+    _script(workspace)
+    workspace.write("data.txt", "a\n")
+    # (the script's debug lines say what each run ships)
+    workspace.write("main.py", "import logging\nlogging.basicConfig(level=logging.DEBUG)\n"
+                    + textwrap.dedent(SCRIPT))
+
+    def shipped() -> list[str]:
+        out = workspace.run("main.py", env=_env(runtime))
+        assert out.returncode == 0, out.stderr[-3000:]
+        return re.findall(r"shipping the workspace: (\d+) files", out.stderr)
+
+    assert shipped() == ["3"]  # main.py, mod.py and data.txt
+    assert shipped() == []  # the daemon has them all
+    workspace.write("mod.py", "VALUE = 2\n")
+    assert shipped() == ["1"]
 
 
 def test_the_daemon_leaves_after_the_linger_period(

@@ -93,6 +93,27 @@ def test_modules_the_main_imported_are_imported_once_by_the_template(
     assert len({pid for pid, _ in rows}) >= 2 and len({at for _, at in rows}) == 1
 
 
+def test_templates_import_ahead_the_scripts_modules_not_what_distribs_start_imported(
+        workspace: Workspace) -> None:
+    workspace.write("heavy.py", "X = 1\n")
+    workspace.write("main.py", """\
+        import distrib
+        import heavy
+
+        if __name__ == "__main__":
+            distrib.init(local_threads=1)  # (the embedded cluster: its settings, its daemon)
+            from distrib.main import _current
+
+            print(*_current._session.hello.preload)
+        """)
+    out = workspace.run("main.py")
+    assert out.returncode == 0, out.stderr[-3000:]
+    preload = out.stdout.split()
+    assert "heavy" in preload
+    # (distrib imported these, for its settings, its session and the local cluster)
+    assert not {"zmq", "platformdirs", "msgspec", "packaging"} & set(preload), preload
+
+
 def test_what_a_task_leaves_running_is_reaped_when_it_ends(
         workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
     import psutil

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -97,3 +98,63 @@ def test_what_counts_as_a_worker_lacking_the_environment() -> None:
     assert environment_problem(ErrorRecord(
         "builtins.ModuleNotFoundError", "No module named 'no_such_module_x'").to_wire()) == ""
     assert environment_problem(ErrorRecord("builtins.ValueError", "bad").to_wire()) == ""
+
+
+def test_a_kept_description_is_found_without_reading_metadata_or_unchanged_modules(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from distrib.main import _environment
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "main.py").write_text("import msgspec\n")
+    (ws / "data.txt").write_text("1\n")
+    monkeypatch.syspath_prepend(str(ws))  # (as a script's own folder is)
+    cache = tmp_path / "cache"
+
+    def dist() -> Any:
+        return scan(ws, ws / "main.py", (), tmp_path / "hashes.msgpack")
+
+    first = describe("auto", None, dist(), cache)
+    assert "msgspec" in dict(first[0].pins)
+
+    def never(*args: object) -> Any:
+        raise AssertionError("read again")
+
+    # The same modules (a data file edited, a file added beside the script: its folder's
+    # time moved): neither the modules nor any metadata are read.
+    monkeypatch.setattr(_environment, "_workspace_imports", never)
+    monkeypatch.setattr(_environment, "_distributions", never)
+    (ws / "data.txt").write_text("2\n")
+    (ws / "new.txt").write_text("3\n")
+    assert describe("auto", None, dist(), cache)[0].env_id == first[0].env_id
+    # A module edited without a new import: its imports are read, no metadata.
+    monkeypatch.undo()
+    monkeypatch.syspath_prepend(str(ws))
+    monkeypatch.setattr(_environment, "_distributions", never)
+    (ws / "main.py").write_text("import msgspec\nX = 1\n")
+    assert describe("auto", None, dist(), cache)[0].env_id == first[0].env_id
+    # A new import: described again.
+    monkeypatch.undo()
+    monkeypatch.syspath_prepend(str(ws))
+    (ws / "main.py").write_text("import msgspec\nimport psutil\n")
+    assert "psutil" in dict(describe("auto", None, dist(), cache)[0].pins)
+
+
+def test_the_variables_read_by_name_are_kept_by_the_modules_hashes(tmp_path: Path) -> None:
+    from distrib.main._shipping import forwarded_environ
+
+    (tmp_path / "main.py").write_text("import os\nos.environ['A']\n")
+    environ = {"A": "1", "B": "2", "SECRET": "3"}
+    cache = tmp_path / "cache"
+
+    def dist() -> Any:
+        return scan(tmp_path, tmp_path / "main.py", (), tmp_path / "hashes.msgpack")
+
+    first = dist()
+    assert forwarded_environ(first, (), environ, cache) == {"A": "1"}
+    (tmp_path / "main.py").write_text("import os\nos.getenv('B')\n")
+    # The same modules' hashes: the answer kept (the files are not read again)...
+    assert forwarded_environ(first, (), environ, cache) == {"A": "1"}
+    # ... changed ones: read.
+    assert forwarded_environ(dist(), (), environ, cache) == {"B": "2"}
+    assert forwarded_environ(dist(), ("S*",), environ) == {"B": "2", "SECRET": "3"}

@@ -281,3 +281,17 @@ def _stored(store: Store, data: dict[str, bytes]) -> list[Entry]:
         store.put_compressed(digest, zlib.compress(raw))
         entries.append(Entry(path, len(raw), False, digest))
     return entries
+
+
+def test_the_files_this_process_writes_are_found_as_psutil_finds_them(tmp_path: Path) -> None:
+    import psutil
+
+    from distrib.main._shipping import _files_being_written
+
+    (tmp_path / "read.txt").write_text("x")
+    with open(tmp_path / "w.txt", "w"), open(tmp_path / "a.txt", "a"), \
+            open(tmp_path / "rw.txt", "w+"), open(tmp_path / "read.txt"):
+        found = {p for p in _files_being_written() if p.parent == tmp_path}
+        by_psutil = {Path(f.path) for f in psutil.Process().open_files()
+                     if any(c in f.mode for c in "wa+") and Path(f.path).parent == tmp_path}
+    assert found == by_psutil == {tmp_path / n for n in ("w.txt", "a.txt", "rw.txt")}

@@ -20,7 +20,6 @@ import struct
 from pathlib import Path
 from typing import Any
 
-import pathspec
 
 from distrib import _process, _runtime, _sealed, _serialize, _shared, _shm
 from distrib.wire._limits import MAX_FILE_BYTES, MAX_PAYLOAD_BYTES
@@ -97,6 +96,8 @@ def _import_main(env: Path, main: str) -> None:
 def _outputs(isolation: _isolation.Overlay | _isolation.Copies,
              globs: tuple[str, ...]) -> list[tuple[str, Any, int]]:
     """The files the task wrote that match ``globs``, with their contents and modes."""
+    import pathspec  # (20 ms: imported where matched, not by every process)
+
     spec = pathspec.GitIgnoreSpec.from_lines(globs)
     out: list[tuple[str, Any, int]] = []
     for path in isolation.written():

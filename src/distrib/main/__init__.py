@@ -11,5 +11,5 @@ from distrib import _runtime as _rt
 _before = set(_sys.modules)
 from distrib.main import _current  # noqa: E402,F401  (what a session needs, imported now)
 
-_rt.own_modules.update(set(_sys.modules) - _before)
+_rt.own_modules.update(set(_sys.modules) - _before, [__name__])
 del _before

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import threading
-from typing import Any
-
-# pyzmq registers an atexit hook that stops its buffer collector, on first import of this
-# module; import it now so the hook is registered before ours (atexit runs in reverse order),
-# and the session says goodbye to its workers while pyzmq can still send.
-import zmq.utils.garbage  # noqa: F401
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from distrib import _config, _runtime
 from distrib._errors import Cancelled, ConfigError
 from distrib._response import Response
-from distrib.main._session import Session
-from distrib.main._shipping import main_file
+
+if TYPE_CHECKING:  # (imported once the local cluster's daemon is starting: see ``_start``)
+    from distrib._local import LocalCluster
+    from distrib.main._session import Session
 
 SHUT_DOWN = "distrib was shut down; call distrib.init() to set up again"
 
@@ -88,6 +87,8 @@ def init(overrides: _config.Overrides) -> Session:
 
 
 def _start(overrides: _config.Overrides) -> Session:
+    before = set(sys.modules)  # (what setting up imports is distrib's own, not the user's:
+    # templates import the user's modules ahead, not these)
     script = main_file()
     settings = _config.load(None, overrides, script.parent if script else None)
     launch = abandon = None
@@ -95,9 +96,14 @@ def _start(overrides: _config.Overrides) -> Session:
         if _runtime.launcher is None:
             raise ConfigError("a [cluster] needs `import distrib` (its launchers)")
         settings, launch, abandon = _runtime.launcher(settings)
+    local = None
     try:
-        session = Session(settings, script)
+        local = _local_cluster(settings)
+        _runtime.own_modules.update(set(sys.modules) - before)
+        session = _session_class()(settings, script, local)
     except BaseException:
+        if local is not None:
+            local.stop()
         if abandon is not None:  # (what the launcher prepared: its folder, its keys)
             abandon()
         raise
@@ -109,6 +115,43 @@ def _start(overrides: _config.Overrides) -> Session:
             session.close()
             raise
     return session
+
+
+def main_file() -> Path | None:
+    """The user's main script, if it is a plain .py file (not a REPL, not a tool's entry)."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path or not path.endswith(".py"):
+        return None
+    resolved = Path(path).resolve()
+    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
+        if resolved.is_relative_to(Path(prefix).resolve()):
+            return None
+    return resolved
+
+
+def _local_cluster(settings: _config.Settings) -> LocalCluster | None:
+    """The embedded cluster, its daemon starting, when no worker is named, found or dialling
+    in: started before the session's own imports, which its start then overlaps."""
+    if settings.workers or settings.discovery.enabled or settings.listen is not None:
+        return None
+    from distrib._local import LocalCluster
+
+    return LocalCluster(settings.local_threads, settings.cache_dir, settings.linger)
+
+
+def _session_class() -> type[Session]:
+    """The session's code, imported at the first session (60 ms: zmq, msgspec, the I/O
+    loop), counted as distrib's own imports (not the user's environment)."""
+    before = set(sys.modules)
+    # pyzmq registers an atexit hook that stops its buffer collector, on first import of
+    # this module; imported before ``shutdown`` is registered (atexit runs in reverse order),
+    # the session says goodbye to its workers while pyzmq can still send.
+    import zmq.utils.garbage  # noqa: F401
+
+    from distrib.main._session import Session
+
+    _runtime.own_modules.update(set(sys.modules) - before)
+    return Session
 
 
 def shutdown() -> None:

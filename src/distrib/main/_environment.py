@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.metadata as md
 import importlib.util
 import json
 import logging
@@ -22,18 +21,20 @@ import os
 import re
 import subprocess
 import sys
-import zipfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from distrib import _packages, _runtime
+from distrib import _runtime
 from distrib._errors import ConfigError, DependencyError, ProtocolError
 from distrib.wire import _envspec
 from distrib.wire._envspec import EnvSpec, Wheel, normalize
 from distrib.wire._facts import python_version
 from distrib.workspace._manifest import Distribution
+
+if TYPE_CHECKING:  # (imported when the description is not kept: 50 ms of a warm start)
+    import importlib.metadata as md
 
 log = logging.getLogger("distrib")
 
@@ -46,23 +47,43 @@ def describe(dependencies: str, requirements: Path | None, dist: Distribution,
              cache: Path) -> tuple[EnvSpec, dict[str, Path]]:
     """This Main's environment, and the wheel files it ships (by digest)."""
     python = python_version()
-    _packages.forget()  # (what is installed may have changed since the last session)
     if dependencies == "none":
         return EnvSpec(python), {}
     if requirements is not None:
         return EnvSpec(python, file=_requirements_file(requirements)), {}
-    imported, named = _imported_modules(), _workspace_imports(dist)
-    modules = imported | named
+    imported = _imported_modules()
     local = {p.split("/", 1)[0].removesuffix(".py") for p in (e.path for e in dist.entries)}
     local |= set(sys.stdlib_module_names)
-    imported, named = imported - local, named - local
     # Reading every distribution's metadata takes a while: the answer is kept, for as long
-    # as the same modules are used and no folder on sys.path changed (installs change them).
-    memo = cache / "environments" / _fingerprint(python, sorted(imported), sorted(named))
+    # as the same modules are imported here and by the workspace's files, and no folder on
+    # sys.path changed (installs change them). Kept twice: by the files' content (their
+    # hashes, from the manifest: a run whose modules did not change reads none of them), and
+    # by the names they import (an edit that imports nothing new reads them, no metadata).
+    sources = sorted((e.path, e.digest) for e in dist.entries
+                     if e.path.endswith(".py") and e.size <= _MAX_SOURCE)
+    shipped = {os.path.realpath(dist.root / folder)
+               for folder in {os.path.dirname(e.path) for e in dist.entries}}
+    by_content = _memo(cache, shipped, python, sorted(imported - local), sources)
     try:
-        return _envspec.decode(memo.read_bytes()), {}
+        return _envspec.decode(by_content.read_bytes()), {}
     except (OSError, ProtocolError):
         pass
+    named = _workspace_imports(dist)
+    modules = imported | named
+    imported, named = imported - local, named - local
+    memo = _memo(cache, shipped, python, sorted(imported), sorted(named))
+    try:
+        kept = _envspec.decode(memo.read_bytes())
+    except (OSError, ProtocolError):
+        pass
+    else:
+        _keep(by_content, kept.encode())
+        return kept, {}
+    before = set(sys.modules)  # (what reading metadata imports is distrib's, not the user's)
+    from distrib import _packages
+
+    _runtime.own_modules.update(set(sys.modules) - before)
+    _packages.forget()  # (what is installed may have changed since the last session)
     # distrib's own requirements count only when the workspace imports them by name
     chosen = _distributions(imported, exclude=_packages.closure({"distrib"}))
     chosen.update(_distributions(named))
@@ -89,19 +110,34 @@ def describe(dependencies: str, requirements: Path | None, dist: Distribution,
         wheels[wheel.digest] = path
     spec = EnvSpec(python, tuple(pins), tuple(specs))
     if not wheels:  # (local packages change without a trace on sys.path: packed each time)
-        try:
-            memo.parent.mkdir(parents=True, exist_ok=True)
-            memo.write_bytes(spec.encode())
-        except OSError:
-            pass
+        _keep(memo, spec.encode())
+        _keep(by_content, spec.encode())
     return spec, wheels
 
 
-def _fingerprint(*parts: object) -> str:
-    """A name for what the description depends on: the modules, and every sys.path folder's
-    modification time (installing or removing a package changes its folder's)."""
+def _memo(cache: Path, shipped: set[str], *parts: object) -> Path:
+    return cache / "environments" / _fingerprint(shipped, *parts)
+
+
+def _keep(memo: Path, data: bytes) -> None:
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f".{os.getpid()}-{memo.name}")
+        tmp.write_bytes(data)
+        os.replace(tmp, memo)  # (another Main may read it meanwhile: never half written)
+    except OSError:
+        pass
+
+
+def _fingerprint(shipped: set[str], *parts: object) -> str:
+    """A name for what the description depends on: the modules, and the modification time
+    of every sys.path folder (installing or removing a package changes its folder's) but the
+    workspace's folders that are ``shipped`` (a script's own folder, first on sys.path,
+    changes at each edit; what it holds travels with the workspace, not as a package)."""
     stamps = []
     for entry in sys.path:
+        if os.path.realpath(entry or ".") in shipped:
+            continue
         try:
             stamps.append((entry, os.stat(entry or ".").st_mtime_ns))
         except OSError:
@@ -155,6 +191,10 @@ def _imports(paths: Iterable[Path]) -> set[str]:
 def _distributions(modules: set[str], exclude: set[str] = set()
                    ) -> dict[str, md.Distribution]:
     """The distributions providing ``modules`` (but ``exclude``), and all they require."""
+    import importlib.metadata as md
+
+    from distrib import _packages
+
     roots: set[str] = set()
     unknown = []
     for module in modules - _TOOLING:
@@ -215,6 +255,8 @@ def _editable_owner(module: str) -> list[str]:
         origin = next(iter(spec.submodule_search_locations), None)
     if not origin:
         return []
+    import importlib.metadata as md
+
     for dist in md.distributions():
         folder = _local_folder(dist)
         if folder is not None and Path(origin).resolve().is_relative_to(folder):
@@ -267,6 +309,10 @@ def _local_files(dist: md.Distribution, modules: set[str]) -> dict[str, Path]:
 
 def _pack(dist: md.Distribution, files: dict[str, Path], cache: Path) -> tuple[Wheel, Path]:
     """A wheel of ``dist`` holding ``files``, and where it is."""
+    import zipfile
+
+    from distrib import _packages
+
     name, version = _packages.headers(dist)[:2]
     info = f"{_envspec._normal(name)}-{version}.dist-info"
     metadata = dist.read_text("METADATA") or f"Metadata-Version: 2.1\nName: {name}\n" \

@@ -269,9 +269,9 @@ class Loop:
             if workspace else sum(p.stat().st_size for d in need.hashes
                                   if (p := self.wheels.get(d)) is not None and p.exists())
         what = "the workspace" if workspace else "the environment's wheels"
-        if size >= SHIP_NOTICE_BYTES:
-            log.warning("worker %s: shipping %s: %d files, %.0f MB", link.label, what,
-                        len(need.hashes), size / 1e6)
+        log.log(logging.WARNING if size >= SHIP_NOTICE_BYTES else logging.DEBUG,
+                "worker %s: shipping %s: %d files, %.0f MB", link.label, what,
+                len(need.hashes), size / 1e6)
         start = time.monotonic()
         for reply in blob_messages(self.dist, need, self.env.env_id, self.wheels):
             link.send(reply)

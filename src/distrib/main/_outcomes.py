@@ -16,7 +16,6 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-import pathspec
 
 from distrib import _runtime, _sealed, _serialize
 from distrib._errors import (
@@ -51,6 +50,8 @@ class Outputs:
         workspace matching ``globs`` (the task's ``outputs=``). Each file gets the mode the
         task gave it, under this process's umask (as ``open`` with that mode here would: a
         worker cannot make the user's files writable by others where the umask forbids it)."""
+        import pathspec  # (20 ms: imported where matched, not by every process)
+
         spec = pathspec.GitIgnoreSpec.from_lines(globs)
         targets = []
         for path, data, *mode in files:

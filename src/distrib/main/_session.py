@@ -46,6 +46,8 @@ from distrib.wire._link import LinkState
 from distrib.workspace._manifest import Distribution
 
 if TYPE_CHECKING:
+    from distrib._local import LocalCluster
+    from distrib.wire._envspec import EnvSpec
     from distrib.wire._relayed import RelayParty
 
 log = logging.getLogger("distrib")
@@ -66,42 +68,32 @@ def _setup_logging() -> None:
 class Session:
     """Everything a Main holds while it uses workers."""
 
-    def __init__(self, settings: _config.Settings, main_file: Path | None) -> None:
+    def __init__(self, settings: _config.Settings, main_file: Path | None,
+                 local: LocalCluster | None = None) -> None:
+        """``local``: the embedded cluster, its daemon starting (it is stopped here if the
+        session fails to start): its start overlaps the scan and the description below."""
         _setup_logging()
         self.settings = settings
         self.python = _facts.python_version()
         start = time.monotonic()
-        self.local = None
+        self.local = local
         workers = list(settings.workers)
-        if not workers and not settings.discovery.enabled and settings.listen is None:
-            from distrib._local import LocalCluster
-
-            # Started first: the daemon's own start overlaps the scan below.
-            self.local = LocalCluster(settings.local_threads, settings.cache_dir,
-                                      settings.linger)
+        if self.local is not None:
             workers = [_config.WorkerAddress(a) for a in self.local.addresses]
-        try:
-            self.dist: Distribution = scan_workspace(settings, main_file)
-            if time.monotonic() - start > SCAN_NOTICE_SECONDS:
-                log.warning("scanned the workspace %s: %d files, %.0f MB in %.1f s",
-                            self.dist.root, len(self.dist.entries),
-                            sum(e.size for e in self.dist.entries) / 1e6,
-                            time.monotonic() - start)
-            # Describing the environment reads package metadata: done while the daemon starts.
-            described = _Described(settings, self.dist)
-            if self.local is not None:
-                self.local.wait_ready()
-            self.env, self.wheels = described.result()
-        except BaseException:
-            if self.local is not None:
-                self.local.stop()
-            raise
+        # (the local daemon, if this fails, is stopped by whoever started it)
+        self.dist: Distribution = scan_workspace(settings, main_file)
+        if time.monotonic() - start > SCAN_NOTICE_SECONDS:
+            log.warning("scanned the workspace %s: %d files, %.0f MB in %.1f s",
+                        self.dist.root, len(self.dist.entries),
+                        sum(e.size for e in self.dist.entries) / 1e6, time.monotonic() - start)
+        self.env, self.wheels = _describe(settings, self.dist)
         _runtime.main_shipped = self.dist.main is not None
         _runtime.shipped_root = str(self.dist.root) if self.dist.entries else None
         self.name = f"{main_file.name if main_file else 'python'}@{socket.gethostname()}:{os.getpid()}"
         self.main_id = os.urandom(8).hex()
         self.ctx: zmq.Context[Any] = zmq.Context()
-        forwarded = forwarded_environ(self.dist, settings.forward_env, os.environ)
+        forwarded = forwarded_environ(self.dist, settings.forward_env, os.environ,
+                                      settings.cache_dir)
         self._probe = None
         if settings.shared_memory:
             _shm.remove_stale()
@@ -142,6 +134,12 @@ class Session:
                 self.ctx.term()
                 if self.local is not None:
                     self.local.stop()
+                raise
+        if self.local is not None:  # (all the above was done while its daemon started)
+            try:
+                self.local.wait_ready()
+            except BaseException:
+                self.ctx.term()
                 raise
         relay = _relay(settings)
         self.linked = Links(settings, self.ctx, link_hello, self.scheduler, self.nested,
@@ -294,28 +292,12 @@ def _relay(settings: _config.Settings) -> RelayParty | None:
     return RelayParty(settings.relay, settings.relay_key, settings.key).start()
 
 
-class _Described(threading.Thread):
-    """``describe()`` in a thread of its own; ``result()`` waits for it (and re-raises)."""
+def _describe(settings: _config.Settings, dist: Distribution
+              ) -> tuple[EnvSpec, dict[str, Path]]:
+    """This Main's environment for workers (``_environment.describe``); what describing
+    imports is distrib's, not the user's."""
+    before = set(sys.modules)
+    from distrib.main._environment import describe
 
-    def __init__(self, settings: _config.Settings, dist: Distribution) -> None:
-        super().__init__(name="distrib-describe", daemon=True)
-        self._args = (settings.dependencies, settings.requirements, dist, settings.cache_dir)
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            before = set(sys.modules)  # (what describing imports is distrib's, not the user's)
-            from distrib.main._environment import describe
-
-            _runtime.own_modules.update(set(sys.modules) - before)
-            self._value = describe(*self._args)
-        except BaseException as exc:  # (raised again in the thread that asks)
-            self._error = exc
-
-    def result(self) -> Any:
-        self.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
+    _runtime.own_modules.update(set(sys.modules) - before)
+    return describe(settings.dependencies, settings.requirements, dist, settings.cache_dir)

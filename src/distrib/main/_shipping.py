@@ -16,7 +16,6 @@ import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-import psutil
 
 from distrib._config import Settings
 from distrib.wire import _messages as m
@@ -26,21 +25,29 @@ from distrib.workspace._manifest import Distribution, encode_manifest, scan
 log = logging.getLogger("distrib")
 
 
-def main_file() -> Path | None:
-    """The user's main script, if it is a plain .py file (not a REPL, not a tool's entry)."""
-    path = getattr(sys.modules.get("__main__"), "__file__", None)
-    if not path or not path.endswith(".py"):
-        return None
-    resolved = Path(path).resolve()
-    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
-        if resolved.is_relative_to(Path(prefix).resolve()):
-            return None
-    return resolved
-
-
 def _files_being_written() -> list[Path]:
     """Files this process has open for writing (its own log, a ``> out.txt`` redirect): they
     change while tasks run, so shipping them would fail the distribution's hash check."""
+    if sys.platform.startswith("linux"):  # (read as psutil does, without its 20 ms import)
+        try:
+            fds = os.listdir("/proc/self/fd")
+        except OSError:
+            fds = []
+        out = []
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                with open(f"/proc/self/fdinfo/{fd}") as info:
+                    flags = next(int(line.split()[1], 8) for line in info
+                                 if line.startswith("flags:"))
+            except (OSError, ValueError, StopIteration, IndexError):
+                continue  # (closed meanwhile: the listing's own descriptor, say)
+            if flags & (os.O_WRONLY | os.O_RDWR) and target.startswith("/") \
+                    and os.path.isfile(target):
+                out.append(Path(target))
+        return out
+    import psutil
+
     try:
         return [Path(f.path) for f in psutil.Process().open_files()
                 if any(c in f.mode for c in "wa+")]
@@ -57,20 +64,43 @@ _MAX_SOURCE = 2 << 20  # larger .py files are not read for variable names
 
 
 def forwarded_environ(dist: Distribution, patterns: tuple[str, ...],
-                      environ: Mapping[str, str]) -> dict[str, str]:
+                      environ: Mapping[str, str], cache: Path | None = None) -> dict[str, str]:
     """The variables workers get: those the workspace's code reads by name, and those matching
     ``patterns``; nothing else (a Main's credentials must not reach a lent machine)."""
-    names: set[str] = set()
-    for entry in dist.entries:
-        if entry.path.endswith(".py") and entry.size <= _MAX_SOURCE:
-            try:
-                source = (dist.root / entry.path).read_bytes()
-            except OSError:
-                continue
-            names.update(m.decode() for m in _ENV_READ.findall(source))
+    names = set(_read_by_name(dist, cache))
     names.update(n for n in environ if any(fnmatch.fnmatchcase(n, p) for p in patterns))
     return {n: environ[n] for n in sorted(names) if n in environ
             and not any(fnmatch.fnmatchcase(n, p) for p in _NOT_FORWARDED)}
+
+
+def _read_by_name(dist: Distribution, cache: Path | None) -> list[str]:
+    """The variables the workspace's modules read by name; kept in ``cache`` by the modules'
+    hashes (the manifest has them): a run whose modules did not change reads none of them."""
+    sources = [(e.path, e.digest) for e in dist.entries
+               if e.path.endswith(".py") and e.size <= _MAX_SOURCE]
+    memo = None if cache is None else cache / "environ" / hashlib.sha256(
+        repr(sources).encode()).hexdigest()[:32]
+    try:
+        if memo is not None:
+            return memo.read_text().split()
+    except OSError:
+        pass
+    names: set[str] = set()
+    for path, _ in sources:
+        try:
+            source = (dist.root / path).read_bytes()
+        except OSError:
+            continue
+        names.update(m.decode() for m in _ENV_READ.findall(source))
+    if memo is not None:
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_name(f".{os.getpid()}-{memo.name}")
+            tmp.write_text(" ".join(sorted(names)))
+            os.replace(tmp, memo)  # (another Main may read it meanwhile)
+        except OSError:
+            pass
+    return sorted(names)
 
 
 _PROJECT_MARKERS = ("pyproject.toml", "setup.py", ".git", "conftest.py")

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-import pathspec
 
 from distrib._errors import WorkspaceError
 from distrib.wire._limits import (
@@ -219,6 +218,8 @@ def scan(
     gitignore = root / ".gitignore"
     if gitignore.is_file():
         patterns += gitignore.read_text(errors="replace").splitlines()
+    import pathspec  # (20 ms: imported where matched, not by every process)
+
     spec = pathspec.GitIgnoreSpec.from_lines(patterns)
     cache = HashCache(cache_file)
     entries: list[Entry] = []
@@ -227,28 +228,33 @@ def scan(
         here = Path(dirpath)
         rel_dir = here.relative_to(root).as_posix()
         prefix = "" if rel_dir == "." else rel_dir + "/"
+        # (``here`` is a real path: ``root`` is resolved and linked folders are not entered,
+        # so only links need resolving to compare with ``skipped``)
         dirnames[:] = sorted(
             d
             for d in dirnames
             if not spec.match_file(prefix + d + "/")
             and not _is_venv(here / d)
             and not (here / d).is_symlink()
-            and (here / d).resolve() not in skipped
+            and here / d not in skipped
         )
         for name in sorted(filenames):
             rel = prefix + name
             if spec.match_file(rel):
                 continue
             path = here / name
-            if skipped and path.resolve() in skipped:
-                continue
             try:
-                if path.is_symlink():
+                st = os.lstat(path)
+                if stat.S_ISLNK(st.st_mode):
                     target = path.resolve()
+                    if target in skipped:
+                        continue
                     if not target.is_relative_to(root):
                         log.warning("workspace: skipping %s, a link that leaves the tree", rel)
                         continue
-                st = path.stat()
+                    st = path.stat()
+                elif path in skipped:
+                    continue
             except OSError as exc:
                 log.warning("workspace: skipping %s: %s", rel, exc)
                 continue
