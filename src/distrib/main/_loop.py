@@ -29,6 +29,7 @@ from distrib.main._link import Link
 from distrib.main._links import Links
 from distrib.main._nested import Nested
 from distrib.main._outcomes import Outputs, settle
+from distrib.main._rebalance import Moves, plan
 from distrib.main._scheduler import Scheduler, Task
 from distrib.main._shipping import blob_messages
 from distrib.main._stats import Stats
@@ -68,6 +69,7 @@ class Loop:
         self.publish = publish  # (with a dashboard) builds and swaps in its snapshot
         self.outputs = Outputs(dist.root)
         self.received: Counter[str] = Counter()  # messages from workers, by kind
+        self.moves = Moves()  # tasks asked back from a worker for another
         self.stopping = False
         self._published = 0.0
         self._warned: set[Any] = set()
@@ -105,6 +107,7 @@ class Loop:
                 if now >= next_tick:
                     self._tick(now)
                     self.scheduler.observe(now - last_tick)
+                    self._rebalance()
                     last_tick = now
                     next_tick = now + min(self.settings.heartbeat_interval, 0.2)
         except Exception:  # a bug here would hang every unwrap(): say so loudly
@@ -132,22 +135,45 @@ class Loop:
 
     def _dispatch(self) -> None:
         for link_id, tasks in self.scheduler.assign().items():
-            link = self.links.links[link_id]
-            specs: list[tuple[m.TaskSpec, list[Any]]] = []
-            for t in tasks:
-                if t.response is not None:
-                    t.response._on_worker = True  # (its running() is true from now)
-                frames, shm = (in_shm(t) if link.shm and _shm.worth(t.frames)
-                               else (t.frames, NONE))
-                inline, separate = split_payload(frames)
-                objects = {k: s.nbytes for k, s in t.shared.items()} if t.shared else NONE
-                specs.append((m.TaskSpec(t.task_id, self.dist.dist_id, t.threads, t.timeout,
-                                         t.attempts, inline, len(separate), objects, shm,
-                                         t.depth),
-                               separate))
-            for batch in batches(specs, _inline_bytes):
-                link.send(m.Submit([spec for spec, _ in batch],
-                                   frames=tuple(f for _, fs in batch for f in fs)))
+            self._send(link_id, tasks)
+
+    def _send(self, link_id: str, tasks: list[Task]) -> None:
+        """Send tasks placed on a worker, in batches."""
+        if not tasks:
+            return
+        link = self.links.links[link_id]
+        specs: list[tuple[m.TaskSpec, list[Any]]] = []
+        for t in tasks:
+            if t.response is not None:
+                t.response._on_worker = True  # (its running() is true from now)
+            frames, shm = (in_shm(t) if link.shm and _shm.worth(t.frames)
+                           else (t.frames, NONE))
+            inline, separate = split_payload(frames)
+            objects = {k: s.nbytes for k, s in t.shared.items()} if t.shared else NONE
+            specs.append((m.TaskSpec(t.task_id, self.dist.dist_id, t.threads, t.timeout,
+                                     t.attempts, inline, len(separate), objects, shm,
+                                     t.depth),
+                           separate))
+        for batch in batches(specs, _inline_bytes):
+            link.send(m.Submit([spec for spec, _ in batch],
+                               frames=tuple(f for _, fs in batch for f in fs)))
+
+    def _rebalance(self) -> None:
+        """Ask workers for queued tasks back, for workers with free slots (``_rebalance``)."""
+        self.moves.prune(self.scheduler)
+        for move in plan(self.scheduler, self.moves.incoming()):
+            self.scheduler.revoke(move.victim, move.task_ids)
+            self.moves.add(move)
+            self.links.links[move.victim].send(m.Revoke(move.task_ids))
+
+    def _on_revoked(self, link: Link, msg: m.Revoked) -> None:
+        """Tasks given back go to the worker they were asked back for (or wait for any)."""
+        given = self.scheduler.take_back(link.link_id, msg.given, msg.kept)
+        for thief, tasks in self.moves.answered(link.link_id, given, msg.kept).items():
+            self._send(thief, self.scheduler.place(thief, tasks))
+        if given:
+            log.debug("worker %s gave back %d task(s) for workers with free slots; %d had "
+                      "started", link.label, len(given), len(msg.kept))
 
     # --- what workers send -------------------------------------------------------------------
 
@@ -209,6 +235,8 @@ class Loop:
             self.links.on_welcome(link, msg)
         elif isinstance(msg, m.Pong):
             self.links.on_pong(link, msg)
+        elif isinstance(msg, m.Revoked):
+            self._on_revoked(link, msg)
         elif isinstance(msg, m.Refused):
             self.links.on_refused(link, msg)
         elif isinstance(msg, m.NeedManifest):
@@ -291,6 +319,8 @@ class Loop:
                     continue
             if task is None:
                 continue
+            if "ran" in spec.info:
+                self.scheduler.ran(link.link_id, _seconds(spec.info["ran"]))
             if task.task_id in self.nested.parents:
                 self.nested.parents_moved([task])  # (its run here ended: its calls too)
                 self.nested.finished(link.link_id, task.task_id)
@@ -387,6 +417,13 @@ class Loop:
             log.warning("tasks need platform %s, %d thread(s) and Python %s; no connected "
                         "worker offers that (workers seen: %s). They wait for one.",
                         " or ".join(req[0]), req[1], self.scheduler.python, seen)
+
+
+def _seconds(text: str) -> float:
+    try:
+        return max(0.0, float(text))
+    except ValueError:  # (a worker's word: a malformed figure counts as none)
+        return 0.0
 
 
 def _inline_bytes(item: tuple[m.TaskSpec, list[Any]]) -> int:

@@ -69,6 +69,10 @@ class WorkerView:
     # its tasks that wait for their calls and lent their slots there (``Waiting``)
     parked: set[int] = field(default_factory=set)
     lent: int = 0  # their threads: slots free for other tasks
+    task_seconds: float = 0.0  # a task's run time there, as its results say (smoothed; 0: none
+    # yet): how fast it is, whatever it is sent (``rate`` is bounded by what it holds)
+    revoking: set[int] = field(default_factory=set)  # its tasks asked back (``Revoke``), in
+    # flight until it answers
 
     def can_run(self, req: Requirement, python: str, paused_too: bool = False) -> bool:
         """Whether it can take a task of ``req`` now (``paused_too``: or once resumed)."""
@@ -213,6 +217,60 @@ class Scheduler:
             worker.full = False
             task.link = None
         return task
+
+    def ran(self, link: str, seconds: float) -> None:
+        """A task ran ``seconds`` on that worker (its ``task_seconds``, smoothed)."""
+        worker = self.workers.get(link)
+        if worker is not None:
+            worker.task_seconds = (0.7 * worker.task_seconds + 0.3 * seconds
+                                   if worker.task_seconds else seconds)
+
+    def revoke(self, link: str, task_ids: list[int]) -> None:
+        """These tasks of the worker are asked back: they stay in flight there (and are not
+        asked back again) until it answers (``take_back``)."""
+        worker = self.workers.get(link)
+        if worker is not None:
+            worker.revoking.update(i for i in task_ids if i in worker.inflight)
+
+    def take_back(self, link: str, given: list[int], kept: list[int]) -> list[Task]:
+        """The worker answered: ``given`` left its queue (returned, no longer in flight; no
+        attempt counted), ``kept`` started there and stays. Ids not asked back, or asked of
+        an earlier connection of that worker, are ignored."""
+        worker = self.workers.get(link)
+        if worker is None:
+            return []
+        out: list[Task] = []
+        for task_id in given:
+            if task_id in worker.revoking and (task := worker.inflight.pop(task_id, None)):
+                worker.inflight_slots -= task.threads
+                worker.full = False
+                task.link = None
+                out.append(task)
+        worker.revoking.difference_update(given)
+        worker.revoking.difference_update(kept)
+        return out
+
+    def place(self, link: str, tasks: list[Task]) -> list[Task]:
+        """Put tasks taken back on the worker ``link`` (a move's destination); return those
+        it took. The others (it left, or cannot run them) wait here, first in line."""
+        worker = self.workers.get(link)
+        placed: list[Task] = []
+        for task in tasks:
+            if task.response is not None and not task.response._is_pending():
+                continue  # cancelled while it was asked back
+            if worker is None or not worker.can_run(task.requirement, self.python):
+                self.add(task, front=True)
+                continue
+            task.link = link
+            worker.inflight[task.task_id] = task
+            worker.inflight_slots += task.threads
+            placed.append(task)
+        return placed
+
+    def pending_for(self, worker: WorkerView) -> bool:
+        """Whether a task waiting here could go to ``worker``."""
+        return any(queue and worker.can_run(req, self.python)
+                   for req, queue in self.pending.items())
 
     def defer(self, link: str, task: Task) -> None:
         """The worker holds as much of this Main's work as it takes: the task waits here
