@@ -104,7 +104,7 @@ def test_a_worker_that_joins_takes_half_of_an_equal_workers_queue() -> None:
     moves = plan(s, Counter())
     assert len(moves) == 1 and moves[0].victim == "a" and moves[0].thief == "b"
     assert len(moves[0].task_ids) == 8
-    assert moves[0].task_ids[0] == 16  # the last sent: the most likely still queued
+    assert moves[0].task_ids == list(range(9, 17))  # the last sent: the most likely queued
 
 
 def test_a_slow_workers_queue_moves_in_proportion_to_speed() -> None:
@@ -124,6 +124,18 @@ def test_a_slow_workers_queue_moves_in_proportion_to_speed() -> None:
     assert abs((n - k) * 0.3 - k * 0.1) <= 0.3
 
 
+def test_a_slow_workers_queue_moves_before_the_others_run_dry() -> None:
+    s = scheduler(worker("slow", seconds=0.3), worker("fast", seconds=0.1),
+                  worker("other", seconds=0.1),
+                  tasks=30)
+    s.assign()  # (10 each: all three are busy, with queues)
+    [first, second] = plan(s, Counter())
+    assert {first.victim, second.victim} == {"slow"}
+    assert {first.thief, second.thief} == {"fast", "other"}
+    left = 10 - len(first.task_ids) - len(second.task_ids)
+    assert left * 0.3 <= (10 + len(first.task_ids)) * 0.1 + 0.3
+
+
 def test_nothing_moves_while_work_is_pending_or_no_slot_is_free() -> None:
     s = scheduler(worker("a"), worker("b"), tasks=40)
     s.assign()
@@ -138,7 +150,9 @@ def test_tasks_on_their_way_count_as_held() -> None:
     s = scheduler(worker("a"), tasks=17)
     s.assign()
     s.join(worker("b"))
-    assert plan(s, Counter({"b": 1})) == []  # its free slot is spoken for
+    [move] = plan(s, Counter({"b": 9}))
+    assert len(move.task_ids) == 4  # (17 - 4 = 9 + 4)
+    assert plan(s, Counter({"b": 16})) == []
 
 
 def test_a_move_saving_less_than_its_round_trips_is_not_made() -> None:
@@ -157,7 +171,7 @@ def test_calls_made_inside_tasks_and_tasks_asked_back_stay() -> None:
     s.revoke("a", [3])
     s.join(worker("b"))
     [move] = plan(s, Counter())
-    assert move.task_ids == [2, 1]  # 5 and 4 are calls, 3 is asked back, 0 runs
+    assert move.task_ids == [1, 2]  # 5 and 4 are calls, 3 is asked back, 0 runs
 
 
 def test_moves_remember_the_thief_until_the_victim_answers() -> None:

@@ -7,9 +7,11 @@ had started there: they stay), places those on the move's thief (``Moves`` remem
 
 The policy (see docs/design.md, "Work that moves"): a worker's expected wait is the tasks it
 holds times its time per task over its slots (``task_seconds``, as its results say; a worker
-without a result yet counts as a typical one). A worker with a free slot and nothing pending
-for it takes from the worker whose wait is longest as many tasks as make their two waits
-equal, if that saves more than the move costs (the two links' round trips).
+without a result yet counts as a typical one). Once nothing is pending for it, the worker
+whose wait is shortest takes from the one whose wait is longest as many queued tasks as make
+their two waits equal, if that saves more than the move costs (the two links' round trips);
+then the next shortest from the next longest. A worker that joins, frees up or turns out
+faster is the shortest wait; a slow one's queue goes as soon as its first results say so.
 """
 
 from __future__ import annotations
@@ -69,12 +71,11 @@ class Moves:
 
 
 def plan(scheduler: Scheduler, incoming: Counter[str]) -> list[Move]:
-    """The moves to ask for now (at most one per thief); [] when no worker has a free slot
-    without pending work for it (the common case: one pass over the workers)."""
+    """The moves to ask for now (at most one per thief); [] when no worker holds tasks queued
+    beyond its slots (the common case: one pass over the workers)."""
     workers = list(scheduler.workers.values())
-    thieves = [w for w in workers if _free(w, incoming[w.link]) > 0 and not w.full
-               and not w.unable and not w.paused and not scheduler.pending_for(w)]
-    if not thieves:
+    queued = {w.link: len(w.inflight) - len(w.revoking) - w.slots for w in workers}
+    if not any(n > 0 for n in queued.values()):
         return []
     known = sorted(w.task_seconds for w in workers if w.task_seconds > 0)
     typical = known[len(known) // 2] if known else 1.0
@@ -83,23 +84,26 @@ def plan(scheduler: Scheduler, incoming: Counter[str]) -> list[Move]:
         return (w.task_seconds or typical) / w.slots
 
     held = {w.link: len(w.inflight) - len(w.revoking) + incoming[w.link] for w in workers}
-    queued = {w.link: len(w.inflight) - len(w.revoking) - w.slots for w in workers}
     victims = [(-held[w.link] * per_slot(w), w.link) for w in workers if queued[w.link] > 0]
     heapq.heapify(victims)
+    thieves = sorted((w for w in workers if not w.full and not w.unable and not w.paused
+                      and not scheduler.pending_for(w)),
+                     key=lambda w: held[w.link] * per_slot(w))  # (the soonest free first)
     moves: list[Move] = []
-    for thief in sorted(thieves, key=per_slot):  # (the fastest first)
+    for thief in thieves:
         if not victims:
             break
         _, link = heapq.heappop(victims)
         victim = scheduler.workers[link]
+        if victim is thief:  # (it would wait the longest itself: no one is worse off)
+            break
         a_v, a_t = per_slot(victim), per_slot(thief)
         n_v, n_t = held[link], held[thief.link]
         # Equal waits after the move: (n_v - k) a_v = (n_t + k) a_t.
         k = min(int((n_v * a_v - n_t * a_t) / (a_v + a_t)), queued[link],
                 scheduler.depth(thief) - n_t)
         saved = n_v * a_v - (n_t + 1) * a_t
-        if victim is not thief and k >= 1 and \
-                saved > 2 * (victim.round_trip + thief.round_trip) + MIN_GAIN:
+        if k >= 1 and saved > 2 * (victim.round_trip + thief.round_trip) + MIN_GAIN:
             ids = _movable(victim, thief, scheduler.python, k)
             if ids:
                 moves.append(Move(link, thief.link, ids))
@@ -111,15 +115,10 @@ def plan(scheduler: Scheduler, incoming: Counter[str]) -> list[Move]:
     return moves
 
 
-def _free(worker: WorkerView, incoming: int) -> int:
-    """Its slots no task holds or is on its way to."""
-    return worker.slots - worker.inflight_slots + worker.lent - incoming
-
-
 def _movable(victim: WorkerView, thief: WorkerView, python: str, most: int) -> list[int]:
-    """Up to ``most`` of the victim's tasks likely queued there (the last sent; its first
-    ``slots`` are taken to be running), that the thief can run, not asked back already and
-    not calls made inside tasks (they may be what a waiting task waits for)."""
+    """Up to ``most`` of the victim's tasks likely queued there (the last sent, in the order
+    sent; its first ``slots`` are taken to be running), that the thief can run, not asked back
+    already and not calls made inside tasks (they may be what a waiting task waits for)."""
     out: list[int] = []
     for task in reversed(victim.inflight.values()):
         if len(out) >= most:
@@ -128,4 +127,5 @@ def _movable(victim: WorkerView, thief: WorkerView, python: str, most: int) -> l
                 and task.task_id not in victim.parked
                 and thief.can_run(task.requirement, python)):
             out.append(task.task_id)
+    out.reverse()  # (they run in the order they were sent)
     return out

@@ -85,7 +85,8 @@ class Core(CoreState):
             ExecutorEnvError: self._env_error, ExecutorDied: self._executor_died,
             ExecutorLeaving: self._executor_leaving,
             TaskCalled: self._called, TaskParked: self._park, TaskResumed: self._resume,
-            CancelAsked: self._cancel, RevokeAsked: self._revoke, HandBack: self._hand_back_event, Resize: self._resize,
+            CancelAsked: self._cancel, RevokeAsked: self._revoke,
+            HandBack: self._hand_back_event, Resize: self._resize,
             QuotaSet: self._set_quota, OwnerStateChanged: self._owner, MainLeft: self._main_left,
             Warm: self._warm_event, Turn: self._turn, Tick: self._tick}
         self._handlers = handlers
