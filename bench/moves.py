@@ -8,7 +8,7 @@ and one Main running ``--tasks`` x sleep(``--seconds``) after a warm round (ever
 executor up). In the slowed run, one worker's tasks sleep ``--slow`` times as long (a
 variable of that daemon, read by the task). Reported per run: its end (seconds from the
 first call to the last result), the tasks each worker ran, and the ideal end for those
-speeds. ``--extra``: the scheduler's floor on tasks queued beyond a worker's slots
+speeds, the Main's CPU time over the run. ``--extra``: the scheduler's floor on tasks queued beyond a worker's slots
 (``ahead``'s ``extra``; 16 is the default), to compare queue depths.
 
 The issue's bar: the slowed run ends no later than 10 % after the equal-speed run. One slot
@@ -26,6 +26,7 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path
+from typing import Any
 
 SCRIPT = textwrap.dedent("""
     import json, logging, os, sys, time
@@ -48,15 +49,16 @@ SCRIPT = textwrap.dedent("""
         while len(set(gather([nap(0.05) for _ in range(4 * len(workers))], timeout=600))) \\
                 < len(workers):
             pass  # (warm: every worker ran a task, its executor is up)
-        start = time.monotonic()
+        start, cpu = time.monotonic(), time.process_time()
         who = gather([nap(seconds) for _ in range(n)], timeout=3600)
-        end = time.monotonic() - start
-        print(json.dumps({"end": end, "ran": {w: who.count(w) for w in sorted(set(who))}}))
+        end, cpu = time.monotonic() - start, time.process_time() - cpu
+        print(json.dumps({"end": end, "cpu": cpu,
+                          "ran": {w: who.count(w) for w in sorted(set(who))}}))
     """)
 
 
 def run(root: Path, workers: int, tasks: int, seconds: float, slow: float,
-        extra: int) -> dict[str, object]:
+        extra: int) -> dict[str, Any]:
     """One run: start the daemons (the first one slowed by ``slow``), run the Main, stop."""
     procs: list[subprocess.Popen[str]] = []
     addresses = []
@@ -83,7 +85,7 @@ def run(root: Path, workers: int, tasks: int, seconds: float, slow: float,
             sys.stderr.write(out.stderr)
         if out.returncode != 0:
             raise RuntimeError(f"the Main failed:\n{out.stderr[-3000:]}")
-        result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+        result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
         return result
     finally:
         for proc in procs:
@@ -105,20 +107,21 @@ def main() -> None:
     args = parser.parse_args()
     w, n, s = args.workers, args.tasks, args.seconds
     print(f"{w} workers x 1 slot, {n} x sleep({s}), ahead's extra {args.extra}\n")
-    print("| run | end (s) | ideal (s) | end / equal run's | tasks per worker (w0 slowed) |")
-    print("| --- | ---: | ---: | ---: | --- |")
+    print("| run | end (s) | ideal (s) | end / equal run's | Main CPU (s) | tasks per worker "
+          "(w0 slowed) |")
+    print("| --- | ---: | ---: | ---: | ---: | --- |")
     for _ in range(args.rounds):
         ends = {}
         for name, slow in (("equal speed", 1.0), (f"w0 {args.slow:g}x slower", args.slow)):
             with tempfile.TemporaryDirectory() as tmp:
                 result = run(Path(tmp), w, n, s, slow, args.extra)
-            end = float(result["end"])  # type: ignore[arg-type]
+            end = float(result["end"])
             ends[name] = end
-            ideal = n * s / (w - 1 + 1 / slow)  # (all slots busy to the end)
+            ideal = n * s / (w - 1 + 1 / slow)  # (every slot busy to the end)
             ran = result["ran"]
-            assert isinstance(ran, dict)
             first = next(iter(ends.values()))
             print(f"| {name} | {end:.2f} | {ideal:.2f} | {end / first:.3f} | "
+                  f"{float(result['cpu']):.2f} | "
                   f"{' '.join(str(ran.get(f'w{i}', 0)) for i in range(w))} |", flush=True)
 
 

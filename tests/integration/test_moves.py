@@ -25,9 +25,10 @@ TASKS = """
 
     @distributed
     def step(i, seconds, folder):
+        start = time.time()
         time.sleep(seconds * float(os.environ.get("MOVE_SLOWDOWN", "1")))
         who = os.environ.get("MOVE_WORKER", "?")
-        Path(folder, f"{i}.{who}.{uuid.uuid4().hex}").touch()
+        Path(folder, f"{i}.{who}.{uuid.uuid4().hex}").write_text(str(start))
         return who
     """
 
@@ -36,7 +37,8 @@ MAIN = """
     import movetasks
 
     if __name__ == "__main__":
-        logging.basicConfig(level=logging.DEBUG if "-v" in sys.argv else logging.WARNING)
+        logging.basicConfig(level=logging.DEBUG if "-v" in sys.argv else logging.WARNING,
+                            format="%(created).3f %(message)s")
         n, seconds, folder = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
         responses = [movetasks.step(i, seconds, folder) for i in range(n)]
         print("SUBMITTED", flush=True)
@@ -77,16 +79,19 @@ def test_a_worker_that_joins_late_gets_tasks_queued_on_another(
     folder = setup(workspace, tmp_path)
     first = worker(start_worker, "a")
     late = f"ipc://{tmp_path}/late.sock"
-    with ended(main(workspace, [first.address, late], "16", "0.4", str(folder))) as proc:
+    with ended(main(workspace, [first.address, late], "16", "0.4", str(folder),
+                    "-v")) as proc:
         assert proc.stdout is not None and proc.stdout.readline() == "SUBMITTED\n"
         wait_for(lambda: runs(folder)[1]["a"], what="the first worker running tasks")
         second = worker(start_worker, "b", listen=late)
-        joined = time.monotonic()
+        joined = time.time()
         wait_for(lambda: runs(folder)[1]["b"], timeout=30, what="the late worker running "
                  "tasks queued on the first")
-        print(f"the late worker ran its first task {time.monotonic() - joined:.2f} s after "
-              "it was up (including that task)")
-        out, _ = finish(proc)
+        out, err = finish(proc)
+    started = min(float(p.read_text()) for p in folder.glob("*.b.*"))
+    moved = [float(line.split()[0]) for line in err.splitlines() if "gave back" in line]
+    print(f"the late worker started its first task {started - joined:.2f} s after it was up, "
+          f"{started - moved[0]:.2f} s after the first move was answered")
     times, by_worker = runs(folder)
     assert times == Counter(range(16)), "a task was lost or ran twice"
     assert out.split()[1:].count("b") == by_worker["b"] >= 2

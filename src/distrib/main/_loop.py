@@ -233,6 +233,7 @@ class Loop:
             self._print(link, msg)
         elif isinstance(msg, m.Welcome):
             self.links.on_welcome(link, msg)
+            self._rebalance()  # (a worker that joins takes queued tasks at once)
         elif isinstance(msg, m.Pong):
             self.links.on_pong(link, msg)
         elif isinstance(msg, m.Revoked):
