@@ -189,3 +189,12 @@ def test_moves_remember_the_thief_until_the_victim_answers() -> None:
     s.leave("a")
     moves.prune(s)
     assert moves.asked == {}
+
+
+def test_a_worker_offering_no_slot_neither_takes_nor_breaks_the_plan() -> None:
+    s = scheduler(worker("a"), tasks=17)
+    s.assign()
+    s.join(WorkerView("none", "none", "linux", PY, 0))
+    s.join(worker("b"))
+    [move] = plan(s, Counter())
+    assert move.thief == "b"

@@ -159,7 +159,8 @@ class Loop:
                                frames=tuple(f for _, fs in batch for f in fs)))
 
     def _rebalance(self) -> None:
-        """Ask workers for queued tasks back, for workers with free slots (``_rebalance``)."""
+        """Ask workers for queued tasks back, for workers that would start them sooner
+        (``_rebalance``)."""
         self.moves.prune(self.scheduler)
         for move in plan(self.scheduler, self.moves.incoming()):
             self.scheduler.revoke(move.victim, move.task_ids)
@@ -172,8 +173,8 @@ class Loop:
         for thief, tasks in self.moves.answered(link.link_id, given, msg.kept).items():
             self._send(thief, self.scheduler.place(thief, tasks))
         if given:
-            log.debug("worker %s gave back %d task(s) for workers with free slots; %d had "
-                      "started", link.label, len(given), len(msg.kept))
+            log.debug("worker %s gave back %d task(s) for workers that start them sooner; %d "
+                      "had started", link.label, len(given), len(msg.kept))
 
     # --- what workers send -------------------------------------------------------------------
 
@@ -320,8 +321,9 @@ class Loop:
                     continue
             if task is None:
                 continue
-            if "ran" in spec.info:
-                self.scheduler.ran(link.link_id, _seconds(spec.info["ran"]))
+            ran = _seconds(spec.info.get("ran", ""))
+            if ran is not None:
+                self.scheduler.ran(link.link_id, ran)
             if task.task_id in self.nested.parents:
                 self.nested.parents_moved([task])  # (its run here ended: its calls too)
                 self.nested.finished(link.link_id, task.task_id)
@@ -420,11 +422,14 @@ class Loop:
                         " or ".join(req[0]), req[1], self.scheduler.python, seen)
 
 
-def _seconds(text: str) -> float:
+def _seconds(text: str) -> float | None:
+    """A task's run time as its worker says (``info.ran``); None if that is no plausible
+    number (a worker's word: not trusted to be one)."""
     try:
-        return max(0.0, float(text))
-    except ValueError:  # (a worker's word: a malformed figure counts as none)
-        return 0.0
+        seconds = float(text)
+    except ValueError:
+        return None
+    return seconds if 0.0 <= seconds < 1e7 else None  # (nan and inf fail both)
 
 
 def _inline_bytes(item: tuple[m.TaskSpec, list[Any]]) -> int:

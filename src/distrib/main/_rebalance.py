@@ -1,5 +1,5 @@
 """Work that moves to where the slots are: which tasks queued on a worker the Main takes back,
-and for which worker, when another has free slots and nothing waits for it here.
+and for which worker, when another would start them sooner and nothing waits for it here.
 
 Pure: no sockets and no clock. The I/O loop asks ``plan`` at each tick, sends each move's
 ``Revoke`` to its victim, and, once the victim answers which tasks it gave back (the others
@@ -81,7 +81,7 @@ def plan(scheduler: Scheduler, incoming: Counter[str]) -> list[Move]:
     typical = known[len(known) // 2] if known else 1.0
 
     def per_slot(w: WorkerView) -> float:
-        return (w.task_seconds or typical) / w.slots
+        return (w.task_seconds or typical) / max(w.slots, 1)
 
     held = {w.link: len(w.inflight) - len(w.revoking) + incoming[w.link] for w in workers}
     victims = [(-held[w.link] * per_slot(w), w.link) for w in workers if queued[w.link] > 0]
