@@ -85,6 +85,19 @@ def test_an_answer_for_tasks_not_asked_back_changes_nothing() -> None:
     assert s.take_back("a", [2], []) == [] and len(s) == 3
 
 
+def test_a_task_cancelled_while_asked_back_goes_nowhere() -> None:
+    class Cancelled:
+        def _is_pending(self) -> bool:
+            return False
+
+    s = scheduler(worker("a"), worker("b"), tasks=2)
+    s.assign()
+    s.revoke("a", [0])
+    [given] = s.take_back("a", [0], [])
+    given.response = Cancelled()
+    assert s.place("b", [given]) == [] and not s.pending_for(s.workers["b"])
+
+
 def test_a_task_for_a_worker_that_left_waits_for_any() -> None:
     s = scheduler(worker("a"), tasks=2)
     s.assign()
