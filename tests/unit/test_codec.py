@@ -39,6 +39,8 @@ SAMPLES: list[m.Message] = [
               m.TaskSpec(3, "d", 1, None, 0, [b"only", b"inline"], 0)],
              frames=(b"a", b"b", b"c")),
     m.Cancel([1, 2]),
+    m.Revoke([3, 4]),
+    m.Revoked([3], [4]),
     m.Results([m.ResultSpec(1, m.Outcome.OK, {}, [], 1),
                m.ResultSpec(2, m.Outcome.ERROR, {"type": "E"}, [b"x"], 0)],
               frames=(b"r",)),

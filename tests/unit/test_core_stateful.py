@@ -46,6 +46,7 @@ from distrib.worker._events import (
     Event,
     ExecutorDied,
     ExecutorReady,
+    GaveBack,
     Kill,
     MainLeft,
     OwnerStateChanged,
@@ -53,6 +54,7 @@ from distrib.worker._events import (
     QuotaSet,
     Report,
     Resize,
+    RevokeAsked,
     Skip,
     Spawn,
     TaskCalled,
@@ -119,6 +121,12 @@ class CoreMachine(RuleBasedStateMachine):
                 assert id(action.task) not in self.reported, (
                     f"task {action.task.task_id} reported twice")
                 self.reported.add(id(action.task))
+            elif isinstance(action, GaveBack):  # (back to its Main: it must not run here)
+                for task_id in action.given:
+                    task = next(t for t in self.tasks if t.task_id == task_id)
+                    assert task.peer == action.peer, "a task given back to another Main"
+                    assert id(task) not in self.reported, f"task {task_id} given back twice"
+                    self.reported.add(id(task))
             elif isinstance(action, Drained):
                 assert self.core.state == "draining" and not self.core.running_any()
 
@@ -204,6 +212,12 @@ class CoreMachine(RuleBasedStateMachine):
     def cancel(self, data: st.DataObject) -> None:
         self.do(CancelAsked(*data.draw(st.sampled_from(self.submitted))))
 
+    def revoke(self, data: st.DataObject) -> None:
+        """A Main takes tasks back: its own, another Main's (a hostile one), or unknown."""
+        asked = data.draw(st.lists(st.sampled_from(self.submitted), max_size=4))
+        self.do(RevokeAsked(data.draw(st.sampled_from(MAINS)),
+                            tuple(task_id for _, task_id in asked) + (10_000,)))
+
     def owner(self, data: st.DataObject) -> None:
         state: OwnerWord = data.draw(st.sampled_from(["serving", "paused", "draining"]))
         self.do(OwnerStateChanged(state, data.draw(st.booleans())))
@@ -259,6 +273,7 @@ EVENTS: list[tuple[str, int, Callable[[CoreMachine], object]]] = [
     ("resume", 1, lambda m: m.waiting()),
     ("skipped", 3, lambda m: m.skips),
     ("cancel", 1, lambda m: m.submitted),
+    ("revoke", 2, lambda m: m.submitted),
     ("owner", 1, lambda m: m.core.state != "draining"),  # (draining is the owner's last word)
     ("main_left", 1, lambda m: True),
     ("quota", 1, lambda m: True),

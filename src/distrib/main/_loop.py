@@ -23,12 +23,13 @@ import zmq
 
 from distrib import _config, _shared, _shm
 from distrib._errors import AuthError, DependencyError, DistribError, SerializationError, WorkerLost
-from distrib.main import _health, _speculation
+from distrib.main import _health
 from distrib.main._handoff import NONE, Inbox, in_shm, share_in_shm
 from distrib.main._link import Link
 from distrib.main._links import Links
 from distrib.main._nested import Nested
-from distrib.main._outcomes import Outputs, environment_problem, settle
+from distrib.main._outcomes import Outputs, settle
+from distrib.main._relocation import Relocation
 from distrib.main._scheduler import Scheduler, Task
 from distrib.main._shipping import blob_messages
 from distrib.main._stats import Stats
@@ -71,9 +72,7 @@ class Loop:
         self.stopping = False
         self._published = 0.0
         self._warned: set[Any] = set()
-        self.durations = _speculation.Durations()  # run times of speculative functions
-        self.copies_started = 0  # second copies of straggling tasks (``_speculate``)
-        self.speculating = False  # a speculative task was submitted: progress is followed
+        self.relocation = Relocation(scheduler, links, nested, self._send)
 
     def run(self) -> None:
         links = self.links.links
@@ -108,8 +107,9 @@ class Loop:
                 if now >= next_tick:
                     self._tick(now)
                     self.scheduler.observe(now - last_tick)
-                    if self.durations.any():
-                        self._speculate(now)
+                    if self.relocation.durations.any():
+                        self.relocation.speculate(now)
+                    self.relocation.rebalance()
                     last_tick = now
                     next_tick = now + min(self.settings.heartbeat_interval, 0.2)
         except Exception:  # a bug here would hang every unwrap(): say so loudly
@@ -126,7 +126,7 @@ class Loop:
             task = incoming.popleft()
             self.scheduler.add(task)
             if task.speculative:
-                self.speculating = True
+                self.relocation.speculating = True
             if stats is not None:
                 stats.submitted(task.name)
         while cancels:
@@ -147,6 +147,9 @@ class Loop:
                 self._send(link_id, tasks, now)
 
     def _send(self, link_id: str, tasks: list[Task], now: float) -> None:
+        """Send tasks placed on a worker, in batches."""
+        if not tasks:
+            return
         link = self.links.links[link_id]
         specs: list[tuple[m.TaskSpec, list[Any]]] = []
         for t in tasks:
@@ -164,7 +167,7 @@ class Loop:
         for batch in batches(specs, _inline_bytes):
             link.send(m.Submit([spec for spec, _ in batch],
                                frames=tuple(f for _, fs in batch for f in fs)))
-        if self.speculating:
+        if self.relocation.speculating:
             self.scheduler.progressed(link_id, now)
 
     # --- what workers send -------------------------------------------------------------------
@@ -225,8 +228,11 @@ class Loop:
             self._print(link, msg)
         elif isinstance(msg, m.Welcome):
             self.links.on_welcome(link, msg)
+            self.relocation.rebalance()  # (a worker that joins takes queued tasks at once)
         elif isinstance(msg, m.Pong):
             self.links.on_pong(link, msg)
+        elif isinstance(msg, m.Revoked):
+            self.relocation.on_revoked(link, msg)
         elif isinstance(msg, m.Refused):
             self.links.on_refused(link, msg)
         elif isinstance(msg, m.NeedManifest):
@@ -309,7 +315,10 @@ class Loop:
                     continue
             if task is None:
                 continue
-            if task.speculative and not self._one_outcome(link, task, spec):
+            ran = _seconds(spec.info.get("ran", ""))
+            if ran is not None:
+                self.scheduler.ran(link.link_id, ran)
+            if task.speculative and not self.relocation.one_outcome(link, task, spec):
                 continue
             if task.task_id in self.nested.parents:
                 self.nested.parents_moved([task])  # (its run here ended: its calls too)
@@ -322,58 +331,8 @@ class Loop:
                     self.stats.ran(task.name, spec.info["ran"])
                 self._count(task, link.name, link.link_id,
                             retried=spec.status is m.Outcome.CRASHED)
-        if self.speculating:  # (the slots these ended free start the next tasks there)
+        if self.relocation.speculating:  # (the slots these ended free start the next tasks there)
             self.scheduler.progressed(link.link_id, time.monotonic())
-
-    def _one_outcome(self, link: Link, task: Task, spec: m.ResultSpec) -> bool:
-        """A speculative task's outcome from ``link``: measure its run; with a second copy
-        running, the first decisive outcome is the task's (the other copy is cancelled) and
-        any other ends that copy alone. False: nothing more to do for this report."""
-        ran = spec.info.get("ran")
-        if spec.status is m.Outcome.OK and ran is not None:
-            try:
-                self.durations.add(task.name, float(ran))
-            except ValueError:
-                pass
-        if task.task_id not in self.scheduler.copies:
-            return True
-        if not _speculation.decisive(spec.status, spec.status is m.Outcome.ERROR and bool(
-                environment_problem(spec.info))):
-            self.scheduler.copy_ended(link.link_id, task)
-            log.info("the copy of %s#%d on worker %s ended (%s); its other copy goes on",
-                     task.name, task.task_id, link.label, spec.status)
-            return False
-        for other in self.scheduler.drop_copies(task.task_id, keep=link.link_id):
-            self.links.links[other].send(m.Cancel([task.task_id]))
-            log.info("%s#%d: the copy on worker %s ended first; the copy on worker %s is "
-                     "cancelled", task.name, task.task_id, link.label,
-                     self.links.links[other].label)
-        return True
-
-    def _speculate(self, now: float) -> None:
-        """Once nothing is pending and a slot is idle, start second copies of straggling
-        speculative tasks there (``_speculation``)."""
-        if not self.scheduler.has_idle_slots():
-            return
-        running = {t.task_id: (t, since) for t, since in self.scheduler.running_speculative()
-                   if t.task_id not in self.nested.parents}  # (their calls would run twice)
-        if not running:
-            return
-        late = _speculation.stragglers(now, ((t.task_id, t.name, since)
-                                             for t, since in running.values()), self.durations)
-        for task_id in late:
-            task, since = running[task_id]
-            first = task.link
-            link_id = self.scheduler.start_copy(task)
-            if link_id is None or first is None:
-                continue
-            median = self.durations.median(task.name) or 0.0
-            log.info("%s#%d has waited on worker %s for %.1f s (its runs take %.2f s): a second "
-                     "copy starts on worker %s", task.name, task.task_id,
-                     self.links.links[first].label, now - since, median,
-                     self.links.links[link_id].label)
-            self.copies_started += 1
-            self._send(link_id, [task], now)
 
     def _count(self, task: Task, worker: str = "", reported_by: str = "",
                retried: bool = False) -> None:
@@ -459,6 +418,16 @@ class Loop:
             log.warning("tasks need platform %s, %d thread(s) and Python %s; no connected "
                         "worker offers that (workers seen: %s). They wait for one.",
                         " or ".join(req[0]), req[1], self.scheduler.python, seen)
+
+
+def _seconds(text: str) -> float | None:
+    """A task's run time as its worker says (``info.ran``); None if that is no plausible
+    number (a worker's word: not trusted to be one)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        return None
+    return seconds if 0.0 <= seconds < 1e7 else None  # (nan and inf fail both)
 
 
 def _inline_bytes(item: tuple[m.TaskSpec, list[Any]]) -> int:

@@ -74,6 +74,10 @@ class WorkerView:
     parked: set[int] = field(default_factory=set)
     lent: int = 0  # their threads: slots free for other tasks
     progress: float = 0.0  # when it last reported outcomes (kept with speculative tasks only)
+    task_seconds: float = 0.0  # a task's run time there, as its results say (smoothed; 0: none
+    # yet): how fast it is, whatever it is sent (``rate`` is bounded by what it holds)
+    revoking: set[int] = field(default_factory=set)  # its tasks asked back (``Revoke``), in
+    # flight until it answers
 
     def can_run(self, req: Requirement, python: str, paused_too: bool = False) -> bool:
         """Whether it can take a task of ``req`` now (``paused_too``: or once resumed)."""
@@ -223,6 +227,60 @@ class Scheduler:
             task.link = None
         return task
 
+    def ran(self, link: str, seconds: float) -> None:
+        """A task ran ``seconds`` on that worker (its ``task_seconds``, smoothed)."""
+        worker = self.workers.get(link)
+        if worker is not None:
+            worker.task_seconds = (0.7 * worker.task_seconds + 0.3 * seconds
+                                   if worker.task_seconds else seconds)
+
+    def revoke(self, link: str, task_ids: list[int]) -> None:
+        """These tasks of the worker are asked back: they stay in flight there (and are not
+        asked back again) until it answers (``take_back``)."""
+        worker = self.workers.get(link)
+        if worker is not None:
+            worker.revoking.update(i for i in task_ids if i in worker.inflight)
+
+    def take_back(self, link: str, given: list[int], kept: list[int]) -> list[Task]:
+        """The worker answered: ``given`` left its queue (returned, no longer in flight; no
+        attempt counted), ``kept`` started there and stays. Ids not asked back, or asked of
+        an earlier connection of that worker, are ignored."""
+        worker = self.workers.get(link)
+        if worker is None:
+            return []
+        out: list[Task] = []
+        for task_id in given:
+            if task_id in worker.revoking and (task := worker.inflight.pop(task_id, None)):
+                worker.inflight_slots -= task.threads
+                worker.full = False
+                task.link = None
+                out.append(task)
+        worker.revoking.difference_update(given)
+        worker.revoking.difference_update(kept)
+        return out
+
+    def place(self, link: str, tasks: list[Task]) -> list[Task]:
+        """Put tasks taken back on the worker ``link`` (a move's destination); return those
+        it took. The others (it left, or cannot run them) wait here, first in line."""
+        worker = self.workers.get(link)
+        placed: list[Task] = []
+        for task in tasks:
+            if task.response is not None and not task.response._is_pending():
+                continue  # cancelled while it was asked back
+            if worker is None or not worker.can_run(task.requirement, self.python):
+                self.add(task, front=True)
+                continue
+            task.link = link
+            worker.inflight[task.task_id] = task
+            worker.inflight_slots += task.threads
+            placed.append(task)
+        return placed
+
+    def pending_for(self, worker: WorkerView) -> bool:
+        """Whether a task waiting here could go to ``worker``."""
+        return any(queue and worker.can_run(req, self.python)
+                   for req, queue in self.pending.items())
+
     def defer(self, link: str, task: Task) -> None:
         """The worker holds as much of this Main's work as it takes: the task waits here
         (no attempt counted) and the worker gets nothing more until it reports or a tick."""
@@ -296,13 +354,15 @@ class Scheduler:
                    for w in self.workers.values())
 
     def running_speculative(self) -> Iterator[tuple[Task, float]]:
-        """Tasks in flight that may get a second copy (marked so, and not copied yet), each
-        with the time since when it waits on its worker: since it started there, as reckoned
-        (``progressed``), or for one queued there, since the worker last reported outcomes
-        (a worker that stopped holds up its queue too), or since it was sent."""
+        """Tasks in flight that may get a second copy (marked so, not copied yet, not being
+        moved), each with the time since when it waits on its worker: since it started there,
+        as reckoned (``progressed``), or for one queued there, since the worker last reported
+        outcomes (a worker that stopped holds up its queue too), or since it was sent."""
         for worker in self.workers.values():
             for task in worker.inflight.values():
-                if task.speculative and not task.copied:
+                # (not one being asked back: it may be on its way to another worker)
+                if (task.speculative and not task.copied
+                        and task.task_id not in worker.revoking):
                     yield task, task.started or max(task.sent, worker.progress)
 
     def progressed(self, link: str, now: float) -> None:

@@ -22,7 +22,8 @@ from distrib.wire._kinds import Outcome as Outcome
 from distrib.wire._kinds import RefusalCode as RefusalCode
 from distrib.wire._kinds import payload_size as payload_size
 
-PROTOCOL_VERSION = 15  # 15: the Main measures each link's round trip (``Ping``, ``Pong``);
+PROTOCOL_VERSION = 16  # 16: the Main takes back tasks queued on a worker (``Revoke``,
+# ``Revoked``); 15: the Main measures each link's round trip (``Ping``, ``Pong``);
 # 14: a call's payload names its function in a frame of its own;
 # 13: a worker may dial its Main (``Dial``); 12: headers checked by
 # msgspec (a Hello may leave out trailing defaults)
@@ -220,6 +221,22 @@ class Cancel(Message, frozen=True, tag=11):
 
     TAG: ClassVar[int] = 11
     task_ids: list[int]
+
+
+class Revoke(Message, frozen=True, tag=36):
+    """Main -> worker: give back these tasks if they have not started (they move elsewhere)."""
+
+    TAG: ClassVar[int] = 36
+    task_ids: list[int]
+
+
+class Revoked(Message, frozen=True, tag=37):
+    """Worker -> Main: the answer to ``Revoke``. ``given``: taken out of its queue, never to
+    run there; ``kept``: started (or handed to an executor, done, or unknown): they stay."""
+
+    TAG: ClassVar[int] = 37
+    given: list[int]
+    kept: list[int]
 
 
 class ResultSpec(Struct, frozen=True, array_like=True, forbid_unknown_fields=True, gc=False):
@@ -449,6 +466,8 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     Placed,
     Submit,
     Cancel,
+    Revoke,
+    Revoked,
     Results,
     Call,
     ChildResult,

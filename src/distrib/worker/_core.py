@@ -34,6 +34,7 @@ from distrib.worker._events import (
     ExecutorLeaving,
     ExecutorEnvError,
     ExecutorReady,
+    GaveBack,
     HandBack,
     MainDropped,
     MainLeft,
@@ -43,6 +44,7 @@ from distrib.worker._events import (
     QuotaSet,
     Report,
     Resize,
+    RevokeAsked,
     Rewaited,
     StuckChanged,
     StuckHandedBack,
@@ -83,7 +85,8 @@ class Core(CoreState):
             ExecutorEnvError: self._env_error, ExecutorDied: self._executor_died,
             ExecutorLeaving: self._executor_leaving,
             TaskCalled: self._called, TaskParked: self._park, TaskResumed: self._resume,
-            CancelAsked: self._cancel, HandBack: self._hand_back_event, Resize: self._resize,
+            CancelAsked: self._cancel, RevokeAsked: self._revoke,
+            HandBack: self._hand_back_event, Resize: self._resize,
             QuotaSet: self._set_quota, OwnerStateChanged: self._owner, MainLeft: self._main_left,
             Warm: self._warm_event, Turn: self._turn, Tick: self._tick}
         self._handlers = handlers
@@ -154,6 +157,16 @@ class Core(CoreState):
                 if run.task.peer == event.peer and run.task.task_id == event.task_id:
                     self._withdraw(ex, run, i == 0, Withdrawn.CANCELLED)
                     return
+
+    def _revoke(self, event: RevokeAsked, now: float) -> None:
+        """Its queued tasks leave the queue; the others stay and run here (one handed to an
+        executor counts as started: its executor may be starting it now)."""
+        given: list[int] = []
+        kept: list[int] = []
+        for task_id in event.task_ids:
+            taken = self.queues.remove(event.peer, task_id)
+            (kept if taken is None else given).append(task_id)
+        self._out.append(GaveBack(event.peer, given, kept))
 
     def _main_left(self, event: MainLeft, now: float) -> None:
         """Forget its tasks; ``MainDropped`` says how many were queued and running."""

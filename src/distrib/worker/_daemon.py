@@ -43,6 +43,7 @@ from distrib.worker._events import (
     Action,
     Admit,
     Drained,
+    GaveBack,
     Kill,
     MainDropped,
     Report,
@@ -421,9 +422,9 @@ class Daemon:
         return sandboxes, Box(env, self.runs, reads, context.network, context.shm)
 
     def _notice(self, action: Admit | Rewaited | StuckChanged | StuckHandedBack | Vacating
-                | MainDropped | Drained) -> None:
-        """What the Mains, the log or the loop hear of the core's decisions (``Admit`` and
-        ``MainDropped`` answer the role that sent the event: it carries them out)."""
+                | MainDropped | GaveBack | Drained) -> None:
+        """What the Mains, the log or the loop hear of the core's decisions (``Admit``,
+        ``MainDropped``, ``GaveBack`` answer the role that sent the event: it acts on them)."""
         if isinstance(action, Rewaited):
             self._rewaited.add(action.peer)
         elif isinstance(action, StuckChanged):

@@ -16,6 +16,8 @@ out the actions returned, in order:
     StuckHandedBack(count)   the queued tasks went back because every slot stayed held
     Vacating(running)        the worker stops lending and stops its running tasks
     MainDropped(peer, ...)   a Main's tasks were forgotten (how many, for the log)
+    GaveBack(peer, ...)      which of the tasks a Main took back left the queue (the answer
+                             to RevokeAsked, sent by the role that asked)
     Drained()                draining, and nothing runs any more: the worker leaves
 """
 
@@ -216,6 +218,13 @@ class CancelAsked(Struct, frozen=True):
     task_id: int
 
 
+class RevokeAsked(Struct, frozen=True):
+    """``peer`` takes back its tasks ``task_ids`` that have not started (to run elsewhere)."""
+
+    peer: bytes
+    task_ids: tuple[int, ...]
+
+
 class HandBack(Struct, frozen=True):
     """Every task not started goes back to its Main; ``vacate``: running ones too."""
 
@@ -274,7 +283,8 @@ Event: TypeAlias = (
     TaskSubmitted | TaskQueued | TaskDeferred | DistReady | DistUnavailable | DistReplaced
     | EnvReady | EnvFailed | EnvDropped | ObjectsArrived | ObjectsUnavailable | ExecutorReady
     | TaskDone | TaskSkipped | ExecutorEnvError | ExecutorDied | ExecutorLeaving | TaskCalled
-    | TaskParked | TaskResumed | CancelAsked | HandBack | Resize | QuotaSet | OwnerStateChanged | MainLeft
+    | TaskParked | TaskResumed | CancelAsked | RevokeAsked | HandBack | Resize | QuotaSet
+    | OwnerStateChanged | MainLeft
     | Warm | Turn | Tick)
 
 
@@ -334,9 +344,18 @@ class MainDropped(Struct, frozen=True):
     running: int  # its running tasks, stopped
 
 
+class GaveBack(Struct, frozen=True):
+    """Of the tasks ``peer`` took back: ``given`` left the queue and will not run here;
+    ``kept`` had started (or were handed to an executor, done or unknown) and stay."""
+
+    peer: bytes
+    given: list[int]
+    kept: list[int]
+
+
 class Drained(Struct, frozen=True):
     pass
 
 
 Action: TypeAlias = (Spawn | Send | Skip | Kill | Report | Admit | Rewaited | StuckChanged
-                     | StuckHandedBack | Vacating | MainDropped | Drained)
+                     | StuckHandedBack | Vacating | MainDropped | GaveBack | Drained)

@@ -33,9 +33,11 @@ from distrib.worker._events import (
     Admit,
     CancelAsked,
     EnvReady,
+    GaveBack,
     MainDropped,
     MainLeft,
     QuotaSet,
+    RevokeAsked,
     TaskQueued,
     TaskSubmitted,
 )
@@ -164,6 +166,8 @@ class Serving:
         elif isinstance(msg, m.Cancel):
             for task_id in msg.task_ids:
                 self.apply(self.core.handle(CancelAsked(peer, task_id), time.monotonic()))
+        elif isinstance(msg, m.Revoke):
+            self._on_revoke(peer, msg, bool(main.account))
         elif isinstance(msg, m.Manifest):
             supply.on_change(supply.dists.on_manifest(msg))
         elif isinstance(msg, m.Blobs) and supply.envs.building(msg.dist):
@@ -186,6 +190,17 @@ class Serving:
             self.drop_main(peer, "said goodbye")
         elif not isinstance(msg, m.Heartbeat):
             peer_log.warning("dropped unexpected %s from Main %s", type(msg).__name__, main.name)
+
+    def _on_revoke(self, peer: bytes, msg: m.Revoke, delegate: bool) -> None:
+        """Give back the tasks not started; say which (a delegate's calls stay: they are
+        this worker's own)."""
+        if delegate:
+            self.send(peer, m.Revoked([], list(msg.task_ids)))
+            return
+        actions = self.core.handle(RevokeAsked(peer, tuple(msg.task_ids)), time.monotonic())
+        answer = next(a for a in actions if isinstance(a, GaveBack))
+        self.send(peer, m.Revoked(answer.given, answer.kept))
+        self.apply([a for a in actions if a is not answer])
 
     def _on_hello(self, peer: bytes, msg: m.Hello, key: str) -> None:
         if msg.protocol != m.PROTOCOL_VERSION:
