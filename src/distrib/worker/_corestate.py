@@ -36,8 +36,8 @@ TINY_TASK = 0.005  # seconds: executors of tasks this short get PREFETCH queued,
 PREFETCH = 4  # tasks waiting in an executor's pipe behind the running one
 PREFETCH_BYTES = 16 * 1024  # only small calls: the pipe's buffer must hold them all
 # Tasks under half a millisecond: more queued, so that their outcomes come back in batches
-# (``executor._outgoing``) and the loop turns once per batch, not per task; smaller calls
-# only, so that the pipe's buffer still holds them all.
+# (``executor._outgoing``) and the loop turns once per batch, not per task; beyond PREFETCH,
+# smaller calls only, so that the pipe's buffer still holds them all.
 TINIEST_TASK = 0.0005
 PREFETCH_DEEP = 16
 PREFETCH_DEEP_BYTES = 4 * 1024
@@ -310,9 +310,10 @@ class CoreState:
             if held.get(account, 0) > self.limits.get(account, self.capacity):
                 continue  # over its quota since it was lowered: let its slots drain
             run_time = self._run_time.get(key, 1.0)
-            depth, most = (PREFETCH_DEEP, PREFETCH_DEEP_BYTES) if run_time <= TINIEST_TASK \
-                else (PREFETCH if run_time <= TINY_TASK else 1, PREFETCH_BYTES)
+            depth = PREFETCH_DEEP if run_time <= TINIEST_TASK \
+                else PREFETCH if run_time <= TINY_TASK else 1
             while len(ex.runs) <= depth:
+                most = PREFETCH_BYTES if len(ex.runs) <= PREFETCH else PREFETCH_DEEP_BYTES
                 # (the same Main's: then each account's slots held stay as they are, within
                 # its quota)
                 task = self.queues.next_runnable(key.threads, lambda t: (
