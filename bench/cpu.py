@@ -8,8 +8,9 @@ a call shows here first.
 
     bench/.venv/bin/python -m bench.cpu [--calls 5000] [--only W1,W2] [--profile DIR]
 
-``--profile DIR`` runs the Main under cProfile and writes DIR/main-W1.prof (and so on); the
-daemon and executors are profiled by ``DISTRIB_PROFILE_DIR`` (set it before the run).
+``--profile DIR`` runs the Main's user thread under cProfile and writes DIR/main-W1.prof (and
+so on). The same figures are the bench's W1-cpu and W2-cpu workloads (``bench/run --only
+W1,W2``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -48,29 +50,30 @@ def _thread_times(pid: int) -> dict[int, tuple[str, float]]:
     return out
 
 
+ROLES = {  # metric key -> row label
+    "user_us": "Main: the user's thread",
+    "io_us": "Main: its I/O thread (distrib-io)",
+    "main_other_us": "Main: its other threads (ZeroMQ's)",
+    "daemon_us": "worker daemon",
+    "executors_us": "executors",
+}
+
+
 def _snapshot() -> dict[tuple[str, int, int], float]:
     """(role, pid, tid) -> CPU seconds, for the Main, the daemon and the executors."""
     me = psutil.Process()
-    python_threads = {t.native_id: t.name for t in threading.enumerate()}
-    main_tid = threading.main_thread().native_id
+    user, io = threading.main_thread().native_id, {
+        t.native_id for t in threading.enumerate() if t.name == "distrib-io"}
     out: dict[tuple[str, int, int], float] = {}
-    for tid, (name, seconds) in _thread_times(me.pid).items():
-        if tid == main_tid:
-            role = "Main: user thread"
-        elif "io" in python_threads.get(tid, "").lower() or "distrib" in python_threads.get(
-                tid, "").lower():
-            role = f"Main: {python_threads[tid]}"
-        elif tid in python_threads:
-            role = f"Main: {python_threads[tid]}"
-        else:
-            role = f"Main: {name} (C threads)"
+    for tid, (_name, seconds) in _thread_times(me.pid).items():
+        role = "user_us" if tid == user else "io_us" if tid in io else "main_other_us"
         out[(role, me.pid, tid)] = seconds
     for child in me.children(recursive=True):
         try:
-            cmd = " ".join(child.cmdline())
+            cmd = child.cmdline()
         except psutil.Error:
             continue
-        role = "daemon" if " worker" in cmd and "executor" not in cmd else "executors"
+        role = "daemon_us" if "worker" in cmd and "distrib" in cmd else "executors_us"
         for tid, (_name, seconds) in _thread_times(child.pid).items():
             out[(role, child.pid, tid)] = seconds
     return out
@@ -78,10 +81,44 @@ def _snapshot() -> dict[tuple[str, int, int], float]:
 
 def _per_role(before: dict[tuple[str, int, int], float],
               after: dict[tuple[str, int, int], float]) -> dict[str, float]:
-    roles: dict[str, float] = {}
+    roles = dict.fromkeys(ROLES, 0.0)
     for key, seconds in after.items():
-        roles[key[0]] = roles.get(key[0], 0.0) + seconds - before.get(key, 0.0)
+        roles[key[0]] += seconds - before.get(key, 0.0)
     return roles
+
+
+def trace(fw: Any, calls: int, way: str, profile: Path | None = None) -> tuple[dict[str, float],
+                                                                              float]:
+    """CPU µs per call by role (``ROLES``) for ``calls`` calls of inc on ``fw`` (distrib,
+    started), all at once (``way`` "W1") or one after the other ("W2"); and the wall time."""
+    time.sleep(0.2)  # (let the warm-up's stragglers settle)
+    profiler = cProfile.Profile() if profile else None
+    before = _snapshot()
+    t0 = time.perf_counter()
+    if profiler:
+        profiler.enable()
+    if way == "W1":
+        handles = [fw.submit(inc, i) for i in range(calls)]
+        results = [fw.result(h) for h in handles]
+    else:
+        results = [fw.result(fw.submit(inc, i)) for i in range(calls)]
+    if profiler and profile:
+        profiler.disable()
+        profile.mkdir(parents=True, exist_ok=True)
+        profiler.dump_stats(str(profile / f"main-{way}.prof"))
+    wall = time.perf_counter() - t0
+    after = _snapshot()
+    if results != [i + 1 for i in range(calls)]:
+        raise AssertionError("inc returned wrong results")
+    return {k: v / calls * 1e6 for k, v in _per_role(before, after).items()}, wall
+
+
+def warm(fw: Any) -> None:
+    """Executors started and imported, the run times known."""
+    for h in [fw.submit(noop) for _ in range(50)]:
+        fw.result(h)
+    for h in [fw.submit(inc, i) for i in range(500)]:
+        fw.result(h)
 
 
 def main(argv: list[str]) -> int:
@@ -96,45 +133,20 @@ def main(argv: list[str]) -> int:
     rows: dict[str, dict[str, float]] = {}
     walls: dict[str, float] = {}
     try:
-        for h in [fw.submit(noop) for _ in range(50)]:
-            fw.result(h)
-        for h in [fw.submit(inc, i) for i in range(500)]:
-            fw.result(h)
+        warm(fw)
         for name in args.only.split(","):
-            time.sleep(0.2)  # (let the warm-up's stragglers settle)
-            profile = cProfile.Profile() if args.profile else None
-            before = _snapshot()
-            t0 = time.perf_counter()
-            if profile:
-                profile.enable()
-            if name == "W1":
-                handles = [fw.submit(inc, i) for i in range(args.calls)]
-                results = [fw.result(h) for h in handles]
-            else:
-                results = [fw.result(fw.submit(inc, i)) for i in range(args.calls)]
-            if profile:
-                profile.disable()
-                args.profile.mkdir(parents=True, exist_ok=True)
-                profile.dump_stats(str(args.profile / f"main-{name}.prof"))
-            walls[name] = time.perf_counter() - t0
-            after = _snapshot()
-            assert results == [i + 1 for i in range(args.calls)]
-            rows[name] = _per_role(before, after)
+            rows[name], walls[name] = trace(fw, args.calls, name, args.profile)
     finally:
         fw.stop()
     names = list(rows)
-    roles = sorted({role for row in rows.values() for role in row})
     print(f"CPU µs per call (user + system, from /proc), {args.calls:,} calls, "
           f"nproc {os.cpu_count()}, Python {sys.version.split()[0]}\n")
     print("| process / thread | " + " | ".join(names) + " |")
     print("| --- |" + " ---: |" * len(names))
-    for role in roles:
-        cells = [f"{rows[n].get(role, 0.0) / args.calls * 1e6:,.1f}" for n in names]
-        if all(c in ("0.0", "-0.0") for c in cells):
-            continue
-        print(f"| {role} | " + " | ".join(cells) + " |")
-    print("| **all** | " + " | ".join(
-        f"**{sum(rows[n].values()) / args.calls * 1e6:,.1f}**" for n in names) + " |")
+    for key, label in ROLES.items():
+        print(f"| {label} | " + " | ".join(f"{rows[n][key]:,.1f}" for n in names) + " |")
+    print("| **all** | " + " | ".join(f"**{sum(rows[n].values()):,.1f}**" for n in names)
+          + " |")
     print("| wall µs per call (busy machine: noisy) | " + " | ".join(
         f"{walls[n] / args.calls * 1e6:,.1f}" for n in names) + " |")
     return 0
