@@ -4,6 +4,7 @@ the time it ran."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -128,3 +129,25 @@ def test_a_flush_sends_the_held_outcomes_before_what_follows(
     outgoing.flush()
     outgoing._channel.send(Skip(9))
     assert [daemon.recv() for _ in range(2)] == [_done(1), Skip(9)]
+
+
+def test_a_task_that_forks_leaves_its_child_a_free_lock(pipes: tuple[Outgoing, Pipe]) -> None:
+    outgoing, daemon = pipes
+    outgoing.send(_done(1), 0.00001, waiting=3)  # (the watch runs from now on)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # (as the watch does as it sends)
+        with outgoing._lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(30)
+    threading.Timer(0.2, release.set).start()
+    pid = os.fork()  # (waits for the lock, so the child's copy is free)
+    if pid == 0:
+        os._exit(0 if outgoing._lock.acquire(timeout=5) else 1)
+    holder.join(30)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert daemon.recv() == _done(1)

@@ -12,6 +12,7 @@ the last of a burst), an outcome goes out at once, as before.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -67,6 +68,11 @@ class Outgoing:
             self._watch = threading.Thread(target=self._watching, name="distrib-outcomes",
                                            daemon=True)
             self._watch.start()
+            # A task that forks (multiprocessing) while the watch holds the lock would leave
+            # its child a lock no one releases, and the child's first print would hang.
+            os.register_at_fork(before=self._lock.acquire,
+                                after_in_parent=self._lock.release,
+                                after_in_child=self._lock.release)
         self._armed.set()
 
     def _watching(self) -> None:
