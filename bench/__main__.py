@@ -343,7 +343,8 @@ def table(workload: Workload, summary: dict[str, Any], versions: dict[str, str])
             spread = f"{fmt(row['min'])}–{fmt(row['max'])}"
             if row["failed"]:
                 spread += f" ({row['failed']}/{row['runs']} failed)"
-            ratio = "—" if name == "distrib" or ours is None else fmt(ours / row["median"])
+            ratio = "—" if name == "distrib" or ours is None or not row["median"] \
+                else fmt(ours / row["median"])  # (a CPU time under a clock tick reads 0)
             lines.append(f"| {name} | {version} | {fmt(row['median'])} | {spread} | {ratio} |")
         lines.append("")
     return lines

@@ -206,17 +206,48 @@ def throughput_dashboard(name: str, p: Metrics) -> Metrics:
     return {"tasks_per_s": p["calls"] / elapsed, "elapsed_s": elapsed, **extra}
 
 
+def _cpu_seconds() -> dict[int, float]:
+    """CPU seconds (user + system) of this process and of every process below it, by pid."""
+    me = psutil.Process()
+    out: dict[int, float] = {}
+    for proc in (me, *me.children(recursive=True)):
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:  # (it ended meanwhile)
+            continue
+        out[proc.pid] = times.user + times.system
+    return out
+
+
 def latency(name: str, p: Metrics) -> Metrics:
-    """W2: ``calls`` sequential call-then-wait round trips."""
+    """W2: ``calls`` sequential call-then-wait round trips, and the CPU they took: this
+    process's (the Main's) and its children's (the workers'), per call."""
     samples: list[float] = []
     with cluster(name, p["slots"]) as (fw, extra):
+        before = _cpu_seconds()
         for i in range(p["calls"]):
             t0 = time.perf_counter()
             result = fw.result(fw.submit(inc, i))
             samples.append(time.perf_counter() - t0)
             check([result], [i + 1], "inc")
+        after = _cpu_seconds()
+    used = {pid: seconds - before.get(pid, 0.0) for pid, seconds in after.items()}
+    main = used.pop(os.getpid(), 0.0)
     cuts = statistics.quantiles(samples, n=100, method="inclusive")
-    return {"median_us": statistics.median(samples) * 1e6, "p99_us": cuts[98] * 1e6, **extra}
+    return {"median_us": statistics.median(samples) * 1e6, "p99_us": cuts[98] * 1e6,
+            "cpu_us": (main + sum(used.values())) / p["calls"] * 1e6,
+            "main_cpu_us": main / p["calls"] * 1e6,
+            "workers_cpu_us": sum(used.values()) / p["calls"] * 1e6, **extra}
+
+
+def cpu_trace(name: str, p: Metrics) -> Metrics:
+    """W1-cpu, W2-cpu: CPU per call of each process and thread (``bench.cpu``)."""
+    from bench import cpu
+
+    with cluster(name, p["slots"]) as (fw, extra):
+        cpu.warm(fw)
+        roles, _wall = cpu.trace(fw, p["calls"], p["way"])
+    return {**roles, "all_us": sum(roles.values()), **extra}
 
 
 def sleeps(name: str, p: Metrics) -> Metrics:
@@ -460,6 +491,17 @@ class Workload:
     notes: tuple[str, ...] = field(default=())
 
 
+_CPU_METRICS = (Metric("all_us", "all processes", "µs", False),
+                *(Metric(key, label, "µs", False) for key, label in (
+                    ("user_us", "Main: the user's thread"),
+                    ("io_us", "Main: its I/O thread"),
+                    ("main_other_us", "Main: its other threads"),
+                    ("daemon_us", "worker daemon"),
+                    ("executors_us", "executors"))))
+_CPU_NOTES = ("CPU time (user + system, read from /proc before and after) per call, by process "
+              "and thread: what each adds to a call, steady on a busy machine where wall time "
+              "is not.",)
+
 _NESTED_METRICS = (Metric("fan_out_us", "time per call made at once", "µs", False),
                    Metric("chain_us", "time per call made one after the other", "µs", False))
 
@@ -489,8 +531,23 @@ WORKLOADS: dict[str, Workload] = {w.id: w for w in [
     Workload(
         "W2", "W2", "W2 latency: {calls:,} sequential inc(x) call-then-wait",
         (Metric("median_us", "median latency", "µs", False),
-         Metric("p99_us", "p99 latency", "µs", False)),
+         Metric("p99_us", "p99 latency", "µs", False),
+         Metric("cpu_us", "CPU per call, all processes", "µs", False),
+         Metric("main_cpu_us", "CPU per call, the Main's process", "µs", False),
+         Metric("workers_cpu_us", "CPU per call, the processes it started", "µs", False)),
         latency, {"slots": 2, "calls": 1_000}, {"slots": 2, "calls": 100}, 600,
+    ),
+    Workload(
+        "W1-cpu", "W1", "W1 CPU per call, distrib only: {calls:,} x inc(x) at once",
+        _CPU_METRICS, cpu_trace, {"slots": 2, "calls": 10_000, "way": "W1"},
+        {"slots": 2, "calls": 1_000, "way": "W1"}, 600, frameworks=("distrib",),
+        notes=_CPU_NOTES,
+    ),
+    Workload(
+        "W2-cpu", "W2", "W2 CPU per call, distrib only: {calls:,} x inc(x) call-then-wait",
+        _CPU_METRICS, cpu_trace, {"slots": 2, "calls": 2_000, "way": "W2"},
+        {"slots": 2, "calls": 200, "way": "W2"}, 600, frameworks=("distrib",),
+        notes=_CPU_NOTES,
     ),
     Workload(
         "W3", "W3", "W3 sleeps: {calls:,} x sleep({seconds}) on {slots} slots",

@@ -14,7 +14,7 @@ import os
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from distrib import _sealed, _serialize
@@ -51,8 +51,11 @@ class Channel:
         self._settler: threading.Thread | None = None
 
     def send(self, message: pm.PipeMessage) -> None:
+        self.send_many((message,))
+
+    def send_many(self, messages: Sequence[pm.PipeMessage]) -> None:
         with self.lock:
-            self.pipe.send(message)
+            self.pipe.send_many(messages)
             while self._later:
                 self.pipe.send(self._later.popleft())
 

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import socket
+import time
 import stat
 import struct
 from pathlib import Path
@@ -27,6 +28,7 @@ from distrib._errors import SerializationError
 from distrib.wire._kinds import Outcome, payload_size
 from distrib.executor import _isolation, _objects, _standing, _subcalls
 from distrib.executor._leftovers import Leftovers
+from distrib.executor._outgoing import Outgoing
 from distrib.wire._pipe import NICE_VAR, THREAD_VARS, Pipe, PipeError, decode
 from distrib.wire._pipe_messages import (
     Become, ChildOutcome, Context, Done, EnvError, Leaving, NoFork, Out, Ready, Run, Skip,
@@ -402,7 +404,8 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
     channel = _subcalls.channel = _subcalls.Channel(pipe, lock)
     _shared.load_frames = _objects.load  # (the calls' shared objects: this task's Main's)
     inbox = _Inbox(pipe, channel)
-    leftovers = Leftovers(lambda: (inbox.thread, *channel.threads()))
+    outgoing = Outgoing(channel)
+    leftovers = Leftovers(lambda: (inbox.thread, outgoing.thread, *channel.threads()))
     pipe.send(Ready(isolation.kind))
     real_out, real_err = sys.stdout, sys.stderr
     while True:
@@ -410,6 +413,7 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
         if task is None:
             return
         run_id, frames, shm, shm_pid = task.run_id, list(task.frames), task.shm, task.results_to
+        began = time.perf_counter()
         channel.start(run_id)
         _objects.current = Path(task.objects) if task.objects else None
         in_shm: dict[str, int] = {}
@@ -454,9 +458,15 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
             err.flush()
             sys.stdout, sys.stderr = real_out, real_err
             channel.task_ended()
-        channel.send(Done(run_id, status, info, in_shm, tuple(payload)))
+        ran = time.perf_counter() - began
+        # (the time it ran, as the daemon reports it: outcomes sent together arrive together)
+        info = {**info, "ran": f"{ran:.6f}"}
+        # (a task that made calls has the inbox read by its thread: it is not held)
+        outgoing.send(Done(run_id, status, info, in_shm, tuple(payload)), ran,
+                      len(inbox.waiting) if inbox.thread is None else 0)
         left = leftovers.check()
         if left or _runtime.retire:
+            outgoing.flush()
             channel.send(Leaving(run_id, f"task {channel.caller or run_id} left {left}"
                                  if left else _runtime.retire))
             _process.kill_trees([os.getpid()], with_roots=False)

@@ -53,9 +53,8 @@ class Inbox:
 
     def woken(self) -> None:
         """(I/O thread) Drain the wake-up bytes, before it takes what was handed."""
-        try:
-            while self.reader.recv(4096):
-                pass
+        try:  # (one read: a byte or two are in flight, and more wake the poll again)
+            self.reader.recv(4096)
         except BlockingIOError:
             pass
         # Only now: a wake-up sent after this line is a byte we have not drained,

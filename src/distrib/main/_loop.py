@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import zmq
 
@@ -79,16 +79,25 @@ class Loop:
         now = time.monotonic()
         self.links.connect_all(now)
         next_tick = last_tick = now
+        watched: tuple[Any, ...] = ()
+        poller = zmq.Poller()
+        socks: dict[Any, Link] = {}
+        monitors: dict[Any, Link] = {}
+        listening: list[Any] = []
         try:
             while not self.stopping:
-                poller = zmq.Poller()
-                poller.register(self.inbox.reader, zmq.POLLIN)
-                socks = {link.sock: link for link in links.values() if link.sock is not None}
-                monitors = {link.monitor: link for link in links.values()
-                            if link.monitor is not None}
-                listening = self.links.listener.sockets() if self.links.listener else []
-                for sock in [*socks, *monitors, *listening]:
-                    poller.register(sock, zmq.POLLIN)
+                # (a new poller only when what it watches changed: most turns it has not)
+                now_watched = (*((link, link.sock, link.monitor) for link in links.values()),
+                               self.links.listener)
+                if now_watched != watched:
+                    watched, poller = now_watched, zmq.Poller()
+                    poller.register(self.inbox.reader, zmq.POLLIN)
+                    socks = {link.sock: link for link in links.values() if link.sock is not None}
+                    monitors = {link.monitor: link for link in links.values()
+                                if link.monitor is not None}
+                    listening = self.links.listener.sockets() if self.links.listener else []
+                    for sock in [*socks, *monitors, *listening]:
+                        poller.register(sock, zmq.POLLIN)
                 events = dict(poller.poll(int(max(0.0, next_tick - time.monotonic()) * 1000) + 1))
                 if self.inbox.reader.fileno() in events:
                     self.inbox.woken()
@@ -191,7 +200,8 @@ class Loop:
                 continue
             link.last_seen = time.monotonic()
             self._on_message(link, message)
-            if link.sock is None:
+            # (asked, not tried: a receive that finds nothing raises, which costs more)
+            if link.sock is None or not cast(int, link.sock.get(zmq.EVENTS)) & zmq.POLLIN:
                 return
 
     def _drain_listener(self) -> None:

@@ -286,7 +286,7 @@ class Core(CoreState):
                 "which it was not running").to_wire()), now)
             return
         ex.runs.popleft()
-        seconds = now - head.started
+        seconds = _ran(event.info.get("ran"), now - head.started)
         self._run_time[ex.key] = 0.8 * self._run_time.get(ex.key, seconds) + 0.2 * seconds
         self._next_head(ex, now)
         self.counters["tasks_done"] += 1
@@ -457,3 +457,12 @@ class Core(CoreState):
         every event)."""
         check(self)
 
+
+def _ran(said: str | None, seen: float) -> float:
+    """How long a task ran: as its executor measured it (outcomes sent in a batch arrive at
+    once), or from when it was seen to start when the executor said nothing usable."""
+    try:
+        ran = float(said) if said is not None else seen
+    except ValueError:
+        return seen
+    return ran if 0.0 <= ran < float("inf") else seen

@@ -35,6 +35,12 @@ from distrib.worker._state import QueuedTask, Queues
 TINY_TASK = 0.005  # seconds: executors of tasks this short get PREFETCH queued, others 1
 PREFETCH = 4  # tasks waiting in an executor's pipe behind the running one
 PREFETCH_BYTES = 16 * 1024  # only small calls: the pipe's buffer must hold them all
+# Tasks under half a millisecond: more queued, so that their outcomes come back in batches
+# (``executor._outgoing``) and the loop turns once per batch, not per task; beyond PREFETCH,
+# smaller calls only, so that the pipe's buffer still holds them all.
+TINIEST_TASK = 0.0005
+PREFETCH_DEEP = 16
+PREFETCH_DEEP_BYTES = 4 * 1024
 SKIP_GRACE = 0.05  # seconds to wait for a "skipped" before stopping a withdrawn task
 PARK_GRACE = 0.05  # seconds a parked task's slots go only to deeper tasks (see _depth_floor)
 STUCK_HAND_BACK = 1.0  # seconds every slot is held by waiting tasks before queued ones go back
@@ -303,13 +309,16 @@ class CoreState:
             account = self.accounts.get(peer, peer)
             if held.get(account, 0) > self.limits.get(account, self.capacity):
                 continue  # over its quota since it was lowered: let its slots drain
-            depth = PREFETCH if self._run_time.get(key, 1.0) <= TINY_TASK else 1
+            run_time = self._run_time.get(key, 1.0)
+            depth = PREFETCH_DEEP if run_time <= TINIEST_TASK \
+                else PREFETCH if run_time <= TINY_TASK else 1
             while len(ex.runs) <= depth:
+                most = PREFETCH_BYTES if len(ex.runs) <= PREFETCH else PREFETCH_DEEP_BYTES
                 # (the same Main's: then each account's slots held stay as they are, within
                 # its quota)
                 task = self.queues.next_runnable(key.threads, lambda t: (
                     t.peer == peer and t.dist == key.dist and t.threads == key.threads
-                    and t.context == key.context and t.nbytes < PREFETCH_BYTES and not t.waits
+                    and t.context == key.context and t.nbytes < most and not t.waits
                     # (a task that may call and wait would start behind another, unchecked)
                     and t.depth > max(self._callers.get(peer, -1),
                                       -1 if floor is None else floor(peer))))
