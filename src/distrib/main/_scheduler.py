@@ -222,8 +222,12 @@ class Scheduler:
                 worker.full = False
             rate = worker.finished / seconds
             rate = rate if rate > worker.rate else 0.5 * worker.rate + 0.5 * rate
-            if rate != worker.rate:  # (an idle worker keeps its rank: it is not touched)
-                worker.rate = rate
+            depth = self.depth(worker)
+            # Its rank moves only if its depth does: else it is not touched (which would
+            # rank every worker anew at each tick).
+            object.__setattr__(worker, "rate", rate)
+            if self.depth(worker) != depth:
+                self.touch(worker)
             worker.finished = 0
         self.slot_figures = SlotFigures(busy, offered, len(self))
 
