@@ -222,13 +222,15 @@ class Scheduler:
                 worker.full = False
             rate = worker.finished / seconds
             rate = rate if rate > worker.rate else 0.5 * worker.rate + 0.5 * rate
-            depth = self.depth(worker)
-            # Its rank moves only if its depth does: else it is not touched (which would
-            # rank every worker anew at each tick).
-            object.__setattr__(worker, "rate", rate)
-            if self.depth(worker) != depth:
-                self.touch(worker)
-            worker.finished = 0
+            if rate != worker.rate:
+                # Its rank moves only if its depth does: else it is not touched (which would
+                # rank every worker anew at each tick).
+                depth = self.depth(worker)
+                object.__setattr__(worker, "rate", rate)
+                if self.depth(worker) != depth:
+                    self.touch(worker)
+            if worker.finished:
+                worker.finished = 0
         self.slot_figures = SlotFigures(busy, offered, len(self))
 
     def assign(self) -> dict[str, list[Task]]:
