@@ -1,6 +1,7 @@
 """Placement by heaps (``Scheduler.assign``) picks what a scan of every able worker picks.
 
-The scan is the rule the heaps replace (O(workers) per task): random workers, tasks and
+The scan is the rule the heaps replace (O(workers) per task, kept as
+``bench.simulate.ScanScheduler``): random workers, tasks and
 changes (finishes, deferrals, lent slots, pauses, measured rates and round trips, workers
 leaving and joining) are played on two schedulers, one placing by each rule, with a placement
 after each change: every placement must be the same.
@@ -13,36 +14,12 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.simulate import ScanScheduler
 from distrib.main._scheduler import Scheduler, Task, WorkerView
 
 PLATFORMS = ("linux-x86_64", "linux-aarch64", "darwin-arm64")
 REQUIREMENTS = [(("linux-*",), 1, 0), (("*",), 1, 0), (("*",), 2, 0), (("linux-x86_64",), 4, 0),
                 (("darwin-*",), 1, 0)]
-
-
-class ScanScheduler(Scheduler):
-    """The placement rule as it was: ``max`` over the able workers for every task."""
-
-    def assign(self) -> dict[str, list[Task]]:
-        out: dict[str, list[Task]] = {}
-        for req, queue in self.pending.items():
-            if not queue:
-                continue
-            capable = [w for w in self.workers.values()
-                       if w.can_run(req, self.python) and not w.full]
-            threads = req[1]
-            while queue and capable:
-                best = max(capable, key=lambda w: (w.slots - w.inflight_slots + w.lent,
-                                                   self.depth(w) - w.inflight_slots + w.lent))
-                if (self.depth(best) - best.inflight_slots + best.lent < threads
-                        and not queue[0].depth):
-                    break
-                task = queue.popleft()
-                task.link = best.link
-                best.inflight[task.task_id] = task
-                best.inflight_slots += threads
-                out.setdefault(best.link, []).append(task)
-        return out
 
 
 def _placed(out: dict[str, list[Task]]) -> dict[str, list[int]]:
