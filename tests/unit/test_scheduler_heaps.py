@@ -60,7 +60,8 @@ def _play(s: Scheduler, plan: list[tuple[Any, ...]]) -> list[dict[str, list[int]
     next_id = joined = 0
     for step in plan:
         kind, links = step[0], list(s.workers)
-        pick = links[step[1] % len(links)] if links and kind not in ("join", "add", "observe") else None
+        picks = links and kind not in ("join", "add", "observe")
+        pick = links[step[1] % len(links)] if picks else None
         view = s.workers[pick] if pick is not None else None
         if kind == "join":
             s.join(WorkerView(f"w{joined}", f"w{joined}", step[2], step[3], step[1]))

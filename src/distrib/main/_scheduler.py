@@ -279,7 +279,7 @@ class Scheduler:
         heapq.heapify(heap)
 
     def _rank_touched(self) -> None:
-        """Push the touched workers' new ranks (rebuild the heaps when most workers moved)."""
+        """Push the touched workers' new ranks (rebuild the heaps when a quarter or more moved)."""
         touched = self._touched
         if not touched:
             return
