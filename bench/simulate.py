@@ -34,6 +34,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -45,6 +46,7 @@ from distrib.worker._events import (
     DistReady, ExecutorReady, Report, Send, Spawn, TaskDone, TaskQueued, Turn)
 from distrib.worker._state import QueuedTask
 
+REPO = Path(__file__).resolve().parent.parent
 SIZES = [(10, 100_000), (100, 1_000_000), (1_000, 1_000_000), (10_000, 10_000_000)]
 QUICK = [(10, 10_000), (100, 20_000), (1_000, 50_000), (10_000, 100_000)]
 LATENCY = (0.00025, 0.0025)  # one way, seconds: a LAN to a data centre's
@@ -321,14 +323,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes: about a minute")
     parser.add_argument("--sizes", type=_sizes, help="workers:tasks,... (default: 10:100000,"
                         "100:1000000,1000:1000000,10000:10000000)")
-    parser.add_argument("--scan-budget", type=int, default=20_000_000,
-                        help="the scan's run: at most this over workers tasks (0: no scan)")
+    parser.add_argument("--scan-budget", type=int,
+                        help="the scan's run: at most this over workers tasks (0: no scan; "
+                        "default 20,000,000, 2,000,000 with --quick)")
     parser.add_argument("--io-us", type=float, default=0.0,
                         help="the Main's CPU per message read or sent, µs (default 0)")
     parser.add_argument("--slow", type=float, default=0.0,
                         help="fraction of workers 3x slower (default 0)")
     parser.add_argument("--mains", default="1,10,100,1000",
                         help="Mains of one worker core, for its cost per task")
+    parser.add_argument("--core-tasks", type=int, default=20_000,
+                        help="tasks timed on the core with 10 Mains or fewer (fewer beyond)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # workers:tasks:scan, in a subprocess
     args = parser.parse_args(argv)
     if args.one:
@@ -336,23 +341,25 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(asdict(simulate(int(w), int(t), scan == "1", args.io_us, args.slow))))
         return
     sizes = args.sizes or (QUICK if args.quick else SIZES)
+    budget = args.scan_budget if args.scan_budget is not None else (
+        2_000_000 if args.quick else 20_000_000)
     print(f"Simulated: 1-slot workers, tasks of 0.5-1.5 s, one-way delays of 0.25-2.5 ms, "
           f"--io-us {args.io_us:g}, --slow {args.slow:g}.\n")
     print(HEADER)
     for workers, tasks in sizes:
         runs = [(tasks, False)]
-        if args.scan_budget:
-            runs.append((min(tasks, args.scan_budget // workers), True))
+        if budget:
+            runs.append((min(tasks, budget // workers), True))
         for n, scan in runs:
             one = f"{workers}:{n}:{int(scan)}"
             done = subprocess.run(
                 [sys.executable, "-m", "bench.simulate", "--one", one, "--io-us",
                  str(args.io_us), "--slow", str(args.slow)],
-                capture_output=True, text=True, check=True)
+                capture_output=True, text=True, check=True, cwd=REPO)
             print(_row(Result(**json.loads(done.stdout))), flush=True)
     print("\n| Mains of one 64-slot worker | core µs/task |\n|---:|---:|")
     for mains in (int(m) for m in args.mains.split(",")):
-        tasks = max(1_000, 20_000 // max(1, mains // 10))
+        tasks = max(args.core_tasks // 20, args.core_tasks // max(1, mains // 10))
         print(f"| {mains:,} | {core_cost(mains, tasks=tasks):.1f} |", flush=True)
 
 

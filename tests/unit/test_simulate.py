@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from bench.simulate import LATENCY, ScanScheduler, Simulation, core_cost, duration, simulate
+import pytest
+
+from bench.simulate import (
+    LATENCY, ScanScheduler, Simulation, core_cost, duration, main, simulate)
 
 
 def test_task_durations_are_spread_evenly_and_the_same_at_each_run() -> None:
@@ -57,3 +60,12 @@ def test_slow_workers_count_in_the_ideal() -> None:
 
 def test_the_worker_core_costs_are_measured_with_many_mains() -> None:
     assert core_cost(3, slots=4, tasks=100) > 0
+
+
+def test_the_command_prints_a_row_per_size_and_rule_and_one_per_count_of_mains(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--sizes", "4:100", "--scan-budget", "200", "--mains", "2", "--core-tasks", "100"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[:3] for row in rows[1:3]] == [["| 4", "100", "heaps"],
+                                                           ["| 4", "50", "scan"]]
+    assert rows[-1].startswith("| 2 | ")
