@@ -92,9 +92,12 @@ class WorkerView:
     stamp: int = field(default=0, init=False, repr=False)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        object.__setattr__(self, name, value)
-        if name in RANKED and self.owner is not None:
+        # (a value set again, as a link's round trip each second, does not touch it)
+        if name in RANKED and self.owner is not None and getattr(self, name) != value:
+            object.__setattr__(self, name, value)
             self.owner.touch(self)
+        else:
+            object.__setattr__(self, name, value)
 
     def can_run(self, req: Requirement, python: str, paused_too: bool = False) -> bool:
         """Whether it can take a task of ``req`` now (``paused_too``: or once resumed)."""
