@@ -16,8 +16,8 @@ which the simulation does not run). ``--slow`` makes that fraction of workers 3x
 Each size runs in a subprocess of its own (memory is measured per size): with the heaps
 (``Scheduler``) and with the scan over every worker they replaced (``ScanScheduler``), whose
 run is capped at ``--scan-budget`` / workers tasks (a scan at 10,000 workers costs ms per task).
-A table in Markdown is printed; the worker core's cost per event as its Mains grow comes after
-it (``core_cost``). Figures: docs/design.md, "Scale, simulated".
+A table in Markdown is printed; the worker core's CPU per task as its Mains grow comes after
+it (``core_cost``). Figures: docs/design.md, "Placement at scale, and a simulated ten thousand".
 """
 
 from __future__ import annotations
