@@ -44,15 +44,10 @@ steps = st.lists(st.one_of(
 def _check_tops(s: Scheduler) -> None:
     """Each requirement's heap tops with the worker the scan would pick (ties: the first)."""
     for req in REQUIREMENTS:
-        heap = s._heaps.get(req)
-        if heap is None:
-            heap = s._heaps[req] = []
-            s._rerank(req, heap)
-        s._rank_touched()
         able = [w for w in s.workers.values() if w.can_run(req, s.python) and not w.full]
         best = max(able, key=lambda w: (w.slots - w.inflight_slots + w.lent,
                                         s.depth(w) - w.inflight_slots + w.lent), default=None)
-        assert s._top(heap) is best
+        assert s._ranks.top(req) is best
 
 
 def _play(s: Scheduler, plan: list[tuple[Any, ...]]) -> list[dict[str, list[int]]]:
@@ -135,7 +130,7 @@ def test_a_measured_rate_or_round_trip_reranks_workers_of_equal_free_slots() -> 
     a.finished = b.finished = 1000
     s.observe(1.0)  # both at 1,000 a second
     s.finish("b", 6)
-    s._rank_touched()
+    s._ranks.rank_touched()
     b.round_trip = 1.0  # b's link is slow: b's queue is deeper (the tie went to a before)
     s.add(Task(7, "f", [], ("*",), 1, 1, None))
     assert _placed(s.assign()) == {"b": [7]}
@@ -149,4 +144,4 @@ def test_stale_entries_do_not_pile_up() -> None:
         s.add(Task(i, "f", [], ("*",), 1, 1, None))
         (link, [task]), = s.assign().items()
         s.finish(link, task.task_id)
-    assert all(len(heap) <= 2 * 10 + 16 for heap in s._heaps.values())
+    assert all(len(heap) <= 2 * 10 + 16 for heap in s._ranks.heaps.values())

@@ -5,26 +5,24 @@ No sockets and no clock. The session feeds it tasks and worker events and sends 
 the network's latency) and no further, so a million pending calls stay here, not on the wire.
 
 Placing a task costs O(log workers): the workers able to take a requirement's tasks sit in a
-heap ranked by free slots, then room in their queue (``Scheduler.touch``).
+heap ranked by free slots, then room in their queue (``_ranks``, ``Scheduler.touch``).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import functools
-import heapq
-import itertools
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from distrib.main._ranks import Ranks
+
 
 # (platform globs, threads, memory: a worker's limit must be above it, or none; 0: any)
 Requirement = tuple[tuple[str, ...], int, int]
 MAX_QUEUED = 2048  # per worker, beyond its slots
-# A worker's rank in a heap: (-free slots, -room in its queue, join order, stamp, link)
-Rank = tuple[int, int, int, int, str]
 # What a worker's rank or its ability to take a task depends on: setting any of these tells
 # the scheduler (``WorkerView.__setattr__``), wherever the change is made.
 RANKED = frozenset({"slots", "inflight_slots", "lent", "rate", "round_trip", "full",
@@ -138,14 +136,8 @@ class SlotFigures:
 
 
 class Scheduler:
-    """Placement of pending tasks on workers, with a bounded per-worker queue.
-
-    Each requirement with tasks has a heap of the workers able to take them, best first; a
-    worker whose rank changes (a task placed or finished there, its rate measured, it
-    paused...) is ``touch``-ed: its entries go stale and it is ranked anew before the next
-    placement. Stale entries are dropped when they reach the top, or all at once when a heap
-    holds twice its workers.
-    """
+    """Placement of pending tasks on workers, with a bounded per-worker queue; the workers
+    able to take each requirement's tasks are ranked in heaps (``_ranks.Ranks``)."""
 
     def __init__(self, python: str, extra_depth: int = 16) -> None:
         self.python = python
@@ -153,11 +145,7 @@ class Scheduler:
         self.pending: dict[Requirement, deque[Task]] = {}
         self.workers: dict[str, WorkerView] = {}
         self.slot_figures = SlotFigures()  # (replaced, never changed: see SlotFigures)
-        self._heaps: dict[Requirement, list[Rank]] = {}
-        self._touched: set[WorkerView] = set()  # to rank anew before the next placement
-        self._order: dict[str, int] = {}  # link -> join order: ties go to the earliest
-        self._joins = itertools.count()
-        self._stamps = itertools.count(1)
+        self._ranks = Ranks(self.workers, self._able, self.depth)
 
     def __len__(self) -> int:
         return sum(len(q) for q in self.pending.values()) + sum(
@@ -174,19 +162,16 @@ class Scheduler:
             queue.append(task)
 
     def join(self, worker: WorkerView) -> None:
-        if worker.link not in self.workers:
-            self._order[worker.link] = next(self._joins)
+        self._ranks.joined(worker)
         self.workers[worker.link] = worker
         worker.owner = self
-        self.touch(worker)
 
     def touch(self, worker: WorkerView) -> None:
         """The one hook for a change of what ranks ``worker`` (its inflight slots, lent slots,
         rate, round trip, slots, full, paused, environment, memory limit): its heap entries go
         stale and it is ranked anew before the next placement. Setting a field of RANKED on
         the worker calls it; a change made any other way must call it too."""
-        object.__setattr__(worker, "stamp", next(self._stamps))
-        self._touched.add(worker)
+        self._ranks.touch(worker)
 
     def leave(self, link: str, clean: bool = False) -> list[Task]:
         """A worker is gone: requeue its tasks within their retries; return those out of tries.
@@ -194,7 +179,7 @@ class Scheduler:
         worker = self.workers.pop(link, None)
         if worker is None:
             return []
-        del self._order[link]
+        self._ranks.left(link)
         worker.owner = None  # (its heap entries are stale: it is no longer in ``workers``)
         failed: list[Task] = []
         for task in reversed(list(worker.inflight.values())):
@@ -242,16 +227,11 @@ class Scheduler:
         for req, queue in self.pending.items():
             if not queue:
                 continue
-            heap = self._heaps.get(req)
-            if heap is None:
-                heap = self._heaps[req] = []
-                self._rerank(req, heap)
-            self._rank_touched()
             threads = req[1]
             while queue:
                 # Idle slots first (the task starts at once), then room in the queue: the
                 # heap's top, as ``max`` over the able workers would pick.
-                best = self._top(heap)
+                best = self._ranks.top(req)
                 if best is None:
                     break
                 # A call made inside a task goes whatever the worker holds: tasks queued there
@@ -265,51 +245,10 @@ class Scheduler:
                 best.inflight[task.task_id] = task
                 best.inflight_slots += threads  # (touches it)
                 out.setdefault(best.link, []).append(task)
-                self._rank_touched()
         return out
-
-    def _rank(self, worker: WorkerView) -> Rank:
-        free = worker.slots - worker.inflight_slots + worker.lent
-        room = self.depth(worker) - worker.inflight_slots + worker.lent
-        return (-free, -room, self._order[worker.link], worker.stamp, worker.link)
 
     def _able(self, worker: WorkerView, req: Requirement) -> bool:
         return not worker.full and worker.can_run(req, self.python)
-
-    def _rerank(self, req: Requirement, heap: list[Rank]) -> None:
-        """Fill ``heap`` anew with the workers able to take ``req``'s tasks now: O(workers)."""
-        heap[:] = [self._rank(w) for w in self.workers.values() if self._able(w, req)]
-        heapq.heapify(heap)
-
-    def _rank_touched(self) -> None:
-        """Push the touched workers' new ranks (rebuild the heaps when a quarter or more moved)."""
-        touched = self._touched
-        if not touched:
-            return
-        if len(touched) > 16 and 4 * len(touched) > len(self.workers):
-            for req, heap in self._heaps.items():
-                self._rerank(req, heap)
-        else:
-            limit = 2 * len(self.workers) + 16
-            for worker in touched:
-                if self.workers.get(worker.link) is not worker:
-                    continue  # gone
-                for req, heap in self._heaps.items():
-                    if self._able(worker, req):
-                        heapq.heappush(heap, self._rank(worker))
-                        if len(heap) > limit:  # mostly stale: drop them all (amortized)
-                            self._rerank(req, heap)
-        touched.clear()
-
-    def _top(self, heap: list[Rank]) -> WorkerView | None:
-        """The best able worker of ``heap``, dropping the stale entries above it."""
-        while heap:
-            stamp, link = heap[0][3], heap[0][4]
-            worker = self.workers.get(link)
-            if worker is not None and worker.stamp == stamp:
-                return worker
-            heapq.heappop(heap)
-        return None
 
     def finish(self, link: str, task_id: int) -> Task | None:
         """The worker reported an outcome; forget the task there. None if not in flight."""
