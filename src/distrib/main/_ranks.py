@@ -16,31 +16,43 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Generic, Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from distrib.main._scheduler import Requirement, WorkerView
-
+# (platform globs, threads, memory: a worker's limit must be above it, or none; 0: any)
+Requirement = tuple[tuple[str, ...], int, int]
 # A worker's entry: (-free slots, -room in its queue, join order, stamp, link)
 Rank = tuple[int, int, int, int, str]
 
 
-class Ranks:
+class Ranked(Protocol):
+    """What ranks a worker (``_scheduler.WorkerView``)."""
+
+    link: str
+    slots: int
+    inflight_slots: int
+    lent: int
+    stamp: int  # its rank's version: entries of an older one are stale
+
+
+Worker = TypeVar("Worker", bound=Ranked)
+
+
+class Ranks(Generic[Worker]):
     """Heaps of the able workers, one per requirement, over the scheduler's ``workers``."""
 
-    def __init__(self, workers: dict[str, WorkerView],
-                 able: Callable[[WorkerView, Requirement], bool],
-                 depth: Callable[[WorkerView], int]) -> None:
+    def __init__(self, workers: dict[str, Worker],
+                 able: Callable[[Worker, Requirement], bool],
+                 depth: Callable[[Worker], int]) -> None:
         self.workers = workers  # (the scheduler's own: joins and departures show here)
         self.able = able
         self.depth = depth
         self.heaps: dict[Requirement, list[Rank]] = {}
-        self.touched: set[WorkerView] = set()  # to push again before the next ``top``
+        self.touched: set[Worker] = set()  # to push again before the next ``top``
         self.order: dict[str, int] = {}  # link -> join order: ties go to the earliest
         self._joins = itertools.count()
         self._stamps = itertools.count(1)
 
-    def joined(self, worker: WorkerView) -> None:
+    def joined(self, worker: Worker) -> None:
         """``worker`` is joining (before it is in ``workers``)."""
         if worker.link not in self.workers:
             self.order[worker.link] = next(self._joins)
@@ -50,11 +62,11 @@ class Ranks:
         """The worker of ``link`` left ``workers``: its entries are stale."""
         del self.order[link]
 
-    def touch(self, worker: WorkerView) -> None:
+    def touch(self, worker: Worker) -> None:
         object.__setattr__(worker, "stamp", next(self._stamps))
         self.touched.add(worker)
 
-    def top(self, req: Requirement) -> WorkerView | None:
+    def top(self, req: Requirement) -> Worker | None:
         """The best able worker for a task of ``req``, dropping the stale entries above it."""
         heap = self.heaps.get(req)
         if heap is None:
@@ -89,7 +101,7 @@ class Ranks:
                             self._rerank(req, heap)
         touched.clear()
 
-    def _rank(self, worker: WorkerView) -> Rank:
+    def _rank(self, worker: Worker) -> Rank:
         free = worker.slots - worker.inflight_slots + worker.lent
         room = self.depth(worker) - worker.inflight_slots + worker.lent
         return (-free, -room, self.order[worker.link], worker.stamp, worker.link)

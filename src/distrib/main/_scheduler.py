@@ -17,11 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from distrib.main._ranks import Ranks
+from distrib.main._ranks import Ranks, Requirement
 
 
-# (platform globs, threads, memory: a worker's limit must be above it, or none; 0: any)
-Requirement = tuple[tuple[str, ...], int, int]
 MAX_QUEUED = 2048  # per worker, beyond its slots
 # What a worker's rank or its ability to take a task depends on: setting any of these tells
 # the scheduler (``WorkerView.__setattr__``), wherever the change is made.
@@ -145,7 +143,7 @@ class Scheduler:
         self.pending: dict[Requirement, deque[Task]] = {}
         self.workers: dict[str, WorkerView] = {}
         self.slot_figures = SlotFigures()  # (replaced, never changed: see SlotFigures)
-        self._ranks = Ranks(self.workers, self._able, self.depth)
+        self._ranks: Ranks[WorkerView] = Ranks(self.workers, self._able, self.depth)
 
     def __len__(self) -> int:
         return sum(len(q) for q in self.pending.values()) + sum(
