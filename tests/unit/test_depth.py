@@ -3,7 +3,8 @@ measured round trip and the rate its slots finish tasks at."""
 
 from __future__ import annotations
 
-from distrib.main._scheduler import MAX_QUEUED, Scheduler, WorkerView, ahead
+from distrib.main._scheduler import Scheduler
+from distrib.main._tracked import MAX_QUEUED, WorkerView, ahead
 
 
 def test_without_a_round_trip_two_rounds_of_slots_are_queued() -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections import Counter
 
 from distrib.main._rebalance import Move, Moves, plan
-from distrib.main._scheduler import Scheduler, Task, WorkerView
+from distrib.main._scheduler import Scheduler
+from distrib.main._tracked import Task, WorkerView
 from distrib.worker._events import GaveBack, RevokeAsked
 from tests.unit.test_core import Worker, of, qt
 

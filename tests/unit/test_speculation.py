@@ -9,7 +9,8 @@ import pytest
 
 from distrib import ConfigError, distributed
 from distrib._api import TaskOptions
-from distrib.main._scheduler import Scheduler, Task, WorkerView
+from distrib.main._scheduler import Scheduler
+from distrib.main._tracked import Task, WorkerView
 from distrib.main._speculation import Durations, Policy, decisive, stragglers
 from distrib.wire._messages import Outcome
 

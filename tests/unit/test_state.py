@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from distrib.main._scheduler import Scheduler, Task, WorkerView
+from distrib.main._scheduler import Scheduler
+from distrib.main._tracked import Task, WorkerView
 from distrib.worker._state import QueuedTask, Queues
 
 

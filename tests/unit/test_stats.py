@@ -6,7 +6,7 @@ import math
 
 from distrib import Cancelled, WorkerLost
 from distrib._response import Response
-from distrib.main._scheduler import Task
+from distrib.main._tracked import Task
 from distrib.main._stats import FAILURES, Stats, error_type
 
 

@@ -14,7 +14,7 @@ from collections import deque
 from typing import Any
 
 from distrib import _shared, _shm
-from distrib.main._scheduler import Task
+from distrib.main._tracked import Task
 
 log = logging.getLogger("distrib")
 

@@ -28,7 +28,8 @@ from distrib.main._health import link_policy
 from distrib.main._link import PING_EVERY, Link
 from distrib.main._listener import Listener
 from distrib.main._nested import Nested
-from distrib.main._scheduler import Scheduler, WorkerView
+from distrib.main._scheduler import Scheduler
+from distrib.main._tracked import WorkerView
 from distrib.main._stats import Stats
 from distrib.wire import _messages as m
 from distrib.wire import _reach

@@ -30,7 +30,8 @@ from distrib.main._links import Links
 from distrib.main._nested import Nested
 from distrib.main._outcomes import Outputs, settle
 from distrib.main._relocation import Relocation
-from distrib.main._scheduler import Scheduler, Task
+from distrib.main._scheduler import Scheduler
+from distrib.main._tracked import Task
 from distrib.main._shipping import blob_messages
 from distrib.main._stats import Stats
 from distrib.wire import _codec

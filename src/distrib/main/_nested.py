@@ -22,7 +22,8 @@ from distrib import _sealed, _serialize
 from distrib._errors import NestedDeadlock
 from distrib._sustained import Sustained
 from distrib._response import Response
-from distrib.main._scheduler import Scheduler, Task, WorkerView
+from distrib.main._scheduler import Scheduler
+from distrib.main._tracked import Task, WorkerView
 from distrib.wire import _messages as m
 
 log = logging.getLogger("distrib")

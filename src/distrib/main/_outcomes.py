@@ -28,7 +28,8 @@ from distrib._errors import (
     WorkspaceError,
 )
 from distrib._response import Response
-from distrib.main._scheduler import Scheduler, Task
+from distrib.main._scheduler import Scheduler
+from distrib.main._tracked import Task
 from distrib.wire import _messages as m
 from distrib.wire._messages import Outcome
 from distrib.wire._record import ErrorRecord

@@ -20,7 +20,8 @@ import heapq
 from collections import Counter
 from dataclasses import dataclass
 
-from distrib.main._scheduler import Scheduler, Task, WorkerView
+from distrib.main._scheduler import Scheduler
+from distrib.main._tracked import Task, WorkerView
 
 MIN_GAIN = 0.005  # seconds a move must save beyond the round trips it costs
 

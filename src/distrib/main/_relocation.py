@@ -15,7 +15,8 @@ from distrib.main._links import Links
 from distrib.main._nested import Nested
 from distrib.main._outcomes import environment_problem
 from distrib.main._rebalance import Moves, plan
-from distrib.main._scheduler import Scheduler, Task
+from distrib.main._scheduler import Scheduler
+from distrib.main._tracked import Task
 from distrib.wire import _messages as m
 
 log = logging.getLogger("distrib")

@@ -3,122 +3,23 @@
 No sockets and no clock. The session feeds it tasks and worker events and sends what
 ``assign`` returns. Each worker's queue is kept filled a little beyond its slots (to hide
 the network's latency) and no further, so a million pending calls stay here, not on the wire.
+
+Placing a task costs O(log workers): the workers able to take a requirement's tasks sit in a
+heap ranked by free slots, then room in their queue (``_ranks``, ``Scheduler.touch``).
 """
 
 from __future__ import annotations
 
-import fnmatch
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
-
-# (platform globs, threads, memory: a worker's limit must be above it, or none; 0: any)
-Requirement = tuple[tuple[str, ...], int, int]
-MAX_QUEUED = 2048  # per worker, beyond its slots
-
-
-@dataclass(eq=False, slots=True)
-class Task:
-    """A submitted call as the Main tracks it until its outcome is known."""
-
-    task_id: int
-    name: str
-    frames: list[Any] = field(repr=False)
-    platforms: tuple[str, ...]
-    threads: int
-    retries: int
-    timeout: float | None
-    response: Any = field(repr=False, default=None)
-    outputs: tuple[str, ...] = ()  # globs: its result comes with the files it wrote
-    attempts: int = 0  # runs that ended in a crash or a lost worker
-    memory: int = 0  # it was stopped for passing this memory limit: it needs a higher one
-    shared: dict[str, Any] | None = field(default=None, repr=False)  # the Shared it passes
-    # its payload with the large frames in /dev/shm (made at its first send to a worker on
-    # this machine; the files go with the task): (frames, name -> index)
-    in_shm: tuple[list[Any], dict[str, int], Any] | None = field(default=None, repr=False)
-    link: str | None = None  # the worker it is on, while in flight
-    counted: bool = False  # the dashboard counted its outcome
-    depth: int = 0  # a call made inside a task: how deep (1: by a call of the Main's)
-    speculative: bool = False  # safe to repeat: a straggling run may get a second copy
-    sent: float = 0.0  # when it was last sent to a worker (the I/O thread's clock)
-    started: float = 0.0  # when it started there, as the Main reckons (``progressed``); 0: not
-    copied: bool = False  # a second copy was started (one at most)
-
-    @property
-    def requirement(self) -> Requirement:
-        return (self.platforms, self.threads, self.memory)
-
-
-@dataclass(eq=False)
-class WorkerView:
-    """A connected worker as the scheduler sees it."""
-
-    link: str
-    name: str
-    platform: str
-    python: str
-    slots: int
-    inflight: dict[int, Task] = field(default_factory=dict)
-    inflight_slots: int = 0
-    finished: int = 0  # outcomes since the last observation
-    rate: float = 0.0  # outcomes per second, smoothed
-    round_trip: float = 0.0  # seconds of its link's round trip, as measured (0: not yet)
-    full: bool = False  # it deferred a task: nothing more until it reports or a tick passes
-    pythons: tuple[str, ...] = ()  # the Python versions it runs tasks with
-    unable: str = ""  # why it cannot provide this Main's environment (then it gets no tasks)
-    memory_limit: int = 0  # bytes one task may use there; 0: no limit
-    paused: bool = False  # its owner paused or drains it: it takes no new tasks
-    # its tasks that wait for their calls and lent their slots there (``Waiting``)
-    parked: set[int] = field(default_factory=set)
-    lent: int = 0  # their threads: slots free for other tasks
-    progress: float = 0.0  # when it last reported outcomes (kept with speculative tasks only)
-    task_seconds: float = 0.0  # a task's run time there, as its results say (smoothed; 0: none
-    # yet): how fast it is, whatever it is sent (``rate`` is bounded by what it holds)
-    revoking: set[int] = field(default_factory=set)  # its tasks asked back (``Revoke``), in
-    # flight until it answers
-
-    def can_run(self, req: Requirement, python: str, paused_too: bool = False) -> bool:
-        """Whether it can take a task of ``req`` now (``paused_too``: or once resumed)."""
-        platforms, threads, memory = req
-        return (
-            not self.unable
-            and (paused_too or not self.paused)
-            and python in (self.pythons or (self.python,))
-            and threads <= self.slots
-            and (not memory or not self.memory_limit or self.memory_limit > memory)
-            and any(fnmatch.fnmatchcase(self.platform, g) for g in platforms)
-        )
-
-
-def ahead(slots: int, rate: float, round_trip: float, extra: int = 16) -> int:
-    """Tasks a worker is sent beyond its running ones, so that no slot waits for the Main.
-
-    A finished task's replacement arrives a round trip after the task ends (its result goes
-    to the Main, the next task comes back); meanwhile the worker finishes ``rate`` x
-    ``round_trip`` more (``rate``: its slots over a task's duration, as measured). Twice that
-    is queued: a rate held back by a queue too short is what that queue allows, and a queue
-    sized at twice the rate allows twice as much, so the depth doubles at each observation
-    until the slots are busy. Two rounds of its slots at least (a round trip as long as a
-    task), and ~20 ms of tasks more, so tiny tasks travel in large batches instead of a
-    message per handful.
-    """
-    return min(max(2 * slots, extra, int(rate * (0.02 + 2 * round_trip))), MAX_QUEUED)
-
-
-@dataclass(frozen=True, slots=True)
-class SlotFigures:
-    """Slots busy with this Main's tasks and slots offered, across its workers: published
-    whole at each tick for other threads (the progress bar) to read without a lock."""
-
-    busy: int = 0
-    offered: int = 0
-    tasks: int = 0  # this Main's unfinished tasks, waiting or running (a launcher's demand)
+from distrib.main._ranks import Ranks, Requirement
+from distrib.main._tracked import SlotFigures, Task, WorkerView, ahead
 
 
 class Scheduler:
-    """Placement of pending tasks on workers, with a bounded per-worker queue."""
+    """Placement of pending tasks on workers, with a bounded per-worker queue; the workers
+    able to take each requirement's tasks are ranked in heaps (``_ranks.Ranks``)."""
 
     def __init__(self, python: str, extra_depth: int = 16) -> None:
         self.python = python
@@ -128,6 +29,7 @@ class Scheduler:
         self.slot_figures = SlotFigures()  # (replaced, never changed: see SlotFigures)
         # Tasks running in two copies (``start_copy``): task id -> the workers of its copies.
         self.copies: dict[int, set[str]] = {}
+        self._ranks: Ranks[WorkerView] = Ranks(self.workers, self._able, self.depth)
 
     def __len__(self) -> int:
         return sum(len(q) for q in self.pending.values()) + sum(
@@ -144,7 +46,16 @@ class Scheduler:
             queue.append(task)
 
     def join(self, worker: WorkerView) -> None:
+        self._ranks.joined(worker)
         self.workers[worker.link] = worker
+        worker.owner = self
+
+    def touch(self, worker: WorkerView) -> None:
+        """The one hook for a change of what ranks ``worker`` (its inflight slots, lent slots,
+        rate, round trip, slots, full, paused, environment, memory limit): its heap entries go
+        stale and it is ranked anew before the next placement. Setting a field of RANKED on
+        the worker calls it; a change made any other way must call it too."""
+        self._ranks.touch(worker)
 
     def leave(self, link: str, clean: bool = False) -> list[Task]:
         """A worker is gone: requeue its tasks within their retries; return those out of tries.
@@ -152,6 +63,8 @@ class Scheduler:
         worker = self.workers.pop(link, None)
         if worker is None:
             return []
+        self._ranks.left(link)
+        worker.owner = None  # (its heap entries are stale: it is no longer in ``workers``)
         failed: list[Task] = []
         for task in reversed(list(worker.inflight.values())):
             if self.copy_ended(link, task):
@@ -179,10 +92,19 @@ class Scheduler:
         for worker in self.workers.values():
             busy += min(worker.inflight_slots, worker.slots)
             offered += worker.slots
-            worker.full = False
+            if worker.full:
+                worker.full = False
             rate = worker.finished / seconds
-            worker.rate = rate if rate > worker.rate else 0.5 * worker.rate + 0.5 * rate
-            worker.finished = 0
+            rate = rate if rate > worker.rate else 0.5 * worker.rate + 0.5 * rate
+            if rate != worker.rate:
+                # Its rank moves only if its depth does: else it is not touched (which would
+                # rank every worker anew at each tick).
+                depth = self.depth(worker)
+                object.__setattr__(worker, "rate", rate)
+                if self.depth(worker) != depth:
+                    self.touch(worker)
+            if worker.finished:
+                worker.finished = 0
         self.slot_figures = SlotFigures(busy, offered, len(self))
 
     def assign(self) -> dict[str, list[Task]]:
@@ -191,13 +113,13 @@ class Scheduler:
         for req, queue in self.pending.items():
             if not queue:
                 continue
-            capable = [w for w in self.workers.values()
-                       if w.can_run(req, self.python) and not w.full]
             threads = req[1]
-            while queue and capable:
-                # Idle slots first (the task starts at once), then room in the queue.
-                best = max(capable, key=lambda w: (w.slots - w.inflight_slots + w.lent,
-                                                   self.depth(w) - w.inflight_slots + w.lent))
+            while queue:
+                # Idle slots first (the task starts at once), then room in the queue: the
+                # heap's top, as ``max`` over the able workers would pick.
+                best = self._ranks.top(req)
+                if best is None:
+                    break
                 # A call made inside a task goes whatever the worker holds: tasks queued there
                 # may wait for it (they would not start before it), and the worker's own cap
                 # on queued bytes bounds what it takes.
@@ -207,9 +129,12 @@ class Scheduler:
                 task = queue.popleft()
                 task.link = best.link
                 best.inflight[task.task_id] = task
-                best.inflight_slots += threads
+                best.inflight_slots += threads  # (touches it)
                 out.setdefault(best.link, []).append(task)
         return out
+
+    def _able(self, worker: WorkerView, req: Requirement) -> bool:
+        return not worker.full and worker.can_run(req, self.python)
 
     def finish(self, link: str, task_id: int) -> Task | None:
         """The worker reported an outcome; forget the task there. None if not in flight."""

@@ -36,7 +36,8 @@ from distrib.main._listener import Listener
 from distrib.main._handoff import Inbox, in_shm, share_in_shm
 from distrib.main._loop import Loop
 from distrib.main._nested import Nested
-from distrib.main._scheduler import Scheduler, Task
+from distrib.main._scheduler import Scheduler
+from distrib.main._tracked import Task
 from distrib.main._shipping import forwarded_environ, preload_modules, scan_workspace
 from distrib.main._stats import Stats, snapshot
 from distrib.wire import _facts, _reach

@@ -19,7 +19,8 @@ from distrib.main._link import Link
 from distrib.wire._link import LinkState
 
 if TYPE_CHECKING:
-    from distrib.main._scheduler import Scheduler, Task
+    from distrib.main._scheduler import Scheduler
+    from distrib.main._tracked import Task
     from distrib.workspace._manifest import Distribution
 
 MAX_RUN = 1e7  # seconds: a reported run time beyond this (or not a number) is ignored
