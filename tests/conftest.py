@@ -91,3 +91,25 @@ def no_leaked_processes() -> Iterator[None]:
     for p in left:
         p.kill()
     assert not left, f"test leaked processes: {[(p.pid, p.cmdline()) for p in left]}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "long: takes tens of seconds on a busy machine; "
+                            "./run test starts these first")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the long tests first, then the other tests that start processes, then the unit
+    tests: ``./run test`` hands tests out in this order one or two at a time (xdist's
+    loadgroup), so a long test started late does not keep the run going after the others are
+    done, and short unit tests fill the gaps at the end. A module whose tests share a costly
+    module- or session-scoped fixture (built environments, a Slurm cluster) is one
+    ``xdist_group`` and goes first as a whole, so that one process builds it once. The order
+    within each part is the collection's."""
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("long") or item.get_closest_marker("xdist_group"):
+            return 0
+        return 2 if Path(item.path).parent.name == "unit" else 1
+
+    items.sort(key=rank)

@@ -86,6 +86,7 @@ def _keyed_worker(start_worker, tmp_path: Path, env: dict[str, str]
                     "DISTRIB_WORKERS": f"{worker.address} {worker.public_key}"}
 
 
+@pytest.mark.long
 @pytest.mark.timeout(600)  # (gigabytes encrypted and copied, beside other tests)
 def test_a_gibibyte_each_way_and_frames_at_and_past_the_limit_cross_a_keyed_worker(
         workspace: Workspace, start_worker, tmp_path: Path) -> None:

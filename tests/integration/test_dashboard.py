@@ -103,6 +103,7 @@ def _snapshot(url: str) -> dict[str, Any]:
         return json.loads(reply.read())  # type: ignore[no-any-return]
 
 
+@pytest.mark.long
 @pytest.mark.timeout(1200)  # (installing chromium, when missing, takes minutes)
 def test_the_page_follows_a_run_as_a_worker_is_lost_and_matches_the_json(
         workspace: Workspace, start_worker, tmp_path: Path) -> None:

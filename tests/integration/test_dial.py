@@ -9,6 +9,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from distrib.wire import _keys
 from distrib.wire._keys import KeyPair
 from tests.helpers import PYTHON, Workspace, ended, finish, wait_for
@@ -270,6 +272,7 @@ def test_the_policy_file_names_mains_to_dial_and_the_worker_follows_its_changes(
         proc.communicate()
 
 
+@pytest.mark.long
 def test_a_worker_with_exit_without_main_stops_once_its_main_is_gone_that_long(
         workspace: Workspace, start_worker, tmp_path: Path) -> None:
     port = free_port()

@@ -51,6 +51,10 @@ OTHER_PYTHON = REPO / ".venv" / "other-python" / "bin" / "python"
 TEST_WHEELS = REPO / ".venv" / "test-wheels"
 
 
+# One process runs this module's tests: it builds the Main virtualenvs below once.
+pytestmark = pytest.mark.xdist_group("environments")
+
+
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("wheels")

@@ -130,6 +130,7 @@ RACE = """
     """
 
 
+@pytest.mark.long
 def test_calls_racing_shutdown_all_end_and_later_ones_are_cancelled(
         workspace: Workspace) -> None:
     with_tasks(workspace).write("main.py", RACE)

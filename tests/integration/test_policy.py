@@ -7,6 +7,7 @@ import subprocess
 from typing import Any
 
 import psutil
+import pytest
 
 from tests.helpers import PYTHON, Workspace, ended, finish, wait_for
 
@@ -73,6 +74,7 @@ def test_a_limit_from_the_policy_file_is_named_as_the_files_key(
     assert f"(300M, its max_task_memory in its policy file {policy})" in out.stdout
 
 
+@pytest.mark.long
 def test_a_task_stopped_for_memory_runs_again_only_where_the_limit_is_higher(
         workspace: Workspace, start_worker) -> None:
     small = start_worker(threads=4, name="small", extra=("--max-task-memory", "300M"))
@@ -137,6 +139,7 @@ COUNTED = """
     """
 
 
+@pytest.mark.long
 def test_drain_hands_queued_tasks_back_lets_running_ones_finish_and_exits(
         workspace: Workspace, start_worker, tmp_path) -> None:
     # (its tasks write their runs to a log of the test's: no sandbox, which would hide it)

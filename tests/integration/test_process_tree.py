@@ -184,6 +184,7 @@ def test_children_over_the_total_memory_limit_are_stopped(
     assert "more than its memory limit (4G, its --max-memory)" in worker.log()
 
 
+@pytest.mark.long
 def test_the_processes_a_task_leaves_are_gone_soon_after_it_ends(
         workspace: Workspace, start_worker) -> None:
     worker = start_worker(threads=1, extra=UNBOXED)
@@ -227,6 +228,7 @@ def test_the_processes_a_task_leaves_are_gone_soon_after_it_ends(
         _kill(pids)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_no_process_of_a_task_outlives_the_worker(
         stop: signal.Signals, workspace: Workspace, start_worker) -> None:

@@ -113,6 +113,7 @@ def test_without_a_terminal_one_summary_line(workspace: Workspace, start_worker,
     assert len(summary) == 1 and "40/40 done, 0 failed, in" in summary[0], out.stderr
 
 
+@pytest.mark.long
 def test_shipping_a_large_workspace_says_so(workspace: Workspace, start_worker) -> None:
     worker = start_worker(threads=1)
     (workspace.root / "data.bin").write_bytes(os.urandom(40 << 20))

@@ -183,6 +183,7 @@ SMALL_RUN = """
     """
 
 
+@pytest.mark.long
 @pytest.mark.timeout(300)  # ten Mains one after another: a minute on two loaded cores
 def test_the_cache_stays_under_its_limit_as_thirty_megabytes_pass(workspace: Workspace,
                                                                   start_worker) -> None:
@@ -196,6 +197,7 @@ def test_the_cache_stays_under_its_limit_as_thirty_megabytes_pass(workspace: Wor
     assert disk_use(worker.cache_dir) < 20_000_000
 
 
+@pytest.mark.long
 @pytest.mark.timeout(300)  # shipping 120 MB twice: half a minute on two loaded cores
 def test_a_small_change_to_a_large_workspace_adds_about_its_size(workspace: Workspace,
                                                                  start_worker) -> None:

@@ -88,6 +88,10 @@ def _stop(pid: int) -> None:
             time.sleep(0.05)
 
 
+# One process runs this module's tests: it starts the Slurm cluster below once.
+pytestmark = pytest.mark.xdist_group("slurm")
+
+
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A single-node Slurm cluster of 2 CPUs; the environment its commands need."""

@@ -10,6 +10,8 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from distrib.wire import _keys
 from tests.helpers import PYTHON, Worker, Workspace, ended, finish, wait_for
 from tests.net.netns import Host, Network
@@ -99,6 +101,7 @@ def tree_run(m: Host, workspace: Workspace, env: dict[str, str], depth: int,
     return int(calls), int(placed)
 
 
+@pytest.mark.long
 def test_a_tree_relayed_and_direct_over_three_hosts_gives_the_same_results(
         network: Network, start_worker, workspace: Workspace, tmp_path: Path) -> None:
     m, env, workers = three_workers(network, start_worker, workspace, tmp_path,
@@ -138,6 +141,7 @@ def test_auto_goes_through_the_main_for_a_worker_that_does_not_authorize_the_oth
     assert sum(table[n]["direct_relayed"] for n in refused) > 0
 
 
+@pytest.mark.long
 def test_a_worker_killed_mid_tree_loses_no_call_and_leaves_nothing_running(
         network: Network, start_worker, workspace: Workspace, tmp_path: Path) -> None:
     m, env, workers = three_workers(network, start_worker, workspace, tmp_path,

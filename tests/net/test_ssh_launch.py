@@ -51,6 +51,10 @@ SCRIPT = """
     """
 
 
+# One process runs this module's tests: the shared cache below builds wheels and venvs once.
+pytestmark = pytest.mark.xdist_group("ssh")
+
+
 @pytest.fixture(scope="module")
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Wheels built by the Main and installed on the hosts, kept for the module's tests."""

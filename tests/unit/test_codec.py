@@ -144,6 +144,7 @@ def test_random_bytes_raise_only_protocol_error(frames: list[bytes]) -> None:
 @settings(max_examples=400, deadline=None)
 @given(st.sampled_from([c.TAG for c in m.ALL_MESSAGES]),
        st.lists(_msgpack_values, max_size=6), st.lists(st.binary(max_size=8), max_size=3))
+@pytest.mark.long
 def test_well_formed_msgpack_with_wrong_fields_raises_only_protocol_error(
         tag: int, fields: list[object], payload: list[bytes]) -> None:
     try:

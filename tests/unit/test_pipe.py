@@ -252,6 +252,7 @@ def test_random_headers_raise_only_pipe_error(header: Any, frames: list[bytes]) 
 @settings(max_examples=400, deadline=None)
 @given(st.sampled_from([cls.VERB.value for cls in pm.ALL_MESSAGES]),
        st.lists(_msgpack_values, max_size=12), st.lists(st.binary(max_size=8), max_size=3))
+@pytest.mark.long
 def test_a_known_verb_with_random_fields_raises_only_pipe_error(
         verb: str, fields: list[Any], frames: list[bytes]) -> None:
     head = msgpack.packb([verb, *fields])

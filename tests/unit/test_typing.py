@@ -6,9 +6,11 @@ import re
 import textwrap
 from pathlib import Path
 
+import pytest
 from mypy import api
 
 
+@pytest.mark.long
 def test_a_call_is_a_response_of_the_return_type(tmp_path: Path) -> None:
     script = tmp_path / "user.py"
     script.write_text(textwrap.dedent("""
