@@ -207,7 +207,7 @@ def test_the_processes_a_task_leaves_are_gone_soon_after_it_ends(
                     except psutil.NoSuchProcess:
                         pass
                 return out
-            while running() and time.monotonic() < ended + 2:
+            while running() and time.monotonic() < ended + 30:  # (a generous deadline)
                 time.sleep(0.02)
             print("RUNNING", *running())
             print("AGAIN", len(tasks.leave_processes(3, 0).unwrap(timeout=120)))
@@ -219,7 +219,7 @@ def test_the_processes_a_task_leaves_are_gone_soon_after_it_ends(
         assert out.returncode == 0, out.stderr[-3000:]
         lines = out.stdout.splitlines()
         assert "LEFT 201" in lines, out.stdout  # 200 forked, and the orphaned loop
-        assert "RUNNING" in lines, out.stdout  # (none left 2 s after the result came)
+        assert "RUNNING" in lines, out.stdout  # (none left soon after the result came)
         assert "AGAIN 4" in lines  # (a new executor)
         log = worker.log()
         assert re.search(r"executor \d+ ended: task leave_processes left 201 processes running",
