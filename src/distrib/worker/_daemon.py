@@ -36,8 +36,6 @@ from distrib.wire._pipe import Pipe
 from distrib.wire._pipe_messages import Run
 from distrib.worker._core import Core
 from distrib.worker._direct import LOCAL
-from distrib.worker._dials import Dials
-from distrib.worker._relaying import Exposure
 from distrib.worker._diskwatch import DiskLimits, DiskWatcher
 from distrib.worker._events import (
     Action,
@@ -67,6 +65,7 @@ from distrib.worker._objects import Objects
 from distrib.worker._outbox import Outbox
 from distrib.worker._owner import Owner, OwnerState
 from distrib.worker._pool import Recipe
+from distrib.worker._reach import Reach
 from distrib.worker._redistribution import Calls
 from distrib.worker._sandbox import Box, Sandboxes
 from distrib.worker._serving import Serving
@@ -135,17 +134,18 @@ class Daemon:
         self.owner = Owner(self.name, state, s.cache_dir, policy, s.flags or policy,
                            s.policy_file, self.core, self.executors, self.memory, self._apply,
                            self.serving.tell_all)
-        self.dials = Dials(self.ctx, s.key, s.connect, lambda: m.Dial(
+        self.reach = Reach(self.ctx, s, self.gate, self.address, lambda: m.Dial(
             m.PROTOCOL_VERSION, self.worker_id, self.name), self.serving.receive,
-            self._dial_closed)
-        self.owner.on_connect = self._set_dials
-        self.relayed: Exposure | None = None
+            self._dial_closed, time.monotonic())
+        self.dials = self.reach.dials
+        self.owner.on_connect = self.reach.set_dials
         self.status = StatusBuilder(self.name, self.worker_id, self.address, s.key,
                                     time.monotonic(), self.core, self.mains, self.gate,
                                     self.owner, self.executors, self.supply, self.serving,
                                     self.calls, self.dials)
-        self._set_relay(policy.relay)
-        self.owner.on_relay = self._set_relay
+        self.reach.on_relayed = self.status.set_relayed
+        self.reach.set_relay(policy.relay)
+        self.owner.on_relay = self.reach.set_relay
         # What each asks of another, built after it:
         self.executors.builds = self.supply.envs.pids
         self.executors.on_call = self.calls.on_call
@@ -156,7 +156,6 @@ class Daemon:
         # changed in this turn of the loop: told at its end
         self._stop = False
         self.owner.on_stop = self.request_stop
-        self._main_seen = time.monotonic()  # (a dialled Main last connected, or the start)
         self._announcer: Any = None
         self.lingering = Lingering(s.linger, s.users_lock, time.monotonic(), Path(
             s.endpoint.removeprefix("ipc://")) if s.endpoint.startswith("ipc://") else None) \
@@ -279,9 +278,7 @@ class Daemon:
         self.calls.direct.close()
         for peer in list(self.mains):
             self._send(peer, m.Refused(RefusalCode.SHUTTING_DOWN, "worker is shutting down"))
-        self.dials.close()
-        if self.relayed is not None:
-            self.relayed.close()
+        self.reach.close()
         self.gate.close(self.sock)
         self.sock.close(linger=2000)  # (the last results and goodbyes still go out)
         self.ctx.term()
@@ -318,30 +315,6 @@ class Daemon:
             # (asked, not tried: a receive that finds nothing raises, which costs more)
             if not cast(int, self.sock.get(zmq.EVENTS)) & zmq.POLLIN or time.monotonic() > until:
                 return
-
-    def _set_dials(self, targets: tuple[tuple[str, str], ...]) -> None:
-        """The policy file names other Mains to dial: dial those, stop dialling the others."""
-        if targets and self.settings.key is None:
-            log.warning("the policy file names Mains to dial (connect), but this worker has no "
-                        "key (--key): not dialling them")
-            return
-        self.gate.dialled = frozenset(key for _, key in targets)
-        self.dials.set_targets(targets)
-        if self.relayed is not None:
-            self.relayed.allow(self.gate.main_keys())
-
-    def _set_relay(self, relay: tuple[str, str] | None) -> None:
-        """Be reached through ``relay`` (the flags or the policy file say), or through none."""
-        if self.relayed is not None:
-            self.relayed.close()
-            self.relayed = None
-        key = self.settings.key
-        if relay is not None and key is None:
-            log.warning("the policy file names a relay, but this worker has no key (--key): "
-                        "not reached through it")
-        elif relay is not None and key is not None:
-            self.relayed = Exposure(relay, key, self.address, self.gate.main_keys())
-        self.status.relayed = self.relayed
 
     def _dial_closed(self, peer: bytes, why: str) -> None:
         """A Main this worker dialled closed the connection: its tasks stop now."""
@@ -477,20 +450,12 @@ class Daemon:
         self.supply.dists.tick(now)
         self.calls.direct.tick(now, self.core.stuck())
         self.serving.tick(now, self.settings.lost_after)
-        self.dials.tick(now, self.mains, self.settings.lost_after)
+        if self.reach.tick(now, self.mains):
+            self._stop = True
         self.status.tick(now)
         if self.gate.reload():
             self.serving.quotas_changed()
-            if self.relayed is not None:
-                self.relayed.allow(self.gate.main_keys())
-        alone = self.settings.exit_without_main
-        if alone is not None:  # (a launched worker: its Main is gone for good, say)
-            if any(t.peer for t in self.dials.targets):
-                self._main_seen = now
-            elif now - self._main_seen > alone:
-                log.warning("no Main it dials has been connected for %.0f s "
-                            "(--exit-without-main); stopping", alone)
-                self._stop = True
+            self.reach.keys_changed()
         parent = self.settings.exit_with_parent
         if parent is not None and os.getppid() != parent:
             log.info("parent process %d is gone; stopping", parent)

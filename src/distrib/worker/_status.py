@@ -51,6 +51,10 @@ class StatusBuilder:
         self.relayed = relayed  # its party at a relay (--relay), if any
         self._served_logged = now  # when the log last said who holds the slots
 
+    def set_relayed(self, relayed: Exposure | None) -> None:
+        """Its party at a relay changed (the flags or the policy file)."""
+        self.relayed = relayed
+
     def served(self) -> list[dict[str, Any]]:
         """Each Main served: its name, key (the first 8 characters), the slots its tasks
         hold, its tasks waiting here, its quota, and which way its link goes ("in": it
