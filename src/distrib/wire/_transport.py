@@ -50,12 +50,14 @@ def router(ctx: zmq.Context[Any], endpoint: str,
 
 
 def dealer(ctx: zmq.Context[Any], endpoint: str, server_key: str | None = None,
-           key: KeyPair | None = None, retry_max_ms: int = 2000,
+           key: KeyPair | None = None, retry_max_ms: int = 500,
            connect: bool = True) -> zmq.Socket[Any]:
     """Connect a DEALER to ``endpoint`` (a worker's, or a listening Main's); CURVE when the
     server's key is given. libzmq retries a refused connection after 0.1 s, then twice as
-    long each time, up to ``retry_max_ms``. ``connect=False``: the caller connects it (after
-    attaching a monitor: events before that are lost)."""
+    long each time, up to ``retry_max_ms`` (half a second: a worker started after its Main
+    is connected, and gets work, within a second of its start; a try costs a refused SYN).
+    ``connect=False``: the caller connects it (after attaching a monitor: events before that
+    are lost)."""
     sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
     if server_key is not None:
         own = key or _ephemeral()
