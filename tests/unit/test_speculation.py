@@ -156,3 +156,21 @@ def test_an_executor_passes_the_option_to_its_calls() -> None:
         pool.shutdown(wait=False)
     with pytest.raises(ConfigError, match="retries=0"):
         Executor(speculative=True, retries=0)
+
+
+def test_a_task_asked_back_from_a_worker_that_stopped_still_gets_a_copy() -> None:
+    # A stopped worker answers no Revoke: its queue is copied like any straggler's, and a
+    # late answer giving the task back leaves the copy to run alone (not placed a third time).
+    s = Scheduler("3.11")
+    s.join(worker("a", slots=1))
+    placed(s, task(1), task(2))
+    queued = s.workers["a"].inflight[2]
+    s.revoke("a", [2])
+    s.join(worker("b", slots=1))
+    assert queued in [t for t, _ in s.running_speculative()]
+    assert s.start_copy(queued) == "b"
+    assert s.take_back("a", [2], []) == []
+    assert queued.link == "b" and 2 not in s.copies
+    assert 2 not in s.workers["a"].inflight and s.workers["a"].inflight_slots == 1
+    assert s.workers["b"].inflight == {2: queued}
+    assert s.finish("b", 2) is queued

@@ -175,6 +175,12 @@ class Scheduler:
             return []
         out: list[Task] = []
         for task_id in given:
+            if task_id in worker.revoking and task_id in self.copies:
+                # (copied while it was asked back: its copy elsewhere goes on alone)
+                task = worker.inflight.get(task_id)
+                if task is not None:
+                    self.copy_ended(link, task)
+                continue
             if task_id in worker.revoking and (task := worker.inflight.pop(task_id, None)):
                 worker.inflight_slots -= task.threads
                 worker.full = False
@@ -279,15 +285,14 @@ class Scheduler:
                    for w in self.workers.values())
 
     def running_speculative(self) -> Iterator[tuple[Task, float]]:
-        """Tasks in flight that may get a second copy (marked so, not copied yet, not being
-        moved), each with the time since when it waits on its worker: since it started there,
-        as reckoned (``progressed``), or for one queued there, since the worker last reported
-        outcomes (a worker that stopped holds up its queue too), or since it was sent."""
+        """Tasks in flight that may get a second copy (marked so, and not copied yet), each
+        with the time since when it waits on its worker: since it started there, as reckoned
+        (``progressed``), or for one queued there, since the worker last reported outcomes
+        (a worker that stopped holds up its queue too: one asked back too, as it may never
+        answer), or since it was sent."""
         for worker in self.workers.values():
             for task in worker.inflight.values():
-                # (not one being asked back: it may be on its way to another worker)
-                if (task.speculative and not task.copied
-                        and task.task_id not in worker.revoking):
+                if task.speculative and not task.copied:
                     yield task, task.started or max(task.sent, worker.progress)
 
     def progressed(self, link: str, now: float) -> None:
