@@ -474,7 +474,7 @@ class Daemon:
         self._apply(self.core.handle(Tick(), now))
         self.supply.dists.tick(now)
         self.calls.direct.tick(now, self.core.stuck())
-        self.serving.tick(now, self.settings.lost_after)
+        self.serving.tick(now, self.settings.lost_after, self.settings.heartbeat_interval)
         self.dials.tick(now, self.mains, self.settings.lost_after)
         self.status.tick(now)
         if self.gate.reload():
