@@ -1,6 +1,6 @@
 """W10, the runtime at scale: many one-slot worker daemons on this machine, and one or more Mains.
 
-    bench/.venv/bin/python -m bench.scale run   [--workers 10,100,200] [--tasks 4000] [--seconds 1]
+    bench/.venv/bin/python -m bench.scale run   [--workers 10,100,200] [--tasks 20 x N] [--seconds 1]
     bench/.venv/bin/python -m bench.scale burst [--base 10] [--burst 200] [--within 5]
     bench/.venv/bin/python -m bench.scale mains [--workers 100] [--mains 10] [--tasks 400]
     (any of them with --quick: a few workers and tasks, for development)
@@ -9,8 +9,8 @@ Every worker is a real ``distrib worker`` process with one slot, a cache folder 
 its own, on loopback; the Mains are real processes with keys the workers authorize. All the
 daemons are started in one process group, ended together (SIGTERM, then SIGKILL) on exit.
 
-``run``: for each worker count, one Main runs a warm round (every worker has run a task), then
-``--tasks`` x sleep(``--seconds``). Reported: efficiency (ideal time / measured, ideal being
+``run``: for each worker count N, one Main runs a warm round (every worker has run a task), then
+``--tasks`` x sleep(``--seconds``) (20 per worker without it: 4,000 on 200). Reported: efficiency (ideal time / measured, ideal being
 tasks x seconds / workers), the Main's CPU time per task over the timed run, its peak RSS, the
 longest gap between two results, and an idle daemon's RSS (median of them all before any
 Main connects).
@@ -267,6 +267,7 @@ def cluster(mains: int = 1) -> Iterator[Cluster]:
             c.stop()
 
 
+PER_WORKER = 20  # tasks per worker without --tasks: 4,000 on 200
 IDLE_S = 10.0  # seconds the idle daemons' CPU is measured over
 PROFILE: dict[str, str] = {}  # --profile: where the Main's I/O thread sampler writes
 
@@ -298,14 +299,15 @@ def load() -> str:
 # --- the three measurements ------------------------------------------------------------------
 
 
-def run(sizes: list[int], tasks: int, seconds: float) -> None:
-    print(f"W10: {tasks:,} x sleep({seconds:g}) on N one-slot worker daemons "
-          f"({os.cpu_count()} cores; {load()} at the start)\n")
+def run(sizes: list[int], given: int | None, seconds: float) -> None:
+    print(f"W10: {f'{given:,}' if given else f'{PER_WORKER} x N'} x sleep({seconds:g}) on N "
+          f"one-slot worker daemons ({os.cpu_count()} cores; {load()} at the start)\n")
     print("| workers | efficiency | elapsed s (ideal) | Main CPU per task | daemons' CPU per "
           "task | Main peak RSS | longest gap between results | idle daemon RSS, CPU | "
           "load after |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for n in sizes:
+        tasks = given or PER_WORKER * n
         with cluster() as c:
             c.start(n)
             time.sleep(2)  # (settled: started)
@@ -431,7 +433,7 @@ def main() -> None:
         PROFILE["PROFILE"] = str(Path(a.profile).resolve())
     if a.what == "run":
         sizes = [int(x) for x in (a.workers or ("4,10" if a.quick else "10,100,200")).split(",")]
-        run(sizes, a.tasks or (100 if a.quick else 4000), a.seconds)
+        run(sizes, a.tasks, a.seconds)
     elif a.what == "burst":
         more = 10 if a.quick else a.burst
         burst(2 if a.quick else a.base, more, a.within, a.tasks or (20 * (2 + more)), a.seconds)
