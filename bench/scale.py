@@ -195,17 +195,19 @@ class Cluster:
                  "--threads", "1", "--name", f"w{i}", "--cache-dir", str(self.root / f"cache{i}"),
                  "--key", str(key), "--authorized-keys", str(self.root / "authorized"),
                  "--nice", "0", "--no-sandbox", "--exit-with-parent", str(os.getpid())],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                text=True, process_group=self.pgid or 0)
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=open(self.root / f"worker{i}.log", "w"), text=True,
+                process_group=self.pgid or 0)
             if self.pgid is None:
                 self.pgid = proc.pid
             self.procs.append(proc)
             new.append((proc, pair.public))
-        for proc, public in new:
+        for i, (proc, public) in enumerate(new, len(self.procs) - len(new)):
             assert proc.stdout is not None
             line = proc.stdout.readline()
             if " ready on " not in line:
-                raise RuntimeError(f"a worker did not start: {line!r}")
+                log = (self.root / f"worker{i}.log").read_text()[-3000:]
+                raise RuntimeError(f"worker {i} did not start (exit {proc.poll()}): {log}")
             self.addresses.append(f"{line.split(' ready on ')[1].split()[0]} {public}")
         return [p for p, _ in new]
 
