@@ -73,12 +73,12 @@ SCRIPT = textwrap.dedent("""
     def warm(n):
         # Rounds of n sleeps until one runs all at once: every worker has the workspace and
         # an executor, and takes a task as soon as it is free.
-        for _ in range(20):
+        for _ in range(10):
             t0 = time.monotonic()
             gather([nap(0.3) for _ in range(n)], timeout=600)
             if time.monotonic() - t0 < 0.9:
-                return
-        sys.exit("the warm-up rounds never ran all at once")
+                return True
+        return False  # (said in the result: the cores are too busy for the workers)
 
     def timed(responses):
         times = []
@@ -129,7 +129,7 @@ SCRIPT = textwrap.dedent("""
         out = {}
         if mode == "run":
             wait_workers(session, n, 600)
-            warm(n)
+            out["warm"] = warm(n)
             print("START", flush=True)  # (the driver reads the daemons' CPU times then)
             cpu0, t0 = me.cpu_times(), time.monotonic()
             times = timed([nap(seconds) for _ in range(tasks)])
@@ -141,7 +141,7 @@ SCRIPT = textwrap.dedent("""
         elif mode == "burst":
             base, burst = n, int(sys.argv[5])
             wait_workers(session, base, 600)
-            warm(base)
+            out["warm"] = warm(base)
             responses = [nap(seconds) for _ in range(tasks)]
             print("SUBMITTED", flush=True)  # (the driver resumes the stopped workers now)
             t0 = time.monotonic()
@@ -327,7 +327,8 @@ def run(sizes: list[int], given: int | None, seconds: float) -> None:
             r = result(proc)
         ideal = tasks * seconds / n
         daemons = (marks[1] - marks[0]) / tasks if len(marks) == 2 else float("nan")
-        print(f"| {n} | **{ideal / r['elapsed']:.2f}** | {r['elapsed']:.1f} ({ideal:.1f}) | "
+        cold = "" if r["warm"] else " (never warm: no round ran all at once)"
+        print(f"| {n} | **{ideal / r['elapsed']:.2f}**{cold} | {r['elapsed']:.1f} ({ideal:.1f}) | "
               f"{r['cpu'] / tasks * 1e3:.2f} ms | {daemons * 1e3:.1f} ms | "
               f"{r['peak_rss'] / 1e6:.0f} MB | {r['gap']:.2f} s | {idle / 1e6:.0f} MB, "
               f"{idle_cpu:.2%} of a core | {load()} |", flush=True)
