@@ -382,7 +382,7 @@ def mains(workers: int, count: int, tasks: int, seconds: float) -> None:
             p.stdin.flush()
         for p in procs:
             result(p)
-    print(report_mains(log.read_text(), workers, count))
+        print(report_mains(log.read_text(), workers, count))
 
 
 def report_mains(text: str, workers: int, count: int) -> str:
