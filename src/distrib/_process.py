@@ -69,18 +69,49 @@ def table() -> dict[int, Entry]:
     except OSError:
         return out
     for name in names:
-        if not name.isdigit():
-            continue
+        if name.isdigit():
+            _read_entry(int(name), out)
+    return out
+
+
+def _read_entry(pid: int, out: dict[int, Entry]) -> None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:  # (it ended meanwhile)
+        return
+    # After the command's name (in parentheses, and it may hold anything): state, ppid,
+    # process group, session.
+    fields = data[data.rfind(b")") + 2:].split()
+    if len(fields) >= 4:
+        out[pid] = Entry(int(fields[1]), int(fields[3]), fields[0] in (b"Z", b"X"))
+
+
+def table_of_children(parents: list[int]) -> dict[int, Entry]:
+    """``parents`` and their children, as ``table`` has them: read from each of their threads'
+    list of children where the kernel keeps one, which costs O(their children) rather than
+    O(every process of the machine) (hundreds of daemons on one machine each looking every
+    second); else the whole table."""
+    if not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"):
+        return table()
+    pids: list[int] = []
+    for parent in parents:
         try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                data = f.read()
-        except OSError:  # (it ended meanwhile)
+            threads = os.listdir(f"/proc/{parent}/task")
+        except OSError:  # (it ended)
             continue
-        # After the command's name (in parentheses, and it may hold anything): state, ppid,
-        # process group, session.
-        fields = data[data.rfind(b")") + 2:].split()
-        if len(fields) >= 4:
-            out[int(name)] = Entry(int(fields[1]), int(fields[3]), fields[0] in (b"Z", b"X"))
+        for tid in threads:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children", "rb") as f:
+                    pids.extend(int(x) for x in f.read().split())
+            except OSError:  # (the thread ended)
+                continue
+    out: dict[int, Entry] = {}
+    for pid in pids:
+        _read_entry(pid, out)
+    out = {pid: e for pid, e in out.items() if e.ppid in parents}
+    for pid in parents:  # (and the parents themselves)
+        _read_entry(pid, out)
     return out
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from distrib.worker._objects import Objects
 
 KEY = b"key K"
@@ -69,3 +71,20 @@ def test_a_main_leaving_gives_its_room_back(tmp_path: Path) -> None:
     objects.forget(b"A")
     assert objects.taken() == 0
     assert _keep(objects, b"B", "b1", 6, KEY) == ""
+
+
+def test_a_stale_folder_another_daemon_removes_meanwhile_is_passed_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Hundreds of daemons starting at once each clear the stale /dev/shm folders of daemons
+    # that are gone: one that another removed between the listing and the look is no error.
+    from distrib import _shm
+
+    monkeypatch.setattr(_shm, "ROOT", tmp_path)
+    gone, stale = tmp_path / "distrib-w999999998-a", tmp_path / "distrib-w999999999-b"
+    gone.mkdir()
+    stale.mkdir()
+    listed = list(tmp_path.glob("distrib-w*-*"))
+    gone.rmdir()
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: iter(listed))
+    Objects.remove_stale()
+    assert not stale.exists()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import zmq
 
@@ -40,6 +40,9 @@ class Link(_link.Link):
     # the last round trips Ping -> Pong measured (seconds): their least is the link's own,
     # queueing behind large frames aside
     round_trips: deque[float] = field(default_factory=lambda: deque(maxlen=ROUND_TRIPS_KEPT))
+    # Counts every change of any link's sockets: the I/O thread polls the same sockets until
+    # it changes, instead of registering every link's anew at each turn (O(workers) a turn).
+    sockets_changed: ClassVar[int] = 0
 
     @property
     def label(self) -> str:
@@ -50,7 +53,12 @@ class Link(_link.Link):
         """The worker opened this link (it dialled this Main)."""
         return bool(self.routing_id)
 
+    def close(self) -> None:
+        Link.sockets_changed += 1
+        super().close()
+
     def connect(self, now: float, hello: m.Hello) -> None:
+        Link.sockets_changed += 1
         if not self.dialled_in:
             super().connect(now, hello)
             return

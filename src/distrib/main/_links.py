@@ -41,6 +41,9 @@ if TYPE_CHECKING:  # (imported where a relay is used: it brings asyncio)
 
 log = logging.getLogger("distrib")
 
+PEERS_AT_ONCE = 16  # up to this many workers, each hears of a change of the others at once
+PEERS_EVERY = 1.0  # past it, seconds between the rounds of Peers while workers come and go
+
 
 class Links:
     """The links to workers, by link id (``w0``, ``w1``...), and what their changes do."""
@@ -68,6 +71,9 @@ class Links:
         self.any_shm = False  # a worker shares /dev/shm: calls write large frames there
         self._peers_told: dict[str, list[list[Any]]] = {}  # per link: the Peers it last heard
         self._found: deque[Any] = deque()
+        self._beat_at = 0.0  # when the last round of heartbeats went out
+        self._peers_at = 0.0  # when the workers last heard of each other
+        self._peers_due = False  # a change they have not heard of yet
         self._warned: set[tuple[str, str]] = set()
 
     def add(self, worker: _config.WorkerAddress) -> Link:
@@ -201,6 +207,13 @@ class Links:
         worker that left, told anew if it comes back)."""
         if gone is not None:
             self._peers_told.pop(gone.link_id, None)
+        now = time.monotonic()
+        if len(self.scheduler.workers) > PEERS_AT_ONCE and now - self._peers_at < PEERS_EVERY:
+            # Telling each of N workers of the N - 1 others costs O(N^2) per change: when
+            # hundreds join in a burst, the changes of a second are told together (a tick).
+            self._peers_due = True
+            return
+        self._peers_at, self._peers_due = now, False
         # (a worker that dialled, or that is reached through the relay, cannot be reached by
         # the others, nor told of them: its tasks' calls go through this Main)
         ready = [x for x in self.links.values() if x.state is LinkState.READY
@@ -347,6 +360,13 @@ class Links:
     def tick(self, now: float) -> None:
         """Heartbeats, silent workers lost, failed links tried again (``_health``)."""
         lost_after = self.policy.lost_after
+        # Heartbeats every heartbeat interval, not every tick: with hundreds of workers they
+        # would outnumber the tasks' messages.
+        beat = now - self._beat_at >= self.settings.heartbeat_interval * 0.9
+        if beat:
+            self._beat_at = now
+        if self._peers_due and now - self._peers_at >= PEERS_EVERY:
+            self.tell_peers()
         if self.listener is not None:
             self.listener.reload()
         for link in list(self.links.values()):
@@ -362,7 +382,10 @@ class Links:
                             "elsewhere", link.label, lost_after)
                 self.lose(link, LinkState.LOST, f"was silent for {lost_after:.0f} s")
             elif check is LinkCheck.HEARTBEAT:
-                link.send(m.Heartbeat())
+                if link.state is LinkState.READY and now - link.pinged >= PING_EVERY:
+                    self.ping(link, now)  # (its round trip, measured again; a heartbeat too)
+                elif beat:
+                    link.send(m.Heartbeat())
             elif check is LinkCheck.CONNECT:
                 self.connect(link, now)
             elif check is LinkCheck.SLOW and not link.dialled_in and \
@@ -371,5 +394,3 @@ class Links:
                 log.warning("worker %s has not answered for %.0f s (is a worker running at "
                             "that address, and reachable from here?); still trying",
                             link.label, now - link.since)
-            if link.state is LinkState.READY and now - link.pinged >= PING_EVERY:
-                self.ping(link, now)  # (its round trip, measured again)

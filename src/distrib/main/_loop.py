@@ -74,41 +74,38 @@ class Loop:
         self._published = 0.0
         self._warned: set[Any] = set()
         self.relocation = Relocation(scheduler, links, nested, self._send)
+        self._poller = zmq.Poller()
+        self._polled: dict[Any, tuple[Link, bool]] = {}  # socket -> its link, is a monitor
+        self._polled_at = -1  # ``Link.sockets_changed`` when they were registered
 
     def run(self) -> None:
-        links = self.links.links
         now = time.monotonic()
         self.links.connect_all(now)
         next_tick = last_tick = now
-        watched: tuple[Any, ...] = ()
-        poller = zmq.Poller()
-        socks: dict[Any, Link] = {}
-        monitors: dict[Any, Link] = {}
-        listening: list[Any] = []
         try:
             while not self.stopping:
-                # (a new poller only when what it watches changed: most turns it has not)
-                now_watched = (*((link, link.sock, link.monitor) for link in links.values()),
-                               self.links.listener)
-                if now_watched != watched:
-                    watched, poller = now_watched, zmq.Poller()
-                    poller.register(self.inbox.reader, zmq.POLLIN)
-                    socks = {link.sock: link for link in links.values() if link.sock is not None}
-                    monitors = {link.monitor: link for link in links.values()
-                                if link.monitor is not None}
-                    listening = self.links.listener.sockets() if self.links.listener else []
-                    for sock in [*socks, *monitors, *listening]:
-                        poller.register(sock, zmq.POLLIN)
-                events = dict(poller.poll(int(max(0.0, next_tick - time.monotonic()) * 1000) + 1))
-                if self.inbox.reader.fileno() in events:
-                    self.inbox.woken()
-                for mon, link in monitors.items():
-                    if mon in events and link.monitor is mon:
-                        self.links.on_monitor(link, link.event())
-                for sock, link in socks.items():
-                    if sock in events and link.sock is sock:
+                if self._polled_at != Link.sockets_changed:
+                    self._poll_anew()
+                timeout = int(max(0.0, next_tick - time.monotonic()) * 1000) + 1
+                events = self._poller.poll(timeout)
+                listening = False
+                socks: list[tuple[Any, Link]] = []
+                for sock, _ in events:
+                    what = self._polled.get(sock)
+                    if what is None:
+                        if sock == self.inbox.reader.fileno() or sock is self.inbox.reader:
+                            self.inbox.woken()
+                        else:
+                            listening = True
+                    elif what[1]:  # (a monitor: handshake failures, closed connections)
+                        if what[0].monitor is sock:
+                            self.links.on_monitor(what[0], what[0].event())
+                    else:
+                        socks.append((sock, what[0]))
+                for sock, link in socks:
+                    if link.sock is sock:
                         self._drain(link)
-                if any(sock in events for sock in listening):
+                if listening:
                     self._drain_listener()
                 self._take_incoming()
                 self.links.adopt_found()
@@ -128,6 +125,23 @@ class Loop:
         finally:
             self.warmed.set()
             self.links.goodbye()
+
+    def _poll_anew(self) -> None:
+        """Register the sockets of every link (and the inbox's, the listener's) with a new
+        poller: done when a link's sockets changed, not at every turn."""
+        self._polled_at = Link.sockets_changed
+        self._poller = zmq.Poller()
+        self._poller.register(self.inbox.reader, zmq.POLLIN)
+        self._polled = {}
+        for link in self.links.links.values():
+            if link.sock is not None:
+                self._polled[link.sock] = (link, False)
+                self._poller.register(link.sock, zmq.POLLIN)
+            if link.monitor is not None:
+                self._polled[link.monitor] = (link, True)
+                self._poller.register(link.monitor, zmq.POLLIN)
+        for sock in self.links.listener.sockets() if self.links.listener else []:
+            self._poller.register(sock, zmq.POLLIN)
 
     def _take_incoming(self) -> None:
         stats = self.stats

@@ -449,7 +449,7 @@ class Daemon:
         self._apply(self.core.handle(Tick(), now))
         self.supply.dists.tick(now)
         self.calls.direct.tick(now, self.core.stuck())
-        self.serving.tick(now, self.settings.lost_after)
+        self.serving.tick(now, self.settings.lost_after, self.settings.heartbeat_interval)
         if self.reach.tick(now, self.mains):
             self._stop = True
         self.status.tick(now)

@@ -213,6 +213,10 @@ class Executors:
                     self.apply(self.died(ex_id))
         template.waiting.clear()
 
+    def _boxed(self) -> list[int]:
+        """The sandboxed templates: what an ended executor left goes to them."""
+        return [t.proc.pid for t in self.templates.values() if isinstance(t.proc, Boxed)]
+
     def _sweep_strays(self, procs: dict[int, _process.Entry], at_once: bool = False) -> None:
         """Kill what tasks left to this daemon (``_strays``), and reap what exited."""
         started = [ex.proc for ex in self.procs.values()] + [
@@ -417,7 +421,8 @@ class Executors:
     def tick(self, now: float) -> None:
         self.read_ready()
         strays = self.forking and (now >= self._strays_next or now < self._strays_until)
-        procs = _process.table() if self.memory.limit or strays else {}
+        procs = _process.table() if self.memory.limit else (
+            _process.table_of_children([os.getpid(), *self._boxed()]) if strays else {})
         if self.memory.limit:
             self._watch_memory(procs)
         if self.disk is not None:

@@ -98,7 +98,11 @@ class Objects:
             return
         for path in _shm.ROOT.glob("distrib-w*-*"):
             pid = path.name[len("distrib-w"):].split("-", 1)[0]
-            if pid.isdigit() and not exists(int(pid)) and path.lstat().st_uid == os.geteuid():
+            try:
+                mine = path.lstat().st_uid == os.geteuid()
+            except OSError:  # (another daemon starting at the same time removed it)
+                continue
+            if pid.isdigit() and not exists(int(pid)) and mine:
                 shutil.rmtree(path, ignore_errors=True)
 
     def held(self) -> tuple[int, int]:

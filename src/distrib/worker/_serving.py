@@ -92,6 +92,7 @@ class Serving:
         self.dropped = 0  # malformed messages
         self.carried = Carried()  # payload frames Mains sent ahead of their messages
         self.reruns = 0  # tasks run again here after a crash or a lost worker (at least once)
+        self._beat_at = 0.0  # when the last heartbeats went out
 
     def on_frames(self, frames: list[Any]) -> None:
         """One message read from the ROUTER: decoded, checked, and served."""
@@ -402,11 +403,14 @@ class Serving:
                       main.name if main else peer.hex()[:8], why, dropped.queued,
                       dropped.running)
 
-    def tick(self, now: float, lost_after: float) -> None:
-        """Drop silent Mains and say a heartbeat to the others."""
+    def tick(self, now: float, lost_after: float, every: float) -> None:
+        """Drop silent Mains and say a heartbeat to the others, every ``every`` seconds (not
+        at every tick: a Main of hundreds of workers hears each one's)."""
         for peer in self.mains.silent(now, lost_after):
             self.drop_main(peer, f"was silent for {lost_after:.0f} s")
-        self.heartbeat()
+        if now - self._beat_at >= every * 0.9:
+            self._beat_at = now
+            self.heartbeat()
 
     def heartbeat(self) -> None:
         """Say this worker is alive to every Main (also from inside a long transfer)."""
