@@ -62,7 +62,7 @@ def test_three_mains_share_the_workers_and_a_killed_one_frees_its_slots_at_once(
         wait_for(lambda: log.exists() and {w for w, _, _ in runs(log)} == {"M0", "M1", "M2"},
                  timeout=120, what="a task of each Main run")
         shared_from = max(min(s for w, s, _ in runs(log) if w == m) for m in ("M0", "M1", "M2"))
-        wait_for(lambda: time.time() > shared_from + 6 * SECONDS, what="a few rounds shared")
+        wait_for(lambda: time.time() > shared_from + 12 * SECONDS, what="rounds shared")
         m0.send_signal(signal.SIGKILL)  # (no goodbye: its connections close)
         killed = time.time()
         m0.wait(30)
@@ -71,10 +71,11 @@ def test_three_mains_share_the_workers_and_a_killed_one_frees_its_slots_at_once(
     for w in workers:
         assert w.proc.poll() is None, w.log()
     done = runs(log)
-    # Shares while all three wanted more: a third each (generous bounds, busy cores).
+    # Shares while all three wanted more: a third each (generous bounds: busy cores, and a
+    # task is a twelfth of a Main's share of the window).
     total = held(done, {"M0", "M1", "M2"}, shared_from, killed)
     shares = {m: held(done, {m}, shared_from, killed) / total for m in ("M0", "M1", "M2")}
-    assert all(0.2 < s < 0.47 for s in shares.values()), shares
+    assert all(0.18 < s < 0.5 for s in shares.values()), shares
     used_before = total / (WORKERS * (killed - shared_from))
     # After the kill, the other two hold M0's slot too: well before the heartbeat timeout
     # (10 s), as they would not if M0's queued tasks kept their turns.
