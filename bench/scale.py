@@ -157,6 +157,9 @@ SCRIPT = textwrap.dedent("""
             out["all_joined"] = joined[0] - t0 if joined else None
         else:  # "mains": slot-seconds are logged by the tasks themselves
             wait_workers(session, n, 600)
+            # (each Main's executors started on every worker before the shares are measured:
+            # else the window measures who started first)
+            out["warm"] = warm(n)
             print("READY", flush=True)
             sys.stdin.readline()  # (all Mains start together)
             gather([nap(seconds, os.environ["LOG"]) for _ in range(tasks)], timeout=3600)
