@@ -91,6 +91,25 @@ def parties() -> Iterator[Callable[[str, str, KeyPair], RelayParty]]:
 
 
 Link = Callable[..., "tuple[zmq.Socket[Any], zmq.Socket[Any]]"]
+Linked = Callable[[str, str], "tuple[RelayParty, RelayParty, zmq.Socket[Any], zmq.Socket[Any]]"]
+
+
+@pytest.fixture
+def linked(relay_keys: tuple[Path, Path, KeyPair, KeyPair],
+           parties: Callable[[str, str, KeyPair], RelayParty], link: Link) -> Linked:
+    """``linked(address, relay_key)``: a Main's and a worker's parties registered at the relay
+    reached at ``address``, and a DEALER and a ROUTER linked through them (``link``)."""
+    _, _, main_key, worker_key = relay_keys
+
+    def make(address: str, relay_key: str) -> tuple[RelayParty, RelayParty, zmq.Socket[Any],
+                                                    zmq.Socket[Any]]:
+        worker = parties(address, relay_key, worker_key)
+        main = parties(address, relay_key, main_key)
+        dealer, router = link(main, worker)
+        wait_for(registered(main, worker), START_TIMEOUT, "both parties registered")
+        return main, worker, dealer, router
+
+    return make
 
 
 @pytest.fixture
@@ -139,13 +158,10 @@ def registered(*parties: RelayParty) -> Callable[[], bool]:
 
 def test_a_curve_session_runs_end_to_end_through_the_relay(
         start_relay: Callable[..., Relay], relay_keys: tuple[Path, Path, KeyPair, KeyPair],
-        parties: Callable[[str, str, KeyPair], RelayParty], link: Link) -> None:
+        linked: Linked) -> None:
     relay = start_relay()
     _, _, main_key, worker_key = relay_keys
-    worker = parties(relay.address, relay.public_key, worker_key)
-    main = parties(relay.address, relay.public_key, main_key)
-    dealer, router = link(main, worker)
-    wait_for(registered(main, worker), START_TIMEOUT, "both parties registered")
+    _, _, dealer, router = linked(relay.address, relay.public_key)
     for size in (10, 100_000):
         echo(dealer, router, os.urandom(size))
     echo(dealer, router, os.urandom(80 << 20), timeout=120)
@@ -217,17 +233,12 @@ class Recorder:
 
 
 def test_the_relay_sees_no_plaintext_of_what_it_carries(
-        start_relay: Callable[..., Relay], relay_keys: tuple[Path, Path, KeyPair, KeyPair],
-        parties: Callable[[str, str, KeyPair], RelayParty], link: Link) -> None:
+        start_relay: Callable[..., Relay], linked: Linked) -> None:
     relay = start_relay()
     recorder = Recorder(relay.address)
     try:
-        _, _, main_key, worker_key = relay_keys
         # Both parties reach the relay only through the recorder: it holds all the relay saw.
-        worker = parties(recorder.address, relay.public_key, worker_key)
-        main = parties(recorder.address, relay.public_key, main_key)
-        dealer, router = link(main, worker)
-        wait_for(registered(main, worker), START_TIMEOUT, "both parties registered")
+        _, _, dealer, router = linked(recorder.address, relay.public_key)
         marker = b"MARKER-e2e-7f3a9c-" * 64
         echo(dealer, router, marker + os.urandom(1 << 20) + marker)
         captured = recorder.captured()
@@ -262,8 +273,7 @@ def test_an_unauthorized_party_is_refused_and_logged_with_its_key(
 
 
 def test_garbage_on_the_relay_port_does_not_stop_it_serving(
-        start_relay: Callable[..., Relay], relay_keys: tuple[Path, Path, KeyPair, KeyPair],
-        parties: Callable[[str, str, KeyPair], RelayParty], link: Link) -> None:
+        start_relay: Callable[..., Relay], linked: Linked) -> None:
     relay = start_relay()
     target = host_port(relay.address)
     held: list[socket.socket] = []
@@ -279,11 +289,7 @@ def test_garbage_on_the_relay_port_does_not_stop_it_serving(
             wait_for(lambda: f"dropped {line}" in relay.log(), START_TIMEOUT, line)
         for _ in range(300):  # silent connections, more than the relay keeps unidentified
             held.append(socket.create_connection(target))
-        _, _, main_key, worker_key = relay_keys
-        worker = parties(relay.address, relay.public_key, worker_key)
-        main = parties(relay.address, relay.public_key, main_key)
-        dealer, router = link(main, worker)
-        wait_for(registered(main, worker), START_TIMEOUT, "both parties registered")
+        _, _, dealer, router = linked(relay.address, relay.public_key)
         echo(dealer, router, os.urandom(1 << 20))
         assert relay.proc.poll() is None
         assert "dropped the oldest of too many connections that had not said" in relay.log()
@@ -316,19 +322,14 @@ def test_a_restarted_relay_gets_its_parties_back(
 
 
 def test_the_relay_caps_splices_and_bytes_per_second_per_key(
-        start_relay: Callable[..., Relay], relay_keys: tuple[Path, Path, KeyPair, KeyPair],
-        parties: Callable[[str, str, KeyPair], RelayParty], link: Link) -> None:
+        start_relay: Callable[..., Relay], linked: Linked) -> None:
     relay = start_relay(extra=("--max-splices", "1", "--max-rate", "2M"))
-    _, _, main_key, worker_key = relay_keys
-    worker = parties(relay.address, relay.public_key, worker_key)
-    main = parties(relay.address, relay.public_key, main_key)
-    dealer, router = link(main, worker)
-    wait_for(registered(main, worker), START_TIMEOUT, "both parties registered")
+    main, worker, dealer, router = linked(relay.address, relay.public_key)
     started = time.monotonic()
     echo(dealer, router, os.urandom(6 << 20))  # 6 MB each way at 2 MB/s, 2 MB of burst
     assert time.monotonic() - started > 1.0
     # A second connection to the same key, while the first holds its one splice:
-    local = main.forward(worker_key.public)
+    local = main.forward(worker.key.public)
     with socket.create_connection(host_port(local)) as s:
         s.settimeout(30)
         assert s.recv(1) == b""  # closed: over the cap
@@ -339,13 +340,10 @@ def test_the_relay_caps_splices_and_bytes_per_second_per_key(
 
 def test_a_key_taken_out_of_the_file_loses_its_splices_and_its_registration(
         start_relay: Callable[..., Relay], relay_keys: tuple[Path, Path, KeyPair, KeyPair],
-        parties: Callable[[str, str, KeyPair], RelayParty], link: Link) -> None:
+        linked: Linked) -> None:
     relay = start_relay()
     _, authorized, main_key, worker_key = relay_keys
-    worker = parties(relay.address, relay.public_key, worker_key)
-    main = parties(relay.address, relay.public_key, main_key)
-    dealer, router = link(main, worker)
-    wait_for(registered(main, worker), START_TIMEOUT, "both parties registered")
+    main, worker, dealer, router = linked(relay.address, relay.public_key)
     echo(dealer, router, b"before")
     authorized.write_text(f"{worker_key.public} worker\n")
     wait_for(lambda: f"key {main_key.public} is no longer authorized: closing its 1 splice(s)"
