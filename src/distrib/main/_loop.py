@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -44,6 +45,7 @@ from distrib.workspace._manifest import Distribution
 
 if TYPE_CHECKING:
     from distrib._local import LocalCluster
+    from distrib._response import Response
 
 log = logging.getLogger("distrib")
 
@@ -77,6 +79,10 @@ class Loop:
         self._poller = zmq.Poller()
         self._polled: dict[Any, tuple[Link, bool]] = {}  # socket -> its link, is a monitor
         self._polled_at = -1  # ``Link.sockets_changed`` when they were registered
+        # Outcomes settled in this turn, and their counts: the waiting threads are woken at
+        # its end, just before the poll. Woken earlier, a caller wants the interpreter lock
+        # while this thread still holds it, and both threads sleep and wake once more a call.
+        self._settled: list[Callable[[], None]] = []
 
     def run(self) -> None:
         now = time.monotonic()
@@ -119,12 +125,24 @@ class Loop:
                     self.relocation.rebalance()
                     last_tick = now
                     next_tick = now + min(self.settings.heartbeat_interval, 0.2)
+                self._wake_settled()
         except Exception:  # a bug here would hang every unwrap(): say so loudly
             log.exception("the distrib I/O thread failed; pending tasks cannot finish")
             raise
         finally:
+            self._wake_settled()
             self.warmed.set()
             self.links.goodbye()
+
+    def _finish(self, response: Response[Any], worker: str, value: Any,
+                exc: BaseException | None) -> None:
+        """(``settle``'s) Settle ``response`` at the end of this turn."""
+        self._settled.append(partial(response._set_outcome, worker, value, exc))
+
+    def _wake_settled(self) -> None:
+        settled, self._settled = self._settled, []
+        for finish in settled:
+            finish()
 
     def _poll_anew(self) -> None:
         """Register the sockets of every link (and the inbox's, the listener's) with a new
@@ -349,13 +367,13 @@ class Loop:
                 self.nested.parents_moved([task])  # (its run here ended: its calls too)
                 self.nested.finished(link.link_id, task.task_id)
             settle(task, spec, frames, link.name, f"{task.name}#{task.task_id} on worker "
-                   f"{link.label}", self.scheduler, self.outputs, link.link_id)
+                   f"{link.label}", self.scheduler, self.outputs, link.link_id, self._finish)
             if self.stats is not None:
                 link.has_workspace, link.building = True, False
                 if "ran" in spec.info:
                     self.stats.ran(task.name, spec.info["ran"])
-                self._count(task, link.name, link.link_id,
-                            retried=spec.status is m.Outcome.CRASHED)
+                self._settled.append(partial(self._count, task, link.name, link.link_id,
+                                             spec.status is m.Outcome.CRASHED))
         if self.relocation.speculating:  # (the slots these ended free start the next tasks there)
             self.scheduler.progressed(link.link_id, time.monotonic())
 

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -156,16 +157,20 @@ def _missing_here(record: ErrorRecord) -> tuple[str, str] | None:
     return None
 
 
+Finish = Callable[[Response[Any], str, Any, BaseException | None], None]
+
+
 def settle(task: Task, spec: m.ResultSpec, frames: Any, worker: str, where: str,
-           scheduler: Scheduler, outputs: Outputs, link_id: str) -> None:
-    """Finish ``task``'s Response with the outcome ``spec`` reported by ``worker`` (a crash
-    within its retries puts it back in ``scheduler``; output files are written first)."""
+           scheduler: Scheduler, outputs: Outputs, link_id: str, finish: Finish) -> None:
+    """Finish ``task``'s Response (through ``finish``: response, worker, value, error) with the
+    outcome ``spec`` reported by ``worker`` (a crash within its retries puts it back in
+    ``scheduler``; output files are written first)."""
     response: Response[Any] = task.response
     if spec.status is Outcome.OK:
         try:
             value = _serialize.loads(frames)
         except Exception as exc:
-            response._set_outcome(worker, exc=SerializationError(
+            finish(response, worker, None, SerializationError(
                 f"the result of {where} does not unpickle here: {type(exc).__name__}: {exc}"))
             return
         if task.outputs:  # (result, [(path, bytes), ...]): files first, then the result
@@ -173,14 +178,14 @@ def settle(task: Task, spec: m.ResultSpec, frames: Any, worker: str, where: str,
                 value, files = value
                 outputs.write(f"task {task.name}#{task.task_id}", files, task.outputs)
             except (WorkspaceError, OSError) as exc:
-                response._set_outcome(worker, exc=exc)
+                finish(response, worker, None, exc)
                 return
             except Exception as exc:  # a malformed answer must not stop the I/O thread
-                response._set_outcome(worker, exc=WorkspaceError(
+                finish(response, worker, None, WorkspaceError(
                     f"the output files of {where} are malformed ({type(exc).__name__}: "
                     f"{exc}); nothing was written"))
                 return
-        response._set_outcome(worker, value)
+        finish(response, worker, value, None)
     elif spec.status is Outcome.DEFERRED:
         scheduler.defer(link_id, task)
     elif spec.status in (Outcome.ERROR, Outcome.ENV_ERROR) and (
@@ -190,22 +195,22 @@ def settle(task: Task, spec: m.ResultSpec, frames: Any, worker: str, where: str,
         scheduler.cannot_provide(link_id, task, problem)
     elif spec.status in (Outcome.ERROR, Outcome.ENV_ERROR) and (
             unshipped := unshipped_module(spec.info, f"task {where}")):
-        response._set_outcome(worker, exc=unshipped)
+        finish(response, worker, None, unshipped)
     elif spec.status in (Outcome.ERROR, Outcome.ENV_ERROR):
         error = _sealed.loads_error(frames, spec.info)
         if type(error) is TaskDiskExceeded:  # (the worker does not know the task's name)
             error = TaskDiskExceeded(f"task {where}: {error}")
-        response._set_outcome(worker, exc=error)
+        finish(response, worker, None, error)
     elif spec.status is Outcome.CRASHED:
         limit = spec.info.get("memory_limit", "")
         if scheduler.retry(task, int(limit) if limit.isdigit() else 0):
             log.info("%s crashed; retrying (%d of %d)", where, task.attempts, task.retries)
         else:
-            response._set_outcome(worker, exc=WorkerCrashed(
+            finish(response, worker, None, WorkerCrashed(
                 f"{where} crashed: {ErrorRecord.from_wire(spec.info).message}; tried "
                 f"{task.attempts} time(s), retries={task.retries}"))
     elif spec.status is Outcome.TIMEOUT:
-        response._set_outcome(worker, exc=TaskTimeout(
+        finish(response, worker, None, TaskTimeout(
             f"{where} ran past its timeout of {task.timeout} s and was stopped"))
     else:
-        response._set_outcome(worker, exc=Cancelled(f"{where} was cancelled"))
+        finish(response, worker, None, Cancelled(f"{where} was cancelled"))
