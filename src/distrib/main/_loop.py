@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -35,7 +35,7 @@ from distrib.main._scheduler import Scheduler
 from distrib.main._tracked import Task
 from distrib.main._shipping import blob_messages
 from distrib.main._stats import Stats
-from distrib.wire import _codec
+from distrib.wire import _codec, _transport
 from distrib.wire import _messages as m
 from distrib.wire._envspec import EnvSpec
 from distrib.wire._link import LinkState
@@ -233,8 +233,7 @@ class Loop:
                 continue
             link.last_seen = time.monotonic()
             self._on_message(link, message)
-            # (asked, not tried: a receive that finds nothing raises, which costs more)
-            if link.sock is None or not cast(int, link.sock.get(zmq.EVENTS)) & zmq.POLLIN:
+            if link.sock is None or not _transport.readable(link.sock):
                 return
 
     def _drain_listener(self) -> None:

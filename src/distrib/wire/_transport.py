@@ -8,7 +8,7 @@ worker. A Main that listens binds a ROUTER too, and a worker that dials it conne
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -20,6 +20,11 @@ from distrib.wire._messages import Message
 # A peer sending a frame over MAX_MESSAGE_BYTES (as it is on the wire) is disconnected by
 # libzmq.
 _COPY_THRESHOLD = 64 * 1024
+# pyzmq's flags and options as plain ints: as its enums, each ``&`` or comparison builds an
+# enum member (microseconds, several times a message).
+_SNDMORE, _NOBLOCK, _EVENTS, _POLLIN = (int(zmq.SNDMORE), int(zmq.NOBLOCK), int(zmq.EVENTS),
+                                        int(zmq.POLLIN))
+_MECHANISM, _CURVE = int(zmq.MECHANISM), int(zmq.CURVE)
 
 
 def router(ctx: zmq.Context[Any], endpoint: str,
@@ -100,7 +105,7 @@ def send(sock: zmq.Socket[Any], message: Message, peer: bytes | None = None,
     """Send ``message`` (to ``peer``, on a ROUTER), its payload frames cut into pieces that
     the receiver's limit ``max_frame`` takes (``piece_bytes``), and carried ahead of it when
     they are more than one piece (``wire/_carry.py``). Large frames go without a copy."""
-    keyed = bool(message.frames) and sock.getsockopt(zmq.MECHANISM) == zmq.CURVE
+    keyed = bool(message.frames) and sock.getsockopt(_MECHANISM) == _CURVE
     piece = piece_bytes(max_frame, keyed)
     for frames in _carry.split(_codec.encode(message, piece), piece):
         if peer is not None:
@@ -108,13 +113,26 @@ def send(sock: zmq.Socket[Any], message: Message, peer: bytes | None = None,
         last = len(frames) - 1
         for i, frame in enumerate(frames):
             big = memoryview(frame).nbytes >= _COPY_THRESHOLD
-            sock.send(frame, zmq.SNDMORE if i < last else 0, copy=not big)
+            sock.send(frame, _SNDMORE if i < last else 0, copy=not big)
 
 
 def recv_frames(sock: zmq.Socket[Any]) -> list[Any]:
     """Receive one multipart message without blocking (raises ``zmq.Again`` when none); a
     ``Carried`` of the socket's peers turns those carried ahead into whole messages."""
-    return sock.recv_multipart(zmq.NOBLOCK, copy=False)
+    # (pyzmq's recv_multipart asks the socket whether more follows, with enum flags: a
+    # frame says so itself)
+    frame = sock.recv(_NOBLOCK, copy=False)
+    frames = [frame]
+    while frame.more:
+        frame = sock.recv(_NOBLOCK, copy=False)
+        frames.append(frame)
+    return frames
+
+
+def readable(sock: zmq.Socket[Any]) -> bool:
+    """Whether a message waits on ``sock`` (asked, not tried: a receive that finds nothing
+    raises, which costs more)."""
+    return bool(cast(int, sock.get(_EVENTS)) & _POLLIN)
 
 
 def monitor_event(monitor: zmq.Socket[Any], flags: int = 0) -> dict[str, Any]:

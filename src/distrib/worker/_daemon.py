@@ -21,7 +21,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import zmq
 
@@ -312,8 +312,7 @@ class Daemon:
                 return
             if len(frames) >= 2:
                 self.serving.on_frames(frames)
-            # (asked, not tried: a receive that finds nothing raises, which costs more)
-            if not cast(int, self.sock.get(zmq.EVENTS)) & zmq.POLLIN or time.monotonic() > until:
+            if not _transport.readable(self.sock) or time.monotonic() > until:
                 return
 
     def _dial_closed(self, peer: bytes, why: str) -> None:
