@@ -4,7 +4,9 @@ goes, for W1 (many calls at once) and W2 (call then wait).
 The Main's threads (the user's, the I/O thread, the rest), the worker daemon's threads and
 its executors are read from /proc (user + system time) before and after the calls, so the
 figures hold on a busy machine where wall time does not. The next feature that adds work to
-a call shows here first.
+a call shows here first. So are their sleeps per call (voluntary context switches: each is a
+wait for a message, a lock or the interpreter lock, then a wake-up), which a call alone pays
+in full: a thread woken on a cold cache costs more than the same work done under load.
 
     bench/.venv/bin/python -m bench.cpu [--calls 5000] [--only W1,W2] [--profile DIR]
 
@@ -30,6 +32,16 @@ from bench.frameworks import load
 from bench.workloads import inc, noop
 
 TICK = os.sysconf("SC_CLK_TCK")
+
+
+def sleeps(pid: int, tid: int) -> int:
+    """How many times thread ``tid`` of ``pid`` slept (its voluntary context switches)."""
+    try:
+        status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+    except OSError:
+        return 0
+    at = status.find("voluntary_ctxt_switches:")
+    return int(status[at:].split(None, 2)[1]) if at >= 0 else 0
 
 
 def _thread_times(pid: int) -> dict[int, tuple[str, float]]:
@@ -59,15 +71,16 @@ ROLES = {  # metric key -> row label
 }
 
 
-def _snapshot() -> dict[tuple[str, int, int], float]:
-    """(role, pid, tid) -> CPU seconds, for the Main, the daemon and the executors."""
+def _snapshot() -> dict[tuple[str, int, int], tuple[float, int]]:
+    """(role, pid, tid) -> (CPU seconds, sleeps), for the Main, the daemon and the
+    executors."""
     me = psutil.Process()
     user, io = threading.main_thread().native_id, {
         t.native_id for t in threading.enumerate() if t.name == "distrib-io"}
-    out: dict[tuple[str, int, int], float] = {}
+    out: dict[tuple[str, int, int], tuple[float, int]] = {}
     for tid, (_name, seconds) in _thread_times(me.pid).items():
         role = "user_us" if tid == user else "io_us" if tid in io else "main_other_us"
-        out[(role, me.pid, tid)] = seconds
+        out[(role, me.pid, tid)] = seconds, sleeps(me.pid, tid)
     for child in me.children(recursive=True):
         try:
             cmd = child.cmdline()
@@ -75,22 +88,27 @@ def _snapshot() -> dict[tuple[str, int, int], float]:
             continue
         role = "daemon_us" if "worker" in cmd and "distrib" in cmd else "executors_us"
         for tid, (_name, seconds) in _thread_times(child.pid).items():
-            out[(role, child.pid, tid)] = seconds
+            out[(role, child.pid, tid)] = seconds, sleeps(child.pid, tid)
     return out
 
 
-def _per_role(before: dict[tuple[str, int, int], float],
-              after: dict[tuple[str, int, int], float]) -> dict[str, float]:
-    roles = dict.fromkeys(ROLES, 0.0)
-    for key, seconds in after.items():
-        roles[key[0]] += seconds - before.get(key, 0.0)
-    return roles
+def _per_role(before: dict[tuple[str, int, int], tuple[float, int]],
+              after: dict[tuple[str, int, int], tuple[float, int]]
+              ) -> tuple[dict[str, float], dict[str, float]]:
+    """CPU seconds and sleeps between two snapshots, by role."""
+    roles, slept = dict.fromkeys(ROLES, 0.0), dict.fromkeys(ROLES, 0.0)
+    for key, (seconds, n) in after.items():
+        was = before.get(key, (0.0, 0))
+        roles[key[0]] += seconds - was[0]
+        slept[key[0]] += n - was[1]
+    return roles, slept
 
 
-def trace(fw: Any, calls: int, way: str, profile: Path | None = None) -> tuple[dict[str, float],
-                                                                              float]:
+def trace(fw: Any, calls: int, way: str, profile: Path | None = None
+          ) -> tuple[dict[str, float], float, dict[str, float]]:
     """CPU µs per call by role (``ROLES``) for ``calls`` calls of inc on ``fw`` (distrib,
-    started), all at once (``way`` "W1") or one after the other ("W2"); and the wall time."""
+    started), all at once (``way`` "W1") or one after the other ("W2"); the wall time; and
+    the sleeps per call by role."""
     time.sleep(0.2)  # (let the warm-up's stragglers settle)
     profiler = cProfile.Profile() if profile else None
     before = _snapshot()
@@ -110,7 +128,9 @@ def trace(fw: Any, calls: int, way: str, profile: Path | None = None) -> tuple[d
     after = _snapshot()
     if results != [i + 1 for i in range(calls)]:
         raise AssertionError("inc returned wrong results")
-    return {k: v / calls * 1e6 for k, v in _per_role(before, after).items()}, wall
+    roles, slept = _per_role(before, after)
+    return ({k: v / calls * 1e6 for k, v in roles.items()}, wall,
+            {k: v / calls for k, v in slept.items()})
 
 
 def warm(fw: Any) -> None:
@@ -132,10 +152,11 @@ def main(argv: list[str]) -> int:
     fw.start(2)
     rows: dict[str, dict[str, float]] = {}
     walls: dict[str, float] = {}
+    naps: dict[str, dict[str, float]] = {}
     try:
         warm(fw)
         for name in args.only.split(","):
-            rows[name], walls[name] = trace(fw, args.calls, name, args.profile)
+            rows[name], walls[name], naps[name] = trace(fw, args.calls, name, args.profile)
     finally:
         fw.stop()
     names = list(rows)
@@ -149,6 +170,13 @@ def main(argv: list[str]) -> int:
           + " |")
     print("| wall µs per call (busy machine: noisy) | " + " | ".join(
         f"{walls[n] / args.calls * 1e6:,.1f}" for n in names) + " |")
+    print("\nSleeps per call (voluntary context switches: waits, each ended by a wake-up)\n")
+    print("| process / thread | " + " | ".join(names) + " |")
+    print("| --- |" + " ---: |" * len(names))
+    for key, label in ROLES.items():
+        print(f"| {label} | " + " | ".join(f"{naps[n][key]:,.2f}" for n in names) + " |")
+    print("| **all** | " + " | ".join(f"**{sum(naps[n].values()):,.2f}**" for n in names)
+          + " |")
     return 0
 
 

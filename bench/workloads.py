@@ -219,25 +219,44 @@ def _cpu_seconds() -> dict[int, float]:
     return out
 
 
+def _sleeps() -> dict[tuple[int, int], int]:
+    """Voluntary context switches (sleeps, each ended by a wake-up) of every thread of this
+    process and of every process below it, by (pid, tid)."""
+    from bench.cpu import sleeps
+
+    me = psutil.Process()
+    out: dict[tuple[int, int], int] = {}
+    for proc in (me, *me.children(recursive=True)):
+        try:
+            tids = os.listdir(f"/proc/{proc.pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            out[(proc.pid, int(tid))] = sleeps(proc.pid, int(tid))
+    return out
+
+
 def latency(name: str, p: Metrics) -> Metrics:
     """W2: ``calls`` sequential call-then-wait round trips, and the CPU they took: this
     process's (the Main's) and its children's (the workers'), per call."""
     samples: list[float] = []
     with cluster(name, p["slots"]) as (fw, extra):
-        before = _cpu_seconds()
+        before, slept = _cpu_seconds(), _sleeps()
         for i in range(p["calls"]):
             t0 = time.perf_counter()
             result = fw.result(fw.submit(inc, i))
             samples.append(time.perf_counter() - t0)
             check([result], [i + 1], "inc")
         after = _cpu_seconds()
+        naps = sum(n - slept.get(key, 0) for key, n in _sleeps().items())
     used = {pid: seconds - before.get(pid, 0.0) for pid, seconds in after.items()}
     main = used.pop(os.getpid(), 0.0)
     cuts = statistics.quantiles(samples, n=100, method="inclusive")
     return {"median_us": statistics.median(samples) * 1e6, "p99_us": cuts[98] * 1e6,
             "cpu_us": (main + sum(used.values())) / p["calls"] * 1e6,
             "main_cpu_us": main / p["calls"] * 1e6,
-            "workers_cpu_us": sum(used.values()) / p["calls"] * 1e6, **extra}
+            "workers_cpu_us": sum(used.values()) / p["calls"] * 1e6,
+            "sleeps": naps / p["calls"], **extra}
 
 
 def cpu_trace(name: str, p: Metrics) -> Metrics:
@@ -246,8 +265,9 @@ def cpu_trace(name: str, p: Metrics) -> Metrics:
 
     with cluster(name, p["slots"]) as (fw, extra):
         cpu.warm(fw)
-        roles, _wall = cpu.trace(fw, p["calls"], p["way"])
-    return {**roles, "all_us": sum(roles.values()), **extra}
+        roles, _wall, slept = cpu.trace(fw, p["calls"], p["way"])
+    return {**roles, "all_us": sum(roles.values()), "all_sleeps": sum(slept.values()),
+            **{k.removesuffix("_us") + "_sleeps": v for k, v in slept.items()}, **extra}
 
 
 def sleeps(name: str, p: Metrics) -> Metrics:
@@ -497,10 +517,18 @@ _CPU_METRICS = (Metric("all_us", "all processes", "µs", False),
                     ("io_us", "Main: its I/O thread"),
                     ("main_other_us", "Main: its other threads"),
                     ("daemon_us", "worker daemon"),
-                    ("executors_us", "executors"))))
+                    ("executors_us", "executors"))),
+                Metric("all_sleeps", "sleeps per call (wake-ups), all processes", "", False),
+                *(Metric(key, label, "", False) for key, label in (
+                    ("user_sleeps", "sleeps: the user's thread"),
+                    ("io_sleeps", "sleeps: the Main's I/O thread"),
+                    ("main_other_sleeps", "sleeps: the Main's other threads"),
+                    ("daemon_sleeps", "sleeps: the worker daemon"),
+                    ("executors_sleeps", "sleeps: executors"))))
 _CPU_NOTES = ("CPU time (user + system, read from /proc before and after) per call, by process "
               "and thread: what each adds to a call, steady on a busy machine where wall time "
-              "is not.",)
+              "is not. Sleeps: voluntary context switches per call (a wait for a message, a "
+              "lock or the interpreter lock, ended by a wake-up).",)
 
 _NESTED_METRICS = (Metric("fan_out_us", "time per call made at once", "µs", False),
                    Metric("chain_us", "time per call made one after the other", "µs", False))
@@ -534,7 +562,9 @@ WORKLOADS: dict[str, Workload] = {w.id: w for w in [
          Metric("p99_us", "p99 latency", "µs", False),
          Metric("cpu_us", "CPU per call, all processes", "µs", False),
          Metric("main_cpu_us", "CPU per call, the Main's process", "µs", False),
-         Metric("workers_cpu_us", "CPU per call, the processes it started", "µs", False)),
+         Metric("workers_cpu_us", "CPU per call, the processes it started", "µs", False),
+         Metric("sleeps", "sleeps per call (wake-ups), all threads of all processes", "",
+                False)),
         latency, {"slots": 2, "calls": 1_000}, {"slots": 2, "calls": 100}, 600,
     ),
     Workload(
