@@ -149,6 +149,8 @@ class _Inbox:
         if self._thread is None:
             try:
                 while not self.waiting or self.pipe.readable():  # (skips sent meanwhile)
+                    if not self.waiting:
+                        self.pipe.wait()
                     self._take()
             except (EOFError, OSError, ValueError):
                 return None
@@ -162,6 +164,7 @@ class _Inbox:
     def _read(self) -> None:
         try:
             while True:
+                self.pipe.wait()
                 self._take()
         except (EOFError, OSError, ValueError):
             pass

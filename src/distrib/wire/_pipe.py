@@ -143,6 +143,7 @@ class Pipe:
         sock.setblocking(True)
         self._buf = bytearray()  # read ahead, not yet consumed from _pos on
         self._pos = 0
+        self._poller: Any = None  # (``wait``'s, made at its first wait)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -157,6 +158,18 @@ class Pipe:
     def readable(self) -> bool:
         """Whether a message (or the peer's closing) is waiting to be read."""
         return self.buffered() or bool(select.select([self.sock], [], [], 0)[0])
+
+    def wait(self) -> None:
+        """Sleep until a message (or the peer's closing) is waiting to be read. A reader that
+        sleeps in ``recv`` instead also wakes, and sleeps again, each time the peer reads
+        what this end sent (that frees room for this end's writes, and the kernel wakes every
+        sleeper on the socket for it): one wake-up more for each message exchanged."""
+        if self.buffered():
+            return
+        if self._poller is None:
+            self._poller = select.poll()
+            self._poller.register(self.sock, select.POLLIN)
+        self._poller.poll()
 
     def send(self, message: PipeMessage) -> None:
         """Send one message; blocks until the kernel has taken all of it."""
