@@ -17,8 +17,10 @@ Main connects).
 
 ``burst``: a Main runs tasks on ``--base`` workers while ``--burst`` more, started beforehand
 and stopped (SIGSTOP), resume within ``--within`` seconds and join it. Reported: the longest
-gap between two results while they join, against the longest before, and how long until all
-of them are serving it.
+gap between two results while they join, against the longest before, how long until all
+of them are serving it, and the Main's longest turn between two polls of its I/O thread (its
+wall and its CPU time: the CPU shows a Main that stalls, where a loaded machine stretches only
+the wall).
 
 ``mains``: ``--mains`` Mains share ``--workers`` workers, each running ``--tasks`` x
 sleep(``--seconds``), started together; the first of them stops submitting halfway. Reported:
@@ -120,6 +122,43 @@ SCRIPT = textwrap.dedent("""
         threading.Thread(target=loop, daemon=True).start()
         return dump
 
+    def busy_turns():
+        # The I/O thread's longest turn between two polls, in wall and in its own CPU time:
+        # a Main that stalls running work handles many events in one turn (CPU), where a
+        # loaded machine only stretches the wall time.
+        import threading, traceback, zmq
+        longest = {"wall": 0.0, "cpu": 0.0, "stalls": []}
+        since = {}
+        poll = zmq.Poller.poll
+        def timed_poll(self, *args, **kwargs):
+            if threading.current_thread().name == "distrib-io":
+                if since:
+                    longest["wall"] = max(longest["wall"], time.monotonic() - since["wall"])
+                    longest["cpu"] = max(longest["cpu"], time.thread_time() - since["cpu"])
+                since["io"] = threading.get_ident()
+                since["in_poll"] = True
+                out = poll(self, *args, **kwargs)
+                since["wall"], since["cpu"] = time.monotonic(), time.thread_time()
+                since["in_poll"] = False
+                return out
+            return poll(self, *args, **kwargs)
+        zmq.Poller.poll = timed_poll
+        def watch():
+            # Where the I/O thread is when a turn has lasted over half a second, once a turn.
+            seen = None
+            while True:
+                time.sleep(0.05)
+                at = since.get("wall")
+                if at is None or since.get("in_poll") or at == seen:
+                    continue
+                if time.monotonic() - at > 0.5:
+                    seen = at
+                    frame = sys._current_frames().get(since["io"])
+                    if frame is not None and len(longest["stalls"]) < 5:
+                        longest["stalls"].append("".join(traceback.format_stack(frame)[-8:]))
+        threading.Thread(target=watch, daemon=True).start()
+        return longest
+
     if __name__ == "__main__":
         dump = sample(os.environ["PROFILE"]) if os.environ.get("PROFILE") else None
         mode, n, tasks, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
@@ -142,6 +181,7 @@ SCRIPT = textwrap.dedent("""
             base, burst = n, int(sys.argv[5])
             wait_workers(session, base, 600)
             out["warm"] = warm(base)
+            turns = busy_turns()
             responses = [nap(seconds) for _ in range(tasks)]
             print("SUBMITTED", flush=True)  # (the driver resumes the stopped workers now)
             t0 = time.monotonic()
@@ -155,6 +195,8 @@ SCRIPT = textwrap.dedent("""
             times = timed(responses)
             out["t0"], out["times"] = t0, times
             out["all_joined"] = joined[0] - t0 if joined else None
+            out["turn_wall"], out["turn_cpu"] = turns["wall"], turns["cpu"]
+            out["stalls"] = turns["stalls"]
         else:  # "mains": slot-seconds are logged by the tasks themselves
             wait_workers(session, n, 600)
             # (each Main's executors started on every worker before the shares are measured:
@@ -359,10 +401,14 @@ def burst(base: int, more: int, within: float, tasks: int, seconds: float) -> No
     after = max((g for g, at in gaps if at > end), default=0.0)
     print(f"burst: {more} workers resume within {within:g} s and join a Main running "
           f"{tasks:,} x sleep({seconds:g}) on {base} ({load()})\n")
-    print("| all joined after | longest gap while they join | longest gap after | results |")
-    print("| ---: | ---: | ---: | ---: |")
+    print("| all joined after | longest gap while they join | longest gap after | results "
+          "| the Main's longest turn: wall | its CPU |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     joined = f"{r['all_joined']:.1f} s" if r["all_joined"] is not None else "never"
-    print(f"| {joined} | **{during:.2f} s** | {after:.2f} s | {len(times)} |")
+    print(f"| {joined} | **{during:.2f} s** | {after:.2f} s | {len(times)} "
+          f"| {r['turn_wall'] * 1e3:.0f} ms | **{r['turn_cpu'] * 1e3:.0f} ms** |")
+    for stack in r["stalls"]:  # (where the I/O thread was in turns over half a second)
+        print(f"\nA turn past 0.5 s, at:\n\n```\n{stack}```")
 
 
 def mains(workers: int, count: int, tasks: int, seconds: float) -> None:
