@@ -3,13 +3,13 @@
     Mains --(DEALER/ROUTER, or Dials)--> Serving: decode + validate --> Core (queues, fair share)
                                                           --> Supply (workspaces, envs, objects)
     executors --(socketpair)--> Executors: ready / out / done / EOF (died) --> Core
-    Core --> actions (report, spawn, send, skip, kill, ...) --> applied here --> Results to Mains
+    Core --> actions (report, spawn, send, skip, kill, ...) --> Actions --> Results to Mains
     owner --(control socket, policy file, hours)--> Owner --> Core (serving, paused, draining)
 
 The decisions live in ``Core`` (pure: ``Core.handle(event, now)``), ``OwnerState`` (pure) and
-``Distributions``; this loop moves bytes, hands what it reads to the role that turns it into
-their events, and carries out the actions they return. The daemon never unpickles a payload:
-call frames go to executors and result frames to the Main as they came.
+``Distributions``; this loop moves bytes and hands what it reads to the role that turns it
+into their events; ``Actions`` carries out the actions they return. The daemon never
+unpickles a payload: call frames go to executors and result frames to the Main as they came.
 """
 
 from __future__ import annotations
@@ -25,52 +25,29 @@ from typing import Any
 
 import zmq
 
-from distrib import _shm
 from distrib._logs import RateLimited
 from distrib._scratch import remove_dead_runs, remove_tree
 from distrib.wire import _facts, _transport
 from distrib.wire import _messages as m
 from distrib.wire._limits import MAX_MESSAGE_BYTES
-from distrib.wire._messages import Outcome, RefusalCode
+from distrib.wire._messages import RefusalCode
 from distrib.wire._pipe import Pipe
-from distrib.wire._pipe_messages import Run
+from distrib.worker._actions import Actions
 from distrib.worker._core import Core
-from distrib.worker._direct import LOCAL
 from distrib.worker._diskwatch import DiskLimits, DiskWatcher
-from distrib.worker._events import (
-    Action,
-    Admit,
-    Drained,
-    GaveBack,
-    Kill,
-    MainDropped,
-    Report,
-    Rewaited,
-    Send,
-    Skip,
-    Spawn,
-    StuckChanged,
-    StuckHandedBack,
-    Tick,
-    Turn,
-    Vacating,
-)
+from distrib.worker._events import Tick, Turn
 from distrib.worker._executors import Executors
 from distrib.worker._gate import Gate
-from distrib.worker import _sandbox
 from distrib.worker._lingering import Lingering
-from distrib.worker._mains import Context, Mains
+from distrib.worker._mains import Mains
 from distrib.worker._memory import MemoryWatch
 from distrib.worker._objects import Objects
 from distrib.worker._outbox import Outbox
 from distrib.worker._owner import Owner, OwnerState
-from distrib.worker._pool import Recipe
 from distrib.worker._reach import Reach
 from distrib.worker._redistribution import Calls
-from distrib.worker._sandbox import Box, Sandboxes
 from distrib.worker._serving import Serving
 from distrib.worker._settings import WorkerSettings
-from distrib.worker._state import QueuedTask
 from distrib.worker._status import StatusBuilder
 from distrib.worker._supply import Supply
 from distrib.workspace._store import Store
@@ -111,10 +88,14 @@ class Daemon:
         store = Store(s.cache_dir, s.max_cache)
         store.clean_leftovers()
         self._outbox = Outbox()
+        self._stop = False
+        self.actions = Actions(self.name, s, self.runs, self.mains, self.objects, self._outbox,
+                               self.request_stop)
+        self._apply, self._report = self.actions.apply, self.actions.report
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        # The roles, each given what it works with (``_apply`` and ``_send`` carry out what
+        # The roles, each given what it works with (``actions`` and ``_send`` carry out what
         # they decide):
         disk = DiskWatcher(DiskLimits(policy.max_task_disk, store.max_bytes), self.runs,
                            s.cache_dir, self.name, self._wake_loop)
@@ -152,9 +133,9 @@ class Daemon:
         self.executors.on_output = self.serving.forward_output
         self.executors.on_cancel_child = self.calls.on_cancel_child
         self.serving.status = self.status.status
-        self._rewaited: set[bytes] = set()  # Mains whose tasks waiting for their calls
-        # changed in this turn of the loop: told at its end
-        self._stop = False
+        actions = self.actions
+        actions.executors, actions.supply, actions.calls = self.executors, self.supply, self.calls
+        actions.serving, actions.owner = self.serving, self.owner
         self.owner.on_stop = self.request_stop
         self._announcer: Any = None
         self.lingering = Lingering(s.linger, s.users_lock, time.monotonic(), Path(
@@ -222,8 +203,9 @@ class Daemon:
                     self._tick(now)
                     next_tick = now + min(self.settings.heartbeat_interval, 0.25)
                 self._apply(self.core.handle(Turn(), now))
-                while self._rewaited:  # (tasks waiting for their calls ended or lent)
-                    peer = self._rewaited.pop()
+                rewaited = self.actions.rewaited
+                while rewaited:  # (tasks waiting for their calls ended or lent)
+                    peer = rewaited.pop()
                     if peer in self.mains:
                         self._send(peer, m.Waiting(*self.core.waiting_for_calls(peer)))
                 if self.supply.warming:
@@ -338,105 +320,6 @@ class Daemon:
                 peer_log.info("a connection closed before a Hello or after its Main was dropped "
                               "(libzmq also drops a peer that sends %s)", limit)
             quiet.discard(fd)
-
-    # --- actions -----------------------------------------------------------------------------
-
-    def _apply(self, actions: list[Action]) -> None:
-        """Carry out what ``Core`` decided; a failed write to an executor is its death."""
-        executors = self.executors
-        todo, i = actions, 0
-        while i < len(todo):  # (a plain list: this runs for every task)
-            action = todo[i]
-            i += 1
-            if isinstance(action, Report):
-                self._report(action.task, action.outcome, action.info, action.frames,
-                             action.shm)
-            elif isinstance(action, Kill):
-                executors.kill(action.ex_id)
-            elif isinstance(action, Spawn):
-                dist = self.supply.dists.get(action.key.dist)
-                assert dist is not None and dist.env is not None
-                context = self.mains.contexts[action.key.context]
-                python = self.supply.envs.python(context.env) if context.env else None
-                recipe = Recipe(action.key.threads, dist.env, dist.main, self.runs,
-                                context.argv, context.environ, python, context.preload,
-                                context.max_payload, self.owner.policy.nice,
-                                *self._sandbox(context, dist.env, python))
-                died = executors.spawn(action.key, recipe, action.ex_id)
-                if died:
-                    todo = [*todo, *died]
-            elif not isinstance(action, (Send, Skip)):
-                self._notice(action)
-            else:
-                proc = executors.procs.get(action.ex_id)
-                if proc is None:
-                    continue  # (stopped by an action before this one)
-                try:
-                    if isinstance(action, Send):
-                        proc.run([self._run(run.run_id, run.task) for run in action.runs])
-                    else:
-                        proc.skip(action.run_id)
-                except OSError as exc:
-                    log.debug("executor %d: %s", proc.pid, exc, exc_info=True)
-                    todo = [*todo, *executors.died(action.ex_id)]
-        executors.fork_waiting()
-
-    def _sandbox(self, context: Context, env: Path,
-                 python: Path | None) -> tuple[Sandboxes | None, Box | None]:
-        """How to build the sandbox of a Main's executors, and what it holds."""
-        sandboxes = self.settings.sandboxes
-        if sandboxes is None or not context.network:
-            return None, None
-        reads = _sandbox.reads(python, self.settings.cache_dir)
-        if not context.shm:  # (else its objects are in /dev/shm, which it sees)
-            objects = self.objects.where(context.peer)
-            objects.mkdir(parents=True, exist_ok=True)
-            reads += (objects,)
-        return sandboxes, Box(env, self.runs, reads, context.network, context.shm)
-
-    def _notice(self, action: Admit | Rewaited | StuckChanged | StuckHandedBack | Vacating
-                | MainDropped | GaveBack | Drained) -> None:
-        """What the Mains, the log or the loop hear of the core's decisions (``Admit``,
-        ``MainDropped``, ``GaveBack`` answer the role that sent the event: it acts on them)."""
-        if isinstance(action, Rewaited):
-            self._rewaited.add(action.peer)
-        elif isinstance(action, StuckChanged):
-            self._rewaited.update(self.mains)  # (every Main hears it)
-        elif isinstance(action, StuckHandedBack):
-            # Nothing queued here can start: it goes back to its Mains (another worker may
-            # run it; if none can, its Main says NestedDeadlock).
-            log.info("every slot is held by a task waiting for its calls: %d queued task(s) "
-                     "go back to their Mains", action.count)
-        elif isinstance(action, Vacating):
-            log.warning("worker %s vacates: its running tasks are stopped and go back to "
-                        "their Mains (when_idle = \"vacate\")", self.name)
-        elif isinstance(action, Drained):
-            log.info("worker %s drained: its running tasks are done; leaving", self.name)
-            self._stop = True
-
-    def _run(self, run_id: int, task: QueuedTask) -> Run:
-        """What an executor needs to run ``task`` (as ``run_id``): besides its frames, its
-        Main's folder of shared objects, its frames in /dev/shm, and whose /dev/shm takes
-        large result frames."""
-        main = self.mains.get(task.peer)
-        results_to = main.pid if main is not None and main.shm and not task.reply else 0
-        return Run(run_id, str(self.objects.where(task.peer)) if task.objects else "",
-                   task.shm or {}, results_to, tuple(task.frames))
-
-    def _report(self, task: QueuedTask, outcome: Outcome, info: dict[str, str],
-                frames: list[Any], shm: dict[str, int] | None = None) -> None:
-        if outcome is Outcome.TIMEOUT:
-            peer_log.info("task %d ran past its timeout; stopped it", task.task_id)
-        if shm and (outcome is not Outcome.OK or task.peer not in self.mains):
-            _shm.remove(list(shm))  # a result no one will read
-            shm = None
-        if task.reply == LOCAL:
-            self.calls.direct.outcome(task.reply_id, outcome, info, frames)
-        elif task.reply:
-            if self.serving.delegated.pop((task.reply, task.reply_id), None) is not None:
-                self._outbox.add(task.reply, task.reply_id, outcome, info, frames, None)
-        elif task.peer in self.mains:
-            self._outbox.add(task.peer, task.task_id, outcome, info, frames, shm)
 
     # --- timers ------------------------------------------------------------------------------
 
