@@ -10,6 +10,7 @@ two tasks waiting for a turn of the daemon's loop.
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,7 +74,7 @@ class CoreState:
 
     def __init__(self, slots: int, idle_after: float = 300.0,
                  max_queued: int = 256 << 20, max_parked: int | None = None,
-                 hand_back_after: float = STUCK_HAND_BACK) -> None:
+                 hand_back_after: float = STUCK_HAND_BACK, spread: int | None = None) -> None:
         self.capacity = slots  # slots offered now
         # executors whose task waits for its calls and gave its slots back, at most
         self.max_parked = 2 * slots if max_parked is None else max_parked
@@ -83,7 +84,8 @@ class CoreState:
         self.max_queued = max_queued  # payload bytes queued per Main; more is deferred
         self.idle_after = idle_after  # seconds an executor may wait for a task before it stops
         self.busy = 0  # slots held by executors that have a task
-        self.queues = Queues()
+        # (``spread``: a seed for where a new Main joins the round of Mains; None: last)
+        self.queues = Queues(None if spread is None else random.Random(spread))
         self.executors: dict[int, ExecutorRecord] = {}
         self.counters = dict.fromkeys(
             ("tasks_done", "executors_started", "executors_crashed", "deferred", "parks",

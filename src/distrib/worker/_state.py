@@ -2,10 +2,16 @@
 
 No sockets, no processes, no clock: the daemon feeds it tasks and asks what to start when
 slots free up. Mains are served round-robin, so one Main's deep queue cannot starve another.
+
+A Main joins the round at a random place (``spread``, seeded by the daemon; without it, last):
+Mains that start together reach every worker in the same order, and a round in that order on
+every worker would give all slots at once to one Main after the other (the last waiting a whole
+round for its first start), fair only over whole rounds.
 """
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Callable, Set as AbstractSet
 from dataclasses import dataclass, field
@@ -41,9 +47,10 @@ class QueuedTask:
 class Queues:
     """Per-Main FIFO queues with round-robin selection among Mains."""
 
-    def __init__(self) -> None:
+    def __init__(self, spread: random.Random | None = None) -> None:
         self._by_peer: dict[bytes, deque[QueuedTask]] = {}
         self._turn: deque[bytes] = deque()  # Mains in the order they get their next turn
+        self._spread = spread  # where a new Main joins the round (None: last)
         self._bytes: dict[bytes, int] = {}  # payload bytes queued per Main
 
     def __len__(self) -> int:
@@ -65,7 +72,10 @@ class Queues:
         queue = self._by_peer.get(task.peer)
         if queue is None:
             queue = self._by_peer[task.peer] = deque()
-            self._turn.append(task.peer)
+            if self._spread is None:
+                self._turn.append(task.peer)
+            else:
+                self._turn.insert(self._spread.randint(0, len(self._turn)), task.peer)
         if task.depth and queue and queue[-1].depth < task.depth:
             at = next(i for i, t in enumerate(queue) if t.depth < task.depth)
             queue.insert(at, task)
