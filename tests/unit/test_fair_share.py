@@ -4,13 +4,13 @@ moment each Main holds about its share of all the slots, not all of them one aft
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 
 from distrib.wire._messages import Outcome
 from distrib.worker._core import Core
-from distrib.worker._events import DistReady, ExecutorReady, Spawn, TaskDone, TaskQueued, Turn
-from distrib.worker._state import QueuedTask, Queues
+from distrib.worker._events import (
+    DistReady, ExecutorReady, Kill, Spawn, TaskDone, TaskQueued, Turn)
+from distrib.worker._state import SPARE_EXECUTORS, QueuedTask, Queues
 
 MAINS = [f"M{i}".encode() for i in range(10)]
 
@@ -78,7 +78,7 @@ def test_ten_mains_on_twenty_one_slot_workers_each_hold_about_a_tenth_at_every_m
 def test_a_main_joins_the_round_at_a_place_of_the_workers_own_and_keeps_it() -> None:
     orders = set()
     for seed in range(20):
-        q = Queues(random.Random(seed))
+        q = Queues(spread=seed)
         for peer in MAINS:
             for task_id in range(3):
                 q.add(qt(peer, task_id))
@@ -88,3 +88,37 @@ def test_a_main_joins_the_round_at_a_place_of_the_workers_own_and_keeps_it() -> 
         assert picks == first * 3
         orders.add(tuple(first))
     assert len(orders) == 20  # (every worker's order its own)
+
+
+def serve(peers: list[bytes], rounds: int = 3) -> tuple[list[str], int, int]:
+    """A one-slot core serving ``rounds`` tasks of each of ``peers``, one at a time: the
+    contexts of the executors it started, how many it stopped, the most it held at once."""
+    core = Core(1)
+    core.handle(DistReady("d"), 0.0)
+    ids = iter(range(1, 1 << 30))
+    for _ in range(rounds):
+        for peer in peers:
+            core.handle(TaskQueued(qt(peer, next(ids))), 0.0)
+    started: list[str] = []
+    kills = most = 0
+    for step in range(rounds * len(peers)):
+        for action in core.handle(Turn(), float(step)):
+            kills += isinstance(action, Kill)
+            if isinstance(action, Spawn):
+                started.append(action.key.context)
+                core.handle(ExecutorReady(action.ex_id), float(step))
+        core.handle(Turn(), float(step))
+        most = max(most, len(core.executors))
+        ex = next(e for e in core.executors.values() if e.runs)
+        core.handle(TaskDone(ex.ex_id, ex.runs[0].run_id, Outcome.OK, {}, []), step + 0.5)
+    return started, kills, most
+
+
+def test_a_one_slot_worker_keeps_an_idle_executor_per_main_waiting_for_its_turn() -> None:
+    # Ten Mains: an executor each, started once, not one at each of their turns.
+    started, kills, most = serve(MAINS)
+    assert sorted(started) == sorted(p.decode() for p in MAINS) and kills == 0 and most == 10
+    # Past SPARE_EXECUTORS idle ones, executors change Mains at their turns, as before.
+    many = MAINS + [f"N{i}".encode() for i in range(SPARE_EXECUTORS)]
+    started, kills, most = serve(many)
+    assert most == 1 + SPARE_EXECUTORS and len(started) > len(many) and kills > 0

@@ -10,7 +10,6 @@ two tasks waiting for a turn of the daemon's loop.
 
 from __future__ import annotations
 
-import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,8 +83,7 @@ class CoreState:
         self.max_queued = max_queued  # payload bytes queued per Main; more is deferred
         self.idle_after = idle_after  # seconds an executor may wait for a task before it stops
         self.busy = 0  # slots held by executors that have a task
-        # (``spread``: a seed for where a new Main joins the round of Mains; None: last)
-        self.queues = Queues(None if spread is None else random.Random(spread))
+        self.queues = Queues(spread)  # (``spread``: a seed, see ``Queues``)
         self.executors: dict[int, ExecutorRecord] = {}
         self.counters = dict.fromkeys(
             ("tasks_done", "executors_started", "executors_crashed", "deferred", "parks",
@@ -330,9 +328,10 @@ class CoreState:
 
     def _spawn(self, key: EnvKey) -> ExecutorRecord:
         idle = [e for e in self.executors.values() if not e.runs]
-        # Keep at most ``slots`` executors around: retire an idle one of another environment.
-        if len(self.executors) >= self.capacity and idle:
-            self._retire(idle[0])
+        # Keep at most ``slots`` executors around: retire an idle one of another environment
+        # (which: ``Queues.spare``; not one whose tasks wait for their turn here, up to a point)
+        if (spare := self.queues.spare(idle, len(self.executors) - self.capacity)) is not None:
+            self._retire(spare)
         self._next_ex += 1
         ex = self.executors[self._next_ex] = ExecutorRecord(self._next_ex, key)
         self.counters["executors_started"] += 1

@@ -11,11 +11,22 @@ round for its first start), fair only over whole rounds.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import deque
 from collections.abc import Callable, Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
+
+
+SPARE_EXECUTORS = 16  # idle executors kept beyond the slots for tasks waiting for their turn
+
+
+class _Keyed(Protocol):
+    key: Any  # its environment (``EnvKey``): dist, threads, context
+
+
+_E = TypeVar("_E", bound=_Keyed)
 
 
 @dataclass(eq=False)
@@ -47,10 +58,11 @@ class QueuedTask:
 class Queues:
     """Per-Main FIFO queues with round-robin selection among Mains."""
 
-    def __init__(self, spread: random.Random | None = None) -> None:
+    def __init__(self, spread: int | None = None) -> None:
         self._by_peer: dict[bytes, deque[QueuedTask]] = {}
         self._turn: deque[bytes] = deque()  # Mains in the order they get their next turn
-        self._spread = spread  # where a new Main joins the round (None: last)
+        # where a new Main joins the round: at random (``spread`` seeds it), or None: last
+        self._spread = None if spread is None else random.Random(spread)
         self._bytes: dict[bytes, int] = {}  # payload bytes queued per Main
 
     def __len__(self) -> int:
@@ -133,6 +145,19 @@ class Queues:
     def dists(self) -> set[str]:
         """Distributions of the queued tasks."""
         return {t.dist for queue in self._by_peer.values() for t in queue}
+
+    def spare(self, idle: list[_E], over: int) -> _E | None:
+        """Which of the ``idle`` executors stops to make room for a new one, ``over`` being
+        how many there are beyond the slots (None: none stops). One of an environment that no
+        Main's next tasks want; one that some want only past SPARE_EXECUTORS beyond the slots:
+        else each turn between Mains (their contexts differ: an executor each) on a small
+        worker would stop an executor and fork another."""
+        if over < 0 or not idle:
+            return None
+        wanted = {(t.dist, t.threads, t.context) for queue in self._by_peer.values()
+                  for t in itertools.islice(queue, 8)}
+        unused = [e for e in idle if (e.key.dist, e.key.threads, e.key.context) not in wanted]
+        return unused[0] if unused else idle[0] if over >= SPARE_EXECUTORS else None
 
     def waiting_peers(self, runnable: Callable[[QueuedTask], bool]) -> list[bytes]:
         """Mains with a queued task that could start now (its environment is ready)."""
