@@ -3,10 +3,12 @@
 No sockets, no processes, no clock: the daemon feeds it tasks and asks what to start when
 slots free up. Mains are served round-robin, so one Main's deep queue cannot starve another.
 
-A Main joins the round at a random place (``spread``, seeded by the daemon; without it, last):
-Mains that start together reach every worker in the same order, and a round in that order on
-every worker would give all slots at once to one Main after the other (the last waiting a whole
-round for its first start), fair only over whole rounds.
+The next turn goes to the Main that had the fewest here (a Main whose queue was empty comes
+back with as many as the Main served last: no turns are saved up), then by its place, drawn
+at random when it first came (``spread``, seeded by the daemon; without it, in the order they
+came). Mains that start together reach every worker in the same order: in that order on
+every worker, the rounds would give all slots at once to one Main after the other (the last
+waiting a whole round for its first start), fair only over whole rounds.
 """
 
 from __future__ import annotations
@@ -56,12 +58,13 @@ class QueuedTask:
 
 
 class Queues:
-    """Per-Main FIFO queues with round-robin selection among Mains."""
+    """Per-Main FIFO queues with round-robin selection among Mains (see the docstring)."""
 
     def __init__(self, spread: int | None = None) -> None:
         self._by_peer: dict[bytes, deque[QueuedTask]] = {}
-        self._turn: deque[bytes] = deque()  # Mains in the order they get their next turn
-        # where a new Main joins the round: at random (``spread`` seeds it), or None: last
+        self._turns: dict[bytes, int] = {}  # turns each Main had here (see the docstring)
+        self._place: dict[bytes, float] = {}  # its place among Mains with as many turns
+        self._served = 0  # the turns the Main served last had before it
         self._spread = None if spread is None else random.Random(spread)
         self._bytes: dict[bytes, int] = {}  # payload bytes queued per Main
 
@@ -84,10 +87,9 @@ class Queues:
         queue = self._by_peer.get(task.peer)
         if queue is None:
             queue = self._by_peer[task.peer] = deque()
-            if self._spread is None:
-                self._turn.append(task.peer)
-            else:
-                self._turn.insert(self._spread.randint(0, len(self._turn)), task.peer)
+            self._place[task.peer] = self._spread.random() if self._spread else len(self._place)
+        if not queue:
+            self._turns[task.peer] = max(self._turns.get(task.peer, 0), self._served)
         if task.depth and queue and queue[-1].depth < task.depth:
             at = next(i for i, t in enumerate(queue) if t.depth < task.depth)
             queue.insert(at, task)
@@ -118,8 +120,8 @@ class Queues:
         """Forget a Main: return its queued tasks."""
         queue = self._by_peer.pop(peer, deque())
         self._bytes.pop(peer, None)
-        if peer in self._turn:
-            self._turn.remove(peer)
+        self._turns.pop(peer, None)
+        self._place.pop(peer, None)
         return list(queue)
 
     def take_where(self, pred: Callable[[QueuedTask], bool]) -> list[QueuedTask]:
@@ -186,18 +188,19 @@ class Queues:
         """
         holds: dict[bytes, int] = held or {}
         of: dict[bytes, bytes] = accounts or {}
-        if len(self._turn) == 1:  # one Main (the hot path of tiny tasks): no ordering to do
-            peers: Any = self._turn
+        turns, place = self._turns, self._place
+        if len(self._by_peer) == 1:  # one Main (the hot path of tiny tasks): no ordering to do
+            peers: Any = self._by_peer
+        elif holds:
+            weight = weights or {}
+
+            def share(peer: bytes) -> tuple[float, int, float]:
+                account = of.get(peer, peer)
+                return holds.get(account, 0) / weight.get(account, 1.0), turns[peer], place[peer]
+
+            peers = sorted(self._by_peer, key=share)
         else:
-            peers = list(self._turn)
-            if holds:
-                weight = weights or {}
-
-                def share(peer: bytes) -> float:
-                    account = of.get(peer, peer)
-                    return holds.get(account, 0) / weight.get(account, 1.0)
-
-                peers.sort(key=share)  # (stable)
+            peers = sorted(self._by_peer, key=lambda p: (turns[p], place[p]))
         for peer in peers:
             queue = self._by_peer[peer]
             room = free
@@ -209,8 +212,7 @@ class Queues:
                 if task.threads <= room and runnable(task):
                     queue.remove(task)
                     self._took(task)
-                    if len(self._turn) > 1:
-                        self._turn.remove(peer)
-                        self._turn.append(peer)
+                    self._served = turns[peer]
+                    turns[peer] += 1
                     return task
         return None
