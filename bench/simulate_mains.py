@@ -1,7 +1,8 @@
 """Several Mains on the same workers, simulated: each Main's share of the slots.
 
-    .venv/bin/python -m bench.simulate_mains [--workers 100] [--mains 10] [--tasks 400]
+    .venv/bin/python -m bench.simulate_mains [--workers 100] [--mains 10] [--tasks 1000]
                                              [--seconds 1] [--spawn 0.02] [--seeds 3]
+                                             [--no-spread]
 
 Every Main is the real ``Scheduler`` with its moves (``_rebalance.plan``), driven as its I/O
 loop drives it (results read, a tick every 0.2 s: ``observe`` then ``rebalance``, placement);
@@ -10,8 +11,10 @@ simulated: the network (a one-way delay of 0.25-2.5 ms per worker), executors (o
 environment, as each Main's context differs; one starts in ``--spawn`` seconds, a task runs
 ``--seconds`` x 0.9-1.1) and the clock. As in ``bench.scale mains``: every Main first runs a
 warm round (a task per worker), then all submit together, the first Main half as many tasks
-as the others; the shares are each Main's slot-seconds from the last Main's first start to the
-first Main's last end (``bench.scale.shares``).
+as the others; the shares are each Main's slot-seconds from the moment they submit to the
+first Main's last end (``bench.scale.shares``). ``--no-spread``: every worker's round of
+Mains in the order they came, as before each worker drew an order of its own
+(``worker/_state``).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class SimWorker:
     executors: dict[int, SimExecutor] = field(default_factory=dict)
     tasks: dict[int, QueuedTask] = field(default_factory=dict)  # run id -> its task
     turns: Counter[bytes] = field(default_factory=Counter)  # tasks started, per Main
+    spawned: int = 0  # executors started
 
 
 @dataclass(eq=False)
@@ -153,6 +157,7 @@ class MainsSimulation:
     def _apply(self, w: SimWorker, actions: list[Any]) -> None:
         for action in actions:
             if isinstance(action, Spawn):
+                w.spawned += 1
                 w.executors[action.ex_id] = SimExecutor()
                 self._push(self.now + self.spawn, READY, (w, action.ex_id))
             elif isinstance(action, Send):
@@ -232,10 +237,17 @@ class MainsSimulation:
                 self._push(self.now + TICK, TICKED, None)
 
 
+@dataclass
+class Run:
+    shares: dict[str, float]  # per Main, of the slot-seconds while all want more
+    busy: float  # slot-seconds over the slots' seconds in that window
+    spawned: float  # executors started after the warm round, per task
+    log: list[tuple[str, float, float, str]]  # (Main, start, end, worker) of each task
+
+
 def simulate(workers: int, mains: int, tasks: int, seconds: float = 1.0, spawn: float = 0.02,
-             seed: int = 1, spread: bool = True
-             ) -> tuple[dict[str, float], list[tuple[str, float, float, str]]]:
-    """Each Main's share (see the module's docstring), and the runs' log."""
+             seed: int = 1, spread: bool = True) -> Run:
+    """Each Main's share (see the module's docstring), and how busy the slots were."""
     from bench.scale import shares
 
     sim = MainsSimulation(workers, mains, seconds, spawn, seed, spread)
@@ -243,11 +255,16 @@ def simulate(workers: int, mains: int, tasks: int, seconds: float = 1.0, spawn: 
         sim.submit(main, workers)
     sim.run(lambda: all(m.done == m.submitted for m in sim.mains))
     sim.log.clear()
+    spawned = sum(w.spawned for w in sim.workers.values())
+    since = sim.now
     for i, main in enumerate(sim.mains):
         sim.submit(main, tasks // 2 if i == 0 else tasks)
     sim.run(lambda: all(m.done == m.submitted for m in sim.mains))
     runs = [(who, s, e) for who, s, e, _ in sim.log]
-    return shares(runs, [m.name for m in sim.mains])[0], sim.log
+    got, lo, hi = shares(runs, [m.name for m in sim.mains], since)
+    held = sum(max(0.0, min(e, hi) - max(s, lo)) for _, s, e in runs)
+    spawned = sum(w.spawned for w in sim.workers.values()) - spawned
+    return Run(got, held / (workers * (hi - lo)), spawned / len(runs), sim.log)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -272,13 +289,14 @@ def main(argv: list[str] | None = None) -> None:
           f"{'every worker takes the Mains in the order they came' if a.no_spread else 'each worker takes the Mains in an order of its own'}; "
           f"share of the slot-seconds while all want more (fair: {1 / a.mains:.3f})\n")
     names = [f"M{i}" for i in range(a.mains)]
-    print("| seed | " + " | ".join(names) + " | worst off |")
-    print("|---:|" + "---:|" * (a.mains + 1))
+    print("| seed | " + " | ".join(names) + " | worst off | slots busy | executors "
+          "started per task |")
+    print("|---:|" + "---:|" * (a.mains + 3))
     for seed in range(1, a.seeds + 1):
-        got, _ = simulate(a.workers, a.mains, tasks, a.seconds, a.spawn, seed, not a.no_spread)
-        worst = max(abs(s * a.mains - 1) for s in got.values())
-        print(f"| {seed} | " + " | ".join(f"{got[n]:.3f}" for n in names)
-              + f" | **{worst:.1%}** |", flush=True)
+        out = simulate(a.workers, a.mains, tasks, a.seconds, a.spawn, seed, not a.no_spread)
+        worst = max(abs(s * a.mains - 1) for s in out.shares.values())
+        print(f"| {seed} | " + " | ".join(f"{out.shares[n]:.3f}" for n in names)
+              + f" | **{worst:.1%}** | {out.busy:.3f} | {out.spawned:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
