@@ -2,7 +2,7 @@
 
     bench/.venv/bin/python -m bench.scale run   [--workers 10,100,200] [--tasks 20 x N] [--seconds 1]
     bench/.venv/bin/python -m bench.scale burst [--base 10] [--burst 200] [--within 5]
-    bench/.venv/bin/python -m bench.scale mains [--workers 100] [--mains 10] [--tasks 400]
+    bench/.venv/bin/python -m bench.scale mains [--workers 100] [--mains 10] [--tasks 1000]
     (any of them with --quick: a few workers and tasks, for development)
 
 Every worker is a real ``distrib worker`` process with one slot, a cache folder and a key of
@@ -24,8 +24,16 @@ the wall).
 
 ``mains``: ``--mains`` Mains share ``--workers`` workers, each running ``--tasks`` x
 sleep(``--seconds``), started together; the first of them stops submitting halfway. Reported:
-each Main's slot-seconds while all of them want more, as a share of the workers (a tenth each
-for ten Mains), and how fast the slots of the Main that left go to the others.
+each Main's slot-seconds while all of them want more (from the moment all are told to
+submit to the first one's last end), as a share of the workers (a tenth each for ten Mains),
+and how fast the slots of the Main that left go to the others. A one-slot
+worker serves its Mains in turns, a round of ten tasks for ten Mains: by default each Main
+runs ten rounds' worth (10 tasks per worker for ten Mains), so that the window (five rounds,
+until the first Main is done) is not a round or two, whose share is that of the Mains who
+happened to have their turns in it. ``--log FILE`` keeps each task's Main, start, end and
+worker. Each Main's context (argv, forwarded variables) is its own, so each has executors and
+a template of its own on every worker (1,000 processes for ten Mains on 100 workers, ~16 MB
+each); ``--same-context`` makes them alike (one template and executor per worker for all).
 """
 
 from __future__ import annotations
@@ -57,13 +65,34 @@ SCRIPT = textwrap.dedent("""
     from distrib import distributed, as_completed, gather
     from distrib.main import _current
 
+    def worker_name():
+        # The daemon that runs this task (an ancestor started with --name), for the shares
+        # per worker.
+        pid = os.getppid()
+        for _ in range(6):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\\0")
+                if b"--name" in argv:
+                    return argv[argv.index(b"--name") + 1].decode()
+                with open(f"/proc/{pid}/stat") as f:
+                    pid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                break
+        return "?"
+
+    # A variable the tasks' code names is forwarded to them, and a Main's executors are
+    # those of its argv and forwarded variables (its context): each Main's own (``mains``),
+    # unless the driver leaves it unset (--same-context).
+    CONTEXT = os.environ.get("MAIN_CONTEXT")
+
     @distributed
-    def nap(seconds, log=None):
+    def nap(seconds, log=None, who=None):
         start = time.time()
         time.sleep(seconds)
         if log:
             with open(log, "a") as f:
-                f.write(f"{os.environ['MAIN']} {start} {time.time()}\\n")
+                f.write(f"{who} {start} {time.time()} {worker_name()}\\n")
 
     def wait_workers(session, n, timeout):
         deadline = time.monotonic() + timeout
@@ -203,8 +232,10 @@ SCRIPT = textwrap.dedent("""
             # else the window measures who started first)
             out["warm"] = warm(n)
             print("READY", flush=True)
-            sys.stdin.readline()  # (all Mains start together)
-            gather([nap(seconds, os.environ["LOG"]) for _ in range(tasks)], timeout=3600)
+            # (all Mains start together; what each runs comes now, not in its argv: the
+            # same for all, so that their contexts may be too)
+            _, who, tasks, log = sys.stdin.readline().split()
+            gather([nap(seconds, log, who) for _ in range(int(tasks))], timeout=3600)
         if dump is not None:
             dump()
         out["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -411,46 +442,67 @@ def burst(base: int, more: int, within: float, tasks: int, seconds: float) -> No
         print(f"\nA turn past 0.5 s, at:\n\n```\n{stack}```")
 
 
-def mains(workers: int, count: int, tasks: int, seconds: float) -> None:
+def mains(workers: int, count: int, tasks: int, seconds: float, keep: str | None = None,
+          same_context: bool = False) -> None:
     with cluster(count) as c:
         c.start(workers)
         log = c.root / "runs.log"
-        procs = []
+        procs, counts = [], []
         for i in range(count):
             # The first Main submits half as much: it leaves while the others still run.
             n = tasks // 2 if i == 0 else tasks
-            procs.append(main_proc(c, ["mains", str(workers), str(n), str(seconds)], i,
-                                   extra={"MAIN": f"M{i}", "LOG": str(log)}))
+            procs.append(main_proc(c, ["mains", str(workers), str(tasks), str(seconds)], i,
+                                   extra={} if same_context else {"MAIN_CONTEXT": f"M{i}"}))
+            counts.append(n)
         for p in procs:
             assert p.stdout is not None
             if not p.stdout.readline().startswith("READY"):
                 raise RuntimeError(result(p))
-        for p in procs:
+        go = time.time()
+        for i, p in enumerate(procs):
             assert p.stdin is not None
-            p.stdin.write("go\n")
+            p.stdin.write(f"go M{i} {counts[i]} {log}\n")
             p.stdin.flush()
         for p in procs:
             result(p)
-        print(report_mains(log.read_text(), workers, count))
+        if keep:
+            Path(keep).write_text(log.read_text())
+        print(report_mains(log.read_text(), workers, count, go))
 
 
-def report_mains(text: str, workers: int, count: int) -> str:
-    runs = [(who, float(s), float(e)) for who, s, e in (line.split() for line in text.splitlines())]
-    names = [f"M{i}" for i in range(count)]
+def shares(runs: list[tuple[str, float, float]], names: list[str],
+           since: float | None = None) -> tuple[dict[str, float], float, float]:
+    """Each Main's share of the slot-seconds of ``runs`` (Main, start, end) while all want
+    more: from ``since`` (when all were told to submit; None: the last Main's first start)
+    to the first Main's last end (``lo``, ``hi``); returned with ``lo`` and ``hi``.
+
+    From the last Main's first start, a window cuts the first round of turns short: the Mains
+    whose tasks came first to idle workers started there at once, before it."""
     first = {n: min(s for w, s, _ in runs if w == n) for n in names}
     last = {n: max(e for w, _, e in runs if w == n) for n in names}
-    # Shares while all want more: from the last Main's first task to the first Main's last.
-    lo, hi = max(first.values()), min(last.values())
+    lo, hi = max(first.values()) if since is None else since, min(last.values())
     held = dict.fromkeys(names, 0.0)
     for who, s, e in runs:
         held[who] += max(0.0, min(e, hi) - max(s, lo))
     total = sum(held.values())
-    shares = {n: held[n] / total for n in names}
-    worst = max(abs(s * count - 1) for s in shares.values())
+    return {n: held[n] / total for n in names}, lo, hi
+
+
+def report_mains(text: str, workers: int, count: int, since: float | None = None) -> str:
+    rows = [line.split() for line in text.splitlines()]
+    runs = [(who, float(s), float(e)) for who, s, e, *_ in rows]
+    names = [f"M{i}" for i in range(count)]
+    last = {n: max(e for w, _, e in runs if w == n) for n in names}
+    share, lo, hi = shares(runs, names, since)
+    worst = max(abs(s * count - 1) for s in share.values())
+    late, late_lo, _ = shares(runs, names)
+    late_worst = max(abs(s * count - 1) for s in late.values())
     lines = [f"{count} Mains on {workers} one-slot workers ({load()}): share of the slot-seconds "
-             f"from {0:.1f} to {hi - lo:.1f} s (fair: {1 / count:.3f}); worst off by "
-             f"**{worst:.1%}**", "", "| Main | share |", "| --- | ---: |"]
-    lines += [f"| {n} | {shares[n]:.3f} |" for n in names]
+             f"from the start to {hi - lo:.1f} s (fair: {1 / count:.3f}); worst off by "
+             f"**{worst:.1%}** (from the last Main's first start, {late_lo - lo:.1f} s: "
+             f"{late_worst:.1%})", "", "| Main | share | from the last first start |",
+             "| --- | ---: | ---: |"]
+    lines += [f"| {n} | {share[n]:.3f} | {late[n]:.3f} |" for n in names]
     # The first Main left at last["M0"]: how long until the others hold every slot again.
     gone = last["M0"]
     others = [(s, e) for w, s, e in runs if w != "M0"]
@@ -478,6 +530,11 @@ def main() -> None:
     parser.add_argument("--within", type=float, default=5.0)
     parser.add_argument("--mains", type=int, default=10)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--same-context", action="store_true",
+                        help="mains: the Mains' contexts alike (one executor environment per "
+                        "worker for all; else one each, as different scripts have)")
+    parser.add_argument("--log", default=None, metavar="FILE",
+                        help="mains: keep the tasks' log (Main, start, end, worker) in FILE")
     parser.add_argument("--profile", default=None, metavar="FILE",
                         help="sample the (first) Main's I/O thread; its profile goes to FILE")
     a = parser.parse_args()
@@ -492,7 +549,10 @@ def main() -> None:
     else:
         workers = int(a.workers or (6 if a.quick else 100))
         count = 3 if a.quick else a.mains
-        mains(workers, count, a.tasks or (10 * workers // count * 4), a.seconds)
+        # (ten rounds of the Mains on each worker: the shares are measured over rounds, and
+        # the first Main, leaving halfway, ends the window after five)
+        mains(workers, count, a.tasks or (10 * workers // count * 10), a.seconds, a.log,
+              a.same_context)
 
 
 if __name__ == "__main__":

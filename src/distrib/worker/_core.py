@@ -72,8 +72,8 @@ class Core(CoreState):
 
     def __init__(self, slots: int, idle_after: float = 300.0, max_queued: int = 256 << 20,
                  max_parked: int | None = None,
-                 hand_back_after: float = STUCK_HAND_BACK) -> None:
-        super().__init__(slots, idle_after, max_queued, max_parked, hand_back_after)
+                 hand_back_after: float = STUCK_HAND_BACK, spread: int | None = None) -> None:
+        super().__init__(slots, idle_after, max_queued, max_parked, hand_back_after, spread)
         handlers: dict[type, Callable[[Any, float], None]] = {
             TaskSubmitted: self._submitted, TaskQueued: self._queued,
             TaskDeferred: self._deferred, DistReady: self._dist_ready,

@@ -73,7 +73,7 @@ class CoreState:
 
     def __init__(self, slots: int, idle_after: float = 300.0,
                  max_queued: int = 256 << 20, max_parked: int | None = None,
-                 hand_back_after: float = STUCK_HAND_BACK) -> None:
+                 hand_back_after: float = STUCK_HAND_BACK, spread: int | None = None) -> None:
         self.capacity = slots  # slots offered now
         # executors whose task waits for its calls and gave its slots back, at most
         self.max_parked = 2 * slots if max_parked is None else max_parked
@@ -83,7 +83,7 @@ class CoreState:
         self.max_queued = max_queued  # payload bytes queued per Main; more is deferred
         self.idle_after = idle_after  # seconds an executor may wait for a task before it stops
         self.busy = 0  # slots held by executors that have a task
-        self.queues = Queues()
+        self.queues = Queues(spread)  # (``spread``: a seed, see ``Queues``)
         self.executors: dict[int, ExecutorRecord] = {}
         self.counters = dict.fromkeys(
             ("tasks_done", "executors_started", "executors_crashed", "deferred", "parks",
@@ -328,9 +328,10 @@ class CoreState:
 
     def _spawn(self, key: EnvKey) -> ExecutorRecord:
         idle = [e for e in self.executors.values() if not e.runs]
-        # Keep at most ``slots`` executors around: retire an idle one of another environment.
-        if len(self.executors) >= self.capacity and idle:
-            self._retire(idle[0])
+        # Keep at most ``slots`` executors around: retire an idle one of another environment
+        # (which: ``Queues.spare``; not one whose tasks wait for their turn here, up to a point)
+        if (spare := self.queues.spare(idle, len(self.executors) - self.capacity)) is not None:
+            self._retire(spare)
         self._next_ex += 1
         ex = self.executors[self._next_ex] = ExecutorRecord(self._next_ex, key)
         self.counters["executors_started"] += 1

@@ -81,7 +81,10 @@ class Daemon:
         self.mains = Mains()
         if s.sandboxes is not None:  # (a Main's sandbox: the network its key's line says)
             self.mains.network = lambda key: self.gate.quota(key).network or s.task_network
-        self.core = Core(policy.threads, s.idle_after, s.max_queued, s.max_parked)
+        # (a seed of its own: Mains join its round of turns in an order of its own, not the
+        # order they reached every worker in; see ``_state``)
+        self.core = Core(policy.threads, s.idle_after, s.max_queued, s.max_parked,
+                         spread=int.from_bytes(os.urandom(8), "big"))
         self.objects = Objects(self.runs / "objects", s.max_objects, s.max_objects_total)
         Objects.remove_stale()
         self.memory = MemoryWatch(policy.max_task_memory, policy.max_memory)

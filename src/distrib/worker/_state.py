@@ -2,14 +2,33 @@
 
 No sockets, no processes, no clock: the daemon feeds it tasks and asks what to start when
 slots free up. Mains are served round-robin, so one Main's deep queue cannot starve another.
+
+The next turn goes to the Main that had the fewest here (a Main whose queue was empty comes
+back with as many as the Main served last: no turns are saved up), then by its place, drawn
+at random when it first came (``spread``, seeded by the daemon; without it, in the order they
+came). Mains that start together reach every worker in the same order: in that order on
+every worker, the rounds would give all slots at once to one Main after the other (the last
+waiting a whole round for its first start), fair only over whole rounds.
 """
 
 from __future__ import annotations
 
+import itertools
+import random
 from collections import deque
 from collections.abc import Callable, Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
+
+
+SPARE_EXECUTORS = 16  # idle executors kept beyond the slots for tasks waiting for their turn
+
+
+class _Keyed(Protocol):
+    key: Any  # its environment (``EnvKey``): dist, threads, context
+
+
+_E = TypeVar("_E", bound=_Keyed)
 
 
 @dataclass(eq=False)
@@ -39,11 +58,14 @@ class QueuedTask:
 
 
 class Queues:
-    """Per-Main FIFO queues with round-robin selection among Mains."""
+    """Per-Main FIFO queues with round-robin selection among Mains (see the docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, spread: int | None = None) -> None:
         self._by_peer: dict[bytes, deque[QueuedTask]] = {}
-        self._turn: deque[bytes] = deque()  # Mains in the order they get their next turn
+        self._turns: dict[bytes, int] = {}  # turns each Main had here (see the docstring)
+        self._place: dict[bytes, float] = {}  # its place among Mains with as many turns
+        self._served = 0  # the turns the Main served last had before it
+        self._spread = None if spread is None else random.Random(spread)
         self._bytes: dict[bytes, int] = {}  # payload bytes queued per Main
 
     def __len__(self) -> int:
@@ -65,7 +87,9 @@ class Queues:
         queue = self._by_peer.get(task.peer)
         if queue is None:
             queue = self._by_peer[task.peer] = deque()
-            self._turn.append(task.peer)
+            self._place[task.peer] = self._spread.random() if self._spread else len(self._place)
+        if not queue:
+            self._turns[task.peer] = max(self._turns.get(task.peer, 0), self._served)
         if task.depth and queue and queue[-1].depth < task.depth:
             at = next(i for i, t in enumerate(queue) if t.depth < task.depth)
             queue.insert(at, task)
@@ -96,8 +120,8 @@ class Queues:
         """Forget a Main: return its queued tasks."""
         queue = self._by_peer.pop(peer, deque())
         self._bytes.pop(peer, None)
-        if peer in self._turn:
-            self._turn.remove(peer)
+        self._turns.pop(peer, None)
+        self._place.pop(peer, None)
         return list(queue)
 
     def take_where(self, pred: Callable[[QueuedTask], bool]) -> list[QueuedTask]:
@@ -123,6 +147,19 @@ class Queues:
     def dists(self) -> set[str]:
         """Distributions of the queued tasks."""
         return {t.dist for queue in self._by_peer.values() for t in queue}
+
+    def spare(self, idle: list[_E], over: int) -> _E | None:
+        """Which of the ``idle`` executors stops to make room for a new one, ``over`` being
+        how many there are beyond the slots (None: none stops). One of an environment that no
+        Main's next tasks want; one that some want only past SPARE_EXECUTORS beyond the slots:
+        else each turn between Mains (their contexts differ: an executor each) on a small
+        worker would stop an executor and fork another."""
+        if over < 0 or not idle:
+            return None
+        wanted = {(t.dist, t.threads, t.context) for queue in self._by_peer.values()
+                  for t in itertools.islice(queue, 8)}
+        unused = [e for e in idle if (e.key.dist, e.key.threads, e.key.context) not in wanted]
+        return unused[0] if unused else idle[0] if over >= SPARE_EXECUTORS else None
 
     def waiting_peers(self, runnable: Callable[[QueuedTask], bool]) -> list[bytes]:
         """Mains with a queued task that could start now (its environment is ready)."""
@@ -151,18 +188,19 @@ class Queues:
         """
         holds: dict[bytes, int] = held or {}
         of: dict[bytes, bytes] = accounts or {}
-        if len(self._turn) == 1:  # one Main (the hot path of tiny tasks): no ordering to do
-            peers: Any = self._turn
+        turns, place = self._turns, self._place
+        if len(self._by_peer) == 1:  # one Main (the hot path of tiny tasks): no ordering to do
+            peers: Any = self._by_peer
+        elif holds:
+            weight = weights or {}
+
+            def share(peer: bytes) -> tuple[float, int, float]:
+                account = of.get(peer, peer)
+                return holds.get(account, 0) / weight.get(account, 1.0), turns[peer], place[peer]
+
+            peers = sorted(self._by_peer, key=share)
         else:
-            peers = list(self._turn)
-            if holds:
-                weight = weights or {}
-
-                def share(peer: bytes) -> float:
-                    account = of.get(peer, peer)
-                    return holds.get(account, 0) / weight.get(account, 1.0)
-
-                peers.sort(key=share)  # (stable)
+            peers = sorted(self._by_peer, key=lambda p: (turns[p], place[p]))
         for peer in peers:
             queue = self._by_peer[peer]
             room = free
@@ -174,8 +212,7 @@ class Queues:
                 if task.threads <= room and runnable(task):
                     queue.remove(task)
                     self._took(task)
-                    if len(self._turn) > 1:
-                        self._turn.remove(peer)
-                        self._turn.append(peer)
+                    self._served = turns[peer]
+                    turns[peer] += 1
                     return task
         return None
