@@ -160,7 +160,7 @@ class HashCache:
             except Exception:  # a corrupt cache is only a slower scan
                 log.debug("ignoring unreadable hash cache %s", file)
 
-    def digest(self, path: Path, st: os.stat_result) -> str:
+    def digest(self, path: Path | str, st: os.stat_result) -> str:
         key = str(path)
         hit = self._data.get(key)
         if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
@@ -214,7 +214,7 @@ class HashCache:
 SECRET_KEY_HEADER = b"# distrib secret key"
 
 
-def _is_secret_key(path: Path, size: int) -> bool:
+def _is_secret_key(path: Path | str, size: int) -> bool:
     """A key file written by ``distrib keygen``: never shipped, wherever it lies."""
     if not 100 <= size <= 400:  # such files are ~140 bytes: only those are opened
         return False
@@ -294,19 +294,21 @@ def scan(
         cache.keep_listing(key, folders, names)
     entries: list[Entry] = []
     total = 0
+    base = str(root).rstrip("/")  # (no "//" at the file system's root)
+    skipped_names = {str(p) for p in skipped}
     for rel in names:
-        path = root / rel
+        path = f"{base}/{rel}"  # (a string: a Path per file cost more than its stat)
         try:
             st = os.lstat(path)
             if stat.S_ISLNK(st.st_mode):
-                target = path.resolve()
+                target = Path(path).resolve()
                 if target in skipped:
                     continue
                 if not target.is_relative_to(root):
                     log.warning("workspace: skipping %s, a link that leaves the tree", rel)
                     continue
-                st = path.stat()
-            elif path in skipped:
+                st = os.stat(path)
+            elif path in skipped_names:
                 continue
         except OSError as exc:
             log.warning("workspace: skipping %s: %s", rel, exc)
