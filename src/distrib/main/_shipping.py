@@ -173,8 +173,16 @@ def scan_workspace(settings: Settings, main_file: Path | None) -> Distribution:
     root = settings.workspace or (main_file.parent if main_file else Path.cwd())
     cache = settings.cache_dir / "hashes" / (
         hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16] + ".msgpack")
-    return scan(root, main_file, settings.excludes, cache,
-                skip=(settings.cache_dir, *_files_being_written()))
+    from distrib import _runtime
+
+    before = set(sys.modules)  # (pathspec, imported only when the tree is walked: distrib's
+    # own, or a run that walks would preload it in its templates and one that does not would
+    # not, and the two could not share a lingering daemon's executors)
+    try:
+        return scan(root, main_file, settings.excludes, cache,
+                    skip=(settings.cache_dir, *_files_being_written()))
+    finally:
+        _runtime.own_modules.update(set(sys.modules) - before)
 
 
 def blob_messages(dist: Distribution, need: m.NeedBlobs, env_id: str,
