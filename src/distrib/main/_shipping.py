@@ -55,9 +55,22 @@ def _files_being_written() -> list[Path]:
         return []
 
 
-# os.environ["X"], os.environ.get("X"), os.getenv("X"), environ.get("X"), getenv("X")
-_ENV_READ = re.compile(
-    rb"""(?:\benviron\s*\[|\benviron\.get\s*\(|\bgetenv\s*\()\s*["']([A-Za-z_][A-Za-z0-9_]*)["']""")
+# os.environ["X"], os.environ.get("X"), os.getenv("X"), environ.get("X"), getenv("X"). Each
+# starts with a plain word, which the regex engine finds by a fast search (one pattern with
+# ``\b`` before the alternatives tried every position: 36 ms for this repository's modules,
+# now 6); the word's start is checked after.
+_ENV_READS = (
+    re.compile(rb"""environ(?:\s*\[|\.get\s*\()\s*["']([A-Za-z_][A-Za-z0-9_]*)["']"""),
+    re.compile(rb"""getenv\s*\(\s*["']([A-Za-z_][A-Za-z0-9_]*)["']"""),
+)
+_WORD = re.compile(rb"\w")
+
+
+def _names_read(source: bytes) -> set[str]:
+    """The variables ``source`` reads by name (see ``_ENV_READS``)."""
+    return {found.group(1).decode() for pattern in _ENV_READS
+            for found in pattern.finditer(source)
+            if not found.start() or not _WORD.match(source, found.start() - 1)}
 # Never forwarded: they would change how the executor itself starts, or are distrib's own.
 _NOT_FORWARDED = ("PYTHON*", "LD_*", "DYLD_*", "DISTRIB_*")
 _MAX_SOURCE = 2 << 20  # larger .py files are not read for variable names
@@ -91,7 +104,7 @@ def _read_by_name(dist: Distribution, cache: Path | None) -> list[str]:
             source = (dist.root / path).read_bytes()
         except OSError:
             continue
-        names.update(m.decode() for m in _ENV_READ.findall(source))
+        names.update(_names_read(source))
     if memo is not None:
         try:
             memo.parent.mkdir(parents=True, exist_ok=True)
