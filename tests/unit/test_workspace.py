@@ -350,3 +350,23 @@ def test_the_files_this_process_writes_are_found_as_psutil_finds_them(tmp_path: 
         by_psutil = {Path(f.path) for f in psutil.Process().open_files()
                      if any(c in f.mode for c in "wa+") and Path(f.path).parent == tmp_path}
     assert found == by_psutil == {tmp_path / n for n in ("w.txt", "a.txt", "rw.txt")}
+
+
+def test_blobs_stored_uncompressed_for_a_worker_on_this_machine_are_verified_alike(
+        tmp_path: Path) -> None:
+    from distrib.wire import _messages as m
+    from distrib.wire._payload import blob_batches
+
+    raw = b"x = 1\n" * 1000
+    digest = hashlib.sha256(raw).hexdigest()
+    [stored] = blob_batches("d" * 64, [digest], lambda d: raw, level=0)
+    [packed] = blob_batches("d" * 64, [digest], lambda d: raw)
+    assert isinstance(stored, m.Blobs) and isinstance(packed, m.Blobs)
+    assert len(stored.frames[0]) > len(raw) > len(packed.frames[0])  # (a zlib stream all the same)
+    store = Store(tmp_path / "store")
+    with pytest.raises(WorkspaceError, match="does not match its hash"):
+        store.put_compressed(digest, zlib.compress(raw + b"!", 0), size=len(raw) + 1)
+    store.put_compressed(digest, stored.frames[0], size=len(raw))
+    assert store.blob_path(digest).read_bytes() == raw and store.missing(
+        [Entry("x.py", len(raw), False, digest)]) == []
+    assert not list(store.blobs.glob("*/.tmp-*"))  # (written whole, by its own name)

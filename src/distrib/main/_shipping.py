@@ -199,10 +199,11 @@ def scan_workspace(settings: Settings, main_file: Path | None) -> Distribution:
 
 
 def blob_messages(dist: Distribution, need: m.NeedBlobs, env_id: str,
-                  wheels: Mapping[str, Path]) -> Iterator[m.Blobs | m.DistFailed]:
+                  wheels: Mapping[str, Path], level: int = 1
+                  ) -> Iterator[m.Blobs | m.DistFailed]:
     """The messages answering ``need`` (of the workspace, or of the wheels the environment
-    ``env_id`` ships): Blobs of at most ``BLOB_BATCH_BYTES``, or a DistFailed (after which
-    nothing more is sent)."""
+    ``env_id`` ships): Blobs of at most ``BLOB_BATCH_BYTES``, compressed at zlib ``level``,
+    or a DistFailed (after which nothing more is sent)."""
 
     def read(digest: str) -> bytes | str:
         path = (dist.path_of(digest) if need.dist == dist.dist_id
@@ -219,4 +220,4 @@ def blob_messages(dist: Distribution, need: m.NeedBlobs, env_id: str,
                     "scanned; run again")
         return data
 
-    return blob_batches(need.dist, need.hashes, read)
+    return blob_batches(need.dist, need.hashes, read, level)
