@@ -39,7 +39,25 @@ def _is_loopback(listen: str) -> bool:
         return False
 
 
-@click.group()
+class _Commands(click.Group):
+    """The top-level commands; the set-up and status ones are imported when named (or
+    listed): a worker daemon's start imports neither them nor the launchers they use."""
+
+    LATER = {"keygen": "distrib._cli_setup", "up": "distrib._cli_setup",
+             "down": "distrib._cli_setup", "status": "distrib._cli_status"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LATER})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LATER and cmd_name not in self.commands:
+            import importlib
+
+            self.add_command(getattr(importlib.import_module(self.LATER[cmd_name]), cmd_name))
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="distrib")
 def main() -> None:
     """distrib: spread the calls of ordinary Python functions over many machines."""
@@ -417,9 +435,3 @@ def relay(listen: str, key_file: Path, authorized_keys: Path, max_splices: int,
         why = os.strerror(exc.errno) if exc.errno else str(exc)
         raise click.ClickException(f"cannot listen on {listen}: {why}") from None
 
-
-from distrib._cli_setup import down, keygen, up  # noqa: E402  (set-up commands)
-from distrib._cli_status import status  # noqa: E402
-
-for _command in (keygen, up, down, status):
-    main.add_command(_command)

@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import math
 import os
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,6 +220,8 @@ def find_file(environ: Mapping[str, str], main_dir: Path | None) -> tuple[Path, 
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    import tomllib  # (imported where a file is read: most runs have none)
+
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)

@@ -147,6 +147,56 @@ def test_a_second_run_sends_only_the_files_that_changed(
     assert shipped() == ["1"]
 
 
+def test_files_added_or_edited_in_a_workspace_whose_listing_is_kept_reach_the_daemon(
+        workspace: Workspace, runtime: Path) -> None:
+    # Folders last changed long ago: each run keeps, and the next reuses, the list of files
+    # instead of walking them; what changes in them still travels.
+    _script(workspace)
+    workspace.write("main.py", "import logging\nlogging.basicConfig(level=logging.DEBUG)\n"
+                    + textwrap.dedent(SCRIPT).replace("os.getppid()", "os.getpid()"))
+    (workspace.root / "pkg").mkdir()
+    workspace.write("pkg/__init__.py", "")
+
+    def age() -> None:
+        for folder in (workspace.root, workspace.root / "pkg"):
+            os.utime(folder, (1e9, 1e9))
+
+    def run() -> tuple[int, str]:  # (no __pycache__ made: the folders move only as told)
+        out = workspace.run("main.py", env={**_env(runtime), "PYTHONDONTWRITEBYTECODE": "1"})
+        assert out.returncode == 0, out.stderr[-3000:]
+        value, executor = out.stdout.split()
+        return int(value), executor
+
+    age()
+    first = run()  # (walks the tree)
+    # The run that reuses the listing is served by the first one's executor: what walking
+    # imports (pathspec) is distrib's, not modules the Main's templates import ahead.
+    assert first[0] == 1 and run() == first
+    workspace.write("mod.py", "VALUE = 2\n")  # (in place: no folder moves)
+    assert run()[0] == 2
+    age()
+    workspace.write("pkg/extra.py", "VALUE = 3\n")  # (a new file: its folder moves)
+    workspace.write("mod.py", "from pkg.extra import VALUE\n")
+    assert run()[0] == 3
+    (workspace.root / "pkg" / "extra.py").unlink()  # (gone: the import fails on the worker)
+    workspace.write("mod.py", "try:\n    from pkg.extra import VALUE\nexcept ImportError:\n"
+                    "    VALUE = 4\n")
+    assert run()[0] == 4
+
+
+def test_the_embedded_cluster_runs_in_the_mains_interpreter_without_describing_it(
+        workspace: Workspace, runtime: Path) -> None:
+    # Its daemon is this interpreter with its packages: no metadata is read to tell it so.
+    _script(workspace)
+    workspace.write("main.py", "import logging\nlogging.basicConfig(level=logging.DEBUG)\n"
+                    "import msgpack\n" + textwrap.dedent(SCRIPT))
+    out = workspace.run("main.py", env=_env(runtime))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert re.search(r"environment for workers: Python [\d.]+, no packages", out.stderr), \
+        out.stderr[-3000:]
+    assert int(out.stdout.split()[0]) == 1
+
+
 def test_the_daemon_leaves_after_the_linger_period(
         workspace: Workspace, runtime: Path) -> None:
     _script(workspace)

@@ -124,3 +124,25 @@ def test_a_worker_ships_a_distribution_it_holds_to_another_from_its_store(
     host.workspace = dist_id
     direct._on_message(b"main", target, m.NeedBlobs(dist_id, ["cd" * 32]), 0.0)
     assert isinstance(shipped.pop(), m.DistFailed)
+
+
+def test_the_store_is_kept_under_its_size_at_the_tick_after_a_tree_is_built(
+        tmp_path: Path) -> None:
+    # (its walk of the whole store must not hold back the new tree's first tasks)
+    store = Store(tmp_path / "store", max_bytes=1)  # (any tree is over)
+    dists = Distributions(store, lambda peer, msg: None, lambda dist: None)
+    ids = []
+    for text in (b"old = 1\n", b"new = 2\n"):
+        digest = hashlib.sha256(text).hexdigest()
+        manifest, dist_id = encode_manifest("main.py", [Entry("main.py", len(text), False,
+                                                              digest)])
+        dists.request(dist_id, A)
+        assert isinstance(fetched(dists, A, dist_id, manifest, [zlib.compress(text)]), Ready)
+        ids.append(dist_id)
+        if len(ids) == 1:
+            dists.tick(0.0)  # (the tree just built is kept)
+    old, new = (store.env_path(i) for i in ids)
+    assert old.is_dir() and new.is_dir()  # (the new one built: nothing evicted yet)
+    dists.tick(0.0)
+    assert not old.exists() and new.is_dir()  # (the older goes; the one just built stays)
+    assert dists.get(ids[0]) is None

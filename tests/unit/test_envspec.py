@@ -158,3 +158,15 @@ def test_the_variables_read_by_name_are_kept_by_the_modules_hashes(tmp_path: Pat
     # ... changed ones: read.
     assert forwarded_environ(dist(), (), environ, cache) == {"B": "2"}
     assert forwarded_environ(dist(), ("S*",), environ) == {"B": "2", "SECRET": "3"}
+
+
+def test_each_way_of_reading_a_variable_by_name_is_found_and_longer_names_are_not() -> None:
+    from distrib.main._shipping import _names_read
+
+    source = b"""import os
+from os import environ, getenv
+a = os.environ["A1"]; b = os.environ.get('B_2'); c = os.getenv("C")
+d = environ [ "D" ]; e = getenv( 'E' ); f = environ.get("F")
+g = myenviron["NOT1"]; h = xgetenv("NOT2"); i = os.environ[key]
+"""
+    assert _names_read(source) == {"A1", "B_2", "C", "D", "E", "F"}

@@ -6,6 +6,7 @@ import hashlib
 import os
 import zlib
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -56,6 +57,60 @@ def test_hash_cache_skips_unchanged_files(tmp_path: Path, monkeypatch: pytest.Mo
     (tmp_path / "ws" / "f3.txt").write_text("new content")
     scan(tmp_path / "ws", None, cache_file=cache)
     assert [Path(n).name for n in hashed] == ["f3.txt"]
+
+
+def _age(root: Path) -> None:
+    """Every folder under ``root`` (and it) last changed a minute ago: old enough that a
+    scan keeps its listing."""
+    past = os.stat(root).st_mtime - 60
+    for folder in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+        os.utime(folder, (past, past))
+
+
+def test_a_rerun_reuses_the_listing_and_still_sees_files_added_removed_or_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ws, cache = tmp_path / "ws", tmp_path / "cache.msgpack"
+    make(ws, {"main.py": "x", "pkg/mod.py": "y", "pkg/deep/d.py": "z", "out/big.bin": "b",
+              "venv/pyvenv.cfg": "", "venv/lib/site.py": "", ".gitignore": "out/\n"})
+    _age(ws)
+    first = scan(ws, None, cache_file=cache)
+    walks: list[Path] = []
+    real = _manifest._walk
+
+    def walk(root: Path, *args: Any) -> Any:
+        walks.append(root)
+        return real(root, *args)
+
+    monkeypatch.setattr(_manifest, "_walk", walk)
+    assert scan(ws, None, cache_file=cache) == first
+    assert walks == []  # (listed as before: no walk, no pattern matched)
+    # Each change below moves its folder's time; each scan after it sees it.
+    make(ws, {"pkg/deep/new.py": "n"})
+    assert "pkg/deep/new.py" in [e.path for e in scan(ws, None, cache_file=cache).entries]
+    assert len(walks) == 1
+    (ws / "pkg" / "mod.py").unlink()
+    assert "pkg/mod.py" not in [e.path for e in scan(ws, None, cache_file=cache).entries]
+    (ws / "venv" / "pyvenv.cfg").unlink()  # (no longer a venv: its files are shipped)
+    assert "venv/lib/site.py" in [e.path for e in scan(ws, None, cache_file=cache).entries]
+    _age(ws)
+    kept = scan(ws, None, cache_file=cache)
+    walks.clear()
+    (ws / "main.py").write_text("changed in place: its folder's time does not move")
+    changed = scan(ws, None, cache_file=cache)
+    assert walks == [] and changed.dist_id != kept.dist_id
+    assert scan(ws, None, ("pkg/",), cache_file=cache).entries != changed.entries  # (other
+    # patterns: walked)
+
+
+def test_a_listing_of_folders_changed_in_the_last_seconds_is_not_kept(tmp_path: Path) -> None:
+    ws, cache = tmp_path / "ws", tmp_path / "cache.msgpack"
+    make(ws, {"main.py": "x"})
+    scan(ws, None, cache_file=cache)  # (just made: a file added in the same clock tick
+    # would not move the folder's time)
+    assert "" not in msgpack.unpackb(cache.read_bytes(), raw=False)
+    _age(ws)
+    scan(ws, None, cache_file=cache)
+    assert "" in msgpack.unpackb(cache.read_bytes(), raw=False)
 
 
 def test_links_leaving_the_tree_are_skipped(tmp_path: Path) -> None:
@@ -295,3 +350,23 @@ def test_the_files_this_process_writes_are_found_as_psutil_finds_them(tmp_path: 
         by_psutil = {Path(f.path) for f in psutil.Process().open_files()
                      if any(c in f.mode for c in "wa+") and Path(f.path).parent == tmp_path}
     assert found == by_psutil == {tmp_path / n for n in ("w.txt", "a.txt", "rw.txt")}
+
+
+def test_blobs_stored_uncompressed_for_a_worker_on_this_machine_are_verified_alike(
+        tmp_path: Path) -> None:
+    from distrib.wire import _messages as m
+    from distrib.wire._payload import blob_batches
+
+    raw = b"x = 1\n" * 1000
+    digest = hashlib.sha256(raw).hexdigest()
+    [stored] = blob_batches("d" * 64, [digest], lambda d: raw, level=0)
+    [packed] = blob_batches("d" * 64, [digest], lambda d: raw)
+    assert isinstance(stored, m.Blobs) and isinstance(packed, m.Blobs)
+    assert len(stored.frames[0]) > len(raw) > len(packed.frames[0])  # (a zlib stream all the same)
+    store = Store(tmp_path / "store")
+    with pytest.raises(WorkspaceError, match="does not match its hash"):
+        store.put_compressed(digest, zlib.compress(raw + b"!", 0), size=len(raw) + 1)
+    store.put_compressed(digest, stored.frames[0], size=len(raw))
+    assert store.blob_path(digest).read_bytes() == raw and store.missing(
+        [Entry("x.py", len(raw), False, digest)]) == []
+    assert not list(store.blobs.glob("*/.tmp-*"))  # (written whole, by its own name)

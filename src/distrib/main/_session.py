@@ -42,13 +42,13 @@ from distrib.main._shipping import forwarded_environ, preload_modules, scan_work
 from distrib.main._stats import Stats, snapshot
 from distrib.wire import _facts, _reach
 from distrib.wire import _messages as m
+from distrib.wire._envspec import EnvSpec
 from distrib.wire._limits import MAX_MESSAGE_BYTES, MAX_PAYLOAD_BYTES
 from distrib.wire._link import LinkState
 from distrib.workspace._manifest import Distribution
 
 if TYPE_CHECKING:
     from distrib._local import LocalCluster
-    from distrib.wire._envspec import EnvSpec
     from distrib.wire._relayed import RelayParty
 
 log = logging.getLogger("distrib")
@@ -87,7 +87,8 @@ class Session:
             log.warning("scanned the workspace %s: %d files, %.0f MB in %.1f s",
                         self.dist.root, len(self.dist.entries),
                         sum(e.size for e in self.dist.entries) / 1e6, time.monotonic() - start)
-        self.env, self.wheels = _describe(settings, self.dist)
+        self.env, self.wheels = (EnvSpec(self.python), {}) if _runs_here(settings, local) \
+            else _describe(settings, self.dist)
         _runtime.main_shipped = self.dist.main is not None
         _runtime.shipped_root = str(self.dist.root) if self.dist.entries else None
         self.name = f"{main_file.name if main_file else 'python'}@{socket.gethostname()}:{os.getpid()}"
@@ -291,6 +292,15 @@ def _relay(settings: _config.Settings) -> RelayParty | None:
 
     assert settings.relay_key is not None and settings.key is not None
     return RelayParty(settings.relay, settings.relay_key, settings.key).start()
+
+
+def _runs_here(settings: _config.Settings, local: LocalCluster | None) -> bool:
+    """Tasks run in this very interpreter: the embedded cluster's daemon is this Python with
+    its packages, so describing them ("auto", reading every distribution's metadata: up to a
+    second in a large environment, on a first run's critical path) would only tell it what it
+    has. A requirements file is still shipped: the user asked for those packages."""
+    return local is not None and settings.dependencies == "auto" \
+        and settings.requirements is None
 
 
 def _describe(settings: _config.Settings, dist: Distribution

@@ -55,9 +55,22 @@ def _files_being_written() -> list[Path]:
         return []
 
 
-# os.environ["X"], os.environ.get("X"), os.getenv("X"), environ.get("X"), getenv("X")
-_ENV_READ = re.compile(
-    rb"""(?:\benviron\s*\[|\benviron\.get\s*\(|\bgetenv\s*\()\s*["']([A-Za-z_][A-Za-z0-9_]*)["']""")
+# os.environ["X"], os.environ.get("X"), os.getenv("X"), environ.get("X"), getenv("X"). Each
+# starts with a plain word, which the regex engine finds by a fast search (one pattern with
+# ``\b`` before the alternatives tried every position: 36 ms for this repository's modules,
+# now 6); the word's start is checked after.
+_ENV_READS = (
+    re.compile(rb"""environ(?:\s*\[|\.get\s*\()\s*["']([A-Za-z_][A-Za-z0-9_]*)["']"""),
+    re.compile(rb"""getenv\s*\(\s*["']([A-Za-z_][A-Za-z0-9_]*)["']"""),
+)
+_WORD = re.compile(rb"\w")
+
+
+def _names_read(source: bytes) -> set[str]:
+    """The variables ``source`` reads by name (see ``_ENV_READS``)."""
+    return {found.group(1).decode() for pattern in _ENV_READS
+            for found in pattern.finditer(source)
+            if not found.start() or not _WORD.match(source, found.start() - 1)}
 # Never forwarded: they would change how the executor itself starts, or are distrib's own.
 _NOT_FORWARDED = ("PYTHON*", "LD_*", "DYLD_*", "DISTRIB_*")
 _MAX_SOURCE = 2 << 20  # larger .py files are not read for variable names
@@ -91,7 +104,7 @@ def _read_by_name(dist: Distribution, cache: Path | None) -> list[str]:
             source = (dist.root / path).read_bytes()
         except OSError:
             continue
-        names.update(m.decode() for m in _ENV_READ.findall(source))
+        names.update(_names_read(source))
     if memo is not None:
         try:
             memo.parent.mkdir(parents=True, exist_ok=True)
@@ -173,15 +186,24 @@ def scan_workspace(settings: Settings, main_file: Path | None) -> Distribution:
     root = settings.workspace or (main_file.parent if main_file else Path.cwd())
     cache = settings.cache_dir / "hashes" / (
         hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16] + ".msgpack")
-    return scan(root, main_file, settings.excludes, cache,
-                skip=(settings.cache_dir, *_files_being_written()))
+    from distrib import _runtime
+
+    before = set(sys.modules)  # (pathspec, imported only when the tree is walked: distrib's
+    # own, or a run that walks would preload it in its templates and one that does not would
+    # not, and the two could not share a lingering daemon's executors)
+    try:
+        return scan(root, main_file, settings.excludes, cache,
+                    skip=(settings.cache_dir, *_files_being_written()))
+    finally:
+        _runtime.own_modules.update(set(sys.modules) - before)
 
 
 def blob_messages(dist: Distribution, need: m.NeedBlobs, env_id: str,
-                  wheels: Mapping[str, Path]) -> Iterator[m.Blobs | m.DistFailed]:
+                  wheels: Mapping[str, Path], level: int = 1
+                  ) -> Iterator[m.Blobs | m.DistFailed]:
     """The messages answering ``need`` (of the workspace, or of the wheels the environment
-    ``env_id`` ships): Blobs of at most ``BLOB_BATCH_BYTES``, or a DistFailed (after which
-    nothing more is sent)."""
+    ``env_id`` ships): Blobs of at most ``BLOB_BATCH_BYTES``, compressed at zlib ``level``,
+    or a DistFailed (after which nothing more is sent)."""
 
     def read(digest: str) -> bytes | str:
         path = (dist.path_of(digest) if need.dist == dist.dist_id
@@ -198,4 +220,4 @@ def blob_messages(dist: Distribution, need: m.NeedBlobs, env_id: str,
                     "scanned; run again")
         return data
 
-    return blob_batches(need.dist, need.hashes, read)
+    return blob_batches(need.dist, need.hashes, read, level)

@@ -41,11 +41,12 @@ def join_payloads(specs: Iterable[Spec],
         at += spec.nframes
 
 
-def blob_batches(dist: str, hashes: Iterable[str],
-                 read: Callable[[str], bytes | str]) -> Iterator[m.Blobs | m.DistFailed]:
+def blob_batches(dist: str, hashes: Iterable[str], read: Callable[[str], bytes | str],
+                 level: int = 1) -> Iterator[m.Blobs | m.DistFailed]:
     """The messages answering a NeedBlobs of ``dist``: Blobs of at most ``BLOB_BATCH_BYTES``
-    (compressed), or a DistFailed where ``read`` gives the reason a blob cannot be sent
-    instead of its bytes (after which nothing more is sent)."""
+    (compressed, at zlib ``level``: 0 stores them as they are, still a zlib stream), or a
+    DistFailed where ``read`` gives the reason a blob cannot be sent instead of its bytes
+    (after which nothing more is sent)."""
     batch: list[str] = []
     packed: list[bytes] = []
     size = 0
@@ -55,7 +56,7 @@ def blob_batches(dist: str, hashes: Iterable[str],
             yield m.DistFailed(dist, data)
             return
         batch.append(digest)
-        packed.append(zlib.compress(data, 1))
+        packed.append(zlib.compress(data, level))
         size += len(packed[-1])
         if size >= BLOB_BATCH_BYTES:
             yield m.Blobs(dist, batch, frames=tuple(packed))

@@ -91,6 +91,7 @@ class Distributions:
         self._wanted_by = wanted_by  # a Main with tasks queued for a distribution, if any
         self._recheck_at = 0.0
         self._dists: dict[str, Dist] = {}
+        self._built: set[str] = set()  # trees built since the store's size was last kept
         self.blobs_received = 0
 
     def get(self, dist_id: str) -> Dist | None:
@@ -150,7 +151,11 @@ class Distributions:
 
     def tick(self, now: float) -> None:
         """Fetches that stalled ask a waiting Main instead (each answer is hash-checked); the
-        trees tasks use are checked again now and then."""
+        trees tasks use are checked again now and then; the store is kept under its size
+        once trees were built (a walk of all of it: not before their first tasks)."""
+        if self._built:
+            built, self._built = self._built, set()
+            self._evict(keep=built)
         if now >= self._recheck_at:
             self._recheck(now)
         for dist_id, dist in self._dists.items():
@@ -256,7 +261,9 @@ class Distributions:
         except (WorkspaceError, OSError) as exc:
             return self._fail(dist_id, ErrorRecord.of(exc, False).to_wire())
         dist.state = DistState.READY
-        self._evict(keep={dist_id})
+        # (the store's size is kept at the next tick: its walk took 0.1 s of a lingering
+        # daemon's cache of twenty edits' trees, before the run's executors could start)
+        self._built.add(dist_id)
         peer_log.info("workspace %s ready (%d files)", dist_id[:12], len(dist.entries))
         return Ready(dist_id)
 

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ ALWAYS_EXCLUDED = (
     ".DS_Store",
 )
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+_LISTING_VERSION = "1"  # (a change in what a walk keeps makes every kept listing stale)
+_RECENT_NS = 2_000_000_000  # folders changed this recently: their listing is not kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +160,7 @@ class HashCache:
             except Exception:  # a corrupt cache is only a slower scan
                 log.debug("ignoring unreadable hash cache %s", file)
 
-    def digest(self, path: Path, st: os.stat_result) -> str:
+    def digest(self, path: Path | str, st: os.stat_result) -> str:
         key = str(path)
         hit = self._data.get(key)
         if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
@@ -167,6 +170,34 @@ class HashCache:
         self._data[key] = [st.st_size, st.st_mtime_ns, digest]
         self._dirty = True
         return digest
+
+    def listing(self, root: Path, key: str) -> list[str] | None:
+        """The files a walk of ``root`` kept last time (``key``: its patterns and skipped
+        paths), if no folder it listed changed since: adding, removing or renaming a file
+        moves its folder's modification time. A rerun then neither walks nor matches
+        patterns: it stats each file, as it must for their hashes."""
+        kept = self._data.get("")
+        if not (isinstance(kept, list) and len(kept) == 3 and kept[0] == key):
+            return None
+        try:
+            for rel, mtime in kept[1]:
+                st = os.lstat(os.path.join(root, rel))
+                if not stat.S_ISDIR(st.st_mode) or st.st_mtime_ns != mtime:
+                    return None
+        except (OSError, TypeError, ValueError):
+            return None
+        return [str(name) for name in kept[2]]
+
+    def keep_listing(self, key: str, folders: list[tuple[str, int]], names: list[str]) -> None:
+        """Keep a walk's result, unless a folder changed within the last seconds: a file
+        added in the same tick of the file system's clock as the time seen would not move
+        it (as git's index, a time that recent is not trusted)."""
+        recent = time.time_ns() - _RECENT_NS
+        if all(mtime < recent for _, mtime in folders):
+            self._data[""] = [key, [list(f) for f in folders], names]
+        else:
+            self._data.pop("", None)
+        self._dirty = True
 
     def save(self) -> None:
         if self._file is None or not self._dirty:
@@ -183,7 +214,7 @@ class HashCache:
 SECRET_KEY_HEADER = b"# distrib secret key"
 
 
-def _is_secret_key(path: Path, size: int) -> bool:
+def _is_secret_key(path: Path | str, size: int) -> bool:
     """A key file written by ``distrib keygen``: never shipped, wherever it lies."""
     if not 100 <= size <= 400:  # such files are ~140 bytes: only those are opened
         return False
@@ -196,6 +227,39 @@ def _is_secret_key(path: Path, size: int) -> bool:
 
 def _is_venv(folder: Path) -> bool:
     return (folder / "pyvenv.cfg").is_file()
+
+
+def _walk(root: Path, patterns: list[str], skipped: set[Path]
+          ) -> tuple[list[str], list[tuple[str, int]]]:
+    """The files under ``root`` the patterns leave in (relative paths, in walk order), and
+    each folder whose listing decided them with its modification time, taken before it was
+    listed (see ``HashCache.listing``)."""
+    import pathspec  # (tens of ms: imported where matched, only when the tree changed)
+
+    spec = pathspec.GitIgnoreSpec.from_lines(patterns)
+    names: list[str] = []
+    folders = [("", os.stat(root).st_mtime_ns)]
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        rel_dir = here.relative_to(root).as_posix()
+        prefix = "" if rel_dir == "." else rel_dir + "/"
+        # (``here`` is a real path: ``root`` is resolved and linked folders are not entered,
+        # so only links need resolving to compare with ``skipped``)
+        kept = []
+        for d in sorted(dirnames):
+            if spec.match_file(prefix + d + "/") or (here / d).is_symlink() \
+                    or here / d in skipped:
+                continue
+            try:  # (a venv is left out by what it holds, not by its name: watched too)
+                folders.append((prefix + d, os.stat(here / d).st_mtime_ns))
+            except OSError:
+                continue
+            if not _is_venv(here / d):
+                kept.append(d)
+        dirnames[:] = kept
+        names.extend(prefix + name for name in sorted(filenames)
+                     if not spec.match_file(prefix + name))
+    return names, folders
 
 
 def scan(
@@ -218,63 +282,54 @@ def scan(
     gitignore = root / ".gitignore"
     if gitignore.is_file():
         patterns += gitignore.read_text(errors="replace").splitlines()
-    import pathspec  # (20 ms: imported where matched, not by every process)
-
-    spec = pathspec.GitIgnoreSpec.from_lines(patterns)
     cache = HashCache(cache_file)
+    # (skipped paths outside the tree, such as where this process's output goes, change
+    # nothing in its listing)
+    inside = sorted(str(p) for p in skipped if p.is_relative_to(root))
+    key = hashlib.sha256("\0".join([_LISTING_VERSION, str(root), *patterns, "",
+                                      *inside]).encode()).hexdigest()
+    names = cache.listing(root, key)
+    if names is None:
+        names, folders = _walk(root, patterns, skipped)
+        cache.keep_listing(key, folders, names)
     entries: list[Entry] = []
     total = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        rel_dir = here.relative_to(root).as_posix()
-        prefix = "" if rel_dir == "." else rel_dir + "/"
-        # (``here`` is a real path: ``root`` is resolved and linked folders are not entered,
-        # so only links need resolving to compare with ``skipped``)
-        dirnames[:] = sorted(
-            d
-            for d in dirnames
-            if not spec.match_file(prefix + d + "/")
-            and not _is_venv(here / d)
-            and not (here / d).is_symlink()
-            and here / d not in skipped
-        )
-        for name in sorted(filenames):
-            rel = prefix + name
-            if spec.match_file(rel):
-                continue
-            path = here / name
-            try:
-                st = os.lstat(path)
-                if stat.S_ISLNK(st.st_mode):
-                    target = path.resolve()
-                    if target in skipped:
-                        continue
-                    if not target.is_relative_to(root):
-                        log.warning("workspace: skipping %s, a link that leaves the tree", rel)
-                        continue
-                    st = path.stat()
-                elif path in skipped:
+    base = str(root).rstrip("/")  # (no "//" at the file system's root)
+    skipped_names = {str(p) for p in skipped}
+    for rel in names:
+        path = f"{base}/{rel}"  # (a string: a Path per file cost more than its stat)
+        try:
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                target = Path(path).resolve()
+                if target in skipped:
                     continue
-            except OSError as exc:
-                log.warning("workspace: skipping %s: %s", rel, exc)
+                if not target.is_relative_to(root):
+                    log.warning("workspace: skipping %s, a link that leaves the tree", rel)
+                    continue
+                st = os.stat(path)
+            elif path in skipped_names:
                 continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            if _is_secret_key(path, st.st_size):
-                log.info("workspace: leaving out %s, a secret key", rel)
-                continue
-            if st.st_size > MAX_FILE_BYTES:
-                raise WorkspaceError(
-                    f"workspace file {rel} is {st.st_size} bytes, over the {MAX_FILE_BYTES} "
-                    "limit; add it to the workspace excludes"
-                )
-            total += st.st_size
-            entries.append(Entry(rel, st.st_size, bool(st.st_mode & 0o111), cache.digest(path, st)))
-            if len(entries) > MAX_FILES or total > MAX_TOTAL_BYTES:
-                raise WorkspaceError(
-                    f"workspace {root} holds over {MAX_FILES} files or {MAX_TOTAL_BYTES} bytes; "
-                    "set 'workspace' to a smaller folder or add excludes"
-                )
+        except OSError as exc:
+            log.warning("workspace: skipping %s: %s", rel, exc)
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        if _is_secret_key(path, st.st_size):
+            log.info("workspace: leaving out %s, a secret key", rel)
+            continue
+        if st.st_size > MAX_FILE_BYTES:
+            raise WorkspaceError(
+                f"workspace file {rel} is {st.st_size} bytes, over the {MAX_FILE_BYTES} "
+                "limit; add it to the workspace excludes"
+            )
+        total += st.st_size
+        entries.append(Entry(rel, st.st_size, bool(st.st_mode & 0o111), cache.digest(path, st)))
+        if len(entries) > MAX_FILES or total > MAX_TOTAL_BYTES:
+            raise WorkspaceError(
+                f"workspace {root} holds over {MAX_FILES} files or {MAX_TOTAL_BYTES} bytes; "
+                "set 'workspace' to a smaller folder or add excludes"
+            )
     cache.save()
     main_rel: str | None = None
     if main is not None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import shutil
@@ -60,6 +61,7 @@ class Store:
     def __init__(self, root: Path, max_bytes: int | None = None) -> None:
         self.root = root
         self.blobs = root / "blobs"
+        self._blobs = str(self.blobs)
         self.envs = root / "envs"
         self._records: dict[str, Record] = {}  # trees this daemon checked, by id
         self._verified: dict[str, Signature] = {}  # blobs this daemon checked (or wrote)
@@ -97,7 +99,12 @@ class Store:
 
     def blob_path(self, digest: str) -> Path:
         """Where the blob ``digest`` is kept."""
-        return self.blobs / digest[:2] / digest
+        return Path(self._blob_name(digest))
+
+    def _blob_name(self, digest: str) -> str:
+        # (a string: a Path per file cost more than the file's write, for a first workspace
+        # of hundreds of small files)
+        return f"{self._blobs}/{digest[:2]}/{digest}"
 
     def has(self, digest: str) -> bool:
         return self.blob_path(digest).exists()
@@ -112,10 +119,10 @@ class Store:
                 out[e.digest] = None
         return list(out)
 
-    def _good(self, digest: str, path: Path | None = None) -> bool:
+    def _good(self, digest: str, path: str | None = None) -> bool:
         """The blob is here (at ``path``, if given) and holds what its hash says (see
         ``missing``)."""
-        path = path or self.blob_path(digest)
+        path = path or self._blob_name(digest)
         try:
             seen = signature(os.lstat(path))
         except OSError:
@@ -128,7 +135,7 @@ class Store:
         log.warning("blob %s no longer matches its hash; removed", digest[:12])
         self._verified.pop(digest, None)
         with contextlib.suppress(OSError):
-            path.unlink()
+            os.unlink(path)
         return False
 
     def put_compressed(self, digest: str, data: bytes | memoryview,
@@ -153,10 +160,9 @@ class Store:
         if self._fanout is not None:
             self._fanout.join()
             self._fanout = None
-        path = self.blob_path(digest)
-        _write_atomically(path, raw, mode=0o644)  # environments link it
-        with contextlib.suppress(OSError):
-            self._verified[digest] = signature(os.lstat(path))
+        path = self._blob_name(digest)
+        st = _write_atomically(path, raw, mode=0o644)  # environments link it
+        self._verified[digest] = signature(st)
 
     def env_path(self, dist_id: str) -> Path:
         return self.envs / dist_id
@@ -221,11 +227,16 @@ class Store:
             _touch(final)
             return final
         tmp = Path(tempfile.mkdtemp(dir=self.envs, prefix=".tmp-"))
+        base = str(tmp)
+        made = {""}  # folders of the tree made so far (one mkdir each, not one per file)
         try:
             for e in entries:
-                src = self.blob_path(e.digest)
-                dst = tmp / e.path
-                dst.parent.mkdir(parents=True, exist_ok=True)
+                src = self._blob_name(e.digest)
+                dst = f"{base}/{e.path}"
+                folder = e.path.rpartition("/")[0]
+                if folder not in made:
+                    os.makedirs(f"{base}/{folder}", exist_ok=True)
+                    made.add(folder)
                 if not self._good(e.digest, src):  # (changed since ``missing`` checked it:
                     # removed, so the next attempt fetches it)
                     raise WorkspaceError(f"blob {e.digest[:12]} of {e.path} changed in the "
@@ -329,16 +340,33 @@ def _module_files(entries: list[Entry], main: str | None, imports: Sequence[str]
     return sorted(wanted)
 
 
-def _write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
+_unique = itertools.count()  # temporary names: with the pid, unique among daemons sharing a store
+
+
+def _write_atomically(path: str, data: bytes, mode: int = 0o600) -> os.stat_result:
+    """Write ``path`` whole or not at all (a temporary file renamed into place); its stat."""
+    folder = os.path.dirname(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    while True:
+        tmp = f"{folder}/.tmp-{os.getpid()}-{next(_unique)}"
+        try:
+            fd = os.open(tmp, flags, 0o600)
+            break
+        except FileExistsError:  # (left by a daemon of the same pid, long gone)
+            continue
+        except FileNotFoundError:  # (its folder is made on demand)
+            os.makedirs(folder, exist_ok=True)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    except FileNotFoundError:  # (its folder is made on demand)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(fd, mode)
+            os.replace(tmp, path)
+            return os.fstat(fd)  # (after the rename, which moves its change time)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _own_bytes(tree: Path) -> int:
