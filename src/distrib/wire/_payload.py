@@ -41,11 +41,13 @@ def join_payloads(specs: Iterable[Spec],
         at += spec.nframes
 
 
-def blob_batches(dist: str, hashes: Iterable[str],
-                 read: Callable[[str], bytes | str]) -> Iterator[m.Blobs | m.DistFailed]:
+def blob_batches(dist: str, hashes: Iterable[str], read: Callable[[str], bytes | str],
+                 level: int = 1) -> Iterator[m.Blobs | m.DistFailed]:
     """The messages answering a NeedBlobs of ``dist``: Blobs of at most ``BLOB_BATCH_BYTES``
-    (compressed), or a DistFailed where ``read`` gives the reason a blob cannot be sent
-    instead of its bytes (after which nothing more is sent)."""
+    (compressed, at zlib ``level``: 0 stores them as they are, still a zlib stream, as
+    ``_pack`` does with a blob that hardly compresses), or a DistFailed where ``read`` gives
+    the reason a blob cannot be sent instead of its bytes (after which nothing more is
+    sent)."""
     batch: list[str] = []
     packed: list[bytes] = []
     size = 0
@@ -55,7 +57,7 @@ def blob_batches(dist: str, hashes: Iterable[str],
             yield m.DistFailed(dist, data)
             return
         batch.append(digest)
-        packed.append(_pack(data))
+        packed.append(_pack(data, level))
         size += len(packed[-1])
         if size >= BLOB_BATCH_BYTES:
             yield m.Blobs(dist, batch, frames=tuple(packed))
@@ -67,10 +69,11 @@ def blob_batches(dist: str, hashes: Iterable[str],
 _SAMPLE = 64 << 10
 
 
-def _pack(data: bytes) -> bytes:
-    """A blob in zlib's format: compressed, or stored (level 0: a copy) when its first
-    64 KiB hardly compress, as random or already compressed data (float arrays, archives,
-    images) do: compressing them gained nothing at about 30 MB/s of the sender's CPU."""
-    if len(data) > _SAMPLE and len(zlib.compress(data[:_SAMPLE], 1)) > 0.9 * _SAMPLE:
-        return zlib.compress(data, 0)
-    return zlib.compress(data, 1)
+def _pack(data: bytes, level: int) -> bytes:
+    """A blob in zlib's format: compressed at ``level``, or stored (level 0: a copy) when its
+    first 64 KiB hardly compress, as random or already compressed data (float arrays,
+    archives, images) do: compressing them gained nothing at about 30 MB/s of the sender's
+    CPU."""
+    if level and len(data) > _SAMPLE and len(zlib.compress(data[:_SAMPLE], 1)) > 0.9 * _SAMPLE:
+        level = 0
+    return zlib.compress(data, level)
