@@ -28,15 +28,21 @@ START_TIMEOUT = 60.0
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds.
+    Between looks it waits 50 ms; after a look of more than 0.2 s, as long as that look took
+    (up to a second): a look that starts a process (``distrib status`` in a namespace host,
+    say) then takes half the CPU it took back to back, on cores the whole suite shares."""
     deadline = time.monotonic() + timeout
     while True:
+        began = time.monotonic()
         value = condition()
         if value:
             return value
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+        spent = now - began
+        time.sleep(min(spent if spent > 0.2 else 0.05, 1.0, max(0.0, deadline - now)))
 
 
 @dataclass

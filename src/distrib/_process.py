@@ -92,27 +92,57 @@ def table_of_children(parents: list[int]) -> dict[int, Entry]:
     list of children where the kernel keeps one, which costs O(their children) rather than
     O(every process of the machine) (hundreds of daemons on one machine each looking every
     second); else the whole table."""
-    if not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"):
+    if not _has_children_lists():
         return table()
-    pids: list[int] = []
-    for parent in parents:
-        try:
-            threads = os.listdir(f"/proc/{parent}/task")
-        except OSError:  # (it ended)
-            continue
-        for tid in threads:
-            try:
-                with open(f"/proc/{parent}/task/{tid}/children", "rb") as f:
-                    pids.extend(int(x) for x in f.read().split())
-            except OSError:  # (the thread ended)
-                continue
     out: dict[int, Entry] = {}
-    for pid in pids:
+    for pid in [pid for parent in parents for pid in _listed_children(parent)]:
         _read_entry(pid, out)
     out = {pid: e for pid, e in out.items() if e.ppid in parents}
     for pid in parents:  # (and the parents themselves)
         _read_entry(pid, out)
     return out
+
+
+def table_of_tree(root: int) -> dict[int, Entry]:
+    """``root`` and every process below it, as ``table`` has them, read down the lists of
+    children as ``table_of_children`` does: a daemon watching its executors' memory four
+    times a second reads its own tree, not every process of the machine; else the whole
+    table."""
+    if not _has_children_lists():
+        return table()
+    out: dict[int, Entry] = {}
+    _read_entry(root, out)
+    todo = [root] if root in out else []
+    while todo:
+        parent = todo.pop()
+        for pid in _listed_children(parent):
+            if pid not in out:
+                _read_entry(pid, out)
+                if pid in out and out[pid].ppid == parent:
+                    todo.append(pid)
+                else:  # (it ended, and its pid was taken, meanwhile)
+                    out.pop(pid, None)
+    return out
+
+
+def _has_children_lists() -> bool:
+    return os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+
+
+def _listed_children(parent: int) -> list[int]:
+    """The children of ``parent``, from each of its threads' list (one may have forked)."""
+    pids: list[int] = []
+    try:
+        threads = os.listdir(f"/proc/{parent}/task")
+    except OSError:  # (it ended)
+        return pids
+    for tid in threads:
+        try:
+            with open(f"/proc/{parent}/task/{tid}/children", "rb") as f:
+                pids.extend(int(x) for x in f.read().split())
+        except OSError:  # (the thread ended)
+            continue
+    return pids
 
 
 def children(procs: dict[int, Entry]) -> dict[int, list[int]]:

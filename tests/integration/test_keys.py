@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 from distrib.wire import _keys
-from tests.helpers import PYTHON, Workspace, wait_for
+from tests.helpers import Workspace, wait_for
 from tests.helpers import TASKS
 
 SCRIPT = """
@@ -24,10 +23,10 @@ SCRIPT = """
 
 
 def keygen(path: Path) -> str:
-    """Run `distrib keygen` as a user would; return the public key it wrote."""
-    out = subprocess.run([PYTHON, "-m", "distrib", "keygen", str(path)], capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
+    """Write a key pair as `distrib keygen` does (the secret file and its ``.pub``), here in
+    the test's process: the command itself, a Python start each time, is tested in
+    tests/cli/test_status_keygen.py. The public key it wrote."""
+    _keys.write(path, _keys.generate(), "a test")
     return path.with_name(path.name + ".pub").read_text().split()[0]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import types
 import zlib
 from pathlib import Path
@@ -146,3 +147,24 @@ def test_the_store_is_kept_under_its_size_at_the_tick_after_a_tree_is_built(
     dists.tick(0.0)
     assert not old.exists() and new.is_dir()  # (the older goes; the one just built stays)
     assert dists.get(ids[0]) is None
+
+
+def test_blobs_that_hardly_compress_are_stored_as_they_are_and_all_arrive_whole(
+        tmp_path: Path) -> None:
+    from distrib.wire._payload import blob_batches
+
+    blobs = {"random": os.urandom(3 << 20), "text": b"a line of text\n" * 200_000,
+             "small": os.urandom(1000)}
+    by_hash = {hashlib.sha256(data).hexdigest(): data for data in blobs.values()}
+    [message] = blob_batches("d", list(by_hash), by_hash.__getitem__)
+    assert isinstance(message, m.Blobs)
+    sent = dict(zip(message.hashes, message.frames))
+    sizes = {name: len(sent[hashlib.sha256(data).hexdigest()]) for name, data in blobs.items()}
+    # Stored (zlib level 0: 5 bytes a block of 64 KiB), not compressed for nothing (level 1
+    # makes it about 1,000 bytes larger than it is, at a thirtieth of the speed).
+    assert (3 << 20) < sizes["random"] < (3 << 20) + 400
+    assert sizes["text"] < 100_000
+    store = Store(tmp_path / "store")
+    for digest, frame in sent.items():
+        store.put_compressed(digest, frame, len(by_hash[digest]))
+        assert store.blob_path(digest).read_bytes() == by_hash[digest]

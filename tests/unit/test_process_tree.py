@@ -63,6 +63,25 @@ def test_a_tree_forking_as_it_is_killed_is_killed_whole(with_roots: bool) -> Non
         proc.stdout.close()  # type: ignore[union-attr]
 
 
+def test_a_tree_read_down_its_lists_of_children_is_the_tree_of_the_whole_table() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", FORKING], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        wait_for(lambda: len(_process.descendants(proc.pid, _process.children(
+            _process.table()))) > 300, 30, "children done forking")
+        tree = _process.table_of_tree(proc.pid)
+        whole = _process.table()
+        below = _process.descendants(proc.pid, _process.children(whole))
+        assert sorted(tree) == sorted([proc.pid, *below])
+        assert all(tree[pid] == whole[pid] for pid in tree)
+        assert _process.table_of_tree(os.getpid())[proc.pid].ppid == os.getpid()
+    finally:
+        _process.kill_trees([proc.pid])
+        proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+    assert _process.table_of_tree(proc.pid) == {}  # (an ended root: nothing)
+
+
 def test_a_child_counts_in_its_task_and_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     rss = {10: 300 << 20, 11: 900 << 20, 20: 200 << 20}
     sizes = {10: (250 << 20, 280 << 20), 11: (890 << 20, 900 << 20), 20: (190 << 20, 195 << 20)}

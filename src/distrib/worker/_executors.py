@@ -421,7 +421,7 @@ class Executors:
     def tick(self, now: float) -> None:
         self.read_ready()
         strays = self.forking and (now >= self._strays_next or now < self._strays_until)
-        procs = _process.table() if self.memory.limit else (
+        procs = _process.table_of_tree(os.getpid()) if self.memory.limit else (
             _process.table_of_children([os.getpid(), *self._boxed()]) if strays else {})
         if self.memory.limit:
             self._watch_memory(procs)
