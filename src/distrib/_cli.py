@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import click
-import platformdirs
 import zmq
 
 from distrib._values import endpoint, parse_size
@@ -358,6 +357,8 @@ def _dials(connect: tuple[str, ...], main_key: tuple[str, ...]) -> tuple[tuple[s
 
 
 def _worker_cache(cache_dir: Path | None) -> Path:
+    import platformdirs  # (here: the local cluster passes its own --cache-dir)
+
     # Absolute: executors work in folders of their own, where a relative path means another.
     return (cache_dir or Path(os.environ.get("DISTRIB_CACHE_DIR")
                               or platformdirs.user_cache_dir("distrib")) / "worker").absolute()
