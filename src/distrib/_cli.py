@@ -364,11 +364,13 @@ def _dials(connect: tuple[str, ...], main_key: tuple[str, ...]) -> tuple[tuple[s
 
 
 def _worker_cache(cache_dir: Path | None) -> Path:
-    import platformdirs  # (here: the local cluster passes its own --cache-dir)
-
     # Absolute: executors work in folders of their own, where a relative path means another.
-    return (cache_dir or Path(os.environ.get("DISTRIB_CACHE_DIR")
-                              or platformdirs.user_cache_dir("distrib")) / "worker").absolute()
+    if cache_dir is not None:  # (the local cluster's: platformdirs is not imported)
+        return cache_dir.absolute()
+    import platformdirs
+
+    return (Path(os.environ.get("DISTRIB_CACHE_DIR") or platformdirs.user_cache_dir("distrib"))
+            / "worker").absolute()
 
 
 def _control_command(command: str, doc: str) -> None:
