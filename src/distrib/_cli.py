@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import click
-import platformdirs
 import zmq
 
 from distrib._values import endpoint, parse_size
@@ -210,7 +209,16 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
     to pause, resume or drain)."""
     if ctx.invoked_subcommand is not None:
         return
-    from distrib.worker import _policy, _sandbox
+    from distrib.worker import _sandbox
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s distrib worker: %(message)s", datefmt="%H:%M:%S")
+    # The sandbox is probed while the daemon's modules are imported and the flags checked
+    # (awaited before the daemon exists, and when the command ends early)
+    probe = None if no_sandbox else _sandbox.Probe()
+    if probe is not None:
+        ctx.call_on_close(probe.join)
+    from distrib.worker import _policy
     from distrib.worker._daemon import Daemon
     from distrib.worker._diskwatch import POLL
     from distrib.worker._envs import EnvPolicy
@@ -218,8 +226,6 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
     from distrib.worker._memory import human, why_no_cgroup
     from distrib.worker._settings import WorkerSettings
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s distrib worker: %(message)s", datefmt="%H:%M:%S")
     try:
         address = endpoint(listen)
     except Exception as exc:
@@ -271,7 +277,7 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
             "as this user", "any" if key is None else "any key-holding", listen)
     slots = policy.threads
     cache = _worker_cache(cache_dir)
-    sandboxes = None if no_sandbox else _sandbox.detect()
+    sandboxes = None if probe is None else probe.result()
     worker_log = logging.getLogger("distrib.worker")
     if sandboxes is None and not no_sandbox and (key_file is not None
                                                  or not _is_loopback(address)):
@@ -359,8 +365,12 @@ def _dials(connect: tuple[str, ...], main_key: tuple[str, ...]) -> tuple[tuple[s
 
 def _worker_cache(cache_dir: Path | None) -> Path:
     # Absolute: executors work in folders of their own, where a relative path means another.
-    return (cache_dir or Path(os.environ.get("DISTRIB_CACHE_DIR")
-                              or platformdirs.user_cache_dir("distrib")) / "worker").absolute()
+    if cache_dir is not None:  # (the local cluster's: platformdirs is not imported)
+        return cache_dir.absolute()
+    import platformdirs
+
+    return (Path(os.environ.get("DISTRIB_CACHE_DIR") or platformdirs.user_cache_dir("distrib"))
+            / "worker").absolute()
 
 
 def _control_command(command: str, doc: str) -> None:

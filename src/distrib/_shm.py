@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import secrets
 import stat
 import struct
 from collections.abc import Sequence
@@ -70,7 +69,7 @@ def probe(pid: int) -> tuple[Path, str] | None:
     """Write this Main's probe file; (its path, its token), or None without ``/dev/shm``."""
     if not available():
         return None
-    token = secrets.token_hex(16)
+    token = os.urandom(16).hex()  # (secrets.token_hex, without importing secrets)
     path = ROOT / f"distrib-{pid}-probe"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -135,7 +134,7 @@ def offload(frames: list[Any], pid: int) -> tuple[list[Any], dict[str, int]]:
 
 def _new_file(pid: int, views: Sequence[memoryview]) -> str:
     """Write ``views`` one after the other into a new file of ``pid``'s: its name."""
-    name = f"distrib-{pid}-{secrets.token_hex(8)}"
+    name = f"distrib-{pid}-{os.urandom(8).hex()}"
     path = ROOT / name
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 from distrib.worker import _sandbox
 
 
@@ -33,3 +35,18 @@ def test_the_mounts_are_the_system_the_tree_twice_and_the_scratch(tmp_path: Path
     assert "--unshare-net" not in _sandbox._bwrap_args(mounts, box, env)  # (--unshare-all)
     loopback = _sandbox.Box(env, scratch, (), "loopback", True)
     assert "--share-net" in _sandbox._bwrap_args(_sandbox._mounts(loopback), loopback, env)
+
+
+def test_the_probe_started_early_answers_what_detect_would(monkeypatch) -> None:
+    found = _sandbox.Sandboxes("namespaces")
+    monkeypatch.setattr(_sandbox, "detect", lambda: found)
+    probe = _sandbox.Probe()
+    assert probe.result() is found
+    probe.join()  # (again, as the command's end does: nothing left to wait for)
+
+    def fails() -> _sandbox.Sandboxes | None:
+        raise OSError("no /tmp")
+
+    monkeypatch.setattr(_sandbox, "detect", fails)
+    with pytest.raises(OSError, match="no /tmp"):  # (where the daemon asks, as detect() did)
+        _sandbox.Probe().result()

@@ -20,7 +20,6 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 
 from distrib._errors import ConfigError, ConnectionFailed
 from distrib._process import exists
@@ -113,6 +112,8 @@ def refusal(conn: socket.socket) -> tuple[int, str]:
 def _in_tree(pid: int) -> str:
     """Why ``pid`` may not command this daemon: it is the daemon or one of its descendants
     (an executor, a task's process), or it is gone and cannot be checked; "" if neither."""
+    import psutil  # (here: only a command on the control socket needs it)
+
     me = os.getpid()
     try:
         proc: psutil.Process | None = psutil.Process(pid)

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
 
 from distrib import _process
 from distrib._logs import RateLimited
@@ -346,6 +345,8 @@ class Executors:
     def renice(self, nice: int) -> None:
         """Every thread of the executors, what they started, and the templates (executors
         forked later inherit theirs) runs at ``nice`` now."""
+        import psutil  # (here: only a renice, from the owner's policy, needs it)
+
         self.nice = nice
         refused = 0
         pids = [proc.pid for proc in self.procs.values() if proc.pid] + [

@@ -14,8 +14,10 @@ import datetime
 import os
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import psutil
+if TYPE_CHECKING:
+    import psutil  # (imported at the first sample: only when_idle samples the load)
 
 from distrib.worker._policy import Policy
 
@@ -25,6 +27,8 @@ CALM_AFTER = 4  # samples in a row at or below it: the machine is idle again
 
 
 def _busy_seconds() -> float:
+    import psutil
+
     t = psutil.cpu_times()
     # (guest time is part of user time already; steal is another machine's)
     return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0)
@@ -33,6 +37,8 @@ def _busy_seconds() -> float:
 
 def _tree_seconds(root: psutil.Process) -> float:
     """CPU seconds of ``root`` and every process under it, with the children each reaped."""
+    import psutil
+
     total = 0.0
     for proc in (root, *root.children(recursive=True)):
         try:
@@ -50,8 +56,8 @@ class Lending:
                  ) -> None:
         self.policy = policy
         self._clock = clock
-        self._me = psutil.Process(os.getpid())
-        self._cores = psutil.cpu_count() or 1
+        self._me: psutil.Process | None = None  # (this daemon, and its cores: at the first sample)
+        self._cores = 1
         self._last: tuple[float, float, float] | None = None  # (time, machine busy, ours)
         self._above = 0
         self._below = 0
@@ -79,6 +85,11 @@ class Lending:
         now = time.monotonic()
         if self._last is not None and now - self._last[0] < SAMPLE_EVERY:
             return
+        if self._me is None:
+            import psutil
+
+            self._me = psutil.Process(os.getpid())
+            self._cores = psutil.cpu_count() or 1
         busy, ours = _busy_seconds(), _tree_seconds(self._me)
         last, self._last = self._last, (now, busy, ours)
         if last is None:

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import psutil
+if TYPE_CHECKING:
+    import psutil  # (imported where a limit is sampled: most daemons set none)
 
 
 def why_no_cgroup() -> str:
@@ -126,6 +128,8 @@ class MemoryWatch:
         return _Charge(sum(shares.values()), largest, shares[largest])
 
     def _rss(self, pid: int) -> int:
+        import psutil
+
         try:
             return int(self._proc(pid).memory_info().rss)
         except psutil.Error:
@@ -134,6 +138,8 @@ class MemoryWatch:
     def _proc(self, pid: int) -> psutil.Process:
         proc = self._procs.get(pid)
         if proc is None:
+            import psutil
+
             proc = self._procs[pid] = psutil.Process(pid)
         return proc
 
@@ -145,6 +151,8 @@ class MemoryWatch:
         return self._sampled[pid]
 
     def _sample(self, pid: int) -> tuple[int, int]:
+        import psutil
+
         try:
             proc = self._proc(pid)
             try:

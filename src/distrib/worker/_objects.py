@@ -23,7 +23,6 @@ the Main's folder, which for such a Main is in ``/dev/shm`` too: no copy on the 
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import stat
 from collections import OrderedDict
@@ -81,7 +80,7 @@ class Objects:
         if peer in self._in_shm:
             return
         for _ in range(8):
-            path = _shm.ROOT / f"distrib-w{os.getpid()}-{secrets.token_hex(8)}"
+            path = _shm.ROOT / f"distrib-w{os.getpid()}-{os.urandom(8).hex()}"
             try:
                 os.mkdir(path, 0o700)
             except FileExistsError:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,6 +159,8 @@ def check(policy: Policy, where: str) -> Policy:
 
 def read(path: Path, base: Policy) -> Policy:
     """``base`` (from the flags) with what the TOML file at ``path`` sets."""
+    import tomllib  # (here: most daemons have no policy file)
+
     where = str(path)
     try:
         data = tomllib.loads(path.read_text())

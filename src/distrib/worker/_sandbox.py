@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -273,3 +274,32 @@ def detect() -> Sandboxes | None:
             log.info("cannot build a sandbox with %s (exit code %d)", sandboxes.describe(),
                      code)
     return None
+
+
+class Probe:
+    """``detect()`` in a thread of its own, started early: a daemon's start imports its modules
+    and checks its flags meanwhile, where the probe (a sandboxed ``/bin/true``, 50-100 ms) is
+    mostly waiting. ``result()`` waits for it, and says what ``detect()`` would have."""
+
+    def __init__(self) -> None:
+        self._found: Sandboxes | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="distrib-sandbox-probe",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._found = detect()
+        except BaseException as exc:  # (raised where the result is asked for, as before)
+            self._error = exc
+
+    def join(self) -> None:
+        """Wait for the probe to end (its process, and its folder removed)."""
+        self._thread.join()
+
+    def result(self) -> Sandboxes | None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._found

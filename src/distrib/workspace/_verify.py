@@ -13,7 +13,6 @@ Nothing of this is kept on disk: a record there could be rewritten along with th
 
 from __future__ import annotations
 
-import compileall
 import contextlib
 import hashlib
 import os
@@ -148,6 +147,8 @@ def first_check(root: Path, entries: list[Entry]) -> tuple[list[str], Record | N
 def compile_module(root: Path, path: str, final: Path | None = None) -> None:
     """Compile the module ``path`` of the tree ``root`` (to be renamed ``final``) next to
     it, as imports would (checked by its source's time and size)."""
+    import compileall  # (here: a daemon's start needs none of it)
+
     compileall.compile_file(root / path, ddir=str(((final or root) / path).parent), quiet=2,
                             invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
 
