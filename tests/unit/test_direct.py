@@ -102,3 +102,37 @@ def test_a_silent_link_is_lost_and_its_calls_are_placed_again() -> None:
     finally:
         direct.close()
         ctx.term()
+
+
+def test_only_the_links_of_mains_that_place_calls_here_are_watched() -> None:
+    # Ten Mains of fifty workers name 490 links here; while none places a call, a tick and
+    # the loop's poll have none to watch (their cost grew with Mains x workers).
+    host = Host()
+    ctx = zmq.Context()
+    direct = Direct("w1", ctx, _keys.generate(), 10.0, host)
+    try:
+        key = _keys.generate().public
+        peers = [[f"127.0.0.1:{9000 + i}", key, f"w{i}", 1] for i in range(49)]
+        for i in range(10):
+            direct.set_peers(bytes([i]), peers, 0.0)
+        assert len(direct.targets) == 490
+        assert direct.sockets() == [] and direct.placing == set()
+        direct.tick(20.0, stuck_here=False)
+        assert {t.state for t in direct.targets.values()} == {LinkState.NEW}
+        # A Main's call placed here: its links (and only its) are watched from then on.
+        first = direct.links[bytes([3])]["127.0.0.1:9000"]
+        first.state, first.since, first.last_seen = LinkState.READY, 20.0, 20.0
+        child = call(1)
+        child.main = bytes([3])
+        direct.place(child, 20.0)
+        assert direct.placing == {bytes([3])}
+        direct.tick(31.0, stuck_here=False)
+        assert (first.state, first.reason) == (LinkState.LOST, "was silent for 10 s")
+        # Its Main left: its links go, the others' stay.
+        direct.main_left(bytes([3]))
+        assert len(direct.targets) == 441 and direct.placing == set()
+        direct.set_peers(bytes([0]), peers[:10], 40.0)
+        assert len(direct.links[bytes([0])]) == 10 and len(direct.targets) == 402
+    finally:
+        direct.close()
+        ctx.term()

@@ -276,6 +276,8 @@ class Daemon:
 
     def _send(self, peer: bytes, message: m.Message) -> None:
         main = self.mains.get(peer)
+        if main is not None:
+            main.sent_at = time.monotonic()
         if self.dials.send(peer, message,
                            main.max_frame if main is not None else MAX_MESSAGE_BYTES):
             return

@@ -99,11 +99,24 @@ class Direct:
         self.ids = itertools.count(FIRST_ID)
         self.children: dict[int, PlacedCall] = {}
         self.peers: dict[bytes, list[list[Any]]] = {}  # per Main: its Peers, as sent
-        self.targets: dict[tuple[bytes, str], Target] = {}  # (Main, address) -> connection
+        self.links: dict[bytes, dict[str, Target]] = {}  # per Main: address -> connection
+        # The Mains with calls placed here: only their links may have sockets and timers
+        # (ten Mains of a hundred workers name a thousand links here, most never used)
+        self.placing: set[bytes] = set()
         self.relayed: dict[bytes, dict[tuple[int, int, int], int]] = {}  # per Main: calls
         # relayed and not answered yet: (executor, run id, number) -> the parent's id
         self.placed = {"here": 0, "sent": 0, "relayed": 0}  # counters for status
         self._deadlock = Sustained(DEADLOCK_AFTER)
+
+    @property
+    def targets(self) -> dict[tuple[bytes, str], Target]:
+        """Every link, by (Main, address)."""
+        return {(main, address): t for main, links in self.links.items()
+                for address, t in links.items()}
+
+    def _used(self) -> list[tuple[bytes, Target]]:
+        """The links of the Mains with calls placed here (the others are all new)."""
+        return [(main, t) for main in self.placing for t in self.links.get(main, {}).values()]
 
     # --- the Main's word -----------------------------------------------------------------------
 
@@ -112,26 +125,25 @@ class Direct:
         when a call first needs them."""
         self.peers[main] = workers
         listed = {str(w[0]) for w in workers}
-        for (peer, address), target in list(self.targets.items()):
-            if peer == main and address not in listed:
+        links = self.links.setdefault(main, {})
+        for address, target in list(links.items()):
+            if address not in listed:
                 self._drop_target(main, target, "is no longer one of its Main's workers")
         for address, key, name, _ in workers:
-            known = self.targets.get((main, address))
+            known = links.get(address)
             if known is not None:
                 known.name = name or known.name
             elif key and self.key is not None:
-                self.targets[(main, address)] = Target(
-                    address=address, endpoint="", ctx=self.ctx, server_key=key, key=self.key,
-                    name=name)
+                links[address] = Target(address=address, endpoint="", ctx=self.ctx,
+                                        server_key=key, key=self.key, name=name)
 
     def main_left(self, main: bytes) -> None:
         """The Main was dropped here: its calls' parents are stopped; its connections go."""
         for child in [c for c in self.children.values() if c.main == main]:
             self._cancel(child)
-        for (peer, _), target in list(self.targets.items()):
-            if peer == main:
-                target.close()
-                del self.targets[(peer, target.address)]
+        for target in self.links.pop(main, {}).values():
+            target.close()
+        self.placing.discard(main)
         self.peers.pop(main, None)
         self.relayed.pop(main, None)
 
@@ -151,7 +163,7 @@ class Direct:
             return False
         self.children[child.cid] = child
         self._apply(action)
-        where = self.name if child.at == "" else self.targets[(child.main, child.at)].name
+        where = self.name if child.at == "" else self.links[child.main][child.at].name
         self.host.apply_effects([Tell(child.main, m.Placed(child.parent, child.number, child.name,
                                                    where))])
         return True
@@ -168,8 +180,8 @@ class Direct:
     def _place(self, child: PlacedCall, now: float) -> RunHere | SendTo | Deliver | Relay | ToMain:
         """Decide where ``child`` goes (``_placement.place``), connecting first the links of
         its Main that are due."""
-        targets = [(address, t) for (main, address), t in self.targets.items()
-                   if main == child.main]
+        self.placing.add(child.main)
+        targets = list(self.links.get(child.main, {}).items())
         sent: Counter[str] = Counter()  # threads of the Main's calls at each worker
         if targets:  # (a walk over every placed call: only where there is a choice to weigh)
             for c in self.children.values():
@@ -183,7 +195,7 @@ class Direct:
         placement = place(child, self.host.here(child.main, child.threads), reach,
                           None if others is None else [(str(w[0]), int(w[3])) for w in others])
         for address in placement.connect:
-            self._connect(child.main, self.targets[(child.main, address)], now)
+            self._connect(child.main, self.links[child.main][address], now)
         return placement.action
 
     def _apply(self, action: RunHere | SendTo) -> None:
@@ -195,7 +207,7 @@ class Direct:
             return
         self.placed["sent"] += 1
         inline, frames = split_payload(child.frames)
-        self.targets[(child.main, action.address)].send(m.Submit([m.TaskSpec(
+        self.links[child.main][action.address].send(m.Submit([m.TaskSpec(
             child.cid, child.dist, child.threads, child.timeout, child.attempts, inline,
             len(frames), depth=child.depth)], frames=tuple(frames)))
 
@@ -213,7 +225,7 @@ class Direct:
             return
         if child.at == "":
             self.host.apply_effects([CancelHere(child)])
-        elif (target := self.targets.get((child.main, child.at))) is not None:
+        elif (target := self.links.get(child.main, {}).get(child.at)) is not None:
             target.send(m.Cancel([child.cid]))
 
     def outcome(self, cid: int, outcome: Outcome, info: dict[str, str],
@@ -235,10 +247,10 @@ class Direct:
     # --- connections to other workers ----------------------------------------------------------
 
     def sockets(self) -> list[zmq.Socket[Any]]:
-        return [s for t in self.targets.values() for s in (t.sock, t.monitor) if s is not None]
+        return [s for _, t in self._used() for s in (t.sock, t.monitor) if s is not None]
 
     def on_readable(self, sock: zmq.Socket[Any], now: float) -> None:
-        for (main, _), target in list(self.targets.items()):
+        for main, target in self._used():
             if sock is target.monitor:
                 self._on_monitor(main, target, now)
                 return
@@ -350,14 +362,14 @@ class Direct:
 
     def _drop_target(self, main: bytes, target: Target, why: str) -> None:
         self._lose(main, target, why, time.monotonic())
-        del self.targets[(main, target.address)]
+        del self.links[main][target.address]
 
     # --- time ---------------------------------------------------------------------------------
 
     def tick(self, now: float, stuck_here: bool) -> None:
         """Heartbeats and silence; calls handed back placed again; parents that ended cancel
         their calls; calls that can never start fail (``NestedDeadlock``)."""
-        for (main, _), target in list(self.targets.items()):
+        for main, target in self._used():
             check = target.check(now, self.policy)
             if check is LinkCheck.LOSE:
                 self._lose(main, target, f"was silent for {self.lost_after:.0f} s", now)
@@ -384,9 +396,10 @@ class Direct:
     def _check_deadlock(self, now: float, stuck_here: bool) -> None:
         """Fail the calls of the Mains that no worker reachable directly can serve, while
         every slot here is held by a waiting task."""
-        served = {main for (main, _), t in self.targets.items()
-                  if t.state is LinkState.READY and not t.stuck and not t.paused}
-        mains = {c.main for c in self.children.values()} - served
+        mains = {c.main for c in self.children.values()}
+        if mains:  # (children are of Mains that place here: only their links can serve)
+            mains -= {main for main, t in self._used()
+                      if t.state is LinkState.READY and not t.stuck and not t.paused}
         if not self._deadlock.check(stuck_here and bool(mains), now):
             return
         for child in list(self.children.values()):
@@ -396,15 +409,17 @@ class Direct:
             self._cancel(child)
             error = NestedDeadlock.of(
                 f"task {child.name}#{child.label}, {child.chain}", f"worker {self.name}"
-                f"{' and the workers it sends calls to' if self.targets else ''}")
+                f"{' and the workers it sends calls to' if any(self.links.values()) else ''}")
             log.warning("%s", error)
             self.host.apply_effects([Deliver(child, "error", ErrorRecord.of(error, False).to_wire(),
                                      [])])
 
     def close(self) -> None:
-        for target in self.targets.values():
-            target.close()
-        self.targets.clear()
+        for links in self.links.values():
+            for target in links.values():
+                target.close()
+        self.links.clear()
+        self.placing.clear()
 
     def status(self) -> dict[str, Any]:
         return {"direct_" + k: v for k, v in self.placed.items()} | {

@@ -45,6 +45,7 @@ class MainPeer:
     pid: int = 0  # its process id (as it says)
     shm: bool = False  # it shares this machine's /dev/shm and user: large frames go there
     fd: int = -1  # its connection's file descriptor: when that closes, the Main is gone
+    sent_at: float = 0.0  # when this worker last sent it anything (a heartbeat is due after)
     key: str = ""  # its public key (its quota is that key's), with CURVE
     hello: m.Hello | None = None  # as it said it (a delegate of it says it again elsewhere)
     delegates: set[str] = field(default_factory=set)  # keys of its workers, which may send

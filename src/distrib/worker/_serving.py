@@ -92,7 +92,6 @@ class Serving:
         self.dropped = 0  # malformed messages
         self.carried = Carried()  # payload frames Mains sent ahead of their messages
         self.reruns = 0  # tasks run again here after a crash or a lost worker (at least once)
-        self._beat_at = 0.0  # when the last heartbeats went out
 
     def on_frames(self, frames: list[Any]) -> None:
         """One message read from the ROUTER: decoded, checked, and served."""
@@ -404,13 +403,17 @@ class Serving:
                       dropped.running)
 
     def tick(self, now: float, lost_after: float, every: float) -> None:
-        """Drop silent Mains and say a heartbeat to the others, every ``every`` seconds (not
-        at every tick: a Main of hundreds of workers hears each one's)."""
+        """Drop silent Mains and say a heartbeat to the others that heard nothing from here
+        for ``every`` seconds (not at every tick: a Main of hundreds of workers hears each
+        one's)."""
         for peer in self.mains.silent(now, lost_after):
             self.drop_main(peer, f"was silent for {lost_after:.0f} s")
-        if now - self._beat_at >= every * 0.9:
-            self._beat_at = now
-            self.heartbeat()
+        # Each Main hears from here at least every ``every`` seconds: a heartbeat when nothing
+        # else went to it meanwhile (answers to its Pings, results, states stand for them: one
+        # message a second less per Main, for a worker of many Mains as for a Main of hundreds
+        # of workers)
+        for peer in [p for p, x in self.mains.items() if now - x.sent_at >= every]:
+            self.send(peer, m.Heartbeat())
 
     def heartbeat(self) -> None:
         """Say this worker is alive to every Main (also from inside a long transfer)."""
