@@ -131,6 +131,20 @@ def test_a_flush_sends_the_held_outcomes_before_what_follows(
     assert [daemon.recv() for _ in range(2)] == [_done(1), Skip(9)]
 
 
+def test_whatever_the_executor_sends_next_goes_after_the_held_outcomes(
+        pipes: tuple[Outgoing, Pipe]) -> None:
+    # (the next task's calls, parks and output name its own run: the daemon must have read
+    # the outcomes before them, or it would take them for the held task's and drop them)
+    outgoing, daemon = pipes
+    outgoing.send(_done(1), 0.00001, waiting=3)
+    outgoing.send(_done(2), 0.00001, waiting=2)
+    outgoing._channel.send(Skip(9))
+    assert [daemon.recv() for _ in range(3)] == [_done(1), _done(2), Skip(9)]
+    outgoing._channel.send_soon(Skip(10))  # (the reader thread's sends too)
+    assert daemon.recv() == Skip(10)
+    assert not daemon.buffered()
+
+
 def test_a_task_that_forks_leaves_its_child_a_free_lock(pipes: tuple[Outgoing, Pipe]) -> None:
     outgoing, daemon = pipes
     outgoing.send(_done(1), 0.00001, waiting=3)  # (the watch runs from now on)

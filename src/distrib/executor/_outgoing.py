@@ -30,7 +30,7 @@ class Outgoing:
 
     def __init__(self, channel: Channel) -> None:
         self._channel, self._lock = channel, channel.lock
-        self._held: list[Done] = []
+        self._held = channel.held  # (the channel sends them before anything else)
         self._since = 0.0  # when the oldest held outcome was held
         self._armed = threading.Event()  # set while outcomes are held: the watch runs
         self._watch: threading.Thread | None = None
@@ -54,14 +54,12 @@ class Outgoing:
             self._flush()
 
     def flush(self) -> None:
-        """Send what is held now (before a message that must follow it)."""
+        """Send what is held now (anything the channel sends goes after it anyway)."""
         with self._lock:
             self._flush()
 
     def _flush(self) -> None:
-        if self._held:
-            held, self._held = self._held, []
-            self._channel.send_many(held)
+        self._channel.send_many(())  # (what is held goes first)
 
     def _arm(self) -> None:
         if self._watch is None:

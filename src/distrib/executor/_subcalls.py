@@ -45,6 +45,10 @@ class Channel:
         self._next = 0
         self._waits = 0  # threads of the running task waiting for its calls
         self._later: deque[pm.PipeMessage] = deque()  # the reader's sends held back
+        # Outcomes held back to go out together (``_outgoing``): whatever is sent next on
+        # the pipe goes after them, or the daemon would read the next task's calls, parks
+        # and output while it still has the held task as running.
+        self.held: list[pm.PipeMessage] = []
         self._outcomes: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self.pid = os.getpid()  # (a process the task forked shares the pipe: not its own)
         self.on_first_call: Callable[[], None] = lambda: None  # (outcomes must be read now)
@@ -54,8 +58,13 @@ class Channel:
         self.send_many((message,))
 
     def send_many(self, messages: Sequence[pm.PipeMessage]) -> None:
+        """Send ``messages`` after the outcomes held, then the reader's sends held back."""
         with self.lock:
-            self.pipe.send_many(messages)
+            if self.held:
+                messages = [*self.held, *messages]
+                self.held.clear()  # (in place: ``Outgoing`` holds into this same list)
+            if messages:
+                self.pipe.send_many(messages)
             while self._later:
                 self.pipe.send(self._later.popleft())
 
@@ -65,8 +74,7 @@ class Channel:
         self._later.append(message)
         if self.lock.acquire(blocking=False):
             try:
-                while self._later:
-                    self.pipe.send(self._later.popleft())
+                self.send_many(())
             finally:
                 self.lock.release()
 

@@ -38,8 +38,9 @@ from distrib.wire._pipe_messages import (
 class _Forward(io.TextIOBase):
     """A task's stdout/stderr: complete lines go to the daemon, tagged with the task's run id."""
 
-    def __init__(self, pipe: Pipe, lock: threading.RLock, stream: int) -> None:
-        self._pipe, self._lock, self._stream = pipe, lock, stream
+    def __init__(self, channel: _subcalls.Channel, stream: int) -> None:
+        # (through the channel: a line goes after the outcomes held, as the task's calls do)
+        self._channel, self._lock, self._stream = channel, channel.lock, stream
         self._buf: list[str] = []
         self.run_id = 0
 
@@ -61,7 +62,7 @@ class _Forward(io.TextIOBase):
         data = "".join(self._buf)
         cut = len(data) if everything else data.rfind("\n") + 1
         if cut:
-            self._pipe.send(Out(self.run_id, self._stream, data[:cut]))
+            self._channel.send(Out(self.run_id, self._stream, data[:cut]))
         self._buf = [data[cut:]] if data[cut:] else []
 
 
@@ -403,8 +404,8 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
         signal.signal(signal.SIGINT, _on_sigint)
     threading.Thread(target=_standing.watch_parent, args=(parent,), daemon=True).start()
     lock = threading.RLock()  # (every send on the pipe: tasks' output, calls, outcomes)
-    out, err = _Forward(pipe, lock, 1), _Forward(pipe, lock, 2)
     channel = _subcalls.channel = _subcalls.Channel(pipe, lock)
+    out, err = _Forward(channel, 1), _Forward(channel, 2)
     _shared.load_frames = _objects.load  # (the calls' shared objects: this task's Main's)
     inbox = _Inbox(pipe, channel)
     outgoing = Outgoing(channel)
@@ -469,7 +470,6 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
                       len(inbox.waiting) if inbox.thread is None else 0)
         left = leftovers.check()
         if left or _runtime.retire:
-            outgoing.flush()
             channel.send(Leaving(run_id, f"task {channel.caller or run_id} left {left}"
                                  if left else _runtime.retire))
             _process.kill_trees([os.getpid()], with_roots=False)
