@@ -34,7 +34,7 @@ from distrib.main._relocation import Relocation
 from distrib.main._scheduler import Scheduler
 from distrib.main._tracked import Task
 from distrib.main._shipping import blob_messages
-from distrib.main._stats import Stats
+from distrib.main._stats import MAX_RUN, Stats
 from distrib.wire import _codec, _transport
 from distrib.wire import _messages as m
 from distrib.wire._envspec import EnvSpec
@@ -353,17 +353,14 @@ class Loop:
                 except (OSError, ValueError) as exc:
                     _shm.remove(list(spec.shm))
                     if task is not None:
-                        task.response._set_outcome(link.name, exc=SerializationError(
-                            f"the result of {task.name}#{task.task_id} on worker {link.label} "
-                            f"was lost: its shared memory cannot be read ({exc})"))
-                        self._count(task, link.name, link.link_id)
+                        self._lost(link, task, exc)
                     continue
             if task is None:
                 continue
             ran = _seconds(spec.info.get("ran", ""))
             if ran is not None:
                 self.scheduler.ran(link.link_id, ran)
-            if task.speculative and not self.relocation.one_outcome(link, task, spec):
+            if task.speculative and not self.relocation.one_outcome(link, task, spec, ran):
                 continue
             if task.task_id in self.nested.parents:
                 self.nested.parents_moved([task])  # (its run here ended: its calls too)
@@ -378,6 +375,18 @@ class Loop:
                                              spec.status is m.Outcome.CRASHED))
         if self.relocation.speculating:  # (the slots these ended free start the next tasks there)
             self.scheduler.progressed(link.link_id, time.monotonic())
+
+    def _lost(self, link: Link, task: Task, exc: Exception) -> None:
+        """``task``'s result from ``link`` cannot be read from shared memory: the task fails
+        with a SerializationError, as ``settle`` would settle it (at the end of the turn),
+        unless a second copy of it still runs elsewhere and may give it."""
+        if task.task_id in self.scheduler.copies and self.scheduler.copy_ended(link.link_id,
+                                                                                task):
+            return
+        self._finish(task.response, link.name, None, SerializationError(
+            f"the result of {task.name}#{task.task_id} on worker {link.label} was lost: its "
+            f"shared memory cannot be read ({exc})"))
+        self._settled.append(partial(self._count, task, link.name, link.link_id))
 
     def _count(self, task: Task, worker: str = "", reported_by: str = "",
                retried: bool = False) -> None:
@@ -472,7 +481,7 @@ def _seconds(text: str) -> float | None:
         seconds = float(text)
     except ValueError:
         return None
-    return seconds if 0.0 <= seconds < 1e7 else None  # (nan and inf fail both)
+    return seconds if 0.0 <= seconds < MAX_RUN else None  # (nan and inf fail both)
 
 
 def _inline_bytes(item: tuple[m.TaskSpec, list[Any]]) -> int:

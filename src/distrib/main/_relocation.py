@@ -30,7 +30,6 @@ class Relocation:
         self.scheduler, self.links, self.nested, self.send = scheduler, links, nested, send
         self.moves = Moves()  # tasks asked back from a worker for another
         self.durations = _speculation.Durations()  # run times of speculative functions
-        self.copies_started = 0  # second copies of straggling tasks (``speculate``)
         self.speculating = False  # a speculative task was submitted: progress is followed
 
     def rebalance(self) -> None:
@@ -51,16 +50,14 @@ class Relocation:
             log.debug("worker %s gave back %d task(s) for workers that start them sooner; %d "
                       "had started", link.label, len(given), len(msg.kept))
 
-    def one_outcome(self, link: Link, task: Task, spec: m.ResultSpec) -> bool:
-        """A speculative task's outcome from ``link``: measure its run; with a second copy
-        running, the first decisive outcome is the task's (the other copy is cancelled) and
-        any other ends that copy alone. False: nothing more to do for this report."""
-        ran = spec.info.get("ran")
+    def one_outcome(self, link: Link, task: Task, spec: m.ResultSpec,
+                    ran: float | None) -> bool:
+        """A speculative task's outcome from ``link``, its run taking ``ran`` seconds (None:
+        not a plausible number): measure its run; with a second copy running, the first
+        decisive outcome is the task's (the other copy is cancelled) and any other ends that
+        copy alone. False: nothing more to do for this report."""
         if spec.status is m.Outcome.OK and ran is not None:
-            try:
-                self.durations.add(task.name, float(ran))
-            except ValueError:
-                pass
+            self.durations.add(task.name, ran)
         if task.task_id not in self.scheduler.copies:
             return True
         if not _speculation.decisive(spec.status, spec.status is m.Outcome.ERROR and bool(
@@ -98,5 +95,4 @@ class Relocation:
                      "copy starts on worker %s", task.name, task.task_id,
                      self.links.links[first].label, now - since, median,
                      self.links.links[link_id].label)
-            self.copies_started += 1
             self.send(link_id, [task], now)

@@ -132,10 +132,8 @@ class Session:
             try:
                 listener = Listener(self.ctx, settings.listen, settings.key,
                                     settings.authorized_workers)
-            except BaseException:
+            except BaseException:  # (the embedded cluster is its starter's to stop)
                 self.ctx.term()
-                if self.local is not None:
-                    self.local.stop()
                 raise
         if self.local is not None:  # (all the above was done while its daemon started)
             try:
