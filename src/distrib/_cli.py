@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import zmq
@@ -15,6 +16,9 @@ from distrib._values import endpoint, parse_size
 from distrib._errors import ConfigError, DistribError
 from distrib.wire import _keys
 from distrib.worker import _relaying
+
+if TYPE_CHECKING:
+    from distrib.worker._ahead import Zygote
 
 
 def _size(text: str, option: str) -> int:
@@ -218,6 +222,23 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
     probe = None if no_sandbox else _sandbox.Probe()
     if probe is not None:
         ctx.call_on_close(probe.join)
+    # Without a sandbox, the interpreter the first template will take is started now, to
+    # import beside the daemon rather than after it (a sandbox's templates start their own;
+    # a policy file may set another niceness). Ended here unless the daemon takes it.
+    early: list[Zygote] = []
+    if no_sandbox and policy_file is None:
+        from distrib.worker import _ahead
+
+        try:
+            early.append(_ahead.Zygote(nice))
+        except OSError as exc:
+            logging.getLogger("distrib.worker").debug("no interpreter started ahead: %s", exc)
+
+        def unused() -> None:
+            for zygote in early:
+                zygote.kill()
+
+        ctx.call_on_close(unused)
     from distrib.worker import _policy
     from distrib.worker._daemon import Daemon
     from distrib.worker._diskwatch import POLL
@@ -303,6 +324,8 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
             task_network=task_network, connect=dials))
     except zmq.ZMQError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
+    if early:
+        daemon.executors.ahead.adopt(early.pop())
     if announce:
         if not address.startswith("tcp://"):
             raise click.UsageError("--announce needs a tcp address to announce")

@@ -1,11 +1,24 @@
 """The interpreter the daemon keeps started ahead for its next template (a ``Zygote``): when
-to start one, and giving up on them when they keep dying."""
+to start one, and giving up on them when they keep dying.
+
+Light to import: the command line starts the first one before it imports the daemon (see
+``_cli.worker``), so that it imports beside the daemon, not after it."""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from distrib.worker._pool import Zygote
+from distrib.wire._pipe import NICE_VAR, encode
+from distrib.wire._pipe_messages import Become
+
+if TYPE_CHECKING:
+    from distrib.worker._pool import Recipe
 
 log = logging.getLogger("distrib.worker")
 
@@ -24,6 +37,13 @@ class Ahead:
         self.zygote: Zygote | None = None
         self._deaths = 0  # ones that died before a template took them
         self._importing_at = -QUIET  # when a template was last importing
+
+    def adopt(self, zygote: Zygote) -> None:
+        """Keep ``zygote``, started before the daemon was, as the one started ahead."""
+        if self.zygote is None and self.enabled:
+            self.zygote = zygote
+        else:
+            zygote.kill()
 
     def take(self, now: float) -> Zygote | None:
         """The interpreter for a template that starts importing now (None: it starts its own)."""
@@ -59,3 +79,57 @@ class Ahead:
         if self.zygote is not None:
             self.zygote.kill()
             self.zygote = None
+
+
+def _python(python: Path, argv: list[str], theirs: socket.socket, environ: dict[str, str],
+            cwd: Path) -> subprocess.Popen[bytes]:
+    """``python -m distrib.executor._tasks ARGV``, given the socket ``theirs``."""
+    return subprocess.Popen(
+        [str(python), "-P", "-m", "distrib.executor._tasks", *argv],
+        pass_fds=(theirs.fileno(),),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,  # a task's prints are forwarded at the Python level
+        env=environ,
+        cwd=cwd,
+    )
+
+
+class Zygote:
+    """An interpreter of the daemon's own Python, started ahead, that imported the executor's
+    code and waits to become a template: a Main's first call does not wait for an
+    interpreter to start (about 0.1 s here). It leaves when the daemon closes its socket."""
+
+    def __init__(self, nice: int) -> None:
+        ours, theirs = socket.socketpair()
+        try:  # (at the owner's niceness: its start is work done for Mains)
+            self.proc = _python(Path(sys.executable), ["zygote", str(theirs.fileno())], theirs,
+                                {**os.environ, NICE_VAR: str(nice)}, Path("/"))
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._control = ours
+
+    def become(self, recipe: Recipe, mode: list[str],
+               theirs: socket.socket) -> subprocess.Popen[bytes] | None:
+        """Make it the process ``recipe.popen(mode, theirs)`` would start; None if it cannot
+        be (it is gone, or the recipe needs another interpreter)."""
+        try:
+            if recipe.python is not None or recipe.box is not None or (
+                    self.proc.poll() is not None):  # (it is not in the sandbox a recipe wants)
+                return None
+            message, _ = encode(Become(mode, recipe.variables(), str(recipe.env),
+                                       recipe.arguments()))
+            socket.send_fds(self._control, [message], [theirs.fileno()])
+            return self.proc
+        except OSError:
+            return None
+        finally:
+            self._control.close()
+
+    def kill(self) -> None:
+        self._control.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()

@@ -38,9 +38,10 @@ from typing import Any
 
 from distrib._process import exists, kill_trees, wait_exit
 from distrib._scratch import remove_later
-from distrib.wire._pipe import NICE_VAR, THREAD_VARS, Pipe, encode
-from distrib.wire._pipe_messages import Become, ChildOutcome, Context, PipeMessage, Run, Skip
+from distrib.wire._pipe import NICE_VAR, THREAD_VARS, Pipe
+from distrib.wire._pipe_messages import ChildOutcome, Context, PipeMessage, Run, Skip
 from distrib.worker import _sandbox
+from distrib.worker._ahead import Zygote, _python
 from distrib.worker._sandbox import Box, Boxed, Sandboxes
 
 log = logging.getLogger("distrib.worker")
@@ -197,60 +198,6 @@ class Recipe:
         return self.sandboxes.start(
             box, [str(python), "-P", "-m", "distrib.executor._tasks", *mode,
                   str(theirs.fileno()), *arguments], environ, (theirs.fileno(),), self.env)
-
-
-def _python(python: Path, argv: list[str], theirs: socket.socket, environ: dict[str, str],
-            cwd: Path) -> subprocess.Popen[bytes]:
-    """``python -m distrib.executor._tasks ARGV``, given the socket ``theirs``."""
-    return subprocess.Popen(
-        [str(python), "-P", "-m", "distrib.executor._tasks", *argv],
-        pass_fds=(theirs.fileno(),),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,  # a task's prints are forwarded at the Python level
-        env=environ,
-        cwd=cwd,
-    )
-
-
-class Zygote:
-    """An interpreter of the daemon's own Python, started ahead, that imported the executor's
-    code and waits to become a template: a Main's first call does not wait for an
-    interpreter to start (about 0.1 s here). It leaves when the daemon closes its socket."""
-
-    def __init__(self, nice: int) -> None:
-        ours, theirs = socket.socketpair()
-        try:  # (at the owner's niceness: its start is work done for Mains)
-            self.proc = _python(Path(sys.executable), ["zygote", str(theirs.fileno())], theirs,
-                                {**os.environ, NICE_VAR: str(nice)}, Path("/"))
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        self._control = ours
-
-    def become(self, recipe: Recipe, mode: list[str],
-               theirs: socket.socket) -> subprocess.Popen[bytes] | None:
-        """Make it the process ``recipe.popen(mode, theirs)`` would start; None if it cannot
-        be (it is gone, or the recipe needs another interpreter)."""
-        try:
-            if recipe.python is not None or recipe.box is not None or (
-                    self.proc.poll() is not None):  # (it is not in the sandbox a recipe wants)
-                return None
-            message, _ = encode(Become(mode, recipe.variables(), str(recipe.env),
-                                       recipe.arguments()))
-            socket.send_fds(self._control, [message], [theirs.fileno()])
-            return self.proc
-        except OSError:
-            return None
-        finally:
-            self._control.close()
-
-    def kill(self) -> None:
-        self._control.close()
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
 
 
 def _sender(sock: socket.socket) -> int:
