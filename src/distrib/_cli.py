@@ -369,6 +369,12 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
                     ("--max-task-disk", disk.limits.per_task),
                     ("--max-cache (all tasks, beside the rest of the cache)", disk.limits.total)) if size))
     daemon.run()
+    # Stopped and cleaned up: end without tearing down the interpreter module by module (40 ms
+    # more of every stop, which whoever stops the worker waits for).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _dials(connect: tuple[str, ...], main_key: tuple[str, ...]) -> tuple[tuple[str, str], ...]:

@@ -174,7 +174,7 @@ def kill_trees(roots: list[int], with_roots: bool = True) -> int:
         for pid in roots:
             _signal(pid, signal.SIGSTOP)
     for _ in range(1000):  # (each round stops what the last one found; a tree is finite)
-        kids = children(table())
+        kids = children(_trees(roots))
         found = [pid for root in roots for pid in descendants(root, kids)
                  if pid not in stopped]
         if not found:
@@ -185,6 +185,18 @@ def kill_trees(roots: list[int], with_roots: bool = True) -> int:
     for pid in [*(roots if with_roots else ()), *stopped]:
         _signal(pid, signal.SIGKILL)
     return len(stopped) + (len(roots) if with_roots else 0)
+
+
+def _trees(roots: list[int]) -> dict[int, Entry]:
+    """``roots`` and every process below them, as ``table`` has them: read down their lists
+    of children (a worker stopping reads its executors' trees, not every process of the
+    machine twice over for each; a quarter of its stop on a machine of a few hundred)."""
+    if not _has_children_lists():
+        return table()
+    out: dict[int, Entry] = {}
+    for root in roots:
+        out.update(table_of_tree(root))
+    return out
 
 
 def _signal(pid: int, sig: int) -> None:
