@@ -235,6 +235,22 @@ def test_the_first_template_is_an_interpreter_started_ahead_and_executors_hold_t
 
 
 
+
+def test_without_a_sandbox_the_interpreter_ahead_is_started_before_the_worker_is_ready(
+        start_worker: Callable[..., Worker]) -> None:
+    # It imports beside the daemon, not after it: when the ready line is out, it runs.
+    worker = start_worker(threads=2, extra=UNBOXED)
+    (ahead,) = _zygotes(psutil.Process(worker.pid))
+    assert ahead.ppid() == worker.pid
+    # A worker that serves other Mains (its tasks in a sandbox: its templates start their
+    # own interpreter) starts none before it is ready.
+    boxed = start_worker(threads=2)
+    said = wait_for(lambda: next((line for line in boxed.log().splitlines()
+                                  if "sandbox" in line), None), what="the sandbox it uses")
+    if "tasks run in a sandbox" in said:
+        assert _zygotes(psutil.Process(boxed.pid)) == []
+
+
 AHEAD = """\
 import logging, os, sys, time
 from pathlib import Path
