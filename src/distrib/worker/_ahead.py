@@ -12,13 +12,9 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from distrib.wire._pipe import NICE_VAR, encode
 from distrib.wire._pipe_messages import Become
-
-if TYPE_CHECKING:
-    from distrib.worker._pool import Recipe
 
 log = logging.getLogger("distrib.worker")
 
@@ -111,16 +107,15 @@ class Zygote:
             theirs.close()
         self._control = ours
 
-    def become(self, recipe: Recipe, mode: list[str],
-               theirs: socket.socket) -> subprocess.Popen[bytes] | None:
-        """Make it the process ``recipe.popen(mode, theirs)`` would start; None if it cannot
-        be (it is gone, or the recipe needs another interpreter)."""
+    def become(self, mode: list[str], variables: dict[str, str], cwd: Path,
+               arguments: list[str], theirs: socket.socket) -> subprocess.Popen[bytes] | None:
+        """Make it the process ``python -m distrib.executor._tasks MODE FD ARGUMENTS`` (with
+        ``variables``, in ``cwd``) would start, given the socket ``theirs``; None if it cannot
+        be (it is gone)."""
         try:
-            if recipe.python is not None or recipe.box is not None or (
-                    self.proc.poll() is not None):  # (it is not in the sandbox a recipe wants)
+            if self.proc.poll() is not None:
                 return None
-            message, _ = encode(Become(mode, recipe.variables(), str(recipe.env),
-                                       recipe.arguments()))
+            message, _ = encode(Become(mode, variables, str(cwd), arguments))
             socket.send_fds(self._control, [message], [theirs.fileno()])
             return self.proc
         except OSError:

@@ -256,7 +256,10 @@ class Template:
         try:
             proc: subprocess.Popen[bytes] | Boxed | None = None
             if zygote is not None:
-                proc = zygote.become(recipe, ["template"], theirs)
+                # (not where the recipe wants another interpreter, or a sandbox)
+                proc = None if recipe.python is not None or recipe.box is not None else \
+                    zygote.become(["template"], recipe.variables(), recipe.env,
+                                  recipe.arguments(), theirs)
             if proc is None:
                 if zygote is not None:
                     zygote.kill()
