@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import selectors
 import shutil
 import subprocess
@@ -67,6 +68,19 @@ class LocalCluster:
             self.stop()
             raise
 
+    @property
+    def store(self) -> Path:
+        """Where the daemon keeps its store (see ``main._prefill``)."""
+        return self._cache_dir / "worker"
+
+    def starting(self) -> bool:
+        """Whether the daemon this Main started has yet to say it listens (without waiting)."""
+        proc = self.procs[0] if self.procs else None
+        if not isinstance(proc, subprocess.Popen) or proc.stdout is None \
+                or proc.stdout.closed or proc.poll() is not None:
+            return False
+        return not select.select([proc.stdout], [], [], 0)[0]
+
     def wait_ready(self) -> None:
         """Wait until the daemon listens; stop it (and raise) if it does not start."""
         try:
@@ -117,7 +131,7 @@ class LocalCluster:
             return subprocess.Popen(
                 [sys.executable, "-P", "-m", "distrib", "worker", "--listen", address,
                  "--threads", str(self._threads), "--name", "local", "--cache-dir",
-                 str(self._cache_dir / "worker"), *lasting,
+                 str(self.store), *lasting,
                  "--nice", "0", "--no-sandbox"],  # (this user's own machine and work: no
                 # sandbox between them)
                 stdin=subprocess.DEVNULL,

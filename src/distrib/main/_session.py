@@ -36,6 +36,7 @@ from distrib.main._listener import Listener
 from distrib.main._handoff import Inbox, in_shm, share_in_shm
 from distrib.main._loop import Loop
 from distrib.main._nested import Nested
+from distrib.main._prefill import prefill
 from distrib.main._scheduler import Scheduler
 from distrib.main._tracked import Task
 from distrib.main._shipping import forwarded_environ, preload_modules, scan_workspace
@@ -137,6 +138,7 @@ class Session:
                 raise
         if self.local is not None:  # (all the above was done while its daemon started)
             try:
+                prefill(self.local.store, self.dist, self.local.starting)
                 self.local.wait_ready()
             except BaseException:
                 self.ctx.term()

@@ -155,6 +155,10 @@ class Store:
         if size is not None and len(raw) != size:
             raise WorkspaceError(f"blob {digest[:12]} is {len(raw)} bytes, not the {size} its "
                                  "manifest declares; discarded")
+        self.put(digest, raw)
+
+    def put(self, digest: str, raw: bytes) -> None:
+        """Store one blob, ``WorkspaceError`` if it does not match ``digest``."""
         if hashlib.sha256(raw).hexdigest() != digest:
             raise WorkspaceError(f"blob {digest[:12]} does not match its hash; discarded")
         if self._fanout is not None:
