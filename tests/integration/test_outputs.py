@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
+
 from tests.helpers import Workspace
 
 SCRIPT = """
@@ -65,3 +67,32 @@ def test_outputs_come_back_byte_equal_and_bad_paths_are_refused(
         assert (workspace.root / "results" / "sub" / f"{i}.bin").read_bytes() == want
     assert not (workspace.root.parent / "escape.txt").exists()
     assert "output file shared.txt was written by task same#" in out.stderr
+
+
+EMPTY_FOLDER = """
+    import os
+    from distrib import distributed
+
+    @distributed(outputs="results/*.txt")
+    def produce(i):
+        with open(f"results/{i}.txt", "w") as f:  # (as it would here: the folder is there)
+            f.write(f"result {i}\\n")
+        return sorted(os.listdir("runs"))
+
+    if __name__ == "__main__":
+        print([produce(i).unwrap(timeout=60) for i in range(3)])
+    """
+
+
+@pytest.mark.parametrize("sandbox", [True, False], ids=["sandbox", "no sandbox"])
+def test_a_task_finds_the_workspaces_empty_folders_as_they_are_here(
+        workspace: Workspace, start_worker, sandbox: bool) -> None:
+    worker = start_worker(threads=2, extra=() if sandbox else ("--no-sandbox",))
+    (workspace.root / "results").mkdir()
+    (workspace.root / "runs" / "nested").mkdir(parents=True)
+    workspace.write("main.py", EMPTY_FOLDER)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines() == ["[['nested'], ['nested'], ['nested']]"]
+    for i in range(3):
+        assert (workspace.root / "results" / f"{i}.txt").read_text() == f"result {i}\n"

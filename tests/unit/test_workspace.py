@@ -139,7 +139,7 @@ def test_manifest_paths_must_stay_inside(path: str) -> None:
 
 def test_manifest_must_hash_to_its_id_and_be_well_formed() -> None:
     data, dist_id = encode_manifest("a.py", [Entry("a.py", 1, False, DIGEST)])
-    assert decode_manifest(data, dist_id) == ("a.py", [Entry("a.py", 1, False, DIGEST)])
+    assert decode_manifest(data, dist_id) == ("a.py", [Entry("a.py", 1, False, DIGEST)], [])
     with pytest.raises(WorkspaceError, match="does not hash"):
         decode_manifest(data, "f" * 64)
     for body in ({"main": None}, {"main": 3, "entries": []},

@@ -22,8 +22,9 @@ from distrib.wire._kinds import Outcome as Outcome
 from distrib.wire._kinds import RefusalCode as RefusalCode
 from distrib.wire._kinds import payload_size as payload_size
 
-PROTOCOL_VERSION = 16  # 16: the Main takes back tasks queued on a worker (``Revoke``,
-# ``Revoked``); 15: the Main measures each link's round trip (``Ping``, ``Pong``);
+PROTOCOL_VERSION = 17  # 17: a manifest lists the folders that hold no file (``folders``);
+# 16: the Main takes back tasks queued on a worker (``Revoke``, ``Revoked``);
+# 15: the Main measures each link's round trip (``Ping``, ``Pong``);
 # 14: a call's payload names its function in a frame of its own;
 # 13: a worker may dial its Main (``Dial``); 12: headers checked by
 # msgspec (a Hello may leave out trailing defaults)

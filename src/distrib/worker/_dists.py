@@ -54,6 +54,7 @@ class Dist:
     source: bytes | None = None  # the Main it is fetched from
     main: str | None = None  # the main script's path in the tree
     entries: list[Entry] = field(default_factory=list)
+    folders: list[str] = field(default_factory=list)  # holding no file: made in its tree
     waiting_blobs: set[str] = field(default_factory=set)
     sizes: dict[str, int] = field(default_factory=dict)  # declared size of each blob
     env: Path | None = None
@@ -127,7 +128,7 @@ class Distributions:
         dist = self._dists.get(dist_id)
         if dist is None or dist.state is not DistState.READY:
             return None
-        body, digest = encode_manifest(dist.main, dist.entries)
+        body, digest = encode_manifest(dist.main, dist.entries, dist.folders)
         return body if digest == dist_id else None
 
     def blob(self, dist_id: str, digest: str) -> bytes | None:
@@ -197,7 +198,8 @@ class Distributions:
         if dist is None or dist.state is not DistState.MANIFEST:
             return None
         try:
-            dist.main, dist.entries = decode_manifest(bytes(_bytes(msg.frames[0])), msg.dist)
+            dist.main, dist.entries, dist.folders = decode_manifest(
+                bytes(_bytes(msg.frames[0])), msg.dist)
         except WorkspaceError as exc:
             return self._fail(msg.dist, ErrorRecord.of(exc, False).to_wire())
         self.store.ensure_whole(msg.dist, dist.entries)  # a tree left from an earlier daemon
@@ -257,7 +259,8 @@ class Distributions:
 
     def _materialize(self, dist_id: str, dist: Dist) -> Change:
         try:
-            dist.env = self.store.materialize(dist_id, dist.entries, dist.main, dist.imports)
+            dist.env = self.store.materialize(dist_id, dist.entries, dist.main, dist.imports,
+                                              dist.folders)
         except (WorkspaceError, OSError) as exc:
             return self._fail(dist_id, ErrorRecord.of(exc, False).to_wire())
         dist.state = DistState.READY

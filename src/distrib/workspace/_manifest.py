@@ -6,15 +6,17 @@ Both sides use this module: the Main scans and encodes, the worker decodes and v
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
 import stat
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -43,7 +45,7 @@ ALWAYS_EXCLUDED = (
     ".DS_Store",
 )
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
-_LISTING_VERSION = "1"  # (a change in what a walk keeps makes every kept listing stale)
+_LISTING_VERSION = "2"  # (a change in what a walk keeps makes every kept listing stale)
 _RECENT_NS = 2_000_000_000  # folders changed this recently: their listing is not kept
 
 
@@ -67,6 +69,7 @@ class Distribution:
     encoded: bytes
     dist_id: str
     by_digest: dict[str, Entry] = field(default_factory=dict, compare=False, repr=False)
+    folders: tuple[str, ...] = ()  # folders that hold no shipped file (``results/``, say)
 
     def path_of(self, digest: str) -> Path | None:
         """The local file holding ``digest`` (the Main serves blobs from the workspace)."""
@@ -74,15 +77,27 @@ class Distribution:
         return None if entry is None else self.root / entry.path
 
 
-def encode_manifest(main: str | None, entries: list[Entry]) -> tuple[bytes, str]:
-    """Canonical bytes of a manifest and its id (sha256 of those bytes)."""
-    body = msgpack.packb(
-        {"main": main, "entries": [[e.path, e.size, e.executable, e.digest] for e in entries]}
-    )
-    return body, hashlib.sha256(body).hexdigest()
+class Manifest(NamedTuple):
+    """What a manifest says: the main script, the files, and the folders holding none."""
+
+    main: str | None
+    entries: list[Entry]
+    folders: list[str]
 
 
-def decode_manifest(data: bytes, dist_id: str) -> tuple[str | None, list[Entry]]:
+def encode_manifest(main: str | None, entries: list[Entry],
+                    folders: Sequence[str] = ()) -> tuple[bytes, str]:
+    """Canonical bytes of a manifest and its id (sha256 of those bytes). Empty ``folders``
+    are left out of it: a workspace without any keeps the id it had before they were sent."""
+    body: dict[str, Any] = {
+        "main": main, "entries": [[e.path, e.size, e.executable, e.digest] for e in entries]}
+    if folders:
+        body["folders"] = list(folders)
+    packed = msgpack.packb(body)
+    return packed, hashlib.sha256(packed).hexdigest()
+
+
+def decode_manifest(data: bytes, dist_id: str) -> Manifest:
     """Parse and validate a manifest received from the network; ``WorkspaceError`` if bad."""
     if hashlib.sha256(data).hexdigest() != dist_id:
         raise WorkspaceError(f"manifest does not hash to its distribution id {dist_id}")
@@ -90,14 +105,19 @@ def decode_manifest(data: bytes, dist_id: str) -> tuple[str | None, list[Entry]]
         body: Any = msgpack.unpackb(data, raw=False)
     except Exception as exc:
         raise WorkspaceError(f"manifest is not valid msgpack: {type(exc).__name__}") from None
-    if not isinstance(body, dict) or set(body) != {"main", "entries"}:
-        raise WorkspaceError("manifest must be a map of 'main' and 'entries'")
+    if not isinstance(body, dict) or not {"main", "entries"} <= set(body) <= {
+            "main", "entries", "folders"}:
+        raise WorkspaceError("manifest must be a map of 'main', 'entries' and 'folders'")
     main = body["main"]
     raw_entries = body["entries"]
+    folders = body.get("folders", [])
     if main is not None and not isinstance(main, str):
         raise WorkspaceError("manifest 'main' must be a path or nil")
     if not isinstance(raw_entries, list) or len(raw_entries) > MAX_FILES:
         raise WorkspaceError(f"manifest 'entries' must be a list of at most {MAX_FILES}")
+    if not isinstance(folders, list) or len(folders) + len(raw_entries) > MAX_FILES:
+        raise WorkspaceError(f"manifest 'folders' must be a list, of at most {MAX_FILES} with "
+                             "the entries")
     entries: list[Entry] = []
     seen: set[str] = set()
     total = 0
@@ -119,16 +139,22 @@ def decode_manifest(data: bytes, dist_id: str) -> tuple[str | None, list[Entry]]
         entries.append(Entry(path, size, executable, digest))
     if total > MAX_TOTAL_BYTES:
         raise WorkspaceError(f"manifest totals {total} bytes, over the {MAX_TOTAL_BYTES} limit")
-    # A file may not also be a folder of another entry. Sorted by their parts, the paths
-    # under a file come right after it: one look at each neighbour (linear, whatever the
+    files = set(seen)
+    for folder in folders:
+        check_relative_path(folder)
+        if folder in seen:
+            raise WorkspaceError(f"manifest lists {folder!r} twice")
+        seen.add(folder)
+    # A file may not also be a folder of another entry, or of a folder listed. Sorted by
+    # their parts, the paths under a file come right after it: one look at each neighbour (linear, whatever the
     # depth; checking every parent of every path cost depth squared and stalled the loop).
     ordered = sorted(seen, key=lambda p: p.replace("/", "\0"))  # ("\0": before any character)
     for path, following in zip(ordered, ordered[1:]):
-        if following.startswith(path + "/"):
+        if path in files and following.startswith(path + "/"):
             raise WorkspaceError(f"manifest entry {following!r} lies under file {path}")
-    if main is not None and main not in seen:
+    if main is not None and main not in files:
         raise WorkspaceError(f"manifest main script {main!r} is not in its entries")
-    return main, entries
+    return Manifest(main, entries, folders)
 
 
 def check_relative_path(path: Any) -> None:
@@ -231,9 +257,9 @@ def _is_venv(folder: Path) -> bool:
 
 def _walk(root: Path, patterns: list[str], skipped: set[Path]
           ) -> tuple[list[str], list[tuple[str, int]]]:
-    """The files under ``root`` the patterns leave in (relative paths, in walk order), and
-    each folder whose listing decided them with its modification time, taken before it was
-    listed (see ``HashCache.listing``)."""
+    """The files under ``root`` the patterns leave in (relative paths, in walk order; the
+    folders entered too, ending in ``/``), and each folder whose listing decided them with
+    its modification time, taken before it was listed (see ``HashCache.listing``)."""
     import pathspec  # (tens of ms: imported where matched, only when the tree changed)
 
     spec = pathspec.GitIgnoreSpec.from_lines(patterns)
@@ -257,6 +283,7 @@ def _walk(root: Path, patterns: list[str], skipped: set[Path]
             if not _is_venv(here / d):
                 kept.append(d)
         dirnames[:] = kept
+        names.extend(prefix + d + "/" for d in kept)
         names.extend(prefix + name for name in sorted(filenames)
                      if not spec.match_file(prefix + name))
     return names, folders
@@ -293,11 +320,17 @@ def scan(
         names, folders = _walk(root, patterns, skipped)
         cache.keep_listing(key, folders, names)
     entries: list[Entry] = []
+    found: list[str] = []  # folders (see ``_empty``)
     total = 0
     base = str(root).rstrip("/")  # (no "//" at the file system's root)
     skipped_names = {str(p) for p in skipped}
     for rel in names:
         path = f"{base}/{rel}"  # (a string: a Path per file cost more than its stat)
+        if rel.endswith("/"):
+            with contextlib.suppress(OSError):
+                if stat.S_ISDIR(os.lstat(path).st_mode):
+                    found.append(rel[:-1])
+            continue
         try:
             st = os.lstat(path)
             if stat.S_ISLNK(st.st_mode):
@@ -339,7 +372,24 @@ def scan(
             if any(e.path == candidate for e in entries):
                 main_rel = candidate
     entries.sort(key=lambda e: e.path)
-    encoded, dist_id = encode_manifest(main_rel, entries)
+    empty = _empty(found, entries)
+    if len(entries) + len(empty) > MAX_FILES:
+        raise WorkspaceError(
+            f"workspace {root} holds over {MAX_FILES} files and empty folders; set "
+            "'workspace' to a smaller folder or add excludes")
+    encoded, dist_id = encode_manifest(main_rel, entries, empty)
     return Distribution(
-        root, main_rel, tuple(entries), encoded, dist_id, {e.digest: e for e in entries}
+        root, main_rel, tuple(entries), encoded, dist_id, {e.digest: e for e in entries},
+        tuple(empty)
     )
+
+
+def _empty(folders: list[str], entries: list[Entry]) -> list[str]:
+    """The ``folders`` holding no shipped file and no other of them: where a task must find a
+    folder that would otherwise not be in its tree (an empty ``results/``, say). Their
+    parents are made with them."""
+    held: set[str] = set()
+    for path in [*(e.path for e in entries), *folders]:
+        parts = path.split("/")
+        held.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    return sorted(f for f in folders if f not in held)

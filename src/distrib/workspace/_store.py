@@ -222,10 +222,11 @@ class Store:
         return bool(drifted)
 
     def materialize(self, dist_id: str, entries: list[Entry], main: str | None = None,
-                    imports: Sequence[str] = ()) -> Path:
+                    imports: Sequence[str] = (), folders: Sequence[str] = ()) -> Path:
         """Build the environment tree for ``dist_id`` from stored blobs (unless it exists:
-        ``ensure_whole`` checks it first); return its path. The ``main`` script and the
-        modules of ``imports`` found in the tree are compiled now."""
+        ``ensure_whole`` checks it first), with ``folders`` (that hold no file) made in it;
+        return its path. The ``main`` script and the modules of ``imports`` found in the
+        tree are compiled now."""
         final = self.env_path(dist_id)
         if final.is_dir():
             _touch(final)
@@ -234,6 +235,8 @@ class Store:
         base = str(tmp)
         made = {""}  # folders of the tree made so far (one mkdir each, not one per file)
         try:
+            for folder in folders:  # (checked paths: ``decode_manifest``)
+                os.makedirs(f"{base}/{folder}", exist_ok=True)
             for e in entries:
                 src = self._blob_name(e.digest)
                 dst = f"{base}/{e.path}"
