@@ -42,7 +42,8 @@ from distrib.worker._events import (
     Vacating,
     Warm,
 )
-from distrib.worker._corestate import PARK_GRACE, STUCK_HAND_BACK
+from distrib.worker._corestate import STUCK_HAND_BACK
+from distrib.worker._nesting import PARK_GRACE
 from distrib.worker._state import QueuedTask
 
 
@@ -187,6 +188,29 @@ def test_at_max_parked_a_waiting_task_holds_its_slots_and_only_deeper_tasks_star
     assert set(of(Rewaited, out)) == {Rewaited(b"A")}
     assert w.core.waiting_for_calls(b"A") == ([2], [], False)
     assert w.core.counters["parks"] == 2 and w.core.busy == 2
+
+
+def test_at_max_parked_the_last_free_slot_goes_only_to_a_task_deeper_than_all_held() -> None:
+    # Seen under load: tasks of one depth took every slot before the first of them called;
+    # each then waited for its calls holding its slot (the cap), and none was left to run
+    # them (all slots held by waiting tasks: handed back, NestedDeadlock on one worker).
+    w = Worker(4, max_parked=1)
+    w.submit(qt(1))
+    w.park(1)  # the cap: the next task that calls holds its slot
+    w.submit(*(qt(i, depth=1) for i in range(2, 6)))
+    started = w.running() - {1}
+    assert len(started) == 3  # the fourth would take the last slot, no deeper than them
+    for task_id in sorted(started):
+        w.park(task_id)  # each waits holding its slot
+    assert w.core.waiting_for_calls(b"A") == ([1], sorted(started), False)
+    w.submit(qt(6, depth=2))  # a call of theirs: deeper than every task holding a slot
+    assert 6 in w.running() and not w.core.stuck()
+    w.done(6)
+    for task_id in sorted(started):
+        w.resume(task_id)
+        w.done(task_id)
+    w.turn()
+    assert len(w.running() - {1}) == 1  # the fourth, once slots are free
 
 
 def test_most_parked_counts_the_peak() -> None:

@@ -30,6 +30,7 @@ from distrib.worker._events import (
     Spawn,
     Withdrawn,
 )
+from distrib.worker._nesting import depth_floor, last_slot_depth, last_slot_rule
 from distrib.worker._state import QueuedTask, Queues
 
 TINY_TASK = 0.005  # seconds: executors of tasks this short get PREFETCH queued, others 1
@@ -42,7 +43,6 @@ TINIEST_TASK = 0.0005
 PREFETCH_DEEP = 16
 PREFETCH_DEEP_BYTES = 4 * 1024
 SKIP_GRACE = 0.05  # seconds to wait for a "skipped" before stopping a withdrawn task
-PARK_GRACE = 0.05  # seconds a parked task's slots go only to deeper tasks (see _depth_floor)
 STUCK_HAND_BACK = 1.0  # seconds every slot is held by waiting tasks before queued ones go back
 
 
@@ -216,11 +216,17 @@ class CoreState:
         floor = self._depth_floor(now)
         if floor is not None:
             runnable = lambda t: t.depth > floor(t.peer) and self._runnable(t)  # noqa: E731
+        deepest = None if floor is None else last_slot_depth(self.executors.values(),
+                                                             self.max_parked)
         while self.busy < self.capacity and not self.paused:
-            task = self.queues.next_runnable(self.capacity - self.busy, runnable, held,
+            pick = runnable if deepest is None else last_slot_rule(
+                runnable, self.capacity - self.busy, deepest)
+            task = self.queues.next_runnable(self.capacity - self.busy, pick, held,
                                              self.limits, self.weights, self.accounts)
             if task is None:
                 break
+            if deepest is not None:
+                deepest = max(deepest, task.depth)
             account = self.accounts.get(task.peer, task.peer)
             held[account] = held.get(account, 0) + task.threads
             key = EnvKey(task.dist, task.threads, task.context)
@@ -246,32 +252,10 @@ class CoreState:
                 self._out.append(Send(ex_id, live))
 
     def _depth_floor(self, now: float) -> Callable[[bytes], int] | None:
-        """Per Main, only its tasks deeper than this may start now (None: any, for all), so
-        that tasks waiting for their calls never take every slot:
-
-        - a task that parked in the last ``PARK_GRACE`` seconds lends its slots to deeper
-          tasks of its Main (its own calls, relayed through its Main, arrive within that
-          time), not to tasks of its depth (or shallower), which would call and wait in turn;
-        - with ``max_parked`` executors parked, a task that called and waits would keep its
-          slots: only tasks deeper than every waiting one start, of any Main (the deepest
-          calls are the ones that do not call again), and shallower ones once a parked task
-          is done."""
+        """Per Main, only its tasks deeper than this may start now (see ``_nesting``)."""
         if self._last_park == float("-inf"):
             return None  # (no task here ever waited for its calls: the common case)
-        waiting = [ex for ex in self.executors.values() if ex.runs and (ex.parked or ex.blocked)]
-        if not waiting:
-            return None
-        floors: dict[bytes, int] = {}
-        for ex in waiting:
-            if ex.parked and now - ex.parked_at < PARK_GRACE:
-                peer, depth = ex.runs[0].task.peer, ex.runs[0].task.depth
-                floors[peer] = max(floors.get(peer, -1), depth)
-        cap = -1
-        if sum(ex.parked for ex in waiting) >= self.max_parked:
-            cap = max(ex.runs[0].task.depth for ex in waiting)
-        if not floors and cap < 0:
-            return None
-        return lambda peer: max(floors.get(peer, -1), cap)
+        return depth_floor(self.executors.values(), self.max_parked, now)
 
     def _take(self) -> list[Action]:
         if not self._out:
