@@ -42,36 +42,32 @@ def cpu(c: scale.Cluster) -> tuple[float, float]:
     return daemons, started
 
 
+def idle_cpu(c: scale.Cluster, workers: int) -> float:
+    """The daemons' CPU seconds per second and per daemon over ``IDLE_S`` seconds."""
+    d0, _ = cpu(c)
+    t0 = time.monotonic()
+    time.sleep(IDLE_S)
+    return (cpu(c)[0] - d0) / (time.monotonic() - t0) / workers
+
+
 def measure(workers: int, mains: int, tasks: int, seconds: float) -> dict[str, Any]:
     out: dict[str, Any] = {"workers": workers, "mains": mains, "tasks_per_main": tasks}
     with scale.cluster(mains) as c:
         c.start(workers)
         time.sleep(3)  # (their start-up done)
-        d0, _ = cpu(c)
-        t0 = time.monotonic()
-        time.sleep(IDLE_S)
-        out["idle_no_main"] = (cpu(c)[0] - d0) / (time.monotonic() - t0) / workers
+        out["idle_no_main"] = idle_cpu(c, workers)
         d0, _ = cpu(c)
         t0 = time.monotonic()
         procs = [scale.main_proc(c, ["mains", str(workers), str(tasks), str(seconds)], i)
                  for i in range(mains)]
-        for p in procs:
-            assert p.stdout is not None
-            if not p.stdout.readline().startswith("READY"):
-                raise RuntimeError(scale.result(p))
+        scale.await_ready(procs)
         out["join_s"] = time.monotonic() - t0
         out["join_cpu"] = (cpu(c)[0] - d0) / workers  # (in all, not per second)
         time.sleep(3)
-        d0, _ = cpu(c)
-        t0 = time.monotonic()
-        time.sleep(IDLE_S)
-        out["idle_mains"] = (cpu(c)[0] - d0) / (time.monotonic() - t0) / workers
+        out["idle_mains"] = idle_cpu(c, workers)
         d0, e0 = cpu(c)
         t0 = time.monotonic()
-        for i, p in enumerate(procs):
-            assert p.stdin is not None
-            p.stdin.write(f"go M{i} {tasks} {c.root / 'runs.log'}\n")
-            p.stdin.flush()
+        scale.go(procs, [tasks] * mains, c.root / "runs.log")
         for p in procs:
             scale.result(p)
         d1, e1 = cpu(c)

@@ -359,6 +359,23 @@ def main_proc(c: Cluster, args: list[str], main: int = 0, only: int | None = Non
                             env={**c.env(main, only), **(extra or {})})
 
 
+def await_ready(procs: list[subprocess.Popen[str]]) -> None:
+    """Wait for each Main's READY line (connected, executors warm); raise what one that
+    failed said."""
+    for p in procs:
+        assert p.stdout is not None
+        if not p.stdout.readline().startswith("READY"):
+            raise RuntimeError(result(p))
+
+
+def go(procs: list[subprocess.Popen[str]], counts: list[int], log: Path) -> None:
+    """Tell Main i to submit ``counts[i]`` tasks (``mains`` mode), logging them to ``log``."""
+    for i, p in enumerate(procs):
+        assert p.stdin is not None
+        p.stdin.write(f"go M{i} {counts[i]} {log}\n")
+        p.stdin.flush()
+
+
 def result(proc: subprocess.Popen[str], timeout: float = 3600) -> dict[str, Any]:
     """The Main's RESULT line (after what the driver read of its output line by line)."""
     assert proc.stdout is not None and proc.stderr is not None
@@ -454,20 +471,14 @@ def mains(workers: int, count: int, tasks: int, seconds: float, keep: str | None
             procs.append(main_proc(c, ["mains", str(workers), str(tasks), str(seconds)], i,
                                    extra={} if same_context else {"MAIN_CONTEXT": f"M{i}"}))
             counts.append(n)
-        for p in procs:
-            assert p.stdout is not None
-            if not p.stdout.readline().startswith("READY"):
-                raise RuntimeError(result(p))
-        go = time.time()
-        for i, p in enumerate(procs):
-            assert p.stdin is not None
-            p.stdin.write(f"go M{i} {counts[i]} {log}\n")
-            p.stdin.flush()
+        await_ready(procs)
+        started = time.time()
+        go(procs, counts, log)
         for p in procs:
             result(p)
         if keep:
             Path(keep).write_text(log.read_text())
-        print(report_mains(log.read_text(), workers, count, go))
+        print(report_mains(log.read_text(), workers, count, started))
 
 
 def shares(runs: list[tuple[str, float, float]], names: list[str],
