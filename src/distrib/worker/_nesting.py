@@ -8,7 +8,7 @@ executors parked; past that, a task that calls waits holding its slots (it is *b
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Protocol, TypeVar
 
 PARK_GRACE = 0.05  # seconds a parked task's slots go only to deeper tasks (see depth_floor)
@@ -71,7 +71,7 @@ def depth_floor(executors: Iterable[_Executor], max_parked: int, now: float
     return lambda peer: max(floors.get(peer, -1), cap)
 
 
-def last_slot_depth(executors: Iterable[_Executor], max_parked: int) -> int | None:
+def last_slot_depth(executors: Collection[_Executor], max_parked: int) -> int | None:
     """With ``max_parked`` executors parked, the depth of the deepest task holding slots here
     (running, or waiting holding them); None below the cap.
 
@@ -80,10 +80,10 @@ def last_slot_depth(executors: Iterable[_Executor], max_parked: int) -> int | No
     that no slot is left to run. Seen under load: four tasks of one depth were started on a
     4-slot worker before the first of them called, and each then waited holding its slot.
     The depth floor alone cannot see it: it knows only the tasks that wait already."""
-    held = [ex for ex in executors if ex.runs and not ex.parked]
     if sum(ex.parked for ex in executors if ex.runs) < max_parked:
         return None
-    return max((ex.runs[0].task.depth for ex in held), default=-1)
+    return max((ex.runs[0].task.depth for ex in executors if ex.runs and not ex.parked),
+               default=-1)
 
 
 T = TypeVar("T", bound=_Task)
