@@ -3,7 +3,9 @@ group (or, in a sandbox, a session) of its own, and gone with its daemon."""
 
 from __future__ import annotations
 
+import errno
 import os
+import threading
 import time
 
 from distrib import _process
@@ -41,24 +43,66 @@ def own_group(sandboxed: bool) -> None:
         pass
 
 
+# The group's niceness the kernel refused at the start (see _set_group_nice): asked again.
+_group_nice_pending = 0
+_GROUP_NICE_RETRY = 0.05  # seconds between tries: the kernel allows one change per 0.1 s
+
+
 def _nice_group() -> None:
     """Give this process's new scheduling group (autogroup) its niceness: the owner's nice
     then holds against the machine's other sessions, not only within the group."""
+    global _group_nice_pending
     nice = os.getpriority(os.PRIO_PROCESS, 0)
-    if nice > 0:
-        try:
-            with open("/proc/self/autogroup", "w") as f:
-                f.write(str(nice))
-        except OSError:  # (no autogroups in this kernel)
-            pass
+    if nice > 0 and _set_group_nice(nice) is False:
+        _group_nice_pending = nice
 
 
-def watch_parent(parent: int) -> None:
-    """Leave when orphaned, with what this executor's tasks started (a daemon killed with -9
-    cannot stop us; nothing of a task outlives its worker). In a sandbox the daemon is
+def _set_group_nice(nice: int) -> bool | None:
+    """True when set, None when it cannot be (no autogroups in this kernel), False when the
+    kernel said "not now": without CAP_SYS_ADMIN (never, in a sandbox) it allows one change
+    of any group's niceness per 0.1 s on the whole machine, so executors that start together
+    in sandboxes take turns."""
+    try:
+        fd = os.open("/proc/self/autogroup", os.O_WRONLY)
+    except OSError:
+        return None
+    try:
+        os.write(fd, str(nice).encode())  # (unbuffered: a refusal is this call's error)
+        return True
+    except OSError as e:
+        return False if e.errno == errno.EAGAIN else None
+    finally:
+        os.close(fd)
+
+
+def start_watching(parent: int) -> None:
+    """Start the thread that watches for the daemon's end and asks again for the group's
+    niceness the kernel refused, when there is either to do."""
+    if parent or _group_nice_pending:
+        threading.Thread(target=_watch, args=(parent,), daemon=True,
+                         name="distrib-watch").start()
+
+
+def _watch(parent: int) -> None:
+    """Ask for the group's niceness until the kernel allows it, from this thread: the
+    executor does not wait for its turn. Then leave when orphaned, with what this
+    executor's tasks started (a daemon killed with -9 cannot stop us; nothing of a task
+    outlives its worker). In a sandbox the daemon is
     outside this PID namespace, parent 0: the sandbox ends with it, all it holds too."""
-    while parent:
+    global _group_nice_pending
+    while _group_nice_pending:
+        time.sleep(_GROUP_NICE_RETRY)
+        if _set_group_nice(_group_nice_pending) is not False:
+            _group_nice_pending = 0
+        _leave_if_orphaned(parent)
+    if not parent:  # (the executor's own threads do not end: ``_leftovers`` counts on it)
+        threading.Event().wait()
+    while True:
         time.sleep(1.0)
-        if os.getppid() != parent:
-            _process.kill_trees([os.getpid()], with_roots=False)
-            os._exit(70)
+        _leave_if_orphaned(parent)
+
+
+def _leave_if_orphaned(parent: int) -> None:
+    if parent and os.getppid() != parent:
+        _process.kill_trees([os.getpid()], with_roots=False)
+        os._exit(70)

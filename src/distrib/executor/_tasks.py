@@ -402,7 +402,7 @@ def _serve(pipe: Pipe, isolation: _isolation.Overlay | _isolation.Copies, parent
     _process.become_subreaper()  # (what a task's processes leave as they exit stays ours)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)
-    threading.Thread(target=_standing.watch_parent, args=(parent,), daemon=True).start()
+    _standing.start_watching(parent)
     lock = threading.RLock()  # (every send on the pipe: tasks' output, calls, outcomes)
     channel = _subcalls.channel = _subcalls.Channel(pipe, lock)
     out, err = _Forward(channel, 1), _Forward(channel, 2)
