@@ -166,10 +166,11 @@ def test_a_worker_killed_mid_run_has_its_tasks_retried_elsewhere_at_once(
 
 
 class DelayProxy:
-    """A TCP proxy adding ``delay`` seconds each way (no netem in this kernel)."""
+    """A TCP proxy adding ``delay`` seconds each way, and passing at most ``rate`` bytes a
+    second each way when given (no netem in this kernel)."""
 
-    def __init__(self, target: tuple[str, int], delay: float) -> None:
-        self.target, self.delay = target, delay
+    def __init__(self, target: tuple[str, int], delay: float, rate: float = 0.0) -> None:
+        self.target, self.delay, self.rate = target, delay, rate
         self.server = socket.create_server(("127.0.0.1", 0))
         self.address = "127.0.0.1:%d" % self.server.getsockname()[1]
         self._stop = threading.Event()
@@ -235,6 +236,8 @@ class DelayProxy:
                     dst.sendall(data)
                 except OSError:  # the other side is gone already (a reset, or close())
                     return
+                if self.rate:  # (the link's bandwidth: what follows waits its turn)
+                    self._stop.wait(len(data) / self.rate)
 
         self._spawn(read)
         self._spawn(write)
@@ -270,6 +273,35 @@ def test_a_100ms_round_trip_keeps_every_slot_in_use(workspace: Workspace,
         # Every slot was used over the slow link (the queue covers the round trip); how long
         # it takes is measured in bench/, not asserted here.
         assert worker.status()["executors_started"] == 20
+    finally:
+        proxy.close()
+
+
+def test_a_payload_a_slow_link_carries_longer_than_lost_after_arrives_both_ways(
+        workspace: Workspace, start_worker) -> None:
+    # 6 MiB each way at 1 MiB/s, with either side dropping the other after 3 s of silence:
+    # heartbeats wait behind the payload, whose pieces each count as hearing from its sender.
+    worker = start_worker(threads=1, extra=("--lost-after", "3"))
+    host, port = worker.address.removeprefix("tcp://").rsplit(":", 1)
+    proxy = DelayProxy((host, int(port)), 0.01, rate=1 << 20)
+    try:
+        workspace.write("main.py", """
+            import os
+            from distrib import distributed
+
+            @distributed(retries=0)
+            def reverse(data):
+                return data[::-1]
+
+            if __name__ == "__main__":
+                data = os.urandom(6 << 20)  # (nothing to compress)
+                print("BACK", reverse(data).unwrap(timeout=120) == data[::-1])
+            """)
+        out = workspace.run("main.py", timeout=180, env={
+            "DISTRIB_WORKERS": proxy.address, "DISTRIB_LOST_AFTER": "3",
+            "DISTRIB_SHARED_MEMORY": "false"})  # (through the proxy, not /dev/shm)
+        assert out.returncode == 0 and out.stdout.split() == ["BACK", "True"], out.stderr[-3000:]
+        assert "lost" not in out.stderr and "silent for" not in worker.log(), out.stderr
     finally:
         proxy.close()
 

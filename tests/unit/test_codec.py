@@ -192,15 +192,14 @@ def test_a_bad_list_of_pieces_is_a_protocol_error(pieces: object) -> None:
         _codec.decode([header, b"a", b"b"])
 
 
-def test_pieces_leave_room_for_a_keyed_links_overhead_and_stay_small_there() -> None:
-    from distrib.wire._limits import FRAME_OVERHEAD, KEYED_PIECE_BYTES, piece_bytes
+def test_pieces_leave_room_for_a_keyed_links_overhead_and_stay_small() -> None:
+    from distrib.wire._limits import FRAME_OVERHEAD, PIECE_BYTES, piece_bytes
 
-    assert piece_bytes(512 << 20, keyed=False) == (512 << 20) - FRAME_OVERHEAD
-    assert piece_bytes(512 << 20, keyed=True) == KEYED_PIECE_BYTES
-    assert piece_bytes(1 << 20, keyed=True) == (1 << 20) - FRAME_OVERHEAD
-    assert piece_bytes(1, keyed=False) == (1 << 20) - FRAME_OVERHEAD  # (no peer states that)
+    assert piece_bytes(512 << 20) == PIECE_BYTES == 1 << 20  # (a slow link's pieces arrive)
+    assert piece_bytes(1 << 20) == (1 << 20) - FRAME_OVERHEAD
+    assert piece_bytes(1) == (1 << 20) - FRAME_OVERHEAD  # (no peer states that)
     frames = _codec.encode(m.Results([m.ResultSpec(1, m.Outcome.OK, {}, [], 1)],
-                                     frames=(b"x" * (1 << 20),)), piece_bytes(1 << 20, True))
+                                     frames=(b"x" * (1 << 20),)), piece_bytes(1 << 20))
     assert [len(f) for f in frames[1:]] == [(1 << 20) - FRAME_OVERHEAD, FRAME_OVERHEAD]
 
 
@@ -300,11 +299,10 @@ def test_many_small_frames_are_carried_together_in_pieces() -> None:
     assert [bytes(f) for f in _codec.decode(whole).frames] == small
 
 
-@pytest.mark.parametrize("keyed", [False, True])
 @pytest.mark.parametrize("limit_mib", [1, 2, 64, 512, 4096])
 def test_a_payload_up_to_the_largest_one_message_carries_fits_every_link(
-        keyed: bool, limit_mib: int) -> None:
+        limit_mib: int) -> None:
     from distrib.wire._carry import carries
     from distrib.wire._limits import MAX_CARRIED, MAX_PAYLOAD_BYTES, piece_bytes
 
-    assert carries(MAX_PAYLOAD_BYTES, piece_bytes(limit_mib << 20, keyed)) <= MAX_CARRIED
+    assert carries(MAX_PAYLOAD_BYTES, piece_bytes(limit_mib << 20)) <= MAX_CARRIED

@@ -6,7 +6,7 @@ batches of tasks, results and blobs are cut by count *and* by bytes (``BATCH_BYT
 batch of small payloads stays well under the header limit whatever the sizes. Larger payloads
 are frames of their own, each at most ``MAX_MESSAGE_BYTES`` (libzmq drops a peer that sends a
 bigger one: on a keyed link it counts the frame as encrypted, ``FRAME_OVERHEAD`` bytes more, so
-pieces stay that much under the limit, and on a keyed link under ``KEYED_PIECE_BYTES`` too).
+pieces stay that much under the limit, and under ``PIECE_BYTES`` too).
 Texts a remote side chooses (error messages, tracebacks, output) are capped or
 cut into pieces before they enter a header.
 """
@@ -26,13 +26,17 @@ MAX_MESSAGE_BYTES = int(os.environ.get("DISTRIB_MAX_MESSAGE_MB", "512")) << 20  
 # ZMQ_MAXMSGSIZE counts a frame as it is on the wire; CURVE adds 33 bytes to each (libzmq
 # 4.3: command name, nonce, flags, MAC), so a piece as large as the limit closed keyed links.
 FRAME_OVERHEAD = 1 << 10
-# libzmq's CURVE copies a frame while it encrypts or decrypts it (in its I/O thread, on each
-# side, one frame at a time): pieces of a keyed link stay this small to bound that memory, and
-# the time one connection holds that thread from the others.
-KEYED_PIECE_BYTES = 64 << 20
+# The largest piece of a payload on any link. libzmq delivers a message only once all of it
+# is in, and a sender's heartbeats wait behind it: each piece of a large payload goes as a
+# message of its own (``wire/_carry.py``) and counts as hearing from its sender, so a piece
+# must arrive well within ``lost_after`` (10 s) on a slow link: 1 MiB takes 8 s at 1 Mbit/s
+# (64 MiB needed 54 Mbit/s). Smaller pieces cost nothing measurable on loopback, with keys or
+# without; and libzmq's CURVE copies a frame while it encrypts or decrypts it (in its I/O
+# thread, one frame at a time), which small pieces keep short.
+PIECE_BYTES = 1 << 20
 # Carry messages ahead of one message (``wire/_carry.py``), each at most a piece, every two
 # in a row more than one: so any link carries a payload of ``MAX_PAYLOAD_BYTES`` (511 GiB, in
-# pieces of 1 MiB, the smallest limit a setting gives); a larger one fails its own call.
+# pieces of 1 MiB less the overhead); a larger one fails its own call.
 MAX_CARRIED = 1 << 20
 MAX_PAYLOAD_BYTES = (MAX_CARRIED // 2 - 1) * ((1 << 20) - FRAME_OVERHEAD)
 INLINE_MAX = 256 << 10  # a payload (all pieces) below this travels inside the header
@@ -62,13 +66,12 @@ MAX_PATH_CHARS = 4096  # of one path in a manifest
 MAX_PATH_DEPTH = 128  # folders in one path
 
 
-def piece_bytes(max_frame: int, keyed: bool) -> int:
+def piece_bytes(max_frame: int) -> int:
     """The largest piece of a payload frame sent to a receiver whose limit is ``max_frame``
-    (its ``ZMQ_MAXMSGSIZE``), over a keyed (CURVE) link or not."""
+    (its ``ZMQ_MAXMSGSIZE``)."""
     # (A peer that states less than 1 MiB, which no setting gives, still gets 1 MiB pieces:
     # pieces of a few bytes would make a payload millions of frames.)
-    room = max(max_frame, 1 << 20) - FRAME_OVERHEAD
-    return min(room, KEYED_PIECE_BYTES) if keyed else room
+    return min(max(max_frame, 1 << 20) - FRAME_OVERHEAD, PIECE_BYTES)
 
 
 def batches(items: Iterable[T], size: Callable[[T], int], max_bytes: int = BATCH_BYTES,

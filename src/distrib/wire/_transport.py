@@ -24,7 +24,6 @@ _COPY_THRESHOLD = 64 * 1024
 # enum member (microseconds, several times a message).
 _SNDMORE, _NOBLOCK, _EVENTS, _POLLIN = (int(zmq.SNDMORE), int(zmq.NOBLOCK), int(zmq.EVENTS),
                                         int(zmq.POLLIN))
-_MECHANISM, _CURVE = int(zmq.MECHANISM), int(zmq.CURVE)
 
 
 def router(ctx: zmq.Context[Any], endpoint: str,
@@ -105,8 +104,7 @@ def send(sock: zmq.Socket[Any], message: Message, peer: bytes | None = None,
     """Send ``message`` (to ``peer``, on a ROUTER), its payload frames cut into pieces that
     the receiver's limit ``max_frame`` takes (``piece_bytes``), and carried ahead of it when
     they are more than one piece (``wire/_carry.py``). Large frames go without a copy."""
-    keyed = bool(message.frames) and sock.getsockopt(_MECHANISM) == _CURVE
-    piece = piece_bytes(max_frame, keyed)
+    piece = piece_bytes(max_frame)
     for frames in _carry.split(_codec.encode(message, piece), piece):
         if peer is not None:
             frames.insert(0, peer)
