@@ -20,6 +20,18 @@ def test_no_read_only_path_holds_the_workers_cache(tmp_path: Path, monkeypatch) 
     assert not any(p == cache or p in cache.parents for p in reads)
 
 
+def test_a_venv_linked_from_inside_a_bound_folder_is_bound_where_it_leads(
+        tmp_path: Path, monkeypatch) -> None:
+    project, real = tmp_path / "project", tmp_path / "elsewhere" / "venv"
+    project.mkdir()
+    real.mkdir(parents=True)
+    (project / ".venv").symlink_to(real)
+    monkeypatch.setattr(sys, "prefix", str(project / ".venv"))
+    monkeypatch.setattr(sys, "path", [str(project), *sys.path])
+    covered = _sandbox._covering(_sandbox.reads(None, tmp_path / "cache"))
+    assert project in covered and real in covered
+
+
 def test_the_mounts_are_the_system_the_tree_twice_and_the_scratch(tmp_path: Path) -> None:
     env, scratch, lib = tmp_path / "env", tmp_path / "scratch", tmp_path / "lib"
     for folder in (env, scratch, lib / "inner"):

@@ -236,6 +236,9 @@ def reads(python: Path | None, cache: Path) -> tuple[Path, ...]:
                     out.append(Path(value.strip()).parent)
         except OSError:
             pass
+    # (and where each leads: a venv linked from inside a folder that is bound whole, such as
+    # the worker's own, is not bound again, and its link would lead nowhere in the sandbox)
+    out += [Path(os.path.realpath(p)) for p in out]
     cache = Path(os.path.abspath(cache))
     return tuple(p for p in out if p.is_absolute() and p != cache and p not in cache.parents)
 
