@@ -133,9 +133,31 @@ def _join(name: str, pieces: m.Pieces, frames: list[Any]) -> list[Any]:
             joined[end:end + view.nbytes] = view
             end += view.nbytes
             view.release()
+            if k % _GIVE_BACK_EVERY == _GIVE_BACK_EVERY - 1:
+                _give_back()
         out.append(joined)
         at += count
     return out + frames[at:]
+
+
+# Pieces of 1 MiB are allocated (by libzmq) from malloc's heap, not mapped one by one as
+# larger ones are, and the heap keeps what is freed: while a gibibyte is joined, its pieces
+# already copied are handed back to the system every 32 of them, or the process would hold
+# the payload twice.
+_GIVE_BACK_EVERY = 32
+_trim: Callable[[int], object] | None = None
+
+
+def _give_back() -> None:
+    global _trim
+    if _trim is None:
+        try:
+            import ctypes
+
+            _trim = ctypes.CDLL(None).malloc_trim  # (glibc's)
+        except (OSError, AttributeError):  # (another C library: it keeps what it keeps)
+            _trim = lambda pad: None  # noqa: E731
+    _trim(0)
 
 
 def _check_frames(message: m.Message) -> None:
