@@ -9,7 +9,6 @@ if any), both in a folder only this user can enter, removed at the end.
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import tempfile
 import time
@@ -45,6 +44,8 @@ def prepare(settings: _config.Settings) -> tuple[
         _config.Settings, Callable[[Session], None], Callable[[], None]]:
     """Settings for a Main whose workers are launched, what launches them once it runs, and
     what removes what was prepared if it never runs."""
+    from msgspec import structs
+
     from distrib.launch import Slurm, Target
     from distrib.wire import _keys
 
@@ -61,8 +62,8 @@ def prepare(settings: _config.Settings) -> tuple[
         shutil.copyfile(settings.authorized_workers, authorized)
     else:
         authorized.write_text("")
-    ready = dataclasses.replace(settings, key=key, authorized_workers=authorized,
-                                listen=settings.listen or "127.0.0.1:0")
+    ready = structs.replace(settings, key=key, authorized_workers=authorized,
+                            listen=settings.listen or "127.0.0.1:0")
 
     def launch(session: Session) -> None:
         address = session.listen_address() or ""

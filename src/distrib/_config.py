@@ -1,4 +1,4 @@
-"""Settings, read once at set-up into a frozen dataclass and passed down.
+"""Settings, read once at set-up into a frozen record (a msgspec Struct) and passed down.
 
 Sources, later ones winning: defaults; one configuration file (``DISTRIB_CONFIG``, else
 ``distrib.toml`` beside the main script or in the current folder, else ``[tool.distrib]`` of
@@ -60,11 +60,11 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import platformdirs
+from msgspec import Struct, field
 
 from distrib import _values
 from distrib._errors import ConfigError
@@ -74,16 +74,14 @@ from distrib.wire._keys import KeyPair
 from distrib.wire._messages import check_redistribution
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerAddress:
+class WorkerAddress(Struct, frozen=True):
     """A worker to connect to: ``host:port``, ``tcp://...`` or ``ipc://...``, and its key."""
 
     address: str
     public_key: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Discovery:
+class Discovery(Struct, frozen=True):
     """LAN discovery of workers announcing themselves with mDNS."""
 
     enabled: bool = False
@@ -92,8 +90,7 @@ class Discovery:
     interfaces: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class SSHCluster:
+class SSHCluster(Struct, frozen=True):
     """A ``[cluster]`` section: workers on these SSH hosts (as ``distrib.SSH`` takes them)."""
 
     hosts: tuple[str, ...]
@@ -120,8 +117,7 @@ def _cluster(name: str, table: dict[str, Any]) -> SSHCluster:
         _values.positive(f"{name} timeout", table.get("timeout", 300.0), float))
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
+class Settings(Struct, frozen=True):
     """Everything the Main needs to set up; built by ``load``."""
 
     workers: tuple[WorkerAddress, ...] = ()  # empty (and no discovery): the local cluster
@@ -361,8 +357,7 @@ def _from_environ(env: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
-@dataclass(frozen=True, slots=True)
-class Overrides:
+class Overrides(Struct, frozen=True):
     """The settings ``distrib.init()`` takes; ``None`` leaves one to the file and environment."""
 
     workers: Sequence[str | tuple[str, str] | WorkerAddress] | None = None
@@ -382,7 +377,7 @@ class Overrides:
 
     def given(self) -> bool:
         """Whether any setting is given."""
-        return any(getattr(self, name) is not None for name in self.__slots__)
+        return any(getattr(self, name) is not None for name in self.__struct_fields__)
 
 
 def load(environ: Mapping[str, str] | None = None, overrides: Overrides = Overrides(),

@@ -3,7 +3,6 @@ worker's situation, the workers of its Main it reaches directly, and the call.""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import msgspec
@@ -22,7 +21,7 @@ NOT_LENDING = Here("linux-x86_64", lends=False, load=0.0)
 def call(**changes: Any) -> PlacedCall:
     child = PlacedCall(7, b"main", 1, 2, 3, 1, "leaf", "3.1", "called by root#3", ("*",), 1,
                        0, None, "d" * 64, 1, [b"payload"], mode="direct")
-    return replace(child, **changes)
+    return msgspec.structs.replace(child, **changes)
 
 
 def ready(address: str, offered: int = 2, sent: int = 0, **changes: Any) -> Reach:

@@ -86,8 +86,8 @@ def test_a_child_counts_in_its_task_and_is_named(monkeypatch: pytest.MonkeyPatch
     rss = {10: 300 << 20, 11: 900 << 20, 20: 200 << 20}
     sizes = {10: (250 << 20, 280 << 20), 11: (890 << 20, 900 << 20), 20: (190 << 20, 195 << 20)}
     watch = MemoryWatch(per_task=1 << 30)
-    monkeypatch.setattr(watch, "_rss", lambda pid: rss[pid])
-    monkeypatch.setattr(watch, "_sample", lambda pid: sizes[pid])
+    monkeypatch.setattr(MemoryWatch, "_rss", lambda self, pid: rss[pid])
+    monkeypatch.setattr(MemoryWatch, "_sample", lambda self, pid: sizes[pid])
     # Alone, each executor is within the limit; with its child, executor 1 is over it.
     assert watch.over({1: 10, 2: 20}, {}, "w") == []
     [(ex, why, limit)] = watch.over({1: 10, 2: 20}, {}, "w", trees={1: [11], 2: []})
@@ -101,8 +101,8 @@ def test_over_the_total_the_task_with_the_largest_tree_is_stopped(
         monkeypatch: pytest.MonkeyPatch) -> None:
     rss = {10: 500 << 20, 11: 600 << 20, 12: 600 << 20, 20: 900 << 20}
     watch = MemoryWatch(total=2 << 30)
-    monkeypatch.setattr(watch, "_rss", lambda pid: rss[pid])
-    monkeypatch.setattr(watch, "_sample", lambda pid: (rss[pid], rss[pid]))
+    monkeypatch.setattr(MemoryWatch, "_rss", lambda self, pid: rss[pid])
+    monkeypatch.setattr(MemoryWatch, "_sample", lambda self, pid: (rss[pid], rss[pid]))
     [(ex, why, limit)] = watch.over({1: 10, 2: 20}, {}, "w", trees={1: [11, 12]})
     assert (ex, limit) == (1, 0)
     assert "more than its memory limit (2G, its --max-memory)" in why

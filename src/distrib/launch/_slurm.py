@@ -25,9 +25,11 @@ import sys
 import threading
 from time import monotonic
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from msgspec import structs
 
 from distrib._errors import ConfigError, LaunchError
 from distrib.launch import _jobs, _records
@@ -137,8 +139,8 @@ class Slurm:
             _keys.read_authorized(settings.authorized_workers)
             given = settings.authorized_workers.read_text()
         self._authorized.write_text(given)
-        return replace(settings, key=key, listen=settings.listen or "0.0.0.0:0",
-                       authorized_workers=self._authorized)
+        return structs.replace(settings, key=key, listen=settings.listen or "0.0.0.0:0",
+                               authorized_workers=self._authorized)
 
     def start(self, listening: str, load: Callable[[], tuple[int, int, int]]) -> None:
         assert self.folder is not None

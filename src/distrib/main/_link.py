@@ -7,10 +7,10 @@ Main's listening ROUTER) has that ROUTER and the worker's routing id on it inste
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import zmq
+from msgspec import Struct, field
 
 from distrib.wire import _link, _transport
 from distrib.wire import _messages as m
@@ -21,8 +21,7 @@ ROUND_TRIPS_KEPT = 8  # Pongs whose least delay is the link's round trip
 PING_EVERY = 1.0  # seconds between Pings of a ready link
 
 
-@dataclass(eq=False, kw_only=True)
-class Link(_link.Link):
+class Link(_link.Link, eq=False, kw_only=True):
     """A link of this Main (``w0``, ``w1``...; ``d0``, ``d1``... for workers that dialled
     it), rebuilt after the worker is lost."""
 

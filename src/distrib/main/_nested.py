@@ -15,8 +15,9 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
+
+from msgspec import Struct
 
 from distrib import _sealed, _serialize
 from distrib._errors import NestedDeadlock
@@ -31,8 +32,7 @@ log = logging.getLogger("distrib")
 DEADLOCK_AFTER = 2.0  # seconds every slot is held by waiting parents before calls fail
 
 
-@dataclass(eq=False)
-class NestedCall:
+class NestedCall(Struct, eq=False):
     task: Task
     parent: Task
     number: int  # the parent's number for it

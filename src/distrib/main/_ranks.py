@@ -63,7 +63,7 @@ class Ranks(Generic[Worker]):
         del self.order[link]
 
     def touch(self, worker: Worker) -> None:
-        object.__setattr__(worker, "stamp", next(self._stamps))
+        worker.stamp = next(self._stamps)
         self.touched.add(worker)
 
     def top(self, req: Requirement) -> Worker | None:

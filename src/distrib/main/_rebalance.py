@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from distrib.main._scheduler import Scheduler
 from distrib.main._tracked import Task, WorkerView
@@ -26,8 +27,7 @@ from distrib.main._tracked import Task, WorkerView
 MIN_GAIN = 0.005  # seconds a move must save beyond the round trips it costs
 
 
-@dataclass(frozen=True, slots=True)
-class Move:
+class Move(Struct, frozen=True):
     """Ask ``victim`` for these tasks back, for ``thief``."""
 
     victim: str

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 
+from msgspec.structs import force_setattr
+
 from distrib.main._ranks import Ranks, Requirement
 from distrib.main._tracked import SlotFigures, Task, WorkerView, ahead
 
@@ -100,7 +102,7 @@ class Scheduler:
                 # Its rank moves only if its depth does: else it is not touched (which would
                 # rank every worker anew at each tick).
                 depth = self.depth(worker)
-                object.__setattr__(worker, "rate", rate)
+                force_setattr(worker, "rate", rate)
                 if self.depth(worker) != depth:
                     self.touch(worker)
             if worker.finished:

@@ -6,7 +6,6 @@ that worker (``DistFailed``), and a rerun ships the new version.
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import hashlib
 import logging
@@ -16,6 +15,8 @@ import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+
+from msgspec import structs
 
 from distrib._config import Settings
 from distrib.wire import _messages as m
@@ -176,7 +177,7 @@ def scan_workspace(settings: Settings, main_file: Path | None) -> Distribution:
     if project is not None:
         log.warning("under pytest with no main script: the test project %s is the workspace "
                     "shipped to workers", project)
-        settings = dataclasses.replace(settings, workspace=project)
+        settings = structs.replace(settings, workspace=project)
     if settings.workspace is None and main_file is None:
         log.warning("no main script (a REPL, python -c or stdin): no workspace is shipped and "
                     "functions travel by value; set a workspace (distrib.init(workspace=...), "

@@ -20,8 +20,9 @@ from __future__ import annotations
 import statistics
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TypeVar
+
+from msgspec import Struct
 
 from distrib.wire._messages import Outcome
 
@@ -33,8 +34,7 @@ MIN_SAMPLES = 3  # measured runs of the function before any of its tasks is judg
 WINDOW = 64  # recent runs kept per function
 
 
-@dataclass(frozen=True, slots=True)
-class Policy:
+class Policy(Struct, frozen=True):
     """When a running task counts as a straggler (see the module's docstring)."""
 
     multiple: float = MULTIPLE

@@ -11,8 +11,9 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from msgspec import Struct, field
 
 from distrib._response import Response
 from distrib.main._link import Link
@@ -29,8 +30,7 @@ FAILURES = 20  # recent failures shown
 THROUGHPUT_SECONDS = 600  # the chart's span: one point a second
 
 
-@dataclass(slots=True)
-class FunctionStats:
+class FunctionStats(Struct):
     """The calls of one function."""
 
     submitted: int = 0

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from msgspec import Struct, field
 
 from distrib.main._ranks import Requirement
 
@@ -31,25 +32,24 @@ def _platform_matches(platform: str, globs: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(platform, g) for g in globs)
 
 
-@dataclass(eq=False, slots=True)
-class Task:
+class Task(Struct, eq=False):
     """A submitted call as the Main tracks it until its outcome is known."""
 
     task_id: int
     name: str
-    frames: list[Any] = field(repr=False)
+    frames: list[Any]
     platforms: tuple[str, ...]
     threads: int
     retries: int
     timeout: float | None
-    response: Any = field(repr=False, default=None)
+    response: Any = None
     outputs: tuple[str, ...] = ()  # globs: its result comes with the files it wrote
     attempts: int = 0  # runs that ended in a crash or a lost worker
     memory: int = 0  # it was stopped for passing this memory limit: it needs a higher one
-    shared: dict[str, Any] | None = field(default=None, repr=False)  # the Shared it passes
+    shared: dict[str, Any] | None = None  # the Shared it passes
     # its payload with the large frames in /dev/shm (made at its first send to a worker on
     # this machine; the files go with the task): (frames, name -> index)
-    in_shm: tuple[list[Any], dict[str, int], Any] | None = field(default=None, repr=False)
+    in_shm: tuple[list[Any], dict[str, int], Any] | None = None
     link: str | None = None  # the worker it is on, while in flight
     counted: bool = False  # the dashboard counted its outcome
     depth: int = 0  # a call made inside a task: how deep (1: by a call of the Main's)
@@ -58,13 +58,15 @@ class Task:
     started: float = 0.0  # when it started there, as the Main reckons (``progressed``); 0: not
     copied: bool = False  # a second copy was started (one at most)
 
+    def __repr__(self) -> str:  # (its frames may be a gibibyte: they are not shown)
+        return f"Task({self.task_id}, {self.name!r}, link={self.link!r})"
+
     @property
     def requirement(self) -> Requirement:
         return (self.platforms, self.threads, self.memory)
 
 
-@dataclass(eq=False)
-class WorkerView:
+class WorkerView(Struct, eq=False):
     """A connected worker as the scheduler sees it."""
 
     link: str
@@ -92,16 +94,16 @@ class WorkerView:
     # flight until it answers
     # the scheduler it joined, told of each change of a field of RANKED; and the version of
     # its rank there (heap entries of an older stamp are stale)
-    owner: Ranked | None = field(default=None, init=False, repr=False)
-    stamp: int = field(default=0, init=False, repr=False)
+    owner: Ranked | None = None
+    stamp: int = 0
 
     def __setattr__(self, name: str, value: Any) -> None:
         # (a value set again, as a link's round trip each second, does not touch it)
         if name in RANKED and self.owner is not None and getattr(self, name) != value:
-            object.__setattr__(self, name, value)
+            super().__setattr__(name, value)
             self.owner.touch(self)
         else:
-            object.__setattr__(self, name, value)
+            super().__setattr__(name, value)
 
     def can_run(self, req: Requirement, python: str, paused_too: bool = False) -> bool:
         """Whether it can take a task of ``req`` now (``paused_too``: or once resumed)."""
@@ -131,8 +133,7 @@ def ahead(slots: int, rate: float, round_trip: float, extra: int = 16) -> int:
     return min(max(2 * slots, extra, int(rate * (0.02 + 2 * round_trip))), MAX_QUEUED)
 
 
-@dataclass(frozen=True, slots=True)
-class SlotFigures:
+class SlotFigures(Struct, frozen=True):
     """Slots busy with this Main's tasks and slots offered, across its workers: published
     whole at each tick for other threads (the progress bar) to read without a lock."""
 

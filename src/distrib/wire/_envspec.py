@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 import msgpack
+from msgspec import Struct
 
 from distrib._errors import ProtocolError
 
@@ -26,8 +27,7 @@ _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 REQUIREMENT_FILES = ("requirements.txt", "pyproject.toml")  # (uv.lock is exported on the Main)
 
 
-@dataclass(frozen=True, slots=True)
-class Wheel:
+class Wheel(Struct, frozen=True):
     """A wheel the Main built of a package installed from a folder, a file or a VCS."""
 
     name: str

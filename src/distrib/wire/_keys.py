@@ -12,11 +12,11 @@ import os
 import re
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
 import zmq
+from msgspec import Struct
 
 from distrib._errors import ConfigError
 
@@ -25,8 +25,7 @@ T = TypeVar("T")
 _Z85_KEY = re.compile(r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
 
 
-@dataclass(frozen=True, slots=True)
-class KeyPair:
+class KeyPair(Struct, frozen=True):
     """A CURVE key pair as Z85 text."""
 
     public: str

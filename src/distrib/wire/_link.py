@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
+from msgspec import Struct, field
 
 from distrib.wire import _transport
 from distrib.wire import _messages as m
@@ -58,8 +58,7 @@ class MonitorEvent(enum.Enum):
     KEY_UNPROVEN = "key unproven"  # the worker did not prove the key we expect (or no CURVE)
 
 
-@dataclass(frozen=True)
-class LinkPolicy:
+class LinkPolicy(Struct, frozen=True):
     """How long a link may be silent, and when one that failed is tried again."""
 
     lost_after: float  # a link silent this long is lost
@@ -84,8 +83,7 @@ def check(state: LinkState, since: float, last_seen: float, now: float,
     return LinkCheck.SLOW if now - since > policy.lost_after / 2 else LinkCheck.WAIT
 
 
-@dataclass(eq=False, kw_only=True)
-class Link:
+class Link(Struct, eq=False, kw_only=True):
     """A DEALER socket to one worker, rebuilt at each ``connect``."""
 
     address: str  # as configured (or as a Peers message names it)

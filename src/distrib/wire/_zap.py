@@ -6,8 +6,8 @@ minute (a refused client tries again and again)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
+from msgspec import Struct
 from zmq.utils import z85
 
 ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks (bound before the server socket)
@@ -15,8 +15,7 @@ REFUSAL_LOG_EVERY = 60.0  # seconds between two log lines of one refused key
 REFUSALS_KEPT = 1_000  # keys remembered for that (a stranger may make up a key a try)
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(Struct, frozen=True):
     """One ZAP request: who asks to come in (RFC 27's frames)."""
 
     frames: list[bytes]

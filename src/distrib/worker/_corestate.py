@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeAlias
+
+from msgspec import Struct, field
 
 from distrib._sustained import Sustained
 from distrib.wire._messages import Outcome
@@ -46,8 +47,7 @@ SKIP_GRACE = 0.05  # seconds to wait for a "skipped" before stopping a withdrawn
 STUCK_HAND_BACK = 1.0  # seconds every slot is held by waiting tasks before queued ones go back
 
 
-@dataclass(eq=False)
-class ExecutorRecord:
+class ExecutorRecord(Struct, eq=False):
     """The core's record of one executor process: its runs in order (the first one runs)."""
 
     ex_id: int

@@ -20,10 +20,10 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Container
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
+from msgspec import Struct
 
 from distrib._logs import RateLimited
 from distrib.wire import _transport
@@ -40,8 +40,7 @@ _EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCO
            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
 
 
-@dataclass(eq=False)
-class Target:
+class Target(Struct, eq=False):
     """One Main this worker dials, and its connection as it stands."""
 
     index: int

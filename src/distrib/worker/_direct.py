@@ -21,10 +21,10 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import zmq
+from msgspec import Struct
 
 from distrib._values import endpoint
 from distrib._errors import ConfigError, NestedDeadlock
@@ -48,8 +48,7 @@ RETRY_AFTER = 3.0  # seconds before a worker that refused (or was lost) is tried
 DEADLOCK_AFTER = 2.0  # seconds every reachable slot is held by waiting tasks before calls fail
 
 
-@dataclass(eq=False, kw_only=True)
-class Target(_link.Link):
+class Target(_link.Link, eq=False, kw_only=True):
     """Another worker of a Main, as this worker sends it that Main's calls."""
 
     name: str

@@ -44,8 +44,9 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from msgspec import Struct, field
 
 from distrib.worker._memory import human
 
@@ -174,8 +175,7 @@ def deleted_open_bytes(pid: int) -> int:
     return total
 
 
-@dataclass
-class DiskLimits:
+class DiskLimits(Struct):
     """Limits in bytes (None or 0: none) and how each is named to the owner and the Main."""
 
     per_task: int | None = None
@@ -223,8 +223,7 @@ def _mb(size: int) -> str:
     return f"{size / 1e6:,.0f} MB" if size >= 1e6 else f"{size / 1e3:,.0f} kB"
 
 
-@dataclass(frozen=True)
-class Watched:
+class Watched(Struct, frozen=True):
     """An executor as the watcher sees it."""
 
     pid: int
@@ -234,8 +233,7 @@ class Watched:
     private: tuple[Path, ...] = ()  # other folders it writes to (its private /tmp)
 
 
-@dataclass
-class _Seen:
+class _Seen(Struct):
     """What the watcher knows of one executor's folders."""
 
     run: int  # the task it ran when this began
@@ -247,8 +245,7 @@ class _Seen:
     walk: Walk | None = None  # the walk under way
 
 
-@dataclass
-class DiskWatcher:
+class DiskWatcher(Struct):
     """The thread that measures executors' folders under ``runs`` and the rest of ``cache``;
     verdicts (executor, its task then, why) come back through ``take``; ``wake`` tells the
     loop there are some.

@@ -19,9 +19,10 @@ import enum
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from msgspec import Struct, field
 
 from distrib._errors import WorkspaceError
 from distrib._logs import RateLimited
@@ -46,8 +47,7 @@ class DistState(enum.Enum):
     READY = "ready"  # the environment tree is built
 
 
-@dataclass(eq=False)
-class Dist:
+class Dist(Struct, eq=False):
     """What the daemon knows of one distribution."""
 
     state: DistState
@@ -64,13 +64,11 @@ class Dist:
     imports: tuple[str, ...] = ()  # modules its first Main had imported: compiled when built
 
 
-@dataclass(frozen=True, slots=True)
-class Ready:
+class Ready(Struct, frozen=True):
     dist: str
 
 
-@dataclass(frozen=True, slots=True)
-class Failed:
+class Failed(Struct, frozen=True):
     dist: str
     peer: bytes | None  # the Main whose attempt failed (its queued tasks of ``dist`` fail)
     info: dict[str, str]

@@ -29,8 +29,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from msgspec import Struct, field
 
 from distrib._logs import RateLimited
 from distrib.worker import _index, _pythons
@@ -46,8 +47,7 @@ _DONE = ".complete"  # written last: an environment without it is a failed or cu
 _TAIL = 12  # lines of the installer's output a failure reports
 
 
-@dataclass(frozen=True)
-class EnvPolicy:
+class EnvPolicy(Struct, frozen=True):
     """What the owner allows: ``install`` is never (nothing installed), wheels (binary wheels
     only: no package's build code runs here) or any; where packages come from; which extra
     interpreters to offer; how much disk built environments may take."""
@@ -60,8 +60,7 @@ class EnvPolicy:
     max_bytes: int | None = None
 
 
-@dataclass(eq=False)
-class _Build:
+class _Build(Struct, eq=False):
     spec: EnvSpec
     peers: set[bytes] = field(default_factory=set)  # Mains whose tasks wait for it
     missing: set[str] = field(default_factory=set)  # wheel blobs not received yet
@@ -70,8 +69,7 @@ class _Build:
     proc: subprocess.Popen[str] | None = None
 
 
-@dataclass(frozen=True)
-class Finished:
+class Finished(Struct, frozen=True):
     """A build ended: ``info`` is None when it worked, else the error record for its tasks."""
 
     env_id: str

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import zmq
+from msgspec import Struct
 
 from distrib._errors import ConfigError
 from distrib._logs import RateLimited
@@ -44,8 +44,7 @@ _PROTOCOL_ERRORS = {
 _SETTING = re.compile(r"^([A-Za-z_]+)=(\S*)$")
 
 
-@dataclass(frozen=True)
-class Quota:
+class Quota(Struct, frozen=True):
     """What the Mains of one key may use together: at most ``slots`` slots (None: any), and
     their ``priority``."""
 

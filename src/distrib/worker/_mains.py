@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import msgpack
+from msgspec import Struct, field
 
 from distrib.wire import _messages as m
 
 
 
-@dataclass(frozen=True)
-class Context:
+class Context(Struct, frozen=True):
     """What executors of a Main's runs get: its sys.argv, forwarded variables, Python
     environment ("": the daemon's own), and the modules their template imports ahead."""
 
@@ -29,8 +28,7 @@ class Context:
     shm: bool = False  # in a sandbox: it shares this machine's /dev/shm
 
 
-@dataclass(eq=False)
-class MainPeer:
+class MainPeer(Struct, eq=False):
     """A Main that said Hello."""
 
     peer: bytes

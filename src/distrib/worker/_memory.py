@@ -16,9 +16,10 @@ log).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from msgspec import Struct, field
 
 if TYPE_CHECKING:
     import psutil  # (imported where a limit is sampled: most daemons set none)
@@ -45,8 +46,7 @@ def human(size: int) -> str:
     return f"{size:,} bytes"
 
 
-@dataclass
-class MemoryWatch:
+class MemoryWatch(Struct):
     """Limits in bytes (None: none) and the processes sampled."""
 
     per_task: int | None = None
@@ -54,10 +54,9 @@ class MemoryWatch:
     # Where each limit was set, as a stop's reason names it (the owner's policy file, say)
     per_task_setting: str = "--max-task-memory"
     total_setting: str = "--max-memory"
-
-    def __post_init__(self) -> None:
-        self._procs: dict[int, psutil.Process] = {}
-        self._sampled: dict[int, tuple[int, int]] = {}  # pid -> _sizes, in this over() call
+    _procs: dict[int, psutil.Process] = field(default_factory=dict)
+    _sampled: dict[int, tuple[int, int]] = field(default_factory=dict)  # pid -> _sizes, in
+    # this over() call
 
     @property
     def limit(self) -> int:
@@ -165,8 +164,7 @@ class MemoryWatch:
             return 0, 0
 
 
-@dataclass(frozen=True)
-class _Charge:
+class _Charge(Struct, frozen=True):
     """A task's memory (bytes), and its largest process with that one's part."""
 
     total: int

@@ -27,9 +27,10 @@ import shutil
 import stat
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from msgspec import Struct, field
 
 from distrib import _shm
 from distrib._process import exists
@@ -38,8 +39,7 @@ from distrib.wire._kinds import SHM_NAME
 _COUNT = _shm.OBJECT_COUNT
 
 
-@dataclass
-class Plan:
+class Plan(Struct):
     """What a task passing shared objects needs: objects to ask its Main for, objects it
     waits for (asked, not here yet); or ``defer`` (no room yet), or an ``error``."""
 

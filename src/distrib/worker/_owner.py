@@ -8,13 +8,13 @@ Mains are told reaches the core as its ``OwnerStateChanged`` event (the core han
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+
+from msgspec import Struct, structs
 
 from distrib._errors import ConfigError
 from distrib._logs import RateLimited
@@ -42,8 +42,7 @@ _ASKED: dict[str, str] = {
               "its running tasks are done"}
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(Struct, frozen=True):
     """What an event changed, for the daemon to carry out (the defaults: nothing)."""
 
     refused: str = ""  # why the owner's command is not taken (their reply)
@@ -86,7 +85,7 @@ class OwnerState:
         if word == self.word:
             return Change()
         self.word = word
-        return dataclasses.replace(self._update(now), word=word)
+        return structs.replace(self._update(now), word=word)
 
     def away_changed(self, away: str, now: float) -> Change:
         """The lending hours or the owner's load say the machine is lent ("") or not (why)."""

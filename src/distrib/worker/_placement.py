@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
+
+from msgspec import Struct
 
 from msgspec import Struct
 
@@ -21,8 +22,7 @@ from distrib.wire._messages import Message, Outcome
 from distrib.wire._record import ErrorRecord
 
 
-@dataclass(eq=False)
-class PlacedCall:
+class PlacedCall(Struct, eq=False):
     """A call placed by this worker, until its outcome reaches its parent."""
 
     cid: int  # this worker's id for it (the task id wherever it runs)
@@ -40,11 +40,14 @@ class PlacedCall:
     timeout: float | None
     dist: str
     depth: int
-    frames: list[Any] = field(repr=False)
+    frames: list[Any]
     mode: str = "direct"  # or "auto": it may still go through the Main
     attempts: int = 0  # runs that crashed or were lost with their worker
     at: str = ""  # "" here, else the address of the worker it went to
     later: bool = False  # handed back: placed again at the next tick
+
+    def __repr__(self) -> str:  # (its frames may be a gibibyte: they are not shown)
+        return f"PlacedCall({self.cid}, {self.label!r}, at={self.at!r})"
 
 
 class Here(Struct, frozen=True):

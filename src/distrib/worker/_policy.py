@@ -18,12 +18,12 @@ and applies what changed while it runs.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from msgspec import Struct, structs
 
 from distrib._values import parse_size
 from distrib._errors import ConfigError
@@ -34,8 +34,7 @@ _RANGE = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
 WHEN_IDLE = ("finish", "vacate")
 
 
-@dataclass(frozen=True)
-class Hours:
+class Hours(Struct, frozen=True):
     """When the machine is lent, e.g. ``Mon-Fri 19:00-07:00; Sat-Sun``: rules separated by
     ``;``, each days (``Mon``, ``Mon-Fri``, ``Sat,Sun``; none: every day) and times (none: all
     day). A time range that passes midnight belongs to the day it starts on."""
@@ -104,8 +103,7 @@ def _minutes(text: str, whole: str, where: str) -> tuple[int, int]:
     return start, end
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(Struct, frozen=True):
     """What the owner allows: every field as its flag or policy-file key names it."""
 
     threads: int
@@ -168,7 +166,7 @@ def read(path: Path, base: Policy) -> Policy:
         raise ConfigError(f"policy file {path}: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"policy file {path} is not valid TOML: {exc}") from None
-    known = {f.name for f in dataclasses.fields(Policy)}
+    known = set(Policy.__struct_fields__)
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"policy file {path}: unknown setting {unknown[0]!r}; expected some of "
@@ -176,7 +174,7 @@ def read(path: Path, base: Policy) -> Policy:
     values: dict[str, Any] = {}
     for name, raw in data.items():
         values[name] = _value(name, raw, where)
-    return check(dataclasses.replace(base, **values), where)
+    return check(structs.replace(base, **values), where)
 
 
 def dial(address: str, key: str, where: str) -> tuple[str, str]:

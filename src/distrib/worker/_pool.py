@@ -24,7 +24,6 @@ takes a process it cannot reap).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import socket
@@ -32,9 +31,10 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from msgspec import Struct, field, structs
 
 from distrib._process import exists, kill_trees, wait_exit
 from distrib._scratch import remove_later
@@ -83,8 +83,7 @@ class Adopted:
             os.kill(self.pid, sig)
 
 
-@dataclass(eq=False)
-class ExecutorProcess:
+class ExecutorProcess(Struct, eq=False):
     """One executor and the daemon's end of its socketpair; ``proc`` is None until attached."""
 
     pipe: Pipe
@@ -156,8 +155,7 @@ class ExecutorProcess:
             remove_later(layer)  # (not on the daemon's loop: it may hold many files)
 
 
-@dataclass(frozen=True)
-class Recipe:
+class Recipe(Struct, frozen=True):
     """How to start processes of one environment: its tree, main script, interpreter, the
     Main's argv and variables, and the thread count of its tasks."""
 
@@ -192,7 +190,7 @@ class Recipe:
         if self.sandboxes is None or self.box is None:
             return _python(python, [*mode, str(theirs.fileno()), *self.arguments()], theirs,
                            environ, self.env)
-        box = dataclasses.replace(self.box, scratch=_sandbox.scratch(self.box.scratch))
+        box = structs.replace(self.box, scratch=_sandbox.scratch(self.box.scratch))
         arguments = self.arguments()
         arguments[2] = str(box.scratch)  # (its task layers: in the sandbox's own folder)
         return self.sandboxes.start(
@@ -238,8 +236,7 @@ def spawn(recipe: Recipe, ex: ExecutorProcess) -> None:
     ex.pipe.send(Context(recipe.argv, recipe.forwarded, [], recipe.max_payload))
 
 
-@dataclass(eq=False)
-class Template:
+class Template(Struct, eq=False):
     """A process that imported one environment and forks executors of it."""
 
     proc: subprocess.Popen[bytes] | Boxed

@@ -34,8 +34,9 @@ import subprocess
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
+
+from msgspec import Struct
 
 from distrib._errors import ConfigError
 from distrib._scratch import remove_tree
@@ -64,8 +65,7 @@ def check_network(value: str, where: str) -> str:
     return value
 
 
-@dataclass(frozen=True)
-class Box:
+class Box(Struct, frozen=True):
     """What the processes of one Main's environment see besides the system: their tree,
     their scratch folder (read-write), more read-only paths, and their network."""
 

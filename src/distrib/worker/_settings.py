@@ -1,10 +1,11 @@
 """The worker daemon's settings, read once (by the ``distrib worker`` command) into one frozen
-dataclass and passed down, as ``distrib._config.Settings`` is for the Main."""
+record and passed down, as ``distrib._config.Settings`` is for the Main."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from msgspec import Struct, field
 
 from distrib.wire._keys import KeyPair
 from distrib.worker._envs import EnvPolicy
@@ -12,8 +13,7 @@ from distrib.worker._policy import Policy
 from distrib.worker._sandbox import Sandboxes
 
 
-@dataclass(frozen=True)
-class WorkerSettings:
+class WorkerSettings(Struct, frozen=True):
     """How a worker daemon serves: where it listens, what it lends, what it keeps."""
 
     endpoint: str  # where it listens (a zmq endpoint)

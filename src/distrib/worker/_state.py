@@ -17,8 +17,9 @@ import itertools
 import random
 from collections import deque
 from collections.abc import Callable, Set as AbstractSet
-from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
+
+from msgspec import Struct
 
 
 SPARE_EXECUTORS = 16  # idle executors kept beyond the slots for tasks waiting for their turn
@@ -31,8 +32,7 @@ class _Keyed(Protocol):
 _E = TypeVar("_E", bound=_Keyed)
 
 
-@dataclass(eq=False)
-class QueuedTask:
+class QueuedTask(Struct, eq=False):
     """A task as the worker holds it: who sent it, what it needs, its opaque payload."""
 
     peer: bytes  # the Main's routing id
@@ -40,7 +40,7 @@ class QueuedTask:
     dist: str
     threads: int
     timeout: float | None
-    frames: list[Any] = field(repr=False)
+    frames: list[Any]
     context: str = ""  # its Main's argv, variables and environment (hashed): executors are
     # per context
     env: str = ""  # the Python environment it runs in, while that is not built ("": ready)
@@ -51,10 +51,13 @@ class QueuedTask:
     reply: bytes = b""  # where its outcome goes, when not to ``peer`` (whose share it counts
     # in): a worker that sent it for that Main, or this worker's own (``_direct.LOCAL``)
     reply_id: int = 0  # its id there
-    nbytes: int = field(init=False, repr=False)  # payload size, for prefetch decisions
+    nbytes: int = 0  # payload size, for prefetch decisions (set from its frames)
 
     def __post_init__(self) -> None:
         self.nbytes = sum(memoryview(f).nbytes for f in self.frames)
+
+    def __repr__(self) -> str:  # (its frames may be a gibibyte: they are not shown)
+        return f"QueuedTask({self.task_id}, peer={self.peer.hex()[:8]}, {self.nbytes} bytes)"
 
 
 class Queues:

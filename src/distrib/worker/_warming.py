@@ -7,15 +7,15 @@ as a process pool's workers are."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from distrib.wire import _messages as m
 from distrib.worker._corestate import ExecutorRecord
 from distrib.worker._events import EnvKey
 
 
-@dataclass(slots=True)
-class Wish:
+class Wish(Struct):
     dist: str
     env: str  # the Main's Python environment ("": the daemon's own)
     context: str

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import msgpack
+from msgspec import Struct
 
 from distrib._errors import WorkspaceError
 from distrib.wire._limits import (
@@ -49,8 +50,7 @@ _LISTING_VERSION = "2"  # (a change in what a walk keeps makes every kept listin
 _RECENT_NS = 2_000_000_000  # folders changed this recently: their listing is not kept
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(Struct, frozen=True):
     """One file of a distribution: relative POSIX path, size, executable bit, sha256 hex."""
 
     path: str

@@ -19,8 +19,9 @@ import os
 import py_compile
 import stat
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+
+from msgspec import Struct
 
 from distrib.workspace._manifest import Entry
 
@@ -56,8 +57,7 @@ def file_hash(path: Path | str) -> str | None:
         os.close(fd)
 
 
-@dataclass
-class Record:
+class Record(Struct):
     """A tree as this daemon last found it whole: per file (relative path), the hash it must
     have and its signature then."""
 
