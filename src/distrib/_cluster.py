@@ -9,8 +9,6 @@ if any), both in a folder only this user can enter, removed at the end.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +42,9 @@ def prepare(settings: _config.Settings) -> tuple[
         _config.Settings, Callable[[Session], None], Callable[[], None]]:
     """Settings for a Main whose workers are launched, what launches them once it runs, and
     what removes what was prepared if it never runs."""
+    import shutil  # (here: most scripts launch nothing; `import distrib` stays light)
+    import tempfile
+
     from msgspec import structs
 
     from distrib.launch import Slurm, Target

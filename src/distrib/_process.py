@@ -3,7 +3,6 @@ process trees (found, and killed whole)."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import select
 import signal
@@ -213,6 +212,8 @@ def become_subreaper() -> bool:
     in this process's tree, where it can be counted, waited for and killed."""
     if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
         return False
+    import ctypes  # (here: an executor's alone calls it, every process imports this module)
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
