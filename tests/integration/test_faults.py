@@ -279,11 +279,12 @@ def test_a_100ms_round_trip_keeps_every_slot_in_use(workspace: Workspace,
 
 def test_a_payload_a_slow_link_carries_longer_than_lost_after_arrives_both_ways(
         workspace: Workspace, start_worker) -> None:
-    # 6 MiB each way at 1 MiB/s, with either side dropping the other after 3 s of silence:
-    # heartbeats wait behind the payload, whose pieces each count as hearing from its sender.
+    # 12 MiB each way at 2 MiB/s, with either side dropping the other after 3 s of silence:
+    # heartbeats wait behind the payload, whose pieces (0.5 s each here) each count as hearing
+    # from its sender.
     worker = start_worker(threads=1, extra=("--lost-after", "3"))
     host, port = worker.address.removeprefix("tcp://").rsplit(":", 1)
-    proxy = DelayProxy((host, int(port)), 0.01, rate=1 << 20)
+    proxy = DelayProxy((host, int(port)), 0.01, rate=2 << 20)
     try:
         workspace.write("main.py", """
             import os
@@ -294,7 +295,7 @@ def test_a_payload_a_slow_link_carries_longer_than_lost_after_arrives_both_ways(
                 return data[::-1]
 
             if __name__ == "__main__":
-                data = os.urandom(6 << 20)  # (nothing to compress)
+                data = os.urandom(12 << 20)  # (nothing to compress)
                 print("BACK", reverse(data).unwrap(timeout=120) == data[::-1])
             """)
         out = workspace.run("main.py", timeout=180, env={

@@ -18,9 +18,9 @@ pytestmark = pytest.mark.skipif(
     not os.path.exists("/proc/self/autogroup") or shutil.which("bwrap") is None,
     reason="needs the kernel's session groups (autogroup) and bubblewrap to drop capabilities")
 
-# In a new session at nice 10, without capabilities: change the group's niceness (to 5), so
-# that an ask just after is refused, until one is (the window is 0.1 s: a busy machine may
-# let it pass); then the executor's own way, which must get 10 in the end.
+# In a session of its own at nice 10, without capabilities: change the group's niceness (to
+# 5), so that the executor's ask just after is refused, until one is (the window is 0.1 s: a
+# busy machine may let it pass); then the executor's own way must get 10 in the end.
 REFUSED = """
 import os, time
 from distrib.executor import _standing
@@ -30,11 +30,15 @@ def group_nice():
         return int(f.read().split()[-1])
 
 os.setpriority(os.PRIO_PROCESS, 0, 10)
+try:
+    os.setsid()  # (a group of its own)
+except OSError:  # (a session leader already)
+    pass
 refused = False
 deadline = time.monotonic() + 60
 while not refused and time.monotonic() < deadline:
     if _standing._set_group_nice(5) is True:
-        _standing.own_group(True)
+        _standing._nice_group()
         refused = _standing._group_nice_pending == 10
 print("refused", refused, flush=True)
 _standing.start_watching(0)
