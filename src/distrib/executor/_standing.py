@@ -87,8 +87,8 @@ def _watch(parent: int) -> None:
     """Ask for the group's niceness until the kernel allows it, from this thread: the
     executor does not wait for its turn. Then leave when orphaned, with what this
     executor's tasks started (a daemon killed with -9 cannot stop us; nothing of a task
-    outlives its worker). In a sandbox the daemon is
-    outside this PID namespace, parent 0: the sandbox ends with it, all it holds too."""
+    outlives its worker). In a sandbox the daemon is outside this PID namespace, parent 0:
+    the sandbox ends with it, all it holds too."""
     global _group_nice_pending
     while _group_nice_pending:
         time.sleep(_GROUP_NICE_RETRY)
