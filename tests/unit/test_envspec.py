@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -170,3 +171,29 @@ d = environ [ "D" ]; e = getenv( 'E' ); f = environ.get("F")
 g = myenviron["NOT1"]; h = xgetenv("NOT2"); i = os.environ[key]
 """
     assert _names_read(source) == {"A1", "B_2", "C", "D", "E", "F"}
+
+
+def test_a_workspace_importing_nothing_installed_reads_no_metadata(tmp_path: Path) -> None:
+    # A fresh interpreter, as a Main is: what the test run imported must not hide an import.
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "main.py").write_text("import json\nimport helper\nfrom distrib import distributed\n")
+    (ws / "helper.py").write_text("import os\n")
+    code = f"""
+import sys
+from pathlib import Path
+before = set(sys.modules)  # (as a session counts what it imports as distrib's own)
+from distrib import _runtime
+from distrib.main._environment import describe
+from distrib.workspace._manifest import scan
+ws = Path({str(ws)!r})
+scan(ws, ws / "main.py")
+_runtime.own_modules.update(set(sys.modules) - before)
+spec, wheels = describe("auto", None, scan(ws, ws / "main.py"), Path({str(tmp_path)!r}))
+assert (spec, wheels) == describe("none", None, scan(ws, ws / "main.py"), ws), spec
+read = sorted(m for m in ("distrib._packages", "importlib.metadata") if m in sys.modules)
+assert not read, read
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr

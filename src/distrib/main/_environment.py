@@ -79,13 +79,19 @@ def describe(dependencies: str, requirements: Path | None, dist: Distribution,
     else:
         _keep(by_content, kept.encode())
         return kept, {}
+    if not (imported | named) - _TOOLING:  # (nothing to look up: no metadata read at all)
+        spec = EnvSpec(python)
+        _keep(memo, spec.encode())
+        _keep(by_content, spec.encode())
+        return spec, {}
     before = set(sys.modules)  # (what reading metadata imports is distrib's, not the user's)
     from distrib import _packages
 
     _runtime.own_modules.update(set(sys.modules) - before)
     _packages.forget()  # (what is installed may have changed since the last session)
     # distrib's own requirements count only when the workspace imports them by name
-    chosen = _distributions(imported, exclude=_packages.closure({"distrib"}))
+    chosen = _distributions(imported, exclude=_packages.closure({"distrib"})) \
+        if imported - _TOOLING else {}
     chosen.update(_distributions(named))
     # What the shipped local packages import needs installing too.
     local_files = {name: _local_files(found, modules) for name, found in chosen.items()
