@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 
+from distrib import _process
 from distrib._errors import ConfigError, ConnectionFailed
 
 LOCK_WAIT = 60.0  # seconds a Main waits for another starting the daemon (or one leaving)
@@ -91,19 +92,6 @@ def _lock(path: Path, kind: int) -> int:
             time.sleep(0.01)
 
 
-def _started_at(pid: int) -> float | None:
-    """When the process ``pid`` started, or None if it is gone (or a zombie)."""
-    import psutil  # (here: a Main without linger never needs it)
-
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return proc.create_time()
-    except psutil.Error:
-        return None
-
-
 class Place:
     """The folder of the lingering daemon that serves this Main, and this Main's hold on it.
 
@@ -139,7 +127,7 @@ class Place:
 
     def started(self, pid: int) -> None:
         """Record the daemon this Main started (it listens now)."""
-        at = _started_at(pid)
+        at = _process.started_at(pid)
         record = self.folder / "daemon.pid"
         record.with_suffix(".new").write_text(f"{pid} {at!r}\n")
         record.with_suffix(".new").replace(record)
@@ -164,7 +152,7 @@ def running(folder: Path) -> int | None:
         pid, at = int(pid_text), float(at_text)
     except (OSError, ValueError):
         return None
-    now_at = _started_at(pid)
+    now_at = _process.started_at(pid)
     if now_at is None or abs(now_at - at) > 0.01 or not (folder / "worker.sock").exists():
         return None  # (gone, or its pid is another process's now)
     return pid

@@ -45,6 +45,39 @@ def exists(pid: int) -> bool:
     return True
 
 
+
+def started_at(pid: int) -> float | None:
+    """When process ``pid`` started, in seconds since the epoch as psutil's ``create_time``
+    says it (a pid used again is another process), or None if it is gone or a zombie. Read
+    from /proc where there is one: psutil's import is 20 ms of a warm script's start."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+        with open("/proc/stat", "rb") as f:
+            boot = next(float(line.split()[1]) for line in f if line.startswith(b"btime"))
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):
+            return None  # (gone)
+        return _started_at_psutil(pid)
+    except (OSError, ValueError, StopIteration, IndexError):
+        return _started_at_psutil(pid)
+    # After the command's name: state (field 3), ..., start time in clock ticks (field 22).
+    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19]) / os.sysconf("SC_CLK_TCK") + boot
+
+
+def _started_at_psutil(pid: int) -> float | None:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return float(proc.create_time())
+    except psutil.Error:
+        return None
+
 # --- process trees -----------------------------------------------------------------------------
 # A task's processes are found by their parents, read from /proc (no psutil: an executor may run
 # in a Python environment without it). Where there is no /proc, a tree is its root alone.

@@ -130,3 +130,20 @@ def test_what_a_task_leaves_is_seen_and_what_ended_is_not() -> None:
         for thread in [*threads, own]:
             thread.join()
     assert leftovers.check() == ""
+
+
+def test_a_start_time_is_psutils_and_a_process_ended_has_none() -> None:
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        for pid in (1, os.getpid(), proc.pid):
+            assert _process.started_at(pid) == psutil.Process(pid).create_time()
+        proc.kill()
+        wait_for(lambda: psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE,
+                 what="the killed child a zombie")
+        assert _process.started_at(proc.pid) is None  # (a zombie: as good as gone)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _process.started_at(proc.pid) is None  # (reaped)

@@ -11,19 +11,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from distrib import _process
+
 _numbers = itertools.count(1)
 
 
 def folder(cache: Path) -> Path:
     return cache / "launch" / "active"
-
-
-def _started(pid: int) -> float:
-    """When process ``pid`` started (a pid used again is another process)."""
-    import psutil  # (here: `import distrib` reaches this module, and executors of another
-    # Python version have no compiled psutil)
-
-    return float(psutil.Process(pid).create_time())
 
 
 class Record:
@@ -39,8 +33,8 @@ class Record:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"main_pid": os.getpid(), "main_started": _started(
-                os.getpid()), "kind": self.kind, "workers": workers}))
+            tmp.write_text(json.dumps({"main_pid": os.getpid(), "main_started":
+                _process.started_at(os.getpid()), "kind": self.kind, "workers": workers}))
             os.replace(tmp, self.path)  # (a reader sees the old file or the new one)
         except OSError:
             pass  # (a cache it may not write: status only lacks the launch)
@@ -56,7 +50,7 @@ def read(cache: Path) -> list[dict[str, Any]]:
                        if p.exists() else 0):
         try:
             record = json.loads(path.read_text())
-            alive = _started(int(record["main_pid"])) == record["main_started"]
+            alive = _process.started_at(int(record["main_pid"])) == record["main_started"]
         except Exception:  # (unreadable, half-written by an old version, or a process gone)
             alive = False
         if alive:
