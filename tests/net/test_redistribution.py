@@ -101,7 +101,10 @@ def tree_run(m: Host, workspace: Workspace, env: dict[str, str], depth: int,
     return int(calls), int(placed)
 
 
+# (the tests that wait for every worker to answer: up to 150 s each, past the suite's 120 s,
+# so that a worker slow to answer is shown with what it was doing, not cut short unexplained)
 @pytest.mark.long
+@pytest.mark.timeout(600)
 def test_a_tree_relayed_and_direct_over_three_hosts_gives_the_same_results(
         network: Network, start_worker, workspace: Workspace, tmp_path: Path) -> None:
     m, env, workers = three_workers(network, start_worker, workspace, tmp_path,
@@ -121,6 +124,7 @@ def test_a_tree_relayed_and_direct_over_three_hosts_gives_the_same_results(
     assert all(n > 0 for n in done.values()), done  # every worker ran part of the tree
 
 
+@pytest.mark.timeout(450)  # (as above)
 def test_auto_goes_through_the_main_for_a_worker_that_does_not_authorize_the_others(
         network: Network, start_worker, workspace: Workspace, tmp_path: Path) -> None:
     m, env, workers = three_workers(network, start_worker, workspace, tmp_path,
