@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 from pathlib import Path
 
 import psutil
 
-from tests.helpers import PYTHON, Workspace, wait_for
+from tests.helpers import PYTHON, Workspace, ended, finish, wait_for
 
 
 def test_refuses_a_non_loopback_address(tmp_path: Path) -> None:
@@ -31,6 +32,7 @@ def test_sigterm_and_sigint_stop_the_daemon_and_its_executors(start_worker,
     for sig in (signal.SIGTERM, signal.SIGINT):
         worker = start_worker(threads=1, name=f"sig{int(sig)}")
         workspace.write("main.py", """
+            import sys
             from distrib import distributed
 
             @distributed
@@ -39,18 +41,25 @@ def test_sigterm_and_sigint_stop_the_daemon_and_its_executors(start_worker,
                 return os.getpid()
 
             if __name__ == "__main__":
-                print(pid().unwrap())
+                print(pid().unwrap(), flush=True)
+                sys.stdin.readline()  # (connected: a sandboxed Main's executors leave with it)
             """)
-        out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
-        assert out.returncode == 0, out.stderr
-        assert int(out.stdout) > 0  # (its pid in its sandbox: the worker knows the real one)
-        (executor,) = worker.status()["executors"]
-        worker.proc.send_signal(sig)
-        assert worker.proc.wait(60) == 0
-        wait_for(lambda: not psutil.pid_exists(executor) or
-                 psutil.Process(executor).status() == psutil.STATUS_ZOMBIE,
-                 what="the executor to exit")
-        assert not any(worker.cache_dir.glob("runs/*")), "run folders left behind"
+        env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
+               "DISTRIB_WORKERS": worker.address}
+        with ended(subprocess.Popen([PYTHON, "main.py"], cwd=workspace.root, env=env,
+                                    text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)) as main:
+            assert main.stdout is not None
+            line = main.stdout.readline()
+            assert int(line or 0) > 0, main.communicate()  # (its pid in its sandbox)
+            (executor,) = worker.status()["executors"]  # (the real one, as the worker has it)
+            worker.proc.send_signal(sig)
+            assert worker.proc.wait(60) == 0
+            wait_for(lambda: not psutil.pid_exists(executor) or
+                     psutil.Process(executor).status() == psutil.STATUS_ZOMBIE,
+                     what="the executor to exit")
+            assert not any(worker.cache_dir.glob("runs/*")), "run folders left behind"
+            finish(main)
 
 
 def test_help_lists_the_commands() -> None:

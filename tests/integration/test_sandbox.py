@@ -11,12 +11,15 @@ import shutil
 import socket
 import subprocess
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
-from tests.helpers import PYTHON, Workspace, ended, wait_for
+from tests.helpers import PYTHON, Worker, Workspace, ended, finish, wait_for
 from tests.integration.test_keys import keygen
 
 BUILDERS = ["bubblewrap", "namespaces"] if shutil.which("bwrap") else ["namespaces"]
@@ -298,7 +301,7 @@ def test_a_keyed_worker_on_the_network_refuses_to_start_without_a_sandbox(
 
 
 LOADED = """\
-import os, time
+import os, sys, time
 from distrib import distributed
 
 LOADED_AT = time.time_ns()  # the moment this script was imported, in this process
@@ -311,7 +314,30 @@ def where(i):
 if __name__ == "__main__":
     for pid, loaded in distrib.gather([where(i) for i in range(8)], timeout=120):
         print(pid, loaded)
+    print("END", flush=True)
+    sys.stdin.readline()  # (connected, its sandbox kept, until the test closes its stdin)
 """
+
+
+@contextmanager
+def connected(workspace: Workspace, worker: Worker) -> Iterator[list[tuple[int, ...]]]:
+    """Run LOADED on ``worker`` and yield what it printed while it stays connected (a
+    sandbox is one Main's: its template and executors stop as it leaves)."""
+    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
+           "DISTRIB_WORKERS": worker.address}
+    with ended(subprocess.Popen([PYTHON, "main.py"], cwd=workspace.root, env=env, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)) as main:
+        assert main.stdout is not None
+        lines = []
+        for line in main.stdout:
+            if line == "END\n":
+                break
+            lines.append(line)
+        else:
+            raise AssertionError(f"the Main ended early: {lines} {main.communicate()[1]}")
+        yield [tuple(map(int, line.split())) for line in lines]
+        finish(main)
 
 
 def _pid_namespace(pid: int) -> str:
@@ -328,26 +354,63 @@ def test_sandboxed_executors_are_forked_from_one_import_and_known_to_the_daemon(
         workspace: Workspace, start_worker) -> None:
     worker = start_worker(threads=4)
     workspace.write("main.py", "import distrib\n" + LOADED)
-    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
-    assert out.returncode == 0, out.stderr[-3000:]
-    rows = [tuple(map(int, line.split())) for line in out.stdout.splitlines()]
-    assert len({pid for pid, _ in rows}) >= 2  # several executors ran them ...
-    assert len({loaded for _, loaded in rows}) == 1  # ... all from the one import
-    status = worker.status()
-    assert len(status["templates"]) == 1 and status["executors_crashed"] == 0
-    # The daemon holds their pids as it sees them: processes of another PID namespace,
-    # which are there the pids the tasks saw.
-    (template,) = status["templates"]
-    assert _pid_namespace(template) != _pid_namespace(worker.pid)
-    assert {_inner_pid(pid) for pid in status["executors"]} >= {pid for pid, _ in rows}
-    assert all(_pid_namespace(pid) == _pid_namespace(template) for pid in status["executors"])
-    # One killed by its pid is seen dead and replaced: the next run works.
-    killed = status["executors"][0]
-    os.kill(killed, 9)
-    wait_for(lambda: killed not in worker.status()["executors"], what="the death seen")
-    again = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
-    assert again.returncode == 0, again.stderr[-3000:]
+    with connected(workspace, worker) as rows:
+        assert len({pid for pid, _ in rows}) >= 2  # several executors ran them ...
+        assert len({loaded for _, loaded in rows}) == 1  # ... all from the one import
+        status = worker.status()
+        assert len(status["templates"]) == 1 and status["executors_crashed"] == 0
+        # The daemon holds their pids as it sees them: processes of another PID namespace,
+        # which are there the pids the tasks saw.
+        (template,) = status["templates"]
+        assert _pid_namespace(template) != _pid_namespace(worker.pid)
+        assert {_inner_pid(pid) for pid in status["executors"]} >= {pid for pid, _ in rows}
+        assert all(_pid_namespace(pid) == _pid_namespace(template)
+                   for pid in status["executors"])
+        # One killed by its pid is seen dead and replaced: the next run works.
+        killed = status["executors"][0]
+        os.kill(killed, 9)
+        wait_for(lambda: killed not in worker.status()["executors"], what="the death seen")
+    with connected(workspace, worker) as again:
+        assert len(again) == 8
 
+
+
+LEAVING = """\
+import sys
+import distrib
+from distrib import distributed
+
+@distributed
+def twice(x):
+    return 2 * x
+
+if __name__ == "__main__":
+    print(distrib.gather([twice(i) for i in range(4)], timeout=120), flush=True)
+    sys.stdin.readline()  # (connected until the test has seen its template)
+"""
+
+
+def test_a_sandboxed_template_stops_as_soon_as_its_main_leaves(
+        workspace: Workspace, start_worker) -> None:
+    # A sandbox is one Main's: no later Main forks from its template, which holds all that
+    # Main's script imported. (Without a sandbox, one waits idle_after for the next run.)
+    worker = start_worker(threads=2)
+    workspace.write("main.py", LEAVING)
+    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
+           "DISTRIB_WORKERS": worker.address}
+    with ended(subprocess.Popen([PYTHON, "main.py"], cwd=workspace.root, env=env, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)) as main:
+        assert main.stdout is not None
+        assert main.stdout.readline().strip() == "[0, 2, 4, 6]"
+        (template,) = wait_for(lambda: worker.status()["templates"], what="the Main's template")
+        finish(main)  # (its stdin closed: it leaves)
+    wait_for(lambda: worker.status()["templates"] == [], timeout=60,
+             what="the template of the Main that left stopped")
+    wait_for(lambda: not psutil.pid_exists(template)
+             or psutil.Process(template).status() == psutil.STATUS_ZOMBIE,
+             what=f"its process {template} ended")
+    assert worker.proc.poll() is None
 
 def _in_namespace_of(pid: int) -> list[int]:
     """The processes in ``pid``'s PID namespace (as this test sees them)."""
@@ -365,14 +428,36 @@ def _in_namespace_of(pid: int) -> list[int]:
 @pytest.mark.parametrize("builder", BUILDERS)
 def test_what_a_sandboxed_executor_that_died_left_is_killed_by_the_daemon(
         workspace: Workspace, start_worker, builder: str) -> None:
-    from tests.integration.test_process_tree import left_by
+    from tests.integration.test_process_tree import TASKS
 
     worker = start_worker(threads=1, env={"DISTRIB_SANDBOX_BUILDERS": builder})
-    out, _ = left_by(workspace, worker, "leave_processes(20, -1)", "WorkerCrashed")
-    assert "WorkerCrashed" in out.stdout, (out.stdout, out.stderr[-3000:])
-    # Its 20 processes and a setsid loop went to the template (process 1 there), not to the
-    # daemon: the daemon kills them all the same.
-    (template,) = worker.status()["templates"]
-    wait_for(lambda: len(_in_namespace_of(template)) <= 2, 20,
-             "only the template (and an executor) left in the sandbox")
-    assert re.search(r"killed \d+ process\(es\) left running by tasks", worker.log())
+    workspace.write("tasks.py", TASKS)
+    workspace.write("main.py", """
+        import sys
+        import distrib, tasks
+
+        if __name__ == "__main__":
+            try:
+                tasks.leave_processes(20, -1).unwrap(timeout=120)
+            except distrib.WorkerCrashed as exc:
+                print("WorkerCrashed", exc)
+            print("END", flush=True)
+            sys.stdin.readline()  # (connected: its sandbox stays until the test is done)
+        """)
+    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
+           "DISTRIB_WORKERS": worker.address}
+    with ended(subprocess.Popen([PYTHON, "main.py"], cwd=workspace.root, env=env, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)) as main:
+        assert main.stdout is not None
+        printed = ""
+        while not printed.endswith(("END\n", "\n\n")):  # (up to END, or its exit)
+            printed += main.stdout.readline() or "\n\n"
+        assert "WorkerCrashed" in printed and "END" in printed, (printed, main.poll())
+        # Its 20 processes and a setsid loop went to the template (process 1 there), not to
+        # the daemon: the daemon kills them all the same, while its Main stays.
+        (template,) = worker.status()["templates"]
+        wait_for(lambda: len(_in_namespace_of(template)) <= 2, 20,
+                 "only the template (and an executor) left in the sandbox")
+        assert re.search(r"killed \d+ process\(es\) left running by tasks", worker.log())
+        finish(main)

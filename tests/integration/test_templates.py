@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from collections.abc import Callable
 
 import psutil
 
-from tests.helpers import Worker, Workspace, wait_for
+from tests.helpers import PYTHON, Worker, Workspace, ended, wait_for
 
 # Tests that compare the pids tasks see with the daemon's, or use the interpreter started
 # ahead, are of the process model without a sandbox (the embedded cluster's): in one, tasks
@@ -167,12 +168,19 @@ def test_a_forked_executor_waits_for_its_own_subprocesses(
             return subprocess.run(["sh", "-c", f"exit {n}"]).returncode
 
         if __name__ == "__main__":
-            print([call.unwrap() for call in [code(n) for n in (0, 3, 7)]])
+            print([call.unwrap() for call in [code(n) for n in (0, 3, 7)]], flush=True)
+            input()  # (connected: a sandboxed Main's template leaves with it)
         """)
-    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip() == "[0, 3, 7]"
-    assert worker.status()["templates"]  # (they ran in forked executors)
+    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
+           "DISTRIB_WORKERS": worker.address}
+    with ended(subprocess.Popen([str(PYTHON), "main.py"], cwd=workspace.root, env=env,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)) as main:
+        assert main.stdout is not None
+        assert main.stdout.readline().strip() == "[0, 3, 7]", main.communicate()
+        assert worker.status()["templates"]  # (they ran in forked executors)
+        main.communicate("\n", timeout=120)
+    assert main.returncode == 0
 
 
 def _zygotes(daemon: psutil.Process) -> list[psutil.Process]:
@@ -296,10 +304,6 @@ def test_init_returns_with_an_executor_per_local_slot_that_imported_the_script(
 
 def test_a_worker_starts_an_executor_for_a_main_as_it_connects(
         workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
-    import subprocess
-
-    from tests.helpers import PYTHON, ended
-
     worker = start_worker(threads=4, extra=UNBOXED)
     workspace.write("main.py", AHEAD.format(extra="", calls=1))
     env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),

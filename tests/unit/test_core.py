@@ -340,6 +340,19 @@ def test_warming_stops_idle_executors_of_a_distribution_no_connected_main_uses()
     assert {e.key for e in w.core.executors.values()} == {new}
 
 
+
+def test_the_idle_executors_of_a_sandboxed_main_stop_as_it_leaves_and_others_wait() -> None:
+    w = Worker(4)
+    mine, shared = EnvKey("d", 1, "A-box"), EnvKey("d", 1, "plain")
+    assert len(of(Spawn, w.do(Warm(mine, b"A", 2)))) == 2
+    assert len(of(Spawn, w.do(Warm(shared, b"B", 2)))) == 2
+    w.do(MainLeft(b"B"))  # (its context can come back with the next run: kept)
+    out = w.do(MainLeft(b"A", private="A-box"))  # (a sandbox of its own: none other can)
+    assert len(of(Kill, out)) == 2
+    assert {e.key for e in w.core.executors.values()} == {shared}
+    assert not of(Kill, w.do(Tick(), at=60.0))  # (the others wait idle_after, as before)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_turn_sends_what_an_executor_holds_once_it_is_ready(threads: int) -> None:
     w = Worker(2)

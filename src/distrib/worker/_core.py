@@ -184,6 +184,9 @@ class Core(CoreState):
                     running += i == 0
                     queued += i > 0  # (handed to an executor, not started)
         self._out.append(MainDropped(peer, queued, running))
+        if event.private:  # (those that held its tasks stopped with them: only its were theirs)
+            for ex in [e for e in self.executors.values() if e.key.context == event.private]:
+                self._retire(ex)
 
     def _set_quota(self, event: QuotaSet, now: float) -> None:
         """The quota of ``peer``'s account (which it joins, if new to it). A lower limit asks

@@ -332,7 +332,7 @@ class Daemon:
         self.owner.tick()
         self.executors.tick(now)
         self.serving.sweep_shm()
-        self.executors.drop_idle_templates(now)
+        self.executors.drop_idle_templates(now, {main.context for main in self.mains.values()})
         self._apply(self.core.handle(Tick(), now))
         self.supply.dists.tick(now)
         self.calls.direct.tick(now, self.core.stuck())

@@ -256,7 +256,11 @@ class OwnerStateChanged(Struct, frozen=True):
 
 
 class MainLeft(Struct, frozen=True):
+    """``peer`` left. ``private``: its context if no other Main could use its executors (a
+    sandbox is one Main's): their idle ones stop at once, not after ``idle_after``."""
+
     peer: bytes
+    private: str = ""
 
 
 class Warm(Struct, frozen=True):

@@ -456,10 +456,17 @@ class Executors:
         if self.procs.get(ex_id) is proc:
             self.apply(self.died(ex_id))
 
-    def drop_idle_templates(self, now: float) -> None:
+    def drop_idle_templates(self, now: float, connected: set[str]) -> None:
+        """Stop the templates no executor uses that waited ``idle_after``, and at once the
+        sandboxed ones of Mains no longer ``connected`` (their contexts): a sandbox is one
+        Main's, so no later Main could use one, and each holds what its Main's script
+        imported (hundreds of MB with a large library) for nothing."""
         used = {ex.key for ex in self.core.executors.values()}
         for key, template in list(self.templates.items()):  # (their memory goes back)
-            if key not in used and now - template.last_used > self.core.idle_after:
+            if key in used:
+                continue
+            if now - template.last_used > self.core.idle_after or (
+                    template.recipe.box is not None and key.context not in connected):
                 self.drop_template(key)
 
     def close(self) -> None:

@@ -387,7 +387,11 @@ class Serving:
             for other in [x.peer for x in self.mains.values() if x.account == peer]:
                 self.drop_main(other, "sent calls for a Main that left")
             self.calls.direct.main_left(peer)
-        actions = self.core.handle(MainLeft(peer), time.monotonic())
+        # (a sandboxed Main's context names it: no later Main can use its executors)
+        context = self.mains.contexts.get(sender.context) if sender is not None else None
+        private = sender.context if sender is not None and context is not None \
+            and context.network else ""
+        actions = self.core.handle(MainLeft(peer, private), time.monotonic())
         dropped = next(a for a in actions if isinstance(a, MainDropped))
         self.apply(actions)
         self.supply.warming.forget(peer)
