@@ -54,16 +54,22 @@ def start(src: str | None, cache: str) -> tuple[float, float, str]:
     return cpu, wall, line.strip()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=15)
+def arguments(doc: str, runs: int) -> tuple[list[str | None], int]:
+    """The source trees to alternate between (None: the installed distrib), and the runs of
+    each: ``--src`` (repeated) and ``--runs``, for this and ``bench.main_start``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=runs)
     parser.add_argument("--src", action="append", default=[],
                         help="a folder holding distrib/ (repeat to compare; default: installed)")
     args = parser.parse_args()
-    trees: list[str | None] = list(args.src) or [None]
+    return list(args.src) or [None], args.runs
+
+
+def main() -> None:
+    trees, count = arguments(__doc__, 15)
     seen: dict[str | None, list[tuple[float, float]]] = {t: [] for t in trees}
     with tempfile.TemporaryDirectory(prefix="daemon-start-") as folder:
-        for run in range(args.runs):
+        for run in range(count):
             for i, tree in enumerate(trees):
                 cpu, wall, _ = start(tree, os.path.join(folder, f"{i}-{run}"))
                 seen[tree].append((cpu, wall))

@@ -14,7 +14,6 @@ machine weighs on each alike; the medians are printed.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -22,6 +21,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+
+from bench.daemon_start import arguments
 
 SCRIPT = """\
 from distrib import distributed
@@ -45,12 +46,7 @@ def _env(src: str | None, **extra: str) -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=9)
-    parser.add_argument("--src", action="append", default=[],
-                        help="a folder holding distrib/ (repeat to compare; default: installed)")
-    args = parser.parse_args()
-    trees: list[str | None] = list(args.src) or [None]
+    trees, count = arguments(__doc__, 9)
     seen: dict[str | None, list[float]] = {t: [] for t in trees}
     folder = tempfile.mkdtemp(prefix="main-start-")
     project = os.path.join(folder, "project")
@@ -66,7 +62,7 @@ def main() -> None:
         ready = re.search(r"ready on (\S+)", worker.stdout.readline())
         if ready is None:
             raise SystemExit("the worker did not say it was ready")
-        for run in range(args.runs):
+        for run in range(count):
             for i, tree in enumerate(trees):
                 before = os.times()
                 subprocess.run([sys.executable, "main.py"], cwd=project, check=True,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 from pathlib import Path
@@ -44,11 +43,7 @@ def test_sigterm_and_sigint_stop_the_daemon_and_its_executors(start_worker,
                 print(pid().unwrap(), flush=True)
                 sys.stdin.readline()  # (connected: a sandboxed Main's executors leave with it)
             """)
-        env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
-               "DISTRIB_WORKERS": worker.address}
-        with ended(subprocess.Popen([PYTHON, "main.py"], cwd=workspace.root, env=env,
-                                    text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE)) as main:
+        with ended(workspace.start("main.py", worker)) as main:
             assert main.stdout is not None
             line = main.stdout.readline()
             assert int(line or 0) > 0, main.communicate()  # (its pid in its sandbox)

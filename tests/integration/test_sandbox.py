@@ -323,11 +323,7 @@ if __name__ == "__main__":
 def connected(workspace: Workspace, worker: Worker) -> Iterator[list[tuple[int, ...]]]:
     """Run LOADED on ``worker`` and yield what it printed while it stays connected (a
     sandbox is one Main's: its template and executors stop as it leaves)."""
-    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
-           "DISTRIB_WORKERS": worker.address}
-    with ended(subprocess.Popen([PYTHON, "main.py"], cwd=workspace.root, env=env, text=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)) as main:
+    with ended(workspace.start("main.py", worker)) as main:
         assert main.stdout is not None
         lines = []
         for line in main.stdout:
@@ -396,11 +392,7 @@ def test_a_sandboxed_template_stops_as_soon_as_its_main_leaves(
     # Main's script imported. (Without a sandbox, one waits idle_after for the next run.)
     worker = start_worker(threads=2)
     workspace.write("main.py", LEAVING)
-    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
-           "DISTRIB_WORKERS": worker.address}
-    with ended(subprocess.Popen([PYTHON, "main.py"], cwd=workspace.root, env=env, text=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)) as main:
+    with ended(workspace.start("main.py", worker)) as main:
         assert main.stdout is not None
         assert main.stdout.readline().strip() == "[0, 2, 4, 6]"
         (template,) = wait_for(lambda: worker.status()["templates"], what="the Main's template")
@@ -444,11 +436,7 @@ def test_what_a_sandboxed_executor_that_died_left_is_killed_by_the_daemon(
             print("END", flush=True)
             sys.stdin.readline()  # (connected: its sandbox stays until the test is done)
         """)
-    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
-           "DISTRIB_WORKERS": worker.address}
-    with ended(subprocess.Popen([PYTHON, "main.py"], cwd=workspace.root, env=env, text=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)) as main:
+    with ended(workspace.start("main.py", worker)) as main:
         assert main.stdout is not None
         printed = ""
         while not printed.endswith(("END\n", "\n\n")):  # (up to END, or its exit)

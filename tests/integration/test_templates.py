@@ -171,11 +171,7 @@ def test_a_forked_executor_waits_for_its_own_subprocesses(
             print([call.unwrap() for call in [code(n) for n in (0, 3, 7)]], flush=True)
             input()  # (connected: a sandboxed Main's template leaves with it)
         """)
-    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
-           "DISTRIB_WORKERS": worker.address}
-    with ended(subprocess.Popen([str(PYTHON), "main.py"], cwd=workspace.root, env=env,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)) as main:
+    with ended(workspace.start("main.py", worker)) as main:
         assert main.stdout is not None
         assert main.stdout.readline().strip() == "[0, 3, 7]", main.communicate()
         assert worker.status()["templates"]  # (they ran in forked executors)
