@@ -140,12 +140,12 @@ class Workspace:
         return subprocess.run([str(python), script, *args], cwd=self.root, env=full_env,
                               capture_output=True, text=True, timeout=timeout)
 
-    def start(self, script: str, worker: Worker) -> subprocess.Popen[str]:
-        """Start ``python script`` here with ``worker`` its worker, its pipes open (its
+    def start(self, script: str, worker: Worker, *args: str) -> subprocess.Popen[str]:
+        """Start ``python script args`` here with ``worker`` its worker, its pipes open (its
         stdin too: a script that waits on it stays connected until the test closes it)."""
         env = {**os.environ, "DISTRIB_CACHE_DIR": str(self.cache_dir),
                "DISTRIB_WORKERS": worker.address}
-        return subprocess.Popen([PYTHON, script], cwd=self.root, env=env, text=True,
+        return subprocess.Popen([PYTHON, script, *args], cwd=self.root, env=env, text=True,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
 

@@ -28,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from distrib import _process
 from distrib._errors import ConfigError, ConnectionFailed
 

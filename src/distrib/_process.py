@@ -45,25 +45,21 @@ def exists(pid: int) -> bool:
     return True
 
 
-
 def started_at(pid: int) -> float | None:
     """When process ``pid`` started, in seconds since the epoch as psutil's ``create_time``
     says it (a pid used again is another process), or None if it is gone or a zombie. Read
     from /proc where there is one: psutil's import is 20 ms of a warm script's start."""
+    if not os.path.isdir("/proc/self"):
+        return _started_at_psutil(pid)
+    fields = _stat(pid)
+    # (after the command's name: the state, field 3, ..., the start in clock ticks, field 22)
+    if fields is None or len(fields) < 20 or fields[0] in _ENDED:
+        return None
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rpartition(b")")[2].split()
         with open("/proc/stat", "rb") as f:
             boot = next(float(line.split()[1]) for line in f if line.startswith(b"btime"))
-    except FileNotFoundError:
-        if os.path.isdir("/proc/self"):
-            return None  # (gone)
-        return _started_at_psutil(pid)
     except (OSError, ValueError, StopIteration, IndexError):
         return _started_at_psutil(pid)
-    # After the command's name: state (field 3), ..., start time in clock ticks (field 22).
-    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
-        return None
     return int(fields[19]) / os.sysconf("SC_CLK_TCK") + boot
 
 
@@ -77,6 +73,7 @@ def _started_at_psutil(pid: int) -> float | None:
         return float(proc.create_time())
     except psutil.Error:
         return None
+
 
 # --- process trees -----------------------------------------------------------------------------
 # A task's processes are found by their parents, read from /proc (no psutil: an executor may run
@@ -107,16 +104,23 @@ def table() -> dict[int, Entry]:
 
 
 def _read_entry(pid: int, out: dict[int, Entry]) -> None:
+    fields = _stat(pid)  # (state, ppid, process group, session, ...)
+    if fields is not None and len(fields) >= 4:
+        out[pid] = Entry(int(fields[1]), int(fields[3]), fields[0] in _ENDED)
+
+
+_ENDED = (b"Z", b"X")  # the states of a process that exited (a zombie, or dead)
+
+
+def _stat(pid: int) -> list[bytes] | None:
+    """The fields of /proc/<pid>/stat after the command's name (in parentheses, and it may
+    hold anything), from the state on; None if the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:  # (it ended meanwhile)
-        return
-    # After the command's name (in parentheses, and it may hold anything): state, ppid,
-    # process group, session.
-    fields = data[data.rfind(b")") + 2:].split()
-    if len(fields) >= 4:
-        out[pid] = Entry(int(fields[1]), int(fields[3]), fields[0] in (b"Z", b"X"))
+        return None
+    return data[data.rfind(b")") + 2:].split()
 
 
 def table_of_children(parents: list[int]) -> dict[int, Entry]:

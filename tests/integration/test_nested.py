@@ -183,11 +183,7 @@ def _idle(worker: Worker) -> bool:
 def _tree(workspace: Workspace, worker: Worker) -> Iterator[subprocess.Popen[str]]:
     """The FANOUT script running, once its parent has parked and two calls run."""
     workspace.write("main.py", FANOUT)
-    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
-           "DISTRIB_WORKERS": worker.address}
-    with ended(subprocess.Popen([PYTHON, "main.py"], cwd=workspace.root, env=env, text=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)) as main:
+    with ended(workspace.start("main.py", worker)) as main:
         assert main.stdout is not None and main.stdin is not None
         main.stdout.readline()
         wait_for(lambda: (s := worker.status())["busy"] == 2 and s["parked"] == 1,

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from collections.abc import Callable
 
 import psutil
 
-from tests.helpers import PYTHON, Worker, Workspace, ended, wait_for
+from tests.helpers import Worker, Workspace, ended, wait_for
 
 # Tests that compare the pids tasks see with the daemon's, or use the interpreter started
 # ahead, are of the process model without a sandbox (the embedded cluster's): in one, tasks
@@ -302,11 +301,7 @@ def test_a_worker_starts_an_executor_for_a_main_as_it_connects(
         workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
     worker = start_worker(threads=4, extra=UNBOXED)
     workspace.write("main.py", AHEAD.format(extra="", calls=1))
-    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
-           "DISTRIB_WORKERS": worker.address}
-    with ended(subprocess.Popen([str(PYTHON), "main.py", "wait"], cwd=workspace.root, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)) as main:
+    with ended(workspace.start("main.py", worker, "wait")) as main:
         assert main.stdout is not None and main.stdout.readline() == "init returned\n"
         # Before any call: the workspace is there, its template imported it, and one
         # executor was forked from it.

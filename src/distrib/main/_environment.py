@@ -79,19 +79,27 @@ def describe(dependencies: str, requirements: Path | None, dist: Distribution,
     else:
         _keep(by_content, kept.encode())
         return kept, {}
-    if not (imported | named) - _TOOLING:  # (nothing to look up: no metadata read at all)
-        spec = EnvSpec(python)
+    if (imported | named) - _TOOLING:
+        spec, wheels = _from_metadata(python, imported, named, modules, local, cache)
+    else:  # (nothing installed to look up: no metadata is read)
+        spec, wheels = EnvSpec(python), {}
+    if not wheels:  # (local packages change without a trace on sys.path: packed each time)
         _keep(memo, spec.encode())
         _keep(by_content, spec.encode())
-        return spec, {}
+    return spec, wheels
+
+
+def _from_metadata(python: str, imported: set[str], named: set[str], modules: set[str],
+                   local: set[str], cache: Path) -> tuple[EnvSpec, dict[str, Path]]:
+    """The pins and packed wheels of the distributions providing the modules this Main
+    imported and those its workspace names, read from the installed packages' metadata."""
     before = set(sys.modules)  # (what reading metadata imports is distrib's, not the user's)
     from distrib import _packages
 
     _runtime.own_modules.update(set(sys.modules) - before)
     _packages.forget()  # (what is installed may have changed since the last session)
     # distrib's own requirements count only when the workspace imports them by name
-    chosen = _distributions(imported, exclude=_packages.closure({"distrib"})) \
-        if imported - _TOOLING else {}
+    chosen = _distributions(imported, leave_out_distribs=True)
     chosen.update(_distributions(named))
     # What the shipped local packages import needs installing too.
     local_files = {name: _local_files(found, modules) for name, found in chosen.items()
@@ -114,11 +122,7 @@ def describe(dependencies: str, requirements: Path | None, dist: Distribution,
                                   f"{_direct_url(found)}) into a wheel for workers: {exc}")
         specs.append(wheel)
         wheels[wheel.digest] = path
-    spec = EnvSpec(python, tuple(pins), tuple(specs))
-    if not wheels:  # (local packages change without a trace on sys.path: packed each time)
-        _keep(memo, spec.encode())
-        _keep(by_content, spec.encode())
-    return spec, wheels
+    return EnvSpec(python, tuple(pins), tuple(specs)), wheels
 
 
 def _memo(cache: Path, shipped: set[str], *parts: object) -> Path:
@@ -194,9 +198,10 @@ def _imports(paths: Iterable[Path]) -> set[str]:
     return names
 
 
-def _distributions(modules: set[str], exclude: set[str] = set()
+def _distributions(modules: set[str], leave_out_distribs: bool = False
                    ) -> dict[str, md.Distribution]:
-    """The distributions providing ``modules`` (but ``exclude``), and all they require."""
+    """The distributions providing ``modules``, and all they require (with
+    ``leave_out_distribs``, but distrib's own requirements)."""
     import importlib.metadata as md
 
     from distrib import _packages
@@ -213,7 +218,9 @@ def _distributions(modules: set[str], exclude: set[str] = set()
         owners = md.packages_distributions()  # (reads every distribution's file list: slow)
         for module in unknown:
             roots.update(normalize(n) for n in owners.get(module) or _editable_owner(module))
-    roots -= _TOOLING | exclude
+    roots -= _TOOLING
+    if roots and leave_out_distribs:  # (their closure read only when there is something)
+        roots -= _packages.closure({"distrib"})
     return {name: dist for name in _packages.closure(roots)
             if name not in _TOOLING and (dist := _packages.installed(name)) is not None}
 

@@ -184,7 +184,7 @@ class Core(CoreState):
                     running += i == 0
                     queued += i > 0  # (handed to an executor, not started)
         self._out.append(MainDropped(peer, queued, running))
-        if event.private:  # (those that held its tasks stopped with them: only its were theirs)
+        if event.private:  # (its idle ones: those that ran its tasks were stopped above)
             for ex in [e for e in self.executors.values() if e.key.context == event.private]:
                 self._retire(ex)
 
