@@ -148,17 +148,22 @@ def test_a_daemon_killed_with_9_leaves_nothing_behind_once_another_starts(
     worker = start_worker(threads=2, name="w")
     workspace.write("data.txt", "x")
     with_tasks(workspace).write("main.py", """
+        import sys
         import distrib, tasks
 
         if __name__ == "__main__":
-            print("RESULT", distrib.gather(tasks.ok.map(range(4)), timeout=60))
+            print("RESULT", distrib.gather(tasks.ok.map(range(4)), timeout=60), flush=True)
+            sys.stdin.readline()  # (connected: a sandboxed Main's run stays until it leaves)
         """)
-    assert workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address}).returncode == 0
     runs = worker.cache_dir / "runs"
-    left = [p for p in runs.iterdir()]
-    assert len(left) == 1 and any(left[0].iterdir())  # its task layers
-    os.kill(worker.pid, signal.SIGKILL)
-    worker.proc.wait(30)
+    with ended(workspace.start("main.py", worker)) as main:
+        assert main.stdout is not None
+        assert main.stdout.readline() == "RESULT [1, 2, 3, 4]\n", main.communicate()
+        left = [p for p in runs.iterdir()]
+        assert len(left) == 1 and any(left[0].iterdir())  # its task layers
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.proc.wait(30)
+        finish(main)
     again = start_worker(threads=2, name="w")  # the same cache folder
     assert not left[0].exists()
     assert all(p.name.startswith(f"{again.pid}-") for p in runs.iterdir())
