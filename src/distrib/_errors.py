@@ -7,7 +7,7 @@
     │   └── AuthError         a key was refused: the worker's, or this Main's
     ├── WorkspaceError        the workspace could not be scanned, shipped or unpacked
     ├── SerializationError    a call, result or error could not be pickled or unpickled
-    ├── MainGuardError        a task was submitted while a worker imported the main script
+    ├── MainGuardError        a call or init() made while a worker imported the main script
     ├── RemoteError           the task raised an exception that could not travel back
     ├── WorkerCrashed         the executor running the task died (after all retries)
     ├── WorkerLost            the worker running the task went away (after all retries)
@@ -63,7 +63,8 @@ class SerializationError(DistribError):
 
 
 class MainGuardError(DistribError):
-    """A ``@distributed`` function was called while a worker imported the main script.
+    """A ``@distributed`` function (or ``distrib.init()``) was called while a worker imported
+    the main script.
 
     The main script is imported on workers so its functions and classes resolve; calls made
     at import time would run again there. Put them under ``if __name__ == "__main__":``.

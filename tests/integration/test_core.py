@@ -115,6 +115,28 @@ def test_calls_at_import_time_without_the_main_guard_get_a_clear_error(
     assert status["executors_started"] <= 2, status  # no cascade of processes
     assert status["tasks_done"] == 0
 
+def test_init_at_import_time_without_the_main_guard_fails_at_once_on_the_local_cluster(
+        workspace: Workspace) -> None:
+    # The templates import the script: its init() there set up a local cluster of its own,
+    # whose templates imported the script again, and the run waited a minute or more.
+    workspace.write("script.py", """
+        import distrib
+        from distrib import distributed
+
+        @distributed
+        def double(x):
+            return 2 * x
+
+        distrib.init(local_threads=2)
+        print(double(21).unwrap())
+        """)
+    out = workspace.run("script.py", timeout=45)
+    assert out.returncode != 0
+    assert "MainGuardError: distrib.init() was called while a worker imported the main " \
+           "script script.py" in out.stderr, out.stderr
+    assert 'if __name__ == "__main__":' in out.stderr
+    assert "not ready after" not in out.stderr
+
 
 def test_remote_exceptions_come_back_as_themselves(workspace: Workspace) -> None:
     with_tasks(workspace).write("main.py", """

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distrib import _config, _runtime
-from distrib._errors import Cancelled, ConfigError
+from distrib._errors import Cancelled, ConfigError, MainGuardError
 from distrib._response import Response
 
 if TYPE_CHECKING:  # (imported once the local cluster's daemon is starting: see ``_start``)
@@ -87,6 +87,12 @@ def init(overrides: _config.Overrides) -> Session:
 
 
 def _start(overrides: _config.Overrides) -> Session:
+    if _runtime.mode is _runtime.Mode.WORKER_IMPORT:  # (a session there would start a
+        # local cluster of its own, whose executors import the script again, and so on)
+        raise MainGuardError(
+            f"distrib.init() was called while a worker imported the main script "
+            f"{_runtime.main_script}: it would set up distrib again on every worker. Put it "
+            'under `if __name__ == "__main__":`, with the calls.')
     before = set(sys.modules)  # (what setting up imports is distrib's own, not the user's:
     # templates import the user's modules ahead, not these)
     script = main_file()
