@@ -390,14 +390,24 @@ def test_distrib_up_slurm_holds_a_job_for_the_mains_started_meanwhile(
             with ended(start(workspace, env)) as main:
                 out, err = done(main, workspace, env)
             assert f"RESULTS [0, 1, 4, 9] slurm-{job.group(1)}.0" in out, err
-        # `distrib status` shows the job the launch holds, and its state.
-        shown = subprocess.run([PYTHON, "-m", "distrib", "status", "--json"], text=True,
-                               capture_output=True, timeout=60,
-                               env={**slurm, "DISTRIB_CACHE_DIR": str(cache)})
-        launched = [x["launched"] for x in json.loads(shown.stdout) if "launched" in x]
-        assert [(x["kind"], x["where"].split(" (")[0], x["state"], x["main_pid"])
-                for x in launched] == [("slurm", f"job {job.group(1)}", "running",
-                                        str(up.pid))], shown.stdout + shown.stderr
+        # `distrib status` shows the job the launch holds, and its state (as squeue said at
+        # the launch's last look, every 2 s: the runs above may end before it sees "running").
+        expected = [("slurm", f"job {job.group(1)}", "running", str(up.pid))]
+        seen: list[object] = []
+
+        def shows_it() -> bool:
+            shown = subprocess.run([PYTHON, "-m", "distrib", "status", "--json"], text=True,
+                                   capture_output=True, timeout=60, check=True,
+                                   env={**slurm, "DISTRIB_CACHE_DIR": str(cache)})
+            seen[:] = [(x["kind"], x["where"].split(" (")[0], x["state"], x["main_pid"])
+                       for x in (y["launched"] for y in json.loads(shown.stdout)
+                                 if "launched" in y)]
+            return seen == expected
+
+        try:
+            wait_for(shows_it, 30, f"distrib status to show {expected}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; it showed {seen}") from None
         up.send_signal(signal.SIGINT)
         assert up.wait(30) == 0
     wait_for(lambda: not squeue(slurm), 10, "squeue to be empty after distrib up ends")
