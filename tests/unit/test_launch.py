@@ -85,3 +85,24 @@ def test_the_wheels_make_a_venv_that_imports_them(tmp_path: Path) -> None:
 def test_what_distrib_requires_is_sent_once_each() -> None:
     names = [d.metadata["Name"].lower() for d in _wheels.requirements(["distrib"])]
     assert len(names) == len(set(names)) and {"distrib", "pyzmq", "msgspec"} <= set(names)
+
+
+def test_distribs_wheel_takes_its_metadata_from_an_egg_info_record_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # setuptools' `develop` (or an older editable install) leaves distrib.egg-info beside the
+    # package, found first: its PKG-INFO is the metadata (the wheel's METADATA was empty, and
+    # every host's executors died importing distrib).
+    pkg_info = md.distribution("distrib").read_text("METADATA")
+    assert pkg_info
+    egg = tmp_path / "src" / "distrib.egg-info"
+    egg.mkdir(parents=True)
+    (egg / "PKG-INFO").write_text(pkg_info)
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    assert md.distribution("distrib").read_text("METADATA") is None  # (the egg-info is found)
+    with zipfile.ZipFile(_wheels.distrib_wheel(tmp_path / "cache").path) as archive:
+        metadata = next(archive.read(n) for n in archive.namelist()
+                        if n.endswith(".dist-info/METADATA")).decode()
+    assert metadata == pkg_info
+    (egg / "PKG-INFO").unlink()
+    with pytest.raises(distrib.LaunchError, match="neither METADATA nor PKG-INFO"):
+        _wheels.distrib_wheel(tmp_path / "cache2")

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
+from distrib._errors import LaunchError
+
 _DATE = (1980, 1, 1, 0, 0, 0)  # fixed: the same files make the same wheel, and digest
 _SKIPPED_INFO = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
 
@@ -71,7 +73,13 @@ def distrib_wheel(cache: Path) -> Wheel:
                           path.stat().st_mode))
     meta = md.distribution("distrib")
     info = f"distrib-{meta.version}.dist-info"
-    files.append((f"{info}/METADATA", (meta.read_text("METADATA") or "").encode(), 0o644))
+    # (an egg-info record, as setuptools' `develop` or an older editable install leaves in
+    # the source tree, keeps the same metadata as PKG-INFO)
+    metadata = meta.read_text("METADATA") or meta.read_text("PKG-INFO") or ""
+    if not metadata:
+        raise LaunchError("distrib's installed metadata has neither METADATA nor PKG-INFO, so "
+                          "no host could install it: install distrib again")
+    files.append((f"{info}/METADATA", metadata.encode(), 0o644))
     files.append((f"{info}/entry_points.txt",
                   (meta.read_text("entry_points.txt") or "").encode(), 0o644))
     files.append((f"{info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: distrib\n"
