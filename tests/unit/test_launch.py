@@ -92,7 +92,8 @@ def test_distribs_wheel_takes_its_metadata_from_an_egg_info_record_too(
     # setuptools' `develop` (or an older editable install) leaves distrib.egg-info beside the
     # package, found first: its PKG-INFO is the metadata (the wheel's METADATA was empty, and
     # every host's executors died importing distrib).
-    pkg_info = md.distribution("distrib").read_text("METADATA")
+    here = md.distribution("distrib")
+    pkg_info = here.read_text("METADATA") or here.read_text("PKG-INFO")
     assert pkg_info
     egg = tmp_path / "src" / "distrib.egg-info"
     egg.mkdir(parents=True)
