@@ -203,6 +203,12 @@ def test_unauthorized_worker_keys_and_a_wrong_main_key_are_refused_and_logged(
         wait_for(lambda: "did not prove the key given with --main-key" in fooled.log(), 30,
                  "the worker with the wrong Main key to say so")
         assert "dialled the Main" not in fooled.log() + stranger.log()
+        # Once its owner adds the refused worker's key, as the Main's log says, the worker
+        # (still dialling) is served.
+        with open(tmp_path / "workers.authorized", "a") as authorized:
+            authorized.write(f"{stranger_key.public} stranger\n")
+        wait_for(lambda: "dialled the Main" in stranger.log(), 60,
+                 "the worker refused before to be served once its key is added")
         # A second Main cannot listen on the same port, and says so.
         second = workspace.run("idle.py", env=env, timeout=60)
         assert second.returncode == 1

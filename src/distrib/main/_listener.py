@@ -89,6 +89,10 @@ class Listener:
         except zmq.Again:
             return
         ok = request.curve and request.key in self.authorized
+        if not ok and request.curve:  # (a key added a moment ago, before the next tick's look:
+            # a launcher writes it just before its worker dials)
+            self.reload()
+            ok = request.key in self.authorized
         if not ok and self._refusals.due(request.key):
             log.warning("refused a worker dialling from %s: key %s is not in the authorized "
                         "workers %s (add its .pub line there to accept it)",

@@ -9,9 +9,12 @@ from there on the Main is served as one that dialled this worker, under a peer i
 reaches a new one). A closed connection drops that Main (its tasks stop) and the socket is
 built again at once; libzmq retries a refused connection after 0.1 s, doubling up to
 ``RETRY_MAX_MS``, so a restarted Main has its workers back within about a second of listening.
+A failed handshake (this worker's key refused, the Main's unproven) is a protocol error to
+libzmq, which then never tries again: the socket is built again every ``REFUSED_RETRY``
+seconds, so that a key its owner adds to the Main's file (as the Main's log asks) is used.
 
     dialling -handshake-> connected (Dial sent; Hello, Welcome...) -closed-> dialling
-        \\-key refused / Main's key unproven (logged) -libzmq retries-> dialling
+        \\-key refused / Main's key unproven (logged) -REFUSED_RETRY s-> dialling
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ peer_log = RateLimited(log)
 
 RETRY_MAX_MS = 1000  # the longest wait between two tries of a Main that does not answer
 FAILURE_LOG_EVERY = 60.0  # seconds: a failing handshake repeats; say it once a minute
+REFUSED_RETRY = 5.0  # seconds between tries of a Main that failed the handshake
 _EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
            | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
@@ -176,12 +180,15 @@ class Dials:
     def tick(self, now: float, served: Container[bytes], lost_after: float) -> None:
         """Dial again where the connection is up but no Main is served on it for
         ``lost_after`` seconds (it never said Hello, or it was dropped as silent: a Main that
-        forgot this worker answers only a new ``Dial``)."""
+        forgot this worker answers only a new ``Dial``), and where the handshake failed
+        ``REFUSED_RETRY`` seconds ago."""
         for target in self.targets:
             if target.peer and target.peer not in served and now - target.since > lost_after:
                 log.info("the Main at %s is not served on its connection: dialling again",
                          target.address)
                 self._hang_up(target, "is dialled again")
+                self._build(target)
+            elif not target.peer and target.problem and now - target.since > REFUSED_RETRY:
                 self._build(target)
             elif target.peer in served:
                 target.since = now
