@@ -7,6 +7,7 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -43,6 +44,13 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "c
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         spent = now - began
         time.sleep(min(spent if spent > 0.2 else 0.05, 1.0, max(0.0, deadline - now)))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on (a moment ago)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass

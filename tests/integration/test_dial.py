@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 
 from distrib.wire import _keys
 from distrib.wire._keys import KeyPair
-from tests.helpers import PYTHON, Workspace, ended, finish, wait_for
+from tests.helpers import PYTHON, Workspace, ended, finish, free_port, wait_for
 
 SCRIPT = """
     import sys
@@ -72,12 +71,6 @@ def listening(port: int) -> bool:
     of our own would be a stranger's handshake in the Main's log)."""
     out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True)
     return bool(out.stdout.strip())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pair(path: Path) -> KeyPair:

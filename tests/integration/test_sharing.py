@@ -16,7 +16,8 @@ from distrib.wire import _codec
 from distrib.wire import _messages as m
 from distrib.workspace._manifest import Entry, encode_manifest, scan
 
-from tests.helpers import PYTHON, Workspace, ended, finish, raw_main, wait_for, with_tasks
+from tests.helpers import (PYTHON, Workspace, ended, finish, free_port, raw_main, wait_for,
+                           with_tasks)
 
 RUN = """
     import sys
@@ -69,7 +70,6 @@ def test_a_new_main_with_another_workspace_gets_its_share_of_the_slots_at_once(
 
 def test_a_failed_fetch_fails_that_run_only_and_the_next_run_succeeds(
         workspace: Workspace, start_worker) -> None:
-    worker = start_worker(threads=2)
     workspace.write("data.txt", "as scanned\n")
     with_tasks(workspace).write("main.py", """
         import sys
@@ -80,16 +80,27 @@ def test_a_failed_fetch_fails_that_run_only_and_the_next_run_succeeds(
             if sys.argv[1:] == ["change"]:
                 with open("data.txt", "w") as f:  # ... and changed before the worker fetched it
                     f.write("changed\\n")
+                print("CHANGED", flush=True)
             try:
                 print("RESULT", distrib.gather(tasks.ok.map(range(4)), timeout=60))
             except distrib.WorkspaceError as exc:
                 print("FAILED", "changed or vanished" in str(exc))
         """)
-    env = {"DISTRIB_WORKERS": worker.address}
-    assert workspace.run("main.py", "change", env=env).stdout.splitlines() == ["FAILED True"]
+    # The worker starts once the file has changed: its fetch comes after, whatever the speed
+    # (a worker already there could fetch between the scan and the change).
+    address = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
+           "DISTRIB_WORKERS": f"tcp://{address}"}
+    with ended(subprocess.Popen([PYTHON, "main.py", "change"], cwd=workspace.root, env=env,
+                                text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)) as main:
+        assert main.stdout is not None and main.stdout.readline() == "CHANGED\n"
+        worker = start_worker(threads=2, listen=address)
+        out, _ = finish(main)
+    assert out.splitlines() == ["FAILED True"]
     workspace.write("data.txt", "as scanned\n")  # the same content (the same id) as that run
-    out = workspace.run("main.py", env=env)
-    assert out.stdout.splitlines() == ["RESULT [1, 2, 3, 4]"], out.stderr[-2000:]
+    out2 = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
+    assert out2.stdout.splitlines() == ["RESULT [1, 2, 3, 4]"], out2.stderr[-2000:]
 
 
 def test_a_hostile_main_can_neither_squat_nor_fail_another_mains_distribution(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import PYTHON, Worker, Workspace, ended, finish, wait_for
+from tests.helpers import PYTHON, Worker, Workspace, ended, finish, free_port, wait_for
 
 NO_SANDBOX = ("--no-sandbox",)  # (the tasks write marks into the test's folder)
 
@@ -68,12 +67,6 @@ SCRIPT = """
         while not release.exists() and time.monotonic() < wait + 60:
             time.sleep(0.05)
     """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_main(workspace: Workspace, mode: str, n: int, marks: Path, workers: str,
