@@ -324,3 +324,50 @@ def test_a_script_that_cannot_be_imported_on_workers_does_not_hold_init(
     assert "started no executor ahead: its executors stopped before they were ready" \
         in out.stderr
     assert out.stdout.splitlines()[1] == "RuntimeError not on workers"
+
+
+EDITED = """\
+from distrib import distributed
+
+EDIT = {edit}  # (each run edits the script: a new distribution, a new template)
+
+@distributed
+def plus(x):
+    return x + EDIT
+
+if __name__ == "__main__":
+    print([r.unwrap() for r in [plus(i) for i in range(4)]])
+"""
+
+
+def test_the_templates_of_a_script_edited_between_runs_are_not_all_kept(
+        workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
+    # Each holds what its script imported; a script edited and run again and again (a
+    # lingering local daemon's day) started one template per edit, each kept 300 s.
+    from distrib.worker._executors import MAX_IDLE_TEMPLATES
+
+    worker = start_worker(threads=2, extra=UNBOXED)
+    runs = MAX_IDLE_TEMPLATES + 3
+    started: set[int] = set()
+    for edit in range(runs):
+        workspace.write("main.py", EDITED.format(edit=edit))
+        out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address})
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert out.stdout.split("\n")[0] == str([i + edit for i in range(4)])
+        started.update(worker.status()["templates"])
+    assert len(started) == runs  # (one per edit)
+    # The last run's (its executors wait idle for its next run) and the three used before.
+    kept = wait_for(lambda: len(t := worker.status()["templates"]) <= 1 + MAX_IDLE_TEMPLATES
+                    and t, timeout=60, what="the oldest templates stopped")
+    assert set(kept) < started
+    gone = started - set(kept)
+
+
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    wait_for(lambda: not any(running(p) for p in gone), timeout=60,
+             what=f"the processes of the dropped templates {sorted(gone)} ended")
