@@ -5,6 +5,7 @@ remote bootstrap's own installer into a venv that imports them)."""
 from __future__ import annotations
 
 import importlib.metadata as md
+import os
 import shlex
 import subprocess
 import sys
@@ -78,7 +79,8 @@ def test_the_wheels_make_a_venv_that_imports_them(tmp_path: Path) -> None:
     done = subprocess.run([str(venv / "bin" / "python"), "-c",
                            "import importlib.util, tblib; "
                            "print(importlib.util.find_spec('distrib').origin)"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert done.returncode == 0 and str(venv) in done.stdout, done.stderr
 
 
