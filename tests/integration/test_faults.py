@@ -320,3 +320,34 @@ def test_a_worker_that_does_not_answer_is_named_in_a_warning_within_seconds(
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-1] == "DONE 8 True"  # the other worker ran everything
     assert f"worker {nobody} has not answered for" in out.stderr
+
+
+def test_an_executor_that_cannot_start_says_so_and_where_its_output_went(
+        workspace: Workspace, start_worker, tmp_path: Path) -> None:
+    # Its interpreter fails before distrib runs (a broken install on a host, say): the Main
+    # heard only "died (exit code None)", as if a task had crashed it.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\n"
+        "if 'distrib.executor._tasks' in sys.orig_argv:\n"
+        "    sys.stderr.write('this executor cannot start here\\n')\n"
+        "    raise SystemExit(3)\n")
+    path = os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
+    worker = start_worker(threads=2, extra=("--no-sandbox",), env={"PYTHONPATH": path})
+    workspace.write("main.py", """
+        from distrib import distributed
+
+        @distributed
+        def one():
+            return 1
+
+        if __name__ == "__main__":
+            one().unwrap(timeout=60)
+        """)
+    out = workspace.run("main.py", env={"DISTRIB_WORKERS": worker.address}, timeout=90)
+    assert out.returncode != 0
+    assert "WorkerCrashed" in out.stderr and "before it was ready: it could not start here, " \
+           "and its output is in the worker's log" in out.stderr, out.stderr[-2000:]
+    assert "exit code None" not in out.stderr
+    assert "this executor cannot start here" in worker.log()

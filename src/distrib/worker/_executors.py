@@ -325,8 +325,15 @@ class Executors:
             if killed[1]:
                 info["memory_limit"] = str(killed[1])  # (the Main retries only above it)
             return self.core.handle(ExecutorDied(ex_id, info), time.monotonic())
+        # (its pipe closes as it exits: the exit code may not be there yet, and is not
+        # waited for here, where every Main's work waits too)
+        said = f" (exit code {code})" if code is not None else ""
+        ex = self.core.executors.get(ex_id)
+        if ex is not None and not ex.ready:  # (its interpreter or distrib failed: no task's doing)
+            said += (" before it was ready: it could not start here, and its output is in the "
+                     "worker's log")
         record = ErrorRecord("distrib.WorkerCrashed", f"executor process {proc.pid} on worker "
-                             f"{self.name} died (exit code {code})")
+                             f"{self.name} died{said}")
         return self.core.handle(ExecutorDied(ex_id, record.to_wire()), time.monotonic())
 
     def to_parent(self, ex_id: int, run_id: int, number: int, status: str,
