@@ -289,6 +289,7 @@ class _Core:
     def __init__(self) -> None:
         self.died: list[int] = []
         self.skipped: list[int] = []
+        self.executors: dict[int, Any] = {}  # (none known: each died as if it was ready)
 
     def running(self, ex_id: int) -> None:
         return None
