@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import cloudpickle
 import tblib
 
-from distrib import _errors, _runtime
+from distrib import _errors, _runtime, _tracebacks
 from distrib._errors import RemoteError, RemoteTraceback
 from distrib.wire._record import ErrorRecord
 
@@ -321,8 +321,7 @@ def _build(p: _Payload) -> BaseException:
         else:
             exc.__setstate__(values)
     if p.traceback is not None:
-        frames = tblib.Traceback.from_dict(_moved_frames(p.traceback))
-        exc = exc.with_traceback(frames.as_traceback())
+        exc = exc.with_traceback(_tracebacks.rebuilt(_moved_frames(p.traceback)))
     exc.__context__ = p.context
     exc.__cause__ = p.cause
     exc.__suppress_context__ = p.suppress_context
