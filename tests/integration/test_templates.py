@@ -344,7 +344,7 @@ def test_the_templates_of_a_script_edited_between_runs_are_not_all_kept(
         workspace: Workspace, start_worker: Callable[..., Worker]) -> None:
     # Each holds what its script imported; a script edited and run again and again (a
     # lingering local daemon's day) started one template per edit, each kept 300 s.
-    from distrib.worker._executors import MAX_IDLE_TEMPLATES
+    from distrib.worker._pool import MAX_IDLE_TEMPLATES
 
     worker = start_worker(threads=2, extra=UNBOXED)
     runs = MAX_IDLE_TEMPLATES + 3

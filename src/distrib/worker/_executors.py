@@ -43,7 +43,7 @@ from distrib.worker._events import (
 )
 from distrib.worker._memory import MemoryWatch
 from distrib.worker._ahead import Ahead
-from distrib.worker._pool import ExecutorProcess, Recipe, Template
+from distrib.worker._pool import ExecutorProcess, Recipe, Template, idle_templates
 from distrib.worker._sandbox import Boxed
 
 log = logging.getLogger("distrib.worker")
@@ -52,9 +52,6 @@ peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
 STRAYS_EVERY = 1.0  # seconds between looks for processes tasks left to this daemon
 PIPE_LAST_MESSAGES = 1_000  # read from an executor that exited, at most (then: dead)
 STRAYS_AFTER_DEATH = 3.0  # seconds of looks at every tick after an executor ended
-# Templates no executor uses, kept for a next run of their script: each holds what the script
-# imported, and a script edited between runs is a new distribution (a new template) each time.
-MAX_IDLE_TEMPLATES = 3
 
 Apply = Callable[[list[Action]], None]
 
@@ -467,23 +464,9 @@ class Executors:
             self.apply(self.died(ex_id))
 
     def drop_idle_templates(self, now: float, connected: set[str]) -> None:
-        """Stop the templates no executor uses that waited ``idle_after``, and at once the
-        sandboxed ones of Mains no longer ``connected`` (their contexts): a sandbox is one
-        Main's, so no later Main could use one, and each holds what its Main's script
-        imported (hundreds of MB with a large library) for nothing. Of the others, the
-        ``MAX_IDLE_TEMPLATES`` used last stay."""
+        """Stop the templates ``_pool.idle_templates`` names (their memory goes back)."""
         used = {ex.key for ex in self.core.executors.values()}
-        idle = []
-        for key, template in list(self.templates.items()):  # (their memory goes back)
-            if key in used:
-                continue
-            if now - template.last_used > self.core.idle_after or (
-                    template.recipe.box is not None and key.context not in connected):
-                self.drop_template(key)
-            else:
-                idle.append((template.last_used, key))
-        idle.sort(key=lambda pair: pair[0])
-        for _, key in idle[:max(0, len(idle) - MAX_IDLE_TEMPLATES)]:
+        for key in idle_templates(self.templates, used, connected, now, self.core.idle_after):
             self.drop_template(key)
 
     def close(self) -> None:

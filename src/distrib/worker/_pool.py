@@ -42,6 +42,7 @@ from distrib.wire._pipe import NICE_VAR, THREAD_VARS, Pipe
 from distrib.wire._pipe_messages import ChildOutcome, Context, PipeMessage, Run, Skip
 from distrib.worker import _sandbox
 from distrib.worker._ahead import Zygote, _python
+from distrib.worker._events import EnvKey
 from distrib.worker._sandbox import Box, Boxed, Sandboxes
 
 log = logging.getLogger("distrib.worker")
@@ -324,3 +325,30 @@ class Template(Struct, eq=False):
             log.warning("template %d did not exit after SIGKILL", self.proc.pid)
         for layer in self.recipe.runs.glob(f"{self.proc.pid}-*"):
             remove_later(layer)  # (not on the daemon's loop: it may hold many files)
+
+
+# Templates no executor uses, kept for a next run of their script: each holds what the script
+# imported, and a script edited between runs is a new distribution (a new template) each time.
+MAX_IDLE_TEMPLATES = 3
+
+
+def idle_templates(templates: dict[EnvKey, Template], used: set[EnvKey], connected: set[str],
+                   now: float, idle_after: float) -> list[EnvKey]:
+    """The templates to stop, of those no executor ``used``: those that waited ``idle_after``,
+    at once the sandboxed ones of Mains no longer ``connected`` (their contexts: a sandbox
+    is one Main's, so no later Main could use one, and each holds what its Main's script
+    imported, hundreds of MB with a large library, for nothing), and the oldest of the
+    others past ``MAX_IDLE_TEMPLATES``."""
+    out: list[EnvKey] = []
+    kept: list[tuple[float, EnvKey]] = []
+    for key, template in templates.items():
+        if key in used:
+            continue
+        if now - template.last_used > idle_after or (
+                template.recipe.box is not None and key.context not in connected):
+            out.append(key)
+        else:
+            kept.append((template.last_used, key))
+    kept.sort(key=lambda pair: pair[0])
+    return out + [key for _, key in kept[:max(0, len(kept) - MAX_IDLE_TEMPLATES)]]
+
