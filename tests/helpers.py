@@ -148,16 +148,15 @@ class Workspace:
         return subprocess.run([str(python), script, *args], cwd=self.root, env=full_env,
                               capture_output=True, text=True, timeout=timeout)
 
-    def start(self, script: str, worker: Worker, *args: str) -> subprocess.Popen[str]:
-        """Start ``python script args`` here with ``worker`` its worker, its pipes open (its
-        stdin too: a script that waits on it stays connected until the test closes it)."""
+    def start(self, script: str, worker: Worker | str, *args: str) -> subprocess.Popen[str]:
+        """Start ``python script args`` here with ``worker`` (or that address) its worker, its
+        pipes open (its stdin too: a script that waits on it stays connected until the test
+        closes it)."""
         env = {**os.environ, "DISTRIB_CACHE_DIR": str(self.cache_dir),
-               "DISTRIB_WORKERS": worker.address}
+               "DISTRIB_WORKERS": worker if isinstance(worker, str) else worker.address}
         return subprocess.Popen([PYTHON, script, *args], cwd=self.root, env=env, text=True,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
-
-
 
 
 UV = str(Path(PYTHON).parent / "uv")

@@ -115,6 +115,7 @@ def test_calls_at_import_time_without_the_main_guard_get_a_clear_error(
     assert status["executors_started"] <= 2, status  # no cascade of processes
     assert status["tasks_done"] == 0
 
+
 def test_init_at_import_time_without_the_main_guard_fails_at_once_on_the_local_cluster(
         workspace: Workspace) -> None:
     # The templates import the script: its init() there set up a local cluster of its own,

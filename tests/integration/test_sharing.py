@@ -16,8 +16,7 @@ from distrib.wire import _codec
 from distrib.wire import _messages as m
 from distrib.workspace._manifest import Entry, encode_manifest, scan
 
-from tests.helpers import (PYTHON, Workspace, ended, finish, free_port, raw_main, wait_for,
-                           with_tasks)
+from tests.helpers import Workspace, ended, finish, free_port, raw_main, wait_for, with_tasks
 
 RUN = """
     import sys
@@ -34,9 +33,7 @@ RUN = """
 
 def start(ws: Workspace, worker: str, count: int, seconds: float) -> subprocess.Popen[str]:
     with_tasks(ws).write("main.py", RUN)
-    env = {**os.environ, "DISTRIB_CACHE_DIR": str(ws.cache_dir), "DISTRIB_WORKERS": worker}
-    return subprocess.Popen([PYTHON, "main.py", str(count), str(seconds)], cwd=ws.root, env=env,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return ws.start("main.py", worker, str(count), str(seconds))
 
 
 @pytest.mark.parametrize("mains", [2, 3])
@@ -89,11 +86,7 @@ def test_a_failed_fetch_fails_that_run_only_and_the_next_run_succeeds(
     # The worker starts once the file has changed: its fetch comes after, whatever the speed
     # (a worker already there could fetch between the scan and the change).
     address = f"127.0.0.1:{free_port()}"
-    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
-           "DISTRIB_WORKERS": f"tcp://{address}"}
-    with ended(subprocess.Popen([PYTHON, "main.py", "change"], cwd=workspace.root, env=env,
-                                text=True, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)) as main:
+    with ended(workspace.start("main.py", f"tcp://{address}", "change")) as main:
         assert main.stdout is not None and main.stdout.readline() == "CHANGED\n"
         worker = start_worker(threads=2, listen=address)
         out, _ = finish(main)
@@ -125,9 +118,7 @@ def test_a_hostile_main_can_neither_squat_nor_fail_another_mains_distribution(
         # being fetched (20 MB, so that takes a moment).
         workspace.root.joinpath("big.bin").write_bytes(os.urandom(20_000_000))
         target = scan(workspace.root, main).dist_id
-        with ended(subprocess.Popen([PYTHON, "main.py"], cwd=workspace.root, env=env,
-                                    text=True, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE)) as victim:
+        with ended(workspace.start("main.py", worker)) as victim:
             while victim.poll() is None:
                 evil.send_multipart(_codec.encode(m.DistFailed(target, "gotcha")))
                 time.sleep(0.01)

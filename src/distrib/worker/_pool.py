@@ -351,4 +351,3 @@ def idle_templates(templates: dict[EnvKey, Template], used: set[EnvKey], connect
             kept.append((template.last_used, key))
     kept.sort(key=lambda pair: pair[0])
     return out + [key for _, key in kept[:max(0, len(kept) - MAX_IDLE_TEMPLATES)]]
-
