@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -172,13 +173,21 @@ def test_a_daemon_killed_with_9_leaves_nothing_behind_once_another_starts(
 
 
 def disk_use(root: Path) -> int:
-    """Bytes under ``root``, each file counted once (hard links are free)."""
+    """Bytes under ``root``, each file counted once (hard links are free).
+
+    The worker may still be removing the last Main's sandbox box while this walks: what
+    vanishes meanwhile is not kept, so it is not counted (``os.walk`` skips such folders).
+    """
     seen, total = set(), 0
-    for path in root.rglob("*"):
-        st = path.lstat()
-        if path.is_file() and st.st_ino not in seen:
-            seen.add(st.st_ino)
-            total += st.st_size
+    for folder, _, files in os.walk(root):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(folder, name))
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_ino not in seen:
+                seen.add(st.st_ino)
+                total += st.st_size
     return total
 
 
