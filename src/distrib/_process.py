@@ -223,6 +223,33 @@ def kill_trees(roots: list[int], with_roots: bool = True) -> int:
     return len(stopped) + (len(roots) if with_roots else 0)
 
 
+def renice_trees(roots: list[int], nice: int) -> int:
+    """Set the niceness of every thread of ``roots`` and of the processes below them (on
+    Linux, a niceness is each thread's own); how many threads refused it."""
+    import psutil  # (here: only a renice, from the owner's policy, needs it)
+
+    refused = 0
+    for pid in roots:
+        try:
+            tree = [psutil.Process(pid)]
+            tree += tree[0].children(recursive=True)
+        except psutil.Error:
+            continue
+        for proc in tree:
+            try:
+                threads = [t.id for t in proc.threads()]
+            except psutil.Error:
+                continue
+            for tid in threads:
+                try:
+                    os.setpriority(os.PRIO_PROCESS, tid, nice)
+                except ProcessLookupError:
+                    pass
+                except OSError:
+                    refused += 1
+    return refused
+
+
 def _trees(roots: list[int]) -> dict[int, Entry]:
     """``roots`` and every process below them, as ``table`` has them: read down their lists
     of children (a worker stopping reads its executors' trees, not every process of the

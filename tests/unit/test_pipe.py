@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import struct
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import psutil
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -348,8 +350,13 @@ def test_what_an_executor_sent_before_it_exited_is_read_before_it_is_taken_as_de
 
     monkeypatch.setattr(_process, "become_subreaper", lambda: False)  # (not the test process)
     core = _Core()
+
+    def apply(actions: list[Any]) -> None:  # (as the daemon's: one that died is dropped)
+        for ex_id in core.died:
+            executors.procs.pop(ex_id, None)
+
     executors = Executors("w", tmp_path, 0, core,  # type: ignore[arg-type]
-                          MemoryWatch(), lambda actions: None)
+                          MemoryWatch(), apply)
     ours, theirs = socket.socketpair()
     proc = executors.procs[1] = ExecutorProcess(Pipe(ours), tmp_path)
     proc.proc = subprocess.Popen([sys.executable, "-c", "pass"])  # (a process that exited)
@@ -361,27 +368,100 @@ def test_what_an_executor_sent_before_it_exited_is_read_before_it_is_taken_as_de
     ours.close()
 
 
-def test_a_long_transfer_calls_during_on_both_sides(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The daemon's heartbeats go out from ``Pipe.during`` while a large message holds its
-    # loop (a gibibyte takes seconds on loaded cores); here every slice is "long".
-    from distrib.wire import _pipe
+def _received(pipe: Pipe, deadline: float = 60.0) -> pm.PipeMessage:
+    """``pipe.receive()`` polled until a message has all come."""
+    until = time.monotonic() + deadline
+    while (message := pipe.receive()) is None:
+        assert time.monotonic() < until, "no whole message in time"
+        pipe.wait()
+    return message
 
-    monkeypatch.setattr(_pipe, "LONG_IO", 0.0)
-    calls: list[str] = []
-    monkeypatch.setattr(Pipe, "during", lambda: calls.append(threading.current_thread().name))
+
+def test_receive_never_waits_for_the_rest_of_a_message() -> None:
+    # An executor runs a Main's code, which may send part of a message and no more: the
+    # daemon's loop, serving every Main, must not wait for the rest.
     ours, theirs = socket.socketpair()
-    sender, reader = Pipe(ours), Pipe(theirs)
-    data = bytes(range(256)) * (48 << 12)  # 48 MiB: many slices of the send, reads of the read
-    got: list[Any] = []
-    thread = threading.Thread(target=lambda: got.append(reader.recv()), name="reading")
-    thread.start()
+    daemon = Pipe(ours)
+    data = bytes(range(256)) * (12 << 12)  # 12 MiB: a frame received into mapped memory
+    head, frames = encode(pm.Done(7, Outcome.OK, {}, {}, (data, b"tail")))
+    wire = (struct.pack("<II", len(head), 2) + struct.pack("<2Q", len(data), 4) + head
+            + data + b"tail")
     try:
-        sender.send(pm.Done(7, Outcome.OK, {}, {}, (data,)))
+        for cut in (3, 20, 8 + 16 + len(head) // 2, len(wire) // 2, len(wire) - 1):
+            sender = threading.Thread(target=theirs.sendall, args=(wire[:cut],))
+            sender.start()
+            while sender.is_alive() or select.select([ours], [], [], 0)[0]:
+                assert daemon.receive() is None  # (until all of the part is read: no wait)
+            sender.join()
+            sender = threading.Thread(target=theirs.sendall, args=(wire[cut:],))
+            sender.start()
+            message = _received(daemon)
+            sender.join(60)
+            assert isinstance(message, pm.Done) and message.run_id == 7
+            assert [bytes(f) for f in message.frames] == [data, b"tail"]
+        theirs.sendall(struct.pack("<II", 1, 0))  # (a message cut short by the peer's end)
+        theirs.close()
+        with pytest.raises(EOFError):
+            _received(daemon)
     finally:
-        thread.join(60)
         ours.close()
         theirs.close()
-    assert not thread.is_alive()
-    message = got[0]
-    assert isinstance(message, pm.Done) and bytes(message.frames[0]) == data
-    assert "reading" in calls and threading.current_thread().name in calls
+
+
+def test_a_frame_larger_than_any_payload_ends_the_pipe_holding_nothing() -> None:
+    from distrib.wire._limits import MAX_PAYLOAD_BYTES
+
+    ours, theirs = socket.socketpair()
+    try:
+        theirs.sendall(struct.pack("<II", 1, 1) + struct.pack("<Q", MAX_PAYLOAD_BYTES + 1))
+        theirs.sendall(msgpack.packb(["done"]))
+        with pytest.raises(EOFError, match="more than any payload"):
+            _received(Pipe(ours))
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_a_frame_claimed_large_holds_only_the_bytes_that_came() -> None:
+    # 8 GiB claimed, 1 MiB sent: the daemon's memory grows by what came, not by the claim.
+    ours, theirs = socket.socketpair()
+    daemon = Pipe(ours)
+    try:
+        before = psutil.Process().memory_info().rss
+        sender = threading.Thread(target=theirs.sendall, args=(
+            struct.pack("<II", 1, 1) + struct.pack("<Q", 8 << 30) + b"\x90" + b"x" * (1 << 20),))
+        sender.start()
+        while sender.is_alive() or select.select([ours], [], [], 0)[0]:
+            assert daemon.receive() is None
+        sender.join()
+        assert psutil.Process().memory_info().rss - before < 256 << 20
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_post_keeps_what_the_kernel_does_not_take_and_flush_sends_it_in_order() -> None:
+    # The daemon's writes to an executor that does not read (its task stopped it, say) must
+    # not hold the daemon either.
+    ours, theirs = socket.socketpair()
+    daemon, executor = Pipe(ours), Pipe(theirs)
+    data = bytes(range(256)) * (16 << 12)  # 16 MiB: far more than the socket takes at once
+    try:
+        daemon.post([pm.ChildOutcome(3, 1, "ok", {}, (data, b""))])  # (an empty frame too)
+        daemon.post([pm.Skip(4), pm.Skip(5)])
+        assert daemon.pending
+        got: list[pm.PipeMessage] = []
+        reader = threading.Thread(target=lambda: got.extend(executor.recv() for _ in range(3)))
+        reader.start()
+        deadline = time.monotonic() + 60
+        while daemon.pending:
+            assert time.monotonic() < deadline, "the kept bytes did not go out"
+            select.select([], [ours], [], 1.0)
+            daemon.flush()
+        reader.join(60)
+        assert [type(m).__name__ for m in got] == ["ChildOutcome", "Skip", "Skip"]
+        assert [bytes(f) for f in got[0].frames] == [data, b""]  # type: ignore[union-attr]
+        assert [m.run_id for m in got[1:]] == [4, 5]  # type: ignore[union-attr]
+    finally:
+        ours.close()
+        theirs.close()

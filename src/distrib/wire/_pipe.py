@@ -9,6 +9,12 @@ sent with one ``sendmsg`` (scatter-gather: frames are not joined first; several 
 share the call) and read through a 64 KiB buffer, so a burst of small messages costs one read.
 Large frames are received straight into buffers sized in advance: they move once each way.
 
+An executor runs a Main's code, which can write to its end or stop reading it: the daemon,
+whose one loop serves every Main, never waits on a pipe. It reads with ``receive`` (what has
+come; a message is returned once all of it has) and writes with ``post`` (what the kernel takes
+now; the rest waits in order for ``flush``). Executors, which may wait, use ``recv`` and
+``send``.
+
 ``encode`` and ``decode`` turn a message into its header's bytes and frames and back. msgspec
 does both in C, from the messages' declared types: ``decode`` checks the verb, the field count,
 every field's type and bound as it builds the message, and raises only ``PipeError``, which
@@ -18,14 +24,12 @@ names the message and the field at fault. An executor of another Python version 
 
 from __future__ import annotations
 
-import enum
+import mmap
 import operator
-import re
 import select
 import socket
 import struct
-import time
-import typing
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,7 +37,7 @@ from distrib._errors import ProtocolError
 from distrib.wire import _pipe_messages as pm
 from distrib.wire import _pipe_plain
 from distrib.wire._explain import explain
-from distrib.wire._limits import PIPE_MAX_FRAMES, PIPE_MAX_HEADER
+from distrib.wire._limits import MAX_PAYLOAD_BYTES, PIPE_MAX_FRAMES, PIPE_MAX_HEADER
 from distrib.wire._pipe_messages import PipeMessage
 
 # The environment an executor starts with: thread counts of the task's libraries, and the
@@ -49,8 +53,11 @@ NICE_VAR = "DISTRIB_EXECUTOR_NICE"
 
 _PREFIX = struct.Struct("<II")
 _CHUNK = 1 << 16
-_SLICE = 4 << 20  # bytes of a large message sent with one call (``Pipe.during`` between)
-LONG_IO = 1.0  # seconds into one large message after which ``Pipe.during`` is called
+# A frame this large is received into memory mapped as it is filled: a header may claim any
+# size, and only the bytes that come are held.
+_MAPPED = 1 << 20
+_BUDGET = 16 << 20  # bytes one ``receive`` reads at most (the daemon's other work waits)
+_IOV = 512  # buffers per ``sendmsg`` (the kernel takes at most 1,024)
 
 
 class PipeError(ProtocolError):
@@ -133,17 +140,19 @@ else:
 class Pipe:
     """One end of an executor's socketpair."""
 
-    # Called about once a second while one large message is sent or read (a gibibyte takes
-    # seconds on loaded cores, and the daemon's loop is held meanwhile: its heartbeats go
-    # out from here); None in executors.
-    during: Callable[[], None] | None = None
-
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         sock.setblocking(True)
         self._buf = bytearray()  # read ahead, not yet consumed from _pos on
         self._pos = 0
         self._poller: Any = None  # (``wait``'s, made at its first wait)
+        # ``receive``'s message in progress: its header, then its frames as they fill
+        # (``_got`` bytes of the last one), made one at a time as their bytes come
+        self._head: bytes | None = None
+        self._sizes: tuple[int, ...] = ()
+        self._frames: list[memoryview] = []
+        self._got = 0
+        self._out: deque[memoryview] = deque()  # ``post``'s bytes the kernel did not take yet
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -176,48 +185,134 @@ class Pipe:
         self.send_many((message,))
 
     def send_many(self, messages: Sequence[PipeMessage]) -> None:
-        """Send several messages with one system call (when the kernel takes them at once)."""
-        parts: list[Any] = []
-        total = 0
-        for message in messages:
-            head, frames = encode(message)
-            if not frames:
-                parts += [_PREFIX.pack(len(head), 0), head]
-                total += _PREFIX.size + len(head)
-                continue
-            views = [memoryview(f.buffer if hasattr(f, "buffer") else f).cast("B")
-                     for f in frames]  # (a zmq frame lends its bytes through .buffer)
-            sizes = [v.nbytes for v in views]
-            parts += [_PREFIX.pack(len(head), len(views)), struct.pack(f"<{len(views)}Q", *sizes),
-                      head, *views]
-            total += _PREFIX.size + 8 * len(views) + len(head) + sum(sizes)
-        if total > _SLICE and Pipe.during is not None:  # (a blocking sendmsg sends it all)
-            self._send_rest(parts, 0)
-            return
+        """Send several messages with one system call (when the kernel takes them at once);
+        blocks until it has taken all of them."""
+        parts = _parts(messages)
         sent = self.sock.sendmsg(parts)
-        if sent < total:  # a large message: finish what the kernel did not take at once
-            self._send_rest(parts, sent)
+        for part in parts:  # (a large message: finish what the kernel did not take at once)
+            while sent < part.nbytes:
+                sent += self.sock.send(part[sent:])
+            sent -= part.nbytes
 
-    def _send_rest(self, parts: list[Any], sent: int) -> None:
-        due = time.monotonic() + LONG_IO
-        for part in parts:
-            view = memoryview(part).cast("B")
-            while sent < view.nbytes:
-                sent += self.sock.send(view[sent:sent + _SLICE])
-                due = self._during(due)
-            sent -= view.nbytes
+    def post(self, messages: Sequence[PipeMessage]) -> None:
+        """Send several messages without waiting: what the kernel does not take now is kept,
+        in order, for ``flush`` (``pending`` says whether any is). ``OSError`` if the peer
+        is gone."""
+        self._out.extend(_parts(messages))
+        self.flush()
 
-    def _during(self, due: float) -> float:
-        """Call ``during`` if ``due`` has passed; when it is due next."""
-        during = Pipe.during  # (from the class: a function set there is not bound to self)
-        if during is None or time.monotonic() < due:
-            return due
-        during()
-        return time.monotonic() + LONG_IO
+    @property
+    def pending(self) -> bool:
+        """Whether ``post`` kept bytes the kernel did not take yet (poll for writing)."""
+        return bool(self._out)
+
+    def flush(self) -> None:
+        """Send what ``post`` kept, as far as the kernel takes it now."""
+        out = self._out
+        while out:
+            try:
+                sent = self.sock.sendmsg([out[i] for i in range(min(len(out), _IOV))], [],
+                                         socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            while out and out[0].nbytes <= sent:  # (empty frames too)
+                sent -= out.popleft().nbytes
+            if sent:
+                out[0] = out[0][sent:]
+
+    def receive(self, budget: int | None = _BUDGET) -> PipeMessage | None:
+        """The next message once all of it has come, reading only what is there (never
+        waits), and at most ``budget`` bytes of large frames; None until then (later calls
+        read the rest). ``EOFError`` and ``PipeError`` as ``recv``, and ``EOFError`` for a
+        frame larger than any payload."""
+        if self._head is None:
+            whole = self._whole()
+            while whole is None and not self._begin():
+                if not self._more():
+                    return None
+                whole = self._whole()
+            if whole is not None:
+                return decode(*whole)
+        if not self._fill(budget):
+            return None
+        head, frames = self._head, self._frames
+        assert head is not None
+        self._head, self._frames, self._got = None, [], 0
+        return decode(head, frames)
+
+    def _more(self) -> bool:
+        """Read ahead what has come (up to a chunk); False if nothing had."""
+        try:
+            chunk = self.sock.recv(_CHUNK, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        if not chunk:
+            raise EOFError("executor pipe closed")
+        if self._pos == len(self._buf):
+            self._buf, self._pos = bytearray(chunk), 0
+        else:
+            self._buf += chunk
+        return True
+
+    def _begin(self) -> bool:
+        """If the next message's prefix, frame sizes and header were read ahead (and not its
+        frames: else ``_whole`` took it), take them out of the buffer to fill its frames."""
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < _PREFIX.size:
+            return False
+        head_len, count = _PREFIX.unpack_from(buf, pos)
+        if count > PIPE_MAX_FRAMES or head_len > PIPE_MAX_HEADER:
+            raise EOFError("malformed message on an executor pipe")
+        at = pos + _PREFIX.size + 8 * count
+        if at + head_len > len(buf):
+            return False
+        sizes = struct.unpack_from(f"<{count}Q", buf, pos + _PREFIX.size) if count else ()
+        if any(size > MAX_PAYLOAD_BYTES for size in sizes):
+            raise EOFError(f"a message on an executor pipe has a frame of {max(sizes):,} "
+                           "bytes, more than any payload")
+        self._head, self._sizes = bytes(buf[at:at + head_len]), sizes
+        self._pos = at + head_len
+        return True
+
+    def _fill(self, budget: int | None) -> bool:
+        """Fill the frames of the message begun, from what was read ahead, then from what has
+        come (``budget`` bytes at most); True once all are full."""
+        while True:
+            frames = self._frames
+            if not frames or self._got == frames[-1].nbytes:
+                if len(frames) == len(self._sizes):
+                    return True
+                size = self._sizes[len(frames)]
+                frames.append(memoryview(mmap.mmap(-1, size) if size >= _MAPPED
+                                         else bytearray(size)).cast("B"))
+                self._got = 0
+                continue
+            view, got = frames[-1], self._got
+            if self._pos < len(self._buf):  # from what was read ahead
+                take = min(view.nbytes - got, len(self._buf) - self._pos)
+                view[got:got + take] = self._buf[self._pos:self._pos + take]
+                self._pos += take
+                self._got += take
+                continue
+            if budget is not None and budget <= 0:
+                return False
+            if view.nbytes - got < _CHUNK:  # (small: read ahead what follows it too)
+                if not self._more():
+                    return False
+                continue
+            try:
+                n = self.sock.recv_into(view[got:], 0, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
+            if n == 0:
+                raise EOFError("executor pipe closed")
+            self._got += n
+            budget = None if budget is None else budget - n
 
     def recv(self) -> PipeMessage:
-        """One message. ``EOFError`` if the peer is gone or breaks framing; ``PipeError`` if
-        the message is malformed (it was read whole: the next one can be)."""
+        """One message (waits for all of it). ``EOFError`` if the peer is gone or breaks
+        framing; ``PipeError`` if the message is malformed (it was read whole: the next one
+        can be)."""
         if self._pos == len(self._buf):  # (nothing read ahead: most messages come whole)
             chunk = self.sock.recv(_CHUNK)
             if not chunk:
@@ -263,7 +358,6 @@ class Pipe:
         out = bytearray(size)
         view = memoryview(out)
         got = 0
-        due = 0.0  # (set once a large frame is read: most messages are small)
         while got < size:
             if self._pos < len(self._buf):  # from what was read ahead
                 take = min(size - got, len(self._buf) - self._pos)
@@ -277,10 +371,25 @@ class Pipe:
                 if n == 0:
                     raise EOFError("executor pipe closed")
                 got += n
-                due = self._during(due or time.monotonic() + LONG_IO)
             else:
                 chunk = self.sock.recv(_CHUNK)
                 if not chunk:
                     raise EOFError("executor pipe closed")
                 self._buf += chunk
         return out
+
+
+def _parts(messages: Sequence[PipeMessage]) -> list[memoryview]:
+    """The bytes of ``messages`` on the wire, as buffers to send in turn (frames not copied)."""
+    parts: list[memoryview] = []
+    for message in messages:
+        head, frames = encode(message)
+        if not frames:
+            parts += [memoryview(_PREFIX.pack(len(head), 0)), memoryview(head)]
+            continue
+        views = [memoryview(f.buffer if hasattr(f, "buffer") else f).cast("B")
+                 for f in frames]  # (a zmq frame lends its bytes through .buffer)
+        parts += [memoryview(_PREFIX.pack(len(head), len(views))),
+                  memoryview(struct.pack(f"<{len(views)}Q", *(v.nbytes for v in views))),
+                  memoryview(head), *views]
+    return parts

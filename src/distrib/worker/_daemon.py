@@ -31,7 +31,6 @@ from distrib.wire import _facts, _transport
 from distrib.wire import _messages as m
 from distrib.wire._limits import MAX_MESSAGE_BYTES
 from distrib.wire._messages import RefusalCode
-from distrib.wire._pipe import Pipe
 from distrib.worker._actions import Actions
 from distrib.worker._core import Core
 from distrib.worker._diskwatch import DiskLimits, DiskWatcher
@@ -161,7 +160,6 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_sighup)
-        Pipe.during = self.serving.heartbeat  # (a gibibyte to or from an executor: seconds)
         next_tick = read = time.monotonic()  # (read: when it last read every socket)
         direct, control = self.calls.direct, self.owner.control
         polled: tuple[Any, ...] = ()
@@ -171,10 +169,13 @@ class Daemon:
                 # (a new poller only when what it watches changed: most turns it has not)
                 watched = (self.sock, self._wake_r, *self.gate.sockets(), *direct.sockets(),
                            *self.dials.sockets(), control.fileno(), *self.executors.fds())
-                if watched != polled:
-                    polled, poller = watched, zmq.Poller()
+                writing = self.executors.writing()
+                if (watched, writing) != polled:
+                    polled, poller = (watched, writing), zmq.Poller()
                     for sock in watched:
                         poller.register(sock, zmq.POLLIN)
+                    for fd in writing:
+                        poller.register(fd, zmq.POLLIN | zmq.POLLOUT)
                 timeout = max(0.0, next_tick - time.monotonic())
                 events = dict(poller.poll(int(timeout * 1000) + 1))
                 began = time.monotonic()

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import zmq
 
 from distrib import _process
 from distrib._logs import RateLimited
@@ -98,13 +99,25 @@ class Executors:
         return [proc.fileno() for proc in self.procs.values()] + [
             t.fileno() for t in self.templates.values() if not t.ready]
 
+    def writing(self) -> list[int]:
+        """Executors' pipes the loop polls for writing too: with messages the kernel has not
+        taken yet (their executors are not reading now)."""
+        return [proc.fileno() for proc in self.procs.values() if proc.pipe.pending]
+
     def on_readable(self, events: dict[Any, int]) -> None:
         for ex_id, proc in list(self.procs.items()):
-            if proc.fileno() in events:
-                self._on_executor(ex_id, proc)
-                # Messages read ahead into the pipe's buffer won't wake the poller.
-                while self.procs.get(ex_id) is proc and proc.pipe.buffered():
-                    self._on_executor(ex_id, proc)
+            mask = events.get(proc.fileno(), 0)
+            if mask & zmq.POLLOUT:
+                try:
+                    proc.pipe.flush()
+                except OSError:
+                    self.apply(self.died(ex_id))
+                    continue
+            if mask & ~zmq.POLLOUT:
+                # (until all of a message has come, or what was read ahead holds none whole:
+                # messages read ahead into the pipe's buffer won't wake the poller)
+                while self.procs.get(ex_id) is proc and self._on_executor(ex_id, proc):
+                    pass
         for key, template in list(self.templates.items()):
             if not template.ready and template.fileno() in events:
                 self._on_template(key, template)
@@ -119,7 +132,7 @@ class Executors:
                 poller.register(proc.fileno(), select.POLLIN)
         ready = poller.poll(0)
         if ready:
-            self.on_readable({fd: select.POLLIN for fd, _ in ready})
+            self.on_readable({fd: zmq.POLLIN for fd, _ in ready})
 
     def spawn(self, key: EnvKey, recipe: Recipe, ex_id: int) -> list[Action]:
         """Start executor ``ex_id``; what follows if it cannot start."""
@@ -186,7 +199,9 @@ class Executors:
         """A template finished importing its environment: fork the executors waiting for it
         (or, if it cannot, spawn them)."""
         try:
-            message = template.control.recv()
+            message = template.control.receive()
+            if message is None:
+                return None  # (not all of it yet)
         except (EOFError, OSError, ValueError, PipeError):
             message = None  # (it died, or broke the protocol: as good as dead)
         if isinstance(message, Ready):
@@ -240,18 +255,22 @@ class Executors:
         if template is not None:
             template.kill()
 
-    def _on_executor(self, ex_id: int, proc: ExecutorProcess) -> None:
+    def _on_executor(self, ex_id: int, proc: ExecutorProcess) -> bool:
+        """Read and act on the executor's next message; False if none has all come."""
         try:
             message = proc.read()
         except PipeError as exc:
             log.warning("executor %d sent a malformed message (%s); stopping it", proc.pid, exc)
             self.apply(self.died(ex_id))
-            return
+            return False
         except (EOFError, OSError, ValueError) as exc:
             log.debug("executor %d: %s", proc.pid, exc, exc_info=True)
             self.apply(self.died(ex_id))
-            return
+            return False
+        if message is None:
+            return False
         self._dispatch(ex_id, proc, message)
+        return True
 
     def _dispatch(self, ex_id: int, proc: ExecutorProcess, message: PipeMessage) -> None:
         now = time.monotonic()
@@ -352,31 +371,9 @@ class Executors:
     def renice(self, nice: int) -> None:
         """Every thread of the executors, what they started, and the templates (executors
         forked later inherit theirs) runs at ``nice`` now."""
-        import psutil  # (here: only a renice, from the owner's policy, needs it)
-
         self.nice = nice
-        refused = 0
-        pids = [proc.pid for proc in self.procs.values() if proc.pid] + [
-            t.proc.pid for t in self.templates.values()]
-        for pid in pids:
-            try:
-                tree = [psutil.Process(pid)]
-                tree += tree[0].children(recursive=True)
-            except psutil.Error:
-                continue
-            for p in tree:
-                try:
-                    threads = [t.id for t in p.threads()]
-                except psutil.Error:
-                    continue
-                for tid in threads:  # (on Linux, a niceness is each thread's own)
-                    try:
-                        os.setpriority(os.PRIO_PROCESS, tid, nice)
-                    except ProcessLookupError:
-                        pass
-                    except OSError:
-                        refused += 1
-        if refused:
+        if _process.renice_trees([proc.pid for proc in self.procs.values() if proc.pid] + [
+                t.proc.pid for t in self.templates.values()], nice):
             log.warning("running executors keep their niceness: this user may not lower it to "
                         "%d (new executors start at %d)", nice, nice)
         self.ahead.drop()  # (a lower niceness it may not take: a new one)
@@ -448,17 +445,15 @@ class Executors:
     def _last_words(self, ex_id: int, proc: ExecutorProcess) -> None:
         """An executor that exited: what it sent before (a result, its output) is read
         first, as the loop would have (its end is then its pipe's), and it is dead."""
-        try:  # (a message cut short by its death, its socket held by a process it left: no wait)
-            proc.pipe.sock.settimeout(1.0)
-        except OSError:
-            pass
         for _ in range(PIPE_LAST_MESSAGES):
-            if self.procs.get(ex_id) is not proc or not proc.pipe.readable():
+            if self.procs.get(ex_id) is not proc:
                 break
             try:
-                message = proc.read()
+                message = proc.read(whole=True)
             except (PipeError, EOFError, OSError, ValueError):
-                break  # (its end, or a message it did not finish)
+                break  # (its end)
+            if message is None:
+                break  # (a message it did not finish)
             self._dispatch(ex_id, proc, message)
         if self.procs.get(ex_id) is proc:
             self.apply(self.died(ex_id))

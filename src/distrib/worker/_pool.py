@@ -108,7 +108,7 @@ class ExecutorProcess(Struct, eq=False):
 
     def run(self, tasks: list[Run]) -> None:
         """Hand tasks to this executor, which runs them in order."""
-        self.pipe.send_many(tasks)
+        self.pipe.post(tasks)
 
     def renew(self) -> None:
         """A new socketpair for a process not attached yet: a template that did not answer
@@ -123,15 +123,17 @@ class ExecutorProcess(Struct, eq=False):
     def child(self, run_id: int, child: int, status: str, info: dict[str, str],
               frames: list[Any]) -> None:
         """How call ``child`` of the running task ``run_id`` ended."""
-        self.pipe.send(ChildOutcome(run_id, child, status, info, tuple(frames)))
+        self.pipe.post([ChildOutcome(run_id, child, status, info, tuple(frames))])
 
     def skip(self, run_id: int) -> None:
         """Ask the executor to drop task ``run_id`` if it has not started it."""
-        self.pipe.send(Skip(run_id))
+        self.pipe.post([Skip(run_id)])
 
-    def read(self) -> PipeMessage:
-        """Read one whole message. ``EOFError`` if it died, ``PipeError`` if it is malformed."""
-        return self.pipe.recv()
+    def read(self, whole: bool = False) -> PipeMessage | None:
+        """Its next message once all of it has come (None until then: never waits, whatever
+        its task sends; ``whole``: reads all that has come of a large one, not a share).
+        ``EOFError`` if it died, ``PipeError`` if it is malformed."""
+        return self.pipe.receive(None) if whole else self.pipe.receive()
 
     def signal_kill(self) -> None:
         """SIGKILL it and every process its tasks started (they may have left its tree only
@@ -234,7 +236,7 @@ def spawn(recipe: Recipe, ex: ExecutorProcess) -> None:
         ex.theirs = None
     if isinstance(ex.proc, Boxed):  # (process 1 of its sandbox)
         ex.private = (ex.proc.scratch / _sandbox.layers(1),)
-    ex.pipe.send(Context(recipe.argv, recipe.forwarded, [], recipe.max_payload))
+    ex.pipe.post([Context(recipe.argv, recipe.forwarded, [], recipe.max_payload)])
 
 
 class Template(Struct, eq=False):
