@@ -465,3 +465,46 @@ def test_post_keeps_what_the_kernel_does_not_take_and_flush_sends_it_in_order() 
     finally:
         ours.close()
         theirs.close()
+
+
+def test_an_executor_that_keeps_sending_gets_one_read_a_turn(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # A task printing in a loop sends faster than the daemon forwards: each turn of the
+    # daemon's loop reads what one read brings, and the other executors and Mains get theirs.
+    from distrib import _process
+    from distrib.worker._executors import Executors
+    from distrib.worker._memory import MemoryWatch
+    from distrib.worker._pool import ExecutorProcess
+
+    monkeypatch.setattr(_process, "become_subreaper", lambda: False)  # (not the test process)
+    executors = Executors("w", tmp_path, 0, _Core(),  # type: ignore[arg-type]
+                          MemoryWatch(), lambda actions: None)
+    lines: list[str] = []
+    executors.on_output = lambda ex_id, stream, text: lines.append(text)
+    ours, theirs = socket.socketpair()
+    proc = executors.procs[1] = ExecutorProcess(Pipe(ours), tmp_path)
+    total = 40_000  # (about 1.2 MB: many reads' worth)
+    flood = b"".join(_wire(pm.Out(1, 1, f"line {i:06d}\n")) for i in range(total))
+    sender = threading.Thread(target=theirs.sendall, args=(flood,))
+    sender.start()
+    try:
+        select.select([ours], [], [], 60)
+        executors.on_readable({proc.fileno(): 1})
+        assert 0 < len(lines) < total // 4  # (a read's worth, not what keeps coming)
+        deadline = time.monotonic() + 60
+        while len(lines) < total:
+            assert time.monotonic() < deadline, "the rest was not read"
+            select.select([ours], [], [], 1.0)
+            executors.on_readable({proc.fileno(): 1})
+        assert lines == [f"line {i:06d}\n" for i in range(total)]
+    finally:
+        sender.join(60)
+        ours.close()
+        theirs.close()
+
+
+def _wire(message: pm.PipeMessage) -> bytes:
+    """One message as it goes on the pipe."""
+    head, frames = encode(message)
+    assert not frames
+    return struct.pack("<II", len(head), 0) + head

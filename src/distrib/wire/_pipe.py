@@ -56,7 +56,7 @@ _CHUNK = 1 << 16
 # A frame this large is received into memory mapped as it is filled: a header may claim any
 # size, and only the bytes that come are held.
 _MAPPED = 1 << 20
-_BUDGET = 16 << 20  # bytes one ``receive`` reads at most (the daemon's other work waits)
+READ_BUDGET = 16 << 20  # bytes one ``receive`` reads at most (the daemon's other work waits)
 _IOV = 512  # buffers per ``sendmsg`` (the kernel takes at most 1,024)
 
 
@@ -152,6 +152,7 @@ class Pipe:
         self._sizes: tuple[int, ...] = ()
         self._frames: list[memoryview] = []
         self._got = 0
+        self._left: int | None = None  # bytes ``receive`` may still read from the socket
         self._out: deque[memoryview] = deque()  # ``post``'s bytes the kernel did not take yet
 
     def fileno(self) -> int:
@@ -220,11 +221,12 @@ class Pipe:
             if sent:
                 out[0] = out[0][sent:]
 
-    def receive(self, budget: int | None = _BUDGET) -> PipeMessage | None:
+    def receive(self, budget: int | None = READ_BUDGET) -> PipeMessage | None:
         """The next message once all of it has come, reading only what is there (never
-        waits), and at most ``budget`` bytes of large frames; None until then (later calls
-        read the rest). ``EOFError`` and ``PipeError`` as ``recv``, and ``EOFError`` for a
-        frame larger than any payload."""
+        waits), and at most about ``budget`` bytes from the socket (0: only what was read
+        ahead; None: no bound); None until then (later calls read the rest). ``EOFError``
+        and ``PipeError`` as ``recv``, and ``EOFError`` for a frame larger than any payload."""
+        self._left = budget
         if self._head is None:
             whole = self._whole()
             while whole is None and not self._begin():
@@ -233,7 +235,7 @@ class Pipe:
                 whole = self._whole()
             if whole is not None:
                 return decode(*whole)
-        if not self._fill(budget):
+        if not self._fill():
             return None
         head, frames = self._head, self._frames
         assert head is not None
@@ -241,13 +243,18 @@ class Pipe:
         return decode(head, frames)
 
     def _more(self) -> bool:
-        """Read ahead what has come (up to a chunk); False if nothing had."""
+        """Read ahead what has come (up to a chunk); False if nothing had, or ``receive``'s
+        budget is spent."""
+        if self._left is not None and self._left <= 0:
+            return False
         try:
             chunk = self.sock.recv(_CHUNK, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return False
         if not chunk:
             raise EOFError("executor pipe closed")
+        if self._left is not None:
+            self._left -= len(chunk)
         if self._pos == len(self._buf):
             self._buf, self._pos = bytearray(chunk), 0
         else:
@@ -274,9 +281,9 @@ class Pipe:
         self._pos = at + head_len
         return True
 
-    def _fill(self, budget: int | None) -> bool:
+    def _fill(self) -> bool:
         """Fill the frames of the message begun, from what was read ahead, then from what has
-        come (``budget`` bytes at most); True once all are full."""
+        come (within ``receive``'s budget); True once all are full."""
         while True:
             frames = self._frames
             if not frames or self._got == frames[-1].nbytes:
@@ -294,7 +301,7 @@ class Pipe:
                 self._pos += take
                 self._got += take
                 continue
-            if budget is not None and budget <= 0:
+            if self._left is not None and self._left <= 0:
                 return False
             if view.nbytes - got < _CHUNK:  # (small: read ahead what follows it too)
                 if not self._more():
@@ -307,7 +314,8 @@ class Pipe:
             if n == 0:
                 raise EOFError("executor pipe closed")
             self._got += n
-            budget = None if budget is None else budget - n
+            if self._left is not None:
+                self._left -= n
 
     def recv(self) -> PipeMessage:
         """One message (waits for all of it). ``EOFError`` if the peer is gone or breaks

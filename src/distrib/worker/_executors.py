@@ -22,7 +22,7 @@ import zmq
 from distrib import _process
 from distrib._logs import RateLimited
 from distrib.wire._messages import Outcome
-from distrib.wire._pipe import PipeError
+from distrib.wire._pipe import READ_BUDGET, PipeError
 from distrib.wire._pipe_messages import (
     Call, CancelChild, Done, EnvError, Leaving, NoFork, Out, Park, PipeMessage, Ready, Skipped,
     Unpark)
@@ -113,10 +113,10 @@ class Executors:
                 except OSError:
                     self.apply(self.died(ex_id))
                     continue
-            if mask & ~zmq.POLLOUT:
-                # (until all of a message has come, or what was read ahead holds none whole:
-                # messages read ahead into the pipe's buffer won't wake the poller)
-                while self.procs.get(ex_id) is proc and self._on_executor(ex_id, proc):
+            # One read of what has come, then every message it holds whole (they won't wake
+            # the poller), and no more this turn, however fast a task keeps sending.
+            if mask & ~zmq.POLLOUT and self._on_executor(ex_id, proc):
+                while self.procs.get(ex_id) is proc and self._on_executor(ex_id, proc, 0):
                     pass
         for key, template in list(self.templates.items()):
             if not template.ready and template.fileno() in events:
@@ -255,10 +255,12 @@ class Executors:
         if template is not None:
             template.kill()
 
-    def _on_executor(self, ex_id: int, proc: ExecutorProcess) -> bool:
-        """Read and act on the executor's next message; False if none has all come."""
+    def _on_executor(self, ex_id: int, proc: ExecutorProcess,
+                     budget: int | None = READ_BUDGET) -> bool:
+        """Read (``budget``: as ``ExecutorProcess.read``) and act on the executor's next
+        message; False if none has all come."""
         try:
-            message = proc.read()
+            message = proc.read(budget)
         except PipeError as exc:
             log.warning("executor %d sent a malformed message (%s); stopping it", proc.pid, exc)
             self.apply(self.died(ex_id))
@@ -449,7 +451,7 @@ class Executors:
             if self.procs.get(ex_id) is not proc:
                 break
             try:
-                message = proc.read(whole=True)
+                message = proc.read(None)
             except (PipeError, EOFError, OSError, ValueError):
                 break  # (its end)
             if message is None:

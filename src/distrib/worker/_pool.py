@@ -38,7 +38,7 @@ from msgspec import Struct, field, structs
 
 from distrib._process import exists, kill_trees, wait_exit
 from distrib._scratch import remove_later
-from distrib.wire._pipe import NICE_VAR, THREAD_VARS, Pipe
+from distrib.wire._pipe import NICE_VAR, READ_BUDGET, THREAD_VARS, Pipe
 from distrib.wire._pipe_messages import ChildOutcome, Context, PipeMessage, Run, Skip
 from distrib.worker import _sandbox
 from distrib.worker._ahead import Zygote, _python
@@ -129,11 +129,11 @@ class ExecutorProcess(Struct, eq=False):
         """Ask the executor to drop task ``run_id`` if it has not started it."""
         self.pipe.post([Skip(run_id)])
 
-    def read(self, whole: bool = False) -> PipeMessage | None:
-        """Its next message once all of it has come (None until then: never waits, whatever
-        its task sends; ``whole``: reads all that has come of a large one, not a share).
-        ``EOFError`` if it died, ``PipeError`` if it is malformed."""
-        return self.pipe.receive(None) if whole else self.pipe.receive()
+    def read(self, budget: int | None = READ_BUDGET) -> PipeMessage | None:
+        """Its next message once all of it has come, reading at most about ``budget`` bytes
+        (0: only what was read ahead; None: all that came); None until then: never waits,
+        whatever its task sends. ``EOFError`` if it died, ``PipeError`` if it is malformed."""
+        return self.pipe.receive(budget)
 
     def signal_kill(self) -> None:
         """SIGKILL it and every process its tasks started (they may have left its tree only
