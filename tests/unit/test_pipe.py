@@ -496,6 +496,7 @@ def test_an_executor_that_keeps_sending_gets_one_read_a_turn(
             assert time.monotonic() < deadline, "the rest was not read"
             select.select([ours], [], [], 1.0)
             executors.on_readable({proc.fileno(): 1})
+            assert len(proc.pipe._buf) <= 2 << 16  # (what was read ahead: not all that came)
         assert lines == [f"line {i:06d}\n" for i in range(total)]
     finally:
         sender.join(60)

@@ -257,8 +257,11 @@ class Pipe:
             self._left -= len(chunk)
         if self._pos == len(self._buf):
             self._buf, self._pos = bytearray(chunk), 0
-        else:
-            self._buf += chunk
+            return True
+        if self._pos:  # (what was taken goes first: a stream that never pauses would keep it)
+            del self._buf[:self._pos]
+            self._pos = 0
+        self._buf += chunk
         return True
 
     def _begin(self) -> bool:
