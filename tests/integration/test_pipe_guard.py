@@ -1,10 +1,12 @@
-"""A task holds its executor's pipe to the worker: it writes part of a message and no more, or
-stops reading what the worker sends it. The worker's one loop serves every Main: it must go on
-serving the others (and its owner) meanwhile, and end that executor with its Main."""
+"""A Main's code holds what the worker waits on: a task its executor's pipe (it writes part of
+a message and no more, or stops reading what the worker sends it), a script the template it
+was imported in (it never answers a fork). The worker's one loop serves every Main: it must go
+on serving the others (and its owner) meanwhile, and end what is held with its Main."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -96,3 +98,58 @@ def _executors(pid: int) -> list[psutil.Process]:
 def finish_killed(proc: subprocess.Popen[str]) -> None:
     """Reap a script the test killed, and close its pipes."""
     proc.communicate(timeout=60)
+
+
+STALL = """
+    import os, sys, time
+    from distrib import distributed
+
+    def stall(*args):
+        print("STALLING", file=sys.stderr, flush=True)  # (to the worker's log)
+        time.sleep(600)
+
+    # Imported in its template too: there, every fork asked of it waits for good
+    # ("_fork_executor"), or each executor forked never says its pid ("_forked_executor").
+    frame = sys._getframe()
+    while frame is not None and "_fork_executor" not in frame.f_globals:
+        frame = frame.f_back
+    if frame is not None:
+        frame.f_globals[os.environ["HOLD"]] = stall
+
+    @distributed
+    def one():
+        return 1
+
+    if __name__ == "__main__":
+        print("ONE", one().unwrap(timeout=120))
+    """
+
+
+@pytest.mark.parametrize("hold", ["_fork_executor", "_forked_executor"])
+def test_a_template_that_never_answers_a_fork_holds_neither_the_worker_nor_the_other_mains(
+        hold: str, workspace: Workspace, start_worker, tmp_path: Path) -> None:
+    hostile, steady = keygen(tmp_path / "hostile.key"), keygen(tmp_path / "steady.key")
+    worker, _ = keyed_worker(start_worker, tmp_path, "lent", [hostile, steady], threads=3,
+                             env={"DISTRIB_FORK_TIMEOUT": "600"})  # (no answer is waited for)
+    shutil.copy(TASKS, workspace.root / "tasks.py")
+    workspace.write("stall.py", STALL)
+    workspace.write("steady.py", STEADY)
+    env = {**os.environ, "DISTRIB_CACHE_DIR": str(workspace.cache_dir),
+           "DISTRIB_WORKERS": f"{worker.address} {worker.public_key}"}
+    with ended(subprocess.Popen([PYTHON, "stall.py"], cwd=workspace.root, text=True,
+                                env={**env, "DISTRIB_KEY": str(tmp_path / "hostile.key"),
+                                     "HOLD": hold},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)) as staller:
+        wait_for(lambda: "STALLING" in worker.log(), what="the template to hold a fork")
+        out = subprocess.run([PYTHON, "steady.py"], cwd=workspace.root, text=True,
+                             env={**env, "DISTRIB_KEY": str(tmp_path / "steady.key")},
+                             capture_output=True, timeout=100)
+        assert out.stdout.splitlines() == ["RESULT True"], out.stderr[-3000:]
+        assert worker.status()["state"] == "serving"
+        # (still held: the other Main was served while the template held its fork, not after)
+        after = worker.log().split("STALLING", 1)[1]
+        assert not re.search("did not (answer a fork|fork|say its pid)", after), after
+        staller.kill()
+        finish_killed(staller)
+    wait_for(lambda: not _executors(worker.pid), what="the template to end with its Main")
+    assert worker.proc.poll() is None and worker.status()["state"] == "serving"

@@ -1,13 +1,15 @@
-"""A template that does not answer a fork: the executors it was asked for get new sockets."""
+"""A template that does not answer a fork (the Main's script ran in it, and may hold it): the
+daemon does not wait for it, and the executors it was asked for get new sockets."""
 
 from __future__ import annotations
 
 import socket
+import struct
 import subprocess
+import time
 from pathlib import Path
 from typing import cast
 
-import pytest
 
 from distrib.worker import _pool
 from distrib.wire._pipe import Pipe
@@ -15,16 +17,18 @@ from distrib.wire._pipe_messages import Skip
 from distrib.worker._pool import ExecutorProcess, Recipe, Template
 
 
-def test_an_unanswered_fork_leaves_the_late_executor_a_closed_socket(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(_pool, "FORK_TIMEOUT", 0.2)
+def test_an_unanswered_fork_leaves_the_late_executor_a_closed_socket(tmp_path: Path) -> None:
     daemon_end, template_end = socket.socketpair()
     silent = subprocess.Popen(["sleep", "60"])  # (a template that never answers)
     try:
         template = Template(silent, Pipe(daemon_end), cast(Recipe, None), ready=True)
         ours, theirs = socket.socketpair()
         ex = ExecutorProcess(Pipe(ours), tmp_path, theirs)
-        assert template.fork([ex]) == [ex]
+        assert template.ask([ex], 100.0) == []  # (asked: nothing waits for the answer)
+        assert template.answered(101.0) == [] and template.asked == [ex]
+        assert not template.overdue(100.0 + _pool.FORK_TIMEOUT)
+        assert template.overdue(100.1 + _pool.FORK_TIMEOUT)
+        assert template.give_up() == [ex] and not template.asked
         # The template got the socket and may still fork an executor holding it ...
         _, fds, _, _ = socket.recv_fds(template_end, 1, 1)
         late = socket.socket(fileno=fds[0])
@@ -41,5 +45,42 @@ def test_an_unanswered_fork_leaves_the_late_executor_a_closed_socket(
     finally:
         silent.kill()
         silent.wait()
+        template_end.close()
+        daemon_end.close()
+
+
+def test_answers_are_read_as_they_come_and_attach_their_executors(tmp_path: Path) -> None:
+    daemon_end, template_end = socket.socketpair()
+    template_proc = subprocess.Popen(["sleep", "60"])
+    forked = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    executors = []
+    try:
+        template = Template(template_proc, Pipe(daemon_end), cast(Recipe, None), ready=True)
+        for _ in range(3):
+            ours, theirs = socket.socketpair()
+            executors.append(ExecutorProcess(Pipe(ours), tmp_path, theirs))
+        assert template.ask(executors, 0.0) == []
+        for _ in range(3):
+            socket.recv_fds(template_end, 1, 1)
+        answers = b"".join(struct.pack("<q", p.pid) for p in forked) + struct.pack("<q", -1)
+        template_end.sendall(answers[:5])  # (an answer's first bytes: none whole yet)
+        assert template.answered(1.0) == [] and all(ex.proc is None for ex in executors)
+        template_end.sendall(answers[5:])
+        deadline = time.monotonic() + 30
+        failed: list[ExecutorProcess] = []
+        while template.asked:
+            assert time.monotonic() < deadline, "the answers were not read"
+            failed += template.answered(2.0)
+        assert [ex.pid for ex in executors[:2]] == [p.pid for p in forked]
+        assert failed == [executors[2]] and executors[2].theirs is not None  # (a new socket)
+        assert not template.overdue(2.0 + 2 * _pool.FORK_TIMEOUT)  # (nothing left asked)
+    finally:
+        for proc in [template_proc, *forked]:
+            proc.kill()
+            proc.wait()
+        for ex in executors:
+            ex.pipe.close()
+            if ex.theirs is not None:
+                ex.theirs.close()
         template_end.close()
         daemon_end.close()

@@ -95,9 +95,10 @@ class Executors:
         self._strays = _strays.Strays()
 
     def fds(self) -> list[int]:
-        """What the loop polls: executors' pipes, and templates still importing."""
-        return [proc.fileno() for proc in self.procs.values()] + [
-            t.fileno() for t in self.templates.values() if not t.ready]
+        """What the loop polls: executors' pipes (once they are processes, or to hear a
+        sandboxed one's pid), and templates importing or asked for forks."""
+        return [proc.fileno() for proc in self.procs.values() if proc.proc or proc.pid_due] + [
+            t.fileno() for t in self.templates.values() if not t.ready or t.asked]
 
     def writing(self) -> list[int]:
         """Executors' pipes the loop polls for writing too: with messages the kernel has not
@@ -107,6 +108,10 @@ class Executors:
     def on_readable(self, events: dict[Any, int]) -> None:
         for ex_id, proc in list(self.procs.items()):
             mask = events.get(proc.fileno(), 0)
+            if mask and proc.pid_due:  # (a sandboxed executor's first byte: its pid)
+                if proc.said_pid() is False:
+                    self.apply(self.died(ex_id))
+                continue
             if mask & zmq.POLLOUT:
                 try:
                     proc.pipe.flush()
@@ -119,8 +124,12 @@ class Executors:
                 while self.procs.get(ex_id) is proc and self._on_executor(ex_id, proc, 0):
                     pass
         for key, template in list(self.templates.items()):
-            if not template.ready and template.fileno() in events:
+            if template.fileno() not in events:
+                continue
+            if not template.ready:
                 self._on_template(key, template)
+            elif template.asked:
+                self._forks_failed(key, template, template.answered(time.monotonic()))
 
     def read_ready(self) -> None:
         """Read what executors sent since the loop last did, before a tick judges their
@@ -189,11 +198,19 @@ class Executors:
         waiting = [ex for ex_id in template.waiting
                    if (ex := self.procs.get(ex_id)) is not None and ex.theirs is not None]
         template.waiting.clear()
-        failed = template.fork(waiting)
+        self._forks_failed(key, template, template.ask(waiting, time.monotonic()))
+
+    def _forks_failed(self, key: EnvKey, template: Template,
+                      failed: list[ExecutorProcess]) -> None:
+        """Executors ``template`` did not fork: it stops, and they (and all it was asked for)
+        are spawned."""
         if failed:
+            failed += template.give_up()
             self.drop_template(key)
             template.waiting = [i for i, ex in self.procs.items() if ex in failed]
             self._spawn_waiting(template)
+            for ex in set(failed) - set(self.procs.values()):
+                ex.kill()  # (stopped while it was asked for: its new sockets close)
 
     def _on_template(self, key: EnvKey, template: Template) -> None:
         """A template finished importing its environment: fork the executors waiting for it
@@ -310,16 +327,9 @@ class Executors:
             self.apply(self.died(ex_id))
 
     def _note_isolation(self, kind: str) -> None:
-        if kind == self._isolation:
-            return
-        self._isolation = kind
-        if kind == "overlay":
-            log.info("task writes are private: each executor sees its environment through an "
-                     "overlay in a mount namespace of its own")
-        else:
-            log.warning("no mount namespaces here: each task works in a private copy of its "
-                        "environment, but a write through a module's __file__ reaches the "
-                        "shared tree")
+        if kind != self._isolation:
+            self._isolation = kind
+            _pool.say_isolation(kind)
 
     def died(self, ex_id: int) -> list[Action]:
         """Executor ``ex_id`` died (or must be taken as dead): what the core does about it."""
@@ -438,6 +448,11 @@ class Executors:
         for ex_id, proc in list(self.procs.items()):
             if proc.poll() is not None:
                 self._last_words(ex_id, proc)
+            elif proc.pid_due and now > proc.pid_due:  # (sandboxed: it did not say its pid)
+                self.apply(self.died(ex_id))
+        for key, template in list(self.templates.items()):
+            if template.overdue(now):  # (it says so)
+                self._forks_failed(key, template, template.give_up())
         if strays:
             self._strays_next = now + STRAYS_EVERY
             self._sweep_strays(procs)

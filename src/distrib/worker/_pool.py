@@ -47,7 +47,8 @@ from distrib.worker._sandbox import Box, Boxed, Sandboxes
 
 log = logging.getLogger("distrib.worker")
 
-FORK_TIMEOUT = 10.0  # seconds a template may take to answer a fork
+# Seconds a template may leave a fork unanswered; its executors are then spawned instead.
+FORK_TIMEOUT = float(os.environ.get("DISTRIB_FORK_TIMEOUT", "10"))
 
 
 class Adopted:
@@ -94,10 +95,38 @@ class ExecutorProcess(Struct, eq=False):
     # Other folders its tasks write to (a private /tmp, say, as the daemon reaches it), counted
     # with its ``<pid>-*`` folders against the owner's disk limits, and removed with them
     private: tuple[Path, ...] = ()
+    # Forked in a sandbox: until when the first byte it says, which carries its pid as this
+    # daemon knows it, may take (0: none awaited)
+    pid_due: float = 0.0
 
     @property
     def pid(self) -> int:
         return self.proc.pid if self.proc is not None else 0
+
+    def attach(self, pid: int) -> None:
+        """It is process ``pid``, forked from its template and adopted by this daemon."""
+        self.proc, self.pid_due = Adopted(pid), 0.0
+        if self.theirs is not None:
+            self.theirs.close()
+            self.theirs = None
+
+    def said_pid(self) -> bool | None:
+        """Read the byte a sandboxed executor says first and attach it to the pid it came
+        with (True); None if it has not come yet; False if something else came."""
+        sock = self.pipe.sock
+        try:
+            data, ancillary, _, _ = sock.recvmsg(1, socket.CMSG_SPACE(12), socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            log.warning("a sandboxed executor did not say its pid: %s", exc)
+            return False
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 0)
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and data == b"P":
+                self.attach(int(struct.unpack("<iII", value[:12])[0]))
+                return True
+        return False
 
     def fileno(self) -> int:
         return self.pipe.fileno()
@@ -201,22 +230,23 @@ class Recipe(Struct, frozen=True):
                   str(theirs.fileno()), *arguments], environ, (theirs.fileno(),), self.env)
 
 
-def _sender(sock: socket.socket) -> int:
-    """The pid of the process that says its first byte on ``sock`` (as this process knows
-    it); 0 if none does in time."""
-    try:
-        sock.settimeout(FORK_TIMEOUT)
-        data, ancillary, _, _ = sock.recvmsg(1, socket.CMSG_SPACE(12))
-    except OSError as exc:
-        log.warning("a sandboxed executor did not say its pid: %s", exc)
-        return 0
-    finally:
-        sock.setblocking(True)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 0)
-    for level, kind, value in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and data == b"P":
-            return int(struct.unpack("<iII", value[:12])[0])
-    return 0
+def say_isolation(kind: str) -> None:
+    """Log how executors keep task writes private (``Ready``'s ``kind``)."""
+    if kind == "overlay":
+        log.info("task writes are private: each executor sees its environment through an "
+                 "overlay in a mount namespace of its own")
+    else:
+        log.warning("no mount namespaces here: each task works in a private copy of its "
+                    "environment, but a write through a module's __file__ reaches the "
+                    "shared tree")
+
+
+def _renewed(executors: list[ExecutorProcess]) -> list[ExecutorProcess]:
+    """``executors``, each with a new socket (a template asked for them may yet fork one
+    holding the old one: it then sees its end closed, and exits)."""
+    for ex in executors:
+        ex.renew()
+    return executors
 
 
 def executor(recipe: Recipe) -> ExecutorProcess:
@@ -248,6 +278,9 @@ class Template(Struct, eq=False):
     ready: bool = False
     waiting: list[int] = field(default_factory=list)  # executors to fork once it is ready
     last_used: float = 0.0
+    asked: list[ExecutorProcess] = field(default_factory=list)  # to fork, not answered yet
+    asked_at: float = 0.0  # when it was asked first, or last answered, since it had none
+    answer: bytearray = field(default_factory=bytearray)  # the first bytes of the next one
 
     @classmethod
     def start(cls, recipe: Recipe, now: float, zygote: Zygote | None = None) -> Template:
@@ -274,48 +307,70 @@ class Template(Struct, eq=False):
     def fileno(self) -> int:
         return self.control.fileno()
 
-    def fork(self, executors: list[ExecutorProcess]) -> list[ExecutorProcess]:
-        """Attach ``executors`` to processes forked from this template (all asked at once,
-        then the answers read); returns those it could not fork."""
+    def ask(self, executors: list[ExecutorProcess], now: float) -> list[ExecutorProcess]:
+        """Ask for ``executors`` to be forked, without waiting for the answers (``answered``
+        reads them as they come: the Main's script ran in this process and may hold them);
+        returns those it could not be asked for, with new sockets."""
         assert self.ready and all(ex.theirs is not None for ex in executors)
-        sock = self.control.sock
-        answers: list[bytes] = []
         boxed = isinstance(self.proc, Boxed)
+        for i, ex in enumerate(executors):
+            assert ex.theirs is not None
+            if boxed:  # (set before the executor can say its first byte)
+                ex.pipe.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            try:
+                socket.send_fds(self.control.sock, [b"F"], [ex.theirs.fileno()],
+                                socket.MSG_DONTWAIT)
+            except OSError as exc:  # (full: a template that does not read)
+                log.warning("template %d did not take a fork request: %s", self.proc.pid, exc)
+                return _renewed(executors[i:])
+            if not self.asked:
+                self.asked_at = now
+            self.asked.append(ex)
+        return []
+
+    def answered(self, now: float) -> list[ExecutorProcess]:
+        """Read the answers that have come, and attach the executors forked (a sandboxed
+        one once it says its pid: ``pid_due``); returns those it did not fork, with new
+        sockets (all it was asked for, if it is gone)."""
         try:
-            sock.settimeout(FORK_TIMEOUT)
-            for ex in executors:
-                assert ex.theirs is not None
-                if boxed:  # (set before the executor can say its first byte)
-                    ex.pipe.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-                socket.send_fds(sock, [b"F"], [ex.theirs.fileno()])
-            for _ in executors:
-                answer = b""
-                while len(answer) < 8:
-                    part = sock.recv(8 - len(answer))
-                    if not part:
-                        raise EOFError("the template is gone")
-                    answer += part
-                answers.append(answer)
-        except (OSError, EOFError) as exc:
-            log.warning("template %d did not fork executors: %s", self.proc.pid, exc)
-        finally:
-            sock.setblocking(True)
-        failed = executors[len(answers):]
-        for ex in failed:  # (unanswered: each may yet be forked, holding its socket)
-            ex.renew()
-        for ex, answer in zip(executors, answers):
-            pid = struct.unpack("<q", answer)[0]
-            if pid > 0 and isinstance(self.proc, Boxed):  # (its layers: by its pid in there)
-                ex.private = (self.proc.scratch / _sandbox.layers(pid),)
-                pid = _sender(ex.pipe.sock)
+            data = self.control.sock.recv(8 * len(self.asked) - len(self.answer),
+                                          socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return []
+        except OSError:
+            data = b""
+        if not data:
+            log.warning("template %d ended before it forked the executors asked of it",
+                        self.proc.pid)
+            return self.give_up()
+        self.answer += data
+        failed = []
+        while len(self.answer) >= 8:
+            pid = struct.unpack_from("<q", self.answer)[0]
+            del self.answer[:8]
+            ex = self.asked.pop(0)
+            self.asked_at = now
             if pid <= 0:
                 failed.append(ex)
-                continue
-            ex.proc = Adopted(pid)
-            assert ex.theirs is not None
-            ex.theirs.close()
-            ex.theirs = None
-        return failed
+            elif isinstance(self.proc, Boxed):  # (its layers: by its pid in there)
+                ex.private = (self.proc.scratch / _sandbox.layers(pid),)
+                ex.pid_due = now + FORK_TIMEOUT
+            else:
+                ex.attach(pid)
+        return _renewed(failed)
+
+    def overdue(self, now: float) -> bool:
+        """Whether it has left a fork unanswered for ``FORK_TIMEOUT`` (it is logged)."""
+        if not self.asked or now - self.asked_at <= FORK_TIMEOUT:
+            return False
+        log.warning("template %d did not answer a fork in %.0f s", self.proc.pid, FORK_TIMEOUT)
+        return True
+
+    def give_up(self) -> list[ExecutorProcess]:
+        """The executors asked for and not answered, with new sockets: no answer is read
+        from now on."""
+        asked, self.asked = self.asked, []
+        return _renewed(asked)
 
     def kill(self) -> None:
         if self.proc.poll() is None:  # (with what the Main's script started as it imported)
