@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import cast
 
+import pytest
 
 from distrib.worker import _pool
 from distrib.wire._pipe import Pipe
@@ -82,5 +83,50 @@ def test_answers_are_read_as_they_come_and_attach_their_executors(tmp_path: Path
             ex.pipe.close()
             if ex.theirs is not None:
                 ex.theirs.close()
+        template_end.close()
+        daemon_end.close()
+
+
+def test_executors_asked_of_a_template_that_is_stopped_are_dead(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # (its distribution replaced, say): no answer will come for them
+    from distrib import _process
+    from distrib.worker._events import EnvKey, ExecutorDied
+    from distrib.worker._executors import Executors
+    from distrib.worker._memory import MemoryWatch
+
+    died: list[int] = []
+
+    class Core:  # (what Executors hands the core, recorded)
+        executors: dict[int, object] = {}
+
+        def running(self, ex_id: int) -> None:
+            return None
+
+        def handle(self, event: object, now: float) -> list[object]:
+            if isinstance(event, ExecutorDied):
+                died.append(event.ex_id)
+            return []
+
+    monkeypatch.setattr(_process, "become_subreaper", lambda: False)  # (not the test process)
+    executors = Executors("w", tmp_path, 0, Core(),  # type: ignore[arg-type]
+                          MemoryWatch(), lambda actions: None)
+    daemon_end, template_end = socket.socketpair()
+    silent = subprocess.Popen(["sleep", "60"])
+    ours, theirs = socket.socketpair()
+    ex = executors.procs[4] = ExecutorProcess(Pipe(ours), tmp_path, theirs)
+    try:
+        key = EnvKey("d" * 64, 1)
+        template = executors.templates[key] = Template(
+            silent, Pipe(daemon_end), Recipe(1, tmp_path, None, tmp_path, [], {}), ready=True)
+        assert template.ask([ex], 0.0) == []
+        executors.drop_template(key)
+        assert died == [4] and not template.asked and silent.wait(30) != 0
+    finally:
+        silent.kill()
+        silent.wait()
+        ex.pipe.close()
+        if ex.theirs is not None:
+            ex.theirs.close()
         template_end.close()
         daemon_end.close()

@@ -95,14 +95,12 @@ class Executors:
         self._strays = _strays.Strays()
 
     def fds(self) -> list[int]:
-        """What the loop polls: executors' pipes (once they are processes, or to hear a
-        sandboxed one's pid), and templates importing or asked for forks."""
+        """What the loop polls: executors (started, or to say their pid), busy templates."""
         return [proc.fileno() for proc in self.procs.values() if proc.proc or proc.pid_due] + [
             t.fileno() for t in self.templates.values() if not t.ready or t.asked]
 
     def writing(self) -> list[int]:
-        """Executors' pipes the loop polls for writing too: with messages the kernel has not
-        taken yet (their executors are not reading now)."""
+        """Executors the loop polls for writing too: the kernel has not taken all sent yet."""
         return [proc.fileno() for proc in self.procs.values() if proc.pipe.pending]
 
     def on_readable(self, events: dict[Any, int]) -> None:
@@ -202,8 +200,7 @@ class Executors:
 
     def _forks_failed(self, key: EnvKey, template: Template,
                       failed: list[ExecutorProcess]) -> None:
-        """Executors ``template`` did not fork: it stops, and they (and all it was asked for)
-        are spawned."""
+        """``template`` did not fork ``failed``: it stops, and all it was asked are spawned."""
         if failed:
             failed += template.give_up()
             self.drop_template(key)
@@ -271,6 +268,9 @@ class Executors:
         template = self.templates.pop(key, None)
         if template is not None:
             template.kill()
+            asked = template.give_up()  # (not forked yet: they are dead)
+            for ex_id in [i for i, ex in self.procs.items() if ex in asked]:
+                self.apply(self.died(ex_id))
 
     def _on_executor(self, ex_id: int, proc: ExecutorProcess,
                      budget: int | None = READ_BUDGET) -> bool:
