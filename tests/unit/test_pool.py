@@ -130,3 +130,41 @@ def test_executors_asked_of_a_template_that_is_stopped_are_dead(
             ex.theirs.close()
         template_end.close()
         daemon_end.close()
+
+
+def test_no_strays_are_swept_while_a_fork_is_answered(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # An executor forked, whose answer (or, sandboxed, whose pid) is not read yet, runs with
+    # no pid the daemon knows: a sweep then would take it for a process a task left.
+    from distrib import _process
+    from distrib.worker._events import EnvKey
+    from distrib.worker._executors import Executors
+    from distrib.worker._memory import MemoryWatch
+
+    monkeypatch.setattr(_process, "become_subreaper", lambda: True)  # (executors are forked)
+    executors = Executors("w", tmp_path, 0, object(),  # type: ignore[arg-type]
+                          MemoryWatch(), lambda actions: None)
+    swept: list[bool] = []
+    monkeypatch.setattr(executors, "_sweep_strays", lambda procs: swept.append(True))
+    monkeypatch.setattr(executors.ahead, "keep", lambda *args: None)
+    ours, theirs = socket.socketpair()
+    ex = executors.procs[1] = ExecutorProcess(Pipe(ours), tmp_path, theirs)
+    daemon_end, template_end = socket.socketpair()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    template = executors.templates[EnvKey("d" * 64, 1)] = Template(
+        sleeper, Pipe(daemon_end), Recipe(1, tmp_path, None, tmp_path, [], {}), ready=True)
+    try:
+        now = time.monotonic()
+        template.asked, template.asked_at = [ex], now
+        executors.tick(now)
+        template.asked, ex.pid_due = [], now + 60  # (answered; sandboxed, its pid not said)
+        executors.tick(now)
+        assert swept == []
+        ex.pid_due = 0.0
+        executors.tick(now)
+        assert swept == [True]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for sock in (daemon_end, template_end, ours, theirs):
+            sock.close()

@@ -247,14 +247,10 @@ class Executors:
 
     def _sweep_strays(self, procs: dict[int, _process.Entry], at_once: bool = False) -> None:
         """Kill what tasks left to this daemon (``_strays``), and reap what exited."""
-        started = [ex.proc for ex in self.procs.values()] + [
-            t.proc for t in self.templates.values()]
-        ours = {p.pid for p in started if p is not None} | {
-            p.launcher.pid for p in started if isinstance(p, Boxed)} | self.builds() | (
-            self.ahead.pids())
-        boxed = {t.proc.pid: procs[t.proc.pid].session for t in self.templates.values()
-                 if isinstance(t.proc, Boxed) and t.proc.pid in procs}
-        killed = self._strays.sweep(procs, ours, boxed, at_once)
+        ours, boxed = _pool.started(list(self.procs.values()), list(self.templates.values()),
+                                    procs)
+        killed = self._strays.sweep(procs, ours | self.builds() | self.ahead.pids(), boxed,
+                                    at_once)
         if killed:
             peer_log.warning("killed %d process(es) left running by tasks of ended executors",
                              killed)
@@ -437,7 +433,9 @@ class Executors:
 
     def tick(self, now: float) -> None:
         self.read_ready()
-        strays = self.forking and (now >= self._strays_next or now < self._strays_until)
+        # (not while forks are answered: an executor forked and not attached yet looks a stray)
+        strays = self.forking and (now >= self._strays_next or now < self._strays_until) and \
+            not _pool.forking(self.procs.values(), self.templates.values())
         procs = _process.table_of_tree(os.getpid()) if self.memory.limit else (
             _process.table_of_children([os.getpid(), *self._boxed()]) if strays else {})
         if self.memory.limit:

@@ -31,12 +31,13 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from msgspec import Struct, field, structs
 
-from distrib._process import exists, kill_trees, wait_exit
+from distrib._process import Entry, exists, kill_trees, wait_exit
 from distrib._scratch import remove_later
 from distrib.wire._pipe import NICE_VAR, READ_BUDGET, THREAD_VARS, Pipe
 from distrib.wire._pipe_messages import ChildOutcome, Context, PipeMessage, Run, Skip
@@ -228,6 +229,24 @@ class Recipe(Struct, frozen=True):
         return self.sandboxes.start(
             box, [str(python), "-P", "-m", "distrib.executor._tasks", *mode,
                   str(theirs.fileno()), *arguments], environ, (theirs.fileno(),), self.env)
+
+
+def started(executors: list[ExecutorProcess], templates: list[Template],
+            table: dict[int, Entry]) -> tuple[set[int], dict[int, int]]:
+    """The pids of ``executors`` and ``templates`` (and of their sandboxes' launchers), and
+    each sandboxed template's session by its pid (read in ``table``): what no sweep kills."""
+    procs = [ex.proc for ex in executors] + [t.proc for t in templates]
+    ours = {p.pid for p in procs if p is not None} | {
+        p.launcher.pid for p in procs if isinstance(p, Boxed)}
+    boxed = {t.proc.pid: table[t.proc.pid].session for t in templates
+             if isinstance(t.proc, Boxed) and t.proc.pid in table}
+    return ours, boxed
+
+
+def forking(executors: Iterable[ExecutorProcess], templates: Iterable[Template]) -> bool:
+    """Whether a fork is under way: asked of a template and not answered, or a sandboxed
+    executor's pid not said yet (such an executor runs, and no pid of it is known)."""
+    return any(t.asked for t in templates) or any(ex.pid_due for ex in executors)
 
 
 def say_isolation(kind: str) -> None:
