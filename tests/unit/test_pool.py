@@ -7,14 +7,20 @@ import socket
 import struct
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
 import pytest
 
-from distrib.worker import _pool
+from distrib import _process
 from distrib.wire._pipe import Pipe
 from distrib.wire._pipe_messages import Skip
+from distrib.worker import _pool
+from distrib.worker._events import EnvKey, ExecutorDied
+from distrib.worker._executors import Executors
+from distrib.worker._memory import MemoryWatch
 from distrib.worker._pool import ExecutorProcess, Recipe, Template
 
 
@@ -87,14 +93,33 @@ def test_answers_are_read_as_they_come_and_attach_their_executors(tmp_path: Path
         daemon_end.close()
 
 
+@contextmanager
+def _with_a_template(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, core: object,
+                     forking: bool) -> Iterator[tuple[Executors, ExecutorProcess, Template]]:
+    """``Executors`` of ``core`` with executor 4 and a ready template (a sleeping process
+    stands for it, and is killed after)."""
+    monkeypatch.setattr(_process, "become_subreaper", lambda: forking)
+    executors = Executors("w", tmp_path, 0, core,  # type: ignore[arg-type]
+                          MemoryWatch(), lambda actions: None)
+    daemon_end, template_end = socket.socketpair()
+    ours, theirs = socket.socketpair()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    ex = executors.procs[4] = ExecutorProcess(Pipe(ours), tmp_path, theirs)
+    template = executors.templates[EnvKey("d" * 64, 1)] = Template(
+        sleeper, Pipe(daemon_end), Recipe(1, tmp_path, None, tmp_path, [], {}), ready=True)
+    try:
+        yield executors, ex, template
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for sock in (daemon_end, template_end, ours, theirs, ex.pipe.sock, ex.theirs):
+            if sock is not None:
+                sock.close()
+
+
 def test_executors_asked_of_a_template_that_is_stopped_are_dead(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # (its distribution replaced, say): no answer will come for them
-    from distrib import _process
-    from distrib.worker._events import EnvKey, ExecutorDied
-    from distrib.worker._executors import Executors
-    from distrib.worker._memory import MemoryWatch
-
     died: list[int] = []
 
     class Core:  # (what Executors hands the core, recorded)
@@ -108,52 +133,21 @@ def test_executors_asked_of_a_template_that_is_stopped_are_dead(
                 died.append(event.ex_id)
             return []
 
-    monkeypatch.setattr(_process, "become_subreaper", lambda: False)  # (not the test process)
-    executors = Executors("w", tmp_path, 0, Core(),  # type: ignore[arg-type]
-                          MemoryWatch(), lambda actions: None)
-    daemon_end, template_end = socket.socketpair()
-    silent = subprocess.Popen(["sleep", "60"])
-    ours, theirs = socket.socketpair()
-    ex = executors.procs[4] = ExecutorProcess(Pipe(ours), tmp_path, theirs)
-    try:
-        key = EnvKey("d" * 64, 1)
-        template = executors.templates[key] = Template(
-            silent, Pipe(daemon_end), Recipe(1, tmp_path, None, tmp_path, [], {}), ready=True)
+    with _with_a_template(monkeypatch, tmp_path, Core(), False) as (executors, ex, template):
         assert template.ask([ex], 0.0) == []
-        executors.drop_template(key)
-        assert died == [4] and not template.asked and silent.wait(30) != 0
-    finally:
-        silent.kill()
-        silent.wait()
-        ex.pipe.close()
-        if ex.theirs is not None:
-            ex.theirs.close()
-        template_end.close()
-        daemon_end.close()
+        executors.drop_template(EnvKey("d" * 64, 1))
+        assert died == [4] and not template.asked
+        assert cast(subprocess.Popen[bytes], template.proc).wait(30) != 0  # (it was killed)
 
 
 def test_no_strays_are_swept_while_a_fork_is_answered(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # An executor forked, whose answer (or, sandboxed, whose pid) is not read yet, runs with
     # no pid the daemon knows: a sweep then would take it for a process a task left.
-    from distrib import _process
-    from distrib.worker._events import EnvKey
-    from distrib.worker._executors import Executors
-    from distrib.worker._memory import MemoryWatch
-
-    monkeypatch.setattr(_process, "become_subreaper", lambda: True)  # (executors are forked)
-    executors = Executors("w", tmp_path, 0, object(),  # type: ignore[arg-type]
-                          MemoryWatch(), lambda actions: None)
-    swept: list[bool] = []
-    monkeypatch.setattr(executors, "_sweep_strays", lambda procs: swept.append(True))
-    monkeypatch.setattr(executors.ahead, "keep", lambda *args: None)
-    ours, theirs = socket.socketpair()
-    ex = executors.procs[1] = ExecutorProcess(Pipe(ours), tmp_path, theirs)
-    daemon_end, template_end = socket.socketpair()
-    sleeper = subprocess.Popen(["sleep", "60"])
-    template = executors.templates[EnvKey("d" * 64, 1)] = Template(
-        sleeper, Pipe(daemon_end), Recipe(1, tmp_path, None, tmp_path, [], {}), ready=True)
-    try:
+    with _with_a_template(monkeypatch, tmp_path, object(), True) as (executors, ex, template):
+        swept: list[bool] = []
+        monkeypatch.setattr(executors, "_sweep_strays", lambda procs: swept.append(True))
+        monkeypatch.setattr(executors.ahead, "keep", lambda *args: None)
         now = time.monotonic()
         template.asked, template.asked_at = [ex], now
         executors.tick(now)
@@ -163,8 +157,3 @@ def test_no_strays_are_swept_while_a_fork_is_answered(
         ex.pid_due = 0.0
         executors.tick(now)
         assert swept == [True]
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-        for sock in (daemon_end, template_end, ours, theirs):
-            sock.close()
