@@ -3,6 +3,7 @@ daemon does not wait for it, and the executors it was asked for get new sockets.
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import subprocess
@@ -157,3 +158,36 @@ def test_no_strays_are_swept_while_a_fork_is_answered(
         ex.pid_due = 0.0
         executors.tick(now)
         assert swept == [True]
+
+
+def test_a_template_not_reading_its_large_context_holds_nothing(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # A context larger than the socket takes (a huge argv), to an interpreter held before it
+    # reads it: starting the template does not wait, and the rest goes as it reads.
+    held: list[socket.socket] = []
+
+    def popen(recipe: Recipe, mode: list[str], theirs: socket.socket) -> subprocess.Popen[bytes]:
+        held.append(theirs.dup())  # (its end, read below only once the template started)
+        return subprocess.Popen(["sleep", "60"])
+
+    monkeypatch.setattr(Recipe, "popen", popen)
+    recipe = Recipe(1, tmp_path, None, tmp_path, ["x" * 1000] * 4000, {})  # 4 MB of argv
+    template = Template.start(recipe, 0.0)
+    try:
+        assert template.control.pending
+        got = bytearray()
+        held[0].setblocking(False)
+        deadline = time.monotonic() + 60
+        while template.control.pending or select.select([held[0]], [], [], 0)[0]:
+            assert time.monotonic() < deadline, "the context did not go out"
+            template.send_rest()
+            try:
+                got += held[0].recv(1 << 20)
+            except BlockingIOError:
+                pass
+        assert len(got) > 4_000_000 and got.count(b"x" * 1000) == 4000  # (all of it came)
+    finally:
+        cast(subprocess.Popen[bytes], template.proc).kill()
+        cast(subprocess.Popen[bytes], template.proc).wait()
+        template.control.close()
+        held[0].close()

@@ -451,6 +451,7 @@ class Executors:
         for key, template in list(self.templates.items()):
             if template.overdue(now):  # (it says so)
                 self._forks_failed(key, template, template.give_up())
+            template.send_rest()
         if strays:
             self._strays_next = now + STRAYS_EVERY
             self._sweep_strays(procs)

@@ -319,12 +319,23 @@ class Template(Struct, eq=False):
         finally:
             theirs.close()
         template = cls(proc, Pipe(ours), recipe, last_used=now)
-        template.control.send(Context(recipe.argv, recipe.forwarded, recipe.preload,
-                                      recipe.max_payload))
+        # (without waiting: a context larger than the socket takes, and an interpreter held
+        # before it reads it, by a .pth file of the Main's own environment, say; the rest
+        # goes at the next ticks)
+        template.control.post([Context(recipe.argv, recipe.forwarded, recipe.preload,
+                                       recipe.max_payload)])
         return template
 
     def fileno(self) -> int:
         return self.control.fileno()
+
+    def send_rest(self) -> None:
+        """Send more of its context, if its socket did not take all of it at once (a failure
+        is its death, which reading its socket shows)."""
+        try:
+            self.control.flush()
+        except OSError:
+            pass
 
     def ask(self, executors: list[ExecutorProcess], now: float) -> list[ExecutorProcess]:
         """Ask for ``executors`` to be forked, without waiting for the answers (``answered``
