@@ -174,8 +174,11 @@ class Pipe:
         sleeps in ``recv`` instead also wakes, and sleeps again, each time the peer reads
         what this end sent (that frees room for this end's writes, and the kernel wakes every
         sleeper on the socket for it): one wake-up more for each message exchanged."""
-        if self.buffered():
-            return
+        if not self.buffered():
+            self._sleep()
+
+    def _sleep(self) -> None:
+        """Sleep until the socket has bytes (or the peer closed it)."""
         if self._poller is None:
             self._poller = select.poll()
             self._poller.register(self.sock, select.POLLIN)
@@ -324,21 +327,9 @@ class Pipe:
         """One message (waits for all of it). ``EOFError`` if the peer is gone or breaks
         framing; ``PipeError`` if the message is malformed (it was read whole: the next one
         can be)."""
-        if self._pos == len(self._buf):  # (nothing read ahead: most messages come whole)
-            chunk = self.sock.recv(_CHUNK)
-            if not chunk:
-                raise EOFError("executor pipe closed")
-            self._buf, self._pos = bytearray(chunk), 0
-        whole = self._whole()
-        if whole is not None:
-            return decode(*whole)
-        head_len, count = _PREFIX.unpack(self._read(_PREFIX.size))
-        if count > PIPE_MAX_FRAMES or head_len > PIPE_MAX_HEADER:
-            raise EOFError("malformed message on an executor pipe")
-        sizes = struct.unpack(f"<{count}Q", self._read(8 * count)) if count else ()
-        head = self._read(head_len)
-        frames = [self._read(size) for size in sizes]
-        return decode(head, frames)
+        while (message := self.receive(None)) is None:
+            self._sleep()  # (not ``wait``: part of one may be read ahead)
+        return message
 
     def _whole(self) -> tuple[bytearray, list[Any]] | None:
         """The header and frames of the next message if it was read ahead whole, taken out of
@@ -349,7 +340,7 @@ class Pipe:
         head_len, count = _PREFIX.unpack_from(buf, pos)
         at = pos + _PREFIX.size + 8 * count
         if count > PIPE_MAX_FRAMES or head_len > PIPE_MAX_HEADER or at > len(buf):
-            return None  # (the slow path reads it, or says what is wrong)
+            return None  # (``_begin`` takes it as it comes, or says what is wrong)
         sizes = struct.unpack_from(f"<{count}Q", buf, pos + _PREFIX.size) if count else ()
         if at + head_len + sum(sizes) > len(buf):
             return None
@@ -364,30 +355,6 @@ class Pipe:
         else:
             self._pos = at
         return head, frames
-
-    def _read(self, size: int) -> bytearray:
-        out = bytearray(size)
-        view = memoryview(out)
-        got = 0
-        while got < size:
-            if self._pos < len(self._buf):  # from what was read ahead
-                take = min(size - got, len(self._buf) - self._pos)
-                view[got:got + take] = self._buf[self._pos:self._pos + take]
-                self._pos += take
-                got += take
-                if self._pos == len(self._buf):
-                    self._buf, self._pos = bytearray(), 0
-            elif size - got >= _CHUNK:  # a large frame: straight into its buffer
-                n = self.sock.recv_into(view[got:])
-                if n == 0:
-                    raise EOFError("executor pipe closed")
-                got += n
-            else:
-                chunk = self.sock.recv(_CHUNK)
-                if not chunk:
-                    raise EOFError("executor pipe closed")
-                self._buf += chunk
-        return out
 
 
 def _parts(messages: Sequence[PipeMessage]) -> list[memoryview]:
