@@ -177,6 +177,8 @@ def disk_use(root: Path) -> int:
 
     The worker may still be removing the last Main's sandbox box while this walks: what
     vanishes meanwhile is not kept, so it is not counted (``os.walk`` skips such folders).
+    Written apart from the worker's own ``_envs._disk_use`` on purpose: the cache's bound
+    this test checks is kept with that one, which must not be its own witness.
     """
     seen, total = set(), 0
     for folder, _, files in os.walk(root):
