@@ -57,7 +57,6 @@ The file's shape (every key optional)::
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path

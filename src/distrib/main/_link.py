@@ -10,7 +10,7 @@ from collections import deque
 from typing import Any, ClassVar
 
 import zmq
-from msgspec import Struct, field
+from msgspec import field
 
 from distrib.wire import _link, _transport
 from distrib.wire import _messages as m

@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import zmq
-from msgspec import Struct
 
 from distrib._values import endpoint
 from distrib._errors import ConfigError, NestedDeadlock

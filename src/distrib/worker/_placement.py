@@ -16,8 +16,6 @@ from typing import Any
 
 from msgspec import Struct
 
-from msgspec import Struct
-
 from distrib.wire._messages import Message, Outcome
 from distrib.wire._record import ErrorRecord
 
