@@ -325,7 +325,7 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
     except zmq.ZMQError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
     if early:
-        daemon.executors.ahead.adopt(early.pop())
+        daemon.executors.forks.ahead.adopt(early.pop())
     if announce:
         if not address.startswith("tcp://"):
             raise click.UsageError("--announce needs a tcp address to announce")

@@ -106,7 +106,7 @@ def _with_a_template(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, core: obje
     ours, theirs = socket.socketpair()
     sleeper = subprocess.Popen(["sleep", "60"])
     ex = executors.procs[4] = ExecutorProcess(Pipe(ours), tmp_path, theirs)
-    template = executors.templates[EnvKey("d" * 64, 1)] = Template(
+    template = executors.forks.templates[EnvKey("d" * 64, 1)] = Template(
         sleeper, Pipe(daemon_end), Recipe(1, tmp_path, None, tmp_path, [], {}), ready=True)
     try:
         yield executors, ex, template
@@ -136,9 +136,63 @@ def test_executors_asked_of_a_template_that_is_stopped_are_dead(
 
     with _with_a_template(monkeypatch, tmp_path, Core(), False) as (executors, ex, template):
         assert template.ask([ex], 0.0) == []
-        executors.drop_template(EnvKey("d" * 64, 1))
+        executors.forks.drop(EnvKey("d" * 64, 1))
         assert died == [4] and not template.asked
         assert cast(subprocess.Popen[bytes], template.proc).wait(30) != 0  # (it was killed)
+
+
+class _Core:
+    """What Executors hands the core, recorded: the executors it took as dead."""
+
+    def __init__(self) -> None:
+        self.executors: dict[int, object] = {}
+        self.died: list[int] = []
+
+    def running(self, ex_id: int) -> None:
+        return None
+
+    def handle(self, event: object, now: float) -> list[object]:
+        if isinstance(event, ExecutorDied):
+            self.died.append(event.ex_id)
+        return []
+
+
+def test_executors_waiting_for_a_template_that_died_go_to_the_next(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The template died while it imported, with executor 4 waiting for it; the next executor
+    # of its environment sees the death first (before its socket is read): a new template is
+    # started, and executor 4 waits for that one, rather than for good.
+    core = _Core()
+    started: list[subprocess.Popen[bytes]] = []
+    held: list[socket.socket] = []
+
+    def popen(recipe: Recipe, mode: list[str], theirs: socket.socket) -> subprocess.Popen[bytes]:
+        held.append(theirs.dup())  # (its end of the control socket, as a template holds it)
+        started.append(subprocess.Popen(["sleep", "60"]))
+        return started[-1]
+
+    monkeypatch.setattr(Recipe, "popen", popen)
+    key = EnvKey("d" * 64, 1)
+    with _with_a_template(monkeypatch, tmp_path, core, True) as (executors, ex, template):
+        monkeypatch.setattr(executors.forks.ahead, "take", lambda now: None)
+        template.ready, template.waiting = False, [4]
+        dead = cast(subprocess.Popen[bytes], template.proc)
+        dead.kill()
+        dead.wait()
+        try:
+            assert executors.spawn(key, template.recipe, 5) == []
+            new = executors.forks.templates[key]
+            assert new is not template and new.waiting == [4, 5] and core.died == []
+            # Stopped before it is ready, the new one leaves them dead, not waiting.
+            executors.forks.drop(key)
+            assert sorted(core.died) == [4, 5]
+        finally:
+            for proc in started:
+                proc.kill()
+                proc.wait()
+            for sock in [*held, executors.procs[5].pipe.sock, executors.procs[5].theirs]:
+                if sock is not None:
+                    sock.close()
 
 
 def test_no_strays_are_swept_while_a_fork_is_answered(
@@ -148,7 +202,7 @@ def test_no_strays_are_swept_while_a_fork_is_answered(
     with _with_a_template(monkeypatch, tmp_path, object(), True) as (executors, ex, template):
         swept: list[bool] = []
         monkeypatch.setattr(executors, "_sweep_strays", lambda procs: swept.append(True))
-        monkeypatch.setattr(executors.ahead, "keep", lambda *args: None)
+        monkeypatch.setattr(executors.forks.ahead, "keep", lambda *args: None)
         now = time.monotonic()
         template.asked, template.asked_at = [ex], now
         executors.tick(now)

@@ -114,7 +114,7 @@ class Actions:
                 except OSError as exc:
                     log.debug("executor %d: %s", proc.pid, exc, exc_info=True)
                     todo = [*todo, *executors.died(action.ex_id)]
-        executors.fork_waiting()
+        executors.forks.fork_waiting()
 
     def report(self, task: QueuedTask, outcome: Outcome, info: dict[str, str],
                frames: list[Any], shm: dict[str, int] | None = None) -> None:

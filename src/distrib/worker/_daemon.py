@@ -104,7 +104,7 @@ class Daemon:
         self.executors = Executors(self.name, self.runs, policy.nice, self.core, self.memory,
                                    self._apply, disk)
         # (a template in a sandbox starts its own interpreter)
-        self.executors.ahead.enabled = s.sandboxes is None
+        self.executors.forks.ahead.enabled = s.sandboxes is None
         self.supply = Supply(self.name, store, s.cache_dir / "venvs", s.env_policy,
                              self._wake_loop, self.mains, self.core, self.objects,
                              self.executors, self._send, self._apply, self._report)
@@ -333,7 +333,9 @@ class Daemon:
         self.owner.tick()
         self.executors.tick(now)
         self.serving.sweep_shm()
-        self.executors.drop_idle_templates(now, {main.context for main in self.mains.values()})
+        self.executors.forks.drop_idle(now, (ex.key for ex in self.core.executors.values()),
+                                       {main.context for main in self.mains.values()},
+                                       self.core.idle_after)
         self._apply(self.core.handle(Tick(), now))
         self.supply.dists.tick(now)
         self.calls.direct.tick(now, self.core.stuck())

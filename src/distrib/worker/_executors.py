@@ -1,6 +1,5 @@
-"""Executor processes: started from a template that imported their environment once (forked
-from it) or spawned, the template's interpreter started ahead (a zygote), what the executors
-say on their pipes, their deaths, the owner's niceness, memory and disk limits, and the strays
+"""Executor processes: started (by ``_forks``: forked from their environment's template, or
+spawned), what the executors say on their pipes, their deaths, the owner's niceness, memory and disk limits, and the strays
 tasks leave behind (this daemon is their subreaper).
 
 What to start and stop is decided by the core (``Core``); this module does it and turns what
@@ -24,8 +23,7 @@ from distrib._logs import RateLimited
 from distrib.wire._messages import Outcome
 from distrib.wire._pipe import READ_BUDGET, PipeError
 from distrib.wire._pipe_messages import (
-    Call, CancelChild, Done, EnvError, Leaving, NoFork, Out, Park, PipeMessage, Ready, Skipped,
-    Unpark)
+    Call, CancelChild, Done, EnvError, Leaving, Out, Park, PipeMessage, Ready, Skipped, Unpark)
 from distrib.wire._record import ErrorRecord
 from distrib.worker import _pool, _strays
 from distrib.worker._core import Core
@@ -43,9 +41,8 @@ from distrib.worker._events import (
     TaskSkipped,
 )
 from distrib.worker._memory import MemoryWatch
-from distrib.worker._ahead import Ahead
-from distrib.worker._pool import ExecutorProcess, Recipe, Template, idle_templates
-from distrib.worker._sandbox import Boxed
+from distrib.worker._forks import Forks
+from distrib.worker._pool import ExecutorProcess, Recipe
 
 log = logging.getLogger("distrib.worker")
 peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
@@ -79,11 +76,8 @@ class Executors:
         self.on_output: Callable[[int, int, str], None] = _ignore  # a task's output
         self.on_cancel_child: Callable[[int, int, int], None] = _ignore  # a call they cancel
         self.procs: dict[int, ExecutorProcess] = {}
-        self.forking = _process.become_subreaper()  # executors forked from templates
-        self.templates: dict[EnvKey, Template] = {}
-        self.ahead = Ahead()  # the next template's interpreter, started ahead
-        self._no_fork: set[EnvKey] = set()  # environments whose templates cannot fork
-        self._to_fork: set[EnvKey] = set()  # ready templates asked for executors this turn
+        self.forks = Forks(self.procs, _process.become_subreaper(),
+                           lambda ex_id: self.apply(self.died(ex_id)))
         self._memory_kills: dict[int, tuple[str, int]] = {}  # executor -> why, limit
         self._disk_kills: dict[int, tuple[int, str]] = {}  # executor -> its task, why (it
         # wrote too much)
@@ -96,8 +90,8 @@ class Executors:
 
     def fds(self) -> list[int]:
         """What the loop polls: executors (started, or to say their pid), busy templates."""
-        return [proc.fileno() for proc in self.procs.values() if proc.proc or proc.pid_due] + [
-            t.fileno() for t in self.templates.values() if not t.ready or t.asked]
+        return [proc.fileno() for proc in self.procs.values()
+                if proc.proc or proc.pid_due] + self.forks.fds()
 
     def writing(self) -> list[int]:
         """Executors the loop polls for writing too: the kernel has not taken all sent yet."""
@@ -121,13 +115,7 @@ class Executors:
             if mask & ~zmq.POLLOUT and self._on_executor(ex_id, proc):
                 while self.procs.get(ex_id) is proc and self._on_executor(ex_id, proc, 0):
                     pass
-        for key, template in list(self.templates.items()):
-            if template.fileno() not in events:
-                continue
-            if not template.ready:
-                self._on_template(key, template)
-            elif template.asked:
-                self._forks_failed(key, template, template.answered(time.monotonic()))
+        self.forks.on_readable(events)
 
     def read_ready(self) -> None:
         """Read what executors sent since the loop last did, before a tick judges their
@@ -146,7 +134,7 @@ class Executors:
         try:
             self.procs[ex_id] = _pool.executor(recipe)
             self._envs[ex_id] = recipe.env
-            self._start(key, recipe, ex_id)
+            self.forks.start(key, recipe, ex_id)
         except OSError as exc:
             log.error("cannot start an executor: %s", exc)
             record = ErrorRecord("distrib.WorkerCrashed", f"worker {self.name} could "
@@ -163,110 +151,15 @@ class Executors:
             proc.kill()
             self._strays_until = time.monotonic() + STRAYS_AFTER_DEATH
 
-    def _start(self, key: EnvKey, recipe: Recipe, ex_id: int) -> None:
-        """Attach executor ``ex_id`` to a process: forked from its environment's template
-        (started now if there is none; the executor waits for its import), else spawned."""
-        ex = self.procs[ex_id]
-        if not self.forking or key in self._no_fork:
-            _pool.spawn(recipe, ex)
-            return
-        now = time.monotonic()
-        template = self.templates.get(key)
-        if template is None or template.proc.poll() is not None:
-            if template is not None:
-                self.drop_template(key)
-            template = self.templates[key] = Template.start(recipe, now, self.ahead.take(now))
-        template.last_used = now
-        template.waiting.append(ex_id)  # (forked with the others of this turn, at once)
-        if template.ready:
-            self._to_fork.add(key)
-
-    def fork_waiting(self) -> None:
-        """Fork the executors ready templates were asked for in this turn, each template's at
-        once (it forks them one after the other while this loop goes on)."""
-        if not self._to_fork:
-            return
-        keys, self._to_fork = self._to_fork, set()
-        for key in keys:
-            template = self.templates.get(key)
-            if template is not None and template.ready:
-                self._fork(key, template)
-
-    def _fork(self, key: EnvKey, template: Template) -> None:
-        waiting = [ex for ex_id in template.waiting
-                   if (ex := self.procs.get(ex_id)) is not None and ex.theirs is not None]
-        template.waiting.clear()
-        self._forks_failed(key, template, template.ask(waiting, time.monotonic()))
-
-    def _forks_failed(self, key: EnvKey, template: Template,
-                      failed: list[ExecutorProcess]) -> None:
-        """``template`` did not fork ``failed``: it stops, and all it was asked are spawned."""
-        if failed:
-            failed += template.give_up()
-            self.drop_template(key)
-            template.waiting = [i for i, ex in self.procs.items() if ex in failed]
-            self._spawn_waiting(template)
-            for ex in set(failed) - set(self.procs.values()):
-                ex.kill()  # (stopped while it was asked for: its new sockets close)
-
-    def _on_template(self, key: EnvKey, template: Template) -> None:
-        """A template finished importing its environment: fork the executors waiting for it
-        (or, if it cannot, spawn them)."""
-        try:
-            message = template.control.receive()
-            if message is None:
-                return None  # (not all of it yet)
-        except (EOFError, OSError, ValueError, PipeError):
-            message = None  # (it died, or broke the protocol: as good as dead)
-        if isinstance(message, Ready):
-            template.ready = True
-            self._fork(key, template)
-            return None
-        if isinstance(message, NoFork) and key not in self._no_fork:
-            self._no_fork.add(key)
-            peer_log.warning("executors of environment %s are spawned one by one (each "
-                             "imports it): %s", key.dist[:12], message.why)
-        # (an import that raised: each executor imports again and says so itself)
-        self.drop_template(key)
-        return self._spawn_waiting(template)
-
-    def _spawn_waiting(self, template: Template) -> None:
-        for ex_id in template.waiting:
-            ex = self.procs.get(ex_id)
-            if ex is not None and ex.theirs is not None:
-                try:
-                    _pool.spawn(template.recipe, ex)
-                except OSError as exc:
-                    log.error("cannot start an executor: %s", exc)
-                    self.apply(self.died(ex_id))
-        template.waiting.clear()
-
-    def _boxed(self) -> list[int]:
-        """The sandboxed templates: what an ended executor left goes to them."""
-        return [t.proc.pid for t in self.templates.values() if isinstance(t.proc, Boxed)]
-
     def _sweep_strays(self, procs: dict[int, _process.Entry], at_once: bool = False) -> None:
         """Kill what tasks left to this daemon (``_strays``), and reap what exited."""
-        ours, boxed = _pool.started(list(self.procs.values()), list(self.templates.values()),
+        ours, boxed = _pool.started(list(self.procs.values()), list(self.forks.templates.values()),
                                     procs)
-        killed = self._strays.sweep(procs, ours | self.builds() | self.ahead.pids(), boxed,
+        killed = self._strays.sweep(procs, ours | self.builds() | self.forks.ahead.pids(), boxed,
                                     at_once)
         if killed:
             peer_log.warning("killed %d process(es) left running by tasks of ended executors",
                              killed)
-
-    def dist_replaced(self, dist: str) -> None:
-        """A distribution's tree is removed: its templates stop."""
-        for key in [k for k in self.templates if k.dist == dist]:
-            self.drop_template(key)
-
-    def drop_template(self, key: EnvKey) -> None:
-        template = self.templates.pop(key, None)
-        if template is not None:
-            template.kill()
-            asked = template.give_up()  # (not forked yet: they are dead)
-            for ex_id in [i for i, ex in self.procs.items() if ex in asked]:
-                self.apply(self.died(ex_id))
 
     def _on_executor(self, ex_id: int, proc: ExecutorProcess,
                      budget: int | None = READ_BUDGET) -> bool:
@@ -380,11 +273,11 @@ class Executors:
         """Every thread of the executors, what they started, and the templates (executors
         forked later inherit theirs) runs at ``nice`` now."""
         self.nice = nice
-        if _process.renice_trees([proc.pid for proc in self.procs.values() if proc.pid] + [
-                t.proc.pid for t in self.templates.values()], nice):
+        if _process.renice_trees([proc.pid for proc in self.procs.values() if proc.pid] +
+                                 self.forks.pids(), nice):
             log.warning("running executors keep their niceness: this user may not lower it to "
                         "%d (new executors start at %d)", nice, nice)
-        self.ahead.drop()  # (a lower niceness it may not take: a new one)
+        self.forks.ahead.drop()  # (a lower niceness it may not take: a new one)
 
     def _watch_memory(self, procs: dict[int, _process.Entry]) -> None:
         """Stop executors over the owner's memory limits (their tasks crash, saying so)."""
@@ -394,7 +287,7 @@ class Executors:
             ex = self.core.executors.get(ex_id)
             if proc.pid and ex_id not in self._memory_kills:
                 (running if ex is not None and ex.runs else idle)[ex_id] = proc.pid
-        templates = tuple(t.proc.pid for t in self.templates.values())
+        templates = tuple(self.forks.pids())
         kids = _process.children(procs)
         trees = {ex_id: [p for p in _process.descendants(pid, kids) if not procs[p].zombie]
                  for ex_id, pid in {**running, **idle}.items()}
@@ -434,10 +327,10 @@ class Executors:
     def tick(self, now: float) -> None:
         self.read_ready()
         # (not while forks are answered: an executor forked and not attached yet looks a stray)
-        strays = self.forking and (now >= self._strays_next or now < self._strays_until) and \
-            not _pool.forking(self.procs.values(), self.templates.values())
+        strays = self.forks.enabled and not self.forks.under_way() and (
+            now >= self._strays_next or now < self._strays_until)
         procs = _process.table_of_tree(os.getpid()) if self.memory.limit else (
-            _process.table_of_children([os.getpid(), *self._boxed()]) if strays else {})
+            _process.table_of_children([os.getpid(), *self.forks.boxed()]) if strays else {})
         if self.memory.limit:
             self._watch_memory(procs)
         if self.disk is not None:
@@ -448,15 +341,10 @@ class Executors:
                 self._last_words(ex_id, proc)
             elif proc.pid_due and now > proc.pid_due:  # (sandboxed: it did not say its pid)
                 self.apply(self.died(ex_id))
-        for key, template in list(self.templates.items()):
-            if template.overdue(now):  # (it says so)
-                self._forks_failed(key, template, template.give_up())
-            template.send_rest()
+        self.forks.tick(now, self.nice)
         if strays:
             self._strays_next = now + STRAYS_EVERY
             self._sweep_strays(procs)
-        if self.forking:
-            self.ahead.keep(now, not all(t.ready for t in self.templates.values()), self.nice)
 
     def _last_words(self, ex_id: int, proc: ExecutorProcess) -> None:
         """An executor that exited: what it sent before (a result, its output) is read
@@ -474,12 +362,6 @@ class Executors:
         if self.procs.get(ex_id) is proc:
             self.apply(self.died(ex_id))
 
-    def drop_idle_templates(self, now: float, connected: set[str]) -> None:
-        """Stop the templates ``_pool.idle_templates`` names (their memory goes back)."""
-        used = {ex.key for ex in self.core.executors.values()}
-        for key in idle_templates(self.templates, used, connected, now, self.core.idle_after):
-            self.drop_template(key)
-
     def close(self) -> None:
         """Kill every executor and template, with every process below them, and what they
         left to this daemon (nothing a task started outlives the worker)."""
@@ -491,8 +373,6 @@ class Executors:
         for proc in self.procs.values():
             proc.kill()
         self.procs.clear()
-        for template in self.templates.values():
-            template.kill()
-        self.ahead.drop()
-        if self.forking:
+        self.forks.close()
+        if self.forks.enabled:
             self._sweep_strays(_process.table(), at_once=True)

@@ -97,7 +97,7 @@ class StatusBuilder:
             "held": {mains[peer].name: n for peer, n in core.held().items()
                      if peer in mains},
             "executors": [proc.pid for proc in self.executors.procs.values() if proc.pid],
-            "templates": [t.proc.pid for t in self.executors.templates.values()],
+            "templates": [t.proc.pid for t in self.executors.forks.templates.values()],
             "public_key": self.key.public if self.key else None,
             "blobs_received": supply.dists.blobs_received,
             "dropped": self.serving.dropped,

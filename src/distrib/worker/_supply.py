@@ -240,5 +240,5 @@ class Supply:
         """A distribution's tree is removed (drifted, or evicted): its executors and templates
         stop."""
         self.apply(self.core.handle(DistReplaced(dist), time.monotonic()))
-        self.executors.dist_replaced(dist)
+        self.executors.forks.dist_replaced(dist)
         self.disk_use.refresh()
