@@ -368,6 +368,56 @@ def test_what_an_executor_sent_before_it_exited_is_read_before_it_is_taken_as_de
     ours.close()
 
 
+_SO_SNDBUFFORCE = 32  # (Linux; root may raise a socket's buffer past the system's maximum)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to give the socket a 100 MB buffer")
+def test_what_a_process_left_holding_an_ended_executors_pipe_wrote_is_read_a_budget_a_tick(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # A task's child kept the executor's socket and wrote 80 MB into it after the executor
+    # exited, and may write on: a tick reads at most a budget of it, as the loop does, and
+    # the executor is dead once all that came is read (the test above), or
+    # LAST_WORDS_SECONDS after its exit, read or not. (Its last words were read without
+    # bound: one tick read 60 MB here, or all a fast writer kept sending.)
+    from distrib import _process
+    from distrib.worker import _executors
+    from distrib.worker._executors import Executors
+    from distrib.worker._memory import MemoryWatch
+    from distrib.worker._pool import ExecutorProcess
+
+    monkeypatch.setattr(_process, "become_subreaper", lambda: False)  # (not the test process)
+    core = _Core()
+
+    def apply(actions: list[Any]) -> None:  # (as the daemon's: one that died is dropped)
+        for ex_id in core.died:
+            executors.procs.pop(ex_id, None)
+
+    executors = Executors("w", tmp_path, 0, core,  # type: ignore[arg-type]
+                          MemoryWatch(), apply)
+    read: list[int] = []
+    executors.on_output = lambda ex_id, stream, text: read.append(len(text))
+    ours, theirs = socket.socketpair()
+    theirs.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, 100 << 20)
+    proc = executors.procs[1] = ExecutorProcess(Pipe(ours), tmp_path)
+    proc.proc = subprocess.Popen([sys.executable, "-c", "pass"])  # (the executor: exited)
+    proc.proc.wait(60)
+    try:
+        line, stray = "x" * 60_000, Pipe(theirs)
+        for _ in range(80_000_000 // len(line)):
+            stray.send(pm.Out(3, 1, line))
+        now = time.monotonic()
+        for tick in range(2):
+            executors.tick(now + tick)
+            assert 0 < sum(read) <= _executors.READ_BUDGET + (1 << 20)  # (and it returned)
+            assert core.died == []  # (more had come than a tick reads)
+            read.clear()
+        executors.tick(now + _executors.LAST_WORDS_SECONDS + 1)
+        assert core.died == [1] and 0 < sum(read) <= _executors.READ_BUDGET + (1 << 20)
+    finally:
+        ours.close()
+        theirs.close()
+
+
 def _received(pipe: Pipe, deadline: float = 60.0) -> pm.PipeMessage:
     """``pipe.receive()`` polled until a message has all come."""
     until = time.monotonic() + deadline

@@ -158,6 +158,12 @@ class Pipe:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    @property
+    def budget_left(self) -> int | None:
+        """What the last ``receive`` left of its budget: 0 or less if it stopped there (more
+        may have come), None if it had none."""
+        return self._left
+
     def close(self) -> None:
         self.sock.close()
 

@@ -48,7 +48,8 @@ log = logging.getLogger("distrib.worker")
 peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
 
 STRAYS_EVERY = 1.0  # seconds between looks for processes tasks left to this daemon
-PIPE_LAST_MESSAGES = 1_000  # read from an executor that exited, at most (then: dead)
+PIPE_LAST_MESSAGES = 1_000  # read from an executor that exited, at most per tick
+LAST_WORDS_SECONDS = 5.0  # then an executor that exited is dead, whatever still comes
 STRAYS_AFTER_DEATH = 3.0  # seconds of looks at every tick after an executor ended
 
 Apply = Callable[[list[Action]], None]
@@ -338,7 +339,7 @@ class Executors:
             self._watch_disk(self.disk)
         for ex_id, proc in list(self.procs.items()):
             if proc.poll() is not None:
-                self._last_words(ex_id, proc)
+                self._last_words(ex_id, proc, now)
             elif proc.pid_due and now > proc.pid_due:  # (sandboxed: it did not say its pid)
                 self.apply(self.died(ex_id))
         self.forks.tick(now, self.nice)
@@ -346,19 +347,30 @@ class Executors:
             self._strays_next = now + STRAYS_EVERY
             self._sweep_strays(procs)
 
-    def _last_words(self, ex_id: int, proc: ExecutorProcess) -> None:
+    def _last_words(self, ex_id: int, proc: ExecutorProcess, now: float) -> None:
         """An executor that exited: what it sent before (a result, its output) is read
-        first, as the loop would have (its end is then its pipe's), and it is dead."""
-        for _ in range(PIPE_LAST_MESSAGES):
-            if self.procs.get(ex_id) is not proc:
-                break
-            try:
-                message = proc.read(None)
-            except (PipeError, EOFError, OSError, ValueError):
-                break  # (its end)
-            if message is None:
-                break  # (a message it did not finish)
-            self._dispatch(ex_id, proc, message)
+        first, as the loop would have (its end is then its pipe's), and it is dead. As in the
+        loop, a tick reads at most ``READ_BUDGET`` bytes of it: a process its task left may
+        hold its pipe and write on (the rest is read at the next ticks, for at most
+        ``LAST_WORDS_SECONDS``)."""
+        proc.ended = proc.ended or now
+        left, drained = READ_BUDGET, True
+        try:
+            for _ in range(PIPE_LAST_MESSAGES):
+                message = proc.read(max(left, 0))
+                left = proc.pipe.budget_left or 0
+                if message is None:
+                    drained = left > 0  # (else it stopped at the budget: more may come)
+                    break
+                self._dispatch(ex_id, proc, message)
+                if self.procs.get(ex_id) is not proc:
+                    return
+            else:
+                drained = False
+        except (PipeError, EOFError, OSError, ValueError):
+            pass  # (its end)
+        if not drained and now < proc.ended + LAST_WORDS_SECONDS:
+            return
         if self.procs.get(ex_id) is proc:
             self.apply(self.died(ex_id))
 

@@ -99,6 +99,7 @@ class ExecutorProcess(Struct, eq=False):
     # Forked in a sandbox: until when the first byte it says, which carries its pid as this
     # daemon knows it, may take (0: none awaited)
     pid_due: float = 0.0
+    ended: float = 0.0  # when the daemon first saw it exit (its last words are read then)
 
     @property
     def pid(self) -> int:
