@@ -3,13 +3,15 @@ goes through, with no worker at the other end."""
 
 from __future__ import annotations
 
+import socket
+import time
 from typing import Any
 
 import pytest
 import zmq
 
 from distrib.wire import _messages as m
-from distrib.wire._link import Link, LinkCheck, LinkPolicy, LinkState, check
+from distrib.wire._link import Link, LinkCheck, LinkPolicy, LinkState, MonitorEvent, check
 
 MAIN = LinkPolicy(lost_after=10.0, retry_after=2.0, auth_retry_after=10.0)
 WORKER = LinkPolicy(lost_after=10.0, retry_after=3.0, auth_retry_after=3.0,
@@ -89,6 +91,58 @@ def test_each_piece_carried_ahead_counts_as_hearing_from_the_worker(
                 assert bytes(_codec.decode(frames).frames[0]) == result
                 break
         assert seen == [2.0, 3.0, 4.0, 4.0]  # three carried ahead, then the message itself
+    finally:
+        link.close()
+        router.close(0)
+
+
+def _hello() -> m.Hello:
+    return m.Hello(m.PROTOCOL_VERSION, "00", "test", "3.12", 1, False, [], {}, b"", 1 << 20,
+                   [], 0, [], "", 1, "auto")
+
+
+def _first_failure(link: Link) -> MonitorEvent:
+    assert link.monitor is not None and link.monitor.poll(60_000), "no event from the link"
+    return link.event()
+
+
+def test_a_worker_that_takes_the_connection_and_never_answers_is_a_handshake_timeout(
+        ctx: zmq.Context[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    # (a frozen worker: the kernel takes the connection, nothing answers) A timeout is not a
+    # key the worker failed to prove, as it was reported before.
+    from distrib.wire import _keys, _transport
+
+    common = _transport._common
+
+    def quick(sock: zmq.Socket[Any]) -> None:  # (libzmq's 30 s, as 0.6 s)
+        common(sock)
+        sock.setsockopt(zmq.HANDSHAKE_IVL, 600)
+
+    monkeypatch.setattr(_transport, "_common", quick)
+    frozen = socket.create_server(("127.0.0.1", 0))
+    address = f"tcp://127.0.0.1:{frozen.getsockname()[1]}"
+    link = Link(address=address, endpoint=address, ctx=ctx,
+                server_key=_keys.generate().public)
+    try:
+        link.connect(time.monotonic(), _hello())
+        assert _first_failure(link) is MonitorEvent.HANDSHAKE_TIMEOUT
+        assert link.handshake_seconds() == pytest.approx(0.6)
+    finally:
+        link.close()
+        frozen.close()
+
+
+def test_a_worker_that_does_not_hold_the_key_named_fails_at_once_not_as_a_timeout(
+        ctx: zmq.Context[Any]) -> None:
+    from distrib.wire import _keys, _transport
+
+    worker = _keys.generate()
+    router, address = _transport.router(ctx, "tcp://127.0.0.1:0", key=worker)
+    link = Link(address=address, endpoint=address, ctx=ctx,
+                server_key=_keys.generate().public)  # (another key than the worker's)
+    try:
+        link.connect(time.monotonic(), _hello())
+        assert _first_failure(link) is MonitorEvent.KEY_UNPROVEN
     finally:
         link.close()
         router.close(0)

@@ -291,6 +291,13 @@ class Links:
         if event is MonitorEvent.KEY_UNPROVEN and link.address.startswith(_reach.RELAYED):
             self.unspliced(link)
             return
+        if event is MonitorEvent.HANDSHAKE_TIMEOUT:
+            reason = (f"took the connection but did not finish the handshake in "
+                      f"{link.handshake_seconds():.0f} s: it may be frozen or overloaded, or "
+                      "something else listens at that address")
+            log.warning("worker %s %s; tried again later", link.label, reason)
+            self.lose(link, LinkState.LOST, reason)
+            return
         if event is MonitorEvent.KEY_REFUSED:
             mine = self.settings.key.public if self.settings.key else "(none)"
             reason = (f"worker {link.label} refused this Main's key {mine}: add this Main's "

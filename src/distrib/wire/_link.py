@@ -4,6 +4,7 @@ with the timers of one ``LinkPolicy``.
 
     NEW -connect-> CONNECTING -Welcome-> READY -silent, closed, Refused-> LOST / REFUSED
                         \\-key refused or unproven-> AUTH_FAILED (or REFUSED)
+                        \\-handshake timed out-> LOST
     LOST, REFUSED, AUTH_FAILED -the policy's wait-> connect again
 
 What a link is for (its Hello, what its Welcome means) is its holder's: this module only moves
@@ -13,7 +14,9 @@ it through the states, and ``check`` decides, from the time alone, what a tick d
 from __future__ import annotations
 
 import enum
+import errno
 import logging
+import time
 from typing import Any
 
 import zmq
@@ -56,6 +59,8 @@ class MonitorEvent(enum.Enum):
     DISCONNECTED = "disconnected"  # the connection closed (a worker killed, a reset)
     KEY_REFUSED = "key refused"  # the worker does not authorize our key
     KEY_UNPROVEN = "key unproven"  # the worker did not prove the key we expect (or no CURVE)
+    HANDSHAKE_TIMEOUT = "handshake timeout"  # it took the connection and never finished the
+    # handshake (a frozen or overloaded worker, or something else listening there)
 
 
 class LinkPolicy(Struct, frozen=True):
@@ -143,9 +148,20 @@ class Link(Struct, eq=False, kw_only=True):
     def event(self, flags: int = 0) -> MonitorEvent:
         """The monitor's next event (raises ``zmq.Again`` with ``zmq.NOBLOCK`` and none)."""
         assert self.monitor is not None
-        event = _transport.monitor_event(self.monitor, flags)["event"]
-        if event == zmq.EVENT_DISCONNECTED:
+        event = _transport.monitor_event(self.monitor, flags)
+        if event["event"] == zmq.EVENT_DISCONNECTED:
             return MonitorEvent.DISCONNECTED
-        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             return MonitorEvent.KEY_REFUSED
+        # libzmq ends a handshake that outlasts HANDSHAKE_IVL with EAGAIN as its errno; a key
+        # the worker cannot prove ends it at once (the worker closes: EPIPE, ECONNRESET)
+        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and \
+                event["value"] == errno.EAGAIN and \
+                time.monotonic() - self.since >= 0.9 * self.handshake_seconds():
+            return MonitorEvent.HANDSHAKE_TIMEOUT
         return MonitorEvent.KEY_UNPROVEN
+
+    def handshake_seconds(self) -> float:
+        """How long a handshake may take on its socket (libzmq's ``HANDSHAKE_IVL``)."""
+        ivl = self.sock.getsockopt(zmq.HANDSHAKE_IVL) if self.sock is not None else 0
+        return ivl / 1000 if isinstance(ivl, int) else 0.0

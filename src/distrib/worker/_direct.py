@@ -342,6 +342,9 @@ class Direct:
         elif event is MonitorEvent.KEY_REFUSED:
             self._lose(main, target, "does not authorize this worker's key "
                        f"{self.key.public if self.key else ''}", now, refused=True)
+        elif event is MonitorEvent.HANDSHAKE_TIMEOUT:
+            self._lose(main, target, "did not finish the handshake in "
+                       f"{target.handshake_seconds():.0f} s", now)
         else:
             self._lose(main, target, "did not prove the key its Main named", now,
                        refused=True)
