@@ -352,14 +352,23 @@ def _fresh_process(name: str, timeout: float, env: dict[str, str] | None = None
     first call."""
     with tempfile.TemporaryFile() as out:
         t0 = time.perf_counter()
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "bench.measure", "--cold-start", name],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
-            env=env,
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
         )
+        # A blocking wait sees the exit at once; ``Popen.wait(timeout)`` (as ``run`` with a
+        # timeout does) polls, sleeping up to 50 ms between looks, which the time then counts.
+        watchdog = threading.Timer(timeout, proc.kill)
+        watchdog.start()
+        try:
+            proc.wait()
+        finally:
+            watchdog.cancel()
         elapsed = time.perf_counter() - t0
         out.seek(0)
         text = out.read().decode(errors="replace")
+        if elapsed >= timeout:
+            raise RuntimeError(f"the cold-start process ran past {timeout} s:\n{text[-4000:]}")
         if proc.returncode != 0:
             raise RuntimeError(f"the cold-start process exited with {proc.returncode}:\n"
                                f"{text[-4000:]}")
