@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import selectors
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from distrib._errors import ConnectionFailed
 from distrib._linger import Place, running
-from distrib._process import wait_exit
+from distrib._process import readable, wait_exit
 
 log = logging.getLogger("distrib")
 
@@ -79,7 +78,7 @@ class LocalCluster:
         if not isinstance(proc, subprocess.Popen) or proc.stdout is None \
                 or proc.stdout.closed or proc.poll() is not None:
             return False
-        return not select.select([proc.stdout], [], [], 0)[0]
+        return not readable(proc.stdout.fileno(), 0)
 
     def wait_ready(self) -> None:
         """Wait until the daemon listens; stop it (and raise) if it does not start."""

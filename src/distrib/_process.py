@@ -28,10 +28,19 @@ def wait_exit(proc: Waitable, timeout: float) -> None:
         proc.wait(timeout)
         return
     try:
-        select.select([fd], [], [], timeout)
+        readable(fd, timeout)
     finally:
         os.close(fd)
     proc.wait(0.5)  # reaps it (raises TimeoutExpired if it still runs)
+
+
+def readable(fd: int, timeout: float | None) -> bool:
+    """Whether ``fd`` has something to read (or its end closed) within ``timeout`` seconds
+    (None: waits). With poll, not select: select fails on a descriptor past 1,023, and a
+    daemon holding a thousand connections has those."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else timeout * 1000))
 
 
 def exists(pid: int) -> bool:

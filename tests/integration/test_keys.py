@@ -32,7 +32,7 @@ def keygen(path: Path) -> str:
 
 def keyed_worker(start_worker, tmp_path: Path, name: str, authorized: list[str],
                  threads: int = 2, extra: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()):
     """A worker with keys serving the Mains of ``authorized`` (each a key, and settings such
     as a quota after it), and the test itself for status queries; and its authorized-keys
     file."""
@@ -41,7 +41,7 @@ def keyed_worker(start_worker, tmp_path: Path, name: str, authorized: list[str],
     auth = tmp_path / f"{name}.authorized"
     auth.write_text("# Mains allowed here\n" + "".join(f"{k} a Main\n" for k in authorized)
                     + f"{admin.public} the test\n")
-    worker = start_worker(threads=threads, name=name, env=env,
+    worker = start_worker(threads=threads, name=name, env=env, prefix=prefix,
                           extra=("--key", str(tmp_path / f"{name}.key"),
                                  "--authorized-keys", str(auth), *extra))
     worker.status_key = admin

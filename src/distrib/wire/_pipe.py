@@ -173,7 +173,7 @@ class Pipe:
 
     def readable(self) -> bool:
         """Whether a message (or the peer's closing) is waiting to be read."""
-        return self.buffered() or bool(select.select([self.sock], [], [], 0)[0])
+        return self.buffered() or self._poll(0)
 
     def wait(self) -> None:
         """Sleep until a message (or the peer's closing) is waiting to be read. A reader that
@@ -185,10 +185,14 @@ class Pipe:
 
     def _sleep(self) -> None:
         """Sleep until the socket has bytes (or the peer closed it)."""
+        self._poll(None)
+
+    def _poll(self, timeout_ms: int | None) -> bool:
+        # (poll, not select: a process may hold more than select's 1,024 descriptors)
         if self._poller is None:
             self._poller = select.poll()
             self._poller.register(self.sock, select.POLLIN)
-        self._poller.poll()
+        return bool(self._poller.poll(timeout_ms))
 
     def send(self, message: PipeMessage) -> None:
         """Send one message; blocks until the kernel has taken all of it."""

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import select
 import shutil
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 
 from msgspec import Struct
 
+from distrib import _process
 from distrib._errors import ConfigError
 from distrib._scratch import remove_tree
 
@@ -156,7 +156,7 @@ class Sandboxes:
 def _read_pid(fd: int) -> int:
     data = b""
     while b"}" not in data:
-        if not select.select([fd], [], [], START_TIMEOUT)[0]:
+        if not _process.readable(fd, START_TIMEOUT):
             raise OSError("the sandbox did not start in time")
         part = os.read(fd, 4096)
         if not part:
