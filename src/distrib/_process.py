@@ -1,9 +1,12 @@
-"""Processes by pid: whether one exists, waiting for a child to exit without polling, and
-process trees (found, and killed whole)."""
+"""Processes by pid: whether one exists, waiting for a child to exit (or a descriptor to be
+readable) without polling, process trees (found, and killed whole), and this process's limit
+of open descriptors."""
 
 from __future__ import annotations
 
+import logging
 import os
+import resource
 import select
 import signal
 import sys
@@ -312,3 +315,38 @@ def reap() -> None:
             return
         if not pid:
             return
+
+
+OPEN_FILES = 1 << 16  # descriptors a process that listens lets itself open, when it may
+log = logging.getLogger("distrib")
+
+
+def more_open_files(networked: bool) -> None:
+    """Raise this process's limit of open descriptors towards ``OPEN_FILES``, as far as the
+    hard limit lets it (a daemon, or a Main that listens for workers). Every connection,
+    handshaken or not, holds one: anyone who reaches the port could otherwise hold the usual
+    1,024 with idle connections, and then nothing else could connect, nor any file or process
+    be opened ("Too many open files"), until libzmq dropped them. ``networked``: it listens on
+    TCP (below 4,096 it warns)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= OPEN_FILES:
+        return
+    target = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
+    raised = soft
+    # (macOS refuses more than its kernel's OPEN_MAX, 10,240, whatever the hard limit says)
+    for tried in sorted({target, min(target, 10_240)}, reverse=True):
+        if tried <= soft:
+            break
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (tried, hard))
+        except (ValueError, OSError) as exc:
+            log.debug("could not raise the limit of open files from %d to %d: %s", soft,
+                      tried, exc)
+            continue
+        raised = tried
+        break
+    if raised < 4096 and networked:
+        log.warning("this process may hold at most %d open files (ulimit -n; hard limit %d): "
+                    "a few hundred idle connections to its port can keep its peers out; raise "
+                    "the hard limit", raised, hard)
+

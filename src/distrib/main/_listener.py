@@ -16,6 +16,7 @@ from typing import Any
 
 import zmq
 
+from distrib import _process
 from distrib._errors import ConfigError
 from distrib.wire import _keys, _transport, _zap
 from distrib.wire._keys import KeyPair
@@ -30,6 +31,7 @@ class Listener:
     def __init__(self, ctx: zmq.Context[Any], listen: str, key: KeyPair,
                  authorized_file: Path) -> None:
         self.authorized_file = authorized_file
+        _process.more_open_files(True)  # (workers dial in: so may anyone who reaches the port)
         self._keys = _keys.Watched(authorized_file, _keys.read_authorized, "authorized workers")
         self._refusals = _zap.Refusals()
         # The ZAP socket is bound before the ROUTER: libzmq asks it about the first handshake.

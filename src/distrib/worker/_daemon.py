@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import signal
 import socket
 import time
@@ -26,6 +25,7 @@ from typing import Any
 
 import zmq
 
+from distrib import _process
 from distrib._logs import RateLimited
 from distrib._scratch import remove_dead_runs, remove_tree
 from distrib.wire import _facts, _transport
@@ -55,7 +55,6 @@ from distrib.workspace._store import Store
 log = logging.getLogger("distrib.worker")
 DRAIN_SECONDS = 0.2  # most time one turn of the loop spends reading Mains' messages
 SLOW_TURN = 2.0  # seconds: a turn of the loop longer than this is logged (Mains wait)
-OPEN_FILES = 1 << 16  # descriptors the daemon lets itself open, when the system allows
 peer_log = RateLimited(log)  # for what a remote peer (or task code) can trigger
 
 
@@ -66,7 +65,7 @@ class Daemon:
     def __init__(self, settings: WorkerSettings) -> None:
         s = self.settings = settings
         policy = settings.policy
-        _more_open_files(s.endpoint.startswith("tcp://"))
+        _process.more_open_files(s.endpoint.startswith("tcp://"))
         self.worker_id = uuid.uuid4().hex
         remove_dead_runs(s.cache_dir / "runs")
         self.runs = s.cache_dir / "runs" / f"{os.getpid()}-{self.worker_id[:8]}"
@@ -355,25 +354,4 @@ class Daemon:
             self._stop = True
         if self.lingering is not None and self.lingering.over(bool(self.mains), now):
             self._stop = True
-
-
-def _more_open_files(networked: bool) -> None:
-    """Raise this process's limit of open descriptors towards ``OPEN_FILES``, as far as the
-    hard limit lets it. Every connection, handshaken or not, holds one: anyone who reaches the
-    port could otherwise hold the usual 1,024 with idle connections, and then no Main could
-    connect and no executor start ("Too many open files") until libzmq dropped them."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= OPEN_FILES:
-        return
-    raised = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
-    if raised > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
-        except (ValueError, OSError) as exc:
-            log.debug("could not raise the limit of open files from %d: %s", soft, exc)
-            return
-    if raised < 4096 and networked:
-        log.warning("this worker may hold at most %d open files (ulimit -n; hard limit %d): "
-                    "a few hundred idle connections to its port can keep Mains out; raise the "
-                    "hard limit", raised, hard)
 
