@@ -195,6 +195,28 @@ def test_executors_waiting_for_a_template_that_died_go_to_the_next(
                     sock.close()
 
 
+def test_executors_carried_to_a_template_that_cannot_start_are_dead(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    core = _Core()
+
+    def popen(recipe: Recipe, mode: list[str], theirs: socket.socket) -> subprocess.Popen[bytes]:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(Recipe, "popen", popen)
+    key = EnvKey("d" * 64, 1)
+    with _with_a_template(monkeypatch, tmp_path, core, True) as (executors, ex, template):
+        monkeypatch.setattr(executors.forks.ahead, "take", lambda now: None)
+        template.ready, template.waiting = False, [4]
+        dead = cast(subprocess.Popen[bytes], template.proc)
+        dead.kill()
+        dead.wait()
+        executors.spawn(key, template.recipe, 5)
+        assert sorted(core.died) == [4, 5] and key not in executors.forks.templates
+        executors.procs[5].pipe.close()
+        if executors.procs[5].theirs is not None:
+            executors.procs[5].theirs.close()
+
+
 def test_no_strays_are_swept_while_a_fork_is_answered(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # An executor forked, whose answer (or, sandboxed, whose pid) is not read yet, runs with

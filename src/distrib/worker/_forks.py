@@ -69,7 +69,13 @@ class Forks:
             if template is not None:  # (it died: what waited for it waits for the next)
                 waiting, template.waiting = template.waiting, []
                 self.drop(key)
-            template = self.templates[key] = Template.start(recipe, now, self.ahead.take(now))
+            try:
+                template = self.templates[key] = Template.start(recipe, now,
+                                                                self.ahead.take(now))
+            except OSError:  # (the caller takes ``ex_id`` as dead; so are those it carried)
+                for carried in waiting:
+                    self._dead(carried)
+                raise
         template.last_used = now
         template.waiting += [*waiting, ex_id]  # (forked with the others of this turn, at once)
         if template.ready:

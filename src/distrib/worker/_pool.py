@@ -317,6 +317,9 @@ class Template(Struct, eq=False):
                 if zygote is not None:
                     zygote.kill()
                 proc = recipe.popen(["template"], theirs)
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         template = cls(proc, Pipe(ours), recipe, last_used=now)
