@@ -371,22 +371,17 @@ def test_what_an_executor_sent_before_it_exited_is_read_before_it_is_taken_as_de
 _SO_SNDBUFFORCE = 32  # (Linux; root may raise a socket's buffer past the system's maximum)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to give the socket a 100 MB buffer")
-def test_what_a_process_left_holding_an_ended_executors_pipe_wrote_is_read_a_budget_a_tick(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # A task's child kept the executor's socket and wrote 80 MB into it after the executor
-    # exited, and may write on: a tick reads at most a budget of it, as the loop does, and
-    # the executor is dead once all that came is read (the test above), or
-    # LAST_WORDS_SECONDS after its exit, read or not. (Its last words were read without
-    # bound: one tick read 60 MB here, or all a fast writer kept sending.)
+def _stray_wrote(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, megabytes: int,
+                 core: _Core) -> tuple[Any, list[int], socket.socket, socket.socket]:
+    """``Executors`` with executor 1, which exited, and ``megabytes`` MB of a task's output
+    in its pipe, written after, by a process its task left holding the pipe (still open);
+    and the lengths of the lines of it read."""
     from distrib import _process
-    from distrib.worker import _executors
     from distrib.worker._executors import Executors
     from distrib.worker._memory import MemoryWatch
     from distrib.worker._pool import ExecutorProcess
 
     monkeypatch.setattr(_process, "become_subreaper", lambda: False)  # (not the test process)
-    core = _Core()
 
     def apply(actions: list[Any]) -> None:  # (as the daemon's: one that died is dropped)
         for ex_id in core.died:
@@ -397,14 +392,34 @@ def test_what_a_process_left_holding_an_ended_executors_pipe_wrote_is_read_a_bud
     read: list[int] = []
     executors.on_output = lambda ex_id, stream, text: read.append(len(text))
     ours, theirs = socket.socketpair()
-    theirs.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, 100 << 20)
+    theirs.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, (megabytes + 20) << 20)
     proc = executors.procs[1] = ExecutorProcess(Pipe(ours), tmp_path)
     proc.proc = subprocess.Popen([sys.executable, "-c", "pass"])  # (the executor: exited)
     proc.proc.wait(60)
+    line, stray = "x" * 60_000, Pipe(theirs)
+    for _ in range(megabytes * 1_000_000 // len(line)):
+        stray.send(pm.Out(3, 1, line))
+    return executors, read, ours, theirs
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to give the socket a 100 MB buffer")
+def test_what_a_process_left_holding_an_ended_executors_pipe_wrote_is_read_a_budget_a_tick(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # A task's child kept the executor's socket and wrote 80 MB into it after the executor
+    # exited, and may write on: a tick reads at most a budget of it, as the loop does, and,
+    # while its task's outcome may be in what is left, the executor is dead once all that
+    # came is read (the test above), or LAST_WORDS_SECONDS after its exit, read or not. (Its
+    # last words were read without bound: one tick read 60 MB here, or all a fast writer
+    # kept sending.)
+    from types import SimpleNamespace
+
+    from distrib.worker import _executors
+
+    core = _Core()
+    task = SimpleNamespace(task=SimpleNamespace(task_id=9), run_id=9)  # (the task it ran)
+    monkeypatch.setattr(core, "running", lambda ex_id: task)
+    executors, read, ours, theirs = _stray_wrote(monkeypatch, tmp_path, 80, core)
     try:
-        line, stray = "x" * 60_000, Pipe(theirs)
-        for _ in range(80_000_000 // len(line)):
-            stray.send(pm.Out(3, 1, line))
         now = time.monotonic()
         for tick in range(2):
             executors.tick(now + tick)
@@ -412,6 +427,23 @@ def test_what_a_process_left_holding_an_ended_executors_pipe_wrote_is_read_a_bud
             assert core.died == []  # (more had come than a tick reads)
             read.clear()
         executors.tick(now + _executors.LAST_WORDS_SECONDS + 1)
+        assert core.died == [1] and 0 < sum(read) <= _executors.READ_BUDGET + (1 << 20)
+    finally:
+        ours.close()
+        theirs.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to give the socket a 60 MB buffer")
+def test_an_idle_executor_that_exited_is_dead_at_once_whatever_is_left_in_its_pipe(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # (no outcome can be in what is left: while it was read, a task handed to the executor
+    # would have crashed with it)
+    from distrib.worker import _executors
+
+    core = _Core()
+    executors, read, ours, theirs = _stray_wrote(monkeypatch, tmp_path, 40, core)
+    try:
+        executors.tick(time.monotonic())
         assert core.died == [1] and 0 < sum(read) <= _executors.READ_BUDGET + (1 << 20)
     finally:
         ours.close()

@@ -351,25 +351,27 @@ class Executors:
         """An executor that exited: what it sent before (a result, its output) is read
         first, as the loop would have (its end is then its pipe's), and it is dead. As in the
         loop, a tick reads at most ``READ_BUDGET`` bytes of it: a process its task left may
-        hold its pipe and write on (the rest is read at the next ticks, for at most
-        ``LAST_WORDS_SECONDS``)."""
+        hold its pipe and write on. While its task's outcome may be in what is left, the rest
+        is read at the next ticks, for at most ``LAST_WORDS_SECONDS``."""
         proc.ended = proc.ended or now
         left, drained = READ_BUDGET, True
-        try:
-            for _ in range(PIPE_LAST_MESSAGES):
+        for _ in range(PIPE_LAST_MESSAGES):
+            try:
                 message = proc.read(max(left, 0))
-                left = proc.pipe.budget_left or 0
-                if message is None:
-                    drained = left > 0  # (else it stopped at the budget: more may come)
-                    break
-                self._dispatch(ex_id, proc, message)
-                if self.procs.get(ex_id) is not proc:
-                    return
-            else:
-                drained = False
-        except (PipeError, EOFError, OSError, ValueError):
-            pass  # (its end)
-        if not drained and now < proc.ended + LAST_WORDS_SECONDS:
+            except (PipeError, EOFError, OSError, ValueError):
+                break  # (its end)
+            left = proc.pipe.budget_left or 0
+            if message is None:
+                drained = left > 0  # (else it stopped at the budget: more may have come)
+                break
+            self._dispatch(ex_id, proc, message)
+            if self.procs.get(ex_id) is not proc:
+                return
+        else:
+            drained = False
+        # (an idle one is dead at once: a task handed to it meanwhile would crash with it)
+        if not drained and now < proc.ended + LAST_WORDS_SECONDS and \
+                self.core.running(ex_id) is not None:
             return
         if self.procs.get(ex_id) is proc:
             self.apply(self.died(ex_id))
