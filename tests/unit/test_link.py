@@ -102,8 +102,13 @@ def _hello() -> m.Hello:
 
 
 def _first_failure(link: Link) -> MonitorEvent:
-    assert link.monitor is not None and link.monitor.poll(60_000), "no event from the link"
-    return link.event()
+    """The link's first event other than its connection coming up."""
+    assert link.monitor is not None
+    while True:
+        assert link.monitor.poll(60_000), "no event from the link"
+        event = link.event()
+        if event is not MonitorEvent.CONNECTED:
+            return event
 
 
 def test_a_worker_that_takes_the_connection_and_never_answers_is_a_handshake_timeout(
@@ -123,13 +128,22 @@ def test_a_worker_that_takes_the_connection_and_never_answers_is_a_handshake_tim
     address = f"tcp://127.0.0.1:{frozen.getsockname()[1]}"
     link = Link(address=address, endpoint=address, ctx=ctx,
                 server_key=_keys.generate().public)
+    # Other links of the same Main try a worker that is down, as libzmq's I/O thread, shared
+    # by them all, handles the handshake: the error code it reports is then theirs, not ours.
+    closed = socket.create_server(("127.0.0.1", 0))
+    down = f"tcp://127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()
+    others = [_transport.dealer(ctx, down) for _ in range(3)]
     try:
-        link.connect(time.monotonic(), _hello())
-        assert _first_failure(link) is MonitorEvent.HANDSHAKE_TIMEOUT
+        for _ in range(3):
+            link.connect(time.monotonic(), _hello())
+            assert _first_failure(link) is MonitorEvent.HANDSHAKE_TIMEOUT
         assert link.handshake_seconds() == pytest.approx(0.6)
     finally:
         link.close()
         frozen.close()
+        for sock in others:
+            sock.close(0)
 
 
 def test_a_worker_that_does_not_hold_the_key_named_fails_at_once_not_as_a_timeout(

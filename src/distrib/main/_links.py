@@ -276,6 +276,8 @@ class Links:
             log.warning("worker %s refused this Main: %s", link.label, msg.reason)
 
     def on_monitor(self, link: Link, event: MonitorEvent) -> None:
+        if event is MonitorEvent.CONNECTED:
+            return
         if event is MonitorEvent.DISCONNECTED:
             # A worker killed with -9, or a network that reset the connection: its tasks go
             # elsewhere now instead of after lost_after seconds of silence.
@@ -288,7 +290,8 @@ class Links:
             return
         if link.state is LinkState.AUTH_FAILED or self.relay_refuses(link):
             return
-        if event is MonitorEvent.KEY_UNPROVEN and link.address.startswith(_reach.RELAYED):
+        if event in (MonitorEvent.KEY_UNPROVEN, MonitorEvent.HANDSHAKE_TIMEOUT) and \
+                link.address.startswith(_reach.RELAYED):
             self.unspliced(link)
             return
         if event is MonitorEvent.HANDSHAKE_TIMEOUT:

@@ -29,7 +29,7 @@ from distrib.wire._keys import KeyPair
 from distrib.wire._limits import MAX_MESSAGE_BYTES
 
 _WATCHED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_DISCONNECTED)
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED)
 
 log = logging.getLogger("distrib")
 
@@ -61,6 +61,7 @@ class MonitorEvent(enum.Enum):
     KEY_UNPROVEN = "key unproven"  # the worker did not prove the key we expect (or no CURVE)
     HANDSHAKE_TIMEOUT = "handshake timeout"  # it took the connection and never finished the
     # handshake (a frozen or overloaded worker, or something else listening there)
+    CONNECTED = "connected"  # the connection is up, its handshake under way (nothing to do)
 
 
 class LinkPolicy(Struct, frozen=True):
@@ -103,15 +104,22 @@ class Link(Struct, eq=False, kw_only=True):
     last_seen: float = 0.0  # when the worker was last heard from
     reason: str = ""  # why it was refused or lost
     max_frame: int = MAX_MESSAGE_BYTES  # the worker's frame limit (its Welcome says)
+    connected_at: float = 0.0  # when its connection last came up (0: not since ``connect``)
     carried: Carried = field(default_factory=Carried)  # payload frames it sent ahead
 
     def connect(self, now: float, hello: m.Hello) -> None:
         """(Re)build the socket and say ``hello`` (raises ``zmq.ZMQError`` for an endpoint
         or key ZeroMQ refuses)."""
         self.close()
-        self.carried = Carried()
-        self.sock = _transport.dealer(self.ctx, self.endpoint, self.server_key, self.key)
-        self.monitor = self.sock.get_monitor_socket(_WATCHED)
+        self.carried, self.connected_at = Carried(), 0.0
+        self.sock = _transport.dealer(self.ctx, self.endpoint, self.server_key, self.key,
+                                      connect=False)
+        self.monitor = self.sock.get_monitor_socket(_WATCHED)  # (before: no event is missed)
+        try:
+            self.sock.connect(self.endpoint)
+        except zmq.ZMQError:
+            self.close()
+            raise
         self.state, self.since, self.last_seen = LinkState.CONNECTING, now, now
         self.send(hello)
 
@@ -149,15 +157,20 @@ class Link(Struct, eq=False, kw_only=True):
         """The monitor's next event (raises ``zmq.Again`` with ``zmq.NOBLOCK`` and none)."""
         assert self.monitor is not None
         event = _transport.monitor_event(self.monitor, flags)
+        if event["event"] == zmq.EVENT_CONNECTED:
+            self.connected_at = time.monotonic()
+            return MonitorEvent.CONNECTED
         if event["event"] == zmq.EVENT_DISCONNECTED:
             return MonitorEvent.DISCONNECTED
         if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             return MonitorEvent.KEY_REFUSED
-        # libzmq ends a handshake that outlasts HANDSHAKE_IVL with EAGAIN as its errno; a key
-        # the worker cannot prove ends it at once (the worker closes: EPIPE, ECONNRESET)
-        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and \
-                event["value"] == errno.EAGAIN and \
-                time.monotonic() - self.since >= 0.9 * self.handshake_seconds():
+        # A key the worker cannot prove ends the handshake at once (the worker closes); one
+        # that outlasts HANDSHAKE_IVL ends with it. (By the time, not the errno libzmq gives:
+        # that is whatever its I/O thread, shared by every socket, last saw.)
+        ivl = self.handshake_seconds()
+        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and ivl > 0 and \
+                self.connected_at and time.monotonic() - self.connected_at >= 0.9 * ivl and \
+                event["value"] not in (errno.EPIPE, errno.ECONNRESET):
             return MonitorEvent.HANDSHAKE_TIMEOUT
         return MonitorEvent.KEY_UNPROVEN
 

@@ -336,6 +336,8 @@ class Direct:
             event = target.event(zmq.NOBLOCK)
         except zmq.Again:
             return
+        if event is MonitorEvent.CONNECTED:
+            return
         if event is MonitorEvent.DISCONNECTED:
             if target.state is LinkState.READY:
                 self._lose(main, target, "closed the connection", now)
