@@ -157,6 +157,29 @@ class _Core:
         return []
 
 
+KEY = EnvKey("d" * 64, 1)
+
+
+@contextmanager
+def _a_template_that_died(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, core: object,
+                          popen: object) -> Iterator[tuple[Executors, Template]]:
+    """``Executors`` whose template of ``KEY`` died while it imported, executor 4 waiting for
+    it; new templates start with ``popen`` (``Recipe.popen``'s stand-in)."""
+    monkeypatch.setattr(Recipe, "popen", popen)
+    with _with_a_template(monkeypatch, tmp_path, core, True) as (executors, ex, template):
+        monkeypatch.setattr(executors.forks.ahead, "take", lambda now: None)
+        template.ready, template.waiting = False, [4]
+        dead = cast(subprocess.Popen[bytes], template.proc)
+        dead.kill()
+        dead.wait()
+        try:
+            yield executors, template
+        finally:
+            for sock in (executors.procs[5].pipe.sock, executors.procs[5].theirs):
+                if sock is not None:
+                    sock.close()
+
+
 def test_executors_waiting_for_a_template_that_died_go_to_the_next(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # The template died while it imported, with executor 4 waiting for it; the next executor
@@ -171,28 +194,20 @@ def test_executors_waiting_for_a_template_that_died_go_to_the_next(
         started.append(subprocess.Popen(["sleep", "60"]))
         return started[-1]
 
-    monkeypatch.setattr(Recipe, "popen", popen)
-    key = EnvKey("d" * 64, 1)
-    with _with_a_template(monkeypatch, tmp_path, core, True) as (executors, ex, template):
-        monkeypatch.setattr(executors.forks.ahead, "take", lambda now: None)
-        template.ready, template.waiting = False, [4]
-        dead = cast(subprocess.Popen[bytes], template.proc)
-        dead.kill()
-        dead.wait()
+    with _a_template_that_died(monkeypatch, tmp_path, core, popen) as (executors, template):
         try:
-            assert executors.spawn(key, template.recipe, 5) == []
-            new = executors.forks.templates[key]
+            assert executors.spawn(KEY, template.recipe, 5) == []
+            new = executors.forks.templates[KEY]
             assert new is not template and new.waiting == [4, 5] and core.died == []
             # Stopped before it is ready, the new one leaves them dead, not waiting.
-            executors.forks.drop(key)
+            executors.forks.drop(KEY)
             assert sorted(core.died) == [4, 5]
         finally:
             for proc in started:
                 proc.kill()
                 proc.wait()
-            for sock in [*held, executors.procs[5].pipe.sock, executors.procs[5].theirs]:
-                if sock is not None:
-                    sock.close()
+            for sock in held:
+                sock.close()
 
 
 def test_executors_carried_to_a_template_that_cannot_start_are_dead(
@@ -202,19 +217,9 @@ def test_executors_carried_to_a_template_that_cannot_start_are_dead(
     def popen(recipe: Recipe, mode: list[str], theirs: socket.socket) -> subprocess.Popen[bytes]:
         raise OSError(24, "Too many open files")
 
-    monkeypatch.setattr(Recipe, "popen", popen)
-    key = EnvKey("d" * 64, 1)
-    with _with_a_template(monkeypatch, tmp_path, core, True) as (executors, ex, template):
-        monkeypatch.setattr(executors.forks.ahead, "take", lambda now: None)
-        template.ready, template.waiting = False, [4]
-        dead = cast(subprocess.Popen[bytes], template.proc)
-        dead.kill()
-        dead.wait()
-        executors.spawn(key, template.recipe, 5)
-        assert sorted(core.died) == [4, 5] and key not in executors.forks.templates
-        executors.procs[5].pipe.close()
-        if executors.procs[5].theirs is not None:
-            executors.procs[5].theirs.close()
+    with _a_template_that_died(monkeypatch, tmp_path, core, popen) as (executors, template):
+        executors.spawn(KEY, template.recipe, 5)
+        assert sorted(core.died) == [4, 5] and KEY not in executors.forks.templates
 
 
 def test_no_strays_are_swept_while_a_fork_is_answered(
