@@ -57,6 +57,16 @@ def test_sigterm_and_sigint_stop_the_daemon_and_its_executors(start_worker,
             finish(main)
 
 
+def test_sigusr1_writes_every_threads_stack_to_the_log_and_the_daemon_goes_on(
+        start_worker) -> None:
+    # (how an owner, or a test, sees what a daemon that stopped answering is doing)
+    worker = start_worker(threads=1)
+    worker.proc.send_signal(signal.SIGUSR1)
+    wait_for(lambda: "Current thread" in worker.log(), 60, "the stacks in the worker's log")
+    assert "worker/_daemon.py" in worker.log()  # (its loop, where it waits)
+    assert worker.status()["slots"] == 1  # (it still answers)
+
+
 def test_help_lists_the_commands() -> None:
     out = subprocess.run([PYTHON, "-m", "distrib", "--help"], capture_output=True, text=True,
                          timeout=60)

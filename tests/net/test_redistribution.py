@@ -5,6 +5,7 @@ others."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -84,9 +85,16 @@ def answering(m: Host, env: dict[str, str], workers: dict[str, Worker]) -> list[
     try:
         wait_for(every, timeout=150, what="every worker answering its status")
     except AssertionError:
-        silent = [(n, w.proc.poll(), w.log()[-3000:]) for n, w in workers.items()
-                  if any(row["problem"] and row["address"] in w.address for row in rows)]
-        raise AssertionError(f"workers not answering (name, exit code, log): {silent}") from None
+        silent = {n: w for n, w in workers.items()
+                  if any(row["problem"] and row["address"] in w.address for row in rows)}
+        for worker in silent.values():  # (each writes what its threads do to its log)
+            if worker.proc.poll() is None:
+                worker.proc.send_signal(signal.SIGUSR1)
+        for worker in silent.values():
+            with contextlib.suppress(AssertionError):
+                wait_for(lambda w=worker: "Current thread" in w.log(), 10, "its stacks")
+        raise AssertionError("workers not answering (name, exit code, log): " + repr(
+            [(n, w.proc.poll(), w.log()[-8000:]) for n, w in silent.items()])) from None
     return rows
 
 
