@@ -215,6 +215,9 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
     to pause, resume or drain)."""
     if ctx.invoked_subcommand is not None:
         return
+    # (a daemon that stops answering: `kill -USR1 PID` writes what each of its threads does
+    # to its log, and it goes on; from the start, before it says it is ready)
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     from distrib.worker import _sandbox
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
@@ -370,9 +373,6 @@ def worker(ctx: click.Context, listen: str, threads: int | None, name: str | Non
                 f"{flag} {human(size)}" for flag, size in (
                     ("--max-task-disk", disk.limits.per_task),
                     ("--max-cache (all tasks, beside the rest of the cache)", disk.limits.total)) if size))
-    # (a daemon that stops answering: `kill -USR1 PID` writes what each of its threads does
-    # to its log, and it goes on)
-    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     daemon.run()
     # Stopped and cleaned up: end without tearing down the interpreter module by module (40 ms
     # more of every stop, which whoever stops the worker waits for).
