@@ -22,7 +22,10 @@ POOLS = """
         return s
 
     if __name__ == "__main__":
-        pool = cf.ProcessPoolExecutor(2) if sys.argv[1] == "ppe" else distrib.Executor()
+        # (both at most 2 calls at once: the calls they hold back are those shutdown cancels;
+        # with no bound, distrib sends calls ahead to the worker, where they are not
+        # cancelled, and whether any was still held varied with the machine's load)
+        pool = cf.ProcessPoolExecutor(2) if sys.argv[1] == "ppe" else distrib.Executor(2)
         with pool as ex:
             print(ex.submit(square, 3, scale=2).result(timeout=60))
             try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -443,9 +442,11 @@ def test_what_a_sandboxed_executor_that_died_left_is_killed_by_the_daemon(
             printed += main.stdout.readline() or "\n\n"
         assert "WorkerCrashed" in printed and "END" in printed, (printed, main.poll())
         # Its 20 processes and a setsid loop went to the template (process 1 there), not to
-        # the daemon: the daemon kills them all the same, while its Main stays.
+        # the daemon: the daemon kills them all the same, while its Main stays. (Its sweep
+        # does, and logs "killed N process(es) left running by tasks"; or, when it read the
+        # executor's end while the kernel had closed its files but not yet handed its children
+        # to the template, they were still the executor's, and went with it.)
         (template,) = worker.status()["templates"]
         wait_for(lambda: len(_in_namespace_of(template)) <= 2, 20,
                  "only the template (and an executor) left in the sandbox")
-        assert re.search(r"killed \d+ process\(es\) left running by tasks", worker.log())
         finish(main)
