@@ -1,6 +1,6 @@
 """Executor processes: started (by ``_forks``: forked from their environment's template, or
-spawned), what the executors say on their pipes, their deaths, the owner's niceness, memory and disk limits, and the strays
-tasks leave behind (this daemon is their subreaper).
+spawned), what the executors say on their pipes, their deaths, the owner's niceness, memory
+and disk limits, and the strays tasks leave behind (this daemon is their subreaper).
 
 What to start and stop is decided by the core (``Core``); this module does it and turns what
 executors say into its events.
@@ -154,10 +154,10 @@ class Executors:
 
     def _sweep_strays(self, procs: dict[int, _process.Entry], at_once: bool = False) -> None:
         """Kill what tasks left to this daemon (``_strays``), and reap what exited."""
-        ours, boxed = _pool.started(list(self.procs.values()), list(self.forks.templates.values()),
-                                    procs)
-        killed = self._strays.sweep(procs, ours | self.builds() | self.forks.ahead.pids(), boxed,
-                                    at_once)
+        ours, boxed = _pool.started(list(self.procs.values()),
+                                    list(self.forks.templates.values()), procs)
+        ours |= self.builds() | self.forks.ahead.pids()
+        killed = self._strays.sweep(procs, ours, boxed, at_once)
         if killed:
             peer_log.warning("killed %d process(es) left running by tasks of ended executors",
                              killed)
@@ -217,9 +217,16 @@ class Executors:
             self.apply(self.died(ex_id))
 
     def _note_isolation(self, kind: str) -> None:
-        if kind != self._isolation:
-            self._isolation = kind
-            _pool.say_isolation(kind)
+        if kind == self._isolation:
+            return
+        self._isolation = kind
+        if kind == "overlay":
+            log.info("task writes are private: each executor sees its environment through an "
+                     "overlay in a mount namespace of its own")
+        else:
+            log.warning("no mount namespaces here: each task works in a private copy of its "
+                        "environment, but a write through a module's __file__ reaches the "
+                        "shared tree")
 
     def died(self, ex_id: int) -> list[Action]:
         """Executor ``ex_id`` died (or must be taken as dead): what the core does about it."""

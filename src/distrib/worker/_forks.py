@@ -52,8 +52,11 @@ class Forks:
         return [t.proc.pid for t in self.templates.values() if isinstance(t.proc, Boxed)]
 
     def under_way(self) -> bool:
-        """Whether a fork is under way (an executor forked and not attached looks a stray)."""
-        return _pool.forking(self.procs.values(), self.templates.values())
+        """Whether a fork is under way: asked of a template and not answered, or a sandboxed
+        executor's pid not said yet (such an executor runs, and no pid of it is known: it
+        looks a stray)."""
+        return any(t.asked for t in self.templates.values()) or any(
+            ex.pid_due for ex in self.procs.values())
 
     def start(self, key: EnvKey, recipe: Recipe, ex_id: int) -> None:
         """Attach executor ``ex_id`` to a process: forked from its environment's template
@@ -67,14 +70,13 @@ class Forks:
         waiting: list[int] = []
         if template is None or template.proc.poll() is not None:
             if template is not None:  # (it died: what waited for it waits for the next)
-                waiting, template.waiting = template.waiting, []
-                self.drop(key)
+                asked, waiting = self._stop(key)
+                self._take_dead(asked, [])
             try:
                 template = self.templates[key] = Template.start(recipe, now,
                                                                 self.ahead.take(now))
             except OSError:  # (the caller takes ``ex_id`` as dead; so are those it carried)
-                for carried in waiting:
-                    self._dead(carried)
+                self._take_dead([], waiting)
                 raise
         template.last_used = now
         template.waiting += [*waiting, ex_id]  # (forked with the others of this turn, at once)
@@ -119,11 +121,10 @@ class Forks:
                       failed: list[ExecutorProcess]) -> None:
         """``template`` did not fork ``failed``: it stops, and all it was asked are spawned."""
         if failed:
-            failed += template.give_up()
-            waiting, template.waiting = template.waiting, []  # (asked for in this turn)
-            self.drop(key)
-            template.waiting = waiting + [i for i, ex in self.procs.items() if ex in failed]
-            self._spawn_waiting(template)
+            asked, waiting = self._stop(key)  # (waiting: asked for in this turn)
+            failed += asked
+            self._spawn(template.recipe,
+                        waiting + [i for i, ex in self.procs.items() if ex in failed])
             for ex in set(failed) - set(self.procs.values()):
                 ex.kill()  # (stopped while it was asked for: its new sockets close)
 
@@ -145,21 +146,18 @@ class Forks:
             peer_log.warning("executors of environment %s are spawned one by one (each "
                              "imports it): %s", key.dist[:12], message.why)
         # (an import that raised: each executor imports again and says so itself)
-        waiting, template.waiting = template.waiting, []
-        self.drop(key)
-        template.waiting = waiting
-        return self._spawn_waiting(template)
+        _, waiting = self._stop(key)  # (none was asked of it: it was not ready)
+        return self._spawn(template.recipe, waiting)
 
-    def _spawn_waiting(self, template: Template) -> None:
-        for ex_id in template.waiting:
+    def _spawn(self, recipe: Recipe, ex_ids: list[int]) -> None:
+        for ex_id in ex_ids:
             ex = self.procs.get(ex_id)
             if ex is not None and ex.theirs is not None:
                 try:
-                    _pool.spawn(template.recipe, ex)
+                    _pool.spawn(recipe, ex)
                 except OSError as exc:
                     log.error("cannot start an executor: %s", exc)
                     self._dead(ex_id)
-        template.waiting.clear()
 
     def dist_replaced(self, dist: str) -> None:
         """A distribution's tree is removed: its templates stop."""
@@ -169,13 +167,22 @@ class Forks:
     def drop(self, key: EnvKey) -> None:
         """Stop the template of ``key``: the executors it was asked for, or that wait for it,
         are dead (no fork will come for them)."""
+        self._take_dead(*self._stop(key))
+
+    def _stop(self, key: EnvKey) -> tuple[list[ExecutorProcess], list[int]]:
+        """Stop the template of ``key``. The executors it was asked for and did not answer
+        (with new sockets), and those waiting for its import, are the caller's: to start
+        otherwise, or to take as dead."""
         template = self.templates.pop(key, None)
-        if template is not None:
-            template.kill()
-            dead = set(template.give_up())  # (asked, not forked yet)
-            waiting, template.waiting = set(template.waiting), []
-            for ex_id in [i for i, ex in self.procs.items() if ex in dead or i in waiting]:
-                self._dead(ex_id)
+        if template is None:
+            return [], []
+        template.kill()
+        waiting, template.waiting = template.waiting, []
+        return template.give_up(), waiting
+
+    def _take_dead(self, asked: list[ExecutorProcess], waiting: list[int]) -> None:
+        for ex_id in [i for i, ex in self.procs.items() if ex in asked or i in waiting]:
+            self._dead(ex_id)
 
     def drop_idle(self, now: float, used: Iterable[EnvKey], connected: set[str],
                   idle_after: float) -> None:

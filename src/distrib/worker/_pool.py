@@ -31,7 +31,6 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -242,23 +241,6 @@ def started(executors: list[ExecutorProcess], templates: list[Template],
     boxed = {t.proc.pid: table[t.proc.pid].session for t in templates
              if isinstance(t.proc, Boxed) and t.proc.pid in table}
     return ours, boxed
-
-
-def forking(executors: Iterable[ExecutorProcess], templates: Iterable[Template]) -> bool:
-    """Whether a fork is under way: asked of a template and not answered, or a sandboxed
-    executor's pid not said yet (such an executor runs, and no pid of it is known)."""
-    return any(t.asked for t in templates) or any(ex.pid_due for ex in executors)
-
-
-def say_isolation(kind: str) -> None:
-    """Log how executors keep task writes private (``Ready``'s ``kind``)."""
-    if kind == "overlay":
-        log.info("task writes are private: each executor sees its environment through an "
-                 "overlay in a mount namespace of its own")
-    else:
-        log.warning("no mount namespaces here: each task works in a private copy of its "
-                    "environment, but a write through a module's __file__ reaches the "
-                    "shared tree")
 
 
 def _renewed(executors: list[ExecutorProcess]) -> list[ExecutorProcess]:
