@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import selectors
 import shutil
 import subprocess
 import sys
@@ -178,16 +177,14 @@ class LocalCluster:
     def _await_ready(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
         deadline = time.monotonic() + START_TIMEOUT
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            while time.monotonic() < deadline:
-                if sel.select(timeout=0.5):
-                    line = proc.stdout.readline().decode(errors="replace")
-                    if " ready on " in line:
-                        proc.stdout.close()
-                        return
-                    if not line:
-                        break
+        while time.monotonic() < deadline:
+            if readable(proc.stdout.fileno(), 0.5):
+                line = proc.stdout.readline().decode(errors="replace")
+                if " ready on " in line:
+                    proc.stdout.close()
+                    return
+                if not line:
+                    break
         code = proc.poll()
         logged = f" (its log: {self.place.log})" if self.place is not None else ""
         raise ConnectionFailed(

@@ -12,6 +12,10 @@ import signal
 import sys
 from typing import NamedTuple, Protocol
 
+log = logging.getLogger("distrib")
+
+OPEN_FILES = 1 << 16  # descriptors a process that listens lets itself open, when it may
+
 
 class Waitable(Protocol):
     """A child process as ``subprocess.Popen`` offers it."""
@@ -317,10 +321,6 @@ def reap() -> None:
             return
 
 
-OPEN_FILES = 1 << 16  # descriptors a process that listens lets itself open, when it may
-log = logging.getLogger("distrib")
-
-
 def more_open_files(networked: bool) -> None:
     """Raise this process's limit of open descriptors towards ``OPEN_FILES``, as far as the
     hard limit lets it (a daemon, or a Main that listens for workers). Every connection,
@@ -349,4 +349,3 @@ def more_open_files(networked: bool) -> None:
         log.warning("this process may hold at most %d open files (ulimit -n; hard limit %d): "
                     "a few hundred idle connections to its port can keep its peers out; raise "
                     "the hard limit", raised, hard)
-

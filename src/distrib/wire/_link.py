@@ -167,11 +167,11 @@ class Link(Struct, eq=False, kw_only=True):
         # A key the worker cannot prove ends the handshake at once (the worker closes); one
         # that outlasts HANDSHAKE_IVL ends with it. (By the time, not the errno libzmq gives:
         # that is whatever its I/O thread, shared by every socket, last saw.)
-        ivl = self.handshake_seconds()
-        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and ivl > 0 and \
-                self.connected_at and time.monotonic() - self.connected_at >= 0.9 * ivl and \
+        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self.connected_at and \
                 event["value"] not in (errno.EPIPE, errno.ECONNRESET):
-            return MonitorEvent.HANDSHAKE_TIMEOUT
+            ivl = self.handshake_seconds()
+            if ivl > 0 and time.monotonic() - self.connected_at >= 0.9 * ivl:
+                return MonitorEvent.HANDSHAKE_TIMEOUT
         return MonitorEvent.KEY_UNPROVEN
 
     def handshake_seconds(self) -> float:

@@ -354,4 +354,3 @@ class Daemon:
             self._stop = True
         if self.lingering is not None and self.lingering.over(bool(self.mains), now):
             self._stop = True
-
