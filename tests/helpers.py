@@ -76,6 +76,19 @@ class Worker:
     def status(self, timeout: float = 30.0) -> dict[str, Any]:
         return query_status(self.address, timeout, self.public_key, self.status_key)
 
+    def stacks(self, timeout: float = 30.0) -> str:
+        """What each of the daemon's threads is doing, as SIGUSR1 makes it write to its log:
+        once the main thread's stack is written, down to the module ``-m`` ran (whichever
+        thread took the signal, it is "Current thread", and may come before or after it)."""
+        before = len(self.log())
+        self.proc.send_signal(signal.SIGUSR1)
+
+        def whole() -> str:
+            text = self.log()[before:]
+            return text if " in _run_module_as_main" in text else ""
+
+        return wait_for(whole, timeout, f"the stacks of worker {self.name} in its log")
+
     def stop(self) -> None:
         stop_process(self.proc)
 

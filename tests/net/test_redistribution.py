@@ -89,10 +89,8 @@ def answering(m: Host, env: dict[str, str], workers: dict[str, Worker]) -> list[
                   if any(row["problem"] and row["address"] in w.address for row in rows)}
         for worker in silent.values():  # (each writes what its threads do to its log)
             if worker.proc.poll() is None:
-                worker.proc.send_signal(signal.SIGUSR1)
-        for worker in silent.values():
-            with contextlib.suppress(AssertionError):
-                wait_for(lambda w=worker: "Current thread" in w.log(), 10, "its stacks")
+                with contextlib.suppress(AssertionError):
+                    worker.stacks(10)
         raise AssertionError("workers not answering (name, exit code, log): " + repr(
             [(n, w.proc.poll(), w.log()[-8000:]) for n, w in silent.items()])) from None
     return rows
