@@ -1,7 +1,6 @@
 """One measurement in a fresh process, started by the harness (``bench.__main__``).
 
     python -m bench.measure WORKLOAD FRAMEWORK PARAMS_JSON   run one workload, print its metrics
-    python -m bench.measure --cold-start FRAMEWORK           W5's process: one call, then exit
 
 Results go to stdout on lines tagged ``VERSION_TAG`` and ``RESULT_TAG`` so that whatever a
 framework prints around them does not matter. distrib's executors import this file as the
@@ -24,9 +23,6 @@ RESULT_TAG = "BENCH-RESULT "
 
 def main(argv: list[str]) -> None:
     """Run what ``argv`` asks for (see the module docstring)."""
-    if argv[0] == "--cold-start":
-        workloads.cold_start_once(argv[1])
-        return
     workload, name, params = workloads.WORKLOADS[argv[0]], argv[1], json.loads(argv[2])
     # Printed first, so that a measurement that fails still shows which version failed.
     print(VERSION_TAG + load(name).version(), flush=True)

@@ -23,6 +23,7 @@ from typing import Any
 
 import psutil
 
+from bench import cold
 from bench.frameworks import Framework, load
 
 # --- task functions (the same bodies for every framework) ------------------------------------
@@ -330,30 +331,16 @@ def one_array(name: str, p: Metrics) -> Metrics:
     return {"seconds": elapsed, **extra}
 
 
-def cold_start_once(name: str) -> None:
-    """The body of W5's fresh process: start a 2-slot cluster, run one call, stop (and say how
-    long the start and the first call took)."""
-    fw = load(name)
-    t0 = time.perf_counter()
-    fw.start(2)
-    try:
-        check([fw.result(fw.submit(inc, 1))], [2], "inc")
-        print(f"{FIRST_CALL_TAG}{time.perf_counter() - t0:.6f}", flush=True)
-    finally:
-        fw.stop()
-
-
-FIRST_CALL_TAG = "FIRST-CALL "
 
 
 def _fresh_process(name: str, timeout: float, env: dict[str, str] | None = None
                    ) -> tuple[float, float]:
-    """Wall time of a whole fresh process running ``cold_start_once``, and of its start and
-    first call."""
+    """Wall time of a whole fresh process running ``bench.cold``, and of its start and first
+    call."""
     with tempfile.TemporaryFile() as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.measure", "--cold-start", name],
+            [sys.executable, "-m", "bench.cold", name],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
         )
         # A blocking wait sees the exit at once; ``Popen.wait(timeout)`` (as ``run`` with a
@@ -372,13 +359,13 @@ def _fresh_process(name: str, timeout: float, env: dict[str, str] | None = None
         if proc.returncode != 0:
             raise RuntimeError(f"the cold-start process exited with {proc.returncode}:\n"
                                f"{text[-4000:]}")
-    first = next(float(line.removeprefix(FIRST_CALL_TAG)) for line in text.splitlines()
-                 if line.startswith(FIRST_CALL_TAG))
+    first = next(float(line.removeprefix(cold.FIRST_CALL_TAG)) for line in text.splitlines()
+                 if line.startswith(cold.FIRST_CALL_TAG))
     return elapsed, first
 
 
 def cold_start(name: str, p: Metrics) -> Metrics:
-    """W5: wall time of a whole fresh process running ``cold_start_once``."""
+    """W5: wall time of a whole fresh process running ``bench.cold``."""
     return {"seconds": _fresh_process(name, p["timeout_s"])[0]}
 
 
