@@ -89,4 +89,6 @@ def _served(main: dict[str, Any]) -> str:
     key = f" (key {main['key']}...)" if main.get("key") else ""
     quota = f", {main['quota']}" if main.get("quota") else ""
     way = f", dialled {main['link']}" if main.get("link", "in") != "in" else ""
-    return f"{main['name']}{key}: {main['held']} slot(s), {main['queued']} waiting{quota}{way}"
+    unsent = f", {main['unsent']} message(s) it does not take yet" if main.get("unsent") else ""
+    return (f"{main['name']}{key}: {main['held']} slot(s), {main['queued']} waiting{quota}{way}"
+            f"{unsent}")

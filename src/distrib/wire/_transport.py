@@ -14,7 +14,7 @@ import zmq
 
 from distrib.wire import _carry, _codec
 from distrib.wire._keys import KeyPair
-from distrib.wire._limits import MAX_MESSAGE_BYTES, ROUTER_RCVHWM, piece_bytes
+from distrib.wire._limits import MAX_MESSAGE_BYTES, ROUTER_RCVHWM, SNDHWM_BOUNDED, piece_bytes
 from distrib.wire._messages import Message
 
 # A peer sending a frame over MAX_MESSAGE_BYTES (as it is on the wire) is disconnected by
@@ -26,12 +26,14 @@ _SNDMORE, _NOBLOCK, _EVENTS, _POLLIN = (int(zmq.SNDMORE), int(zmq.NOBLOCK), int(
                                         int(zmq.POLLIN))
 
 
-def router(ctx: zmq.Context[Any], endpoint: str,
-           key: KeyPair | None = None) -> tuple[zmq.Socket[Any], str]:
+def router(ctx: zmq.Context[Any], endpoint: str, key: KeyPair | None = None,
+           bounded: bool = False) -> tuple[zmq.Socket[Any], str]:
     """Bind a ROUTER at ``endpoint`` (port 0 picks a free port); return it and its address.
 
     With ``key`` it is a CURVE server: every connection is encrypted and must pass the ZAP
-    handler bound in ``ctx`` (the daemon's authorized-keys check).
+    handler bound in ``ctx`` (the daemon's authorized-keys check). ``bounded``: at most
+    ``SNDHWM_BOUNDED`` messages wait in it for each peer; send with ``try_send``, which says
+    when a peer's are full (the worker's: see ``worker/_backlog.py``).
     """
     sock: zmq.Socket[Any] = ctx.socket(zmq.ROUTER)
     if key is not None:
@@ -43,6 +45,9 @@ def router(ctx: zmq.Context[Any], endpoint: str,
     # them; beyond, libzmq stops reading that connection (the Main keeps the rest), so a
     # flooding Main cannot fill the worker's memory while the daemon is busy.
     sock.setsockopt(zmq.RCVHWM, ROUTER_RCVHWM)
+    if bounded:
+        sock.setsockopt(zmq.SNDHWM, SNDHWM_BOUNDED)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # (a full peer raises Again, not a drop)
     if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
         endpoint = endpoint[:-2] + ":*"
     try:
@@ -55,13 +60,13 @@ def router(ctx: zmq.Context[Any], endpoint: str,
 
 def dealer(ctx: zmq.Context[Any], endpoint: str, server_key: str | None = None,
            key: KeyPair | None = None, retry_max_ms: int = 500,
-           connect: bool = True) -> zmq.Socket[Any]:
+           connect: bool = True, bounded: bool = False) -> zmq.Socket[Any]:
     """Connect a DEALER to ``endpoint`` (a worker's, or a listening Main's); CURVE when the
     server's key is given. libzmq retries a refused connection after 0.1 s, then twice as
     long each time, up to ``retry_max_ms`` (half a second: a worker started after its Main
     is connected, and gets work, within a second of its start; a try costs a refused SYN).
     ``connect=False``: the caller connects it (after attaching a monitor: events before that
-    are lost)."""
+    are lost). ``bounded``: as for ``router``."""
     sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
     if server_key is not None:
         own = key or _ephemeral()
@@ -71,6 +76,8 @@ def dealer(ctx: zmq.Context[Any], endpoint: str, server_key: str | None = None,
     _common(sock)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, retry_max_ms)
+    if bounded:
+        sock.setsockopt(zmq.SNDHWM, SNDHWM_BOUNDED)
     if connect:
         sock.connect(endpoint)
     return sock
@@ -87,7 +94,8 @@ def close_monitored(sock: zmq.Socket[Any] | None, monitor: zmq.Socket[Any] | Non
 
 def _common(sock: zmq.Socket[Any]) -> None:
     # No lingering on close, the size limit, and no high-water marks: the Main bounds what is
-    # in flight itself (the scheduler's per-worker depth), so zmq must not drop or block.
+    # in flight itself (the scheduler's per-worker depth), so zmq must not drop or block (a
+    # worker bounds what waits for each Main: ``bounded``).
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     sock.setsockopt(zmq.SNDHWM, 0)
@@ -99,19 +107,41 @@ def _ephemeral() -> KeyPair:
     return KeyPair(public.decode(), secret.decode())
 
 
+def parts(message: Message, max_frame: int = MAX_MESSAGE_BYTES) -> list[list[Any]]:
+    """The wire messages that carry ``message``, in order: its payload frames cut into pieces
+    that the receiver's limit ``max_frame`` takes (``piece_bytes``), and carried ahead of it
+    when they are more than one piece (``wire/_carry.py``)."""
+    piece = piece_bytes(max_frame)
+    return _carry.split(_codec.encode(message, piece), piece)
+
+
 def send(sock: zmq.Socket[Any], message: Message, peer: bytes | None = None,
          max_frame: int = MAX_MESSAGE_BYTES) -> None:
-    """Send ``message`` (to ``peer``, on a ROUTER), its payload frames cut into pieces that
-    the receiver's limit ``max_frame`` takes (``piece_bytes``), and carried ahead of it when
-    they are more than one piece (``wire/_carry.py``). Large frames go without a copy."""
-    piece = piece_bytes(max_frame)
-    for frames in _carry.split(_codec.encode(message, piece), piece):
-        if peer is not None:
-            frames.insert(0, peer)
-        last = len(frames) - 1
-        for i, frame in enumerate(frames):
-            big = memoryview(frame).nbytes >= _COPY_THRESHOLD
-            sock.send(frame, _SNDMORE if i < last else 0, copy=not big)
+    """Send ``message`` (to ``peer``, on a ROUTER) as its ``parts``. Large frames go without
+    a copy."""
+    for frames in parts(message, max_frame):
+        _put(sock, frames, peer, 0)
+
+
+def try_send(sock: zmq.Socket[Any], frames: list[Any], peer: bytes | None = None) -> bool:
+    """Send one of a message's ``parts`` without waiting; False (nothing sent) when the
+    peer's queue on a ``bounded`` socket is full."""
+    try:
+        _put(sock, frames, peer, _NOBLOCK)
+    except zmq.Again:
+        return False
+    return True
+
+
+def _put(sock: zmq.Socket[Any], frames: list[Any], peer: bytes | None, flags: int) -> None:
+    # (only the first frame can find the queue full: libzmq takes the rest of a message whose
+    # first frame it took)
+    if peer is not None:
+        frames = [peer, *frames]
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        big = memoryview(frame).nbytes >= _COPY_THRESHOLD
+        sock.send(frame, (_SNDMORE if i < last else 0) | flags, copy=not big)
 
 
 def recv_frames(sock: zmq.Socket[Any]) -> list[Any]:

@@ -11,7 +11,7 @@ two tasks waiting for a turn of the daemon's loop.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any, TypeAlias
 
 from msgspec import Struct, field
@@ -111,6 +111,9 @@ class CoreState:
         # per account, the last run id handed out when its quota was set: its runs since then
         # started within that quota (the invariants check it)
         self.quota_since: dict[bytes, int] = {}
+        # Mains that do not take what this worker sends (``worker/_backlog.py``): none of
+        # their tasks start until they do
+        self.congested: Container[bytes] = frozenset()
 
     @property
     def paused(self) -> bool:
@@ -222,7 +225,8 @@ class CoreState:
             pick = runnable if deepest is None else last_slot_rule(
                 runnable, self.capacity - self.busy, deepest)
             task = self.queues.next_runnable(self.capacity - self.busy, pick, held,
-                                             self.limits, self.weights, self.accounts)
+                                             self.limits, self.weights, self.accounts,
+                                             self.congested)
             if task is None:
                 break
             if deepest is not None:
@@ -273,7 +277,8 @@ class CoreState:
         to it (max-min fair)."""
         if len(self.queues.peers()) < 2 and len(held) < 2:
             return False  # one Main: no one to be fair to
-        accounts = {self.account(p) for p in self.queues.waiting_peers(self._runnable)}
+        accounts = {self.account(p) for p in self.queues.waiting_peers(self._runnable)
+                    if p not in self.congested}
         waiting = [a for a in accounts
                    if held.get(a, 0) < self.limits.get(a, self.capacity)]  # (not at its quota)
         if not waiting:
@@ -290,6 +295,8 @@ class CoreState:
             if not ex.runs or not ex.ready or ex.nests:
                 continue
             key, peer = ex.key, ex.runs[-1].task.peer
+            if peer in self.congested:
+                continue
             account = self.accounts.get(peer, peer)
             if held.get(account, 0) > self.limits.get(account, self.capacity):
                 continue  # over its quota since it was lowered: let its slots drain

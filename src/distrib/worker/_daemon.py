@@ -42,6 +42,7 @@ from distrib.worker._lingering import Lingering
 from distrib.worker._mains import Mains
 from distrib.worker._memory import MemoryWatch
 from distrib.worker._objects import Objects
+from distrib.worker._backlog import Backlog, Put
 from distrib.worker._outbox import Outbox
 from distrib.worker._owner import Owner, OwnerState
 from distrib.worker._reach import Reach
@@ -73,7 +74,8 @@ class Daemon:
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.gate = Gate(self.ctx, s.key, s.authorized,  # before the bind: ZAP must be first
                          frozenset(key for _, key in s.connect))
-        self.sock, self.address = _transport.router(self.ctx, s.endpoint, s.key)
+        self.sock, self.address = _transport.router(self.ctx, s.endpoint, s.key, bounded=True)
+        self._backlog = Backlog()
         self.gate.watch(self.sock)
         # Without a name, the host and the port it listens on (known only now, and named
         # before anything that names this worker is built: direct calls carry it).
@@ -86,6 +88,7 @@ class Daemon:
         # order they reached every worker in; see ``_state``)
         self.core = Core(policy.threads, s.idle_after, s.max_queued, s.max_parked,
                          spread=int.from_bytes(os.urandom(8), "big"))
+        self.core.congested = self._backlog  # (their tasks wait: ``_backlog``)
         self.objects = Objects(self.runs / "objects", s.max_objects, s.max_objects_total)
         Objects.remove_stale()
         self.memory = MemoryWatch(policy.max_task_memory, policy.max_memory)
@@ -137,6 +140,7 @@ class Daemon:
         self.executors.on_output = self.serving.forward_output
         self.executors.on_cancel_child = self.calls.on_cancel_child
         self.serving.status = self.status.status
+        self.serving.backlog = self._backlog
         actions = self.actions
         actions.executors, actions.supply, actions.calls = self.executors, self.supply, self.calls
         actions.serving, actions.owner = self.serving, self.owner
@@ -179,6 +183,8 @@ class Daemon:
                     for fd in writing:
                         poller.register(fd, zmq.POLLIN | zmq.POLLOUT)
                 timeout = max(0.0, next_tick - time.monotonic())
+                if self._backlog:
+                    timeout = min(timeout, self._backlog.retry)
                 events = dict(poller.poll(int(timeout * 1000) + 1))
                 began = time.monotonic()
                 for sock in self.gate.sockets():
@@ -217,6 +223,8 @@ class Daemon:
                 if self.supply.warming:
                     self.supply.tell(self.supply.warming.done(self.core.executors.values()))
                 self._outbox.flush(self._send)
+                if self._backlog:
+                    self._flush_backlog()
                 ended = time.monotonic()
                 if ended - began > SLOW_TURN:  # (nothing else is served meanwhile)
                     peer_log.warning("a turn of the loop took %.1f s (%.1f s reading, %s)",
@@ -279,16 +287,37 @@ class Daemon:
 
     def _send(self, peer: bytes, message: m.Message) -> None:
         main = self.mains.get(peer)
+        now = time.monotonic()
         if main is not None:
-            main.sent_at = time.monotonic()
-        if self.dials.send(peer, message,
-                           main.max_frame if main is not None else MAX_MESSAGE_BYTES):
-            return
-        try:
-            _transport.send(self.sock, message, peer,
-                            main.max_frame if main is not None else MAX_MESSAGE_BYTES)
-        except zmq.ZMQError as exc:
-            log.debug("could not send %s: %s", type(message).__name__, exc)
+            main.sent_at = now
+        parts = _transport.parts(message, main.max_frame if main is not None
+                                 else MAX_MESSAGE_BYTES)
+        if self._backlog.send(peer, parts, self._put(peer), now):
+            peer_log.info("%s does not take what this worker sends as fast as its tasks make "
+                          "it: its messages wait here and its tasks wait to start",
+                          main.name if main is not None else f"peer {peer.hex()[:8]}")
+
+    def _put(self, peer: bytes) -> Put:
+        """How a wire message goes to ``peer`` (``_backlog``)."""
+        dialled = self.dials.put(peer)
+        if dialled is not None:
+            return dialled
+        sock = self.sock
+
+        def put(frames: list[Any]) -> bool:
+            try:
+                return _transport.try_send(sock, frames, peer)
+            except zmq.ZMQError as exc:  # (its connection is gone: dropped, as before)
+                log.debug("could not send to peer %s: %s", peer.hex()[:8], exc)
+                return True
+        return put
+
+    def _flush_backlog(self) -> None:
+        for peer in self._backlog.flush(self._put, time.monotonic()):
+            main = self.mains.get(peer)
+            if main is not None:
+                peer_log.info("%s takes this worker's messages again", main.name)
+                self.serving.output_dropped(peer)
 
     def _drain_socket(self) -> None:
         # Bounded in messages and in time, so executors and timers get their turn: a Main
@@ -341,6 +370,12 @@ class Daemon:
         self._apply(self.core.handle(Tick(), now))
         self.supply.dists.tick(now)
         self.calls.direct.tick(now, self.core.stuck())
+        for peer in self._backlog.stuck(now, self.settings.lost_after):
+            if peer in self.mains:
+                self.serving.drop_main(peer, "took nothing this worker sent it for "
+                                       f"{self.settings.lost_after:.0f} s (it stopped reading "
+                                       "its connection)")
+            self._backlog.drop(peer)
         self.serving.tick(now, self.settings.lost_after, self.settings.heartbeat_interval)
         if self.reach.tick(now, self.mains):
             self._stop = True

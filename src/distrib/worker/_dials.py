@@ -32,6 +32,7 @@ from distrib._logs import RateLimited
 from distrib.wire import _transport
 from distrib.wire import _messages as m
 from distrib.wire._keys import KeyPair
+from distrib.worker._backlog import Put
 
 log = logging.getLogger("distrib.worker")
 peer_log = RateLimited(log)
@@ -101,7 +102,7 @@ class Dials:
     def _build(self, target: Target) -> None:
         self._close(target)
         target.sock = _transport.dealer(self.ctx, f"tcp://{target.address}", target.main_key,
-                                        self.key, RETRY_MAX_MS, connect=False)
+                                        self.key, RETRY_MAX_MS, connect=False, bounded=True)
         # Watched before it connects: a handshake done before the monitor was attached would
         # go unseen, and the worker would never say Dial (seen once in a few dozen dials).
         target.monitor = target.sock.get_monitor_socket(_EVENTS)
@@ -193,17 +194,16 @@ class Dials:
             elif target.peer in served:
                 target.since = now
 
-    def send(self, peer: bytes, message: m.Message, max_frame: int) -> bool:
-        """Send ``message`` to a Main this worker dialled; False when ``peer`` is not one."""
+    def put(self, peer: bytes) -> Put | None:
+        """How a wire message goes to a Main this worker dialled (``worker/_backlog.py``);
+        None when ``peer`` is not one."""
         target = self.by_peer.get(peer)
         if target is None:
-            return False
-        if target.sock is not None:
-            try:
-                _transport.send(target.sock, message, None, max_frame)
-            except zmq.ZMQError as exc:
-                log.debug("could not send %s: %s", type(message).__name__, exc)
-        return True
+            return None
+        sock = target.sock
+        if sock is None:
+            return _gone
+        return lambda frames: _put(sock, frames)
 
     def address(self, peer: bytes) -> str:
         """Where this worker dialled the Main of ``peer`` ("" if that Main dialled it)."""
@@ -219,3 +219,15 @@ class Dials:
     def close(self) -> None:
         for target in self.targets:
             self._close(target, linger=2000)  # (the last results and goodbyes still go out)
+
+
+def _put(sock: zmq.Socket[Any], frames: list[Any]) -> bool:
+    try:
+        return _transport.try_send(sock, frames)
+    except zmq.ZMQError as exc:  # (closed meanwhile: dropped, as a closed connection's are)
+        log.debug("could not send to a dialled Main: %s", exc)
+        return True
+
+
+def _gone(frames: list[Any]) -> bool:
+    return True  # (no connection: dropped)

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ from distrib.wire._limits import MAX_MESSAGE_BYTES, OUTPUT_CHUNK
 from distrib.wire._messages import Outcome, RefusalCode
 from distrib.wire._record import ErrorRecord
 from distrib.wire._payload import join_payloads
+from distrib.worker._backlog import Backlog
 from distrib.worker._core import Core
 from distrib.worker._direct import FIRST_ID
 from distrib.worker._events import (
@@ -91,6 +93,10 @@ class Serving:
         self.shm_sweep: set[int] = set()  # Mains (pids) that left: remove their /dev/shm files
         self.dropped = 0  # malformed messages
         self.carried = Carried()  # payload frames Mains sent ahead of their messages
+        self.backlog = Backlog()  # (the daemon's, set once it is built)
+        # Output of tasks not sent to their congested Main, in characters, by (Main, task,
+        # stream): it is told how much when it takes messages again.
+        self._unsent_output: Counter[tuple[bytes, int, int]] = Counter()
         self.reruns = 0  # tasks run again here after a crash or a lost worker (at least once)
 
     def on_frames(self, frames: list[Any]) -> None:
@@ -338,9 +344,21 @@ class Serving:
         head = self.core.running(ex_id)
         main = self.mains.get(head.task.peer) if head is not None else None
         if head is not None and main is not None and main.forward_output:
+            if main.peer in self.backlog:  # (it does not read: what a task prints may not
+                # fill the worker meanwhile)
+                self._unsent_output[main.peer, head.task.task_id, stream] += len(text)
+                return
             for i in range(0, len(text), OUTPUT_CHUNK):
                 self.send(main.peer, m.Output(head.task.task_id, stream,
                                               text[i:i + OUTPUT_CHUNK]))
+
+    def output_dropped(self, peer: bytes) -> None:
+        """``peer`` takes messages again: say what its tasks printed that it did not get."""
+        for key in [k for k in self._unsent_output if k[0] == peer]:
+            chars = self._unsent_output.pop(key)
+            self.send(peer, m.Output(key[1], key[2], f"\n[distrib: worker {self.name} dropped "
+                                     f"{chars:,} characters of this task's output: its Main "
+                                     "did not read what the worker sent it]\n"))
 
     def worker_state(self, peer: bytes) -> m.WorkerState:
         state, why = self.owner.effective()
@@ -377,8 +395,7 @@ class Serving:
                 self.apply(self.core.handle(
                     CancelAsked(sender.account, self.delegated.pop(key)), now))
             self.mains.forget(peer, {ex.key.context for ex in self.core.executors.values()})
-            self.outbox.drop(peer)
-            self.carried.forget(peer)
+            self._forget(peer)
             dists.source_left(peer, self.core.queues.first_peer_with)
             peer_log.info("%s %s: stopped the %d call(s) it sent here", sender.name, why,
                           len(calls))
@@ -396,8 +413,7 @@ class Serving:
         self.apply(actions)
         self.supply.warming.forget(peer)
         main = self.mains.forget(peer, {ex.key.context for ex in self.core.executors.values()})
-        self.outbox.drop(peer)
-        self.carried.forget(peer)
+        self._forget(peer)
         self.supply.objects.forget(peer)
         if main is not None and main.shm:
             self.shm_sweep.add(main.pid)  # its files in /dev/shm, once its process is gone
@@ -405,6 +421,14 @@ class Serving:
         peer_log.info("Main %s %s: dropped %d queued and stopped %d running tasks",
                       main.name if main else peer.hex()[:8], why, dropped.queued,
                       dropped.running)
+
+    def _forget(self, peer: bytes) -> None:
+        """What waits to go to ``peer``, or came from it in part, goes with it."""
+        self.outbox.drop(peer)
+        self.backlog.drop(peer)
+        self.carried.forget(peer)
+        for key in [k for k in self._unsent_output if k[0] == peer]:
+            del self._unsent_output[key]
 
     def tick(self, now: float, lost_after: float, every: float) -> None:
         """Drop silent Mains and say a heartbeat to the others that heard nothing from here

@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import deque
-from collections.abc import Callable, Set as AbstractSet
+from collections.abc import Callable, Container, Set as AbstractSet
 from typing import Any, Protocol, TypeVar
 
 from msgspec import Struct
@@ -180,14 +180,16 @@ class Queues:
                       held: dict[bytes, int] | None = None,
                       limits: dict[bytes, int] | None = None,
                       weights: dict[bytes, float] | None = None,
-                      accounts: dict[bytes, bytes] | None = None) -> QueuedTask | None:
+                      accounts: dict[bytes, bytes] | None = None,
+                      skip: Container[bytes] = ()) -> QueuedTask | None:
         """Pop the next task to start on ``free`` slots: from the account holding the fewest
         slots for its weight (``held``, ``limits`` and ``weights`` are per account; a Main's
         account is ``accounts[peer]``, else the Main itself; weighted max-min fair), Mains
         holding as many taking turns; never one that would pass its account's quota.
 
         Within one Main's queue the first task that fits and is ``runnable`` (its environment
-        is ready) goes; tasks behind an unready environment are not held up by it.
+        is ready) goes; tasks behind an unready environment are not held up by it. None of
+        the Mains in ``skip`` goes.
         """
         holds: dict[bytes, int] = held or {}
         of: dict[bytes, bytes] = accounts or {}
@@ -205,6 +207,8 @@ class Queues:
         else:
             peers = sorted(self._by_peer, key=lambda p: (turns[p], place[p]))
         for peer in peers:
+            if peer in skip:
+                continue
             queue = self._by_peer[peer]
             room = free
             if limits:

@@ -57,12 +57,15 @@ class StatusBuilder:
 
     def served(self) -> list[dict[str, Any]]:
         """Each Main served: its name, key (the first 8 characters), the slots its tasks
-        hold, its tasks waiting here, its quota, and which way its link goes ("in": it
-        dialled this worker; "out to host:port": this worker dialled it)."""
+        hold, its tasks waiting here, its quota, which way its link goes ("in": it dialled
+        this worker; "out to host:port": this worker dialled it), and how many messages
+        wait for its connection to take them."""
         held = self.core.held()
         return [{"name": main.name, "key": main.key[:8], "held": held.get(peer, 0),
                  "queued": self.core.waiting(peer), "quota": str(self.gate.quota(main.key)),
-                 "link": f"out to {out}" if (out := self.dials.address(peer)) else "in"}
+                 "link": f"out to {out}" if (out := self.dials.address(peer)) else "in",
+                 # messages its connection did not take yet (``_backlog``): its tasks wait
+                 "unsent": self.serving.backlog.size(peer)}
                 for peer, main in self.mains.items()]
 
     def tick(self, now: float) -> None:
