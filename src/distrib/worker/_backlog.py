@@ -14,54 +14,73 @@ reading its connection made the worker keep every result its tasks produced in m
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-# Send one wire message; False when the peer's queue is full (a message to a connection that
-# is gone counts as sent: it is dropped, as libzmq would).
-Put = Callable[[list[Any]], bool]
+import zmq
+
+from distrib.wire import _transport
+
+log = logging.getLogger("distrib.peers")
+
+# Where a peer's messages go: a socket (None: no connection, they are dropped), and the
+# peer's routing id on it (None on a socket of one peer).
+Where = Callable[[bytes], "tuple[zmq.Socket[Any] | None, bytes | None]"]
 
 RETRY_FIRST = 0.001  # seconds until a backlog is tried again, doubled while nothing moves
 RETRY_MOST = 0.05
 
 
-class Backlog:
-    """What waits for each congested Main (see above); ``peer in backlog``: it is congested."""
+def put(sock: zmq.Socket[Any] | None, frames: list[Any], peer: bytes | None) -> bool:
+    """Send one wire message; False when the peer's queue is full. One to a connection that
+    is gone counts as sent: it is dropped, as libzmq would."""
+    if sock is None:
+        return True
+    try:
+        return _transport.try_send(sock, frames, peer)
+    except zmq.ZMQError as exc:
+        log.debug("could not send to peer %s: %s", peer.hex()[:8] if peer else "", exc)
+        return True
 
-    def __init__(self) -> None:
-        self._waiting: dict[bytes, deque[list[Any]]] = {}
+
+class Backlog:
+    """What waits for each congested Main (see above); ``waiting`` holds the congested."""
+
+    def __init__(self, where: Where, send: Callable[..., bool] = put) -> None:
+        self.waiting: dict[bytes, deque[list[Any]]] = {}
         self._moved: dict[bytes, float] = {}  # when its connection last took a message
+        self._where = where
+        self._put = send
         self.retry = RETRY_FIRST
 
-    def __contains__(self, peer: object) -> bool:
-        return peer in self._waiting
-
     def __bool__(self) -> bool:
-        return bool(self._waiting)
+        return bool(self.waiting)
 
-    def send(self, peer: bytes, parts: list[list[Any]], put: Put, now: float) -> bool:
+    def send(self, peer: bytes, parts: list[list[Any]], now: float) -> bool:
         """Send a message's ``parts`` to ``peer``, behind what waits for it; True when this
         made it congested."""
-        waiting = self._waiting.get(peer)
+        waiting = self.waiting.get(peer)
         if waiting is not None:
             waiting.extend(parts)
             return False
+        sock, routing = self._where(peer)
         for i, frames in enumerate(parts):
-            if not put(frames):
-                self._waiting[peer] = deque(parts[i:])
+            if not self._put(sock, frames, routing):
+                self.waiting[peer] = deque(parts[i:])
                 self._moved[peer] = now
                 self.retry = RETRY_FIRST
                 return True
         return False
 
-    def flush(self, put_for: Callable[[bytes], Put], now: float) -> list[bytes]:
+    def flush(self, now: float) -> list[bytes]:
         """Send what the connections take now; the Mains no longer congested."""
         cleared: list[bytes] = []
         moved = False
-        for peer, waiting in list(self._waiting.items()):
-            put = put_for(peer)
-            while waiting and put(waiting[0]):
+        for peer, waiting in list(self.waiting.items()):
+            sock, routing = self._where(peer)
+            while waiting and self._put(sock, waiting[0], routing):
                 waiting.popleft()
                 self._moved[peer] = now
                 moved = True
@@ -77,9 +96,9 @@ class Backlog:
 
     def size(self, peer: bytes) -> int:
         """Messages waiting for ``peer``."""
-        return len(self._waiting.get(peer, ()))
+        return len(self.waiting.get(peer, ()))
 
     def drop(self, peer: bytes) -> None:
         """Nothing more goes to ``peer`` (it left)."""
-        self._waiting.pop(peer, None)
+        self.waiting.pop(peer, None)
         self._moved.pop(peer, None)

@@ -42,7 +42,7 @@ from distrib.worker._lingering import Lingering
 from distrib.worker._mains import Mains
 from distrib.worker._memory import MemoryWatch
 from distrib.worker._objects import Objects
-from distrib.worker._backlog import Backlog, Put
+from distrib.worker._backlog import Backlog
 from distrib.worker._outbox import Outbox
 from distrib.worker._owner import Owner, OwnerState
 from distrib.worker._reach import Reach
@@ -75,7 +75,7 @@ class Daemon:
         self.gate = Gate(self.ctx, s.key, s.authorized,  # before the bind: ZAP must be first
                          frozenset(key for _, key in s.connect))
         self.sock, self.address = _transport.router(self.ctx, s.endpoint, s.key, bounded=True)
-        self._backlog = Backlog()
+        self._backlog = Backlog(self._where)
         self.gate.watch(self.sock)
         # Without a name, the host and the port it listens on (known only now, and named
         # before anything that names this worker is built: direct calls carry it).
@@ -88,7 +88,7 @@ class Daemon:
         # order they reached every worker in; see ``_state``)
         self.core = Core(policy.threads, s.idle_after, s.max_queued, s.max_parked,
                          spread=int.from_bytes(os.urandom(8), "big"))
-        self.core.congested = self._backlog  # (their tasks wait: ``_backlog``)
+        self.core.congested = self._backlog.waiting  # (their tasks wait: ``_backlog``)
         self.objects = Objects(self.runs / "objects", s.max_objects, s.max_objects_total)
         Objects.remove_stale()
         self.memory = MemoryWatch(policy.max_task_memory, policy.max_memory)
@@ -292,28 +292,18 @@ class Daemon:
             main.sent_at = now
         parts = _transport.parts(message, main.max_frame if main is not None
                                  else MAX_MESSAGE_BYTES)
-        if self._backlog.send(peer, parts, self._put(peer), now):
+        if self._backlog.send(peer, parts, now):
             peer_log.info("%s does not take what this worker sends as fast as its tasks make "
                           "it: its messages wait here and its tasks wait to start",
                           main.name if main is not None else f"peer {peer.hex()[:8]}")
 
-    def _put(self, peer: bytes) -> Put:
-        """How a wire message goes to ``peer`` (``_backlog``)."""
-        dialled = self.dials.put(peer)
-        if dialled is not None:
-            return dialled
-        sock = self.sock
-
-        def put(frames: list[Any]) -> bool:
-            try:
-                return _transport.try_send(sock, frames, peer)
-            except zmq.ZMQError as exc:  # (its connection is gone: dropped, as before)
-                log.debug("could not send to peer %s: %s", peer.hex()[:8], exc)
-                return True
-        return put
+    def _where(self, peer: bytes) -> tuple[zmq.Socket[Any] | None, bytes | None]:
+        """The socket ``peer``'s messages go on, and its routing id there (``_backlog``)."""
+        target = self.dials.by_peer.get(peer)
+        return (self.sock, peer) if target is None else (target.sock, None)
 
     def _flush_backlog(self) -> None:
-        for peer in self._backlog.flush(self._put, time.monotonic()):
+        for peer in self._backlog.flush(time.monotonic()):
             main = self.mains.get(peer)
             if main is not None:
                 peer_log.info("%s takes this worker's messages again", main.name)

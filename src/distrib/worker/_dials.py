@@ -32,7 +32,6 @@ from distrib._logs import RateLimited
 from distrib.wire import _transport
 from distrib.wire import _messages as m
 from distrib.wire._keys import KeyPair
-from distrib.worker._backlog import Put
 
 log = logging.getLogger("distrib.worker")
 peer_log = RateLimited(log)
@@ -194,17 +193,6 @@ class Dials:
             elif target.peer in served:
                 target.since = now
 
-    def put(self, peer: bytes) -> Put | None:
-        """How a wire message goes to a Main this worker dialled (``worker/_backlog.py``);
-        None when ``peer`` is not one."""
-        target = self.by_peer.get(peer)
-        if target is None:
-            return None
-        sock = target.sock
-        if sock is None:
-            return _gone
-        return lambda frames: _put(sock, frames)
-
     def address(self, peer: bytes) -> str:
         """Where this worker dialled the Main of ``peer`` ("" if that Main dialled it)."""
         target = self.by_peer.get(peer)
@@ -220,14 +208,3 @@ class Dials:
         for target in self.targets:
             self._close(target, linger=2000)  # (the last results and goodbyes still go out)
 
-
-def _put(sock: zmq.Socket[Any], frames: list[Any]) -> bool:
-    try:
-        return _transport.try_send(sock, frames)
-    except zmq.ZMQError as exc:  # (closed meanwhile: dropped, as a closed connection's are)
-        log.debug("could not send to a dialled Main: %s", exc)
-        return True
-
-
-def _gone(frames: list[Any]) -> bool:
-    return True  # (no connection: dropped)

@@ -93,7 +93,7 @@ class Serving:
         self.shm_sweep: set[int] = set()  # Mains (pids) that left: remove their /dev/shm files
         self.dropped = 0  # malformed messages
         self.carried = Carried()  # payload frames Mains sent ahead of their messages
-        self.backlog = Backlog()  # (the daemon's, set once it is built)
+        self.backlog = Backlog(lambda peer: (None, None))  # (the daemon's, set once built)
         # Output of tasks not sent to their congested Main, in characters, by (Main, task,
         # stream): it is told how much when it takes messages again.
         self._unsent_output: Counter[tuple[bytes, int, int]] = Counter()
@@ -344,7 +344,7 @@ class Serving:
         head = self.core.running(ex_id)
         main = self.mains.get(head.task.peer) if head is not None else None
         if head is not None and main is not None and main.forward_output:
-            if main.peer in self.backlog:  # (it does not read: what a task prints may not
+            if main.peer in self.backlog.waiting:  # (it does not read: what a task prints may not
                 # fill the worker meanwhile)
                 self._unsent_output[main.peer, head.task.task_id, stream] += len(text)
                 return
