@@ -43,7 +43,7 @@ class Listener:
         except zmq.ZMQError as exc:
             self.zap.close(0)
             raise ConfigError(f"cannot listen for workers on {listen}: {exc.strerror}") from None
-        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.monitor = _transport.monitor(self.sock, zmq.EVENT_DISCONNECTED)
         log.info("listening for workers on %s (%d authorized key(s) in %s)", self.address,
                  len(self.authorized), authorized_file)
 

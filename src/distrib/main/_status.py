@@ -39,7 +39,7 @@ def query(address: str, server_key: str | None = None, key: KeyPair | None = Non
     result = WorkerStatus(address, source)
     ctx: zmq.Context[Any] = zmq.Context()
     sock = _transport.dealer(ctx, via or endpoint(address), server_key, key)
-    monitor = sock.get_monitor_socket(_FAILURES)
+    monitor = _transport.monitor(sock, _FAILURES)
     try:
         _transport.send(sock, m.StatusRequest())
         poller = zmq.Poller()

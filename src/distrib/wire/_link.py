@@ -114,7 +114,7 @@ class Link(Struct, eq=False, kw_only=True):
         self.carried, self.connected_at = Carried(), 0.0
         self.sock = _transport.dealer(self.ctx, self.endpoint, self.server_key, self.key,
                                       connect=False)
-        self.monitor = self.sock.get_monitor_socket(_WATCHED)  # (before: no event is missed)
+        self.monitor = _transport.monitor(self.sock, _WATCHED)  # (before: no event is missed)
         try:
             self.sock.connect(self.endpoint)
         except zmq.ZMQError:

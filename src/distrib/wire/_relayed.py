@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Collection, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
@@ -34,6 +34,7 @@ import zmq.asyncio
 from distrib._errors import ConfigError, ProtocolError
 from distrib._logs import RateLimited
 from distrib.wire import _relay_messages as rm
+from distrib.wire import _transport
 from distrib.wire._keys import KeyPair
 from distrib.wire._splice import Splice, Waiting, connect, split_host_port
 
@@ -129,9 +130,9 @@ class RelayParty:
         while True:
             sock = self._control_socket(ctx)
             self._sock = zmq.Socket.shadow(sock.underlying)
-            monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                                              | zmq.EVENT_HANDSHAKE_SUCCEEDED
-                                              | zmq.EVENT_DISCONNECTED)
+            monitor = cast(zmq.asyncio.Socket, _transport.monitor(  # (its context's kind)
+                sock, zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED
+                | zmq.EVENT_DISCONNECTED))
             last = time.monotonic()
             try:
                 while time.monotonic() - last < LOST_AFTER:

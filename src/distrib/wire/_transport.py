@@ -7,6 +7,7 @@ worker. A Main that listens binds a ROUTER too, and a worker that dials it conne
 
 from __future__ import annotations
 
+import itertools
 import struct
 from typing import Any, cast
 
@@ -81,6 +82,24 @@ def dealer(ctx: zmq.Context[Any], endpoint: str, server_key: str | None = None,
     if connect:
         sock.connect(endpoint)
     return sock
+
+
+_monitors = itertools.count()
+
+
+def monitor(sock: zmq.Socket[Any], events: int) -> zmq.Socket[Any]:
+    """A socket that receives ``sock``'s ``events``, as pyzmq's ``get_monitor_socket`` makes,
+    but with no high-water mark. libzmq's I/O thread sends each event with a blocking send:
+    a monitor left unread past its mark (2,000 events) froze every socket of its context, and
+    ``disable_monitor`` then waited for good (libzmq issue 3575). Events are small; a
+    monitor read only at times holds them until then."""
+    address = f"inproc://distrib-monitor-{next(_monitors)}"
+    sock.monitor(address, events)
+    pair: zmq.Socket[Any] = sock.context.socket(zmq.PAIR)
+    pair.setsockopt(zmq.RCVHWM, 0)  # (the inproc pipe's mark is none when either side's is)
+    pair.setsockopt(zmq.LINGER, 0)
+    pair.connect(address)
+    return pair
 
 
 def close_monitored(sock: zmq.Socket[Any] | None, monitor: zmq.Socket[Any] | None) -> None:

@@ -104,7 +104,7 @@ class Dials:
                                         self.key, RETRY_MAX_MS, connect=False, bounded=True)
         # Watched before it connects: a handshake done before the monitor was attached would
         # go unseen, and the worker would never say Dial (seen once in a few dozen dials).
-        target.monitor = target.sock.get_monitor_socket(_EVENTS)
+        target.monitor = _transport.monitor(target.sock, _EVENTS)
         target.sock.connect(f"tcp://{target.address}")
         target.since = time.monotonic()
         self._by_sock[target.sock] = self._by_sock[target.monitor] = target

@@ -131,7 +131,7 @@ class Gate:
 
     def watch(self, sock: zmq.Socket[Any]) -> None:
         """Start monitoring ``sock`` (the bound ROUTER)."""
-        self.monitor = sock.get_monitor_socket(_EVENTS)
+        self.monitor = _transport.monitor(sock, _EVENTS)
 
     def sockets(self) -> list[zmq.Socket[Any]]:
         return [s for s in (self.zap, self.monitor) if s is not None]
