@@ -47,8 +47,9 @@ BLOB_BATCH_BYTES = 64 << 20  # compressed blob bytes per Blobs message
 ROUTER_RCVHWM = 16  # messages from one Main buffered in the worker's socket before it reads
 # Messages to one Main that wait in the worker's socket, beyond what the connection took
 # (pieces of at most a MiB, and headers of at most BATCH_BYTES and their records; typically a
-# few MiB): past them the worker keeps that Main's messages itself and starts no more of its
-# tasks, so a Main that stops reading fills neither the worker's memory nor other Mains' time.
+# few MiB): past them the worker keeps that Main's messages itself, and holds its tasks when
+# they grow (``worker/_backlog.py``), so a Main that stops reading fills neither the worker's
+# memory nor other Mains' time.
 SNDHWM_BOUNDED = 64
 MAX_OBJECTS = 256  # shared objects one task passes, or one Objects message carries
 NEED_BLOBS_COUNT = 10_000  # hashes per NeedBlobs (~700 KB of header)

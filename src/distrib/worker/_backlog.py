@@ -1,12 +1,14 @@
 """Per Main, the messages its connection did not take yet.
 
 The worker's socket keeps at most ``SNDHWM_BOUNDED`` messages for each Main beyond what the
-connection took. A Main that reads slower than its tasks produce (a slow link), or not at all
-(frozen, or hostile: it still sends its heartbeats), fills them; its next messages then wait
-here, in order, and are tried again at every turn of the loop. Meanwhile none of its tasks
-start (the core skips a Main found here), so its backlog holds at most what its running tasks
-produce, and the slots go to the other Mains. A Main whose connection takes nothing for
-``lost_after`` seconds is dropped (``stuck``), as a silent one is.
+connection took; its next messages wait here, in order, and are tried again at every turn of
+the loop (a burst of small ones, such as 500 calls made at once in a task, goes out in a few
+turns). A Main that reads slower than its tasks produce (a slow link), or not at all (frozen,
+or hostile: it still sends its heartbeats), makes its backlog grow: past ``HOLD_BYTES`` none
+of its tasks start until all of it went (the core skips a Main in ``held``), so it holds at
+most what its running tasks produce, and the slots go to the other Mains. A Main whose
+connection takes nothing for ``lost_after`` seconds is dropped (``stuck``), as a silent one
+is.
 
 Without it, the socket queued everything for such a Main: an authorized Main that stopped
 reading its connection made the worker keep every result its tasks produced in memory.
@@ -30,7 +32,8 @@ log = logging.getLogger("distrib.peers")
 Where = Callable[[bytes], "tuple[zmq.Socket[Any] | None, bytes | None]"]
 
 RETRY_FIRST = 0.001  # seconds until a backlog is tried again, doubled while nothing moves
-RETRY_MOST = 0.05
+RETRY_MOST = 0.02
+HOLD_BYTES = 4 << 20  # a backlog this large holds its Main's tasks
 
 
 def put(sock: zmq.Socket[Any] | None, frames: list[Any], peer: bytes | None) -> bool:
@@ -46,10 +49,13 @@ def put(sock: zmq.Socket[Any] | None, frames: list[Any], peer: bytes | None) -> 
 
 
 class Backlog:
-    """What waits for each congested Main (see above); ``waiting`` holds the congested."""
+    """What waits for each Main whose connection is full (see above); ``held``: the Mains
+    whose tasks wait for theirs to go."""
 
     def __init__(self, where: Where, send: Callable[..., bool] = put) -> None:
         self.waiting: dict[bytes, deque[list[Any]]] = {}
+        self.held: dict[bytes, None] = {}
+        self._bytes: dict[bytes, int] = {}
         self._moved: dict[bytes, float] = {}  # when its connection last took a message
         self._where = where
         self._put = send
@@ -60,33 +66,44 @@ class Backlog:
 
     def send(self, peer: bytes, parts: list[list[Any]], now: float) -> bool:
         """Send a message's ``parts`` to ``peer``, behind what waits for it; True when this
-        made it congested."""
+        made it held."""
         waiting = self.waiting.get(peer)
-        if waiting is not None:
-            waiting.extend(parts)
-            return False
-        sock, routing = self._where(peer)
-        for i, frames in enumerate(parts):
-            if not self._put(sock, frames, routing):
-                self.waiting[peer] = deque(parts[i:])
-                self._moved[peer] = now
-                self.retry = RETRY_FIRST
-                return True
+        if waiting is None:
+            sock, routing = self._where(peer)
+            for i, frames in enumerate(parts):
+                if not self._put(sock, frames, routing):
+                    waiting = self.waiting[peer] = deque()
+                    self._bytes[peer] = 0
+                    self._moved[peer] = now
+                    self.retry = RETRY_FIRST
+                    parts = parts[i:]
+                    break
+            else:
+                return False
+        waiting.extend(parts)
+        self._bytes[peer] += sum(map(_size, parts))
+        if peer not in self.held and self._bytes[peer] >= HOLD_BYTES:
+            self.held[peer] = None
+            return True
         return False
 
     def flush(self, now: float) -> list[bytes]:
-        """Send what the connections take now; the Mains no longer congested."""
+        """Send what the connections take now; the held Mains whose backlog all went."""
         cleared: list[bytes] = []
         moved = False
         for peer, waiting in list(self.waiting.items()):
             sock, routing = self._where(peer)
+            sent = 0
             while waiting and self._put(sock, waiting[0], routing):
-                waiting.popleft()
+                sent += _size(waiting.popleft())
+            if sent:
+                self._bytes[peer] -= sent
                 self._moved[peer] = now
                 moved = True
             if not waiting:
+                if peer in self.held:
+                    cleared.append(peer)
                 self.drop(peer)
-                cleared.append(peer)
         self.retry = RETRY_FIRST if moved else min(self.retry * 2, RETRY_MOST)
         return cleared
 
@@ -101,4 +118,10 @@ class Backlog:
     def drop(self, peer: bytes) -> None:
         """Nothing more goes to ``peer`` (it left)."""
         self.waiting.pop(peer, None)
+        self.held.pop(peer, None)
+        self._bytes.pop(peer, None)
         self._moved.pop(peer, None)
+
+
+def _size(frames: list[Any]) -> int:
+    return sum(memoryview(f).nbytes for f in frames)

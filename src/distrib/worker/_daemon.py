@@ -88,7 +88,7 @@ class Daemon:
         # order they reached every worker in; see ``_state``)
         self.core = Core(policy.threads, s.idle_after, s.max_queued, s.max_parked,
                          spread=int.from_bytes(os.urandom(8), "big"))
-        self.core.congested = self._backlog.waiting  # (their tasks wait: ``_backlog``)
+        self.core.congested = self._backlog.held  # (their tasks wait: ``_backlog``)
         self.objects = Objects(self.runs / "objects", s.max_objects, s.max_objects_total)
         Objects.remove_stale()
         self.memory = MemoryWatch(policy.max_task_memory, policy.max_memory)

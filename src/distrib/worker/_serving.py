@@ -344,7 +344,7 @@ class Serving:
         head = self.core.running(ex_id)
         main = self.mains.get(head.task.peer) if head is not None else None
         if head is not None and main is not None and main.forward_output:
-            if main.peer in self.backlog.waiting:  # (it does not read: what a task prints may not
+            if main.peer in self.backlog.held:  # (it does not read: what a task prints may not
                 # fill the worker meanwhile)
                 self._unsent_output[main.peer, head.task.task_id, stream] += len(text)
                 return
