@@ -79,7 +79,8 @@ def main() -> None:
 @click.option("--heartbeat", type=float, default=1.0, show_default=True,
               help="Seconds between heartbeats to each Main.")
 @click.option("--lost-after", type=float, default=10.0, show_default=True,
-              help="Seconds of silence after which a Main is dropped.")
+              help="Seconds of silence after which a Main is dropped (and one that takes "
+              "nothing this worker sends, after 12 times as long).")
 @click.option("--max-cache", default=None, metavar="SIZE",
               help="Most disk the cache may take, e.g. 10G or 500M (default: a quarter of the "
                    "free disk, at least 1G); least recently used environments and blobs go "

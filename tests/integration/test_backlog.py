@@ -29,7 +29,7 @@ from tests.helpers import PYTHON, Worker, Workspace, ended, finish, wait_for, wi
 
 TASKS_SENT = 400
 RESULT_BYTES = 1_000_000
-LOST_AFTER = 8
+LOST_AFTER = 2.5  # (heartbeats every 0.25 s; a Main that reads nothing: dropped after 30 s)
 
 STEADY = """
     import distrib
@@ -107,12 +107,13 @@ def _heartbeats_until(main: RawMain, done: Any, timeout: float, what: str) -> No
     while not done():
         assert time.monotonic() < deadline, f"{what} within {timeout} s"
         main.send(m.Heartbeat())
-        time.sleep(0.2)  # (a heartbeat's interval, not a wait for a condition)
+        time.sleep(0.1)  # (a heartbeat's interval, not a wait for a condition)
 
 
 def test_a_main_that_stops_reading_fills_neither_the_worker_nor_its_slots(
         start_worker: Any, workspace: Workspace) -> None:
-    worker = start_worker(threads=2, extra=("--lost-after", str(LOST_AFTER)))
+    worker = start_worker(threads=2, extra=("--lost-after", str(LOST_AFTER), "--heartbeat",
+                                            "0.25"))
     with_tasks(workspace)
     workspace.write("steady.py", STEADY)
     hostile = RawMain(worker, "hostile")
@@ -125,6 +126,7 @@ def test_a_main_that_stops_reading_fills_neither_the_worker_nor_its_slots(
         assert served["hostile"]["unsent"] > 0, served
         steady = subprocess.Popen([PYTHON, "steady.py"], cwd=workspace.root, text=True,
                                   env={**os.environ, "DISTRIB_WORKERS": worker.address,
+                                       "DISTRIB_HEARTBEAT": "0.25",
                                        "DISTRIB_CACHE_DIR": str(workspace.cache_dir)},
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         with ended(steady):
@@ -136,9 +138,9 @@ def test_a_main_that_stops_reading_fills_neither_the_worker_nor_its_slots(
         assert out.splitlines() == ["RESULT True"], err[-3000:]
         grown = _peak_rss(worker.proc.pid) - before
         # (its results, 400 MB, queued in the worker before; now what the socket keeps for
-        # it, about 64 of them, and those of its running tasks)
+        # it, about 32 of them, what waits here, 4 MB, and those of its running tasks)
         assert grown < 150 * 2**20, f"the worker grew by {grown / 2**20:.0f} MiB"
-        assert f"took nothing this worker sent it for {LOST_AFTER} s" in worker.log()
+        assert f"took nothing this worker sent it for {12 * LOST_AFTER:.0f} s" in worker.log()
         assert worker.status()["state"] == "serving"
     finally:
         hostile.close()

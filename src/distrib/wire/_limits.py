@@ -50,7 +50,7 @@ ROUTER_RCVHWM = 16  # messages from one Main buffered in the worker's socket bef
 # few MiB): past them the worker keeps that Main's messages itself, and holds its tasks when
 # they grow (``worker/_backlog.py``), so a Main that stops reading fills neither the worker's
 # memory nor other Mains' time.
-SNDHWM_BOUNDED = 64
+SNDHWM_BOUNDED = 32
 MAX_OBJECTS = 256  # shared objects one task passes, or one Objects message carries
 NEED_BLOBS_COUNT = 10_000  # hashes per NeedBlobs (~700 KB of header)
 RECORD_TEXT_MAX = 64 << 10  # characters of an error's message, and of its traceback

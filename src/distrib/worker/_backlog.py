@@ -34,6 +34,10 @@ Where = Callable[[bytes], "tuple[zmq.Socket[Any] | None, bytes | None]"]
 RETRY_FIRST = 0.001  # seconds until a backlog is tried again, doubled while nothing moves
 RETRY_MOST = 0.02
 HOLD_BYTES = 4 << 20  # a backlog this large holds its Main's tasks
+# libzmq tells the writer what was read every SNDHWM_BOUNDED / 2 messages: 16 pieces of a MiB,
+# which take 120 s (12 times lost_after) at 1.1 Mbit/s. A Main reading that slowly still
+# hears a piece well within its lost_after; one that takes nothing for that long is dropped.
+STUCK_FACTOR = 12
 
 
 def put(sock: zmq.Socket[Any] | None, frames: list[Any], peer: bytes | None) -> bool:

@@ -42,7 +42,7 @@ from distrib.worker._lingering import Lingering
 from distrib.worker._mains import Mains
 from distrib.worker._memory import MemoryWatch
 from distrib.worker._objects import Objects
-from distrib.worker._backlog import Backlog
+from distrib.worker._backlog import STUCK_FACTOR, Backlog
 from distrib.worker._outbox import Outbox
 from distrib.worker._owner import Owner, OwnerState
 from distrib.worker._reach import Reach
@@ -360,11 +360,11 @@ class Daemon:
         self._apply(self.core.handle(Tick(), now))
         self.supply.dists.tick(now)
         self.calls.direct.tick(now, self.core.stuck())
-        for peer in self._backlog.stuck(now, self.settings.lost_after):
+        stuck = STUCK_FACTOR * self.settings.lost_after
+        for peer in self._backlog.stuck(now, stuck):
             if peer in self.mains:
-                self.serving.drop_main(peer, "took nothing this worker sent it for "
-                                       f"{self.settings.lost_after:.0f} s (it stopped reading "
-                                       "its connection)")
+                self.serving.drop_main(peer, f"took nothing this worker sent it for {stuck:.0f} s "
+                                       "(it stopped reading its connection)")
             self._backlog.drop(peer)
         self.serving.tick(now, self.settings.lost_after, self.settings.heartbeat_interval)
         if self.reach.tick(now, self.mains):
