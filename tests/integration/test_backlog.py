@@ -9,7 +9,9 @@ each and then sends only heartbeats."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -180,3 +182,87 @@ def _join(message: m.Results) -> list[tuple[m.ResultSpec, list[Any]]]:
 def _only_linux() -> None:
     if not Path("/proc/self/status").exists():
         pytest.skip("reads the worker's peak memory from /proc")
+
+
+class SlowLink:
+    """A TCP proxy passing at most ``rate`` bytes a second from the worker to the Main, and
+    reading from the worker only as fast as it passes on (a slow link: the worker's socket
+    fills), the other way at once."""
+
+    def __init__(self, target: str, rate: float) -> None:
+        host, port = target.removeprefix("tcp://").rsplit(":", 1)
+        self.target, self.rate = (host, int(port)), rate
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = "127.0.0.1:%d" % self.server.getsockname()[1]
+        self._stop = threading.Event()
+        self._sockets: list[socket.socket] = [self.server]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self.server.accept()
+                upstream = socket.socket()
+                # (a small window: what the kernel keeps for the slow side stays small)
+                upstream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+                upstream.connect(self.target)
+            except OSError:
+                return
+            self._sockets += [client, upstream]
+            for src, dst, rate in ((client, upstream, 0.0), (upstream, client, self.rate)):
+                threading.Thread(target=self._copy, args=(src, dst, rate), daemon=True).start()
+
+    def _copy(self, src: socket.socket, dst: socket.socket, rate: float) -> None:
+        while not self._stop.is_set():
+            try:
+                data = src.recv(16 << 10)
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                dst.sendall(data)
+            except OSError:
+                return
+            if rate:  # (the link's bandwidth: what follows waits its turn)
+                self._stop.wait(len(data) / rate)
+
+    def close(self) -> None:
+        self._stop.set()
+        for sock in self._sockets:
+            sock.close()
+
+
+SLOW = """
+    import distrib
+
+    @distrib.distributed
+    def chunk(i):
+        return bytes([i]) * 30_000_000
+
+    if __name__ == "__main__":
+        got = distrib.gather([chunk(i) for i in range(2)], timeout=300)
+        print("RESULT", all(g == bytes([i]) * 30_000_000 for i, g in enumerate(got)))
+    """
+
+
+def test_a_main_on_a_slow_link_gets_its_large_results_and_is_not_dropped(
+        start_worker: Any, workspace: Workspace) -> None:
+    # (the worker in a mount namespace of its own: its /dev/shm is not the Main's, so the
+    # results travel on the connection)
+    worker = start_worker(threads=2, extra=("--lost-after", str(LOST_AFTER)), prefix=(
+        "unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs /dev/shm && exec "$@"', "sh"))
+    # Two results of 30 MB at 4 MB/s, more than the worker's socket and the kernel hold:
+    # libzmq tells the worker what was read every 16 pieces of a MiB, 4 s apart, longer than
+    # lost_after
+    link = SlowLink(worker.address, 4 << 20)
+    try:
+        workspace.write("slow.py", SLOW)
+        out = subprocess.run([PYTHON, "slow.py"], cwd=workspace.root, text=True,
+                             env={**os.environ, "DISTRIB_WORKERS": link.address,
+                                  "DISTRIB_CACHE_DIR": str(workspace.cache_dir)},
+                             capture_output=True, timeout=300)
+        assert out.stdout.splitlines() == ["RESULT True"], out.stderr[-3000:]
+        log = worker.log()
+        assert "does not take what this worker sends" in log  # (its results waited)
+        assert "took nothing this worker sent it" not in log
+    finally:
+        link.close()
