@@ -47,13 +47,14 @@ def prepare(settings: _config.Settings) -> tuple[
 
     from msgspec import structs
 
+    from distrib._scratch import private_prefix
     from distrib.launch import Slurm, Target
     from distrib.wire import _keys
 
     spec = _spec(settings.cluster)
     if isinstance(spec, Slurm):
         return _prepare_jobs(spec, settings)
-    folder = Path(tempfile.mkdtemp(prefix="distrib-cluster-"))  # (mode 0700)
+    folder = Path(tempfile.mkdtemp(prefix=private_prefix("cluster")))  # (mode 0700)
     key = settings.key
     if key is None:
         key = _keys.generate()

@@ -20,6 +20,7 @@ from pathlib import Path
 from distrib._errors import ConnectionFailed
 from distrib._linger import Place, running
 from distrib._process import readable, wait_exit
+from distrib._scratch import private_prefix
 
 log = logging.getLogger("distrib")
 
@@ -54,7 +55,7 @@ class LocalCluster:
         self._threads, self._cache_dir, self._linger = threads, cache_dir, linger
         self.place = Place(threads, cache_dir) if linger else None
         self._folder = self.place.folder if self.place is not None \
-            else Path(tempfile.mkdtemp(prefix="distrib-local-"))  # mode 0700
+            else Path(tempfile.mkdtemp(prefix=private_prefix("local")))  # mode 0700
         self.restarts = 0
         self.abandoned: set[str] = set()  # addresses whose daemon kept dying
         self.addresses: list[str] = [self.place.address if self.place is not None

@@ -1,6 +1,7 @@
 """Scratch folders of a worker's tasks: removing them, even an overlay's work folder (at once,
 or out of the way first and then in a thread of its own), and the task folders that daemons
-killed before their end left behind."""
+killed before their end left behind; and the private temporary folders of a process (a local
+cluster's socket, a launch's keys), those of processes killed before their end removed."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import queue
 import shutil
 import stat
+import tempfile
 import threading
 from pathlib import Path
 
@@ -60,3 +62,19 @@ def remove_dead_runs(runs: Path) -> None:
         pid = folder.name.split("-", 1)[0]
         if pid.isdigit() and not exists(int(pid)):
             remove_tree(folder)
+
+
+def private_prefix(kind: str) -> str:
+    """The name prefix of this process's temporary folder of ``kind`` (for ``mkdtemp`` or
+    ``TemporaryDirectory``, which make it owner-only); first removes this user's folders of
+    that kind whose process is gone (killed with -9, say: a launch's left its key there)."""
+    base = Path(tempfile.gettempdir())
+    uid = os.getuid()
+    for folder in base.glob(f"distrib-{kind}-*-*"):
+        pid = folder.name.split("-")[2]
+        try:
+            if pid.isdigit() and not exists(int(pid)) and folder.lstat().st_uid == uid:
+                remove_tree(folder)
+        except OSError:  # (removed meanwhile by another)
+            pass
+    return f"distrib-{kind}-{os.getpid()}-"
