@@ -1,7 +1,9 @@
 """Scratch folders of a worker's tasks: removing them, even an overlay's work folder (at once,
 or out of the way first and then in a thread of its own), and the task folders that daemons
 killed before their end left behind; and the private temporary folders of a process (a local
-cluster's socket, a launch's keys), those of processes killed before their end removed."""
+cluster's socket, a launch's keys), those of processes killed before their end removed (a
+relay's are not named so: its socket's path, under a test's TMPDIR, passed the 107 characters
+a Unix socket's path may have)."""
 
 from __future__ import annotations
 

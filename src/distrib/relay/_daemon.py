@@ -33,7 +33,6 @@ from pathlib import Path
 import zmq.asyncio
 
 from distrib._logs import RateLimited
-from distrib._scratch import private_prefix
 from distrib.relay._control import Control
 from distrib.wire import _relay_messages as rm
 from distrib.wire._keys import KeyPair
@@ -94,7 +93,7 @@ class Relay:
             loop.add_signal_handler(sig, self.stop)
         self._server = await loop.create_server(lambda: _Front(self), self.settings.host,
                                                 self.settings.port, backlog=1024)
-        self._tmp = tempfile.TemporaryDirectory(prefix=private_prefix("relay"))  # (owner-only)
+        self._tmp = tempfile.TemporaryDirectory(prefix="distrib-relay-")  # (owner-only)
         self._control_path = str(Path(self._tmp.name) / "control")
         self.ctx = zmq.asyncio.Context()
         self.control = Control(self.ctx, self.settings.key, self.settings.authorized,

@@ -33,7 +33,6 @@ import zmq.asyncio
 
 from distrib._errors import ConfigError, ProtocolError
 from distrib._logs import RateLimited
-from distrib._scratch import private_prefix
 from distrib.wire import _relay_messages as rm
 from distrib.wire import _transport
 from distrib.wire._keys import KeyPair
@@ -220,7 +219,7 @@ class RelayParty:
         loop = asyncio.get_running_loop()
         if local == "ipc://":
             if self._tmp is None:
-                self._tmp = tempfile.TemporaryDirectory(prefix=private_prefix("relay"))
+                self._tmp = tempfile.TemporaryDirectory(prefix="distrib-relay-")
             local = f"ipc://{Path(self._tmp.name) / f'{len(self._servers)}.sock'}"
 
         def accepted() -> Waiting:
