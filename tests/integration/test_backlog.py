@@ -9,6 +9,7 @@ each and then sends only heartbeats."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -49,7 +50,7 @@ def _filled(i: int, n: int) -> bytes:
 class RawMain:
     """A Main speaking the protocol by hand, its tasks' function sent by value."""
 
-    def __init__(self, worker: Worker, name: str) -> None:
+    def __init__(self, worker: Worker, name: str, forward_output: bool = False) -> None:
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -57,7 +58,8 @@ class RawMain:
         self.sock.connect(worker.address)
         self.carried = Carried()
         self.manifest, self.dist = encode_manifest(None, [])
-        self.send(m.Hello(m.PROTOCOL_VERSION, name, name, _facts.python_version(), 1, False,
+        self.send(m.Hello(m.PROTOCOL_VERSION, name, name, _facts.python_version(), 1,
+                          forward_output,
                           [], {}, EnvSpec(_facts.python_version()).encode(), 1 << 20, [], 0,
                           []))
         wait_for(lambda: name in worker.status()["mains"], what=f"the raw Main {name} served")
@@ -65,9 +67,10 @@ class RawMain:
     def send(self, message: m.Message) -> None:
         self.sock.send_multipart(_codec.encode(message))
 
-    def submit(self, count: int, size: int) -> None:
+    def submit(self, count: int, size: int,
+               body: str = "lambda i, n: bytes([i % 251]) * n") -> None:
         # (by value: the Main ships no workspace to find it in)
-        fn = distrib.distributed(eval("lambda i, n: bytes([i % 251]) * n"))
+        fn = distrib.distributed(eval(body))
         specs = [m.TaskSpec(i, self.dist, 1, None, 0,
                             [bytes(f) for f in _serialize.dumps_call(fn, b"", (i, size), {})],
                             0) for i in range(count)]
@@ -148,24 +151,42 @@ def test_a_main_that_stops_reading_fills_neither_the_worker_nor_its_slots(
         hostile.close()
 
 
-def test_a_main_that_reads_late_gets_every_result_in_order(
+# (prints all along: a task running while its Main does not read prints then too)
+PRINTS = ("lambda i, n: ([(__import__('time').sleep(0.01), print('p' * 100, flush=True)) "
+          "for _ in range(10)], bytes([i % 251]) * n)[1]")
+LATE = 80
+
+
+def test_a_main_that_reads_late_gets_every_result_in_order_and_hears_what_output_went(
         start_worker: Any) -> None:
     worker = start_worker(threads=2, extra=("--lost-after", "60"))
-    main = RawMain(worker, "late")
+    main = RawMain(worker, "late", forward_output=True)
     try:
-        main.submit(200, RESULT_BYTES)
+        main.submit(LATE, RESULT_BYTES, PRINTS)
         _heartbeats_until(main, lambda: "does not take what this worker sends" in worker.log(),
                           120, "the worker saw the raw Main stop reading")
+        # (its tasks that ran meanwhile printed; none starts until it reads)
+        _heartbeats_until(main, lambda: {x["name"]: x for x in worker.status()["served"]}[
+            "late"]["held"] == 0, 120, "the raw Main's running tasks ended")
         got: dict[int, bytes] = {}
+        printed: list[str] = []
         deadline = time.monotonic() + 120
-        while len(got) < 200:
-            assert time.monotonic() < deadline, f"{len(got)} of 200 results within 120 s"
+        # (the note on what output went comes once all that waited went: after the results)
+        while len(got) < LATE or not any("dropped" in text for text in printed):
+            assert time.monotonic() < deadline, f"{len(got)} of {LATE} results, and the " \
+                "note on the output dropped, within 120 s"
             message = main.receive()
             if isinstance(message, m.Results):
                 for spec, frames in _join(message):
                     assert spec.status is m.Outcome.OK, spec.info
                     got[spec.task_id] = _serialize.loads(frames)
-        assert all(got[i] == _filled(i, RESULT_BYTES) for i in range(200))
+            elif isinstance(message, m.Output):
+                printed.append(message.text)
+        assert all(got[i] == _filled(i, RESULT_BYTES) for i in range(LATE))
+        notes = [text for text in printed if "dropped" in text]
+        assert all(re.search(r"worker w0 dropped [\d,]+ characters of this task's output: its "
+                             r"Main did not read", note) for note in notes), notes
+        assert "p" * 100 + "\n" in printed  # (before it stopped reading, and after)
         wait_for(lambda: "takes this worker's messages again" in worker.log(),
                  what="the worker saying the Main reads again")
     finally:
