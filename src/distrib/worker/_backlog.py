@@ -7,8 +7,9 @@ turns). A Main that reads slower than its tasks produce (a slow link), or not at
 or hostile: it still sends its heartbeats), makes its backlog grow: past ``HOLD_BYTES`` none
 of its tasks start until all of it went (the core skips a Main in ``held``), so it holds at
 most what its running tasks produce, and the slots go to the other Mains. A Main whose
-connection takes nothing for ``lost_after`` seconds is dropped (``stuck``), as a silent one
-is.
+connection takes nothing for ``STUCK_FACTOR`` times ``lost_after`` is dropped (``stuck``):
+libzmq says what was read only every half of the socket's mark, so a slow link shows its
+progress seconds apart.
 
 Without it, the socket queued everything for such a Main: an authorized Main that stopped
 reading its connection made the worker keep every result its tasks produced in memory.

@@ -207,4 +207,3 @@ class Dials:
     def close(self) -> None:
         for target in self.targets:
             self._close(target, linger=2000)  # (the last results and goodbyes still go out)
-
